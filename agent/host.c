@@ -1,0 +1,94 @@
+/* host.c - see host.h. */
+#include "host.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Names of threads seen alive, for threads that end before collect. A small
+ * fixed table: bounded memory; older entries are overwritten round-robin. */
+#define NAMES 1024
+static struct {
+    pid_t tid;
+    char name[16];
+} names[NAMES];
+static unsigned next_name;
+static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void tb_host_remember_name(pid_t tid, const char *name)
+{
+    pthread_mutex_lock(&names_lock);
+    unsigned slot = next_name++ % NAMES;
+    for (unsigned i = 0; i < NAMES; i++)
+        if (names[i].tid == tid) {
+            slot = i;
+            break;
+        }
+    names[slot].tid = tid;
+    snprintf(names[slot].name, sizeof(names[slot].name), "%s", name);
+    pthread_mutex_unlock(&names_lock);
+}
+
+static int remembered(pid_t tid, char *out, size_t n)
+{
+    int found = 0;
+    pthread_mutex_lock(&names_lock);
+    for (unsigned i = 0; i < NAMES; i++)
+        if (names[i].tid == tid && names[i].name[0]) {
+            snprintf(out, n, "%s", names[i].name);
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&names_lock);
+    return found;
+}
+
+static int thread_name(pid_t tid, char *out, size_t n)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/comm", (int)tid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    int ok = fgets(out, (int)n, f) != NULL;
+    fclose(f);
+    if (!ok)
+        return 0;
+    out[strcspn(out, "\n")] = '\0';
+    return out[0] != '\0';
+}
+
+tb_plane *tb_host_plane(tb_space *s)
+{
+    return tb_space_plane(s, TB_HOST_PLANE);
+}
+
+tb_line *tb_host_line(tb_space *s, pid_t tid)
+{
+    tb_plane *p = tb_host_plane(s);
+    if (!p)
+        return NULL;
+    tb_line *l = tb_plane_find_line(p, tid);
+    if (l)
+        return l;
+    char name[64];
+    if (!remembered(tid, name, sizeof(name)) && !thread_name(tid, name, sizeof(name)))
+        snprintf(name, sizeof(name), "thread %d", (int)tid);
+    l = tb_plane_line(p, tid, name);
+    if (l) {
+        char disp[96];
+        snprintf(disp, sizeof(disp), "%s (%d)", name, (int)tid);
+        tb_line_set_display_name(l, disp);
+    }
+    return l;
+}
+
+pid_t tb_gettid(void)
+{
+    static __thread pid_t cached;
+    if (!cached)
+        cached = (pid_t)syscall(SYS_gettid);
+    return cached;
+}

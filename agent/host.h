@@ -1,0 +1,23 @@
+/* host.h - the /host:CPU plane: one line per thread, id = kernel tid,
+ * name = the thread's name (/proc/self/task/<tid>/comm at capture end,
+ * or the name remembered when it was seen alive). Every source that puts
+ * events on host threads (steps, CUDA API calls, CPU samples) uses this so
+ * they land on the same lines. */
+#ifndef TBPROF_AGENT_HOST_H
+#define TBPROF_AGENT_HOST_H
+
+#include <sys/types.h>
+
+#include "trace.h"
+
+#define TB_HOST_PLANE "/host:CPU"
+
+tb_plane *tb_host_plane(tb_space *s);
+/* Line for thread `tid`; created on first use and named after the thread. */
+tb_line *tb_host_line(tb_space *s, pid_t tid);
+/* Remember a thread's name while it is alive (it may end before collect). */
+void tb_host_remember_name(pid_t tid, const char *name);
+/* The calling thread's kernel tid (cached per thread). */
+pid_t tb_gettid(void);
+
+#endif

@@ -1,0 +1,34 @@
+/* log.c - see log.h. */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static atomic_int level = TB_LOG_WARN;
+
+void tb_log_set_level(tb_log_level lvl) { atomic_store(&level, lvl); }
+tb_log_level tb_log_get_level(void) { return (tb_log_level)atomic_load(&level); }
+
+void tb_log(tb_log_level lvl, const char *fmt, ...)
+{
+    if (lvl == TB_LOG_OFF || (int)lvl > atomic_load(&level))
+        return;
+    char buf[1024];
+    int n = snprintf(buf, sizeof(buf), "tbprof[%d]: ", (int)getpid());
+    if (n < 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        return;
+    size_t len = strlen(buf);
+    if (len && buf[len - 1] != '\n')
+        buf[len++] = '\n';
+    /* one write() so lines from several processes do not interleave */
+    ssize_t w = write(STDERR_FILENO, buf, len);
+    (void)w;
+}

@@ -1,0 +1,42 @@
+/* source.h - what a data source (CUPTI GPU tracing, the CPU sampler) gives
+ * the agent's capture state machine.
+ *
+ * The agent owns the capture lifecycle (agent/capture.c): on a trigger it
+ * calls start() on each enabled source, poll() periodically from the agent
+ * thread while capturing, stop() at the end, then collect() to translate
+ * what was recorded into the tb_space being written. All of these run on the
+ * agent thread (start may also run on the thread calling tbprof_start()).
+ *
+ * A source that cannot work (no libcupti, perf_event refused, another CUPTI
+ * subscriber) returns a negative errno from start() and sets *why to a short
+ * static or source-owned reason ("libcupti.so not found"); the agent warns
+ * once, records the reason in the output (XSpace warnings and a plane stat),
+ * and captures without it. Sources never abort and never block the job.
+ */
+#ifndef TBPROF_AGENT_SOURCE_H
+#define TBPROF_AGENT_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trace.h"
+
+typedef struct tb_capture_info {
+    int64_t begin_ns;      /* epoch ns when the capture started */
+    size_t buffer_bytes;   /* this source's share of TBPROF_BUFFER_MB */
+    unsigned cpu_hz;       /* TBPROF_CPU_HZ */
+    int cpu_mode;          /* tb_cpu_mode (sampler.h) */
+} tb_capture_info;
+
+typedef struct tb_source {
+    const char *name; /* "gpu", "cpu" */
+    void *ctx;
+    int (*start)(void *ctx, const tb_capture_info *info, const char **why);
+    void (*poll)(void *ctx);                   /* may be NULL */
+    void (*stop)(void *ctx);                   /* disable + flush */
+    int (*collect)(void *ctx, tb_space *space); /* translate, then free capture data */
+    void (*atfork_child)(void *ctx);           /* forget everything; may be NULL */
+    void (*thread_created)(void *ctx, int tid); /* may be NULL */
+} tb_source;
+
+#endif

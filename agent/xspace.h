@@ -1,0 +1,38 @@
+/* xspace.h - XSpace (xplane.pb) encoding and decoding.
+ *
+ * The writer is a streaming protobuf encoder written for tbprof: it sizes
+ * each message first and then writes it once, linear in events, with no
+ * per-event allocation. The reader (tools and tests only; it links
+ * protobuf-c's generated code from proto/xplane.proto) loads a file back
+ * into a tb_space so every tool works on one model.
+ */
+#ifndef TBPROF_AGENT_XSPACE_H
+#define TBPROF_AGENT_XSPACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trace.h"
+
+typedef struct tb_buf {
+    uint8_t *data;
+    size_t len, cap;
+} tb_buf;
+
+void tb_buf_free(tb_buf *b);
+
+/* Serialize `s` (sorted first) to b; returns 0 or -ENOMEM. */
+int tb_xspace_encode(tb_space *s, tb_buf *b);
+
+/* Read an xplane.pb file into a new tb_space. On failure returns a negative
+ * errno and writes one line naming what is wrong into err ("truncated at
+ * byte 1234", "not an XSpace: ...", "empty file"). */
+int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errlen);
+int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err, size_t errlen);
+
+/* Chrome trace JSON (Kineto conventions), gzip-compressed with zlib. */
+int tb_chrome_write_gz(tb_space *s, const char *path);
+/* Uncompressed JSON into a buffer (tests, `tbprof convert --to x.json`). */
+int tb_chrome_encode(tb_space *s, tb_buf *b);
+
+#endif

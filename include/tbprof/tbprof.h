@@ -1,0 +1,41 @@
+/* tbprof.h - the C API of libtbprof.so (the whole public contract).
+ *
+ * Works whether the library is linked in or LD_PRELOADed. Every function is
+ * safe to call from any thread, cheap when no capture is armed, never blocks
+ * on I/O, and returns 0 or a negative errno.
+ *
+ * Steps: call tbprof_step() once per training step, at the start of the step
+ * (or at the end of the previous one: the same boundary). The first call
+ * starts step 0; step k runs from the k-th call (counting from 0) to the next.
+ * TBPROF_STEPS=10,20 captures steps 10..20 inclusive.
+ */
+#ifndef TBPROF_TBPROF_H
+#define TBPROF_TBPROF_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TBPROF_API __attribute__((visibility("default")))
+
+/* Mark a step boundary on the calling thread: step `tbprof_step_count()`
+ * begins now. Returns the number of the step that begins. */
+TBPROF_API int64_t tbprof_step(void);
+/* Mark a step boundary with an explicit step number (e.g. from a framework's
+ * global step); duplicates of the current number are merged. */
+TBPROF_API int64_t tbprof_step_num(int64_t step);
+/* Start a capture now, for `duration_ms` (0: until tbprof_stop()). */
+TBPROF_API int tbprof_start(int64_t duration_ms);
+/* Stop the capture; the profile is written by the agent thread. */
+TBPROF_API int tbprof_stop(void);
+/* 1 while capturing, 0 otherwise. */
+TBPROF_API int tbprof_capturing(void);
+/* Path of the last profile written, or "" (the string is the agent's). */
+TBPROF_API const char *tbprof_last_profile(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

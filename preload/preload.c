@@ -1,0 +1,2 @@
+/* preload.c - placeholder until the agent lands (issue 4). */
+#include "tbprof/tbprof.h"

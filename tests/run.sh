@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# tests/run.sh: set up, build and run every test CI runs:
+#   1. the default build (GPU tracing built when cupti.h is found), all tests;
+#   2. ASan+UBSan build: unit tests and CPU end-to-end tests;
+#   3. TSan build: unit tests and CPU end-to-end tests.
+# TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/tools/setup.sh" || { echo "setup failed"; exit 1; }
+jobs=$(nproc)
+pass=0; fail=0; failed=()
+run_suite() { # name build-dir ctest-args...
+  local name=$1 dir=$2; shift 2
+  echo "=== $name: build ($dir)"
+  if ! bash "$root/tools/build.sh" "$dir" "${SUITE_CMAKE[@]}"; then
+    echo "=== $name: BUILD FAILED"; fail=$((fail+1)); failed+=("$name:build"); return
+  fi
+  echo "=== $name: ctest $*"
+  local log=$dir.ctest.log
+  (cd "$dir" && ctest --output-on-failure -j"$jobs" "$@") 2>&1 | tee "$log" | grep -vE '^\s*$' | grep -E 'Test +#|tests passed|FAIL|Failed|Error' || true
+  local p f
+  p=$(grep -cE 'Test +#.* Passed' "$log"); f=$(grep -cE 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log")
+  pass=$((pass+p)); fail=$((fail+f))
+  while read -r t; do failed+=("$name:$t"); done < <(grep -E 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log" | awk '{print $4}')
+}
+SUITE_CMAKE=(); run_suite default "$root/build"
+if [ "${TBPROF_QUICK:-0}" != 1 ]; then
+  SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu'
+  SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu'
+fi
+((fail)) && printf 'failed: %s\n' "${failed[@]}"
+echo "$pass passed, $fail failed"
+((fail == 0))

@@ -1,0 +1,35 @@
+/* tap.h - a tiny test harness: CHECK() records failures and goes on; the
+ * program prints "N passed, N failed" and exits non-zero on any failure. */
+#ifndef TBPROF_TESTS_TAP_H
+#define TBPROF_TESTS_TAP_H
+
+#include <stdio.h>
+
+extern int tap_pass, tap_fail;
+void tap_failed(const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int tap_done(void);
+
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (cond)                                                          \
+            tap_pass++;                                                    \
+        else                                                               \
+            tap_failed(__FILE__, __LINE__, #cond, NULL);                   \
+    } while (0)
+
+#define CHECKF(cond, ...)                                                  \
+    do {                                                                   \
+        if (cond)                                                          \
+            tap_pass++;                                                    \
+        else                                                               \
+            tap_failed(__FILE__, __LINE__, #cond, __VA_ARGS__);            \
+    } while (0)
+
+#define CHECK_EQ_I(a, b)                                                   \
+    CHECKF((long long)(a) == (long long)(b), "%s = %lld, expected %lld", #a, \
+           (long long)(a), (long long)(b))
+#define CHECK_STR(a, b)                                                    \
+    CHECKF(strcmp((a), (b)) == 0, "%s = \"%s\", expected \"%s\"", #a, (a), (b))
+
+#endif
