@@ -1,0 +1,53 @@
+/* stats.h - stat and event names tbprof writes, in one place.
+ *
+ * Names that xprof understands follow the public xplane_schema / reference
+ * GPU tracer (openxla/xla xla/tsl/profiler/utils/xplane_schema.cc and
+ * xla/backends/profiler/gpu/cupti_collector.cc); tbprof's own start with
+ * "tbprof_". Writers and tools key off these, so add a name here rather
+ * than spelling it at a call site.
+ */
+#ifndef TBPROF_AGENT_STATS_H
+#define TBPROF_AGENT_STATS_H
+
+/* steps: xprof takes a host event with _r=1 as a step root, step_num as its
+ * number; a root named "train..." (no '/') is an explicit step marker. */
+#define TB_EV_STEP "train"
+#define TB_ST_IS_ROOT "_r"
+#define TB_ST_STEP_NUM "step_num"
+#define TB_ST_ITER_NUM "iter_num"
+#define TB_ST_GROUP_ID "group_id"
+
+/* GPU activity (event stats) */
+#define TB_ST_CORRELATION_ID "correlation_id"
+#define TB_ST_CONTEXT_ID "context_id"
+#define TB_ST_DEVICE_ID "device_id"
+#define TB_ST_STREAM_ID "stream_id"
+/* "regs:R static_shared:S dynamic_shared:D grid:X,Y,Z block:X,Y,Z occ_pct:P" */
+#define TB_ST_KERNEL_DETAILS "kernel_details"
+/* "kind_src:K kind_dst:K size:N dest:D async:A" */
+#define TB_ST_MEMCPY_DETAILS "memcpy_details"
+#define TB_ST_MEMSET_DETAILS "memset_details"
+#define TB_ST_MEMALLOC_DETAILS "memalloc_details"
+
+/* GPU device facts (plane stats) */
+#define TB_ST_DEV_CLOCK_RATE "clock_rate"          /* kHz */
+#define TB_ST_DEV_CORE_COUNT "core_count"          /* SMs */
+#define TB_ST_DEV_MEM_BANDWIDTH "memory_bandwidth" /* bytes/s */
+#define TB_ST_DEV_MEM_SIZE "memory_size"           /* bytes */
+#define TB_ST_DEV_CC_MAJOR "compute_cap_major"
+#define TB_ST_DEV_CC_MINOR "compute_cap_minor"
+#define TB_ST_DEV_VENDOR "device_vendor"
+
+/* tbprof's own (plane stats): what was lost and why */
+#define TB_ST_DROPPED "tbprof_dropped_events"        /* model/space cap */
+#define TB_ST_CUPTI_DROPPED "tbprof_cupti_dropped"   /* CUPTI's own count */
+#define TB_ST_POOL_EXHAUSTED "tbprof_buffer_pool_exhausted"
+#define TB_ST_SAMPLES "tbprof_cpu_samples"
+#define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
+#define TB_ST_UNWIND_FAILED "tbprof_unwind_failures"
+#define TB_ST_GPU_OFF_REASON "tbprof_gpu_off_reason"
+#define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"
+#define TB_ST_TRIGGER "tbprof_trigger"               /* "steps 10-20", "signal", ... */
+#define TB_ST_OVERHEAD_NS "tbprof_agent_overhead_ns"
+
+#endif
