@@ -1,0 +1,538 @@
+/* folded.c - CPU sample stacks, folded/speedscope writers, call tree (see
+ * folded.h). The flame graph SVG is in flame.c. */
+#include "folded.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stats.h"
+#include "strmap.h"
+
+#define GROW(arr, cap, need) grow_((void **)&(arr), &(cap), (need), sizeof(*(arr)))
+
+static int grow_(void **arr, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 4 / elem)
+            return -ENOMEM;
+        ncap *= 2;
+    }
+    void *p = realloc(*arr, ncap * elem);
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
+/* ---- how the sampler encodes counts --------------------------------------- */
+
+/* Stat names a CPU sample span may carry its sample count under. */
+static const char *const count_stats[] = {"tbprof_samples", "samples", "sample_count", "count"};
+
+#define COUNT_UNKNOWN UINT64_MAX
+
+/* Total samples of a span: COUNT_UNKNOWN for a CPU sample span without a
+ * count (the caller counts such a leaf as one sample), 0 for other events. */
+static uint64_t span_count(const tb_plane *p, const tb_line *l, const tb_event *e)
+{
+    const tb_stat *st = tb_event_stats(l, e);
+    for (uint32_t i = 0; i < e->nstats; i++) {
+        const char *n = tb_plane_stat_name(p, st[i].meta);
+        if (strcmp(n, TB_ST_IS_ROOT) == 0)
+            return 0; /* a step root whose name a sampled function shares */
+        for (size_t k = 0; k < sizeof(count_stats) / sizeof(count_stats[0]); k++)
+            if (strcmp(n, count_stats[k]) == 0) {
+                switch (st[i].type) {
+                case TB_STAT_INT64: return st[i].v.i > 0 ? (uint64_t)st[i].v.i : 0;
+                case TB_STAT_UINT64: return st[i].v.u;
+                case TB_STAT_DOUBLE: return st[i].v.d > 0 ? (uint64_t)(st[i].v.d + 0.5) : 0;
+                default: break;
+                }
+            }
+    }
+    if (e->meta < p->nevent_meta && p->event_meta[e->meta].category == TB_CAT_CPU_SAMPLE)
+        return COUNT_UNKNOWN;
+    return 0;
+}
+
+uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event *e)
+{
+    uint64_t c = span_count(p, l, e);
+    return c == COUNT_UNKNOWN ? 1 : c;
+}
+
+/* ---- spans -> stacks ------------------------------------------------------ */
+
+typedef struct open_span {
+    const char *name;
+    int64_t end;
+    uint64_t total; /* COUNT_UNKNOWN or the span's own count */
+    uint64_t kids;  /* sum of children's totals */
+} open_span;
+
+static int emit(tb_folded *f, const open_span *stk, size_t depth, uint32_t thread, uint64_t count)
+{
+    if (GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
+        GROW(f->frames, f->cap_frames, f->nframes + depth) < 0)
+        return -ENOMEM;
+    tb_folded_stack *s = &f->stacks[f->nstacks++];
+    s->at = (uint32_t)f->nframes;
+    s->depth = (uint32_t)depth;
+    s->thread = thread;
+    s->count = count;
+    for (size_t i = 0; i < depth; i++)
+        f->frames[f->nframes++] = stk[i].name;
+    f->total += count;
+    return 0;
+}
+
+/* Close the innermost open span: emit its self samples, give its total to
+ * its parent. */
+static int pop(tb_folded *f, open_span *stk, size_t *depth, uint32_t thread)
+{
+    open_span *o = &stk[*depth - 1];
+    uint64_t total;
+    if (o->total == COUNT_UNKNOWN)
+        total = o->kids ? o->kids : 1;
+    else
+        total = o->total > o->kids ? o->total : o->kids;
+    uint64_t self = total - o->kids;
+    if (self && emit(f, stk, *depth, thread, self) < 0)
+        return -ENOMEM;
+    (*depth)--;
+    if (*depth)
+        stk[*depth - 1].kids += total;
+    return 0;
+}
+
+static const char *line_name(const tb_line *l)
+{
+    if (l->display_name && *l->display_name)
+        return l->display_name;
+    return l->name;
+}
+
+static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
+{
+    open_span *stk = NULL;
+    size_t depth = 0, cap = 0;
+    int64_t thread = -1;
+    int rc = 0;
+    for (size_t i = 0; i < l->nevents && rc == 0; i++) {
+        const tb_event *e = &l->events[i];
+        uint64_t c = span_count(p, l, e);
+        if (!c)
+            continue;
+        if (thread < 0) {
+            if (GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            thread = (int64_t)f->nthreads;
+            f->threads[f->nthreads++] = line_name(l);
+        }
+        while (depth && e->start_ns >= stk[depth - 1].end && rc == 0)
+            rc = pop(f, stk, &depth, (uint32_t)thread);
+        if (rc)
+            break;
+        int64_t end = e->start_ns + e->dur_ns;
+        if (depth && end > stk[depth - 1].end) {
+            f->bad_spans++; /* overlaps its would-be parent: not a nesting */
+            continue;
+        }
+        if (GROW(stk, cap, depth + 1) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
+        const char *name = m->display_name && *m->display_name ? m->display_name : m->name;
+        stk[depth++] = (open_span){.name = name ? name : "", .end = end, .total = c};
+    }
+    while (depth && rc == 0)
+        rc = pop(f, stk, &depth, (uint32_t)thread);
+    free(stk);
+    return rc;
+}
+
+int tb_folded_add_space(tb_folded *f, tb_space *s)
+{
+    tb_space_sort(s);
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (strncmp(p->name, "/host:", 6) != 0)
+            continue;
+        for (size_t j = 0; j < p->nlines; j++) {
+            int rc = add_line(f, p, p->lines[j]);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+void tb_folded_free(tb_folded *f)
+{
+    free(f->stacks);
+    free(f->frames);
+    free(f->threads);
+    memset(f, 0, sizeof(*f));
+}
+
+/* ---- functions ------------------------------------------------------------ */
+
+static int func_cmp(const void *a, const void *b)
+{
+    const tb_func_stat *x = a, *y = b;
+    if (x->self != y->self)
+        return x->self < y->self ? 1 : -1;
+    if (x->total != y->total)
+        return x->total < y->total ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+int tb_folded_functions(const tb_folded *f, tb_func_stat **out, size_t *n)
+{
+    tb_strmap map = {0};
+    tb_func_stat *fs = NULL;
+    size_t nfs = 0, cap = 0, cap_seen = 0;
+    size_t *seen = NULL; /* last stack index (+1) that counted each function */
+    int rc = 0;
+    for (size_t i = 0; i < f->nstacks && !rc; i++) {
+        const tb_folded_stack *s = &f->stacks[i];
+        for (uint32_t d = 0; d < s->depth; d++) {
+            const char *name = f->frames[s->at + d];
+            int64_t k = tb_strmap_get(&map, name);
+            if (k < 0) {
+                if (GROW(fs, cap, nfs + 1) < 0 || GROW(seen, cap_seen, nfs + 1) < 0 ||
+                    tb_strmap_put(&map, name, (uint32_t)nfs) < 0) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                k = (int64_t)nfs++;
+                fs[k] = (tb_func_stat){.name = name};
+                seen[k] = 0;
+            }
+            if (seen[k] != i + 1) {
+                seen[k] = i + 1;
+                fs[k].total += s->count;
+            }
+            if (d + 1 == s->depth)
+                fs[k].self += s->count;
+        }
+    }
+    tb_strmap_free(&map);
+    free(seen);
+    if (rc) {
+        free(fs);
+        return rc;
+    }
+    if (nfs)
+        qsort(fs, nfs, sizeof(*fs), func_cmp);
+    *out = fs;
+    *n = nfs;
+    return 0;
+}
+
+/* ---- call tree ------------------------------------------------------------ */
+
+static tb_flame_node *node_new(const char *name)
+{
+    tb_flame_node *n = calloc(1, sizeof(*n));
+    if (n)
+        n->name = name;
+    return n;
+}
+
+/* Child named `name`: a linear search from the newest child (call trees
+ * have small fan-out, and consecutive stacks tend to share a prefix). */
+static tb_flame_node *child(tb_flame_node *n, const char *name)
+{
+    for (size_t i = n->nkids; i-- > 0;)
+        if (strcmp(n->kids[i]->name, name) == 0)
+            return n->kids[i];
+    if (GROW(n->kids, n->cap_kids, n->nkids + 1) < 0)
+        return NULL;
+    tb_flame_node *c = node_new(name);
+    if (c)
+        n->kids[n->nkids++] = c;
+    return c;
+}
+
+static int kid_cmp(const void *a, const void *b)
+{
+    return strcmp((*(tb_flame_node *const *)a)->name, (*(tb_flame_node *const *)b)->name);
+}
+
+static void sort_tree(tb_flame_node *n)
+{
+    if (n->nkids > 1)
+        qsort(n->kids, n->nkids, sizeof(n->kids[0]), kid_cmp);
+    for (size_t i = 0; i < n->nkids; i++)
+        sort_tree(n->kids[i]);
+}
+
+tb_flame_node *tb_flame_tree(const tb_folded *f, int with_threads)
+{
+    tb_flame_node *root = node_new("all");
+    if (!root)
+        return NULL;
+    for (size_t i = 0; i < f->nstacks; i++) {
+        const tb_folded_stack *s = &f->stacks[i];
+        tb_flame_node *n = root;
+        n->total += s->count;
+        if (with_threads) {
+            if (!(n = child(n, f->threads[s->thread])))
+                goto oom;
+            n->total += s->count;
+        }
+        for (uint32_t d = 0; d < s->depth; d++) {
+            if (!(n = child(n, f->frames[s->at + d])))
+                goto oom;
+            n->total += s->count;
+        }
+        n->self += s->count;
+    }
+    sort_tree(root);
+    return root;
+oom:
+    tb_flame_free(root);
+    return NULL;
+}
+
+void tb_flame_free(tb_flame_node *n)
+{
+    if (!n)
+        return;
+    for (size_t i = 0; i < n->nkids; i++)
+        tb_flame_free(n->kids[i]);
+    free(n->kids);
+    free(n);
+}
+
+/* ---- writers -------------------------------------------------------------- */
+
+static void folded_name(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        char c = *s;
+        if (c == ';')
+            c = ':';
+        else if (c == '\n' || c == '\r' || c == '\t')
+            c = ' ';
+        fputc(c, out);
+    }
+}
+
+typedef struct path_buf {
+    const tb_flame_node **v;
+    size_t n, cap;
+} path_buf;
+
+static int folded_dfs(const tb_flame_node *n, path_buf *p, FILE *out)
+{
+    if (GROW(p->v, p->cap, p->n + 1) < 0)
+        return -ENOMEM;
+    p->v[p->n++] = n;
+    if (n->self) {
+        /* p->v[0] is the "all" root: not a frame */
+        for (size_t i = 1; i < p->n; i++) {
+            if (i > 1)
+                fputc(';', out);
+            folded_name(out, p->v[i]->name);
+        }
+        fprintf(out, " %llu\n", (unsigned long long)n->self);
+    }
+    for (size_t i = 0; i < n->nkids; i++)
+        if (folded_dfs(n->kids[i], p, out) < 0)
+            return -ENOMEM;
+    p->n--;
+    return 0;
+}
+
+int tb_folded_write(const tb_folded *f, FILE *out, int with_threads)
+{
+    tb_flame_node *root = tb_flame_tree(f, with_threads);
+    if (!root)
+        return -ENOMEM;
+    path_buf p = {0};
+    int rc = 0;
+    /* the root "all" goes on the path but is never printed */
+    rc = folded_dfs(root, &p, out);
+    free(p.v);
+    tb_flame_free(root);
+    if (!rc && ferror(out))
+        rc = -EIO;
+    return rc;
+}
+
+/* Length of the valid UTF-8 sequence at u (1..4), or 0 when invalid. */
+static int utf8_len(const unsigned char *u)
+{
+    if (u[0] < 0x80)
+        return 1;
+    int n;
+    unsigned min;
+    if ((u[0] & 0xE0) == 0xC0) {
+        n = 2;
+        min = 0x80;
+    } else if ((u[0] & 0xF0) == 0xE0) {
+        n = 3;
+        min = 0x800;
+    } else if ((u[0] & 0xF8) == 0xF0) {
+        n = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    unsigned cp = u[0] & (0x3F >> (n - 1));
+    for (int i = 1; i < n; i++) {
+        if ((u[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (u[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+void tb_json_str(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *u = (const unsigned char *)s; *u;) {
+        int n = utf8_len(u);
+        if (n == 0) { /* not UTF-8 (a mangled symbol?): keep the JSON valid */
+            fputs("\\ufffd", out);
+            u++;
+            continue;
+        }
+        if (n > 1) {
+            fwrite(u, 1, (size_t)n, out);
+            u += n;
+            continue;
+        }
+        switch (*u) {
+        case '"': fputs("\\\"", out); break;
+        case '\\': fputs("\\\\", out); break;
+        case '\n': fputs("\\n", out); break;
+        case '\r': fputs("\\r", out); break;
+        case '\t': fputs("\\t", out); break;
+        default:
+            if (*u < 0x20 || *u == 0x7f)
+                fprintf(out, "\\u%04x", *u);
+            else
+                fputc(*u, out);
+        }
+        u++;
+    }
+    fputc('"', out);
+}
+
+void tb_xml_str(FILE *out, const char *s)
+{
+    for (const unsigned char *u = (const unsigned char *)s; *u;) {
+        int n = utf8_len(u);
+        if (n == 0) {
+            fputs("&#xFFFD;", out);
+            u++;
+            continue;
+        }
+        if (n > 1) {
+            fwrite(u, 1, (size_t)n, out);
+            u += n;
+            continue;
+        }
+        switch (*u) {
+        case '&': fputs("&amp;", out); break;
+        case '<': fputs("&lt;", out); break;
+        case '>': fputs("&gt;", out); break;
+        case '"': fputs("&quot;", out); break;
+        case '\'': fputs("&apos;", out); break;
+        default:
+            if (*u < 0x20 && *u != '\t' && *u != '\n' && *u != '\r')
+                fputc(' ', out); /* not representable in XML 1.0 */
+            else
+                fputc(*u, out);
+        }
+        u++;
+    }
+}
+
+int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
+{
+    /* frame table: one entry per distinct name */
+    tb_strmap map = {0};
+    uint32_t *fidx = malloc((f->nframes ? f->nframes : 1) * sizeof(*fidx));
+    const char **uniq = malloc((f->nframes ? f->nframes : 1) * sizeof(*uniq));
+    size_t nuniq = 0;
+    int rc = 0;
+    if (!fidx || !uniq)
+        rc = -ENOMEM;
+    for (size_t i = 0; i < f->nframes && !rc; i++) {
+        int64_t k = tb_strmap_get(&map, f->frames[i]);
+        if (k < 0) {
+            k = (int64_t)nuniq;
+            uniq[nuniq++] = f->frames[i];
+            if (tb_strmap_put(&map, f->frames[i], (uint32_t)k) < 0)
+                rc = -ENOMEM;
+        }
+        fidx[i] = (uint32_t)k;
+    }
+    if (rc)
+        goto out;
+    fputs("{\"$schema\":\"https://www.speedscope.app/file-format-schema.json\",", out);
+    fputs("\"exporter\":\"tbprof\",\"name\":", out);
+    tb_json_str(out, name ? name : "tbprof CPU samples");
+    fputs(",\"activeProfileIndex\":0,\"shared\":{\"frames\":[", out);
+    for (size_t i = 0; i < nuniq; i++) {
+        fputs(i ? ",{\"name\":" : "{\"name\":", out);
+        tb_json_str(out, uniq[i]);
+        fputc('}', out);
+    }
+    fputs("]},\"profiles\":[", out);
+    size_t nprof = 0;
+    for (size_t t = 0; t < f->nthreads; t++) {
+        uint64_t total = 0;
+        size_t nst = 0;
+        for (size_t i = 0; i < f->nstacks; i++)
+            if (f->stacks[i].thread == t) {
+                total += f->stacks[i].count;
+                nst++;
+            }
+        if (!nst)
+            continue;
+        fputs(nprof++ ? ",{" : "{", out);
+        fputs("\"type\":\"sampled\",\"name\":", out);
+        tb_json_str(out, f->threads[t]);
+        fprintf(out, ",\"unit\":\"none\",\"startValue\":0,\"endValue\":%llu,\"samples\":[",
+                (unsigned long long)total);
+        size_t k = 0;
+        for (size_t i = 0; i < f->nstacks; i++) {
+            const tb_folded_stack *s = &f->stacks[i];
+            if (s->thread != t)
+                continue;
+            fputs(k++ ? ",[" : "[", out);
+            for (uint32_t d = 0; d < s->depth; d++)
+                fprintf(out, d ? ",%u" : "%u", fidx[s->at + d]);
+            fputc(']', out);
+        }
+        fputs("],\"weights\":[", out);
+        k = 0;
+        for (size_t i = 0; i < f->nstacks; i++)
+            if (f->stacks[i].thread == t)
+                fprintf(out, k++ ? ",%llu" : "%llu", (unsigned long long)f->stacks[i].count);
+        fputs("]}", out);
+    }
+    fputs("]}\n", out);
+    if (ferror(out))
+        rc = -EIO;
+out:
+    tb_strmap_free(&map);
+    free(fidx);
+    free(uniq);
+    return rc;
+}

@@ -1,0 +1,94 @@
+/* folded.h - CPU sample stacks out of a tb_space, and what readers make of
+ * them: folded stacks ("a;b;c N", Brendan Gregg's format), speedscope's
+ * "sampled" JSON, a call tree for flame graphs, and per-function totals.
+ *
+ * The sampler writes CPU samples as merged nested spans on /host:CPU thread
+ * lines (category TB_CAT_CPU_SAMPLE; read back from a file, spans are known
+ * by their sample-count stat): a span is one frame, its children are the
+ * frames it called, and each span carries how many samples fell inside it.
+ * A span's self count is its total minus its children's totals; every span
+ * with a self count > 0 yields one stack (root first) with that count.
+ *
+ * Frame names are borrowed from the space: a tb_folded is valid while the
+ * spaces it was built from are alive.
+ */
+#ifndef TBPROF_AGENT_FOLDED_H
+#define TBPROF_AGENT_FOLDED_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "trace.h"
+
+typedef struct tb_folded_stack {
+    uint32_t at;     /* frames at f->frames[at .. at+depth), root first */
+    uint32_t depth;
+    uint32_t thread; /* index into f->threads */
+    uint64_t count;  /* samples whose stack is exactly this one */
+} tb_folded_stack;
+
+typedef struct tb_folded {
+    tb_folded_stack *stacks;
+    size_t nstacks, cap_stacks;
+    const char **frames; /* frame name pool */
+    size_t nframes, cap_frames;
+    const char **threads; /* thread (line) names */
+    size_t nthreads, cap_threads;
+    uint64_t total; /* sum of all counts */
+    uint64_t bad_spans; /* spans that overlapped a sibling (skipped) */
+} tb_folded;
+
+/* Append the CPU sample stacks of every /host:* plane of `s` (sorted first).
+ * 0 or -ENOMEM. A space without CPU samples adds nothing. */
+int tb_folded_add_space(tb_folded *f, tb_space *s);
+void tb_folded_free(tb_folded *f);
+
+/* Total samples inside a CPU sample span (the one place that knows how the
+ * sampler encodes counts); 0 when `e` is not a CPU sample span. */
+uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event *e);
+
+/* Per-function figures: self = samples with the function as leaf; total =
+ * samples with the function anywhere on the stack (once per sample, even
+ * when recursive). Sorted by self, then total, descending, then name. */
+typedef struct tb_func_stat {
+    const char *name;
+    uint64_t self, total;
+} tb_func_stat;
+int tb_folded_functions(const tb_folded *f, tb_func_stat **out, size_t *n);
+
+/* Writers. with_threads: the thread name is the root frame of each stack.
+ * Folded: one line per distinct stack, "frame;frame;frame count\n", ';' in
+ * names replaced by ':' and newlines by spaces. */
+int tb_folded_write(const tb_folded *f, FILE *out, int with_threads);
+/* speedscope file format (https://www.speedscope.app/file-format-schema.json):
+ * one "sampled" profile per thread, frames shared. */
+int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name);
+
+/* A call tree merged over all stacks (children by name). */
+typedef struct tb_flame_node {
+    const char *name;
+    uint64_t total, self;
+    struct tb_flame_node **kids;
+    size_t nkids, cap_kids;
+} tb_flame_node;
+/* Root is "all"; with_threads puts a level of thread names under it.
+ * Children sorted by name (flame graph convention). NULL on ENOMEM. */
+tb_flame_node *tb_flame_tree(const tb_folded *f, int with_threads);
+void tb_flame_free(tb_flame_node *n);
+/* SVG flame graph: rects with widths proportional to samples, <title> with
+ * counts and percentages, names XML-escaped; frames narrower than
+ * min_width_px are left out (their samples still count in the parent). */
+typedef struct tb_flame_opts {
+    const char *title;  /* NULL: "CPU flame graph" */
+    int width_px;       /* 0: 1200 */
+    double min_width_px; /* 0: 0.1 */
+} tb_flame_opts;
+int tb_flame_svg(const tb_flame_node *root, FILE *out, const tb_flame_opts *o);
+
+/* JSON string literal (quotes included), escaping per RFC 8259. */
+void tb_json_str(FILE *out, const char *s);
+/* XML text/attribute escaping (& < > " '), dropping control characters
+ * XML 1.0 cannot hold. */
+void tb_xml_str(FILE *out, const char *s);
+
+#endif

@@ -1,0 +1,590 @@
+/* summary.c - overview figures of one profile (see summary.h). */
+#include "summary.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "stats.h"
+#include "strmap.h"
+
+#define GROW(arr, cap, need) grow_((void **)&(arr), &(cap), (need), sizeof(*(arr)))
+
+static int grow_(void **arr, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 16;
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 4 / elem)
+            return -ENOMEM;
+        ncap *= 2;
+    }
+    void *p = realloc(*arr, ncap * elem);
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
+const char *tb_copy_dir_name(tb_copy_dir d)
+{
+    static const char *const names[TB_COPY_NDIR] = {"H2D", "D2H", "D2D", "P2P", "other"};
+    return (unsigned)d < TB_COPY_NDIR ? names[d] : "other";
+}
+
+/* ---- intervals ------------------------------------------------------------ */
+
+static int iv_cmp(const void *a, const void *b)
+{
+    const tb_interval *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    return (x->end > y->end) - (x->end < y->end);
+}
+
+size_t tb_intervals_merge(tb_interval *iv, size_t n)
+{
+    if (n == 0)
+        return 0;
+    qsort(iv, n, sizeof(*iv), iv_cmp);
+    size_t k = 0;
+    for (size_t i = 1; i < n; i++) {
+        if (iv[i].start <= iv[k].end) {
+            if (iv[i].end > iv[k].end)
+                iv[k].end = iv[i].end;
+        } else {
+            iv[++k] = iv[i];
+        }
+    }
+    return k + 1;
+}
+
+int64_t tb_intervals_overlap(const tb_interval *m, size_t n, int64_t lo, int64_t hi)
+{
+    if (hi <= lo || n == 0)
+        return 0;
+    /* first merged interval that ends after lo */
+    size_t a = 0, b = n;
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (m[mid].end <= lo)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    int64_t sum = 0;
+    for (size_t i = a; i < n && m[i].start < hi; i++) {
+        int64_t s = m[i].start > lo ? m[i].start : lo;
+        int64_t e = m[i].end < hi ? m[i].end : hi;
+        if (e > s)
+            sum += e - s;
+    }
+    return sum;
+}
+
+typedef struct iv_vec {
+    tb_interval *v;
+    size_t n, cap;
+} iv_vec;
+
+static int iv_push(iv_vec *v, int64_t start, int64_t dur)
+{
+    if (GROW(v->v, v->cap, v->n + 1) < 0)
+        return -ENOMEM;
+    v->v[v->n++] = (tb_interval){start, start + dur};
+    return 0;
+}
+
+/* ---- details strings ------------------------------------------------------- */
+
+/* Start of the value of `key` in "k1:v1 k2:v2 ...", or NULL. */
+static const char *details_find(const char *d, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *p = d; p && *p;) {
+        while (*p == ' ')
+            p++;
+        if (strncmp(p, key, kl) == 0 && p[kl] == ':')
+            return p + kl + 1;
+        p = strchr(p, ' ');
+    }
+    return NULL;
+}
+
+int tb_details_num(const char *details, const char *key, double *v)
+{
+    const char *p = details ? details_find(details, key) : NULL;
+    if (!p)
+        return 0;
+    char *end;
+    double x = strtod(p, &end);
+    if (end == p)
+        return 0;
+    *v = x;
+    return 1;
+}
+
+int tb_details_str(const char *details, const char *key, char *buf, size_t n)
+{
+    const char *p = details ? details_find(details, key) : NULL;
+    if (!p || n == 0)
+        return 0;
+    size_t len = strcspn(p, " ");
+    if (len >= n)
+        len = n - 1;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    return 1;
+}
+
+/* ---- stats ----------------------------------------------------------------- */
+
+static const char *stat_str(const tb_plane *p, const tb_stat *st)
+{
+    return st && st->type == TB_STAT_REF ? tb_plane_stat_name(p, st->v.ref) : NULL;
+}
+
+/* Numeric value of a stat (strings parsed); 1 when it has one. */
+static int stat_num(const tb_plane *p, const tb_stat *st, double *v)
+{
+    if (!st)
+        return 0;
+    switch (st->type) {
+    case TB_STAT_INT64: *v = (double)st->v.i; return 1;
+    case TB_STAT_UINT64: *v = (double)st->v.u; return 1;
+    case TB_STAT_DOUBLE: *v = st->v.d; return 1;
+    case TB_STAT_REF: {
+        const char *s = tb_plane_stat_name(p, st->v.ref);
+        char *end;
+        double x = strtod(s, &end);
+        if (end == s)
+            return 0;
+        *v = x;
+        return 1;
+    }
+    default: return 0;
+    }
+}
+
+static int stat_i64(const tb_stat *st, int64_t *v)
+{
+    if (!st)
+        return 0;
+    switch (st->type) {
+    case TB_STAT_INT64: *v = st->v.i; return 1;
+    case TB_STAT_UINT64: *v = (int64_t)st->v.u; return 1;
+    case TB_STAT_DOUBLE: *v = (int64_t)st->v.d; return 1;
+    default: return 0;
+    }
+}
+
+/* ---- GPU activity ------------------------------------------------------------ */
+
+static int starts_with(const char *s, const char *pre)
+{
+    return strncmp(s, pre, strlen(pre)) == 0;
+}
+
+/* TB_CAT_KERNEL / MEMCPY / MEMSET, or TB_CAT_NONE for anything else. */
+static tb_category classify(const tb_plane *p, const tb_line *l, const tb_event *e,
+                            const char **details)
+{
+    *details = NULL;
+    tb_category c = e->meta < p->nevent_meta ? (tb_category)p->event_meta[e->meta].category
+                                             : TB_CAT_NONE;
+    const tb_stat *st = tb_event_stats(l, e);
+    tb_category by_stat = TB_CAT_NONE;
+    for (uint32_t i = 0; i < e->nstats; i++) {
+        const char *n = tb_plane_stat_name(p, st[i].meta);
+        if (strcmp(n, TB_ST_KERNEL_DETAILS) == 0)
+            by_stat = TB_CAT_KERNEL;
+        else if (strcmp(n, TB_ST_MEMCPY_DETAILS) == 0)
+            by_stat = TB_CAT_MEMCPY;
+        else if (strcmp(n, TB_ST_MEMSET_DETAILS) == 0)
+            by_stat = TB_CAT_MEMSET;
+        else
+            continue;
+        *details = stat_str(p, &st[i]);
+        break;
+    }
+    if (c == TB_CAT_KERNEL || c == TB_CAT_MEMCPY || c == TB_CAT_MEMSET)
+        return c;
+    if (c != TB_CAT_NONE)
+        return TB_CAT_NONE; /* annotations, memory, overhead: not busy time */
+    if (by_stat != TB_CAT_NONE)
+        return by_stat;
+    const char *name = tb_plane_event_name(p, e->meta);
+    if (starts_with(name, "Memcpy") || starts_with(name, "memcpy"))
+        return TB_CAT_MEMCPY;
+    if (starts_with(name, "Memset") || starts_with(name, "memset"))
+        return TB_CAT_MEMSET;
+    return TB_CAT_NONE;
+}
+
+static int mem_kind(const char *k) /* 1 host, 2 device, 0 unknown */
+{
+    if (!strcasecmp(k, "pageable") || !strcasecmp(k, "pinned") || !strcasecmp(k, "host"))
+        return 1;
+    if (!strcasecmp(k, "device") || !strcasecmp(k, "array") || !strcasecmp(k, "managed") ||
+        !strcasecmp(k, "device_static") || !strcasecmp(k, "managed_static"))
+        return 2;
+    return 0;
+}
+
+static tb_copy_dir copy_dir(const char *name, const char *details)
+{
+    static const struct {
+        const char *a, *b;
+        tb_copy_dir d;
+    } pats[] = {{"H2D", "HtoD", TB_COPY_H2D},
+                {"D2H", "DtoH", TB_COPY_D2H},
+                {"D2D", "DtoD", TB_COPY_D2D},
+                {"P2P", "PtoP", TB_COPY_P2P}};
+    for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++)
+        if (strstr(name, pats[i].a) || strstr(name, pats[i].b))
+            return pats[i].d;
+    char src[32], dst[32];
+    if (tb_details_str(details, "kind_src", src, sizeof src) &&
+        tb_details_str(details, "kind_dst", dst, sizeof dst)) {
+        int s = mem_kind(src), d = mem_kind(dst);
+        if (s == 1 && d == 2)
+            return TB_COPY_H2D;
+        if (s == 2 && d == 1)
+            return TB_COPY_D2H;
+        if (s == 2 && d == 2)
+            return TB_COPY_D2D;
+    }
+    return TB_COPY_OTHER;
+}
+
+static const char *event_label(const tb_plane *p, const tb_event *e)
+{
+    if (e->meta < p->nevent_meta && e->meta) {
+        const tb_meta *m = &p->event_meta[e->meta];
+        if (m->display_name && *m->display_name)
+            return m->display_name;
+        return m->name;
+    }
+    return "";
+}
+
+static int kernel_cmp(const void *a, const void *b)
+{
+    const tb_sum_kernel *x = a, *y = b;
+    if (x->total_ns != y->total_ns)
+        return x->total_ns < y->total_ns ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+typedef struct gpu_acc {
+    iv_vec all, h2d, d2h;
+    tb_strmap kmap;
+    size_t cap_kernels;
+} gpu_acc;
+
+static int add_kernel(tb_summary *sum, gpu_acc *g, const char *name, int64_t dur,
+                      const char *details)
+{
+    int64_t k = tb_strmap_get(&g->kmap, name);
+    if (k < 0) {
+        if (GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
+            tb_strmap_put(&g->kmap, name, (uint32_t)sum->nkernels) < 0)
+            return -ENOMEM;
+        k = (int64_t)sum->nkernels++;
+        sum->kernels[k] = (tb_sum_kernel){.name = name, .min_ns = dur, .max_ns = dur};
+    }
+    tb_sum_kernel *kr = &sum->kernels[k];
+    kr->count++;
+    kr->total_ns += dur;
+    if (dur < kr->min_ns)
+        kr->min_ns = dur;
+    if (dur > kr->max_ns)
+        kr->max_ns = dur;
+    double occ;
+    if (tb_details_num(details, "occ_pct", &occ)) {
+        kr->occ_pct += occ; /* a sum until the end */
+        kr->occ_count++;
+    }
+    sum->kernel_total_ns += dur;
+    return 0;
+}
+
+static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
+{
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!starts_with(p->name, "/device:GPU:"))
+            continue;
+        sum->ngpus++;
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                const char *details;
+                tb_category c = classify(p, l, e, &details);
+                if (c == TB_CAT_NONE)
+                    continue;
+                sum->gpu_events++;
+                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0)
+                    return -ENOMEM;
+                if (c == TB_CAT_KERNEL) {
+                    if (add_kernel(sum, g, event_label(p, e), e->dur_ns, details) < 0)
+                        return -ENOMEM;
+                } else if (c == TB_CAT_MEMSET) {
+                    sum->memsets++;
+                    sum->memset_ns += e->dur_ns;
+                } else {
+                    tb_copy_dir d = copy_dir(tb_plane_event_name(p, e->meta), details);
+                    tb_sum_copy *cp = &sum->copies[d];
+                    double bytes = 0;
+                    if (!tb_details_num(details, "size", &bytes))
+                        stat_num(p, tb_event_find_stat(p, l, e, "bytes"), &bytes);
+                    cp->count++;
+                    cp->bytes += bytes > 0 ? (uint64_t)bytes : 0;
+                    cp->total_ns += e->dur_ns;
+                    if ((d == TB_COPY_H2D && iv_push(&g->h2d, e->start_ns, e->dur_ns) < 0) ||
+                        (d == TB_COPY_D2H && iv_push(&g->d2h, e->start_ns, e->dur_ns) < 0))
+                        return -ENOMEM;
+                }
+            }
+        }
+    }
+    for (size_t k = 0; k < sum->nkernels; k++) {
+        tb_sum_kernel *kr = &sum->kernels[k];
+        kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
+    }
+    if (sum->nkernels > 1)
+        qsort(sum->kernels, sum->nkernels, sizeof(*sum->kernels), kernel_cmp);
+    g->all.n = tb_intervals_merge(g->all.v, g->all.n);
+    g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
+    g->d2h.n = tb_intervals_merge(g->d2h.v, g->d2h.n);
+    return 0;
+}
+
+/* ---- steps ------------------------------------------------------------------- */
+
+static int step_num_cmp(const void *a, const void *b)
+{
+    const tb_sum_step *x = a, *y = b;
+    if (x->num != y->num)
+        return x->num < y->num ? -1 : 1;
+    return (x->start_ns > y->start_ns) - (x->start_ns < y->start_ns);
+}
+
+static int step_start_cmp(const void *a, const void *b)
+{
+    const tb_sum_step *x = a, *y = b;
+    if (x->start_ns != y->start_ns)
+        return x->start_ns < y->start_ns ? -1 : 1;
+    return (x->num > y->num) - (x->num < y->num);
+}
+
+static int scan_steps(tb_summary *sum, tb_space *s)
+{
+    size_t cap = 0;
+    int any_unnumbered = 0;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!starts_with(p->name, "/host:"))
+            continue;
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                if (!e->nstats)
+                    continue;
+                int64_t root = 0, num = -1;
+                int is_root = 0;
+                const tb_stat *st = tb_event_stats(l, e);
+                for (uint32_t q = 0; q < e->nstats; q++) {
+                    const char *n = tb_plane_stat_name(p, st[q].meta);
+                    if (strcmp(n, TB_ST_IS_ROOT) == 0)
+                        is_root = stat_i64(&st[q], &root) && root != 0;
+                    else if (strcmp(n, TB_ST_STEP_NUM) == 0 || strcmp(n, TB_ST_ITER_NUM) == 0)
+                        stat_i64(&st[q], &num);
+                }
+                if (!is_root)
+                    continue;
+                if (GROW(sum->steps, cap, sum->nsteps + 1) < 0)
+                    return -ENOMEM;
+                if (num < 0)
+                    any_unnumbered = 1;
+                sum->steps[sum->nsteps++] =
+                    (tb_sum_step){.num = num, .start_ns = e->start_ns, .dur_ns = e->dur_ns};
+            }
+        }
+    }
+    if (!sum->nsteps)
+        return 0;
+    if (!any_unnumbered) {
+        /* one step per number: two roots of one step (two sources) merge */
+        qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_num_cmp);
+        size_t k = 0;
+        for (size_t i = 1; i < sum->nsteps; i++) {
+            tb_sum_step *a = &sum->steps[k], *b = &sum->steps[i];
+            if (b->num == a->num) {
+                int64_t end = a->start_ns + a->dur_ns, bend = b->start_ns + b->dur_ns;
+                if (b->start_ns < a->start_ns)
+                    a->start_ns = b->start_ns;
+                a->dur_ns = (bend > end ? bend : end) - a->start_ns;
+            } else {
+                sum->steps[++k] = *b;
+            }
+        }
+        sum->nsteps = k + 1;
+    }
+    qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_start_cmp);
+    if (any_unnumbered)
+        for (size_t i = 0; i < sum->nsteps; i++)
+            if (sum->steps[i].num < 0)
+                sum->steps[i].num = (int64_t)i;
+    return 0;
+}
+
+/* ---- plane stats: counters, overhead, warnings --------------------------------- */
+
+static int add_warning(tb_summary *sum, size_t *cap, const char *w)
+{
+    for (size_t i = 0; i < sum->nwarnings; i++)
+        if (strstr(sum->warnings[i], w))
+            return 0; /* already said */
+    char *d = strdup(w);
+    if (!d || GROW(sum->warnings, *cap, sum->nwarnings + 1) < 0) {
+        free(d);
+        return -ENOMEM;
+    }
+    sum->warnings[sum->nwarnings++] = d;
+    return 0;
+}
+
+static int scan_plane_stats(tb_summary *sum, tb_space *s)
+{
+    size_t cap_w = 0, cap_c = 0;
+    for (size_t i = 0; i < s->nwarnings; i++)
+        if (add_warning(sum, &cap_w, s->warnings[i]) < 0)
+            return -ENOMEM;
+    for (size_t i = 0; i < s->nerrors; i++)
+        if (add_warning(sum, &cap_w, s->errors[i]) < 0)
+            return -ENOMEM;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        for (size_t j = 0; j < p->nstats; j++) {
+            const tb_stat *st = &p->stats[j];
+            const char *n = tb_plane_stat_name(p, st->meta);
+            if (!starts_with(n, "tbprof_"))
+                continue;
+            const char *str = stat_str(p, st);
+            int64_t v;
+            if (strcmp(n, TB_ST_TRIGGER) == 0) {
+                sum->trigger = str;
+            } else if (str) {
+                /* reasons: "tbprof_gpu_off_reason" -> "GPU tracing off: ..." */
+                const char *what = strcmp(n, TB_ST_GPU_OFF_REASON) == 0   ? "GPU tracing off"
+                                   : strcmp(n, TB_ST_CPU_OFF_REASON) == 0 ? "CPU sampling off"
+                                                                          : n + 7;
+                int dup = 0;
+                for (size_t w = 0; w < sum->nwarnings && !dup; w++)
+                    dup = strstr(sum->warnings[w], str) != NULL;
+                if (dup || !*str)
+                    continue;
+                char buf[1024];
+                snprintf(buf, sizeof buf, "%s: %s", what, str);
+                if (add_warning(sum, &cap_w, buf) < 0)
+                    return -ENOMEM;
+            } else if (stat_i64(st, &v)) {
+                if (strcmp(n, TB_ST_OVERHEAD_NS) == 0) {
+                    sum->overhead_ns = (sum->overhead_ns < 0 ? 0 : sum->overhead_ns) + v;
+                    continue;
+                }
+                if (GROW(sum->counters, cap_c, sum->ncounters + 1) < 0)
+                    return -ENOMEM;
+                sum->counters[sum->ncounters++] =
+                    (tb_sum_counter){.plane = p->name, .name = n, .value = v};
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the whole ------------------------------------------------------------------- */
+
+int tb_summarize(tb_space *s, tb_summary *sum)
+{
+    memset(sum, 0, sizeof(*sum));
+    sum->overhead_ns = -1;
+    tb_space_sort(s);
+    sum->host = s->nhostnames ? s->hostnames[0] : NULL;
+    tb_space_span(s, &sum->begin_ns, &sum->end_ns);
+
+    gpu_acc g = {0};
+    tb_folded f = {0};
+    int rc = scan_gpu(sum, s, &g);
+    if (!rc)
+        rc = scan_steps(sum, s);
+    if (!rc) {
+        if (sum->nsteps) {
+            int64_t tot = 0;
+            sum->step_min_ns = INT64_MAX;
+            for (size_t i = 0; i < sum->nsteps; i++) {
+                tb_sum_step *st = &sum->steps[i];
+                int64_t lo = st->start_ns, hi = st->start_ns + st->dur_ns;
+                st->gpu_busy_ns = tb_intervals_overlap(g.all.v, g.all.n, lo, hi);
+                st->h2d_ns = tb_intervals_overlap(g.h2d.v, g.h2d.n, lo, hi);
+                st->d2h_ns = tb_intervals_overlap(g.d2h.v, g.d2h.n, lo, hi);
+                st->gpu_idle_ns = st->dur_ns - st->gpu_busy_ns;
+                tot += st->dur_ns;
+                if (st->dur_ns < sum->step_min_ns)
+                    sum->step_min_ns = st->dur_ns;
+                if (st->dur_ns > sum->step_max_ns)
+                    sum->step_max_ns = st->dur_ns;
+                sum->window_ns += st->dur_ns;
+                sum->gpu_busy_ns += st->gpu_busy_ns;
+                sum->h2d_ns += st->h2d_ns;
+                sum->d2h_ns += st->d2h_ns;
+                sum->gpu_idle_ns += st->gpu_idle_ns;
+            }
+            sum->step_mean_ns = tot / (int64_t)sum->nsteps;
+        } else {
+            int64_t lo = sum->begin_ns, hi = sum->end_ns;
+            sum->window_ns = hi - lo;
+            sum->gpu_busy_ns = tb_intervals_overlap(g.all.v, g.all.n, lo, hi);
+            sum->h2d_ns = tb_intervals_overlap(g.h2d.v, g.h2d.n, lo, hi);
+            sum->d2h_ns = tb_intervals_overlap(g.d2h.v, g.d2h.n, lo, hi);
+            sum->gpu_idle_ns = sum->window_ns - sum->gpu_busy_ns;
+        }
+        rc = tb_folded_add_space(&f, s);
+    }
+    if (!rc) {
+        sum->cpu_samples = f.total;
+        rc = tb_folded_functions(&f, &sum->funcs, &sum->nfuncs);
+    }
+    if (!rc)
+        rc = scan_plane_stats(sum, s);
+    free(g.all.v);
+    free(g.h2d.v);
+    free(g.d2h.v);
+    tb_strmap_free(&g.kmap);
+    tb_folded_free(&f);
+    if (rc) {
+        tb_summary_free(sum);
+        return rc;
+    }
+    return 0;
+}
+
+void tb_summary_free(tb_summary *sum)
+{
+    free(sum->steps);
+    free(sum->kernels);
+    free(sum->funcs);
+    free(sum->counters);
+    for (size_t i = 0; i < sum->nwarnings; i++)
+        free((char *)sum->warnings[i]);
+    free(sum->warnings);
+    memset(sum, 0, sizeof(*sum));
+    sum->overhead_ns = -1;
+}

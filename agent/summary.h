@@ -1,0 +1,124 @@
+/* summary.h - the figures `tbprof summary` shows, computed from one tb_space
+ * (one host / rank): steps and their GPU busy / copy / idle split, kernel
+ * statistics, copies by direction, top CPU functions, drops, overhead and
+ * warnings. Pure analysis: no I/O, testable on spaces built in memory.
+ *
+ * Definitions
+ * - Step: a /host:* event with stat _r != 0 (xprof's step root), numbered by
+ *   its step_num (or iter_num) stat, else by order. Two roots with the same
+ *   number (from two sources) are one step spanning both.
+ * - GPU activity: events on /device:GPU:* planes that are kernels, memcpys
+ *   or memsets (by category, by the kernel_details / memcpy_details /
+ *   memset_details stat, or by a "Memcpy"/"Memset" name prefix).
+ * - GPU busy in a window: the length of the union of all activity intervals
+ *   (every GPU of the host) clipped to the window; idle = window - busy.
+ *   H2D / D2H time: the union of copies of that direction, clipped.
+ *   Unions are built once by sorting (O(n log n)); each window then costs
+ *   O(log n + intervals inside it).
+ * - Copy direction: from the event name (MemcpyH2D, ...HtoD, ...) or from
+ *   memcpy_details' kind_src/kind_dst (pageable/pinned = host,
+ *   device/array/managed = device).
+ *
+ * Strings in a tb_summary point into the space: keep the space alive.
+ */
+#ifndef TBPROF_AGENT_SUMMARY_H
+#define TBPROF_AGENT_SUMMARY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "folded.h"
+#include "trace.h"
+
+typedef enum tb_copy_dir {
+    TB_COPY_H2D = 0,
+    TB_COPY_D2H,
+    TB_COPY_D2D,
+    TB_COPY_P2P,
+    TB_COPY_OTHER,
+    TB_COPY_NDIR
+} tb_copy_dir;
+
+const char *tb_copy_dir_name(tb_copy_dir d); /* "H2D", "D2H", "D2D", "P2P", "other" */
+
+typedef struct tb_sum_step {
+    int64_t num;
+    int64_t start_ns, dur_ns;
+    int64_t gpu_busy_ns; /* union of GPU activity inside the step */
+    int64_t h2d_ns, d2h_ns;
+    int64_t gpu_idle_ns; /* dur - busy */
+} tb_sum_step;
+
+typedef struct tb_sum_kernel {
+    const char *name;
+    uint64_t count;
+    int64_t total_ns, min_ns, max_ns;
+    double occ_pct;     /* mean occ_pct over launches that report it; -1: none do */
+    uint64_t occ_count; /* launches that report it */
+} tb_sum_kernel;
+
+typedef struct tb_sum_copy {
+    uint64_t count, bytes;
+    int64_t total_ns; /* sum of durations */
+} tb_sum_copy;
+
+typedef struct tb_sum_counter {
+    const char *plane; /* plane name */
+    const char *name;  /* stat name (tbprof_*) */
+    int64_t value;
+} tb_sum_counter;
+
+typedef struct tb_summary {
+    const char *host; /* first hostname in the space, else NULL */
+    int64_t begin_ns, end_ns; /* span of all events */
+    size_t ngpus;             /* /device:GPU:* planes */
+    uint64_t gpu_events;      /* kernels + copies + memsets */
+
+    tb_sum_step *steps; /* by start time */
+    size_t nsteps;
+    int64_t step_mean_ns, step_min_ns, step_max_ns; /* 0 without steps */
+    /* sums over steps (or over the whole capture when there are no steps) */
+    int64_t window_ns, gpu_busy_ns, h2d_ns, d2h_ns, gpu_idle_ns;
+
+    tb_sum_kernel *kernels; /* by total time, descending */
+    size_t nkernels;
+    int64_t kernel_total_ns;
+
+    tb_sum_copy copies[TB_COPY_NDIR];
+    uint64_t memsets;
+    int64_t memset_ns;
+
+    tb_func_stat *funcs; /* CPU functions by self samples, descending */
+    size_t nfuncs;
+    uint64_t cpu_samples; /* total samples in the CPU sample spans */
+
+    tb_sum_counter *counters; /* numeric tbprof_* plane stats (drops, samples) */
+    size_t ncounters;
+    int64_t overhead_ns; /* tbprof_agent_overhead_ns; -1 when absent */
+    const char *trigger; /* tbprof_trigger, or NULL */
+
+    const char **warnings; /* XSpace warnings and errors, *_off_reason stats */
+    size_t nwarnings;
+} tb_summary;
+
+/* Analyse `s` (sorted in place first). 0 or -ENOMEM; on error *out is
+ * zeroed and nothing leaks. */
+int tb_summarize(tb_space *s, tb_summary *out);
+void tb_summary_free(tb_summary *sum);
+
+/* Length of the union of the intervals [start, start+dur) that lies inside
+ * [lo, hi), for `iv` sorted and merged by tb_intervals_merge. */
+typedef struct tb_interval {
+    int64_t start, end;
+} tb_interval;
+/* Sort and merge overlapping/touching intervals in place; returns the new
+ * count. O(n log n). */
+size_t tb_intervals_merge(tb_interval *iv, size_t n);
+int64_t tb_intervals_overlap(const tb_interval *merged, size_t n, int64_t lo, int64_t hi);
+
+/* Parse "key:value" out of a details string ("regs:32 ... occ_pct:50.5"):
+ * 1 and *v set when present. */
+int tb_details_num(const char *details, const char *key, double *v);
+int tb_details_str(const char *details, const char *key, char *buf, size_t n);
+
+#endif

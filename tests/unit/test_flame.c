@@ -1,0 +1,195 @@
+/* test_flame.c - CPU sample spans -> folded stacks, speedscope JSON, call
+ * tree, per-function totals and the SVG flame graph. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "folded.h"
+#include "stats.h"
+#include "tap.h"
+
+static void span(tb_line *l, const char *name, int64_t start, int64_t dur, int64_t samples)
+{
+    int64_t m = tb_plane_event_meta(l->plane, name);
+    tb_plane_set_event_category(l->plane, m, TB_CAT_CPU_SAMPLE);
+    tb_line_add(l, m, 1000000 + start, dur);
+    if (samples >= 0)
+        tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, "tbprof_samples"), samples);
+}
+
+static char *capture(int (*fn)(const tb_folded *, FILE *, int), const tb_folded *f, int arg)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    CHECK(fn(f, m, arg) == 0);
+    fclose(m);
+    return buf;
+}
+
+static int write_ss(const tb_folded *f, FILE *out, int unused)
+{
+    (void)unused;
+    return tb_speedscope_write(f, out, "my \"run\"");
+}
+
+/* Sum of the counts at the end of each folded line. */
+static long long folded_sum(const char *text, int *lines)
+{
+    long long sum = 0;
+    *lines = 0;
+    for (const char *p = text; *p;) {
+        const char *nl = strchr(p, '\n');
+        if (!nl)
+            break;
+        const char *sp = nl;
+        while (sp > p && sp[-1] != ' ')
+            sp--;
+        sum += atoll(sp);
+        (*lines)++;
+        p = nl + 1;
+    }
+    return sum;
+}
+
+static tb_space *sample_space(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *a = tb_plane_line(h, 1, "python");
+    tb_line *b = tb_plane_line(h, 2, "io;thread"); /* ';' must not split the thread frame */
+    /* inserted out of order: the reader sorts */
+    span(a, "fwd", 10, 40, 4);
+    span(a, "main", 0, 100, 9);
+    span(a, "bwd", 60, 30, 3);
+    span(a, "a<b>&\"c\"", 65, 5, 2);   /* needs escaping everywhere */
+    span(a, "main", 200, 10, 1);        /* the same stack again, later */
+    span(a, "rec", 300, 50, 3);         /* recursion: rec > rec */
+    span(a, "rec", 310, 10, 2);
+    span(b, "read", 0, 10, -1);         /* no count stat: one sample */
+    /* not samples: a step root named like a frame, an API call */
+    int64_t m = tb_plane_event_meta(h, "main");
+    tb_line_add(a, m, 1000000, 500);
+    tb_line_stat_i64(a, tb_plane_stat_meta(h, TB_ST_IS_ROOT), 1);
+    tb_line_add(a, tb_plane_event_meta(h, "cudaMemcpy"), 1000020, 5);
+    return s;
+}
+
+static void stacks_and_functions(void)
+{
+    tb_space *s = sample_space();
+    tb_folded f = {0};
+    CHECK(tb_folded_add_space(&f, s) == 0);
+    /* main 9 = fwd 4 + bwd 3 + self 2; bwd 3 = a<b> 2 + self 1; main 1;
+     * rec 3 = rec 2 + self 1; read 1 */
+    CHECK_EQ_I(f.total, 9 + 1 + 3 + 1);
+    CHECK_EQ_I(f.nthreads, 2);
+    CHECK_EQ_I(f.bad_spans, 0);
+
+    char *txt = capture(tb_folded_write, &f, 1);
+    int lines;
+    CHECK_EQ_I(folded_sum(txt, &lines), 14);
+    CHECK(strstr(txt, "python;main 3\n") != NULL); /* 2 + 1: merged */
+    CHECK(strstr(txt, "python;main;fwd 4\n") != NULL);
+    CHECK(strstr(txt, "python;main;bwd 1\n") != NULL);
+    CHECK(strstr(txt, "python;main;bwd;a<b>&\"c\" 2\n") != NULL);
+    CHECK(strstr(txt, "python;rec 1\n") != NULL);
+    CHECK(strstr(txt, "python;rec;rec 2\n") != NULL);
+    CHECK(strstr(txt, "io:thread;read 1\n") != NULL);
+    CHECK_EQ_I(lines, 7);
+    free(txt);
+    txt = capture(tb_folded_write, &f, 0);
+    CHECK(strncmp(txt, "main 3\n", 7) == 0 || strstr(txt, "\nmain 3\n"));
+    CHECK(strstr(txt, "python") == NULL);
+    CHECK_EQ_I(folded_sum(txt, &lines), 14);
+    free(txt);
+
+    tb_func_stat *fs;
+    size_t n;
+    CHECK(tb_folded_functions(&f, &fs, &n) == 0);
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(fs[i].name, "rec")) {
+            CHECK_EQ_I(fs[i].self, 3);
+            CHECK_EQ_I(fs[i].total, 3); /* once per sample, not 5 */
+            found++;
+        }
+        if (!strcmp(fs[i].name, "main")) {
+            CHECK_EQ_I(fs[i].self, 3);
+            CHECK_EQ_I(fs[i].total, 10);
+            found++;
+        }
+    }
+    CHECK_EQ_I(found, 2);
+    CHECK_STR(fs[0].name, "fwd"); /* most self samples */
+    free(fs);
+
+    txt = capture(write_ss, &f, 0);
+    CHECK(strstr(txt, "\"type\":\"sampled\"") != NULL);
+    CHECK(strstr(txt, "\"name\":\"my \\\"run\\\"\"") != NULL);
+    CHECK(strstr(txt, "{\"name\":\"a<b>&\\\"c\\\"\"}") != NULL);
+    CHECK(strstr(txt, "\"endValue\":13") != NULL); /* python */
+    CHECK(strstr(txt, "\"endValue\":1,") != NULL);  /* io;thread */
+    free(txt);
+    tb_folded_free(&f);
+    tb_space_free(s);
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+static void flame_svg(void)
+{
+    tb_space *s = sample_space();
+    tb_folded f = {0};
+    CHECK(tb_folded_add_space(&f, s) == 0);
+    tb_flame_node *root = tb_flame_tree(&f, 1);
+    CHECK(root && root->total == 14);
+    CHECK_EQ_I(root->nkids, 2);
+    if (root && root->nkids == 2)
+        CHECK_STR(root->kids[0]->name, "io;thread");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    tb_flame_opts o = {.title = "t<1>", .width_px = 1020};
+    CHECK(tb_flame_svg(root, m, &o) == 0);
+    fclose(m);
+    /* frames: all, python, io;thread, main, fwd, bwd, a<b>, rec, rec, read */
+    CHECK_EQ_I(count(buf, "<rect x="), 10 + 1); /* + the background */
+    CHECK(strstr(buf, "<title>a&lt;b&gt;&amp;&quot;c&quot; (2 samples, 14.29%; self 2)</title>") != NULL);
+    CHECK(strstr(buf, "<title>all (14 samples, 100.00%; self 0)</title>") != NULL);
+    /* the root spans the drawable width: 1020 - 2 * 10 px */
+    CHECK(strstr(buf, "width=\"1000.00\"") != NULL);
+    CHECK(strstr(buf, ">t&lt;1&gt;</text>") != NULL);
+    CHECK(strstr(buf, "a<b>") == NULL);
+    CHECK_EQ_I(count(buf, "<g "), count(buf, "</g>"));
+    free(buf);
+    tb_flame_free(root);
+    tb_folded_free(&f);
+    tb_space_free(s);
+}
+
+static void escaping(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    tb_json_str(m, "a\"b\\c\n\x01\xff\xc3\xa9");
+    fputc('|', m);
+    tb_xml_str(m, "<&\x02\xc3(\xe2\x82\xac");
+    fclose(m);
+    CHECK_STR(buf, "\"a\\\"b\\\\c\\n\\u0001\\ufffd\xc3\xa9\"|&lt;&amp; &#xFFFD;(\xe2\x82\xac");
+    free(buf);
+}
+
+int main(void)
+{
+    stacks_and_functions();
+    flame_svg();
+    escaping();
+    return tap_done();
+}

@@ -1,0 +1,344 @@
+/* test_summary.c - `tbprof summary`'s figures on spaces with known content:
+ * steps, GPU busy/copy/idle split, kernels, copies, CPU functions, drops,
+ * warnings; interval unions against a brute-force count. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "stats.h"
+#include "summary.h"
+#include "tap.h"
+
+#define T0 1700000000000000000LL
+
+static void ev(tb_line *l, const char *name, int64_t start, int64_t dur, tb_category cat)
+{
+    tb_plane *p = l->plane;
+    int64_t m = tb_plane_event_meta(p, name);
+    if (cat)
+        tb_plane_set_event_category(p, m, cat);
+    tb_line_add(l, m, T0 + start, dur);
+}
+
+static void st_i(tb_line *l, const char *name, int64_t v)
+{
+    tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, name), v);
+}
+
+static void st_s(tb_line *l, const char *name, const char *v)
+{
+    tb_line_stat_str(l, tb_plane_stat_meta(l->plane, name), v);
+}
+
+static void step(tb_line *l, int64_t num, int64_t start, int64_t dur)
+{
+    ev(l, TB_EV_STEP, start, dur, TB_CAT_STEP);
+    st_i(l, TB_ST_IS_ROOT, 1);
+    st_i(l, TB_ST_STEP_NUM, num);
+}
+
+static void kernel(tb_line *l, const char *name, int64_t start, int64_t dur, const char *occ)
+{
+    char d[200];
+    snprintf(d, sizeof d, "regs:32 static_shared:0 dynamic_shared:0 grid:8,1,1 block:256,1,1%s%s",
+             occ ? " occ_pct:" : "", occ ? occ : "");
+    /* no category: read back from a file, kernels are known by kernel_details */
+    ev(l, name, start, dur, TB_CAT_NONE);
+    st_s(l, TB_ST_KERNEL_DETAILS, d);
+    st_i(l, TB_ST_CORRELATION_ID, start);
+}
+
+static void span(tb_line *l, const char *name, int64_t start, int64_t dur, int64_t samples)
+{
+    ev(l, name, start, dur, TB_CAT_CPU_SAMPLE);
+    st_i(l, "tbprof_samples", samples);
+}
+
+/* The host of the worked example in the comments below. */
+static tb_space *example(void)
+{
+    tb_space *s = tb_space_new();
+    tb_space_add_hostname(s, "node1");
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *main_t = tb_plane_line(h, 100, "python");
+    tb_line *load_t = tb_plane_line(h, 101, "loader");
+    /* steps: 1 [0,10000); 2 [10000,30000) and a second root of step 2 from
+     * another source at [9000,25000) -> [9000,30000); 3 [30000,36000) */
+    step(main_t, 1, 0, 10000);
+    step(main_t, 2, 10000, 20000);
+    step(main_t, 3, 30000, 6000);
+    step(load_t, 2, 9000, 16000);
+    /* CPU samples: python: main 10 > {train 8 > {matmul 5, loss 2}, io 1};
+     * loader: read 4 > decode 4 */
+    span(main_t, "main", 0, 30000, 10);
+    span(main_t, "train", 100, 20000, 8);
+    span(main_t, "matmul", 200, 10000, 5);
+    span(main_t, "loss", 12000, 3000, 2);
+    span(main_t, "io", 25000, 2000, 1);
+    span(load_t, "read", 0, 5000, 4);
+    span(load_t, "decode", 100, 1000, 4);
+    /* a CUDA API call on the host with a correlation id: not a step */
+    ev(main_t, "cudaLaunchKernel", 900, 50, TB_CAT_CUDA_RUNTIME);
+    st_i(main_t, TB_ST_CORRELATION_ID, 1000);
+    tb_plane_stat_i64(h, TB_ST_DROPPED, 3);
+    tb_plane_stat_u64(h, TB_ST_SAMPLES, 14);
+    tb_plane_stat_i64(h, TB_ST_OVERHEAD_NS, 12345);
+    tb_plane_stat_str(h, TB_ST_TRIGGER, "steps 1-3");
+
+    tb_plane *g0 = tb_space_plane(s, "/device:GPU:0");
+    tb_line *s1 = tb_plane_line(g0, 1, "Stream #1");
+    tb_line *s2 = tb_plane_line(g0, 2, "Stream #2");
+    kernel(s1, "gemm", 1000, 2000, "50");
+    kernel(s1, "gemm", 4000, 4000, "25");
+    kernel(s2, "relu", 5000, 2000, NULL); /* inside the second gemm */
+    ev(s1, "MemcpyH2D", 12000, 3000, TB_CAT_NONE);
+    st_s(s1, TB_ST_MEMCPY_DETAILS, "kind_src:pinned kind_dst:device size:3000000 dest:0 async:1");
+    ev(s1, "Memcpy", 20000, 1000, TB_CAT_NONE); /* direction from the kinds only */
+    st_s(s1, TB_ST_MEMCPY_DETAILS, "kind_src:device kind_dst:pageable size:1000 dest:0 async:0");
+    ev(s2, "Memset", 22000, 500, TB_CAT_NONE);
+    st_s(s2, TB_ST_MEMSET_DETAILS, "num_bytes:64");
+    /* an NVTX range on the GPU timeline: not busy time */
+    ev(s2, "nvtx_range", 0, 36000, TB_CAT_GPU_USER);
+    tb_plane_stat_i64(g0, TB_ST_CUPTI_DROPPED, 7);
+
+    tb_plane *g1 = tb_space_plane(s, "/device:GPU:1");
+    kernel(tb_plane_line(g1, 1, "Stream #1"), "gemm", 31000, 1000, "75");
+    return s;
+}
+
+static void steps_and_gpu(void)
+{
+    tb_space *s = example();
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_STR(m.host, "node1");
+    CHECK_EQ_I(m.ngpus, 2);
+    CHECK_EQ_I(m.gpu_events, 7);
+    CHECK_EQ_I(m.nsteps, 3);
+    if (m.nsteps == 3) {
+        CHECK_EQ_I(m.steps[0].num, 1);
+        CHECK_EQ_I(m.steps[0].dur_ns, 10000);
+        CHECK_EQ_I(m.steps[0].gpu_busy_ns, 6000); /* [1000,3000) + [4000,8000) */
+        CHECK_EQ_I(m.steps[0].gpu_idle_ns, 4000);
+        CHECK_EQ_I(m.steps[0].h2d_ns, 0);
+        CHECK_EQ_I(m.steps[1].num, 2);
+        CHECK_EQ_I(m.steps[1].start_ns, T0 + 9000);
+        CHECK_EQ_I(m.steps[1].dur_ns, 21000);
+        CHECK_EQ_I(m.steps[1].gpu_busy_ns, 4500); /* copies 3000 + 1000, memset 500 */
+        CHECK_EQ_I(m.steps[1].h2d_ns, 3000);
+        CHECK_EQ_I(m.steps[1].d2h_ns, 1000);
+        CHECK_EQ_I(m.steps[1].gpu_idle_ns, 16500);
+        CHECK_EQ_I(m.steps[2].num, 3);
+        CHECK_EQ_I(m.steps[2].gpu_busy_ns, 1000); /* gemm on GPU 1 */
+        CHECK_EQ_I(m.steps[2].gpu_idle_ns, 5000);
+    }
+    CHECK_EQ_I(m.step_mean_ns, 37000 / 3);
+    CHECK_EQ_I(m.step_min_ns, 6000);
+    CHECK_EQ_I(m.step_max_ns, 21000);
+    CHECK_EQ_I(m.window_ns, 37000);
+    CHECK_EQ_I(m.gpu_busy_ns, 11500);
+    CHECK_EQ_I(m.gpu_idle_ns, 25500);
+    CHECK_EQ_I(m.h2d_ns, 3000);
+    CHECK_EQ_I(m.d2h_ns, 1000);
+
+    CHECK_EQ_I(m.nkernels, 2);
+    if (m.nkernels == 2) {
+        CHECK_STR(m.kernels[0].name, "gemm");
+        CHECK_EQ_I(m.kernels[0].count, 3);
+        CHECK_EQ_I(m.kernels[0].total_ns, 7000);
+        CHECK_EQ_I(m.kernels[0].min_ns, 1000);
+        CHECK_EQ_I(m.kernels[0].max_ns, 4000);
+        CHECKF(m.kernels[0].occ_pct == 50.0, "occ %f", m.kernels[0].occ_pct);
+        CHECK_STR(m.kernels[1].name, "relu");
+        CHECK_EQ_I(m.kernels[1].count, 1);
+        CHECK(m.kernels[1].occ_pct < 0); /* not reported */
+    }
+    CHECK_EQ_I(m.kernel_total_ns, 9000);
+    CHECK_EQ_I(m.copies[TB_COPY_H2D].count, 1);
+    CHECK_EQ_I(m.copies[TB_COPY_H2D].bytes, 3000000);
+    CHECK_EQ_I(m.copies[TB_COPY_H2D].total_ns, 3000);
+    CHECK_EQ_I(m.copies[TB_COPY_D2H].count, 1);
+    CHECK_EQ_I(m.copies[TB_COPY_D2H].bytes, 1000);
+    CHECK_EQ_I(m.copies[TB_COPY_D2H].total_ns, 1000);
+    CHECK_EQ_I(m.copies[TB_COPY_D2D].count, 0);
+    CHECK_EQ_I(m.copies[TB_COPY_OTHER].count, 0);
+    CHECK_EQ_I(m.memsets, 1);
+    CHECK_EQ_I(m.memset_ns, 500);
+
+    /* CPU: 14 samples; by self: matmul 5, decode 4, loss 2, main 1 (total
+     * 10), train 1 (8), io 1 (1), read 0 (4) */
+    CHECK_EQ_I(m.cpu_samples, 14);
+    static const struct {
+        const char *name;
+        int self, total;
+    } want[] = {{"matmul", 5, 5}, {"decode", 4, 4}, {"loss", 2, 2}, {"main", 1, 10},
+                {"train", 1, 8},  {"io", 1, 1},     {"read", 0, 4}};
+    CHECK_EQ_I(m.nfuncs, 7);
+    for (size_t i = 0; i < 7 && i < m.nfuncs; i++) {
+        CHECK_STR(m.funcs[i].name, want[i].name);
+        CHECK_EQ_I(m.funcs[i].self, want[i].self);
+        CHECK_EQ_I(m.funcs[i].total, want[i].total);
+    }
+
+    CHECK_EQ_I(m.overhead_ns, 12345);
+    CHECK(m.trigger && strcmp(m.trigger, "steps 1-3") == 0);
+    int dropped = 0, cupti = 0, samples = 0;
+    for (size_t i = 0; i < m.ncounters; i++) {
+        if (!strcmp(m.counters[i].name, TB_ST_DROPPED) && !strcmp(m.counters[i].plane, "/host:CPU"))
+            dropped = (int)m.counters[i].value;
+        if (!strcmp(m.counters[i].name, TB_ST_CUPTI_DROPPED) &&
+            !strcmp(m.counters[i].plane, "/device:GPU:0"))
+            cupti = (int)m.counters[i].value;
+        if (!strcmp(m.counters[i].name, TB_ST_SAMPLES))
+            samples = (int)m.counters[i].value;
+    }
+    CHECK_EQ_I(m.ncounters, 3);
+    CHECK_EQ_I(dropped, 3);
+    CHECK_EQ_I(cupti, 7);
+    CHECK_EQ_I(samples, 14);
+    CHECK_EQ_I(m.nwarnings, 0);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
+/* A host whose GPU tracing and CPU sampling were off: warnings say why,
+ * once each; the capture span is the window. */
+static void warnings_and_no_steps(void)
+{
+    tb_space *s = tb_space_new();
+    tb_space_add_warning(s, "GPU tracing off: libcupti.so not found");
+    tb_space_add_error(s, "profile truncated: buffer full");
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_str(h, TB_ST_GPU_OFF_REASON, "libcupti.so not found"); /* said already */
+    tb_plane_stat_str(h, TB_ST_CPU_OFF_REASON, "perf_event_open: Permission denied");
+    tb_line *l = tb_plane_line(h, 7, "worker");
+    ev(l, "work", 0, 5000, TB_CAT_USER);
+    ev(l, "more", 8000, 2000, TB_CAT_USER);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK(m.host == NULL);
+    CHECK_EQ_I(m.nsteps, 0);
+    CHECK_EQ_I(m.ngpus, 0);
+    CHECK_EQ_I(m.window_ns, 10000);
+    CHECK_EQ_I(m.gpu_busy_ns, 0);
+    CHECK_EQ_I(m.cpu_samples, 0);
+    CHECK_EQ_I(m.nfuncs, 0);
+    CHECK_EQ_I(m.overhead_ns, -1);
+    CHECK_EQ_I(m.nwarnings, 3);
+    if (m.nwarnings == 3) {
+        CHECK_STR(m.warnings[0], "GPU tracing off: libcupti.so not found");
+        CHECK_STR(m.warnings[1], "profile truncated: buffer full");
+        CHECK_STR(m.warnings[2], "CPU sampling off: perf_event_open: Permission denied");
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
+/* Steps without step_num are numbered by start; kernels' occupancy comes
+ * from kernel_details also when given a category and a display name. */
+static void unnumbered_steps_and_display_names(void)
+{
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "t");
+    ev(l, "train", 5000, 1000, TB_CAT_NONE);
+    st_i(l, TB_ST_IS_ROOT, 1);
+    ev(l, "train", 0, 3000, TB_CAT_NONE);
+    st_i(l, TB_ST_IS_ROOT, 1);
+    ev(l, "not_a_step", 0, 9000, TB_CAT_NONE);
+    st_i(l, TB_ST_IS_ROOT, 0);
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *gl = tb_plane_line(g, 1, "s");
+    int64_t k = tb_plane_event_meta(g, "_Z4gemmPfS_");
+    tb_plane_set_event_display_name(g, k, "gemm(float*, float*)");
+    tb_plane_set_event_category(g, k, TB_CAT_KERNEL);
+    tb_line_add(gl, k, T0 + 100, 200);
+    st_s(gl, TB_ST_KERNEL_DETAILS, "regs:16 occ_pct:12.5");
+    tb_line_add(gl, k, T0 + 5000, 4000); /* half inside step 1 */
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 2);
+    if (m.nsteps == 2) {
+        CHECK_EQ_I(m.steps[0].num, 0);
+        CHECK_EQ_I(m.steps[0].dur_ns, 3000);
+        CHECK_EQ_I(m.steps[0].gpu_busy_ns, 200);
+        CHECK_EQ_I(m.steps[1].num, 1);
+        CHECK_EQ_I(m.steps[1].gpu_busy_ns, 1000);
+    }
+    CHECK_EQ_I(m.nkernels, 1);
+    if (m.nkernels == 1) {
+        CHECK_STR(m.kernels[0].name, "gemm(float*, float*)");
+        CHECK_EQ_I(m.kernels[0].occ_count, 1);
+        CHECKF(m.kernels[0].occ_pct == 12.5, "occ %f", m.kernels[0].occ_pct);
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
+/* Unions: merge + overlap against a brute-force count over a bitmap. */
+static void interval_unions(void)
+{
+    srand(7);
+    for (int round = 0; round < 200; round++) {
+        enum { SPAN = 2000 };
+        static unsigned char covered[SPAN];
+        memset(covered, 0, sizeof covered);
+        size_t n = (size_t)(rand() % 40);
+        tb_interval iv[40];
+        for (size_t i = 0; i < n; i++) {
+            int64_t a = rand() % SPAN, d = rand() % 200;
+            if (a + d > SPAN)
+                d = SPAN - a;
+            iv[i] = (tb_interval){a, a + d};
+            for (int64_t x = a; x < a + d; x++)
+                covered[x] = 1;
+        }
+        size_t m = tb_intervals_merge(iv, n);
+        int ok = 1;
+        for (size_t i = 1; i < m; i++)
+            ok &= iv[i].start > iv[i - 1].end; /* disjoint, sorted, not touching */
+        int64_t lo = rand() % SPAN, hi = lo + rand() % (SPAN - lo + 1);
+        int64_t want = 0;
+        for (int64_t x = lo; x < hi; x++)
+            want += covered[x];
+        int64_t got = tb_intervals_overlap(iv, m, lo, hi);
+        if (!ok || got != want) {
+            CHECKF(0, "round %d: sorted %d, overlap %lld, expected %lld", round, ok,
+                   (long long)got, (long long)want);
+            return;
+        }
+    }
+    CHECK(1);
+    /* many intervals: O(n log n), well inside the test's time */
+    size_t n = 2000000;
+    tb_interval *big = malloc(n * sizeof(*big));
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = (int64_t)((i * 7919) % n) * 10;
+        big[i] = (tb_interval){a, a + 5};
+    }
+    size_t m = tb_intervals_merge(big, n);
+    CHECK_EQ_I(m, n);
+    CHECK_EQ_I(tb_intervals_overlap(big, m, 0, (int64_t)n * 10), (int64_t)n * 5);
+    CHECK_EQ_I(tb_intervals_overlap(big, m, 3, 13), 2 + 3);
+    free(big);
+}
+
+static void details_parsing(void)
+{
+    double v = 0;
+    char buf[16];
+    CHECK(tb_details_num("regs:32 occ_pct:66.5", "occ_pct", &v) && v == 66.5);
+    CHECK(tb_details_num("regs:32 occ_pct:66.5", "regs", &v) && v == 32);
+    CHECK(!tb_details_num("xregs:32", "regs", &v));
+    CHECK(!tb_details_num(NULL, "regs", &v));
+    CHECK(tb_details_str("kind_src:pinned kind_dst:device", "kind_dst", buf, sizeof buf));
+    CHECK_STR(buf, "device");
+}
+
+int main(void)
+{
+    steps_and_gpu();
+    warnings_and_no_steps();
+    unnumbered_steps_and_display_names();
+    interval_unions();
+    details_parsing();
+    return tap_done();
+}
