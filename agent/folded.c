@@ -31,33 +31,63 @@ static int grow_(void **arr, size_t *cap, size_t need, size_t elem)
 
 /* ---- how the sampler encodes counts --------------------------------------- */
 
-/* Stat names a CPU sample span may carry its sample count under. */
-static const char *const count_stats[] = {"tbprof_samples", "samples", "sample_count", "count"};
+/* The sampler's span stats (sampler.h: TB_ST_CPU_SPAN_SAMPLES,
+ * TB_ST_CPU_SPAN_SELF): "samples" is the span's inclusive count,
+ * "self_samples" (absent when 0) its exclusive one. */
+#define SPAN_SAMPLES "samples"
+#define SPAN_SELF "self_samples"
 
 #define COUNT_UNKNOWN UINT64_MAX
 
+static uint64_t stat_u(const tb_stat *st)
+{
+    switch (st->type) {
+    case TB_STAT_INT64: return st->v.i > 0 ? (uint64_t)st->v.i : 0;
+    case TB_STAT_UINT64: return st->v.u;
+    case TB_STAT_DOUBLE: return st->v.d > 0 ? (uint64_t)(st->v.d + 0.5) : 0;
+    default: return 0;
+    }
+}
+
 /* Total samples of a span: COUNT_UNKNOWN for a CPU sample span without a
- * count (the caller counts such a leaf as one sample), 0 for other events. */
-static uint64_t span_count(const tb_plane *p, const tb_line *l, const tb_event *e)
+ * count (the caller counts such a leaf as one sample), 0 for other events.
+ * *self: the explicit self count, or COUNT_UNKNOWN (derive it). */
+static uint64_t span_count2(const tb_plane *p, const tb_line *l, const tb_event *e, uint64_t *self)
 {
     const tb_stat *st = tb_event_stats(l, e);
+    uint64_t total = COUNT_UNKNOWN;
+    int has_total = 0, has_self = 0;
+    *self = COUNT_UNKNOWN;
     for (uint32_t i = 0; i < e->nstats; i++) {
         const char *n = tb_plane_stat_name(p, st[i].meta);
         if (strcmp(n, TB_ST_IS_ROOT) == 0)
             return 0; /* a step root whose name a sampled function shares */
-        for (size_t k = 0; k < sizeof(count_stats) / sizeof(count_stats[0]); k++)
-            if (strcmp(n, count_stats[k]) == 0) {
-                switch (st[i].type) {
-                case TB_STAT_INT64: return st[i].v.i > 0 ? (uint64_t)st[i].v.i : 0;
-                case TB_STAT_UINT64: return st[i].v.u;
-                case TB_STAT_DOUBLE: return st[i].v.d > 0 ? (uint64_t)(st[i].v.d + 0.5) : 0;
-                default: break;
-                }
-            }
+        if (strcmp(n, SPAN_SAMPLES) == 0) {
+            total = stat_u(&st[i]);
+            has_total = 1;
+        } else if (strcmp(n, SPAN_SELF) == 0) {
+            *self = stat_u(&st[i]);
+            has_self = 1;
+        }
     }
+    if (has_total) {
+        if (has_self)
+            return total;
+        /* the sampler leaves self_samples out when it is 0 */
+        *self = COUNT_UNKNOWN;
+        return total;
+    }
+    if (has_self)
+        return *self ? *self : COUNT_UNKNOWN;
     if (e->meta < p->nevent_meta && p->event_meta[e->meta].category == TB_CAT_CPU_SAMPLE)
         return COUNT_UNKNOWN;
     return 0;
+}
+
+static uint64_t span_count(const tb_plane *p, const tb_line *l, const tb_event *e)
+{
+    uint64_t self;
+    return span_count2(p, l, e, &self);
 }
 
 uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event *e)
@@ -72,6 +102,7 @@ typedef struct open_span {
     const char *name;
     int64_t end;
     uint64_t total; /* COUNT_UNKNOWN or the span's own count */
+    uint64_t self;  /* COUNT_UNKNOWN (derive: total - kids) or explicit */
     uint64_t kids;  /* sum of children's totals */
 } open_span;
 
@@ -101,7 +132,7 @@ static int pop(tb_folded *f, open_span *stk, size_t *depth, uint32_t thread)
         total = o->kids ? o->kids : 1;
     else
         total = o->total > o->kids ? o->total : o->kids;
-    uint64_t self = total - o->kids;
+    uint64_t self = o->self != COUNT_UNKNOWN ? o->self : total - o->kids;
     if (self && emit(f, stk, *depth, thread, self) < 0)
         return -ENOMEM;
     (*depth)--;
@@ -125,7 +156,8 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
     int rc = 0;
     for (size_t i = 0; i < l->nevents && rc == 0; i++) {
         const tb_event *e = &l->events[i];
-        uint64_t c = span_count(p, l, e);
+        uint64_t self;
+        uint64_t c = span_count2(p, l, e, &self);
         if (!c)
             continue;
         if (thread < 0) {
@@ -151,7 +183,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
         }
         const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
         const char *name = m->display_name && *m->display_name ? m->display_name : m->name;
-        stk[depth++] = (open_span){.name = name ? name : "", .end = end, .total = c};
+        stk[depth++] = (open_span){.name = name ? name : "", .end = end, .total = c, .self = self};
     }
     while (depth && rc == 0)
         rc = pop(f, stk, &depth, (uint32_t)thread);

@@ -13,7 +13,7 @@ static void span(tb_line *l, const char *name, int64_t start, int64_t dur, int64
     tb_plane_set_event_category(l->plane, m, TB_CAT_CPU_SAMPLE);
     tb_line_add(l, m, 1000000 + start, dur);
     if (samples >= 0)
-        tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, "tbprof_samples"), samples);
+        tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, "samples"), samples);
 }
 
 static char *capture(int (*fn)(const tb_folded *, FILE *, int), const tb_folded *f, int arg)
@@ -59,7 +59,9 @@ static tb_space *sample_space(void)
     tb_line *b = tb_plane_line(h, 2, "io;thread"); /* ';' must not split the thread frame */
     /* inserted out of order: the reader sorts */
     span(a, "fwd", 10, 40, 4);
+    tb_line_stat_u64(a, tb_plane_stat_meta(h, "self_samples"), 4); /* as the sampler writes */
     span(a, "main", 0, 100, 9);
+    tb_line_stat_u64(a, tb_plane_stat_meta(h, "self_samples"), 2);
     span(a, "bwd", 60, 30, 3);
     span(a, "a<b>&\"c\"", 65, 5, 2);   /* needs escaping everywhere */
     span(a, "main", 200, 10, 1);        /* the same stack again, later */

@@ -50,7 +50,7 @@ static void kernel(tb_line *l, const char *name, int64_t start, int64_t dur, con
 static void span(tb_line *l, const char *name, int64_t start, int64_t dur, int64_t samples)
 {
     ev(l, name, start, dur, TB_CAT_CPU_SAMPLE);
-    st_i(l, "tbprof_samples", samples);
+    st_i(l, "samples", samples);
 }
 
 /* The host of the worked example in the comments below. */
