@@ -34,5 +34,8 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
 int tb_chrome_write_gz(tb_space *s, const char *path);
 /* Uncompressed JSON into a buffer (tests, `tbprof convert --to x.json`). */
 int tb_chrome_encode(tb_space *s, tb_buf *b);
+/* The same JSON gzip-compressed into a buffer (tb_profile_write writes it
+ * with tb_atomic_write). 0 or -ENOMEM / -EIO. */
+int tb_chrome_encode_gz(tb_space *s, tb_buf *b);
 
 #endif

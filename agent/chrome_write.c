@@ -1,0 +1,711 @@
+/* chrome_write.c - Chrome trace JSON (Kineto's conventions), plain or gzip.
+ *
+ *   {"displayTimeUnit":"ns","traceEvents":[ ...M metadata, X events, s/f flows... ]}
+ *
+ * - Process per plane: the host plane's pid is its "pid" stat (the profiled
+ *   process) when present; /device:GPU:<n> gets pid n (as Kineto does) unless
+ *   that collides with the host pid, then 1000000+n; other planes 2000000+id.
+ *   Thread per line: tid = line id (thread id, stream id).
+ * - "X" events: cat from the event's tb_category, ts/dur in microseconds
+ *   printed from integer ns ("123.456"), args = the event's stats.
+ * - Flows "ac2g": "s" on a host event and "f" ("bp":"e") on the GPU event
+ *   carrying the same correlation_id; only ids present on both sides, so
+ *   every flow pairs up.
+ *
+ * Names are escaped once per metadata entry (not per event); output goes
+ * through a 64 KiB chunk buffer into a growing tb_buf, deflated on the way
+ * when gzip is asked for. Linear in events + stats.
+ */
+#include "xspace.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "stats.h"
+
+/* ---- output ---------------------------------------------------------------------- */
+
+typedef struct jw {
+    char buf[1 << 16];
+    size_t n;
+    int err;
+    tb_buf *out;
+    z_stream *z;
+} jw;
+
+static int buf_reserve(tb_buf *b, size_t more)
+{
+    if (b->cap - b->len >= more)
+        return 0;
+    size_t ncap = b->cap ? b->cap : 1 << 16;
+    while (ncap - b->len < more) {
+        if (ncap > SIZE_MAX / 2)
+            return -ENOMEM;
+        ncap *= 2;
+    }
+    uint8_t *d = realloc(b->data, ncap);
+    if (!d)
+        return -ENOMEM;
+    b->data = d;
+    b->cap = ncap;
+    return 0;
+}
+
+static void jw_drain(jw *w, int finish)
+{
+    if (w->err) {
+        w->n = 0; /* output is void already; keep the chunk usable */
+        return;
+    }
+    if (!w->z) {
+        if (buf_reserve(w->out, w->n) < 0) {
+            w->err = -ENOMEM;
+            return;
+        }
+        memcpy(w->out->data + w->out->len, w->buf, w->n);
+        w->out->len += w->n;
+        w->n = 0;
+        return;
+    }
+    w->z->next_in = (Bytef *)w->buf;
+    w->z->avail_in = (uInt)w->n;
+    for (;;) {
+        if (buf_reserve(w->out, 1 << 16) < 0) {
+            w->err = -ENOMEM;
+            return;
+        }
+        w->z->next_out = w->out->data + w->out->len;
+        w->z->avail_out = (uInt)(w->out->cap - w->out->len > (1u << 30) ? (1u << 30) : w->out->cap - w->out->len);
+        uInt before = w->z->avail_out;
+        int r = deflate(w->z, finish ? Z_FINISH : Z_NO_FLUSH);
+        w->out->len += before - w->z->avail_out;
+        if (r == Z_STREAM_END)
+            break;
+        if (r != Z_OK && r != Z_BUF_ERROR) {
+            w->err = -EIO;
+            return;
+        }
+        if (!finish && w->z->avail_in == 0 && w->z->avail_out != 0)
+            break;
+    }
+    w->n = 0;
+}
+
+/* A piece longer than the chunk: pass it through in chunk-sized parts. */
+static __attribute__((noinline)) void put_long(jw *w, const char *s, size_t n)
+{
+    jw_drain(w, 0);
+    while (n) {
+        size_t k = n < sizeof(w->buf) ? n : sizeof(w->buf);
+        memcpy(w->buf, s, k);
+        w->n = k;
+        jw_drain(w, 0);
+        s += k;
+        n -= k;
+    }
+}
+
+static inline void put(jw *w, const char *s, size_t n)
+{
+    if (w->n + n > sizeof(w->buf)) {
+        if (n > sizeof(w->buf) / 2) {
+            put_long(w, s, n);
+            return;
+        }
+        jw_drain(w, 0);
+    }
+    memcpy(w->buf + w->n, s, n);
+    w->n += n;
+}
+
+#define PUTS(w, lit) put((w), (lit), sizeof(lit) - 1)
+
+static void put_u64(jw *w, uint64_t v)
+{
+    char tmp[24];
+    int i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(w, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+static void put_i64(jw *w, int64_t v)
+{
+    if (v < 0) {
+        PUTS(w, "-");
+        put_u64(w, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(w, (uint64_t)v);
+    }
+}
+
+/* ns as microseconds with three decimals: 1234567 -> "1234.567" */
+static void put_us(jw *w, int64_t ns)
+{
+    uint64_t a = ns < 0 ? (uint64_t)0 - (uint64_t)ns : (uint64_t)ns;
+    if (ns < 0)
+        PUTS(w, "-");
+    put_u64(w, a / 1000);
+    char f[4] = {'.', (char)('0' + a % 1000 / 100), (char)('0' + a % 100 / 10), (char)('0' + a % 10)};
+    put(w, f, 4);
+}
+
+static void put_double(jw *w, double d)
+{
+    if (!isfinite(d)) { /* JSON has no NaN/Inf */
+        if (isnan(d))
+            PUTS(w, "\"nan\"");
+        else if (d > 0)
+            PUTS(w, "\"inf\"");
+        else
+            PUTS(w, "\"-inf\"");
+        return;
+    }
+    char tmp[40];
+    int n = snprintf(tmp, sizeof(tmp), "%.17g", d);
+    put(w, tmp, (size_t)n);
+}
+
+/* ---- JSON strings: escapes, invalid UTF-8 -> U+FFFD --------------------------------- */
+
+/* Length of a valid UTF-8 sequence at s (n bytes left), 0 when invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+#define CONT(i) (n > (i) && (s[i] & 0xC0) == 0x80)
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return CONT(1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (!CONT(1) || !CONT(2))
+            return 0;
+        if (c == 0xE0 && s[1] < 0xA0)
+            return 0; /* overlong */
+        if (c == 0xED && s[1] > 0x9F)
+            return 0; /* surrogates */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (!CONT(1) || !CONT(2) || !CONT(3))
+            return 0;
+        if (c == 0xF0 && s[1] < 0x90)
+            return 0;
+        if (c == 0xF4 && s[1] > 0x8F)
+            return 0; /* > U+10FFFF */
+        return 4;
+    }
+    return 0;
+#undef CONT
+}
+
+/* Append the quoted, escaped form of s[0..n) to b. */
+static int escape_into(tb_buf *b, const char *str, size_t n)
+{
+    if (buf_reserve(b, n * 6 + 2) < 0)
+        return -ENOMEM;
+    char *o = (char *)b->data + b->len, *start = o;
+    const unsigned char *s = (const unsigned char *)str;
+    static const char hex[] = "0123456789abcdef";
+    *o++ = '"';
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+            continue;
+        }
+        if (c < 0x80) {
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\t': *o++ = 't'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\f': *o++ = 'f'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex[c >> 4];
+                *o++ = hex[c & 15];
+            }
+            i++;
+            continue;
+        }
+        size_t k = utf8_len(s + i, n - i);
+        if (k) {
+            memcpy(o, s + i, k);
+            o += k;
+            i += k;
+        } else {
+            memcpy(o, "\\ufffd", 6);
+            o += 6;
+            i++;
+        }
+    }
+    *o++ = '"';
+    b->len += (size_t)(o - start);
+    return 0;
+}
+
+static void put_jstr(jw *w, const char *s)
+{
+    tb_buf t = {0};
+    if (escape_into(&t, s, strlen(s)) < 0) {
+        w->err = -ENOMEM;
+        return;
+    }
+    put(w, (const char *)t.data, t.len);
+    free(t.data);
+}
+
+/* ---- per-plane escaped name tables ------------------------------------------------------ */
+
+typedef struct names {
+    tb_buf arena;
+    size_t *ev_off, *st_off; /* [id] -> offset; [id+1]-[id] = length */
+} names;
+
+static void names_free(names *nm)
+{
+    free(nm->arena.data);
+    free(nm->ev_off);
+    free(nm->st_off);
+    memset(nm, 0, sizeof(*nm));
+}
+
+static int names_build(names *nm, const tb_plane *p)
+{
+    memset(nm, 0, sizeof(*nm));
+    nm->ev_off = calloc(p->nevent_meta + 1, sizeof(size_t));
+    nm->st_off = calloc(p->nstat_meta + 1, sizeof(size_t));
+    if (!nm->ev_off || !nm->st_off)
+        return -ENOMEM;
+    for (size_t i = 0; i < p->nevent_meta; i++) {
+        nm->ev_off[i] = nm->arena.len;
+        const char *s = i ? p->event_meta[i].name : "";
+        if (escape_into(&nm->arena, s, strlen(s)) < 0)
+            return -ENOMEM;
+    }
+    nm->ev_off[p->nevent_meta] = nm->arena.len;
+    for (size_t i = 0; i < p->nstat_meta; i++) {
+        nm->st_off[i] = nm->arena.len;
+        const char *s = (i && p->stat_meta[i]) ? p->stat_meta[i] : "";
+        if (escape_into(&nm->arena, s, strlen(s)) < 0)
+            return -ENOMEM;
+    }
+    nm->st_off[p->nstat_meta] = nm->arena.len;
+    return 0;
+}
+
+static inline void put_ev_name(jw *w, const names *nm, const tb_plane *p, uint32_t id)
+{
+    if (id >= p->nevent_meta)
+        id = 0;
+    put(w, (const char *)nm->arena.data + nm->ev_off[id], nm->ev_off[id + 1] - nm->ev_off[id]);
+}
+
+static inline void put_st_name(jw *w, const names *nm, const tb_plane *p, uint32_t id)
+{
+    if (id >= p->nstat_meta)
+        id = 0;
+    put(w, (const char *)nm->arena.data + nm->st_off[id], nm->st_off[id + 1] - nm->st_off[id]);
+}
+
+/* ---- correlation id sets ------------------------------------------------------------------ */
+
+typedef struct u64set {
+    uint64_t *keys;
+    uint8_t *used;
+    size_t mask, n;
+} u64set;
+
+static size_t set_slot(const u64set *s, uint64_t k)
+{
+    size_t j = (size_t)((k * 0x9E3779B97F4A7C15ull) >> 20) & s->mask;
+    while (s->used[j] && s->keys[j] != k)
+        j = (j + 1) & s->mask;
+    return j;
+}
+
+static int set_init(u64set *s, size_t n)
+{
+    size_t cap = 16;
+    while (cap < n * 2 + 2)
+        cap *= 2;
+    s->keys = calloc(cap, sizeof(uint64_t));
+    s->used = calloc(cap, 1);
+    s->mask = cap - 1;
+    s->n = 0;
+    return (s->keys && s->used) ? 0 : -ENOMEM;
+}
+
+static void set_add(u64set *s, uint64_t k)
+{
+    size_t j = set_slot(s, k);
+    if (!s->used[j]) {
+        s->used[j] = 1;
+        s->keys[j] = k;
+        s->n++;
+    }
+}
+
+static int set_has(const u64set *s, uint64_t k)
+{
+    return s->used[set_slot(s, k)];
+}
+
+static void set_free(u64set *s)
+{
+    free(s->keys);
+    free(s->used);
+}
+
+static int is_gpu_plane(const tb_plane *p)
+{
+    return strncmp(p->name, "/device:GPU:", 12) == 0;
+}
+
+static int is_host_plane(const tb_plane *p)
+{
+    return strcmp(p->name, "/host:CPU") == 0;
+}
+
+static uint32_t find_stat_meta(const tb_plane *p, const char *name)
+{
+    for (size_t i = 1; i < p->nstat_meta; i++)
+        if (p->stat_meta[i] && !strcmp(p->stat_meta[i], name))
+            return (uint32_t)i;
+    return 0;
+}
+
+static int stat_as_u64(const tb_stat *st, uint64_t *out)
+{
+    switch (st->type) {
+    case TB_STAT_UINT64: *out = st->v.u; return 1;
+    case TB_STAT_INT64: *out = (uint64_t)st->v.i; return 1;
+    default: return 0;
+    }
+}
+
+static int plane_pid_stat(const tb_plane *p, int64_t *pid)
+{
+    uint32_t m = find_stat_meta(p, "pid");
+    for (size_t i = 0; m && i < p->nstats; i++)
+        if (p->stats[i].meta == m) {
+            uint64_t v;
+            if (stat_as_u64(&p->stats[i], &v)) {
+                *pid = (int64_t)v;
+                return 1;
+            }
+        }
+    return 0;
+}
+
+/* Collect correlation ids of (gpu ? GPU : non-GPU) planes. */
+static int collect_corr(const tb_space *s, int gpu, u64set *set)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->nplanes; i++)
+        if (is_gpu_plane(s->planes[i]) == gpu)
+            for (size_t j = 0; j < s->planes[i]->nlines; j++)
+                n += s->planes[i]->lines[j]->nevents;
+    if (set_init(set, n) < 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t cm;
+        if (is_gpu_plane(p) != gpu || !(cm = find_stat_meta(p, TB_ST_CORRELATION_ID)))
+            continue;
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t e = 0; e < l->nevents; e++) {
+                const tb_stat *st = tb_event_stats(l, &l->events[e]);
+                for (uint32_t k = 0; k < l->events[e].nstats; k++) {
+                    uint64_t v;
+                    if (st[k].meta == cm && stat_as_u64(&st[k], &v))
+                        set_add(set, v);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- the document ------------------------------------------------------------------------- */
+
+static void put_meta_event(jw *w, int *first, const char *what, int64_t pid, int64_t tid, int have_tid,
+                           const char *argkey, const char *name, int64_t num)
+{
+    if (!*first)
+        PUTS(w, ",\n");
+    *first = 0;
+    PUTS(w, "{\"ph\":\"M\",\"name\":\"");
+    put(w, what, strlen(what));
+    PUTS(w, "\",\"pid\":");
+    put_i64(w, pid);
+    if (have_tid) {
+        PUTS(w, ",\"tid\":");
+        put_i64(w, tid);
+    }
+    PUTS(w, ",\"args\":{\"");
+    put(w, argkey, strlen(argkey));
+    PUTS(w, "\":");
+    if (name)
+        put_jstr(w, name);
+    else
+        put_i64(w, num);
+    PUTS(w, "}}");
+}
+
+static void put_stat_value(jw *w, const names *nm, const tb_plane *p, const tb_stat *st)
+{
+    switch (st->type) {
+    case TB_STAT_INT64: put_i64(w, st->v.i); break;
+    case TB_STAT_UINT64: put_u64(w, st->v.u); break;
+    case TB_STAT_DOUBLE: put_double(w, st->v.d); break;
+    case TB_STAT_REF: put_st_name(w, nm, p, st->v.ref); break;
+    default: PUTS(w, "null");
+    }
+}
+
+static void put_flow(jw *w, int start, uint64_t id, int64_t pid, int64_t tid, int64_t ts)
+{
+    PUTS(w, ",\n{\"ph\":\"");
+    put(w, start ? "s" : "f", 1);
+    PUTS(w, "\",");
+    if (!start)
+        PUTS(w, "\"bp\":\"e\",");
+    PUTS(w, "\"cat\":\"ac2g\",\"name\":\"ac2g\",\"id\":");
+    put_u64(w, id);
+    PUTS(w, ",\"pid\":");
+    put_i64(w, pid);
+    PUTS(w, ",\"tid\":");
+    put_i64(w, tid);
+    PUTS(w, ",\"ts\":");
+    put_us(w, ts);
+    PUTS(w, "}");
+}
+
+static int chrome_emit(tb_space *s, jw *w)
+{
+    tb_space_sort(s);
+    u64set host_corr = {0}, gpu_corr = {0};
+    int r = collect_corr(s, 1, &gpu_corr);
+    if (r == 0)
+        r = collect_corr(s, 0, &host_corr);
+    int64_t *pids = calloc(s->nplanes + 1, sizeof(int64_t));
+    if (r < 0 || !pids) {
+        set_free(&host_corr);
+        set_free(&gpu_corr);
+        free(pids);
+        return -ENOMEM;
+    }
+
+    /* pids */
+    int64_t host_pid = -1;
+    for (size_t i = 0; i < s->nplanes; i++)
+        if (is_host_plane(s->planes[i]) && plane_pid_stat(s->planes[i], &host_pid))
+            break;
+    int collide = 0;
+    for (size_t i = 0; i < s->nplanes; i++)
+        if (is_gpu_plane(s->planes[i]) && strtoll(s->planes[i]->name + 12, NULL, 10) == host_pid)
+            collide = 1;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (is_gpu_plane(p))
+            pids[i] = strtoll(p->name + 12, NULL, 10) + (collide ? 1000000 : 0);
+        else if (is_host_plane(p) && host_pid >= 0)
+            pids[i] = host_pid;
+        else
+            pids[i] = 2000000 + p->id;
+    }
+
+    PUTS(w, "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n");
+    int first = 1;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        put_meta_event(w, &first, "process_name", pids[i], 0, 0, "name", p->name, 0);
+        put_meta_event(w, &first, "process_sort_index", pids[i], 0, 0, "sort_index", NULL, (int64_t)i);
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            put_meta_event(w, &first, "thread_name", pids[i], l->id, 1, "name",
+                           l->display_name && *l->display_name ? l->display_name : l->name, 0);
+            put_meta_event(w, &first, "thread_sort_index", pids[i], l->id, 1, "sort_index", NULL,
+                           (int64_t)j);
+        }
+    }
+    for (size_t i = 0; i < s->nplanes && !w->err; i++) {
+        const tb_plane *p = s->planes[i];
+        names nm;
+        if (names_build(&nm, p) < 0) {
+            names_free(&nm);
+            w->err = -ENOMEM;
+            break;
+        }
+        int gpu = is_gpu_plane(p);
+        const u64set *other = gpu ? &host_corr : &gpu_corr;
+        uint32_t cm = find_stat_meta(p, TB_ST_CORRELATION_ID);
+        /* pid as text once per plane */
+        for (size_t j = 0; j < p->nlines && !w->err; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t e = 0; e < l->nevents; e++) {
+                const tb_event *ev = &l->events[e];
+                const tb_stat *st = tb_event_stats(l, ev);
+                const char *cat = ev->meta < p->nevent_meta
+                                      ? tb_category_name((tb_category)p->event_meta[ev->meta].category)
+                                      : "";
+                if (!first)
+                    PUTS(w, ",\n");
+                first = 0;
+                PUTS(w, "{\"ph\":\"X\",\"cat\":\"");
+                put(w, cat, strlen(cat));
+                PUTS(w, "\",\"name\":");
+                put_ev_name(w, &nm, p, ev->meta);
+                PUTS(w, ",\"pid\":");
+                put_i64(w, pids[i]);
+                PUTS(w, ",\"tid\":");
+                put_i64(w, l->id);
+                PUTS(w, ",\"ts\":");
+                put_us(w, ev->start_ns);
+                PUTS(w, ",\"dur\":");
+                put_us(w, ev->dur_ns);
+                uint64_t corr = 0;
+                int has_corr = 0;
+                if (ev->nstats) {
+                    PUTS(w, ",\"args\":{");
+                    for (uint32_t k = 0; k < ev->nstats; k++) {
+                        if (k)
+                            PUTS(w, ",");
+                        put_st_name(w, &nm, p, st[k].meta);
+                        PUTS(w, ":");
+                        put_stat_value(w, &nm, p, &st[k]);
+                        if (cm && st[k].meta == cm && !has_corr)
+                            has_corr = stat_as_u64(&st[k], &corr);
+                    }
+                    PUTS(w, "}");
+                }
+                PUTS(w, "}");
+                if (has_corr && set_has(other, corr))
+                    put_flow(w, !gpu, corr, pids[i], l->id, ev->start_ns);
+            }
+        }
+        names_free(&nm);
+    }
+    PUTS(w, "\n]");
+    if (s->nwarnings || s->nerrors) {
+        PUTS(w, ",\"tbprof_warnings\":[");
+        for (size_t i = 0; i < s->nwarnings + s->nerrors; i++) {
+            if (i)
+                PUTS(w, ",");
+            put_jstr(w, i < s->nwarnings ? s->warnings[i] : s->errors[i - s->nwarnings]);
+        }
+        PUTS(w, "]");
+    }
+    PUTS(w, "}\n");
+    set_free(&host_corr);
+    set_free(&gpu_corr);
+    free(pids);
+    return w->err;
+}
+
+int tb_chrome_encode(tb_space *s, tb_buf *b)
+{
+    jw *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->out = b;
+    int r = chrome_emit(s, w);
+    if (r == 0) {
+        jw_drain(w, 1);
+        r = w->err;
+    }
+    free(w);
+    return r;
+}
+
+int tb_chrome_encode_gz(tb_space *s, tb_buf *b)
+{
+    jw *w = calloc(1, sizeof(*w));
+    z_stream *z = calloc(1, sizeof(*z));
+    if (!w || !z) {
+        free(w);
+        free(z);
+        return -ENOMEM;
+    }
+    /* level 1: the agent writes this on the job's machine; speed over ratio */
+    if (deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+        free(w);
+        free(z);
+        return -ENOMEM;
+    }
+    w->out = b;
+    w->z = z;
+    int r = chrome_emit(s, w);
+    if (r == 0) {
+        jw_drain(w, 1);
+        r = w->err;
+    }
+    deflateEnd(z);
+    free(z);
+    free(w);
+    return r;
+}
+
+/* A user-named file (tbprof convert): written to a temp name beside it and
+ * renamed over the target, so a reader sees the old file or the new one. */
+int tb_chrome_write_gz(tb_space *s, const char *path)
+{
+    tb_buf gz = {0};
+    int r = tb_chrome_encode_gz(s, &gz);
+    if (r < 0) {
+        tb_buf_free(&gz);
+        return r;
+    }
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
+        tb_buf_free(&gz);
+        return -ENAMETOOLONG;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        r = -errno;
+        tb_buf_free(&gz);
+        return r;
+    }
+    const uint8_t *p = gz.data;
+    size_t left = gz.len;
+    while (left && r == 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = n < 0 ? -errno : -EIO;
+        else {
+            p += n;
+            left -= (size_t)n;
+        }
+    }
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r == 0 && rename(tmp, path) < 0)
+        r = -errno;
+    if (r < 0)
+        unlink(tmp);
+    tb_buf_free(&gz);
+    return r;
+}

@@ -1,0 +1,387 @@
+/* profile.c - the on-disk layout and safe file writing (see profile.h). */
+#include "profile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "xspace.h"
+
+/* ---- CRC32C (Castagnoli, reflected polynomial 0x82F63B78) ------------------------ */
+
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+unsigned tb_crc32c(const void *data, size_t len)
+{
+    pthread_once(&crc_once, crc_init);
+    const uint8_t *p = data;
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < len; i++)
+        c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* ---- names and folders ------------------------------------------------------------ */
+
+int tb_run_name_from_time(time_t t, char *out, size_t n)
+{
+    struct tm tm;
+    if (!localtime_r(&t, &tm))
+        return -EINVAL;
+    if (strftime(out, n, "%Y_%m_%d_%H_%M_%S", &tm) == 0)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* A single path component we create: no '/', not "." or "..", not empty. */
+static int component_ok(const char *c)
+{
+    return c && *c && !strchr(c, '/') && strcmp(c, ".") && strcmp(c, "..") && strlen(c) < NAME_MAX;
+}
+
+/* mkdir -p for the user's logdir (symlinks in it are the user's choice). */
+static int mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0)
+        return -EINVAL;
+    if (n >= sizeof(buf))
+        return -ENAMETOOLONG;
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) < 0 && errno != EEXIST)
+        return -errno;
+    struct stat st;
+    if (stat(buf, &st) < 0)
+        return -errno;
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+/* Create (if needed) and open `name` under dirfd without following a
+ * symlink there: another user can't redirect our output elsewhere. */
+static int open_subdir(int dirfd, const char *name)
+{
+    if (mkdirat(dirfd, name, 0777) < 0 && errno != EEXIST)
+        return -errno;
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 ? (errno == ELOOP ? -ELOOP : -errno) : fd;
+}
+
+int tb_run_dir(const char *logdir, const char *run, char *out, size_t n)
+{
+    if (!logdir || !*logdir || !component_ok(run))
+        return -EINVAL;
+    int r = mkdir_p(logdir);
+    if (r < 0)
+        return r;
+    int fd = open(logdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    static const char *const parts[] = {"plugins", "profile"};
+    for (size_t i = 0; i < 3; i++) {
+        int nfd = open_subdir(fd, i < 2 ? parts[i] : run);
+        close(fd);
+        if (nfd < 0)
+            return nfd;
+        fd = nfd;
+    }
+    close(fd);
+    size_t ll = strlen(logdir);
+    while (ll > 1 && logdir[ll - 1] == '/')
+        ll--;
+    int w = snprintf(out, n, "%.*s/plugins/profile/%s", (int)ll, logdir, run);
+    return (w < 0 || (size_t)w >= n) ? -ENAMETOOLONG : 0;
+}
+
+/* ---- atomic write ------------------------------------------------------------------ */
+
+/* Split "host.xplane.pb" into stem "host" and ext ".xplane.pb"; names with
+ * dots in the host part keep them (known multi-part extensions first). */
+static size_t ext_at(const char *name)
+{
+    static const char *const exts[] = {".xplane.pb", ".trace.json.gz", ".trace.json", ".profile-empty"};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
+        size_t e = strlen(exts[i]);
+        if (n > e && !strcmp(name + n - e, exts[i]))
+            return n - e;
+    }
+    const char *dot = strrchr(name, '.');
+    return (dot && dot != name) ? (size_t)(dot - name) : n;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Link tmp to final without replacing anything: link(), or where the file
+ * system has no hard links, renameat2(RENAME_NOREPLACE). */
+static int link_noreplace(int dfd, const char *tmp, const char *final, int *renamed)
+{
+    *renamed = 0;
+    if (linkat(dfd, tmp, dfd, final, 0) == 0)
+        return 0;
+    int e = errno;
+    if (e != EPERM && e != EOPNOTSUPP && e != ENOSYS && e != EMLINK)
+        return -e;
+#ifdef SYS_renameat2
+    if (syscall(SYS_renameat2, dfd, tmp, dfd, final, 1u /* RENAME_NOREPLACE */) == 0) {
+        *renamed = 1;
+        return 0;
+    }
+    return -errno;
+#else
+    return -e;
+#endif
+}
+
+int tb_atomic_write(const char *dir, const char *name, const void *data, size_t len, char *final,
+                    size_t final_n)
+{
+    if (!dir || !component_ok(name))
+        return -EINVAL;
+    /* Over RLIMIT_FSIZE, write() raises SIGXFSZ, which kills the process by
+     * default: refuse before writing instead. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && len > rl.rlim_cur)
+        return -EFBIG;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+
+    static _Atomic unsigned counter;
+    char tmp[NAME_MAX + 1];
+    int fd = -1;
+    for (int tries = 0; tries < 100; tries++) {
+        int w = snprintf(tmp, sizeof(tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
+        if (w < 0 || (size_t)w >= sizeof(tmp)) {
+            close(dfd);
+            return -ENAMETOOLONG;
+        }
+        /* 0666: open() applies the process umask */
+        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd >= 0 || errno != EEXIST)
+            break;
+    }
+    if (fd < 0) {
+        int e = errno;
+        close(dfd);
+        return -e;
+    }
+    int r = write_all(fd, data, len);
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno; /* ENOSPC / EDQUOT / EIO show up here on some file systems */
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r < 0) {
+        unlinkat(dfd, tmp, 0);
+        close(dfd);
+        return r;
+    }
+
+    size_t stem = ext_at(name);
+    char cand[NAME_MAX + 1];
+    int renamed = 0;
+    r = -EEXIST;
+    for (unsigned k = 0; k < 1000 && r == -EEXIST; k++) {
+        int w = k == 0 ? snprintf(cand, sizeof(cand), "%s", name)
+                       : snprintf(cand, sizeof(cand), "%.*s.%u%s", (int)stem, name, k, name + stem);
+        if (w < 0 || (size_t)w >= sizeof(cand)) {
+            r = -ENAMETOOLONG;
+            break;
+        }
+        r = link_noreplace(dfd, tmp, cand, &renamed);
+    }
+    if (!renamed)
+        unlinkat(dfd, tmp, 0);
+    if (r == 0) {
+        fsync(dfd); /* the new name survives a crash too; best effort */
+        if (final && final_n) {
+            int w = snprintf(final, final_n, "%s/%s", dir, cand);
+            if (w < 0 || (size_t)w >= final_n)
+                final[0] = '\0';
+        }
+    }
+    close(dfd);
+    return r;
+}
+
+/* ---- TensorBoard event file ----------------------------------------------------------- */
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* One TFRecord holding Event{wall_time, file_version "brain.Event:2"}; returns its size. */
+static size_t tfevents_record(uint8_t *out, double wall_time)
+{
+    uint8_t ev[32];
+    size_t n = 0;
+    uint64_t bits;
+    memcpy(&bits, &wall_time, 8);
+    ev[n++] = (1 << 3) | 1; /* wall_time: double */
+    put_le64(ev + n, bits);
+    n += 8;
+    static const char ver[] = "brain.Event:2";
+    ev[n++] = (3 << 3) | 2; /* file_version: string */
+    ev[n++] = (uint8_t)(sizeof(ver) - 1);
+    memcpy(ev + n, ver, sizeof(ver) - 1);
+    n += sizeof(ver) - 1;
+
+    put_le64(out, n);
+    put_le32(out + 8, tb_crc32c_mask(tb_crc32c(out, 8)));
+    memcpy(out + 12, ev, n);
+    put_le32(out + 12 + n, tb_crc32c_mask(tb_crc32c(ev, n)));
+    return 12 + n + 4;
+}
+
+static int tfevents_write(const char *logdir, const char *host, double wall_time, char *final, size_t fn)
+{
+    if (!component_ok(host))
+        return -EINVAL;
+    char name[NAME_MAX + 1];
+    int w = snprintf(name, sizeof(name), "events.out.tfevents.%lld.%s.profile-empty", (long long)wall_time,
+                     host);
+    if (w < 0 || (size_t)w >= sizeof(name))
+        return -ENAMETOOLONG;
+    uint8_t rec[64];
+    size_t n = tfevents_record(rec, wall_time);
+    return tb_atomic_write(logdir, name, rec, n, final, fn);
+}
+
+int tb_write_tfevents(const char *logdir, const char *host, double wall_time)
+{
+    return tfevents_write(logdir, host, wall_time, NULL, 0);
+}
+
+/* ---- everything at once ------------------------------------------------------------------ */
+
+int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size_t n)
+{
+    if (!s || !o || !o->logdir)
+        return -EINVAL;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    char run[NAME_MAX + 1], host[NAME_MAX + 1];
+    int r;
+    if (o->run) {
+        if (!component_ok(o->run))
+            return -EINVAL;
+        snprintf(run, sizeof(run), "%s", o->run);
+    } else if ((r = tb_run_name_from_time(tv.tv_sec, run, sizeof(run))) < 0) {
+        return r;
+    }
+    if (o->host) {
+        if (!component_ok(o->host))
+            return -EINVAL;
+        snprintf(host, sizeof(host), "%s", o->host);
+    } else if (gethostname(host, sizeof(host) - 1) < 0 || !host[0]) {
+        snprintf(host, sizeof(host), "localhost");
+    }
+    host[sizeof(host) - 1] = '\0';
+
+    tb_buf pb = {0};
+    if ((r = tb_xspace_encode(s, &pb)) < 0)
+        return r;
+    if (o->max_bytes && pb.len > o->max_bytes) {
+        tb_buf_free(&pb);
+        return -EFBIG;
+    }
+    char dir[PATH_MAX], name[NAME_MAX + 1], xpath[PATH_MAX];
+    if ((r = tb_run_dir(o->logdir, run, dir, sizeof(dir))) < 0) {
+        tb_buf_free(&pb);
+        return r;
+    }
+    if (snprintf(name, sizeof(name), "%s.xplane.pb", host) >= (int)sizeof(name)) {
+        tb_buf_free(&pb);
+        return -ENAMETOOLONG;
+    }
+    r = tb_atomic_write(dir, name, pb.data, pb.len, xpath, sizeof(xpath));
+    tb_buf_free(&pb);
+    if (r < 0) {
+        rmdir(dir); /* only if we left it empty */
+        return r;
+    }
+    /* The event file is what makes TensorBoard list the Profile plugin: part
+     * of the contract, so a failure here takes the xplane.pb back out. */
+    double wall = (double)tv.tv_sec + tv.tv_usec / 1e6;
+    if ((r = tb_write_tfevents(o->logdir, host, wall)) < 0) {
+        unlink(xpath);
+        rmdir(dir);
+        return r;
+    }
+    if (o->trace_json) {
+        /* Optional extra: a failure is one warning, the profile stays. */
+        tb_buf gz = {0};
+        char tname[NAME_MAX + 1];
+        int tr = tb_chrome_encode_gz(s, &gz);
+        if (tr == 0 && o->max_bytes && gz.len > o->max_bytes)
+            tr = -EFBIG;
+        if (tr == 0 && snprintf(tname, sizeof(tname), "%s.trace.json.gz", host) >= (int)sizeof(tname))
+            tr = -ENAMETOOLONG;
+        if (tr == 0)
+            tr = tb_atomic_write(dir, tname, gz.data, gz.len, NULL, 0);
+        tb_buf_free(&gz);
+        if (tr < 0)
+            tb_warn("trace.json.gz not written in %s: %s", dir, strerror(-tr));
+    }
+    if (path_out && n) {
+        int w = snprintf(path_out, n, "%s", xpath);
+        if (w < 0 || (size_t)w >= n)
+            path_out[0] = '\0';
+    }
+    return 0;
+}

@@ -1,0 +1,519 @@
+/* xspace_read.c - load an xplane.pb back into a tb_space (see xspace.h).
+ *
+ * Tools and tests only: decoding uses protobuf-c's code generated from
+ * proto/xplane.proto (tbprof_proto), which libtbprof.so must not link, so
+ * nothing in preload/ calls into this file (the static archive leaves it
+ * out of the .so).
+ *
+ * Metadata ids in a file are arbitrary int64s (sparse in TensorFlow's
+ * profiles); they are mapped to the model's interned ids through a small
+ * hash. Lines and events are built directly (no per-line lookups), so
+ * loading is linear in the file's size. str_value stats become interned
+ * refs; bytes_value stats become "<N bytes>".
+ */
+#include "xspace.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "xplane.pb-c.h"
+
+typedef Tensorflow__Profiler__XSpace XSpace;
+typedef Tensorflow__Profiler__XPlane XPlane;
+typedef Tensorflow__Profiler__XLine XLine;
+typedef Tensorflow__Profiler__XEvent XEvent;
+typedef Tensorflow__Profiler__XStat XStat;
+
+static void seterr(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t n, const char *fmt, ...)
+{
+    if (!err || !n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, n, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- int64 -> uint32 map (open addressing) --------------------------------- */
+
+typedef struct idmap {
+    int64_t *keys;
+    uint32_t *vals; /* 0 = empty */
+    size_t mask;
+} idmap;
+
+static int idmap_init(idmap *m, size_t n)
+{
+    size_t cap = 16;
+    while (cap < n * 2 + 2)
+        cap *= 2;
+    m->keys = calloc(cap, sizeof(*m->keys));
+    m->vals = calloc(cap, sizeof(*m->vals));
+    m->mask = cap - 1;
+    return (m->keys && m->vals) ? 0 : -ENOMEM;
+}
+
+static void idmap_free(idmap *m)
+{
+    free(m->keys);
+    free(m->vals);
+}
+
+static size_t idmap_slot(const idmap *m, int64_t k)
+{
+    uint64_t h = (uint64_t)k * 0x9E3779B97F4A7C15ull;
+    size_t j = (size_t)(h >> 17) & m->mask;
+    while (m->vals[j] && m->keys[j] != k)
+        j = (j + 1) & m->mask;
+    return j;
+}
+
+static uint32_t idmap_get(const idmap *m, int64_t k)
+{
+    return m->vals[idmap_slot(m, k)];
+}
+
+/* sized for its entries at init; lazily added unknown ids may grow it */
+static int idmap_put(idmap *m, int64_t k, uint32_t v, size_t *used)
+{
+    if ((*used + 1) * 2 > m->mask + 1) {
+        idmap big;
+        if (idmap_init(&big, m->mask + 1) < 0) {
+            idmap_free(&big);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i <= m->mask; i++)
+            if (m->vals[i]) {
+                size_t j = idmap_slot(&big, m->keys[i]);
+                big.keys[j] = m->keys[i];
+                big.vals[j] = m->vals[i];
+            }
+        idmap_free(m);
+        *m = big;
+    }
+    size_t j = idmap_slot(m, k);
+    if (!m->vals[j])
+        (*used)++;
+    m->keys[j] = k;
+    m->vals[j] = v;
+    return 0;
+}
+
+/* ---- truncation / framing check of the top level ---------------------------- */
+
+static int read_varint(const uint8_t *d, size_t len, size_t *pos, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (*pos >= len)
+            return -1;
+        uint8_t b = d[(*pos)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -2;
+}
+
+/* Walks XSpace's top-level fields; a message naming the first problem, or
+ * NULL when the framing is whole. */
+static int check_framing(const uint8_t *d, size_t len, char *err, size_t errlen)
+{
+    size_t pos = 0;
+    while (pos < len) {
+        size_t at = pos;
+        uint64_t key, v;
+        int r = read_varint(d, len, &pos, &key);
+        if (r == -1) {
+            seterr(err, errlen, "truncated at byte %zu (inside a field key)", at);
+            return -EBADMSG;
+        }
+        unsigned field = (unsigned)(key >> 3), wt = key & 7;
+        if (r < 0 || field == 0) {
+            seterr(err, errlen, "not an XSpace: bad field key at byte %zu", at);
+            return -EBADMSG;
+        }
+        switch (wt) {
+        case 0:
+            if (read_varint(d, len, &pos, &v) < 0) {
+                seterr(err, errlen, "truncated at byte %zu (inside a varint)", pos);
+                return -EBADMSG;
+            }
+            break;
+        case 1:
+        case 5: {
+            size_t need = wt == 1 ? 8 : 4;
+            if (len - pos < need) {
+                seterr(err, errlen, "truncated at byte %zu (field %u needs %zu bytes, %zu left)", len,
+                       field, need, len - pos);
+                return -EBADMSG;
+            }
+            pos += need;
+            break;
+        }
+        case 2:
+            if (read_varint(d, len, &pos, &v) < 0) {
+                seterr(err, errlen, "truncated at byte %zu (inside a length)", pos);
+                return -EBADMSG;
+            }
+            if (v > len - pos) {
+                seterr(err, errlen, "truncated at byte %zu (field %u at byte %zu needs %" PRIu64
+                       " bytes, %zu left)", len, field, at, v, len - pos);
+                return -EBADMSG;
+            }
+            pos += (size_t)v;
+            break;
+        default:
+            seterr(err, errlen, "not an XSpace: bad wire type %u at byte %zu", wt, at);
+            return -EBADMSG;
+        }
+    }
+    return 0;
+}
+
+/* ---- building the model ------------------------------------------------------ */
+
+typedef struct plane_maps {
+    tb_plane *p;
+    idmap ev, st;
+    size_t nev, nst;
+} plane_maps;
+
+static int64_t unknown_meta(plane_maps *pm, int is_event, int64_t file_id)
+{
+    char name[40];
+    snprintf(name, sizeof(name), "#%" PRId64, file_id);
+    int64_t id = is_event ? tb_plane_event_meta(pm->p, name) : tb_plane_stat_meta(pm->p, name);
+    if (id < 0)
+        return id;
+    int r = idmap_put(is_event ? &pm->ev : &pm->st, file_id, (uint32_t)id, is_event ? &pm->nev : &pm->nst);
+    return r < 0 ? r : id;
+}
+
+static int64_t map_stat_meta(plane_maps *pm, int64_t file_id)
+{
+    uint32_t v = idmap_get(&pm->st, file_id);
+    return v ? (int64_t)v : unknown_meta(pm, 0, file_id);
+}
+
+static int64_t map_event_meta(plane_maps *pm, int64_t file_id)
+{
+    uint32_t v = idmap_get(&pm->ev, file_id);
+    return v ? (int64_t)v : unknown_meta(pm, 1, file_id);
+}
+
+/* XStat -> tb_stat; 0 or -ENOMEM */
+static int conv_stat(plane_maps *pm, const XStat *x, tb_stat *out)
+{
+    int64_t m = map_stat_meta(pm, x->metadata_id);
+    if (m < 0)
+        return (int)m;
+    memset(out, 0, sizeof(*out));
+    out->meta = (uint32_t)m;
+    switch (x->value_case) {
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_DOUBLE_VALUE:
+        out->type = TB_STAT_DOUBLE;
+        out->v.d = x->double_value;
+        break;
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_UINT64_VALUE:
+        out->type = TB_STAT_UINT64;
+        out->v.u = x->uint64_value;
+        break;
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_INT64_VALUE:
+        out->type = TB_STAT_INT64;
+        out->v.i = x->int64_value;
+        break;
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_STR_VALUE: {
+        int64_t r = tb_plane_stat_meta(pm->p, x->str_value ? x->str_value : "");
+        if (r < 0)
+            return (int)r;
+        out->type = TB_STAT_REF;
+        out->v.ref = (uint32_t)r;
+        break;
+    }
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_BYTES_VALUE: {
+        char tmp[48];
+        snprintf(tmp, sizeof(tmp), "<%zu bytes>", x->bytes_value.len);
+        int64_t r = tb_plane_stat_meta(pm->p, tmp);
+        if (r < 0)
+            return (int)r;
+        out->type = TB_STAT_REF;
+        out->v.ref = (uint32_t)r;
+        break;
+    }
+    case TENSORFLOW__PROFILER__XSTAT__VALUE_REF_VALUE: {
+        int64_t r = map_stat_meta(pm, (int64_t)x->ref_value);
+        if (r < 0)
+            return (int)r;
+        out->type = TB_STAT_REF;
+        out->v.ref = (uint32_t)r;
+        break;
+    }
+    default: /* no value set: keep it as int64 0 */
+        out->type = TB_STAT_INT64;
+        out->v.i = 0;
+        break;
+    }
+    return 0;
+}
+
+static tb_category category_by_name(const char *n)
+{
+    for (int c = 1; c < TB_CAT_COUNT; c++)
+        if (!strcmp(tb_category_name((tb_category)c), n))
+            return (tb_category)c;
+    return TB_CAT_NONE;
+}
+
+static int add_line(plane_maps *pm, const XLine *xl)
+{
+    tb_plane *p = pm->p;
+    if (p->nlines == p->cap_lines) {
+        size_t ncap = p->cap_lines ? p->cap_lines * 2 : 8;
+        tb_line **nl = realloc(p->lines, ncap * sizeof(*nl));
+        if (!nl)
+            return -ENOMEM;
+        p->lines = nl;
+        p->cap_lines = ncap;
+    }
+    tb_line *l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->id = xl->id;
+    l->plane = p;
+    l->name = strdup(xl->name ? xl->name : "");
+    if (!l->name) {
+        free(l);
+        return -ENOMEM;
+    }
+    p->lines[p->nlines++] = l; /* owned by the plane from here */
+    if (xl->display_name && *xl->display_name && !(l->display_name = strdup(xl->display_name)))
+        return -ENOMEM;
+    size_t nstats = 0;
+    for (size_t i = 0; i < xl->n_events; i++)
+        nstats += xl->events[i]->n_stats;
+    if (xl->n_events && !(l->events = malloc(xl->n_events * sizeof(tb_event))))
+        return -ENOMEM;
+    l->cap_events = xl->n_events;
+    if (nstats && !(l->stats = malloc(nstats * sizeof(tb_stat))))
+        return -ENOMEM;
+    l->cap_stats = nstats;
+    for (size_t i = 0; i < xl->n_events; i++) {
+        const XEvent *xe = xl->events[i];
+        int64_t m = map_event_meta(pm, xe->metadata_id);
+        if (m < 0)
+            return (int)m;
+        int64_t off_ps = xe->data_case == TENSORFLOW__PROFILER__XEVENT__DATA_OFFSET_PS ? xe->offset_ps : 0;
+        /* floor(ps / 1000) without overflow in the sum (wraps like the writer) */
+        int64_t off_ns = off_ps / 1000 - (off_ps % 1000 < 0);
+        tb_event *e = &l->events[l->nevents];
+        e->start_ns = (int64_t)((uint64_t)xl->timestamp_ns + (uint64_t)off_ns);
+        e->dur_ns = xe->duration_ps > 0 ? xe->duration_ps / 1000 : 0;
+        e->meta = (uint32_t)m;
+        e->nstats = 0;
+        e->stats_at = l->nstats;
+        for (size_t k = 0; k < xe->n_stats; k++) {
+            int r = conv_stat(pm, xe->stats[k], &l->stats[l->nstats]);
+            if (r < 0)
+                return r;
+            l->nstats++;
+            e->nstats++;
+        }
+        l->nevents++;
+    }
+    p->space->used_bytes += l->nevents * sizeof(tb_event) + l->nstats * sizeof(tb_stat);
+    return 0;
+}
+
+static int add_plane(tb_space *s, const XPlane *xp)
+{
+    const char *name = xp->name ? xp->name : "";
+    tb_plane *existing = tb_space_find_plane(s, name);
+    plane_maps pm = {0};
+    pm.p = existing ? existing : tb_space_plane(s, name);
+    if (!pm.p)
+        return -ENOMEM;
+    if (!existing)
+        pm.p->id = xp->id;
+    int r = -ENOMEM;
+    if (idmap_init(&pm.ev, xp->n_event_metadata) < 0 || idmap_init(&pm.st, xp->n_stat_metadata) < 0)
+        goto out;
+    /* stat metadata first: event metadata's stats refer to it */
+    for (size_t i = 0; i < xp->n_stat_metadata; i++) {
+        const Tensorflow__Profiler__XPlane__StatMetadataEntry *en = xp->stat_metadata[i];
+        const char *n = (en->value && en->value->name) ? en->value->name : "";
+        int64_t id = tb_plane_stat_meta(pm.p, n);
+        if (id < 0 || idmap_put(&pm.st, en->key, (uint32_t)id, &pm.nst) < 0)
+            goto out;
+    }
+    int64_t cat_id = 0;
+    {
+        /* only when the file names it: don't add the name to foreign files */
+        for (size_t i = 0; i < pm.p->nstat_meta; i++)
+            if (pm.p->stat_meta[i] && !strcmp(pm.p->stat_meta[i], "tbprof_category"))
+                cat_id = (int64_t)i;
+    }
+    for (size_t i = 0; i < xp->n_event_metadata; i++) {
+        const Tensorflow__Profiler__XPlane__EventMetadataEntry *en = xp->event_metadata[i];
+        const Tensorflow__Profiler__XEventMetadata *v = en->value;
+        int64_t id = tb_plane_event_meta(pm.p, (v && v->name) ? v->name : "");
+        if (id < 0 || idmap_put(&pm.ev, en->key, (uint32_t)id, &pm.nev) < 0)
+            goto out;
+        if (!v)
+            continue;
+        if (v->display_name && *v->display_name &&
+            tb_plane_set_event_display_name(pm.p, id, v->display_name) < 0)
+            goto out;
+        for (size_t k = 0; cat_id && k < v->n_stats; k++) {
+            const XStat *st = v->stats[k];
+            if (idmap_get(&pm.st, st->metadata_id) == (uint32_t)cat_id &&
+                st->value_case == TENSORFLOW__PROFILER__XSTAT__VALUE_STR_VALUE && st->str_value)
+                tb_plane_set_event_category(pm.p, id, category_by_name(st->str_value));
+        }
+    }
+    for (size_t i = 0; i < xp->n_stats; i++) {
+        tb_stat st;
+        if ((r = conv_stat(&pm, xp->stats[i], &st)) < 0)
+            goto out;
+        if (pm.p->nstats == pm.p->cap_stats) {
+            size_t ncap = pm.p->cap_stats ? pm.p->cap_stats * 2 : 8;
+            tb_stat *ns = realloc(pm.p->stats, ncap * sizeof(*ns));
+            if (!ns) {
+                r = -ENOMEM;
+                goto out;
+            }
+            pm.p->stats = ns;
+            pm.p->cap_stats = ncap;
+        }
+        pm.p->stats[pm.p->nstats++] = st;
+    }
+    for (size_t i = 0; i < xp->n_lines; i++)
+        if ((r = add_line(&pm, xp->lines[i])) < 0)
+            goto out;
+    r = 0;
+out:
+    idmap_free(&pm.ev);
+    idmap_free(&pm.st);
+    return r;
+}
+
+int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!len) {
+        seterr(err, errlen, "empty file");
+        return -ENODATA;
+    }
+    int r = check_framing(data, len, err, errlen);
+    if (r < 0)
+        return r;
+    XSpace *x = tensorflow__profiler__xspace__unpack(NULL, len, data);
+    if (!x) {
+        seterr(err, errlen, "not an XSpace: protobuf decoding failed");
+        return -EBADMSG;
+    }
+    if (!x->n_planes && !x->n_warnings && !x->n_errors) {
+        seterr(err, errlen, "not an XSpace: no planes");
+        tensorflow__profiler__xspace__free_unpacked(x, NULL);
+        return -EBADMSG;
+    }
+    for (size_t i = 0; i < x->n_planes; i++)
+        if (!x->planes[i]->name || !*x->planes[i]->name) {
+            seterr(err, errlen, "not an XSpace: plane %zu has no name", i);
+            tensorflow__profiler__xspace__free_unpacked(x, NULL);
+            return -EBADMSG;
+        }
+    tb_space *s = tb_space_new();
+    if (!s) {
+        tensorflow__profiler__xspace__free_unpacked(x, NULL);
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r = 0;
+    for (size_t i = 0; i < x->n_planes && r == 0; i++)
+        r = add_plane(s, x->planes[i]);
+    for (size_t i = 0; i < x->n_hostnames && r == 0; i++)
+        r = tb_space_add_hostname(s, x->hostnames[i] ? x->hostnames[i] : "");
+    for (size_t i = 0; i < x->n_warnings && r == 0; i++)
+        r = tb_space_add_warning(s, x->warnings[i] ? x->warnings[i] : "");
+    for (size_t i = 0; i < x->n_errors && r == 0; i++)
+        r = tb_space_add_error(s, x->errors[i] ? x->errors[i] : "");
+    tensorflow__profiler__xspace__free_unpacked(x, NULL);
+    if (r < 0) {
+        tb_space_free(s);
+        seterr(err, errlen, "out of memory");
+        return r;
+    }
+    *out = s;
+    return 0;
+}
+
+int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        seterr(err, errlen, "%s", strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        seterr(err, errlen, "%s", strerror(e));
+        return -e;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        seterr(err, errlen, "is a directory");
+        return -EISDIR;
+    }
+    size_t cap = (S_ISREG(st.st_mode) && st.st_size > 0) ? (size_t)st.st_size + 1 : 65536, len = 0;
+    uint8_t *buf = malloc(cap);
+    if (!buf) {
+        close(fd);
+        seterr(err, errlen, "out of memory (%zu bytes)", cap);
+        return -ENOMEM;
+    }
+    for (;;) {
+        if (len == cap) {
+            uint8_t *nb = cap < SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
+            if (!nb) {
+                free(buf);
+                close(fd);
+                seterr(err, errlen, "out of memory");
+                return -ENOMEM;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            seterr(err, errlen, "read failed: %s", strerror(e));
+            return -e;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    int r = tb_xspace_decode(buf, len, out, err, errlen);
+    free(buf);
+    return r;
+}

@@ -1,0 +1,334 @@
+/* test_profile.c - layout, atomic writes, TFRecord framing, CRC32C. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "event.pb-c.h"
+#include "profile.h"
+#include "tap.h"
+#include "trace.h"
+#include "xspace.h"
+
+static char root[256];
+
+static void rm_rf(const char *path)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", path);
+}
+
+static int count_entries(const char *dir, const char *contains)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && (!contains || strstr(e->d_name, contains)))
+            n++;
+    closedir(d);
+    return n;
+}
+
+static size_t slurp(const char *path, uint8_t *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+static void test_crc32c(void)
+{
+    CHECK_EQ_I(tb_crc32c("123456789", 9), 0xe3069283u);
+    CHECK_EQ_I(tb_crc32c("", 0), 0);
+    /* RFC 3720 (iSCSI) B.4 vectors */
+    uint8_t b[32];
+    memset(b, 0, 32);
+    CHECK_EQ_I(tb_crc32c(b, 32), 0x8a9136aau);
+    memset(b, 0xff, 32);
+    CHECK_EQ_I(tb_crc32c(b, 32), 0x62a8ab43u);
+    for (int i = 0; i < 32; i++)
+        b[i] = (uint8_t)i;
+    CHECK_EQ_I(tb_crc32c(b, 32), 0x46dd794eu);
+    for (int i = 0; i < 32; i++)
+        b[i] = (uint8_t)(31 - i);
+    CHECK_EQ_I(tb_crc32c(b, 32), 0x113fdb5cu);
+    /* the mask is a 15-bit rotation plus a constant */
+    CHECK_EQ_I(tb_crc32c_mask(0), 0xa282ead8u);
+    CHECK_EQ_I(tb_crc32c_mask(0x12345678u), (((0x12345678u >> 15) | (0x12345678u << 17)) + 0xa282ead8u) & 0xffffffffu);
+}
+
+static void test_layout(void)
+{
+    char out[512];
+    setenv("TZ", "UTC", 1);
+    tzset();
+    CHECK_EQ_I(tb_run_name_from_time(1700000000, out, sizeof(out)), 0);
+    CHECK_STR(out, "2023_11_14_22_13_20");
+    CHECK(tb_run_name_from_time(1700000000, out, 5) < 0);
+
+    char logdir[300];
+    snprintf(logdir, sizeof(logdir), "%s/a/b/logs", root);
+    CHECK_EQ_I(tb_run_dir(logdir, "run1", out, sizeof(out)), 0);
+    char want[600];
+    snprintf(want, sizeof(want), "%s/plugins/profile/run1", logdir);
+    CHECK_STR(out, want);
+    struct stat st;
+    CHECK(stat(want, &st) == 0 && S_ISDIR(st.st_mode));
+    CHECK_EQ_I(tb_run_dir(logdir, "run1", out, sizeof(out)), 0); /* exists already: fine */
+    CHECK_EQ_I(tb_run_dir(logdir, "../escape", out, sizeof(out)), -EINVAL);
+    CHECK_EQ_I(tb_run_dir(logdir, "..", out, sizeof(out)), -EINVAL);
+    CHECK_EQ_I(tb_run_dir(logdir, "", out, sizeof(out)), -EINVAL);
+
+    /* a symlink planted as the run folder is not followed */
+    char elsewhere[300], link[700];
+    snprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere", root);
+    mkdir(elsewhere, 0777);
+    snprintf(link, sizeof(link), "%s/plugins/profile/evil", logdir);
+    CHECK(symlink(elsewhere, link) == 0);
+    int r = tb_run_dir(logdir, "evil", out, sizeof(out));
+    CHECKF(r == -ELOOP || r == -ENOTDIR, "r = %d", r);
+    tb_profile_opts o = {.logdir = logdir, .run = "evil", .host = "h"};
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "t");
+    tb_line_add(l, tb_plane_event_meta(l->plane, "e"), 1000, 10);
+    CHECK(tb_profile_write(s, &o, out, sizeof(out)) < 0);
+    CHECK_EQ_I(count_entries(elsewhere, NULL), 0);
+    tb_space_free(s);
+}
+
+static void test_atomic_write(void)
+{
+    char dir[300], f1[512], f2[512], f3[512];
+    snprintf(dir, sizeof(dir), "%s/aw", root);
+    mkdir(dir, 0777);
+    CHECK_EQ_I(tb_atomic_write(dir, "node.a.xplane.pb", "first", 5, f1, sizeof(f1)), 0);
+    CHECK_EQ_I(tb_atomic_write(dir, "node.a.xplane.pb", "second", 6, f2, sizeof(f2)), 0);
+    CHECK_EQ_I(tb_atomic_write(dir, "node.a.xplane.pb", "third", 5, f3, sizeof(f3)), 0);
+    char want[600];
+    snprintf(want, sizeof(want), "%s/node.a.xplane.pb", dir);
+    CHECK_STR(f1, want);
+    snprintf(want, sizeof(want), "%s/node.a.1.xplane.pb", dir);
+    CHECK_STR(f2, want);
+    snprintf(want, sizeof(want), "%s/node.a.2.xplane.pb", dir);
+    CHECK_STR(f3, want);
+    uint8_t buf[64];
+    CHECK_EQ_I(slurp(f1, buf, sizeof(buf)), 5);
+    CHECK(memcmp(buf, "first", 5) == 0); /* never overwritten */
+    CHECK_EQ_I(slurp(f2, buf, sizeof(buf)), 6);
+    CHECK(memcmp(buf, "second", 6) == 0);
+    CHECK_EQ_I(tb_atomic_write(dir, "plain", "x", 1, f1, sizeof(f1)), 0);
+    CHECK_EQ_I(tb_atomic_write(dir, "plain", "y", 1, f1, sizeof(f1)), 0);
+    snprintf(want, sizeof(want), "%s/plain.1", dir);
+    CHECK_STR(f1, want);
+    CHECK_EQ_I(count_entries(dir, "tmp"), 0);
+    CHECK_EQ_I(count_entries(dir, NULL), 5);
+
+    /* permissions: 0666 minus the umask */
+    mode_t old = umask(027);
+    CHECK_EQ_I(tb_atomic_write(dir, "perm.bin", "z", 1, f1, sizeof(f1)), 0);
+    umask(old);
+    struct stat st;
+    CHECK(stat(f1, &st) == 0 && (st.st_mode & 0777) == 0640);
+
+    /* two processes racing on one name: both files survive, whole */
+    pid_t kid = fork();
+    if (kid == 0) {
+        char big[4096];
+        memset(big, 'k', sizeof(big));
+        for (int i = 0; i < 20; i++)
+            tb_atomic_write(dir, "race.xplane.pb", big, sizeof(big), NULL, 0);
+        _exit(0);
+    }
+    char big[4096];
+    memset(big, 'p', sizeof(big));
+    for (int i = 0; i < 20; i++)
+        CHECK_EQ_I(tb_atomic_write(dir, "race.xplane.pb", big, sizeof(big), NULL, 0), 0);
+    int status;
+    waitpid(kid, &status, 0);
+    CHECK_EQ_I(count_entries(dir, "race"), 40);
+    CHECK_EQ_I(count_entries(dir, "tmp"), 0);
+}
+
+static void test_failures_leave_nothing(void)
+{
+    char dir[300], f[512];
+    snprintf(dir, sizeof(dir), "%s/fail", root);
+    mkdir(dir, 0777);
+    /* a missing folder */
+    char missing[400];
+    snprintf(missing, sizeof(missing), "%s/nope", dir);
+    CHECK_EQ_I(tb_atomic_write(missing, "x.pb", "a", 1, f, sizeof(f)), -ENOENT);
+    /* a read-only folder (root ignores modes: then a file stands in for the folder) */
+    if (geteuid() != 0) {
+        chmod(dir, 0500);
+        CHECK_EQ_I(tb_atomic_write(dir, "x.pb", "a", 1, f, sizeof(f)), -EACCES);
+        chmod(dir, 0700);
+    } else {
+        char file[400];
+        snprintf(file, sizeof(file), "%s/afile", dir);
+        FILE *fp = fopen(file, "w");
+        fclose(fp);
+        CHECK_EQ_I(tb_atomic_write(file, "x.pb", "a", 1, f, sizeof(f)), -ENOTDIR);
+        unlink(file);
+    }
+    /* a file size limit: refused before writing (no SIGXFSZ), nothing left */
+    struct rlimit old, tiny;
+    getrlimit(RLIMIT_FSIZE, &old);
+    tiny = old;
+    tiny.rlim_cur = 1000;
+    CHECK(setrlimit(RLIMIT_FSIZE, &tiny) == 0);
+    static char big[100000];
+    CHECK_EQ_I(tb_atomic_write(dir, "big.xplane.pb", big, sizeof(big), f, sizeof(f)), -EFBIG);
+    CHECK_EQ_I(count_entries(dir, NULL), 0);
+
+    /* the whole profile under the same limit: an error and no files at all */
+    char logdir[400];
+    snprintf(logdir, sizeof(logdir), "%s/logs", dir);
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "t");
+    int64_t m = tb_plane_event_meta(l->plane, "event");
+    for (int i = 0; i < 1000; i++)
+        tb_line_add(l, m, 1000 + i * 10, 5);
+    tb_profile_opts o = {.logdir = logdir, .run = "r", .host = "h"};
+    CHECK_EQ_I(tb_profile_write(s, &o, f, sizeof(f)), -EFBIG);
+    setrlimit(RLIMIT_FSIZE, &old);
+    char rundir[500];
+    snprintf(rundir, sizeof(rundir), "%s/plugins/profile", logdir);
+    CHECK(count_entries(rundir, NULL) <= 0); /* no run folder left, or an empty profile/ */
+    CHECK_EQ_I(count_entries(logdir, "tfevents"), 0);
+
+    /* max_bytes: -EFBIG, nothing written */
+    o.max_bytes = 100;
+    CHECK_EQ_I(tb_profile_write(s, &o, f, sizeof(f)), -EFBIG);
+    CHECK(count_entries(rundir, NULL) <= 0);
+    CHECK_EQ_I(count_entries(logdir, "tfevents"), 0);
+    tb_space_free(s);
+}
+
+static void test_tfevents(void)
+{
+    char logdir[300];
+    snprintf(logdir, sizeof(logdir), "%s/tfe", root);
+    mkdir(logdir, 0777);
+    CHECK_EQ_I(tb_write_tfevents(logdir, "node1", 1700000000.5), 0);
+    char path[600];
+    snprintf(path, sizeof(path), "%s/events.out.tfevents.1700000000.node1.profile-empty", logdir);
+    uint8_t b[256];
+    size_t n = slurp(path, b, sizeof(b));
+    /* framing, byte by byte: u64 length, masked crc(length), data, masked crc(data) */
+    CHECK(n > 16);
+    uint64_t len = 0;
+    for (int i = 0; i < 8; i++)
+        len |= (uint64_t)b[i] << (8 * i);
+    CHECK_EQ_I(n, 8 + 4 + len + 4);
+    uint32_t c1 = (uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 | (uint32_t)b[11] << 24;
+    CHECK_EQ_I(c1, tb_crc32c_mask(tb_crc32c(b, 8)));
+    const uint8_t *d = b + 12;
+    const uint8_t *c2p = d + len;
+    uint32_t c2 = (uint32_t)c2p[0] | (uint32_t)c2p[1] << 8 | (uint32_t)c2p[2] << 16 | (uint32_t)c2p[3] << 24;
+    CHECK_EQ_I(c2, tb_crc32c_mask(tb_crc32c(d, len)));
+    /* the data: tag 0x09 + double, tag 0x1a + len 13 + "brain.Event:2" */
+    CHECK_EQ_I(len, 1 + 8 + 1 + 1 + 13);
+    CHECK_EQ_I(d[0], 0x09);
+    double wt;
+    memcpy(&wt, d + 1, 8);
+    CHECK(wt == 1700000000.5);
+    CHECK_EQ_I(d[9], 0x1a);
+    CHECK_EQ_I(d[10], 13);
+    CHECK(memcmp(d + 11, "brain.Event:2", 13) == 0);
+    /* and protobuf-c's Event decoder agrees */
+    Tensorflow__Event *ev = tensorflow__event__unpack(NULL, len, d);
+    CHECK(ev != NULL);
+    if (ev) {
+        CHECK(ev->wall_time == 1700000000.5);
+        CHECK_EQ_I(ev->what_case, TENSORFLOW__EVENT__WHAT_FILE_VERSION);
+        CHECK_STR(ev->file_version, "brain.Event:2");
+        tensorflow__event__free_unpacked(ev, NULL);
+    }
+    /* same second, same host again: a second file, the first kept */
+    CHECK_EQ_I(tb_write_tfevents(logdir, "node1", 1700000000.7), 0);
+    CHECK_EQ_I(count_entries(logdir, "profile-empty"), 2);
+    CHECK_EQ_I(tb_write_tfevents(logdir, "a/b", 1.0), -EINVAL);
+}
+
+static void test_profile_write(void)
+{
+    char logdir[300], out[700];
+    snprintf(logdir, sizeof(logdir), "%s/full", root);
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *l = tb_plane_line(h, 11, "main");
+    int64_t m = tb_plane_event_meta(h, "step");
+    for (int i = 0; i < 100; i++)
+        tb_line_add(l, m, 1700000000000000000LL + i * 1000, 900);
+    tb_profile_opts o = {.logdir = logdir, .run = "2024_01_02_03_04_05", .host = "node.rank0", .trace_json = 1};
+    CHECK_EQ_I(tb_profile_write(s, &o, out, sizeof(out)), 0);
+    char want[700];
+    snprintf(want, sizeof(want), "%s/plugins/profile/2024_01_02_03_04_05/node.rank0.xplane.pb", logdir);
+    CHECK_STR(out, want);
+    tb_space *back = NULL;
+    char err[200];
+    CHECK_EQ_I(tb_xspace_read_file(out, &back, err, sizeof(err)), 0);
+    CHECK_EQ_I(back ? tb_space_event_count(back) : 0, 100);
+    tb_space_free(back);
+    CHECK_EQ_I(count_entries(logdir, "profile-empty"), 1);
+    snprintf(want, sizeof(want), "%s/plugins/profile/2024_01_02_03_04_05/node.rank0.trace.json.gz", logdir);
+    gzFile gz = gzopen(want, "rb");
+    CHECK(gz != NULL);
+    if (gz) {
+        static char json[1 << 20];
+        int n = gzread(gz, json, sizeof(json) - 1);
+        gzclose(gz);
+        CHECK(n > 0);
+        json[n > 0 ? n : 0] = '\0';
+        CHECK(strstr(json, "\"traceEvents\"") != NULL);
+        int xs = 0;
+        for (char *p = json; (p = strstr(p, "\"ph\":\"X\"")); p++)
+            xs++;
+        CHECK_EQ_I(xs, 100);
+    }
+    /* a second rank with the same host stem, same run: its own file */
+    CHECK_EQ_I(tb_profile_write(s, &o, out, sizeof(out)), 0);
+    snprintf(want, sizeof(want), "%s/plugins/profile/2024_01_02_03_04_05/node.rank0.1.xplane.pb", logdir);
+    CHECK_STR(out, want);
+    /* default run name and host */
+    tb_profile_opts d = {.logdir = logdir};
+    CHECK_EQ_I(tb_profile_write(s, &d, out, sizeof(out)), 0);
+    CHECK(strstr(out, "/plugins/profile/20") != NULL && strstr(out, ".xplane.pb") != NULL);
+    tb_space_free(s);
+}
+
+int main(void)
+{
+    signal(SIGXFSZ, SIG_DFL); /* a write past RLIMIT_FSIZE would kill us: the test is that none happens */
+    snprintf(root, sizeof(root), "/tmp/tbprof_test_profile_%d", (int)getpid());
+    rm_rf(root);
+    mkdir(root, 0777);
+    test_crc32c();
+    test_layout();
+    test_atomic_write();
+    test_failures_leave_nothing();
+    test_tfevents();
+    test_profile_write();
+    if (!tap_fail)
+        rm_rf(root);
+    return tap_done();
+}
