@@ -167,8 +167,9 @@ static int check_framing(const uint8_t *d, size_t len, char *err, size_t errlen)
                 return -EBADMSG;
             }
             if (v > len - pos) {
-                seterr(err, errlen, "truncated at byte %zu (field %u at byte %zu needs %" PRIu64
-                       " bytes, %zu left)", len, field, at, v, len - pos);
+                static const char *const what[] = {"field", "plane", "error", "warning", "hostname"};
+                seterr(err, errlen, "truncated at byte %zu (%s at byte %zu needs %" PRIu64 " bytes, %zu left)",
+                       len, what[field <= 4 ? field : 0], at, v, len - pos);
                 return -EBADMSG;
             }
             pos += (size_t)v;
@@ -413,6 +414,10 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
     if (!len) {
         seterr(err, errlen, "empty file");
         return -ENODATA;
+    }
+    if (len >= 2 && data[0] == 0x1f && data[1] == 0x8b) {
+        seterr(err, errlen, "not an XSpace: gzip data (a trace.json.gz?)");
+        return -EBADMSG;
     }
     int r = check_framing(data, len, err, errlen);
     if (r < 0)

@@ -1,0 +1,246 @@
+/* read_runs.c - list run folders and their files (see read_runs.h). */
+#include "read_runs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int tb_str_ends(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static char *path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    char *r = malloc(la + strlen(b) + 2);
+    if (r)
+        sprintf(r, "%.*s/%s", (int)la, a, b);
+    return r;
+}
+
+static int file_cmp(const void *x, const void *y)
+{
+    return strcmp(((const tb_runfile *)x)->name, ((const tb_runfile *)y)->name);
+}
+
+static int run_cmp(const void *x, const void *y)
+{
+    const tb_run *a = x, *b = y;
+    if (a->mtime != b->mtime)
+        return a->mtime < b->mtime ? -1 : 1;
+    return strcmp(a->name, b->name);
+}
+
+/* Fill r with the regular files of r->path (hidden temporaries skipped). */
+static int scan_files(tb_run *r)
+{
+    DIR *d = opendir(r->path);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    size_t cap = 0;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = path_join(r->path, e->d_name);
+        struct stat st;
+        if (!p || stat(p, &st) < 0 || !S_ISREG(st.st_mode)) {
+            free(p);
+            continue;
+        }
+        if (r->nfiles == cap) {
+            cap = cap ? cap * 2 : 8;
+            tb_runfile *nf = realloc(r->files, cap * sizeof(*nf));
+            if (!nf) {
+                free(p);
+                rc = -ENOMEM;
+                break;
+            }
+            r->files = nf;
+        }
+        r->files[r->nfiles].name = strdup(e->d_name);
+        r->files[r->nfiles].path = p;
+        r->files[r->nfiles].bytes = (long long)st.st_size;
+        r->nfiles++;
+        if (st.st_mtime > r->mtime)
+            r->mtime = st.st_mtime;
+    }
+    closedir(d);
+    if (r->nfiles)
+        qsort(r->files, r->nfiles, sizeof(*r->files), file_cmp);
+    return rc;
+}
+
+static int has_profile(const tb_run *r)
+{
+    for (size_t i = 0; i < r->nfiles; i++)
+        if (tb_str_ends(r->files[i].name, ".xplane.pb"))
+            return 1;
+    return 0;
+}
+
+static void run_free(tb_run *r)
+{
+    for (size_t i = 0; i < r->nfiles; i++) {
+        free(r->files[i].name);
+        free(r->files[i].path);
+    }
+    free(r->files);
+    free(r->name);
+    free(r->path);
+}
+
+void tb_runs_free(tb_runlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        run_free(&l->runs[i]);
+    free(l->runs);
+    l->runs = NULL;
+    l->n = 0;
+}
+
+static int add_run(tb_runlist *l, const char *path, const char *name)
+{
+    tb_run r = {0};
+    r.path = strdup(path);
+    r.name = strdup(name);
+    if (!r.path || !r.name) {
+        run_free(&r);
+        return -ENOMEM;
+    }
+    int rc = scan_files(&r);
+    if (rc < 0 || !has_profile(&r)) {
+        run_free(&r);
+        return rc;
+    }
+    tb_run *nr = realloc(l->runs, (l->n + 1) * sizeof(*nr));
+    if (!nr) {
+        run_free(&r);
+        return -ENOMEM;
+    }
+    l->runs = nr;
+    l->runs[l->n++] = r;
+    return 0;
+}
+
+static int scan_profile_dir(const char *pdir, tb_runlist *out)
+{
+    DIR *d = opendir(pdir);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) && rc == 0) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *p = path_join(pdir, e->d_name);
+        struct stat st;
+        if (p && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+            rc = add_run(out, p, e->d_name);
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
+int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
+{
+    memset(out, 0, sizeof(*out));
+    *what = NULL;
+    struct stat st;
+    if (stat(logdir, &st) < 0) {
+        int e = errno;
+        *what = strerror(e);
+        return -e;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        *what = "not a directory";
+        return -ENOTDIR;
+    }
+    char *pdir = path_join(logdir, "plugins/profile");
+    if (!pdir)
+        return -ENOMEM;
+    int rc;
+    if (stat(pdir, &st) == 0 && S_ISDIR(st.st_mode)) {
+        rc = scan_profile_dir(pdir, out);
+    } else {
+        /* a run folder itself, or plugins/profile given directly */
+        const char *base = strrchr(logdir, '/');
+        base = base && base[1] ? base + 1 : logdir;
+        rc = add_run(out, logdir, base);
+        if (rc == 0 && out->n == 0)
+            rc = scan_profile_dir(logdir, out);
+    }
+    free(pdir);
+    if (rc < 0) {
+        *what = strerror(-rc);
+        tb_runs_free(out);
+        return rc;
+    }
+    if (out->n == 0) {
+        *what = "no profile found (no plugins/profile/<run>/*.xplane.pb)";
+        return -ENOENT;
+    }
+    qsort(out->runs, out->n, sizeof(*out->runs), run_cmp);
+    return 0;
+}
+
+void rr_json_str(FILE *f, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    fputc('"', f);
+    while (*s) {
+        unsigned c = *s;
+        if (c == '"' || c == '\\') {
+            fputc('\\', f);
+            fputc((int)c, f);
+            s++;
+        } else if (c < 0x20) {
+            fprintf(f, "\\u%04x", c);
+            s++;
+        } else if (c < 0x80) {
+            fputc((int)c, f);
+            s++;
+        } else {
+            /* copy a valid UTF-8 sequence, else U+FFFD for the byte */
+            size_t k = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+            size_t i = 1;
+            while (k && i < k && (s[i] & 0xC0) == 0x80)
+                i++;
+            int ok = k && i == k && !(c == 0xE0 && s[1] < 0xA0) && !(c == 0xED && s[1] > 0x9F) &&
+                     !(c == 0xF0 && s[1] < 0x90) && !(c == 0xF4 && s[1] > 0x8F);
+            if (ok) {
+                fwrite(s, 1, k, f);
+                s += k;
+            } else {
+                fputs("\\ufffd", f);
+                s++;
+            }
+        }
+    }
+    fputc('"', f);
+}
+
+const char *rr_fmt_dur(long long ns, char *buf, size_t n)
+{
+    double v = (double)ns;
+    if (ns < 0)
+        v = -v;
+    if (v < 1e3)
+        snprintf(buf, n, "%lld ns", ns);
+    else if (v < 1e6)
+        snprintf(buf, n, "%.3f us", (double)ns / 1e3);
+    else if (v < 1e9)
+        snprintf(buf, n, "%.3f ms", (double)ns / 1e6);
+    else
+        snprintf(buf, n, "%.3f s", (double)ns / 1e9);
+    return buf;
+}
