@@ -3,10 +3,13 @@
  * warnings; interval unions against a brute-force count. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "profile.h"
 #include "stats.h"
 #include "summary.h"
 #include "tap.h"
+#include "xspace.h"
 
 #define T0 1700000000000000000LL
 
@@ -333,6 +336,61 @@ static void details_parsing(void)
     CHECK_STR(buf, "device");
 }
 
+/* The same figures after tb_profile_write and tb_xspace_read_file: the
+ * summary of a file equals the summary of the space the agent held. */
+static void through_a_file(void)
+{
+    char dir[] = "/tmp/tbprof-test-summary-XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECKF(0, "mkdtemp failed");
+        return;
+    }
+    tb_space *s = example();
+    tb_summary a, b;
+    CHECK(tb_summarize(s, &a) == 0);
+    char path[512];
+    tb_profile_opts o = {.logdir = dir, .run = "run1", .host = "node1.rank0"};
+    CHECK(tb_profile_write(s, &o, path, sizeof path) == 0);
+    tb_space *r = NULL;
+    char err[256] = "";
+    CHECKF(tb_xspace_read_file(path, &r, err, sizeof err) == 0, "%s: %s", path, err);
+    if (r) {
+        CHECK(tb_summarize(r, &b) == 0);
+        CHECK_EQ_I(b.nsteps, a.nsteps);
+        for (size_t i = 0; i < a.nsteps && i < b.nsteps; i++) {
+            CHECK_EQ_I(b.steps[i].num, a.steps[i].num);
+            CHECK_EQ_I(b.steps[i].dur_ns, a.steps[i].dur_ns);
+            CHECK_EQ_I(b.steps[i].gpu_busy_ns, a.steps[i].gpu_busy_ns);
+            CHECK_EQ_I(b.steps[i].h2d_ns, a.steps[i].h2d_ns);
+            CHECK_EQ_I(b.steps[i].d2h_ns, a.steps[i].d2h_ns);
+        }
+        CHECK_EQ_I(b.gpu_busy_ns, 11500);
+        CHECK_EQ_I(b.gpu_events, 7);
+        CHECK_EQ_I(b.nkernels, 2);
+        if (b.nkernels == 2) {
+            CHECK_STR(b.kernels[0].name, "gemm");
+            CHECKF(b.kernels[0].occ_pct == 50.0, "occ %f", b.kernels[0].occ_pct);
+        }
+        CHECK_EQ_I(b.copies[TB_COPY_H2D].bytes, 3000000);
+        CHECK_EQ_I(b.copies[TB_COPY_D2H].bytes, 1000);
+        CHECK_EQ_I(b.cpu_samples, 14);
+        CHECK_EQ_I(b.nfuncs, 7);
+        if (b.nfuncs == 7) {
+            CHECK_STR(b.funcs[0].name, "matmul");
+            CHECK_EQ_I(b.funcs[3].total, 10);
+        }
+        CHECK_EQ_I(b.overhead_ns, 12345);
+        CHECK_EQ_I(b.ncounters, 3);
+        tb_summary_free(&b);
+        tb_space_free(r);
+    }
+    tb_summary_free(&a);
+    tb_space_free(s);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     steps_and_gpu();
@@ -340,5 +398,6 @@ int main(void)
     unnumbered_steps_and_display_names();
     interval_unions();
     details_parsing();
+    through_a_file();
     return tap_done();
 }

@@ -1,0 +1,479 @@
+/* cmd_summary.c - `tbprof summary LOGDIR|RUNDIR|FILE [--json] [--top N]
+ * [--run NAME]`: an overview of a profile in the terminal, in the spirit of
+ * xprof's overview page and GPU kernel stats: steps and their GPU busy /
+ * copy / idle split, top kernels, copies by direction, top CPU functions,
+ * drops, the agent's overhead and the warnings recorded in the profile.
+ * Several hosts/ranks of one run are shown side by side first. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "folded.h"
+#include "readprof.h"
+#include "summary.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tbprof summary LOGDIR|RUN_DIR|FILE.xplane.pb [--json] [--top N] [--run NAME]\n"
+               "  LOGDIR       the newest run under LOGDIR/plugins/profile/ (or --run NAME)\n"
+               "  --json       the same figures as JSON on stdout\n"
+               "  --top N      kernels and CPU functions listed (default 10)\n"
+               "  --steps N    steps listed per host in the table (default 20; JSON has all)\n");
+}
+
+/* "12.3 ms" with a unit that fits. */
+static const char *dur(char *b, size_t n, int64_t ns)
+{
+    double v = (double)ns;
+    double a = v < 0 ? -v : v;
+    if (a < 1e3)
+        snprintf(b, n, "%" PRId64 " ns", ns);
+    else if (a < 1e6)
+        snprintf(b, n, "%.1f us", v / 1e3);
+    else if (a < 1e9)
+        snprintf(b, n, "%.2f ms", v / 1e6);
+    else
+        snprintf(b, n, "%.3f s", v / 1e9);
+    return b;
+}
+
+static const char *bytes_str(char *b, size_t n, uint64_t x)
+{
+    double v = (double)x;
+    if (v < 1e3)
+        snprintf(b, n, "%" PRIu64 " B", x);
+    else if (v < 1e6)
+        snprintf(b, n, "%.1f kB", v / 1e3);
+    else if (v < 1e9)
+        snprintf(b, n, "%.1f MB", v / 1e6);
+    else
+        snprintf(b, n, "%.2f GB", v / 1e9);
+    return b;
+}
+
+static double pct(int64_t part, int64_t whole)
+{
+    return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
+static double gbps(uint64_t bytes, int64_t ns)
+{
+    return ns > 0 ? (double)bytes / (double)ns : 0.0; /* bytes/ns == GB/s */
+}
+
+static uint64_t drops_total(const tb_summary *m)
+{
+    uint64_t d = 0;
+    for (size_t i = 0; i < m->ncounters; i++) {
+        const char *n = m->counters[i].name;
+        if (strstr(n, "dropped") || strstr(n, "lost") || strstr(n, "exhausted"))
+            d += (uint64_t)(m->counters[i].value > 0 ? m->counters[i].value : 0);
+    }
+    return d;
+}
+
+/* ---- text ------------------------------------------------------------------ */
+
+static void side_by_side(const tb_profset *ps, const tb_summary *ms)
+{
+    char b[64];
+    printf("%-18s", "");
+    for (size_t i = 0; i < ps->n; i++)
+        printf(" %-20.20s", ps->profs[i].label);
+    printf("\n");
+#define ROW(title, ...)                                                                      \
+    do {                                                                                     \
+        printf("%-18s", title);                                                              \
+        for (size_t i = 0; i < ps->n; i++) {                                                 \
+            const tb_summary *m = &ms[i];                                                    \
+            (void)m;                                                                         \
+            char cell[64];                                                                   \
+            snprintf(cell, sizeof cell, __VA_ARGS__);                                        \
+            printf(" %-20.20s", cell);                                                       \
+        }                                                                                    \
+        printf("\n");                                                                        \
+    } while (0)
+    ROW("steps", "%zu", m->nsteps);
+    ROW("step time mean", "%s", m->nsteps ? dur(b, sizeof b, m->step_mean_ns) : "-");
+    ROW("step time min", "%s", m->nsteps ? dur(b, sizeof b, m->step_min_ns) : "-");
+    ROW("step time max", "%s", m->nsteps ? dur(b, sizeof b, m->step_max_ns) : "-");
+    ROW("GPU busy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_busy_ns, m->window_ns)), b) : "-");
+    ROW("H2D copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->h2d_ns, m->window_ns)), b) : "-");
+    ROW("D2H copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->d2h_ns, m->window_ns)), b) : "-");
+    ROW("GPU idle", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_idle_ns, m->window_ns)), b) : "-");
+    ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
+    ROW("CPU samples", "%" PRIu64, m->cpu_samples);
+    ROW("top CPU function", "%s", m->nfuncs ? m->funcs[0].name : "-");
+    ROW("drops", "%" PRIu64, drops_total(m));
+    ROW("warnings", "%zu", m->nwarnings);
+#undef ROW
+    printf("\n");
+}
+
+static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
+{
+    char b1[64], b2[64], b3[64], b4[64], b5[64];
+    printf("== %s  (%s)\n", p->label, p->path);
+    if (m->host && strcmp(m->host, p->label))
+        printf("host %s; ", m->host);
+    printf("capture %s", dur(b1, sizeof b1, m->end_ns - m->begin_ns));
+    if (m->trigger)
+        printf(", trigger: %s", m->trigger);
+    printf("; %zu GPU%s, %" PRIu64 " GPU events, %" PRIu64 " CPU samples\n", m->ngpus,
+           m->ngpus == 1 ? "" : "s", m->gpu_events, m->cpu_samples);
+
+    /* steps */
+    if (m->nsteps) {
+        printf("\nSteps: %zu captured; step time mean %s, min %s, max %s\n", m->nsteps,
+               dur(b1, sizeof b1, m->step_mean_ns), dur(b2, sizeof b2, m->step_min_ns),
+               dur(b3, sizeof b3, m->step_max_ns));
+        if (m->ngpus) {
+            printf("  %8s %11s %18s %11s %11s %18s\n", "step", "time", "GPU busy", "H2D", "D2H",
+                   "GPU idle");
+            size_t shown = m->nsteps < (size_t)max_steps ? m->nsteps : (size_t)max_steps;
+            for (size_t i = 0; i < shown; i++) {
+                const tb_sum_step *s = &m->steps[i];
+                printf("  %8" PRId64 " %11s %11s %5.1f%% %11s %11s %11s %5.1f%%\n", s->num,
+                       dur(b1, sizeof b1, s->dur_ns), dur(b2, sizeof b2, s->gpu_busy_ns),
+                       pct(s->gpu_busy_ns, s->dur_ns), dur(b3, sizeof b3, s->h2d_ns),
+                       dur(b4, sizeof b4, s->d2h_ns), dur(b5, sizeof b5, s->gpu_idle_ns),
+                       pct(s->gpu_idle_ns, s->dur_ns));
+            }
+            if (shown < m->nsteps)
+                printf("  ... %zu more (--steps N, or --json)\n", m->nsteps - shown);
+            printf("  %8s %11s %11s %5.1f%% %11s %11s %11s %5.1f%%\n", "all",
+                   dur(b1, sizeof b1, m->window_ns), dur(b2, sizeof b2, m->gpu_busy_ns),
+                   pct(m->gpu_busy_ns, m->window_ns), dur(b3, sizeof b3, m->h2d_ns),
+                   dur(b4, sizeof b4, m->d2h_ns), dur(b5, sizeof b5, m->gpu_idle_ns),
+                   pct(m->gpu_idle_ns, m->window_ns));
+        }
+    } else {
+        printf("\nSteps: none found (no host event with _r=1, e.g. from TBPROF_STEPS or "
+               "tbprof_step())\n");
+        if (m->ngpus)
+            printf("  over the capture: GPU busy %s (%.1f%%), H2D %s, D2H %s, idle %s (%.1f%%)\n",
+                   dur(b1, sizeof b1, m->gpu_busy_ns), pct(m->gpu_busy_ns, m->window_ns),
+                   dur(b2, sizeof b2, m->h2d_ns), dur(b3, sizeof b3, m->d2h_ns),
+                   dur(b4, sizeof b4, m->gpu_idle_ns), pct(m->gpu_idle_ns, m->window_ns));
+    }
+
+    /* kernels */
+    if (m->nkernels) {
+        printf("\nTop kernels (%zu distinct, %s in kernels):\n", m->nkernels,
+               dur(b1, sizeof b1, m->kernel_total_ns));
+        printf("  %11s %6s %8s %11s %11s %11s %6s  %s\n", "total", "%", "count", "mean", "min",
+               "max", "occ%", "kernel");
+        for (size_t i = 0; i < m->nkernels && i < (size_t)top; i++) {
+            const tb_sum_kernel *k = &m->kernels[i];
+            char occ[16];
+            if (k->occ_pct >= 0)
+                snprintf(occ, sizeof occ, "%.1f", k->occ_pct);
+            else
+                snprintf(occ, sizeof occ, "-");
+            printf("  %11s %5.1f%% %8" PRIu64 " %11s %11s %11s %6s  %s\n",
+                   dur(b1, sizeof b1, k->total_ns), pct(k->total_ns, m->kernel_total_ns), k->count,
+                   dur(b2, sizeof b2, k->total_ns / (int64_t)k->count),
+                   dur(b3, sizeof b3, k->min_ns), dur(b4, sizeof b4, k->max_ns), occ, k->name);
+        }
+    } else if (m->ngpus) {
+        printf("\nTop kernels: none recorded\n");
+    }
+
+    /* copies */
+    int any_copy = 0;
+    for (int d = 0; d < TB_COPY_NDIR; d++)
+        any_copy |= m->copies[d].count != 0;
+    if (any_copy || m->memsets) {
+        printf("\nCopies:\n  %-6s %8s %11s %11s %11s\n", "dir", "count", "bytes", "time",
+               "bandwidth");
+        for (int d = 0; d < TB_COPY_NDIR; d++) {
+            const tb_sum_copy *c = &m->copies[d];
+            if (!c->count)
+                continue;
+            printf("  %-6s %8" PRIu64 " %11s %11s %8.2f GB/s\n", tb_copy_dir_name((tb_copy_dir)d),
+                   c->count, bytes_str(b1, sizeof b1, c->bytes), dur(b2, sizeof b2, c->total_ns),
+                   gbps(c->bytes, c->total_ns));
+        }
+        if (m->memsets)
+            printf("  %-6s %8" PRIu64 " %11s %11s\n", "memset", m->memsets, "",
+                   dur(b1, sizeof b1, m->memset_ns));
+    }
+
+    /* CPU */
+    if (m->nfuncs) {
+        printf("\nTop CPU functions (%" PRIu64 " samples):\n", m->cpu_samples);
+        printf("  %8s %6s %8s %6s  %s\n", "self", "%", "total", "%", "function");
+        for (size_t i = 0; i < m->nfuncs && i < (size_t)top; i++) {
+            const tb_func_stat *f = &m->funcs[i];
+            printf("  %8" PRIu64 " %5.1f%% %8" PRIu64 " %5.1f%%  %s\n", f->self,
+                   pct((int64_t)f->self, (int64_t)m->cpu_samples), f->total,
+                   pct((int64_t)f->total, (int64_t)m->cpu_samples), f->name);
+        }
+    }
+
+    /* drops, overhead */
+    printf("\nCounters, drops and overhead:\n");
+    int any = 0;
+    for (size_t i = 0; i < m->ncounters; i++) {
+        printf("  %-34s %12" PRId64 "  (%s)\n", m->counters[i].name, m->counters[i].value,
+               m->counters[i].plane);
+        any = 1;
+    }
+    if (m->overhead_ns >= 0) {
+        printf("  %-34s %12s  (%.2f%% of the capture)\n", "agent overhead",
+               dur(b1, sizeof b1, m->overhead_ns), pct(m->overhead_ns, m->end_ns - m->begin_ns));
+        any = 1;
+    }
+    if (!any)
+        printf("  none recorded\n");
+    if (m->nwarnings) {
+        printf("\nWarnings recorded in the profile:\n");
+        for (size_t i = 0; i < m->nwarnings; i++)
+            printf("  - %s\n", m->warnings[i]);
+    }
+    printf("\n");
+}
+
+/* ---- JSON ------------------------------------------------------------------ */
+
+static void jkv_i(const char *k, int64_t v, int comma)
+{
+    printf("%s\"%s\":%" PRId64, comma ? "," : "", k, v);
+}
+
+static void jnum(double v)
+{
+    printf("%.6g", v);
+}
+
+static void host_json(const tb_prof *p, const tb_summary *m, int top)
+{
+    printf("{\"label\":");
+    tb_json_str(stdout, p->label);
+    printf(",\"file\":");
+    tb_json_str(stdout, p->path);
+    printf(",\"hostname\":");
+    if (m->host)
+        tb_json_str(stdout, m->host);
+    else
+        printf("null");
+    jkv_i("begin_ns", m->begin_ns, 1);
+    jkv_i("end_ns", m->end_ns, 1);
+    jkv_i("capture_ns", m->end_ns - m->begin_ns, 1);
+    printf(",\"trigger\":");
+    if (m->trigger)
+        tb_json_str(stdout, m->trigger);
+    else
+        printf("null");
+    jkv_i("gpus", (int64_t)m->ngpus, 1);
+    jkv_i("gpu_events", (int64_t)m->gpu_events, 1);
+
+    printf(",\"steps\":{");
+    jkv_i("count", (int64_t)m->nsteps, 0);
+    jkv_i("mean_ns", m->step_mean_ns, 1);
+    jkv_i("min_ns", m->step_min_ns, 1);
+    jkv_i("max_ns", m->step_max_ns, 1);
+    printf(",\"list\":[");
+    for (size_t i = 0; i < m->nsteps; i++) {
+        const tb_sum_step *s = &m->steps[i];
+        printf(i ? ",{" : "{");
+        jkv_i("num", s->num, 0);
+        jkv_i("start_ns", s->start_ns, 1);
+        jkv_i("dur_ns", s->dur_ns, 1);
+        jkv_i("gpu_busy_ns", s->gpu_busy_ns, 1);
+        jkv_i("h2d_ns", s->h2d_ns, 1);
+        jkv_i("d2h_ns", s->d2h_ns, 1);
+        jkv_i("gpu_idle_ns", s->gpu_idle_ns, 1);
+        printf("}");
+    }
+    printf("]}");
+
+    printf(",\"gpu\":{");
+    jkv_i("window_ns", m->window_ns, 0);
+    jkv_i("busy_ns", m->gpu_busy_ns, 1);
+    jkv_i("h2d_ns", m->h2d_ns, 1);
+    jkv_i("d2h_ns", m->d2h_ns, 1);
+    jkv_i("idle_ns", m->gpu_idle_ns, 1);
+    printf(",\"busy_pct\":");
+    jnum(pct(m->gpu_busy_ns, m->window_ns));
+    printf("}");
+
+    printf(",\"kernels\":{");
+    jkv_i("distinct", (int64_t)m->nkernels, 0);
+    jkv_i("total_ns", m->kernel_total_ns, 1);
+    printf(",\"top\":[");
+    for (size_t i = 0; i < m->nkernels && i < (size_t)top; i++) {
+        const tb_sum_kernel *k = &m->kernels[i];
+        printf(i ? ",{\"name\":" : "{\"name\":");
+        tb_json_str(stdout, k->name);
+        jkv_i("count", (int64_t)k->count, 1);
+        jkv_i("total_ns", k->total_ns, 1);
+        jkv_i("mean_ns", k->total_ns / (int64_t)k->count, 1);
+        jkv_i("min_ns", k->min_ns, 1);
+        jkv_i("max_ns", k->max_ns, 1);
+        printf(",\"occ_pct\":");
+        if (k->occ_pct >= 0)
+            jnum(k->occ_pct);
+        else
+            printf("null");
+        printf("}");
+    }
+    printf("]}");
+
+    printf(",\"copies\":{");
+    for (int d = 0; d < TB_COPY_NDIR; d++) {
+        const tb_sum_copy *c = &m->copies[d];
+        printf("%s\"%s\":{", d ? "," : "", tb_copy_dir_name((tb_copy_dir)d));
+        jkv_i("count", (int64_t)c->count, 0);
+        jkv_i("bytes", (int64_t)c->bytes, 1);
+        jkv_i("total_ns", c->total_ns, 1);
+        printf(",\"gb_per_s\":");
+        jnum(gbps(c->bytes, c->total_ns));
+        printf("}");
+    }
+    printf("},\"memsets\":{");
+    jkv_i("count", (int64_t)m->memsets, 0);
+    jkv_i("total_ns", m->memset_ns, 1);
+    printf("}");
+
+    printf(",\"cpu\":{");
+    jkv_i("samples", (int64_t)m->cpu_samples, 0);
+    printf(",\"functions\":[");
+    for (size_t i = 0; i < m->nfuncs && i < (size_t)top; i++) {
+        const tb_func_stat *f = &m->funcs[i];
+        printf(i ? ",{\"name\":" : "{\"name\":");
+        tb_json_str(stdout, f->name);
+        jkv_i("self", (int64_t)f->self, 1);
+        jkv_i("total", (int64_t)f->total, 1);
+        printf(",\"self_pct\":");
+        jnum(pct((int64_t)f->self, (int64_t)m->cpu_samples));
+        printf(",\"total_pct\":");
+        jnum(pct((int64_t)f->total, (int64_t)m->cpu_samples));
+        printf("}");
+    }
+    printf("]}");
+
+    printf(",\"counters\":[");
+    for (size_t i = 0; i < m->ncounters; i++) {
+        printf(i ? ",{\"plane\":" : "{\"plane\":");
+        tb_json_str(stdout, m->counters[i].plane);
+        printf(",\"name\":");
+        tb_json_str(stdout, m->counters[i].name);
+        jkv_i("value", m->counters[i].value, 1);
+        printf("}");
+    }
+    printf("],\"overhead_ns\":");
+    if (m->overhead_ns >= 0)
+        printf("%" PRId64, m->overhead_ns);
+    else
+        printf("null");
+    printf(",\"warnings\":[");
+    for (size_t i = 0; i < m->nwarnings; i++) {
+        if (i)
+            printf(",");
+        tb_json_str(stdout, m->warnings[i]);
+    }
+    printf("]}");
+}
+
+int cmd_summary(int argc, char **argv)
+{
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"top", required_argument, 0, 't'},
+                                         {"steps", required_argument, 0, 's'},
+                                         {"run", required_argument, 0, 'r'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int json = 0, top = 10, max_steps = 20, c;
+    const char *run = NULL;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "jt:s:r:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 't':
+        case 's': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 1000000) {
+                fprintf(stderr, "tbprof summary: --%s wants a positive number, not '%s'\n",
+                        c == 't' ? "top" : "steps", optarg);
+                return 2;
+            }
+            if (c == 't')
+                top = (int)v;
+            else
+                max_steps = (int)v;
+            break;
+        }
+        case 'r': run = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return 2;
+    }
+    const char *in = argv[optind];
+    tb_profset ps;
+    int rc = tb_profset_load("summary", in, run, tb_progress_wanted(tb_input_bytes(in)) && !json,
+                             &ps);
+    if (rc) {
+        tb_profset_free(&ps);
+        return rc;
+    }
+    tb_summary *ms = calloc(ps.n, sizeof(*ms));
+    if (!ms) {
+        fprintf(stderr, "tbprof summary: out of memory\n");
+        tb_profset_free(&ps);
+        return 2;
+    }
+    for (size_t i = 0; i < ps.n; i++)
+        if (tb_summarize(ps.profs[i].space, &ms[i]) < 0) {
+            fprintf(stderr, "tbprof summary: out of memory analysing %s\n", ps.profs[i].path);
+            for (size_t j = 0; j < i; j++)
+                tb_summary_free(&ms[j]);
+            free(ms);
+            tb_profset_free(&ps);
+            return 2;
+        }
+    if (json) {
+        printf("{\"run_dir\":");
+        tb_json_str(stdout, ps.dir);
+        printf(",\"hosts\":[");
+        for (size_t i = 0; i < ps.n; i++) {
+            if (i)
+                printf(",");
+            host_json(&ps.profs[i], &ms[i], top);
+        }
+        printf("],\"skipped\":[");
+        for (size_t i = 0; i < ps.nwhy; i++) {
+            if (i)
+                printf(",");
+            tb_json_str(stdout, ps.skipped_why[i]);
+        }
+        printf("]}\n");
+    } else {
+        printf("Profile %s: %zu host%s", ps.dir, ps.n, ps.n == 1 ? "" : "s");
+        if (ps.skipped)
+            printf(" (%zu file%s skipped: named on stderr)", ps.skipped, ps.skipped == 1 ? "" : "s");
+        printf("\n\n");
+        if (ps.n > 1)
+            side_by_side(&ps, ms);
+        for (size_t i = 0; i < ps.n; i++)
+            host_text(&ps.profs[i], &ms[i], top, max_steps);
+    }
+    for (size_t i = 0; i < ps.n; i++)
+        tb_summary_free(&ms[i]);
+    free(ms);
+    tb_profset_free(&ps);
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "tbprof summary: writing output: %s\n", strerror(errno));
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,267 @@
+/* readprof.c - resolve and load the profiles of one run (see readprof.h). */
+#include "readprof.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "xspace.h"
+
+#define SUFFIX ".xplane.pb"
+#define LARGE_INPUT (64LL << 20)
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t la = strlen(a);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    char *r = malloc(la + strlen(b) + 2);
+    if (r)
+        sprintf(r, "%.*s/%s", (int)la, a, b);
+    return r;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Names in dir matching: files ending in .xplane.pb (dirs=0) or
+ * subfolders (dirs=1), sorted. */
+static char **list(const char *dir, int dirs, size_t *n)
+{
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    char **v = NULL;
+    size_t cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue; /* ., .., and writers' hidden temporaries */
+        char *p = join(dir, e->d_name);
+        int ok = p && (dirs ? is_dir(p) : (ends_with(e->d_name, SUFFIX) && !is_dir(p)));
+        free(p);
+        if (!ok)
+            continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nv = realloc(v, cap * sizeof(*v));
+            if (!nv)
+                break;
+            v = nv;
+        }
+        if (!(v[*n] = strdup(e->d_name)))
+            break;
+        (*n)++;
+    }
+    closedir(d);
+    if (*n > 1)
+        qsort(v, *n, sizeof(*v), str_cmp);
+    return v;
+}
+
+static void free_list(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The run folder under a plugins/profile folder: `run` or the newest run
+ * (run names are YYYY_MM_DD_HH_MM_SS by default, so the greatest name is
+ * the newest; a folder without profiles is passed over). */
+static char *pick_run(const char *cmd, const char *profdir, const char *run)
+{
+    if (run) {
+        char *p = join(profdir, run);
+        if (p && is_dir(p))
+            return p;
+        fprintf(stderr, "tbprof %s: no run '%s' under %s\n", cmd, run, profdir);
+        size_t n;
+        char **runs = list(profdir, 1, &n);
+        if (n) {
+            fprintf(stderr, "  runs there:");
+            for (size_t i = 0; i < n; i++)
+                fprintf(stderr, " %s", runs[i]);
+            fputc('\n', stderr);
+        }
+        free_list(runs, n);
+        free(p);
+        return NULL;
+    }
+    size_t n;
+    char **runs = list(profdir, 1, &n);
+    char *found = NULL;
+    for (size_t i = n; i-- > 0 && !found;) {
+        char *p = join(profdir, runs[i]);
+        size_t nf;
+        char **files = list(p, 0, &nf);
+        free_list(files, nf);
+        if (nf)
+            found = p;
+        else
+            free(p);
+    }
+    free_list(runs, n);
+    return found;
+}
+
+long long tb_input_bytes(const char *in)
+{
+    struct stat st;
+    if (stat(in, &st) < 0)
+        return 0;
+    return S_ISREG(st.st_mode) ? (long long)st.st_size : 0;
+}
+
+int tb_progress_wanted(long long bytes)
+{
+    return isatty(STDERR_FILENO) || bytes >= LARGE_INPUT;
+}
+
+static int add_file(tb_profset *ps, const char *cmd, const char *path, int progress)
+{
+    char err[256] = "";
+    tb_space *s = NULL;
+    long long bytes = tb_input_bytes(path);
+    if (progress)
+        fprintf(stderr, "tbprof %s: reading %s (%.1f MB)...\n", cmd, path, (double)bytes / 1e6);
+    int r = tb_xspace_read_file(path, &s, err, sizeof err);
+    if (r < 0) {
+        char *why = malloc(strlen(path) + strlen(err) + 4);
+        if (why) {
+            sprintf(why, "%s: %s", path, err);
+            char **nv = realloc(ps->skipped_why, (ps->nwhy + 1) * sizeof(*nv));
+            if (nv) {
+                ps->skipped_why = nv;
+                nv[ps->nwhy++] = why;
+            } else {
+                free(why);
+            }
+        }
+        ps->skipped++;
+        fprintf(stderr, "tbprof %s: skipping %s: %s\n", cmd, path, err[0] ? err : strerror(-r));
+        return 0;
+    }
+    tb_prof *np = realloc(ps->profs, (ps->n + 1) * sizeof(*np));
+    if (!np) {
+        tb_space_free(s);
+        return -ENOMEM;
+    }
+    ps->profs = np;
+    tb_prof *p = &ps->profs[ps->n++];
+    p->path = strdup(path);
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t bl = strlen(base);
+    if (ends_with(base, SUFFIX))
+        bl -= strlen(SUFFIX);
+    p->label = strndup(base, bl);
+    p->space = s;
+    p->bytes = bytes;
+    return 0;
+}
+
+int tb_profset_load(const char *cmd, const char *in, const char *run, int progress,
+                    tb_profset *ps)
+{
+    memset(ps, 0, sizeof(*ps));
+    struct stat st;
+    if (stat(in, &st) < 0) {
+        fprintf(stderr, "tbprof %s: %s: %s\n", cmd, in, strerror(errno));
+        return 2;
+    }
+    char *rundir = NULL;
+    if (!S_ISDIR(st.st_mode)) {
+        const char *slash = strrchr(in, '/');
+        ps->dir = slash ? strndup(in, (size_t)(slash - in)) : strdup(".");
+        if (add_file(ps, cmd, in, progress) < 0 || !ps->n) {
+            if (!ps->skipped)
+                fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+            return 2;
+        }
+        return 0;
+    }
+    size_t nf;
+    char **files = list(in, 0, &nf);
+    if (nf) {
+        rundir = strdup(in); /* a run folder */
+    } else {
+        /* a logdir, or its plugins/profile folder */
+        char *prof = join(in, "plugins/profile");
+        int said = 0; /* pick_run named the missing run */
+        if (prof && is_dir(prof)) {
+            rundir = pick_run(cmd, prof, run);
+            said = run != NULL;
+        } else if (ends_with(in, "plugins/profile") || ends_with(in, "plugins/profile/")) {
+            rundir = pick_run(cmd, in, run);
+            said = run != NULL;
+        }
+        if (!rundir && !said) {
+            fprintf(stderr,
+                    "tbprof %s: no profile under %s: expected %s/plugins/profile/<run>/*" SUFFIX
+                    "\n",
+                    cmd, in, in);
+        }
+        free(prof);
+        free_list(files, nf);
+        files = NULL;
+        if (!rundir)
+            return 2;
+        files = list(rundir, 0, &nf);
+    }
+    ps->dir = rundir;
+    for (size_t i = 0; i < nf; i++) {
+        char *p = join(rundir, files[i]);
+        int r = p ? add_file(ps, cmd, p, progress) : -ENOMEM;
+        free(p);
+        if (r < 0) {
+            fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+            free_list(files, nf);
+            return 2;
+        }
+    }
+    free_list(files, nf);
+    if (!ps->n) {
+        if (!nf)
+            fprintf(stderr, "tbprof %s: no *" SUFFIX " files in %s\n", cmd, rundir);
+        else
+            fprintf(stderr, "tbprof %s: none of the %zu profile(s) in %s could be read\n", cmd,
+                    nf, rundir);
+        return 2;
+    }
+    return 0;
+}
+
+void tb_profset_free(tb_profset *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        free(ps->profs[i].path);
+        free(ps->profs[i].label);
+        tb_space_free(ps->profs[i].space);
+    }
+    free(ps->profs);
+    for (size_t i = 0; i < ps->nwhy; i++)
+        free(ps->skipped_why[i]);
+    free(ps->skipped_why);
+    free(ps->dir);
+    memset(ps, 0, sizeof(*ps));
+}
