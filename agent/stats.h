@@ -28,6 +28,8 @@
 #define TB_ST_MEMCPY_DETAILS "memcpy_details"
 #define TB_ST_MEMSET_DETAILS "memset_details"
 #define TB_ST_MEMALLOC_DETAILS "memalloc_details"
+#define TB_ST_MEMFREE_DETAILS "memfree_details"
+#define TB_ST_CUDA_GRAPH_ID "cuda_graph_id"
 
 /* GPU device facts (plane stats) */
 #define TB_ST_DEV_CLOCK_RATE "clock_rate"          /* kHz */
@@ -37,6 +39,7 @@
 #define TB_ST_DEV_CC_MAJOR "compute_cap_major"
 #define TB_ST_DEV_CC_MINOR "compute_cap_minor"
 #define TB_ST_DEV_VENDOR "device_vendor"
+#define TB_ST_DEV_NAME "gpu_device_name"
 
 /* tbprof's own (plane stats): what was lost and why */
 #define TB_ST_DROPPED "tbprof_dropped_events"        /* model/space cap */
@@ -49,5 +52,9 @@
 #define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"
 #define TB_ST_TRIGGER "tbprof_trigger"               /* "steps 10-20", "signal", ... */
 #define TB_ST_OVERHEAD_NS "tbprof_agent_overhead_ns"
+#define TB_ST_PID "pid"                              /* host plane: the process */
+#define TB_ST_STEPS_DROPPED "tbprof_steps_dropped"   /* step boundaries past the record cap */
+#define TB_ST_CAPTURE_BEGIN_NS "tbprof_capture_begin_ns" /* the window written (epoch ns) */
+#define TB_ST_CAPTURE_END_NS "tbprof_capture_end_ns"
 
 #endif

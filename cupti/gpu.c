@@ -1,16 +1,514 @@
-/* gpu.c - placeholder until CUPTI tracing lands (issue 5). */
+/* gpu.c - the CUPTI source: capture lifecycle and the buffer pool.
+ *
+ * Idle: nothing (libcupti is not even loaded before the first capture).
+ * start: subscribe (fails fast when another CUPTI client holds the
+ *   subscription), preallocate a pool of buffers from the capture's share
+ *   of TBPROF_BUFFER_MB, register the buffer callbacks, enable activity.
+ * capture: CUPTI asks for buffers (request callback: pop from the pool, or
+ *   return none when it is empty: CUPTI then drops records and counts
+ *   them) and hands filled ones back (complete callback: queue them). The
+ *   callbacks never block on I/O and never allocate.
+ * stop: disable activity, force-flush, read CUPTI's dropped count,
+ *   unsubscribe, restore the thread-id type.
+ * collect: translate the queued buffers (translate.c), free the pool.
+ */
 #include "gpu.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "cupti_lib.h"
+#include "host.h"
+#include "log.h"
+#include "stats.h"
+#include "translate.h"
+
+#define BUF_ALIGN 8
+#define BUF_MAX (8u << 20)
+#define BUF_MIN (64u << 10)
+#define POOL_MIN_BUFFERS 4
+
+typedef struct done_buf {
+    uint8_t *buf;
+    size_t valid;
+} done_buf;
+
+typedef struct gpu_ctx {
+    const tb_cupti_lib *lib;
+    CUpti_SubscriberHandle sub;
+    int subscribed;
+    CUpti_ActivityKind enabled[24];
+    int nenabled;
+    int restore_tid_type;
+    CUpti_ActivityThreadIdType old_tid_type;
+    /* pool: guarded by mu (callbacks run on CUPTI's and the app's threads) */
+    pthread_mutex_t mu;
+    uint8_t **all;   /* every buffer allocated for this capture */
+    uint8_t **free_; /* stack of free buffers */
+    done_buf *done;  /* completed buffers, in completion order */
+    size_t nall, nfree, ndone;
+    size_t buf_size;
+    atomic_int active;
+    atomic_ullong exhausted;
+    int64_t ts_to_epoch;
+    int ts_callback;
+    uint64_t cupti_dropped;
+    tb_gpu_stats last;
+    int started;
+} gpu_ctx;
+
+static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static atomic_int ts_capturing;
+static unsigned ts_registered; /* generation of the libcupti it was registered with */
+
+/* ---- CUPTI callbacks --------------------------------------------------- */
+
+static void CUPTIAPI buf_requested(uint8_t **buffer, size_t *size, size_t *max_records)
+{
+    *max_records = 0;
+    *buffer = NULL;
+    *size = 0;
+    if (!atomic_load(&g.active)) {
+        atomic_fetch_add(&g.exhausted, 1);
+        return;
+    }
+    pthread_mutex_lock(&g.mu);
+    if (g.nfree) {
+        *buffer = g.free_[--g.nfree];
+        *size = g.buf_size;
+    }
+    pthread_mutex_unlock(&g.mu);
+    if (!*buffer)
+        atomic_fetch_add(&g.exhausted, 1); /* CUPTI drops and counts the records */
+}
+
+static void CUPTIAPI buf_completed(CUcontext ctx, uint32_t stream, uint8_t *buffer, size_t size, size_t valid)
+{
+    (void)ctx;
+    (void)stream;
+    (void)size;
+    if (!buffer)
+        return;
+    pthread_mutex_lock(&g.mu);
+    int ours = 0;
+    for (size_t i = 0; i < g.nall; i++)
+        if (g.all[i] == buffer) {
+            ours = 1;
+            break;
+        }
+    if (ours) {
+        if (valid)
+            g.done[g.ndone++] = (done_buf){buffer, valid}; /* done has room for every buffer */
+        else
+            g.free_[g.nfree++] = buffer;
+    }
+    pthread_mutex_unlock(&g.mu);
+}
+
+/* While capturing, CUPTI's clock is ours: CLOCK_MONOTONIC shifted to the
+ * epoch with the agent's calibrated offset, the clock perf samples use.
+ * Idle, it is CUPTI's own default (CLOCK_REALTIME on Linux), so another
+ * tool using CUPTI between our captures sees the timestamps it expects. */
+static uint64_t CUPTIAPI ts_callback(void)
+{
+    if (atomic_load_explicit(&ts_capturing, memory_order_relaxed))
+        return (uint64_t)tb_mono_to_epoch(tb_mono_ns());
+    return (uint64_t)tb_real_ns();
+}
+
+static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_CallbackId cbid, const void *data)
+{
+    /* no callback domains are enabled: the subscription exists to own
+     * CUPTI for the capture (and to detect another subscriber) */
+    (void)ud;
+    (void)dom;
+    (void)cbid;
+    (void)data;
+}
+
+static const char *api_name(CUpti_CallbackDomain dom, uint32_t cbid)
+{
+    const char *n = NULL;
+    if (g.lib && g.lib->GetCallbackName && g.lib->GetCallbackName(dom, cbid, &n) == CUPTI_SUCCESS)
+        return n;
+    return NULL;
+}
+
+/* ---- pool ---------------------------------------------------------------- */
+
+static void pool_free(void)
+{
+    pthread_mutex_lock(&g.mu);
+    /* only buffers back in our hands are freed; one CUPTI still holds is
+     * leaked on purpose (it may still write into it) and counted */
+    size_t back = 0;
+    for (size_t i = 0; i < g.nall; i++) {
+        uint8_t *b = g.all[i];
+        int free_it = 0;
+        for (size_t j = 0; j < g.nfree && !free_it; j++)
+            free_it = g.free_[j] == b;
+        for (size_t j = 0; j < g.ndone && !free_it; j++)
+            free_it = g.done[j].buf == b;
+        if (free_it) {
+            free(b);
+            back++;
+        }
+    }
+    g.last.buffers_leaked += g.nall - back;
+    free(g.all);
+    free(g.free_);
+    free(g.done);
+    g.all = g.free_ = NULL;
+    g.done = NULL;
+    g.nall = g.nfree = g.ndone = 0;
+    pthread_mutex_unlock(&g.mu);
+}
+
+static int pool_alloc(size_t budget)
+{
+    size_t bs = budget / 8;
+    if (bs > BUF_MAX)
+        bs = BUF_MAX;
+    if (bs < BUF_MIN)
+        bs = BUF_MIN;
+    bs &= ~(size_t)(BUF_ALIGN - 1);
+    size_t n = budget / bs;
+    if (n < POOL_MIN_BUFFERS)
+        n = POOL_MIN_BUFFERS;
+    if (budget && n * bs > budget && budget >= POOL_MIN_BUFFERS * 4096) {
+        bs = (budget / n) & ~(size_t)(BUF_ALIGN - 1);
+    }
+    uint8_t **all = calloc(n, sizeof(*all)), **fr = calloc(n, sizeof(*fr));
+    done_buf *dn = calloc(n, sizeof(*dn));
+    if (!all || !fr || !dn)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        all[i] = aligned_alloc(BUF_ALIGN, bs);
+        if (!all[i])
+            goto oom;
+        fr[i] = all[n - 1 - i];
+    }
+    /* fr was filled before all[] was complete for i < n-1: refill */
+    for (size_t i = 0; i < n; i++)
+        fr[i] = all[n - 1 - i];
+    pthread_mutex_lock(&g.mu);
+    g.all = all;
+    g.free_ = fr;
+    g.done = dn;
+    g.nall = g.nfree = n;
+    g.ndone = 0;
+    g.buf_size = bs;
+    pthread_mutex_unlock(&g.mu);
+    return 0;
+oom:
+    if (all)
+        for (size_t i = 0; i < n; i++)
+            free(all[i]);
+    free(all);
+    free(fr);
+    free(dn);
+    return -ENOMEM;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+static const CUpti_ActivityKind optional_kinds[] = {
+    CUPTI_ACTIVITY_KIND_DEVICE,   CUPTI_ACTIVITY_KIND_CONTEXT,         CUPTI_ACTIVITY_KIND_MEMCPY,
+    CUPTI_ACTIVITY_KIND_MEMCPY2,  CUPTI_ACTIVITY_KIND_MEMSET,          CUPTI_ACTIVITY_KIND_RUNTIME,
+    CUPTI_ACTIVITY_KIND_DRIVER,   CUPTI_ACTIVITY_KIND_SYNCHRONIZATION, CUPTI_ACTIVITY_KIND_MARKER,
+    CUPTI_ACTIVITY_KIND_OVERHEAD, CUPTI_ACTIVITY_KIND_MEMORY2,
+};
+
+static void disable_all(void)
+{
+    while (g.nenabled > 0)
+        g.lib->ActivityDisable(g.enabled[--g.nenabled]);
+}
+
+static void release(void)
+{
+    if (g.nenabled)
+        disable_all();
+    if (g.subscribed) {
+        g.lib->Unsubscribe(g.sub);
+        g.subscribed = 0;
+    }
+    if (g.restore_tid_type && g.lib->SetThreadIdType) {
+        g.lib->SetThreadIdType(g.old_tid_type);
+        g.restore_tid_type = 0;
+    }
+    atomic_store(&ts_capturing, 0);
+}
+
+static void calibrate(void)
+{
+    /* CUPTI's clock vs ours: the CUPTI reading between two monotonic reads,
+     * narrowest window of a few tries */
+    int64_t best_w = INT64_MAX, off = 0;
+    for (int i = 0; i < 7; i++) {
+        uint64_t c = 0;
+        int64_t m1 = tb_mono_ns();
+        if (g.lib->GetTimestamp(&c) != CUPTI_SUCCESS)
+            continue;
+        int64_t m2 = tb_mono_ns();
+        if (m2 - m1 < best_w) {
+            best_w = m2 - m1;
+            off = tb_mono_to_epoch(m1 + (m2 - m1) / 2) - (int64_t)c;
+        }
+    }
+    g.ts_to_epoch = off;
+}
 
 static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
 {
     (void)ctx;
-    (void)info;
-    *why = "GPU tracing not built yet";
-    return -ENOSYS;
+    static char whybuf[900];
+    if (g.started) {
+        *why = "GPU capture already running";
+        return -EBUSY;
+    }
+    if (g.nall) /* a capture stopped but never collected */
+        pool_free();
+    g.lib = tb_cupti_lib_load(why);
+    if (!g.lib)
+        return -ENOENT;
+    memset(&g.last, 0, sizeof(g.last));
+    atomic_store(&g.exhausted, 0);
+    g.cupti_dropped = 0;
+
+    CUptiResult r = g.lib->Subscribe(&g.sub, (CUpti_CallbackFunc)api_callback, NULL);
+    if (r != CUPTI_SUCCESS) {
+        if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
+            snprintf(whybuf, sizeof(whybuf),
+                     "another CUPTI client is subscribed (%s): torch.profiler, nsys, ncu or "
+                     "another tracer owns CUPTI; GPU activity not captured",
+                     tb_cupti_result_str(g.lib, r));
+        else
+            snprintf(whybuf, sizeof(whybuf),
+                     "cuptiSubscribe failed: %s (no GPU, no driver, or a driver too old for %s)",
+                     tb_cupti_result_str(g.lib, r), g.lib->path);
+        *why = whybuf;
+        return r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED ? -EBUSY : -ENODEV;
+    }
+    g.subscribed = 1;
+
+    size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
+    if (pool_alloc(budget) < 0) {
+        release();
+        *why = "out of memory for the CUPTI buffer pool";
+        return -ENOMEM;
+    }
+    g.last.buffer_size = g.buf_size;
+    g.last.pool_buffers = g.nall;
+
+    /* Timestamps: our clock when CUPTI lets us supply it (must be set
+     * before enabling activity), else a measured offset. */
+    g.ts_callback = 0;
+    if (g.lib->ActivityRegisterTimestampCallback) {
+        if (ts_registered == g.lib->generation ||
+            g.lib->ActivityRegisterTimestampCallback(ts_callback) == CUPTI_SUCCESS) {
+            ts_registered = g.lib->generation;
+            g.ts_callback = 1;
+        }
+    }
+    if (g.ts_callback) {
+        atomic_store(&ts_capturing, 1);
+        g.ts_to_epoch = 0;
+    } else {
+        calibrate();
+    }
+    g.last.used_timestamp_callback = g.ts_callback;
+
+    /* host API records carry kernel tids, like our /host:CPU lines */
+    if (g.lib->SetThreadIdType) {
+        CUpti_ActivityThreadIdType old = CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT;
+        if (!g.lib->GetThreadIdType || g.lib->GetThreadIdType(&old) == CUPTI_SUCCESS) {
+            if (g.lib->SetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM) == CUPTI_SUCCESS) {
+                g.old_tid_type = old;
+                g.restore_tid_type = 1;
+            }
+        }
+    }
+
+    atomic_store(&g.active, 1);
+    r = g.lib->ActivityRegisterCallbacks(buf_requested, buf_completed);
+    if (r != CUPTI_SUCCESS) {
+        snprintf(whybuf, sizeof(whybuf), "cuptiActivityRegisterCallbacks failed: %s",
+                 tb_cupti_result_str(g.lib, r));
+        goto fail;
+    }
+    g.nenabled = 0;
+    r = g.lib->ActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+    if (r != CUPTI_SUCCESS) {
+        snprintf(whybuf, sizeof(whybuf),
+                 "cuptiActivityEnable(CONCURRENT_KERNEL) failed: %s (driver too old, no GPU, or "
+                 "profiling not permitted)",
+                 tb_cupti_result_str(g.lib, r));
+        goto fail;
+    }
+    g.enabled[g.nenabled++] = CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL;
+    for (size_t i = 0; i < sizeof(optional_kinds) / sizeof(optional_kinds[0]); i++) {
+        r = g.lib->ActivityEnable(optional_kinds[i]);
+        if (r == CUPTI_SUCCESS)
+            g.enabled[g.nenabled++] = optional_kinds[i];
+        else
+            tb_debug("GPU tracing: activity kind %d not enabled: %s", (int)optional_kinds[i],
+                     tb_cupti_result_str(g.lib, r));
+    }
+    g.started = 1;
+    return 0;
+fail:
+    atomic_store(&g.active, 0);
+    release();
+    pool_free();
+    *why = whybuf;
+    return -ENODEV;
 }
 
-static tb_source gpu = {.name = "gpu", .start = gpu_start};
+static void gpu_stop(void *ctx)
+{
+    (void)ctx;
+    if (!g.started)
+        return;
+    disable_all();
+    g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    size_t dropped = 0;
+    if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
+        g.cupti_dropped = dropped;
+    atomic_store(&g.active, 0);
+    release();
+    g.started = 0;
+}
+
+/* Device facts from the driver when libcuda is already in the process. */
+static void device_facts(tb_cupti_tr *t)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return;
+    CUresult (*getcount)(int *);
+    CUresult (*get)(CUdevice *, int);
+    CUresult (*attr)(int *, CUdevice_attribute, CUdevice);
+    CUresult (*totalmem)(size_t *, CUdevice);
+    CUresult (*getname)(char *, int, CUdevice);
+    *(void **)&getcount = dlsym(h, "cuDeviceGetCount");
+    *(void **)&get = dlsym(h, "cuDeviceGet");
+    *(void **)&attr = dlsym(h, "cuDeviceGetAttribute");
+    *(void **)&totalmem = dlsym(h, "cuDeviceTotalMem_v2");
+    *(void **)&getname = dlsym(h, "cuDeviceGetName");
+    int n = 0;
+    if (!getcount || !get || !attr || getcount(&n) != CUDA_SUCCESS)
+        n = 0;
+    for (int i = 0; i < n && i < TB_CUPTI_MAX_DEVICES; i++) {
+        CUdevice d;
+        if (get(&d, i) != CUDA_SUCCESS)
+            continue;
+        tb_cupti_devprops p = {.valid = 1};
+        int v = 0, bus = 0, memclk = 0;
+#define A(e, dst)                                                                                  \
+    do {                                                                                           \
+        if (attr(&v, e, d) == CUDA_SUCCESS)                                                        \
+            dst = v;                                                                               \
+    } while (0)
+        A(CU_DEVICE_ATTRIBUTE_CLOCK_RATE, p.clock_khz);
+        A(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, p.sm_count);
+        A(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, p.cc_major);
+        A(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, p.cc_minor);
+        A(CU_DEVICE_ATTRIBUTE_WARP_SIZE, p.warp_size);
+        A(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, p.max_threads_per_sm);
+        A(CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR, p.max_blocks_per_sm);
+        A(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR, p.regs_per_sm);
+        A(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, p.smem_per_sm);
+        A(CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, memclk);
+        A(CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, bus);
+#undef A
+        /* DDR: two transfers per clock */
+        p.mem_bandwidth = 2ull * (uint64_t)memclk * 1000ull * (uint64_t)bus / 8ull;
+        size_t mem = 0;
+        if (totalmem && totalmem(&mem, d) == CUDA_SUCCESS)
+            p.mem_size = mem;
+        if (getname)
+            getname(p.name, (int)sizeof(p.name), d);
+        tb_cupti_tr_set_device(t, (uint32_t)i, &p);
+    }
+    dlclose(h);
+}
+
+static int gpu_collect(void *ctx, tb_space *space)
+{
+    (void)ctx;
+    if (!g.nall)
+        return 0;
+    tb_cupti_tr_opts o = {.ts_to_epoch_ns = g.ts_to_epoch, .api_name = api_name, .demangle = 1};
+    tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
+    int rc = 0;
+    if (!t) {
+        rc = -ENOMEM;
+    } else {
+        device_facts(t);
+        pthread_mutex_lock(&g.mu);
+        size_t nd = g.ndone;
+        pthread_mutex_unlock(&g.mu);
+        for (size_t i = 0; i < nd; i++)
+            tb_cupti_tr_buffer(t, g.done[i].buf, g.done[i].valid, g.lib->ActivityGetNextRecord);
+        rc = tb_cupti_tr_finish(t);
+        tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
+        g.last.records = c.records;
+        g.last.buffers_completed = nd;
+        tb_cupti_tr_free(t);
+    }
+    g.last.pool_exhausted = atomic_load(&g.exhausted);
+    g.last.cupti_dropped = g.cupti_dropped;
+    tb_plane *hp = tb_host_plane(space);
+    if (hp) {
+        tb_plane_stat_u64(hp, TB_ST_CUPTI_DROPPED, g.last.cupti_dropped);
+        tb_plane_stat_u64(hp, TB_ST_POOL_EXHAUSTED, g.last.pool_exhausted);
+    }
+    if (g.last.cupti_dropped || g.last.pool_exhausted) {
+        char w[300];
+        snprintf(w, sizeof(w),
+                 "GPU activity records lost: CUPTI dropped %llu records; the buffer pool (%zu x %zu "
+                 "bytes) ran out %llu times; raise TBPROF_BUFFER_MB or capture fewer steps",
+                 (unsigned long long)g.last.cupti_dropped, g.last.pool_buffers, g.last.buffer_size,
+                 (unsigned long long)g.last.pool_exhausted);
+        tb_space_add_warning(space, w);
+        tb_warn_once("%s", w);
+    }
+    pool_free();
+    return rc;
+}
+
+static void gpu_atfork_child(void *ctx)
+{
+    (void)ctx;
+    /* the child has no CUPTI state of ours worth keeping: forget buffers
+     * without calling into CUPTI (its threads did not survive the fork) */
+    g.started = 0;
+    g.subscribed = 0;
+    g.nenabled = 0;
+    g.restore_tid_type = 0;
+    atomic_store(&g.active, 0);
+    atomic_store(&ts_capturing, 0);
+    pthread_mutex_init(&g.mu, NULL);
+    g.all = g.free_ = NULL;
+    g.done = NULL;
+    g.nall = g.nfree = g.ndone = 0;
+}
+
+tb_gpu_stats tb_gpu_last_stats(void) { return g.last; }
+
+static tb_source gpu = {
+    .name = "gpu",
+    .start = gpu_start,
+    .stop = gpu_stop,
+    .collect = gpu_collect,
+    .atfork_child = gpu_atfork_child,
+};
 
 tb_source *tb_gpu_source(void) { return &gpu; }

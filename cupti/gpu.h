@@ -1,10 +1,30 @@
-/* gpu.h - the GPU tracing source (CUPTI), as the agent sees it. */
+/* gpu.h - the GPU tracing source (CUPTI), as the agent sees it.
+ *
+ * start(): load libcupti (first capture only), subscribe, register buffer
+ * callbacks, enable activity kinds. stop(): disable them, force-flush,
+ * read CUPTI's dropped-record count, unsubscribe (an idle process holds no
+ * CUPTI subscription and no enabled activity). collect(): translate the
+ * buffers into the space and free the pool. */
 #ifndef TBPROF_CUPTI_GPU_H
 #define TBPROF_CUPTI_GPU_H
+
+#include <stdint.h>
 
 #include "source.h"
 
 /* The CUPTI source; its start() dlopen()s libcupti at the first capture. */
 tb_source *tb_gpu_source(void);
+
+/* Numbers about the last capture (tests, logs). */
+typedef struct tb_gpu_stats {
+    uint64_t buffers_completed;  /* buffers CUPTI handed back with records */
+    uint64_t pool_exhausted;     /* buffer requests refused: pool empty */
+    uint64_t cupti_dropped;      /* records CUPTI dropped (its own count) */
+    uint64_t records;            /* records translated */
+    uint64_t buffers_leaked;     /* buffers CUPTI never returned (kept, not freed) */
+    int used_timestamp_callback; /* 1: CUPTI timestamps were CLOCK_MONOTONIC-based */
+    size_t buffer_size, pool_buffers;
+} tb_gpu_stats;
+tb_gpu_stats tb_gpu_last_stats(void);
 
 #endif

@@ -1,0 +1,938 @@
+/* translate.c - CUPTI activity records -> tb_space (see translate.h).
+ *
+ * Hot path: one record -> one tb_line_add and a few stats. Everything that
+ * would cost a format or an intern per record is cached: kernel names by
+ * their CUPTI name pointer (shared by all records of one kernel), and the
+ * kernel_details / memcpy_details strings by their fields. */
+#include "translate.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host.h"
+#include "stats.h"
+
+enum { T_COMPUTE, T_H2D, T_D2H, T_D2D, T_P2P, T_MOTHER, T_MEMSET, T_NTYPES };
+static const char *const type_names[T_NTYPES] = {"Compute",   "MemcpyH2D",   "MemcpyD2H", "MemcpyD2D",
+                                                 "MemcpyP2P", "MemcpyOther", "Memset"};
+
+typedef struct lineslot {
+    int64_t id;
+    tb_line *l;
+    uint32_t mask;
+} lineslot;
+
+typedef struct devstate {
+    tb_plane *p;
+    tb_cupti_devprops props;
+    int64_t st_corr, st_ctx, st_stream, st_kd, st_md, st_msd, st_mad, st_mfd, st_graph;
+    int64_t ev_type[T_NTYPES], ev_alloc, ev_free, ev_sync[5];
+    lineslot *lines;
+    size_t nlines, cap;
+    size_t last;
+    uint32_t ctx_id[8];
+    int64_t ctx_ref[8];
+    int nctx;
+} devstate;
+
+typedef struct kname_slot {
+    const char *ptr;
+    uint32_t dev;
+    int64_t meta;
+} kname_slot;
+
+typedef struct kd_key {
+    uint32_t dev, regs;
+    int32_t ss, ds, gx, gy, gz, bx, by, bz;
+} kd_key;
+typedef struct kd_slot {
+    kd_key k;
+    int64_t ref; /* 0: empty */
+} kd_slot;
+
+typedef struct md_key {
+    uint32_t dev, src, dst, dest, async, what; /* what: 0 memcpy, 1 memset, 2 alloc, 3 free */
+    uint64_t bytes;
+} md_key;
+typedef struct md_slot {
+    md_key k;
+    int64_t ref;
+} md_slot;
+
+typedef struct marker {
+    uint32_t id, tid;
+    uint64_t ts;
+    const char *name;
+} marker;
+
+typedef struct syncrec {
+    uint32_t type, corr, ctx, stream;
+    uint64_t start, end;
+} syncrec;
+
+#define KD_SLOTS 1024
+#define MD_SLOTS 1024
+#define TID_SLOTS 64
+#define API_CBIDS 2048
+
+struct tb_cupti_tr {
+    tb_space *s;
+    tb_cupti_tr_opts o;
+    devstate *dev[TB_CUPTI_MAX_DEVICES];
+    tb_cupti_devprops pending_props[TB_CUPTI_MAX_DEVICES];
+    /* host */
+    tb_plane *hp;
+    int64_t hp_corr;
+    struct {
+        uint32_t tid;
+        tb_line *l;
+    } tids[TID_SLOTS];
+    int64_t *api_meta[2]; /* [runtime/driver][cbid] */
+    /* caches */
+    kname_slot *kn;
+    size_t kn_mask, kn_used;
+    kd_slot kd[KD_SLOTS];
+    md_slot md[MD_SLOTS];
+    /* pairing / deferred */
+    marker *mk;
+    size_t nmk, capmk;
+    syncrec *sy;
+    size_t nsy, capsy;
+    uint32_t ctxmap_ctx[64], ctxmap_dev[64];
+    int nctxmap;
+    char *(*demangle)(const char *, char *, size_t *, int *);
+    tb_cupti_tr_counts c;
+};
+
+const char *tb_cupti_memory_kind_name(int kind)
+{
+    switch (kind) {
+    case CUPTI_ACTIVITY_MEMORY_KIND_ARRAY:
+        return "array";
+    case CUPTI_ACTIVITY_MEMORY_KIND_DEVICE:
+        return "device";
+    case CUPTI_ACTIVITY_MEMORY_KIND_DEVICE_STATIC:
+        return "device_static";
+    case CUPTI_ACTIVITY_MEMORY_KIND_MANAGED:
+        return "managed";
+    case CUPTI_ACTIVITY_MEMORY_KIND_MANAGED_STATIC:
+        return "managed_static";
+    case CUPTI_ACTIVITY_MEMORY_KIND_PAGEABLE:
+        return "pageable";
+    case CUPTI_ACTIVITY_MEMORY_KIND_PINNED:
+        return "pinned";
+    default:
+        return "unknown";
+    }
+}
+
+tb_cupti_tr *tb_cupti_tr_new(tb_space *s, const tb_cupti_tr_opts *o)
+{
+    tb_cupti_tr *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->s = s;
+    if (o)
+        t->o = *o;
+    t->kn_mask = 1023;
+    t->kn = calloc(t->kn_mask + 1, sizeof(*t->kn));
+    if (!t->kn) {
+        free(t);
+        return NULL;
+    }
+    if (t->o.demangle)
+        *(void **)&t->demangle = dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    return t;
+}
+
+void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprops *p)
+{
+    if (dev >= TB_CUPTI_MAX_DEVICES || !p || !p->valid)
+        return;
+    t->pending_props[dev] = *p;
+    if (t->dev[dev])
+        t->dev[dev]->props = *p;
+}
+
+static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
+{
+    if (dev >= TB_CUPTI_MAX_DEVICES)
+        return NULL;
+    devstate *d = t->dev[dev];
+    if (d)
+        return d;
+    char name[40];
+    snprintf(name, sizeof(name), "/device:GPU:%u", dev);
+    tb_plane *p = tb_space_plane(t->s, name);
+    if (!p)
+        return NULL;
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->p = p;
+    d->props = t->pending_props[dev];
+    d->st_corr = tb_plane_stat_meta(p, TB_ST_CORRELATION_ID);
+    d->st_ctx = tb_plane_stat_meta(p, TB_ST_CONTEXT_ID);
+    d->st_stream = tb_plane_stat_meta(p, TB_ST_STREAM_ID);
+    d->st_kd = tb_plane_stat_meta(p, TB_ST_KERNEL_DETAILS);
+    d->st_md = tb_plane_stat_meta(p, TB_ST_MEMCPY_DETAILS);
+    d->st_msd = tb_plane_stat_meta(p, TB_ST_MEMSET_DETAILS);
+    d->st_mad = tb_plane_stat_meta(p, TB_ST_MEMALLOC_DETAILS);
+    d->st_mfd = tb_plane_stat_meta(p, TB_ST_MEMFREE_DETAILS);
+    d->st_graph = tb_plane_stat_meta(p, TB_ST_CUDA_GRAPH_ID);
+    for (int i = 0; i < T_NTYPES; i++) {
+        d->ev_type[i] = tb_plane_event_meta(p, type_names[i]);
+        if (d->ev_type[i] > 0)
+            tb_plane_set_event_category(p, d->ev_type[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
+    }
+    d->ev_alloc = tb_plane_event_meta(p, "MemoryAlloc");
+    d->ev_free = tb_plane_event_meta(p, "MemoryFree");
+    if (d->ev_alloc > 0)
+        tb_plane_set_event_category(p, d->ev_alloc, TB_CAT_GPU_MEMORY);
+    if (d->ev_free > 0)
+        tb_plane_set_event_category(p, d->ev_free, TB_CAT_GPU_MEMORY);
+    static const char *const sync_names[5] = {"Sync", "Event Sync", "Stream Wait Event", "Stream Sync",
+                                              "Context Sync"};
+    for (int i = 0; i < 5; i++) {
+        d->ev_sync[i] = tb_plane_event_meta(p, sync_names[i]);
+        if (d->ev_sync[i] > 0)
+            tb_plane_set_event_category(p, d->ev_sync[i], TB_CAT_CUDA_SYNC);
+    }
+    if (d->st_corr < 0 || d->st_ctx < 0 || d->st_kd < 0 || d->st_md < 0 || d->ev_type[0] < 0 ||
+        d->ev_sync[4] < 0 || d->st_graph < 0) {
+        free(d);
+        return NULL;
+    }
+    t->dev[dev] = d;
+    return d;
+}
+
+static lineslot *get_line(devstate *d, int64_t id)
+{
+    if (d->nlines && d->lines[d->last].id == id)
+        return &d->lines[d->last];
+    for (size_t i = 0; i < d->nlines; i++)
+        if (d->lines[i].id == id) {
+            d->last = i;
+            return &d->lines[i];
+        }
+    if (d->nlines == d->cap) {
+        size_t ncap = d->cap ? d->cap * 2 : 16;
+        lineslot *n = realloc(d->lines, ncap * sizeof(*n));
+        if (!n)
+            return NULL;
+        d->lines = n;
+        d->cap = ncap;
+    }
+    char name[48];
+    if (id == TB_CUPTI_LINE_OVERHEAD)
+        snprintf(name, sizeof(name), "CUPTI overhead");
+    else if (id == TB_CUPTI_LINE_MEMORY)
+        snprintf(name, sizeof(name), "Memory");
+    else if (id == TB_CUPTI_LINE_SYNC)
+        snprintf(name, sizeof(name), "CUDA sync");
+    else
+        snprintf(name, sizeof(name), "Stream #%lld", (long long)id);
+    tb_line *l = tb_plane_line(d->p, id, name);
+    if (!l)
+        return NULL;
+    d->lines[d->nlines] = (lineslot){.id = id, .l = l, .mask = 0};
+    d->last = d->nlines;
+    return &d->lines[d->nlines++];
+}
+
+static void note_ctx(tb_cupti_tr *t, uint32_t ctx, uint32_t dev)
+{
+    for (int i = 0; i < t->nctxmap; i++)
+        if (t->ctxmap_ctx[i] == ctx)
+            return;
+    if (t->nctxmap < 64) {
+        t->ctxmap_ctx[t->nctxmap] = ctx;
+        t->ctxmap_dev[t->nctxmap++] = dev;
+    }
+}
+
+/* "$$<id>" as the reference tracer writes context_id, interned once. */
+static int64_t ctx_ref(devstate *d, uint32_t ctx)
+{
+    for (int i = 0; i < d->nctx; i++)
+        if (d->ctx_id[i] == ctx)
+            return d->ctx_ref[i];
+    char buf[24];
+    snprintf(buf, sizeof(buf), "$$%u", ctx);
+    int64_t r = tb_plane_stat_meta(d->p, buf);
+    if (r > 0 && d->nctx < 8) {
+        d->ctx_id[d->nctx] = ctx;
+        d->ctx_ref[d->nctx++] = r;
+    }
+    return r;
+}
+
+static void add_ref_stat(tb_line *l, int64_t meta, int64_t ref)
+{
+    /* a string stat whose value is already interned: add a placeholder
+     * through the public API (it charges the space's limit), then make it a
+     * reference, which saves a hash lookup per record */
+    if (meta <= 0 || ref <= 0)
+        return;
+    if (tb_line_stat_u64(l, meta, 0) == 0) {
+        tb_stat *st = &l->stats[l->nstats - 1];
+        st->type = TB_STAT_REF;
+        st->v.u = 0;
+        st->v.ref = (uint32_t)ref;
+    }
+}
+
+static int64_t kernel_meta(tb_cupti_tr *t, devstate *d, uint32_t dev, const char *name)
+{
+    if (!name)
+        name = "(unnamed kernel)";
+    size_t h = (((uintptr_t)name >> 3) * 0x9E3779B97F4A7C15ull + dev) >> 20;
+    for (size_t i = h & t->kn_mask;; i = (i + 1) & t->kn_mask) {
+        kname_slot *s = &t->kn[i];
+        if (!s->ptr)
+            break;
+        if (s->ptr == name && s->dev == dev)
+            return s->meta;
+    }
+    int64_t meta;
+    char *dm = NULL;
+    if (t->demangle && name[0] == '_' && name[1] == 'Z') {
+        int status = -1;
+        dm = t->demangle(name, NULL, NULL, &status);
+        if (status != 0) {
+            free(dm);
+            dm = NULL;
+        }
+    }
+    meta = tb_plane_event_meta(d->p, dm ? dm : name);
+    free(dm);
+    if (meta <= 0)
+        return meta;
+    tb_plane_set_event_category(d->p, meta, TB_CAT_KERNEL);
+    if ((t->kn_used + 1) * 4 > (t->kn_mask + 1) * 3) { /* grow at 75% */
+        size_t nmask = t->kn_mask * 2 + 1;
+        kname_slot *n = calloc(nmask + 1, sizeof(*n));
+        if (!n)
+            return meta; /* uncached, still correct */
+        for (size_t i = 0; i <= t->kn_mask; i++) {
+            kname_slot *s = &t->kn[i];
+            if (!s->ptr)
+                continue;
+            size_t hh = (((uintptr_t)s->ptr >> 3) * 0x9E3779B97F4A7C15ull + s->dev) >> 20;
+            size_t j = hh & nmask;
+            while (n[j].ptr)
+                j = (j + 1) & nmask;
+            n[j] = *s;
+        }
+        free(t->kn);
+        t->kn = n;
+        t->kn_mask = nmask;
+    }
+    size_t i = h & t->kn_mask;
+    while (t->kn[i].ptr)
+        i = (i + 1) & t->kn_mask;
+    t->kn[i] = (kname_slot){.ptr = name, .dev = dev, .meta = meta};
+    t->kn_used++;
+    return meta;
+}
+
+static double occupancy_pct(const tb_cupti_devprops *p, int regs, int smem, int threads)
+{
+    if (!p->valid || p->warp_size <= 0 || p->max_threads_per_sm <= 0 || threads <= 0)
+        return 0;
+    int warps_sm = p->max_threads_per_sm / p->warp_size;
+    int wpb = (threads + p->warp_size - 1) / p->warp_size;
+    if (wpb <= 0 || warps_sm <= 0)
+        return 0;
+    int blocks = warps_sm / wpb;
+    if (p->max_blocks_per_sm > 0 && blocks > p->max_blocks_per_sm)
+        blocks = p->max_blocks_per_sm;
+    if (regs > 0 && p->regs_per_sm > 0) {
+        int per_warp = ((regs * p->warp_size + 255) / 256) * 256; /* allocation unit: 256 regs/warp */
+        int warps_by_regs = p->regs_per_sm / per_warp;
+        if (warps_by_regs / wpb < blocks)
+            blocks = warps_by_regs / wpb;
+    }
+    if (smem > 0 && p->smem_per_sm > 0 && p->smem_per_sm / smem < blocks)
+        blocks = p->smem_per_sm / smem;
+    if (blocks < 0)
+        blocks = 0;
+    return (double)blocks * wpb * 100.0 / warps_sm;
+}
+
+static uint32_t mix(uint32_t h, uint32_t v)
+{
+    h ^= v;
+    h *= 16777619u;
+    return h;
+}
+
+static int64_t kernel_details_ref(tb_cupti_tr *t, devstate *d, const kd_key *k)
+{
+    uint32_t h = 2166136261u;
+    const uint32_t *w = (const uint32_t *)k;
+    for (size_t i = 0; i < sizeof(*k) / 4; i++)
+        h = mix(h, w[i]);
+    kd_slot *s = &t->kd[h & (KD_SLOTS - 1)];
+    if (s->ref > 0 && memcmp(&s->k, k, sizeof(*k)) == 0)
+        return s->ref;
+    char buf[200];
+    double occ = occupancy_pct(&d->props, (int)k->regs, k->ss + k->ds, k->bx * k->by * k->bz);
+    snprintf(buf, sizeof(buf),
+             "regs:%u static_shared:%d dynamic_shared:%d grid:%d,%d,%d block:%d,%d,%d occ_pct:%g",
+             k->regs, k->ss, k->ds, k->gx, k->gy, k->gz, k->bx, k->by, k->bz, occ);
+    int64_t ref = tb_plane_stat_meta(d->p, buf);
+    if (ref > 0) {
+        s->k = *k;
+        s->ref = ref;
+    }
+    return ref;
+}
+
+static int64_t mem_details_ref(tb_cupti_tr *t, devstate *d, const md_key *k)
+{
+    uint32_t h = 2166136261u;
+    h = mix(h, k->dev);
+    h = mix(h, k->src | k->dst << 8 | k->async << 16 | k->what << 24);
+    h = mix(h, k->dest);
+    h = mix(h, (uint32_t)k->bytes);
+    h = mix(h, (uint32_t)(k->bytes >> 32));
+    md_slot *s = &t->md[h & (MD_SLOTS - 1)];
+    if (s->ref > 0 && memcmp(&s->k, k, sizeof(*k)) == 0)
+        return s->ref;
+    char buf[160];
+    switch (k->what) {
+    case 0:
+        snprintf(buf, sizeof(buf), "kind_src:%s kind_dst:%s size:%llu dest:%u async:%u",
+                 tb_cupti_memory_kind_name((int)k->src), tb_cupti_memory_kind_name((int)k->dst),
+                 (unsigned long long)k->bytes, k->dest, k->async);
+        break;
+    case 1:
+        snprintf(buf, sizeof(buf), "kind:%s num_bytes:%llu async:%u", tb_cupti_memory_kind_name((int)k->src),
+                 (unsigned long long)k->bytes, k->async);
+        break;
+    default:
+        snprintf(buf, sizeof(buf), "kind:%s num_bytes:%llu", tb_cupti_memory_kind_name((int)k->src),
+                 (unsigned long long)k->bytes);
+        break;
+    }
+    int64_t ref = tb_plane_stat_meta(d->p, buf);
+    if (ref > 0) {
+        memset(&s->k, 0, sizeof(s->k));
+        s->k = *k;
+        s->ref = ref;
+    }
+    return ref;
+}
+
+static int bad_time(tb_cupti_tr *t, uint64_t start, uint64_t end)
+{
+    if (start == 0 || end < start) {
+        t->c.bad_time++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Common device-event stats; returns the line or NULL when the event was not added. */
+static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int type, int64_t meta,
+                             uint64_t start, uint64_t end, uint32_t corr, uint32_t ctx, uint32_t stream,
+                             uint32_t graph)
+{
+    lineslot *ls = get_line(d, line_id);
+    if (!ls || meta <= 0)
+        return NULL;
+    if (type >= 0)
+        ls->mask |= 1u << type;
+    tb_line *l = ls->l;
+    if (tb_line_add(l, meta, (int64_t)start + t->o.ts_to_epoch_ns, (int64_t)(end - start)) < 0)
+        return NULL;
+    tb_line_stat_u64(l, d->st_corr, corr);
+    add_ref_stat(l, d->st_ctx, ctx_ref(d, ctx));
+    tb_line_stat_u64(l, d->st_stream, stream);
+    if (graph)
+        tb_line_stat_u64(l, d->st_graph, graph);
+    return l;
+}
+
+static void do_kernel(tb_cupti_tr *t, const CUpti_ActivityKernel10 *k)
+{
+    t->c.kernels++;
+    if (bad_time(t, k->start, k->end))
+        return;
+    devstate *d = get_dev(t, k->deviceId);
+    if (!d)
+        return;
+    note_ctx(t, k->contextId, k->deviceId);
+    int64_t meta = kernel_meta(t, d, k->deviceId, k->name);
+    tb_line *l = device_event(t, d, k->streamId, T_COMPUTE, meta, k->start, k->end, k->correlationId,
+                              k->contextId, k->streamId, k->graphId);
+    if (!l)
+        return;
+    kd_key key = {.dev = k->deviceId,
+                  .regs = k->registersPerThread,
+                  .ss = k->staticSharedMemory,
+                  .ds = k->dynamicSharedMemory,
+                  .gx = k->gridX,
+                  .gy = k->gridY,
+                  .gz = k->gridZ,
+                  .bx = k->blockX,
+                  .by = k->blockY,
+                  .bz = k->blockZ};
+    add_ref_stat(l, d->st_kd, kernel_details_ref(t, d, &key));
+}
+
+static int copy_type(int kind)
+{
+    switch (kind) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD:
+        return T_H2D;
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH:
+        return T_D2H;
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD:
+        return T_D2D;
+    case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP:
+        return T_P2P;
+    default:
+        return T_MOTHER;
+    }
+}
+
+static void do_memcpy(tb_cupti_tr *t, const CUpti_ActivityMemcpy6 *m)
+{
+    t->c.memcpys++;
+    if (bad_time(t, m->start, m->end))
+        return;
+    devstate *d = get_dev(t, m->deviceId);
+    if (!d)
+        return;
+    note_ctx(t, m->contextId, m->deviceId);
+    int ty = copy_type(m->copyKind);
+    tb_line *l = device_event(t, d, m->streamId, ty, d->ev_type[ty], m->start, m->end, m->correlationId,
+                              m->contextId, m->streamId, m->graphId);
+    if (!l)
+        return;
+    md_key key = {.dev = m->deviceId,
+                  .src = m->srcKind,
+                  .dst = m->dstKind,
+                  .dest = m->deviceId,
+                  .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC) ? 1 : 0,
+                  .what = 0,
+                  .bytes = m->bytes};
+    add_ref_stat(l, d->st_md, mem_details_ref(t, d, &key));
+}
+
+static void do_p2p(tb_cupti_tr *t, const CUpti_ActivityMemcpyPtoP4 *m)
+{
+    t->c.memcpys++;
+    if (bad_time(t, m->start, m->end))
+        return;
+    devstate *d = get_dev(t, m->srcDeviceId);
+    if (!d)
+        return;
+    tb_line *l = device_event(t, d, m->streamId, T_P2P, d->ev_type[T_P2P], m->start, m->end, m->correlationId,
+                              m->contextId, m->streamId, m->graphId);
+    if (!l)
+        return;
+    md_key key = {.dev = m->srcDeviceId,
+                  .src = m->srcKind,
+                  .dst = m->dstKind,
+                  .dest = m->dstDeviceId,
+                  .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC) ? 1 : 0,
+                  .what = 0,
+                  .bytes = m->bytes};
+    add_ref_stat(l, d->st_md, mem_details_ref(t, d, &key));
+}
+
+static void do_memset(tb_cupti_tr *t, const CUpti_ActivityMemset4 *m)
+{
+    t->c.memsets++;
+    if (bad_time(t, m->start, m->end))
+        return;
+    devstate *d = get_dev(t, m->deviceId);
+    if (!d)
+        return;
+    note_ctx(t, m->contextId, m->deviceId);
+    tb_line *l = device_event(t, d, m->streamId, T_MEMSET, d->ev_type[T_MEMSET], m->start, m->end,
+                              m->correlationId, m->contextId, m->streamId, m->graphId);
+    if (!l)
+        return;
+    md_key key = {.dev = m->deviceId,
+                  .src = m->memoryKind,
+                  .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMSET_ASYNC) ? 1 : 0,
+                  .what = 1,
+                  .bytes = m->bytes};
+    add_ref_stat(l, d->st_msd, mem_details_ref(t, d, &key));
+}
+
+static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
+{
+    unsigned slot = (tid * 2654435761u) >> 26; /* 64 slots */
+    if (t->tids[slot].l && t->tids[slot].tid == tid)
+        return t->tids[slot].l;
+    tb_line *l = tb_host_line(t->s, (pid_t)tid);
+    if (l) {
+        t->tids[slot].tid = tid;
+        t->tids[slot].l = l;
+    }
+    if (!t->hp) {
+        t->hp = tb_host_plane(t->s);
+        if (t->hp)
+            t->hp_corr = tb_plane_stat_meta(t->hp, TB_ST_CORRELATION_ID);
+    }
+    return l;
+}
+
+static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
+{
+    t->c.api++;
+    if (bad_time(t, a->start, a->end))
+        return;
+    tb_line *l = host_line(t, a->threadId);
+    if (!l || !t->hp)
+        return;
+    int64_t meta = 0;
+    int64_t *cache = NULL;
+    if (a->cbid < API_CBIDS) {
+        if (!t->api_meta[driver])
+            t->api_meta[driver] = calloc(API_CBIDS, sizeof(int64_t));
+        if (t->api_meta[driver]) {
+            cache = &t->api_meta[driver][a->cbid];
+            meta = *cache;
+        }
+    }
+    if (meta <= 0) {
+        const char *nm = t->o.api_name ? t->o.api_name(driver ? CUPTI_CB_DOMAIN_DRIVER_API
+                                                              : CUPTI_CB_DOMAIN_RUNTIME_API,
+                                                       a->cbid)
+                                       : NULL;
+        char buf[128];
+        if (!nm) {
+            snprintf(buf, sizeof(buf), "%s_api_%u", driver ? "cuda_driver" : "cuda_runtime", a->cbid);
+        } else {
+            /* "cudaLaunchKernel_v7000" -> "cudaLaunchKernel" */
+            snprintf(buf, sizeof(buf), "%s", nm);
+            char *v = strstr(buf, "_v");
+            if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
+                *v = '\0';
+        }
+        meta = tb_plane_event_meta(t->hp, buf);
+        if (meta <= 0)
+            return;
+        tb_plane_set_event_category(t->hp, meta, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
+        if (cache)
+            *cache = meta;
+    }
+    if (tb_line_add(l, meta, (int64_t)a->start + t->o.ts_to_epoch_ns, (int64_t)(a->end - a->start)) < 0)
+        return;
+    tb_line_stat_u64(l, t->hp_corr, a->correlationId);
+}
+
+static void host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_category cat, uint64_t start,
+                      uint64_t end)
+{
+    tb_line *l = host_line(t, tid);
+    if (!l || !t->hp)
+        return;
+    int64_t meta = tb_plane_event_meta(t->hp, name && *name ? name : "(unnamed)");
+    if (meta <= 0)
+        return;
+    tb_plane_set_event_category(t->hp, meta, cat);
+    tb_line_add(l, meta, (int64_t)start + t->o.ts_to_epoch_ns, (int64_t)(end - start));
+}
+
+static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
+{
+    t->c.markers++;
+    if (m->objectKind != CUPTI_ACTIVITY_OBJECT_THREAD)
+        return; /* process-wide and domain markers: not drawn */
+    uint32_t tid = m->objectId.pt.threadId;
+    if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
+        if (t->nmk == t->capmk) {
+            size_t n = t->capmk ? t->capmk * 2 : 32;
+            marker *nm = realloc(t->mk, n * sizeof(*nm));
+            if (!nm)
+                return;
+            t->mk = nm;
+            t->capmk = n;
+        }
+        t->mk[t->nmk++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name};
+    } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
+        for (size_t i = t->nmk; i-- > 0;) {
+            if (t->mk[i].id != m->id)
+                continue;
+            marker s = t->mk[i];
+            t->mk[i] = t->mk[--t->nmk];
+            if (m->timestamp >= s.ts && s.ts)
+                host_span(t, s.tid, s.name, TB_CAT_USER, s.ts, m->timestamp);
+            else
+                t->c.bad_time++;
+            return;
+        }
+        t->c.unmatched_markers++;
+    } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) {
+        if (m->timestamp)
+            host_span(t, tid, m->name, TB_CAT_USER, m->timestamp, m->timestamp);
+    }
+}
+
+static const char *overhead_name(int kind)
+{
+    switch (kind) {
+    case CUPTI_ACTIVITY_OVERHEAD_DRIVER_COMPILER:
+        return "COMPILER";
+    case CUPTI_ACTIVITY_OVERHEAD_CUPTI_BUFFER_FLUSH:
+        return "BUFFER_FLUSH";
+    case CUPTI_ACTIVITY_OVERHEAD_CUPTI_INSTRUMENTATION:
+        return "INSTRUMENTATION";
+    case CUPTI_ACTIVITY_OVERHEAD_CUPTI_RESOURCE:
+        return "RESOURCE";
+    default:
+        return "CUPTI overhead";
+    }
+}
+
+static void do_overhead(tb_cupti_tr *t, const CUpti_ActivityOverhead3 *o)
+{
+    t->c.overheads++;
+    if (bad_time(t, o->start, o->end))
+        return;
+    const char *name = overhead_name(o->overheadKind);
+    if (o->objectKind == CUPTI_ACTIVITY_OBJECT_THREAD || o->objectKind == CUPTI_ACTIVITY_OBJECT_PROCESS) {
+        if (o->objectKind == CUPTI_ACTIVITY_OBJECT_THREAD && o->objectId.pt.threadId) {
+            host_span(t, o->objectId.pt.threadId, name, TB_CAT_OVERHEAD, o->start, o->end);
+            return;
+        }
+    }
+    uint32_t dev = 0;
+    if (o->objectKind == CUPTI_ACTIVITY_OBJECT_DEVICE || o->objectKind == CUPTI_ACTIVITY_OBJECT_CONTEXT ||
+        o->objectKind == CUPTI_ACTIVITY_OBJECT_STREAM)
+        dev = o->objectId.dcs.deviceId;
+    devstate *d = get_dev(t, dev);
+    if (!d)
+        return;
+    int64_t meta = tb_plane_event_meta(d->p, name);
+    if (meta <= 0)
+        return;
+    tb_plane_set_event_category(d->p, meta, TB_CAT_OVERHEAD);
+    lineslot *ls = get_line(d, TB_CUPTI_LINE_OVERHEAD);
+    if (ls)
+        tb_line_add(ls->l, meta, (int64_t)o->start + t->o.ts_to_epoch_ns, (int64_t)(o->end - o->start));
+}
+
+static void do_memory(tb_cupti_tr *t, const CUpti_ActivityMemory4 *m)
+{
+    t->c.memory++;
+    if (m->memoryOperationType != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION &&
+        m->memoryOperationType != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE)
+        return;
+    if (bad_time(t, m->timestamp, m->timestamp))
+        return;
+    devstate *d = get_dev(t, m->deviceId);
+    if (!d)
+        return;
+    int alloc = m->memoryOperationType == CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION;
+    tb_line *l = device_event(t, d, TB_CUPTI_LINE_MEMORY, -1, alloc ? d->ev_alloc : d->ev_free, m->timestamp,
+                              m->timestamp, m->correlationId, m->contextId, m->streamId, 0);
+    if (!l)
+        return;
+    md_key key = {.dev = m->deviceId, .src = (uint32_t)m->memoryKind, .what = alloc ? 2 : 3, .bytes = m->bytes};
+    add_ref_stat(l, alloc ? d->st_mad : d->st_mfd, mem_details_ref(t, d, &key));
+}
+
+static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
+{
+    if (v->id >= TB_CUPTI_MAX_DEVICES || t->pending_props[v->id].valid)
+        return;
+    tb_cupti_devprops p = {.valid = 1};
+    snprintf(p.name, sizeof(p.name), "%s", v->name ? v->name : "");
+    p.clock_khz = v->coreClockRate;
+    p.sm_count = v->numMultiprocessors;
+    p.cc_major = v->computeCapabilityMajor;
+    p.cc_minor = v->computeCapabilityMinor;
+    p.mem_bandwidth = v->globalMemoryBandwidth * 1000ull; /* CUPTI: KB/s */
+    p.mem_size = v->globalMemorySize;
+    p.warp_size = (int)v->numThreadsPerWarp;
+    p.max_threads_per_sm = (int)(v->maxWarpsPerMultiprocessor * v->numThreadsPerWarp);
+    p.max_blocks_per_sm = (int)v->maxBlocksPerMultiprocessor;
+    p.regs_per_sm = (int)v->maxRegistersPerMultiprocessor;
+    p.smem_per_sm = (int)v->maxSharedMemoryPerMultiprocessor;
+    tb_cupti_tr_set_device(t, v->id, &p);
+}
+
+void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *r)
+{
+    t->c.records++;
+    switch (r->kind) {
+    case CUPTI_ACTIVITY_KIND_KERNEL:
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
+        do_kernel(t, (const CUpti_ActivityKernel10 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
+        do_memcpy(t, (const CUpti_ActivityMemcpy6 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY2:
+        do_p2p(t, (const CUpti_ActivityMemcpyPtoP4 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMSET:
+        do_memset(t, (const CUpti_ActivityMemset4 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_RUNTIME:
+        do_api(t, (const CUpti_ActivityAPI *)r, 0);
+        break;
+    case CUPTI_ACTIVITY_KIND_DRIVER:
+        do_api(t, (const CUpti_ActivityAPI *)r, 1);
+        break;
+    case CUPTI_ACTIVITY_KIND_MARKER:
+        do_marker(t, (const CUpti_ActivityMarker2 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_OVERHEAD:
+        do_overhead(t, (const CUpti_ActivityOverhead3 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMORY2:
+        do_memory(t, (const CUpti_ActivityMemory4 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_SYNCHRONIZATION: {
+        const CUpti_ActivitySynchronization2 *s = (const CUpti_ActivitySynchronization2 *)r;
+        t->c.syncs++;
+        if (bad_time(t, s->start, s->end))
+            break;
+        if (t->nsy == t->capsy) {
+            size_t n = t->capsy ? t->capsy * 2 : 64;
+            syncrec *ns = realloc(t->sy, n * sizeof(*ns));
+            if (!ns)
+                break;
+            t->sy = ns;
+            t->capsy = n;
+        }
+        t->sy[t->nsy++] = (syncrec){.type = (uint32_t)s->type,
+                                    .corr = s->correlationId,
+                                    .ctx = s->contextId,
+                                    .stream = s->streamId,
+                                    .start = s->start,
+                                    .end = s->end};
+        break;
+    }
+    case CUPTI_ACTIVITY_KIND_DEVICE:
+        do_device(t, (const CUpti_ActivityDevice5 *)r);
+        break;
+    case CUPTI_ACTIVITY_KIND_CONTEXT: {
+        const CUpti_ActivityContext3 *c = (const CUpti_ActivityContext3 *)r;
+        note_ctx(t, c->contextId, c->deviceId);
+        break;
+    }
+    default:
+        t->c.unknown++;
+        break;
+    }
+}
+
+int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next)
+{
+    CUpti_Activity *r = NULL;
+    int64_t n = 0;
+    if (!buf || !valid)
+        return 0;
+    while (next(buf, valid, &r) == CUPTI_SUCCESS && r) {
+        tb_cupti_tr_record(t, r);
+        n++;
+    }
+    return n;
+}
+
+static void emit_syncs(tb_cupti_tr *t)
+{
+    for (size_t i = 0; i < t->nsy; i++) {
+        syncrec *s = &t->sy[i];
+        uint32_t dev = 0;
+        int found = 0;
+        for (int j = 0; j < t->nctxmap; j++)
+            if (t->ctxmap_ctx[j] == s->ctx) {
+                dev = t->ctxmap_dev[j];
+                found = 1;
+            }
+        if (!found) /* context never seen: the only device plane, else 0 */
+            for (uint32_t j = 0; j < TB_CUPTI_MAX_DEVICES; j++)
+                if (t->dev[j]) {
+                    dev = j;
+                    break;
+                }
+        devstate *d = get_dev(t, dev);
+        if (!d)
+            continue;
+        uint32_t ty = s->type <= 4 ? s->type : 0;
+        device_event(t, d, TB_CUPTI_LINE_SYNC, -1, d->ev_sync[ty], s->start, s->end, s->corr, s->ctx,
+                     s->stream, 0);
+    }
+    t->nsy = 0;
+}
+
+int tb_cupti_tr_finish(tb_cupti_tr *t)
+{
+    emit_syncs(t);
+    t->c.unmatched_markers += t->nmk;
+    t->nmk = 0;
+    for (uint32_t i = 0; i < TB_CUPTI_MAX_DEVICES; i++) {
+        devstate *d = t->dev[i];
+        if (!d)
+            continue;
+        for (size_t j = 0; j < d->nlines; j++) {
+            lineslot *ls = &d->lines[j];
+            if (!ls->mask)
+                continue;
+            char name[160];
+            int n = snprintf(name, sizeof(name), "Stream #%lld(", (long long)ls->id);
+            for (int ty = 0; ty < T_NTYPES && n < (int)sizeof(name) - 20; ty++)
+                if (ls->mask & (1u << ty))
+                    n += snprintf(name + n, sizeof(name) - (size_t)n, "%s%s",
+                                  name[n - 1] == '(' ? "" : ",", type_names[ty]);
+            snprintf(name + n, sizeof(name) - (size_t)n, ")");
+            char *nn = strdup(name);
+            if (nn) {
+                free(ls->l->name);
+                ls->l->name = nn;
+            }
+        }
+        tb_plane_stat_str(d->p, TB_ST_DEV_VENDOR, "Nvidia");
+        const tb_cupti_devprops *p = &d->props;
+        if (p->valid) {
+            if (p->name[0])
+                tb_plane_stat_str(d->p, TB_ST_DEV_NAME, p->name);
+            if (p->clock_khz)
+                tb_plane_stat_i64(d->p, TB_ST_DEV_CLOCK_RATE, p->clock_khz);
+            if (p->sm_count)
+                tb_plane_stat_i64(d->p, TB_ST_DEV_CORE_COUNT, p->sm_count);
+            if (p->mem_bandwidth)
+                tb_plane_stat_u64(d->p, TB_ST_DEV_MEM_BANDWIDTH, p->mem_bandwidth);
+            if (p->mem_size)
+                tb_plane_stat_u64(d->p, TB_ST_DEV_MEM_SIZE, p->mem_size);
+            tb_plane_stat_i64(d->p, TB_ST_DEV_CC_MAJOR, p->cc_major);
+            tb_plane_stat_i64(d->p, TB_ST_DEV_CC_MINOR, p->cc_minor);
+        }
+    }
+    return 0;
+}
+
+tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t) { return t->c; }
+
+void tb_cupti_tr_free(tb_cupti_tr *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < TB_CUPTI_MAX_DEVICES; i++) {
+        if (t->dev[i]) {
+            free(t->dev[i]->lines);
+            free(t->dev[i]);
+        }
+    }
+    free(t->api_meta[0]);
+    free(t->api_meta[1]);
+    free(t->kn);
+    free(t->mk);
+    free(t->sy);
+    free(t);
+}

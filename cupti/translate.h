@@ -1,0 +1,73 @@
+/* translate.h - CUPTI activity records -> tb_space (the XSpace model).
+ *
+ * Device work (kernels, copies, memsets) goes on /device:GPU:<n>, one line
+ * per stream named like the reference GPU tracer ("Stream #<id>(Compute,
+ * MemcpyH2D)"); CUDA runtime/driver API calls, NVTX ranges and thread
+ * overheads go on the calling thread's /host:CPU line with correlation_id,
+ * so writers link each launch to its GPU work; synchronization waits go on a
+ * "CUDA sync" line of the device plane; GPU memory alloc/free on a "Memory"
+ * line; CUPTI's device-level overheads on "CUPTI overhead".
+ *
+ * Timestamps: every CUPTI time t becomes t + ts_to_epoch_ns (see gpu.c).
+ * Single-threaded; the agent thread runs it at collect().
+ */
+#ifndef TBPROF_CUPTI_TRANSLATE_H
+#define TBPROF_CUPTI_TRANSLATE_H
+
+#include <cupti.h>
+#include <stdint.h>
+
+#include "trace.h"
+
+#define TB_CUPTI_MAX_DEVICES 64
+/* line ids past any 32-bit stream id */
+#define TB_CUPTI_LINE_OVERHEAD ((int64_t)1 << 32)
+#define TB_CUPTI_LINE_MEMORY (((int64_t)1 << 32) + 1)
+#define TB_CUPTI_LINE_SYNC (((int64_t)1 << 32) + 2)
+
+typedef struct tb_cupti_devprops {
+    int valid;
+    char name[128];
+    int64_t clock_khz, sm_count, cc_major, cc_minor;
+    uint64_t mem_bandwidth; /* bytes/s */
+    uint64_t mem_size;      /* bytes */
+    /* for the occupancy estimate */
+    int warp_size, max_threads_per_sm, max_blocks_per_sm, regs_per_sm, smem_per_sm;
+} tb_cupti_devprops;
+
+/* Iterates a buffer; same contract as cuptiActivityGetNextRecord. */
+typedef CUptiResult (*tb_cupti_next_fn)(uint8_t *buf, size_t valid, CUpti_Activity **rec);
+/* Name of a runtime/driver API callback id, or NULL. */
+typedef const char *(*tb_cupti_api_name_fn)(CUpti_CallbackDomain dom, uint32_t cbid);
+
+typedef struct tb_cupti_tr_opts {
+    int64_t ts_to_epoch_ns;
+    tb_cupti_api_name_fn api_name; /* may be NULL: "cuda_api_<cbid>" */
+    int demangle;                  /* demangle kernel names with __cxa_demangle when present */
+} tb_cupti_tr_opts;
+
+typedef struct tb_cupti_tr tb_cupti_tr;
+
+tb_cupti_tr *tb_cupti_tr_new(tb_space *s, const tb_cupti_tr_opts *o);
+/* Device facts from the driver (occupancy and plane stats); records of kind
+ * DEVICE in the buffers fill them too. */
+void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprops *p);
+/* Translate every record of one completed buffer. Returns records seen. */
+int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next);
+/* Translate one record (the bench and tests drive it directly). */
+void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *rec);
+/* Pair leftovers, name lines, write device facts. Returns 0 or -errno. */
+int tb_cupti_tr_finish(tb_cupti_tr *t);
+void tb_cupti_tr_free(tb_cupti_tr *t);
+
+/* Counters over the translation (tests, logs). */
+typedef struct tb_cupti_tr_counts {
+    uint64_t records, kernels, memcpys, memsets, api, markers, syncs, overheads, memory,
+        unknown, bad_time, unmatched_markers;
+} tb_cupti_tr_counts;
+tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t);
+
+/* "device", "pinned", ... as the reference tracer spells them. */
+const char *tb_cupti_memory_kind_name(int kind);
+
+#endif

@@ -1,0 +1,667 @@
+/* fakecupti.c - a stand-in libcupti for machines without a GPU.
+ *
+ * Exports the CUPTI functions tbprof calls. At cuptiActivityEnable(
+ * CONCURRENT_KERNEL) it reads a script (TBFAKE_CUPTI_SCRIPT) of activity
+ * records whose times are offsets (microseconds) from "now"; at
+ * cuptiActivityFlushAll it hands them to the registered buffer callbacks
+ * packed into the client's buffers, exactly as CUPTI would: records of a
+ * kind that was never enabled are not delivered, a buffer request answered
+ * with no buffer drops the remaining records (counted, reported by
+ * cuptiActivityGetNumDroppedRecords).
+ *
+ * Script: one record per line, "kind key=value ...", '#' comments.
+ *   device   id= name= sms= cc=MAJ.MIN clock=kHz membw=KB/s memsize=bytes warp= maxwarps= maxblocks= regs= smem=
+ *   context  ctx= dev=
+ *   kernel   name= start= end= dev= ctx= stream= corr= grid=x,y,z block=x,y,z regs= ssmem= dsmem= graph=
+ *   memcpy   kind=htod|dtoh|dtod|htoh|ptop src=pageable|pinned|device dst=... bytes= async=0|1 (+ times/ids)
+ *   p2p      srcdev= dstdev= bytes= src= dst= async= (+ times/ids)
+ *   memset   bytes= value= mem=device async= (+ times/ids)
+ *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
+ *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
+ *   marker   id= name= tid= start= end=    (a start and an end record)
+ *   overhead ovkind=compiler|flush|instr|resource obj=thread|device tid= dev= start= end=
+ *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
+ * Knobs (environment):
+ *   TBFAKE_CUPTI_SUBSCRIBER=1     cuptiSubscribe: another subscriber holds CUPTI
+ *   TBFAKE_CUPTI_FAIL_SUBSCRIBE=N cuptiSubscribe returns CUptiResult N
+ *   TBFAKE_CUPTI_FAIL_ENABLE=N    cuptiActivityEnable(CONCURRENT_KERNEL) returns N
+ *   TBFAKE_CUPTI_DROPPED=N        CUPTI reports N extra dropped records
+ *   TBFAKE_CUPTI_REPEAT=N         replay the script N times (times shifted, corr ids offset)
+ *   TBFAKE_CUPTI_PER_BUFFER=N     at most N records per buffer
+ *   TBFAKE_CUPTI_SLOW_MS=N        sleep N ms before handing each buffer back
+ *   TBFAKE_CUPTI_SKEW_NS=N        the default clock is CLOCK_REALTIME + N
+ *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
+ * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type
+ * or callback names: an older CUPTI); -DFAKE_BROKEN (no cuptiActivityFlushAll).
+ */
+#include <cupti.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define API __attribute__((visibility("default")))
+#define MAXKINDS 64
+
+typedef struct rec {
+    uint32_t size;
+    uint32_t kind;
+    union {
+        CUpti_Activity a;
+        CUpti_ActivityKernel10 k;
+        CUpti_ActivityMemcpy6 m;
+        CUpti_ActivityMemcpyPtoP4 p;
+        CUpti_ActivityMemset4 ms;
+        CUpti_ActivityAPI api;
+        CUpti_ActivitySynchronization2 sy;
+        CUpti_ActivityMarker2 mk;
+        CUpti_ActivityOverhead3 ov;
+        CUpti_ActivityMemory4 mem;
+        CUpti_ActivityDevice5 dev;
+        CUpti_ActivityContext3 ctx;
+    } u;
+} rec;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int subscribed;
+static int enabled[MAXKINDS], seen[MAXKINDS];
+static CUpti_BuffersCallbackRequestFunc req_cb;
+static CUpti_BuffersCallbackCompleteFunc done_cb;
+#ifndef FAKE_OLD
+static CUpti_TimestampCallbackFunc ts_cb;
+static CUpti_ActivityThreadIdType tid_type;
+#endif
+static rec *recs;
+static size_t nrecs;
+static size_t dropped_pending;
+static unsigned long long n_flush, n_delivered, n_dropped_total;
+static char *names[4096]; /* strings the records point at; live until unload */
+static size_t nnames;
+static struct {
+    int dom;
+    uint32_t cbid;
+    const char *name;
+} cbnames[256];
+static int ncbnames;
+
+static void report(const char *fmt, ...)
+{
+    const char *p = getenv("TBFAKE_CUPTI_REPORT");
+    if (!p || !*p)
+        return;
+    FILE *f = fopen(p, "a");
+    if (!f)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(f, fmt, ap);
+    va_end(ap);
+    fputc('\n', f);
+    fclose(f);
+}
+
+static long envl(const char *n, long def)
+{
+    const char *v = getenv(n);
+    return v && *v ? strtol(v, NULL, 0) : def;
+}
+
+static uint64_t fake_clock(void)
+{
+#ifndef FAKE_OLD
+    if (ts_cb)
+        return ts_cb();
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (uint64_t)envl("TBFAKE_CUPTI_SKEW_NS", 0);
+}
+
+static const char *keep(const char *s)
+{
+    for (size_t i = 0; i < nnames; i++)
+        if (strcmp(names[i], s) == 0)
+            return names[i];
+    if (nnames == sizeof(names) / sizeof(names[0]))
+        return "overflow";
+    names[nnames] = strdup(s);
+    return names[nnames] ? names[nnames++] : "oom";
+}
+
+/* key=value lookup in a tokenized line */
+static const char *kv(char **tok, int ntok, const char *key)
+{
+    size_t kl = strlen(key);
+    for (int i = 1; i < ntok; i++)
+        if (strncmp(tok[i], key, kl) == 0 && tok[i][kl] == '=')
+            return tok[i] + kl + 1;
+    return NULL;
+}
+static long long kvl(char **tok, int ntok, const char *key, long long def)
+{
+    const char *v = kv(tok, ntok, key);
+    if (!v)
+        return def;
+    if (strcmp(v, "main") == 0)
+        return getpid();
+    return strtoll(v, NULL, 0);
+}
+static uint64_t kvt(char **tok, int ntok, const char *key, uint64_t base)
+{
+    const char *v = kv(tok, ntok, key);
+    return v ? base + (uint64_t)(strtod(v, NULL) * 1000.0) : base;
+}
+static void kv3(char **tok, int ntok, const char *key, int32_t *x, int32_t *y, int32_t *z)
+{
+    const char *v = kv(tok, ntok, key);
+    *x = *y = *z = 1;
+    if (v)
+        sscanf(v, "%d,%d,%d", x, y, z);
+}
+static int memkind(const char *v)
+{
+    if (!v)
+        return CUPTI_ACTIVITY_MEMORY_KIND_UNKNOWN;
+    if (!strcmp(v, "pageable"))
+        return CUPTI_ACTIVITY_MEMORY_KIND_PAGEABLE;
+    if (!strcmp(v, "pinned"))
+        return CUPTI_ACTIVITY_MEMORY_KIND_PINNED;
+    if (!strcmp(v, "device"))
+        return CUPTI_ACTIVITY_MEMORY_KIND_DEVICE;
+    if (!strcmp(v, "array"))
+        return CUPTI_ACTIVITY_MEMORY_KIND_ARRAY;
+    if (!strcmp(v, "managed"))
+        return CUPTI_ACTIVITY_MEMORY_KIND_MANAGED;
+    return CUPTI_ACTIVITY_MEMORY_KIND_UNKNOWN;
+}
+
+static rec *push(CUpti_ActivityKind kind, size_t size)
+{
+    rec *n = realloc(recs, (nrecs + 1) * sizeof(*recs));
+    if (!n)
+        return NULL;
+    recs = n;
+    rec *r = &recs[nrecs++];
+    memset(r, 0, sizeof(*r));
+    r->size = (uint32_t)((size + 7) & ~(size_t)7);
+    r->kind = kind;
+    r->u.a.kind = kind;
+    return r;
+}
+
+static void parse_line(char *line, uint64_t base, uint32_t corr_off)
+{
+    char *tok[64];
+    int ntok = 0;
+    for (char *s = strtok(line, " \t\r\n"); s && ntok < 64; s = strtok(NULL, " \t\r\n"))
+        tok[ntok++] = s;
+    if (!ntok || tok[0][0] == '#')
+        return;
+    const char *k = tok[0];
+    uint64_t st = kvt(tok, ntok, "start", base), en = kv(tok, ntok, "end") ? kvt(tok, ntok, "end", base) : st;
+    uint32_t dev = (uint32_t)kvl(tok, ntok, "dev", 0), ctx = (uint32_t)kvl(tok, ntok, "ctx", 1),
+             stream = (uint32_t)kvl(tok, ntok, "stream", 7),
+             corr = (uint32_t)kvl(tok, ntok, "corr", 0) + corr_off;
+    const char *name = kv(tok, ntok, "name");
+    rec *r;
+    if (!strcmp(k, "kernel")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, sizeof(CUpti_ActivityKernel10))))
+            return;
+        CUpti_ActivityKernel10 *x = &r->u.k;
+        x->start = st, x->end = en, x->deviceId = dev, x->contextId = ctx, x->streamId = stream;
+        x->correlationId = corr;
+        kv3(tok, ntok, "grid", &x->gridX, &x->gridY, &x->gridZ);
+        kv3(tok, ntok, "block", &x->blockX, &x->blockY, &x->blockZ);
+        x->registersPerThread = (uint16_t)kvl(tok, ntok, "regs", 0);
+        x->staticSharedMemory = (int32_t)kvl(tok, ntok, "ssmem", 0);
+        x->dynamicSharedMemory = (int32_t)kvl(tok, ntok, "dsmem", 0);
+        x->graphId = (uint32_t)kvl(tok, ntok, "graph", 0);
+        x->name = keep(name ? name : "kernel");
+    } else if (!strcmp(k, "memcpy")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_MEMCPY, sizeof(CUpti_ActivityMemcpy6))))
+            return;
+        CUpti_ActivityMemcpy6 *x = &r->u.m;
+        const char *ck = kv(tok, ntok, "kind");
+        x->copyKind = !ck || !strcmp(ck, "htod") ? CUPTI_ACTIVITY_MEMCPY_KIND_HTOD
+                      : !strcmp(ck, "dtoh") ? CUPTI_ACTIVITY_MEMCPY_KIND_DTOH
+                      : !strcmp(ck, "dtod") ? CUPTI_ACTIVITY_MEMCPY_KIND_DTOD
+                      : !strcmp(ck, "ptop") ? CUPTI_ACTIVITY_MEMCPY_KIND_PTOP
+                                            : CUPTI_ACTIVITY_MEMCPY_KIND_HTOH;
+        x->srcKind = (uint8_t)memkind(kv(tok, ntok, "src"));
+        x->dstKind = (uint8_t)memkind(kv(tok, ntok, "dst"));
+        x->flags = kvl(tok, ntok, "async", 0) ? CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC : 0;
+        x->bytes = (uint64_t)kvl(tok, ntok, "bytes", 0);
+        x->start = st, x->end = en, x->deviceId = dev, x->contextId = ctx, x->streamId = stream;
+        x->correlationId = corr;
+        x->graphId = (uint32_t)kvl(tok, ntok, "graph", 0);
+    } else if (!strcmp(k, "p2p")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_MEMCPY2, sizeof(CUpti_ActivityMemcpyPtoP4))))
+            return;
+        CUpti_ActivityMemcpyPtoP4 *x = &r->u.p;
+        x->copyKind = CUPTI_ACTIVITY_MEMCPY_KIND_PTOP;
+        x->srcKind = (uint8_t)memkind(kv(tok, ntok, "src"));
+        x->dstKind = (uint8_t)memkind(kv(tok, ntok, "dst"));
+        x->flags = kvl(tok, ntok, "async", 0) ? CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC : 0;
+        x->bytes = (uint64_t)kvl(tok, ntok, "bytes", 0);
+        x->start = st, x->end = en, x->contextId = ctx, x->streamId = stream, x->correlationId = corr;
+        x->srcDeviceId = (uint32_t)kvl(tok, ntok, "srcdev", 0);
+        x->dstDeviceId = (uint32_t)kvl(tok, ntok, "dstdev", 1);
+        x->deviceId = x->srcDeviceId;
+    } else if (!strcmp(k, "memset")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_MEMSET, sizeof(CUpti_ActivityMemset4))))
+            return;
+        CUpti_ActivityMemset4 *x = &r->u.ms;
+        x->value = (uint32_t)kvl(tok, ntok, "value", 0);
+        x->bytes = (uint64_t)kvl(tok, ntok, "bytes", 0);
+        x->memoryKind = (uint16_t)memkind(kv(tok, ntok, "mem"));
+        x->flags = kvl(tok, ntok, "async", 0) ? CUPTI_ACTIVITY_FLAG_MEMSET_ASYNC : 0;
+        x->start = st, x->end = en, x->deviceId = dev, x->contextId = ctx, x->streamId = stream;
+        x->correlationId = corr;
+    } else if (!strcmp(k, "runtime") || !strcmp(k, "driver")) {
+        int drv = !strcmp(k, "driver");
+        if (!(r = push(drv ? CUPTI_ACTIVITY_KIND_DRIVER : CUPTI_ACTIVITY_KIND_RUNTIME, sizeof(CUpti_ActivityAPI))))
+            return;
+        CUpti_ActivityAPI *x = &r->u.api;
+        x->cbid = (CUpti_CallbackId)kvl(tok, ntok, "cbid", 0);
+        x->start = st, x->end = en, x->correlationId = corr;
+        x->processId = (uint32_t)getpid();
+        x->threadId = (uint32_t)kvl(tok, ntok, "tid", getpid());
+        if (name && ncbnames < 256) {
+            cbnames[ncbnames].dom = drv ? CUPTI_CB_DOMAIN_DRIVER_API : CUPTI_CB_DOMAIN_RUNTIME_API;
+            cbnames[ncbnames].cbid = x->cbid;
+            cbnames[ncbnames++].name = keep(name);
+        }
+    } else if (!strcmp(k, "sync")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_SYNCHRONIZATION, sizeof(CUpti_ActivitySynchronization2))))
+            return;
+        CUpti_ActivitySynchronization2 *x = &r->u.sy;
+        const char *ty = kv(tok, ntok, "type");
+        x->type = !ty || !strcmp(ty, "stream") ? CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_STREAM_SYNCHRONIZE
+                  : !strcmp(ty, "event")       ? CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_EVENT_SYNCHRONIZE
+                  : !strcmp(ty, "wait")        ? CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_STREAM_WAIT_EVENT
+                                               : CUPTI_ACTIVITY_SYNCHRONIZATION_TYPE_CONTEXT_SYNCHRONIZE;
+        x->start = st, x->end = en, x->contextId = ctx, x->streamId = stream, x->correlationId = corr;
+    } else if (!strcmp(k, "marker")) {
+        uint32_t tid = (uint32_t)kvl(tok, ntok, "tid", getpid()), id = (uint32_t)kvl(tok, ntok, "id", 1) + corr_off;
+        for (int e = 0; e < 2; e++) {
+            if (!(r = push(CUPTI_ACTIVITY_KIND_MARKER, sizeof(CUpti_ActivityMarker2))))
+                return;
+            CUpti_ActivityMarker2 *x = &r->u.mk;
+            x->flags = e ? CUPTI_ACTIVITY_FLAG_MARKER_END : CUPTI_ACTIVITY_FLAG_MARKER_START;
+            x->timestamp = e ? en : st;
+            x->id = id;
+            x->objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
+            x->objectId.pt.processId = (uint32_t)getpid();
+            x->objectId.pt.threadId = tid;
+            x->name = e ? NULL : keep(name ? name : "range");
+            x->domain = NULL;
+        }
+    } else if (!strcmp(k, "overhead")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_OVERHEAD, sizeof(CUpti_ActivityOverhead3))))
+            return;
+        CUpti_ActivityOverhead3 *x = &r->u.ov;
+        const char *ok = kv(tok, ntok, "ovkind");
+        x->overheadKind = !ok || !strcmp(ok, "flush") ? CUPTI_ACTIVITY_OVERHEAD_CUPTI_BUFFER_FLUSH
+                          : !strcmp(ok, "compiler")    ? CUPTI_ACTIVITY_OVERHEAD_DRIVER_COMPILER
+                          : !strcmp(ok, "instr")       ? CUPTI_ACTIVITY_OVERHEAD_CUPTI_INSTRUMENTATION
+                                                       : CUPTI_ACTIVITY_OVERHEAD_CUPTI_RESOURCE;
+        const char *ob = kv(tok, ntok, "obj");
+        if (ob && !strcmp(ob, "device")) {
+            x->objectKind = CUPTI_ACTIVITY_OBJECT_DEVICE;
+            x->objectId.dcs.deviceId = dev;
+        } else {
+            x->objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
+            x->objectId.pt.threadId = (uint32_t)kvl(tok, ntok, "tid", getpid());
+        }
+        x->start = st, x->end = en;
+    } else if (!strcmp(k, "malloc") || !strcmp(k, "free")) {
+        if (!(r = push(CUPTI_ACTIVITY_KIND_MEMORY2, sizeof(CUpti_ActivityMemory4))))
+            return;
+        CUpti_ActivityMemory4 *x = &r->u.mem;
+        x->memoryOperationType = !strcmp(k, "malloc") ? CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION
+                                                      : CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE;
+        x->memoryKind = (CUpti_ActivityMemoryKind)memkind(kv(tok, ntok, "mem"));
+        x->address = (uint64_t)kvl(tok, ntok, "addr", 0);
+        x->bytes = (uint64_t)kvl(tok, ntok, "bytes", 0);
+        x->timestamp = st, x->deviceId = dev, x->contextId = ctx, x->streamId = stream, x->correlationId = corr;
+    } else if (!strcmp(k, "device")) {
+        if (corr_off) /* once per replay set */
+            return;
+        if (!(r = push(CUPTI_ACTIVITY_KIND_DEVICE, sizeof(CUpti_ActivityDevice5))))
+            return;
+        CUpti_ActivityDevice5 *x = &r->u.dev;
+        x->id = (uint32_t)kvl(tok, ntok, "id", 0);
+        x->name = keep(name ? name : "Fake GPU");
+        x->numMultiprocessors = (uint32_t)kvl(tok, ntok, "sms", 0);
+        const char *cc = kv(tok, ntok, "cc");
+        if (cc)
+            sscanf(cc, "%u.%u", &x->computeCapabilityMajor, &x->computeCapabilityMinor);
+        x->coreClockRate = (uint32_t)kvl(tok, ntok, "clock", 0);
+        x->globalMemoryBandwidth = (uint64_t)kvl(tok, ntok, "membw", 0);
+        x->globalMemorySize = (uint64_t)kvl(tok, ntok, "memsize", 0);
+        x->numThreadsPerWarp = (uint32_t)kvl(tok, ntok, "warp", 32);
+        x->maxWarpsPerMultiprocessor = (uint32_t)kvl(tok, ntok, "maxwarps", 64);
+        x->maxBlocksPerMultiprocessor = (uint32_t)kvl(tok, ntok, "maxblocks", 32);
+        x->maxRegistersPerMultiprocessor = (uint32_t)kvl(tok, ntok, "regs", 65536);
+        x->maxSharedMemoryPerMultiprocessor = (uint32_t)kvl(tok, ntok, "smem", 233472);
+    } else if (!strcmp(k, "context")) {
+        if (corr_off)
+            return;
+        if (!(r = push(CUPTI_ACTIVITY_KIND_CONTEXT, sizeof(CUpti_ActivityContext3))))
+            return;
+        r->u.ctx.contextId = ctx;
+        r->u.ctx.deviceId = dev;
+    }
+}
+
+static uint64_t rec_end(const rec *r)
+{
+    switch (r->kind) {
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
+        return r->u.k.end;
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
+        return r->u.m.end;
+    case CUPTI_ACTIVITY_KIND_MEMCPY2:
+        return r->u.p.end;
+    case CUPTI_ACTIVITY_KIND_MEMSET:
+        return r->u.ms.end;
+    case CUPTI_ACTIVITY_KIND_RUNTIME:
+    case CUPTI_ACTIVITY_KIND_DRIVER:
+        return r->u.api.end;
+    case CUPTI_ACTIVITY_KIND_SYNCHRONIZATION:
+        return r->u.sy.end;
+    case CUPTI_ACTIVITY_KIND_MARKER:
+        return r->u.mk.timestamp;
+    case CUPTI_ACTIVITY_KIND_OVERHEAD:
+        return r->u.ov.end;
+    case CUPTI_ACTIVITY_KIND_MEMORY2:
+        return r->u.mem.timestamp;
+    default:
+        return 0;
+    }
+}
+
+static void arm_script(void)
+{
+    nrecs = 0;
+    memset(seen, 0, sizeof(seen));
+    const char *path = getenv("TBFAKE_CUPTI_SCRIPT");
+    if (!path || !*path)
+        return;
+    uint64_t base = fake_clock();
+    long repeat = envl("TBFAKE_CUPTI_REPEAT", 1);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[1024];
+    uint64_t span = 0;
+    for (long rep = 0; rep < repeat; rep++) {
+        rewind(f);
+        while (fgets(line, sizeof(line), f))
+            parse_line(line, base + (uint64_t)rep * span, (uint32_t)(rep * 100000));
+        if (rep == 0) { /* later copies start after the first one ends */
+            for (size_t i = 0; i < nrecs; i++)
+                if (recs[i].kind != CUPTI_ACTIVITY_KIND_DEVICE && recs[i].kind != CUPTI_ACTIVITY_KIND_CONTEXT) {
+                    uint64_t e = rec_end(&recs[i]);
+                    if (e > base && e - base > span)
+                        span = e - base;
+                }
+            span += 1000;
+        }
+    }
+    fclose(f);
+}
+
+/* ---- the CUPTI API --------------------------------------------------------- */
+
+API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud)
+{
+    (void)cb;
+    (void)ud;
+    long fail = envl("TBFAKE_CUPTI_FAIL_SUBSCRIBE", 0);
+    pthread_mutex_lock(&mu);
+    CUptiResult r = CUPTI_SUCCESS;
+    if (envl("TBFAKE_CUPTI_SUBSCRIBER", 0) || subscribed)
+        r = CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
+    else if (fail)
+        r = (CUptiResult)fail;
+    else {
+        subscribed = 1;
+        *s = (CUpti_SubscriberHandle)(uintptr_t)0x5u;
+    }
+    pthread_mutex_unlock(&mu);
+    report("subscribe %d", (int)r);
+    return r;
+}
+
+API CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle s)
+{
+    (void)s;
+    pthread_mutex_lock(&mu);
+    int was = subscribed;
+    subscribed = 0;
+    pthread_mutex_unlock(&mu);
+    report("unsubscribe %d", was);
+    return was ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
+}
+
+API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k)
+{
+    if ((unsigned)k >= MAXKINDS)
+        return CUPTI_ERROR_INVALID_KIND;
+    long fail = envl("TBFAKE_CUPTI_FAIL_ENABLE", 0);
+    if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && fail) {
+        report("enable %d %ld", (int)k, fail);
+        return (CUptiResult)fail;
+    }
+    pthread_mutex_lock(&mu);
+    if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)
+        arm_script();
+    enabled[k] = 1;
+    seen[k] = 1;
+    pthread_mutex_unlock(&mu);
+    report("enable %d 0", (int)k);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiActivityDisable(CUpti_ActivityKind k)
+{
+    if ((unsigned)k >= MAXKINDS)
+        return CUPTI_ERROR_INVALID_KIND;
+    pthread_mutex_lock(&mu);
+    enabled[k] = 0;
+    pthread_mutex_unlock(&mu);
+    report("disable %d", (int)k);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiActivityRegisterCallbacks(CUpti_BuffersCallbackRequestFunc rq,
+                                               CUpti_BuffersCallbackCompleteFunc dn)
+{
+    if (!rq || !dn)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    pthread_mutex_lock(&mu);
+    req_cb = rq;
+    done_cb = dn;
+    pthread_mutex_unlock(&mu);
+    report("callbacks");
+    return CUPTI_SUCCESS;
+}
+
+#ifndef FAKE_BROKEN
+API CUptiResult cuptiActivityFlushAll(uint32_t flag)
+{
+    pthread_mutex_lock(&mu);
+    long per = envl("TBFAKE_CUPTI_PER_BUFFER", 0), slow = envl("TBFAKE_CUPTI_SLOW_MS", 0);
+    size_t i = 0, delivered = 0, dropped = 0;
+    while (i < nrecs && req_cb && done_cb) {
+        uint8_t *buf = NULL;
+        size_t size = 0, maxr = 0;
+        req_cb(&buf, &size, &maxr);
+        if (!buf || size < 8 + recs[i].size) { /* no buffer: CUPTI drops what it cannot store */
+            for (; i < nrecs; i++)
+                dropped += seen[recs[i].kind] != 0;
+            break;
+        }
+        size_t used = 0, n = 0;
+        for (; i < nrecs; i++) {
+            if (!seen[recs[i].kind])
+                continue;
+            if (used + 8 + recs[i].size > size || (per && (long)n >= per))
+                break;
+            memcpy(buf + used, &recs[i].size, 4);
+            memcpy(buf + used + 4, &recs[i].kind, 4);
+            memcpy(buf + used + 8, &recs[i].u, recs[i].size);
+            used += 8 + recs[i].size;
+            n++;
+        }
+        if (slow)
+            usleep((useconds_t)slow * 1000);
+        done_cb(NULL, 0, buf, size, used);
+        delivered += n;
+    }
+    nrecs = 0;
+    dropped_pending += dropped;
+    n_flush++;
+    n_delivered += delivered;
+    n_dropped_total += dropped;
+    pthread_mutex_unlock(&mu);
+    report("flush %u delivered=%zu dropped=%zu", flag, delivered, dropped);
+    return CUPTI_SUCCESS;
+}
+#endif
+
+API CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t valid, CUpti_Activity **record)
+{
+    uint8_t *pos;
+    if (!*record) {
+        pos = buffer;
+    } else {
+        uint32_t sz;
+        memcpy(&sz, (uint8_t *)*record - 8, 4);
+        pos = (uint8_t *)*record + sz;
+    }
+    if (pos + 8 > buffer + valid) {
+        *record = NULL;
+        return CUPTI_ERROR_MAX_LIMIT_REACHED;
+    }
+    *record = (CUpti_Activity *)(pos + 8);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiActivityGetNumDroppedRecords(CUcontext ctx, uint32_t stream, size_t *dropped)
+{
+    (void)ctx;
+    (void)stream;
+    if (!dropped)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    pthread_mutex_lock(&mu);
+    *dropped = dropped_pending + (size_t)envl("TBFAKE_CUPTI_DROPPED", 0);
+    dropped_pending = 0;
+    pthread_mutex_unlock(&mu);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiGetTimestamp(uint64_t *ts)
+{
+    *ts = fake_clock();
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiGetResultString(CUptiResult r, const char **s)
+{
+    switch (r) {
+    case CUPTI_SUCCESS:
+        *s = "CUPTI_SUCCESS";
+        break;
+    case CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED:
+        *s = "CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED";
+        break;
+    case CUPTI_ERROR_NOT_COMPATIBLE:
+        *s = "CUPTI_ERROR_NOT_COMPATIBLE";
+        break;
+    case CUPTI_ERROR_CUDA_COMPILER_NOT_COMPATIBLE:
+        *s = "CUPTI_ERROR_CUDA_COMPILER_NOT_COMPATIBLE";
+        break;
+    case CUPTI_ERROR_INSUFFICIENT_PRIVILEGES:
+        *s = "CUPTI_ERROR_INSUFFICIENT_PRIVILEGES";
+        break;
+    default:
+        *s = "CUPTI_ERROR_UNKNOWN";
+        break;
+    }
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiGetVersion(uint32_t *v)
+{
+    *v = CUPTI_API_VERSION;
+    return CUPTI_SUCCESS;
+}
+
+#ifndef FAKE_OLD
+API CUptiResult cuptiActivityRegisterTimestampCallback(CUpti_TimestampCallbackFunc f)
+{
+    if (!f)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    ts_cb = f;
+    report("tscallback");
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiSetThreadIdType(CUpti_ActivityThreadIdType t)
+{
+    tid_type = t;
+    report("tidtype %d", (int)t);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiGetThreadIdType(CUpti_ActivityThreadIdType *t)
+{
+    *t = tid_type;
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiGetCallbackName(CUpti_CallbackDomain dom, uint32_t cbid, const char **name)
+{
+    for (int i = 0; i < ncbnames; i++)
+        if (cbnames[i].dom == (int)dom && cbnames[i].cbid == cbid) {
+            *name = cbnames[i].name;
+            return CUPTI_SUCCESS;
+        }
+    return CUPTI_ERROR_INVALID_PARAMETER;
+}
+#endif
+
+/* ---- test hooks ------------------------------------------------------------------- */
+
+/* State as a test checks it: subscribed, number of kinds enabled now,
+ * flushes, records delivered and dropped over the library's life. */
+API void tbfake_cupti_state(int *is_subscribed, int *nenabled, unsigned long long *flushes,
+                            unsigned long long *delivered, unsigned long long *dropped)
+{
+    pthread_mutex_lock(&mu);
+    int n = 0;
+    for (int i = 0; i < MAXKINDS; i++)
+        n += enabled[i];
+    *is_subscribed = subscribed;
+    *nenabled = n;
+    *flushes = n_flush;
+    *delivered = n_delivered;
+    *dropped = n_dropped_total;
+    pthread_mutex_unlock(&mu);
+}
+
+/* The thread-id type currently set (-1 in the FAKE_OLD build). */
+API int tbfake_cupti_tid_type(void)
+{
+#ifndef FAKE_OLD
+    return (int)tid_type;
+#else
+    return -1;
+#endif
+}

@@ -1,0 +1,402 @@
+/* test_cupti_gpu.c - the CUPTI source against the fake libcupti: lifecycle
+ * (subscribe/enable only while capturing, everything released after),
+ * translation of every record kind (names, stats strings, lines, times),
+ * host/device correlation, drops and pool exhaustion, failure reasons. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "cupti_lib.h"
+#include "gpu.h"
+#include "host.h"
+#include "stats.h"
+#include "tap.h"
+#include "trace.h"
+
+static char fake_full[600], fake_old[600], fake_broken[600], script[256];
+
+static const char *SCRIPT =
+    "# device 0 facts, then one step of work\n"
+    "device id=0 name=FakeGPU-H100 sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=85899345920 "
+    "warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=233472\n"
+    "context ctx=1 dev=0\n"
+    "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=5 start=1 end=4\n"
+    "kernel name=_Z6vecAddPfS_S_i start=10 end=30 dev=0 ctx=1 stream=7 corr=5 grid=128,1,1 block=256,1,1 "
+    "regs=32 ssmem=0 dsmem=0\n"
+    "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=6 start=5 end=8\n"
+    "kernel name=gemm_kernel start=31 end=81 dev=0 ctx=1 stream=7 corr=6 grid=64,2,1 block=128,2,1 "
+    "regs=64 ssmem=1024 dsmem=2048 graph=3\n"
+    "runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=7 start=9 end=12\n"
+    "memcpy kind=htod src=pageable dst=device bytes=4096 async=1 start=82 end=90 dev=0 ctx=1 stream=7 corr=7\n"
+    "memcpy kind=dtoh src=device dst=pinned bytes=65536 async=0 start=91 end=99 dev=0 ctx=1 stream=9 corr=8\n"
+    "p2p srcdev=0 dstdev=1 src=device dst=device bytes=8192 async=1 start=100 end=104 ctx=1 stream=9 corr=9\n"
+    "memset bytes=1024 value=0 mem=device async=0 start=105 end=106 dev=0 ctx=1 stream=9 corr=10\n"
+    "driver name=cuMemAlloc_v2 cbid=70 tid=main corr=11 start=13 end=15\n"
+    "malloc addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=11 start=14\n"
+    "free addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=12 start=120\n"
+    "sync type=stream ctx=1 stream=7 corr=13 start=20 end=110\n"
+    "marker id=1 name=train_step tid=main start=0 end=115\n"
+    "overhead ovkind=flush obj=device dev=0 start=111 end=113\n";
+
+static void write_script(void)
+{
+    snprintf(script, sizeof(script), "/tmp/tbprof_test_cupti_%d.txt", (int)getpid());
+    FILE *f = fopen(script, "w");
+    fputs(SCRIPT, f);
+    fclose(f);
+    setenv("TBFAKE_CUPTI_SCRIPT", script, 1);
+}
+
+typedef void (*state_fn)(int *, int *, unsigned long long *, unsigned long long *, unsigned long long *);
+static void fake_state(const char *path, int *sub, int *nen, unsigned long long *fl, unsigned long long *dl,
+                       unsigned long long *dr)
+{
+    *sub = *nen = -1;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return;
+    state_fn f = (state_fn)(uintptr_t)dlsym(h, "tbfake_cupti_state");
+    if (f)
+        f(sub, nen, fl, dl, dr);
+    dlclose(h);
+}
+static int fake_tid_type(const char *path)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return -2;
+    int (*f)(void) = (int (*)(void))(uintptr_t)dlsym(h, "tbfake_cupti_tid_type");
+    int r = f ? f() : -3;
+    dlclose(h);
+    return r;
+}
+
+/* ---- space helpers ---- */
+static tb_line *line_named(tb_plane *p, const char *name)
+{
+    for (size_t i = 0; p && i < p->nlines; i++)
+        if (strcmp(p->lines[i]->name, name) == 0)
+            return p->lines[i];
+    return NULL;
+}
+static const tb_event *event_named(tb_plane *p, tb_line *l, const char *name, int nth)
+{
+    for (size_t i = 0; l && i < l->nevents; i++)
+        if (strcmp(tb_plane_event_name(p, l->events[i].meta), name) == 0 && nth-- == 0)
+            return &l->events[i];
+    return NULL;
+}
+static int count_named(tb_plane *p, tb_line *l, const char *name)
+{
+    int n = 0;
+    for (size_t i = 0; l && i < l->nevents; i++)
+        n += strcmp(tb_plane_event_name(p, l->events[i].meta), name) == 0;
+    return n;
+}
+static const char *str_stat(tb_plane *p, tb_line *l, const tb_event *e, const char *name)
+{
+    const tb_stat *s = e ? tb_event_find_stat(p, l, e, name) : NULL;
+    return s && s->type == TB_STAT_REF ? tb_plane_stat_name(p, s->v.ref) : "(none)";
+}
+static long long int_stat(tb_plane *p, tb_line *l, const tb_event *e, const char *name)
+{
+    const tb_stat *s = e ? tb_event_find_stat(p, l, e, name) : NULL;
+    if (!s)
+        return -1;
+    return s->type == TB_STAT_UINT64 ? (long long)s->v.u : (long long)s->v.i;
+}
+static long long plane_int(tb_plane *p, const char *name)
+{
+    for (size_t i = 0; p && i < p->nstats; i++)
+        if (strcmp(tb_plane_stat_name(p, p->stats[i].meta), name) == 0)
+            return p->stats[i].type == TB_STAT_UINT64 ? (long long)p->stats[i].v.u : (long long)p->stats[i].v.i;
+    return -1;
+}
+static const char *plane_str(tb_plane *p, const char *name)
+{
+    for (size_t i = 0; p && i < p->nstats; i++)
+        if (strcmp(tb_plane_stat_name(p, p->stats[i].meta), name) == 0 && p->stats[i].type == TB_STAT_REF)
+            return tb_plane_stat_name(p, p->stats[i].v.ref);
+    return "(none)";
+}
+static int has_warning(tb_space *s, const char *needle)
+{
+    for (size_t i = 0; i < s->nwarnings; i++)
+        if (strstr(s->warnings[i], needle))
+            return 1;
+    return 0;
+}
+
+static tb_space *capture(tb_source *src, size_t bytes, int *rc, const char **why, int64_t *t0)
+{
+    tb_capture_info info = {.begin_ns = tb_real_ns(), .buffer_bytes = bytes};
+    *why = NULL;
+    *t0 = tb_real_ns();
+    *rc = src->start(src->ctx, &info, why);
+    if (*rc < 0)
+        return NULL;
+    src->stop(src->ctx);
+    tb_space *s = tb_space_new();
+    src->collect(src->ctx, s);
+    return s;
+}
+
+static void check_full_translation(tb_space *s, int64_t t0)
+{
+    tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
+    tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+    CHECK(d != NULL);
+    CHECK(h != NULL);
+    if (!d || !h)
+        return;
+    /* lines named like the reference tracer */
+    tb_line *s7 = line_named(d, "Stream #7(Compute,MemcpyH2D)");
+    tb_line *s9 = line_named(d, "Stream #9(MemcpyD2H,MemcpyP2P,Memset)");
+    CHECKF(s7 != NULL, "Stream #7 line missing");
+    CHECKF(s9 != NULL, "Stream #9 line missing");
+    /* kernels: demangled name (when the C++ runtime is around) or mangled */
+    const tb_event *k1 = event_named(d, s7, "vecAdd(float*, float*, float*, int)", 0);
+    if (!k1)
+        k1 = event_named(d, s7, "_Z6vecAddPfS_S_i", 0);
+    const tb_event *k2 = event_named(d, s7, "gemm_kernel", 0);
+    CHECK(k1 != NULL);
+    CHECK(k2 != NULL);
+    if (k1 && k2) {
+        CHECK_EQ_I(k1->dur_ns, 20000);
+        CHECK_EQ_I(k2->dur_ns, 50000);
+        CHECK_EQ_I(k2->start_ns - k1->start_ns, 21000); /* exact offsets survive */
+        CHECKF(llabs(k1->start_ns - (t0 + 10000)) < 2000000000LL, "kernel at %lld, capture at %lld",
+               (long long)k1->start_ns, (long long)t0);
+        CHECK_STR(str_stat(d, s7, k1, TB_ST_KERNEL_DETAILS),
+                  "regs:32 static_shared:0 dynamic_shared:0 grid:128,1,1 block:256,1,1 occ_pct:100");
+        /* 64 regs x 256 threads: 16K regs per block, 4 blocks of 8 warps -> 50% */
+        CHECK_STR(str_stat(d, s7, k2, TB_ST_KERNEL_DETAILS),
+                  "regs:64 static_shared:1024 dynamic_shared:2048 grid:64,2,1 block:128,2,1 occ_pct:50");
+        CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_CORRELATION_ID), 5);
+        CHECK_EQ_I(int_stat(d, s7, k2, TB_ST_CORRELATION_ID), 6);
+        CHECK_STR(str_stat(d, s7, k1, TB_ST_CONTEXT_ID), "$$1");
+        CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_STREAM_ID), 7);
+        CHECK_EQ_I(int_stat(d, s7, k2, TB_ST_CUDA_GRAPH_ID), 3);
+        CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_CUDA_GRAPH_ID), -1);
+        CHECK_EQ_I(d->event_meta[k1->meta].category, TB_CAT_KERNEL);
+    }
+    const tb_event *h2d = event_named(d, s7, "MemcpyH2D", 0);
+    CHECK(h2d != NULL);
+    CHECK_STR(str_stat(d, s7, h2d, TB_ST_MEMCPY_DETAILS),
+              "kind_src:pageable kind_dst:device size:4096 dest:0 async:1");
+    if (h2d)
+        CHECK_EQ_I(d->event_meta[h2d->meta].category, TB_CAT_MEMCPY);
+    const tb_event *d2h = event_named(d, s9, "MemcpyD2H", 0);
+    CHECK_STR(str_stat(d, s9, d2h, TB_ST_MEMCPY_DETAILS),
+              "kind_src:device kind_dst:pinned size:65536 dest:0 async:0");
+    const tb_event *p2p = event_named(d, s9, "MemcpyP2P", 0);
+    CHECK_STR(str_stat(d, s9, p2p, TB_ST_MEMCPY_DETAILS),
+              "kind_src:device kind_dst:device size:8192 dest:1 async:1");
+    const tb_event *ms = event_named(d, s9, "Memset", 0);
+    CHECK_STR(str_stat(d, s9, ms, TB_ST_MEMSET_DETAILS), "kind:device num_bytes:1024 async:0");
+    if (ms)
+        CHECK_EQ_I(d->event_meta[ms->meta].category, TB_CAT_MEMSET);
+    /* memory, sync, overhead lines */
+    tb_line *mem = line_named(d, "Memory");
+    const tb_event *ma = event_named(d, mem, "MemoryAlloc", 0), *mf = event_named(d, mem, "MemoryFree", 0);
+    CHECK_STR(str_stat(d, mem, ma, TB_ST_MEMALLOC_DETAILS), "kind:device num_bytes:1048576");
+    CHECK_STR(str_stat(d, mem, mf, TB_ST_MEMFREE_DETAILS), "kind:device num_bytes:1048576");
+    tb_line *sy = line_named(d, "CUDA sync");
+    const tb_event *se = event_named(d, sy, "Stream Sync", 0);
+    CHECK(se != NULL);
+    if (se) {
+        CHECK_EQ_I(se->dur_ns, 90000);
+        CHECK_EQ_I(int_stat(d, sy, se, TB_ST_CORRELATION_ID), 13);
+        CHECK_EQ_I(d->event_meta[se->meta].category, TB_CAT_CUDA_SYNC);
+    }
+    tb_line *ov = line_named(d, "CUPTI overhead");
+    CHECK(event_named(d, ov, "BUFFER_FLUSH", 0) != NULL);
+    /* device facts */
+    CHECK_STR(plane_str(d, TB_ST_DEV_VENDOR), "Nvidia");
+    CHECK_STR(plane_str(d, TB_ST_DEV_NAME), "FakeGPU-H100");
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_CLOCK_RATE), 1980000);
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_CORE_COUNT), 132);
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_MEM_BANDWIDTH), 3352000000000LL);
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_MEM_SIZE), 85899345920LL);
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_CC_MAJOR), 9);
+    CHECK_EQ_I(plane_int(d, TB_ST_DEV_CC_MINOR), 0);
+    /* host side: API calls on the main thread's line, same correlation ids */
+    tb_line *hl = tb_plane_find_line(h, getpid());
+    CHECK(hl != NULL);
+    CHECK_EQ_I(count_named(h, hl, "cudaLaunchKernel"), 2);
+    const tb_event *l1 = event_named(h, hl, "cudaLaunchKernel", 0), *l2 = event_named(h, hl, "cudaLaunchKernel", 1);
+    long long c1 = int_stat(h, hl, l1, TB_ST_CORRELATION_ID), c2 = int_stat(h, hl, l2, TB_ST_CORRELATION_ID);
+    CHECK((c1 == 5 && c2 == 6) || (c1 == 6 && c2 == 5));
+    if (l1 && k1)
+        CHECK(l1->start_ns < k1->start_ns || l2->start_ns < k1->start_ns);
+    const tb_event *mc = event_named(h, hl, "cudaMemcpyAsync", 0);
+    CHECK_EQ_I(int_stat(h, hl, mc, TB_ST_CORRELATION_ID), 7);
+    if (mc)
+        CHECK_EQ_I(h->event_meta[mc->meta].category, TB_CAT_CUDA_RUNTIME);
+    const tb_event *dr = event_named(h, hl, "cuMemAlloc", 0);
+    CHECK(dr != NULL);
+    if (dr)
+        CHECK_EQ_I(h->event_meta[dr->meta].category, TB_CAT_CUDA_DRIVER);
+    const tb_event *nv = event_named(h, hl, "train_step", 0);
+    CHECK(nv != NULL);
+    if (nv) {
+        CHECK_EQ_I(nv->dur_ns, 115000);
+        CHECK_EQ_I(h->event_meta[nv->meta].category, TB_CAT_USER);
+    }
+    CHECK_EQ_I(plane_int(h, TB_ST_CUPTI_DROPPED), 0);
+    CHECK_EQ_I(plane_int(h, TB_ST_POOL_EXHAUSTED), 0);
+}
+
+int main(void)
+{
+    const char *b = getenv("TBPROF_BUILD");
+    if (!b) {
+        printf("TBPROF_BUILD not set\n");
+        return 1;
+    }
+    snprintf(fake_full, sizeof(fake_full), "%s/fakecupti/libcupti.so", b);
+    snprintf(fake_old, sizeof(fake_old), "%s/fakecupti-old/libcupti.so", b);
+    snprintf(fake_broken, sizeof(fake_broken), "%s/fakecupti-broken/libcupti.so", b);
+    write_script();
+    setenv("TBPROF_CUPTI_PATH", fake_full, 1);
+    tb_source *src = tb_gpu_source();
+    int rc, sub, nen;
+    unsigned long long fl, dl, drp;
+    const char *why;
+    int64_t t0;
+
+    /* idle: nothing loaded before the first capture */
+    CHECK(dlopen(fake_full, RTLD_NOW | RTLD_NOLOAD) == NULL);
+
+    /* 1. a full capture */
+    tb_capture_info info = {.buffer_bytes = 4 << 20};
+    t0 = tb_real_ns();
+    rc = src->start(src->ctx, &info, &why);
+    CHECKF(rc == 0, "start: %d %s", rc, rc ? why : "");
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(sub, 1);
+    CHECK(nen >= 10); /* kernels, copies, memset, API, sync, markers, overhead, memory, ... */
+    CHECK_EQ_I(fake_tid_type(fake_full), CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
+    src->stop(src->ctx);
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(sub, 0);   /* released: another tool may subscribe now */
+    CHECK_EQ_I(nen, 0);   /* no activity enabled while idle */
+    CHECK_EQ_I(fl, 1);    /* one forced flush */
+    CHECK_EQ_I(fake_tid_type(fake_full), CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT);
+    tb_space *s = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, s), 0);
+    CHECK(tb_gpu_last_stats().used_timestamp_callback == 1);
+    CHECK_EQ_I(tb_gpu_last_stats().records, dl);
+    check_full_translation(s, t0);
+    tb_space_free(s);
+
+    /* 2. again: repeated captures give the same result */
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK_EQ_I(rc, 0);
+    if (s) {
+        check_full_translation(s, t0);
+        tb_space_free(s);
+    }
+
+    /* 3. another subscriber: a clear reason, nothing left enabled */
+    setenv("TBFAKE_CUPTI_SUBSCRIBER", "1", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK_EQ_I(rc, -EBUSY);
+    CHECKF(why && strstr(why, "another CUPTI client") && strstr(why, "MULTIPLE_SUBSCRIBERS"), "why: %s",
+           why ? why : "(null)");
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(nen, 0);
+    unsetenv("TBFAKE_CUPTI_SUBSCRIBER");
+
+    /* 4. activity refused (a driver too old): reason names the CUPTI error, released */
+    setenv("TBFAKE_CUPTI_FAIL_ENABLE", "14", 1); /* CUPTI_ERROR_NOT_COMPATIBLE */
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK(rc < 0);
+    CHECKF(why && strstr(why, "CUPTI_ERROR_NOT_COMPATIBLE"), "why: %s", why ? why : "(null)");
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(sub, 0);
+    CHECK_EQ_I(nen, 0);
+    unsetenv("TBFAKE_CUPTI_FAIL_ENABLE");
+
+    /* 5. the pool runs dry: CUPTI drops, both counts land in the output */
+    setenv("TBFAKE_CUPTI_REPEAT", "3000", 1);
+    unsigned long long drop0 = drp, del0 = dl;
+    s = capture(src, 256 << 10, &rc, &why, &t0);
+    CHECK_EQ_I(rc, 0);
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    if (s) {
+        tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+        CHECKF(drp > drop0, "fake dropped %llu", drp - drop0);
+        CHECK_EQ_I(plane_int(h, TB_ST_CUPTI_DROPPED), (long long)(drp - drop0));
+        CHECK(plane_int(h, TB_ST_POOL_EXHAUSTED) >= 1);
+        CHECK(has_warning(s, "GPU activity records lost"));
+        CHECK_EQ_I(tb_gpu_last_stats().records, dl - del0); /* all delivered were translated */
+        CHECK(tb_gpu_last_stats().pool_buffers * tb_gpu_last_stats().buffer_size <= (256 << 10));
+        tb_space_free(s);
+    }
+    unsetenv("TBFAKE_CUPTI_REPEAT");
+
+    /* 6. CUPTI's own drop count is reported as is */
+    setenv("TBFAKE_CUPTI_DROPPED", "7", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    if (s) {
+        CHECK_EQ_I(plane_int(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_DROPPED), 7);
+        CHECK_EQ_I(plane_int(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_POOL_EXHAUSTED), 0);
+        tb_space_free(s);
+    }
+    unsetenv("TBFAKE_CUPTI_DROPPED");
+
+    /* 7. slow buffer hand-back and small buffers: still complete */
+    setenv("TBFAKE_CUPTI_SLOW_MS", "2", 1);
+    setenv("TBFAKE_CUPTI_PER_BUFFER", "3", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    if (s) {
+        check_full_translation(s, t0);
+        CHECK(tb_gpu_last_stats().buffers_completed >= 6);
+        tb_space_free(s);
+    }
+    unsetenv("TBFAKE_CUPTI_SLOW_MS");
+    unsetenv("TBFAKE_CUPTI_PER_BUFFER");
+
+    /* 8. libcupti missing */
+    tb_cupti_lib_reset_for_tests();
+    setenv("TBPROF_CUPTI_PATH", "/nonexistent/libcupti.so", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK_EQ_I(rc, -ENOENT);
+    CHECKF(why && strstr(why, "libcupti not found") && strstr(why, "TBPROF_CUPTI_PATH"), "why: %s",
+           why ? why : "(null)");
+
+    /* 9. a libcupti lacking a required function */
+    setenv("TBPROF_CUPTI_PATH", fake_broken, 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK(rc < 0);
+    CHECKF(why && strstr(why, "cuptiActivityFlushAll"), "why: %s", why ? why : "(null)");
+
+    /* 10. an older CUPTI without the timestamp callback: the offset is
+     * measured, so a skewed CUPTI clock still lands on our clock */
+    tb_cupti_lib_reset_for_tests();
+    setenv("TBPROF_CUPTI_PATH", fake_old, 1);
+    setenv("TBFAKE_CUPTI_SKEW_NS", "5000000000", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECKF(rc == 0, "old fake: %d %s", rc, rc ? why : "");
+    if (s) {
+        CHECK(tb_gpu_last_stats().used_timestamp_callback == 0);
+        tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
+        tb_line *s7 = line_named(d, "Stream #7(Compute,MemcpyH2D)");
+        const tb_event *k2 = event_named(d, s7, "gemm_kernel", 0);
+        CHECK(k2 != NULL);
+        if (k2)
+            CHECKF(llabs(k2->start_ns - (t0 + 31000)) < 500000000LL, "skew not removed: %lld ns",
+                   (long long)(k2->start_ns - t0));
+        tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+        CHECK_EQ_I(count_named(h, tb_plane_find_line(h, getpid()), "cuda_runtime_api_211"), 2);
+        tb_space_free(s);
+    }
+    unsetenv("TBFAKE_CUPTI_SKEW_NS");
+    unlink(script);
+    return tap_done();
+}
