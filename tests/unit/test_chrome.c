@@ -1,0 +1,164 @@
+/* test_chrome.c - Chrome trace JSON: escaping, units, pids/tids, flows, gzip. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "tap.h"
+#include "trace.h"
+#include "xspace.h"
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+static char *json_of(tb_space *s)
+{
+    tb_buf b = {0};
+    CHECK_EQ_I(tb_chrome_encode(s, &b), 0);
+    char *j = malloc(b.len + 1);
+    memcpy(j, b.data, b.len);
+    j[b.len] = '\0';
+    tb_buf_free(&b);
+    return j;
+}
+
+static void test_escaping_and_units(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_i64(h, "pid", 4321);
+    tb_line *l = tb_plane_line(h, 99, "thr\"ead\n");
+    /* quote, backslash, control chars, valid 2/3/4-byte UTF-8, then invalid bytes:
+     * a lone continuation, a truncated sequence, an overlong, a surrogate */
+    int64_t m = tb_plane_event_meta(h, "q\"b\\c\x01\x1f t\t é € 😀 bad:\x80 \xe2\x82 \xc0\xaf \xed\xa0\x80 end");
+    tb_plane_set_event_category(h, m, TB_CAT_USER);
+    tb_line_add(l, m, 1700000000123456789LL, 1234567);
+    tb_line_stat_str(l, tb_plane_stat_meta(h, "note"), "a\"b");
+    tb_line_stat_f64(l, tb_plane_stat_meta(h, "nanval"), 0.0 / 0.0);
+    tb_line_stat_i64(l, tb_plane_stat_meta(h, "neg"), -42);
+    char *j = json_of(s);
+    CHECK(strstr(j, "\"q\\\"b\\\\c\\u0001\\u001f t\\t é € 😀 bad:\\ufffd \\ufffd\\ufffd \\ufffd\\ufffd "
+                    "\\ufffd\\ufffd\\ufffd end\"") != NULL);
+    CHECK(strstr(j, "\"thr\\\"ead\\n\"") != NULL);
+    CHECK(strstr(j, "\"ts\":1700000000123456.789,\"dur\":1234.567") != NULL);
+    CHECK(strstr(j, "\"cat\":\"user_annotation\"") != NULL);
+    CHECK(strstr(j, "\"pid\":4321,\"tid\":99") != NULL);
+    CHECK(strstr(j, "\"note\":\"a\\\"b\"") != NULL);
+    CHECK(strstr(j, "\"nanval\":\"nan\"") != NULL);
+    CHECK(strstr(j, "\"neg\":-42") != NULL);
+    /* no raw control characters anywhere but the newlines between events */
+    int raw = 0;
+    for (const char *p = j; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\n')
+            raw++;
+    CHECK_EQ_I(raw, 0);
+    free(j);
+    tb_space_free(s);
+}
+
+static void test_flows_and_pids(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_i64(h, "pid", 1); /* pid 1 (a container's init) collides with GPU 1 */
+    tb_line *hl = tb_plane_line(h, 1, "main");
+    int64_t launch = tb_plane_event_meta(h, "cudaLaunchKernel");
+    int64_t hc = tb_plane_stat_meta(h, "correlation_id");
+    tb_plane *g0 = tb_space_plane(s, "/device:GPU:0");
+    tb_plane *g1 = tb_space_plane(s, "/device:GPU:1");
+    int64_t k0 = tb_plane_event_meta(g0, "k"), k1 = tb_plane_event_meta(g1, "k");
+    tb_line *s0 = tb_plane_line(g0, 7, "Stream #7"), *s1 = tb_plane_line(g1, 13, "Stream #13");
+    int64_t c0 = tb_plane_stat_meta(g0, "correlation_id"), c1 = tb_plane_stat_meta(g1, "correlation_id");
+    for (int i = 1; i <= 10; i++) {
+        tb_line_add(hl, launch, 1000 * i, 100);
+        tb_line_stat_u64(hl, hc, (uint64_t)i);
+    }
+    tb_line_add(hl, launch, 20000, 100);
+    tb_line_stat_u64(hl, hc, 999); /* no GPU partner: no flow */
+    for (int i = 1; i <= 10; i++) {
+        tb_line *l = i % 2 ? s0 : s1;
+        tb_line_add(l, i % 2 ? k0 : k1, 1000 * i + 500, 300);
+        tb_line_stat_u64(l, i % 2 ? c0 : c1, (uint64_t)i);
+    }
+    tb_line_add(s0, k0, 30000, 10);
+    tb_line_stat_u64(s0, c0, 5000); /* no host partner */
+    char *j = json_of(s);
+    CHECK_EQ_I(count(j, "\"ph\":\"s\""), 10);
+    CHECK_EQ_I(count(j, "\"ph\":\"f\",\"bp\":\"e\""), 10);
+    CHECK_EQ_I(count(j, "\"ph\":\"X\""), 11 + 11);
+    CHECK_EQ_I(count(j, "\"id\":999"), 0);
+    CHECK_EQ_I(count(j, "\"id\":5000"), 0);
+    /* GPU pids moved off the host's pid 1 */
+    CHECK(strstr(j, "\"name\":\"process_name\",\"pid\":1,\"args\":{\"name\":\"/host:CPU\"}") != NULL);
+    CHECK(strstr(j, "\"name\":\"process_name\",\"pid\":1000000,\"args\":{\"name\":\"/device:GPU:0\"}") != NULL);
+    CHECK(strstr(j, "\"name\":\"process_name\",\"pid\":1000001,\"args\":{\"name\":\"/device:GPU:1\"}") != NULL);
+    CHECK(strstr(j, "\"name\":\"thread_name\",\"pid\":1000001,\"tid\":13,\"args\":{\"name\":\"Stream #13\"}") != NULL);
+
+    /* gzip form decompresses to the same document */
+    tb_buf gz = {0};
+    CHECK_EQ_I(tb_chrome_encode_gz(s, &gz), 0);
+    CHECK(gz.len > 18 && gz.data[0] == 0x1f && gz.data[1] == 0x8b);
+    size_t jl = strlen(j);
+    char *plain = malloc(jl + 16);
+    z_stream z = {0};
+    inflateInit2(&z, 15 + 16);
+    z.next_in = gz.data;
+    z.avail_in = (uInt)gz.len;
+    z.next_out = (Bytef *)plain;
+    z.avail_out = (uInt)jl + 16;
+    CHECK_EQ_I(inflate(&z, Z_FINISH), Z_STREAM_END);
+    CHECK_EQ_I(z.total_out, jl);
+    CHECK(memcmp(plain, j, jl) == 0);
+    inflateEnd(&z);
+    free(plain);
+    tb_buf_free(&gz);
+
+    char path[] = "/tmp/tbprof_test_chrome_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK_EQ_I(tb_chrome_write_gz(s, path), 0); /* replaces the user's named file */
+    gzFile f = gzopen(path, "rb");
+    char *back = malloc(jl + 16);
+    int n = gzread(f, back, (unsigned)jl + 16);
+    gzclose(f);
+    CHECK_EQ_I(n, (long long)jl);
+    CHECK(memcmp(back, j, jl) == 0);
+    free(back);
+    unlink(path);
+    free(j);
+    tb_space_free(s);
+}
+
+/* A large space streams through the 64 KiB chunk many times. */
+static void test_large(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_line(g, 7, "s");
+    char name[64];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(name, sizeof(name), "kernel_%d", i % 37);
+        tb_line_add(l, tb_plane_event_meta(g, name), 1000000 + i * 10, 5);
+    }
+    char *j = json_of(s);
+    CHECK_EQ_I(count(j, "\"ph\":\"X\""), 20000);
+    CHECK(strlen(j) > 1000000);
+    CHECK(strcmp(j + strlen(j) - 3, "]}\n") == 0);
+    free(j);
+    tb_space_free(s);
+}
+
+int main(void)
+{
+    test_escaping_and_units();
+    test_flows_and_pids();
+    test_large();
+    return tap_done();
+}
