@@ -1,16 +1,828 @@
-/* sampler.c - placeholder until CPU sampling lands (issue 6). */
+/* sampler.c - CPU sampling with perf_event: see sampler.h for the model and
+ * the output encoding, README "CPU sampling" for the choices. */
 #include "sampler.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/perf_event.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "host.h"
+#include "log.h"
+#include "stats.h"
+#include "symbols.h"
+#include "unwind.h"
+
+#define DEFAULT_BUDGET (64u << 20)
+#define MAX_THREADS 4096
+#define RING_PAGES_STACK 128 /* 512 KiB: ~30 ms of one busy thread at 1 kHz */
+#define RING_PAGES_FP 16
+#define MIN_PAGES_STACK 8 /* one 16 KiB stack sample must fit */
+#define MIN_PAGES_FP 2
+#define POLL_WORK_NS (20 * 1000 * 1000) /* most time one poll() spends draining */
+
+typedef struct cpu_thread {
+    int tid;
+    int fd;
+    void *base;       /* mmap: one metadata page + data */
+    size_t mmap_len;  /* bytes mapped */
+    size_t data_len;  /* data area, a power of two */
+    int seen;
+} cpu_thread;
+
+typedef struct cpu_sample {
+    int64_t t; /* CLOCK_MONOTONIC ns */
+    int32_t tid;
+    uint32_t stack; /* index into stacks */
+} cpu_sample;
+
+typedef struct cpu_stack {
+    uint64_t off; /* into frames[] */
+    uint32_t n;
+    uint32_t hash;
+} cpu_stack;
+
+typedef struct cpu_ctx {
+    int active;
+    int mode;
+    unsigned hz;
+    uint64_t period_ns;
+    size_t budget, used;
+    size_t ring_budget, ring_used;
+    size_t page;
+    int max_threads;
+
+    cpu_thread *threads;
+    size_t nthreads, cap_threads;
+    int64_t last_scan;
+    atomic_int rescan_hint;
+
+    cpu_sample *samples;
+    size_t nsamples, cap_samples;
+    uint64_t *frames;
+    size_t nframes, cap_frames;
+    cpu_stack *stacks;
+    size_t nstacks, cap_stacks;
+    uint32_t *ht; /* stack index + 1; 0 = empty */
+    size_t cap_ht;
+
+    uint64_t lost_kernel, lost_full, unwind_failed, unsampled, threads_sampled;
+    int warned_mmap;
+
+    tb_symtab *sym;
+    tb_unwinder *unw;
+    unsigned char *scratch; /* one record that wraps around the ring */
+    char why[160];
+} cpu_ctx;
+
+static cpu_ctx cpu_state;
+
+/* ---- bounded storage ---------------------------------------------------------- */
+
+static int grow(cpu_ctx *c, void **p, size_t *cap, size_t elem, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t nc = *cap ? *cap : 1024;
+    while (nc < need)
+        nc *= 2;
+    size_t extra = (nc - *cap) * elem;
+    if (c->used + extra > c->budget)
+        return -ENOSPC;
+    void *np = realloc(*p, nc * elem);
+    if (!np)
+        return -ENOMEM;
+    *p = np;
+    c->used += extra;
+    *cap = nc;
+    return 0;
+}
+
+static uint32_t hash_frames(const uint64_t *ips, int n)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)n;
+    for (int i = 0; i < n; i++) {
+        h ^= ips[i];
+        h *= 1099511628211ULL;
+        h ^= h >> 29;
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static int rehash(cpu_ctx *c, size_t ncap)
+{
+    size_t extra = ncap > c->cap_ht ? (ncap - c->cap_ht) * sizeof(uint32_t) : 0;
+    if (c->used + extra > c->budget)
+        return -ENOSPC;
+    uint32_t *nt = calloc(ncap, sizeof(uint32_t));
+    if (!nt)
+        return -ENOMEM;
+    for (size_t i = 0; i < c->nstacks; i++) {
+        size_t h = c->stacks[i].hash & (ncap - 1);
+        while (nt[h])
+            h = (h + 1) & (ncap - 1);
+        nt[h] = (uint32_t)i + 1;
+    }
+    free(c->ht);
+    c->ht = nt;
+    c->used += extra;
+    c->cap_ht = ncap;
+    return 0;
+}
+
+/* Stack id for these frames (leaf first), interned; -1 when full. */
+static int64_t intern_stack(cpu_ctx *c, const uint64_t *ips, int n)
+{
+    uint32_t h = hash_frames(ips, n);
+    if (c->cap_ht && c->cap_ht > 0) {
+        size_t i = h & (c->cap_ht - 1);
+        while (c->ht[i]) {
+            cpu_stack *s = &c->stacks[c->ht[i] - 1];
+            if (s->hash == h && s->n == (uint32_t)n && memcmp(c->frames + s->off, ips, (size_t)n * 8) == 0)
+                return c->ht[i] - 1;
+            i = (i + 1) & (c->cap_ht - 1);
+        }
+    }
+    if ((c->nstacks + 1) * 2 > c->cap_ht && rehash(c, c->cap_ht ? c->cap_ht * 2 : 4096) < 0)
+        return -1;
+    if (grow(c, (void **)&c->stacks, &c->cap_stacks, sizeof(cpu_stack), c->nstacks + 1) < 0 ||
+        grow(c, (void **)&c->frames, &c->cap_frames, sizeof(uint64_t), c->nframes + (size_t)n) < 0)
+        return -1;
+    cpu_stack *s = &c->stacks[c->nstacks];
+    s->off = c->nframes;
+    s->n = (uint32_t)n;
+    s->hash = h;
+    memcpy(c->frames + c->nframes, ips, (size_t)n * 8);
+    c->nframes += (size_t)n;
+    size_t i = h & (c->cap_ht - 1);
+    while (c->ht[i])
+        i = (i + 1) & (c->cap_ht - 1);
+    c->ht[i] = (uint32_t)c->nstacks + 1;
+    return (int64_t)c->nstacks++;
+}
+
+static void add_sample(cpu_ctx *c, int tid, uint64_t t, const uint64_t *ips, int n)
+{
+    if (n <= 0)
+        return;
+    if (grow(c, (void **)&c->samples, &c->cap_samples, sizeof(cpu_sample), c->nsamples + 1) < 0) {
+        c->lost_full++;
+        return;
+    }
+    int64_t id = intern_stack(c, ips, n);
+    if (id < 0) {
+        c->lost_full++;
+        return;
+    }
+    c->samples[c->nsamples++] = (cpu_sample){(int64_t)t, tid, (uint32_t)id};
+}
+
+/* ---- perf_event per thread ------------------------------------------------------ */
+
+static long perf_open(struct perf_event_attr *a, int tid)
+{
+    return syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+}
+
+static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_len)
+{
+    memset(a, 0, sizeof(*a));
+    a->size = sizeof(*a);
+    a->type = PERF_TYPE_SOFTWARE;
+    a->config = PERF_COUNT_SW_CPU_CLOCK;
+    a->sample_period = c->period_ns;
+    a->sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME;
+    a->exclude_kernel = 1;
+    a->exclude_hv = 1;
+    a->use_clockid = 1;
+    a->clockid = CLOCK_MONOTONIC;
+    a->watermark = 1;
+    a->wakeup_watermark = (uint32_t)(data_len / 2); /* nobody waits: keep wakeups rare */
+    if (c->mode == TB_CPU_FP) {
+        a->sample_type |= PERF_SAMPLE_CALLCHAIN;
+        a->exclude_callchain_kernel = 1;
+        a->sample_max_stack = TB_CPU_MAX_FRAMES - 1; /* 127: the usual sysctl limit */
+    } else {
+        a->sample_type |= PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
+        a->sample_regs_user = TB_UREG_MASK;
+        a->sample_stack_user = TB_CPU_STACK_BYTES;
+    }
+}
+
+static size_t pages_for_new_thread(const cpu_ctx *c)
+{
+    size_t want = c->mode == TB_CPU_FP ? RING_PAGES_FP : RING_PAGES_STACK;
+    size_t minp = c->mode == TB_CPU_FP ? MIN_PAGES_FP : MIN_PAGES_STACK;
+    while (want > minp && (want + 1) * c->page > c->ring_budget - c->ring_used)
+        want /= 2;
+    if ((want + 1) * c->page > c->ring_budget - c->ring_used)
+        return 0;
+    return want;
+}
+
+static void remember_comm(int tid)
+{
+    char path[64], name[32];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t k = read(fd, name, sizeof(name) - 1);
+    close(fd);
+    if (k <= 0)
+        return;
+    name[k] = '\0';
+    name[strcspn(name, "\n")] = '\0';
+    tb_host_remember_name(tid, name);
+}
+
+/* Open and map the event of one thread. 0, or -errno (the open's errno). */
+static int open_thread(cpu_ctx *c, int tid)
+{
+    if ((int)c->nthreads >= c->max_threads) {
+        c->unsampled++;
+        return 0;
+    }
+    size_t pages = pages_for_new_thread(c);
+    if (!pages) {
+        c->unsampled++;
+        return 0;
+    }
+    struct perf_event_attr a;
+    fill_attr(c, &a, pages * c->page);
+    int fd = (int)perf_open(&a, tid);
+    if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
+        /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
+         * system's default depth */
+        a.sample_max_stack = 0;
+        fd = (int)perf_open(&a, tid);
+    }
+    if (fd < 0)
+        return -errno;
+    size_t minp = c->mode == TB_CPU_FP ? MIN_PAGES_FP : MIN_PAGES_STACK;
+    void *base = MAP_FAILED;
+    int merr = 0;
+    for (; pages >= minp; pages /= 2) {
+        base = mmap(NULL, (pages + 1) * c->page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base != MAP_FAILED)
+            break;
+        merr = errno;
+    }
+    if (base == MAP_FAILED) {
+        /* locked-memory limit (perf_event_mlock_kb, RLIMIT_MEMLOCK) */
+        if (!c->warned_mmap) {
+            c->warned_mmap = 1;
+            tb_warn("cpu sampling: cannot map a ring buffer for thread %d (%s); such threads are not sampled",
+                    tid, strerror(merr));
+        }
+        close(fd);
+        c->unsampled++;
+        return 0;
+    }
+    if (c->nthreads == c->cap_threads) {
+        size_t nc = c->cap_threads ? c->cap_threads * 2 : 64;
+        cpu_thread *nt = realloc(c->threads, nc * sizeof(*nt));
+        if (!nt) {
+            munmap(base, (pages + 1) * c->page);
+            close(fd);
+            c->unsampled++;
+            return 0;
+        }
+        c->threads = nt;
+        c->cap_threads = nc;
+    }
+    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1};
+    c->ring_used += (pages + 1) * c->page;
+    c->threads_sampled++;
+    remember_comm(tid);
+    return 0;
+}
+
+/* ---- draining ------------------------------------------------------------------------ */
+
+static void copy_ring(const unsigned char *data, size_t mask, uint64_t pos, void *dst, size_t len)
+{
+    size_t off = (size_t)(pos & mask);
+    size_t first = mask + 1 - off;
+    if (first >= len) {
+        memcpy(dst, data + off, len);
+    } else {
+        memcpy(dst, data + off, first);
+        memcpy((unsigned char *)dst + first, data, len - first);
+    }
+}
+
+static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
+{
+    const unsigned char *p = r + sizeof(struct perf_event_header), *end = r + len;
+    uint32_t pidtid[2];
+    uint64_t t;
+    uint64_t ips[TB_CPU_MAX_FRAMES];
+    int n = 0;
+    if (end - p < 16)
+        return;
+    memcpy(pidtid, p, 8);
+    memcpy(&t, p + 8, 8);
+    p += 16;
+    if (c->mode == TB_CPU_FP) {
+        uint64_t nr;
+        if (end - p < 8)
+            return;
+        memcpy(&nr, p, 8);
+        p += 8;
+        if (nr > (uint64_t)(end - p) / 8)
+            return;
+        for (uint64_t i = 0; i < nr && n < TB_CPU_MAX_FRAMES; i++) {
+            uint64_t ip;
+            memcpy(&ip, p + i * 8, 8);
+            if (ip >= (uint64_t)PERF_CONTEXT_MAX) /* context markers */
+                continue;
+            if (ip == 0)
+                break;
+            ips[n++] = ip;
+        }
+    } else {
+        uint64_t abi, regs[TB_UREG_COUNT], size, dyn = 0;
+        if (end - p < 8)
+            return;
+        memcpy(&abi, p, 8);
+        p += 8;
+        if (abi == PERF_SAMPLE_REGS_ABI_NONE)
+            return; /* no user context (should not happen with exclude_kernel) */
+        if ((size_t)(end - p) < sizeof(regs))
+            return;
+        memcpy(regs, p, sizeof(regs));
+        p += sizeof(regs);
+        if (end - p < 8)
+            return;
+        memcpy(&size, p, 8);
+        p += 8;
+        const unsigned char *stack = p;
+        if (size) {
+            if ((uint64_t)(end - p) < 8 || size > (uint64_t)(end - p) - 8)
+                return;
+            memcpy(&dyn, p + size, 8);
+            if (dyn > size)
+                dyn = size;
+        }
+        int failed = 0;
+        n = tb_unwind(c->unw, regs, stack, (size_t)dyn, ips, TB_CPU_MAX_FRAMES, &failed);
+        if (failed)
+            c->unwind_failed++;
+    }
+    add_sample(c, (int)pidtid[1], t, ips, n);
+}
+
+/* Drain one ring; returns 1 when it stopped because the time budget ran out. */
+static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
+{
+    struct perf_event_mmap_page *mp = th->base;
+    const unsigned char *data = (const unsigned char *)th->base + c->page;
+    size_t mask = th->data_len - 1;
+    uint64_t head = __atomic_load_n(&mp->data_head, __ATOMIC_ACQUIRE);
+    uint64_t tail = mp->data_tail;
+    unsigned k = 0;
+    while (tail < head) {
+        struct perf_event_header h;
+        if (head - tail < sizeof(h))
+            break;
+        copy_ring(data, mask, tail, &h, sizeof(h));
+        if (h.size < sizeof(h) || h.size > head - tail) {
+            tail = head; /* corrupt: give the ring back */
+            break;
+        }
+        size_t off = (size_t)(tail & mask);
+        const unsigned char *rec;
+        if (off + h.size <= th->data_len) {
+            rec = data + off;
+        } else {
+            copy_ring(data, mask, tail, c->scratch, h.size);
+            rec = c->scratch;
+        }
+        if (h.type == PERF_RECORD_SAMPLE) {
+            handle_sample(c, rec, h.size);
+        } else if (h.type == PERF_RECORD_LOST && h.size >= sizeof(h) + 16) {
+            uint64_t lost;
+            memcpy(&lost, rec + sizeof(h) + 8, 8);
+            c->lost_kernel += lost;
+        }
+        tail += h.size;
+        __atomic_store_n(&mp->data_tail, tail, __ATOMIC_RELEASE);
+        if ((++k & 31) == 0 && deadline && tb_mono_ns() > deadline)
+            return 1;
+    }
+    __atomic_store_n(&mp->data_tail, tail, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static void close_thread(cpu_ctx *c, cpu_thread *th)
+{
+    if (th->fd >= 0) {
+        ioctl(th->fd, PERF_EVENT_IOC_DISABLE, 0);
+        drain(c, th, 0);
+        munmap(th->base, th->mmap_len);
+        close(th->fd);
+        c->ring_used -= th->mmap_len;
+        th->fd = -1;
+    }
+}
+
+static int tid_cmp(const void *a, const void *b)
+{
+    const cpu_thread *x = a, *y = b;
+    return (x->tid > y->tid) - (x->tid < y->tid);
+}
+
+/* Open events for threads we do not sample yet; close the ones of threads
+ * that ended. Returns the errno of the first refused open (0 if none). */
+static int rescan(cpu_ctx *c, int *opened)
+{
+    int first_err = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return 0;
+    qsort(c->threads, c->nthreads, sizeof(*c->threads), tid_cmp);
+    size_t known = c->nthreads;
+    for (size_t i = 0; i < known; i++)
+        c->threads[i].seen = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        int tid = atoi(e->d_name);
+        cpu_thread key = {.tid = tid};
+        cpu_thread *th = bsearch(&key, c->threads, known, sizeof(*c->threads), tid_cmp);
+        if (th) {
+            th->seen = 1;
+            continue;
+        }
+        size_t before = c->nthreads;
+        int r = open_thread(c, tid);
+        if (r < 0 && r != -ESRCH && !first_err)
+            first_err = -r;
+        if (c->nthreads > before && opened)
+            (*opened)++;
+    }
+    closedir(d);
+    /* threads that ended: take their last samples, free the fd and ring */
+    size_t w = 0;
+    for (size_t i = 0; i < c->nthreads; i++) {
+        if (i < known && !c->threads[i].seen)
+            close_thread(c, &c->threads[i]);
+        else
+            c->threads[w++] = c->threads[i];
+    }
+    c->nthreads = w;
+    c->last_scan = tb_mono_ns();
+    return first_err;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------- */
+
+static void free_capture(cpu_ctx *c)
+{
+    for (size_t i = 0; i < c->nthreads; i++)
+        if (c->threads[i].fd >= 0) {
+            munmap(c->threads[i].base, c->threads[i].mmap_len);
+            close(c->threads[i].fd);
+        }
+    free(c->threads);
+    free(c->samples);
+    free(c->frames);
+    free(c->stacks);
+    free(c->ht);
+    free(c->scratch);
+    tb_unwinder_free(c->unw);
+    tb_symtab_free(c->sym);
+    char why[sizeof(c->why)];
+    memcpy(why, c->why, sizeof(why));
+    memset(c, 0, sizeof(*c));
+    memcpy(c->why, why, sizeof(why));
+}
+
+static int refused(int err)
+{
+    return err == EACCES || err == EPERM || err == ENOSYS || err == ENOENT || err == EOPNOTSUPP ||
+           err == ENODEV;
+}
+
+static int read_paranoid(void)
+{
+    FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
+    int v = -100;
+    if (f) {
+        if (fscanf(f, "%d", &v) != 1)
+            v = -100;
+        fclose(f);
+    }
+    return v;
+}
 
 static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
 {
-    (void)ctx;
-    (void)info;
-    *why = "CPU sampling not built yet";
-    return -ENOSYS;
+    cpu_ctx *c = ctx;
+    if (c->active) {
+        *why = "CPU sampling already running";
+        return -EBUSY;
+    }
+    free_capture(c);
+    c->why[0] = '\0';
+    c->mode = info->cpu_mode == TB_CPU_FP ? TB_CPU_FP : TB_CPU_STACKCOPY;
+    c->hz = info->cpu_hz ? info->cpu_hz : TB_CPU_DEFAULT_HZ;
+    if (c->hz > 100000)
+        c->hz = 100000;
+    c->period_ns = 1000000000ull / c->hz;
+    c->budget = info->buffer_bytes ? info->buffer_bytes : DEFAULT_BUDGET;
+    c->page = (size_t)sysconf(_SC_PAGESIZE);
+    c->ring_budget = c->budget / 2;
+    c->budget -= c->ring_budget;
+    struct rlimit rl;
+    c->max_threads = MAX_THREADS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < MAX_THREADS)
+        c->max_threads = (int)(rl.rlim_cur / 4); /* leave the job most of its descriptors */
+    c->sym = tb_symtab_new();
+    c->scratch = malloc(65536);
+    if (!c->sym || !c->scratch) {
+        free_capture(c);
+        *why = "out of memory";
+        return -ENOMEM;
+    }
+    tb_symtab_refresh(c->sym);
+    if (c->mode == TB_CPU_STACKCOPY) {
+        c->unw = tb_unwinder_new(c->sym);
+        if (!c->unw) {
+            tb_warn_once("cpu sampling: built without libunwind; using frame-pointer stacks");
+            c->mode = TB_CPU_FP;
+        }
+    }
+    tb_clock_offset(); /* calibrated once, if the agent did not */
+    int opened = 0;
+    int err = rescan(c, &opened);
+    if (!opened && err == EINVAL && c->mode == TB_CPU_STACKCOPY) {
+        /* a kernel without user register/stack sampling: frame pointers */
+        tb_warn("cpu sampling: stack copies refused by the kernel (EINVAL); using frame-pointer stacks");
+        c->mode = TB_CPU_FP;
+        err = rescan(c, &opened);
+    }
+    if (!opened) {
+        if (!err)
+            err = EAGAIN;
+        if (refused(err))
+            snprintf(c->why, sizeof(c->why),
+                     "perf_event_open refused (%s; kernel.perf_event_paranoid=%d, or a seccomp/container "
+                     "policy)",
+                     strerrorname_np(err) ? strerrorname_np(err) : "error", read_paranoid());
+        else
+            snprintf(c->why, sizeof(c->why), "perf_event_open failed: %s", strerror(err));
+        free_capture(c);
+        *why = c->why;
+        return -err;
+    }
+    c->active = 1;
+    return 0;
 }
 
-static tb_source cpu = {.name = "cpu", .start = cpu_start};
+static void cpu_poll(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    if (!c->active)
+        return;
+    int64_t now = tb_mono_ns();
+    if (atomic_exchange(&c->rescan_hint, 0) || now - c->last_scan >= TB_CPU_POLL_MS * 1000000LL)
+        rescan(c, NULL);
+    int64_t deadline = now + POLL_WORK_NS;
+    for (size_t i = 0; i < c->nthreads; i++)
+        if (drain(c, &c->threads[i], deadline))
+            break;
+}
+
+static void cpu_stop(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    if (!c->active)
+        return;
+    for (size_t i = 0; i < c->nthreads; i++)
+        if (c->threads[i].fd >= 0)
+            ioctl(c->threads[i].fd, PERF_EVENT_IOC_DISABLE, 0);
+    for (size_t i = 0; i < c->nthreads; i++)
+        close_thread(c, &c->threads[i]);
+    c->nthreads = 0;
+    c->active = 0;
+}
+
+static void cpu_thread_created(void *ctx, int tid)
+{
+    (void)tid;
+    cpu_ctx *c = ctx;
+    atomic_store(&c->rescan_hint, 1);
+}
+
+static void cpu_atfork_child(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    /* the parent's events and rings: drop our copies, sample nothing */
+    free_capture(c);
+}
+
+/* ---- collect: symbolize, merge into spans -------------------------------------------- */
+
+typedef struct ipmeta {
+    uint64_t key; /* lookup address | 1<<63 marks used */
+    uint32_t meta;
+} ipmeta;
+
+typedef struct span {
+    uint32_t meta;
+    int64_t start, last;
+    uint64_t samples, self;
+} span;
+
+typedef struct collect_state {
+    cpu_ctx *c;
+    tb_plane *plane;
+    int64_t st_samples, st_self;
+    uint64_t refused;
+} collect_state;
+
+static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr)
+{
+    uint64_t key = addr | (1ULL << 63);
+    size_t h = (size_t)((addr * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
+    while (cache[h].key) {
+        if (cache[h].key == key)
+            return cache[h].meta;
+        h = (h + 1) & (cap - 1);
+    }
+    const char *module = NULL;
+    const char *name = tb_symtab_lookup(c->sym, addr, &module);
+    char buf[300];
+    if (!name) {
+        if (module)
+            snprintf(buf, sizeof(buf), "[%s]", module);
+        else
+            snprintf(buf, sizeof(buf), "[unknown]");
+        name = buf;
+    }
+    int64_t m = tb_plane_event_meta(p, name);
+    uint32_t meta = m > 0 ? (uint32_t)m : 0;
+    if (meta) {
+        const tb_meta *em = &p->event_meta[meta];
+        if (em->category == TB_CAT_NONE)
+            tb_plane_set_event_category(p, meta, TB_CAT_CPU_SAMPLE);
+    }
+    cache[h].key = key;
+    cache[h].meta = meta;
+    return meta;
+}
+
+static void emit(collect_state *cs, tb_line *l, const span *s)
+{
+    if (!s->meta)
+        return;
+    int64_t start = tb_mono_to_epoch(s->start);
+    int64_t end = tb_mono_to_epoch(s->last);
+    if (tb_line_add(l, s->meta, start, end - start) < 0) {
+        cs->refused += s->self;
+        return;
+    }
+    tb_line_stat_u64(l, cs->st_samples, s->samples);
+    if (s->self)
+        tb_line_stat_u64(l, cs->st_self, s->self);
+}
+
+static int sample_cmp(const void *a, const void *b)
+{
+    const cpu_sample *x = a, *y = b;
+    if (x->tid != y->tid)
+        return x->tid < y->tid ? -1 : 1;
+    return (x->t > y->t) - (x->t < y->t);
+}
+
+static int cpu_collect(void *ctx, tb_space *space)
+{
+    cpu_ctx *c = ctx;
+    if (!c->sym) /* never started, or already collected */
+        return 0;
+    if (c->active)
+        cpu_stop(c);
+    tb_plane *p = tb_host_plane(space);
+    if (!p) {
+        free_capture(c);
+        return -ENOMEM;
+    }
+    tb_symtab_refresh(c->sym);
+    collect_state cs = {c, p, tb_plane_stat_meta(p, TB_ST_CPU_SPAN_SAMPLES),
+                        tb_plane_stat_meta(p, TB_ST_CPU_SPAN_SELF), 0};
+
+    /* metadata id of every frame, leaf first, parallel to c->frames */
+    uint32_t *metas = malloc((c->nframes ? c->nframes : 1) * sizeof(uint32_t));
+    size_t cap = 1024;
+    while (cap < c->nframes * 2)
+        cap *= 2;
+    ipmeta *cache = calloc(cap, sizeof(ipmeta));
+    int rc = 0;
+    if (!metas || !cache) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t s = 0; s < c->nstacks; s++) {
+        const cpu_stack *st = &c->stacks[s];
+        for (uint32_t i = 0; i < st->n; i++) {
+            uint64_t ip = c->frames[st->off + i];
+            /* return addresses point after the call: look up the call itself */
+            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1);
+        }
+    }
+
+    qsort(c->samples, c->nsamples, sizeof(*c->samples), sample_cmp);
+    int64_t period = (int64_t)c->period_ns, gap = period * TB_CPU_GAP_PERIODS;
+    span open[TB_CPU_MAX_FRAMES];
+    size_t i = 0;
+    while (i < c->nsamples) {
+        int tid = c->samples[i].tid;
+        tb_line *l = tb_host_line(space, tid);
+        int nopen = 0;
+        int64_t prev = 0;
+        for (; i < c->nsamples && c->samples[i].tid == tid; i++) {
+            const cpu_sample *sm = &c->samples[i];
+            const cpu_stack *st = &c->stacks[sm->stack];
+            int n = (int)st->n;
+            const uint32_t *m = metas + st->off; /* leaf first: root is m[n-1] */
+            if (nopen && sm->t - prev > gap) {
+                while (nopen > 0 && l)
+                    emit(&cs, l, &open[--nopen]);
+                nopen = 0;
+            }
+            int k = 0;
+            while (k < nopen && k < n && open[k].meta == m[n - 1 - k])
+                k++;
+            while (nopen > k) {
+                if (l)
+                    emit(&cs, l, &open[nopen - 1]);
+                nopen--;
+            }
+            /* timer jitter can put two samples a bit less than a period
+             * apart: never start a span before the previous sample */
+            int64_t start = sm->t - period;
+            if (prev && start < prev)
+                start = prev;
+            for (int d = k; d < n; d++)
+                open[d] = (span){m[n - 1 - d], start, sm->t, 0, 0};
+            nopen = n;
+            for (int d = 0; d < n; d++) {
+                open[d].samples++;
+                open[d].last = sm->t;
+            }
+            open[n - 1].self++;
+            prev = sm->t;
+        }
+        while (nopen > 0 && l)
+            emit(&cs, l, &open[--nopen]);
+    }
+
+    tb_plane_stat_u64(p, TB_ST_SAMPLES, c->nsamples);
+    tb_plane_stat_u64(p, TB_ST_SAMPLES_LOST, c->lost_kernel + c->lost_full);
+    if (c->mode == TB_CPU_STACKCOPY)
+        tb_plane_stat_u64(p, TB_ST_UNWIND_FAILED, c->unwind_failed);
+    tb_plane_stat_u64(p, TB_ST_CPU_HZ, c->hz);
+    tb_plane_stat_str(p, TB_ST_CPU_MODE, c->mode == TB_CPU_FP ? "fp" : "stackcopy");
+    tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);
+    if (c->unsampled)
+        tb_plane_stat_u64(p, TB_ST_CPU_THREADS_UNSAMPLED, c->unsampled);
+    if (c->lost_kernel + c->lost_full) {
+        char w[160];
+        snprintf(w, sizeof(w), "cpu sampling: %llu samples lost (%llu by the kernel: poll too slow; %llu over the buffer cap)",
+                 (unsigned long long)(c->lost_kernel + c->lost_full), (unsigned long long)c->lost_kernel,
+                 (unsigned long long)c->lost_full);
+        tb_space_add_warning(space, w);
+    }
+out:
+    free(metas);
+    free(cache);
+    free_capture(c);
+    return rc;
+}
+
+static tb_source cpu = {
+    .name = "cpu",
+    .ctx = &cpu_state,
+    .start = cpu_start,
+    .poll = cpu_poll,
+    .stop = cpu_stop,
+    .collect = cpu_collect,
+    .atfork_child = cpu_atfork_child,
+    .thread_created = cpu_thread_created,
+};
 
 tb_source *tb_cpu_source(void) { return &cpu; }

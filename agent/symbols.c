@@ -1,0 +1,526 @@
+/* symbols.c - see symbols.h. */
+#include "symbols.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "perfmap.h"
+
+typedef struct tb_sym {
+    uint64_t addr; /* file vaddr */
+    uint64_t size;
+    const char *name;
+    int rank; /* lower is better among aliases */
+} tb_sym;
+
+typedef struct tb_elfsyms {
+    void *map; /* mmapped file, or NULL for an in-memory image */
+    size_t map_len;
+    tb_sym *s;
+    size_t n;
+} tb_elfsyms;
+
+typedef struct demangle_slot {
+    const char *key;
+    char *val;
+} demangle_slot;
+
+struct tb_symtab {
+    tb_module **mods; /* sorted by start */
+    size_t nmods;
+    unsigned long long adds, subs;
+    int have_list;
+    tb_perfmap pm;
+    char *pm_path; /* NULL: default */
+    int pm_pid;
+    demangle_slot *dm;
+    size_t ndm, capdm;
+    /* demangled names when the table is full: owned, freed at the end */
+};
+
+/* ---- ELF parsing (bounds-checked: files may be anything) -------------------- */
+
+static int sym_cmp(const void *a, const void *b)
+{
+    const tb_sym *x = a, *y = b;
+    if (x->addr != y->addr)
+        return x->addr < y->addr ? -1 : 1;
+    return x->rank - y->rank;
+}
+
+static int leading_underscores(const char *s)
+{
+    int n = 0;
+    while (s[n] == '_')
+        n++;
+    return n;
+}
+
+static void add_symbols(const unsigned char *img, size_t len, const Elf64_Shdr *sh, unsigned shnum,
+                        unsigned idx, tb_sym **out, size_t *n, size_t *cap)
+{
+    const Elf64_Shdr *s = &sh[idx];
+    if (s->sh_entsize != sizeof(Elf64_Sym) || s->sh_link >= shnum)
+        return;
+    if (s->sh_offset > len || s->sh_size > len - s->sh_offset)
+        return;
+    const Elf64_Shdr *str = &sh[s->sh_link];
+    if (str->sh_offset > len || str->sh_size > len - str->sh_offset || str->sh_size == 0)
+        return;
+    const char *strtab = (const char *)img + str->sh_offset;
+    size_t strsz = str->sh_size;
+    if (strtab[strsz - 1] != '\0')
+        return;
+    size_t count = s->sh_size / sizeof(Elf64_Sym);
+    const Elf64_Sym *syms = (const Elf64_Sym *)(img + s->sh_offset);
+    for (size_t i = 0; i < count; i++) {
+        Elf64_Sym sym;
+        memcpy(&sym, &syms[i], sizeof(sym));
+        int type = ELF64_ST_TYPE(sym.st_info);
+        if (type != STT_FUNC && type != STT_GNU_IFUNC)
+            continue;
+        if (sym.st_shndx == SHN_UNDEF || sym.st_value == 0 || sym.st_name >= strsz)
+            continue;
+        const char *name = strtab + sym.st_name;
+        if (!*name)
+            continue;
+        if (*n == *cap) {
+            size_t nc = *cap ? *cap * 2 : 1024;
+            tb_sym *ns = realloc(*out, nc * sizeof(*ns));
+            if (!ns)
+                return;
+            *out = ns;
+            *cap = nc;
+        }
+        int bind = ELF64_ST_BIND(sym.st_info);
+        int rank = (bind == STB_GLOBAL ? 0 : bind == STB_WEAK ? 100 : 200) + leading_underscores(name) * 10;
+        (*out)[(*n)++] = (tb_sym){sym.st_value, sym.st_size, name, rank};
+    }
+}
+
+/* Parse the symbol tables of an ELF image in memory. */
+static tb_elfsyms *parse_elf(const unsigned char *img, size_t len)
+{
+    if (len < sizeof(Elf64_Ehdr) || memcmp(img, ELFMAG, SELFMAG) != 0 || img[EI_CLASS] != ELFCLASS64)
+        return NULL;
+    Elf64_Ehdr eh;
+    memcpy(&eh, img, sizeof(eh));
+    if (eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_shnum == 0 || eh.e_shoff > len ||
+        (size_t)eh.e_shnum * sizeof(Elf64_Shdr) > len - eh.e_shoff)
+        return NULL;
+    Elf64_Shdr *sh = malloc((size_t)eh.e_shnum * sizeof(*sh));
+    if (!sh)
+        return NULL;
+    memcpy(sh, img + eh.e_shoff, (size_t)eh.e_shnum * sizeof(*sh));
+    tb_sym *s = NULL;
+    size_t n = 0, cap = 0;
+    for (unsigned i = 0; i < eh.e_shnum; i++)
+        if (sh[i].sh_type == SHT_SYMTAB || sh[i].sh_type == SHT_DYNSYM)
+            add_symbols(img, len, sh, eh.e_shnum, i, &s, &n, &cap);
+    free(sh);
+    tb_elfsyms *es = calloc(1, sizeof(*es));
+    if (!es) {
+        free(s);
+        return NULL;
+    }
+    if (n) {
+        qsort(s, n, sizeof(*s), sym_cmp);
+        /* keep the best-ranked of each address */
+        size_t w = 0;
+        for (size_t i = 0; i < n; i++)
+            if (w == 0 || s[w - 1].addr != s[i].addr)
+                s[w++] = s[i];
+            else if (s[i].size > s[w - 1].size && s[w - 1].size == 0)
+                s[w - 1].size = s[i].size;
+        n = w;
+        /* sizeless symbols extend to the next one (capped) */
+        for (size_t i = 0; i < n; i++)
+            if (s[i].size == 0) {
+                uint64_t next = i + 1 < n ? s[i + 1].addr : s[i].addr + 4096;
+                s[i].size = next - s[i].addr > 65536 ? 65536 : next - s[i].addr;
+            }
+    }
+    es->s = s;
+    es->n = n;
+    return es;
+}
+
+static tb_elfsyms *load_file_syms(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(Elf64_Ehdr)) {
+        close(fd);
+        return NULL;
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return NULL;
+    tb_elfsyms *es = parse_elf(map, (size_t)st.st_size);
+    if (!es || es->n == 0) {
+        if (es) {
+            free(es->s);
+            free(es);
+        }
+        munmap(map, (size_t)st.st_size);
+        return NULL;
+    }
+    es->map = map;
+    es->map_len = (size_t)st.st_size;
+    return es;
+}
+
+static void free_syms(tb_elfsyms *es)
+{
+    if (!es)
+        return;
+    if (es->map)
+        munmap(es->map, es->map_len);
+    free(es->s);
+    free(es);
+}
+
+static const tb_sym *find_sym(const tb_elfsyms *es, uint64_t a)
+{
+    size_t lo = 0, hi = es->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (es->s[mid].addr <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return NULL;
+    const tb_sym *s = &es->s[lo - 1];
+    return a - s->addr < s->size ? s : NULL;
+}
+
+/* ---- module list ---------------------------------------------------------------- */
+
+static void free_module(tb_module *m)
+{
+    if (!m)
+        return;
+    free_syms(m->syms);
+    free(m->path);
+    free(m);
+}
+
+typedef struct collect_ctx {
+    tb_module **mods;
+    size_t n, cap;
+    unsigned long long adds, subs;
+    int first;
+} collect_ctx;
+
+static int phdr_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    collect_ctx *c = arg;
+    if (c->first) {
+        c->first = 0;
+        if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+            c->adds = info->dlpi_adds;
+            c->subs = info->dlpi_subs;
+        }
+    }
+    tb_module *m = calloc(1, sizeof(*m));
+    if (!m)
+        return 0;
+    m->bias = info->dlpi_addr;
+    m->start = UINT64_MAX;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && ph->p_memsz) {
+            uint64_t s = info->dlpi_addr + ph->p_vaddr, e = s + ph->p_memsz;
+            if (m->nseg < TB_MOD_MAX_SEGS) {
+                m->seg[m->nseg].start = s;
+                m->seg[m->nseg].end = e;
+                m->seg[m->nseg].exec = (ph->p_flags & PF_X) != 0;
+                m->nseg++;
+            }
+            if (s < m->start)
+                m->start = s;
+            if (e > m->end)
+                m->end = e;
+        } else if (ph->p_type == PT_GNU_EH_FRAME) {
+            m->eh_frame_hdr = info->dlpi_addr + ph->p_vaddr;
+            m->eh_frame_hdr_len = ph->p_memsz;
+        }
+    }
+    if (!m->nseg) {
+        free(m);
+        return 0;
+    }
+    const char *name = info->dlpi_name;
+    char exe[4096];
+    if (!name || !*name) {
+        ssize_t k = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+        exe[k > 0 ? k : 0] = '\0';
+        name = k > 0 ? exe : "[exe]";
+    }
+    m->is_vdso = strstr(name, "vdso") != NULL && name[0] != '/';
+    m->path = strdup(name);
+    if (!m->path) {
+        free(m);
+        return 0;
+    }
+    const char *slash = strrchr(m->path, '/');
+    m->base_name = slash ? slash + 1 : m->path;
+    if (c->n == c->cap) {
+        size_t nc = c->cap ? c->cap * 2 : 64;
+        tb_module **nm = realloc(c->mods, nc * sizeof(*nm));
+        if (!nm) {
+            free_module(m);
+            return 0;
+        }
+        c->mods = nm;
+        c->cap = nc;
+    }
+    c->mods[c->n++] = m;
+    return 0;
+}
+
+static int mod_cmp(const void *a, const void *b)
+{
+    const tb_module *x = *(tb_module *const *)a, *y = *(tb_module *const *)b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int refresh_modules(tb_symtab *st)
+{
+    collect_ctx c = {.first = 1};
+    dl_iterate_phdr(phdr_cb, &c);
+    if (st->have_list && c.adds == st->adds && c.subs == st->subs && c.n == st->nmods) {
+        for (size_t i = 0; i < c.n; i++)
+            free_module(c.mods[i]);
+        free(c.mods);
+        return 0;
+    }
+    qsort(c.mods, c.n, sizeof(*c.mods), mod_cmp);
+    /* keep already-loaded symbols of objects still mapped at the same place */
+    for (size_t i = 0; i < c.n; i++)
+        for (size_t j = 0; j < st->nmods; j++) {
+            tb_module *o = st->mods[j];
+            if (o && o->bias == c.mods[i]->bias && o->start == c.mods[i]->start &&
+                strcmp(o->path, c.mods[i]->path) == 0) {
+                c.mods[i]->syms = o->syms;
+                c.mods[i]->syms_loaded = o->syms_loaded;
+                o->syms = NULL;
+                break;
+            }
+        }
+    for (size_t j = 0; j < st->nmods; j++)
+        free_module(st->mods[j]);
+    free(st->mods);
+    st->mods = c.mods;
+    st->nmods = c.n;
+    st->adds = c.adds;
+    st->subs = c.subs;
+    st->have_list = 1;
+    return 1;
+}
+
+/* ---- public ----------------------------------------------------------------------- */
+
+tb_symtab *tb_symtab_new(void)
+{
+    tb_symtab *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    tb_perfmap_init(&st->pm, NULL);
+    return st;
+}
+
+void tb_symtab_free(tb_symtab *st)
+{
+    if (!st)
+        return;
+    for (size_t i = 0; i < st->nmods; i++)
+        free_module(st->mods[i]);
+    free(st->mods);
+    tb_perfmap_free(&st->pm);
+    free(st->pm_path);
+    for (size_t i = 0; i < st->capdm; i++)
+        free(st->dm[i].val);
+    free(st->dm);
+    free(st);
+}
+
+void tb_symtab_set_perfmap_path(tb_symtab *st, const char *path)
+{
+    free(st->pm_path);
+    st->pm_path = path ? strdup(path) : NULL;
+    tb_perfmap_free(&st->pm);
+    tb_perfmap_init(&st->pm, NULL);
+    st->pm_pid = 0;
+}
+
+static void refresh_perfmap(tb_symtab *st)
+{
+    int pid = (int)getpid();
+    if (!st->pm.path || (!st->pm_path && st->pm_pid != pid)) {
+        /* first use, or a forked child: start over with our own pid's map */
+        char path[64];
+        tb_perfmap_free(&st->pm);
+        if (st->pm_path) {
+            tb_perfmap_init(&st->pm, st->pm_path);
+        } else {
+            snprintf(path, sizeof(path), "/tmp/perf-%d.map", pid);
+            tb_perfmap_init(&st->pm, path);
+        }
+        st->pm_pid = pid;
+    }
+    tb_perfmap_update(&st->pm);
+}
+
+int tb_symtab_refresh(tb_symtab *st)
+{
+    int changed = refresh_modules(st);
+    refresh_perfmap(st);
+    return changed;
+}
+
+const tb_module *tb_symtab_module(tb_symtab *st, uint64_t addr)
+{
+    if (!st->have_list)
+        refresh_modules(st);
+    size_t lo = 0, hi = st->nmods;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (st->mods[mid]->start <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* objects do not overlap, but check a couple in case of odd layouts */
+    for (size_t k = lo, steps = 0; k > 0 && steps < 2; k--, steps++) {
+        tb_module *m = st->mods[k - 1];
+        if (addr >= m->end)
+            continue;
+        for (int i = 0; i < m->nseg; i++)
+            if (addr >= m->seg[i].start && addr < m->seg[i].end)
+                return m;
+    }
+    return NULL;
+}
+
+int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len)
+{
+    const tb_module *m = tb_symtab_module(st, addr);
+    if (!m)
+        return 0;
+    for (int i = 0; i < m->nseg; i++)
+        if (addr >= m->seg[i].start && addr + len <= m->seg[i].end && addr + len >= addr)
+            return 1;
+    return 0;
+}
+
+char *tb_demangle(const char *name)
+{
+    typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
+    static demangle_fn fn;
+    static int looked;
+    if (!name || name[0] != '_' || name[1] != 'Z')
+        return NULL;
+    if (!looked) {
+        /* only if the process already has libstdc++: no link dependency */
+        fn = (demangle_fn)dlsym(RTLD_DEFAULT, "__cxa_demangle");
+        looked = fn != NULL; /* look again later if libstdc++ gets loaded */
+    }
+    if (!fn)
+        return NULL;
+    int status = 0;
+    char *out = fn(name, NULL, NULL, &status);
+    if (status != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+static size_t ptr_hash(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return (size_t)x;
+}
+
+static const char *demangled(tb_symtab *st, const char *name)
+{
+    if (name[0] != '_' || name[1] != 'Z')
+        return name;
+    if (st->ndm * 2 >= st->capdm) {
+        size_t nc = st->capdm ? st->capdm * 2 : 1024;
+        demangle_slot *nd = calloc(nc, sizeof(*nd));
+        if (!nd)
+            return name;
+        for (size_t i = 0; i < st->capdm; i++)
+            if (st->dm[i].key) {
+                size_t h = ptr_hash(st->dm[i].key) & (nc - 1);
+                while (nd[h].key)
+                    h = (h + 1) & (nc - 1);
+                nd[h] = st->dm[i];
+            }
+        free(st->dm);
+        st->dm = nd;
+        st->capdm = nc;
+    }
+    size_t h = ptr_hash(name) & (st->capdm - 1);
+    while (st->dm[h].key) {
+        if (st->dm[h].key == name)
+            return st->dm[h].val ? st->dm[h].val : name;
+        h = (h + 1) & (st->capdm - 1);
+    }
+    st->dm[h].key = name;
+    st->dm[h].val = tb_demangle(name);
+    st->ndm++;
+    return st->dm[h].val ? st->dm[h].val : name;
+}
+
+const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module)
+{
+    const tb_module *cm = tb_symtab_module(st, addr);
+    if (module)
+        *module = cm ? cm->base_name : NULL;
+    if (!cm) {
+        if (!st->pm.path)
+            refresh_perfmap(st);
+        return tb_perfmap_lookup(&st->pm, addr);
+    }
+    tb_module *m = (tb_module *)cm;
+    if (!m->syms_loaded) {
+        m->syms_loaded = 1;
+        if (m->is_vdso) {
+            unsigned long eh = getauxval(AT_SYSINFO_EHDR);
+            if (eh && eh >= m->start && eh < m->end) {
+                m->syms = parse_elf((const unsigned char *)eh, (size_t)(m->end - eh));
+                if (m->syms && m->syms->n == 0) {
+                    free_syms(m->syms);
+                    m->syms = NULL;
+                }
+            }
+        } else {
+            m->syms = load_file_syms(m->path);
+        }
+    }
+    if (!m->syms)
+        return NULL;
+    const tb_sym *s = find_sym(m->syms, addr - m->bias);
+    return s ? demangled(st, s->name) : NULL;
+}

@@ -1,0 +1,74 @@
+/* symbols.h - address -> function name for the CPU sampler.
+ *
+ * A tb_symtab knows the objects mapped in this process (dl_iterate_phdr:
+ * the executable, shared libraries, the vDSO) and, lazily, the ELF symbol
+ * tables (.symtab and .dynsym) of each object the first time an address in
+ * it is looked up; each table is read once and cached until the object goes
+ * away. Addresses outside every object are looked up in the JIT map
+ * /tmp/perf-<pid>.map (perfmap.h), which CPython 3.12+ writes while its perf
+ * trampoline is on (`py::<function>:<file>` entries).
+ *
+ * C++ names are demangled with __cxa_demangle when the process already has
+ * it (libstdc++ loaded); tbprof itself never links libstdc++.
+ *
+ * Not thread-safe: the agent thread owns a tb_symtab. Nothing here aborts;
+ * an object whose file cannot be read just has no names.
+ */
+#ifndef TBPROF_AGENT_SYMBOLS_H
+#define TBPROF_AGENT_SYMBOLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TB_MOD_MAX_SEGS 8
+
+/* One mapped object (from dl_iterate_phdr). */
+typedef struct tb_module {
+    char *path;      /* file path ("/proc/self/exe" target for the executable) */
+    const char *base_name; /* points into path, after the last '/' */
+    uint64_t bias;   /* load bias: runtime address = file vaddr + bias */
+    uint64_t start, end; /* lowest / highest runtime address of its PT_LOADs */
+    struct {
+        uint64_t start, end; /* runtime addresses */
+        int exec;
+    } seg[TB_MOD_MAX_SEGS];
+    int nseg;
+    uint64_t eh_frame_hdr;     /* runtime address of PT_GNU_EH_FRAME, 0 if none */
+    uint64_t eh_frame_hdr_len;
+    int is_vdso;
+    /* symbols, loaded on first lookup (private) */
+    int syms_loaded;
+    struct tb_elfsyms *syms;
+} tb_module;
+
+typedef struct tb_symtab tb_symtab;
+
+tb_symtab *tb_symtab_new(void);
+void tb_symtab_free(tb_symtab *st);
+
+/* Re-read the list of mapped objects when it changed (cheap when it did
+ * not) and read what was appended to the perf map. Returns 1 when the object
+ * list changed (unwind caches must be flushed), else 0. */
+int tb_symtab_refresh(tb_symtab *st);
+
+/* The object holding runtime address `addr` (inside one of its PT_LOAD
+ * segments), or NULL. */
+const tb_module *tb_symtab_module(tb_symtab *st, uint64_t addr);
+
+/* Is [addr, addr+len) inside a loaded object's segment (safe to read)? */
+int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len);
+
+/* Name of the function holding `addr`: demangled, owned by `st` (valid
+ * until tb_symtab_free). NULL when unknown; *module then (or always, when
+ * non-NULL) receives the object's base name, or NULL for an address in no
+ * object (JIT code without a perf map entry). */
+const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module);
+
+/* Demangle a C++ name with the process's __cxa_demangle, if present.
+ * Returns a malloc()ed string or NULL (not mangled, or no demangler). */
+char *tb_demangle(const char *name);
+
+/* Override the perf map path (tests); NULL restores /tmp/perf-<pid>.map. */
+void tb_symtab_set_perfmap_path(tb_symtab *st, const char *path);
+
+#endif

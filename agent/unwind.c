@@ -1,0 +1,347 @@
+/* unwind.c - see unwind.h. */
+#include "unwind.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef TBPROF_HAVE_UNWIND
+
+#include <dlfcn.h>
+#include <libunwind.h>
+
+#include "log.h"
+
+/* libunwind is loaded at the first capture that needs it (dlopen), not
+ * linked: Debian's static libunwind is not position-independent, so it
+ * cannot go into libtbprof.so, and a hard dependency would stop the preload
+ * from loading where libunwind is absent. Only its remote API is used; the
+ * header gives the types. RTLD_LOCAL keeps its _Unwind_* symbols out of the
+ * process's global scope (C++ exceptions keep using libgcc_s). */
+static struct {
+    int tried, ok;
+    unw_addr_space_t (*create_addr_space)(unw_accessors_t *, int);
+    void (*destroy_addr_space)(unw_addr_space_t);
+    int (*set_caching_policy)(unw_addr_space_t, unw_caching_policy_t);
+    void (*flush_cache)(unw_addr_space_t, unw_word_t, unw_word_t);
+    int (*init_remote)(unw_cursor_t *, unw_addr_space_t, void *);
+    int (*step)(unw_cursor_t *);
+    int (*get_reg)(unw_cursor_t *, int, unw_word_t *);
+    /* exported by libunwind for its remote back ends, not declared in its headers */
+    int (*search_table)(unw_addr_space_t, unw_word_t, unw_dyn_info_t *, unw_proc_info_t *, int, void *);
+} lu;
+
+static void *open_libunwind(void)
+{
+    const char *env = getenv("TBPROF_LIBUNWIND");
+    if (env && *env)
+        return dlopen(env, RTLD_NOW | RTLD_LOCAL);
+    void *h = dlopen("libunwind-x86_64.so.8", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        h = dlopen("libunwind-x86_64.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        /* a copy shipped beside libtbprof.so */
+        Dl_info di;
+        if (dladdr((void *)open_libunwind, &di) && di.dli_fname) {
+            char path[4096];
+            const char *slash = strrchr(di.dli_fname, '/');
+            if (slash && (size_t)(slash - di.dli_fname) < sizeof(path) - 32) {
+                snprintf(path, sizeof(path), "%.*s/libunwind-x86_64.so.8", (int)(slash - di.dli_fname),
+                         di.dli_fname);
+                h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            }
+        }
+    }
+    return h;
+}
+
+static int load_libunwind(void)
+{
+    if (lu.tried)
+        return lu.ok;
+    lu.tried = 1;
+    void *h = open_libunwind();
+    if (!h) {
+        tb_warn("cpu sampling: libunwind-x86_64.so.8 not found (%s); using frame-pointer stacks", dlerror());
+        return 0;
+    }
+#define LU_SYM(field, name)                                    \
+    do {                                                       \
+        *(void **)&lu.field = dlsym(h, name);                  \
+        if (!lu.field) {                                       \
+            tb_warn("cpu sampling: libunwind lacks %s; using frame-pointer stacks", name); \
+            return 0;                                          \
+        }                                                      \
+    } while (0)
+    LU_SYM(create_addr_space, "_Ux86_64_create_addr_space");
+    LU_SYM(destroy_addr_space, "_Ux86_64_destroy_addr_space");
+    LU_SYM(set_caching_policy, "_Ux86_64_set_caching_policy");
+    LU_SYM(flush_cache, "_Ux86_64_flush_cache");
+    LU_SYM(init_remote, "_Ux86_64_init_remote");
+    LU_SYM(step, "_Ux86_64_step");
+    LU_SYM(get_reg, "_Ux86_64_get_reg");
+    LU_SYM(search_table, "_Ux86_64_dwarf_search_unwind_table");
+#undef LU_SYM
+    lu.ok = 1;
+    return 1;
+}
+
+struct tb_unwinder {
+    unw_addr_space_t as;
+    tb_symtab *st;
+};
+
+/* What one tb_unwind() call walks over; passed to the accessors as `arg`. */
+typedef struct sample_ctx {
+    tb_unwinder *u;
+    const uint64_t *regs;
+    const unsigned char *stack;
+    uint64_t sp;
+    size_t len;
+} sample_ctx;
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TB_NO_ASAN __attribute__((no_sanitize_address))
+#endif
+#endif
+#if !defined(TB_NO_ASAN) && defined(__SANITIZE_ADDRESS__)
+#define TB_NO_ASAN __attribute__((no_sanitize_address))
+#endif
+#ifndef TB_NO_ASAN
+#define TB_NO_ASAN
+#endif
+
+/* A word of a loaded object's image (code, .eh_frame, ...): read directly;
+ * the caller has checked that it lies in a mapped segment. Not through memcpy
+ * so ASan's redzones around globals do not trip on it. */
+TB_NO_ASAN static unw_word_t read_own_word(uint64_t addr)
+{
+    unw_word_t v;
+    __builtin_memcpy(&v, (const void *)(uintptr_t)addr, sizeof(v));
+    return v;
+}
+
+static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
+                             void *arg)
+{
+    sample_ctx *c = arg;
+    const tb_module *m = tb_symtab_module(c->u->st, ip);
+    if (!m || !m->eh_frame_hdr || m->eh_frame_hdr_len < 12 ||
+        !tb_symtab_readable(c->u->st, m->eh_frame_hdr, 12))
+        return -UNW_ENOINFO;
+    unsigned char hdr[4];
+    unw_word_t w = read_own_word(m->eh_frame_hdr);
+    memcpy(hdr, &w, 4);
+    /* version 1; eh_frame_ptr pcrel|sdata4; fde_count udata4; table datarel|sdata4 */
+    if (hdr[0] != 1 || hdr[2] != 0x03 || hdr[3] != 0x3b)
+        return -UNW_ENOINFO;
+    uint32_t fde_count = (uint32_t)(read_own_word(m->eh_frame_hdr + 8) & 0xffffffffu);
+    if (fde_count == 0 || !tb_symtab_readable(c->u->st, m->eh_frame_hdr + 12, (size_t)fde_count * 8))
+        return -UNW_ENOINFO;
+    unw_dyn_info_t di;
+    memset(&di, 0, sizeof(di));
+    di.format = UNW_INFO_FORMAT_REMOTE_TABLE;
+    di.start_ip = m->start;
+    di.end_ip = m->end;
+    di.u.rti.segbase = m->eh_frame_hdr;
+    di.u.rti.table_data = m->eh_frame_hdr + 12;
+    di.u.rti.table_len = (unw_word_t)fde_count * 8 / sizeof(unw_word_t);
+    return lu.search_table(as, ip, &di, pi, need_unwind_info, arg);
+}
+
+/* libunwind frees the table-format unwind info it asked for itself. */
+static void eh_put_unwind_info(unw_addr_space_t as, unw_proc_info_t *pi, void *arg)
+{
+    (void)as;
+    (void)pi;
+    (void)arg;
+}
+
+static int no_dyn_list(unw_addr_space_t as, unw_word_t *addr, void *arg)
+{
+    (void)as;
+    (void)addr;
+    (void)arg;
+    return -UNW_ENOINFO;
+}
+
+static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, int write, void *arg)
+{
+    (void)as;
+    sample_ctx *c = arg;
+    if (write)
+        return -UNW_EINVAL;
+    if (addr >= c->sp && addr - c->sp + sizeof(unw_word_t) <= c->len && addr + sizeof(unw_word_t) > addr) {
+        memcpy(valp, c->stack + (addr - c->sp), sizeof(*valp));
+        return 0;
+    }
+    if (tb_symtab_readable(c->u->st, addr, sizeof(unw_word_t))) {
+        *valp = read_own_word(addr);
+        return 0;
+    }
+    return -UNW_EINVAL;
+}
+
+static int access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *valp, int write, void *arg)
+{
+    (void)as;
+    sample_ctx *c = arg;
+    if (write)
+        return -UNW_EREADONLYREG;
+    int i;
+    switch (reg) {
+    case UNW_X86_64_RAX: i = TB_UREG_AX; break;
+    case UNW_X86_64_RDX: i = TB_UREG_DX; break;
+    case UNW_X86_64_RCX: i = TB_UREG_CX; break;
+    case UNW_X86_64_RBX: i = TB_UREG_BX; break;
+    case UNW_X86_64_RSI: i = TB_UREG_SI; break;
+    case UNW_X86_64_RDI: i = TB_UREG_DI; break;
+    case UNW_X86_64_RBP: i = TB_UREG_BP; break;
+    case UNW_X86_64_RSP: i = TB_UREG_SP; break;
+    case UNW_X86_64_RIP: i = TB_UREG_IP; break;
+    case UNW_X86_64_R8: i = TB_UREG_R8; break;
+    case UNW_X86_64_R9: i = TB_UREG_R9; break;
+    case UNW_X86_64_R10: i = TB_UREG_R10; break;
+    case UNW_X86_64_R11: i = TB_UREG_R11; break;
+    case UNW_X86_64_R12: i = TB_UREG_R12; break;
+    case UNW_X86_64_R13: i = TB_UREG_R13; break;
+    case UNW_X86_64_R14: i = TB_UREG_R14; break;
+    case UNW_X86_64_R15: i = TB_UREG_R15; break;
+    default: return -UNW_EBADREG;
+    }
+    *valp = c->regs[i];
+    return 0;
+}
+
+static int access_fpreg(unw_addr_space_t as, unw_regnum_t reg, unw_fpreg_t *val, int write, void *arg)
+{
+    (void)as;
+    (void)reg;
+    (void)val;
+    (void)write;
+    (void)arg;
+    return -UNW_EINVAL;
+}
+
+static int no_resume(unw_addr_space_t as, unw_cursor_t *cur, void *arg)
+{
+    (void)as;
+    (void)cur;
+    (void)arg;
+    return -UNW_EINVAL;
+}
+
+static int no_proc_name(unw_addr_space_t as, unw_word_t addr, char *buf, size_t len, unw_word_t *off,
+                        void *arg)
+{
+    (void)as;
+    (void)addr;
+    (void)buf;
+    (void)len;
+    (void)off;
+    (void)arg;
+    return -UNW_EINVAL;
+}
+
+static unw_accessors_t accessors = {
+    .find_proc_info = eh_find_proc_info,
+    .put_unwind_info = eh_put_unwind_info,
+    .get_dyn_info_list_addr = no_dyn_list,
+    .access_mem = access_mem,
+    .access_reg = access_reg,
+    .access_fpreg = access_fpreg,
+    .resume = no_resume,
+    .get_proc_name = no_proc_name,
+};
+
+tb_unwinder *tb_unwinder_new(tb_symtab *st)
+{
+    if (!st || !load_libunwind())
+        return NULL;
+    tb_unwinder *u = calloc(1, sizeof(*u));
+    if (!u)
+        return NULL;
+    u->st = st;
+    u->as = lu.create_addr_space(&accessors, 0);
+    if (!u->as) {
+        free(u);
+        return NULL;
+    }
+    lu.set_caching_policy(u->as, UNW_CACHE_GLOBAL);
+    return u;
+}
+
+void tb_unwinder_free(tb_unwinder *u)
+{
+    if (!u)
+        return;
+    lu.destroy_addr_space(u->as);
+    free(u);
+}
+
+void tb_unwinder_flush(tb_unwinder *u)
+{
+    if (u)
+        lu.flush_cache(u->as, 0, 0);
+}
+
+int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len, uint64_t *ips, int max,
+              int *failed)
+{
+    *failed = 0;
+    if (max <= 0)
+        return 0;
+    sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len};
+    int n = 0;
+    ips[n++] = regs[TB_UREG_IP];
+    if (!u)
+        return n;
+    unw_cursor_t cur;
+    if (lu.init_remote(&cur, u->as, &c) < 0) {
+        *failed = 1;
+        return n;
+    }
+    while (n < max) {
+        int r = lu.step(&cur);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            *failed = 1;
+            break;
+        }
+        unw_word_t ip = 0;
+        if (lu.get_reg(&cur, UNW_REG_IP, &ip) < 0) {
+            *failed = 1;
+            break;
+        }
+        if (ip == 0)
+            break;
+        ips[n++] = ip;
+    }
+    return n;
+}
+
+#else /* !TBPROF_HAVE_UNWIND */
+
+tb_unwinder *tb_unwinder_new(tb_symtab *st)
+{
+    (void)st;
+    return NULL;
+}
+void tb_unwinder_free(tb_unwinder *u) { (void)u; }
+void tb_unwinder_flush(tb_unwinder *u) { (void)u; }
+int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len, uint64_t *ips, int max,
+              int *failed)
+{
+    (void)u;
+    (void)stack;
+    (void)stack_len;
+    *failed = 1;
+    if (max <= 0)
+        return 0;
+    ips[0] = regs[TB_UREG_IP];
+    return 1;
+}
+
+#endif

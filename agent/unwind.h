@@ -1,0 +1,54 @@
+/* unwind.h - DWARF unwinding of copied user stacks (libunwind, remote mode).
+ *
+ * perf_event gives each sample the user registers and a copy of the top of
+ * the user stack (PERF_SAMPLE_REGS_USER + PERF_SAMPLE_STACK_USER). Later, on
+ * the agent thread, tb_unwind() walks that copy with libunwind's remote API:
+ * an address space whose accessors read stack words from the copy and code /
+ * .eh_frame_hdr / .eh_frame bytes from this process's own loaded objects
+ * (never from anywhere else: an address outside the copy and outside every
+ * loaded object's segments ends the walk). Code without unwind tables (JIT
+ * trampolines) is stepped over by libunwind's frame-pointer fallback.
+ *
+ * Built without libunwind (TBPROF_HAVE_UNWIND unset), tb_unwinder_new()
+ * returns NULL and the sampler uses frame-pointer callchains.
+ */
+#ifndef TBPROF_AGENT_UNWIND_H
+#define TBPROF_AGENT_UNWIND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "symbols.h"
+
+/* The user registers the sampler asks for (perf_event's x86-64 register
+ * numbers; a sample lists them in increasing bit order, which is the order of
+ * enum tb_ureg). */
+enum tb_ureg {
+    TB_UREG_AX, TB_UREG_BX, TB_UREG_CX, TB_UREG_DX, TB_UREG_SI, TB_UREG_DI,
+    TB_UREG_BP, TB_UREG_SP, TB_UREG_IP,
+    TB_UREG_R8, TB_UREG_R9, TB_UREG_R10, TB_UREG_R11,
+    TB_UREG_R12, TB_UREG_R13, TB_UREG_R14, TB_UREG_R15,
+    TB_UREG_COUNT
+};
+/* PERF_REG_X86_AX..IP (bits 0-8) and R8..R15 (bits 16-23). */
+#define TB_UREG_MASK (0x1ffULL | (0xffULL << 16))
+
+typedef struct tb_unwinder tb_unwinder;
+
+/* NULL when built without libunwind or out of memory. */
+tb_unwinder *tb_unwinder_new(tb_symtab *st);
+void tb_unwinder_free(tb_unwinder *u);
+/* Call after tb_symtab_refresh() reported a change of mapped objects. */
+void tb_unwinder_flush(tb_unwinder *u);
+
+/* Unwind one sample. regs[TB_UREG_COUNT] as perf_event wrote them; `stack`
+ * holds `stack_len` bytes copied from address regs[TB_UREG_SP] upward.
+ * Writes up to `max` instruction pointers to ips, leaf first (ips[0] is the
+ * sampled IP; the others are return addresses). Returns the number written;
+ * *failed is set when the walk stopped on an error (stack copy too short,
+ * no unwind info and no usable frame pointer) rather than at the outermost
+ * frame or at `max`. */
+int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len,
+              uint64_t *ips, int max, int *failed);
+
+#endif

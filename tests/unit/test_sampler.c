@@ -1,0 +1,248 @@
+/* test_sampler.c - the CPU source driven directly (start/poll/stop/collect),
+ * as the agent thread drives it, on threads with a known split of CPU time:
+ * the merged spans must give that split back, nest properly, stay inside the
+ * capture window, and include a thread that was created and ended during the
+ * capture. Skips (passes) where perf_event_open is refused. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "host.h"
+#include "sampler.h"
+#include "stats.h"
+#include "tap.h"
+#include "trace.h"
+
+static atomic_int stop_flag;
+static volatile double sink;
+static volatile long burns;
+
+__attribute__((noinline, noipa)) static void store(double x) { sink = x; }
+
+/* Same loop body in both, so equal iteration counts mean equal CPU time.
+ * The call at the end makes them non-leaf functions, which gcc gives a
+ * frame pointer (leaf functions get none: -momit-leaf-frame-pointer). */
+#define BURN_BODY(k)                                                       \
+    double x = sink;                                                       \
+    for (long i = 0; i < iters; i++)                                       \
+        x = x * 1.0000001 + (k);                                           \
+    store(x);                                                              \
+    burns++; /* after the call: no tail call */
+
+__attribute__((noinline, noipa)) static void burn_a(long iters) { BURN_BODY(1.0) }
+__attribute__((noinline, noipa)) static void burn_b(long iters) { BURN_BODY(2.0) }
+
+#define UNIT 20000 /* iterations per unit; a round is 6 units of a, 4 of b */
+
+__attribute__((noinline, noipa)) static void *worker(void *arg)
+{
+    atomic_int *own_stop = arg;
+    while (!atomic_load(&stop_flag) && !(own_stop && atomic_load(own_stop))) {
+        burn_a(6 * UNIT);
+        burn_b(4 * UNIT);
+    }
+    return NULL;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static uint64_t stat_u64(const tb_line *l, const tb_plane *p, const tb_event *e, const char *name)
+{
+    const tb_stat *s = tb_event_find_stat(p, l, e, name);
+    return s ? s->v.u : 0;
+}
+
+static int64_t plane_stat(const tb_plane *p, const char *name, int *found)
+{
+    for (size_t i = 0; i < p->nstats; i++)
+        if (strcmp(tb_plane_stat_name(p, p->stats[i].meta), name) == 0) {
+            *found = 1;
+            return (int64_t)p->stats[i].v.u;
+        }
+    *found = 0;
+    return 0;
+}
+
+typedef struct tally {
+    uint64_t a, b, self_total, spans, bad_nest, out_of_window;
+    int a_under_worker; /* a burn_a span inside a worker span */
+} tally;
+
+/* Walk one line: spans sorted (start asc, longer first) must nest. */
+static void walk_line(const tb_plane *p, const tb_line *l, int64_t lo, int64_t hi, tally *t)
+{
+    const tb_event *stack[256];
+    int depth = 0;
+    for (size_t i = 0; i < l->nevents; i++) {
+        const tb_event *e = &l->events[i];
+        const char *name = tb_plane_event_name(p, e->meta);
+        const tb_meta *m = &p->event_meta[e->meta];
+        if (m->category != TB_CAT_CPU_SAMPLE)
+            continue;
+        t->spans++;
+        if (e->start_ns < lo || e->start_ns + e->dur_ns > hi)
+            t->out_of_window++;
+        while (depth > 0 && e->start_ns >= stack[depth - 1]->start_ns + stack[depth - 1]->dur_ns)
+            depth--;
+        if (depth > 0 && e->start_ns + e->dur_ns > stack[depth - 1]->start_ns + stack[depth - 1]->dur_ns)
+            t->bad_nest++;
+        int under_worker = 0;
+        for (int d = 0; d < depth; d++)
+            if (strcmp(tb_plane_event_name(p, stack[d]->meta), "worker") == 0)
+                under_worker = 1;
+        uint64_t samples = stat_u64(l, p, e, TB_ST_CPU_SPAN_SAMPLES);
+        t->self_total += stat_u64(l, p, e, TB_ST_CPU_SPAN_SELF);
+        if (strcmp(name, "burn_a") == 0) {
+            t->a += samples;
+            t->a_under_worker |= under_worker;
+        } else if (strcmp(name, "burn_b") == 0) {
+            t->b += samples;
+        }
+        if (depth < 256)
+            stack[depth++] = e;
+    }
+}
+
+static void run_mode(int mode)
+{
+    const char *mname = mode == TB_CPU_FP ? "fp" : "stackcopy";
+    tb_source *src = tb_cpu_source();
+    atomic_store(&stop_flag, 0);
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&th[i], NULL, worker, NULL);
+    sleep_ms(50);
+
+    tb_clock_calibrate();
+    tb_capture_info info = {.begin_ns = tb_real_ns(), .buffer_bytes = 32u << 20, .cpu_hz = 1000, .cpu_mode = mode};
+    const char *why = NULL;
+    int rc = src->start(src->ctx, &info, &why);
+    if (rc < 0) {
+        atomic_store(&stop_flag, 1);
+        for (int i = 0; i < 3; i++)
+            pthread_join(th[i], NULL);
+        CHECKF(rc == -EACCES || rc == -EPERM || rc == -ENOSYS || rc == -ENOENT || rc == -EOPNOTSUPP ||
+                   rc == -ENODEV,
+               "start failed with an unexpected error %d (%s)", rc, why ? why : "");
+        CHECKF(why && *why, "no reason given");
+        printf("# skip %s: %s\n", mname, why ? why : "?");
+        return;
+    }
+    int64_t t0 = tb_real_ns();
+    /* a thread created and ended during the capture */
+    atomic_int late_stop = 0;
+    pthread_t late;
+    pid_t late_tid = 0;
+    for (int ms = 0; ms < 1500; ms += 5) {
+        if (ms == 300)
+            pthread_create(&late, NULL, worker, &late_stop);
+        if (ms == 900) {
+            atomic_store(&late_stop, 1);
+            pthread_join(late, NULL);
+        }
+        sleep_ms(5);
+        src->poll(src->ctx);
+    }
+    (void)late_tid;
+    src->stop(src->ctx);
+    int64_t t1 = tb_real_ns();
+    atomic_store(&stop_flag, 1);
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], NULL);
+
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_space_sort(space);
+    tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+    CHECKF(p != NULL, "%s: no host plane", mname);
+    if (!p) {
+        tb_space_free(space);
+        return;
+    }
+    int found;
+    int64_t nsamples = plane_stat(p, TB_ST_SAMPLES, &found);
+    CHECKF(found, "%s: no %s stat", mname, TB_ST_SAMPLES);
+    int64_t lost = plane_stat(p, TB_ST_SAMPLES_LOST, &found);
+    CHECKF(found, "%s: no %s stat", mname, TB_ST_SAMPLES_LOST);
+    int64_t unwind_failed = plane_stat(p, TB_ST_UNWIND_FAILED, &found);
+    CHECKF(found == (mode == TB_CPU_STACKCOPY), "%s: unwind-failure stat present=%d", mname, found);
+
+    tally total = {0};
+    int lines_with_work = 0;
+    for (size_t i = 0; i < p->nlines; i++) {
+        tally t = {0};
+        walk_line(p, p->lines[i], t0 - 50000000, t1 + 50000000, &t);
+        if (t.a + t.b > 0)
+            lines_with_work++;
+        total.a += t.a;
+        total.b += t.b;
+        total.self_total += t.self_total;
+        total.spans += t.spans;
+        total.bad_nest += t.bad_nest;
+        total.out_of_window += t.out_of_window;
+        total.a_under_worker |= t.a_under_worker;
+    }
+    double share = total.a + total.b ? (double)total.a / (double)(total.a + total.b) : 0;
+    printf("# %s: %lld samples, %lld lost, %lld unwind failures, %llu spans, burn_a %llu burn_b %llu "
+           "(%.1f%% a), %d threads with work\n",
+           mname, (long long)nsamples, (long long)lost, (long long)unwind_failed, (unsigned long long)total.spans,
+           (unsigned long long)total.a, (unsigned long long)total.b, share * 100, lines_with_work);
+    /* 1.5 s of up to 4 busy threads on at least one core at 1 kHz */
+    CHECKF(nsamples > 300, "%s: only %lld samples", mname, (long long)nsamples);
+    CHECKF(total.self_total == (uint64_t)nsamples, "%s: self samples %llu != samples %lld", mname,
+           (unsigned long long)total.self_total, (long long)nsamples);
+    CHECKF(total.a + total.b > (uint64_t)nsamples * 8 / 10, "%s: burn_a+burn_b %llu of %lld samples", mname,
+           (unsigned long long)(total.a + total.b), (long long)nsamples);
+    CHECKF(share > 0.55 && share < 0.65, "%s: burn_a share %.3f, expected 0.60 +- 0.05", mname, share);
+    CHECKF(total.bad_nest == 0, "%s: %llu spans overlap their parent's end", mname,
+           (unsigned long long)total.bad_nest);
+    CHECKF(total.out_of_window == 0, "%s: %llu spans outside the capture window", mname,
+           (unsigned long long)total.out_of_window);
+    CHECKF(total.a_under_worker, "%s: burn_a never seen under its caller worker()", mname);
+    /* 3 workers + the late one: the late thread was found by a rescan */
+    CHECKF(lines_with_work == 4, "%s: %d threads with burn samples, expected 4", mname, lines_with_work);
+    if (mode == TB_CPU_STACKCOPY)
+        CHECKF(unwind_failed * 10 < nsamples, "%s: %lld of %lld unwinds failed", mname, (long long)unwind_failed,
+               (long long)nsamples);
+    tb_space_free(space);
+}
+
+static void test_refuses_second_start(void)
+{
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 4u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) < 0)
+        return;
+    const char *why2 = NULL;
+    CHECK_EQ_I(src->start(src->ctx, &info, &why2), -EBUSY);
+    CHECK(why2 != NULL);
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    /* collect twice: nothing left, nothing added */
+    size_t n = tb_space_event_count(space);
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    CHECK_EQ_I(tb_space_event_count(space), n);
+    tb_space_free(space);
+}
+
+int main(void)
+{
+    tb_source *src = tb_cpu_source();
+    CHECK(src && strcmp(src->name, "cpu") == 0);
+    CHECK(src->start && src->poll && src->stop && src->collect);
+    run_mode(TB_CPU_STACKCOPY);
+    run_mode(TB_CPU_FP);
+    test_refuses_second_start();
+    return tap_done();
+}

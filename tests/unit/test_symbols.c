@@ -1,0 +1,132 @@
+/* test_symbols.c - address -> name: functions of this executable (.symtab),
+ * of libc (.dynsym), C++ demangling when libstdc++ is present, the JIT map
+ * read incrementally as it grows, and addresses nothing covers. */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "perfmap.h"
+#include "symbols.h"
+#include "tap.h"
+
+__attribute__((noinline)) static int local_function_for_lookup(int x) { return x * 3 + 1; }
+__attribute__((noinline)) int global_function_for_lookup(int x) { return x * 5 + 2; }
+
+static void test_own_and_libc(void)
+{
+    tb_symtab *st = tb_symtab_new();
+    CHECK(st != NULL);
+    tb_symtab_refresh(st);
+    const char *mod = NULL;
+    /* a static function: only in .symtab */
+    uintptr_t a = (uintptr_t)local_function_for_lookup;
+    const char *n = tb_symtab_lookup(st, a + 1, &mod);
+    CHECKF(n && strcmp(n, "local_function_for_lookup") == 0, "got %s", n ? n : "(null)");
+    CHECKF(mod && strcmp(mod, "test_symbols") == 0, "module %s", mod ? mod : "(null)");
+    n = tb_symtab_lookup(st, (uintptr_t)global_function_for_lookup, &mod);
+    CHECKF(n && strcmp(n, "global_function_for_lookup") == 0, "got %s", n ? n : "(null)");
+    /* a libc function, through .dynsym; the module is libc */
+    void *fn = dlsym(RTLD_DEFAULT, "qsort");
+    n = tb_symtab_lookup(st, (uintptr_t)fn + 2, &mod);
+    CHECKF(n && strcmp(n, "qsort") == 0, "got %s", n ? n : "(null)");
+    CHECKF(mod && strncmp(mod, "libc", 4) == 0, "module %s", mod ? mod : "(null)");
+    /* the module table knows where code is, and that a heap address is no code */
+    const tb_module *m = tb_symtab_module(st, a);
+    CHECK(m != NULL && m->eh_frame_hdr != 0);
+    CHECK(tb_symtab_readable(st, a, 8));
+    void *heap = malloc(16);
+    CHECK(!tb_symtab_readable(st, (uintptr_t)heap, 8));
+    n = tb_symtab_lookup(st, (uintptr_t)heap, &mod);
+    CHECK(n == NULL && mod == NULL);
+    free(heap);
+    /* an object loaded later is found after a refresh */
+    void *h = dlopen("libz.so.1", RTLD_NOW);
+    void *h2 = dlopen("liblzma.so.5", RTLD_NOW);
+    if (h && h2) {
+        tb_symtab_refresh(st);
+        const char *mn = NULL;
+        n = tb_symtab_lookup(st, (uintptr_t)dlsym(h2, "lzma_version_number"), &mn);
+        CHECKF(n && strcmp(n, "lzma_version_number") == 0, "got %s", n ? n : "(null)");
+        CHECKF(mn && strncmp(mn, "liblzma", 7) == 0, "module %s", mn ? mn : "(null)");
+        n = tb_symtab_lookup(st, (uintptr_t)dlsym(h, "inflateEnd"), &mn);
+        CHECKF(n && strcmp(n, "inflateEnd") == 0, "got %s", n ? n : "(null)");
+    } else {
+        printf("# skip dlopen part: %s\n", dlerror());
+    }
+    tb_symtab_free(st);
+}
+
+static void test_demangle(void)
+{
+    /* no libstdc++ in this C program until we load it */
+    void *h = dlopen("libstdc++.so.6", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) {
+        printf("# skip demangle: libstdc++.so.6 not found\n");
+        return;
+    }
+    char *d = tb_demangle("_ZN2ns3Foo3barEi");
+    CHECKF(d && strcmp(d, "ns::Foo::bar(int)") == 0, "got %s", d ? d : "(null)");
+    free(d);
+    CHECK(tb_demangle("plain_c_name") == NULL);
+    CHECK(tb_demangle("_Znot a mangled name") == NULL);
+}
+
+static void append(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "a");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_perfmap(void)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/tbprof-test-perfmap-%d.map", (int)getpid());
+    unlink(path);
+    tb_perfmap m;
+    tb_perfmap_init(&m, path);
+    CHECK_EQ_I(tb_perfmap_update(&m), -2 /* ENOENT */);
+    append(path, "7f0000001000 100 py::first:/app/a.py\n7f0000002000 80 py::second:/app/b.py\n7f00000030");
+    CHECK_EQ_I(tb_perfmap_update(&m), 2);
+    const char *n = tb_perfmap_lookup(&m, 0x7f0000001000 + 0xff);
+    CHECKF(n && strcmp(n, "py::first:/app/a.py") == 0, "got %s", n ? n : "(null)");
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000001000 + 0x100) == NULL);
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000000fff) == NULL);
+    /* the partial third line completes later; a reused address wins */
+    append(path, "00 40 py::third:/app/c.py\nbogus line\n7f0000001000 100 py::again:/app/a.py\n");
+    CHECK_EQ_I(tb_perfmap_update(&m), 2);
+    n = tb_perfmap_lookup(&m, 0x7f0000003010);
+    CHECKF(n && strcmp(n, "py::third:/app/c.py") == 0, "got %s", n ? n : "(null)");
+    n = tb_perfmap_lookup(&m, 0x7f0000001010);
+    CHECKF(n && strcmp(n, "py::again:/app/a.py") == 0, "got %s", n ? n : "(null)");
+    CHECK_EQ_I(tb_perfmap_update(&m), 0);
+    tb_perfmap_free(&m);
+
+    /* through the symbol table: addresses in no object go to the map */
+    tb_symtab *st = tb_symtab_new();
+    tb_symtab_set_perfmap_path(st, path);
+    tb_symtab_refresh(st);
+    const char *mod = "x";
+    n = tb_symtab_lookup(st, 0x7f0000002010, &mod);
+    CHECKF(n && strcmp(n, "py::second:/app/b.py") == 0, "got %s", n ? n : "(null)");
+    CHECK(mod == NULL);
+    append(path, "7f0000005000 10 py::late:/app/d.py\n");
+    CHECK(tb_symtab_lookup(st, 0x7f0000005004, NULL) == NULL); /* not read yet */
+    tb_symtab_refresh(st);
+    n = tb_symtab_lookup(st, 0x7f0000005004, NULL);
+    CHECKF(n && strcmp(n, "py::late:/app/d.py") == 0, "got %s", n ? n : "(null)");
+    tb_symtab_free(st);
+    unlink(path);
+}
+
+int main(void)
+{
+    CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
+    test_own_and_libc();
+    test_perfmap();
+    test_demangle();
+    return tap_done();
+}

@@ -1,0 +1,153 @@
+/* test_unwind.c - unwinding a copied stack the way the sampler does: take
+ * this thread's registers and a copy of its stack inside a known call chain
+ * (one function built without a frame pointer, so only DWARF CFI can step
+ * over it), unwind the copy, symbolize, and expect the chain back. A short
+ * copy must stop early and say so; garbage must not crash. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include "symbols.h"
+#include "tap.h"
+#include "unwind.h"
+
+#define COPY 16384
+
+static uint64_t regs[TB_UREG_COUNT];
+static unsigned char stack_copy[COPY];
+static size_t stack_len;
+static volatile int depth_sink;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define NO_ASAN __attribute__((no_sanitize_address))
+#else
+#define NO_ASAN
+#endif
+
+/* Copy the live stack byte by byte (memcpy would trip ASan's stack redzones). */
+NO_ASAN __attribute__((noinline)) static void copy_stack(uint64_t sp)
+{
+    pthread_attr_t a;
+    void *lo;
+    size_t sz;
+    uint64_t top = sp + COPY;
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        if (pthread_attr_getstack(&a, &lo, &sz) == 0 && (uint64_t)(uintptr_t)lo + sz < top)
+            top = (uint64_t)(uintptr_t)lo + sz;
+        pthread_attr_destroy(&a);
+    }
+    stack_len = (size_t)(top - sp);
+    const volatile unsigned char *src = (const unsigned char *)(uintptr_t)sp;
+    for (size_t i = 0; i < stack_len; i++)
+        stack_copy[i] = src[i];
+}
+
+__attribute__((noinline)) static void capture(void)
+{
+    ucontext_t uc;
+    getcontext(&uc); /* registers as they are right after this call returns */
+    const greg_t *g = uc.uc_mcontext.gregs;
+    regs[TB_UREG_AX] = (uint64_t)g[REG_RAX];
+    regs[TB_UREG_BX] = (uint64_t)g[REG_RBX];
+    regs[TB_UREG_CX] = (uint64_t)g[REG_RCX];
+    regs[TB_UREG_DX] = (uint64_t)g[REG_RDX];
+    regs[TB_UREG_SI] = (uint64_t)g[REG_RSI];
+    regs[TB_UREG_DI] = (uint64_t)g[REG_RDI];
+    regs[TB_UREG_BP] = (uint64_t)g[REG_RBP];
+    regs[TB_UREG_SP] = (uint64_t)g[REG_RSP];
+    regs[TB_UREG_IP] = (uint64_t)g[REG_RIP];
+    regs[TB_UREG_R8] = (uint64_t)g[REG_R8];
+    regs[TB_UREG_R9] = (uint64_t)g[REG_R9];
+    regs[TB_UREG_R10] = (uint64_t)g[REG_R10];
+    regs[TB_UREG_R11] = (uint64_t)g[REG_R11];
+    regs[TB_UREG_R12] = (uint64_t)g[REG_R12];
+    regs[TB_UREG_R13] = (uint64_t)g[REG_R13];
+    regs[TB_UREG_R14] = (uint64_t)g[REG_R14];
+    regs[TB_UREG_R15] = (uint64_t)g[REG_R15];
+    copy_stack(regs[TB_UREG_SP]);
+}
+
+__attribute__((noinline)) static void level3(void)
+{
+    capture();
+    depth_sink++;
+}
+/* No frame pointer here: the walk must use .eh_frame to step over it. */
+__attribute__((noinline, optimize("omit-frame-pointer"))) static void level2(void)
+{
+    volatile char pad[200];
+    pad[0] = 1;
+    level3();
+    depth_sink += pad[0];
+}
+__attribute__((noinline)) static void level1(void)
+{
+    level2();
+    depth_sink++;
+}
+
+int main(void)
+{
+    tb_symtab *st = tb_symtab_new();
+    tb_symtab_refresh(st);
+    tb_unwinder *u = tb_unwinder_new(st);
+    if (!u) {
+        printf("# skip: no libunwind at run time (frame-pointer mode only)\n");
+        tb_symtab_free(st);
+        CHECK(1);
+        return tap_done();
+    }
+    level1();
+    uint64_t ips[64];
+    int failed = -1;
+    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+    const char *names[64];
+    for (int i = 0; i < n; i++) {
+        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
+        names[i] = nm ? nm : "?";
+        printf("# frame %d: %s\n", i, names[i]);
+    }
+    /* frame 0 is capture() right after getcontext returned */
+    CHECKF(n >= 5, "only %d frames", n);
+    if (n >= 5) {
+        CHECK_STR(names[0], "capture");
+        CHECK_STR(names[1], "level3");
+        CHECK_STR(names[2], "level2");
+        CHECK_STR(names[3], "level1");
+        CHECK_STR(names[4], "main");
+    }
+    CHECK_EQ_I(failed, 0); /* reached the outermost frame (_start) */
+
+    /* a copy too short for the chain: fewer frames, flagged as failed */
+    int n_short = tb_unwind(u, regs, stack_copy, 64, ips, 64, &failed);
+    CHECKF(n_short < n, "short copy gave %d frames of %d", n_short, n);
+    CHECK_EQ_I(failed, 1);
+
+    /* garbage registers and stack: no crash, bounded output */
+    srand(1);
+    for (int it = 0; it < 2000; it++) {
+        uint64_t r[TB_UREG_COUNT];
+        static unsigned char junk[4096];
+        for (int i = 0; i < TB_UREG_COUNT; i++)
+            r[i] = ((uint64_t)rand() << 33) ^ ((uint64_t)rand() << 2);
+        for (size_t i = 0; i < sizeof(junk); i++)
+            junk[i] = (unsigned char)rand();
+        /* sometimes plausible: IP in our code, SP at the copy */
+        if (it & 1)
+            r[TB_UREG_IP] = regs[TB_UREG_IP] + (uint64_t)(rand() % 512);
+        if (it & 2)
+            r[TB_UREG_BP] = r[TB_UREG_SP] + (uint64_t)(rand() % 4096);
+        int k = tb_unwind(u, r, junk, sizeof(junk), ips, 64, &failed);
+        if (k < 1 || k > 64) {
+            CHECKF(0, "garbage gave %d frames", k);
+            break;
+        }
+    }
+    CHECK(1);
+    tb_unwinder_free(u);
+    tb_symtab_free(st);
+    return tap_done();
+}
