@@ -1,2 +1,75 @@
-/* preload.c - placeholder until the agent lands (issue 4). */
+/* preload.c - the LD_PRELOAD entry: constructor, destructor, fork handlers,
+ * and the exported C API (include/tbprof/tbprof.h).
+ *
+ * The constructor reads TBPROF_* once (config.c), registers the data sources
+ * and starts the agent (capture.c). In set-uid/set-gid processes
+ * (AT_SECURE) the agent does nothing at all.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sys/auxv.h>
+
+#include "capture.h"
+#include "config.h"
+#include "log.h"
+#include "sampler.h"
 #include "tbprof/tbprof.h"
+#ifdef TBPROF_WITH_CUPTI
+#include "gpu.h"
+#endif
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void)
+{
+    int secure = getauxval(AT_SECURE) != 0;
+    tb_config c;
+    if (secure) {
+        tb_config_load(&c, NULL, NULL); /* defaults: nothing is read */
+        tb_config_set_global(&c);
+        tb_agent_init(&c, 1);
+        return;
+    }
+    tb_config_load(&c, NULL, NULL);
+    tb_config_set_global(&c);
+#ifdef TBPROF_WITH_CUPTI
+    tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "off (TBPROF_GPU=off)");
+#else
+    tb_agent_add_source("gpu", NULL, 0, c.gpu ? "tbprof built without CUPTI" : "off (TBPROF_GPU=off)");
+#endif
+    tb_agent_add_source("cpu", tb_cpu_source(), c.cpu, c.cpu ? NULL : "off (TBPROF_CPU=off)");
+    pthread_atfork(tb_agent_fork_prepare, tb_agent_fork_parent, tb_agent_fork_child);
+    tb_agent_init(&c, 0);
+}
+
+__attribute__((constructor)) static void tbprof_preload_init(void) { pthread_once(&once, init); }
+
+__attribute__((destructor)) static void tbprof_preload_fini(void) { tb_agent_exit(); }
+
+static void ensure(void) { pthread_once(&once, init); }
+
+TBPROF_API int64_t tbprof_step(void)
+{
+    return tb_agent_step(0, 0);
+}
+
+TBPROF_API int64_t tbprof_step_num(int64_t step)
+{
+    return tb_agent_step(1, step);
+}
+
+TBPROF_API int tbprof_start(int64_t duration_ms)
+{
+    ensure();
+    return tb_agent_start(duration_ms, duration_ms ? "api tbprof_start(duration)" : "api tbprof_start");
+}
+
+TBPROF_API int tbprof_stop(void)
+{
+    ensure();
+    return tb_agent_stop();
+}
+
+TBPROF_API int tbprof_capturing(void) { return tb_agent_capturing(); }
+
+TBPROF_API const char *tbprof_last_profile(void) { return tb_agent_last_profile(); }

@@ -1,0 +1,1192 @@
+/* capture.c - the agent thread and the capture state machine (capture.h). */
+#include "capture.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "ctl.h"
+#include "host.h"
+#include "log.h"
+#include "profile.h"
+#include "sampler.h"
+#include "stats.h"
+#include "trace.h"
+
+#define MAX_SOURCES 4
+#define MAX_STEP_RECS 65536     /* in .bss: untouched (no memory) until used */
+#ifdef TB_CPU_POLL_MS
+#define POLL_MS TB_CPU_POLL_MS  /* source poll period while capturing */
+#else
+#define POLL_MS 20
+#endif
+#define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
+#define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping */
+
+enum cap_kind { CAP_ENV_STEPS = 1, CAP_STEPS, CAP_TIME };
+
+struct cap {
+    int kind;
+    char trigger[96];
+    int64_t first, last; /* step window; first = -1: from the next boundary */
+    int64_t nsteps;      /* CAP_STEPS: how many */
+    int64_t dur_ns;      /* CAP_TIME: length (0: until stopped) */
+    int64_t begin;       /* mono ns: capturing began (trim start) */
+    int64_t end;         /* mono ns: stop requested (trim end) */
+    int64_t deadline;    /* mono ns: stop then (0: none) */
+    int win;             /* env window index, or -1 */
+    int64_t cpu0;        /* agent thread CPU time at arm */
+};
+
+struct step_rec {
+    int64_t t;
+    int64_t step;
+    pid_t tid;
+};
+
+struct src {
+    const char *name;
+    tb_source *s;
+    int enabled;
+    const char *off_reason; /* static */
+    int started;            /* this capture */
+    const char *why;        /* this capture's failure reason */
+    int warned;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* state changes */
+    int inited, disabled, is_child;
+    tb_config cfg;
+    int state;
+    struct cap cur;
+    int stop_req, sources_started, sources_starting;
+    int win_idx;          /* next env window */
+    int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
+    int thread_running;
+    pthread_t thread;
+    pid_t agent_tid;
+    int wake_fd[2], sig_fd[2], listen_fd;
+    struct src src[MAX_SOURCES];
+    int nsrc;
+    size_t nrec;
+    uint64_t rec_dropped;
+    unsigned ncaptures;   /* profiles written */
+    char last_profile[2][PATH_MAX];
+    int term_installed, term_pending, exiting, writing;
+    char last_base[256];
+    unsigned same_base;
+    /* read once at init: run naming inputs */
+    char job_id[128], rank[32], hostname[256];
+} g = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .cond = PTHREAD_COND_INITIALIZER,
+    .wake_fd = {-1, -1},
+    .sig_fd = {-1, -1},
+    .listen_fd = -1,
+};
+
+static struct step_rec recs[MAX_STEP_RECS];
+
+static _Atomic int64_t next_step;              /* the step the next tbprof_step() begins */
+static _Atomic int64_t slow_from = INT64_MAX;  /* steps >= this take the slow path */
+static atomic_int a_state;                     /* g.state, for lock-free readers */
+static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
+static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
+
+const char *tb_state_name(int s)
+{
+    static const char *const n[] = {"idle", "armed", "capturing", "writing"};
+    return s >= 0 && s < 4 ? n[s] : "?";
+}
+
+static void set_state(int s)
+{
+    g.state = s;
+    atomic_store(&a_state, s);
+    pthread_cond_broadcast(&g.cond);
+}
+
+static void wake(void)
+{
+    int fd = g.wake_fd[1];
+    if (fd >= 0) {
+        ssize_t w = write(fd, "w", 1); /* non-blocking: a full pipe is awake enough */
+        (void)w;
+    }
+}
+
+void tb_agent_signal_byte(char c)
+{
+    int fd = sig_fd_w;
+    if (fd >= 0) {
+        ssize_t w = write(fd, &c, 1);
+        (void)w;
+    }
+}
+
+/* ---- sources ---------------------------------------------------------------- */
+
+void tb_agent_add_source(const char *name, tb_source *s, int enabled, const char *off_reason)
+{
+    if (g.nsrc == MAX_SOURCES)
+        return;
+    struct src *x = &g.src[g.nsrc++];
+    memset(x, 0, sizeof(*x));
+    x->name = name;
+    x->s = s;
+    x->enabled = enabled && s != NULL;
+    x->off_reason = off_reason ? off_reason : (s ? "off" : "not built");
+}
+
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void start_sources(void)
+{
+    int n_on = 0;
+    for (int i = 0; i < g.nsrc; i++)
+        n_on += g.src[i].enabled;
+    tb_clock_calibrate();
+    for (int i = 0; i < g.nsrc; i++) {
+        struct src *x = &g.src[i];
+        x->started = 0;
+        x->why = NULL;
+        if (!x->enabled)
+            continue;
+        tb_capture_info info = {
+            .begin_ns = tb_real_ns(),
+            .cpu_hz = g.cfg.cpu_hz,
+            .cpu_mode = g.cfg.cpu_mode,
+        };
+        size_t total = (size_t)g.cfg.buffer_mb << 20;
+        /* GPU activity needs most of the memory; the sample rings less */
+        if (n_on > 1)
+            info.buffer_bytes = !strcmp(x->name, "gpu") ? total / 4 * 3 : total / 4;
+        else
+            info.buffer_bytes = total;
+        const char *why = NULL;
+        int rc = x->s->start(x->s->ctx, &info, &why);
+        if (rc < 0) {
+            x->why = why ? why : strerror(-rc);
+            if (!x->warned) {
+                x->warned = 1;
+                tb_warn("%s source off: %s (capturing without it)", x->name, x->why);
+            }
+            continue;
+        }
+        x->started = 1;
+    }
+}
+
+static void stop_sources(void)
+{
+    for (int i = 0; i < g.nsrc; i++)
+        if (g.src[i].started && g.src[i].s->stop)
+            g.src[i].s->stop(g.src[i].s->ctx);
+}
+
+static int any_poll(void)
+{
+    for (int i = 0; i < g.nsrc; i++)
+        if (g.src[i].started && g.src[i].s->poll)
+            return 1;
+    return 0;
+}
+
+static void poll_sources(void)
+{
+    for (int i = 0; i < g.nsrc; i++)
+        if (g.src[i].started && g.src[i].s->poll)
+            g.src[i].s->poll(g.src[i].s->ctx);
+}
+
+/* ---- SIGTERM while capturing ------------------------------------------------------
+ * We never replace a handler the job installed: only when SIGTERM's disposition
+ * is the default do we install ours, for the length of a capture. Ours writes
+ * one byte; the agent thread flushes (bounded by TERM_FLUSH_MS), restores the
+ * default and re-sends SIGTERM, so the job still dies of SIGTERM. */
+
+static void on_term(int sig)
+{
+    (void)sig;
+    int e = errno;
+    if (sig_fd_w >= 0) {
+        tb_agent_signal_byte('T');
+    } else {
+        /* no agent here (forked child): behave as the default would */
+        signal(SIGTERM, SIG_DFL);
+        raise(SIGTERM);
+    }
+    errno = e;
+}
+
+static void term_install(void)
+{
+    struct sigaction old;
+    if (g.term_installed || sigaction(SIGTERM, NULL, &old) < 0)
+        return;
+    if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+        return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_term;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) == 0)
+        g.term_installed = 1;
+}
+
+static void term_uninstall(void)
+{
+    struct sigaction cur;
+    if (!g.term_installed)
+        return;
+    g.term_installed = 0;
+    if (sigaction(SIGTERM, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_term)
+        signal(SIGTERM, SIG_DFL);
+}
+
+static void die_of_sigterm(void)
+{
+    signal(SIGTERM, SIG_DFL);
+    kill(getpid(), SIGTERM); /* process-directed: a job thread takes it */
+    for (;;)
+        pause();
+}
+
+static void *term_watchdog(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {TERM_FLUSH_MS / 1000, (TERM_FLUSH_MS % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    die_of_sigterm();
+    return NULL;
+}
+
+/* ---- run and host names --------------------------------------------------------- */
+
+static void sanitize(char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-'))
+            *s = '_';
+}
+
+static void read_identity(void)
+{
+    static const char *const job_vars[] = {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "PBS_JOBID",
+                                            "LSB_JOBID", "FLUX_JOB_ID", "JOB_ID"};
+    g.job_id[0] = '\0';
+    for (size_t i = 0; i < sizeof(job_vars) / sizeof(job_vars[0]); i++) {
+        const char *v = getenv(job_vars[i]);
+        if (v && *v && strcmp(v, "none")) {
+            snprintf(g.job_id, sizeof(g.job_id), "%s", v);
+            sanitize(g.job_id);
+            break;
+        }
+    }
+    const char *r = getenv("RANK");
+    if (!r || !*r)
+        r = getenv("LOCAL_RANK");
+    snprintf(g.rank, sizeof(g.rank), "%s", r && *r ? r : "");
+    sanitize(g.rank);
+    if (gethostname(g.hostname, sizeof(g.hostname) - 1) < 0 || !g.hostname[0])
+        snprintf(g.hostname, sizeof(g.hostname), "localhost");
+    g.hostname[sizeof(g.hostname) - 1] = '\0';
+    sanitize(g.hostname);
+}
+
+static void window_desc(const struct cap *c, char *out, size_t n)
+{
+    snprintf(out, n, "steps_%lld-%lld", (long long)c->first, (long long)c->last);
+}
+
+static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out, size_t n)
+{
+    char win[64] = "";
+    if (c->kind == CAP_ENV_STEPS)
+        window_desc(c, win, sizeof(win));
+    if (g.cfg.run[0]) {
+        /* ranks agree: the same TBPROF_RUN and the same window */
+        if (c->kind == CAP_ENV_STEPS && g.cfg.nwindows > 1)
+            snprintf(out, n, "%s_%s", g.cfg.run, win);
+        else if (c->kind == CAP_ENV_STEPS || g.ncaptures == 0)
+            snprintf(out, n, "%s", g.cfg.run);
+        else
+            snprintf(out, n, "%s_%u", g.cfg.run, g.ncaptures + 1);
+        return;
+    }
+    char t[64];
+    tb_run_name_from_time((time_t)(begin_epoch_ns / 1000000000), t, sizeof(t));
+    if (g.job_id[0] && c->kind == CAP_ENV_STEPS)
+        snprintf(out, n, "%s_%s", g.job_id, win);
+    else if (g.job_id[0] && c->kind == CAP_TIME && c->win == -2)
+        snprintf(out, n, "%s_time_%g-%gs", g.job_id, g.cfg.delay_s, g.cfg.delay_s + g.cfg.duration_s);
+    else if (g.job_id[0])
+        snprintf(out, n, "%s_%s", g.job_id, t);
+    else
+        snprintf(out, n, "%s", t);
+    /* a second capture in the same second gets its own run folder */
+    if (!strcmp(out, g.last_base)) {
+        size_t l = strlen(out);
+        snprintf(out + l, n - l, "_%u", ++g.same_base + 1);
+    } else {
+        snprintf(g.last_base, sizeof(g.last_base), "%s", out);
+        g.same_base = 0;
+    }
+}
+
+static void make_host_name(char *out, size_t n)
+{
+    if (g.cfg.host[0])
+        snprintf(out, n, "%s", g.cfg.host);
+    else if (g.rank[0])
+        snprintf(out, n, "%s.rank%s", g.hostname, g.rank);
+    else
+        snprintf(out, n, "%s.pid%d", g.hostname, (int)getpid());
+}
+
+/* ---- building the profile ---------------------------------------------------------- */
+
+static int cmp_rec(const void *a, const void *b)
+{
+    const struct step_rec *x = a, *y = b;
+    if (x->tid != y->tid)
+        return x->tid < y->tid ? -1 : 1;
+    if (x->t != y->t)
+        return x->t < y->t ? -1 : 1;
+    return 0;
+}
+
+/* Step events: one per recorded boundary, to the thread's next boundary. */
+static void add_steps(tb_space *sp, const struct cap *c, int64_t begin, int64_t end, size_t nrec)
+{
+    if (!nrec)
+        return;
+    qsort(recs, nrec, sizeof(recs[0]), cmp_rec);
+    tb_plane *p = tb_host_plane(sp);
+    if (!p)
+        return;
+    int64_t ev = tb_plane_event_meta(p, TB_EV_STEP);
+    int64_t st_root = tb_plane_stat_meta(p, TB_ST_IS_ROOT);
+    int64_t st_num = tb_plane_stat_meta(p, TB_ST_STEP_NUM);
+    if (ev < 0 || st_root < 0 || st_num < 0)
+        return;
+    tb_plane_set_event_category(p, ev, TB_CAT_STEP);
+    int steps_based = c->kind != CAP_TIME;
+    for (size_t i = 0; i < nrec; i++) {
+        const struct step_rec *r = &recs[i];
+        int64_t stop = (i + 1 < nrec && recs[i + 1].tid == r->tid) ? recs[i + 1].t : end;
+        if (steps_based ? (r->step < c->first || r->step > c->last) : (r->t < begin || r->t >= end))
+            continue;
+        if (stop > end)
+            stop = end;
+        tb_line *l = tb_host_line(sp, r->tid);
+        if (!l || tb_line_add(l, ev, tb_mono_to_epoch(r->t), stop - r->t) < 0)
+            continue;
+        tb_line_stat_i64(l, st_root, 1);
+        tb_line_stat_i64(l, st_num, r->step);
+    }
+}
+
+/* Keep only what happened inside the window: host events starting in
+ * [begin, end); other planes' events starting at or after begin (work a step
+ * launched may run on the device after the step ended). */
+static void trim(tb_space *sp, int64_t begin_ep, int64_t end_ep)
+{
+    for (size_t pi = 0; pi < sp->nplanes; pi++) {
+        tb_plane *p = sp->planes[pi];
+        int host = !strcmp(p->name, TB_HOST_PLANE);
+        for (size_t li = 0; li < p->nlines; li++) {
+            tb_line *l = p->lines[li];
+            size_t k = 0;
+            for (size_t e = 0; e < l->nevents; e++) {
+                const tb_event *x = &l->events[e];
+                if (x->start_ns < begin_ep || (host && x->start_ns >= end_ep))
+                    continue;
+                l->events[k++] = *x;
+            }
+            l->nevents = k;
+        }
+    }
+}
+
+static void set_last_profile(const char *path)
+{
+    int i = atomic_load(&last_idx) == 0 ? 1 : 0;
+    snprintf(g.last_profile[i], sizeof(g.last_profile[i]), "%s", path);
+    atomic_store(&last_idx, i);
+}
+
+/* Agent thread, lock NOT held, sources stopped: collect everything into a
+ * new space (NULL when nothing is to be written). Uses recs[0..nrec). */
+static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_dropped, int64_t overhead_ns,
+                             char *run, size_t runn)
+{
+    tb_space *sp = tb_space_new();
+    if (!sp) {
+        tb_warn("out of memory: profile not written");
+        return NULL;
+    }
+    if (g.cfg.max_mb)
+        tb_space_set_limit(sp, (size_t)g.cfg.max_mb << 20);
+    tb_space_add_hostname(sp, g.hostname);
+    tb_plane *hp = tb_host_plane(sp); /* first plane */
+    for (int i = 0; i < g.nsrc; i++) {
+        struct src *x = &g.src[i];
+        if (x->started && x->s->collect) {
+            int rc = x->s->collect(x->s->ctx, sp);
+            if (rc < 0) {
+                char w[160];
+                snprintf(w, sizeof(w), "%s source: collect failed: %s", x->name, strerror(-rc));
+                tb_space_add_warning(sp, w);
+                tb_warn("%s", w);
+            }
+        }
+    }
+    int64_t begin = tb_mono_to_epoch(c->begin), end = tb_mono_to_epoch(c->end);
+    add_steps(sp, c, c->begin, c->end, nrec);
+    trim(sp, begin, end);
+    if (hp) {
+        tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());
+        tb_plane_stat_str(hp, TB_ST_TRIGGER, c->trigger);
+        tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
+        tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);
+        tb_plane_stat_i64(hp, TB_ST_OVERHEAD_NS, overhead_ns);
+        tb_plane_stat_i64(hp, TB_ST_CAPTURE_BEGIN_NS, begin);
+        tb_plane_stat_i64(hp, TB_ST_CAPTURE_END_NS, end);
+    }
+    for (int i = 0; i < g.nsrc; i++) {
+        struct src *x = &g.src[i];
+        const char *why = x->started ? NULL
+                          : !x->enabled ? x->off_reason
+                          : x->why    ? x->why
+                                      : "not started before the capture ended";
+        if (!why)
+            continue;
+        const char *stat = !strcmp(x->name, "gpu") ? TB_ST_GPU_OFF_REASON : TB_ST_CPU_OFF_REASON;
+        if (hp)
+            tb_plane_stat_str(hp, stat, why);
+        char w[200];
+        snprintf(w, sizeof(w), "%s %s off: %s", x->name, !strcmp(x->name, "gpu") ? "tracing" : "sampling",
+                 why);
+        tb_space_add_warning(sp, w);
+    }
+    if (rec_dropped) {
+        char w[96];
+        snprintf(w, sizeof(w), "%llu step boundaries dropped (more than %d in one capture)",
+                 (unsigned long long)rec_dropped, MAX_STEP_RECS);
+        tb_space_add_warning(sp, w);
+    }
+    make_run_name(c, begin, run, runn);
+    return sp;
+}
+
+/* Agent thread, lock NOT held: the file I/O. Frees sp. */
+static void write_space(tb_space *sp, const char *run, const char *trigger)
+{
+    char host[TB_CONFIG_STR + 300], path[PATH_MAX];
+    make_host_name(host, sizeof(host));
+    tb_profile_opts o = {
+        .logdir = g.cfg.logdir,
+        .run = run,
+        .host = host,
+        .trace_json = g.cfg.trace_json,
+        .max_bytes = (size_t)g.cfg.max_mb << 20,
+    };
+    int rc = tb_profile_write(sp, &o, path, sizeof(path));
+    if (rc < 0) {
+        tb_warn("profile not written under %s: %s", g.cfg.logdir, strerror(-rc));
+    } else {
+        tb_info("profile written: %s (%zu events, trigger: %s)", path, tb_space_event_count(sp), trigger);
+        pthread_mutex_lock(&g.lock);
+        g.ncaptures++;
+        set_last_profile(path);
+        pthread_mutex_unlock(&g.lock);
+    }
+    tb_space_free(sp);
+}
+
+/* ---- requests (lock held) ---------------------------------------------------------- */
+
+static void update_slow_from(void)
+{
+    int64_t v = INT64_MAX;
+    if (g.disabled)
+        v = INT64_MAX;
+    else if (g.state != TB_STATE_IDLE)
+        v = 0;
+    else if (g.win_idx < g.cfg.nwindows)
+        v = g.cfg.windows[g.win_idx].first > 0 ? g.cfg.windows[g.win_idx].first - 1 : 0;
+    atomic_store(&slow_from, v);
+}
+
+/* Begin a capture (state idle -> armed). Lock held. */
+static void arm(const struct cap *c)
+{
+    g.cur = *c;
+    g.cur.end = 0;
+    g.stop_req = 0;
+    g.sources_started = 0;
+    g.nrec = 0;
+    g.rec_dropped = 0;
+    set_state(TB_STATE_ARMED);
+    update_slow_from();
+}
+
+static void begin_capturing(int64_t t)
+{
+    g.cur.begin = t;
+    set_state(TB_STATE_CAPTURING);
+}
+
+/* An env step window: arm at the boundary of step n (n = -1: none yet),
+ * or from the agent thread after a write (at_boundary = 0: step n already
+ * began). Lock held, state idle. Returns 1 when armed. */
+static int env_window_check(int64_t n, int64_t t, int at_boundary)
+{
+    while (g.win_idx < g.cfg.nwindows) {
+        const tb_window *w = &g.cfg.windows[g.win_idx];
+        int64_t first = w->first;
+        if (at_boundary ? n > w->last : n >= w->last) {
+            if (n >= w->first - 1)
+                tb_info("step window %lld-%lld missed (step %lld already running)", (long long)w->first,
+                        (long long)w->last, (long long)n);
+            g.win_idx++;
+            continue;
+        }
+        if (n < w->first - 1)
+            return 0;
+        if (at_boundary ? n > first : n + 1 > first)
+            first = at_boundary ? n : n + 1;
+        struct cap c = {.kind = CAP_ENV_STEPS, .first = first, .last = w->last, .win = g.win_idx};
+        snprintf(c.trigger, sizeof(c.trigger), "TBPROF_STEPS %lld-%lld", (long long)first, (long long)w->last);
+        g.win_idx++;
+        arm(&c);
+        if (at_boundary && n == first)
+            begin_capturing(t);
+        return 1;
+    }
+    return 0;
+}
+
+static int request_time(int64_t dur_ns, const char *trigger, int win)
+{
+    if (g.disabled)
+        return -EPERM;
+    if (g.state != TB_STATE_IDLE)
+        return -EBUSY;
+    struct cap c = {.kind = CAP_TIME, .first = -1, .last = -1, .dur_ns = dur_ns, .win = win};
+    snprintf(c.trigger, sizeof(c.trigger), "%s", trigger);
+    arm(&c);
+    return 0;
+}
+
+static int request_steps(int64_t nsteps, const char *trigger)
+{
+    if (g.disabled)
+        return -EPERM;
+    if (g.state != TB_STATE_IDLE)
+        return -EBUSY;
+    struct cap c = {.kind = CAP_STEPS, .first = -1, .last = -1, .nsteps = nsteps, .win = -1,
+                    .deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000};
+    snprintf(c.trigger, sizeof(c.trigger), "%s", trigger);
+    arm(&c);
+    return 0;
+}
+
+static int request_stop(int64_t t)
+{
+    if (g.state != TB_STATE_ARMED && g.state != TB_STATE_CAPTURING)
+        return -ENOENT;
+    if (!g.stop_req) {
+        g.stop_req = 1;
+        g.cur.end = t;
+    }
+    return 0;
+}
+
+/* ---- steps (training threads) ---------------------------------------------------------- */
+
+static int ensure_thread(void);
+
+static void step_slow(int64_t n)
+{
+    int64_t t = tb_mono_ns();
+    pid_t tid = tb_gettid();
+    int poke = 0;
+    pthread_mutex_lock(&g.lock);
+    if (g.disabled || !g.inited) {
+        pthread_mutex_unlock(&g.lock);
+        return;
+    }
+    if (g.state == TB_STATE_IDLE && !g.exiting) {
+        if (env_window_check(n, t, 1))
+            poke = 1;
+    }
+    if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req) {
+        if (g.nrec < MAX_STEP_RECS)
+            recs[g.nrec++] = (struct step_rec){.t = t, .step = n, .tid = tid};
+        else
+            g.rec_dropped++;
+        struct cap *c = &g.cur;
+        if (c->kind == CAP_STEPS && g.state == TB_STATE_ARMED && g.sources_started) {
+            c->first = n;
+            c->last = n + c->nsteps - 1;
+            snprintf(c->trigger + strlen(c->trigger), sizeof(c->trigger) - strlen(c->trigger), " (steps %lld-%lld)",
+                     (long long)c->first, (long long)c->last);
+            begin_capturing(t);
+        } else if (c->kind == CAP_ENV_STEPS && g.state == TB_STATE_ARMED && n >= c->first && n <= c->last) {
+            begin_capturing(t);
+        } else if (c->kind != CAP_TIME && c->first >= 0 && n > c->last) {
+            request_stop(t);
+            poke = 1;
+        }
+    }
+    update_slow_from();
+    int need_thread = poke && !g.thread_running;
+    pthread_mutex_unlock(&g.lock);
+    if (need_thread)
+        ensure_thread();
+    else if (poke)
+        wake();
+}
+
+int64_t tb_agent_step(int has_num, int64_t num)
+{
+    int64_t n;
+    if (!has_num) {
+        n = atomic_fetch_add_explicit(&next_step, 1, memory_order_relaxed);
+    } else {
+        if (num < 0)
+            return -EINVAL;
+        int64_t old = atomic_exchange_explicit(&next_step, num + 1, memory_order_relaxed);
+        if (old == num + 1)
+            return num; /* the same step again: merged */
+        n = num;
+    }
+    if (n < atomic_load_explicit(&slow_from, memory_order_relaxed))
+        return n;
+    step_slow(n);
+    return n;
+}
+
+/* ---- the agent thread -------------------------------------------------------------------- */
+
+static int compute_timeout(int64_t now)
+{
+    int64_t until = INT64_MAX;
+    if (g.timewin_at)
+        until = g.timewin_at;
+    if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) {
+        if (g.stop_req || !g.sources_started)
+            return 0;
+        if (g.cur.deadline && g.cur.deadline < until)
+            until = g.cur.deadline;
+        if (g.state == TB_STATE_CAPTURING && any_poll() && now + POLL_MS * 1000000LL < until)
+            until = now + POLL_MS * 1000000LL;
+    }
+    if (until == INT64_MAX)
+        return -1;
+    int64_t ms = (until - now + 999999) / 1000000;
+    return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* One turn of the state machine on the agent thread. */
+static void machine(void)
+{
+    pthread_mutex_lock(&g.lock);
+    int64_t now = tb_mono_ns();
+    if (g.timewin_at && now >= g.timewin_at) {
+        g.timewin_at = 0;
+        char trig[96];
+        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.cfg.duration_s, g.cfg.delay_s);
+        if (request_time((int64_t)(g.cfg.duration_s * 1e9), trig, -2) < 0)
+            tb_warn("time window (TBPROF_DELAY/DURATION) skipped: a capture is already on");
+    }
+    if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.sources_started && !g.stop_req) {
+        g.cur.cpu0 = thread_cpu_ns();
+        g.sources_starting = 1;
+        pthread_mutex_unlock(&g.lock);
+        term_install();
+        start_sources();
+        pthread_mutex_lock(&g.lock);
+        g.sources_starting = 0;
+        g.sources_started = 1;
+        now = tb_mono_ns();
+        if (g.cur.kind == CAP_TIME && g.state == TB_STATE_ARMED && !g.stop_req) {
+            begin_capturing(now);
+            if (g.cur.dur_ns > 0)
+                g.cur.deadline = now + g.cur.dur_ns;
+        }
+        pthread_cond_broadcast(&g.cond);
+    }
+    if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
+        request_stop(g.cur.deadline);
+    if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
+        int captured = g.state == TB_STATE_CAPTURING;
+        struct cap c = g.cur;
+        size_t nrec = g.nrec;
+        uint64_t dropped = g.rec_dropped;
+        int started = g.sources_started;
+        set_state(TB_STATE_WRITING);
+        update_slow_from();
+        pthread_mutex_unlock(&g.lock);
+        if (started)
+            stop_sources();
+        tb_space *sp = NULL;
+        char run[TB_CONFIG_STR + 200] = "";
+        if (captured && !g.cfg.logdir[0]) {
+            tb_warn_once("TBPROF_LOGDIR is not usable: profile not written");
+        } else if (captured) {
+            sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
+        } else {
+            tb_info("capture '%s' ended before it began: nothing written", c.trigger);
+            /* let sources free what they hold */
+            tb_space *tmp = tb_space_new();
+            for (int i = 0; tmp && i < g.nsrc; i++)
+                if (g.src[i].started && g.src[i].s->collect)
+                    g.src[i].s->collect(g.src[i].s->ctx, tmp);
+            tb_space_free(tmp);
+        }
+        for (int i = 0; i < g.nsrc; i++) {
+            g.src[i].started = 0;
+            g.src[i].why = NULL;
+        }
+        pthread_mutex_lock(&g.lock);
+        g.stop_req = 0;
+        g.sources_started = 0;
+        g.writing = sp != NULL;
+        /* idle again before the file I/O: a window that begins while we write
+         * arms (its steps are recorded; sources start right after the write) */
+        set_state(TB_STATE_IDLE);
+        if (!g.exiting && !g.term_pending)
+            env_window_check(atomic_load(&next_step) - 1, 0, 0);
+        update_slow_from();
+        pthread_mutex_unlock(&g.lock);
+        if (sp)
+            write_space(sp, run, c.trigger);
+        pthread_mutex_lock(&g.lock);
+        g.writing = 0;
+        pthread_cond_broadcast(&g.cond);
+        int term = g.term_pending;
+        int idle = g.state == TB_STATE_IDLE;
+        pthread_mutex_unlock(&g.lock);
+        if (idle)
+            term_uninstall();
+        if (term)
+            die_of_sigterm();
+        pthread_mutex_lock(&g.lock);
+    }
+    if (g.state == TB_STATE_CAPTURING && g.sources_started && !g.stop_req) {
+        pthread_mutex_unlock(&g.lock);
+        poll_sources();
+        pthread_mutex_lock(&g.lock);
+    }
+    pthread_mutex_unlock(&g.lock);
+}
+
+static void on_signal_byte(char b)
+{
+    pthread_mutex_lock(&g.lock);
+    if (b == 'T') {
+        if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING || g.state == TB_STATE_WRITING) {
+            if (!g.term_pending) {
+                g.term_pending = 1;
+                request_stop(tb_mono_ns());
+                pthread_t w;
+                pthread_attr_t a;
+                pthread_attr_init(&a);
+                pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+                if (pthread_create(&w, &a, term_watchdog, NULL) != 0) {
+                    pthread_mutex_unlock(&g.lock);
+                    die_of_sigterm();
+                }
+                pthread_attr_destroy(&a);
+                tb_info("SIGTERM during a capture: writing it (at most %d ms)", TERM_FLUSH_MS);
+            }
+        } else {
+            pthread_mutex_unlock(&g.lock);
+            term_uninstall();
+            die_of_sigterm();
+        }
+    } else if (b == 'S') {
+        char trig[64];
+        snprintf(trig, sizeof(trig), "signal %s", strsignal(g.cfg.signal));
+        int rc;
+        if (atomic_load(&next_step) > 0)
+            rc = request_steps(5, trig);
+        else
+            rc = request_time((int64_t)((g.cfg.duration_s > 0 ? g.cfg.duration_s : 5.0) * 1e9), trig, -1);
+        if (rc == -EBUSY)
+            tb_info("signal: already capturing");
+    }
+    pthread_mutex_unlock(&g.lock);
+}
+
+static void drain(int fd, void (*each)(char))
+{
+    char buf[64];
+    for (;;) {
+        ssize_t k = read(fd, buf, sizeof(buf));
+        if (k <= 0)
+            return;
+        if (each)
+            for (ssize_t i = 0; i < k; i++)
+                each(buf[i]);
+    }
+}
+
+static void *agent_main(void *arg)
+{
+    (void)arg;
+    g.agent_tid = tb_gettid();
+    for (;;) {
+        pthread_mutex_lock(&g.lock);
+        int timeout = compute_timeout(tb_mono_ns());
+        pthread_mutex_unlock(&g.lock);
+        struct pollfd fds[3];
+        int n = 0;
+        fds[n++] = (struct pollfd){.fd = g.wake_fd[0], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = g.sig_fd[0], .events = POLLIN};
+        if (g.listen_fd >= 0)
+            fds[n++] = (struct pollfd){.fd = g.listen_fd, .events = POLLIN};
+        int r = poll(fds, (nfds_t)n, timeout);
+        if (r > 0) {
+            if (fds[0].revents)
+                drain(g.wake_fd[0], NULL);
+            if (fds[1].revents)
+                drain(g.sig_fd[0], on_signal_byte);
+            if (n > 2 && fds[2].revents)
+                tb_ctl_serve(g.listen_fd, tb_agent_control);
+        }
+        machine();
+    }
+    return NULL;
+}
+
+static int make_pipe(int fd[2])
+{
+    if (pipe2(fd, O_CLOEXEC | O_NONBLOCK) < 0) {
+        fd[0] = fd[1] = -1;
+        return -errno;
+    }
+    return 0;
+}
+
+/* Start the agent thread (once per process; again lazily in a forked child). */
+static int ensure_thread(void)
+{
+    pthread_mutex_lock(&g.lock);
+    if (g.thread_running || g.disabled) {
+        pthread_mutex_unlock(&g.lock);
+        return 0;
+    }
+    int rc = 0;
+    if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd)) < 0)
+        goto fail;
+    if (g.sig_fd[0] < 0 && (rc = make_pipe(g.sig_fd)) < 0)
+        goto fail;
+    sig_fd_w = g.sig_fd[1];
+    /* the agent thread takes no signals: they stay the job's */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = -pthread_create(&g.thread, NULL, agent_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc < 0)
+        goto fail;
+    pthread_setname_np(g.thread, "tbprof-agent");
+    pthread_detach(g.thread);
+    g.thread_running = 1;
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+fail:
+    tb_warn("agent thread not started: %s; tbprof is off in this process", strerror(-rc));
+    g.disabled = 1;
+    update_slow_from();
+    pthread_mutex_unlock(&g.lock);
+    return rc;
+}
+
+/* ---- public entry points ------------------------------------------------------------------- */
+
+static void on_trigger_signal(int sig)
+{
+    (void)sig;
+    int e = errno;
+    tb_agent_signal_byte('S');
+    errno = e;
+}
+
+int tb_agent_init(const tb_config *c, int disable)
+{
+    pthread_mutex_lock(&g.lock);
+    if (g.inited) {
+        pthread_mutex_unlock(&g.lock);
+        return 0;
+    }
+    g.inited = 1;
+    g.cfg = *c;
+    g.disabled = disable;
+    update_slow_from();
+    if (disable) {
+        pthread_mutex_unlock(&g.lock);
+        return 0;
+    }
+    read_identity();
+    if (c->duration_s > 0)
+        g.timewin_at = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
+    if (c->socket) {
+        int fd = tb_ctl_listen(getpid());
+        if (fd < 0)
+            tb_warn("control socket off: %s", strerror(-fd));
+        else
+            g.listen_fd = fd;
+    }
+    int need = g.listen_fd >= 0 || c->signal || g.timewin_at;
+    pthread_mutex_unlock(&g.lock);
+    if (need && ensure_thread() < 0)
+        return -EAGAIN;
+    if (c->signal) {
+        struct sigaction old;
+        sigaction(c->signal, NULL, &old);
+        if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) {
+            tb_warn("TBPROF_SIGNAL=%s: the job already handles this signal; signal trigger off",
+                    strsignal(c->signal));
+        } else {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof(sa));
+            sa.sa_handler = on_trigger_signal;
+            sa.sa_flags = SA_RESTART;
+            sigemptyset(&sa.sa_mask);
+            sigaction(c->signal, &sa, NULL);
+        }
+    }
+    return 0;
+}
+
+static int on_agent_thread(void)
+{
+    return g.thread_running && pthread_equal(pthread_self(), g.thread);
+}
+
+int tb_agent_start(int64_t duration_ms, const char *trigger)
+{
+    if (duration_ms < 0)
+        return -EINVAL;
+    if (!g.inited)
+        return -EAGAIN;
+    if (ensure_thread() < 0)
+        return -EAGAIN;
+    pthread_mutex_lock(&g.lock);
+    int rc = request_time(duration_ms * 1000000, trigger ? trigger : "api", -1);
+    pthread_mutex_unlock(&g.lock);
+    if (rc < 0)
+        return rc;
+    wake();
+    if (on_agent_thread())
+        return 0;
+    /* wait (bounded) until the sources are on, so the capture covers what
+     * the caller does next */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_mutex_lock(&g.lock);
+    while (g.state == TB_STATE_ARMED && !g.sources_started)
+        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+}
+
+int tb_agent_stop(void)
+{
+    pthread_mutex_lock(&g.lock);
+    int rc = request_stop(tb_mono_ns());
+    pthread_mutex_unlock(&g.lock);
+    if (rc == 0)
+        wake();
+    return rc;
+}
+
+int tb_agent_capturing(void) { return atomic_load(&a_state) == TB_STATE_CAPTURING; }
+int tb_agent_state(void) { return atomic_load(&a_state); }
+
+const char *tb_agent_last_profile(void)
+{
+    int i = atomic_load(&last_idx);
+    return i < 0 ? "" : g.last_profile[i];
+}
+
+/* Control socket requests (agent thread). */
+void tb_agent_control(const char *line, char *out, size_t n)
+{
+    char cmd[32] = "", arg[64] = "";
+    while (*line == ' ' || *line == '\t')
+        line++;
+    size_t len = strcspn(line, " \t\r");
+    if (len >= sizeof(cmd)) {
+        snprintf(out, n, "error: unknown request (try: start steps=N | start duration=S | stop | status)");
+        return;
+    }
+    memcpy(cmd, line, len);
+    const char *rest = line + len;
+    while (*rest == ' ' || *rest == '\t')
+        rest++;
+    snprintf(arg, sizeof(arg), "%s", rest);
+    arg[strcspn(arg, " \t\r")] = '\0';
+    if (!strcmp(cmd, "status")) {
+        pthread_mutex_lock(&g.lock);
+        const char *last = tb_agent_last_profile();
+        snprintf(out, n, "state=%s step=%lld captures=%u last=%s%s%s",
+                 g.writing && g.state == TB_STATE_IDLE ? "writing" : tb_state_name(g.state),
+                 (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
+                 g.state != TB_STATE_IDLE ? " trigger=" : "", g.state != TB_STATE_IDLE ? g.cur.trigger : "");
+        pthread_mutex_unlock(&g.lock);
+        return;
+    }
+    if (!strcmp(cmd, "stop")) {
+        int rc = tb_agent_stop();
+        snprintf(out, n, rc == 0 ? "capture stopping" : "error: not capturing");
+        return;
+    }
+    if (strcmp(cmd, "start")) {
+        snprintf(out, n, "error: unknown request (try: start steps=N | start duration=S | stop | status)");
+        return;
+    }
+    int rc;
+    pthread_mutex_lock(&g.lock);
+    if (!strncmp(arg, "steps=", 6)) {
+        char *end;
+        errno = 0;
+        long long k = strtoll(arg + 6, &end, 10);
+        if (errno || end == arg + 6 || *end || k < 1 || k > 1000000) {
+            snprintf(out, n, "error: steps=N needs N in 1..1000000");
+            pthread_mutex_unlock(&g.lock);
+            return;
+        }
+        if (atomic_load(&next_step) == 0 && g.state == TB_STATE_IDLE) {
+            snprintf(out, n, "error: this process has not marked any step (use duration=S)");
+            pthread_mutex_unlock(&g.lock);
+            return;
+        }
+        char trig[64];
+        snprintf(trig, sizeof(trig), "socket steps=%lld", k);
+        rc = request_steps(k, trig);
+        if (rc == 0)
+            snprintf(out, n, "capture started: %lld steps from step %lld", k, (long long)atomic_load(&next_step));
+    } else if (!strncmp(arg, "duration=", 9) || !arg[0]) {
+        double s = 5.0;
+        if (arg[0] && (tb_parse_seconds(arg + 9, &s) < 0 || s <= 0 || s > 3600)) {
+            snprintf(out, n, "error: duration=S needs S in (0, 3600] seconds");
+            pthread_mutex_unlock(&g.lock);
+            return;
+        }
+        char trig[64];
+        snprintf(trig, sizeof(trig), "socket duration=%gs", s);
+        rc = request_time((int64_t)(s * 1e9), trig, -1);
+        if (rc == 0)
+            snprintf(out, n, "capture started: duration %g s", s);
+    } else {
+        snprintf(out, n, "error: start takes steps=N or duration=S");
+        pthread_mutex_unlock(&g.lock);
+        return;
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (rc == -EBUSY)
+        snprintf(out, n, "already capturing");
+    else if (rc < 0)
+        snprintf(out, n, "error: %s", strerror(-rc));
+    /* the agent thread runs machine() right after answering */
+}
+
+void tb_agent_exit(void)
+{
+    if (!g.inited || g.disabled)
+        return;
+    pthread_mutex_lock(&g.lock);
+    g.exiting = 1;
+    if (!g.thread_running || on_agent_thread()) {
+        pthread_mutex_unlock(&g.lock);
+        return;
+    }
+    int busy = g.state != TB_STATE_IDLE || g.writing;
+    if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)
+        request_stop(tb_mono_ns());
+    pthread_mutex_unlock(&g.lock);
+    if (!busy)
+        return;
+    wake();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += TERM_FLUSH_MS / 1000;
+    ts.tv_nsec += (TERM_FLUSH_MS % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&g.lock);
+    while (g.state != TB_STATE_IDLE || g.writing)
+        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT) {
+            tb_warn("exit: the profile was not finished within %d ms; not written", TERM_FLUSH_MS);
+            break;
+        }
+    pthread_mutex_unlock(&g.lock);
+}
+
+void tb_agent_fork_prepare(void) { pthread_mutex_lock(&g.lock); }
+void tb_agent_fork_parent(void) { pthread_mutex_unlock(&g.lock); }
+
+void tb_agent_fork_child(void)
+{
+    /* one thread here, and it held g.lock across fork(): start over */
+    pthread_mutex_init(&g.lock, NULL);
+    pthread_cond_init(&g.cond, NULL);
+    sig_fd_w = -1;
+    int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.sig_fd[0], &g.sig_fd[1], &g.listen_fd};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+    g.thread_running = 0;
+    g.is_child = 1;
+    for (int i = 0; i < g.nsrc; i++) {
+        if (g.src[i].s && g.src[i].s->atfork_child)
+            g.src[i].s->atfork_child(g.src[i].s->ctx);
+        g.src[i].started = 0;
+    }
+    if (g.term_installed)
+        term_uninstall();
+    g.stop_req = 0;
+    g.sources_started = 0;
+    g.sources_starting = 0;
+    g.nrec = 0;
+    g.timewin_at = 0;
+    g.term_pending = 0;
+    g.ncaptures = 0;
+    g.last_base[0] = '\0';
+    g.writing = 0;
+    atomic_store(&last_idx, -1);
+    set_state(TB_STATE_IDLE);
+    update_slow_from();
+}

@@ -1,0 +1,71 @@
+/* capture.h - the agent: one thread, one capture state machine.
+ *
+ *   idle -> armed -> capturing -> writing -> idle   (repeatable)
+ *
+ * armed: a trigger fired; the agent thread starts the sources (GPU, CPU).
+ *   Step windows arm one step early, so sources run when the first step
+ *   begins; other triggers go on to capturing once the sources are on.
+ * capturing: recording; step boundaries are recorded; the agent thread
+ *   polls the sources.
+ * writing: the agent thread stops the sources, builds a tb_space (host plane,
+ *   steps, each source's collect()), trims it to the window and writes it with
+ *   tb_profile_write(). Only the agent thread writes.
+ *
+ * Training threads only touch the step counter (an atomic increment and an
+ * atomic load when no window is near) and, near or inside a window, take a
+ * mutex for a few hundred nanoseconds to record the step. They never wait on
+ * the agent thread and never do I/O beyond a one-byte write to a pipe.
+ */
+#ifndef TBPROF_AGENT_CAPTURE_H
+#define TBPROF_AGENT_CAPTURE_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "source.h"
+
+typedef enum tb_state {
+    TB_STATE_IDLE = 0,
+    TB_STATE_ARMED,
+    TB_STATE_CAPTURING,
+    TB_STATE_WRITING,
+} tb_state;
+
+const char *tb_state_name(int s);
+
+/* Register a data source before tb_agent_init(). s may be NULL (a source not
+ * built in); enabled = 0 with off_reason records why it is absent. */
+void tb_agent_add_source(const char *name, tb_source *s, int enabled, const char *off_reason);
+
+/* Start the agent with this config (the preload constructor). Starts the
+ * agent thread when a trigger needs serving (socket, signal, time window),
+ * else lazily at the first trigger. Disabled (no-op) when disable != 0. */
+int tb_agent_init(const tb_config *c, int disable);
+
+/* Step boundary (tbprof_step / tbprof_step_num): has_num = 0 counts. */
+int64_t tb_agent_step(int has_num, int64_t num);
+
+/* Start a capture now for duration_ms (0: until tb_agent_stop). Waits up to
+ * 1 s for the sources to start. -EBUSY when a capture is on, -EPERM when
+ * the agent is disabled. */
+int tb_agent_start(int64_t duration_ms, const char *trigger);
+int tb_agent_stop(void);
+int tb_agent_capturing(void);
+int tb_agent_state(void);
+const char *tb_agent_last_profile(void);
+
+/* Answer one control-socket request (see ctl.h for the protocol). */
+void tb_agent_control(const char *line, char *out, size_t n);
+
+/* Process exit (library destructor): flush a capture in progress, bounded. */
+void tb_agent_exit(void);
+
+/* pthread_atfork handlers. */
+void tb_agent_fork_prepare(void);
+void tb_agent_fork_parent(void);
+void tb_agent_fork_child(void);
+
+/* Written by the SIGTERM / trigger-signal handlers (async-signal-safe). */
+void tb_agent_signal_byte(char c);
+
+#endif

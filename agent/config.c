@@ -1,0 +1,430 @@
+/* config.c - the TBPROF_* table and its parsers (see config.h). */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "sampler.h"
+
+typedef enum {
+    T_STR,   /* any string (bounded) */
+    T_BOOL,  /* on/off */
+    T_UINT,  /* integer in [min, max] */
+    T_SEC,   /* seconds */
+    T_STEPS, /* step windows */
+    T_SIG,   /* signal name or off */
+    T_LOG,   /* log level */
+    T_CPUMODE,
+} var_type;
+
+typedef struct var {
+    const char *name;
+    var_type type;
+    const char *def;  /* default, in the accepted form ("" = unset) */
+    const char *form; /* accepted form, shown in warnings and help */
+    const char *help;
+    const char *bad;  /* what happens on a bad value */
+    const char *bad_value; /* value used then (in the accepted form) */
+    size_t off;       /* field in tb_config */
+    long long min, max;
+} var;
+
+#define F(field) offsetof(tb_config, field)
+#define STR_(x) #x
+#define XSTR(x) STR_(x)
+
+/* The one table: parser, defaults, warnings and `tbprof help env` all read it. */
+static const var vars[] = {
+    {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
+     "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir)",
+     "writing off", "", F(logdir), 0, 0},
+    {"TBPROF_STEPS", T_STEPS, "", "A,B | A-B | N | several as A-B;C-D",
+     "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run",
+     "step capture off", "", F(windows), 0, 0},
+    {"TBPROF_DURATION", T_SEC, "", "seconds > 0 (e.g. 10, 2.5, 500ms)",
+     "time-window capture for programs without steps: capture this long (after TBPROF_DELAY)",
+     "time-window capture off", "", F(duration_s), 0, 0},
+    {"TBPROF_DELAY", T_SEC, "", "seconds >= 0 (e.g. 30, 500ms)",
+     "start the time-window capture this long after start-up (default duration 10 s)",
+     "time-window capture off", "", F(delay_s), 0, 0},
+    {"TBPROF_SIGNAL", T_SIG, "off", "off | USR1 | USR2 | RTMIN+N",
+     "opt-in: this signal starts a capture (like `tbprof trigger PID`)", "signal trigger off",
+     "off", F(signal), 0, 0},
+    {"TBPROF_GPU", T_BOOL, "on", "on | off", "GPU tracing (CUPTI) during captures",
+     "GPU tracing off", "off", F(gpu), 0, 0},
+    {"TBPROF_CPU", T_BOOL, "on", "on | off", "CPU stack sampling (perf_event) during captures",
+     "CPU sampling off", "off", F(cpu), 0, 0},
+    {"TBPROF_CPU_HZ", T_UINT, XSTR(TB_CPU_DEFAULT_HZ), "integer 1..10000",
+     "CPU samples per second of each thread's CPU time",
+     "CPU sampling off", "", F(cpu_hz), 1, 10000},
+    {"TBPROF_CPU_MODE", T_CPUMODE, "dwarf", "dwarf | fp",
+     "CPU stacks: copy user stacks and unwind with DWARF (dwarf) or frame pointers only (fp)",
+     "using dwarf", "dwarf", F(cpu_mode), 0, 0},
+    {"TBPROF_BUFFER_MB", T_UINT, "64", "integer 1..65536",
+     "capture memory (GPU activity buffers and sample rings); full = counted drops",
+     "using 64", "64", F(buffer_mb), 1, 65536},
+    {"TBPROF_MAX_MB", T_UINT, "512", "integer 0..65536 (0 = no cap)",
+     "cap on one profile's in-memory events and on its xplane.pb size", "using 512", "512",
+     F(max_mb), 0, 65536},
+    {"TBPROF_LOG", T_LOG, "warn", "off | error | warn | info | debug", "what tbprof prints on stderr",
+     "using warn", "warn", F(log_level), 0, 0},
+    {"TBPROF_RUN", T_STR, "", "a name without '/'",
+     "run folder name; default: job id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID, ...) + step window, "
+     "else local time",
+     "using the derived name", "", F(run), 0, 0},
+    {"TBPROF_HOST", T_STR, "", "a name without '/'",
+     "file stem; default: hostname + .rank<RANK> (or LOCAL_RANK), else .pid<pid>",
+     "using the derived name", "", F(host), 0, 0},
+    {"TBPROF_TRACE_JSON", T_BOOL, "on", "on | off", "also write <host>.trace.json.gz (Perfetto)",
+     "trace JSON off", "off", F(trace_json), 0, 0},
+    {"TBPROF_SOCKET", T_BOOL, "on", "on | off",
+     "control socket for `tbprof trigger PID` (abstract Unix socket, same uid only)",
+     "control socket off", "off", F(socket), 0, 0},
+    {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
+     "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
+     F(pytorch_hook), 0, 0},
+    {"TBPROF_CUPTI_PATH", T_STR, "", "path to libcupti.so",
+     "libcupti to load when none is loaded yet (default: search CUDA and pip folders)",
+     "searching", "", F(cupti_path), 0, 0},
+};
+#define NVARS (sizeof(vars) / sizeof(vars[0]))
+
+/* ---- parsers ---------------------------------------------------------------- */
+
+static const char *skip_ws(const char *s)
+{
+    while (*s && isspace((unsigned char)*s))
+        s++;
+    return s;
+}
+
+int tb_parse_bool(const char *s, int *out)
+{
+    static const char *const on[] = {"on", "1", "true", "yes"};
+    static const char *const off[] = {"off", "0", "false", "no"};
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(s, on[i])) {
+            *out = 1;
+            return 0;
+        }
+        if (!strcasecmp(s, off[i])) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_i64(const char **p, int64_t *out)
+{
+    const char *s = skip_ws(*p);
+    if (!isdigit((unsigned char)*s))
+        return -EINVAL;
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (errno || v < 0)
+        return -EINVAL;
+    *out = v;
+    *p = skip_ws(end);
+    return 0;
+}
+
+int tb_parse_steps(const char *s, tb_window *w, int max, int *n)
+{
+    int k = 0;
+    const char *p = skip_ws(s);
+    if (!*p)
+        return -EINVAL;
+    for (;;) {
+        tb_window win;
+        if (parse_i64(&p, &win.first))
+            return -EINVAL;
+        if (*p == ',' || *p == '-') {
+            p++;
+            if (parse_i64(&p, &win.last))
+                return -EINVAL;
+        } else {
+            win.last = win.first;
+        }
+        if (win.last < win.first)
+            return -EINVAL;
+        if (k && win.first <= w[k - 1].last)
+            return -EINVAL; /* windows must ascend without overlap */
+        if (k == max)
+            return -EINVAL;
+        w[k++] = win;
+        if (!*p)
+            break;
+        if (*p != ';')
+            return -EINVAL;
+        p = skip_ws(p + 1);
+        if (!*p)
+            break; /* trailing ';' */
+    }
+    *n = k;
+    return 0;
+}
+
+int tb_parse_seconds(const char *s, double *out)
+{
+    s = skip_ws(s);
+    if (!*s || *s == '-' || *s == '+')
+        return -EINVAL;
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (errno || end == s || !isfinite(v) || v < 0)
+        return -EINVAL;
+    const char *u = skip_ws(end);
+    if (!strcmp(u, "ms"))
+        v /= 1000.0;
+    else if (!strcmp(u, "m") || !strcmp(u, "min"))
+        v *= 60.0;
+    else if (*u && strcmp(u, "s"))
+        return -EINVAL;
+    if (v > 86400.0 * 365)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+int tb_parse_signal(const char *s, int *out)
+{
+    if (!strcasecmp(s, "off") || !strcmp(s, "0") || !strcasecmp(s, "no")) {
+        *out = 0;
+        return 0;
+    }
+    if (!strncasecmp(s, "SIG", 3))
+        s += 3;
+    if (!strcasecmp(s, "USR1")) {
+        *out = SIGUSR1;
+        return 0;
+    }
+    if (!strcasecmp(s, "USR2")) {
+        *out = SIGUSR2;
+        return 0;
+    }
+    if (!strncasecmp(s, "RTMIN", 5)) {
+        int k = 0;
+        const char *p = s + 5;
+        if (*p == '+') {
+            char *end;
+            long v = strtol(p + 1, &end, 10);
+            if (end == p + 1 || *end || v < 0 || v > 15)
+                return -EINVAL;
+            k = (int)v;
+        } else if (*p) {
+            return -EINVAL;
+        }
+        if (SIGRTMIN + k > SIGRTMAX)
+            return -EINVAL;
+        *out = SIGRTMIN + k;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static int parse_log(const char *s, int *out)
+{
+    static const char *const names[] = {"off", "error", "warn", "info", "debug"};
+    for (int i = 0; i < 5; i++)
+        if (!strcasecmp(s, names[i])) {
+            *out = i; /* tb_log_level order */
+            return 0;
+        }
+    if (!strcasecmp(s, "warning")) {
+        *out = TB_LOG_WARN;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* Parse `val` for variable `v` into c. 0 or -EINVAL (c untouched then). */
+static int parse_var(const var *v, const char *val, tb_config *c)
+{
+    char *field = (char *)c + v->off;
+    switch (v->type) {
+    case T_STR: {
+        size_t len = strlen(val);
+        if (len >= TB_CONFIG_STR)
+            return -EINVAL;
+        if ((v->off == F(run) || v->off == F(host)) &&
+            (strchr(val, '/') || !strcmp(val, ".") || !strcmp(val, "..")))
+            return -EINVAL;
+        if (v->off == F(logdir) && !len)
+            return -EINVAL;
+        memcpy(field, val, len + 1);
+        return 0;
+    }
+    case T_BOOL:
+        return tb_parse_bool(val, (int *)field);
+    case T_UINT: {
+        const char *p = val;
+        int64_t x;
+        if (parse_i64(&p, &x) || *p || x < v->min || x > v->max)
+            return -EINVAL;
+        if (v->off == F(cpu_hz))
+            c->cpu_hz = (unsigned)x;
+        else
+            *(int64_t *)field = x;
+        return 0;
+    }
+    case T_SEC: {
+        double d;
+        if (tb_parse_seconds(val, &d))
+            return -EINVAL;
+        if (v->off == F(duration_s) && d <= 0)
+            return -EINVAL;
+        *(double *)field = d;
+        return 0;
+    }
+    case T_STEPS: {
+        tb_window w[TB_MAX_WINDOWS];
+        int n = 0;
+        if (tb_parse_steps(val, w, TB_MAX_WINDOWS, &n))
+            return -EINVAL;
+        memcpy(c->windows, w, sizeof(w));
+        c->nwindows = n;
+        return 0;
+    }
+    case T_SIG:
+        return tb_parse_signal(val, (int *)field);
+    case T_LOG:
+        return parse_log(val, (int *)field);
+    case T_CPUMODE:
+        if (!strcasecmp(val, "dwarf") || !strcasecmp(val, "stack"))
+            *(int *)field = TB_CPU_STACKCOPY;
+        else if (!strcasecmp(val, "fp"))
+            *(int *)field = TB_CPU_FP;
+        else
+            return -EINVAL;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static const char *env_get(const char *name, void *ud)
+{
+    (void)ud;
+    return getenv(name);
+}
+
+int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud)
+{
+    if (!get)
+        get = env_get;
+    memset(c, 0, sizeof(*c));
+    /* defaults first (they always parse: the table is checked by a test) */
+    for (size_t i = 0; i < NVARS; i++)
+        if (vars[i].def[0])
+            parse_var(&vars[i], vars[i].def, c);
+    /* TBPROF_LOG first so its level applies to the other warnings */
+    const char *lv = get("TBPROF_LOG", ud);
+    if (lv && parse_log(lv, &c->log_level) == 0)
+        tb_log_set_level((tb_log_level)c->log_level);
+    for (size_t i = 0; i < NVARS; i++) {
+        const var *v = &vars[i];
+        const char *val = get(v->name, ud);
+        if (!val)
+            continue;
+        if (parse_var(v, val, c) == 0)
+            continue;
+        c->warnings++;
+        tb_warn("%s='%.64s' is not valid (expected %s); %s", v->name, val, v->form, v->bad);
+        if (v->off == F(cpu_hz))
+            c->cpu = 0;
+        else if (v->off == F(duration_s) || v->off == F(delay_s)) {
+            c->duration_s = -1; /* poisoned: no time window at all */
+        } else if (v->off == F(logdir))
+            c->logdir[0] = '\0';
+        else if (v->type == T_STEPS)
+            c->nwindows = 0;
+        else if (v->type == T_STR)
+            ((char *)c + v->off)[0] = '\0';
+        else
+            parse_var(v, v->bad_value, c);
+    }
+    if (c->duration_s < 0) {
+        c->duration_s = 0;
+        c->delay_s = 0;
+    } else if (c->delay_s > 0 && c->duration_s == 0) {
+        c->duration_s = 10;
+    }
+    tb_log_set_level((tb_log_level)c->log_level);
+    return c->warnings;
+}
+
+/* ---- the process-wide copy ------------------------------------------------- */
+
+static tb_config global;
+static int global_set;
+
+static const char *none(const char *n, void *ud);
+
+const tb_config *tb_config_get(void)
+{
+    if (!global_set) {
+        /* defaults only: never reads the environment behind the caller's back */
+        tb_config_load(&global, none, NULL);
+        global_set = 1;
+    }
+    return &global;
+}
+
+static const char *none(const char *n, void *ud)
+{
+    (void)n;
+    (void)ud;
+    return NULL;
+}
+
+void tb_config_set_global(const tb_config *c)
+{
+    global = *c;
+    global_set = 1;
+}
+
+/* ---- help ----------------------------------------------------------------- */
+
+static void md_cell(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|')
+            fputs("\\|", f);
+        else
+            fputc(*s, f);
+    }
+}
+
+void tb_config_help(FILE *f, int markdown)
+{
+    if (markdown) {
+        fputs("| variable | default | accepted | meaning | bad value |\n|---|---|---|---|---|\n", f);
+        for (size_t i = 0; i < NVARS; i++) {
+            const var *v = &vars[i];
+            fprintf(f, "| `%s` | %s%s%s | ", v->name, v->def[0] ? "`" : "", v->def[0] ? v->def : "unset",
+                    v->def[0] ? "`" : "");
+            md_cell(f, v->form);
+            fputs(" | ", f);
+            md_cell(f, v->help);
+            fputs(" | ", f);
+            md_cell(f, v->bad);
+            fputs(" |\n", f);
+        }
+        return;
+    }
+    fputs("tbprof reads these environment variables once, at start-up.\n"
+          "A bad value prints one warning naming the variable; that feature is off, the job runs on.\n\n",
+          f);
+    for (size_t i = 0; i < NVARS; i++) {
+        const var *v = &vars[i];
+        fprintf(f, "%-20s default: %s\n%-20s accepted: %s\n%-20s %s\n\n", v->name,
+                v->def[0] ? v->def : "(unset)", "", v->form, "", v->help);
+    }
+}

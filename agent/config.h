@@ -1,0 +1,72 @@
+/* config.h - TBPROF_* environment variables, read once from ONE table.
+ *
+ * The preload constructor calls tb_config_load() once; everything else reads
+ * the parsed result through tb_config_get() (e.g. cupti/ reads cupti_path).
+ * A bad value gives one warning naming the variable and the accepted form,
+ * that feature is turned off (or, for sizes and rates, the default is used,
+ * as the warning says), and the job runs on. `tbprof help env` prints the
+ * same table (tb_config_help), so the docs cannot drift from the parser.
+ */
+#ifndef TBPROF_AGENT_CONFIG_H
+#define TBPROF_AGENT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sampler.h"
+#ifndef TB_CPU_DEFAULT_HZ
+#define TB_CPU_DEFAULT_HZ 499
+#endif
+
+#define TB_MAX_WINDOWS 16
+#define TB_CONFIG_STR 512
+
+typedef struct tb_window {
+    int64_t first, last; /* steps first..last inclusive */
+} tb_window;
+
+typedef struct tb_config {
+    char logdir[TB_CONFIG_STR];   /* TBPROF_LOGDIR; "" = writing off */
+    tb_window windows[TB_MAX_WINDOWS]; /* TBPROF_STEPS, ascending, disjoint */
+    int nwindows;
+    double duration_s; /* TBPROF_DURATION; 0 = unset */
+    double delay_s;    /* TBPROF_DELAY; 0 = unset */
+    int signal;        /* TBPROF_SIGNAL; 0 = off */
+    int gpu, cpu;      /* TBPROF_GPU, TBPROF_CPU */
+    unsigned cpu_hz;   /* TBPROF_CPU_HZ */
+    int cpu_mode;      /* TBPROF_CPU_MODE: tb_cpu_mode (sampler.h) */
+    int64_t buffer_mb; /* TBPROF_BUFFER_MB */
+    int64_t max_mb;    /* TBPROF_MAX_MB; 0 = no cap */
+    int log_level;     /* TBPROF_LOG: tb_log_level */
+    char run[TB_CONFIG_STR];  /* TBPROF_RUN; "" = derived */
+    char host[TB_CONFIG_STR]; /* TBPROF_HOST; "" = derived */
+    int trace_json;    /* TBPROF_TRACE_JSON */
+    int socket;        /* TBPROF_SOCKET */
+    int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
+    char cupti_path[TB_CONFIG_STR]; /* TBPROF_CUPTI_PATH; "" = search */
+    int warnings;      /* how many variables had bad values */
+} tb_config;
+
+/* Getter for the environment: getenv() in the agent, a table in tests. */
+typedef const char *(*tb_getenv_fn)(const char *name, void *ud);
+
+/* Fill `c` from the defaults and the environment (get == NULL: getenv).
+ * Warns once per bad variable (through tb_warn). Returns c->warnings. */
+int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud);
+
+/* The process-wide config (loaded by the preload constructor; defaults
+ * until then). */
+const tb_config *tb_config_get(void);
+void tb_config_set_global(const tb_config *c);
+
+/* Parsers, exposed for tests and the CLI. 0 or -EINVAL. */
+int tb_parse_steps(const char *s, tb_window *w, int max, int *n);
+int tb_parse_seconds(const char *s, double *out);
+int tb_parse_bool(const char *s, int *out);
+int tb_parse_signal(const char *s, int *out);
+
+/* `tbprof help env`: the table as text, or as a Markdown table. */
+void tb_config_help(FILE *f, int markdown);
+
+#endif

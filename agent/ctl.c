@@ -1,0 +1,138 @@
+/* ctl.c - control socket server and client (see ctl.h). */
+#include "ctl.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+
+socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->sun_family = AF_UNIX;
+    /* abstract: sun_path[0] = '\0', the name follows (not NUL-terminated) */
+    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "tbprof.%u.%d", (unsigned)uid, (int)pid);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+int tb_ctl_listen(pid_t pid)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un a;
+    socklen_t len = tb_ctl_addr(pid, getuid(), &a);
+    if (bind(fd, (struct sockaddr *)&a, len) < 0 || listen(fd, 8) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static int peer_ok(int fd, pid_t want_pid)
+{
+    struct ucred cr;
+    socklen_t l = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+        return 0;
+    if (cr.uid != getuid())
+        return 0;
+    return want_pid <= 0 || cr.pid == want_pid;
+}
+
+/* Read up to a newline or n-1 bytes within deadline; returns length or -1. */
+static ssize_t read_line(int fd, char *buf, size_t n, int64_t deadline)
+{
+    size_t len = 0;
+    while (len + 1 < n) {
+        int64_t left = (deadline - tb_mono_ns()) / 1000000;
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        ssize_t k = recv(fd, buf + len, n - 1 - len, MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+        if (memchr(buf, '\n', len))
+            break;
+    }
+    buf[len] = '\0';
+    char *nl = strchr(buf, '\n');
+    if (nl)
+        *nl = '\0';
+    else if (len + 1 >= n)
+        return -1; /* too long: no newline within the limit */
+    return (ssize_t)strlen(buf);
+}
+
+static void send_all(int fd, const char *s)
+{
+    size_t len = strlen(s);
+    while (len) {
+        ssize_t k = send(fd, s, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;
+        s += k;
+        len -= (size_t)k;
+    }
+}
+
+void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
+{
+    for (int i = 0; i < 16; i++) {
+        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c < 0)
+            return; /* EAGAIN: nothing more pending */
+        char line[TB_CTL_LINE], out[TB_CTL_LINE + 64];
+        if (!peer_ok(c, 0)) {
+            send_all(c, "error: permission denied (different user)\n");
+        } else if (read_line(c, line, sizeof(line), tb_mono_ns() + 200000000) < 0) {
+            send_all(c, "error: request too long\n");
+        } else {
+            h(line, out, sizeof(out) - 1);
+            strcat(out, "\n");
+            send_all(c, out);
+        }
+        close(c);
+    }
+}
+
+int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un a;
+    socklen_t len = tb_ctl_addr(pid, getuid(), &a);
+    if (connect(fd, (struct sockaddr *)&a, len) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (!peer_ok(fd, pid)) {
+        close(fd);
+        return -EPERM;
+    }
+    char req[TB_CTL_LINE + 2];
+    snprintf(req, sizeof(req), "%s\n", line);
+    send_all(fd, req);
+    ssize_t k = read_line(fd, answer, n, tb_mono_ns() + (int64_t)timeout_ms * 1000000);
+    close(fd);
+    if (k <= 0)
+        return -EPROTO;
+    return 0;
+}

@@ -1,0 +1,42 @@
+/* ctl.h - the per-process control socket (`tbprof trigger PID`).
+ *
+ * An abstract Unix stream socket named "tbprof.<uid>.<pid>" (no file to
+ * create or clean up; gone when the process exits). The agent thread serves
+ * it; a peer whose SO_PEERCRED uid differs from ours is refused, and the
+ * client checks the server's uid and pid the same way. Protocol: one
+ * request line, one answer line, then the server closes:
+ *
+ *   start steps=N       -> "capture started: steps A-B" | "already capturing" | "error: ..."
+ *   start duration=S    -> "capture started: duration S s" | ...
+ *   stop                -> "capture stopping" | "error: not capturing"
+ *   status              -> "state=idle step=N captures=K last=<path or ->"
+ */
+#ifndef TBPROF_AGENT_CTL_H
+#define TBPROF_AGENT_CTL_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#define TB_CTL_LINE 256
+
+/* Address of process `pid`'s socket; returns the address length. */
+socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a);
+
+/* Bind + listen (non-blocking, close-on-exec). fd or -errno. */
+int tb_ctl_listen(pid_t pid);
+
+/* Answer one request line into out (no newline). */
+typedef void (*tb_ctl_handler)(const char *line, char *out, size_t n);
+
+/* Accept every pending connection on listen_fd and answer each (bounded:
+ * a client gets 200 ms to send its line). Never blocks longer. */
+void tb_ctl_serve(int listen_fd, tb_ctl_handler h);
+
+/* Client: send `line` to process pid, read the answer (timeout_ms).
+ * 0 or -errno (-ECONNREFUSED / -ENOENT: no agent there; -EPERM: the
+ * socket belongs to another user or pid). */
+int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms);
+
+#endif

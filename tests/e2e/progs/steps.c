@@ -1,0 +1,148 @@
+/* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
+ *
+ *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-a A,B] [-s]
+ *         [-f] [-e] [-X step] [-x code] [-r]
+ *
+ *   -n   number of steps (default 30); step i calls tbprof_step() (or with
+ *        -N tbprof_step_num(i), twice: the duplicate must merge)
+ *   -m   milliseconds of work per step (compute + malloc), default 5
+ *   -t   extra worker threads doing malloc/compute while the loop runs
+ *   -a   API capture: tbprof_start(0) just before step A's boundary,
+ *        tbprof_stop() just before step B+1's
+ *   -s   print the epoch-ns start of each step: "step N T" (stdout)
+ *   -f   fork a child at step 1 that works 200 ms without steps and exits 0
+ *   -e   at step 1, fork + exec this program with "-n 8 -m 2 -x 0"
+ *   -X   exit() with the -x code at the start of step X (mid-capture)
+ *   -x   exit status (default 0)
+ *   -r   print "ready <pid>" once the loop starts
+ * At the end it prints "done <steps> last=<tbprof_last_profile()>".
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tbapi.h"
+
+static atomic_int stop_workers;
+static volatile double sink;
+
+static int64_t now_ns(int clk)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ~ms of CPU work with some allocation */
+static void work(double ms)
+{
+    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(ms * 1e6);
+    double acc = 0;
+    while (now_ns(CLOCK_MONOTONIC) < end) {
+        char *p = malloc(4096);
+        if (p) {
+            memset(p, 1, 4096);
+            acc += p[100];
+            free(p);
+        }
+        for (int i = 1; i < 2000; i++)
+            acc += 1.0 / i;
+    }
+    sink = acc;
+}
+
+static void *worker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&stop_workers))
+        work(1);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
+    double ms = 5;
+    long api_a = -1, api_b = -1, exit_at = -1;
+    int code = 0;
+    int opt;
+    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:r")) != -1) {
+        switch (opt) {
+        case 'n': nsteps = atoi(optarg); break;
+        case 'm': ms = atof(optarg); break;
+        case 't': nthreads = atoi(optarg); break;
+        case 'N': use_num = 1; break;
+        case 'a': sscanf(optarg, "%ld,%ld", &api_a, &api_b); break;
+        case 's': print_steps = 1; break;
+        case 'f': do_fork = 1; break;
+        case 'e': do_exec = 1; break;
+        case 'X': exit_at = atol(optarg); break;
+        case 'x': code = atoi(optarg); break;
+        case 'r': ready = 1; break;
+        default: fprintf(stderr, "usage: see steps.c\n"); return 2;
+        }
+    }
+    tbapi_init();
+    pthread_t th[64];
+    if (nthreads > 64)
+        nthreads = 64;
+    for (int i = 0; i < nthreads; i++)
+        pthread_create(&th[i], NULL, worker, NULL);
+    if (ready) {
+        printf("ready %d\n", (int)getpid());
+        fflush(stdout);
+    }
+    pid_t child = -1;
+    for (int i = 0; i < nsteps; i++) {
+        if (api_a >= 0 && i == api_b + 1)
+            tb_stop();
+        if (i == exit_at) {
+            fflush(stdout);
+            exit(code);
+        }
+        if (api_a >= 0 && i == api_a)
+            tb_start(0);
+        if (print_steps)
+            printf("step %d %lld\n", i, (long long)now_ns(CLOCK_REALTIME));
+        if (use_num) {
+            tb_step_num(i);
+            tb_step_num(i); /* duplicate: merged */
+        } else {
+            tb_step();
+        }
+        if (i == 1 && do_fork) {
+            child = fork();
+            if (child == 0) {
+                work(200);
+                _exit(0);
+            }
+        }
+        if (i == 1 && do_exec) {
+            child = fork();
+            if (child == 0) {
+                execl("/proc/self/exe", argv[0], "-n", "8", "-m", "2", "-x", "0", (char *)NULL);
+                _exit(127);
+            }
+        }
+        work(ms);
+    }
+    if (api_a >= 0 && api_b + 1 >= nsteps)
+        tb_stop();
+    if (print_steps)
+        printf("end %lld\n", (long long)now_ns(CLOCK_REALTIME));
+    if (child > 0) {
+        int st;
+        waitpid(child, &st, 0);
+        printf("child %d status %d\n", (int)child, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    atomic_store(&stop_workers, 1);
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(th[i], NULL);
+    printf("done %d last=%s\n", nsteps, tb_last());
+    return code;
+}

@@ -1,0 +1,148 @@
+"""Step windows from TBPROF_STEPS and from the C API, on real processes.
+
+Each test runs tests/e2e/progs/steps.c under LD_PRELOAD, decodes what it
+wrote and compares the step events with what the program did (it prints the
+epoch-ns start of every step with -s)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+STEPS = tbtest.prog("steps")
+
+
+def printed_steps(stdout):
+    """{step: start_ns} and the end time from `steps -s` output."""
+    starts, end = {}, None
+    for line in stdout.splitlines():
+        f = line.split()
+        if f and f[0] == "step":
+            starts[int(f[1])] = int(f[2])
+        elif f and f[0] == "end":
+            end = int(f[1])
+    return starts, end
+
+
+class StepWindows(tbtest.TestCase):
+    def run_steps(self, args, **tb):
+        p = tbtest.run([STEPS, "-s"] + args, env=tbtest.env(self.logdir, **tb))
+        self.assertExitedOk(p)
+        return p
+
+    def check_window(self, prof, first, last, starts, pid, ms):
+        steps = prof.steps()
+        nums = [n for n, _, _ in steps]
+        self.assertEqual(nums, list(range(first, last + 1)), "step numbers in %s" % prof.path)
+        for n, ev, line in steps:
+            # on the calling thread's line (the main thread: tid == pid)
+            self.assertEqual(line.id, pid)
+            # starts where the program started the step (it printed the time
+            # just before calling tbprof_step), spans to the next step's start
+            self.assertGreaterEqual(ev.start_ns, starts[n])
+            self.assertLess(ev.start_ns - starts[n], 5_000_000, "step %d starts late" % n)
+            self.assertGreaterEqual(ev.end_ns, starts[n + 1] - 5_000_000 if n + 1 in starts else 0)
+            self.assertGreaterEqual(ev.dur_ns, ms * 1_000_000 * 0.9, "step %d shorter than its work" % n)
+            if n + 1 in starts:
+                self.assertLessEqual(ev.end_ns, starts[n + 1] + 5_000_000)
+        # nothing on the host plane outside [start of first, start of last+1)
+        lo = steps[0][1].start_ns
+        hi = steps[-1][1].end_ns
+        for ev in prof.host.events():
+            self.assertGreaterEqual(ev.start_ns, lo)
+            self.assertLessEqual(ev.start_ns, hi)
+        self.assertEqual(prof.host.stats.get("pid"), pid)
+
+    def test_env_window_exact_steps(self):
+        p = tbtest.spawn([STEPS, "-s", "-n", "30", "-m", "4"], env=tbtest.env(self.logdir, steps="10,20"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        starts, _ = printed_steps(out)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, files)
+        prof = tbtest.load(files[0])
+        self.check_window(prof, 10, 20, starts, p.pid, 4)
+        self.assertIn("10-20", prof.host.stats.get("tbprof_trigger", ""))
+        # the sources were asked for and said why they are off
+        self.assertIn("tbprof_gpu_off_reason", prof.host.stats)
+        self.assertIn("tbprof_cpu_off_reason", prof.host.stats)
+        self.assertTrue(any("gpu" in w for w in prof.warnings), prof.warnings)
+        # TensorBoard's marker file and the trace JSON are there too
+        self.assertTrue(any(f.endswith(".profile-empty") for f in os.listdir(self.logdir)))
+        self.assertTrue(os.path.exists(files[0].replace(".xplane.pb", ".trace.json.gz")))
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_dash_form_and_step_num_duplicates_merge(self):
+        p = tbtest.spawn([STEPS, "-s", "-N", "-n", "12", "-m", "3"], env=tbtest.env(self.logdir, steps="4-6"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        self.check_window(tbtest.load(files[0]), 4, 6, printed_steps(out)[0], p.pid, 3)
+
+    def test_single_step_and_step_zero(self):
+        for spec, first, last in (("5", 5, 5), ("0,2", 0, 2)):
+            logdir = os.path.join(self.tmp, "l" + spec.replace(",", "_"))
+            p = tbtest.spawn([STEPS, "-s", "-n", "10", "-m", "3"], env=tbtest.env(logdir, steps=spec))
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+            files = tbtest.xplanes(logdir)
+            self.assertEqual(len(files), 1, spec)
+            self.check_window(tbtest.load(files[0]), first, last, printed_steps(out)[0], p.pid, 3)
+
+    def test_several_windows_are_separate_runs(self):
+        p = tbtest.spawn([STEPS, "-s", "-n", "40", "-m", "3"],
+                         env=tbtest.env(self.logdir, steps="3-5;12,14;30-31", run="job7"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        starts, _ = printed_steps(out)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 3, files)
+        runs = sorted(os.path.basename(os.path.dirname(f)) for f in files)
+        self.assertEqual(runs, ["job7_steps_12-14", "job7_steps_3-5", "job7_steps_30-31"])
+        for f in files:
+            run = os.path.basename(os.path.dirname(f))
+            a, b = run.split("_steps_")[1].split("-")
+            self.check_window(tbtest.load(f), int(a), int(b), starts, p.pid, 3)
+
+    def test_window_past_the_end_writes_nothing(self):
+        p = self.run_steps(["-n", "5", "-m", "1"], steps="10,20")
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        self.assertFalse(os.path.exists(self.logdir), "no trigger: nothing at all under the logdir")
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+
+    def test_window_cut_by_exit_keeps_what_ran(self):
+        # the program ends at step 8, inside 5..20: steps 5..7 were complete
+        p = tbtest.spawn([STEPS, "-s", "-n", "30", "-m", "3", "-X", "8", "-x", "3"],
+                         env=tbtest.env(self.logdir, steps="5,20"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 3, "the job's exit status is unchanged")
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, err)
+        nums = [n for n, _, _ in tbtest.load(files[0]).steps()]
+        self.assertEqual(nums, [5, 6, 7])
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_api_start_stop_from_c(self):
+        p = tbtest.spawn([STEPS, "-s", "-n", "20", "-m", "3", "-a", "6,11"], env=tbtest.env(self.logdir))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, err)
+        prof = tbtest.load(files[0])
+        self.check_window(prof, 6, 11, printed_steps(out)[0], p.pid, 3)
+        self.assertIn("api", prof.host.stats.get("tbprof_trigger", ""))
+        # tbprof_last_profile() names the file (printed by the program at exit,
+        # possibly before the agent finished: then it is empty)
+        last = [l for l in out.splitlines() if l.startswith("done")][0].split("last=")[1]
+        self.assertIn(last, ("", files[0]))
+
+    def test_without_preload_nothing_happens(self):
+        p = tbtest.run([STEPS, "-n", "12", "-m", "1"], env=tbtest.env(self.logdir, preload=False, steps="2,4"))
+        self.assertExitedOk(p)
+        self.assertFalse(os.path.exists(self.logdir))
+
+
+if __name__ == "__main__":
+    tbtest.main()

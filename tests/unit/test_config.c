@@ -1,0 +1,170 @@
+/* test_config.c - TBPROF_* parsing: forms accepted, defaults, bad values. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "sampler.h"
+#include "tap.h"
+
+/* a fake environment: NULL-terminated name/value pairs */
+static const char *lookup(const char *name, void *ud)
+{
+    const char **kv = ud;
+    for (; kv[0]; kv += 2)
+        if (!strcmp(kv[0], name))
+            return kv[1];
+    return NULL;
+}
+
+static void steps_forms(void)
+{
+    tb_window w[TB_MAX_WINDOWS];
+    int n = 0;
+    CHECK(tb_parse_steps("10,20", w, TB_MAX_WINDOWS, &n) == 0 && n == 1 && w[0].first == 10 && w[0].last == 20);
+    CHECK(tb_parse_steps("10-20", w, TB_MAX_WINDOWS, &n) == 0 && n == 1 && w[0].first == 10 && w[0].last == 20);
+    CHECK(tb_parse_steps("5", w, TB_MAX_WINDOWS, &n) == 0 && n == 1 && w[0].first == 5 && w[0].last == 5);
+    CHECK(tb_parse_steps(" 1-2 ; 5,7;9 ", w, TB_MAX_WINDOWS, &n) == 0 && n == 3);
+    CHECK_EQ_I(w[1].first, 5);
+    CHECK_EQ_I(w[1].last, 7);
+    CHECK_EQ_I(w[2].first, 9);
+    CHECK(tb_parse_steps("0,0", w, TB_MAX_WINDOWS, &n) == 0 && w[0].first == 0);
+    const char *bad[] = {"", "abc", "20,10", "-1", "1-", "1,2,3", "5-8;7-9", "5-8;1-2", "1;;2", "1.5",
+                         "99999999999999999999"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECKF(tb_parse_steps(bad[i], w, TB_MAX_WINDOWS, &n) < 0, "'%s' accepted", bad[i]);
+    /* more windows than fit */
+    char many[400] = "";
+    for (int i = 0; i < TB_MAX_WINDOWS + 1; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "%s%d", i ? ";" : "", i * 3);
+    CHECK(tb_parse_steps(many, w, TB_MAX_WINDOWS, &n) < 0);
+}
+
+static void other_forms(void)
+{
+    double d;
+    CHECK(tb_parse_seconds("10", &d) == 0 && d == 10);
+    CHECK(tb_parse_seconds("2.5s", &d) == 0 && d == 2.5);
+    CHECK(tb_parse_seconds("500ms", &d) == 0 && d == 0.5);
+    CHECK(tb_parse_seconds("-1", &d) < 0);
+    CHECK(tb_parse_seconds("ten", &d) < 0);
+    CHECK(tb_parse_seconds("5 parsecs", &d) < 0);
+    CHECK(tb_parse_seconds("inf", &d) < 0);
+    int b;
+    CHECK(tb_parse_bool("on", &b) == 0 && b == 1);
+    CHECK(tb_parse_bool("OFF", &b) == 0 && b == 0);
+    CHECK(tb_parse_bool("1", &b) == 0 && b == 1);
+    CHECK(tb_parse_bool("maybe", &b) < 0);
+    int sig;
+    CHECK(tb_parse_signal("USR2", &sig) == 0 && sig == SIGUSR2);
+    CHECK(tb_parse_signal("SIGUSR1", &sig) == 0 && sig == SIGUSR1);
+    CHECK(tb_parse_signal("RTMIN+3", &sig) == 0 && sig == SIGRTMIN + 3);
+    CHECK(tb_parse_signal("off", &sig) == 0 && sig == 0);
+    CHECK(tb_parse_signal("KILL", &sig) < 0);
+    CHECK(tb_parse_signal("SEGV", &sig) < 0);
+    CHECK(tb_parse_signal("RTMIN+99", &sig) < 0);
+}
+
+static void defaults(void)
+{
+    const char *env[] = {NULL};
+    tb_config c;
+    CHECK_EQ_I(tb_config_load(&c, lookup, env), 0);
+    CHECK_STR(c.logdir, "logs");
+    CHECK_EQ_I(c.nwindows, 0);
+    CHECK_EQ_I(c.signal, 0);
+    CHECK(c.gpu == 1 && c.cpu == 1 && c.trace_json == 1 && c.socket == 1 && c.pytorch_hook == 0);
+    CHECK_EQ_I(c.cpu_hz, TB_CPU_DEFAULT_HZ);
+    CHECK_EQ_I(c.cpu_mode, TB_CPU_STACKCOPY);
+    CHECK_EQ_I(c.buffer_mb, 64);
+    CHECK_EQ_I(c.max_mb, 512);
+    CHECK_EQ_I(c.log_level, TB_LOG_WARN);
+    CHECK(c.duration_s == 0 && c.delay_s == 0);
+    CHECK(c.run[0] == 0 && c.host[0] == 0 && c.cupti_path[0] == 0);
+}
+
+static void good_values(void)
+{
+    const char *env[] = {"TBPROF_LOGDIR", "/tmp/x", "TBPROF_STEPS", "10-20;50,60", "TBPROF_SIGNAL", "USR2",
+                         "TBPROF_GPU", "off", "TBPROF_CPU_HZ", "997", "TBPROF_CPU_MODE", "fp",
+                         "TBPROF_BUFFER_MB", "8", "TBPROF_MAX_MB", "0", "TBPROF_RUN", "r1", "TBPROF_HOST", "h1",
+                         "TBPROF_TRACE_JSON", "no", "TBPROF_SOCKET", "0", "TBPROF_PYTORCH_HOOK", "1",
+                         "TBPROF_CUPTI_PATH", "/opt/cupti/libcupti.so", "TBPROF_DELAY", "3", NULL};
+    tb_config c;
+    CHECK_EQ_I(tb_config_load(&c, lookup, env), 0);
+    CHECK_STR(c.logdir, "/tmp/x");
+    CHECK(c.nwindows == 2 && c.windows[0].first == 10 && c.windows[1].last == 60);
+    CHECK_EQ_I(c.signal, SIGUSR2);
+    CHECK(c.gpu == 0 && c.cpu == 1);
+    CHECK_EQ_I(c.cpu_hz, 997);
+    CHECK_EQ_I(c.cpu_mode, TB_CPU_FP);
+    CHECK(c.buffer_mb == 8 && c.max_mb == 0);
+    CHECK_STR(c.run, "r1");
+    CHECK_STR(c.host, "h1");
+    CHECK(c.trace_json == 0 && c.socket == 0 && c.pytorch_hook == 1);
+    CHECK_STR(c.cupti_path, "/opt/cupti/libcupti.so");
+    /* DELAY alone: the time window gets the default length */
+    CHECK(c.delay_s == 3 && c.duration_s == 10);
+    tb_config_set_global(&c);
+    CHECK_STR(tb_config_get()->cupti_path, "/opt/cupti/libcupti.so");
+}
+
+static void bad_values(void)
+{
+    tb_log_set_level(TB_LOG_OFF); /* the warnings themselves are checked by the e2e tests */
+    const char *env[] = {"TBPROF_STEPS", "20,10", "TBPROF_GPU", "sometimes", "TBPROF_CPU_HZ", "0",
+                         "TBPROF_BUFFER_MB", "lots", "TBPROF_RUN", "a/b", "TBPROF_DURATION", "-5",
+                         "TBPROF_SIGNAL", "KILL", "TBPROF_LOGDIR", "", NULL};
+    tb_config c;
+    int w = tb_config_load(&c, lookup, env);
+    CHECK_EQ_I(w, 8);
+    CHECK_EQ_I(c.nwindows, 0);   /* step capture off */
+    CHECK_EQ_I(c.gpu, 0);        /* GPU off */
+    CHECK_EQ_I(c.cpu, 0);        /* bad rate: CPU sampling off */
+    CHECK_EQ_I(c.buffer_mb, 64); /* default kept */
+    CHECK_STR(c.run, "");        /* derived name */
+    CHECK(c.duration_s == 0 && c.delay_s == 0);
+    CHECK_EQ_I(c.signal, 0);
+    CHECK_STR(c.logdir, "");     /* writing off */
+    /* TBPROF_LOG itself: a bad value keeps warn */
+    const char *env2[] = {"TBPROF_LOG", "loud", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, env2), 1);
+    CHECK_EQ_I(c.log_level, TB_LOG_WARN);
+    const char *env3[] = {"TBPROF_LOG", "debug", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, env3), 0);
+    CHECK_EQ_I(c.log_level, TB_LOG_DEBUG);
+    tb_log_set_level(TB_LOG_OFF);
+}
+
+static void help_lists_every_variable(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    tb_config_help(f, 1);
+    fclose(f);
+    const char *names[] = {"TBPROF_LOGDIR", "TBPROF_STEPS", "TBPROF_DURATION", "TBPROF_DELAY", "TBPROF_SIGNAL",
+                           "TBPROF_GPU", "TBPROF_CPU", "TBPROF_CPU_HZ", "TBPROF_BUFFER_MB", "TBPROF_MAX_MB",
+                           "TBPROF_LOG", "TBPROF_RUN", "TBPROF_HOST", "TBPROF_TRACE_JSON", "TBPROF_SOCKET",
+                           "TBPROF_PYTORCH_HOOK", "TBPROF_CUPTI_PATH"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        char key[64];
+        snprintf(key, sizeof(key), "| `%s` |", names[i]);
+        CHECKF(strstr(buf, key) != NULL, "%s missing from help", names[i]);
+    }
+    CHECK(strncmp(buf, "| variable |", 12) == 0);
+    free(buf);
+}
+
+int main(void)
+{
+    steps_forms();
+    other_forms();
+    defaults();
+    good_values();
+    bad_values();
+    help_lists_every_variable();
+    return tap_done();
+}
