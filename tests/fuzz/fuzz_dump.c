@@ -1,0 +1,225 @@
+/* fuzz_dump.c - bounded mutation fuzzing of the xplane.pb reader and of
+ * `tbprof dump`: `fuzz_dump [CASES] [SEED]`.
+ *
+ * Seeds are real files from our encoder (a synthetic capture and a space
+ * with every stat type). Each case applies a few mutations (bit flips, byte
+ * sets, varint-sized garbage, inserts, deletes, truncation, chunk copies)
+ * and decodes. Anything decoded must sort, re-encode, decode again with the
+ * same event count, and produce Chrome JSON. Every 50th case also runs
+ * `tbprof dump` on the bytes (when TBPROF_BUILD names a build): it must exit
+ * 0 or 2, never die of a signal. Deterministic for a seed. */
+#include <errno.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../tools/synth_space.h"
+#include "xspace.h"
+
+extern char **environ;
+
+static uint64_t rng_state;
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static int fail;
+#define EXPECT(c, ...)                                                         \
+    do {                                                                       \
+        if (!(c)) {                                                            \
+            fprintf(stderr, "fuzz_dump: case %d: %s: ", cs, #c);               \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+            fail++;                                                            \
+        }                                                                      \
+    } while (0)
+
+static void seed_every_stat(tb_buf *b)
+{
+    tb_space *s = tb_space_new();
+    tb_space_add_hostname(s, "h");
+    tb_space_add_warning(s, "w");
+    tb_plane *p = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_f64(p, "d", 2.5);
+    tb_plane_stat_str(p, "s", "v");
+    tb_line *l = tb_plane_line(p, 3, "t");
+    tb_line_set_display_name(l, "T");
+    int64_t m = tb_plane_event_meta(p, "ev");
+    tb_plane_set_event_display_name(p, m, "EV");
+    tb_plane_set_event_category(p, m, TB_CAT_USER);
+    for (int i = 0; i < 20; i++) {
+        tb_line_add(l, m, 1000 + i * 7, i);
+        tb_line_stat_i64(l, tb_plane_stat_meta(p, "i"), -i);
+        tb_line_stat_u64(l, tb_plane_stat_meta(p, "u"), (uint64_t)i << 40);
+        tb_line_stat_f64(l, tb_plane_stat_meta(p, "f"), i * 0.5);
+        tb_line_stat_str(l, tb_plane_stat_meta(p, "r"), i % 2 ? "odd" : "even");
+    }
+    tb_xspace_encode(s, b);
+    tb_space_free(s);
+}
+
+static size_t mutate(uint8_t *d, size_t len, size_t cap)
+{
+    int n = 1 + (int)(rnd() % 6);
+    for (int k = 0; k < n && len; k++) {
+        size_t at = rnd() % len;
+        switch (rnd() % 8) {
+        case 0: d[at] ^= (uint8_t)(1u << (rnd() % 8)); break;
+        case 1: d[at] = (uint8_t)rnd(); break;
+        case 2: { /* a long varint: huge lengths / ids */
+            static const uint8_t big[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
+            size_t m = len - at < sizeof(big) ? len - at : sizeof(big);
+            memcpy(d + at, big, m);
+            break;
+        }
+        case 3: /* delete a range */ {
+            size_t m = 1 + rnd() % 16;
+            if (m > len - at)
+                m = len - at;
+            memmove(d + at, d + at + m, len - at - m);
+            len -= m;
+            break;
+        }
+        case 4: /* insert random bytes */ {
+            size_t m = 1 + rnd() % 8;
+            if (len + m > cap)
+                break;
+            memmove(d + at + m, d + at, len - at);
+            for (size_t i = 0; i < m; i++)
+                d[at + i] = (uint8_t)rnd();
+            len += m;
+            break;
+        }
+        case 5: len = at; break; /* truncate */
+        case 6: /* copy a chunk elsewhere */ {
+            size_t from = rnd() % len, m = 1 + rnd() % 32;
+            if (m > len - from)
+                m = len - from;
+            if (m > len - at)
+                m = len - at;
+            memmove(d + at, d + from, m);
+            break;
+        }
+        default: d[at] = (uint8_t)(d[at] + 1); break;
+        }
+    }
+    return len;
+}
+
+static int run_dump(const char *tbprof, const char *file, int *status)
+{
+    char *argv[] = {(char *)tbprof, "dump", (char *)file, NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", 1 /* O_WRONLY */, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", 1, 0);
+    pid_t pid;
+    int r = posix_spawn(&pid, tbprof, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0)
+        return -r;
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int cases = argc > 1 ? atoi(argv[1]) : 2000;
+    rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : 0x9E3779B97F4A7C15ull;
+    if (!rng_state)
+        rng_state = 1;
+
+    tb_buf seeds[2] = {{0}, {0}};
+    tb_space *s = tb_space_new();
+    synth_opts o = {.kernels = 300, .gpus = 2, .streams = 2, .host = 1, .steps = 3, .pid = 77};
+    synth_space(s, &o);
+    tb_xspace_encode(s, &seeds[0]);
+    tb_space_free(s);
+    seed_every_stat(&seeds[1]);
+
+    char tbprof[4096] = "", tmpf[256];
+    const char *build = getenv("TBPROF_BUILD");
+    if (build)
+        snprintf(tbprof, sizeof(tbprof), "%s/bin/tbprof", build);
+    if (tbprof[0] && access(tbprof, X_OK) != 0)
+        tbprof[0] = '\0';
+    snprintf(tmpf, sizeof(tmpf), "/tmp/tbprof_fuzz_dump_%d.xplane.pb", (int)getpid());
+
+    size_t cap = seeds[0].len + 4096;
+    uint8_t *d = malloc(cap);
+    int decoded = 0, refused = 0, spawned = 0;
+    char err[256];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int cs = 0; cs < cases; cs++) {
+        const tb_buf *seed = &seeds[rnd() % 2];
+        memcpy(d, seed->data, seed->len);
+        size_t len = mutate(d, seed->len, cap);
+        tb_space *sp = NULL;
+        err[0] = '\0';
+        int r = tb_xspace_decode(d, len, &sp, err, sizeof(err));
+        if (r < 0) {
+            EXPECT(sp == NULL, "space returned on error %d", r);
+            EXPECT(err[0] != '\0' && !strchr(err, '\n'), "error message '%s'", err);
+            refused++;
+        } else {
+            decoded++;
+            size_t n = tb_space_event_count(sp);
+            tb_buf b = {0}, j = {0};
+            EXPECT(tb_xspace_encode(sp, &b) == 0, "re-encode failed");
+            tb_space *again = NULL;
+            r = tb_xspace_decode(b.data, b.len, &again, err, sizeof(err));
+            /* an XSpace with only empty warnings etc. re-encodes fine; all must load */
+            EXPECT(r == 0 || (b.len == 0 && r == -ENODATA), "re-decode: %d %s", r, err);
+            if (again)
+                EXPECT(tb_space_event_count(again) == n, "events %zu -> %zu", n, tb_space_event_count(again));
+            EXPECT(tb_chrome_encode(sp, &j) == 0, "chrome encode failed");
+            tb_space_free(again);
+            tb_buf_free(&b);
+            tb_buf_free(&j);
+            tb_space_free(sp);
+        }
+        if (tbprof[0] && cs % 50 == 0) {
+            FILE *f = fopen(tmpf, "wb");
+            if (f) {
+                fwrite(d, 1, len, f);
+                fclose(f);
+                int status = 0;
+                if (run_dump(tbprof, tmpf, &status) == 0) {
+                    spawned++;
+                    EXPECT(WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 2),
+                           "tbprof dump: status 0x%x (kept in %s.crash)", status, tmpf);
+                    if (!(WIFEXITED(status) && WEXITSTATUS(status) <= 2)) {
+                        char keep[300];
+                        snprintf(keep, sizeof(keep), "%s.crash", tmpf);
+                        rename(tmpf, keep);
+                    }
+                }
+            }
+        }
+    }
+    unlink(tmpf);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("fuzz_dump: %d cases in %.1f s: %d decoded, %d refused, %d tbprof dump runs, %d failures\n", cases,
+           secs, decoded, refused, spawned, fail);
+    /* the mutations must reach both outcomes, or the fuzzer tests nothing */
+    if (cases >= 100 && (decoded == 0 || refused == 0)) {
+        printf("fuzz_dump: mutations reached only one outcome\n");
+        fail++;
+    }
+    free(d);
+    tb_buf_free(&seeds[0]);
+    tb_buf_free(&seeds[1]);
+    return fail ? 1 : 0;
+}
