@@ -265,3 +265,102 @@ void tb_profset_free(tb_profset *ps)
     free(ps->dir);
     memset(ps, 0, sizeof(*ps));
 }
+
+/* ---- shared by convert and flame ------------------------------------------- */
+
+int tb_profset_fold(tb_profset *ps, tb_profset_folded *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < ps->n; i++) {
+        size_t t0 = out->f.nthreads;
+        if (tb_folded_add_space(&out->f, ps->profs[i].space) < 0)
+            return -ENOMEM;
+        if (ps->n < 2)
+            continue;
+        for (size_t t = t0; t < out->f.nthreads; t++) {
+            const char *th = out->f.threads[t];
+            char *nm = malloc(strlen(ps->profs[i].label) + strlen(th) + 3);
+            char **nv = realloc(out->names, (out->nnames + 1) * sizeof(*nv));
+            if (!nm || !nv) {
+                free(nm);
+                if (nv)
+                    out->names = nv;
+                return -ENOMEM;
+            }
+            out->names = nv;
+            sprintf(nm, "%s: %s", ps->profs[i].label, th);
+            out->names[out->nnames++] = nm;
+            out->f.threads[t] = nm;
+        }
+    }
+    return 0;
+}
+
+void tb_profset_folded_free(tb_profset_folded *pf)
+{
+    tb_folded_free(&pf->f);
+    for (size_t i = 0; i < pf->nnames; i++)
+        free(pf->names[i]);
+    free(pf->names);
+    memset(pf, 0, sizeof(*pf));
+}
+
+void tb_profset_why_no_samples(const tb_profset *ps, FILE *f)
+{
+    int said = 0;
+    for (size_t i = 0; i < ps->n; i++) {
+        const tb_space *s = ps->profs[i].space;
+        for (size_t w = 0; w < s->nwarnings; w++)
+            if (strstr(s->warnings[w], "CPU") || strstr(s->warnings[w], "perf_event")) {
+                fprintf(f, "  %s: %s\n", ps->profs[i].label, s->warnings[w]);
+                said = 1;
+            }
+        const tb_plane *h = tb_space_find_plane(s, "/host:CPU");
+        for (size_t k = 0; h && k < h->nstats; k++)
+            if (!strcmp(tb_plane_stat_name(h, h->stats[k].meta), "tbprof_cpu_off_reason") &&
+                h->stats[k].type == TB_STAT_REF) {
+                fprintf(f, "  %s: CPU sampling off: %s\n", ps->profs[i].label,
+                        tb_plane_stat_name(h, h->stats[k].v.ref));
+                said = 1;
+            }
+    }
+    if (!said)
+        fprintf(f, "  (was it captured with TBPROF_CPU=off, or did the capture end before "
+                   "the first sample?)\n");
+}
+
+int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg)
+{
+    if (!strcmp(out, "-")) {
+        int r = fn(stdout, arg);
+        if (r < 0 || fflush(stdout) != 0) {
+            fprintf(stderr, "tbprof %s: cannot write to stdout: %s\n", cmd,
+                    strerror(r < 0 ? -r : errno));
+            return 2;
+        }
+        return 0;
+    }
+    char *tmp = malloc(strlen(out) + 32);
+    if (!tmp) {
+        fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+        return 2;
+    }
+    sprintf(tmp, "%s.tmp.%d", out, (int)getpid());
+    FILE *f = fopen(tmp, "wx");
+    int r = f ? fn(f, arg) : -errno;
+    if (f) {
+        if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+            r = -errno;
+        if (fclose(f) != 0 && r == 0)
+            r = -errno;
+    }
+    if (r == 0 && rename(tmp, out) != 0)
+        r = -errno;
+    if (r < 0) {
+        if (f)
+            unlink(tmp);
+        fprintf(stderr, "tbprof %s: cannot write %s: %s\n", cmd, out, strerror(-r));
+    }
+    free(tmp);
+    return r < 0 ? 2 : 0;
+}

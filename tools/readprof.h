@@ -39,4 +39,26 @@ void tb_profset_free(tb_profset *ps);
 int tb_progress_wanted(long long bytes);
 long long tb_input_bytes(const char *in);
 
+
+#include <stdio.h>
+
+/* CPU sample stacks of every loaded profile; with several profiles each
+ * thread is named "<label>: <thread>". 0 or -ENOMEM; free with
+ * tb_profset_folded_free. */
+#include "folded.h"
+typedef struct tb_profset_folded {
+    tb_folded f;
+    char **names; /* allocated thread names */
+    size_t nnames;
+} tb_profset_folded;
+int tb_profset_fold(tb_profset *ps, tb_profset_folded *out);
+void tb_profset_folded_free(tb_profset_folded *pf);
+
+/* Write OUT atomically (OUT.tmp.<pid>, then rename; nothing is left on
+ * failure), or to stdout when out is "-". fn writes the content. Returns 0,
+ * or 2 after printing "tbprof CMD: cannot write OUT: why". */
+int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg);
+/* Explain why a profile set has no CPU samples (warnings that say so). */
+void tb_profset_why_no_samples(const tb_profset *ps, FILE *f);
+
 #endif

@@ -1,0 +1,190 @@
+"""test_tools_convert.py - `tbprof convert` and `tbprof flame` on profiles
+with known CPU samples and GPU events (written with protoc's Python code):
+folded lines sum to the sample count, speedscope JSON parses and matches,
+the Chrome trace parses (plain and gzip), the SVG is well-formed XML with
+one frame per call-tree node, names escaped; errors are actionable."""
+
+import gzip
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_tools_summary as ts  # noqa: E402  (profile builders, CLI runner)
+from test_tools_summary import Plane, run, write, xplane_pb2  # noqa: E402
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def sampled_space(hostname="node1", nasty=True):
+    """CPU samples on two threads; a frame name that needs escaping."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(hostname)
+    h = Plane(sp, "/host:CPU")
+    a, b = h.line(1, "python"), h.line(2, "dataloader")
+    odd = 'op<float>& "x" \u00e9' if nasty else "op"
+    spans = [(a, "main", 0, 1000, 20, None), (a, "step", 10, 600, 12, 2),
+             (a, "fwd", 20, 200, 6, 6), (a, "bwd", 300, 200, 4, 1), (a, odd, 310, 50, 3, 3),
+             (a, "main", 2000, 100, 2, 2),  # the same stack later: merges in folded output
+             (b, "load", 0, 500, 7, 3), (b, "decode;jpeg", 10, 100, 4, 4)]
+    for ln, name, start, dur, n, self_n in spans:
+        stats = {"samples": n}
+        if self_n:
+            stats["self_samples"] = self_n
+        h.event(ln, name, start, dur, **stats)
+    h.event(a, "train", 0, 1000, _r=1, step_num=1)
+    h.plane_stat("tbprof_cpu_samples", 29)
+    return sp.SerializeToString()
+
+
+# stacks and self counts of sampled_space (with thread roots)
+WANT = {"python;main": 8 + 2, "python;main;step": 2, "python;main;step;fwd": 6,
+        "python;main;step;bwd": 1, 'python;main;step;bwd;op<float>& "x" \u00e9': 3,
+        "dataloader;load": 3, "dataloader;load;decode:jpeg": 4}
+
+
+def parse_folded(text):
+    out = {}
+    for line in text.splitlines():
+        stack, n = line.rsplit(" ", 1)
+        out[stack] = out.get(stack, 0) + int(n)
+    return out
+
+
+class Convert(ts.Base):
+    def setUp(self):
+        super().setUp()
+        self.file = write(os.path.join(self.rundir, "node1.xplane.pb"), sampled_space())
+
+    def out(self, name):
+        return os.path.join(self.tmp, name)
+
+    def test_folded(self):
+        for name in ("cpu.folded", "cpu.txt"):
+            p = run("convert", self.file, "--to", self.out(name))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with open(self.out(name), encoding="utf-8") as f:
+                got = parse_folded(f.read())
+            self.assertEqual(got, WANT)
+            self.assertEqual(sum(got.values()), 29)
+        p = run("convert", self.logdir, "--to", "-", "--format", "folded", "--no-threads")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        got = parse_folded(p.stdout)
+        self.assertEqual(got["main;step;fwd"], 6)
+        self.assertEqual(sum(got.values()), 29)
+        self.assertNotIn("python", p.stdout)
+
+    def test_speedscope(self):
+        out = self.out("cpu.speedscope.json")
+        p = run("convert", self.file, "--to", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(out, encoding="utf-8") as f:
+            js = json.load(f)
+        self.assertEqual(js["$schema"], "https://www.speedscope.app/file-format-schema.json")
+        frames = [fr["name"] for fr in js["shared"]["frames"]]
+        self.assertEqual(len(frames), len(set(frames)))
+        self.assertIn('op<float>& "x" \u00e9', frames)
+        self.assertIn("decode;jpeg", frames)  # JSON keeps names as they are
+        profs = {p["name"]: p for p in js["profiles"]}
+        self.assertEqual(set(profs), {"python", "dataloader"})
+        got = {}
+        for name, pr in profs.items():
+            self.assertEqual(pr["type"], "sampled")
+            self.assertEqual(len(pr["samples"]), len(pr["weights"]))
+            self.assertEqual(pr["endValue"] - pr["startValue"], sum(pr["weights"]))
+            for stack, w in zip(pr["samples"], pr["weights"]):
+                key = ";".join([name] + [frames[i].replace(";", ":") for i in stack])
+                got[key] = got.get(key, 0) + w
+        self.assertEqual(got, WANT)
+
+    def test_chrome_trace(self):
+        for name, opener in (("t.json", open), ("t.json.gz", gzip.open)):
+            out = self.out(name)
+            p = run("convert", self.file, "--to", out)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with opener(out, "rt", encoding="utf-8") as f:
+                js = json.load(f)
+            names = [e.get("name") for e in js["traceEvents"] if e.get("ph") == "X"]
+            self.assertIn("train", names)
+            self.assertIn("fwd", names)
+        # several hosts: a trace is one host's, say which file to take
+        write(os.path.join(self.rundir, "node2.xplane.pb"), sampled_space("node2"))
+        p = run("convert", self.logdir, "--to", self.out("all.json.gz"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("holds 2 profiles", p.stderr)
+        self.assertIn("node1.xplane.pb --to", p.stderr)
+        self.assertFalse(os.path.exists(self.out("all.json.gz")))
+
+    def test_two_hosts_folded(self):
+        write(os.path.join(self.rundir, "node2.xplane.pb"), sampled_space("node2", nasty=False))
+        p = run("convert", self.logdir, "--to", self.out("both.folded"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(self.out("both.folded"), encoding="utf-8") as f:
+            got = parse_folded(f.read())
+        self.assertEqual(sum(got.values()), 58)
+        self.assertEqual(got["node1: python;main;step;fwd"], 6)
+        self.assertEqual(got["node2: python;main;step;bwd;op"], 3)
+
+    def test_errors(self):
+        p = run("convert", self.file, "--to", self.out("x.zip"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("cannot tell the format from", p.stderr)
+        p = run("convert", self.file, "--to", os.path.join(self.tmp, "no", "such", "dir.folded"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("cannot write", p.stderr)
+        p = run("convert", self.file)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("usage: tbprof convert", p.stderr)
+        # no samples: say why (the warning recorded in the profile), write nothing
+        nos = write(os.path.join(self.tmp, "nos.xplane.pb"), ts.second_host())
+        p = run("convert", nos, "--to", self.out("nos.folded"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no CPU samples", p.stderr)
+        self.assertIn("perf_event_open: Permission denied", p.stderr)
+        self.assertFalse(os.path.exists(self.out("nos.folded")))
+        self.assertEqual([f for f in os.listdir(self.tmp) if ".tmp." in f], [])
+
+    def test_progress_only_for_terminals_or_large_inputs(self):
+        p = run("convert", self.file, "--to", self.out("q.folded"))
+        self.assertEqual(p.stderr, "")  # small input, stderr a pipe: quiet
+
+
+class Flame(ts.Base):
+    def test_svg(self):
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), sampled_space())
+        out = os.path.join(self.tmp, "cpu.svg")
+        p = run("flame", f, "-o", out, "--width", "1000")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        root = ET.parse(out).getroot()  # well-formed XML
+        self.assertEqual(root.tag, SVG + "svg")
+        frames = {}
+        for g in root.iter(SVG + "g"):
+            title = g.find(SVG + "title").text
+            rect = g.find(SVG + "rect")
+            name, rest = title.rsplit(" (", 1)
+            n = int(rest.split(" ")[0])
+            frames.setdefault(name, []).append((n, float(rect.get("width"))))
+        # call tree nodes: all, 2 threads, main step fwd bwd op load decode
+        self.assertEqual(sum(len(v) for v in frames.values()), 10)
+        self.assertEqual(frames["all"], [(29, 980.0)])  # 1000 px less 2 x 10 px margins
+        self.assertEqual(frames['op<float>& "x" \u00e9'][0][0], 3)
+        self.assertEqual(frames["decode;jpeg"][0][0], 4)
+        for name, v in frames.items():
+            for n, w in v:
+                self.assertAlmostEqual(w, 980.0 * n / 29, delta=0.01, msg=name)
+        self.assertIn("CPU flame graph: node1", ET.tostring(root, encoding="unicode"))
+
+    def test_no_samples(self):
+        f = write(os.path.join(self.rundir, "n.xplane.pb"), ts.second_host())
+        p = run("flame", f, "-o", os.path.join(self.tmp, "x.svg"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no CPU samples", p.stderr)
+        p = run("flame", self.tmp, "-o", os.path.join(self.tmp, "x.svg"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no profile under", p.stderr)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main(verbosity=2 if "-v" in sys.argv else 1, argv=[sys.argv[0]])

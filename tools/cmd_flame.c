@@ -1,0 +1,97 @@
+/* cmd_flame.c - `tbprof flame IN -o out.svg`: an SVG flame graph of the CPU
+ * samples of a profile (or of every host of a run), for a browser. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "folded.h"
+#include "readprof.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tbprof flame IN -o OUT.svg [--title T] [--width PX] [--no-threads] [--run NAME]\n"
+               "  IN              FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
+               "  -o OUT.svg      the flame graph (open it in a browser; hover for counts); - for stdout\n"
+               "  --no-threads    merge threads (default: one tower per thread)\n");
+}
+
+typedef struct job {
+    const tb_flame_node *root;
+    tb_flame_opts o;
+} job;
+
+static int put_svg(FILE *f, void *arg)
+{
+    job *j = arg;
+    return tb_flame_svg(j->root, f, &j->o);
+}
+
+int cmd_flame(int argc, char **argv)
+{
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"title", required_argument, 0, 't'},
+                                         {"width", required_argument, 0, 'w'},
+                                         {"run", required_argument, 0, 'r'},
+                                         {"no-threads", no_argument, 0, 'T'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *out = NULL, *run = NULL, *title = NULL;
+    int with_threads = 1, width = 1200, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:t:w:r:Th", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 't': title = optarg; break;
+        case 'w': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 200 || v > 100000) {
+                fprintf(stderr, "tbprof flame: --width wants pixels (200..100000), not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            width = (int)v;
+            break;
+        }
+        case 'r': run = optarg; break;
+        case 'T': with_threads = 0; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1 || !out) {
+        usage(stderr);
+        return 2;
+    }
+    const char *in = argv[optind];
+    tb_profset ps;
+    int rc = tb_profset_load("flame", in, run,
+                             tb_progress_wanted(tb_input_bytes(in)) && strcmp(out, "-") != 0, &ps);
+    if (rc) {
+        tb_profset_free(&ps);
+        return rc;
+    }
+    tb_profset_folded pf;
+    tb_flame_node *root = NULL;
+    if (tb_profset_fold(&ps, &pf) < 0 || !(root = tb_flame_tree(&pf.f, with_threads))) {
+        fprintf(stderr, "tbprof flame: out of memory\n");
+        rc = 2;
+    } else if (pf.f.total == 0) {
+        fprintf(stderr, "tbprof flame: no CPU samples in %s; the profile says:\n",
+                ps.n == 1 ? ps.profs[0].path : ps.dir);
+        tb_profset_why_no_samples(&ps, stderr);
+        rc = 2;
+    } else {
+        char deftitle[512];
+        snprintf(deftitle, sizeof deftitle, "CPU flame graph: %s",
+                 ps.n == 1 ? ps.profs[0].label : ps.dir);
+        job j = {.root = root, .o = {.title = title ? title : deftitle, .width_px = width}};
+        rc = tb_write_output("flame", out, put_svg, &j);
+    }
+    tb_flame_free(root);
+    tb_profset_folded_free(&pf);
+    tb_profset_free(&ps);
+    return rc;
+}
