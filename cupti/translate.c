@@ -453,7 +453,8 @@ static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int t
         return NULL;
     tb_line_stat_u64(l, d->st_corr, corr);
     add_ref_stat(l, d->st_ctx, ctx_ref(d, ctx));
-    tb_line_stat_u64(l, d->st_stream, stream);
+    if (line_id != (int64_t)stream) /* on a stream's own line the line id says it */
+        tb_line_stat_u64(l, d->st_stream, stream);
     if (graph)
         tb_line_stat_u64(l, d->st_graph, graph);
     return l;

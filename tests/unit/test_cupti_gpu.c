@@ -179,7 +179,7 @@ static void check_full_translation(tb_space *s, int64_t t0)
         CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_CORRELATION_ID), 5);
         CHECK_EQ_I(int_stat(d, s7, k2, TB_ST_CORRELATION_ID), 6);
         CHECK_STR(str_stat(d, s7, k1, TB_ST_CONTEXT_ID), "$$1");
-        CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_STREAM_ID), 7);
+        CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_STREAM_ID), -1); /* the line is the stream */
         CHECK_EQ_I(int_stat(d, s7, k2, TB_ST_CUDA_GRAPH_ID), 3);
         CHECK_EQ_I(int_stat(d, s7, k1, TB_ST_CUDA_GRAPH_ID), -1);
         CHECK_EQ_I(d->event_meta[k1->meta].category, TB_CAT_KERNEL);
@@ -211,6 +211,7 @@ static void check_full_translation(tb_space *s, int64_t t0)
     if (se) {
         CHECK_EQ_I(se->dur_ns, 90000);
         CHECK_EQ_I(int_stat(d, sy, se, TB_ST_CORRELATION_ID), 13);
+        CHECK_EQ_I(int_stat(d, sy, se, TB_ST_STREAM_ID), 7);
         CHECK_EQ_I(d->event_meta[se->meta].category, TB_CAT_CUDA_SYNC);
     }
     tb_line *ov = line_named(d, "CUPTI overhead");
