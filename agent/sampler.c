@@ -653,6 +653,8 @@ typedef struct collect_state {
     tb_plane *plane;
     int64_t st_samples, st_self;
     uint64_t refused;
+    struct pending *pend;
+    size_t npend, cap_pend;
 } collect_state;
 
 static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr)
@@ -686,19 +688,55 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
     return meta;
 }
 
-static void emit(collect_state *cs, tb_line *l, const span *s)
+/* Spans of one thread, emitted at the end sorted by (start, depth): a parent
+ * precedes its children even when they share start and end, so readers that
+ * nest by order (trace viewers, tb_space_sort's stable sort) see the tree. */
+typedef struct pending {
+    span s;
+    int depth;
+} pending;
+
+static void queue(collect_state *cs, const span *s, int depth)
 {
     if (!s->meta)
         return;
-    int64_t start = tb_mono_to_epoch(s->start);
-    int64_t end = tb_mono_to_epoch(s->last);
-    if (tb_line_add(l, s->meta, start, end - start) < 0) {
-        cs->refused += s->self;
-        return;
+    if (cs->npend == cs->cap_pend) {
+        size_t nc = cs->cap_pend ? cs->cap_pend * 2 : 1024;
+        pending *np = realloc(cs->pend, nc * sizeof(*np));
+        if (!np) {
+            cs->refused += s->self;
+            return;
+        }
+        cs->pend = np;
+        cs->cap_pend = nc;
     }
-    tb_line_stat_u64(l, cs->st_samples, s->samples);
-    if (s->self)
-        tb_line_stat_u64(l, cs->st_self, s->self);
+    cs->pend[cs->npend++] = (pending){*s, depth};
+}
+
+static int pending_cmp(const void *a, const void *b)
+{
+    const pending *x = a, *y = b;
+    if (x->s.start != y->s.start)
+        return x->s.start < y->s.start ? -1 : 1;
+    return x->depth - y->depth;
+}
+
+static void flush_thread(collect_state *cs, tb_line *l)
+{
+    qsort(cs->pend, cs->npend, sizeof(*cs->pend), pending_cmp);
+    for (size_t i = 0; l && i < cs->npend; i++) {
+        const span *s = &cs->pend[i].s;
+        int64_t start = tb_mono_to_epoch(s->start);
+        int64_t end = tb_mono_to_epoch(s->last);
+        if (tb_line_add(l, s->meta, start, end - start) < 0) {
+            cs->refused += s->self;
+            continue;
+        }
+        tb_line_stat_u64(l, cs->st_samples, s->samples);
+        if (s->self)
+            tb_line_stat_u64(l, cs->st_self, s->self);
+    }
+    cs->npend = 0;
 }
 
 static int sample_cmp(const void *a, const void *b)
@@ -723,7 +761,7 @@ static int cpu_collect(void *ctx, tb_space *space)
     }
     tb_symtab_refresh(c->sym);
     collect_state cs = {c, p, tb_plane_stat_meta(p, TB_ST_CPU_SPAN_SAMPLES),
-                        tb_plane_stat_meta(p, TB_ST_CPU_SPAN_SELF), 0};
+                        tb_plane_stat_meta(p, TB_ST_CPU_SPAN_SELF), 0, NULL, 0, 0};
 
     /* metadata id of every frame, leaf first, parallel to c->frames */
     uint32_t *metas = malloc((c->nframes ? c->nframes : 1) * sizeof(uint32_t));
@@ -760,17 +798,17 @@ static int cpu_collect(void *ctx, tb_space *space)
             int n = (int)st->n;
             const uint32_t *m = metas + st->off; /* leaf first: root is m[n-1] */
             if (nopen && sm->t - prev > gap) {
-                while (nopen > 0 && l)
-                    emit(&cs, l, &open[--nopen]);
-                nopen = 0;
+                while (nopen > 0) {
+                    nopen--;
+                    queue(&cs, &open[nopen], nopen);
+                }
             }
             int k = 0;
             while (k < nopen && k < n && open[k].meta == m[n - 1 - k])
                 k++;
             while (nopen > k) {
-                if (l)
-                    emit(&cs, l, &open[nopen - 1]);
                 nopen--;
+                queue(&cs, &open[nopen], nopen);
             }
             /* timer jitter can put two samples a bit less than a period
              * apart: never start a span before the previous sample */
@@ -787,8 +825,11 @@ static int cpu_collect(void *ctx, tb_space *space)
             open[n - 1].self++;
             prev = sm->t;
         }
-        while (nopen > 0 && l)
-            emit(&cs, l, &open[--nopen]);
+        while (nopen > 0) {
+            nopen--;
+            queue(&cs, &open[nopen], nopen);
+        }
+        flush_thread(&cs, l);
     }
 
     tb_plane_stat_u64(p, TB_ST_SAMPLES, c->nsamples);
@@ -808,6 +849,7 @@ static int cpu_collect(void *ctx, tb_space *space)
         tb_space_add_warning(space, w);
     }
 out:
+    free(cs.pend);
     free(metas);
     free(cache);
     free_capture(c);
