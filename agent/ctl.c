@@ -97,7 +97,7 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
         int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0)
             return; /* EAGAIN: nothing more pending */
-        char line[TB_CTL_LINE], out[TB_CTL_LINE + 64];
+        char line[TB_CTL_LINE], out[TB_CTL_LINE + 4096];
         if (!peer_ok(c, 0)) {
             send_all(c, "error: permission denied (different user)\n");
         } else if (read_line(c, line, sizeof(line), tb_mono_ns() + 200000000) < 0) {

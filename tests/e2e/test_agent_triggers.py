@@ -1,0 +1,203 @@
+"""Triggers on running processes: the control socket, the opt-in signal and
+`tbprof trigger`; each checked by decoding the profile that was written."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+STEPS = tbtest.prog("steps")
+
+
+def ctl(pid, line, raw=None, timeout=5):
+    """Send one request to pid's control socket, return the answer line."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
+    s.sendall(raw if raw is not None else (line + "\n").encode())
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data.decode().strip()
+
+
+def reap(p):
+    if p.poll() is None:
+        p.kill()
+    p.communicate()
+
+
+def step_nums(prof):
+    return [n for n, _, _ in prof.steps()]
+
+
+class Triggers(tbtest.TestCase):
+    def start_job(self, args, **tb):
+        p = tbtest.spawn([STEPS, "-r"] + args, env=tbtest.env(self.logdir, **tb))
+        self.addCleanup(reap, p)
+        tbtest.read_until(p, "ready")
+        return p
+
+    def finish(self, p, code=0):
+        out, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, code, err)
+        return out, err
+
+    def test_socket_steps_status_and_busy(self):
+        p = self.start_job(["-n", "300", "-m", "10"])
+        time.sleep(0.2)
+        st = ctl(p.pid, "status")
+        self.assertTrue(st.startswith("state=idle"), st)
+        self.assertIn("last=-", st)
+        ans = ctl(p.pid, "start steps=3")
+        self.assertTrue(ans.startswith("capture started"), ans)
+        self.assertEqual(ctl(p.pid, "start duration=1"), "already capturing")
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        nums = step_nums(prof)
+        self.assertEqual(len(nums), 3, nums)
+        self.assertEqual(nums, list(range(nums[0], nums[0] + 3)))
+        self.assertIn("socket steps=3", prof.host.stats["tbprof_trigger"])
+        # status names the file once written
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            st = ctl(p.pid, "status")
+            if "state=idle" in st and files[0] in st:
+                break
+            time.sleep(0.05)
+        self.assertIn("last=" + files[0], st)
+        self.assertIn("captures=1", st)
+        # and a second capture works the same way (repeatable)
+        self.assertTrue(ctl(p.pid, "start steps=2").startswith("capture started"))
+        files = tbtest.wait_for_xplanes(self.logdir, 2, timeout=30)
+        self.assertEqual(len(files), 2)
+        p.kill()
+        p.communicate()
+
+    def test_socket_malformed_requests_get_errors(self):
+        p = self.start_job(["-n", "150", "-m", "10"])
+        bad = ["", "garbage", "start steps=abc", "start steps=-1", "start steps=0", "start duration=-3",
+               "start duration=abc", "start nonsense=1", "stop", "x" * 20]
+        for line in bad:
+            ans = ctl(p.pid, line)
+            self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
+        self.assertTrue(ctl(p.pid, None, raw=b"A" * 10000).startswith("error"))
+        self.assertTrue(ctl(p.pid, None, raw=bytes(range(256)) + b"\n").startswith("error"))
+        # a client that connects and says nothing is dropped, the job runs on
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect("\0tbprof.%d.%d" % (os.getuid(), p.pid))
+        time.sleep(0.5)
+        s.close()
+        self.assertTrue(ctl(p.pid, "status").startswith("state=idle"))
+        self.finish(p)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_socket_duration_on_a_process_without_steps(self):
+        env = tbtest.env(self.logdir)
+        p = subprocess.Popen(["sleep", "5"], env=env, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        deadline = time.time() + 5
+        while True:  # the socket appears once the constructor ran
+            try:
+                st = ctl(p.pid, "status")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.02)
+        self.assertIn("state=idle", st)
+        self.assertTrue(ctl(p.pid, "start steps=3").startswith("error"), "no steps seen")
+        self.assertTrue(ctl(p.pid, "start duration=0.3").startswith("capture started"))
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=20)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        h = prof.host.stats
+        span = (h["tbprof_capture_end_ns"] - h["tbprof_capture_begin_ns"]) / 1e9
+        self.assertGreater(span, 0.25)
+        self.assertLess(span, 1.5)
+        self.assertEqual(step_nums(prof), [])
+        p.kill()
+        p.wait()
+
+    def test_socket_refuses_another_user(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to connect as another uid")
+        p = self.start_job(["-n", "100", "-m", "10"])
+        code = ("import socket,sys\n"
+                "s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM)\n"
+                "s.connect('\\0'+sys.argv[1])\n"
+                "try:\n    s.sendall(b'start steps=2\\n')\nexcept OSError:\n    pass\n"
+                "print(s.recv(200).decode().strip())\n")
+        r = subprocess.run([sys.executable, "-c", code, "tbprof.0.%d" % p.pid], capture_output=True, text=True,
+                           preexec_fn=lambda: os.setuid(65534), timeout=30)
+        self.assertIn("permission denied", r.stdout, r.stderr)
+        self.assertTrue(ctl(p.pid, "status").startswith("state=idle"), "nothing started")
+        self.finish(p)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_socket_off(self):
+        p = self.start_job(["-n", "50", "-m", "5"], socket="off")
+        with self.assertRaises(OSError):
+            ctl(p.pid, "status")
+        self.finish(p)
+
+    def test_signal_trigger_opt_in(self):
+        p = self.start_job(["-n", "200", "-m", "10"], signal="USR2")
+        time.sleep(0.3)
+        os.kill(p.pid, signal.SIGUSR2)
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        nums = step_nums(prof)
+        self.assertEqual(nums, list(range(nums[0], nums[0] + 5)))
+        self.assertIn("signal", prof.host.stats["tbprof_trigger"])
+        self.finish(p)
+
+    def test_signal_is_off_by_default(self):
+        # no TBPROF_SIGNAL: SIGUSR2 keeps its default action (terminate)
+        p = self.start_job(["-n", "200", "-m", "10"])
+        os.kill(p.pid, signal.SIGUSR2)
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, -signal.SIGUSR2)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_tbprof_trigger_cli(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p = self.start_job(["-n", "300", "-m", "10"])
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "4"], timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("capture started"), r.stdout)
+        path = lines[-1]
+        self.assertTrue(path.endswith(".xplane.pb") and os.path.exists(path), r.stdout)
+        self.assertEqual(len(step_nums(tbtest.load(path))), 4)
+        st = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--status"])
+        self.assertIn("last=" + path, st.stdout)
+        p.kill()
+        p.communicate()
+        # no agent in that process any more / never had one
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2"])
+        self.assertEqual(r.returncode, 1)
+        q = subprocess.Popen(["sleep", "3"], env=tbtest.env(self.logdir, preload=False))
+        r = tbtest.run([tbtest.CLI, "trigger", str(q.pid)])
+        q.kill()
+        q.wait()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no tbprof agent", r.stderr)
+        r = tbtest.run([tbtest.CLI, "trigger", "notapid"])
+        self.assertEqual(r.returncode, 2)
+
+
+if __name__ == "__main__":
+    tbtest.main()

@@ -1,0 +1,164 @@
+/* cmd_run.c - `tbprof run [options] -- cmd args...`: run a command with the
+ * agent preloaded. Sets LD_PRELOAD (libtbprof.so from ../lib next to this
+ * binary), the TBPROF_* variables the options ask for, PYTHONPATH for the
+ * Python helper (whose sitecustomize installs the PyTorch optimizer-step
+ * hook when TBPROF_PYTORCH_HOOK=1), then execvp()s the command. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "config.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tbprof run [options] [--] command [args...]\n"
+            "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D)\n"
+            "  --duration S       capture S seconds (TBPROF_DURATION), after --delay S (TBPROF_DELAY)\n"
+            "  --delay S\n"
+            "  --logdir D         where profiles go (TBPROF_LOGDIR, default logs)\n"
+            "  --run NAME         run folder name (TBPROF_RUN)\n"
+            "  --gpu | --no-gpu   GPU tracing (TBPROF_GPU)\n"
+            "  --cpu | --no-cpu   CPU sampling (TBPROF_CPU)\n"
+            "  --cpu-hz N         CPU sampling rate (TBPROF_CPU_HZ)\n"
+            "  --signal SIG       opt-in signal trigger, e.g. USR2 (TBPROF_SIGNAL)\n"
+            "  --no-trace-json    no Chrome trace JSON (TBPROF_TRACE_JSON=off)\n"
+            "  --no-hook          no PyTorch optimizer-step hook (TBPROF_PYTORCH_HOOK=off)\n"
+            "  --log LEVEL        error | warn | info | debug (TBPROF_LOG)\n"
+            "  --env NAME=VALUE   any other TBPROF_* variable (see `tbprof help env`)\n");
+}
+
+static int dir_of_exe(char *out, size_t n)
+{
+    ssize_t k = readlink("/proc/self/exe", out, n - 1);
+    if (k <= 0)
+        return -1;
+    out[k] = '\0';
+    char *slash = strrchr(out, '/');
+    if (!slash)
+        return -1;
+    *slash = '\0';
+    return 0;
+}
+
+/* Append `add` to a colon-separated list variable unless already there. */
+static int add_path(const char *var, const char *add, int front)
+{
+    const char *old = getenv(var);
+    if (old && *old) {
+        size_t al = strlen(add);
+        for (const char *p = old; *p;) {
+            size_t l = strcspn(p, ": ");
+            if (l == al && !strncmp(p, add, l))
+                return 0;
+            p += l;
+            while (*p == ':' || *p == ' ')
+                p++;
+        }
+    }
+    char buf[8192];
+    if (!old || !*old)
+        snprintf(buf, sizeof(buf), "%s", add);
+    else if (front)
+        snprintf(buf, sizeof(buf), "%s:%s", add, old);
+    else
+        snprintf(buf, sizeof(buf), "%s:%s", old, add);
+    return setenv(var, buf, 1);
+}
+
+int cmd_run(int argc, char **argv)
+{
+    static const struct {
+        const char *opt, *var, *value; /* value NULL: takes an argument */
+    } opts[] = {
+        {"--steps", "TBPROF_STEPS", NULL},     {"--duration", "TBPROF_DURATION", NULL},
+        {"--delay", "TBPROF_DELAY", NULL},     {"--logdir", "TBPROF_LOGDIR", NULL},
+        {"--run", "TBPROF_RUN", NULL},         {"--gpu", "TBPROF_GPU", "on"},
+        {"--no-gpu", "TBPROF_GPU", "off"},     {"--cpu", "TBPROF_CPU", "on"},
+        {"--no-cpu", "TBPROF_CPU", "off"},     {"--cpu-hz", "TBPROF_CPU_HZ", NULL},
+        {"--signal", "TBPROF_SIGNAL", NULL},   {"--no-trace-json", "TBPROF_TRACE_JSON", "off"},
+        {"--no-hook", "TBPROF_PYTORCH_HOOK", "off"}, {"--log", "TBPROF_LOG", NULL},
+    };
+    int hook = 1, i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) {
+            i++;
+            break;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (a[0] != '-')
+            break;
+        if (!strcmp(a, "--env") && i + 1 < argc) {
+            char *kv = argv[++i], *eq = strchr(kv, '=');
+            if (!eq || strncmp(kv, "TBPROF_", 7)) {
+                fprintf(stderr, "tbprof run: --env takes TBPROF_NAME=VALUE\n");
+                return 2;
+            }
+            *eq = '\0';
+            setenv(kv, eq + 1, 1);
+            continue;
+        }
+        size_t k = 0;
+        for (; k < sizeof(opts) / sizeof(opts[0]); k++)
+            if (!strcmp(a, opts[k].opt))
+                break;
+        if (k == sizeof(opts) / sizeof(opts[0])) {
+            fprintf(stderr, "tbprof run: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = opts[k].value;
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "tbprof run: %s needs a value\n", a);
+                return 2;
+            }
+            v = argv[++i];
+        }
+        if (!strcmp(opts[k].var, "TBPROF_STEPS")) {
+            tb_window w[TB_MAX_WINDOWS];
+            int n;
+            if (tb_parse_steps(v, w, TB_MAX_WINDOWS, &n) < 0) {
+                fprintf(stderr, "tbprof run: --steps '%s': expected A,B | A-B | N | A-B;C-D\n", v);
+                return 2;
+            }
+        }
+        if (!strcmp(opts[k].var, "TBPROF_PYTORCH_HOOK"))
+            hook = 0;
+        setenv(opts[k].var, v, 1);
+    }
+    if (i >= argc) {
+        fprintf(stderr, "tbprof run: no command given\n");
+        usage(stderr);
+        return 2;
+    }
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    if (dir_of_exe(dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "tbprof run: cannot find my own path\n");
+        return 2;
+    }
+    snprintf(path, sizeof(path), "%s/../lib/libtbprof.so", dir);
+    char lib[PATH_MAX];
+    if (!realpath(path, lib)) {
+        fprintf(stderr, "tbprof run: %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    add_path("LD_PRELOAD", lib, 0); /* after a sanitizer runtime, if any */
+    snprintf(path, sizeof(path), "%s/../share/tbprof/python", dir);
+    char py[PATH_MAX];
+    if (realpath(path, py))
+        add_path("PYTHONPATH", py, 1);
+    if (hook && !getenv("TBPROF_PYTORCH_HOOK"))
+        setenv("TBPROF_PYTORCH_HOOK", "on", 1);
+    execvp(argv[i], argv + i);
+    fprintf(stderr, "tbprof run: %s: %s\n", argv[i], strerror(errno));
+    return errno == ENOENT ? 127 : 126;
+}

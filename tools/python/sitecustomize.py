@@ -1,0 +1,90 @@
+"""tbprof's sitecustomize (on PYTHONPATH through `tbprof run`).
+
+1. Runs the sitecustomize it shadows (the next one on sys.path), if any.
+2. With TBPROF_PYTORCH_HOOK=1/on: installs tbprof's optimizer-step hook as
+   soon as torch is imported (a sys.meta_path finder that only looks at the
+   name "torch"), so steps are counted with no change to the script.
+3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
+   Python frames show up in native stacks (/tmp/perf-<pid>.map).
+Never raises: a problem here prints one line and the program runs on.
+"""
+
+import os
+import sys
+
+
+def _chain():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        import importlib.machinery
+        import importlib.util
+        path = [p for p in sys.path if os.path.abspath(p or ".") != here]
+        spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+        if spec is None or spec.loader is None:
+            return
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        sys.stderr.write("tbprof: the shadowed sitecustomize failed: %r\n" % (e,))
+
+
+def _on(name, default="off"):
+    return os.environ.get(name, default).strip().lower() in ("1", "on", "true", "yes")
+
+
+def _agent_loaded():
+    return "libtbprof" in os.environ.get("LD_PRELOAD", "")
+
+
+class _TorchHookFinder:
+    """Installs the hook right after `import torch` finishes."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            return None
+        import importlib.util
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_hook(module):
+            exec_module(module)
+            try:
+                import tbprof
+                tbprof.install_torch_hook()
+            except Exception as e:
+                sys.stderr.write("tbprof: optimizer hook not installed: %r\n" % (e,))
+
+        try:
+            loader.exec_module = exec_and_hook
+        except Exception:
+            return spec
+        return spec
+
+
+def _setup():
+    if _on("TBPROF_PYTORCH_HOOK") and _agent_loaded():
+        if "torch" in sys.modules:
+            import tbprof
+            tbprof.install_torch_hook()
+        else:
+            sys.meta_path.insert(0, _TorchHookFinder())
+    if (_agent_loaded() and _on("TBPROF_CPU", "on") and sys.version_info >= (3, 12)
+            and hasattr(sys, "activate_stack_trampoline")):
+        try:
+            sys.activate_stack_trampoline("perf")
+        except Exception as e:
+            sys.stderr.write("tbprof: perf trampoline off: %r\n" % (e,))
+
+
+_chain()
+try:
+    _setup()
+except Exception as e:  # never break the program
+    sys.stderr.write("tbprof: sitecustomize: %r\n" % (e,))

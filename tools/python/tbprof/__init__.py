@@ -1,0 +1,141 @@
+"""tbprof - Python helper for the tbprof profiler agent (ctypes, no build step).
+
+Works in a process started under LD_PRELOAD=libtbprof.so (the functions are
+found in the process itself) or loads libtbprof.so on first use ($TBPROF_LIB,
+else ../../../lib next to this package, else the loader's search path).
+Every call is cheap and safe: when the library cannot be found the helper
+warns once and its functions do nothing.
+
+    import tbprof
+    for batch in data:
+        tbprof.step()            # a step boundary: step N begins now
+        train(batch)
+
+    tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
+    tbprof.install_torch_hook()  # count torch optimizer steps as steps
+
+`tbprof run` (or TBPROF_PYTORCH_HOOK=1 with tools/python on PYTHONPATH) installs
+the optimizer hook with no code change (see sitecustomize.py).
+"""
+
+import ctypes
+import os
+import sys
+
+__all__ = ["step", "step_num", "start", "stop", "capturing", "last_profile", "install_torch_hook", "available"]
+
+_lib = None
+_tried = False
+
+
+def _candidates():
+    env = os.environ.get("TBPROF_LIB")
+    if env:
+        yield env
+    here = os.path.dirname(os.path.abspath(__file__))
+    # <prefix>/share/tbprof/python/tbprof -> <prefix>/lib
+    yield os.path.normpath(os.path.join(here, "..", "..", "..", "..", "lib", "libtbprof.so"))
+    yield "libtbprof.so"
+
+
+def _load():
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    lib = None
+    try:
+        me = ctypes.CDLL(None)  # the process: finds the preloaded agent
+        if hasattr(me, "tbprof_step"):
+            lib = me
+    except OSError:
+        lib = None
+    if lib is None:
+        for path in _candidates():
+            if path != "libtbprof.so" and not os.path.exists(path):
+                continue
+            try:
+                lib = ctypes.CDLL(path)
+                break
+            except OSError:
+                continue
+    if lib is None:
+        sys.stderr.write("tbprof: libtbprof.so not found (set TBPROF_LIB); tbprof calls do nothing\n")
+        return None
+    lib.tbprof_step.restype = ctypes.c_int64
+    lib.tbprof_step.argtypes = []
+    lib.tbprof_step_num.restype = ctypes.c_int64
+    lib.tbprof_step_num.argtypes = [ctypes.c_int64]
+    lib.tbprof_start.restype = ctypes.c_int
+    lib.tbprof_start.argtypes = [ctypes.c_int64]
+    lib.tbprof_stop.restype = ctypes.c_int
+    lib.tbprof_stop.argtypes = []
+    lib.tbprof_capturing.restype = ctypes.c_int
+    lib.tbprof_capturing.argtypes = []
+    lib.tbprof_last_profile.restype = ctypes.c_char_p
+    lib.tbprof_last_profile.argtypes = []
+    _lib = lib
+    return lib
+
+
+def available():
+    """True when the agent library is loaded in this process."""
+    return _load() is not None
+
+
+def step(num=None):
+    """Mark a step boundary: the next step (or step `num`) begins now.
+    Returns the number of the step that begins, or -1 without the agent."""
+    lib = _load()
+    if lib is None:
+        return -1
+    return lib.tbprof_step() if num is None else lib.tbprof_step_num(int(num))
+
+
+def step_num(num):
+    return step(num)
+
+
+def start(duration_ms=0):
+    """Capture now for duration_ms (0: until stop()). 0, or a negative errno."""
+    lib = _load()
+    return -38 if lib is None else lib.tbprof_start(int(duration_ms))
+
+
+def stop():
+    lib = _load()
+    return -38 if lib is None else lib.tbprof_stop()
+
+
+def capturing():
+    lib = _load()
+    return bool(lib and lib.tbprof_capturing())
+
+
+def last_profile():
+    lib = _load()
+    if lib is None:
+        return ""
+    return (lib.tbprof_last_profile() or b"").decode("utf-8", "replace")
+
+
+_hook_handle = None
+
+
+def _on_optimizer_step(optimizer, args, kwargs):
+    step()
+
+
+def install_torch_hook():
+    """Count every torch optimizer step as a tbprof step (a global
+    optimizer-step post hook). Idempotent; returns True when installed."""
+    global _hook_handle
+    if _hook_handle is not None:
+        return True
+    try:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+    except Exception as e:  # old torch, or no torch
+        sys.stderr.write("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
+        return False
+    _hook_handle = register_optimizer_step_post_hook(_on_optimizer_step)
+    return True
