@@ -30,6 +30,7 @@
  *   TBFAKE_CUPTI_PER_BUFFER=N     at most N records per buffer
  *   TBFAKE_CUPTI_SLOW_MS=N        sleep N ms before handing each buffer back
  *   TBFAKE_CUPTI_SKEW_NS=N        the default clock is CLOCK_REALTIME + N
+ *   TBFAKE_CUPTI_SHIFT_US=N       add N us to every script time
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type
  * or callback names: an older CUPTI); -DFAKE_BROKEN (no cuptiActivityFlushAll).
@@ -179,12 +180,18 @@ static int memkind(const char *v)
     return CUPTI_ACTIVITY_MEMORY_KIND_UNKNOWN;
 }
 
+static size_t caprecs;
+
 static rec *push(CUpti_ActivityKind kind, size_t size)
 {
-    rec *n = realloc(recs, (nrecs + 1) * sizeof(*recs));
-    if (!n)
-        return NULL;
-    recs = n;
+    if (nrecs == caprecs) {
+        size_t nc = caprecs ? caprecs * 2 : 256;
+        rec *n = realloc(recs, nc * sizeof(*recs));
+        if (!n)
+            return NULL;
+        recs = n;
+        caprecs = nc;
+    }
     rec *r = &recs[nrecs++];
     memset(r, 0, sizeof(*r));
     r->size = (uint32_t)((size + 7) & ~(size_t)7);
@@ -392,7 +399,7 @@ static void arm_script(void)
     const char *path = getenv("TBFAKE_CUPTI_SCRIPT");
     if (!path || !*path)
         return;
-    uint64_t base = fake_clock();
+    uint64_t base = fake_clock() + (uint64_t)envl("TBFAKE_CUPTI_SHIFT_US", 0) * 1000u;
     long repeat = envl("TBFAKE_CUPTI_REPEAT", 1);
     FILE *f = fopen(path, "r");
     if (!f)

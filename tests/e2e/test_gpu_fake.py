@@ -1,0 +1,205 @@
+"""GPU tracing end to end, through the fake libcupti: a program runs under
+LD_PRELOAD=libtbprof.so with TBPROF_CUPTI_PATH pointing at the fake, which
+replays a scripted set of CUPTI records; the test decodes what tbprof wrote
+and compares it with the script (names, counts, details strings, flows),
+and checks CUPTI was released after each capture (the fake logs every call).
+"""
+import gzip
+import json
+import os
+import re
+
+import tbtest
+
+FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+
+# Times are microseconds after activity is enabled (plus TBFAKE_CUPTI_SHIFT_US,
+# which the tests set so the records land well inside the captured window
+# even on a loaded machine).
+SCRIPT = """\
+device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
+context ctx=1 dev=0
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=101 start=1000 end=1004
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=101 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=102 start=1005 end=1008
+kernel name=relu_kernel start=1031 end=1050 stream=7 corr=102 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=103 start=1009 end=1012
+kernel name=sgemm_128x64 start=1051 end=1151 stream=7 corr=103 grid=16,8,1 block=256,1,1 regs=128 ssmem=16384
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=104 start=1013 end=1016
+memcpy kind=htod src=pinned dst=device bytes=1048576 async=1 start=1152 end=1250 stream=7 corr=104
+runtime name=cudaMemcpy_v3020 cbid=31 tid=main corr=105 start=1260 end=1400
+memcpy kind=dtoh src=device dst=pageable bytes=4096 async=0 start=1300 end=1310 stream=9 corr=105
+runtime name=cudaMemsetAsync_v3020 cbid=51 tid=main corr=106 start=1401 end=1403
+memset bytes=2048 mem=device async=1 start=1404 end=1406 stream=9 corr=106
+marker id=1 name=forward tid=main start=999 end=1420
+sync type=stream stream=9 corr=107 start=1410 end=1415
+"""
+
+KERNELS = {"relu_kernel": 2, "sgemm_128x64": 1}
+
+
+class GpuFake(tbtest.TestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(FAKE):
+            self.fail("fake libcupti not built: %s" % FAKE)
+        self.script = os.path.join(self.tmp, "script.txt")
+        with open(self.script, "w") as f:
+            f.write(SCRIPT)
+        self.report = os.path.join(self.tmp, "fake.log")
+
+    def env(self, **kw):
+        extra = {k: v for k, v in kw.items() if k.startswith("TBFAKE_")}
+        tb = {k: v for k, v in kw.items() if not k.startswith("TBFAKE_")}
+        tb.setdefault("gpu", "on")
+        tb.setdefault("cupti_path", FAKE)
+        tb.setdefault("trace_json", "on")
+        e = tbtest.env(self.logdir, **tb)
+        e["TBFAKE_CUPTI_SCRIPT"] = self.script
+        e["TBFAKE_CUPTI_REPORT"] = self.report
+        e["TBFAKE_CUPTI_SHIFT_US"] = "5000"
+        e.update(extra)
+        return e
+
+    def fake_log(self):
+        with open(self.report) as f:
+            return [l.split() for l in f.read().splitlines()]
+
+    def assertReleased(self, log, captures):
+        subs = [l for l in log if l[0] == "subscribe" and l[1] == "0"]
+        unsubs = [l for l in log if l[0] == "unsubscribe" and l[1] == "1"]
+        self.assertEqual(len(subs), captures, log)
+        self.assertEqual(len(unsubs), captures, log)
+        on = set()
+        for l in log:
+            if l[0] == "enable" and l[2] == "0":
+                on.add(l[1])
+            elif l[0] == "disable":
+                on.discard(l[1])
+        self.assertEqual(on, set(), "activity kinds left enabled after the capture: %s" % on)
+        # after the last unsubscribe: nothing enabled again
+        last = max(i for i, l in enumerate(log) if l[0] == "unsubscribe")
+        self.assertFalse([l for l in log[last:] if l[0] == "enable"])
+        flushes = [l for l in log if l[0] == "flush"]
+        self.assertEqual(len(flushes), captures)
+        self.assertTrue(all(l[1] == "1" for l in flushes), "flush not forced: %s" % flushes)
+
+    def check_profile(self, prof):
+        dev = prof.plane("/device:GPU:0")
+        self.assertIsNotNone(dev, [p.name for p in prof.planes])
+        names = {l.name for l in dev.lines}
+        self.assertIn("Stream #7(Compute,MemcpyH2D)", names)
+        self.assertIn("Stream #9(MemcpyD2H,Memset)", names)
+        kernels = [e for e in dev.events() if "kernel_details" in e.stats]
+        got = {}
+        for k in kernels:
+            got[k.name] = got.get(k.name, 0) + 1
+        self.assertEqual(got, KERNELS)
+        sg = dev.events("sgemm_128x64")[0]
+        self.assertEqual(sg.dur_ns, 100000)
+        self.assertTrue(sg.stats["kernel_details"].startswith(
+            "regs:128 static_shared:16384 dynamic_shared:0 grid:16,8,1 block:256,1,1 occ_pct:"), sg.stats)
+        occ = float(sg.stats["kernel_details"].rsplit(":", 1)[1])
+        self.assertEqual(occ, 25.0)  # 128 regs x 256 threads: 2 blocks of 8 warps on 64 warps
+        h2d = dev.events("MemcpyH2D")
+        self.assertEqual(len(h2d), 1)
+        self.assertEqual(h2d[0].stats["memcpy_details"],
+                         "kind_src:pinned kind_dst:device size:1048576 dest:0 async:1")
+        self.assertEqual(dev.events("MemcpyD2H")[0].stats["memcpy_details"],
+                         "kind_src:device kind_dst:pageable size:4096 dest:0 async:0")
+        self.assertEqual(dev.events("Memset")[0].stats["memset_details"], "kind:device num_bytes:2048 async:1")
+        self.assertEqual(dev.stats.get("core_count"), 108)
+        self.assertEqual(dev.stats.get("compute_cap_major"), 8)
+        self.assertEqual(dev.stats.get("device_vendor"), "Nvidia")
+        # flows: every GPU op's correlation id is on a host API call of the main thread
+        host = prof.host
+        main = host.line(self.pid)
+        self.assertIsNotNone(main, [(l.id, l.name) for l in host.lines])
+        api = {e.stats.get("correlation_id"): e for e in main.events if "correlation_id" in e.stats}
+        for e in kernels + h2d:
+            c = e.stats["correlation_id"]
+            self.assertIn(c, api, "no host call for correlation id %d (%s)" % (c, e.name))
+            self.assertLess(api[c].start_ns, e.start_ns)
+        self.assertEqual(sorted(e.name for e in api.values()),
+                         sorted(["cudaLaunchKernel"] * 3 + ["cudaMemcpyAsync", "cudaMemcpy", "cudaMemsetAsync"]))
+        fwd = [e for e in main.events if e.name == "forward"]
+        self.assertEqual(len(fwd), 1)
+        self.assertEqual(fwd[0].dur_ns, 421000)
+        self.assertEqual(host.stats.get("tbprof_cupti_dropped"), 0)
+        self.assertEqual(host.stats.get("tbprof_buffer_pool_exhausted"), 0)
+        return kernels
+
+    def run_steps(self, args, **kw):
+        p = tbtest.run([tbtest.prog("steps")] + args, env=self.env(**kw))
+        self.assertExitedOk(p)
+        return p
+
+    def test_trace_and_release(self):
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
+        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        kernels = self.check_profile(tbtest.load(xs[0]))
+        self.assertReleased(self.fake_log(), 1)
+        # Chrome trace: kernels under the GPU, with flows from their launches
+        js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
+        if js:
+            with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
+                tr = json.load(f)
+            evs = tr["traceEvents"] if isinstance(tr, dict) else tr
+            kn = [e for e in evs if e.get("cat") == "kernel"]
+            self.assertEqual(len(kn), sum(KERNELS.values()))
+            flows = [e for e in evs if e.get("cat") == "ac2g" and e.get("ph") in ("s", "f")]
+            ids = {str(e.get("id")) for e in flows}
+            for k in kernels:
+                self.assertIn(str(k.stats["correlation_id"]), ids, "no ac2g flow for %s" % k.name)
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_repeated_captures(self):
+        # step windows arm one step early (up to a step before the window):
+        # 30 ms steps, records 40 ms after arming land in the 60 ms window
+        p = self.run_steps(["-n", "11", "-m", "30", "-r"], steps="2-3;7-8", TBFAKE_CUPTI_SHIFT_US="40000")
+        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 2, p.stderr)
+        for x in xs:
+            self.check_profile(tbtest.load(x))
+        self.assertReleased(self.fake_log(), 2)
+
+    def host_only(self, reason_re, **kw):
+        p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], **kw)
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertIsNone(prof.plane("/device:GPU:0"))
+        self.assertIsNotNone(prof.host)
+        why = prof.host.stats.get("tbprof_gpu_off_reason", "")
+        self.assertRegex(why, reason_re)
+        warn = [l for l in tbtest.tbprof_warnings(p.stderr) if re.search(reason_re, l)]
+        self.assertEqual(len(warn), 1, p.stderr)
+        return prof
+
+    def test_other_subscriber(self):
+        self.host_only(r"another CUPTI client", TBFAKE_CUPTI_SUBSCRIBER="1")
+        log = self.fake_log()
+        self.assertFalse([l for l in log if l[0] == "enable"], log)
+
+    def test_missing_libcupti(self):
+        self.host_only(r"libcupti not found", cupti_path=os.path.join(self.tmp, "no", "libcupti.so"))
+
+    def test_drops_counted(self):
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"], buffer_mb="1", TBFAKE_CUPTI_REPEAT="6000")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        fl = [l for l in self.fake_log() if l[0] == "flush"][0]
+        dropped = int(fl[3].split("=")[1])
+        self.assertGreater(dropped, 0)
+        self.assertEqual(prof.host.stats.get("tbprof_cupti_dropped"), dropped)
+        self.assertGreaterEqual(prof.host.stats.get("tbprof_buffer_pool_exhausted"), 1)
+        self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
+
+
+if __name__ == "__main__":
+    tbtest.main()
