@@ -49,32 +49,51 @@ static uint64_t stat_u(const tb_stat *st)
     }
 }
 
+typedef struct span_ids {
+    uint32_t samples, self, root; /* stat ids in the plane; 0: absent */
+} span_ids;
+
+static uint32_t find_stat_id(const tb_plane *p, const char *name)
+{
+    for (size_t i = 1; i < p->nstat_meta; i++)
+        if (p->stat_meta[i] && strcmp(p->stat_meta[i], name) == 0)
+            return (uint32_t)i;
+    return 0;
+}
+
+static span_ids plane_span_ids(const tb_plane *p)
+{
+    return (span_ids){find_stat_id(p, SPAN_SAMPLES), find_stat_id(p, SPAN_SELF),
+                      find_stat_id(p, TB_ST_IS_ROOT)};
+}
+
 /* Total samples of a span: COUNT_UNKNOWN for a CPU sample span without a
  * count (the caller counts such a leaf as one sample), 0 for other events.
  * *self: the explicit self count, or COUNT_UNKNOWN (derive it). */
-static uint64_t span_count2(const tb_plane *p, const tb_line *l, const tb_event *e, uint64_t *self)
+static uint64_t span_count2(const tb_plane *p, const span_ids *ids, const tb_line *l,
+                            const tb_event *e, uint64_t *self)
 {
     const tb_stat *st = tb_event_stats(l, e);
     uint64_t total = COUNT_UNKNOWN;
     int has_total = 0, has_self = 0;
     *self = COUNT_UNKNOWN;
     for (uint32_t i = 0; i < e->nstats; i++) {
-        const char *n = tb_plane_stat_name(p, st[i].meta);
-        if (strcmp(n, TB_ST_IS_ROOT) == 0)
+        uint32_t m = st[i].meta;
+        if (!m)
+            continue;
+        if (m == ids->root)
             return 0; /* a step root whose name a sampled function shares */
-        if (strcmp(n, SPAN_SAMPLES) == 0) {
+        if (m == ids->samples) {
             total = stat_u(&st[i]);
             has_total = 1;
-        } else if (strcmp(n, SPAN_SELF) == 0) {
+        } else if (m == ids->self) {
             *self = stat_u(&st[i]);
             has_self = 1;
         }
     }
     if (has_total) {
-        if (has_self)
-            return total;
-        /* the sampler leaves self_samples out when it is 0 */
-        *self = COUNT_UNKNOWN;
+        if (!has_self)
+            *self = COUNT_UNKNOWN; /* the sampler leaves self_samples out when 0 */
         return total;
     }
     if (has_self)
@@ -87,7 +106,8 @@ static uint64_t span_count2(const tb_plane *p, const tb_line *l, const tb_event 
 static uint64_t span_count(const tb_plane *p, const tb_line *l, const tb_event *e)
 {
     uint64_t self;
-    return span_count2(p, l, e, &self);
+    span_ids ids = plane_span_ids(p);
+    return span_count2(p, &ids, l, e, &self);
 }
 
 uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event *e)
@@ -154,10 +174,11 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
     size_t depth = 0, cap = 0;
     int64_t thread = -1;
     int rc = 0;
+    span_ids ids = plane_span_ids(p);
     for (size_t i = 0; i < l->nevents && rc == 0; i++) {
         const tb_event *e = &l->events[i];
         uint64_t self;
-        uint64_t c = span_count2(p, l, e, &self);
+        uint64_t c = span_count2(p, &ids, l, e, &self);
         if (!c)
             continue;
         if (thread < 0) {

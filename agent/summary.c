@@ -2,6 +2,7 @@
 #include "summary.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,31 +185,50 @@ static int stat_i64(const tb_stat *st, int64_t *v)
 
 /* ---- GPU activity ------------------------------------------------------------ */
 
+/* Id of a stat name in a plane without interning it; 0 when absent. */
+static uint32_t find_stat_id(const tb_plane *p, const char *name)
+{
+    for (size_t i = 1; i < p->nstat_meta; i++)
+        if (p->stat_meta[i] && strcmp(p->stat_meta[i], name) == 0)
+            return (uint32_t)i;
+    return 0;
+}
+
+/* Per-plane lookups resolved once, so the per-event work is integer
+ * compares and array reads. */
+typedef struct plane_ids {
+    uint32_t kd, md, msd; /* kernel/memcpy/memset details stat ids (0: none) */
+    uint32_t *kidx;       /* event meta id -> kernel index + 1 (0: not yet) */
+    double *occ;          /* details ref id -> occ_pct; NAN: not parsed, -1: none */
+} plane_ids;
+
 static int starts_with(const char *s, const char *pre)
 {
     return strncmp(s, pre, strlen(pre)) == 0;
 }
 
 /* TB_CAT_KERNEL / MEMCPY / MEMSET, or TB_CAT_NONE for anything else. */
-static tb_category classify(const tb_plane *p, const tb_line *l, const tb_event *e,
-                            const char **details)
+static tb_category classify(const tb_plane *p, const plane_ids *ids, const tb_line *l,
+                            const tb_event *e, const tb_stat **details)
 {
     *details = NULL;
     tb_category c = e->meta < p->nevent_meta ? (tb_category)p->event_meta[e->meta].category
                                              : TB_CAT_NONE;
     const tb_stat *st = tb_event_stats(l, e);
     tb_category by_stat = TB_CAT_NONE;
-    for (uint32_t i = 0; i < e->nstats; i++) {
-        const char *n = tb_plane_stat_name(p, st[i].meta);
-        if (strcmp(n, TB_ST_KERNEL_DETAILS) == 0)
+    for (uint32_t i = 0; i < e->nstats && (ids->kd || ids->md || ids->msd); i++) {
+        uint32_t m = st[i].meta;
+        if (!m)
+            continue;
+        if (m == ids->kd)
             by_stat = TB_CAT_KERNEL;
-        else if (strcmp(n, TB_ST_MEMCPY_DETAILS) == 0)
+        else if (m == ids->md)
             by_stat = TB_CAT_MEMCPY;
-        else if (strcmp(n, TB_ST_MEMSET_DETAILS) == 0)
+        else if (m == ids->msd)
             by_stat = TB_CAT_MEMSET;
         else
             continue;
-        *details = stat_str(p, &st[i]);
+        *details = &st[i];
         break;
     }
     if (c == TB_CAT_KERNEL || c == TB_CAT_MEMCPY || c == TB_CAT_MEMSET)
@@ -286,16 +306,23 @@ typedef struct gpu_acc {
     size_t cap_kernels;
 } gpu_acc;
 
-static int add_kernel(tb_summary *sum, gpu_acc *g, const char *name, int64_t dur,
-                      const char *details)
+static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids *ids,
+                      const tb_event *e, const tb_stat *details)
 {
-    int64_t k = tb_strmap_get(&g->kmap, name);
+    int64_t dur = e->dur_ns;
+    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
+    int64_t k = ids->kidx[meta] ? (int64_t)ids->kidx[meta] - 1 : -1;
     if (k < 0) {
-        if (GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
-            tb_strmap_put(&g->kmap, name, (uint32_t)sum->nkernels) < 0)
-            return -ENOMEM;
-        k = (int64_t)sum->nkernels++;
-        sum->kernels[k] = (tb_sum_kernel){.name = name, .min_ns = dur, .max_ns = dur};
+        const char *name = event_label(p, e);
+        k = tb_strmap_get(&g->kmap, name);
+        if (k < 0) {
+            if (GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
+                tb_strmap_put(&g->kmap, name, (uint32_t)sum->nkernels) < 0)
+                return -ENOMEM;
+            k = (int64_t)sum->nkernels++;
+            sum->kernels[k] = (tb_sum_kernel){.name = name, .min_ns = dur, .max_ns = dur};
+        }
+        ids->kidx[meta] = (uint32_t)k + 1;
     }
     tb_sum_kernel *kr = &sum->kernels[k];
     kr->count++;
@@ -304,8 +331,14 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const char *name, int64_t dur
         kr->min_ns = dur;
     if (dur > kr->max_ns)
         kr->max_ns = dur;
-    double occ;
-    if (tb_details_num(details, "occ_pct", &occ)) {
+    double occ = -1;
+    if (details && details->type == TB_STAT_REF && details->v.ref < p->nstat_meta) {
+        double *c = &ids->occ[details->v.ref];
+        if (isnan(*c) && !tb_details_num(stat_str(p, details), "occ_pct", c))
+            *c = -1;
+        occ = *c;
+    }
+    if (occ >= 0) {
         kr->occ_pct += occ; /* a sum until the end */
         kr->occ_count++;
     }
@@ -320,24 +353,37 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         if (!starts_with(p->name, "/device:GPU:"))
             continue;
         sum->ngpus++;
-        for (size_t j = 0; j < p->nlines; j++) {
+        plane_ids ids = {.kd = find_stat_id(p, TB_ST_KERNEL_DETAILS),
+                         .md = find_stat_id(p, TB_ST_MEMCPY_DETAILS),
+                         .msd = find_stat_id(p, TB_ST_MEMSET_DETAILS)};
+        ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
+        ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
+        if (!ids.kidx || !ids.occ) {
+            free(ids.kidx);
+            free(ids.occ);
+            return -ENOMEM;
+        }
+        for (size_t q = 0; q <= p->nstat_meta; q++)
+            ids.occ[q] = NAN;
+        int rc = 0;
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];
-            for (size_t k = 0; k < l->nevents; k++) {
+            for (size_t k = 0; k < l->nevents && !rc; k++) {
                 const tb_event *e = &l->events[k];
-                const char *details;
-                tb_category c = classify(p, l, e, &details);
+                const tb_stat *dst;
+                tb_category c = classify(p, &ids, l, e, &dst);
                 if (c == TB_CAT_NONE)
                     continue;
                 sum->gpu_events++;
-                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0)
-                    return -ENOMEM;
-                if (c == TB_CAT_KERNEL) {
-                    if (add_kernel(sum, g, event_label(p, e), e->dur_ns, details) < 0)
-                        return -ENOMEM;
+                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0) {
+                    rc = -ENOMEM;
+                } else if (c == TB_CAT_KERNEL) {
+                    rc = add_kernel(sum, g, p, &ids, e, dst);
                 } else if (c == TB_CAT_MEMSET) {
                     sum->memsets++;
                     sum->memset_ns += e->dur_ns;
                 } else {
+                    const char *details = stat_str(p, dst);
                     tb_copy_dir d = copy_dir(tb_plane_event_name(p, e->meta), details);
                     tb_sum_copy *cp = &sum->copies[d];
                     double bytes = 0;
@@ -348,10 +394,14 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     cp->total_ns += e->dur_ns;
                     if ((d == TB_COPY_H2D && iv_push(&g->h2d, e->start_ns, e->dur_ns) < 0) ||
                         (d == TB_COPY_D2H && iv_push(&g->d2h, e->start_ns, e->dur_ns) < 0))
-                        return -ENOMEM;
+                        rc = -ENOMEM;
                 }
             }
         }
+        free(ids.kidx);
+        free(ids.occ);
+        if (rc)
+            return rc;
     }
     for (size_t k = 0; k < sum->nkernels; k++) {
         tb_sum_kernel *kr = &sum->kernels[k];
@@ -391,6 +441,10 @@ static int scan_steps(tb_summary *sum, tb_space *s)
         const tb_plane *p = s->planes[i];
         if (!starts_with(p->name, "/host:"))
             continue;
+        uint32_t rid = find_stat_id(p, TB_ST_IS_ROOT);
+        uint32_t sid = find_stat_id(p, TB_ST_STEP_NUM), iid = find_stat_id(p, TB_ST_ITER_NUM);
+        if (!rid)
+            continue;
         for (size_t j = 0; j < p->nlines; j++) {
             const tb_line *l = p->lines[j];
             for (size_t k = 0; k < l->nevents; k++) {
@@ -401,10 +455,10 @@ static int scan_steps(tb_summary *sum, tb_space *s)
                 int is_root = 0;
                 const tb_stat *st = tb_event_stats(l, e);
                 for (uint32_t q = 0; q < e->nstats; q++) {
-                    const char *n = tb_plane_stat_name(p, st[q].meta);
-                    if (strcmp(n, TB_ST_IS_ROOT) == 0)
+                    uint32_t m = st[q].meta;
+                    if (m == rid)
                         is_root = stat_i64(&st[q], &root) && root != 0;
-                    else if (strcmp(n, TB_ST_STEP_NUM) == 0 || strcmp(n, TB_ST_ITER_NUM) == 0)
+                    else if (m && (m == sid || m == iid))
                         stat_i64(&st[q], &num);
                 }
                 if (!is_root)
