@@ -39,6 +39,7 @@ typedef struct cpu_thread {
     size_t mmap_len;  /* bytes mapped */
     size_t data_len;  /* data area, a power of two */
     int seen;
+    int name_reads; /* comm read this many times (names are often set just after start) */
 } cpu_thread;
 
 typedef struct cpu_sample {
@@ -66,6 +67,7 @@ typedef struct cpu_ctx {
     cpu_thread *threads;
     size_t nthreads, cap_threads;
     int64_t last_scan;
+    int64_t begin_mono; /* capture start: no span starts before it */
     atomic_int rescan_hint;
 
     cpu_sample *samples;
@@ -302,7 +304,7 @@ static int open_thread(cpu_ctx *c, int tid)
         c->threads = nt;
         c->cap_threads = nc;
     }
-    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1};
+    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 1};
     c->ring_used += (pages + 1) * c->page;
     c->threads_sampled++;
     remember_comm(tid);
@@ -465,6 +467,10 @@ static int rescan(cpu_ctx *c, int *opened)
         cpu_thread *th = bsearch(&key, c->threads, known, sizeof(*c->threads), tid_cmp);
         if (th) {
             th->seen = 1;
+            if (th->name_reads < 3) { /* catch pthread_setname_np right after start */
+                th->name_reads++;
+                remember_comm(tid);
+            }
             continue;
         }
         size_t before = c->nthreads;
@@ -566,7 +572,8 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
             c->mode = TB_CPU_FP;
         }
     }
-    tb_clock_offset(); /* calibrated once, if the agent did not */
+    /* the agent calibrated the clock just before start() */
+    c->begin_mono = info->begin_ns ? info->begin_ns - tb_clock_offset() : tb_mono_ns();
     int opened = 0;
     int err = rescan(c, &opened);
     if (!opened && err == EINVAL && c->mode == TB_CPU_STACKCOPY) {
@@ -615,8 +622,10 @@ static void cpu_stop(void *ctx)
     for (size_t i = 0; i < c->nthreads; i++)
         if (c->threads[i].fd >= 0)
             ioctl(c->threads[i].fd, PERF_EVENT_IOC_DISABLE, 0);
-    for (size_t i = 0; i < c->nthreads; i++)
+    for (size_t i = 0; i < c->nthreads; i++) {
+        remember_comm(c->threads[i].tid); /* the name it ends the capture with */
         close_thread(c, &c->threads[i]);
+    }
     c->nthreads = 0;
     c->active = 0;
 }
@@ -815,6 +824,8 @@ static int cpu_collect(void *ctx, tb_space *space)
             int64_t start = sm->t - period;
             if (prev && start < prev)
                 start = prev;
+            if (start < c->begin_mono) /* the agent keeps host events starting in the window */
+                start = sm->t < c->begin_mono ? sm->t : c->begin_mono;
             for (int d = k; d < n; d++)
                 open[d] = (span){m[n - 1 - d], start, sm->t, 0, 0};
             nopen = n;

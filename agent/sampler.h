@@ -31,7 +31,10 @@
  * spans; total = sum of samples over its spans that have no enclosing span
  * of the same name on the line (so recursion is counted once). The sum of
  * all self_samples equals the plane stat tbprof_cpu_samples minus samples
- * dropped by the space's event cap.
+ * dropped by the space's event cap and minus those of spans the agent trims
+ * for starting after the stop request (samples taken between the request
+ * and the agent thread stopping the sampler). No span starts before
+ * tb_capture_info.begin_ns.
  *
  * Plane stats on /host:CPU: TB_ST_SAMPLES (samples recorded),
  * TB_ST_SAMPLES_LOST (lost by the kernel: PERF_RECORD_LOST, plus dropped by

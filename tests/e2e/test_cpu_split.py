@@ -67,9 +67,12 @@ class CpuSplit(tbtest.TestCase):
         self.assertGreater(n, 300, st)
         self.assertLess(st.get("tbprof_cpu_samples_lost", 0), n * 0.05, st)
         lines = cpusamples.sampled_lines(prof)
-        # every self sample of the capture is on some span
+        # every self sample is on some span, except those of spans the agent
+        # trims for starting after the stop request (taken before the agent
+        # thread got to stop the sampler)
         selfs = sum(e.stats.get("self_samples", 0) for l in lines for e in l.events)
-        self.assertEqual(selfs, n)
+        self.assertLessEqual(selfs, n)
+        self.assertGreaterEqual(selfs, n * 0.97)
         # each worker (and the late thread, found by a rescan) on its own line
         tids = info["worker"] + [info["late"]]
         for i, tid in enumerate(tids):
