@@ -15,9 +15,11 @@
  *   -X   exit() with the -x code at the start of step X (mid-capture)
  *   -x   exit status (default 0)
  *   -r   print "ready <pid>" once the loop starts
+ *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
  * At the end it prints "done <steps> last=<tbprof_last_profile()>".
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,13 @@
 #include "tbapi.h"
 
 static atomic_int stop_workers;
+static volatile sig_atomic_t got_term;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    got_term = 1;
+}
 static volatile double sink;
 
 static int64_t now_ns(int clk)
@@ -71,7 +80,7 @@ int main(int argc, char **argv)
     long api_a = -1, api_b = -1, exit_at = -1;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:r")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rT")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -84,6 +93,7 @@ int main(int argc, char **argv)
         case 'X': exit_at = atol(optarg); break;
         case 'x': code = atoi(optarg); break;
         case 'r': ready = 1; break;
+        case 'T': signal(SIGTERM, on_term); break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
     }
@@ -99,6 +109,11 @@ int main(int argc, char **argv)
     }
     pid_t child = -1;
     for (int i = 0; i < nsteps; i++) {
+        if (got_term) {
+            code = 7;
+            nsteps = i;
+            break;
+        }
         if (api_a >= 0 && i == api_b + 1)
             tb_stop();
         if (i == exit_at) {

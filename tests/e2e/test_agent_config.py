@@ -1,0 +1,94 @@
+"""Every TBPROF_* error path on a real process: a bad value gives exactly one
+warning naming the variable (and the accepted form), the feature is off, and
+the job runs to its normal exit status. Also `tbprof help env`."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+STEPS = tbtest.prog("steps")
+
+BAD = {
+    "TBPROF_LOGDIR": "",
+    "TBPROF_STEPS": "ten,twenty",
+    "TBPROF_DURATION": "soon",
+    "TBPROF_DELAY": "-1",
+    "TBPROF_SIGNAL": "KILL",
+    "TBPROF_GPU": "maybe",
+    "TBPROF_CPU": "sometimes",
+    "TBPROF_CPU_HZ": "0",
+    "TBPROF_CPU_MODE": "lbr",
+    "TBPROF_BUFFER_MB": "lots",
+    "TBPROF_MAX_MB": "-1",
+    "TBPROF_LOG": "loud",
+    "TBPROF_RUN": "a/b",
+    "TBPROF_HOST": "../x",
+    "TBPROF_TRACE_JSON": "perhaps",
+    "TBPROF_SOCKET": "2",
+    "TBPROF_PYTORCH_HOOK": "torch",
+    "TBPROF_CUPTI_PATH": "x" * 600,
+}
+
+
+class Config(tbtest.TestCase):
+    def test_every_bad_value_one_warning_job_unharmed(self):
+        for var, val in BAD.items():
+            with self.subTest(var=var):
+                e = tbtest.env(self.logdir)
+                e[var] = val
+                p = tbtest.run([STEPS, "-n", "5", "-m", "1", "-x", "0"], env=e)
+                self.assertExitedOk(p)
+                self.assertIn("done 5", p.stdout)
+                line = self.assertOneWarning(p.stderr, var)
+                self.assertIn("expected", line)
+                self.assertEqual(len(tbtest.tbprof_warnings(p.stderr)), 1, p.stderr)
+
+    def test_help_env_covers_every_variable(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        text = tbtest.run([tbtest.CLI, "help", "env"]).stdout
+        md = tbtest.run([tbtest.CLI, "help", "env", "--markdown"]).stdout
+        for var in BAD:
+            self.assertIn(var, text)
+            self.assertIn("| `%s` |" % var, md)
+
+    def test_bad_steps_means_no_capture(self):
+        e = tbtest.env(self.logdir, steps="20,10")
+        p = tbtest.run([STEPS, "-n", "30", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        self.assertOneWarning(p.stderr, "TBPROF_STEPS")
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_bad_gpu_value_turns_gpu_off_and_says_so(self):
+        e = tbtest.env(self.logdir, steps="1,2", gpu="maybe")
+        p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        self.assertIn("TBPROF_GPU=off", tbtest.load(files[0]).host.stats["tbprof_gpu_off_reason"])
+
+    def test_trace_json_off_and_host_run_names(self):
+        e = tbtest.env(self.logdir, steps="1,2", trace_json="off", host="myhost", run="myrun")
+        p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual([os.path.relpath(f, self.logdir) for f in files],
+                         [os.path.join("plugins", "profile", "myrun", "myhost.xplane.pb")])
+        self.assertFalse(os.path.exists(files[0].replace(".xplane.pb", ".trace.json.gz")))
+
+    def test_rank_and_job_id_name_the_files(self):
+        e = tbtest.env(self.logdir, steps="1,2")
+        e["RANK"] = "3"
+        e["SLURM_JOB_ID"] = "4242"
+        p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        self.assertEqual(os.path.basename(os.path.dirname(files[0])), "4242_steps_1-2")
+        self.assertTrue(os.path.basename(files[0]).endswith(".rank3.xplane.pb"), files[0])
+
+
+if __name__ == "__main__":
+    tbtest.main()

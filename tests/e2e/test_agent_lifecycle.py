@@ -1,0 +1,117 @@
+"""Process lifecycle under the agent: fork, exec, exit and SIGTERM during a
+capture, an unusable logdir. The job's behaviour (exit status, output) must
+not change; files are complete or absent, never partial."""
+
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+STEPS = tbtest.prog("steps")
+
+
+def nums(path):
+    return [n for n, _, _ in tbtest.load(path).steps()]
+
+
+class Lifecycle(tbtest.TestCase):
+    def test_fork_child_writes_nothing_parent_intact(self):
+        # the child is forked at step 1, inside the window, works 200 ms and exits
+        p = tbtest.run([STEPS, "-f", "-n", "20", "-m", "5"], env=tbtest.env(self.logdir, steps="0,12"))
+        self.assertExitedOk(p)
+        self.assertIn("status 0", p.stdout)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, files)
+        prof = tbtest.load(files[0])
+        self.assertEqual(nums(files[0]), list(range(0, 13)))
+        child = int(p.stdout.split("child ")[1].split()[0])
+        self.assertNotEqual(prof.host.stats["pid"], child)
+        self.assertNoPartialFiles(self.logdir)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+
+    def test_exec_child_reads_its_own_env(self):
+        # the exec'd child (8 steps) sees TBPROF_STEPS too and writes its own file
+        p = tbtest.spawn([STEPS, "-e", "-n", "12", "-m", "5"], env=tbtest.env(self.logdir, steps="2,4"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        child = int(out.split("child ")[1].split()[0])
+        self.assertIn("status 0", out)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 2, files)
+        pids = sorted(tbtest.load(f).host.stats["pid"] for f in files)
+        self.assertEqual(pids, sorted([p.pid, child]))
+        for f in files:
+            self.assertEqual(nums(f), [2, 3, 4])
+        # file stems differ by pid, so the two never collide
+        self.assertEqual(len(set(os.path.basename(f) for f in files)), 2)
+
+    def test_sigterm_mid_capture(self):
+        p = tbtest.spawn([STEPS, "-r", "-n", "2000", "-m", "5"], env=tbtest.env(self.logdir, steps="3,1500"))
+        tbtest.read_until(p, "ready")
+        time.sleep(0.5)
+        t0 = time.time()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        took = time.time() - t0
+        self.assertEqual(p.returncode, -signal.SIGTERM, "still dies of SIGTERM\n" + err)
+        self.assertLess(took, 5, "bounded flush")
+        self.assertNotIn("done", out)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, err)
+        n = nums(files[0])
+        self.assertGreater(len(n), 5)
+        self.assertEqual(n, list(range(3, 3 + len(n))))
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_sigterm_with_the_jobs_own_handler(self):
+        # the job handles SIGTERM itself (ends its loop, exits 7): we never
+        # replace its handler; its clean exit writes the window so far
+        p = tbtest.spawn([STEPS, "-r", "-T", "-n", "2000", "-m", "5"], env=tbtest.env(self.logdir, steps="3,1500"))
+        tbtest.read_until(p, "ready")
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 7, err)
+        self.assertIn("done", out)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, err)
+        n = nums(files[0])
+        self.assertEqual(n, list(range(3, 3 + len(n))))
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_sigterm_when_idle_is_untouched(self):
+        p = tbtest.spawn([STEPS, "-r", "-n", "2000", "-m", "5"], env=tbtest.env(self.logdir, steps="1000,1001"))
+        tbtest.read_until(p, "ready")
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, -signal.SIGTERM)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_exit_status_kept_with_capture_at_exit(self):
+        p = tbtest.run([STEPS, "-n", "10", "-m", "2", "-x", "42"], env=tbtest.env(self.logdir, steps="5,100"))
+        self.assertExitedOk(p, 42)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        self.assertEqual(nums(files[0]), [5, 6, 7, 8, 9])
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_unwritable_logdir(self):
+        blocker = os.path.join(self.tmp, "file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        logdir = os.path.join(blocker, "logs")  # under a regular file: ENOTDIR
+        p = tbtest.run([STEPS, "-n", "12", "-m", "2"], env=tbtest.env(logdir, steps="2,4"))
+        self.assertExitedOk(p)
+        self.assertIn("done 12", p.stdout)
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("not written", w[0])
+        self.assertIn(logdir, w[0])
+
+
+if __name__ == "__main__":
+    tbtest.main()

@@ -1,0 +1,173 @@
+"""Python: the ctypes helper (tools/python/tbprof) with the preload and on its
+own, and the PyTorch optimizer-step hook installed with no code change by
+`tbprof run` (a stand-in `torch` package provides the hook registry)."""
+
+import os
+import sys
+import textwrap
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+WORK = "def work():\n    s = 0\n    for i in range(20000):\n        s += i * i\n    return s\n"
+
+FAKE_TORCH = {
+    "torch/__init__.py": "from . import optim\n",
+    "torch/optim/__init__.py": "from .optimizer import Optimizer, SGD\n",
+    "torch/optim/optimizer.py": textwrap.dedent("""\
+        _post_hooks = []
+
+        def register_optimizer_step_post_hook(hook):
+            _post_hooks.append(hook)
+            return hook
+
+        class Optimizer:
+            def step(self, *args, **kwargs):
+                self._step(*args, **kwargs)
+                for h in list(_post_hooks):
+                    h(self, args, kwargs)
+
+            def _step(self):
+                pass
+
+        class SGD(Optimizer):
+            pass
+        """),
+}
+
+
+def nums(path):
+    return [n for n, _, _ in tbtest.load(path).steps()]
+
+
+class Python(tbtest.TestCase):
+    def setUp(self):
+        super().setUp()
+        tbtest.skip_if_python_unsupported(self)
+
+    def script(self, name, body):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(body)
+        return path
+
+    def pyenv(self, preload=True, **tb):
+        e = tbtest.env(self.logdir, preload=preload, python=True, **tb)
+        e["PYTHONPATH"] = tbtest.PYHELPER
+        return e
+
+    def test_helper_steps_under_preload(self):
+        s = self.script("train.py", WORK + textwrap.dedent("""\
+            import tbprof
+            assert tbprof.available()
+            for i in range(20):
+                tbprof.step()
+                work()
+            print("ok")
+            """))
+        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv(steps="5,9"))
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [5, 6, 7, 8, 9])
+
+    def test_helper_start_stop_and_explicit_numbers(self):
+        s = self.script("api.py", WORK + textwrap.dedent("""\
+            import tbprof, time
+            for i in range(100, 120):
+                if i == 105:
+                    assert tbprof.start() == 0
+                    assert tbprof.capturing()
+                if i == 110:
+                    assert tbprof.stop() == 0
+                tbprof.step(i)
+                tbprof.step(i)   # the same number again: merged
+                work()
+            print("ok")
+            """))
+        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv())
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [105, 106, 107, 108, 109])
+
+    def test_helper_loads_the_library_itself(self):
+        if tbtest.SANITIZE:
+            self.skipTest("a sanitizer-built libtbprof.so cannot be dlopen()ed by an uninstrumented python")
+        s = self.script("own.py", WORK + textwrap.dedent("""\
+            import tbprof
+            for i in range(12):
+                tbprof.step()
+                work()
+            print("avail", tbprof.available())
+            """))
+        e = self.pyenv(preload=False, steps="3,4")
+        e["TBPROF_LIB"] = tbtest.LIB
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertIn("avail True", p.stdout)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [3, 4])
+
+    def test_helper_without_library_is_a_noop(self):
+        s = self.script("none.py", "import tbprof\nprint(tbprof.step(), tbprof.start(), tbprof.available())\n")
+        e = self.pyenv(preload=False)
+        e["TBPROF_LIB"] = "/nonexistent/libtbprof.so"
+        e["LD_LIBRARY_PATH"] = ""
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertIn("-1 -38 False", p.stdout)
+
+    def test_optimizer_hook_no_code_change_via_tbprof_run(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        fake = os.path.join(self.tmp, "fake")
+        for rel, text in FAKE_TORCH.items():
+            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
+            with open(os.path.join(fake, rel), "w") as f:
+                f.write(text)
+        # a user sitecustomize further down the path must still run
+        user = os.path.join(self.tmp, "user")
+        os.makedirs(user)
+        with open(os.path.join(user, "sitecustomize.py"), "w") as f:
+            f.write("print('user sitecustomize ran')\n")
+        s = self.script("train.py", WORK + textwrap.dedent("""\
+            import torch
+            opt = torch.optim.SGD()
+            for i in range(15):
+                work()
+                opt.step()
+            print("trained")
+            """))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = fake + ":" + user
+        # tbprof run puts the helper first on PYTHONPATH and sets the hook on
+        p = tbtest.run([tbtest.CLI, "run", "--steps", "3,6", "--logdir", self.logdir, "--no-gpu", "--no-cpu",
+                        "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertIn("trained", p.stdout)
+        self.assertIn("user sitecustomize ran", p.stdout)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [3, 4, 5, 6])
+
+    def test_no_hook_option(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        fake = os.path.join(self.tmp, "fake")
+        for rel, text in FAKE_TORCH.items():
+            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
+            with open(os.path.join(fake, rel), "w") as f:
+                f.write(text)
+        s = self.script("t.py", "import torch\no = torch.optim.SGD()\nfor i in range(10): o.step()\n")
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = fake
+        p = tbtest.run([tbtest.CLI, "run", "--no-hook", "--steps", "2,3", "--logdir", self.logdir, "--no-gpu",
+                        "--no-cpu", "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+
+if __name__ == "__main__":
+    tbtest.main()
