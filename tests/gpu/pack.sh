@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# tests/gpu/pack.sh [build-dir]: gather what the GPU machine needs into ./.gpu/
+# (git-ignored): the preload library and CLI with the shared libraries they
+# need beyond glibc, the protoc-generated Python decoders, the Python
+# helper, the CUDA test program (built here with nvcc) and the scripts.
+# Then on the GPU machine: bash .gpu/run.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$root/build}
+out=$root/.gpu
+nvcc=${NVCC:-/usr/local/cuda/bin/nvcc}
+for f in "$build/lib/libtbprof.so" "$build/bin/tbprof" "$build/python/xplane_pb2.py"; do
+  [ -e "$f" ] || { echo "pack.sh: $f missing: build first (tools/build.sh $build)" >&2; exit 1; }
+done
+rm -rf "$out"
+mkdir -p "$out/lib" "$out/bin" "$out/deps" "$out/python" "$out/share/tbprof"
+cp "$build/lib/libtbprof.so" "$out/lib/"
+cp "$build/bin/tbprof" "$out/bin/"
+cp "$build"/python/*_pb2.py "$out/python/"
+cp -r "$root/tools/python" "$out/share/tbprof/python"
+cp "$root"/tests/gpu/{run.sh,check.py,torch_loop.py} "$out/"
+# H100/H200 are sm_90; compute_90 PTX lets a newer GPU JIT it
+"$nvcc" -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90 -o "$out/bin/cuda_steps" "$root/tests/gpu/cuda_steps.cu" -ldl
+# libraries beyond glibc (protobuf-c for the CLI, zlib, lzma, ...): the GPU
+# machine has no Debian packages; run.sh puts deps/ on LD_LIBRARY_PATH only
+# where something is missing there
+for f in "$out/lib/libtbprof.so" "$out/bin/tbprof"; do
+  ldd "$f" | awk '/=> \// {print $3}' |
+    grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
+    while read -r so; do cp -Lf "$so" "$out/deps/"; done
+done
+# libtbprof.so must not need libcupti (it is dlopen()ed at the first capture)
+if readelf -d "$out/lib/libtbprof.so" | grep -q 'NEEDED.*cupti'; then
+  echo "pack.sh: libtbprof.so NEEDS libcupti: refusing" >&2; exit 1
+fi
+echo "packed into $out:"; (cd "$out" && find . -type f | sort | sed 's/^/  /')

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# run.sh - tbprof's real-GPU checks (run on the GPU machine from the folder
+# tests/gpu/pack.sh made: bash .gpu/run.sh). Needs python3 with torch (CUDA),
+# jax and protobuf; no network, no Debian packages.
+#   1. cuda_steps under the preload, steps 3..6: exactly the launched kernels
+#      (names, counts, grid/block) and copies/memsets (counts, bytes)
+#   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
+#      torch.profiler on the same steps: kernel names, counts, GPU time (5%)
+#   3. jax.profiler.ProfileData loads our .xplane.pb
+#   4. step time: no agent / agent idle / capturing / torch.profiler
+# Prints a table; exit status = number of failed checks.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export TBGPU=$here
+py=${PYTHON:-python3}
+work=$(mktemp -d /tmp/tbgpu.XXXXXX)
+tbprof="$here/bin/tbprof"
+# the CLI (and, where zlib/lzma are missing, the preload) need the packed libs
+if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found"; then
+  export LD_LIBRARY_PATH="$here/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# libcupti: the one torch ships (pip nvidia-cuda-cupti), else the toolkit's
+cupti=$($py - <<'PY' 2>/dev/null
+import glob, os, site
+for d in site.getsitepackages():
+    for p in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcupti.so*")), reverse=True):
+        print(p); raise SystemExit
+PY
+)
+[ -n "$cupti" ] && export TBPROF_CUPTI_PATH="$cupti"
+echo "work dir $work; libcupti: ${cupti:-search}"
+nvidia-smi -L 2>/dev/null || true
+declare -a rows; fails=0
+row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); [ "$2" = PASS ] || fails=$((fails+1)); }
+check() { # name, command...: records the RESULT line
+  local name=$1; shift
+  local out; out=$("$@" 2>&1); local rc=$?
+  local res; res=$(grep '^RESULT' <<<"$out" | tail -1)
+  if [ -n "$res" ]; then row "$name" "$(awk '{print $3}' <<<"$res")" "$(cut -d' ' -f4- <<<"$res")"
+  else row "$name" FAIL "rc=$rc: $(tail -3 <<<"$out" | tr '\n' ' ')"; fi
+}
+
+# 1. CUDA program: steps 3..6 = 4 steps
+logs1=$work/cuda
+TBPROF_STEPS=3,6 TBPROF_LOGDIR=$logs1 TBPROF_CPU=off LD_PRELOAD=$here/lib/libtbprof.so \
+  "$here/bin/cuda_steps" 10 >"$work/cuda.out" 2>"$work/cuda.err"
+x1=$(find "$logs1" -name '*.xplane.pb' | head -1)
+if [ -n "$x1" ]; then check cuda_program $py "$here/check.py" cuda "$x1" "$work/cuda.out" 4
+else row cuda_program FAIL "no xplane.pb: $(tail -2 "$work/cuda.err" | tr '\n' ' ')"; fi
+
+# 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..14
+logs2=$work/torch
+"$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
+  >"$work/torch.out" 2>"$work/torch.err"
+$py "$here/torch_loop.py" --steps 20 --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
+x2=$(find "$logs2" -name '*.xplane.pb' | head -1)
+if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
+  check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
+else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null)"; fi
+
+# 3. JAX reads our XSpace
+if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"
+elif [ -n "$x1" ]; then check jax_profiledata $py "$here/check.py" jax "$x1"
+else row jax_profiledata FAIL "no xplane.pb to load"; fi
+
+# 4. step time (median of steps 10..29 of 40)
+med() { $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
+$py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>&1
+TBPROF_LOGDIR=$work/idle LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --times "$work/t_idle" >/dev/null 2>&1
+"$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" >/dev/null 2>&1
+$py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>&1 || true
+mkdir -p "$work/tp"
+tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
+tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null)
+echo
+echo "step time (median ms, steps 10..29):"
+printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
+  "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}"
+if [ -n "$tn" ] && [ -n "$ti" ]; then
+  ok=$($py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
+  row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
+fi
+echo
+printf '%-26s %-5s %s\n' CHECK RESULT DETAIL
+printf '%s\n' "${rows[@]}"
+echo "$fails failed; outputs in $work"
+exit $fails

@@ -1,0 +1,60 @@
+"""torch_loop.py - a small PyTorch training loop for the GPU checks.
+
+  python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE]
+
+No tbprof code: under `tbprof run --steps A,B` (or LD_PRELOAD with
+TBPROF_STEPS and TBPROF_PYTORCH_HOOK=on) the optimizer step hook counts steps.
+--torch-profile A,B records steps A..B with torch.profiler instead (the
+reference) and exports its Chrome trace into DIR. --times writes each step's
+wall time (seconds, one per line) for the overhead table.
+"""
+import argparse
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--torch-profile", default="")
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--times", default="")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(1024, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+        torch.nn.Linear(2048, 10)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(256, 1024, device=dev)
+    y = torch.randint(0, 10, (256,), device=dev)
+    prof = None
+    if a.torch_profile:
+        first, last = (int(v) for v in a.torch_profile.split(","))
+        sched = torch.profiler.schedule(wait=first, warmup=0, active=last - first + 1, repeat=1)
+        prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+            schedule=sched, on_trace_ready=lambda p: p.export_chrome_trace(a.out + "/torch_trace.json"))
+        prof.start()
+    times = []
+    for i in range(a.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        if prof:
+            prof.step()
+    if prof:
+        prof.stop()
+    if a.times:
+        with open(a.times, "w") as f:
+            f.write("\n".join("%.9f" % t for t in times) + "\n")
+    print("done", a.steps)
+
+
+if __name__ == "__main__":
+    main()
