@@ -180,50 +180,71 @@ static int link_noreplace(int dfd, const char *tmp, const char *final, int *rena
 #endif
 }
 
-int tb_atomic_write(const char *dir, const char *name, const void *data, size_t len, char *final,
-                    size_t final_n)
+/* A file being written under a temporary name in `dir`. */
+typedef struct atomic_file {
+    int dfd, fd;
+    char tmp[NAME_MAX + 1];
+} atomic_file;
+
+static void af_abort(atomic_file *af)
 {
-    if (!dir || !component_ok(name))
-        return -EINVAL;
+    if (af->fd >= 0) {
+        close(af->fd);
+        unlinkat(af->dfd, af->tmp, 0);
+    }
+    if (af->dfd >= 0)
+        close(af->dfd);
+    af->fd = af->dfd = -1;
+}
+
+/* Create the temporary file for `len` bytes. */
+static int af_open(atomic_file *af, const char *dir, size_t len)
+{
+    af->dfd = af->fd = -1;
     /* Over RLIMIT_FSIZE, write() raises SIGXFSZ, which kills the process by
      * default: refuse before writing instead. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && len > rl.rlim_cur)
         return -EFBIG;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
+    af->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (af->dfd < 0)
         return -errno;
-
     static _Atomic unsigned counter;
-    char tmp[NAME_MAX + 1];
-    int fd = -1;
     for (int tries = 0; tries < 100; tries++) {
-        int w = snprintf(tmp, sizeof(tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
-        if (w < 0 || (size_t)w >= sizeof(tmp)) {
-            close(dfd);
-            return -ENAMETOOLONG;
-        }
+        snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
         /* 0666: open() applies the process umask */
-        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-        if (fd >= 0 || errno != EEXIST)
+        af->fd = openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (af->fd >= 0 || errno != EEXIST)
             break;
     }
-    if (fd < 0) {
+    if (af->fd < 0) {
         int e = errno;
-        close(dfd);
+        af_abort(af);
         return -e;
     }
-    int r = write_all(fd, data, len);
-    if (r == 0 && fsync(fd) < 0)
+    return 0;
+}
+
+static int af_write(void *ctx, const void *data, size_t len)
+{
+    return write_all(((atomic_file *)ctx)->fd, data, len);
+}
+
+/* fsync, then link to `name` (or name.1.ext, ...) without replacing anything. */
+static int af_commit(atomic_file *af, const char *dir, const char *name, char *final, size_t final_n)
+{
+    int r = 0;
+    if (fsync(af->fd) < 0)
         r = -errno; /* ENOSPC / EDQUOT / EIO show up here on some file systems */
-    if (close(fd) < 0 && r == 0)
+    if (close(af->fd) < 0 && r == 0)
         r = -errno;
+    af->fd = -1;
     if (r < 0) {
-        unlinkat(dfd, tmp, 0);
-        close(dfd);
+        unlinkat(af->dfd, af->tmp, 0);
+        close(af->dfd);
+        af->dfd = -1;
         return r;
     }
-
     size_t stem = ext_at(name);
     char cand[NAME_MAX + 1];
     int renamed = 0;
@@ -235,20 +256,37 @@ int tb_atomic_write(const char *dir, const char *name, const void *data, size_t 
             r = -ENAMETOOLONG;
             break;
         }
-        r = link_noreplace(dfd, tmp, cand, &renamed);
+        r = link_noreplace(af->dfd, af->tmp, cand, &renamed);
     }
     if (!renamed)
-        unlinkat(dfd, tmp, 0);
+        unlinkat(af->dfd, af->tmp, 0);
     if (r == 0) {
-        fsync(dfd); /* the new name survives a crash too; best effort */
+        fsync(af->dfd); /* the new name survives a crash too; best effort */
         if (final && final_n) {
             int w = snprintf(final, final_n, "%s/%s", dir, cand);
             if (w < 0 || (size_t)w >= final_n)
                 final[0] = '\0';
         }
     }
-    close(dfd);
+    close(af->dfd);
+    af->dfd = -1;
     return r;
+}
+
+int tb_atomic_write(const char *dir, const char *name, const void *data, size_t len, char *final,
+                    size_t final_n)
+{
+    if (!dir || !component_ok(name))
+        return -EINVAL;
+    atomic_file af;
+    int r = af_open(&af, dir, len);
+    if (r < 0)
+        return r;
+    if ((r = write_all(af.fd, data, len)) < 0) {
+        af_abort(&af);
+        return r;
+    }
+    return af_commit(&af, dir, name, final, final_n);
 }
 
 /* ---- TensorBoard event file ----------------------------------------------------------- */
@@ -309,6 +347,20 @@ int tb_write_tfevents(const char *logdir, const char *host, double wall_time)
 
 /* ---- everything at once ------------------------------------------------------------------ */
 
+struct xsink {
+    atomic_file af; /* first: the sink's write() takes the ctx as an atomic_file */
+    const char *dir;
+    size_t max_bytes;
+};
+
+static int xsink_begin(void *ctx, size_t total)
+{
+    struct xsink *x = ctx;
+    if (x->max_bytes && total > x->max_bytes)
+        return -EFBIG;
+    return af_open(&x->af, x->dir, total);
+}
+
 int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size_t n)
 {
     if (!s || !o || !o->logdir)
@@ -333,24 +385,20 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
     }
     host[sizeof(host) - 1] = '\0';
 
-    tb_buf pb = {0};
-    if ((r = tb_xspace_encode(s, &pb)) < 0)
-        return r;
-    if (o->max_bytes && pb.len > o->max_bytes) {
-        tb_buf_free(&pb);
-        return -EFBIG;
-    }
     char dir[PATH_MAX], name[NAME_MAX + 1], xpath[PATH_MAX];
-    if ((r = tb_run_dir(o->logdir, run, dir, sizeof(dir))) < 0) {
-        tb_buf_free(&pb);
-        return r;
-    }
-    if (snprintf(name, sizeof(name), "%s.xplane.pb", host) >= (int)sizeof(name)) {
-        tb_buf_free(&pb);
+    if (snprintf(name, sizeof(name), "%s.xplane.pb", host) >= (int)sizeof(name))
         return -ENAMETOOLONG;
-    }
-    r = tb_atomic_write(dir, name, pb.data, pb.len, xpath, sizeof(xpath));
-    tb_buf_free(&pb);
+    if ((r = tb_run_dir(o->logdir, run, dir, sizeof(dir))) < 0)
+        return r;
+    /* Streamed straight into the temporary file: no buffer of the whole
+     * profile in the job's memory. The size is known before any byte. */
+    struct xsink ctx = {.af = {.dfd = -1, .fd = -1}, .dir = dir, .max_bytes = o->max_bytes};
+    tb_xspace_sink sink = {.begin = xsink_begin, .write = af_write, .ctx = &ctx};
+    r = tb_xspace_encode_stream(s, &sink);
+    if (r == 0)
+        r = af_commit(&ctx.af, dir, name, xpath, sizeof(xpath));
+    else
+        af_abort(&ctx.af);
     if (r < 0) {
         rmdir(dir); /* only if we left it empty */
         return r;

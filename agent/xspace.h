@@ -24,6 +24,17 @@ void tb_buf_free(tb_buf *b);
 /* Serialize `s` (sorted first) to b; returns 0 or -ENOMEM. */
 int tb_xspace_encode(tb_space *s, tb_buf *b);
 
+/* Streaming form (no buffer of the whole file): begin(ctx, total) is called
+ * once with the exact size before any byte (return < 0 to stop, e.g. over a
+ * cap); then write(ctx, data, len) with consecutive pieces (a reused 256 KiB
+ * chunk). Returns 0 or the first negative value begin/write returned. */
+typedef struct tb_xspace_sink {
+    int (*begin)(void *ctx, size_t total);
+    int (*write)(void *ctx, const void *data, size_t len);
+    void *ctx;
+} tb_xspace_sink;
+int tb_xspace_encode_stream(tb_space *s, const tb_xspace_sink *sink);
+
 /* Read an xplane.pb file into a new tb_space. On failure returns a negative
  * errno and writes one line naming what is wrong into err ("truncated at
  * byte 1234", "not an XSpace: ...", "empty file"). */

@@ -206,7 +206,35 @@ static uint8_t *put_stats(uint8_t *p, uint32_t field, const tb_stat *st, size_t 
     return p;
 }
 
-static uint8_t *put_line(uint8_t *p, const tb_line *l, int64_t span)
+/* Output: either one buffer holding the whole message (never flushes), or
+ * a reused chunk handed to a sink whenever the next piece might not fit. */
+typedef struct wr {
+    uint8_t *base, *end; /* current chunk */
+    const tb_xspace_sink *sink;
+    size_t flushed; /* bytes handed to the sink so far */
+    int err;
+} wr;
+
+#define CHUNK (256u << 10)
+
+static __attribute__((noinline)) uint8_t *flush_for(wr *w, uint8_t *p, size_t n)
+{
+    if (!w->err && p > w->base)
+        w->err = w->sink->write(w->sink->ctx, w->base, (size_t)(p - w->base));
+    w->flushed += (size_t)(p - w->base);
+    (void)n; /* the chunk holds the largest piece (sized in pass 1) */
+    return w->base;
+}
+
+/* Room for n more bytes at p (n is an upper bound of the next piece). */
+static inline uint8_t *need(wr *w, uint8_t *p, size_t n)
+{
+    if (!w->sink || (size_t)(w->end - p) >= n)
+        return p;
+    return flush_for(w, p, n);
+}
+
+static uint8_t *put_line(wr *w, uint8_t *p, const tb_line *l, int64_t span)
 {
     int64_t ts = line_ts(l);
     if (l->id)
@@ -219,6 +247,7 @@ static uint8_t *put_line(uint8_t *p, const tb_line *l, int64_t span)
         const tb_event *e = &l->events[i];
         const tb_stat *st = l->stats + e->stats_at;
         size_t sz = event_size(l, e, ts);
+        p = need(w, p, sz + 11);
         p = put_lenhdr(p, 4, sz);
         p = put_fvarint(p, 1, e->meta);
         p = put_fvarint(p, 2, (uint64_t)e->start_ns * 1000u - ts_ps);
@@ -226,6 +255,7 @@ static uint8_t *put_line(uint8_t *p, const tb_line *l, int64_t span)
             p = put_fvarint(p, 3, ps_of(e->dur_ns));
         p = put_stats(p, 4, st, e->nstats);
     }
+    p = need(w, p, 24 + (l->display_name ? strlen(l->display_name) : 0));
     if (span)
         p = put_fvarint(p, 9, ps_of(span));
     p = put_str(p, 11, l->display_name);
@@ -238,7 +268,8 @@ typedef struct line_info {
     size_t size; /* whole XLine message */
 } line_info;
 
-int tb_xspace_encode(tb_space *s, tb_buf *b)
+/* Both entry points: size everything, let begin() see the total, write. */
+static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
 {
     tb_space_sort(s);
 
@@ -264,70 +295,114 @@ int tb_xspace_encode(tb_space *s, tb_buf *b)
             }
     }
 
-    /* pass 1: sizes */
-    size_t total = 0, k = 0;
+    /* pass 1: sizes (and the largest piece written at once: the chunk size) */
+    size_t total = 0, k = 0, maxp = 64;
+#define MAXP(x)                                                            \
+    do {                                                                   \
+        size_t x_ = (x);                                                   \
+        if (x_ > maxp)                                                     \
+            maxp = x_;                                                     \
+    } while (0)
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
         size_t n = 0;
         if (p->id)
             n += f_varint((uint64_t)p->id);
         n += str_field(p->name);
+        MAXP(40 + strlen(p->name));
         for (size_t j = 0; j < p->nlines; j++, k++) {
             const tb_line *l = p->lines[j];
             int64_t ts = line_ts(l);
-            size_t eb = 0;
-            for (size_t e = 0; e < l->nevents; e++)
-                eb += f_len(event_size(l, &l->events[e], ts));
+            size_t eb = 0, maxev = 0;
+            for (size_t e = 0; e < l->nevents; e++) {
+                size_t es = event_size(l, &l->events[e], ts);
+                if (es > maxev)
+                    maxev = es;
+                eb += f_len(es);
+            }
+            MAXP(maxev + 11);
+            MAXP(48 + strlen(l->name));
+            MAXP(24 + (l->display_name ? strlen(l->display_name) : 0));
             li[k].events_bytes = eb;
             li[k].span = line_span_ns(l);
             li[k].size = line_size(l, eb, li[k].span);
             n += f_len(li[k].size);
         }
-        for (size_t m = 1; m < p->nevent_meta; m++)
-            n += f_len(map_entry_size(m, event_meta_size(p, m, cat_meta[i])));
-        for (size_t m = 1; m < p->nstat_meta; m++)
-            n += f_len(map_entry_size(m, stat_meta_size(p, m)));
+        for (size_t m = 1; m < p->nevent_meta; m++) {
+            size_t vs = event_meta_size(p, m, cat_meta[i]);
+            MAXP(vs + 48);
+            n += f_len(map_entry_size(m, vs));
+        }
+        for (size_t m = 1; m < p->nstat_meta; m++) {
+            size_t vs = stat_meta_size(p, m);
+            MAXP(vs + 48);
+            n += f_len(map_entry_size(m, vs));
+        }
         for (size_t m = 0; m < p->nstats; m++)
             n += f_len(stat_size(&p->stats[m]));
         plane_size[i] = n;
         total += f_len(n);
     }
-    for (size_t i = 0; i < s->nerrors; i++)
+    for (size_t i = 0; i < s->nerrors; i++) {
         total += f_len(strlen(s->errors[i]));
-    for (size_t i = 0; i < s->nwarnings; i++)
+        MAXP(11 + strlen(s->errors[i]));
+    }
+    for (size_t i = 0; i < s->nwarnings; i++) {
         total += f_len(strlen(s->warnings[i]));
-    for (size_t i = 0; i < s->nhostnames; i++)
+        MAXP(11 + strlen(s->warnings[i]));
+    }
+    for (size_t i = 0; i < s->nhostnames; i++) {
         total += f_len(strlen(s->hostnames[i]));
+        MAXP(11 + strlen(s->hostnames[i]));
+    }
+#undef MAXP
 
-    if (b->cap - b->len < total) {
-        size_t ncap = b->len + total;
-        uint8_t *d = realloc(b->data, ncap ? ncap : 1);
-        if (!d) {
-            free(cat_meta);
-            free(plane_size);
-            free(li);
-            return -ENOMEM;
+    wr out = {0};
+    int r = 0;
+    if (sink) {
+        out.sink = sink;
+        if (sink->begin && (r = sink->begin(sink->ctx, total)) < 0)
+            goto done;
+        size_t chunk = maxp > CHUNK ? maxp : CHUNK;
+        if (!(out.base = malloc(chunk))) {
+            r = -ENOMEM;
+            goto done;
         }
-        b->data = d;
-        b->cap = ncap ? ncap : 1;
+        out.end = out.base + chunk;
+    } else {
+        if (b->cap - b->len < total) {
+            size_t ncap = b->len + total;
+            uint8_t *d = realloc(b->data, ncap ? ncap : 1);
+            if (!d) {
+                r = -ENOMEM;
+                goto done;
+            }
+            b->data = d;
+            b->cap = ncap ? ncap : 1;
+        }
+        out.base = b->data + b->len;
+        out.end = out.base + total;
     }
 
     /* pass 2: bytes */
-    uint8_t *w = b->data + b->len, *start = w;
+    uint8_t *w = out.base;
     k = 0;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
+        w = need(&out, w, 40 + strlen(p->name));
         w = put_lenhdr(w, 1, plane_size[i]);
         if (p->id)
             w = put_fvarint(w, 1, (uint64_t)p->id);
         w = put_str(w, 2, p->name);
         for (size_t j = 0; j < p->nlines; j++, k++) {
+            w = need(&out, w, 48 + strlen(p->lines[j]->name));
             w = put_lenhdr(w, 3, li[k].size);
-            w = put_line(w, p->lines[j], li[k].span);
+            w = put_line(&out, w, p->lines[j], li[k].span);
         }
         for (size_t m = 1; m < p->nevent_meta; m++) {
             const tb_meta *em = &p->event_meta[m];
             size_t vs = event_meta_size(p, m, cat_meta[i]);
+            w = need(&out, w, vs + 48);
             w = put_lenhdr(w, 4, map_entry_size(m, vs));
             w = put_fvarint(w, 1, m);
             w = put_lenhdr(w, 2, vs);
@@ -346,26 +421,50 @@ int tb_xspace_encode(tb_space *s, tb_buf *b)
         }
         for (size_t m = 1; m < p->nstat_meta; m++) {
             size_t vs = stat_meta_size(p, m);
+            w = need(&out, w, vs + 48);
             w = put_lenhdr(w, 5, map_entry_size(m, vs));
             w = put_fvarint(w, 1, m);
             w = put_lenhdr(w, 2, vs);
             w = put_fvarint(w, 1, m);
             w = put_str(w, 2, p->stat_meta[m]);
         }
-        w = put_stats(w, 6, p->stats, p->nstats);
+        for (size_t m = 0; m < p->nstats; m++) {
+            w = need(&out, w, 48);
+            w = put_stats(w, 6, &p->stats[m], 1);
+        }
     }
-    for (size_t i = 0; i < s->nerrors; i++)
-        w = put_rstr(w, 2, s->errors[i]);
-    for (size_t i = 0; i < s->nwarnings; i++)
-        w = put_rstr(w, 3, s->warnings[i]);
-    for (size_t i = 0; i < s->nhostnames; i++)
-        w = put_rstr(w, 4, s->hostnames[i]);
-
+    for (size_t i = 0; i < s->nerrors + s->nwarnings + s->nhostnames; i++) {
+        const char *str = i < s->nerrors ? s->errors[i]
+                          : i < s->nerrors + s->nwarnings ? s->warnings[i - s->nerrors]
+                                                          : s->hostnames[i - s->nerrors - s->nwarnings];
+        uint32_t field = i < s->nerrors ? 2 : i < s->nerrors + s->nwarnings ? 3 : 4;
+        w = need(&out, w, 11 + strlen(str));
+        w = put_rstr(w, field, str);
+    }
+    size_t written = out.flushed + (size_t)(w - out.base);
+    if (sink && !out.err && w > out.base)
+        out.err = sink->write(sink->ctx, out.base, (size_t)(w - out.base));
+    r = out.err;
+    if (r == 0 && written != total)
+        r = -EIO; /* sizing and writing disagree: a bug; never hand out a bad file */
+    if (r == 0 && !sink)
+        b->len += total;
+done:
+    if (sink)
+        free(out.base);
     free(cat_meta);
     free(plane_size);
     free(li);
-    if ((size_t)(w - start) != total)
-        return -EIO; /* sizing and writing disagree: a bug; never hand out a bad file */
-    b->len += total;
-    return 0;
+    return r;
 }
+
+int tb_xspace_encode(tb_space *s, tb_buf *b)
+{
+    return encode(s, b, NULL);
+}
+
+int tb_xspace_encode_stream(tb_space *s, const tb_xspace_sink *sink)
+{
+    return sink && sink->write ? encode(s, NULL, sink) : -EINVAL;
+}
+

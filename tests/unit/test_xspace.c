@@ -381,8 +381,75 @@ static void test_edges(void)
     tb_space_free(s);
 }
 
+struct collect {
+    tb_buf b;
+    size_t total;
+    int begins, writes;
+    int refuse;
+};
+
+static int col_begin(void *ctx, size_t total)
+{
+    struct collect *c = ctx;
+    c->begins++;
+    c->total = total;
+    return c->refuse ? -EFBIG : 0;
+}
+
+static int col_write(void *ctx, const void *data, size_t len)
+{
+    struct collect *c = ctx;
+    c->writes++;
+    uint8_t *d = realloc(c->b.data, c->b.len + len);
+    if (!d)
+        return -ENOMEM;
+    memcpy(d + c->b.len, data, len);
+    c->b.data = d;
+    c->b.len += len;
+    return 0;
+}
+
+/* The streaming form writes exactly the buffered form's bytes, in pieces,
+ * including pieces larger than its chunk. */
+static void test_stream(void)
+{
+    tb_space *s = build();
+    tb_plane *g = tb_space_find_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_find_line(g, 7);
+    size_t big = 600 * 1024;
+    char *name = malloc(big + 1);
+    memset(name, 'n', big);
+    name[big] = '\0';
+    int64_t m = tb_plane_event_meta(g, name); /* a 600 KiB name: larger than the chunk */
+    for (int i = 0; i < 40000; i++) {
+        tb_line_add(l, m, T0 + 100000 + i * 10, 5);
+        tb_line_stat_u64(l, tb_plane_stat_meta(g, "correlation_id"), (uint64_t)i);
+    }
+    tb_line_stat_str(l, tb_plane_stat_meta(g, "long_value"), name);
+    free(name);
+    tb_buf b = {0};
+    CHECK_EQ_I(tb_xspace_encode(s, &b), 0);
+    struct collect c = {0};
+    tb_xspace_sink sink = {col_begin, col_write, &c};
+    CHECK_EQ_I(tb_xspace_encode_stream(s, &sink), 0);
+    CHECK_EQ_I(c.begins, 1);
+    CHECK_EQ_I(c.total, b.len);
+    CHECK(c.writes > 3);
+    CHECK_EQ_I(c.b.len, b.len);
+    CHECK(c.b.len == b.len && memcmp(c.b.data, b.data, b.len) == 0);
+    tb_buf_free(&c.b);
+    /* begin() refusing: nothing written, its error returned */
+    struct collect r = {.refuse = 1};
+    tb_xspace_sink rs = {col_begin, col_write, &r};
+    CHECK_EQ_I(tb_xspace_encode_stream(s, &rs), -EFBIG);
+    CHECK_EQ_I(r.writes, 0);
+    tb_buf_free(&b);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_stream();
     test_round_trip();
     test_read_file_errors();
     test_edges();
