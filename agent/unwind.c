@@ -9,6 +9,8 @@
 
 #include <dlfcn.h>
 #include <libunwind.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -286,12 +288,35 @@ void tb_unwinder_flush(tb_unwinder *u)
         lu.flush_cache(u->as, 0, 0);
 }
 
-int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len, uint64_t *ips, int max,
-              int *failed)
+/* CPython 3.12+'s perf trampoline (a copy of _Py_trampoline_func_start per
+ * Python function, in JIT memory with no unwind tables, no frame pointer):
+ *     sub $8,%rsp ; call *%rcx ; add $8,%rsp ; ret
+ * A return address right after its call: bytes [ip-6, ip+5) are these. */
+static const unsigned char py_trampoline[11] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1,
+                                                0x48, 0x83, 0xc4, 0x08, 0xc3};
+
+/* Is ip a return address inside a Python perf trampoline? JIT memory is in
+ * no loaded object, so it is read with process_vm_readv (fails cleanly on an
+ * unmapped address instead of faulting). */
+static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
+{
+    if (ip < 6 || tb_symtab_module(u->st, ip))
+        return 0;
+    unsigned char buf[sizeof(py_trampoline)];
+    struct iovec local = {buf, sizeof(buf)}, remote = {(void *)(uintptr_t)(ip - 6), sizeof(buf)};
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof(buf))
+        return 0;
+    return memcmp(buf, py_trampoline, sizeof(buf)) == 0;
+}
+
+int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t stack_len, uint64_t *ips,
+              int max, int *failed)
 {
     *failed = 0;
     if (max <= 0)
         return 0;
+    uint64_t regs[TB_UREG_COUNT];
+    memcpy(regs, regs_in, sizeof(regs));
     sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len};
     int n = 0;
     ips[n++] = regs[TB_UREG_IP];
@@ -318,6 +343,34 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t st
         if (ip == 0)
             break;
         ips[n++] = ip;
+        if (n < max && in_py_trampoline(u, ip)) {
+            /* step over the trampoline by hand: its caller's return
+             * address is at sp+8 and the caller's sp is sp+16; callee-saved
+             * registers are as the frames below left them. Restart the
+             * DWARF walk from there. */
+            static const struct {
+                int unw, ours;
+            } keep[] = {{UNW_X86_64_RBX, TB_UREG_BX}, {UNW_X86_64_RBP, TB_UREG_BP},
+                        {UNW_X86_64_R12, TB_UREG_R12}, {UNW_X86_64_R13, TB_UREG_R13},
+                        {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
+            unw_word_t sp = 0, v = 0, ret = 0;
+            if (lu.get_reg(&cur, UNW_REG_SP, &sp) < 0 || access_mem(u->as, sp + 8, &ret, 0, &c) < 0) {
+                *failed = 1;
+                break;
+            }
+            for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+                if (lu.get_reg(&cur, keep[k].unw, &v) == 0)
+                    regs[keep[k].ours] = v;
+            regs[TB_UREG_SP] = sp + 16;
+            regs[TB_UREG_IP] = ret;
+            if (ret == 0)
+                break;
+            ips[n++] = ret;
+            if (lu.init_remote(&cur, u->as, &c) < 0) {
+                *failed = 1;
+                break;
+            }
+        }
     }
     return n;
 }

@@ -1,0 +1,65 @@
+"""cpu_split_py.py - a Python program with a known split of CPU time between
+two Python functions, for the CPU sampler's accuracy test (CPython 3.12+ with
+its perf trampoline on: PYTHONPERFSUPPORT=1, or activated here).
+
+burn_a and burn_b run the same loop body; the main loop calls burn_a for 6
+units and burn_b for 4, so 60% of the time is in burn_a. The capture runs
+through the tbprof C API (ctypes; no-op without the preload).
+Prints "capture BEGIN_NS END_NS" and "pid PID"."""
+
+import ctypes
+import sys
+import time
+
+UNIT = 2000
+
+
+def burn_a(n):
+    x = 0.0
+    for _ in range(n):
+        x = x * 1.0000001 + 1.0
+    return x
+
+
+def burn_b(n):
+    x = 0.0
+    for _ in range(n):
+        x = x * 1.0000001 + 2.0
+    return x
+
+
+def work(seconds):
+    end = time.monotonic() + seconds
+    rounds = 0
+    while time.monotonic() < end:
+        burn_a(6 * UNIT)
+        burn_b(4 * UNIT)
+        rounds += 1
+    return rounds
+
+
+def main():
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 1.5
+    if hasattr(sys, "activate_stack_trampoline") and not sys.is_stack_trampoline_active():
+        sys.activate_stack_trampoline("perf")
+    lib = ctypes.CDLL(None)
+    start = getattr(lib, "tbprof_start", None)
+    stop = getattr(lib, "tbprof_stop", None)
+    if start:
+        start.argtypes = [ctypes.c_int64]
+    work(0.05)  # warm up: the trampolines of these functions exist before the capture
+    begin = time.time_ns()
+    if start:
+        start(0)
+    rounds = work(seconds)
+    end = time.time_ns()
+    if stop:
+        stop()
+    print("capture %d %d" % (begin, end))
+    print("rounds %d" % rounds)
+    print("pid %d" % __import__("os").getpid())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""CPU sampling of a Python program under LD_PRELOAD (CPython 3.12+ from
+pyenv, perf trampoline on): tests/e2e/progs/cpu_split_py.py spends 60% of its
+time in the Python function burn_a and 40% in burn_b. Samples must carry
+Python frames (`py::burn_a:<file>` from /tmp/perf-<pid>.map), with the
+callers found through the trampolines (py::work and py::main above them),
+and give the split back within 5 points. Skipped (with the reason) without a
+CPython >= 3.12, under TSan, or where perf_event_open is refused."""
+
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+import cpusamples  # noqa: E402
+
+PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split_py.py")
+
+
+def find_python():
+    """A CPython >= 3.12 (its perf trampoline writes /tmp/perf-<pid>.map)."""
+    cands = [os.environ.get("TBPROF_TEST_PY312", "")]
+    root = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    cands += sorted(glob.glob(os.path.join(root, "versions", "3.1[2-9]*", "bin", "python3")))
+    cands += ["/usr/bin/python3.12", "/usr/bin/python3.13"]
+    for c in cands:
+        if c and os.path.exists(c):
+            return c
+    return None
+
+
+class CpuPython(tbtest.TestCase):
+    def setUp(self):
+        super().setUp()
+        tbtest.skip_if_python_unsupported(self)
+        why = cpusamples.perf_refused_reason()
+        if why:
+            print("skip: " + why)
+            self.skipTest(why)
+        self.python = find_python()
+        if not self.python:
+            print("skip: no CPython >= 3.12 found (pyenv versions 3.12+)")
+            self.skipTest("no CPython >= 3.12")
+        self.maps = []
+
+    def tearDown(self):
+        for m in self.maps:
+            try:
+                os.unlink(m)
+            except OSError:
+                pass
+        super().tearDown()
+
+    def run_split(self, mode):
+        env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
+        env["PYTHONPERFSUPPORT"] = "1"
+        p = tbtest.run([self.python, PROG, "1.5"], env=env, timeout=120)
+        self.assertExitedOk(p)
+        pid = int([l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")][0])
+        self.maps.append("/tmp/perf-%d.map" % pid)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        return tbtest.load(files[0]), pid
+
+    def test_python_split_dwarf(self):
+        prof, pid = self.run_split("dwarf")
+        st = prof.host.stats
+        n = st.get("tbprof_cpu_samples", 0)
+        self.assertGreater(n, 300, st)
+        main = prof.host.line(pid)
+        self.assertIsNotNone(main, "no line for the main thread")
+        c = cpusamples.counts([main])
+        by_func = {}
+        for name, (s, t) in c.items():
+            if name.startswith("py::"):
+                func = name[4:].split(":", 1)[0]
+                self.assertTrue(name.endswith(":" + PROG), name)
+                by_func[func] = by_func.get(func, 0) + t
+        a, b = by_func.get("burn_a", 0), by_func.get("burn_b", 0)
+        self.assertGreater(a + b, n * 0.5, by_func)
+        share = a / (a + b)
+        print("python: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth 60%%)" % (n, a, b, share * 100))
+        self.assertAlmostEqual(share, 0.60, delta=0.05)
+        # the walk goes through the trampolines: burn_a under work under main
+        under = 0
+        for e, anc in cpusamples.walk(main):
+            if e.name.startswith("py::burn_a:"):
+                pys = [x.name[4:].split(":", 1)[0] for x in anc if x.name.startswith("py::")]
+                if pys[-2:] == ["main", "work"]:
+                    under += e.stats["samples"]
+        self.assertGreater(under, a * 0.9, "py::burn_a under py::main/py::work in %d of %d samples" % (under, a))
+        self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
+
+
+if __name__ == "__main__":
+    tbtest.main()
