@@ -672,3 +672,14 @@ API int tbfake_cupti_tid_type(void)
     return -1;
 #endif
 }
+
+/* unloaded by a test (dlclose) or at exit: give the script memory back */
+__attribute__((destructor)) static void fake_fini(void)
+{
+    free(recs);
+    recs = NULL;
+    nrecs = caprecs = 0;
+    for (size_t i = 0; i < nnames; i++)
+        free(names[i]);
+    nnames = 0;
+}
