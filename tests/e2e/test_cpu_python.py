@@ -54,7 +54,7 @@ class CpuPython(tbtest.TestCase):
     def run_split(self, mode):
         env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
         env["PYTHONPERFSUPPORT"] = "1"
-        p = tbtest.run([self.python, PROG, "1.5"], env=env, timeout=120)
+        p = tbtest.run([self.python, PROG, "2.0"], env=env, timeout=120)
         self.assertExitedOk(p)
         pid = int([l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")][0])
         self.maps.append("/tmp/perf-%d.map" % pid)

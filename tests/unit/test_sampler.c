@@ -37,7 +37,7 @@ __attribute__((noinline, noipa)) static void store(double x) { sink = x; }
 __attribute__((noinline, noipa)) static void burn_a(long iters) { BURN_BODY(1.0) }
 __attribute__((noinline, noipa)) static void burn_b(long iters) { BURN_BODY(2.0) }
 
-#define UNIT 20000 /* iterations per unit; a round is 6 units of a, 4 of b */
+#define UNIT 100000 /* a round (10 units) lasts a few ms: longer than the sampling period */
 
 __attribute__((noinline, noipa)) static void *worker(void *arg)
 {

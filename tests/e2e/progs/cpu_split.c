@@ -40,7 +40,7 @@ __attribute__((noinline, noipa)) void store_result(double x) { sink = x; }
 __attribute__((noinline, noipa)) void burn_a(long iters) { BURN_BODY(1.0) }
 __attribute__((noinline, noipa)) void burn_b(long iters) { BURN_BODY(2.0) }
 
-#define UNIT 20000
+#define UNIT 100000 /* a round of 10 units is a few ms: longer than the sampling period, no aliasing */
 
 typedef struct wargs {
     atomic_int stop;

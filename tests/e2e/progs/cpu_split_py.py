@@ -11,7 +11,7 @@ import ctypes
 import sys
 import time
 
-UNIT = 2000
+UNIT = 20000  # a round (10 units) lasts ~10 ms: far from the sampling period, no aliasing
 
 
 def burn_a(n):
