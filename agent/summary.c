@@ -517,7 +517,7 @@ static int add_warning(tb_summary *sum, size_t *cap, const char *w)
 
 static int scan_plane_stats(tb_summary *sum, tb_space *s)
 {
-    size_t cap_w = 0, cap_c = 0;
+    size_t cap_w = 0, cap_c = 0, cap_i = 0, cap_iv = 0;
     for (size_t i = 0; i < s->nwarnings; i++)
         if (add_warning(sum, &cap_w, s->warnings[i]) < 0)
             return -ENOMEM;
@@ -535,6 +535,13 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
             int64_t v;
             if (strcmp(n, TB_ST_TRIGGER) == 0) {
                 sum->trigger = str;
+            } else if (str && !strstr(n, "reason")) {
+                /* settings such as tbprof_cpu_mode: facts, not warnings */
+                if (GROW(sum->infos, cap_i, sum->ninfos + 1) < 0 ||
+                    GROW(sum->info_values, cap_iv, sum->ninfos + 1) < 0)
+                    return -ENOMEM;
+                sum->infos[sum->ninfos] = (tb_sum_counter){.plane = p->name, .name = n};
+                sum->info_values[sum->ninfos++] = str;
             } else if (str) {
                 /* reasons: "tbprof_gpu_off_reason" -> "GPU tracing off: ..." */
                 const char *what = strcmp(n, TB_ST_GPU_OFF_REASON) == 0   ? "GPU tracing off"
@@ -636,6 +643,8 @@ void tb_summary_free(tb_summary *sum)
     free(sum->kernels);
     free(sum->funcs);
     free(sum->counters);
+    free(sum->infos);
+    free(sum->info_values);
     for (size_t i = 0; i < sum->nwarnings; i++)
         free((char *)sum->warnings[i]);
     free(sum->warnings);

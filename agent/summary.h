@@ -96,6 +96,9 @@ typedef struct tb_summary {
     size_t ncounters;
     int64_t overhead_ns; /* tbprof_agent_overhead_ns; -1 when absent */
     const char *trigger; /* tbprof_trigger, or NULL */
+    tb_sum_counter *infos; /* other string tbprof_* stats (cpu mode, ...): */
+    const char **info_values; /* infos[i].name = info_values[i] */
+    size_t ninfos;
 
     const char **warnings; /* XSpace warnings and errors, *_off_reason stats */
     size_t nwarnings;

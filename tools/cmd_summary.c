@@ -78,6 +78,16 @@ static uint64_t drops_total(const tb_summary *m)
 
 /* ---- text ------------------------------------------------------------------ */
 
+/* Counters worth a line in the terminal: losses and sample/thread counts. */
+static int shown_counter(const char *n)
+{
+    static const char *const words[] = {"drop", "lost", "fail", "exhaust", "unsampled", "leak"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strstr(n, words[i]))
+            return 1;
+    return !strcmp(n, "tbprof_cpu_samples") || !strcmp(n, "tbprof_cpu_threads");
+}
+
 static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 {
     char b[64];
@@ -125,6 +135,9 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         printf(", trigger: %s", m->trigger);
     printf("; %zu GPU%s, %" PRIu64 " GPU events, %" PRIu64 " CPU samples\n", m->ngpus,
            m->ngpus == 1 ? "" : "s", m->gpu_events, m->cpu_samples);
+    for (size_t i = 0; i < m->ninfos; i++)
+        printf("%s%s %s%s", i ? ", " : "", m->infos[i].name + 7, m->info_values[i],
+               i + 1 == m->ninfos ? "\n" : "");
 
     /* steps */
     if (m->nsteps) {
@@ -219,6 +232,8 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     printf("\nCounters, drops and overhead:\n");
     int any = 0;
     for (size_t i = 0; i < m->ncounters; i++) {
+        if (!shown_counter(m->counters[i].name))
+            continue; /* settings and timestamps: in --json */
         printf("  %-34s %12" PRId64 "  (%s)\n", m->counters[i].name, m->counters[i].value,
                m->counters[i].plane);
         any = 1;
@@ -366,7 +381,15 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         jkv_i("value", m->counters[i].value, 1);
         printf("}");
     }
-    printf("],\"overhead_ns\":");
+    printf("],\"info\":{");
+    for (size_t i = 0; i < m->ninfos; i++) {
+        if (i)
+            printf(",");
+        tb_json_str(stdout, m->infos[i].name);
+        printf(":");
+        tb_json_str(stdout, m->info_values[i]);
+    }
+    printf("},\"overhead_ns\":");
     if (m->overhead_ns >= 0)
         printf("%" PRId64, m->overhead_ns);
     else

@@ -213,6 +213,7 @@ static void warnings_and_no_steps(void)
     tb_plane *h = tb_space_plane(s, "/host:CPU");
     tb_plane_stat_str(h, TB_ST_GPU_OFF_REASON, "libcupti.so not found"); /* said already */
     tb_plane_stat_str(h, TB_ST_CPU_OFF_REASON, "perf_event_open: Permission denied");
+    tb_plane_stat_str(h, "tbprof_cpu_mode", "stackcopy"); /* a setting, not a warning */
     tb_line *l = tb_plane_line(h, 7, "worker");
     ev(l, "work", 0, 5000, TB_CAT_USER);
     ev(l, "more", 8000, 2000, TB_CAT_USER);
@@ -231,6 +232,11 @@ static void warnings_and_no_steps(void)
         CHECK_STR(m.warnings[0], "GPU tracing off: libcupti.so not found");
         CHECK_STR(m.warnings[1], "profile truncated: buffer full");
         CHECK_STR(m.warnings[2], "CPU sampling off: perf_event_open: Permission denied");
+    }
+    CHECK_EQ_I(m.ninfos, 1);
+    if (m.ninfos == 1) {
+        CHECK_STR(m.infos[0].name, "tbprof_cpu_mode");
+        CHECK_STR(m.info_values[0], "stackcopy");
     }
     tb_summary_free(&m);
     tb_space_free(s);

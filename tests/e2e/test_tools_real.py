@@ -1,0 +1,100 @@
+"""test_tools_real.py - `tbprof summary`, `convert` and `flame` on profiles
+that the agent wrote for real programs under LD_PRELOAD: the steps.c loop
+(TBPROF_STEPS) and cpu_split.c (60% of CPU time in burn_a, 40% in burn_b).
+The figures the CLI prints are checked against the file decoded in Python
+(tbtest.load) and against what the programs did."""
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+import cpusamples  # noqa: E402
+
+CLI = tbtest.CLI
+
+
+def cli(*args):
+    return tbtest.run([CLI] + list(args), timeout=120)
+
+
+class RealProfiles(tbtest.TestCase):
+    def test_steps_loop(self):
+        p = tbtest.run([tbtest.prog("steps"), "-n", "20", "-m", "4"],
+                       env=tbtest.env(self.logdir, steps="5,14"), timeout=120)
+        self.assertExitedOk(p)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        prof = tbtest.load(files[0])
+        steps = prof.steps()
+        r = cli("summary", "--json", self.logdir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h = json.loads(r.stdout)["hosts"][0]
+        self.assertEqual(h["steps"]["count"], len(steps))
+        self.assertEqual([s["num"] for s in h["steps"]["list"]], [n for n, _, _ in steps])
+        self.assertEqual([s["dur_ns"] for s in h["steps"]["list"]], [e.dur_ns for _, e, _ in steps])
+        self.assertGreaterEqual(h["steps"]["min_ns"], 4000000)  # 4 ms of work each
+        self.assertEqual(h["gpus"], 0)
+        r = cli("summary", self.logdir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Steps: %d captured" % len(steps), r.stdout)
+        self.assertIn("trigger: ", r.stdout)
+
+    def test_cpu_split(self):
+        why = cpusamples.perf_refused_reason()
+        if why:
+            print("skip: " + why)
+            self.skipTest(why)
+        src = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split.c")
+        exe = cpusamples.build(src, os.path.join(self.tmp, "cpu_split"), ["-fno-omit-frame-pointer"])
+        p = tbtest.run([exe, "-t", "2", "-m", "1200"],
+                       env=tbtest.env(self.logdir, cpu="on", cpu_hz=1000, cpu_mode="fp"), timeout=120)
+        self.assertExitedOk(p)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        prof = tbtest.load(files[0])
+        # independent count: the self_samples of every span in the file
+        lines = cpusamples.sampled_lines(prof)
+        selfs = sum(e.stats.get("self_samples", 0) for ln in lines for e in ln.events)
+        self.assertGreater(selfs, 200)
+
+        r = cli("summary", "--json", "--top", "1000", files[0])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h = json.loads(r.stdout)["hosts"][0]
+        self.assertEqual(h["cpu"]["samples"], selfs)
+        funcs = {f["name"]: f for f in h["cpu"]["functions"]}
+        self.assertEqual(sum(f["self"] for f in funcs.values()), selfs)
+        a, b = funcs["burn_a"]["self"], funcs["burn_b"]["self"]
+        print("burn_a %d, burn_b %d: %.1f%% (truth 60%%)" % (a, b, 100.0 * a / (a + b)))
+        self.assertAlmostEqual(a / (a + b), 0.60, delta=0.06)
+        folded = os.path.join(self.tmp, "cpu.folded")
+        r = cli("convert", files[0], "--to", folded)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(folded, encoding="utf-8") as f:
+            rows = [ln.rsplit(" ", 1) for ln in f.read().splitlines()]
+        self.assertEqual(sum(int(n) for _, n in rows), selfs)
+        self.assertTrue(any(s.endswith(";worker;burn_a") for s, _ in rows), rows[:5])
+        # summary's "total" of a function = samples of the stacks that hold it
+        under_worker = sum(int(n) for s, n in rows if "worker" in s.split(";")[1:])
+        self.assertEqual(funcs["worker"]["total"], under_worker)
+        self.assertEqual(funcs["burn_a"]["self"],
+                         sum(int(n) for s, n in rows if s.split(";")[-1] == "burn_a"))
+
+        ss = os.path.join(self.tmp, "cpu.speedscope.json")
+        r = cli("convert", files[0], "--to", ss)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(ss, encoding="utf-8") as f:
+            js = json.load(f)
+        self.assertEqual(sum(sum(pr["weights"]) for pr in js["profiles"]), selfs)
+
+        svg = os.path.join(self.tmp, "cpu.svg")
+        r = cli("flame", files[0], "-o", svg)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        root = ET.parse(svg).getroot()
+        titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
+        self.assertIn("all (%d samples, 100.00%%; self 0)" % selfs, titles)
+        self.assertTrue(any(t.startswith("burn_a (") for t in titles))
+
+
+if __name__ == "__main__":
+    tbtest.main()
