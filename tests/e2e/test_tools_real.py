@@ -95,6 +95,40 @@ class RealProfiles(tbtest.TestCase):
         self.assertIn("all (%d samples, 100.00%%; self 0)" % selfs, titles)
         self.assertTrue(any(t.startswith("burn_a (") for t in titles))
 
+    def test_gpu_through_fake_cupti(self):
+        """Kernels, copies and busy time from the scripted fake libcupti
+        (CUPTI builds only): the figures are the script's."""
+        import test_gpu_fake as gf
+        if not tbtest.WITH_CUPTI or not os.path.exists(gf.FAKE):
+            print("skip: GPU tracing not built (no fake libcupti)")
+            self.skipTest("GPU tracing not built")
+        script = os.path.join(self.tmp, "script")
+        with open(script, "w") as f:
+            f.write(gf.SCRIPT)
+        e = tbtest.env(self.logdir, gpu="on", cupti_path=gf.FAKE)
+        e["TBFAKE_CUPTI_SCRIPT"] = script
+        e["TBFAKE_CUPTI_REPORT"] = os.path.join(self.tmp, "report")
+        e["TBFAKE_CUPTI_SHIFT_US"] = "5000"
+        p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "20", "-a", "1,6"], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        r = cli("summary", "--json", files[0])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h = json.loads(r.stdout)["hosts"][0]
+        self.assertEqual(h["gpus"], 1)
+        self.assertEqual(h["gpu_events"], 6)
+        k = {x["name"]: x for x in h["kernels"]["top"]}
+        self.assertEqual((k["relu_kernel"]["count"], k["relu_kernel"]["total_ns"]), (2, 39000))
+        self.assertEqual((k["sgemm_128x64"]["count"], k["sgemm_128x64"]["total_ns"]), (1, 100000))
+        self.assertIsNotNone(k["relu_kernel"]["occ_pct"])
+        c = h["copies"]
+        self.assertEqual((c["H2D"]["bytes"], c["H2D"]["total_ns"]), (1048576, 98000))
+        self.assertEqual((c["D2H"]["bytes"], c["D2H"]["total_ns"]), (4096, 10000))
+        self.assertEqual(h["memsets"], {"count": 1, "total_ns": 2000})
+        # the script's intervals do not overlap: busy = their sum
+        self.assertEqual(h["gpu"]["busy_ns"], 20000 + 19000 + 100000 + 98000 + 10000 + 2000)
+        self.assertLessEqual(sum(s["gpu_busy_ns"] for s in h["steps"]["list"]), h["gpu"]["busy_ns"])
+
 
 if __name__ == "__main__":
     tbtest.main()
