@@ -1,7 +1,7 @@
 /* cpu_split.c - threads with a known split of CPU time between two named
  * functions, for the CPU sampler's accuracy tests.
  *
- *   cpu_split [-t THREADS] [-m CAPTURE_MS] [-l LATE_FROM_MS,LATE_TO_MS] [-n]
+ *   cpu_split [-t THREADS] [-m CAPTURE_MS] [-l LATE_FROM_MS,LATE_TO_MS] [-n] [-w ROUNDS]
  *
  * Every worker loops over burn_a(6 units) then burn_b(4 units): the two run
  * the same loop body, so 60% of the workers' CPU time is in burn_a and 40% in
@@ -9,7 +9,8 @@
  * and ends at LATE_TO_MS. The capture runs through the tbprof C API (no-op
  * without the preload). Prints "worker TID", "late TID", "capture BEGIN_NS
  * END_NS" (epoch ns) and "profile PATH". -n: no capture (for benchmarks,
- * then -m is the run time).
+ * then -m is the run time). -w: fixed work instead of fixed time (each
+ * worker does ROUNDS rounds, the capture spans them; for benchmarks).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -42,6 +43,8 @@ __attribute__((noinline, noipa)) void burn_b(long iters) { BURN_BODY(2.0) }
 
 #define UNIT 100000 /* a round of 10 units is a few ms: longer than the sampling period, no aliasing */
 
+static long fixed_rounds; /* -w */
+
 typedef struct wargs {
     atomic_int stop;
     const char *name;
@@ -53,7 +56,9 @@ __attribute__((noinline, noipa)) void *worker(void *arg)
     wargs *w = arg;
     pthread_setname_np(pthread_self(), w->name);
     atomic_store(&w->tid, (int)syscall(SYS_gettid));
-    while (!atomic_load(&stop_all) && !atomic_load(&w->stop)) {
+    for (long r = 0; !atomic_load(&stop_all) && !atomic_load(&w->stop); r++) {
+        if (fixed_rounds && r >= fixed_rounds)
+            break;
         burn_a(6 * UNIT);
         burn_b(4 * UNIT);
     }
@@ -76,7 +81,7 @@ static void sleep_ms(int ms)
 int main(int argc, char **argv)
 {
     int nthreads = 3, ms = 1500, late_from = 300, late_to = 900, capture = 1, opt;
-    while ((opt = getopt(argc, argv, "t:m:l:n")) != -1) {
+    while ((opt = getopt(argc, argv, "t:m:l:nw:")) != -1) {
         switch (opt) {
         case 't': nthreads = atoi(optarg); break;
         case 'm': ms = atoi(optarg); break;
@@ -85,6 +90,7 @@ int main(int argc, char **argv)
                 return 2;
             break;
         case 'n': capture = 0; break;
+        case 'w': fixed_rounds = atol(optarg); break;
         default:
             fprintf(stderr, "usage: cpu_split [-t N] [-m MS] [-l FROM,TO] [-n]\n");
             return 2;
@@ -108,6 +114,15 @@ int main(int argc, char **argv)
     int late_started = 0, late_done = 0;
     wargs late = {.name = "late"};
     pthread_t late_th;
+    if (fixed_rounds) {
+        for (int i = 0; i < nthreads; i++)
+            pthread_join(th[i], NULL);
+        int64_t end = now_ns(CLOCK_REALTIME);
+        if (capture)
+            tb_stop();
+        printf("work_ns %lld\n", (long long)(end - begin));
+        return 0;
+    }
     for (int t = 0; t < ms; t += 5) {
         if (!late_started && late_from >= 0 && t >= late_from) {
             pthread_create(&late_th, NULL, worker, &late);
