@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,7 +78,7 @@ static struct {
     int thread_running;
     pthread_t thread;
     pid_t agent_tid;
-    int wake_fd[2], sig_fd[2], listen_fd;
+    int wake_fd[2], listen_fd; /* wake_fd: wake-ups and signal bytes, one pipe */
     struct src src[MAX_SOURCES];
     int nsrc;
     size_t nrec;
@@ -93,7 +94,6 @@ static struct {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER,
     .wake_fd = {-1, -1},
-    .sig_fd = {-1, -1},
     .listen_fd = -1,
 };
 
@@ -806,6 +806,8 @@ static void machine(void)
 
 static void on_signal_byte(char b)
 {
+    if (b != 'T' && b != 'S')
+        return; /* 'w': a plain wake-up */
     pthread_mutex_lock(&g.lock);
     if (b == 'T') {
         if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING || g.state == TB_STATE_WRITING) {
@@ -859,23 +861,21 @@ static void *agent_main(void *arg)
 {
     (void)arg;
     g.agent_tid = tb_gettid();
+    prctl(PR_SET_NAME, "tbprof-agent"); /* no /proc write: cheaper at start-up */
     for (;;) {
         pthread_mutex_lock(&g.lock);
         int timeout = compute_timeout(tb_mono_ns());
         pthread_mutex_unlock(&g.lock);
-        struct pollfd fds[3];
+        struct pollfd fds[2];
         int n = 0;
         fds[n++] = (struct pollfd){.fd = g.wake_fd[0], .events = POLLIN};
-        fds[n++] = (struct pollfd){.fd = g.sig_fd[0], .events = POLLIN};
         if (g.listen_fd >= 0)
             fds[n++] = (struct pollfd){.fd = g.listen_fd, .events = POLLIN};
         int r = poll(fds, (nfds_t)n, timeout);
         if (r > 0) {
             if (fds[0].revents)
-                drain(g.wake_fd[0], NULL);
-            if (fds[1].revents)
-                drain(g.sig_fd[0], on_signal_byte);
-            if (n > 2 && fds[2].revents)
+                drain(g.wake_fd[0], on_signal_byte);
+            if (n > 1 && fds[1].revents)
                 tb_ctl_serve(g.listen_fd, tb_agent_control);
         }
         machine();
@@ -903,18 +903,19 @@ static int ensure_thread(void)
     int rc = 0;
     if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd)) < 0)
         goto fail;
-    if (g.sig_fd[0] < 0 && (rc = make_pipe(g.sig_fd)) < 0)
-        goto fail;
-    sig_fd_w = g.sig_fd[1];
+    sig_fd_w = g.wake_fd[1];
     /* the agent thread takes no signals: they stay the job's */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = -pthread_create(&g.thread, NULL, agent_main, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 2 << 20); /* unwinding and writing need some, not 8 MB */
+    rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
+    pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc < 0)
         goto fail;
-    pthread_setname_np(g.thread, "tbprof-agent");
     pthread_detach(g.thread);
     g.thread_running = 1;
     pthread_mutex_unlock(&g.lock);
@@ -1162,7 +1163,7 @@ void tb_agent_fork_child(void)
     pthread_mutex_init(&g.lock, NULL);
     pthread_cond_init(&g.cond, NULL);
     sig_fd_w = -1;
-    int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.sig_fd[0], &g.sig_fd[1], &g.listen_fd};
+    int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.listen_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0) {
             close(*fds[i]);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# tools/demo.sh [LOGDIR]: set up, build, profile a demo workload, show what
+# was captured. Runs tests/e2e/progs/steps.c (a training-loop stand-in: steps
+# of compute + malloc, two worker threads) under `tbprof run --steps 3,5`,
+# then a Python loop through the tbprof helper (when python3 is there), then
+# `tbprof ls` and `tbprof dump` on what was written. LOGDIR defaults to ./logs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${TBPROF_DEMO_BUILD:-$root/build}
+logdir=${1:-logs}
+echo "== setup (apt packages, if missing)"
+bash "$root/tools/setup.sh"
+echo "== build ($build)"
+bash "$root/tools/build.sh" "$build"
+tbprof=$build/bin/tbprof
+gpu=--no-gpu
+[ -e /dev/nvidiactl ] && gpu=--gpu
+echo "== C workload: steps 3..5 of 10 (tbprof run --steps 3,5)"
+"$tbprof" run --steps 3,5 --logdir "$logdir" --run demo_c "$gpu" -- "$build/progs/steps" -n 10 -m 20 -t 2
+if command -v python3 >/dev/null; then
+  echo "== Python workload: tbprof.step() in a loop, steps 3..5"
+  "$tbprof" run --steps 3,5 --logdir "$logdir" --run demo_python "$gpu" -- python3 -c '
+import tbprof
+def work():
+    return sum(i * i for i in range(200000))
+for i in range(10):
+    tbprof.step()
+    work()
+print("python demo: 10 steps")'
+fi
+echo "== tbprof ls $logdir"
+"$tbprof" ls "$logdir"
+first=$(find "$logdir/plugins/profile/demo_c" -name '*.xplane.pb' | sort | head -n1)
+echo "== tbprof dump $first"
+"$tbprof" dump "$first"
+echo
+echo "Open it in TensorBoard: tensorboard --logdir $logdir  (Profile tab)"
