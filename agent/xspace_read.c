@@ -320,6 +320,9 @@ static int add_line(plane_maps *pm, const XLine *xl)
         tb_event *e = &l->events[l->nevents];
         e->start_ns = (int64_t)((uint64_t)xl->timestamp_ns + (uint64_t)off_ns);
         e->dur_ns = xe->duration_ps > 0 ? xe->duration_ps / 1000 : 0;
+        /* keep start + dur representable: the model's users add them */
+        if (e->start_ns > 0 && e->dur_ns > INT64_MAX - e->start_ns)
+            e->dur_ns = INT64_MAX - e->start_ns;
         e->meta = (uint32_t)m;
         e->nstats = 0;
         e->stats_at = l->nstats;

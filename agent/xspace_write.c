@@ -84,15 +84,19 @@ static int64_t line_ts(const tb_line *l)
     return l->nevents ? l->events[0].start_ns : 0;
 }
 
+/* Latest end minus first start; wraps instead of overflowing on absurd
+ * times (a fuzzed file read back), never undefined behaviour. */
 static int64_t line_span_ns(const tb_line *l)
 {
-    int64_t end = INT64_MIN;
+    if (!l->nevents)
+        return 0;
+    uint64_t first = (uint64_t)l->events[0].start_ns, span = 0;
     for (size_t i = 0; i < l->nevents; i++) {
-        int64_t e = l->events[i].start_ns + l->events[i].dur_ns;
-        if (e > end)
-            end = e;
+        uint64_t e = (uint64_t)l->events[i].start_ns - first + (uint64_t)l->events[i].dur_ns;
+        if (e > span && e <= (uint64_t)INT64_MAX)
+            span = e;
     }
-    return l->nevents ? end - l->events[0].start_ns : 0;
+    return (int64_t)span;
 }
 
 /* Line message size, given its events' total and span computed once. */

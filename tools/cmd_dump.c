@@ -57,6 +57,13 @@ static void print_stat_value(FILE *f, const tb_plane *p, const tb_stat *st, int 
     }
 }
 
+/* e - b without overflow (absurd times in a damaged file) */
+static long long span_of(int64_t b, int64_t e)
+{
+    uint64_t d = (uint64_t)e - (uint64_t)b;
+    return d > (uint64_t)INT64_MAX ? INT64_MAX : (long long)d;
+}
+
 static void line_span(const tb_line *l, int64_t *b, int64_t *e)
 {
     *b = INT64_MAX;
@@ -91,7 +98,7 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
             const tb_event *e = &l->events[k];
             uint32_t m = e->meta < p->nevent_meta ? e->meta : 0;
             a[m].count++;
-            a[m].total_ns += e->dur_ns;
+            a[m].total_ns = e->dur_ns > INT64_MAX - a[m].total_ns ? INT64_MAX : a[m].total_ns + e->dur_ns;
         }
         for (size_t k = 0; k < l->nstats; k++)
             if (l->stats[k].meta < p->nstat_meta)
@@ -146,7 +153,7 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
             line_span(l, &b, &e);
             fprintf(f, "    line %" PRId64 " %s%s%s%s: %zu events, %s\n", l->id, l->name,
                     l->display_name ? " (" : "", l->display_name ? l->display_name : "",
-                    l->display_name ? ")" : "", l->nevents, rr_fmt_dur(e - b, d1, sizeof(d1)));
+                    l->display_name ? ")" : "", l->nevents, rr_fmt_dur(span_of(b, e), d1, sizeof(d1)));
         }
     }
 
@@ -218,8 +225,8 @@ static int dump_space(FILE *f, const char *path, long long bytes, tb_space *s, i
         fputs("{\"file\":", f);
         rr_json_str(f, path);
         fprintf(f, ",\"bytes\":%lld,\"events\":%zu,\"begin_ns\":%" PRId64 ",\"end_ns\":%" PRId64
-                   ",\"span_ns\":%" PRId64,
-                bytes, n, b, e, e - b);
+                   ",\"span_ns\":%lld",
+                bytes, n, b, e, span_of(b, e));
         json_strv(f, "hostnames", s->hostnames, s->nhostnames);
         json_strv(f, "warnings", s->warnings, s->nwarnings);
         json_strv(f, "errors", s->errors, s->nerrors);
@@ -235,7 +242,7 @@ static int dump_space(FILE *f, const char *path, long long bytes, tb_space *s, i
     fprintf(f, "%s (%lld bytes)\n", path, bytes);
     for (size_t i = 0; i < s->nhostnames; i++)
         fprintf(f, "  hostname: %s\n", s->hostnames[i]);
-    fprintf(f, "  %zu planes, %zu events, span %s", s->nplanes, n, rr_fmt_dur(e - b, d, sizeof(d)));
+    fprintf(f, "  %zu planes, %zu events, span %s", s->nplanes, n, rr_fmt_dur(span_of(b, e), d, sizeof(d)));
     if (n)
         fprintf(f, " (from %" PRId64 " to %" PRId64 " ns since the epoch)", b, e);
     fputc('\n', f);

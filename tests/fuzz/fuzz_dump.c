@@ -175,6 +175,9 @@ int main(int argc, char **argv)
         } else {
             decoded++;
             size_t n = tb_space_event_count(sp);
+            int64_t b0, e0;
+            tb_space_span(sp, &b0, &e0);
+            EXPECT(b0 <= e0, "span %lld..%lld", (long long)b0, (long long)e0);
             tb_buf b = {0}, j = {0};
             EXPECT(tb_xspace_encode(sp, &b) == 0, "re-encode failed");
             tb_space *again = NULL;

@@ -447,8 +447,84 @@ static void test_stream(void)
     tb_space_free(s);
 }
 
+/* A foreign file with absurd times (packed by protobuf-c, not by us): the
+ * model keeps start + dur representable, and every user of it runs without
+ * overflow (UBSan builds trap on signed overflow). */
+static void test_absurd_times(void)
+{
+    Tensorflow__Profiler__XStatMetadata sm = TENSORFLOW__PROFILER__XSTAT_METADATA__INIT;
+    sm.id = 5;
+    sm.name = "s";
+    Tensorflow__Profiler__XPlane__StatMetadataEntry sme = TENSORFLOW__PROFILER__XPLANE__STAT_METADATA_ENTRY__INIT;
+    sme.key = 5;
+    sme.value = &sm;
+    Tensorflow__Profiler__XPlane__StatMetadataEntry *smes[] = {&sme};
+    XStat st = TENSORFLOW__PROFILER__XSTAT__INIT;
+    st.metadata_id = 99; /* unknown: becomes "#99" */
+    st.value_case = TENSORFLOW__PROFILER__XSTAT__VALUE_REF_VALUE;
+    st.ref_value = 12345; /* unknown ref */
+    XStat *sts[] = {&st};
+    XEvent e1 = TENSORFLOW__PROFILER__XEVENT__INIT, e2 = TENSORFLOW__PROFILER__XEVENT__INIT;
+    e1.metadata_id = 7; /* no metadata at all */
+    e1.data_case = TENSORFLOW__PROFILER__XEVENT__DATA_OFFSET_PS;
+    e1.offset_ps = INT64_MAX;
+    e1.duration_ps = INT64_MAX;
+    e1.n_stats = 1;
+    e1.stats = sts;
+    e2.metadata_id = 7;
+    e2.data_case = TENSORFLOW__PROFILER__XEVENT__DATA_OFFSET_PS;
+    e2.offset_ps = INT64_MIN;
+    e2.duration_ps = -5;
+    XEvent *evs[] = {&e1, &e2};
+    XLine line = TENSORFLOW__PROFILER__XLINE__INIT;
+    line.id = -1;
+    line.timestamp_ns = INT64_MAX - 10;
+    line.n_events = 2;
+    line.events = evs;
+    XLine line2 = line;
+    line2.timestamp_ns = INT64_MIN;
+    XLine *lines[] = {&line, &line2};
+    XPlane plane = TENSORFLOW__PROFILER__XPLANE__INIT;
+    plane.id = 12;
+    plane.name = "/device:GPU:3";
+    plane.n_lines = 2;
+    plane.lines = lines;
+    plane.n_stat_metadata = 1;
+    plane.stat_metadata = smes;
+    XPlane *planes[] = {&plane};
+    XSpace x = TENSORFLOW__PROFILER__XSPACE__INIT;
+    x.n_planes = 1;
+    x.planes = planes;
+    size_t len = tensorflow__profiler__xspace__get_packed_size(&x);
+    uint8_t *buf = malloc(len);
+    tensorflow__profiler__xspace__pack(&x, buf);
+    tb_space *s = NULL;
+    char err[128];
+    CHECK_EQ_I(tb_xspace_decode(buf, len, &s, err, sizeof(err)), 0);
+    free(buf);
+    if (!s)
+        return;
+    CHECK_EQ_I(s->planes[0]->id, 12);
+    CHECK_EQ_I(tb_space_event_count(s), 4);
+    CHECK_STR(tb_plane_event_name(s->planes[0], s->planes[0]->lines[0]->events[0].meta), "#7");
+    int64_t b, e;
+    tb_space_span(s, &b, &e);
+    CHECK(b <= e);
+    tb_buf pb = {0}, js = {0};
+    CHECK_EQ_I(tb_xspace_encode(s, &pb), 0);
+    CHECK_EQ_I(tb_chrome_encode(s, &js), 0);
+    tb_space *t = NULL;
+    CHECK_EQ_I(tb_xspace_decode(pb.data, pb.len, &t, err, sizeof(err)), 0);
+    CHECK_EQ_I(t ? tb_space_event_count(t) : 0, 4);
+    tb_space_free(t);
+    tb_buf_free(&pb);
+    tb_buf_free(&js);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_absurd_times();
     test_stream();
     test_round_trip();
     test_read_file_errors();
