@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,6 +412,57 @@ out:
     return r;
 }
 
+/* ---- arena for protobuf-c's unpack: one bump allocator, freed at once --------------- */
+
+/* unpack allocates every message and array separately (five or more per
+ * event); a bump arena makes that a pointer increment and the final free a
+ * walk over a few large blocks. */
+typedef struct arena_block {
+    struct arena_block *next;
+    size_t used, cap;
+    max_align_t data[];
+} arena_block;
+
+typedef struct arena {
+    arena_block *head;
+} arena;
+
+static void *arena_alloc(void *ctx, size_t size)
+{
+    arena *a = ctx;
+    size = (size + 15) & ~(size_t)15;
+    arena_block *b = a->head;
+    if (!b || b->cap - b->used < size) {
+        size_t cap = size > (1u << 20) ? size : (1u << 20);
+        arena_block *nb = malloc(sizeof(*nb) + cap);
+        if (!nb)
+            return NULL;
+        nb->used = 0;
+        nb->cap = cap;
+        nb->next = a->head;
+        a->head = nb;
+        b = nb;
+    }
+    void *p = (char *)b->data + b->used;
+    b->used += size;
+    return p;
+}
+
+static void arena_free_one(void *ctx, void *p)
+{
+    (void)ctx;
+    (void)p; /* everything goes at once in arena_release */
+}
+
+static void arena_release(arena *a)
+{
+    while (a->head) {
+        arena_block *n = a->head->next;
+        free(a->head);
+        a->head = n;
+    }
+}
+
 int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -425,25 +477,28 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
     int r = check_framing(data, len, err, errlen);
     if (r < 0)
         return r;
-    XSpace *x = tensorflow__profiler__xspace__unpack(NULL, len, data);
+    arena ar = {0};
+    ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free_one, .allocator_data = &ar};
+    XSpace *x = tensorflow__profiler__xspace__unpack(&alloc, len, data);
     if (!x) {
+        arena_release(&ar);
         seterr(err, errlen, "not an XSpace: protobuf decoding failed");
         return -EBADMSG;
     }
     if (!x->n_planes && !x->n_warnings && !x->n_errors) {
         seterr(err, errlen, "not an XSpace: no planes");
-        tensorflow__profiler__xspace__free_unpacked(x, NULL);
+        arena_release(&ar);
         return -EBADMSG;
     }
     for (size_t i = 0; i < x->n_planes; i++)
         if (!x->planes[i]->name || !*x->planes[i]->name) {
             seterr(err, errlen, "not an XSpace: plane %zu has no name", i);
-            tensorflow__profiler__xspace__free_unpacked(x, NULL);
+            arena_release(&ar);
             return -EBADMSG;
         }
     tb_space *s = tb_space_new();
     if (!s) {
-        tensorflow__profiler__xspace__free_unpacked(x, NULL);
+        arena_release(&ar);
         seterr(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -456,7 +511,7 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
         r = tb_space_add_warning(s, x->warnings[i] ? x->warnings[i] : "");
     for (size_t i = 0; i < x->n_errors && r == 0; i++)
         r = tb_space_add_error(s, x->errors[i] ? x->errors[i] : "");
-    tensorflow__profiler__xspace__free_unpacked(x, NULL);
+    arena_release(&ar);
     if (r < 0) {
         tb_space_free(s);
         seterr(err, errlen, "out of memory");
