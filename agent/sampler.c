@@ -454,7 +454,8 @@ static int rescan(cpu_ctx *c, int *opened)
     DIR *d = opendir("/proc/self/task");
     if (!d)
         return 0;
-    qsort(c->threads, c->nthreads, sizeof(*c->threads), tid_cmp);
+    if (c->nthreads > 1)
+        qsort(c->threads, c->nthreads, sizeof(*c->threads), tid_cmp);
     size_t known = c->nthreads;
     for (size_t i = 0; i < known; i++)
         c->threads[i].seen = 0;
@@ -464,7 +465,7 @@ static int rescan(cpu_ctx *c, int *opened)
             continue;
         int tid = atoi(e->d_name);
         cpu_thread key = {.tid = tid};
-        cpu_thread *th = bsearch(&key, c->threads, known, sizeof(*c->threads), tid_cmp);
+        cpu_thread *th = known ? bsearch(&key, c->threads, known, sizeof(*c->threads), tid_cmp) : NULL;
         if (th) {
             th->seen = 1;
             if (th->name_reads < 3) { /* catch pthread_setname_np right after start */
@@ -732,7 +733,8 @@ static int pending_cmp(const void *a, const void *b)
 
 static void flush_thread(collect_state *cs, tb_line *l)
 {
-    qsort(cs->pend, cs->npend, sizeof(*cs->pend), pending_cmp);
+    if (cs->npend > 1)
+        qsort(cs->pend, cs->npend, sizeof(*cs->pend), pending_cmp);
     for (size_t i = 0; l && i < cs->npend; i++) {
         const span *s = &cs->pend[i].s;
         int64_t start = tb_mono_to_epoch(s->start);
@@ -792,7 +794,8 @@ static int cpu_collect(void *ctx, tb_space *space)
         }
     }
 
-    qsort(c->samples, c->nsamples, sizeof(*c->samples), sample_cmp);
+    if (c->nsamples > 1)
+        qsort(c->samples, c->nsamples, sizeof(*c->samples), sample_cmp);
     int64_t period = (int64_t)c->period_ns, gap = period * TB_CPU_GAP_PERIODS;
     span open[TB_CPU_MAX_FRAMES];
     size_t i = 0;
