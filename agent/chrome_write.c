@@ -38,6 +38,9 @@ typedef struct jw {
     int err;
     tb_buf *out;
     z_stream *z;
+    /* streaming: compressed bytes go to sink as they come (out is reused) */
+    int (*sink)(void *ctx, const void *data, size_t len);
+    void *sink_ctx;
 } jw;
 
 static int buf_reserve(tb_buf *b, size_t more)
@@ -94,6 +97,10 @@ static void jw_drain(jw *w, int finish)
         }
         if (!finish && w->z->avail_in == 0 && w->z->avail_out != 0)
             break;
+    }
+    if (w->sink && w->out->len && !w->err) {
+        w->err = w->sink(w->sink_ctx, w->out->data, w->out->len);
+        w->out->len = 0;
     }
     w->n = 0;
 }
@@ -636,7 +643,7 @@ int tb_chrome_encode(tb_space *s, tb_buf *b)
     return r;
 }
 
-int tb_chrome_encode_gz(tb_space *s, tb_buf *b)
+static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, size_t), void *ctx)
 {
     jw *w = calloc(1, sizeof(*w));
     z_stream *z = calloc(1, sizeof(*z));
@@ -653,6 +660,8 @@ int tb_chrome_encode_gz(tb_space *s, tb_buf *b)
     }
     w->out = b;
     w->z = z;
+    w->sink = sink;
+    w->sink_ctx = ctx;
     int r = chrome_emit(s, w);
     if (r == 0) {
         jw_drain(w, 1);
@@ -661,6 +670,19 @@ int tb_chrome_encode_gz(tb_space *s, tb_buf *b)
     deflateEnd(z);
     free(z);
     free(w);
+    return r;
+}
+
+int tb_chrome_encode_gz(tb_space *s, tb_buf *b)
+{
+    return encode_gz(s, b, NULL, NULL);
+}
+
+int tb_chrome_encode_gz_stream(tb_space *s, int (*write)(void *ctx, const void *data, size_t len), void *ctx)
+{
+    tb_buf scratch = {0};
+    int r = write ? encode_gz(s, &scratch, write, ctx) : -EINVAL;
+    tb_buf_free(&scratch);
     return r;
 }
 

@@ -361,6 +361,24 @@ static int xsink_begin(void *ctx, size_t total)
     return af_open(&x->af, x->dir, total);
 }
 
+/* trace.json.gz: its size is known only at the end, so the caps
+ * (max_bytes, RLIMIT_FSIZE: no SIGXFSZ) are checked before each piece. */
+struct gzsink {
+    atomic_file af;
+    size_t max_bytes, written;
+    struct rlimit rl;
+};
+
+static int gzsink_write(void *ctx, const void *data, size_t len)
+{
+    struct gzsink *g = ctx;
+    if ((g->max_bytes && g->written + len > g->max_bytes) ||
+        (g->rl.rlim_cur != RLIM_INFINITY && g->written + len > g->rl.rlim_cur))
+        return -EFBIG;
+    g->written += len;
+    return write_all(g->af.fd, data, len);
+}
+
 int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size_t n)
 {
     if (!s || !o || !o->logdir)
@@ -412,17 +430,22 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         return r;
     }
     if (o->trace_json) {
-        /* Optional extra: a failure is one warning, the profile stays. */
-        tb_buf gz = {0};
+        /* Optional extra, streamed into its temp file: a failure is one
+         * warning, the profile stays. */
         char tname[NAME_MAX + 1];
-        int tr = tb_chrome_encode_gz(s, &gz);
-        if (tr == 0 && o->max_bytes && gz.len > o->max_bytes)
-            tr = -EFBIG;
-        if (tr == 0 && snprintf(tname, sizeof(tname), "%s.trace.json.gz", host) >= (int)sizeof(tname))
-            tr = -ENAMETOOLONG;
+        struct gzsink g = {.af = {.dfd = -1, .fd = -1}, .max_bytes = o->max_bytes};
+        int tr = snprintf(tname, sizeof(tname), "%s.trace.json.gz", host) >= (int)sizeof(tname) ? -ENAMETOOLONG : 0;
         if (tr == 0)
-            tr = tb_atomic_write(dir, tname, gz.data, gz.len, NULL, 0);
-        tb_buf_free(&gz);
+            tr = af_open(&g.af, dir, 0);
+        if (tr == 0) {
+            if (getrlimit(RLIMIT_FSIZE, &g.rl) < 0)
+                g.rl.rlim_cur = RLIM_INFINITY;
+            tr = tb_chrome_encode_gz_stream(s, gzsink_write, &g);
+            if (tr == 0)
+                tr = af_commit(&g.af, dir, tname, NULL, 0);
+            else
+                af_abort(&g.af);
+        }
         if (tr < 0)
             tb_warn("trace.json.gz not written in %s: %s", dir, strerror(-tr));
     }

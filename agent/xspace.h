@@ -48,5 +48,8 @@ int tb_chrome_encode(tb_space *s, tb_buf *b);
 /* The same JSON gzip-compressed into a buffer (tb_profile_write writes it
  * with tb_atomic_write). 0 or -ENOMEM / -EIO. */
 int tb_chrome_encode_gz(tb_space *s, tb_buf *b);
+/* The same, handed to write(ctx, data, len) in pieces as it is compressed
+ * (about 64 KiB each; no buffer of the whole file). 0 or the first error. */
+int tb_chrome_encode_gz_stream(tb_space *s, int (*write)(void *ctx, const void *data, size_t len), void *ctx);
 
 #endif
