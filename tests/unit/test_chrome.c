@@ -1,4 +1,5 @@
 /* test_chrome.c - Chrome trace JSON: escaping, units, pids/tids, flows, gzip. */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,8 +156,55 @@ static void test_large(void)
     tb_space_free(s);
 }
 
+struct sinkstate {
+    tb_buf b;
+    int calls, fail_at;
+};
+
+static int sink(void *ctx, const void *d, size_t n)
+{
+    struct sinkstate *st = ctx;
+    if (++st->calls == st->fail_at)
+        return -ENOSPC;
+    uint8_t *p = realloc(st->b.data, st->b.len + n);
+    if (!p)
+        return -ENOMEM;
+    memcpy(p + st->b.len, d, n);
+    st->b.data = p;
+    st->b.len += n;
+    return 0;
+}
+
+/* The streamed gzip is the buffered one, in pieces; a sink error stops it. */
+static void test_stream(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_line(g, 7, "s");
+    char name[64];
+    srand(7);
+    for (int i = 0; i < 50000; i++) {
+        snprintf(name, sizeof(name), "kernel_%d_%d", i % 37, rand()); /* poorly compressible */
+        tb_line_add(l, tb_plane_event_meta(g, name), 1000000 + i * 10, 5);
+    }
+    tb_buf whole = {0};
+    CHECK_EQ_I(tb_chrome_encode_gz(s, &whole), 0);
+    struct sinkstate ok = {.fail_at = -1};
+    CHECK_EQ_I(tb_chrome_encode_gz_stream(s, sink, &ok), 0);
+    CHECK(ok.calls > 3);
+    CHECK(ok.b.len == whole.len && memcmp(ok.b.data, whole.data, whole.len) == 0);
+    struct sinkstate bad = {.fail_at = 2};
+    CHECK_EQ_I(tb_chrome_encode_gz_stream(s, sink, &bad), -ENOSPC);
+    CHECK_EQ_I(bad.calls, 2); /* nothing more after the error */
+    tb_buf_free(&ok.b);
+    tb_buf_free(&bad.b);
+    tb_buf_free(&whole);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_stream();
     test_escaping_and_units();
     test_flows_and_pids();
     test_large();
