@@ -85,10 +85,19 @@ tb_line *tb_host_line(tb_space *s, pid_t tid)
     return l;
 }
 
+static __thread pid_t cached_tid;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* A forked child runs on a copy of the forking thread, whose cached tid is
+ * the parent's: forget it so the child's events land on its own line. */
+static void forget_tid_in_child(void) { cached_tid = 0; }
+static void install_atfork(void) { pthread_atfork(NULL, NULL, forget_tid_in_child); }
+
 pid_t tb_gettid(void)
 {
-    static __thread pid_t cached;
-    if (!cached)
-        cached = (pid_t)syscall(SYS_gettid);
-    return cached;
+    if (!cached_tid) {
+        pthread_once(&atfork_once, install_atfork);
+        cached_tid = (pid_t)syscall(SYS_gettid);
+    }
+    return cached_tid;
 }
