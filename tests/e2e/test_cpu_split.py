@@ -89,8 +89,9 @@ class CpuSplit(tbtest.TestCase):
         share = a / (a + b)
         print("%s: %d samples, burn_a %d, burn_b %d: %.1f%% in burn_a (truth 60%%)" % (mode, n, a, b, share * 100))
         self.assertAlmostEqual(share, 0.60, delta=0.05)
-        # burn_a/burn_b are leaves here: self == total
-        self.assertEqual(c["burn_a"][0], a)
+        # burn_a is the leaf but for its one short call to store_result()
+        self.assertLessEqual(c["burn_a"][0], a)
+        self.assertGreaterEqual(c["burn_a"][0], a * 0.98)
         # the callers were found: burn_a under worker() under the thread start
         found_caller = 0
         for t in tids:
