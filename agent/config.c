@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ typedef enum {
     T_SIG,   /* signal name or off */
     T_LOG,   /* log level */
     T_CPUMODE,
+    T_CUDASTEPS,
 } var_type;
 
 typedef struct var {
@@ -91,6 +93,15 @@ static const var vars[] = {
     {"TBPROF_CUPTI_PATH", T_STR, "", "path to libcupti.so",
      "libcupti to load when none is loaded yet (default: search CUDA and pip folders)",
      "searching", "", F(cupti_path), 0, 0},
+    {"TBPROF_CUDA_STEPS", T_CUDASTEPS, "on", "on | off | callback",
+     "each cudaProfilerStart() (or cuProfilerStart) begins a step, cudaProfilerStop ends it: on = "
+     "exported wrappers (dynamic cudart), callback = a CUPTI callback held while idle (static "
+     "cudart too; blocks other CUPTI tools)",
+     "using on", "on", F(cuda_steps), 0, 0},
+    {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended)",
+     "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
+     "is the step number); sets NVTX_INJECTION64_PATH when unset",
+     "NVTX steps off", "", F(nvtx_step), 0, 0},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))
 
@@ -259,6 +270,17 @@ static int parse_var(const var *v, const char *val, tb_config *c)
             return -EINVAL;
         if (v->off == F(logdir) && !len)
             return -EINVAL;
+        if (v->off == F(nvtx_step) && len && val[0] == '/') {
+            regex_t re; /* "/regex/": must compile */
+            char pat[TB_CONFIG_STR];
+            if (len < 3 || val[len - 1] != '/')
+                return -EINVAL;
+            memcpy(pat, val + 1, len - 2);
+            pat[len - 2] = '\0';
+            if (regcomp(&re, pat, REG_EXTENDED))
+                return -EINVAL;
+            regfree(&re);
+        }
         memcpy(field, val, len + 1);
         return 0;
     }
@@ -302,6 +324,16 @@ static int parse_var(const var *v, const char *val, tb_config *c)
             *(int *)field = TB_CPU_STACKCOPY;
         else if (!strcasecmp(val, "fp"))
             *(int *)field = TB_CPU_FP;
+        else
+            return -EINVAL;
+        return 0;
+    case T_CUDASTEPS:
+        if (!strcasecmp(val, "on") || !strcmp(val, "1"))
+            *(int *)field = TB_CUDA_STEPS_ON;
+        else if (!strcasecmp(val, "off") || !strcmp(val, "0"))
+            *(int *)field = TB_CUDA_STEPS_OFF;
+        else if (!strcasecmp(val, "callback") || !strcasecmp(val, "cupti"))
+            *(int *)field = TB_CUDA_STEPS_CALLBACK;
         else
             return -EINVAL;
         return 0;

@@ -22,6 +22,13 @@
 #define TB_MAX_WINDOWS 16
 #define TB_CONFIG_STR 512
 
+/* TBPROF_CUDA_STEPS: how cudaProfilerStart/Stop reach the step counter. */
+typedef enum tb_cuda_steps_mode {
+    TB_CUDA_STEPS_OFF = 0,
+    TB_CUDA_STEPS_ON,       /* exported cudaProfilerStart/Stop forward to the real ones */
+    TB_CUDA_STEPS_CALLBACK, /* a CUPTI callback subscription held while idle */
+} tb_cuda_steps_mode;
+
 typedef struct tb_window {
     int64_t first, last; /* steps first..last inclusive */
 } tb_window;
@@ -45,6 +52,8 @@ typedef struct tb_config {
     int socket;        /* TBPROF_SOCKET */
     int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
     char cupti_path[TB_CONFIG_STR]; /* TBPROF_CUPTI_PATH; "" = search */
+    int cuda_steps;    /* TBPROF_CUDA_STEPS: tb_cuda_steps_mode (preload/cudasteps.h) */
+    char nvtx_step[TB_CONFIG_STR]; /* TBPROF_NVTX_STEP; "" = NVTX steps off */
     int warnings;      /* how many variables had bad values */
 } tb_config;
 

@@ -11,6 +11,7 @@
 
 #include "capture.h"
 #include "config.h"
+#include "cudasteps.h"
 #include "log.h"
 #include "sampler.h"
 #include "tbprof/tbprof.h"
@@ -32,6 +33,7 @@ static void init(void)
     }
     tb_config_load(&c, NULL, NULL);
     tb_config_set_global(&c);
+    tb_cudasteps_init(&c); /* cudaProfilerStart/Stop and NVTX step sources */
 #ifdef TBPROF_WITH_CUPTI
     tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "off (TBPROF_GPU=off)");
 #else

@@ -1,0 +1,229 @@
+/* cuda_hooks.c - cudaProfilerStart/Stop (and the driver's cuProfilerStart/
+ * Stop) as step sources, without CUPTI.
+ *
+ * libtbprof.so exports the four functions. Loaded first (LD_PRELOAD), its
+ * definitions win for every shared object that calls them through the
+ * dynamic linker: the job's calls land here, count a step (start) or close
+ * it (stop), and go on to the real function. The real one is found with
+ * dlsym(RTLD_NEXT), else, for a CUDA runtime loaded RTLD_LOCAL (a Python
+ * extension's dependency, invisible to RTLD_NEXT), in the loaded objects
+ * named libcudart* / libcuda* themselves. With no real function at all the
+ * call returns success (0 is cudaSuccess and CUDA_SUCCESS): without us the
+ * call could not have been bound either.
+ *
+ * Not seen this way: a program linked with the static cudart (nvcc's
+ * default) calls its own copy, and cudart reaches cuProfilerStart through
+ * cuGetProcAddress, not the dynamic linker. TBPROF_CUDA_STEPS=callback is the
+ * opt-in for those (cupti/, when built).
+ *
+ * Semantics: each start begins a step (a step boundary, like tbprof_step());
+ * a stop ends the step the last start began. A single start/stop pair around
+ * a region (nsys' --capture-range=cudaProfilerApi usage) is step 0, so
+ * TBPROF_STEPS=0 captures exactly that range.
+ */
+#include <dlfcn.h>
+#include <limits.h>
+#include <link.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capture.h"
+#include "config.h"
+#include "cudasteps.h"
+#include "log.h"
+#include "tbprof/tbprof.h"
+#ifdef TBPROF_WITH_CUPTI
+#include "gpu.h"
+#endif
+
+/* ---- shared by both step sources ------------------------------------------ */
+
+static int64_t win_last[TB_MAX_WINDOWS];
+static int nwin;
+
+int64_t tb_cudasteps_begin(int has_num, int64_t num)
+{
+    return tb_agent_step(has_num, num);
+}
+
+void tb_cudasteps_end(int64_t step)
+{
+    /* idle: one atomic load */
+    if (step < 0 || tb_agent_state() != TB_STATE_CAPTURING)
+        return;
+    for (int i = 0; i < nwin; i++)
+        if (win_last[i] == step) {
+            tb_debug("step %lld ended (range end): stopping the capture there", (long long)step);
+            tb_agent_stop();
+            return;
+        }
+}
+
+void tb_cudasteps_init(const tb_config *c)
+{
+    nwin = 0;
+    for (int i = 0; i < c->nwindows && i < TB_MAX_WINDOWS; i++)
+        win_last[nwin++] = c->windows[i].last;
+    tb_cuda_hooks_init(c);
+    tb_nvtx_init(c);
+}
+
+/* ---- cudaProfilerStart/Stop ----------------------------------------------------- */
+
+enum { F_CUDA_START, F_CUDA_STOP, F_CU_START, F_CU_STOP, NFUNCS };
+
+static const char *const fname[NFUNCS] = {"cudaProfilerStart", "cudaProfilerStop", "cuProfilerStart",
+                                          "cuProfilerStop"};
+
+typedef int (*prof_fn)(void);
+static _Atomic(prof_fn) real_fn[NFUNCS];
+static atomic_int counting;           /* TBPROF_CUDA_STEPS=on */
+static _Atomic int64_t cur_step = -1; /* the step the last start began; -1: none open */
+static __thread int in_runtime_call;  /* a cudart wrapper is forwarding: a nested driver call is not a new step */
+
+struct find_ctx {
+    const char *sym;
+    void *self;
+    void *found;
+};
+
+/* dl_iterate_phdr: the symbol in a loaded libcudart* / libcuda* object. */
+static int find_in_cuda_libs(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct find_ctx *f = arg;
+    const char *path = info->dlpi_name;
+    if (!path || !*path)
+        return 0;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strncmp(base, "libcudart", 9) && strncmp(base, "libcuda.", 8))
+        return 0;
+    void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return 0;
+    void *p = dlsym(h, f->sym); /* searches that object and its dependencies only */
+    dlclose(h);
+    if (p && p != f->self) {
+        f->found = p;
+        return 1;
+    }
+    return 0;
+}
+
+static prof_fn resolve(int i, void *self)
+{
+    prof_fn f = atomic_load_explicit(&real_fn[i], memory_order_acquire);
+    if (f)
+        return f;
+    void *p = dlsym(RTLD_NEXT, fname[i]);
+    if (p == self)
+        p = NULL;
+    if (!p) {
+        struct find_ctx c = {.sym = fname[i], .self = self};
+        dl_iterate_phdr(find_in_cuda_libs, &c);
+        p = c.found;
+    }
+    if (!p) {
+        /* not cached: a CUDA library loaded later is found then */
+        tb_warn_once("%s called but no CUDA library defines it: returning success without forwarding",
+                     fname[i]);
+        return NULL;
+    }
+    *(void **)&f = p;
+    atomic_store_explicit(&real_fn[i], f, memory_order_release);
+    tb_debug("%s forwards to %p", fname[i], p);
+    return f;
+}
+
+static void on_start(void)
+{
+    if (!atomic_load_explicit(&counting, memory_order_relaxed) || in_runtime_call)
+        return;
+    int64_t n = tb_cudasteps_begin(0, 0);
+    if (n >= 0)
+        atomic_store_explicit(&cur_step, n, memory_order_relaxed);
+}
+
+static void on_stop(void)
+{
+    if (!atomic_load_explicit(&counting, memory_order_relaxed) || in_runtime_call)
+        return;
+    int64_t n = atomic_exchange_explicit(&cur_step, -1, memory_order_relaxed);
+    if (n >= 0)
+        tb_cudasteps_end(n);
+}
+
+/* The callback mode's entry points (cupti/ calls them from its CUPTI
+ * callback; the exported wrappers stay quiet then). */
+void tb_cuda_profiler_event(int start)
+{
+    if (start) {
+        int64_t n = tb_cudasteps_begin(0, 0);
+        if (n >= 0)
+            atomic_store_explicit(&cur_step, n, memory_order_relaxed);
+    } else {
+        int64_t n = atomic_exchange_explicit(&cur_step, -1, memory_order_relaxed);
+        if (n >= 0)
+            tb_cudasteps_end(n);
+    }
+}
+
+void tb_cuda_hooks_init(const tb_config *c)
+{
+    int mode = c->cuda_steps;
+    if (mode == TB_CUDA_STEPS_CALLBACK) {
+#if defined(TBPROF_WITH_CUPTI) && defined(TB_GPU_HAS_PROFILER_CALLBACKS)
+        const char *why = NULL;
+        if (tb_gpu_profiler_callbacks(tb_cuda_profiler_event, &why) == 0) {
+            atomic_store(&counting, 0);
+            return;
+        }
+        tb_warn("TBPROF_CUDA_STEPS=callback: %s; using the exported wrappers (on)", why ? why : "failed");
+#else
+        tb_warn("TBPROF_CUDA_STEPS=callback needs tbprof built with CUPTI profiler callbacks; using the "
+                "exported wrappers (on)");
+#endif
+        mode = TB_CUDA_STEPS_ON;
+    }
+    atomic_store(&counting, mode == TB_CUDA_STEPS_ON);
+}
+
+/* The exported wrappers. cudaError_t and CUresult are int-sized enums;
+ * 0 is success for both. */
+TBPROF_API int cudaProfilerStart(void)
+{
+    on_start();
+    prof_fn f = resolve(F_CUDA_START, (void *)cudaProfilerStart);
+    in_runtime_call++;
+    int rc = f ? f() : 0;
+    in_runtime_call--;
+    return rc;
+}
+
+TBPROF_API int cudaProfilerStop(void)
+{
+    prof_fn f = resolve(F_CUDA_STOP, (void *)cudaProfilerStop);
+    in_runtime_call++;
+    int rc = f ? f() : 0;
+    in_runtime_call--;
+    on_stop();
+    return rc;
+}
+
+TBPROF_API int cuProfilerStart(void)
+{
+    on_start();
+    prof_fn f = resolve(F_CU_START, (void *)cuProfilerStart);
+    return f ? f() : 0;
+}
+
+TBPROF_API int cuProfilerStop(void)
+{
+    prof_fn f = resolve(F_CU_STOP, (void *)cuProfilerStop);
+    int rc = f ? f() : 0;
+    on_stop();
+    return rc;
+}

@@ -1,0 +1,515 @@
+/* nvtx_inject.c - NVTX ranges whose name matches TBPROF_NVTX_STEP are steps.
+ *
+ * NVTX (v2 library and the header-only v3) looks up an injection library at
+ * its first call: the path in NVTX_INJECTION64_PATH is dlopen()ed and its
+ * InitializeInjectionNvtx2(getExportTable) is called; the library then
+ * writes its handlers into that NVTX instance's function slots. Every copy
+ * of NVTX in the process (each library built with the v3 headers has its own)
+ * does this once. When TBPROF_NVTX_STEP is set, the preload constructor
+ * points the variable at libtbprof.so itself (only when it is unset: nsys or
+ * a CUPTI user that set it keep it, with one warning), and the handlers here
+ * turn matching range starts into step boundaries and their ends into step
+ * ends. Everything else NVTX offers stays a no-op, as with no tool attached.
+ *
+ * Pattern: a plain name prefix ("step" matches "step 12", "step_train"), or
+ * "/regex/" (POSIX extended, unanchored). The step number comes from the
+ * name when it carries one: prefix mode, the rest of the name is separators
+ * (space _ : # = -) and a decimal number; regex mode, group 1 is a decimal
+ * number. Otherwise each match counts the next step.
+ *
+ * Cost per call (idle): push/start compare the name with the prefix and bump
+ * a thread-local depth; pop/end compare a depth or an id. No lock, no
+ * allocation (except nvtxDomainRegisterString, bounded), no CUPTI.
+ *
+ * The ABI (module and callback ids, export-table layouts) is NVTX's public
+ * injection interface; the structures below mirror it so this file builds
+ * without the CUDA headers.
+ */
+#include <dlfcn.h>
+#include <limits.h>
+#include <regex.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <wchar.h>
+
+#include "capture.h"
+#include "config.h"
+#include "cudasteps.h"
+#include "log.h"
+#include "tbprof/tbprof.h"
+
+/* ---- the NVTX injection ABI ----------------------------------------------------- */
+
+enum {
+    NVTX_ETID_CALLBACKS = 1,
+    NVTX_ETID_VERSIONINFO = 3,
+};
+enum {
+    NVTX_CB_MODULE_CORE = 1,
+    NVTX_CB_MODULE_CORE2 = 5,
+};
+enum { /* NVTX_CB_MODULE_CORE */
+    CORE_MarkEx = 1,
+    CORE_MarkA = 2,
+    CORE_MarkW = 3,
+    CORE_RangeStartEx = 4,
+    CORE_RangeStartA = 5,
+    CORE_RangeStartW = 6,
+    CORE_RangeEnd = 7,
+    CORE_RangePushEx = 8,
+    CORE_RangePushA = 9,
+    CORE_RangePushW = 10,
+    CORE_RangePop = 11,
+};
+enum { /* NVTX_CB_MODULE_CORE2 */
+    CORE2_DomainMarkEx = 1,
+    CORE2_DomainRangeStartEx = 2,
+    CORE2_DomainRangeEnd = 3,
+    CORE2_DomainRangePushEx = 4,
+    CORE2_DomainRangePop = 5,
+    CORE2_DomainRegisterStringA = 10,
+    CORE2_DomainRegisterStringW = 11,
+};
+enum { MSG_ASCII = 1, MSG_UNICODE = 2, MSG_REGISTERED = 3 };
+
+typedef void (*nvtx_fn)(void);
+typedef const void *(*nvtx_get_export_table)(uint32_t id);
+
+typedef struct nvtx_etbl_callbacks {
+    size_t struct_size;
+    int (*GetModuleFunctionTable)(int module, nvtx_fn ***out_table, unsigned int *out_size);
+} nvtx_etbl_callbacks;
+
+typedef struct nvtx_etbl_version {
+    size_t struct_size;
+    uint32_t version;
+    uint32_t reserved0;
+    void (*SetInjectionNvtxVersion)(uint32_t version);
+} nvtx_etbl_version;
+
+typedef struct nvtx_attr { /* nvtxEventAttributes_v2 */
+    uint16_t version;
+    uint16_t size;
+    uint32_t category;
+    int32_t color_type;
+    uint32_t color;
+    int32_t payload_type;
+    int32_t reserved0;
+    uint64_t payload;
+    int32_t message_type;
+    union {
+        const char *ascii;
+        const wchar_t *unicode;
+        const void *registered;
+    } message;
+} nvtx_attr;
+
+_Static_assert(sizeof(nvtx_attr) == 48, "nvtxEventAttributes_v2 is 48 bytes on LP64");
+_Static_assert(offsetof(nvtx_attr, message) == 40, "message at offset 40");
+
+/* ---- pattern ---------------------------------------------------------------------- */
+
+static struct {
+    int on;
+    int regex;
+    regex_t re;
+    char prefix[TB_CONFIG_STR];
+    size_t prefix_len;
+} pat;
+
+static int sep(int c) { return c == ' ' || c == '_' || c == ':' || c == '#' || c == '=' || c == '-'; }
+
+/* The step number in s[0..] (separators then digits, to the end). */
+static int tail_number(const char *s, int64_t *num)
+{
+    while (sep((unsigned char)*s))
+        s++;
+    if (*s < '0' || *s > '9')
+        return 0;
+    int64_t v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        if (v > (INT64_MAX - 9) / 10)
+            return 0;
+        v = v * 10 + (*s - '0');
+    }
+    if (*s)
+        return 0;
+    *num = v;
+    return 1;
+}
+
+/* 0: no match; 1: match, step counted; 2: match with *num. */
+static int match(const char *name, int64_t *num)
+{
+    if (!name)
+        return 0;
+    if (!pat.regex) {
+        if (strncmp(name, pat.prefix, pat.prefix_len))
+            return 0;
+        return tail_number(name + pat.prefix_len, num) ? 2 : 1;
+    }
+    regmatch_t m[2];
+    if (regexec(&pat.re, name, 2, m, 0))
+        return 0;
+    if (m[1].rm_so >= 0 && m[1].rm_eo > m[1].rm_so && m[1].rm_eo - m[1].rm_so < 19) {
+        char d[20];
+        size_t len = (size_t)(m[1].rm_eo - m[1].rm_so);
+        memcpy(d, name + m[1].rm_so, len);
+        d[len] = '\0';
+        if (tail_number(d, num))
+            return 2;
+    }
+    return 1;
+}
+
+/* Wide names: ASCII-narrowed copy (bounded), then the same match. */
+static int match_w(const wchar_t *w, int64_t *num)
+{
+    if (!w)
+        return 0;
+    char buf[256];
+    size_t i = 0;
+    for (; w[i] && i + 1 < sizeof(buf); i++)
+        buf[i] = (w[i] > 0 && w[i] < 128) ? (char)w[i] : '?';
+    buf[i] = '\0';
+    return match(buf, num);
+}
+
+/* Registered strings: our handle is a pointer to this record. */
+#define REG_MAGIC 0x74627278u /* "tbrx" */
+#define REG_MAX_BYTES (1u << 20)
+typedef struct reg_str {
+    uint32_t magic;
+    char s[];
+} reg_str;
+static atomic_size_t reg_bytes;
+
+static const void *register_string(const char *s, size_t len)
+{
+    size_t need = sizeof(reg_str) + len + 1;
+    if (atomic_fetch_add(&reg_bytes, need) + need > REG_MAX_BYTES) {
+        atomic_fetch_sub(&reg_bytes, need);
+        tb_warn_once("NVTX: more than %u bytes of registered strings; later ones cannot name steps",
+                     REG_MAX_BYTES);
+        return NULL;
+    }
+    reg_str *r = malloc(need); /* kept for the process lifetime, as NVTX handles are */
+    if (!r)
+        return NULL;
+    r->magic = REG_MAGIC;
+    memcpy(r->s, s, len);
+    r->s[len] = '\0';
+    return r;
+}
+
+static int match_attr(const nvtx_attr *a, int64_t *num)
+{
+    if (!a || a->size < offsetof(nvtx_attr, message) + sizeof(a->message))
+        return 0;
+    switch (a->message_type) {
+    case MSG_ASCII:
+        return match(a->message.ascii, num);
+    case MSG_UNICODE:
+        return match_w(a->message.unicode, num);
+    case MSG_REGISTERED: {
+        const reg_str *r = a->message.registered;
+        return r && r->magic == REG_MAGIC ? match(r->s, num) : 0;
+    }
+    }
+    return 0;
+}
+
+/* ---- steps --------------------------------------------------------------------- */
+
+static _Atomic uint64_t next_range_id = 1;
+static _Atomic uint64_t step_range_id;   /* the start/end range that began the open step */
+static _Atomic int64_t step_range_num = -1;
+static __thread int core_depth, core_step_at;
+static __thread int64_t core_step_num;
+static __thread int dom_depth, dom_step_at;
+static __thread int64_t dom_step_num;
+
+static int64_t begin(int m, int64_t num) { return tb_cudasteps_begin(m == 2, num); }
+
+static void mark(int m, int64_t num)
+{
+    if (m)
+        begin(m, num);
+}
+
+static uint64_t range_start(int m, int64_t num)
+{
+    uint64_t id = atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
+    if (m) {
+        int64_t n = begin(m, num);
+        atomic_store_explicit(&step_range_num, n, memory_order_relaxed);
+        atomic_store_explicit(&step_range_id, id, memory_order_relaxed);
+    }
+    return id;
+}
+
+static void range_end(uint64_t id)
+{
+    if (id && atomic_load_explicit(&step_range_id, memory_order_relaxed) == id) {
+        int64_t n = atomic_exchange_explicit(&step_range_num, -1, memory_order_relaxed);
+        atomic_store_explicit(&step_range_id, 0, memory_order_relaxed);
+        tb_cudasteps_end(n);
+    }
+}
+
+static int core_push(int m, int64_t num)
+{
+    int level = core_depth++;
+    if (m) {
+        core_step_num = begin(m, num);
+        core_step_at = core_depth;
+    }
+    return level;
+}
+
+static int core_pop(void)
+{
+    if (core_depth <= 0)
+        return -1; /* NVTX: pop without push */
+    if (core_depth == core_step_at) {
+        core_step_at = 0;
+        tb_cudasteps_end(core_step_num);
+    }
+    return --core_depth;
+}
+
+/* ---- handlers ---------------------------------------------------------------------- */
+
+static void h_MarkEx(const nvtx_attr *a)
+{
+    int64_t n = 0;
+    int m = match_attr(a, &n);
+    mark(m, n);
+}
+static void h_MarkA(const char *s)
+{
+    int64_t n = 0;
+    int m = match(s, &n);
+    mark(m, n);
+}
+static void h_MarkW(const wchar_t *s)
+{
+    int64_t n = 0;
+    int m = match_w(s, &n);
+    mark(m, n);
+}
+static uint64_t h_RangeStartEx(const nvtx_attr *a)
+{
+    int64_t n = 0;
+    int m = match_attr(a, &n);
+    return range_start(m, n);
+}
+static uint64_t h_RangeStartA(const char *s)
+{
+    int64_t n = 0;
+    int m = match(s, &n);
+    return range_start(m, n);
+}
+static uint64_t h_RangeStartW(const wchar_t *s)
+{
+    int64_t n = 0;
+    int m = match_w(s, &n);
+    return range_start(m, n);
+}
+static void h_RangeEnd(uint64_t id) { range_end(id); }
+static int h_RangePushEx(const nvtx_attr *a)
+{
+    int64_t n = 0;
+    int m = match_attr(a, &n);
+    return core_push(m, n);
+}
+static int h_RangePushA(const char *s)
+{
+    int64_t n = 0;
+    int m = match(s, &n);
+    return core_push(m, n);
+}
+static int h_RangePushW(const wchar_t *s)
+{
+    int64_t n = 0;
+    int m = match_w(s, &n);
+    return core_push(m, n);
+}
+static int h_RangePop(void) { return core_pop(); }
+
+/* Domains: one depth per thread for all domains together (domain handles
+ * are not tracked; interleaving pushes of two domains can shift where a
+ * step ends, never what it counts). */
+static void h_DomainMarkEx(const void *dom, const nvtx_attr *a)
+{
+    (void)dom;
+    h_MarkEx(a);
+}
+static uint64_t h_DomainRangeStartEx(const void *dom, const nvtx_attr *a)
+{
+    (void)dom;
+    return h_RangeStartEx(a);
+}
+static void h_DomainRangeEnd(const void *dom, uint64_t id)
+{
+    (void)dom;
+    range_end(id);
+}
+static int h_DomainRangePushEx(const void *dom, const nvtx_attr *a)
+{
+    (void)dom;
+    int64_t n = 0;
+    int m = match_attr(a, &n);
+    int level = dom_depth++;
+    if (m) {
+        dom_step_num = begin(m, n);
+        dom_step_at = dom_depth;
+    }
+    return level;
+}
+static int h_DomainRangePop(const void *dom)
+{
+    (void)dom;
+    if (dom_depth <= 0)
+        return -1;
+    if (dom_depth == dom_step_at) {
+        dom_step_at = 0;
+        tb_cudasteps_end(dom_step_num);
+    }
+    return --dom_depth;
+}
+static const void *h_DomainRegisterStringA(const void *dom, const char *s)
+{
+    (void)dom;
+    return s ? register_string(s, strnlen(s, 4096)) : NULL;
+}
+static const void *h_DomainRegisterStringW(const void *dom, const wchar_t *w)
+{
+    (void)dom;
+    if (!w)
+        return NULL;
+    char buf[4096];
+    size_t i = 0;
+    for (; w[i] && i + 1 < sizeof(buf); i++)
+        buf[i] = (w[i] > 0 && w[i] < 128) ? (char)w[i] : '?';
+    return register_string(buf, i);
+}
+
+/* ---- injection entry ---------------------------------------------------------------- */
+
+struct slot {
+    int module, cbid;
+    nvtx_fn fn;
+};
+
+#define SLOT(mod, id, f) {NVTX_CB_MODULE_##mod, mod##_##id, (nvtx_fn)(f)}
+static const struct slot slots[] = {
+    SLOT(CORE, MarkEx, h_MarkEx),
+    SLOT(CORE, MarkA, h_MarkA),
+    SLOT(CORE, MarkW, h_MarkW),
+    SLOT(CORE, RangeStartEx, h_RangeStartEx),
+    SLOT(CORE, RangeStartA, h_RangeStartA),
+    SLOT(CORE, RangeStartW, h_RangeStartW),
+    SLOT(CORE, RangeEnd, h_RangeEnd),
+    SLOT(CORE, RangePushEx, h_RangePushEx),
+    SLOT(CORE, RangePushA, h_RangePushA),
+    SLOT(CORE, RangePushW, h_RangePushW),
+    SLOT(CORE, RangePop, h_RangePop),
+    SLOT(CORE2, DomainMarkEx, h_DomainMarkEx),
+    SLOT(CORE2, DomainRangeStartEx, h_DomainRangeStartEx),
+    SLOT(CORE2, DomainRangeEnd, h_DomainRangeEnd),
+    SLOT(CORE2, DomainRangePushEx, h_DomainRangePushEx),
+    SLOT(CORE2, DomainRangePop, h_DomainRangePop),
+    SLOT(CORE2, DomainRegisterStringA, h_DomainRegisterStringA),
+    SLOT(CORE2, DomainRegisterStringW, h_DomainRegisterStringW),
+};
+
+static atomic_uint ninstances;
+
+/* Called by each NVTX instance at its first call. Returns 1 when attached
+ * (0 makes that NVTX instance a no-op and unload its handle on us). */
+TBPROF_API int InitializeInjectionNvtx2(nvtx_get_export_table get)
+{
+    if (!pat.on || !get)
+        return 0;
+    const nvtx_etbl_callbacks *cb = get(NVTX_ETID_CALLBACKS);
+    if (!cb || cb->struct_size < sizeof(*cb) || !cb->GetModuleFunctionTable) {
+        tb_warn_once("NVTX: this NVTX has no callback export table; NVTX steps off for it");
+        return 0;
+    }
+    const nvtx_etbl_version *ver = get(NVTX_ETID_VERSIONINFO);
+    if (ver && ver->struct_size >= sizeof(*ver) && ver->SetInjectionNvtxVersion)
+        ver->SetInjectionNvtxVersion(ver->version);
+    int installed = 0;
+    static const int modules[] = {NVTX_CB_MODULE_CORE, NVTX_CB_MODULE_CORE2};
+    for (size_t mi = 0; mi < sizeof(modules) / sizeof(modules[0]); mi++) {
+        int mod = modules[mi];
+        nvtx_fn **table = NULL;
+        unsigned int size = 0;
+        if (!cb->GetModuleFunctionTable(mod, &table, &size) || !table)
+            continue;
+        for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+            const struct slot *s = &slots[i];
+            if (s->module != mod || (unsigned)s->cbid >= size || !table[s->cbid])
+                continue;
+            *table[s->cbid] = s->fn;
+            installed++;
+        }
+    }
+    if (!installed) {
+        tb_warn_once("NVTX: no range functions could be attached; NVTX steps off");
+        return 0;
+    }
+    unsigned k = atomic_fetch_add(&ninstances, 1) + 1;
+    tb_debug("NVTX instance %u attached (%d handlers)", k, installed);
+    return 1;
+}
+
+/* ---- set-up (preload constructor) --------------------------------------------------- */
+
+void tb_nvtx_init(const tb_config *c)
+{
+    const char *p = c->nvtx_step;
+    if (!p[0])
+        return;
+    size_t len = strlen(p);
+    if (p[0] == '/') { /* config.c checked that it compiles */
+        char re[TB_CONFIG_STR];
+        if (len < 3 || len - 2 >= sizeof(re))
+            return;
+        memcpy(re, p + 1, len - 2);
+        re[len - 2] = '\0';
+        if (regcomp(&pat.re, re, REG_EXTENDED)) {
+            tb_warn("TBPROF_NVTX_STEP: regex does not compile; NVTX steps off");
+            return;
+        }
+        pat.regex = 1;
+    } else {
+        memcpy(pat.prefix, p, len + 1);
+        pat.prefix_len = len;
+    }
+    Dl_info di;
+    char self[PATH_MAX];
+    if (!dladdr((void *)tb_nvtx_init, &di) || !di.dli_fname || !realpath(di.dli_fname, self)) {
+        tb_warn("TBPROF_NVTX_STEP: cannot find libtbprof.so's own path; NVTX steps off");
+        return;
+    }
+    const char *cur = getenv("NVTX_INJECTION64_PATH");
+    if (cur && cur[0]) {
+        char real[PATH_MAX];
+        if (!realpath(cur, real) || strcmp(real, self)) {
+            tb_warn("TBPROF_NVTX_STEP: NVTX_INJECTION64_PATH is already set to '%.200s' (nsys, CUPTI or "
+                    "another tool); left as is, NVTX steps off",
+                    cur);
+            return;
+        }
+    } else if (setenv("NVTX_INJECTION64_PATH", self, 0)) {
+        tb_warn("TBPROF_NVTX_STEP: cannot set NVTX_INJECTION64_PATH; NVTX steps off");
+        return;
+    }
+    pat.on = 1;
+    tb_debug("NVTX steps: ranges matching '%s' (NVTX_INJECTION64_PATH=%s)", p, self);
+}

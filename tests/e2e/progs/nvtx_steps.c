@@ -1,0 +1,176 @@
+/* nvtx_steps.c - a loop that marks its steps with NVTX ranges, for
+ * tests/e2e/test_agent_nvtx.py. Built against the NVTX v3 headers
+ * (header-only: the first NVTX call dlopen()s NVTX_INJECTION64_PATH itself).
+ *
+ *   nvtx_steps [-n steps] [-m ms] [-g gap_ms] [-k kind] [-p prefix] [-u] [-b N]
+ *
+ *   -k   push (nvtxRangePushA, default) | pushw (nvtxRangePushW) |
+ *        pushex (nvtxRangePushEx) | start (nvtxRangeStartA/End) |
+ *        domain (nvtxDomainRangePushEx, registered string) | mark (nvtxMarkA)
+ *   -p   range name prefix (default "step"): step i is named "<prefix> <i>"
+ *   -u   unnumbered: every step range is named just "<prefix>"
+ *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
+ *        a matching one; prints "bench miss_ns=X match_ns=Y"
+ * Each step: inner ranges "fwd"/"bwd" that never match, ~ms of work inside
+ * the step range, ~gap ms outside. Prints "nvtx_path=<env>" and
+ * "level=<first push's return>", then per step "range i START_NS END_NS"
+ * (epoch ns just before the start call, just after the end call).
+ * Without the headers it prints "no-nvtx-headers" and exits 77.
+ */
+#if defined(__has_include)
+#if __has_include(<nvtx3/nvToolsExt.h>)
+#define HAVE_NVTX3 1
+#endif
+#endif
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef HAVE_NVTX3
+int main(void)
+{
+    printf("no-nvtx-headers\n");
+    return 77;
+}
+#else
+#include <nvtx3/nvToolsExt.h>
+#include <wchar.h>
+
+static volatile double sink;
+
+static int64_t now_ns(int clk)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void work(double ms)
+{
+    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(ms * 1e6);
+    double acc = 0;
+    while (now_ns(CLOCK_MONOTONIC) < end)
+        for (int i = 1; i < 2000; i++)
+            acc += 1.0 / i;
+    sink = acc;
+}
+
+static nvtxEventAttributes_t attr_ascii(const char *s)
+{
+    nvtxEventAttributes_t a;
+    memset(&a, 0, sizeof(a));
+    a.version = NVTX_VERSION;
+    a.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
+    a.messageType = NVTX_MESSAGE_TYPE_ASCII;
+    a.message.ascii = s;
+    return a;
+}
+
+int main(int argc, char **argv)
+{
+    int n = 10, unnumbered = 0;
+    long bench = 0;
+    double ms = 3, gap = 2;
+    const char *kind = "push", *prefix = "step";
+    int c;
+    while ((c = getopt(argc, argv, "n:m:g:k:p:ub:")) != -1) {
+        switch (c) {
+        case 'n': n = atoi(optarg); break;
+        case 'm': ms = atof(optarg); break;
+        case 'g': gap = atof(optarg); break;
+        case 'k': kind = optarg; break;
+        case 'p': prefix = optarg; break;
+        case 'u': unnumbered = 1; break;
+        case 'b': bench = atol(optarg); break;
+        default:
+            fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-b N]\n");
+            return 2;
+        }
+    }
+    const char *env = getenv("NVTX_INJECTION64_PATH");
+    printf("nvtx_path=%s\n", env ? env : "");
+    if (bench > 0) {
+        char match[64];
+        snprintf(match, sizeof(match), "%s 1", prefix);
+        for (long i = 0; i < 1000; i++) { /* first call loads the injection */
+            nvtxRangePushA("fwd");
+            nvtxRangePop();
+        }
+        int64_t t0 = now_ns(CLOCK_MONOTONIC);
+        for (long i = 0; i < bench; i++) {
+            nvtxRangePushA("fwd");
+            nvtxRangePop();
+        }
+        int64_t t1 = now_ns(CLOCK_MONOTONIC);
+        for (long i = 0; i < bench; i++) {
+            nvtxRangePushA(match);
+            nvtxRangePop();
+        }
+        int64_t t2 = now_ns(CLOCK_MONOTONIC);
+        printf("bench miss_ns=%.1f match_ns=%.1f\n", (double)(t1 - t0) / bench, (double)(t2 - t1) / bench);
+        return 0;
+    }
+    nvtxDomainHandle_t dom = NULL;
+    if (!strcmp(kind, "domain"))
+        dom = nvtxDomainCreateA("tbtest");
+    int first_level = -100;
+    for (int i = 0; i < n; i++) {
+        char name[128];
+        if (unnumbered)
+            snprintf(name, sizeof(name), "%s", prefix);
+        else
+            snprintf(name, sizeof(name), "%s %d", prefix, i);
+        int64_t a = now_ns(CLOCK_REALTIME);
+        nvtxRangeId_t id = 0;
+        int lvl = 0;
+        if (!strcmp(kind, "push")) {
+            lvl = nvtxRangePushA(name);
+        } else if (!strcmp(kind, "pushw")) {
+            wchar_t w[128];
+            swprintf(w, 128, L"%s", name);
+            lvl = nvtxRangePushW(w);
+        } else if (!strcmp(kind, "pushex")) {
+            nvtxEventAttributes_t at = attr_ascii(name);
+            lvl = nvtxRangePushEx(&at);
+        } else if (!strcmp(kind, "start")) {
+            id = nvtxRangeStartA(name);
+        } else if (!strcmp(kind, "domain")) {
+            nvtxEventAttributes_t at = attr_ascii(NULL);
+            at.messageType = NVTX_MESSAGE_TYPE_REGISTERED;
+            at.message.registered = nvtxDomainRegisterStringA(dom, name);
+            lvl = nvtxDomainRangePushEx(dom, &at);
+        } else if (!strcmp(kind, "mark")) {
+            nvtxMarkA(name);
+        } else {
+            fprintf(stderr, "nvtx_steps: unknown kind %s\n", kind);
+            return 2;
+        }
+        if (i == 0)
+            first_level = lvl;
+        /* inner ranges that never match */
+        nvtxRangePushA("fwd");
+        work(ms / 2);
+        nvtxRangePop();
+        nvtxRangePushA("bwd");
+        nvtxMarkA("loss");
+        work(ms / 2);
+        nvtxRangePop();
+        if (!strcmp(kind, "start"))
+            nvtxRangeEnd(id);
+        else if (!strcmp(kind, "domain"))
+            nvtxDomainRangePop(dom);
+        else if (strcmp(kind, "mark"))
+            nvtxRangePop();
+        int64_t b = now_ns(CLOCK_REALTIME);
+        printf("range %d %lld %lld\n", i, (long long)a, (long long)b);
+        work(gap);
+    }
+    printf("level=%d\n", first_level);
+    fflush(stdout);
+    return 0;
+}
+#endif
