@@ -2,13 +2,14 @@
  * tests/e2e/test_agent_nvtx.py. Built against the NVTX v3 headers
  * (header-only: the first NVTX call dlopen()s NVTX_INJECTION64_PATH itself).
  *
- *   nvtx_steps [-n steps] [-m ms] [-g gap_ms] [-k kind] [-p prefix] [-u] [-b N]
+ *   nvtx_steps [-n steps] [-m ms] [-g gap_ms] [-k kind] [-p prefix] [-u] [-o off] [-b N]
  *
  *   -k   push (nvtxRangePushA, default) | pushw (nvtxRangePushW) |
  *        pushex (nvtxRangePushEx) | start (nvtxRangeStartA/End) |
  *        domain (nvtxDomainRangePushEx, registered string) | mark (nvtxMarkA)
  *   -p   range name prefix (default "step"): step i is named "<prefix> <i>"
  *   -u   unnumbered: every step range is named just "<prefix>"
+ *   -o   number the names from this offset ("<prefix> <i + offset>")
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one; prints "bench miss_ns=X match_ns=Y"
  * Each step: inner ranges "fwd"/"bwd" that never match, ~ms of work inside
@@ -72,12 +73,12 @@ static nvtxEventAttributes_t attr_ascii(const char *s)
 
 int main(int argc, char **argv)
 {
-    int n = 10, unnumbered = 0;
+    int n = 10, unnumbered = 0, offset = 0;
     long bench = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:ub:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -85,9 +86,10 @@ int main(int argc, char **argv)
         case 'k': kind = optarg; break;
         case 'p': prefix = optarg; break;
         case 'u': unnumbered = 1; break;
+        case 'o': offset = atoi(optarg); break;
         case 'b': bench = atol(optarg); break;
         default:
-            fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-b N]\n");
+            fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N]\n");
             return 2;
         }
     }
@@ -123,7 +125,7 @@ int main(int argc, char **argv)
         if (unnumbered)
             snprintf(name, sizeof(name), "%s", prefix);
         else
-            snprintf(name, sizeof(name), "%s %d", prefix, i);
+            snprintf(name, sizeof(name), "%s %d", prefix, i + offset);
         int64_t a = now_ns(CLOCK_REALTIME);
         nvtxRangeId_t id = 0;
         int lvl = 0;

@@ -1,0 +1,156 @@
+"""Steps from cudaProfilerStart/Stop (and cuProfilerStart/Stop), on real processes.
+
+tests/e2e/progs/cudasteps.c marks each step with a cudaProfilerStart/Stop
+pair around some host work and prints when it called them; the CUDA runtime is
+tests/fakecuda's libcudart.so, which counts the calls that reach it. Each test
+runs it under LD_PRELOAD=libtbprof.so, decodes the profile and compares the
+step events with the ranges the program made. No GPU, no CUPTI needed."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+PROG = tbtest.prog("cudasteps")
+FAKE = os.path.join(tbtest.BUILD, "fakecuda", "libcudart.so")
+SLACK = 5_000_000  # ns: printing and scheduling between the program's clock read and the call
+
+
+def parse(stdout):
+    ranges, rc, fwd = {}, None, None
+    for line in stdout.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "range":
+            ranges[int(f[1])] = (int(f[2]), int(f[3]))
+        elif f[0] == "rc":
+            rc = tuple(int(x.split("=")[1]) for x in f[1:])
+        elif f[0] == "forwarded":
+            fwd = tuple(int(x.split("=")[1]) for x in f[1:])
+    return ranges, rc, fwd
+
+
+class CudaProfilerSteps(tbtest.TestCase):
+    def run_prog(self, args, logdir=None, **tb):
+        p = tbtest.spawn([PROG] + args, env=tbtest.env(logdir or self.logdir, **tb))
+        out, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 0, err)
+        return p.pid, out, err
+
+    def check_steps(self, prof, first, last, ranges, pid, ms, ends_at_stop=True):
+        steps = prof.steps()
+        self.assertEqual([n for n, _, _ in steps], list(range(first, last + 1)), prof.path)
+        for n, ev, line in steps:
+            start, stop = ranges[n]
+            self.assertEqual(line.id, pid, "step %d on the calling thread's line" % n)
+            # begins at the cudaProfilerStart call
+            self.assertGreaterEqual(ev.start_ns, start)
+            self.assertLess(ev.start_ns - start, SLACK, "step %d starts late" % n)
+            self.assertGreaterEqual(ev.dur_ns, ms * 1e6 * 0.9, "step %d shorter than its work" % n)
+            if n < last:
+                # runs to the next start
+                self.assertLessEqual(abs(ev.end_ns - ranges[n + 1][0]), SLACK)
+            elif ends_at_stop:
+                # the window's last step ends at its cudaProfilerStop: the
+                # capture stopped there, not at the next start
+                self.assertLessEqual(ev.end_ns, stop)
+                self.assertLess(ev.end_ns, ranges[n + 1][0] if n + 1 in ranges else stop + 1)
+        end = prof.host.stats.get("tbprof_capture_end_ns")
+        if ends_at_stop:
+            self.assertLessEqual(end, ranges[last][1], "capture ended at the last step's stop")
+        for ev in prof.host.events():
+            self.assertGreaterEqual(ev.start_ns, steps[0][1].start_ns)
+            self.assertLessEqual(ev.end_ns, end)
+
+    def one_profile(self, logdir=None):
+        files = tbtest.xplanes(logdir or self.logdir)
+        self.assertEqual(len(files), 1, files)
+        return tbtest.load(files[0])
+
+    def test_runtime_linked_globally(self):
+        pid, out, err = self.run_prog(["-n", "8", "-m", "3", "-g", "4", "-L", FAKE], steps="2,4")
+        ranges, rc, fwd = parse(out)
+        self.assertEqual(fwd, (8, 8), "every call reached the real runtime")
+        self.assertEqual(rc, (0, 0))
+        self.check_steps(self.one_profile(), 2, 4, ranges, pid, 3)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_runtime_loaded_locally_is_found(self):
+        # RTLD_LOCAL (as a Python extension's dependency): RTLD_NEXT cannot
+        # see it; the wrapper finds it among the loaded objects. The fake's
+        # return code comes back unchanged.
+        e = tbtest.env(self.logdir, steps="1,3")
+        e["FAKECUDA_RC"] = "7"
+        p = tbtest.spawn([PROG, "-n", "6", "-m", "3", "-l", FAKE], env=e)
+        out, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 0, err)
+        ranges, rc, fwd = parse(out)
+        self.assertEqual(fwd, (6, 6))
+        self.assertEqual(rc, (7, 7))
+        self.check_steps(self.one_profile(), 1, 3, ranges, p.pid, 3)
+
+    def test_driver_api(self):
+        pid, out, _ = self.run_prog(["-D", "-n", "6", "-m", "3", "-L", FAKE], steps="3")
+        ranges, rc, fwd = parse(out)
+        self.assertEqual(fwd, (6, 6))
+        self.check_steps(self.one_profile(), 3, 3, ranges, pid, 3)
+
+    def test_single_range_is_step_zero(self):
+        # nsys-style: one start/stop pair around the region of interest
+        pid, out, _ = self.run_prog(["-1", "-n", "5", "-m", "4", "-g", "30", "-L", FAKE], steps="0")
+        ranges, _, fwd = parse(out)
+        self.assertEqual(fwd, (1, 1))
+        prof = self.one_profile()
+        self.check_steps(prof, 0, 0, ranges, pid, 20)
+        # and nothing of the 30 ms after the stop
+        self.assertLessEqual(prof.host.stats["tbprof_capture_end_ns"], ranges[0][1])
+
+    def test_no_cuda_runtime_returns_success(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "3"], steps="2,3")
+        ranges, rc, fwd = parse(out)
+        self.assertEqual(rc, (0, 0))
+        self.assertEqual(fwd, (-1, -1))
+        self.check_steps(self.one_profile(), 2, 3, ranges, pid, 3)
+        # one warning, once, for the first call
+        self.assertEqual(len(tbtest.tbprof_warnings(err)), 1, err)
+        self.assertOneWarning(err, "cudaProfilerStart")
+
+    def test_off_forwards_without_counting(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "2", "-L", FAKE], steps="1,2", cuda_steps="off")
+        _, rc, fwd = parse(out)
+        self.assertEqual(fwd, (6, 6))
+        self.assertEqual(rc, (0, 0))
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_idle_without_window_writes_nothing(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1", "-L", FAKE])
+        self.assertEqual(parse(out)[2], (6, 6))
+        self.assertFalse(os.path.exists(self.logdir))
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_bad_mode_warns_once_and_uses_on(self):
+        pid, out, err = self.run_prog(["-n", "5", "-m", "2", "-L", FAKE], steps="1,2", cuda_steps="sometimes")
+        self.assertOneWarning(err, "TBPROF_CUDA_STEPS")
+        self.check_steps(self.one_profile(), 1, 2, parse(out)[0], pid, 2)
+
+    def test_callback_mode_falls_back_when_unavailable(self):
+        pid, out, err = self.run_prog(["-n", "5", "-m", "2", "-L", FAKE], steps="1,2", cuda_steps="callback")
+        ranges, _, fwd = parse(out)
+        self.assertEqual(fwd, (5, 5))
+        if tbtest.tbprof_warnings(err):
+            # no CUPTI (or no callback support in this build): one warning, wrappers used
+            self.assertOneWarning(err, "TBPROF_CUDA_STEPS")
+            self.check_steps(self.one_profile(), 1, 2, ranges, pid, 2)
+
+    def test_without_preload_the_program_runs(self):
+        p = tbtest.run([PROG, "-n", "3", "-m", "1", "-L", FAKE], env=tbtest.env(self.logdir, preload=False))
+        self.assertExitedOk(p)
+        self.assertEqual(parse(p.stdout)[2], (3, 3))
+
+
+if __name__ == "__main__":
+    tbtest.main()

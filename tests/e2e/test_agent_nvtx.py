@@ -1,0 +1,152 @@
+"""Steps from NVTX ranges whose name matches TBPROF_NVTX_STEP, on real processes.
+
+tests/e2e/progs/nvtx_steps.c is built against the NVTX v3 headers (header-
+only: its first NVTX call dlopen()s NVTX_INJECTION64_PATH). It names its step
+ranges "step 0", "step 1", ... (with inner "fwd"/"bwd" ranges that must not
+count) and prints when it opened and closed each. Under LD_PRELOAD with
+TBPROF_NVTX_STEP the preload points NVTX at libtbprof.so; each test decodes
+the profile and compares its steps with the ranges the program made."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+PROG = tbtest.prog("nvtx_steps")
+SLACK = 5_000_000  # ns
+
+
+def parse(stdout, offset=0):
+    ranges, info = {}, {}
+    for line in stdout.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if f[0] == "range":
+            ranges[int(f[1]) + offset] = (int(f[2]), int(f[3]))
+        elif "=" in f[0]:
+            k, v = line.split("=", 1)
+            info[k] = v
+    return ranges, info
+
+
+def have_nvtx_headers():
+    if not os.path.exists(PROG):
+        return False
+    p = tbtest.run([PROG, "-n", "0"], env=tbtest.env(preload=False))
+    return p.returncode != 77
+
+
+@unittest.skipUnless(have_nvtx_headers(), "nvtx_steps was built without the NVTX v3 headers (no CUDA toolkit)")
+class NvtxSteps(tbtest.TestCase):
+    def run_prog(self, args, logdir=None, extra_env=None, **tb):
+        e = tbtest.env(logdir or self.logdir, **tb)
+        e.pop("NVTX_INJECTION64_PATH", None)
+        e.update(extra_env or {})
+        p = tbtest.spawn([PROG] + args, env=e)
+        out, err = p.communicate(timeout=120)
+        self.assertEqual(p.returncode, 0, err)
+        return p.pid, out, err
+
+    def one_profile(self, logdir=None):
+        files = tbtest.xplanes(logdir or self.logdir)
+        self.assertEqual(len(files), 1, files)
+        return tbtest.load(files[0])
+
+    def check_steps(self, prof, first, last, ranges, pid, ms, ends_at_range_end=True):
+        steps = prof.steps()
+        self.assertEqual([n for n, _, _ in steps], list(range(first, last + 1)), prof.path)
+        for n, ev, line in steps:
+            start, end = ranges[n]
+            self.assertEqual(line.id, pid)
+            self.assertGreaterEqual(ev.start_ns, start)
+            self.assertLess(ev.start_ns - start, SLACK, "step %d starts late" % n)
+            self.assertGreaterEqual(ev.dur_ns, ms * 1e6 * 0.9)
+            if n < last:
+                self.assertLessEqual(abs(ev.end_ns - ranges[n + 1][0]), SLACK, "step %d runs to the next" % n)
+            elif ends_at_range_end:
+                # the window's last range closed: the capture stopped there
+                self.assertLessEqual(ev.end_ns, end)
+        cap_end = prof.host.stats["tbprof_capture_end_ns"]
+        if ends_at_range_end:
+            self.assertLessEqual(cap_end, ranges[last][1])
+        for ev in prof.host.events():
+            self.assertGreaterEqual(ev.start_ns, steps[0][1].start_ns)
+            self.assertLessEqual(ev.end_ns, cap_end)
+
+    def test_each_range_api(self):
+        for kind in ("push", "pushw", "pushex", "start", "domain", "mark"):
+            with self.subTest(kind=kind):
+                logdir = os.path.join(self.tmp, kind)
+                pid, out, err = self.run_prog(["-k", kind, "-n", "8", "-m", "3", "-g", "3"], logdir=logdir,
+                                              steps="2,4", nvtx_step="step")
+                ranges, info = parse(out)
+                self.assertEqual(os.path.realpath(info["nvtx_path"]), os.path.realpath(tbtest.LIB))
+                if kind not in ("start", "mark"):
+                    self.assertEqual(info["level"], "0", "push returns the level: injection attached")
+                # a mark has no end: the last step runs to the next mark
+                self.check_steps(self.one_profile(logdir), 2, 4, ranges, pid, 3,
+                                 ends_at_range_end=kind != "mark")
+                self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_number_in_name_is_the_step(self):
+        # ranges "step 10".."step 17": TBPROF_STEPS=12,14 means those names,
+        # not the 12th..14th range (there are only 8)
+        pid, out, _ = self.run_prog(["-n", "8", "-o", "10", "-m", "2"], steps="12,14", nvtx_step="step")
+        ranges, _ = parse(out, offset=10)
+        self.check_steps(self.one_profile(), 12, 14, ranges, pid, 2)
+
+    def test_unnumbered_names_count(self):
+        pid, out, _ = self.run_prog(["-n", "8", "-u", "-p", "train_step", "-m", "2"], steps="3,5",
+                                    nvtx_step="train")
+        ranges, _ = parse(out)
+        self.check_steps(self.one_profile(), 3, 5, ranges, pid, 2)
+
+    def test_regex_with_group(self):
+        pid, out, _ = self.run_prog(["-n", "8", "-p", "iter", "-o", "100", "-m", "2"], steps="101,102",
+                                    nvtx_step="/^iter ([0-9]+)$/")
+        ranges, _ = parse(out, offset=100)
+        self.check_steps(self.one_profile(), 101, 102, ranges, pid, 2)
+
+    def test_regex_without_group_counts(self):
+        pid, out, _ = self.run_prog(["-n", "6", "-p", "iter", "-o", "100", "-m", "2"], steps="1,2",
+                                    nvtx_step="/^it/")
+        ranges, _ = parse(out)  # counted from 0: range i is step i
+        self.check_steps(self.one_profile(), 1, 2, ranges, pid, 2)
+
+    def test_unset_means_no_injection(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1"], steps="1,2")
+        _, info = parse(out)
+        self.assertEqual(info["nvtx_path"], "")
+        self.assertEqual(info["level"], "-2", "NVTX with no tool attached")
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_other_tool_keeps_its_injection(self):
+        other = os.path.join(self.tmp, "libother_nvtx_tool.so")
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1"], steps="1,2", nvtx_step="step",
+                                      extra_env={"NVTX_INJECTION64_PATH": other})
+        _, info = parse(out)
+        self.assertEqual(info["nvtx_path"], other, "left as it was")
+        line = self.assertOneWarning(err, "NVTX_INJECTION64_PATH")
+        self.assertIn(other, line)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_bad_regex_warns_once(self):
+        pid, out, err = self.run_prog(["-n", "4", "-m", "1"], steps="1,2", nvtx_step="/([a-/")
+        self.assertOneWarning(err, "TBPROF_NVTX_STEP")
+        self.assertEqual(parse(out)[1]["nvtx_path"], "")
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_non_matching_names_are_not_steps(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1", "-p", "epoch"], steps="1,2", nvtx_step="step")
+        _, info = parse(out)
+        self.assertEqual(info["level"], "0", "attached")
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        self.assertFalse(os.path.exists(self.logdir))
+
+
+if __name__ == "__main__":
+    tbtest.main()
