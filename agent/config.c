@@ -93,10 +93,9 @@ static const var vars[] = {
     {"TBPROF_CUPTI_PATH", T_STR, "", "path to libcupti.so",
      "libcupti to load when none is loaded yet (default: search CUDA and pip folders)",
      "searching", "", F(cupti_path), 0, 0},
-    {"TBPROF_CUDA_STEPS", T_CUDASTEPS, "on", "on | off | callback",
-     "each cudaProfilerStart() (or cuProfilerStart) begins a step, cudaProfilerStop ends it: on = "
-     "exported wrappers (dynamic cudart), callback = a CUPTI callback held while idle (static "
-     "cudart too; blocks other CUPTI tools)",
+    {"TBPROF_CUDA_STEPS", T_CUDASTEPS, "on", "on | off",
+     "each cudaProfilerStart() (or cuProfilerStart) begins a step, cudaProfilerStop ends it "
+     "(calls through the dynamic linker: a shared libcudart, not nvcc's static one)",
      "using on", "on", F(cuda_steps), 0, 0},
     {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended)",
      "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
@@ -332,8 +331,6 @@ static int parse_var(const var *v, const char *val, tb_config *c)
             *(int *)field = TB_CUDA_STEPS_ON;
         else if (!strcasecmp(val, "off") || !strcmp(val, "0"))
             *(int *)field = TB_CUDA_STEPS_OFF;
-        else if (!strcasecmp(val, "callback") || !strcasecmp(val, "cupti"))
-            *(int *)field = TB_CUDA_STEPS_CALLBACK;
         else
             return -EINVAL;
         return 0;

@@ -22,11 +22,10 @@
 #define TB_MAX_WINDOWS 16
 #define TB_CONFIG_STR 512
 
-/* TBPROF_CUDA_STEPS: how cudaProfilerStart/Stop reach the step counter. */
+/* TBPROF_CUDA_STEPS: whether cudaProfilerStart/Stop count steps. */
 typedef enum tb_cuda_steps_mode {
     TB_CUDA_STEPS_OFF = 0,
-    TB_CUDA_STEPS_ON,       /* exported cudaProfilerStart/Stop forward to the real ones */
-    TB_CUDA_STEPS_CALLBACK, /* a CUPTI callback subscription held while idle */
+    TB_CUDA_STEPS_ON, /* exported cudaProfilerStart/Stop count, then forward to the real ones */
 } tb_cuda_steps_mode;
 
 typedef struct tb_window {

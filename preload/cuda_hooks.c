@@ -13,8 +13,10 @@
  *
  * Not seen this way: a program linked with the static cudart (nvcc's
  * default) calls its own copy, and cudart reaches cuProfilerStart through
- * cuGetProcAddress, not the dynamic linker. TBPROF_CUDA_STEPS=callback is the
- * opt-in for those (cupti/, when built).
+ * cuGetProcAddress, not the dynamic linker. Those need a CUPTI callback on
+ * the cudaProfilerStart/Stop callback ids, held while idle (CUPTI has one
+ * subscriber per process, so cupti/gpu.c would have to share it with its
+ * capture subscription): not done, see README "Steps from CUDA".
  *
  * Semantics: each start begins a step (a step boundary, like tbprof_step());
  * a stop ends the step the last start began. A single start/stop pair around
@@ -34,9 +36,6 @@
 #include "cudasteps.h"
 #include "log.h"
 #include "tbprof/tbprof.h"
-#ifdef TBPROF_WITH_CUPTI
-#include "gpu.h"
-#endif
 
 /* ---- shared by both step sources ------------------------------------------ */
 
@@ -156,39 +155,9 @@ static void on_stop(void)
         tb_cudasteps_end(n);
 }
 
-/* The callback mode's entry points (cupti/ calls them from its CUPTI
- * callback; the exported wrappers stay quiet then). */
-void tb_cuda_profiler_event(int start)
-{
-    if (start) {
-        int64_t n = tb_cudasteps_begin(0, 0);
-        if (n >= 0)
-            atomic_store_explicit(&cur_step, n, memory_order_relaxed);
-    } else {
-        int64_t n = atomic_exchange_explicit(&cur_step, -1, memory_order_relaxed);
-        if (n >= 0)
-            tb_cudasteps_end(n);
-    }
-}
-
 void tb_cuda_hooks_init(const tb_config *c)
 {
-    int mode = c->cuda_steps;
-    if (mode == TB_CUDA_STEPS_CALLBACK) {
-#if defined(TBPROF_WITH_CUPTI) && defined(TB_GPU_HAS_PROFILER_CALLBACKS)
-        const char *why = NULL;
-        if (tb_gpu_profiler_callbacks(tb_cuda_profiler_event, &why) == 0) {
-            atomic_store(&counting, 0);
-            return;
-        }
-        tb_warn("TBPROF_CUDA_STEPS=callback: %s; using the exported wrappers (on)", why ? why : "failed");
-#else
-        tb_warn("TBPROF_CUDA_STEPS=callback needs tbprof built with CUPTI profiler callbacks; using the "
-                "exported wrappers (on)");
-#endif
-        mode = TB_CUDA_STEPS_ON;
-    }
-    atomic_store(&counting, mode == TB_CUDA_STEPS_ON);
+    atomic_store(&counting, c->cuda_steps == TB_CUDA_STEPS_ON);
 }
 
 /* The exported wrappers. cudaError_t and CUresult are int-sized enums;
