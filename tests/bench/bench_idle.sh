@@ -64,3 +64,23 @@ written = [f for _, _, fs in os.walk(logdir) for f in fs]
 if written:
     sys.exit("bench_idle: an idle agent wrote files: %s" % written)
 PY
+
+# Instructions executed (all threads), counted by callgrind: deterministic on
+# a loaded machine, where the time ratios above swing by several percent.
+# Includes the fixed cost of loading libtbprof.so and starting its thread.
+if command -v valgrind >/dev/null; then
+  count() { # VAR=value... argv...: run under env, print callgrind's total
+    local out
+    out=$(env "$@" 2>&1 >/dev/null | grep -Eo 'Collected : [0-9]+' | grep -Eo '[0-9]+$') || true
+    echo "${out:-0}"
+  }
+  vg=(valgrind --tool=callgrind --callgrind-out-file=/dev/null)
+  for w in "idlework 4x20000|$work 4 20000" "python3 -c pass|$py -c pass"; do
+    name=${w%%|*}; read -r -a argv <<<"${w#*|}"
+    a=$(count TBPROF_LOGDIR="$logdir" "${vg[@]}" "${argv[@]}")
+    b=$(count TBPROF_LOGDIR="$logdir" LD_PRELOAD="$lib" "${vg[@]}" "${argv[@]}")
+    awk -v n="$name" -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%-22s instructions: plain %d preloaded %d ratio %.4f\n", n, a, b, b / a }'
+  done
+else
+  echo "bench_idle: valgrind not installed; instruction counts skipped"
+fi
