@@ -27,6 +27,7 @@
  */
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <regex.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -178,30 +179,50 @@ static int match_w(const wchar_t *w, int64_t *num)
     return match(buf, num);
 }
 
-/* Registered strings: our handle is a pointer to this record. */
+/* Registered strings: our handle is a pointer to this record. Equal strings
+ * share one record (a program may register its step name every step); all
+ * stay reachable from the table for the process lifetime, as handles do. */
 #define REG_MAGIC 0x74627278u /* "tbrx" */
 #define REG_MAX_BYTES (1u << 20)
+#define REG_BUCKETS 1024
 typedef struct reg_str {
     uint32_t magic;
+    struct reg_str *next;
     char s[];
 } reg_str;
-static atomic_size_t reg_bytes;
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static reg_str *reg_table[REG_BUCKETS];
+static size_t reg_bytes;
 
 static const void *register_string(const char *s, size_t len)
 {
-    size_t need = sizeof(reg_str) + len + 1;
-    if (atomic_fetch_add(&reg_bytes, need) + need > REG_MAX_BYTES) {
-        atomic_fetch_sub(&reg_bytes, need);
-        tb_warn_once("NVTX: more than %u bytes of registered strings; later ones cannot name steps",
-                     REG_MAX_BYTES);
-        return NULL;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    reg_str **b = &reg_table[h % REG_BUCKETS];
+    pthread_mutex_lock(&reg_mu);
+    reg_str *r = *b;
+    while (r && (strncmp(r->s, s, len) || r->s[len]))
+        r = r->next;
+    if (!r) {
+        size_t need = sizeof(reg_str) + len + 1;
+        if (reg_bytes + need > REG_MAX_BYTES) {
+            pthread_mutex_unlock(&reg_mu);
+            tb_warn_once("NVTX: more than %u bytes of registered strings; later ones cannot name steps",
+                         REG_MAX_BYTES);
+            return NULL;
+        }
+        r = malloc(need);
+        if (r) {
+            r->magic = REG_MAGIC;
+            memcpy(r->s, s, len);
+            r->s[len] = '\0';
+            r->next = *b;
+            *b = r;
+            reg_bytes += need;
+        }
     }
-    reg_str *r = malloc(need); /* kept for the process lifetime, as NVTX handles are */
-    if (!r)
-        return NULL;
-    r->magic = REG_MAGIC;
-    memcpy(r->s, s, len);
-    r->s[len] = '\0';
+    pthread_mutex_unlock(&reg_mu);
     return r;
 }
 
