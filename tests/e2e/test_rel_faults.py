@@ -1,0 +1,222 @@
+"""Faults during a capture: SIGINT, exit() from another thread and _exit()
+mid-capture, SIGKILL at each point of the write, and a logdir that is
+missing, unwritable or on a full file system. The job's exit status never
+changes; a profile is complete or absent, never partial; a reader ignores
+what a killed writer left; the next run is fine; one warning, no litter."""
+
+import gzip
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
+import tbtest  # noqa: E402
+from relutil import RELJOB, figure  # noqa: E402
+
+T = 120 * relutil.sanitizer_slowdown()
+TMP_NAME = re.compile(r"^\.tbprof-\d+-\d+\.tmp$")
+
+
+def nums(path):
+    return [n for n, _, _ in tbtest.load(path).steps()]
+
+
+class Faults(tbtest.TestCase):
+    def check_complete(self, logdir, nsteps=None):
+        """Every finished-looking file decodes in full; returns them."""
+        files = tbtest.xplanes(logdir)
+        for f in files:
+            n = nums(f)
+            if nsteps is not None:
+                self.assertEqual(len(n), nsteps, f)
+            gz = f.replace(".xplane.pb", ".trace.json.gz")
+            if os.path.exists(gz):
+                with gzip.open(gz) as g:
+                    json.load(g)
+        return files
+
+    # ---- signals and exits mid-capture --------------------------------------
+
+    def test_sigint_mid_capture_default_and_own_handler(self):
+        # default SIGINT: the job dies of it; nothing (partial) is left
+        p = tbtest.spawn([RELJOB, "-r", "-n", "3000", "-m", "2"], env=tbtest.env(self.logdir, steps="3,2000"))
+        tbtest.read_until(p, "ready")
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=T)
+        self.assertEqual(p.returncode, -signal.SIGINT)
+        self.assertEqual(self.check_complete(self.logdir), [])
+        self.assertNoPartialFiles(self.logdir)
+        # the job's own handler ends the loop and exits 5: the window so far is written
+        logdir2 = os.path.join(self.tmp, "logs2")
+        p = tbtest.spawn([RELJOB, "-r", "-I", "-x", "5", "-n", "3000", "-m", "2"],
+                         env=tbtest.env(logdir2, steps="3,2000"))
+        tbtest.read_until(p, "ready")
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=T)
+        self.assertEqual(p.returncode, 5, err)
+        files = self.check_complete(logdir2)
+        self.assertEqual(len(files), 1, err)
+        n = nums(files[0])
+        self.assertEqual(n, list(range(3, 3 + len(n))))
+        self.assertNoPartialFiles(logdir2)
+        figure("sigint", "default SIGINT mid-capture: dies of SIGINT, 0 files; job's own SIGINT handler: exit 5 "
+               "kept, steps 3-%d written" % n[-1])
+
+    def test_exit_from_another_thread_and__exit(self):
+        # exit(9) from a second thread while the main thread keeps stepping
+        p = tbtest.run([RELJOB, "-n", "400", "-m", "2", "-A", "20", "-X", "-Y", "-x", "9"],
+                       env=tbtest.env(self.logdir, steps="3,300"), timeout=T)
+        self.assertExitedOk(p, 9)
+        files = self.check_complete(self.logdir)
+        self.assertLessEqual(len(files), 1)
+        if files:
+            n = nums(files[0])
+            self.assertEqual(n, list(range(3, 3 + len(n))))
+        self.assertNoPartialFiles(self.logdir)
+        # _exit(11): no destructor, nothing flushed, nothing partial
+        logdir2 = os.path.join(self.tmp, "logs2")
+        p = tbtest.run([RELJOB, "-n", "400", "-m", "2", "-A", "20", "-X", "-K", "-x", "11"],
+                       env=tbtest.env(logdir2, steps="3,300"), timeout=T)
+        self.assertExitedOk(p, 11)
+        self.assertEqual(tbtest.xplanes(logdir2), [])
+        self.assertNoPartialFiles(logdir2)
+        figure("exit", "exit(9) from a 2nd thread mid-capture: status 9, %d complete file(s); _exit(11): status 11, "
+               "0 files, 0 temporaries" % len(files))
+
+    # ---- SIGKILL while writing --------------------------------------------------
+
+    def kill_at(self, nth, logdir):
+        run = os.path.join(logdir, "plugins", "profile", "r")
+        os.makedirs(run)
+        env = tbtest.env(logdir, steps="0,30000", run="r", host="h")
+        job = subprocess.Popen([RELJOB, "-r", "-g", "-n", "30010", "-m", "0"], env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: job.poll() is None and job.kill())
+        tbtest.read_until(job, "ready")
+        w = subprocess.Popen([RELJOB, "-W", run, "-k", str(job.pid), "-c", str(nth)], stdout=subprocess.PIPE,
+                             text=True, env=tbtest.env(preload=False))
+        self.assertEqual(w.stdout.readline().strip(), "watching")
+        job.stdin.write("go\n")
+        job.stdin.flush()
+        job.communicate(timeout=T)
+        wout, _ = w.communicate(timeout=30)
+        killed = job.returncode == -signal.SIGKILL
+        return killed, wout.strip(), run
+
+    def test_sigkill_mid_write(self):
+        caught = []
+        for nth in (1, 2, 3, 4):
+            logdir = os.path.join(self.tmp, "k%d" % nth)
+            killed, what, run = self.kill_at(nth, logdir)
+            files = self.check_complete(logdir, nsteps=30001)
+            left = tbtest.leftovers(logdir)
+            for f in left:
+                self.assertRegex(os.path.basename(f), TMP_NAME, "only temp names a reader ignores")
+            # readers skip the temporaries
+            ls = tbtest.run([tbtest.CLI, "ls", logdir])
+            self.assertEqual(ls.returncode, 0 if files else ls.returncode, ls.stderr)
+            self.assertNotIn(".tbprof-", ls.stdout + ls.stderr)
+            if not files:
+                s = tbtest.run([tbtest.CLI, "summary", logdir])
+                self.assertEqual(s.returncode, 2, s.stdout)
+                self.assertNotIn(".tbprof-", s.stdout + s.stderr)
+            caught.append("kill at create #%d (%s): %s, %d complete xplane, %d temp left" % (
+                nth, what, "killed" if killed else "finished first", len(files), len(left)))
+            # the next run is fine (same run and host names: a new name, nothing replaced)
+            p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=tbtest.env(logdir, steps="2,4", run="r", host="h"),
+                           timeout=T)
+            self.assertExitedOk(p)
+            after = self.check_complete(logdir)
+            self.assertEqual(len(after), len(files) + 1, p.stderr)
+            new = [f for f in after if f not in files][0]
+            self.assertEqual(nums(new), [2, 3, 4])
+        figure("sigkill", "; ".join(caught))
+
+    # ---- the logdir -------------------------------------------------------------
+
+    def test_logdir_missing_is_created(self):
+        logdir = os.path.join(self.tmp, "a", "b", "c", "logs")
+        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=tbtest.env(logdir, steps="2,4"), timeout=T)
+        self.assertExitedOk(p)
+        self.assertEqual(nums(self.check_complete(logdir)[0]), [2, 3, 4])
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+
+    def test_logdir_unwritable_for_the_job(self):
+        if not relutil.can_be_nobody():
+            self.skipTest("needs root (to run the job as nobody)")
+        job, lib = relutil.shared_copy(self.tmp, [RELJOB, tbtest.LIB])
+        locked = os.path.join(self.tmp, "rootonly")
+        os.mkdir(locked, 0o755)
+        for logdir in (locked, os.path.join(locked, "logs")):
+            e = tbtest.env(logdir, steps="2,4")
+            e["LD_PRELOAD"] = relutil.preload_with(lib)
+            p = subprocess.run([job, "-n", "8", "-m", "1", "-x", "3"], env=e, capture_output=True, text=True,
+                               timeout=T, preexec_fn=relutil.as_nobody, cwd=self.tmp)
+            self.assertEqual(p.returncode, 3, p.stderr)
+            self.assertIn("done 8", p.stdout)
+            w = self.assertOneWarning(p.stderr, logdir)
+            self.assertIn("Permission denied", w)
+            self.assertEqual(len(tbtest.tbprof_warnings(p.stderr)), 1, p.stderr)
+        self.assertEqual(os.listdir(locked), [])
+        figure("logdir-unwritable", "job as nobody, logdir root-owned 0755 (itself, and a missing child): exit 3 "
+               "kept, 1 warning (Permission denied), 0 files")
+
+    def full_fs(self, logdir, preexec=None, label=""):
+        e = tbtest.env(logdir, steps="2,4", run="r", host="h")
+        p = subprocess.run([RELJOB, "-n", "8", "-m", "1", "-x", "4"], env=e, capture_output=True, text=True,
+                           timeout=T, preexec_fn=preexec)
+        self.assertEqual(p.returncode, 4, "%s: %s" % (label, p.stderr))
+        self.assertIn("done 8", p.stdout)
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, "%s: one warning: %s" % (label, p.stderr))
+        self.assertNoPartialFiles(logdir)
+        return w[0], self.check_complete(logdir)
+
+    def test_full_filesystem(self):
+        results = []
+        mnt = os.path.join(self.tmp, "mnt")
+        os.mkdir(mnt)
+        mounted = os.getuid() == 0 and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mnt], capture_output=True).returncode == 0
+        if mounted:
+            self.addCleanup(lambda: subprocess.run(["umount", "-l", mnt]))
+            # 16 pages; each file takes at least one: leave 0, 1 and 2 free
+            for free, expect in ((0, "profile not written"), (1, "profile not written"),
+                                 (2, "trace.json.gz not written")):
+                for f in os.listdir(mnt):
+                    subprocess.run(["rm", "-rf", os.path.join(mnt, f)])
+                with open(os.path.join(mnt, "filler"), "wb") as f:
+                    f.write(b"\0" * ((16 - free) * 4096))
+                logdir = os.path.join(mnt, "logs")
+                w, files = self.full_fs(logdir, label="tmpfs %d pages free" % free)
+                self.assertIn(expect, w)
+                self.assertIn("No space left", w)
+                self.assertEqual(len(files), 1 if free == 2 else 0, w)
+                if files:
+                    self.assertEqual(nums(files[0]), [2, 3, 4])
+                results.append("tmpfs %d page(s) free: %d profile(s), 1 warning (%s: %s)" % (
+                    free, len(files), expect, w.rsplit(": ", 1)[1]))
+        # RLIMIT_FSIZE below the profile's size: refused before writing (no SIGXFSZ)
+
+        def small_fsize():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+        logdir = os.path.join(self.tmp, "fsize")
+        w, files = self.full_fs(logdir, preexec=small_fsize, label="RLIMIT_FSIZE")
+        self.assertIn("File too large", w)
+        self.assertEqual(files, [])
+        results.append("RLIMIT_FSIZE=512: 0 profiles, 1 warning (%s)" % w.rsplit(": ", 1)[1])
+        figure("full-fs", "%s; exit status 4 kept, no temporaries%s" % (
+            "; ".join(results), "" if mounted else " (tmpfs mount refused: RLIMIT_FSIZE only)"))
+
+
+if __name__ == "__main__":
+    tbtest.main()
