@@ -146,6 +146,22 @@ class CudaProfilerSteps(tbtest.TestCase):
         self.assertIn("on | off", self.assertOneWarning(err, "TBPROF_CUDA_STEPS"))
         self.check_steps(self.one_profile(), 1, 2, ranges, pid, 2)
 
+    def test_real_cuda_runtime(self):
+        # the toolkit's shared libcudart: the wrapper forwards to it and hands
+        # back exactly what it returns (an error code on a machine without a
+        # GPU driver, 0 on a GPU machine), and the steps are counted
+        real = [p for p in ("/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/lib/libcudart.so")
+                if os.path.exists(p)]
+        if not real:
+            self.skipTest("no CUDA toolkit libcudart.so here")
+        direct = tbtest.run([PROG, "-n", "4", "-m", "1", "-L", real[0]], env=tbtest.env(preload=False))
+        self.assertExitedOk(direct)
+        want = parse(direct.stdout)[1]
+        pid, out, _ = self.run_prog(["-n", "6", "-m", "3", "-L", real[0]], steps="2,3")
+        ranges, rc, _ = parse(out)
+        self.assertEqual(rc, want, "same return codes as the runtime called directly")
+        self.check_steps(self.one_profile(), 2, 3, ranges, pid, 3)
+
     def test_without_preload_the_program_runs(self):
         p = tbtest.run([PROG, "-n", "3", "-m", "1", "-L", FAKE], env=tbtest.env(self.logdir, preload=False))
         self.assertExitedOk(p)
