@@ -13,9 +13,12 @@ import tbtest
 
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 
-# Times are microseconds after activity is enabled (plus TBFAKE_CUPTI_SHIFT_US,
-# which the tests set so the records land well inside the captured window
-# even on a loaded machine).
+# Times are microseconds after the program launches its GPU work: the tests
+# run the fake with TBFAKE_CUPTI_AT_LAUNCH=1 and steps -G, which calls the
+# fake's tbfake_cupti_launch() in the first captured step, as real CUPTI
+# stamps work inside the step that launched it. (Stamping at enable would put
+# the records before the window when the agent thread is slow: sources start
+# a step early, or some time before tbprof_start() returns.)
 SCRIPT = """\
 device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
 context ctx=1 dev=0
@@ -57,7 +60,7 @@ class GpuFake(tbtest.TestCase):
         e = tbtest.env(self.logdir, **tb)
         e["TBFAKE_CUPTI_SCRIPT"] = self.script
         e["TBFAKE_CUPTI_REPORT"] = self.report
-        e["TBFAKE_CUPTI_SHIFT_US"] = "5000"
+        e["TBFAKE_CUPTI_AT_LAUNCH"] = "1"
         e.update(extra)
         return e
 
@@ -129,8 +132,11 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(host.stats.get("tbprof_buffer_pool_exhausted"), 0)
         return kernels
 
-    def run_steps(self, args, **kw):
-        p = tbtest.run([tbtest.prog("steps")] + args, env=self.env(**kw))
+    def run_steps(self, args, launch=True, **kw):
+        # -G: launch the scripted work in the first captured step (the
+        # program waits there until GPU tracing is on); not where CUPTI
+        # is never enabled
+        p = tbtest.run([tbtest.prog("steps")] + (["-G"] if launch else []) + args, env=self.env(**kw))
         self.assertExitedOk(p)
         return p
 
@@ -156,9 +162,9 @@ class GpuFake(tbtest.TestCase):
         self.assertNoPartialFiles(self.logdir)
 
     def test_repeated_captures(self):
-        # step windows arm one step early (up to a step before the window):
-        # 30 ms steps, records 40 ms after arming land in the 60 ms window
-        p = self.run_steps(["-n", "11", "-m", "30", "-r"], steps="2-3;7-8", TBFAKE_CUPTI_SHIFT_US="40000")
+        # step windows arm one step early; the records are stamped when the
+        # program launches its work in step 2 (and 7): inside each window
+        p = self.run_steps(["-n", "11", "-m", "30", "-r"], steps="2-3;7-8")
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
@@ -167,7 +173,7 @@ class GpuFake(tbtest.TestCase):
         self.assertReleased(self.fake_log(), 2)
 
     def host_only(self, reason_re, **kw):
-        p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], **kw)
+        p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, **kw)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         prof = tbtest.load(xs[0])

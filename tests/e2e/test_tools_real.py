@@ -108,8 +108,10 @@ class RealProfiles(tbtest.TestCase):
         e = tbtest.env(self.logdir, gpu="on", cupti_path=gf.FAKE)
         e["TBFAKE_CUPTI_SCRIPT"] = script
         e["TBFAKE_CUPTI_REPORT"] = os.path.join(self.tmp, "report")
-        e["TBFAKE_CUPTI_SHIFT_US"] = "5000"
-        p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "20", "-a", "1,6"], env=e)
+        # records stamped when the program launches its work in the first
+        # captured step (-G), not when tracing is enabled: see test_gpu_fake
+        e["TBFAKE_CUPTI_AT_LAUNCH"] = "1"
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "20", "-a", "1,6"], env=e)
         self.assertExitedOk(p)
         files = tbtest.wait_for_xplanes(self.logdir, 1)
         r = cli("summary", "--json", files[0])

@@ -2,7 +2,8 @@
  *
  * Exports the CUPTI functions tbprof calls. At cuptiActivityEnable(
  * CONCURRENT_KERNEL) it reads a script (TBFAKE_CUPTI_SCRIPT) of activity
- * records whose times are offsets (microseconds) from "now"; at
+ * records whose times are offsets (microseconds) from "now" (enable, or with
+ * TBFAKE_CUPTI_AT_LAUNCH the program's launch call: tbfake_cupti_launch); at
  * cuptiActivityFlushAll it hands them to the registered buffer callbacks
  * packed into the client's buffers, exactly as CUPTI would: records of a
  * kind that was never enabled are not delivered, a buffer request answered
@@ -31,6 +32,10 @@
  *   TBFAKE_CUPTI_SLOW_MS=N        sleep N ms before handing each buffer back
  *   TBFAKE_CUPTI_SKEW_NS=N        the default clock is CLOCK_REALTIME + N
  *   TBFAKE_CUPTI_SHIFT_US=N       add N us to every script time
+ *   TBFAKE_CUPTI_AT_LAUNCH=1      times are offsets from the program's first
+ *                                 tbfake_cupti_launch() call after enable, not
+ *                                 from enable (records of work never launched
+ *                                 are not delivered)
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type
  * or callback names: an older CUPTI); -DFAKE_BROKEN (no cuptiActivityFlushAll).
@@ -365,6 +370,44 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
     }
 }
 
+/* Move one record: add dt to its times and dcorr to its correlation (or
+ * marker) id. */
+static void shift_rec(rec *r, uint64_t dt, uint32_t dcorr)
+{
+    switch (r->kind) {
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
+        r->u.k.start += dt, r->u.k.end += dt, r->u.k.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
+        r->u.m.start += dt, r->u.m.end += dt, r->u.m.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY2:
+        r->u.p.start += dt, r->u.p.end += dt, r->u.p.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMSET:
+        r->u.ms.start += dt, r->u.ms.end += dt, r->u.ms.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_RUNTIME:
+    case CUPTI_ACTIVITY_KIND_DRIVER:
+        r->u.api.start += dt, r->u.api.end += dt, r->u.api.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_SYNCHRONIZATION:
+        r->u.sy.start += dt, r->u.sy.end += dt, r->u.sy.correlationId += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_MARKER:
+        r->u.mk.timestamp += dt, r->u.mk.id += dcorr;
+        break;
+    case CUPTI_ACTIVITY_KIND_OVERHEAD:
+        r->u.ov.start += dt, r->u.ov.end += dt;
+        break;
+    case CUPTI_ACTIVITY_KIND_MEMORY2:
+        r->u.mem.timestamp += dt, r->u.mem.correlationId += dcorr;
+        break;
+    default:
+        break;
+    }
+}
+
 static uint64_t rec_end(const rec *r)
 {
     switch (r->kind) {
@@ -392,35 +435,55 @@ static uint64_t rec_end(const rec *r)
     }
 }
 
+/* Stamped: the records' times are absolute (not offsets any more). */
+static int stamped;
+
+/* Give the armed records absolute times: offsets from `now` (plus the shift knob). */
+static void stamp(uint64_t now)
+{
+    uint64_t base = now + (uint64_t)envl("TBFAKE_CUPTI_SHIFT_US", 0) * 1000u;
+    for (size_t i = 0; i < nrecs; i++)
+        shift_rec(&recs[i], base, 0);
+    stamped = 1;
+}
+
+/* Parse the script once (times as offsets), then append REPEAT-1 copies,
+ * each after the previous one ends, correlation ids offset by 100000. */
 static void arm_script(void)
 {
     nrecs = 0;
+    stamped = 0;
     memset(seen, 0, sizeof(seen));
     const char *path = getenv("TBFAKE_CUPTI_SCRIPT");
     if (!path || !*path)
         return;
-    uint64_t base = fake_clock() + (uint64_t)envl("TBFAKE_CUPTI_SHIFT_US", 0) * 1000u;
     long repeat = envl("TBFAKE_CUPTI_REPEAT", 1);
     FILE *f = fopen(path, "r");
     if (!f)
         return;
     char line[1024];
-    uint64_t span = 0;
-    for (long rep = 0; rep < repeat; rep++) {
-        rewind(f);
-        while (fgets(line, sizeof(line), f))
-            parse_line(line, base + (uint64_t)rep * span, (uint32_t)(rep * 100000));
-        if (rep == 0) { /* later copies start after the first one ends */
-            for (size_t i = 0; i < nrecs; i++)
-                if (recs[i].kind != CUPTI_ACTIVITY_KIND_DEVICE && recs[i].kind != CUPTI_ACTIVITY_KIND_CONTEXT) {
-                    uint64_t e = rec_end(&recs[i]);
-                    if (e > base && e - base > span)
-                        span = e - base;
-                }
-            span += 1000;
-        }
-    }
+    while (fgets(line, sizeof(line), f))
+        parse_line(line, 0, 0);
     fclose(f);
+    size_t n0 = nrecs;
+    uint64_t span = 0;
+    for (size_t i = 0; i < n0; i++)
+        if (recs[i].kind != CUPTI_ACTIVITY_KIND_DEVICE && recs[i].kind != CUPTI_ACTIVITY_KIND_CONTEXT &&
+            rec_end(&recs[i]) > span)
+            span = rec_end(&recs[i]);
+    span += 1000;
+    for (long rep = 1; rep < repeat; rep++)
+        for (size_t i = 0; i < n0; i++) {
+            if (recs[i].kind == CUPTI_ACTIVITY_KIND_DEVICE || recs[i].kind == CUPTI_ACTIVITY_KIND_CONTEXT)
+                continue; /* once per replay set */
+            rec *r = push((CUpti_ActivityKind)recs[i].kind, 0);
+            if (!r)
+                return;
+            *r = recs[i]; /* recs may have moved: push returned into the new array */
+            shift_rec(r, (uint64_t)rep * span, (uint32_t)(rep * 100000));
+        }
+    if (!envl("TBFAKE_CUPTI_AT_LAUNCH", 0))
+        stamp(fake_clock());
 }
 
 /* ---- the CUPTI API --------------------------------------------------------- */
@@ -504,7 +567,11 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
 {
     pthread_mutex_lock(&mu);
     long per = envl("TBFAKE_CUPTI_PER_BUFFER", 0), slow = envl("TBFAKE_CUPTI_SLOW_MS", 0);
-    size_t i = 0, delivered = 0, dropped = 0;
+    size_t i = 0, delivered = 0, dropped = 0, unlaunched = 0;
+    if (!stamped) { /* TBFAKE_CUPTI_AT_LAUNCH: work never launched has no records */
+        unlaunched = nrecs;
+        i = nrecs;
+    }
     while (i < nrecs && req_cb && done_cb) {
         uint8_t *buf = NULL;
         size_t size = 0, maxr = 0;
@@ -537,7 +604,10 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     n_delivered += delivered;
     n_dropped_total += dropped;
     pthread_mutex_unlock(&mu);
-    report("flush %u delivered=%zu dropped=%zu", flag, delivered, dropped);
+    if (unlaunched)
+        report("flush %u delivered=%zu dropped=%zu unlaunched=%zu", flag, delivered, dropped, unlaunched);
+    else
+        report("flush %u delivered=%zu dropped=%zu", flag, delivered, dropped);
     return CUPTI_SUCCESS;
 }
 #endif
@@ -661,6 +731,29 @@ API void tbfake_cupti_state(int *is_subscribed, int *nenabled, unsigned long lon
     *delivered = n_delivered;
     *dropped = n_dropped_total;
     pthread_mutex_unlock(&mu);
+}
+
+/* TBFAKE_CUPTI_AT_LAUNCH=1: the program launched its GPU work. Real CUPTI
+ * stamps a record when the work runs, inside the step that launched it; here
+ * the first call after activity was enabled gives the scripted records their
+ * times as offsets from now. Returns 1 when this call stamped them, 2 when
+ * they were stamped already (an earlier call, or stamping at enable), 0 when
+ * activity is not enabled (no capture has started tracing yet).
+ * The agent loads the fake RTLD_LOCAL: a program finds this function with
+ * dlopen("libcupti.so", RTLD_NOLOAD) + dlsym (then dlclose). */
+API int tbfake_cupti_launch(void)
+{
+    pthread_mutex_lock(&mu);
+    int r = 0;
+    if (enabled[CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL]) {
+        r = stamped ? 2 : 1;
+        if (!stamped)
+            stamp(fake_clock());
+    }
+    pthread_mutex_unlock(&mu);
+    if (r == 1)
+        report("launch");
+    return r;
 }
 
 /* The thread-id type currently set (-1 in the FAKE_OLD build). */

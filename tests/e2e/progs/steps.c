@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-G]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -16,8 +16,15 @@
  *   -x   exit status (default 0)
  *   -r   print "ready <pid>" once the loop starts
  *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
+ *   -G   "launch GPU work" in the first step of each capture (for the fake
+ *        libcupti's TBFAKE_CUPTI_AT_LAUNCH mode, which stamps its scripted
+ *        records at that call, as real CUPTI stamps work inside the step that
+ *        launched it): with -a, wait until tbprof_capturing() after
+ *        tbprof_start(); in a step where tbprof_capturing() is true, call the
+ *        fake's tbfake_cupti_launch() until GPU tracing is on (bounded, 30 s)
  * At the end it prints "done <steps> last=<tbprof_last_profile()>".
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -65,6 +72,36 @@ static void work(double ms)
     sink = acc;
 }
 
+static int (*capturing_fn)(void);
+
+static int tb_capturing(void) { return capturing_fn ? capturing_fn() : 0; }
+
+/* The fake libcupti's launch hook: 1 stamped now, 2 already, 0 tracing not
+ * on yet (or the fake is not loaded). The agent dlopens it RTLD_LOCAL, so
+ * look it up by soname without loading it, and let go of it at once. */
+static int fake_launch(void)
+{
+    void *h = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return 0;
+    int (*f)(void) = (int (*)(void))dlsym(h, "tbfake_cupti_launch");
+    int r = f ? f() : 0;
+    dlclose(h);
+    return r;
+}
+
+static void wait_until(int (*cond)(void), const char *what)
+{
+    int64_t end = now_ns(CLOCK_MONOTONIC) + 30 * (int64_t)1000000000;
+    while (!cond()) {
+        if (now_ns(CLOCK_MONOTONIC) > end) {
+            fprintf(stderr, "steps: gave up waiting for %s\n", what);
+            return;
+        }
+        usleep(1000);
+    }
+}
+
 static void *worker(void *arg)
 {
     (void)arg;
@@ -76,11 +113,12 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
+    int gpu = 0, launched = 0;
     double ms = 5;
     long api_a = -1, api_b = -1, exit_at = -1;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rT")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTG")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -94,10 +132,12 @@ int main(int argc, char **argv)
         case 'x': code = atoi(optarg); break;
         case 'r': ready = 1; break;
         case 'T': signal(SIGTERM, on_term); break;
+        case 'G': gpu = 1; break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
     }
     tbapi_init();
+    *(void **)&capturing_fn = dlsym(RTLD_DEFAULT, "tbprof_capturing");
     pthread_t th[64];
     if (nthreads > 64)
         nthreads = 64;
@@ -120,8 +160,8 @@ int main(int argc, char **argv)
             fflush(stdout);
             exit(code);
         }
-        if (api_a >= 0 && i == api_a)
-            tb_start(0);
+        if (api_a >= 0 && i == api_a && tb_start(0) == 0 && gpu)
+            wait_until(tb_capturing, "tbprof_capturing()");
         if (print_steps)
             printf("step %d %lld\n", i, (long long)now_ns(CLOCK_REALTIME));
         if (use_num) {
@@ -129,6 +169,13 @@ int main(int argc, char **argv)
             tb_step_num(i); /* duplicate: merged */
         } else {
             tb_step();
+        }
+        if (gpu && tb_capturing()) {
+            if (!launched)
+                wait_until(fake_launch, "GPU tracing (tbfake_cupti_launch)");
+            launched = 1;
+        } else {
+            launched = 0;
         }
         if (i == 1 && do_fork) {
             child = fork();
