@@ -45,35 +45,39 @@ static int peer_ok(int fd, pid_t want_pid)
     return want_pid <= 0 || cr.pid == want_pid;
 }
 
-/* Read up to a newline or n-1 bytes within deadline; returns length or -1. */
+/* Read one line (up to its newline, at most n-1 bytes) by `deadline`.
+ * Returns its length (newline cut off), -1 when no newline came within the
+ * limit (too long), -2 when the peer closed or the deadline passed before
+ * the newline (an incomplete request is never acted on). Bytes already
+ * received are read even after the deadline. */
 static ssize_t read_line(int fd, char *buf, size_t n, int64_t deadline)
 {
     size_t len = 0;
+    int nl = 0;
     while (len + 1 < n) {
+        ssize_t k = recv(fd, buf + len, n - 1 - len, MSG_DONTWAIT);
+        if (k > 0) {
+            nl = memchr(buf + len, '\n', (size_t)k) != NULL;
+            len += (size_t)k;
+            if (nl)
+                break;
+            continue;
+        }
+        if (k == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+            break; /* closed, or an error */
+        if (errno == EINTR)
+            continue;
         int64_t left = (deadline - tb_mono_ns()) / 1000000;
         if (left <= 0)
             break;
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, (int)left);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        ssize_t k = recv(fd, buf + len, n - 1 - len, MSG_DONTWAIT);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (k <= 0)
-            break;
-        len += (size_t)k;
-        if (memchr(buf, '\n', len))
+        if (poll(&p, 1, (int)left) < 0 && errno != EINTR)
             break;
     }
     buf[len] = '\0';
-    char *nl = strchr(buf, '\n');
-    if (nl)
-        *nl = '\0';
-    else if (len + 1 >= n)
-        return -1; /* too long: no newline within the limit */
+    if (!nl)
+        return len + 1 >= n ? -1 : -2;
+    *(char *)memchr(buf, '\n', len) = '\0';
     return (ssize_t)strlen(buf);
 }
 
@@ -93,15 +97,19 @@ static void send_all(int fd, const char *s)
 
 void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
 {
+    /* one deadline for every pending client: silent ones cannot hold the
+     * agent thread 200 ms each */
+    int64_t deadline = tb_mono_ns() + 200000000;
     for (int i = 0; i < 16; i++) {
         int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0)
             return; /* EAGAIN: nothing more pending */
         char line[TB_CTL_LINE], out[TB_CTL_LINE + 4096];
+        ssize_t k;
         if (!peer_ok(c, 0)) {
             send_all(c, "error: permission denied (different user)\n");
-        } else if (read_line(c, line, sizeof(line), tb_mono_ns() + 200000000) < 0) {
-            send_all(c, "error: request too long\n");
+        } else if ((k = read_line(c, line, sizeof(line), deadline)) < 0) {
+            send_all(c, k == -1 ? "error: request too long\n" : "error: incomplete request (no newline)\n");
         } else {
             h(line, out, sizeof(out) - 1);
             strcat(out, "\n");
