@@ -755,7 +755,9 @@ static void machine(void)
         tb_space *sp = NULL;
         char run[TB_CONFIG_STR + 200] = "";
         if (captured && !g.cfg.logdir[0]) {
-            tb_warn_once("TBPROF_LOGDIR is not usable: profile not written");
+            /* only a bad TBPROF_LOGDIR empties it, and the config already
+             * warned about that once: one warning per variable */
+            tb_info("capture '%s' not written: TBPROF_LOGDIR is not usable", c.trigger);
         } else if (captured) {
             sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
         } else {
