@@ -94,7 +94,13 @@ static int open_subdir(int dirfd, const char *name)
     if (mkdirat(dirfd, name, 0777) < 0 && errno != EEXIST)
         return -errno;
     int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    return fd < 0 ? (errno == ELOOP ? -ELOOP : -errno) : fd;
+    if (fd >= 0)
+        return fd;
+    int e = errno;
+    struct stat st; /* O_DIRECTORY|O_NOFOLLOW on a symlink says ENOTDIR: name the symlink */
+    if (e == ENOTDIR && fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+        e = ELOOP;
+    return -e;
 }
 
 int tb_run_dir(const char *logdir, const char *run, char *out, size_t n)
@@ -434,7 +440,16 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
          * warning, the profile stays. */
         char tname[NAME_MAX + 1];
         struct gzsink g = {.af = {.dfd = -1, .fd = -1}, .max_bytes = o->max_bytes};
-        int tr = snprintf(tname, sizeof(tname), "%s.trace.json.gz", host) >= (int)sizeof(tname) ? -ENAMETOOLONG : 0;
+        /* the same stem as the xplane.pb it goes with ("h.1" when "h" was taken) */
+        const char *xbase = strrchr(xpath, '/') ? strrchr(xpath, '/') + 1 : xpath;
+        size_t stem = strlen(xbase) > strlen(".xplane.pb") ? strlen(xbase) - strlen(".xplane.pb") : 0;
+        if (!stem) {
+            xbase = host;
+            stem = strlen(host);
+        }
+        int tr = snprintf(tname, sizeof(tname), "%.*s.trace.json.gz", (int)stem, xbase) >= (int)sizeof(tname)
+                     ? -ENAMETOOLONG
+                     : 0;
         if (tr == 0)
             tr = af_open(&g.af, dir, 0);
         if (tr == 0) {
