@@ -42,10 +42,13 @@ def ctl_raw(pid, data, timeout=5, shut=False, uid=None):
         # EAGAIN while the listen backlog is full (a burst of clients)
         s.connect(addr(pid, uid))
         s.settimeout(timeout)
-        if data:
-            s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            if data:
+                s.sendall(data)
+            if shut:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed first: its answer is still queued
         out = b""
         while True:
             try:
