@@ -9,7 +9,9 @@
  *   -t   extra worker threads doing malloc/compute while the loop runs
  *   -a   API capture: tbprof_start(0) just before step A's boundary,
  *        tbprof_stop() just before step B+1's
- *   -s   print the epoch-ns start of each step: "step N T" (stdout)
+ *   -s   print the epoch-ns times taken just before and just after each
+ *        step's tbprof_step() call: "step N T0 T1", and around each
+ *        tbprof_stop() call: "stop T0 T1" (stdout)
  *   -f   fork a child at step 1 that works 200 ms without steps and exits 0
  *   -e   at step 1, fork + exec this program with "-n 8 -m 2 -x 0"
  *   -X   exit() with the -x code at the start of step X (mid-capture)
@@ -102,6 +104,15 @@ static void wait_until(int (*cond)(void), const char *what)
     }
 }
 
+/* tbprof_stop(), with -s the times just before and after it */
+static void stop_printed(int print)
+{
+    int64_t t0 = now_ns(CLOCK_REALTIME);
+    tb_stop();
+    if (print)
+        printf("stop %lld %lld\n", (long long)t0, (long long)now_ns(CLOCK_REALTIME));
+}
+
 static void *worker(void *arg)
 {
     (void)arg;
@@ -155,21 +166,22 @@ int main(int argc, char **argv)
             break;
         }
         if (api_a >= 0 && i == api_b + 1)
-            tb_stop();
+            stop_printed(print_steps);
         if (i == exit_at) {
             fflush(stdout);
             exit(code);
         }
         if (api_a >= 0 && i == api_a && tb_start(0) == 0 && gpu)
             wait_until(tb_capturing, "tbprof_capturing()");
-        if (print_steps)
-            printf("step %d %lld\n", i, (long long)now_ns(CLOCK_REALTIME));
+        int64_t t0 = now_ns(CLOCK_REALTIME);
         if (use_num) {
             tb_step_num(i);
             tb_step_num(i); /* duplicate: merged */
         } else {
             tb_step();
         }
+        if (print_steps)
+            printf("step %d %lld %lld\n", i, (long long)t0, (long long)now_ns(CLOCK_REALTIME));
         if (gpu && tb_capturing()) {
             if (!launched)
                 wait_until(fake_launch, "GPU tracing (tbfake_cupti_launch)");
@@ -194,7 +206,7 @@ int main(int argc, char **argv)
         work(ms);
     }
     if (api_a >= 0 && api_b + 1 >= nsteps)
-        tb_stop();
+        stop_printed(print_steps);
     if (print_steps)
         printf("end %lld\n", (long long)now_ns(CLOCK_REALTIME));
     if (child > 0) {
