@@ -180,7 +180,11 @@ static void run_mode(int mode)
     int lines_with_work = 0;
     for (size_t i = 0; i < p->nlines; i++) {
         tally t = {0};
-        walk_line(p, p->lines[i], t0 - 50000000, t1 + 50000000, &t);
+        /* the window is [the capture's begin, the return from stop]: spans
+         * start no earlier than info.begin_ns (taken before start(), which
+         * can take long under load: t0 is no bound) and end at a sample
+         * taken before stop() returned (1 ms for clock conversion) */
+        walk_line(p, p->lines[i], info.begin_ns, t1 + 1000000, &t);
         if (t.a + t.b > 0)
             lines_with_work++;
         total.a += t.a;
@@ -192,9 +196,9 @@ static void run_mode(int mode)
         total.a_under_worker |= t.a_under_worker;
     }
     double share = total.a + total.b ? (double)total.a / (double)(total.a + total.b) : 0;
-    printf("# %s: %lld samples, %lld lost, %lld unwind failures, %llu spans, burn_a %llu burn_b %llu "
-           "(%.1f%% a), %d threads with work\n",
-           mname, (long long)nsamples, (long long)lost, (long long)unwind_failed, (unsigned long long)total.spans,
+    printf("# %s: start took %.1f ms; %lld samples, %lld lost, %lld unwind failures, %llu spans, burn_a %llu "
+           "burn_b %llu (%.1f%% a), %d threads with work\n",
+           mname, (double)(t0 - info.begin_ns) / 1e6, (long long)nsamples, (long long)lost, (long long)unwind_failed, (unsigned long long)total.spans,
            (unsigned long long)total.a, (unsigned long long)total.b, share * 100, lines_with_work);
     /* 1.5 s of up to 4 busy threads on at least one core at 1 kHz */
     CHECKF(nsamples > 300, "%s: only %lld samples", mname, (long long)nsamples);
