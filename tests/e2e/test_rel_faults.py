@@ -204,6 +204,7 @@ class Faults(tbtest.TestCase):
                     self.assertEqual(nums(files[0]), [2, 3, 4])
                 results.append("tmpfs %d page(s) free: %d profile(s), 1 warning (%s: %s)" % (
                     free, len(files), expect, w.rsplit(": ", 1)[1]))
+            subprocess.run(["umount", mnt])  # before tearDown removes the folder
         # RLIMIT_FSIZE below the profile's size: refused before writing (no SIGXFSZ)
 
         def small_fsize():
