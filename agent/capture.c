@@ -450,6 +450,11 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         tb_space_set_limit(sp, (size_t)g.cfg.max_mb << 20);
     tb_space_add_hostname(sp, g.hostname);
     tb_plane *hp = tb_host_plane(sp); /* first plane */
+    int64_t begin = tb_mono_to_epoch(c->begin), end = tb_mono_to_epoch(c->end);
+    if (hp) { /* sources read the window from here (tb_capture_window) */
+        tb_plane_stat_i64(hp, TB_ST_CAPTURE_BEGIN_NS, begin);
+        tb_plane_stat_i64(hp, TB_ST_CAPTURE_END_NS, end);
+    }
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
         if (x->started && x->s->collect) {
@@ -462,7 +467,6 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
             }
         }
     }
-    int64_t begin = tb_mono_to_epoch(c->begin), end = tb_mono_to_epoch(c->end);
     add_steps(sp, c, c->begin, c->end, nrec);
     trim(sp, begin, end);
     if (hp) {

@@ -1,11 +1,14 @@
 /* host.c - see host.h. */
 #include "host.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "stats.h"
 
 /* Names of threads seen alive, for threads that end before collect. A small
  * fixed table: bounded memory; older entries are overwritten round-robin. */
@@ -100,4 +103,23 @@ pid_t tb_gettid(void)
         cached_tid = (pid_t)syscall(SYS_gettid);
     }
     return cached_tid;
+}
+
+int tb_capture_window(tb_space *s, int64_t *begin_ns, int64_t *end_ns)
+{
+    tb_plane *p = tb_space_find_plane(s, TB_HOST_PLANE);
+    int have = 0;
+    for (size_t i = 0; p && i < p->nstats; i++) {
+        const char *name = tb_plane_stat_name(p, p->stats[i].meta);
+        if (p->stats[i].type != TB_STAT_INT64)
+            continue;
+        if (!strcmp(name, TB_ST_CAPTURE_BEGIN_NS)) {
+            *begin_ns = p->stats[i].v.i;
+            have |= 1;
+        } else if (!strcmp(name, TB_ST_CAPTURE_END_NS)) {
+            *end_ns = p->stats[i].v.i;
+            have |= 2;
+        }
+    }
+    return have == 3 ? 0 : -ENOENT;
 }

@@ -17,6 +17,12 @@ tb_plane *tb_host_plane(tb_space *s);
 tb_line *tb_host_line(tb_space *s, pid_t tid);
 /* Remember a thread's name while it is alive (it may end before collect). */
 void tb_host_remember_name(pid_t tid, const char *name);
+/* The capture window [begin, end) in epoch ns. The agent puts it on the host
+ * plane (tbprof_capture_begin_ns / _end_ns) before sources collect, so a
+ * source can keep only what happened inside it. 0 when it is set, else
+ * -ENOENT (then keep everything). */
+int tb_capture_window(tb_space *s, int64_t *begin_ns, int64_t *end_ns);
+
 /* The calling thread's kernel tid (cached per thread). */
 pid_t tb_gettid(void);
 

@@ -796,6 +796,21 @@ static int cpu_collect(void *ctx, tb_space *space)
 
     if (c->nsamples > 1)
         qsort(c->samples, c->nsamples, sizeof(*c->samples), sample_cmp);
+    /* Only samples inside the agent's window are kept (sources start one
+     * step early for step windows, and stop a moment after the request):
+     * spans, self counts and the sample total then agree with each other. */
+    int64_t win_b = INT64_MIN, win_e = INT64_MAX, b_ep, e_ep;
+    if (tb_capture_window(space, &b_ep, &e_ep) == 0) {
+        win_b = b_ep - tb_clock_offset();
+        win_e = e_ep - tb_clock_offset();
+    }
+    size_t kept = 0;
+    for (size_t j = 0; j < c->nsamples; j++)
+        if (c->samples[j].t >= win_b && c->samples[j].t < win_e)
+            c->samples[kept++] = c->samples[j];
+    uint64_t outside = c->nsamples - kept;
+    c->nsamples = kept;
+    int64_t lo = c->begin_mono > win_b ? c->begin_mono : win_b;
     int64_t period = (int64_t)c->period_ns, gap = period * TB_CPU_GAP_PERIODS;
     span open[TB_CPU_MAX_FRAMES];
     size_t i = 0;
@@ -827,8 +842,8 @@ static int cpu_collect(void *ctx, tb_space *space)
             int64_t start = sm->t - period;
             if (prev && start < prev)
                 start = prev;
-            if (start < c->begin_mono) /* the agent keeps host events starting in the window */
-                start = sm->t < c->begin_mono ? sm->t : c->begin_mono;
+            if (start < lo) /* the agent keeps host events starting in the window */
+                start = sm->t < lo ? sm->t : lo;
             for (int d = k; d < n; d++)
                 open[d] = (span){m[n - 1 - d], start, sm->t, 0, 0};
             nopen = n;
@@ -847,6 +862,8 @@ static int cpu_collect(void *ctx, tb_space *space)
     }
 
     tb_plane_stat_u64(p, TB_ST_SAMPLES, c->nsamples);
+    if (outside)
+        tb_plane_stat_u64(p, TB_ST_SAMPLES_OUTSIDE, outside);
     tb_plane_stat_u64(p, TB_ST_SAMPLES_LOST, c->lost_kernel + c->lost_full);
     if (c->mode == TB_CPU_STACKCOPY)
         tb_plane_stat_u64(p, TB_ST_UNWIND_FAILED, c->unwind_failed);

@@ -47,6 +47,7 @@
 #define TB_ST_POOL_EXHAUSTED "tbprof_buffer_pool_exhausted"
 #define TB_ST_SAMPLES "tbprof_cpu_samples"
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
+#define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */
 #define TB_ST_UNWIND_FAILED "tbprof_unwind_failures"
 #define TB_ST_GPU_OFF_REASON "tbprof_gpu_off_reason"
 #define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"

@@ -3,7 +3,7 @@
 # was captured. Runs tests/e2e/progs/steps.c (a training-loop stand-in: steps
 # of compute + malloc, two worker threads) under `tbprof run --steps 3,5`,
 # then a Python loop through the tbprof helper (when python3 is there), then
-# `tbprof ls` and `tbprof dump` on what was written. LOGDIR defaults to ./logs.
+# `tbprof ls`, `tbprof dump` and `tbprof summary` on what was written. LOGDIR defaults to ./logs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${TBPROF_DEMO_BUILD:-$root/build}
@@ -33,5 +33,7 @@ echo "== tbprof ls $logdir"
 first=$(find "$logdir/plugins/profile/demo_c" -name '*.xplane.pb' | sort | head -n1)
 echo "== tbprof dump $first"
 "$tbprof" dump "$first"
+echo "== tbprof summary $first"
+"$tbprof" summary "$first"
 echo
 echo "Open it in TensorBoard: tensorboard --logdir $logdir  (Profile tab)"

@@ -1,0 +1,49 @@
+"""test_cpu_window.py - CPU samples of a step-window capture hold exactly the
+window: the agent starts its sources one step early, and what was sampled
+before the first step (or after the stop request) must not leak into the
+profile's spans or its sample count."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpusamples  # noqa: E402
+import tbtest  # noqa: E402
+
+
+class CpuWindow(tbtest.TestCase):
+    def test_samples_inside_step_window(self):
+        why = cpusamples.perf_refused_reason()
+        if why:
+            print("skip: " + why)
+            self.skipTest(why)
+        # 10 ms steps: the early-armed step 2 is long enough to be sampled
+        p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "10", "-t", "2"],
+                       env=tbtest.env(self.logdir, steps="3,5", cpu="on", cpu_hz=997, cpu_mode="fp"))
+        self.assertExitedOk(p)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        h = prof.host.stats
+        begin, end = h["tbprof_capture_begin_ns"], h["tbprof_capture_end_ns"]
+        steps = prof.steps()
+        self.assertEqual([n for n, _, _ in steps], [3, 4, 5])
+        self.assertEqual(begin, steps[0][1].start_ns)
+        lines = cpusamples.sampled_lines(prof)
+        spans = [e for l in lines for e in l.events if "samples" in e.stats]
+        self.assertTrue(spans, "no CPU samples in a 30 ms window at ~1 kHz")
+        early = [e for e in spans if e.start_ns < begin]
+        late = [e for e in spans if e.start_ns >= end]
+        self.assertEqual(early, [], "spans before the window")
+        self.assertEqual(late, [], "spans after the window")
+        # the written total is what the spans hold: leaf counts add up to it,
+        # and the roots' inclusive counts too
+        selfs = sum(e.stats.get("self_samples", 0) for e in spans)
+        roots = sum(e.stats["samples"] for l in lines for e, anc in cpusamples.walk(l) if not anc)
+        self.assertEqual(h["tbprof_cpu_samples"], selfs)
+        self.assertEqual(roots, selfs)
+        for l in lines:
+            self.assertEqual(cpusamples.nesting_errors(l), [])
+        print("window %.1f ms: %d samples in it, %d outside (armed early / stopping)"
+              % ((end - begin) / 1e6, selfs, h.get("tbprof_cpu_samples_outside_window", 0)))
+
+
+if __name__ == "__main__":
+    tbtest.main()
