@@ -1,0 +1,46 @@
+"""test_readme.py - the README says what the code does: its env table is the
+one `tbprof help env --markdown` generates from the config table, and the
+quick-start commands it names exist and are executable."""
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+README = os.path.join(tbtest.SRC, "README.md")
+
+
+def section(text, heading):
+    m = re.search(r"^## %s\n(.*?)(?=^## )" % re.escape(heading), text, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+class Readme(tbtest.TestCase):
+    def setUp(self):
+        super().setUp()
+        with open(README, encoding="utf-8") as f:
+            self.text = f.read()
+
+    def test_env_table_matches_code(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        r = tbtest.run([tbtest.CLI, "help", "env", "--markdown"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        code = [l for l in r.stdout.splitlines() if l.startswith("|")]
+        doc = [l for l in section(self.text, "Configuration").splitlines() if l.startswith("|")]
+        self.assertGreater(len(code), 10)
+        self.assertEqual(doc, code, "README's env table differs from `tbprof help env --markdown`: "
+                         "paste the command's output into the Configuration section")
+
+    def test_quick_start_commands_exist(self):
+        qs = section(self.text, "Quick start")
+        cmds = re.findall(r"^    (\S+\.sh)\b", qs, re.M)
+        self.assertEqual(len(cmds), 2, qs)
+        for c in cmds:
+            path = os.path.join(tbtest.SRC, c)
+            self.assertTrue(os.access(path, os.X_OK), "%s is not executable" % c)
+
+
+if __name__ == "__main__":
+    tbtest.main()
