@@ -56,6 +56,11 @@ class Load(tbtest.TestCase):
 
     def forks(self, exec_):
         n = 200
+        if exec_ and tbtest.SANITIZE:
+            # each exec starts a sanitizer runtime (~0.1 s of CPU): fewer, to
+            # stay inside the suite's time on 2 cores
+            n = 50
+            print("fork+exec: %d children under %s (200 in the default build)" % (n, tbtest.SANITIZE))
         args = [RELJOB, "-n", "14", "-A", "5", "-F", str(n)] + (["-E"] if exec_ else [])
         t0 = time.time()
         p = tbtest.run(args, env=tbtest.env(self.logdir, steps="3,10", cpu="on"), timeout=T)
@@ -98,7 +103,12 @@ class Load(tbtest.TestCase):
         numbers = [n for n, _, _ in steps]
         self.assertEqual(len(set(numbers)), written, "no step written twice")
         self.assertTrue(all(c["first"] <= n <= c["last"] for n in numbers))
-        self.assertEqual(len({l.id for _, _, l in steps}), k, "one line per stepping thread")
+        lines = {l.id for _, _, l in steps}
+        # once the 65,536 records are taken, a thread scheduled last may have
+        # every boundary dropped: k lines only when nothing was dropped
+        self.assertLessEqual(len(lines), k)
+        if not dropped:
+            self.assertEqual(len(lines), k, "one line per stepping thread")
         if dropped:
             self.assertTrue(any("step boundaries dropped" in w for w in prof.warnings), prof.warnings)
         figure("steps-threads", "%d threads x %d tbprof_step() at once in an API capture: written %d + dropped %d "
