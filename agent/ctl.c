@@ -95,10 +95,12 @@ static void send_all(int fd, const char *s)
     }
 }
 
+static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+
 void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
 {
-    /* one deadline for every pending client: silent ones cannot hold the
-     * agent thread 200 ms each */
+    /* one deadline for every pending client (each still gets 50 ms): silent
+     * ones cannot hold the agent thread 200 ms each */
     int64_t deadline = tb_mono_ns() + 200000000;
     for (int i = 0; i < 16; i++) {
         int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -108,7 +110,7 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
         ssize_t k;
         if (!peer_ok(c, 0)) {
             send_all(c, "error: permission denied (different user)\n");
-        } else if ((k = read_line(c, line, sizeof(line), deadline)) < 0) {
+        } else if ((k = read_line(c, line, sizeof(line), max_i64(deadline, tb_mono_ns() + 50000000))) < 0) {
             send_all(c, k == -1 ? "error: request too long\n" : "error: incomplete request (no newline)\n");
         } else {
             h(line, out, sizeof(out) - 1);
