@@ -123,3 +123,13 @@ def preload_with(lib):
 
 def sanitizer_slowdown():
     return {"address": 2, "thread": 4}.get(tbtest.SANITIZE, 1)
+
+
+def env(*a, **k):
+    """tbtest.env(), and under TSan no 1 s sleep at exit: its runtime sleeps
+    atexit_sleep_ms (default 1000) whenever another thread (the agent's) is
+    alive, which made each short job here take over a second."""
+    e = tbtest.env(*a, **k)
+    if "TSAN_OPTIONS" in e:
+        e["TSAN_OPTIONS"] += ":atexit_sleep_ms=0"
+    return e

@@ -45,7 +45,7 @@ class Faults(tbtest.TestCase):
 
     def test_sigint_mid_capture_default_and_own_handler(self):
         # default SIGINT: the job dies of it; nothing (partial) is left
-        p = tbtest.spawn([RELJOB, "-r", "-n", "3000", "-m", "2"], env=tbtest.env(self.logdir, steps="3,2000"))
+        p = tbtest.spawn([RELJOB, "-r", "-n", "3000", "-m", "2"], env=relutil.env(self.logdir, steps="3,2000"))
         tbtest.read_until(p, "ready")
         time.sleep(0.3)
         p.send_signal(signal.SIGINT)
@@ -56,7 +56,7 @@ class Faults(tbtest.TestCase):
         # the job's own handler ends the loop and exits 5: the window so far is written
         logdir2 = os.path.join(self.tmp, "logs2")
         p = tbtest.spawn([RELJOB, "-r", "-I", "-x", "5", "-n", "3000", "-m", "2"],
-                         env=tbtest.env(logdir2, steps="3,2000"))
+                         env=relutil.env(logdir2, steps="3,2000"))
         tbtest.read_until(p, "ready")
         time.sleep(0.3)
         p.send_signal(signal.SIGINT)
@@ -73,7 +73,7 @@ class Faults(tbtest.TestCase):
     def test_exit_from_another_thread_and__exit(self):
         # exit(9) from a second thread while the main thread keeps stepping
         p = tbtest.run([RELJOB, "-n", "400", "-m", "2", "-A", "20", "-X", "-Y", "-x", "9"],
-                       env=tbtest.env(self.logdir, steps="3,300"), timeout=T)
+                       env=relutil.env(self.logdir, steps="3,300"), timeout=T)
         self.assertExitedOk(p, 9)
         files = self.check_complete(self.logdir)
         self.assertLessEqual(len(files), 1)
@@ -84,7 +84,7 @@ class Faults(tbtest.TestCase):
         # _exit(11): no destructor, nothing flushed, nothing partial
         logdir2 = os.path.join(self.tmp, "logs2")
         p = tbtest.run([RELJOB, "-n", "400", "-m", "2", "-A", "20", "-X", "-K", "-x", "11"],
-                       env=tbtest.env(logdir2, steps="3,300"), timeout=T)
+                       env=relutil.env(logdir2, steps="3,300"), timeout=T)
         self.assertExitedOk(p, 11)
         self.assertEqual(tbtest.xplanes(logdir2), [])
         self.assertNoPartialFiles(logdir2)
@@ -96,13 +96,13 @@ class Faults(tbtest.TestCase):
     def kill_at(self, nth, logdir):
         run = os.path.join(logdir, "plugins", "profile", "r")
         os.makedirs(run)
-        env = tbtest.env(logdir, steps="0,30000", run="r", host="h")
+        env = relutil.env(logdir, steps="0,30000", run="r", host="h")
         job = subprocess.Popen([RELJOB, "-r", "-g", "-n", "30010", "-m", "0"], env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: job.poll() is None and job.kill())
         tbtest.read_until(job, "ready")
         w = subprocess.Popen([RELJOB, "-W", run, "-k", str(job.pid), "-c", str(nth)], stdout=subprocess.PIPE,
-                             text=True, env=tbtest.env(preload=False))
+                             text=True, env=relutil.env(preload=False))
         self.assertEqual(w.stdout.readline().strip(), "watching")
         job.stdin.write("go\n")
         job.stdin.flush()
@@ -131,7 +131,7 @@ class Faults(tbtest.TestCase):
             caught.append("kill at create #%d (%s): %s, %d complete xplane, %d temp left" % (
                 nth, what, "killed" if killed else "finished first", len(files), len(left)))
             # the next run is fine (same run and host names: a new name, nothing replaced)
-            p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=tbtest.env(logdir, steps="2,4", run="r", host="h"),
+            p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=relutil.env(logdir, steps="2,4", run="r", host="h"),
                            timeout=T)
             self.assertExitedOk(p)
             after = self.check_complete(logdir)
@@ -144,7 +144,7 @@ class Faults(tbtest.TestCase):
 
     def test_logdir_missing_is_created(self):
         logdir = os.path.join(self.tmp, "a", "b", "c", "logs")
-        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=tbtest.env(logdir, steps="2,4"), timeout=T)
+        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=relutil.env(logdir, steps="2,4"), timeout=T)
         self.assertExitedOk(p)
         self.assertEqual(nums(self.check_complete(logdir)[0]), [2, 3, 4])
         self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
@@ -156,7 +156,7 @@ class Faults(tbtest.TestCase):
         locked = os.path.join(self.tmp, "rootonly")
         os.mkdir(locked, 0o755)
         for logdir in (locked, os.path.join(locked, "logs")):
-            e = tbtest.env(logdir, steps="2,4")
+            e = relutil.env(logdir, steps="2,4")
             e["LD_PRELOAD"] = relutil.preload_with(lib)
             p = subprocess.run([job, "-n", "8", "-m", "1", "-x", "3"], env=e, capture_output=True, text=True,
                                timeout=T, preexec_fn=relutil.as_nobody, cwd=self.tmp)
@@ -170,7 +170,7 @@ class Faults(tbtest.TestCase):
                "kept, 1 warning (Permission denied), 0 files")
 
     def full_fs(self, logdir, preexec=None, label=""):
-        e = tbtest.env(logdir, steps="2,4", run="r", host="h")
+        e = relutil.env(logdir, steps="2,4", run="r", host="h")
         p = subprocess.run([RELJOB, "-n", "8", "-m", "1", "-x", "4"], env=e, capture_output=True, text=True,
                            timeout=T, preexec_fn=preexec)
         self.assertEqual(p.returncode, 4, "%s: %s" % (label, p.stderr))

@@ -44,7 +44,7 @@ def variables():
 
 class Input(tbtest.TestCase):
     def run_job(self, extra, args=("-n", "6", "-m", "0", "-x", "3")):
-        e = {k.encode(): v.encode() for k, v in tbtest.env(self.logdir, steps="1,2").items()}
+        e = {k.encode(): v.encode() for k, v in relutil.env(self.logdir, steps="1,2").items()}
         e.update(extra)
         return subprocess.run([RELJOB] + list(args), env=e, capture_output=True, timeout=T, cwd=self.tmp)
 
@@ -100,7 +100,7 @@ class Input(tbtest.TestCase):
     # ---- the control socket -------------------------------------------------------
 
     def start_job(self):
-        p = tbtest.spawn([RELJOB, "-r", "-n", "100000", "-m", "2"], env=tbtest.env(self.logdir))
+        p = tbtest.spawn([RELJOB, "-r", "-n", "100000", "-m", "2"], env=relutil.env(self.logdir))
         self.addCleanup(lambda: p.poll() is None and p.kill())
         tbtest.read_until(p, "ready")
         relutil.wait_socket(p.pid)

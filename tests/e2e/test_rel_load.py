@@ -42,7 +42,7 @@ class Load(tbtest.TestCase):
         # CPU sampling on: the sampler sees threads come and go
         t0 = time.time()
         p = tbtest.run([RELJOB, "-n", "14", "-A", "5", "-T", "1000"],
-                       env=tbtest.env(self.logdir, steps="3,10", cpu="on"), timeout=T)
+                       env=relutil.env(self.logdir, steps="3,10", cpu="on"), timeout=T)
         self.assertExitedOk(p)
         c = field(p.stdout, "threads")
         self.assertEqual((c["threads"], c["joined"], c["failed"]), (1000, 1000, 0))
@@ -63,7 +63,7 @@ class Load(tbtest.TestCase):
             print("fork+exec: %d children under %s (200 in the default build)" % (n, tbtest.SANITIZE))
         args = [RELJOB, "-n", "14", "-A", "5", "-F", str(n)] + (["-E"] if exec_ else [])
         t0 = time.time()
-        p = tbtest.run(args, env=tbtest.env(self.logdir, steps="3,10", cpu="on"), timeout=T)
+        p = tbtest.run(args, env=relutil.env(self.logdir, steps="3,10", cpu="on"), timeout=T)
         self.assertExitedOk(p)
         c = field(p.stdout, "forks")
         self.assertEqual((c["forks"], c["ok"], c["bad"]), (n, n, 0), p.stderr)
@@ -89,7 +89,7 @@ class Load(tbtest.TestCase):
         # boundary is recorded or counted as dropped (65,536 per capture)
         k, s = 8, 10000
         p = tbtest.run([RELJOB, "-n", "8", "-A", "2", "-P", str(k), "-S", str(s), "-a"],
-                       env=tbtest.env(self.logdir), timeout=T)
+                       env=relutil.env(self.logdir), timeout=T)
         self.assertExitedOk(p)
         c = field(p.stdout, "psteps")
         self.assertEqual(c["psteps"], k * s)
@@ -120,7 +120,7 @@ class Load(tbtest.TestCase):
         # thread that got its number first reaches the agent later)
         k, s = 8, 2000
         p = tbtest.run([RELJOB, "-n", "4", "-A", "1", "-P", str(k), "-S", str(s)],
-                       env=tbtest.env(self.logdir, steps="1000,9000"), timeout=T)
+                       env=relutil.env(self.logdir, steps="1000,9000"), timeout=T)
         self.assertExitedOk(p)
         f = self.one_profile()
         numbers = nums(f)
@@ -131,7 +131,7 @@ class Load(tbtest.TestCase):
                % (k, s, len(numbers)))
 
     def test_socket_trigger_burst(self):
-        p = tbtest.spawn([RELJOB, "-r", "-n", "1500", "-m", "2"], env=tbtest.env(self.logdir, log="info"))
+        p = tbtest.spawn([RELJOB, "-r", "-n", "1500", "-m", "2"], env=relutil.env(self.logdir, log="info"))
         self.addCleanup(lambda: p.poll() is None and p.kill())
         tbtest.read_until(p, "ready")
         relutil.wait_socket(p.pid)
@@ -188,7 +188,7 @@ class Load(tbtest.TestCase):
         # a real-time signal queues: all 100 reach the agent
         sig = signal.SIGRTMIN + 3
         p = tbtest.spawn([RELJOB, "-r", "-n", "1200", "-m", "2"],
-                         env=tbtest.env(self.logdir, log="info", signal="RTMIN+3"))
+                         env=relutil.env(self.logdir, log="info", signal="RTMIN+3"))
         self.addCleanup(lambda: p.poll() is None and p.kill())
         tbtest.read_until(p, "ready")
         relutil.wait_socket(p.pid)

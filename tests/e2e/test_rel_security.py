@@ -57,7 +57,7 @@ class Security(tbtest.TestCase):
         logdir = os.path.join(self.tmp, "open")
         os.mkdir(logdir)
         os.chmod(logdir, 0o1777)  # writable by the set-uid job: absence is ours
-        e = tbtest.env(logdir, steps="1,3", signal="USR2", socket="on")
+        e = relutil.env(logdir, steps="1,3", signal="USR2", socket="on")
         e.pop("LD_PRELOAD")  # ld.so ignores it in set-uid programs: load the agent by dlopen()
         args = ["-L", lib, "-n", "8", "-m", "2", "-x", "6"]
         # root runs the set-uid-nobody copy: euid != ruid, so AT_SECURE
@@ -96,7 +96,7 @@ class Security(tbtest.TestCase):
         logdir = os.path.join(self.tmp, "open")
         os.mkdir(logdir)
         os.chmod(logdir, 0o1777)
-        e = tbtest.env(logdir)
+        e = relutil.env(logdir)
         e["LD_PRELOAD"] = relutil.preload_with(lib)
         p = subprocess.Popen([job, "-r", "-n", "300", "-m", "2"], env=e, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, preexec_fn=relutil.as_nobody)
@@ -124,7 +124,7 @@ class Security(tbtest.TestCase):
     # ---- symlinks, umask, existing files -----------------------------------------------
 
     def run_steps(self, logdir, extra=None, code=0, **tb):
-        e = tbtest.env(logdir, steps="1,2", run="r", host="h", **tb)
+        e = relutil.env(logdir, steps="1,2", run="r", host="h", **tb)
         e.update(extra or {})
         p = tbtest.run([RELJOB, "-n", "5", "-m", "0", "-x", str(code)], env=e, timeout=T)
         self.assertExitedOk(p, code)
@@ -145,7 +145,7 @@ class Security(tbtest.TestCase):
     def test_symlink_at_temp_names_not_followed(self):
         run = os.path.join(self.logdir, "plugins", "profile", "r")
         os.makedirs(run)
-        e = tbtest.env(self.logdir, steps="1,2", run="r", host="h")
+        e = relutil.env(self.logdir, steps="1,2", run="r", host="h")
         p = subprocess.Popen([RELJOB, "-r", "-g", "-n", "5", "-m", "0"], env=e, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: p.poll() is None and p.kill())
@@ -183,7 +183,7 @@ class Security(tbtest.TestCase):
     def test_umask_applies(self):
         for mask, fmode, dmode in ((0o027, 0o640, 0o750), (0o077, 0o600, 0o700)):
             logdir = os.path.join(self.tmp, "u%o" % mask)
-            e = tbtest.env(logdir, steps="1,2", run="r", host="h")
+            e = relutil.env(logdir, steps="1,2", run="r", host="h")
             p = subprocess.run([RELJOB, "-n", "5", "-m", "0"], env=e, capture_output=True, text=True, timeout=T,
                                preexec_fn=lambda m=mask: os.umask(m))
             self.assertEqual(p.returncode, 0, p.stderr)
@@ -225,7 +225,7 @@ class Security(tbtest.TestCase):
         host = "%n%s%s%x%p"
         run = "$(touch PWNED);touch PWNED2;`touch PWNED3`"
         logdir = "logs $(touch PWNED4); rm -rf x"
-        e = tbtest.env(logdir, steps="1,2", run=run, host=host, log="info")
+        e = relutil.env(logdir, steps="1,2", run=run, host=host, log="info")
         p = subprocess.run([RELJOB, "-n", "5", "-m", "0"], env=e, capture_output=True, text=True, timeout=T,
                            cwd=self.tmp)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -251,7 +251,7 @@ class Security(tbtest.TestCase):
 
     def test_max_mb_caps_output_and_counts_drops(self):
         window = 60001
-        e = tbtest.env(self.logdir, steps="0,60000", max_mb="1", trace_json="on")
+        e = relutil.env(self.logdir, steps="0,60000", max_mb="1", trace_json="on")
         p = tbtest.run([RELJOB, "-n", "60010", "-m", "0"], env=e, timeout=T)
         self.assertExitedOk(p)
         files = tbtest.xplanes(self.logdir)
@@ -267,7 +267,7 @@ class Security(tbtest.TestCase):
         self.assertLessEqual(os.path.getsize(gz), 1 << 20)
         # the same window uncapped: every step
         logdir2 = os.path.join(self.tmp, "uncapped")
-        p = tbtest.run([RELJOB, "-n", "60010", "-m", "0"], env=tbtest.env(logdir2, steps="0,60000", max_mb="0"),
+        p = tbtest.run([RELJOB, "-n", "60010", "-m", "0"], env=relutil.env(logdir2, steps="0,60000", max_mb="0"),
                        timeout=T)
         self.assertExitedOk(p)
         f2 = tbtest.xplanes(logdir2)[0]
