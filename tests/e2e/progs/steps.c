@@ -47,7 +47,7 @@ static void on_term(int sig)
     (void)sig;
     got_term = 1;
 }
-static volatile double sink;
+static _Thread_local volatile double sink; /* per thread: workers run work() too */
 
 static int64_t now_ns(int clk)
 {
