@@ -26,6 +26,11 @@ void tb_log(tb_log_level lvl, const char *fmt, ...)
     if (m < 0)
         return;
     size_t len = strlen(buf);
+    /* Messages quote env values and file names: never pass a terminal
+     * control sequence (ESC, CR, BEL, ...) through to the user's tty. */
+    for (size_t i = (size_t)n; i < len; i++)
+        if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f)
+            buf[i] = '?';
     if (len && buf[len - 1] != '\n')
         buf[len++] = '\n';
     /* one write() so lines from several processes do not interleave */
