@@ -8,26 +8,7 @@
 
 #include "stats.h"
 #include "strmap.h"
-
-#define GROW(arr, cap, need) grow_((void **)&(arr), &(cap), (need), sizeof(*(arr)))
-
-static int grow_(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t ncap = *cap ? *cap : 16;
-    while (ncap < need) {
-        if (ncap > SIZE_MAX / 4 / elem)
-            return -ENOMEM;
-        ncap *= 2;
-    }
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
+#include "util.h"
 
 /* ---- how the sampler encodes counts --------------------------------------- */
 
@@ -128,8 +109,8 @@ typedef struct open_span {
 
 static int emit(tb_folded *f, const open_span *stk, size_t depth, uint32_t thread, uint64_t count)
 {
-    if (GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
-        GROW(f->frames, f->cap_frames, f->nframes + depth) < 0)
+    if (TB_GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
+        TB_GROW(f->frames, f->cap_frames, f->nframes + depth) < 0)
         return -ENOMEM;
     tb_folded_stack *s = &f->stacks[f->nstacks++];
     s->at = (uint32_t)f->nframes;
@@ -182,7 +163,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
         if (!c)
             continue;
         if (thread < 0) {
-            if (GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0) {
+            if (TB_GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0) {
                 rc = -ENOMEM;
                 break;
             }
@@ -198,7 +179,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
             f->bad_spans++; /* overlaps its would-be parent: not a nesting */
             continue;
         }
-        if (GROW(stk, cap, depth + 1) < 0) {
+        if (TB_GROW(stk, cap, depth + 1) < 0) {
             rc = -ENOMEM;
             break;
         }
@@ -261,7 +242,7 @@ int tb_folded_functions(const tb_folded *f, tb_func_stat **out, size_t *n)
             const char *name = f->frames[s->at + d];
             int64_t k = tb_strmap_get(&map, name);
             if (k < 0) {
-                if (GROW(fs, cap, nfs + 1) < 0 || GROW(seen, cap_seen, nfs + 1) < 0 ||
+                if (TB_GROW(fs, cap, nfs + 1) < 0 || TB_GROW(seen, cap_seen, nfs + 1) < 0 ||
                     tb_strmap_put(&map, name, (uint32_t)nfs) < 0) {
                     rc = -ENOMEM;
                     break;
@@ -308,7 +289,7 @@ static tb_flame_node *child(tb_flame_node *n, const char *name)
     for (size_t i = n->nkids; i-- > 0;)
         if (strcmp(n->kids[i]->name, name) == 0)
             return n->kids[i];
-    if (GROW(n->kids, n->cap_kids, n->nkids + 1) < 0)
+    if (TB_GROW(n->kids, n->cap_kids, n->nkids + 1) < 0)
         return NULL;
     tb_flame_node *c = node_new(name);
     if (c)
@@ -388,7 +369,7 @@ typedef struct path_buf {
 
 static int folded_dfs(const tb_flame_node *n, path_buf *p, FILE *out)
 {
-    if (GROW(p->v, p->cap, p->n + 1) < 0)
+    if (TB_GROW(p->v, p->cap, p->n + 1) < 0)
         return -ENOMEM;
     p->v[p->n++] = n;
     if (n->self) {

@@ -10,26 +10,7 @@
 
 #include "stats.h"
 #include "strmap.h"
-
-#define GROW(arr, cap, need) grow_((void **)&(arr), &(cap), (need), sizeof(*(arr)))
-
-static int grow_(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t ncap = *cap ? *cap : 16;
-    while (ncap < need) {
-        if (ncap > SIZE_MAX / 4 / elem)
-            return -ENOMEM;
-        ncap *= 2;
-    }
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
+#include "util.h"
 
 const char *tb_copy_dir_name(tb_copy_dir d)
 {
@@ -94,7 +75,7 @@ typedef struct iv_vec {
 
 static int iv_push(iv_vec *v, int64_t start, int64_t dur)
 {
-    if (GROW(v->v, v->cap, v->n + 1) < 0)
+    if (TB_GROW(v->v, v->cap, v->n + 1) < 0)
         return -ENOMEM;
     v->v[v->n++] = (tb_interval){start, start + dur};
     return 0;
@@ -316,7 +297,7 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
         const char *name = event_label(p, e);
         k = tb_strmap_get(&g->kmap, name);
         if (k < 0) {
-            if (GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
+            if (TB_GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
                 tb_strmap_put(&g->kmap, name, (uint32_t)sum->nkernels) < 0)
                 return -ENOMEM;
             k = (int64_t)sum->nkernels++;
@@ -463,7 +444,7 @@ static int scan_steps(tb_summary *sum, tb_space *s)
                 }
                 if (!is_root)
                     continue;
-                if (GROW(sum->steps, cap, sum->nsteps + 1) < 0)
+                if (TB_GROW(sum->steps, cap, sum->nsteps + 1) < 0)
                     return -ENOMEM;
                 if (num < 0)
                     any_unnumbered = 1;
@@ -507,7 +488,7 @@ static int add_warning(tb_summary *sum, size_t *cap, const char *w)
         if (strstr(sum->warnings[i], w))
             return 0; /* already said */
     char *d = strdup(w);
-    if (!d || GROW(sum->warnings, *cap, sum->nwarnings + 1) < 0) {
+    if (!d || TB_GROW(sum->warnings, *cap, sum->nwarnings + 1) < 0) {
         free(d);
         return -ENOMEM;
     }
@@ -537,8 +518,8 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
                 sum->trigger = str;
             } else if (str && !strstr(n, "reason")) {
                 /* settings such as tbprof_cpu_mode: facts, not warnings */
-                if (GROW(sum->infos, cap_i, sum->ninfos + 1) < 0 ||
-                    GROW(sum->info_values, cap_iv, sum->ninfos + 1) < 0)
+                if (TB_GROW(sum->infos, cap_i, sum->ninfos + 1) < 0 ||
+                    TB_GROW(sum->info_values, cap_iv, sum->ninfos + 1) < 0)
                     return -ENOMEM;
                 sum->infos[sum->ninfos] = (tb_sum_counter){.plane = p->name, .name = n};
                 sum->info_values[sum->ninfos++] = str;
@@ -561,7 +542,7 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
                     sum->overhead_ns = (sum->overhead_ns < 0 ? 0 : sum->overhead_ns) + v;
                     continue;
                 }
-                if (GROW(sum->counters, cap_c, sum->ncounters + 1) < 0)
+                if (TB_GROW(sum->counters, cap_c, sum->ncounters + 1) < 0)
                     return -ENOMEM;
                 sum->counters[sum->ncounters++] =
                     (tb_sum_counter){.plane = p->name, .name = n, .value = v};

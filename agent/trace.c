@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 static const char *const category_names[TB_CAT_COUNT] = {
     [TB_CAT_NONE] = "",
     [TB_CAT_KERNEL] = "kernel",
@@ -25,28 +27,6 @@ const char *tb_category_name(tb_category c)
 {
     return (unsigned)c < TB_CAT_COUNT ? category_names[c] : "";
 }
-
-/* ---- growable arrays ---------------------------------------------------- */
-
-static int grow(void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return 0;
-    size_t ncap = *cap ? *cap : 8;
-    while (ncap < need) {
-        if (ncap > SIZE_MAX / 2 / elem)
-            return -ENOMEM;
-        ncap *= 2;
-    }
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
-#define GROW(arr, cap, need) grow((void **)&(arr), &(cap), (need), sizeof(*(arr)))
 
 static char *dupn(const char *s, size_t n)
 {
@@ -254,7 +234,7 @@ tb_plane *tb_space_plane(tb_space *s, const char *name)
     tb_plane *p = tb_space_find_plane(s, name);
     if (p)
         return p;
-    if (GROW(s->planes, s->cap_planes, s->nplanes + 1) < 0)
+    if (TB_GROW(s->planes, s->cap_planes, s->nplanes + 1) < 0)
         return NULL;
     p = calloc(1, sizeof(*p));
     if (!p)
@@ -263,8 +243,8 @@ tb_plane *tb_space_plane(tb_space *s, const char *name)
     p->ev_index = intern_new();
     p->st_index = intern_new();
     /* id 0 is reserved: slot 0 of each metadata table stays empty */
-    if (!p->name || !p->ev_index || !p->st_index || GROW(p->event_meta, p->cap_event_meta, 1) < 0 ||
-        GROW(p->stat_meta, p->cap_stat_meta, 1) < 0) {
+    if (!p->name || !p->ev_index || !p->st_index || TB_GROW(p->event_meta, p->cap_event_meta, 1) < 0 ||
+        TB_GROW(p->stat_meta, p->cap_stat_meta, 1) < 0) {
         free_plane(p);
         return NULL;
     }
@@ -287,7 +267,7 @@ static const char *ev_name_of(const void *ctx, uint32_t id)
 static int64_t ev_make(void *ctx, const char *s, size_t n)
 {
     tb_plane *p = ctx;
-    if (p->nevent_meta >= UINT32_MAX || GROW(p->event_meta, p->cap_event_meta, p->nevent_meta + 1) < 0)
+    if (p->nevent_meta >= UINT32_MAX || TB_GROW(p->event_meta, p->cap_event_meta, p->nevent_meta + 1) < 0)
         return -ENOMEM;
     tb_meta *m = &p->event_meta[p->nevent_meta];
     memset(m, 0, sizeof(*m));
@@ -304,7 +284,7 @@ static const char *st_name_of(const void *ctx, uint32_t id)
 static int64_t st_make(void *ctx, const char *s, size_t n)
 {
     tb_plane *p = ctx;
-    if (p->nstat_meta >= UINT32_MAX || GROW(p->stat_meta, p->cap_stat_meta, p->nstat_meta + 1) < 0)
+    if (p->nstat_meta >= UINT32_MAX || TB_GROW(p->stat_meta, p->cap_stat_meta, p->nstat_meta + 1) < 0)
         return -ENOMEM;
     if (!(p->stat_meta[p->nstat_meta] = dupn(s, n)))
         return -ENOMEM;
@@ -371,7 +351,7 @@ static int plane_stat(tb_plane *p, const char *name, tb_stat st)
             p->stats[i] = st;
             return 0;
         }
-    if (GROW(p->stats, p->cap_stats, p->nstats + 1) < 0)
+    if (TB_GROW(p->stats, p->cap_stats, p->nstats + 1) < 0)
         return -ENOMEM;
     st.meta = (uint32_t)m;
     p->stats[p->nstats++] = st;
@@ -417,7 +397,7 @@ tb_line *tb_plane_line(tb_plane *p, int64_t id, const char *name)
     tb_line *l = tb_plane_find_line(p, id);
     if (l)
         return l;
-    if (GROW(p->lines, p->cap_lines, p->nlines + 1) < 0)
+    if (TB_GROW(p->lines, p->cap_lines, p->nlines + 1) < 0)
         return NULL;
     l = calloc(1, sizeof(*l));
     if (!l || !(l->name = strdup(name ? name : ""))) {
@@ -455,7 +435,7 @@ int64_t tb_line_add(tb_line *l, int64_t meta, int64_t start_ns, int64_t dur_ns)
         s->dropped++;
         return -ENOSPC;
     }
-    if (GROW(l->events, l->cap_events, l->nevents + 1) < 0) {
+    if (TB_GROW(l->events, l->cap_events, l->nevents + 1) < 0) {
         s->dropped++;
         return -ENOMEM;
     }
@@ -474,7 +454,7 @@ static int line_stat(tb_line *l, tb_stat st)
         return -EINVAL;
     if (charge(l->plane->space, sizeof(tb_stat)) < 0)
         return -ENOSPC; /* the event stays, without this stat */
-    if (GROW(l->stats, l->cap_stats, l->nstats + 1) < 0)
+    if (TB_GROW(l->stats, l->cap_stats, l->nstats + 1) < 0)
         return -ENOMEM;
     tb_event *e = &l->events[l->nevents - 1];
     l->stats[l->nstats++] = st;

@@ -1,0 +1,19 @@
+/* util.h - small internal helpers shared by the agent's modules (not part of
+ * the public API; symbols are hidden like the rest of libtbprof). */
+#ifndef TBPROF_UTIL_H
+#define TBPROF_UTIL_H
+
+#include <stddef.h>
+
+/* Make *arr (elements of `elem` bytes, *cap of them allocated) hold at least
+ * `need` elements: capacity doubles from 16 until it fits. Returns 0, or
+ * -ENOMEM when realloc fails or the new size would overflow size_t; on
+ * failure *arr and *cap are unchanged (still valid, still owned by the
+ * caller). */
+int tb_grow(void **arr, size_t *cap, size_t need, size_t elem);
+
+/* TB_GROW(arr, cap, need): tb_grow for a typed pointer lvalue `arr` and its
+ * size_t capacity lvalue `cap`. */
+#define TB_GROW(arr, cap, need) tb_grow((void **)&(arr), &(cap), (need), sizeof(*(arr)))
+
+#endif
