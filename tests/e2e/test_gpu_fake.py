@@ -85,6 +85,11 @@ class GpuFake(tbtest.TestCase):
         self.assertFalse([l for l in log[last:] if l[0] == "enable"])
         flushes = [l for l in log if l[0] == "flush"]
         self.assertEqual(len(flushes), captures)
+        # the program launched the scripted work once in each capture, and no
+        # flush came before the launch (it would report records "unlaunched")
+        launches = [i for i, l in enumerate(log) if l[0] == "launch"]
+        self.assertEqual(len(launches), captures, log)
+        self.assertEqual(len([l for l in flushes if "unlaunched" in " ".join(l)]), 0, log)
         self.assertTrue(all(l[1] == "1" for l in flushes), "flush not forced: %s" % flushes)
 
     def check_profile(self, prof):

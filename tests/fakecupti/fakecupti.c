@@ -34,8 +34,8 @@
  *   TBFAKE_CUPTI_SHIFT_US=N       add N us to every script time
  *   TBFAKE_CUPTI_AT_LAUNCH=1      times are offsets from the program's first
  *                                 tbfake_cupti_launch() call after enable, not
- *                                 from enable (records of work never launched
- *                                 are not delivered)
+ *                                 from enable (a flush before that call
+ *                                 delivers none of them)
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type
  * or callback names: an older CUPTI); -DFAKE_BROKEN (no cuptiActivityFlushAll).
@@ -568,7 +568,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     pthread_mutex_lock(&mu);
     long per = envl("TBFAKE_CUPTI_PER_BUFFER", 0), slow = envl("TBFAKE_CUPTI_SLOW_MS", 0);
     size_t i = 0, delivered = 0, dropped = 0, unlaunched = 0;
-    if (!stamped) { /* TBFAKE_CUPTI_AT_LAUNCH: work never launched has no records */
+    if (!stamped) { /* TBFAKE_CUPTI_AT_LAUNCH: no records for work not launched yet (kept for the launch) */
         unlaunched = nrecs;
         i = nrecs;
     }
@@ -598,7 +598,8 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         done_cb(NULL, 0, buf, size, used);
         delivered += n;
     }
-    nrecs = 0;
+    if (stamped)
+        nrecs = 0;
     dropped_pending += dropped;
     n_flush++;
     n_delivered += delivered;
