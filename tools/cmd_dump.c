@@ -315,9 +315,10 @@ int cmd_dump(int argc, char **argv)
     const char *what;
     if (tb_runs_scan(in, &rl, &what) < 0) {
         fprintf(stderr, "tbprof: %s: %s\n", in, what);
+        tb_runs_free(&rl);
         return 2;
     }
-    const tb_run *run = &rl.runs[rl.n - 1];
+    const tb_run *run = tb_runs_newest(&rl);
     if (json) {
         fputs("{\"run\":", stdout);
         rr_json_str(stdout, run->name);

@@ -39,6 +39,7 @@ int cmd_ls(int argc, char **argv)
     const char *what;
     if (tb_runs_scan(in, &rl, &what) < 0) {
         fprintf(stderr, "tbprof: %s: %s\n", in, what);
+        tb_runs_free(&rl);
         return 2;
     }
     size_t bad = 0;

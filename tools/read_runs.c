@@ -14,7 +14,7 @@ int tb_str_ends(const char *s, const char *suffix)
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
-static char *path_join(const char *a, const char *b)
+char *tb_path_join(const char *a, const char *b)
 {
     size_t la = strlen(a);
     while (la > 1 && a[la - 1] == '/')
@@ -35,10 +35,13 @@ static int run_cmp(const void *x, const void *y)
     const tb_run *a = x, *b = y;
     if (a->mtime != b->mtime)
         return a->mtime < b->mtime ? -1 : 1;
+    if (a->mtime_nsec != b->mtime_nsec)
+        return a->mtime_nsec < b->mtime_nsec ? -1 : 1;
     return strcmp(a->name, b->name);
 }
 
-/* Fill r with the regular files of r->path (hidden temporaries skipped). */
+/* Fill r with the regular files of r->path (hidden temporaries skipped);
+ * r->mtime is that of its newest profile. */
 static int scan_files(tb_run *r)
 {
     DIR *d = opendir(r->path);
@@ -50,7 +53,7 @@ static int scan_files(tb_run *r)
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue;
-        char *p = path_join(r->path, e->d_name);
+        char *p = tb_path_join(r->path, e->d_name);
         struct stat st;
         if (!p || stat(p, &st) < 0 || !S_ISREG(st.st_mode)) {
             free(p);
@@ -66,12 +69,22 @@ static int scan_files(tb_run *r)
             }
             r->files = nf;
         }
-        r->files[r->nfiles].name = strdup(e->d_name);
+        char *name = strdup(e->d_name);
+        if (!name) {
+            free(p);
+            rc = -ENOMEM;
+            break;
+        }
+        r->files[r->nfiles].name = name;
         r->files[r->nfiles].path = p;
         r->files[r->nfiles].bytes = (long long)st.st_size;
         r->nfiles++;
-        if (st.st_mtime > r->mtime)
-            r->mtime = st.st_mtime;
+        if (tb_str_ends(e->d_name, ".xplane.pb") &&
+            (st.st_mtim.tv_sec > r->mtime ||
+             (st.st_mtim.tv_sec == r->mtime && st.st_mtim.tv_nsec > r->mtime_nsec))) {
+            r->mtime = st.st_mtim.tv_sec;
+            r->mtime_nsec = st.st_mtim.tv_nsec;
+        }
     }
     closedir(d);
     if (r->nfiles)
@@ -103,8 +116,23 @@ void tb_runs_free(tb_runlist *l)
     for (size_t i = 0; i < l->n; i++)
         run_free(&l->runs[i]);
     free(l->runs);
+    free(l->profdir);
     l->runs = NULL;
     l->n = 0;
+    l->profdir = NULL;
+}
+
+const tb_run *tb_runs_newest(const tb_runlist *l)
+{
+    return l->n ? &l->runs[l->n - 1] : NULL;
+}
+
+const tb_run *tb_runs_find(const tb_runlist *l, const char *name)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->runs[i].name, name))
+            return &l->runs[i];
+    return NULL;
 }
 
 static int add_run(tb_runlist *l, const char *path, const char *name)
@@ -141,7 +169,7 @@ static int scan_profile_dir(const char *pdir, tb_runlist *out)
     while ((e = readdir(d)) && rc == 0) {
         if (e->d_name[0] == '.')
             continue;
-        char *p = path_join(pdir, e->d_name);
+        char *p = tb_path_join(pdir, e->d_name);
         struct stat st;
         if (p && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
             rc = add_run(out, p, e->d_name);
@@ -165,19 +193,26 @@ int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
         *what = "not a directory";
         return -ENOTDIR;
     }
-    char *pdir = path_join(logdir, "plugins/profile");
-    if (!pdir)
+    char *pdir = tb_path_join(logdir, "plugins/profile");
+    if (!pdir) {
+        *what = strerror(ENOMEM);
         return -ENOMEM;
+    }
     int rc;
     if (stat(pdir, &st) == 0 && S_ISDIR(st.st_mode)) {
-        rc = scan_profile_dir(pdir, out);
+        out->profdir = pdir;
+        pdir = NULL;
+        rc = scan_profile_dir(out->profdir, out);
     } else {
         /* a run folder itself, or plugins/profile given directly */
         const char *base = strrchr(logdir, '/');
         base = base && base[1] ? base + 1 : logdir;
         rc = add_run(out, logdir, base);
-        if (rc == 0 && out->n == 0)
+        if (rc == 0 && out->n == 0) {
             rc = scan_profile_dir(logdir, out);
+            if (rc == 0 && out->n && !(out->profdir = strdup(logdir)))
+                rc = -ENOMEM;
+        }
     }
     free(pdir);
     if (rc < 0) {

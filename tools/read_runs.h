@@ -1,5 +1,6 @@
-/* read_runs.h - run folders of a logdir and their files, for `tbprof ls`
- * and `tbprof dump` (owner: writers). */
+/* read_runs.h - run folders of a logdir and their files, for every tool
+ * that takes a logdir (ls, dump, and through readprof.c summary, convert,
+ * flame) (owner: writers). */
 #ifndef TBPROF_TOOLS_READ_RUNS_H
 #define TBPROF_TOOLS_READ_RUNS_H
 
@@ -15,22 +16,36 @@ typedef struct tb_runfile {
 typedef struct tb_run {
     char *name; /* run folder name */
     char *path;
-    time_t mtime; /* newest file in it */
-    tb_runfile *files;
+    time_t mtime; /* newest .xplane.pb in it (modification time) */
+    long mtime_nsec; /* ... and its nanoseconds, for ordering */
+    tb_runfile *files; /* every regular file, by name */
     size_t nfiles;
 } tb_run;
 
 typedef struct tb_runlist {
     tb_run *runs; /* sorted by (mtime, name): the last is the newest */
     size_t n;
+    char *profdir; /* folder the runs were listed from (plugins/profile);
+                      NULL when the input is itself a run folder */
 } tb_runlist;
 
-/* Runs under <logdir>/plugins/profile, or `logdir` itself when it is a run
- * folder (holds *.xplane.pb) or plugins/profile. 0, or -errno / -ENOENT
- * when there is nothing; *what gets a message for the user. */
+/* The one place that finds runs, for ls, dump, summary, convert and flame:
+ * runs under <logdir>/plugins/profile, or `logdir` itself when it is a run
+ * folder (holds *.xplane.pb) or plugins/profile. A run is a subfolder with
+ * at least one *.xplane.pb; hidden entries are skipped. 0, or -errno /
+ * -ENOENT when there is no run; *what gets a message for the user. `out` is
+ * always initialised: call tb_runs_free whatever this returns (on -ENOENT
+ * out->profdir may still name where runs were looked for). */
 int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what);
 void tb_runs_free(tb_runlist *l);
+/* The newest run (latest profile modification time, ties: greatest name),
+ * or NULL when there is none. */
+const tb_run *tb_runs_newest(const tb_runlist *l);
+/* The run named `name`, or NULL. */
+const tb_run *tb_runs_find(const tb_runlist *l, const char *name);
 int tb_str_ends(const char *s, const char *suffix);
+/* "a/b" (trailing slashes of a dropped), malloc'd; NULL when out of memory. */
+char *tb_path_join(const char *a, const char *b);
 
 #include <stdio.h>
 /* A JSON string literal (escapes, invalid UTF-8 as U+FFFD) to f. */

@@ -1,7 +1,6 @@
 /* readprof.c - resolve and load the profiles of one run (see readprof.h). */
 #include "readprof.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,119 +8,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "read_runs.h"
 #include "xspace.h"
 
 #define SUFFIX ".xplane.pb"
 #define LARGE_INPUT (64LL << 20)
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 static int is_dir(const char *p)
 {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static char *join(const char *a, const char *b)
-{
-    size_t la = strlen(a);
-    while (la > 1 && a[la - 1] == '/')
-        la--;
-    char *r = malloc(la + strlen(b) + 2);
-    if (r)
-        sprintf(r, "%.*s/%s", (int)la, a, b);
-    return r;
-}
-
-static int str_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Names in dir matching: files ending in .xplane.pb (dirs=0) or
- * subfolders (dirs=1), sorted. */
-static char **list(const char *dir, int dirs, size_t *n)
-{
-    *n = 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return NULL;
-    char **v = NULL;
-    size_t cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue; /* ., .., and writers' hidden temporaries */
-        char *p = join(dir, e->d_name);
-        int ok = p && (dirs ? is_dir(p) : (ends_with(e->d_name, SUFFIX) && !is_dir(p)));
-        free(p);
-        if (!ok)
-            continue;
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **nv = realloc(v, cap * sizeof(*v));
-            if (!nv)
-                break;
-            v = nv;
-        }
-        if (!(v[*n] = strdup(e->d_name)))
-            break;
-        (*n)++;
-    }
-    closedir(d);
-    if (*n > 1)
-        qsort(v, *n, sizeof(*v), str_cmp);
-    return v;
-}
-
-static void free_list(char **v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
-}
-
-/* The run folder under a plugins/profile folder: `run` or the newest run
- * (run names are YYYY_MM_DD_HH_MM_SS by default, so the greatest name is
- * the newest; a folder without profiles is passed over). */
-static char *pick_run(const char *cmd, const char *profdir, const char *run)
-{
-    if (run) {
-        char *p = join(profdir, run);
-        if (p && is_dir(p))
-            return p;
-        fprintf(stderr, "tbprof %s: no run '%s' under %s\n", cmd, run, profdir);
-        size_t n;
-        char **runs = list(profdir, 1, &n);
-        if (n) {
-            fprintf(stderr, "  runs there:");
-            for (size_t i = 0; i < n; i++)
-                fprintf(stderr, " %s", runs[i]);
-            fputc('\n', stderr);
-        }
-        free_list(runs, n);
-        free(p);
-        return NULL;
-    }
-    size_t n;
-    char **runs = list(profdir, 1, &n);
-    char *found = NULL;
-    for (size_t i = n; i-- > 0 && !found;) {
-        char *p = join(profdir, runs[i]);
-        size_t nf;
-        char **files = list(p, 0, &nf);
-        free_list(files, nf);
-        if (nf)
-            found = p;
-        else
-            free(p);
-    }
-    free_list(runs, n);
-    return found;
 }
 
 long long tb_input_bytes(const char *in)
@@ -172,12 +68,46 @@ static int add_file(tb_profset *ps, const char *cmd, const char *path, int progr
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     size_t bl = strlen(base);
-    if (ends_with(base, SUFFIX))
+    if (tb_str_ends(base, SUFFIX))
         bl -= strlen(SUFFIX);
     p->label = strndup(base, bl);
     p->space = s;
     p->bytes = bytes;
     return 0;
+}
+
+/* The run of `rl` to read: `run` by name (when the input was a logdir or
+ * its plugins/profile, not a run folder), else the newest. NULL after
+ * printing why. */
+static const tb_run *pick_run(const char *cmd, const char *in, const char *run,
+                              const tb_runlist *rl, int scan_rc, const char *what)
+{
+    if (run && rl->profdir) {
+        const tb_run *r = tb_runs_find(rl, run);
+        if (r)
+            return r;
+        char *p = tb_path_join(rl->profdir, run);
+        if (p && is_dir(p)) {
+            fprintf(stderr, "tbprof %s: no *" SUFFIX " files in %s\n", cmd, p);
+        } else {
+            fprintf(stderr, "tbprof %s: no run '%s' under %s\n", cmd, run, rl->profdir);
+            if (rl->n) {
+                fprintf(stderr, "  runs there:");
+                for (size_t i = 0; i < rl->n; i++)
+                    fprintf(stderr, " %s", rl->runs[i].name);
+                fputc('\n', stderr);
+            }
+        }
+        free(p);
+        return NULL;
+    }
+    if (scan_rc == -ENOENT)
+        fprintf(stderr,
+                "tbprof %s: no profile under %s: expected %s/plugins/profile/<run>/*" SUFFIX "\n",
+                cmd, in, in);
+    else if (scan_rc < 0)
+        fprintf(stderr, "tbprof %s: %s: %s\n", cmd, in, what);
+    return tb_runs_newest(rl);
 }
 
 int tb_profset_load(const char *cmd, const char *in, const char *run, int progress,
@@ -189,7 +119,6 @@ int tb_profset_load(const char *cmd, const char *in, const char *run, int progre
         fprintf(stderr, "tbprof %s: %s: %s\n", cmd, in, strerror(errno));
         return 2;
     }
-    char *rundir = NULL;
     if (!S_ISDIR(st.st_mode)) {
         const char *slash = strrchr(in, '/');
         ps->dir = slash ? strndup(in, (size_t)(slash - in)) : strdup(".");
@@ -200,52 +129,36 @@ int tb_profset_load(const char *cmd, const char *in, const char *run, int progre
         }
         return 0;
     }
-    size_t nf;
-    char **files = list(in, 0, &nf);
-    if (nf) {
-        rundir = strdup(in); /* a run folder */
-    } else {
-        /* a logdir, or its plugins/profile folder */
-        char *prof = join(in, "plugins/profile");
-        int said = 0; /* pick_run named the missing run */
-        if (prof && is_dir(prof)) {
-            rundir = pick_run(cmd, prof, run);
-            said = run != NULL;
-        } else if (ends_with(in, "plugins/profile") || ends_with(in, "plugins/profile/")) {
-            rundir = pick_run(cmd, in, run);
-            said = run != NULL;
-        }
-        if (!rundir && !said) {
-            fprintf(stderr,
-                    "tbprof %s: no profile under %s: expected %s/plugins/profile/<run>/*" SUFFIX
-                    "\n",
-                    cmd, in, in);
-        }
-        free(prof);
-        free_list(files, nf);
-        files = NULL;
-        if (!rundir)
-            return 2;
-        files = list(rundir, 0, &nf);
+    /* a run folder, a logdir or its plugins/profile folder: found the same
+     * way as `tbprof ls` and `dump` find them (read_runs.c) */
+    tb_runlist rl;
+    const char *what;
+    int src = tb_runs_scan(in, &rl, &what);
+    const tb_run *r = pick_run(cmd, in, run, &rl, src, what);
+    if (!r) {
+        tb_runs_free(&rl);
+        return 2;
     }
-    ps->dir = rundir;
-    for (size_t i = 0; i < nf; i++) {
-        char *p = join(rundir, files[i]);
-        int r = p ? add_file(ps, cmd, p, progress) : -ENOMEM;
-        free(p);
-        if (r < 0) {
+    if (!(ps->dir = strdup(r->path))) {
+        fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+        tb_runs_free(&rl);
+        return 2;
+    }
+    size_t nf = 0;
+    for (size_t i = 0; i < r->nfiles; i++) {
+        if (!tb_str_ends(r->files[i].name, SUFFIX))
+            continue;
+        nf++;
+        if (add_file(ps, cmd, r->files[i].path, progress) < 0) {
             fprintf(stderr, "tbprof %s: out of memory\n", cmd);
-            free_list(files, nf);
+            tb_runs_free(&rl);
             return 2;
         }
     }
-    free_list(files, nf);
+    tb_runs_free(&rl);
     if (!ps->n) {
-        if (!nf)
-            fprintf(stderr, "tbprof %s: no *" SUFFIX " files in %s\n", cmd, rundir);
-        else
-            fprintf(stderr, "tbprof %s: none of the %zu profile(s) in %s could be read\n", cmd,
-                    nf, rundir);
+        fprintf(stderr, "tbprof %s: none of the %zu profile(s) in %s could be read\n", cmd, nf,
+                ps->dir);
         return 2;
     }
     return 0;

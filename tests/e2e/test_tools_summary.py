@@ -286,6 +286,49 @@ class SummaryFigures(Base):
         self.assertIn("no run 'nope'", p.stderr)
         self.assertIn("2023_12_31_00_00_00", p.stderr)
 
+    def test_every_tool_picks_the_same_newest_run(self):
+        # The run whose name sorts last is not the one written last: the
+        # newest is the one whose profiles were modified last, for every tool.
+        by_name = os.path.join(self.logdir, "plugins", "profile", "2030_01_01_00_00_00")
+        by_time = os.path.join(self.logdir, "plugins", "profile", "2020_01_01_00_00_00")
+        a = write(os.path.join(by_name, "a.xplane.pb"), example_space("node1"))
+        b = write(os.path.join(by_time, "b.xplane.pb"), second_host())
+        os.utime(a, (T0 // 10**9, T0 // 10**9))
+        os.utime(b, (T0 // 10**9 + 60, T0 // 10**9 + 60))
+        # a newer non-profile file does not make a run newer; a folder
+        # without profiles is no run
+        j = write(os.path.join(by_name, "a.trace.json.gz"), b"x")
+        os.utime(j, (T0 // 10**9 + 120, T0 // 10**9 + 120))
+        os.makedirs(os.path.join(self.logdir, "plugins", "profile", "2040_01_01_00_00_00"))
+
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual([h["label"] for h in js["hosts"]], ["b"])
+        self.assertEqual(js["hosts"][0]["hostname"], "node2")
+        d = run("dump", self.logdir, "--json")
+        self.assertEqual(d.returncode, 0, d.stderr)
+        d = json.loads(d.stdout)
+        self.assertEqual(d["run"], "2020_01_01_00_00_00")
+        self.assertEqual(d["runs"], 2)
+        ls = run("ls", self.logdir, "--json")
+        self.assertEqual(ls.returncode, 0, ls.stderr)
+        ls = json.loads(ls.stdout)
+        self.assertEqual([r["run"] for r in ls["runs"]],
+                         ["2030_01_01_00_00_00", "2020_01_01_00_00_00"])  # oldest first
+        self.assertEqual(ls["runs"][1]["mtime"], T0 // 10**9 + 60)
+        out = os.path.join(self.tmp, "t.json")
+        p = run("convert", self.logdir, "--to", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(out) as f:
+            text = f.read()
+        self.assertIn('"name":"conv"', text)  # second_host's kernel
+        self.assertNotIn('"name":"gemm"', text)  # example_space's
+        # same modification time: the greater name is the newer
+        os.utime(b, (T0 // 10**9, T0 // 10**9))
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual([h["label"] for h in js["hosts"]], ["a"])
+        self.assertEqual(json.loads(run("dump", self.logdir, "--json").stdout)["run"],
+                         "2030_01_01_00_00_00")
+
     def test_newer_schema_fields_are_skipped(self):
         write(os.path.join(self.rundir, "node1.rank0.xplane.pb"), example_space(newer_schema=True))
         js, err = self.summary_json(self.rundir)
