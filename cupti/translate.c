@@ -14,6 +14,7 @@
 
 #include "host.h"
 #include "stats.h"
+#include "util.h"
 
 enum { T_COMPUTE, T_H2D, T_D2H, T_D2D, T_P2P, T_MOTHER, T_MEMSET, T_NTYPES };
 static const char *const type_names[T_NTYPES] = {"Compute",   "MemcpyH2D",   "MemcpyD2H", "MemcpyD2D",
@@ -157,6 +158,16 @@ void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprop
         t->dev[dev]->props = *p;
 }
 
+/* Event metadata `name` on plane p, in category cat; <= 0 when it could
+ * not be made. */
+static int64_t event_meta_cat(tb_plane *p, const char *name, tb_category cat)
+{
+    int64_t meta = tb_plane_event_meta(p, name);
+    if (meta > 0)
+        tb_plane_set_event_category(p, meta, cat);
+    return meta;
+}
+
 static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
 {
     if (dev >= TB_CUPTI_MAX_DEVICES)
@@ -183,24 +194,14 @@ static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
     d->st_mad = tb_plane_stat_meta(p, TB_ST_MEMALLOC_DETAILS);
     d->st_mfd = tb_plane_stat_meta(p, TB_ST_MEMFREE_DETAILS);
     d->st_graph = tb_plane_stat_meta(p, TB_ST_CUDA_GRAPH_ID);
-    for (int i = 0; i < T_NTYPES; i++) {
-        d->ev_type[i] = tb_plane_event_meta(p, type_names[i]);
-        if (d->ev_type[i] > 0)
-            tb_plane_set_event_category(p, d->ev_type[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
-    }
-    d->ev_alloc = tb_plane_event_meta(p, "MemoryAlloc");
-    d->ev_free = tb_plane_event_meta(p, "MemoryFree");
-    if (d->ev_alloc > 0)
-        tb_plane_set_event_category(p, d->ev_alloc, TB_CAT_GPU_MEMORY);
-    if (d->ev_free > 0)
-        tb_plane_set_event_category(p, d->ev_free, TB_CAT_GPU_MEMORY);
+    for (int i = 0; i < T_NTYPES; i++)
+        d->ev_type[i] = event_meta_cat(p, type_names[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
+    d->ev_alloc = event_meta_cat(p, "MemoryAlloc", TB_CAT_GPU_MEMORY);
+    d->ev_free = event_meta_cat(p, "MemoryFree", TB_CAT_GPU_MEMORY);
     static const char *const sync_names[5] = {"Sync", "Event Sync", "Stream Wait Event", "Stream Sync",
                                               "Context Sync"};
-    for (int i = 0; i < 5; i++) {
-        d->ev_sync[i] = tb_plane_event_meta(p, sync_names[i]);
-        if (d->ev_sync[i] > 0)
-            tb_plane_set_event_category(p, d->ev_sync[i], TB_CAT_CUDA_SYNC);
-    }
+    for (int i = 0; i < 5; i++)
+        d->ev_sync[i] = event_meta_cat(p, sync_names[i], TB_CAT_CUDA_SYNC);
     if (d->st_corr < 0 || d->st_ctx < 0 || d->st_kd < 0 || d->st_md < 0 || d->ev_type[0] < 0 ||
         d->ev_sync[4] < 0 || d->st_graph < 0) {
         free(d);
@@ -219,14 +220,8 @@ static lineslot *get_line(devstate *d, int64_t id)
             d->last = i;
             return &d->lines[i];
         }
-    if (d->nlines == d->cap) {
-        size_t ncap = d->cap ? d->cap * 2 : 16;
-        lineslot *n = realloc(d->lines, ncap * sizeof(*n));
-        if (!n)
-            return NULL;
-        d->lines = n;
-        d->cap = ncap;
-    }
+    if (TB_GROW(d->lines, d->cap, d->nlines + 1) < 0)
+        return NULL;
     char name[48];
     if (id == TB_CUPTI_LINE_OVERHEAD)
         snprintf(name, sizeof(name), "CUPTI overhead");
@@ -308,11 +303,10 @@ static int64_t kernel_meta(tb_cupti_tr *t, devstate *d, uint32_t dev, const char
             dm = NULL;
         }
     }
-    meta = tb_plane_event_meta(d->p, dm ? dm : name);
+    meta = event_meta_cat(d->p, dm ? dm : name, TB_CAT_KERNEL);
     free(dm);
     if (meta <= 0)
         return meta;
-    tb_plane_set_event_category(d->p, meta, TB_CAT_KERNEL);
     if ((t->kn_used + 1) * 4 > (t->kn_mask + 1) * 3) { /* grow at 75% */
         size_t nmask = t->kn_mask * 2 + 1;
         kname_slot *n = calloc(nmask + 1, sizeof(*n));
@@ -438,10 +432,43 @@ static int bad_time(tb_cupti_tr *t, uint64_t start, uint64_t end)
     return 0;
 }
 
+/* An event [start, end] (CUPTI time) on line l; <0 when not added. */
+static int add_span(tb_cupti_tr *t, tb_line *l, int64_t meta, uint64_t start, uint64_t end)
+{
+    return tb_line_add(l, meta, (int64_t)start + t->o.ts_to_epoch_ns, (int64_t)(end - start));
+}
+
+/* What every device activity record (kernel, copy, memset, memory, sync)
+ * says, whatever its CUPTI struct. */
+typedef struct devrec {
+    uint64_t start, end;
+    uint32_t dev, corr, ctx, stream, graph;
+} devrec;
+
+/* devrec of a CUPTI record with start/end/contextId/streamId/correlationId/
+ * graphId fields, on device `devid` */
+#define DEVREC(r, devid) \
+    ((devrec){.start = (r)->start, .end = (r)->end, .dev = (devid), .corr = (r)->correlationId, \
+              .ctx = (r)->contextId, .stream = (r)->streamId, .graph = (r)->graphId})
+
+/* The plane of r's device, or NULL (a bad time is counted). note: r's
+ * context runs on r's device (for placing sync records). Inline: once per
+ * device record, the known device is an array lookup. */
+static inline devstate *rec_dev(tb_cupti_tr *t, const devrec *r, int note)
+{
+    if (bad_time(t, r->start, r->end))
+        return NULL;
+    devstate *d = r->dev < TB_CUPTI_MAX_DEVICES ? t->dev[r->dev] : NULL;
+    if (!d)
+        d = get_dev(t, r->dev);
+    if (d && note)
+        note_ctx(t, r->ctx, r->dev);
+    return d;
+}
+
 /* Common device-event stats; returns the line or NULL when the event was not added. */
 static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int type, int64_t meta,
-                             uint64_t start, uint64_t end, uint32_t corr, uint32_t ctx, uint32_t stream,
-                             uint32_t graph)
+                             const devrec *r)
 {
     lineslot *ls = get_line(d, line_id);
     if (!ls || meta <= 0)
@@ -449,29 +476,36 @@ static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int t
     if (type >= 0)
         ls->mask |= 1u << type;
     tb_line *l = ls->l;
-    if (tb_line_add(l, meta, (int64_t)start + t->o.ts_to_epoch_ns, (int64_t)(end - start)) < 0)
+    if (add_span(t, l, meta, r->start, r->end) < 0)
         return NULL;
-    tb_line_stat_u64(l, d->st_corr, corr);
-    add_ref_stat(l, d->st_ctx, ctx_ref(d, ctx));
-    if (line_id != (int64_t)stream) /* on a stream's own line the line id says it */
-        tb_line_stat_u64(l, d->st_stream, stream);
-    if (graph)
-        tb_line_stat_u64(l, d->st_graph, graph);
+    tb_line_stat_u64(l, d->st_corr, r->corr);
+    add_ref_stat(l, d->st_ctx, ctx_ref(d, r->ctx));
+    if (line_id != (int64_t)r->stream) /* on a stream's own line the line id says it */
+        tb_line_stat_u64(l, d->st_stream, r->stream);
+    if (r->graph)
+        tb_line_stat_u64(l, d->st_graph, r->graph);
     return l;
+}
+
+/* A copy or memset: the event of r on its stream's line as `type`, with
+ * the details string of k as stat st_details. */
+static void stream_event(tb_cupti_tr *t, devstate *d, const devrec *r, int type, int64_t st_details,
+                         const md_key *k)
+{
+    tb_line *l = device_event(t, d, r->stream, type, d->ev_type[type], r);
+    if (l)
+        add_ref_stat(l, st_details, mem_details_ref(t, d, k));
 }
 
 static void do_kernel(tb_cupti_tr *t, const CUpti_ActivityKernel10 *k)
 {
     t->c.kernels++;
-    if (bad_time(t, k->start, k->end))
-        return;
-    devstate *d = get_dev(t, k->deviceId);
+    devrec r = DEVREC(k, k->deviceId);
+    devstate *d = rec_dev(t, &r, 1);
     if (!d)
         return;
-    note_ctx(t, k->contextId, k->deviceId);
     int64_t meta = kernel_meta(t, d, k->deviceId, k->name);
-    tb_line *l = device_event(t, d, k->streamId, T_COMPUTE, meta, k->start, k->end, k->correlationId,
-                              k->contextId, k->streamId, k->graphId);
+    tb_line *l = device_event(t, d, k->streamId, T_COMPUTE, meta, &r);
     if (!l)
         return;
     kd_key key = {.dev = k->deviceId,
@@ -503,71 +537,51 @@ static int copy_type(int kind)
     }
 }
 
-static void do_memcpy(tb_cupti_tr *t, const CUpti_ActivityMemcpy6 *m)
+/* A memcpy (MEMCPY) or peer copy (MEMCPY2) record: r on the issuing
+ * (source) device, `dest` the destination device. A peer copy's context is
+ * not noted: it may belong to either device. */
+static inline void copy_event(tb_cupti_tr *t, const devrec *r, int note, int type, uint32_t dest,
+                       uint32_t src_kind, uint32_t dst_kind, uint32_t flags, uint64_t bytes)
 {
     t->c.memcpys++;
-    if (bad_time(t, m->start, m->end))
-        return;
-    devstate *d = get_dev(t, m->deviceId);
+    devstate *d = rec_dev(t, r, note);
     if (!d)
         return;
-    note_ctx(t, m->contextId, m->deviceId);
-    int ty = copy_type(m->copyKind);
-    tb_line *l = device_event(t, d, m->streamId, ty, d->ev_type[ty], m->start, m->end, m->correlationId,
-                              m->contextId, m->streamId, m->graphId);
-    if (!l)
-        return;
-    md_key key = {.dev = m->deviceId,
-                  .src = m->srcKind,
-                  .dst = m->dstKind,
-                  .dest = m->deviceId,
-                  .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC) ? 1 : 0,
+    md_key key = {.dev = r->dev,
+                  .src = src_kind,
+                  .dst = dst_kind,
+                  .dest = dest,
+                  .async = (flags & CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC) ? 1 : 0,
                   .what = 0,
-                  .bytes = m->bytes};
-    add_ref_stat(l, d->st_md, mem_details_ref(t, d, &key));
+                  .bytes = bytes};
+    stream_event(t, d, r, type, d->st_md, &key);
+}
+
+static void do_memcpy(tb_cupti_tr *t, const CUpti_ActivityMemcpy6 *m)
+{
+    devrec r = DEVREC(m, m->deviceId);
+    copy_event(t, &r, 1, copy_type(m->copyKind), m->deviceId, m->srcKind, m->dstKind, m->flags, m->bytes);
 }
 
 static void do_p2p(tb_cupti_tr *t, const CUpti_ActivityMemcpyPtoP4 *m)
 {
-    t->c.memcpys++;
-    if (bad_time(t, m->start, m->end))
-        return;
-    devstate *d = get_dev(t, m->srcDeviceId);
-    if (!d)
-        return;
-    tb_line *l = device_event(t, d, m->streamId, T_P2P, d->ev_type[T_P2P], m->start, m->end, m->correlationId,
-                              m->contextId, m->streamId, m->graphId);
-    if (!l)
-        return;
-    md_key key = {.dev = m->srcDeviceId,
-                  .src = m->srcKind,
-                  .dst = m->dstKind,
-                  .dest = m->dstDeviceId,
-                  .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMCPY_ASYNC) ? 1 : 0,
-                  .what = 0,
-                  .bytes = m->bytes};
-    add_ref_stat(l, d->st_md, mem_details_ref(t, d, &key));
+    devrec r = DEVREC(m, m->srcDeviceId);
+    copy_event(t, &r, 0, T_P2P, m->dstDeviceId, m->srcKind, m->dstKind, m->flags, m->bytes);
 }
 
 static void do_memset(tb_cupti_tr *t, const CUpti_ActivityMemset4 *m)
 {
     t->c.memsets++;
-    if (bad_time(t, m->start, m->end))
-        return;
-    devstate *d = get_dev(t, m->deviceId);
+    devrec r = DEVREC(m, m->deviceId);
+    devstate *d = rec_dev(t, &r, 1);
     if (!d)
-        return;
-    note_ctx(t, m->contextId, m->deviceId);
-    tb_line *l = device_event(t, d, m->streamId, T_MEMSET, d->ev_type[T_MEMSET], m->start, m->end,
-                              m->correlationId, m->contextId, m->streamId, m->graphId);
-    if (!l)
         return;
     md_key key = {.dev = m->deviceId,
                   .src = m->memoryKind,
                   .async = (m->flags & CUPTI_ACTIVITY_FLAG_MEMSET_ASYNC) ? 1 : 0,
                   .what = 1,
                   .bytes = m->bytes};
-    add_ref_stat(l, d->st_msd, mem_details_ref(t, d, &key));
+    stream_event(t, d, &r, T_MEMSET, d->st_msd, &key);
 }
 
 static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
@@ -621,14 +635,13 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
             if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
                 *v = '\0';
         }
-        meta = tb_plane_event_meta(t->hp, buf);
+        meta = event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
         if (meta <= 0)
             return;
-        tb_plane_set_event_category(t->hp, meta, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
         if (cache)
             *cache = meta;
     }
-    if (tb_line_add(l, meta, (int64_t)a->start + t->o.ts_to_epoch_ns, (int64_t)(a->end - a->start)) < 0)
+    if (add_span(t, l, meta, a->start, a->end) < 0)
         return;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
 }
@@ -639,11 +652,9 @@ static void host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_categor
     tb_line *l = host_line(t, tid);
     if (!l || !t->hp)
         return;
-    int64_t meta = tb_plane_event_meta(t->hp, name && *name ? name : "(unnamed)");
-    if (meta <= 0)
-        return;
-    tb_plane_set_event_category(t->hp, meta, cat);
-    tb_line_add(l, meta, (int64_t)start + t->o.ts_to_epoch_ns, (int64_t)(end - start));
+    int64_t meta = event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat);
+    if (meta > 0)
+        add_span(t, l, meta, start, end);
 }
 
 static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
@@ -653,14 +664,8 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
         return; /* process-wide and domain markers: not drawn */
     uint32_t tid = m->objectId.pt.threadId;
     if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
-        if (t->nmk == t->capmk) {
-            size_t n = t->capmk ? t->capmk * 2 : 32;
-            marker *nm = realloc(t->mk, n * sizeof(*nm));
-            if (!nm)
-                return;
-            t->mk = nm;
-            t->capmk = n;
-        }
+        if (TB_GROW(t->mk, t->capmk, t->nmk + 1) < 0)
+            return;
         t->mk[t->nmk++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name};
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
         for (size_t i = t->nmk; i-- > 0;) {
@@ -716,13 +721,12 @@ static void do_overhead(tb_cupti_tr *t, const CUpti_ActivityOverhead3 *o)
     devstate *d = get_dev(t, dev);
     if (!d)
         return;
-    int64_t meta = tb_plane_event_meta(d->p, name);
+    int64_t meta = event_meta_cat(d->p, name, TB_CAT_OVERHEAD);
     if (meta <= 0)
         return;
-    tb_plane_set_event_category(d->p, meta, TB_CAT_OVERHEAD);
     lineslot *ls = get_line(d, TB_CUPTI_LINE_OVERHEAD);
     if (ls)
-        tb_line_add(ls->l, meta, (int64_t)o->start + t->o.ts_to_epoch_ns, (int64_t)(o->end - o->start));
+        add_span(t, ls->l, meta, o->start, o->end);
 }
 
 static void do_memory(tb_cupti_tr *t, const CUpti_ActivityMemory4 *m)
@@ -731,14 +735,17 @@ static void do_memory(tb_cupti_tr *t, const CUpti_ActivityMemory4 *m)
     if (m->memoryOperationType != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION &&
         m->memoryOperationType != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE)
         return;
-    if (bad_time(t, m->timestamp, m->timestamp))
-        return;
-    devstate *d = get_dev(t, m->deviceId);
+    devrec r = {.start = m->timestamp,
+                .end = m->timestamp,
+                .dev = m->deviceId,
+                .corr = m->correlationId,
+                .ctx = m->contextId,
+                .stream = m->streamId};
+    devstate *d = rec_dev(t, &r, 0);
     if (!d)
         return;
     int alloc = m->memoryOperationType == CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION;
-    tb_line *l = device_event(t, d, TB_CUPTI_LINE_MEMORY, -1, alloc ? d->ev_alloc : d->ev_free, m->timestamp,
-                              m->timestamp, m->correlationId, m->contextId, m->streamId, 0);
+    tb_line *l = device_event(t, d, TB_CUPTI_LINE_MEMORY, -1, alloc ? d->ev_alloc : d->ev_free, &r);
     if (!l)
         return;
     md_key key = {.dev = m->deviceId, .src = (uint32_t)m->memoryKind, .what = alloc ? 2 : 3, .bytes = m->bytes};
@@ -802,14 +809,8 @@ void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *r)
         t->c.syncs++;
         if (bad_time(t, s->start, s->end))
             break;
-        if (t->nsy == t->capsy) {
-            size_t n = t->capsy ? t->capsy * 2 : 64;
-            syncrec *ns = realloc(t->sy, n * sizeof(*ns));
-            if (!ns)
-                break;
-            t->sy = ns;
-            t->capsy = n;
-        }
+        if (TB_GROW(t->sy, t->capsy, t->nsy + 1) < 0)
+            break;
         t->sy[t->nsy++] = (syncrec){.type = (uint32_t)s->type,
                                     .corr = s->correlationId,
                                     .ctx = s->contextId,
@@ -866,8 +867,9 @@ static void emit_syncs(tb_cupti_tr *t)
         if (!d)
             continue;
         uint32_t ty = s->type <= 4 ? s->type : 0;
-        device_event(t, d, TB_CUPTI_LINE_SYNC, -1, d->ev_sync[ty], s->start, s->end, s->corr, s->ctx,
-                     s->stream, 0);
+        devrec r = {.start = s->start, .end = s->end, .dev = dev, .corr = s->corr, .ctx = s->ctx,
+                    .stream = s->stream};
+        device_event(t, d, TB_CUPTI_LINE_SYNC, -1, d->ev_sync[ty], &r);
     }
     t->nsy = 0;
 }
