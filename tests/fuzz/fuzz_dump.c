@@ -19,18 +19,8 @@
 #include <unistd.h>
 
 #include "../../tools/synth_space.h"
+#include "mutate.h"
 #include "xspace.h"
-
-extern char **environ;
-
-static uint64_t rng_state;
-static uint32_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 11);
-}
 
 static int fail;
 #define EXPECT(c, ...)                                                         \
@@ -65,71 +55,6 @@ static void seed_every_stat(tb_buf *b)
     }
     tb_xspace_encode(s, b);
     tb_space_free(s);
-}
-
-static size_t mutate(uint8_t *d, size_t len, size_t cap)
-{
-    int n = 1 + (int)(rnd() % 6);
-    for (int k = 0; k < n && len; k++) {
-        size_t at = rnd() % len;
-        switch (rnd() % 8) {
-        case 0: d[at] ^= (uint8_t)(1u << (rnd() % 8)); break;
-        case 1: d[at] = (uint8_t)rnd(); break;
-        case 2: { /* a long varint: huge lengths / ids */
-            static const uint8_t big[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-            size_t m = len - at < sizeof(big) ? len - at : sizeof(big);
-            memcpy(d + at, big, m);
-            break;
-        }
-        case 3: /* delete a range */ {
-            size_t m = 1 + rnd() % 16;
-            if (m > len - at)
-                m = len - at;
-            memmove(d + at, d + at + m, len - at - m);
-            len -= m;
-            break;
-        }
-        case 4: /* insert random bytes */ {
-            size_t m = 1 + rnd() % 8;
-            if (len + m > cap)
-                break;
-            memmove(d + at + m, d + at, len - at);
-            for (size_t i = 0; i < m; i++)
-                d[at + i] = (uint8_t)rnd();
-            len += m;
-            break;
-        }
-        case 5: len = at; break; /* truncate */
-        case 6: /* copy a chunk elsewhere */ {
-            size_t from = rnd() % len, m = 1 + rnd() % 32;
-            if (m > len - from)
-                m = len - from;
-            if (m > len - at)
-                m = len - at;
-            memmove(d + at, d + from, m);
-            break;
-        }
-        default: d[at] = (uint8_t)(d[at] + 1); break;
-        }
-    }
-    return len;
-}
-
-static int run_dump(const char *tbprof, const char *file, int *status)
-{
-    char *argv[] = {(char *)tbprof, "dump", (char *)file, NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", 1 /* O_WRONLY */, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", 1, 0);
-    pid_t pid;
-    int r = posix_spawn(&pid, tbprof, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0)
-        return -r;
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-    return 0;
 }
 
 int main(int argc, char **argv)
@@ -198,7 +123,7 @@ int main(int argc, char **argv)
                 fwrite(d, 1, len, f);
                 fclose(f);
                 int status = 0;
-                if (run_dump(tbprof, tmpf, &status) == 0) {
+                if (run_tool(tbprof, "dump", tmpf, NULL, &status) == 0) {
                     spawned++;
                     EXPECT(WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 2),
                            "tbprof dump: status 0x%x (kept in %s.crash)", status, tmpf);

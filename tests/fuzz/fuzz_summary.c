@@ -30,18 +30,8 @@
 #include "../../tools/synth_space.h"
 #include "folded.h"
 #include "summary.h"
+#include "mutate.h"
 #include "xspace.h"
-
-extern char **environ;
-
-static uint64_t rng_state;
-static uint32_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 11);
-}
 
 static int fail, cs;
 #define EXPECT(c, ...)                                                         \
@@ -75,72 +65,6 @@ static void seed_every_stat(tb_buf *b)
     }
     tb_xspace_encode(s, b);
     tb_space_free(s);
-}
-
-static size_t mutate(uint8_t *d, size_t len, size_t cap)
-{
-    int n = 1 + (int)(rnd() % 6);
-    for (int k = 0; k < n && len; k++) {
-        size_t at = rnd() % len;
-        switch (rnd() % 8) {
-        case 0: d[at] ^= (uint8_t)(1u << (rnd() % 8)); break;
-        case 1: d[at] = (uint8_t)rnd(); break;
-        case 2: {
-            static const uint8_t big[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-            size_t m = len - at < sizeof(big) ? len - at : sizeof(big);
-            memcpy(d + at, big, m);
-            break;
-        }
-        case 3: {
-            size_t m = 1 + rnd() % 16;
-            if (m > len - at)
-                m = len - at;
-            memmove(d + at, d + at + m, len - at - m);
-            len -= m;
-            break;
-        }
-        case 4: {
-            size_t m = 1 + rnd() % 8;
-            if (len + m > cap)
-                break;
-            memmove(d + at + m, d + at, len - at);
-            for (size_t i = 0; i < m; i++)
-                d[at + i] = (uint8_t)rnd();
-            len += m;
-            break;
-        }
-        case 5: len = at; break;
-        case 6: {
-            size_t from = rnd() % len, m = 1 + rnd() % 32;
-            if (m > len - from)
-                m = len - from;
-            if (m > len - at)
-                m = len - at;
-            memmove(d + at, d + from, m);
-            break;
-        }
-        default: d[at] = (uint8_t)(d[at] + 1); break;
-        }
-    }
-    return len;
-}
-
-/* Run tbprof with args on file; 0 when it exited 0 or 2. */
-static int run_tool(const char *tbprof, const char *a1, const char *file, const char *a3, int *status)
-{
-    char *argv[] = {(char *)tbprof, (char *)a1, (char *)file, (char *)a3, NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    int r = posix_spawn(&pid, tbprof, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0)
-        return -r;
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-    return 0;
 }
 
 static int spawned, tool_ok;
