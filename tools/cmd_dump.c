@@ -312,12 +312,8 @@ int cmd_dump(int argc, char **argv)
     }
 
     tb_runlist rl;
-    const char *what;
-    if (tb_runs_scan(in, &rl, &what) < 0) {
-        fprintf(stderr, "tbprof: %s: %s\n", in, what);
-        tb_runs_free(&rl);
+    if (tb_runs_scan_or_say(in, &rl) < 0)
         return 2;
-    }
     const tb_run *run = tb_runs_newest(&rl);
     if (json) {
         fputs("{\"run\":", stdout);

@@ -36,12 +36,8 @@ int cmd_ls(int argc, char **argv)
         return 2;
     }
     tb_runlist rl;
-    const char *what;
-    if (tb_runs_scan(in, &rl, &what) < 0) {
-        fprintf(stderr, "tbprof: %s: %s\n", in, what);
-        tb_runs_free(&rl);
+    if (tb_runs_scan_or_say(in, &rl) < 0)
         return 2;
-    }
     size_t bad = 0;
     if (json)
         fputs("{\"logdir\":", stdout), rr_json_str(stdout, in), fputs(",\"runs\":[", stdout);

@@ -122,6 +122,17 @@ void tb_runs_free(tb_runlist *l)
     l->profdir = NULL;
 }
 
+int tb_runs_scan_or_say(const char *logdir, tb_runlist *out)
+{
+    const char *what;
+    int rc = tb_runs_scan(logdir, out, &what);
+    if (rc < 0) {
+        fprintf(stderr, "tbprof: %s: %s\n", logdir, what);
+        tb_runs_free(out);
+    }
+    return rc;
+}
+
 const tb_run *tb_runs_newest(const tb_runlist *l)
 {
     return l->n ? &l->runs[l->n - 1] : NULL;

@@ -38,6 +38,9 @@ typedef struct tb_runlist {
  * out->profdir may still name where runs were looked for). */
 int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what);
 void tb_runs_free(tb_runlist *l);
+/* tb_runs_scan for ls and dump: on failure says "tbprof: LOGDIR: what" on
+ * stderr, frees out and returns <0. */
+int tb_runs_scan_or_say(const char *logdir, tb_runlist *out);
 /* The newest run (latest profile modification time, ties: greatest name),
  * or NULL when there is none. */
 const tb_run *tb_runs_newest(const tb_runlist *l);
