@@ -1004,7 +1004,20 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
         return -EAGAIN;
     if (ensure_thread() < 0)
         return -EAGAIN;
+    /* deadline for both waits below: the caller is blocked at most ~1 s */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
     pthread_mutex_lock(&g.lock);
+    /* tbprof_stop(); tbprof_start(): the previous capture may still be
+     * stopping or collecting (no file I/O happens in these states). Let it
+     * finish rather than refuse the next region. A capture that is armed or
+     * running with no stop requested stays -EBUSY. */
+    if (!on_agent_thread())
+        while (g.state == TB_STATE_WRITING ||
+               (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
+            if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
+                break;
     int rc = request_time(duration_ms * 1000000, trigger ? trigger : "api", -1);
     pthread_mutex_unlock(&g.lock);
     if (rc < 0)
@@ -1014,9 +1027,6 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
         return 0;
     /* wait (bounded) until the sources are on, so the capture covers what
      * the caller does next */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
     pthread_mutex_lock(&g.lock);
     while (g.state == TB_STATE_ARMED && !g.sources_started)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)

@@ -26,7 +26,11 @@ TBPROF_API int64_t tbprof_step(void);
 /* Mark a step boundary with an explicit step number (e.g. from a framework's
  * global step); duplicates of the current number are merged. */
 TBPROF_API int64_t tbprof_step_num(int64_t step);
-/* Start a capture now, for `duration_ms` (0: until tbprof_stop()). */
+/* Start a capture now, for `duration_ms` (0: until tbprof_stop()).
+ * Returns once the sources are on, so the capture covers what the caller does
+ * next: that can take up to about 1 s when a previous capture is still being
+ * stopped or written (tbprof_stop(); tbprof_start() back to back works).
+ * -EBUSY while another capture is armed or running. */
 TBPROF_API int tbprof_start(int64_t duration_ms);
 /* Stop the capture; the profile is written by the agent thread. */
 TBPROF_API int tbprof_stop(void);

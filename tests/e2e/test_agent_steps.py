@@ -160,6 +160,19 @@ class StepWindows(tbtest.TestCase):
         last = [l for l in out.splitlines() if l.startswith("done")][0].split("last=")[1]
         self.assertIn(last, ("", files[0]))
 
+    def test_back_to_back_api_captures(self):
+        # tbprof_stop(); tbprof_start(): the second region must be captured
+        # even while the agent is still collecting the first
+        n = 4
+        p = tbtest.run([tbtest.prog("apiloop"), str(n), "5"], env=tbtest.env(self.logdir))
+        self.assertExitedOk(p)
+        rcs = [int(l.split()[2]) for l in p.stdout.splitlines() if l.startswith("start ")]
+        self.assertEqual(rcs, [0] * n, p.stdout + p.stderr)
+        files = tbtest.wait_for_xplanes(self.logdir, n)
+        self.assertEqual(len(files), n)
+        firsts = sorted(tbtest.load(f).steps()[0][0] for f in files)
+        self.assertEqual(firsts, [100 + i for i in range(n)])
+
     def test_without_preload_nothing_happens(self):
         p = tbtest.run([STEPS, "-n", "12", "-m", "1"], env=tbtest.env(self.logdir, preload=False, steps="2,4"))
         self.assertExitedOk(p)
