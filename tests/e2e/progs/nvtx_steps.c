@@ -151,6 +151,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "nvtx_steps: unknown kind %s\n", kind);
             return 2;
         }
+        int64_t a2 = now_ns(CLOCK_REALTIME); /* the step began in [a, a2] */
         if (i == 0)
             first_level = lvl;
         /* inner ranges that never match */
@@ -168,7 +169,7 @@ int main(int argc, char **argv)
         else if (strcmp(kind, "mark"))
             nvtxRangePop();
         int64_t b = now_ns(CLOCK_REALTIME);
-        printf("range %d %lld %lld\n", i, (long long)a, (long long)b);
+        printf("range %d %lld %lld %lld\n", i, (long long)a, (long long)b, (long long)a2);
         work(gap);
     }
     printf("level=%d\n", first_level);
