@@ -475,8 +475,6 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
         tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);
         tb_plane_stat_i64(hp, TB_ST_OVERHEAD_NS, overhead_ns);
-        tb_plane_stat_i64(hp, TB_ST_CAPTURE_BEGIN_NS, begin);
-        tb_plane_stat_i64(hp, TB_ST_CAPTURE_END_NS, end);
     }
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
