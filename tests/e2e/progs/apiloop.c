@@ -4,24 +4,9 @@
  * check that a region right after a stop is captured, not refused. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "progutil.h"
 #include "tbapi.h"
-
-static volatile double sink;
-
-static void work(double ms)
-{
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    double acc = 0;
-    do {
-        for (int i = 1; i < 1000; i++)
-            acc += 1.0 / i;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-    } while ((double)(t.tv_sec - t0.tv_sec) * 1e3 + (double)(t.tv_nsec - t0.tv_nsec) / 1e6 < ms);
-    sink = acc;
-}
 
 int main(int argc, char **argv)
 {
@@ -33,7 +18,7 @@ int main(int argc, char **argv)
         printf("start %d %d\n", i, rc);
         fflush(stdout);
         tb_step_num(100 + i);
-        work(ms);
+        spin_ms(ms);
         tb_step_num(200 + i);
         tb_stop();
     }

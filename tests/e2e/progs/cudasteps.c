@@ -29,29 +29,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 extern int cudaProfilerStart(void) __attribute__((weak));
 extern int cudaProfilerStop(void) __attribute__((weak));
 extern int cuProfilerStart(void) __attribute__((weak));
 extern int cuProfilerStop(void) __attribute__((weak));
 
-static volatile double sink;
 
-static int64_t now_ns(int clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void work(double ms)
-{
-    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(ms * 1e6);
-    double acc = 0;
-    while (now_ns(CLOCK_MONOTONIC) < end)
-        for (int i = 1; i < 2000; i++)
-            acc += 1.0 / i;
-    sink = acc;
-}
+static void work(double ms) { spin_ms(ms); }
 
 int main(int argc, char **argv)
 {

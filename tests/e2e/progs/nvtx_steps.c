@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 #ifndef HAVE_NVTX3
 int main(void)
 {
@@ -41,24 +43,8 @@ int main(void)
 #include <nvtx3/nvToolsExt.h>
 #include <wchar.h>
 
-static volatile double sink;
 
-static int64_t now_ns(int clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void work(double ms)
-{
-    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(ms * 1e6);
-    double acc = 0;
-    while (now_ns(CLOCK_MONOTONIC) < end)
-        for (int i = 1; i < 2000; i++)
-            acc += 1.0 / i;
-    sink = acc;
-}
+static void work(double ms) { spin_ms(ms); }
 
 static nvtxEventAttributes_t attr_ascii(const char *s)
 {

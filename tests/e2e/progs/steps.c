@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "tbapi.h"
+#include "progutil.h"
 
 static atomic_int stop_workers;
 static volatile sig_atomic_t got_term;
@@ -49,12 +50,6 @@ static void on_term(int sig)
 }
 static _Thread_local volatile double sink; /* per thread: workers run work() too */
 
-static int64_t now_ns(int clk)
-{
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ~ms of CPU work with some allocation */
 static void work(double ms)
