@@ -105,7 +105,7 @@ int main(int argc, char **argv)
     pthread_t th[65];
     static char names[65][16];
     for (int i = 0; i < nthreads; i++) {
-        snprintf(names[i], sizeof(names[i]), "worker%d", i % 100); /* nthreads <= 64 */
+        snprintf(names[i], sizeof(names[i]), "worker%u", (unsigned)i % 100u); /* nthreads <= 64 */
         w[i] = (wargs){.name = names[i]};
         pthread_create(&th[i], NULL, worker, &w[i]);
     }
