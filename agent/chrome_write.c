@@ -26,9 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
-
 #include "stats.h"
+#include "zlib_dl.h"
 
 /* ---- output ---------------------------------------------------------------------- */
 
@@ -38,6 +37,7 @@ typedef struct jw {
     int err;
     tb_buf *out;
     z_stream *z;
+    const tb_zlib *zl; /* with z */
     /* streaming: compressed bytes go to sink as they come (out is reused) */
     int (*sink)(void *ctx, const void *data, size_t len);
     void *sink_ctx;
@@ -87,7 +87,7 @@ static void jw_drain(jw *w, int finish)
         w->z->next_out = w->out->data + w->out->len;
         w->z->avail_out = (uInt)(w->out->cap - w->out->len > (1u << 30) ? (1u << 30) : w->out->cap - w->out->len);
         uInt before = w->z->avail_out;
-        int r = deflate(w->z, finish ? Z_FINISH : Z_NO_FLUSH);
+        int r = w->zl->deflate(w->z, finish ? Z_FINISH : Z_NO_FLUSH);
         w->out->len += before - w->z->avail_out;
         if (r == Z_STREAM_END)
             break;
@@ -645,6 +645,9 @@ int tb_chrome_encode(tb_space *s, tb_buf *b)
 
 static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, size_t), void *ctx)
 {
+    const tb_zlib *zl = tb_zlib_get();
+    if (!zl)
+        return -ELIBACC; /* "Can not access a needed shared library" */
     jw *w = calloc(1, sizeof(*w));
     z_stream *z = calloc(1, sizeof(*z));
     if (!w || !z) {
@@ -653,13 +656,15 @@ static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, s
         return -ENOMEM;
     }
     /* level 1: the agent writes this on the job's machine; speed over ratio */
-    if (deflateInit2(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    if (zl->deflateInit2_(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, (int)sizeof(z_stream)) !=
+        Z_OK) {
         free(w);
         free(z);
         return -ENOMEM;
     }
     w->out = b;
     w->z = z;
+    w->zl = zl;
     w->sink = sink;
     w->sink_ctx = ctx;
     int r = chrome_emit(s, w);
@@ -667,7 +672,7 @@ static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, s
         jw_drain(w, 1);
         r = w->err;
     }
-    deflateEnd(z);
+    zl->deflateEnd(z);
     free(z);
     free(w);
     return r;
