@@ -1,37 +1,45 @@
-#!/usr/bin/env bash
 # bench_idle.sh [BUILD_DIR] - cost of the agent when it is loaded but idle.
 #
-# Alternates runs with and without LD_PRELOAD=libtbprof.so (no trigger set,
-# control socket on: what every process of a job gets) and prints the ratio
-# of medians, preloaded / plain, of wall time and of CPU time (user+sys from
-# wait4; less disturbed by other load on a shared machine). Target <= 1.01.
+# Alternates runs of each program plain and with LD_PRELOAD (no trigger
+# set) and prints medians of wall time and of CPU time (user+sys of the
+# child, from wait4; less disturbed by other load on a shared machine), each
+# as a ratio against the plain runs of the same round. Target <= 1.01 for
+# "agent" (the default: control socket on, so one thread sleeps in poll()).
+# Two references in the same run split that cost:
+#   noop preload  an LD_PRELOAD library with nothing in it: what the loader
+#                 charges any preload library;
+#   agent, no socket  TBPROF_SOCKET=off: the agent without its thread.
+# Programs:
 #   (1) progs/idlework: 4 threads of malloc/free + syscalls + thread churn,
 #       the main thread calling tbprof_step() in a loop;
 #   (2) `python3 -c pass` start-up (10 runs per sample).
-# BENCH_ROUNDS (default 21) alternating pairs of samples each.
+# Children are started with posix_spawn (vfork): a fork of the Python
+# driver would charge its page-table copy to the child's CPU time.
+# BENCH_ROUNDS (default 21) rounds of one sample per variant.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-${TBPROF_BUILD:-$root/build}}
 lib=$build/lib/libtbprof.so
+noop=$build/bench/libnoop_preload.so
 work=$build/progs/idlework
-[ -f "$lib" ] && [ -x "$work" ] || { echo "bench_idle: build first ($lib, $work)" >&2; exit 2; }
+[ -f "$lib" ] && [ -f "$noop" ] && [ -x "$work" ] || { echo "bench_idle: build first ($lib, $noop, $work)" >&2; exit 2; }
 py=/usr/bin/python3; [ -x "$py" ] || py=$(command -v python3)
 logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
-"$py" - "$lib" "$work" "$py" "$logdir" "${BENCH_ROUNDS:-21}" <<'PY'
+"$py" - "$lib" "$noop" "$work" "$py" "$logdir" "${BENCH_ROUNDS:-21}" <<'PY'
 import os, sys, time, statistics
-lib, work, py, logdir, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+lib, noop, work, py, logdir, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
 base = {k: v for k, v in os.environ.items() if not k.startswith("TBPROF_") and k != "LD_PRELOAD"}
 base["TBPROF_LOGDIR"] = logdir
-pre = dict(base, LD_PRELOAD=lib)
+variants = [("plain", base),
+            ("noop preload", dict(base, LD_PRELOAD=noop)),
+            ("agent, no socket", dict(base, LD_PRELOAD=lib, TBPROF_SOCKET="off")),
+            ("agent", dict(base, LD_PRELOAD=lib))]
 devnull = os.open(os.devnull, os.O_WRONLY)
 
 def once(argv, env):
     t0 = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(devnull, 1)
-        os.execve(argv[0], argv, env)
+    pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
     _, status, ru = os.wait4(pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
@@ -46,18 +54,23 @@ def sample(argv, env, reps):
     return w / reps, c / reps
 
 def bench(name, argv, reps):
-    sample(argv, base, 1); sample(argv, pre, 1)  # warm caches
-    pw, pc, qw, qc = [], [], [], []
+    for _, env in variants:
+        sample(argv, env, 1)  # warm caches
+    wall = {v: [] for v, _ in variants}
+    cpu = {v: [] for v, _ in variants}
     for _ in range(rounds):
-        a, b = sample(argv, base, reps); pw.append(a); pc.append(b)
-        a, b = sample(argv, pre, reps); qw.append(a); qc.append(b)
+        for v, env in variants:
+            a, b = sample(argv, env, reps)
+            wall[v].append(a); cpu[v].append(b)
     m = statistics.median
-    rw, rc = m(qw) / m(pw), m(qc) / m(pc)
-    print("%-22s wall: plain %8.2f ms preloaded %8.2f ms ratio %.3f | cpu: plain %8.2f ms preloaded %8.2f ms ratio %.3f"
-          % (name, m(pw) * 1e3, m(qw) * 1e3, rw, m(pc) * 1e3, m(qc) * 1e3, rc))
-    return rw, rc
+    pw, pc = m(wall["plain"]), m(cpu["plain"])
+    print("%s: plain wall %.2f ms, cpu %.2f ms" % (name, pw * 1e3, pc * 1e3))
+    for v, _ in variants[1:]:
+        w, c = m(wall[v]), m(cpu[v])
+        print("  %-17s wall %8.2f ms ratio %.3f (%+.2f ms) | cpu %8.2f ms ratio %.3f (%+.2f ms)"
+              % (v, w * 1e3, w / pw, (w - pw) * 1e3, c * 1e3, c / pc, (c - pc) * 1e3))
 
-print("bench_idle: %d alternating rounds, medians; agent loaded and idle (target ratio <= 1.01)" % rounds)
+print("bench_idle: %d rounds, medians; agent loaded and idle (target ratio <= 1.01)" % rounds)
 bench("idlework (4 threads)", [work, "4", "200000"], 1)
 bench("python3 -c pass", [py, "-c", "pass"], 10)
 written = [f for _, _, fs in os.walk(logdir) for f in fs]
