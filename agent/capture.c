@@ -308,10 +308,20 @@ static void read_identity(void)
         r = getenv("LOCAL_RANK");
     snprintf(g.rank, sizeof(g.rank), "%s", r && *r ? r : "");
     sanitize(g.rank);
-    if (gethostname(g.hostname, sizeof(g.hostname) - 1) < 0 || !g.hostname[0])
-        snprintf(g.hostname, sizeof(g.hostname), "localhost");
-    g.hostname[sizeof(g.hostname) - 1] = '\0';
-    sanitize(g.hostname);
+}
+
+/* The host name, asked for when the first profile is named (agent thread),
+ * not at start-up: one system call fewer in every process that never
+ * captures. */
+static const char *hostname(void)
+{
+    if (!g.hostname[0]) {
+        if (gethostname(g.hostname, sizeof(g.hostname) - 1) < 0 || !g.hostname[0])
+            snprintf(g.hostname, sizeof(g.hostname), "localhost");
+        g.hostname[sizeof(g.hostname) - 1] = '\0';
+        sanitize(g.hostname);
+    }
+    return g.hostname;
 }
 
 static void window_desc(const struct cap *c, char *out, size_t n)
@@ -359,9 +369,9 @@ static void make_host_name(char *out, size_t n)
     if (g.cfg.host[0])
         snprintf(out, n, "%s", g.cfg.host);
     else if (g.rank[0])
-        snprintf(out, n, "%s.rank%s", g.hostname, g.rank);
+        snprintf(out, n, "%s.rank%s", hostname(), g.rank);
     else
-        snprintf(out, n, "%s.pid%d", g.hostname, (int)getpid());
+        snprintf(out, n, "%s.pid%d", hostname(), (int)getpid());
 }
 
 /* ---- building the profile ---------------------------------------------------------- */
@@ -448,7 +458,7 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     }
     if (g.cfg.max_mb)
         tb_space_set_limit(sp, (size_t)g.cfg.max_mb << 20);
-    tb_space_add_hostname(sp, g.hostname);
+    tb_space_add_hostname(sp, hostname());
     tb_plane *hp = tb_host_plane(sp); /* first plane */
     int64_t begin = tb_mono_to_epoch(c->begin), end = tb_mono_to_epoch(c->end);
     if (hp) { /* sources read the window from here (tb_capture_window) */
@@ -909,15 +919,22 @@ static int ensure_thread(void)
         goto fail;
     sig_fd_w = g.wake_fd[1];
     /* the agent thread takes no signals: they stay the job's */
-    sigset_t all, old;
+    sigset_t all;
     sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 2 << 20); /* unwinding and writing need some, not 8 MB */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+    /* the new thread starts with this mask: no mask switch in the caller */
+    pthread_attr_setsigmask_np(&attr, &all);
     rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
-    pthread_attr_destroy(&attr);
+#else
+    sigset_t old;
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+#endif
+    pthread_attr_destroy(&attr);
     if (rc < 0)
         goto fail;
     pthread_detach(g.thread);

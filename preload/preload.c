@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <sys/auxv.h>
 
 #include "capture.h"
@@ -19,7 +21,9 @@
 #include "gpu.h"
 #endif
 
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+/* 0: not run, 1: running, 2: done. Not pthread_once: glibc ends it with a
+ * futex wake system call, paid by every process at start-up. */
+static atomic_int once;
 
 static void init(void)
 {
@@ -44,11 +48,24 @@ static void init(void)
     tb_agent_init(&c, 0);
 }
 
-__attribute__((constructor)) static void tbprof_preload_init(void) { pthread_once(&once, init); }
+static void ensure(void)
+{
+    int expect = 0;
+    if (atomic_load_explicit(&once, memory_order_acquire) == 2)
+        return;
+    if (atomic_compare_exchange_strong(&once, &expect, 1)) {
+        init();
+        atomic_store_explicit(&once, 2, memory_order_release);
+        return;
+    }
+    /* another thread is in init() (an API call racing the constructor) */
+    while (atomic_load_explicit(&once, memory_order_acquire) != 2)
+        sched_yield();
+}
+
+__attribute__((constructor)) static void tbprof_preload_init(void) { ensure(); }
 
 __attribute__((destructor)) static void tbprof_preload_fini(void) { tb_agent_exit(); }
-
-static void ensure(void) { pthread_once(&once, init); }
 
 TBPROF_API int64_t tbprof_step(void)
 {
