@@ -104,6 +104,9 @@ static _Atomic int64_t slow_from = INT64_MAX;  /* steps >= this take the slow pa
 static atomic_int a_state;                     /* g.state, for lock-free readers */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
+static atomic_int step_owner;                  /* TB_STEP_*: the source that counts steps (0: none yet) */
+static atomic_int step_conflict;               /* the first ignored source, until logged (-1: logged) */
+static _Atomic uint64_t steps_ignored;         /* boundaries from the other sources */
 
 const char *tb_state_name(int s)
 {
@@ -479,11 +482,17 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     }
     add_steps(sp, c, c->begin, c->end, nrec);
     trim(sp, begin, end);
+    uint64_t ignored = atomic_load_explicit(&steps_ignored, memory_order_relaxed);
     if (hp) {
         tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());
         tb_plane_stat_str(hp, TB_ST_TRIGGER, c->trigger);
         tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
         tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);
+        int owner = atomic_load(&step_owner);
+        if (owner)
+            tb_plane_stat_str(hp, TB_ST_STEP_SOURCE, tb_step_source_name(owner));
+        if (ignored)
+            tb_plane_stat_u64(hp, TB_ST_STEPS_IGNORED, ignored);
         tb_plane_stat_i64(hp, TB_ST_OVERHEAD_NS, overhead_ns);
     }
     for (int i = 0; i < g.nsrc; i++) {
@@ -500,6 +509,12 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         char w[200];
         snprintf(w, sizeof(w), "%s %s off: %s", x->name, !strcmp(x->name, "gpu") ? "tracing" : "sampling",
                  why);
+        tb_space_add_warning(sp, w);
+    }
+    if (ignored) {
+        char w[256];
+        snprintf(w, sizeof(w), "steps are counted from %s; %llu step boundaries from another source were ignored",
+                 tb_step_source_name(atomic_load(&step_owner)), (unsigned long long)ignored);
         tb_space_add_warning(sp, w);
     }
     if (rec_dropped) {
@@ -682,9 +697,39 @@ static void step_slow(int64_t n)
         wake();
 }
 
-int64_t tb_agent_step(int has_num, int64_t num)
+const char *tb_step_source_name(int src)
+{
+    static const char *const n[TB_STEP_NSOURCES] = {
+        [TB_STEP_API] = "tbprof_step()",
+        [TB_STEP_PYTORCH] = "the PyTorch optimizer hook",
+        [TB_STEP_CUDA_PROFILER] = "cudaProfilerStart/Stop",
+        [TB_STEP_NVTX] = "NVTX ranges (TBPROF_NVTX_STEP)",
+    };
+    return src > 0 && src < TB_STEP_NSOURCES ? n[src] : "?";
+}
+
+/* A boundary from src, which does not own step counting (yet). Returns 1
+ * when src now owns it, 0 when the boundary is to be ignored. Training
+ * threads: no I/O here; the agent thread logs the conflict (machine()). */
+static int claim_steps(int src)
+{
+    int owner = 0;
+    if (atomic_compare_exchange_strong(&step_owner, &owner, src) || owner == src)
+        return 1;
+    atomic_fetch_add_explicit(&steps_ignored, 1, memory_order_relaxed);
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&step_conflict, &expect, src))
+        wake();
+    return 0;
+}
+
+int64_t tb_agent_step(int src, int has_num, int64_t num)
 {
     int64_t n;
+    if (src <= 0 || src >= TB_STEP_NSOURCES)
+        return -EINVAL;
+    if (atomic_load_explicit(&step_owner, memory_order_relaxed) != src && !claim_steps(src))
+        return -EBUSY;
     if (!has_num) {
         n = atomic_fetch_add_explicit(&next_step, 1, memory_order_relaxed);
     } else {
@@ -723,8 +768,18 @@ static int compute_timeout(int64_t now)
 }
 
 /* One turn of the state machine on the agent thread. */
+static void log_step_conflict(void)
+{
+    int other = atomic_load(&step_conflict);
+    if (other <= 0 || !atomic_compare_exchange_strong(&step_conflict, &other, -1))
+        return;
+    tb_warn("steps are counted from %s, which marked one first; step boundaries from %s are ignored",
+            tb_step_source_name(atomic_load(&step_owner)), tb_step_source_name(other));
+}
+
 static void machine(void)
 {
+    log_step_conflict();
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.timewin_at && now >= g.timewin_at) {

@@ -42,8 +42,24 @@ void tb_agent_add_source(const char *name, tb_source *s, int enabled, const char
  * else lazily at the first trigger. Disabled (no-op) when disable != 0. */
 int tb_agent_init(const tb_config *c, int disable);
 
-/* Step boundary (tbprof_step / tbprof_step_num): has_num = 0 counts. */
-int64_t tb_agent_step(int has_num, int64_t num);
+/* Step sources. Steps are counted from one source per process: the first
+ * one to mark a boundary. Boundaries from any other source are ignored
+ * (counted, warned about once, and named in the profile), so two sources
+ * marking the same steps (a tbprof_step() call in the loop and the PyTorch
+ * optimizer hook, say) never count each step twice. */
+enum {
+    TB_STEP_API = 1,       /* tbprof_step(), tbprof_step_num(), Python tbprof.step() */
+    TB_STEP_PYTORCH,       /* the optimizer-step hook (tbprof_step_from("pytorch")) */
+    TB_STEP_CUDA_PROFILER, /* cudaProfilerStart/Stop, cuProfilerStart/Stop */
+    TB_STEP_NVTX,          /* NVTX ranges matching TBPROF_NVTX_STEP */
+    TB_STEP_NSOURCES
+};
+const char *tb_step_source_name(int src);
+
+/* Step boundary from source src: has_num = 0 counts on from the last step.
+ * Returns the step that begins, -EBUSY when another source counts steps,
+ * -EINVAL for a negative num or an unknown source. */
+int64_t tb_agent_step(int src, int has_num, int64_t num);
 
 /* Start a capture now for duration_ms (0: until tb_agent_stop). Waits up to
  * 1 s for the sources to start. -EBUSY when a capture is on, -EPERM when

@@ -55,6 +55,8 @@
 #define TB_ST_OVERHEAD_NS "tbprof_agent_overhead_ns"
 #define TB_ST_PID "pid"                              /* host plane: the process */
 #define TB_ST_STEPS_DROPPED "tbprof_steps_dropped"   /* step boundaries past the record cap */
+#define TB_ST_STEP_SOURCE "tbprof_step_source"       /* the source steps are counted from */
+#define TB_ST_STEPS_IGNORED "tbprof_steps_ignored"   /* boundaries from other sources, since start */
 #define TB_ST_CAPTURE_BEGIN_NS "tbprof_capture_begin_ns" /* the window written (epoch ns) */
 #define TB_ST_CAPTURE_END_NS "tbprof_capture_end_ns"
 

@@ -42,9 +42,9 @@
 static int64_t win_last[TB_MAX_WINDOWS];
 static int nwin;
 
-int64_t tb_cudasteps_begin(int has_num, int64_t num)
+int64_t tb_cudasteps_begin(int src, int has_num, int64_t num)
 {
-    return tb_agent_step(has_num, num);
+    return tb_agent_step(src, has_num, num);
 }
 
 void tb_cudasteps_end(int64_t step)
@@ -141,7 +141,7 @@ static void on_start(void)
 {
     if (!atomic_load_explicit(&counting, memory_order_relaxed) || in_runtime_call)
         return;
-    int64_t n = tb_cudasteps_begin(0, 0);
+    int64_t n = tb_cudasteps_begin(TB_STEP_CUDA_PROFILER, 0, 0);
     if (n >= 0)
         atomic_store_explicit(&cur_step, n, memory_order_relaxed);
 }

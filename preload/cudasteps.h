@@ -20,8 +20,10 @@
  * variable is free. */
 void tb_cudasteps_init(const tb_config *c);
 
-/* A step range began: returns the step number (has_num: that number). */
-int64_t tb_cudasteps_begin(int has_num, int64_t num);
+/* A step range of source src (TB_STEP_CUDA_PROFILER, TB_STEP_NVTX) began:
+ * returns the step number (has_num: that number), or a negative errno when
+ * the boundary is ignored (another source counts steps). */
+int64_t tb_cudasteps_begin(int src, int has_num, int64_t num);
 
 /* The range that began step `step` ended. */
 void tb_cudasteps_end(int64_t step);

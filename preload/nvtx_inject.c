@@ -253,7 +253,7 @@ static __thread int64_t core_step_num;
 static __thread int dom_depth, dom_step_at;
 static __thread int64_t dom_step_num;
 
-static int64_t begin(int m, int64_t num) { return tb_cudasteps_begin(m == 2, num); }
+static int64_t begin(int m, int64_t num) { return tb_cudasteps_begin(TB_STEP_NVTX, m == 2, num); }
 
 static void mark(int m, int64_t num)
 {

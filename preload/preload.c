@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <sys/auxv.h>
 
 #include "capture.h"
@@ -69,12 +70,21 @@ __attribute__((destructor)) static void tbprof_preload_fini(void) { tb_agent_exi
 
 TBPROF_API int64_t tbprof_step(void)
 {
-    return tb_agent_step(0, 0);
+    return tb_agent_step(TB_STEP_API, 0, 0);
 }
 
 TBPROF_API int64_t tbprof_step_num(int64_t step)
 {
-    return tb_agent_step(1, step);
+    return tb_agent_step(TB_STEP_API, 1, step);
+}
+
+TBPROF_API int64_t tbprof_step_from(const char *source)
+{
+    if (source && !strcmp(source, "pytorch"))
+        return tb_agent_step(TB_STEP_PYTORCH, 0, 0);
+    if (source && !strcmp(source, "api"))
+        return tb_agent_step(TB_STEP_API, 0, 0);
+    return -EINVAL;
 }
 
 TBPROF_API int tbprof_start(int64_t duration_ms)

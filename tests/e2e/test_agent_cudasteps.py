@@ -78,6 +78,24 @@ class CudaProfilerSteps(tbtest.TestCase):
         self.assertEqual(tbtest.tbprof_warnings(err), [])
         self.assertNoPartialFiles(self.logdir)
 
+    def test_api_steps_first_then_cuda_ranges_are_ignored(self):
+        # tbprof_step() and cudaProfilerStart mark the same steps: steps are
+        # counted once, from the API, which marked one first
+        pid, out, err = self.run_prog(["-n", "8", "-m", "3", "-g", "4", "-L", FAKE, "-a"], steps="2,4")
+        ranges, rc, fwd = parse(out)
+        api = [int(l.split()[2]) for l in out.splitlines() if l.startswith("api ")]
+        self.assertEqual(api, list(range(8)), "tbprof_step() numbered every step once")
+        self.assertEqual(fwd, (8, 8))
+        self.assertEqual(rc, (0, 0))
+        # the API's step runs to the next tbprof_step(), not to the stop
+        self.check_steps(self.one_profile(), 2, 4, ranges, pid, 3, ends_at_stop=False)
+        st = self.one_profile().host.stats
+        self.assertEqual(st.get("tbprof_step_source"), "tbprof_step()")
+        self.assertGreaterEqual(st.get("tbprof_steps_ignored", 0), 5)
+        self.assertEqual([w.split(": ", 1)[1] for w in tbtest.tbprof_warnings(err)],
+                         ["steps are counted from tbprof_step(), which marked one first; step boundaries from "
+                          "cudaProfilerStart/Stop are ignored"])
+
     def test_runtime_loaded_locally_is_found(self):
         # RTLD_LOCAL (as a Python extension's dependency): RTLD_NEXT cannot
         # see it; the wrapper finds it among the loaded objects. The fake's

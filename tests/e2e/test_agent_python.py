@@ -152,6 +152,69 @@ class Python(tbtest.TestCase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4, 5, 6])
 
+    def fake_torch(self):
+        fake = os.path.join(self.tmp, "fake")
+        for rel, text in FAKE_TORCH.items():
+            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
+            with open(os.path.join(fake, rel), "w") as f:
+                f.write(text)
+        return fake
+
+    def run_hooked(self, body, steps):
+        s = self.script("train.py", WORK + textwrap.dedent(body))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = self.fake_torch()
+        p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu",
+                        "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        return p, tbtest.load(files[0])
+
+    def test_script_steps_and_hook_count_each_step_once(self):
+        # The script marks its own steps and `tbprof run` installs the
+        # optimizer hook as well: two boundaries per iteration. The first
+        # source to mark one (tbprof.step(), at the top of the loop) counts;
+        # without that rule steps 3..6 would be iterations 1.5..3.
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_hooked("""\
+            import time, torch, tbprof
+            opt = torch.optim.SGD()
+            marks = {}
+            for i in range(12):
+                marks[tbprof.step()] = time.time_ns()
+                work()
+                opt.step()
+            print("marks", sorted(marks))
+            """, "3,6")
+        self.assertIn("marks [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]", p.stdout)
+        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
+        st = prof.host.stats
+        self.assertEqual(st.get("tbprof_step_source"), "tbprof_step()")
+        self.assertGreaterEqual(st.get("tbprof_steps_ignored", 0), 4)  # the hook, at least through step 6
+        self.assertTrue(any("were ignored" in w for w in prof.warnings), prof.warnings)
+        self.assertEqual(p.stderr.count("step boundaries from the PyTorch optimizer hook are ignored"), 1, p.stderr)
+
+    def test_hook_first_then_script_steps_are_refused(self):
+        # The hook marks the first boundary; a later tbprof.step() gets
+        # -EBUSY and the steps stay the optimizer's.
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_hooked("""\
+            import torch, tbprof
+            opt = torch.optim.SGD()
+            rcs = []
+            for i in range(10):
+                work()
+                opt.step()
+                rcs.append(tbprof.step())
+            print("rcs", sorted(set(rcs)))
+            """, "2,4")
+        self.assertIn("rcs [-16]", p.stdout)
+        self.assertEqual([n for n, _, _ in prof.steps()], [2, 3, 4])
+        self.assertEqual(prof.host.stats.get("tbprof_step_source"), "the PyTorch optimizer hook")
+
     def test_no_hook_option(self):
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")

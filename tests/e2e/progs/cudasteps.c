@@ -1,7 +1,7 @@
 /* cudasteps.c - a CUDA-style loop that marks its steps with
  * cudaProfilerStart/Stop, for tests/e2e/test_agent_cudasteps.py.
  *
- *   cudasteps [-n steps] [-m ms] [-g gap_ms] [-L lib | -l lib] [-D] [-1] [-b N]
+ *   cudasteps [-n steps] [-m ms] [-g gap_ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N]
  *
  *   -n   steps (default 10): each is cudaProfilerStart(); ~ms of host work;
  *        cudaProfilerStop(); ~gap_ms of host work outside any range
@@ -11,6 +11,8 @@
  *        extension: invisible to RTLD_NEXT)
  *   -D   use the driver's cuProfilerStart/Stop instead
  *   -1   one range around all steps (nsys capture-range style)
+ *   -a   also call tbprof_step() just before each cudaProfilerStart (two
+ *        step sources marking the same steps); prints "api i RET" per call
  *   -b   benchmark: N start/stop pairs, print "bench ns_per_pair=X"
  * Prints "range i START_NS STOP_NS" (epoch ns, just before the start call and
  * just after the stop call) per range, then "rc start=A stop=B" (what the
@@ -30,6 +32,7 @@
 #include <unistd.h>
 
 #include "progutil.h"
+#include "tbapi.h"
 
 extern int cudaProfilerStart(void) __attribute__((weak));
 extern int cudaProfilerStop(void) __attribute__((weak));
@@ -41,13 +44,13 @@ static void work(double ms) { spin_ms(ms); }
 
 int main(int argc, char **argv)
 {
-    int n = 10, driver = 0, one = 0;
+    int n = 10, driver = 0, one = 0, api = 0;
     long bench = 0;
     double ms = 3, gap = 2;
     const char *lib = NULL;
     int lib_global = 0;
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:L:l:D1b:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:L:l:D1ab:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -56,9 +59,10 @@ int main(int argc, char **argv)
         case 'l': lib = optarg; lib_global = 0; break;
         case 'D': driver = 1; break;
         case '1': one = 1; break;
+        case 'a': api = 1; break;
         case 'b': bench = atol(optarg); break;
         default:
-            fprintf(stderr, "usage: cudasteps [-n N] [-m ms] [-g ms] [-L lib | -l lib] [-D] [-1] [-b N]\n");
+            fprintf(stderr, "usage: cudasteps [-n N] [-m ms] [-g ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N]\n");
             return 2;
         }
     }
@@ -80,6 +84,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cudasteps: no cudaProfilerStart (no preload, no -L/-l)\n");
         return 2;
     }
+    tbapi_init();
     int rc_start = 0, rc_stop = 0;
     if (bench > 0) {
         for (long i = 0; i < bench / 10 + 1; i++) { /* warm-up: resolve, fault in */
@@ -105,6 +110,8 @@ int main(int argc, char **argv)
     } else {
         for (int i = 0; i < n; i++) {
             int64_t a = now_ns(CLOCK_REALTIME);
+            if (api)
+                printf("api %d %lld\n", i, (long long)tb_step());
             int r = start();
             if (r)
                 rc_start = r;

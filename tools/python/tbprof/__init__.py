@@ -66,6 +66,8 @@ def _load():
     lib.tbprof_step.argtypes = []
     lib.tbprof_step_num.restype = ctypes.c_int64
     lib.tbprof_step_num.argtypes = [ctypes.c_int64]
+    lib.tbprof_step_from.restype = ctypes.c_int64
+    lib.tbprof_step_from.argtypes = [ctypes.c_char_p]
     lib.tbprof_start.restype = ctypes.c_int
     lib.tbprof_start.argtypes = [ctypes.c_int64]
     lib.tbprof_stop.restype = ctypes.c_int
@@ -85,7 +87,9 @@ def available():
 
 def step(num=None):
     """Mark a step boundary: the next step (or step `num`) begins now.
-    Returns the number of the step that begins, or -1 without the agent."""
+    Returns the number of the step that begins, -1 without the agent, or
+    -16 (EBUSY) when another source (the PyTorch hook, CUDA or NVTX ranges)
+    marked a step first: steps are counted from one source per process."""
     lib = _load()
     if lib is None:
         return -1
@@ -123,7 +127,9 @@ _hook_handle = None
 
 
 def _on_optimizer_step(optimizer, args, kwargs):
-    step()
+    lib = _load()
+    if lib is not None:
+        lib.tbprof_step_from(b"pytorch")
 
 
 def install_torch_hook():
