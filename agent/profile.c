@@ -186,17 +186,23 @@ static int link_noreplace(int dfd, const char *tmp, const char *final, int *rena
 #endif
 }
 
-/* A file being written under a temporary name in `dir`. */
+/* A file being written in `dir`: an unnamed O_TMPFILE inode where the file
+ * system has them (ext4, xfs, btrfs, tmpfs: a writer killed mid-write leaves
+ * nothing behind), else a dot-named temporary file (NFS and other shared
+ * file systems; readers skip the name). */
 typedef struct atomic_file {
     int dfd, fd;
-    char tmp[NAME_MAX + 1];
+    int anon;               /* O_TMPFILE: linked in through proc[] */
+    char proc[40];          /* "/proc/self/fd/N" */
+    char tmp[NAME_MAX + 1]; /* the temporary name when !anon */
 } atomic_file;
 
 static void af_abort(atomic_file *af)
 {
     if (af->fd >= 0) {
         close(af->fd);
-        unlinkat(af->dfd, af->tmp, 0);
+        if (!af->anon)
+            unlinkat(af->dfd, af->tmp, 0);
     }
     if (af->dfd >= 0)
         close(af->dfd);
@@ -215,6 +221,23 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     af->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (af->dfd < 0)
         return -errno;
+    af->anon = 0;
+#ifdef O_TMPFILE
+    /* 0666: open() applies the process umask. Linking it in later goes
+     * through /proc/self/fd (linkat AT_EMPTY_PATH needs a capability), so
+     * only when that path works. */
+    af->fd = openat(af->dfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0666);
+    if (af->fd >= 0) {
+        snprintf(af->proc, sizeof(af->proc), "/proc/self/fd/%d", af->fd);
+        if (access(af->proc, F_OK) == 0) {
+            af->anon = 1;
+            af->tmp[0] = '\0';
+            return 0;
+        }
+        close(af->fd);
+        af->fd = -1;
+    }
+#endif
     static _Atomic unsigned counter;
     for (int tries = 0; tries < 100; tries++) {
         snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
@@ -242,13 +265,13 @@ static int af_commit(atomic_file *af, const char *dir, const char *name, char *f
     int r = 0;
     if (fsync(af->fd) < 0)
         r = -errno; /* ENOSPC / EDQUOT / EIO show up here on some file systems */
-    if (close(af->fd) < 0 && r == 0)
-        r = -errno;
-    af->fd = -1;
+    if (!af->anon) { /* named: closed before the link, as close can report errors */
+        if (close(af->fd) < 0 && r == 0)
+            r = -errno;
+        af->fd = -1;
+    }
     if (r < 0) {
-        unlinkat(af->dfd, af->tmp, 0);
-        close(af->dfd);
-        af->dfd = -1;
+        af_abort(af);
         return r;
     }
     size_t stem = ext_at(name);
@@ -262,10 +285,20 @@ static int af_commit(atomic_file *af, const char *dir, const char *name, char *f
             r = -ENAMETOOLONG;
             break;
         }
-        r = link_noreplace(af->dfd, af->tmp, cand, &renamed);
+        if (af->anon)
+            r = linkat(AT_FDCWD, af->proc, af->dfd, cand, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
+        else
+            r = link_noreplace(af->dfd, af->tmp, cand, &renamed);
     }
-    if (!renamed)
+    if (af->anon) {
+        if (close(af->fd) < 0 && r == 0) {
+            r = -errno;
+            unlinkat(af->dfd, cand, 0);
+        }
+        af->fd = -1;
+    } else if (!renamed) {
         unlinkat(af->dfd, af->tmp, 0);
+    }
     if (r == 0) {
         fsync(af->dfd); /* the new name survives a crash too; best effort */
         if (final && final_n) {

@@ -4,3 +4,12 @@ add_custom_target(tbprof_pyhelper ALL
   COMMAND ${CMAKE_COMMAND} -E copy_directory ${CMAKE_SOURCE_DIR}/tools/python ${CMAKE_BINARY_DIR}/share/tbprof/python
   COMMENT "tbprof Python helper -> share/tbprof/python")
 install(DIRECTORY tools/python/ DESTINATION share/tbprof/python PATTERN "__pycache__" EXCLUDE)
+
+# tests/e2e/shims/*.c: LD_PRELOAD shims the e2e tests list before
+# libtbprof.so (build/progs/lib<name>.so).
+file(GLOB E2E_SHIMS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/e2e/shims/*.c)
+foreach(src ${E2E_SHIMS})
+  get_filename_component(name ${src} NAME_WE)
+  add_library(shim_${name} SHARED ${src})
+  set_target_properties(shim_${name} PROPERTIES OUTPUT_NAME ${name} LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/progs)
+endforeach()

@@ -23,8 +23,27 @@ T = 120 * relutil.sanitizer_slowdown()
 TMP_NAME = re.compile(r"^\.tbprof-\d+-\d+\.tmp$")
 
 
+NO_TMPFILE = tbtest.prog("libno_tmpfile.so")
+
+
 def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
+
+
+def with_no_tmpfile(preload):
+    """LD_PRELOAD with the no-O_TMPFILE shim just before libtbprof.so (after
+    a sanitizer runtime, which must stay first)."""
+    parts = preload.split(":")
+    parts.insert(len(parts) - 1, NO_TMPFILE)
+    return ":".join(parts)
+
+
+def has_tmpfile(d):
+    try:
+        os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        return True
+    except OSError:
+        return False
 
 
 class Faults(tbtest.TestCase):
@@ -93,10 +112,12 @@ class Faults(tbtest.TestCase):
 
     # ---- SIGKILL while writing --------------------------------------------------
 
-    def kill_at(self, nth, logdir):
+    def kill_at(self, nth, logdir, named=False):
         run = os.path.join(logdir, "plugins", "profile", "r")
         os.makedirs(run)
         env = relutil.env(logdir, steps="0,30000", run="r", host="h")
+        if named:
+            env["LD_PRELOAD"] = with_no_tmpfile(env["LD_PRELOAD"])
         job = subprocess.Popen([RELJOB, "-r", "-g", "-n", "30010", "-m", "0"], env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: job.poll() is None and job.kill())
@@ -112,12 +133,30 @@ class Faults(tbtest.TestCase):
         return killed, wout.strip(), run
 
     def test_sigkill_mid_write(self):
+        # files are written as unnamed O_TMPFILE inodes where the file system
+        # has them: a kill at any point leaves no temporary behind
+        tmpfile = has_tmpfile(self.tmp)
+        left = self.sigkill_each_point("sigkill", named=False)
+        if tmpfile:
+            self.assertEqual(left, 0, "O_TMPFILE: nothing left by a killed writer")
+
+    def test_sigkill_mid_write_named_temporaries(self):
+        # NFS and most parallel file systems have no O_TMPFILE (the shim
+        # refuses it here): dot-named temporaries, which readers skip
+        if not os.path.exists(NO_TMPFILE):
+            self.skipTest("shim not built")
+        left = self.sigkill_each_point("sigkill_named", named=True)
+        self.assertGreater(left, 0, "the named path was taken: a killed writer left its temporary")
+
+    def sigkill_each_point(self, fig, named):
         caught = []
+        total_left = 0
         for nth in (1, 2, 3, 4):
-            logdir = os.path.join(self.tmp, "k%d" % nth)
-            killed, what, run = self.kill_at(nth, logdir)
+            logdir = os.path.join(self.tmp, "%s%d" % (fig, nth))
+            killed, what, run = self.kill_at(nth, logdir, named)
             files = self.check_complete(logdir, nsteps=30001)
             left = tbtest.leftovers(logdir)
+            total_left += len(left)
             for f in left:
                 self.assertRegex(os.path.basename(f), TMP_NAME, "only temp names a reader ignores")
             # readers skip the temporaries
@@ -138,7 +177,8 @@ class Faults(tbtest.TestCase):
             self.assertEqual(len(after), len(files) + 1, p.stderr)
             new = [f for f in after if f not in files][0]
             self.assertEqual(nums(new), [2, 3, 4])
-        figure("sigkill", "; ".join(caught))
+        figure(fig, "; ".join(caught))
+        return total_left
 
     # ---- the logdir -------------------------------------------------------------
 

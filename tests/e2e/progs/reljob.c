@@ -6,7 +6,9 @@
  *          [-P threads -S steps [-a]] [-X [-K|-Y]] [-I] [-r] [-g] [-x code]
  *          [-L lib]
  *   reljob -W dir -k pid [-c nth]        (watcher: SIGKILL pid at the nth
- *                                         file created in dir; inotify)
+ *                                         file created in dir; inotify;
+ *                                         "job ended after N" if it exits
+ *                                         before that)
  *
  *   -n   main-thread steps (tbprof_step), default 20; -m ms of work each (2)
  *   -A   the step at which the event below happens (default 5)
@@ -31,6 +33,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -256,6 +259,14 @@ static int watcher(const char *dir, pid_t pid, int nth)
     int seen = 0;
     char buf[4096] __attribute__((aligned(8)));
     for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, 100) == 0) {
+            if (kill(pid, 0) < 0 && errno == ESRCH) { /* reaped: it finished first */
+                printf("job ended after %d\n", seen);
+                return 0;
+            }
+            continue;
+        }
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n <= 0) {
             if (n < 0 && errno == EINTR)
