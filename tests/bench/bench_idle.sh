@@ -15,7 +15,8 @@
 #   (2) `python3 -c pass` start-up (10 runs per sample).
 # Children are started with posix_spawn (vfork): a fork of the Python
 # driver would charge its page-table copy to the child's CPU time.
-# BENCH_ROUNDS (default 21) rounds of one sample per variant.
+# BENCH_ROUNDS (default 21) rounds of one sample per variant, in a shuffled
+# order each round.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-${TBPROF_BUILD:-$root/build}}
@@ -27,7 +28,7 @@ py=/usr/bin/python3; [ -x "$py" ] || py=$(command -v python3)
 logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
 "$py" - "$lib" "$noop" "$work" "$py" "$logdir" "${BENCH_ROUNDS:-21}" <<'PY'
-import os, sys, time, statistics
+import os, random, sys, time, statistics
 lib, noop, work, py, logdir, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])
 base = {k: v for k, v in os.environ.items() if not k.startswith("TBPROF_") and k != "LD_PRELOAD"}
 base["TBPROF_LOGDIR"] = logdir
@@ -58,8 +59,9 @@ def bench(name, argv, reps):
         sample(argv, env, 1)  # warm caches
     wall = {v: [] for v, _ in variants}
     cpu = {v: [] for v, _ in variants}
+    rng = random.Random(1)  # a new order every round (the same in every run): no variant always follows another
     for _ in range(rounds):
-        for v, env in variants:
+        for v, env in rng.sample(variants, len(variants)):
             a, b = sample(argv, env, reps)
             wall[v].append(a); cpu[v].append(b)
     m = statistics.median

@@ -122,11 +122,7 @@ class Python(tbtest.TestCase):
     def test_optimizer_hook_no_code_change_via_tbprof_run(self):
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = os.path.join(self.tmp, "fake")
-        for rel, text in FAKE_TORCH.items():
-            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
-            with open(os.path.join(fake, rel), "w") as f:
-                f.write(text)
+        fake = self.fake_torch()
         # a user sitecustomize further down the path must still run
         user = os.path.join(self.tmp, "user")
         os.makedirs(user)
@@ -218,11 +214,7 @@ class Python(tbtest.TestCase):
     def test_no_hook_option(self):
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = os.path.join(self.tmp, "fake")
-        for rel, text in FAKE_TORCH.items():
-            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
-            with open(os.path.join(fake, rel), "w") as f:
-                f.write(text)
+        fake = self.fake_torch()
         s = self.script("t.py", "import torch\no = torch.optim.SGD()\nfor i in range(10): o.step()\n")
         e = tbtest.env(python=True)
         e["PYTHONPATH"] = fake
