@@ -11,6 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define TB_HAVE_SINGLE_THREADED 1
+#endif
+#endif
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -104,6 +110,9 @@ static _Atomic int64_t slow_from = INT64_MAX;  /* steps >= this take the slow pa
 static atomic_int a_state;                     /* g.state, for lock-free readers */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
+static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
+static atomic_int app_threaded;                /* the job started a thread of its own (pthread_create hook) */
+static __thread int creating_own;              /* this thread is in pthread_create for the agent */
 static atomic_int step_owner;                  /* TB_STEP_*: the source that counts steps (0: none yet) */
 static atomic_int step_conflict;               /* the first ignored source, until logged (-1: logged) */
 static _Atomic uint64_t steps_ignored;         /* boundaries from the other sources */
@@ -887,7 +896,10 @@ static void on_signal_byte(char b)
                 pthread_attr_t a;
                 pthread_attr_init(&a);
                 pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-                if (pthread_create(&w, &a, term_watchdog, NULL) != 0) {
+                creating_own = 1;
+                int cr = pthread_create(&w, &a, term_watchdog, NULL);
+                creating_own = 0;
+                if (cr != 0) {
                     pthread_mutex_unlock(&g.lock);
                     die_of_sigterm();
                 }
@@ -979,6 +991,7 @@ static int ensure_thread(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 2 << 20); /* unwinding and writing need some, not 8 MB */
+    creating_own = 1;
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
     /* the new thread starts with this mask: no mask switch in the caller */
     pthread_attr_setsigmask_np(&attr, &all);
@@ -989,11 +1002,13 @@ static int ensure_thread(void)
     rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 #endif
+    creating_own = 0;
     pthread_attr_destroy(&attr);
     if (rc < 0)
         goto fail;
     pthread_detach(g.thread);
     g.thread_running = 1;
+    atomic_store(&thread_up, 1);
     pthread_mutex_unlock(&g.lock);
     return 0;
 fail:
@@ -1012,6 +1027,30 @@ static void on_trigger_signal(int sig)
     int e = errno;
     tb_agent_signal_byte('S');
     errno = e;
+}
+
+/* Has the process (ever) had a second thread? */
+static int process_threaded(void)
+{
+#ifdef TB_HAVE_SINGLE_THREADED
+    if (!__libc_single_threaded)
+        return 1;
+#endif
+    return atomic_load(&app_threaded);
+}
+
+void tb_agent_thread_created(void)
+{
+    if (creating_own || atomic_load_explicit(&thread_up, memory_order_relaxed) ||
+        atomic_load_explicit(&app_threaded, memory_order_relaxed) || atomic_exchange(&app_threaded, 1))
+        return;
+    /* the job's first thread: with TBPROF_SOCKET=auto, start serving the
+     * socket now (before tb_agent_init, init sees app_threaded) */
+    pthread_mutex_lock(&g.lock);
+    int serve = g.inited && !g.disabled && !g.is_child && g.listen_fd >= 0 && g.cfg.socket == TB_SOCKET_AUTO;
+    pthread_mutex_unlock(&g.lock);
+    if (serve)
+        ensure_thread();
 }
 
 int tb_agent_init(const tb_config *c, int disable)
@@ -1039,7 +1078,11 @@ int tb_agent_init(const tb_config *c, int disable)
         else
             g.listen_fd = fd;
     }
-    int need = g.listen_fd >= 0 || c->signal || g.timewin_at;
+    /* TBPROF_SOCKET=auto: a single-threaded process gets no thread of ours
+     * (glibc drops its single-thread fast paths once there are two, and the
+     * thread itself costs; see bench_idle.sh) until it starts one itself */
+    int serve = g.listen_fd >= 0 && (c->socket == TB_SOCKET_ON || process_threaded());
+    int need = serve || c->signal || g.timewin_at;
     pthread_mutex_unlock(&g.lock);
     if (need && ensure_thread() < 0)
         return -EAGAIN;
@@ -1256,6 +1299,8 @@ void tb_agent_fork_child(void)
             *fds[i] = -1;
         }
     g.thread_running = 0;
+    atomic_store(&thread_up, 0);
+    atomic_store(&app_threaded, 0);
     g.is_child = 1;
     for (int i = 0; i < g.nsrc; i++) {
         if (g.src[i].s && g.src[i].s->atfork_child)

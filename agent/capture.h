@@ -38,8 +38,10 @@ const char *tb_state_name(int s);
 void tb_agent_add_source(const char *name, tb_source *s, int enabled, const char *off_reason);
 
 /* Start the agent with this config (the preload constructor). Starts the
- * agent thread when a trigger needs serving (socket, signal, time window),
- * else lazily at the first trigger. Disabled (no-op) when disable != 0. */
+ * agent thread when a trigger needs serving (the socket in a process with
+ * threads or with TBPROF_SOCKET=on, a signal, a time window), else lazily at
+ * the first trigger or the job's first thread. Disabled (no-op) when
+ * disable != 0. */
 int tb_agent_init(const tb_config *c, int disable);
 
 /* Step sources. Steps are counted from one source per process: the first
@@ -60,6 +62,11 @@ const char *tb_step_source_name(int src);
  * Returns the step that begins, -EBUSY when another source counts steps,
  * -EINVAL for a negative num or an unknown source. */
 int64_t tb_agent_step(int src, int has_num, int64_t num);
+
+/* The preload's pthread_create hook, after the job started a thread (not
+ * called for the agent's own): the first call starts the agent thread when
+ * TBPROF_SOCKET=auto left a single-threaded process without one. */
+void tb_agent_thread_created(void);
 
 /* Start a capture now for duration_ms (0: until tb_agent_stop). Waits up to
  * 1 s for the sources to start. -EBUSY when a capture is on, -EPERM when

@@ -22,6 +22,7 @@ typedef enum {
     T_LOG,   /* log level */
     T_CPUMODE,
     T_CUDASTEPS,
+    T_SOCKET,
 } var_type;
 
 typedef struct var {
@@ -84,8 +85,10 @@ static const var vars[] = {
      "using the derived name", "", F(host), 0, 0},
     {"TBPROF_TRACE_JSON", T_BOOL, "on", "on | off", "also write <host>.trace.json.gz (Perfetto)",
      "trace JSON off", "off", F(trace_json), 0, 0},
-    {"TBPROF_SOCKET", T_BOOL, "on", "on | off",
-     "control socket for `tbprof trigger PID` (abstract Unix socket, same uid only)",
+    {"TBPROF_SOCKET", T_SOCKET, "auto", "auto | on | off",
+     "control socket for `tbprof trigger PID` (abstract Unix socket, same uid only); auto: served "
+     "once the process has a second thread (no thread of ours in single-threaded programs), on: "
+     "served from start-up",
      "control socket off", "off", F(socket), 0, 0},
     {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
      "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
@@ -326,6 +329,16 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         else
             return -EINVAL;
         return 0;
+    case T_SOCKET: {
+        int b;
+        if (!strcasecmp(val, "auto"))
+            *(int *)field = TB_SOCKET_AUTO;
+        else if (tb_parse_bool(val, &b) == 0)
+            *(int *)field = b ? TB_SOCKET_ON : TB_SOCKET_OFF;
+        else
+            return -EINVAL;
+        return 0;
+    }
     case T_CUDASTEPS:
         if (!strcasecmp(val, "on") || !strcmp(val, "1"))
             *(int *)field = TB_CUDA_STEPS_ON;

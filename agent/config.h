@@ -28,6 +28,14 @@ typedef enum tb_cuda_steps_mode {
     TB_CUDA_STEPS_ON, /* exported cudaProfilerStart/Stop count, then forward to the real ones */
 } tb_cuda_steps_mode;
 
+/* TBPROF_SOCKET */
+typedef enum tb_socket_mode {
+    TB_SOCKET_OFF = 0,
+    TB_SOCKET_ON,   /* listen, and serve from start-up: an agent thread in every process */
+    TB_SOCKET_AUTO, /* listen; the agent thread (which serves it) starts with the
+                       process's second thread, or at the first trigger that needs it */
+} tb_socket_mode;
+
 typedef struct tb_window {
     int64_t first, last; /* steps first..last inclusive */
 } tb_window;
@@ -48,7 +56,7 @@ typedef struct tb_config {
     char run[TB_CONFIG_STR];  /* TBPROF_RUN; "" = derived */
     char host[TB_CONFIG_STR]; /* TBPROF_HOST; "" = derived */
     int trace_json;    /* TBPROF_TRACE_JSON */
-    int socket;        /* TBPROF_SOCKET */
+    int socket;        /* TBPROF_SOCKET: tb_socket_mode */
     int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
     char cupti_path[TB_CONFIG_STR]; /* TBPROF_CUPTI_PATH; "" = search */
     int cuda_steps;    /* TBPROF_CUDA_STEPS: tb_cuda_steps_mode (preload/cudasteps.h) */

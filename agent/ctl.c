@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "log.h"
 
 socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a)
 {
@@ -97,6 +98,13 @@ static void send_all(int fd, const char *s)
 
 static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* The client closed its end (after its request line, which was read). */
+static int client_gone(int c)
+{
+    struct pollfd p = {.fd = c, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
 {
     /* one deadline for every pending client (each still gets 50 ms): silent
@@ -112,6 +120,10 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
             send_all(c, "error: permission denied (different user)\n");
         } else if ((k = read_line(c, line, sizeof(line), max_i64(deadline, tb_mono_ns() + 50000000))) < 0) {
             send_all(c, k == -1 ? "error: request too long\n" : "error: incomplete request (no newline)\n");
+        } else if (client_gone(c)) {
+            /* queued before the agent thread started (TBPROF_SOCKET=auto) and
+             * given up on since: a capture nobody waits for is not started */
+            tb_debug("control socket: dropped '%s' from a client that left", line);
         } else {
             h(line, out, sizeof(out) - 1);
             strcat(out, "\n");

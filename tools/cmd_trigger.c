@@ -45,6 +45,12 @@ static int no_agent(pid_t pid, int rc)
         fprintf(stderr, "tbprof trigger: the socket of process %d belongs to another user or process\n", (int)pid);
     else if (kill(pid, 0) < 0 && errno == ESRCH)
         fprintf(stderr, "tbprof trigger: no process %d\n", (int)pid);
+    else if (rc == -EPROTO)
+        fprintf(stderr,
+                "tbprof trigger: process %d has the agent's socket but did not answer within 2 s: with "
+                "TBPROF_SOCKET=auto (the default) a process serves it once it has a second thread, so a "
+                "single-threaded program needs TBPROF_SOCKET=on (or TBPROF_SIGNAL)\n",
+                (int)pid);
     else
         fprintf(stderr,
                 "tbprof trigger: no tbprof agent answers in process %d (%s): not started under "

@@ -4,11 +4,13 @@
 # set) and prints medians of wall time and of CPU time (user+sys of the
 # child, from wait4; less disturbed by other load on a shared machine), each
 # as a ratio against the plain runs of the same round. Target <= 1.01 for
-# "agent" (the default: control socket on, so one thread sleeps in poll()).
-# Two references in the same run split that cost:
-#   noop preload  an LD_PRELOAD library with nothing in it: what the loader
-#                 charges any preload library;
-#   agent, no socket  TBPROF_SOCKET=off: the agent without its thread.
+# "agent (default)": TBPROF_SOCKET=auto, the control socket bound, and the
+# agent's thread (asleep in poll()) only in a process that has started a
+# thread of its own. References in the same run split that cost:
+#   noop preload       an LD_PRELOAD library with nothing in it: what the
+#                      loader charges any preload library;
+#   agent, socket off  TBPROF_SOCKET=off: the agent with no socket, no thread;
+#   agent, socket on   TBPROF_SOCKET=on: our thread in every process.
 # Programs:
 #   (1) progs/idlework: 4 threads of malloc/free + syscalls + thread churn,
 #       the main thread calling tbprof_step() in a loop;
@@ -34,8 +36,9 @@ base = {k: v for k, v in os.environ.items() if not k.startswith("TBPROF_") and k
 base["TBPROF_LOGDIR"] = logdir
 variants = [("plain", base),
             ("noop preload", dict(base, LD_PRELOAD=noop)),
-            ("agent, no socket", dict(base, LD_PRELOAD=lib, TBPROF_SOCKET="off")),
-            ("agent", dict(base, LD_PRELOAD=lib))]
+            ("agent, socket off", dict(base, LD_PRELOAD=lib, TBPROF_SOCKET="off")),
+            ("agent (default)", dict(base, LD_PRELOAD=lib)),
+            ("agent, socket on", dict(base, LD_PRELOAD=lib, TBPROF_SOCKET="on"))]
 devnull = os.open(os.devnull, os.O_WRONLY)
 
 def once(argv, env):
@@ -69,7 +72,7 @@ def bench(name, argv, reps):
     print("%s: plain wall %.2f ms, cpu %.2f ms" % (name, pw * 1e3, pc * 1e3))
     for v, _ in variants[1:]:
         w, c = m(wall[v]), m(cpu[v])
-        print("  %-17s wall %8.2f ms ratio %.3f (%+.2f ms) | cpu %8.2f ms ratio %.3f (%+.2f ms)"
+        print("  %-18s wall %8.2f ms ratio %.3f (%+.2f ms) | cpu %8.2f ms ratio %.3f (%+.2f ms)"
               % (v, w * 1e3, w / pw, (w - pw) * 1e3, c * 1e3, c / pc, (c - pc) * 1e3))
 
 print("bench_idle: %d rounds, medians; agent loaded and idle (target ratio <= 1.01)" % rounds)

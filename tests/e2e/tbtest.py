@@ -113,8 +113,11 @@ def env(logdir=None, preload=True, python=False, **tbprof):
         e["TBPROF_LOGDIR"] = logdir
     tbprof.setdefault("gpu", "off")
     tbprof.setdefault("cpu", "off")
+    # the test programs are single-threaded: the default (auto) would serve
+    # the socket only once they start a thread; test_agent_triggers covers auto
+    tbprof.setdefault("socket", "on")
     for k, v in tbprof.items():
-        if v is None:
+        if v is None:  # the agent's default
             continue
         e["TBPROF_" + k.upper()] = str(v)
     if SANITIZE == "address":

@@ -151,6 +151,65 @@ class Triggers(tbtest.TestCase):
             ctl(p.pid, "status")
         self.finish(p)
 
+    # ---- TBPROF_SOCKET=auto (the default): served once the process has a thread ----
+
+    AUTO_JOB = (
+        "import os, sys, threading, time\n"
+        "def tasks():\n"
+        "    return sorted(open('/proc/self/task/%s/comm' % t).read().strip() for t in os.listdir('/proc/self/task'))\n"
+        "print('single', tasks(), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=stop.wait, name='worker')\n"
+        "t.start()\n"
+        "time.sleep(0.1)\n"
+        "print('threaded', tasks(), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "stop.set()\n"
+        "t.join()\n")
+
+    def test_socket_auto_serves_once_the_process_has_a_thread(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        tbtest.skip_if_python_unsupported(self)
+        e = tbtest.env(self.logdir, python=True, socket=None)  # the default
+        p = subprocess.Popen([tbtest.PYTHON, "-c", self.AUTO_JOB], env=e, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.addCleanup(reap, p)
+        single = tbtest.read_until(p, "single")
+        if not tbtest.SANITIZE:  # sanitizer runtimes start threads of their own
+            self.assertNotIn("tbprof-agent", single, "no agent thread in a single-threaded process")
+        # the socket is there, but nobody answers yet: the CLI says why
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--duration", "0.2"], timeout=30)
+        if not tbtest.SANITIZE:
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("TBPROF_SOCKET=on", r.stderr)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        threaded = tbtest.read_until(p, "threaded")
+        self.assertIn("tbprof-agent", threaded, "the job's first thread started the agent's")
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--duration", "0.3"], timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = r.stdout.splitlines()[-1]
+        self.assertTrue(path.endswith(".xplane.pb") and os.path.exists(path), r.stdout)
+        self.assertIn("socket duration=0.3s", tbtest.load(path).host.stats["tbprof_trigger"])
+        p.stdin.write("end\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        # the request queued while nobody served it was dropped, not run late
+        self.assertEqual(tbtest.xplanes(self.logdir), [path])
+
+    def test_socket_on_serves_a_single_threaded_process(self):
+        p = self.start_job(["-n", "300", "-m", "10"], socket="on")
+        comms = []
+        for t in os.listdir("/proc/%d/task" % p.pid):
+            with open("/proc/%d/task/%s/comm" % (p.pid, t)) as f:
+                comms.append(f.read().strip())
+        self.assertIn("tbprof-agent", comms)
+        self.assertTrue(ctl(p.pid, "status").startswith("state=idle"))
+        p.kill()
+
     def test_signal_trigger_opt_in(self):
         p = self.start_job(["-n", "200", "-m", "10"], signal="USR2")
         time.sleep(0.3)

@@ -75,7 +75,7 @@ static void defaults(void)
     CHECK_STR(c.logdir, "logs");
     CHECK_EQ_I(c.nwindows, 0);
     CHECK_EQ_I(c.signal, 0);
-    CHECK(c.gpu == 1 && c.cpu == 1 && c.trace_json == 1 && c.socket == 1 && c.pytorch_hook == 0);
+    CHECK(c.gpu == 1 && c.cpu == 1 && c.trace_json == 1 && c.socket == TB_SOCKET_AUTO && c.pytorch_hook == 0);
     CHECK_EQ_I(c.cpu_hz, TB_CPU_DEFAULT_HZ);
     CHECK_EQ_I(c.cpu_mode, TB_CPU_STACKCOPY);
     CHECK_EQ_I(c.buffer_mb, 64);
@@ -158,12 +158,31 @@ static void help_lists_every_variable(void)
     free(buf);
 }
 
+static void socket_modes(void)
+{
+    static const struct {
+        const char *val;
+        int mode, warnings;
+    } cases[] = {{"auto", TB_SOCKET_AUTO, 0}, {"AUTO", TB_SOCKET_AUTO, 0}, {"on", TB_SOCKET_ON, 0},
+                 {"1", TB_SOCKET_ON, 0},      {"off", TB_SOCKET_OFF, 0},   {"no", TB_SOCKET_OFF, 0},
+                 {"sometimes", TB_SOCKET_OFF, 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *env[] = {"TBPROF_SOCKET", cases[i].val, NULL};
+        tb_config c;
+        tb_log_set_level(TB_LOG_OFF);
+        CHECK_EQ_I(tb_config_load(&c, lookup, env), cases[i].warnings);
+        tb_log_set_level(TB_LOG_WARN);
+        CHECK_EQ_I(c.socket, cases[i].mode);
+    }
+}
+
 int main(void)
 {
     steps_forms();
     other_forms();
     defaults();
     good_values();
+    socket_modes();
     bad_values();
     help_lists_every_variable();
     return tap_done();
