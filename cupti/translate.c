@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "host.h"
+#include "record_compat.h"
 #include "stats.h"
 #include "util.h"
 
