@@ -26,9 +26,17 @@ cp "$root"/tests/gpu/{run.sh,check.py,torch_loop.py} "$out/"
 # machine has no Debian packages; run.sh puts deps/ on LD_LIBRARY_PATH only
 # where something is missing there
 for f in "$out/lib/libtbprof.so" "$out/bin/tbprof"; do
-  ldd "$f" | awk '/=> \// {print $3}' |
-    grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
+  { ldd "$f" | awk '/=> \// {print $3}' |
+      grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' || true; } |
     while read -r so; do cp -Lf "$so" "$out/deps/"; done
+done
+# dlopen()ed, so ldd does not list them: libz (trace.json.gz) and liblzma
+# (libunwind needs it) in deps/, libunwind (DWARF unwinding) next to
+# libtbprof.so, where the agent looks first
+for so in libz.so.1 liblzma.so.5 libunwind-x86_64.so.8 libunwind.so.8; do
+  p=$(/sbin/ldconfig -p 2>/dev/null | awk -v n="$so" '$1 == n && /x86-64/ {print $NF; exit}')
+  [ -n "$p" ] || continue
+  case $so in libunwind*) cp -Lf "$p" "$out/lib/" ;; *) cp -Lf "$p" "$out/deps/" ;; esac
 done
 # libtbprof.so must not need libcupti (it is dlopen()ed at the first capture)
 if readelf -d "$out/lib/libtbprof.so" | grep -q 'NEEDED.*cupti'; then

@@ -15,8 +15,10 @@ export TBGPU=$here
 py=${PYTHON:-python3}
 work=$(mktemp -d /tmp/tbgpu.XXXXXX)
 tbprof="$here/bin/tbprof"
-# the CLI (and, where zlib/lzma are missing, the preload) need the packed libs
-if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found"; then
+# the CLI needs protobuf-c; the agent dlopen()s libz and (for libunwind)
+# liblzma: the packed copies, where the machine lacks them
+if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found" ||
+  ! $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
   export LD_LIBRARY_PATH="$here/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 # libcupti: the one torch ships (pip nvidia-cuda-cupti), else the toolkit's
