@@ -14,7 +14,8 @@ static void load(void)
 {
     void *h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
-        tb_debug("zlib: %s", dlerror());
+        const char *e = dlerror();
+        tb_debug("zlib: %s", e ? e : "libz.so.1 not loadable");
         return;
     }
     *(void **)&fns.deflateInit2_ = dlsym(h, "deflateInit2_");

@@ -30,11 +30,11 @@ def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
 
 
-def with_no_tmpfile(preload):
-    """LD_PRELOAD with the no-O_TMPFILE shim just before libtbprof.so (after
-    a sanitizer runtime, which must stay first)."""
+def with_shim(preload, shim):
+    """LD_PRELOAD with a test shim just before libtbprof.so (after a
+    sanitizer runtime, which must stay first)."""
     parts = preload.split(":")
-    parts.insert(len(parts) - 1, NO_TMPFILE)
+    parts.insert(len(parts) - 1, shim)
     return ":".join(parts)
 
 
@@ -117,7 +117,7 @@ class Faults(tbtest.TestCase):
         os.makedirs(run)
         env = relutil.env(logdir, steps="0,30000", run="r", host="h")
         if named:
-            env["LD_PRELOAD"] = with_no_tmpfile(env["LD_PRELOAD"])
+            env["LD_PRELOAD"] = with_shim(env["LD_PRELOAD"], NO_TMPFILE)
         job = subprocess.Popen([RELJOB, "-r", "-g", "-n", "30010", "-m", "0"], env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: job.poll() is None and job.kill())
@@ -181,6 +181,27 @@ class Faults(tbtest.TestCase):
         return total_left
 
     # ---- the logdir -------------------------------------------------------------
+
+    def test_no_libz_keeps_the_profile(self):
+        # libz is dlopen()ed when trace.json.gz is written; a machine without
+        # it (the shim refuses the dlopen) still gets the xplane.pb
+        shim = tbtest.prog("libno_libz.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        e = relutil.env(self.logdir, steps="2,4", run="r", host="h")
+        e["LD_PRELOAD"] = with_shim(e["LD_PRELOAD"], shim)
+        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
+        self.assertExitedOk(p)
+        files = self.check_complete(self.logdir)
+        self.assertEqual([os.path.basename(f) for f in files], ["h.xplane.pb"])
+        self.assertEqual(nums(files[0]), [2, 3, 4])
+        run = os.path.dirname(files[0])
+        self.assertEqual(sorted(os.listdir(run)), ["h.xplane.pb"], "no trace.json.gz, no temporary")
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("trace.json.gz not written", w[0])
+        self.assertIn("shared library", w[0])
+        figure("no_libz", "libz not loadable: xplane.pb written (steps 2-4), no trace.json.gz, 1 warning")
 
     def test_logdir_missing_is_created(self):
         logdir = os.path.join(self.tmp, "a", "b", "c", "logs")
