@@ -1041,7 +1041,20 @@ static int process_threaded(void)
 
 void tb_agent_thread_created(void)
 {
-    if (creating_own || atomic_load_explicit(&thread_up, memory_order_relaxed) ||
+    if (creating_own)
+        return;
+    int st = atomic_load_explicit(&a_state, memory_order_acquire); /* pairs with set_state */
+    if (st == TB_STATE_ARMED || st == TB_STATE_CAPTURING) {
+        /* a capture is on: have the sources look for the new thread now
+         * rather than at their next rescan (the CPU sampler's is 10 ms, a
+         * lifetime for a short worker). g.src is fixed after init; the
+         * callbacks only set a flag. One pipe write, during captures only. */
+        for (int i = 0; i < g.nsrc; i++)
+            if (g.src[i].s && g.src[i].s->thread_created)
+                g.src[i].s->thread_created(g.src[i].s->ctx, 0);
+        wake();
+    }
+    if (atomic_load_explicit(&thread_up, memory_order_relaxed) ||
         atomic_load_explicit(&app_threaded, memory_order_relaxed) || atomic_exchange(&app_threaded, 1))
         return;
     /* the job's first thread: with TBPROF_SOCKET=auto, start serving the
