@@ -776,7 +776,7 @@ static int compute_timeout(int64_t now)
     return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-/* One turn of the state machine on the agent thread. */
+/* A step source was ignored (claim_steps): say so once, from here. */
 static void log_step_conflict(void)
 {
     int other = atomic_load(&step_conflict);
@@ -786,6 +786,7 @@ static void log_step_conflict(void)
             tb_step_source_name(atomic_load(&step_owner)), tb_step_source_name(other));
 }
 
+/* One turn of the state machine on the agent thread. */
 static void machine(void)
 {
     log_step_conflict();
