@@ -158,3 +158,23 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
         return -EPROTO;
     return 0;
 }
+
+int tb_ctl_exists(pid_t pid)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "@tbprof.%u.%d", (unsigned)getuid(), (int)pid);
+    FILE *f = fopen("/proc/net/unix", "r");
+    if (!f)
+        return -1;
+    char line[512];
+    int found = 0;
+    size_t wl = strlen(want);
+    while (!found && fgets(line, sizeof(line), f)) {
+        /* the path is the last field; abstract names start with '@' */
+        char *p = strrchr(line, ' ');
+        p = p ? p + 1 : line;
+        found = !strncmp(p, want, wl) && (p[wl] == '\n' || p[wl] == '\0');
+    }
+    fclose(f);
+    return found;
+}

@@ -39,4 +39,8 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h);
  * socket belongs to another user or pid). */
 int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms);
 
+/* Client: whether pid's socket (ours: this uid) is bound, from
+ * /proc/net/unix: 1 yes, 0 no, -1 cannot tell. */
+int tb_ctl_exists(pid_t pid);
+
 #endif

@@ -1,6 +1,7 @@
 /* cmd_trigger.c - `tbprof trigger PID [--steps N | --duration S | --stop | --status]`:
  * ask a running process's agent (its control socket, agent/ctl.h) to
  * capture, print its answer, then wait for the profile and print its path. */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -47,7 +48,7 @@ static int no_agent(pid_t pid, int rc)
         fprintf(stderr, "tbprof trigger: no process %d\n", (int)pid);
     else if (rc == -EPROTO)
         fprintf(stderr,
-                "tbprof trigger: process %d has the agent's socket but did not answer within 2 s: with "
+                "tbprof trigger: process %d has the agent's socket but no agent thread to answer it: with "
                 "TBPROF_SOCKET=auto (the default) a process serves it once it has a second thread, so a "
                 "single-threaded program needs TBPROF_SOCKET=on (or TBPROF_SIGNAL)\n",
                 (int)pid);
@@ -57,6 +58,44 @@ static int no_agent(pid_t pid, int rc)
                 "LD_PRELOAD=libtbprof.so, TBPROF_SOCKET=off, or another user's\n",
                 (int)pid, strerror(-rc));
     return 1;
+}
+
+/* Whether process pid runs the agent's thread ("tbprof-agent"): 1 yes,
+ * 0 no (after a short wait: it may be starting), -1 cannot tell (/proc
+ * hidden or not ours). With TBPROF_SOCKET=auto a single-threaded process
+ * has the socket but no thread to answer it. */
+static int agent_thread_present(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    for (int tries = 0; tries < 5; tries++) {
+        DIR *d = opendir(dir);
+        if (!d)
+            return -1;
+        int found = 0, any = 0;
+        struct dirent *e;
+        while (!found && (e = readdir(d))) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                continue;
+            char path[sizeof(dir) + sizeof(e->d_name) + 8], comm[32] = "";
+            snprintf(path, sizeof(path), "%s/%s/comm", dir, e->d_name);
+            FILE *f = fopen(path, "r");
+            if (!f)
+                continue;
+            any = 1;
+            if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "tbprof-agent", 12))
+                found = 1;
+            fclose(f);
+        }
+        closedir(d);
+        if (found)
+            return 1;
+        if (!any)
+            return -1;
+        struct timespec ts = {0, 40000000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
 }
 
 int cmd_trigger(int argc, char **argv)
@@ -113,6 +152,8 @@ int cmd_trigger(int argc, char **argv)
         return 2;
     }
     char ans[TB_CTL_LINE + 64 + PATH_MAX], before[PATH_MAX] = "";
+    if (tb_ctl_exists(pid) == 1 && agent_thread_present(pid) == 0)
+        return no_agent(pid, -EPROTO); /* socket bound, nobody serving it yet: say why at once */
     int rc = tb_ctl_request(pid, "status", ans, sizeof(ans), 2000);
     if (rc < 0)
         return no_agent(pid, rc);

@@ -16,17 +16,16 @@ STEPS = tbtest.prog("steps")
 
 def ctl(pid, line, raw=None, timeout=5):
     """Send one request to pid's control socket, return the answer line."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
-    s.sendall(raw if raw is not None else (line + "\n").encode())
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # closed on a timeout too
+        s.settimeout(timeout)
+        s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
+        s.sendall(raw if raw is not None else (line + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
     return data.decode().strip()
 
 
@@ -179,11 +178,14 @@ class Triggers(tbtest.TestCase):
         single = tbtest.read_until(p, "single")
         if not tbtest.SANITIZE:  # sanitizer runtimes start threads of their own
             self.assertNotIn("tbprof-agent", single, "no agent thread in a single-threaded process")
-        # the socket is there, but nobody answers yet: the CLI says why
+        # the socket is there, but nobody answers yet: the CLI says why at
+        # once, and a raw client that gives up leaves a request in the queue
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--duration", "0.2"], timeout=30)
         if not tbtest.SANITIZE:
             self.assertEqual(r.returncode, 1, r.stdout)
             self.assertIn("TBPROF_SOCKET=on", r.stderr)
+            with self.assertRaises(socket.timeout):
+                ctl(p.pid, "start duration=0.2", timeout=0.3)
         p.stdin.write("go\n")
         p.stdin.flush()
         threaded = tbtest.read_until(p, "threaded")
@@ -202,10 +204,15 @@ class Triggers(tbtest.TestCase):
 
     def test_socket_on_serves_a_single_threaded_process(self):
         p = self.start_job(["-n", "300", "-m", "10"], socket="on")
-        comms = []
-        for t in os.listdir("/proc/%d/task" % p.pid):
-            with open("/proc/%d/task/%s/comm" % (p.pid, t)) as f:
-                comms.append(f.read().strip())
+        deadline = time.time() + 10
+        while True:  # the thread names itself once it runs
+            comms = []
+            for t in os.listdir("/proc/%d/task" % p.pid):
+                with open("/proc/%d/task/%s/comm" % (p.pid, t)) as f:
+                    comms.append(f.read().strip())
+            if "tbprof-agent" in comms or time.time() > deadline:
+                break
+            time.sleep(0.02)
         self.assertIn("tbprof-agent", comms)
         self.assertTrue(ctl(p.pid, "status").startswith("state=idle"))
         p.kill()
