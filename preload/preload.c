@@ -37,6 +37,12 @@ static void init(void)
         return;
     }
     tb_config_load(&c, NULL, NULL);
+    if (c.socket == TB_SOCKET_AUTO && !tb_thread_hook_active()) {
+        /* nobody will tell the agent about the job's threads (the library
+         * was dlopen()ed, or an interceptor is in front): serve from now */
+        tb_debug("TBPROF_SOCKET=auto: pthread_create not interposed; serving the socket from start-up");
+        c.socket = TB_SOCKET_ON;
+    }
     tb_config_set_global(&c);
     tb_cudasteps_init(&c); /* cudaProfilerStart/Stop and NVTX step sources */
 #ifdef TBPROF_WITH_CUPTI

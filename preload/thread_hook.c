@@ -35,3 +35,12 @@ TBPROF_API int pthread_create(pthread_t *restrict t, const pthread_attr_t *restr
         tb_agent_thread_created();
     return rc;
 }
+
+/* Our own definition, whatever the dynamic linker binds "pthread_create" to. */
+extern __typeof__(pthread_create) tb_own_pthread_create
+    __attribute__((alias("pthread_create"), visibility("hidden"), nothrow));
+
+int tb_thread_hook_active(void)
+{
+    return dlsym(RTLD_DEFAULT, "pthread_create") == (void *)tb_own_pthread_create;
+}

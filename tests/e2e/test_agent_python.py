@@ -3,6 +3,7 @@ own, and the PyTorch optimizer-step hook installed with no code change by
 `tbprof run` (a stand-in `torch` package provides the hook registry)."""
 
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -109,6 +110,30 @@ class Python(tbtest.TestCase):
         files = tbtest.xplanes(self.logdir)
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4])
+
+    def test_helper_loaded_library_serves_the_socket(self):
+        # dlopen()ed by the helper, libtbprof.so is not in front of
+        # pthread_create, so TBPROF_SOCKET=auto cannot wait for the job's
+        # first thread: it serves the socket from start-up instead
+        if tbtest.SANITIZE:
+            self.skipTest("a sanitizer-built libtbprof.so cannot be dlopen()ed by an uninstrumented python")
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        s = self.script("own.py", "import sys, tbprof\nprint('ready', tbprof.available(), flush=True)\n"
+                                  "sys.stdin.readline()\n")
+        e = self.pyenv(preload=False, socket=None)
+        e["TBPROF_LIB"] = tbtest.LIB
+        p = subprocess.Popen([tbtest.PYTHON, s], env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.assertEqual(tbtest.read_until(p, "ready"), "ready True")
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--status"], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("state=idle"), r.stdout)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0)
 
     def test_helper_without_library_is_a_noop(self):
         s = self.script("none.py", "import tbprof\nprint(tbprof.step(), tbprof.start(), tbprof.available())\n")
