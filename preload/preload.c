@@ -39,7 +39,7 @@ static void init(void)
     tb_config_load(&c, NULL, NULL);
     if (c.socket == TB_SOCKET_AUTO && !tb_thread_hook_active()) {
         /* nobody will tell the agent about the job's threads (the library
-         * was dlopen()ed, or an interceptor is in front): serve from now */
+         * was dlopen()ed after libc): serve from now */
         tb_debug("TBPROF_SOCKET=auto: pthread_create not interposed; serving the socket from start-up");
         c.socket = TB_SOCKET_ON;
     }

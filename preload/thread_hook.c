@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "capture.h"
 #include "tbprof/tbprof.h"
@@ -42,5 +44,14 @@ extern __typeof__(pthread_create) tb_own_pthread_create
 
 int tb_thread_hook_active(void)
 {
-    return dlsym(RTLD_DEFAULT, "pthread_create") == (void *)tb_own_pthread_create;
+    if (dlsym(RTLD_DEFAULT, "pthread_create") == (void *)tb_own_pthread_create)
+        return 1;
+    /* an interceptor in front (a sanitizer runtime) forwards to the next
+     * definition, which is ours when we were preloaded after it */
+    Dl_info di;
+    const char *pre = getenv("LD_PRELOAD");
+    if (!pre || !dladdr((void *)tb_own_pthread_create, &di) || !di.dli_fname)
+        return 0;
+    const char *base = strrchr(di.dli_fname, '/');
+    return strstr(pre, base ? base + 1 : di.dli_fname) != NULL;
 }
