@@ -28,11 +28,6 @@ int64_t tb_cudasteps_begin(int src, int has_num, int64_t num);
 /* The range that began step `step` ended. */
 void tb_cudasteps_end(int64_t step);
 
-/* thread_hook.c: 1 when the process's pthread_create calls reach ours
- * (LD_PRELOAD, possibly behind a sanitizer's interceptor that forwards),
- * 0 when libtbprof.so came later (dlopen()ed by the Python helper). */
-int tb_thread_hook_active(void);
-
 /* cuda_hooks.c: set the TBPROF_CUDA_STEPS mode (on: the exported wrappers count). */
 void tb_cuda_hooks_init(const tb_config *c);
 

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "sampler.h"
 #include "tbprof/tbprof.h"
+#include "thread_hook.h"
 #ifdef TBPROF_WITH_CUPTI
 #include "gpu.h"
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "capture.h"
+#include "thread_hook.h"
 #include "tbprof/tbprof.h"
 
 typedef int (*create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);

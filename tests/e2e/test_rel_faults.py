@@ -30,14 +30,6 @@ def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
 
 
-def with_shim(preload, shim):
-    """LD_PRELOAD with a test shim just before libtbprof.so (after a
-    sanitizer runtime, which must stay first)."""
-    parts = preload.split(":")
-    parts.insert(len(parts) - 1, shim)
-    return ":".join(parts)
-
-
 def has_tmpfile(d):
     try:
         os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600))
@@ -117,7 +109,7 @@ class Faults(tbtest.TestCase):
         os.makedirs(run)
         env = relutil.env(logdir, steps="0,30000", run="r", host="h")
         if named:
-            env["LD_PRELOAD"] = with_shim(env["LD_PRELOAD"], NO_TMPFILE)
+            env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], NO_TMPFILE)
         job = subprocess.Popen([RELJOB, "-r", "-g", "-n", "30010", "-m", "0"], env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: job.poll() is None and job.kill())
@@ -189,7 +181,7 @@ class Faults(tbtest.TestCase):
         if not os.path.exists(shim):
             self.skipTest("shim not built")
         e = relutil.env(self.logdir, steps="2,4", run="r", host="h")
-        e["LD_PRELOAD"] = with_shim(e["LD_PRELOAD"], shim)
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
         self.assertExitedOk(p)
         files = self.check_complete(self.logdir)

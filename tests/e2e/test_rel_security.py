@@ -151,8 +151,7 @@ class Security(tbtest.TestCase):
         run = os.path.join(self.logdir, "plugins", "profile", "r")
         os.makedirs(run)
         e = relutil.env(self.logdir, steps="1,2", run="r", host="h")
-        parts = e["LD_PRELOAD"].split(":")
-        e["LD_PRELOAD"] = ":".join(parts[:-1] + [shim, parts[-1]])  # sanitizer runtime stays first
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         p = subprocess.Popen([RELJOB, "-r", "-g", "-n", "5", "-m", "0"], env=e, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: p.poll() is None and p.kill())
