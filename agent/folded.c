@@ -434,66 +434,66 @@ static int utf8_len(const unsigned char *u)
     return n;
 }
 
+/* s to out: valid UTF-8 sequences as they are, a byte that starts none as
+ * `bad`, each ASCII byte through ascii(). */
+static void escape_utf8(FILE *out, const char *s, const char *bad, void (*ascii)(FILE *, unsigned char))
+{
+    for (const unsigned char *u = (const unsigned char *)s; *u;) {
+        int n = utf8_len(u);
+        if (n == 0) { /* not UTF-8 (a mangled symbol?): keep the output valid */
+            fputs(bad, out);
+            u++;
+        } else if (n > 1) {
+            fwrite(u, 1, (size_t)n, out);
+            u += n;
+        } else {
+            ascii(out, *u++);
+        }
+    }
+}
+
+static void json_ascii(FILE *out, unsigned char c)
+{
+    switch (c) {
+    case '"': fputs("\\\"", out); break;
+    case '\\': fputs("\\\\", out); break;
+    case '\n': fputs("\\n", out); break;
+    case '\r': fputs("\\r", out); break;
+    case '\t': fputs("\\t", out); break;
+    default:
+        if (c < 0x20 || c == 0x7f)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+}
+
 void tb_json_str(FILE *out, const char *s)
 {
     fputc('"', out);
-    for (const unsigned char *u = (const unsigned char *)s; *u;) {
-        int n = utf8_len(u);
-        if (n == 0) { /* not UTF-8 (a mangled symbol?): keep the JSON valid */
-            fputs("\\ufffd", out);
-            u++;
-            continue;
-        }
-        if (n > 1) {
-            fwrite(u, 1, (size_t)n, out);
-            u += n;
-            continue;
-        }
-        switch (*u) {
-        case '"': fputs("\\\"", out); break;
-        case '\\': fputs("\\\\", out); break;
-        case '\n': fputs("\\n", out); break;
-        case '\r': fputs("\\r", out); break;
-        case '\t': fputs("\\t", out); break;
-        default:
-            if (*u < 0x20 || *u == 0x7f)
-                fprintf(out, "\\u%04x", *u);
-            else
-                fputc(*u, out);
-        }
-        u++;
-    }
+    escape_utf8(out, s, "\\ufffd", json_ascii);
     fputc('"', out);
+}
+
+static void xml_ascii(FILE *out, unsigned char c)
+{
+    switch (c) {
+    case '&': fputs("&amp;", out); break;
+    case '<': fputs("&lt;", out); break;
+    case '>': fputs("&gt;", out); break;
+    case '"': fputs("&quot;", out); break;
+    case '\'': fputs("&apos;", out); break;
+    default:
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            fputc(' ', out); /* not representable in XML 1.0 */
+        else
+            fputc(c, out);
+    }
 }
 
 void tb_xml_str(FILE *out, const char *s)
 {
-    for (const unsigned char *u = (const unsigned char *)s; *u;) {
-        int n = utf8_len(u);
-        if (n == 0) {
-            fputs("&#xFFFD;", out);
-            u++;
-            continue;
-        }
-        if (n > 1) {
-            fwrite(u, 1, (size_t)n, out);
-            u += n;
-            continue;
-        }
-        switch (*u) {
-        case '&': fputs("&amp;", out); break;
-        case '<': fputs("&lt;", out); break;
-        case '>': fputs("&gt;", out); break;
-        case '"': fputs("&quot;", out); break;
-        case '\'': fputs("&apos;", out); break;
-        default:
-            if (*u < 0x20 && *u != '\t' && *u != '\n' && *u != '\r')
-                fputc(' ', out); /* not representable in XML 1.0 */
-            else
-                fputc(*u, out);
-        }
-        u++;
-    }
+    escape_utf8(out, s, "&#xFFFD;", xml_ascii);
 }
 
 int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
