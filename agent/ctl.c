@@ -161,19 +161,19 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
 
 int tb_ctl_exists(pid_t pid)
 {
-    char want[64];
-    snprintf(want, sizeof(want), "@tbprof.%u.%d", (unsigned)getuid(), (int)pid);
+    struct sockaddr_un a;
+    size_t wl = tb_ctl_addr(pid, getuid(), &a) - offsetof(struct sockaddr_un, sun_path) - 1;
+    const char *want = a.sun_path + 1; /* the abstract name, shown with a leading '@' */
     FILE *f = fopen("/proc/net/unix", "r");
     if (!f)
         return -1;
     char line[512];
     int found = 0;
-    size_t wl = strlen(want);
     while (!found && fgets(line, sizeof(line), f)) {
-        /* the path is the last field; abstract names start with '@' */
+        /* the path is the last field */
         char *p = strrchr(line, ' ');
         p = p ? p + 1 : line;
-        found = !strncmp(p, want, wl) && (p[wl] == '\n' || p[wl] == '\0');
+        found = p[0] == '@' && !strncmp(p + 1, want, wl) && (p[1 + wl] == '\n' || p[1 + wl] == '\0');
     }
     fclose(f);
     return found;
