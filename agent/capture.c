@@ -171,9 +171,18 @@ static int64_t thread_cpu_ns(void)
 
 static void start_sources(void)
 {
+    /* NVTX ranges take a fixed 1/16; GPU activity needs most of the rest,
+     * the sample rings less */
+    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / 16, rest = total;
     int n_on = 0;
-    for (int i = 0; i < g.nsrc; i++)
-        n_on += g.src[i].enabled;
+    for (int i = 0; i < g.nsrc; i++) {
+        if (!g.src[i].enabled)
+            continue;
+        if (!strcmp(g.src[i].name, "nvtx"))
+            rest -= nvtx_share;
+        else
+            n_on++;
+    }
     tb_clock_calibrate();
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
@@ -186,12 +195,12 @@ static void start_sources(void)
             .cpu_hz = g.cfg.cpu_hz,
             .cpu_mode = g.cfg.cpu_mode,
         };
-        size_t total = (size_t)g.cfg.buffer_mb << 20;
-        /* GPU activity needs most of the memory; the sample rings less */
-        if (n_on > 1)
-            info.buffer_bytes = !strcmp(x->name, "gpu") ? total / 4 * 3 : total / 4;
+        if (!strcmp(x->name, "nvtx"))
+            info.buffer_bytes = nvtx_share;
+        else if (n_on > 1)
+            info.buffer_bytes = !strcmp(x->name, "gpu") ? rest / 4 * 3 : rest / 4;
         else
-            info.buffer_bytes = total;
+            info.buffer_bytes = rest;
         const char *why = NULL;
         int rc = x->s->start(x->s->ctx, &info, &why);
         if (rc < 0) {
@@ -512,12 +521,12 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
                                       : "not started before the capture ended";
         if (!why)
             continue;
-        const char *stat = !strcmp(x->name, "gpu") ? TB_ST_GPU_OFF_REASON : TB_ST_CPU_OFF_REASON;
+        int gpu = !strcmp(x->name, "gpu"), nvtx = !strcmp(x->name, "nvtx");
+        const char *stat = gpu ? TB_ST_GPU_OFF_REASON : nvtx ? TB_ST_NVTX_OFF_REASON : TB_ST_CPU_OFF_REASON;
         if (hp)
             tb_plane_stat_str(hp, stat, why);
-        char w[200];
-        snprintf(w, sizeof(w), "%s %s off: %s", x->name, !strcmp(x->name, "gpu") ? "tracing" : "sampling",
-                 why);
+        char w[360];
+        snprintf(w, sizeof(w), "%s %s off: %s", x->name, gpu ? "tracing" : nvtx ? "ranges" : "sampling", why);
         tb_space_add_warning(sp, w);
     }
     if (ignored) {

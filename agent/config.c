@@ -104,6 +104,14 @@ static const var vars[] = {
      "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
      "is the step number); sets NVTX_INJECTION64_PATH when unset",
      "NVTX steps off", "", F(nvtx_step), 0, 0},
+    {"TBPROF_START_WAIT_MS", T_UINT, "2000", "integer 0..60000",
+     "a step window's first boundary waits up to this long for the sources still starting (CUPTI's "
+     "first load), so the window holds whole steps; 0: never wait",
+     "using 2000", "2000", F(start_wait_ms), 0, 60000},
+    {"TBPROF_NVTX", T_BOOL, "on", "on | off",
+     "record NVTX ranges and marks on their thread's line while capturing (NVTX's injection: sets "
+     "NVTX_INJECTION64_PATH when unset)",
+     "NVTX ranges off", "off", F(nvtx), 0, 0},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))
 

@@ -61,6 +61,8 @@ typedef struct tb_config {
     char cupti_path[TB_CONFIG_STR]; /* TBPROF_CUPTI_PATH; "" = search */
     int cuda_steps;    /* TBPROF_CUDA_STEPS: tb_cuda_steps_mode (preload/cudasteps.h) */
     char nvtx_step[TB_CONFIG_STR]; /* TBPROF_NVTX_STEP; "" = NVTX steps off */
+    int nvtx;          /* TBPROF_NVTX: record NVTX ranges while capturing */
+    int64_t start_wait_ms; /* TBPROF_START_WAIT_MS */
     int warnings;      /* how many variables had bad values */
 } tb_config;
 

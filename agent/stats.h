@@ -51,6 +51,11 @@
 #define TB_ST_UNWIND_FAILED "tbprof_unwind_failures"
 #define TB_ST_GPU_OFF_REASON "tbprof_gpu_off_reason"
 #define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"
+/* ns the window's first step boundary waited for the sources (TBPROF_START_WAIT_MS) */
+#define TB_ST_START_WAIT_NS "tbprof_start_wait_ns"
+#define TB_ST_NVTX_OFF_REASON "tbprof_nvtx_off_reason"
+/* NVTX ranges tbprof recorded itself that did not fit (TBPROF_NVTX) */
+#define TB_ST_NVTX_DROPPED "tbprof_nvtx_dropped"
 #define TB_ST_TRIGGER "tbprof_trigger"               /* "steps 10-20", "signal", ... */
 #define TB_ST_OVERHEAD_NS "tbprof_agent_overhead_ns"
 #define TB_ST_PID "pid"                              /* host plane: the process */

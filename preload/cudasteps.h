@@ -31,7 +31,12 @@ void tb_cudasteps_end(int64_t step);
 /* cuda_hooks.c: set the TBPROF_CUDA_STEPS mode (on: the exported wrappers count). */
 void tb_cuda_hooks_init(const tb_config *c);
 
-/* nvtx_inject.c: compile the pattern, claim NVTX_INJECTION64_PATH. */
+/* nvtx_inject.c: compile the pattern, claim NVTX_INJECTION64_PATH (for
+ * TBPROF_NVTX_STEP and TBPROF_NVTX). */
 void tb_nvtx_init(const tb_config *c);
+/* 1 when tbprof records NVTX ranges (TBPROF_NVTX=on and the injection is
+ * ours); else 0, with *owner = NVTX_INJECTION64_PATH when another tool (nsys,
+ * libcupti) holds it, NULL otherwise. */
+int tb_nvtx_recording_available(const char **owner);
 
 #endif

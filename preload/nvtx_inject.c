@@ -32,6 +32,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <wchar.h>
@@ -40,6 +41,7 @@
 #include "config.h"
 #include "cudasteps.h"
 #include "log.h"
+#include "nvtx_record.h"
 #include "tbprof/tbprof.h"
 
 /* ---- the NVTX injection ABI ----------------------------------------------------- */
@@ -121,6 +123,10 @@ static struct {
     size_t prefix_len;
 } pat;
 
+static int inj_on;                /* we claimed NVTX_INJECTION64_PATH */
+static int nvtx_recording_wanted; /* TBPROF_NVTX=on and injection ours */
+static char nvtx_owner[256];      /* NVTX_INJECTION64_PATH when another tool's */
+
 static int sep(int c) { return c == ' ' || c == '_' || c == ':' || c == '#' || c == '=' || c == '-'; }
 
 /* The step number in s[0..] (separators then digits, to the end). */
@@ -166,16 +172,13 @@ static int match(const char *name, int64_t *num)
     return 1;
 }
 
-/* Wide names: ASCII-narrowed copy (bounded), then the same match. */
+/* Wide names: their UTF-8 (bounded), then the same match. */
 static int match_w(const wchar_t *w, int64_t *num)
 {
     if (!w)
         return 0;
     char buf[256];
-    size_t i = 0;
-    for (; w[i] && i + 1 < sizeof(buf); i++)
-        buf[i] = (w[i] > 0 && w[i] < 128) ? (char)w[i] : '?';
-    buf[i] = '\0';
+    tb_wide_to_utf8(w, buf, sizeof(buf));
     return match(buf, num);
 }
 
@@ -226,153 +229,154 @@ static const void *register_string(const char *s, size_t len)
     return r;
 }
 
-static int match_attr(const nvtx_attr *a, int64_t *num)
+/* The name an attribute block carries (NULLs when it has none we read). */
+static tb_nvtx_name attr_name(const nvtx_attr *a)
 {
+    tb_nvtx_name n = {NULL, NULL};
     if (!a || a->size < offsetof(nvtx_attr, message) + sizeof(a->message))
-        return 0;
-    switch (a->message_type) {
-    case MSG_ASCII:
-        return match(a->message.ascii, num);
-    case MSG_UNICODE:
-        return match_w(a->message.unicode, num);
-    case MSG_REGISTERED: {
+        return n;
+    if (a->message_type == MSG_ASCII)
+        n.a = a->message.ascii;
+    else if (a->message_type == MSG_UNICODE)
+        n.w = a->message.unicode;
+    else if (a->message_type == MSG_REGISTERED) {
         const reg_str *r = a->message.registered;
-        return r && r->magic == REG_MAGIC ? match(r->s, num) : 0;
+        if (r && r->magic == REG_MAGIC)
+            n.a = r->s;
     }
-    }
-    return 0;
+    return n;
 }
 
-/* ---- steps --------------------------------------------------------------------- */
+/* ---- steps and recording ------------------------------------------------------ */
+
+/* The step pattern, checked for every range (0 when TBPROF_NVTX_STEP is unset). */
+static int match_name(tb_nvtx_name n, int64_t *num)
+{
+    if (!pat.on)
+        return 0;
+    return n.a ? match(n.a, num) : match_w(n.w, num);
+}
+
+/* Recording while capturing (TBPROF_NVTX): one relaxed load when idle. */
+static inline uint64_t rec_begin(tb_nvtx_name n, int instant)
+{
+    if (!atomic_load_explicit(&tb_nvtx_recording, memory_order_relaxed))
+        return 0;
+    return tb_nvtx_rec_begin(n, instant);
+}
 
 static _Atomic uint64_t next_range_id = 1;
 static _Atomic uint64_t step_range_id;   /* the start/end range that began the open step */
 static _Atomic int64_t step_range_num = -1;
-static __thread int core_depth, core_step_at;
-static __thread int64_t core_step_num;
-static __thread int dom_depth, dom_step_at;
-static __thread int64_t dom_step_num;
+
+/* Push/pop ranges nest per thread; the core and domain APIs keep separate
+ * stacks (domain handles are not tracked: interleaving pushes of two domains
+ * can shift where a step ends, never what it counts). Each level remembers
+ * its recorded range (token) up to STACK_MAX deep. */
+#define STACK_MAX 64
+typedef struct nest {
+    int depth, step_at;
+    int64_t step_num;
+    uint64_t tok[STACK_MAX];
+} nest;
+static __thread nest core_nest, dom_nest;
 
 static int64_t begin(int m, int64_t num) { return tb_cudasteps_begin(TB_STEP_NVTX, m == 2, num); }
 
-static void mark(int m, int64_t num)
+static void mark(tb_nvtx_name n)
 {
+    int64_t num = 0;
+    int m = match_name(n, &num);
     if (m)
         begin(m, num);
+    rec_begin(n, 1);
 }
 
-static uint64_t range_start(int m, int64_t num)
+static uint64_t range_start(tb_nvtx_name n)
 {
-    uint64_t id = atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
+    int64_t num = 0;
+    int m = match_name(n, &num);
+    uint64_t tok = 0, id;
     if (m) {
-        int64_t n = begin(m, num);
-        atomic_store_explicit(&step_range_num, n, memory_order_relaxed);
+        int64_t k = begin(m, num);
+        tok = rec_begin(n, 0);
+        id = tok ? tok : atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
+        atomic_store_explicit(&step_range_num, k, memory_order_relaxed);
         atomic_store_explicit(&step_range_id, id, memory_order_relaxed);
+        return id;
     }
-    return id;
+    tok = rec_begin(n, 0);
+    /* a recorded range's id is its token (bit 63 set); others count up */
+    return tok ? tok : atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
 }
 
 static void range_end(uint64_t id)
 {
+    if (id & TB_NVTX_TOKEN_BIT)
+        tb_nvtx_rec_end(id);
     if (id && atomic_load_explicit(&step_range_id, memory_order_relaxed) == id) {
-        int64_t n = atomic_exchange_explicit(&step_range_num, -1, memory_order_relaxed);
+        int64_t k = atomic_exchange_explicit(&step_range_num, -1, memory_order_relaxed);
         atomic_store_explicit(&step_range_id, 0, memory_order_relaxed);
-        tb_cudasteps_end(n);
+        tb_cudasteps_end(k);
     }
 }
 
-static int core_push(int m, int64_t num)
+static int push(nest *st, tb_nvtx_name n)
 {
-    int level = core_depth++;
+    int64_t num = 0;
+    int m = match_name(n, &num);
+    int level = st->depth++;
     if (m) {
-        core_step_num = begin(m, num);
-        core_step_at = core_depth;
+        st->step_num = begin(m, num);
+        st->step_at = st->depth;
     }
+    if (level < STACK_MAX)
+        st->tok[level] = rec_begin(n, 0); /* after begin(): a step's own range is in its capture */
     return level;
 }
 
-static int core_pop(void)
+static int pop(nest *st)
 {
-    if (core_depth <= 0)
+    if (st->depth <= 0)
         return -1; /* NVTX: pop without push */
-    if (core_depth == core_step_at) {
-        core_step_at = 0;
-        tb_cudasteps_end(core_step_num);
+    int level = st->depth - 1;
+    if (level < STACK_MAX && st->tok[level]) {
+        tb_nvtx_rec_end(st->tok[level]);
+        st->tok[level] = 0;
     }
-    return --core_depth;
+    if (st->depth == st->step_at) {
+        st->step_at = 0;
+        tb_cudasteps_end(st->step_num);
+    }
+    return --st->depth;
 }
 
 /* ---- handlers ---------------------------------------------------------------------- */
 
-static void h_MarkEx(const nvtx_attr *a)
-{
-    int64_t n = 0;
-    int m = match_attr(a, &n);
-    mark(m, n);
-}
-static void h_MarkA(const char *s)
-{
-    int64_t n = 0;
-    int m = match(s, &n);
-    mark(m, n);
-}
-static void h_MarkW(const wchar_t *s)
-{
-    int64_t n = 0;
-    int m = match_w(s, &n);
-    mark(m, n);
-}
-static uint64_t h_RangeStartEx(const nvtx_attr *a)
-{
-    int64_t n = 0;
-    int m = match_attr(a, &n);
-    return range_start(m, n);
-}
-static uint64_t h_RangeStartA(const char *s)
-{
-    int64_t n = 0;
-    int m = match(s, &n);
-    return range_start(m, n);
-}
-static uint64_t h_RangeStartW(const wchar_t *s)
-{
-    int64_t n = 0;
-    int m = match_w(s, &n);
-    return range_start(m, n);
-}
-static void h_RangeEnd(uint64_t id) { range_end(id); }
-static int h_RangePushEx(const nvtx_attr *a)
-{
-    int64_t n = 0;
-    int m = match_attr(a, &n);
-    return core_push(m, n);
-}
-static int h_RangePushA(const char *s)
-{
-    int64_t n = 0;
-    int m = match(s, &n);
-    return core_push(m, n);
-}
-static int h_RangePushW(const wchar_t *s)
-{
-    int64_t n = 0;
-    int m = match_w(s, &n);
-    return core_push(m, n);
-}
-static int h_RangePop(void) { return core_pop(); }
+static tb_nvtx_name A(const char *s) { return (tb_nvtx_name){s, NULL}; }
+static tb_nvtx_name W(const wchar_t *w) { return (tb_nvtx_name){NULL, w}; }
 
-/* Domains: one depth per thread for all domains together (domain handles
- * are not tracked; interleaving pushes of two domains can shift where a
- * step ends, never what it counts). */
+static void h_MarkEx(const nvtx_attr *a) { mark(attr_name(a)); }
+static void h_MarkA(const char *s) { mark(A(s)); }
+static void h_MarkW(const wchar_t *s) { mark(W(s)); }
+static uint64_t h_RangeStartEx(const nvtx_attr *a) { return range_start(attr_name(a)); }
+static uint64_t h_RangeStartA(const char *s) { return range_start(A(s)); }
+static uint64_t h_RangeStartW(const wchar_t *s) { return range_start(W(s)); }
+static void h_RangeEnd(uint64_t id) { range_end(id); }
+static int h_RangePushEx(const nvtx_attr *a) { return push(&core_nest, attr_name(a)); }
+static int h_RangePushA(const char *s) { return push(&core_nest, A(s)); }
+static int h_RangePushW(const wchar_t *s) { return push(&core_nest, W(s)); }
+static int h_RangePop(void) { return pop(&core_nest); }
+
 static void h_DomainMarkEx(const void *dom, const nvtx_attr *a)
 {
     (void)dom;
-    h_MarkEx(a);
+    mark(attr_name(a));
 }
 static uint64_t h_DomainRangeStartEx(const void *dom, const nvtx_attr *a)
 {
     (void)dom;
-    return h_RangeStartEx(a);
+    return range_start(attr_name(a));
 }
 static void h_DomainRangeEnd(const void *dom, uint64_t id)
 {
@@ -382,25 +386,12 @@ static void h_DomainRangeEnd(const void *dom, uint64_t id)
 static int h_DomainRangePushEx(const void *dom, const nvtx_attr *a)
 {
     (void)dom;
-    int64_t n = 0;
-    int m = match_attr(a, &n);
-    int level = dom_depth++;
-    if (m) {
-        dom_step_num = begin(m, n);
-        dom_step_at = dom_depth;
-    }
-    return level;
+    return push(&dom_nest, attr_name(a));
 }
 static int h_DomainRangePop(const void *dom)
 {
     (void)dom;
-    if (dom_depth <= 0)
-        return -1;
-    if (dom_depth == dom_step_at) {
-        dom_step_at = 0;
-        tb_cudasteps_end(dom_step_num);
-    }
-    return --dom_depth;
+    return pop(&dom_nest);
 }
 static const void *h_DomainRegisterStringA(const void *dom, const char *s)
 {
@@ -413,10 +404,7 @@ static const void *h_DomainRegisterStringW(const void *dom, const wchar_t *w)
     if (!w)
         return NULL;
     char buf[4096];
-    size_t i = 0;
-    for (; w[i] && i + 1 < sizeof(buf); i++)
-        buf[i] = (w[i] > 0 && w[i] < 128) ? (char)w[i] : '?';
-    return register_string(buf, i);
+    return register_string(buf, tb_wide_to_utf8(w, buf, sizeof(buf)));
 }
 
 /* ---- injection entry ---------------------------------------------------------------- */
@@ -454,7 +442,7 @@ static atomic_uint ninstances;
  * (0 makes that NVTX instance a no-op and unload its handle on us). */
 TBPROF_API int InitializeInjectionNvtx2(nvtx_get_export_table get)
 {
-    if (!pat.on || !get)
+    if (!inj_on || !get)
         return 0;
     const nvtx_etbl_callbacks *cb = get(NVTX_ETID_CALLBACKS);
     if (!cb || cb->struct_size < sizeof(*cb) || !cb->GetModuleFunctionTable) {
@@ -491,46 +479,73 @@ TBPROF_API int InitializeInjectionNvtx2(nvtx_get_export_table get)
 
 /* ---- set-up (preload constructor) --------------------------------------------------- */
 
-void tb_nvtx_init(const tb_config *c)
+/* Compile TBPROF_NVTX_STEP into pat; 0 when it is unset or bad. */
+static int compile_pattern(const char *p)
 {
-    const char *p = c->nvtx_step;
-    if (!p[0])
-        return;
     size_t len = strlen(p);
+    if (!len)
+        return 0;
     if (p[0] == '/') { /* config.c checked that it compiles */
         char re[TB_CONFIG_STR];
         if (len < 3 || len - 2 >= sizeof(re))
-            return;
+            return 0;
         memcpy(re, p + 1, len - 2);
         re[len - 2] = '\0';
         if (regcomp(&pat.re, re, REG_EXTENDED)) {
             tb_warn("TBPROF_NVTX_STEP: regex does not compile; NVTX steps off");
-            return;
+            return 0;
         }
         pat.regex = 1;
     } else {
         memcpy(pat.prefix, p, len + 1);
         pat.prefix_len = len;
     }
+    return 1;
+}
+
+void tb_nvtx_init(const tb_config *c)
+{
+    int steps = compile_pattern(c->nvtx_step);
+    if (!steps && !c->nvtx)
+        return;
+    /* who wants the injection, for the messages */
+    const char *who = steps ? "TBPROF_NVTX_STEP" : "TBPROF_NVTX";
     Dl_info di;
     char self[PATH_MAX];
     if (!dladdr((void *)tb_nvtx_init, &di) || !di.dli_fname || !realpath(di.dli_fname, self)) {
-        tb_warn("TBPROF_NVTX_STEP: cannot find libtbprof.so's own path; NVTX steps off");
+        tb_warn("%s: cannot find libtbprof.so's own path; NVTX steps and ranges off", who);
         return;
     }
     const char *cur = getenv("NVTX_INJECTION64_PATH");
     if (cur && cur[0]) {
         char real[PATH_MAX];
         if (!realpath(cur, real) || strcmp(real, self)) {
-            tb_warn("TBPROF_NVTX_STEP: NVTX_INJECTION64_PATH is already set to '%.200s' (nsys, CUPTI or "
-                    "another tool); left as is, NVTX steps off",
-                    cur);
+            /* nsys, or CUPTI (which then records the ranges as markers), or
+             * another tool: theirs. Only a step pattern is worth a warning. */
+            snprintf(nvtx_owner, sizeof(nvtx_owner), "%.200s", cur);
+            if (steps)
+                tb_warn("TBPROF_NVTX_STEP: NVTX_INJECTION64_PATH is already set to '%.200s' (nsys, CUPTI or "
+                        "another tool); left as is, NVTX steps off",
+                        cur);
+            else
+                tb_debug("NVTX_INJECTION64_PATH is '%.200s': NVTX ranges go to that tool, not tbprof", cur);
             return;
         }
     } else if (setenv("NVTX_INJECTION64_PATH", self, 0)) {
-        tb_warn("TBPROF_NVTX_STEP: cannot set NVTX_INJECTION64_PATH; NVTX steps off");
+        tb_warn("%s: cannot set NVTX_INJECTION64_PATH; NVTX steps and ranges off", who);
         return;
     }
-    pat.on = 1;
-    tb_debug("NVTX steps: ranges matching '%s' (NVTX_INJECTION64_PATH=%s)", p, self);
+    pat.on = steps;
+    inj_on = 1;
+    nvtx_recording_wanted = c->nvtx;
+    if (steps)
+        tb_debug("NVTX steps: ranges matching '%s' (NVTX_INJECTION64_PATH=%s)", c->nvtx_step, self);
+}
+
+int tb_nvtx_recording_available(const char **owner)
+{
+    if (nvtx_recording_wanted)
+        return 1;
+    *owner = nvtx_owner[0] ? nvtx_owner : NULL;
+    return 0;
 }

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/auxv.h>
 
@@ -16,6 +17,7 @@
 #include "config.h"
 #include "cudasteps.h"
 #include "log.h"
+#include "nvtx_record.h"
 #include "sampler.h"
 #include "tbprof/tbprof.h"
 #include "thread_hook.h"
@@ -46,6 +48,16 @@ static void init(void)
     }
     tb_config_set_global(&c);
     tb_cudasteps_init(&c); /* cudaProfilerStart/Stop and NVTX step sources */
+    const char *nvtx_owner = NULL;
+    if (tb_nvtx_recording_available(&nvtx_owner)) {
+        tb_agent_add_source("nvtx", tb_nvtx_source(), 1, NULL);
+    } else if (c.nvtx && nvtx_owner && !strstr(nvtx_owner, "cupti")) {
+        /* nsys or another tool gets the ranges (with libcupti there, CUPTI
+         * records them as markers: nothing to say) */
+        static char why[300];
+        snprintf(why, sizeof(why), "NVTX_INJECTION64_PATH is %.200s (that tool gets the ranges)", nvtx_owner);
+        tb_agent_add_source("nvtx", tb_nvtx_source(), 0, why);
+    }
 #ifdef TBPROF_WITH_CUPTI
     tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "off (TBPROF_GPU=off)");
 #else

@@ -40,7 +40,7 @@ def have_nvtx_headers():
 
 
 @unittest.skipUnless(have_nvtx_headers(), "nvtx_steps was built without the NVTX v3 headers (no CUDA toolkit)")
-class NvtxSteps(tbtest.TestCase):
+class NvtxBase(tbtest.TestCase):
     def run_prog(self, args, logdir=None, extra_env=None, **tb):
         e = tbtest.env(logdir or self.logdir, **tb)
         e.pop("NVTX_INJECTION64_PATH", None)
@@ -80,6 +80,10 @@ class NvtxSteps(tbtest.TestCase):
             self.assertGreaterEqual(ev.start_ns, steps[0][1].start_ns)
             self.assertLessEqual(ev.end_ns, cap_end)
 
+
+
+@unittest.skipUnless(have_nvtx_headers(), "nvtx_steps was built without the NVTX v3 headers (no CUDA toolkit)")
+class NvtxSteps(NvtxBase):
     def test_each_range_api(self):
         for kind in ("push", "pushw", "pushex", "start", "domain", "mark"):
             with self.subTest(kind=kind):
@@ -120,8 +124,8 @@ class NvtxSteps(tbtest.TestCase):
         ranges, _ = parse(out)  # counted from 0: range i is step i
         self.check_steps(self.one_profile(), 1, 2, ranges, pid, 2)
 
-    def test_unset_means_no_injection(self):
-        pid, out, err = self.run_prog(["-n", "6", "-m", "1"], steps="1,2")
+    def test_off_and_unset_means_no_injection(self):
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1"], steps="1,2", nvtx="off")
         _, info = parse(out)
         self.assertEqual(info["nvtx_path"], "")
         self.assertEqual(info["level"], "-2", "NVTX with no tool attached")
@@ -141,7 +145,8 @@ class NvtxSteps(tbtest.TestCase):
     def test_bad_regex_warns_once(self):
         pid, out, err = self.run_prog(["-n", "4", "-m", "1"], steps="1,2", nvtx_step="/([a-/")
         self.assertOneWarning(err, "TBPROF_NVTX_STEP")
-        self.assertEqual(parse(out)[1]["nvtx_path"], "")
+        # NVTX steps off; the injection stays for recording ranges (TBPROF_NVTX)
+        self.assertTrue(parse(out)[1]["nvtx_path"].endswith("libtbprof.so"))
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
     def test_non_matching_names_are_not_steps(self):
@@ -150,6 +155,102 @@ class NvtxSteps(tbtest.TestCase):
         self.assertEqual(info["level"], "0", "attached")
         self.assertEqual(tbtest.xplanes(self.logdir), [])
         self.assertFalse(os.path.exists(self.logdir))
+
+
+@unittest.skipUnless(have_nvtx_headers(), "nvtx_steps was built without the NVTX v3 headers (no CUDA toolkit)")
+class NvtxRanges(NvtxBase):
+    """TBPROF_NVTX (default on): the program's NVTX ranges and marks are on its
+    thread's /host:CPU line, recorded by tbprof's own NVTX injection."""
+
+    def nvtx_events(self, prof, pid):
+        line = prof.host.line(pid)
+        return [e for e in line.events if e.name != "train"] if line else []
+
+    def check_step_contents(self, prof, pid, steps, ms, names=None):
+        evs = self.nvtx_events(prof, pid)
+        names = names or ["step %d" % k for k in steps]
+        tops = [e for e in evs if e.name in names]
+        self.assertEqual(sorted(e.name for e in tops), sorted(names), [e.name for e in evs][:20])
+        for name in ("fwd", "bwd", "loss"):
+            got = [e for e in evs if e.name == name]
+            self.assertEqual(len(got), len(steps), "%s: %d, expected one per captured step" % (name, len(got)))
+            for e in got:  # nested in one of the step ranges
+                self.assertTrue(any(t.start_ns <= e.start_ns and e.end_ns <= t.end_ns for t in tops),
+                                "%s at %d is in no step range" % (name, e.start_ns))
+                if name == "loss":
+                    self.assertEqual(e.dur_ns, 0, "a mark is an instant")
+                else:
+                    self.assertGreaterEqual(e.dur_ns, ms / 2 * 1e6 * 0.9)
+        for t in tops:
+            self.assertGreaterEqual(t.dur_ns, ms * 1e6 * 0.9)
+        return evs
+
+    def test_ranges_and_marks_in_a_step_window(self):
+        pid, out, err = self.run_prog(["-n", "10", "-m", "3"], steps="3,6", nvtx_step="step")
+        prof = self.one_profile()
+        self.check_step_contents(prof, pid, range(3, 7), 3)
+        self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_recorded_without_a_step_pattern(self):
+        # steps from the API are not there: a time window instead
+        pid, out, err = self.run_prog(["-n", "40", "-m", "4", "-g", "1"], delay="0.05", duration="0.1")
+        _, info = parse(out)
+        self.assertTrue(info["nvtx_path"].endswith("libtbprof.so"), info)
+        prof = self.one_profile()
+        evs = self.nvtx_events(prof, pid)
+        fwd = [e for e in evs if e.name == "fwd"]
+        self.assertGreaterEqual(len(fwd), 5, [e.name for e in evs])
+        steps = [e for e in evs if e.name.startswith("step ")]
+        self.assertGreaterEqual(len(steps), 5)
+        # ranges open when the capture began are not there; those open at its end are cut there
+        cap_end = prof.host.stats["tbprof_capture_end_ns"]
+        self.assertTrue(all(e.end_ns <= cap_end for e in evs))
+
+    def test_wide_registered_and_start_end_names(self):
+        for kind in ("pushw", "domain", "start", "pushex"):
+            with self.subTest(kind=kind):
+                logdir = os.path.join(self.tmp, kind)
+                pid, out, err = self.run_prog(["-n", "8", "-m", "2", "-k", kind], logdir=logdir, steps="2,4",
+                                              nvtx_step="step")
+                self.check_step_contents(self.one_profile(logdir), pid, range(2, 5), 2)
+
+    def test_utf8_names(self):
+        pid, out, err = self.run_prog(["-n", "8", "-m", "2", "-k", "pushw", "-p", "\u00e9tape"], steps="2,3",
+                                      nvtx_step="\u00e9tape")
+        self.check_step_contents(self.one_profile(), pid, range(2, 4), 2,
+                                 names=["\u00e9tape %d" % k for k in range(2, 4)])
+
+    def test_off(self):
+        pid, out, err = self.run_prog(["-n", "10", "-m", "2"], steps="3,4", nvtx_step="step", nvtx="off")
+        prof = self.one_profile()
+        self.assertEqual(sorted(e.name for e in self.nvtx_events(prof, pid)), [])
+        self.assertNotIn("tbprof_nvtx_dropped", prof.host.stats)
+
+    def test_another_tool_owns_nvtx(self):
+        other = os.path.join(self.tmp, "libother_nvtx_tool.so")
+        pid, out, err = self.run_prog(["-n", "10", "-m", "2", "-g", "1"], delay="0.02", duration="0.05",
+                                      extra_env={"NVTX_INJECTION64_PATH": other})
+        self.assertEqual(parse(out)[1]["nvtx_path"], other)
+        self.assertEqual(tbtest.tbprof_warnings(err), [], "no warning without a step pattern")
+        prof = self.one_profile()
+        self.assertEqual(self.nvtx_events(prof, pid), [])
+        self.assertIn(other, prof.host.stats.get("tbprof_nvtx_off_reason", ""))
+        self.assertTrue(any("nvtx ranges off" in w and other in w for w in prof.warnings), prof.warnings)
+
+    def test_full_buffer_drops_and_says_so(self):
+        # TBPROF_BUFFER_MB=1: 64 KiB for NVTX, 1024 range records
+        pid, out, err = self.run_prog(["-n", "6", "-m", "1", "-r", "3000"], steps="2,3", nvtx_step="step",
+                                      buffer_mb="1")
+        prof = self.one_profile()
+        evs = self.nvtx_events(prof, pid)
+        dropped = prof.host.stats.get("tbprof_nvtx_dropped", 0)
+        self.assertGreater(dropped, 0)
+        self.assertLessEqual(len(evs), 1024)
+        # every range the two steps made is either there or counted
+        self.assertGreaterEqual(len(evs) + dropped, 2 * (3000 + 4))
+        self.assertTrue(any("NVTX" in w and "dropped" in w for w in prof.warnings), prof.warnings)
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(err) if "NVTX" in l]), 1, err)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
  * tests/e2e/test_agent_nvtx.py. Built against the NVTX v3 headers
  * (header-only: the first NVTX call dlopen()s NVTX_INJECTION64_PATH itself).
  *
- *   nvtx_steps [-n steps] [-m ms] [-g gap_ms] [-k kind] [-p prefix] [-u] [-o off] [-b N]
+ *   nvtx_steps [-n steps] [-m ms] [-g gap_ms] [-k kind] [-p prefix] [-u] [-o off] [-b N] [-r N]
  *
  *   -k   push (nvtxRangePushA, default) | pushw (nvtxRangePushW) |
  *        pushex (nvtxRangePushEx) | start (nvtxRangeStartA/End) |
@@ -10,6 +10,7 @@
  *   -p   range name prefix (default "step"): step i is named "<prefix> <i>"
  *   -u   unnumbered: every step range is named just "<prefix>"
  *   -o   number the names from this offset ("<prefix> <i + offset>")
+ *   -r   N more ranges "tiny" (push/pop, nothing inside) in each step
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one; prints "bench miss_ns=X match_ns=Y"
  * Each step: inner ranges "fwd"/"bwd" that never match, ~ms of work inside
@@ -41,6 +42,7 @@ int main(void)
 }
 #else
 #include <nvtx3/nvToolsExt.h>
+#include <locale.h>
 #include <wchar.h>
 
 
@@ -60,11 +62,11 @@ static nvtxEventAttributes_t attr_ascii(const char *s)
 int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
-    long bench = 0;
+    long bench = 0, tiny = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -74,11 +76,13 @@ int main(int argc, char **argv)
         case 'u': unnumbered = 1; break;
         case 'o': offset = atoi(optarg); break;
         case 'b': bench = atol(optarg); break;
+        case 'r': tiny = atol(optarg); break;
         default:
-            fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N]\n");
+            fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N] [-r N]\n");
             return 2;
         }
     }
+    setlocale(LC_CTYPE, "C.UTF-8"); /* -k pushw: UTF-8 prefixes to wide names */
     const char *env = getenv("NVTX_INJECTION64_PATH");
     printf("nvtx_path=%s\n", env ? env : "");
     if (bench > 0) {
@@ -144,6 +148,10 @@ int main(int argc, char **argv)
         nvtxRangePushA("fwd");
         work(ms / 2);
         nvtxRangePop();
+        for (long r = 0; r < tiny; r++) {
+            nvtxRangePushA("tiny");
+            nvtxRangePop();
+        }
         nvtxRangePushA("bwd");
         nvtxMarkA("loss");
         work(ms / 2);

@@ -1,0 +1,48 @@
+/* nvtx_record.h - NVTX ranges and marks recorded by tbprof itself while
+ * capturing (TBPROF_NVTX=on), for jobs whose NVTX calls reach our injection
+ * (preload/nvtx_inject.c) rather than CUPTI's.
+ *
+ * The NVTX handlers run on the job's threads: begin() copies the name into a
+ * bounded arena and stamps the start; end() stamps the end. Neither blocks,
+ * allocates or does I/O; when the capture's share of TBPROF_BUFFER_MB is full
+ * the range is counted as dropped. The "nvtx" source's collect() puts the
+ * ranges on their thread's /host:CPU line (category user annotation), the
+ * same place CUPTI's marker records go.
+ *
+ * Ranges opened before the capture started are not recorded; ranges still
+ * open when it stops end at the stop.
+ */
+#ifndef TBPROF_PRELOAD_NVTX_RECORD_H
+#define TBPROF_PRELOAD_NVTX_RECORD_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <wchar.h>
+
+#include "source.h"
+
+/* A range's name as NVTX passed it: ascii (or UTF-8) or wide. */
+typedef struct tb_nvtx_name {
+    const char *a;
+    const wchar_t *w;
+} tb_nvtx_name;
+
+/* Nonzero while a capture records NVTX (one relaxed load on the idle path). */
+extern atomic_int tb_nvtx_recording;
+
+/* Open a range (instant: a mark, closed at once). Returns a token for
+ * tb_nvtx_rec_end(), with bit 63 set; 0 when nothing was recorded. */
+uint64_t tb_nvtx_rec_begin(tb_nvtx_name n, int instant);
+/* Close the range `token` (0 and tokens of an earlier capture are ignored). */
+void tb_nvtx_rec_end(uint64_t token);
+
+#define TB_NVTX_TOKEN_BIT ((uint64_t)1 << 63)
+
+/* The "nvtx" source (start/stop/collect of the recording). */
+tb_source *tb_nvtx_source(void);
+
+/* UTF-8 of a wide string into out[cap] (NUL-terminated, cut at a character
+ * boundary); returns the bytes written before the NUL. */
+size_t tb_wide_to_utf8(const wchar_t *w, char *out, size_t cap);
+
+#endif
