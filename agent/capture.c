@@ -53,6 +53,8 @@ struct cap {
     int64_t deadline;    /* mono ns: stop then (0: none) */
     int win;             /* env window index, or -1 */
     int64_t cpu0;        /* agent thread CPU time at arm */
+    int64_t start_wait;  /* ns the window's first boundary waited for the sources */
+    int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
 };
 
 struct step_rec {
@@ -512,6 +514,17 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         if (ignored)
             tb_plane_stat_u64(hp, TB_ST_STEPS_IGNORED, ignored);
         tb_plane_stat_i64(hp, TB_ST_OVERHEAD_NS, overhead_ns);
+        if (c->start_wait > 0)
+            tb_plane_stat_i64(hp, TB_ST_START_WAIT_NS, c->start_wait);
+    }
+    if (c->late_ns > 0) {
+        char w[240];
+        snprintf(w, sizeof(w),
+                 "the sources were still starting %.1f ms into the capture (longer than the step before it "
+                 "and TBPROF_START_WAIT_MS=%lld): its first step is incomplete",
+                 c->late_ns / 1e6, (long long)g.cfg.start_wait_ms);
+        tb_space_add_warning(sp, w);
+        tb_warn("%s", w);
     }
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
@@ -673,6 +686,41 @@ static int request_stop(int64_t t)
 
 static int ensure_thread(void);
 
+/* Called by the thread whose boundary began the window's first step (t),
+ * with the sources not started: wait for them up to TBPROF_START_WAIT_MS,
+ * then move the window's begin and that boundary to now. No I/O. */
+static void wait_for_sources(int64_t n, int64_t t, size_t rec)
+{
+    int64_t limit = g.cfg.start_wait_ms * 1000000;
+    pthread_mutex_lock(&g.lock);
+    int64_t deadline = t + limit;
+    while (!g.sources_started && g.state == TB_STATE_CAPTURING && !g.stop_req && g.cur.first == n) {
+        int64_t now = tb_mono_ns();
+        if (now >= deadline)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = (int64_t)ts.tv_nsec + (deadline - now);
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    /* move the window only when no other thread marked a boundary meanwhile
+     * (steps from several threads: theirs are in the window already) */
+    if (g.state == TB_STATE_CAPTURING && g.cur.first == n && g.cur.begin == t && g.nrec == rec + 1) {
+        if (g.sources_started) {
+            int64_t t2 = tb_mono_ns();
+            g.cur.start_wait = t2 - t;
+            g.cur.begin = t2;
+            g.cur.late_ns = 0;
+            if (rec < g.nrec && recs[rec].step == n && recs[rec].t == t)
+                recs[rec].t = t2;
+        } /* else the agent measures how late they were when they are up */
+    }
+    pthread_mutex_unlock(&g.lock);
+}
+
 static void step_slow(int64_t n)
 {
     int64_t t = tb_mono_ns();
@@ -706,13 +754,24 @@ static void step_slow(int64_t n)
             poke = 1;
         }
     }
+    /* the window's first step begins with the sources still starting
+     * (step first-1 was shorter than their start-up, e.g. CUPTI's first
+     * load): this boundary waits for them, bounded, so the window holds
+     * whole steps (what nsys does at cudaProfilerStart, and torch.profiler
+     * at its warm-up step) */
+    size_t wait_rec = SIZE_MAX;
+    if (g.state == TB_STATE_CAPTURING && g.cur.kind == CAP_ENV_STEPS && n == g.cur.first && !g.sources_started &&
+        !g.stop_req && g.nrec > 0 && recs[g.nrec - 1].step == n)
+        wait_rec = g.nrec - 1;
     update_slow_from();
-    int need_thread = poke && !g.thread_running;
+    int need_thread = (poke || wait_rec != SIZE_MAX) && !g.thread_running;
     pthread_mutex_unlock(&g.lock);
     if (need_thread)
         ensure_thread();
-    else if (poke)
+    else if (poke || wait_rec != SIZE_MAX)
         wake();
+    if (wait_rec != SIZE_MAX)
+        wait_for_sources(n, t, wait_rec);
 }
 
 const char *tb_step_source_name(int src)
@@ -818,6 +877,8 @@ static void machine(void)
         g.sources_starting = 0;
         g.sources_started = 1;
         now = tb_mono_ns();
+        if (g.state == TB_STATE_CAPTURING && g.cur.kind != CAP_TIME && now > g.cur.begin)
+            g.cur.late_ns = now - g.cur.begin; /* the window began before the sources were on */
         if (g.cur.kind == CAP_TIME && g.state == TB_STATE_ARMED && !g.stop_req) {
             begin_capturing(now);
             if (g.cur.dur_ns > 0)

@@ -211,6 +211,36 @@ class GpuFake(tbtest.TestCase):
         self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
 
+    def slow_start(self, **kw):
+        # CUPTI's first start takes 300 ms; steps are 5 ms: the sources are
+        # still starting when step 3 (the window's first) begins
+        p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "5"],
+                       env=self.env(steps="3,5", TBFAKE_CUPTI_SUBSCRIBE_MS="300", **kw))
+        self.assertExitedOk(p)
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5])
+        self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats, "GPU tracing started")
+        return p, prof
+
+    def test_window_waits_for_slow_sources(self):
+        p, prof = self.slow_start()
+        waited = prof.host.stats.get("tbprof_start_wait_ns", 0)
+        self.assertGreater(waited, 150e6, "step 3 began before CUPTI was on")
+        self.assertLess(waited, 2000e6)
+        # the wait is before step 3, not in it: whole 5 ms steps
+        for n, ev, _ in prof.steps():
+            self.assertLess(ev.dur_ns, 100e6, "step %d holds the wait" % n)
+        self.assertEqual(prof.host.stats["tbprof_capture_begin_ns"], prof.steps()[0][1].start_ns)
+        self.assertFalse([w for w in prof.warnings if "still starting" in w], prof.warnings)
+
+    def test_no_wait_says_the_first_step_is_incomplete(self):
+        p, prof = self.slow_start(start_wait_ms="0")
+        self.assertNotIn("tbprof_start_wait_ns", prof.host.stats)
+        self.assertTrue([w for w in prof.warnings if "still starting" in w], prof.warnings)
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "still starting" in l]), 1, p.stderr)
+
 
 if __name__ == "__main__":
     tbtest.main()

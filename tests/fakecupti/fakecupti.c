@@ -25,6 +25,7 @@
  * Knobs (environment):
  *   TBFAKE_CUPTI_SUBSCRIBER=1     cuptiSubscribe: another subscriber holds CUPTI
  *   TBFAKE_CUPTI_FAIL_SUBSCRIBE=N cuptiSubscribe returns CUptiResult N
+ *   TBFAKE_CUPTI_SUBSCRIBE_MS=N   cuptiSubscribe takes N ms (a slow first CUPTI start)
  *   TBFAKE_CUPTI_FAIL_ENABLE=N    cuptiActivityEnable(CONCURRENT_KERNEL) returns N
  *   TBFAKE_CUPTI_DROPPED=N        CUPTI reports N extra dropped records
  *   TBFAKE_CUPTI_REPEAT=N         replay the script N times (times shifted, corr ids offset)
@@ -492,7 +493,9 @@ API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb,
 {
     (void)cb;
     (void)ud;
-    long fail = envl("TBFAKE_CUPTI_FAIL_SUBSCRIBE", 0);
+    long fail = envl("TBFAKE_CUPTI_FAIL_SUBSCRIBE", 0), slow = envl("TBFAKE_CUPTI_SUBSCRIBE_MS", 0);
+    if (slow > 0)
+        usleep((useconds_t)slow * 1000);
     pthread_mutex_lock(&mu);
     CUptiResult r = CUPTI_SUCCESS;
     if (envl("TBFAKE_CUPTI_SUBSCRIBER", 0) || subscribed)
