@@ -19,9 +19,20 @@ cp "$build/bin/tbprof" "$out/bin/"
 cp "$build"/python/*_pb2.py "$out/python/"
 cp -r "$root/tools/python" "$out/share/tbprof/python"
 cp "$root"/tests/gpu/{run.sh,check.py,torch_loop.py} "$out/"
-# H100/H200 are sm_90; compute_90 PTX lets a newer GPU JIT it
-"$nvcc" -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-  -gencode arch=compute_90,code=compute_90 -o "$out/bin/cuda_steps" "$root/tests/gpu/cuda_steps.cu" -ldl
+# H100/H200 are sm_90; compute_90 PTX lets a newer GPU JIT it. The shared
+# cudart (not nvcc's static default), so cudaProfilerStart/Stop go through
+# the dynamic linker to tbprof's wrappers; this toolkit's libcudart travels
+# in cudart/ (found through the RUNPATH), and its libcupti in cupti/ for a
+# machine whose Python has none
+cuda_home=$(cd "$(dirname "$nvcc")/.." && pwd)
+mkdir -p "$out/cudart" "$out/cupti"
+"$nvcc" -O2 -cudart shared -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90 -Xlinker -rpath -Xlinker '$ORIGIN/../cudart' \
+  -o "$out/bin/cuda_steps" "$root/tests/gpu/cuda_steps.cu" -ldl
+cp -P "$cuda_home"/lib64/libcudart.so.* "$out/cudart/"
+for d in "$cuda_home/extras/CUPTI/lib64" "$cuda_home/lib64"; do
+  if ls "$d"/libcupti.so.* >/dev/null 2>&1; then cp -P "$d"/libcupti.so.* "$out/cupti/"; break; fi
+done
 # libraries beyond glibc (protobuf-c for the CLI, zlib, lzma, ...): the GPU
 # machine has no Debian packages; run.sh puts deps/ on LD_LIBRARY_PATH only
 # where something is missing there

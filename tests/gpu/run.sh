@@ -2,13 +2,17 @@
 # run.sh - tbprof's real-GPU checks (run on the GPU machine from the folder
 # tests/gpu/pack.sh made: bash .gpu/run.sh). Needs python3 with torch (CUDA),
 # jax and protobuf; no network, no Debian packages.
-#   1. cuda_steps under the preload, steps 3..6: exactly the launched kernels
-#      (names, counts, grid/block) and copies/memsets (counts, bytes)
+#   1. cuda_steps under the preload, steps 3..6 marked by cudaProfilerStart/
+#      Stop (1a) and by NVTX ranges (1b): exactly the launched kernels
+#      (names, counts, grid/block, the graph's kernel), copies, memsets,
+#      allocations, syncs and API calls, each GPU event with its host call
+#      and flow; 1b also the NVTX ranges
 #   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
 #      torch.profiler on the same steps: kernel names, counts, GPU time (5%)
-#   3. jax.profiler.ProfileData loads our .xplane.pb
+#   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
+#      converts it into its tools
 #   4. step time: no agent / agent idle / capturing / torch.profiler
-# Prints a table; exit status = number of failed checks.
+# Prints a table; exit status = number of failed checks (SKIP is not one).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export TBGPU=$here
@@ -29,11 +33,14 @@ for d in site.getsitepackages():
         print(p); raise SystemExit
 PY
 )
+# else the one pack.sh took from the toolkit it built with
+[ -z "$cupti" ] && cupti=$(ls "$here"/cupti/libcupti.so.* 2>/dev/null | head -1)
 [ -n "$cupti" ] && export TBPROF_CUPTI_PATH="$cupti"
 echo "work dir $work; libcupti: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
+$py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
 declare -a rows; fails=0
-row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); [ "$2" = PASS ] || fails=$((fails+1)); }
+row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP) ;; *) fails=$((fails+1)) ;; esac; }
 check() { # name, command...: records the RESULT line
   local name=$1; shift
   local out; out=$("$@" 2>&1); local rc=$?
@@ -42,20 +49,27 @@ check() { # name, command...: records the RESULT line
   else row "$name" FAIL "rc=$rc: $(tail -3 <<<"$out" | tr '\n' ' ')"; fi
 }
 
-# 1. CUDA program: steps 3..6 = 4 steps
-logs1=$work/cuda
-TBPROF_STEPS=3,6 TBPROF_LOGDIR=$logs1 TBPROF_CPU=off LD_PRELOAD=$here/lib/libtbprof.so \
-  "$here/bin/cuda_steps" 10 >"$work/cuda.out" 2>"$work/cuda.err"
-x1=$(find "$logs1" -name '*.xplane.pb' | head -1)
-if [ -n "$x1" ]; then check cuda_program $py "$here/check.py" cuda "$x1" "$work/cuda.out" 4
-else row cuda_program FAIL "no xplane.pb: $(tail -2 "$work/cuda.err" | tr '\n' ' ')"; fi
+# 1. CUDA program: steps 3..6 = 4 steps, from each CUDA step source
+x1=
+for mode in profiler nvtx; do
+  logs1=$work/cuda_$mode
+  extra=(); nv=
+  [ $mode = nvtx ] && { extra=(TBPROF_NVTX_STEP=step TBPROF_CUDA_STEPS=off); nv=3,6; }
+  env TBPROF_STEPS=3,6 TBPROF_LOGDIR="$logs1" TBPROF_CPU=off "${extra[@]}" LD_PRELOAD="$here/lib/libtbprof.so" \
+    "$here/bin/cuda_steps" $mode 10 >"$work/cuda_$mode.out" 2>"$work/cuda_$mode.err"
+  x=$(find "$logs1" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$x" ]; then
+    check "cuda_program ($mode)" $py "$here/check.py" cuda "$x" "$work/cuda_$mode.out" 4 $nv
+    x1=${x1:-$x}
+  else row "cuda_program ($mode)" FAIL "no xplane.pb: $(tail -2 "$work/cuda_$mode.err" | tr '\n' ' ')"; fi
+done
 
 # 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..14
 logs2=$work/torch
 "$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
   >"$work/torch.out" 2>"$work/torch.err"
 $py "$here/torch_loop.py" --steps 20 --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
-x2=$(find "$logs2" -name '*.xplane.pb' | head -1)
+x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
 if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
   check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
 else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null)"; fi
@@ -64,6 +78,9 @@ else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(
 if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"
 elif [ -n "$x1" ]; then check jax_profiledata $py "$here/check.py" jax "$x1"
 else row jax_profiledata FAIL "no xplane.pb to load"; fi
+
+# 3b. xprof's own converters (the TensorBoard plugin's code) on the CUDA profile
+if [ -n "$x1" ]; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
 
 # 4. step time (median of steps 10..29 of 40)
 med() { $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }

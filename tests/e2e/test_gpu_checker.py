@@ -1,0 +1,117 @@
+"""The real-GPU checker (tests/gpu/check.py) run here on what tbprof wrote
+through the fake libcupti, so the script the GPU machine runs is known to
+decode our output and to fail when the output does not match.
+
+The fake replays one step of cuda_steps-like work (kernels, one from a CUDA
+graph, copies, a memset, an allocation and free, a stream sync, the API
+calls that caused them); the expectations file is what cuda_steps prints.
+"""
+import os
+import subprocess
+import sys
+
+import tbtest
+
+FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+CHECK = os.path.join(tbtest.SRC, "tests", "gpu", "check.py")
+
+SCRIPT = """\
+device id=0 name=FakeGPU sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=85899345920 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=233472
+context ctx=1 dev=0
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=201 start=1000 end=1003
+memcpy kind=htod src=pinned dst=device bytes=1048576 async=1 start=1010 end=1100 stream=7 corr=201
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=202 start=1004 end=1006
+kernel name=scale_kernel start=1101 end=1120 stream=7 corr=202 grid=64,1,1 block=256,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=203 start=1007 end=1009
+kernel name=scale_kernel start=1121 end=1140 stream=7 corr=203 grid=64,1,1 block=256,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=204 start=1010 end=1012
+kernel name=add_kernel start=1141 end=1160 stream=7 corr=204 grid=32,2,1 block=128,2,1 regs=16
+runtime name=cudaGraphLaunch_v10000 cbid=311 tid=main corr=205 start=1013 end=1020
+kernel name=graph_kernel start=1161 end=1170 stream=7 corr=205 grid=16,1,1 block=64,1,1 regs=16 graph=4
+runtime name=cudaMemsetAsync_v3020 cbid=51 tid=main corr=206 start=1021 end=1023
+memset bytes=65536 mem=device async=1 start=1171 end=1175 stream=7 corr=206
+runtime name=cudaMalloc_v3020 cbid=20 tid=main corr=207 start=1024 end=1030
+malloc addr=0x7000 bytes=262144 mem=device dev=0 ctx=1 stream=7 corr=207 start=1028
+runtime name=cudaFree_v3020 cbid=22 tid=main corr=208 start=1031 end=1035
+free addr=0x7000 bytes=262144 mem=device dev=0 ctx=1 stream=7 corr=208 start=1033
+runtime name=cudaMemcpy_v3020 cbid=31 tid=main corr=209 start=1036 end=1200
+memcpy kind=dtoh src=device dst=pageable bytes=65536 async=0 start=1180 end=1190 stream=9 corr=209
+sync type=stream stream=7 corr=210 start=1201 end=1205
+"""
+
+EXPECT = """\
+per_step kernel scale_kernel 2 grid 64,1,1 block 256,1,1
+per_step kernel add_kernel 1 grid 32,2,1 block 128,2,1
+per_step graph_kernel graph_kernel 1 grid 16,1,1 block 64,1,1
+per_step memcpy MemcpyH2D 1 bytes 1048576
+per_step memcpy MemcpyD2H 1 bytes 65536
+per_step memset Memset 1 bytes 65536
+per_step memory MemoryAlloc 1 bytes 262144
+per_step memory MemoryFree 1 bytes 262144
+per_step sync Stream_Sync 1
+per_step api cudaLaunchKernel 3
+per_step api cudaGraphLaunch 1
+per_step api cudaMemcpyAsync 1
+per_step api cudaMemcpy 1
+per_step api cudaMemsetAsync 1
+"""
+
+
+class GpuChecker(tbtest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.prof_tmp = tbtest.tempfile.mkdtemp(prefix="tbprof_checker_")
+        script = os.path.join(cls.prof_tmp, "script.txt")
+        with open(script, "w") as f:
+            f.write(SCRIPT)
+        logdir = os.path.join(cls.prof_tmp, "logs")
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on")
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
+        # -G: the scripted work is launched in the first captured step
+        cls.run_out = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-a", "2,4"], env=e)
+        xs = tbtest.xplanes(logdir)
+        cls.xplane = xs[0] if len(xs) == 1 else None
+
+    @classmethod
+    def tearDownClass(cls):
+        tbtest.shutil.rmtree(cls.prof_tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def check(self, *args, expect=EXPECT):
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(expect)
+        env = dict(os.environ, TBGPU=tbtest.BUILD)
+        p = subprocess.run([sys.executable, CHECK, "cuda", self.xplane, ex] + list(args), env=env,
+                           capture_output=True, text=True, timeout=120)
+        res = [l for l in p.stdout.splitlines() if l.startswith("RESULT")]
+        self.assertEqual(len(res), 1, p.stdout + p.stderr)
+        return p.returncode, res[0]
+
+    def test_matching_output_passes(self):
+        rc, line = self.check("1")
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT cuda_program PASS", line)
+        self.assertIn("'graph_kernel': 1", line)
+
+    def test_wrong_counts_fail_and_say_what(self):
+        rc, line = self.check("2")  # two steps' worth expected, one captured
+        self.assertEqual(rc, 1, line)
+        self.assertIn("FAIL", line)
+        self.assertIn("scale_kernel: 2 launches, expected 4", line)
+
+    def test_wrong_grid_fails(self):
+        rc, line = self.check("1", expect=EXPECT.replace("grid 32,2,1", "grid 32,1,1"))
+        self.assertEqual(rc, 1, line)
+        self.assertIn("add_kernel: kernel_details", line)
+
+    def test_missing_nvtx_ranges_fail(self):
+        rc, line = self.check("1", "3,6")
+        self.assertEqual(rc, 1, line)
+        self.assertIn("NVTX ranges on the host", line)
+
+
+if __name__ == "__main__":
+    tbtest.main()
