@@ -477,6 +477,8 @@ TBPROF_API int InitializeInjectionNvtx2(nvtx_get_export_table get)
     return 1;
 }
 
+int tb_nvtx_attached(void) { return atomic_load(&ninstances) > 0; }
+
 /* ---- set-up (preload constructor) --------------------------------------------------- */
 
 /* Compile TBPROF_NVTX_STEP into pat; 0 when it is unset or bad. */

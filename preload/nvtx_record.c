@@ -1,6 +1,8 @@
 /* nvtx_record.c - NVTX ranges recorded while capturing (see nvtx_record.h).
  *
- * Memory: start() takes the capture's share of TBPROF_BUFFER_MB once, half
+ * Memory: start() takes the capture's share of TBPROF_BUFFER_MB once (none
+ * while the job has not initialized NVTX: its ranges start with the next
+ * capture after its first NVTX call), half
  * for fixed-size range records, half for their names (NUL-terminated, at
  * most NAME_MAX bytes each). Writers claim a record and name bytes with one
  * atomic add each; a record is published by its `ready` flag (release), and
@@ -185,21 +187,30 @@ static int src_start(void *ctx, const tb_capture_info *info, const char **why)
     (void)ctx;
     quiesce();
     release();
+    atomic_store(&R.nrec, 0);
+    atomic_store(&R.name_used, 0);
+    atomic_store(&R.dropped, 0);
+    R.stop_mono = 0;
+    if (!tb_nvtx_attached()) {
+        /* the job has made no NVTX call yet: nothing to record, no memory */
+        R.started = 1;
+        return 0;
+    }
     size_t budget = info->buffer_bytes < MIN_BUDGET ? MIN_BUDGET : info->buffer_bytes;
     R.cap = budget / 2 / sizeof(rec);
     R.name_cap = budget / 2;
-    R.recs = calloc(R.cap, sizeof(rec));
+    R.recs = malloc(R.cap * sizeof(rec));
     R.names = malloc(R.name_cap);
     if (!R.recs || !R.names) {
         release();
         *why = "out of memory for NVTX ranges";
         return -ENOMEM;
     }
-    atomic_store(&R.nrec, 0);
-    atomic_store(&R.name_used, 0);
-    atomic_store(&R.dropped, 0);
+    /* touch every page here, on the agent thread, not in the job's first
+     * ranges (a page fault per 128 records there) */
+    memset(R.recs, 0, R.cap * sizeof(rec));
+    memset(R.names, 0, R.name_cap);
     atomic_fetch_add(&R.gen, 1);
-    R.stop_mono = 0;
     R.started = 1;
     atomic_store(&tb_nvtx_recording, 1);
     return 0;

@@ -38,6 +38,10 @@ void tb_nvtx_rec_end(uint64_t token);
 
 #define TB_NVTX_TOKEN_BIT ((uint64_t)1 << 63)
 
+/* 1 once an NVTX instance in the process attached to our injection
+ * (nvtx_inject.c); captures before that take no memory for NVTX. */
+int tb_nvtx_attached(void);
+
 /* The "nvtx" source (start/stop/collect of the recording). */
 tb_source *tb_nvtx_source(void);
 

@@ -11,6 +11,8 @@
  *   -u   unnumbered: every step range is named just "<prefix>"
  *   -o   number the names from this offset ("<prefix> <i + offset>")
  *   -r   N more ranges "tiny" (push/pop, nothing inside) in each step
+ *   -c   with -b: time the loops inside a capture (tbprof_start(0) first, when
+ *        the preload is there; prints "capturing=1")
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one; prints "bench miss_ns=X match_ns=Y"
  * Each step: inner ranges "fwd"/"bwd" that never match, ~ms of work inside
@@ -42,6 +44,7 @@ int main(void)
 }
 #else
 #include <nvtx3/nvToolsExt.h>
+#include <dlfcn.h>
 #include <locale.h>
 #include <wchar.h>
 
@@ -63,10 +66,11 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
+    int in_capture = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:c")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -77,6 +81,7 @@ int main(int argc, char **argv)
         case 'o': offset = atoi(optarg); break;
         case 'b': bench = atol(optarg); break;
         case 'r': tiny = atol(optarg); break;
+        case 'c': in_capture = 1; break;
         default:
             fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N] [-r N]\n");
             return 2;
@@ -92,6 +97,9 @@ int main(int argc, char **argv)
             nvtxRangePushA("fwd");
             nvtxRangePop();
         }
+        int (*start)(int64_t) = (int (*)(int64_t))dlsym(RTLD_DEFAULT, "tbprof_start");
+        if (in_capture && start && start(0) == 0)
+            printf("capturing=1\n");
         int64_t t0 = now_ns(CLOCK_MONOTONIC);
         for (long i = 0; i < bench; i++) {
             nvtxRangePushA("fwd");
