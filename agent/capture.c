@@ -132,6 +132,17 @@ static void set_state(int s)
     pthread_cond_broadcast(&g.cond);
 }
 
+/* The CLOCK_REALTIME time `ns` from now (<= 0: now), for pthread_cond_timedwait. */
+static struct timespec realtime_in(int64_t ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t t = (int64_t)ts.tv_nsec + (ns > 0 ? ns : 0);
+    ts.tv_sec += t / 1000000000;
+    ts.tv_nsec = t % 1000000000;
+    return ts;
+}
+
 static void wake(void)
 {
     int fd = g.wake_fd[1];
@@ -687,37 +698,25 @@ static int request_stop(int64_t t)
 static int ensure_thread(void);
 
 /* Called by the thread whose boundary began the window's first step (t),
- * with the sources not started: wait for them up to TBPROF_START_WAIT_MS,
- * then move the window's begin and that boundary to now. No I/O. */
+ * with the sources not started: wait for them up to TBPROF_START_WAIT_MS
+ * from t, then move the window's begin and that boundary to now. No I/O. */
 static void wait_for_sources(int64_t n, int64_t t, size_t rec)
 {
-    int64_t limit = g.cfg.start_wait_ms * 1000000;
+    struct timespec until = realtime_in(g.cfg.start_wait_ms * 1000000 - (tb_mono_ns() - t));
     pthread_mutex_lock(&g.lock);
-    int64_t deadline = t + limit;
-    while (!g.sources_started && g.state == TB_STATE_CAPTURING && !g.stop_req && g.cur.first == n) {
-        int64_t now = tb_mono_ns();
-        if (now >= deadline)
+    while (!g.sources_started && g.state == TB_STATE_CAPTURING && !g.stop_req && g.cur.first == n)
+        if (pthread_cond_timedwait(&g.cond, &g.lock, &until) == ETIMEDOUT)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t ns = (int64_t)ts.tv_nsec + (deadline - now);
-        ts.tv_sec += ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
-            break;
-    }
     /* move the window only when no other thread marked a boundary meanwhile
      * (steps from several threads: theirs are in the window already) */
-    if (g.state == TB_STATE_CAPTURING && g.cur.first == n && g.cur.begin == t && g.nrec == rec + 1) {
-        if (g.sources_started) {
-            int64_t t2 = tb_mono_ns();
-            g.cur.start_wait = t2 - t;
-            g.cur.begin = t2;
-            g.cur.late_ns = 0;
-            if (rec < g.nrec && recs[rec].step == n && recs[rec].t == t)
-                recs[rec].t = t2;
-        } /* else the agent measures how late they were when they are up */
-    }
+    if (g.state == TB_STATE_CAPTURING && g.cur.first == n && g.cur.begin == t && g.nrec == rec + 1 &&
+        g.sources_started && recs[rec].step == n && recs[rec].t == t) {
+        int64_t t2 = tb_mono_ns();
+        g.cur.start_wait = t2 - t;
+        g.cur.begin = t2;
+        g.cur.late_ns = 0;
+        recs[rec].t = t2;
+    } /* else the agent measured how late the sources were when they came up */
     pthread_mutex_unlock(&g.lock);
 }
 
@@ -1202,9 +1201,7 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     if (ensure_thread() < 0)
         return -EAGAIN;
     /* deadline for both waits below: the caller is blocked at most ~1 s */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
+    struct timespec ts = realtime_in(1000000000);
     pthread_mutex_lock(&g.lock);
     /* tbprof_stop(); tbprof_start(): the previous capture may still be
      * stopping or collecting (no file I/O happens in these states). Let it
@@ -1350,14 +1347,7 @@ void tb_agent_exit(void)
     if (!busy)
         return;
     wake();
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += TERM_FLUSH_MS / 1000;
-    ts.tv_nsec += (TERM_FLUSH_MS % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = realtime_in((int64_t)TERM_FLUSH_MS * 1000000);
     pthread_mutex_lock(&g.lock);
     while (g.state != TB_STATE_IDLE || g.writing)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT) {
