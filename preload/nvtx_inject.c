@@ -296,18 +296,16 @@ static uint64_t range_start(tb_nvtx_name n)
 {
     int64_t num = 0;
     int m = match_name(n, &num);
-    uint64_t tok = 0, id;
+    int64_t k = m ? begin(m, num) : -1; /* before recording: a step's own range is in its capture */
+    /* a recorded range's id is its token (bit 63 set); others count up */
+    uint64_t id = rec_begin(n, 0);
+    if (!id)
+        id = atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
     if (m) {
-        int64_t k = begin(m, num);
-        tok = rec_begin(n, 0);
-        id = tok ? tok : atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
         atomic_store_explicit(&step_range_num, k, memory_order_relaxed);
         atomic_store_explicit(&step_range_id, id, memory_order_relaxed);
-        return id;
     }
-    tok = rec_begin(n, 0);
-    /* a recorded range's id is its token (bit 63 set); others count up */
-    return tok ? tok : atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
+    return id;
 }
 
 static void range_end(uint64_t id)

@@ -107,6 +107,10 @@ static size_t cut_utf8(const char *s, size_t max)
     return n;
 }
 
+/* A token: bit 63, 31 bits of the capture's generation, record index + 1. */
+static uint32_t gen_bits(void) { return atomic_load(&R.gen) & 0x7fffffffu; }
+static uint64_t token_of(size_t i) { return TB_NVTX_TOKEN_BIT | (uint64_t)gen_bits() << 32 | (uint64_t)(i + 1); }
+
 uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int instant)
 {
     uint64_t tok = 0;
@@ -144,7 +148,7 @@ uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int instant)
     r->tid = (int32_t)tb_gettid();
     atomic_store_explicit(&r->end, instant ? now : 0, memory_order_relaxed);
     atomic_store_explicit(&r->ready, 1, memory_order_release);
-    tok = TB_NVTX_TOKEN_BIT | (uint64_t)(atomic_load(&R.gen) & 0x7fffffffu) << 32 | (uint64_t)(i + 1);
+    tok = token_of(i);
 out:
     atomic_fetch_sub(&R.inflight, 1);
     return tok;
@@ -155,7 +159,7 @@ void tb_nvtx_rec_end(uint64_t token)
     if (!(token & TB_NVTX_TOKEN_BIT))
         return;
     atomic_fetch_add(&R.inflight, 1);
-    if (atomic_load(&tb_nvtx_recording) && ((token >> 32) & 0x7fffffffu) == (atomic_load(&R.gen) & 0x7fffffffu)) {
+    if (atomic_load(&tb_nvtx_recording) && ((token >> 32) & 0x7fffffffu) == gen_bits()) {
         size_t i = (size_t)(token & 0xffffffffu) - 1;
         if (i < R.cap)
             atomic_store_explicit(&R.recs[i].end, tb_mono_ns(), memory_order_release);
