@@ -301,6 +301,31 @@ int64_t tb_plane_event_meta(tb_plane *p, const char *name)
     return tb_plane_event_meta_n(p, name, strlen(name));
 }
 
+int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, size_t len, tb_category cat)
+{
+    int64_t m = tb_plane_event_meta_n(p, name, len);
+    if (m <= 0)
+        return m;
+    for (;;) {
+        tb_meta *e = &p->event_meta[m];
+        if (e->category == TB_CAT_NONE)
+            e->category = cat;
+        if (e->category == (uint32_t)cat)
+            return m;
+        if (!e->next_cat)
+            break;
+        m = e->next_cat;
+    }
+    /* a second metadata of the name, outside the name index (which keeps
+     * the first), chained to the last of the name's */
+    int64_t n = ev_make(p, name, len);
+    if (n < 0)
+        return n;
+    p->event_meta[n].category = cat;
+    p->event_meta[m].next_cat = (uint32_t)n;
+    return n;
+}
+
 int tb_plane_set_event_display_name(tb_plane *p, int64_t meta, const char *display)
 {
     if (meta <= 0 || (size_t)meta >= p->nevent_meta)

@@ -88,6 +88,7 @@ typedef struct tb_meta {
     char *name;
     char *display_name; /* may be NULL */
     uint32_t category;  /* tb_category */
+    uint32_t next_cat;  /* the metadata of this name in another category; 0: none */
 } tb_meta;
 
 typedef struct tb_plane {
@@ -137,7 +138,15 @@ tb_plane *tb_space_find_plane(const tb_space *s, const char *name);
 /* Intern an event name; returns its metadata id (>= 1) or -ENOMEM. */
 int64_t tb_plane_event_meta(tb_plane *p, const char *name);
 int64_t tb_plane_event_meta_n(tb_plane *p, const char *name, size_t len);
+/* The metadata of `name` in category `cat`: a name that two kinds of event
+ * share (a sampled function cudaLaunchKernel and the CUDA API call, an NVTX
+ * range and a Python function) gets one metadata per category, so each
+ * event keeps its own. A metadata without a category is claimed. Returns
+ * its id (>= 1) or -ENOMEM. */
+int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, size_t len, tb_category cat);
 int tb_plane_set_event_display_name(tb_plane *p, int64_t meta, const char *display);
+/* Set the category of one metadata (all events that use it): for names
+ * that only one kind of event uses; else tb_plane_event_meta_cat. */
 void tb_plane_set_event_category(tb_plane *p, int64_t meta, tb_category c);
 /* Intern a stat name or a string value; returns its stat-metadata id. */
 int64_t tb_plane_stat_meta(tb_plane *p, const char *name);

@@ -371,20 +371,21 @@ static int add_plane(tb_space *s, const XPlane *xp)
     for (size_t i = 0; i < xp->n_event_metadata; i++) {
         const Tensorflow__Profiler__XPlane__EventMetadataEntry *en = xp->event_metadata[i];
         const Tensorflow__Profiler__XEventMetadata *v = en->value;
-        int64_t id = tb_plane_event_meta(pm.p, (v && v->name) ? v->name : "");
-        if (id < 0 || idmap_put(&pm.ev, en->key, (uint32_t)id, &pm.nev) < 0)
-            goto out;
-        if (!v)
-            continue;
-        if (v->display_name && *v->display_name &&
-            tb_plane_set_event_display_name(pm.p, id, v->display_name) < 0)
-            goto out;
-        for (size_t k = 0; cat_id && k < v->n_stats; k++) {
+        tb_category cat = TB_CAT_NONE;
+        for (size_t k = 0; v && cat_id && k < v->n_stats; k++) {
             const XStat *st = v->stats[k];
             if (idmap_get(&pm.st, st->metadata_id) == (uint32_t)cat_id &&
                 st->value_case == TENSORFLOW__PROFILER__XSTAT__VALUE_STR_VALUE && st->str_value)
-                tb_plane_set_event_category(pm.p, id, category_by_name(st->str_value));
+                cat = category_by_name(st->str_value);
         }
+        /* one metadata per (name, category), as the writer had them */
+        const char *name = (v && v->name) ? v->name : "";
+        int64_t id = tb_plane_event_meta_cat(pm.p, name, strlen(name), cat);
+        if (id < 0 || idmap_put(&pm.ev, en->key, (uint32_t)id, &pm.nev) < 0)
+            goto out;
+        if (v && v->display_name && *v->display_name &&
+            tb_plane_set_event_display_name(pm.p, id, v->display_name) < 0)
+            goto out;
     }
     for (size_t i = 0; i < xp->n_stats; i++) {
         tb_stat st;

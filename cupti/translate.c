@@ -163,10 +163,7 @@ void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprop
  * not be made. */
 static int64_t event_meta_cat(tb_plane *p, const char *name, tb_category cat)
 {
-    int64_t meta = tb_plane_event_meta(p, name);
-    if (meta > 0)
-        tb_plane_set_event_category(p, meta, cat);
-    return meta;
+    return tb_plane_event_meta_cat(p, name, strlen(name), cat);
 }
 
 static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)

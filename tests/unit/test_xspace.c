@@ -59,6 +59,8 @@ static tb_space *build(void)
     tb_line_stat_str(main, s_str, "regs:32 grid:1,1,1");
     tb_line *worker = tb_plane_line(h, 101, "worker");
     tb_line_add(worker, m_launch, T0 + 5, 1);
+    /* the same name as a sampled function: its own metadata */
+    tb_line_add(worker, tb_plane_event_meta_cat(h, "cudaLaunchKernel", 16, TB_CAT_CPU_SAMPLE), T0 + 4, 3);
     tb_plane_line(h, 102, "idle"); /* a line with no events */
 
     tb_plane *g = tb_space_plane(s, "/device:GPU:0");
@@ -242,12 +244,6 @@ static void check_same_space(const tb_space *a, const tb_space *b)
             CHECK_STR(tb_plane_stat_name(q, q->stats[k].meta), tb_plane_stat_name(p, p->stats[k].meta));
             CHECK_STR(stat_str(q, &q->stats[k], y, sizeof(y)), stat_str(p, &p->stats[k], x, sizeof(x)));
         }
-        for (size_t m = 1; m < p->nevent_meta; m++) {
-            int64_t qm = tb_plane_event_meta(( tb_plane *)q, p->event_meta[m].name);
-            CHECK_EQ_I(q->event_meta[qm].category, p->event_meta[m].category);
-            const char *pd = p->event_meta[m].display_name, *qd = q->event_meta[qm].display_name;
-            CHECK_STR(qd ? qd : "", pd ? pd : "");
-        }
         for (size_t j = 0; j < p->nlines && j < q->nlines; j++) {
             const tb_line *l = p->lines[j], *r = q->lines[j];
             CHECK_EQ_I(r->id, l->id);
@@ -259,6 +255,9 @@ static void check_same_space(const tb_space *a, const tb_space *b)
                 CHECK_EQ_I(v->start_ns, u->start_ns);
                 CHECK_EQ_I(v->dur_ns, u->dur_ns);
                 CHECK_STR(tb_plane_event_name(q, v->meta), tb_plane_event_name(p, u->meta));
+                const tb_meta *pm = &p->event_meta[u->meta], *qm = &q->event_meta[v->meta];
+                CHECK_EQ_I(qm->category, pm->category);
+                CHECK_STR(qm->display_name ? qm->display_name : "", pm->display_name ? pm->display_name : "");
                 CHECK_EQ_I(v->nstats, u->nstats);
                 for (uint32_t k = 0; k < u->nstats && k < v->nstats; k++) {
                     const tb_stat *su = tb_event_stats(l, u) + k, *sv = tb_event_stats(r, v) + k;
@@ -319,6 +318,27 @@ static void test_round_trip(void)
     CHECK(strstr(err, "not an XSpace") != NULL);
     CHECK(t == NULL);
     tb_buf_free(&b);
+    tb_space_free(s);
+}
+
+/* One metadata per (name, category); the first keeps the name's index. */
+static void test_meta_per_category(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    int64_t plain = tb_plane_event_meta(h, "forward");
+    int64_t user = tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_USER);
+    CHECK_EQ_I(user, plain); /* no category yet: claimed */
+    int64_t cpu = tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CPU_SAMPLE);
+    int64_t api = tb_plane_event_meta_cat(h, "forwardXX", 7, TB_CAT_CUDA_RUNTIME); /* length counts */
+    CHECK(cpu > 0 && cpu != user && api > 0 && api != user && api != cpu);
+    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CPU_SAMPLE), cpu);
+    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_USER), user);
+    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CUDA_RUNTIME), api);
+    CHECK_EQ_I(tb_plane_event_meta(h, "forward"), user);
+    CHECK_STR(tb_plane_event_name(h, cpu), "forward");
+    CHECK_EQ_I(h->event_meta[cpu].category, TB_CAT_CPU_SAMPLE);
+    CHECK_EQ_I(h->event_meta[api].category, TB_CAT_CUDA_RUNTIME);
     tb_space_free(s);
 }
 
@@ -527,6 +547,7 @@ int main(void)
     test_absurd_times();
     test_stream();
     test_round_trip();
+    test_meta_per_category();
     test_read_file_errors();
     test_edges();
     return tap_done();
