@@ -273,45 +273,71 @@ static const char *event_label(const tb_plane *p, const tb_event *e)
     return "";
 }
 
-static int kernel_cmp(const void *a, const void *b)
+/* ---- events by name (kernels, NVTX ranges) -------------------------------------- */
+
+static int named_cmp(const void *a, const void *b)
 {
-    const tb_sum_kernel *x = a, *y = b;
+    const tb_sum_named *x = a, *y = b;
     if (x->total_ns != y->total_ns)
         return x->total_ns < y->total_ns ? 1 : -1;
     return strcmp(x->name, y->name);
 }
 
+typedef struct named_acc {
+    tb_sum_named **v; /* the summary's array and its count */
+    size_t *n;
+    size_t cap;
+    tb_strmap map; /* name -> index */
+} named_acc;
+
+/* The entry for event e's name, through `cache` (event meta id -> index + 1,
+ * one per plane, nevent_meta + 1 zeroed slots); added when new. NULL: out
+ * of memory. */
+static tb_sum_named *named_of(named_acc *a, uint32_t *cache, const tb_plane *p, const tb_event *e)
+{
+    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
+    if (cache[meta])
+        return &(*a->v)[cache[meta] - 1];
+    const char *name = event_label(p, e);
+    int64_t k = tb_strmap_get(&a->map, name);
+    if (k < 0) {
+        if (TB_GROW(*a->v, a->cap, *a->n + 1) < 0 || tb_strmap_put(&a->map, name, (uint32_t)*a->n) < 0)
+            return NULL;
+        k = (int64_t)(*a->n)++;
+        (*a->v)[k] = (tb_sum_named){.name = name, .min_ns = INT64_MAX};
+    }
+    cache[meta] = (uint32_t)k + 1;
+    return &(*a->v)[k];
+}
+
+static void named_add(tb_sum_named *x, int64_t dur)
+{
+    x->count++;
+    x->total_ns += dur;
+    if (dur < x->min_ns)
+        x->min_ns = dur;
+    if (dur > x->max_ns)
+        x->max_ns = dur;
+}
+
+static void named_sort(named_acc *a)
+{
+    if (*a->n > 1)
+        qsort(*a->v, *a->n, sizeof(**a->v), named_cmp);
+}
+
 typedef struct gpu_acc {
     iv_vec all, h2d, d2h;
-    tb_strmap kmap;
-    size_t cap_kernels;
+    named_acc kernels;
 } gpu_acc;
 
 static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids *ids,
                       const tb_event *e, const tb_stat *details)
 {
-    int64_t dur = e->dur_ns;
-    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
-    int64_t k = ids->kidx[meta] ? (int64_t)ids->kidx[meta] - 1 : -1;
-    if (k < 0) {
-        const char *name = event_label(p, e);
-        k = tb_strmap_get(&g->kmap, name);
-        if (k < 0) {
-            if (TB_GROW(sum->kernels, g->cap_kernels, sum->nkernels + 1) < 0 ||
-                tb_strmap_put(&g->kmap, name, (uint32_t)sum->nkernels) < 0)
-                return -ENOMEM;
-            k = (int64_t)sum->nkernels++;
-            sum->kernels[k] = (tb_sum_kernel){.name = name, .min_ns = dur, .max_ns = dur};
-        }
-        ids->kidx[meta] = (uint32_t)k + 1;
-    }
-    tb_sum_kernel *kr = &sum->kernels[k];
-    kr->count++;
-    kr->total_ns += dur;
-    if (dur < kr->min_ns)
-        kr->min_ns = dur;
-    if (dur > kr->max_ns)
-        kr->max_ns = dur;
+    tb_sum_named *kr = named_of(&g->kernels, ids->kidx, p, e);
+    if (!kr)
+        return -ENOMEM;
+    named_add(kr, e->dur_ns);
     double occ = -1;
     if (details && details->type == TB_STAT_REF && details->v.ref < p->nstat_meta) {
         double *c = &ids->occ[details->v.ref];
@@ -323,7 +349,7 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
         kr->occ_pct += occ; /* a sum until the end */
         kr->occ_count++;
     }
-    sum->kernel_total_ns += dur;
+    sum->kernel_total_ns += e->dur_ns;
     return 0;
 }
 
@@ -385,15 +411,56 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
             return rc;
     }
     for (size_t k = 0; k < sum->nkernels; k++) {
-        tb_sum_kernel *kr = &sum->kernels[k];
+        tb_sum_named *kr = &sum->kernels[k];
         kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
     }
-    if (sum->nkernels > 1)
-        qsort(sum->kernels, sum->nkernels, sizeof(*sum->kernels), kernel_cmp);
+    named_sort(&g->kernels);
     g->all.n = tb_intervals_merge(g->all.v, g->all.n);
     g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
     g->d2h.n = tb_intervals_merge(g->d2h.v, g->d2h.n);
     return 0;
+}
+
+/* ---- NVTX ranges ------------------------------------------------------------------ */
+
+static int scan_ranges(tb_summary *sum, tb_space *s)
+{
+    named_acc a = {.v = &sum->ranges, .n = &sum->nranges};
+    int rc = 0;
+    for (size_t i = 0; i < s->nplanes && !rc; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!starts_with(p->name, "/host:"))
+            continue;
+        int any = 0;
+        for (size_t m = 0; m < p->nevent_meta && !any; m++)
+            any = p->event_meta[m].category == TB_CAT_USER;
+        if (!any)
+            continue;
+        uint32_t *cache = calloc(p->nevent_meta + 1, sizeof(*cache));
+        if (!cache) {
+            rc = -ENOMEM;
+            break;
+        }
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                if (e->meta >= p->nevent_meta || p->event_meta[e->meta].category != TB_CAT_USER)
+                    continue;
+                tb_sum_named *r = named_of(&a, cache, p, e);
+                if (!r) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                named_add(r, e->dur_ns);
+                sum->range_events++;
+            }
+        }
+        free(cache);
+    }
+    named_sort(&a);
+    tb_strmap_free(&a.map);
+    return rc;
 }
 
 /* ---- steps ------------------------------------------------------------------- */
@@ -562,9 +629,11 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     sum->host = s->nhostnames ? s->hostnames[0] : NULL;
     tb_space_span(s, &sum->begin_ns, &sum->end_ns);
 
-    gpu_acc g = {0};
+    gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels}};
     tb_folded f = {0};
     int rc = scan_gpu(sum, s, &g);
+    if (!rc)
+        rc = scan_ranges(sum, s);
     if (!rc)
         rc = scan_steps(sum, s);
     if (!rc) {
@@ -609,7 +678,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.all.v);
     free(g.h2d.v);
     free(g.d2h.v);
-    tb_strmap_free(&g.kmap);
+    tb_strmap_free(&g.kernels.map);
     tb_folded_free(&f);
     if (rc) {
         tb_summary_free(sum);
@@ -622,6 +691,7 @@ void tb_summary_free(tb_summary *sum)
 {
     free(sum->steps);
     free(sum->kernels);
+    free(sum->ranges);
     free(sum->funcs);
     free(sum->counters);
     free(sum->infos);

@@ -15,6 +15,8 @@
  *   H2D / D2H time: the union of copies of that direction, clipped.
  *   Unions are built once by sorting (O(n log n)); each window then costs
  *   O(log n + intervals inside it).
+ * - NVTX ranges: /host:* events whose category is user_annotation (what
+ *   tbprof records from NVTX, and CUPTI's marker records), grouped by name.
  * - Copy direction: from the event name (MemcpyH2D, ...HtoD, ...) or from
  *   memcpy_details' kind_src/kind_dst (pageable/pinned = host,
  *   device/array/managed = device).
@@ -49,13 +51,14 @@ typedef struct tb_sum_step {
     int64_t gpu_idle_ns; /* dur - busy */
 } tb_sum_step;
 
-typedef struct tb_sum_kernel {
+/* Events of one name: a kernel, or an NVTX range. */
+typedef struct tb_sum_named {
     const char *name;
     uint64_t count;
     int64_t total_ns, min_ns, max_ns;
-    double occ_pct;     /* mean occ_pct over launches that report it; -1: none do */
-    uint64_t occ_count; /* launches that report it */
-} tb_sum_kernel;
+    double occ_pct;     /* kernels: mean occ_pct over launches that report it; -1: none do */
+    uint64_t occ_count; /* kernels: launches that report it */
+} tb_sum_named;
 
 typedef struct tb_sum_copy {
     uint64_t count, bytes;
@@ -80,9 +83,15 @@ typedef struct tb_summary {
     /* sums over steps (or over the whole capture when there are no steps) */
     int64_t window_ns, gpu_busy_ns, h2d_ns, d2h_ns, gpu_idle_ns;
 
-    tb_sum_kernel *kernels; /* by total time, descending */
+    tb_sum_named *kernels; /* by total time, descending */
     size_t nkernels;
     int64_t kernel_total_ns;
+
+    /* NVTX ranges and marks (user annotations on /host:* lines), by name,
+     * by total time descending; nested ranges each count in full */
+    tb_sum_named *ranges;
+    size_t nranges;
+    uint64_t range_events;
 
     tb_sum_copy copies[TB_COPY_NDIR];
     uint64_t memsets;

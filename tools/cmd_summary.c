@@ -1,8 +1,8 @@
 /* cmd_summary.c - `tbprof summary LOGDIR|RUNDIR|FILE [--json] [--top N]
  * [--run NAME]`: an overview of a profile in the terminal, in the spirit of
  * xprof's overview page and GPU kernel stats: steps and their GPU busy /
- * copy / idle split, top kernels, copies by direction, top CPU functions,
- * drops, the agent's overhead and the warnings recorded in the profile.
+ * copy / idle split, top kernels, copies by direction, NVTX ranges, top CPU
+ * functions, drops, the agent's overhead and the warnings recorded in the profile.
  * Several hosts/ranks of one run are shown side by side first. */
 #include <errno.h>
 #include <getopt.h>
@@ -21,7 +21,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: tbprof summary LOGDIR|RUN_DIR|FILE.xplane.pb [--json] [--top N] [--run NAME]\n"
                "  LOGDIR       the newest run under LOGDIR/plugins/profile/ (or --run NAME)\n"
                "  --json       the same figures as JSON on stdout\n"
-               "  --top N      kernels and CPU functions listed (default 10)\n"
+               "  --top N      kernels, NVTX ranges and CPU functions listed (default 10)\n"
                "  --steps N    steps listed per host in the table (default 20; JSON has all)\n");
 }
 
@@ -181,7 +181,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         printf("  %11s %6s %8s %11s %11s %11s %6s  %s\n", "total", "%", "count", "mean", "min",
                "max", "occ%", "kernel");
         for (size_t i = 0; i < m->nkernels && i < (size_t)top; i++) {
-            const tb_sum_kernel *k = &m->kernels[i];
+            const tb_sum_named *k = &m->kernels[i];
             char occ[16];
             if (k->occ_pct >= 0)
                 snprintf(occ, sizeof occ, "%.1f", k->occ_pct);
@@ -216,6 +216,19 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                    dur(b1, sizeof b1, m->memset_ns));
     }
 
+    /* NVTX */
+    if (m->nranges) {
+        printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full):\n",
+               m->nranges, m->range_events);
+        printf("  %11s %8s %11s %11s %11s  %s\n", "total", "count", "mean", "min", "max", "range");
+        for (size_t i = 0; i < m->nranges && i < (size_t)top; i++) {
+            const tb_sum_named *r = &m->ranges[i];
+            printf("  %11s %8" PRIu64 " %11s %11s %11s  %s\n", dur(b1, sizeof b1, r->total_ns), r->count,
+                   dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), dur(b3, sizeof b3, r->min_ns),
+                   dur(b4, sizeof b4, r->max_ns), r->name);
+        }
+    }
+
     /* CPU */
     if (m->nfuncs) {
         printf("\nTop CPU functions (%" PRIu64 " samples):\n", m->cpu_samples);
@@ -239,7 +252,9 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         any = 1;
     }
     if (m->overhead_ns >= 0) {
-        printf("  %-34s %12s  (%.2f%% of the capture)\n", "agent overhead",
+        /* the agent thread's CPU time: on its own thread, not taken from
+         * the job's unless the job needs every core */
+        printf("  %-34s %12s  (agent thread CPU: %.2f%% of one core over the capture)\n", "agent overhead",
                dur(b1, sizeof b1, m->overhead_ns), pct(m->overhead_ns, m->end_ns - m->begin_ns));
         any = 1;
     }
@@ -263,6 +278,31 @@ static void jkv_i(const char *k, int64_t v, int comma)
 static void jnum(double v)
 {
     printf("%.6g", v);
+}
+
+/* ,"key":[{"name":..,"count":..,"total_ns":..,...}] for the first `top` */
+static void jnamed(const char *key, const tb_sum_named *v, size_t n, int top, int with_occ)
+{
+    printf(",\"%s\":[", key);
+    for (size_t i = 0; i < n && i < (size_t)top; i++) {
+        const tb_sum_named *k = &v[i];
+        printf(i ? ",{\"name\":" : "{\"name\":");
+        tb_json_str(stdout, k->name);
+        jkv_i("count", (int64_t)k->count, 1);
+        jkv_i("total_ns", k->total_ns, 1);
+        jkv_i("mean_ns", k->total_ns / (int64_t)k->count, 1);
+        jkv_i("min_ns", k->min_ns, 1);
+        jkv_i("max_ns", k->max_ns, 1);
+        if (with_occ) {
+            printf(",\"occ_pct\":");
+            if (k->occ_pct >= 0)
+                jnum(k->occ_pct);
+            else
+                printf("null");
+        }
+        printf("}");
+    }
+    printf("]");
 }
 
 static void host_json(const tb_prof *p, const tb_summary *m, int top)
@@ -320,24 +360,14 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     printf(",\"kernels\":{");
     jkv_i("distinct", (int64_t)m->nkernels, 0);
     jkv_i("total_ns", m->kernel_total_ns, 1);
-    printf(",\"top\":[");
-    for (size_t i = 0; i < m->nkernels && i < (size_t)top; i++) {
-        const tb_sum_kernel *k = &m->kernels[i];
-        printf(i ? ",{\"name\":" : "{\"name\":");
-        tb_json_str(stdout, k->name);
-        jkv_i("count", (int64_t)k->count, 1);
-        jkv_i("total_ns", k->total_ns, 1);
-        jkv_i("mean_ns", k->total_ns / (int64_t)k->count, 1);
-        jkv_i("min_ns", k->min_ns, 1);
-        jkv_i("max_ns", k->max_ns, 1);
-        printf(",\"occ_pct\":");
-        if (k->occ_pct >= 0)
-            jnum(k->occ_pct);
-        else
-            printf("null");
-        printf("}");
-    }
-    printf("]}");
+    jnamed("top", m->kernels, m->nkernels, top, 1);
+    printf("}");
+
+    printf(",\"nvtx\":{");
+    jkv_i("distinct", (int64_t)m->nranges, 0);
+    jkv_i("count", (int64_t)m->range_events, 1);
+    jnamed("top", m->ranges, m->nranges, top, 0);
+    printf("}");
 
     printf(",\"copies\":{");
     for (int d = 0; d < TB_COPY_NDIR; d++) {

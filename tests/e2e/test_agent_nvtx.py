@@ -7,6 +7,7 @@ count) and prints when it opened and closed each. Under LD_PRELOAD with
 TBPROF_NVTX_STEP the preload points NVTX at libtbprof.so; each test decodes
 the profile and compares its steps with the ranges the program made."""
 
+import json
 import os
 import sys
 import unittest
@@ -191,6 +192,28 @@ class NvtxRanges(NvtxBase):
         self.check_step_contents(prof, pid, range(3, 7), 3)
         self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0)
         self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_summary_lists_the_ranges(self):
+        # the step ranges are all named "main", like the program's sampled
+        # function main(): a range and a sampled frame each keep their kind
+        pid, out, err = self.run_prog(["-n", "8", "-m", "20", "-u", "-p", "main"], steps="3,6", nvtx_step="main",
+                                      cpu="on")
+        r = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h = json.loads(r.stdout)["hosts"][0]
+        nv = {x["name"]: x for x in h["nvtx"]["top"]}
+        self.assertEqual(sorted(nv), ["bwd", "fwd", "loss", "main"], h["nvtx"])
+        for name in ("main", "fwd", "bwd", "loss"):
+            self.assertEqual(nv[name]["count"], 4, name)  # steps 3..6
+        self.assertEqual(h["nvtx"]["count"], 16)
+        self.assertGreaterEqual(nv["main"]["min_ns"], 20e6 * 0.9)
+        self.assertGreaterEqual(nv["fwd"]["min_ns"], 10e6 * 0.9)
+        self.assertEqual(nv["loss"]["max_ns"], 0, "a mark is an instant")
+        self.assertEqual([x["name"] for x in h["nvtx"]["top"]][0], "main", "by total time")
+        if h["cpu"]["samples"]:
+            self.assertIn("main", [f["name"] for f in h["cpu"]["functions"]])
+        text = tbtest.run([tbtest.CLI, "summary", self.logdir]).stdout
+        self.assertIn("NVTX ranges (4 distinct names, 16 ranges and marks", text)
 
     def test_recorded_without_a_step_pattern(self):
         # steps from the API are not there: a time window instead

@@ -15,11 +15,7 @@
 
 static void ev(tb_line *l, const char *name, int64_t start, int64_t dur, tb_category cat)
 {
-    tb_plane *p = l->plane;
-    int64_t m = tb_plane_event_meta(p, name);
-    if (cat)
-        tb_plane_set_event_category(p, m, cat);
-    tb_line_add(l, m, T0 + start, dur);
+    tb_line_add(l, tb_plane_event_meta_cat(l->plane, name, strlen(name), cat), T0 + start, dur);
 }
 
 static void st_i(tb_line *l, const char *name, int64_t v)
@@ -82,6 +78,14 @@ static tb_space *example(void)
     /* a CUDA API call on the host with a correlation id: not a step */
     ev(main_t, "cudaLaunchKernel", 900, 50, TB_CAT_CUDA_RUNTIME);
     st_i(main_t, TB_ST_CORRELATION_ID, 1000);
+    /* NVTX: "forward" 3 times (two threads), "attention" nested in the
+     * first, a "loss" mark (named like the sampled function above: each
+     * keeps its kind) */
+    ev(main_t, "forward", 1000, 3000, TB_CAT_USER);
+    ev(main_t, "attention", 1500, 1000, TB_CAT_USER);
+    ev(main_t, "loss", 5000, 0, TB_CAT_USER);
+    ev(main_t, "forward", 11000, 5000, TB_CAT_USER);
+    ev(load_t, "forward", 20000, 2000, TB_CAT_USER);
     tb_plane_stat_i64(h, TB_ST_DROPPED, 3);
     tb_plane_stat_u64(h, TB_ST_SAMPLES, 14);
     tb_plane_stat_i64(h, TB_ST_OVERHEAD_NS, 12345);
@@ -205,6 +209,40 @@ static void steps_and_gpu(void)
 
 /* A host whose GPU tracing and CPU sampling were off: warnings say why,
  * once each; the capture span is the window. */
+static void nvtx_ranges(void)
+{
+    tb_space *s = example();
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    /* the GPU plane's nvtx_range (a GPU annotation) and the sampled
+     * function "loss" are not ranges */
+    CHECK_EQ_I(m.range_events, 5);
+    CHECK_EQ_I(m.nranges, 3);
+    if (m.nranges == 3) {
+        CHECK_STR(m.ranges[0].name, "forward");
+        CHECK_EQ_I(m.ranges[0].count, 3);
+        CHECK_EQ_I(m.ranges[0].total_ns, 10000);
+        CHECK_EQ_I(m.ranges[0].min_ns, 2000);
+        CHECK_EQ_I(m.ranges[0].max_ns, 5000);
+        CHECK_STR(m.ranges[1].name, "attention");
+        CHECK_EQ_I(m.ranges[1].total_ns, 1000);
+        CHECK_STR(m.ranges[2].name, "loss");
+        CHECK_EQ_I(m.ranges[2].count, 1);
+        CHECK_EQ_I(m.ranges[2].max_ns, 0);
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+
+    /* no annotations: no ranges */
+    s = tb_space_new();
+    step(tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main"), 1, 0, 10);
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nranges, 0);
+    CHECK(m.ranges == NULL);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 static void warnings_and_no_steps(void)
 {
     tb_space *s = tb_space_new();
@@ -377,6 +415,9 @@ static void through_a_file(void)
             CHECK_STR(b.kernels[0].name, "gemm");
             CHECKF(b.kernels[0].occ_pct == 50.0, "occ %f", b.kernels[0].occ_pct);
         }
+        CHECK_EQ_I(b.nranges, 3); /* the category survives the file */
+        if (b.nranges == 3)
+            CHECK_EQ_I(b.ranges[0].total_ns, 10000);
         CHECK_EQ_I(b.copies[TB_COPY_H2D].bytes, 3000000);
         CHECK_EQ_I(b.copies[TB_COPY_D2H].bytes, 1000);
         CHECK_EQ_I(b.cpu_samples, 14);
@@ -400,6 +441,7 @@ static void through_a_file(void)
 int main(void)
 {
     steps_and_gpu();
+    nvtx_ranges();
     warnings_and_no_steps();
     unnumbered_steps_and_display_names();
     interval_unions();
