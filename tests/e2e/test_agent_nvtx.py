@@ -215,6 +215,20 @@ class NvtxRanges(NvtxBase):
         text = tbtest.run([tbtest.CLI, "summary", self.logdir]).stdout
         self.assertIn("NVTX ranges (4 distinct names, 16 ranges and marks", text)
 
+    def test_fork_inside_a_range_during_a_capture(self):
+        # the child is forked inside step 4's "fwd", pops it, makes its own
+        # ranges and exits: it writes nothing; the parent's profile is whole
+        pid, out, err = self.run_prog(["-n", "10", "-m", "4", "-f", "4"], steps="3,6", nvtx_step="step")
+        self.assertRegex(out, r"child \d+ status 0")
+        prof = self.one_profile()
+        self.check_step_contents(prof, pid, range(3, 7), 4)
+        names = {e.name for e in self.nvtx_events(prof, pid)}
+        self.assertNotIn("child", names)
+        self.assertNotIn("child mark", names)
+        self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+        self.assertNoPartialFiles(self.logdir)
+
     def test_recorded_without_a_step_pattern(self):
         # steps from the API are not there: a time window instead
         pid, out, err = self.run_prog(["-n", "40", "-m", "4", "-g", "1"], delay="0.05", duration="0.1")

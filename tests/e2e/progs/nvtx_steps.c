@@ -13,6 +13,9 @@
  *   -r   N more ranges "tiny" (push/pop, nothing inside) in each step
  *   -c   with -b: time the loops inside a capture (tbprof_start(0) first, when
  *        the preload is there; prints "capturing=1")
+ *   -f   at step F, inside its "fwd" range, fork a child that pops that
+ *        range, makes 50 "child" ranges and a "child mark", and exits 0 (the
+ *        parent goes on, then waits for it: "child PID status S")
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one; prints "bench miss_ns=X match_ns=Y"
  * Each step: inner ranges "fwd"/"bwd" that never match, ~ms of work inside
@@ -46,6 +49,7 @@ int main(void)
 #include <nvtx3/nvToolsExt.h>
 #include <dlfcn.h>
 #include <locale.h>
+#include <sys/wait.h>
 #include <wchar.h>
 
 
@@ -66,11 +70,12 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
-    int in_capture = 0;
+    int in_capture = 0, fork_at = -1;
+    pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:c")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -82,6 +87,7 @@ int main(int argc, char **argv)
         case 'b': bench = atol(optarg); break;
         case 'r': tiny = atol(optarg); break;
         case 'c': in_capture = 1; break;
+        case 'f': fork_at = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N] [-r N]\n");
             return 2;
@@ -154,6 +160,19 @@ int main(int argc, char **argv)
             first_level = lvl;
         /* inner ranges that never match */
         nvtxRangePushA("fwd");
+        if (i == fork_at) {
+            fflush(stdout);
+            child = fork();
+            if (child == 0) {
+                nvtxRangePop(); /* the parent's "fwd": open in this copy too */
+                for (int k = 0; k < 50; k++) {
+                    nvtxRangePushA("child");
+                    nvtxRangePop();
+                }
+                nvtxMarkA("child mark");
+                exit(0);
+            }
+        }
         work(ms / 2);
         nvtxRangePop();
         for (long r = 0; r < tiny; r++) {
@@ -173,6 +192,11 @@ int main(int argc, char **argv)
         int64_t b = now_ns(CLOCK_REALTIME);
         printf("range %d %lld %lld %lld\n", i, (long long)a, (long long)b, (long long)a2);
         work(gap);
+    }
+    if (child > 0) {
+        int st = 0;
+        waitpid(child, &st, 0);
+        printf("child %d status %d\n", (int)child, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
     }
     printf("level=%d\n", first_level);
     fflush(stdout);
