@@ -186,6 +186,15 @@ static void release(void)
     R.started = 0;
 }
 
+static void touch_pages(void *p, size_t n)
+{
+    volatile char *c = p;
+    for (size_t i = 0; i < n; i += 4096)
+        c[i] = 0;
+    if (n)
+        c[n - 1] = 0;
+}
+
 static int src_start(void *ctx, const tb_capture_info *info, const char **why)
 {
     (void)ctx;
@@ -203,17 +212,19 @@ static int src_start(void *ctx, const tb_capture_info *info, const char **why)
     size_t budget = info->buffer_bytes < MIN_BUDGET ? MIN_BUDGET : info->buffer_bytes;
     R.cap = budget / 2 / sizeof(rec);
     R.name_cap = budget / 2;
-    R.recs = malloc(R.cap * sizeof(rec));
+    R.recs = calloc(R.cap, sizeof(rec)); /* ready = 0 */
     R.names = malloc(R.name_cap);
     if (!R.recs || !R.names) {
         release();
         *why = "out of memory for NVTX ranges";
         return -ENOMEM;
     }
-    /* touch every page here, on the agent thread, not in the job's first
-     * ranges (a page fault per 128 records there) */
-    memset(R.recs, 0, R.cap * sizeof(rec));
-    memset(R.names, 0, R.name_cap);
+    /* fault every page in here, on the agent thread, not in the job's
+     * ranges (a page fault per 128 records there). Not memset(0): the
+     * compiler may turn malloc + memset(0) into calloc, which leaves fresh
+     * mmap()ed pages untouched. */
+    touch_pages(R.recs, R.cap * sizeof(rec));
+    touch_pages(R.names, R.name_cap);
     atomic_fetch_add(&R.gen, 1);
     R.started = 1;
     atomic_store(&tb_nvtx_recording, 1);
