@@ -35,8 +35,10 @@ void tb_cuda_hooks_init(const tb_config *c);
  * TBPROF_NVTX_STEP and TBPROF_NVTX). */
 void tb_nvtx_init(const tb_config *c);
 /* 1 when tbprof records NVTX ranges (TBPROF_NVTX=on and the injection is
- * ours); else 0, with *owner = NVTX_INJECTION64_PATH when another tool (nsys,
- * libcupti) holds it, NULL otherwise. */
-int tb_nvtx_recording_available(const char **owner);
+ * ours); else 0, with *why = the reason each profile should state (another
+ * tool such as nsys holds NVTX_INJECTION64_PATH), or NULL when there is
+ * nothing to say: TBPROF_NVTX=off, or libcupti holds it (CUPTI then records
+ * the ranges as markers). */
+int tb_nvtx_recording_available(const char **why);
 
 #endif

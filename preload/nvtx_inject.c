@@ -124,6 +124,7 @@ static struct {
 } pat;
 
 static int inj_on;                /* we claimed NVTX_INJECTION64_PATH */
+static int nvtx_asked;            /* TBPROF_NVTX=on */
 static int nvtx_recording_wanted; /* TBPROF_NVTX=on and injection ours */
 static char nvtx_owner[256];      /* NVTX_INJECTION64_PATH when another tool's */
 
@@ -506,6 +507,7 @@ static int compile_pattern(const char *p)
 void tb_nvtx_init(const tb_config *c)
 {
     int steps = compile_pattern(c->nvtx_step);
+    nvtx_asked = c->nvtx;
     if (!steps && !c->nvtx)
         return;
     /* who wants the injection, for the messages */
@@ -542,10 +544,15 @@ void tb_nvtx_init(const tb_config *c)
         tb_debug("NVTX steps: ranges matching '%s' (NVTX_INJECTION64_PATH=%s)", c->nvtx_step, self);
 }
 
-int tb_nvtx_recording_available(const char **owner)
+int tb_nvtx_recording_available(const char **why)
 {
+    static char reason[300];
     if (nvtx_recording_wanted)
         return 1;
-    *owner = nvtx_owner[0] ? nvtx_owner : NULL;
+    *why = NULL;
+    if (nvtx_asked && nvtx_owner[0] && !strstr(nvtx_owner, "cupti")) {
+        snprintf(reason, sizeof(reason), "NVTX_INJECTION64_PATH is %.200s (that tool gets the ranges)", nvtx_owner);
+        *why = reason;
+    }
     return 0;
 }

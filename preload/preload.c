@@ -48,16 +48,11 @@ static void init(void)
     }
     tb_config_set_global(&c);
     tb_cudasteps_init(&c); /* cudaProfilerStart/Stop and NVTX step sources */
-    const char *nvtx_owner = NULL;
-    if (tb_nvtx_recording_available(&nvtx_owner)) {
+    const char *nvtx_why = NULL;
+    if (tb_nvtx_recording_available(&nvtx_why))
         tb_agent_add_source("nvtx", tb_nvtx_source(), 1, NULL);
-    } else if (c.nvtx && nvtx_owner && !strstr(nvtx_owner, "cupti")) {
-        /* nsys or another tool gets the ranges (with libcupti there, CUPTI
-         * records them as markers: nothing to say) */
-        static char why[300];
-        snprintf(why, sizeof(why), "NVTX_INJECTION64_PATH is %.200s (that tool gets the ranges)", nvtx_owner);
-        tb_agent_add_source("nvtx", tb_nvtx_source(), 0, why);
-    }
+    else if (nvtx_why)
+        tb_agent_add_source("nvtx", tb_nvtx_source(), 0, nvtx_why);
 #ifdef TBPROF_WITH_CUPTI
     tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "off (TBPROF_GPU=off)");
 #else
