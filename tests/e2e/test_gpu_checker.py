@@ -107,6 +107,28 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(rc, 1, line)
         self.assertIn("add_kernel: kernel_details", line)
 
+    def torch_nvtx(self, inner):
+        nv = tbtest.prog("nvtx_steps")
+        if tbtest.run([nv, "-n", "0"], env=tbtest.env(preload=False)).returncode == 77:
+            self.skipTest("nvtx_steps was built without the NVTX headers")
+        logdir = os.path.join(self.tmp, inner)
+        p = tbtest.run([nv, "-n", "8", "-m", "2", "-i", inner], env=tbtest.env(logdir, steps="3,6", nvtx_step="step"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        xs = tbtest.xplanes(logdir)
+        self.assertEqual(len(xs), 1)
+        env = dict(os.environ, TBGPU=tbtest.BUILD)
+        c = subprocess.run([sys.executable, CHECK, "torch_nvtx", xs[0]], env=env, capture_output=True, text=True,
+                           timeout=120)
+        return c.returncode, c.stdout.strip()
+
+    def test_torch_nvtx_ranges(self):
+        rc, line = self.torch_nvtx("forward,backward")
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT torch_nvtx_ranges PASS 4 steps; ranges {'forward': 4, 'backward': 4}", line)
+        rc, line = self.torch_nvtx("fwd,bwd")
+        self.assertEqual(rc, 1, line)
+        self.assertIn("0 forward ranges for 4 steps", line)
+
     def test_missing_nvtx_ranges_fail(self):
         rc, line = self.check("1", "3,6")
         self.assertEqual(rc, 1, line)

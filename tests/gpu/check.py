@@ -187,6 +187,31 @@ def torch_cmp(xplane, trace):
                len(ours), sum(v[0] for v in ours.values()), t_ours / 1e6, t_ref / 1e6))
 
 
+def torch_nvtx(xplane):
+    """torch_loop.py --nvtx: a "forward" and a "backward" range per captured step
+    on the host (a range begun before the capture's start is not recorded, so
+    one fewer is allowed), inside the steps."""
+    xs = load(xplane)
+    host = events(xs, "/host:")
+    steps = [e for e in host if e[2].get("_r")]
+    errs, counts = [], {}
+    if not steps:
+        errs.append("no steps in the profile")
+    for name in ("forward", "backward"):
+        got = [e for e in host if e[0] == name and not e[2].get("_r")]
+        counts[name] = len(got)
+        if not (len(steps) - 1 <= len(got) <= len(steps)):
+            errs.append("%d %s ranges for %d steps" % (len(got), name, len(steps)))
+        if any(d <= 0 for _, d, *_ in got):
+            errs.append("%s ranges of zero length" % name)
+    for p in xs.planes:  # why, when tbprof did not record NVTX
+        if p.name.startswith("/host:"):
+            why = _stats(p, p.stat_metadata).get("tbprof_nvtx_off_reason")
+            if why and errs:
+                errs.append("tbprof_nvtx_off_reason: %s" % why)
+    result("torch_nvtx_ranges", not errs, "; ".join(errs) or "%d steps; ranges %s" % (len(steps), counts))
+
+
 def jax_load(xplane):
     try:
         from jax.profiler import ProfileData
@@ -236,6 +261,8 @@ if __name__ == "__main__":
         cuda(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else None)
     elif cmd == "xprof":
         xprof_tools(sys.argv[2])
+    elif cmd == "torch_nvtx":
+        torch_nvtx(sys.argv[2])
     elif cmd == "torch":
         torch_cmp(sys.argv[2], sys.argv[3])
     elif cmd == "jax":

@@ -8,7 +8,8 @@
 #      allocations, syncs and API calls, each GPU event with its host call
 #      and flow; 1b also the NVTX ranges
 #   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
-#      torch.profiler on the same steps: kernel names, counts, GPU time (5%)
+#      torch.profiler on the same steps: kernel names, counts, GPU time (5%);
+#      2b. its torch.cuda.nvtx ranges are in our profile, one per step
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools
 #   4. step time: no agent / agent idle / capturing / torch.profiler
@@ -66,13 +67,15 @@ done
 
 # 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..14
 logs2=$work/torch
-"$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
+"$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 --nvtx \
   >"$work/torch.out" 2>"$work/torch.err"
-$py "$here/torch_loop.py" --steps 20 --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
+$py "$here/torch_loop.py" --steps 20 --nvtx --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
 x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
 if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
   check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
 else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null)"; fi
+# 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
+if [ -n "$x2" ]; then check torch_nvtx_ranges $py "$here/check.py" torch_nvtx "$x2"; fi
 
 # 3. JAX reads our XSpace
 if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"

@@ -1,12 +1,14 @@
 """torch_loop.py - a small PyTorch training loop for the GPU checks.
 
-  python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE]
+  python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE] [--nvtx]
 
 No tbprof code: under `tbprof run --steps A,B` (or LD_PRELOAD with
 TBPROF_STEPS and TBPROF_PYTORCH_HOOK=on) the optimizer step hook counts steps.
 --torch-profile A,B records steps A..B with torch.profiler instead (the
 reference) and exports its Chrome trace into DIR. --times writes each step's
-wall time (seconds, one per line) for the overhead table.
+wall time (seconds, one per line) for the overhead table. --nvtx wraps each
+step's forward and backward in torch.cuda.nvtx ranges "forward"/"backward"
+(NVTX is a no-op without a tool: the kernels are the same either way).
 """
 import argparse
 import time
@@ -20,6 +22,7 @@ def main():
     ap.add_argument("--torch-profile", default="")
     ap.add_argument("--out", default=".")
     ap.add_argument("--times", default="")
+    ap.add_argument("--nvtx", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -41,8 +44,15 @@ def main():
     for i in range(a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
+        if a.nvtx:
+            torch.cuda.nvtx.range_push("forward")
         loss = torch.nn.functional.cross_entropy(model(x), y)
+        if a.nvtx:
+            torch.cuda.nvtx.range_pop()
+            torch.cuda.nvtx.range_push("backward")
         loss.backward()
+        if a.nvtx:
+            torch.cuda.nvtx.range_pop()
         opt.step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -13,6 +13,7 @@
  *   -r   N more ranges "tiny" (push/pop, nothing inside) in each step
  *   -c   with -b: time the loops inside a capture (tbprof_start(0) first, when
  *        the preload is there; prints "capturing=1")
+ *   -i   A,B  names of the inner ranges (default "fwd,bwd")
  *   -f   at step F, inside its "fwd" range, fork a child that pops that
  *        range, makes 50 "child" ranges and a "child mark", and exits 0 (the
  *        parent goes on, then waits for it: "child PID status S")
@@ -75,8 +76,9 @@ int main(int argc, char **argv)
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
+    char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -89,6 +91,12 @@ int main(int argc, char **argv)
         case 'r': tiny = atol(optarg); break;
         case 'c': in_capture = 1; break;
         case 'f': fork_at = atoi(optarg); break;
+        case 'i':
+            if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
+                fprintf(stderr, "nvtx_steps: -i wants A,B\n");
+                return 2;
+            }
+            break;
         default:
             fprintf(stderr, "usage: nvtx_steps [-n N] [-m ms] [-g ms] [-k kind] [-p prefix] [-u] [-o off] [-b N] [-r N]\n");
             return 2;
@@ -166,7 +174,7 @@ int main(int argc, char **argv)
         if (i == 0)
             first_level = lvl;
         /* inner ranges that never match */
-        nvtxRangePushA("fwd");
+        nvtxRangePushA(inner_a);
         if (i == fork_at) {
             fflush(stdout);
             child = fork();
@@ -186,7 +194,7 @@ int main(int argc, char **argv)
             nvtxRangePushA("tiny");
             nvtxRangePop();
         }
-        nvtxRangePushA("bwd");
+        nvtxRangePushA(inner_b);
         nvtxMarkA("loss");
         work(ms / 2);
         nvtxRangePop();
