@@ -116,6 +116,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     ROW("D2H copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->d2h_ns, m->window_ns)), b) : "-");
     ROW("GPU idle", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_idle_ns, m->window_ns)), b) : "-");
     ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
+    ROW("top NVTX range", "%s", m->nranges ? m->ranges[0].name : "-");
     ROW("CPU samples", "%" PRIu64, m->cpu_samples);
     ROW("top CPU function", "%s", m->nfuncs ? m->funcs[0].name : "-");
     ROW("drops", "%" PRIu64, drops_total(m));

@@ -97,6 +97,12 @@ class Plane:
             e.MergeFromString(raw)
         return e
 
+    def category(self, name, cat):
+        """tbprof's kind of an event name (a str_value stat on its metadata, as tbprof writes it)."""
+        st = self.xp.event_metadata[self.ev_id(name)].stats.add()
+        st.metadata_id = self.st_id("tbprof_category")
+        st.str_value = cat
+
     def plane_stat(self, name, v):
         self.set_stat(self.xp.stats.add(), name, v)
 
@@ -146,7 +152,8 @@ def example_space(hostname="node1", newer_schema=False):
 
 
 def second_host():
-    """A smaller rank: 2 steps of 1 ms, one kernel of 250 us in each."""
+    """A smaller rank: 2 steps of 1 ms, one kernel of 250 us and an NVTX range
+    "forward" of 400 us in each."""
     sp = xplane_pb2.XSpace()
     sp.hostnames.append("node2")
     sp.warnings.append("CPU sampling off: perf_event_open: Permission denied")
@@ -157,6 +164,8 @@ def second_host():
     for i in range(2):
         h.event(t, "train", i * 1000000, 1000000, _r=1, step_num=5 + i)
         g.event(s, "conv", i * 1000000 + 100000, 250000, kernel_details=kd(60))
+        h.event(t, "forward", i * 1000000 + 50000, 400000)
+    h.category("forward", "user_annotation")
     return sp.SerializeToString()
 
 
@@ -262,6 +271,10 @@ class SummaryFigures(Base):
         self.assertEqual([s["gpu_busy_ns"] for s in h2["steps"]["list"]], [250000, 250000])
         self.assertAlmostEqual(h2["gpu"]["busy_pct"], 25.0)
         self.assertEqual(h2["kernels"]["top"][0]["name"], "conv")
+        self.assertEqual(h2["nvtx"], {"distinct": 1, "count": 2, "top": [
+            {"name": "forward", "count": 2, "total_ns": 800000, "mean_ns": 400000, "min_ns": 400000,
+             "max_ns": 400000}]})
+        self.assertEqual(js["hosts"][0]["nvtx"]["count"], 0)
         self.assertEqual(h2["warnings"], ["CPU sampling off: perf_event_open: Permission denied"])
         p = run("summary", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -271,6 +284,7 @@ class SummaryFigures(Base):
         self.assertRegex(p.stdout, r"\nstep time mean\s+12\.3 us\s+1\.00 ms\s*\n")
         self.assertRegex(p.stdout, r"\nGPU busy\s+31\.1%\s+25\.0%\s*\n")
         self.assertRegex(p.stdout, r"\ntop kernel\s+gemm\s+conv\s*\n")
+        self.assertRegex(p.stdout, r"\ntop NVTX range\s+-\s+forward\s*\n")
         self.assertIn("  - CPU sampling off: perf_event_open: Permission denied", p.stdout)
 
     def test_newest_run_and_run_option(self):
