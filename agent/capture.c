@@ -429,7 +429,7 @@ static void add_steps(tb_space *sp, const struct cap *c, int64_t begin, int64_t 
     tb_plane *p = tb_host_plane(sp);
     if (!p)
         return;
-    int64_t ev = tb_plane_event_meta_cat(p, TB_EV_STEP, strlen(TB_EV_STEP), TB_CAT_STEP);
+    int64_t ev = tb_plane_event_meta_cat(p, TB_EV_STEP, TB_CAT_STEP);
     int64_t st_root = tb_plane_stat_meta(p, TB_ST_IS_ROOT);
     int64_t st_num = tb_plane_stat_meta(p, TB_ST_STEP_NUM);
     if (ev < 0 || st_root < 0 || st_num < 0)

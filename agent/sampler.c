@@ -686,7 +686,7 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
             snprintf(buf, sizeof(buf), "[unknown]");
         name = buf;
     }
-    int64_t m = tb_plane_event_meta_cat(p, name, strlen(name), TB_CAT_CPU_SAMPLE);
+    int64_t m = tb_plane_event_meta_cat(p, name, TB_CAT_CPU_SAMPLE);
     uint32_t meta = m > 0 ? (uint32_t)m : 0;
     cache[h].key = key;
     cache[h].meta = meta;

@@ -301,7 +301,7 @@ int64_t tb_plane_event_meta(tb_plane *p, const char *name)
     return tb_plane_event_meta_n(p, name, strlen(name));
 }
 
-int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, size_t len, tb_category cat)
+int64_t tb_plane_event_meta_cat_n(tb_plane *p, const char *name, size_t len, tb_category cat)
 {
     int64_t m = tb_plane_event_meta_n(p, name, len);
     if (m <= 0)
@@ -324,6 +324,11 @@ int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, size_t len, tb_ca
     p->event_meta[n].category = cat;
     p->event_meta[m].next_cat = (uint32_t)n;
     return n;
+}
+
+int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, tb_category cat)
+{
+    return tb_plane_event_meta_cat_n(p, name, strlen(name), cat);
 }
 
 int tb_plane_set_event_display_name(tb_plane *p, int64_t meta, const char *display)

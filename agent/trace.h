@@ -143,7 +143,8 @@ int64_t tb_plane_event_meta_n(tb_plane *p, const char *name, size_t len);
  * range and a Python function) gets one metadata per category, so each
  * event keeps its own. A metadata without a category is claimed. Returns
  * its id (>= 1) or -ENOMEM. */
-int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, size_t len, tb_category cat);
+int64_t tb_plane_event_meta_cat(tb_plane *p, const char *name, tb_category cat);
+int64_t tb_plane_event_meta_cat_n(tb_plane *p, const char *name, size_t len, tb_category cat);
 int tb_plane_set_event_display_name(tb_plane *p, int64_t meta, const char *display);
 /* Set the category of one metadata (all events that use it): for names
  * that only one kind of event uses; else tb_plane_event_meta_cat. */

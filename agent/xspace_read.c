@@ -380,7 +380,7 @@ static int add_plane(tb_space *s, const XPlane *xp)
         }
         /* one metadata per (name, category), as the writer had them */
         const char *name = (v && v->name) ? v->name : "";
-        int64_t id = tb_plane_event_meta_cat(pm.p, name, strlen(name), cat);
+        int64_t id = tb_plane_event_meta_cat(pm.p, name, cat);
         if (id < 0 || idmap_put(&pm.ev, en->key, (uint32_t)id, &pm.nev) < 0)
             goto out;
         if (v && v->display_name && *v->display_name &&

@@ -159,13 +159,6 @@ void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprop
         t->dev[dev]->props = *p;
 }
 
-/* Event metadata `name` on plane p, in category cat; <= 0 when it could
- * not be made. */
-static int64_t event_meta_cat(tb_plane *p, const char *name, tb_category cat)
-{
-    return tb_plane_event_meta_cat(p, name, strlen(name), cat);
-}
-
 static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
 {
     if (dev >= TB_CUPTI_MAX_DEVICES)
@@ -193,13 +186,13 @@ static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
     d->st_mfd = tb_plane_stat_meta(p, TB_ST_MEMFREE_DETAILS);
     d->st_graph = tb_plane_stat_meta(p, TB_ST_CUDA_GRAPH_ID);
     for (int i = 0; i < T_NTYPES; i++)
-        d->ev_type[i] = event_meta_cat(p, type_names[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
-    d->ev_alloc = event_meta_cat(p, "MemoryAlloc", TB_CAT_GPU_MEMORY);
-    d->ev_free = event_meta_cat(p, "MemoryFree", TB_CAT_GPU_MEMORY);
+        d->ev_type[i] = tb_plane_event_meta_cat(p, type_names[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
+    d->ev_alloc = tb_plane_event_meta_cat(p, "MemoryAlloc", TB_CAT_GPU_MEMORY);
+    d->ev_free = tb_plane_event_meta_cat(p, "MemoryFree", TB_CAT_GPU_MEMORY);
     static const char *const sync_names[5] = {"Sync", "Event Sync", "Stream Wait Event", "Stream Sync",
                                               "Context Sync"};
     for (int i = 0; i < 5; i++)
-        d->ev_sync[i] = event_meta_cat(p, sync_names[i], TB_CAT_CUDA_SYNC);
+        d->ev_sync[i] = tb_plane_event_meta_cat(p, sync_names[i], TB_CAT_CUDA_SYNC);
     if (d->st_corr < 0 || d->st_ctx < 0 || d->st_kd < 0 || d->st_md < 0 || d->ev_type[0] < 0 ||
         d->ev_sync[4] < 0 || d->st_graph < 0) {
         free(d);
@@ -301,7 +294,7 @@ static int64_t kernel_meta(tb_cupti_tr *t, devstate *d, uint32_t dev, const char
             dm = NULL;
         }
     }
-    meta = event_meta_cat(d->p, dm ? dm : name, TB_CAT_KERNEL);
+    meta = tb_plane_event_meta_cat(d->p, dm ? dm : name, TB_CAT_KERNEL);
     free(dm);
     if (meta <= 0)
         return meta;
@@ -633,7 +626,7 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
             if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
                 *v = '\0';
         }
-        meta = event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
+        meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
         if (meta <= 0)
             return;
         if (cache)
@@ -650,7 +643,7 @@ static void host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_categor
     tb_line *l = host_line(t, tid);
     if (!l || !t->hp)
         return;
-    int64_t meta = event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat);
+    int64_t meta = tb_plane_event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat);
     if (meta > 0)
         add_span(t, l, meta, start, end);
 }
@@ -719,7 +712,7 @@ static void do_overhead(tb_cupti_tr *t, const CUpti_ActivityOverhead3 *o)
     devstate *d = get_dev(t, dev);
     if (!d)
         return;
-    int64_t meta = event_meta_cat(d->p, name, TB_CAT_OVERHEAD);
+    int64_t meta = tb_plane_event_meta_cat(d->p, name, TB_CAT_OVERHEAD);
     if (meta <= 0)
         return;
     lineslot *ls = get_line(d, TB_CUPTI_LINE_OVERHEAD);

@@ -261,7 +261,7 @@ static int src_collect(void *ctx, tb_space *s)
             end = R.stop_mono > r->start ? R.stop_mono : r->start; /* still open at the stop */
         tb_line *l = tb_host_line(s, r->tid);
         const char *name = r->name_len ? R.names + r->name_off : "(unnamed)";
-        int64_t meta = tb_plane_event_meta_cat(hp, name, r->name_len ? r->name_len : strlen(name), TB_CAT_USER);
+        int64_t meta = tb_plane_event_meta_cat_n(hp, name, r->name_len ? r->name_len : strlen(name), TB_CAT_USER);
         if (!l || meta <= 0) {
             rc = -ENOMEM;
             break;

@@ -15,7 +15,7 @@
 
 static void ev(tb_line *l, const char *name, int64_t start, int64_t dur, tb_category cat)
 {
-    tb_line_add(l, tb_plane_event_meta_cat(l->plane, name, strlen(name), cat), T0 + start, dur);
+    tb_line_add(l, tb_plane_event_meta_cat(l->plane, name, cat), T0 + start, dur);
 }
 
 static void st_i(tb_line *l, const char *name, int64_t v)

@@ -60,7 +60,7 @@ static tb_space *build(void)
     tb_line *worker = tb_plane_line(h, 101, "worker");
     tb_line_add(worker, m_launch, T0 + 5, 1);
     /* the same name as a sampled function: its own metadata */
-    tb_line_add(worker, tb_plane_event_meta_cat(h, "cudaLaunchKernel", 16, TB_CAT_CPU_SAMPLE), T0 + 4, 3);
+    tb_line_add(worker, tb_plane_event_meta_cat(h, "cudaLaunchKernel", TB_CAT_CPU_SAMPLE), T0 + 4, 3);
     tb_plane_line(h, 102, "idle"); /* a line with no events */
 
     tb_plane *g = tb_space_plane(s, "/device:GPU:0");
@@ -327,14 +327,14 @@ static void test_meta_per_category(void)
     tb_space *s = tb_space_new();
     tb_plane *h = tb_space_plane(s, "/host:CPU");
     int64_t plain = tb_plane_event_meta(h, "forward");
-    int64_t user = tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_USER);
+    int64_t user = tb_plane_event_meta_cat_n(h, "forward", 7, TB_CAT_USER);
     CHECK_EQ_I(user, plain); /* no category yet: claimed */
-    int64_t cpu = tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CPU_SAMPLE);
-    int64_t api = tb_plane_event_meta_cat(h, "forwardXX", 7, TB_CAT_CUDA_RUNTIME); /* length counts */
+    int64_t cpu = tb_plane_event_meta_cat_n(h, "forward", 7, TB_CAT_CPU_SAMPLE);
+    int64_t api = tb_plane_event_meta_cat_n(h, "forwardXX", 7, TB_CAT_CUDA_RUNTIME); /* length counts */
     CHECK(cpu > 0 && cpu != user && api > 0 && api != user && api != cpu);
-    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CPU_SAMPLE), cpu);
-    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_USER), user);
-    CHECK_EQ_I(tb_plane_event_meta_cat(h, "forward", 7, TB_CAT_CUDA_RUNTIME), api);
+    CHECK_EQ_I(tb_plane_event_meta_cat_n(h, "forward", 7, TB_CAT_CPU_SAMPLE), cpu);
+    CHECK_EQ_I(tb_plane_event_meta_cat_n(h, "forward", 7, TB_CAT_USER), user);
+    CHECK_EQ_I(tb_plane_event_meta_cat_n(h, "forward", 7, TB_CAT_CUDA_RUNTIME), api);
     CHECK_EQ_I(tb_plane_event_meta(h, "forward"), user);
     CHECK_STR(tb_plane_event_name(h, cpu), "forward");
     CHECK_EQ_I(h->event_meta[cpu].category, TB_CAT_CPU_SAMPLE);
