@@ -125,7 +125,6 @@ static struct {
 
 static int inj_on;                /* we claimed NVTX_INJECTION64_PATH */
 static int nvtx_asked;            /* TBPROF_NVTX=on */
-static int nvtx_recording_wanted; /* TBPROF_NVTX=on and injection ours */
 static char nvtx_owner[256];      /* NVTX_INJECTION64_PATH when another tool's */
 
 static int sep(int c) { return c == ' ' || c == '_' || c == ':' || c == '#' || c == '=' || c == '-'; }
@@ -539,7 +538,6 @@ void tb_nvtx_init(const tb_config *c)
     }
     pat.on = steps;
     inj_on = 1;
-    nvtx_recording_wanted = c->nvtx;
     if (steps)
         tb_debug("NVTX steps: ranges matching '%s' (NVTX_INJECTION64_PATH=%s)", c->nvtx_step, self);
 }
@@ -547,7 +545,7 @@ void tb_nvtx_init(const tb_config *c)
 int tb_nvtx_recording_available(const char **why)
 {
     static char reason[300];
-    if (nvtx_recording_wanted)
+    if (inj_on && nvtx_asked)
         return 1;
     *why = NULL;
     if (nvtx_asked && nvtx_owner[0] && !strstr(nvtx_owner, "cupti")) {
