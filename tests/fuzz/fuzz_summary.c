@@ -30,19 +30,11 @@
 #include "../../tools/synth_space.h"
 #include "folded.h"
 #include "summary.h"
+#define FUZZ_NAME "fuzz_summary"
 #include "mutate.h"
 #include "xspace.h"
 
-static int fail, cs;
-#define EXPECT(c, ...)                                                         \
-    do {                                                                       \
-        if (!(c)) {                                                            \
-            fprintf(stderr, "fuzz_summary: case %d: %s: ", cs, #c);            \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-            fail++;                                                            \
-        }                                                                      \
-    } while (0)
+static int cs;
 
 static void seed_every_stat(tb_buf *b)
 {

@@ -1,7 +1,8 @@
 /* mutate.h - what the fuzzers share (header-only; one fuzzer per program):
  * a seeded xorshift generator, the byte mutator, and running a tbprof
- * subcommand quietly on a file. Deterministic for a seed: set rng_state
- * (non-zero) before the first rnd(). */
+ * subcommand quietly on a file, and EXPECT. Deterministic for a seed: set
+ * rng_state (non-zero) before the first rnd(). Define FUZZ_NAME (the
+ * program's name, for messages) before including it. */
 #ifndef TBPROF_FUZZ_MUTATE_H
 #define TBPROF_FUZZ_MUTATE_H
 
@@ -10,11 +11,25 @@
 #include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
 extern char **environ;
+
+/* Failed checks so far. EXPECT(cond, fmt, ...) counts and reports one,
+ * naming the case: a variable `cs` must be in scope. */
+static int fail;
+#define EXPECT(c, ...)                                                         \
+    do {                                                                       \
+        if (!(c)) {                                                            \
+            fprintf(stderr, "%s: case %d: %s: ", FUZZ_NAME, cs, #c);           \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+            fail++;                                                            \
+        }                                                                      \
+    } while (0)
 
 static uint64_t rng_state;
 
