@@ -30,6 +30,8 @@
 #define TB_ST_MEMALLOC_DETAILS "memalloc_details"
 #define TB_ST_MEMFREE_DETAILS "memfree_details"
 #define TB_ST_CUDA_GRAPH_ID "cuda_graph_id"
+/* an NVTX range's or mark's domain, when not the default one (host events) */
+#define TB_ST_NVTX_DOMAIN "tbprof_nvtx_domain"
 
 /* GPU device facts (plane stats) */
 #define TB_ST_DEV_CLOCK_RATE "clock_rate"          /* kHz */

@@ -67,7 +67,7 @@ typedef struct md_slot {
 typedef struct marker {
     uint32_t id, tid;
     uint64_t ts;
-    const char *name;
+    const char *name, *domain;
 } marker;
 
 typedef struct syncrec {
@@ -637,15 +637,24 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
 }
 
-static void host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_category cat, uint64_t start,
-                      uint64_t end)
+/* A span on thread tid's host line; returns the line, NULL when not added. */
+static tb_line *host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_category cat, uint64_t start,
+                          uint64_t end)
 {
     tb_line *l = host_line(t, tid);
     if (!l || !t->hp)
-        return;
+        return NULL;
     int64_t meta = tb_plane_event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat);
-    if (meta > 0)
-        add_span(t, l, meta, start, end);
+    return meta > 0 && add_span(t, l, meta, start, end) >= 0 ? l : NULL;
+}
+
+/* An NVTX range or mark; its domain as a stat when not the default one. */
+static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char *domain, uint64_t start,
+                      uint64_t end)
+{
+    tb_line *l = host_span(t, tid, name, TB_CAT_USER, start, end);
+    if (l && domain && *domain)
+        tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }
 
 static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
@@ -657,7 +666,7 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
     if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
         if (TB_GROW(t->mk, t->capmk, t->nmk + 1) < 0)
             return;
-        t->mk[t->nmk++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name};
+        t->mk[t->nmk++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain};
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
         for (size_t i = t->nmk; i-- > 0;) {
             if (t->mk[i].id != m->id)
@@ -665,7 +674,7 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
             marker s = t->mk[i];
             t->mk[i] = t->mk[--t->nmk];
             if (m->timestamp >= s.ts && s.ts)
-                host_span(t, s.tid, s.name, TB_CAT_USER, s.ts, m->timestamp);
+                nvtx_span(t, s.tid, s.name, s.domain, s.ts, m->timestamp);
             else
                 t->c.bad_time++;
             return;
@@ -673,7 +682,7 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
         t->c.unmatched_markers++;
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) {
         if (m->timestamp)
-            host_span(t, tid, m->name, TB_CAT_USER, m->timestamp, m->timestamp);
+            nvtx_span(t, tid, m->name, m->domain, m->timestamp, m->timestamp);
     }
 }
 

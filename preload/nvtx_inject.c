@@ -75,6 +75,8 @@ enum { /* NVTX_CB_MODULE_CORE2 */
     CORE2_DomainRangePop = 5,
     CORE2_DomainRegisterStringA = 10,
     CORE2_DomainRegisterStringW = 11,
+    CORE2_DomainCreateA = 12,
+    CORE2_DomainCreateW = 13,
 };
 enum { MSG_ASCII = 1, MSG_UNICODE = 2, MSG_REGISTERED = 3 };
 
@@ -182,42 +184,58 @@ static int match_w(const wchar_t *w, int64_t *num)
     return match(buf, num);
 }
 
-/* Registered strings: our handle is a pointer to this record. Equal strings
- * share one record (a program may register its step name every step); all
- * stay reachable from the table for the process lifetime, as handles do. */
+/* Registered strings and domains: our handle is a pointer to this record
+ * (magic tells which). Equal strings share one record (a program may
+ * register its step name every step, or create its domain in each call);
+ * all stay reachable from the table for the process lifetime, as handles
+ * do (nvtxDomainDestroy is a no-op). A domain's id (1.., 0 is NVTX's
+ * default domain) picks its push/pop stack and tags its recorded ranges. */
 #define REG_MAGIC 0x74627278u /* "tbrx" */
+#define DOM_MAGIC 0x74626478u /* "tbdx" */
 #define REG_MAX_BYTES (1u << 20)
 #define REG_BUCKETS 1024
+#define DOM_MAX 255
 typedef struct reg_str {
-    uint32_t magic;
+    uint32_t magic, id;
     struct reg_str *next;
     char s[];
 } reg_str;
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static reg_str *reg_table[REG_BUCKETS];
 static size_t reg_bytes;
+static const reg_str *domains[DOM_MAX + 1]; /* by id */
+static uint32_t ndomains;
 
-static const void *register_string(const char *s, size_t len)
+static const reg_str *intern(const char *s, size_t len, uint32_t magic)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
+    uint32_t h = 2166136261u ^ magic; /* FNV-1a */
     for (size_t i = 0; i < len; i++)
         h = (h ^ (unsigned char)s[i]) * 16777619u;
     reg_str **b = &reg_table[h % REG_BUCKETS];
     pthread_mutex_lock(&reg_mu);
     reg_str *r = *b;
-    while (r && (strncmp(r->s, s, len) || r->s[len]))
+    while (r && (r->magic != magic || strncmp(r->s, s, len) || r->s[len]))
         r = r->next;
     if (!r) {
         size_t need = sizeof(reg_str) + len + 1;
-        if (reg_bytes + need > REG_MAX_BYTES) {
+        const char *full = reg_bytes + need > REG_MAX_BYTES ? "more than 1 MiB of registered strings"
+                           : magic == DOM_MAGIC && ndomains >= DOM_MAX ? "more than 255 domains"
+                                                                         : NULL;
+        if (full) {
             pthread_mutex_unlock(&reg_mu);
-            tb_warn_once("NVTX: more than %u bytes of registered strings; later ones cannot name steps",
-                         REG_MAX_BYTES);
+            tb_warn_once("NVTX: %s; later ones are not kept (their ranges are unnamed or in the "
+                         "default domain, and cannot be steps)",
+                         full);
             return NULL;
         }
         r = malloc(need);
         if (r) {
-            r->magic = REG_MAGIC;
+            r->magic = magic;
+            r->id = 0;
+            if (magic == DOM_MAGIC) {
+                r->id = ++ndomains;
+                domains[r->id] = r;
+            }
             memcpy(r->s, s, len);
             r->s[len] = '\0';
             r->next = *b;
@@ -229,10 +247,26 @@ static const void *register_string(const char *s, size_t len)
     return r;
 }
 
+/* The id of a domain handle: 0 for NULL (the default domain) and for
+ * anything that is not one of ours. */
+static uint16_t domain_id(const void *dom)
+{
+    const reg_str *r = dom;
+    return r && r->magic == DOM_MAGIC ? (uint16_t)r->id : 0;
+}
+
+const char *tb_nvtx_domain_name(unsigned id)
+{
+    pthread_mutex_lock(&reg_mu);
+    const char *n = id && id <= ndomains ? domains[id]->s : NULL;
+    pthread_mutex_unlock(&reg_mu);
+    return n;
+}
+
 /* The name an attribute block carries (NULLs when it has none we read). */
 static tb_nvtx_name attr_name(const nvtx_attr *a)
 {
-    tb_nvtx_name n = {NULL, NULL};
+    tb_nvtx_name n = {NULL, NULL, 0};
     if (!a || a->size < offsetof(nvtx_attr, message) + sizeof(a->message))
         return n;
     if (a->message_type == MSG_ASCII)
@@ -269,17 +303,36 @@ static _Atomic uint64_t next_range_id = 1;
 static _Atomic uint64_t step_range_id;   /* the start/end range that began the open step */
 static _Atomic int64_t step_range_num = -1;
 
-/* Push/pop ranges nest per thread; the core and domain APIs keep separate
- * stacks (domain handles are not tracked: interleaving pushes of two domains
- * can shift where a step ends, never what it counts). Each level remembers
- * its recorded range (token) up to STACK_MAX deep. */
+/* Push/pop ranges nest per thread and per domain. Each thread keeps a stack
+ * for the default domain (the core API, and a NULL domain handle) and one
+ * each for the first NEST_SLOTS - 1 other domains it uses; more domains on
+ * one thread share the last stack, where a pop may end another domain's
+ * range. Each level remembers its recorded range (token) up to STACK_MAX
+ * deep. */
 #define STACK_MAX 64
+#define NEST_SLOTS 4
 typedef struct nest {
     int depth, step_at;
     int64_t step_num;
     uint64_t tok[STACK_MAX];
 } nest;
-static __thread nest core_nest, dom_nest;
+static __thread nest nests[NEST_SLOTS];
+static __thread uint16_t nest_dom[NEST_SLOTS];
+
+static nest *nest_of(uint16_t dom)
+{
+    if (!dom)
+        return &nests[0];
+    for (int i = 1; i < NEST_SLOTS; i++) {
+        if (nest_dom[i] == dom)
+            return &nests[i];
+        if (!nest_dom[i]) {
+            nest_dom[i] = dom;
+            return &nests[i];
+        }
+    }
+    return &nests[NEST_SLOTS - 1];
+}
 
 static int64_t begin(int m, int64_t num) { return tb_cudasteps_begin(TB_STEP_NVTX, m == 2, num); }
 
@@ -351,8 +404,15 @@ static int pop(nest *st)
 
 /* ---- handlers ---------------------------------------------------------------------- */
 
-static tb_nvtx_name A(const char *s) { return (tb_nvtx_name){s, NULL}; }
-static tb_nvtx_name W(const wchar_t *w) { return (tb_nvtx_name){NULL, w}; }
+static tb_nvtx_name A(const char *s) { return (tb_nvtx_name){s, NULL, 0}; }
+static tb_nvtx_name W(const wchar_t *w) { return (tb_nvtx_name){NULL, w, 0}; }
+/* The name of an attribute block in domain dom. */
+static tb_nvtx_name in_dom(const void *dom, const nvtx_attr *a)
+{
+    tb_nvtx_name n = attr_name(a);
+    n.dom = domain_id(dom);
+    return n;
+}
 
 static void h_MarkEx(const nvtx_attr *a) { mark(attr_name(a)); }
 static void h_MarkA(const char *s) { mark(A(s)); }
@@ -361,21 +421,13 @@ static uint64_t h_RangeStartEx(const nvtx_attr *a) { return range_start(attr_nam
 static uint64_t h_RangeStartA(const char *s) { return range_start(A(s)); }
 static uint64_t h_RangeStartW(const wchar_t *s) { return range_start(W(s)); }
 static void h_RangeEnd(uint64_t id) { range_end(id); }
-static int h_RangePushEx(const nvtx_attr *a) { return push(&core_nest, attr_name(a)); }
-static int h_RangePushA(const char *s) { return push(&core_nest, A(s)); }
-static int h_RangePushW(const wchar_t *s) { return push(&core_nest, W(s)); }
-static int h_RangePop(void) { return pop(&core_nest); }
+static int h_RangePushEx(const nvtx_attr *a) { return push(&nests[0], attr_name(a)); }
+static int h_RangePushA(const char *s) { return push(&nests[0], A(s)); }
+static int h_RangePushW(const wchar_t *s) { return push(&nests[0], W(s)); }
+static int h_RangePop(void) { return pop(&nests[0]); }
 
-static void h_DomainMarkEx(const void *dom, const nvtx_attr *a)
-{
-    (void)dom;
-    mark(attr_name(a));
-}
-static uint64_t h_DomainRangeStartEx(const void *dom, const nvtx_attr *a)
-{
-    (void)dom;
-    return range_start(attr_name(a));
-}
+static void h_DomainMarkEx(const void *dom, const nvtx_attr *a) { mark(in_dom(dom, a)); }
+static uint64_t h_DomainRangeStartEx(const void *dom, const nvtx_attr *a) { return range_start(in_dom(dom, a)); }
 static void h_DomainRangeEnd(const void *dom, uint64_t id)
 {
     (void)dom;
@@ -383,18 +435,14 @@ static void h_DomainRangeEnd(const void *dom, uint64_t id)
 }
 static int h_DomainRangePushEx(const void *dom, const nvtx_attr *a)
 {
-    (void)dom;
-    return push(&dom_nest, attr_name(a));
+    tb_nvtx_name n = in_dom(dom, a);
+    return push(nest_of(n.dom), n);
 }
-static int h_DomainRangePop(const void *dom)
-{
-    (void)dom;
-    return pop(&dom_nest);
-}
+static int h_DomainRangePop(const void *dom) { return pop(nest_of(domain_id(dom))); }
 static const void *h_DomainRegisterStringA(const void *dom, const char *s)
 {
     (void)dom;
-    return s ? register_string(s, strnlen(s, 4096)) : NULL;
+    return s ? intern(s, strnlen(s, 4096), REG_MAGIC) : NULL;
 }
 static const void *h_DomainRegisterStringW(const void *dom, const wchar_t *w)
 {
@@ -402,7 +450,18 @@ static const void *h_DomainRegisterStringW(const void *dom, const wchar_t *w)
     if (!w)
         return NULL;
     char buf[4096];
-    return register_string(buf, tb_wide_to_utf8(w, buf, sizeof(buf)));
+    return intern(buf, tb_wide_to_utf8(w, buf, sizeof(buf)), REG_MAGIC);
+}
+static const void *h_DomainCreateA(const char *name)
+{
+    return name ? intern(name, strnlen(name, 4096), DOM_MAGIC) : NULL;
+}
+static const void *h_DomainCreateW(const wchar_t *w)
+{
+    if (!w)
+        return NULL;
+    char buf[4096];
+    return intern(buf, tb_wide_to_utf8(w, buf, sizeof(buf)), DOM_MAGIC);
 }
 
 /* ---- injection entry ---------------------------------------------------------------- */
@@ -432,6 +491,8 @@ static const struct slot slots[] = {
     SLOT(CORE2, DomainRangePop, h_DomainRangePop),
     SLOT(CORE2, DomainRegisterStringA, h_DomainRegisterStringA),
     SLOT(CORE2, DomainRegisterStringW, h_DomainRegisterStringW),
+    SLOT(CORE2, DomainCreateA, h_DomainCreateA),
+    SLOT(CORE2, DomainCreateW, h_DomainCreateW),
 };
 
 static atomic_uint ninstances;

@@ -36,10 +36,13 @@
 typedef struct rec {
     int64_t start;             /* CLOCK_MONOTONIC ns */
     _Atomic int64_t end;       /* 0 while open */
-    uint32_t name_off, name_len;
+    uint32_t name_off;
+    uint16_t name_len, dom; /* dom: tb_nvtx_name.dom */
     int32_t tid;
     atomic_int ready;
 } rec;
+_Static_assert(sizeof(rec) == 32, "README: 32-byte range records");
+_Static_assert(NAME_MAX_BYTES <= UINT16_MAX, "name_len is 16 bits");
 
 atomic_int tb_nvtx_recording;
 
@@ -144,7 +147,8 @@ uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int instant)
     }
     r->start = now;
     r->name_off = (uint32_t)off;
-    r->name_len = (uint32_t)len;
+    r->name_len = (uint16_t)len;
+    r->dom = nm.dom;
     r->tid = (int32_t)tb_gettid();
     atomic_store_explicit(&r->end, instant ? now : 0, memory_order_relaxed);
     atomic_store_explicit(&r->ready, 1, memory_order_release);
@@ -252,6 +256,7 @@ static int src_collect(void *ctx, tb_space *s)
     if (tb_capture_window(s, &win_begin, &win_end) < 0)
         win_end = INT64_MAX;
     int rc = 0;
+    int64_t dom_stat = 0;
     for (size_t i = 0; hp && i < n; i++) {
         rec *r = &R.recs[i];
         if (!atomic_load_explicit(&r->ready, memory_order_acquire))
@@ -269,7 +274,13 @@ static int src_collect(void *ctx, tb_space *s)
         int64_t b = tb_mono_to_epoch(r->start), e = tb_mono_to_epoch(end);
         if (e > win_end) /* open at the capture's end: cut there */
             e = win_end > b ? win_end : b;
-        tb_line_add(l, meta, b, e - b);
+        if (tb_line_add(l, meta, b, e - b) < 0 || !r->dom)
+            continue;
+        const char *dn = tb_nvtx_domain_name(r->dom);
+        if (dn && !dom_stat)
+            dom_stat = tb_plane_stat_meta(hp, TB_ST_NVTX_DOMAIN);
+        if (dn && dom_stat > 0)
+            tb_line_stat_str(l, dom_stat, dn);
     }
     if (hp && (dropped || atomic_load(&R.nrec) > 0))
         tb_plane_stat_u64(hp, TB_ST_NVTX_DROPPED, dropped);

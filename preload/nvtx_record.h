@@ -21,10 +21,12 @@
 
 #include "source.h"
 
-/* A range's name as NVTX passed it: ascii (or UTF-8) or wide. */
+/* A range's name as NVTX passed it: ascii (or UTF-8) or wide; and its
+ * domain (0: NVTX's default domain, else a tb_nvtx_domain_name id). */
 typedef struct tb_nvtx_name {
     const char *a;
     const wchar_t *w;
+    uint16_t dom;
 } tb_nvtx_name;
 
 /* Nonzero while a capture records NVTX (one relaxed load on the idle path). */
@@ -41,6 +43,11 @@ void tb_nvtx_rec_end(uint64_t token);
 /* 1 once an NVTX instance in the process attached to our injection
  * (nvtx_inject.c); captures before that take no memory for NVTX. */
 int tb_nvtx_attached(void);
+
+/* The name of NVTX domain `id` (nvtxDomainCreateA/W, nvtx_inject.c), NULL
+ * for 0 (the default domain) and unknown ids. Names live as long as the
+ * process. */
+const char *tb_nvtx_domain_name(unsigned id);
 
 /* The "nvtx" source (start/stop/collect of the recording). */
 tb_source *tb_nvtx_source(void);

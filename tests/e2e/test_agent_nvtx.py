@@ -252,6 +252,37 @@ class NvtxRanges(NvtxBase):
                                               nvtx_step="step")
                 self.check_step_contents(self.one_profile(logdir), pid, range(2, 5), 2)
 
+    def test_domains_nest_apart_and_are_named(self):
+        # each step: "dom a" pushed in domain tbtest.a, then "dom b" in
+        # tbtest.b, then tbtest.a popped before tbtest.b. NVTX nests per
+        # domain, so "dom a" ends first; the step ranges themselves are in
+        # domain "tbtest" (-k domain)
+        ms = 8
+        pid, out, err = self.run_prog(["-n", "8", "-m", str(ms), "-k", "domain", "-d"], steps="2,4",
+                                      nvtx_step="step")
+        _, info = parse(out)
+        self.assertEqual(info.get("same_domain"), "1", "a domain created twice is one handle")
+        prof = self.one_profile()
+        evs = self.check_step_contents(prof, pid, range(2, 5), ms)
+        a = sorted((e for e in evs if e.name == "dom a"), key=lambda e: e.start_ns)
+        b = sorted((e for e in evs if e.name == "dom b"), key=lambda e: e.start_ns)
+        self.assertEqual((len(a), len(b)), (3, 3), [e.name for e in evs])
+        for ea, eb in zip(a, b):
+            self.assertEqual(ea.stats.get("tbprof_nvtx_domain"), "tbtest.a", ea)
+            self.assertEqual(eb.stats.get("tbprof_nvtx_domain"), "tbtest.b", eb)
+            # a: [push a, pop a] ~ ms/2; b: [push b, pop b] ~ ms/2, starting ~ms/4 into a
+            self.assertLess(ea.start_ns, eb.start_ns)
+            self.assertLess(ea.end_ns, eb.end_ns, "popping tbtest.a ended tbtest.b's range")
+            for e in (ea, eb):
+                self.assertGreaterEqual(e.dur_ns, ms / 2 * 1e6 * 0.9, e)
+                self.assertLess(e.dur_ns, ms * 1e6, e)
+        for e in evs:
+            if e.name.startswith("step "):
+                self.assertEqual(e.stats.get("tbprof_nvtx_domain"), "tbtest", e)
+            elif e.name in ("fwd", "bwd", "loss"):
+                self.assertNotIn("tbprof_nvtx_domain", e.stats, "the default domain has no name")
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
     def test_utf8_names(self):
         pid, out, err = self.run_prog(["-n", "8", "-m", "2", "-k", "pushw", "-p", "\u00e9tape"], steps="2,3",
                                       nvtx_step="\u00e9tape")

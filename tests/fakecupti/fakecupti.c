@@ -19,7 +19,7 @@
  *   memset   bytes= value= mem=device async= (+ times/ids)
  *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
  *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
- *   marker   id= name= tid= start= end=    (a start and an end record)
+ *   marker   id= name= domain= tid= start= end=    (a start and an end record)
  *   overhead ovkind=compiler|flush|instr|resource obj=thread|device tid= dev= start= end=
  *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
  * Knobs (environment):
@@ -311,7 +311,8 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
             x->objectId.pt.processId = (uint32_t)getpid();
             x->objectId.pt.threadId = tid;
             x->name = e ? NULL : keep(name ? name : "range");
-            x->domain = NULL;
+            const char *dom = kv(tok, ntok, "domain");
+            x->domain = e || !dom ? NULL : keep(dom);
         }
     } else if (!strcmp(k, "overhead")) {
         if (!(r = push(CUPTI_ACTIVITY_KIND_OVERHEAD, sizeof(CUpti_ActivityOverhead3))))

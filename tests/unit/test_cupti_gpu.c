@@ -40,6 +40,7 @@ static const char *SCRIPT =
     "free addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=12 start=120\n"
     "sync type=stream ctx=1 stream=7 corr=13 start=20 end=110\n"
     "marker id=1 name=train_step tid=main start=0 end=115\n"
+    "marker id=2 name=allreduce domain=NCCL tid=main start=30 end=40\n"
     "overhead ovkind=flush obj=device dev=0 start=111 end=113\n";
 
 static void write_script(void)
@@ -247,6 +248,13 @@ static void check_full_translation(tb_space *s, int64_t t0)
     if (nv) {
         CHECK_EQ_I(nv->dur_ns, 115000);
         CHECK_EQ_I(h->event_meta[nv->meta].category, TB_CAT_USER);
+        CHECK(tb_event_find_stat(h, hl, nv, TB_ST_NVTX_DOMAIN) == NULL); /* the default domain */
+    }
+    const tb_event *ar = event_named(h, hl, "allreduce", 0);
+    CHECK(ar != NULL);
+    if (ar) {
+        CHECK_EQ_I(ar->dur_ns, 10000);
+        CHECK_STR(str_stat(h, hl, ar, TB_ST_NVTX_DOMAIN), "NCCL");
     }
     CHECK_EQ_I(plane_int(h, TB_ST_CUPTI_DROPPED), 0);
     CHECK_EQ_I(plane_int(h, TB_ST_POOL_EXHAUSTED), 0);

@@ -17,6 +17,10 @@
  *   -f   at step F, inside its "fwd" range, fork a child that pops that
  *        range, makes 50 "child" ranges and a "child mark", and exits 0 (the
  *        parent goes on, then waits for it: "child PID status S")
+ *   -d   each step also opens "dom a" in domain "tbtest.a", then "dom b" in
+ *        "tbtest.b" (~ms/4 apart), and pops tbtest.a before tbtest.b: per
+ *        domain stacks end "dom a" first (prints "same_domain=1" when a
+ *        second nvtxDomainCreateA("tbtest.a") gave the same handle)
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one, and N reads of CLOCK_MONOTONIC (the machine's
  *        yardstick); prints "bench miss_ns=X match_ns=Y clock_ns=Z"
@@ -72,13 +76,13 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
-    int in_capture = 0, fork_at = -1;
+    int in_capture = 0, fork_at = -1, two_domains = 0;
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:d")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -91,6 +95,7 @@ int main(int argc, char **argv)
         case 'r': tiny = atol(optarg); break;
         case 'c': in_capture = 1; break;
         case 'f': fork_at = atoi(optarg); break;
+        case 'd': two_domains = 1; break;
         case 'i':
             if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
                 fprintf(stderr, "nvtx_steps: -i wants A,B\n");
@@ -138,6 +143,12 @@ int main(int argc, char **argv)
     nvtxDomainHandle_t dom = NULL;
     if (!strcmp(kind, "domain"))
         dom = nvtxDomainCreateA("tbtest");
+    nvtxDomainHandle_t da = NULL, db = NULL;
+    if (two_domains) {
+        da = nvtxDomainCreateA("tbtest.a");
+        db = nvtxDomainCreateA("tbtest.b");
+        printf("same_domain=%d\n", da && da == nvtxDomainCreateA("tbtest.a"));
+    }
     int first_level = -100;
     for (int i = 0; i < n; i++) {
         char name[128];
@@ -198,6 +209,16 @@ int main(int argc, char **argv)
         nvtxMarkA("loss");
         work(ms / 2);
         nvtxRangePop();
+        if (two_domains) {
+            nvtxEventAttributes_t at = attr_ascii("dom a"), bt = attr_ascii("dom b");
+            nvtxDomainRangePushEx(da, &at);
+            work(ms / 4);
+            nvtxDomainRangePushEx(db, &bt);
+            work(ms / 4);
+            nvtxDomainRangePop(da);
+            work(ms / 4);
+            nvtxDomainRangePop(db);
+        }
         if (!strcmp(kind, "start"))
             nvtxRangeEnd(id);
         else if (!strcmp(kind, "domain"))
