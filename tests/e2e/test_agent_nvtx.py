@@ -270,12 +270,12 @@ class NvtxRanges(NvtxBase):
         for ea, eb in zip(a, b):
             self.assertEqual(ea.stats.get("tbprof_nvtx_domain"), "tbtest.a", ea)
             self.assertEqual(eb.stats.get("tbprof_nvtx_domain"), "tbtest.b", eb)
-            # a: [push a, pop a] ~ ms/2; b: [push b, pop b] ~ ms/2, starting ~ms/4 into a
+            # a: [push a, pop a], b: [push b, pop b], b pushed ms/4 into a,
+            # a popped ms/4 before b: each spans at least ms/2 of spinning
             self.assertLess(ea.start_ns, eb.start_ns)
             self.assertLess(ea.end_ns, eb.end_ns, "popping tbtest.a ended tbtest.b's range")
             for e in (ea, eb):
                 self.assertGreaterEqual(e.dur_ns, ms / 2 * 1e6 * 0.9, e)
-                self.assertLess(e.dur_ns, ms * 1e6, e)
         for e in evs:
             if e.name.startswith("step "):
                 self.assertEqual(e.stats.get("tbprof_nvtx_domain"), "tbtest", e)
