@@ -7,7 +7,11 @@
  * capture: CUPTI asks for buffers (request callback: pop from the pool, or
  *   return none when it is empty: CUPTI then drops records and counts
  *   them) and hands filled ones back (complete callback: queue them). The
- *   callbacks never block on I/O and never allocate.
+ *   callbacks never block on I/O and never allocate. poll() (the agent
+ *   thread, every few ms) faults in the next PREFAULT_AHEAD free buffers
+ *   with MADV_POPULATE_WRITE, so the CUDA and CUPTI threads that fill them
+ *   take no page faults; the pool's other buffers stay untouched until
+ *   they come up (a short capture does not make the whole budget resident).
  * stop: disable activity, force-flush, read CUPTI's dropped count,
  *   unsubscribe, restore the thread-id type.
  * collect: translate the queued buffers (translate.c), free the pool.
@@ -16,6 +20,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,10 +34,11 @@
 #include "stats.h"
 #include "translate.h"
 
-#define BUF_ALIGN 8
+#define BUF_ALIGN 4096 /* CUPTI wants 8; pages, for madvise */
 #define BUF_MAX (8u << 20)
 #define BUF_MIN (64u << 10)
 #define POOL_MIN_BUFFERS 4
+#define PREFAULT_AHEAD 2
 
 typedef struct done_buf {
     uint8_t *buf;
@@ -51,6 +57,7 @@ typedef struct gpu_ctx {
     pthread_mutex_t mu;
     uint8_t **all;   /* every buffer allocated for this capture */
     uint8_t **free_; /* stack of free buffers */
+    uint8_t *faulted; /* per all[] buffer: poll() faulted it in */
     done_buf *done;  /* completed buffers, in completion order */
     size_t nall, nfree, ndone;
     size_t buf_size;
@@ -64,6 +71,7 @@ typedef struct gpu_ctx {
 } gpu_ctx;
 
 static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static int prefault_off; /* MADV_POPULATE_WRITE refused (a kernel before 5.14) */
 static atomic_int ts_capturing;
 static unsigned ts_registered; /* generation of the libcupti it was registered with */
 
@@ -164,8 +172,10 @@ static void pool_free(void)
     free(g.all);
     free(g.free_);
     free(g.done);
+    free(g.faulted);
     g.all = g.free_ = NULL;
     g.done = NULL;
+    g.faulted = NULL;
     g.nall = g.nfree = g.ndone = 0;
     pthread_mutex_unlock(&g.mu);
 }
@@ -184,23 +194,20 @@ static int pool_alloc(size_t budget)
     if (budget && n * bs > budget && budget >= POOL_MIN_BUFFERS * 4096) {
         bs = (budget / n) & ~(size_t)(BUF_ALIGN - 1);
     }
-    uint8_t **all = calloc(n, sizeof(*all)), **fr = calloc(n, sizeof(*fr));
+    uint8_t **all = calloc(n, sizeof(*all)), **fr = calloc(n, sizeof(*fr)), *faulted = calloc(n, 1);
     done_buf *dn = calloc(n, sizeof(*dn));
-    if (!all || !fr || !dn)
+    if (!all || !fr || !dn || !faulted)
         goto oom;
-    for (size_t i = 0; i < n; i++) {
-        all[i] = aligned_alloc(BUF_ALIGN, bs);
-        if (!all[i])
-            goto oom;
-        fr[i] = all[n - 1 - i];
-    }
-    /* fr was filled before all[] was complete for i < n-1: refill */
     for (size_t i = 0; i < n; i++)
+        if (!(all[i] = aligned_alloc(BUF_ALIGN, bs)))
+            goto oom;
+    for (size_t i = 0; i < n; i++) /* handed out from the top: all[0] first */
         fr[i] = all[n - 1 - i];
     pthread_mutex_lock(&g.mu);
     g.all = all;
     g.free_ = fr;
     g.done = dn;
+    g.faulted = faulted;
     g.nall = g.nfree = n;
     g.ndone = 0;
     g.buf_size = bs;
@@ -213,7 +220,47 @@ oom:
     free(all);
     free(fr);
     free(dn);
+    free(faulted);
     return -ENOMEM;
+}
+
+/* Fault in the next PREFAULT_AHEAD buffers CUPTI will get. Agent thread
+ * only (it alone frees the pool). MADV_POPULATE_WRITE maps the pages
+ * without changing a byte, so a buffer CUPTI took meanwhile is safe. */
+static void prefault_next(void)
+{
+    uint8_t *todo[PREFAULT_AHEAD];
+    size_t nt = 0;
+    pthread_mutex_lock(&g.mu);
+    for (size_t k = 0; k < g.nfree && k < PREFAULT_AHEAD; k++) {
+        uint8_t *b = g.free_[g.nfree - 1 - k];
+        for (size_t i = 0; i < g.nall; i++)
+            if (g.all[i] == b && !g.faulted[i]) {
+                g.faulted[i] = 1;
+                todo[nt++] = b;
+            }
+    }
+    size_t bs = g.buf_size;
+    pthread_mutex_unlock(&g.mu);
+    for (size_t k = 0; k < nt; k++) {
+        if (madvise(todo[k], bs, MADV_POPULATE_WRITE) == 0) {
+            g.last.buffers_prefaulted++;
+            continue;
+        }
+        if (errno == EINVAL || errno == ENOSYS || errno == EPERM) {
+            prefault_off = 1;
+            tb_debug("GPU tracing: MADV_POPULATE_WRITE refused (%s); CUPTI buffers fault in as they fill",
+                     strerror(errno));
+        }
+        break; /* ENOMEM, EFAULT...: the pages fault in as CUPTI writes them */
+    }
+}
+
+static void gpu_poll(void *ctx)
+{
+    (void)ctx;
+    if (g.started && !prefault_off)
+        prefault_next();
 }
 
 /* ---- lifecycle ------------------------------------------------------------- */
@@ -498,6 +545,7 @@ static void gpu_atfork_child(void *ctx)
     pthread_mutex_init(&g.mu, NULL);
     g.all = g.free_ = NULL;
     g.done = NULL;
+    g.faulted = NULL;
     g.nall = g.nfree = g.ndone = 0;
 }
 
@@ -506,6 +554,7 @@ tb_gpu_stats tb_gpu_last_stats(void) { return g.last; }
 static tb_source gpu = {
     .name = "gpu",
     .start = gpu_start,
+    .poll = gpu_poll,
     .stop = gpu_stop,
     .collect = gpu_collect,
     .atfork_child = gpu_atfork_child,

@@ -22,6 +22,7 @@ typedef struct tb_gpu_stats {
     uint64_t cupti_dropped;      /* records CUPTI dropped (its own count) */
     uint64_t records;            /* records translated */
     uint64_t buffers_leaked;     /* buffers CUPTI never returned (kept, not freed) */
+    uint64_t buffers_prefaulted; /* buffers poll() faulted in before CUPTI got them */
     int used_timestamp_callback; /* 1: CUPTI timestamps were CLOCK_MONOTONIC-based */
     size_t buffer_size, pool_buffers;
 } tb_gpu_stats;

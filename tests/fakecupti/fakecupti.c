@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,7 +86,7 @@ static CUpti_ActivityThreadIdType tid_type;
 static rec *recs;
 static size_t nrecs;
 static size_t dropped_pending;
-static unsigned long long n_flush, n_delivered, n_dropped_total;
+static unsigned long long n_flush, n_delivered, n_dropped_total, n_handed, n_resident;
 static char *names[4096]; /* strings the records point at; live until unload */
 static size_t nnames;
 static struct {
@@ -567,6 +568,21 @@ API CUptiResult cuptiActivityRegisterCallbacks(CUpti_BuffersCallbackRequestFunc 
 }
 
 #ifndef FAKE_BROKEN
+/* 1 when every page of buf[0..size) is in memory (mincore): the client
+ * faulted it in before handing it over, so filling it takes no page fault. */
+static int all_resident(const uint8_t *buf, size_t size)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)buf & ~(uintptr_t)(pg - 1);
+    size_t len = (uintptr_t)buf + size - a, np = (len + pg - 1) / pg;
+    unsigned char *vec = malloc(np);
+    int all = vec && mincore((void *)a, len, vec) == 0;
+    for (size_t i = 0; all && i < np; i++)
+        all = vec[i] & 1;
+    free(vec);
+    return all;
+}
+
 API CUptiResult cuptiActivityFlushAll(uint32_t flag)
 {
     pthread_mutex_lock(&mu);
@@ -580,6 +596,10 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         uint8_t *buf = NULL;
         size_t size = 0, maxr = 0;
         req_cb(&buf, &size, &maxr);
+        if (buf) {
+            n_handed++;
+            n_resident += all_resident(buf, size);
+        }
         if (!buf || size < 8 + recs[i].size) { /* no buffer: CUPTI drops what it cannot store */
             for (; i < nrecs; i++)
                 dropped += seen[recs[i].kind] != 0;
@@ -723,6 +743,16 @@ API CUptiResult cuptiGetCallbackName(CUpti_CallbackDomain dom, uint32_t cbid, co
 
 /* State as a test checks it: subscribed, number of kinds enabled now,
  * flushes, records delivered and dropped over the library's life. */
+/* Buffers the client handed over so far, and how many of them were wholly
+ * resident when it did. */
+API void tbfake_cupti_buffers(unsigned long long *handed, unsigned long long *resident)
+{
+    pthread_mutex_lock(&mu);
+    *handed = n_handed;
+    *resident = n_resident;
+    pthread_mutex_unlock(&mu);
+}
+
 API void tbfake_cupti_state(int *is_subscribed, int *nenabled, unsigned long long *flushes,
                             unsigned long long *delivered, unsigned long long *dropped)
 {

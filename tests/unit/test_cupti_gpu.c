@@ -132,7 +132,7 @@ static int has_warning(tb_space *s, const char *needle)
     return 0;
 }
 
-static tb_space *capture(tb_source *src, size_t bytes, int *rc, const char **why, int64_t *t0)
+static tb_space *capture_polled(tb_source *src, size_t bytes, int *rc, const char **why, int64_t *t0, int polls)
 {
     tb_capture_info info = {.begin_ns = tb_real_ns(), .buffer_bytes = bytes};
     *why = NULL;
@@ -140,10 +140,30 @@ static tb_space *capture(tb_source *src, size_t bytes, int *rc, const char **why
     *rc = src->start(src->ctx, &info, why);
     if (*rc < 0)
         return NULL;
+    for (int i = 0; i < polls; i++)
+        src->poll(src->ctx);
     src->stop(src->ctx);
     tb_space *s = tb_space_new();
     src->collect(src->ctx, s);
     return s;
+}
+
+static tb_space *capture(tb_source *src, size_t bytes, int *rc, const char **why, int64_t *t0)
+{
+    return capture_polled(src, bytes, rc, why, t0, 0);
+}
+
+/* The fake's count of buffers handed to it, and of those wholly resident. */
+static void fake_buffers(const char *path, unsigned long long *handed, unsigned long long *resident)
+{
+    typedef void (*buffers_fn)(unsigned long long *, unsigned long long *);
+    *handed = *resident = 0;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    buffers_fn f = h ? (buffers_fn)(uintptr_t)dlsym(h, "tbfake_cupti_buffers") : NULL;
+    if (f)
+        f(handed, resident);
+    if (h)
+        dlclose(h);
 }
 
 static void check_full_translation(tb_space *s, int64_t t0)
@@ -371,7 +391,30 @@ int main(void)
     unsetenv("TBFAKE_CUPTI_SLOW_MS");
     unsetenv("TBFAKE_CUPTI_PER_BUFFER");
 
-    /* 8. libcupti missing */
+    /* 8. poll() faults in the buffers CUPTI gets next (the fake checks with
+     * mincore when it takes one); without a poll they come untouched.
+     * 8 MB buffers: fresh mmaps, never resident from an earlier capture. */
+    unsigned long long h0, r0, h1, r1;
+    fake_buffers(fake_full, &h0, &r0);
+    s = capture(src, 64 << 20, &rc, &why, &t0);
+    fake_buffers(fake_full, &h1, &r1);
+    CHECK_EQ_I(rc, 0);
+    CHECK_EQ_I(tb_gpu_last_stats().buffer_size, 8 << 20);
+    CHECK(h1 > h0);
+    CHECKF(r1 == r0, "%llu of %llu buffers resident without a poll", r1 - r0, h1 - h0);
+    CHECK_EQ_I(tb_gpu_last_stats().buffers_prefaulted, 0);
+    tb_space_free(s);
+    s = capture_polled(src, 64 << 20, &rc, &why, &t0, 3);
+    fake_buffers(fake_full, &h0, &r0);
+    CHECK_EQ_I(rc, 0);
+    CHECK(h0 > h1);
+    CHECKF(r0 - r1 == h0 - h1, "%llu of %llu buffers resident after a poll", r0 - r1, h0 - h1);
+    CHECK_EQ_I(tb_gpu_last_stats().buffers_prefaulted, 2); /* PREFAULT_AHEAD, not the pool */
+    if (s)
+        check_full_translation(s, t0);
+    tb_space_free(s);
+
+    /* 9. libcupti missing */
     tb_cupti_lib_reset_for_tests();
     setenv("TBPROF_CUPTI_PATH", "/nonexistent/libcupti.so", 1);
     s = capture(src, 4 << 20, &rc, &why, &t0);
