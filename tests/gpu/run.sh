@@ -13,7 +13,9 @@
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools
 #   4. step time: no agent / agent idle / capturing / torch.profiler
-# Prints a table; exit status = number of failed checks (SKIP is not one).
+#   4b. minor page faults of the job's threads per step, capturing vs idle
+#      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
+# Prints a table; exit status = number of failed checks (SKIP, INFO are not).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export TBGPU=$here
@@ -41,7 +43,7 @@ echo "work dir $work; libcupti: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
 $py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
 declare -a rows; fails=0
-row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP) ;; *) fails=$((fails+1)) ;; esac; }
+row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac; }
 check() { # name, command...: records the RESULT line
   local name=$1; shift
   local out; out=$("$@" 2>&1); local rc=$?
@@ -102,6 +104,14 @@ if [ -n "$tn" ] && [ -n "$ti" ]; then
   ok=$($py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
   row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
 fi
+
+# 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
+TBPROF_LOGDIR=$work/idle2 LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --faults "$work/f_idle" >/dev/null 2>&1
+"$tbprof" run --steps 10,29 --logdir "$work/cap2" -- $py "$here/torch_loop.py" --steps 40 --faults "$work/f_cap" >/dev/null 2>&1
+fps() { $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
+fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
+row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
+
 echo
 printf '%-26s %-5s %s\n' CHECK RESULT DETAIL
 printf '%s\n' "${rows[@]}"

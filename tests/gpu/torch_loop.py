@@ -1,6 +1,6 @@
 """torch_loop.py - a small PyTorch training loop for the GPU checks.
 
-  python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE] [--nvtx]
+  python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE] [--nvtx] [--faults FILE]
 
 No tbprof code: under `tbprof run --steps A,B` (or LD_PRELOAD with
 TBPROF_STEPS and TBPROF_PYTORCH_HOOK=on) the optimizer step hook counts steps.
@@ -9,11 +9,30 @@ reference) and exports its Chrome trace into DIR. --times writes each step's
 wall time (seconds, one per line) for the overhead table. --nvtx wraps each
 step's forward and backward in torch.cuda.nvtx ranges "forward"/"backward"
 (NVTX is a no-op without a tool: the kernels are the same either way).
+--faults writes, after each step, the minor page faults the job's threads
+(all but tbprof's agent thread, which faults CUPTI buffers in on purpose)
+have taken so far.
 """
 import argparse
+import os
 import time
 
 import torch
+
+
+def job_minor_faults():
+    """Minor faults of this process's threads, tbprof's agent thread excluded."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/stat" % tid) as f:
+                st = f.read()
+        except OSError:
+            continue  # the thread exited
+        comm, rest = st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
+        if not comm.startswith("tbprof"):
+            total += int(rest[7])  # minflt: field 10, the 8th after the comm
+    return total
 
 
 def main():
@@ -23,6 +42,7 @@ def main():
     ap.add_argument("--out", default=".")
     ap.add_argument("--times", default="")
     ap.add_argument("--nvtx", action="store_true")
+    ap.add_argument("--faults", default="")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -40,7 +60,7 @@ def main():
             activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
             schedule=sched, on_trace_ready=lambda p: p.export_chrome_trace(a.out + "/torch_trace.json"))
         prof.start()
-    times = []
+    times, faults = [], []
     for i in range(a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -56,6 +76,8 @@ def main():
         opt.step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        if a.faults:
+            faults.append(job_minor_faults())
         if prof:
             prof.step()
     if prof:
@@ -63,6 +85,9 @@ def main():
     if a.times:
         with open(a.times, "w") as f:
             f.write("\n".join("%.9f" % t for t in times) + "\n")
+    if a.faults:
+        with open(a.faults, "w") as f:
+            f.write("\n".join(str(v) for v in faults) + "\n")
     print("done", a.steps)
 
 
