@@ -38,6 +38,11 @@
 #define BUF_MAX (8u << 20)
 #define BUF_MIN (64u << 10)
 #define POOL_MIN_BUFFERS 4
+/* Buffers a pool aims for: CUPTI 13 keeps one per thread that makes CUDA
+ * calls (CUPTI_ACTIVITY_ATTR_PER_THREAD_ACTIVITY_BUFFER, on by default), and
+ * a training job has several such threads (main, autograd, pin-memory,
+ * NCCL, CUPTI's own), each holding a part-filled buffer until the flush. */
+#define POOL_BUFFERS 32
 #define PREFAULT_AHEAD 2
 
 typedef struct done_buf {
@@ -182,7 +187,7 @@ static void pool_free(void)
 
 static int pool_alloc(size_t budget)
 {
-    size_t bs = budget / 8;
+    size_t bs = budget / POOL_BUFFERS;
     if (bs > BUF_MAX)
         bs = BUF_MAX;
     if (bs < BUF_MIN)

@@ -30,6 +30,8 @@
  *   TBFAKE_CUPTI_DROPPED=N        CUPTI reports N extra dropped records
  *   TBFAKE_CUPTI_REPEAT=N         replay the script N times (times shifted, corr ids offset)
  *   TBFAKE_CUPTI_PER_BUFFER=N     at most N records per buffer
+ *   TBFAKE_CUPTI_THREADS=N        records come from N threads, each with its
+ *                                 own buffers (CUPTI's per-thread buffers)
  *   TBFAKE_CUPTI_SLOW_MS=N        sleep N ms before handing each buffer back
  *   TBFAKE_CUPTI_SKEW_NS=N        the default clock is CLOCK_REALTIME + N
  *   TBFAKE_CUPTI_SHIFT_US=N       add N us to every script time
@@ -583,45 +585,67 @@ static int all_resident(const uint8_t *buf, size_t size)
     return all;
 }
 
+/* One "thread"'s buffer while flushing (TBFAKE_CUPTI_THREADS). */
+typedef struct fbuf {
+    uint8_t *buf;
+    size_t size, used, n;
+} fbuf;
+
+/* Hand a filled buffer back (after TBFAKE_CUPTI_SLOW_MS). */
+static void complete(fbuf *b, long slow)
+{
+    if (!b->buf)
+        return;
+    if (slow)
+        usleep((useconds_t)slow * 1000);
+    done_cb(NULL, 0, b->buf, b->size, b->used);
+    *b = (fbuf){0};
+}
+
 API CUptiResult cuptiActivityFlushAll(uint32_t flag)
 {
     pthread_mutex_lock(&mu);
     long per = envl("TBFAKE_CUPTI_PER_BUFFER", 0), slow = envl("TBFAKE_CUPTI_SLOW_MS", 0);
+    long nthr = envl("TBFAKE_CUPTI_THREADS", 1);
+    if (nthr < 1 || nthr > 256)
+        nthr = 1;
+    fbuf cur[256] = {{0}};
     size_t i = 0, delivered = 0, dropped = 0, unlaunched = 0;
     if (!stamped) { /* TBFAKE_CUPTI_AT_LAUNCH: no records for work not launched yet (kept for the launch) */
         unlaunched = nrecs;
         i = nrecs;
     }
-    while (i < nrecs && req_cb && done_cb) {
-        uint8_t *buf = NULL;
-        size_t size = 0, maxr = 0;
-        req_cb(&buf, &size, &maxr);
-        if (buf) {
-            n_handed++;
-            n_resident += all_resident(buf, size);
-        }
-        if (!buf || size < 8 + recs[i].size) { /* no buffer: CUPTI drops what it cannot store */
-            for (; i < nrecs; i++)
-                dropped += seen[recs[i].kind] != 0;
-            break;
-        }
-        size_t used = 0, n = 0;
-        for (; i < nrecs; i++) {
-            if (!seen[recs[i].kind])
-                continue;
-            if (used + 8 + recs[i].size > size || (per && (long)n >= per))
+    /* records go to "thread" k % nthr, each filling its own buffers, as
+     * CUPTI's per-thread activity buffers (its default since CUDA 13) do */
+    for (size_t k = 0; i < nrecs && req_cb && done_cb; i++) {
+        if (!seen[recs[i].kind])
+            continue;
+        fbuf *b = &cur[k++ % (size_t)nthr];
+        if (b->buf && (b->used + 8 + recs[i].size > b->size || (per && (long)b->n >= per)))
+            complete(b, slow);
+        if (!b->buf) {
+            size_t maxr = 0;
+            req_cb(&b->buf, &b->size, &maxr);
+            if (b->buf) {
+                n_handed++;
+                n_resident += all_resident(b->buf, b->size);
+            }
+            if (!b->buf || b->size < 8 + recs[i].size) { /* no buffer: CUPTI drops what it cannot store */
+                b->buf = NULL;
+                for (; i < nrecs; i++)
+                    dropped += seen[recs[i].kind] != 0;
                 break;
-            memcpy(buf + used, &recs[i].size, 4);
-            memcpy(buf + used + 4, &recs[i].kind, 4);
-            memcpy(buf + used + 8, &recs[i].u, recs[i].size);
-            used += 8 + recs[i].size;
-            n++;
+            }
         }
-        if (slow)
-            usleep((useconds_t)slow * 1000);
-        done_cb(NULL, 0, buf, size, used);
-        delivered += n;
+        memcpy(b->buf + b->used, &recs[i].size, 4);
+        memcpy(b->buf + b->used + 4, &recs[i].kind, 4);
+        memcpy(b->buf + b->used + 8, &recs[i].u, recs[i].size);
+        b->used += 8 + recs[i].size;
+        b->n++;
+        delivered++;
     }
+    for (long t = 0; t < nthr; t++)
+        complete(&cur[t], slow);
     if (stamped)
         nrecs = 0;
     dropped_pending += dropped;

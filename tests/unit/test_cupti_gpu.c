@@ -4,6 +4,7 @@
  * host/device correlation, drops and pool exhaustion, failure reasons. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +283,7 @@ static void check_full_translation(tb_space *s, int64_t t0)
 
 int main(void)
 {
+    mallopt(M_MMAP_THRESHOLD, 64 << 10); /* fixed: freed buffers are unmapped, never recycled */
     const char *b = getenv("TBPROF_BUILD");
     if (!b) {
         printf("TBPROF_BUILD not set\n");
@@ -393,13 +395,14 @@ int main(void)
 
     /* 8. poll() faults in the buffers CUPTI gets next (the fake checks with
      * mincore when it takes one); without a poll they come untouched.
-     * 8 MB buffers: fresh mmaps, never resident from an earlier capture. */
+     * 2 MB buffers: fresh mmaps, never resident from an earlier capture
+     * (M_MMAP_THRESHOLD, set in main, keeps glibc from recycling them). */
     unsigned long long h0, r0, h1, r1;
     fake_buffers(fake_full, &h0, &r0);
     s = capture(src, 64 << 20, &rc, &why, &t0);
     fake_buffers(fake_full, &h1, &r1);
     CHECK_EQ_I(rc, 0);
-    CHECK_EQ_I(tb_gpu_last_stats().buffer_size, 8 << 20);
+    CHECK_EQ_I(tb_gpu_last_stats().buffer_size, 2 << 20);
     CHECK(h1 > h0);
     CHECKF(r1 == r0, "%llu of %llu buffers resident without a poll", r1 - r0, h1 - h0);
     CHECK_EQ_I(tb_gpu_last_stats().buffers_prefaulted, 0);
@@ -414,7 +417,25 @@ int main(void)
         check_full_translation(s, t0);
     tb_space_free(s);
 
-    /* 9. libcupti missing */
+    /* 9. CUPTI 13's per-thread buffers: 16 threads recording at once each
+     * hold a buffer; the default budget's GPU share has enough for all */
+    setenv("TBFAKE_CUPTI_THREADS", "16", 1);
+    setenv("TBFAKE_CUPTI_REPEAT", "500", 1);
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    drop0 = drp, del0 = dl;
+    s = capture(src, 45 << 20, &rc, &why, &t0);
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(rc, 0);
+    CHECK_EQ_I(drp - drop0, 0);
+    CHECK_EQ_I(tb_gpu_last_stats().pool_exhausted, 0);
+    CHECK(tb_gpu_last_stats().buffers_completed >= 16);
+    CHECK_EQ_I(tb_gpu_last_stats().records, dl - del0);
+    CHECKF(dl - del0 >= 500 * 15, "%llu records", dl - del0);
+    tb_space_free(s);
+    unsetenv("TBFAKE_CUPTI_THREADS");
+    unsetenv("TBFAKE_CUPTI_REPEAT");
+
+    /* 10. libcupti missing */
     tb_cupti_lib_reset_for_tests();
     setenv("TBPROF_CUPTI_PATH", "/nonexistent/libcupti.so", 1);
     s = capture(src, 4 << 20, &rc, &why, &t0);
