@@ -44,6 +44,9 @@
  * NCCL, CUPTI's own), each holding a part-filled buffer until the flush. */
 #define POOL_BUFFERS 32
 #define PREFAULT_AHEAD 2
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; glibc headers before 2.35 lack the name */
+#endif
 
 typedef struct done_buf {
     uint8_t *buf;
