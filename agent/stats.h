@@ -47,6 +47,10 @@
 #define TB_ST_DROPPED "tbprof_dropped_events"        /* model/space cap */
 #define TB_ST_CUPTI_DROPPED "tbprof_cupti_dropped"   /* CUPTI's own count */
 #define TB_ST_POOL_EXHAUSTED "tbprof_buffer_pool_exhausted"
+/* which libcupti traced: "<path> (CUPTI API <n>, <subscribe call>)" */
+#define TB_ST_CUPTI_LIBRARY "tbprof_cupti_library"
+#define TB_ST_CUPTI_BUFFERS "tbprof_cupti_buffers" /* buffers CUPTI filled and handed back */
+#define TB_ST_CUPTI_POOL "tbprof_cupti_pool"       /* "<buffers> x <bytes>" */
 #define TB_ST_SAMPLES "tbprof_cpu_samples"
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
 #define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */

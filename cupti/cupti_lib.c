@@ -143,6 +143,7 @@ static int resolve(tb_cupti_lib *l)
     OPT(GetCallbackName, "cuptiGetCallbackName");
     OPT(EnableCallback, "cuptiEnableCallback");
     OPT(GetVersion, "cuptiGetVersion");
+    OPT(Subscribe_v2, "cuptiSubscribe_v2");
     return 0;
 }
 

@@ -156,6 +156,57 @@ static const char *api_name(CUpti_CallbackDomain dom, uint32_t cbid)
     return NULL;
 }
 
+/* ---- subscription -------------------------------------------------------- */
+
+/* cuptiSubscribe_v2's parameters (CUDA 13.0+), declared here rather than
+ * taken from cupti.h: CUPTI 13.2's params add allowMultipleSubscribers after
+ * the fields 13.0 has, and which layout a libcupti reads is told by
+ * struct_size, not by the header we were built with. */
+typedef struct sub_params {
+    size_t struct_size;
+    const char *name;    /* CUPTI shows other tools "CUPTI for tbprof" */
+    char *holder;        /* out: the subscriber already there, on a refusal */
+    size_t holder_size;
+    uint8_t allow_multiple;
+} sub_params;
+#define SUB_PARAMS_13_0 (offsetof(sub_params, holder_size) + sizeof(size_t))
+#define SUB_PARAMS_13_2 (offsetof(sub_params, allow_multiple) + sizeof(uint8_t))
+#ifdef CUpti_SubscriberParams_STRUCT_SIZE
+_Static_assert(offsetof(sub_params, holder_size) == offsetof(CUpti_SubscriberParams, oldSubscriberSize) &&
+                   offsetof(sub_params, holder) == offsetof(CUpti_SubscriberParams, oldSubscriberName),
+               "CUpti_SubscriberParams moved a field: sub_params must follow");
+#endif
+
+/* Subscribe, named and alone. tbprof traces only as CUPTI's one subscriber
+ * (its timestamp callback and activity kinds are process-wide), so where
+ * CUPTI can admit several (13.3+ with r610+ drivers) it asks for none
+ * beside it; before that, one is all CUPTI allows. A libcupti without _v2,
+ * or one refusing both layouts, gets the classic call. *holder: the other
+ * subscriber's name when CUPTI gave one. *how: the call made last. */
+static CUptiResult subscribe(char *holder, size_t holder_size, const char **how)
+{
+    holder[0] = 0;
+    if (g.lib->Subscribe_v2) {
+        static const struct {
+            size_t size;
+            const char *call;
+        } forms[] = {{SUB_PARAMS_13_2, "cuptiSubscribe_v2 (13.2 params)"},
+                     {SUB_PARAMS_13_0, "cuptiSubscribe_v2 (13.0 params)"}};
+        for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+            sub_params p = {.struct_size = forms[i].size, .name = "tbprof", .holder = holder,
+                            .holder_size = holder_size, .allow_multiple = 0};
+            *how = forms[i].call;
+            CUptiResult r = g.lib->Subscribe_v2(&g.sub, (CUpti_CallbackFunc)api_callback, NULL, &p);
+            holder[holder_size - 1] = 0;
+            if (r == CUPTI_SUCCESS || r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
+                return r;
+            tb_debug("%s: %s", *how, tb_cupti_result_str(g.lib, r));
+        }
+    }
+    *how = "cuptiSubscribe";
+    return g.lib->Subscribe(&g.sub, (CUpti_CallbackFunc)api_callback, NULL);
+}
+
 /* ---- pool ---------------------------------------------------------------- */
 
 static void pool_free(void)
@@ -337,21 +388,26 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     atomic_store(&g.exhausted, 0);
     g.cupti_dropped = 0;
 
-    CUptiResult r = g.lib->Subscribe(&g.sub, (CUpti_CallbackFunc)api_callback, NULL);
+    char holder[128];
+    const char *how = "cuptiSubscribe";
+    CUptiResult r = subscribe(holder, sizeof(holder), &how);
     if (r != CUPTI_SUCCESS) {
         if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
             snprintf(whybuf, sizeof(whybuf),
-                     "another CUPTI client is subscribed (%s): torch.profiler, nsys, ncu or "
-                     "another tracer owns CUPTI; GPU activity not captured",
-                     tb_cupti_result_str(g.lib, r));
+                     "another CUPTI client is subscribed (%s%s%s): %s owns CUPTI; GPU activity not captured",
+                     tb_cupti_result_str(g.lib, r), holder[0] ? ", held by " : "", holder,
+                     holder[0] ? "that tool" : "torch.profiler, nsys, ncu or another tracer");
         else
-            snprintf(whybuf, sizeof(whybuf),
-                     "cuptiSubscribe failed: %s (no GPU, no driver, or a driver too old for %s)",
-                     tb_cupti_result_str(g.lib, r), g.lib->path);
+            snprintf(whybuf, sizeof(whybuf), "%s failed: %s (no GPU, no driver, or a driver too old for %s)",
+                     how, tb_cupti_result_str(g.lib, r), g.lib->path);
         *why = whybuf;
         return r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED ? -EBUSY : -ENODEV;
     }
     g.subscribed = 1;
+    g.last.subscribed_with = how;
+    if (g.lib->GetVersion && g.lib->GetVersion(&g.last.cupti_api_version) != CUPTI_SUCCESS)
+        g.last.cupti_api_version = 0;
+    tb_debug("GPU: %s (CUPTI API %u), subscribed with %s", g.lib->path, g.last.cupti_api_version, how);
 
     size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
     if (pool_alloc(budget) < 0) {
@@ -524,6 +580,13 @@ static int gpu_collect(void *ctx, tb_space *space)
     if (hp) {
         tb_plane_stat_u64(hp, TB_ST_CUPTI_DROPPED, g.last.cupti_dropped);
         tb_plane_stat_u64(hp, TB_ST_POOL_EXHAUSTED, g.last.pool_exhausted);
+        char lib[700];
+        snprintf(lib, sizeof(lib), "%s (CUPTI API %u, %s)", g.lib->path, g.last.cupti_api_version,
+                 g.last.subscribed_with ? g.last.subscribed_with : "?");
+        tb_plane_stat_str(hp, TB_ST_CUPTI_LIBRARY, lib);
+        tb_plane_stat_u64(hp, TB_ST_CUPTI_BUFFERS, g.last.buffers_completed);
+        snprintf(lib, sizeof(lib), "%zu x %zu", g.last.pool_buffers, g.last.buffer_size);
+        tb_plane_stat_str(hp, TB_ST_CUPTI_POOL, lib);
     }
     if (g.last.cupti_dropped || g.last.pool_exhausted) {
         char w[300];

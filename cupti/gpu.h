@@ -24,6 +24,8 @@ typedef struct tb_gpu_stats {
     uint64_t buffers_leaked;     /* buffers CUPTI never returned (kept, not freed) */
     uint64_t buffers_prefaulted; /* buffers poll() faulted in before CUPTI got them */
     int used_timestamp_callback; /* 1: CUPTI timestamps were CLOCK_MONOTONIC-based */
+    uint32_t cupti_api_version;  /* cuptiGetVersion(), 0 when unknown */
+    const char *subscribed_with; /* the call that subscribed ("cuptiSubscribe", ...) */
     size_t buffer_size, pool_buffers;
 } tb_gpu_stats;
 tb_gpu_stats tb_gpu_last_stats(void);

@@ -129,6 +129,25 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(rc, 1, line)
         self.assertIn("0 forward ranges for 4 steps", line)
 
+    def test_capture_facts(self):
+        # the facts the note needs from a real job: which libcupti, the pool,
+        # buffers filled, drops; a host-only profile fails and says why
+        env = dict(os.environ, TBGPU=tbtest.BUILD)
+        c = subprocess.run([sys.executable, CHECK, "capture", self.xplane], env=env, capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT cupti_capture INFO \S*fakecupti/libcupti.so \(CUPTI API \d+, "
+                                   r"cuptiSubscribe_v2 \(13.2 params\)\); pool \d+ x \d+; buffers filled [1-9]\d*; "
+                                   r"CUPTI dropped 0; pool ran out 0")
+        logdir = os.path.join(self.tmp, "hostonly")
+        p = tbtest.run([tbtest.prog("steps"), "-n", "6", "-m", "1"],
+                       env=tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=os.path.join(self.tmp, "none.so")))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        c = subprocess.run([sys.executable, CHECK, "capture", tbtest.xplanes(logdir)[0]], env=env,
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
+
     def test_missing_nvtx_ranges_fail(self):
         rc, line = self.check("1", "3,6")
         self.assertEqual(rc, 1, line)

@@ -4,6 +4,7 @@ replays a scripted set of CUPTI records; the test decodes what tbprof wrote
 and compares it with the script (names, counts, details strings, flows),
 and checks CUPTI was released after each capture (the fake logs every call).
 """
+import ctypes
 import gzip
 import json
 import os
@@ -150,8 +151,16 @@ class GpuFake(tbtest.TestCase):
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
-        kernels = self.check_profile(tbtest.load(xs[0]))
+        prof = tbtest.load(xs[0])
+        kernels = self.check_profile(prof)
         self.assertReleased(self.fake_log(), 1)
+        # subscribed by name, asking CUPTI to admit no other subscriber, and
+        # the profile says which libcupti traced
+        subs = [l for l in self.fake_log() if l[0] == "subscribe"]
+        self.assertEqual(subs[0], ["subscribe", "0", "v2", "name=tbprof", "size=33", "multi=0"])
+        lib = prof.host.stats.get("tbprof_cupti_library", "")
+        self.assertIn(FAKE, lib)
+        self.assertIn("cuptiSubscribe_v2", lib)
         # Chrome trace: kernels under the GPU, with flows from their launches
         js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
         if js:
@@ -191,9 +200,27 @@ class GpuFake(tbtest.TestCase):
         return prof
 
     def test_other_subscriber(self):
-        self.host_only(r"another CUPTI client", TBFAKE_CUPTI_SUBSCRIBER="1")
+        # a CUPTI 13 names the subscriber already there; so does the reason
+        self.host_only(r"another CUPTI client .*held by CUPTI for Nsight Systems",
+                       TBFAKE_CUPTI_SUBSCRIBER="CUPTI for Nsight Systems")
         log = self.fake_log()
         self.assertFalse([l for l in log if l[0] == "enable"], log)
+
+    def test_toolkit_libcupti_without_a_driver(self):
+        # the real libcupti of the CUDA toolkit, on a machine with no GPU
+        # driver: it loads, refuses to subscribe, and the job runs on with a
+        # host-only profile that says why
+        real = [p for p in ("/usr/local/cuda/extras/CUPTI/lib64/libcupti.so", "/usr/local/cuda/lib64/libcupti.so")
+                if os.path.exists(p)]
+        if not real:
+            self.skipTest("no CUDA toolkit libcupti here")
+        try:
+            ctypes.CDLL("libcuda.so.1")
+            self.skipTest("a CUDA driver is installed: tests/gpu/run.sh covers the real thing")
+        except OSError:
+            pass
+        prof = self.host_only(r"cuptiSubscribe failed: CUPTI_ERROR_\w+ \(no GPU, no driver", cupti_path=real[0])
+        self.assertIn(real[0], prof.host.stats["tbprof_gpu_off_reason"])
 
     def test_missing_libcupti(self):
         self.host_only(r"libcupti not found", cupti_path=os.path.join(self.tmp, "no", "libcupti.so"))

@@ -24,6 +24,11 @@
  *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
  * Knobs (environment):
  *   TBFAKE_CUPTI_SUBSCRIBER=1     cuptiSubscribe: another subscriber holds CUPTI
+ *                                 (a value that is not a number is its name,
+ *                                 which cuptiSubscribe_v2 hands back)
+ *   TBFAKE_CUPTI_V2_SIZE=N        cuptiSubscribe_v2 takes only params of
+ *                                 structSize N (CUPTI_ERROR_INVALID_PARAMETER)
+ *   TBFAKE_CUPTI_V2_FAIL=N        cuptiSubscribe_v2 returns CUptiResult N
  *   TBFAKE_CUPTI_FAIL_SUBSCRIBE=N cuptiSubscribe returns CUptiResult N
  *   TBFAKE_CUPTI_SUBSCRIBE_MS=N   cuptiSubscribe takes N ms (a slow first CUPTI start)
  *   TBFAKE_CUPTI_FAIL_ENABLE=N    cuptiActivityEnable(CONCURRENT_KERNEL) returns N
@@ -493,16 +498,27 @@ static void arm_script(void)
 
 /* ---- the CUPTI API --------------------------------------------------------- */
 
-API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud)
+/* Another subscriber's name (TBFAKE_CUPTI_SUBSCRIBER), "" when unnamed,
+ * NULL when there is none. */
+static const char *other_subscriber(void)
 {
-    (void)cb;
-    (void)ud;
+    const char *v = getenv("TBFAKE_CUPTI_SUBSCRIBER");
+    if (!v || !*v || !strcmp(v, "0"))
+        return NULL;
+    char *end;
+    strtol(v, &end, 0);
+    return *end ? v : "";
+}
+
+static CUptiResult do_subscribe(CUpti_SubscriberHandle *s, const char **holder)
+{
     long fail = envl("TBFAKE_CUPTI_FAIL_SUBSCRIBE", 0), slow = envl("TBFAKE_CUPTI_SUBSCRIBE_MS", 0);
     if (slow > 0)
         usleep((useconds_t)slow * 1000);
     pthread_mutex_lock(&mu);
     CUptiResult r = CUPTI_SUCCESS;
-    if (envl("TBFAKE_CUPTI_SUBSCRIBER", 0) || subscribed)
+    *holder = subscribed ? "a second tbprof" : other_subscriber();
+    if (*holder)
         r = CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED;
     else if (fail)
         r = (CUptiResult)fail;
@@ -511,9 +527,56 @@ API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb,
         *s = (CUpti_SubscriberHandle)(uintptr_t)0x5u;
     }
     pthread_mutex_unlock(&mu);
+    return r;
+}
+
+API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud)
+{
+    (void)cb;
+    (void)ud;
+    const char *holder;
+    CUptiResult r = do_subscribe(s, &holder);
     report("subscribe %d", (int)r);
     return r;
 }
+
+#ifndef FAKE_OLD
+/* CUpti_SubscriberParams as CUPTI 13.2 reads it (allowMultipleSubscribers
+ * past 13.0's fields; structSize tells which are there) */
+typedef struct {
+    size_t structSize;
+    const char *subscriberName;
+    char *oldSubscriberName;
+    size_t oldSubscriberSize;
+    uint8_t allowMultipleSubscribers;
+} fake_sub_params;
+
+API CUptiResult cuptiSubscribe_v2(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud,
+                                  CUpti_SubscriberParams *params)
+{
+    (void)cb;
+    (void)ud;
+    fake_sub_params *p = (fake_sub_params *)(void *)params;
+    long want = envl("TBFAKE_CUPTI_V2_SIZE", 0), fail = envl("TBFAKE_CUPTI_V2_FAIL", 0);
+    size_t size = p ? p->structSize : 0;
+    int multi = p && size > offsetof(fake_sub_params, allowMultipleSubscribers) ? p->allowMultipleSubscribers : -1;
+    const char *name = p && size >= offsetof(fake_sub_params, oldSubscriberName) && p->subscriberName
+                           ? p->subscriberName : "-";
+    CUptiResult r;
+    const char *holder = NULL;
+    if (fail)
+        r = (CUptiResult)fail;
+    else if (p && (size < sizeof(size_t) || (want && size != (size_t)want)))
+        r = CUPTI_ERROR_INVALID_PARAMETER;
+    else
+        r = do_subscribe(s, &holder);
+    if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED && p && size >= offsetof(fake_sub_params, allowMultipleSubscribers) &&
+        p->oldSubscriberName && p->oldSubscriberSize)
+        snprintf(p->oldSubscriberName, p->oldSubscriberSize, "%s", holder ? holder : "");
+    report("subscribe %d v2 name=%s size=%zu multi=%d", (int)r, name, size, multi);
+    return r;
+}
+#endif
 
 API CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle s)
 {

@@ -10,6 +10,7 @@
 #   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
 #      torch.profiler on the same steps: kernel names, counts, GPU time (5%);
 #      2b. its torch.cuda.nvtx ranges are in our profile, one per step
+#      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools
 #   4. step time: no agent / agent idle / capturing / torch.profiler
@@ -78,6 +79,9 @@ if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
 else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null)"; fi
 # 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
 if [ -n "$x2" ]; then check torch_nvtx_ranges $py "$here/check.py" torch_nvtx "$x2"; fi
+
+# 2c. which libcupti traced the torch job, how many buffers it filled, drops
+if [ -n "$x2" ]; then check cupti_in_torch_job $py "$here/check.py" capture "$x2"; fi
 
 # 3. JAX reads our XSpace
 if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"

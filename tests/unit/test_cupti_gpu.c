@@ -149,6 +149,13 @@ static tb_space *capture_polled(tb_source *src, size_t bytes, int *rc, const cha
     return s;
 }
 
+/* the call that subscribed in the last capture, "(none)" when none did */
+static const char *subscribed_with(void)
+{
+    const char *w = tb_gpu_last_stats().subscribed_with;
+    return w ? w : "(none)";
+}
+
 static tb_space *capture(tb_source *src, size_t bytes, int *rc, const char **why, int64_t *t0)
 {
     return capture_polled(src, bytes, rc, why, t0, 0);
@@ -323,6 +330,14 @@ int main(void)
     CHECK(tb_gpu_last_stats().used_timestamp_callback == 1);
     CHECK_EQ_I(tb_gpu_last_stats().records, dl);
     check_full_translation(s, t0);
+    /* named, alone, through the 13.2 params; the output says which library */
+    CHECK_STR(subscribed_with(), "cuptiSubscribe_v2 (13.2 params)");
+    CHECK_EQ_I(tb_gpu_last_stats().cupti_api_version, CUPTI_API_VERSION);
+    {
+        const char *lib = plane_str(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_LIBRARY);
+        CHECKF(lib && strstr(lib, fake_full) && strstr(lib, "cuptiSubscribe_v2"), "library stat: %s",
+               lib ? lib : "(none)");
+    }
     tb_space_free(s);
 
     /* 2. again: repeated captures give the same result */
@@ -341,7 +356,27 @@ int main(void)
            why ? why : "(null)");
     fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
     CHECK_EQ_I(nen, 0);
+    /* a CUPTI that names the subscriber already there: the reason does too */
+    setenv("TBFAKE_CUPTI_SUBSCRIBER", "CUPTI for Nsight Systems", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK_EQ_I(rc, -EBUSY);
+    CHECKF(why && strstr(why, "held by CUPTI for Nsight Systems"), "why: %s", why ? why : "(null)");
     unsetenv("TBFAKE_CUPTI_SUBSCRIBER");
+
+    /* 3b. a libcupti that takes only 13.0's params (structSize 32), or whose
+     * cuptiSubscribe_v2 fails: the next form is tried, the capture works */
+    setenv("TBFAKE_CUPTI_V2_SIZE", "32", 1);
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECKF(rc == 0, "13.0 params: %d %s", rc, rc ? why : "");
+    CHECK_STR(subscribed_with(), "cuptiSubscribe_v2 (13.0 params)");
+    tb_space_free(s);
+    unsetenv("TBFAKE_CUPTI_V2_SIZE");
+    setenv("TBFAKE_CUPTI_V2_FAIL", "27", 1); /* CUPTI_ERROR_NOT_SUPPORTED */
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECKF(rc == 0, "v2 failing: %d %s", rc, rc ? why : "");
+    CHECK_STR(subscribed_with(), "cuptiSubscribe");
+    tb_space_free(s);
+    unsetenv("TBFAKE_CUPTI_V2_FAIL");
 
     /* 4. activity refused (a driver too old): reason names the CUPTI error, released */
     setenv("TBFAKE_CUPTI_FAIL_ENABLE", "14", 1); /* CUPTI_ERROR_NOT_COMPATIBLE */
@@ -458,6 +493,7 @@ int main(void)
     CHECKF(rc == 0, "old fake: %d %s", rc, rc ? why : "");
     if (s) {
         CHECK(tb_gpu_last_stats().used_timestamp_callback == 0);
+        CHECK_STR(subscribed_with(), "cuptiSubscribe"); /* no _v2 there */
         tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
         tb_line *s7 = line_named(d, "Stream #7(Compute,MemcpyH2D)");
         const tb_event *k2 = event_named(d, s7, "gemm_kernel", 0);
