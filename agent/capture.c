@@ -228,6 +228,25 @@ static void start_sources(void)
     }
 }
 
+/* exit() during a capture: a CUDA runtime tears its contexts down from an
+ * atexit handler registered when it initialised, and ELF destructors (ours
+ * calls tb_agent_exit) run only after every atexit handler. So once the GPU
+ * source has started, which in nearly every job is after CUDA came up, an
+ * atexit handler of ours goes in too: it runs before the runtime's and
+ * flushes CUPTI while the contexts still exist. Agent thread only. */
+static void exit_hook(void) { tb_agent_exit(); }
+
+static void exit_hook_install(void)
+{
+    static int installed;
+    for (int i = 0; i < g.nsrc && !installed; i++)
+        if (g.src[i].started && !strcmp(g.src[i].name, "gpu")) {
+            installed = 1;
+            if (atexit(exit_hook))
+                tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
+        }
+}
+
 static void stop_sources(void)
 {
     for (int i = 0; i < g.nsrc; i++)
@@ -871,6 +890,7 @@ static void machine(void)
         pthread_mutex_unlock(&g.lock);
         term_install();
         start_sources();
+        exit_hook_install();
         pthread_mutex_lock(&g.lock);
         g.sources_starting = 0;
         g.sources_started = 1;

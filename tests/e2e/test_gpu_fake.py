@@ -186,6 +186,21 @@ class GpuFake(tbtest.TestCase):
             self.check_profile(tbtest.load(x))
         self.assertReleased(self.fake_log(), 2)
 
+    def test_exit_mid_capture_flushes_before_cuda_teardown(self):
+        # the job exits (exit(), step 4) inside the window; its CUDA runtime,
+        # initialised at start, tears the contexts down from an atexit
+        # handler, which runs before any ELF destructor: tbprof's flush must
+        # come first or the GPU records of the last steps are lost
+        p = self.run_steps(["-n", "10", "-m", "10", "-C", "-X", "4", "-r"], steps="2,100")
+        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        self.check_profile(tbtest.load(xs[0]))
+        log = [l[0] for l in self.fake_log()]
+        self.assertIn("teardown", log)
+        self.assertLess(log.index("flush"), log.index("teardown"), log)
+        self.assertEqual(self.fake_log()[log.index("teardown")], ["teardown", "pending=0"])
+
     def host_only(self, reason_re, **kw):
         p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, **kw)
         xs = tbtest.xplanes(self.logdir)

@@ -878,6 +878,20 @@ API int tbfake_cupti_launch(void)
     return r;
 }
 
+/* The CUDA runtime's exit-time teardown, for a program that models one
+ * (steps -C registers this with atexit at its start, as libcudart does at
+ * its initialisation): contexts go away, and the records CUPTI still holds
+ * for them are lost here, so a tool must have flushed before. */
+API void tbfake_cuda_teardown(void)
+{
+    pthread_mutex_lock(&mu);
+    size_t pending = stamped ? nrecs : 0;
+    if (stamped)
+        nrecs = 0;
+    pthread_mutex_unlock(&mu);
+    report("teardown pending=%zu", pending);
+}
+
 /* The thread-id type currently set (-1 in the FAKE_OLD build). */
 API int tbfake_cupti_tid_type(void)
 {

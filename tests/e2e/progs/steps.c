@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-G]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -18,6 +18,9 @@
  *   -x   exit status (default 0)
  *   -r   print "ready <pid>" once the loop starts
  *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
+ *   -C   like a CUDA runtime initialised at start: register an atexit
+ *        handler that tears the (fake) GPU contexts down
+ *        (tbfake_cuda_teardown), as libcudart does
  *   -G   "launch GPU work" in the first step of each capture (for the fake
  *        libcupti's TBFAKE_CUPTI_AT_LAUNCH mode, which stamps its scripted
  *        records at that call, as real CUPTI stamps work inside the step that
@@ -87,6 +90,19 @@ static int fake_launch(void)
     return r;
 }
 
+/* -C: the runtime's atexit teardown, in the fake libcupti if it is loaded
+ * by then (the agent loads it at the first capture) */
+static void cuda_teardown(void)
+{
+    void *h = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return;
+    void (*f)(void) = (void (*)(void))dlsym(h, "tbfake_cuda_teardown");
+    if (f)
+        f();
+    dlclose(h);
+}
+
 static void wait_until(int (*cond)(void), const char *what)
 {
     int64_t end = now_ns(CLOCK_MONOTONIC) + 30 * (int64_t)1000000000;
@@ -124,7 +140,7 @@ int main(int argc, char **argv)
     long api_a = -1, api_b = -1, exit_at = -1;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTG")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTCG")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -139,6 +155,7 @@ int main(int argc, char **argv)
         case 'r': ready = 1; break;
         case 'T': signal(SIGTERM, on_term); break;
         case 'G': gpu = 1; break;
+        case 'C': atexit(cuda_teardown); break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
     }
