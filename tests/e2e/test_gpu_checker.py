@@ -6,6 +6,7 @@ The fake replays one step of cuda_steps-like work (kernels, one from a CUDA
 graph, copies, a memset, an allocation and free, a stream sync, the API
 calls that caused them); the expectations file is what cuda_steps prints.
 """
+import json
 import os
 import subprocess
 import sys
@@ -147,6 +148,53 @@ class GpuChecker(tbtest.TestCase):
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
+
+    def coexist(self, order, xplane, kernels=1, rc=0):
+        trace = os.path.join(self.tmp, "torch_trace.json")
+        if kernels is None:
+            trace = os.path.join(self.tmp, "missing.json")
+        else:
+            with open(trace, "w") as f:
+                json.dump({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k%d" % i, "ts": i, "dur": 1}
+                                           for i in range(kernels)]}, f)
+        env = dict(os.environ, TBGPU=tbtest.BUILD)
+        c = subprocess.run([sys.executable, CHECK, "coexist", order, xplane, trace, str(rc)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        return c.returncode, c.stdout.strip()
+
+    def host_only_profile(self, name, **kw):
+        logdir = os.path.join(self.tmp, name)
+        e = tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=kw.pop("cupti_path", FAKE))
+        e.update(kw)
+        p = tbtest.run([tbtest.prog("steps"), "-n", "6", "-m", "1"], env=e)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return tbtest.xplanes(logdir)[0]
+
+    def test_coexist_torch_first(self):
+        # torch.profiler held CUPTI: we are host-only and say why; its trace has kernels
+        x = self.host_only_profile("held", TBFAKE_CUPTI_SUBSCRIBER="CUPTI for Kineto")
+        rc, line = self.coexist("torch_first", x, kernels=3)
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT coexist_torch_first PASS ours host-only (another CUPTI client", line)
+        self.assertIn("torch.profiler: 3 kernels", line)
+        # its trace lost, the job failing, or us off for another cause: FAIL
+        rc, line = self.coexist("torch_first", x, kernels=0)
+        self.assertEqual(rc, 1, line)
+        self.assertIn("torch.profiler's trace has no kernels", line)
+        rc, line = self.coexist("torch_first", x, kernels=None, rc=1)
+        self.assertIn("the job exited 1; torch.profiler's trace has no trace, no kernels", line)
+        x = self.host_only_profile("nolib", cupti_path=os.path.join(self.tmp, "none.so"))
+        rc, line = self.coexist("torch_first", x, kernels=3)
+        self.assertEqual(rc, 1, line)
+        self.assertIn("GPU off for another reason: libcupti not found", line)
+
+    def test_coexist_tbprof_first(self):
+        # the fake launches its work in the first captured step only (2 of 2..4):
+        # what torch.profiler taking our buffers mid-window would look like
+        rc, line = self.coexist("tbprof_first", self.xplane)
+        self.assertEqual(rc, 1, line)
+        self.assertRegex(line, r"RESULT coexist_tbprof_first FAIL steps without kernels: \[3, 4\] of \[2, 3, 4\]; "
+                               r"ours: kernels per step \{2: 4, 3: 0, 4: 0\}")
 
     def test_missing_nvtx_ranges_fail(self):
         rc, line = self.check("1", "3,6")

@@ -8,6 +8,12 @@
   check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview)
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
+  check.py coexist torch_first|tbprof_first XPLANE TORCH_TRACE RC
+      tbprof and torch.profiler in one job (exit status RC): torch_first
+      (torch.profiler holds CUPTI when our window opens): torch's trace has
+      kernels, and we either traced too or are host-only with a reason naming
+      another CUPTI client; tbprof_first (torch.profiler starts inside our
+      window): we have kernels in every captured step, the job exits 0
   check.py capture XPLANE                   facts of the capture (INFO): which libcupti,
                                             pool, buffers CUPTI filled, drops, start wait
 Prints one "RESULT <name> PASS|FAIL|SKIP|INFO <detail>" line; exit status 1 on FAIL.
@@ -82,6 +88,52 @@ def capture_facts(xplane):
                                   st.get("tbprof_cupti_buffers", "?"), st.get("tbprof_cupti_dropped", "?"),
                                   st.get("tbprof_buffer_pool_exhausted", "?"),
                                   st.get("tbprof_start_wait_ns", 0) / 1e6))
+
+
+def torch_kernels(trace):
+    """Kernel events in torch.profiler's Chrome trace; None when it is missing."""
+    try:
+        with open(trace) as f:
+            tr = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return sum(1 for e in tr.get("traceEvents", []) if e.get("cat") == "kernel" and e.get("ph") == "X")
+
+
+def kernels_per_step(xs):
+    """{step_num: kernels starting inside that step} for the host's steps."""
+    steps = [e for e in events(xs, "/host:CPU") if "step_num" in e[2]]
+    kern = [e[4] for e in device_events(xs) if "kernel_details" in e[2]]
+    return {e[2]["step_num"]: sum(1 for k in kern if e[4] <= k < e[4] + e[1] * 1000) for e in steps}
+
+
+def coexist(order, xplane, trace, rc):
+    """tbprof and torch.profiler in one job: CUPTI has one subscriber; neither
+    tool may break the other or the job."""
+    xs = load(xplane)
+    why = plane_stats(xs, "/host:CPU").get("tbprof_gpu_off_reason", "")
+    per = kernels_per_step(xs)
+    theirs = torch_kernels(trace)
+    errs = []
+    if rc != 0:
+        errs.append("the job exited %d" % rc)
+    if order == "torch_first":
+        if not theirs:
+            errs.append("torch.profiler's trace has %s kernels" % ("no" if theirs == 0 else "no trace, no"))
+        if why and "another CUPTI client" not in why:
+            errs.append("GPU off for another reason: %s" % why)
+        if not why and not sum(per.values()):
+            errs.append("GPU on but no kernels in our steps")
+        ours = "ours host-only (%s)" % why if why else "ours traced too: kernels per step %s" % per
+    else:
+        if why:
+            errs.append("GPU off: %s" % why)
+        empty = sorted(n for n, k in per.items() if k == 0)
+        if not per or empty:
+            errs.append("steps without kernels: %s of %s" % (empty, sorted(per)))
+        ours = "ours: kernels per step %s" % per
+    result("coexist_" + order, not errs, "; ".join(errs) + ("; " if errs else "") +
+           "%s; torch.profiler: %s kernels" % (ours, "no trace" if theirs is None else theirs))
 
 
 def read_expect(path):
@@ -290,5 +342,7 @@ if __name__ == "__main__":
         jax_load(sys.argv[2])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
+    elif cmd == "coexist":
+        coexist(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|capture|coexist ...")

@@ -16,6 +16,8 @@
 #   4. step time: no agent / agent idle / capturing / torch.profiler
 #   4b. minor page faults of the job's threads per step, capturing vs idle
 #      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
+#   5. tbprof and torch.profiler in one job, each holding CUPTI first:
+#      neither breaks the other or the job (the real second-subscriber path)
 # Prints a table; exit status = number of failed checks (SKIP, INFO are not).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -115,6 +117,20 @@ TBPROF_LOGDIR=$work/idle2 LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loo
 fps() { $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
 fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
 row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
+
+# 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber)
+#    5a. torch.profiler holds CUPTI (steps 5..19) when our window (10..14) opens
+"$tbprof" run --steps 10,14 --logdir "$work/co_a" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
+  --torch-profile 5,19 --out "$work/co_a" >"$work/co_a.out" 2>"$work/co_a.err"; rc=$?
+x=$(find "$work/co_a" -name '*.xplane.pb' 2>/dev/null | head -1)
+if [ -n "$x" ]; then check coexist_torch_first $py "$here/check.py" coexist torch_first "$x" "$work/co_a/torch_trace.json" $rc
+else row coexist_torch_first FAIL "rc=$rc, no xplane.pb: $(tail -2 "$work/co_a.err" | tr '\n' ' ')"; fi
+#    5b. torch.profiler starts (steps 8..12) inside our window (3..14)
+"$tbprof" run --steps 3,14 --logdir "$work/co_b" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
+  --torch-profile 8,12 --out "$work/co_b" >"$work/co_b.out" 2>"$work/co_b.err"; rc=$?
+x=$(find "$work/co_b" -name '*.xplane.pb' 2>/dev/null | head -1)
+if [ -n "$x" ]; then check coexist_tbprof_first $py "$here/check.py" coexist tbprof_first "$x" "$work/co_b/torch_trace.json" $rc
+else row coexist_tbprof_first FAIL "rc=$rc, no xplane.pb: $(tail -2 "$work/co_b.err" | tr '\n' ' ')"; fi
 
 echo
 printf '%-26s %-5s %s\n' CHECK RESULT DETAIL
