@@ -118,19 +118,19 @@ fps() { $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' 
 fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
 row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
 
-# 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber)
-#    5a. torch.profiler holds CUPTI (steps 5..19) when our window (10..14) opens
-"$tbprof" run --steps 10,14 --logdir "$work/co_a" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
-  --torch-profile 5,19 --out "$work/co_a" >"$work/co_a.out" 2>"$work/co_a.err"; rc=$?
-x=$(find "$work/co_a" -name '*.xplane.pb' 2>/dev/null | head -1)
-if [ -n "$x" ]; then check coexist_torch_first $py "$here/check.py" coexist torch_first "$x" "$work/co_a/torch_trace.json" $rc
-else row coexist_torch_first FAIL "rc=$rc, no xplane.pb: $(tail -2 "$work/co_a.err" | tr '\n' ' ')"; fi
-#    5b. torch.profiler starts (steps 8..12) inside our window (3..14)
-"$tbprof" run --steps 3,14 --logdir "$work/co_b" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
-  --torch-profile 8,12 --out "$work/co_b" >"$work/co_b.out" 2>"$work/co_b.err"; rc=$?
-x=$(find "$work/co_b" -name '*.xplane.pb' 2>/dev/null | head -1)
-if [ -n "$x" ]; then check coexist_tbprof_first $py "$here/check.py" coexist tbprof_first "$x" "$work/co_b/torch_trace.json" $rc
-else row coexist_tbprof_first FAIL "rc=$rc, no xplane.pb: $(tail -2 "$work/co_b.err" | tr '\n' ' ')"; fi
+# 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber):
+#    name, our steps, torch.profiler's steps (20 in all)
+coexist() {
+  local name=$1 d=$work/co_$1 x rc
+  mkdir -p "$d"
+  "$tbprof" run --steps "$2" --logdir "$d" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
+    --torch-profile "$3" --out "$d" >"$d.out" 2>"$d.err"; rc=$?
+  x=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$x" ]; then check "coexist_$name" $py "$here/check.py" coexist "$name" "$x" "$d/torch_trace.json" $rc
+  else row "coexist_$name" FAIL "rc=$rc, no xplane.pb: $(tail -2 "$d.err" | tr '\n' ' ')"; fi
+}
+coexist torch_first 10,14 5,19   # 5a. torch.profiler holds CUPTI when our window opens
+coexist tbprof_first 3,14 8,12   # 5b. torch.profiler starts inside our window
 
 echo
 printf '%-26s %-5s %s\n' CHECK RESULT DETAIL
