@@ -207,6 +207,16 @@ static CUptiResult subscribe(char *holder, size_t holder_size, const char **how)
     return g.lib->Subscribe(&g.sub, (CUpti_CallbackFunc)api_callback, NULL);
 }
 
+/* PyTorch's CUDA library is in the process: torch.profiler (Kineto)
+ * subscribes at its first use and, unless TEARDOWN_CUPTI=1, never lets go. */
+static int pytorch_loaded(void)
+{
+    void *h = dlopen("libtorch_cuda.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (h)
+        dlclose(h);
+    return h != NULL;
+}
+
 /* ---- pool ---------------------------------------------------------------- */
 
 static void pool_free(void)
@@ -394,9 +404,13 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (r != CUPTI_SUCCESS) {
         if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
             snprintf(whybuf, sizeof(whybuf),
-                     "another CUPTI client is subscribed (%s%s%s): %s owns CUPTI; GPU activity not captured",
+                     "another CUPTI client is subscribed (%s%s%s): %s owns CUPTI; GPU activity not captured%s",
                      tb_cupti_result_str(g.lib, r), holder[0] ? ", held by " : "", holder,
-                     holder[0] ? "that tool" : "torch.profiler, nsys, ncu or another tracer");
+                     holder[0] ? "that tool" : "torch.profiler, nsys, ncu or another tracer",
+                     pytorch_loaded() ? ". In PyTorch, torch.profiler keeps CUPTI from its first use to the "
+                                        "end of the process; run the job with TEARDOWN_CUPTI=1 to have it let "
+                                        "go after each trace"
+                                      : "");
         else
             snprintf(whybuf, sizeof(whybuf), "%s failed: %s (no GPU, no driver, or a driver too old for %s)",
                      how, tb_cupti_result_str(g.lib, r), g.lib->path);

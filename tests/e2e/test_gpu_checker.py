@@ -149,7 +149,7 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
 
-    def coexist(self, order, xplane, kernels=1, rc=0):
+    def coexist(self, name, want, xplane, kernels=1, rc=0):
         trace = os.path.join(self.tmp, "torch_trace.json")
         if kernels is None:
             trace = os.path.join(self.tmp, "missing.json")
@@ -158,7 +158,7 @@ class GpuChecker(tbtest.TestCase):
                 json.dump({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k%d" % i, "ts": i, "dur": 1}
                                            for i in range(kernels)]}, f)
         env = dict(os.environ, TBGPU=tbtest.BUILD)
-        c = subprocess.run([sys.executable, CHECK, "coexist", order, xplane, trace, str(rc)], env=env,
+        c = subprocess.run([sys.executable, CHECK, "coexist", name, want, xplane, trace, str(rc)], env=env,
                            capture_output=True, text=True, timeout=120)
         return c.returncode, c.stdout.strip()
 
@@ -173,25 +173,25 @@ class GpuChecker(tbtest.TestCase):
     def test_coexist_torch_first(self):
         # torch.profiler held CUPTI: we are host-only and say why; its trace has kernels
         x = self.host_only_profile("held", TBFAKE_CUPTI_SUBSCRIBER="CUPTI for Kineto")
-        rc, line = self.coexist("torch_first", x, kernels=3)
+        rc, line = self.coexist("torch_first", "either", x, kernels=3)
         self.assertEqual(rc, 0, line)
         self.assertIn("RESULT coexist_torch_first PASS ours host-only (another CUPTI client", line)
         self.assertIn("torch.profiler: 3 kernels", line)
         # its trace lost, the job failing, or us off for another cause: FAIL
-        rc, line = self.coexist("torch_first", x, kernels=0)
+        rc, line = self.coexist("torch_first", "either", x, kernels=0)
         self.assertEqual(rc, 1, line)
         self.assertIn("torch.profiler's trace has no kernels", line)
-        rc, line = self.coexist("torch_first", x, kernels=None, rc=1)
+        rc, line = self.coexist("torch_first", "either", x, kernels=None, rc=1)
         self.assertIn("the job exited 1; torch.profiler's trace has no trace, no kernels", line)
         x = self.host_only_profile("nolib", cupti_path=os.path.join(self.tmp, "none.so"))
-        rc, line = self.coexist("torch_first", x, kernels=3)
+        rc, line = self.coexist("torch_first", "either", x, kernels=3)
         self.assertEqual(rc, 1, line)
         self.assertIn("GPU off for another reason: libcupti not found", line)
 
     def test_coexist_tbprof_first(self):
         # the fake launches its work in the first captured step only (2 of 2..4):
         # what torch.profiler taking our buffers mid-window would look like
-        rc, line = self.coexist("tbprof_first", self.xplane)
+        rc, line = self.coexist("tbprof_first", "ours", self.xplane)
         self.assertEqual(rc, 1, line)
         self.assertRegex(line, r"RESULT coexist_tbprof_first FAIL steps without kernels: \[3, 4\] of \[2, 3, 4\]; "
                                r"ours: kernels per step \{2: 4, 3: 0, 4: 0\}")

@@ -10,6 +10,7 @@ import json
 import os
 import re
 
+import relutil
 import tbtest
 
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
@@ -220,6 +221,22 @@ class GpuFake(tbtest.TestCase):
                        TBFAKE_CUPTI_SUBSCRIBER="CUPTI for Nsight Systems")
         log = self.fake_log()
         self.assertFalse([l for l in log if l[0] == "enable"], log)
+
+    def test_other_subscriber_in_pytorch(self):
+        # in a PyTorch process the usual holder is torch.profiler, which keeps
+        # CUPTI from its first use unless TEARDOWN_CUPTI=1: the reason says so
+        env = self.env(steps="2,5", TBFAKE_CUPTI_SUBSCRIBER="1")
+        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], tbtest.prog("libtorch_cuda.so"))
+        p = tbtest.run([tbtest.prog("steps"), "-n", "10", "-m", "3"], env=env)
+        self.assertExitedOk(p)
+        why = tbtest.load(tbtest.xplanes(self.logdir)[0]).host.stats.get("tbprof_gpu_off_reason", "")
+        self.assertRegex(why, r"another CUPTI client .* torch.profiler keeps CUPTI .* TEARDOWN_CUPTI=1")
+        warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "TEARDOWN_CUPTI=1" in l]
+        self.assertEqual(len(warn), 1, p.stderr)
+        # not a PyTorch process: no such advice
+        self.logdir = os.path.join(self.tmp, "not_torch")
+        self.assertNotIn("TEARDOWN_CUPTI", self.host_only(r"another CUPTI client", TBFAKE_CUPTI_SUBSCRIBER="1")
+                         .host.stats["tbprof_gpu_off_reason"])
 
     def test_toolkit_libcupti_without_a_driver(self):
         # the real libcupti of the CUDA toolkit, on a machine with no GPU

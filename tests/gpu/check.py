@@ -8,12 +8,11 @@
   check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview)
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
-  check.py coexist torch_first|tbprof_first XPLANE TORCH_TRACE RC
-      tbprof and torch.profiler in one job (exit status RC): torch_first
-      (torch.profiler holds CUPTI when our window opens): torch's trace has
-      kernels, and we either traced too or are host-only with a reason naming
-      another CUPTI client; tbprof_first (torch.profiler starts inside our
-      window): we have kernels in every captured step, the job exits 0
+  check.py coexist NAME either|ours XPLANE TORCH_TRACE RC
+      tbprof and torch.profiler in one job (exit status RC, which must be 0):
+      either: torch.profiler got CUPTI first; its trace has kernels, and we
+      traced too or are host-only with a reason naming another CUPTI client;
+      ours: we have kernels in every captured step (torch's count reported)
   check.py capture XPLANE                   facts of the capture (INFO): which libcupti,
                                             pool, buffers CUPTI filled, drops, start wait
 Prints one "RESULT <name> PASS|FAIL|SKIP|INFO <detail>" line; exit status 1 on FAIL.
@@ -107,7 +106,7 @@ def kernels_per_step(xs):
     return {e[2]["step_num"]: sum(1 for k in kern if e[4] <= k < e[4] + e[1] * 1000) for e in steps}
 
 
-def coexist(order, xplane, trace, rc):
+def coexist(name, want, xplane, trace, rc):
     """tbprof and torch.profiler in one job: CUPTI has one subscriber; neither
     tool may break the other or the job."""
     xs = load(xplane)
@@ -117,7 +116,7 @@ def coexist(order, xplane, trace, rc):
     errs = []
     if rc != 0:
         errs.append("the job exited %d" % rc)
-    if order == "torch_first":
+    if want == "either":
         if not theirs:
             errs.append("torch.profiler's trace has %s kernels" % ("no" if theirs == 0 else "no trace, no"))
         if why and "another CUPTI client" not in why:
@@ -132,7 +131,7 @@ def coexist(order, xplane, trace, rc):
         if not per or empty:
             errs.append("steps without kernels: %s of %s" % (empty, sorted(per)))
         ours = "ours: kernels per step %s" % per
-    result("coexist_" + order, not errs, "; ".join(errs) + ("; " if errs else "") +
+    result("coexist_" + name, not errs, "; ".join(errs) + ("; " if errs else "") +
            "%s; torch.profiler: %s kernels" % (ours, "no trace" if theirs is None else theirs))
 
 
@@ -343,6 +342,6 @@ if __name__ == "__main__":
     elif cmd == "capture":
         capture_facts(sys.argv[2])
     elif cmd == "coexist":
-        coexist(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        coexist(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
     else:
         sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|capture|coexist ...")

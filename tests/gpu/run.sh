@@ -16,8 +16,10 @@
 #   4. step time: no agent / agent idle / capturing / torch.profiler
 #   4b. minor page faults of the job's threads per step, capturing vs idle
 #      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
-#   5. tbprof and torch.profiler in one job, each holding CUPTI first:
-#      neither breaks the other or the job (the real second-subscriber path)
+#   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
+#      torch.profiler done before our window, with and without
+#      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
+#      second-subscriber path)
 # Prints a table; exit status = number of failed checks (SKIP, INFO are not).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +48,7 @@ echo "work dir $work; libcupti: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
 $py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
 declare -a rows; fails=0
-row() { rows+=("$(printf '%-26s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac; }
+row() { rows+=("$(printf '%-30s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac; }
 check() { # name, command...: records the RESULT line
   local name=$1; shift
   local out; out=$("$@" 2>&1); local rc=$?
@@ -119,21 +121,24 @@ fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
 row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
 
 # 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber):
-#    name, our steps, torch.profiler's steps (20 in all)
+#    name, what must hold (check.py coexist), our steps, torch.profiler's
+#    steps (20 in all), then environment settings for the job
 coexist() {
-  local name=$1 d=$work/co_$1 x rc
+  local name=$1 want=$2 d=$work/co_$1 x rc
   mkdir -p "$d"
-  "$tbprof" run --steps "$2" --logdir "$d" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 \
-    --torch-profile "$3" --out "$d" >"$d.out" 2>"$d.err"; rc=$?
+  "$tbprof" run --steps "$3" --logdir "$d" -- env TBPROF_CPU=off "${@:5}" $py "$here/torch_loop.py" --steps 20 \
+    --torch-profile "$4" --out "$d" >"$d.out" 2>"$d.err"; rc=$?
   x=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)
-  if [ -n "$x" ]; then check "coexist_$name" $py "$here/check.py" coexist "$name" "$x" "$d/torch_trace.json" $rc
+  if [ -n "$x" ]; then check "coexist_$name" $py "$here/check.py" coexist "$name" "$want" "$x" "$d/torch_trace.json" $rc
   else row "coexist_$name" FAIL "rc=$rc, no xplane.pb: $(tail -2 "$d.err" | tr '\n' ' ')"; fi
 }
-coexist torch_first 10,14 5,19   # 5a. torch.profiler holds CUPTI when our window opens
-coexist tbprof_first 3,14 8,12   # 5b. torch.profiler starts inside our window
+coexist torch_first either 10,14 5,19   # 5a. torch.profiler holds CUPTI when our window opens
+coexist tbprof_first ours 3,14 8,12     # 5b. torch.profiler starts inside our window
+coexist torch_before either 10,14 2,6   # 5c. torch.profiler traced earlier (Kineto keeps CUPTI)
+coexist torch_before_teardown ours 10,14 2,6 TEARDOWN_CUPTI=1  # 5d. ... unless told to let go
 
 echo
-printf '%-26s %-5s %s\n' CHECK RESULT DETAIL
+printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
 printf '%s\n' "${rows[@]}"
 echo "$fails failed; outputs in $work"
 exit $fails
