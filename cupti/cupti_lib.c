@@ -15,7 +15,6 @@ static pthread_mutex_t lib_mu = PTHREAD_MUTEX_INITIALIZER;
 static tb_cupti_lib lib;
 static int lib_loaded;
 static char lib_why[768];
-static unsigned lib_generation;
 
 const char *tb_cupti_config_path(void)
 {
@@ -206,7 +205,6 @@ const tb_cupti_lib *tb_cupti_lib_load(const char **why)
         pthread_mutex_unlock(&lib_mu);
         return NULL;
     }
-    lib.generation = ++lib_generation;
     lib_loaded = 1;
     tb_info("GPU tracing: using libcupti (%s)", lib.path);
     pthread_mutex_unlock(&lib_mu);

@@ -10,7 +10,6 @@
 
 typedef struct tb_cupti_lib {
     void *handle;
-    unsigned generation; /* bumps at every (re)load */
     char path[512]; /* where it came from ("already loaded: libcupti.so.13", a file path) */
     /* required */
     CUptiResult (*Subscribe)(CUpti_SubscriberHandle *, CUpti_CallbackFunc, void *);

@@ -81,7 +81,6 @@ typedef struct gpu_ctx {
 static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 static int prefault_off; /* MADV_POPULATE_WRITE refused (a kernel before 5.14) */
 static atomic_int ts_capturing;
-static unsigned ts_registered; /* generation of the libcupti it was registered with */
 
 /* ---- CUPTI callbacks --------------------------------------------------- */
 
@@ -432,16 +431,12 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     g.last.buffer_size = g.buf_size;
     g.last.pool_buffers = g.nall;
 
-    /* Timestamps: our clock when CUPTI lets us supply it (must be set
-     * before enabling activity), else a measured offset. */
-    g.ts_callback = 0;
-    if (g.lib->ActivityRegisterTimestampCallback) {
-        if (ts_registered == g.lib->generation ||
-            g.lib->ActivityRegisterTimestampCallback(ts_callback) == CUPTI_SUCCESS) {
-            ts_registered = g.lib->generation;
-            g.ts_callback = 1;
-        }
-    }
+    /* Timestamps: our clock when CUPTI lets us supply it (set before any
+     * activity is enabled), else a measured offset. Registered at every
+     * start: between our captures another client may have put its own
+     * clock in (Kineto registers a TSC-based one) or reset CUPTI. */
+    g.ts_callback = g.lib->ActivityRegisterTimestampCallback &&
+                    g.lib->ActivityRegisterTimestampCallback(ts_callback) == CUPTI_SUCCESS;
     if (g.ts_callback) {
         atomic_store(&ts_capturing, 1);
         g.ts_to_epoch = 0;

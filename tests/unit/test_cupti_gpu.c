@@ -66,6 +66,21 @@ static void fake_state(const char *path, int *sub, int *nen, unsigned long long 
         f(sub, nen, fl, dl, dr);
     dlclose(h);
 }
+/* A clock in other units (TSC-like ticks), as another CUPTI client would
+ * register between our captures. */
+static uint64_t CUPTIAPI ticks_clock(void) { return (uint64_t)tb_mono_ns() * 3; }
+
+static void other_tool_clock(const char *path)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return;
+    CUptiResult (*reg)(CUpti_TimestampCallbackFunc) =
+        (CUptiResult(*)(CUpti_TimestampCallbackFunc))(uintptr_t)dlsym(h, "cuptiActivityRegisterTimestampCallback");
+    CHECK(reg && reg(ticks_clock) == CUPTI_SUCCESS);
+    dlclose(h);
+}
+
 static int fake_tid_type(const char *path)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
@@ -341,6 +356,16 @@ int main(void)
     tb_space_free(s);
 
     /* 2. again: repeated captures give the same result */
+    s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECK_EQ_I(rc, 0);
+    if (s) {
+        check_full_translation(s, t0);
+        tb_space_free(s);
+    }
+
+    /* 2b. between captures another tool set CUPTI's clock to its own (Kineto
+     * registers a TSC-based one): the next capture is on our clock again */
+    other_tool_clock(fake_full);
     s = capture(src, 4 << 20, &rc, &why, &t0);
     CHECK_EQ_I(rc, 0);
     if (s) {
