@@ -13,7 +13,8 @@
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools
-#   4. step time: no agent / agent idle / capturing / torch.profiler
+#   4. step time: no agent / agent idle / capturing / torch.profiler /
+#      idle again after a capture (4a, INFO: CUPTI stays initialised)
 #   4b. minor page faults of the job's threads per step, capturing vs idle
 #      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
@@ -100,18 +101,23 @@ med() { $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][1
 $py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>&1
 TBPROF_LOGDIR=$work/idle LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --times "$work/t_idle" >/dev/null 2>&1
 "$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" >/dev/null 2>&1
+mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
 $py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>&1 || true
-mkdir -p "$work/tp"
+# idle again after a capture (steps 3..7): CUPTI stays initialised in the process
+"$tbprof" run --steps 3,7 --logdir "$work/after" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_after" >/dev/null 2>&1
 tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
-tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null)
+tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null); ta=$(med "$work/t_after" 2>/dev/null)
 echo
 echo "step time (median ms, steps 10..29):"
 printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
-  "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}"
+  "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}" \
+  "tbprof idle after a capture" "${ta:-?}"
 if [ -n "$tn" ] && [ -n "$ti" ]; then
   ok=$($py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
   row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
 fi
+# 4a. what CUPTI left in the process costs: reported (a teardown is not built)
+row idle_after_capture INFO "steps 10..29 after a capture of 3..7: ${ta:-?} ms vs none ${tn:-?} ms"
 
 # 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
 TBPROF_LOGDIR=$work/idle2 LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --faults "$work/f_idle" >/dev/null 2>&1
