@@ -390,18 +390,18 @@ int main(void)
 
     /* 3b. a libcupti that takes only 13.0's params (structSize 32), or whose
      * cuptiSubscribe_v2 fails: the next form is tried, the capture works */
-    setenv("TBFAKE_CUPTI_V2_SIZE", "32", 1);
-    s = capture(src, 4 << 20, &rc, &why, &t0);
-    CHECKF(rc == 0, "13.0 params: %d %s", rc, rc ? why : "");
-    CHECK_STR(subscribed_with(), "cuptiSubscribe_v2 (13.0 params)");
-    tb_space_free(s);
-    unsetenv("TBFAKE_CUPTI_V2_SIZE");
-    setenv("TBFAKE_CUPTI_V2_FAIL", "27", 1); /* CUPTI_ERROR_NOT_SUPPORTED */
-    s = capture(src, 4 << 20, &rc, &why, &t0);
-    CHECKF(rc == 0, "v2 failing: %d %s", rc, rc ? why : "");
-    CHECK_STR(subscribed_with(), "cuptiSubscribe");
-    tb_space_free(s);
-    unsetenv("TBFAKE_CUPTI_V2_FAIL");
+    static const struct {
+        const char *knob, *value, *call;
+    } forms[] = {{"TBFAKE_CUPTI_V2_SIZE", "32", "cuptiSubscribe_v2 (13.0 params)"},
+                 {"TBFAKE_CUPTI_V2_FAIL", "27", "cuptiSubscribe"}}; /* 27: CUPTI_ERROR_NOT_SUPPORTED */
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        setenv(forms[i].knob, forms[i].value, 1);
+        s = capture(src, 4 << 20, &rc, &why, &t0);
+        CHECKF(rc == 0, "%s=%s: %d %s", forms[i].knob, forms[i].value, rc, rc ? why : "");
+        CHECK_STR(subscribed_with(), forms[i].call);
+        tb_space_free(s);
+        unsetenv(forms[i].knob);
+    }
 
     /* 4. activity refused (a driver too old): reason names the CUPTI error, released */
     setenv("TBFAKE_CUPTI_FAIL_ENABLE", "14", 1); /* CUPTI_ERROR_NOT_COMPATIBLE */
