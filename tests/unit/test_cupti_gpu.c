@@ -303,6 +303,20 @@ static void check_full_translation(tb_space *s, int64_t t0)
     CHECK_EQ_I(plane_int(h, TB_ST_POOL_EXHAUSTED), 0);
 }
 
+/* A capture of the whole script, checked in full. */
+static void capture_full(tb_source *src)
+{
+    int rc;
+    const char *why;
+    int64_t t0;
+    tb_space *s = capture(src, 4 << 20, &rc, &why, &t0);
+    CHECKF(rc == 0, "capture: %d %s", rc, rc ? why : "");
+    if (s) {
+        check_full_translation(s, t0);
+        tb_space_free(s);
+    }
+}
+
 int main(void)
 {
     mallopt(M_MMAP_THRESHOLD, 64 << 10); /* fixed: freed buffers are unmapped, never recycled */
@@ -356,22 +370,12 @@ int main(void)
     tb_space_free(s);
 
     /* 2. again: repeated captures give the same result */
-    s = capture(src, 4 << 20, &rc, &why, &t0);
-    CHECK_EQ_I(rc, 0);
-    if (s) {
-        check_full_translation(s, t0);
-        tb_space_free(s);
-    }
+    capture_full(src);
 
     /* 2b. between captures another tool set CUPTI's clock to its own (Kineto
      * registers a TSC-based one): the next capture is on our clock again */
     other_tool_clock(fake_full);
-    s = capture(src, 4 << 20, &rc, &why, &t0);
-    CHECK_EQ_I(rc, 0);
-    if (s) {
-        check_full_translation(s, t0);
-        tb_space_free(s);
-    }
+    capture_full(src);
 
     /* 3. another subscriber: a clear reason, nothing left enabled */
     setenv("TBFAKE_CUPTI_SUBSCRIBER", "1", 1);
