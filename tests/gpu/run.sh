@@ -2,6 +2,7 @@
 # run.sh - tbprof's real-GPU checks (run on the GPU machine from the folder
 # tests/gpu/pack.sh made: bash .gpu/run.sh). Needs python3 with torch (CUDA),
 # jax and protobuf; no network, no Debian packages.
+#   0. tbprof doctor finds GPU tracing ready (its CPU line is reported)
 #   1. cuda_steps under the preload, steps 3..6 marked by cudaProfilerStart/
 #      Stop (1a) and by NVTX ranges (1b): exactly the launched kernels
 #      (names, counts, grid/block, the graph's kernel), copies, memsets,
@@ -57,6 +58,10 @@ check() { # name, command...: records the RESULT line
   if [ -n "$res" ]; then row "$name" "$(awk '{print $3}' <<<"$res")" "$(cut -d' ' -f4- <<<"$res")"
   else row "$name" FAIL "rc=$rc: $(tail -3 <<<"$out" | tr '\n' ' ')"; fi
 }
+
+# 0. tbprof doctor: on a GPU machine it must find GPU tracing ready
+doc=$("$tbprof" doctor 2>&1); docd=$(grep -E '^  (GPU tracing|CPU sampling)' <<<"$doc" | tr -s ' ' | paste -sd ';')
+if grep -q '^  GPU tracing *ready:' <<<"$doc"; then row doctor PASS "$docd"; else row doctor FAIL "${docd:-$(tail -2 <<<"$doc" | tr '\n' ' ')}"; fi
 
 # 1. CUDA program: steps 3..6 = 4 steps, from each CUDA step source
 x1=

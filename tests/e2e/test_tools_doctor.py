@@ -1,0 +1,66 @@
+"""`tbprof doctor`: a 0.3 s test capture in a child says, per source, ready or
+off with the reason the agent recorded, and the exit status says whether
+both work. GPU through the fake libcupti (ready) and a missing one (off);
+CPU sampling refused by a seccomp filter (cpu_noperf) is named too."""
+
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tbtest  # noqa: E402
+
+FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+
+
+class Doctor(tbtest.TestCase):
+    def doctor(self, *args, wrap=()):
+        env = tbtest.env()
+        env["TMPDIR"] = self.tmp
+        p = tbtest.run(list(wrap) + [tbtest.CLI, "doctor"] + list(args), env=env, timeout=120)
+        self.assertEqual(os.listdir(self.tmp), [], "the test capture's folder is removed")
+        return p
+
+    def line(self, p, what):
+        m = re.search(r"^  %s +(.*)$" % what, p.stdout, re.M)
+        self.assertIsNotNone(m, p.stdout + p.stderr)
+        return m.group(1)
+
+    def test_gpu_ready_with_a_working_libcupti(self):
+        if not os.path.exists(FAKE):
+            self.skipTest("built without CUPTI")
+        p = self.doctor("--cupti", FAKE)
+        self.assertEqual(self.line(p, "agent"), "ready: a profile was written")
+        self.assertRegex(self.line(p, "GPU tracing"),
+                         r"^ready: %s \(CUPTI API \d+, cuptiSubscribe_v2 \(13.2 params\)\)$" % re.escape(FAKE))
+        cpu = self.line(p, "CPU sampling")
+        # ready where perf_event works; either way the status says both or not
+        self.assertEqual(p.returncode, 0 if cpu.startswith("ready:") else 1, p.stdout)
+        if cpu.startswith("ready:"):
+            self.assertRegex(cpu, r"^ready: [1-9]\d* samples in 0.3 s \(\w+ stacks\)$")
+
+    def test_gpu_off_names_the_cause(self):
+        missing = os.path.join(self.tmp, "nowhere", "libcupti.so")
+        p = self.doctor("--cupti", missing)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        gpu = self.line(p, "GPU tracing")
+        if os.path.exists(FAKE):
+            self.assertEqual(gpu, "off: libcupti not found at TBPROF_CUPTI_PATH=%s" % missing)
+        else:
+            self.assertTrue(gpu.startswith("off: "), gpu)
+
+    def test_cpu_refused_names_the_cause(self):
+        p = self.doctor("--cupti", FAKE, wrap=[tbtest.prog("cpu_noperf")])
+        if p.returncode == 3:
+            self.skipTest("seccomp filters unavailable here: " + p.stderr.strip())
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("off: perf_event_open refused (EACCES", self.line(p, "CPU sampling"))
+
+    def test_bad_option(self):
+        p = self.doctor("--frobnicate")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("unknown option '--frobnicate'", p.stderr)
+
+
+if __name__ == "__main__":
+    tbtest.main()

@@ -1,0 +1,191 @@
+/* cmd_doctor.c - `tbprof doctor`: will tbprof trace the GPU and sample the
+ * CPU on this machine, and if not, why?
+ *
+ * It does not guess from the environment: it runs a short real capture in
+ * a child (`tbprof run --duration 0.3 --gpu --cpu -- tbprof doctor --work`,
+ * the child spinning a second), reads the profile the agent wrote, and
+ * reports per source what the agent recorded: which libcupti traced, or
+ * the reason GPU tracing was off; how many CPU samples, or why sampling
+ * was off. The child makes no CUDA calls, so "ready" means libcupti loaded
+ * and CUPTI let tbprof subscribe and enable activity (a driver is there);
+ * a job's own conflicts (torch.profiler holding CUPTI) show in its
+ * profile, not here.
+ * Exit status: 0 both ready, 1 one of them off, 2 no profile came back. */
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "host.h"
+#include "readprof.h"
+#include "stats.h"
+#include "trace.h"
+
+#define CHILD_TIMEOUT_S 30 /* a CUPTI start that hangs must not hang us */
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tbprof doctor [--cupti PATH]\n"
+               "  runs a 0.3 s test capture in a child process and says whether GPU tracing\n"
+               "  and CPU sampling work here, or why not\n"
+               "  --cupti PATH   the libcupti to try (TBPROF_CUPTI_PATH: a file or folder)\n");
+}
+
+/* The child's work: a second of CPU, something to sample. */
+static int work(void)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    volatile double acc = 0;
+    do {
+        for (int i = 1; i < 100000; i++)
+            acc += 1.0 / i;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 1000000000L);
+    return 0;
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(p);
+    return 0;
+}
+
+/* Run the test capture into dir; 0 when the child exited, -1 otherwise. */
+static int run_child(const char *dir)
+{
+    char exe[PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (k <= 0) {
+        fprintf(stderr, "tbprof doctor: cannot find my own path: %s\n", strerror(errno));
+        return -1;
+    }
+    exe[k] = '\0';
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "tbprof doctor: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        char *args[] = {"run",   "--duration", "0.3",      "--delay", "0",  "--logdir", (char *)dir,
+                        "--gpu", "--cpu",      "--no-trace-json",     "--no-hook", "--log", "error",
+                        "--",    exe,          "doctor",   "--work",  NULL};
+        _exit(cmd_run((int)(sizeof(args) / sizeof(args[0])) - 1, args));
+    }
+    for (int waited_ms = 0;; waited_ms += 20) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (waited_ms >= CHILD_TIMEOUT_S * 1000) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            fprintf(stderr, "tbprof doctor: the test capture did not finish in %d s (killed)\n", CHILD_TIMEOUT_S);
+            return -1;
+        }
+        usleep(20000);
+    }
+}
+
+/* A /host:CPU plane stat: its string (str) or number (num); 0 if absent. */
+static int host_stat(const tb_plane *h, const char *name, const char **str, long long *num)
+{
+    for (size_t i = 0; h && i < h->nstats; i++) {
+        const tb_stat *st = &h->stats[i];
+        if (strcmp(tb_plane_stat_name(h, st->meta), name))
+            continue;
+        if (st->type == TB_STAT_REF && str)
+            *str = tb_plane_stat_name(h, st->v.ref);
+        else if (st->type == TB_STAT_INT64 && num)
+            *num = st->v.i;
+        else if (st->type == TB_STAT_UINT64 && num)
+            *num = (long long)st->v.u;
+        else
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+/* One line per source; 1 when either is off. */
+static int report(const tb_plane *h)
+{
+    int bad = 0;
+    const char *lib = NULL, *why = NULL, *mode = NULL;
+    long long samples = 0;
+    if (!host_stat(h, TB_ST_GPU_OFF_REASON, &why, NULL) && host_stat(h, TB_ST_CUPTI_LIBRARY, &lib, NULL)) {
+        printf("  GPU tracing    ready: %s\n", lib);
+    } else {
+        printf("  GPU tracing    off: %s\n", why ? why : "no reason recorded (an agent built without CUPTI?)");
+        bad = 1;
+    }
+    why = NULL;
+    if (!host_stat(h, TB_ST_CPU_OFF_REASON, &why, NULL) && host_stat(h, TB_ST_SAMPLES, NULL, &samples) &&
+        samples > 0) {
+        host_stat(h, "tbprof_cpu_mode", &mode, NULL);
+        printf("  CPU sampling   ready: %lld samples in 0.3 s (%s stacks)\n", samples, mode ? mode : "?");
+    } else {
+        printf("  CPU sampling   off: %s\n", why ? why : "no samples taken");
+        bad = 1;
+    }
+    FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
+    int paranoid;
+    if (f && fscanf(f, "%d", &paranoid) == 1)
+        printf("  perf_event_paranoid %d%s\n", paranoid,
+               paranoid > 2 ? " (above 2: only a process with CAP_PERFMON can sample)" : "");
+    if (f)
+        fclose(f);
+    return bad;
+}
+
+int cmd_doctor(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--work"))
+            return work();
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--cupti") && i + 1 < argc) {
+            setenv("TBPROF_CUPTI_PATH", argv[++i], 1);
+            continue;
+        }
+        fprintf(stderr, "tbprof doctor: unknown option '%s'\n", argv[i]);
+        usage(stderr);
+        return 2;
+    }
+    const char *tmp = getenv("TMPDIR");
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/tbprof-doctor.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "tbprof doctor: cannot make a folder under %s: %s\n", tmp && *tmp ? tmp : "/tmp",
+                strerror(errno));
+        return 2;
+    }
+    printf("tbprof doctor: a 0.3 s test capture in a child process\n");
+    fflush(stdout);
+    int rc = 2;
+    tb_profset ps;
+    if (run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0) {
+        printf("  agent          ready: a profile was written\n");
+        rc = report(tb_space_find_plane(ps.profs[0].space, TB_HOST_PLANE));
+        tb_profset_free(&ps);
+    } else {
+        printf("  agent          no profile came back (see the messages above)\n");
+    }
+    nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    return rc;
+}
