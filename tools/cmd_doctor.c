@@ -6,11 +6,12 @@
  * the child spinning a second), reads the profile the agent wrote, and
  * reports per source what the agent recorded: which libcupti traced, or
  * the reason GPU tracing was off; how many CPU samples, or why sampling
- * was off. The child makes no CUDA calls, so "ready" means libcupti loaded
+ * was off; and whether the logdir (TBPROF_LOGDIR) can be written. The
+ * child makes no CUDA calls, so "ready" means libcupti loaded
  * and CUPTI let tbprof subscribe and enable activity (a driver is there);
  * a job's own conflicts (torch.profiler holding CUPTI) show in its
  * profile, not here.
- * Exit status: 0 both ready, 1 one of them off, 2 no profile came back. */
+ * Exit status: 0 all ready, 1 one of them off, 2 no profile came back. */
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,7 +36,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: tbprof doctor [--cupti PATH]\n"
                "  runs a 0.3 s test capture in a child process and says whether GPU tracing\n"
-               "  and CPU sampling work here, or why not\n"
+               "  and CPU sampling work here, or why not, and whether TBPROF_LOGDIR is writable\n"
                "  --cupti PATH   the libcupti to try (TBPROF_CUPTI_PATH: a file or folder)\n");
 }
 
@@ -119,6 +121,38 @@ static int host_stat(const tb_plane *h, const char *name, const char **str, long
     return 0;
 }
 
+/* Where a job's profiles would go (TBPROF_LOGDIR, default logs): it, or
+ * the nearest path above it that exists, must be a writable folder. */
+static int logdir_report(void)
+{
+    const char *env = getenv("TBPROF_LOGDIR");
+    const char *dir = env && *env ? env : "logs";
+    char at[PATH_MAX];
+    snprintf(at, sizeof(at), "%s", dir);
+    struct stat st;
+    const char *why = NULL;
+    while (!why && stat(at, &st) != 0) {
+        char *slash = strrchr(at, '/');
+        if (!strcmp(at, ".") || !strcmp(at, "/"))
+            why = strerror(errno); /* a deleted working folder */
+        else if (!slash)
+            snprintf(at, sizeof(at), ".");
+        else
+            slash[slash == at] = '\0'; /* "a/b" -> "a", "/x" -> "/" */
+    }
+    if (!why)
+        why = !S_ISDIR(st.st_mode) ? "not a folder" : access(at, W_OK) ? strerror(errno) : NULL;
+    if (why) {
+        printf("  logdir         off: %s: %s: %s\n", dir, at, why);
+        return 1;
+    }
+    if (!strcmp(at, dir))
+        printf("  logdir         ready: %s\n", dir);
+    else
+        printf("  logdir         ready: %s (to be made under %s)\n", dir, at);
+    return 0;
+}
+
 /* One line per source; 1 when either is off. */
 static int report(const tb_plane *h)
 {
@@ -140,6 +174,8 @@ static int report(const tb_plane *h)
         printf("  CPU sampling   off: %s\n", why ? why : "no samples taken");
         bad = 1;
     }
+    if (logdir_report())
+        bad = 1;
     FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
     int paranoid;
     if (f && fscanf(f, "%d", &paranoid) == 1)

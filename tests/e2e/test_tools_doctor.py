@@ -14,11 +14,13 @@ FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 
 
 class Doctor(tbtest.TestCase):
-    def doctor(self, *args, wrap=()):
+    def doctor(self, *args, wrap=(), logdir=None):
         env = tbtest.env()
         env["TMPDIR"] = self.tmp
+        env["TBPROF_LOGDIR"] = logdir or os.path.join(self.tmp, "logs")
         p = tbtest.run(list(wrap) + [tbtest.CLI, "doctor"] + list(args), env=env, timeout=120)
-        self.assertEqual(os.listdir(self.tmp), [], "the test capture's folder is removed")
+        self.assertEqual([f for f in os.listdir(self.tmp) if f.startswith("tbprof-doctor")], [],
+                         "the test capture's folder is removed")
         return p
 
     def line(self, p, what):
@@ -55,6 +57,16 @@ class Doctor(tbtest.TestCase):
             self.skipTest("seccomp filters unavailable here: " + p.stderr.strip())
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("off: perf_event_open refused (EACCES", self.line(p, "CPU sampling"))
+
+    def test_logdir(self):
+        p = self.doctor("--cupti", FAKE)
+        self.assertEqual(self.line(p, "logdir"), "ready: %s/logs (to be made under %s)" % (self.tmp, self.tmp))
+        blocker = os.path.join(self.tmp, "file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        p = self.doctor("--cupti", FAKE, logdir=os.path.join(blocker, "logs"))
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertEqual(self.line(p, "logdir"), "off: %s/logs: %s: not a folder" % (blocker, blocker))
 
     def test_bad_option(self):
         p = self.doctor("--frobnicate")
