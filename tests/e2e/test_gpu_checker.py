@@ -58,6 +58,12 @@ per_step api cudaMemsetAsync 1
 """
 
 
+def run_check(*args):
+    """check.py with the decoders of this build (TBGPU), as the GPU machine runs it."""
+    return subprocess.run([sys.executable, CHECK] + [str(a) for a in args], env=dict(os.environ, TBGPU=tbtest.BUILD),
+                          capture_output=True, text=True, timeout=120)
+
+
 class GpuChecker(tbtest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -84,9 +90,7 @@ class GpuChecker(tbtest.TestCase):
         ex = os.path.join(self.tmp, "expect.txt")
         with open(ex, "w") as f:
             f.write(expect)
-        env = dict(os.environ, TBGPU=tbtest.BUILD)
-        p = subprocess.run([sys.executable, CHECK, "cuda", self.xplane, ex] + list(args), env=env,
-                           capture_output=True, text=True, timeout=120)
+        p = run_check("cuda", self.xplane, ex, *args)
         res = [l for l in p.stdout.splitlines() if l.startswith("RESULT")]
         self.assertEqual(len(res), 1, p.stdout + p.stderr)
         return p.returncode, res[0]
@@ -117,9 +121,7 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         xs = tbtest.xplanes(logdir)
         self.assertEqual(len(xs), 1)
-        env = dict(os.environ, TBGPU=tbtest.BUILD)
-        c = subprocess.run([sys.executable, CHECK, "torch_nvtx", xs[0]], env=env, capture_output=True, text=True,
-                           timeout=120)
+        c = run_check("torch_nvtx", xs[0])
         return c.returncode, c.stdout.strip()
 
     def test_torch_nvtx_ranges(self):
@@ -133,19 +135,12 @@ class GpuChecker(tbtest.TestCase):
     def test_capture_facts(self):
         # the facts the note needs from a real job: which libcupti, the pool,
         # buffers filled, drops; a host-only profile fails and says why
-        env = dict(os.environ, TBGPU=tbtest.BUILD)
-        c = subprocess.run([sys.executable, CHECK, "capture", self.xplane], env=env, capture_output=True,
-                           text=True, timeout=120)
+        c = run_check("capture", self.xplane)
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertRegex(c.stdout, r"RESULT cupti_capture INFO \S*fakecupti/libcupti.so \(CUPTI API \d+, "
                                    r"cuptiSubscribe_v2 \(13.2 params\)\); pool \d+ x \d+; buffers filled [1-9]\d*; "
                                    r"CUPTI dropped 0; pool ran out 0")
-        logdir = os.path.join(self.tmp, "hostonly")
-        p = tbtest.run([tbtest.prog("steps"), "-n", "6", "-m", "1"],
-                       env=tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=os.path.join(self.tmp, "none.so")))
-        self.assertEqual(p.returncode, 0, p.stderr)
-        c = subprocess.run([sys.executable, CHECK, "capture", tbtest.xplanes(logdir)[0]], env=env,
-                           capture_output=True, text=True, timeout=120)
+        c = run_check("capture", self.host_only_profile("hostonly", cupti_path=os.path.join(self.tmp, "none.so")))
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
 
@@ -157,12 +152,11 @@ class GpuChecker(tbtest.TestCase):
             with open(trace, "w") as f:
                 json.dump({"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k%d" % i, "ts": i, "dur": 1}
                                            for i in range(kernels)]}, f)
-        env = dict(os.environ, TBGPU=tbtest.BUILD)
-        c = subprocess.run([sys.executable, CHECK, "coexist", name, want, xplane, trace, str(rc)], env=env,
-                           capture_output=True, text=True, timeout=120)
+        c = run_check("coexist", name, want, xplane, trace, rc)
         return c.returncode, c.stdout.strip()
 
     def host_only_profile(self, name, **kw):
+        # steps 2..3 of a job whose GPU capture is refused (kw: its cause)
         logdir = os.path.join(self.tmp, name)
         e = tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=kw.pop("cupti_path", FAKE))
         e.update(kw)
