@@ -26,9 +26,10 @@
 #define TB_ST_KERNEL_DETAILS "kernel_details"
 /* "kind_src:K kind_dst:K size:N dest:D async:A" */
 #define TB_ST_MEMCPY_DETAILS "memcpy_details"
-#define TB_ST_MEMSET_DETAILS "memset_details"
+/* the reference tracer capitalises these two (xplane_schema.cc) */
+#define TB_ST_MEMSET_DETAILS "Memset_details"
 #define TB_ST_MEMALLOC_DETAILS "memalloc_details"
-#define TB_ST_MEMFREE_DETAILS "memfree_details"
+#define TB_ST_MEMFREE_DETAILS "MemFree_details"
 #define TB_ST_CUDA_GRAPH_ID "cuda_graph_id"
 /* an NVTX range's or mark's domain, when not the default one (host events) */
 #define TB_ST_NVTX_DOMAIN "tbprof_nvtx_domain"

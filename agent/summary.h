@@ -9,7 +9,7 @@
  *   number (from two sources) are one step spanning both.
  * - GPU activity: events on /device:GPU:* planes that are kernels, memcpys
  *   or memsets (by category, by the kernel_details / memcpy_details /
- *   memset_details stat, or by a "Memcpy"/"Memset" name prefix).
+ *   Memset_details stat, or by a "Memcpy"/"Memset" name prefix).
  * - GPU busy in a window: the length of the union of all activity intervals
  *   (every GPU of the host) clipped to the window; idle = window - busy.
  *   H2D / D2H time: the union of copies of that direction, clipped.

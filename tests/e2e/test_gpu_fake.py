@@ -117,7 +117,7 @@ class GpuFake(tbtest.TestCase):
                          "kind_src:pinned kind_dst:device size:1048576 dest:0 async:1")
         self.assertEqual(dev.events("MemcpyD2H")[0].stats["memcpy_details"],
                          "kind_src:device kind_dst:pageable size:4096 dest:0 async:0")
-        self.assertEqual(dev.events("Memset")[0].stats["memset_details"], "kind:device num_bytes:2048 async:1")
+        self.assertEqual(dev.events("Memset")[0].stats["Memset_details"], "kind:device num_bytes:2048 async:1")
         self.assertEqual(dev.stats.get("core_count"), 108)
         self.assertEqual(dev.stats.get("compute_cap_major"), 8)
         self.assertEqual(dev.stats.get("device_vendor"), "Nvidia")

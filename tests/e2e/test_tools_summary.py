@@ -141,7 +141,7 @@ def example_space(hostname="node1", newer_schema=False):
             memcpy_details="kind_src:pinned kind_dst:device size:3000000 dest:0 async:1")
     g.event(s1, "Memcpy", 20000, 1000,
             memcpy_details="kind_src:device kind_dst:pageable size:1000 dest:0 async:0")
-    g.event(s2, "Memset", 22000, 500, memset_details="num_bytes:64")
+    g.event(s2, "Memset", 22000, 500, Memset_details="num_bytes:64")
     g.plane_stat("tbprof_cupti_dropped", 7)
     g1 = Plane(sp, "/device:GPU:1")
     g1.event(g1.line(1, "Stream #1"), "gemm", 31000, 1000, kernel_details=kd(75))

@@ -169,7 +169,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
             if kind == "graph_kernel" and [e for e in got if not e[2].get("cuda_graph_id")]:
                 errs.append("%s: launched from a CUDA graph, but no cuda_graph_id" % name)
         elif kind in ("memcpy", "memset"):
-            key = "memset_details" if kind == "memset" else "memcpy_details"
+            key = "Memset_details" if kind == "memset" else "memcpy_details"
             field = "num_bytes:" if kind == "memset" else "size:"
             got = [e for e in dev if e[0] == name]
             sized = [e for e in got if (field + d["bytes"] + " ") in e[2].get(key, "") + " "]
@@ -177,7 +177,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
                 errs.append("%s of %s bytes: %d (%d of any size), expected %d" % (
                     name, d["bytes"], len(sized), len(got), count))
         elif kind == "memory":
-            key = "memalloc_details" if name == "MemoryAlloc" else "memfree_details"
+            key = "memalloc_details" if name == "MemoryAlloc" else "MemFree_details"
             got = [e for e in allgpu if e[0] == name and ("num_bytes:%s" % d["bytes"]) in e[2].get(key, "")]
             if len(got) != count:
                 errs.append("%s of %s bytes: %d, expected %d" % (name, d["bytes"], len(got), count))
