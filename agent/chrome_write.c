@@ -506,6 +506,23 @@ static void put_flow(jw *w, int start, uint64_t id, int64_t pid, int64_t tid, in
     PUTS(w, "}");
 }
 
+/* A GPU memory timeline event (stats allocator_name and bytes_allocated,
+ * see stats.h) also becomes a point of a counter track named after its
+ * allocator, which Perfetto draws as a graph of the bytes allocated. */
+static void put_counter(jw *w, const names *nm, const tb_plane *p, const tb_stat *alloc, const tb_stat *total,
+                        int64_t pid, int64_t ts)
+{
+    PUTS(w, ",\n{\"ph\":\"C\",\"cat\":\"gpu_memory\",\"name\":");
+    put_st_name(w, nm, p, alloc->v.ref);
+    PUTS(w, ",\"pid\":");
+    put_i64(w, pid);
+    PUTS(w, ",\"ts\":");
+    put_us(w, ts);
+    PUTS(w, ",\"args\":{\"" TB_ST_BYTES_ALLOCATED "\":");
+    put_stat_value(w, nm, p, total);
+    PUTS(w, "}}");
+}
+
 static int chrome_emit(tb_space *s, jw *w)
 {
     tb_space_sort(s);
@@ -565,6 +582,8 @@ static int chrome_emit(tb_space *s, jw *w)
         int gpu = is_gpu_plane(p);
         const u64set *other = gpu ? &host_corr : &gpu_corr;
         uint32_t cm = find_stat_meta(p, TB_ST_CORRELATION_ID);
+        uint32_t am = gpu ? 0 : find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
+                 bm = am ? find_stat_meta(p, TB_ST_BYTES_ALLOCATED) : 0;
         /* pid as text once per plane */
         for (size_t j = 0; j < p->nlines && !w->err; j++) {
             const tb_line *l = p->lines[j];
@@ -591,6 +610,7 @@ static int chrome_emit(tb_space *s, jw *w)
                 put_us(w, ev->dur_ns);
                 uint64_t corr = 0;
                 int has_corr = 0;
+                const tb_stat *alloc = NULL, *total = NULL;
                 if (ev->nstats) {
                     PUTS(w, ",\"args\":{");
                     for (uint32_t k = 0; k < ev->nstats; k++) {
@@ -601,12 +621,18 @@ static int chrome_emit(tb_space *s, jw *w)
                         put_stat_value(w, &nm, p, &st[k]);
                         if (cm && st[k].meta == cm && !has_corr)
                             has_corr = stat_as_u64(&st[k], &corr);
+                        if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
+                            alloc = &st[k];
+                        if (bm && st[k].meta == bm)
+                            total = &st[k];
                     }
                     PUTS(w, "}");
                 }
                 PUTS(w, "}");
                 if (has_corr && set_has(other, corr))
                     put_flow(w, !gpu, corr, pids[i], l->id, ev->start_ns);
+                if (alloc && total)
+                    put_counter(w, &nm, p, alloc, total, pids[i], ev->start_ns);
             }
         }
         names_free(&nm);

@@ -31,6 +31,19 @@
 #define TB_ST_MEMALLOC_DETAILS "memalloc_details"
 #define TB_ST_MEMFREE_DETAILS "MemFree_details"
 #define TB_ST_CUDA_GRAPH_ID "cuda_graph_id"
+
+/* GPU memory timeline (host events xprof's memory profile reads: an event
+ * named MemoryAllocation / MemoryDeallocation, one allocator per
+ * allocator_name, int64 stats) */
+#define TB_EV_MEMORY_ALLOCATION "MemoryAllocation"
+#define TB_EV_MEMORY_DEALLOCATION "MemoryDeallocation"
+#define TB_ST_ALLOCATOR_NAME "allocator_name"       /* "GPU_<dev>_<memory kind>" */
+#define TB_ST_BYTES_ALLOCATED "bytes_allocated"     /* the allocator's total after the event */
+#define TB_ST_PEAK_BYTES_IN_USE "peak_bytes_in_use" /* the largest total so far */
+#define TB_ST_REQUESTED_BYTES "requested_bytes"
+#define TB_ST_ALLOCATION_BYTES "allocation_bytes"
+#define TB_ST_ADDR "addr"
+#define TB_ST_TF_OP "tf_op" /* the memory profile's "op name": the CUDA call */
 /* an NVTX range's or mark's domain, when not the default one (host events) */
 #define TB_ST_NVTX_DOMAIN "tbprof_nvtx_domain"
 

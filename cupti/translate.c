@@ -75,6 +75,20 @@ typedef struct syncrec {
     uint64_t start, end;
 } syncrec;
 
+/* A GPU memory allocation or release, kept for the memory timeline built at
+ * finish (the running total needs every record, in time order). */
+typedef struct memrec {
+    uint64_t ts, addr, bytes;
+    uint32_t dev, kind, corr, alloc, seq;
+} memrec;
+
+/* The host thread and API call behind a correlation id, for the API calls
+ * that allocate or free memory (see api_is_memory). */
+typedef struct memapi {
+    uint32_t corr, tid;
+    int64_t meta; /* the call's event metadata on the host plane */
+} memapi;
+
 #define KD_SLOTS 1024
 #define MD_SLOTS 1024
 #define TID_SLOTS 64
@@ -92,7 +106,8 @@ struct tb_cupti_tr {
         uint32_t tid;
         tb_line *l;
     } tids[TID_SLOTS];
-    int64_t *api_meta[2]; /* [runtime/driver][cbid] */
+    int64_t *api_meta[2];  /* [runtime/driver][cbid] */
+    uint8_t *api_memory[2]; /* [runtime/driver][cbid]: 1 allocates or frees, 2 not */
     /* caches */
     kname_slot *kn;
     size_t kn_mask, kn_used;
@@ -103,6 +118,10 @@ struct tb_cupti_tr {
     size_t nmk, capmk;
     syncrec *sy;
     size_t nsy, capsy;
+    memrec *mr;
+    size_t nmr, capmr;
+    memapi *ma;
+    size_t nma, capma;
     uint32_t ctxmap_ctx[64], ctxmap_dev[64];
     int nctxmap;
     char *(*demangle)(const char *, char *, size_t *, int *);
@@ -593,6 +612,17 @@ static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
     return l;
 }
 
+/* Whether an API call of this name allocates or frees memory (cudaMalloc*,
+ * cudaHostAlloc, cudaFree*, cuMemAlloc*, cuMemFree*, cuMemCreate and
+ * cuMemRelease of the virtual memory API): its thread is where the memory
+ * timeline's events for its correlation id go. A call matched needlessly
+ * only costs a table entry. */
+static int api_is_memory(const char *name)
+{
+    return strstr(name, "alloc") || strstr(name, "Alloc") || strstr(name, "Free") ||
+           strstr(name, "MemCreate") || strstr(name, "MemRelease");
+}
+
 static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
 {
     t->c.api++;
@@ -603,12 +633,17 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         return;
     int64_t meta = 0;
     int64_t *cache = NULL;
+    uint8_t *memory = NULL, is_memory = 0;
     if (a->cbid < API_CBIDS) {
-        if (!t->api_meta[driver])
+        if (!t->api_meta[driver]) {
             t->api_meta[driver] = calloc(API_CBIDS, sizeof(int64_t));
-        if (t->api_meta[driver]) {
+            t->api_memory[driver] = calloc(API_CBIDS, 1);
+        }
+        if (t->api_meta[driver] && t->api_memory[driver]) {
             cache = &t->api_meta[driver][a->cbid];
             meta = *cache;
+            memory = &t->api_memory[driver][a->cbid];
+            is_memory = *memory == 1;
         }
     }
     if (meta <= 0) {
@@ -629,12 +664,17 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
         if (meta <= 0)
             return;
-        if (cache)
+        is_memory = api_is_memory(buf);
+        if (cache) {
             *cache = meta;
+            *memory = is_memory ? 1 : 2;
+        }
     }
     if (add_span(t, l, meta, a->start, a->end) < 0)
         return;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
+    if (is_memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
+        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = meta};
 }
 
 /* A span on thread tid's host line; returns the line, NULL when not added. */
@@ -750,6 +790,16 @@ static void do_memory(tb_cupti_tr *t, const CUpti_ActivityMemory4 *m)
         return;
     md_key key = {.dev = m->deviceId, .src = (uint32_t)m->memoryKind, .what = alloc ? 2 : 3, .bytes = m->bytes};
     add_ref_stat(l, alloc ? d->st_mad : d->st_mfd, mem_details_ref(t, d, &key));
+    if (TB_GROW(t->mr, t->capmr, t->nmr + 1) == 0)
+        t->mr[t->nmr] = (memrec){.ts = m->timestamp,
+                                 .addr = m->address,
+                                 .bytes = m->bytes,
+                                 .dev = m->deviceId,
+                                 .kind = (uint32_t)m->memoryKind,
+                                 .corr = m->correlationId,
+                                 .alloc = (uint32_t)alloc,
+                                 .seq = (uint32_t)t->nmr},
+        t->nmr++;
 }
 
 static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
@@ -874,9 +924,95 @@ static void emit_syncs(tb_cupti_tr *t)
     t->nsy = 0;
 }
 
+static int memrec_cmp(const void *a, const void *b)
+{
+    const memrec *x = a, *y = b;
+    if (x->dev != y->dev)
+        return x->dev < y->dev ? -1 : 1;
+    if (x->kind != y->kind)
+        return x->kind < y->kind ? -1 : 1;
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static int memapi_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const memapi *)a)->corr, y = ((const memapi *)b)->corr;
+    return x < y ? -1 : x > y;
+}
+
+/* The GPU memory timeline: for each device and memory kind (an allocator,
+ * "GPU_0_device"), one MemoryAllocation / MemoryDeallocation event per
+ * record, with the running total and its peak as the stats xprof's memory
+ * profile reads (int64 values: it reads them with IntValue). Each goes on
+ * the host line of the thread whose API call it belongs to (so xprof's
+ * step grouping takes it into that thread's step), else on a "GPU memory"
+ * line. CUPTI reports only what happens while we capture, so a total
+ * starts at the least that must have been allocated already: just enough
+ * that no release takes it below zero. */
+static void emit_memory(tb_cupti_tr *t)
+{
+    if (!t->nmr)
+        return;
+    if (!t->hp && (t->hp = tb_host_plane(t->s)) != NULL)
+        t->hp_corr = tb_plane_stat_meta(t->hp, TB_ST_CORRELATION_ID);
+    tb_plane *hp = t->hp;
+    if (!hp)
+        goto out;
+    int64_t ev[2] = {tb_plane_event_meta_cat(hp, TB_EV_MEMORY_DEALLOCATION, TB_CAT_GPU_MEMORY),
+                     tb_plane_event_meta_cat(hp, TB_EV_MEMORY_ALLOCATION, TB_CAT_GPU_MEMORY)};
+    int64_t st_name = tb_plane_stat_meta(hp, TB_ST_ALLOCATOR_NAME),
+            st_total = tb_plane_stat_meta(hp, TB_ST_BYTES_ALLOCATED),
+            st_peak = tb_plane_stat_meta(hp, TB_ST_PEAK_BYTES_IN_USE),
+            st_req = tb_plane_stat_meta(hp, TB_ST_REQUESTED_BYTES),
+            st_bytes = tb_plane_stat_meta(hp, TB_ST_ALLOCATION_BYTES), st_addr = tb_plane_stat_meta(hp, TB_ST_ADDR),
+            st_op = tb_plane_stat_meta(hp, TB_ST_TF_OP);
+    if (ev[0] <= 0 || ev[1] <= 0 || st_op <= 0)
+        goto out;
+    qsort(t->mr, t->nmr, sizeof(*t->mr), memrec_cmp);
+    if (t->nma)
+        qsort(t->ma, t->nma, sizeof(*t->ma), memapi_cmp);
+    tb_line *orphans = NULL;
+    for (size_t i = 0, j; i < t->nmr; i = j) {
+        const memrec *first = &t->mr[i];
+        int64_t run = 0, low = 0;
+        for (j = i; j < t->nmr && t->mr[j].dev == first->dev && t->mr[j].kind == first->kind; j++) {
+            run += t->mr[j].alloc ? (int64_t)t->mr[j].bytes : -(int64_t)t->mr[j].bytes;
+            low = run < low ? run : low;
+        }
+        char name[64];
+        snprintf(name, sizeof(name), "GPU_%u_%s", first->dev, tb_cupti_memory_kind_name((int)first->kind));
+        int64_t total = -low, peak = total;
+        for (size_t k = i; k < j; k++) {
+            const memrec *m = &t->mr[k];
+            total += m->alloc ? (int64_t)m->bytes : -(int64_t)m->bytes;
+            peak = total > peak ? total : peak;
+            memapi key = {.corr = m->corr};
+            const memapi *a = t->nma ? bsearch(&key, t->ma, t->nma, sizeof(*t->ma), memapi_cmp) : NULL;
+            tb_line *l = a ? host_line(t, a->tid) : NULL;
+            if (!l)
+                l = orphans ? orphans : (orphans = tb_plane_line(hp, TB_CUPTI_LINE_MEMORY, "GPU memory"));
+            if (!l || add_span(t, l, ev[m->alloc], m->ts, m->ts) < 0)
+                continue;
+            tb_line_stat_str(l, st_name, name);
+            tb_line_stat_i64(l, st_total, total);
+            tb_line_stat_i64(l, st_peak, peak);
+            tb_line_stat_i64(l, st_req, (int64_t)m->bytes);
+            tb_line_stat_i64(l, st_bytes, (int64_t)m->bytes);
+            tb_line_stat_i64(l, st_addr, (int64_t)m->addr);
+            if (a && (uint64_t)a->meta < hp->nevent_meta)
+                tb_line_stat_str(l, st_op, hp->event_meta[a->meta].name);
+        }
+    }
+out:
+    t->nmr = t->nma = 0;
+}
+
 int tb_cupti_tr_finish(tb_cupti_tr *t)
 {
     emit_syncs(t);
+    emit_memory(t);
     t->c.unmatched_markers += t->nmk;
     t->nmk = 0;
     for (uint32_t i = 0; i < TB_CUPTI_MAX_DEVICES; i++) {
@@ -932,8 +1068,12 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
             free(t->dev[i]);
         }
     }
-    free(t->api_meta[0]);
-    free(t->api_meta[1]);
+    for (int i = 0; i < 2; i++) {
+        free(t->api_meta[i]);
+        free(t->api_memory[i]);
+    }
+    free(t->mr);
+    free(t->ma);
     free(t->kn);
     free(t->mk);
     free(t->sy);

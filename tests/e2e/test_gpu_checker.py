@@ -112,6 +112,23 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(rc, 1, line)
         self.assertIn("add_kernel: kernel_details", line)
 
+    def test_memory_event_off_its_call_fails(self):
+        # the allocation's record names a correlation id no cudaMalloc has:
+        # its host MemoryAllocation lands on the "GPU memory" line
+        script = os.path.join(self.tmp, "script.txt")
+        with open(script, "w") as f:
+            f.write(SCRIPT.replace("corr=207 start=1028", "corr=299 start=1028"))
+        logdir = os.path.join(self.tmp, "logs")
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on")
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
+        self.assertEqual(tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-a", "2,4"], env=e).returncode, 0)
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(EXPECT)
+        p = run_check("cuda", tbtest.xplanes(logdir)[0], ex, "1")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("1 MemoryAllocation events not inside a cudaMalloc on their line", p.stdout)
+
     def torch_nvtx(self, inner):
         nv = tbtest.prog("nvtx_steps")
         if tbtest.run([nv, "-n", "0"], env=tbtest.env(preload=False)).returncode == 77:

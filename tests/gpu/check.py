@@ -147,6 +147,30 @@ def read_expect(path):
     return out
 
 
+def memory_timeline(host, gpu_name, nbytes, count):
+    """The host side of the memory timeline (xprof's memory profile): one
+    MemoryAllocation (MemoryDeallocation) of GPU_0_device per cudaMalloc
+    (cudaFree) of nbytes, inside that call on its thread's line, with the
+    running total moving by nbytes."""
+    name, call = {"MemoryAlloc": ("MemoryAllocation", "cudaMalloc"),
+                  "MemoryFree": ("MemoryDeallocation", "cudaFree")}[gpu_name]
+    dev = [e for e in host if e[2].get("allocator_name") == "GPU_0_device"]
+    got = [e for e in dev if e[0] == name and e[2].get("allocation_bytes") == nbytes]
+    errs = []
+    if len(got) != count:
+        errs.append("host %s of %d bytes: %d, expected %d" % (name, nbytes, len(got), count))
+    calls = [e for e in host if e[0] == call]
+    outside = [e for e in got if e[2].get("tf_op") != call or not [
+        c for c in calls if c[3] == e[3] and c[4] <= e[4] <= c[4] + c[1] * 1000]]
+    if outside:
+        errs.append("%d %s events not inside a %s on their line (e.g. %s)" % (
+            len(outside), name, call, outside[0][2]))
+    totals = [e[2].get("bytes_allocated", -1) for e in dev]
+    if got and (min(totals) < 0 or max(totals) - min(totals) < nbytes):
+        errs.append("GPU_0_device totals %s do not move by %d" % (sorted(set(totals))[:6], nbytes))
+    return errs
+
+
 def cuda(xplane, expect, nsteps, nvtx_steps=None):
     xs = load(xplane)
     dev = device_events(xs)
@@ -181,6 +205,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
             got = [e for e in allgpu if e[0] == name and ("num_bytes:%s" % d["bytes"]) in e[2].get(key, "")]
             if len(got) != count:
                 errs.append("%s of %s bytes: %d, expected %d" % (name, d["bytes"], len(got), count))
+            errs += memory_timeline(host, name, int(d["bytes"]), count)
         elif kind == "sync":
             got = [e for e in allgpu if e[0] == name and e[3] == "CUDA sync"]
             if len(got) != count:

@@ -301,6 +301,29 @@ static void check_full_translation(tb_space *s, int64_t t0)
     }
     CHECK_EQ_I(plane_int(h, TB_ST_CUPTI_DROPPED), 0);
     CHECK_EQ_I(plane_int(h, TB_ST_POOL_EXHAUSTED), 0);
+    /* the memory timeline: the allocation on the thread of its cuMemAlloc,
+     * the release (no API record) on the "GPU memory" line; int64 stats */
+    const tb_event *al = event_named(h, hl, TB_EV_MEMORY_ALLOCATION, 0);
+    tb_line *gm = line_named(h, "GPU memory");
+    const tb_event *rl = event_named(h, gm, TB_EV_MEMORY_DEALLOCATION, 0);
+    CHECK(al != NULL);
+    CHECK(rl != NULL);
+    if (al && rl) {
+        CHECK_STR(str_stat(h, hl, al, TB_ST_ALLOCATOR_NAME), "GPU_0_device");
+        CHECK_STR(str_stat(h, gm, rl, TB_ST_ALLOCATOR_NAME), "GPU_0_device");
+        CHECK_STR(str_stat(h, hl, al, TB_ST_TF_OP), "cuMemAlloc");
+        CHECK(tb_event_find_stat(h, gm, rl, TB_ST_TF_OP) == NULL);
+        const tb_stat *bytes = tb_event_find_stat(h, hl, al, TB_ST_BYTES_ALLOCATED);
+        CHECK(bytes && bytes->type == TB_STAT_INT64);
+        CHECK_EQ_I(int_stat(h, hl, al, TB_ST_BYTES_ALLOCATED), 1048576);
+        CHECK_EQ_I(int_stat(h, gm, rl, TB_ST_BYTES_ALLOCATED), 0);
+        CHECK_EQ_I(int_stat(h, gm, rl, TB_ST_PEAK_BYTES_IN_USE), 1048576);
+        CHECK_EQ_I(int_stat(h, hl, al, TB_ST_ALLOCATION_BYTES), 1048576);
+        CHECK_EQ_I(int_stat(h, hl, al, TB_ST_ADDR), 0x7000);
+        CHECK_EQ_I(rl->start_ns - al->start_ns, 106000);
+        CHECK_EQ_I(al->dur_ns, 0);
+        CHECK_EQ_I(h->event_meta[al->meta].category, TB_CAT_GPU_MEMORY);
+    }
 }
 
 /* A capture of the whole script, checked in full. */
