@@ -463,6 +463,85 @@ static int scan_ranges(tb_summary *sum, tb_space *s)
     return rc;
 }
 
+/* ---- GPU memory ---------------------------------------------------------------- */
+
+static int memory_cmp(const void *a, const void *b)
+{
+    return strcmp(((const tb_sum_memory *)a)->allocator, ((const tb_sum_memory *)b)->allocator);
+}
+
+/* The memory timeline's events, per allocator (see stats.h). Events of a
+ * line are in time order, lines are not: the "last" total is taken from
+ * the latest event seen. */
+static int scan_memory(tb_summary *sum, tb_space *s)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t an = find_stat_id(p, TB_ST_ALLOCATOR_NAME);
+        if (!an || !starts_with(p->name, "/host:"))
+            continue;
+        uint32_t tot = find_stat_id(p, TB_ST_BYTES_ALLOCATED), peak = find_stat_id(p, TB_ST_PEAK_BYTES_IN_USE),
+                 size = find_stat_id(p, TB_ST_ALLOCATION_BYTES);
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                const char *en = tb_plane_event_name(p, e->meta);
+                int alloc = strcmp(en, TB_EV_MEMORY_ALLOCATION) == 0;
+                if (!alloc && strcmp(en, TB_EV_MEMORY_DEALLOCATION) != 0)
+                    continue;
+                const tb_stat *st = tb_event_stats(l, e);
+                const char *name = NULL;
+                int64_t t = 0, pk = 0, b = 0;
+                int has_t = 0;
+                for (uint32_t x = 0; x < e->nstats; x++) {
+                    if (st[x].meta == an)
+                        name = stat_str(p, &st[x]);
+                    else if (tot && st[x].meta == tot)
+                        has_t = stat_i64(&st[x], &t);
+                    else if (peak && st[x].meta == peak)
+                        stat_i64(&st[x], &pk);
+                    else if (size && st[x].meta == size)
+                        stat_i64(&st[x], &b);
+                }
+                if (!name)
+                    continue;
+                tb_sum_memory *m = NULL;
+                for (size_t x = 0; x < sum->nmemory && !m; x++)
+                    if (strcmp(sum->memory[x].allocator, name) == 0)
+                        m = &sum->memory[x];
+                if (!m) {
+                    if (TB_GROW(sum->memory, cap, sum->nmemory + 1) < 0)
+                        return -ENOMEM;
+                    m = &sum->memory[sum->nmemory++];
+                    *m = (tb_sum_memory){.allocator = name, .last_bytes = -1};
+                }
+                if (alloc) {
+                    m->allocs++;
+                    m->alloc_bytes += b > 0 ? (uint64_t)b : 0;
+                } else {
+                    m->frees++;
+                    m->free_bytes += b > 0 ? (uint64_t)b : 0;
+                }
+                if (pk > m->peak_bytes)
+                    m->peak_bytes = pk;
+                if (has_t) {
+                    if (t > m->peak_bytes)
+                        m->peak_bytes = t;
+                    if (m->last_bytes < 0 || e->start_ns >= m->last_ns) {
+                        m->last_bytes = t;
+                        m->last_ns = e->start_ns;
+                    }
+                }
+            }
+        }
+    }
+    if (sum->nmemory > 1)
+        qsort(sum->memory, sum->nmemory, sizeof(*sum->memory), memory_cmp);
+    return 0;
+}
+
 /* ---- steps ------------------------------------------------------------------- */
 
 static int step_num_cmp(const void *a, const void *b)
@@ -635,6 +714,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     if (!rc)
         rc = scan_ranges(sum, s);
     if (!rc)
+        rc = scan_memory(sum, s);
+    if (!rc)
         rc = scan_steps(sum, s);
     if (!rc) {
         if (sum->nsteps) {
@@ -692,6 +773,7 @@ void tb_summary_free(tb_summary *sum)
     free(sum->steps);
     free(sum->kernels);
     free(sum->ranges);
+    free(sum->memory);
     free(sum->funcs);
     free(sum->counters);
     free(sum->infos);

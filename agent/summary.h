@@ -17,6 +17,9 @@
  *   O(log n + intervals inside it).
  * - NVTX ranges: /host:* events whose category is user_annotation (what
  *   tbprof records from NVTX, and CUPTI's marker records), grouped by name.
+ * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
+ *   and MemoryDeallocation events on /host:* lines, the largest
+ *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
  * - Copy direction: from the event name (MemcpyH2D, ...HtoD, ...) or from
  *   memcpy_details' kind_src/kind_dst (pageable/pinned = host,
  *   device/array/managed = device).
@@ -65,6 +68,17 @@ typedef struct tb_sum_copy {
     int64_t total_ns; /* sum of durations */
 } tb_sum_copy;
 
+/* One GPU memory allocator of the memory timeline ("GPU_0_device"): its
+ * MemoryAllocation / MemoryDeallocation events on /host:* (stats.h). */
+typedef struct tb_sum_memory {
+    const char *allocator;
+    uint64_t allocs, frees;
+    uint64_t alloc_bytes, free_bytes;
+    int64_t peak_bytes; /* largest peak_bytes_in_use (or bytes_allocated) seen */
+    int64_t last_bytes; /* bytes_allocated after the last event; -1: none said */
+    int64_t last_ns;    /* when that event was */
+} tb_sum_memory;
+
 typedef struct tb_sum_counter {
     const char *plane; /* plane name */
     const char *name;  /* stat name (tbprof_*) */
@@ -96,6 +110,9 @@ typedef struct tb_summary {
     tb_sum_copy copies[TB_COPY_NDIR];
     uint64_t memsets;
     int64_t memset_ns;
+
+    tb_sum_memory *memory; /* GPU memory allocators, by name */
+    size_t nmemory;
 
     tb_func_stat *funcs; /* CPU functions by self samples, descending */
     size_t nfuncs;

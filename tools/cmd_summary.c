@@ -217,6 +217,22 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                    dur(b1, sizeof b1, m->memset_ns));
     }
 
+    /* GPU memory */
+    if (m->nmemory) {
+        printf("\nGPU memory (cudaMalloc/cudaFree and kin in the capture; totals start at the least the "
+               "capture implies):\n");
+        printf("  %-22s %8s %11s %8s %11s %11s %11s\n", "allocator", "allocs", "bytes", "frees", "bytes", "peak",
+               "at end");
+        for (size_t i = 0; i < m->nmemory; i++) {
+            const tb_sum_memory *x = &m->memory[i];
+            char b5[32], b6[32];
+            printf("  %-22s %8" PRIu64 " %11s %8" PRIu64 " %11s %11s %11s\n", x->allocator, x->allocs,
+                   bytes_str(b1, sizeof b1, x->alloc_bytes), x->frees, bytes_str(b2, sizeof b2, x->free_bytes),
+                   bytes_str(b5, sizeof b5, (uint64_t)x->peak_bytes),
+                   x->last_bytes < 0 ? "-" : bytes_str(b6, sizeof b6, (uint64_t)x->last_bytes));
+        }
+    }
+
     /* NVTX */
     if (m->nranges) {
         printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full):\n",
@@ -385,6 +401,21 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("count", (int64_t)m->memsets, 0);
     jkv_i("total_ns", m->memset_ns, 1);
     printf("}");
+
+    printf(",\"gpu_memory\":[");
+    for (size_t i = 0; i < m->nmemory; i++) {
+        const tb_sum_memory *x = &m->memory[i];
+        printf(i ? ",{\"allocator\":" : "{\"allocator\":");
+        tb_json_str(stdout, x->allocator);
+        jkv_i("allocs", (int64_t)x->allocs, 1);
+        jkv_i("alloc_bytes", (int64_t)x->alloc_bytes, 1);
+        jkv_i("frees", (int64_t)x->frees, 1);
+        jkv_i("free_bytes", (int64_t)x->free_bytes, 1);
+        jkv_i("peak_bytes", x->peak_bytes, 1);
+        jkv_i("end_bytes", x->last_bytes, 1);
+        printf("}");
+    }
+    printf("]");
 
     printf(",\"cpu\":{");
     jkv_i("samples", (int64_t)m->cpu_samples, 0);
