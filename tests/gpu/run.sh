@@ -86,7 +86,7 @@ $py "$here/torch_loop.py" --steps 20 --nvtx --torch-profile 10,14 --out "$work" 
 x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
 if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
   check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
-else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null)"; fi
+else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null); $(tail -n 2 "$work/torch.err" "$work/torchprof.err" 2>/dev/null | tr '\n' ' ')"; fi
 # 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
 if [ -n "$x2" ]; then check torch_nvtx_ranges $py "$here/check.py" torch_nvtx "$x2"; fi
 
@@ -103,8 +103,8 @@ if [ -n "$x1" ]; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
 
 # 4. step time (median of steps 10..29 of 40)
 med() { $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
-$py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>&1
-TBPROF_LOGDIR=$work/idle LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --times "$work/t_idle" >/dev/null 2>&1
+$py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>"$work/t_none.err"
+TBPROF_LOGDIR=$work/idle LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --times "$work/t_idle" >/dev/null 2>"$work/t_idle.err"
 "$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" >/dev/null 2>&1
 mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
 $py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>&1 || true
@@ -120,6 +120,7 @@ printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?
 if [ -n "$tn" ] && [ -n "$ti" ]; then
   ok=$($py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
   row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
+else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
 fi
 # 4a. what CUPTI left in the process costs: reported (a teardown is not built)
 row idle_after_capture INFO "steps 10..29 after a capture of 3..7: ${ta:-?} ms vs none ${tn:-?} ms"
