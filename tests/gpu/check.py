@@ -5,7 +5,8 @@
       expectations x NSTEPS; every GPU event has its host call
       (correlation_id) and an ac2g flow in the trace.json.gz; A,B: NVTX
       ranges "step A".."step B" on the host
-  check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview)
+  check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview,
+                                            memory profile)
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
   check.py coexist NAME either|ours XPLANE TORCH_TRACE RC
@@ -337,7 +338,7 @@ def xprof_tools(xplane):
     if conv is None:
         result("xprof_tools", False, "neither xprof nor tensorboard_plugin_profile is installed", skip=True)
     out, errs = {}, []
-    for tool in ("trace_viewer@", "kernel_stats", "overview_page"):
+    for tool in ("trace_viewer@", "kernel_stats", "overview_page", "memory_profile"):
         try:
             r = conv.xspace_to_tool_data([xplane], tool, {})
             data = r[0] if isinstance(r, tuple) else r
@@ -348,6 +349,9 @@ def xprof_tools(xplane):
     names = [n for n in ("scale_kernel", "add_kernel", "graph_kernel") if n in ks]
     if "kernel_stats" in out and not names:
         errs.append("kernel_stats names none of our kernels (%d bytes)" % len(ks))
+    # cuda_steps' cudaMalloc/cudaFree per step: the memory timeline's allocator
+    if "memory_profile" in out and "GPU_0_device" not in out["memory_profile"]:
+        errs.append("memory_profile has no GPU_0_device (%s)" % out["memory_profile"][:120])
     result("xprof_tools", not errs, "; ".join(errs) or "tools %s; kernel_stats names %s" % (
         {k: len(v) for k, v in out.items()}, names))
 

@@ -13,7 +13,7 @@
 #      2b. its torch.cuda.nvtx ranges are in our profile, one per step
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
-#      converts it into its tools
+#      converts it into its tools (the memory profile shows the cudaMalloc timeline)
 #   4. step time: no agent / agent idle / capturing / torch.profiler /
 #      idle again after a capture (4a, INFO: CUPTI stays initialised)
 #   4b. minor page faults of the job's threads per step, capturing vs idle
