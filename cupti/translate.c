@@ -790,16 +790,17 @@ static void do_memory(tb_cupti_tr *t, const CUpti_ActivityMemory4 *m)
         return;
     md_key key = {.dev = m->deviceId, .src = (uint32_t)m->memoryKind, .what = alloc ? 2 : 3, .bytes = m->bytes};
     add_ref_stat(l, alloc ? d->st_mad : d->st_mfd, mem_details_ref(t, d, &key));
-    if (TB_GROW(t->mr, t->capmr, t->nmr + 1) == 0)
-        t->mr[t->nmr] = (memrec){.ts = m->timestamp,
-                                 .addr = m->address,
-                                 .bytes = m->bytes,
-                                 .dev = m->deviceId,
-                                 .kind = (uint32_t)m->memoryKind,
-                                 .corr = m->correlationId,
-                                 .alloc = (uint32_t)alloc,
-                                 .seq = (uint32_t)t->nmr},
-        t->nmr++;
+    if (TB_GROW(t->mr, t->capmr, t->nmr + 1) < 0)
+        return;
+    t->mr[t->nmr] = (memrec){.ts = m->timestamp,
+                             .addr = m->address,
+                             .bytes = m->bytes,
+                             .dev = m->deviceId,
+                             .kind = (uint32_t)m->memoryKind,
+                             .corr = m->correlationId,
+                             .alloc = (uint32_t)alloc,
+                             .seq = (uint32_t)t->nmr};
+    t->nmr++;
 }
 
 static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
@@ -1001,8 +1002,8 @@ static void emit_memory(tb_cupti_tr *t)
             tb_line_stat_i64(l, st_req, (int64_t)m->bytes);
             tb_line_stat_i64(l, st_bytes, (int64_t)m->bytes);
             tb_line_stat_i64(l, st_addr, (int64_t)m->addr);
-            if (a && (uint64_t)a->meta < hp->nevent_meta)
-                tb_line_stat_str(l, st_op, hp->event_meta[a->meta].name);
+            if (a)
+                tb_line_stat_str(l, st_op, tb_plane_event_name(hp, a->meta));
         }
     }
 out:
