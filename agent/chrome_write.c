@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "stats.h"
+#include "summary.h"
 #include "zlib_dl.h"
 
 /* ---- output ---------------------------------------------------------------------- */
@@ -506,6 +507,138 @@ static void put_flow(jw *w, int start, uint64_t id, int64_t pid, int64_t tid, in
     PUTS(w, "}");
 }
 
+/* ---- Kineto's argument names for GPU work ------------------------------------------------ */
+
+/* Kineto's trace.json carries GPU work's facts under its own argument names,
+ * which tools reading torch.profiler traces (Holistic Trace Analysis, the
+ * PyTorch trace viewers) look for: device, stream, correlation; for
+ * kernels grid, block, registers per thread, shared memory (static +
+ * dynamic) and est. achieved occupancy %; for copies and memsets bytes and
+ * memory bandwidth (GB/s). They are derived from our stats and written
+ * after them. A details string's fragment is made once per interned
+ * value. */
+typedef struct kineto {
+    int64_t device;                 /* the plane's GPU index */
+    uint32_t kd, md, msd, stream;   /* stat ids (0: absent) */
+    char **frag;                    /* details ref id -> fragment; NULL: not made yet */
+    uint64_t *bytes;                /* copy/memset details ref id -> bytes + 1 (0: not yet) */
+    size_t n;
+} kineto;
+
+static void kineto_free(kineto *k)
+{
+    for (size_t i = 0; k->frag && i < k->n; i++)
+        free(k->frag[i]);
+    free(k->frag);
+    free(k->bytes);
+    memset(k, 0, sizeof(*k));
+}
+
+static int kineto_init(kineto *k, const tb_plane *p)
+{
+    memset(k, 0, sizeof(*k));
+    k->device = strtoll(p->name + 12, NULL, 10);
+    k->kd = find_stat_meta(p, TB_ST_KERNEL_DETAILS);
+    k->md = find_stat_meta(p, TB_ST_MEMCPY_DETAILS);
+    k->msd = find_stat_meta(p, TB_ST_MEMSET_DETAILS);
+    k->stream = find_stat_meta(p, TB_ST_STREAM_ID);
+    k->n = p->nstat_meta;
+    k->frag = calloc(k->n + 1, sizeof(*k->frag));
+    k->bytes = calloc(k->n + 1, sizeof(*k->bytes));
+    return k->frag && k->bytes ? 0 : -ENOMEM;
+}
+
+/* "X,Y,Z" of key in details as a JSON array, or "[]" */
+static void dims(const char *details, const char *key, char *out, size_t n)
+{
+    char v[64];
+    if (!tb_details_str(details, key, v, sizeof v) || !v[0] || strspn(v, "0123456789,") != strlen(v))
+        snprintf(out, n, "[]");
+    else
+        snprintf(out, n, "[%s]", v);
+}
+
+static const char *kernel_frag(kineto *k, const tb_plane *p, uint32_t ref)
+{
+    if (ref >= k->n)
+        return "";
+    if (!k->frag[ref]) {
+        const char *d = tb_plane_stat_name(p, ref);
+        double regs = -1, ss = 0, ds = 0, occ = -1;
+        char grid[80], block[80], f[320];
+        tb_details_num(d, "regs", &regs);
+        tb_details_num(d, "static_shared", &ss);
+        tb_details_num(d, "dynamic_shared", &ds);
+        tb_details_num(d, "occ_pct", &occ);
+        dims(d, "grid", grid, sizeof grid);
+        dims(d, "block", block, sizeof block);
+        snprintf(f, sizeof f,
+                 ",\"grid\":%s,\"block\":%s,\"registers per thread\":%.0f,\"shared memory\":%.0f,"
+                 "\"est. achieved occupancy %%\":%.0f",
+                 grid, block, regs, ss + ds, occ);
+        k->frag[ref] = strdup(f);
+        if (!k->frag[ref])
+            return "";
+    }
+    return k->frag[ref];
+}
+
+/* bytes of a copy ("size:N") or memset ("num_bytes:N") details string; -1: none */
+static int64_t details_bytes(kineto *k, const tb_plane *p, uint32_t ref, const char *key)
+{
+    if (ref >= k->n)
+        return -1;
+    if (!k->bytes[ref]) {
+        double v = -1;
+        tb_details_num(tb_plane_stat_name(p, ref), key, &v);
+        k->bytes[ref] = v >= 0 ? (uint64_t)v + 1 : 1;
+    }
+    return (int64_t)k->bytes[ref] - 1;
+}
+
+static void put_kineto(jw *w, kineto *k, const tb_plane *p, const tb_line *l, const tb_event *ev, const tb_stat *st,
+                       int has_corr, uint64_t corr)
+{
+    int64_t stream = -1, bytes = -1;
+    const char *kfrag = "";
+    if (strncmp(l->name, "Stream #", 8) == 0)
+        stream = l->id;
+    for (uint32_t i = 0; i < ev->nstats; i++) {
+        uint32_t m = st[i].meta;
+        if (!m)
+            continue;
+        if (m == k->stream && stream < 0) {
+            uint64_t v;
+            if (stat_as_u64(&st[i], &v))
+                stream = (int64_t)v;
+        } else if (st[i].type == TB_STAT_REF) {
+            if (m == k->kd)
+                kfrag = kernel_frag(k, p, st[i].v.ref);
+            else if (m == k->md)
+                bytes = details_bytes(k, p, st[i].v.ref, "size");
+            else if (m == k->msd)
+                bytes = details_bytes(k, p, st[i].v.ref, "num_bytes");
+        }
+    }
+    PUTS(w, "\"device\":");
+    put_i64(w, k->device);
+    if (stream >= 0) {
+        PUTS(w, ",\"stream\":");
+        put_i64(w, stream);
+    }
+    if (has_corr) {
+        PUTS(w, ",\"correlation\":");
+        put_u64(w, corr);
+    }
+    put(w, kfrag, strlen(kfrag));
+    if (bytes >= 0) {
+        PUTS(w, ",\"bytes\":");
+        put_i64(w, bytes);
+        PUTS(w, ",\"memory bandwidth (GB/s)\":");
+        put_double(w, ev->dur_ns > 0 ? (double)bytes / (double)ev->dur_ns : 0.0);
+    }
+}
+
 /* A GPU memory timeline event (stats allocator_name and bytes_allocated,
  * see stats.h) also becomes a point of a counter track named after its
  * allocator, which Perfetto draws as a graph of the bytes allocated. */
@@ -580,6 +713,13 @@ static int chrome_emit(tb_space *s, jw *w)
             break;
         }
         int gpu = is_gpu_plane(p);
+        kineto ka = {0};
+        if (gpu && kineto_init(&ka, p) < 0) {
+            kineto_free(&ka);
+            names_free(&nm);
+            w->err = -ENOMEM;
+            break;
+        }
         const u64set *other = gpu ? &host_corr : &gpu_corr;
         uint32_t cm = find_stat_meta(p, TB_ST_CORRELATION_ID);
         uint32_t am = gpu ? 0 : find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
@@ -612,19 +752,37 @@ static int chrome_emit(tb_space *s, jw *w)
                 int has_corr = 0;
                 const tb_stat *alloc = NULL, *total = NULL;
                 if (ev->nstats) {
+                    /* correlation_id is written as Kineto's "correlation", and a
+                     * kernel's kernel_details as Kineto's fields (put_kineto) */
                     PUTS(w, ",\"args\":{");
+                    int na = 0;
                     for (uint32_t k = 0; k < ev->nstats; k++) {
-                        if (k)
-                            PUTS(w, ",");
-                        put_st_name(w, &nm, p, st[k].meta);
-                        PUTS(w, ":");
-                        put_stat_value(w, &nm, p, &st[k]);
-                        if (cm && st[k].meta == cm && !has_corr)
-                            has_corr = stat_as_u64(&st[k], &corr);
+                        if (cm && st[k].meta == cm) {
+                            if (!has_corr)
+                                has_corr = stat_as_u64(&st[k], &corr);
+                            continue;
+                        }
+                        if (gpu && ka.kd && st[k].meta == ka.kd)
+                            continue;
                         if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
                             alloc = &st[k];
                         if (bm && st[k].meta == bm)
                             total = &st[k];
+                        if (na++)
+                            PUTS(w, ",");
+                        put_st_name(w, &nm, p, st[k].meta);
+                        PUTS(w, ":");
+                        put_stat_value(w, &nm, p, &st[k]);
+                    }
+                    if (gpu) {
+                        if (na++)
+                            PUTS(w, ",");
+                        put_kineto(w, &ka, p, l, ev, st, has_corr, corr);
+                    } else if (has_corr) {
+                        if (na++)
+                            PUTS(w, ",");
+                        PUTS(w, "\"correlation\":");
+                        put_u64(w, corr);
                     }
                     PUTS(w, "}");
                 }
@@ -635,6 +793,7 @@ static int chrome_emit(tb_space *s, jw *w)
                     put_counter(w, &nm, p, alloc, total, pids[i], ev->start_ns);
             }
         }
+        kineto_free(&ka);
         names_free(&nm);
     }
     PUTS(w, "\n]");

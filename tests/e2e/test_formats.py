@@ -195,8 +195,8 @@ class Formats(unittest.TestCase):
         # flows: each s on a host launch pairs with one f on the GPU kernel, same correlation id
         x_at = {}
         for e in evs:
-            if e["ph"] == "X" and "correlation_id" in e.get("args", {}):
-                x_at[(e["pid"], e["tid"], e["ts"], e["args"]["correlation_id"])] = e
+            if e["ph"] == "X" and "correlation" in e.get("args", {}):
+                x_at[(e["pid"], e["tid"], e["ts"], e["args"]["correlation"])] = e
         starts = [e for e in evs if e["ph"] == "s"]
         ends = [e for e in evs if e["ph"] == "f"]
         self.assertEqual(len(starts), KERNELS)

@@ -210,16 +210,29 @@ class GpuFake(tbtest.TestCase):
         self.assertIn("cuptiSubscribe_v2", lib)
         # Chrome trace: kernels under the GPU, with flows from their launches
         js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
-        if js:
-            with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
-                tr = json.load(f)
-            evs = tr["traceEvents"] if isinstance(tr, dict) else tr
-            kn = [e for e in evs if e.get("cat") == "kernel"]
-            self.assertEqual(len(kn), sum(KERNELS.values()))
-            flows = [e for e in evs if e.get("cat") == "ac2g" and e.get("ph") in ("s", "f")]
-            ids = {str(e.get("id")) for e in flows}
-            for k in kernels:
-                self.assertIn(str(k.stats["correlation_id"]), ids, "no ac2g flow for %s" % k.name)
+        self.assertEqual(len(js), 1)
+        with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
+            tr = json.load(f)
+        evs = tr["traceEvents"] if isinstance(tr, dict) else tr
+        kn = [e for e in evs if e.get("cat") == "kernel"]
+        self.assertEqual(len(kn), sum(KERNELS.values()))
+        flows = [e for e in evs if e.get("cat") == "ac2g" and e.get("ph") in ("s", "f")]
+        ids = {str(e.get("id")) for e in flows}
+        for k in kernels:
+            self.assertIn(str(k.stats["correlation_id"]), ids, "no ac2g flow for %s" % k.name)
+        # Kineto's argument names, as tools reading torch.profiler traces want them
+        sg = [e for e in kn if e["name"] == "sgemm_128x64"][0]["args"]
+        self.assertEqual({k: sg[k] for k in ("device", "stream", "grid", "block", "registers per thread",
+                                              "shared memory", "est. achieved occupancy %")},
+                         {"device": 0, "stream": 7, "grid": [16, 8, 1], "block": [256, 1, 1],
+                          "registers per thread": 128, "shared memory": 16384, "est. achieved occupancy %": 25})
+        h2d = [e for e in evs if e.get("name") == "MemcpyH2D"][0]["args"]
+        self.assertEqual((h2d["bytes"], h2d["stream"]), (1048576, 7))
+        self.assertAlmostEqual(h2d["memory bandwidth (GB/s)"], 1048576 / 98000.0, places=3)
+        self.assertEqual([e for e in evs if e.get("name") == "Memset"][0]["args"]["bytes"], 2048)
+        launches = {e["args"]["correlation"] for e in evs if e.get("cat") == "cuda_runtime"}
+        self.assertEqual({e["args"]["correlation"] for e in kn}, {101, 102, 103})
+        self.assertLessEqual({101, 102, 103}, launches)
         self.assertNoPartialFiles(self.logdir)
 
     def test_repeated_captures(self):

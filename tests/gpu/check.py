@@ -245,7 +245,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
         nflow = len(ids)
         if len(kn) != sum(kernels.values()):
             errs.append("trace.json.gz: %d kernels, xplane %d" % (len(kn), sum(kernels.values())))
-        nof = [e for e in kn if str(e.get("args", {}).get("correlation_id")) not in ids]
+        nof = [e for e in kn if str(e.get("args", {}).get("correlation")) not in ids]
         if nof:
             errs.append("trace.json.gz: %d kernels without an ac2g flow" % len(nof))
     else:
