@@ -483,13 +483,22 @@ static int scan_memory(tb_summary *sum, tb_space *s)
             continue;
         uint32_t tot = find_stat_id(p, TB_ST_BYTES_ALLOCATED), peak = find_stat_id(p, TB_ST_PEAK_BYTES_IN_USE),
                  size = find_stat_id(p, TB_ST_ALLOCATION_BYTES);
+        uint32_t ev_alloc = 0, ev_free = 0; /* event metadata ids of the two names */
+        for (size_t m = 1; m < p->nevent_meta; m++) {
+            const char *en = p->event_meta[m].name;
+            if (en && strcmp(en, TB_EV_MEMORY_ALLOCATION) == 0)
+                ev_alloc = (uint32_t)m;
+            else if (en && strcmp(en, TB_EV_MEMORY_DEALLOCATION) == 0)
+                ev_free = (uint32_t)m;
+        }
+        if (!ev_alloc && !ev_free)
+            continue;
         for (size_t j = 0; j < p->nlines; j++) {
             const tb_line *l = p->lines[j];
             for (size_t k = 0; k < l->nevents; k++) {
                 const tb_event *e = &l->events[k];
-                const char *en = tb_plane_event_name(p, e->meta);
-                int alloc = strcmp(en, TB_EV_MEMORY_ALLOCATION) == 0;
-                if (!alloc && strcmp(en, TB_EV_MEMORY_DEALLOCATION) != 0)
+                int alloc = ev_alloc && e->meta == ev_alloc;
+                if (!alloc && !(ev_free && e->meta == ev_free))
                     continue;
                 const tb_stat *st = tb_event_stats(l, e);
                 const char *name = NULL;
