@@ -752,8 +752,9 @@ static int chrome_emit(tb_space *s, jw *w)
                 int has_corr = 0;
                 const tb_stat *alloc = NULL, *total = NULL;
                 if (ev->nstats) {
-                    /* correlation_id is written as Kineto's "correlation", and a
-                     * kernel's kernel_details as Kineto's fields (put_kineto) */
+                    /* correlation_id is written as Kineto's "correlation", and on
+                     * GPU work the stream and a kernel's kernel_details as
+                     * Kineto's fields (put_kineto) */
                     PUTS(w, ",\"args\":{");
                     int na = 0;
                     for (uint32_t k = 0; k < ev->nstats; k++) {
@@ -762,8 +763,8 @@ static int chrome_emit(tb_space *s, jw *w)
                                 has_corr = stat_as_u64(&st[k], &corr);
                             continue;
                         }
-                        if (gpu && ka.kd && st[k].meta == ka.kd)
-                            continue;
+                        if (gpu && ((ka.kd && st[k].meta == ka.kd) || (ka.stream && st[k].meta == ka.stream)))
+                            continue; /* put_kineto writes these */
                         if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
                             alloc = &st[k];
                         if (bm && st[k].meta == bm)

@@ -21,7 +21,7 @@
 #define TB_ST_CORRELATION_ID "correlation_id"
 #define TB_ST_CONTEXT_ID "context_id"
 #define TB_ST_DEVICE_ID "device_id"
-#define TB_ST_STREAM_ID "stream_id"
+#define TB_ST_STREAM_ID "stream" /* events off their stream's line (sync, memory); the reference's kStream */
 /* "regs:R static_shared:S dynamic_shared:D grid:X,Y,Z block:X,Y,Z occ_pct:P" */
 #define TB_ST_KERNEL_DETAILS "kernel_details"
 /* "kind_src:K kind_dst:K size:N dest:D async:A" */

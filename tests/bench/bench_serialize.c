@@ -1,7 +1,7 @@
 /* bench_serialize.c - how fast the writers turn a capture into bytes.
  *
  * `bench_serialize [N]` (default 1,000,000): N kernel-like GPU events with 4
- * stats each (correlation_id u64, context_id, stream_id, kernel_details
+ * stats each (correlation_id u64, context_id, stream, kernel_details
  * ref; 50 distinct names) on 4 streams. Prints one line per figure:
  * events/s and bytes/event for xplane.pb (tb_xspace_encode) and
  * trace.json.gz (tb_chrome_encode_gz), the reader's events/s, a memcpy of

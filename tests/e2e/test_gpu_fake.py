@@ -56,6 +56,14 @@ free addr=0xb000 bytes=1048576 mem=device dev=0 ctx=1 stream=0 corr=206 start=10
 """
 
 
+def no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise AssertionError("duplicate JSON keys %s in %s" % (dup, pairs))
+    return dict(pairs)
+
+
 def memory_profile(path):
     """{allocator: [snapshot]} as xprof's memory profile reads the host
     plane: events named MemoryAllocation/MemoryDeallocation, numbers only
@@ -212,7 +220,7 @@ class GpuFake(tbtest.TestCase):
         js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
         self.assertEqual(len(js), 1)
         with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
-            tr = json.load(f)
+            tr = json.load(f, object_pairs_hook=no_duplicate_keys)
         evs = tr["traceEvents"] if isinstance(tr, dict) else tr
         kn = [e for e in evs if e.get("cat") == "kernel"]
         self.assertEqual(len(kn), sum(KERNELS.values()))
@@ -230,6 +238,7 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual((h2d["bytes"], h2d["stream"]), (1048576, 7))
         self.assertAlmostEqual(h2d["memory bandwidth (GB/s)"], 1048576 / 98000.0, places=3)
         self.assertEqual([e for e in evs if e.get("name") == "Memset"][0]["args"]["bytes"], 2048)
+        self.assertEqual([e for e in evs if e.get("name") == "Stream Sync"][0]["args"]["stream"], 9)
         launches = {e["args"]["correlation"] for e in evs if e.get("cat") == "cuda_runtime"}
         self.assertEqual({e["args"]["correlation"] for e in kn}, {101, 102, 103})
         self.assertLessEqual({101, 102, 103}, launches)
