@@ -596,39 +596,31 @@ static int64_t details_bytes(kineto *k, const tb_plane *p, uint32_t ref, const c
     return (int64_t)k->bytes[ref] - 1;
 }
 
-static void put_kineto(jw *w, kineto *k, const tb_plane *p, const tb_line *l, const tb_event *ev, const tb_stat *st,
-                       int has_corr, uint64_t corr)
+/* Kineto's args of a GPU event, from the stats the caller picked out while
+ * writing the others: its stream stat (NULL: the line is the stream, or
+ * none) and its kernel_details / memcpy_details / Memset_details stat
+ * (NULL: none). */
+static void put_kineto(jw *w, kineto *k, const tb_plane *p, const tb_line *l, const tb_event *ev,
+                       const tb_stat *stream_st, const tb_stat *details)
 {
     int64_t stream = -1, bytes = -1;
     const char *kfrag = "";
+    uint64_t v;
     if (strncmp(l->name, "Stream #", 8) == 0)
         stream = l->id;
-    for (uint32_t i = 0; i < ev->nstats; i++) {
-        uint32_t m = st[i].meta;
-        if (!m)
-            continue;
-        if (m == k->stream && stream < 0) {
-            uint64_t v;
-            if (stat_as_u64(&st[i], &v))
-                stream = (int64_t)v;
-        } else if (st[i].type == TB_STAT_REF) {
-            if (m == k->kd)
-                kfrag = kernel_frag(k, p, st[i].v.ref);
-            else if (m == k->md)
-                bytes = details_bytes(k, p, st[i].v.ref, "size");
-            else if (m == k->msd)
-                bytes = details_bytes(k, p, st[i].v.ref, "num_bytes");
-        }
+    else if (stream_st && stat_as_u64(stream_st, &v))
+        stream = (int64_t)v;
+    if (details && details->type == TB_STAT_REF) {
+        if (details->meta == k->kd)
+            kfrag = kernel_frag(k, p, details->v.ref);
+        else
+            bytes = details_bytes(k, p, details->v.ref, details->meta == k->md ? "size" : "num_bytes");
     }
     PUTS(w, "\"device\":");
     put_i64(w, k->device);
     if (stream >= 0) {
         PUTS(w, ",\"stream\":");
         put_i64(w, stream);
-    }
-    if (has_corr) {
-        PUTS(w, ",\"correlation\":");
-        put_u64(w, corr);
     }
     put(w, kfrag, strlen(kfrag));
     if (bytes >= 0) {
@@ -750,7 +742,7 @@ static int chrome_emit(tb_space *s, jw *w)
                 put_us(w, ev->dur_ns);
                 uint64_t corr = 0;
                 int has_corr = 0;
-                const tb_stat *alloc = NULL, *total = NULL;
+                const tb_stat *alloc = NULL, *total = NULL, *stream_st = NULL, *details = NULL;
                 if (ev->nstats) {
                     /* correlation_id is written as Kineto's "correlation", and on
                      * GPU work the stream and a kernel's kernel_details as
@@ -763,8 +755,17 @@ static int chrome_emit(tb_space *s, jw *w)
                                 has_corr = stat_as_u64(&st[k], &corr);
                             continue;
                         }
-                        if (gpu && ((ka.kd && st[k].meta == ka.kd) || (ka.stream && st[k].meta == ka.stream)))
-                            continue; /* put_kineto writes these */
+                        if (gpu && st[k].meta) {
+                            uint32_t m = st[k].meta;
+                            if (m == ka.stream) {
+                                stream_st = &st[k];
+                                continue; /* put_kineto writes it */
+                            }
+                            if (m == ka.kd || m == ka.md || m == ka.msd)
+                                details = &st[k];
+                            if (m == ka.kd)
+                                continue; /* put_kineto spells it out */
+                        }
                         if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
                             alloc = &st[k];
                         if (bm && st[k].meta == bm)
@@ -775,15 +776,16 @@ static int chrome_emit(tb_space *s, jw *w)
                         PUTS(w, ":");
                         put_stat_value(w, &nm, p, &st[k]);
                     }
-                    if (gpu) {
-                        if (na++)
-                            PUTS(w, ",");
-                        put_kineto(w, &ka, p, l, ev, st, has_corr, corr);
-                    } else if (has_corr) {
+                    if (has_corr) {
                         if (na++)
                             PUTS(w, ",");
                         PUTS(w, "\"correlation\":");
                         put_u64(w, corr);
+                    }
+                    if (gpu) {
+                        if (na++)
+                            PUTS(w, ",");
+                        put_kineto(w, &ka, p, l, ev, stream_st, details);
                     }
                     PUTS(w, "}");
                 }
