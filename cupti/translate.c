@@ -106,8 +106,10 @@ struct tb_cupti_tr {
         uint32_t tid;
         tb_line *l;
     } tids[TID_SLOTS];
-    int64_t *api_meta[2];  /* [runtime/driver][cbid] */
-    uint8_t *api_memory[2]; /* [runtime/driver][cbid]: 1 allocates or frees, 2 not */
+    struct api_slot {
+        int64_t meta;   /* the call's event metadata; 0: not looked up yet */
+        int memory;     /* api_is_memory(its name) */
+    } *api[2];          /* [runtime/driver][cbid] */
     /* caches */
     kname_slot *kn;
     size_t kn_mask, kn_used;
@@ -594,6 +596,14 @@ static void do_memset(tb_cupti_tr *t, const CUpti_ActivityMemset4 *m)
     stream_event(t, d, &r, T_MEMSET, d->st_msd, &key);
 }
 
+/* The /host:CPU plane, made on first use with the correlation_id stat. */
+static tb_plane *host_plane(tb_cupti_tr *t)
+{
+    if (!t->hp && (t->hp = tb_host_plane(t->s)) != NULL)
+        t->hp_corr = tb_plane_stat_meta(t->hp, TB_ST_CORRELATION_ID);
+    return t->hp;
+}
+
 static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
 {
     unsigned slot = (tid * 2654435761u) >> 26; /* 64 slots */
@@ -604,11 +614,7 @@ static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
         t->tids[slot].tid = tid;
         t->tids[slot].l = l;
     }
-    if (!t->hp) {
-        t->hp = tb_host_plane(t->s);
-        if (t->hp)
-            t->hp_corr = tb_plane_stat_meta(t->hp, TB_ST_CORRELATION_ID);
-    }
+    host_plane(t);
     return l;
 }
 
@@ -631,22 +637,16 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
     tb_line *l = host_line(t, a->threadId);
     if (!l || !t->hp)
         return;
-    int64_t meta = 0;
-    int64_t *cache = NULL;
-    uint8_t *memory = NULL, is_memory = 0;
+    struct api_slot *cache = NULL, slot = {0};
     if (a->cbid < API_CBIDS) {
-        if (!t->api_meta[driver]) {
-            t->api_meta[driver] = calloc(API_CBIDS, sizeof(int64_t));
-            t->api_memory[driver] = calloc(API_CBIDS, 1);
-        }
-        if (t->api_meta[driver] && t->api_memory[driver]) {
-            cache = &t->api_meta[driver][a->cbid];
-            meta = *cache;
-            memory = &t->api_memory[driver][a->cbid];
-            is_memory = *memory == 1;
+        if (!t->api[driver])
+            t->api[driver] = calloc(API_CBIDS, sizeof(*t->api[driver]));
+        if (t->api[driver]) {
+            cache = &t->api[driver][a->cbid];
+            slot = *cache;
         }
     }
-    if (meta <= 0) {
+    if (slot.meta <= 0) {
         const char *nm = t->o.api_name ? t->o.api_name(driver ? CUPTI_CB_DOMAIN_DRIVER_API
                                                               : CUPTI_CB_DOMAIN_RUNTIME_API,
                                                        a->cbid)
@@ -661,20 +661,18 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
             if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
                 *v = '\0';
         }
-        meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
-        if (meta <= 0)
+        slot.meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
+        if (slot.meta <= 0)
             return;
-        is_memory = api_is_memory(buf);
-        if (cache) {
-            *cache = meta;
-            *memory = is_memory ? 1 : 2;
-        }
+        slot.memory = api_is_memory(buf);
+        if (cache)
+            *cache = slot;
     }
-    if (add_span(t, l, meta, a->start, a->end) < 0)
+    if (add_span(t, l, slot.meta, a->start, a->end) < 0)
         return;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
-    if (is_memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
-        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = meta};
+    if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
+        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta};
 }
 
 /* A span on thread tid's host line; returns the line, NULL when not added. */
@@ -956,9 +954,7 @@ static void emit_memory(tb_cupti_tr *t)
 {
     if (!t->nmr)
         return;
-    if (!t->hp && (t->hp = tb_host_plane(t->s)) != NULL)
-        t->hp_corr = tb_plane_stat_meta(t->hp, TB_ST_CORRELATION_ID);
-    tb_plane *hp = t->hp;
+    tb_plane *hp = host_plane(t);
     if (!hp)
         goto out;
     int64_t ev[2] = {tb_plane_event_meta_cat(hp, TB_EV_MEMORY_DEALLOCATION, TB_CAT_GPU_MEMORY),
@@ -1069,10 +1065,8 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
             free(t->dev[i]);
         }
     }
-    for (int i = 0; i < 2; i++) {
-        free(t->api_meta[i]);
-        free(t->api_memory[i]);
-    }
+    free(t->api[0]);
+    free(t->api[1]);
     free(t->mr);
     free(t->ma);
     free(t->kn);
