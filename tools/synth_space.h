@@ -7,7 +7,7 @@
  * root per step carrying _r and step_num, and cudaLaunchKernel calls with
  * correlation_id nested inside); GPU planes /device:GPU:<g> with stream
  * lines of kernels (50 distinct names) carrying correlation_id, context_id,
- * stream_id and kernel_details. Deterministic for a given seed.
+ * stream and kernel_details. Deterministic for a given seed.
  */
 #ifndef TBPROF_TOOLS_SYNTH_SPACE_H
 #define TBPROF_TOOLS_SYNTH_SPACE_H

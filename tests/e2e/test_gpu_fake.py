@@ -359,13 +359,13 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(lines[0], self.pid)
         self.assertEqual(lines[1], self.pid)
         self.assertEqual(lines[2], 4242)
-        host = tbtest.load(xs[0]).host
-        self.assertEqual(host.line(lines[3]).name, "GPU memory")
-        steps = [e for _, e, l in tbtest.load(xs[0]).steps() if l.id == self.pid]
+        whole = tbtest.load(xs[0])
+        self.assertEqual(whole.host.line(lines[3]).name, "GPU memory")
+        steps = [e for _, e, l in whole.steps() if l.id == self.pid]
         for s in dev[:2] + prof["GPU_0_pinned"]:
             self.assertTrue([e for e in steps if e.start_ns <= s["ns"] < e.end_ns], "not inside a step: %s" % s)
         # the GPU plane's own Memory line still has one event per record
-        gpu = tbtest.load(xs[0]).plane("/device:GPU:0")
+        gpu = whole.plane("/device:GPU:0")
         self.assertEqual(len(gpu.events("MemoryAlloc")) + len(gpu.events("MemoryFree")), 5)
         # Perfetto: a counter track per allocator with the same totals
         js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
