@@ -34,18 +34,10 @@ typedef struct span_ids {
     uint32_t samples, self, root; /* stat ids in the plane; 0: absent */
 } span_ids;
 
-static uint32_t find_stat_id(const tb_plane *p, const char *name)
-{
-    for (size_t i = 1; i < p->nstat_meta; i++)
-        if (p->stat_meta[i] && strcmp(p->stat_meta[i], name) == 0)
-            return (uint32_t)i;
-    return 0;
-}
-
 static span_ids plane_span_ids(const tb_plane *p)
 {
-    return (span_ids){find_stat_id(p, SPAN_SAMPLES), find_stat_id(p, SPAN_SELF),
-                      find_stat_id(p, TB_ST_IS_ROOT)};
+    return (span_ids){tb_plane_find_stat_meta(p, SPAN_SAMPLES), tb_plane_find_stat_meta(p, SPAN_SELF),
+                      tb_plane_find_stat_meta(p, TB_ST_IS_ROOT)};
 }
 
 /* Total samples of a span: COUNT_UNKNOWN for a CPU sample span without a

@@ -144,6 +144,17 @@ static int64_t intern(struct tb_intern *t, const char *s, size_t n, name_of_fn n
     return id;
 }
 
+/* The id of `s` without adding it; 0 when absent. */
+static uint32_t intern_find(const struct tb_intern *t, const char *s, name_of_fn name_of, const void *ctx)
+{
+    size_t n = strlen(s);
+    uint32_t h = hash_str(s, n);
+    for (size_t j = h & t->mask; t->slots[j]; j = (j + 1) & t->mask)
+        if (t->hashes[j] == h && strcmp(name_of(ctx, t->slots[j]), s) == 0)
+            return t->slots[j];
+    return 0;
+}
+
 /* ---- space --------------------------------------------------------------- */
 
 tb_space *tb_space_new(void)
@@ -359,6 +370,11 @@ int64_t tb_plane_stat_meta(tb_plane *p, const char *name)
     return tb_plane_stat_meta_n(p, name, strlen(name));
 }
 
+uint32_t tb_plane_find_stat_meta(const tb_plane *p, const char *name)
+{
+    return p->st_index ? intern_find(p->st_index, name, st_name_of, p) : 0;
+}
+
 const char *tb_plane_event_name(const tb_plane *p, int64_t meta)
 {
     return (meta > 0 && (size_t)meta < p->nevent_meta) ? p->event_meta[meta].name : "";
@@ -513,6 +529,79 @@ int tb_line_stat_str(tb_line *l, int64_t m, const char *v)
     if (ref < 0)
         return (int)ref;
     return line_stat(l, (tb_stat){.meta = (uint32_t)m, .type = TB_STAT_REF, .v.ref = (uint32_t)ref});
+}
+
+/* Events' stat blocks lie in the pool in event order, without overlap: the
+ * common case (a line's events were appended in time order), where stats
+ * can be inserted by moving blocks up within the pool. */
+static int blocks_in_order(const tb_line *l)
+{
+    for (size_t i = 1; i < l->nevents; i++)
+        if (l->events[i - 1].stats_at + l->events[i - 1].nstats > l->events[i].stats_at)
+            return 0;
+    return 1;
+}
+
+int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t n)
+{
+    if (!n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (ev[i] >= l->nevents || (i && ev[i] <= ev[i - 1]))
+            return -EINVAL;
+    tb_space *s = l->plane->space;
+    if (charge(s, n * sizeof(tb_stat)) < 0)
+        return -ENOSPC;
+    size_t old = l->nstats;
+    if (blocks_in_order(l)) {
+        /* grow in place, then from the last event down move each block up
+         * by the stats still to insert below it, its new stat after it */
+        if (l->cap_stats < old + n) {
+            tb_stat *p = realloc(l->stats, (old + n) * sizeof(*p));
+            if (!p) {
+                s->used_bytes -= n * sizeof(tb_stat);
+                return -ENOMEM;
+            }
+            l->stats = p;
+            l->cap_stats = old + n;
+        }
+        size_t left = n, end = old + n; /* the blocks moved so far start at `end` */
+        for (size_t i = l->nevents; i-- > 0 && left;) {
+            tb_event *e = &l->events[i];
+            int adds = ev[left - 1] == i;
+            if (adds)
+                l->stats[--end] = add[--left];
+            end -= e->nstats; /* never below e->stats_at: n - left stats are still to come */
+            if (end != e->stats_at)
+                memmove(l->stats + end, l->stats + e->stats_at, e->nstats * sizeof(tb_stat));
+            e->stats_at = end;
+            e->nstats += (uint32_t)adds;
+        }
+        l->nstats = old + n;
+        return 0;
+    }
+    /* blocks out of order: one new pool, in event order */
+    tb_stat *pool = malloc((old + n) * sizeof(*pool));
+    if (!pool) {
+        s->used_bytes -= n * sizeof(tb_stat);
+        return -ENOMEM;
+    }
+    size_t k = 0, j = 0;
+    for (size_t i = 0; i < l->nevents; i++) {
+        tb_event *e = &l->events[i];
+        memcpy(pool + k, l->stats + e->stats_at, e->nstats * sizeof(*pool));
+        e->stats_at = k;
+        k += e->nstats;
+        if (j < n && ev[j] == i) {
+            pool[k++] = add[j++];
+            e->nstats++;
+        }
+    }
+    free(l->stats);
+    l->stats = pool;
+    l->nstats = k;
+    l->cap_stats = old + n;
+    return 0;
 }
 
 const tb_stat *tb_event_find_stat(const tb_plane *p, const tb_line *l, const tb_event *e,

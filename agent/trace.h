@@ -152,6 +152,9 @@ void tb_plane_set_event_category(tb_plane *p, int64_t meta, tb_category c);
 /* Intern a stat name or a string value; returns its stat-metadata id. */
 int64_t tb_plane_stat_meta(tb_plane *p, const char *name);
 int64_t tb_plane_stat_meta_n(tb_plane *p, const char *name, size_t len);
+/* The id of a stat name or string value already in the plane, without
+ * adding it; 0 when absent. */
+uint32_t tb_plane_find_stat_meta(const tb_plane *p, const char *name);
 
 /* Plane-level stats (device facts, drop counts, "why is GPU data absent"). */
 int tb_plane_stat_i64(tb_plane *p, const char *name, int64_t v);
@@ -173,6 +176,13 @@ int tb_line_stat_u64(tb_line *l, int64_t stat_meta, uint64_t v);
 int tb_line_stat_f64(tb_line *l, int64_t stat_meta, double v);
 /* String stat: the value is interned in the plane and written as ref_value. */
 int tb_line_stat_str(tb_line *l, int64_t stat_meta, const char *v);
+
+/* Add one stat to each of n events already in the line, in any order:
+ * events[ev[i]] gets add[i] (each event at most once). Rebuilds the line's
+ * stat pool once, in event order, so tb_line_stat_* still append to the
+ * last event: O(events + stats). 0; -ENOSPC (space limit), -ENOMEM or
+ * -EINVAL (an index out of range or repeated): nothing added. */
+int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t n);
 
 static inline const tb_stat *tb_event_stats(const tb_line *l, const tb_event *e)
 {

@@ -1,4 +1,6 @@
 /* test_trace.c - the in-memory model: interning, lines, stats, limits, sort. */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "tap.h"
@@ -101,10 +103,107 @@ static void limit_and_sort(void)
     tb_space_free(s);
 }
 
+/* The stat values of event i, as "name=value,..." (u64 and refs). */
+static const char *stats_of(const tb_plane *p, const tb_line *l, size_t i)
+{
+    static char buf[256];
+    size_t n = 0;
+    buf[0] = 0;
+    const tb_event *e = &l->events[i];
+    const tb_stat *st = tb_event_stats(l, e);
+    for (uint32_t k = 0; k < e->nstats && n < sizeof buf; k++) {
+        const char *name = tb_plane_stat_name(p, st[k].meta);
+        if (st[k].type == TB_STAT_REF)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s=%s", k ? "," : "", name,
+                                  tb_plane_stat_name(p, st[k].v.ref));
+        else
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s=%llu", k ? "," : "", name,
+                                  (unsigned long long)st[k].v.u);
+    }
+    return buf;
+}
+
+/* Stats added to events already in a line (after a sort, in any order). */
+static void stats_added_later(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *p = tb_space_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_line(p, 7, "Stream #7");
+    int64_t k = tb_plane_event_meta(p, "k"), a = tb_plane_stat_meta(p, "a"), b = tb_plane_stat_meta(p, "b"),
+            r = tb_plane_stat_meta(p, "nvtx_range"), fwd = tb_plane_stat_meta(p, "forward");
+    CHECK_EQ_I(tb_plane_find_stat_meta(p, "b"), b);
+    CHECK_EQ_I(tb_plane_find_stat_meta(p, "absent"), 0);
+    CHECK_EQ_I(tb_plane_find_stat_meta(p, "absent"), 0); /* looking did not add it */
+    tb_line_add(l, k, 300, 1);
+    tb_line_stat_u64(l, a, 3);
+    tb_line_add(l, k, 100, 1); /* no stats */
+    tb_line_add(l, k, 200, 1);
+    tb_line_stat_u64(l, a, 2);
+    tb_line_stat_u64(l, b, 22);
+    tb_space_sort(s); /* events 100, 200, 300; their stats stay where they were */
+    uint32_t ev[] = {0, 2};
+    tb_stat add[] = {{.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 11},
+                     {.meta = (uint32_t)r, .type = TB_STAT_REF, .v.ref = (uint32_t)fwd}};
+    CHECK_EQ_I(tb_line_add_stats(l, ev, add, 2), 0);
+    CHECK_STR(stats_of(p, l, 0), "b=11");
+    CHECK_STR(stats_of(p, l, 1), "a=2,b=22");
+    CHECK_STR(stats_of(p, l, 2), "a=3,nvtx_range=forward");
+    CHECK_EQ_I(l->nstats, 5);
+    /* the line's last event still takes stats, and keeps them together */
+    CHECK_EQ_I(tb_line_stat_u64(l, b, 33), 0);
+    CHECK_STR(stats_of(p, l, 2), "a=3,nvtx_range=forward,b=33");
+    CHECK_STR(stats_of(p, l, 1), "a=2,b=22");
+    /* an index out of range, repeated or out of order: nothing added */
+    uint32_t bad[] = {1, 1};
+    CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
+    bad[1] = 9;
+    CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
+    bad[0] = 2, bad[1] = 1;
+    CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
+    CHECK_STR(stats_of(p, l, 1), "a=2,b=22");
+    CHECK_EQ_I(tb_line_add_stats(l, bad, add, 0), 0);
+    /* the space's byte limit */
+    tb_space_set_limit(s, s->used_bytes + sizeof(tb_stat));
+    CHECK_EQ_I(tb_line_add_stats(l, ev, add, 2), -ENOSPC);
+    CHECK_STR(stats_of(p, l, 0), "b=11");
+    CHECK_EQ_I(tb_line_add_stats(l, ev + 1, add + 1, 1), 0);
+    CHECK_STR(stats_of(p, l, 2), "a=3,nvtx_range=forward,b=33,nvtx_range=forward");
+    tb_space_free(s);
+
+    /* events appended in time order (the stats lie in event order): the
+     * stats move up in place; first, middle (without stats) and last events */
+    s = tb_space_new();
+    p = tb_space_plane(s, "/device:GPU:0");
+    l = tb_plane_line(p, 7, "Stream #7");
+    a = tb_plane_stat_meta(p, "a"), b = tb_plane_stat_meta(p, "b");
+    for (int i = 0; i < 5; i++) {
+        tb_line_add(l, k, 100 * i, 1);
+        for (int j = 0; j < i % 3; j++)
+            tb_line_stat_u64(l, j ? b : a, (uint64_t)(10 * i + j));
+    }
+    CHECK_STR(stats_of(p, l, 2), "a=20,b=21"); /* events 0 and 3 have none */
+    uint32_t ev2[] = {0, 3, 4};
+    tb_stat add2[] = {{.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 1},
+                      {.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 31},
+                      {.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 42}};
+    CHECK_EQ_I(tb_line_add_stats(l, ev2, add2, 3), 0);
+    CHECK_STR(stats_of(p, l, 0), "b=1");
+    CHECK_STR(stats_of(p, l, 1), "a=10");
+    CHECK_STR(stats_of(p, l, 2), "a=20,b=21");
+    CHECK_STR(stats_of(p, l, 3), "b=31");
+    CHECK_STR(stats_of(p, l, 4), "a=40,b=42");
+    CHECK_EQ_I(l->nstats, 7);
+    CHECK_EQ_I(tb_line_stat_u64(l, a, 43), 0);
+    CHECK_STR(stats_of(p, l, 4), "a=40,b=42,a=43");
+    CHECK_STR(stats_of(p, l, 3), "b=31");
+    tb_space_free(s);
+}
+
 int main(void)
 {
     interning();
     events_and_stats();
     limit_and_sort();
+    stats_added_later();
     return tap_done();
 }
