@@ -26,6 +26,7 @@
 #include "host.h"
 #include "log.h"
 #include "profile.h"
+#include "ranges.h"
 #include "sampler.h"
 #include "stats.h"
 #include "trace.h"
@@ -531,6 +532,13 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     }
     add_steps(sp, c, c->begin, c->end, nrec);
     trim(sp, begin, end);
+    int64_t linked = tb_space_link_ranges(sp); /* nvtx_range on GPU work */
+    if (linked < 0) {
+        char w[160];
+        snprintf(w, sizeof(w), "GPU work not linked to its NVTX ranges: %s", strerror((int)-linked));
+        tb_space_add_warning(sp, w);
+        tb_warn("%s", w);
+    }
     uint64_t ignored = atomic_load_explicit(&steps_ignored, memory_order_relaxed);
     if (hp) {
         tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());

@@ -31,6 +31,9 @@
 #define TB_ST_MEMALLOC_DETAILS "memalloc_details"
 #define TB_ST_MEMFREE_DETAILS "MemFree_details"
 #define TB_ST_CUDA_GRAPH_ID "cuda_graph_id"
+/* the innermost NVTX range open on the launching thread when the CUDA call
+ * behind this GPU event was made (ranges.h); the reference's kNVTXRange */
+#define TB_ST_NVTX_RANGE "nvtx_range"
 
 /* GPU memory timeline (host events xprof's memory profile reads: an event
  * named MemoryAllocation / MemoryDeallocation, one allocator per

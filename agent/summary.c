@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ranges.h"
 #include "stats.h"
 #include "strmap.h"
 #include "util.h"
@@ -166,13 +167,14 @@ static int stat_i64(const tb_stat *st, int64_t *v)
 
 /* ---- GPU activity ------------------------------------------------------------ */
 
-/* Id of a stat name in a plane without interning it; 0 when absent. */
-static uint32_t find_stat_id(const tb_plane *p, const char *name)
+/* The stat of id `id` on e; NULL when absent (or id is 0). */
+static const tb_stat *find_stat(const tb_line *l, const tb_event *e, uint32_t id)
 {
-    for (size_t i = 1; i < p->nstat_meta; i++)
-        if (p->stat_meta[i] && strcmp(p->stat_meta[i], name) == 0)
-            return (uint32_t)i;
-    return 0;
+    const tb_stat *st = tb_event_stats(l, e);
+    for (uint32_t i = 0; id && i < e->nstats; i++)
+        if (st[i].meta == id)
+            return &st[i];
+    return NULL;
 }
 
 /* Per-plane lookups resolved once, so the per-event work is integer
@@ -326,10 +328,42 @@ static void named_sort(named_acc *a)
         qsort(*a->v, *a->n, sizeof(**a->v), named_cmp);
 }
 
+/* GPU activity of one correlation id (one CUDA call) */
+typedef struct corr_work {
+    uint64_t corr, count;
+    int64_t ns;
+} corr_work;
+
 typedef struct gpu_acc {
     iv_vec all, h2d, d2h;
     named_acc kernels;
+    corr_work *work; /* by correlation id once scan_gpu is done */
+    size_t nwork, cap_work;
 } gpu_acc;
+
+static int work_cmp(const void *x, const void *y)
+{
+    uint64_t a = ((const corr_work *)x)->corr, b = ((const corr_work *)y)->corr;
+    return (a > b) - (a < b);
+}
+
+/* Sort by correlation id, one entry per id. */
+static void work_merge(gpu_acc *g)
+{
+    if (!g->nwork)
+        return;
+    qsort(g->work, g->nwork, sizeof(*g->work), work_cmp);
+    size_t k = 0;
+    for (size_t i = 1; i < g->nwork; i++) {
+        if (g->work[i].corr == g->work[k].corr) {
+            g->work[k].count += g->work[i].count;
+            g->work[k].ns += g->work[i].ns;
+        } else {
+            g->work[++k] = g->work[i];
+        }
+    }
+    g->nwork = k + 1;
+}
 
 static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids *ids,
                       const tb_event *e, const tb_stat *details)
@@ -360,9 +394,10 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         if (!starts_with(p->name, "/device:GPU:"))
             continue;
         sum->ngpus++;
-        plane_ids ids = {.kd = find_stat_id(p, TB_ST_KERNEL_DETAILS),
-                         .md = find_stat_id(p, TB_ST_MEMCPY_DETAILS),
-                         .msd = find_stat_id(p, TB_ST_MEMSET_DETAILS)};
+        plane_ids ids = {.kd = tb_plane_find_stat_meta(p, TB_ST_KERNEL_DETAILS),
+                         .md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS),
+                         .msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS)};
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
         ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
         ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
         if (!ids.kidx || !ids.occ) {
@@ -382,6 +417,15 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                 if (c == TB_CAT_NONE)
                     continue;
                 sum->gpu_events++;
+                const tb_stat *cs = cid ? find_stat(l, e, cid) : NULL;
+                int64_t corr = 0;
+                if (cs && stat_i64(cs, &corr) && corr) {
+                    if (TB_GROW(g->work, g->cap_work, g->nwork + 1) < 0) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
+                }
                 if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0) {
                     rc = -ENOMEM;
                 } else if (c == TB_CAT_KERNEL) {
@@ -415,6 +459,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
     }
     named_sort(&g->kernels);
+    work_merge(g);
     g->all.n = tb_intervals_merge(g->all.v, g->all.n);
     g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
     g->d2h.n = tb_intervals_merge(g->d2h.v, g->d2h.n);
@@ -423,7 +468,47 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
 
 /* ---- NVTX ranges ------------------------------------------------------------------ */
 
-static int scan_ranges(tb_summary *sum, tb_space *s)
+/* tb_ranges_walk's callback: credit one call's GPU work to each range name
+ * open around it, once per name. */
+typedef struct range_gpu {
+    tb_summary *sum;
+    named_acc *a;
+    const gpu_acc *g;
+    const tb_plane *p; /* the plane `cache` belongs to */
+    uint32_t *cache;
+} range_gpu;
+
+static int credit_ranges(void *ctx, const tb_plane *host, uint64_t corr, const tb_event *const *stack,
+                         size_t depth)
+{
+    range_gpu *r = ctx;
+    corr_work key = {.corr = corr};
+    const corr_work *w = bsearch(&key, r->g->work, r->g->nwork, sizeof(*r->g->work), work_cmp);
+    if (!w)
+        return 0;
+    if (r->p != host) {
+        free(r->cache);
+        r->p = host;
+        if (!(r->cache = calloc(host->nevent_meta + 1, sizeof(*r->cache))))
+            return -ENOMEM;
+    }
+    r->sum->range_gpu_events += w->count;
+    for (size_t x = 0; x < depth; x++) {
+        tb_sum_named *n = named_of(r->a, r->cache, host, stack[x]);
+        if (!n)
+            return -ENOMEM;
+        int seen = 0; /* a name nested in itself counts once */
+        for (size_t y = 0; y < x && !seen; y++)
+            seen = named_of(r->a, r->cache, host, stack[y]) == n;
+        if (!seen) {
+            n->gpu_count += w->count;
+            n->gpu_ns += w->ns;
+        }
+    }
+    return 0;
+}
+
+static int scan_ranges(tb_summary *sum, tb_space *s, const gpu_acc *g)
 {
     named_acc a = {.v = &sum->ranges, .n = &sum->nranges};
     int rc = 0;
@@ -458,6 +543,11 @@ static int scan_ranges(tb_summary *sum, tb_space *s)
         }
         free(cache);
     }
+    if (!rc && g->nwork && sum->nranges) {
+        range_gpu r = {.sum = sum, .a = &a, .g = g};
+        rc = tb_ranges_walk(s, credit_ranges, &r);
+        free(r.cache);
+    }
     named_sort(&a);
     tb_strmap_free(&a.map);
     return rc;
@@ -478,11 +568,11 @@ static int scan_memory(tb_summary *sum, tb_space *s)
     size_t cap = 0;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
-        uint32_t an = find_stat_id(p, TB_ST_ALLOCATOR_NAME);
+        uint32_t an = tb_plane_find_stat_meta(p, TB_ST_ALLOCATOR_NAME);
         if (!an || !starts_with(p->name, "/host:"))
             continue;
-        uint32_t tot = find_stat_id(p, TB_ST_BYTES_ALLOCATED), peak = find_stat_id(p, TB_ST_PEAK_BYTES_IN_USE),
-                 size = find_stat_id(p, TB_ST_ALLOCATION_BYTES);
+        uint32_t tot = tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED), peak = tb_plane_find_stat_meta(p, TB_ST_PEAK_BYTES_IN_USE),
+                 size = tb_plane_find_stat_meta(p, TB_ST_ALLOCATION_BYTES);
         uint32_t ev_alloc = 0, ev_free = 0; /* event metadata ids of the two names */
         for (size_t m = 1; m < p->nevent_meta; m++) {
             const char *en = p->event_meta[m].name;
@@ -577,8 +667,8 @@ static int scan_steps(tb_summary *sum, tb_space *s)
         const tb_plane *p = s->planes[i];
         if (!starts_with(p->name, "/host:"))
             continue;
-        uint32_t rid = find_stat_id(p, TB_ST_IS_ROOT);
-        uint32_t sid = find_stat_id(p, TB_ST_STEP_NUM), iid = find_stat_id(p, TB_ST_ITER_NUM);
+        uint32_t rid = tb_plane_find_stat_meta(p, TB_ST_IS_ROOT);
+        uint32_t sid = tb_plane_find_stat_meta(p, TB_ST_STEP_NUM), iid = tb_plane_find_stat_meta(p, TB_ST_ITER_NUM);
         if (!rid)
             continue;
         for (size_t j = 0; j < p->nlines; j++) {
@@ -721,7 +811,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     tb_folded f = {0};
     int rc = scan_gpu(sum, s, &g);
     if (!rc)
-        rc = scan_ranges(sum, s);
+        rc = scan_ranges(sum, s, &g);
     if (!rc)
         rc = scan_memory(sum, s);
     if (!rc)
@@ -768,6 +858,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.all.v);
     free(g.h2d.v);
     free(g.d2h.v);
+    free(g.work);
     tb_strmap_free(&g.kernels.map);
     tb_folded_free(&f);
     if (rc) {

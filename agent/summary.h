@@ -17,6 +17,9 @@
  *   O(log n + intervals inside it).
  * - NVTX ranges: /host:* events whose category is user_annotation (what
  *   tbprof records from NVTX, and CUPTI's marker records), grouped by name.
+ *   A range's GPU work: the GPU activity whose correlation id is a CUDA
+ *   call made inside the range on its thread (ranges.h), nested ranges
+ *   included; each piece of work counts once per range name.
  * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
  *   and MemoryDeallocation events on /host:* lines, the largest
  *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
@@ -61,6 +64,8 @@ typedef struct tb_sum_named {
     int64_t total_ns, min_ns, max_ns;
     double occ_pct;     /* kernels: mean occ_pct over launches that report it; -1: none do */
     uint64_t occ_count; /* kernels: launches that report it */
+    uint64_t gpu_count; /* ranges: GPU activity launched inside (see above) */
+    int64_t gpu_ns;     /* ranges: the sum of its durations */
 } tb_sum_named;
 
 typedef struct tb_sum_copy {
@@ -106,6 +111,7 @@ typedef struct tb_summary {
     tb_sum_named *ranges;
     size_t nranges;
     uint64_t range_events;
+    uint64_t range_gpu_events; /* GPU activity launched inside some range */
 
     tb_sum_copy copies[TB_COPY_NDIR];
     uint64_t memsets;

@@ -235,14 +235,22 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
 
     /* NVTX */
     if (m->nranges) {
-        printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full):\n",
-               m->nranges, m->range_events);
-        printf("  %11s %8s %11s %11s %11s  %s\n", "total", "count", "mean", "min", "max", "range");
+        int gpu = m->range_gpu_events > 0;
+        printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full%s):\n",
+               m->nranges, m->range_events,
+               gpu ? "; GPU: the GPU work launched inside, nested ranges included" : "");
+        printf("  %11s %8s %11s %11s %11s", "total", "count", "mean", "min", "max");
+        if (gpu)
+            printf(" %11s %8s", "GPU", "GPU ops");
+        printf("  %s\n", "range");
         for (size_t i = 0; i < m->nranges && i < (size_t)top; i++) {
             const tb_sum_named *r = &m->ranges[i];
-            printf("  %11s %8" PRIu64 " %11s %11s %11s  %s\n", dur(b1, sizeof b1, r->total_ns), r->count,
+            printf("  %11s %8" PRIu64 " %11s %11s %11s", dur(b1, sizeof b1, r->total_ns), r->count,
                    dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), dur(b3, sizeof b3, r->min_ns),
-                   dur(b4, sizeof b4, r->max_ns), r->name);
+                   dur(b4, sizeof b4, r->max_ns));
+            if (gpu)
+                printf(" %11s %8" PRIu64, r->gpu_count ? dur(b1, sizeof b1, r->gpu_ns) : "-", r->gpu_count);
+            printf("  %s\n", r->name);
         }
     }
 
@@ -298,7 +306,9 @@ static void jnum(double v)
 }
 
 /* ,"key":[{"name":..,"count":..,"total_ns":..,...}] for the first `top` */
-static void jnamed(const char *key, const tb_sum_named *v, size_t n, int top, int with_occ)
+enum { NAMED_KERNELS = 1, NAMED_RANGES };
+
+static void jnamed(const char *key, const tb_sum_named *v, size_t n, int top, int what)
 {
     printf(",\"%s\":[", key);
     for (size_t i = 0; i < n && i < (size_t)top; i++) {
@@ -310,7 +320,11 @@ static void jnamed(const char *key, const tb_sum_named *v, size_t n, int top, in
         jkv_i("mean_ns", k->total_ns / (int64_t)k->count, 1);
         jkv_i("min_ns", k->min_ns, 1);
         jkv_i("max_ns", k->max_ns, 1);
-        if (with_occ) {
+        if (what == NAMED_RANGES) {
+            jkv_i("gpu_count", (int64_t)k->gpu_count, 1);
+            jkv_i("gpu_ns", k->gpu_ns, 1);
+        }
+        if (what == NAMED_KERNELS) {
             printf(",\"occ_pct\":");
             if (k->occ_pct >= 0)
                 jnum(k->occ_pct);
@@ -377,13 +391,14 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     printf(",\"kernels\":{");
     jkv_i("distinct", (int64_t)m->nkernels, 0);
     jkv_i("total_ns", m->kernel_total_ns, 1);
-    jnamed("top", m->kernels, m->nkernels, top, 1);
+    jnamed("top", m->kernels, m->nkernels, top, NAMED_KERNELS);
     printf("}");
 
     printf(",\"nvtx\":{");
     jkv_i("distinct", (int64_t)m->nranges, 0);
     jkv_i("count", (int64_t)m->range_events, 1);
-    jnamed("top", m->ranges, m->nranges, top, 0);
+    jkv_i("gpu_count", (int64_t)m->range_gpu_events, 1);
+    jnamed("top", m->ranges, m->nranges, top, NAMED_RANGES);
     printf("}");
 
     printf(",\"copies\":{");

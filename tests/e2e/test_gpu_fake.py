@@ -55,6 +55,27 @@ malloc addr=0xd000 bytes=65536 mem=pinned dev=0 ctx=1 stream=0 corr=204 start=10
 free addr=0xb000 bytes=1048576 mem=device dev=0 ctx=1 stream=0 corr=206 start=1090
 """
 
+# NVTX ranges around launches: forward > attention on the main thread, a
+# range on another thread open across the main thread's calls, and a launch
+# outside every range
+NVTX_SCRIPT = """\
+device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
+context ctx=1 dev=0
+marker id=1 name=forward tid=main start=990 end=1300
+marker id=2 name=attention tid=main start=1000 end=1020
+marker id=3 name=loader tid=4242 start=900 end=2000
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=301 start=995 end=998
+kernel name=relu_kernel start=1030 end=1050 stream=7 corr=301 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=302 start=1005 end=1008
+kernel name=sgemm_128x64 start=1051 end=1151 stream=7 corr=302 grid=16,8,1 block=256,1,1 regs=128
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=303 start=1010 end=1012
+memcpy kind=htod src=pinned dst=device bytes=1048576 async=1 start=1152 end=1250 stream=7 corr=303
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=304 start=1400 end=1404
+kernel name=relu_kernel start=1410 end=1430 stream=7 corr=304 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=4242 corr=305 start=1500 end=1504
+kernel name=copy_kernel start=1505 end=1525 stream=9 corr=305 grid=1,1,1 block=32,1,1 regs=8
+"""
+
 
 def no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
@@ -383,6 +404,36 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(mem[0], {"allocator": "GPU_0_device", "allocs": 2, "alloc_bytes": 3 * mib, "frees": 2,
                                   "free_bytes": 5 * mib, "peak_bytes": 4 * mib, "end_bytes": 2 * mib})
         self.assertEqual(mem[1]["allocator"], "GPU_0_pinned")
+
+    def test_gpu_work_named_by_its_nvtx_range(self):
+        # each GPU event carries the innermost NVTX range open on the thread
+        # that launched it (nvtx_range, as the reference tracer writes it);
+        # the summary adds up the GPU work launched inside each range
+        with open(self.script, "w") as f:
+            f.write(NVTX_SCRIPT)
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        dev = tbtest.load(xs[0]).plane("/device:GPU:0")
+        got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"))
+                     for e in dev.events() if "correlation_id" in e.stats)
+        self.assertEqual(got, [(301, "relu_kernel", "forward"), (302, "sgemm_128x64", "attention"),
+                               (303, "MemcpyH2D", "attention"), (304, "relu_kernel", None),
+                               (305, "copy_kernel", "loader")])
+        js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
+        with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
+            evs = json.load(f, object_pairs_hook=no_duplicate_keys)["traceEvents"]
+        self.assertEqual(sorted((e["args"]["correlation"], e["args"].get("nvtx_range")) for e in evs
+                                if e.get("cat") == "kernel"),
+                         [(301, "forward"), (302, "attention"), (304, None), (305, "loader")])
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        nv = json.loads(p.stdout)["hosts"][0]["nvtx"]
+        self.assertEqual(nv["gpu_count"], 4)
+        self.assertEqual({r["name"]: (r["gpu_count"], r["gpu_ns"]) for r in nv["top"]},
+                         {"forward": (3, 218000), "attention": (2, 198000), "loader": (1, 20000)})
+        p = tbtest.run([tbtest.CLI, "summary", self.logdir])
+        self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
 
     def test_missing_libcupti(self):
         self.host_only(r"libcupti not found", cupti_path=os.path.join(self.tmp, "no", "libcupti.so"))

@@ -153,7 +153,9 @@ def example_space(hostname="node1", newer_schema=False):
 
 def second_host():
     """A smaller rank: 2 steps of 1 ms, one kernel of 250 us and an NVTX range
-    "forward" of 400 us in each."""
+    "forward" of 400 us in each; the kernel's launch is inside the range
+    (linked by correlation_id only, as another writer or an older tbprof
+    would write it)."""
     sp = xplane_pb2.XSpace()
     sp.hostnames.append("node2")
     sp.warnings.append("CPU sampling off: perf_event_open: Permission denied")
@@ -163,8 +165,9 @@ def second_host():
     s = g.line(1, "Stream #1")
     for i in range(2):
         h.event(t, "train", i * 1000000, 1000000, _r=1, step_num=5 + i)
-        g.event(s, "conv", i * 1000000 + 100000, 250000, kernel_details=kd(60))
+        g.event(s, "conv", i * 1000000 + 100000, 250000, kernel_details=kd(60), correlation_id=10 + i)
         h.event(t, "forward", i * 1000000 + 50000, 400000)
+        h.event(t, "cudaLaunchKernel", i * 1000000 + 60000, 5000, correlation_id=10 + i)
     h.category("forward", "user_annotation")
     return sp.SerializeToString()
 
@@ -271,9 +274,9 @@ class SummaryFigures(Base):
         self.assertEqual([s["gpu_busy_ns"] for s in h2["steps"]["list"]], [250000, 250000])
         self.assertAlmostEqual(h2["gpu"]["busy_pct"], 25.0)
         self.assertEqual(h2["kernels"]["top"][0]["name"], "conv")
-        self.assertEqual(h2["nvtx"], {"distinct": 1, "count": 2, "top": [
+        self.assertEqual(h2["nvtx"], {"distinct": 1, "count": 2, "gpu_count": 2, "top": [
             {"name": "forward", "count": 2, "total_ns": 800000, "mean_ns": 400000, "min_ns": 400000,
-             "max_ns": 400000}]})
+             "max_ns": 400000, "gpu_count": 2, "gpu_ns": 500000}]})
         self.assertEqual(js["hosts"][0]["nvtx"]["count"], 0)
         self.assertEqual(h2["warnings"], ["CPU sampling off: perf_event_open: Permission denied"])
         p = run("summary", self.logdir)

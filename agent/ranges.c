@@ -1,0 +1,207 @@
+/* ranges.c - user-annotation ranges around CUDA calls (see ranges.h). */
+#include "ranges.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stats.h"
+#include "util.h"
+
+static int is_user(const tb_plane *p, const tb_event *e)
+{
+    return e->meta < p->nevent_meta && p->event_meta[e->meta].category == TB_CAT_USER;
+}
+
+/* The value of stat `id` on e as a correlation id; 0 when absent. */
+static uint64_t corr_of(const tb_line *l, const tb_event *e, uint32_t id)
+{
+    const tb_stat *st = tb_event_stats(l, e);
+    for (uint32_t i = 0; i < e->nstats; i++)
+        if (st[i].meta == id)
+            return st[i].type == TB_STAT_UINT64 || st[i].type == TB_STAT_INT64 ? st[i].v.u : 0;
+    return 0;
+}
+
+static int has_user_events(const tb_plane *p)
+{
+    for (size_t m = 1; m < p->nevent_meta; m++)
+        if (p->event_meta[m].category == TB_CAT_USER)
+            return 1;
+    return 0;
+}
+
+int tb_ranges_walk(const tb_space *s, tb_ranges_fn fn, void *ctx)
+{
+    const tb_event **stack = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (size_t i = 0; i < s->nplanes && !rc; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        if (strncmp(p->name, "/host:", 6) != 0 || !cid || !has_user_events(p))
+            continue;
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
+            const tb_line *l = p->lines[j];
+            size_t depth = 0;
+            for (size_t k = 0; k < l->nevents && !rc; k++) {
+                const tb_event *e = &l->events[k];
+                size_t keep = 0; /* the ranges still open at e's start */
+                for (size_t x = 0; x < depth; x++)
+                    if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
+                        stack[keep++] = stack[x];
+                depth = keep;
+                if (is_user(p, e)) {
+                    if (e->dur_ns <= 0)
+                        continue;
+                    if (TB_GROW(stack, cap, depth + 1) < 0) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    stack[depth++] = e;
+                    continue;
+                }
+                uint64_t corr = depth ? corr_of(l, e, cid) : 0;
+                if (corr)
+                    rc = fn(ctx, p, corr, stack, depth);
+            }
+        }
+    }
+    free(stack);
+    return rc;
+}
+
+/* ---- nvtx_range on GPU events --------------------------------------------------- */
+
+typedef struct corr_name {
+    uint64_t corr;
+    const char *name; /* the innermost range's name (host plane memory) */
+} corr_name;
+
+typedef struct link_acc {
+    corr_name *v;
+    size_t n, cap;
+    uint64_t lo, hi; /* the least and greatest correlation id in v */
+    uint32_t *slot;  /* dense ids: slot[corr - lo] = index in v + 1; else v sorted */
+} link_acc;
+
+static int collect_innermost(void *ctx, const tb_plane *host, uint64_t corr, const tb_event *const *stack,
+                             size_t depth)
+{
+    link_acc *a = ctx;
+    if (TB_GROW(a->v, a->cap, a->n + 1) < 0)
+        return -ENOMEM;
+    a->v[a->n++] = (corr_name){corr, tb_plane_event_name(host, stack[depth - 1]->meta)};
+    if (a->n == 1 || corr < a->lo)
+        a->lo = corr;
+    if (corr > a->hi)
+        a->hi = corr;
+    return 0;
+}
+
+static int corr_cmp(const void *x, const void *y)
+{
+    uint64_t a = ((const corr_name *)x)->corr, b = ((const corr_name *)y)->corr;
+    return (a > b) - (a < b);
+}
+
+/* Make the ids searchable. CUPTI numbers calls from one counter, so the
+ * ids of calls inside ranges are usually dense: a table indexed by id
+ * (at most 4 slots of 4 bytes per call) answers in one read; sparse ids
+ * are sorted and searched instead. */
+static void index_corrs(link_acc *a)
+{
+    uint64_t span = a->hi - a->lo + 1;
+    if (span <= 4 * (uint64_t)a->n + 4096 && (a->slot = calloc(span, sizeof(*a->slot))) != NULL) {
+        for (size_t i = 0; i < a->n; i++)
+            if (!a->slot[a->v[i].corr - a->lo])
+                a->slot[a->v[i].corr - a->lo] = (uint32_t)i + 1;
+        return;
+    }
+    qsort(a->v, a->n, sizeof(*a->v), corr_cmp);
+}
+
+static const char *name_of_corr(const link_acc *a, uint64_t corr)
+{
+    if (corr < a->lo || corr > a->hi)
+        return NULL;
+    if (a->slot) {
+        uint32_t i = a->slot[corr - a->lo];
+        return i ? a->v[i - 1].name : NULL;
+    }
+    corr_name key = {corr, NULL};
+    const corr_name *hit = bsearch(&key, a->v, a->n, sizeof(*a->v), corr_cmp);
+    return hit ? hit->name : NULL;
+}
+
+/* One device line: the events to name, then one rebuild of its stats.
+ * `had`: the plane had the stat before, so events may carry it already. */
+static int64_t link_line(tb_line *l, uint32_t cid, uint32_t rid, int had, const link_acc *a, uint32_t **ev,
+                         tb_stat **add, size_t *cap_ev, size_t *cap_add)
+{
+    tb_plane *p = l->plane;
+    size_t n = 0;
+    const char *last = NULL;
+    int64_t ref = 0;
+    for (size_t k = 0; k < l->nevents; k++) {
+        const tb_event *e = &l->events[k];
+        uint64_t corr = corr_of(l, e, cid);
+        const char *name = corr ? name_of_corr(a, corr) : NULL;
+        if (!name || (had && tb_event_find_stat(p, l, e, TB_ST_NVTX_RANGE)))
+            continue;
+        if (name != last) { /* runs of work from one range: intern its name once per run */
+            ref = tb_plane_stat_meta(p, name);
+            if (ref < 0)
+                return ref;
+            last = name;
+        }
+        if (TB_GROW(*ev, *cap_ev, n + 1) < 0 || TB_GROW(*add, *cap_add, n + 1) < 0)
+            return -ENOMEM;
+        (*ev)[n] = (uint32_t)k;
+        (*add)[n] = (tb_stat){.meta = rid, .type = TB_STAT_REF, .v.ref = (uint32_t)ref};
+        n++;
+    }
+    int rc = tb_line_add_stats(l, *ev, *add, n);
+    return rc < 0 ? rc : (int64_t)n;
+}
+
+int64_t tb_space_link_ranges(tb_space *s)
+{
+    tb_space_sort(s);
+    link_acc a = {0};
+    int rc = tb_ranges_walk(s, collect_innermost, &a);
+    if (rc || !a.n) {
+        free(a.v);
+        return rc;
+    }
+    index_corrs(&a);
+    int64_t named = 0;
+    uint32_t *ev = NULL;
+    tb_stat *add = NULL;
+    size_t cap_ev = 0, cap_add = 0;
+    for (size_t i = 0; i < s->nplanes && named >= 0; i++) {
+        tb_plane *p = s->planes[i];
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        if (strncmp(p->name, "/device:", 8) != 0 || !cid)
+            continue;
+        uint32_t had = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
+        int64_t rid = had ? had : tb_plane_stat_meta(p, TB_ST_NVTX_RANGE);
+        if (rid < 0) {
+            named = rid;
+            break;
+        }
+        for (size_t j = 0; j < p->nlines; j++) {
+            int64_t n = link_line(p->lines[j], cid, (uint32_t)rid, had != 0, &a, &ev, &add, &cap_ev, &cap_add);
+            if (n < 0) {
+                named = n;
+                break;
+            }
+            named += n;
+        }
+    }
+    free(ev);
+    free(add);
+    free(a.slot);
+    free(a.v);
+    return named;
+}

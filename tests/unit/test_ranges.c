@@ -1,0 +1,186 @@
+/* test_ranges.c - GPU work attributed to the NVTX ranges open around its
+ * launch: the nvtx_range stat the agent writes (innermost range), and the
+ * summary's GPU time per range (every enclosing range, once per name).
+ *
+ * The space, main thread (times in ns):
+ *   outer  [100, 1000)  inner [200, 300)  mark "tick" at 250
+ *   async  [280, 600)   (nvtxRangeStart/End: overlaps inner, not nested)
+ *   outer  [500, 520)   (the same name nested in itself)
+ * loader thread: loader [0, 5000)
+ * CUDA calls (correlation id @ start): 1@150 2@210 3@250 4@290 7@300 5@400
+ * 10@510 6@1100 on main, 8@500 on loader; GPU work of call c lasts 10*c ns,
+ * plus work 9 whose call is not in the capture.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ranges.h"
+#include "stats.h"
+#include "summary.h"
+#include "tap.h"
+
+static void ev(tb_line *l, const char *name, int64_t start, int64_t dur, tb_category cat)
+{
+    tb_line_add(l, tb_plane_event_meta_cat(l->plane, name, cat), start, dur);
+}
+
+static void call(tb_line *l, uint64_t corr, int64_t start)
+{
+    ev(l, "cudaLaunchKernel", start, 5, TB_CAT_CUDA_RUNTIME);
+    tb_line_stat_u64(l, tb_plane_stat_meta(l->plane, TB_ST_CORRELATION_ID), corr);
+}
+
+static void work(tb_line *l, uint64_t corr)
+{
+    ev(l, "gemm", 10000 + 100 * (int64_t)corr, 10 * (int64_t)corr, TB_CAT_KERNEL);
+    tb_line_stat_u64(l, tb_plane_stat_meta(l->plane, TB_ST_CORRELATION_ID), corr);
+}
+
+static tb_space *example(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *m = tb_plane_line(h, 1, "main"), *ld = tb_plane_line(h, 2, "loader");
+    /* added out of time order: the pass sorts */
+    call(m, 6, 1100);
+    ev(m, "outer", 100, 900, TB_CAT_USER);
+    ev(m, "inner", 200, 100, TB_CAT_USER);
+    ev(m, "tick", 250, 0, TB_CAT_USER);
+    ev(m, "async", 280, 320, TB_CAT_USER);
+    ev(m, "outer", 500, 20, TB_CAT_USER);
+    call(m, 1, 150);
+    call(m, 2, 210);
+    call(m, 3, 250);
+    call(m, 4, 290);
+    call(m, 7, 300);
+    call(m, 5, 400);
+    call(m, 10, 510);
+    ev(ld, "loader", 0, 5000, TB_CAT_USER);
+    call(ld, 8, 500);
+    tb_plane *d = tb_space_plane(s, "/device:GPU:0");
+    tb_line *st = tb_plane_line(d, 7, "Stream #7"), *st2 = tb_plane_line(d, 9, "Stream #9");
+    for (uint64_t c = 1; c <= 10; c++)
+        work(c % 2 ? st : st2, c);
+    return s;
+}
+
+/* The nvtx_range of the GPU work of correlation id corr ("-": none). */
+static const char *range_of(tb_space *s, uint64_t corr)
+{
+    const tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
+    for (size_t j = 0; j < d->nlines; j++) {
+        const tb_line *l = d->lines[j];
+        for (size_t k = 0; k < l->nevents; k++) {
+            const tb_event *e = &l->events[k];
+            const tb_stat *c = tb_event_find_stat(d, l, e, TB_ST_CORRELATION_ID);
+            if (!c || c->v.u != corr)
+                continue;
+            const tb_stat *r = tb_event_find_stat(d, l, e, TB_ST_NVTX_RANGE);
+            return r && r->type == TB_STAT_REF ? tb_plane_stat_name(d, r->v.ref) : "-";
+        }
+    }
+    return "no such work";
+}
+
+static void innermost_range_on_gpu_work(void)
+{
+    tb_space *s = example();
+    CHECK_EQ_I(tb_space_link_ranges(s), 8);
+    CHECK_STR(range_of(s, 1), "outer");
+    CHECK_STR(range_of(s, 2), "inner");
+    CHECK_STR(range_of(s, 3), "inner"); /* a mark encloses nothing */
+    CHECK_STR(range_of(s, 4), "async"); /* the latest-started open range */
+    CHECK_STR(range_of(s, 7), "async"); /* inner ended at 300: its end is not inside */
+    CHECK_STR(range_of(s, 5), "async");
+    CHECK_STR(range_of(s, 10), "outer");
+    CHECK_STR(range_of(s, 6), "-");     /* after every range */
+    CHECK_STR(range_of(s, 8), "loader"); /* its own thread's range, not main's */
+    CHECK_STR(range_of(s, 9), "-");     /* no call in the capture */
+    /* once: a second pass finds every event named */
+    CHECK_EQ_I(tb_space_link_ranges(s), 0);
+    const tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
+    size_t n = 0;
+    for (size_t j = 0; j < d->nlines; j++)
+        for (size_t k = 0; k < d->lines[j]->nevents; k++)
+            n += tb_event_find_stat(d, d->lines[j], &d->lines[j]->events[k], TB_ST_NVTX_RANGE) != NULL;
+    CHECK_EQ_I(n, 8);
+    tb_space_free(s);
+
+    /* no ranges, or no GPU work: nothing to do, nothing added */
+    s = tb_space_new();
+    tb_line *m = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main");
+    call(m, 1, 100);
+    work(tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7"), 1);
+    CHECK_EQ_I(tb_space_link_ranges(s), 0);
+    CHECK_EQ_I(tb_plane_find_stat_meta(tb_space_find_plane(s, "/device:GPU:0"), TB_ST_NVTX_RANGE), 0);
+    tb_space_free(s);
+
+    /* ids far apart (a table by id would be mostly empty): searched instead */
+    s = tb_space_new();
+    m = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main");
+    ev(m, "far", 0, 1000, TB_CAT_USER);
+    call(m, 5, 100);
+    call(m, 900000, 200);
+    tb_line *g = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    work(g, 5);
+    work(g, 5000);
+    work(g, 900000);
+    CHECK_EQ_I(tb_space_link_ranges(s), 2);
+    CHECK_STR(range_of(s, 5), "far");
+    CHECK_STR(range_of(s, 5000), "-");
+    CHECK_STR(range_of(s, 900000), "far");
+    tb_space_free(s);
+
+    /* the space's byte limit: an error, and the profile is still whole */
+    s = example();
+    tb_space_set_limit(s, s->used_bytes);
+    CHECK_EQ_I(tb_space_link_ranges(s), -ENOSPC);
+    CHECK_STR(range_of(s, 1), "-");
+    tb_space_free(s);
+}
+
+static const tb_sum_named *range_named(const tb_summary *m, const char *name)
+{
+    for (size_t i = 0; i < m->nranges; i++)
+        if (strcmp(m->ranges[i].name, name) == 0)
+            return &m->ranges[i];
+    return NULL;
+}
+
+static void gpu_time_per_range(void)
+{
+    tb_space *s = example();
+    tb_summary m;
+    CHECK_EQ_I(tb_summarize(s, &m), 0);
+    /* work of calls inside some range: 1 2 3 4 5 7 8 10 */
+    CHECK_EQ_I(m.range_gpu_events, 8);
+    struct {
+        const char *name;
+        uint64_t count;
+        int64_t ns;
+    } want[] = {
+        {"outer", 7, 10 + 20 + 30 + 40 + 50 + 70 + 100}, /* 10 once, though two outers are open */
+        {"inner", 3, 20 + 30 + 40},
+        {"async", 4, 40 + 50 + 70 + 100},
+        {"loader", 1, 80},
+        {"tick", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const tb_sum_named *r = range_named(&m, want[i].name);
+        CHECKF(r && r->gpu_count == want[i].count && r->gpu_ns == want[i].ns, "%s: %llu ops %lld ns",
+               want[i].name, r ? (unsigned long long)r->gpu_count : 0ULL, r ? (long long)r->gpu_ns : -1LL);
+    }
+    /* host time is unchanged by it: the two outers count in full */
+    const tb_sum_named *o = range_named(&m, "outer");
+    CHECK(o && o->count == 2 && o->total_ns == 920);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
+int main(void)
+{
+    innermost_range_on_gpu_work();
+    gpu_time_per_range();
+    return tap_done();
+}
