@@ -38,6 +38,7 @@ free addr=0x7000 bytes=262144 mem=device dev=0 ctx=1 stream=7 corr=208 start=103
 runtime name=cudaMemcpy_v3020 cbid=31 tid=main corr=209 start=1036 end=1200
 memcpy kind=dtoh src=device dst=pageable bytes=65536 async=0 start=1180 end=1190 stream=9 corr=209
 sync type=stream stream=7 corr=210 start=1201 end=1205
+marker id=1 name=forward tid=main start=1003 end=1013
 """
 
 EXPECT = """\
@@ -100,6 +101,33 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(rc, 0, line)
         self.assertIn("RESULT cuda_program PASS", line)
         self.assertIn("'graph_kernel': 1", line)
+        self.assertIn("3 named by NVTX ranges", line)  # the three launches inside "forward"
+
+    def test_wrong_nvtx_range_fails(self):
+        # one kernel's nvtx_range names another range; another loses its own
+        xs = tbtest.xplane_pb2.XSpace()
+        with open(self.xplane, "rb") as f:
+            xs.ParseFromString(f.read())
+        dev = [p for p in xs.planes if p.name == "/device:GPU:0"][0]
+        sm = dev.stat_metadata
+        rid = [i for i, m in sm.items() if m.name == "nvtx_range"][0]
+        named = [(e, st) for l in dev.lines for e in l.events for st in e.stats if st.metadata_id == rid]
+        self.assertEqual(len(named), 3)
+        other = max(sm) + 1
+        sm[other].id = other
+        sm[other].name = "backward"
+        named[0][1].ref_value = other
+        named[1][0].stats.remove(named[1][1])
+        bad = os.path.join(self.tmp, "bad.xplane.pb")
+        with open(bad, "wb") as f:
+            f.write(xs.SerializeToString())
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(EXPECT)
+        p = run_check("cuda", bad, ex, "1")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("nvtx_range 'backward', expected 'forward'", p.stdout)
+        self.assertIn("nvtx_range None, expected 'forward'", p.stdout)
 
     def test_wrong_counts_fail_and_say_what(self):
         rc, line = self.check("2")  # two steps' worth expected, one captured

@@ -3,8 +3,10 @@
   check.py cuda XPLANE EXPECT_FILE NSTEPS [A,B]
       kernels, copies, memsets, allocations, syncs and API calls == per-step
       expectations x NSTEPS; every GPU event has its host call
-      (correlation_id) and an ac2g flow in the trace.json.gz; A,B: NVTX
-      ranges "step A".."step B" on the host
+      (correlation_id) and an ac2g flow in the trace.json.gz; GPU work
+      launched inside an NVTX range carries the innermost one as
+      nvtx_range; A,B: NVTX ranges "step A".."step B" on the host, and
+      every GPU event named by one
   check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview,
                                             memory profile)
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
@@ -64,6 +66,41 @@ def events(xs, plane_prefix, line_filter=lambda name: True):
 def device_events(xs):
     """(name, dur_ns, stats, ...) for every event on GPU stream lines."""
     return events(xs, "/device:GPU:", lambda n: n.startswith("Stream #"))
+
+
+def user_ranges(xs):
+    """{host line name: [(start_ps, end_ps, name)]} of the user annotations
+    (NVTX ranges; tbprof_category on their metadata), marks left out."""
+    out = collections.defaultdict(list)
+    for p in xs.planes:
+        if not p.name.startswith("/host:"):
+            continue
+        user = {i for i, m in p.event_metadata.items()
+                if _stats(m, p.stat_metadata).get("tbprof_category") == "user_annotation"}
+        for l in p.lines:
+            for e in l.events:
+                if e.metadata_id in user and e.duration_ps > 0:
+                    t = l.timestamp_ns * 1000 + e.offset_ps
+                    out[l.name].append((t, t + e.duration_ps, p.event_metadata[e.metadata_id].name))
+    return out
+
+
+def nvtx_attribution(xs, dev, calls):
+    """Each GPU event whose host call starts inside user ranges on its line
+    must carry the innermost (latest-started) one's name as nvtx_range, and
+    no other event one. Returns (errors, events named)."""
+    ranges = user_ranges(xs)
+    errs, named = [], 0
+    for e in dev:
+        call = calls.get(e[2].get("correlation_id"))
+        inside = [r for r in ranges.get(call[3], []) if r[0] <= call[4] < r[1]] if call else []
+        want = max(inside, key=lambda r: (r[0], -r[1]))[2] if inside else None
+        got = e[2].get("nvtx_range")
+        named += got is not None
+        if got != want:
+            errs.append("%s (correlation %s): nvtx_range %r, expected %r" % (
+                e[0], e[2].get("correlation_id"), got, want))
+    return errs, named
 
 
 def result(name, ok, detail, skip=False):
@@ -227,6 +264,10 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
     late = [e for e in dev if e[2].get("correlation_id") in corr and corr[e[2]["correlation_id"]][4] > e[4]]
     if late:
         errs.append("%d GPU events start before their host call" % len(late))
+    bad_nvtx, named = nvtx_attribution(xs, dev, corr)
+    errs += bad_nvtx[:3]
+    if nvtx_steps and named != len(dev):
+        errs.append("%d of %d GPU events named by the NVTX step range they were launched in" % (named, len(dev)))
     if nvtx_steps:
         first, last = (int(v) for v in nvtx_steps.split(","))
         want = ["step %d" % k for k in range(first, last + 1)]
@@ -250,8 +291,8 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
             errs.append("trace.json.gz: %d kernels without an ac2g flow" % len(nof))
     else:
         errs.append("no %s" % os.path.basename(tj))
-    result("cuda_program", not errs, "; ".join(errs[:6]) or "%d steps: kernels %s, %d GPU events with host calls, %d flows" % (
-        nsteps, kernels, len(dev), nflow))
+    result("cuda_program", not errs, "; ".join(errs[:6]) or "%d steps: kernels %s, %d GPU events with host calls, %d flows, %d named by NVTX ranges" % (
+        nsteps, kernels, len(dev), nflow, named))
 
 
 def torch_cmp(xplane, trace):
@@ -307,7 +348,15 @@ def torch_nvtx(xplane):
             why = _stats(p, p.stat_metadata).get("tbprof_nvtx_off_reason")
             if why and errs:
                 errs.append("tbprof_nvtx_off_reason: %s" % why)
-    result("torch_nvtx_ranges", not errs, "; ".join(errs) or "%d steps; ranges %s" % (len(steps), counts))
+    # kernels carry the range they were launched in: the forward pass's
+    # launches come from the thread that pushed "forward" (the backward
+    # pass's from autograd's own thread, outside "backward": reported only)
+    kernels = [e for e in device_events(xs) if "kernel_details" in e[2]]
+    by_range = collections.Counter(e[2].get("nvtx_range") for e in kernels)
+    if kernels and not by_range.get("forward"):
+        errs.append("no kernel has nvtx_range 'forward' (%s)" % dict(by_range))
+    result("torch_nvtx_ranges", not errs, "; ".join(errs) or "%d steps; ranges %s; kernels by nvtx_range %s" % (
+        len(steps), counts, dict(by_range)))
 
 
 def jax_load(xplane):

@@ -7,10 +7,12 @@
 #      Stop (1a) and by NVTX ranges (1b): exactly the launched kernels
 #      (names, counts, grid/block, the graph's kernel), copies, memsets,
 #      allocations, syncs and API calls, each GPU event with its host call
-#      and flow; 1b also the NVTX ranges
+#      and flow, GPU work launched inside an NVTX range named by it
+#      (nvtx_range); 1b also the NVTX step ranges, every GPU event named
 #   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
 #      torch.profiler on the same steps: kernel names, counts, GPU time (5%);
-#      2b. its torch.cuda.nvtx ranges are in our profile, one per step
+#      2b. its torch.cuda.nvtx ranges are in our profile, one per step, and
+#          the forward pass's kernels carry nvtx_range "forward"
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
