@@ -99,6 +99,7 @@ static struct {
     unsigned same_base;
     /* read once at init: run naming inputs */
     char job_id[128], rank[32], hostname[256];
+    int64_t rank_num, world_size; /* RANK, WORLD_SIZE as numbers; -1: unset or not a number */
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER,
@@ -344,6 +345,17 @@ static void sanitize(char *s)
             *s = '_';
 }
 
+/* A non-negative integer environment variable, else -1. */
+static int64_t env_count(const char *name)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (!v || *v < '0' || *v > '9')
+        return -1;
+    long long x = strtoll(v, &end, 10);
+    return *end || x > INT32_MAX ? -1 : (int64_t)x;
+}
+
 static void read_identity(void)
 {
     static const char *const job_vars[] = {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "PBS_JOBID",
@@ -362,6 +374,8 @@ static void read_identity(void)
         r = getenv("LOCAL_RANK");
     snprintf(g.rank, sizeof(g.rank), "%s", r && *r ? r : "");
     sanitize(g.rank);
+    g.rank_num = env_count("RANK"); /* the global rank only: for Kineto's distributedInfo */
+    g.world_size = g.rank_num >= 0 ? env_count("WORLD_SIZE") : -1;
 }
 
 /* The host name, asked for when the first profile is named (agent thread),
@@ -542,6 +556,10 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     uint64_t ignored = atomic_load_explicit(&steps_ignored, memory_order_relaxed);
     if (hp) {
         tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());
+        if (g.rank_num >= 0)
+            tb_plane_stat_i64(hp, TB_ST_RANK, g.rank_num);
+        if (g.world_size >= 0)
+            tb_plane_stat_i64(hp, TB_ST_WORLD_SIZE, g.world_size);
         tb_plane_stat_str(hp, TB_ST_TRIGGER, c->trigger);
         tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
         tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);

@@ -1,7 +1,10 @@
 /* chrome_write.c - Chrome trace JSON (Kineto's conventions), plain or gzip.
  *
- *   {"displayTimeUnit":"ns","traceEvents":[ ...M metadata, X events, s/f flows... ]}
+ *   {"displayTimeUnit":"ns", "distributedInfo":{...}, "deviceProperties":[...],
+ *    "traceEvents":[ ...M metadata, X events, s/f flows... ]}
  *
+ * - distributedInfo / deviceProperties (Kineto's top-level keys): only
+ *   when the profile has a rank (tbprof_rank) / GPU planes.
  * - Process per plane: the host plane's pid is its "pid" stat (the profiled
  *   process) when present; /device:GPU:<n> gets pid n (as Kineto does) unless
  *   that collides with the host pid, then 1000000+n; other planes 2000000+id.
@@ -391,14 +394,6 @@ static int is_host_plane(const tb_plane *p)
     return strcmp(p->name, "/host:CPU") == 0;
 }
 
-static uint32_t find_stat_meta(const tb_plane *p, const char *name)
-{
-    for (size_t i = 1; i < p->nstat_meta; i++)
-        if (p->stat_meta[i] && !strcmp(p->stat_meta[i], name))
-            return (uint32_t)i;
-    return 0;
-}
-
 static int stat_as_u64(const tb_stat *st, uint64_t *out)
 {
     switch (st->type) {
@@ -408,18 +403,87 @@ static int stat_as_u64(const tb_stat *st, uint64_t *out)
     }
 }
 
-static int plane_pid_stat(const tb_plane *p, int64_t *pid)
+/* A plane stat as a number: 1 and *v when present. */
+static int plane_num_stat(const tb_plane *p, const char *name, int64_t *v)
 {
-    uint32_t m = find_stat_meta(p, "pid");
+    uint32_t m = tb_plane_find_stat_meta(p, name);
     for (size_t i = 0; m && i < p->nstats; i++)
         if (p->stats[i].meta == m) {
-            uint64_t v;
-            if (stat_as_u64(&p->stats[i], &v)) {
-                *pid = (int64_t)v;
+            uint64_t u;
+            if (stat_as_u64(&p->stats[i], &u)) {
+                *v = (int64_t)u;
                 return 1;
             }
         }
     return 0;
+}
+
+static int plane_pid_stat(const tb_plane *p, int64_t *pid)
+{
+    return plane_num_stat(p, TB_ST_PID, pid);
+}
+
+static const char *plane_str_stat(const tb_plane *p, const char *name)
+{
+    uint32_t m = tb_plane_find_stat_meta(p, name);
+    for (size_t i = 0; m && i < p->nstats; i++)
+        if (p->stats[i].meta == m && p->stats[i].type == TB_STAT_REF)
+            return tb_plane_stat_name(p, p->stats[i].v.ref);
+    return NULL;
+}
+
+/* Kineto's top-level keys that tools reading torch.profiler traces use to
+ * tell ranks and devices apart: "distributedInfo" (the rank and world size,
+ * when the job said them: tbprof_rank) and "deviceProperties" (one entry
+ * per GPU plane, from its device facts; keys only for facts we have). */
+static void put_kineto_meta(jw *w, const tb_space *s)
+{
+    int64_t v;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!is_host_plane(p) || !plane_num_stat(p, TB_ST_RANK, &v))
+            continue;
+        PUTS(w, "\"distributedInfo\":{\"rank\":");
+        put_i64(w, v);
+        if (plane_num_stat(p, TB_ST_WORLD_SIZE, &v)) {
+            PUTS(w, ",\"world_size\":");
+            put_i64(w, v);
+        }
+        PUTS(w, "},\n");
+        break;
+    }
+    static const struct {
+        const char *stat, *key;
+    } facts[] = {{TB_ST_DEV_MEM_SIZE, "totalGlobalMem"},
+                 {TB_ST_DEV_CC_MAJOR, "computeMajor"},
+                 {TB_ST_DEV_CC_MINOR, "computeMinor"},
+                 {TB_ST_DEV_CORE_COUNT, "numSms"}};
+    int n = 0;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!is_gpu_plane(p))
+            continue;
+        if (n++)
+            PUTS(w, ",{\"id\":");
+        else
+            PUTS(w, "\"deviceProperties\":[{\"id\":");
+        put_i64(w, strtoll(p->name + 12, NULL, 10));
+        const char *name = plane_str_stat(p, TB_ST_DEV_NAME);
+        if (name) {
+            PUTS(w, ",\"name\":");
+            put_jstr(w, name);
+        }
+        for (size_t f = 0; f < sizeof(facts) / sizeof(facts[0]); f++)
+            if (plane_num_stat(p, facts[f].stat, &v)) {
+                put(w, ",\"", 2);
+                put(w, facts[f].key, strlen(facts[f].key));
+                put(w, "\":", 2);
+                put_i64(w, v);
+            }
+        PUTS(w, "}");
+    }
+    if (n)
+        PUTS(w, "],\n");
 }
 
 /* Collect correlation ids of (gpu ? GPU : non-GPU) planes. */
@@ -435,7 +499,7 @@ static int collect_corr(const tb_space *s, int gpu, u64set *set)
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
         uint32_t cm;
-        if (is_gpu_plane(p) != gpu || !(cm = find_stat_meta(p, TB_ST_CORRELATION_ID)))
+        if (is_gpu_plane(p) != gpu || !(cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID)))
             continue;
         for (size_t j = 0; j < p->nlines; j++) {
             const tb_line *l = p->lines[j];
@@ -538,10 +602,10 @@ static int kineto_init(kineto *k, const tb_plane *p)
 {
     memset(k, 0, sizeof(*k));
     k->device = strtoll(p->name + 12, NULL, 10);
-    k->kd = find_stat_meta(p, TB_ST_KERNEL_DETAILS);
-    k->md = find_stat_meta(p, TB_ST_MEMCPY_DETAILS);
-    k->msd = find_stat_meta(p, TB_ST_MEMSET_DETAILS);
-    k->stream = find_stat_meta(p, TB_ST_STREAM_ID);
+    k->kd = tb_plane_find_stat_meta(p, TB_ST_KERNEL_DETAILS);
+    k->md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS);
+    k->msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS);
+    k->stream = tb_plane_find_stat_meta(p, TB_ST_STREAM_ID);
     k->n = p->nstat_meta;
     k->frag = calloc(k->n + 1, sizeof(*k->frag));
     k->bytes = calloc(k->n + 1, sizeof(*k->bytes));
@@ -682,7 +746,9 @@ static int chrome_emit(tb_space *s, jw *w)
             pids[i] = 2000000 + p->id;
     }
 
-    PUTS(w, "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n");
+    PUTS(w, "{\"displayTimeUnit\":\"ns\",\n");
+    put_kineto_meta(w, s);
+    PUTS(w, "\"traceEvents\":[\n");
     int first = 1;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
@@ -713,9 +779,9 @@ static int chrome_emit(tb_space *s, jw *w)
             break;
         }
         const u64set *other = gpu ? &host_corr : &gpu_corr;
-        uint32_t cm = find_stat_meta(p, TB_ST_CORRELATION_ID);
-        uint32_t am = gpu ? 0 : find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
-                 bm = am ? find_stat_meta(p, TB_ST_BYTES_ALLOCATED) : 0;
+        uint32_t cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        uint32_t am = gpu ? 0 : tb_plane_find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
+                 bm = am ? tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED) : 0;
         /* pid as text once per plane */
         for (size_t j = 0; j < p->nlines && !w->err; j++) {
             const tb_line *l = p->lines[j];

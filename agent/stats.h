@@ -82,6 +82,8 @@
 #define TB_ST_TRIGGER "tbprof_trigger"               /* "steps 10-20", "signal", ... */
 #define TB_ST_OVERHEAD_NS "tbprof_agent_overhead_ns"
 #define TB_ST_PID "pid"                              /* host plane: the process */
+#define TB_ST_RANK "tbprof_rank"                     /* host plane: $RANK, when a number */
+#define TB_ST_WORLD_SIZE "tbprof_world_size"         /* host plane: $WORLD_SIZE (with RANK) */
 #define TB_ST_STEPS_DROPPED "tbprof_steps_dropped"   /* step boundaries past the record cap */
 #define TB_ST_STEP_SOURCE "tbprof_step_source"       /* the source steps are counted from */
 #define TB_ST_STEPS_IGNORED "tbprof_steps_ignored"   /* boundaries from other sources, since start */

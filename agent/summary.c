@@ -787,6 +787,10 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
                     sum->overhead_ns = (sum->overhead_ns < 0 ? 0 : sum->overhead_ns) + v;
                     continue;
                 }
+                if (strcmp(n, TB_ST_RANK) == 0 || strcmp(n, TB_ST_WORLD_SIZE) == 0) {
+                    *(strcmp(n, TB_ST_RANK) == 0 ? &sum->rank : &sum->world_size) = v;
+                    continue;
+                }
                 if (TB_GROW(sum->counters, cap_c, sum->ncounters + 1) < 0)
                     return -ENOMEM;
                 sum->counters[sum->ncounters++] =
@@ -803,6 +807,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
 {
     memset(sum, 0, sizeof(*sum));
     sum->overhead_ns = -1;
+    sum->rank = sum->world_size = -1;
     tb_space_sort(s);
     sum->host = s->nhostnames ? s->hostnames[0] : NULL;
     tb_space_span(s, &sum->begin_ns, &sum->end_ns);
@@ -883,4 +888,5 @@ void tb_summary_free(tb_summary *sum)
     free(sum->warnings);
     memset(sum, 0, sizeof(*sum));
     sum->overhead_ns = -1;
+    sum->rank = sum->world_size = -1;
 }

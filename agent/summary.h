@@ -128,6 +128,7 @@ typedef struct tb_summary {
     size_t ncounters;
     int64_t overhead_ns; /* tbprof_agent_overhead_ns; -1 when absent */
     const char *trigger; /* tbprof_trigger, or NULL */
+    int64_t rank, world_size; /* tbprof_rank / tbprof_world_size; -1 when absent */
     tb_sum_counter *infos; /* other string tbprof_* stats (cpu mode, ...): */
     const char **info_values; /* infos[i].name = info_values[i] */
     size_t ninfos;

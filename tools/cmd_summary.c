@@ -131,6 +131,10 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     printf("== %s  (%s)\n", p->label, p->path);
     if (m->host && strcmp(m->host, p->label))
         printf("host %s; ", m->host);
+    if (m->rank >= 0 && m->world_size >= 0)
+        printf("rank %" PRId64 " of %" PRId64 "; ", m->rank, m->world_size);
+    else if (m->rank >= 0)
+        printf("rank %" PRId64 "; ", m->rank);
     printf("capture %s", dur(b1, sizeof b1, m->end_ns - m->begin_ns));
     if (m->trigger)
         printf(", trigger: %s", m->trigger);
@@ -345,6 +349,16 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     printf(",\"hostname\":");
     if (m->host)
         tb_json_str(stdout, m->host);
+    else
+        printf("null");
+    printf(",\"rank\":");
+    if (m->rank >= 0)
+        printf("%" PRId64, m->rank);
+    else
+        printf("null");
+    printf(",\"world_size\":");
+    if (m->world_size >= 0)
+        printf("%" PRId64, m->world_size);
     else
         printf("null");
     jkv_i("begin_ns", m->begin_ns, 1);

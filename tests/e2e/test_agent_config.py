@@ -2,6 +2,8 @@
 warning naming the variable (and the accepted form), the feature is off, and
 the job runs to its normal exit status. Also `tbprof help env`."""
 
+import gzip
+import json
 import os
 import sys
 
@@ -88,6 +90,27 @@ class Config(tbtest.TestCase):
         self.assertEqual(len(files), 1)
         self.assertEqual(os.path.basename(os.path.dirname(files[0])), "4242_steps_1-2")
         self.assertTrue(os.path.basename(files[0]).endswith(".rank3.xplane.pb"), files[0])
+        # and the rank is inside: tbprof_rank, Kineto's distributedInfo (no
+        # WORLD_SIZE given: none said), the summary's header
+        self.assertEqual(tbtest.load(files[0]).host.stats.get("tbprof_rank"), 3)
+        with gzip.open(files[0].replace(".xplane.pb", ".trace.json.gz"), "rt") as f:
+            doc = json.load(f)
+        self.assertEqual(doc["distributedInfo"], {"rank": 3})
+        self.assertNotIn("deviceProperties", doc)
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual((json.loads(p.stdout)["hosts"][0]["rank"], json.loads(p.stdout)["hosts"][0]["world_size"]),
+                         (3, None))
+
+    def test_rank_that_is_not_a_number_names_the_file_only(self):
+        e = tbtest.env(self.logdir, steps="1,2")
+        e.update(RANK="worker-a", WORLD_SIZE="4")
+        p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertTrue(os.path.basename(files[0]).endswith(".rankworker-a.xplane.pb"), files[0])
+        self.assertNotIn("tbprof_rank", tbtest.load(files[0]).host.stats)
+        with gzip.open(files[0].replace(".xplane.pb", ".trace.json.gz"), "rt") as f:
+            self.assertNotIn("distributedInfo", json.load(f))
 
 
 if __name__ == "__main__":

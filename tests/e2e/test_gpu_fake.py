@@ -129,8 +129,9 @@ class GpuFake(tbtest.TestCase):
         self.report = os.path.join(self.tmp, "fake.log")
 
     def env(self, **kw):
-        extra = {k: v for k, v in kw.items() if k.startswith("TBFAKE_")}
-        tb = {k: v for k, v in kw.items() if not k.startswith("TBFAKE_")}
+        raw = ("TBFAKE_", "RANK", "WORLD_SIZE")  # set as they are, not as TBPROF_*
+        extra = {k: v for k, v in kw.items() if k.startswith(raw)}
+        tb = {k: v for k, v in kw.items() if not k.startswith(raw)}
         tb.setdefault("gpu", "on")
         tb.setdefault("cupti_path", FAKE)
         tb.setdefault("trace_json", "on")
@@ -223,7 +224,7 @@ class GpuFake(tbtest.TestCase):
         return p
 
     def test_trace_and_release(self):
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"], RANK="3", WORLD_SIZE="8")
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
@@ -245,6 +246,10 @@ class GpuFake(tbtest.TestCase):
         evs = tr["traceEvents"] if isinstance(tr, dict) else tr
         kn = [e for e in evs if e.get("cat") == "kernel"]
         self.assertEqual(len(kn), sum(KERNELS.values()))
+        # Kineto's top-level keys, from $RANK/$WORLD_SIZE and the device facts
+        self.assertEqual(tr["distributedInfo"], {"rank": 3, "world_size": 8})
+        self.assertEqual(tr["deviceProperties"], [{"id": 0, "name": "FakeGPU", "totalGlobalMem": 42949672960,
+                                                   "computeMajor": 8, "computeMinor": 0, "numSms": 108}])
         flows = [e for e in evs if e.get("cat") == "ac2g" and e.get("ph") in ("s", "f")]
         ids = {str(e.get("id")) for e in flows}
         for k in kernels:
@@ -264,6 +269,8 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual({e["args"]["correlation"] for e in kn}, {101, 102, 103})
         self.assertLessEqual({101, 102, 103}, launches)
         self.assertNoPartialFiles(self.logdir)
+        p = tbtest.run([tbtest.CLI, "summary", self.logdir])
+        self.assertRegex(p.stdout, r"\nhost \S+; rank 3 of 8; capture ")
 
     def test_repeated_captures(self):
         # step windows arm one step early; the records are stamped when the
