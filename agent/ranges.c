@@ -134,7 +134,7 @@ static const char *name_of_corr(const link_acc *a, uint64_t corr)
     return hit ? hit->name : NULL;
 }
 
-/* One device line: the events to name, then one rebuild of its stats.
+/* One device line: the events to name, then one tb_line_add_stats.
  * `had`: the plane had the stat before, so events may carry it already. */
 static int64_t link_line(tb_line *l, uint32_t cid, uint32_t rid, int had, const link_acc *a, uint32_t **ev,
                          tb_stat **add, size_t *cap_ev, size_t *cap_add)

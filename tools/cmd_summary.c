@@ -304,6 +304,15 @@ static void jkv_i(const char *k, int64_t v, int comma)
     printf("%s\"%s\":%" PRId64, comma ? "," : "", k, v);
 }
 
+/* ,"k":v, or ,"k":null when v < 0 (the profile does not say) */
+static void jkv_opt(const char *k, int64_t v)
+{
+    if (v >= 0)
+        jkv_i(k, v, 1);
+    else
+        printf(",\"%s\":null", k);
+}
+
 static void jnum(double v)
 {
     printf("%.6g", v);
@@ -351,16 +360,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         tb_json_str(stdout, m->host);
     else
         printf("null");
-    printf(",\"rank\":");
-    if (m->rank >= 0)
-        printf("%" PRId64, m->rank);
-    else
-        printf("null");
-    printf(",\"world_size\":");
-    if (m->world_size >= 0)
-        printf("%" PRId64, m->world_size);
-    else
-        printf("null");
+    jkv_opt("rank", m->rank);
+    jkv_opt("world_size", m->world_size);
     jkv_i("begin_ns", m->begin_ns, 1);
     jkv_i("end_ns", m->end_ns, 1);
     jkv_i("capture_ns", m->end_ns - m->begin_ns, 1);
@@ -480,11 +481,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         printf(":");
         tb_json_str(stdout, m->info_values[i]);
     }
-    printf("},\"overhead_ns\":");
-    if (m->overhead_ns >= 0)
-        printf("%" PRId64, m->overhead_ns);
-    else
-        printf("null");
+    printf("}");
+    jkv_opt("overhead_ns", m->overhead_ns);
     printf(",\"warnings\":[");
     for (size_t i = 0; i < m->nwarnings; i++) {
         if (i)
