@@ -549,7 +549,8 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     int64_t linked = tb_space_link_ranges(sp); /* nvtx_range on GPU work */
     if (linked < 0) {
         char w[160];
-        snprintf(w, sizeof(w), "GPU work not linked to its NVTX ranges: %s", strerror((int)-linked));
+        snprintf(w, sizeof(w), "GPU work not (all) named by its NVTX ranges: %s",
+                 linked == -ENOSPC ? "the profile reached TBPROF_MAX_MB" : strerror((int)-linked));
         tb_space_add_warning(sp, w);
         tb_warn("%s", w);
     }

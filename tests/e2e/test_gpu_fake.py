@@ -442,6 +442,27 @@ class GpuFake(tbtest.TestCase):
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
 
+    def test_profile_cap_reached_before_naming(self):
+        # copies of two launches inside a range, 4 us apart (correlation
+        # ids 100000 apart: the sparse lookup), against TBPROF_MAX_MB=1: the
+        # cap drops events, naming the rest by range cannot grow the profile
+        # either; one warning says so, and the profile is written
+        with open(self.script, "w") as f:
+            f.write("context ctx=1 dev=0\n"
+                    "marker id=1 name=fwd tid=main start=0 end=4\n"
+                    "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=1 start=1 end=2\n"
+                    "kernel name=relu_kernel start=2 end=3 stream=7 corr=1 grid=1,1,1 block=32,1,1 regs=8\n"
+                    "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=2 start=2 end=3\n"
+                    "kernel name=relu_kernel start=3 end=4 stream=7 corr=2 grid=1,1,1 block=32,1,1 regs=8\n")
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"], max_mb="1", TBFAKE_CUPTI_REPEAT="15000")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertGreater(prof.host.stats.get("tbprof_dropped_events", 0), 0)
+        self.assertEqual([w for w in prof.warnings if "NVTX ranges" in w],
+                         ["GPU work not (all) named by its NVTX ranges: the profile reached TBPROF_MAX_MB"])
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "NVTX ranges" in l]), 1, p.stderr)
+
     def test_missing_libcupti(self):
         self.host_only(r"libcupti not found", cupti_path=os.path.join(self.tmp, "no", "libcupti.so"))
 
