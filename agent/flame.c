@@ -41,6 +41,7 @@ static unsigned name_hash(const char *s)
 
 typedef struct ctx {
     FILE *out;
+    int ns; /* counts are nanoseconds */
     double scale; /* px per sample */
     double min_w;
     uint64_t total;
@@ -67,6 +68,22 @@ static void label(FILE *out, const char *name, double w)
     tb_xml_str(out, buf);
 }
 
+/* A count as text: "12 samples", or a duration ("1.25 ms") for ns. */
+static const char *amount(char *buf, size_t n, int ns, uint64_t v)
+{
+    if (!ns)
+        snprintf(buf, n, "%llu sample%s", (unsigned long long)v, v == 1 ? "" : "s");
+    else if (v >= 1000000000ull)
+        snprintf(buf, n, "%.3f s", (double)v / 1e9);
+    else if (v >= 1000000ull)
+        snprintf(buf, n, "%.3f ms", (double)v / 1e6);
+    else if (v >= 1000ull)
+        snprintf(buf, n, "%.3f us", (double)v / 1e3);
+    else
+        snprintf(buf, n, "%llu ns", (unsigned long long)v);
+    return buf;
+}
+
 static void draw(ctx *c, const tb_flame_node *n, double x, int depth)
 {
     double w = (double)n->total * c->scale;
@@ -82,8 +99,12 @@ static void draw(ctx *c, const tb_flame_node *n, double x, int depth)
     double pct = c->total ? 100.0 * (double)n->total / (double)c->total : 0;
     fprintf(c->out, "<g class=\"f\"><title>");
     tb_xml_str(c->out, n->name);
-    fprintf(c->out, " (%llu sample%s, %.2f%%; self %llu)</title>", (unsigned long long)n->total,
-            n->total == 1 ? "" : "s", pct, (unsigned long long)n->self);
+    char tot[48], self[48];
+    if (c->ns)
+        amount(self, sizeof self, 1, n->self);
+    else
+        snprintf(self, sizeof self, "%llu", (unsigned long long)n->self);
+    fprintf(c->out, " (%s, %.2f%%; self %s)</title>", amount(tot, sizeof tot, c->ns, n->total), pct, self);
     fprintf(c->out,
             "<rect x=\"%.2f\" y=\"%.0f\" width=\"%.2f\" height=\"%d\" fill=\"rgb(%d,%d,%d)\" "
             "rx=\"2\"/>",
@@ -103,10 +124,12 @@ int tb_flame_svg(const tb_flame_node *root, FILE *out, const tb_flame_opts *o)
 {
     int width = o && o->width_px > 0 ? o->width_px : 1200;
     double min_w = o && o->min_width_px > 0 ? o->min_width_px : 0.1;
-    const char *title = o && o->title ? o->title : "CPU flame graph";
+    int ns = o && o->ns;
+    const char *title = o && o->title ? o->title : ns ? "GPU time by launching stack" : "CPU flame graph";
     int depth = max_depth(root);
     int height = TOP + depth * FRAME_H + 2 * PAD + 14;
     ctx c = {.out = out,
+             .ns = ns,
              .scale = root->total ? (double)(width - 2 * PAD) / (double)root->total : 0,
              .min_w = min_w,
              .total = root->total,
@@ -126,16 +149,17 @@ int tb_flame_svg(const tb_flame_node *root, FILE *out, const tb_flame_opts *o)
     tb_xml_str(out, title);
     fputs("</text>\n", out);
     if (!root->total) {
-        fprintf(out, "<text x=\"%d\" y=\"%d\">no CPU samples in this profile</text>\n", PAD,
-                TOP + 20);
+        fprintf(out, "<text x=\"%d\" y=\"%d\">%s</text>\n", PAD, TOP + 20,
+                ns ? "no GPU work in this profile" : "no CPU samples in this profile");
     } else {
         draw(&c, root, PAD, 0);
     }
+    char all[48];
     fprintf(out,
-            "<text class=\"s\" x=\"%d\" y=\"%d\">%llu samples; hover a frame for its counts; "
+            "<text class=\"s\" x=\"%d\" y=\"%d\">%s%s; hover a frame for its counts; "
             "%zu frame%s narrower than %.1fpx not drawn</text>\n",
-            PAD, height - 4, (unsigned long long)root->total, c.hidden, c.hidden == 1 ? "" : "s",
-            min_w);
+            PAD, height - 4, amount(all, sizeof all, ns, root->total), ns ? " of GPU work" : "", c.hidden,
+            c.hidden == 1 ? "" : "s", min_w);
     fputs("</svg>\n", out);
     return ferror(out) ? -EIO : 0;
 }

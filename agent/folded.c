@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ranges.h"
+#include "sampler.h"
 #include "stats.h"
 #include "strmap.h"
 #include "util.h"
@@ -199,6 +201,164 @@ int tb_folded_add_space(tb_folded *f, tb_space *s)
         }
     }
     return 0;
+}
+
+/* ---- GPU work by launching stack ------------------------------------------ */
+
+typedef struct gpu_work {
+    uint64_t corr;
+    const char *name;
+    uint64_t ns;
+    int seen; /* its call was found */
+} gpu_work;
+
+typedef struct gpu_fold {
+    tb_folded *f;
+    gpu_work *w;
+    size_t n;
+    const tb_plane *host; /* the plane `period` is of */
+    int64_t period;       /* ns between its CPU samples */
+    const tb_line *line;
+    uint32_t thread; /* f->threads index of `line` */
+    const char **fr; /* scratch frames */
+    size_t cap_fr;
+} gpu_fold;
+
+static int work_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const gpu_work *)a)->corr, y = ((const gpu_work *)b)->corr;
+    return (x > y) - (x < y);
+}
+
+static const char *event_name(const tb_plane *p, const tb_event *e)
+{
+    const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
+    return m->display_name && *m->display_name ? m->display_name : m->name ? m->name : "";
+}
+
+static int add_thread(tb_folded *f, const char *name, uint32_t *idx)
+{
+    if (TB_GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0)
+        return -ENOMEM;
+    *idx = (uint32_t)f->nthreads;
+    f->threads[f->nthreads++] = name;
+    return 0;
+}
+
+/* Append one stack of frames fr[0..n) with `count`. */
+static int emit_names(tb_folded *f, const char *const *fr, size_t n, uint32_t thread, uint64_t count)
+{
+    if (TB_GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
+        TB_GROW(f->frames, f->cap_frames, f->nframes + n) < 0)
+        return -ENOMEM;
+    f->stacks[f->nstacks++] = (tb_folded_stack){(uint32_t)f->nframes, (uint32_t)n, thread, count};
+    memcpy(f->frames + f->nframes, fr, n * sizeof(*fr));
+    f->nframes += n;
+    f->total += count;
+    return 0;
+}
+
+/* Sampling period of a host plane's CPU samples (tbprof_cpu_hz); 0 if none. */
+static int64_t plane_period(const tb_plane *p)
+{
+    uint32_t hz = tb_plane_find_stat_meta(p, TB_ST_CPU_HZ);
+    for (size_t i = 0; hz && i < p->nstats; i++)
+        if (p->stats[i].meta == hz) {
+            uint64_t v = stat_u(&p->stats[i]);
+            return v ? (int64_t)(1000000000ull / v) : 0;
+        }
+    return 0;
+}
+
+static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call, uint64_t corr,
+                     const tb_event *const *stack, size_t depth)
+{
+    gpu_fold *g = ctx;
+    if (host != g->host) {
+        g->host = host;
+        g->period = plane_period(host);
+    }
+    gpu_work key = {.corr = corr};
+    gpu_work *w = bsearch(&key, g->w, g->n, sizeof(*g->w), work_cmp);
+    if (!w)
+        return 0;
+    while (w > g->w && w[-1].corr == corr)
+        w--;
+    if (line != g->line) {
+        if (add_thread(g->f, line_name(line), &g->thread) < 0)
+            return -ENOMEM;
+        g->line = line;
+    }
+    /* frames that began a sampling period before the call: spans nest, so
+     * those are a prefix of the stack */
+    size_t keep = 0;
+    while (keep < depth && stack[keep]->start_ns < call->start_ns - g->period)
+        keep++;
+    if (TB_GROW(g->fr, g->cap_fr, keep + 2) < 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < keep; i++)
+        g->fr[i] = event_name(host, stack[i]);
+    if (!keep)
+        g->fr[keep++] = TB_FOLDED_UNSAMPLED;
+    for (; w < g->w + g->n && w->corr == corr; w++) {
+        w->seen = 1;
+        g->fr[keep] = w->name;
+        if (w->ns && emit_names(g->f, g->fr, keep + 1, g->thread, w->ns) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+int tb_folded_add_gpu(tb_folded *f, tb_space *s)
+{
+    tb_space_sort(s);
+    f->ns = 1;
+    gpu_fold g = {.f = f};
+    size_t cap = 0;
+    int rc = 0;
+    for (size_t i = 0; i < s->nplanes && !rc; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        if (strncmp(p->name, "/device:GPU:", 12) != 0 || !cid)
+            continue;
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
+            const tb_line *l = p->lines[j];
+            if (strncmp(l->name ? l->name : "", "Stream #", 8) != 0)
+                continue;
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                const tb_stat *st = tb_event_stats(l, e);
+                uint64_t corr = 0;
+                for (uint32_t x = 0; x < e->nstats && !corr; x++)
+                    if (st[x].meta == cid)
+                        corr = stat_u(&st[x]);
+                if (!corr)
+                    continue;
+                if (TB_GROW(g.w, cap, g.n + 1) < 0) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                g.w[g.n++] = (gpu_work){corr, event_name(p, e), e->dur_ns > 0 ? (uint64_t)e->dur_ns : 0, 0};
+            }
+        }
+    }
+    if (!rc && g.n) {
+        qsort(g.w, g.n, sizeof(*g.w), work_cmp);
+        rc = tb_ranges_walk(s, TB_CAT_CPU_SAMPLE, TB_RANGES_ALL_CALLS, fold_call, &g);
+        uint32_t orphans = UINT32_MAX;
+        for (size_t i = 0; i < g.n && !rc; i++) {
+            if (g.w[i].seen || !g.w[i].ns)
+                continue;
+            if (orphans == UINT32_MAX && add_thread(f, TB_FOLDED_NO_CALL, &orphans) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            rc = emit_names(f, &g.w[i].name, 1, orphans, g.w[i].ns);
+        }
+    }
+    free(g.w);
+    free(g.fr);
+    return rc;
 }
 
 void tb_folded_free(tb_folded *f)
@@ -534,8 +694,8 @@ int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
         fputs(nprof++ ? ",{" : "{", out);
         fputs("\"type\":\"sampled\",\"name\":", out);
         tb_json_str(out, f->threads[t]);
-        fprintf(out, ",\"unit\":\"none\",\"startValue\":0,\"endValue\":%llu,\"samples\":[",
-                (unsigned long long)total);
+        fprintf(out, ",\"unit\":\"%s\",\"startValue\":0,\"endValue\":%llu,\"samples\":[",
+                f->ns ? "nanoseconds" : "none", (unsigned long long)total);
         size_t k = 0;
         for (size_t i = 0; i < f->nstacks; i++) {
             const tb_folded_stack *s = &f->stacks[i];

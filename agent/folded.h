@@ -10,7 +10,8 @@
  * with a self count > 0 yields one stack (root first) with that count.
  *
  * Frame names are borrowed from the space: a tb_folded is valid while the
- * spaces it was built from are alive.
+ * spaces it was built from are alive. The same structure holds GPU time by
+ * launching stack (tb_folded_add_gpu), its counts in ns.
  */
 #ifndef TBPROF_AGENT_FOLDED_H
 #define TBPROF_AGENT_FOLDED_H
@@ -36,11 +37,28 @@ typedef struct tb_folded {
     size_t nthreads, cap_threads;
     uint64_t total; /* sum of all counts */
     uint64_t bad_spans; /* spans that overlapped a sibling (skipped) */
+    int ns;             /* counts are ns of GPU time (tb_folded_add_gpu), not samples */
 } tb_folded;
 
 /* Append the CPU sample stacks of every /host:* plane of `s` (sorted first).
  * 0 or -ENOMEM. A space without CPU samples adds nothing. */
 int tb_folded_add_space(tb_folded *f, tb_space *s);
+
+/* Append GPU work by the CPU stack that launched it: one stack per kernel,
+ * copy or memset (events on /device:GPU:* "Stream #" lines), weighted by
+ * its duration in ns, rooted at the thread of its CUDA call (the host
+ * event with its correlation_id). The frames are those of the call's
+ * thread's CPU sample spans that enclose the call and began more than one
+ * sampling period (tbprof_cpu_hz) before it: what was on the stack in the
+ * samples before and after the call, so they ran around it; frames that
+ * came and went between two samples are not known and their time goes to
+ * the deepest frame that is. The leaf is the GPU event's name. A call no
+ * such frame encloses gets TB_FOLDED_UNSAMPLED; GPU work whose call is not
+ * in the space sits under the thread TB_FOLDED_NO_CALL. Sorts the space.
+ * 0 or -ENOMEM. */
+int tb_folded_add_gpu(tb_folded *f, tb_space *s);
+#define TB_FOLDED_UNSAMPLED "[no CPU sample around the call]"
+#define TB_FOLDED_NO_CALL "[CUDA call not in the capture]"
 void tb_folded_free(tb_folded *f);
 
 /* Total samples inside a CPU sample span (the one place that knows how the
@@ -61,7 +79,8 @@ int tb_folded_functions(const tb_folded *f, tb_func_stat **out, size_t *n);
  * names replaced by ':' and newlines by spaces. */
 int tb_folded_write(const tb_folded *f, FILE *out, int with_threads);
 /* speedscope file format (https://www.speedscope.app/file-format-schema.json):
- * one "sampled" profile per thread, frames shared. */
+ * one "sampled" profile per thread, frames shared; weights in nanoseconds
+ * when f->ns. */
 int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name);
 
 /* A call tree merged over all stacks (children by name). */
@@ -79,7 +98,8 @@ void tb_flame_free(tb_flame_node *n);
  * counts and percentages, names XML-escaped; frames narrower than
  * min_width_px are left out (their samples still count in the parent). */
 typedef struct tb_flame_opts {
-    const char *title;  /* NULL: "CPU flame graph" */
+    const char *title;  /* NULL: "CPU flame graph" ("GPU time by launching stack" with ns) */
+    int ns;             /* counts are nanoseconds (tb_folded_add_gpu), not samples */
     int width_px;       /* 0: 1200 */
     double min_width_px; /* 0: 0.1 */
 } tb_flame_opts;

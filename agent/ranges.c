@@ -5,12 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "folded.h"
 #include "stats.h"
 #include "util.h"
 
-static int is_user(const tb_plane *p, const tb_event *e)
+/* Whether e is of the enclosing kind: its category; CPU sample spans are
+ * also known by their sample counts (profiles of other writers). */
+static int is_kind(const tb_plane *p, const tb_line *l, const tb_event *e, tb_category cat)
 {
-    return e->meta < p->nevent_meta && p->event_meta[e->meta].category == TB_CAT_USER;
+    if (cat == TB_CAT_CPU_SAMPLE)
+        return tb_cpu_span_samples(p, l, e) > 0;
+    return e->meta < p->nevent_meta && p->event_meta[e->meta].category == (uint32_t)cat;
 }
 
 /* The value of stat `id` on e as a correlation id; 0 when absent. */
@@ -23,23 +28,27 @@ static uint64_t corr_of(const tb_line *l, const tb_event *e, uint32_t id)
     return 0;
 }
 
-static int has_user_events(const tb_plane *p)
+static int has_events_of(const tb_plane *p, tb_category cat)
 {
     for (size_t m = 1; m < p->nevent_meta; m++)
-        if (p->event_meta[m].category == TB_CAT_USER)
+        if (p->event_meta[m].category == (uint32_t)cat)
             return 1;
     return 0;
 }
 
-int tb_ranges_walk(const tb_space *s, tb_ranges_fn fn, void *ctx)
+int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
 {
+    int all = flags & TB_RANGES_ALL_CALLS;
     const tb_event **stack = NULL;
     size_t cap = 0;
     int rc = 0;
     for (size_t i = 0; i < s->nplanes && !rc; i++) {
         const tb_plane *p = s->planes[i];
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
-        if (strncmp(p->name, "/host:", 6) != 0 || !cid || !has_user_events(p))
+        /* a plane without such events has no call to report (sample spans
+         * are also known by counts: not ruled out by their category) */
+        if (strncmp(p->name, "/host:", 6) != 0 || !cid ||
+            (!all && cat != TB_CAT_CPU_SAMPLE && !has_events_of(p, cat)))
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];
@@ -51,7 +60,7 @@ int tb_ranges_walk(const tb_space *s, tb_ranges_fn fn, void *ctx)
                     if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
                         stack[keep++] = stack[x];
                 depth = keep;
-                if (is_user(p, e)) {
+                if (is_kind(p, l, e, cat)) {
                     if (e->dur_ns <= 0)
                         continue;
                     if (TB_GROW(stack, cap, depth + 1) < 0) {
@@ -61,9 +70,9 @@ int tb_ranges_walk(const tb_space *s, tb_ranges_fn fn, void *ctx)
                     stack[depth++] = e;
                     continue;
                 }
-                uint64_t corr = depth ? corr_of(l, e, cid) : 0;
+                uint64_t corr = depth || all ? corr_of(l, e, cid) : 0;
                 if (corr)
-                    rc = fn(ctx, p, corr, stack, depth);
+                    rc = fn(ctx, p, l, e, corr, stack, depth);
             }
         }
     }
@@ -85,9 +94,10 @@ typedef struct link_acc {
     uint32_t *slot;  /* dense ids: slot[corr - lo] = index in v + 1; else v sorted */
 } link_acc;
 
-static int collect_innermost(void *ctx, const tb_plane *host, uint64_t corr, const tb_event *const *stack,
-                             size_t depth)
+static int collect_innermost(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
+                             uint64_t corr, const tb_event *const *stack, size_t depth)
 {
+    (void)line, (void)call;
     link_acc *a = ctx;
     if (TB_GROW(a->v, a->cap, a->n + 1) < 0)
         return -ENOMEM;
@@ -169,7 +179,7 @@ int64_t tb_space_link_ranges(tb_space *s)
 {
     tb_space_sort(s);
     link_acc a = {0};
-    int rc = tb_ranges_walk(s, collect_innermost, &a);
+    int rc = tb_ranges_walk(s, TB_CAT_USER, 0, collect_innermost, &a);
     if (rc || !a.n) {
         free(a.v);
         return rc;

@@ -1,17 +1,21 @@
-/* ranges.h - which user-annotation ranges (NVTX ranges tbprof recorded,
- * CUPTI's marker records) enclose each CUDA call on its thread, and so,
- * through the call's correlation id, which GPU work was launched inside
- * which range.
+/* ranges.h - which host events of one kind enclose each CUDA call on its
+ * thread, and so, through the call's correlation id, which GPU work was
+ * launched inside them. The kinds: user-annotation ranges (NVTX ranges
+ * tbprof recorded, CUPTI's marker records) and CPU sample spans (the
+ * sampled stack's frames).
  *
- * A range encloses a call when, on the same /host:* line, the range starts
- * at or before the call starts and ends after it. Ranges are the line's
- * events of category TB_CAT_USER with a duration (marks enclose nothing);
- * calls are the line's events with a correlation_id stat. Nested and
- * overlapping (nvtxRangeStart/End) ranges are handled alike: the stack a
- * call sees is every range open at its start, outermost (earliest) first.
+ * An event encloses a call when, on the same /host:* line, it starts at or
+ * before the call starts and ends after it. Enclosing events are the
+ * line's events of the category asked for (CPU sample spans also by their
+ * sample counts, tb_cpu_span_samples), with a duration (marks enclose
+ * nothing); calls are the line's other events with a correlation_id stat.
+ * Nested and overlapping (nvtxRangeStart/End) ranges are handled alike:
+ * the stack a call sees is every such event open at its start, outermost
+ * (earliest) first.
  *
- * Used by the agent (nvtx_range on GPU events, below) and by
- * `tbprof summary` (GPU time launched inside each range).
+ * Used by the agent (nvtx_range on GPU events, below), `tbprof summary`
+ * (GPU time launched inside each range) and the GPU flame graph
+ * (folded.h: GPU time by the sampled stack that launched it).
  */
 #ifndef TBPROF_AGENT_RANGES_H
 #define TBPROF_AGENT_RANGES_H
@@ -20,16 +24,18 @@
 
 #include "trace.h"
 
-/* One call inside ranges: its correlation id, the plane it is on, and the
- * ranges open at its start (stack[0] outermost, stack[depth-1] innermost;
- * depth >= 1). Return nonzero to stop the walk. */
-typedef int (*tb_ranges_fn)(void *ctx, const tb_plane *host, uint64_t corr, const tb_event *const *stack,
-                            size_t depth);
+/* One call: the plane and line it is on, the call, its correlation id, and
+ * the enclosing events open at its start (stack[0] outermost,
+ * stack[depth-1] innermost). Return nonzero to stop the walk. */
+typedef int (*tb_ranges_fn)(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
+                            uint64_t corr, const tb_event *const *stack, size_t depth);
 
-/* Call fn for every call inside at least one range, line by line. Lines
- * must be sorted (tb_space_sort). Returns 0, -ENOMEM, or fn's nonzero
- * return. */
-int tb_ranges_walk(const tb_space *s, tb_ranges_fn fn, void *ctx);
+#define TB_RANGES_ALL_CALLS 1 /* also the calls no event encloses (depth 0) */
+
+/* Call fn for every call inside at least one event of category `cat`
+ * (every call, with TB_RANGES_ALL_CALLS), line by line. Lines must be
+ * sorted (tb_space_sort). Returns 0, -ENOMEM, or fn's nonzero return. */
+int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx);
 
 /* Give each event on a /device:* plane whose correlation id is a call
  * inside a range the stat nvtx_range: the innermost range's name (a

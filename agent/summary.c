@@ -478,9 +478,10 @@ typedef struct range_gpu {
     uint32_t *cache;
 } range_gpu;
 
-static int credit_ranges(void *ctx, const tb_plane *host, uint64_t corr, const tb_event *const *stack,
-                         size_t depth)
+static int credit_ranges(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
+                         uint64_t corr, const tb_event *const *stack, size_t depth)
 {
+    (void)line, (void)call;
     range_gpu *r = ctx;
     corr_work key = {.corr = corr};
     const corr_work *w = bsearch(&key, r->g->work, r->g->nwork, sizeof(*r->g->work), work_cmp);
@@ -545,7 +546,7 @@ static int scan_ranges(tb_summary *sum, tb_space *s, const gpu_acc *g)
     }
     if (!rc && g->nwork && sum->nranges) {
         range_gpu r = {.sum = sum, .a = &a, .g = g};
-        rc = tb_ranges_walk(s, credit_ranges, &r);
+        rc = tb_ranges_walk(s, TB_CAT_USER, 0, credit_ranges, &r);
         free(r.cache);
     }
     named_sort(&a);
@@ -571,7 +572,8 @@ static int scan_memory(tb_summary *sum, tb_space *s)
         uint32_t an = tb_plane_find_stat_meta(p, TB_ST_ALLOCATOR_NAME);
         if (!an || !starts_with(p->name, "/host:"))
             continue;
-        uint32_t tot = tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED), peak = tb_plane_find_stat_meta(p, TB_ST_PEAK_BYTES_IN_USE),
+        uint32_t tot = tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED),
+                 peak = tb_plane_find_stat_meta(p, TB_ST_PEAK_BYTES_IN_USE),
                  size = tb_plane_find_stat_meta(p, TB_ST_ALLOCATION_BYTES);
         uint32_t ev_alloc = 0, ev_free = 0; /* event metadata ids of the two names */
         for (size_t m = 1; m < p->nevent_meta; m++) {

@@ -32,14 +32,16 @@ static const struct {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tbprof convert IN --to OUT [--format F] [--run NAME] [--no-threads]\n"
+            "usage: tbprof convert IN --to OUT [--format F] [--run NAME] [--no-threads] [--gpu]\n"
             "  IN                  FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
             "  --to OUT.json.gz    Chrome trace JSON, gzip (Perfetto, chrome://tracing)\n"
             "  --to OUT.json       Chrome trace JSON\n"
             "  --to OUT.folded     CPU samples as folded stacks \"a;b;c N\" (also .txt)\n"
             "  --to OUT.speedscope.json   CPU samples for https://www.speedscope.app\n"
             "  --to -              stdout; needs --format trace.json|trace.json.gz|folded|speedscope\n"
-            "  --no-threads        folded: leave out the thread name as the root frame\n");
+            "  --no-threads        folded: leave out the thread name as the root frame\n"
+            "  --gpu               folded, speedscope: GPU time (ns) by the sampled CPU stack that\n"
+            "                      launched it, instead of CPU samples (see tbprof flame --gpu)\n");
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -87,13 +89,15 @@ int cmd_convert(int argc, char **argv)
                                          {"format", required_argument, 0, 'f'},
                                          {"run", required_argument, 0, 'r'},
                                          {"no-threads", no_argument, 0, 'T'},
+                                         {"gpu", no_argument, 0, 'g'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *run = NULL, *fmt_name = NULL;
-    int with_threads = 1, c;
+    int with_threads = 1, gpu = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:f:r:Th", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:f:r:Tgh", opts, NULL)) != -1) {
         switch (c) {
+        case 'g': gpu = 1; break;
         case 'o': out = optarg; break;
         case 'f': fmt_name = optarg; break;
         case 'r': run = optarg; break;
@@ -119,6 +123,11 @@ int cmd_convert(int argc, char **argv)
                     "tbprof convert: cannot tell the format from '%s': name it .json.gz, .json, "
                     ".folded, .txt or .speedscope.json (or give --format)\n",
                     out);
+        return 2;
+    }
+    if (gpu && (fmt == F_TRACE || fmt == F_TRACE_GZ)) {
+        fprintf(stderr, "tbprof convert: --gpu makes folded stacks or speedscope (.folded, .txt, "
+                        ".speedscope.json); a trace has the GPU work already\n");
         return 2;
     }
     const char *in = argv[optind];
@@ -157,8 +166,12 @@ int cmd_convert(int argc, char **argv)
         j.buf = &buf;
         rc = tb_write_output("convert", out, put_buf, &j);
     } else {
-        if (tb_profset_fold(&ps, &pf) < 0) {
+        if (tb_profset_fold(&ps, gpu, &pf) < 0) {
             fprintf(stderr, "tbprof convert: out of memory\n");
+            rc = 2;
+        } else if (pf.f.total == 0 && gpu) {
+            fprintf(stderr, "tbprof convert: no GPU work with its correlation id in %s (was GPU tracing on?)\n",
+                    ps.n == 1 ? ps.profs[0].path : ps.dir);
             rc = 2;
         } else if (pf.f.total == 0) {
             fprintf(stderr, "tbprof convert: no CPU samples in %s; the profile says:\n",

@@ -1,5 +1,6 @@
 /* cmd_flame.c - `tbprof flame IN -o out.svg`: an SVG flame graph of the CPU
- * samples of a profile (or of every host of a run), for a browser. */
+ * samples of a profile (or of every host of a run), for a browser; with
+ * --gpu, of the GPU time by the CPU stack that launched it. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,9 +12,11 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: tbprof flame IN -o OUT.svg [--title T] [--width PX] [--no-threads] [--run NAME]\n"
+    fprintf(f, "usage: tbprof flame IN -o OUT.svg [--gpu] [--title T] [--width PX] [--no-threads] [--run NAME]\n"
                "  IN              FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
                "  -o OUT.svg      the flame graph (open it in a browser; hover for counts); - for stdout\n"
+               "  --gpu           GPU time (kernels, copies, memsets) by the sampled CPU stack that\n"
+               "                  launched it, the GPU work's name on top (default: CPU samples)\n"
                "  --no-threads    merge threads (default: one tower per thread)\n");
 }
 
@@ -35,14 +38,16 @@ int cmd_flame(int argc, char **argv)
                                          {"width", required_argument, 0, 'w'},
                                          {"run", required_argument, 0, 'r'},
                                          {"no-threads", no_argument, 0, 'T'},
+                                         {"gpu", no_argument, 0, 'g'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *run = NULL, *title = NULL;
-    int with_threads = 1, width = 1200, c;
+    int with_threads = 1, width = 1200, gpu = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:t:w:r:Th", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:t:w:r:Tgh", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
+        case 'g': gpu = 1; break;
         case 't': title = optarg; break;
         case 'w': {
             char *end;
@@ -75,8 +80,12 @@ int cmd_flame(int argc, char **argv)
     }
     tb_profset_folded pf;
     tb_flame_node *root = NULL;
-    if (tb_profset_fold(&ps, &pf) < 0 || !(root = tb_flame_tree(&pf.f, with_threads))) {
+    if (tb_profset_fold(&ps, gpu, &pf) < 0 || !(root = tb_flame_tree(&pf.f, with_threads))) {
         fprintf(stderr, "tbprof flame: out of memory\n");
+        rc = 2;
+    } else if (pf.f.total == 0 && gpu) {
+        fprintf(stderr, "tbprof flame: no GPU work with its correlation id in %s (was GPU tracing on?)\n",
+                ps.n == 1 ? ps.profs[0].path : ps.dir);
         rc = 2;
     } else if (pf.f.total == 0) {
         fprintf(stderr, "tbprof flame: no CPU samples in %s; the profile says:\n",
@@ -85,9 +94,9 @@ int cmd_flame(int argc, char **argv)
         rc = 2;
     } else {
         char deftitle[512];
-        snprintf(deftitle, sizeof deftitle, "CPU flame graph: %s",
+        snprintf(deftitle, sizeof deftitle, "%s: %s", gpu ? "GPU time by launching stack" : "CPU flame graph",
                  ps.n == 1 ? ps.profs[0].label : ps.dir);
-        job j = {.root = root, .o = {.title = title ? title : deftitle, .width_px = width}};
+        job j = {.root = root, .o = {.title = title ? title : deftitle, .width_px = width, .ns = gpu}};
         rc = tb_write_output("flame", out, put_svg, &j);
     }
     tb_flame_free(root);

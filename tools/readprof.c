@@ -181,12 +181,13 @@ void tb_profset_free(tb_profset *ps)
 
 /* ---- shared by convert and flame ------------------------------------------- */
 
-int tb_profset_fold(tb_profset *ps, tb_profset_folded *out)
+int tb_profset_fold(tb_profset *ps, int gpu, tb_profset_folded *out)
 {
     memset(out, 0, sizeof(*out));
     for (size_t i = 0; i < ps->n; i++) {
         size_t t0 = out->f.nthreads;
-        if (tb_folded_add_space(&out->f, ps->profs[i].space) < 0)
+        tb_space *s = ps->profs[i].space;
+        if ((gpu ? tb_folded_add_gpu(&out->f, s) : tb_folded_add_space(&out->f, s)) < 0)
             return -ENOMEM;
         if (ps->n < 2)
             continue;

@@ -42,8 +42,9 @@ long long tb_input_bytes(const char *in);
 
 #include <stdio.h>
 
-/* CPU sample stacks of every loaded profile; with several profiles each
- * thread is named "<label>: <thread>". 0 or -ENOMEM; free with
+/* CPU sample stacks of every loaded profile (gpu: GPU time by launching
+ * stack instead, tb_folded_add_gpu); with several profiles each thread is
+ * named "<label>: <thread>". 0 or -ENOMEM; free with
  * tb_profset_folded_free. */
 #include "folded.h"
 typedef struct tb_profset_folded {
@@ -51,7 +52,7 @@ typedef struct tb_profset_folded {
     char **names; /* allocated thread names */
     size_t nnames;
 } tb_profset_folded;
-int tb_profset_fold(tb_profset *ps, tb_profset_folded *out);
+int tb_profset_fold(tb_profset *ps, int gpu, tb_profset_folded *out);
 void tb_profset_folded_free(tb_profset_folded *pf);
 
 /* Write OUT atomically (OUT.tmp.<pid>, then rename; nothing is left on

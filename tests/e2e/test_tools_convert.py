@@ -52,6 +52,31 @@ def parse_folded(text):
     return out
 
 
+def launched_space():
+    """GPU work and the sampled stacks around its launches (1 kHz): main
+    [0, 10 ms) > fwd [0.5, 6 ms) on "python"; k_a launched at 2 ms (inside
+    fwd), k_b at 8 ms (main only), k_c whose launch is not in the profile."""
+    ms = 1000000
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append("node1")
+    h = Plane(sp, "/host:CPU")
+    h.plane_stat("tbprof_cpu_hz", 1000)
+    t = h.line(1, "python")
+    h.event(t, "main", 0, 10 * ms, samples=10)
+    h.event(t, "fwd", ms // 2, 6 * ms - ms // 2, samples=5, self_samples=5)
+    h.event(t, "cudaLaunchKernel", 2 * ms, 5000, correlation_id=11)
+    h.event(t, "cudaLaunchKernel", 8 * ms, 5000, correlation_id=12)
+    g = Plane(sp, "/device:GPU:0")
+    s = g.line(7, "Stream #7(Kernel)")
+    g.event(s, "k_a", 3 * ms, 300000, correlation_id=11, kernel_details=ts.kd())
+    g.event(s, "k_b", 9 * ms, 100000, correlation_id=12, kernel_details=ts.kd())
+    g.event(s, "k_c", 9500000, 50000, correlation_id=99, kernel_details=ts.kd())
+    return sp.SerializeToString()
+
+
+GPU_WANT = {"python;main;fwd;k_a": 300000, "python;main;k_b": 100000, "[CUDA call not in the capture];k_c": 50000}
+
+
 class Convert(ts.Base):
     def setUp(self):
         super().setUp()
@@ -145,6 +170,27 @@ class Convert(ts.Base):
         self.assertFalse(os.path.exists(self.out("nos.folded")))
         self.assertEqual([f for f in os.listdir(self.tmp) if ".tmp." in f], [])
 
+    def test_gpu_time_by_launching_stack(self):
+        f = write(os.path.join(self.tmp, "gpu", "node1.xplane.pb"), launched_space())
+        p = run("convert", f, "--gpu", "--to", self.out("gpu.folded"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(self.out("gpu.folded"), encoding="utf-8") as fh:
+            self.assertEqual(parse_folded(fh.read()), GPU_WANT)
+        p = run("convert", f, "--gpu", "--to", self.out("gpu.speedscope.json"))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(self.out("gpu.speedscope.json"), encoding="utf-8") as fh:
+            js = json.load(fh)
+        self.assertEqual({pr["unit"] for pr in js["profiles"]}, {"nanoseconds"})
+        self.assertEqual(sum(sum(pr["weights"]) for pr in js["profiles"]), 450000)
+        # a trace has the GPU work already; a profile without GPU work says so
+        p = run("convert", f, "--gpu", "--to", self.out("t.json.gz"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--gpu makes folded stacks or speedscope", p.stderr)
+        p = run("convert", self.file, "--gpu", "--to", self.out("none.folded"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no GPU work", p.stderr)
+        self.assertFalse(os.path.exists(self.out("none.folded")))
+
     def test_progress_only_for_terminals_or_large_inputs(self):
         p = run("convert", self.file, "--to", self.out("q.folded"))
         self.assertEqual(p.stderr, "")  # small input, stderr a pipe: quiet
@@ -174,6 +220,27 @@ class Flame(ts.Base):
             for n, w in v:
                 self.assertAlmostEqual(w, 980.0 * n / 29, delta=0.01, msg=name)
         self.assertIn("CPU flame graph: node1", ET.tostring(root, encoding="unicode"))
+
+    def test_gpu_svg(self):
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), launched_space())
+        out = os.path.join(self.tmp, "gpu.svg")
+        p = run("flame", f, "--gpu", "-o", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        root = ET.parse(out).getroot()
+        titles = {g.find(SVG + "title").text.split(" (")[0]: g.find(SVG + "title").text
+                  for g in root.iter(SVG + "g")}
+        self.assertEqual(set(titles), {"all", "python", "main", "fwd", "k_a", "k_b",
+                                       "[CUDA call not in the capture]", "k_c"})
+        self.assertIn("all (450.000 us, 100.00%", titles["all"])
+        self.assertIn("k_a (300.000 us, 66.67%", titles["k_a"])
+        text = ET.tostring(root, encoding="unicode")
+        self.assertIn("GPU time by launching stack: node1", text)
+        self.assertIn("450.000 us of GPU work", text)
+        p = run("flame", f, "--gpu", "--no-threads", "-o", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = run("flame", write(os.path.join(self.tmp, "c", "n.xplane.pb"), sampled_space()), "--gpu", "-o", out)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no GPU work", p.stderr)
 
     def test_no_samples(self):
         f = write(os.path.join(self.rundir, "n.xplane.pb"), ts.second_host())

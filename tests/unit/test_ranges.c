@@ -1,6 +1,7 @@
-/* test_ranges.c - GPU work attributed to the NVTX ranges open around its
- * launch: the nvtx_range stat the agent writes (innermost range), and the
- * summary's GPU time per range (every enclosing range, once per name).
+/* test_ranges.c - GPU work attributed to what was open around its launch:
+ * the nvtx_range stat the agent writes (innermost range), the summary's
+ * GPU time per range (every enclosing range, once per name), and the GPU
+ * flame graph's stacks (the CPU sample spans around the call).
  *
  * The space, main thread (times in ns):
  *   outer  [100, 1000)  inner [200, 300)  mark "tick" at 250
@@ -15,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "folded.h"
 #include "ranges.h"
+#include "sampler.h"
 #include "stats.h"
 #include "summary.h"
 #include "tap.h"
@@ -178,9 +181,90 @@ static void gpu_time_per_range(void)
     tb_space_free(s);
 }
 
+/* The CPU sample spans of thread "python" (1 kHz: 1 ms periods):
+ *   main [0, 10 ms) > train [0, 10 ms) > forward [0.5, 6 ms) > attn [4, 5 ms)
+ * calls: 1 @2 ms and 2 @4.5 ms (attn began less than a period before: not
+ * known to enclose it), 3 @8 ms, 4 @20 ms (after every span); thread
+ * "loader", never sampled: 5 @1 ms. GPU work: 1 -> k1 100 ns and k1b 50 ns
+ * (one graph launch), 2 -> k2 200, 3 -> MemcpyH2D 300 (and a sync, not
+ * work), 4 -> k4 400, 5 -> k5 500, 6 (no call) -> k6 600. */
+static void gpu_time_by_launching_stack(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_u64(h, TB_ST_CPU_HZ, 1000);
+    tb_line *py = tb_plane_line(h, 1, "python"), *ld = tb_plane_line(h, 2, "loader");
+    const int64_t ms = 1000000;
+    ev(py, "main", 0, 10 * ms, TB_CAT_CPU_SAMPLE);
+    ev(py, "train", 0, 10 * ms, TB_CAT_CPU_SAMPLE);
+    ev(py, "forward", ms / 2, 6 * ms - ms / 2, TB_CAT_CPU_SAMPLE);
+    ev(py, "attn", 4 * ms, ms, TB_CAT_CPU_SAMPLE);
+    call(py, 1, 2 * ms);
+    call(py, 2, 4 * ms + ms / 2);
+    call(py, 3, 8 * ms);
+    call(py, 4, 20 * ms);
+    call(ld, 5, ms);
+    tb_plane *d = tb_space_plane(s, "/device:GPU:0");
+    tb_line *st = tb_plane_line(d, 7, "Stream #7(Kernel)"), *sync = tb_plane_line(d, 1LL << 33, "CUDA sync");
+    int64_t c = tb_plane_stat_meta(d, TB_ST_CORRELATION_ID);
+    struct {
+        const char *name;
+        uint64_t corr;
+        int64_t ns;
+    } w[] = {{"k1", 1, 100}, {"k1b", 1, 50}, {"k2", 2, 200}, {"MemcpyH2D", 3, 300},
+             {"k4", 4, 400}, {"k5", 5, 500}, {"k6", 6, 600}};
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        ev(st, w[i].name, 30 * ms + (int64_t)i * 1000, w[i].ns, TB_CAT_KERNEL);
+        tb_line_stat_u64(st, c, w[i].corr);
+    }
+    ev(sync, "Stream Sync", 31 * ms, 999, TB_CAT_CUDA_SYNC);
+    tb_line_stat_u64(sync, c, 3);
+
+    tb_folded f = {0};
+    CHECK_EQ_I(tb_folded_add_gpu(&f, s), 0);
+    CHECK(f.ns);
+    CHECK_EQ_I(f.total, 2150);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    CHECK_EQ_I(tb_folded_write(&f, out, 1), 0);
+    fclose(out);
+    static const char *const want[] = {
+        "python;main;train;forward;k1 100\n",
+        "python;main;train;forward;k1b 50\n",
+        "python;main;train;forward;k2 200\n",
+        "python;main;train;MemcpyH2D 300\n",
+        "python;" TB_FOLDED_UNSAMPLED ";k4 400\n",
+        "loader;" TB_FOLDED_UNSAMPLED ";k5 500\n",
+        TB_FOLDED_NO_CALL ";k6 600\n",
+    };
+    size_t lines = 0;
+    for (const char *p = text; p && *p; p = strchr(p, '\n') + 1)
+        lines++;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        CHECKF(text && strstr(text, want[i]), "missing \"%.*s\" in:\n%s", (int)strlen(want[i]) - 1, want[i],
+               text ? text : "");
+    }
+    CHECK_EQ_I(lines, 7);
+    free(text);
+    tb_folded_free(&f);
+    tb_space_free(s);
+
+    /* no GPU work: nothing, and no error */
+    s = tb_space_new();
+    call(tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "python"), 1, 100);
+    tb_folded e = {0};
+    CHECK_EQ_I(tb_folded_add_gpu(&e, s), 0);
+    CHECK_EQ_I(e.total, 0);
+    CHECK_EQ_I(e.nstacks, 0);
+    tb_folded_free(&e);
+    tb_space_free(s);
+}
+
 int main(void)
 {
     innermost_range_on_gpu_work();
     gpu_time_per_range();
+    gpu_time_by_launching_stack();
     return tap_done();
 }
