@@ -157,6 +157,29 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("1 MemoryAllocation events not inside a cudaMalloc on their line", p.stdout)
 
+    def gpu_flame(self, text):
+        f = os.path.join(self.tmp, "gpu.folded")
+        with open(f, "w") as fh:
+            fh.write(text)
+        p = run_check("gpu_flame", f, "torch_loop.py")
+        return p.returncode, p.stdout.strip()
+
+    def test_gpu_flame(self):
+        loop = "python;py::<module>:/x/torch_loop.py;py::main:/x/torch_loop.py;"
+        rc, line = self.gpu_flame(loop + "py::forward:/t/linear.py;sgemm 700\n"
+                                  + loop + "MemcpyH2D 100\n"
+                                  + "python;[no CPU sample around the call];relu 200\n")
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT gpu_flame PASS 80% of 0.0 ms GPU time under torch_loop.py frames (20% unsampled)",
+                      line)
+        self.assertIn("py::main:/x/torch_loop.py 80%", line)
+        rc, line = self.gpu_flame("python;py::run:/y/other.py;sgemm 700\n" + loop + "relu 300\n")
+        self.assertEqual(rc, 1, line)
+        self.assertIn("FAIL 30%", line)
+        rc, line = self.gpu_flame("python;[no CPU sample around the call];relu 200\n")
+        self.assertEqual(rc, 0, line)
+        self.assertIn("SKIP every launch without CPU samples", line)
+
     def torch_nvtx(self, inner):
         nv = tbtest.prog("nvtx_steps")
         if tbtest.run([nv, "-n", "0"], env=tbtest.env(preload=False)).returncode == 77:

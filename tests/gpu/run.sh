@@ -20,6 +20,8 @@
 #      idle again after a capture (4a, INFO: CUPTI stays initialised)
 #   4b. minor page faults of the job's threads per step, capturing vs idle
 #      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
+#   4c. tbprof convert --gpu of the capturing run: most GPU time under the
+#      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
@@ -124,6 +126,10 @@ if [ -n "$tn" ] && [ -n "$ti" ]; then
   row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
 else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
 fi
+# 4c. GPU time by launching stack of the capturing run: under torch_loop.py's frames
+if "$tbprof" convert "$work/cap" --gpu --to "$work/gpu.folded" 2>"$work/gpu_flame.err"; then
+  check gpu_flame $py "$here/check.py" gpu_flame "$work/gpu.folded" torch_loop.py
+else row gpu_flame FAIL "$(tail -2 "$work/gpu_flame.err" | tr '\n' ' ')"; fi
 # 4a. what CUPTI left in the process costs: reported (a teardown is not built)
 row idle_after_capture INFO "steps 10..29 after a capture of 3..7: ${ta:-?} ms vs none ${tn:-?} ms"
 
