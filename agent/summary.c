@@ -803,6 +803,62 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
     return 0;
 }
 
+/* ---- GPU work by launching function ------------------------------------------------ */
+
+static int launcher_cmp(const void *a, const void *b)
+{
+    const tb_sum_launcher *x = a, *y = b;
+    if (x->gpu_ns != y->gpu_ns)
+        return x->gpu_ns < y->gpu_ns ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+/* Each GPU stack (frames root first, the GPU work's name last) credits its
+ * deepest Python frame, else its deepest frame. */
+static int scan_launchers(tb_summary *sum, tb_space *s)
+{
+    tb_folded g = {0};
+    tb_strmap map = {0};
+    size_t cap = 0;
+    int rc = tb_folded_add_gpu(&g, s);
+    for (size_t i = 0; i < g.nstacks && !rc; i++) {
+        const tb_folded_stack *st = &g.stacks[i];
+        const char *const *fr = g.frames + st->at;
+        int64_t ns = (int64_t)st->count;
+        sum->launched_ns += ns;
+        if (st->depth < 2) {
+            sum->no_call_ns += ns;
+            continue;
+        }
+        if (strcmp(fr[0], TB_FOLDED_UNSAMPLED) == 0) {
+            sum->unsampled_ns += ns;
+            continue;
+        }
+        const char *who = fr[st->depth - 2];
+        for (uint32_t d = st->depth - 1; d-- > 0;)
+            if (starts_with(fr[d], "py::")) {
+                who = fr[d];
+                break;
+            }
+        int64_t k = tb_strmap_get(&map, who);
+        if (k < 0) {
+            if (TB_GROW(sum->launchers, cap, sum->nlaunchers + 1) < 0 ||
+                tb_strmap_put(&map, who, (uint32_t)sum->nlaunchers) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            k = (int64_t)sum->nlaunchers++;
+            sum->launchers[k] = (tb_sum_launcher){.name = who};
+        }
+        sum->launchers[k].gpu_ns += ns;
+    }
+    if (sum->nlaunchers > 1)
+        qsort(sum->launchers, sum->nlaunchers, sizeof(*sum->launchers), launcher_cmp);
+    tb_strmap_free(&map);
+    tb_folded_free(&g);
+    return rc;
+}
+
 /* ---- the whole ------------------------------------------------------------------- */
 
 int tb_summarize(tb_space *s, tb_summary *sum)
@@ -860,6 +916,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
         sum->cpu_samples = f.total;
         rc = tb_folded_functions(&f, &sum->funcs, &sum->nfuncs);
     }
+    if (!rc && sum->cpu_samples && sum->gpu_events)
+        rc = scan_launchers(sum, s);
     if (!rc)
         rc = scan_plane_stats(sum, s);
     free(g.all.v);
@@ -882,6 +940,7 @@ void tb_summary_free(tb_summary *sum)
     free(sum->ranges);
     free(sum->memory);
     free(sum->funcs);
+    free(sum->launchers);
     free(sum->counters);
     free(sum->infos);
     free(sum->info_values);

@@ -20,6 +20,10 @@
  *   A range's GPU work: the GPU activity whose correlation id is a CUDA
  *   call made inside the range on its thread (ranges.h), nested ranges
  *   included; each piece of work counts once per range name.
+ * - GPU work by launching function: GPU time by launching stack
+ *   (tb_folded_add_gpu) credited to one frame per stack: its deepest Python
+ *   frame (py::...), else its deepest frame; calls without sampled frames
+ *   and GPU work without its call are totalled apart. Only with CPU samples.
  * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
  *   and MemoryDeallocation events on /host:* lines, the largest
  *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
@@ -84,6 +88,12 @@ typedef struct tb_sum_memory {
     int64_t last_ns;    /* when that event was */
 } tb_sum_memory;
 
+/* GPU time launched from one function (see above) */
+typedef struct tb_sum_launcher {
+    const char *name;
+    int64_t gpu_ns;
+} tb_sum_launcher;
+
 typedef struct tb_sum_counter {
     const char *plane; /* plane name */
     const char *name;  /* stat name (tbprof_*) */
@@ -123,6 +133,12 @@ typedef struct tb_summary {
     tb_func_stat *funcs; /* CPU functions by self samples, descending */
     size_t nfuncs;
     uint64_t cpu_samples; /* total samples in the CPU sample spans */
+
+    tb_sum_launcher *launchers; /* GPU work by launching function, by gpu_ns descending */
+    size_t nlaunchers;
+    int64_t launched_ns;  /* all GPU time in the launcher figures */
+    int64_t unsampled_ns; /* of it: calls without a sampled frame around them */
+    int64_t no_call_ns;   /* of it: GPU work whose call is not in the profile */
 
     tb_sum_counter *counters; /* numeric tbprof_* plane stats (drops, samples) */
     size_t ncounters;

@@ -270,6 +270,23 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         }
     }
 
+    /* GPU work by launching function */
+    if (m->launched_ns > 0 && m->launched_ns > m->unsampled_ns + m->no_call_ns) {
+        printf("\nGPU work by launching function (%s; each CUDA call's deepest Python frame, else its deepest "
+               "frame, from the CPU samples around it; the stacks: tbprof flame --gpu):\n",
+               dur(b1, sizeof b1, m->launched_ns));
+        printf("  %11s %6s  %s\n", "GPU", "%", "function");
+        for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++)
+            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->launchers[i].gpu_ns),
+                   pct(m->launchers[i].gpu_ns, m->launched_ns), m->launchers[i].name);
+        if (m->unsampled_ns)
+            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->unsampled_ns), pct(m->unsampled_ns, m->launched_ns),
+                   TB_FOLDED_UNSAMPLED);
+        if (m->no_call_ns)
+            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->no_call_ns), pct(m->no_call_ns, m->launched_ns),
+                   TB_FOLDED_NO_CALL);
+    }
+
     /* drops, overhead */
     printf("\nCounters, drops and overhead:\n");
     int any = 0;
@@ -460,6 +477,19 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         jnum(pct((int64_t)f->self, (int64_t)m->cpu_samples));
         printf(",\"total_pct\":");
         jnum(pct((int64_t)f->total, (int64_t)m->cpu_samples));
+        printf("}");
+    }
+    printf("]}");
+
+    printf(",\"gpu_launchers\":{");
+    jkv_i("total_ns", m->launched_ns, 0);
+    jkv_i("unsampled_ns", m->unsampled_ns, 1);
+    jkv_i("no_call_ns", m->no_call_ns, 1);
+    printf(",\"top\":[");
+    for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++) {
+        printf(i ? ",{\"function\":" : "{\"function\":");
+        tb_json_str(stdout, m->launchers[i].name);
+        jkv_i("gpu_ns", m->launchers[i].gpu_ns, 1);
         printf("}");
     }
     printf("]}");

@@ -54,8 +54,9 @@ def parse_folded(text):
 
 def launched_space():
     """GPU work and the sampled stacks around its launches (1 kHz): main
-    [0, 10 ms) > fwd [0.5, 6 ms) on "python"; k_a launched at 2 ms (inside
-    fwd), k_b at 8 ms (main only), k_c whose launch is not in the profile."""
+    [0, 10 ms) > py::step [0.2, 9 ms) > fwd [0.5, 6 ms) on "python"; k_a
+    launched at 2 ms (inside fwd), k_b at 9.5 ms (main only), k_c whose
+    launch is not in the profile."""
     ms = 1000000
     sp = xplane_pb2.XSpace()
     sp.hostnames.append("node1")
@@ -63,18 +64,20 @@ def launched_space():
     h.plane_stat("tbprof_cpu_hz", 1000)
     t = h.line(1, "python")
     h.event(t, "main", 0, 10 * ms, samples=10)
+    h.event(t, "py::step:/x/loop.py", ms // 5, 9 * ms - ms // 5, samples=8)
     h.event(t, "fwd", ms // 2, 6 * ms - ms // 2, samples=5, self_samples=5)
     h.event(t, "cudaLaunchKernel", 2 * ms, 5000, correlation_id=11)
-    h.event(t, "cudaLaunchKernel", 8 * ms, 5000, correlation_id=12)
+    h.event(t, "cudaLaunchKernel", 9 * ms + ms // 2, 5000, correlation_id=12)
     g = Plane(sp, "/device:GPU:0")
     s = g.line(7, "Stream #7(Kernel)")
     g.event(s, "k_a", 3 * ms, 300000, correlation_id=11, kernel_details=ts.kd())
-    g.event(s, "k_b", 9 * ms, 100000, correlation_id=12, kernel_details=ts.kd())
-    g.event(s, "k_c", 9500000, 50000, correlation_id=99, kernel_details=ts.kd())
+    g.event(s, "k_b", 9 * ms + 600000, 100000, correlation_id=12, kernel_details=ts.kd())
+    g.event(s, "k_c", 9 * ms + 800000, 50000, correlation_id=99, kernel_details=ts.kd())
     return sp.SerializeToString()
 
 
-GPU_WANT = {"python;main;fwd;k_a": 300000, "python;main;k_b": 100000, "[CUDA call not in the capture];k_c": 50000}
+GPU_WANT = {"python;main;py::step:/x/loop.py;fwd;k_a": 300000, "python;main;k_b": 100000,
+            "[CUDA call not in the capture];k_c": 50000}
 
 
 class Convert(ts.Base):
@@ -190,6 +193,16 @@ class Convert(ts.Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("no GPU work", p.stderr)
         self.assertFalse(os.path.exists(self.out("none.folded")))
+        # tbprof summary: each call's deepest Python frame, else its deepest frame
+        p = run("summary", "--json", f)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["hosts"][0]["gpu_launchers"], {
+            "total_ns": 450000, "unsampled_ns": 0, "no_call_ns": 50000,
+            "top": [{"function": "py::step:/x/loop.py", "gpu_ns": 300000}, {"function": "main", "gpu_ns": 100000}]})
+        p = run("summary", f)
+        self.assertRegex(p.stdout, r"GPU work by launching function \(450.0 us;.*\n.*\n\s+300.0 us\s+66.7%\s+"
+                                   r"py::step:/x/loop.py\n\s+100.0 us\s+22.2%\s+main\n\s+50.0 us\s+11.1%\s+"
+                                   r"\[CUDA call not in the capture\]\n")
 
     def test_progress_only_for_terminals_or_large_inputs(self):
         p = run("convert", self.file, "--to", self.out("q.folded"))
@@ -229,7 +242,7 @@ class Flame(ts.Base):
         root = ET.parse(out).getroot()
         titles = {g.find(SVG + "title").text.split(" (")[0]: g.find(SVG + "title").text
                   for g in root.iter(SVG + "g")}
-        self.assertEqual(set(titles), {"all", "python", "main", "fwd", "k_a", "k_b",
+        self.assertEqual(set(titles), {"all", "python", "main", "py::step:/x/loop.py", "fwd", "k_a", "k_b",
                                        "[CUDA call not in the capture]", "k_c"})
         self.assertIn("all (450.000 us, 100.00%", titles["all"])
         self.assertIn("k_a (300.000 us, 66.67%", titles["k_a"])

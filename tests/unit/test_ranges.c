@@ -248,6 +248,21 @@ static void gpu_time_by_launching_stack(void)
     CHECK_EQ_I(lines, 7);
     free(text);
     tb_folded_free(&f);
+
+    /* the summary's launchers: the deepest frame (no Python frames here) */
+    tb_summary m;
+    CHECK_EQ_I(tb_summarize(s, &m), 0);
+    CHECK_EQ_I(m.launched_ns, 2150);
+    CHECK_EQ_I(m.unsampled_ns, 400 + 500);
+    CHECK_EQ_I(m.no_call_ns, 600);
+    CHECK_EQ_I(m.nlaunchers, 2);
+    if (m.nlaunchers == 2) {
+        CHECK_STR(m.launchers[0].name, "forward");
+        CHECK_EQ_I(m.launchers[0].gpu_ns, 350);
+        CHECK_STR(m.launchers[1].name, "train");
+        CHECK_EQ_I(m.launchers[1].gpu_ns, 300);
+    }
+    tb_summary_free(&m);
     tb_space_free(s);
 
     /* no GPU work: nothing, and no error */
