@@ -136,6 +136,12 @@ static int pop(tb_folded *f, open_span *stk, size_t *depth, uint32_t thread)
     return 0;
 }
 
+static const char *event_name(const tb_plane *p, const tb_event *e)
+{
+    const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
+    return m->display_name && *m->display_name ? m->display_name : m->name ? m->name : "";
+}
+
 static const char *line_name(const tb_line *l)
 {
     if (l->display_name && *l->display_name)
@@ -177,9 +183,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
             rc = -ENOMEM;
             break;
         }
-        const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
-        const char *name = m->display_name && *m->display_name ? m->display_name : m->name;
-        stk[depth++] = (open_span){.name = name ? name : "", .end = end, .total = c, .self = self};
+        stk[depth++] = (open_span){.name = event_name(p, e), .end = end, .total = c, .self = self};
     }
     while (depth && rc == 0)
         rc = pop(f, stk, &depth, (uint32_t)thread);
@@ -228,12 +232,6 @@ static int work_cmp(const void *a, const void *b)
 {
     uint64_t x = ((const gpu_work *)a)->corr, y = ((const gpu_work *)b)->corr;
     return (x > y) - (x < y);
-}
-
-static const char *event_name(const tb_plane *p, const tb_event *e)
-{
-    const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
-    return m->display_name && *m->display_name ? m->display_name : m->name ? m->name : "";
 }
 
 static int add_thread(tb_folded *f, const char *name, uint32_t *idx)
