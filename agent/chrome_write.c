@@ -136,7 +136,8 @@ static inline void put(jw *w, const char *s, size_t n)
     w->n += n;
 }
 
-#define PUTS(w, lit) put((w), (lit), sizeof(lit) - 1)
+/* lit must be a string literal ("" lit "" does not compile otherwise) */
+#define PUTS(w, lit) put((w), "" lit "", sizeof(lit) - 1)
 
 static void put_u64(jw *w, uint64_t v)
 {
