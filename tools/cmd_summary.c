@@ -240,9 +240,10 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     /* NVTX */
     if (m->nranges) {
         int gpu = m->range_gpu_events > 0;
-        printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full%s):\n",
-               m->nranges, m->range_events,
-               gpu ? "; GPU: the GPU work launched inside, nested ranges included" : "");
+        printf("\nNVTX ranges (%zu distinct names, %" PRIu64 " ranges and marks; nested ones count in full):\n",
+               m->nranges, m->range_events);
+        if (gpu)
+            printf("  GPU, GPU ops: the GPU work launched inside the range, nested ranges included\n");
         printf("  %11s %8s %11s %11s %11s", "total", "count", "mean", "min", "max");
         if (gpu)
             printf(" %11s %8s", "GPU", "GPU ops");
@@ -272,8 +273,9 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
 
     /* GPU work by launching function */
     if (m->launched_ns > 0 && m->launched_ns > m->unsampled_ns + m->no_call_ns) {
-        printf("\nGPU work by launching function (%s; each CUDA call's deepest Python frame, else its deepest "
-               "frame, from the CPU samples around it; the stacks: tbprof flame --gpu):\n",
+        printf("\nGPU work by launching function (%s of GPU work):\n"
+               "  each CUDA call's deepest Python frame, else its deepest frame, in the CPU samples around it;\n"
+               "  the whole stacks: tbprof flame --gpu\n",
                dur(b1, sizeof b1, m->launched_ns));
         printf("  %11s %6s  %s\n", "GPU", "%", "function");
         for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++)

@@ -200,7 +200,8 @@ class Convert(ts.Base):
             "total_ns": 450000, "unsampled_ns": 0, "no_call_ns": 50000,
             "top": [{"function": "py::step:/x/loop.py", "gpu_ns": 300000}, {"function": "main", "gpu_ns": 100000}]})
         p = run("summary", f)
-        self.assertRegex(p.stdout, r"GPU work by launching function \(450.0 us;.*\n.*\n\s+300.0 us\s+66.7%\s+"
+        self.assertRegex(p.stdout, r"GPU work by launching function \(450.0 us of GPU work\):\n.*\n.*\n.*\n"
+                                   r"\s+300.0 us\s+66.7%\s+"
                                    r"py::step:/x/loop.py\n\s+100.0 us\s+22.2%\s+main\n\s+50.0 us\s+11.1%\s+"
                                    r"\[CUDA call not in the capture\]\n")
 
