@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/run.sh: set up, build and run every test CI runs:
 #   1. the default build (GPU tracing built when cupti.h is found), all tests;
-#   2. ASan+UBSan build: unit tests and CPU end-to-end tests;
-#   3. TSan build: unit tests and CPU end-to-end tests.
+#   2. ASan+UBSan build: unit tests, CPU end-to-end tests and the fake-CUPTI
+#      GPU tests (the agent's CUPTI path under the sanitizer);
+#   3. TSan build: the same.
 # TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,8 +26,7 @@ run_suite() { # name build-dir ctest-args...
 }
 SUITE_CMAKE=(); run_suite default "$root/build"
 if [ "${TBPROF_QUICK:-0}" != 1 ]; then
-  SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu'
-  SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu'
+XX
 fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"
