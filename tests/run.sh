@@ -26,7 +26,8 @@ run_suite() { # name build-dir ctest-args...
 }
 SUITE_CMAKE=(); run_suite default "$root/build"
 if [ "${TBPROF_QUICK:-0}" != 1 ]; then
-XX
+  SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu|gpu'
+  SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu|gpu'
 fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"
