@@ -10,8 +10,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/tools/setup.sh" || { echo "setup failed"; exit 1; }
 jobs=$(nproc)
 pass=0; fail=0; failed=()
+suites=0
 run_suite() { # name build-dir ctest-args...
   local name=$1 dir=$2; shift 2
+  suites=$((suites+1))
   echo "=== $name: build ($dir)"
   if ! bash "$root/tools/build.sh" "$dir" "${SUITE_CMAKE[@]}"; then
     echo "=== $name: BUILD FAILED"; fail=$((fail+1)); failed+=("$name:build"); return
@@ -29,6 +31,8 @@ if [ "${TBPROF_QUICK:-0}" != 1 ]; then
   SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu|gpu'
   SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu|gpu'
 fi
+want=3; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
+if ((suites != want)); then echo "ran $suites of $want suites"; fail=$((fail+1)); failed+=("suites"); fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"
 ((fail == 0))
