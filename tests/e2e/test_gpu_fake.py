@@ -274,8 +274,11 @@ class GpuFake(tbtest.TestCase):
 
     def test_repeated_captures(self):
         # step windows arm one step early; the records are stamped when the
-        # program launches its work in step 2 (and 7): inside each window
-        p = self.run_steps(["-n", "11", "-m", "30", "-r"], steps="2-3;7-8")
+        # program launches its work in step 2 (and 7): inside each window.
+        # The first profile must be written before the second window's
+        # steps are over: steps last longer under a sanitizer
+        ms = 30 * relutil.sanitizer_slowdown()
+        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8")
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
