@@ -407,16 +407,12 @@ static int stat_as_u64(const tb_stat *st, uint64_t *out)
 /* A plane stat as a number: 1 and *v when present. */
 static int plane_num_stat(const tb_plane *p, const char *name, int64_t *v)
 {
-    uint32_t m = tb_plane_find_stat_meta(p, name);
-    for (size_t i = 0; m && i < p->nstats; i++)
-        if (p->stats[i].meta == m) {
-            uint64_t u;
-            if (stat_as_u64(&p->stats[i], &u)) {
-                *v = (int64_t)u;
-                return 1;
-            }
-        }
-    return 0;
+    const tb_stat *st = tb_plane_find_stat(p, name);
+    uint64_t u;
+    if (!st || !stat_as_u64(st, &u))
+        return 0;
+    *v = (int64_t)u;
+    return 1;
 }
 
 static int plane_pid_stat(const tb_plane *p, int64_t *pid)
@@ -426,11 +422,8 @@ static int plane_pid_stat(const tb_plane *p, int64_t *pid)
 
 static const char *plane_str_stat(const tb_plane *p, const char *name)
 {
-    uint32_t m = tb_plane_find_stat_meta(p, name);
-    for (size_t i = 0; m && i < p->nstats; i++)
-        if (p->stats[i].meta == m && p->stats[i].type == TB_STAT_REF)
-            return tb_plane_stat_name(p, p->stats[i].v.ref);
-    return NULL;
+    const tb_stat *st = tb_plane_find_stat(p, name);
+    return st && st->type == TB_STAT_REF ? tb_plane_stat_name(p, st->v.ref) : NULL;
 }
 
 /* Kineto's top-level keys that tools reading torch.profiler traces use to

@@ -259,13 +259,9 @@ static int emit_names(tb_folded *f, const char *const *fr, size_t n, uint32_t th
 /* Sampling period of a host plane's CPU samples (tbprof_cpu_hz); 0 if none. */
 static int64_t plane_period(const tb_plane *p)
 {
-    uint32_t hz = tb_plane_find_stat_meta(p, TB_ST_CPU_HZ);
-    for (size_t i = 0; hz && i < p->nstats; i++)
-        if (p->stats[i].meta == hz) {
-            uint64_t v = stat_u(&p->stats[i]);
-            return v ? (int64_t)(1000000000ull / v) : 0;
-        }
-    return 0;
+    const tb_stat *st = tb_plane_find_stat(p, TB_ST_CPU_HZ);
+    uint64_t hz = st ? stat_u(st) : 0;
+    return hz ? (int64_t)(1000000000ull / hz) : 0;
 }
 
 static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call, uint64_t corr,
@@ -325,11 +321,8 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
                 continue;
             for (size_t k = 0; k < l->nevents; k++) {
                 const tb_event *e = &l->events[k];
-                const tb_stat *st = tb_event_stats(l, e);
-                uint64_t corr = 0;
-                for (uint32_t x = 0; x < e->nstats && !corr; x++)
-                    if (st[x].meta == cid)
-                        corr = stat_u(&st[x]);
+                const tb_stat *st = tb_event_stat(l, e, cid);
+                uint64_t corr = st ? stat_u(st) : 0;
                 if (!corr)
                     continue;
                 if (TB_GROW(g.w, cap, g.n + 1) < 0) {

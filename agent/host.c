@@ -108,18 +108,11 @@ pid_t tb_gettid(void)
 int tb_capture_window(tb_space *s, int64_t *begin_ns, int64_t *end_ns)
 {
     tb_plane *p = tb_space_find_plane(s, TB_HOST_PLANE);
-    int have = 0;
-    for (size_t i = 0; p && i < p->nstats; i++) {
-        const char *name = tb_plane_stat_name(p, p->stats[i].meta);
-        if (p->stats[i].type != TB_STAT_INT64)
-            continue;
-        if (!strcmp(name, TB_ST_CAPTURE_BEGIN_NS)) {
-            *begin_ns = p->stats[i].v.i;
-            have |= 1;
-        } else if (!strcmp(name, TB_ST_CAPTURE_END_NS)) {
-            *end_ns = p->stats[i].v.i;
-            have |= 2;
-        }
-    }
-    return have == 3 ? 0 : -ENOENT;
+    const tb_stat *b = p ? tb_plane_find_stat(p, TB_ST_CAPTURE_BEGIN_NS) : NULL;
+    const tb_stat *e = p ? tb_plane_find_stat(p, TB_ST_CAPTURE_END_NS) : NULL;
+    if (!b || !e || b->type != TB_STAT_INT64 || e->type != TB_STAT_INT64)
+        return -ENOENT;
+    *begin_ns = b->v.i;
+    *end_ns = e->v.i;
+    return 0;
 }

@@ -21,19 +21,8 @@ static int is_kind(const tb_plane *p, const tb_line *l, const tb_event *e, tb_ca
 /* The value of stat `id` on e as a correlation id; 0 when absent. */
 static uint64_t corr_of(const tb_line *l, const tb_event *e, uint32_t id)
 {
-    const tb_stat *st = tb_event_stats(l, e);
-    for (uint32_t i = 0; i < e->nstats; i++)
-        if (st[i].meta == id)
-            return st[i].type == TB_STAT_UINT64 || st[i].type == TB_STAT_INT64 ? st[i].v.u : 0;
-    return 0;
-}
-
-static int has_events_of(const tb_plane *p, tb_category cat)
-{
-    for (size_t m = 1; m < p->nevent_meta; m++)
-        if (p->event_meta[m].category == (uint32_t)cat)
-            return 1;
-    return 0;
+    const tb_stat *st = tb_event_stat(l, e, id);
+    return st && (st->type == TB_STAT_UINT64 || st->type == TB_STAT_INT64) ? st->v.u : 0;
 }
 
 int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
@@ -48,7 +37,7 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
         /* a plane without such events has no call to report (sample spans
          * are also known by counts: not ruled out by their category) */
         if (strncmp(p->name, "/host:", 6) != 0 || !cid ||
-            (!all && cat != TB_CAT_CPU_SAMPLE && !has_events_of(p, cat)))
+            (!all && cat != TB_CAT_CPU_SAMPLE && !tb_plane_has_category(p, cat)))
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];

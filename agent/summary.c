@@ -167,16 +167,6 @@ static int stat_i64(const tb_stat *st, int64_t *v)
 
 /* ---- GPU activity ------------------------------------------------------------ */
 
-/* The stat of id `id` on e; NULL when absent (or id is 0). */
-static const tb_stat *find_stat(const tb_line *l, const tb_event *e, uint32_t id)
-{
-    const tb_stat *st = tb_event_stats(l, e);
-    for (uint32_t i = 0; id && i < e->nstats; i++)
-        if (st[i].meta == id)
-            return &st[i];
-    return NULL;
-}
-
 /* Per-plane lookups resolved once, so the per-event work is integer
  * compares and array reads. */
 typedef struct plane_ids {
@@ -417,7 +407,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                 if (c == TB_CAT_NONE)
                     continue;
                 sum->gpu_events++;
-                const tb_stat *cs = cid ? find_stat(l, e, cid) : NULL;
+                const tb_stat *cs = tb_event_stat(l, e, cid);
                 int64_t corr = 0;
                 if (cs && stat_i64(cs, &corr) && corr) {
                     if (TB_GROW(g->work, g->cap_work, g->nwork + 1) < 0) {
@@ -517,10 +507,7 @@ static int scan_ranges(tb_summary *sum, tb_space *s, const gpu_acc *g)
         const tb_plane *p = s->planes[i];
         if (!starts_with(p->name, "/host:"))
             continue;
-        int any = 0;
-        for (size_t m = 0; m < p->nevent_meta && !any; m++)
-            any = p->event_meta[m].category == TB_CAT_USER;
-        if (!any)
+        if (!tb_plane_has_category(p, TB_CAT_USER))
             continue;
         uint32_t *cache = calloc(p->nevent_meta + 1, sizeof(*cache));
         if (!cache) {

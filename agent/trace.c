@@ -607,11 +607,24 @@ int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t
 const tb_stat *tb_event_find_stat(const tb_plane *p, const tb_line *l, const tb_event *e,
                                   const char *name)
 {
-    const tb_stat *st = tb_event_stats(l, e);
-    for (uint32_t i = 0; i < e->nstats; i++)
-        if (strcmp(tb_plane_stat_name(p, st[i].meta), name) == 0)
-            return &st[i];
+    return tb_event_stat(l, e, tb_plane_find_stat_meta(p, name));
+}
+
+const tb_stat *tb_plane_find_stat(const tb_plane *p, const char *name)
+{
+    uint32_t m = tb_plane_find_stat_meta(p, name);
+    for (size_t i = 0; m && i < p->nstats; i++)
+        if (p->stats[i].meta == m)
+            return &p->stats[i];
     return NULL;
+}
+
+int tb_plane_has_category(const tb_plane *p, tb_category cat)
+{
+    for (size_t m = 1; m < p->nevent_meta; m++)
+        if (p->event_meta[m].category == (uint32_t)cat)
+            return 1;
+    return 0;
 }
 
 /* ---- sorting --------------------------------------------------------------- */

@@ -177,11 +177,13 @@ int tb_line_stat_f64(tb_line *l, int64_t stat_meta, double v);
 /* String stat: the value is interned in the plane and written as ref_value. */
 int tb_line_stat_str(tb_line *l, int64_t stat_meta, const char *v);
 
-/* Add one stat to each of n events already in the line, in any order:
- * events[ev[i]] gets add[i] (each event at most once). Rebuilds the line's
- * stat pool once, in event order, so tb_line_stat_* still append to the
- * last event: O(events + stats). 0; -ENOSPC (space limit), -ENOMEM or
- * -EINVAL (an index out of range or repeated): nothing added. */
+/* Add one stat to each of n events already in the line: events[ev[i]] gets
+ * add[i], ev strictly increasing. The stats move up in place when the
+ * events' stat blocks lie in event order (events appended in time order),
+ * else the pool is rebuilt once in event order; either way tb_line_stat_*
+ * still append to the last event. O(events + stats). 0; -ENOSPC (space
+ * limit), -ENOMEM or -EINVAL (an index out of range or out of order):
+ * nothing added. */
 int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t n);
 
 static inline const tb_stat *tb_event_stats(const tb_line *l, const tb_event *e)
@@ -191,9 +193,22 @@ static inline const tb_stat *tb_event_stats(const tb_line *l, const tb_event *e)
 /* Name of event/stat metadata, "" for an unknown id. */
 const char *tb_plane_event_name(const tb_plane *p, int64_t meta);
 const char *tb_plane_stat_name(const tb_plane *p, int64_t meta);
+/* The stat with metadata id `id` on an event; NULL when absent (or id is 0). */
+static inline const tb_stat *tb_event_stat(const tb_line *l, const tb_event *e, uint32_t id)
+{
+    const tb_stat *st = tb_event_stats(l, e);
+    for (uint32_t i = 0; id && i < e->nstats; i++)
+        if (st[i].meta == id)
+            return &st[i];
+    return NULL;
+}
 /* Find a stat by name on an event; NULL when absent. */
 const tb_stat *tb_event_find_stat(const tb_plane *p, const tb_line *l, const tb_event *e,
                                   const char *name);
+/* A plane-level stat by name; NULL when absent. */
+const tb_stat *tb_plane_find_stat(const tb_plane *p, const char *name);
+/* Whether any event metadata of the plane has category `cat`. */
+int tb_plane_has_category(const tb_plane *p, tb_category cat);
 
 /* Sort each line's events by start time (ties: longer first, so parents
  * precede children). Stable; O(n log n). Writers call it. */

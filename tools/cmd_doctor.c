@@ -104,21 +104,18 @@ static int run_child(const char *dir)
 /* A /host:CPU plane stat: its string (str) or number (num); 0 if absent. */
 static int host_stat(const tb_plane *h, const char *name, const char **str, long long *num)
 {
-    for (size_t i = 0; h && i < h->nstats; i++) {
-        const tb_stat *st = &h->stats[i];
-        if (strcmp(tb_plane_stat_name(h, st->meta), name))
-            continue;
-        if (st->type == TB_STAT_REF && str)
-            *str = tb_plane_stat_name(h, st->v.ref);
-        else if (st->type == TB_STAT_INT64 && num)
-            *num = st->v.i;
-        else if (st->type == TB_STAT_UINT64 && num)
-            *num = (long long)st->v.u;
-        else
-            continue;
-        return 1;
-    }
-    return 0;
+    const tb_stat *st = h ? tb_plane_find_stat(h, name) : NULL;
+    if (!st)
+        return 0;
+    if (st->type == TB_STAT_REF && str)
+        *str = tb_plane_stat_name(h, st->v.ref);
+    else if (st->type == TB_STAT_INT64 && num)
+        *num = st->v.i;
+    else if (st->type == TB_STAT_UINT64 && num)
+        *num = (long long)st->v.u;
+    else
+        return 0;
+    return 1;
 }
 
 /* Where a job's profiles would go (TBPROF_LOGDIR, default logs): it, or

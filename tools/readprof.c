@@ -230,13 +230,11 @@ void tb_profset_why_no_samples(const tb_profset *ps, FILE *f)
                 said = 1;
             }
         const tb_plane *h = tb_space_find_plane(s, "/host:CPU");
-        for (size_t k = 0; h && k < h->nstats; k++)
-            if (!strcmp(tb_plane_stat_name(h, h->stats[k].meta), "tbprof_cpu_off_reason") &&
-                h->stats[k].type == TB_STAT_REF) {
-                fprintf(f, "  %s: CPU sampling off: %s\n", ps->profs[i].label,
-                        tb_plane_stat_name(h, h->stats[k].v.ref));
-                said = 1;
-            }
+        const tb_stat *why = h ? tb_plane_find_stat(h, "tbprof_cpu_off_reason") : NULL;
+        if (why && why->type == TB_STAT_REF) {
+            fprintf(f, "  %s: CPU sampling off: %s\n", ps->profs[i].label, tb_plane_stat_name(h, why->v.ref));
+            said = 1;
+        }
     }
     if (!said)
         fprintf(f, "  (was it captured with TBPROF_CPU=off, or did the capture end before "
