@@ -115,25 +115,33 @@ static int intern_rehash(struct tb_intern *t)
 typedef const char *(*name_of_fn)(const void *ctx, uint32_t id);
 typedef int64_t (*make_fn)(void *ctx, const char *s, size_t n);
 
+/* The slot of s[0..n) (hash h): its id's slot, or the empty slot where it
+ * would go. */
+static size_t intern_probe(const struct tb_intern *t, const char *s, size_t n, uint32_t h, name_of_fn name_of,
+                           const void *ctx)
+{
+    size_t j = h & t->mask;
+    for (; t->slots[j]; j = (j + 1) & t->mask) {
+        if (t->hashes[j] != h)
+            continue;
+        const char *cand = name_of(ctx, t->slots[j]);
+        if (strncmp(cand, s, n) == 0 && cand[n] == '\0')
+            break;
+    }
+    return j;
+}
+
 static int64_t intern(struct tb_intern *t, const char *s, size_t n, name_of_fn name_of,
                       make_fn make, void *ctx)
 {
     uint32_t h = hash_str(s, n);
-    size_t j = h & t->mask;
-    while (t->slots[j]) {
-        if (t->hashes[j] == h) {
-            const char *cand = name_of(ctx, t->slots[j]);
-            if (strncmp(cand, s, n) == 0 && cand[n] == '\0')
-                return t->slots[j];
-        }
-        j = (j + 1) & t->mask;
-    }
+    size_t j = intern_probe(t, s, n, h, name_of, ctx);
+    if (t->slots[j])
+        return t->slots[j];
     if ((t->used + 1) * 4 > (t->mask + 1) * 3) {
         if (intern_rehash(t) < 0)
             return -ENOMEM;
-        j = h & t->mask;
-        while (t->slots[j])
-            j = (j + 1) & t->mask;
+        j = intern_probe(t, s, n, h, name_of, ctx); /* an empty slot of the new table */
     }
     int64_t id = make(ctx, s, n);
     if (id < 0)
@@ -148,11 +156,7 @@ static int64_t intern(struct tb_intern *t, const char *s, size_t n, name_of_fn n
 static uint32_t intern_find(const struct tb_intern *t, const char *s, name_of_fn name_of, const void *ctx)
 {
     size_t n = strlen(s);
-    uint32_t h = hash_str(s, n);
-    for (size_t j = h & t->mask; t->slots[j]; j = (j + 1) & t->mask)
-        if (t->hashes[j] == h && strcmp(name_of(ctx, t->slots[j]), s) == 0)
-            return t->slots[j];
-    return 0;
+    return t->slots[intern_probe(t, s, n, hash_str(s, n), name_of, ctx)];
 }
 
 /* ---- space --------------------------------------------------------------- */
