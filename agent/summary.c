@@ -776,8 +776,12 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
                     sum->overhead_ns = (sum->overhead_ns < 0 ? 0 : sum->overhead_ns) + v;
                     continue;
                 }
-                if (strcmp(n, TB_ST_RANK) == 0 || strcmp(n, TB_ST_WORLD_SIZE) == 0) {
-                    *(strcmp(n, TB_ST_RANK) == 0 ? &sum->rank : &sum->world_size) = v;
+                if (strcmp(n, TB_ST_RANK) == 0) {
+                    sum->rank = v;
+                    continue;
+                }
+                if (strcmp(n, TB_ST_WORLD_SIZE) == 0) {
+                    sum->world_size = v;
                     continue;
                 }
                 if (TB_GROW(sum->counters, cap_c, sum->ncounters + 1) < 0)
