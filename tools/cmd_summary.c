@@ -125,6 +125,13 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     printf("\n");
 }
 
+/* One row of the GPU-work-by-launching-function table. */
+static void launcher_row(const char *name, int64_t ns, int64_t all)
+{
+    char b[64];
+    printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), pct(ns, all), name);
+}
+
 static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
 {
     char b1[64], b2[64], b3[64], b4[64], b5[64];
@@ -279,14 +286,11 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                dur(b1, sizeof b1, m->launched_ns));
         printf("  %11s %6s  %s\n", "GPU", "%", "function");
         for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++)
-            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->launchers[i].gpu_ns),
-                   pct(m->launchers[i].gpu_ns, m->launched_ns), m->launchers[i].name);
+            launcher_row(m->launchers[i].name, m->launchers[i].gpu_ns, m->launched_ns);
         if (m->unsampled_ns)
-            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->unsampled_ns), pct(m->unsampled_ns, m->launched_ns),
-                   TB_FOLDED_UNSAMPLED);
+            launcher_row(TB_FOLDED_UNSAMPLED, m->unsampled_ns, m->launched_ns);
         if (m->no_call_ns)
-            printf("  %11s %5.1f%%  %s\n", dur(b1, sizeof b1, m->no_call_ns), pct(m->no_call_ns, m->launched_ns),
-                   TB_FOLDED_NO_CALL);
+            launcher_row(TB_FOLDED_NO_CALL, m->no_call_ns, m->launched_ns);
     }
 
     /* drops, overhead */
