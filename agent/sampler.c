@@ -39,8 +39,17 @@ typedef struct cpu_thread {
     size_t mmap_len;  /* bytes mapped */
     size_t data_len;  /* data area, a power of two */
     int seen;
-    int name_reads; /* comm read this many times (names are often set just after start) */
+    int name_reads;  /* comm re-read this many times since found (NAME_READS_NS) */
+    int64_t found_ns; /* when a rescan found it (CLOCK_MONOTONIC) */
 } cpu_thread;
+
+/* When a thread's comm is read again after it was found: names are set just
+ * after the thread starts (pthread_setname_np), which on a loaded machine
+ * can be tens of ms after the rescan that found it, and a short-lived
+ * thread may be gone before the capture stops (where every name is read
+ * once more). Spread over a second, a handful of reads per thread. */
+static const int64_t NAME_READS_NS[] = {10000000, 30000000, 100000000, 300000000, 1000000000};
+#define NAME_READS ((int)(sizeof(NAME_READS_NS) / sizeof(NAME_READS_NS[0])))
 
 typedef struct cpu_sample {
     int64_t t; /* CLOCK_MONOTONIC ns */
@@ -304,7 +313,7 @@ static int open_thread(cpu_ctx *c, int tid)
         c->threads = nt;
         c->cap_threads = nc;
     }
-    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 1};
+    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 0, tb_mono_ns()};
     c->ring_used += (pages + 1) * c->page;
     c->threads_sampled++;
     remember_comm(tid);
@@ -451,6 +460,7 @@ static int tid_cmp(const void *a, const void *b)
 static int rescan(cpu_ctx *c, int *opened)
 {
     int first_err = 0;
+    int64_t now = tb_mono_ns();
     DIR *d = opendir("/proc/self/task");
     if (!d)
         return 0;
@@ -468,8 +478,8 @@ static int rescan(cpu_ctx *c, int *opened)
         cpu_thread *th = known ? bsearch(&key, c->threads, known, sizeof(*c->threads), tid_cmp) : NULL;
         if (th) {
             th->seen = 1;
-            if (th->name_reads < 3) { /* catch pthread_setname_np right after start */
-                th->name_reads++;
+            if (th->name_reads < NAME_READS && now - th->found_ns >= NAME_READS_NS[th->name_reads]) {
+                th->name_reads++; /* catch pthread_setname_np after the start */
                 remember_comm(tid);
             }
             continue;

@@ -6,7 +6,8 @@
  * Every worker loops over burn_a(6 units) then burn_b(4 units): the two run
  * the same loop body, so 60% of the workers' CPU time is in burn_a and 40% in
  * burn_b. One more worker ("late") is created LATE_FROM_MS into the capture
- * and ends at LATE_TO_MS. The capture runs through the tbprof C API (no-op
+ * and ends at LATE_TO_MS; it names itself only after 60 ms of work, as
+ * threads that set their name once set up do. The capture runs through the tbprof C API (no-op
  * without the preload). Prints "worker TID", "late TID", "capture BEGIN_NS
  * END_NS" (epoch ns) and "profile PATH". -n: no capture (for benchmarks,
  * then -m is the run time). -w: fixed work instead of fixed time (each
@@ -50,14 +51,22 @@ typedef struct wargs {
     atomic_int stop;
     const char *name;
     atomic_int tid;
+    int name_after_ms; /* work this long before pthread_setname_np */
 } wargs;
+
+static int64_t now_ns(int clk);
 
 __attribute__((noinline, noipa)) void *worker(void *arg)
 {
     wargs *w = arg;
-    pthread_setname_np(pthread_self(), w->name);
+    int64_t named_at = now_ns(CLOCK_MONOTONIC) + (int64_t)w->name_after_ms * 1000000;
+    int named = 0;
     atomic_store(&w->tid, (int)syscall(SYS_gettid));
     for (long r = 0; !atomic_load(&stop_all) && !atomic_load(&w->stop); r++) {
+        if (!named && now_ns(CLOCK_MONOTONIC) >= named_at) {
+            pthread_setname_np(pthread_self(), w->name);
+            named = 1;
+        }
         if (fixed_rounds && r >= fixed_rounds)
             break;
         burn_a(6 * UNIT);
@@ -114,7 +123,7 @@ int main(int argc, char **argv)
     if (capture && tb_start(0) < 0)
         fprintf(stderr, "cpu_split: tbprof_start failed (no preload?)\n");
     int late_started = 0, late_done = 0;
-    wargs late = {.name = "late"};
+    wargs late = {.name = "late", .name_after_ms = 60};
     pthread_t late_th;
     if (fixed_rounds) {
         for (int i = 0; i < nthreads; i++)
