@@ -22,7 +22,7 @@ typedef enum {
     T_LOG,   /* log level */
     T_CPUMODE,
     T_CUDASTEPS,
-    T_SOCKET,
+    T_AUTO,  /* auto | on | off: tb_auto_mode */
 } var_type;
 
 typedef struct var {
@@ -85,7 +85,7 @@ static const var vars[] = {
      "using the derived name", "", F(host), 0, 0},
     {"TBPROF_TRACE_JSON", T_BOOL, "on", "on | off", "also write <host>.trace.json.gz (Perfetto)",
      "trace JSON off", "off", F(trace_json), 0, 0},
-    {"TBPROF_SOCKET", T_SOCKET, "auto", "auto | on | off",
+    {"TBPROF_SOCKET", T_AUTO, "auto", "auto | on | off",
      "control socket for `tbprof trigger PID` (abstract Unix socket, same uid only); auto: served "
      "once the process has a second thread (no thread of ours in single-threaded programs), on: "
      "served from start-up",
@@ -112,6 +112,12 @@ static const var vars[] = {
      "record NVTX ranges and marks on their thread's line while capturing (NVTX's injection: sets "
      "NVTX_INJECTION64_PATH when unset)",
      "NVTX ranges off", "off", F(nvtx), 0, 0},
+    {"TBPROF_CUPTI_TEARDOWN", T_AUTO, "auto", "auto | on | off",
+     "after each capture, detach CUPTI from the process (cuptiFinalize at the exit of a CUDA call), "
+     "so the job runs as fast as before it; auto: on with CUPTI 12.6 or later (older ones can crash "
+     "re-attaching with CUDA graphs), off: unsubscribe only (CUPTI stays loaded, its instrumentation "
+     "cost too)",
+     "using auto", "auto", F(cupti_teardown), 0, 0},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))
 
@@ -337,12 +343,12 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         else
             return -EINVAL;
         return 0;
-    case T_SOCKET: {
+    case T_AUTO: {
         int b;
         if (!strcasecmp(val, "auto"))
-            *(int *)field = TB_SOCKET_AUTO;
+            *(int *)field = TB_AUTO;
         else if (tb_parse_bool(val, &b) == 0)
-            *(int *)field = b ? TB_SOCKET_ON : TB_SOCKET_OFF;
+            *(int *)field = b ? TB_ON : TB_OFF;
         else
             return -EINVAL;
         return 0;

@@ -28,12 +28,19 @@ typedef enum tb_cuda_steps_mode {
     TB_CUDA_STEPS_ON, /* exported cudaProfilerStart/Stop count, then forward to the real ones */
 } tb_cuda_steps_mode;
 
+/* The values of an "auto | on | off" variable (TBPROF_SOCKET, TBPROF_CUPTI_TEARDOWN). */
+typedef enum tb_auto_mode {
+    TB_OFF = 0,
+    TB_ON,
+    TB_AUTO,
+} tb_auto_mode;
+
 /* TBPROF_SOCKET */
 typedef enum tb_socket_mode {
-    TB_SOCKET_OFF = 0,
-    TB_SOCKET_ON,   /* listen, and serve from start-up: an agent thread in every process */
-    TB_SOCKET_AUTO, /* listen; the agent thread (which serves it) starts with the
-                       process's second thread, or at the first trigger that needs it */
+    TB_SOCKET_OFF = TB_OFF,
+    TB_SOCKET_ON = TB_ON,     /* listen, and serve from start-up: an agent thread in every process */
+    TB_SOCKET_AUTO = TB_AUTO, /* listen; the agent thread (which serves it) starts with the
+                                 process's second thread, or at the first trigger that needs it */
 } tb_socket_mode;
 
 typedef struct tb_window {
@@ -63,6 +70,7 @@ typedef struct tb_config {
     char nvtx_step[TB_CONFIG_STR]; /* TBPROF_NVTX_STEP; "" = NVTX steps off */
     int nvtx;          /* TBPROF_NVTX: record NVTX ranges while capturing */
     int64_t start_wait_ms; /* TBPROF_START_WAIT_MS */
+    int cupti_teardown; /* TBPROF_CUPTI_TEARDOWN: tb_auto_mode (cupti/gpu.c decides auto) */
     int warnings;      /* how many variables had bad values */
 } tb_config;
 

@@ -76,6 +76,7 @@ static void defaults(void)
     CHECK_EQ_I(c.nwindows, 0);
     CHECK_EQ_I(c.signal, 0);
     CHECK(c.gpu == 1 && c.cpu == 1 && c.trace_json == 1 && c.socket == TB_SOCKET_AUTO && c.pytorch_hook == 0);
+    CHECK_EQ_I(c.cupti_teardown, TB_AUTO);
     CHECK_EQ_I(c.cpu_hz, TB_CPU_DEFAULT_HZ);
     CHECK_EQ_I(c.cpu_mode, TB_CPU_STACKCOPY);
     CHECK_EQ_I(c.buffer_mb, 64);
@@ -158,21 +159,26 @@ static void help_lists_every_variable(void)
     free(buf);
 }
 
-static void socket_modes(void)
+/* The "auto | on | off" variables: every spelling, and a bad value falls
+ * back to what the table says (the socket off, the teardown auto). */
+static void auto_modes(void)
 {
     static const struct {
-        const char *val;
+        const char *var, *val;
         int mode, warnings;
-    } cases[] = {{"auto", TB_SOCKET_AUTO, 0}, {"AUTO", TB_SOCKET_AUTO, 0}, {"on", TB_SOCKET_ON, 0},
-                 {"1", TB_SOCKET_ON, 0},      {"off", TB_SOCKET_OFF, 0},   {"no", TB_SOCKET_OFF, 0},
-                 {"sometimes", TB_SOCKET_OFF, 1}};
+    } cases[] = {{"TBPROF_SOCKET", "auto", TB_SOCKET_AUTO, 0},  {"TBPROF_SOCKET", "AUTO", TB_SOCKET_AUTO, 0},
+                 {"TBPROF_SOCKET", "on", TB_SOCKET_ON, 0},      {"TBPROF_SOCKET", "1", TB_SOCKET_ON, 0},
+                 {"TBPROF_SOCKET", "off", TB_SOCKET_OFF, 0},    {"TBPROF_SOCKET", "no", TB_SOCKET_OFF, 0},
+                 {"TBPROF_SOCKET", "sometimes", TB_SOCKET_OFF, 1},
+                 {"TBPROF_CUPTI_TEARDOWN", "off", TB_OFF, 0},   {"TBPROF_CUPTI_TEARDOWN", "On", TB_ON, 0},
+                 {"TBPROF_CUPTI_TEARDOWN", "auto", TB_AUTO, 0}, {"TBPROF_CUPTI_TEARDOWN", "later", TB_AUTO, 1}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        const char *env[] = {"TBPROF_SOCKET", cases[i].val, NULL};
+        const char *env[] = {cases[i].var, cases[i].val, NULL};
         tb_config c;
         tb_log_set_level(TB_LOG_OFF);
         CHECK_EQ_I(tb_config_load(&c, lookup, env), cases[i].warnings);
         tb_log_set_level(TB_LOG_WARN);
-        CHECK_EQ_I(c.socket, cases[i].mode);
+        CHECK_EQ_I(cases[i].var[7] == 'S' ? c.socket : c.cupti_teardown, cases[i].mode);
     }
 }
 
@@ -182,7 +188,7 @@ int main(void)
     other_forms();
     defaults();
     good_values();
-    socket_modes();
+    auto_modes();
     bad_values();
     help_lists_every_variable();
     return tap_done();
