@@ -939,6 +939,7 @@ static void machine(void)
         size_t nrec = g.nrec;
         uint64_t dropped = g.rec_dropped;
         int started = g.sources_started;
+        int leaving = g.exiting || g.term_pending;
         set_state(TB_STATE_WRITING);
         update_slow_from();
         pthread_mutex_unlock(&g.lock);
@@ -961,6 +962,11 @@ static void machine(void)
                     g.src[i].s->collect(g.src[i].s->ctx, tmp);
             tb_space_free(tmp);
         }
+        /* idle until the next capture: sources let go (not while the
+         * process is leaving: CUDA may be tearing down) */
+        for (int i = 0; i < g.nsrc && !leaving; i++)
+            if (g.src[i].started && g.src[i].s->release)
+                g.src[i].s->release(g.src[i].s->ctx);
         for (int i = 0; i < g.nsrc; i++) {
             g.src[i].started = 0;
             g.src[i].why = NULL;

@@ -35,6 +35,9 @@ typedef struct tb_source {
     void (*poll)(void *ctx);                   /* may be NULL */
     void (*stop)(void *ctx);                   /* disable + flush */
     int (*collect)(void *ctx, tb_space *space); /* translate, then free capture data */
+    /* after collect, when the process is not exiting: let go of what the
+     * source keeps between captures (CUPTI: detach). May be NULL. */
+    void (*release)(void *ctx);
     void (*atfork_child)(void *ctx);           /* forget everything; may be NULL */
     void (*thread_created)(void *ctx, int tid); /* may be NULL */
 } tb_source;

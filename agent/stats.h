@@ -68,6 +68,9 @@
 #define TB_ST_CUPTI_LIBRARY "tbprof_cupti_library"
 #define TB_ST_CUPTI_BUFFERS "tbprof_cupti_buffers" /* buffers CUPTI filled and handed back */
 #define TB_ST_CUPTI_POOL "tbprof_cupti_pool"       /* "<buffers> x <bytes>" */
+/* what becomes of CUPTI after the capture: "on: ..." (detached with
+ * cuptiFinalize) or "off: <why>" (unsubscribed, CUPTI stays attached) */
+#define TB_ST_CUPTI_TEARDOWN "tbprof_cupti_teardown"
 #define TB_ST_SAMPLES "tbprof_cpu_samples"
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
 #define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */

@@ -142,6 +142,8 @@ static int resolve(tb_cupti_lib *l)
     OPT(GetCallbackName, "cuptiGetCallbackName");
     OPT(EnableCallback, "cuptiEnableCallback");
     OPT(GetVersion, "cuptiGetVersion");
+    OPT(EnableDomain, "cuptiEnableDomain");
+    OPT(Finalize, "cuptiFinalize");
     OPT(Subscribe_v2, "cuptiSubscribe_v2");
     return 0;
 }

@@ -13,8 +13,9 @@
  *   take no page faults; the pool's other buffers stay untouched until
  *   they come up (a short capture does not make the whole budget resident).
  * stop: disable activity, force-flush, read CUPTI's dropped count,
- *   unsubscribe, restore the thread-id type.
+ *   restore the thread-id type; unsubscribe, unless CUPTI is to be detached.
  * collect: translate the queued buffers (translate.c), free the pool.
+ * release (not at exit): detach CUPTI from the process (see "detach").
  */
 #include "gpu.h"
 
@@ -23,11 +24,14 @@
 #include <sys/mman.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
+#include "config.h"
 #include "cupti_lib.h"
 #include "host.h"
 #include "log.h"
@@ -55,8 +59,8 @@ typedef struct done_buf {
 
 typedef struct gpu_ctx {
     const tb_cupti_lib *lib;
-    CUpti_SubscriberHandle sub;
-    int subscribed;
+    CUpti_SubscriberHandle sub; /* ours while det_state != DET_NONE */
+    const char *sub_how;        /* the call that made it */
     CUpti_ActivityKind enabled[24];
     int nenabled;
     int restore_tid_type;
@@ -76,6 +80,8 @@ typedef struct gpu_ctx {
     uint64_t cupti_dropped;
     tb_gpu_stats last;
     int started;
+    int teardown;             /* detach CUPTI after this capture */
+    char teardown_why[300];   /* TB_ST_CUPTI_TEARDOWN */
 } gpu_ctx;
 
 static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
@@ -137,14 +143,175 @@ static uint64_t CUPTIAPI ts_callback(void)
     return (uint64_t)tb_real_ns();
 }
 
+/* ---- detach: CUPTI out of the process between captures --------------------
+ *
+ * Unsubscribing leaves CUPTI attached, and with it its instrumentation of
+ * every launch: PyTorch measured jobs 10-20% slower after a torch.profiler
+ * trace until Kineto called cuptiFinalize after each one. CUPTI wants
+ * cuptiFinalize called from a callback at the exit of a CUDA runtime or
+ * driver call. So once a capture is collected (translation reads records
+ * through libcupti, which would attach it again), the subscription we still
+ * hold turns on the runtime and driver callback domains and a detach is
+ * pending; the first CUDA call to return finalizes CUPTI from inside its
+ * callback: our own cuDriverGetVersion on the agent thread, where libcuda is
+ * loaded, else the job's next call. A capture that starts first takes the
+ * pending detach back and keeps the subscription.
+ *
+ *   NONE --subscribe--> HELD --release--> PENDING --a call returns--> FINALIZING
+ *     ^                  ^  ^-- start -------'                           |
+ *     |                  '---------------- cuptiFinalize failed ---------+
+ *     '---------------------------------------- detached ----------------'
+ *
+ * State changes that race with the job's threads are compare-and-swaps on
+ * det_state, so exactly one of them finalizes or cancels. */
+enum { DET_NONE, DET_HELD, DET_PENDING, DET_FINALIZING };
+static atomic_int det_state;
+static atomic_int det_failed; /* the CUptiResult of a failed cuptiFinalize, not yet reported */
+static atomic_int det_tid;    /* the thread that ran the last cuptiFinalize */
+static int teardown_broken;   /* a cuptiFinalize failed: unsubscribe from then on */
+#define CUPTI_API_12_6 24u     /* cuptiGetVersion() of CUDA 12.6 (13.x reports 130000 and up) */
+
+static CUptiResult api_domains(uint32_t on)
+{
+    if (!g.lib->EnableDomain)
+        return CUPTI_ERROR_NOT_SUPPORTED;
+    CUptiResult r = g.lib->EnableDomain(on, g.sub, CUPTI_CB_DOMAIN_RUNTIME_API);
+    CUptiResult r2 = g.lib->EnableDomain(on, g.sub, CUPTI_CB_DOMAIN_DRIVER_API);
+    return r != CUPTI_SUCCESS ? r : r2;
+}
+
+/* On the job's threads (and ours), at every CUDA call while a detach is
+ * pending; no callback domain is enabled otherwise: the subscription exists
+ * to own CUPTI for the capture and to detect another subscriber. */
 static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_CallbackId cbid, const void *data)
 {
-    /* no callback domains are enabled: the subscription exists to own
-     * CUPTI for the capture (and to detect another subscriber) */
     (void)ud;
-    (void)dom;
     (void)cbid;
-    (void)data;
+    const CUpti_CallbackData *cd = data;
+    if ((dom != CUPTI_CB_DOMAIN_RUNTIME_API && dom != CUPTI_CB_DOMAIN_DRIVER_API) || !cd ||
+        cd->callbackSite != CUPTI_API_EXIT)
+        return;
+    int want = DET_PENDING;
+    if (!atomic_compare_exchange_strong(&det_state, &want, DET_FINALIZING))
+        return;
+    CUptiResult r = g.lib->Finalize();
+    atomic_store(&det_tid, (int)syscall(SYS_gettid));
+    if (r == CUPTI_SUCCESS) {
+        atomic_store(&det_state, DET_NONE);
+        return;
+    }
+    api_domains(0); /* still subscribed: stop calling back */
+    atomic_store(&det_failed, (int)r);
+    atomic_store(&det_state, DET_HELD);
+}
+
+/* A failed cuptiFinalize, warned about once (agent thread): later captures
+ * unsubscribe instead. */
+static void detach_report(void)
+{
+    int r = atomic_exchange(&det_failed, 0);
+    if (!r)
+        return;
+    teardown_broken = 1;
+    tb_warn("GPU tracing: cuptiFinalize failed (%s): CUPTI stays attached between captures; later "
+            "captures unsubscribe only",
+            tb_cupti_result_str(g.lib, (CUptiResult)r));
+}
+
+/* Before a capture: 1 when the last capture's subscription is still ours
+ * (its detach taken back, or never asked for), 0 when there is none. A
+ * detach running on another thread is waited for (bounded). */
+static int detach_cancel(void)
+{
+    int want = DET_PENDING;
+    if (atomic_compare_exchange_strong(&det_state, &want, DET_HELD)) {
+        api_domains(0);
+        tb_debug("GPU: no CUDA call returned since the last capture; its CUPTI subscription is kept");
+        return 1;
+    }
+    for (int i = 0; i < 2000 && atomic_load(&det_state) == DET_FINALIZING; i++)
+        usleep(1000);
+    detach_report();
+    int s = atomic_load(&det_state);
+    return s == DET_FINALIZING ? -EBUSY : s == DET_HELD;
+}
+
+/* Exit: the CUDA runtime's teardown makes driver calls; finalizing CUPTI in
+ * the middle of it is not worth the risk. No CUPTI call here. */
+static void detach_off_at_exit(void)
+{
+    int want = DET_PENDING;
+    atomic_compare_exchange_strong(&det_state, &want, DET_HELD);
+}
+
+/* One CUDA call from the agent thread, so the detach need not wait for the
+ * job's next one (nor run on the job's thread). Only where libcuda is
+ * already in the process: nothing is loaded or initialised for it. */
+static void detach_poke(void)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return;
+    CUresult (*version)(int *);
+    *(void **)&version = dlsym(h, "cuDriverGetVersion");
+    int v = 0;
+    if (version)
+        version(&v);
+    dlclose(h);
+}
+
+/* Whether to detach after this capture, and what the output says of it. */
+static int teardown_wanted(char *why, size_t n)
+{
+    int mode = tb_config_get()->cupti_teardown;
+    uint32_t v = g.last.cupti_api_version;
+    if (mode == TB_OFF)
+        snprintf(why, n, "off (TBPROF_CUPTI_TEARDOWN=off): unsubscribed, CUPTI stays attached");
+    else if (!g.lib->Finalize || !g.lib->EnableDomain)
+        snprintf(why, n, "off: this libcupti lacks cuptiFinalize or cuptiEnableDomain; unsubscribed, CUPTI "
+                         "stays attached");
+    else if (teardown_broken)
+        snprintf(why, n, "off: cuptiFinalize failed after an earlier capture; unsubscribed, CUPTI stays attached");
+    else if (mode == TB_AUTO && v < CUPTI_API_12_6)
+        snprintf(why, n,
+                 "off: CUPTI API version %u is older than CUDA 12.6's (%u), where attaching again after "
+                 "cuptiFinalize can crash with CUDA graphs; TBPROF_CUPTI_TEARDOWN=on forces it",
+                 v, CUPTI_API_12_6);
+    else {
+        snprintf(why, n, "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=%s)",
+                 mode == TB_ON ? "on" : "auto");
+        return 1;
+    }
+    return 0;
+}
+
+static void gpu_release(void *ctx)
+{
+    (void)ctx;
+    if (!g.teardown || atomic_load(&det_state) != DET_HELD)
+        return;
+    static int exit_hook;
+    if (!exit_hook && atexit(detach_off_at_exit) == 0)
+        exit_hook = 1;
+    CUptiResult r = api_domains(1);
+    if (r != CUPTI_SUCCESS) {
+        api_domains(0);
+        g.lib->Unsubscribe(g.sub);
+        atomic_store(&det_state, DET_NONE);
+        tb_debug("GPU: cuptiEnableDomain failed (%s): unsubscribed, CUPTI not detached",
+                 tb_cupti_result_str(g.lib, r));
+        return;
+    }
+    int64_t t = tb_mono_ns();
+    atomic_store(&det_state, DET_PENDING);
+    detach_poke();
+    int s = atomic_load(&det_state);
+    if (s == DET_NONE)
+        tb_debug("GPU: CUPTI detached (cuptiFinalize) in %.1f ms, on %s", (tb_mono_ns() - t) / 1e6,
+                 atomic_load(&det_tid) == (int)syscall(SYS_gettid) ? "the agent thread" : "a job thread");
+    else if (s == DET_PENDING)
+        tb_debug("GPU: CUPTI detaches at the job's next CUDA call");
+    detach_report();
 }
 
 static const char *api_name(CUpti_CallbackDomain dom, uint32_t cbid)
@@ -346,13 +513,15 @@ static void disable_all(void)
         g.lib->ActivityDisable(g.enabled[--g.nenabled]);
 }
 
-static void release(void)
+/* Activity off, our thread-id type and clock undone; the subscription
+ * given up unless `keep` (it detaches CUPTI later: gpu_release). */
+static void release(int keep)
 {
     if (g.nenabled)
         disable_all();
-    if (g.subscribed) {
+    if (!keep && atomic_load(&det_state) == DET_HELD) {
         g.lib->Unsubscribe(g.sub);
-        g.subscribed = 0;
+        atomic_store(&det_state, DET_NONE);
     }
     if (g.restore_tid_type && g.lib->SetThreadIdType) {
         g.lib->SetThreadIdType(g.old_tid_type);
@@ -390,16 +559,23 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     }
     if (g.nall) /* a capture stopped but never collected */
         pool_free();
-    g.lib = tb_cupti_lib_load(why);
-    if (!g.lib)
+    const tb_cupti_lib *lib = tb_cupti_lib_load(why);
+    if (!lib)
         return -ENOENT;
+    if (g.lib != lib) /* set once: a pending detach's callback reads it on a job thread */
+        g.lib = lib;
     memset(&g.last, 0, sizeof(g.last));
     atomic_store(&g.exhausted, 0);
     g.cupti_dropped = 0;
 
     char holder[128];
     const char *how = "cuptiSubscribe";
-    CUptiResult r = subscribe(holder, sizeof(holder), &how);
+    int held = detach_cancel();
+    if (held < 0) {
+        *why = "CUPTI is still detaching after the last capture (cuptiFinalize has not returned in 2 s)";
+        return -EBUSY;
+    }
+    CUptiResult r = held ? CUPTI_SUCCESS : subscribe(holder, sizeof(holder), &how);
     if (r != CUPTI_SUCCESS) {
         if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
             snprintf(whybuf, sizeof(whybuf),
@@ -416,15 +592,19 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         *why = whybuf;
         return r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED ? -EBUSY : -ENODEV;
     }
-    g.subscribed = 1;
-    g.last.subscribed_with = how;
+    if (!held) {
+        atomic_store(&det_state, DET_HELD);
+        g.sub_how = how;
+    }
+    g.last.subscribed_with = g.sub_how;
     if (g.lib->GetVersion && g.lib->GetVersion(&g.last.cupti_api_version) != CUPTI_SUCCESS)
         g.last.cupti_api_version = 0;
-    tb_debug("GPU: %s (CUPTI API %u), subscribed with %s", g.lib->path, g.last.cupti_api_version, how);
+    tb_debug("GPU: %s (CUPTI API %u), subscribed with %s%s", g.lib->path, g.last.cupti_api_version, g.sub_how,
+             held ? ", at the last capture" : "");
 
     size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
     if (pool_alloc(budget) < 0) {
-        release();
+        release(0);
         *why = "out of memory for the CUPTI buffer pool";
         return -ENOMEM;
     }
@@ -485,7 +665,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     return 0;
 fail:
     atomic_store(&g.active, 0);
-    release();
+    release(0);
     pool_free();
     *why = whybuf;
     return -ENODEV;
@@ -502,7 +682,8 @@ static void gpu_stop(void *ctx)
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
         g.cupti_dropped = dropped;
     atomic_store(&g.active, 0);
-    release();
+    g.teardown = teardown_wanted(g.teardown_why, sizeof(g.teardown_why));
+    release(g.teardown);
     g.started = 0;
 }
 
@@ -596,6 +777,7 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_plane_stat_u64(hp, TB_ST_CUPTI_BUFFERS, g.last.buffers_completed);
         snprintf(lib, sizeof(lib), "%zu x %zu", g.last.pool_buffers, g.last.buffer_size);
         tb_plane_stat_str(hp, TB_ST_CUPTI_POOL, lib);
+        tb_plane_stat_str(hp, TB_ST_CUPTI_TEARDOWN, g.teardown_why);
     }
     if (g.last.cupti_dropped || g.last.pool_exhausted) {
         char w[300];
@@ -617,7 +799,8 @@ static void gpu_atfork_child(void *ctx)
     /* the child has no CUPTI state of ours worth keeping: forget buffers
      * without calling into CUPTI (its threads did not survive the fork) */
     g.started = 0;
-    g.subscribed = 0;
+    atomic_store(&det_state, DET_NONE);
+    atomic_store(&det_failed, 0);
     g.nenabled = 0;
     g.restore_tid_type = 0;
     atomic_store(&g.active, 0);
@@ -637,6 +820,7 @@ static tb_source gpu = {
     .poll = gpu_poll,
     .stop = gpu_stop,
     .collect = gpu_collect,
+    .release = gpu_release,
     .atfork_child = gpu_atfork_child,
 };
 

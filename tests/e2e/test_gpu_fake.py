@@ -2,7 +2,8 @@
 LD_PRELOAD=libtbprof.so with TBPROF_CUPTI_PATH pointing at the fake, which
 replays a scripted set of CUPTI records; the test decodes what tbprof wrote
 and compares it with the script (names, counts, details strings, flows),
-and checks CUPTI was released after each capture (the fake logs every call).
+and checks CUPTI was released after each capture, detached with
+cuptiFinalize at the exit of a CUDA call (the fake logs every call).
 """
 import ctypes
 import gzip
@@ -14,6 +15,7 @@ import relutil
 import tbtest
 
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
 
 # Times are microseconds after the program launches its GPU work: the tests
 # run the fake with TBFAKE_CUPTI_AT_LAUNCH=1 and steps -G, which calls the
@@ -146,11 +148,13 @@ class GpuFake(tbtest.TestCase):
         with open(self.report) as f:
             return [l.split() for l in f.read().splitlines()]
 
-    def assertReleased(self, log, captures):
+    def assertReleased(self, log, captures, how="finalize", thread="main"):
+        """Each capture subscribed once, flushed (forced) after the program
+        launched its work, and let CUPTI go: detached by cuptiFinalize inside
+        a CUDA call's exit callback on `thread` (how="finalize"), or only
+        unsubscribed (how="unsubscribe"); nothing enabled after that."""
         subs = [l for l in log if l[0] == "subscribe" and l[1] == "0"]
-        unsubs = [l for l in log if l[0] == "unsubscribe" and l[1] == "1"]
         self.assertEqual(len(subs), captures, log)
-        self.assertEqual(len(unsubs), captures, log)
         on = set()
         for l in log:
             if l[0] == "enable" and l[2] == "0":
@@ -158,16 +162,27 @@ class GpuFake(tbtest.TestCase):
             elif l[0] == "disable":
                 on.discard(l[1])
         self.assertEqual(on, set(), "activity kinds left enabled after the capture: %s" % on)
-        # after the last unsubscribe: nothing enabled again
-        last = max(i for i, l in enumerate(log) if l[0] == "unsubscribe")
+        ends = {"finalize": [l for l in log if l[0] == "finalize"],
+                "unsubscribe": [l for l in log if l[0] == "unsubscribe" and l[1] == "1"]}
+        self.assertEqual(len(ends[how]), captures, log)
+        self.assertEqual([l for k, v in ends.items() if k != how for l in v], [], log)
+        if how == "finalize":
+            for l in ends[how]:
+                self.assertEqual(l[1:], ["0", "in_exit_callback=1", "thread=" + thread, "enabled=0"], log)
+        else:
+            self.assertEqual([l for l in log if l[0] == "domain"], [], "callback domains turned on: %s" % log)
+        # subscribe, flush, let go: in that order, capture after capture
+        seq = [l[0] for l in log if (l[0] == "subscribe" and l[1] == "0") or l[0] == "flush" or l in ends[how]]
+        self.assertEqual(seq, ["subscribe", "flush", how] * captures, log)
+        # after the last release: nothing enabled again
+        last = max(i for i, l in enumerate(log) if l[0] == how)
         self.assertFalse([l for l in log[last:] if l[0] == "enable"])
         flushes = [l for l in log if l[0] == "flush"]
-        self.assertEqual(len(flushes), captures)
         # the program launched the scripted work once in each capture, and no
         # flush came before the launch (it would report records "unlaunched")
         launches = [i for i, l in enumerate(log) if l[0] == "launch"]
         self.assertEqual(len(launches), captures, log)
-        self.assertEqual(len([l for l in flushes if "unlaunched" in " ".join(l)]), 0, log)
+        self.assertEqual([l for l in flushes if "unlaunched" in " ".join(l)], [], log)
         self.assertTrue(all(l[1] == "1" for l in flushes), "flush not forced: %s" % flushes)
 
     def check_profile(self, prof):
@@ -221,16 +236,22 @@ class GpuFake(tbtest.TestCase):
         # is never enabled
         p = tbtest.run([tbtest.prog("steps")] + (["-G"] if launch else []) + args, env=self.env(**kw))
         self.assertExitedOk(p)
+        ready = re.search(r"ready (\d+)", p.stdout)
+        if ready:  # -r: the program's pid, its main thread's line
+            self.pid = int(ready.group(1))
         return p
 
     def test_trace_and_release(self):
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"], RANK="3", WORLD_SIZE="8")
+        # -A: a CUDA call every step, at whose exit CUPTI is detached
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r", "-A"], RANK="3", WORLD_SIZE="8")
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         prof = tbtest.load(xs[0])
         kernels = self.check_profile(prof)
         self.assertReleased(self.fake_log(), 1)
+        self.assertEqual(prof.host.stats.get("tbprof_cupti_teardown"),
+                         "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
         # subscribed by name, asking CUPTI to admit no other subscriber, and
         # the profile says which libcupti traced
         subs = [l for l in self.fake_log() if l[0] == "subscribe"]
@@ -277,14 +298,21 @@ class GpuFake(tbtest.TestCase):
         # program launches its work in step 2 (and 7): inside each window.
         # The first profile must be written before the second window's
         # steps are over: steps last longer under a sanitizer
+        # With libcuda loaded (the fake one), CUPTI is detached on the agent
+        # thread before the second capture can start, and attached again by
+        # it: both captures whole. (Whether the job's own CUDA calls come
+        # before the next capture is a race: test_detach_taken_back_...)
         ms = 30 * relutil.sanitizer_slowdown()
-        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8")
+        env = self.env(steps="2-3;7-8")
+        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "11", "-m", str(ms), "-r"], env=env)
+        self.assertExitedOk(p)
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
         for x in xs:
             self.check_profile(tbtest.load(x))
-        self.assertReleased(self.fake_log(), 2)
+        self.assertReleased(self.fake_log(), 2, thread="other")
 
     def test_exit_mid_capture_flushes_before_cuda_teardown(self):
         # the job exits (exit(), step 4) inside the window; its CUDA runtime,
@@ -300,6 +328,56 @@ class GpuFake(tbtest.TestCase):
         self.assertIn("teardown", log)
         self.assertLess(log.index("flush"), log.index("teardown"), log)
         self.assertEqual(self.fake_log()[log.index("teardown")], ["teardown", "pending=0"])
+        # no detach while the process exits (CUDA is tearing down)
+        self.assertNotIn("domain", log)
+        self.assertNotIn("finalize", log)
+
+    def test_detach_on_the_agent_thread(self):
+        # where libcuda is loaded, the agent makes a CUDA call itself
+        # (cuDriverGetVersion), so CUPTI detaches at once, on its thread,
+        # not at the job's next call; the job makes no CUDA call here
+        env = self.env(steps="2,5")
+        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", "10", "-r"], env=env)
+        self.assertExitedOk(p)
+        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
+        self.assertReleased(self.fake_log(), 1, thread="other")
+
+    def test_detach_taken_back_by_the_next_capture(self):
+        # no CUDA call between two captures: the first one's detach is still
+        # pending when the second starts, which keeps the subscription (one
+        # subscribe for both) and turns the callbacks off again
+        ms = 30 * relutil.sanitizer_slowdown()
+        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 2, p.stderr)
+        for x in xs:
+            self.check_profile(tbtest.load(x))
+        log = self.fake_log()
+        self.assertEqual(len([l for l in log if l[0] == "subscribe"]), 1, log)
+        self.assertNotIn("finalize", [l[0] for l in log])
+        self.assertEqual([l[1:] for l in log if l[0] == "domain"],
+                         [["2", "1"], ["1", "1"], ["2", "0"], ["1", "0"], ["2", "1"], ["1", "1"]], log)
+        second = [i for i, l in enumerate(log) if l[0] == "enable" and l[1] == "10"][1]
+        self.assertGreater(second, [i for i, l in enumerate(log) if l == ["domain", "1", "0"]][0], log)
+
+    def test_teardown_off_or_cupti_too_old(self):
+        # TBPROF_CUPTI_TEARDOWN=off, and auto with a CUPTI before 12.6:
+        # unsubscribed after the capture, never finalized, and the profile
+        # says why
+        cases = [({"cupti_teardown": "off"}, "off (TBPROF_CUPTI_TEARDOWN=off)"),
+                 ({"TBFAKE_CUPTI_VERSION": "23"}, "off: CUPTI API version 23 is older than CUDA 12.6's")]
+        for i, (kw, says) in enumerate(cases):
+            with self.subTest(says):
+                self.logdir = os.path.join(self.tmp, "logs%d" % i)
+                self.report = os.path.join(self.tmp, "fake%d.log" % i)
+                self.run_steps(["-n", "10", "-m", "10", "-A", "-r"], steps="2,5", **kw)
+                prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+                self.check_profile(prof)
+                self.assertReleased(self.fake_log(), 1, how="unsubscribe")
+                self.assertTrue(prof.host.stats.get("tbprof_cupti_teardown", "").startswith(says),
+                                prof.host.stats.get("tbprof_cupti_teardown"))
 
     def host_only(self, reason_re, **kw):
         p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, **kw)

@@ -19,3 +19,16 @@ if(TARGET prog_nvtx_steps)
     target_include_directories(prog_nvtx_steps PRIVATE ${NVTX3_INCLUDE})
   endif()
 endif()
+# A fake libcuda.so.1 (cuDriverGetVersion only) that reports its call to the
+# fake libcupti as a returning driver API call: tests/e2e/test_gpu_fake.py
+# preloads it to check that tbprof detaches CUPTI on its own thread.
+#   build/fakecudadrv/libcuda.so.1
+if(TBPROF_WITH_CUPTI)
+  add_library(fakecudadrv SHARED ${CMAKE_SOURCE_DIR}/tests/fakecuda/fakecudadrv.c)
+  target_link_libraries(fakecudadrv PRIVATE ${CMAKE_DL_LIBS})
+  set_target_properties(fakecudadrv PROPERTIES OUTPUT_NAME cuda SOVERSION 1
+    LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fakecudadrv)
+  if(TARGET prog_steps)
+    add_dependencies(prog_steps fakecudadrv)
+  endif()
+endif()

@@ -45,8 +45,16 @@
  *                                 from enable (a flush before that call
  *                                 delivers none of them)
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
- * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type
- * or callback names: an older CUPTI); -DFAKE_BROKEN (no cuptiActivityFlushAll).
+ *   TBFAKE_CUPTI_VERSION=N        cuptiGetVersion reports N (default: the header's)
+ *   TBFAKE_CUPTI_FAIL_FINALIZE=N  cuptiFinalize returns CUptiResult N
+ * CUDA calls: tbfake_cuda_api(domain, cbid) is one returning runtime or
+ * driver call (a test program's, or the fake libcuda's cuDriverGetVersion):
+ * the subscriber's callback runs at its enter and exit when the subscriber
+ * enabled that domain (cuptiEnableDomain), as CUPTI calls it; cuptiFinalize
+ * reports whether it ran inside such an exit callback, and on which thread.
+ * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type,
+ * callback names, cuptiEnableDomain or cuptiFinalize: an older CUPTI);
+ * -DFAKE_BROKEN (no cuptiActivityFlushAll).
  */
 #include <cupti.h>
 #include <pthread.h>
@@ -56,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,6 +92,13 @@ typedef struct rec {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int subscribed;
+static CUpti_CallbackFunc sub_cb; /* the subscriber's callback, and its data */
+static void *sub_ud;
+static int domains[CUPTI_CB_DOMAIN_SIZE]; /* callback domains the subscriber enabled */
+/* threads inside an API exit callback now (no __thread: LeakSanitizer
+ * cannot scan the TLS of a dlopen()ed library) */
+static long in_exit_tids[64];
+static unsigned long long n_subscribe, n_finalize;
 static int enabled[MAXKINDS], seen[MAXKINDS];
 static CUpti_BuffersCallbackRequestFunc req_cb;
 static CUpti_BuffersCallbackCompleteFunc done_cb;
@@ -510,7 +526,7 @@ static const char *other_subscriber(void)
     return *end ? v : "";
 }
 
-static CUptiResult do_subscribe(CUpti_SubscriberHandle *s, const char **holder)
+static CUptiResult do_subscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud, const char **holder)
 {
     long fail = envl("TBFAKE_CUPTI_FAIL_SUBSCRIBE", 0), slow = envl("TBFAKE_CUPTI_SUBSCRIBE_MS", 0);
     if (slow > 0)
@@ -524,6 +540,10 @@ static CUptiResult do_subscribe(CUpti_SubscriberHandle *s, const char **holder)
         r = (CUptiResult)fail;
     else {
         subscribed = 1;
+        n_subscribe++;
+        sub_cb = cb;
+        sub_ud = ud;
+        memset(domains, 0, sizeof(domains));
         *s = (CUpti_SubscriberHandle)(uintptr_t)0x5u;
     }
     pthread_mutex_unlock(&mu);
@@ -532,10 +552,8 @@ static CUptiResult do_subscribe(CUpti_SubscriberHandle *s, const char **holder)
 
 API CUptiResult cuptiSubscribe(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud)
 {
-    (void)cb;
-    (void)ud;
     const char *holder;
-    CUptiResult r = do_subscribe(s, &holder);
+    CUptiResult r = do_subscribe(s, cb, ud, &holder);
     report("subscribe %d", (int)r);
     return r;
 }
@@ -554,8 +572,6 @@ typedef struct {
 API CUptiResult cuptiSubscribe_v2(CUpti_SubscriberHandle *s, CUpti_CallbackFunc cb, void *ud,
                                   CUpti_SubscriberParams *params)
 {
-    (void)cb;
-    (void)ud;
     fake_sub_params *p = (fake_sub_params *)(void *)params;
     long want = envl("TBFAKE_CUPTI_V2_SIZE", 0), fail = envl("TBFAKE_CUPTI_V2_FAIL", 0);
     size_t size = p ? p->structSize : 0;
@@ -569,7 +585,7 @@ API CUptiResult cuptiSubscribe_v2(CUpti_SubscriberHandle *s, CUpti_CallbackFunc 
     else if (p && (size < sizeof(size_t) || (want && size != (size_t)want)))
         r = CUPTI_ERROR_INVALID_PARAMETER;
     else
-        r = do_subscribe(s, &holder);
+        r = do_subscribe(s, cb, ud, &holder);
     if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED && p && size >= offsetof(fake_sub_params, allowMultipleSubscribers) &&
         p->oldSubscriberName && p->oldSubscriberSize)
         snprintf(p->oldSubscriberName, p->oldSubscriberSize, "%s", holder ? holder : "");
@@ -584,6 +600,8 @@ API CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle s)
     pthread_mutex_lock(&mu);
     int was = subscribed;
     subscribed = 0;
+    sub_cb = NULL;
+    memset(domains, 0, sizeof(domains));
     pthread_mutex_unlock(&mu);
     report("unsubscribe %d", was);
     return was ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
@@ -788,9 +806,75 @@ API CUptiResult cuptiGetResultString(CUptiResult r, const char **s)
 
 API CUptiResult cuptiGetVersion(uint32_t *v)
 {
-    *v = CUPTI_API_VERSION;
+    *v = (uint32_t)envl("TBFAKE_CUPTI_VERSION", CUPTI_API_VERSION);
     return CUPTI_SUCCESS;
 }
+
+/* Mark (on = 1) or unmark this thread as inside an API exit callback. */
+static void api_exit_mark(int on)
+{
+    long me = syscall(SYS_gettid);
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < 64; i++)
+        if (in_exit_tids[i] == (on ? 0 : me)) {
+            in_exit_tids[i] = on ? me : 0;
+            break;
+        }
+    pthread_mutex_unlock(&mu);
+}
+
+#ifndef FAKE_OLD
+static const char *which_thread(void) { return syscall(SYS_gettid) == getpid() ? "main" : "other"; }
+
+/* Whether this thread is inside an API exit callback (mu held). */
+static int in_api_exit(void)
+{
+    long me = syscall(SYS_gettid);
+    for (int i = 0; i < 64; i++)
+        if (in_exit_tids[i] == me)
+            return 1;
+    return 0;
+}
+
+API CUptiResult cuptiEnableDomain(uint32_t on, CUpti_SubscriberHandle s, CUpti_CallbackDomain d)
+{
+    (void)s;
+    if ((unsigned)d >= CUPTI_CB_DOMAIN_SIZE)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    pthread_mutex_lock(&mu);
+    int ok = subscribed;
+    if (ok)
+        domains[d] = on != 0;
+    pthread_mutex_unlock(&mu);
+    report("domain %d %u", (int)d, on);
+    return ok ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
+}
+
+/* CUPTI detached: every subscription, enabled kind, callback and setting gone */
+API CUptiResult cuptiFinalize(void)
+{
+    long fail = envl("TBFAKE_CUPTI_FAIL_FINALIZE", 0);
+    pthread_mutex_lock(&mu);
+    int n = 0;
+    for (int i = 0; i < MAXKINDS; i++)
+        n += enabled[i];
+    if (!fail) {
+        n_finalize++;
+        subscribed = 0;
+        sub_cb = NULL;
+        memset(domains, 0, sizeof(domains));
+        memset(enabled, 0, sizeof(enabled));
+        req_cb = NULL;
+        done_cb = NULL;
+        ts_cb = NULL;
+        tid_type = CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT;
+    }
+    int in_exit = in_api_exit();
+    pthread_mutex_unlock(&mu);
+    report("finalize %ld in_exit_callback=%d thread=%s enabled=%d", fail, in_exit, which_thread(), n);
+    return (CUptiResult)fail;
+}
+#endif
 
 #ifndef FAKE_OLD
 API CUptiResult cuptiActivityRegisterTimestampCallback(CUpti_TimestampCallbackFunc f)
@@ -890,6 +974,44 @@ API void tbfake_cuda_teardown(void)
         nrecs = 0;
     pthread_mutex_unlock(&mu);
     report("teardown pending=%zu", pending);
+}
+
+/* Callback domains enabled now (a bit per domain), and subscriptions and
+ * finalizes over the library's life. */
+API void tbfake_cupti_detach(int *domains_on, unsigned long long *subscribes, unsigned long long *finalizes)
+{
+    pthread_mutex_lock(&mu);
+    *domains_on = 0;
+    for (int i = 0; i < CUPTI_CB_DOMAIN_SIZE; i++)
+        *domains_on |= domains[i] << i;
+    *subscribes = n_subscribe;
+    *finalizes = n_finalize;
+    pthread_mutex_unlock(&mu);
+}
+
+/* One CUDA runtime (domain 2) or driver (1) call returning: the
+ * subscriber's callback at its enter and exit sites when it enabled that
+ * domain. Returns 1 when it was called back. */
+API int tbfake_cuda_api(int domain, unsigned cbid)
+{
+    if (domain < 0 || domain >= CUPTI_CB_DOMAIN_SIZE)
+        return 0;
+    pthread_mutex_lock(&mu);
+    CUpti_CallbackFunc cb = subscribed && domains[domain] ? sub_cb : NULL;
+    void *ud = sub_ud;
+    pthread_mutex_unlock(&mu);
+    if (!cb)
+        return 0;
+    CUpti_CallbackData d;
+    memset(&d, 0, sizeof(d));
+    d.functionName = domain == CUPTI_CB_DOMAIN_DRIVER_API ? "cuFake" : "cudaFake";
+    d.callbackSite = CUPTI_API_ENTER;
+    cb(ud, (CUpti_CallbackDomain)domain, cbid, &d);
+    d.callbackSite = CUPTI_API_EXIT;
+    api_exit_mark(1);
+    cb(ud, (CUpti_CallbackDomain)domain, cbid, &d);
+    api_exit_mark(0);
+    return 1;
 }
 
 /* The thread-id type currently set (-1 in the FAKE_OLD build). */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "config.h"
 #include "cupti_lib.h"
 #include "gpu.h"
 #include "host.h"
@@ -92,6 +93,46 @@ static int fake_tid_type(const char *path)
     return r;
 }
 
+/* One CUDA runtime call returning in the job, in whichever fake is loaded:
+ * 1 when CUPTI called our subscriber back (a detach was pending). */
+static int job_cuda_call(void)
+{
+    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
+    int (*f)(int, unsigned) = h ? (int (*)(int, unsigned))(uintptr_t)dlsym(h, "tbfake_cuda_api") : NULL;
+    int r = f ? f(CUPTI_CB_DOMAIN_RUNTIME_API, 211) : -1;
+    if (h)
+        dlclose(h);
+    return r;
+}
+
+/* The fake's callback domains enabled now (bit per domain), subscriptions
+ * and cuptiFinalize calls so far. */
+typedef struct detach_state {
+    int domains;
+    unsigned long long subscribes, finalizes;
+} detach_state;
+static detach_state fake_detach(void)
+{
+    detach_state d = {-1, 0, 0};
+    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
+    void (*f)(int *, unsigned long long *, unsigned long long *) =
+        h ? (void (*)(int *, unsigned long long *, unsigned long long *))(uintptr_t)dlsym(h, "tbfake_cupti_detach")
+          : NULL;
+    if (f)
+        f(&d.domains, &d.subscribes, &d.finalizes);
+    if (h)
+        dlclose(h);
+    return d;
+}
+#define API_DOMAINS ((1 << CUPTI_CB_DOMAIN_RUNTIME_API) | (1 << CUPTI_CB_DOMAIN_DRIVER_API))
+
+static void set_teardown(int mode)
+{
+    tb_config c = *tb_config_get();
+    c.cupti_teardown = mode;
+    tb_config_set_global(&c);
+}
+
 /* ---- space helpers ---- */
 static tb_line *line_named(tb_plane *p, const char *name)
 {
@@ -161,6 +202,10 @@ static tb_space *capture_polled(tb_source *src, size_t bytes, int *rc, const cha
     src->stop(src->ctx);
     tb_space *s = tb_space_new();
     src->collect(src->ctx, s);
+    /* idle again, as in the agent; the job's next CUDA call lets a pending
+     * detach happen, so every capture starts from a detached CUPTI */
+    src->release(src->ctx);
+    job_cuda_call();
     return s;
 }
 
@@ -373,12 +418,29 @@ int main(void)
     CHECK_EQ_I(fake_tid_type(fake_full), CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM);
     src->stop(src->ctx);
     fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
-    CHECK_EQ_I(sub, 0);   /* released: another tool may subscribe now */
+    CHECK_EQ_I(sub, 1);   /* kept until collected: it detaches CUPTI then */
     CHECK_EQ_I(nen, 0);   /* no activity enabled while idle */
     CHECK_EQ_I(fl, 1);    /* one forced flush */
     CHECK_EQ_I(fake_tid_type(fake_full), CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT);
     tb_space *s = tb_space_new();
     CHECK_EQ_I(src->collect(src->ctx, s), 0);
+    CHECK_EQ_I(fake_detach().domains, 0);
+    CHECK_STR(plane_str(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_TEARDOWN),
+              "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)");
+    /* idle: CUPTI is detached at the exit of the job's next CUDA call (no
+     * libcuda here for the agent to call itself) */
+    detach_state d0 = fake_detach();
+    src->release(src->ctx);
+    detach_state d1 = fake_detach();
+    CHECK_EQ_I(d1.domains, API_DOMAINS);
+    CHECK_EQ_I(d1.finalizes, d0.finalizes);
+    CHECK_EQ_I(job_cuda_call(), 1);
+    d1 = fake_detach();
+    CHECK_EQ_I(d1.finalizes, d0.finalizes + 1);
+    CHECK_EQ_I(d1.domains, 0);
+    fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+    CHECK_EQ_I(sub, 0); /* detached: another tool may subscribe now */
+    CHECK_EQ_I(job_cuda_call(), 0); /* and the job's calls are not called back */
     CHECK(tb_gpu_last_stats().used_timestamp_callback == 1);
     CHECK_EQ_I(tb_gpu_last_stats().records, dl);
     check_full_translation(s, t0);
@@ -392,8 +454,70 @@ int main(void)
     }
     tb_space_free(s);
 
-    /* 2. again: repeated captures give the same result */
+    /* 2. again: repeated captures give the same result (CUPTI attached
+     * again after the detach) */
     capture_full(src);
+
+    /* 2a. a capture that starts before the job made a CUDA call takes the
+     * pending detach back: the same subscription, no callbacks left on */
+    {
+        detach_state d = fake_detach();
+        tb_capture_info ci = {.buffer_bytes = 4 << 20};
+        CHECK_EQ_I(src->start(src->ctx, &ci, &why), 0);
+        src->stop(src->ctx);
+        tb_space *s1 = tb_space_new();
+        src->collect(src->ctx, s1);
+        src->release(src->ctx);
+        CHECK_EQ_I(fake_detach().domains, API_DOMAINS);
+        t0 = tb_real_ns();
+        CHECK_EQ_I(src->start(src->ctx, &ci, &why), 0);
+        detach_state d2 = fake_detach();
+        CHECK_EQ_I(d2.domains, 0);
+        CHECK_EQ_I(d2.subscribes, d.subscribes + 1); /* one, for both captures */
+        CHECK_EQ_I(d2.finalizes, d.finalizes);
+        CHECK_STR(subscribed_with(), "cuptiSubscribe_v2 (13.2 params)");
+        CHECK_EQ_I(job_cuda_call(), 0); /* capturing: no callback */
+        src->stop(src->ctx);
+        tb_space *s2 = tb_space_new();
+        src->collect(src->ctx, s2);
+        check_full_translation(s2, t0);
+        src->release(src->ctx);
+        CHECK_EQ_I(job_cuda_call(), 1);
+        CHECK_EQ_I(fake_detach().finalizes, d.finalizes + 1);
+        tb_space_free(s1);
+        tb_space_free(s2);
+    }
+
+    /* 2c. TBPROF_CUPTI_TEARDOWN=off, and auto with a CUPTI before 12.6:
+     * unsubscribed at stop, never finalized; =on finalizes any CUPTI */
+    static const struct {
+        int mode;
+        const char *version, *says;
+        int detached;
+    } modes[] = {{TB_OFF, NULL, "off (TBPROF_CUPTI_TEARDOWN=off)", 0},
+                 {TB_AUTO, "23", "off: CUPTI API version 23 is older than CUDA 12.6's (24)", 0},
+                 {TB_ON, "23", "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=on)", 1}};
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        set_teardown(modes[i].mode);
+        if (modes[i].version)
+            setenv("TBFAKE_CUPTI_VERSION", modes[i].version, 1);
+        detach_state d = fake_detach();
+        tb_capture_info ci = {.buffer_bytes = 4 << 20};
+        CHECK_EQ_I(src->start(src->ctx, &ci, &why), 0);
+        src->stop(src->ctx);
+        fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+        CHECK_EQ_I(sub, modes[i].detached);
+        s = tb_space_new();
+        src->collect(src->ctx, s);
+        const char *says = plane_str(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_TEARDOWN);
+        CHECKF(strncmp(says, modes[i].says, strlen(modes[i].says)) == 0, "mode %zu says: %s", i, says);
+        src->release(src->ctx);
+        CHECK_EQ_I(job_cuda_call(), modes[i].detached);
+        CHECK_EQ_I(fake_detach().finalizes, d.finalizes + (unsigned long long)modes[i].detached);
+        tb_space_free(s);
+        unsetenv("TBFAKE_CUPTI_VERSION");
+    }
+    set_teardown(TB_AUTO);
 
     /* 2b. between captures another tool set CUPTI's clock to its own (Kineto
      * registers a TSC-based one): the next capture is on our clock again */
@@ -521,6 +645,35 @@ int main(void)
     tb_space_free(s);
     unsetenv("TBFAKE_CUPTI_THREADS");
     unsetenv("TBFAKE_CUPTI_REPEAT");
+
+    /* 9b. cuptiFinalize fails: one warning; the subscription stays ours and
+     * no callback is left on; the next capture reuses it, and from then on
+     * captures unsubscribe instead */
+    setenv("TBFAKE_CUPTI_FAIL_FINALIZE", "999", 1); /* CUPTI_ERROR_UNKNOWN */
+    {
+        detach_state d = fake_detach();
+        s = capture(src, 4 << 20, &rc, &why, &t0); /* its release and the job's call: the finalize fails */
+        CHECK_EQ_I(rc, 0);
+        tb_space_free(s);
+        detach_state d2 = fake_detach();
+        CHECK_EQ_I(d2.finalizes, d.finalizes);
+        CHECK_EQ_I(d2.domains, 0);
+        CHECK_EQ_I(job_cuda_call(), 0);
+        fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+        CHECK_EQ_I(sub, 1);
+        tb_capture_info ci = {.buffer_bytes = 4 << 20};
+        CHECK_EQ_I(src->start(src->ctx, &ci, &why), 0);
+        CHECK_EQ_I(fake_detach().subscribes, d2.subscribes); /* reused */
+        src->stop(src->ctx);
+        fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+        CHECK_EQ_I(sub, 0); /* unsubscribed: teardown is off now */
+        s = tb_space_new();
+        src->collect(src->ctx, s);
+        const char *says = plane_str(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_TEARDOWN);
+        CHECKF(strstr(says, "off: cuptiFinalize failed") != NULL, "says: %s", says);
+        tb_space_free(s);
+    }
+    unsetenv("TBFAKE_CUPTI_FAIL_FINALIZE");
 
     /* 10. libcupti missing */
     tb_cupti_lib_reset_for_tests();

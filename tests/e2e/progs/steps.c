@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -27,6 +27,11 @@
  *        launched it): with -a, wait until tbprof_capturing() after
  *        tbprof_start(); in a step where tbprof_capturing() is true, call the
  *        fake's tbfake_cupti_launch() until GPU tracing is on (bounded, 30 s)
+ *   -A   make one CUDA runtime call per step (the fake libcupti's
+ *        tbfake_cuda_api, once the agent has loaded it), as a CUDA job
+ *        does: CUPTI calls its subscriber back at its exit when asked to;
+ *        after the last step, go on calling until tbprof has let CUPTI go
+ *        (no longer subscribed; bounded, 30 s), as a longer job would
  * At the end it prints "done <steps> last=<tbprof_last_profile()>".
  */
 #include <dlfcn.h>
@@ -90,6 +95,35 @@ static int fake_launch(void)
     return r;
 }
 
+/* -A: one CUDA runtime call returning (cudaLaunchKernel's callback id) */
+static void cuda_call(void)
+{
+    void *h = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return;
+    int (*f)(int, unsigned) = (int (*)(int, unsigned))dlsym(h, "tbfake_cuda_api");
+    if (f)
+        f(2 /* CUPTI_CB_DOMAIN_RUNTIME_API */, 211);
+    dlclose(h);
+}
+
+/* -A after the loop: one more call; 1 once the fake has no subscriber */
+static int cupti_let_go(void)
+{
+    cuda_call();
+    void *h = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return 1;
+    void (*f)(int *, int *, unsigned long long *, unsigned long long *, unsigned long long *);
+    *(void **)&f = dlsym(h, "tbfake_cupti_state");
+    int sub = 0, nen;
+    unsigned long long fl, dl, dr;
+    if (f)
+        f(&sub, &nen, &fl, &dl, &dr);
+    dlclose(h);
+    return !sub;
+}
+
 /* -C: the runtime's atexit teardown, in the fake libcupti if it is loaded
  * by then (the agent loads it at the first capture) */
 static void cuda_teardown(void)
@@ -135,12 +169,12 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
-    int gpu = 0, launched = 0;
+    int gpu = 0, launched = 0, api_calls = 0;
     double ms = 5;
     long api_a = -1, api_b = -1, exit_at = -1;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTCG")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTCGA")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -155,6 +189,7 @@ int main(int argc, char **argv)
         case 'r': ready = 1; break;
         case 'T': signal(SIGTERM, on_term); break;
         case 'G': gpu = 1; break;
+        case 'A': api_calls = 1; break;
         case 'C': atexit(cuda_teardown); break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
@@ -201,6 +236,8 @@ int main(int argc, char **argv)
         } else {
             launched = 0;
         }
+        if (api_calls)
+            cuda_call();
         if (i == 1 && do_fork) {
             child = fork();
             if (child == 0) {
@@ -219,6 +256,8 @@ int main(int argc, char **argv)
     }
     if (api_a >= 0 && api_b + 1 >= nsteps)
         stop_printed(print_steps);
+    if (api_calls)
+        wait_until(cupti_let_go, "tbprof to let CUPTI go (-A)");
     if (print_steps)
         printf("end %lld\n", (long long)now_ns(CLOCK_REALTIME));
     if (child > 0) {

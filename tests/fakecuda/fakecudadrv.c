@@ -1,0 +1,27 @@
+/* fakecudadrv.c - a stand-in libcuda.so.1 with one function, for tests of
+ * tbprof's CUPTI detach: after a capture the agent calls the driver's
+ * cuDriverGetVersion (only when libcuda is already loaded) so that CUPTI's
+ * API-exit callback, where it finalizes CUPTI, runs on the agent thread.
+ * Here that call is reported to the fake libcupti (tbfake_cuda_api) as a
+ * returning driver API call, the way CUPTI would call its subscriber back.
+ */
+#include <dlfcn.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define DRIVER_API_DOMAIN 1        /* CUPTI_CB_DOMAIN_DRIVER_API */
+#define CBID_cuDriverGetVersion 2u /* CUPTI_DRIVER_TRACE_CBID_cuDriverGetVersion */
+
+EXPORT int cuDriverGetVersion(int *version)
+{
+    if (!version)
+        return 1; /* CUDA_ERROR_INVALID_VALUE */
+    *version = 13000;
+    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
+    if (h) {
+        int (*api)(int, unsigned) = (int (*)(int, unsigned))dlsym(h, "tbfake_cuda_api");
+        if (api)
+            api(DRIVER_API_DOMAIN, CBID_cuDriverGetVersion);
+        dlclose(h);
+    }
+    return 0;
+}
