@@ -207,10 +207,33 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertRegex(c.stdout, r"RESULT cupti_capture INFO \S*fakecupti/libcupti.so \(CUPTI API \d+, "
                                    r"cuptiSubscribe_v2 \(13.2 params\)\); pool \d+ x \d+; buffers filled [1-9]\d*; "
-                                   r"CUPTI dropped 0; pool ran out 0")
+                                   r"CUPTI dropped 0; pool ran out 0; start wait [\d.]+ ms; "
+                                   r"teardown on: cuptiFinalize after the capture")
         c = run_check("capture", self.host_only_profile("hostonly", cupti_path=os.path.join(self.tmp, "none.so")))
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
+
+    def test_after_capture(self):
+        # 4a: step times after a capture within 2% of no tbprof, from a
+        # capture that detached CUPTI; slower, or teardown off, fails
+        def times(name, ms):
+            path = os.path.join(self.tmp, name)
+            with open(path, "w") as f:
+                f.write("".join("%.6f\n" % (ms / 1e3) for _ in range(40)))
+            return path
+        none, fast, slow = times("none", 10.0), times("fast", 10.1), times("slow", 11.5)
+        c = run_check("after_capture", self.xplane, fast, none, slow)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertIn("RESULT idle_after_capture PASS steps 10..29 after a capture of 3..7: 10.100 ms vs none "
+                      "10.000 ms (limit +2%); CUPTI left attached (TBPROF_CUPTI_TEARDOWN=off): 11.500 ms; "
+                      "teardown on: cuptiFinalize", c.stdout)
+        c = run_check("after_capture", self.xplane, slow, none, slow)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("RESULT idle_after_capture FAIL", c.stdout)
+        off = self.host_only_profile("teardown_off", TBPROF_CUPTI_TEARDOWN="off")
+        c = run_check("after_capture", off, fast, none, os.path.join(self.tmp, "missing"))
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("attached (TBPROF_CUPTI_TEARDOWN=off): ?; teardown off (TBPROF_CUPTI_TEARDOWN=off)", c.stdout)
 
     def coexist(self, name, want, xplane, kernels=1, rc=0):
         trace = os.path.join(self.tmp, "torch_trace.json")
