@@ -158,6 +158,9 @@ static int report(const tb_plane *h)
     long long samples = 0;
     if (!host_stat(h, TB_ST_GPU_OFF_REASON, &why, NULL) && host_stat(h, TB_ST_CUPTI_LIBRARY, &lib, NULL)) {
         printf("  GPU tracing    ready: %s\n", lib);
+        const char *after = NULL;
+        if (host_stat(h, TB_ST_CUPTI_TEARDOWN, &after, NULL))
+            printf("  CUPTI after    %s\n", after);
     } else {
         printf("  GPU tracing    off: %s\n", why ? why : "no reason recorded (an agent built without CUPTI?)");
         bad = 1;

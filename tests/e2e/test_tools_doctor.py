@@ -35,6 +35,9 @@ class Doctor(tbtest.TestCase):
         self.assertEqual(self.line(p, "agent"), "ready: a profile was written")
         self.assertRegex(self.line(p, "GPU tracing"),
                          r"^ready: %s \(CUPTI API \d+, cuptiSubscribe_v2 \(13.2 params\)\)$" % re.escape(FAKE))
+        # what becomes of CUPTI after each capture (TBPROF_CUPTI_TEARDOWN)
+        self.assertEqual(self.line(p, "CUPTI after"),
+                         "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
         cpu = self.line(p, "CPU sampling")
         # ready where perf_event works; either way the status says both or not
         self.assertEqual(p.returncode, 0 if cpu.startswith("ready:") else 1, p.stdout)

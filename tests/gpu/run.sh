@@ -66,7 +66,7 @@ check() { # name, command...: records the RESULT line
 }
 
 # 0. tbprof doctor: on a GPU machine it must find GPU tracing ready
-doc=$("$tbprof" doctor 2>&1); docd=$(grep -E '^  (GPU tracing|CPU sampling)' <<<"$doc" | tr -s ' ' | paste -sd ';')
+doc=$("$tbprof" doctor 2>&1); docd=$(grep -E '^  (GPU tracing|CUPTI after|CPU sampling)' <<<"$doc" | tr -s ' ' | paste -sd ';')
 if grep -q '^  GPU tracing *ready:' <<<"$doc"; then row doctor PASS "$docd"; else row doctor FAIL "${docd:-$(tail -2 <<<"$doc" | tr '\n' ' ')}"; fi
 
 # 1. CUDA program: steps 3..6 = 4 steps, from each CUDA step source
