@@ -4,8 +4,9 @@
  * The agent owns the capture lifecycle (agent/capture.c): on a trigger it
  * calls start() on each enabled source, poll() periodically from the agent
  * thread while capturing, stop() at the end, then collect() to translate
- * what was recorded into the tb_space being written. All of these run on the
- * agent thread (start may also run on the thread calling tbprof_start()).
+ * what was recorded into the tb_space being written, and release() unless
+ * the process is exiting. All of these run on the agent thread (start may
+ * also run on the thread calling tbprof_start()).
  *
  * A source that cannot work (no libcupti, perf_event refused, another CUPTI
  * subscriber) returns a negative errno from start() and sets *why to a short
