@@ -272,6 +272,9 @@ static int teardown_wanted(char *why, size_t n)
                          "stays attached");
     else if (teardown_broken)
         snprintf(why, n, "off: cuptiFinalize failed after an earlier capture; unsubscribed, CUPTI stays attached");
+    else if (mode == TB_AUTO && !v)
+        snprintf(why, n, "off: this libcupti does not say its version (cuptiGetVersion); "
+                         "TBPROF_CUPTI_TEARDOWN=on forces the detach");
     else if (mode == TB_AUTO && v < CUPTI_API_12_6)
         snprintf(why, n,
                  "off: CUPTI API version %u is older than CUDA 12.6's (%u), where attaching again after "

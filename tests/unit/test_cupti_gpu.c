@@ -488,7 +488,8 @@ int main(void)
         tb_space_free(s2);
     }
 
-    /* 2c. TBPROF_CUPTI_TEARDOWN=off, and auto with a CUPTI before 12.6:
+    /* 2c. TBPROF_CUPTI_TEARDOWN=off, and auto with a CUPTI before 12.6 or
+     * of unknown version:
      * unsubscribed at stop, never finalized; =on finalizes any CUPTI */
     static const struct {
         int mode;
@@ -496,6 +497,7 @@ int main(void)
         int detached;
     } modes[] = {{TB_OFF, NULL, "off (TBPROF_CUPTI_TEARDOWN=off)", 0},
                  {TB_AUTO, "23", "off: CUPTI API version 23 is older than CUDA 12.6's (24)", 0},
+                 {TB_AUTO, "0", "off: this libcupti does not say its version", 0},
                  {TB_ON, "23", "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=on)", 1}};
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
         set_teardown(modes[i].mode);
