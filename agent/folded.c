@@ -101,19 +101,37 @@ typedef struct open_span {
     uint64_t kids;  /* sum of children's totals */
 } open_span;
 
-static int emit(tb_folded *f, const open_span *stk, size_t depth, uint32_t thread, uint64_t count)
+/* A new thread (folded stacks' line) named `name`: its index in *idx. */
+static int add_thread(tb_folded *f, const char *name, uint32_t *idx)
+{
+    if (TB_GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0)
+        return -ENOMEM;
+    *idx = (uint32_t)f->nthreads;
+    f->threads[f->nthreads++] = name;
+    return 0;
+}
+
+/* Append a stack of n frames with `count`; returns where its n frame names
+ * go, NULL when out of memory (nothing appended). */
+static const char **add_stack(tb_folded *f, size_t n, uint32_t thread, uint64_t count)
 {
     if (TB_GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
-        TB_GROW(f->frames, f->cap_frames, f->nframes + depth) < 0)
-        return -ENOMEM;
-    tb_folded_stack *s = &f->stacks[f->nstacks++];
-    s->at = (uint32_t)f->nframes;
-    s->depth = (uint32_t)depth;
-    s->thread = thread;
-    s->count = count;
-    for (size_t i = 0; i < depth; i++)
-        f->frames[f->nframes++] = stk[i].name;
+        TB_GROW(f->frames, f->cap_frames, f->nframes + n) < 0)
+        return NULL;
+    f->stacks[f->nstacks++] = (tb_folded_stack){(uint32_t)f->nframes, (uint32_t)n, thread, count};
+    const char **fr = f->frames + f->nframes;
+    f->nframes += n;
     f->total += count;
+    return fr;
+}
+
+static int emit(tb_folded *f, const open_span *stk, size_t depth, uint32_t thread, uint64_t count)
+{
+    const char **fr = add_stack(f, depth, thread, count);
+    if (!fr)
+        return -ENOMEM;
+    for (size_t i = 0; i < depth; i++)
+        fr[i] = stk[i].name;
     return 0;
 }
 
@@ -153,7 +171,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
 {
     open_span *stk = NULL;
     size_t depth = 0, cap = 0;
-    int64_t thread = -1;
+    uint32_t thread = UINT32_MAX; /* added with the line's first span */
     int rc = 0;
     span_ids ids = plane_span_ids(p);
     for (size_t i = 0; i < l->nevents && rc == 0; i++) {
@@ -162,16 +180,12 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
         uint64_t c = span_count2(p, &ids, l, e, &self);
         if (!c)
             continue;
-        if (thread < 0) {
-            if (TB_GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0) {
-                rc = -ENOMEM;
-                break;
-            }
-            thread = (int64_t)f->nthreads;
-            f->threads[f->nthreads++] = line_name(l);
+        if (thread == UINT32_MAX && add_thread(f, line_name(l), &thread) < 0) {
+            rc = -ENOMEM;
+            break;
         }
         while (depth && e->start_ns >= stk[depth - 1].end && rc == 0)
-            rc = pop(f, stk, &depth, (uint32_t)thread);
+            rc = pop(f, stk, &depth, thread);
         if (rc)
             break;
         int64_t end = e->start_ns + e->dur_ns;
@@ -186,7 +200,7 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
         stk[depth++] = (open_span){.name = event_name(p, e), .end = end, .total = c, .self = self};
     }
     while (depth && rc == 0)
-        rc = pop(f, stk, &depth, (uint32_t)thread);
+        rc = pop(f, stk, &depth, thread);
     free(stk);
     return rc;
 }
@@ -234,25 +248,13 @@ static int work_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int add_thread(tb_folded *f, const char *name, uint32_t *idx)
-{
-    if (TB_GROW(f->threads, f->cap_threads, f->nthreads + 1) < 0)
-        return -ENOMEM;
-    *idx = (uint32_t)f->nthreads;
-    f->threads[f->nthreads++] = name;
-    return 0;
-}
-
 /* Append one stack of frames fr[0..n) with `count`. */
 static int emit_names(tb_folded *f, const char *const *fr, size_t n, uint32_t thread, uint64_t count)
 {
-    if (TB_GROW(f->stacks, f->cap_stacks, f->nstacks + 1) < 0 ||
-        TB_GROW(f->frames, f->cap_frames, f->nframes + n) < 0)
+    const char **to = add_stack(f, n, thread, count);
+    if (!to)
         return -ENOMEM;
-    f->stacks[f->nstacks++] = (tb_folded_stack){(uint32_t)f->nframes, (uint32_t)n, thread, count};
-    memcpy(f->frames + f->nframes, fr, n * sizeof(*fr));
-    f->nframes += n;
-    f->total += count;
+    memcpy(to, fr, n * sizeof(*fr));
     return 0;
 }
 
