@@ -288,35 +288,6 @@ static int teardown_wanted(char *why, size_t n)
     return 0;
 }
 
-static void gpu_release(void *ctx)
-{
-    (void)ctx;
-    if (!g.teardown || atomic_load(&det_state) != DET_HELD)
-        return;
-    static int exit_hook;
-    if (!exit_hook && atexit(detach_off_at_exit) == 0)
-        exit_hook = 1;
-    CUptiResult r = api_domains(1);
-    if (r != CUPTI_SUCCESS) {
-        api_domains(0);
-        g.lib->Unsubscribe(g.sub);
-        atomic_store(&det_state, DET_NONE);
-        tb_debug("GPU: cuptiEnableDomain failed (%s): unsubscribed, CUPTI not detached",
-                 tb_cupti_result_str(g.lib, r));
-        return;
-    }
-    int64_t t = tb_mono_ns();
-    atomic_store(&det_state, DET_PENDING);
-    detach_poke();
-    int s = atomic_load(&det_state);
-    if (s == DET_NONE)
-        tb_debug("GPU: CUPTI detached (cuptiFinalize) in %.1f ms, on %s", (tb_mono_ns() - t) / 1e6,
-                 atomic_load(&det_tid) == (int)syscall(SYS_gettid) ? "the agent thread" : "a job thread");
-    else if (s == DET_PENDING)
-        tb_debug("GPU: CUPTI detaches at the job's next CUDA call");
-    detach_report();
-}
-
 static const char *api_name(CUpti_CallbackDomain dom, uint32_t cbid)
 {
     const char *n = NULL;
@@ -794,6 +765,35 @@ static int gpu_collect(void *ctx, tb_space *space)
     }
     pool_free();
     return rc;
+}
+
+/* Idle again after collect: detach CUPTI (see "detach" above). */
+static void gpu_release(void *ctx)
+{
+    (void)ctx;
+    if (!g.teardown || atomic_load(&det_state) != DET_HELD)
+        return;
+    static int exit_hook;
+    if (!exit_hook && atexit(detach_off_at_exit) == 0)
+        exit_hook = 1;
+    CUptiResult r = api_domains(1);
+    if (r != CUPTI_SUCCESS) {
+        api_domains(0);
+        release(0);
+        tb_debug("GPU: cuptiEnableDomain failed (%s): unsubscribed, CUPTI not detached",
+                 tb_cupti_result_str(g.lib, r));
+        return;
+    }
+    int64_t t = tb_mono_ns();
+    atomic_store(&det_state, DET_PENDING);
+    detach_poke();
+    int s = atomic_load(&det_state);
+    if (s == DET_NONE)
+        tb_debug("GPU: CUPTI detached (cuptiFinalize) in %.1f ms, on %s", (tb_mono_ns() - t) / 1e6,
+                 atomic_load(&det_tid) == (int)syscall(SYS_gettid) ? "the agent thread" : "a job thread");
+    else if (s == DET_PENDING)
+        tb_debug("GPU: CUPTI detaches at the job's next CUDA call");
+    detach_report();
 }
 
 static void gpu_atfork_child(void *ctx)
