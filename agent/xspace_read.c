@@ -361,13 +361,8 @@ static int add_plane(tb_space *s, const XPlane *xp)
         if (id < 0 || idmap_put(&pm.st, en->key, (uint32_t)id, &pm.nst) < 0)
             goto out;
     }
-    int64_t cat_id = 0;
-    {
-        /* only when the file names it: don't add the name to foreign files */
-        for (size_t i = 0; i < pm.p->nstat_meta; i++)
-            if (pm.p->stat_meta[i] && !strcmp(pm.p->stat_meta[i], "tbprof_category"))
-                cat_id = (int64_t)i;
-    }
+    /* only when the file names it: don't add the name to foreign files */
+    int64_t cat_id = tb_plane_find_stat_meta(pm.p, "tbprof_category");
     for (size_t i = 0; i < xp->n_event_metadata; i++) {
         const Tensorflow__Profiler__XPlane__EventMetadataEntry *en = xp->event_metadata[i];
         const Tensorflow__Profiler__XEventMetadata *v = en->value;
