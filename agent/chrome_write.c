@@ -385,10 +385,15 @@ static void set_free(u64set *s)
     free(s->used);
 }
 
+#define GPU_PLANE_PREFIX "/device:GPU:"
+
 static int is_gpu_plane(const tb_plane *p)
 {
-    return strncmp(p->name, "/device:GPU:", 12) == 0;
+    return strncmp(p->name, GPU_PLANE_PREFIX, sizeof(GPU_PLANE_PREFIX) - 1) == 0;
 }
+
+/* N of a "/device:GPU:N" plane */
+static int64_t gpu_index(const tb_plane *p) { return strtoll(p->name + sizeof(GPU_PLANE_PREFIX) - 1, NULL, 10); }
 
 static int is_host_plane(const tb_plane *p)
 {
@@ -461,7 +466,7 @@ static void put_kineto_meta(jw *w, const tb_space *s)
             PUTS(w, ",{\"id\":");
         else
             PUTS(w, "\"deviceProperties\":[{\"id\":");
-        put_i64(w, strtoll(p->name + 12, NULL, 10));
+        put_i64(w, gpu_index(p));
         const char *name = plane_str_stat(p, TB_ST_DEV_NAME);
         if (name) {
             PUTS(w, ",\"name\":");
@@ -595,7 +600,7 @@ static void kineto_free(kineto *k)
 static int kineto_init(kineto *k, const tb_plane *p)
 {
     memset(k, 0, sizeof(*k));
-    k->device = strtoll(p->name + 12, NULL, 10);
+    k->device = gpu_index(p);
     k->kd = tb_plane_find_stat_meta(p, TB_ST_KERNEL_DETAILS);
     k->md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS);
     k->msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS);
@@ -728,12 +733,12 @@ static int chrome_emit(tb_space *s, jw *w)
             break;
     int collide = 0;
     for (size_t i = 0; i < s->nplanes; i++)
-        if (is_gpu_plane(s->planes[i]) && strtoll(s->planes[i]->name + 12, NULL, 10) == host_pid)
+        if (is_gpu_plane(s->planes[i]) && gpu_index(s->planes[i]) == host_pid)
             collide = 1;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
         if (is_gpu_plane(p))
-            pids[i] = strtoll(p->name + 12, NULL, 10) + (collide ? 1000000 : 0);
+            pids[i] = gpu_index(p) + (collide ? 1000000 : 0);
         else if (is_host_plane(p) && host_pid >= 0)
             pids[i] = host_pid;
         else
