@@ -28,8 +28,25 @@
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
 #      second-subscriber path)
-# Prints a table; exit status = number of failed checks (SKIP, INFO are not).
+# Prints each row as it is decided and the whole table at the end; exit status
+# = number of failed checks (SKIP, INFO are not).
+# Device time is scarce, so the run is bounded: each job gets TBGPU_JOB_S
+# seconds (default 120; a hung job is killed, and its row says so), and rows
+# not started within TBGPU_BUDGET_S seconds (default 420) are SKIPped, rows
+# (1)-(3) first. Where $OUT is set (the device tool), table.txt and
+# outputs.tar.gz (profiles, logs, step times) are written there.
 set -uo pipefail
+t_start=$SECONDS
+budget=${TBGPU_BUDGET_S:-420}
+job_s=${TBGPU_JOB_S:-120}
+# job CMD...: run one job, killed (with its children) after job_s seconds
+job() { timeout -k 5 "$job_s" "$@"; local rc=$?; ((rc == 124 || rc == 137)) && echo "tbgpu: killed after ${job_s} s: $*" >&2; return $rc; }
+# in_budget NAME...: false (and the rows SKIPped) once the time budget is spent
+in_budget() {
+  ((SECONDS - t_start < budget)) && return 0
+  local n; for n in "$@"; do row "$n" SKIP "time budget spent (TBGPU_BUDGET_S=$budget)"; done
+  return 1
+}
 here=$(cd "$(dirname "$0")" && pwd)
 export TBGPU=$here
 py=${PYTHON:-python3}
@@ -38,11 +55,11 @@ tbprof="$here/bin/tbprof"
 # the CLI needs protobuf-c; the agent dlopen()s libz and (for libunwind)
 # liblzma: the packed copies, where the machine lacks them
 if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found" ||
-  ! $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
+  ! job $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
   export LD_LIBRARY_PATH="$here/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 # libcupti: the one torch ships (pip nvidia-cuda-cupti), else the toolkit's
-cupti=$($py - <<'PY' 2>/dev/null
+cupti=$(job $py - <<'PY' 2>/dev/null
 import glob, os, site
 for d in site.getsitepackages():
     for p in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcupti.so*")), reverse=True):
@@ -54,28 +71,33 @@ PY
 [ -n "$cupti" ] && export TBPROF_CUPTI_PATH="$cupti"
 echo "work dir $work; libcupti: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
-$py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
+job $py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
 declare -a rows; fails=0
-row() { rows+=("$(printf '%-30s %-5s %s' "$1" "$2" "$3")"); case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac; }
+row() {
+  local r; r=$(printf '%-30s %-5s %s' "$1" "$2" "$3"); rows+=("$r")
+  printf '[%4ds] %s\n' $((SECONDS - t_start)) "$r"
+  case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac
+}
 check() { # name, command...: records the RESULT line
   local name=$1; shift
-  local out; out=$("$@" 2>&1); local rc=$?
+  local out; out=$(job "$@" 2>&1); local rc=$?
   local res; res=$(grep '^RESULT' <<<"$out" | tail -1)
   if [ -n "$res" ]; then row "$name" "$(awk '{print $3}' <<<"$res")" "$(cut -d' ' -f4- <<<"$res")"
   else row "$name" FAIL "rc=$rc: $(tail -3 <<<"$out" | tr '\n' ' ')"; fi
 }
 
 # 0. tbprof doctor: on a GPU machine it must find GPU tracing ready
-doc=$("$tbprof" doctor 2>&1); docd=$(grep -E '^  (GPU tracing|CUPTI after|CPU sampling)' <<<"$doc" | tr -s ' ' | paste -sd ';')
+doc=$(job "$tbprof" doctor 2>&1); docd=$(grep -E '^  (GPU tracing|CUPTI after|CPU sampling)' <<<"$doc" | tr -s ' ' | paste -sd ';')
 if grep -q '^  GPU tracing *ready:' <<<"$doc"; then row doctor PASS "$docd"; else row doctor FAIL "${docd:-$(tail -2 <<<"$doc" | tr '\n' ' ')}"; fi
 
 # 1. CUDA program: steps 3..6 = 4 steps, from each CUDA step source
 x1=
 for mode in profiler nvtx; do
+  in_budget "cuda_program ($mode)" || continue
   logs1=$work/cuda_$mode
   extra=(); nv=
   [ $mode = nvtx ] && { extra=(TBPROF_NVTX_STEP=step TBPROF_CUDA_STEPS=off); nv=3,6; }
-  env TBPROF_STEPS=3,6 TBPROF_LOGDIR="$logs1" TBPROF_CPU=off "${extra[@]}" LD_PRELOAD="$here/lib/libtbprof.so" \
+  job env TBPROF_STEPS=3,6 TBPROF_LOGDIR="$logs1" TBPROF_CPU=off "${extra[@]}" LD_PRELOAD="$here/lib/libtbprof.so" \
     "$here/bin/cuda_steps" $mode 10 >"$work/cuda_$mode.out" 2>"$work/cuda_$mode.err"
   x=$(find "$logs1" -name '*.xplane.pb' 2>/dev/null | head -1)
   if [ -n "$x" ]; then
@@ -85,75 +107,82 @@ for mode in profiler nvtx; do
 done
 
 # 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..14
-logs2=$work/torch
-"$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 --nvtx \
-  >"$work/torch.out" 2>"$work/torch.err"
-$py "$here/torch_loop.py" --steps 20 --nvtx --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
-x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
-if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
-  check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
-else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null); $(tail -n 2 "$work/torch.err" "$work/torchprof.err" 2>/dev/null | tr '\n' ' ')"; fi
-# 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
-if [ -n "$x2" ]; then check torch_nvtx_ranges $py "$here/check.py" torch_nvtx "$x2"; fi
-
-# 2c. which libcupti traced the torch job, how many buffers it filled, drops
-if [ -n "$x2" ]; then check cupti_in_torch_job $py "$here/check.py" capture "$x2"; fi
+logs2=$work/torch; x2=
+if in_budget torch_vs_torch_profiler torch_nvtx_ranges cupti_in_torch_job; then
+  job "$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 --nvtx \
+    >"$work/torch.out" 2>"$work/torch.err"
+  job $py "$here/torch_loop.py" --steps 20 --nvtx --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
+  x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
+    check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
+  else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null); $(tail -n 2 "$work/torch.err" "$work/torchprof.err" 2>/dev/null | tr '\n' ' ')"; fi
+  # 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
+  if [ -n "$x2" ]; then check torch_nvtx_ranges $py "$here/check.py" torch_nvtx "$x2"; fi
+  # 2c. which libcupti traced the torch job, how many buffers it filled, drops
+  if [ -n "$x2" ]; then check cupti_in_torch_job $py "$here/check.py" capture "$x2"; fi
+fi
 
 # 3. JAX reads our XSpace
-if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"
-elif [ -n "$x1" ]; then check jax_profiledata $py "$here/check.py" jax "$x1"
-else row jax_profiledata FAIL "no xplane.pb to load"; fi
+if in_budget jax_profiledata; then
+  if [ -n "$x2" ]; then check jax_profiledata $py "$here/check.py" jax "$x2"
+  elif [ -n "$x1" ]; then check jax_profiledata $py "$here/check.py" jax "$x1"
+  else row jax_profiledata FAIL "no xplane.pb to load"; fi
+fi
 
 # 3b. xprof's own converters (the TensorBoard plugin's code) on the CUDA profile
-if [ -n "$x1" ]; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
+if [ -n "$x1" ] && in_budget xprof_tools; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
 
-# 4. step time (median of steps 10..29 of 40)
-med() { $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
-$py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>"$work/t_none.err"
-TBPROF_LOGDIR=$work/idle LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --times "$work/t_idle" >/dev/null 2>"$work/t_idle.err"
-"$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" >/dev/null 2>&1
-mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
-$py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>&1 || true
-# idle again after a capture (steps 3..7): CUPTI detached; and left attached
-"$tbprof" run --steps 3,7 --logdir "$work/after" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_after" >/dev/null 2>&1
-"$tbprof" run --steps 3,7 --logdir "$work/after_off" -- env TBPROF_CUPTI_TEARDOWN=off $py "$here/torch_loop.py" \
-  --steps 40 --times "$work/t_after_off" >/dev/null 2>&1
-tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
-tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null); ta=$(med "$work/t_after" 2>/dev/null)
-tao=$(med "$work/t_after_off" 2>/dev/null)
-echo
-echo "step time (median ms, steps 10..29):"
-printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
-  "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}" \
-  "tbprof idle after a capture" "${ta:-?}" "... CUPTI left attached" "${tao:-?}"
-if [ -n "$tn" ] && [ -n "$ti" ]; then
-  ok=$($py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
-  row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%)"
-else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
+# 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
+#    page faults per step from the same runs (read between steps, untimed)
+med() { job $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
+fps() { job $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
+if in_budget idle_overhead gpu_flame idle_after_capture job_thread_page_faults; then
+  job $py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>"$work/t_none.err"
+  job env TBPROF_LOGDIR="$work/idle" LD_PRELOAD="$here/lib/libtbprof.so" $py "$here/torch_loop.py" --steps 40 \
+    --times "$work/t_idle" --faults "$work/f_idle" >/dev/null 2>"$work/t_idle.err"
+  job "$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" \
+    --faults "$work/f_cap" >/dev/null 2>"$work/t_cap.err"
+  mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
+  job $py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>"$work/t_tp.err"
+  # idle again after a capture (steps 3..7): CUPTI detached; and left attached
+  job "$tbprof" run --steps 3,7 --logdir "$work/after" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_after" \
+    >/dev/null 2>"$work/t_after.err"
+  job "$tbprof" run --steps 3,7 --logdir "$work/after_off" -- env TBPROF_CUPTI_TEARDOWN=off $py "$here/torch_loop.py" \
+    --steps 40 --times "$work/t_after_off" >/dev/null 2>"$work/t_after_off.err"
+  tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
+  tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null); ta=$(med "$work/t_after" 2>/dev/null)
+  tao=$(med "$work/t_after_off" 2>/dev/null)
+  echo
+  echo "step time (median ms, steps 10..29):"
+  printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
+    "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}" \
+    "tbprof idle after a capture" "${ta:-?}" "... CUPTI left attached" "${tao:-?}"
+  if [ -n "$tn" ] && [ -n "$ti" ]; then
+    ok=$(job $py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
+    row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%); capturing ${tc:-?}, torch.profiler ${tt:-?}"
+  else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
+  fi
+  # 4c. GPU time by launching stack of the capturing run: under torch_loop.py's frames
+  if job "$tbprof" convert "$work/cap" --gpu --to "$work/gpu.folded" 2>"$work/gpu_flame.err"; then
+    check gpu_flame $py "$here/check.py" gpu_flame "$work/gpu.folded" torch_loop.py
+  else row gpu_flame FAIL "$(tail -2 "$work/gpu_flame.err" | tr '\n' ' ')"; fi
+  # 4a. idle again after a capture: as fast as without tbprof (CUPTI detached)
+  xa=$(find "$work/after" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$xa" ]; then check idle_after_capture $py "$here/check.py" after_capture "$xa" "$work/t_after" "$work/t_none" "$work/t_after_off"
+  else row idle_after_capture FAIL "no xplane.pb from the capture of steps 3..7: $(tail -2 "$work/t_after.err" | tr '\n' ' ')"; fi
+  # 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
+  fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
+  row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
 fi
-# 4c. GPU time by launching stack of the capturing run: under torch_loop.py's frames
-if "$tbprof" convert "$work/cap" --gpu --to "$work/gpu.folded" 2>"$work/gpu_flame.err"; then
-  check gpu_flame $py "$here/check.py" gpu_flame "$work/gpu.folded" torch_loop.py
-else row gpu_flame FAIL "$(tail -2 "$work/gpu_flame.err" | tr '\n' ' ')"; fi
-# 4a. idle again after a capture: as fast as without tbprof (CUPTI detached)
-xa=$(find "$work/after" -name '*.xplane.pb' 2>/dev/null | head -1)
-if [ -n "$xa" ]; then check idle_after_capture $py "$here/check.py" after_capture "$xa" "$work/t_after" "$work/t_none" "$work/t_after_off"
-else row idle_after_capture FAIL "no xplane.pb from the capture of steps 3..7"; fi
-
-# 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
-TBPROF_LOGDIR=$work/idle2 LD_PRELOAD=$here/lib/libtbprof.so $py "$here/torch_loop.py" --steps 40 --faults "$work/f_idle" >/dev/null 2>&1
-"$tbprof" run --steps 10,29 --logdir "$work/cap2" -- $py "$here/torch_loop.py" --steps 40 --faults "$work/f_cap" >/dev/null 2>&1
-fps() { $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
-fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
-row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
 
 # 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber):
 #    name, what must hold (check.py coexist), our steps, torch.profiler's
 #    steps (20 in all), then environment settings for the job
 coexist() {
   local name=$1 want=$2 d=$work/co_$1 x rc
+  in_budget "coexist_$name" || return 0
   mkdir -p "$d"
-  "$tbprof" run --steps "$3" --logdir "$d" -- env TBPROF_CPU=off "${@:5}" $py "$here/torch_loop.py" --steps 20 \
+  job "$tbprof" run --steps "$3" --logdir "$d" -- env TBPROF_CPU=off "${@:5}" $py "$here/torch_loop.py" --steps 20 \
     --torch-profile "$4" --out "$d" >"$d.out" 2>"$d.err"; rc=$?
   x=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)
   if [ -n "$x" ]; then check "coexist_$name" $py "$here/check.py" coexist "$name" "$want" "$x" "$d/torch_trace.json" $rc
@@ -164,8 +193,19 @@ coexist tbprof_first ours 3,14 8,12     # 5b. torch.profiler starts inside our w
 coexist torch_before either 10,14 2,6   # 5c. torch.profiler traced earlier (Kineto keeps CUPTI)
 coexist torch_before_teardown ours 10,14 2,6 TEARDOWN_CUPTI=1  # 5d. ... unless told to let go
 
+table() {
+  printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
+  printf '%s\n' "${rows[@]}"
+  echo "$fails failed in $((SECONDS - t_start)) s; outputs in $work"
+}
 echo
-printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
-printf '%s\n' "${rows[@]}"
-echo "$fails failed; outputs in $work"
+table
+# the device tool brings back what is under $OUT: the table, and the
+# profiles, logs and step times (torch.profiler's JSON traces only compressed)
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  table >"$OUT/table.txt"
+  (cd "$work" && find . -type f -size -40M -print0 | tar -czf "$OUT/outputs.tar.gz" --null -T - &&
+     { [ "$(stat -c %s "$OUT/outputs.tar.gz")" -lt 15000000 ] ||
+       find . -type f ! -name '*.json' -size -8M -print0 | tar -czf "$OUT/outputs.tar.gz" --null -T -; }) || true
+fi
 exit $fails
