@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -429,22 +430,36 @@ int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len)
     return 0;
 }
 
+/* __cxa_demangle, looked up once: from the global scope, else from a
+ * libstdc++ loaded only locally (Python loads C++ extensions such as
+ * torch's RTLD_LOCAL, so theirs is not in the global scope), else loaded
+ * here (a C program's GPU kernels have C++ names too). libstdc++ is never
+ * unloaded: it is not safe to. */
+typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
+static demangle_fn demangler;
+static pthread_once_t demangler_once = PTHREAD_ONCE_INIT;
+
+static void find_demangler(void)
+{
+    void *f = dlsym(RTLD_DEFAULT, "__cxa_demangle");
+    if (!f) {
+        void *h = dlopen("libstdc++.so.6", RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+        if (!h)
+            h = dlopen("libstdc++.so.6", RTLD_LAZY | RTLD_LOCAL);
+        f = h ? dlsym(h, "__cxa_demangle") : NULL;
+    }
+    *(void **)&demangler = f;
+}
+
 char *tb_demangle(const char *name)
 {
-    typedef char *(*demangle_fn)(const char *, char *, size_t *, int *);
-    static demangle_fn fn;
-    static int looked;
     if (!name || name[0] != '_' || name[1] != 'Z')
         return NULL;
-    if (!looked) {
-        /* only if the process already has libstdc++: no link dependency */
-        fn = (demangle_fn)dlsym(RTLD_DEFAULT, "__cxa_demangle");
-        looked = fn != NULL; /* look again later if libstdc++ gets loaded */
-    }
-    if (!fn)
+    pthread_once(&demangler_once, find_demangler);
+    if (!demangler)
         return NULL;
     int status = 0;
-    char *out = fn(name, NULL, NULL, &status);
+    char *out = demangler(name, NULL, NULL, &status);
     if (status != 0) {
         free(out);
         return NULL;

@@ -64,8 +64,10 @@ int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len);
  * object (JIT code without a perf map entry). */
 const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module);
 
-/* Demangle a C++ name with the process's __cxa_demangle, if present.
- * Returns a malloc()ed string or NULL (not mangled, or no demangler). */
+/* Demangle a C++ name with libstdc++'s __cxa_demangle: the process's (also
+ * one loaded RTLD_LOCAL, as Python loads C++ extensions), else loaded on
+ * first use. Returns a malloc()ed string or NULL (not mangled, or no
+ * libstdc++ on the machine). Thread-safe. */
 char *tb_demangle(const char *name);
 
 /* Override the perf map path (tests); NULL restores /tmp/perf-<pid>.map. */

@@ -15,6 +15,7 @@
 #include "host.h"
 #include "record_compat.h"
 #include "stats.h"
+#include "symbols.h"
 #include "util.h"
 
 enum { T_COMPUTE, T_H2D, T_D2H, T_D2D, T_P2P, T_MOTHER, T_MEMSET, T_NTYPES };
@@ -126,7 +127,6 @@ struct tb_cupti_tr {
     size_t nma, capma;
     uint32_t ctxmap_ctx[64], ctxmap_dev[64];
     int nctxmap;
-    char *(*demangle)(const char *, char *, size_t *, int *);
     tb_cupti_tr_counts c;
 };
 
@@ -166,8 +166,6 @@ tb_cupti_tr *tb_cupti_tr_new(tb_space *s, const tb_cupti_tr_opts *o)
         free(t);
         return NULL;
     }
-    if (t->o.demangle)
-        *(void **)&t->demangle = dlsym(RTLD_DEFAULT, "__cxa_demangle");
     return t;
 }
 
@@ -307,14 +305,8 @@ static int64_t kernel_meta(tb_cupti_tr *t, devstate *d, uint32_t dev, const char
     }
     int64_t meta;
     char *dm = NULL;
-    if (t->demangle && name[0] == '_' && name[1] == 'Z') {
-        int status = -1;
-        dm = t->demangle(name, NULL, NULL, &status);
-        if (status != 0) {
-            free(dm);
-            dm = NULL;
-        }
-    }
+    if (t->o.demangle)
+        dm = tb_demangle(name);
     meta = tb_plane_event_meta_cat(d->p, dm ? dm : name, TB_CAT_KERNEL);
     free(dm);
     if (meta <= 0)
@@ -655,8 +647,11 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         if (!nm) {
             snprintf(buf, sizeof(buf), "%s_api_%u", driver ? "cuda_driver" : "cuda_runtime", a->cbid);
         } else {
-            /* "cudaLaunchKernel_v7000" -> "cudaLaunchKernel" */
-            snprintf(buf, sizeof(buf), "%s", nm);
+            /* "cudaLaunchKernel_v7000" -> "cudaLaunchKernel"; CUDA 13's
+             * <<<>>> and cudaLaunchKernel enter the runtime as
+             * "__cudaLaunchKernel_v13000": named for the call users made */
+            const char *from = strncmp(nm, "__cudaLaunchKernel", 18) == 0 ? nm + 2 : nm;
+            snprintf(buf, sizeof(buf), "%s", from);
             char *v = strstr(buf, "_v");
             if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
                 *v = '\0';

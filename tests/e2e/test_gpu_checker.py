@@ -4,7 +4,9 @@ decode our output and to fail when the output does not match.
 
 The fake replays one step of cuda_steps-like work (kernels, one from a CUDA
 graph, copies, a memset, an allocation and free, a stream sync, the API
-calls that caused them); the expectations file is what cuda_steps prints.
+calls that caused them) as CUDA 13's CUPTI names it (mangled kernel names,
+launches through __cudaLaunchKernel); the expectations file is what
+cuda_steps prints.
 """
 import json
 import os
@@ -21,14 +23,14 @@ device id=0 name=FakeGPU sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=8
 context ctx=1 dev=0
 runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=201 start=1000 end=1003
 memcpy kind=htod src=pinned dst=device bytes=1048576 async=1 start=1010 end=1100 stream=7 corr=201
-runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=202 start=1004 end=1006
-kernel name=scale_kernel start=1101 end=1120 stream=7 corr=202 grid=64,1,1 block=256,1,1 regs=16
-runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=203 start=1007 end=1009
-kernel name=scale_kernel start=1121 end=1140 stream=7 corr=203 grid=64,1,1 block=256,1,1 regs=16
-runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=204 start=1010 end=1012
-kernel name=add_kernel start=1141 end=1160 stream=7 corr=204 grid=32,2,1 block=128,2,1 regs=16
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=202 start=1004 end=1006
+kernel name=_Z12scale_kernelPffi start=1101 end=1120 stream=7 corr=202 grid=64,1,1 block=256,1,1 regs=16
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=203 start=1007 end=1009
+kernel name=_Z12scale_kernelPffi start=1121 end=1140 stream=7 corr=203 grid=64,1,1 block=256,1,1 regs=16
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=204 start=1010 end=1012
+kernel name=_Z10add_kernelPfPKfi start=1141 end=1160 stream=7 corr=204 grid=32,2,1 block=128,2,1 regs=16
 runtime name=cudaGraphLaunch_v10000 cbid=311 tid=main corr=205 start=1013 end=1020
-kernel name=graph_kernel start=1161 end=1170 stream=7 corr=205 grid=16,1,1 block=64,1,1 regs=16 graph=4
+kernel name=_Z12graph_kernelPfi start=1161 end=1170 stream=7 corr=205 grid=16,1,1 block=64,1,1 regs=16 graph=4
 runtime name=cudaMemsetAsync_v3020 cbid=51 tid=main corr=206 start=1021 end=1023
 memset bytes=65536 mem=device async=1 start=1171 end=1175 stream=7 corr=206
 runtime name=cudaMalloc_v3020 cbid=20 tid=main corr=207 start=1024 end=1030

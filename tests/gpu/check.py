@@ -247,6 +247,12 @@ def memory_timeline(host, gpu_name, nbytes, count):
     return errs
 
 
+def kernel_base(name):
+    """A kernel's name without its parameter list: tbprof demangles CUPTI's
+    names ("_Z12scale_kernelPffi" -> "scale_kernel(float*, float, int)")."""
+    return name.split("(", 1)[0]
+
+
 def cuda(xplane, expect, nsteps, nvtx_steps=None):
     xs = load(xplane)
     dev = device_events(xs)
@@ -258,7 +264,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
     for kind, name, per, d in exp:
         count = per * nsteps
         if kind in ("kernel", "graph_kernel"):
-            got = [e for e in dev if e[0] == name and "kernel_details" in e[2]]
+            got = [e for e in dev if kernel_base(e[0]) == name and "kernel_details" in e[2]]
             kernels[name] = len(got)
             if len(got) != count:
                 errs.append("%s: %d launches, expected %d" % (name, len(got), count))
@@ -290,9 +296,12 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
             got = [e for e in host if e[0] == name and "correlation_id" in e[2]]
             if len(got) != count:
                 errs.append("host %s: %d, expected %d" % (name, len(got), count))
-    extra = sorted({e[0] for e in dev if "kernel_details" in e[2]} - set(kernels))
+    extra = sorted({kernel_base(e[0]) for e in dev if "kernel_details" in e[2]} - set(kernels))
     if extra:
         errs.append("unexpected kernels: %s" % extra[:5])
+    mangled = sorted({e[0] for e in dev if e[0].startswith("_Z")})
+    if mangled:
+        errs.append("kernel names left mangled: %s" % mangled[:3])
     # flows: each kernel, copy and memset has the host call that caused it
     corr = {e[2]["correlation_id"]: e for e in host if "correlation_id" in e[2]}
     orphans = [e for e in dev if e[2].get("correlation_id") not in corr]
