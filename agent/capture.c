@@ -1382,6 +1382,14 @@ void tb_agent_control(const char *line, char *out, size_t n)
     /* the agent thread runs machine() right after answering */
 }
 
+int tb_agent_leaving(void)
+{
+    pthread_mutex_lock(&g.lock);
+    int v = g.exiting || g.term_pending;
+    pthread_mutex_unlock(&g.lock);
+    return v;
+}
+
 void tb_agent_exit(void)
 {
     if (!g.inited || g.disabled)

@@ -83,6 +83,10 @@ void tb_agent_control(const char *line, char *out, size_t n);
 /* Process exit (library destructor): flush a capture in progress, bounded. */
 void tb_agent_exit(void);
 
+/* 1 while the process is leaving (exit, or a SIGTERM being handled):
+ * sources then take no time of their own at stop. */
+int tb_agent_leaving(void);
+
 /* pthread_atfork handlers. */
 void tb_agent_fork_prepare(void);
 void tb_agent_fork_parent(void);

@@ -108,6 +108,11 @@ static const var vars[] = {
      "a step window's first boundary waits up to this long for the sources still starting (CUPTI's "
      "first load), so the window holds whole steps; 0: never wait",
      "using 2000", "2000", F(start_wait_ms), 0, 60000},
+    {"TBPROF_GPU_DRAIN_MS", T_UINT, "2000", "integer 0..60000",
+     "at the end of a capture, wait up to this long (on tbprof's thread, never the job's) for GPU "
+     "work launched in the window and still running, so its records are complete; 0: never wait "
+     "(work still running is left out)",
+     "using 2000", "2000", F(gpu_drain_ms), 0, 60000},
     {"TBPROF_NVTX", T_BOOL, "on", "on | off",
      "record NVTX ranges and marks on their thread's line while capturing (NVTX's injection: sets "
      "NVTX_INJECTION64_PATH when unset)",

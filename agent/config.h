@@ -70,6 +70,7 @@ typedef struct tb_config {
     char nvtx_step[TB_CONFIG_STR]; /* TBPROF_NVTX_STEP; "" = NVTX steps off */
     int nvtx;          /* TBPROF_NVTX: record NVTX ranges while capturing */
     int64_t start_wait_ms; /* TBPROF_START_WAIT_MS */
+    int64_t gpu_drain_ms;  /* TBPROF_GPU_DRAIN_MS */
     int cupti_teardown; /* TBPROF_CUPTI_TEARDOWN: tb_auto_mode (cupti/gpu.c decides auto) */
     int warnings;      /* how many variables had bad values */
 } tb_config;

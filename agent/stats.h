@@ -71,6 +71,12 @@
 /* what becomes of CUPTI after the capture: "on: ..." (detached with
  * cuptiFinalize) or "off: <why>" (unsubscribed, CUPTI stays attached) */
 #define TB_ST_CUPTI_TEARDOWN "tbprof_cupti_teardown"
+/* the wait at stop for GPU work still running (TBPROF_GPU_DRAIN_MS):
+ * "<ms> ms, all complete" / "gave up after <ms> ms" / "skipped: <why>" */
+#define TB_ST_GPU_DRAIN "tbprof_gpu_drain"
+/* GPU records CUPTI handed over incomplete (work still running at the
+ * forced flush): not in the profile */
+#define TB_ST_GPU_INCOMPLETE "tbprof_gpu_incomplete_records"
 #define TB_ST_SAMPLES "tbprof_cpu_samples"
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
 #define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */

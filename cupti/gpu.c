@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture.h"
 #include "clock.h"
 #include "config.h"
 #include "cupti_lib.h"
@@ -80,6 +81,7 @@ typedef struct gpu_ctx {
     uint64_t cupti_dropped;
     tb_gpu_stats last;
     int started;
+    char drain[120];          /* TB_ST_GPU_DRAIN */
     int teardown;             /* detach CUPTI after this capture */
     char teardown_why[300];   /* TB_ST_CUPTI_TEARDOWN */
 } gpu_ctx;
@@ -539,6 +541,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (g.lib != lib) /* set once: a pending detach's callback reads it on a job thread */
         g.lib = lib;
     memset(&g.last, 0, sizeof(g.last));
+    g.drain[0] = '\0';
     atomic_store(&g.exhausted, 0);
     g.cupti_dropped = 0;
 
@@ -645,12 +648,59 @@ fail:
     return -ENODEV;
 }
 
+/* Buffers CUPTI holds now (handed out, not handed back). */
+static size_t held_by_cupti(void)
+{
+    pthread_mutex_lock(&g.mu);
+    size_t n = g.nall - g.nfree - g.ndone;
+    pthread_mutex_unlock(&g.mu);
+    return n;
+}
+
+/* With every kind off, CUPTI adds no record; those it holds for work still
+ * on the GPU (a job runs ahead of its GPU: the window's last step is often
+ * still running) complete as the GPU finishes it. A forced flush now would
+ * hand them over incomplete, and they would be lost. So first default
+ * flushes, which return only buffers whose records are all complete, until
+ * CUPTI holds none of ours: at most TBPROF_GPU_DRAIN_MS, on this (the
+ * agent's) thread. Not while the process leaves: CUDA may be tearing down. */
+static void drain(void)
+{
+    int64_t limit = tb_config_get()->gpu_drain_ms;
+    if (limit <= 0) {
+        snprintf(g.drain, sizeof(g.drain), "skipped: TBPROF_GPU_DRAIN_MS=0");
+        return;
+    }
+    if (tb_agent_leaving()) {
+        snprintf(g.drain, sizeof(g.drain), "skipped: the process is exiting");
+        return;
+    }
+    int64_t t0 = tb_mono_ns(), until = t0 + limit * 1000000;
+    useconds_t nap = 500;
+    size_t held;
+    for (;;) {
+        g.lib->ActivityFlushAll(0);
+        if ((held = held_by_cupti()) == 0 || tb_mono_ns() >= until || tb_agent_leaving())
+            break;
+        usleep(nap);
+        if (nap < 16000)
+            nap *= 2;
+    }
+    double ms = (double)(tb_mono_ns() - t0) / 1e6;
+    if (held)
+        snprintf(g.drain, sizeof(g.drain), "gave up after %.1f ms (TBPROF_GPU_DRAIN_MS=%lld): CUPTI held %zu buffers",
+                 ms, (long long)limit, held);
+    else
+        snprintf(g.drain, sizeof(g.drain), "%.1f ms, all complete", ms);
+}
+
 static void gpu_stop(void *ctx)
 {
     (void)ctx;
     if (!g.started)
         return;
     disable_all();
+    drain();
     g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
     size_t dropped = 0;
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
@@ -735,6 +785,7 @@ static int gpu_collect(void *ctx, tb_space *space)
         rc = tb_cupti_tr_finish(t);
         tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
         g.last.records = c.records;
+        g.last.incomplete = c.bad_time;
         g.last.buffers_completed = nd;
         tb_cupti_tr_free(t);
     }
@@ -752,6 +803,17 @@ static int gpu_collect(void *ctx, tb_space *space)
         snprintf(lib, sizeof(lib), "%zu x %zu", g.last.pool_buffers, g.last.buffer_size);
         tb_plane_stat_str(hp, TB_ST_CUPTI_POOL, lib);
         tb_plane_stat_str(hp, TB_ST_CUPTI_TEARDOWN, g.teardown_why);
+        tb_plane_stat_str(hp, TB_ST_GPU_DRAIN, g.drain);
+        tb_plane_stat_u64(hp, TB_ST_GPU_INCOMPLETE, g.last.incomplete);
+    }
+    if (g.last.incomplete) {
+        char w[300];
+        snprintf(w, sizeof(w),
+                 "%llu GPU activity records left out: their work was still running when the capture "
+                 "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
+                 (unsigned long long)g.last.incomplete, g.drain);
+        tb_space_add_warning(space, w);
+        tb_warn_once("%s", w);
     }
     if (g.last.cupti_dropped || g.last.pool_exhausted) {
         char w[300];

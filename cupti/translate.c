@@ -883,10 +883,15 @@ int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_
     int64_t n = 0;
     if (!buf || !valid)
         return 0;
-    while (next(buf, valid, &r) == CUPTI_SUCCESS && r) {
+    CUptiResult rc;
+    while ((rc = next(buf, valid, &r)) == CUPTI_SUCCESS && r) {
         tb_cupti_tr_record(t, r);
         n++;
     }
+    /* CUPTI_ERROR_INVALID_KIND: an incomplete record (work still running at
+     * a forced flush); the buffer cannot be read past it */
+    if (rc != CUPTI_SUCCESS && rc != CUPTI_ERROR_MAX_LIMIT_REACHED)
+        t->c.bad_time++;
     return n;
 }
 

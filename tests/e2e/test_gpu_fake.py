@@ -79,6 +79,18 @@ kernel name=copy_kernel start=1505 end=1525 stream=9 corr=305 grid=1,1,1 block=3
 """
 
 
+# GPU work still running when the window ends (TBFAKE_CUPTI_INFLIGHT): a
+# long kernel launched in the window's first step, done 400 ms later
+INFLIGHT_SCRIPT = """\
+device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
+context ctx=1 dev=0
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=401 start=1000 end=1004
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=401 grid=80,1,1 block=512,1,1 regs=16
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=402 start=1005 end=1008
+kernel name=nccl_allreduce start=1040 end=400000 stream=9 corr=402 grid=1,1,1 block=512,1,1 regs=64
+"""
+
+
 def no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
     dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -171,9 +183,12 @@ class GpuFake(tbtest.TestCase):
                 self.assertEqual(l[1:], ["0", "in_exit_callback=1", "thread=" + thread, "enabled=0"], log)
         else:
             self.assertEqual([l for l in log if l[0] == "domain"], [], "callback domains turned on: %s" % log)
-        # subscribe, flush, let go: in that order, capture after capture
-        seq = [l[0] for l in log if (l[0] == "subscribe" and l[1] == "0") or l[0] == "flush" or l in ends[how]]
-        self.assertEqual(seq, ["subscribe", "flush", how] * captures, log)
+        # subscribe, wait for GPU work still running (default flushes:
+        # TBPROF_GPU_DRAIN_MS), forced flush, let go: in that order, capture
+        # after capture
+        seq = [l[0] + l[1] if l[0] == "flush" else l[0] for l in log
+               if (l[0] == "subscribe" and l[1] == "0") or l[0] == "flush" or l in ends[how]]
+        self.assertEqual(seq, ["subscribe", "flush0", "flush1", how] * captures, log)
         # after the last release: nothing enabled again
         last = max(i for i, l in enumerate(log) if l[0] == how)
         self.assertFalse([l for l in log[last:] if l[0] == "enable"])
@@ -183,7 +198,7 @@ class GpuFake(tbtest.TestCase):
         launches = [i for i, l in enumerate(log) if l[0] == "launch"]
         self.assertEqual(len(launches), captures, log)
         self.assertEqual([l for l in flushes if "unlaunched" in " ".join(l)], [], log)
-        self.assertTrue(all(l[1] == "1" for l in flushes), "flush not forced: %s" % flushes)
+        self.assertEqual(len([l for l in flushes if l[1] == "1"]), captures, "forced flushes: %s" % flushes)
 
     def check_profile(self, prof):
         dev = prof.plane("/device:GPU:0")
@@ -559,6 +574,49 @@ class GpuFake(tbtest.TestCase):
         self.assertGreaterEqual(prof.host.stats.get("tbprof_buffer_pool_exhausted"), 1)
         self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
+
+    def inflight(self, **kw):
+        """Steps 2..4 of 10 ms captured while a kernel launched in step 2
+        runs for 400 ms; the program runs on past it."""
+        with open(self.script, "w") as f:
+            f.write(INFLIGHT_SCRIPT)
+        p = self.run_steps(["-n", "80", "-m", "10", "-a", "2,4"], TBFAKE_CUPTI_INFLIGHT="1", **kw)
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        dev = prof.plane("/device:GPU:0")
+        self.assertIsNotNone(dev, [p.name for p in prof.planes])
+        names = sorted(e.name for e in dev.events() if e.stats.get("kernel_details"))
+        return p, prof, names
+
+    def test_stop_waits_for_gpu_work_still_running(self):
+        p, prof, names = self.inflight()
+        # the long kernel's record completed while tbprof waited, on its own thread
+        self.assertEqual(names, ["nccl_allreduce", "relu_kernel"], p.stderr)
+        nccl = prof.plane("/device:GPU:0").events("nccl_allreduce")[0]
+        self.assertAlmostEqual(nccl.dur_ns, (400000 - 1040) * 1000, delta=1000)
+        self.assertRegex(prof.host.stats.get("tbprof_gpu_drain", ""), r"^\d+\.\d ms, all complete$")
+        self.assertEqual(prof.host.stats.get("tbprof_gpu_incomplete_records"), 0)
+        flushes = [l for l in self.fake_log() if l[0] == "flush"]
+        self.assertIn("held", flushes[0], flushes)  # CUPTI kept it back first
+        self.assertEqual(flushes[-1][1], "1")       # then the forced flush
+        # the launch of CUDA 13 (__cudaLaunchKernel) named for the call users made
+        self.assertEqual(sorted({e.name for e in prof.host.events() if e.name.endswith("LaunchKernel")}),
+                         ["cudaLaunchKernel"])
+
+    def test_no_drain_leaves_running_work_out_and_says_so(self):
+        for limit, want in (("0", r"^skipped: TBPROF_GPU_DRAIN_MS=0$"),
+                            ("50", r"^gave up after \d+\.\d ms \(TBPROF_GPU_DRAIN_MS=50\): CUPTI held 1 buffers$")):
+            with self.subTest(limit=limit):
+                self.logdir = os.path.join(self.tmp, "logs_" + limit)
+                p, prof, names = self.inflight(gpu_drain_ms=limit)
+                self.assertEqual(names, ["relu_kernel"], p.stderr)
+                self.assertRegex(prof.host.stats.get("tbprof_gpu_drain", ""), want)
+                self.assertEqual(prof.host.stats.get("tbprof_gpu_incomplete_records"), 1)
+                warn = [w for w in prof.warnings if "still running when the capture ended" in w]
+                self.assertTrue(warn, prof.warnings)
+                self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "still running" in l]), 1,
+                                 p.stderr)
 
     def slow_start(self, **kw):
         # CUPTI's first start takes 300 ms; steps are 5 ms: the sources are

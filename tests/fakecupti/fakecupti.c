@@ -47,6 +47,13 @@
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  *   TBFAKE_CUPTI_VERSION=N        cuptiGetVersion reports N (default: the header's)
  *   TBFAKE_CUPTI_FAIL_FINALIZE=N  cuptiFinalize returns CUptiResult N
+ *   TBFAKE_CUPTI_INFLIGHT=1       GPU work (kernel, memcpy, memset records)
+ *                                 whose end is still ahead of the clock is
+ *                                 running: a default flush keeps a buffer
+ *                                 back and delivers nothing; a forced one
+ *                                 delivers such records incomplete
+ *                                 (cuptiActivityGetNextRecord stops there
+ *                                 with CUPTI_ERROR_INVALID_KIND)
  * CUDA calls: tbfake_cuda_api(domain, cbid) is one returning runtime or
  * driver call (a test program's, or the fake libcuda's cuDriverGetVersion):
  * the subscriber's callback runs at its enter and exit when the subscriber
@@ -672,6 +679,25 @@ typedef struct fbuf {
     size_t size, used, n;
 } fbuf;
 
+/* TBFAKE_CUPTI_INFLIGHT: the buffer CUPTI keeps back for work still running. */
+static uint8_t *held_buf;
+static size_t held_size;
+
+/* GPU work whose end the clock has not reached yet (TBFAKE_CUPTI_INFLIGHT). */
+static int running(const rec *r, uint64_t now)
+{
+    switch (r->kind) {
+    case CUPTI_ACTIVITY_KIND_KERNEL:
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
+    case CUPTI_ACTIVITY_KIND_MEMCPY2:
+    case CUPTI_ACTIVITY_KIND_MEMSET:
+        return rec_end(r) > now;
+    default:
+        return 0;
+    }
+}
+
 /* Hand a filled buffer back (after TBFAKE_CUPTI_SLOW_MS). */
 static void complete(fbuf *b, long slow)
 {
@@ -696,6 +722,28 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         unlaunched = nrecs;
         i = nrecs;
     }
+    int inflight = stamped && envl("TBFAKE_CUPTI_INFLIGHT", 0) != 0;
+    uint64_t now = inflight ? fake_clock() : 0;
+    if (inflight && !(flag & CUPTI_ACTIVITY_FLAG_FLUSH_FORCED) && req_cb && done_cb) {
+        size_t busy = 0;
+        for (size_t k = 0; k < nrecs; k++)
+            busy += seen[recs[k].kind] && running(&recs[k], now);
+        if (busy) { /* the buffer holding them stays with CUPTI */
+            if (!held_buf) {
+                size_t maxr = 0;
+                req_cb(&held_buf, &held_size, &maxr);
+                n_handed += held_buf != NULL;
+            }
+            n_flush++;
+            pthread_mutex_unlock(&mu);
+            report("flush %u held running=%zu", flag, busy);
+            return CUPTI_SUCCESS;
+        }
+    }
+    if (held_buf) { /* what it held goes out with the rest below */
+        done_cb(NULL, 0, held_buf, held_size, 0);
+        held_buf = NULL;
+    }
     /* records go to "thread" k % nthr, each filling its own buffers, as
      * CUPTI's per-thread activity buffers (its default since CUDA 13) do */
     for (size_t k = 0; i < nrecs && req_cb && done_cb; i++) {
@@ -719,7 +767,8 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
             }
         }
         memcpy(b->buf + b->used, &recs[i].size, 4);
-        memcpy(b->buf + b->used + 4, &recs[i].kind, 4);
+        uint32_t kind = inflight && running(&recs[i], now) ? (uint32_t)CUPTI_ACTIVITY_KIND_INVALID : recs[i].kind;
+        memcpy(b->buf + b->used + 4, &kind, 4);
         memcpy(b->buf + b->used + 8, &recs[i].u, recs[i].size);
         b->used += 8 + recs[i].size;
         b->n++;
@@ -756,7 +805,11 @@ API CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t valid, CUpti_
         *record = NULL;
         return CUPTI_ERROR_MAX_LIMIT_REACHED;
     }
+    uint32_t kind;
+    memcpy(&kind, pos + 4, 4);
     *record = (CUpti_Activity *)(pos + 8);
+    if (kind == CUPTI_ACTIVITY_KIND_INVALID) /* incomplete (TBFAKE_CUPTI_INFLIGHT) */
+        return CUPTI_ERROR_INVALID_KIND;
     return CUPTI_SUCCESS;
 }
 

@@ -418,7 +418,7 @@ int main(void)
     fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
     CHECK_EQ_I(sub, 1);   /* kept until collected: it detaches CUPTI then */
     CHECK_EQ_I(nen, 0);   /* no activity enabled while idle */
-    CHECK_EQ_I(fl, 1);    /* one forced flush */
+    CHECK_EQ_I(fl, 2);    /* one default flush (nothing left running on the GPU), one forced */
     CHECK_EQ_I(fake_tid_type(fake_full), CUPTI_ACTIVITY_THREAD_ID_TYPE_DEFAULT);
     tb_space *s = tb_space_new();
     CHECK_EQ_I(src->collect(src->ctx, s), 0);
