@@ -238,6 +238,33 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("attached (TBPROF_CUPTI_TEARDOWN=off): ?; teardown off (TBPROF_CUPTI_TEARDOWN=off)", c.stdout)
 
+    def torch_cmp(self, events):
+        trace = os.path.join(self.tmp, "torch_trace.json")
+        with open(trace, "w") as f:
+            json.dump({"traceEvents": [{"ph": "X", "cat": "kernel", "name": n, "ts": i, "dur": d}
+                                       for i, (n, d) in enumerate(events)]}, f)
+        c = run_check("torch", self.xplane, trace)
+        return c.returncode, c.stdout.strip()
+
+    def test_torch_vs_torch_profiler(self):
+        # torch.profiler's trace of the same kernels (durations in us, as
+        # Kineto writes them), one name left mangled as Kineto leaves long
+        # ones: the same kernels, counts and GPU time
+        same = [("scale_kernel(float*, float, int)", 19), ("_Z12scale_kernelPffi", 19),
+                ("add_kernel(float*, float const*, int)", 19), ("graph_kernel(float*, int)", 9)]
+        rc, line = self.torch_cmp(same)
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT torch_vs_torch_profiler PASS 3 kernel names, 4 launches, GPU time 0.066 vs 0.066 ms",
+                      line)
+        rc, line = self.torch_cmp(same[:3])
+        self.assertEqual(rc, 1, line)
+        self.assertIn("names differ: only ours ['graph_kernel(float*, int)'], only torch []", line)
+        rc, line = self.torch_cmp(same + [same[0]])
+        self.assertIn("scale_kernel(float*, float, int): 2 vs 3 launches", line)
+        rc, line = self.torch_cmp([(n, d * 1.1) for n, d in same])
+        self.assertEqual(rc, 1, line)
+        self.assertIn("total GPU time 0.066 ms vs 0.073 ms (9.1%)", line)
+
     def coexist(self, name, want, xplane, kernels=1, rc=0):
         trace = os.path.join(self.tmp, "torch_trace.json")
         if kernels is None:

@@ -343,21 +343,56 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
         nsteps, kernels, len(dev), nflow, named))
 
 
+_cxa_demangle = None
+
+
+def demangle(name):
+    """A C++ kernel name as __cxa_demangle spells it. Kineto leaves names of
+    over 1024 characters mangled; tbprof demangles every one: compare like
+    with like."""
+    global _cxa_demangle
+    if not name.startswith("_Z"):
+        return name
+    import ctypes
+    if _cxa_demangle is None:
+        try:
+            lib = ctypes.CDLL("libstdc++.so.6")
+            _cxa_demangle = lib.__cxa_demangle
+            _cxa_demangle.restype = ctypes.c_void_p
+            _cxa_demangle.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.POINTER(ctypes.c_int)]
+        except (OSError, AttributeError):
+            _cxa_demangle = False
+    if not _cxa_demangle:
+        return name
+    status = ctypes.c_int(-1)
+    p = _cxa_demangle(name.encode(), None, None, ctypes.byref(status))
+    if not p or status.value != 0:
+        return name
+    out = ctypes.string_at(p).decode(errors="replace")
+    ctypes.CDLL(None).free(ctypes.c_void_p(p))
+    return out
+
+
 def torch_cmp(xplane, trace):
     xs = load(xplane)
     ours = collections.defaultdict(lambda: [0, 0])
+    mangled = 0
     for name, dur, st, *_ in device_events(xs):
         if "kernel_details" in st:
-            ours[name][0] += 1
-            ours[name][1] += dur
+            mangled += name.startswith("_Z")
+            ours[demangle(name)][0] += 1
+            ours[demangle(name)][1] += dur
     with open(trace) as f:
         tr = json.load(f)
     ref = collections.defaultdict(lambda: [0, 0])
     for e in tr.get("traceEvents", []):
         if e.get("cat") == "kernel" and e.get("ph") == "X":
-            ref[e["name"]][0] += 1
-            ref[e["name"]][1] += int(float(e.get("dur", 0)) * 1000)
+            ref[demangle(e["name"])][0] += 1
+            ref[demangle(e["name"])][1] += int(float(e.get("dur", 0)) * 1000)
     errs = []
+    if mangled:
+        errs.append("%d of our kernel names left mangled" % mangled)
     if set(ours) != set(ref):
         errs.append("names differ: only ours %s, only torch %s" % (sorted(set(ours) - set(ref))[:5],
                                                                    sorted(set(ref) - set(ours))[:5]))

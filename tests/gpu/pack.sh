@@ -13,7 +13,7 @@ for f in "$build/lib/libtbprof.so" "$build/bin/tbprof" "$build/python/xplane_pb2
   [ -e "$f" ] || { echo "pack.sh: $f missing: build first (tools/build.sh $build)" >&2; exit 1; }
 done
 rm -rf "$out"
-mkdir -p "$out/lib" "$out/bin" "$out/deps" "$out/python" "$out/share/tbprof"
+mkdir -p "$out/lib" "$out/bin" "$out/deps/dl" "$out/python" "$out/share/tbprof"
 cp "$build/lib/libtbprof.so" "$out/lib/"
 cp "$build/bin/tbprof" "$out/bin/"
 cp "$build"/python/*_pb2.py "$out/python/"
@@ -42,12 +42,13 @@ for f in "$out/lib/libtbprof.so" "$out/bin/tbprof"; do
     while read -r so; do cp -Lf "$so" "$out/deps/"; done
 done
 # dlopen()ed, so ldd does not list them: libz (trace.json.gz) and liblzma
-# (libunwind needs it) in deps/, libunwind (DWARF unwinding) next to
-# libtbprof.so, where the agent looks first
+# (libunwind needs it) in deps/dl/ (run.sh uses them only where the machine
+# has none), libunwind (DWARF unwinding) next to libtbprof.so, where the
+# agent looks first
 for so in libz.so.1 liblzma.so.5 libunwind-x86_64.so.8 libunwind.so.8; do
   p=$(/sbin/ldconfig -p 2>/dev/null | awk -v n="$so" '$1 == n && /x86-64/ {print $NF; exit}')
   [ -n "$p" ] || continue
-  case $so in libunwind*) cp -Lf "$p" "$out/lib/" ;; *) cp -Lf "$p" "$out/deps/" ;; esac
+  case $so in libunwind*) cp -Lf "$p" "$out/lib/" ;; *) cp -Lf "$p" "$out/deps/dl/" ;; esac
 done
 # libtbprof.so must not need libcupti (it is dlopen()ed at the first capture)
 if readelf -d "$out/lib/libtbprof.so" | grep -q 'NEEDED.*cupti'; then

@@ -9,7 +9,7 @@
 #      allocations, syncs and API calls, each GPU event with its host call
 #      and flow, GPU work launched inside an NVTX range named by it
 #      (nvtx_range); 1b also the NVTX step ranges, every GPU event named
-#   2. a PyTorch loop, steps 10..14, no code change (tbprof run) vs
+#   2. a PyTorch loop, steps 10..19, no code change (tbprof run) vs
 #      torch.profiler on the same steps: kernel names, counts, GPU time (5%);
 #      2b. its torch.cuda.nvtx ranges are in our profile, one per step, and
 #          the forward pass's kernels carry nvtx_range "forward"
@@ -52,18 +52,28 @@ export TBGPU=$here
 py=${PYTHON:-python3}
 work=$(mktemp -d /tmp/tbgpu.XXXXXX)
 tbprof="$here/bin/tbprof"
-# the CLI needs protobuf-c; the agent dlopen()s libz and (for libunwind)
-# liblzma: the packed copies, where the machine lacks them
-if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found" ||
-  ! job $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
+# the CLI needs protobuf-c (deps/, where the machine lacks it); the agent
+# dlopen()s libz and (for libunwind) liblzma: the packed copies in deps/dl/
+# only where the machine has none, so they never shadow the system's own in
+# the torch and jax jobs
+if ldd "$here/bin/tbprof" "$here/lib/libtbprof.so" 2>/dev/null | grep -q "not found"; then
   export LD_LIBRARY_PATH="$here/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
-# libcupti: the one torch ships (pip nvidia-cuda-cupti), else the toolkit's
+if ! job $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
+  export LD_LIBRARY_PATH="$here/deps/dl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# libcupti: the one torch ships (pip nvidia-cuda-cupti: nvidia/cu13/lib for
+# CUDA 13, nvidia/cuda_cupti/lib for 12), the newest major first, else the
+# toolkit's
 cupti=$(job $py - <<'PY' 2>/dev/null
-import glob, os, site
-for d in site.getsitepackages():
-    for p in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcupti.so*")), reverse=True):
-        print(p); raise SystemExit
+import glob, os, re, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+found = [p for d in dirs for p in glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcupti.so.*"))]
+def major(p):
+    m = re.search(r"\.so\.(\d+)", p)
+    return int(m.group(1)) if m else 0
+if found:
+    print(max(found, key=major))
 PY
 )
 # else the one pack.sh took from the toolkit it built with
@@ -98,22 +108,28 @@ for mode in profiler nvtx; do
   extra=(); nv=
   [ $mode = nvtx ] && { extra=(TBPROF_NVTX_STEP=step TBPROF_CUDA_STEPS=off); nv=3,6; }
   job env TBPROF_STEPS=3,6 TBPROF_LOGDIR="$logs1" TBPROF_CPU=off "${extra[@]}" LD_PRELOAD="$here/lib/libtbprof.so" \
-    "$here/bin/cuda_steps" $mode 10 >"$work/cuda_$mode.out" 2>"$work/cuda_$mode.err"
+    "$here/bin/cuda_steps" $mode 10 >"$work/cuda_$mode.out" 2>"$work/cuda_$mode.err"; rc=$?
   x=$(find "$logs1" -name '*.xplane.pb' 2>/dev/null | head -1)
-  if [ -n "$x" ]; then
+  # the program must also run to its end: steps 7..9 run after the detach
+  if ((rc)) || ! grep -q '^done ' "$work/cuda_$mode.out"; then
+    row "cuda_program ($mode)" FAIL "the program exited $rc before its end: $(tail -2 "$work/cuda_$mode.err" | tr '\n' ' ')"
+  elif [ -n "$x" ]; then
     check "cuda_program ($mode)" $py "$here/check.py" cuda "$x" "$work/cuda_$mode.out" 4 $nv
     x1=${x1:-$x}
   else row "cuda_program ($mode)" FAIL "no xplane.pb: $(tail -2 "$work/cuda_$mode.err" | tr '\n' ' ')"; fi
 done
 
-# 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..14
+# 2. PyTorch: ours (no code change) vs torch.profiler, steps 10..19 of 25
 logs2=$work/torch; x2=
 if in_budget torch_vs_torch_profiler torch_nvtx_ranges cupti_in_torch_job; then
-  job "$tbprof" run --steps 10,14 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 20 --nvtx \
-    >"$work/torch.out" 2>"$work/torch.err"
-  job $py "$here/torch_loop.py" --steps 20 --nvtx --torch-profile 10,14 --out "$work" >/dev/null 2>"$work/torchprof.err"
+  job "$tbprof" run --steps 10,19 --logdir "$logs2" -- env TBPROF_CPU=off $py "$here/torch_loop.py" --steps 25 --nvtx \
+    >"$work/torch.out" 2>"$work/torch.err"; rc=$?
+  job $py "$here/torch_loop.py" --steps 25 --nvtx --torch-profile 10,19 --out "$work" >"$work/torchprof.out" \
+    2>"$work/torchprof.err"; rc2=$?
   x2=$(find "$logs2" -name '*.xplane.pb' 2>/dev/null | head -1)
-  if [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
+  if ((rc || rc2)) || ! grep -q '^done ' "$work/torch.out"; then
+    row torch_vs_torch_profiler FAIL "a job failed: ours exited $rc, torch.profiler's $rc2: $(tail -n 2 "$work/torch.err" "$work/torchprof.err" 2>/dev/null | tr '\n' ' ')"
+  elif [ -n "$x2" ] && [ -f "$work/torch_trace.json" ]; then
     check torch_vs_torch_profiler $py "$here/check.py" torch "$x2" "$work/torch_trace.json"
   else row torch_vs_torch_profiler FAIL "missing output: ours=${x2:-none} torch=$(ls "$work"/torch_trace.json 2>/dev/null); $(tail -n 2 "$work/torch.err" "$work/torchprof.err" 2>/dev/null | tr '\n' ' ')"; fi
   # 2b. torch.cuda.nvtx ranges, recorded through tbprof's NVTX injection
