@@ -483,8 +483,11 @@ static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int t
     if (add_span(t, l, meta, r->start, r->end) < 0)
         return NULL;
     tb_line_stat_u64(l, d->st_corr, r->corr);
-    add_ref_stat(l, d->st_ctx, ctx_ref(d, r->ctx));
-    if (line_id != (int64_t)r->stream) /* on a stream's own line the line id says it */
+    /* CUPTI's "not applicable" ids (a free of memory with no context, a
+     * context-wide sync) are not written as ids */
+    if (r->ctx != CUPTI_INVALID_CONTEXT_ID)
+        add_ref_stat(l, d->st_ctx, ctx_ref(d, r->ctx));
+    if (line_id != (int64_t)r->stream && r->stream != CUPTI_INVALID_STREAM_ID) /* a stream's own line says it */
         tb_line_stat_u64(l, d->st_stream, r->stream);
     if (r->graph)
         tb_line_stat_u64(l, d->st_graph, r->graph);
@@ -989,7 +992,7 @@ static void emit_memory(tb_cupti_tr *t)
             const memapi *a = t->nma ? bsearch(&key, t->ma, t->nma, sizeof(*t->ma), memapi_cmp) : NULL;
             tb_line *l = a ? host_line(t, a->tid) : NULL;
             if (!l)
-                l = orphans ? orphans : (orphans = tb_plane_line(hp, TB_CUPTI_LINE_MEMORY, "GPU memory"));
+                l = orphans ? orphans : (orphans = tb_plane_line(hp, TB_CUPTI_HOST_LINE_MEMORY, "GPU memory"));
             if (!l || add_span(t, l, ev[m->alloc], m->ts, m->ts) < 0)
                 continue;
             tb_line_stat_str(l, st_name, name);

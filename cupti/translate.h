@@ -20,10 +20,20 @@
 #include "trace.h"
 
 #define TB_CUPTI_MAX_DEVICES 64
-/* line ids past any 32-bit stream id */
-#define TB_CUPTI_LINE_OVERHEAD ((int64_t)1 << 32)
-#define TB_CUPTI_LINE_MEMORY (((int64_t)1 << 32) + 1)
-#define TB_CUPTI_LINE_SYNC (((int64_t)1 << 32) + 2)
+/* Device-plane lines of what is not GPU execution: CUPTI's overhead, memory
+ * allocations and frees (host-side times), synchronizations (the host's
+ * wait). Their ids are in xprof's derived-line range (0xdeadbeef ..
+ * 0xdeadbeef + 289), which its analyses skip: on a stream-like id it would
+ * count them as GPU ops (step time, op stats). Overhead takes the id the
+ * reference tracer gives it (kThreadIdOverhead); the others the range's
+ * last ids, which xprof derives only on host planes. */
+#define TB_CUPTI_LINE_DERIVED_MIN ((int64_t)0xdeadbeef)
+#define TB_CUPTI_LINE_OVERHEAD (TB_CUPTI_LINE_DERIVED_MIN + 6)
+#define TB_CUPTI_LINE_MEMORY (TB_CUPTI_LINE_DERIVED_MIN + 288)
+#define TB_CUPTI_LINE_SYNC (TB_CUPTI_LINE_DERIVED_MIN + 289)
+/* the host plane's line of GPU memory events whose call was not traced:
+ * past any thread id */
+#define TB_CUPTI_HOST_LINE_MEMORY (((int64_t)1 << 32) + 1)
 
 typedef struct tb_cupti_devprops {
     int valid;

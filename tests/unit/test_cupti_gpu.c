@@ -41,6 +41,7 @@ static const char *SCRIPT =
     "malloc addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=11 start=14\n"
     "free addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=12 start=120\n"
     "sync type=stream ctx=1 stream=7 corr=13 start=20 end=110\n"
+    "sync type=context ctx=1 stream=4294967295 corr=14 start=111 end=114\n"
     "marker id=1 name=train_step tid=main start=0 end=115\n"
     "marker id=2 name=allreduce domain=NCCL tid=main start=30 end=40\n"
     "overhead ovkind=flush obj=device dev=0 start=111 end=113\n";
@@ -301,8 +302,21 @@ static void check_full_translation(tb_space *s, int64_t t0)
         CHECK_EQ_I(int_stat(d, sy, se, TB_ST_STREAM_ID), 7);
         CHECK_EQ_I(d->event_meta[se->meta].category, TB_CAT_CUDA_SYNC);
     }
+    /* a context-wide sync: CUPTI's "no stream" id is not written as one */
+    const tb_event *ce = event_named(d, sy, "Context Sync", 0);
+    CHECK(ce != NULL);
+    if (ce)
+        CHECK(!tb_event_find_stat(d, sy, ce, TB_ST_STREAM_ID));
     tb_line *ov = line_named(d, "CUPTI overhead");
     CHECK(event_named(d, ov, "BUFFER_FLUSH", 0) != NULL);
+    /* what is not GPU execution sits on lines xprof's analyses skip (its
+     * derived-line ids); streams do not */
+    const tb_line *derived[] = {mem, sy, ov};
+    for (size_t i = 0; i < 3; i++)
+        CHECKF(derived[i] && derived[i]->id >= 0xdeadbeefLL && derived[i]->id <= 0xdeadbeefLL + 289,
+               "line %zu id %lld outside xprof's derived range", i, derived[i] ? (long long)derived[i]->id : -1LL);
+    CHECK_EQ_I(ov ? ov->id : 0, 0xdeadbeefLL + 6); /* the reference tracer's overhead line */
+    CHECK(s7 && s7->id == 7 && s9 && s9->id == 9);
     /* device facts */
     CHECK_STR(plane_str(d, TB_ST_DEV_VENDOR), "Nvidia");
     CHECK_STR(plane_str(d, TB_ST_DEV_NAME), "FakeGPU-H100");
