@@ -572,7 +572,9 @@ static void do_memcpy(tb_cupti_tr *t, const CUpti_ActivityMemcpy6 *m)
 
 static void do_p2p(tb_cupti_tr *t, const CUpti_ActivityMemcpyPtoP4 *m)
 {
-    devrec r = DEVREC(m, m->srcDeviceId);
+    /* on the device the copy runs on (deviceId: its stream and context
+     * are that device's), not always the one copied from */
+    devrec r = DEVREC(m, m->deviceId);
     copy_event(t, &r, 0, T_P2P, m->dstDeviceId, m->srcKind, m->dstKind, m->flags, m->bytes);
 }
 

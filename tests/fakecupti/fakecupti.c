@@ -15,7 +15,7 @@
  *   context  ctx= dev=
  *   kernel   name= start= end= dev= ctx= stream= corr= grid=x,y,z block=x,y,z regs= ssmem= dsmem= graph=
  *   memcpy   kind=htod|dtoh|dtod|htoh|ptop src=pageable|pinned|device dst=... bytes= async=0|1 (+ times/ids)
- *   p2p      srcdev= dstdev= bytes= src= dst= async= (+ times/ids)
+ *   p2p      srcdev= dstdev= dev= (where it runs; default srcdev) bytes= src= dst= async= (+ times/ids)
  *   memset   bytes= value= mem=device async= (+ times/ids)
  *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
  *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
@@ -294,7 +294,7 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
         x->start = st, x->end = en, x->contextId = ctx, x->streamId = stream, x->correlationId = corr;
         x->srcDeviceId = (uint32_t)kvl(tok, ntok, "srcdev", 0);
         x->dstDeviceId = (uint32_t)kvl(tok, ntok, "dstdev", 1);
-        x->deviceId = x->srcDeviceId;
+        x->deviceId = (uint32_t)kvl(tok, ntok, "dev", x->srcDeviceId); /* where it runs */
     } else if (!strcmp(k, "memset")) {
         if (!(r = push(CUPTI_ACTIVITY_KIND_MEMSET, sizeof(CUpti_ActivityMemset4))))
             return;

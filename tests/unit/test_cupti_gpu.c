@@ -36,6 +36,7 @@ static const char *SCRIPT =
     "memcpy kind=htod src=pageable dst=device bytes=4096 async=1 start=82 end=90 dev=0 ctx=1 stream=7 corr=7\n"
     "memcpy kind=dtoh src=device dst=pinned bytes=65536 async=0 start=91 end=99 dev=0 ctx=1 stream=9 corr=8\n"
     "p2p srcdev=0 dstdev=1 src=device dst=device bytes=8192 async=1 start=100 end=104 ctx=1 stream=9 corr=9\n"
+    "p2p srcdev=0 dstdev=1 dev=1 src=device dst=device bytes=16384 async=1 start=100 end=102 ctx=2 stream=11 corr=15\n"
     "memset bytes=1024 value=0 mem=device async=0 start=105 end=106 dev=0 ctx=1 stream=9 corr=10\n"
     "driver name=cuMemAlloc_v2 cbid=70 tid=main corr=11 start=13 end=15\n"
     "malloc addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=11 start=14\n"
@@ -284,6 +285,13 @@ static void check_full_translation(tb_space *s, int64_t t0)
     const tb_event *p2p = event_named(d, s9, "MemcpyP2P", 0);
     CHECK_STR(str_stat(d, s9, p2p, TB_ST_MEMCPY_DETAILS),
               "kind_src:device kind_dst:device size:8192 dest:1 async:1");
+    /* a peer copy run by device 1 (its stream 11) from device 0: on GPU:1 */
+    tb_plane *d1 = tb_space_find_plane(s, "/device:GPU:1");
+    tb_line *s11 = d1 ? line_named(d1, "Stream #11(MemcpyP2P)") : NULL;
+    CHECKF(s11 != NULL, "no Stream #11 line on /device:GPU:1");
+    const tb_event *pull = event_named(d1, s11, "MemcpyP2P", 0);
+    CHECK_STR(str_stat(d1, s11, pull, TB_ST_MEMCPY_DETAILS),
+              "kind_src:device kind_dst:device size:16384 dest:1 async:1");
     const tb_event *ms = event_named(d, s9, "Memset", 0);
     CHECK_STR(str_stat(d, s9, ms, TB_ST_MEMSET_DETAILS), "kind:device num_bytes:1024 async:0");
     if (ms)
