@@ -735,6 +735,16 @@ static const char *overhead_name(int kind)
         return "INSTRUMENTATION";
     case CUPTI_ACTIVITY_OVERHEAD_CUPTI_RESOURCE:
         return "RESOURCE";
+    case CUPTI_ACTIVITY_OVERHEAD_RUNTIME_TRIGGERED_MODULE_LOADING:
+        return "MODULE_LOADING";
+    case CUPTI_ACTIVITY_OVERHEAD_LAZY_FUNCTION_LOADING:
+        return "LAZY_FUNCTION_LOADING";
+    case CUPTI_ACTIVITY_OVERHEAD_COMMAND_BUFFER_FULL:
+        return "COMMAND_BUFFER_FULL";
+    case CUPTI_ACTIVITY_OVERHEAD_ACTIVITY_BUFFER_REQUEST:
+        return "ACTIVITY_BUFFER_REQUEST";
+    case CUPTI_ACTIVITY_OVERHEAD_UVM_ACTIVITY_INIT:
+        return "UVM_ACTIVITY_INIT";
     default:
         return "CUPTI overhead";
     }
@@ -821,7 +831,7 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
     tb_cupti_tr_set_device(t, v->id, &p);
 }
 
-void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *r)
+void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
 {
     t->c.records++;
     switch (r->kind) {
@@ -847,9 +857,13 @@ void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *r)
     case CUPTI_ACTIVITY_KIND_MARKER:
         do_marker(t, (const CUpti_ActivityMarker2 *)r);
         break;
-    case CUPTI_ACTIVITY_KIND_OVERHEAD:
-        do_overhead(t, (const CUpti_ActivityOverhead3 *)r);
+    case CUPTI_ACTIVITY_KIND_OVERHEAD: {
+        CUpti_ActivityOverhead3 *o = (CUpti_ActivityOverhead3 *)r;
+        do_overhead(t, o);
+        free(o->overheadData); /* CUPTI: the client frees it */
+        o->overheadData = NULL;
         break;
+    }
     case CUPTI_ACTIVITY_KIND_MEMORY2:
         do_memory(t, (const CUpti_ActivityMemory4 *)r);
         break;
@@ -868,9 +882,13 @@ void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *r)
                                     .end = s->end};
         break;
     }
-    case CUPTI_ACTIVITY_KIND_DEVICE:
-        do_device(t, (const CUpti_ActivityDevice5 *)r);
+    case CUPTI_ACTIVITY_KIND_DEVICE: {
+        CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
+        do_device(t, v);
+        free((void *)v->name); /* CUPTI: the client frees it */
+        v->name = NULL;
         break;
+    }
     case CUPTI_ACTIVITY_KIND_CONTEXT: {
         const CUpti_ActivityContext3 *c = (const CUpti_ActivityContext3 *)r;
         note_ctx(t, c->contextId, c->deviceId);

@@ -62,10 +62,13 @@ tb_cupti_tr *tb_cupti_tr_new(tb_space *s, const tb_cupti_tr_opts *o);
 /* Device facts from the driver (occupancy and plane stats); records of kind
  * DEVICE in the buffers fill them too. */
 void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprops *p);
-/* Translate every record of one completed buffer. Returns records seen. */
+/* Translate every record of one completed buffer. Returns records seen.
+ * Frees what CUPTI leaves the client to free (a device record's name, an
+ * overhead record's data) and clears those fields: translate a buffer once. */
 int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next);
-/* Translate one record (the bench and tests drive it directly). */
-void tb_cupti_tr_record(tb_cupti_tr *t, const CUpti_Activity *rec);
+/* Translate one record (the bench and tests drive it directly); frees as
+ * tb_cupti_tr_buffer does. */
+void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *rec);
 /* Pair leftovers, name lines, write device facts. Returns 0 or -errno. */
 int tb_cupti_tr_finish(tb_cupti_tr *t);
 void tb_cupti_tr_free(tb_cupti_tr *t);

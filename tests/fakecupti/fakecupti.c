@@ -20,7 +20,7 @@
  *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
  *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
  *   marker   id= name= domain= tid= start= end=    (a start and an end record)
- *   overhead ovkind=compiler|flush|instr|resource obj=thread|device tid= dev= start= end=
+ *   overhead ovkind=compiler|flush|instr|lazy|resource obj=thread|device tid= dev= start= end=
  *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
  * Knobs (environment):
  *   TBFAKE_CUPTI_SUBSCRIBER=1     cuptiSubscribe: another subscriber holds CUPTI
@@ -353,6 +353,7 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
         x->overheadKind = !ok || !strcmp(ok, "flush") ? CUPTI_ACTIVITY_OVERHEAD_CUPTI_BUFFER_FLUSH
                           : !strcmp(ok, "compiler")    ? CUPTI_ACTIVITY_OVERHEAD_DRIVER_COMPILER
                           : !strcmp(ok, "instr")       ? CUPTI_ACTIVITY_OVERHEAD_CUPTI_INSTRUMENTATION
+                          : !strcmp(ok, "lazy")        ? CUPTI_ACTIVITY_OVERHEAD_LAZY_FUNCTION_LOADING
                                                        : CUPTI_ACTIVITY_OVERHEAD_CUPTI_RESOURCE;
         const char *ob = kv(tok, ntok, "obj");
         if (ob && !strcmp(ob, "device")) {
@@ -698,6 +699,19 @@ static int running(const rec *r, uint64_t now)
     }
 }
 
+/* What CUPTI allocates for the client to free() (the header says so): a
+ * device record's name, an overhead record's data (the fake gives every
+ * overhead record some). A client that does not free them leaks under LSan. */
+static void give_to_client(uint32_t kind, uint8_t *rec)
+{
+    if (kind == CUPTI_ACTIVITY_KIND_DEVICE) {
+        CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)rec;
+        v->name = v->name ? strdup(v->name) : NULL;
+    } else if (kind == CUPTI_ACTIVITY_KIND_OVERHEAD) {
+        ((CUpti_ActivityOverhead3 *)rec)->overheadData = calloc(1, 16);
+    }
+}
+
 /* Hand a filled buffer back (after TBFAKE_CUPTI_SLOW_MS). */
 static void complete(fbuf *b, long slow)
 {
@@ -770,6 +784,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         uint32_t kind = inflight && running(&recs[i], now) ? (uint32_t)CUPTI_ACTIVITY_KIND_INVALID : recs[i].kind;
         memcpy(b->buf + b->used + 4, &kind, 4);
         memcpy(b->buf + b->used + 8, &recs[i].u, recs[i].size);
+        give_to_client(kind, b->buf + b->used + 8);
         b->used += 8 + recs[i].size;
         b->n++;
         delivered++;

@@ -45,7 +45,8 @@ static const char *SCRIPT =
     "sync type=context ctx=1 stream=4294967295 corr=14 start=111 end=114\n"
     "marker id=1 name=train_step tid=main start=0 end=115\n"
     "marker id=2 name=allreduce domain=NCCL tid=main start=30 end=40\n"
-    "overhead ovkind=flush obj=device dev=0 start=111 end=113\n";
+    "overhead ovkind=flush obj=device dev=0 start=111 end=113\n"
+    "overhead ovkind=lazy obj=device dev=0 start=113 end=114\n";
 
 static void write_script(void)
 {
@@ -317,6 +318,7 @@ static void check_full_translation(tb_space *s, int64_t t0)
         CHECK(!tb_event_find_stat(d, sy, ce, TB_ST_STREAM_ID));
     tb_line *ov = line_named(d, "CUPTI overhead");
     CHECK(event_named(d, ov, "BUFFER_FLUSH", 0) != NULL);
+    CHECK(event_named(d, ov, "LAZY_FUNCTION_LOADING", 0) != NULL); /* a stall worth its name */
     /* what is not GPU execution sits on lines xprof's analyses skip (its
      * derived-line ids); streams do not */
     const tb_line *derived[] = {mem, sy, ov};
