@@ -750,6 +750,11 @@ static void device_facts(tb_cupti_tr *t)
         A(CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR, p.max_blocks_per_sm);
         A(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR, p.regs_per_sm);
         A(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, p.smem_per_sm);
+        A(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK, p.max_threads_per_block);
+        A(CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK, p.regs_per_block);
+        A(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK, p.smem_per_block);
+        A(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, p.smem_per_block_optin);
+        A(CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, p.smem_reserved_per_block);
         A(CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, memclk);
         A(CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, bus);
 #undef A

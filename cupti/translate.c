@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_occupancy.h>
+
 #include "host.h"
 #include "record_compat.h"
 #include "stats.h"
@@ -338,7 +340,9 @@ static int64_t kernel_meta(tb_cupti_tr *t, devstate *d, uint32_t dev, const char
     return meta;
 }
 
-static double occupancy_pct(const tb_cupti_devprops *p, int regs, int smem, int threads)
+/* A rough estimate (warps, registers, shared memory), for a GPU NVIDIA's
+ * calculator does not know yet. */
+static double occupancy_estimate(const tb_cupti_devprops *p, int regs, int smem, int threads)
 {
     if (!p->valid || p->warp_size <= 0 || p->max_threads_per_sm <= 0 || threads <= 0)
         return 0;
@@ -362,6 +366,49 @@ static double occupancy_pct(const tb_cupti_devprops *p, int regs, int smem, int 
     return (double)blocks * wpb * 100.0 / warps_sm;
 }
 
+/* Theoretical occupancy (%) of a launch, as the reference tracer computes
+ * it: NVIDIA's occupancy calculator (cuda_occupancy.h: register and shared
+ * memory allocation granularity, the driver's reserved shared memory per
+ * block, the carveout the driver would choose), active blocks x block size
+ * over the SM's thread limit. Device limits CUPTI's device record lacks
+ * take their usual values. */
+static double occupancy_pct(const tb_cupti_devprops *p, int regs, int static_smem, int dyn_smem, int threads)
+{
+    if (!p->valid || p->max_threads_per_sm <= 0 || threads <= 0)
+        return 0;
+    int reserved = p->smem_reserved_per_block ? p->smem_reserved_per_block : p->cc_major >= 8 ? 1024 : 0;
+    cudaOccDeviceProp dp = {
+        .computeMajor = (int)p->cc_major,
+        .computeMinor = (int)p->cc_minor,
+        .maxThreadsPerBlock = p->max_threads_per_block > 0 ? p->max_threads_per_block : 1024,
+        .maxThreadsPerMultiprocessor = p->max_threads_per_sm,
+        .regsPerBlock = p->regs_per_block > 0 ? p->regs_per_block : p->regs_per_sm,
+        .regsPerMultiprocessor = p->regs_per_sm,
+        .warpSize = p->warp_size > 0 ? p->warp_size : 32,
+        .sharedMemPerBlock = (size_t)(p->smem_per_block > 0 ? p->smem_per_block : 48 << 10),
+        .sharedMemPerMultiprocessor = (size_t)p->smem_per_sm,
+        .numSms = (int)p->sm_count,
+        .sharedMemPerBlockOptin = (size_t)(p->smem_per_block_optin > 0 ? p->smem_per_block_optin
+                                                                        : p->smem_per_sm - reserved),
+        .reservedSharedMemPerBlock = (size_t)reserved,
+    };
+    size_t smem = (size_t)static_smem + (size_t)dyn_smem;
+    cudaOccFuncAttributes fa = {
+        .maxThreadsPerBlock = threads, /* it ran with this block */
+        .numRegs = regs,
+        .sharedSizeBytes = (size_t)static_smem,
+        .partitionedGCConfig = PARTITIONED_GC_OFF,
+        .shmemLimitConfig = smem > dp.sharedMemPerBlock ? FUNC_SHMEM_LIMIT_OPTIN : FUNC_SHMEM_LIMIT_DEFAULT,
+        .maxDynamicSharedSizeBytes = (size_t)dyn_smem,
+    };
+    cudaOccDeviceState st = {.carveoutConfig = SHAREDMEM_CARVEOUT_DEFAULT};
+    cudaOccResult res = {0};
+    if (dp.regsPerMultiprocessor <= 0 || dp.sharedMemPerMultiprocessor == 0 ||
+        cudaOccMaxActiveBlocksPerMultiprocessor(&res, &dp, &fa, &st, threads, (size_t)dyn_smem) != CUDA_OCC_SUCCESS)
+        return occupancy_estimate(p, regs, static_smem + dyn_smem, threads);
+    return (double)res.activeBlocksPerMultiprocessor * threads * 100.0 / p->max_threads_per_sm;
+}
+
 static uint32_t mix(uint32_t h, uint32_t v)
 {
     h ^= v;
@@ -379,7 +426,7 @@ static int64_t kernel_details_ref(tb_cupti_tr *t, devstate *d, const kd_key *k)
     if (s->ref > 0 && memcmp(&s->k, k, sizeof(*k)) == 0)
         return s->ref;
     char buf[200];
-    double occ = occupancy_pct(&d->props, (int)k->regs, k->ss + k->ds, k->bx * k->by * k->bz);
+    double occ = occupancy_pct(&d->props, (int)k->regs, k->ss, k->ds, k->bx * k->by * k->bz);
     snprintf(buf, sizeof(buf),
              "regs:%u static_shared:%d dynamic_shared:%d grid:%d,%d,%d block:%d,%d,%d occ_pct:%g",
              k->regs, k->ss, k->ds, k->gx, k->gy, k->gz, k->bx, k->by, k->bz, occ);
@@ -828,6 +875,9 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
     p.max_blocks_per_sm = (int)v->maxBlocksPerMultiprocessor;
     p.regs_per_sm = (int)v->maxRegistersPerMultiprocessor;
     p.smem_per_sm = (int)v->maxSharedMemoryPerMultiprocessor;
+    p.max_threads_per_block = (int)v->maxThreadsPerBlock;
+    p.regs_per_block = (int)v->maxRegistersPerBlock;
+    p.smem_per_block = (int)v->maxSharedMemoryPerBlock; /* opt-in and reserved: defaults below */
     tb_cupti_tr_set_device(t, v->id, &p);
 }
 

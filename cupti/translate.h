@@ -41,8 +41,9 @@ typedef struct tb_cupti_devprops {
     int64_t clock_khz, sm_count, cc_major, cc_minor;
     uint64_t mem_bandwidth; /* bytes/s */
     uint64_t mem_size;      /* bytes */
-    /* for the occupancy estimate */
+    /* for theoretical occupancy (0: unknown, a default is taken) */
     int warp_size, max_threads_per_sm, max_blocks_per_sm, regs_per_sm, smem_per_sm;
+    int max_threads_per_block, regs_per_block, smem_per_block, smem_per_block_optin, smem_reserved_per_block;
 } tb_cupti_devprops;
 
 /* Iterates a buffer; same contract as cuptiActivityGetNextRecord. */
