@@ -144,6 +144,7 @@ static int resolve(tb_cupti_lib *l)
     OPT(GetVersion, "cuptiGetVersion");
     OPT(EnableDomain, "cuptiEnableDomain");
     OPT(Finalize, "cuptiFinalize");
+    OPT(ActivityEnableAllSyncRecords, "cuptiActivityEnableAllSyncRecords");
     OPT(Subscribe_v2, "cuptiSubscribe_v2");
     return 0;
 }

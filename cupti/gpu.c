@@ -487,6 +487,8 @@ static void disable_all(void)
 {
     while (g.nenabled > 0)
         g.lib->ActivityDisable(g.enabled[--g.nenabled]);
+    if (g.lib->ActivityEnableAllSyncRecords) /* CUPTI's default again, for whoever uses it next */
+        g.lib->ActivityEnableAllSyncRecords(1);
 }
 
 /* Activity off, our thread-id type and clock undone; the subscription
@@ -630,6 +632,12 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         goto fail;
     }
     g.enabled[g.nenabled++] = CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL;
+    /* CUPTI records every cudaEventQuery/cudaStreamQuery by default, also
+     * those of work not done yet: a job's pollers (NCCL's watchdog, the
+     * caching allocator's event checks) would fill the buffers with them.
+     * Only syncs that waited, and queries that found the work done. */
+    if (g.lib->ActivityEnableAllSyncRecords)
+        g.lib->ActivityEnableAllSyncRecords(0);
     for (size_t i = 0; i < sizeof(optional_kinds) / sizeof(optional_kinds[0]); i++) {
         r = g.lib->ActivityEnable(optional_kinds[i]);
         if (r == CUPTI_SUCCESS)

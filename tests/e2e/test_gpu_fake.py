@@ -269,8 +269,14 @@ class GpuFake(tbtest.TestCase):
                          "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
         # subscribed by name, asking CUPTI to admit no other subscriber, and
         # the profile says which libcupti traced
-        subs = [l for l in self.fake_log() if l[0] == "subscribe"]
+        log = self.fake_log()
+        subs = [l for l in log if l[0] == "subscribe"]
         self.assertEqual(subs[0], ["subscribe", "0", "v2", "name=tbprof", "size=33", "multi=0"])
+        # event/stream queries of work not done (a job's pollers) not
+        # recorded while capturing; CUPTI's default back after
+        calls = [l[0] + (" " + l[1] if l[0] in ("allsync", "flush") else "") for l in log
+                 if l[0] in ("allsync", "launch", "flush")]
+        self.assertEqual(calls, ["allsync 0", "launch", "allsync 1", "flush 0", "flush 1"], log)
         lib = prof.host.stats.get("tbprof_cupti_library", "")
         self.assertIn(FAKE, lib)
         self.assertIn("cuptiSubscribe_v2", lib)

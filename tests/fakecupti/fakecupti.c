@@ -60,7 +60,8 @@
  * enabled that domain (cuptiEnableDomain), as CUPTI calls it; cuptiFinalize
  * reports whether it ran inside such an exit callback, and on which thread.
  * Built three ways: full; -DFAKE_OLD (no timestamp callback, thread-id type,
- * callback names, cuptiEnableDomain or cuptiFinalize: an older CUPTI);
+ * callback names, cuptiEnableDomain, cuptiFinalize or
+ * cuptiActivityEnableAllSyncRecords: an older CUPTI);
  * -DFAKE_BROKEN (no cuptiActivityFlushAll).
  */
 #include <cupti.h>
@@ -916,6 +917,12 @@ API CUptiResult cuptiEnableDomain(uint32_t on, CUpti_SubscriberHandle s, CUpti_C
     pthread_mutex_unlock(&mu);
     report("domain %d %u", (int)d, on);
     return ok ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
+}
+
+API CUptiResult cuptiActivityEnableAllSyncRecords(uint8_t enable)
+{
+    report("allsync %u", (unsigned)enable);
+    return CUPTI_SUCCESS;
 }
 
 /* CUPTI detached: every subscription, enabled kind, callback and setting gone */
