@@ -77,6 +77,9 @@
 /* GPU records CUPTI handed over incomplete (work still running at the
  * forced flush): not in the profile */
 #define TB_ST_GPU_INCOMPLETE "tbprof_gpu_incomplete_records"
+/* buffers CUPTI still held after the forced flush (0 unless another CUPTI
+ * client took over activity recording during the capture) */
+#define TB_ST_CUPTI_BUFFERS_KEPT "tbprof_cupti_buffers_kept"
 #define TB_ST_SAMPLES "tbprof_cpu_samples"
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
 #define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */

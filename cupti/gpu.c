@@ -87,6 +87,13 @@ typedef struct gpu_ctx {
 } gpu_ctx;
 
 static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
+/* Buffers of past captures CUPTI still held when their pool was freed: it
+ * may write into them yet, so they stay allocated until it hands them back
+ * (then freed in buf_completed). Guarded by g.mu; past ORPHANS_MAX they are
+ * only counted (never freed: CUPTI may still write into them). */
+#define ORPHANS_MAX 256
+static uint8_t *orphans[ORPHANS_MAX];
+static size_t norphans;
 static int prefault_off; /* MADV_POPULATE_WRITE refused (a kernel before 5.14) */
 static atomic_int ts_capturing;
 
@@ -130,6 +137,13 @@ static void CUPTIAPI buf_completed(CUcontext ctx, uint32_t stream, uint8_t *buff
             g.done[g.ndone++] = (done_buf){buffer, valid}; /* done has room for every buffer */
         else
             g.free_[g.nfree++] = buffer;
+    } else {
+        for (size_t i = 0; i < norphans; i++)
+            if (orphans[i] == buffer) { /* a past capture's, back at last: its records are too late */
+                free(buffer);
+                orphans[i] = orphans[--norphans];
+                break;
+            }
     }
     pthread_mutex_unlock(&g.mu);
 }
@@ -377,6 +391,8 @@ static void pool_free(void)
         if (free_it) {
             free(b);
             back++;
+        } else if (norphans < ORPHANS_MAX) {
+            orphans[norphans++] = b;
         }
     }
     g.last.buffers_leaked += g.nall - back;
@@ -710,6 +726,7 @@ static void gpu_stop(void *ctx)
     disable_all();
     drain();
     g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    g.last.buffers_kept = held_by_cupti(); /* a forced flush returns every buffer: normally 0 */
     size_t dropped = 0;
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
         g.cupti_dropped = dropped;
@@ -818,6 +835,17 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_plane_stat_str(hp, TB_ST_CUPTI_TEARDOWN, g.teardown_why);
         tb_plane_stat_str(hp, TB_ST_GPU_DRAIN, g.drain);
         tb_plane_stat_u64(hp, TB_ST_GPU_INCOMPLETE, g.last.incomplete);
+        tb_plane_stat_u64(hp, TB_ST_CUPTI_BUFFERS_KEPT, g.last.buffers_kept);
+    }
+    if (g.last.buffers_kept) {
+        char w[400];
+        snprintf(w, sizeof(w),
+                 "CUPTI kept %llu of tbprof's %zu activity buffers after the final flush: another CUPTI "
+                 "client (torch.profiler started during the capture, say) may have taken over activity "
+                 "recording; GPU records of this capture may be missing",
+                 (unsigned long long)g.last.buffers_kept, g.last.pool_buffers);
+        tb_space_add_warning(space, w);
+        tb_warn_once("%s", w);
     }
     if (g.last.incomplete) {
         char w[300];

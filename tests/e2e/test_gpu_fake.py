@@ -581,6 +581,19 @@ class GpuFake(tbtest.TestCase):
         self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
 
+    def test_buffers_taken_by_another_client(self):
+        # another CUPTI client registered its buffer callbacks during the
+        # capture (Kineto does, even without a subscription): our buffers
+        # never come back; one warning says so, the job runs on
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"], TBFAKE_CUPTI_LOSE_BUFFERS="1")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertGreaterEqual(prof.host.stats.get("tbprof_cupti_buffers_kept", 0), 1)
+        self.assertEqual(prof.host.stats.get("tbprof_cupti_buffers"), 0)
+        self.assertTrue([w for w in prof.warnings if "another CUPTI client" in w], prof.warnings)
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "CUPTI kept" in l]), 1, p.stderr)
+
     def inflight(self, **kw):
         """Steps 2..4 of 10 ms captured while a kernel launched in step 2
         runs for 400 ms; the program runs on past it."""
@@ -603,6 +616,7 @@ class GpuFake(tbtest.TestCase):
         self.assertAlmostEqual(nccl.dur_ns, (400000 - 1040) * 1000, delta=1000)
         self.assertRegex(prof.host.stats.get("tbprof_gpu_drain", ""), r"^\d+\.\d ms, all complete$")
         self.assertEqual(prof.host.stats.get("tbprof_gpu_incomplete_records"), 0)
+        self.assertEqual(prof.host.stats.get("tbprof_cupti_buffers_kept"), 0)
         flushes = [l for l in self.fake_log() if l[0] == "flush"]
         self.assertIn("held", flushes[0], flushes)  # CUPTI kept it back first
         self.assertEqual(flushes[-1][1], "1")       # then the forced flush

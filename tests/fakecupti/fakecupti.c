@@ -47,6 +47,9 @@
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  *   TBFAKE_CUPTI_VERSION=N        cuptiGetVersion reports N (default: the header's)
  *   TBFAKE_CUPTI_FAIL_FINALIZE=N  cuptiFinalize returns CUptiResult N
+ *   TBFAKE_CUPTI_LOSE_BUFFERS=1   filled buffers never come back (another
+ *                                 CUPTI client registered its own buffer
+ *                                 callbacks over the subscriber's)
  *   TBFAKE_CUPTI_INFLIGHT=1       GPU work (kernel, memcpy, memset records)
  *                                 whose end is still ahead of the clock is
  *                                 running: a default flush keeps a buffer
@@ -718,6 +721,10 @@ static void complete(fbuf *b, long slow)
 {
     if (!b->buf)
         return;
+    if (envl("TBFAKE_CUPTI_LOSE_BUFFERS", 0)) { /* another client's callback got it */
+        *b = (fbuf){0};
+        return;
+    }
     if (slow)
         usleep((useconds_t)slow * 1000);
     done_cb(NULL, 0, b->buf, b->size, b->used);
