@@ -199,6 +199,10 @@ static CUptiResult api_domains(uint32_t on)
 /* On the job's threads (and ours), at every CUDA call while a detach is
  * pending; no callback domain is enabled otherwise: the subscription exists
  * to own CUPTI for the capture and to detect another subscriber. */
+/* libcuda's cuThreadExchangeStreamCaptureMode, when libcuda is loaded (set
+ * by gpu_release before a detach can start). */
+static CUresult (*_Atomic capture_mode_xchg)(CUstreamCaptureMode *);
+
 static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_CallbackId cbid, const void *data)
 {
     (void)ud;
@@ -210,7 +214,16 @@ static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_Call
     int want = DET_PENDING;
     if (!atomic_compare_exchange_strong(&det_state, &want, DET_FINALIZING))
         return;
+    /* a job thread may be capturing a CUDA graph in global mode, where a
+     * call CUDA deems unsafe from any thread invalidates the capture: this
+     * thread's calls go in relaxed mode while CUPTI tears down (the call
+     * is a driver call: its callback finds FINALIZING and returns) */
+    CUresult (*xchg)(CUstreamCaptureMode *) = atomic_load(&capture_mode_xchg);
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    int swapped = xchg && xchg(&mode) == CUDA_SUCCESS;
     CUptiResult r = g.lib->Finalize();
+    if (swapped)
+        xchg(&mode);
     atomic_store(&det_tid, (int)syscall(SYS_gettid));
     if (r == CUPTI_SUCCESS) {
         atomic_store(&det_state, DET_NONE);
@@ -879,6 +892,15 @@ static void gpu_release(void *ctx)
     static int exit_hook;
     if (!exit_hook && atexit(detach_off_at_exit) == 0)
         exit_hook = 1;
+    if (!atomic_load(&capture_mode_xchg)) {
+        void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        if (h) { /* libcuda stays loaded: the job holds it */
+            CUresult (*f)(CUstreamCaptureMode *);
+            *(void **)&f = dlsym(h, "cuThreadExchangeStreamCaptureMode");
+            atomic_store(&capture_mode_xchg, f);
+            dlclose(h);
+        }
+    }
     CUptiResult r = api_domains(1);
     if (r != CUPTI_SUCCESS) {
         api_domains(0);

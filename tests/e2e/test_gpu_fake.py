@@ -364,6 +364,12 @@ class GpuFake(tbtest.TestCase):
         self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
         self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
         self.assertReleased(self.fake_log(), 1, thread="other")
+        # cuptiFinalize runs with the thread's stream-capture mode relaxed
+        # (a graph captured in global mode elsewhere stays valid), then the
+        # mode is put back
+        seq = [" ".join(l) for l in self.fake_log() if l[0] in ("capture_mode", "finalize")]
+        self.assertEqual([s.split(" in_exit")[0] for s in seq],
+                         ["capture_mode 2 was 0", "finalize 0", "capture_mode 0 was 2"], seq)
 
     def test_detach_taken_back_by_the_next_capture(self):
         # no CUDA call between two captures: the first one's detach is still

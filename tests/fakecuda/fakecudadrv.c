@@ -1,15 +1,41 @@
-/* fakecudadrv.c - a stand-in libcuda.so.1 with one function, for tests of
+/* fakecudadrv.c - a stand-in libcuda.so.1 with two functions, for tests of
  * tbprof's CUPTI detach: after a capture the agent calls the driver's
  * cuDriverGetVersion (only when libcuda is already loaded) so that CUPTI's
  * API-exit callback, where it finalizes CUPTI, runs on the agent thread.
  * Here that call is reported to the fake libcupti (tbfake_cuda_api) as a
  * returning driver API call, the way CUPTI would call its subscriber back.
+ * cuThreadExchangeStreamCaptureMode swaps a per-thread mode and logs each
+ * call in the fake libcupti's call log (tbfake_report).
  */
 #include <dlfcn.h>
+#include <stdio.h>
 
 #define EXPORT __attribute__((visibility("default")))
 #define DRIVER_API_DOMAIN 1        /* CUPTI_CB_DOMAIN_DRIVER_API */
 #define CBID_cuDriverGetVersion 2u /* CUPTI_DRIVER_TRACE_CBID_cuDriverGetVersion */
+
+/* This thread's stream-capture interaction mode (CUDA's default: global),
+ * swapped as the driver does; each call logged to the fake libcupti. */
+static __thread int capture_mode;
+
+EXPORT int cuThreadExchangeStreamCaptureMode(int *mode)
+{
+    if (!mode)
+        return 1;
+    int old = capture_mode;
+    capture_mode = *mode;
+    *mode = old;
+    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
+    if (h) {
+        void (*rep)(const char *) = (void (*)(const char *))dlsym(h, "tbfake_report");
+        char line[64];
+        snprintf(line, sizeof(line), "capture_mode %d was %d", capture_mode, old);
+        if (rep)
+            rep(line);
+        dlclose(h);
+    }
+    return 0;
+}
 
 EXPORT int cuDriverGetVersion(int *version)
 {

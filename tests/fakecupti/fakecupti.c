@@ -926,6 +926,12 @@ API CUptiResult cuptiEnableDomain(uint32_t on, CUpti_SubscriberHandle s, CUpti_C
     return ok ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
 }
 
+/* A line in the call log from the fake libcuda (its driver calls). */
+API void tbfake_report(const char *line)
+{
+    report("%s", line);
+}
+
 API CUptiResult cuptiActivityEnableAllSyncRecords(uint8_t enable)
 {
     report("allsync %u", (unsigned)enable);
