@@ -23,9 +23,12 @@ FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
 # stamps work inside the step that launched it. (Stamping at enable would put
 # the records before the window when the agent thread is slow: sources start
 # a step early, or some time before tbprof_start() returns.)
-SCRIPT = """\
+# the fake GPU (an A100) and its context, first in each script
+DEVICE = """\
 device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
 context ctx=1 dev=0
+"""
+SCRIPT = DEVICE + """\
 runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=101 start=1000 end=1004
 kernel name=relu_kernel start=1010 end=1030 stream=7 corr=101 grid=80,1,1 block=512,1,1 regs=16
 runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=102 start=1005 end=1008
@@ -60,9 +63,7 @@ free addr=0xb000 bytes=1048576 mem=device dev=0 ctx=1 stream=0 corr=206 start=10
 # NVTX ranges around launches: forward > attention on the main thread, a
 # range on another thread open across the main thread's calls, and a launch
 # outside every range
-NVTX_SCRIPT = """\
-device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
-context ctx=1 dev=0
+NVTX_SCRIPT = DEVICE + """\
 marker id=1 name=forward tid=main start=990 end=1300
 marker id=2 name=attention tid=main start=1000 end=1020
 marker id=3 name=loader tid=4242 start=900 end=2000
@@ -81,9 +82,7 @@ kernel name=copy_kernel start=1505 end=1525 stream=9 corr=305 grid=1,1,1 block=3
 
 # GPU work still running when the window ends (TBFAKE_CUPTI_INFLIGHT): a
 # long kernel launched in the window's first step, done 400 ms later
-INFLIGHT_SCRIPT = """\
-device id=0 name=FakeGPU sms=108 cc=8.0 clock=1410000 membw=1555000000 memsize=42949672960 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=167936
-context ctx=1 dev=0
+INFLIGHT_SCRIPT = DEVICE + """\
 runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=401 start=1000 end=1004
 kernel name=relu_kernel start=1010 end=1030 stream=7 corr=401 grid=80,1,1 block=512,1,1 regs=16
 runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=402 start=1005 end=1008
