@@ -196,13 +196,13 @@ static CUptiResult api_domains(uint32_t on)
     return r != CUPTI_SUCCESS ? r : r2;
 }
 
-/* On the job's threads (and ours), at every CUDA call while a detach is
- * pending; no callback domain is enabled otherwise: the subscription exists
- * to own CUPTI for the capture and to detect another subscriber. */
 /* libcuda's cuThreadExchangeStreamCaptureMode, when libcuda is loaded (set
  * by gpu_release before a detach can start). */
 static CUresult (*_Atomic capture_mode_xchg)(CUstreamCaptureMode *);
 
+/* On the job's threads (and ours), at every CUDA call while a detach is
+ * pending; no callback domain is enabled otherwise: the subscription exists
+ * to own CUPTI for the capture and to detect another subscriber. */
 static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_CallbackId cbid, const void *data)
 {
     (void)ud;

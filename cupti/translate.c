@@ -6,7 +6,6 @@
  * kernel_details / memcpy_details strings by their fields. */
 #include "translate.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
