@@ -88,6 +88,7 @@ typedef struct memrec {
  * that allocate or free memory (see api_is_memory). */
 typedef struct memapi {
     uint32_t corr, tid;
+    int driver;   /* a driver call: the runtime call around it (same id) names the event */
     int64_t meta; /* the call's event metadata on the host plane */
 } memapi;
 
@@ -718,7 +719,7 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         return;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
     if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
-        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta};
+        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
 }
 
 /* A span on thread tid's host line; returns the line, NULL when not added. */
@@ -1013,6 +1014,13 @@ static int memapi_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* By id, a runtime call before a driver call with the same id. */
+static int memapi_order(const void *a, const void *b)
+{
+    int c = memapi_cmp(a, b);
+    return c ? c : ((const memapi *)a)->driver - ((const memapi *)b)->driver;
+}
+
 /* The GPU memory timeline: for each device and memory kind (an allocator,
  * "GPU_0_device"), one MemoryAllocation / MemoryDeallocation event per
  * record, with the running total and its peak as the stats xprof's memory
@@ -1040,8 +1048,17 @@ static void emit_memory(tb_cupti_tr *t)
     if (ev[0] <= 0 || ev[1] <= 0 || st_op <= 0)
         goto out;
     qsort(t->mr, t->nmr, sizeof(*t->mr), memrec_cmp);
-    if (t->nma)
-        qsort(t->ma, t->nma, sizeof(*t->ma), memapi_cmp);
+    if (t->nma) {
+        /* one call per id: where CUPTI gives a runtime call and the driver
+         * call inside it the same id, the runtime call (cudaMalloc, what
+         * the program called) */
+        qsort(t->ma, t->nma, sizeof(*t->ma), memapi_order);
+        size_t k = 0;
+        for (size_t i = 0; i < t->nma; i++)
+            if (!k || t->ma[i].corr != t->ma[k - 1].corr)
+                t->ma[k++] = t->ma[i];
+        t->nma = k;
+    }
     tb_line *orphans = NULL;
     for (size_t i = 0, j; i < t->nmr; i = j) {
         const memrec *first = &t->mr[i];

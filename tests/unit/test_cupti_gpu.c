@@ -45,6 +45,9 @@ static const char *SCRIPT =
     "driver name=cuMemAlloc_v2 cbid=70 tid=main corr=11 start=13 end=15\n"
     "malloc addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=11 start=14\n"
     "free addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=12 start=120\n"
+    "driver name=cuMemAlloc_v2 cbid=70 tid=main corr=18 start=122 end=125\n" /* the inner call ends first */
+    "runtime name=cudaMalloc_v3020 cbid=20 tid=main corr=18 start=121 end=126\n"
+    "malloc addr=0x9000 bytes=4096 mem=device dev=0 ctx=1 stream=7 corr=18 start=123\n"
     "sync type=stream ctx=1 stream=7 corr=13 start=20 end=110\n"
     "sync type=context ctx=1 stream=4294967295 corr=14 start=111 end=114\n"
     "marker id=1 name=train_step tid=main start=0 end=115\n"
@@ -392,6 +395,11 @@ static void check_full_translation(tb_space *s, int64_t t0)
         CHECK_STR(str_stat(h, hl, al, TB_ST_ALLOCATOR_NAME), "GPU_0_device");
         CHECK_STR(str_stat(h, gm, rl, TB_ST_ALLOCATOR_NAME), "GPU_0_device");
         CHECK_STR(str_stat(h, hl, al, TB_ST_TF_OP), "cuMemAlloc");
+        /* a cudaMalloc and the cuMemAlloc inside it with one id (as CUPTI
+         * may report them): named for the runtime call */
+        const tb_event *al2 = event_named(h, hl, TB_EV_MEMORY_ALLOCATION, 1);
+        CHECK(al2 != NULL);
+        CHECK_STR(str_stat(h, hl, al2, TB_ST_TF_OP), "cudaMalloc");
         CHECK(tb_event_find_stat(h, gm, rl, TB_ST_TF_OP) == NULL);
         const tb_stat *bytes = tb_event_find_stat(h, hl, al, TB_ST_BYTES_ALLOCATED);
         CHECK(bytes && bytes->type == TB_STAT_INT64);
