@@ -130,11 +130,12 @@ def capture_facts(xplane):
     if "tbprof_gpu_off_reason" in st:
         result("cupti_capture", False, "GPU capture off: %s" % st["tbprof_gpu_off_reason"])
     print("RESULT cupti_capture INFO %s; pool %s; buffers filled %s; CUPTI dropped %s; pool ran out %s; "
-          "start wait %.1f ms; drain %s; incomplete records %s; teardown %s" % (
+          "start wait %.1f ms; drain %s; incomplete records %s; buffers kept %s; teardown %s" % (
               st.get("tbprof_cupti_library", "?"), st.get("tbprof_cupti_pool", "?"),
               st.get("tbprof_cupti_buffers", "?"), st.get("tbprof_cupti_dropped", "?"),
               st.get("tbprof_buffer_pool_exhausted", "?"), st.get("tbprof_start_wait_ns", 0) / 1e6,
               st.get("tbprof_gpu_drain", "?"), st.get("tbprof_gpu_incomplete_records", "?"),
+              st.get("tbprof_cupti_buffers_kept", "?"),
               st.get("tbprof_cupti_teardown", "?")))
 
 
