@@ -145,6 +145,7 @@ static int resolve(tb_cupti_lib *l)
     OPT(EnableDomain, "cuptiEnableDomain");
     OPT(Finalize, "cuptiFinalize");
     OPT(ActivityEnableAllSyncRecords, "cuptiActivityEnableAllSyncRecords");
+    OPT(ActivitySetAttribute, "cuptiActivitySetAttribute");
     OPT(Subscribe_v2, "cuptiSubscribe_v2");
     return 0;
 }

@@ -34,6 +34,7 @@ typedef struct tb_cupti_lib {
     CUptiResult (*EnableDomain)(uint32_t, CUpti_SubscriberHandle, CUpti_CallbackDomain);
     CUptiResult (*Finalize)(void); /* detach CUPTI from the process (gpu.c's teardown) */
     CUptiResult (*ActivityEnableAllSyncRecords)(uint8_t); /* event/stream queries not yet done */
+    CUptiResult (*ActivitySetAttribute)(CUpti_ActivityAttribute, size_t *, void *);
     /* CUDA 13.0+: params is gpu.c's own copy of CUpti_SubscriberParams */
     CUptiResult (*Subscribe_v2)(CUpti_SubscriberHandle *, CUpti_CallbackFunc, void *, void *params);
 } tb_cupti_lib;

@@ -39,7 +39,7 @@
 #include "stats.h"
 #include "translate.h"
 
-#define BUF_ALIGN 4096 /* CUPTI wants 8; pages, for madvise */
+#define BUF_ALIGN 4096 /* CUPTI wants 8; buffers are whole pages (mmap) */
 #define BUF_MAX (8u << 20)
 #define BUF_MIN (64u << 10)
 #define POOL_MIN_BUFFERS 4
@@ -65,6 +65,7 @@ typedef struct gpu_ctx {
     CUpti_ActivityKind enabled[24];
     int nenabled;
     int restore_tid_type;
+    int zeroed_attr; /* we set CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER */
     CUpti_ActivityThreadIdType old_tid_type;
     /* pool: guarded by mu (callbacks run on CUPTI's and the app's threads) */
     pthread_mutex_t mu;
@@ -92,8 +93,27 @@ static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
  * (then freed in buf_completed). Guarded by g.mu; past ORPHANS_MAX they are
  * only counted (never freed: CUPTI may still write into them). */
 #define ORPHANS_MAX 256
-static uint8_t *orphans[ORPHANS_MAX];
+static struct {
+    uint8_t *buf;
+    size_t size;
+} orphans[ORPHANS_MAX];
 static size_t norphans;
+
+/* Buffers are anonymous mappings: zero-filled by the kernel, so CUPTI need
+ * not clear each one on the CUDA thread that asks for it
+ * (CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER), and their pages come
+ * in as they are first written. NULL when the mapping fails. */
+static uint8_t *buf_map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void buf_unmap(uint8_t *buf, size_t size)
+{
+    if (buf)
+        munmap(buf, size);
+}
 static int prefault_off; /* MADV_POPULATE_WRITE refused (a kernel before 5.14) */
 static atomic_int ts_capturing;
 
@@ -139,8 +159,8 @@ static void CUPTIAPI buf_completed(CUcontext ctx, uint32_t stream, uint8_t *buff
             g.free_[g.nfree++] = buffer;
     } else {
         for (size_t i = 0; i < norphans; i++)
-            if (orphans[i] == buffer) { /* a past capture's, back at last: its records are too late */
-                free(buffer);
+            if (orphans[i].buf == buffer) { /* a past capture's, back at last: its records are too late */
+                buf_unmap(buffer, orphans[i].size);
                 orphans[i] = orphans[--norphans];
                 break;
             }
@@ -402,10 +422,11 @@ static void pool_free(void)
         for (size_t j = 0; j < g.ndone && !free_it; j++)
             free_it = g.done[j].buf == b;
         if (free_it) {
-            free(b);
+            buf_unmap(b, g.buf_size);
             back++;
         } else if (norphans < ORPHANS_MAX) {
-            orphans[norphans++] = b;
+            orphans[norphans].buf = b;
+            orphans[norphans++].size = g.buf_size;
         }
     }
     g.last.buffers_leaked += g.nall - back;
@@ -439,7 +460,7 @@ static int pool_alloc(size_t budget)
     if (!all || !fr || !dn || !faulted)
         goto oom;
     for (size_t i = 0; i < n; i++)
-        if (!(all[i] = aligned_alloc(BUF_ALIGN, bs)))
+        if (!(all[i] = buf_map(bs)))
             goto oom;
     for (size_t i = 0; i < n; i++) /* handed out from the top: all[0] first */
         fr[i] = all[n - 1 - i];
@@ -456,7 +477,7 @@ static int pool_alloc(size_t budget)
 oom:
     if (all)
         for (size_t i = 0; i < n; i++)
-            free(all[i]);
+            buf_unmap(all[i], bs);
     free(all);
     free(fr);
     free(dn);
@@ -533,6 +554,12 @@ static void release(int keep)
     if (g.restore_tid_type && g.lib->SetThreadIdType) {
         g.lib->SetThreadIdType(g.old_tid_type);
         g.restore_tid_type = 0;
+    }
+    if (g.zeroed_attr) { /* CUPTI's default again: the next client's buffers may not be zeroed */
+        uint8_t zero = 0;
+        size_t sz = sizeof(zero);
+        g.lib->ActivitySetAttribute(CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &zero);
+        g.zeroed_attr = 0;
     }
     atomic_store(&ts_capturing, 0);
 }
@@ -632,6 +659,15 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         calibrate();
     }
     g.last.used_timestamp_callback = g.ts_callback;
+
+    /* our buffers come zeroed (buf_map): CUPTI need not clear each one on
+     * the CUDA thread that asks for it, a stall on the job's thread */
+    if (g.lib->ActivitySetAttribute) {
+        uint8_t one = 1;
+        size_t sz = sizeof(one);
+        g.zeroed_attr = g.lib->ActivitySetAttribute(CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &one) ==
+                        CUPTI_SUCCESS;
+    }
 
     /* host API records carry kernel tids, like our /host:CPU lines */
     if (g.lib->SetThreadIdType) {

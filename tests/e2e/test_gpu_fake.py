@@ -276,6 +276,16 @@ class GpuFake(tbtest.TestCase):
         calls = [l[0] + (" " + l[1] if l[0] in ("allsync", "flush") else "") for l in log
                  if l[0] in ("allsync", "launch", "flush")]
         self.assertEqual(calls, ["allsync 0", "launch", "allsync 1", "flush 0", "flush 1"], log)
+        # buffers come zeroed (mmap), so CUPTI is told it need not clear
+        # them on the CUDA thread; every buffer handed over was; CUPTI's
+        # default back after the capture
+        attrs = [(i, l[2]) for i, l in enumerate(log) if l[:2] == ["attr", "zeroed"]]
+        self.assertEqual([v for _, v in attrs], ["1", "0"], log)
+        first_launch = [i for i, l in enumerate(log) if l[0] == "launch"][0]
+        last_flush = [i for i, l in enumerate(log) if l[0] == "flush"][-1]
+        self.assertLess(attrs[0][0], first_launch)
+        self.assertGreater(attrs[1][0], last_flush)
+        self.assertEqual([l for l in log if "nonzero_buffer_promised_zeroed" in l], [], log)
         lib = prof.host.stats.get("tbprof_cupti_library", "")
         self.assertIn(FAKE, lib)
         self.assertIn("cuptiSubscribe_v2", lib)

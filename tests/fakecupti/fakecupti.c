@@ -678,6 +678,34 @@ static int all_resident(const uint8_t *buf, size_t size)
     return all;
 }
 
+/* The client said its buffers come zeroed
+ * (CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER): CUPTI then does not
+ * clear them; the fake checks they are and logs any that is not. */
+static int zeroed_attr;
+
+static int all_zero(const uint8_t *buf, size_t size)
+{
+    for (size_t i = 0; i < size; i++)
+        if (buf[i])
+            return 0;
+    return 1;
+}
+
+API CUptiResult cuptiActivitySetAttribute(CUpti_ActivityAttribute attr, size_t *size, void *value)
+{
+    if (!size || !value)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    if (attr != CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER)
+        return CUPTI_SUCCESS; /* others: accepted, not modelled */
+    if (*size < 1)
+        return CUPTI_ERROR_PARAMETER_SIZE_NOT_SUFFICIENT;
+    pthread_mutex_lock(&mu);
+    zeroed_attr = *(uint8_t *)value != 0;
+    pthread_mutex_unlock(&mu);
+    report("attr zeroed %u", (unsigned)*(uint8_t *)value);
+    return CUPTI_SUCCESS;
+}
+
 /* One "thread"'s buffer while flushing (TBFAKE_CUPTI_THREADS). */
 typedef struct fbuf {
     uint8_t *buf;
@@ -739,7 +767,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     if (nthr < 1 || nthr > 256)
         nthr = 1;
     fbuf cur[256] = {{0}};
-    size_t i = 0, delivered = 0, dropped = 0, unlaunched = 0;
+    size_t i = 0, delivered = 0, dropped = 0, unlaunched = 0, nonzero = 0;
     if (!stamped) { /* TBFAKE_CUPTI_AT_LAUNCH: no records for work not launched yet (kept for the launch) */
         unlaunched = nrecs;
         i = nrecs;
@@ -780,6 +808,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
             if (b->buf) {
                 n_handed++;
                 n_resident += all_resident(b->buf, b->size);
+                nonzero += zeroed_attr && !all_zero(b->buf, b->size);
             }
             if (!b->buf || b->size < 8 + recs[i].size) { /* no buffer: CUPTI drops what it cannot store */
                 b->buf = NULL;
@@ -809,7 +838,8 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     if (unlaunched)
         report("flush %u delivered=%zu dropped=%zu unlaunched=%zu", flag, delivered, dropped, unlaunched);
     else
-        report("flush %u delivered=%zu dropped=%zu", flag, delivered, dropped);
+        report("flush %u delivered=%zu dropped=%zu%s", flag, delivered, dropped,
+               nonzero ? " nonzero_buffer_promised_zeroed" : "");
     return CUPTI_SUCCESS;
 }
 #endif
