@@ -176,15 +176,18 @@ static void *search(char *path, size_t path_n)
         snprintf(lib_why, sizeof(lib_why), "libcupti not found at TBPROF_CUPTI_PATH=%s", cfg);
         return NULL; /* an explicit path that fails is an error, not a hint */
     }
-    /* 3. the CUDA toolkit */
+    /* 3. the pip package next to a loaded CUDA runtime / torch / jax: the
+     * CUDA version the job runs (a toolkit of another major in
+     * /usr/local/cuda would put a second, different CUPTI in the process
+     * once torch.profiler loads its own) */
+    if ((h = open_from_pip(tried, sizeof(tried), path, path_n)))
+        return h;
+    /* 4. the CUDA toolkit */
     static const char *const dirs[] = {"/usr/local/cuda/extras/CUPTI/lib64", "/usr/local/cuda/lib64",
                                        "/usr/local/cuda/lib"};
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
         if ((h = open_in_dir(dirs[i], tried, sizeof(tried), path, path_n)))
             return h;
-    /* 4. the pip package next to a loaded CUDA runtime / torch / jax */
-    if ((h = open_from_pip(tried, sizeof(tried), path, path_n)))
-        return h;
     snprintf(lib_why, sizeof(lib_why),
              "libcupti not found (not loaded, TBPROF_CUPTI_PATH unset, tried %s); set TBPROF_CUPTI_PATH",
              tried);

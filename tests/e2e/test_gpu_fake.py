@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 
 import relutil
 import tbtest
@@ -595,6 +596,27 @@ class GpuFake(tbtest.TestCase):
         self.assertGreaterEqual(prof.host.stats.get("tbprof_buffer_pool_exhausted"), 1)
         self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
+
+    def test_libcupti_of_the_jobs_cuda_first(self):
+        # no libcupti loaded, TBPROF_CUPTI_PATH unset: the job's CUDA runtime
+        # comes from pip (site-packages/nvidia/cu13/lib), so its libcupti
+        # there is taken before any toolkit's in /usr/local/cuda (another
+        # CUDA version, and a second CUPTI once torch.profiler loads its own)
+        lib = os.path.join(self.tmp, "venv", "lib", "python3.12", "site-packages", "nvidia", "cu13", "lib")
+        os.makedirs(lib)
+        shutil.copy(FAKE, os.path.join(lib, "libcupti.so.13"))
+        cudart = os.path.join(lib, "libcudart.so.13")
+        shutil.copy(os.path.join(tbtest.BUILD, "fakecuda", "libcudart.so"), cudart)
+        env = self.env(steps="2,4")
+        del env["TBPROF_CUPTI_PATH"]
+        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], cudart)
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-r"], env=env)
+        self.assertExitedOk(p)
+        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.assertTrue(prof.host.stats.get("tbprof_cupti_library", "").startswith(
+            os.path.join(lib, "libcupti.so.13") + " "), prof.host.stats)
+        self.check_profile(prof)
 
     def test_buffers_taken_by_another_client(self):
         # another CUPTI client registered its buffer callbacks during the
