@@ -90,8 +90,9 @@ typedef struct gpu_ctx {
 static gpu_ctx g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 /* Buffers of past captures CUPTI still held when their pool was freed: it
  * may write into them yet, so they stay allocated until it hands them back
- * (then freed in buf_completed). Guarded by g.mu; past ORPHANS_MAX they are
- * only counted (never freed: CUPTI may still write into them). */
+ * (then freed in buf_completed). Guarded by g.mu; past ORPHANS_MAX they stay
+ * mapped for good (CUPTI may still write into them); each capture counts
+ * them as tbprof_cupti_buffers_kept. */
 #define ORPHANS_MAX 256
 static struct {
     uint8_t *buf;
@@ -293,20 +294,28 @@ static void detach_off_at_exit(void)
     atomic_compare_exchange_strong(&det_state, &want, DET_HELD);
 }
 
-/* One CUDA call from the agent thread, so the detach need not wait for the
- * job's next one (nor run on the job's thread). Only where libcuda is
- * already in the process: nothing is loaded or initialised for it. */
-static void detach_poke(void)
+/* A libcuda function, only where the job has libcuda loaded already
+ * (nothing is loaded or initialised for tbprof; the library stays, the job
+ * holds it); NULL otherwise. */
+static void *libcuda_sym(const char *name)
 {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     if (!h)
-        return;
+        return NULL;
+    void *f = dlsym(h, name);
+    dlclose(h);
+    return f;
+}
+
+/* One CUDA call from the agent thread, so the detach need not wait for the
+ * job's next one (nor run on the job's thread). */
+static void detach_poke(void)
+{
     CUresult (*version)(int *);
-    *(void **)&version = dlsym(h, "cuDriverGetVersion");
+    *(void **)&version = libcuda_sym("cuDriverGetVersion");
     int v = 0;
     if (version)
         version(&v);
-    dlclose(h);
 }
 
 /* Whether to detach after this capture, and what the output says of it. */
@@ -411,9 +420,8 @@ static int pytorch_loaded(void)
 static void pool_free(void)
 {
     pthread_mutex_lock(&g.mu);
-    /* only buffers back in our hands are freed; one CUPTI still holds is
-     * leaked on purpose (it may still write into it) and counted */
-    size_t back = 0;
+    /* only buffers back in our hands are freed; one CUPTI still holds (it
+     * may still write into it: buffers_kept) becomes an orphan */
     for (size_t i = 0; i < g.nall; i++) {
         uint8_t *b = g.all[i];
         int free_it = 0;
@@ -423,13 +431,11 @@ static void pool_free(void)
             free_it = g.done[j].buf == b;
         if (free_it) {
             buf_unmap(b, g.buf_size);
-            back++;
         } else if (norphans < ORPHANS_MAX) {
             orphans[norphans].buf = b;
             orphans[norphans++].size = g.buf_size;
         }
     }
-    g.last.buffers_leaked += g.nall - back;
     free(g.all);
     free(g.free_);
     free(g.done);
@@ -541,6 +547,15 @@ static void disable_all(void)
         g.lib->ActivityEnableAllSyncRecords(1);
 }
 
+/* CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER: whether the client's
+ * buffers come zeroed. 1 when CUPTI took the value. */
+static int set_zeroed_attr(uint8_t on)
+{
+    size_t sz = sizeof(on);
+    return g.lib->ActivitySetAttribute &&
+           g.lib->ActivitySetAttribute(CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &on) == CUPTI_SUCCESS;
+}
+
 /* Activity off, our thread-id type and clock undone; the subscription
  * given up unless `keep` (it detaches CUPTI later: gpu_release). */
 static void release(int keep)
@@ -556,9 +571,7 @@ static void release(int keep)
         g.restore_tid_type = 0;
     }
     if (g.zeroed_attr) { /* CUPTI's default again: the next client's buffers may not be zeroed */
-        uint8_t zero = 0;
-        size_t sz = sizeof(zero);
-        g.lib->ActivitySetAttribute(CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &zero);
+        set_zeroed_attr(0);
         g.zeroed_attr = 0;
     }
     atomic_store(&ts_capturing, 0);
@@ -662,12 +675,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
 
     /* our buffers come zeroed (buf_map): CUPTI need not clear each one on
      * the CUDA thread that asks for it, a stall on the job's thread */
-    if (g.lib->ActivitySetAttribute) {
-        uint8_t one = 1;
-        size_t sz = sizeof(one);
-        g.zeroed_attr = g.lib->ActivitySetAttribute(CUPTI_ACTIVITY_ATTR_ZEROED_OUT_ACTIVITY_BUFFER, &sz, &one) ==
-                        CUPTI_SUCCESS;
-    }
+    g.zeroed_attr = set_zeroed_attr(1);
 
     /* host API records carry kernel tids, like our /host:CPU lines */
     if (g.lib->SetThreadIdType) {
@@ -788,19 +796,16 @@ static void gpu_stop(void *ctx)
 /* Device facts from the driver when libcuda is already in the process. */
 static void device_facts(tb_cupti_tr *t)
 {
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (!h)
-        return;
     CUresult (*getcount)(int *);
     CUresult (*get)(CUdevice *, int);
     CUresult (*attr)(int *, CUdevice_attribute, CUdevice);
     CUresult (*totalmem)(size_t *, CUdevice);
     CUresult (*getname)(char *, int, CUdevice);
-    *(void **)&getcount = dlsym(h, "cuDeviceGetCount");
-    *(void **)&get = dlsym(h, "cuDeviceGet");
-    *(void **)&attr = dlsym(h, "cuDeviceGetAttribute");
-    *(void **)&totalmem = dlsym(h, "cuDeviceTotalMem_v2");
-    *(void **)&getname = dlsym(h, "cuDeviceGetName");
+    *(void **)&getcount = libcuda_sym("cuDeviceGetCount");
+    *(void **)&get = libcuda_sym("cuDeviceGet");
+    *(void **)&attr = libcuda_sym("cuDeviceGetAttribute");
+    *(void **)&totalmem = libcuda_sym("cuDeviceTotalMem_v2");
+    *(void **)&getname = libcuda_sym("cuDeviceGetName");
     int n = 0;
     if (!getcount || !get || !attr || getcount(&n) != CUDA_SUCCESS)
         n = 0;
@@ -841,7 +846,6 @@ static void device_facts(tb_cupti_tr *t)
             getname(p.name, (int)sizeof(p.name), d);
         tb_cupti_tr_set_device(t, (uint32_t)i, &p);
     }
-    dlclose(h);
 }
 
 static int gpu_collect(void *ctx, tb_space *space)
@@ -929,13 +933,9 @@ static void gpu_release(void *ctx)
     if (!exit_hook && atexit(detach_off_at_exit) == 0)
         exit_hook = 1;
     if (!atomic_load(&capture_mode_xchg)) {
-        void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        if (h) { /* libcuda stays loaded: the job holds it */
-            CUresult (*f)(CUstreamCaptureMode *);
-            *(void **)&f = dlsym(h, "cuThreadExchangeStreamCaptureMode");
-            atomic_store(&capture_mode_xchg, f);
-            dlclose(h);
-        }
+        CUresult (*f)(CUstreamCaptureMode *);
+        *(void **)&f = libcuda_sym("cuThreadExchangeStreamCaptureMode");
+        atomic_store(&capture_mode_xchg, f);
     }
     CUptiResult r = api_domains(1);
     if (r != CUPTI_SUCCESS) {

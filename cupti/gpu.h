@@ -22,7 +22,6 @@ typedef struct tb_gpu_stats {
     uint64_t cupti_dropped;      /* records CUPTI dropped (its own count) */
     uint64_t records;            /* records translated */
     uint64_t incomplete;         /* records with no end time (work still running at the forced flush) */
-    uint64_t buffers_leaked;     /* buffers CUPTI never returned (kept, not freed) */
     uint64_t buffers_kept;       /* buffers CUPTI still held after the forced flush */
     uint64_t buffers_prefaulted; /* buffers poll() faulted in before CUPTI got them */
     int used_timestamp_callback; /* 1: CUPTI timestamps were CLOCK_MONOTONIC-based */
