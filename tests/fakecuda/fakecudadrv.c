@@ -14,6 +14,18 @@
 #define DRIVER_API_DOMAIN 1        /* CUPTI_CB_DOMAIN_DRIVER_API */
 #define CBID_cuDriverGetVersion 2u /* CUPTI_DRIVER_TRACE_CBID_cuDriverGetVersion */
 
+/* A function of the fake libcupti, where it is loaded (the agent loads it
+ * at its first capture, and it stays). */
+static void *fake_cupti_sym(const char *name)
+{
+    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
+    if (!h)
+        return NULL;
+    void *f = dlsym(h, name);
+    dlclose(h);
+    return f;
+}
+
 /* This thread's stream-capture interaction mode (CUDA's default: global),
  * swapped as the driver does; each call logged to the fake libcupti. */
 static __thread int capture_mode;
@@ -25,14 +37,11 @@ EXPORT int cuThreadExchangeStreamCaptureMode(int *mode)
     int old = capture_mode;
     capture_mode = *mode;
     *mode = old;
-    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
-    if (h) {
-        void (*rep)(const char *) = (void (*)(const char *))dlsym(h, "tbfake_report");
+    void (*rep)(const char *) = (void (*)(const char *))fake_cupti_sym("tbfake_report");
+    if (rep) {
         char line[64];
         snprintf(line, sizeof(line), "capture_mode %d was %d", capture_mode, old);
-        if (rep)
-            rep(line);
-        dlclose(h);
+        rep(line);
     }
     return 0;
 }
@@ -42,12 +51,8 @@ EXPORT int cuDriverGetVersion(int *version)
     if (!version)
         return 1; /* CUDA_ERROR_INVALID_VALUE */
     *version = 13000;
-    void *h = dlopen("libcupti.so", RTLD_NOW | RTLD_NOLOAD);
-    if (h) {
-        int (*api)(int, unsigned) = (int (*)(int, unsigned))dlsym(h, "tbfake_cuda_api");
-        if (api)
-            api(DRIVER_API_DOMAIN, CBID_cuDriverGetVersion);
-        dlclose(h);
-    }
+    int (*api)(int, unsigned) = (int (*)(int, unsigned))fake_cupti_sym("tbfake_cuda_api");
+    if (api)
+        api(DRIVER_API_DOMAIN, CBID_cuDriverGetVersion);
     return 0;
 }

@@ -736,8 +736,6 @@ static int running(const rec *r, uint64_t now)
  * overhead record some). A client that does not free them leaks under LSan. */
 static void give_to_client(uint32_t kind, uint8_t *rec)
 {
-    if (envl("TBFAKE_CUPTI_LOSE_BUFFERS", 0)) /* the buffer goes to the other client, and those with it */
-        return;
     if (kind == CUPTI_ACTIVITY_KIND_DEVICE) {
         CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)rec;
         v->name = v->name ? strdup(v->name) : NULL;
@@ -746,12 +744,13 @@ static void give_to_client(uint32_t kind, uint8_t *rec)
     }
 }
 
-/* Hand a filled buffer back (after TBFAKE_CUPTI_SLOW_MS). */
-static void complete(fbuf *b, long slow)
+/* Hand a filled buffer back (after TBFAKE_CUPTI_SLOW_MS), unless `lose`
+ * (TBFAKE_CUPTI_LOSE_BUFFERS: another client's callback got it). */
+static void complete(fbuf *b, long slow, int lose)
 {
     if (!b->buf)
         return;
-    if (envl("TBFAKE_CUPTI_LOSE_BUFFERS", 0)) { /* another client's callback got it */
+    if (lose) {
         *b = (fbuf){0};
         return;
     }
@@ -766,6 +765,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     pthread_mutex_lock(&mu);
     long per = envl("TBFAKE_CUPTI_PER_BUFFER", 0), slow = envl("TBFAKE_CUPTI_SLOW_MS", 0);
     long nthr = envl("TBFAKE_CUPTI_THREADS", 1);
+    int lose = envl("TBFAKE_CUPTI_LOSE_BUFFERS", 0) != 0;
     if (nthr < 1 || nthr > 256)
         nthr = 1;
     fbuf cur[256] = {{0}};
@@ -803,7 +803,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
             continue;
         fbuf *b = &cur[k++ % (size_t)nthr];
         if (b->buf && (b->used + 8 + recs[i].size > b->size || (per && (long)b->n >= per)))
-            complete(b, slow);
+            complete(b, slow, lose);
         if (!b->buf) {
             size_t maxr = 0;
             req_cb(&b->buf, &b->size, &maxr);
@@ -823,13 +823,14 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         uint32_t kind = inflight && running(&recs[i], now) ? (uint32_t)CUPTI_ACTIVITY_KIND_INVALID : recs[i].kind;
         memcpy(b->buf + b->used + 4, &kind, 4);
         memcpy(b->buf + b->used + 8, &recs[i].u, recs[i].size);
-        give_to_client(kind, b->buf + b->used + 8);
+        if (!lose) /* else the other client owns what comes with the buffer */
+            give_to_client(kind, b->buf + b->used + 8);
         b->used += 8 + recs[i].size;
         b->n++;
         delivered++;
     }
     for (long t = 0; t < nthr; t++)
-        complete(&cur[t], slow);
+        complete(&cur[t], slow, lose);
     if (stamped)
         nrecs = 0;
     dropped_pending += dropped;
