@@ -77,6 +77,10 @@
 /* GPU records CUPTI handed over incomplete (work still running at the
  * forced flush): not in the profile */
 #define TB_ST_GPU_INCOMPLETE "tbprof_gpu_incomplete_records"
+/* CUDA-graph events (kernels, copies, graph launch calls) written without
+ * correlation_id: this CUPTI numbers them wrongly after a re-attach (gpu.c);
+ * written only where that applies */
+#define TB_ST_GRAPH_UNCORRELATED "tbprof_cuda_graph_uncorrelated"
 /* buffers CUPTI still held after the forced flush (0 unless another CUPTI
  * client took over activity recording during the capture) */
 #define TB_ST_CUPTI_BUFFERS_KEPT "tbprof_cupti_buffers_kept"

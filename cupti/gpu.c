@@ -206,7 +206,21 @@ static atomic_int det_state;
 static atomic_int det_failed; /* the CUptiResult of a failed cuptiFinalize, not yet reported */
 static atomic_int det_tid;    /* the thread that ran the last cuptiFinalize */
 static int teardown_broken;   /* a cuptiFinalize failed: unsubscribe from then on */
+static atomic_int finalized;  /* cuptiFinalize calls that succeeded in this process */
 #define CUPTI_API_12_6 24u     /* cuptiGetVersion() of CUDA 12.6 (13.x reports 130000 and up) */
+
+/* CUPTI 13.0 up to 13.1 with CUPTI update 1 (API 130101) gives cudaGraphLaunch
+ * calls and the work they launch wrong correlation ids in every profiling
+ * session after the first (CUPTI release notes, "Updates in CUDA 13.1 Update
+ * 1"). With teardown each capture after one we finalized is such a session:
+ * its graph work goes without correlation ids, and the profile says why.
+ * (A session another tool ended before our first capture is not known.) */
+#define CUPTI_API_13_0 130000u
+#define CUPTI_API_GRAPH_CORR_FIXED 130101u
+static int graph_corr_unreliable(uint32_t v)
+{
+    return v >= CUPTI_API_13_0 && v < CUPTI_API_GRAPH_CORR_FIXED && atomic_load(&finalized) > 0;
+}
 
 static CUptiResult api_domains(uint32_t on)
 {
@@ -247,6 +261,7 @@ static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_Call
         xchg(&mode);
     atomic_store(&det_tid, (int)syscall(SYS_gettid));
     if (r == CUPTI_SUCCESS) {
+        atomic_fetch_add(&finalized, 1);
         atomic_store(&det_state, DET_NONE);
         return;
     }
@@ -853,7 +868,10 @@ static int gpu_collect(void *ctx, tb_space *space)
     (void)ctx;
     if (!g.nall)
         return 0;
-    tb_cupti_tr_opts o = {.ts_to_epoch_ns = g.ts_to_epoch, .api_name = api_name, .demangle = 1};
+    tb_cupti_tr_opts o = {.ts_to_epoch_ns = g.ts_to_epoch,
+                          .api_name = api_name,
+                          .demangle = 1,
+                          .graph_corr_unreliable = graph_corr_unreliable(g.last.cupti_api_version)};
     tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
     int rc = 0;
     if (!t) {
@@ -870,6 +888,7 @@ static int gpu_collect(void *ctx, tb_space *space)
         g.last.records = c.records;
         g.last.incomplete = c.bad_time;
         g.last.buffers_completed = nd;
+        g.last.graph_uncorrelated = c.graph_uncorrelated;
         tb_cupti_tr_free(t);
     }
     g.last.pool_exhausted = atomic_load(&g.exhausted);
@@ -889,6 +908,19 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_plane_stat_str(hp, TB_ST_GPU_DRAIN, g.drain);
         tb_plane_stat_u64(hp, TB_ST_GPU_INCOMPLETE, g.last.incomplete);
         tb_plane_stat_u64(hp, TB_ST_CUPTI_BUFFERS_KEPT, g.last.buffers_kept);
+        if (o.graph_corr_unreliable)
+            tb_plane_stat_u64(hp, TB_ST_GRAPH_UNCORRELATED, g.last.graph_uncorrelated);
+    }
+    if (g.last.graph_uncorrelated) {
+        char w[400];
+        snprintf(w, sizeof(w),
+                 "%llu CUDA-graph events written without correlation ids (no flows, no NVTX ranges): "
+                 "this libcupti (CUPTI API %u) numbers graph launches wrongly once it has been detached "
+                 "and attached again (fixed in CUDA 13.1 Update 1); use a newer libcupti "
+                 "(TBPROF_CUPTI_PATH) or keep CUPTI attached (TBPROF_CUPTI_TEARDOWN=off)",
+                 (unsigned long long)g.last.graph_uncorrelated, g.last.cupti_api_version);
+        tb_space_add_warning(space, w);
+        tb_warn_once("%s", w);
     }
     if (g.last.buffers_kept) {
         char w[400];

@@ -112,6 +112,7 @@ struct tb_cupti_tr {
     struct api_slot {
         int64_t meta;   /* the call's event metadata; 0: not looked up yet */
         int memory;     /* api_is_memory(its name) */
+        int graph;      /* a graph launch: cudaGraphLaunch*, cuGraphLaunch* */
     } *api[2];          /* [runtime/driver][cbid] */
     /* caches */
     kname_slot *kn;
@@ -529,7 +530,10 @@ static tb_line *device_event(tb_cupti_tr *t, devstate *d, int64_t line_id, int t
     tb_line *l = ls->l;
     if (add_span(t, l, meta, r->start, r->end) < 0)
         return NULL;
-    tb_line_stat_u64(l, d->st_corr, r->corr);
+    if (r->graph && t->o.graph_corr_unreliable)
+        t->c.graph_uncorrelated++;
+    else
+        tb_line_stat_u64(l, d->st_corr, r->corr);
     /* CUPTI's "not applicable" ids (a free of memory with no context, a
      * context-wide sync) are not written as ids */
     if (r->ctx != CUPTI_INVALID_CONTEXT_ID)
@@ -712,11 +716,16 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         if (slot.meta <= 0)
             return;
         slot.memory = api_is_memory(buf);
+        slot.graph = strncmp(buf, "cudaGraphLaunch", 15) == 0 || strncmp(buf, "cuGraphLaunch", 13) == 0;
         if (cache)
             *cache = slot;
     }
     if (add_span(t, l, slot.meta, a->start, a->end) < 0)
         return;
+    if (slot.graph && t->o.graph_corr_unreliable) {
+        t->c.graph_uncorrelated++;
+        return;
+    }
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
     if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
         t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};

@@ -55,6 +55,11 @@ typedef struct tb_cupti_tr_opts {
     int64_t ts_to_epoch_ns;
     tb_cupti_api_name_fn api_name; /* may be NULL: "cuda_api_<cbid>" */
     int demangle;                  /* demangle kernel names with __cxa_demangle when present */
+    /* CUDA-graph work's correlation ids are not to be trusted (a CUPTI
+     * that numbers graph launches wrongly, see gpu.c): graph-launched GPU
+     * work and the cudaGraphLaunch/cuGraphLaunch calls get no
+     * correlation_id, so no flow or NVTX range is drawn from a wrong id */
+    int graph_corr_unreliable;
 } tb_cupti_tr_opts;
 
 typedef struct tb_cupti_tr tb_cupti_tr;
@@ -78,6 +83,7 @@ void tb_cupti_tr_free(tb_cupti_tr *t);
 typedef struct tb_cupti_tr_counts {
     uint64_t records, kernels, memcpys, memsets, api, markers, syncs, overheads, memory,
         unknown, bad_time, unmatched_markers;
+    uint64_t graph_uncorrelated; /* events left without correlation_id (graph_corr_unreliable) */
 } tb_cupti_tr_counts;
 tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t);
 

@@ -90,6 +90,16 @@ runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=402 start=1005 end
 kernel name=nccl_allreduce start=1040 end=400000 stream=9 corr=402 grid=1,1,1 block=512,1,1 regs=64
 """
 
+# A CUDA graph of two kernels (graph 5) launched by cudaGraphLaunch, beside
+# an ordinary launch
+GRAPH_SCRIPT = DEVICE + """\
+runtime name=cudaGraphLaunch_v10000 cbid=311 tid=main corr=501 start=1000 end=1010
+kernel name=relu_kernel start=1020 end=1040 stream=7 corr=501 grid=80,1,1 block=512,1,1 regs=16 graph=5
+kernel name=sgemm_128x64 start=1041 end=1141 stream=7 corr=501 grid=16,8,1 block=256,1,1 regs=128 graph=5
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=502 start=1011 end=1015
+kernel name=copy_kernel start=1142 end=1150 stream=7 corr=502 grid=1,1,1 block=32,1,1 regs=8
+"""
+
 
 def no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
@@ -344,6 +354,47 @@ class GpuFake(tbtest.TestCase):
         for x in xs:
             self.check_profile(tbtest.load(x))
         self.assertReleased(self.fake_log(), 2, thread="other")
+
+    def test_graph_work_unlinked_after_reattaching_cupti_13_0(self):
+        # CUPTI 13.0 .. 13.1 GA numbers graph launches wrongly in sessions
+        # after the first: the capture after tbprof's cuptiFinalize writes
+        # graph work and the graph launch without correlation ids and says
+        # why; the first capture, and a fixed CUPTI, keep them linked
+        with open(self.script, "w") as f:
+            f.write(GRAPH_SCRIPT)
+        ms = 30 * relutil.sanitizer_slowdown()
+        for version, unlinked in (("130001", [False, True]), ("130101", [False, False])):
+            with self.subTest(version=version):
+                self.logdir = os.path.join(self.tmp, "logs" + version)
+                self.report = os.path.join(self.tmp, "fake%s.log" % version)
+                env = self.env(steps="2-3;7-8", TBFAKE_CUPTI_VERSION=version)
+                env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
+                p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "11", "-m", str(ms), "-r"], env=env)
+                self.assertExitedOk(p)
+                self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+                xs = tbtest.xplanes(self.logdir)
+                self.assertEqual(len(xs), 2, p.stderr)
+                self.assertReleased(self.fake_log(), 2, thread="other")
+                for x, off in zip(xs, unlinked):
+                    prof = tbtest.load(x)
+                    gpu = prof.plane("/device:GPU:0").events()
+                    self.assertEqual(sorted(e.name for e in gpu), ["copy_kernel", "relu_kernel", "sgemm_128x64"])
+                    graph = [e for e in gpu if e.stats.get("cuda_graph_id") == 5]
+                    self.assertEqual(len(graph), 2)
+                    calls = {e.name: e for e in prof.host.line(self.pid).events}
+                    plain = [e for e in gpu if e.name == "copy_kernel"][0]
+                    self.assertEqual(plain.stats.get("correlation_id"), 502)  # never affected
+                    self.assertEqual(calls["cudaLaunchKernel"].stats.get("correlation_id"), 502)
+                    want = None if off else 501
+                    self.assertEqual([e.stats.get("correlation_id") for e in graph], [want, want], x)
+                    self.assertEqual(calls["cudaGraphLaunch"].stats.get("correlation_id"), want)
+                    self.assertEqual(prof.host.stats.get("tbprof_cuda_graph_uncorrelated"), 3 if off else None)
+                    says = [w for w in prof.warnings if "CUDA-graph events written without correlation" in w]
+                    self.assertEqual(len(says), 1 if off else 0, prof.warnings)
+                    if off:
+                        self.assertIn("CUPTI API 130001", says[0])
+                warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "CUDA-graph events" in l]
+                self.assertEqual(len(warn), 1 if version == "130001" else 0, p.stderr)
 
     def test_exit_mid_capture_flushes_before_cuda_teardown(self):
         # the job exits (exit(), step 4) inside the window; its CUDA runtime,
