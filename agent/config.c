@@ -123,6 +123,11 @@ static const var vars[] = {
      "re-attaching with CUDA graphs), off: unsubscribe only (CUPTI stays loaded, its instrumentation "
      "cost too)",
      "using auto", "auto", F(cupti_teardown), 0, 0},
+    {"TBPROF_CUDA_API_ALL", T_BOOL, "off", "on | off",
+     "record every CUDA runtime and driver call; off: leave out those that launch no GPU work and "
+     "are made constantly (cudaGetDevice, cudaGetLastError, cuCtxGetCurrent, cuPointerGetAttribute, "
+     "event and stream queries, ...: the list is in the profile's tbprof_cuda_api_left_out)",
+     "using off", "off", F(cuda_api_all), 0, 0},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))
 

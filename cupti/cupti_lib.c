@@ -146,6 +146,8 @@ static int resolve(tb_cupti_lib *l)
     OPT(Finalize, "cuptiFinalize");
     OPT(ActivityEnableAllSyncRecords, "cuptiActivityEnableAllSyncRecords");
     OPT(ActivitySetAttribute, "cuptiActivitySetAttribute");
+    OPT(ActivityEnableRuntimeApi, "cuptiActivityEnableRuntimeApi");
+    OPT(ActivityEnableDriverApi, "cuptiActivityEnableDriverApi");
     OPT(Subscribe_v2, "cuptiSubscribe_v2");
     return 0;
 }

@@ -35,6 +35,9 @@ typedef struct tb_cupti_lib {
     CUptiResult (*Finalize)(void); /* detach CUPTI from the process (gpu.c's teardown) */
     CUptiResult (*ActivityEnableAllSyncRecords)(uint8_t); /* event/stream queries not yet done */
     CUptiResult (*ActivitySetAttribute)(CUpti_ActivityAttribute, size_t *, void *);
+    /* per call: record (1) or not (0) this runtime / driver API's calls */
+    CUptiResult (*ActivityEnableRuntimeApi)(CUpti_CallbackId, uint8_t);
+    CUptiResult (*ActivityEnableDriverApi)(CUpti_CallbackId, uint8_t);
     /* CUDA 13.0+: params is gpu.c's own copy of CUpti_SubscriberParams */
     CUptiResult (*Subscribe_v2)(CUpti_SubscriberHandle *, CUpti_CallbackFunc, void *, void *params);
 } tb_cupti_lib;

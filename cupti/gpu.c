@@ -611,6 +611,50 @@ static void calibrate(void)
     g.ts_to_epoch = off;
 }
 
+/* CUPTI records none of the calls translate.c would leave out anyway
+ * (tb_cupti_api_is_quiet): no record written on the job's thread, no buffer
+ * space. Per capture, after the RUNTIME and DRIVER kinds are enabled (which
+ * reset this). The callback ids are looked up by name once per libcupti;
+ * where it lacks cuptiActivityEnableRuntimeApi (before CUDA 12.?), they are
+ * recorded and dropped at translation. */
+static void quiet_apis_off(void)
+{
+    static const tb_cupti_lib *looked_in;
+    static uint32_t ids[2][96];
+    static size_t nids[2];
+    if (tb_config_get()->cuda_api_all || !g.lib->GetCallbackName)
+        return;
+    static const struct {
+        CUpti_CallbackDomain dom;
+        uint32_t n;
+    } doms[2] = {{CUPTI_CB_DOMAIN_RUNTIME_API, CUPTI_RUNTIME_TRACE_CBID_SIZE},
+                 {CUPTI_CB_DOMAIN_DRIVER_API, CUPTI_DRIVER_TRACE_CBID_SIZE}};
+    if (looked_in != g.lib) {
+        for (int d = 0; d < 2; d++) {
+            nids[d] = 0;
+            for (uint32_t cb = 1; cb < doms[d].n && nids[d] < sizeof(ids[d]) / sizeof(ids[d][0]); cb++) {
+                const char *name = NULL;
+                if (g.lib->GetCallbackName(doms[d].dom, cb, &name) == CUPTI_SUCCESS && name &&
+                    tb_cupti_api_is_quiet(name))
+                    ids[d][nids[d]++] = cb;
+            }
+        }
+        looked_in = g.lib;
+    }
+    size_t off = 0, failed = 0;
+    for (int d = 0; d < 2; d++) {
+        CUptiResult (*set)(CUpti_CallbackId, uint8_t) =
+            d == 0 ? g.lib->ActivityEnableRuntimeApi : g.lib->ActivityEnableDriverApi;
+        for (size_t i = 0; set && i < nids[d]; i++) {
+            if (set(ids[d][i], 0) == CUPTI_SUCCESS)
+                off++;
+            else
+                failed++;
+        }
+    }
+    tb_debug("GPU: %zu CUDA calls not recorded (TBPROF_CUDA_API_ALL=off), %zu refused by CUPTI", off, failed);
+}
+
 static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
 {
     (void)ctx;
@@ -734,6 +778,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
             tb_debug("GPU tracing: activity kind %d not enabled: %s", (int)optional_kinds[i],
                      tb_cupti_result_str(g.lib, r));
     }
+    quiet_apis_off();
     g.started = 1;
     return 0;
 fail:
@@ -871,7 +916,8 @@ static int gpu_collect(void *ctx, tb_space *space)
     tb_cupti_tr_opts o = {.ts_to_epoch_ns = g.ts_to_epoch,
                           .api_name = api_name,
                           .demangle = 1,
-                          .graph_corr_unreliable = graph_corr_unreliable(g.last.cupti_api_version)};
+                          .graph_corr_unreliable = graph_corr_unreliable(g.last.cupti_api_version),
+                          .api_all = tb_config_get()->cuda_api_all};
     tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
     int rc = 0;
     if (!t) {
@@ -908,6 +954,8 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_plane_stat_str(hp, TB_ST_GPU_DRAIN, g.drain);
         tb_plane_stat_u64(hp, TB_ST_GPU_INCOMPLETE, g.last.incomplete);
         tb_plane_stat_u64(hp, TB_ST_CUPTI_BUFFERS_KEPT, g.last.buffers_kept);
+        if (!o.api_all)
+            tb_plane_stat_str(hp, TB_ST_CUDA_API_LEFT_OUT, tb_cupti_api_quiet_list());
         if (o.graph_corr_unreliable)
             tb_plane_stat_u64(hp, TB_ST_GRAPH_UNCORRELATED, g.last.graph_uncorrelated);
     }

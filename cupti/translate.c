@@ -110,7 +110,9 @@ struct tb_cupti_tr {
         tb_line *l;
     } tids[TID_SLOTS];
     struct api_slot {
-        int64_t meta;   /* the call's event metadata; 0: not looked up yet */
+        int looked;     /* the fields below are set */
+        int quiet;      /* left out: tb_cupti_api_is_quiet and not api_all */
+        int64_t meta;   /* the call's event metadata */
         int memory;     /* api_is_memory(its name) */
         int graph;      /* a graph launch: cudaGraphLaunch*, cuGraphLaunch* */
     } *api[2];          /* [runtime/driver][cbid] */
@@ -677,13 +679,73 @@ static int api_is_memory(const char *name)
            strstr(name, "MemCreate") || strstr(name, "MemRelease");
 }
 
+/* CUDA calls that launch no GPU work, return at once and are made thousands
+ * of times a step: PyTorch asks for the device and the last error around
+ * kernel launches and checks for stream capture in its allocator; Triton's
+ * launcher gets the context and checks each pointer argument; XLA sets the
+ * context around its calls and polls events. Recorded, they bury the calls
+ * that matter and fill the buffers. Kineto leaves out the first six runtime
+ * ones from torch.profiler's traces. Syncs that waited are still recorded
+ * (their own activity kind). */
+static const char *const quiet_api[] = {
+    "cudaGetDevice", "cudaSetDevice", "cudaGetLastError", "cudaEventCreate", "cudaEventCreateWithFlags",
+    "cudaEventDestroy", "cudaPeekAtLastError", "cudaGetDeviceCount", "cudaDeviceGetAttribute",
+    "cudaRuntimeGetVersion", "cudaDriverGetVersion", "cudaGetDriverEntryPoint",
+    "cudaGetDriverEntryPointByVersion", "cudaEventQuery", "cudaStreamQuery", "cudaStreamIsCapturing",
+    "cudaStreamGetCaptureInfo", "cudaThreadExchangeStreamCaptureMode", "cudaPointerGetAttributes",
+    "cuCtxGetCurrent", "cuCtxSetCurrent", "cuCtxGetDevice", "cuCtxPushCurrent", "cuCtxPopCurrent",
+    "cuCtxGetId", "cuDeviceGet", "cuDeviceGetCount", "cuDeviceGetAttribute", "cuDevicePrimaryCtxGetState",
+    "cuDriverGetVersion", "cuGetProcAddress", "cuEventQuery", "cuStreamQuery", "cuStreamIsCapturing",
+    "cuStreamGetCaptureInfo", "cuThreadExchangeStreamCaptureMode", "cuPointerGetAttribute",
+    "cuPointerGetAttributes", "cuFuncGetAttribute",
+};
+
+/* The length of a CUPTI callback name without its version and per-thread
+ * stream suffixes: "cudaStreamGetCaptureInfo_v2_ptsz_v11030" ->
+ * "cudaStreamGetCaptureInfo". */
+static size_t api_base_len(const char *name)
+{
+    size_t n = strlen(name);
+    for (;;) {
+        if (n > 5 && (memcmp(name + n - 5, "_ptsz", 5) == 0 || memcmp(name + n - 5, "_ptds", 5) == 0)) {
+            n -= 5;
+            continue;
+        }
+        size_t d = n;
+        while (d > 0 && name[d - 1] >= '0' && name[d - 1] <= '9')
+            d--;
+        if (d < n && d > 2 && name[d - 1] == 'v' && name[d - 2] == '_') {
+            n = d - 2;
+            continue;
+        }
+        return n;
+    }
+}
+
+int tb_cupti_api_is_quiet(const char *cupti_name)
+{
+    size_t n = api_base_len(cupti_name);
+    for (size_t i = 0; i < sizeof(quiet_api) / sizeof(quiet_api[0]); i++)
+        if (strlen(quiet_api[i]) == n && memcmp(quiet_api[i], cupti_name, n) == 0)
+            return 1;
+    return 0;
+}
+
+const char *tb_cupti_api_quiet_list(void)
+{
+    static char list[1024];
+    if (!list[0]) {
+        size_t at = 0;
+        for (size_t i = 0; i < sizeof(quiet_api) / sizeof(quiet_api[0]) && at < sizeof(list); i++)
+            at += (size_t)snprintf(list + at, sizeof(list) - at, "%s%s", i ? " " : "", quiet_api[i]);
+    }
+    return list;
+}
+
 static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
 {
     t->c.api++;
     if (bad_time(t, a->start, a->end))
-        return;
-    tb_line *l = host_line(t, a->threadId);
-    if (!l || !t->hp)
         return;
     struct api_slot *cache = NULL, slot = {0};
     if (a->cbid < API_CBIDS) {
@@ -694,13 +756,15 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
             slot = *cache;
         }
     }
-    if (slot.meta <= 0) {
+    if (!slot.looked) {
         const char *nm = t->o.api_name ? t->o.api_name(driver ? CUPTI_CB_DOMAIN_DRIVER_API
                                                               : CUPTI_CB_DOMAIN_RUNTIME_API,
                                                        a->cbid)
                                        : NULL;
         char buf[128];
-        if (!nm) {
+        if (nm && !t->o.api_all && tb_cupti_api_is_quiet(nm)) {
+            slot.quiet = 1;
+        } else if (!nm) {
             snprintf(buf, sizeof(buf), "%s_api_%u", driver ? "cuda_driver" : "cuda_runtime", a->cbid);
         } else {
             /* "cudaLaunchKernel_v7000" -> "cudaLaunchKernel"; CUDA 13's
@@ -712,14 +776,26 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
             if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
                 *v = '\0';
         }
-        slot.meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
-        if (slot.meta <= 0)
-            return;
-        slot.memory = api_is_memory(buf);
-        slot.graph = strncmp(buf, "cudaGraphLaunch", 15) == 0 || strncmp(buf, "cuGraphLaunch", 13) == 0;
+        if (!slot.quiet) {
+            if (!host_plane(t))
+                return;
+            slot.meta = tb_plane_event_meta_cat(t->hp, buf, driver ? TB_CAT_CUDA_DRIVER : TB_CAT_CUDA_RUNTIME);
+            if (slot.meta <= 0)
+                return;
+            slot.memory = api_is_memory(buf);
+            slot.graph = strncmp(buf, "cudaGraphLaunch", 15) == 0 || strncmp(buf, "cuGraphLaunch", 13) == 0;
+        }
+        slot.looked = 1;
         if (cache)
             *cache = slot;
     }
+    if (slot.quiet) {
+        t->c.api_quiet++;
+        return;
+    }
+    tb_line *l = host_line(t, a->threadId);
+    if (!l || !t->hp)
+        return;
     if (add_span(t, l, slot.meta, a->start, a->end) < 0)
         return;
     if (slot.graph && t->o.graph_corr_unreliable) {

@@ -60,6 +60,7 @@ typedef struct tb_cupti_tr_opts {
      * work and the cudaGraphLaunch/cuGraphLaunch calls get no
      * correlation_id, so no flow or NVTX range is drawn from a wrong id */
     int graph_corr_unreliable;
+    int api_all; /* record every API call; else tb_cupti_api_is_quiet ones are left out */
 } tb_cupti_tr_opts;
 
 typedef struct tb_cupti_tr tb_cupti_tr;
@@ -84,8 +85,18 @@ typedef struct tb_cupti_tr_counts {
     uint64_t records, kernels, memcpys, memsets, api, markers, syncs, overheads, memory,
         unknown, bad_time, unmatched_markers;
     uint64_t graph_uncorrelated; /* events left without correlation_id (graph_corr_unreliable) */
+    uint64_t api_quiet;          /* API records left out (tb_cupti_api_is_quiet) */
 } tb_cupti_tr_counts;
 tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t);
+
+/* Whether a runtime/driver call, by its CUPTI callback name
+ * ("cudaGetDevice_v3020", "cuStreamQuery_ptsz"), is one left out unless
+ * TBPROF_CUDA_API_ALL=on: it launches no GPU work, returns at once and
+ * frameworks make it constantly. */
+int tb_cupti_api_is_quiet(const char *cupti_name);
+/* The names tb_cupti_api_is_quiet matches, space-separated (the profile's
+ * TB_ST_CUDA_API_LEFT_OUT). */
+const char *tb_cupti_api_quiet_list(void);
 
 /* "device", "pinned", ... as the reference tracer spells them. */
 const char *tb_cupti_memory_kind_name(int kind);

@@ -100,6 +100,25 @@ runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=502 start=1011 end
 kernel name=copy_kernel start=1142 end=1150 stream=7 corr=502 grid=1,1,1 block=32,1,1 regs=8
 """
 
+# What PyTorch and Triton make around their launches: the device, the last
+# error, a capture check, the context, a pointer check; then a launch from
+# each, a sync and an event query
+QUIET_SCRIPT = DEVICE + """\
+runtime name=cudaGetDevice_v3020 cbid=17 tid=main corr=601 start=1000 end=1001
+runtime name=cudaStreamGetCaptureInfo_v12030 cbid=461 tid=main corr=602 start=1002 end=1003
+runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=603 start=1004 end=1008
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=603 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaGetLastError_v3020 cbid=10 tid=main corr=604 start=1009 end=1010
+driver name=cuCtxGetCurrent cbid=304 tid=main corr=605 start=1011 end=1012
+driver name=cuPointerGetAttribute cbid=310 tid=main corr=606 start=1013 end=1014
+driver name=cuLaunchKernelEx cbid=652 tid=main corr=607 start=1015 end=1019
+kernel name=triton_poi_fused_add_0 start=1031 end=1040 stream=7 corr=607 grid=8,1,1 block=128,1,1 regs=24
+driver name=cuStreamQuery cbid=125 tid=main corr=608 start=1020 end=1021
+runtime name=cudaStreamSynchronize_v3020 cbid=131 tid=main corr=609 start=1022 end=1045
+"""
+QUIET = {("runtime", "17"), ("runtime", "461"), ("runtime", "10"), ("driver", "304"), ("driver", "310"),
+         ("driver", "125")}
+
 
 def no_duplicate_keys(pairs):
     keys = [k for k, _ in pairs]
@@ -395,6 +414,54 @@ class GpuFake(tbtest.TestCase):
                         self.assertIn("CUPTI API 130001", says[0])
                 warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "CUDA-graph events" in l]
                 self.assertEqual(len(warn), 1 if version == "130001" else 0, p.stderr)
+
+    def test_quiet_cuda_calls_left_out(self):
+        # the constant queries are not recorded by CUPTI (asked per call,
+        # after the kinds are enabled), nor written when a CUPTI records
+        # them anyway; TBPROF_CUDA_API_ALL=on keeps them all
+        with open(self.script, "w") as f:
+            f.write(QUIET_SCRIPT)
+        kept = ["cudaLaunchKernel", "cuLaunchKernelEx", "cudaStreamSynchronize"]
+        quiet = ["cudaGetDevice", "cudaStreamGetCaptureInfo", "cudaGetLastError", "cuCtxGetCurrent",
+                 "cuPointerGetAttribute", "cuStreamQuery"]
+        cases = [("default", {}, kept, True), ("refused", {"TBFAKE_CUPTI_API_OFF_FAIL": "999"}, kept, True),
+                 ("all", {"cuda_api_all": "on"}, kept + quiet, False)]
+        delivered = {}
+        for name, kw, want, left_out in cases:
+            with self.subTest(name):
+                self.logdir = os.path.join(self.tmp, "logs-" + name)
+                self.report = os.path.join(self.tmp, "fake-%s.log" % name)
+                self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"], **kw)
+                prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+                calls = [e.name for e in prof.host.line(self.pid).events
+                         if e.name.startswith("cu") and e.name != "cudaProfilerStart"]
+                self.assertEqual(sorted(calls), sorted(want))
+                gpu = prof.plane("/device:GPU:0").events()
+                self.assertEqual({e.name: e.stats.get("correlation_id") for e in gpu},
+                                 {"relu_kernel": 603, "triton_poi_fused_add_0": 607})
+                says = prof.host.stats.get("tbprof_cuda_api_left_out")
+                if left_out:
+                    self.assertIn("cudaGetDevice cudaSetDevice cudaGetLastError", says)
+                    self.assertIn("cuPointerGetAttribute", says)
+                else:
+                    self.assertIsNone(says)
+                log = self.fake_log()
+                asked = [l for l in log if l[0] == "api_record"]
+                if name == "all":
+                    self.assertEqual(asked, [], log)
+                else:
+                    self.assertEqual({(l[1], l[2]) for l in asked}, QUIET, log)
+                    self.assertEqual({l[3] for l in asked}, {"0"}, log)
+                    # after the kinds whose enabling would undo it (DRIVER 4, RUNTIME 5)
+                    kinds = [i for i, l in enumerate(log) if l[0] == "enable" and l[1] in ("4", "5")]
+                    self.assertEqual(len(kinds), 2, log)
+                    self.assertGreater(min(i for i, l in enumerate(log) if l[0] == "api_record"), max(kinds))
+                delivered[name] = sum(int(l[2].split("=")[1]) for l in log if l[0] == "flush" and
+                                      len(l) > 2 and l[2].startswith("delivered="))
+        # asked not to, CUPTI recorded none of the six
+        self.assertEqual(sorted(delivered), ["all", "default", "refused"])
+        self.assertEqual(delivered["default"] + len(quiet), delivered["refused"], delivered)
+        self.assertEqual(delivered["refused"], delivered["all"], delivered)
 
     def test_exit_mid_capture_flushes_before_cuda_teardown(self):
         # the job exits (exit(), step 4) inside the window; its CUDA runtime,

@@ -47,6 +47,8 @@
  *   TBFAKE_CUPTI_REPORT=path      append one line per call (subscribe, enable, ...)
  *   TBFAKE_CUPTI_VERSION=N        cuptiGetVersion reports N (default: the header's)
  *   TBFAKE_CUPTI_FAIL_FINALIZE=N  cuptiFinalize returns CUptiResult N
+ *   TBFAKE_CUPTI_API_OFF_FAIL=N   cuptiActivityEnableRuntimeApi/DriverApi return
+ *                                 CUptiResult N (and record the call anyway)
  *   TBFAKE_CUPTI_LOSE_BUFFERS=1   filled buffers never come back (another
  *                                 CUPTI client registered its own buffer
  *                                 callbacks over the subscriber's)
@@ -111,6 +113,9 @@ static int domains[CUPTI_CB_DOMAIN_SIZE]; /* callback domains the subscriber ena
 static long in_exit_tids[64];
 static unsigned long long n_subscribe, n_finalize;
 static int enabled[MAXKINDS], seen[MAXKINDS];
+/* runtime [0] and driver [1] calls not recorded (cuptiActivityEnableRuntimeApi/
+ * DriverApi with 0); enabling the RUNTIME or DRIVER kind records them all again */
+static unsigned char api_off[2][4096];
 static CUpti_BuffersCallbackRequestFunc req_cb;
 static CUpti_BuffersCallbackCompleteFunc done_cb;
 #ifndef FAKE_OLD
@@ -631,6 +636,8 @@ API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k)
     pthread_mutex_lock(&mu);
     if (k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL)
         arm_script();
+    if (k == CUPTI_ACTIVITY_KIND_RUNTIME || k == CUPTI_ACTIVITY_KIND_DRIVER)
+        memset(api_off[k == CUPTI_ACTIVITY_KIND_DRIVER], 0, sizeof(api_off[0]));
     enabled[k] = 1;
     seen[k] = 1;
     pthread_mutex_unlock(&mu);
@@ -760,6 +767,15 @@ static void complete(fbuf *b, long slow, int lose)
     *b = (fbuf){0};
 }
 
+/* A call of a runtime or driver API the client asked not to record. */
+static int not_recorded(const rec *r)
+{
+    int drv = r->kind == CUPTI_ACTIVITY_KIND_DRIVER;
+    if ((r->kind != CUPTI_ACTIVITY_KIND_RUNTIME && !drv) || r->u.api.cbid >= 4096)
+        return 0;
+    return api_off[drv][r->u.api.cbid];
+}
+
 API CUptiResult cuptiActivityFlushAll(uint32_t flag)
 {
     pthread_mutex_lock(&mu);
@@ -799,7 +815,7 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
     /* records go to "thread" k % nthr, each filling its own buffers, as
      * CUPTI's per-thread activity buffers (its default since CUDA 13) do */
     for (size_t k = 0; i < nrecs && req_cb && done_cb; i++) {
-        if (!seen[recs[i].kind])
+        if (!seen[recs[i].kind] || not_recorded(&recs[i]))
             continue;
         fbuf *b = &cur[k++ % (size_t)nthr];
         if (b->buf && (b->used + 8 + recs[i].size > b->size || (per && (long)b->n >= per)))
@@ -971,6 +987,32 @@ API CUptiResult cuptiActivityEnableAllSyncRecords(uint8_t enable)
     return CUPTI_SUCCESS;
 }
 
+#ifndef FAKE_OLD
+static CUptiResult api_record(int drv, CUpti_CallbackId cbid, uint8_t enable)
+{
+    long fail = envl("TBFAKE_CUPTI_API_OFF_FAIL", 0);
+    report("api_record %s %u %u %ld", drv ? "driver" : "runtime", (unsigned)cbid, (unsigned)enable, fail);
+    if (fail)
+        return (CUptiResult)fail;
+    if (cbid >= 4096)
+        return CUPTI_ERROR_INVALID_PARAMETER;
+    pthread_mutex_lock(&mu);
+    api_off[drv][cbid] = !enable;
+    pthread_mutex_unlock(&mu);
+    return CUPTI_SUCCESS;
+}
+
+API CUptiResult cuptiActivityEnableRuntimeApi(CUpti_CallbackId cbid, uint8_t enable)
+{
+    return api_record(0, cbid, enable);
+}
+
+API CUptiResult cuptiActivityEnableDriverApi(CUpti_CallbackId cbid, uint8_t enable)
+{
+    return api_record(1, cbid, enable);
+}
+#endif
+
 /* CUPTI detached: every subscription, enabled kind, callback and setting gone */
 API CUptiResult cuptiFinalize(void)
 {
@@ -985,6 +1027,7 @@ API CUptiResult cuptiFinalize(void)
         sub_cb = NULL;
         memset(domains, 0, sizeof(domains));
         memset(enabled, 0, sizeof(enabled));
+        memset(api_off, 0, sizeof(api_off));
         req_cb = NULL;
         done_cb = NULL;
         ts_cb = NULL;
