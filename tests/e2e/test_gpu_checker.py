@@ -13,10 +13,12 @@ import os
 import subprocess
 import sys
 
+import relutil
 import tbtest
 
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 CHECK = os.path.join(tbtest.SRC, "tests", "gpu", "check.py")
+FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
 
 SCRIPT = """\
 device id=0 name=FakeGPU sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=85899345920 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=233472
@@ -158,6 +160,45 @@ class GpuChecker(tbtest.TestCase):
         p = run_check("cuda", tbtest.xplanes(logdir)[0], ex, "1")
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("1 MemoryAllocation events not inside a cudaMalloc on their line", p.stdout)
+
+    def test_graph_work_unlinked_after_reattach(self):
+        # two captures, CUPTI detached and attached again in between, by a
+        # CUPTI 13.0 (which numbers graph launches wrongly once re-attached):
+        # both pass, the second with its graph work counted as unlinked;
+        # without that count, the unlinked graph kernel fails the check
+        script = os.path.join(self.tmp, "script.txt")
+        with open(script, "w") as f:
+            f.write(SCRIPT)
+        logdir = os.path.join(self.tmp, "logs")
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on", steps="2-3;7-8")
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_VERSION": "130001"})
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], FAKE_LIBCUDA)
+        ms = 30 * relutil.sanitizer_slowdown()
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "11", "-m", str(ms)], env=e)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        xs = sorted(tbtest.xplanes(logdir))
+        self.assertEqual(len(xs), 2, p.stderr)
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(EXPECT)
+        out = [run_check("cuda", x, ex, "1") for x in xs]
+        self.assertEqual([o.returncode for o in out], [0, 0], [o.stdout for o in out])
+        self.assertNotIn("unlinked", out[0].stdout)
+        self.assertIn("graph work unlinked (CUPTI re-attached): 2", out[1].stdout)
+        xsp = tbtest.xplane_pb2.XSpace()
+        with open(xs[1], "rb") as f:
+            xsp.ParseFromString(f.read())
+        host = [pl for pl in xsp.planes if pl.name == "/host:CPU"][0]
+        sid = [i for i, m in host.stat_metadata.items() if m.name == "tbprof_cuda_graph_uncorrelated"][0]
+        for st in [st for st in host.stats if st.metadata_id == sid]:
+            host.stats.remove(st)
+        bad = os.path.join(self.tmp, "bad.xplane.pb")
+        with open(bad, "wb") as f:
+            f.write(xsp.SerializeToString())
+        o = run_check("cuda", bad, ex, "1")
+        self.assertEqual(o.returncode, 1, o.stdout)
+        self.assertIn("have no host call with their correlation_id (e.g. graph_kernel", o.stdout)
+        self.assertIn("host cudaGraphLaunch: 0, expected 1", o.stdout)
 
     def gpu_flame(self, text):
         f = os.path.join(self.tmp, "gpu.folded")

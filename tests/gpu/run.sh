@@ -16,6 +16,8 @@
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
+#  1c. cuda_steps captured twice (CUPTI detached and attached again, with a
+#      CUDA graph in the process): both profiles hold what 1 checks
 #   4. step time: no agent / agent idle / capturing / torch.profiler;
 #      4a. idle again after a capture: within 2% of no agent, the capture
 #          having detached CUPTI (cuptiFinalize); the same with
@@ -147,6 +149,26 @@ fi
 
 # 3b. xprof's own converters (the TensorBoard plugin's code) on the CUDA profile
 if [ -n "$x1" ] && in_budget xprof_tools; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
+
+# 1c. the CUDA program captured twice (steps 2..3, 7..8): the second capture
+#     attaches CUPTI again after the first one's cuptiFinalize, with a CUDA
+#     graph in the process (the path that crashed before CUDA 12.6); both
+#     profiles whole. A CUPTI 13.0/13.1 numbers graph launches wrongly once
+#     re-attached: there the second one's graph work is written unlinked
+if in_budget "cuda_reattached (1st)" "cuda_reattached (2nd)"; then
+  logs1c=$work/cuda_re
+  job env TBPROF_STEPS="2-3;7-8" TBPROF_LOGDIR="$logs1c" TBPROF_CPU=off LD_PRELOAD="$here/lib/libtbprof.so" \
+    "$here/bin/cuda_steps" profiler 11 >"$work/cuda_re.out" 2>"$work/cuda_re.err"; rc=$?
+  mapfile -t xr < <(find "$logs1c" -name '*.xplane.pb' 2>/dev/null | sort)
+  if ((rc)) || ! grep -q '^done ' "$work/cuda_re.out"; then
+    row "cuda_reattached" FAIL "the program exited $rc before its end: $(tail -2 "$work/cuda_re.err" | tr '\n' ' ')"
+  elif ((${#xr[@]} != 2)); then
+    row "cuda_reattached" FAIL "${#xr[@]} profiles, expected 2: $(tail -2 "$work/cuda_re.err" | tr '\n' ' ')"
+  else
+    check "cuda_reattached (1st)" $py "$here/check.py" cuda "${xr[0]}" "$work/cuda_re.out" 2
+    check "cuda_reattached (2nd)" $py "$here/check.py" cuda "${xr[1]}" "$work/cuda_re.out" 2
+  fi
+fi
 
 # 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
 #    page faults per step from the same runs (read between steps, untimed)
