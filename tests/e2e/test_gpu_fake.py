@@ -171,7 +171,11 @@ class GpuFake(tbtest.TestCase):
             f.write(SCRIPT)
         self.report = os.path.join(self.tmp, "fake.log")
 
-    def env(self, **kw):
+    def env(self, shim=None, **kw):
+        """The job's environment: the fake libcupti replaying self.script,
+        TBPROF_* from kw (cupti_path=None: tbprof searches), TBFAKE_*/RANK/
+        WORLD_SIZE as they are; shim: a library preloaded beside tbprof (the
+        fake libcuda, a libcudart...)."""
         raw = ("TBFAKE_", "RANK", "WORLD_SIZE")  # set as they are, not as TBPROF_*
         extra = {k: v for k, v in kw.items() if k.startswith(raw)}
         tb = {k: v for k, v in kw.items() if not k.startswith(raw)}
@@ -183,6 +187,8 @@ class GpuFake(tbtest.TestCase):
         e["TBFAKE_CUPTI_REPORT"] = self.report
         e["TBFAKE_CUPTI_AT_LAUNCH"] = "1"
         e.update(extra)
+        if shim:
+            e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         return e
 
     def fake_log(self):
@@ -363,11 +369,7 @@ class GpuFake(tbtest.TestCase):
         # it: both captures whole. (Whether the job's own CUDA calls come
         # before the next capture is a race: test_detach_taken_back_...)
         ms = 30 * relutil.sanitizer_slowdown()
-        env = self.env(steps="2-3;7-8")
-        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
-        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "11", "-m", str(ms), "-r"], env=env)
-        self.assertExitedOk(p)
-        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8", shim=FAKE_LIBCUDA)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
         for x in xs:
@@ -386,11 +388,8 @@ class GpuFake(tbtest.TestCase):
             with self.subTest(version=version):
                 self.logdir = os.path.join(self.tmp, "logs" + version)
                 self.report = os.path.join(self.tmp, "fake%s.log" % version)
-                env = self.env(steps="2-3;7-8", TBFAKE_CUPTI_VERSION=version)
-                env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
-                p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "11", "-m", str(ms), "-r"], env=env)
-                self.assertExitedOk(p)
-                self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+                p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8", shim=FAKE_LIBCUDA,
+                                   TBFAKE_CUPTI_VERSION=version)
                 xs = tbtest.xplanes(self.logdir)
                 self.assertEqual(len(xs), 2, p.stderr)
                 self.assertReleased(self.fake_log(), 2, thread="other")
@@ -485,11 +484,7 @@ class GpuFake(tbtest.TestCase):
         # where libcuda is loaded, the agent makes a CUDA call itself
         # (cuDriverGetVersion), so CUPTI detaches at once, on its thread,
         # not at the job's next call; the job makes no CUDA call here
-        env = self.env(steps="2,5")
-        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], FAKE_LIBCUDA)
-        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", "10", "-r"], env=env)
-        self.assertExitedOk(p)
-        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        self.run_steps(["-n", "10", "-m", "10", "-r"], steps="2,5", shim=FAKE_LIBCUDA)
         self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
         self.assertReleased(self.fake_log(), 1, thread="other")
         # cuptiFinalize runs with the thread's stream-capture mode relaxed
@@ -557,10 +552,8 @@ class GpuFake(tbtest.TestCase):
     def test_other_subscriber_in_pytorch(self):
         # in a PyTorch process the usual holder is torch.profiler, which keeps
         # CUPTI from its first use unless TEARDOWN_CUPTI=1: the reason says so
-        env = self.env(steps="2,5", TBFAKE_CUPTI_SUBSCRIBER="1")
-        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], tbtest.prog("libtorch_cuda.so"))
-        p = tbtest.run([tbtest.prog("steps"), "-n", "10", "-m", "3"], env=env)
-        self.assertExitedOk(p)
+        p = self.run_steps(["-n", "10", "-m", "3"], launch=False, steps="2,5", TBFAKE_CUPTI_SUBSCRIBER="1",
+                           shim=tbtest.prog("libtorch_cuda.so"))
         why = tbtest.load(tbtest.xplanes(self.logdir)[0]).host.stats.get("tbprof_gpu_off_reason", "")
         self.assertRegex(why, r"another CUPTI client .* torch.profiler keeps CUPTI .* TEARDOWN_CUPTI=1")
         warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "TEARDOWN_CUPTI=1" in l]
@@ -725,12 +718,7 @@ class GpuFake(tbtest.TestCase):
         shutil.copy(FAKE, os.path.join(lib, "libcupti.so.13"))
         cudart = os.path.join(lib, "libcudart.so.13")
         shutil.copy(os.path.join(tbtest.BUILD, "fakecuda", "libcudart.so"), cudart)
-        env = self.env(steps="2,4")
-        del env["TBPROF_CUPTI_PATH"]
-        env["LD_PRELOAD"] = relutil.with_shim(env["LD_PRELOAD"], cudart)
-        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-r"], env=env)
-        self.assertExitedOk(p)
-        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
+        self.run_steps(["-n", "8", "-m", "5", "-r"], steps="2,4", cupti_path=None, shim=cudart)
         prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
         self.assertTrue(prof.host.stats.get("tbprof_cupti_library", "").startswith(
             os.path.join(lib, "libcupti.so.13") + " "), prof.host.stats)
@@ -796,9 +784,7 @@ class GpuFake(tbtest.TestCase):
     def slow_start(self, **kw):
         # CUPTI's first start takes 300 ms; steps are 5 ms: the sources are
         # still starting when step 3 (the window's first) begins
-        p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "5"],
-                       env=self.env(steps="3,5", TBFAKE_CUPTI_SUBSCRIBE_MS="300", **kw))
-        self.assertExitedOk(p)
+        p = self.run_steps(["-n", "8", "-m", "5"], launch=False, steps="3,5", TBFAKE_CUPTI_SUBSCRIBE_MS="300", **kw)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         prof = tbtest.load(xs[0])
