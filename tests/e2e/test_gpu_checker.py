@@ -200,6 +200,30 @@ class GpuChecker(tbtest.TestCase):
         self.assertIn("have no host call with their correlation_id (e.g. graph_kernel", o.stdout)
         self.assertIn("host cudaGraphLaunch: 0, expected 1", o.stdout)
 
+    def test_jax_capture(self):
+        # a capture with every kernel linked passes and says how many threads
+        # made CUDA calls; a kernel whose launching call is missing fails
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        p = run_check("jax_capture", self.xplane)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn("RESULT jax_capture PASS 4 kernels (1 from CUDA graphs, 3 names)", p.stdout)
+        self.assertIn("CUDA calls from 1 threads, most cudaLaunchKernel 3", p.stdout)
+        xs = tbtest.xplane_pb2.XSpace()
+        with open(self.xplane, "rb") as f:
+            xs.ParseFromString(f.read())
+        dev = [pl for pl in xs.planes if pl.name == "/device:GPU:0"][0]
+        cid = [i for i, m in dev.stat_metadata.items() if m.name == "correlation_id"][0]
+        ev = [e for l in dev.lines for e in l.events
+              if dev.event_metadata[e.metadata_id].name.startswith("add_kernel")][0]
+        for st in [st for st in ev.stats if st.metadata_id == cid]:
+            ev.stats.remove(st)
+        bad = os.path.join(self.tmp, "bad.xplane.pb")
+        with open(bad, "wb") as f:
+            f.write(xs.SerializeToString())
+        p = run_check("jax_capture", bad)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("1 of 7 GPU events have no host call with their correlation_id (e.g. add_kernel", p.stdout)
+
     def gpu_flame(self, text):
         f = os.path.join(self.tmp, "gpu.folded")
         with open(f, "w") as fh:

@@ -11,6 +11,8 @@
                                             memory profile)
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
+  check.py jax_capture XPLANE               a JAX job captured by tbprof trigger: kernels, each
+                                            with its host call, nothing lost; threads with CUDA calls
   check.py coexist NAME either|ours XPLANE TORCH_TRACE RC
       tbprof and torch.profiler in one job (exit status RC, which must be 0):
       either: torch.profiler got CUPTI first; its trace has kernels, and we
@@ -478,6 +480,45 @@ def jax_load(xplane):
     result("jax_profiledata", ok, "planes %s, %d events" % (names, n))
 
 
+def jax_capture(xplane):
+    """A JAX job captured mid-run (tbprof trigger): kernels, each with the
+    host call that launched it (driver API, graph launches), no record lost;
+    how many threads made CUDA calls (CUPTI keeps a buffer per thread)."""
+    xs = load(xplane)
+    dev = device_events(xs)
+    host = events(xs, "/host:CPU")
+    st = plane_stats(xs, "/host:CPU")
+    if "tbprof_gpu_off_reason" in st:
+        result("jax_capture", False, "GPU capture off: %s" % st["tbprof_gpu_off_reason"])
+    errs = []
+    kern = [e for e in dev if "kernel_details" in e[2]]
+    if not kern:
+        errs.append("no kernels in the window")
+    unlinked = st.get("tbprof_cuda_graph_uncorrelated") or 0
+    calls = [e for e in host if "correlation_id" in e[2]]
+    corr = {e[2]["correlation_id"] for e in calls}
+    orphans = [e for e in dev if e[2].get("correlation_id") not in corr and not (unlinked and e[2].get("cuda_graph_id"))]
+    if orphans:
+        errs.append("%d of %d GPU events have no host call with their correlation_id (e.g. %s)" % (
+            len(orphans), len(dev), orphans[0][0][:60]))
+    mangled = sorted({e[0] for e in kern if e[0].startswith("_Z")})
+    if mangled:
+        errs.append("kernel names left mangled: %s" % mangled[:2])
+    for k in ("tbprof_cupti_dropped", "tbprof_buffer_pool_exhausted", "tbprof_gpu_incomplete_records",
+              "tbprof_cupti_buffers_kept"):
+        if st.get(k):
+            errs.append("%s %s" % (k, st[k]))
+    threads = {e[3] for e in calls}
+    graph = sum(1 for e in kern if e[2].get("cuda_graph_id"))
+    top = collections.Counter(e[0] for e in calls).most_common(4)
+    result("jax_capture", not errs, "; ".join(errs[:5]) or
+           "%d kernels (%d from CUDA graphs, %d names), %d GPU events with host calls; CUDA calls from %d "
+           "threads, most %s; pool %s, buffers filled %s" % (
+               len(kern), graph, len({e[0] for e in kern}), len(dev), len(threads),
+               ", ".join("%s %d" % c for c in top), st.get("tbprof_cupti_pool", "?"),
+               st.get("tbprof_cupti_buffers", "?")))
+
+
 def xprof_tools(xplane):
     """xprof (TensorBoard's profile plugin) converts our XSpace into its tools."""
     conv = None
@@ -547,6 +588,8 @@ if __name__ == "__main__":
         torch_cmp(sys.argv[2], sys.argv[3])
     elif cmd == "jax":
         jax_load(sys.argv[2])
+    elif cmd == "jax_capture":
+        jax_capture(sys.argv[2])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
     elif cmd == "coexist":
@@ -556,4 +599,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|capture|coexist|gpu_flame|after_capture ...")

@@ -18,7 +18,7 @@ cp "$build/lib/libtbprof.so" "$out/lib/"
 cp "$build/bin/tbprof" "$out/bin/"
 cp "$build"/python/*_pb2.py "$out/python/"
 cp -r "$root/tools/python" "$out/share/tbprof/python"
-cp "$root"/tests/gpu/{run.sh,check.py,torch_loop.py} "$out/"
+cp "$root"/tests/gpu/{run.sh,check.py,torch_loop.py,jax_loop.py} "$out/"
 # H100/H200 are sm_90; compute_90 PTX lets a newer GPU JIT it. The shared
 # cudart (not nvcc's static default), so cudaProfilerStart/Stop go through
 # the dynamic linker to tbprof's wrappers; this toolkit's libcudart travels

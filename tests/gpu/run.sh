@@ -18,6 +18,9 @@
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
 #  1c. cuda_steps captured twice (CUPTI detached and attached again, with a
 #      CUDA graph in the process): both profiles hold what 1 checks
+#  3c. a JAX training loop captured mid-run with `tbprof trigger PID`:
+#      kernels, each with its launching call, nothing lost; how many
+#      threads made CUDA calls (INFO in the detail)
 #   4. step time: no agent / agent idle / capturing / torch.profiler;
 #      4a. idle again after a capture: within 2% of no agent, the capture
 #          having detached CUPTI (cuptiFinalize); the same with
@@ -167,6 +170,35 @@ if in_budget "cuda_reattached (1st)" "cuda_reattached (2nd)"; then
   else
     check "cuda_reattached (1st)" $py "$here/check.py" cuda "${xr[0]}" "$work/cuda_re.out" 2
     check "cuda_reattached (2nd)" $py "$here/check.py" cuda "${xr[1]}" "$work/cuda_re.out" 2
+  fi
+fi
+
+# 3c. a JAX job captured mid-run by `tbprof trigger` (no steps, no code change)
+if in_budget jax_capture; then
+  logs3=$work/jax; stop=$work/jax.stop; jpid=; jback=
+  timeout -k 5 "$job_s" env TBPROF_LOGDIR="$logs3" TBPROF_CPU=off LD_PRELOAD="$here/lib/libtbprof.so" \
+    $py "$here/jax_loop.py" --stop-file "$stop" --seconds 90 >"$work/jax.out" 2>"$work/jax.err" &
+  jbg=$!
+  for _ in $(seq 180); do
+    grep -q '^ready ' "$work/jax.out" 2>/dev/null && break
+    kill -0 "$jbg" 2>/dev/null || break
+    sleep 0.5
+  done
+  read -r _ jpid jback < <(grep '^ready ' "$work/jax.out" 2>/dev/null || true)
+  if [ -z "$jpid" ]; then
+    touch "$stop"; wait "$jbg"
+    row jax_capture FAIL "the JAX job did not get ready: $(tail -2 "$work/jax.err" | tr '\n' ' ')"
+  elif [ "$jback" != gpu ]; then
+    touch "$stop"; wait "$jbg"
+    row jax_capture SKIP "jax runs on $jback here, not on the GPU"
+  else
+    job "$tbprof" trigger "$jpid" --duration 2 --timeout 60 >"$work/jax_trigger.out" 2>&1; trc=$?
+    touch "$stop"; wait "$jbg"; jrc=$?
+    x3=$(find "$logs3" -name '*.xplane.pb' 2>/dev/null | head -1)
+    if ((jrc)) || ! grep -q '^done ' "$work/jax.out"; then
+      row jax_capture FAIL "the JAX job exited $jrc before its end: $(tail -2 "$work/jax.err" | tr '\n' ' ')"
+    elif [ -n "$x3" ]; then check jax_capture $py "$here/check.py" jax_capture "$x3"
+    else row jax_capture FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -2 "$work/jax_trigger.out" | tr '\n' ' '))"; fi
   fi
 fi
 
