@@ -48,6 +48,11 @@
  * a training job has several such threads (main, autograd, pin-memory,
  * NCCL, CUPTI's own), each holding a part-filled buffer until the flush. */
 #define POOL_BUFFERS 32
+/* ... or two per thread the process has at the start, where that is more
+ * (a JAX process has dozens): the same budget in smaller buffers. A thread
+ * that records little holds a mostly untouched mapping. */
+#define POOL_BUFFERS_PER_THREAD 2
+#define POOL_MAX_BUFFERS 1024
 #define PREFAULT_AHEAD 2
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; glibc headers before 2.35 lack the name */
@@ -462,9 +467,34 @@ static void pool_free(void)
     pthread_mutex_unlock(&g.mu);
 }
 
+/* Threads in this process now ("Threads:" of /proc/self/status), 0 when
+ * unknown. */
+static size_t process_threads(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long n = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "Threads: %lu", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* How many buffers a pool aims for (see POOL_BUFFERS). */
+static size_t pool_target(void)
+{
+    size_t want = process_threads() * POOL_BUFFERS_PER_THREAD;
+    if (want < POOL_BUFFERS)
+        want = POOL_BUFFERS;
+    return want > POOL_MAX_BUFFERS ? POOL_MAX_BUFFERS : want;
+}
+
 static int pool_alloc(size_t budget)
 {
-    size_t bs = budget / POOL_BUFFERS;
+    size_t bs = budget / pool_target();
     if (bs > BUF_MAX)
         bs = BUF_MAX;
     if (bs < BUF_MIN)

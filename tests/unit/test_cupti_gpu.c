@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,15 @@ static const char *SCRIPT =
     "marker id=2 name=allreduce domain=NCCL tid=main start=30 end=40\n"
     "overhead ovkind=flush obj=device dev=0 start=111 end=113\n"
     "overhead ovkind=lazy obj=device dev=0 start=113 end=114\n";
+
+/* An idle thread: blocks reading the pipe until its write end closes. */
+static void *wait_on_pipe(void *fd)
+{
+    char c;
+    while (read(*(int *)fd, &c, 1) > 0)
+        ;
+    return NULL;
+}
 
 static void write_script(void)
 {
@@ -694,6 +704,36 @@ int main(void)
     CHECK_EQ_I(tb_gpu_last_stats().records, dl - del0);
     CHECKF(dl - del0 >= 500 * 15, "%llu records", dl - del0);
     tb_space_free(s);
+
+    /* 9a. a process of many threads (JAX has dozens), 60 of them recording
+     * at once: the pool takes two buffers per thread of the process, not
+     * 32, so no thread goes without */
+    setenv("TBFAKE_CUPTI_THREADS", "60", 1);
+    {
+        enum { IDLE = 48 };
+        pthread_t idle[IDLE];
+        int pfd[2], made = 0;
+        CHECK_EQ_I(pipe(pfd), 0);
+        for (int i = 0; i < IDLE; i++)
+            made += pthread_create(&idle[i], NULL, wait_on_pipe, &pfd[0]) == 0;
+        CHECK_EQ_I(made, IDLE);
+        fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+        drop0 = drp, del0 = dl;
+        s = capture(src, 45 << 20, &rc, &why, &t0);
+        fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+        CHECK_EQ_I(rc, 0);
+        CHECKF(tb_gpu_last_stats().pool_buffers >= 2 * (IDLE + 1), "%zu buffers",
+               tb_gpu_last_stats().pool_buffers);
+        CHECK(tb_gpu_last_stats().pool_buffers * tb_gpu_last_stats().buffer_size <= (45u << 20));
+        CHECK_EQ_I(drp - drop0, 0);
+        CHECK_EQ_I(tb_gpu_last_stats().pool_exhausted, 0);
+        CHECK(tb_gpu_last_stats().buffers_completed >= 60);
+        tb_space_free(s);
+        close(pfd[1]); /* the idle threads' reads return: they exit */
+        for (int i = 0; i < made; i++)
+            pthread_join(idle[i], NULL);
+        close(pfd[0]);
+    }
     unsetenv("TBFAKE_CUPTI_THREADS");
     unsetenv("TBFAKE_CUPTI_REPEAT");
 
