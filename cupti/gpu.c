@@ -359,8 +359,13 @@ static int teardown_wanted(char *why, size_t n)
                  "cuptiFinalize can crash with CUDA graphs; TBPROF_CUPTI_TEARDOWN=on forces it",
                  v, CUPTI_API_12_6);
     else {
-        snprintf(why, n, "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=%s)",
-                 mode == TB_ON ? "on" : "auto");
+        int k = snprintf(why, n, "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=%s)",
+                         mode == TB_ON ? "on" : "auto");
+        if (v >= CUPTI_API_13_0 && v < CUPTI_API_GRAPH_CORR_FIXED && k > 0 && (size_t)k < n)
+            snprintf(why + k, n - (size_t)k,
+                     "; this CUPTI (API %u) numbers CUDA-graph launches wrongly once attached again: "
+                     "later captures write graph work without correlation ids",
+                     v);
         return 1;
     }
     return 0;

@@ -301,7 +301,9 @@ class GpuFake(tbtest.TestCase):
         kernels = self.check_profile(prof)
         self.assertReleased(self.fake_log(), 1)
         self.assertEqual(prof.host.stats.get("tbprof_cupti_teardown"),
-                         "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
+                         "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto); this CUPTI (API "
+                         "130001) numbers CUDA-graph launches wrongly once attached again: later captures "
+                         "write graph work without correlation ids")
         # subscribed by name, asking CUPTI to admit no other subscriber, and
         # the profile says which libcupti traced
         log = self.fake_log()
@@ -411,6 +413,9 @@ class GpuFake(tbtest.TestCase):
                     self.assertEqual(len(says), 1 if off else 0, prof.warnings)
                     if off:
                         self.assertIn("CUPTI API 130001", says[0])
+                    # the profile says so from the first capture on
+                    self.assertEqual("numbers CUDA-graph launches wrongly" in
+                                     prof.host.stats.get("tbprof_cupti_teardown"), version == "130001")
                 warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "CUDA-graph events" in l]
                 self.assertEqual(len(warn), 1 if version == "130001" else 0, p.stderr)
 

@@ -14,8 +14,9 @@ FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 
 
 class Doctor(tbtest.TestCase):
-    def doctor(self, *args, wrap=(), logdir=None):
+    def doctor(self, *args, wrap=(), logdir=None, **extra):
         env = tbtest.env()
+        env.update(extra)
         env["TMPDIR"] = self.tmp
         env["TBPROF_LOGDIR"] = logdir or os.path.join(self.tmp, "logs")
         p = tbtest.run(list(wrap) + [tbtest.CLI, "doctor"] + list(args), env=env, timeout=120)
@@ -35,8 +36,14 @@ class Doctor(tbtest.TestCase):
         self.assertEqual(self.line(p, "agent"), "ready: a profile was written")
         self.assertRegex(self.line(p, "GPU tracing"),
                          r"^ready: %s \(CUPTI API \d+, cuptiSubscribe_v2 \(13.2 params\)\)$" % re.escape(FAKE))
-        # what becomes of CUPTI after each capture (TBPROF_CUPTI_TEARDOWN)
+        # what becomes of CUPTI after each capture (TBPROF_CUPTI_TEARDOWN);
+        # with a CUPTI 13.0 (the fake's header) what that costs CUDA graphs
         self.assertEqual(self.line(p, "CUPTI after"),
+                         "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto); this CUPTI "
+                         "(API 130001) numbers CUDA-graph launches wrongly once attached again: later "
+                         "captures write graph work without correlation ids")
+        fixed = self.doctor("--cupti", FAKE, TBFAKE_CUPTI_VERSION="130101")
+        self.assertEqual(self.line(fixed, "CUPTI after"),
                          "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
         cpu = self.line(p, "CPU sampling")
         # ready where perf_event works; either way the status says both or not
