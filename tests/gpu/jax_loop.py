@@ -1,6 +1,6 @@
 """jax_loop.py - a small JAX training loop for the GPU checks.
 
-  python3 jax_loop.py --stop-file FILE [--seconds S]
+  python3 jax_loop.py --stop-file FILE [--seconds S] [--size N]
 
 No tbprof code. Compiles a jitted training step, prints "ready <pid>
 <backend>" and then runs steps until FILE exists (or S seconds pass, default
@@ -33,22 +33,27 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stop-file", required=True)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--size", type=int, default=4096)
     a = ap.parse_args()
+    # about 0.4 TFLOP a step, a millisecond or two on an H100/H200: the 2 s
+    # window holds a few thousand steps, which the default TBPROF_BUFFER_MB
+    # holds whole (a loop of tiny steps would launch far more than that)
+    n = a.size
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    w = {"w1": jax.random.normal(k1, (1024, 2048)) * 0.02, "w2": jax.random.normal(k2, (2048, 256)) * 0.02}
-    x = jax.random.normal(k3, (512, 1024))
-    y = jnp.zeros((512, 256))
+    w = {"w1": jax.random.normal(k1, (n, n)) * 0.01, "w2": jax.random.normal(k2, (n, n // 4)) * 0.01}
+    x = jax.random.normal(k3, (n, n))
+    y = jnp.zeros((n, n // 4))
     w, loss = train_step(w, x, y)  # compile
     loss.block_until_ready()
     print("ready %d %s" % (os.getpid(), jax.default_backend()), flush=True)
-    n, end = 0, time.time() + a.seconds
+    steps, end = 0, time.time() + a.seconds
     while not os.path.exists(a.stop_file) and time.time() < end:
         w, loss = train_step(w, x, y)
-        n += 1
-        if n % 10 == 0:
+        steps += 1
+        if steps % 10 == 0:
             loss.block_until_ready()
     loss.block_until_ready()
-    print("done %d loss %.4f" % (n, float(loss)), flush=True)
+    print("done %d loss %.4f" % (steps, float(loss)), flush=True)
 
 
 if __name__ == "__main__":
