@@ -222,9 +222,13 @@ static atomic_int finalized;  /* cuptiFinalize calls that succeeded in this proc
  * (A session another tool ended before our first capture is not known.) */
 #define CUPTI_API_13_0 130000u
 #define CUPTI_API_GRAPH_CORR_FIXED 130101u
+static int graph_corr_breaks_on_reattach(uint32_t v)
+{
+    return v >= CUPTI_API_13_0 && v < CUPTI_API_GRAPH_CORR_FIXED;
+}
 static int graph_corr_unreliable(uint32_t v)
 {
-    return v >= CUPTI_API_13_0 && v < CUPTI_API_GRAPH_CORR_FIXED && atomic_load(&finalized) > 0;
+    return graph_corr_breaks_on_reattach(v) && atomic_load(&finalized) > 0;
 }
 
 static CUptiResult api_domains(uint32_t on)
@@ -361,7 +365,7 @@ static int teardown_wanted(char *why, size_t n)
     else {
         int k = snprintf(why, n, "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=%s)",
                          mode == TB_ON ? "on" : "auto");
-        if (v >= CUPTI_API_13_0 && v < CUPTI_API_GRAPH_CORR_FIXED && k > 0 && (size_t)k < n)
+        if (graph_corr_breaks_on_reattach(v) && k > 0 && (size_t)k < n)
             snprintf(why + k, n - (size_t)k,
                      "; this CUPTI (API %u) numbers CUDA-graph launches wrongly once attached again: "
                      "later captures write graph work without correlation ids",
@@ -649,14 +653,11 @@ static void calibrate(void)
 /* CUPTI records none of the calls translate.c would leave out anyway
  * (tb_cupti_api_is_quiet): no record written on the job's thread, no buffer
  * space. Per capture, after the RUNTIME and DRIVER kinds are enabled (which
- * reset this). The callback ids are looked up by name once per libcupti;
- * where it lacks cuptiActivityEnableRuntimeApi (before CUDA 12.?), they are
- * recorded and dropped at translation. */
+ * reset this); the callback ids are found by name (some 1300 lookups, on
+ * the agent thread). A libcupti without cuptiActivityEnableRuntimeApi/
+ * DriverApi (older CUDA 12 releases) records them; translation drops them. */
 static void quiet_apis_off(void)
 {
-    static const tb_cupti_lib *looked_in;
-    static uint32_t ids[2][96];
-    static size_t nids[2];
     if (tb_config_get()->cuda_api_all || !g.lib->GetCallbackName)
         return;
     static const struct {
@@ -664,24 +665,16 @@ static void quiet_apis_off(void)
         uint32_t n;
     } doms[2] = {{CUPTI_CB_DOMAIN_RUNTIME_API, CUPTI_RUNTIME_TRACE_CBID_SIZE},
                  {CUPTI_CB_DOMAIN_DRIVER_API, CUPTI_DRIVER_TRACE_CBID_SIZE}};
-    if (looked_in != g.lib) {
-        for (int d = 0; d < 2; d++) {
-            nids[d] = 0;
-            for (uint32_t cb = 1; cb < doms[d].n && nids[d] < sizeof(ids[d]) / sizeof(ids[d][0]); cb++) {
-                const char *name = NULL;
-                if (g.lib->GetCallbackName(doms[d].dom, cb, &name) == CUPTI_SUCCESS && name &&
-                    tb_cupti_api_is_quiet(name))
-                    ids[d][nids[d]++] = cb;
-            }
-        }
-        looked_in = g.lib;
-    }
     size_t off = 0, failed = 0;
     for (int d = 0; d < 2; d++) {
         CUptiResult (*set)(CUpti_CallbackId, uint8_t) =
             d == 0 ? g.lib->ActivityEnableRuntimeApi : g.lib->ActivityEnableDriverApi;
-        for (size_t i = 0; set && i < nids[d]; i++) {
-            if (set(ids[d][i], 0) == CUPTI_SUCCESS)
+        for (uint32_t cb = 1; set && cb < doms[d].n; cb++) {
+            const char *name = NULL;
+            if (g.lib->GetCallbackName(doms[d].dom, cb, &name) != CUPTI_SUCCESS || !name ||
+                !tb_cupti_api_is_quiet(name))
+                continue;
+            if (set(cb, 0) == CUPTI_SUCCESS)
                 off++;
             else
                 failed++;
@@ -970,6 +963,9 @@ static int gpu_collect(void *ctx, tb_space *space)
         g.last.incomplete = c.bad_time;
         g.last.buffers_completed = nd;
         g.last.graph_uncorrelated = c.graph_uncorrelated;
+        if (c.api_quiet)
+            tb_debug("GPU: %llu records of calls CUPTI was asked not to record left out",
+                     (unsigned long long)c.api_quiet);
         tb_cupti_tr_free(t);
     }
     g.last.pool_exhausted = atomic_load(&g.exhausted);

@@ -733,7 +733,7 @@ int tb_cupti_api_is_quiet(const char *cupti_name)
 
 const char *tb_cupti_api_quiet_list(void)
 {
-    static char list[1024];
+    static char list[2048]; /* 775 bytes now */
     if (!list[0]) {
         size_t at = 0;
         for (size_t i = 0; i < sizeof(quiet_api) / sizeof(quiet_api[0]) && at < sizeof(list); i++)
