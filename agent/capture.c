@@ -825,6 +825,7 @@ const char *tb_step_source_name(int src)
         [TB_STEP_PYTORCH] = "the PyTorch optimizer hook",
         [TB_STEP_CUDA_PROFILER] = "cudaProfilerStart/Stop",
         [TB_STEP_NVTX] = "NVTX ranges (TBPROF_NVTX_STEP)",
+        [TB_STEP_JAX] = "jax.profiler.StepTraceAnnotation",
     };
     return src > 0 && src < TB_STEP_NSOURCES ? n[src] : "?";
 }

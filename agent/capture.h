@@ -54,6 +54,7 @@ enum {
     TB_STEP_PYTORCH,       /* the optimizer-step hook (tbprof_step_from("pytorch")) */
     TB_STEP_CUDA_PROFILER, /* cudaProfilerStart/Stop, cuProfilerStart/Stop */
     TB_STEP_NVTX,          /* NVTX ranges matching TBPROF_NVTX_STEP */
+    TB_STEP_JAX,           /* jax.profiler.StepTraceAnnotation (tbprof_step_from("jax")) */
     TB_STEP_NSOURCES
 };
 const char *tb_step_source_name(int src);

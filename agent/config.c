@@ -93,6 +93,10 @@ static const var vars[] = {
     {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
      "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
      F(pytorch_hook), 0, 0},
+    {"TBPROF_JAX_HOOK", T_BOOL, "off", "on | off",
+     "Python: count jax.profiler.StepTraceAnnotation steps (their step_num) as tbprof steps (set by "
+     "`tbprof run`)",
+     "hook off", "off", F(jax_hook), 0, 0},
     {"TBPROF_CUPTI_PATH", T_STR, "", "path to libcupti.so",
      "libcupti to load when none is loaded yet (default: search CUDA and pip folders)",
      "searching", "", F(cupti_path), 0, 0},

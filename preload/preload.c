@@ -92,13 +92,29 @@ TBPROF_API int64_t tbprof_step_num(int64_t step)
     return tb_agent_step(TB_STEP_API, 1, step);
 }
 
+/* The step source named `source` (tbprof.h), 0 for an unknown name. */
+static int step_source(const char *source)
+{
+    static const struct {
+        const char *name;
+        int src;
+    } s[] = {{"pytorch", TB_STEP_PYTORCH}, {"jax", TB_STEP_JAX}, {"api", TB_STEP_API}};
+    for (size_t i = 0; source && i < sizeof(s) / sizeof(s[0]); i++)
+        if (!strcmp(source, s[i].name))
+            return s[i].src;
+    return 0;
+}
+
 TBPROF_API int64_t tbprof_step_from(const char *source)
 {
-    if (source && !strcmp(source, "pytorch"))
-        return tb_agent_step(TB_STEP_PYTORCH, 0, 0);
-    if (source && !strcmp(source, "api"))
-        return tb_agent_step(TB_STEP_API, 0, 0);
-    return -EINVAL;
+    int src = step_source(source);
+    return src ? tb_agent_step(src, 0, 0) : -EINVAL;
+}
+
+TBPROF_API int64_t tbprof_step_num_from(const char *source, int64_t step)
+{
+    int src = step_source(source);
+    return src ? tb_agent_step(src, 1, step) : -EINVAL;
 }
 
 TBPROF_API int tbprof_start(int64_t duration_ms)

@@ -2,7 +2,8 @@
  * agent preloaded. Sets LD_PRELOAD (libtbprof.so from ../lib next to this
  * binary), the TBPROF_* variables the options ask for, PYTHONPATH for the
  * Python helper (whose sitecustomize installs the PyTorch optimizer-step
- * hook when TBPROF_PYTORCH_HOOK=1), then execvp()s the command. */
+ * hook when TBPROF_PYTORCH_HOOK=1 and the jax.profiler.StepTraceAnnotation
+ * hook when TBPROF_JAX_HOOK=1), then execvp()s the command. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -27,7 +28,8 @@ static void usage(FILE *f)
             "  --cpu-hz N         CPU sampling rate (TBPROF_CPU_HZ)\n"
             "  --signal SIG       opt-in signal trigger, e.g. USR2 (TBPROF_SIGNAL)\n"
             "  --no-trace-json    no Chrome trace JSON (TBPROF_TRACE_JSON=off)\n"
-            "  --no-hook          no PyTorch optimizer-step hook (TBPROF_PYTORCH_HOOK=off)\n"
+            "  --no-hook          no step hooks: PyTorch optimizer steps, jax.profiler.StepTraceAnnotation\n"
+            "                     (TBPROF_PYTORCH_HOOK=off TBPROF_JAX_HOOK=off)\n"
             "  --log LEVEL        error | warn | info | debug (TBPROF_LOG)\n"
             "  --env NAME=VALUE   any other TBPROF_* variable (see `tbprof help env`)\n");
 }
@@ -81,9 +83,9 @@ int cmd_run(int argc, char **argv)
         {"--no-gpu", "TBPROF_GPU", "off"},     {"--cpu", "TBPROF_CPU", "on"},
         {"--no-cpu", "TBPROF_CPU", "off"},     {"--cpu-hz", "TBPROF_CPU_HZ", NULL},
         {"--signal", "TBPROF_SIGNAL", NULL},   {"--no-trace-json", "TBPROF_TRACE_JSON", "off"},
-        {"--no-hook", "TBPROF_PYTORCH_HOOK", "off"}, {"--log", "TBPROF_LOG", NULL},
+        {"--no-hook", NULL, NULL},             {"--log", "TBPROF_LOG", NULL},
     };
-    int hook = 1, i = 1;
+    int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--")) {
@@ -115,6 +117,11 @@ int cmd_run(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+        if (!opts[k].var) { /* --no-hook: neither framework hook */
+            setenv("TBPROF_PYTORCH_HOOK", "off", 1);
+            setenv("TBPROF_JAX_HOOK", "off", 1);
+            continue;
+        }
         const char *v = opts[k].value;
         if (!v) {
             if (i + 1 >= argc) {
@@ -131,8 +138,6 @@ int cmd_run(int argc, char **argv)
                 return 2;
             }
         }
-        if (!strcmp(opts[k].var, "TBPROF_PYTORCH_HOOK"))
-            hook = 0;
         setenv(opts[k].var, v, 1);
     }
     if (i >= argc) {
@@ -156,8 +161,8 @@ int cmd_run(int argc, char **argv)
     char py[PATH_MAX];
     if (realpath(path, py))
         add_path("PYTHONPATH", py, 1);
-    if (hook && !getenv("TBPROF_PYTORCH_HOOK"))
-        setenv("TBPROF_PYTORCH_HOOK", "on", 1);
+    setenv("TBPROF_PYTORCH_HOOK", "on", 0); /* unless set (--no-hook, or the caller's) */
+    setenv("TBPROF_JAX_HOOK", "on", 0);
     execvp(argv[i], argv + i);
     fprintf(stderr, "tbprof run: %s: %s\n", argv[i], strerror(errno));
     return errno == ENOENT ? 127 : 126;

@@ -28,14 +28,17 @@ TBPROF_API int64_t tbprof_step(void);
  * global step); duplicates of the current number are merged. */
 TBPROF_API int64_t tbprof_step_num(int64_t step);
 /* tbprof_step() on behalf of a named step source: "pytorch" (the optimizer
- * hook the Python helper installs) or "api". -EINVAL for other names.
+ * hook the Python helper installs), "jax" (its jax.profiler.
+ * StepTraceAnnotation hook) or "api". -EINVAL for other names.
  *
  * Steps are counted from one source per process, the first to mark a
- * boundary: this API, the PyTorch hook, cudaProfilerStart/Stop or NVTX
- * ranges (TBPROF_CUDA_STEPS, TBPROF_NVTX_STEP). Boundaries from the others
- * return -EBUSY and are counted in the profile (tbprof_steps_ignored), so a
- * step marked by two sources is counted once. */
+ * boundary: this API, the PyTorch or JAX hook, cudaProfilerStart/Stop or
+ * NVTX ranges (TBPROF_CUDA_STEPS, TBPROF_NVTX_STEP). Boundaries from the
+ * others return -EBUSY and are counted in the profile (tbprof_steps_ignored),
+ * so a step marked by two sources is counted once. */
 TBPROF_API int64_t tbprof_step_from(const char *source);
+/* tbprof_step_num() on behalf of a named step source (as above). */
+TBPROF_API int64_t tbprof_step_num_from(const char *source, int64_t step);
 /* Start a capture now, for `duration_ms` (0: until tbprof_stop()).
  * Returns once the sources are on, so the capture covers what the caller does
  * next: that can take up to about 1 s when a previous capture is still being

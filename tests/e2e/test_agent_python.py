@@ -36,6 +36,30 @@ FAKE_TORCH = {
         """),
 }
 
+# jax.profiler as JAX defines it: TraceMe is C++ in JAX (a no-op unless its
+# own profiler runs); StepTraceAnnotation passes its kwargs (step_num) on
+FAKE_JAX = {
+    "jax/__init__.py": "from . import profiler\n",
+    "jax/profiler.py": textwrap.dedent("""\
+        class TraceMe:
+            def __init__(self, name, **kwargs):
+                self.name, self.kwargs = name, kwargs
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class TraceAnnotation(TraceMe):
+            pass
+
+        class StepTraceAnnotation(TraceAnnotation):
+            def __init__(self, name, **kwargs):
+                super().__init__(name, _r=1, **kwargs)
+        """),
+}
+
 
 def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
@@ -173,9 +197,9 @@ class Python(tbtest.TestCase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4, 5, 6])
 
-    def fake_torch(self):
+    def fake_torch(self, files=FAKE_TORCH):
         fake = os.path.join(self.tmp, "fake")
-        for rel, text in FAKE_TORCH.items():
+        for rel, text in files.items():
             os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
             with open(os.path.join(fake, rel), "w") as f:
                 f.write(text)
@@ -237,16 +261,65 @@ class Python(tbtest.TestCase):
         self.assertEqual(prof.host.stats.get("tbprof_step_source"), "the PyTorch optimizer hook")
 
     def test_no_hook_option(self):
+        # --no-hook: neither the optimizer's nor JAX's annotations count
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = self.fake_torch()
-        s = self.script("t.py", "import torch\no = torch.optim.SGD()\nfor i in range(10): o.step()\n")
+        fake = self.fake_torch(dict(FAKE_TORCH, **FAKE_JAX))
+        s = self.script("t.py", "import torch, jax\no = torch.optim.SGD()\nfor i in range(10):\n"
+                                "    with jax.profiler.StepTraceAnnotation('train', step_num=i):\n"
+                                "        o.step()\n")
         e = tbtest.env(python=True)
         e["PYTHONPATH"] = fake
         p = tbtest.run([tbtest.CLI, "run", "--no-hook", "--steps", "2,3", "--logdir", self.logdir, "--no-gpu",
                         "--no-cpu", "--", tbtest.PYTHON, s], env=e)
         self.assertExitedOk(p)
         self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def run_jax(self, body, steps):
+        s = self.script("train.py", WORK + textwrap.dedent(body))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = self.fake_torch(FAKE_JAX)
+        p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu",
+                        "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        return p, tbtest.load(files[0])
+
+    def test_jax_step_annotations_no_code_change_via_tbprof_run(self):
+        # a JAX loop marks its steps for xprof with StepTraceAnnotation and
+        # a global step number: `tbprof run --steps` captures those steps
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_jax("""\
+            import jax
+            for i in range(12):
+                with jax.profiler.StepTraceAnnotation("train", step_num=100 + i) as a:
+                    work()
+            print("kwargs", a.kwargs)
+            """, "103,105")
+        self.assertIn("kwargs {'_r': 1, 'step_num': 111}", p.stdout)  # the annotation works as before
+        self.assertEqual([n for n, _, _ in prof.steps()], [103, 104, 105])
+        self.assertEqual(prof.host.stats.get("tbprof_step_source"), "jax.profiler.StepTraceAnnotation")
+        # each step holds one iteration's work (some 0.5 ms here)
+        for n, ev, _ in prof.steps():
+            self.assertGreater(ev.dur_ns, 100000, n)
+
+    def test_jax_step_annotations_without_numbers_are_counted(self):
+        # StepTraceAnnotation("train") with no step_num (imported before
+        # jax.profiler is: the hook still takes): steps count from 0
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_jax("""\
+            from jax.profiler import StepTraceAnnotation
+            for i in range(8):
+                with StepTraceAnnotation("train"):
+                    work()
+            import tbprof
+            print("unknown source", tbprof._load().tbprof_step_num_from(b"keras", 3))
+            """, "2,4")
+        self.assertEqual([n for n, _, _ in prof.steps()], [2, 3, 4])
+        self.assertIn("unknown source -22", p.stdout)  # -EINVAL
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 1. Runs the sitecustomize it shadows (the next one on sys.path), if any.
 2. With TBPROF_PYTORCH_HOOK=1/on: installs tbprof's optimizer-step hook as
    soon as torch is imported (a sys.meta_path finder that only looks at the
-   name "torch"), so steps are counted with no change to the script.
+   name "torch"), so steps are counted with no change to the script. With
+   TBPROF_JAX_HOOK=1/on, the same for jax.profiler.StepTraceAnnotation once
+   jax.profiler is imported.
 3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
    Python frames show up in native stacks (/tmp/perf-<pid>.map).
 Never raises: a problem here prints one line and the program runs on.
@@ -36,30 +38,35 @@ def _agent_loaded():
     return "libtbprof" in os.environ.get("LD_PRELOAD", "")
 
 
-class _TorchHookFinder:
-    """Installs the hook right after `import torch` finishes."""
+class _HookFinder:
+    """Calls tbprof.<install>() right after module `name` is first
+    imported (then leaves sys.meta_path)."""
+
+    def __init__(self, name, install):
+        self.name, self.install = name, install
 
     def find_spec(self, name, path=None, target=None):
-        if name != "torch":
+        if name != self.name:
             return None
         try:
             sys.meta_path.remove(self)
         except ValueError:
             return None
         import importlib.util
-        spec = importlib.util.find_spec("torch")
+        spec = importlib.util.find_spec(self.name)
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
+        install = self.install
 
         def exec_and_hook(module):
             exec_module(module)
             try:
                 import tbprof
-                tbprof.install_torch_hook()
+                getattr(tbprof, install)()
             except Exception as e:
-                sys.stderr.write("tbprof: optimizer hook not installed: %r\n" % (e,))
+                sys.stderr.write("tbprof: %s not run: %r\n" % (install, e))
 
         try:
             loader.exec_module = exec_and_hook
@@ -68,13 +75,20 @@ class _TorchHookFinder:
         return spec
 
 
+def _hook(module, install):
+    """tbprof.<install>() now if `module` is imported, else once it is."""
+    if module in sys.modules:
+        import tbprof
+        getattr(tbprof, install)()
+    else:
+        sys.meta_path.insert(0, _HookFinder(module, install))
+
+
 def _setup():
     if _on("TBPROF_PYTORCH_HOOK") and _agent_loaded():
-        if "torch" in sys.modules:
-            import tbprof
-            tbprof.install_torch_hook()
-        else:
-            sys.meta_path.insert(0, _TorchHookFinder())
+        _hook("torch", "install_torch_hook")
+    if _on("TBPROF_JAX_HOOK") and _agent_loaded():
+        _hook("jax.profiler", "install_jax_hook")
     if (_agent_loaded() and _on("TBPROF_CPU", "on") and sys.version_info >= (3, 12)
             and hasattr(sys, "activate_stack_trampoline")):
         try:

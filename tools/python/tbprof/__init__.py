@@ -13,16 +13,18 @@ warns once and its functions do nothing.
 
     tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
     tbprof.install_torch_hook()  # count torch optimizer steps as steps
+    tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
 
-`tbprof run` (or TBPROF_PYTORCH_HOOK=1 with tools/python on PYTHONPATH) installs
-the optimizer hook with no code change (see sitecustomize.py).
+`tbprof run` (or TBPROF_PYTORCH_HOOK=1 / TBPROF_JAX_HOOK=1 with tools/python on
+PYTHONPATH) installs the hooks with no code change (see sitecustomize.py).
 """
 
 import ctypes
 import os
 import sys
 
-__all__ = ["step", "step_num", "start", "stop", "capturing", "last_profile", "install_torch_hook", "available"]
+__all__ = ["step", "step_num", "start", "stop", "capturing", "last_profile", "install_torch_hook",
+           "install_jax_hook", "available"]
 
 _lib = None
 _tried = False
@@ -68,6 +70,8 @@ def _load():
     lib.tbprof_step_num.argtypes = [ctypes.c_int64]
     lib.tbprof_step_from.restype = ctypes.c_int64
     lib.tbprof_step_from.argtypes = [ctypes.c_char_p]
+    lib.tbprof_step_num_from.restype = ctypes.c_int64
+    lib.tbprof_step_num_from.argtypes = [ctypes.c_char_p, ctypes.c_int64]
     lib.tbprof_start.restype = ctypes.c_int
     lib.tbprof_start.argtypes = [ctypes.c_int64]
     lib.tbprof_stop.restype = ctypes.c_int
@@ -144,4 +148,51 @@ def install_torch_hook():
         sys.stderr.write("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
         return False
     _hook_handle = register_optimizer_step_post_hook(_on_optimizer_step)
+    return True
+
+
+def _jax_step(kwargs):
+    """A step boundary for a jax.profiler.StepTraceAnnotation being made:
+    numbered by its step_num when it has one."""
+    lib = _load()
+    if lib is None:
+        return
+    num = kwargs.get("step_num")
+    try:
+        num = int(num) if num is not None else None
+    except (TypeError, ValueError):
+        num = None
+    if num is None:
+        lib.tbprof_step_from(b"jax")
+    else:
+        lib.tbprof_step_num_from(b"jax", num)
+
+
+def install_jax_hook():
+    """Count every jax.profiler.StepTraceAnnotation (the annotation JAX
+    training loops use to mark steps for xprof) as a tbprof step, numbered
+    by its step_num. Idempotent; returns True when installed."""
+    try:
+        # by its sys.modules entry: the hook runs as jax.profiler finishes
+        # loading, maybe inside `import jax`, before jax.profiler is bound
+        import importlib
+        mod = sys.modules.get("jax.profiler") or importlib.import_module("jax.profiler")
+        cls = mod.StepTraceAnnotation
+    except Exception as e:  # no jax, or one without the annotation
+        sys.stderr.write("tbprof: no jax.profiler.StepTraceAnnotation (%s); JAX steps are not counted\n" % e)
+        return False
+    if getattr(cls, "_tbprof_hooked", False):
+        return True
+    init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        _jax_step(kwargs)  # the annotation is made as its step begins (`with ...:`)
+        init(self, *args, **kwargs)
+
+    try:
+        cls.__init__ = __init__
+        cls._tbprof_hooked = True
+    except Exception as e:  # a class that cannot be patched
+        sys.stderr.write("tbprof: jax.profiler.StepTraceAnnotation not hooked (%r); JAX steps are not counted\n" % e)
+        return False
     return True
