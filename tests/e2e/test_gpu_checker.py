@@ -224,6 +224,17 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("1 of 7 GPU events have no host call with their correlation_id (e.g. add_kernel", p.stdout)
 
+    def test_jax_steps_wrong_source_and_empty_steps_fail(self):
+        # the fixture's steps come from tbprof_step() and only step 2 has
+        # GPU work: the JAX steps check names both faults
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        p = run_check("jax_steps", self.xplane, "2,4")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("step source 'tbprof_step()'", p.stdout)
+        self.assertIn("steps without kernels: [3, 4]", p.stdout)
+        p = run_check("jax_steps", self.xplane, "2,5")
+        self.assertIn("steps [2, 3, 4], expected 2..5", p.stdout)
+
     def gpu_flame(self, text):
         f = os.path.join(self.tmp, "gpu.folded")
         with open(f, "w") as fh:

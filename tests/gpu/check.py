@@ -13,6 +13,8 @@
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
   check.py jax_capture XPLANE               a JAX job captured by tbprof trigger: kernels, each
                                             with its host call, nothing lost; threads with CUDA calls
+  check.py jax_steps XPLANE A,B             a JAX loop of StepTraceAnnotations under tbprof run
+                                            --steps A,B: those steps, from that source, with kernels
   check.py coexist NAME either|ours XPLANE TORCH_TRACE RC
       tbprof and torch.profiler in one job (exit status RC, which must be 0):
       either: torch.profiler got CUPTI first; its trace has kernels, and we
@@ -519,6 +521,29 @@ def jax_capture(xplane):
                st.get("tbprof_cupti_buffers", "?")))
 
 
+def jax_steps(xplane, window):
+    """A JAX loop whose steps are jax.profiler.StepTraceAnnotations, under
+    `tbprof run --steps A,B` with no code change: exactly steps A..B, counted
+    from that annotation, each with its kernels, nothing lost."""
+    xs = load(xplane)
+    st = plane_stats(xs, "/host:CPU")
+    first, last = (int(v) for v in window.split(","))
+    per = kernels_per_step(xs)
+    errs = []
+    if sorted(per) != list(range(first, last + 1)):
+        errs.append("steps %s, expected %d..%d" % (sorted(per), first, last))
+    if st.get("tbprof_step_source") != "jax.profiler.StepTraceAnnotation":
+        errs.append("step source %r" % st.get("tbprof_step_source"))
+    empty = [n for n, k in sorted(per.items()) if not k]
+    if empty:
+        errs.append("steps without kernels: %s" % empty)
+    for k in ("tbprof_gpu_off_reason", "tbprof_cupti_dropped", "tbprof_buffer_pool_exhausted"):
+        if st.get(k):
+            errs.append("%s %s" % (k, st[k]))
+    result("jax_steps", not errs, "; ".join(errs) or "steps %d..%d from %s, kernels per step %s" % (
+        first, last, st.get("tbprof_step_source"), sorted(set(per.values()))))
+
+
 def xprof_tools(xplane):
     """xprof (TensorBoard's profile plugin) converts our XSpace into its tools."""
     conv = None
@@ -590,6 +615,8 @@ if __name__ == "__main__":
         jax_load(sys.argv[2])
     elif cmd == "jax_capture":
         jax_capture(sys.argv[2])
+    elif cmd == "jax_steps":
+        jax_steps(sys.argv[2], sys.argv[3])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
     elif cmd == "coexist":
@@ -599,4 +626,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|jax_steps|capture|coexist|gpu_flame|after_capture ...")

@@ -1,15 +1,21 @@
 """jax_loop.py - a small JAX training loop for the GPU checks.
 
-  python3 jax_loop.py --stop-file FILE [--seconds S] [--size N]
+  python3 jax_loop.py [--stop-file FILE] [--seconds S] [--steps N] [--annotate]
+                      [--sync-every K] [--size N]
 
 No tbprof code. Compiles a jitted training step, prints "ready <pid>
-<backend>" and then runs steps until FILE exists (or S seconds pass, default
-60), blocking on the result every 10 steps as a training loop that logs its
-loss does; prints "done <steps>". run.sh captures it with `tbprof trigger
-PID --duration S` in between: a job with many threads that launches through
-the driver API (cuLaunchKernel) and, where XLA turns them on, CUDA graphs.
+<backend>" and then runs steps until FILE exists, S seconds pass (default
+60) or N steps ran, blocking on the result every K steps (default 10) as a
+training loop that logs its loss does; prints "done <steps>".
+--annotate wraps each step in jax.profiler.StepTraceAnnotation("train",
+step_num=<step>), as JAX loops mark their steps for xprof (under `tbprof
+run` those are tbprof's steps). run.sh captures it with `tbprof trigger PID
+--duration S` (3c) and with `tbprof run --steps A,B` (3d): a job with many
+threads that launches through the driver API (cuLaunchKernel) and, where
+XLA turns them on, CUDA graphs.
 """
 import argparse
+import contextlib
 import os
 import time
 
@@ -31,11 +37,14 @@ def train_step(w, x, y):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stop-file", required=True)
+    ap.add_argument("--stop-file", default="")
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--annotate", action="store_true")
+    ap.add_argument("--sync-every", type=int, default=10)
     ap.add_argument("--size", type=int, default=4096)
     a = ap.parse_args()
-    # about 0.4 TFLOP a step, a millisecond or two on an H100/H200: the 2 s
+    # about 0.4 TFLOP a step, a millisecond or two on an H100/H200: a 2 s
     # window holds a few thousand steps, which the default TBPROF_BUFFER_MB
     # holds whole (a loop of tiny steps would launch far more than that)
     n = a.size
@@ -47,11 +56,14 @@ def main():
     loss.block_until_ready()
     print("ready %d %s" % (os.getpid(), jax.default_backend()), flush=True)
     steps, end = 0, time.time() + a.seconds
-    while not os.path.exists(a.stop_file) and time.time() < end:
-        w, loss = train_step(w, x, y)
-        steps += 1
-        if steps % 10 == 0:
-            loss.block_until_ready()
+    while not (a.stop_file and os.path.exists(a.stop_file)) and time.time() < end and \
+            (not a.steps or steps < a.steps):
+        ann = jax.profiler.StepTraceAnnotation("train", step_num=steps) if a.annotate else contextlib.nullcontext()
+        with ann:
+            w, loss = train_step(w, x, y)
+            steps += 1
+            if steps % a.sync_every == 0:
+                loss.block_until_ready()
     loss.block_until_ready()
     print("done %d loss %.4f" % (steps, float(loss)), flush=True)
 

@@ -21,6 +21,9 @@
 #  3c. a JAX training loop captured mid-run with `tbprof trigger PID`:
 #      kernels, each with its launching call, nothing lost; how many
 #      threads made CUDA calls (INFO in the detail)
+#  3d. the same loop with its steps in jax.profiler.StepTraceAnnotations,
+#      under `tbprof run --steps 20,29` (no code change): those steps, each
+#      with kernels
 #   4. step time: no agent / agent idle / capturing / torch.profiler;
 #      4a. idle again after a capture: within 2% of no agent, the capture
 #          having detached CUPTI (cuptiFinalize); the same with
@@ -200,6 +203,18 @@ if in_budget jax_capture; then
     elif [ -n "$x3" ]; then check jax_capture $py "$here/check.py" jax_capture "$x3"
     else row jax_capture FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -2 "$work/jax_trigger.out" | tr '\n' ' '))"; fi
   fi
+fi
+
+# 3d. JAX steps with no code change: `tbprof run --steps 20,29` on a loop
+#     whose steps are jax.profiler.StepTraceAnnotations (a sync every step)
+if in_budget jax_steps; then
+  job "$tbprof" run --steps 20,29 --logdir "$work/jax_steps" -- env TBPROF_CPU=off $py "$here/jax_loop.py" \
+    --annotate --steps 40 --sync-every 1 >"$work/jax_steps.out" 2>"$work/jax_steps.err"; rc=$?
+  x3d=$(find "$work/jax_steps" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || ! grep -q '^done ' "$work/jax_steps.out"; then
+    row jax_steps FAIL "the JAX job exited $rc before its end: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"
+  elif [ -n "$x3d" ]; then check jax_steps $py "$here/check.py" jax_steps "$x3d" 20,29
+  else row jax_steps FAIL "no xplane.pb: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"; fi
 fi
 
 # 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
