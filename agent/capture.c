@@ -826,6 +826,7 @@ const char *tb_step_source_name(int src)
         [TB_STEP_CUDA_PROFILER] = "cudaProfilerStart/Stop",
         [TB_STEP_NVTX] = "NVTX ranges (TBPROF_NVTX_STEP)",
         [TB_STEP_JAX] = "jax.profiler.StepTraceAnnotation",
+        [TB_STEP_TF] = "tf.profiler.experimental.Trace",
     };
     return src > 0 && src < TB_STEP_NSOURCES ? n[src] : "?";
 }

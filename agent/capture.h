@@ -55,6 +55,7 @@ enum {
     TB_STEP_CUDA_PROFILER, /* cudaProfilerStart/Stop, cuProfilerStart/Stop */
     TB_STEP_NVTX,          /* NVTX ranges matching TBPROF_NVTX_STEP */
     TB_STEP_JAX,           /* jax.profiler.StepTraceAnnotation (tbprof_step_from("jax")) */
+    TB_STEP_TF,            /* tf.profiler.experimental.Trace steps (tbprof_step_from("tensorflow")) */
     TB_STEP_NSOURCES
 };
 const char *tb_step_source_name(int src);

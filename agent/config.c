@@ -97,6 +97,10 @@ static const var vars[] = {
      "Python: count jax.profiler.StepTraceAnnotation steps (their step_num) as tbprof steps (set by "
      "`tbprof run`)",
      "hook off", "off", F(jax_hook), 0, 0},
+    {"TBPROF_TF_HOOK", T_BOOL, "off", "on | off",
+     "Python: count step-marking tf.profiler.experimental.Trace annotations (a step_num, or _r=1 as "
+     "Keras' fit loop passes) as tbprof steps (set by `tbprof run`)",
+     "hook off", "off", F(tf_hook), 0, 0},
     {"TBPROF_CUPTI_PATH", T_STR, "", "path to libcupti.so",
      "libcupti to load when none is loaded yet (default: search CUDA and pip folders)",
      "searching", "", F(cupti_path), 0, 0},

@@ -98,7 +98,7 @@ static int step_source(const char *source)
     static const struct {
         const char *name;
         int src;
-    } s[] = {{"pytorch", TB_STEP_PYTORCH}, {"jax", TB_STEP_JAX}, {"api", TB_STEP_API}};
+    } s[] = {{"pytorch", TB_STEP_PYTORCH}, {"jax", TB_STEP_JAX}, {"tensorflow", TB_STEP_TF}, {"api", TB_STEP_API}};
     for (size_t i = 0; source && i < sizeof(s) / sizeof(s[0]); i++)
         if (!strcmp(source, s[i].name))
             return s[i].src;

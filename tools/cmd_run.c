@@ -2,8 +2,9 @@
  * agent preloaded. Sets LD_PRELOAD (libtbprof.so from ../lib next to this
  * binary), the TBPROF_* variables the options ask for, PYTHONPATH for the
  * Python helper (whose sitecustomize installs the PyTorch optimizer-step
- * hook when TBPROF_PYTORCH_HOOK=1 and the jax.profiler.StepTraceAnnotation
- * hook when TBPROF_JAX_HOOK=1), then execvp()s the command. */
+ * hook when TBPROF_PYTORCH_HOOK=1, and the jax.profiler.StepTraceAnnotation
+ * and tf.profiler.experimental.Trace step hooks when TBPROF_JAX_HOOK=1 and
+ * TBPROF_TF_HOOK=1), then execvp()s the command. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -28,8 +29,8 @@ static void usage(FILE *f)
             "  --cpu-hz N         CPU sampling rate (TBPROF_CPU_HZ)\n"
             "  --signal SIG       opt-in signal trigger, e.g. USR2 (TBPROF_SIGNAL)\n"
             "  --no-trace-json    no Chrome trace JSON (TBPROF_TRACE_JSON=off)\n"
-            "  --no-hook          no step hooks: PyTorch optimizer steps, jax.profiler.StepTraceAnnotation\n"
-            "                     (TBPROF_PYTORCH_HOOK=off TBPROF_JAX_HOOK=off)\n"
+            "  --no-hook          no step hooks: PyTorch optimizer steps, jax.profiler.StepTraceAnnotation,\n"
+            "                     tf.profiler.experimental.Trace (TBPROF_PYTORCH_HOOK, _JAX_HOOK, _TF_HOOK=off)\n"
             "  --log LEVEL        error | warn | info | debug (TBPROF_LOG)\n"
             "  --env NAME=VALUE   any other TBPROF_* variable (see `tbprof help env`)\n");
 }
@@ -85,6 +86,8 @@ int cmd_run(int argc, char **argv)
         {"--signal", "TBPROF_SIGNAL", NULL},   {"--no-trace-json", "TBPROF_TRACE_JSON", "off"},
         {"--no-hook", NULL, NULL},             {"--log", "TBPROF_LOG", NULL},
     };
+    /* the Python helper's step hooks (tools/python/sitecustomize.py) */
+    static const char *const hooks[] = {"TBPROF_PYTORCH_HOOK", "TBPROF_JAX_HOOK", "TBPROF_TF_HOOK"};
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -117,9 +120,9 @@ int cmd_run(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        if (!opts[k].var) { /* --no-hook: neither framework hook */
-            setenv("TBPROF_PYTORCH_HOOK", "off", 1);
-            setenv("TBPROF_JAX_HOOK", "off", 1);
+        if (!opts[k].var) { /* --no-hook: no framework hook */
+            for (size_t h = 0; h < sizeof(hooks) / sizeof(hooks[0]); h++)
+                setenv(hooks[h], "off", 1);
             continue;
         }
         const char *v = opts[k].value;
@@ -161,8 +164,8 @@ int cmd_run(int argc, char **argv)
     char py[PATH_MAX];
     if (realpath(path, py))
         add_path("PYTHONPATH", py, 1);
-    setenv("TBPROF_PYTORCH_HOOK", "on", 0); /* unless set (--no-hook, or the caller's) */
-    setenv("TBPROF_JAX_HOOK", "on", 0);
+    for (size_t h = 0; h < sizeof(hooks) / sizeof(hooks[0]); h++)
+        setenv(hooks[h], "on", 0); /* unless set (--no-hook, or the caller's) */
     execvp(argv[i], argv + i);
     fprintf(stderr, "tbprof run: %s: %s\n", argv[i], strerror(errno));
     return errno == ENOENT ? 127 : 126;

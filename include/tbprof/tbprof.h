@@ -29,10 +29,11 @@ TBPROF_API int64_t tbprof_step(void);
 TBPROF_API int64_t tbprof_step_num(int64_t step);
 /* tbprof_step() on behalf of a named step source: "pytorch" (the optimizer
  * hook the Python helper installs), "jax" (its jax.profiler.
- * StepTraceAnnotation hook) or "api". -EINVAL for other names.
+ * StepTraceAnnotation hook), "tensorflow" (its tf.profiler.experimental.Trace
+ * hook) or "api". -EINVAL for other names.
  *
  * Steps are counted from one source per process, the first to mark a
- * boundary: this API, the PyTorch or JAX hook, cudaProfilerStart/Stop or
+ * boundary: this API, a framework hook, cudaProfilerStart/Stop or
  * NVTX ranges (TBPROF_CUDA_STEPS, TBPROF_NVTX_STEP). Boundaries from the
  * others return -EBUSY and are counted in the profile (tbprof_steps_ignored),
  * so a step marked by two sources is counted once. */

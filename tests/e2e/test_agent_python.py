@@ -60,6 +60,28 @@ FAKE_JAX = {
         """),
 }
 
+# tf.profiler.experimental.Trace as TensorFlow defines it (a Python class in
+# tensorflow/python/profiler/trace.py, made a step by step_num or _r=1), and
+# a Keras-like fit loop that wraps each step in one
+FAKE_TF = {
+    "tensorflow/__init__.py": "from .python.profiler import trace as _trace\n"
+                              "class _Exp:\n    Trace = _trace.Trace\n"
+                              "class profiler:\n    experimental = _Exp\n",
+    "tensorflow/python/__init__.py": "",
+    "tensorflow/python/profiler/__init__.py": "",
+    "tensorflow/python/profiler/trace.py": textwrap.dedent("""\
+        class Trace(object):
+            def __init__(self, name, **kwargs):
+                self.name, self.kwargs = name, kwargs
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+        """),
+}
+
 
 def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
@@ -264,10 +286,11 @@ class Python(tbtest.TestCase):
         # --no-hook: neither the optimizer's nor JAX's annotations count
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = self.fake_torch(dict(FAKE_TORCH, **FAKE_JAX))
-        s = self.script("t.py", "import torch, jax\no = torch.optim.SGD()\nfor i in range(10):\n"
+        fake = self.fake_torch(dict(FAKE_TORCH, **FAKE_JAX, **FAKE_TF))
+        s = self.script("t.py", "import torch, jax, tensorflow as tf\no = torch.optim.SGD()\nfor i in range(10):\n"
                                 "    with jax.profiler.StepTraceAnnotation('train', step_num=i):\n"
-                                "        o.step()\n")
+                                "        with tf.profiler.experimental.Trace('train', step_num=i, _r=1):\n"
+                                "            o.step()\n")
         e = tbtest.env(python=True)
         e["PYTHONPATH"] = fake
         p = tbtest.run([tbtest.CLI, "run", "--no-hook", "--steps", "2,3", "--logdir", self.logdir, "--no-gpu",
@@ -304,6 +327,41 @@ class Python(tbtest.TestCase):
         # each step holds one iteration's work (some 0.5 ms here)
         for n, ev, _ in prof.steps():
             self.assertGreater(ev.dur_ns, 100000, n)
+
+    def test_keras_fit_steps_no_code_change_via_tbprof_run(self):
+        # Keras' fit loop wraps each step in Trace("train", epoch_num=...,
+        # step_num=..., _r=1); other Traces (no step_num, no _r) are not steps
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        s = self.script("fit.py", WORK + textwrap.dedent("""\
+            import time
+            import tensorflow as tf
+            began = []
+            for step in range(10):
+                began.append(time.time_ns())
+                with tf.profiler.experimental.Trace("train", epoch_num=0, step_num=step, batch_size=None, _r=1):
+                    work()
+                    with tf.profiler.experimental.Trace("call", function_name="f"):
+                        work()
+            print("began", began)
+            """))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = self.fake_torch(FAKE_TF)
+        p = tbtest.run([tbtest.CLI, "run", "--steps", "4,6", "--logdir", self.logdir, "--no-gpu", "--no-cpu",
+                        "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        prof = tbtest.load(files[0])
+        self.assertEqual([n for n, _, _ in prof.steps()], [4, 5, 6])
+        self.assertEqual(prof.host.stats.get("tbprof_step_source"), "tf.profiler.experimental.Trace")
+        self.assertNotIn("tbprof_steps_ignored", prof.host.stats)
+        # each step begins with its own step's Trace, not at the inner call
+        # (half an iteration, some 0.5 ms, later)
+        began = eval(p.stdout.split("began ", 1)[1].splitlines()[0])
+        for n, ev, _ in prof.steps():
+            half = (began[n + 1] - began[n]) // 2
+            self.assertLess(abs(ev.start_ns - began[n]), half // 2, (n, ev.start_ns - began[n], half))
 
     def test_jax_step_annotations_without_numbers_are_counted(self):
         # StepTraceAnnotation("train") with no step_num (imported before

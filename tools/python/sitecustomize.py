@@ -5,7 +5,9 @@
    soon as torch is imported (a sys.meta_path finder that only looks at the
    name "torch"), so steps are counted with no change to the script. With
    TBPROF_JAX_HOOK=1/on, the same for jax.profiler.StepTraceAnnotation once
-   jax.profiler is imported.
+   jax.profiler is imported; with TBPROF_TF_HOOK=1/on, for the step-marking
+   tf.profiler.experimental.Trace annotations (Keras' fit loop makes one a
+   step).
 3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
    Python frames show up in native stacks (/tmp/perf-<pid>.map).
 Never raises: a problem here prints one line and the program runs on.
@@ -89,6 +91,8 @@ def _setup():
         _hook("torch", "install_torch_hook")
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():
         _hook("jax.profiler", "install_jax_hook")
+    if _on("TBPROF_TF_HOOK") and _agent_loaded():
+        _hook("tensorflow.python.profiler.trace", "install_tf_hook")
     if (_agent_loaded() and _on("TBPROF_CPU", "on") and sys.version_info >= (3, 12)
             and hasattr(sys, "activate_stack_trampoline")):
         try:

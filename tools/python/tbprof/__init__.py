@@ -14,9 +14,11 @@ warns once and its functions do nothing.
     tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
     tbprof.install_torch_hook()  # count torch optimizer steps as steps
     tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
+    tbprof.install_tf_hook()     # count tf.profiler.experimental.Trace steps (Keras fit)
 
-`tbprof run` (or TBPROF_PYTORCH_HOOK=1 / TBPROF_JAX_HOOK=1 with tools/python on
-PYTHONPATH) installs the hooks with no code change (see sitecustomize.py).
+`tbprof run` (or TBPROF_PYTORCH_HOOK=1 / TBPROF_JAX_HOOK=1 / TBPROF_TF_HOOK=1
+with tools/python on PYTHONPATH) installs the hooks with no code change (see
+sitecustomize.py).
 """
 
 import ctypes
@@ -24,7 +26,7 @@ import os
 import sys
 
 __all__ = ["step", "step_num", "start", "stop", "capturing", "last_profile", "install_torch_hook",
-           "install_jax_hook", "available"]
+           "install_jax_hook", "install_tf_hook", "available"]
 
 _lib = None
 _tried = False
@@ -151,8 +153,8 @@ def install_torch_hook():
     return True
 
 
-def _jax_step(kwargs):
-    """A step boundary for a jax.profiler.StepTraceAnnotation being made:
+def _annotation_step(source, kwargs):
+    """A step boundary from `source` for a trace annotation being made:
     numbered by its step_num when it has one."""
     lib = _load()
     if lib is None:
@@ -163,36 +165,54 @@ def _jax_step(kwargs):
     except (TypeError, ValueError):
         num = None
     if num is None:
-        lib.tbprof_step_from(b"jax")
+        lib.tbprof_step_from(source)
     else:
-        lib.tbprof_step_num_from(b"jax", num)
+        lib.tbprof_step_num_from(source, num)
 
 
-def install_jax_hook():
-    """Count every jax.profiler.StepTraceAnnotation (the annotation JAX
-    training loops use to mark steps for xprof) as a tbprof step, numbered
-    by its step_num. Idempotent; returns True when installed."""
+def _hook_annotation(module, name, source, is_step):
+    """Make each `module`.`name`(label, **kwargs) for which is_step(kwargs)
+    holds a step boundary of `source` (the annotation is made as its step
+    begins: `with ...:`). Idempotent; True when installed."""
+    what = "%s.%s" % (module, name)
     try:
-        # by its sys.modules entry: the hook runs as jax.profiler finishes
-        # loading, maybe inside `import jax`, before jax.profiler is bound
+        # by its sys.modules entry: the hook runs as the module finishes
+        # loading, maybe inside the framework's own import, before its
+        # parent package has it as an attribute
         import importlib
-        mod = sys.modules.get("jax.profiler") or importlib.import_module("jax.profiler")
-        cls = mod.StepTraceAnnotation
-    except Exception as e:  # no jax, or one without the annotation
-        sys.stderr.write("tbprof: no jax.profiler.StepTraceAnnotation (%s); JAX steps are not counted\n" % e)
+        mod = sys.modules.get(module) or importlib.import_module(module)
+        cls = getattr(mod, name)
+    except Exception as e:  # no such framework, or one without the annotation
+        sys.stderr.write("tbprof: no %s (%s); its steps are not counted\n" % (what, e))
         return False
     if getattr(cls, "_tbprof_hooked", False):
         return True
     init = cls.__init__
 
     def __init__(self, *args, **kwargs):
-        _jax_step(kwargs)  # the annotation is made as its step begins (`with ...:`)
+        if is_step(kwargs):
+            _annotation_step(source, kwargs)
         init(self, *args, **kwargs)
 
     try:
         cls.__init__ = __init__
         cls._tbprof_hooked = True
     except Exception as e:  # a class that cannot be patched
-        sys.stderr.write("tbprof: jax.profiler.StepTraceAnnotation not hooked (%r); JAX steps are not counted\n" % e)
+        sys.stderr.write("tbprof: %s not hooked (%r); its steps are not counted\n" % (what, e))
         return False
     return True
+
+
+def install_jax_hook():
+    """Count every jax.profiler.StepTraceAnnotation (the annotation JAX
+    training loops use to mark steps for xprof) as a tbprof step, numbered
+    by its step_num. Idempotent; returns True when installed."""
+    return _hook_annotation("jax.profiler", "StepTraceAnnotation", b"jax", lambda kw: True)
+
+
+def install_tf_hook():
+    """Count every tf.profiler.experimental.Trace that marks a step (a
+    step_num, or _r=1 as Keras' fit loop passes) as a tbprof step, numbered
+    by its step_num. Idempotent; returns True when installed."""
+    return _hook_annotation("tensorflow.python.profiler.trace", "Trace", b"tensorflow",
+                            lambda kw: "step_num" in kw or bool(kw.get("_r")))
