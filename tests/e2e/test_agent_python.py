@@ -193,7 +193,7 @@ class Python(tbtest.TestCase):
     def test_optimizer_hook_no_code_change_via_tbprof_run(self):
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = self.fake_torch()
+        fake = self.fake_packages()
         # a user sitecustomize further down the path must still run
         user = os.path.join(self.tmp, "user")
         os.makedirs(user)
@@ -219,7 +219,7 @@ class Python(tbtest.TestCase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4, 5, 6])
 
-    def fake_torch(self, files=FAKE_TORCH):
+    def fake_packages(self, files=FAKE_TORCH):
         fake = os.path.join(self.tmp, "fake")
         for rel, text in files.items():
             os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
@@ -227,10 +227,12 @@ class Python(tbtest.TestCase):
                 f.write(text)
         return fake
 
-    def run_hooked(self, body, steps):
+    def run_hooked(self, body, steps, files=FAKE_TORCH):
+        """`tbprof run --steps` of a script, with stand-ins for the
+        frameworks in `files`; the process and the one profile."""
         s = self.script("train.py", WORK + textwrap.dedent(body))
         e = tbtest.env(python=True)
-        e["PYTHONPATH"] = self.fake_torch()
+        e["PYTHONPATH"] = self.fake_packages(files)
         p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu",
                         "--", tbtest.PYTHON, s], env=e)
         self.assertExitedOk(p)
@@ -286,7 +288,7 @@ class Python(tbtest.TestCase):
         # --no-hook: neither the optimizer's nor JAX's annotations count
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        fake = self.fake_torch(dict(FAKE_TORCH, **FAKE_JAX, **FAKE_TF))
+        fake = self.fake_packages(dict(FAKE_TORCH, **FAKE_JAX, **FAKE_TF))
         s = self.script("t.py", "import torch, jax, tensorflow as tf\no = torch.optim.SGD()\nfor i in range(10):\n"
                                 "    with jax.profiler.StepTraceAnnotation('train', step_num=i):\n"
                                 "        with tf.profiler.experimental.Trace('train', step_num=i, _r=1):\n"
@@ -298,29 +300,18 @@ class Python(tbtest.TestCase):
         self.assertExitedOk(p)
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
-    def run_jax(self, body, steps):
-        s = self.script("train.py", WORK + textwrap.dedent(body))
-        e = tbtest.env(python=True)
-        e["PYTHONPATH"] = self.fake_torch(FAKE_JAX)
-        p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu",
-                        "--", tbtest.PYTHON, s], env=e)
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        return p, tbtest.load(files[0])
-
     def test_jax_step_annotations_no_code_change_via_tbprof_run(self):
         # a JAX loop marks its steps for xprof with StepTraceAnnotation and
         # a global step number: `tbprof run --steps` captures those steps
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        p, prof = self.run_jax("""\
+        p, prof = self.run_hooked("""\
             import jax
             for i in range(12):
                 with jax.profiler.StepTraceAnnotation("train", step_num=100 + i) as a:
                     work()
             print("kwargs", a.kwargs)
-            """, "103,105")
+            """, "103,105", FAKE_JAX)
         self.assertIn("kwargs {'_r': 1, 'step_num': 111}", p.stdout)  # the annotation works as before
         self.assertEqual([n for n, _, _ in prof.steps()], [103, 104, 105])
         self.assertEqual(prof.host.stats.get("tbprof_step_source"), "jax.profiler.StepTraceAnnotation")
@@ -333,7 +324,7 @@ class Python(tbtest.TestCase):
         # step_num=..., _r=1); other Traces (no step_num, no _r) are not steps
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        s = self.script("fit.py", WORK + textwrap.dedent("""\
+        p, prof = self.run_hooked("""\
             import time
             import tensorflow as tf
             began = []
@@ -344,15 +335,7 @@ class Python(tbtest.TestCase):
                     with tf.profiler.experimental.Trace("call", function_name="f"):
                         work()
             print("began", began)
-            """))
-        e = tbtest.env(python=True)
-        e["PYTHONPATH"] = self.fake_torch(FAKE_TF)
-        p = tbtest.run([tbtest.CLI, "run", "--steps", "4,6", "--logdir", self.logdir, "--no-gpu", "--no-cpu",
-                        "--", tbtest.PYTHON, s], env=e)
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        prof = tbtest.load(files[0])
+            """, "4,6", FAKE_TF)
         self.assertEqual([n for n, _, _ in prof.steps()], [4, 5, 6])
         self.assertEqual(prof.host.stats.get("tbprof_step_source"), "tf.profiler.experimental.Trace")
         self.assertNotIn("tbprof_steps_ignored", prof.host.stats)
@@ -368,14 +351,14 @@ class Python(tbtest.TestCase):
         # jax.profiler is: the hook still takes): steps count from 0
         if not os.path.exists(tbtest.CLI):
             self.skipTest("tbprof CLI not built")
-        p, prof = self.run_jax("""\
+        p, prof = self.run_hooked("""\
             from jax.profiler import StepTraceAnnotation
             for i in range(8):
                 with StepTraceAnnotation("train"):
                     work()
             import tbprof
             print("unknown source", tbprof._load().tbprof_step_num_from(b"keras", 3))
-            """, "2,4")
+            """, "2,4", FAKE_JAX)
         self.assertEqual([n for n, _, _ in prof.steps()], [2, 3, 4])
         self.assertIn("unknown source -22", p.stdout)  # -EINVAL
 
