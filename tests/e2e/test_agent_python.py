@@ -36,12 +36,12 @@ FAKE_TORCH = {
         """),
 }
 
-# jax.profiler as JAX defines it: TraceMe is C++ in JAX (a no-op unless its
-# own profiler runs); StepTraceAnnotation passes its kwargs (step_num) on
-FAKE_JAX = {
-    "jax/__init__.py": "from . import profiler\n",
-    "jax/profiler.py": textwrap.dedent("""\
-        class TraceMe:
+
+def annotation(cls):
+    """A stand-in for a framework's trace annotation: a context manager made
+    with (name, **kwargs), which it keeps."""
+    return textwrap.dedent("""\
+        class %s:
             def __init__(self, name, **kwargs):
                 self.name, self.kwargs = name, kwargs
 
@@ -50,6 +50,14 @@ FAKE_JAX = {
 
             def __exit__(self, *exc):
                 return False
+        """ % cls)
+
+
+# jax.profiler as JAX defines it: TraceMe is C++ in JAX (a no-op unless its
+# own profiler runs); StepTraceAnnotation passes its kwargs (step_num) on
+FAKE_JAX = {
+    "jax/__init__.py": "from . import profiler\n",
+    "jax/profiler.py": annotation("TraceMe") + textwrap.dedent("""\
 
         class TraceAnnotation(TraceMe):
             pass
@@ -60,26 +68,15 @@ FAKE_JAX = {
         """),
 }
 
-# tf.profiler.experimental.Trace as TensorFlow defines it (a Python class in
-# tensorflow/python/profiler/trace.py, made a step by step_num or _r=1), and
-# a Keras-like fit loop that wraps each step in one
+# tf.profiler.experimental.Trace as TensorFlow defines it: a Python class in
+# tensorflow/python/profiler/trace.py (a step when it has step_num or _r=1)
 FAKE_TF = {
     "tensorflow/__init__.py": "from .python.profiler import trace as _trace\n"
                               "class _Exp:\n    Trace = _trace.Trace\n"
                               "class profiler:\n    experimental = _Exp\n",
     "tensorflow/python/__init__.py": "",
     "tensorflow/python/profiler/__init__.py": "",
-    "tensorflow/python/profiler/trace.py": textwrap.dedent("""\
-        class Trace(object):
-            def __init__(self, name, **kwargs):
-                self.name, self.kwargs = name, kwargs
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-        """),
+    "tensorflow/python/profiler/trace.py": annotation("Trace"),
 }
 
 
