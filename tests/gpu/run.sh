@@ -191,7 +191,7 @@ if in_budget jax_capture; then
   if [ -z "$jpid" ]; then
     touch "$stop"; wait "$jbg"
     row jax_capture FAIL "the JAX job did not get ready: $(tail -2 "$work/jax.err" | tr '\n' ' ')"
-  elif [ "$jback" != gpu ]; then
+  elif [ "$jback" != gpu ] && [ "$jback" != cuda ]; then
     touch "$stop"; wait "$jbg"
     row jax_capture SKIP "jax runs on $jback here, not on the GPU"
   else
