@@ -655,7 +655,9 @@ static void calibrate(void)
  * space. Per capture, after the RUNTIME and DRIVER kinds are enabled (which
  * reset this); the callback ids are found by name (some 1300 lookups, on
  * the agent thread). A libcupti without cuptiActivityEnableRuntimeApi/
- * DriverApi (older CUDA 12 releases) records them; translation drops them. */
+ * DriverApi (older CUDA 12 releases) records them; translation drops them.
+ * Not undone at stop: enabling a call there would record it with the kind
+ * off, and the next client's enabling of the kind resets them anyway. */
 static void quiet_apis_off(void)
 {
     if (tb_config_get()->cuda_api_all || !g.lib->GetCallbackName)
