@@ -72,8 +72,9 @@ def _load():
     lib.tbprof_step_num.argtypes = [ctypes.c_int64]
     lib.tbprof_step_from.restype = ctypes.c_int64
     lib.tbprof_step_from.argtypes = [ctypes.c_char_p]
-    lib.tbprof_step_num_from.restype = ctypes.c_int64
-    lib.tbprof_step_num_from.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+    if hasattr(lib, "tbprof_step_num_from"):  # not in a libtbprof.so older than the helper
+        lib.tbprof_step_num_from.restype = ctypes.c_int64
+        lib.tbprof_step_num_from.argtypes = [ctypes.c_char_p, ctypes.c_int64]
     lib.tbprof_start.restype = ctypes.c_int
     lib.tbprof_start.argtypes = [ctypes.c_int64]
     lib.tbprof_stop.restype = ctypes.c_int
@@ -164,7 +165,7 @@ def _annotation_step(source, kwargs):
         num = int(num) if num is not None else None
     except (TypeError, ValueError):
         num = None
-    if num is None:
+    if num is None or not hasattr(lib, "tbprof_step_num_from"):
         lib.tbprof_step_from(source)
     else:
         lib.tbprof_step_num_from(source, num)
