@@ -25,7 +25,8 @@ void tb_cudasteps_init(const tb_config *c);
  * the boundary is ignored (another source counts steps). */
 int64_t tb_cudasteps_begin(int src, int has_num, int64_t num);
 
-/* The range that began step `step` ended. */
+/* The range that began step `step` ended (also tbprof_step_end(), for the
+ * Python helper's framework annotations). */
 void tb_cudasteps_end(int64_t step);
 
 /* cuda_hooks.c: set the TBPROF_CUDA_STEPS mode (on: the exported wrappers count). */

@@ -117,6 +117,8 @@ TBPROF_API int64_t tbprof_step_num_from(const char *source, int64_t step)
     return src ? tb_agent_step(src, 1, step) : -EINVAL;
 }
 
+TBPROF_API void tbprof_step_end(int64_t step) { tb_cudasteps_end(step); }
+
 TBPROF_API int tbprof_start(int64_t duration_ms)
 {
     ensure();

@@ -40,6 +40,11 @@ TBPROF_API int64_t tbprof_step_num(int64_t step);
 TBPROF_API int64_t tbprof_step_from(const char *source);
 /* tbprof_step_num() on behalf of a named step source (as above). */
 TBPROF_API int64_t tbprof_step_num_from(const char *source, int64_t step);
+/* Step `step` (a number a tbprof_step* call returned) ended before the next
+ * one begins, as a step's trace annotation or range closes: when it is the
+ * last step of a TBPROF_STEPS window being captured, the capture stops now
+ * rather than at the next boundary. Negative numbers are ignored. */
+TBPROF_API void tbprof_step_end(int64_t step);
 /* Start a capture now, for `duration_ms` (0: until tbprof_stop()).
  * Returns once the sources are on, so the capture covers what the caller does
  * next: that can take up to about 1 s when a previous capture is still being

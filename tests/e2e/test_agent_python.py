@@ -343,6 +343,23 @@ class Python(tbtest.TestCase):
             half = (began[n + 1] - began[n]) // 2
             self.assertLess(abs(ev.start_ns - began[n]), half // 2, (n, ev.start_ns - began[n], half))
 
+    def test_annotation_exit_ends_the_windows_last_step(self):
+        # work outside the annotation (eval, logging) is not a step's: the
+        # window's last step ends, and the capture with it, where its
+        # annotation exits; earlier steps run to the next one's start
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_hooked("""\
+            import jax
+            for i in range(10):
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    work()
+                work(); work(); work()
+            """, "3,5", FAKE_JAX)
+        steps = {n: ev for n, ev, _ in prof.steps()}
+        self.assertEqual(sorted(steps), [3, 4, 5])
+        self.assertLess(steps[5].dur_ns, steps[4].dur_ns // 2, (steps[4].dur_ns, steps[5].dur_ns))
+
     def test_jax_step_annotations_without_numbers_are_counted(self):
         # StepTraceAnnotation("train") with no step_num (imported before
         # jax.profiler is: the hook still takes): steps count from 0

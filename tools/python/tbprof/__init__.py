@@ -75,6 +75,8 @@ def _load():
     if hasattr(lib, "tbprof_step_num_from"):  # not in a libtbprof.so older than the helper
         lib.tbprof_step_num_from.restype = ctypes.c_int64
         lib.tbprof_step_num_from.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+        lib.tbprof_step_end.restype = None
+        lib.tbprof_step_end.argtypes = [ctypes.c_int64]
     lib.tbprof_start.restype = ctypes.c_int
     lib.tbprof_start.argtypes = [ctypes.c_int64]
     lib.tbprof_stop.restype = ctypes.c_int
@@ -156,25 +158,26 @@ def install_torch_hook():
 
 def _annotation_step(source, kwargs):
     """A step boundary from `source` for a trace annotation being made:
-    numbered by its step_num when it has one."""
+    numbered by its step_num when it has one. The step's number, or a
+    negative number when it was not counted."""
     lib = _load()
     if lib is None:
-        return
+        return -1
     num = kwargs.get("step_num")
     try:
         num = int(num) if num is not None else None
     except (TypeError, ValueError):
         num = None
     if num is None or not hasattr(lib, "tbprof_step_num_from"):
-        lib.tbprof_step_from(source)
-    else:
-        lib.tbprof_step_num_from(source, num)
+        return lib.tbprof_step_from(source)
+    return lib.tbprof_step_num_from(source, num)
 
 
 def _hook_annotation(module, name, source, is_step):
     """Make each `module`.`name`(label, **kwargs) for which is_step(kwargs)
     holds a step boundary of `source` (the annotation is made as its step
-    begins: `with ...:`). Idempotent; True when installed."""
+    begins: `with ...:`), and its exit that step's end (a window's last step
+    ends the capture there). Idempotent; True when installed."""
     what = "%s.%s" % (module, name)
     try:
         # by its sys.modules entry: the hook runs as the module finishes
@@ -188,15 +191,27 @@ def _hook_annotation(module, name, source, is_step):
         return False
     if getattr(cls, "_tbprof_hooked", False):
         return True
-    init = cls.__init__
+    init, exit_ = cls.__init__, cls.__exit__
 
     def __init__(self, *args, **kwargs):
-        if is_step(kwargs):
-            _annotation_step(source, kwargs)
+        n = _annotation_step(source, kwargs) if is_step(kwargs) else -1
         init(self, *args, **kwargs)
+        if n >= 0:
+            try:
+                self._tbprof_step = n
+            except Exception:  # an instance without a __dict__: no end mark
+                pass
+
+    def __exit__(self, *exc):
+        r = exit_(self, *exc)
+        n = getattr(self, "_tbprof_step", -1)
+        if n >= 0 and _lib is not None and hasattr(_lib, "tbprof_step_end"):
+            _lib.tbprof_step_end(n)
+        return r
 
     try:
         cls.__init__ = __init__
+        cls.__exit__ = __exit__
         cls._tbprof_hooked = True
     except Exception as e:  # a class that cannot be patched
         sys.stderr.write("tbprof: %s not hooked (%r); its steps are not counted\n" % (what, e))
