@@ -428,9 +428,18 @@ def torch_cmp(xplane, trace):
     rel = abs(t_ours - t_ref) / t_ref if t_ref else 1.0
     if rel > 0.05:
         errs.append("total GPU time %.3f ms vs %.3f ms (%.1f%%)" % (t_ours / 1e6, t_ref / 1e6, rel * 100))
+    # CUDA runtime calls on each side (reported, not judged): tbprof leaves
+    # out constant queries (tbprof_cuda_api_left_out), Kineto six of them
+    calls = collections.Counter(e[0] for e in events(xs, "/host:CPU") if "correlation_id" in e[2]
+                                and e[0].startswith("cuda"))
+    ref_calls = collections.Counter(e["name"] for e in tr.get("traceEvents", [])
+                                    if e.get("cat") == "cuda_runtime" and e.get("ph") == "X")
+    only_ref = sorted(set(ref_calls) - set(calls))
     result("torch_vs_torch_profiler", not errs,
-           "; ".join(errs[:6]) or "%d kernel names, %d launches, GPU time %.3f vs %.3f ms" % (
-               len(ours), sum(v[0] for v in ours.values()), t_ours / 1e6, t_ref / 1e6))
+           "; ".join(errs[:6]) or "%d kernel names, %d launches, GPU time %.3f vs %.3f ms; runtime calls %d vs %d%s" % (
+               len(ours), sum(v[0] for v in ours.values()), t_ours / 1e6, t_ref / 1e6,
+               sum(calls.values()), sum(ref_calls.values()),
+               " (only torch.profiler's: %s)" % ", ".join(only_ref[:6]) if only_ref else ""))
 
 
 def torch_nvtx(xplane):
