@@ -22,6 +22,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "log.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -128,6 +131,15 @@ static inline uint64_t tb_space_dropped(const tb_space *s) { return s->dropped; 
 
 int tb_space_add_hostname(tb_space *s, const char *h);
 int tb_space_add_warning(tb_space *s, const char *w);
+/* A warning about this capture (printf-style, up to 511 bytes): into the
+ * profile every time, on stderr once per process for each call site. */
+#define tb_space_warn(s, ...)                                              \
+    do {                                                                   \
+        char tb_w_[512];                                                   \
+        snprintf(tb_w_, sizeof(tb_w_), __VA_ARGS__);                       \
+        tb_space_add_warning((s), tb_w_);                                  \
+        tb_warn_once("%s", tb_w_);                                         \
+    } while (0)
 int tb_space_add_error(tb_space *s, const char *e);
 
 /* Find the plane named `name`, or create it (ids 1, 2, ... in creation order).

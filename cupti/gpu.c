@@ -993,44 +993,32 @@ static int gpu_collect(void *ctx, tb_space *space)
             tb_plane_stat_u64(hp, TB_ST_GRAPH_UNCORRELATED, g.last.graph_uncorrelated);
     }
     if (g.last.graph_uncorrelated) {
-        char w[400];
-        snprintf(w, sizeof(w),
-                 "%llu CUDA-graph events written without correlation ids (no flows, no NVTX ranges): "
-                 "this libcupti (CUPTI API %u) numbers graph launches wrongly once it has been detached "
-                 "and attached again (fixed in CUDA 13.1 Update 1); use a newer libcupti "
-                 "(TBPROF_CUPTI_PATH) or keep CUPTI attached (TBPROF_CUPTI_TEARDOWN=off)",
-                 (unsigned long long)g.last.graph_uncorrelated, g.last.cupti_api_version);
-        tb_space_add_warning(space, w);
-        tb_warn_once("%s", w);
+        tb_space_warn(space,
+                      "%llu CUDA-graph events written without correlation ids (no flows, no NVTX ranges): "
+                      "this libcupti (CUPTI API %u) numbers graph launches wrongly once it has been detached "
+                      "and attached again (fixed in CUDA 13.1 Update 1); use a newer libcupti "
+                      "(TBPROF_CUPTI_PATH) or keep CUPTI attached (TBPROF_CUPTI_TEARDOWN=off)",
+                      (unsigned long long)g.last.graph_uncorrelated, g.last.cupti_api_version);
     }
     if (g.last.buffers_kept) {
-        char w[400];
-        snprintf(w, sizeof(w),
-                 "CUPTI kept %llu of tbprof's %zu activity buffers after the final flush: another CUPTI "
-                 "client (torch.profiler started during the capture, say) may have taken over activity "
-                 "recording; GPU records of this capture may be missing",
-                 (unsigned long long)g.last.buffers_kept, g.last.pool_buffers);
-        tb_space_add_warning(space, w);
-        tb_warn_once("%s", w);
+        tb_space_warn(space,
+                      "CUPTI kept %llu of tbprof's %zu activity buffers after the final flush: another CUPTI "
+                      "client (torch.profiler started during the capture, say) may have taken over activity "
+                      "recording; GPU records of this capture may be missing",
+                      (unsigned long long)g.last.buffers_kept, g.last.pool_buffers);
     }
     if (g.last.incomplete) {
-        char w[300];
-        snprintf(w, sizeof(w),
-                 "%llu GPU activity records left out: their work was still running when the capture "
-                 "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
-                 (unsigned long long)g.last.incomplete, g.drain);
-        tb_space_add_warning(space, w);
-        tb_warn_once("%s", w);
+        tb_space_warn(space,
+                      "%llu GPU activity records left out: their work was still running when the capture "
+                      "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
+                      (unsigned long long)g.last.incomplete, g.drain);
     }
     if (g.last.cupti_dropped || g.last.pool_exhausted) {
-        char w[300];
-        snprintf(w, sizeof(w),
-                 "GPU activity records lost: CUPTI dropped %llu records; the buffer pool (%zu x %zu "
-                 "bytes) ran out %llu times; raise TBPROF_BUFFER_MB or capture fewer steps",
-                 (unsigned long long)g.last.cupti_dropped, g.last.pool_buffers, g.last.buffer_size,
-                 (unsigned long long)g.last.pool_exhausted);
-        tb_space_add_warning(space, w);
-        tb_warn_once("%s", w);
+        tb_space_warn(space,
+                      "GPU activity records lost: CUPTI dropped %llu records; the buffer pool (%zu x %zu "
+                      "bytes) ran out %llu times; raise TBPROF_BUFFER_MB or capture fewer steps",
+                      (unsigned long long)g.last.cupti_dropped, g.last.pool_buffers, g.last.buffer_size,
+                      (unsigned long long)g.last.pool_exhausted);
     }
     pool_free();
     return rc;

@@ -285,13 +285,10 @@ static int src_collect(void *ctx, tb_space *s)
     if (hp && (dropped || atomic_load(&R.nrec) > 0))
         tb_plane_stat_u64(hp, TB_ST_NVTX_DROPPED, dropped);
     if (dropped) {
-        char w[200];
-        snprintf(w, sizeof(w),
-                 "NVTX: %llu ranges or names dropped: the capture's share of TBPROF_BUFFER_MB for NVTX "
-                 "(%zu ranges) was full",
-                 (unsigned long long)dropped, R.cap);
-        tb_space_add_warning(s, w);
-        tb_warn_once("%s", w);
+        tb_space_warn(s,
+                      "NVTX: %llu ranges or names dropped: the capture's share of TBPROF_BUFFER_MB for NVTX "
+                      "(%zu ranges) was full",
+                      (unsigned long long)dropped, R.cap);
     }
     release();
     return rc;
