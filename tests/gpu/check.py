@@ -254,6 +254,16 @@ def memory_timeline(host, gpu_name, nbytes, count):
     return errs
 
 
+def orphan_error(dev, corr):
+    """The error for GPU events whose correlation_id no host call in corr
+    (ids) carries, or None."""
+    orphans = [e for e in dev if e[2].get("correlation_id") not in corr]
+    if not orphans:
+        return None
+    return "%d of %d GPU events have no host call with their correlation_id (e.g. %s)" % (
+        len(orphans), len(dev), orphans[0][0][:60])
+
+
 def kernel_base(name):
     """A kernel's name without its parameter list: tbprof demangles CUPTI's
     names ("_Z12scale_kernelPffi" -> "scale_kernel(float*, float, int)")."""
@@ -324,10 +334,7 @@ def cuda(xplane, expect, nsteps, nvtx_steps=None):
     # flows: each kernel, copy and memset has the host call that caused it
     corr = {e[2]["correlation_id"]: e for e in host if "correlation_id" in e[2]}
     linked = [e for e in dev if not (unlinked and kernel_base(e[0]) in graph)]
-    orphans = [e for e in linked if e[2].get("correlation_id") not in corr]
-    if orphans:
-        errs.append("%d of %d GPU events have no host call with their correlation_id (e.g. %s)" % (
-            len(orphans), len(linked), orphans[0][0]))
+    errs += filter(None, [orphan_error(linked, corr)])
     late = [e for e in dev if e[2].get("correlation_id") in corr and corr[e[2]["correlation_id"]][4] > e[4]]
     if late:
         errs.append("%d GPU events start before their host call" % len(late))
@@ -508,10 +515,8 @@ def jax_capture(xplane):
     unlinked = st.get("tbprof_cuda_graph_uncorrelated") or 0
     calls = [e for e in host if "correlation_id" in e[2]]
     corr = {e[2]["correlation_id"] for e in calls}
-    orphans = [e for e in dev if e[2].get("correlation_id") not in corr and not (unlinked and e[2].get("cuda_graph_id"))]
-    if orphans:
-        errs.append("%d of %d GPU events have no host call with their correlation_id (e.g. %s)" % (
-            len(orphans), len(dev), orphans[0][0][:60]))
+    linked = [e for e in dev if not (unlinked and e[2].get("cuda_graph_id"))]
+    errs += filter(None, [orphan_error(linked, corr)])
     mangled = sorted({e[0] for e in kern if e[0].startswith("_Z")})
     if mangled:
         errs.append("kernel names left mangled: %s" % mangled[:2])
