@@ -135,15 +135,23 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
 
 int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int64_t deadline = tb_mono_ns() + (int64_t)timeout_ms * 1000000;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
     struct sockaddr_un a;
     socklen_t len = tb_ctl_addr(pid, getuid(), &a);
-    if (connect(fd, (struct sockaddr *)&a, len) < 0) {
+    /* non-blocking: a blocking connect() waits without limit while the
+     * server's backlog is full (a stopped or hung process) */
+    while (connect(fd, (struct sockaddr *)&a, len) < 0) {
         int e = errno;
+        if ((e == EAGAIN || e == EINTR) && tb_mono_ns() < deadline) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         close(fd);
-        return -e;
+        return e == EAGAIN ? -ETIMEDOUT : -e;
     }
     if (!peer_ok(fd, pid)) {
         close(fd);
@@ -152,7 +160,7 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     char req[TB_CTL_LINE + 2];
     snprintf(req, sizeof(req), "%s\n", line);
     send_all(fd, req);
-    ssize_t k = read_line(fd, answer, n, tb_mono_ns() + (int64_t)timeout_ms * 1000000);
+    ssize_t k = read_line(fd, answer, n, deadline);
     close(fd);
     if (k <= 0)
         return -EPROTO;
