@@ -363,7 +363,7 @@ class GpuFake(tbtest.TestCase):
 
     def test_repeated_captures(self):
         # step windows arm one step early; the records are stamped when the
-        # program launches its work in step 2 (and 7): inside each window.
+        # program launches its work in step 2 (and 12): inside each window.
         # The first profile must be written before the second window's
         # steps are over: steps last longer under a sanitizer
         # With libcuda loaded (the fake one), CUPTI is detached on the agent
@@ -371,7 +371,7 @@ class GpuFake(tbtest.TestCase):
         # it: both captures whole. (Whether the job's own CUDA calls come
         # before the next capture is a race: test_detach_taken_back_...)
         ms = 30 * relutil.sanitizer_slowdown()
-        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8", shim=FAKE_LIBCUDA)
+        p = self.run_steps(["-n", "16", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
         for x in xs:
@@ -390,7 +390,7 @@ class GpuFake(tbtest.TestCase):
             with self.subTest(version=version):
                 self.logdir = os.path.join(self.tmp, "logs" + version)
                 self.report = os.path.join(self.tmp, "fake%s.log" % version)
-                p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8", shim=FAKE_LIBCUDA,
+                p = self.run_steps(["-n", "16", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA,
                                    TBFAKE_CUPTI_VERSION=version)
                 xs = tbtest.xplanes(self.logdir)
                 self.assertEqual(len(xs), 2, p.stderr)
@@ -504,7 +504,7 @@ class GpuFake(tbtest.TestCase):
         # pending when the second starts, which keeps the subscription (one
         # subscribe for both) and turns the callbacks off again
         ms = 30 * relutil.sanitizer_slowdown()
-        p = self.run_steps(["-n", "11", "-m", str(ms), "-r"], steps="2-3;7-8")
+        p = self.run_steps(["-n", "16", "-m", str(ms), "-r"], steps="2-3;12-13")
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
         for x in xs:
