@@ -41,7 +41,11 @@
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
 #define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping */
 
-enum cap_kind { CAP_ENV_STEPS = 1, CAP_STEPS, CAP_TIME };
+/* CAP_AT_STEPS: a step window asked for over the socket (`start steps=A-B`),
+ * kept like an env window; ranks given the same one capture the same steps */
+enum cap_kind { CAP_ENV_STEPS = 1, CAP_STEPS, CAP_TIME, CAP_AT_STEPS };
+
+#define RUN_NAME_MAX 64 /* a run name given over the socket */
 
 struct cap {
     int kind;
@@ -56,7 +60,12 @@ struct cap {
     int64_t cpu0;        /* agent thread CPU time at arm */
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
+    char run[RUN_NAME_MAX + 1]; /* run folder asked for over the socket ("": derived) */
 };
+
+/* A window with fixed step numbers: it arms at the step before its first,
+ * begins at its first, and waits there for the sources. */
+static int fixed_window(const struct cap *c) { return c->kind == CAP_ENV_STEPS || c->kind == CAP_AT_STEPS; }
 
 struct step_rec {
     int64_t t;
@@ -83,6 +92,7 @@ static struct {
     struct cap cur;
     int stop_req, sources_started, sources_starting;
     int win_idx;          /* next env window */
+    struct cap pend;      /* a socket window waiting for its steps (kind 0: none) */
     int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
     int thread_running;
     pthread_t thread;
@@ -400,7 +410,13 @@ static void window_desc(const struct cap *c, char *out, size_t n)
 static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out, size_t n)
 {
     char win[64] = "";
-    if (c->kind == CAP_ENV_STEPS)
+    if (c->run[0]) {
+        /* the requester named it (`tbprof trigger` gives every process of
+         * a job the same name) */
+        snprintf(out, n, "%s", c->run);
+        return;
+    }
+    if (fixed_window(c))
         window_desc(c, win, sizeof(win));
     if (g.cfg.run[0]) {
         /* ranks agree: the same TBPROF_RUN and the same window */
@@ -414,7 +430,7 @@ static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out
     }
     char t[64];
     tb_run_name_from_time((time_t)(begin_epoch_ns / 1000000000), t, sizeof(t));
-    if (g.job_id[0] && c->kind == CAP_ENV_STEPS)
+    if (g.job_id[0] && fixed_window(c))
         snprintf(out, n, "%s_%s", g.job_id, win);
     else if (g.job_id[0] && c->kind == CAP_TIME && c->win == -2)
         snprintf(out, n, "%s_time_%g-%gs", g.job_id, g.cfg.delay_s, g.cfg.delay_s + g.cfg.duration_s);
@@ -650,6 +666,10 @@ static void update_slow_from(void)
         v = 0;
     else if (g.win_idx < g.cfg.nwindows)
         v = g.cfg.windows[g.win_idx].first > 0 ? g.cfg.windows[g.win_idx].first - 1 : 0;
+    if (!g.disabled && g.state == TB_STATE_IDLE && g.pend.kind) {
+        int64_t p = g.pend.first > 0 ? g.pend.first - 1 : 0;
+        v = p < v ? p : v;
+    }
     atomic_store(&slow_from, v);
 }
 
@@ -700,6 +720,35 @@ static int env_window_check(int64_t n, int64_t t, int at_boundary)
         return 1;
     }
     return 0;
+}
+
+/* The socket window waiting for its steps (g.pend), checked as an env
+ * window is: it arms at the step before its first. Lock held, state idle.
+ * Returns 1 when armed. */
+static int pend_check(int64_t n, int64_t t, int at_boundary)
+{
+    if (!g.pend.kind)
+        return 0;
+    struct cap c = g.pend;
+    if (at_boundary ? n > c.last : n >= c.last) {
+        tb_info("step window %lld-%lld asked for over the control socket missed (step %lld already running)",
+                (long long)c.first, (long long)c.last, (long long)n);
+        g.pend.kind = 0;
+        return 0;
+    }
+    if (n < c.first - 1)
+        return 0;
+    g.pend.kind = 0;
+    if (at_boundary ? n > c.first : n + 1 > c.first) {
+        c.first = at_boundary ? n : n + 1;
+        size_t l = strlen(c.trigger);
+        snprintf(c.trigger + l, sizeof(c.trigger) - l, " (from step %lld)", (long long)c.first);
+    }
+    c.deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
+    arm(&c);
+    if (at_boundary && n == c.first)
+        begin_capturing(t);
+    return 1;
 }
 
 static int request_time(int64_t dur_ns, const char *trigger, int win)
@@ -776,7 +825,7 @@ static void step_slow(int64_t n)
         return;
     }
     if (g.state == TB_STATE_IDLE && !g.exiting) {
-        if (env_window_check(n, t, 1))
+        if (pend_check(n, t, 1) || env_window_check(n, t, 1))
             poke = 1;
     }
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req) {
@@ -791,7 +840,7 @@ static void step_slow(int64_t n)
             snprintf(c->trigger + strlen(c->trigger), sizeof(c->trigger) - strlen(c->trigger), " (steps %lld-%lld)",
                      (long long)c->first, (long long)c->last);
             begin_capturing(t);
-        } else if (c->kind == CAP_ENV_STEPS && g.state == TB_STATE_ARMED && n >= c->first && n <= c->last) {
+        } else if (fixed_window(c) && g.state == TB_STATE_ARMED && n >= c->first && n <= c->last) {
             begin_capturing(t);
         } else if (c->kind != CAP_TIME && c->first >= 0 && n > c->last) {
             request_stop(t);
@@ -804,7 +853,7 @@ static void step_slow(int64_t n)
      * whole steps (what nsys does at cudaProfilerStart, and torch.profiler
      * at its warm-up step) */
     size_t wait_rec = SIZE_MAX;
-    if (g.state == TB_STATE_CAPTURING && g.cur.kind == CAP_ENV_STEPS && n == g.cur.first && !g.sources_started &&
+    if (g.state == TB_STATE_CAPTURING && fixed_window(&g.cur) && n == g.cur.first && !g.sources_started &&
         !g.stop_req && g.nrec > 0 && recs[g.nrec - 1].step == n)
         wait_rec = g.nrec - 1;
     update_slow_from();
@@ -980,7 +1029,7 @@ static void machine(void)
         /* idle again before the file I/O: a window that begins while we write
          * arms (its steps are recorded; sources start right after the write) */
         set_state(TB_STATE_IDLE);
-        if (!g.exiting && !g.term_pending)
+        if (!g.exiting && !g.term_pending && !pend_check(atomic_load(&next_step) - 1, 0, 0))
             env_window_check(atomic_load(&next_step) - 1, 0, 0);
         update_slow_from();
         pthread_mutex_unlock(&g.lock);
@@ -1302,84 +1351,160 @@ const char *tb_agent_last_profile(void)
     return i < 0 ? "" : g.last_profile[i];
 }
 
-/* Control socket requests (agent thread). */
-void tb_agent_control(const char *line, char *out, size_t n)
+/* A run folder name from a request: 1..RUN_NAME_MAX of [A-Za-z0-9._-],
+ * not starting with '.'. */
+static int run_name_ok(const char *s)
 {
-    char cmd[32] = "", arg[64] = "";
-    while (*line == ' ' || *line == '\t')
-        line++;
-    size_t len = strcspn(line, " \t\r");
-    if (len >= sizeof(cmd)) {
-        snprintf(out, n, "error: unknown request (try: start steps=N | start duration=S | stop | status)");
-        return;
+    size_t n = strlen(s);
+    if (n == 0 || n > RUN_NAME_MAX || s[0] == '.')
+        return 0;
+    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+#define CTL_USAGE "try: start steps=N | start steps=A-B | start duration=S, each with an optional run=NAME; stop; status"
+
+/* `start ...` from the control socket. Lock held. Returns 0, -EBUSY, or
+ * -EINVAL with out holding the error line. */
+static int control_start(char *args, char *out, size_t n)
+{
+    char *steps = NULL, *dur = NULL, *run = NULL, *save = NULL;
+    for (char *tok = strtok_r(args, " \t\r", &save); tok; tok = strtok_r(NULL, " \t\r", &save)) {
+        char **slot = !strncmp(tok, "steps=", 6) ? &steps : !strncmp(tok, "duration=", 9) ? &dur
+                    : !strncmp(tok, "run=", 4)   ? &run : NULL;
+        if (!slot || *slot) {
+            snprintf(out, n, "error: start takes one of steps=N, steps=A-B or duration=S, and run=NAME (%s)",
+                     CTL_USAGE);
+            return -EINVAL;
+        }
+        *slot = strchr(tok, '=') + 1;
     }
-    memcpy(cmd, line, len);
-    const char *rest = line + len;
-    while (*rest == ' ' || *rest == '\t')
-        rest++;
-    snprintf(arg, sizeof(arg), "%s", rest);
-    arg[strcspn(arg, " \t\r")] = '\0';
-    if (!strcmp(cmd, "status")) {
-        pthread_mutex_lock(&g.lock);
-        const char *last = tb_agent_last_profile();
-        snprintf(out, n, "state=%s step=%lld captures=%u last=%s%s%s",
-                 g.writing && g.state == TB_STATE_IDLE ? "writing" : tb_state_name(g.state),
-                 (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
-                 g.state != TB_STATE_IDLE ? " trigger=" : "", g.state != TB_STATE_IDLE ? g.cur.trigger : "");
-        pthread_mutex_unlock(&g.lock);
-        return;
+    if (steps && dur) {
+        snprintf(out, n, "error: start takes steps= or duration=, not both");
+        return -EINVAL;
     }
-    if (!strcmp(cmd, "stop")) {
-        int rc = tb_agent_stop();
-        snprintf(out, n, rc == 0 ? "capture stopping" : "error: not capturing");
-        return;
+    if (run && !run_name_ok(run)) {
+        snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", RUN_NAME_MAX);
+        return -EINVAL;
     }
-    if (strcmp(cmd, "start")) {
-        snprintf(out, n, "error: unknown request (try: start steps=N | start duration=S | stop | status)");
-        return;
+    if (g.pend.kind) { /* one capture at a time */
+        snprintf(out, n, "already capturing: waiting for steps %lld-%lld", (long long)g.pend.first,
+                 (long long)g.pend.last);
+        return -EBUSY;
     }
+    int64_t cur = atomic_load(&next_step) - 1; /* the step running now (-1: none marked) */
     int rc;
-    pthread_mutex_lock(&g.lock);
-    if (!strncmp(arg, "steps=", 6)) {
+    if (steps && strchr(steps, '-')) {
+        char *end, *end2 = NULL;
+        errno = 0;
+        long long a = strtoll(steps, &end, 10), b = *end == '-' ? strtoll(end + 1, &end2, 10) : -1;
+        if (errno || end == steps || *end != '-' || end2 == end + 1 || *end2 || a < 0 || b < a ||
+            b - a >= 1000000) {
+            snprintf(out, n, "error: steps=A-B needs 0 <= A <= B, at most 1000000 steps");
+            return -EINVAL;
+        }
+        if (a <= cur) {
+            snprintf(out, n, "error: step %lld has begun: this process is at step %lld", a, (long long)cur);
+            return -EINVAL;
+        }
+        if (g.disabled)
+            return -EPERM;
+        if (g.state != TB_STATE_IDLE)
+            return -EBUSY;
+        struct cap c = {.kind = CAP_AT_STEPS, .first = a, .last = b, .win = -1};
+        snprintf(c.trigger, sizeof(c.trigger), "socket steps=%lld-%lld", a, b);
+        snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
+        g.pend = c;
+        if (!pend_check(cur, 0, 0))
+            update_slow_from();
+        snprintf(out, n, "capture waiting: steps %lld-%lld (this process is at step %lld)", a, b, (long long)cur);
+        return 0;
+    } else if (steps) {
         char *end;
         errno = 0;
-        long long k = strtoll(arg + 6, &end, 10);
-        if (errno || end == arg + 6 || *end || k < 1 || k > 1000000) {
+        long long k = strtoll(steps, &end, 10);
+        if (errno || end == steps || *end || k < 1 || k > 1000000) {
             snprintf(out, n, "error: steps=N needs N in 1..1000000");
-            pthread_mutex_unlock(&g.lock);
-            return;
+            return -EINVAL;
         }
-        if (atomic_load(&next_step) == 0 && g.state == TB_STATE_IDLE) {
+        if (cur < 0 && g.state == TB_STATE_IDLE) {
             snprintf(out, n, "error: this process has not marked any step (use duration=S)");
-            pthread_mutex_unlock(&g.lock);
-            return;
+            return -EINVAL;
         }
         char trig[64];
         snprintf(trig, sizeof(trig), "socket steps=%lld", k);
         rc = request_steps(k, trig);
         if (rc == 0)
             snprintf(out, n, "capture started: %lld steps from step %lld", k, (long long)atomic_load(&next_step));
-    } else if (!strncmp(arg, "duration=", 9) || !arg[0]) {
+    } else {
         double s = 5.0;
-        if (arg[0] && (tb_parse_seconds(arg + 9, &s) < 0 || s <= 0 || s > 3600)) {
+        if (dur && (tb_parse_seconds(dur, &s) < 0 || s <= 0 || s > 3600)) {
             snprintf(out, n, "error: duration=S needs S in (0, 3600] seconds");
-            pthread_mutex_unlock(&g.lock);
-            return;
+            return -EINVAL;
         }
         char trig[64];
         snprintf(trig, sizeof(trig), "socket duration=%gs", s);
         rc = request_time((int64_t)(s * 1e9), trig, -1);
         if (rc == 0)
             snprintf(out, n, "capture started: duration %g s", s);
-    } else {
-        snprintf(out, n, "error: start takes steps=N or duration=S");
+    }
+    if (rc == 0 && run)
+        snprintf(g.cur.run, sizeof(g.cur.run), "%s", run);
+    return rc;
+}
+
+/* Control socket requests (agent thread). */
+void tb_agent_control(const char *line, char *out, size_t n)
+{
+    char cmd[32] = "", args[TB_CTL_LINE];
+    out[0] = '\0';
+    while (*line == ' ' || *line == '\t')
+        line++;
+    size_t len = strcspn(line, " \t\r");
+    if (len >= sizeof(cmd)) {
+        snprintf(out, n, "error: unknown request (" CTL_USAGE ")");
+        return;
+    }
+    memcpy(cmd, line, len);
+    snprintf(args, sizeof(args), "%s", line + len);
+    if (!strcmp(cmd, "status")) {
+        pthread_mutex_lock(&g.lock);
+        const char *last = tb_agent_last_profile();
+        char waiting[64] = "";
+        if (g.pend.kind)
+            snprintf(waiting, sizeof(waiting), " waiting=steps_%lld-%lld", (long long)g.pend.first,
+                     (long long)g.pend.last);
+        snprintf(out, n, "state=%s step=%lld captures=%u last=%s%s%s%s",
+                 g.writing && g.state == TB_STATE_IDLE ? "writing" : tb_state_name(g.state),
+                 (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
+                 g.state != TB_STATE_IDLE ? " trigger=" : "", g.state != TB_STATE_IDLE ? g.cur.trigger : "", waiting);
         pthread_mutex_unlock(&g.lock);
         return;
     }
+    if (!strcmp(cmd, "stop")) {
+        pthread_mutex_lock(&g.lock);
+        int waited = g.pend.kind && g.state == TB_STATE_IDLE;
+        if (waited) {
+            g.pend.kind = 0;
+            update_slow_from();
+            snprintf(out, n, "capture cancelled: it was waiting for steps %lld-%lld", (long long)g.pend.first,
+                     (long long)g.pend.last);
+        }
+        pthread_mutex_unlock(&g.lock);
+        if (!waited)
+            snprintf(out, n, tb_agent_stop() == 0 ? "capture stopping" : "error: not capturing");
+        return;
+    }
+    if (strcmp(cmd, "start")) {
+        snprintf(out, n, "error: unknown request (" CTL_USAGE ")");
+        return;
+    }
+    pthread_mutex_lock(&g.lock);
+    int rc = control_start(args, out, n);
     pthread_mutex_unlock(&g.lock);
-    if (rc == -EBUSY)
-        snprintf(out, n, "already capturing");
-    else if (rc < 0)
+    if (rc == -EBUSY) {
+        if (!out[0])
+            snprintf(out, n, "already capturing");
+    } else if (rc < 0 && rc != -EINVAL)
         snprintf(out, n, "error: %s", strerror(-rc));
     /* the agent thread runs machine() right after answering */
 }
@@ -1450,6 +1575,7 @@ void tb_agent_fork_child(void)
     g.sources_starting = 0;
     g.nrec = 0;
     g.timewin_at = 0;
+    g.pend.kind = 0;
     g.term_pending = 0;
     g.ncaptures = 0;
     g.last_base[0] = '\0';

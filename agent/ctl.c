@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -167,22 +168,45 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     return 0;
 }
 
-int tb_ctl_exists(pid_t pid)
+/* The pids whose socket (this uid's) is bound, from /proc/net/unix: all
+ * of them into out (up to max), or only `want` (want > 0). Returns how
+ * many were found (all, even past max), -1 when it cannot tell. */
+static int scan_sockets(pid_t want, pid_t *out, int max)
 {
-    struct sockaddr_un a;
-    size_t wl = tb_ctl_addr(pid, getuid(), &a) - offsetof(struct sockaddr_un, sun_path) - 1;
-    const char *want = a.sun_path + 1; /* the abstract name, shown with a leading '@' */
+    char prefix[64];
+    int pl = snprintf(prefix, sizeof(prefix), "@tbprof.%u.", (unsigned)getuid());
     FILE *f = fopen("/proc/net/unix", "r");
     if (!f)
         return -1;
     char line[512];
     int found = 0;
-    while (!found && fgets(line, sizeof(line), f)) {
+    while (fgets(line, sizeof(line), f)) {
         /* the path is the last field */
         char *p = strrchr(line, ' ');
         p = p ? p + 1 : line;
-        found = p[0] == '@' && !strncmp(p + 1, want, wl) && (p[1 + wl] == '\n' || p[1 + wl] == '\0');
+        if (strncmp(p, prefix, (size_t)pl))
+            continue;
+        char *end;
+        long v = strtol(p + pl, &end, 10);
+        if (end == p + pl || (*end != '\n' && *end != '\0') || v <= 0 || (want > 0 && v != want))
+            continue;
+        int dup = 0; /* a forked child's copy of the socket is listed again */
+        for (int i = 0; i < found && i < max; i++)
+            dup |= out && out[i] == (pid_t)v;
+        if (dup)
+            continue;
+        if (out && found < max)
+            out[found] = (pid_t)v;
+        found++;
     }
     fclose(f);
     return found;
 }
+
+int tb_ctl_exists(pid_t pid)
+{
+    int n = scan_sockets(pid, NULL, 0);
+    return n < 0 ? -1 : n > 0;
+}
+
+int tb_ctl_list(pid_t *out, int max) { return scan_sockets(0, out, max); }

@@ -6,10 +6,16 @@
  * client checks the server's uid and pid the same way. Protocol: one
  * request line, one answer line, then the server closes:
  *
- *   start steps=N       -> "capture started: steps A-B" | "already capturing" | "error: ..."
+ *   start steps=N       -> "capture started: N steps from step A" | "already capturing" | "error: ..."
+ *   start steps=A-B     -> "capture waiting: steps A-B (this process is at step S)" | ...
+ *                          (exactly those step numbers: ranks given the same
+ *                          window capture the same steps)
  *   start duration=S    -> "capture started: duration S s" | ...
- *   stop                -> "capture stopping" | "error: not capturing"
+ *   start ... run=NAME  -> the same, the profile going into run folder NAME
+ *   stop                -> "capture stopping" | "capture cancelled: ..." (a
+ *                          window still waiting) | "error: not capturing"
  *   status              -> "state=idle step=N captures=K last=<path or ->"
+ *                          [" trigger=..."] [" waiting=steps_A-B"]
  */
 #ifndef TBPROF_AGENT_CTL_H
 #define TBPROF_AGENT_CTL_H
@@ -42,5 +48,9 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
 /* Client: whether pid's socket (ours: this uid) is bound, from
  * /proc/net/unix: 1 yes, 0 no, -1 cannot tell. */
 int tb_ctl_exists(pid_t pid);
+
+/* Client: the pids of this uid whose socket is bound (up to max into out).
+ * Returns how many there are, -1 when /proc/net/unix cannot be read. */
+int tb_ctl_list(pid_t *out, int max);
 
 #endif

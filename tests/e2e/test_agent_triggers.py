@@ -2,6 +2,7 @@
 `tbprof trigger`; each checked by decoding the profile that was written."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,11 @@ def ctl(pid, line, raw=None, timeout=5):
                 break
             data += chunk
     return data.decode().strip()
+
+
+def cmdline(pid):
+    with open("/proc/%s/cmdline" % pid) as f:
+        return f.read()
 
 
 def reap(p):
@@ -80,6 +86,57 @@ class Triggers(tbtest.TestCase):
         self.assertTrue(ctl(p.pid, "start steps=2").startswith("capture started"))
         files = tbtest.wait_for_xplanes(self.logdir, 2, timeout=30)
         self.assertEqual(len(files), 2)
+        p.kill()
+        p.communicate()
+
+    def wait_status(self, pid, want, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            st = ctl(pid, "status")
+            if want in st or time.time() > deadline:
+                return st
+            time.sleep(0.05)
+
+    def test_socket_step_window_captures_exactly_those_steps(self):
+        p = self.start_job(["-n", "600", "-m", "10", "-t", "1"])
+        now = int(self.wait_status(p.pid, "step=2").split("step=")[1].split()[0])
+        a, b = now + 15, now + 18
+        for line in ["start steps=%d-%d" % (now - 1, now + 3),   # begun already
+                     "start steps=9-5", "start steps=5-", "start steps=-5", "start steps=1-2000000",
+                     "start steps=%d-%d duration=1" % (a, b), "start steps=3 steps=4",
+                     "start steps=%d-%d run=../up" % (a, b), "start duration=1 run=.hidden",
+                     "start duration=1 run=a/b", "start duration=1 run=", "start duration=1 run=" + "r" * 65]:
+            ans = ctl(p.pid, line)
+            self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
+        ans = ctl(p.pid, "start steps=%d-%d run=job-7.a_b" % (a, b))
+        self.assertTrue(ans.startswith("capture waiting: steps %d-%d" % (a, b)), ans)
+        st = ctl(p.pid, "status")
+        self.assertIn("waiting=steps_%d-%d" % (a, b), st)
+        ans = ctl(p.pid, "start duration=1")
+        self.assertTrue(ans.startswith("already capturing"), "one capture at a time: %r" % ans)
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=60)
+        self.assertEqual(len(files), 1)
+        self.assertEqual(os.path.basename(os.path.dirname(files[0])), "job-7.a_b", "the run folder asked for")
+        prof = tbtest.load(files[0])
+        self.assertEqual(step_nums(prof), list(range(a, b + 1)))
+        self.assertEqual(prof.host.stats["tbprof_trigger"], "socket steps=%d-%d" % (a, b))
+        st = self.wait_status(p.pid, "captures=1")
+        self.assertNotIn("waiting=", st)
+        p.kill()
+        p.communicate()
+
+    def test_socket_step_window_can_be_cancelled(self):
+        p = self.start_job(["-n", "600", "-m", "10", "-t", "1"])
+        now = int(self.wait_status(p.pid, "step=1").split("step=")[1].split()[0])
+        ans = ctl(p.pid, "start steps=%d-%d" % (now + 100000, now + 100002))
+        self.assertTrue(ans.startswith("capture waiting"), ans)
+        ans = ctl(p.pid, "stop")
+        self.assertTrue(ans.startswith("capture cancelled"), ans)
+        self.assertNotIn("waiting=", ctl(p.pid, "status"))
+        # nothing left armed: a new request is taken, and is the only capture
+        self.assertTrue(ctl(p.pid, "start steps=2").startswith("capture started"))
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)
+        self.assertEqual(len(step_nums(tbtest.load(files[0]))), 2)
         p.kill()
         p.communicate()
 
@@ -249,6 +306,7 @@ class Triggers(tbtest.TestCase):
         self.assertTrue(path.endswith(".xplane.pb") and os.path.exists(path), r.stdout)
         self.assertEqual(len(step_nums(tbtest.load(path))), 4)
         st = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--status"])
+        self.assertEqual(st.returncode, 0, st.stderr)
         self.assertIn("last=" + path, st.stdout)
         p.kill()
         p.communicate()
@@ -263,6 +321,111 @@ class Triggers(tbtest.TestCase):
         self.assertIn("no tbprof agent", r.stderr)
         r = tbtest.run([tbtest.CLI, "trigger", "notapid"])
         self.assertEqual(r.returncode, 2)
+
+    def test_tbprof_trigger_several_processes_same_steps_one_folder(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        # two "ranks" at different step numbers and speeds
+        p = self.start_job(["-n", "3000", "-m", "4", "-t", "1"])
+        time.sleep(0.3)
+        q = self.start_job(["-n", "3000", "-m", "7", "-t", "1"])
+        lst = tbtest.run([tbtest.CLI, "trigger", "--list"])
+        self.assertEqual(lst.returncode, 0, lst.stderr)
+        for pid in (p.pid, q.pid):
+            self.assertRegex(lst.stdout, r"(?m)^%d +idle +\d+ +0  .*steps" % pid)
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), str(q.pid), "--steps", "4"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        paths = [line for line in r.stdout.splitlines() if line.endswith(".xplane.pb")]
+        self.assertEqual(len(paths), 2, r.stdout)
+        self.assertEqual(len({os.path.dirname(x) for x in paths}), 1, "one run folder: %s" % paths)
+        got = [step_nums(tbtest.load(x)) for x in paths]
+        self.assertEqual(len(got[0]), 4, got)
+        self.assertEqual(got[0], got[1], "the same step numbers in both")
+        self.assertEqual(got[0], list(range(got[0][0], got[0][0] + 4)))
+        # --at-step: a window given by number; --stop cancels it while it waits
+        st = ctl(p.pid, "status")
+        far = int(st.split("step=")[1].split()[0]) + 100000
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2", "--at-step", str(far), "--no-wait"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("capture waiting: steps %d-%d" % (far, far + 1), r.stdout)
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--stop"])
+        self.assertIn("capture cancelled", r.stdout)
+        for x in (p, q):
+            x.kill()
+            x.communicate()
+
+    def test_tbprof_trigger_gives_up_on_a_stopped_process(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p = self.start_job(["-n", "3000", "-m", "5"])
+        ctl(p.pid, "status")
+        os.kill(p.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: p.poll() is None and os.kill(p.pid, signal.SIGCONT))
+        # fill its listen backlog: a blocking connect() would now wait forever
+        held = []
+        for _ in range(64):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect("\0tbprof.%d.%d" % (os.getuid(), p.pid))
+            except BlockingIOError:
+                s.close()
+                break
+            held.append(s)
+        self.addCleanup(lambda: [s.close() for s in held])
+        t0 = time.monotonic()
+        lst = tbtest.run([tbtest.CLI, "trigger", "--list"], timeout=60)
+        self.assertRegex(lst.stdout, r"(?m)^%d +no-answer " % p.pid)
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--status"], timeout=60)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no tbprof agent answers in process %d" % p.pid, r.stderr)
+        self.assertLess(time.monotonic() - t0, 30, "bounded by the request timeouts")
+        os.kill(p.pid, signal.SIGCONT)
+        p.kill()
+        p.communicate()
+
+    def test_tbprof_trigger_tree_finds_the_ranks_under_a_launcher(self):
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        # a single-threaded launcher (sh, preloaded too) with two ranks under it
+        # a single-threaded process with the agent under it too (sleep): left out
+        cmd = 'sleep 60 & LD_PRELOAD="$RANK_PRELOAD" %s -n 3000 -m 5 -t 1 & ' \
+              'LD_PRELOAD="$RANK_PRELOAD" %s -n 3000 -m 5 -t 1 & wait' % (STEPS, STEPS)
+        env = tbtest.env(self.logdir, socket=None)
+        env["RANK_PRELOAD"] = env["LD_PRELOAD"]
+        # a fork under TSan's runtime hangs in the child: there, the shell and sleep run without the agent
+        preloaded_sh = tbtest.SANITIZE != "thread"
+        if not preloaded_sh:
+            del env["LD_PRELOAD"]
+        sh = tbtest.spawn(["sh", "-c", cmd], env=env)
+        self.addCleanup(lambda: subprocess.run(["pkill", "-KILL", "-P", str(sh.pid)]) and reap(sh))
+        deadline = time.time() + 30
+        while time.time() < deadline:  # both ranks stepping, their sockets served
+            kids = subprocess.run(["pgrep", "-P", str(sh.pid)], capture_output=True, text=True).stdout.split()
+            try:
+                kids = [k for k in kids if "steps" in cmdline(k)]
+                if len(kids) == 2 and all("step=" in ctl(int(k), "status", timeout=0.5) for k in kids):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        r = tbtest.run([tbtest.CLI, "trigger", str(sh.pid), "--tree", "--duration", "0.3", "--run", "launch1"],
+                       timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        if preloaded_sh:
+            self.assertIn("1 single-threaded process under %d left out" % sh.pid, r.stderr)
+        paths = sorted(line for line in r.stdout.splitlines() if line.endswith(".xplane.pb"))
+        self.assertEqual(len(paths), 2, r.stdout)
+        ranks = sorted(int(re.search(r"pid(\d+)", x).group(1)) for x in paths)
+        self.assertNotIn(sh.pid, ranks)
+        for x in paths:
+            self.assertEqual(os.path.basename(os.path.dirname(x)), "launch1")
+            self.assertIn("socket duration=0.3s", tbtest.load(x).host.stats["tbprof_trigger"])
+        subprocess.run(["pkill", "-KILL", "-P", str(sh.pid)])
+        sh.communicate(timeout=30)
+        # nothing under it any more
+        r = tbtest.run([tbtest.CLI, "trigger", str(os.getpid()), "--tree", "--status"])
+        self.assertEqual(r.returncode, 1)
 
 
 if __name__ == "__main__":
