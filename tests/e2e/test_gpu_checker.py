@@ -235,6 +235,32 @@ class GpuChecker(tbtest.TestCase):
         p = run_check("jax_steps", self.xplane, "2,5")
         self.assertIn("steps [2, 3, 4], expected 2..5", p.stdout)
 
+    def test_ranks_names_what_differs(self):
+        # two ranks' profiles: the fixture's (steps 2..4 from the API, GPU
+        # work in step 2 only) twice, in one folder, then in two
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        one = os.path.join(self.tmp, "run")
+        os.makedirs(one)
+        a, b = (os.path.join(one, n + ".xplane.pb") for n in ("r0", "r1"))
+        for x in (a, b):
+            tbtest.shutil.copy(self.xplane, x)
+        p = run_check("ranks", 3, a, b)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("r0.xplane.pb: steps without kernels: [3, 4]", p.stdout)
+        self.assertIn("r1.xplane.pb: trigger 'api", p.stdout)
+        self.assertNotIn("run folders differ", p.stdout)
+        self.assertNotIn("different steps", p.stdout)
+        p = run_check("ranks", 4, a, b)
+        self.assertIn("r0.xplane.pb: steps [2, 3, 4], expected 4 in a row", p.stdout)
+        other = os.path.join(self.tmp, "other")
+        os.makedirs(other)
+        c = os.path.join(other, "r1.xplane.pb")
+        tbtest.shutil.copy(self.xplane, c)
+        p = run_check("ranks", 3, a, c)
+        self.assertIn("run folders differ", p.stdout)
+        p = run_check("ranks", 3, a)
+        self.assertIn("1 profiles, expected 2", p.stdout)
+
     def gpu_flame(self, text):
         f = os.path.join(self.tmp, "gpu.folded")
         with open(f, "w") as fh:

@@ -558,6 +558,38 @@ def jax_steps(xplane, window):
         first, last, st.get("tbprof_step_source"), sorted(set(per.values()))))
 
 
+def ranks(nsteps, *xplanes):
+    """Two processes of one job on the GPU, captured by one
+    `tbprof trigger LAUNCHER --tree --steps N`: both profiles in one run
+    folder, the same N step numbers, kernels in every step of each."""
+    n = int(nsteps)
+    errs, got = [], []
+    if len(xplanes) != 2:
+        errs.append("%d profiles, expected 2" % len(xplanes))
+    if len({os.path.dirname(x) for x in xplanes}) > 1:
+        errs.append("run folders differ: %s" % sorted({os.path.dirname(x) for x in xplanes}))
+    for x in xplanes:
+        xs = load(x)
+        st = plane_stats(xs, "/host:CPU")
+        per = kernels_per_step(xs)
+        got.append(sorted(per))
+        name = os.path.basename(x)
+        if len(per) != n or sorted(per) != list(range(min(per or [0]), min(per or [0]) + n)):
+            errs.append("%s: steps %s, expected %d in a row" % (name, sorted(per), n))
+        empty = [k for k, v in sorted(per.items()) if not v]
+        if empty:
+            errs.append("%s: steps without kernels: %s" % (name, empty))
+        if "socket steps=" not in str(st.get("tbprof_trigger")):
+            errs.append("%s: trigger %r" % (name, st.get("tbprof_trigger")))
+        for k in ("tbprof_gpu_off_reason", "tbprof_cupti_dropped", "tbprof_buffer_pool_exhausted"):
+            if st.get(k):
+                errs.append("%s: %s %s" % (name, k, st[k]))
+    if len(got) == 2 and got[0] != got[1]:
+        errs.append("different steps: %s vs %s" % (got[0], got[1]))
+    result("ranks_trigger", not errs, "; ".join(errs) or "2 ranks, one run folder, steps %s in both, with kernels"
+           % (got[0] if got else "?"))
+
+
 def xprof_tools(xplane):
     """xprof (TensorBoard's profile plugin) converts our XSpace into its tools."""
     conv = None
@@ -629,6 +661,8 @@ if __name__ == "__main__":
         jax_load(sys.argv[2])
     elif cmd == "jax_capture":
         jax_capture(sys.argv[2])
+    elif cmd == "ranks":
+        ranks(*sys.argv[2:])
     elif cmd == "jax_steps":
         jax_steps(sys.argv[2], sys.argv[3])
     elif cmd == "capture":
@@ -640,4 +674,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|jax_steps|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|jax_steps|ranks|capture|coexist|gpu_flame|after_capture ...")

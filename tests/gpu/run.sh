@@ -24,6 +24,9 @@
 #  3d. the same loop with its steps in jax.profiler.StepTraceAnnotations,
 #      under `tbprof run --steps 20,29` (no code change): those steps, each
 #      with kernels
+#  3e. two PyTorch ranks sharing the GPU under one launcher, captured by
+#      `tbprof trigger LAUNCHER --tree --steps 5`: one run folder, the same
+#      five step numbers in both, kernels in every step
 #   4. step time: no agent / agent idle / capturing / torch.profiler;
 #      4a. idle again after a capture: within 2% of no agent, the capture
 #          having detached CUPTI (cuptiFinalize); the same with
@@ -215,6 +218,29 @@ if in_budget jax_steps; then
     row jax_steps FAIL "the JAX job exited $rc before its end: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"
   elif [ -n "$x3d" ]; then check jax_steps $py "$here/check.py" jax_steps "$x3d" 20,29
   else row jax_steps FAIL "no xplane.pb: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"; fi
+fi
+
+# 3e. two ranks of one job (two PyTorch processes sharing the GPU, under a
+#     shell, started by `tbprof run`): `tbprof trigger LAUNCHER --tree
+#     --steps 5` captures the same five steps in both, into one run folder
+if in_budget ranks_trigger; then
+  rstop=$work/ranks.stop
+  rank_cmd="TBPROF_CPU=off $py '$here/torch_loop.py' --steps 20000 --ready --stop-file '$rstop'"
+  timeout -k 5 "$job_s" "$tbprof" run --logdir "$work/ranks" -- sh -c \
+    "$rank_cmd >'$work/rank0.out' 2>'$work/rank0.err' & $rank_cmd >'$work/rank1.out' 2>'$work/rank1.err' & wait" &
+  rbg=$!
+  for _ in $(seq 180); do
+    [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^ready ')" = 2 ] && break
+    kill -0 "$rbg" 2>/dev/null || break
+    sleep 0.5
+  done
+  job "$tbprof" trigger "$rbg" --tree --steps 5 --timeout 60 >"$work/ranks_trigger.out" 2>&1; trc=$?
+  touch "$rstop"; wait "$rbg"; rrc=$?
+  mapfile -t xk < <(find "$work/ranks" -name '*.xplane.pb' 2>/dev/null | sort)
+  if ((rrc)) || [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^done ')" != 2 ]; then
+    row ranks_trigger FAIL "the ranks exited $rrc before their end: $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
+  elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
+  else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
 fi
 
 # 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor

@@ -1,6 +1,7 @@
 """torch_loop.py - a small PyTorch training loop for the GPU checks.
 
   python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE] [--nvtx] [--faults FILE]
+                        [--ready] [--stop-file PATH]
 
 No tbprof code: under `tbprof run --steps A,B` (or LD_PRELOAD with
 TBPROF_STEPS and TBPROF_PYTORCH_HOOK=on) the optimizer step hook counts steps.
@@ -11,7 +12,9 @@ step's forward and backward in torch.cuda.nvtx ranges "forward"/"backward"
 (NVTX is a no-op without a tool: the kernels are the same either way).
 --faults writes, after each step, the minor page faults the job's threads
 (all but tbprof's agent thread, which faults CUPTI buffers in on purpose)
-have taken so far.
+have taken so far. --ready prints "ready <pid>" after the first step;
+--stop-file ends the loop (before --steps) once PATH exists, then prints
+"done <steps>".
 """
 import argparse
 import os
@@ -43,6 +46,8 @@ def main():
     ap.add_argument("--times", default="")
     ap.add_argument("--nvtx", action="store_true")
     ap.add_argument("--faults", default="")
+    ap.add_argument("--ready", action="store_true")
+    ap.add_argument("--stop-file", default="")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -80,6 +85,10 @@ def main():
             faults.append(job_minor_faults())
         if prof:
             prof.step()
+        if a.ready and i == 0:
+            print("ready", os.getpid(), flush=True)
+        if a.stop_file and os.path.exists(a.stop_file):
+            break
     if prof:
         prof.stop()
     if a.times:
