@@ -220,29 +220,6 @@ if in_budget jax_steps; then
   else row jax_steps FAIL "no xplane.pb: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"; fi
 fi
 
-# 3e. two ranks of one job (two PyTorch processes sharing the GPU, under a
-#     shell, started by `tbprof run`): `tbprof trigger LAUNCHER --tree
-#     --steps 5` captures the same five steps in both, into one run folder
-if in_budget ranks_trigger; then
-  rstop=$work/ranks.stop
-  rank_cmd="TBPROF_CPU=off $py '$here/torch_loop.py' --steps 20000 --ready --stop-file '$rstop'"
-  timeout -k 5 "$job_s" "$tbprof" run --logdir "$work/ranks" -- sh -c \
-    "$rank_cmd >'$work/rank0.out' 2>'$work/rank0.err' & $rank_cmd >'$work/rank1.out' 2>'$work/rank1.err' & wait" &
-  rbg=$!
-  for _ in $(seq 180); do
-    [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^ready ')" = 2 ] && break
-    kill -0 "$rbg" 2>/dev/null || break
-    sleep 0.5
-  done
-  job "$tbprof" trigger "$rbg" --tree --steps 5 --timeout 60 >"$work/ranks_trigger.out" 2>&1; trc=$?
-  touch "$rstop"; wait "$rbg"; rrc=$?
-  mapfile -t xk < <(find "$work/ranks" -name '*.xplane.pb' 2>/dev/null | sort)
-  if ((rrc)) || [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^done ')" != 2 ]; then
-    row ranks_trigger FAIL "the ranks exited $rrc before their end: $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
-  elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
-  else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
-fi
-
 # 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
 #    page faults per step from the same runs (read between steps, untimed)
 med() { job $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
@@ -303,6 +280,30 @@ coexist torch_first either 10,14 5,19   # 5a. torch.profiler holds CUPTI when ou
 coexist tbprof_first ours 3,14 8,12     # 5b. torch.profiler starts inside our window
 coexist torch_before either 10,14 2,6   # 5c. torch.profiler traced earlier (Kineto keeps CUPTI)
 coexist torch_before_teardown ours 10,14 2,6 TEARDOWN_CUPTI=1  # 5d. ... unless told to let go
+
+# 3e. (run last: rows 1-5 are the issue's own) two ranks of one job: two
+#     PyTorch processes sharing the GPU under a shell started by `tbprof
+#     run`; `tbprof trigger LAUNCHER --tree --steps 5` captures the same
+#     five steps in both, into one run folder
+if in_budget ranks_trigger; then
+  rstop=$work/ranks.stop
+  rank_cmd="TBPROF_CPU=off $py '$here/torch_loop.py' --steps 20000 --ready --stop-file '$rstop'"
+  timeout -k 5 "$job_s" "$tbprof" run --logdir "$work/ranks" -- sh -c \
+    "$rank_cmd >'$work/rank0.out' 2>'$work/rank0.err' & $rank_cmd >'$work/rank1.out' 2>'$work/rank1.err' & wait" &
+  rbg=$!
+  for _ in $(seq 180); do
+    [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^ready ')" = 2 ] && break
+    kill -0 "$rbg" 2>/dev/null || break
+    sleep 0.5
+  done
+  job "$tbprof" trigger "$rbg" --tree --steps 5 --timeout 60 >"$work/ranks_trigger.out" 2>&1; trc=$?
+  touch "$rstop"; wait "$rbg"; rrc=$?
+  mapfile -t xk < <(find "$work/ranks" -name '*.xplane.pb' 2>/dev/null | sort)
+  if ((rrc)) || [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^done ')" != 2 ]; then
+    row ranks_trigger FAIL "the ranks exited $rrc before their end: $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
+  elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
+  else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
+fi
 
 table() {
   printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
