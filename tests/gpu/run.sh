@@ -300,7 +300,7 @@ if in_budget ranks_trigger; then
   touch "$rstop"; wait "$rbg"; rrc=$?
   mapfile -t xk < <(find "$work/ranks" -name '*.xplane.pb' 2>/dev/null | sort)
   if ((rrc)) || [ "$(cat "$work"/rank[01].out 2>/dev/null | grep -c '^done ')" != 2 ]; then
-    row ranks_trigger FAIL "the ranks exited $rrc before their end: $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
+    row ranks_trigger FAIL "the ranks did not both finish (launcher rc $rrc): $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
   elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
   else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
 fi
