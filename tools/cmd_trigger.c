@@ -26,11 +26,14 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: tbprof trigger PID... [--tree] [--steps N [--at-step A] | --duration S | --stop | --status]\n"
             "                      [--run NAME] [--no-wait] [--timeout S]\n"
+            "       tbprof trigger --all [the same options]\n"
             "       tbprof trigger --list\n"
             "  PID...         the process to capture, or several (the ranks of one job): their profiles go\n"
             "                 into one run folder and, with --steps, cover the same step numbers\n"
             "  --tree         every process started under each PID (not PID itself: the launcher)\n"
             "                 that runs the agent: the ranks under torchrun, mpirun or srun\n"
+            "  --all          every process of this user on this host that runs the agent (on each node\n"
+            "                 of a multi-node job, with the same --at-step and --run everywhere)\n"
             "  --steps N      capture N steps (the processes mark steps)\n"
             "  --at-step A    the first of them: step A (default: the next step; with several processes,\n"
             "                 a step all of them reach about a second from now)\n"
@@ -153,6 +156,10 @@ static pid_t parent_of(pid_t pid)
     return p && sscanf(p + 1, " %*c %d", &ppid) == 1 ? (pid_t)ppid : 0;
 }
 
+/* A socket can outlive its process in /proc/net/unix: a forked child
+ * that has not closed its copy yet holds the parent's name. */
+static int alive(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
+
 static int has_pid(const pid_t *v, int n, pid_t p)
 {
     for (int i = 0; i < n; i++)
@@ -210,8 +217,11 @@ static int list_agents(void)
         return 0;
     }
     printf("%-8s %-10s %8s %8s  %s\n", "PID", "STATE", "STEP", "CAPTURES", "COMMAND");
+    int shown = 0;
     for (int i = 0; i < na && i < MAX_TARGETS; i++) {
         char ans[TB_CTL_LINE + PATH_MAX + 64], state[64] = "", cmd[120];
+        if (!alive(all[i]))
+            continue;
         long long step = -1, caps = 0;
         command_of(all[i], cmd, sizeof(cmd));
         if (agent_thread_present(all[i], 1) == 0)
@@ -227,7 +237,10 @@ static int list_agents(void)
         if (step >= 0)
             snprintf(sstep, sizeof(sstep), "%lld", step);
         printf("%-8d %-10s %8s %8lld  %s\n", (int)all[i], state, sstep, caps, cmd);
+        shown++;
     }
+    if (!shown)
+        printf("no process of this user runs the tbprof agent (with its control socket)\n");
     return 0;
 }
 
@@ -325,7 +338,7 @@ int cmd_trigger(int argc, char **argv)
 {
     static pid_t pids[MAX_TARGETS];
     static struct target t[MAX_TARGETS];
-    int npids = 0, tree = 0, wait = 1, status_only = 0, stop = 0;
+    int npids = 0, tree = 0, all = 0, wait = 1, status_only = 0, stop = 0;
     long nsteps = 0, at_step = -1;
     double duration = 0, timeout_s = 600;
     const char *run = NULL;
@@ -359,6 +372,8 @@ int cmd_trigger(int argc, char **argv)
             run = argv[++i];
         } else if (!strcmp(a, "--tree")) {
             tree = 1;
+        } else if (!strcmp(a, "--all")) {
+            all = 1;
         } else if (!strcmp(a, "--stop")) {
             stop = 1;
         } else if (!strcmp(a, "--status")) {
@@ -380,7 +395,7 @@ int cmd_trigger(int argc, char **argv)
             return 2;
         }
     }
-    if (!npids) {
+    if (!npids == !all || (all && tree)) {
         usage(stderr);
         return 2;
     }
@@ -404,14 +419,25 @@ int cmd_trigger(int argc, char **argv)
             return 1;
         }
         memcpy(pids, found, sizeof(pid_t) * (size_t)ntargets);
+    } else if (all) {
+        int na = tb_ctl_list(pids, MAX_TARGETS);
+        ntargets = 0;
+        for (int i = 0; i < na && i < MAX_TARGETS; i++)
+            if (pids[i] != getpid() && alive(pids[i])) /* not this command, where LD_PRELOAD reached it */
+                pids[ntargets++] = pids[i];
+        if (!ntargets) {
+            fprintf(stderr, "tbprof trigger: no process of this user runs the tbprof agent here\n");
+            return 1;
+        }
     }
-    int several = ntargets > 1 || tree;
+    int discover = tree || all; /* targets found, not named: single-threaded ones are left out */
+    int several = ntargets > 1 || discover;
 
     /* each target's status: is an agent there, its step and last profile */
     int nt = 0, failed = 0, skipped = 0, answered = 0;
     for (int i = 0; i < ntargets; i++) {
         char ans[TB_CTL_LINE + PATH_MAX + 64];
-        if (tree && tb_ctl_exists(pids[i]) == 1 && agent_thread_present(pids[i], 3) == 0) {
+        if (discover && tb_ctl_exists(pids[i]) == 1 && agent_thread_present(pids[i], 3) == 0) {
             skipped++; /* single-threaded (a shell, a helper): no thread to answer */
             continue;
         }
@@ -434,9 +460,13 @@ int cmd_trigger(int argc, char **argv)
         field(ans, "last", x->before, sizeof(x->before));
         x->step = field_ll(ans, "step", -1);
     }
-    if (skipped)
-        fprintf(stderr, "tbprof trigger: %d single-threaded process%s under %d left out (no agent thread serves %s)\n",
-                skipped, skipped == 1 ? "" : "es", (int)root, skipped == 1 ? "its socket" : "their sockets");
+    if (skipped) {
+        char where[48] = "";
+        if (tree)
+            snprintf(where, sizeof(where), " under %d", (int)root);
+        fprintf(stderr, "tbprof trigger: %d single-threaded process%s%s left out (no agent thread serves %s)\n",
+                skipped, skipped == 1 ? "" : "es", where, skipped == 1 ? "its socket" : "their sockets");
+    }
     if (skipped && !answered && !failed)
         no_agent(pids[0], -EPROTO); /* all of them: say what to do */
     if (status_only)

@@ -108,6 +108,8 @@ class Triggers(tbtest.TestCase):
                      "start duration=1 run=a/b", "start duration=1 run=", "start duration=1 run=" + "r" * 65]:
             ans = ctl(p.pid, line)
             self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
+        now = int(ctl(p.pid, "status").split("step=")[1].split()[0])
+        a, b = now + 30, now + 33  # 0.3 s ahead, asked for right away
         ans = ctl(p.pid, "start steps=%d-%d run=job-7.a_b" % (a, b))
         self.assertTrue(ans.startswith("capture waiting: steps %d-%d" % (a, b)), ans)
         st = ctl(p.pid, "status")
@@ -330,9 +332,14 @@ class Triggers(tbtest.TestCase):
         time.sleep(0.3)
         q = self.start_job(["-n", "3000", "-m", "7", "-t", "1"])
         lst = tbtest.run([tbtest.CLI, "trigger", "--list"])
+        self.wait_status(q.pid, "step=1")  # both are stepping (a process without steps is left out)
         self.assertEqual(lst.returncode, 0, lst.stderr)
         for pid in (p.pid, q.pid):
-            self.assertRegex(lst.stdout, r"(?m)^%d +idle +\d+ +0  .*steps" % pid)
+            self.assertRegex(lst.stdout, r"(?m)^%d +idle +(\d+|-) +0  .*steps" % pid)  # "-": no step yet
+        # --all reaches every agent of this user (read-only here: ctest runs other tests' jobs beside)
+        st = tbtest.run([tbtest.CLI, "trigger", "--all", "--status"])
+        for pid in (p.pid, q.pid):
+            self.assertRegex(st.stdout, r"(?m)^%d: state=idle step=-?\d+ captures=0" % pid)
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), str(q.pid), "--steps", "4"], timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         paths = [line for line in r.stdout.splitlines() if line.endswith(".xplane.pb")]
