@@ -329,6 +329,16 @@ static int wait_all(struct target *t, int n, double timeout_s)
     if (left > 0) {
         fprintf(stderr, "tbprof trigger: %d profile%s not written after %g s\n", left, left == 1 ? "" : "s",
                 timeout_s);
+        /* a window still waiting for its steps would fire later, with nobody
+         * waiting for it: take it back (a capture under way is left to end) */
+        for (int i = 0; i < n; i++) {
+            char ans[TB_CTL_LINE + PATH_MAX + 64], waiting[64];
+            if (!t[i].on || t[i].done || tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), 2000) < 0)
+                continue;
+            field(ans, "waiting", waiting, sizeof(waiting));
+            if (waiting[0] && tb_ctl_request(t[i].pid, "stop", ans, sizeof(ans), 2000) == 0)
+                fprintf(stderr, "tbprof trigger: process %d: %s\n", (int)t[i].pid, ans);
+        }
         return 1;
     }
     return failed;

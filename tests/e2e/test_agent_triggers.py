@@ -357,6 +357,12 @@ class Triggers(tbtest.TestCase):
         self.assertIn("capture waiting: steps %d-%d" % (far, far + 1), r.stdout)
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--stop"])
         self.assertIn("capture cancelled", r.stdout)
+        # given up on after --timeout: the window is taken back, not left to fire later
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2", "--at-step", str(far), "--timeout", "0.5"])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("1 profile not written after 0.5 s", r.stderr)
+        self.assertIn("process %d: capture cancelled" % p.pid, r.stderr)
+        self.assertNotIn("waiting=", ctl(p.pid, "status"))
         for x in (p, q):
             x.kill()
             x.communicate()
