@@ -163,8 +163,8 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     send_all(fd, req);
     ssize_t k = read_line(fd, answer, n, deadline);
     close(fd);
-    if (k <= 0)
-        return -EPROTO;
+    if (k <= 0) /* no answer by the deadline (busy, stopped), or cut short */
+        return k == -2 && tb_mono_ns() >= deadline ? -ETIMEDOUT : -EPROTO;
     return 0;
 }
 

@@ -42,7 +42,9 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h);
 
 /* Client: send `line` to process pid, read the answer (timeout_ms).
  * 0 or -errno (-ECONNREFUSED / -ENOENT: no agent there; -EPERM: the
- * socket belongs to another user or pid). */
+ * socket belongs to another user or pid; -ETIMEDOUT: no answer in time:
+ * the agent thread answers between its other work, not while it writes a
+ * profile). */
 int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms);
 
 /* Client: whether pid's socket (ours: this uid) is bound, from

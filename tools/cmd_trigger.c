@@ -20,6 +20,9 @@
 
 #define MAX_TARGETS 1024
 #define ALIGN_LEAD_S 1.0 /* several processes: the window starts about this far ahead */
+/* a request's answer: the agent thread answers between captures' work, not
+ * while it writes a profile (a large one takes seconds) */
+#define REQ_MS 10000
 
 static void usage(FILE *f)
 {
@@ -75,6 +78,11 @@ static void no_agent(pid_t pid, int rc)
         fprintf(stderr, "tbprof trigger: the socket of process %d belongs to another user or process\n", (int)pid);
     else if (kill(pid, 0) < 0 && errno == ESRCH)
         fprintf(stderr, "tbprof trigger: no process %d\n", (int)pid);
+    else if (rc == -ETIMEDOUT)
+        fprintf(stderr,
+                "tbprof trigger: process %d did not answer within %d s: its agent may be writing a large "
+                "profile, or the process is stopped or hung (try again)\n",
+                (int)pid, REQ_MS / 1000);
     else if (rc == -EPROTO)
         fprintf(stderr,
                 "tbprof trigger: process %d has the agent's socket but no agent thread to answer it: with "
@@ -133,7 +141,7 @@ static int status_of(pid_t pid, char *ans, size_t n)
         no_agent(pid, -EPROTO); /* socket bound, nobody serving it yet: say why at once */
         return -1;
     }
-    int rc = tb_ctl_request(pid, "status", ans, n, 2000);
+    int rc = tb_ctl_request(pid, "status", ans, n, REQ_MS);
     if (rc < 0) {
         no_agent(pid, rc);
         return -1;
@@ -269,7 +277,7 @@ static long long aligned_start(struct target *t, int n)
     long long max1 = max0;
     for (int i = 0; i < n; i++) {
         char ans[TB_CTL_LINE + PATH_MAX + 64];
-        if (!t[i].on || tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), 2000) < 0)
+        if (!t[i].on || tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), REQ_MS) < 0)
             continue;
         long long s = field_ll(ans, "step", t[i].step);
         double r = (double)(s - t[i].step) / ((double)(tb_mono_ns() - t0) / 1e9);
@@ -296,8 +304,19 @@ static int wait_all(struct target *t, int n, double timeout_s)
             if (!t[i].on || t[i].done)
                 continue;
             char ans[TB_CTL_LINE + PATH_MAX + 64];
-            if (tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), 2000) < 0) {
-                fprintf(stderr, "tbprof trigger: process %d ended before its profile was written\n", (int)t[i].pid);
+            int rc = tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), REQ_MS);
+            if (rc == -ETIMEDOUT && alive(t[i].pid)) {
+                if (!waiting_for[0]) /* writing its profile (not answering meanwhile), or stopped */
+                    snprintf(waiting_for, sizeof(waiting_for), "process %d is not answering", (int)t[i].pid);
+                continue;
+            }
+            if (rc < 0) {
+                if (alive(t[i].pid))
+                    fprintf(stderr, "tbprof trigger: process %d no longer answers (%s)\n", (int)t[i].pid,
+                            strerror(-rc));
+                else
+                    fprintf(stderr, "tbprof trigger: process %d ended before its profile was written\n",
+                            (int)t[i].pid);
                 t[i].done = 1, left--, failed = 1;
                 continue;
             }
@@ -333,10 +352,10 @@ static int wait_all(struct target *t, int n, double timeout_s)
          * waiting for it: take it back (a capture under way is left to end) */
         for (int i = 0; i < n; i++) {
             char ans[TB_CTL_LINE + PATH_MAX + 64], waiting[64];
-            if (!t[i].on || t[i].done || tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), 2000) < 0)
+            if (!t[i].on || t[i].done || tb_ctl_request(t[i].pid, "status", ans, sizeof(ans), REQ_MS) < 0)
                 continue;
             field(ans, "waiting", waiting, sizeof(waiting));
-            if (waiting[0] && tb_ctl_request(t[i].pid, "stop", ans, sizeof(ans), 2000) == 0)
+            if (waiting[0] && tb_ctl_request(t[i].pid, "stop", ans, sizeof(ans), REQ_MS) == 0)
                 fprintf(stderr, "tbprof trigger: process %d: %s\n", (int)t[i].pid, ans);
         }
         return 1;
@@ -525,7 +544,7 @@ int cmd_trigger(int argc, char **argv)
         if (!t[i].on)
             continue;
         char ans[TB_CTL_LINE + PATH_MAX + 64];
-        int rc = tb_ctl_request(t[i].pid, req, ans, sizeof(ans), 2000);
+        int rc = tb_ctl_request(t[i].pid, req, ans, sizeof(ans), REQ_MS);
         if (rc < 0) {
             no_agent(t[i].pid, rc);
             t[i].on = 0;
