@@ -363,14 +363,18 @@ static int wait_all(struct target *t, int n, double timeout_s)
     return failed;
 }
 
-int cmd_trigger(int argc, char **argv)
+struct opts {
+    pid_t pids[MAX_TARGETS]; /* named, then the targets */
+    int npids, tree, all, wait, status_only, stop;
+    long nsteps, at_step;
+    double duration, timeout_s;
+    const char *run;
+};
+
+/* The command line into o. Returns -1 to go on, else the exit status. */
+static int parse_args(int argc, char **argv, struct opts *o)
 {
-    static pid_t pids[MAX_TARGETS];
-    static struct target t[MAX_TARGETS];
-    int npids = 0, tree = 0, all = 0, wait = 1, status_only = 0, stop = 0;
-    long nsteps = 0, at_step = -1;
-    double duration = 0, timeout_s = 600;
-    const char *run = NULL;
+    *o = (struct opts){.wait = 1, .at_step = -1, .timeout_s = 600};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         char *end;
@@ -380,165 +384,176 @@ int cmd_trigger(int argc, char **argv)
         } else if (!strcmp(a, "--list")) {
             return list_agents();
         } else if (!strcmp(a, "--steps") && i + 1 < argc) {
-            nsteps = strtol(argv[++i], &end, 10);
-            if (*end || nsteps < 1) {
+            o->nsteps = strtol(argv[++i], &end, 10);
+            if (*end || o->nsteps < 1) {
                 fprintf(stderr, "tbprof trigger: --steps needs a positive integer\n");
                 return 2;
             }
         } else if (!strcmp(a, "--at-step") && i + 1 < argc) {
-            at_step = strtol(argv[++i], &end, 10);
-            if (*end || at_step < 0) {
+            o->at_step = strtol(argv[++i], &end, 10);
+            if (*end || o->at_step < 0) {
                 fprintf(stderr, "tbprof trigger: --at-step needs a step number >= 0\n");
                 return 2;
             }
         } else if (!strcmp(a, "--duration") && i + 1 < argc) {
-            duration = strtod(argv[++i], &end);
-            if (*end || !(duration > 0)) {
+            o->duration = strtod(argv[++i], &end);
+            if (*end || !(o->duration > 0)) {
                 fprintf(stderr, "tbprof trigger: --duration needs seconds > 0\n");
                 return 2;
             }
         } else if (!strcmp(a, "--run") && i + 1 < argc) {
-            run = argv[++i];
+            o->run = argv[++i];
         } else if (!strcmp(a, "--tree")) {
-            tree = 1;
+            o->tree = 1;
         } else if (!strcmp(a, "--all")) {
-            all = 1;
+            o->all = 1;
         } else if (!strcmp(a, "--stop")) {
-            stop = 1;
+            o->stop = 1;
         } else if (!strcmp(a, "--status")) {
-            status_only = 1;
+            o->status_only = 1;
         } else if (!strcmp(a, "--no-wait")) {
-            wait = 0;
+            o->wait = 0;
         } else if (!strcmp(a, "--timeout") && i + 1 < argc) {
-            timeout_s = atof(argv[++i]);
+            o->timeout_s = atof(argv[++i]);
         } else if (a[0] != '-') {
             long p = strtol(a, &end, 10);
             if (*end || p <= 0 || p > INT_MAX) {
                 fprintf(stderr, "tbprof trigger: '%s' is not a process id\n", a);
                 return 2;
             }
-            if (npids < MAX_TARGETS && !has_pid(pids, npids, (pid_t)p))
-                pids[npids++] = (pid_t)p;
+            if (o->npids < MAX_TARGETS && !has_pid(o->pids, o->npids, (pid_t)p))
+                o->pids[o->npids++] = (pid_t)p;
         } else {
             usage(stderr);
             return 2;
         }
     }
-    if (!npids == !all || (all && tree)) {
+    if (!o->npids == !o->all || (o->all && o->tree)) {
         usage(stderr);
         return 2;
     }
-    if ((nsteps > 0) + (duration > 0) + stop + status_only > 1 || (at_step >= 0 && !nsteps)) {
+    if ((o->nsteps > 0) + (o->duration > 0) + o->stop + o->status_only > 1 || (o->at_step >= 0 && !o->nsteps)) {
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
         return 2;
     }
-    if (run && (!run[0] || strlen(run) > 64 || run[0] == '.' ||
-                strspn(run, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(run))) {
+    const char *r = o->run;
+    if (r && (!r[0] || strlen(r) > 64 || r[0] == '.' ||
+              strspn(r, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(r))) {
         fprintf(stderr, "tbprof trigger: --run needs 1..64 of A-Z a-z 0-9 . _ -, not starting with '.'\n");
         return 2;
     }
-    int ntargets = npids;
-    pid_t root = pids[0];
-    if (tree) {
-        static pid_t found[MAX_TARGETS];
-        ntargets = add_tree(pids, npids, found, 0);
-        if (!ntargets) {
-            fprintf(stderr, "tbprof trigger: no process under %d%s runs the tbprof agent\n", (int)pids[0],
-                    npids > 1 ? " (or the others given)" : "");
-            return 1;
-        }
-        memcpy(pids, found, sizeof(pid_t) * (size_t)ntargets);
-    } else if (all) {
-        int na = tb_ctl_list(pids, MAX_TARGETS);
-        ntargets = 0;
-        for (int i = 0; i < na && i < MAX_TARGETS; i++)
-            if (pids[i] != getpid() && alive(pids[i])) /* not this command, where LD_PRELOAD reached it */
-                pids[ntargets++] = pids[i];
-        if (!ntargets) {
-            fprintf(stderr, "tbprof trigger: no process of this user runs the tbprof agent here\n");
-            return 1;
-        }
-    }
-    int discover = tree || all; /* targets found, not named: single-threaded ones are left out */
-    int several = ntargets > 1 || discover;
+    return -1;
+}
 
-    /* each target's status: is an agent there, its step and last profile */
-    int nt = 0, failed = 0, skipped = 0, answered = 0;
-    for (int i = 0; i < ntargets; i++) {
+/* --tree / --all: replace o->pids by the processes found. Returns how many
+ * (0: none, said why). */
+static int find_targets(struct opts *o)
+{
+    static pid_t found[MAX_TARGETS];
+    int n = 0;
+    if (o->tree) {
+        n = add_tree(o->pids, o->npids, found, 0);
+        if (!n)
+            fprintf(stderr, "tbprof trigger: no process under %d%s runs the tbprof agent\n", (int)o->pids[0],
+                    o->npids > 1 ? " (or the others given)" : "");
+    } else {
+        int na = tb_ctl_list(found, MAX_TARGETS);
+        for (int i = 0; i < na && i < MAX_TARGETS; i++)
+            if (found[i] != getpid() && alive(found[i])) /* not this command, where LD_PRELOAD reached it */
+                found[n++] = found[i];
+        if (!n)
+            fprintf(stderr, "tbprof trigger: no process of this user runs the tbprof agent here\n");
+    }
+    memcpy(o->pids, found, sizeof(pid_t) * (size_t)n);
+    return n;
+}
+
+/* Each of pids[0..n)'s status: is an agent there, its step and last profile,
+ * into t[] (or printed, --status). Processes found (not named) that are
+ * single-threaded are left out. Returns how many answered; *failed set
+ * where one did not. */
+static int gather(const struct opts *o, pid_t root, int n, int several, struct target *t, int *nt, int *failed)
+{
+    int skipped = 0, answered = 0, discover = o->tree || o->all;
+    for (int i = 0; i < n; i++) {
         char ans[TB_CTL_LINE + PATH_MAX + 64];
-        if (discover && tb_ctl_exists(pids[i]) == 1 && agent_thread_present(pids[i], 3) == 0) {
+        pid_t pid = o->pids[i];
+        if (discover && tb_ctl_exists(pid) == 1 && agent_thread_present(pid, 3) == 0) {
             skipped++; /* single-threaded (a shell, a helper): no thread to answer */
             continue;
         }
-        if (status_of(pids[i], ans, sizeof(ans)) < 0) {
-            failed = 1;
+        if (status_of(pid, ans, sizeof(ans)) < 0) {
+            *failed = 1;
             continue;
         }
         answered++;
-        if (status_only) {
+        if (o->status_only) {
             if (several)
-                printf("%d: %s\n", (int)pids[i], ans);
+                printf("%d: %s\n", (int)pid, ans);
             else
                 printf("%s\n", ans);
             continue;
         }
-        struct target *x = &t[nt++];
+        struct target *x = &t[(*nt)++];
         memset(x, 0, sizeof(*x));
-        x->pid = pids[i];
+        x->pid = pid;
         x->on = 1;
         field(ans, "last", x->before, sizeof(x->before));
         x->step = field_ll(ans, "step", -1);
     }
     if (skipped) {
         char where[48] = "";
-        if (tree)
+        if (o->tree)
             snprintf(where, sizeof(where), " under %d", (int)root);
         fprintf(stderr, "tbprof trigger: %d single-threaded process%s%s left out (no agent thread serves %s)\n",
                 skipped, skipped == 1 ? "" : "es", where, skipped == 1 ? "its socket" : "their sockets");
+        if (!answered && !*failed)
+            no_agent(o->pids[0], -EPROTO); /* all of them: say what to do */
     }
-    if (skipped && !answered && !failed)
-        no_agent(pids[0], -EPROTO); /* all of them: say what to do */
-    if (status_only)
-        return failed || !answered;
-    if (!nt)
-        return 1;
+    return answered;
+}
 
-    /* the request */
-    char req[TB_CTL_LINE];
-    char runbuf[64] = "";
-    if (!run && several && !stop) {
-        /* one folder for all of them, named as an agent names its own */
-        tb_run_name_from_time(time(NULL), runbuf, sizeof(runbuf));
-        run = runbuf;
+/* The request line for the targets; with several, steps by number (the
+ * same for all; targets without steps left out). 0, or 1 when none is left. */
+static int make_request(const struct opts *o, int several, const char *run, struct target *t, int nt, char *req,
+                        size_t n)
+{
+    if (o->stop) {
+        snprintf(req, n, "stop");
+        return 0;
     }
-    if (stop) {
-        snprintf(req, sizeof(req), "stop");
-        wait = 0;
-    } else if (nsteps && (several || at_step >= 0)) {
-        for (int i = 0; i < nt; i++)
+    if (o->nsteps && (several || o->at_step >= 0)) {
+        int any = 0;
+        for (int i = 0; i < nt; i++) {
             if (t[i].step < 0) {
                 fprintf(stderr, "tbprof trigger: process %d has marked no step: left out (a launcher?)\n",
                         (int)t[i].pid);
                 t[i].on = 0;
             }
-        int any = 0;
-        for (int i = 0; i < nt; i++)
             any |= t[i].on;
+        }
         if (!any) {
             fprintf(stderr, "tbprof trigger: none of the processes marks steps (use --duration S)\n");
             return 1;
         }
-        long long a = at_step >= 0 ? at_step : aligned_start(t, nt);
-        snprintf(req, sizeof(req), "start steps=%lld-%lld", a, a + nsteps - 1);
-    } else if (nsteps) {
-        snprintf(req, sizeof(req), "start steps=%ld", nsteps);
+        long long a = o->at_step >= 0 ? o->at_step : aligned_start(t, nt);
+        snprintf(req, n, "start steps=%lld-%lld", a, a + o->nsteps - 1);
+    } else if (o->nsteps) {
+        snprintf(req, n, "start steps=%ld", o->nsteps);
     } else {
-        snprintf(req, sizeof(req), "start duration=%g", duration > 0 ? duration : 5.0);
+        snprintf(req, n, "start duration=%g", o->duration > 0 ? o->duration : 5.0);
     }
-    if (run && !stop) {
+    if (run) {
         size_t l = strlen(req);
-        snprintf(req + l, sizeof(req) - l, " run=%s", run);
+        snprintf(req + l, n - l, " run=%s", run);
     }
+    return 0;
+}
+
+/* Send req to every target still on; print each answer. Returns how many
+ * agreed; *failed set where one did not. */
+static int send_request(const char *req, int several, struct target *t, int nt, int *failed)
+{
     int agreed = 0;
     for (int i = 0; i < nt; i++) {
         if (!t[i].on)
@@ -548,7 +563,7 @@ int cmd_trigger(int argc, char **argv)
         if (rc < 0) {
             no_agent(t[i].pid, rc);
             t[i].on = 0;
-            failed = 1;
+            *failed = 1;
             continue;
         }
         if (several)
@@ -559,15 +574,47 @@ int cmd_trigger(int argc, char **argv)
                  !strncmp(ans, "capture stopping", 16) || !strncmp(ans, "capture cancelled", 17);
         t[i].on = ok;
         agreed += ok;
-        failed |= !ok;
+        *failed |= !ok;
     }
     fflush(stdout);
+    return agreed;
+}
+
+int cmd_trigger(int argc, char **argv)
+{
+    static struct opts o;
+    static struct target t[MAX_TARGETS];
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    pid_t root = o.pids[0];
+    int ntargets = o.tree || o.all ? find_targets(&o) : o.npids;
+    if (!ntargets)
+        return 1;
+    int several = ntargets > 1 || o.tree || o.all;
+    int nt = 0, failed = 0;
+    int answered = gather(&o, root, ntargets, several, t, &nt, &failed);
+    if (o.status_only)
+        return failed || !answered;
+    if (!nt)
+        return 1;
+    char runbuf[64] = "";
+    const char *run = o.stop ? NULL : o.run;
+    if (!run && several && !o.stop) {
+        /* one folder for all of them, named as an agent names its own */
+        tb_run_name_from_time(time(NULL), runbuf, sizeof(runbuf));
+        run = runbuf;
+    }
+    char req[TB_CTL_LINE];
+    if (make_request(&o, several, run, t, nt, req, sizeof(req)))
+        return 1;
+    int agreed = send_request(req, several, t, nt, &failed);
     if (!agreed)
         return 1;
-    if (!wait)
+    if (!o.wait || o.stop)
         return failed;
     if (several)
         fprintf(stderr, "tbprof trigger: %d process%s capturing into run folder %s\n", agreed,
                 agreed == 1 ? "" : "es", run);
-    return wait_all(t, nt, timeout_s) | failed;
+    return wait_all(t, nt, o.timeout_s) | failed;
 }
