@@ -631,6 +631,22 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
 }
 
 /* Agent thread, lock NOT held: the file I/O. Frees sp. */
+/* Between the pieces of a profile being written (agent thread, lock not
+ * held): answer the control socket, so `status` says "writing" and a
+ * trigger is not kept waiting for the whole write (seconds for a large
+ * trace.json.gz). A capture asked for now arms; its sources start after
+ * the write, as for a step window that begins during one. Not while the
+ * process leaves. */
+static void serve_while_writing(void *ctx)
+{
+    (void)ctx;
+    pthread_mutex_lock(&g.lock);
+    int serve = !g.exiting && !g.term_pending && g.listen_fd >= 0;
+    pthread_mutex_unlock(&g.lock);
+    if (serve)
+        tb_ctl_serve(g.listen_fd, tb_agent_control);
+}
+
 static void write_space(tb_space *sp, const char *run, const char *trigger)
 {
     char host[TB_CONFIG_STR + 300], path[PATH_MAX];
@@ -641,6 +657,7 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
         .host = host,
         .trace_json = g.cfg.trace_json,
         .max_bytes = (size_t)g.cfg.max_mb << 20,
+        .tick = serve_while_writing,
     };
     int rc = tb_profile_write(sp, &o, path, sizeof(path));
     if (rc < 0) {

@@ -387,10 +387,24 @@ int tb_write_tfevents(const char *logdir, const char *host, double wall_time)
 /* ---- everything at once ------------------------------------------------------------------ */
 
 struct xsink {
-    atomic_file af; /* first: the sink's write() takes the ctx as an atomic_file */
+    atomic_file af;
     const char *dir;
     size_t max_bytes;
+    const tb_profile_opts *o;
 };
+
+static void tick(const tb_profile_opts *o)
+{
+    if (o->tick)
+        o->tick(o->tick_ctx);
+}
+
+static int xsink_write(void *ctx, const void *data, size_t len)
+{
+    struct xsink *x = ctx;
+    tick(x->o);
+    return af_write(&x->af, data, len);
+}
 
 static int xsink_begin(void *ctx, size_t total)
 {
@@ -406,6 +420,7 @@ struct gzsink {
     atomic_file af;
     size_t max_bytes, written;
     struct rlimit rl;
+    const tb_profile_opts *o;
 };
 
 static int gzsink_write(void *ctx, const void *data, size_t len)
@@ -415,6 +430,7 @@ static int gzsink_write(void *ctx, const void *data, size_t len)
         (g->rl.rlim_cur != RLIM_INFINITY && g->written + len > g->rl.rlim_cur))
         return -EFBIG;
     g->written += len;
+    tick(g->o);
     return write_all(g->af.fd, data, len);
 }
 
@@ -449,8 +465,8 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         return r;
     /* Streamed straight into the temporary file: no buffer of the whole
      * profile in the job's memory. The size is known before any byte. */
-    struct xsink ctx = {.af = {.dfd = -1, .fd = -1}, .dir = dir, .max_bytes = o->max_bytes};
-    tb_xspace_sink sink = {.begin = xsink_begin, .write = af_write, .ctx = &ctx};
+    struct xsink ctx = {.af = {.dfd = -1, .fd = -1}, .dir = dir, .max_bytes = o->max_bytes, .o = o};
+    tb_xspace_sink sink = {.begin = xsink_begin, .write = xsink_write, .ctx = &ctx};
     r = tb_xspace_encode_stream(s, &sink);
     if (r == 0)
         r = af_commit(&ctx.af, dir, name, xpath, sizeof(xpath));
@@ -472,7 +488,7 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         /* Optional extra, streamed into its temp file: a failure is one
          * warning, the profile stays. */
         char tname[NAME_MAX + 1];
-        struct gzsink g = {.af = {.dfd = -1, .fd = -1}, .max_bytes = o->max_bytes};
+        struct gzsink g = {.af = {.dfd = -1, .fd = -1}, .max_bytes = o->max_bytes, .o = o};
         /* the same stem as the xplane.pb it goes with ("h.1" when "h" was taken) */
         const char *xbase = strrchr(xpath, '/') ? strrchr(xpath, '/') + 1 : xpath;
         size_t stem = strlen(xbase) > strlen(".xplane.pb") ? strlen(xbase) - strlen(".xplane.pb") : 0;

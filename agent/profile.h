@@ -27,6 +27,10 @@ typedef struct tb_profile_opts {
     const char *host;   /* file stem; NULL: gethostname() */
     int trace_json;     /* also write <host>.trace.json.gz */
     size_t max_bytes;   /* 0: no cap; a larger xplane.pb is not written (-EFBIG) */
+    /* called before each piece written to the files (256 KiB or less), on
+     * the writing thread: the agent answers its control socket there */
+    void (*tick)(void *ctx);
+    void *tick_ctx;
 } tb_profile_opts;
 
 /* YYYY_MM_DD_HH_MM_SS in local time. */

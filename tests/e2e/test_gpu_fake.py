@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 
 import relutil
 import tbtest
@@ -696,6 +698,41 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual([w for w in prof.warnings if "NVTX ranges" in w],
                          ["GPU work not (all) named by its NVTX ranges: the profile reached TBPROF_MAX_MB"])
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "NVTX ranges" in l]), 1, p.stderr)
+
+    def test_socket_answered_while_a_profile_is_written(self):
+        # the agent thread answers its control socket between the pieces of
+        # a profile it writes: `status` says "writing" within a piece's time,
+        # not once the whole write is over (the shim makes each piece of a
+        # 90,000-event profile take 150 ms longer: seconds in all)
+        with open(self.script, "w") as f:
+            f.write(DEVICE + "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=1 start=1 end=2\n"
+                             "kernel name=relu_kernel start=2 end=3 stream=7 corr=1 grid=1,1,1 block=32,1,1 "
+                             "regs=8\n"
+                             "memcpy kind=htod src=pinned dst=device bytes=64 async=1 start=3 end=4 stream=7 corr=1\n")
+        env = self.env(shim=tbtest.prog("libslow_profile_write.so"), trace_json="off",
+                       TBFAKE_CUPTI_REPEAT="30000")
+        p = tbtest.spawn([tbtest.prog("steps"), "-G", "-r", "-n", "100000", "-m", "10", "-a", "2,4"], env=env)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        pid = int(tbtest.read_until(p, "ready").split()[1])
+        writing, st = [], ""
+        deadline = time.time() + 120
+        while time.time() < deadline and "captures=1" not in st:
+            t0 = time.monotonic()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(60)
+                s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
+                s.sendall(b"status\n")
+                st = s.makefile().readline()
+            if "state=writing" in st:
+                writing.append(time.monotonic() - t0)
+            time.sleep(0.05)
+        self.assertIn("captures=1", st)
+        self.assertGreaterEqual(len(writing), 3, "status answered while the profile was written")
+        self.assertLess(sorted(writing)[len(writing) // 2], 1.0, writing)
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.assertEqual(len(prof.plane("/device:GPU:0").events("relu_kernel")), 30000)
+        p.kill()
+        p.communicate()
 
     def test_missing_libcupti(self):
         self.host_only(r"libcupti not found", cupti_path=os.path.join(self.tmp, "no", "libcupti.so"))
