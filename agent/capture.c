@@ -780,15 +780,33 @@ static int request_time(int64_t dur_ns, const char *trigger, int win)
     return 0;
 }
 
-static int request_steps(int64_t nsteps, const char *trigger)
+/* N steps from the next boundary (0), or with TBPROF_STEP_ROUNDUP=R from
+ * the next step number divisible by R, as a window waiting for its steps
+ * (1; *first = its first step): ranks triggered moments apart (a signal
+ * sent to each) capture the same steps. */
+static int request_steps(int64_t nsteps, const char *trigger, const char *run, int64_t *first)
 {
     if (g.disabled)
         return -EPERM;
-    if (g.state != TB_STATE_IDLE)
+    if (g.state != TB_STATE_IDLE || g.pend.kind)
         return -EBUSY;
+    if (g.cfg.step_roundup > 0) {
+        int64_t cur = atomic_load(&next_step) - 1, r = g.cfg.step_roundup;
+        int64_t a = cur < 0 ? 0 : (cur / r + 1) * r;
+        struct cap c = {.kind = CAP_AT_STEPS, .first = a, .last = a + nsteps - 1, .win = -1};
+        snprintf(c.trigger, sizeof(c.trigger), "%s (steps %lld-%lld: TBPROF_STEP_ROUNDUP=%lld)", trigger,
+                 (long long)c.first, (long long)c.last, (long long)r);
+        snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
+        g.pend = c;
+        if (!pend_check(cur, 0, 0))
+            update_slow_from();
+        *first = a;
+        return 1;
+    }
     struct cap c = {.kind = CAP_STEPS, .first = -1, .last = -1, .nsteps = nsteps, .win = -1,
                     .deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000};
     snprintf(c.trigger, sizeof(c.trigger), "%s", trigger);
+    snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
     arm(&c);
     return 0;
 }
@@ -1105,8 +1123,9 @@ static void on_signal_byte(char b)
         char trig[64];
         snprintf(trig, sizeof(trig), "signal %s", strsignal(g.cfg.signal));
         int rc;
+        int64_t first;
         if (atomic_load(&next_step) > 0)
-            rc = request_steps(5, trig);
+            rc = request_steps(5, trig, NULL, &first);
         else
             rc = request_time((int64_t)((g.cfg.duration_s > 0 ? g.cfg.duration_s : 5.0) * 1e9), trig, -1);
         if (rc == -EBUSY)
@@ -1449,9 +1468,15 @@ static int control_start(char *args, char *out, size_t n)
         }
         char trig[64];
         snprintf(trig, sizeof(trig), "socket steps=%lld", k);
-        rc = request_steps(k, trig);
+        int64_t a = 0;
+        rc = request_steps(k, trig, run, &a);
         if (rc == 0)
             snprintf(out, n, "capture started: %lld steps from step %lld", k, (long long)atomic_load(&next_step));
+        if (rc == 1) {
+            snprintf(out, n, "capture waiting: steps %lld-%lld (this process is at step %lld; TBPROF_STEP_ROUNDUP=%lld)",
+                     (long long)a, (long long)(a + k - 1), (long long)cur, (long long)g.cfg.step_roundup);
+            return 0;
+        }
     } else {
         double s = 5.0;
         if (dur && (tb_parse_seconds(dur, &s) < 0 || s <= 0 || s > 3600)) {
@@ -1464,7 +1489,7 @@ static int control_start(char *args, char *out, size_t n)
         if (rc == 0)
             snprintf(out, n, "capture started: duration %g s", s);
     }
-    if (rc == 0 && run)
+    if (rc == 0 && run && !steps) /* a time window (the steps requests took it above) */
         snprintf(g.cur.run, sizeof(g.cur.run), "%s", run);
     return rc;
 }

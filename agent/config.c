@@ -116,6 +116,11 @@ static const var vars[] = {
      "a step window's first boundary waits up to this long for the sources still starting (CUPTI's "
      "first load), so the window holds whole steps; 0: never wait",
      "using 2000", "2000", F(start_wait_ms), 0, 60000},
+    {"TBPROF_STEP_ROUNDUP", T_UINT, "0", "integer 0..1000000",
+     "a triggered steps capture (the signal, `tbprof trigger PID --steps N`) begins at the next step "
+     "number divisible by this, so ranks triggered moments apart capture the same steps; 0: at the "
+     "next step",
+     "using 0", "0", F(step_roundup), 0, 1000000},
     {"TBPROF_GPU_DRAIN_MS", T_UINT, "2000", "integer 0..60000",
      "at the end of a capture, wait up to this long (on tbprof's thread, never the job's) for GPU "
      "work launched in the window and still running, so its records are complete; 0: never wait "

@@ -72,6 +72,7 @@ typedef struct tb_config {
     char nvtx_step[TB_CONFIG_STR]; /* TBPROF_NVTX_STEP; "" = NVTX steps off */
     int nvtx;          /* TBPROF_NVTX: record NVTX ranges while capturing */
     int64_t start_wait_ms; /* TBPROF_START_WAIT_MS */
+    int64_t step_roundup;  /* TBPROF_STEP_ROUNDUP */
     int64_t gpu_drain_ms;  /* TBPROF_GPU_DRAIN_MS */
     int cupti_teardown; /* TBPROF_CUPTI_TEARDOWN: tb_auto_mode (cupti/gpu.c decides auto) */
     int cuda_api_all;  /* TBPROF_CUDA_API_ALL: also the constant queries cupti/translate.c leaves out */

@@ -288,6 +288,32 @@ class Triggers(tbtest.TestCase):
         self.assertIn("signal", prof.host.stats["tbprof_trigger"])
         self.finish(p)
 
+    def test_step_roundup_aligns_triggered_steps(self):
+        # TBPROF_STEP_ROUNDUP=25: the signal's five steps, and a socket
+        # steps=N request, begin at the next step number divisible by 25
+        p = self.start_job(["-n", "600", "-m", "5", "-t", "1"], signal="USR2", step_roundup="25")
+        now = int(self.wait_status(p.pid, "step=3").split("step=")[1].split()[0])
+        os.kill(p.pid, signal.SIGUSR2)
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=60)
+        nums = step_nums(tbtest.load(files[0]))
+        self.assertEqual(len(nums), 5, nums)
+        self.assertEqual(nums[0] % 25, 0, nums)
+        self.assertGreater(nums[0], now)
+        self.assertEqual(nums, list(range(nums[0], nums[0] + 5)))
+        self.assertIn("TBPROF_STEP_ROUNDUP=25", tbtest.load(files[0]).host.stats["tbprof_trigger"])
+        st = self.wait_status(p.pid, "captures=1")
+        now = int(st.split("step=")[1].split()[0])
+        ans = ctl(p.pid, "start steps=2 run=rounded")
+        a = int(re.search(r"capture waiting: steps (\d+)-", ans).group(1))
+        self.assertEqual(a % 25, 0, ans)
+        self.assertGreater(a, now, ans)
+        files = tbtest.wait_for_xplanes(self.logdir, 2, timeout=60)
+        got = [f for f in files if "/rounded/" in f]
+        self.assertEqual(len(got), 1, files)
+        self.assertEqual(step_nums(tbtest.load(got[0])), [a, a + 1])
+        p.kill()
+        p.communicate()
+
     def test_signal_is_off_by_default(self):
         # no TBPROF_SIGNAL: SIGUSR2 keeps its default action (terminate)
         p = self.start_job(["-n", "200", "-m", "10"])
