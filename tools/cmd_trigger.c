@@ -1,8 +1,9 @@
 /* cmd_trigger.c - `tbprof trigger PID... [--steps N | --duration S | --stop | --status]`:
  * ask running processes' agents (their control sockets, agent/ctl.h) to
  * capture, print the answers, then wait for the profiles and print their
- * paths. Several processes (the ranks of one job, or `--tree` under a
- * launcher) get one run folder and, for steps, the same step numbers. */
+ * paths. Several processes (the ranks of one job; `--tree` under a
+ * launcher; `--all` on this host) get one run folder and, for steps, the
+ * same step numbers. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -20,8 +21,9 @@
 
 #define MAX_TARGETS 1024
 #define ALIGN_LEAD_S 1.0 /* several processes: the window starts about this far ahead */
-/* a request's answer: the agent thread answers between captures' work, not
- * while it writes a profile (a large one takes seconds) */
+/* how long a request waits for its answer: the agent thread answers
+ * between its other work (between the pieces of a profile it writes), not
+ * while it collects a capture, nor while the process is stopped */
 #define REQ_MS 10000
 
 static void usage(FILE *f)
@@ -80,8 +82,8 @@ static void no_agent(pid_t pid, int rc)
         fprintf(stderr, "tbprof trigger: no process %d\n", (int)pid);
     else if (rc == -ETIMEDOUT)
         fprintf(stderr,
-                "tbprof trigger: process %d did not answer within %d s: its agent may be writing a large "
-                "profile, or the process is stopped or hung (try again)\n",
+                "tbprof trigger: process %d did not answer within %d s: its agent may be collecting a large "
+                "capture, or the process is stopped or hung (try again)\n",
                 (int)pid, REQ_MS / 1000);
     else if (rc == -EPROTO)
         fprintf(stderr,
