@@ -226,7 +226,7 @@ static int list_agents(void)
         printf("no process of this user runs the tbprof agent (with its control socket)\n");
         return 0;
     }
-    printf("%-8s %-10s %8s %8s  %s\n", "PID", "STATE", "STEP", "CAPTURES", "COMMAND");
+    printf("%-8s %-16s %8s %8s  %s\n", "PID", "STATE", "STEP", "CAPTURES", "COMMAND");
     int shown = 0;
     for (int i = 0; i < na && i < MAX_TARGETS; i++) {
         char ans[TB_CTL_LINE + PATH_MAX + 64], state[64] = "", cmd[120];
@@ -239,14 +239,18 @@ static int list_agents(void)
         else if (tb_ctl_request(all[i], "status", ans, sizeof(ans), 500) < 0)
             snprintf(state, sizeof(state), "no-answer");
         else {
+            char waiting[48];
             field(ans, "state", state, sizeof(state));
+            field(ans, "waiting", waiting, sizeof(waiting));
+            if (waiting[0]) /* a window waiting for its steps: "waiting" with them */
+                snprintf(state, sizeof(state), "waiting:%s", waiting + strlen("steps_"));
             step = field_ll(ans, "step", -1);
             caps = field_ll(ans, "captures", 0);
         }
         char sstep[24] = "-";
         if (step >= 0)
             snprintf(sstep, sizeof(sstep), "%lld", step);
-        printf("%-8d %-10s %8s %8lld  %s\n", (int)all[i], state, sstep, caps, cmd);
+        printf("%-8d %-16s %8s %8lld  %s\n", (int)all[i], state, sstep, caps, cmd);
         shown++;
     }
     if (!shown)

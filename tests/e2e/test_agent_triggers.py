@@ -381,6 +381,8 @@ class Triggers(tbtest.TestCase):
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2", "--at-step", str(far), "--no-wait"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("capture waiting: steps %d-%d" % (far, far + 1), r.stdout)
+        lst = tbtest.run([tbtest.CLI, "trigger", "--list"])
+        self.assertRegex(lst.stdout, r"(?m)^%d +waiting:%d-%d " % (p.pid, far, far + 1))
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--stop"])
         self.assertIn("capture cancelled", r.stdout)
         # given up on after --timeout: the window is taken back, not left to fire later
