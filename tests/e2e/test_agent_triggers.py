@@ -127,6 +127,25 @@ class Triggers(tbtest.TestCase):
         p.kill()
         p.communicate()
 
+    def test_socket_step_window_from_the_next_step(self):
+        # A = the step after the running one: the window arms at once (its
+        # step A-1 is under way), and holds exactly A..B
+        p = self.start_job(["-n", "40", "-m", "300", "-t", "1"])
+        step = lambda: int(ctl(p.pid, "status").split("step=")[1].split()[0])  # noqa: E731
+        first = step()
+        while step() == first:  # just past a boundary: ~300 ms before the next
+            time.sleep(0.005)
+        now = step()
+        ans = ctl(p.pid, "start steps=%d-%d" % (now + 1, now + 2))
+        self.assertTrue(ans.startswith("capture waiting: steps %d-%d" % (now + 1, now + 2)), ans)
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=60)
+        prof = tbtest.load(files[0])
+        self.assertEqual(step_nums(prof), [now + 1, now + 2])
+        # armed during step A-1: the sources were on before A, which did not wait for them
+        self.assertNotIn("tbprof_start_wait_ns", prof.host.stats)
+        p.kill()
+        p.communicate()
+
     def test_socket_step_window_can_be_cancelled(self):
         p = self.start_job(["-n", "600", "-m", "10", "-t", "1"])
         now = int(self.wait_status(p.pid, "step=1").split("step=")[1].split()[0])
