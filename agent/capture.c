@@ -780,6 +780,27 @@ static int request_time(int64_t dur_ns, const char *trigger, int win)
     return 0;
 }
 
+/* Steps first..last by number (CAP_AT_STEPS), waiting in g.pend until step
+ * first-1 (armed now when that step is under way). Lock held. 0, -EINVAL
+ * (a bad range, or step `first` has begun), -EPERM, -EBUSY. */
+static int request_window(int64_t first, int64_t last, const char *trigger, const char *run)
+{
+    int64_t cur = atomic_load(&next_step) - 1; /* the step running now (-1: none marked) */
+    if (first < 0 || last < first || last - first >= 1000000 || first <= cur)
+        return -EINVAL;
+    if (g.disabled)
+        return -EPERM;
+    if (g.state != TB_STATE_IDLE || g.pend.kind)
+        return -EBUSY;
+    struct cap c = {.kind = CAP_AT_STEPS, .first = first, .last = last, .win = -1};
+    snprintf(c.trigger, sizeof(c.trigger), "%s", trigger);
+    snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
+    g.pend = c;
+    if (!pend_check(cur, 0, 0))
+        update_slow_from();
+    return 0;
+}
+
 /* N steps from the next boundary (0), or with TBPROF_STEP_ROUNDUP=R from
  * the next step number divisible by R, as a window waiting for its steps
  * (1; *first = its first step): ranks triggered moments apart (a signal
@@ -1368,11 +1389,40 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     return 0;
 }
 
+int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger)
+{
+    if (!g.inited)
+        return -EPERM;
+    pthread_mutex_lock(&g.lock);
+    int rc = request_window(first, last, trigger, NULL);
+    int armed = rc == 0 && g.state != TB_STATE_IDLE; /* step first-1 is under way */
+    int need_thread = armed && !g.thread_running;
+    pthread_mutex_unlock(&g.lock);
+    if (need_thread)
+        ensure_thread();
+    else if (armed)
+        wake();
+    return rc;
+}
+
+/* A window waiting for its steps (none begun yet): drop it. Lock held.
+ * 1 when there was one. */
+static int cancel_waiting(void)
+{
+    if (!g.pend.kind || g.state != TB_STATE_IDLE)
+        return 0;
+    g.pend.kind = 0;
+    update_slow_from();
+    return 1;
+}
+
 int tb_agent_stop(void)
 {
     pthread_mutex_lock(&g.lock);
-    int rc = request_stop(tb_mono_ns());
+    int rc = cancel_waiting() ? 1 : request_stop(tb_mono_ns());
     pthread_mutex_unlock(&g.lock);
+    if (rc == 1)
+        return 0; /* nothing was running: nothing to write */
     if (rc == 0)
         wake();
     return rc;
@@ -1442,18 +1492,13 @@ static int control_start(char *args, char *out, size_t n)
             snprintf(out, n, "error: step %lld has begun: this process is at step %lld", a, (long long)cur);
             return -EINVAL;
         }
-        if (g.disabled)
-            return -EPERM;
-        if (g.state != TB_STATE_IDLE)
-            return -EBUSY;
-        struct cap c = {.kind = CAP_AT_STEPS, .first = a, .last = b, .win = -1};
-        snprintf(c.trigger, sizeof(c.trigger), "socket steps=%lld-%lld", a, b);
-        snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
-        g.pend = c;
-        if (!pend_check(cur, 0, 0))
-            update_slow_from();
-        snprintf(out, n, "capture waiting: steps %lld-%lld (this process is at step %lld)", a, b, (long long)cur);
-        return 0;
+        char trig[64];
+        snprintf(trig, sizeof(trig), "socket steps=%lld-%lld", a, b);
+        rc = request_window(a, b, trig, run);
+        if (rc == 0)
+            snprintf(out, n, "capture waiting: steps %lld-%lld (this process is at step %lld)", a, b,
+                     (long long)cur);
+        return rc;
     } else if (steps) {
         char *end;
         errno = 0;
@@ -1524,13 +1569,10 @@ void tb_agent_control(const char *line, char *out, size_t n)
     }
     if (!strcmp(cmd, "stop")) {
         pthread_mutex_lock(&g.lock);
-        int waited = g.pend.kind && g.state == TB_STATE_IDLE;
-        if (waited) {
-            g.pend.kind = 0;
-            update_slow_from();
+        int waited = cancel_waiting();
+        if (waited)
             snprintf(out, n, "capture cancelled: it was waiting for steps %lld-%lld", (long long)g.pend.first,
                      (long long)g.pend.last);
-        }
         pthread_mutex_unlock(&g.lock);
         if (!waited)
             snprintf(out, n, tb_agent_stop() == 0 ? "capture stopping" : "error: not capturing");

@@ -74,6 +74,10 @@ void tb_agent_thread_created(void);
  * 1 s for the sources to start. -EBUSY when a capture is on, -EPERM when
  * the agent is disabled. */
 int tb_agent_start(int64_t duration_ms, const char *trigger);
+/* Capture steps first..last (by number, as TBPROF_STEPS does): armed at
+ * step first-1. -EINVAL for a bad range or a first step that has begun,
+ * -EBUSY while another capture is on or waiting, -EPERM when disabled. */
+int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
 int tb_agent_stop(void);
 int tb_agent_capturing(void);
 int tb_agent_state(void);

@@ -125,6 +125,12 @@ TBPROF_API int tbprof_start(int64_t duration_ms)
     return tb_agent_start(duration_ms, duration_ms ? "api tbprof_start(duration)" : "api tbprof_start");
 }
 
+TBPROF_API int tbprof_capture_steps(int64_t first, int64_t last)
+{
+    ensure();
+    return tb_agent_capture_steps(first, last, "api tbprof_capture_steps");
+}
+
 TBPROF_API int tbprof_stop(void)
 {
     ensure();

@@ -51,7 +51,15 @@ TBPROF_API void tbprof_step_end(int64_t step);
  * stopped or written (tbprof_stop(); tbprof_start() back to back works).
  * -EBUSY while another capture is armed or running. */
 TBPROF_API int tbprof_start(int64_t duration_ms);
-/* Stop the capture; the profile is written by the agent thread. */
+/* Capture steps first..last inclusive, by number, as TBPROF_STEPS does: the
+ * capture arms at step first-1 and holds exactly those steps. Ranks of a job
+ * that each call it with the same numbers capture the same steps (and, with a
+ * job id, share a run folder). Returns at once. -EINVAL for a bad range or
+ * when step `first` has begun, -EBUSY while another capture is on or waiting;
+ * tbprof_stop() cancels one still waiting. */
+TBPROF_API int tbprof_capture_steps(int64_t first, int64_t last);
+/* Stop the capture (or cancel one waiting for its steps); the profile is
+ * written by the agent thread. */
 TBPROF_API int tbprof_stop(void);
 /* 1 while capturing, 0 otherwise. */
 TBPROF_API int tbprof_capturing(void);

@@ -135,6 +135,31 @@ class Python(tbtest.TestCase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [105, 106, 107, 108, 109])
 
+    def test_helper_capture_steps_by_number(self):
+        # capture_steps(first, last): armed at first-1, exactly those steps;
+        # a range begun or reversed is refused, a second one is busy, and
+        # stop() cancels one still waiting
+        s = self.script("window.py", WORK + textwrap.dedent("""\
+            import tbprof
+            for i in range(40):
+                tbprof.step()
+                if i == 2:
+                    assert tbprof.capture_steps(2, 5) == -22, "step 2 has begun"
+                    assert tbprof.capture_steps(9, 8) == -22
+                    assert tbprof.capture_steps(30, 31) == 0
+                    assert tbprof.capture_steps(10, 12) == -16, "one at a time"
+                    assert tbprof.stop() == 0, "cancels the waiting one"
+                    assert tbprof.capture_steps(10, 12) == 0
+                work()
+            print("ok")
+            """))
+        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv(run="win"))
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [10, 11, 12])
+        self.assertIn("api tbprof_capture_steps", tbtest.load(files[0]).host.stats["tbprof_trigger"])
+
     def test_helper_loads_the_library_itself(self):
         if tbtest.SANITIZE:
             self.skipTest("a sanitizer-built libtbprof.so cannot be dlopen()ed by an uninstrumented python")

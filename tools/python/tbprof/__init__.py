@@ -77,6 +77,9 @@ def _load():
         lib.tbprof_step_num_from.argtypes = [ctypes.c_char_p, ctypes.c_int64]
         lib.tbprof_step_end.restype = None
         lib.tbprof_step_end.argtypes = [ctypes.c_int64]
+    if hasattr(lib, "tbprof_capture_steps"):  # not in a libtbprof.so older than the helper
+        lib.tbprof_capture_steps.restype = ctypes.c_int
+        lib.tbprof_capture_steps.argtypes = [ctypes.c_int64, ctypes.c_int64]
     lib.tbprof_start.restype = ctypes.c_int
     lib.tbprof_start.argtypes = [ctypes.c_int64]
     lib.tbprof_stop.restype = ctypes.c_int
@@ -113,6 +116,19 @@ def start(duration_ms=0):
     """Capture now for duration_ms (0: until stop()). 0, or a negative errno."""
     lib = _load()
     return -38 if lib is None else lib.tbprof_start(int(duration_ms))
+
+
+def capture_steps(first, last):
+    """Capture steps first..last (inclusive, by number, as TBPROF_STEPS
+    does): armed at step first-1, so every rank of a job that calls this with
+    the same numbers captures the same steps. Returns at once: 0, or a
+    negative errno (-22 EINVAL: a bad range or step `first` has begun; -16
+    EBUSY: another capture is on or waiting). stop() cancels it while it
+    waits."""
+    lib = _load()
+    if lib is None or not hasattr(lib, "tbprof_capture_steps"):
+        return -38
+    return lib.tbprof_capture_steps(int(first), int(last))
 
 
 def stop():
