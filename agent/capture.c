@@ -1389,6 +1389,21 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     return 0;
 }
 
+void tb_agent_step_end(int64_t step)
+{
+    if (step < 0 || atomic_load(&a_state) != TB_STATE_CAPTURING)
+        return; /* idle: one atomic load */
+    pthread_mutex_lock(&g.lock);
+    int stop = g.state == TB_STATE_CAPTURING && fixed_window(&g.cur) && g.cur.last == step && !g.stop_req;
+    if (stop)
+        request_stop(tb_mono_ns());
+    pthread_mutex_unlock(&g.lock);
+    if (stop) {
+        tb_debug("step %lld ended (range end): stopping the capture there", (long long)step);
+        wake();
+    }
+}
+
 int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger)
 {
     if (!g.inited)

@@ -78,6 +78,11 @@ int tb_agent_start(int64_t duration_ms, const char *trigger);
  * step first-1. -EINVAL for a bad range or a first step that has begun,
  * -EBUSY while another capture is on or waiting, -EPERM when disabled. */
 int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
+/* Step `step` ended (a range or annotation closed): when it is the last step
+ * of the step window being captured (TBPROF_STEPS, or by number over the
+ * socket or the API), the capture stops now, not at the next boundary.
+ * Idle: one atomic load. */
+void tb_agent_step_end(int64_t step);
 int tb_agent_stop(void);
 int tb_agent_capturing(void);
 int tb_agent_state(void);

@@ -39,32 +39,15 @@
 
 /* ---- shared by both step sources ------------------------------------------ */
 
-static int64_t win_last[TB_MAX_WINDOWS];
-static int nwin;
-
 int64_t tb_cudasteps_begin(int src, int has_num, int64_t num)
 {
     return tb_agent_step(src, has_num, num);
 }
 
-void tb_cudasteps_end(int64_t step)
-{
-    /* idle: one atomic load */
-    if (step < 0 || tb_agent_state() != TB_STATE_CAPTURING)
-        return;
-    for (int i = 0; i < nwin; i++)
-        if (win_last[i] == step) {
-            tb_debug("step %lld ended (range end): stopping the capture there", (long long)step);
-            tb_agent_stop();
-            return;
-        }
-}
+void tb_cudasteps_end(int64_t step) { tb_agent_step_end(step); }
 
 void tb_cudasteps_init(const tb_config *c)
 {
-    nwin = 0;
-    for (int i = 0; i < c->nwindows && i < TB_MAX_WINDOWS; i++)
-        win_last[nwin++] = c->windows[i].last;
     tb_cuda_hooks_init(c);
     tb_nvtx_init(c);
 }

@@ -397,6 +397,48 @@ class Python(tbtest.TestCase):
         self.assertGreater(end[4], exited[4] + 200000, (end[4] - exited[4], began[5] - exited[4]))
         self.assertLess(end[5], exited[5] + 200000, (end[5] - exited[5], began[6] - exited[5]))
 
+    def test_annotation_exit_ends_a_window_asked_for_by_number(self):
+        # the same for a window from tbprof.capture_steps() (or the socket's
+        # steps=A-B): its last step ends at its annotation's exit
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_hooked("""\
+            import jax, time, tbprof
+            exited = []
+            for i in range(10):
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    if i == 0:
+                        assert tbprof.capture_steps(3, 5) == 0
+                    work()
+                exited.append(time.time_ns())
+                work(); work(); work()
+            print("exited", exited)
+            """, "1000,1001", FAKE_JAX)
+        exited = eval([l for l in p.stdout.splitlines() if l.startswith("exited")][0].split(" ", 1)[1])
+        steps = {n: ev for n, ev, _ in prof.steps()}
+        self.assertEqual(sorted(steps), [3, 4, 5])
+        self.assertLess(steps[5].start_ns + steps[5].dur_ns, exited[5] + 200000)
+
+    def test_annotation_exit_leaves_other_captures_running(self):
+        # step 4 is the last of a TBPROF_STEPS window, but the capture under
+        # way is tbprof.start()'s (the window was missed meanwhile): step 4's
+        # exit must not end it
+        if not os.path.exists(tbtest.CLI):
+            self.skipTest("tbprof CLI not built")
+        p, prof = self.run_hooked("""\
+            import jax, tbprof
+            for i in range(10):
+                if i == 1:
+                    assert tbprof.start() == 0
+                if i == 7:
+                    assert tbprof.stop() == 0
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    work()
+                work()
+            """, "4,4", FAKE_JAX)
+        self.assertIn("api tbprof_start", prof.host.stats["tbprof_trigger"])
+        self.assertEqual([n for n, _, _ in prof.steps()], [1, 2, 3, 4, 5, 6])
+
     def test_jax_step_annotations_without_numbers_are_counted(self):
         # StepTraceAnnotation("train") with no step_num (imported before
         # jax.profiler is: the hook still takes): steps count from 0
