@@ -630,7 +630,6 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     return sp;
 }
 
-/* Agent thread, lock NOT held: the file I/O. Frees sp. */
 /* Between the pieces of a profile being written (agent thread, lock not
  * held): answer the control socket, so `status` says "writing" and a
  * trigger is not kept waiting for the whole write (seconds for a large
@@ -647,6 +646,7 @@ static void serve_while_writing(void *ctx)
         tb_ctl_serve(g.listen_fd, tb_agent_control);
 }
 
+/* Agent thread, lock NOT held: the file I/O. Frees sp. */
 static void write_space(tb_space *sp, const char *run, const char *trigger)
 {
     char host[TB_CONFIG_STR + 300], path[PATH_MAX];
@@ -709,6 +709,26 @@ static void begin_capturing(int64_t t)
     set_state(TB_STATE_CAPTURING);
 }
 
+/* Step window c (steps c->first..c->last by number) at the boundary of
+ * step n (at_boundary), or with step n under way (after a write): -1 when
+ * it is over already (missed), 0 when it is not due yet, 1 when it is armed
+ * now (c->first moved to the first step still to come when it had begun),
+ * its capture begun at once at the boundary of its first step. Lock held,
+ * state idle. */
+static int window_due(struct cap *c, int64_t n, int64_t t, int at_boundary)
+{
+    if (at_boundary ? n > c->last : n >= c->last)
+        return -1;
+    if (n < c->first - 1)
+        return 0;
+    if (at_boundary ? n > c->first : n + 1 > c->first)
+        c->first = at_boundary ? n : n + 1;
+    arm(c);
+    if (at_boundary && n == c->first)
+        begin_capturing(t);
+    return 1;
+}
+
 /* An env step window: arm at the boundary of step n (n = -1: none yet),
  * or from the agent thread after a write (at_boundary = 0: step n already
  * began). Lock held, state idle. Returns 1 when armed. */
@@ -716,55 +736,43 @@ static int env_window_check(int64_t n, int64_t t, int at_boundary)
 {
     while (g.win_idx < g.cfg.nwindows) {
         const tb_window *w = &g.cfg.windows[g.win_idx];
-        int64_t first = w->first;
-        if (at_boundary ? n > w->last : n >= w->last) {
-            if (n >= w->first - 1)
-                tb_info("step window %lld-%lld missed (step %lld already running)", (long long)w->first,
-                        (long long)w->last, (long long)n);
-            g.win_idx++;
-            continue;
-        }
-        if (n < w->first - 1)
+        struct cap c = {.kind = CAP_ENV_STEPS, .first = w->first, .last = w->last, .win = g.win_idx};
+        int due = window_due(&c, n, t, at_boundary);
+        if (due == 0)
             return 0;
-        if (at_boundary ? n > first : n + 1 > first)
-            first = at_boundary ? n : n + 1;
-        struct cap c = {.kind = CAP_ENV_STEPS, .first = first, .last = w->last, .win = g.win_idx};
-        snprintf(c.trigger, sizeof(c.trigger), "TBPROF_STEPS %lld-%lld", (long long)first, (long long)w->last);
         g.win_idx++;
-        arm(&c);
-        if (at_boundary && n == first)
-            begin_capturing(t);
-        return 1;
+        if (due > 0) {
+            snprintf(g.cur.trigger, sizeof(g.cur.trigger), "TBPROF_STEPS %lld-%lld", (long long)g.cur.first,
+                     (long long)g.cur.last);
+            return 1;
+        }
+        tb_info("step window %lld-%lld missed (step %lld already running)", (long long)w->first,
+                (long long)w->last, (long long)n);
     }
     return 0;
 }
 
-/* The socket window waiting for its steps (g.pend), checked as an env
- * window is: it arms at the step before its first. Lock held, state idle.
- * Returns 1 when armed. */
+/* The window by number waiting for its steps (g.pend), checked as an env
+ * window is. Lock held, state idle. Returns 1 when armed. */
 static int pend_check(int64_t n, int64_t t, int at_boundary)
 {
     if (!g.pend.kind)
         return 0;
     struct cap c = g.pend;
-    if (at_boundary ? n > c.last : n >= c.last) {
-        tb_info("step window %lld-%lld asked for over the control socket missed (step %lld already running)",
-                (long long)c.first, (long long)c.last, (long long)n);
-        g.pend.kind = 0;
-        return 0;
-    }
-    if (n < c.first - 1)
+    int due = window_due(&c, n, t, at_boundary);
+    if (due == 0)
         return 0;
     g.pend.kind = 0;
-    if (at_boundary ? n > c.first : n + 1 > c.first) {
-        c.first = at_boundary ? n : n + 1;
-        size_t l = strlen(c.trigger);
-        snprintf(c.trigger + l, sizeof(c.trigger) - l, " (from step %lld)", (long long)c.first);
+    if (due < 0) {
+        tb_info("step window %lld-%lld asked for over the control socket missed (step %lld already running)",
+                (long long)g.pend.first, (long long)g.pend.last, (long long)n);
+        return 0;
     }
-    c.deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
-    arm(&c);
-    if (at_boundary && n == c.first)
-        begin_capturing(t);
+    if (g.cur.first != g.pend.first) {
+        size_t l = strlen(g.cur.trigger);
+        snprintf(g.cur.trigger + l, sizeof(g.cur.trigger) - l, " (from step %lld)", (long long)g.cur.first);
+    }
+    g.cur.deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
     return 1;
 }
 
@@ -814,15 +822,12 @@ static int request_steps(int64_t nsteps, const char *trigger, const char *run, i
     if (g.cfg.step_roundup > 0) {
         int64_t cur = atomic_load(&next_step) - 1, r = g.cfg.step_roundup;
         int64_t a = cur < 0 ? 0 : (cur / r + 1) * r;
-        struct cap c = {.kind = CAP_AT_STEPS, .first = a, .last = a + nsteps - 1, .win = -1};
-        snprintf(c.trigger, sizeof(c.trigger), "%s (steps %lld-%lld: TBPROF_STEP_ROUNDUP=%lld)", trigger,
-                 (long long)c.first, (long long)c.last, (long long)r);
-        snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
-        g.pend = c;
-        if (!pend_check(cur, 0, 0))
-            update_slow_from();
+        char trig[sizeof(g.cur.trigger)];
+        snprintf(trig, sizeof(trig), "%s (steps %lld-%lld: TBPROF_STEP_ROUNDUP=%lld)", trigger, (long long)a,
+                 (long long)(a + nsteps - 1), (long long)r);
         *first = a;
-        return 1;
+        int rc = request_window(a, a + nsteps - 1, trig, run);
+        return rc < 0 ? rc : 1;
     }
     struct cap c = {.kind = CAP_STEPS, .first = -1, .last = -1, .nsteps = nsteps, .win = -1,
                     .deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000};
@@ -1434,17 +1439,15 @@ static int cancel_waiting(void)
 int tb_agent_stop(void)
 {
     pthread_mutex_lock(&g.lock);
-    int rc = cancel_waiting() ? 1 : request_stop(tb_mono_ns());
+    int cancelled = cancel_waiting();
+    int rc = cancelled ? 0 : request_stop(tb_mono_ns());
     pthread_mutex_unlock(&g.lock);
-    if (rc == 1)
-        return 0; /* nothing was running: nothing to write */
-    if (rc == 0)
-        wake();
+    if (rc == 0 && !cancelled)
+        wake(); /* the agent thread writes what was captured */
     return rc;
 }
 
 int tb_agent_capturing(void) { return atomic_load(&a_state) == TB_STATE_CAPTURING; }
-int tb_agent_state(void) { return atomic_load(&a_state); }
 
 const char *tb_agent_last_profile(void)
 {

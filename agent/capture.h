@@ -85,7 +85,6 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
 void tb_agent_step_end(int64_t step);
 int tb_agent_stop(void);
 int tb_agent_capturing(void);
-int tb_agent_state(void);
 const char *tb_agent_last_profile(void);
 
 /* Answer one control-socket request (see ctl.h for the protocol). */
