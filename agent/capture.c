@@ -41,11 +41,11 @@
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
 #define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping */
 
-/* CAP_AT_STEPS: a step window asked for over the socket (`start steps=A-B`),
- * kept like an env window; ranks given the same one capture the same steps */
+/* CAP_AT_STEPS: a step window by number asked for at run time (the socket's
+ * `start steps=A-B`, tbprof_capture_steps(), a trigger under
+ * TBPROF_STEP_ROUNDUP), kept like an env window; ranks given the same one
+ * capture the same steps */
 enum cap_kind { CAP_ENV_STEPS = 1, CAP_STEPS, CAP_TIME, CAP_AT_STEPS };
-
-#define RUN_NAME_MAX 64 /* a run name given over the socket */
 
 struct cap {
     int kind;
@@ -60,7 +60,7 @@ struct cap {
     int64_t cpu0;        /* agent thread CPU time at arm */
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
-    char run[RUN_NAME_MAX + 1]; /* run folder asked for over the socket ("": derived) */
+    char run[TB_CTL_RUN_MAX + 1]; /* run folder asked for over the socket ("": derived) */
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -92,7 +92,7 @@ static struct {
     struct cap cur;
     int stop_req, sources_started, sources_starting;
     int win_idx;          /* next env window */
-    struct cap pend;      /* a socket window waiting for its steps (kind 0: none) */
+    struct cap pend;      /* a CAP_AT_STEPS window waiting for its steps (kind 0: none) */
     int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
     int thread_running;
     pthread_t thread;
@@ -1455,16 +1455,6 @@ const char *tb_agent_last_profile(void)
     return i < 0 ? "" : g.last_profile[i];
 }
 
-/* A run folder name from a request: 1..RUN_NAME_MAX of [A-Za-z0-9._-],
- * not starting with '.'. */
-static int run_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > RUN_NAME_MAX || s[0] == '.')
-        return 0;
-    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
-}
-
 #define CTL_USAGE "try: start steps=N | start steps=A-B | start duration=S, each with an optional run=NAME; stop; status"
 
 /* `start ...` from the control socket. Lock held. Returns 0, -EBUSY, or
@@ -1486,8 +1476,8 @@ static int control_start(char *args, char *out, size_t n)
         snprintf(out, n, "error: start takes steps= or duration=, not both");
         return -EINVAL;
     }
-    if (run && !run_name_ok(run)) {
-        snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", RUN_NAME_MAX);
+    if (run && !tb_ctl_run_name_ok(run)) {
+        snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", TB_CTL_RUN_MAX);
         return -EINVAL;
     }
     if (g.pend.kind) { /* one capture at a time */

@@ -210,3 +210,11 @@ int tb_ctl_exists(pid_t pid)
 }
 
 int tb_ctl_list(pid_t *out, int max) { return scan_sockets(0, out, max); }
+
+int tb_ctl_run_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > TB_CTL_RUN_MAX || s[0] == '.')
+        return 0;
+    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}

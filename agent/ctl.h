@@ -26,6 +26,11 @@
 #include <sys/un.h>
 
 #define TB_CTL_LINE 256
+#define TB_CTL_RUN_MAX 64 /* run=NAME: the longest name */
+
+/* Whether s may be a request's run=NAME: 1..TB_CTL_RUN_MAX of
+ * [A-Za-z0-9._-], not starting with '.' (one folder name, never a path). */
+int tb_ctl_run_name_ok(const char *s);
 
 /* Address of process `pid`'s socket; returns the address length. */
 socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a);

@@ -442,10 +442,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
         return 2;
     }
-    const char *r = o->run;
-    if (r && (!r[0] || strlen(r) > 64 || r[0] == '.' ||
-              strspn(r, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(r))) {
-        fprintf(stderr, "tbprof trigger: --run needs 1..64 of A-Z a-z 0-9 . _ -, not starting with '.'\n");
+    if (o->run && !tb_ctl_run_name_ok(o->run)) {
+        fprintf(stderr, "tbprof trigger: --run needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'\n",
+                TB_CTL_RUN_MAX);
         return 2;
     }
     return -1;
