@@ -12,6 +12,7 @@ warns once and its functions do nothing.
         train(batch)
 
     tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
+    tbprof.capture_steps(100, 104)               # capture steps 100..104 when they come
     tbprof.install_torch_hook()  # count torch optimizer steps as steps
     tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
     tbprof.install_tf_hook()     # count tf.profiler.experimental.Trace steps (Keras fit)
@@ -25,8 +26,8 @@ import ctypes
 import os
 import sys
 
-__all__ = ["step", "step_num", "start", "stop", "capturing", "last_profile", "install_torch_hook",
-           "install_jax_hook", "install_tf_hook", "available"]
+__all__ = ["step", "step_num", "start", "capture_steps", "stop", "capturing", "last_profile",
+           "install_torch_hook", "install_jax_hook", "install_tf_hook", "available"]
 
 _lib = None
 _tried = False
