@@ -28,6 +28,7 @@
 #include "profile.h"
 #include "ranges.h"
 #include "sampler.h"
+#include "stall.h"
 #include "stats.h"
 #include "trace.h"
 
@@ -127,6 +128,7 @@ static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
 static atomic_int app_threaded;                /* the job started a thread of its own (pthread_create hook) */
 static __thread int creating_own;              /* this thread is in pthread_create for the agent */
+static __thread int is_agent_thread;           /* this thread runs agent_main */
 static atomic_int step_owner;                  /* TB_STEP_*: the source that counts steps (0: none yet) */
 static atomic_int step_conflict;               /* the first ignored source, until logged (-1: logged) */
 static _Atomic uint64_t steps_ignored;         /* boundaries from the other sources */
@@ -1126,18 +1128,10 @@ static void on_signal_byte(char b)
             if (!g.term_pending) {
                 g.term_pending = 1;
                 request_stop(tb_mono_ns());
-                pthread_t w;
-                pthread_attr_t a;
-                pthread_attr_init(&a);
-                pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-                creating_own = 1;
-                int cr = pthread_create(&w, &a, term_watchdog, NULL);
-                creating_own = 0;
-                if (cr != 0) {
+                if (tb_agent_spawn(term_watchdog, NULL) < 0) {
                     pthread_mutex_unlock(&g.lock);
                     die_of_sigterm();
                 }
-                pthread_attr_destroy(&a);
                 tb_info("SIGTERM during a capture: writing it (at most %d ms)", TERM_FLUSH_MS);
             }
         } else {
@@ -1176,6 +1170,7 @@ static void drain(int fd, void (*each)(char))
 static void *agent_main(void *arg)
 {
     (void)arg;
+    is_agent_thread = 1;
     g.agent_tid = tb_gettid();
     prctl(PR_SET_NAME, "tbprof-agent"); /* no /proc write: cheaper at start-up */
     for (;;) {
@@ -1206,6 +1201,28 @@ static int make_pipe(int fd[2])
         return -errno;
     }
     return 0;
+}
+
+int tb_agent_spawn(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t a;
+    if (pthread_attr_init(&a) != 0)
+        return -ENOMEM;
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    size_t stack = 256 << 10;
+    if (stack < (size_t)PTHREAD_STACK_MIN)
+        stack = (size_t)PTHREAD_STACK_MIN;
+    pthread_attr_setstacksize(&a, stack);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_t t;
+    creating_own = 1;
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread takes no signals: they stay the job's */
+    int rc = pthread_create(&t, &a, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    creating_own = 0;
+    pthread_attr_destroy(&a);
+    return -rc;
 }
 
 /* Start the agent thread (once per process; again lazily in a forked child). */
@@ -1447,6 +1464,8 @@ int tb_agent_stop(void)
     return rc;
 }
 
+int tb_agent_on_own_thread(void) { return is_agent_thread; }
+
 int tb_agent_capturing(void) { return atomic_load(&a_state) == TB_STATE_CAPTURING; }
 
 const char *tb_agent_last_profile(void)
@@ -1643,6 +1662,7 @@ void tb_agent_fork_child(void)
 {
     /* one thread here, and it held g.lock across fork(): start over */
     pthread_mutex_init(&g.lock, NULL);
+    tb_stall_fork_child();
     pthread_cond_init(&g.cond, NULL);
     sig_fd_w = -1;
     int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.listen_fd};

@@ -65,6 +65,13 @@ const char *tb_step_source_name(int src);
  * -EINVAL for a negative num or an unknown source. */
 int64_t tb_agent_step(int src, int has_num, int64_t num);
 
+/* A helper thread of the agent's own (detached, small stack, every signal
+ * blocked; not counted as the job's by the pthread_create hook). 0 or a
+ * negative errno. */
+int tb_agent_spawn(void *(*fn)(void *), void *arg);
+/* 1 on the agent thread (the one that starts, stops and collects sources). */
+int tb_agent_on_own_thread(void);
+
 /* The preload's pthread_create hook, after the job started a thread (not
  * called for the agent's own): the first call starts the agent thread when
  * TBPROF_SOCKET=auto left a single-threaded process without one. */

@@ -141,6 +141,11 @@ static const var vars[] = {
      "are made constantly (cudaGetDevice, cudaGetLastError, cuCtxGetCurrent, cuPointerGetAttribute, "
      "event and stream queries, ...: the list is in the profile's tbprof_cuda_api_left_out)",
      "using off", "off", F(cuda_api_all), 0, 0},
+    {"TBPROF_STALL_WARN_MS", T_UINT, "5000", "integer 0..600000 (0 = off)",
+     "warn when a CUPTI call tbprof makes to start, stop or detach tracing has not returned after "
+     "this long, naming the call (a job stopped there is stuck inside CUPTI or the CUDA driver); "
+     "0: no watch, and no watcher thread",
+     "using 5000", "5000", F(stall_warn_ms), 0, 600000},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))
 

@@ -76,6 +76,7 @@ typedef struct tb_config {
     int64_t gpu_drain_ms;  /* TBPROF_GPU_DRAIN_MS */
     int cupti_teardown; /* TBPROF_CUPTI_TEARDOWN: tb_auto_mode (cupti/gpu.c decides auto) */
     int cuda_api_all;  /* TBPROF_CUDA_API_ALL: also the constant queries cupti/translate.c leaves out */
+    int64_t stall_warn_ms; /* TBPROF_STALL_WARN_MS; 0 = no watch (agent/stall.h) */
     int warnings;      /* how many variables had bad values */
 } tb_config;
 

@@ -36,6 +36,7 @@
 #include "cupti_lib.h"
 #include "host.h"
 #include "log.h"
+#include "stall.h"
 #include "stats.h"
 #include "translate.h"
 
@@ -231,6 +232,35 @@ static int graph_corr_unreliable(uint32_t v)
     return graph_corr_breaks_on_reattach(v) && atomic_load(&finalized) > 0;
 }
 
+/* CUDA 13.0 GA's CUPTI can deadlock in cuptiActivityDisable(CONCURRENT_
+ * KERNEL), the call that ends a capture; 13.0 Update 1 (API 130001, libcupti
+ * 13.0.85: PyTorch 2.11's cu130 wheels) fixed it (CUPTI release notes). */
+#define CUPTI_DISABLE_DEADLOCK_ADVICE                                                                \
+    "this libcupti is CUDA 13.0's first release (CUPTI API 130000), whose cuptiActivityDisable can "    \
+    "deadlock (fixed in CUDA 13.0 Update 1): use libcupti 13.0.85 or later (pip install "               \
+    "'nvidia-cuda-cupti>=13.0.85', or TBPROF_CUPTI_PATH)"
+
+/* ---- calls that may not come back (agent/stall.h) ---------------------------
+ * Every CUPTI call that starts, stops or detaches tracing goes between
+ * watch_in and watch_out: if one hangs, a warning names it. */
+
+static int watch_in(const char *call, const char *doing)
+{
+    char what[160];
+    if (tb_agent_on_own_thread())
+        snprintf(what, sizeof(what), "GPU tracing: %s (%s, on tbprof's thread)", call, doing);
+    else
+        snprintf(what, sizeof(what), "GPU tracing: %s (%s, on the job's thread %d)", call, doing,
+                 (int)syscall(SYS_gettid));
+    const char *advice = "if the job has stopped, it is stuck inside CUPTI or the CUDA driver (py-spy dump "
+                         "--native or gdb shows the stack); TBPROF_GPU=off runs it without GPU tracing";
+    if (g.last.cupti_api_version == CUPTI_API_13_0 && !strcmp(call, "cuptiActivityDisable"))
+        advice = CUPTI_DISABLE_DEADLOCK_ADVICE;
+    return tb_stall_enter(what, advice);
+}
+
+static void watch_out(int w) { tb_stall_leave(w); }
+
 static CUptiResult api_domains(uint32_t on)
 {
     if (!g.lib->EnableDomain)
@@ -265,7 +295,9 @@ static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_Call
     CUresult (*xchg)(CUstreamCaptureMode *) = atomic_load(&capture_mode_xchg);
     CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
     int swapped = xchg && xchg(&mode) == CUDA_SUCCESS;
+    int w = watch_in("cuptiFinalize", "detaching CUPTI at the exit of a CUDA call");
     CUptiResult r = g.lib->Finalize();
+    watch_out(w);
     if (swapped)
         xchg(&mode);
     atomic_store(&det_tid, (int)syscall(SYS_gettid));
@@ -712,7 +744,12 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         *why = "CUPTI is still detaching after the last capture (cuptiFinalize has not returned in 2 s)";
         return -EBUSY;
     }
-    CUptiResult r = held ? CUPTI_SUCCESS : subscribe(holder, sizeof(holder), &how);
+    CUptiResult r = CUPTI_SUCCESS;
+    if (!held) {
+        int w = watch_in("cuptiSubscribe", "starting a capture");
+        r = subscribe(holder, sizeof(holder), &how);
+        watch_out(w);
+    }
     if (r != CUPTI_SUCCESS) {
         if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
             snprintf(whybuf, sizeof(whybuf),
@@ -738,6 +775,9 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         g.last.cupti_api_version = 0;
     tb_debug("GPU: %s (CUPTI API %u), subscribed with %s%s", g.lib->path, g.last.cupti_api_version, g.sub_how,
              held ? ", at the last capture" : "");
+    if (g.last.cupti_api_version == CUPTI_API_13_0)
+        tb_warn_once("GPU tracing: %s: %s; if a capture's end hangs the job, that is why", g.lib->path,
+                     CUPTI_DISABLE_DEADLOCK_ADVICE);
 
     size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
     if (pool_alloc(budget) < 0) {
@@ -778,6 +818,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     }
 
     atomic_store(&g.active, 1);
+    int w = watch_in("cuptiActivityEnable", "starting a capture");
     r = g.lib->ActivityRegisterCallbacks(buf_requested, buf_completed);
     if (r != CUPTI_SUCCESS) {
         snprintf(whybuf, sizeof(whybuf), "cuptiActivityRegisterCallbacks failed: %s",
@@ -809,9 +850,11 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
                      tb_cupti_result_str(g.lib, r));
     }
     quiet_apis_off();
+    watch_out(w);
     g.started = 1;
     return 0;
 fail:
+    watch_out(w);
     atomic_store(&g.active, 0);
     release(0);
     pool_free();
@@ -850,7 +893,9 @@ static void drain(void)
     useconds_t nap = 500;
     size_t held;
     for (;;) {
+        int w = watch_in("cuptiActivityFlushAll", "waiting for the capture's GPU work");
         g.lib->ActivityFlushAll(0);
+        watch_out(w);
         if ((held = held_by_cupti()) == 0 || tb_mono_ns() >= until || tb_agent_leaving())
             break;
         usleep(nap);
@@ -870,16 +915,22 @@ static void gpu_stop(void *ctx)
     (void)ctx;
     if (!g.started)
         return;
+    int w = watch_in("cuptiActivityDisable", "ending a capture");
     disable_all();
+    watch_out(w);
     drain();
+    w = watch_in("cuptiActivityFlushAll", "ending a capture");
     g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    watch_out(w);
     g.last.buffers_kept = held_by_cupti(); /* a forced flush returns every buffer: normally 0 */
     size_t dropped = 0;
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
         g.cupti_dropped = dropped;
     atomic_store(&g.active, 0);
     g.teardown = teardown_wanted(g.teardown_why, sizeof(g.teardown_why));
+    w = watch_in("cuptiUnsubscribe", "ending a capture");
     release(g.teardown);
+    watch_out(w);
     g.started = 0;
 }
 
@@ -1013,6 +1064,15 @@ static int gpu_collect(void *ctx, tb_space *space)
                       "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
                       (unsigned long long)g.last.incomplete, g.drain);
     }
+    /* into the profile only: both were warned about as they happened */
+    char slow[512], says[700];
+    if (tb_stall_take(slow, sizeof(slow))) {
+        snprintf(says, sizeof(says), "CUPTI calls that took %lld ms or more (TBPROF_STALL_WARN_MS): %s",
+                 (long long)tb_config_get()->stall_warn_ms, slow);
+        tb_space_add_warning(space, says);
+    }
+    if (g.last.cupti_api_version == CUPTI_API_13_0)
+        tb_space_add_warning(space, CUPTI_DISABLE_DEADLOCK_ADVICE);
     if (g.last.cupti_dropped || g.last.pool_exhausted) {
         tb_space_warn(space,
                       "GPU activity records lost: CUPTI dropped %llu records; the buffer pool (%zu x %zu "

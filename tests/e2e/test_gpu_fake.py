@@ -750,6 +750,49 @@ class GpuFake(tbtest.TestCase):
         self.assertTrue([w for w in prof.warnings if "GPU activity records lost" in w], prof.warnings)
         self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "records lost" in l]), 1, p.stderr)
 
+    def test_a_cupti_call_that_hangs_is_named(self):
+        # cuptiActivityDisable hangs for 1.5 s at the end of the capture, as
+        # CUDA 13.0 GA's can deadlock there: while it hangs a warning names
+        # the call and, for that libcupti, the fix; then when it returned.
+        # The profile is whole and says so; the job ends as it would.
+        p = self.run_steps(["-n", "8", "-m", "10", "-r"], steps="2-3", stall_warn_ms="300",
+                           TBFAKE_CUPTI_DISABLE_MS="1500", TBFAKE_CUPTI_VERSION="130000")
+        warns = tbtest.tbprof_warnings(p.stderr)
+        hung = [i for i, l in enumerate(warns) if "cuptiActivityDisable (ending a capture, on tbprof's thread) "
+                "has not returned after 0." in l]
+        back = [i for i, l in enumerate(warns) if re.search(r"cuptiActivityDisable \(ending a capture, on "
+                                                           r"tbprof's thread\) returned after 1\.[5-9] s", l)]
+        self.assertEqual((len(hung), len(back)), (1, 1), p.stderr)
+        self.assertLess(hung[0], back[0], p.stderr)
+        self.assertIn("CUPTI API 130000", warns[hung[0]])
+        self.assertIn("nvidia-cuda-cupti>=13.0.85", warns[hung[0]])
+        # said once before the capture too, so it is there when a stop hangs for good
+        ahead = [i for i, l in enumerate(warns) if "if a capture's end hangs the job" in l]
+        self.assertEqual(len(ahead), 1, p.stderr)
+        self.assertLess(ahead[0], hung[0])
+        self.assertEqual([l for l in warns if "cuptiActivityDisable" not in l and "CUPTI API 130000" not in l],
+                         [], p.stderr)
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.check_profile(prof)
+        slow = [w for w in prof.warnings if w.startswith("CUPTI calls that took 300 ms or more")]
+        self.assertEqual(len(slow), 1, prof.warnings)
+        self.assertRegex(slow[0], r": GPU tracing: cuptiActivityDisable \(ending a capture, on tbprof's thread\): "
+                         r"1\.[5-9] s$")
+        self.assertEqual(len([w for w in prof.warnings if "CUPTI API 130000" in w]), 1, prof.warnings)
+
+    def test_a_slow_cupti_call_under_the_limit_says_nothing(self):
+        # 200 ms in cuptiActivityDisable with the default limit (5 s), or any
+        # time with the watch off: no warning; nor the 13.0 GA one for a
+        # libcupti with the fix (130001)
+        for kw in ({"TBFAKE_CUPTI_DISABLE_MS": "200"}, {"TBFAKE_CUPTI_DISABLE_MS": "700", "stall_warn_ms": "0"}):
+            with self.subTest(**kw):
+                self.logdir = os.path.join(self.tmp, "logs%d" % len(kw))
+                p = self.run_steps(["-n", "8", "-m", "10", "-r"], steps="2-3", TBFAKE_CUPTI_VERSION="130001", **kw)
+                self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+                prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+                self.check_profile(prof)
+                self.assertEqual([w for w in prof.warnings if "CUPTI" in w], [], prof.warnings)
+
     def test_libcupti_of_the_jobs_cuda_first(self):
         # no libcupti loaded, TBPROF_CUPTI_PATH unset: the job's CUDA runtime
         # comes from pip (site-packages/nvidia/cu13/lib), so its libcupti

@@ -32,6 +32,8 @@
  *   TBFAKE_CUPTI_FAIL_SUBSCRIBE=N cuptiSubscribe returns CUptiResult N
  *   TBFAKE_CUPTI_SUBSCRIBE_MS=N   cuptiSubscribe takes N ms (a slow first CUPTI start)
  *   TBFAKE_CUPTI_FAIL_ENABLE=N    cuptiActivityEnable(CONCURRENT_KERNEL) returns N
+ *   TBFAKE_CUPTI_DISABLE_MS=N     cuptiActivityDisable(CONCURRENT_KERNEL) takes N ms
+ *                                 (CUPTI 13.0 GA's deadlock, ended)
  *   TBFAKE_CUPTI_DROPPED=N        CUPTI reports N extra dropped records
  *   TBFAKE_CUPTI_REPEAT=N         replay the script N times (times shifted, corr ids offset)
  *   TBFAKE_CUPTI_PER_BUFFER=N     at most N records per buffer
@@ -649,6 +651,9 @@ API CUptiResult cuptiActivityDisable(CUpti_ActivityKind k)
 {
     if ((unsigned)k >= MAXKINDS)
         return CUPTI_ERROR_INVALID_KIND;
+    long slow = k == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL ? envl("TBFAKE_CUPTI_DISABLE_MS", 0) : 0;
+    if (slow > 0)
+        usleep((useconds_t)slow * 1000);
     pthread_mutex_lock(&mu);
     enabled[k] = 0;
     pthread_mutex_unlock(&mu);
