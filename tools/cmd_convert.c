@@ -165,24 +165,9 @@ int cmd_convert(int argc, char **argv)
         }
         j.buf = &buf;
         rc = tb_write_output("convert", out, put_buf, &j);
-    } else {
-        if (tb_profset_fold(&ps, gpu, &pf) < 0) {
-            fprintf(stderr, "tbprof convert: out of memory\n");
-            rc = 2;
-        } else if (pf.f.total == 0 && gpu) {
-            fprintf(stderr, "tbprof convert: no GPU work with its correlation id in %s (was GPU tracing on?)\n",
-                    ps.n == 1 ? ps.profs[0].path : ps.dir);
-            rc = 2;
-        } else if (pf.f.total == 0) {
-            fprintf(stderr, "tbprof convert: no CPU samples in %s; the profile says:\n",
-                    ps.n == 1 ? ps.profs[0].path : ps.dir);
-            tb_profset_why_no_samples(&ps, stderr);
-            rc = 2;
-        } else {
-            j.pf = &pf;
-            rc = tb_write_output("convert", out,
-                                 fmt == F_FOLDED ? put_folded : put_speedscope, &j);
-        }
+    } else if ((rc = tb_profset_fold_some("convert", &ps, gpu, &pf)) == 0) {
+        j.pf = &pf;
+        rc = tb_write_output("convert", out, fmt == F_FOLDED ? put_folded : put_speedscope, &j);
     }
     if (rc == 0 && progress)
         fprintf(stderr, "tbprof convert: wrote %s (%.1f MB) in %.2f s\n", out,

@@ -80,17 +80,10 @@ int cmd_flame(int argc, char **argv)
     }
     tb_profset_folded pf;
     tb_flame_node *root = NULL;
-    if (tb_profset_fold(&ps, gpu, &pf) < 0 || !(root = tb_flame_tree(&pf.f, with_threads))) {
+    if ((rc = tb_profset_fold_some("flame", &ps, gpu, &pf)) != 0) {
+        /* said why */
+    } else if (!(root = tb_flame_tree(&pf.f, with_threads))) {
         fprintf(stderr, "tbprof flame: out of memory\n");
-        rc = 2;
-    } else if (pf.f.total == 0 && gpu) {
-        fprintf(stderr, "tbprof flame: no GPU work with its correlation id in %s (was GPU tracing on?)\n",
-                ps.n == 1 ? ps.profs[0].path : ps.dir);
-        rc = 2;
-    } else if (pf.f.total == 0) {
-        fprintf(stderr, "tbprof flame: no CPU samples in %s; the profile says:\n",
-                ps.n == 1 ? ps.profs[0].path : ps.dir);
-        tb_profset_why_no_samples(&ps, stderr);
         rc = 2;
     } else {
         char deftitle[512];

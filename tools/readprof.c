@@ -219,7 +219,8 @@ void tb_profset_folded_free(tb_profset_folded *pf)
     memset(pf, 0, sizeof(*pf));
 }
 
-void tb_profset_why_no_samples(const tb_profset *ps, FILE *f)
+/* Why a profile set has no CPU samples (the warnings that say so). */
+static void why_no_samples(const tb_profset *ps, FILE *f)
 {
     int said = 0;
     for (size_t i = 0; i < ps->n; i++) {
@@ -239,6 +240,24 @@ void tb_profset_why_no_samples(const tb_profset *ps, FILE *f)
     if (!said)
         fprintf(f, "  (was it captured with TBPROF_CPU=off, or did the capture end before "
                    "the first sample?)\n");
+}
+
+int tb_profset_fold_some(const char *cmd, tb_profset *ps, int gpu, tb_profset_folded *pf)
+{
+    const char *where = ps->n == 1 ? ps->profs[0].path : ps->dir;
+    if (tb_profset_fold(ps, gpu, pf) < 0) {
+        fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+        return 2;
+    }
+    if (pf->f.total)
+        return 0;
+    if (gpu) {
+        fprintf(stderr, "tbprof %s: no GPU work with its correlation id in %s (was GPU tracing on?)\n", cmd, where);
+        return 2;
+    }
+    fprintf(stderr, "tbprof %s: no CPU samples in %s; the profile says:\n", cmd, where);
+    why_no_samples(ps, stderr);
+    return 2;
 }
 
 int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg)

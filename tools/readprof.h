@@ -59,7 +59,11 @@ void tb_profset_folded_free(tb_profset_folded *pf);
  * failure), or to stdout when out is "-". fn writes the content. Returns 0,
  * or 2 after printing "tbprof CMD: cannot write OUT: why". */
 int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg);
-/* Explain why a profile set has no CPU samples (warnings that say so). */
-void tb_profset_why_no_samples(const tb_profset *ps, FILE *f);
+/* tb_profset_fold, for a command that shows what it folded: 0 when there
+ * is something to show; 2 after saying on stderr why not ("tbprof CMD:
+ * out of memory", no GPU work with correlation ids, or no CPU samples and
+ * what the profiles say of it). Free pf with tb_profset_folded_free
+ * either way. */
+int tb_profset_fold_some(const char *cmd, tb_profset *ps, int gpu, tb_profset_folded *pf);
 
 #endif
