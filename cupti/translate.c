@@ -700,14 +700,18 @@ static const char *const quiet_api[] = {
     "cuPointerGetAttributes", "cuFuncGetAttribute",
 };
 
-/* The length of a CUPTI callback name without its version and per-thread
- * stream suffixes: "cudaStreamGetCaptureInfo_v2_ptsz_v11030" ->
- * "cudaStreamGetCaptureInfo". */
-static size_t api_base_len(const char *name)
+/* The length of a CUPTI callback name without its version suffixes and,
+ * with drop_stream, its per-thread default stream ones:
+ * "cudaStreamGetCaptureInfo_v2_ptsz_v11030" -> "cudaStreamGetCaptureInfo"
+ * (drop_stream: the call, as the quiet list names it) or
+ * "cudaStreamGetCaptureInfo_v2_ptsz" (the name a profile shows: which
+ * default stream the job was built for is worth seeing). */
+static size_t api_base_len(const char *name, int drop_stream)
 {
     size_t n = strlen(name);
     for (;;) {
-        if (n > 5 && (memcmp(name + n - 5, "_ptsz", 5) == 0 || memcmp(name + n - 5, "_ptds", 5) == 0)) {
+        if (drop_stream && n > 5 &&
+            (memcmp(name + n - 5, "_ptsz", 5) == 0 || memcmp(name + n - 5, "_ptds", 5) == 0)) {
             n -= 5;
             continue;
         }
@@ -724,7 +728,7 @@ static size_t api_base_len(const char *name)
 
 int tb_cupti_api_is_quiet(const char *cupti_name)
 {
-    size_t n = api_base_len(cupti_name);
+    size_t n = api_base_len(cupti_name, 1);
     for (size_t i = 0; i < sizeof(quiet_api) / sizeof(quiet_api[0]); i++)
         if (strlen(quiet_api[i]) == n && memcmp(quiet_api[i], cupti_name, n) == 0)
             return 1;
@@ -771,10 +775,7 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
              * <<<>>> and cudaLaunchKernel enter the runtime as
              * "__cudaLaunchKernel_v13000": named for the call users made */
             const char *from = strncmp(nm, "__cudaLaunchKernel", 18) == 0 ? nm + 2 : nm;
-            snprintf(buf, sizeof(buf), "%s", from);
-            char *v = strstr(buf, "_v");
-            if (v && v[2] >= '0' && v[2] <= '9' && strspn(v + 2, "0123456789") == strlen(v + 2))
-                *v = '\0';
+            snprintf(buf, sizeof(buf), "%.*s", (int)api_base_len(from, 0), from);
         }
         if (!slot.quiet) {
             if (!host_plane(t))

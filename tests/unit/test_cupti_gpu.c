@@ -50,6 +50,8 @@ static const char *SCRIPT =
     "free addr=0x7000 bytes=1048576 mem=device dev=0 ctx=1 stream=7 corr=12 start=120\n"
     "driver name=cuMemAlloc_v2 cbid=70 tid=main corr=18 start=122 end=125\n" /* the inner call ends first */
     "runtime name=cudaMalloc_v3020 cbid=20 tid=main corr=18 start=121 end=126\n"
+    /* a per-thread default stream build's launch (nvcc --default-stream per-thread) */
+    "runtime name=cudaLaunchKernel_ptsz_v7000 cbid=214 tid=main corr=19 start=127 end=128\n"
     "malloc addr=0x9000 bytes=4096 mem=device dev=0 ctx=1 stream=7 corr=18 start=123\n"
     "sync type=stream ctx=1 stream=7 corr=13 start=20 end=110\n"
     "sync type=context ctx=1 stream=4294967295 corr=14 start=111 end=114\n"
@@ -368,6 +370,8 @@ static void check_full_translation(tb_space *s, int64_t t0)
     tb_line *hl = tb_plane_find_line(h, getpid());
     CHECK(hl != NULL);
     CHECK_EQ_I(count_named(h, hl, "cudaLaunchKernel"), 2);
+    /* version suffixes go, the stream one stays */
+    CHECK_EQ_I(count_named(h, hl, "cudaLaunchKernel_ptsz"), 1);
     const tb_event *l1 = event_named(h, hl, "cudaLaunchKernel", 0), *l2 = event_named(h, hl, "cudaLaunchKernel", 1);
     long long c1 = int_stat(h, hl, l1, TB_ST_CORRELATION_ID), c2 = int_stat(h, hl, l2, TB_ST_CORRELATION_ID);
     CHECK((c1 == 5 && c2 == 6) || (c1 == 6 && c2 == 5));
