@@ -25,6 +25,8 @@ static void usage(FILE *f)
                "  --steps N    steps listed per host in the table (default 20; JSON has all)\n");
 }
 
+#define INFO_MAX 120 /* characters of a setting shown in the text summary */
+
 /* "12.3 ms" with a unit that fits. */
 static const char *dur(char *b, size_t n, int64_t ns)
 {
@@ -147,9 +149,14 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         printf(", trigger: %s", m->trigger);
     printf("; %zu GPU%s, %" PRIu64 " GPU events, %" PRIu64 " CPU samples\n", m->ngpus,
            m->ngpus == 1 ? "" : "s", m->gpu_events, m->cpu_samples);
-    for (size_t i = 0; i < m->ninfos; i++)
-        printf("%s%s %s%s", i ? ", " : "", m->infos[i].name + 7, m->info_values[i],
-               i + 1 == m->ninfos ? "\n" : "");
+    /* the capture's settings and facts, one per line; a long value (the
+     * list of CUDA calls left out) is cut, --json has it whole */
+    for (size_t i = 0; i < m->ninfos; i++) {
+        const char *v = m->info_values[i];
+        int n = (int)strlen(v);
+        printf("  %-18s %.*s%s\n", m->infos[i].name + 7, n > INFO_MAX ? INFO_MAX : n, v,
+               n > INFO_MAX ? " ... (--json: all of it)" : "");
+    }
 
     /* steps */
     if (m->nsteps) {

@@ -362,6 +362,14 @@ class GpuFake(tbtest.TestCase):
         self.assertNoPartialFiles(self.logdir)
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\nhost \S+; rank 3 of 8; capture ")
+        # the capture's settings one per line under it; the long list of calls
+        # left out cut short (--json has it whole)
+        self.assertRegex(p.stdout, r"\n  cupti_teardown +on: cuptiFinalize after the capture")
+        left = [l for l in p.stdout.splitlines() if l.startswith("  cuda_api_left_out ")]
+        self.assertEqual(len(left), 1, p.stdout)
+        self.assertTrue(left[0].endswith(" ... (--json: all of it)") and len(left[0]) < 180, left[0])
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertIn("cuFuncGetAttribute", p.stdout)
 
     def test_repeated_captures(self):
         # step windows arm one step early; the records are stamped when the
