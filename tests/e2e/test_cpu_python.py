@@ -1,4 +1,4 @@
-"""CPU sampling of a Python program under LD_PRELOAD (CPython 3.12+ from
+"""CPU sampling of a Python program under LD_PRELOAD (each CPython 3.12+ from
 pyenv, perf trampoline on): tests/e2e/progs/cpu_split_py.py spends 60% of its
 time in the Python function burn_a and 40% in burn_b. Samples must carry
 Python frames (`py::burn_a:<file>` from /tmp/perf-<pid>.map), with the
@@ -8,6 +8,7 @@ CPython >= 3.12, under TSan, or where perf_event_open is refused."""
 
 import glob
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -17,16 +18,23 @@ import cpusamples  # noqa: E402
 PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split_py.py")
 
 
-def find_python():
-    """A CPython >= 3.12 (its perf trampoline writes /tmp/perf-<pid>.map)."""
+def find_pythons():
+    """CPython >= 3.12 (its perf trampoline writes /tmp/perf-<pid>.map): the
+    first found of each minor version, TBPROF_TEST_PY312 first."""
     cands = [os.environ.get("TBPROF_TEST_PY312", "")]
     root = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
     cands += sorted(glob.glob(os.path.join(root, "versions", "3.1[2-9]*", "bin", "python3")))
     cands += ["/usr/bin/python3.12", "/usr/bin/python3.13"]
+    found = {}
     for c in cands:
-        if c and os.path.exists(c):
-            return c
-    return None
+        if not c or not os.path.exists(c):
+            continue
+        r = subprocess.run([c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True)
+        v = r.stdout.strip()
+        if r.returncode == 0 and v >= "3.12" and v not in found:
+            found[v] = c
+    return sorted(found.items())
 
 
 class CpuPython(tbtest.TestCase):
@@ -37,8 +45,8 @@ class CpuPython(tbtest.TestCase):
         if why:
             print("skip: " + why)
             self.skipTest(why)
-        self.python = find_python()
-        if not self.python:
+        self.pythons = find_pythons()
+        if not self.pythons:
             print("skip: no CPython >= 3.12 found (pyenv versions 3.12+)")
             self.skipTest("no CPython >= 3.12")
         self.maps = []
@@ -51,10 +59,11 @@ class CpuPython(tbtest.TestCase):
                 pass
         super().tearDown()
 
-    def run_split(self, mode):
+    def run_split(self, python, mode):
+        self.logdir = os.path.join(self.tmp, "logs-" + os.path.basename(os.path.dirname(os.path.dirname(python))))
         env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
         env["PYTHONPERFSUPPORT"] = "1"
-        p = tbtest.run([self.python, PROG, "2.0"], env=env, timeout=120)
+        p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
         self.assertExitedOk(p)
         pid = int([l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")][0])
         self.maps.append("/tmp/perf-%d.map" % pid)
@@ -62,7 +71,12 @@ class CpuPython(tbtest.TestCase):
         return tbtest.load(files[0]), pid
 
     def test_python_split_dwarf(self):
-        prof, pid = self.run_split("dwarf")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.check_split(version, python)
+
+    def check_split(self, version, python):
+        prof, pid = self.run_split(python, "dwarf")
         st = prof.host.stats
         n = st.get("tbprof_cpu_samples", 0)
         self.assertGreater(n, 300, st)
@@ -78,7 +92,8 @@ class CpuPython(tbtest.TestCase):
         a, b = by_func.get("burn_a", 0), by_func.get("burn_b", 0)
         self.assertGreater(a + b, n * 0.5, by_func)
         share = a / (a + b)
-        print("python: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth 60%%)" % (n, a, b, share * 100))
+        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth 60%%)"
+              % (version, n, a, b, share * 100))
         self.assertAlmostEqual(share, 0.60, delta=0.05)
         # the walk goes through the trampolines: burn_a under work under main
         under = 0
