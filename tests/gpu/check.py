@@ -45,9 +45,41 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.environ.get("TBGPU", os.path.join(HERE, "..", "..", ".gpu")), "python"))
 
 
+@functools.lru_cache(maxsize=None)
+def xspace_class():
+    """XSpace from the packed xplane_pb2 (generated here by protoc 3.21). A
+    protobuf runtime that refuses code that old (or TBGPU_PB_FALLBACK=1) gets
+    the same schema from the descriptor inside that file, built by the
+    runtime's own message factory in a private pool."""
+    if os.environ.get("TBGPU_PB_FALLBACK") != "1":
+        try:
+            import xplane_pb2
+            return xplane_pb2.XSpace
+        except Exception as e:  # noqa: BLE001
+            print("check.py: xplane_pb2 not usable with this protobuf (%s); building XSpace from its "
+                  "descriptor" % e, file=sys.stderr)
+    import ast
+    from google.protobuf import descriptor_pool, message_factory
+    src = None
+    for d in sys.path:
+        if os.path.exists(os.path.join(d, "xplane_pb2.py")):
+            with open(os.path.join(d, "xplane_pb2.py")) as f:
+                src = f.read()
+            break
+    if src is None:
+        raise ImportError("xplane_pb2.py not found on %s" % sys.path)
+    at = src.index("AddSerializedFile(") + len("AddSerializedFile(")
+    blob = ast.literal_eval(src[at:src.index(")\n", at)])
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(blob)
+    desc = pool.FindMessageTypeByName("tensorflow.profiler.XSpace")
+    if hasattr(message_factory, "GetMessageClass"):
+        return message_factory.GetMessageClass(desc)
+    return message_factory.MessageFactory(pool).GetPrototype(desc)
+
+
 def load(path):
-    import xplane_pb2
-    xs = xplane_pb2.XSpace()
+    xs = xspace_class()()
     with open(path, "rb") as f:
         xs.ParseFromString(f.read())
     return xs
