@@ -1,6 +1,6 @@
-/* stall.c - see stall.h. One mutex guards everything here; the watcher
- * holds it only to look at the slots and to print, never across a wait
- * on anything else. */
+/* stall.c - see stall.h. One mutex guards everything here, held only to
+ * read and change the slots: warnings are written after it is let go, so a
+ * job's thread leaving a watch never waits behind a write to stderr. */
 #include "stall.h"
 
 #include <errno.h>
@@ -39,9 +39,11 @@ static void *watch(void *arg)
 {
     (void)arg;
     prctl(PR_SET_NAME, "tbprof-watch");
+    char msg[SLOTS][sizeof(W.s[0].what) + sizeof(W.s[0].advice) + 48];
     pthread_mutex_lock(&W.mu);
     for (;;) {
         int64_t now = tb_mono_ns(), next = 0;
+        int nmsg = 0;
         for (int i = 0; i < SLOTS; i++) {
             slot *s = &W.s[i];
             if (!s->used || s->warned)
@@ -49,11 +51,18 @@ static void *watch(void *arg)
             int64_t due = s->t0 + s->limit_ns;
             if (now >= due) {
                 s->warned = 1;
-                tb_warn("%s has not returned after %.1f s%s%s", s->what, (double)(now - s->t0) / 1e9,
-                        s->advice[0] ? "; " : "", s->advice);
+                snprintf(msg[nmsg++], sizeof(msg[0]), "%s has not returned after %.1f s%s%s", s->what,
+                         (double)(now - s->t0) / 1e9, s->advice[0] ? "; " : "", s->advice);
             } else if (!next || due < next) {
                 next = due;
             }
+        }
+        if (nmsg) {
+            pthread_mutex_unlock(&W.mu);
+            for (int i = 0; i < nmsg; i++)
+                tb_warn("%s", msg[i]);
+            pthread_mutex_lock(&W.mu);
+            continue; /* the slots may have changed meanwhile */
         }
         if (!next) {
             pthread_cond_wait(&W.cv, &W.mu);
@@ -114,12 +123,13 @@ void tb_stall_leave(int t)
 {
     if (t < 0 || t >= SLOTS)
         return;
+    char msg[sizeof(W.s[0].what) + 48] = "";
     pthread_mutex_lock(&W.mu);
     slot *s = &W.s[t];
     if (s->used) {
         int64_t d = tb_mono_ns() - s->t0;
         if (s->warned || d >= s->limit_ns) {
-            tb_warn("%s returned after %.1f s", s->what, (double)d / 1e9);
+            snprintf(msg, sizeof(msg), "%s returned after %.1f s", s->what, (double)d / 1e9);
             size_t at = strlen(W.report);
             if (at < sizeof(W.report))
                 snprintf(W.report + at, sizeof(W.report) - at, "%s%s: %.1f s", at ? "; " : "", s->what,
@@ -129,6 +139,8 @@ void tb_stall_leave(int t)
         s->used = 0;
     }
     pthread_mutex_unlock(&W.mu);
+    if (msg[0])
+        tb_warn("%s", msg);
 }
 
 int tb_stall_take(char *out, size_t n)

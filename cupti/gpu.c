@@ -233,8 +233,8 @@ static int graph_corr_unreliable(uint32_t v)
 }
 
 /* CUDA 13.0 GA's CUPTI can deadlock in cuptiActivityDisable(CONCURRENT_
- * KERNEL), the call that ends a capture; 13.0 Update 1 (API 130001, libcupti
- * 13.0.85: PyTorch 2.11's cu130 wheels) fixed it (CUPTI release notes). */
+ * KERNEL), the call that ends a capture; 13.0 Update 1 (API 130001: the
+ * nvidia-cuda-cupti 13.0.85 wheel) fixed it (CUPTI release notes). */
 #define CUPTI_DISABLE_DEADLOCK_ADVICE                                                                \
     "this libcupti is CUDA 13.0's first release (CUPTI API 130000), whose cuptiActivityDisable can "    \
     "deadlock (fixed in CUDA 13.0 Update 1): use libcupti 13.0.85 or later (pip install "               \
@@ -243,6 +243,10 @@ static int graph_corr_unreliable(uint32_t v)
 /* ---- calls that may not come back (agent/stall.h) ---------------------------
  * Every CUPTI call that starts, stops or detaches tracing goes between
  * watch_in and watch_out: if one hangs, a warning names it. */
+
+/* cuptiGetVersion of the libcupti in use (0: unknown), for watch_in on a
+ * job's thread while the agent thread may be starting the next capture */
+static atomic_uint cupti_version;
 
 static int watch_in(const char *call, const char *doing)
 {
@@ -254,7 +258,7 @@ static int watch_in(const char *call, const char *doing)
                  (int)syscall(SYS_gettid));
     const char *advice = "if the job has stopped, it is stuck inside CUPTI or the CUDA driver (py-spy dump "
                          "--native or gdb shows the stack); TBPROF_GPU=off runs it without GPU tracing";
-    if (g.last.cupti_api_version == CUPTI_API_13_0 && !strcmp(call, "cuptiActivityDisable"))
+    if (atomic_load(&cupti_version) == CUPTI_API_13_0 && !strcmp(call, "cuptiActivityDisable"))
         advice = CUPTI_DISABLE_DEADLOCK_ADVICE;
     return tb_stall_enter(what, advice);
 }
@@ -773,6 +777,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     g.last.subscribed_with = g.sub_how;
     if (g.lib->GetVersion && g.lib->GetVersion(&g.last.cupti_api_version) != CUPTI_SUCCESS)
         g.last.cupti_api_version = 0;
+    atomic_store(&cupti_version, g.last.cupti_api_version);
     tb_debug("GPU: %s (CUPTI API %u), subscribed with %s%s", g.lib->path, g.last.cupti_api_version, g.sub_how,
              held ? ", at the last capture" : "");
     if (g.last.cupti_api_version == CUPTI_API_13_0)
