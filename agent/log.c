@@ -9,7 +9,6 @@
 static atomic_int level = TB_LOG_WARN;
 
 void tb_log_set_level(tb_log_level lvl) { atomic_store(&level, lvl); }
-tb_log_level tb_log_get_level(void) { return (tb_log_level)atomic_load(&level); }
 
 void tb_log(tb_log_level lvl, const char *fmt, ...)
 {

@@ -11,7 +11,6 @@
 typedef enum tb_log_level { TB_LOG_OFF = 0, TB_LOG_ERROR, TB_LOG_WARN, TB_LOG_INFO, TB_LOG_DEBUG } tb_log_level;
 
 void tb_log_set_level(tb_log_level lvl);
-tb_log_level tb_log_get_level(void);
 void tb_log(tb_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define tb_error(...) tb_log(TB_LOG_ERROR, __VA_ARGS__)
