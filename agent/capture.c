@@ -27,6 +27,7 @@
 #include "log.h"
 #include "profile.h"
 #include "ranges.h"
+#include "runname.h"
 #include "sampler.h"
 #include "stall.h"
 #include "stats.h"
@@ -106,11 +107,7 @@ static struct {
     unsigned ncaptures;   /* profiles written */
     char last_profile[2][PATH_MAX];
     int term_installed, term_pending, exiting, writing;
-    char last_base[256];
-    unsigned same_base;
-    /* read once at init: run naming inputs */
-    char job_id[128], rank[32], hostname[256];
-    int64_t rank_num, world_size; /* RANK, WORLD_SIZE as numbers; -1: unset or not a number */
+    tb_names names; /* job id, rank, host name: read once at init */
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER,
@@ -347,117 +344,20 @@ static void *term_watchdog(void *arg)
     return NULL;
 }
 
-/* ---- run and host names --------------------------------------------------------- */
+/* ---- run and host names (runname.h) --------------------------------------------- */
 
-static void sanitize(char *s)
-{
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              *s == '.' || *s == '_' || *s == '-'))
-            *s = '_';
-}
-
-/* A non-negative integer environment variable, else -1. */
-static int64_t env_count(const char *name)
-{
-    const char *v = getenv(name);
-    char *end;
-    if (!v || *v < '0' || *v > '9')
-        return -1;
-    long long x = strtoll(v, &end, 10);
-    return *end || x > INT32_MAX ? -1 : (int64_t)x;
-}
-
-static void read_identity(void)
-{
-    static const char *const job_vars[] = {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "PBS_JOBID",
-                                            "LSB_JOBID", "FLUX_JOB_ID", "JOB_ID"};
-    g.job_id[0] = '\0';
-    for (size_t i = 0; i < sizeof(job_vars) / sizeof(job_vars[0]); i++) {
-        const char *v = getenv(job_vars[i]);
-        if (v && *v && strcmp(v, "none")) {
-            snprintf(g.job_id, sizeof(g.job_id), "%s", v);
-            sanitize(g.job_id);
-            break;
-        }
-    }
-    const char *r = getenv("RANK");
-    if (!r || !*r)
-        r = getenv("LOCAL_RANK");
-    snprintf(g.rank, sizeof(g.rank), "%s", r && *r ? r : "");
-    sanitize(g.rank);
-    g.rank_num = env_count("RANK"); /* the global rank only: for Kineto's distributedInfo */
-    g.world_size = g.rank_num >= 0 ? env_count("WORLD_SIZE") : -1;
-}
-
-/* The host name, asked for when the first profile is named (agent thread),
- * not at start-up: one system call fewer in every process that never
- * captures. */
-static const char *hostname(void)
-{
-    if (!g.hostname[0]) {
-        if (gethostname(g.hostname, sizeof(g.hostname) - 1) < 0 || !g.hostname[0])
-            snprintf(g.hostname, sizeof(g.hostname), "localhost");
-        g.hostname[sizeof(g.hostname) - 1] = '\0';
-        sanitize(g.hostname);
-    }
-    return g.hostname;
-}
-
-static void window_desc(const struct cap *c, char *out, size_t n)
-{
-    snprintf(out, n, "steps_%lld-%lld", (long long)c->first, (long long)c->last);
-}
+static const char *env_get(const char *name) { return getenv(name); }
 
 static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out, size_t n)
 {
-    char win[64] = "";
-    if (c->run[0]) {
-        /* the requester named it (`tbprof trigger` gives every process of
-         * a job the same name) */
-        snprintf(out, n, "%s", c->run);
-        return;
-    }
-    if (fixed_window(c))
-        window_desc(c, win, sizeof(win));
-    if (g.cfg.run[0]) {
-        /* ranks agree: the same TBPROF_RUN and the same window */
-        if (c->kind == CAP_ENV_STEPS && g.cfg.nwindows > 1)
-            snprintf(out, n, "%s_%s", g.cfg.run, win);
-        else if (c->kind == CAP_ENV_STEPS || g.ncaptures == 0)
-            snprintf(out, n, "%s", g.cfg.run);
-        else
-            snprintf(out, n, "%s_%u", g.cfg.run, g.ncaptures + 1);
-        return;
-    }
-    char t[64];
-    tb_run_name_from_time((time_t)(begin_epoch_ns / 1000000000), t, sizeof(t));
-    if (g.job_id[0] && fixed_window(c))
-        snprintf(out, n, "%s_%s", g.job_id, win);
-    else if (g.job_id[0] && c->kind == CAP_TIME && c->win == -2)
-        snprintf(out, n, "%s_time_%g-%gs", g.job_id, g.cfg.delay_s, g.cfg.delay_s + g.cfg.duration_s);
-    else if (g.job_id[0])
-        snprintf(out, n, "%s_%s", g.job_id, t);
-    else
-        snprintf(out, n, "%s", t);
-    /* a second capture in the same second gets its own run folder */
-    if (!strcmp(out, g.last_base)) {
-        size_t l = strlen(out);
-        snprintf(out + l, n - l, "_%u", ++g.same_base + 1);
-    } else {
-        snprintf(g.last_base, sizeof(g.last_base), "%s", out);
-        g.same_base = 0;
-    }
-}
-
-static void make_host_name(char *out, size_t n)
-{
-    if (g.cfg.host[0])
-        snprintf(out, n, "%s", g.cfg.host);
-    else if (g.rank[0])
-        snprintf(out, n, "%s.rank%s", hostname(), g.rank);
-    else
-        snprintf(out, n, "%s.pid%d", hostname(), (int)getpid());
+    tb_run_req r = {.asked = c->run,
+                    .first = c->first,
+                    .last = c->last,
+                    .fixed_window = fixed_window(c),
+                    .env_window = c->kind == CAP_ENV_STEPS,
+                    .env_time = c->kind == CAP_TIME && c->win == -2,
+                    .begin_epoch_ns = begin_epoch_ns};
+    tb_names_run(&g.names, &g.cfg, &r, g.ncaptures, out, n);
 }
 
 /* ---- building the profile ---------------------------------------------------------- */
@@ -543,7 +443,7 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     }
     if (g.cfg.max_mb)
         tb_space_set_limit(sp, (size_t)g.cfg.max_mb << 20);
-    tb_space_add_hostname(sp, hostname());
+    tb_space_add_hostname(sp, tb_names_hostname(&g.names));
     tb_plane *hp = tb_host_plane(sp); /* first plane */
     int64_t begin = tb_mono_to_epoch(c->begin), end = tb_mono_to_epoch(c->end);
     if (hp) { /* sources read the window from here (tb_capture_window) */
@@ -575,10 +475,10 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     uint64_t ignored = atomic_load_explicit(&steps_ignored, memory_order_relaxed);
     if (hp) {
         tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());
-        if (g.rank_num >= 0)
-            tb_plane_stat_i64(hp, TB_ST_RANK, g.rank_num);
-        if (g.world_size >= 0)
-            tb_plane_stat_i64(hp, TB_ST_WORLD_SIZE, g.world_size);
+        if (g.names.rank_num >= 0)
+            tb_plane_stat_i64(hp, TB_ST_RANK, g.names.rank_num);
+        if (g.names.world_size >= 0)
+            tb_plane_stat_i64(hp, TB_ST_WORLD_SIZE, g.names.world_size);
         tb_plane_stat_str(hp, TB_ST_TRIGGER, c->trigger);
         tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
         tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);
@@ -652,7 +552,7 @@ static void serve_while_writing(void *ctx)
 static void write_space(tb_space *sp, const char *run, const char *trigger)
 {
     char host[TB_CONFIG_STR + 300], path[PATH_MAX];
-    make_host_name(host, sizeof(host));
+    tb_names_host(&g.names, &g.cfg, (int)getpid(), host, sizeof(host));
     tb_profile_opts o = {
         .logdir = g.cfg.logdir,
         .run = run,
@@ -1333,7 +1233,7 @@ int tb_agent_init(const tb_config *c, int disable)
         pthread_mutex_unlock(&g.lock);
         return 0;
     }
-    read_identity();
+    tb_names_read_env(&g.names, env_get);
     if (c->duration_s > 0)
         g.timewin_at = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
     if (c->socket) {
@@ -1690,7 +1590,7 @@ void tb_agent_fork_child(void)
     g.pend.kind = 0;
     g.term_pending = 0;
     g.ncaptures = 0;
-    g.last_base[0] = '\0';
+    g.names.last_base[0] = '\0';
     g.writing = 0;
     atomic_store(&last_idx, -1);
     set_state(TB_STATE_IDLE);

@@ -1,0 +1,114 @@
+/* runname.c - see runname.h. */
+#include "runname.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "profile.h"
+
+static void sanitize(char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '.' || *s == '_' || *s == '-'))
+            *s = '_';
+}
+
+/* A non-negative integer variable, else -1. */
+static int64_t env_count(const char *(*get)(const char *), const char *name)
+{
+    const char *v = get(name);
+    char *end;
+    if (!v || *v < '0' || *v > '9')
+        return -1;
+    long long x = strtoll(v, &end, 10);
+    return *end || x > INT32_MAX ? -1 : (int64_t)x;
+}
+
+void tb_names_read_env(tb_names *n, const char *(*get)(const char *))
+{
+    static const char *const job_vars[] = {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "PBS_JOBID",
+                                            "LSB_JOBID", "FLUX_JOB_ID", "JOB_ID"};
+    memset(n, 0, sizeof(*n));
+    for (size_t i = 0; i < sizeof(job_vars) / sizeof(job_vars[0]); i++) {
+        const char *v = get(job_vars[i]);
+        if (v && *v && strcmp(v, "none")) { /* torchrun's default run id is "none" */
+            snprintf(n->job_id, sizeof(n->job_id), "%s", v);
+            sanitize(n->job_id);
+            break;
+        }
+    }
+    const char *r = get("RANK");
+    if (!r || !*r)
+        r = get("LOCAL_RANK");
+    snprintf(n->rank, sizeof(n->rank), "%s", r && *r ? r : "");
+    sanitize(n->rank);
+    n->rank_num = env_count(get, "RANK"); /* the global rank only: for Kineto's distributedInfo */
+    n->world_size = n->rank_num >= 0 ? env_count(get, "WORLD_SIZE") : -1;
+}
+
+const char *tb_names_hostname(tb_names *n)
+{
+    if (!n->hostname[0]) {
+        if (gethostname(n->hostname, sizeof(n->hostname) - 1) < 0 || !n->hostname[0])
+            snprintf(n->hostname, sizeof(n->hostname), "localhost");
+        n->hostname[sizeof(n->hostname) - 1] = '\0';
+        sanitize(n->hostname);
+    }
+    return n->hostname;
+}
+
+void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsigned ncaptures, char *out,
+                  size_t len)
+{
+    if (r->asked && r->asked[0]) {
+        /* the requester named it (`tbprof trigger` gives every process of
+         * a job the same name) */
+        snprintf(out, len, "%s", r->asked);
+        return;
+    }
+    char win[64] = "";
+    if (r->fixed_window)
+        snprintf(win, sizeof(win), "steps_%lld-%lld", (long long)r->first, (long long)r->last);
+    if (cfg->run[0]) {
+        /* ranks agree: the same TBPROF_RUN and the same window */
+        if (r->env_window && cfg->nwindows > 1)
+            snprintf(out, len, "%s_%s", cfg->run, win);
+        else if (r->env_window || ncaptures == 0)
+            snprintf(out, len, "%s", cfg->run);
+        else
+            snprintf(out, len, "%s_%u", cfg->run, ncaptures + 1);
+        return;
+    }
+    char t[64];
+    tb_run_name_from_time((time_t)(r->begin_epoch_ns / 1000000000), t, sizeof(t));
+    if (n->job_id[0] && r->fixed_window)
+        snprintf(out, len, "%s_%s", n->job_id, win);
+    else if (n->job_id[0] && r->env_time)
+        snprintf(out, len, "%s_time_%g-%gs", n->job_id, cfg->delay_s, cfg->delay_s + cfg->duration_s);
+    else if (n->job_id[0])
+        snprintf(out, len, "%s_%s", n->job_id, t);
+    else
+        snprintf(out, len, "%s", t);
+    /* a second capture in the same second gets its own run folder */
+    if (!strcmp(out, n->last_base)) {
+        size_t l = strlen(out);
+        snprintf(out + l, len - l, "_%u", ++n->same_base + 1);
+    } else {
+        snprintf(n->last_base, sizeof(n->last_base), "%s", out);
+        n->same_base = 0;
+    }
+}
+
+void tb_names_host(tb_names *n, const tb_config *cfg, int pid, char *out, size_t len)
+{
+    if (cfg->host[0])
+        snprintf(out, len, "%s", cfg->host);
+    else if (n->rank[0])
+        snprintf(out, len, "%s.rank%s", tb_names_hostname(n), n->rank);
+    else
+        snprintf(out, len, "%s.pid%d", tb_names_hostname(n), pid);
+}
