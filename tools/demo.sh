@@ -30,7 +30,8 @@ print("python demo: 10 steps")'
 fi
 echo "== tbprof ls $logdir"
 "$tbprof" ls "$logdir"
-first=$(find "$logdir/plugins/profile/demo_c" -name '*.xplane.pb' | sort | head -n1)
+# this run's C profile: the newest (a run before this one left its own beside it)
+first=$(ls -t "$logdir"/plugins/profile/demo_c/*.xplane.pb | head -n1)
 echo "== tbprof dump $first"
 "$tbprof" dump "$first"
 echo "== tbprof summary $first"
