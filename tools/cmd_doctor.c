@@ -151,8 +151,9 @@ static int logdir_report(void)
 }
 
 /* One line per source; 1 when either is off. */
-static int report(const tb_plane *h)
+static int report(const tb_space *s)
 {
+    const tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
     int bad = 0;
     const char *lib = NULL, *why = NULL, *mode = NULL;
     long long samples = 0;
@@ -161,6 +162,11 @@ static int report(const tb_plane *h)
         const char *after = NULL;
         if (host_stat(h, TB_ST_CUPTI_TEARDOWN, &after, NULL))
             printf("  CUPTI after    %s\n", after);
+        /* what the capture warned about this libcupti (a CUDA 13.0 GA one's
+         * deadlock, calls slow to return) */
+        for (size_t i = 0; i < s->nwarnings; i++)
+            if (strstr(s->warnings[i], "CUPTI") || strstr(s->warnings[i], "libcupti"))
+                printf("  CUPTI warning  %s\n", s->warnings[i]);
     } else {
         printf("  GPU tracing    off: %s\n", why ? why : "no reason recorded (an agent built without CUPTI?)");
         bad = 1;
@@ -217,7 +223,7 @@ int cmd_doctor(int argc, char **argv)
     tb_profset ps;
     if (run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0) {
         printf("  agent          ready: a profile was written\n");
-        rc = report(tb_space_find_plane(ps.profs[0].space, TB_HOST_PLANE));
+        rc = report(ps.profs[0].space);
         tb_profset_free(&ps);
     } else {
         printf("  agent          no profile came back (see the messages above)\n");

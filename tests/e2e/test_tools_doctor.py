@@ -45,6 +45,11 @@ class Doctor(tbtest.TestCase):
         fixed = self.doctor("--cupti", FAKE, TBFAKE_CUPTI_VERSION="130101")
         self.assertEqual(self.line(fixed, "CUPTI after"),
                          "on: cuptiFinalize after the capture (TBPROF_CUPTI_TEARDOWN=auto)")
+        self.assertNotIn("CUPTI warning", p.stdout + fixed.stdout)
+        # CUDA 13.0's first libcupti: its stop can deadlock, and the fix is named
+        ga = self.doctor("--cupti", FAKE, TBFAKE_CUPTI_VERSION="130000")
+        self.assertRegex(self.line(ga, "CUPTI warning"), r"\(CUPTI API 130000\), whose cuptiActivityDisable can "
+                         r"deadlock .* libcupti 13\.0\.85 or later")
         cpu = self.line(p, "CPU sampling")
         # ready where perf_event works; either way the status says both or not
         self.assertEqual(p.returncode, 0 if cpu.startswith("ready:") else 1, p.stdout)
