@@ -522,6 +522,14 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
                  tb_step_source_name(atomic_load(&step_owner)), (unsigned long long)ignored);
         tb_space_add_warning(sp, w);
     }
+    /* calls slow to return since the last profile (stall.h): warned about
+     * as they happened; the profile keeps the list */
+    char slow[512], says[700];
+    if (tb_stall_take(slow, sizeof(slow))) {
+        snprintf(says, sizeof(says), "calls that took %lld ms or more to return (TBPROF_STALL_WARN_MS): %s",
+                 (long long)g.cfg.stall_warn_ms, slow);
+        tb_space_add_warning(sp, says);
+    }
     if (rec_dropped) {
         char w[96];
         snprintf(w, sizeof(w), "%llu step boundaries dropped (more than %d in one capture)",
@@ -540,7 +548,7 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
  * process leaves. */
 static void serve_while_writing(void *ctx)
 {
-    (void)ctx;
+    tb_stall_touch(*(int *)ctx); /* a piece went out: the write is moving */
     pthread_mutex_lock(&g.lock);
     int serve = !g.exiting && !g.term_pending && g.listen_fd >= 0;
     pthread_mutex_unlock(&g.lock);
@@ -551,8 +559,16 @@ static void serve_while_writing(void *ctx)
 /* Agent thread, lock NOT held: the file I/O. Frees sp. */
 static void write_space(tb_space *sp, const char *run, const char *trigger)
 {
-    char host[TB_CONFIG_STR + 300], path[PATH_MAX];
+    char host[TB_CONFIG_STR + 300], path[PATH_MAX], what[TB_CONFIG_STR + 64];
     tb_names_host(&g.names, &g.cfg, (int)getpid(), host, sizeof(host));
+    /* a write that stops moving (a hung NFS mount, a full quota server) is
+     * named: each piece written counts as progress (serve_while_writing).
+     * Not at exit, where the wait for the write is bounded and said anyway
+     * (and no watcher thread is started that late) */
+    snprintf(what, sizeof(what), "the profile write under %s", g.cfg.logdir);
+    int w = tb_agent_leaving() ? -1
+                               : tb_stall_enter(what, "a slow or hung file system? the job runs on; a local "
+                                                      "TBPROF_LOGDIR avoids it");
     tb_profile_opts o = {
         .logdir = g.cfg.logdir,
         .run = run,
@@ -560,8 +576,10 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
         .trace_json = g.cfg.trace_json,
         .max_bytes = (size_t)g.cfg.max_mb << 20,
         .tick = serve_while_writing,
+        .tick_ctx = &w,
     };
     int rc = tb_profile_write(sp, &o, path, sizeof(path));
+    tb_stall_leave(w);
     if (rc < 0) {
         tb_warn("profile not written under %s: %s", g.cfg.logdir, strerror(-rc));
     } else {

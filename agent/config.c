@@ -143,8 +143,9 @@ static const var vars[] = {
      "using off", "off", F(cuda_api_all), 0, 0},
     {"TBPROF_STALL_WARN_MS", T_UINT, "5000", "integer 0..600000 (0 = off)",
      "warn when a CUPTI call tbprof makes to start, stop or detach tracing has not returned after "
-     "this long, naming the call (a job stopped there is stuck inside CUPTI or the CUDA driver); "
-     "0: no watch, and no watcher thread",
+     "this long, naming the call (a job stopped there is stuck inside CUPTI or the CUDA driver), or "
+     "a profile write has not moved for this long (a slow or hung file system); 0: no watch, and no "
+     "watcher thread",
      "using 5000", "5000", F(stall_warn_ms), 0, 600000},
 };
 #define NVARS (sizeof(vars) / sizeof(vars[0]))

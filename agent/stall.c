@@ -21,7 +21,7 @@
 typedef struct slot {
     int used, warned;
     int64_t t0, limit_ns;
-    char what[160];
+    char what[320]; /* a call and its thread, or a write and its folder */
     char advice[480];
 } slot;
 
@@ -141,6 +141,16 @@ void tb_stall_leave(int t)
     pthread_mutex_unlock(&W.mu);
     if (msg[0])
         tb_warn("%s", msg);
+}
+
+void tb_stall_touch(int t)
+{
+    if (t < 0 || t >= SLOTS)
+        return;
+    pthread_mutex_lock(&W.mu);
+    if (W.s[t].used && !W.s[t].warned)
+        W.s[t].t0 = tb_mono_ns();
+    pthread_mutex_unlock(&W.mu);
 }
 
 int tb_stall_take(char *out, size_t n)

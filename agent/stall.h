@@ -14,7 +14,9 @@
  * condition variable while nothing is watched) warns once when a call has
  * been in for TBPROF_STALL_WARN_MS, with the advice; the call's return is
  * warned about too. No-ops when TBPROF_STALL_WARN_MS=0. Any thread; calls
- * on one thread do not nest. Not from a signal handler.
+ * on one thread do not nest. Not from a signal handler. The agent watches
+ * its CUPTI calls (cupti/gpu.c) and its profile writes (a hung file system
+ * under TBPROF_LOGDIR), and lists the slow ones in the next profile.
  */
 #ifndef TBPROF_AGENT_STALL_H
 #define TBPROF_AGENT_STALL_H
@@ -26,6 +28,9 @@
  * watched (off, every slot in use, no watcher thread). */
 int tb_stall_enter(const char *what, const char *advice);
 void tb_stall_leave(int token);
+/* Progress inside a long watched call (a profile written piece by piece):
+ * the limit counts from now, unless the call was already warned about. */
+void tb_stall_touch(int token);
 
 /* The calls that took TBPROF_STALL_WARN_MS or longer since the last take,
  * as "what: 12.3 s; ..." in out (cut to n); returns how many. */

@@ -1069,13 +1069,7 @@ static int gpu_collect(void *ctx, tb_space *space)
                       "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
                       (unsigned long long)g.last.incomplete, g.drain);
     }
-    /* into the profile only: both were warned about as they happened */
-    char slow[512], says[700];
-    if (tb_stall_take(slow, sizeof(slow))) {
-        snprintf(says, sizeof(says), "CUPTI calls that took %lld ms or more (TBPROF_STALL_WARN_MS): %s",
-                 (long long)tb_config_get()->stall_warn_ms, slow);
-        tb_space_add_warning(space, says);
-    }
+    /* into the profile only: warned about at the first capture */
     if (g.last.cupti_api_version == CUPTI_API_13_0)
         tb_space_add_warning(space, CUPTI_DISABLE_DEADLOCK_ADVICE);
     if (g.last.cupti_dropped || g.last.pool_exhausted) {

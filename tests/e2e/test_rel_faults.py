@@ -195,6 +195,42 @@ class Faults(tbtest.TestCase):
         self.assertIn("shared library", w[0])
         figure("no_libz", "libz not loadable: xplane.pb written (steps 2-4), no trace.json.gz, 1 warning")
 
+    def test_a_write_that_stops_moving_is_named(self):
+        # every write() under plugins/profile takes 150 ms (a slow file
+        # system, through a shim): past TBPROF_STALL_WARN_MS=100 each profile
+        # write is named once while stuck and once when done, the job's
+        # status is kept, and the next profile lists the first write; under
+        # the default limit (5 s) nothing is said
+        shim = tbtest.prog("libslow_profile_write.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        said = {}
+        for limit in ("100", None):
+            logdir = os.path.join(self.tmp, "logs%s" % limit)
+            e = relutil.env(logdir, steps="2-3;6-7", run="r", host="h", stall_warn_ms=limit)
+            e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
+            # 50 ms steps: both writes (0.3-0.5 s each) end long before the
+            # job does (a write at exit is not watched)
+            p = tbtest.run([RELJOB, "-n", "30", "-m", "50"], env=e, timeout=T)
+            self.assertExitedOk(p)
+            first, second = [os.path.join(logdir, "plugins", "profile", "r_steps_%s" % w, "h.xplane.pb")
+                             for w in ("2-3", "6-7")]
+            self.assertEqual((nums(first), nums(second)), ([2, 3], [6, 7]))
+            said[limit] = w = tbtest.tbprof_warnings(p.stderr)
+            if limit is None:
+                self.assertEqual(w, [], p.stderr)
+                continue
+            what = "the profile write under %s" % logdir
+            hung = [l for l in w if re.search(re.escape(what) + r" has not returned after \d+\.\d s; a slow or hung "
+                                              r"file system\?", l)]
+            back = [l for l in w if re.search(re.escape(what) + r" returned after \d+\.\d s$", l)]
+            self.assertEqual((len(hung), len(back), len(w)), (2, 2, 4), p.stderr)
+            prof = tbtest.load(second)
+            self.assertTrue([x for x in prof.warnings if x.startswith(
+                "calls that took 100 ms or more to return (TBPROF_STALL_WARN_MS): " + what + ": ")], prof.warnings)
+        figure("slow_write", "150 ms per write() under the run folder, TBPROF_STALL_WARN_MS=100: %d warnings for 2 "
+               "profiles (stuck, done), next profile lists it; default limit: %d" % (len(said["100"]), len(said[None])))
+
     def test_logdir_missing_is_created(self):
         logdir = os.path.join(self.tmp, "a", "b", "c", "logs")
         p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=relutil.env(logdir, steps="2,4"), timeout=T)

@@ -168,7 +168,7 @@ def capture_facts(xplane):
     if "tbprof_gpu_off_reason" in st:
         result("cupti_capture", False, "GPU capture off: %s" % st["tbprof_gpu_off_reason"])
     # CUPTI calls slow to return (TBPROF_STALL_WARN_MS), CUDA 13.0 GA's libcupti
-    slow = "; ".join(w for w in xs.warnings if w.startswith("CUPTI calls that took") or "API 130000" in w)
+    slow = "; ".join(w for w in xs.warnings if "TBPROF_STALL_WARN_MS" in w or "API 130000" in w)
     print("RESULT cupti_capture INFO %s; pool %s; buffers filled %s; CUPTI dropped %s; pool ran out %s; "
           "start wait %.1f ms; drain %s; incomplete records %s; buffers kept %s; teardown %s; slow calls: %s" % (
               st.get("tbprof_cupti_library", "?"), st.get("tbprof_cupti_pool", "?"),
