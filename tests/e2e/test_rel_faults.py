@@ -196,28 +196,31 @@ class Faults(tbtest.TestCase):
         figure("no_libz", "libz not loadable: xplane.pb written (steps 2-4), no trace.json.gz, 1 warning")
 
     def test_a_write_that_stops_moving_is_named(self):
-        # every write() under plugins/profile takes 150 ms (a slow file
-        # system, through a shim): past TBPROF_STALL_WARN_MS=100 each profile
-        # write is named once while stuck and once when done, the job's
-        # status is kept, and the next profile lists the first write; under
-        # the default limit (5 s) nothing is said
+        # every write() under plugins/profile takes 300 ms (a slow file
+        # system, through a shim; a profile here is 2 of them): past
+        # TBPROF_STALL_WARN_MS=100 each profile write is named once while
+        # stuck and once when done, the job's status is kept, and the next
+        # profile lists the first write; with 550 ms (each write() is within
+        # it, a whole profile write is not: every piece counts as progress)
+        # or the default limit (5 s) nothing is said
         shim = tbtest.prog("libslow_profile_write.so")
         if not os.path.exists(shim):
             self.skipTest("shim not built")
         said = {}
-        for limit in ("100", None):
+        for limit in ("100", "550", None):
             logdir = os.path.join(self.tmp, "logs%s" % limit)
             e = relutil.env(logdir, steps="2-3;6-7", run="r", host="h", stall_warn_ms=limit)
             e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
-            # 50 ms steps: both writes (0.3-0.5 s each) end long before the
-            # job does (a write at exit is not watched)
-            p = tbtest.run([RELJOB, "-n", "30", "-m", "50"], env=e, timeout=T)
+            e["TBTEST_SLOW_WRITE_MS"] = "300"
+            # 50 ms steps: both writes (0.6 s each) end long before the job
+            # does (a write at exit is not watched)
+            p = tbtest.run([RELJOB, "-n", "36", "-m", "50"], env=e, timeout=T)
             self.assertExitedOk(p)
             first, second = [os.path.join(logdir, "plugins", "profile", "r_steps_%s" % w, "h.xplane.pb")
                              for w in ("2-3", "6-7")]
             self.assertEqual((nums(first), nums(second)), ([2, 3], [6, 7]))
             said[limit] = w = tbtest.tbprof_warnings(p.stderr)
-            if limit is None:
+            if limit != "100":
                 self.assertEqual(w, [], p.stderr)
                 continue
             what = "the profile write under %s" % logdir
@@ -228,8 +231,9 @@ class Faults(tbtest.TestCase):
             prof = tbtest.load(second)
             self.assertTrue([x for x in prof.warnings if x.startswith(
                 "calls that took 100 ms or more to return (TBPROF_STALL_WARN_MS): " + what + ": ")], prof.warnings)
-        figure("slow_write", "150 ms per write() under the run folder, TBPROF_STALL_WARN_MS=100: %d warnings for 2 "
-               "profiles (stuck, done), next profile lists it; default limit: %d" % (len(said["100"]), len(said[None])))
+        figure("slow_write", "300 ms per write() under the run folder, TBPROF_STALL_WARN_MS=100: %d warnings for 2 "
+               "profiles (stuck, done), next profile lists it; 550 ms: %d; default limit: %d"
+               % (len(said["100"]), len(said["550"]), len(said[None])))
 
     def test_logdir_missing_is_created(self):
         logdir = os.path.join(self.tmp, "a", "b", "c", "logs")
