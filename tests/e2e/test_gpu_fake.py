@@ -788,6 +788,24 @@ class GpuFake(tbtest.TestCase):
                          r"1\.[5-9] s$")
         self.assertEqual(len([w for w in prof.warnings if "CUPTI API 130000" in w]), 1, prof.warnings)
 
+    def test_fork_during_a_gpu_capture(self):
+        # a child forked at step 1, inside the window, while CUPTI records
+        # and the stall watcher runs: it works 200 ms and exits 0 without a
+        # profile or a warning; the parent's profile holds its GPU work, and
+        # CUPTI was subscribed and let go once (by the parent)
+        p = self.run_steps(["-n", "16", "-m", "10", "-r", "-f"], steps="0-12")
+        self.assertIn("status 0", p.stdout)
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertEqual(prof.host.stats["pid"], self.pid)
+        self.check_profile(prof)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+        log = self.fake_log()
+        self.assertEqual(len([l for l in log if l[0] == "subscribe" and l[1] == "0"]), 1, log)
+        self.assertEqual(len([l for l in log if l[0] == "flush" and l[1] == "1"]), 1, log)
+        self.assertNoPartialFiles(self.logdir)
+
     def test_a_slow_cupti_call_under_the_limit_says_nothing(self):
         # 200 ms in cuptiActivityDisable with the default limit (5 s), or any
         # time with the watch off: no warning; nor the 13.0 GA one for a
