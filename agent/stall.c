@@ -3,7 +3,6 @@
  * job's thread leaving a watch never waits behind a write to stderr. */
 #include "stall.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,7 +15,7 @@
 #include "config.h"
 #include "log.h"
 
-#define SLOTS 4 /* calls watched at once: the agent thread's and a job thread's detach */
+#define SLOTS 4 /* watched at once: the agent thread's call or write, a job thread's detach */
 
 typedef struct slot {
     int used, warned;
