@@ -81,6 +81,7 @@
  * correlation_id: this CUPTI numbers them wrongly after a re-attach (gpu.c);
  * written only where that applies */
 #define TB_ST_GRAPH_UNCORRELATED "tbprof_cuda_graph_uncorrelated"
+#define TB_ST_ODD_KERNELS "tbprof_cupti_odd_kernel_records" /* kernel records that do not read as kernels */
 /* the CUDA calls not recorded (TBPROF_CUDA_API_ALL=off), space-separated */
 #define TB_ST_CUDA_API_LEFT_OUT "tbprof_cuda_api_left_out"
 /* buffers CUPTI still held after the forced flush (0 unless another CUPTI

@@ -1021,6 +1021,8 @@ static int gpu_collect(void *ctx, tb_space *space)
         g.last.incomplete = c.bad_time;
         g.last.buffers_completed = nd;
         g.last.graph_uncorrelated = c.graph_uncorrelated;
+        g.last.kernels = c.kernels;
+        g.last.odd_kernels = c.odd_kernels;
         if (c.api_quiet)
             tb_debug("GPU: %llu records of calls CUPTI was asked not to record left out",
                      (unsigned long long)c.api_quiet);
@@ -1047,6 +1049,17 @@ static int gpu_collect(void *ctx, tb_space *space)
             tb_plane_stat_str(hp, TB_ST_CUDA_API_LEFT_OUT, tb_cupti_api_quiet_list());
         if (o.graph_corr_unreliable)
             tb_plane_stat_u64(hp, TB_ST_GRAPH_UNCORRELATED, g.last.graph_uncorrelated);
+        if (g.last.odd_kernels)
+            tb_plane_stat_u64(hp, TB_ST_ODD_KERNELS, g.last.odd_kernels);
+    }
+    if (g.last.odd_kernels) {
+        tb_space_warn(space,
+                      "%llu of %llu kernel records do not read as kernels (a grid or block dimension below 1, "
+                      "over 1024 threads a block, or no name): this libcupti (CUPTI API %u) may lay out its "
+                      "records unlike the CUPTI tbprof was built with (API %u); GPU event names, times and "
+                      "details may be wrong: rebuild tbprof against this CUDA's cupti.h",
+                      (unsigned long long)g.last.odd_kernels, (unsigned long long)g.last.kernels,
+                      g.last.cupti_api_version, (unsigned)CUPTI_API_VERSION);
     }
     if (g.last.graph_uncorrelated) {
         tb_space_warn(space,

@@ -280,6 +280,7 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(fwd[0].dur_ns, 421000)
         self.assertEqual(host.stats.get("tbprof_cupti_dropped"), 0)
         self.assertEqual(host.stats.get("tbprof_buffer_pool_exhausted"), 0)
+        self.assertNotIn("tbprof_cupti_odd_kernel_records", host.stats)
         return kernels
 
     def run_steps(self, args, launch=True, **kw):
@@ -787,6 +788,27 @@ class GpuFake(tbtest.TestCase):
         self.assertRegex(slow[0], r": GPU tracing: cuptiActivityDisable \(ending a capture, on tbprof's thread\): "
                          r"1\.[5-9] s$")
         self.assertEqual(len([w for w in prof.warnings if "CUPTI API 130000" in w]), 1, prof.warnings)
+
+    def test_kernel_records_that_cannot_be_kernels_are_said(self):
+        # a libcupti whose records do not match this build's layout would
+        # give kernels impossible shapes: a block of 0 threads, 2048 threads
+        # a block, a grid of 0. Counted, and warned about once with both
+        # CUPTI versions; the good kernel is untouched
+        with open(self.script, "w") as f:
+            f.write(DEVICE + "".join(
+                "kernel name=k%d start=%d end=%d stream=7 corr=%d grid=%s block=%s regs=16\n" % (i, 1000 + 10 * i,
+                                                                                            1005 + 10 * i, 100 + i, g, b)
+                for i, (g, b) in enumerate([("8,1,1", "256,1,1"), ("8,1,1", "0,1,1"), ("8,1,1", "64,32,1"),
+                                            ("0,1,1", "32,1,1")])))
+        p = self.run_steps(["-n", "8", "-m", "10", "-r"], steps="2-3", TBFAKE_CUPTI_VERSION="130300")
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.assertEqual(prof.host.stats.get("tbprof_cupti_odd_kernel_records"), 3)
+        self.assertEqual(sorted(e.name for e in prof.plane("/device:GPU:0").events()), ["k0", "k1", "k2", "k3"])
+        says = [w for w in prof.warnings if "do not read as kernels" in w]
+        self.assertEqual(len(says), 1, prof.warnings)
+        self.assertIn("3 of 4 kernel records", says[0])
+        self.assertRegex(says[0], r"CUPTI API 130300\) .* built with \(API \d+\)")
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "do not read as kernels" in l]), 1)
 
     def test_fork_during_a_gpu_capture(self):
         # a child forked at step 1, inside the window, while CUPTI records
