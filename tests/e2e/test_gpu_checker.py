@@ -313,6 +313,7 @@ class GpuChecker(tbtest.TestCase):
                                    r"cuptiSubscribe_v2 \(13.2 params\)\); pool \d+ x \d+; buffers filled [1-9]\d*; "
                                    r"CUPTI dropped 0; pool ran out 0; start wait [\d.]+ ms; "
                                    r"drain [\d.]+ ms, all complete; incomplete records 0; buffers kept 0; "
+                                   r"odd kernel records 0; "
                                    r"teardown on: cuptiFinalize after the capture.*; slow calls: none\n")
         # a protobuf runtime too new for the packed xplane_pb2 (protoc 3.21):
         # the same XSpace built from the descriptor inside it, same answer

@@ -170,12 +170,13 @@ def capture_facts(xplane):
     # CUPTI calls slow to return (TBPROF_STALL_WARN_MS), CUDA 13.0 GA's libcupti
     slow = "; ".join(w for w in xs.warnings if "TBPROF_STALL_WARN_MS" in w or "API 130000" in w)
     print("RESULT cupti_capture INFO %s; pool %s; buffers filled %s; CUPTI dropped %s; pool ran out %s; "
-          "start wait %.1f ms; drain %s; incomplete records %s; buffers kept %s; teardown %s; slow calls: %s" % (
+          "start wait %.1f ms; drain %s; incomplete records %s; buffers kept %s; odd kernel records %s; "
+          "teardown %s; slow calls: %s" % (
               st.get("tbprof_cupti_library", "?"), st.get("tbprof_cupti_pool", "?"),
               st.get("tbprof_cupti_buffers", "?"), st.get("tbprof_cupti_dropped", "?"),
               st.get("tbprof_buffer_pool_exhausted", "?"), st.get("tbprof_start_wait_ns", 0) / 1e6,
               st.get("tbprof_gpu_drain", "?"), st.get("tbprof_gpu_incomplete_records", "?"),
-              st.get("tbprof_cupti_buffers_kept", "?"),
+              st.get("tbprof_cupti_buffers_kept", "?"), st.get("tbprof_cupti_odd_kernel_records", 0),
               st.get("tbprof_cupti_teardown", "?"), slow or "none"))
 
 
