@@ -1055,7 +1055,7 @@ static int gpu_collect(void *ctx, tb_space *space)
     if (g.last.odd_kernels) {
         tb_space_warn(space,
                       "%llu of %llu kernel records do not read as kernels (a grid or block dimension below 1, "
-                      "over 1024 threads a block, or no name): this libcupti (CUPTI API %u) may lay out its "
+                      "or over 1024 threads a block): this libcupti (CUPTI API %u) may lay out its "
                       "records unlike the CUPTI tbprof was built with (API %u); GPU event names, times and "
                       "details may be wrong: rebuild tbprof against this CUDA's cupti.h",
                       (unsigned long long)g.last.odd_kernels, (unsigned long long)g.last.kernels,

@@ -558,13 +558,14 @@ static void stream_event(tb_cupti_tr *t, devstate *d, const devrec *r, int type,
 }
 
 /* A kernel record that cannot be one: a grid or block dimension below 1,
- * more than 1024 threads a block (every CUDA GPU's limit), no name. CUPTI
- * writes its newest record layout (record_compat.h); a libcupti newer than
- * this build's headers that moved a field would show here first. */
+ * or more than 1024 threads a block (every CUDA GPU's limit). CUPTI writes
+ * its newest record layout (record_compat.h); a libcupti newer than this
+ * build's headers that moved a field would show here first. (A missing
+ * name is not taken as a sign: CUPTI may not know one.) */
 static int kernel_odd(const CUpti_ActivityKernel10 *k)
 {
-    return !k->name || k->gridX < 1 || k->gridY < 1 || k->gridZ < 1 || k->blockX < 1 || k->blockY < 1 ||
-           k->blockZ < 1 || (int64_t)k->blockX * k->blockY * k->blockZ > 1024;
+    return k->gridX < 1 || k->gridY < 1 || k->gridZ < 1 || k->blockX < 1 || k->blockY < 1 || k->blockZ < 1 ||
+           (int64_t)k->blockX * k->blockY * k->blockZ > 1024;
 }
 
 static void do_kernel(tb_cupti_tr *t, const CUpti_ActivityKernel10 *k)
