@@ -97,7 +97,6 @@ static struct {
     struct cap pend;      /* a CAP_AT_STEPS window waiting for its steps (kind 0: none) */
     int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
     int thread_running;
-    pthread_t thread;
     pid_t agent_tid;
     int wake_fd[2], listen_fd; /* wake_fd: wake-ups and signal bytes, one pipe */
     struct src src[MAX_SOURCES];
@@ -1121,27 +1120,38 @@ static int make_pipe(int fd[2])
     return 0;
 }
 
-int tb_agent_spawn(void *(*fn)(void *), void *arg)
+/* A thread of the agent's own: detached, `stack` bytes of stack, every
+ * signal blocked (they stay the job's), not counted as the job's by the
+ * pthread_create hook (creating_own). 0 or -errno. */
+static int spawn(void *(*fn)(void *), void *arg, size_t stack)
 {
     pthread_attr_t a;
     if (pthread_attr_init(&a) != 0)
         return -ENOMEM;
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    size_t stack = 256 << 10;
     if (stack < (size_t)PTHREAD_STACK_MIN)
         stack = (size_t)PTHREAD_STACK_MIN;
     pthread_attr_setstacksize(&a, stack);
-    sigset_t all, old;
+    sigset_t all;
     sigfillset(&all);
-    pthread_t t;
+    pthread_t tid;
     creating_own = 1;
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread takes no signals: they stay the job's */
-    int rc = pthread_create(&t, &a, fn, arg);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+    /* the new thread starts with this mask: no mask switch in the caller */
+    pthread_attr_setsigmask_np(&a, &all);
+    int rc = pthread_create(&tid, &a, fn, arg);
+#else
+    sigset_t old;
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&tid, &a, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+#endif
     creating_own = 0;
     pthread_attr_destroy(&a);
     return -rc;
 }
+
+int tb_agent_spawn(void *(*fn)(void *), void *arg) { return spawn(fn, arg, 256 << 10); }
 
 /* Start the agent thread (once per process; again lazily in a forked child). */
 static int ensure_thread(void)
@@ -1155,28 +1165,9 @@ static int ensure_thread(void)
     if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd)) < 0)
         goto fail;
     sig_fd_w = g.wake_fd[1];
-    /* the agent thread takes no signals: they stay the job's */
-    sigset_t all;
-    sigfillset(&all);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 2 << 20); /* unwinding and writing need some, not 8 MB */
-    creating_own = 1;
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
-    /* the new thread starts with this mask: no mask switch in the caller */
-    pthread_attr_setsigmask_np(&attr, &all);
-    rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
-#else
-    sigset_t old;
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = -pthread_create(&g.thread, &attr, agent_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-#endif
-    creating_own = 0;
-    pthread_attr_destroy(&attr);
-    if (rc < 0)
+    /* unwinding and writing need some stack, not 8 MB */
+    if ((rc = spawn(agent_main, NULL, 2 << 20)) < 0)
         goto fail;
-    pthread_detach(g.thread);
     g.thread_running = 1;
     atomic_store(&thread_up, 1);
     pthread_mutex_unlock(&g.lock);
@@ -1287,11 +1278,6 @@ int tb_agent_init(const tb_config *c, int disable)
     return 0;
 }
 
-static int on_agent_thread(void)
-{
-    return g.thread_running && pthread_equal(pthread_self(), g.thread);
-}
-
 int tb_agent_start(int64_t duration_ms, const char *trigger)
 {
     if (duration_ms < 0)
@@ -1307,7 +1293,7 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
      * stopping or collecting (no file I/O happens in these states). Let it
      * finish rather than refuse the next region. A capture that is armed or
      * running with no stop requested stays -EBUSY. */
-    if (!on_agent_thread())
+    if (!is_agent_thread)
         while (g.state == TB_STATE_WRITING ||
                (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
             if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
@@ -1317,7 +1303,7 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     if (rc < 0)
         return rc;
     wake();
-    if (on_agent_thread())
+    if (is_agent_thread)
         return 0;
     /* wait (bounded) until the sources are on, so the capture covers what
      * the caller does next */
@@ -1552,7 +1538,7 @@ void tb_agent_exit(void)
         return;
     pthread_mutex_lock(&g.lock);
     g.exiting = 1;
-    if (!g.thread_running || on_agent_thread()) {
+    if (!g.thread_running || is_agent_thread) {
         pthread_mutex_unlock(&g.lock);
         return;
     }
