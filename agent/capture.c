@@ -683,8 +683,8 @@ static int pend_check(int64_t n, int64_t t, int at_boundary)
         return 0;
     g.pend.kind = 0;
     if (due < 0) {
-        tb_info("step window %lld-%lld asked for over the control socket missed (step %lld already running)",
-                (long long)g.pend.first, (long long)g.pend.last, (long long)n);
+        tb_info("step window %lld-%lld (%s) missed (step %lld already running)", (long long)g.pend.first,
+                (long long)g.pend.last, g.pend.trigger, (long long)n);
         return 0;
     }
     if (g.cur.first != g.pend.first) {
