@@ -242,7 +242,7 @@ static int graph_corr_unreliable(uint32_t v)
 
 /* ---- calls that may not come back (agent/stall.h) ---------------------------
  * Every CUPTI call that starts, stops or detaches tracing goes between
- * watch_in and watch_out: if one hangs, a warning names it. */
+ * watch_in and tb_stall_leave: if one hangs, a warning names it. */
 
 /* cuptiGetVersion of the libcupti in use (0: unknown), for watch_in on a
  * job's thread while the agent thread may be starting the next capture */
@@ -262,8 +262,6 @@ static int watch_in(const char *call, const char *doing)
         advice = CUPTI_DISABLE_DEADLOCK_ADVICE;
     return tb_stall_enter(what, advice);
 }
-
-static void watch_out(int w) { tb_stall_leave(w); }
 
 static CUptiResult api_domains(uint32_t on)
 {
@@ -301,7 +299,7 @@ static void CUPTIAPI api_callback(void *ud, CUpti_CallbackDomain dom, CUpti_Call
     int swapped = xchg && xchg(&mode) == CUDA_SUCCESS;
     int w = watch_in("cuptiFinalize", "detaching CUPTI at the exit of a CUDA call");
     CUptiResult r = g.lib->Finalize();
-    watch_out(w);
+    tb_stall_leave(w);
     if (swapped)
         xchg(&mode);
     atomic_store(&det_tid, (int)syscall(SYS_gettid));
@@ -752,7 +750,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (!held) {
         int w = watch_in("cuptiSubscribe", "starting a capture");
         r = subscribe(holder, sizeof(holder), &how);
-        watch_out(w);
+        tb_stall_leave(w);
     }
     if (r != CUPTI_SUCCESS) {
         if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED)
@@ -855,11 +853,11 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
                      tb_cupti_result_str(g.lib, r));
     }
     quiet_apis_off();
-    watch_out(w);
+    tb_stall_leave(w);
     g.started = 1;
     return 0;
 fail:
-    watch_out(w);
+    tb_stall_leave(w);
     atomic_store(&g.active, 0);
     release(0);
     pool_free();
@@ -900,7 +898,7 @@ static void drain(void)
     for (;;) {
         int w = watch_in("cuptiActivityFlushAll", "waiting for the capture's GPU work");
         g.lib->ActivityFlushAll(0);
-        watch_out(w);
+        tb_stall_leave(w);
         if ((held = held_by_cupti()) == 0 || tb_mono_ns() >= until || tb_agent_leaving())
             break;
         usleep(nap);
@@ -922,11 +920,11 @@ static void gpu_stop(void *ctx)
         return;
     int w = watch_in("cuptiActivityDisable", "ending a capture");
     disable_all();
-    watch_out(w);
+    tb_stall_leave(w);
     drain();
     w = watch_in("cuptiActivityFlushAll", "ending a capture");
     g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-    watch_out(w);
+    tb_stall_leave(w);
     g.last.buffers_kept = held_by_cupti(); /* a forced flush returns every buffer: normally 0 */
     size_t dropped = 0;
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
@@ -935,7 +933,7 @@ static void gpu_stop(void *ctx)
     g.teardown = teardown_wanted(g.teardown_why, sizeof(g.teardown_why));
     w = watch_in("cuptiUnsubscribe", "ending a capture");
     release(g.teardown);
-    watch_out(w);
+    tb_stall_leave(w);
     g.started = 0;
 }
 
