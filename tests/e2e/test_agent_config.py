@@ -48,8 +48,7 @@ class Config(tbtest.TestCase):
                 self.assertEqual(len(tbtest.tbprof_warnings(p.stderr)), 1, p.stderr)
 
     def test_help_env_covers_every_variable(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         text = tbtest.run([tbtest.CLI, "help", "env"]).stdout
         md = tbtest.run([tbtest.CLI, "help", "env", "--markdown"]).stdout
         for var in BAD:

@@ -185,8 +185,7 @@ class Python(tbtest.TestCase):
         # first thread: it serves the socket from start-up instead
         if tbtest.SANITIZE:
             self.skipTest("a sanitizer-built libtbprof.so cannot be dlopen()ed by an uninstrumented python")
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         s = self.script("own.py", "import sys, tbprof\nprint('ready', tbprof.available(), flush=True)\n"
                                   "sys.stdin.readline()\n")
         e = self.pyenv(preload=False, socket=None)
@@ -213,8 +212,7 @@ class Python(tbtest.TestCase):
         self.assertIn("-1 -38 False", p.stdout)
 
     def test_optimizer_hook_no_code_change_via_tbprof_run(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         fake = self.fake_packages()
         # a user sitecustomize further down the path must still run
         user = os.path.join(self.tmp, "user")
@@ -267,8 +265,7 @@ class Python(tbtest.TestCase):
         # optimizer hook as well: two boundaries per iteration. The first
         # source to mark one (tbprof.step(), at the top of the loop) counts;
         # without that rule steps 3..6 would be iterations 1.5..3.
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import time, torch, tbprof
             opt = torch.optim.SGD()
@@ -290,8 +287,7 @@ class Python(tbtest.TestCase):
     def test_hook_first_then_script_steps_are_refused(self):
         # The hook marks the first boundary; a later tbprof.step() gets
         # -EBUSY and the steps stay the optimizer's.
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import torch, tbprof
             opt = torch.optim.SGD()
@@ -308,8 +304,7 @@ class Python(tbtest.TestCase):
 
     def test_no_hook_option(self):
         # --no-hook: neither the optimizer's nor JAX's annotations count
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         fake = self.fake_packages(dict(FAKE_TORCH, **FAKE_JAX, **FAKE_TF))
         s = self.script("t.py", "import torch, jax, tensorflow as tf\no = torch.optim.SGD()\nfor i in range(10):\n"
                                 "    with jax.profiler.StepTraceAnnotation('train', step_num=i):\n"
@@ -325,8 +320,7 @@ class Python(tbtest.TestCase):
     def test_jax_step_annotations_no_code_change_via_tbprof_run(self):
         # a JAX loop marks its steps for xprof with StepTraceAnnotation and
         # a global step number: `tbprof run --steps` captures those steps
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import jax
             for i in range(12):
@@ -344,8 +338,7 @@ class Python(tbtest.TestCase):
     def test_keras_fit_steps_no_code_change_via_tbprof_run(self):
         # Keras' fit loop wraps each step in Trace("train", epoch_num=...,
         # step_num=..., _r=1); other Traces (no step_num, no _r) are not steps
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import time
             import tensorflow as tf
@@ -372,8 +365,7 @@ class Python(tbtest.TestCase):
         # work outside the annotation (eval, logging) is not a step's: the
         # window's last step ends, and the capture with it, where its
         # annotation exits; earlier steps run to the next one's start
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import jax, time
             exited, began = [], []
@@ -400,8 +392,7 @@ class Python(tbtest.TestCase):
     def test_annotation_exit_ends_a_window_asked_for_by_number(self):
         # the same for a window from tbprof.capture_steps() (or the socket's
         # steps=A-B): its last step ends at its annotation's exit
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import jax, time, tbprof
             exited = []
@@ -423,8 +414,7 @@ class Python(tbtest.TestCase):
         # step 4 is the last of a TBPROF_STEPS window, but the capture under
         # way is tbprof.start()'s (the window was missed meanwhile): step 4's
         # exit must not end it
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             import jax, tbprof
             for i in range(10):
@@ -442,8 +432,7 @@ class Python(tbtest.TestCase):
     def test_jax_step_annotations_without_numbers_are_counted(self):
         # StepTraceAnnotation("train") with no step_num (imported before
         # jax.profiler is: the hook still takes): steps count from 0
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p, prof = self.run_hooked("""\
             from jax.profiler import StepTraceAnnotation
             for i in range(8):

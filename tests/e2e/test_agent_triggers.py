@@ -246,8 +246,7 @@ class Triggers(tbtest.TestCase):
         "t.join()\n")
 
     def test_socket_auto_serves_once_the_process_has_a_thread(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         tbtest.skip_if_python_unsupported(self)
         e = tbtest.env(self.logdir, python=True, socket=None)  # the default
         p = subprocess.Popen([tbtest.PYTHON, "-c", self.AUTO_JOB], env=e, stdin=subprocess.PIPE,
@@ -342,8 +341,7 @@ class Triggers(tbtest.TestCase):
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
     def test_tbprof_trigger_cli(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p = self.start_job(["-n", "300", "-m", "10"])
         r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "4"], timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -370,8 +368,7 @@ class Triggers(tbtest.TestCase):
         self.assertEqual(r.returncode, 2)
 
     def test_tbprof_trigger_several_processes_same_steps_one_folder(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         # two "ranks" at different step numbers and speeds
         p = self.start_job(["-n", "3000", "-m", "4", "-t", "1"])
         time.sleep(0.3)
@@ -415,8 +412,7 @@ class Triggers(tbtest.TestCase):
             x.communicate()
 
     def test_tbprof_trigger_gives_up_on_a_stopped_process(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p = self.start_job(["-n", "3000", "-m", "5"])
         ctl(p.pid, "status")
         os.kill(p.pid, signal.SIGSTOP)
@@ -447,8 +443,7 @@ class Triggers(tbtest.TestCase):
     def test_tbprof_trigger_waits_through_a_silent_agent(self):
         # the agent thread does not answer while it writes a profile (seconds,
         # for a large one): a few silent seconds are not "the process ended"
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         p = self.start_job(["-n", "3000", "-m", "5"])
         cli = subprocess.Popen([tbtest.CLI, "trigger", str(p.pid), "--duration", "0.5"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -465,8 +460,7 @@ class Triggers(tbtest.TestCase):
         p.communicate()
 
     def test_tbprof_trigger_tree_finds_the_ranks_under_a_launcher(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         # a single-threaded launcher (sh, preloaded too) with two ranks under it
         # a single-threaded process with the agent under it too (sleep): left out
         cmd = 'sleep 60 & LD_PRELOAD="$RANK_PRELOAD" %s -n 3000 -m 5 -t 1 & ' \

@@ -382,7 +382,9 @@ class GpuFake(tbtest.TestCase):
         # it: both captures whole. (Whether the job's own CUDA calls come
         # before the next capture is a race: test_detach_taken_back_...)
         ms = 30 * relutil.sanitizer_slowdown()
-        p = self.run_steps(["-n", "16", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA)
+        # 10 steps after the second window: time for its write and detach
+        # before the job exits (at exit CUPTI is left attached)
+        p = self.run_steps(["-n", "24", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 2, p.stderr)
         for x in xs:
@@ -401,7 +403,8 @@ class GpuFake(tbtest.TestCase):
             with self.subTest(version=version):
                 self.logdir = os.path.join(self.tmp, "logs" + version)
                 self.report = os.path.join(self.tmp, "fake%s.log" % version)
-                p = self.run_steps(["-n", "16", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA,
+                # 10 steps after the second window: its detach comes before exit
+                p = self.run_steps(["-n", "24", "-m", str(ms), "-r"], steps="2-3;12-13", shim=FAKE_LIBCUDA,
                                    TBFAKE_CUPTI_VERSION=version)
                 xs = tbtest.xplanes(self.logdir)
                 self.assertEqual(len(xs), 2, p.stderr)

@@ -23,8 +23,7 @@ class Readme(tbtest.TestCase):
             self.text = f.read()
 
     def test_env_table_matches_code(self):
-        if not os.path.exists(tbtest.CLI):
-            self.skipTest("tbprof CLI not built")
+        self.need_cli()
         r = tbtest.run([tbtest.CLI, "help", "env", "--markdown"])
         self.assertEqual(r.returncode, 0, r.stderr)
         code = [l for l in r.stdout.splitlines() if l.startswith("|")]
