@@ -17,6 +17,7 @@
 #include "record_compat.h"
 #include "stats.h"
 #include "symbols.h"
+#include "torchop.h"
 #include "util.h"
 
 enum { T_COMPUTE, T_H2D, T_D2H, T_D2D, T_P2P, T_MOTHER, T_MEMSET, T_NTYPES };
@@ -821,23 +822,34 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
 }
 
-/* A span on thread tid's host line; returns the line, NULL when not added. */
-static tb_line *host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_category cat, uint64_t start,
-                          uint64_t end)
+/* A span on thread tid's host line. */
+static void host_span(tb_cupti_tr *t, uint32_t tid, const char *name, tb_category cat, uint64_t start, uint64_t end)
 {
     tb_line *l = host_line(t, tid);
-    if (!l || !t->hp)
-        return NULL;
-    int64_t meta = tb_plane_event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat);
-    return meta > 0 && add_span(t, l, meta, start, end) >= 0 ? l : NULL;
+    int64_t meta = l && t->hp ? tb_plane_event_meta_cat(t->hp, name && *name ? name : "(unnamed)", cat) : 0;
+    if (meta > 0)
+        add_span(t, l, meta, start, end);
 }
 
-/* An NVTX range or mark; its domain as a stat when not the default one. */
+/* An NVTX range or mark (a torch op's under the op's name, torchop.h); its
+ * domain as a stat when not the default one. */
 static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char *domain, uint64_t start,
                       uint64_t end)
 {
-    tb_line *l = host_span(t, tid, name, TB_CAT_USER, start, end);
-    if (l && domain && *domain)
+    tb_line *l = host_line(t, tid);
+    if (!l || !t->hp)
+        return;
+    if (!name || !*name)
+        name = "(unnamed)";
+    size_t len = strlen(name);
+    tb_torch_op op;
+    int is_op = tb_torch_op_parse(name, len, &op);
+    int64_t meta = tb_plane_event_meta_cat_n(t->hp, name, is_op ? op.name_len : len, TB_CAT_USER);
+    if (meta <= 0 || add_span(t, l, meta, start, end) < 0)
+        return;
+    if (is_op)
+        tb_torch_op_stats(t->hp, l, &op);
+    if (domain && *domain)
         tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }
 

@@ -29,6 +29,7 @@
 #include "log.h"
 #include "stats.h"
 #include "trace.h"
+#include "torchop.h"
 
 #define NAME_MAX_BYTES 256
 #define MIN_BUDGET (64u << 10)
@@ -208,8 +209,9 @@ static int src_start(void *ctx, const tb_capture_info *info, const char **why)
     atomic_store(&R.name_used, 0);
     atomic_store(&R.dropped, 0);
     R.stop_mono = 0;
-    if (!tb_nvtx_attached()) {
-        /* the job has made no NVTX call yet: nothing to record, no memory */
+    if (!tb_nvtx_attached() && !info->nvtx_expected) {
+        /* the job has made no NVTX call yet: nothing to record, no memory
+         * (with TBPROF_TORCH_OPS, torch's first comes in this capture) */
         R.started = 1;
         return 0;
     }
@@ -266,7 +268,10 @@ static int src_collect(void *ctx, tb_space *s)
             end = R.stop_mono > r->start ? R.stop_mono : r->start; /* still open at the stop */
         tb_line *l = tb_host_line(s, r->tid);
         const char *name = r->name_len ? R.names + r->name_off : "(unnamed)";
-        int64_t meta = tb_plane_event_meta_cat_n(hp, name, r->name_len ? r->name_len : strlen(name), TB_CAT_USER);
+        size_t len = r->name_len ? r->name_len : strlen(name);
+        tb_torch_op op;
+        int is_op = tb_torch_op_parse(name, len, &op);
+        int64_t meta = tb_plane_event_meta_cat_n(hp, name, is_op ? op.name_len : len, TB_CAT_USER);
         if (!l || meta <= 0) {
             rc = -ENOMEM;
             break;
@@ -274,7 +279,11 @@ static int src_collect(void *ctx, tb_space *s)
         int64_t b = tb_mono_to_epoch(r->start), e = tb_mono_to_epoch(end);
         if (e > win_end) /* open at the capture's end: cut there */
             e = win_end > b ? win_end : b;
-        if (tb_line_add(l, meta, b, e - b) < 0 || !r->dom)
+        if (tb_line_add(l, meta, b, e - b) < 0)
+            continue;
+        if (is_op)
+            tb_torch_op_stats(hp, l, &op);
+        if (!r->dom)
             continue;
         const char *dn = tb_nvtx_domain_name(r->dom);
         if (dn && !dom_stat)

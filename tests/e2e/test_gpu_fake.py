@@ -83,6 +83,24 @@ kernel name=copy_kernel start=1505 end=1525 stream=9 corr=305 grid=1,1,1 block=3
 """
 
 
+# torch's NVTX op ranges (emit_nvtx, TBPROF_TORCH_OPS) as CUPTI's marker
+# records bring them: a forward mm and relu and mm's backward (the same
+# seq), each launching a kernel, inside the user's "forward" range; names
+# %-escaped for the fake's tokenizer
+TORCH_OPS_SCRIPT = DEVICE + """\
+marker id=1 name=forward tid=main start=990 end=1300
+marker id=2 name=aten::mm%2C%20seq%20%3D%205%2C%20op_id%20%3D%2017 tid=main start=1000 end=1010
+marker id=3 name=aten::relu%2C%20seq%20%3D%206%2C%20op_id%20%3D%2018 tid=main start=1011 end=1020
+marker id=4 name=MmBackward0%2C%20seq%20%3D%205%2C%20op_id%20%3D%2040%2C%20sizes%20%3D%20%5B%5B2%2C%203%5D%5D \
+tid=main start=1021 end=1030
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=311 start=1002 end=1005
+kernel name=sgemm_128x64 start=1051 end=1151 stream=7 corr=311 grid=16,8,1 block=256,1,1 regs=128
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=312 start=1012 end=1015
+kernel name=relu_kernel start=1152 end=1172 stream=7 corr=312 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=313 start=1022 end=1025
+kernel name=sgemm_128x64 start=1173 end=1273 stream=7 corr=313 grid=16,8,1 block=256,1,1 regs=128
+""".replace("\\\n", "")
+
 # GPU work still running when the window ends (TBFAKE_CUPTI_INFLIGHT): a
 # long kernel launched in the window's first step, done 400 ms later
 INFLIGHT_SCRIPT = DEVICE + """\
@@ -689,6 +707,39 @@ class GpuFake(tbtest.TestCase):
                          {"forward": (3, 218000), "attention": (2, 198000), "loader": (1, 20000)})
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
+
+    def test_torch_op_ranges_name_their_gpu_work(self):
+        # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events
+        # named by the op, the rest stats; the GPU work carries the op, and
+        # the summary adds GPU time up per op, not per op instance
+        with open(self.script, "w") as f:
+            f.write(TORCH_OPS_SCRIPT)
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"))
+                     for e in prof.plane("/device:GPU:0").events() if "correlation_id" in e.stats)
+        self.assertEqual(got, [(311, "sgemm_128x64", "aten::mm"), (312, "relu_kernel", "aten::relu"),
+                               (313, "sgemm_128x64", "MmBackward0")])
+        ops = sorted((e.name, e.stats.get("torch_seq"), e.stats.get("torch_op_id"), e.stats.get("torch_args"))
+                     for e in prof.host.events() if e.name in ("aten::mm", "aten::relu", "MmBackward0"))
+        self.assertEqual(ops, [("MmBackward0", 5, 40, "sizes = [[2, 3]]"), ("aten::mm", 5, 17, None),
+                               ("aten::relu", 6, 18, None)])
+        self.assertFalse([e.name for e in prof.host.events() if ", seq" in e.name or ", op_id" in e.name])
+        self.assertEqual(len(prof.host.events("forward")), 1)
+        js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
+        with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
+            evs = json.load(f, object_pairs_hook=no_duplicate_keys)["traceEvents"]
+        self.assertEqual(sorted((e["name"], e["args"].get("torch_seq")) for e in evs if e.get("name") in
+                                ("aten::mm", "aten::relu", "MmBackward0")),
+                         [("MmBackward0", 5), ("aten::mm", 5), ("aten::relu", 6)])
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        top = {r["name"]: (r["count"], r["gpu_count"], r["gpu_ns"])
+               for r in json.loads(p.stdout)["hosts"][0]["nvtx"]["top"]}
+        self.assertEqual(top, {"forward": (1, 3, 220000), "aten::mm": (1, 1, 100000), "aten::relu": (1, 1, 20000),
+                               "MmBackward0": (1, 1, 100000)})
 
     def test_profile_cap_reached_before_naming(self):
         # copies of two launches inside a range, 4 us apart (correlation

@@ -19,7 +19,8 @@
  *   memset   bytes= value= mem=device async= (+ times/ids)
  *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
  *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
- *   marker   id= name= domain= tid= start= end=    (a start and an end record)
+ *   marker   id= name= domain= tid= start= end=    (a start and an end record; %XX
+ *            in the name is decoded: %20 a space, %2C a comma)
  *   overhead ovkind=compiler|flush|instr|lazy|resource obj=thread|device tid= dev= start= end=
  *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
  * Knobs (environment):
@@ -179,6 +180,24 @@ static const char *keep(const char *s)
         return "overflow";
     names[nnames] = strdup(s);
     return names[nnames] ? names[nnames++] : "oom";
+}
+
+/* %XX in a marker's name (a space is %20), decoded into a static buffer */
+static const char *unescape(const char *s)
+{
+    static char out[512];
+    size_t n = 0;
+    for (; *s && n + 1 < sizeof(out); s++) {
+        unsigned v;
+        if (s[0] == '%' && s[1] && s[2] && sscanf(s + 1, "%2x", &v) == 1) {
+            out[n++] = (char)v;
+            s += 2;
+        } else {
+            out[n++] = *s;
+        }
+    }
+    out[n] = 0;
+    return out;
 }
 
 /* key=value lookup in a tokenized line */
@@ -352,7 +371,7 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
             x->objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
             x->objectId.pt.processId = (uint32_t)getpid();
             x->objectId.pt.threadId = tid;
-            x->name = e ? NULL : keep(name ? name : "range");
+            x->name = e ? NULL : keep(name ? unescape(name) : "range");
             const char *dom = kv(tok, ntok, "domain");
             x->domain = e || !dom ? NULL : keep(dom);
         }

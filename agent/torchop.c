@@ -1,0 +1,92 @@
+/* torchop.c - PyTorch's op ranges in NVTX (torchop.h). */
+#include "torchop.h"
+
+#include <string.h>
+
+/* n = the digits (with an optional '-') at s[0..len); the count of bytes read, 0 if none. */
+static size_t read_int(const char *s, size_t len, int64_t *n)
+{
+    size_t i = 0;
+    int neg = 0;
+    if (i < len && s[i] == '-') {
+        neg = 1;
+        i++;
+    }
+    size_t d0 = i;
+    uint64_t v = 0;
+    while (i < len && s[i] >= '0' && s[i] <= '9' && i - d0 < 18)
+        v = v * 10 + (uint64_t)(s[i++] - '0');
+    if (i == d0 || (i < len && s[i] >= '0' && s[i] <= '9'))
+        return 0;
+    *n = neg ? -(int64_t)v : (int64_t)v;
+    return i;
+}
+
+/* s[0..len) starts with ", <key> = "; returns its length, else 0. */
+static size_t field(const char *s, size_t len, const char *key)
+{
+    size_t k = strlen(key);
+    if (len < k + 5 || memcmp(s, ", ", 2) || memcmp(s + 2, key, k) || memcmp(s + 2 + k, " = ", 3))
+        return 0;
+    return k + 5;
+}
+
+/* The first ", " in s[from..len) that begins one of torch's fields. */
+static size_t first_field(const char *s, size_t len)
+{
+    static const char *const keys[] = {"seq", "op_id", "sizes", "input_op_ids"};
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (s[i] != ',' || s[i + 1] != ' ')
+            continue;
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+            if (field(s + i, len - i, keys[k]))
+                return i;
+    }
+    return len;
+}
+
+int tb_torch_op_parse(const char *name, size_t len, tb_torch_op *op)
+{
+    size_t at = first_field(name, len);
+    if (at == 0 || at == len)
+        return 0;
+    tb_torch_op o = {.name_len = at, .seq = -1, .op_id = -1};
+    const char *s = name + at;
+    size_t n = len - at, f, d;
+    /* in torch's order: seq, op_id, then sizes and input_op_ids (kept whole) */
+    if ((f = field(s, n, "seq"))) {
+        if (!(d = read_int(s + f, n - f, &o.seq)))
+            return 0;
+        s += f + d;
+        n -= f + d;
+    }
+    if ((f = field(s, n, "op_id"))) {
+        if (!(d = read_int(s + f, n - f, &o.op_id)) || o.op_id < 0)
+            return 0;
+        s += f + d;
+        n -= f + d;
+    }
+    if (n) {
+        if (!field(s, n, "sizes") && !field(s, n, "input_op_ids"))
+            return 0;
+        o.args = s + 2;
+        o.args_len = n - 2;
+    }
+    *op = o;
+    return 1;
+}
+
+void tb_torch_op_stats(tb_plane *hp, tb_line *l, const tb_torch_op *op)
+{
+    if (op->seq >= 0)
+        tb_line_stat_i64(l, tb_plane_stat_meta(hp, TB_ST_TORCH_SEQ), op->seq);
+    if (op->op_id >= 0)
+        tb_line_stat_i64(l, tb_plane_stat_meta(hp, TB_ST_TORCH_OP_ID), op->op_id);
+    if (op->args && op->args_len) {
+        char buf[512];
+        size_t n = op->args_len < sizeof(buf) - 1 ? op->args_len : sizeof(buf) - 1;
+        memcpy(buf, op->args, n);
+        buf[n] = 0;
+        tb_line_stat_str(l, tb_plane_stat_meta(hp, TB_ST_TORCH_ARGS), buf);
+    }
+}

@@ -1,0 +1,41 @@
+/* torchop.h - PyTorch's op ranges in NVTX.
+ *
+ * With torch's NVTX emission on (torch.autograd.profiler.emit_nvtx, or
+ * TBPROF_TORCH_OPS through the Python helper), every op pushes a range named
+ *   <op>[, seq = N][, op_id = N][, sizes = [...]][, input_op_ids = [...]]
+ * ("aten::mm, seq = 12, op_id = 345"). Kept as it is, each op instance would
+ * be a name of its own: the trace viewer, `tbprof summary` and the
+ * nvtx_range stat of the GPU work it launched would group nothing. So the
+ * event takes the op's name and the rest becomes stats: torch_seq (the
+ * autograd sequence number that ties a backward op to its forward op),
+ * torch_op_id, and torch_args (sizes and input_op_ids, as torch wrote them).
+ */
+#ifndef TBPROF_AGENT_TORCHOP_H
+#define TBPROF_AGENT_TORCHOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trace.h"
+
+#define TB_ST_TORCH_SEQ "torch_seq"
+#define TB_ST_TORCH_OP_ID "torch_op_id"
+#define TB_ST_TORCH_ARGS "torch_args"
+
+typedef struct tb_torch_op {
+    size_t name_len; /* the op's name: the first name_len bytes */
+    int64_t seq;     /* -1: none */
+    int64_t op_id;   /* -1: none */
+    const char *args; /* "sizes = ..., input_op_ids = ..." (points into the name); NULL: none */
+    size_t args_len;
+} tb_torch_op;
+
+/* 1 when name[0..len) is in torch's format with a non-empty op name and
+ * at least one of the fields (op filled in), else 0 (a range of the user's:
+ * leave it as it is). */
+int tb_torch_op_parse(const char *name, size_t len, tb_torch_op *op);
+
+/* The fields of op as stats on line l's last event (the range). */
+void tb_torch_op_stats(tb_plane *hp, tb_line *l, const tb_torch_op *op);
+
+#endif
