@@ -119,6 +119,7 @@ static struct step_rec recs[MAX_STEP_RECS];
 static _Atomic int64_t next_step;              /* the step the next tbprof_step() begins */
 static _Atomic int64_t slow_from = INT64_MAX;  /* steps >= this take the slow path */
 static atomic_int a_state;                     /* g.state, for lock-free readers */
+static atomic_int a_stop_req;                  /* g.stop_req, likewise */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
@@ -133,6 +134,12 @@ const char *tb_state_name(int s)
 {
     static const char *const n[] = {"idle", "armed", "capturing", "writing"};
     return s >= 0 && s < 4 ? n[s] : "?";
+}
+
+static void set_stop_req(int v)
+{
+    g.stop_req = v;
+    atomic_store(&a_stop_req, v);
 }
 
 static void set_state(int s)
@@ -217,6 +224,7 @@ static void start_sources(void)
             .begin_ns = tb_real_ns(),
             .cpu_hz = g.cfg.cpu_hz,
             .cpu_mode = g.cfg.cpu_mode,
+            .nvtx_expected = g.cfg.torch_ops,
         };
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;
@@ -614,7 +622,7 @@ static void arm(const struct cap *c)
 {
     g.cur = *c;
     g.cur.end = 0;
-    g.stop_req = 0;
+    set_stop_req(0);
     g.sources_started = 0;
     g.nrec = 0;
     g.rec_dropped = 0;
@@ -761,7 +769,7 @@ static int request_stop(int64_t t)
     if (g.state != TB_STATE_ARMED && g.state != TB_STATE_CAPTURING)
         return -ENOENT;
     if (!g.stop_req) {
-        g.stop_req = 1;
+        set_stop_req(1);
         g.cur.end = t;
     }
     return 0;
@@ -1003,7 +1011,7 @@ static void machine(void)
             g.src[i].why = NULL;
         }
         pthread_mutex_lock(&g.lock);
-        g.stop_req = 0;
+        set_stop_req(0);
         g.sources_started = 0;
         g.writing = sp != NULL;
         /* idle again before the file I/O: a window that begins while we write
@@ -1370,7 +1378,10 @@ int tb_agent_stop(void)
 
 int tb_agent_on_own_thread(void) { return is_agent_thread; }
 
-int tb_agent_capturing(void) { return atomic_load(&a_state) == TB_STATE_CAPTURING; }
+int tb_agent_capturing(void)
+{
+    return atomic_load(&a_state) == TB_STATE_CAPTURING && !atomic_load(&a_stop_req);
+}
 
 const char *tb_agent_last_profile(void)
 {
@@ -1586,7 +1597,7 @@ void tb_agent_fork_child(void)
     }
     if (g.term_installed)
         term_uninstall();
-    g.stop_req = 0;
+    set_stop_req(0);
     g.sources_started = 0;
     g.sources_starting = 0;
     g.nrec = 0;

@@ -93,6 +93,11 @@ static const var vars[] = {
     {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
      "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
      F(pytorch_hook), 0, 0},
+    {"TBPROF_TORCH_OPS", T_BOOL, "off", "on | off",
+     "Python, with the PyTorch hook: torch's NVTX op ranges (emit_nvtx) on from the first optimizer "
+     "step of each capture to its end, so each torch op is a range and the CUDA calls and GPU work "
+     "inside it carry its name (`tbprof run --torch-ops`)",
+     "op ranges off", "off", F(torch_ops), 0, 0},
     {"TBPROF_JAX_HOOK", T_BOOL, "off", "on | off",
      "Python: count jax.profiler.StepTraceAnnotation steps (their step_num) as tbprof steps (set by "
      "`tbprof run`)",

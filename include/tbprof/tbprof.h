@@ -61,7 +61,8 @@ TBPROF_API int tbprof_capture_steps(int64_t first, int64_t last);
 /* Stop the capture (or cancel one waiting for its steps); the profile is
  * written by the agent thread. */
 TBPROF_API int tbprof_stop(void);
-/* 1 while capturing, 0 otherwise. */
+/* 1 while capturing, 0 otherwise (also once the capture was asked to stop:
+ * at the step after its window, by tbprof_stop(), at its deadline). */
 TBPROF_API int tbprof_capturing(void);
 /* Path of the last profile written, or "" (the string is the agent's). */
 TBPROF_API const char *tbprof_last_profile(void);

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbtest  # noqa: E402
@@ -35,6 +36,58 @@ FAKE_TORCH = {
             pass
         """),
 }
+
+
+# torch's emit_nvtx as it behaves: turned on (on the calling thread), every
+# op pushes an NVTX range named as torch's getNvtxStr names it (here through
+# libnvtx_ops.so, as torch does from C++); torch.op() stands in for an op.
+# The stand-in prints each turn, so a test can tell which steps had it on;
+# TBTEST_EMIT_NVTX_FAIL makes turning it on fail as it does when another
+# profiler is on the thread.
+FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
+    "torch/__init__.py": textwrap.dedent("""\
+        from . import optim, autograd
+
+        def op(name, seq=-1, op_id=1):
+            prof = autograd.profiler
+            if prof._on:
+                s = name + (", seq = %d" % seq if seq >= 0 else "") + ", op_id = %d" % op_id
+                prof._nvtx.tbtest_nvtx_push(s.encode())
+            prof._work()
+            if prof._on:
+                prof._nvtx.tbtest_nvtx_pop()
+        """),
+    "torch/autograd/__init__.py": "from . import profiler\n",
+    "torch/autograd/profiler.py": textwrap.dedent("""\
+        import ctypes, os
+        _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
+        _on = False
+
+        def _work():
+            s = 0
+            for i in range(3000):
+                s += i
+            return s
+
+        class emit_nvtx:
+            def __init__(self, enabled=True, record_shapes=False):
+                self.enabled = enabled
+
+            def __enter__(self):
+                global _on
+                print("emit_nvtx on", flush=True)
+                if os.environ.get("TBTEST_EMIT_NVTX_FAIL"):
+                    raise RuntimeError("Profiler is already enabled on this thread")
+                _on = True
+                return self
+
+            def __exit__(self, *exc):
+                global _on
+                _on = False
+                print("emit_nvtx off", flush=True)
+                return False
+        """),
+})
 
 
 def annotation(cls):
@@ -84,7 +137,9 @@ def nums(path):
     return [n for n, _, _ in tbtest.load(path).steps()]
 
 
-class Python(tbtest.TestCase):
+class PyBase(tbtest.TestCase):
+    """Scripts under the preload or `tbprof run`, with stand-in frameworks."""
+
     def setUp(self):
         super().setUp()
         tbtest.skip_if_python_unsupported(self)
@@ -100,6 +155,30 @@ class Python(tbtest.TestCase):
         e["PYTHONPATH"] = tbtest.PYHELPER
         return e
 
+    def fake_packages(self, files=FAKE_TORCH):
+        fake = os.path.join(self.tmp, "fake")
+        for rel, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
+            with open(os.path.join(fake, rel), "w") as f:
+                f.write(text)
+        return fake
+
+    def run_hooked(self, body, steps, files=FAKE_TORCH, args=(), **env):
+        """`tbprof run --steps` (and args) of a script, with stand-ins for
+        the frameworks in `files`; the process and the one profile."""
+        s = self.script("train.py", WORK + textwrap.dedent(body))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = self.fake_packages(files)
+        e.update(env)
+        p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu"] +
+                       list(args) + ["--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        return p, tbtest.load(files[0])
+
+
+class Python(PyBase):
     def test_helper_steps_under_preload(self):
         s = self.script("train.py", WORK + textwrap.dedent("""\
             import tbprof
@@ -238,27 +317,6 @@ class Python(tbtest.TestCase):
         files = tbtest.xplanes(self.logdir)
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4, 5, 6])
-
-    def fake_packages(self, files=FAKE_TORCH):
-        fake = os.path.join(self.tmp, "fake")
-        for rel, text in files.items():
-            os.makedirs(os.path.dirname(os.path.join(fake, rel)), exist_ok=True)
-            with open(os.path.join(fake, rel), "w") as f:
-                f.write(text)
-        return fake
-
-    def run_hooked(self, body, steps, files=FAKE_TORCH):
-        """`tbprof run --steps` of a script, with stand-ins for the
-        frameworks in `files`; the process and the one profile."""
-        s = self.script("train.py", WORK + textwrap.dedent(body))
-        e = tbtest.env(python=True)
-        e["PYTHONPATH"] = self.fake_packages(files)
-        p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu",
-                        "--", tbtest.PYTHON, s], env=e)
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        return p, tbtest.load(files[0])
 
     def test_script_steps_and_hook_count_each_step_once(self):
         # The script marks its own steps and `tbprof run` installs the
@@ -443,6 +501,108 @@ class Python(tbtest.TestCase):
             """, "2,4", FAKE_JAX)
         self.assertEqual([n for n, _, _ in prof.steps()], [2, 3, 4])
         self.assertIn("unknown source -22", p.stdout)  # -EINVAL
+
+
+NVTX_OPS = tbtest.prog("libnvtx_ops.so")
+
+
+def have_nvtx_ops():
+    import ctypes
+    try:
+        return ctypes.CDLL(NVTX_OPS).tbtest_nvtx_have() == 1  # no NVTX call: nothing loaded
+    except OSError:
+        return False
+
+
+TORCH_OPS_LOOP = """\
+    import torch
+    opt = torch.optim.SGD()
+    for i in range(10):
+        print("iter", i, flush=True)
+        torch.op("aten::mm", 2 * i, 100 + 3 * i)
+        torch.op("aten::relu", 2 * i + 1, 101 + 3 * i)
+        torch.op("MmBackward0", 2 * i, 102 + 3 * i)
+        torch.op("aten::empty", -1, 103 + 3 * i)
+        opt.step()
+    print("trained")
+    """
+
+
+@unittest.skipUnless(have_nvtx_ops(), "libnvtx_ops.so was built without the NVTX v3 headers (no CUDA toolkit)")
+class TorchOps(PyBase):
+    """TBPROF_TORCH_OPS (`tbprof run --torch-ops`): the PyTorch hook turns
+    torch's NVTX op ranges on at the optimizer step that begins a capture
+    and off at the one that ends it; each op is a range named by the op."""
+
+    def run_ops(self, args=("--torch-ops",), **env):
+        p, prof = self.run_hooked(TORCH_OPS_LOOP, "3,6", FAKE_TORCH_OPS, args, TBTEST_NVTX_OPS=NVTX_OPS, **env)
+        self.assertIn("trained", p.stdout)
+        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
+        return p, prof
+
+    def lines(self, p):
+        return [l for l in p.stdout.splitlines() if l.startswith(("iter", "emit_nvtx"))]
+
+    def one_line(self, stderr, what):
+        """The one line of the Python helper's ("tbprof: ...") naming what."""
+        got = [l for l in stderr.splitlines() if l.startswith("tbprof: ") and what in l]
+        self.assertEqual(len(got), 1, stderr)
+        return got[0]
+
+    def test_ops_named_in_the_captured_steps_only(self):
+        self.need_cli()
+        p, prof = self.run_ops()
+        # step 3 begins at the 4th optimizer step (iteration 3's), step 7 at
+        # the 8th: on between iterations 3 and 4, off between 7 and 8
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(4, "emit_nvtx on")
+        want.insert(9, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
+        ev = {n: sorted(((e.stats.get("torch_seq"), e.stats.get("torch_op_id")) for e in prof.host.events(n)),
+                        key=lambda x: x[1])
+              for n in ("aten::mm", "aten::relu", "MmBackward0", "aten::empty")}
+        it = range(4, 8)  # the iterations in steps 3..6
+        self.assertEqual(ev["aten::mm"], [(2 * i, 100 + 3 * i) for i in it])
+        self.assertEqual(ev["aten::relu"], [(2 * i + 1, 101 + 3 * i) for i in it])
+        self.assertEqual(ev["MmBackward0"], [(2 * i, 102 + 3 * i) for i in it])
+        self.assertEqual(ev["aten::empty"], [(None, 103 + 3 * i) for i in it])  # no autograd: no seq
+        self.assertFalse([e.name for e in prof.host.events() if "op_id" in e.name])
+        # every op inside the steps' span, on the training thread's line
+        steps = prof.steps()
+        begin, end = steps[0][1].start_ns, max(e.end_ns for _, e, _ in steps)
+        for n in ev:
+            for e in prof.host.events(n):
+                self.assertTrue(begin <= e.start_ns and e.end_ns <= end, (n, e, begin, end))
+
+    def test_off_without_the_option(self):
+        self.need_cli()
+        p, prof = self.run_ops(args=())
+        self.assertNotIn("emit_nvtx", p.stdout)
+        self.assertEqual(prof.host.events("aten::mm"), [])
+
+    def test_torch_refuses_one_warning_and_the_job_runs_on(self):
+        # torch.profiler already on in that thread: emit_nvtx refuses; one
+        # warning, never tried again (each try costs a CUDA sync), the
+        # profile as without the option
+        self.need_cli()
+        p, prof = self.run_ops(TBTEST_EMIT_NVTX_FAIL="1")
+        self.assertEqual(p.stdout.count("emit_nvtx on"), 1, p.stdout)
+        line = self.one_line(p.stderr, "TBPROF_TORCH_OPS")
+        self.assertIn("RuntimeError: Profiler is already enabled on this thread", line)
+        self.assertEqual(prof.host.events("aten::mm"), [])
+
+    def test_needs_the_hook(self):
+        self.need_cli()
+        s = self.script("train.py", WORK + textwrap.dedent(TORCH_OPS_LOOP))
+        e = tbtest.env(python=True)
+        e["PYTHONPATH"] = self.fake_packages(FAKE_TORCH_OPS)
+        e["TBTEST_NVTX_OPS"] = NVTX_OPS
+        p = tbtest.run([tbtest.CLI, "run", "--no-hook", "--torch-ops", "--duration", "1", "--logdir", self.logdir,
+                        "--no-gpu", "--no-cpu", "--", tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertNotIn("emit_nvtx", p.stdout)
+        self.assertIn("the PyTorch hook is off", self.one_line(p.stderr, "TBPROF_TORCH_OPS"))
 
 
 if __name__ == "__main__":

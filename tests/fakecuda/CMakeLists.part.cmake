@@ -9,16 +9,17 @@ set_target_properties(fakecudart PROPERTIES OUTPUT_NAME cudart
 if(TARGET prog_cudasteps)
   add_dependencies(prog_cudasteps fakecudart)
 endif()
-# tests/e2e/progs/nvtx_steps.c includes the NVTX v3 headers (header-only)
-# from the CUDA toolkit when there is one; without them it builds a stub
-# that tells the test to skip.
-if(TARGET prog_nvtx_steps)
-  find_path(NVTX3_INCLUDE nvtx3/nvToolsExt.h
-    PATHS ${TBPROF_CUDA_ROOT}/include /usr/local/cuda/include NO_DEFAULT_PATH)
-  if(NVTX3_INCLUDE)
-    target_include_directories(prog_nvtx_steps PRIVATE ${NVTX3_INCLUDE})
+# tests/e2e/progs/nvtx_steps.c and shims/nvtx_ops.c include the NVTX v3
+# headers (header-only) from the CUDA toolkit when there is one; without
+# them they build stubs that tell the tests to skip.
+find_path(NVTX3_INCLUDE nvtx3/nvToolsExt.h
+  PATHS ${TBPROF_CUDA_ROOT}/include /usr/local/cuda/include NO_DEFAULT_PATH)
+foreach(t prog_nvtx_steps shim_nvtx_ops)
+  if(TARGET ${t} AND NVTX3_INCLUDE)
+    target_include_directories(${t} PRIVATE ${NVTX3_INCLUDE})
+    target_link_libraries(${t} PRIVATE ${CMAKE_DL_LIBS})
   endif()
-endif()
+endforeach()
 # A fake libcuda.so.1 (cuDriverGetVersion only) that reports its call to the
 # fake libcupti as a returning driver API call: tests/e2e/test_gpu_fake.py
 # preloads it to check that tbprof detaches CUPTI on its own thread.

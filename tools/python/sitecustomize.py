@@ -7,7 +7,8 @@
    TBPROF_JAX_HOOK=1/on, the same for jax.profiler.StepTraceAnnotation once
    jax.profiler is imported; with TBPROF_TF_HOOK=1/on, for the step-marking
    tf.profiler.experimental.Trace annotations (Keras' fit loop makes one a
-   step).
+   step). With TBPROF_TORCH_OPS=1/on as well, the PyTorch hook turns torch's
+   NVTX op ranges on for the steps being captured.
 3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
    Python frames show up in native stacks (/tmp/perf-<pid>.map).
 Never raises: a problem here prints one line and the program runs on.
@@ -89,6 +90,9 @@ def _hook(module, install):
 def _setup():
     if _on("TBPROF_PYTORCH_HOOK") and _agent_loaded():
         _hook("torch", "install_torch_hook")
+    elif _on("TBPROF_TORCH_OPS") and _agent_loaded():
+        sys.stderr.write("tbprof: TBPROF_TORCH_OPS is on but the PyTorch hook is off "
+                         "(TBPROF_PYTORCH_HOOK=on, or `tbprof run`): no torch op ranges\n")
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():
         _hook("jax.profiler", "install_jax_hook")
     if _on("TBPROF_TF_HOOK") and _agent_loaded():

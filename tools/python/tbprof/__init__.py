@@ -14,6 +14,7 @@ warns once and its functions do nothing.
     tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
     tbprof.capture_steps(100, 104)               # capture steps 100..104 when they come
     tbprof.install_torch_hook()  # count torch optimizer steps as steps
+                                 # (torch_ops=True: name GPU work by torch op)
     tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
     tbprof.install_tf_hook()     # count tf.profiler.experimental.Trace steps (Keras fit)
 
@@ -138,6 +139,7 @@ def stop():
 
 
 def capturing():
+    """True while a capture is on (not once it has been asked to stop)."""
     lib = _load()
     return bool(lib and lib.tbprof_capturing())
 
@@ -150,18 +152,60 @@ def last_profile():
 
 
 _hook_handle = None
+_ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS)
+_ops_failed = False  # it could not be turned on or off: not tried again
+
+
+def _on(name):
+    return os.environ.get(name, "off").strip().lower() in ("1", "on", "true", "yes")
+
+
+def _torch_ops(lib):
+    """TBPROF_TORCH_OPS: torch's NVTX op ranges on while a capture is (so
+    tbprof records each op as a range, and names the CUDA calls and GPU
+    work inside it by the op), off otherwise. Called at each optimizer step,
+    on the training thread: torch keeps that state per thread, and the
+    autograd engine carries it to backward's threads."""
+    global _ops_ctx, _ops_failed
+    if _ops_failed:
+        return
+    want = bool(lib.tbprof_capturing())
+    if want == (_ops_ctx is not None):
+        return
+    try:
+        if want:
+            from torch.autograd.profiler import emit_nvtx
+            ctx = emit_nvtx()
+            ctx.__enter__()
+            _ops_ctx = ctx
+        else:
+            ctx, _ops_ctx = _ops_ctx, None
+            ctx.__exit__(None, None, None)
+    except Exception as e:  # another profiler on this thread, a torch without CUDA, ...
+        _ops_failed = True
+        sys.stderr.write("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: could not turn torch's "
+                         "NVTX ranges %s (%s: %s); is torch.profiler or emit_nvtx on in these steps?\n"
+                         % ("on" if want else "off", type(e).__name__, e))
 
 
 def _on_optimizer_step(optimizer, args, kwargs):
     lib = _load()
     if lib is not None:
         lib.tbprof_step_from(b"pytorch")
+        if _torch_ops_on:
+            _torch_ops(lib)
 
 
-def install_torch_hook():
+_torch_ops_on = False
+
+
+def install_torch_hook(torch_ops=None):
     """Count every torch optimizer step as a tbprof step (a global
-    optimizer-step post hook). Idempotent; returns True when installed."""
-    global _hook_handle
+    optimizer-step post hook). With torch_ops (default: TBPROF_TORCH_OPS),
+    also turn torch's NVTX op ranges on for the steps being captured.
+    Idempotent; returns True when installed."""
+    global _hook_handle, _torch_ops_on
+    _torch_ops_on = _on("TBPROF_TORCH_OPS") if torch_ops is None else bool(torch_ops)
     if _hook_handle is not None:
         return True
     try:
