@@ -387,6 +387,56 @@ class GpuChecker(tbtest.TestCase):
         c = run_check("coexist", name, want, xplane, trace, rc)
         return c.returncode, c.stdout.strip()
 
+    def torch_ops(self, name, backward=True, stray=False):
+        """check.py torch_ops on a profile of torch op ranges (CUPTI marker
+        records) around three launches: aten::mm, aten::relu and, with
+        backward, MmBackward0 (else aten::add); with stray, a fourth launch
+        outside every range."""
+        q = lambda n: n.replace(",", "%2C").replace(" ", "%20").replace("=", "%3D")
+        third = "MmBackward0" if backward else "aten::add"
+        script = SCRIPT.split("runtime", 1)[0]
+        for i, (op, k) in enumerate((("aten::mm", "sgemm"), ("aten::relu", "relu"), (third, "sgemm"))):
+            t = 1000 + 10 * i
+            script += ("marker id=%d name=%s tid=main start=%d end=%d\n" % (i + 1, q("%s, seq = %d, op_id = %d" % (
+                op, i, 50 + i)), t, t + 9) +
+                "runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=%d start=%d end=%d\n" % (
+                    301 + i, t + 2, t + 4) +
+                "kernel name=%s start=%d end=%d stream=7 corr=%d grid=8,1,1 block=128,1,1 regs=16\n" % (
+                    k, 1100 + 100 * i, 1150 + 100 * i, 301 + i))
+        if stray:
+            script += ("runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=310 start=1040 end=1042\n"
+                       "kernel name=copy start=1500 end=1510 stream=7 corr=310 grid=1,1,1 block=32,1,1 regs=8\n")
+        path = os.path.join(self.tmp, name + ".txt")
+        with open(path, "w") as f:
+            f.write(script)
+        logdir = os.path.join(self.tmp, name)
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE)
+        e.update({"TBFAKE_CUPTI_SCRIPT": path, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "2", "-a", "2,4"], env=e)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        xs = tbtest.xplanes(logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        times = []
+        for n, ms in (("t_ops", 10.5), ("t_cap", 10.0)):
+            times.append(os.path.join(self.tmp, n))
+            with open(times[-1], "w") as f:
+                f.write("%f\n" % (ms / 1e3) * 40)
+        c = run_check("torch_ops", xs[0], *times)
+        return c.returncode, c.stdout.strip()
+
+    def test_torch_ops(self):
+        rc, line = self.torch_ops("ops")
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT torch_ops PASS 3 steps, 3 op ranges (3 names), 3/3 kernels named; GPU time by op: "
+                      "aten::mm 0.05 ms, aten::relu 0.05 ms, MmBackward0 0.05 ms; "
+                      "step 10.500 ms with ops vs 10.000 ms capturing without", line)
+        rc, line = self.torch_ops("noback", backward=False)
+        self.assertEqual(rc, 1, line)
+        self.assertIn("no kernel carries a backward op", line)
+        rc, line = self.torch_ops("stray", stray=True)
+        self.assertEqual(rc, 1, line)
+        self.assertIn("3 of 4 kernels carry an op", line)
+
     def host_only_profile(self, name, **kw):
         # steps 2..3 of a job whose GPU capture is refused (kw: its cause)
         logdir = os.path.join(self.tmp, name)

@@ -518,6 +518,46 @@ def torch_nvtx(xplane):
         len(steps), counts, dict(by_range)))
 
 
+def torch_ops(xplane, t_ops=None, t_cap=None):
+    """tbprof run --torch-ops: torch's op ranges in the captured steps, each
+    named by its op (no ", seq = " left), 90% of the kernels carrying their
+    op as nvtx_range, backward's too (launched from autograd's thread); the
+    ops with the most GPU time and the step time against the same capture
+    without ops (reported)."""
+    xs = load(xplane)
+    host = events(xs, "/host:")
+    steps = [e for e in host if e[2].get("_r")]
+    ops = [e for e in host if "torch_op_id" in e[2]]
+    kernels = [e for e in device_events(xs) if "kernel_details" in e[2]]
+    errs = []
+    if not steps:
+        errs.append("no steps in the profile")
+    if not ops:
+        errs.append("no torch op ranges (events with torch_op_id)")
+    raw = [e[0] for e in host if ", op_id = " in e[0] or ", seq = " in e[0]]
+    if raw:
+        errs.append("%d ranges keep torch's suffix, e.g. %r" % (len(raw), raw[0]))
+    named = [e for e in kernels if e[2].get("nvtx_range")]
+    if len(named) < 0.9 * len(kernels):
+        errs.append("%d of %d kernels carry an op" % (len(named), len(kernels)))
+    if ops and not any("Backward" in e[2]["nvtx_range"] for e in named):
+        errs.append("no kernel carries a backward op (no op ranges on autograd's thread?)")
+    gpu = collections.Counter()
+    for e in named:
+        gpu[e[2]["nvtx_range"]] += e[1]
+    top = ", ".join("%s %.2f ms" % (n, ns / 1e6) for n, ns in gpu.most_common(5))
+    times = ""
+    if t_ops and t_cap:
+        try:
+            times = "; step %.3f ms with ops vs %.3f ms capturing without" % (step_median_ms(t_ops),
+                                                                             step_median_ms(t_cap))
+        except (OSError, ValueError) as e:
+            times = "; step times: %s" % e
+    result("torch_ops", not errs, "; ".join(errs) or "%d steps, %d op ranges (%d names), %d/%d kernels named; "
+           "GPU time by op: %s%s" % (len(steps), len(ops), len({e[0] for e in ops}), len(named), len(kernels),
+                                     top, times))
+
+
 def jax_load(xplane):
     try:
         from jax.profiler import ProfileData
@@ -691,6 +731,8 @@ if __name__ == "__main__":
         xprof_tools(sys.argv[2])
     elif cmd == "torch_nvtx":
         torch_nvtx(sys.argv[2])
+    elif cmd == "torch_ops":
+        torch_ops(*sys.argv[2:5])
     elif cmd == "torch":
         torch_cmp(sys.argv[2], sys.argv[3])
     elif cmd == "jax":
@@ -710,4 +752,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|jax|jax_capture|jax_steps|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|ranks|capture|coexist|gpu_flame|after_capture ...")

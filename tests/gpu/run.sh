@@ -35,6 +35,8 @@
 #      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
 #   4c. tbprof convert --gpu of the capturing run: most GPU time under the
 #      loop's own Python frames (SKIP without CPU samples, as under gVisor)
+#  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
+#      captured steps, kernels named by their op; step time with them
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
@@ -303,6 +305,19 @@ if in_budget ranks_trigger; then
     row ranks_trigger FAIL "the ranks did not both finish (launcher rc $rrc): $(tail -n 2 "$work"/rank[01].err | tr '\n' ' ')"
   elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
   else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
+fi
+
+# 2d. (after the issue's rows) `tbprof run --torch-ops`: torch's op ranges in
+#     the captured steps (10..29 of 40, as 4's capturing run), kernels named
+#     by their op, backward's too; step time against 4's capture without ops
+if in_budget torch_ops; then
+  job "$tbprof" run --torch-ops --steps 10,29 --logdir "$work/ops" -- $py "$here/torch_loop.py" --steps 40 \
+    --times "$work/t_ops" >"$work/ops.out" 2>"$work/ops.err"; rc=$?
+  xo=$(find "$work/ops" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || ! grep -q '^done ' "$work/ops.out"; then
+    row torch_ops FAIL "the job exited $rc before its end: $(tail -2 "$work/ops.err" | tr '\n' ' ')"
+  elif [ -n "$xo" ]; then check torch_ops $py "$here/check.py" torch_ops "$xo" "$work/t_ops" "$work/t_cap"
+  else row torch_ops FAIL "no xplane.pb: $(tail -2 "$work/ops.err" | tr '\n' ' ')"; fi
 fi
 
 table() {
