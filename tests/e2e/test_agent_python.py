@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbtest  # noqa: E402
@@ -46,7 +45,7 @@ FAKE_TORCH = {
 # profiler is on the thread.
 FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
     "torch/__init__.py": textwrap.dedent("""\
-        from . import optim, autograd
+        from . import optim, autograd, cuda
 
         def op(name, seq=-1, op_id=1):
             prof = autograd.profiler
@@ -58,6 +57,14 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 prof._nvtx.tbtest_nvtx_pop()
         """),
     "torch/autograd/__init__.py": "from . import profiler\n",
+    # TBTEST_CUDA_FROM=N: CUDA starts at iteration N (a job's first GPU work)
+    "torch/cuda.py": textwrap.dedent("""\
+        import os
+        started = False
+
+        def is_initialized():
+            return started
+        """),
     "torch/autograd/profiler.py": textwrap.dedent("""\
         import ctypes, os
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
@@ -506,19 +513,27 @@ class Python(PyBase):
 NVTX_OPS = tbtest.prog("libnvtx_ops.so")
 
 
+_have_nvtx_ops = None
+
+
 def have_nvtx_ops():
-    import ctypes
-    try:
-        return ctypes.CDLL(NVTX_OPS).tbtest_nvtx_have() == 1  # no NVTX call: nothing loaded
-    except OSError:
-        return False
+    """libnvtx_ops.so was built with NVTX. Asked in a child run as the tests
+    run Python (a sanitizer build's library needs its runtime first)."""
+    global _have_nvtx_ops
+    if _have_nvtx_ops is None:
+        p = tbtest.run([tbtest.PYTHON, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(sys.argv[1]).tbtest_nvtx_have())",
+                        NVTX_OPS], env=tbtest.env(python=True))
+        _have_nvtx_ops = p.returncode == 1
+    return _have_nvtx_ops
 
 
 TORCH_OPS_LOOP = """\
-    import torch
+    import os, torch
     opt = torch.optim.SGD()
+    cuda_from = int(os.environ.get("TBTEST_CUDA_FROM", "0"))
     for i in range(10):
         print("iter", i, flush=True)
+        torch.cuda.started = i >= cuda_from
         torch.op("aten::mm", 2 * i, 100 + 3 * i)
         torch.op("aten::relu", 2 * i + 1, 101 + 3 * i)
         torch.op("MmBackward0", 2 * i, 102 + 3 * i)
@@ -528,11 +543,15 @@ TORCH_OPS_LOOP = """\
     """
 
 
-@unittest.skipUnless(have_nvtx_ops(), "libnvtx_ops.so was built without the NVTX v3 headers (no CUDA toolkit)")
 class TorchOps(PyBase):
     """TBPROF_TORCH_OPS (`tbprof run --torch-ops`): the PyTorch hook turns
     torch's NVTX op ranges on at the optimizer step that begins a capture
     and off at the one that ends it; each op is a range named by the op."""
+
+    def setUp(self):
+        super().setUp()
+        if not have_nvtx_ops():
+            self.skipTest("libnvtx_ops.so was built without the NVTX v3 headers (no CUDA toolkit)")
 
     def run_ops(self, args=("--torch-ops",), **env):
         p, prof = self.run_hooked(TORCH_OPS_LOOP, "3,6", FAKE_TORCH_OPS, args, TBTEST_NVTX_OPS=NVTX_OPS, **env)
@@ -591,6 +610,24 @@ class TorchOps(PyBase):
         line = self.one_line(p.stderr, "TBPROF_TORCH_OPS")
         self.assertIn("RuntimeError: Profiler is already enabled on this thread", line)
         self.assertEqual(prof.host.events("aten::mm"), [])
+
+    def test_not_before_cuda_starts(self):
+        # emit_nvtx synchronizes the GPU: never called before the job
+        # started CUDA itself (that would start it); on at the first step
+        # after, inside the window
+        self.need_cli()
+        p, prof = self.run_ops(TBTEST_CUDA_FROM="6")
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(7, "emit_nvtx on")
+        want.insert(9, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        self.assertEqual(sorted(e.stats["torch_seq"] for e in prof.host.events("aten::mm")), [14])
+
+    def test_never_in_a_job_without_cuda(self):
+        self.need_cli()
+        p, prof = self.run_ops(TBTEST_CUDA_FROM="99")
+        self.assertNotIn("emit_nvtx", p.stdout)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
 
     def test_needs_the_hook(self):
         self.need_cli()

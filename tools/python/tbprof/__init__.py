@@ -174,6 +174,9 @@ def _torch_ops(lib):
         return
     try:
         if want:
+            import torch
+            if not torch.cuda.is_initialized():
+                return  # no CUDA yet: emit_nvtx's sync would start it in a job that never asked (next step)
             from torch.autograd.profiler import emit_nvtx
             ctx = emit_nvtx()
             ctx.__enter__()
