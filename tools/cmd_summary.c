@@ -313,7 +313,8 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     if (m->overhead_ns >= 0) {
         /* the agent thread's CPU time: on its own thread, not taken from
          * the job's unless the job needs every core */
-        printf("  %-34s %12s  (agent thread CPU: %.2f%% of one core over the capture)\n", "agent overhead",
+        printf("  %-34s %12s  (the agent thread's CPU time from the capture's start to its profile built: "
+               "%.2f%% of the capture's length)\n", "agent overhead",
                dur(b1, sizeof b1, m->overhead_ns), pct(m->overhead_ns, m->end_ns - m->begin_ns));
         any = 1;
     }
