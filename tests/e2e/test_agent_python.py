@@ -37,12 +37,11 @@ FAKE_TORCH = {
 }
 
 
-# torch's emit_nvtx as it behaves: turned on (on the calling thread), every
-# op pushes an NVTX range named as torch's getNvtxStr names it (here through
+# torch's profilers as they behave: one per thread (_enable_profiler
+# refuses a second), emit_nvtx one of them; while it is on, every op pushes
+# an NVTX range named as torch's getNvtxStr names it (here through
 # libnvtx_ops.so, as torch does from C++); torch.op() stands in for an op.
-# The stand-in prints each turn, so a test can tell which steps had it on;
-# TBTEST_EMIT_NVTX_FAIL makes turning it on fail as it does when another
-# profiler is on the thread.
+# The stand-ins print each turn, so a test can tell which steps had what on.
 FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
     "torch/__init__.py": textwrap.dedent("""\
         from . import optim, autograd, cuda
@@ -57,18 +56,12 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 prof._nvtx.tbtest_nvtx_pop()
         """),
     "torch/autograd/__init__.py": "from . import profiler\n",
-    # TBTEST_CUDA_FROM=N: CUDA starts at iteration N (a job's first GPU work)
-    "torch/cuda.py": textwrap.dedent("""\
-        import os
-        started = False
-
-        def is_initialized():
-            return started
-        """),
+    "torch/cuda.py": "started = False\n\n\ndef is_initialized():\n    return started\n",
     "torch/autograd/profiler.py": textwrap.dedent("""\
         import ctypes, os
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
-        _on = False
+        _on = False    # NVTX op ranges
+        _held = None   # the thread's one profiler
 
         def _work():
             s = 0
@@ -76,22 +69,43 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 s += i
             return s
 
+        def _enable_profiler(who):
+            global _held
+            if _held is not None:
+                raise RuntimeError("Profiler is already enabled on this thread")
+            _held = who
+
+        def _disable_profiler():
+            global _held
+            _held = None
+
         class emit_nvtx:
             def __init__(self, enabled=True, record_shapes=False):
-                self.enabled = enabled
+                pass
 
             def __enter__(self):
                 global _on
                 print("emit_nvtx on", flush=True)
-                if os.environ.get("TBTEST_EMIT_NVTX_FAIL"):
-                    raise RuntimeError("Profiler is already enabled on this thread")
+                _enable_profiler("nvtx")
                 _on = True
                 return self
 
             def __exit__(self, *exc):
                 global _on
                 _on = False
+                _disable_profiler()
                 print("emit_nvtx off", flush=True)
+                return False
+
+        class profile:  # what torch.profiler.profile starts
+            def __enter__(self):
+                _enable_profiler("kineto")
+                print("profile on", flush=True)
+                return self
+
+            def __exit__(self, *exc):
+                _disable_profiler()
+                print("profile off", flush=True)
                 return False
         """),
 })
@@ -527,13 +541,21 @@ def have_nvtx_ops():
     return _have_nvtx_ops
 
 
+# TBTEST_CUDA_FROM=N: CUDA starts at iteration N (the job's first GPU
+# work); TBTEST_PROF=A,B: the script's own profiler on from iteration A to B
 TORCH_OPS_LOOP = """\
     import os, torch
     opt = torch.optim.SGD()
     cuda_from = int(os.environ.get("TBTEST_CUDA_FROM", "0"))
+    prof_on, prof_off = map(int, os.environ.get("TBTEST_PROF", "-1,-1").split(","))
     for i in range(10):
         print("iter", i, flush=True)
         torch.cuda.started = i >= cuda_from
+        if i == prof_on:
+            prof = torch.autograd.profiler.profile()
+            prof.__enter__()
+        if i == prof_off:
+            prof.__exit__(None, None, None)
         torch.op("aten::mm", 2 * i, 100 + 3 * i)
         torch.op("aten::relu", 2 * i + 1, 101 + 3 * i)
         torch.op("MmBackward0", 2 * i, 102 + 3 * i)
@@ -600,16 +622,28 @@ class TorchOps(PyBase):
         self.assertNotIn("emit_nvtx", p.stdout)
         self.assertEqual(prof.host.events("aten::mm"), [])
 
-    def test_torch_refuses_one_warning_and_the_job_runs_on(self):
-        # torch.profiler already on in that thread: emit_nvtx refuses; one
-        # warning, never tried again (each try costs a CUDA sync), the
-        # profile as without the option
+    def test_script_profiler_already_on_one_line_and_the_job_runs_on(self):
+        # the script's torch.profiler holds the thread's profiler slot when
+        # the capture begins: emit_nvtx refuses; one line, never tried again
+        # (each try costs a CUDA sync), the profile as without the option
         self.need_cli()
-        p, prof = self.run_ops(TBTEST_EMIT_NVTX_FAIL="1")
+        p, prof = self.run_ops(TBTEST_PROF="2,8")
         self.assertEqual(p.stdout.count("emit_nvtx on"), 1, p.stdout)
+        self.assertEqual([l for l in p.stdout.splitlines() if l.startswith("profile")], ["profile on", "profile off"])
         line = self.one_line(p.stderr, "TBPROF_TORCH_OPS")
         self.assertIn("RuntimeError: Profiler is already enabled on this thread", line)
         self.assertEqual(prof.host.events("aten::mm"), [])
+
+    def test_script_profiler_started_in_a_captured_step_wins(self):
+        # the script starts its profiler while our op ranges are on (iteration
+        # 5, in step 4): ours go off first, for good, so the script's start
+        # works; the ops before it are in the profile
+        self.need_cli()
+        p, prof = self.run_ops(TBTEST_PROF="5,6")
+        self.assertEqual([l for l in p.stdout.splitlines() if l.startswith(("iter 5", "emit", "profile"))],
+                         ["emit_nvtx on", "iter 5", "emit_nvtx off", "profile on", "profile off"], p.stdout)
+        self.assertIn("the script started a torch profiler", self.one_line(p.stderr, "TBPROF_TORCH_OPS"))
+        self.assertEqual(sorted(e.stats["torch_seq"] for e in prof.host.events("aten::mm")), [8])
 
     def test_not_before_cuda_starts(self):
         # emit_nvtx synchronizes the GPU: never called before the job

@@ -153,11 +153,42 @@ def last_profile():
 
 _hook_handle = None
 _ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS)
-_ops_failed = False  # it could not be turned on or off: not tried again
+_ops_done = False    # turned off for good: torch refused, or the script's own profiler needed the slot
+_ops_entering = False
 
 
 def _on(name):
     return os.environ.get(name, "off").strip().lower() in ("1", "on", "true", "yes")
+
+
+def _ops_off_for_good(why):
+    global _ops_done
+    _ops_done = True
+    sys.stderr.write("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: %s\n" % why)
+
+
+def _guard_torch_profilers(ap):
+    """torch runs one profiler per thread: torch.profiler (or the autograd
+    profiler, or emit_nvtx) that the script starts while our op ranges are
+    on would raise in the script. So every start goes through this guard,
+    which turns ours off for good first: the script's profiler wins."""
+    orig = getattr(ap, "_enable_profiler", None)
+    if orig is None or getattr(orig, "_tbprof_guard", False):
+        return
+
+    def _enable_profiler(*args, **kwargs):
+        global _ops_ctx
+        if _ops_ctx is not None and not _ops_entering:
+            ctx, _ops_ctx = _ops_ctx, None
+            try:
+                ctx.__exit__(None, None, None)
+            except Exception:
+                pass
+            _ops_off_for_good("the script started a torch profiler in a captured step (it keeps it)")
+        return orig(*args, **kwargs)
+
+    _enable_profiler._tbprof_guard = True
+    ap._enable_profiler = _enable_profiler
 
 
 def _torch_ops(lib):
@@ -166,8 +197,8 @@ def _torch_ops(lib):
     work inside it by the op), off otherwise. Called at each optimizer step,
     on the training thread: torch keeps that state per thread, and the
     autograd engine carries it to backward's threads."""
-    global _ops_ctx, _ops_failed
-    if _ops_failed:
+    global _ops_ctx, _ops_entering
+    if _ops_done:
         return
     want = bool(lib.tbprof_capturing())
     if want == (_ops_ctx is not None):
@@ -177,18 +208,21 @@ def _torch_ops(lib):
             import torch
             if not torch.cuda.is_initialized():
                 return  # no CUDA yet: emit_nvtx's sync would start it in a job that never asked (next step)
-            from torch.autograd.profiler import emit_nvtx
-            ctx = emit_nvtx()
-            ctx.__enter__()
+            import torch.autograd.profiler as ap
+            _guard_torch_profilers(ap)
+            ctx = ap.emit_nvtx()
+            _ops_entering = True
+            try:
+                ctx.__enter__()
+            finally:
+                _ops_entering = False
             _ops_ctx = ctx
         else:
             ctx, _ops_ctx = _ops_ctx, None
             ctx.__exit__(None, None, None)
     except Exception as e:  # another profiler on this thread, a torch without CUDA, ...
-        _ops_failed = True
-        sys.stderr.write("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: could not turn torch's "
-                         "NVTX ranges %s (%s: %s); is torch.profiler or emit_nvtx on in these steps?\n"
-                         % ("on" if want else "off", type(e).__name__, e))
+        _ops_off_for_good("could not turn torch's NVTX ranges %s (%s: %s); is torch.profiler or emit_nvtx on in "
+                          "these steps?" % ("on" if want else "off", type(e).__name__, e))
 
 
 def _on_optimizer_step(optimizer, args, kwargs):
