@@ -36,7 +36,8 @@
 #   4c. tbprof convert --gpu of the capturing run: most GPU time under the
 #      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
-#      captured steps, kernels named by their op; step time with them
+#      captured steps, kernels named by their op; step time with them;
+#      5e. torch.profiler started inside such a capture still works
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
@@ -319,6 +320,9 @@ if in_budget torch_ops; then
   elif [ -n "$xo" ]; then check torch_ops $py "$here/check.py" torch_ops "$xo" "$work/t_ops" "$work/t_cap"
   else row torch_ops FAIL "no xplane.pb: $(tail -2 "$work/ops.err" | tr '\n' ' ')"; fi
 fi
+# 5e. torch.profiler started by the script inside a --torch-ops capture:
+#     tbprof lets go of torch's one profiler slot, the job runs on
+coexist tbprof_first_ops ours 3,14 8,12 TBPROF_TORCH_OPS=on
 
 table() {
   printf '%-30s %-5s %s\n' CHECK RESULT DETAIL

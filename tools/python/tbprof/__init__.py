@@ -167,12 +167,13 @@ def _ops_off_for_good(why):
     sys.stderr.write("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: %s\n" % why)
 
 
-def _guard_torch_profilers(ap):
+def _guard_torch_profilers(mod):
     """torch runs one profiler per thread: torch.profiler (or the autograd
     profiler, or emit_nvtx) that the script starts while our op ranges are
-    on would raise in the script. So every start goes through this guard,
-    which turns ours off for good first: the script's profiler wins."""
-    orig = getattr(ap, "_enable_profiler", None)
+    on would raise in the script. So every start through mod's
+    _enable_profiler goes through this guard, which turns ours off for good
+    first: the script's profiler wins."""
+    orig = getattr(mod, "_enable_profiler", None)
     if orig is None or getattr(orig, "_tbprof_guard", False):
         return
 
@@ -188,7 +189,7 @@ def _guard_torch_profilers(ap):
         return orig(*args, **kwargs)
 
     _enable_profiler._tbprof_guard = True
-    ap._enable_profiler = _enable_profiler
+    mod._enable_profiler = _enable_profiler
 
 
 def _torch_ops(lib):
@@ -209,7 +210,8 @@ def _torch_ops(lib):
             if not torch.cuda.is_initialized():
                 return  # no CUDA yet: emit_nvtx's sync would start it in a job that never asked (next step)
             import torch.autograd.profiler as ap
-            _guard_torch_profilers(ap)
+            _guard_torch_profilers(ap)             # torch.profiler, emit_nvtx: torch >= 1.13
+            _guard_torch_profilers(torch.autograd)  # older ones call it there
             ctx = ap.emit_nvtx()
             _ops_entering = True
             try:
