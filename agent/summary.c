@@ -285,21 +285,29 @@ typedef struct named_acc {
 /* The entry for event e's name, through `cache` (event meta id -> index + 1,
  * one per plane, nevent_meta + 1 zeroed slots); added when new. NULL: out
  * of memory. */
-static tb_sum_named *named_of(named_acc *a, uint32_t *cache, const tb_plane *p, const tb_event *e)
+/* The index of `name`'s entry, added when new; -ENOMEM. */
+static int64_t named_index(named_acc *a, const char *name)
 {
-    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
-    if (cache[meta])
-        return &(*a->v)[cache[meta] - 1];
-    const char *name = event_label(p, e);
     int64_t k = tb_strmap_get(&a->map, name);
     if (k < 0) {
         if (TB_GROW(*a->v, a->cap, *a->n + 1) < 0 || tb_strmap_put(&a->map, name, (uint32_t)*a->n) < 0)
-            return NULL;
+            return -ENOMEM;
         k = (int64_t)(*a->n)++;
         (*a->v)[k] = (tb_sum_named){.name = name, .min_ns = INT64_MAX};
     }
-    cache[meta] = (uint32_t)k + 1;
-    return &(*a->v)[k];
+    return k;
+}
+
+static tb_sum_named *named_of(named_acc *a, uint32_t *cache, const tb_plane *p, const tb_event *e)
+{
+    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
+    if (!cache[meta]) {
+        int64_t k = named_index(a, event_label(p, e));
+        if (k < 0)
+            return NULL;
+        cache[meta] = (uint32_t)k + 1;
+    }
+    return &(*a->v)[cache[meta] - 1];
 }
 
 static void named_add(tb_sum_named *x, int64_t dur)
@@ -327,6 +335,7 @@ typedef struct corr_work {
 typedef struct gpu_acc {
     iv_vec all, h2d, d2h;
     named_acc kernels;
+    named_acc by_range; /* GPU activity by its nvtx_range */
     corr_work *work; /* by correlation id once scan_gpu is done */
     size_t nwork, cap_work;
 } gpu_acc;
@@ -377,6 +386,28 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
     return 0;
 }
 
+/* GPU activity e (line l) to the range its nvtx_range stat names
+ * (rcache: ref id -> index + 1, per plane); outside every range without one. */
+static int add_by_range(tb_summary *sum, gpu_acc *g, const tb_plane *p, const tb_line *l, const tb_event *e,
+                        uint32_t nr, uint32_t *rcache)
+{
+    const tb_stat *st = nr ? tb_event_stat(l, e, nr) : NULL;
+    if (!st || st->type != TB_STAT_REF || !st->v.ref || st->v.ref >= p->nstat_meta) {
+        sum->gpu_outside_ns += e->dur_ns;
+        return 0;
+    }
+    uint32_t ref = st->v.ref;
+    if (!rcache[ref]) {
+        int64_t k = named_index(&g->by_range, tb_plane_stat_name(p, ref));
+        if (k < 0)
+            return (int)k;
+        rcache[ref] = (uint32_t)k + 1;
+    }
+    named_add(&(*g->by_range.v)[rcache[ref] - 1], e->dur_ns);
+    sum->gpu_in_range_ns += e->dur_ns;
+    return 0;
+}
+
 static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
 {
     for (size_t i = 0; i < s->nplanes; i++) {
@@ -388,11 +419,14 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                          .md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS),
                          .msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS)};
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        uint32_t nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
         ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
         ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
-        if (!ids.kidx || !ids.occ) {
+        uint32_t *rcache = calloc(p->nstat_meta + 1, sizeof(*rcache));
+        if (!ids.kidx || !ids.occ || !rcache) {
             free(ids.kidx);
             free(ids.occ);
+            free(rcache);
             return -ENOMEM;
         }
         for (size_t q = 0; q <= p->nstat_meta; q++)
@@ -416,7 +450,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     }
                     g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
                 }
-                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0) {
+                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0 || add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
                     rc = -ENOMEM;
                 } else if (c == TB_CAT_KERNEL) {
                     rc = add_kernel(sum, g, p, &ids, e, dst);
@@ -441,6 +475,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         }
         free(ids.kidx);
         free(ids.occ);
+        free(rcache);
         if (rc)
             return rc;
     }
@@ -449,6 +484,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
     }
     named_sort(&g->kernels);
+    named_sort(&g->by_range);
     work_merge(g);
     g->all.n = tb_intervals_merge(g->all.v, g->all.n);
     g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
@@ -861,7 +897,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     sum->host = s->nhostnames ? s->hostnames[0] : NULL;
     tb_space_span(s, &sum->begin_ns, &sum->end_ns);
 
-    gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels}};
+    gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels},
+                 .by_range = {.v = &sum->gpu_ranges, .n = &sum->ngpu_ranges}};
     tb_folded f = {0};
     int rc = scan_gpu(sum, s, &g);
     if (!rc)
@@ -916,6 +953,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.d2h.v);
     free(g.work);
     tb_strmap_free(&g.kernels.map);
+    tb_strmap_free(&g.by_range.map);
     tb_folded_free(&f);
     if (rc) {
         tb_summary_free(sum);
@@ -929,6 +967,7 @@ void tb_summary_free(tb_summary *sum)
     free(sum->steps);
     free(sum->kernels);
     free(sum->ranges);
+    free(sum->gpu_ranges);
     free(sum->memory);
     free(sum->funcs);
     free(sum->launchers);

@@ -19,7 +19,8 @@
  *   tbprof records from NVTX, and CUPTI's marker records), grouped by name.
  *   A range's GPU work: the GPU activity whose correlation id is a CUDA
  *   call made inside the range on its thread (ranges.h), nested ranges
- *   included; each piece of work counts once per range name.
+ *   included; each piece of work counts once per range name. Apart, GPU
+ *   time by innermost range: each piece of work once, to its nvtx_range.
  * - GPU work by launching function: GPU time by launching stack
  *   (tb_folded_add_gpu) credited to one frame per stack: its deepest Python
  *   frame (py::...), else its deepest frame; calls without sampled frames
@@ -122,6 +123,12 @@ typedef struct tb_summary {
     size_t nranges;
     uint64_t range_events;
     uint64_t range_gpu_events; /* GPU activity launched inside some range */
+    /* GPU activity by its nvtx_range stat (the innermost range open at its
+     * launch, ranges.h): each piece of work once ("self" GPU time: with
+     * torch's op ranges, GPU time by op), by GPU time descending */
+    tb_sum_named *gpu_ranges;
+    size_t ngpu_ranges;
+    int64_t gpu_in_range_ns, gpu_outside_ns; /* GPU activity with and without one */
 
     tb_sum_copy copies[TB_COPY_NDIR];
     uint64_t memsets;

@@ -273,6 +273,22 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         }
     }
 
+    /* GPU time by innermost range */
+    if (m->ngpu_ranges) {
+        int64_t all = m->gpu_in_range_ns + m->gpu_outside_ns;
+        printf("\nGPU time by innermost NVTX range (each piece of GPU work once, to the range open at its launch;\n"
+               "  with torch's op ranges, --torch-ops: GPU time by op):\n");
+        printf("  %11s %6s %8s %11s  %s\n", "GPU", "%", "count", "mean", "range");
+        for (size_t i = 0; i < m->ngpu_ranges && i < (size_t)top; i++) {
+            const tb_sum_named *r = &m->gpu_ranges[i];
+            printf("  %11s %5.1f%% %8" PRIu64 " %11s  %s\n", dur(b1, sizeof b1, r->total_ns), pct(r->total_ns, all),
+                   r->count, dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), r->name);
+        }
+        if (m->gpu_outside_ns)
+            printf("  %11s %5.1f%% %8s %11s  (outside every range)\n", dur(b1, sizeof b1, m->gpu_outside_ns),
+                   pct(m->gpu_outside_ns, all), "", "");
+    }
+
     /* CPU */
     if (m->nfuncs) {
         printf("\nTop CPU functions (%" PRIu64 " samples):\n", m->cpu_samples);
@@ -350,7 +366,7 @@ static void jnum(double v)
 }
 
 /* ,"key":[{"name":..,"count":..,"total_ns":..,...}] for the first `top` */
-enum { NAMED_KERNELS = 1, NAMED_RANGES };
+enum { NAMED_KERNELS = 1, NAMED_RANGES, NAMED_GPU_RANGES };
 
 static void jnamed(const char *key, const tb_sum_named *v, size_t n, int top, int what)
 {
@@ -445,6 +461,13 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("count", (int64_t)m->range_events, 1);
     jkv_i("gpu_count", (int64_t)m->range_gpu_events, 1);
     jnamed("top", m->ranges, m->nranges, top, NAMED_RANGES);
+    printf("}");
+
+    /* GPU time by innermost range: count, total_ns (GPU time), mean/min/max of the pieces */
+    printf(",\"gpu_by_range\":{");
+    jkv_i("in_range_ns", m->gpu_in_range_ns, 0);
+    jkv_i("outside_ns", m->gpu_outside_ns, 1);
+    jnamed("top", m->gpu_ranges, m->ngpu_ranges, top, NAMED_GPU_RANGES);
     printf("}");
 
     printf(",\"copies\":{");

@@ -705,6 +705,11 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(nv["gpu_count"], 4)
         self.assertEqual({r["name"]: (r["gpu_count"], r["gpu_ns"]) for r in nv["top"]},
                          {"forward": (3, 218000), "attention": (2, 198000), "loader": (1, 20000)})
+        # each piece once, to its innermost range; relu 304 outside every range
+        by = json.loads(p.stdout)["hosts"][0]["gpu_by_range"]
+        self.assertEqual((by["in_range_ns"], by["outside_ns"]), (238000, 20000))
+        self.assertEqual([(r["name"], r["count"], r["total_ns"]) for r in by["top"]],
+                         [("attention", 2, 198000), ("forward", 1, 20000), ("loader", 1, 20000)])
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
 
@@ -740,6 +745,14 @@ class GpuFake(tbtest.TestCase):
                for r in json.loads(p.stdout)["hosts"][0]["nvtx"]["top"]}
         self.assertEqual(top, {"forward": (1, 3, 220000), "aten::mm": (1, 1, 100000), "aten::relu": (1, 1, 20000),
                                "MmBackward0": (1, 1, 100000)})
+        # GPU time by op: each kernel once, to its op, not to "forward" too
+        by = json.loads(p.stdout)["hosts"][0]["gpu_by_range"]
+        self.assertEqual((by["in_range_ns"], by["outside_ns"]), (220000, 0))
+        self.assertEqual([(r["name"], r["total_ns"]) for r in by["top"]],
+                         [("MmBackward0", 100000), ("aten::mm", 100000), ("aten::relu", 20000)])
+        p = tbtest.run([tbtest.CLI, "summary", self.logdir])
+        self.assertRegex(p.stdout, r"GPU time by innermost NVTX range .*\n.*\n.*\n\s+100(\.0)? us\s+45\.5%\s+1\s.*"
+                                   r"MmBackward0\n")
 
     def test_profile_cap_reached_before_naming(self):
         # copies of two launches inside a range, 4 us apart (correlation
