@@ -203,7 +203,9 @@ static void start_sources(void)
 {
     /* NVTX ranges take a fixed 1/16; GPU activity needs most of the rest,
      * the sample rings less */
-    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / 16, rest = total;
+    /* NVTX gets 1/16; with torch's op ranges (about one per kernel, ~70
+     * bytes each against ~200 for a kernel record) 1/4 */
+    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / (g.cfg.torch_ops ? 4 : 16), rest = total;
     int n_on = 0;
     for (int i = 0; i < g.nsrc; i++) {
         if (!g.src[i].enabled)

@@ -560,6 +560,8 @@ TORCH_OPS_LOOP = """\
         torch.op("aten::relu", 2 * i + 1, 101 + 3 * i)
         torch.op("MmBackward0", 2 * i, 102 + 3 * i)
         torch.op("aten::empty", -1, 103 + 3 * i)
+        for k in range(int(os.environ.get("TBTEST_MORE_OPS", "0"))):
+            torch.op("aten::add_", 1000 + k, 10000 + k)
         opt.step()
     print("trained")
     """
@@ -615,6 +617,16 @@ class TorchOps(PyBase):
         for n in ev:
             for e in prof.host.events(n):
                 self.assertTrue(begin <= e.start_ns and e.end_ns <= end, (n, e, begin, end))
+
+    def test_ops_get_a_quarter_of_the_buffer(self):
+        # 4 captured steps of 300 more ops: 1,216 ranges, some 40 KB of
+        # names. NVTX's usual 1/16 of TBPROF_BUFFER_MB=1 holds 1,024 ranges
+        # and 32 KB of names; with --torch-ops it gets 1/4, and all fit
+        self.need_cli()
+        p, prof = self.run_ops(TBPROF_BUFFER_MB="1", TBTEST_MORE_OPS="300")
+        self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0, prof.warnings)
+        self.assertEqual(len(prof.host.events("aten::add_")), 1200)
+        self.assertEqual(len(prof.host.events("aten::mm")), 4)
 
     def test_off_without_the_option(self):
         self.need_cli()
