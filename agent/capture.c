@@ -201,10 +201,9 @@ static int64_t thread_cpu_ns(void)
 
 static void start_sources(void)
 {
-    /* NVTX ranges take a fixed 1/16; GPU activity needs most of the rest,
-     * the sample rings less */
-    /* NVTX gets 1/16; with torch's op ranges (about one per kernel, ~70
-     * bytes each against ~200 for a kernel record) 1/4 */
+    /* NVTX ranges take a fixed 1/16 (1/4 with torch's op ranges: about one
+     * per kernel, ~70 bytes against ~200 for a kernel record); GPU activity
+     * needs most of the rest, the sample rings less */
     size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / (g.cfg.torch_ops ? 4 : 16), rest = total;
     int n_on = 0;
     for (int i = 0; i < g.nsrc; i++) {

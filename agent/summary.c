@@ -282,9 +282,6 @@ typedef struct named_acc {
     tb_strmap map; /* name -> index */
 } named_acc;
 
-/* The entry for event e's name, through `cache` (event meta id -> index + 1,
- * one per plane, nevent_meta + 1 zeroed slots); added when new. NULL: out
- * of memory. */
 /* The index of `name`'s entry, added when new; -ENOMEM. */
 static int64_t named_index(named_acc *a, const char *name)
 {
@@ -298,6 +295,9 @@ static int64_t named_index(named_acc *a, const char *name)
     return k;
 }
 
+/* The entry for event e's name, through `cache` (event meta id -> index + 1,
+ * one per plane, nevent_meta + 1 zeroed slots); added when new. NULL: out
+ * of memory. */
 static tb_sum_named *named_of(named_acc *a, uint32_t *cache, const tb_plane *p, const tb_event *e)
 {
     uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;

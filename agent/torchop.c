@@ -31,7 +31,7 @@ static size_t field(const char *s, size_t len, const char *key)
     return k + 5;
 }
 
-/* The first ", " in s[from..len) that begins one of torch's fields. */
+/* Where in s[0..len) the first ", " that begins one of torch's fields is; len: nowhere. */
 static size_t first_field(const char *s, size_t len)
 {
     static const char *const keys[] = {"seq", "op_id", "sizes", "input_op_ids"};
@@ -78,15 +78,16 @@ int tb_torch_op_parse(const char *name, size_t len, tb_torch_op *op)
 
 void tb_torch_op_stats(tb_plane *hp, tb_line *l, const tb_torch_op *op)
 {
-    if (op->seq >= 0)
-        tb_line_stat_i64(l, tb_plane_stat_meta(hp, TB_ST_TORCH_SEQ), op->seq);
-    if (op->op_id >= 0)
-        tb_line_stat_i64(l, tb_plane_stat_meta(hp, TB_ST_TORCH_OP_ID), op->op_id);
-    if (op->args && op->args_len) {
+    int64_t m;
+    if (op->seq >= 0 && (m = tb_plane_stat_meta(hp, TB_ST_TORCH_SEQ)) > 0)
+        tb_line_stat_i64(l, m, op->seq);
+    if (op->op_id >= 0 && (m = tb_plane_stat_meta(hp, TB_ST_TORCH_OP_ID)) > 0)
+        tb_line_stat_i64(l, m, op->op_id);
+    if (op->args && op->args_len && (m = tb_plane_stat_meta(hp, TB_ST_TORCH_ARGS)) > 0) {
         char buf[512];
         size_t n = op->args_len < sizeof(buf) - 1 ? op->args_len : sizeof(buf) - 1;
         memcpy(buf, op->args, n);
         buf[n] = 0;
-        tb_line_stat_str(l, tb_plane_stat_meta(hp, TB_ST_TORCH_ARGS), buf);
+        tb_line_stat_str(l, m, buf);
     }
 }
