@@ -98,6 +98,11 @@ static const var vars[] = {
      "step of each capture to its end, so each torch op is a range and the CUDA calls and GPU work "
      "inside it carry its name (`tbprof run --torch-ops`)",
      "op ranges off", "off", F(torch_ops), 0, 0},
+    {"TBPROF_XLA_RANGES", T_BOOL, "off", "on | off",
+     "record XLA's per-op NVTX ranges (JAX, TensorFlow: NVTX domain \"TSL\"), naming each kernel by "
+     "its HLO op; off: tbprof declines that domain, as without a tool, because XLA then stops feeding "
+     "its own profiler's op annotations (jax.profiler traces in the process would lose their op names)",
+     "XLA ranges off", "off", F(xla_ranges), 0, 0},
     {"TBPROF_JAX_HOOK", T_BOOL, "off", "on | off",
      "Python: count jax.profiler.StepTraceAnnotation steps (their step_num) as tbprof steps (set by "
      "`tbprof run`)",

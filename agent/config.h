@@ -66,6 +66,7 @@ typedef struct tb_config {
     int socket;        /* TBPROF_SOCKET: tb_socket_mode */
     int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
     int torch_ops;     /* TBPROF_TORCH_OPS (likewise) */
+    int xla_ranges;    /* TBPROF_XLA_RANGES: accept XLA's NVTX domain "TSL" */
     int jax_hook;      /* TBPROF_JAX_HOOK (read by the Python helper) */
     int tf_hook;       /* TBPROF_TF_HOOK (read by the Python helper) */
     char cupti_path[TB_CONFIG_STR]; /* TBPROF_CUPTI_PATH; "" = search */

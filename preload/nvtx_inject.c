@@ -127,6 +127,7 @@ static struct {
 
 static int inj_on;                /* we claimed NVTX_INJECTION64_PATH */
 static int nvtx_asked;            /* TBPROF_NVTX=on */
+static int xla_ranges;            /* TBPROF_XLA_RANGES=on: give XLA its "TSL" domain */
 static char nvtx_owner[256];      /* NVTX_INJECTION64_PATH when another tool's */
 
 static int sep(int c) { return c == ' ' || c == '_' || c == ':' || c == '#' || c == '=' || c == '-'; }
@@ -452,16 +453,30 @@ static const void *h_DomainRegisterStringW(const void *dom, const wchar_t *w)
     char buf[4096];
     return intern(buf, tb_wide_to_utf8(w, buf, sizeof(buf)), REG_MAGIC);
 }
+/* XLA (JAX, TensorFlow) asks for the domain "TSL" once and, given a handle,
+ * annotates every op with NVTX ranges there instead of on its own
+ * profiler's annotation stack: jax.profiler and TensorFlow's profiler in
+ * that process would lose their kernels' op names (and XLA would format
+ * annotations while tbprof is idle). So without TBPROF_XLA_RANGES it gets
+ * what no tool gives: NULL. */
+static const void *domain_create(const char *name, size_t len)
+{
+    if (len == 3 && !memcmp(name, "TSL", 3) && !xla_ranges) {
+        tb_debug("NVTX: declined XLA's domain \"TSL\" (TBPROF_XLA_RANGES=off): XLA keeps its own annotations");
+        return NULL;
+    }
+    return intern(name, len, DOM_MAGIC);
+}
 static const void *h_DomainCreateA(const char *name)
 {
-    return name ? intern(name, strnlen(name, 4096), DOM_MAGIC) : NULL;
+    return name ? domain_create(name, strnlen(name, 4096)) : NULL;
 }
 static const void *h_DomainCreateW(const wchar_t *w)
 {
     if (!w)
         return NULL;
     char buf[4096];
-    return intern(buf, tb_wide_to_utf8(w, buf, sizeof(buf)), DOM_MAGIC);
+    return domain_create(buf, tb_wide_to_utf8(w, buf, sizeof(buf)));
 }
 
 /* ---- injection entry ---------------------------------------------------------------- */
@@ -568,6 +583,7 @@ void tb_nvtx_init(const tb_config *c)
 {
     int steps = compile_pattern(c->nvtx_step);
     nvtx_asked = c->nvtx;
+    xla_ranges = c->xla_ranges;
     if (!steps && !c->nvtx)
         return;
     /* who wants the injection, for the messages */

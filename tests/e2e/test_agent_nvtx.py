@@ -283,6 +283,25 @@ class NvtxRanges(NvtxBase):
                 self.assertNotIn("tbprof_nvtx_domain", e.stats, "the default domain has no name")
         self.assertEqual(tbtest.tbprof_warnings(err), [])
 
+    def test_xla_domain_declined_unless_asked(self):
+        # XLA asks for the domain "TSL" once; given a handle it annotates
+        # with NVTX instead of its own profiler's stack. By default tbprof
+        # answers as no tool does (NULL): no "TSL" ranges, the others as
+        # ever. TBPROF_XLA_RANGES=on: the handle, and its ranges recorded
+        for on, want in ((None, 0), ("on", 1)):
+            with self.subTest(xla_ranges=on):
+                logdir = os.path.join(self.tmp, "xla_%s" % on)
+                pid, out, err = self.run_prog(["-n", "6", "-m", "4", "-x"], logdir=logdir, steps="2,3",
+                                              nvtx_step="step", xla_ranges=on)
+                _, info = parse(out)
+                self.assertEqual(info.get("tsl_domain"), str(want), out)
+                evs = self.check_step_contents(self.one_profile(logdir), pid, range(2, 4), 4)
+                hlo = [e for e in evs if e.name == "hlo fusion.1"]
+                self.assertEqual(len(hlo), 2 * want, [e.name for e in evs])
+                for e in hlo:
+                    self.assertEqual(e.stats.get("tbprof_nvtx_domain"), "TSL", e)
+                self.assertEqual(tbtest.tbprof_warnings(err), [])
+
     def test_utf8_names(self):
         pid, out, err = self.run_prog(["-n", "8", "-m", "2", "-k", "pushw", "-p", "\u00e9tape"], steps="2,3",
                                       nvtx_step="\u00e9tape")

@@ -406,6 +406,18 @@ class GpuChecker(tbtest.TestCase):
         if stray:
             script += ("runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=310 start=1040 end=1042\n"
                        "kernel name=copy start=1500 end=1510 stream=7 corr=310 grid=1,1,1 block=32,1,1 regs=8\n")
+        x = self.scripted_profile(name, script)
+        times = []
+        for n, ms in (("t_ops", 10.5), ("t_cap", 10.0)):
+            times.append(os.path.join(self.tmp, n))
+            with open(times[-1], "w") as f:
+                f.write("%f\n" % (ms / 1e3) * 40)
+        c = run_check("torch_ops", x, *times)
+        return c.returncode, c.stdout.strip()
+
+    def scripted_profile(self, name, script):
+        """The one xplane.pb of steps 2..4 of a job whose first captured
+        step replays `script` through the fake libcupti."""
         path = os.path.join(self.tmp, name + ".txt")
         with open(path, "w") as f:
             f.write(script)
@@ -416,13 +428,23 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         xs = tbtest.xplanes(logdir)
         self.assertEqual(len(xs), 1, p.stderr)
-        times = []
-        for n, ms in (("t_ops", 10.5), ("t_cap", 10.0)):
-            times.append(os.path.join(self.tmp, n))
-            with open(times[-1], "w") as f:
-                f.write("%f\n" % (ms / 1e3) * 40)
-        c = run_check("torch_ops", xs[0], *times)
-        return c.returncode, c.stdout.strip()
+        return xs[0]
+
+    def test_xla_ranges(self):
+        # 3f: no range in XLA's domain "TSL" with it declined; with it on,
+        # how many kernels its ranges name. A declined profile with TSL
+        # ranges fails.
+        tsl = SCRIPT.replace("marker id=1 name=forward tid=main start=1003 end=1013",
+                             "marker id=1 name=fusion.1 domain=TSL tid=main start=1003 end=1013")
+        self.assertNotEqual(tsl, SCRIPT)
+        on = self.scripted_profile("tsl_on", tsl)
+        c = run_check("xla_ranges", on, self.xplane)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertIn("RESULT jax_xla_ranges PASS off: none in TSL; on: 1 TSL ranges, 3/4 kernels named "
+                      "(fusion.1 3)", c.stdout)
+        c = run_check("xla_ranges", on, on)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("1 ranges in domain TSL with TBPROF_XLA_RANGES off (e.g. 'fusion.1')", c.stdout)
 
     def test_torch_ops(self):
         rc, line = self.torch_ops("ops")

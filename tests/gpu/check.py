@@ -634,6 +634,27 @@ def jax_steps(xplane, window):
         first, last, st.get("tbprof_step_source"), sorted(set(per.values()))))
 
 
+def xla_ranges(x_on, x_off):
+    """XLA's NVTX domain "TSL": declined by default (3d's profile: no range
+    in it, so XLA kept its own annotation stack); with TBPROF_XLA_RANGES=on
+    its per-op ranges are recorded and name the kernels (reported)."""
+    def tsl(path):
+        xs = load(path)
+        host = events(xs, "/host:")
+        ranges = [e for e in host if e[2].get("tbprof_nvtx_domain") == "TSL"]
+        kernels = [e for e in device_events(xs) if "kernel_details" in e[2]]
+        named = collections.Counter(e[2].get("nvtx_range") for e in kernels if e[2].get("nvtx_range"))
+        return ranges, kernels, named
+    off_r, _, _ = tsl(x_off)
+    on_r, on_k, on_named = tsl(x_on)
+    errs = []
+    if off_r:
+        errs.append("%d ranges in domain TSL with TBPROF_XLA_RANGES off (e.g. %r)" % (len(off_r), off_r[0][0]))
+    top = ", ".join("%s %d" % (n[:40], c) for n, c in on_named.most_common(3))
+    result("jax_xla_ranges", not errs, "; ".join(errs) or "off: none in TSL; on: %d TSL ranges, %d/%d kernels named "
+           "(%s)" % (len(on_r), sum(on_named.values()), len(on_k), top or "none"))
+
+
 def ranks(nsteps, *xplanes):
     """Two processes of one job on the GPU, captured by one
     `tbprof trigger LAUNCHER --tree --steps N`: both profiles in one run
@@ -743,6 +764,8 @@ if __name__ == "__main__":
         ranks(*sys.argv[2:])
     elif cmd == "jax_steps":
         jax_steps(sys.argv[2], sys.argv[3])
+    elif cmd == "xla_ranges":
+        xla_ranges(sys.argv[2], sys.argv[3])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
     elif cmd == "coexist":
@@ -752,4 +775,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|ranks|capture|coexist|gpu_flame|after_capture ...")

@@ -37,7 +37,8 @@
 #      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
-#      5e. torch.profiler started inside such a capture still works
+#      5e. torch.profiler started inside such a capture still works;
+#      3f. XLA's NVTX domain declined by default, and what it gives when on
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
@@ -319,6 +320,17 @@ if in_budget torch_ops; then
     row torch_ops FAIL "the job exited $rc before its end: $(tail -2 "$work/ops.err" | tr '\n' ' ')"
   elif [ -n "$xo" ]; then check torch_ops $py "$here/check.py" torch_ops "$xo" "$work/t_ops" "$work/t_cap"
   else row torch_ops FAIL "no xplane.pb: $(tail -2 "$work/ops.err" | tr '\n' ' ')"; fi
+fi
+# 3f. XLA's NVTX domain "TSL": none of its ranges in 3d's profile (declined
+#     by default, so jax.profiler keeps its op names); with
+#     TBPROF_XLA_RANGES=on, what its per-op ranges give (reported)
+if [ -n "${x3d:-}" ] && in_budget jax_xla_ranges; then
+  job "$tbprof" run --steps 20,29 --logdir "$work/jax_xla" -- env TBPROF_CPU=off TBPROF_XLA_RANGES=on $py \
+    "$here/jax_loop.py" --annotate --steps 40 --sync-every 1 >"$work/jax_xla.out" 2>"$work/jax_xla.err"; rc=$?
+  x3f=$(find "$work/jax_xla" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || [ -z "$x3f" ]; then
+    row jax_xla_ranges FAIL "rc=$rc, profile ${x3f:-none}: $(tail -2 "$work/jax_xla.err" | tr '\n' ' ')"
+  else check jax_xla_ranges $py "$here/check.py" xla_ranges "$x3f" "$x3d"; fi
 fi
 # 5e. torch.profiler started by the script inside a --torch-ops capture:
 #     tbprof lets go of torch's one profiler slot, the job runs on

@@ -17,6 +17,10 @@
  *   -f   at step F, inside its "fwd" range, fork a child that pops that
  *        range, makes 50 "child" ranges and a "child mark", and exits 0 (the
  *        parent goes on, then waits for it: "child PID status S")
+ *   -x   as XLA does (JAX, TensorFlow): nvtxDomainCreateA("TSL") first,
+ *        printing "tsl_domain=1" when a handle came back (XLA then annotates
+ *        with NVTX instead of its own profiler's stack), and with one each
+ *        step opens "hlo fusion.1" in it around the "fwd" work
  *   -d   each step also opens "dom a" in domain "tbtest.a", then "dom b" in
  *        "tbtest.b" (~ms/4 apart), and pops tbtest.a before tbtest.b: per
  *        domain stacks end "dom a" first (prints "same_domain=1" when a
@@ -76,13 +80,13 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
-    int in_capture = 0, fork_at = -1, two_domains = 0;
+    int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0;
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:d")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dx")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -96,6 +100,7 @@ int main(int argc, char **argv)
         case 'c': in_capture = 1; break;
         case 'f': fork_at = atoi(optarg); break;
         case 'd': two_domains = 1; break;
+        case 'x': xla = 1; break;
         case 'i':
             if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
                 fprintf(stderr, "nvtx_steps: -i wants A,B\n");
@@ -139,6 +144,11 @@ int main(int argc, char **argv)
         printf("bench miss_ns=%.1f match_ns=%.1f clock_ns=%.1f\n", (double)(t1 - t0) / bench,
                (double)(t2 - t1) / bench, (double)(t3 - t2) / bench);
         return 0;
+    }
+    nvtxDomainHandle_t tsl = NULL;
+    if (xla) {
+        tsl = nvtxDomainCreateA("TSL");
+        printf("tsl_domain=%d\n", tsl != NULL);
     }
     nvtxDomainHandle_t dom = NULL;
     if (!strcmp(kind, "domain"))
@@ -199,7 +209,13 @@ int main(int argc, char **argv)
                 exit(0);
             }
         }
+        if (tsl) {
+            nvtxEventAttributes_t ht = attr_ascii("hlo fusion.1");
+            nvtxDomainRangePushEx(tsl, &ht);
+        }
         work(ms / 2);
+        if (tsl)
+            nvtxDomainRangePop(tsl);
         nvtxRangePop();
         for (long r = 0; r < tiny; r++) {
             nvtxRangePushA("tiny");
