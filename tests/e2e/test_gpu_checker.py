@@ -459,6 +459,22 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(rc, 1, line)
         self.assertIn("3 of 4 kernels carry an op", line)
 
+    def test_coexist_jax(self):
+        # 3g: jax.profiler's trace (here a fake-CUPTI profile standing in:
+        # 3 of its 4 kernels annotated) next to ours (host-only, CUPTI held)
+        ours = self.host_only_profile("held_by_xla", TBFAKE_CUPTI_SUBSCRIBER="XLA's CUPTI tracer")
+        theirs = os.path.dirname(self.xplane)
+        c = run_check("coexist_jax", ours, theirs, 0)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertIn("RESULT coexist_jax PASS jax.profiler: 4 kernels, 3 with op annotations; ours: host-only "
+                      "(another CUPTI client", c.stdout)
+        # its kernels without op names (XLA fed NVTX instead), the job failing
+        bare = self.scripted_profile("bare", SCRIPT.replace("marker id=1 name=forward tid=main start=1003 end=1013\n",
+                                                            ""))
+        c = run_check("coexist_jax", ours, os.path.dirname(bare), 1)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("the job exited 1; only 0 of jax.profiler's 4 kernels carry op annotations", c.stdout)
+
     def host_only_profile(self, name, **kw):
         # steps 2..3 of a job whose GPU capture is refused (kw: its cause)
         logdir = os.path.join(self.tmp, name)

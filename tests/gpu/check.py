@@ -655,6 +655,45 @@ def xla_ranges(x_on, x_off):
            "(%s)" % (len(on_r), sum(on_named.values()), len(on_k), top or "none"))
 
 
+def coexist_jax(xplane, jax_dir, rc):
+    """jax.profiler's own trace (steps 5..7) in a job tbprof captures later
+    (steps 20..29): the job runs on, jax.profiler's kernels keep their op
+    annotations (tbprof declined XLA's NVTX domain), our steps have kernels
+    or say which CUPTI client held it."""
+    errs = []
+    if int(rc):
+        errs.append("the job exited %s" % rc)
+    theirs = [os.path.join(d, f) for d, _, fs in os.walk(jax_dir) for f in fs if f.endswith(".xplane.pb")]
+    jk = jann = 0
+    if not theirs:
+        errs.append("jax.profiler wrote no xplane.pb")
+    else:
+        xs = load(theirs[0])
+        for p in xs.planes:
+            if not p.name.startswith("/device:GPU:"):
+                continue
+            for l in p.lines:
+                for e in l.events:
+                    st = _stats(e, p.stat_metadata)
+                    if "kernel_details" not in st:
+                        continue
+                    jk += 1
+                    jann += any(k in st for k in ("kernel_annotation", "tf_op", "hlo_op", "nvtx_range"))
+        if not jk:
+            errs.append("jax.profiler's trace has no kernels")
+        elif jann < jk / 2:
+            errs.append("only %d of jax.profiler's %d kernels carry op annotations" % (jann, jk))
+    ours = load(xplane)
+    why = plane_stats(ours, "/host:CPU").get("tbprof_gpu_off_reason", "")
+    per = kernels_per_step(ours)
+    if why and "another CUPTI client" not in why:
+        errs.append("our GPU off: %s" % why)
+    elif not why and (not per or not all(per.values())):
+        errs.append("our steps without kernels: %s" % per)
+    result("coexist_jax", not errs, "; ".join(errs) or "jax.profiler: %d kernels, %d with op annotations; ours: %s" % (
+        jk, jann, ("host-only (%s)" % why) if why else "kernels per step %s" % sorted(set(per.values()))))
+
+
 def ranks(nsteps, *xplanes):
     """Two processes of one job on the GPU, captured by one
     `tbprof trigger LAUNCHER --tree --steps N`: both profiles in one run
@@ -766,6 +805,8 @@ if __name__ == "__main__":
         jax_steps(sys.argv[2], sys.argv[3])
     elif cmd == "xla_ranges":
         xla_ranges(sys.argv[2], sys.argv[3])
+    elif cmd == "coexist_jax":
+        coexist_jax(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
     elif cmd == "coexist":
@@ -775,4 +816,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")

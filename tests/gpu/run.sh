@@ -38,7 +38,8 @@
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
 #      5e. torch.profiler started inside such a capture still works;
-#      3f. XLA's NVTX domain declined by default, and what it gives when on
+#      3f. XLA's NVTX domain declined by default, and what it gives when on;
+#      3g. jax.profiler's own trace in the same job keeps its op annotations
 #   5. tbprof and torch.profiler in one job: each holding CUPTI first, and
 #      torch.profiler done before our window, with and without
 #      TEARDOWN_CUPTI=1: neither breaks the other or the job (the real
@@ -324,13 +325,25 @@ fi
 # 3f. XLA's NVTX domain "TSL": none of its ranges in 3d's profile (declined
 #     by default, so jax.profiler keeps its op names); with
 #     TBPROF_XLA_RANGES=on, what its per-op ranges give (reported)
-if [ -n "${x3d:-}" ] && in_budget jax_xla_ranges; then
+if [ -z "${x3d:-}" ]; then row jax_xla_ranges SKIP "no profile from 3d (jax_steps) to compare with"
+elif in_budget jax_xla_ranges; then
   job "$tbprof" run --steps 20,29 --logdir "$work/jax_xla" -- env TBPROF_CPU=off TBPROF_XLA_RANGES=on $py \
     "$here/jax_loop.py" --annotate --steps 40 --sync-every 1 >"$work/jax_xla.out" 2>"$work/jax_xla.err"; rc=$?
   x3f=$(find "$work/jax_xla" -name '*.xplane.pb' 2>/dev/null | head -1)
   if ((rc)) || [ -z "$x3f" ]; then
     row jax_xla_ranges FAIL "rc=$rc, profile ${x3f:-none}: $(tail -2 "$work/jax_xla.err" | tr '\n' ' ')"
   else check jax_xla_ranges $py "$here/check.py" xla_ranges "$x3f" "$x3d"; fi
+fi
+# 3g. jax.profiler's own trace (steps 5..7) in a job tbprof captures later:
+#     its kernels keep their op annotations (tbprof declined XLA's NVTX
+#     domain); the job runs on; ours has kernels or names CUPTI's holder
+if in_budget coexist_jax; then
+  mkdir -p "$work/jaxprof"
+  job "$tbprof" run --steps 20,29 --logdir "$work/co_jax" -- env TBPROF_CPU=off $py "$here/jax_loop.py" --annotate \
+    --steps 40 --sync-every 1 --jax-profile 5,7 --out "$work/jaxprof" >"$work/co_jax.out" 2>"$work/co_jax.err"; rc=$?
+  xj=$(find "$work/co_jax" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$xj" ]; then check coexist_jax $py "$here/check.py" coexist_jax "$xj" "$work/jaxprof" "$rc"
+  else row coexist_jax FAIL "rc=$rc, no xplane.pb: $(tail -2 "$work/co_jax.err" | tr '\n' ' ')"; fi
 fi
 # 5e. torch.profiler started by the script inside a --torch-ops capture:
 #     tbprof lets go of torch's one profiler slot, the job runs on
