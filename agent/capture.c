@@ -120,6 +120,7 @@ static _Atomic int64_t next_step;              /* the step the next tbprof_step(
 static _Atomic int64_t slow_from = INT64_MAX;  /* steps >= this take the slow path */
 static atomic_int a_state;                     /* g.state, for lock-free readers */
 static atomic_int a_stop_req;                  /* g.stop_req, likewise */
+static atomic_int expect_nvtx;                 /* tbprof_expect_nvtx() */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
@@ -204,7 +205,8 @@ static void start_sources(void)
     /* NVTX ranges take a fixed 1/16 (1/4 with torch's op ranges: about one
      * per kernel, ~70 bytes against ~200 for a kernel record); GPU activity
      * needs most of the rest, the sample rings less */
-    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / (g.cfg.torch_ops ? 4 : 16), rest = total;
+    int nvtx_expected = g.cfg.torch_ops || atomic_load(&expect_nvtx);
+    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / (nvtx_expected ? 4 : 16), rest = total;
     int n_on = 0;
     for (int i = 0; i < g.nsrc; i++) {
         if (!g.src[i].enabled)
@@ -225,7 +227,7 @@ static void start_sources(void)
             .begin_ns = tb_real_ns(),
             .cpu_hz = g.cfg.cpu_hz,
             .cpu_mode = g.cfg.cpu_mode,
-            .nvtx_expected = g.cfg.torch_ops,
+            .nvtx_expected = nvtx_expected,
         };
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;
@@ -1378,6 +1380,8 @@ int tb_agent_stop(void)
 }
 
 int tb_agent_on_own_thread(void) { return is_agent_thread; }
+
+void tb_agent_expect_nvtx(int on) { atomic_store(&expect_nvtx, on != 0); }
 
 int tb_agent_capturing(void)
 {

@@ -92,6 +92,8 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
 void tb_agent_step_end(int64_t step);
 int tb_agent_stop(void);
 int tb_agent_capturing(void);
+/* NVTX ranges will come in later captures (tbprof_expect_nvtx). */
+void tb_agent_expect_nvtx(int on);
 const char *tb_agent_last_profile(void);
 
 /* Answer one control-socket request (see ctl.h for the protocol). */

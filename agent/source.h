@@ -27,7 +27,7 @@ typedef struct tb_capture_info {
     size_t buffer_bytes;   /* this source's share of TBPROF_BUFFER_MB */
     unsigned cpu_hz;       /* TBPROF_CPU_HZ */
     int cpu_mode;          /* tb_cpu_mode (sampler.h) */
-    int nvtx_expected;     /* NVTX calls will come even if none came yet (TBPROF_TORCH_OPS) */
+    int nvtx_expected;     /* NVTX calls will come even if none came yet (TBPROF_TORCH_OPS, tbprof_expect_nvtx) */
 } tb_capture_info;
 
 typedef struct tb_source {

@@ -139,4 +139,6 @@ TBPROF_API int tbprof_stop(void)
 
 TBPROF_API int tbprof_capturing(void) { return tb_agent_capturing(); }
 
+TBPROF_API void tbprof_expect_nvtx(int on) { tb_agent_expect_nvtx(on); }
+
 TBPROF_API const char *tbprof_last_profile(void) { return tb_agent_last_profile(); }

@@ -64,6 +64,12 @@ TBPROF_API int tbprof_stop(void);
 /* 1 while capturing, 0 otherwise (also once the capture was asked to stop:
  * at the step after its window, by tbprof_stop(), at its deadline). */
 TBPROF_API int tbprof_capturing(void);
+/* NVTX ranges will come during captures even if the process has made no
+ * NVTX call yet (the Python helper's torch op ranges,
+ * install_torch_hook(torch_ops=True)): from the next capture on, NVTX gets
+ * its memory (a quarter of TBPROF_BUFFER_MB) at the capture's start, as with
+ * TBPROF_TORCH_OPS=on. 0 goes back to the configured behaviour. */
+TBPROF_API void tbprof_expect_nvtx(int on);
 /* Path of the last profile written, or "" (the string is the agent's). */
 TBPROF_API const char *tbprof_last_profile(void);
 

@@ -675,6 +675,25 @@ class TorchOps(PyBase):
         self.assertNotIn("emit_nvtx", p.stdout)
         self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
 
+    def test_from_the_script(self):
+        # the script installs the hook itself, asking for op ranges
+        # (preload and TBPROF_STEPS only: no `tbprof run`)
+        self.need_cli()
+        body = textwrap.dedent(TORCH_OPS_LOOP).replace(
+            "import os, torch\n", "import os, torch, tbprof\nassert tbprof.install_torch_hook(torch_ops=True)\n")
+        s = self.script("train.py", WORK + body)
+        e = self.pyenv(steps="3,6")
+        e["PYTHONPATH"] = self.fake_packages(FAKE_TORCH_OPS) + ":" + tbtest.PYHELPER
+        e["TBTEST_NVTX_OPS"] = NVTX_OPS
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertEqual(p.stdout.count("emit_nvtx on"), 1, p.stdout)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        prof = tbtest.load(files[0])
+        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
+        self.assertEqual(len(prof.host.events("aten::mm")), 4)
+
     def test_needs_the_hook(self):
         self.need_cli()
         s = self.script("train.py", WORK + textwrap.dedent(TORCH_OPS_LOOP))

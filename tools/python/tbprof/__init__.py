@@ -88,6 +88,9 @@ def _load():
     lib.tbprof_stop.argtypes = []
     lib.tbprof_capturing.restype = ctypes.c_int
     lib.tbprof_capturing.argtypes = []
+    if hasattr(lib, "tbprof_expect_nvtx"):  # not in a libtbprof.so older than the helper
+        lib.tbprof_expect_nvtx.restype = None
+        lib.tbprof_expect_nvtx.argtypes = [ctypes.c_int]
     lib.tbprof_last_profile.restype = ctypes.c_char_p
     lib.tbprof_last_profile.argtypes = []
     _lib = lib
@@ -245,6 +248,11 @@ def install_torch_hook(torch_ops=None):
     Idempotent; returns True when installed."""
     global _hook_handle, _torch_ops_on
     _torch_ops_on = _on("TBPROF_TORCH_OPS") if torch_ops is None else bool(torch_ops)
+    lib = _load()
+    if _torch_ops_on and lib is not None and hasattr(lib, "tbprof_expect_nvtx"):
+        # torch's first NVTX call comes inside a capture: have the agent
+        # take NVTX's memory at each capture's start regardless
+        lib.tbprof_expect_nvtx(1)
     if _hook_handle is not None:
         return True
     try:
