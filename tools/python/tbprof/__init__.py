@@ -248,8 +248,8 @@ def install_torch_hook(torch_ops=None):
     Idempotent; returns True when installed."""
     global _hook_handle, _torch_ops_on
     _torch_ops_on = _on("TBPROF_TORCH_OPS") if torch_ops is None else bool(torch_ops)
-    lib = _load()
-    if _torch_ops_on and lib is not None and hasattr(lib, "tbprof_expect_nvtx"):
+    lib = _load() if _torch_ops_on else None
+    if lib is not None and hasattr(lib, "tbprof_expect_nvtx"):
         # torch's first NVTX call comes inside a capture: have the agent
         # take NVTX's memory at each capture's start regardless
         lib.tbprof_expect_nvtx(1)
