@@ -3,6 +3,7 @@
 #include "folded.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -226,6 +227,7 @@ int tb_folded_add_space(tb_folded *f, tb_space *s)
 typedef struct gpu_work {
     uint64_t corr;
     const char *name;
+    const char *range; /* "nvtx::<its nvtx_range>" (f->gpu_ranges), else NULL */
     uint64_t ns;
     int seen; /* its call was found */
 } gpu_work;
@@ -290,7 +292,7 @@ static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const
     size_t keep = 0;
     while (keep < depth && stack[keep]->start_ns < call->start_ns - g->period)
         keep++;
-    if (TB_GROW(g->fr, g->cap_fr, keep + 2) < 0)
+    if (TB_GROW(g->fr, g->cap_fr, keep + 3) < 0)
         return -ENOMEM;
     for (size_t i = 0; i < keep; i++)
         g->fr[i] = event_name(host, stack[i]);
@@ -298,11 +300,27 @@ static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const
         g->fr[keep++] = TB_FOLDED_UNSAMPLED;
     for (; w < g->w + g->n && w->corr == corr; w++) {
         w->seen = 1;
-        g->fr[keep] = w->name;
-        if (w->ns && emit_names(g->f, g->fr, keep + 1, g->thread, w->ns) < 0)
+        size_t n = keep;
+        if (w->range)
+            g->fr[n++] = w->range;
+        g->fr[n++] = w->name;
+        if (w->ns && emit_names(g->f, g->fr, n, g->thread, w->ns) < 0)
             return -ENOMEM;
     }
     return 0;
+}
+
+/* "nvtx::<the nvtx_range of e>" kept in plane p (as a string it holds, so
+ * it lives as long as the space); NULL when e has none or out of memory. */
+static const char *range_frame(tb_plane *p, const tb_line *l, const tb_event *e, uint32_t rid)
+{
+    const tb_stat *st = rid ? tb_event_stat(l, e, rid) : NULL;
+    if (!st || st->type != TB_STAT_REF || !st->v.ref || st->v.ref >= p->nstat_meta)
+        return NULL;
+    char buf[512];
+    snprintf(buf, sizeof(buf), TB_FOLDED_RANGE_PREFIX "%s", tb_plane_stat_name(p, st->v.ref));
+    int64_t id = tb_plane_stat_meta(p, buf);
+    return id > 0 ? tb_plane_stat_name(p, id) : NULL;
 }
 
 int tb_folded_add_gpu(tb_folded *f, tb_space *s)
@@ -313,8 +331,9 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
     size_t cap = 0;
     int rc = 0;
     for (size_t i = 0; i < s->nplanes && !rc; i++) {
-        const tb_plane *p = s->planes[i];
+        tb_plane *p = s->planes[i];
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        uint32_t rid = f->gpu_ranges ? tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE) : 0;
         if (strncmp(p->name, "/device:GPU:", 12) != 0 || !cid)
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
@@ -331,7 +350,8 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
                     rc = -ENOMEM;
                     break;
                 }
-                g.w[g.n++] = (gpu_work){corr, event_name(p, e), e->dur_ns > 0 ? (uint64_t)e->dur_ns : 0, 0};
+                g.w[g.n++] = (gpu_work){corr, event_name(p, e), range_frame(p, l, e, rid),
+                                        e->dur_ns > 0 ? (uint64_t)e->dur_ns : 0, 0};
             }
         }
     }
@@ -346,7 +366,9 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
                 rc = -ENOMEM;
                 break;
             }
-            rc = emit_names(f, &g.w[i].name, 1, orphans, g.w[i].ns);
+            const char *fr[2] = {g.w[i].range, g.w[i].name};
+            size_t skip = !g.w[i].range;
+            rc = emit_names(f, fr + skip, 2 - skip, orphans, g.w[i].ns);
         }
     }
     free(g.w);

@@ -38,6 +38,8 @@ typedef struct tb_folded {
     uint64_t total; /* sum of all counts */
     uint64_t bad_spans; /* spans that overlapped a sibling (skipped) */
     int ns;             /* counts are ns of GPU time (tb_folded_add_gpu), not samples */
+    int gpu_ranges;     /* set by the caller: tb_folded_add_gpu puts each GPU event's
+                         * nvtx_range above it as the frame "nvtx::<range>" */
 } tb_folded;
 
 /* Append the CPU sample stacks of every /host:* plane of `s` (sorted first).
@@ -54,9 +56,13 @@ int tb_folded_add_space(tb_folded *f, tb_space *s);
  * came and went between two samples are not known and their time goes to
  * the deepest frame that is. The leaf is the GPU event's name. A call no
  * such frame encloses gets TB_FOLDED_UNSAMPLED; GPU work whose call is not
- * in the space sits under the thread TB_FOLDED_NO_CALL. Sorts the space.
- * 0 or -ENOMEM. */
+ * in the space sits under the thread TB_FOLDED_NO_CALL. With f->gpu_ranges,
+ * the frame "nvtx::<name>" of the event's nvtx_range (the innermost NVTX
+ * range open at its launch: with torch's op ranges, its op) sits between
+ * the stack and the event, so the graph shows op time even without CPU
+ * samples. Sorts the space. 0 or -ENOMEM. */
 int tb_folded_add_gpu(tb_folded *f, tb_space *s);
+#define TB_FOLDED_RANGE_PREFIX "nvtx::"
 #define TB_FOLDED_UNSAMPLED "[no CPU sample around the call]"
 #define TB_FOLDED_NO_CALL "[CUDA call not in the capture]"
 void tb_folded_free(tb_folded *f);

@@ -753,6 +753,15 @@ class GpuFake(tbtest.TestCase):
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"GPU time by innermost NVTX range .*\n.*\n.*\n\s+100(\.0)? us\s+45\.5%\s+1\s.*"
                                    r"MmBackward0\n")
+        # the GPU flame graph: each kernel under its op, CPU samples or not
+        folded = os.path.join(self.tmp, "gpu.folded")
+        p = tbtest.run([tbtest.CLI, "convert", self.logdir, "--gpu", "--to", folded])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(folded) as f:
+            stacks = sorted(l.split(";", 1)[1] for l in f.read().splitlines())
+        self.assertEqual(stacks, ["[no CPU sample around the call];nvtx::MmBackward0;sgemm_128x64 100000",
+                                  "[no CPU sample around the call];nvtx::aten::mm;sgemm_128x64 100000",
+                                  "[no CPU sample around the call];nvtx::aten::relu;relu_kernel 20000"])
 
     def test_profile_cap_reached_before_naming(self):
         # copies of two launches inside a range, 4 us apart (correlation

@@ -213,9 +213,12 @@ static void gpu_time_by_launching_stack(void)
         int64_t ns;
     } w[] = {{"k1", 1, 100}, {"k1b", 1, 50}, {"k2", 2, 200}, {"MemcpyH2D", 3, 300},
              {"k4", 4, 400}, {"k5", 5, 500}, {"k6", 6, 600}};
+    int64_t nr = tb_plane_stat_meta(d, TB_ST_NVTX_RANGE);
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
         ev(st, w[i].name, 30 * ms + (int64_t)i * 1000, w[i].ns, TB_CAT_KERNEL);
         tb_line_stat_u64(st, c, w[i].corr);
+        if (!strcmp(w[i].name, "k2") || !strcmp(w[i].name, "k6")) /* launched inside an op's range */
+            tb_line_stat_str(st, nr, w[i].name[1] == '2' ? "aten::mm" : "aten::add");
     }
     ev(sync, "Stream Sync", 31 * ms, 999, TB_CAT_CUDA_SYNC);
     tb_line_stat_u64(sync, c, 3);
@@ -248,6 +251,26 @@ static void gpu_time_by_launching_stack(void)
     CHECK_EQ_I(lines, 7);
     free(text);
     tb_folded_free(&f);
+
+    /* gpu_ranges (tbprof flame/convert --gpu): the op's frame above its GPU
+     * work, sampled stack or not; the rest as before */
+    tb_folded fr = {.gpu_ranges = 1};
+    CHECK_EQ_I(tb_folded_add_gpu(&fr, s), 0);
+    CHECK_EQ_I(fr.total, 2150);
+    text = NULL;
+    out = open_memstream(&text, &len);
+    CHECK_EQ_I(tb_folded_write(&fr, out, 1), 0);
+    fclose(out);
+    static const char *const want_r[] = {
+        "python;main;train;forward;k1 100\n",
+        "python;main;train;forward;nvtx::aten::mm;k2 200\n",
+        TB_FOLDED_NO_CALL ";nvtx::aten::add;k6 600\n",
+    };
+    for (size_t i = 0; i < sizeof want_r / sizeof want_r[0]; i++)
+        CHECKF(text && strstr(text, want_r[i]), "missing \"%.*s\" in:\n%s", (int)strlen(want_r[i]) - 1, want_r[i],
+               text ? text : "");
+    free(text);
+    tb_folded_free(&fr);
 
     /* the summary's launchers: the deepest frame (no Python frames here) */
     tb_summary m;
