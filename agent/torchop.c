@@ -76,6 +76,13 @@ int tb_torch_op_parse(const char *name, size_t len, tb_torch_op *op)
     return 1;
 }
 
+int64_t tb_nvtx_range_meta(tb_plane *hp, const char *name, size_t len, tb_torch_op *op)
+{
+    if (!tb_torch_op_parse(name, len, op))
+        *op = (tb_torch_op){.name_len = len, .seq = -1, .op_id = -1};
+    return tb_plane_event_meta_cat_n(hp, name, op->name_len, TB_CAT_USER);
+}
+
 void tb_torch_op_stats(tb_plane *hp, tb_line *l, const tb_torch_op *op)
 {
     int64_t m;

@@ -35,7 +35,14 @@ typedef struct tb_torch_op {
  * leave it as it is). */
 int tb_torch_op_parse(const char *name, size_t len, tb_torch_op *op);
 
-/* The fields of op as stats on line l's last event (the range). */
+/* The event metadata (category user annotation) of an NVTX range named
+ * name[0..len): for one of torch's op ranges the op's name, with op filled
+ * in for tb_torch_op_stats; else the name as it is, with op holding no
+ * fields. <= 0: out of memory. */
+int64_t tb_nvtx_range_meta(tb_plane *hp, const char *name, size_t len, tb_torch_op *op);
+
+/* The fields of op as stats on line l's last event (the range); nothing
+ * for an op without fields (a range not of torch's). */
 void tb_torch_op_stats(tb_plane *hp, tb_line *l, const tb_torch_op *op);
 
 #endif

@@ -841,14 +841,11 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
         return;
     if (!name || !*name)
         name = "(unnamed)";
-    size_t len = strlen(name);
     tb_torch_op op;
-    int is_op = tb_torch_op_parse(name, len, &op);
-    int64_t meta = tb_plane_event_meta_cat_n(t->hp, name, is_op ? op.name_len : len, TB_CAT_USER);
+    int64_t meta = tb_nvtx_range_meta(t->hp, name, strlen(name), &op);
     if (meta <= 0 || add_span(t, l, meta, start, end) < 0)
         return;
-    if (is_op)
-        tb_torch_op_stats(t->hp, l, &op);
+    tb_torch_op_stats(t->hp, l, &op);
     if (domain && *domain)
         tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }

@@ -268,10 +268,8 @@ static int src_collect(void *ctx, tb_space *s)
             end = R.stop_mono > r->start ? R.stop_mono : r->start; /* still open at the stop */
         tb_line *l = tb_host_line(s, r->tid);
         const char *name = r->name_len ? R.names + r->name_off : "(unnamed)";
-        size_t len = r->name_len ? r->name_len : strlen(name);
         tb_torch_op op;
-        int is_op = tb_torch_op_parse(name, len, &op);
-        int64_t meta = tb_plane_event_meta_cat_n(hp, name, is_op ? op.name_len : len, TB_CAT_USER);
+        int64_t meta = tb_nvtx_range_meta(hp, name, r->name_len ? r->name_len : strlen(name), &op);
         if (!l || meta <= 0) {
             rc = -ENOMEM;
             break;
@@ -281,8 +279,7 @@ static int src_collect(void *ctx, tb_space *s)
             e = win_end > b ? win_end : b;
         if (tb_line_add(l, meta, b, e - b) < 0)
             continue;
-        if (is_op)
-            tb_torch_op_stats(hp, l, &op);
+        tb_torch_op_stats(hp, l, &op);
         if (!r->dom)
             continue;
         const char *dn = tb_nvtx_domain_name(r->dom);

@@ -184,10 +184,10 @@ void tb_profset_free(tb_profset *ps)
 int tb_profset_fold(tb_profset *ps, int gpu, tb_profset_folded *out)
 {
     memset(out, 0, sizeof(*out));
+    out->f.gpu_ranges = gpu; /* each GPU event under its NVTX range (torch op) */
     for (size_t i = 0; i < ps->n; i++) {
         size_t t0 = out->f.nthreads;
         tb_space *s = ps->profs[i].space;
-        out->f.gpu_ranges = 1; /* each GPU event under its NVTX range (torch op) */
         if ((gpu ? tb_folded_add_gpu(&out->f, s) : tb_folded_add_space(&out->f, s)) < 0)
             return -ENOMEM;
         if (ps->n < 2)

@@ -46,14 +46,11 @@ static double run(size_t n, const char *names, const size_t *off, size_t *nstats
     double t = now();
     for (size_t i = 0; i < n; i++) {
         const char *name = names + off[i];
-        size_t len = strlen(name);
         tb_torch_op op;
-        int is_op = tb_torch_op_parse(name, len, &op);
-        int64_t meta = tb_plane_event_meta_cat_n(hp, name, is_op ? op.name_len : len, TB_CAT_USER);
+        int64_t meta = tb_nvtx_range_meta(hp, name, strlen(name), &op);
         if (tb_line_add(l, meta, 1700000000000000000LL + (int64_t)i * 1000, 500) < 0)
             break;
-        if (is_op)
-            tb_torch_op_stats(hp, l, &op);
+        tb_torch_op_stats(hp, l, &op);
     }
     t = now() - t;
     *nstats = 0;

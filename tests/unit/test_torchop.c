@@ -96,6 +96,17 @@ int main(void)
                 CHECK(st->meta == args && st->v.ref == val);
         }
         CHECK(tb_plane_find_stat_meta(hp, "aten::mm") == 0); /* the name is event metadata, not a stat */
+
+        /* tb_nvtx_range_meta: the op's name for torch's, the whole name
+         * otherwise, and then no stats */
+        tb_torch_op o2;
+        int64_t m1 = tb_nvtx_range_meta(hp, "aten::mm, seq = 9, op_id = 10", 29, &o2);
+        CHECK(m1 > 0 && !strcmp(tb_plane_event_name(hp, m1), "aten::mm") && o2.seq == 9 && o2.op_id == 10);
+        int64_t m2 = tb_nvtx_range_meta(hp, "epoch 3, step 7", 15, &o2);
+        CHECK(m2 > 0 && !strcmp(tb_plane_event_name(hp, m2), "epoch 3, step 7"));
+        CHECK(tb_line_add(l, m2, 200, 10) == 1);
+        tb_torch_op_stats(hp, l, &o2);
+        CHECK_EQ_I(l->events[1].nstats, 0);
         tb_space_free(sp);
     }
     return tap_done();

@@ -158,6 +158,7 @@ _hook_handle = None
 _ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS)
 _ops_done = False    # turned off for good: torch refused, or the script's own profiler needed the slot
 _ops_entering = False
+_torch_ops_on = False  # install_torch_hook(torch_ops=...) / TBPROF_TORCH_OPS
 
 
 def _on(name):
@@ -236,9 +237,6 @@ def _on_optimizer_step(optimizer, args, kwargs):
         lib.tbprof_step_from(b"pytorch")
         if _torch_ops_on:
             _torch_ops(lib)
-
-
-_torch_ops_on = False
 
 
 def install_torch_hook(torch_ops=None):
