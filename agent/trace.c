@@ -551,7 +551,7 @@ int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t
     if (!n)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (ev[i] >= l->nevents || (i && ev[i] <= ev[i - 1]))
+        if (ev[i] >= l->nevents || (i && ev[i] < ev[i - 1]))
             return -EINVAL;
     tb_space *s = l->plane->space;
     if (charge(s, n * sizeof(tb_stat)) < 0)
@@ -572,14 +572,16 @@ int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t
         size_t left = n, end = old + n; /* the blocks moved so far start at `end` */
         for (size_t i = l->nevents; i-- > 0 && left;) {
             tb_event *e = &l->events[i];
-            int adds = ev[left - 1] == i;
-            if (adds)
-                l->stats[--end] = add[--left];
+            uint32_t adds = 0;
+            while (left && ev[left - 1] == i)
+                adds++, left--;
+            end -= adds;
+            memcpy(l->stats + end, add + left, adds * sizeof(tb_stat));
             end -= e->nstats; /* never below e->stats_at: n - left stats are still to come */
             if (end != e->stats_at)
                 memmove(l->stats + end, l->stats + e->stats_at, e->nstats * sizeof(tb_stat));
             e->stats_at = end;
-            e->nstats += (uint32_t)adds;
+            e->nstats += adds;
         }
         l->nstats = old + n;
         return 0;
@@ -596,8 +598,8 @@ int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t
         memcpy(pool + k, l->stats + e->stats_at, e->nstats * sizeof(*pool));
         e->stats_at = k;
         k += e->nstats;
-        if (j < n && ev[j] == i) {
-            pool[k++] = add[j++];
+        for (; j < n && ev[j] == i; j++) {
+            pool[k++] = add[j];
             e->nstats++;
         }
     }

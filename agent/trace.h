@@ -189,8 +189,9 @@ int tb_line_stat_f64(tb_line *l, int64_t stat_meta, double v);
 /* String stat: the value is interned in the plane and written as ref_value. */
 int tb_line_stat_str(tb_line *l, int64_t stat_meta, const char *v);
 
-/* Add one stat to each of n events already in the line: events[ev[i]] gets
- * add[i], ev strictly increasing. The stats move up in place when the
+/* Add stats to events already in the line: events[ev[i]] gets add[i], ev
+ * in increasing order (an index repeated gives that event several stats,
+ * in the order given). The stats move up in place when the
  * events' stat blocks lie in event order (events appended in time order),
  * else the pool is rebuilt once in event order; either way tb_line_stat_*
  * still append to the last event. O(events + stats). 0; -ENOSPC (space

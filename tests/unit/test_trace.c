@@ -153,15 +153,20 @@ static void stats_added_later(void)
     CHECK_EQ_I(tb_line_stat_u64(l, b, 33), 0);
     CHECK_STR(stats_of(p, l, 2), "a=3,nvtx_range=forward,b=33");
     CHECK_STR(stats_of(p, l, 1), "a=2,b=22");
-    /* an index out of range, repeated or out of order: nothing added */
-    uint32_t bad[] = {1, 1};
-    CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
-    bad[1] = 9;
+    /* an index out of range or out of order: nothing added */
+    uint32_t bad[] = {1, 9};
     CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
     bad[0] = 2, bad[1] = 1;
     CHECK_EQ_I(tb_line_add_stats(l, bad, add, 2), -EINVAL);
     CHECK_STR(stats_of(p, l, 1), "a=2,b=22");
     CHECK_EQ_I(tb_line_add_stats(l, bad, add, 0), 0);
+    /* an index repeated: that event gets each stat, in order (the pool is
+     * out of event order here, so it is rebuilt) */
+    uint32_t twice[] = {1, 1};
+    CHECK_EQ_I(tb_line_add_stats(l, twice, add, 2), 0);
+    CHECK_STR(stats_of(p, l, 1), "a=2,b=22,b=11,nvtx_range=forward");
+    CHECK_STR(stats_of(p, l, 0), "b=11");
+    CHECK_STR(stats_of(p, l, 2), "a=3,nvtx_range=forward,b=33");
     /* the space's byte limit */
     tb_space_set_limit(s, s->used_bytes + sizeof(tb_stat));
     CHECK_EQ_I(tb_line_add_stats(l, ev, add, 2), -ENOSPC);
@@ -182,20 +187,23 @@ static void stats_added_later(void)
             tb_line_stat_u64(l, j ? b : a, (uint64_t)(10 * i + j));
     }
     CHECK_STR(stats_of(p, l, 2), "a=20,b=21"); /* events 0 and 3 have none */
-    uint32_t ev2[] = {0, 3, 4};
+    /* events 0 and 3 get two stats each (a repeated index), 4 one */
+    uint32_t ev2[] = {0, 0, 3, 3, 4};
     tb_stat add2[] = {{.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 1},
+                      {.meta = (uint32_t)a, .type = TB_STAT_UINT64, .v.u = 2},
                       {.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 31},
+                      {.meta = (uint32_t)a, .type = TB_STAT_UINT64, .v.u = 32},
                       {.meta = (uint32_t)b, .type = TB_STAT_UINT64, .v.u = 42}};
-    CHECK_EQ_I(tb_line_add_stats(l, ev2, add2, 3), 0);
-    CHECK_STR(stats_of(p, l, 0), "b=1");
+    CHECK_EQ_I(tb_line_add_stats(l, ev2, add2, 5), 0);
+    CHECK_STR(stats_of(p, l, 0), "b=1,a=2");
     CHECK_STR(stats_of(p, l, 1), "a=10");
     CHECK_STR(stats_of(p, l, 2), "a=20,b=21");
-    CHECK_STR(stats_of(p, l, 3), "b=31");
+    CHECK_STR(stats_of(p, l, 3), "b=31,a=32");
     CHECK_STR(stats_of(p, l, 4), "a=40,b=42");
-    CHECK_EQ_I(l->nstats, 7);
+    CHECK_EQ_I(l->nstats, 9);
     CHECK_EQ_I(tb_line_stat_u64(l, a, 43), 0);
     CHECK_STR(stats_of(p, l, 4), "a=40,b=42,a=43");
-    CHECK_STR(stats_of(p, l, 3), "b=31");
+    CHECK_STR(stats_of(p, l, 3), "b=31,a=32");
     tb_space_free(s);
 }
 
