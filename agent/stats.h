@@ -34,6 +34,9 @@
 /* the innermost NVTX range open on the launching thread when the CUDA call
  * behind this GPU event was made (ranges.h); the reference's kNVTXRange */
 #define TB_ST_NVTX_RANGE "nvtx_range"
+/* tf_op on kernels, copies and memsets: the innermost NVTX range around the
+ * launch that is not a step range (below), so xprof's kernel stats, framework
+ * op stats and its trace viewer's op line name the op (ranges.h) */
 
 /* GPU memory timeline (host events xprof's memory profile reads: an event
  * named MemoryAllocation / MemoryDeallocation, one allocator per
@@ -49,6 +52,8 @@
 #define TB_ST_TF_OP "tf_op" /* the memory profile's "op name": the CUDA call */
 /* an NVTX range's or mark's domain, when not the default one (host events) */
 #define TB_ST_NVTX_DOMAIN "tbprof_nvtx_domain"
+/* 1 on an NVTX range that began a step (TBPROF_NVTX_STEP): a step, not an op */
+#define TB_ST_STEP_RANGE "tbprof_step_range"
 
 /* GPU device facts (plane stats) */
 #define TB_ST_DEV_CLOCK_RATE "clock_rate"          /* kHz */

@@ -196,6 +196,7 @@ static int match_w(const wchar_t *w, int64_t *num)
 #define REG_MAX_BYTES (1u << 20)
 #define REG_BUCKETS 1024
 #define DOM_MAX 255
+_Static_assert(DOM_MAX <= UINT8_MAX, "nvtx_record.c keeps a range's domain in 8 bits");
 typedef struct reg_str {
     uint32_t magic, id;
     struct reg_str *next;
@@ -293,11 +294,11 @@ static int match_name(tb_nvtx_name n, int64_t *num)
 }
 
 /* Recording while capturing (TBPROF_NVTX): one relaxed load when idle. */
-static inline uint64_t rec_begin(tb_nvtx_name n, int instant)
+static inline uint64_t rec_begin(tb_nvtx_name n, int flags)
 {
     if (!atomic_load_explicit(&tb_nvtx_recording, memory_order_relaxed))
         return 0;
-    return tb_nvtx_rec_begin(n, instant);
+    return tb_nvtx_rec_begin(n, flags);
 }
 
 static _Atomic uint64_t next_range_id = 1;
@@ -343,7 +344,7 @@ static void mark(tb_nvtx_name n)
     int m = match_name(n, &num);
     if (m)
         begin(m, num);
-    rec_begin(n, 1);
+    rec_begin(n, TB_NVTX_REC_MARK);
 }
 
 static uint64_t range_start(tb_nvtx_name n)
@@ -352,7 +353,7 @@ static uint64_t range_start(tb_nvtx_name n)
     int m = match_name(n, &num);
     int64_t k = m ? begin(m, num) : -1; /* before recording: a step's own range is in its capture */
     /* a recorded range's id is its token (bit 63 set); others count up */
-    uint64_t id = rec_begin(n, 0);
+    uint64_t id = rec_begin(n, m ? TB_NVTX_REC_STEP : 0);
     if (!id)
         id = atomic_fetch_add_explicit(&next_range_id, 1, memory_order_relaxed);
     if (m) {
@@ -383,7 +384,7 @@ static int push(nest *st, tb_nvtx_name n)
         st->step_at = st->depth;
     }
     if (level < STACK_MAX)
-        st->tok[level] = rec_begin(n, 0); /* after begin(): a step's own range is in its capture */
+        st->tok[level] = rec_begin(n, m ? TB_NVTX_REC_STEP : 0); /* after begin(): a step's own range is in its capture */
     return level;
 }
 

@@ -38,7 +38,8 @@ typedef struct rec {
     int64_t start;             /* CLOCK_MONOTONIC ns */
     _Atomic int64_t end;       /* 0 while open */
     uint32_t name_off;
-    uint16_t name_len, dom; /* dom: tb_nvtx_name.dom */
+    uint16_t name_len;
+    uint8_t dom, flags; /* dom: tb_nvtx_name.dom; flags: TB_NVTX_REC_* */
     int32_t tid;
     atomic_int ready;
 } rec;
@@ -115,7 +116,7 @@ static size_t cut_utf8(const char *s, size_t max)
 static uint32_t gen_bits(void) { return atomic_load(&R.gen) & 0x7fffffffu; }
 static uint64_t token_of(size_t i) { return TB_NVTX_TOKEN_BIT | (uint64_t)gen_bits() << 32 | (uint64_t)(i + 1); }
 
-uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int instant)
+uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int flags)
 {
     uint64_t tok = 0;
     atomic_fetch_add(&R.inflight, 1);
@@ -149,9 +150,10 @@ uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int instant)
     r->start = now;
     r->name_off = (uint32_t)off;
     r->name_len = (uint16_t)len;
-    r->dom = nm.dom;
+    r->dom = (uint8_t)nm.dom;
+    r->flags = (uint8_t)flags;
     r->tid = (int32_t)tb_gettid();
-    atomic_store_explicit(&r->end, instant ? now : 0, memory_order_relaxed);
+    atomic_store_explicit(&r->end, flags & TB_NVTX_REC_MARK ? now : 0, memory_order_relaxed);
     atomic_store_explicit(&r->ready, 1, memory_order_release);
     tok = token_of(i);
 out:
@@ -258,7 +260,7 @@ static int src_collect(void *ctx, tb_space *s)
     if (tb_capture_window(s, &win_begin, &win_end) < 0)
         win_end = INT64_MAX;
     int rc = 0;
-    int64_t dom_stat = 0;
+    int64_t dom_stat = 0, step_stat = 0;
     for (size_t i = 0; hp && i < n; i++) {
         rec *r = &R.recs[i];
         if (!atomic_load_explicit(&r->ready, memory_order_acquire))
@@ -280,6 +282,12 @@ static int src_collect(void *ctx, tb_space *s)
         if (tb_line_add(l, meta, b, e - b) < 0)
             continue;
         tb_torch_op_stats(hp, l, &op);
+        if (r->flags & TB_NVTX_REC_STEP) { /* not an op: tb_space_link_ranges names GPU work past it */
+            if (!step_stat)
+                step_stat = tb_plane_stat_meta(hp, TB_ST_STEP_RANGE);
+            if (step_stat > 0)
+                tb_line_stat_i64(l, step_stat, 1);
+        }
         if (!r->dom)
             continue;
         const char *dn = tb_nvtx_domain_name(r->dom);

@@ -32,9 +32,13 @@ typedef struct tb_nvtx_name {
 /* Nonzero while a capture records NVTX (one relaxed load on the idle path). */
 extern atomic_int tb_nvtx_recording;
 
-/* Open a range (instant: a mark, closed at once). Returns a token for
- * tb_nvtx_rec_end(), with bit 63 set; 0 when nothing was recorded. */
-uint64_t tb_nvtx_rec_begin(tb_nvtx_name n, int instant);
+/* tb_nvtx_rec_begin flags */
+#define TB_NVTX_REC_MARK 1 /* an instant: closed at once */
+#define TB_NVTX_REC_STEP 2 /* a range that began a step (TBPROF_NVTX_STEP) */
+
+/* Open a range. Returns a token for tb_nvtx_rec_end(), with bit 63 set; 0
+ * when nothing was recorded. */
+uint64_t tb_nvtx_rec_begin(tb_nvtx_name n, int flags);
 /* Close the range `token` (0 and tokens of an earlier capture are ignored). */
 void tb_nvtx_rec_end(uint64_t token);
 

@@ -96,9 +96,15 @@ class NvtxSteps(NvtxBase):
                 if kind not in ("start", "mark"):
                     self.assertEqual(info["level"], "0", "push returns the level: injection attached")
                 # a mark has no end: the last step runs to the next mark
-                self.check_steps(self.one_profile(logdir), 2, 4, ranges, pid, 3,
-                                 ends_at_range_end=kind != "mark")
+                prof = self.one_profile(logdir)
+                self.check_steps(prof, 2, 4, ranges, pid, 3, ends_at_range_end=kind != "mark")
                 self.assertEqual(tbtest.tbprof_warnings(err), [])
+                # the ranges that began steps say so (no op: tf_op skips them);
+                # the inner ranges do not
+                evs = prof.host.line(pid).events
+                marked = sorted(e.name for e in evs if e.stats.get("tbprof_step_range") == 1)
+                self.assertEqual(marked, [] if kind == "mark" else ["step 2", "step 3", "step 4"])
+                self.assertTrue([e for e in evs if e.name == "fwd"])
 
     def test_number_in_name_is_the_step(self):
         # ranges "step 10".."step 17": TBPROF_STEPS=12,14 means those names,
