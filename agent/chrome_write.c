@@ -583,6 +583,7 @@ static void put_flow(jw *w, int start, uint64_t id, int64_t pid, int64_t tid, in
 typedef struct kineto {
     int64_t device;                 /* the plane's GPU index */
     uint32_t kd, md, msd, stream;   /* stat ids (0: absent) */
+    uint32_t tf_op;                 /* on GPU work it repeats nvtx_range, for xprof: not written */
     char **frag;                    /* details ref id -> fragment; NULL: not made yet */
     uint64_t *bytes;                /* copy/memset details ref id -> bytes + 1 (0: not yet) */
     size_t n;
@@ -605,6 +606,7 @@ static int kineto_init(kineto *k, const tb_plane *p)
     k->md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS);
     k->msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS);
     k->stream = tb_plane_find_stat_meta(p, TB_ST_STREAM_ID);
+    k->tf_op = tb_plane_find_stat_meta(p, TB_ST_TF_OP);
     k->n = p->nstat_meta;
     k->frag = calloc(k->n + 1, sizeof(*k->frag));
     k->bytes = calloc(k->n + 1, sizeof(*k->bytes));
@@ -830,6 +832,8 @@ static int chrome_emit(tb_space *s, jw *w)
                                 details = &st[k];
                             if (m == ka.kd)
                                 continue; /* put_kineto spells it out */
+                            if (m == ka.tf_op)
+                                continue;
                         }
                         if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
                             alloc = &st[k];

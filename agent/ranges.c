@@ -74,6 +74,7 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
 typedef struct corr_name {
     uint64_t corr;
     const char *name; /* the innermost range's name (host plane memory) */
+    const char *op;   /* the innermost range's that is not a step range; NULL: none */
 } corr_name;
 
 typedef struct link_acc {
@@ -81,16 +82,26 @@ typedef struct link_acc {
     size_t n, cap;
     uint64_t lo, hi; /* the least and greatest correlation id in v */
     uint32_t *slot;  /* dense ids: slot[corr - lo] = index in v + 1; else v sorted */
+    const tb_plane *host;
+    uint32_t step_id; /* host's TB_ST_STEP_RANGE stat id; 0: no step ranges */
 } link_acc;
 
 static int collect_innermost(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
                              uint64_t corr, const tb_event *const *stack, size_t depth)
 {
-    (void)line, (void)call;
+    (void)call;
     link_acc *a = ctx;
     if (TB_GROW(a->v, a->cap, a->n + 1) < 0)
         return -ENOMEM;
-    a->v[a->n++] = (corr_name){corr, tb_plane_event_name(host, stack[depth - 1]->meta)};
+    if (host != a->host) {
+        a->host = host;
+        a->step_id = tb_plane_find_stat_meta(host, TB_ST_STEP_RANGE);
+    }
+    size_t op = depth; /* ranges are few deep: look past the step ranges from the inside */
+    while (op > 0 && a->step_id && tb_event_stat(line, stack[op - 1], a->step_id))
+        op--;
+    a->v[a->n++] = (corr_name){corr, tb_plane_event_name(host, stack[depth - 1]->meta),
+                               op ? tb_plane_event_name(host, stack[op - 1]->meta) : NULL};
     if (a->n == 1 || corr < a->lo)
         a->lo = corr;
     if (corr > a->hi)
@@ -120,48 +131,79 @@ static void index_corrs(link_acc *a)
     qsort(a->v, a->n, sizeof(*a->v), corr_cmp);
 }
 
-static const char *name_of_corr(const link_acc *a, uint64_t corr)
+static const corr_name *name_of_corr(const link_acc *a, uint64_t corr)
 {
     if (corr < a->lo || corr > a->hi)
         return NULL;
     if (a->slot) {
         uint32_t i = a->slot[corr - a->lo];
-        return i ? a->v[i - 1].name : NULL;
+        return i ? &a->v[i - 1] : NULL;
     }
-    corr_name key = {corr, NULL};
-    const corr_name *hit = bsearch(&key, a->v, a->n, sizeof(*a->v), corr_cmp);
-    return hit ? hit->name : NULL;
+    corr_name key = {corr, NULL, NULL};
+    return bsearch(&key, a->v, a->n, sizeof(*a->v), corr_cmp);
 }
 
-/* One device line: the events to name, then one tb_line_add_stats.
- * `had`: the plane had the stat before, so events may carry it already. */
-static int64_t link_line(tb_line *l, uint32_t cid, uint32_t rid, int had, const link_acc *a, uint32_t **ev,
-                         tb_stat **add, size_t *cap_ev, size_t *cap_add)
+/* Whether e is GPU work xprof counts as an op's: a kernel, copy or memset
+ * (not the sync, memory and overhead lines' events). */
+static int is_op_work(const tb_plane *p, const tb_event *e)
+{
+    uint32_t c = e->meta < p->nevent_meta ? p->event_meta[e->meta].category : TB_CAT_NONE;
+    return c == TB_CAT_KERNEL || c == TB_CAT_MEMCPY || c == TB_CAT_MEMSET;
+}
+
+/* A string stat's value id in p, interned once per run of one name. */
+typedef struct ref_cache {
+    const char *name;
+    int64_t ref;
+} ref_cache;
+
+static int64_t ref_of(tb_plane *p, ref_cache *c, const char *name)
+{
+    if (name != c->name) { /* runs of work from one range: intern its name once per run */
+        c->ref = tb_plane_stat_meta(p, name);
+        c->name = c->ref < 0 ? NULL : name;
+    }
+    return c->ref;
+}
+
+typedef struct link_buf {
+    uint32_t *ev;
+    tb_stat *add;
+    size_t cap_ev, cap_add;
+} link_buf;
+
+/* One device line: the stats to add (nvtx_range; tf_op too on op work
+ * with an op range), then one tb_line_add_stats. `had`: the plane had
+ * nvtx_range before, so events may carry it already (and their tf_op). */
+static int64_t link_line(tb_line *l, uint32_t cid, uint32_t rid, uint32_t oid, int had, const link_acc *a,
+                         link_buf *b)
 {
     tb_plane *p = l->plane;
-    size_t n = 0;
-    const char *last = NULL;
-    int64_t ref = 0;
+    size_t n = 0, named = 0;
+    ref_cache rc_name = {0}, rc_op = {0};
     for (size_t k = 0; k < l->nevents; k++) {
         const tb_event *e = &l->events[k];
         uint64_t corr = corr_of(l, e, cid);
-        const char *name = corr ? name_of_corr(a, corr) : NULL;
-        if (!name || (had && tb_event_find_stat(p, l, e, TB_ST_NVTX_RANGE)))
+        const corr_name *cn = corr ? name_of_corr(a, corr) : NULL;
+        if (!cn || (had && tb_event_find_stat(p, l, e, TB_ST_NVTX_RANGE)))
             continue;
-        if (name != last) { /* runs of work from one range: intern its name once per run */
-            ref = tb_plane_stat_meta(p, name);
-            if (ref < 0)
-                return ref;
-            last = name;
-        }
-        if (TB_GROW(*ev, *cap_ev, n + 1) < 0 || TB_GROW(*add, *cap_add, n + 1) < 0)
+        const char *op = cn->op && is_op_work(p, e) ? cn->op : NULL;
+        int64_t ref = ref_of(p, &rc_name, cn->name);
+        int64_t oref = !op ? 0 : op == cn->name ? ref : ref_of(p, &rc_op, op); /* mostly one range */
+        if (ref < 0 || oref < 0)
+            return ref < 0 ? ref : oref;
+        if (TB_GROW(b->ev, b->cap_ev, n + 2) < 0 || TB_GROW(b->add, b->cap_add, n + 2) < 0)
             return -ENOMEM;
-        (*ev)[n] = (uint32_t)k;
-        (*add)[n] = (tb_stat){.meta = rid, .type = TB_STAT_REF, .v.ref = (uint32_t)ref};
-        n++;
+        b->ev[n] = (uint32_t)k;
+        b->add[n++] = (tb_stat){.meta = rid, .type = TB_STAT_REF, .v.ref = (uint32_t)ref};
+        if (op) {
+            b->ev[n] = (uint32_t)k;
+            b->add[n++] = (tb_stat){.meta = oid, .type = TB_STAT_REF, .v.ref = (uint32_t)oref};
+        }
+        named++;
     }
-    int rc = tb_line_add_stats(l, *ev, *add, n);
-    return rc < 0 ? rc : (int64_t)n;
+    int rc = tb_line_add_stats(l, b->ev, b->add, n);
+    return rc < 0 ? rc : (int64_t)named;
 }
 
 int64_t tb_space_link_ranges(tb_space *s)
@@ -175,9 +217,7 @@ int64_t tb_space_link_ranges(tb_space *s)
     }
     index_corrs(&a);
     int64_t named = 0;
-    uint32_t *ev = NULL;
-    tb_stat *add = NULL;
-    size_t cap_ev = 0, cap_add = 0;
+    link_buf b = {0};
     for (size_t i = 0; i < s->nplanes && named >= 0; i++) {
         tb_plane *p = s->planes[i];
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
@@ -185,12 +225,13 @@ int64_t tb_space_link_ranges(tb_space *s)
             continue;
         uint32_t had = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
         int64_t rid = had ? had : tb_plane_stat_meta(p, TB_ST_NVTX_RANGE);
-        if (rid < 0) {
-            named = rid;
+        int64_t oid = rid < 0 ? rid : tb_plane_stat_meta(p, TB_ST_TF_OP);
+        if (oid < 0) {
+            named = oid;
             break;
         }
         for (size_t j = 0; j < p->nlines; j++) {
-            int64_t n = link_line(p->lines[j], cid, (uint32_t)rid, had != 0, &a, &ev, &add, &cap_ev, &cap_add);
+            int64_t n = link_line(p->lines[j], cid, (uint32_t)rid, (uint32_t)oid, had != 0, &a, &b);
             if (n < 0) {
                 named = n;
                 break;
@@ -198,8 +239,8 @@ int64_t tb_space_link_ranges(tb_space *s)
             named += n;
         }
     }
-    free(ev);
-    free(add);
+    free(b.ev);
+    free(b.add);
     free(a.slot);
     free(a.v);
     return named;

@@ -40,9 +40,15 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
 /* Give each event on a /device:* plane whose correlation id is a call
  * inside a range the stat nvtx_range: the innermost range's name (a
  * string ref), as the reference GPU tracer attributes kernels to the
- * launching thread's NVTX range. Events that already have the stat are
- * left alone. Sorts the space. Returns the events given it, or -ENOMEM /
- * -ENOSPC (the space's byte limit: the lines done so far keep theirs). */
+ * launching thread's NVTX range. Kernels, copies and memsets also get
+ * tf_op: the innermost range that is not a step range (a host event with
+ * the stat TB_ST_STEP_RANGE; none when only step ranges are open), which
+ * xprof reads as the op that ran them (kernel stats' op name, framework op
+ * stats, the trace viewer's op line). A step range is no op: each step's
+ * kernels would be another op. Events that already have nvtx_range are
+ * left alone. Sorts the space. Returns the events given nvtx_range, or
+ * -ENOMEM / -ENOSPC (the space's byte limit: the lines done so far keep
+ * theirs). */
 int64_t tb_space_link_ranges(tb_space *s);
 
 #endif

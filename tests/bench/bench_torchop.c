@@ -6,14 +6,22 @@
  * ("aten::mm, seq = 12, op_id = 345", from 64 ops), cut to the op's name
  * with torch_seq and torch_op_id as stats. Prints ns per range for both
  * and their ratio (same run, same machine).
+ *
+ * Then the kernels those ranges launched (one each, N/4 of them): naming
+ * them (tb_space_link_ranges) with nvtx_range and tf_op, against the same
+ * ranges marked as step ranges (nvtx_range only, the baseline; best of 3
+ * in turns), and the bytes each adds to xplane.pb per kernel.
  * usage: bench_torchop [N] (default 1000000) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "ranges.h"
+#include "stats.h"
 #include "torchop.h"
 #include "trace.h"
+#include "xspace.h"
 
 static double now(void)
 {
@@ -60,6 +68,57 @@ static double run(size_t n, const char *names, const size_t *off, size_t *nstats
     return t;
 }
 
+static size_t encoded_size(tb_space *s)
+{
+    tb_buf b = {0};
+    if (tb_xspace_encode(s, &b) < 0) {
+        fprintf(stderr, "bench_torchop: encode failed\n");
+        exit(1);
+    }
+    size_t n = b.len;
+    tb_buf_free(&b);
+    return n;
+}
+
+/* n op ranges on one thread, a launch in each, its kernel on a stream;
+ * steps: the ranges are step ranges (no tf_op). Returns the link's
+ * seconds; *added: the bytes it added to xplane.pb. */
+static double link_run(size_t n, int steps, size_t *added)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *hp = tb_space_plane(s, "/host:CPU"), *dp = tb_space_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_line(hp, 1, "python"), *st = tb_plane_line(dp, 7, "Stream #7");
+    int64_t call = tb_plane_event_meta_cat(hp, "cudaLaunchKernel", TB_CAT_CUDA_RUNTIME);
+    int64_t hc = tb_plane_stat_meta(hp, TB_ST_CORRELATION_ID), dc = tb_plane_stat_meta(dp, TB_ST_CORRELATION_ID);
+    int64_t step = tb_plane_stat_meta(hp, TB_ST_STEP_RANGE), kd = tb_plane_stat_meta(dp, TB_ST_KERNEL_DETAILS);
+    int64_t t0 = 1700000000000000000LL;
+    for (size_t i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "aten::op_%02zu", i % 64);
+        tb_line_add(l, tb_plane_event_meta_cat(hp, name, TB_CAT_USER), t0 + (int64_t)i * 1000, 500);
+        if (steps)
+            tb_line_stat_i64(l, step, 1);
+        tb_line_add(l, call, t0 + (int64_t)i * 1000 + 100, 50);
+        tb_line_stat_u64(l, hc, i + 1);
+        snprintf(name, sizeof name, "gemm_%02zu", i % 64);
+        tb_line_add(st, tb_plane_event_meta_cat(dp, name, TB_CAT_KERNEL), t0 + (int64_t)i * 1000 + 300, 400);
+        tb_line_stat_u64(st, dc, i + 1);
+        tb_line_stat_str(st, kd, "regs:32 static_shared:0 dynamic_shared:0 grid:80,1,1 block:256,1,1 occ_pct:100");
+    }
+    tb_space_sort(s);
+    size_t before = encoded_size(s);
+    double t = now();
+    int64_t named = tb_space_link_ranges(s);
+    t = now() - t;
+    if (named != (int64_t)n) {
+        fprintf(stderr, "bench_torchop: %lld of %zu kernels named\n", (long long)named, n);
+        exit(1);
+    }
+    *added = encoded_size(s) - before;
+    tb_space_free(s);
+    return t;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 1000000;
@@ -79,6 +138,17 @@ int main(int argc, char **argv)
     printf("bench_torchop: %zu NVTX ranges into events: plain names %.1f ns/range, torch op names %.1f ns/range "
            "(op name + torch_seq + torch_op_id): ratio %.2f\n",
            n, tp / n * 1e9, tt / n * 1e9, tt / tp);
+    size_t k = n / 4, b_step, b_op;
+    link_run(k / 10, 0, &b_op); /* warm */
+    double ls = 1e30, lo = 1e30; /* best of 3, taken in turns */
+    for (int r = 0; r < 3; r++) {
+        double a = link_run(k, 1, &b_step), b = link_run(k, 0, &b_op);
+        ls = a < ls ? a : ls;
+        lo = b < lo ? b : lo;
+    }
+    printf("bench_torchop: %zu kernels named by their range: nvtx_range only %.1f ns/kernel, + tf_op %.1f "
+           "ns/kernel (ratio %.2f); xplane.pb +%.1f vs +%.1f bytes/kernel\n",
+           k, ls / k * 1e9, lo / k * 1e9, lo / ls, (double)b_step / k, (double)b_op / k);
     free(plain);
     free(torch);
     free(off_plain);

@@ -680,7 +680,8 @@ class GpuFake(tbtest.TestCase):
 
     def test_gpu_work_named_by_its_nvtx_range(self):
         # each GPU event carries the innermost NVTX range open on the thread
-        # that launched it (nvtx_range, as the reference tracer writes it);
+        # that launched it (nvtx_range, as the reference tracer writes it),
+        # and as tf_op, the op xprof's kernel stats and op pages show for it;
         # the summary adds up the GPU work launched inside each range
         with open(self.script, "w") as f:
             f.write(NVTX_SCRIPT)
@@ -688,17 +689,20 @@ class GpuFake(tbtest.TestCase):
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         dev = tbtest.load(xs[0]).plane("/device:GPU:0")
-        got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"))
+        got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"), e.stats.get("tf_op"))
                      for e in dev.events() if "correlation_id" in e.stats)
-        self.assertEqual(got, [(301, "relu_kernel", "forward"), (302, "sgemm_128x64", "attention"),
-                               (303, "MemcpyH2D", "attention"), (304, "relu_kernel", None),
-                               (305, "copy_kernel", "loader")])
+        self.assertEqual(got, [(301, "relu_kernel", "forward", "forward"),
+                               (302, "sgemm_128x64", "attention", "attention"),
+                               (303, "MemcpyH2D", "attention", "attention"), (304, "relu_kernel", None, None),
+                               (305, "copy_kernel", "loader", "loader")])
         js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
         with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
             evs = json.load(f, object_pairs_hook=no_duplicate_keys)["traceEvents"]
         self.assertEqual(sorted((e["args"]["correlation"], e["args"].get("nvtx_range")) for e in evs
                                 if e.get("cat") == "kernel"),
                          [(301, "forward"), (302, "attention"), (304, None), (305, "loader")])
+        # tf_op repeats nvtx_range for xprof: not in the JSON
+        self.assertFalse([e for e in evs if "tf_op" in e.get("args", {}) and e.get("cat") != "gpu_memory"])
         p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
         self.assertEqual(p.returncode, 0, p.stderr)
         nv = json.loads(p.stdout)["hosts"][0]["nvtx"]

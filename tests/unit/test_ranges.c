@@ -68,8 +68,8 @@ static tb_space *example(void)
     return s;
 }
 
-/* The nvtx_range of the GPU work of correlation id corr ("-": none). */
-static const char *range_of(tb_space *s, uint64_t corr)
+/* The string stat `stat` of the GPU work of correlation id corr ("-": none). */
+static const char *stat_of(tb_space *s, uint64_t corr, const char *stat)
 {
     const tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
     for (size_t j = 0; j < d->nlines; j++) {
@@ -79,12 +79,17 @@ static const char *range_of(tb_space *s, uint64_t corr)
             const tb_stat *c = tb_event_find_stat(d, l, e, TB_ST_CORRELATION_ID);
             if (!c || c->v.u != corr)
                 continue;
-            const tb_stat *r = tb_event_find_stat(d, l, e, TB_ST_NVTX_RANGE);
+            const tb_stat *r = tb_event_find_stat(d, l, e, stat);
             return r && r->type == TB_STAT_REF ? tb_plane_stat_name(d, r->v.ref) : "-";
         }
     }
     return "no such work";
 }
+
+/* The nvtx_range of the GPU work of correlation id corr ("-": none). */
+static const char *range_of(tb_space *s, uint64_t corr) { return stat_of(s, corr, TB_ST_NVTX_RANGE); }
+/* Its tf_op: the op xprof shows for it. */
+static const char *op_of(tb_space *s, uint64_t corr) { return stat_of(s, corr, TB_ST_TF_OP); }
 
 static void innermost_range_on_gpu_work(void)
 {
@@ -100,6 +105,11 @@ static void innermost_range_on_gpu_work(void)
     CHECK_STR(range_of(s, 6), "-");     /* after every range */
     CHECK_STR(range_of(s, 8), "loader"); /* its own thread's range, not main's */
     CHECK_STR(range_of(s, 9), "-");     /* no call in the capture */
+    /* kernels: the same range is their op */
+    uint64_t corrs[] = {1, 2, 3, 4, 7, 5, 10, 6, 8, 9};
+    for (size_t i = 0; i < sizeof corrs / sizeof corrs[0]; i++)
+        CHECKF(strcmp(op_of(s, corrs[i]), range_of(s, corrs[i])) == 0, "work %llu: tf_op %s, nvtx_range %s",
+               (unsigned long long)corrs[i], op_of(s, corrs[i]), range_of(s, corrs[i]));
     /* once: a second pass finds every event named */
     CHECK_EQ_I(tb_space_link_ranges(s), 0);
     const tb_plane *d = tb_space_find_plane(s, "/device:GPU:0");
@@ -133,6 +143,40 @@ static void innermost_range_on_gpu_work(void)
     CHECK_STR(range_of(s, 5), "far");
     CHECK_STR(range_of(s, 5000), "-");
     CHECK_STR(range_of(s, 900000), "far");
+    tb_space_free(s);
+
+    /* step ranges (TBPROF_NVTX_STEP's, marked by the NVTX source) are no
+     * op: the innermost range past them is, else none; nvtx_range is still
+     * the innermost. Work that is no op's (a sync) gets no tf_op. */
+    s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    m = tb_plane_line(h, 1, "main");
+    int64_t step = tb_plane_stat_meta(h, TB_ST_STEP_RANGE);
+    ev(m, "step 1", 0, 1000, TB_CAT_USER);
+    tb_line_stat_i64(m, step, 1);
+    ev(m, "forward", 100, 300, TB_CAT_USER);
+    ev(m, "step 2", 1000, 1000, TB_CAT_USER);
+    tb_line_stat_i64(m, step, 1);
+    ev(m, "train", 900, 2000, TB_CAT_USER); /* around step 2 only */
+    call(m, 1, 50);   /* in step 1 only */
+    call(m, 2, 150);  /* forward, in step 1 */
+    call(m, 3, 1500); /* step 2, in train */
+    call(m, 4, 1600);
+    g = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    for (uint64_t c = 1; c <= 3; c++)
+        work(g, c);
+    tb_line *sync = tb_plane_line(tb_space_find_plane(s, "/device:GPU:0"), 0xdeadbeef + 289, "CUDA sync");
+    ev(sync, "Stream Sync", 20000, 5, TB_CAT_CUDA_SYNC);
+    tb_line_stat_u64(sync, tb_plane_stat_meta(sync->plane, TB_ST_CORRELATION_ID), 4);
+    CHECK_EQ_I(tb_space_link_ranges(s), 4);
+    CHECK_STR(range_of(s, 1), "step 1");
+    CHECK_STR(op_of(s, 1), "-");
+    CHECK_STR(range_of(s, 2), "forward");
+    CHECK_STR(op_of(s, 2), "forward");
+    CHECK_STR(range_of(s, 3), "step 2");
+    CHECK_STR(op_of(s, 3), "train"); /* started before step 2, so outside it */
+    CHECK_STR(range_of(s, 4), "step 2");
+    CHECK_STR(op_of(s, 4), "-");
     tb_space_free(s);
 
     /* the space's byte limit: an error, and the profile is still whole */
