@@ -8,6 +8,7 @@ calls that caused them) as CUDA 13's CUPTI names it (mangled kernel names,
 launches through __cudaLaunchKernel); the expectations file is what
 cuda_steps prints.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,6 +133,35 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("nvtx_range 'backward', expected 'forward'", p.stdout)
         self.assertIn("nvtx_range None, expected 'forward'", p.stdout)
+
+    def test_wrong_tf_op_fails(self):
+        # the op xprof shows for a kernel must be its innermost range too
+        xs = tbtest.xplane_pb2.XSpace()
+        with open(self.xplane, "rb") as f:
+            xs.ParseFromString(f.read())
+        dev = [p for p in xs.planes if p.name == "/device:GPU:0"][0]
+        sm = dev.stat_metadata
+        oid = [i for i, m in sm.items() if m.name == "tf_op"][0]
+        ops = [(e, st) for l in dev.lines for e in l.events for st in e.stats if st.metadata_id == oid]
+        self.assertEqual(len(ops), 3)  # the three launches inside "forward"
+        ops[0][0].stats.remove(ops[0][1])
+        bad = os.path.join(self.tmp, "bad.xplane.pb")
+        with open(bad, "wb") as f:
+            f.write(xs.SerializeToString())
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(EXPECT)
+        p = run_check("cuda", bad, ex, "1")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("tf_op None, expected 'forward'", p.stdout)
+
+    def test_xprof_ops_skips_without_xprof(self):
+        # xprof is on the GPU machine, not here: the row says so, and passes on
+        if importlib.util.find_spec("xprof") or importlib.util.find_spec("tensorboard_plugin_profile"):
+            self.skipTest("xprof is installed here")
+        p = run_check("xprof_ops", self.xplane)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("RESULT xprof_torch_ops SKIP neither xprof", p.stdout)
 
     def test_wrong_counts_fail_and_say_what(self):
         rc, line = self.check("2")  # two steps' worth expected, one captured

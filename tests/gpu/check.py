@@ -38,6 +38,7 @@ import functools
 import gzip
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -115,8 +116,9 @@ def device_events(xs):
 
 
 def user_ranges(xs):
-    """{host line name: [(start_ps, end_ps, name)]} of the user annotations
-    (NVTX ranges; tbprof_category on their metadata), marks left out."""
+    """{host line name: [(start_ps, end_ps, name, step)]} of the user
+    annotations (NVTX ranges; tbprof_category on their metadata), marks left
+    out; step: the range began a step (tbprof_step_range)."""
     out = collections.defaultdict(list)
     for p in xs.planes:
         if not p.name.startswith("/host:"):
@@ -127,25 +129,34 @@ def user_ranges(xs):
             for e in l.events:
                 if e.metadata_id in user and e.duration_ps > 0:
                     t = l.timestamp_ns * 1000 + e.offset_ps
-                    out[l.name].append((t, t + e.duration_ps, p.event_metadata[e.metadata_id].name))
+                    step = _stats(e, p.stat_metadata).get("tbprof_step_range") == 1
+                    out[l.name].append((t, t + e.duration_ps, p.event_metadata[e.metadata_id].name, step))
     return out
 
 
 def nvtx_attribution(xs, dev, calls):
-    """Each GPU event whose host call starts inside user ranges on its line
-    must carry the innermost (latest-started) one's name as nvtx_range, and
-    no other event one. Returns (errors, events named)."""
+    """Each GPU event (kernels, copies, memsets) whose host call starts
+    inside user ranges on its line must carry the innermost (latest-started)
+    one's name as nvtx_range, and no other event one; and as tf_op (xprof's
+    op) the innermost one that did not begin a step. Returns (errors,
+    events named)."""
     ranges = user_ranges(xs)
     errs, named = [], 0
+
+    def innermost(rs):
+        return max(rs, key=lambda r: (r[0], -r[1]))[2] if rs else None
     for e in dev:
         call = calls.get(e[2].get("correlation_id"))
         inside = [r for r in ranges.get(call[3], []) if r[0] <= call[4] < r[1]] if call else []
-        want = max(inside, key=lambda r: (r[0], -r[1]))[2] if inside else None
-        got = e[2].get("nvtx_range")
+        want, want_op = innermost(inside), innermost([r for r in inside if not r[3]])
+        got, got_op = e[2].get("nvtx_range"), e[2].get("tf_op")
         named += got is not None
         if got != want:
             errs.append("%s (correlation %s): nvtx_range %r, expected %r" % (
                 e[0], e[2].get("correlation_id"), got, want))
+        elif got_op != want_op:
+            errs.append("%s (correlation %s): tf_op %r, expected %r" % (
+                e[0], e[2].get("correlation_id"), got_op, want_op))
     return errs, named
 
 
@@ -540,6 +551,10 @@ def torch_ops(xplane, t_ops=None, t_cap=None):
     named = [e for e in kernels if e[2].get("nvtx_range")]
     if len(named) < 0.9 * len(kernels):
         errs.append("%d of %d kernels carry an op" % (len(named), len(kernels)))
+    unop = [e for e in named if e[2].get("tf_op") != e[2]["nvtx_range"]]
+    if unop:  # xprof's op for them: kernel stats, framework op stats
+        errs.append("%d kernels' tf_op is not their op, e.g. %r vs %r" % (
+            len(unop), unop[0][2].get("tf_op"), unop[0][2]["nvtx_range"]))
     if ops and not any("Backward" in e[2]["nvtx_range"] for e in named):
         errs.append("no kernel carries a backward op (no op ranges on autograd's thread?)")
     gpu = collections.Counter()
@@ -726,8 +741,9 @@ def ranks(nsteps, *xplanes):
            % (got[0] if got else "?"))
 
 
-def xprof_tools(xplane):
-    """xprof (TensorBoard's profile plugin) converts our XSpace into its tools."""
+def xprof_convert(name, xplane, tools):
+    """xprof's own converters (TensorBoard's profile plugin) on our XSpace:
+    ({tool: its output as text}, [errors]); the row skips where xprof is absent."""
     conv = None
     for mod in ("xprof.convert.raw_to_tool_data", "tensorboard_plugin_profile.convert.raw_to_tool_data"):
         try:
@@ -736,15 +752,22 @@ def xprof_tools(xplane):
         except Exception:  # noqa: BLE001
             continue
     if conv is None:
-        result("xprof_tools", False, "neither xprof nor tensorboard_plugin_profile is installed", skip=True)
+        result(name, False, "neither xprof nor tensorboard_plugin_profile is installed", skip=True)
     out, errs = {}, []
-    for tool in ("trace_viewer@", "kernel_stats", "overview_page", "memory_profile"):
+    for tool in tools:
         try:
             r = conv.xspace_to_tool_data([xplane], tool, {})
             data = r[0] if isinstance(r, tuple) else r
             out[tool] = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
         except Exception as e:  # noqa: BLE001
             errs.append("%s: %s" % (tool, str(e)[:120]))
+    return out, errs
+
+
+def xprof_tools(xplane):
+    """xprof (TensorBoard's profile plugin) converts our XSpace into its tools."""
+    out, errs = xprof_convert("xprof_tools", xplane, ("trace_viewer@", "kernel_stats", "overview_page",
+                                                      "memory_profile"))
     ks = out.get("kernel_stats", "")
     names = [n for n in ("scale_kernel", "add_kernel", "graph_kernel") if n in ks]
     if "kernel_stats" in out and not names:
@@ -754,6 +777,28 @@ def xprof_tools(xplane):
         errs.append("memory_profile has no GPU_0_device (%s)" % out["memory_profile"][:120])
     result("xprof_tools", not errs, "; ".join(errs) or "tools %s; kernel_stats names %s" % (
         {k: len(v) for k, v in out.items()}, names))
+
+
+def xprof_ops(xplane):
+    """xprof's op pages on a --torch-ops profile: kernel stats give kernels
+    their torch op (our tf_op), framework op stats list GPU time by op, and
+    the trace viewer has the derived op line."""
+    out, errs = xprof_convert("xprof_torch_ops", xplane, ("kernel_stats", "framework_op_stats", "trace_viewer@"))
+    if "framework_op_stats" not in out:  # older plugins name it tensorflow_stats
+        more, e2 = xprof_convert("xprof_torch_ops", xplane, ("tensorflow_stats",))
+        out.update(more)
+        errs += e2
+    ks = out.get("kernel_stats", "")
+    ops = sorted(set(re.findall(r'"(aten::[a-z_0-9]+|[A-Za-z]+Backward[0-9]*)"', ks)))
+    if not ops:
+        errs.append("kernel_stats names no torch op (%d bytes)" % len(ks))
+    fs = out.get("framework_op_stats", out.get("tensorflow_stats", ""))
+    if "aten::" not in fs:
+        errs.append("framework op stats list no aten:: op (%d bytes)" % len(fs))
+    tv = out.get("trace_viewer@", "")
+    line = "TensorFlow Ops" in tv
+    result("xprof_torch_ops", not errs, "; ".join(errs) or "kernel_stats op names %d (%s); framework op stats "
+           "list aten:: ops; trace viewer op line %s" % (len(ops), ", ".join(ops[:5]), "yes" if line else "no"))
 
 
 def gpu_flame(folded, source):
@@ -789,6 +834,8 @@ if __name__ == "__main__":
         cuda(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else None)
     elif cmd == "xprof":
         xprof_tools(sys.argv[2])
+    elif cmd == "xprof_ops":
+        xprof_ops(sys.argv[2])
     elif cmd == "torch_nvtx":
         torch_nvtx(sys.argv[2])
     elif cmd == "torch_ops":
@@ -816,4 +863,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")

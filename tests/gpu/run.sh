@@ -8,7 +8,8 @@
 #      (names, counts, grid/block, the graph's kernel), copies, memsets,
 #      allocations, syncs and API calls, each GPU event with its host call
 #      and flow, GPU work launched inside an NVTX range named by it
-#      (nvtx_range); 1b also the NVTX step ranges, every GPU event named
+#      (nvtx_range) and, past the step ranges, given it as its op (tf_op);
+#      1b also the NVTX step ranges, every GPU event named
 #   2. a PyTorch loop, steps 10..19, no code change (tbprof run) vs
 #      torch.profiler on the same steps: kernel names, counts, GPU time (5%);
 #      2b. its torch.cuda.nvtx ranges are in our profile, one per step, and
@@ -37,6 +38,7 @@
 #      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
+#      2e. xprof's kernel stats and framework op stats show those ops;
 #      5e. torch.profiler started inside such a capture still works;
 #      3f. XLA's NVTX domain declined by default, and what it gives when on;
 #      3g. jax.profiler's own trace in the same job keeps its op annotations
@@ -321,6 +323,9 @@ if in_budget torch_ops; then
     row torch_ops FAIL "the job exited $rc before its end: $(tail -2 "$work/ops.err" | tr '\n' ' ')"
   elif [ -n "$xo" ]; then check torch_ops $py "$here/check.py" torch_ops "$xo" "$work/t_ops" "$work/t_cap"
   else row torch_ops FAIL "no xplane.pb: $(tail -2 "$work/ops.err" | tr '\n' ' ')"; fi
+  # 2e. xprof's op pages on that profile: kernel stats name each kernel's
+  #     torch op (tf_op), framework op stats list GPU time by op
+  if [ -n "$xo" ] && in_budget xprof_torch_ops; then check xprof_torch_ops $py "$here/check.py" xprof_ops "$xo"; fi
 fi
 # 3f. XLA's NVTX domain "TSL": none of its ranges in 3d's profile (declined
 #     by default, so jax.profiler keeps its op names); with
