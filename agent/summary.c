@@ -386,8 +386,8 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
     return 0;
 }
 
-/* GPU activity e (line l) to the range its nvtx_range stat names
- * (rcache: ref id -> index + 1, per plane); outside every range without one. */
+/* GPU activity e (line l) to the range its stat `nr` names (rcache: ref
+ * id -> index + 1, per plane); outside every range without one. */
 static int add_by_range(tb_summary *sum, gpu_acc *g, const tb_plane *p, const tb_line *l, const tb_event *e,
                         uint32_t nr, uint32_t *rcache)
 {
@@ -419,7 +419,11 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                          .md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS),
                          .msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS)};
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
-        uint32_t nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
+        /* by tf_op: the innermost range, step ranges aside (ranges.h); in
+         * profiles written before tbprof wrote tf_op, by nvtx_range */
+        uint32_t nr = tb_plane_find_stat_meta(p, TB_ST_TF_OP);
+        if (!nr)
+            nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
         ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
         ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
         uint32_t *rcache = calloc(p->nstat_meta + 1, sizeof(*rcache));

@@ -276,8 +276,8 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     /* GPU time by innermost range */
     if (m->ngpu_ranges) {
         int64_t all = m->gpu_in_range_ns + m->gpu_outside_ns;
-        printf("\nGPU time by innermost NVTX range (each piece of GPU work once, to the range open at its launch;\n"
-               "  with torch's op ranges, --torch-ops: GPU time by op):\n");
+        printf("\nGPU time by innermost NVTX range (each piece of GPU work once, to the range open at its launch,\n"
+               "  step ranges aside; with torch's op ranges, --torch-ops: GPU time by op):\n");
         printf("  %11s %6s %8s %11s  %s\n", "GPU", "%", "count", "mean", "range");
         for (size_t i = 0; i < m->ngpu_ranges && i < (size_t)top; i++) {
             const tb_sum_named *r = &m->gpu_ranges[i];

@@ -177,6 +177,18 @@ static void innermost_range_on_gpu_work(void)
     CHECK_STR(op_of(s, 3), "train"); /* started before step 2, so outside it */
     CHECK_STR(range_of(s, 4), "step 2");
     CHECK_STR(op_of(s, 4), "-");
+    /* the summary's GPU time by innermost range goes by tf_op: the steps
+     * are no rows, work only in a step range is outside every range */
+    tb_summary sm;
+    CHECK_EQ_I(tb_summarize(s, &sm), 0);
+    CHECK_EQ_I(sm.ngpu_ranges, 2);
+    for (size_t i = 0; i < sm.ngpu_ranges; i++)
+        CHECKF(!strcmp(sm.gpu_ranges[i].name, "forward") ? sm.gpu_ranges[i].total_ns == 20
+                                                         : !strcmp(sm.gpu_ranges[i].name, "train") &&
+                                                               sm.gpu_ranges[i].total_ns == 30,
+               "by range: %s %lld ns", sm.gpu_ranges[i].name, (long long)sm.gpu_ranges[i].total_ns);
+    CHECK_EQ_I(sm.gpu_outside_ns, 10);
+    tb_summary_free(&sm);
     tb_space_free(s);
 
     /* the space's byte limit: an error, and the profile is still whole */
