@@ -310,8 +310,8 @@ static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const
     return 0;
 }
 
-/* "nvtx::<the nvtx_range of e>" kept in plane p (as a string it holds, so
- * it lives as long as the space); NULL when e has none or out of memory. */
+/* "nvtx::<the range stat rid of e>" kept in plane p (as a string it holds,
+ * so it lives as long as the space); NULL when e has none or out of memory. */
 static const char *range_frame(tb_plane *p, const tb_line *l, const tb_event *e, uint32_t rid)
 {
     const tb_stat *st = rid ? tb_event_stat(l, e, rid) : NULL;
@@ -333,7 +333,11 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
     for (size_t i = 0; i < s->nplanes && !rc; i++) {
         tb_plane *p = s->planes[i];
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
-        uint32_t rid = f->gpu_ranges ? tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE) : 0;
+        /* tf_op: the innermost range, step ranges aside (ranges.h); in
+         * profiles from before tbprof wrote it, nvtx_range */
+        uint32_t rid = f->gpu_ranges ? tb_plane_find_stat_meta(p, TB_ST_TF_OP) : 0;
+        if (f->gpu_ranges && !rid)
+            rid = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
         if (strncmp(p->name, "/device:GPU:", 12) != 0 || !cid)
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {

@@ -39,7 +39,7 @@ typedef struct tb_folded {
     uint64_t bad_spans; /* spans that overlapped a sibling (skipped) */
     int ns;             /* counts are ns of GPU time (tb_folded_add_gpu), not samples */
     int gpu_ranges;     /* set by the caller: tb_folded_add_gpu puts each GPU event's
-                         * nvtx_range above it as the frame "nvtx::<range>" */
+                         * NVTX range above it as the frame "nvtx::<range>" */
 } tb_folded;
 
 /* Append the CPU sample stacks of every /host:* plane of `s` (sorted first).
@@ -57,8 +57,9 @@ int tb_folded_add_space(tb_folded *f, tb_space *s);
  * the deepest frame that is. The leaf is the GPU event's name. A call no
  * such frame encloses gets TB_FOLDED_UNSAMPLED; GPU work whose call is not
  * in the space sits under the thread TB_FOLDED_NO_CALL. With f->gpu_ranges,
- * the frame "nvtx::<name>" of the event's nvtx_range (the innermost NVTX
- * range open at its launch: with torch's op ranges, its op) sits between
+ * the frame "nvtx::<name>" of the event's op range (its tf_op: the
+ * innermost NVTX range open at its launch, step ranges aside; with torch's
+ * op ranges, its op; nvtx_range in profiles without tf_op) sits between
  * the stack and the event, so the graph shows op time even without CPU
  * samples. Sorts the space. 0 or -ENOMEM. */
 int tb_folded_add_gpu(tb_folded *f, tb_space *s);

@@ -189,6 +189,19 @@ static void innermost_range_on_gpu_work(void)
                "by range: %s %lld ns", sm.gpu_ranges[i].name, (long long)sm.gpu_ranges[i].total_ns);
     CHECK_EQ_I(sm.gpu_outside_ns, 10);
     tb_summary_free(&sm);
+    /* so do the GPU flame graph's range frames */
+    tb_folded fr = {.gpu_ranges = 1};
+    CHECK_EQ_I(tb_folded_add_gpu(&fr, s), 0);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    CHECK_EQ_I(tb_folded_write(&fr, out, 1), 0);
+    fclose(out);
+    CHECK_STR(text, "main;" TB_FOLDED_UNSAMPLED ";gemm 10\n"
+                    "main;" TB_FOLDED_UNSAMPLED ";nvtx::forward;gemm 20\n"
+                    "main;" TB_FOLDED_UNSAMPLED ";nvtx::train;gemm 30\n");
+    free(text);
+    tb_folded_free(&fr);
     tb_space_free(s);
 
     /* the space's byte limit: an error, and the profile is still whole */
