@@ -74,7 +74,7 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
 typedef struct corr_name {
     uint64_t corr;
     const char *name; /* the innermost range's name (host plane memory) */
-    const char *op;   /* the innermost range's that is not a step range; NULL: none */
+    const char *op;   /* the name of the innermost range that is not a step range; NULL: none */
 } corr_name;
 
 typedef struct link_acc {
