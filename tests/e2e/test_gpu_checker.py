@@ -108,52 +108,48 @@ class GpuChecker(tbtest.TestCase):
         self.assertIn("'graph_kernel': 1", line)
         self.assertIn("3 named by NVTX ranges", line)  # the three launches inside "forward"
 
-    def test_wrong_nvtx_range_fails(self):
-        # one kernel's nvtx_range names another range; another loses its own
+    def device_stats(self, name):
+        """The profile decoded, its GPU plane, and the (event, stat) pairs of
+        the string stat `name` on it."""
         xs = tbtest.xplane_pb2.XSpace()
         with open(self.xplane, "rb") as f:
             xs.ParseFromString(f.read())
         dev = [p for p in xs.planes if p.name == "/device:GPU:0"][0]
-        sm = dev.stat_metadata
-        rid = [i for i, m in sm.items() if m.name == "nvtx_range"][0]
-        named = [(e, st) for l in dev.lines for e in l.events for st in e.stats if st.metadata_id == rid]
+        sid = [i for i, m in dev.stat_metadata.items() if m.name == name][0]
+        return xs, dev, [(e, st) for l in dev.lines for e in l.events for st in e.stats if st.metadata_id == sid]
+
+    def check_altered(self, xs):
+        """check.py cuda on the altered profile xs: its output (it must fail)."""
+        bad = os.path.join(self.tmp, "bad.xplane.pb")
+        with open(bad, "wb") as f:
+            f.write(xs.SerializeToString())
+        ex = os.path.join(self.tmp, "expect.txt")
+        with open(ex, "w") as f:
+            f.write(EXPECT)
+        p = run_check("cuda", bad, ex, "1")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        return p.stdout
+
+    def test_wrong_nvtx_range_fails(self):
+        # one kernel's nvtx_range names another range; another loses its own
+        xs, dev, named = self.device_stats("nvtx_range")
         self.assertEqual(len(named), 3)
+        sm = dev.stat_metadata
         other = max(sm) + 1
         sm[other].id = other
         sm[other].name = "backward"
         named[0][1].ref_value = other
         named[1][0].stats.remove(named[1][1])
-        bad = os.path.join(self.tmp, "bad.xplane.pb")
-        with open(bad, "wb") as f:
-            f.write(xs.SerializeToString())
-        ex = os.path.join(self.tmp, "expect.txt")
-        with open(ex, "w") as f:
-            f.write(EXPECT)
-        p = run_check("cuda", bad, ex, "1")
-        self.assertEqual(p.returncode, 1, p.stdout)
-        self.assertIn("nvtx_range 'backward', expected 'forward'", p.stdout)
-        self.assertIn("nvtx_range None, expected 'forward'", p.stdout)
+        out = self.check_altered(xs)
+        self.assertIn("nvtx_range 'backward', expected 'forward'", out)
+        self.assertIn("nvtx_range None, expected 'forward'", out)
 
     def test_wrong_tf_op_fails(self):
         # the op xprof shows for a kernel must be its innermost range too
-        xs = tbtest.xplane_pb2.XSpace()
-        with open(self.xplane, "rb") as f:
-            xs.ParseFromString(f.read())
-        dev = [p for p in xs.planes if p.name == "/device:GPU:0"][0]
-        sm = dev.stat_metadata
-        oid = [i for i, m in sm.items() if m.name == "tf_op"][0]
-        ops = [(e, st) for l in dev.lines for e in l.events for st in e.stats if st.metadata_id == oid]
+        xs, _, ops = self.device_stats("tf_op")
         self.assertEqual(len(ops), 3)  # the three launches inside "forward"
         ops[0][0].stats.remove(ops[0][1])
-        bad = os.path.join(self.tmp, "bad.xplane.pb")
-        with open(bad, "wb") as f:
-            f.write(xs.SerializeToString())
-        ex = os.path.join(self.tmp, "expect.txt")
-        with open(ex, "w") as f:
-            f.write(EXPECT)
-        p = run_check("cuda", bad, ex, "1")
-        self.assertEqual(p.returncode, 1, p.stdout)
-        self.assertIn("tf_op None, expected 'forward'", p.stdout)
+        self.assertIn("tf_op None, expected 'forward'", self.check_altered(xs))
 
     def test_xprof_ops_skips_without_xprof(self):
         # xprof is on the GPU machine, not here: the row says so, and passes on
