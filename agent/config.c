@@ -23,6 +23,7 @@ typedef enum {
     T_CPUMODE,
     T_CUDASTEPS,
     T_AUTO,  /* auto | on | off: tb_auto_mode */
+    T_OPS,   /* on | off | shapes: 1, 0, 2 */
 } var_type;
 
 typedef struct var {
@@ -93,10 +94,11 @@ static const var vars[] = {
     {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
      "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
      F(pytorch_hook), 0, 0},
-    {"TBPROF_TORCH_OPS", T_BOOL, "off", "on | off",
+    {"TBPROF_TORCH_OPS", T_OPS, "off", "on | off | shapes",
      "Python, with the PyTorch hook: torch's NVTX op ranges (emit_nvtx) on from the first optimizer "
      "step of each capture to its end, so each torch op is a range and the CUDA calls and GPU work "
-     "inside it carry its name (`tbprof run --torch-ops`)",
+     "inside it carry its name (`tbprof run --torch-ops`); shapes: with each op's input shapes "
+     "(stat torch_args; `--torch-shapes`), at a higher cost per op",
      "op ranges off", "off", F(torch_ops), 0, 0},
     {"TBPROF_XLA_RANGES", T_BOOL, "off", "on | off",
      "record XLA's per-op NVTX ranges (JAX, TensorFlow: NVTX domain \"TSL\"), naming each kernel by "
@@ -382,6 +384,12 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         else
             return -EINVAL;
         return 0;
+    case T_OPS:
+        if (!strcasecmp(val, "shapes")) {
+            *(int *)field = 2;
+            return 0;
+        }
+        return tb_parse_bool(val, (int *)field);
     case T_AUTO: {
         int b;
         if (!strcasecmp(val, "auto"))

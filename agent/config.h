@@ -65,7 +65,7 @@ typedef struct tb_config {
     int trace_json;    /* TBPROF_TRACE_JSON */
     int socket;        /* TBPROF_SOCKET: tb_socket_mode */
     int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
-    int torch_ops;     /* TBPROF_TORCH_OPS (likewise) */
+    int torch_ops;     /* TBPROF_TORCH_OPS (likewise): 0 off, 1 on, 2 with input shapes */
     int xla_ranges;    /* TBPROF_XLA_RANGES: accept XLA's NVTX domain "TSL" */
     int jax_hook;      /* TBPROF_JAX_HOOK (read by the Python helper) */
     int tf_hook;       /* TBPROF_TF_HOOK (read by the Python helper) */

@@ -33,6 +33,8 @@ static void usage(FILE *f)
             "                     tf.profiler.experimental.Trace (TBPROF_PYTORCH_HOOK, _JAX_HOOK, _TF_HOOK=off)\n"
             "  --torch-ops        name CUDA calls and GPU work by the torch op that made them: torch's NVTX\n"
             "                     op ranges on during captures (TBPROF_TORCH_OPS=on; needs the PyTorch hook)\n"
+            "  --torch-shapes     --torch-ops, each op with its input shapes (TBPROF_TORCH_OPS=shapes; costs\n"
+            "                     torch more per op)\n"
             "  --log LEVEL        error | warn | info | debug (TBPROF_LOG)\n"
             "  --env NAME=VALUE   any other TBPROF_* variable (see `tbprof help env`)\n");
 }
@@ -87,7 +89,7 @@ int cmd_run(int argc, char **argv)
         {"--no-cpu", "TBPROF_CPU", "off"},     {"--cpu-hz", "TBPROF_CPU_HZ", NULL},
         {"--signal", "TBPROF_SIGNAL", NULL},   {"--no-trace-json", "TBPROF_TRACE_JSON", "off"},
         {"--no-hook", NULL, NULL},             {"--log", "TBPROF_LOG", NULL},
-        {"--torch-ops", "TBPROF_TORCH_OPS", "on"},
+        {"--torch-ops", "TBPROF_TORCH_OPS", "on"}, {"--torch-shapes", "TBPROF_TORCH_OPS", "shapes"},
     };
     /* the Python helper's step hooks (tools/python/sitecustomize.py) */
     static const char *const hooks[] = {"TBPROF_PYTORCH_HOOK", "TBPROF_JAX_HOOK", "TBPROF_TF_HOOK"};

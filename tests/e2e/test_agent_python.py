@@ -50,6 +50,8 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
             prof = autograd.profiler
             if prof._on:
                 s = name + (", seq = %d" % seq if seq >= 0 else "") + ", op_id = %d" % op_id
+                if prof._shapes:
+                    s += ", sizes = [[2, 3], [3, %d]]" % op_id
                 prof._nvtx.tbtest_nvtx_push(s.encode())
             prof._work()
             if prof._on:
@@ -61,6 +63,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
         import ctypes, os
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
         _on = False    # NVTX op ranges
+        _shapes = False  # ... with input shapes
         _held = None   # the thread's one profiler
 
         def _work():
@@ -81,13 +84,13 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
 
         class emit_nvtx:
             def __init__(self, enabled=True, record_shapes=False):
-                pass
+                self.record_shapes = record_shapes
 
             def __enter__(self):
-                global _on
-                print("emit_nvtx on", flush=True)
+                global _on, _shapes
+                print("emit_nvtx on" + (" with shapes" if self.record_shapes else ""), flush=True)
                 _enable_profiler("nvtx")
-                _on = True
+                _on, _shapes = True, self.record_shapes
                 return self
 
             def __exit__(self, *exc):
@@ -628,6 +631,17 @@ class TorchOps(PyBase):
         self.assertEqual(len(prof.host.events("aten::add_")), 1200)
         self.assertEqual(len(prof.host.events("aten::mm")), 4)
 
+    def test_shapes(self):
+        # --torch-shapes: torch's record_shapes; each op still named by the
+        # op, its input shapes the stat torch_args
+        self.need_cli()
+        p, prof = self.run_ops(args=("--torch-shapes",))
+        self.assertEqual(p.stdout.count("emit_nvtx on with shapes"), 1, p.stdout)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
+        mm = sorted(((e.stats.get("torch_op_id"), e.stats.get("torch_args")) for e in prof.host.events("aten::mm")))
+        self.assertEqual(mm, [(100 + 3 * i, "sizes = [[2, 3], [3, %d]]" % (100 + 3 * i)) for i in range(4, 8)])
+        self.assertFalse([e.name for e in prof.host.events() if "sizes" in e.name])
+
     def test_off_without_the_option(self):
         self.need_cli()
         p, prof = self.run_ops(args=())
@@ -677,22 +691,31 @@ class TorchOps(PyBase):
 
     def test_from_the_script(self):
         # the script installs the hook itself, asking for op ranges
-        # (preload and TBPROF_STEPS only: no `tbprof run`)
+        # (preload and TBPROF_STEPS only: no `tbprof run`), or for them with
+        # input shapes
         self.need_cli()
-        body = textwrap.dedent(TORCH_OPS_LOOP).replace(
-            "import os, torch\n", "import os, torch, tbprof\nassert tbprof.install_torch_hook(torch_ops=True)\n")
-        s = self.script("train.py", WORK + body)
-        e = self.pyenv(steps="3,6")
-        e["PYTHONPATH"] = self.fake_packages(FAKE_TORCH_OPS) + ":" + tbtest.PYHELPER
-        e["TBTEST_NVTX_OPS"] = NVTX_OPS
-        p = tbtest.run([tbtest.PYTHON, s], env=e)
-        self.assertExitedOk(p)
-        self.assertEqual(p.stdout.count("emit_nvtx on"), 1, p.stdout)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        prof = tbtest.load(files[0])
-        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
-        self.assertEqual(len(prof.host.events("aten::mm")), 4)
+        for arg, shapes in (("True", False), ("'shapes'", True)):
+            with self.subTest(torch_ops=arg):
+                logdir = os.path.join(self.tmp, "logs_" + arg.strip("'"))
+                body = textwrap.dedent(TORCH_OPS_LOOP).replace(
+                    "import os, torch\n",
+                    "import os, torch, tbprof\nassert tbprof.install_torch_hook(torch_ops=%s)\n" % arg)
+                s = self.script("train.py", WORK + body)
+                e = self.pyenv(steps="3,6")
+                e["TBPROF_LOGDIR"] = logdir
+                e["PYTHONPATH"] = self.fake_packages(FAKE_TORCH_OPS) + ":" + tbtest.PYHELPER
+                e["TBTEST_NVTX_OPS"] = NVTX_OPS
+                p = tbtest.run([tbtest.PYTHON, s], env=e)
+                self.assertExitedOk(p)
+                self.assertEqual(p.stdout.count("emit_nvtx on" + (" with shapes" if shapes else "\n")), 1,
+                                 p.stdout)
+                files = tbtest.xplanes(logdir)
+                self.assertEqual(len(files), 1, p.stderr)
+                prof = tbtest.load(files[0])
+                self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
+                mm = prof.host.events("aten::mm")
+                self.assertEqual(len(mm), 4)
+                self.assertEqual(len([e for e in mm if "torch_args" in e.stats]), 4 if shapes else 0)
 
     def test_needs_the_hook(self):
         self.need_cli()

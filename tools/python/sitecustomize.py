@@ -8,7 +8,8 @@
    jax.profiler is imported; with TBPROF_TF_HOOK=1/on, for the step-marking
    tf.profiler.experimental.Trace annotations (Keras' fit loop makes one a
    step). With TBPROF_TORCH_OPS=1/on as well, the PyTorch hook turns torch's
-   NVTX op ranges on for the steps being captured.
+   NVTX op ranges on for the steps being captured (=shapes: with each op's
+   input shapes).
 3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
    Python frames show up in native stacks (/tmp/perf-<pid>.map).
 Never raises: a problem here prints one line and the program runs on.
@@ -90,7 +91,8 @@ def _hook(module, install):
 def _setup():
     if _on("TBPROF_PYTORCH_HOOK") and _agent_loaded():
         _hook("torch", "install_torch_hook")
-    elif _on("TBPROF_TORCH_OPS") and _agent_loaded():
+    elif (_on("TBPROF_TORCH_OPS") or os.environ.get("TBPROF_TORCH_OPS", "").strip().lower() == "shapes") \
+            and _agent_loaded():
         sys.stderr.write("tbprof: TBPROF_TORCH_OPS is on but the PyTorch hook is off "
                          "(TBPROF_PYTORCH_HOOK=on, or `tbprof run`): no torch op ranges\n")
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():

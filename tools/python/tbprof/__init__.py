@@ -14,7 +14,8 @@ warns once and its functions do nothing.
     tbprof.start(2000); work(); tbprof.stop()   # capture 2 s (or until stop)
     tbprof.capture_steps(100, 104)               # capture steps 100..104 when they come
     tbprof.install_torch_hook()  # count torch optimizer steps as steps
-                                 # (torch_ops=True: name GPU work by torch op)
+                                 # (torch_ops=True: name GPU work by torch op;
+                                 #  torch_ops="shapes": with its input shapes)
     tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
     tbprof.install_tf_hook()     # count tf.profiler.experimental.Trace steps (Keras fit)
 
@@ -158,11 +159,24 @@ _hook_handle = None
 _ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS)
 _ops_done = False    # turned off for good: torch refused, or the script's own profiler needed the slot
 _ops_entering = False
-_torch_ops_on = False  # install_torch_hook(torch_ops=...) / TBPROF_TORCH_OPS
+_torch_ops_on = 0  # install_torch_hook(torch_ops=...) / TBPROF_TORCH_OPS: 0 off, 1 on, 2 with shapes
 
 
 def _on(name):
     return os.environ.get(name, "off").strip().lower() in ("1", "on", "true", "yes")
+
+
+def _ops_mode(torch_ops):
+    """0 (off), 1 (op ranges) or 2 (with each op's input shapes) for
+    install_torch_hook's torch_ops: None reads TBPROF_TORCH_OPS (on, off,
+    shapes), "shapes" asks for shapes, anything else is taken as a bool."""
+    if torch_ops is None:
+        torch_ops = os.environ.get("TBPROF_TORCH_OPS", "off").strip().lower()
+        if torch_ops != "shapes":
+            return int(_on("TBPROF_TORCH_OPS"))
+    if isinstance(torch_ops, str) and torch_ops.strip().lower() == "shapes":
+        return 2
+    return int(bool(torch_ops))
 
 
 def _ops_off_for_good(why):
@@ -216,7 +230,7 @@ def _torch_ops(lib):
             import torch.autograd.profiler as ap
             _guard_torch_profilers(ap)             # torch.profiler, emit_nvtx: torch >= 1.13
             _guard_torch_profilers(torch.autograd)  # older ones call it there
-            ctx = ap.emit_nvtx()
+            ctx = ap.emit_nvtx(record_shapes=_torch_ops_on == 2)
             _ops_entering = True
             try:
                 ctx.__enter__()
@@ -242,10 +256,11 @@ def _on_optimizer_step(optimizer, args, kwargs):
 def install_torch_hook(torch_ops=None):
     """Count every torch optimizer step as a tbprof step (a global
     optimizer-step post hook). With torch_ops (default: TBPROF_TORCH_OPS),
-    also turn torch's NVTX op ranges on for the steps being captured.
+    also turn torch's NVTX op ranges on for the steps being captured;
+    torch_ops="shapes": with each op's input shapes (torch's record_shapes).
     Idempotent; returns True when installed."""
     global _hook_handle, _torch_ops_on
-    _torch_ops_on = _on("TBPROF_TORCH_OPS") if torch_ops is None else bool(torch_ops)
+    _torch_ops_on = _ops_mode(torch_ops)
     lib = _load() if _torch_ops_on else None
     if lib is not None and hasattr(lib, "tbprof_expect_nvtx"):
         # torch's first NVTX call comes inside a capture: have the agent
