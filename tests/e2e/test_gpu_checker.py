@@ -413,18 +413,21 @@ class GpuChecker(tbtest.TestCase):
         c = run_check("coexist", name, want, xplane, trace, rc)
         return c.returncode, c.stdout.strip()
 
-    def torch_ops(self, name, backward=True, stray=False):
+    def torch_ops(self, name, backward=True, stray=False, shapes=0):
         """check.py torch_ops on a profile of torch op ranges (CUPTI marker
         records) around three launches: aten::mm, aten::relu and, with
         backward, MmBackward0 (else aten::add); with stray, a fourth launch
-        outside every range."""
-        q = lambda n: n.replace(",", "%2C").replace(" ", "%20").replace("=", "%3D")
+        outside every range. shapes: the first that many ranges with their
+        input shapes (record_shapes), and check.py torch_shapes instead."""
+        q = lambda n: n.replace(",", "%2C").replace(" ", "%20").replace("=", "%3D").replace("[", "%5B").replace(
+            "]", "%5D")
         third = "MmBackward0" if backward else "aten::add"
         script = SCRIPT.split("runtime", 1)[0]
         for i, (op, k) in enumerate((("aten::mm", "sgemm"), ("aten::relu", "relu"), (third, "sgemm"))):
             t = 1000 + 10 * i
-            script += ("marker id=%d name=%s tid=main start=%d end=%d\n" % (i + 1, q("%s, seq = %d, op_id = %d" % (
-                op, i, 50 + i)), t, t + 9) +
+            sizes = ", sizes = [[2, %d], [%d, 4]]" % (i + 2, i + 2) if i < shapes else ""
+            script += ("marker id=%d name=%s tid=main start=%d end=%d\n" % (i + 1, q("%s, seq = %d, op_id = %d%s" % (
+                op, i, 50 + i, sizes)), t, t + 9) +
                 "runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=%d start=%d end=%d\n" % (
                     301 + i, t + 2, t + 4) +
                 "kernel name=%s start=%d end=%d stream=7 corr=%d grid=8,1,1 block=128,1,1 regs=16\n" % (
@@ -433,6 +436,9 @@ class GpuChecker(tbtest.TestCase):
             script += ("runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=310 start=1040 end=1042\n"
                        "kernel name=copy start=1500 end=1510 stream=7 corr=310 grid=1,1,1 block=32,1,1 regs=8\n")
         x = self.scripted_profile(name, script)
+        if shapes:
+            c = run_check("torch_shapes", x)
+            return c.returncode, c.stdout.strip()
         times = []
         for n, ms in (("t_ops", 10.5), ("t_cap", 10.0)):
             times.append(os.path.join(self.tmp, n))
@@ -484,6 +490,16 @@ class GpuChecker(tbtest.TestCase):
         rc, line = self.torch_ops("stray", stray=True)
         self.assertEqual(rc, 1, line)
         self.assertIn("3 of 4 kernels carry an op", line)
+
+    def test_torch_shapes(self):
+        # 2f: --torch-shapes' names keep the op's, the shapes as torch_args
+        rc, line = self.torch_ops("shapes", shapes=3)
+        self.assertEqual(rc, 0, line)
+        self.assertIn("RESULT torch_shapes PASS 3 op ranges, 3 with shapes, e.g. aten::mm: sizes = [[2, 2], [2, 4]]",
+                      line)
+        rc, line = self.torch_ops("few_shapes", shapes=1)  # record_shapes did not take
+        self.assertEqual(rc, 1, line)
+        self.assertIn("1 of 3 op ranges carry their shapes", line)
 
     def test_coexist_jax(self):
         # 3g: jax.profiler's trace (here a fake-CUPTI profile standing in:

@@ -741,6 +741,27 @@ def ranks(nsteps, *xplanes):
            % (got[0] if got else "?"))
 
 
+def torch_shapes(xplane):
+    """tbprof run --torch-shapes: torch's op ranges with record_shapes; the
+    ops keep their names (no ", sizes = " in any), and most carry their
+    input shapes as torch_args (ops without tensor inputs have none)."""
+    xs = load(xplane)
+    host = events(xs, "/host:")
+    ops = [e for e in host if "torch_op_id" in e[2]]
+    errs = []
+    if not ops:
+        errs.append("no torch op ranges (events with torch_op_id)")
+    raw = [e[0] for e in host if ", sizes = " in e[0] or ", op_id = " in e[0]]
+    if raw:
+        errs.append("%d ranges keep torch's suffix, e.g. %r" % (len(raw), raw[0][:120]))
+    shaped = [e for e in ops if str(e[2].get("torch_args", "")).startswith("sizes = ")]
+    if ops and len(shaped) < 0.5 * len(ops):
+        errs.append("%d of %d op ranges carry their shapes (torch_args)" % (len(shaped), len(ops)))
+    ex = next((e for e in shaped if e[0].startswith("aten::")), shaped[0] if shaped else None)
+    result("torch_shapes", not errs, "; ".join(errs) or "%d op ranges, %d with shapes, e.g. %s: %s" % (
+        len(ops), len(shaped), ex[0] if ex else "-", str(ex[2]["torch_args"])[:80] if ex else "-"))
+
+
 def xprof_convert(name, xplane, tools):
     """xprof's own converters (TensorBoard's profile plugin) on our XSpace:
     ({tool: its output as text}, [errors]); the row skips where xprof is absent."""
@@ -836,6 +857,8 @@ if __name__ == "__main__":
         xprof_tools(sys.argv[2])
     elif cmd == "xprof_ops":
         xprof_ops(sys.argv[2])
+    elif cmd == "torch_shapes":
+        torch_shapes(sys.argv[2])
     elif cmd == "torch_nvtx":
         torch_nvtx(sys.argv[2])
     elif cmd == "torch_ops":
@@ -863,4 +886,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|xprof_ops|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")

@@ -39,6 +39,7 @@
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
+#      2f. --torch-shapes: the ops keep their names, shapes as torch_args;
 #      5e. torch.profiler started inside such a capture still works;
 #      3f. XLA's NVTX domain declined by default, and what it gives when on;
 #      3g. jax.profiler's own trace in the same job keeps its op annotations
@@ -326,6 +327,17 @@ if in_budget torch_ops; then
   # 2e. xprof's op pages on that profile: kernel stats name each kernel's
   #     torch op (tf_op), framework op stats list GPU time by op
   if [ -n "$xo" ] && in_budget xprof_torch_ops; then check xprof_torch_ops $py "$here/check.py" xprof_ops "$xo"; fi
+fi
+# 2f. --torch-shapes: torch's record_shapes names parse (op names kept, the
+#     shapes as torch_args)
+if in_budget torch_shapes; then
+  job "$tbprof" run --torch-shapes --steps 5,6 --logdir "$work/shapes" -- env TBPROF_CPU=off $py \
+    "$here/torch_loop.py" --steps 8 >"$work/shapes.out" 2>"$work/shapes.err"; rc=$?
+  xs=$(find "$work/shapes" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || ! grep -q '^done ' "$work/shapes.out"; then
+    row torch_shapes FAIL "the job exited $rc before its end: $(tail -2 "$work/shapes.err" | tr '\n' ' ')"
+  elif [ -n "$xs" ]; then check torch_shapes $py "$here/check.py" torch_shapes "$xs"
+  else row torch_shapes FAIL "no xplane.pb: $(tail -2 "$work/shapes.err" | tr '\n' ' ')"; fi
 fi
 # 3f. XLA's NVTX domain "TSL": none of its ranges in 3d's profile (declined
 #     by default, so jax.profiler keeps its op names); with
