@@ -717,6 +717,53 @@ class TorchOps(PyBase):
                 self.assertEqual(len(mm), 4)
                 self.assertEqual(len([e for e in mm if "torch_args" in e.stats]), 4 if shapes else 0)
 
+    def test_inference_loop_with_tbprof_step(self):
+        # no optimizer: the script marks its steps with tbprof.step(), and
+        # the op ranges follow the capture there (on at step 3's start, off
+        # at step 7's); and tbprof.stop() turns them off where no step
+        # follows (a capture from tbprof.start())
+        self.need_cli()
+        body = textwrap.dedent("""\
+            import os, sys, torch, tbprof
+            assert tbprof.install_torch_hook(torch_ops=True)
+            torch.cuda.started = True
+            for i in range(10):
+                print("iter", i, flush=True)
+                tbprof.step()
+                torch.op("aten::mm", -1, 100 + i)
+            if sys.argv[1:] == ["start"]:
+                assert tbprof.start() == 0
+                for _ in range(200):
+                    tbprof.step()
+                    if tbprof.capturing():
+                        break
+                torch.op("aten::relu", -1, 500)
+                tbprof.stop()
+                print("stopped", flush=True)
+            """)
+        s = self.script("infer.py", WORK + body)
+        e = self.pyenv(steps="3,6")
+        e["PYTHONPATH"] = self.fake_packages(FAKE_TORCH_OPS) + ":" + tbtest.PYHELPER
+        e["TBTEST_NVTX_OPS"] = NVTX_OPS
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(4, "emit_nvtx on")  # tbprof.step() of iteration 3 began step 3
+        want.insert(9, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        mm = tbtest.load(files[0]).host.events("aten::mm")
+        self.assertEqual(sorted(e.stats["torch_op_id"] for e in mm), [103, 104, 105, 106])
+        # then a capture the script starts and stops itself: on by its first
+        # step() inside it (or start() itself), off at stop()
+        p = tbtest.run([tbtest.PYTHON, s, "start"], env=e)
+        self.assertExitedOk(p)
+        tail = [l for l in p.stdout.splitlines() if l.startswith(("emit_nvtx", "stopped"))][2:]
+        self.assertEqual(tail, ["emit_nvtx on", "emit_nvtx off", "stopped"], p.stdout)
+        relu = [x for f in tbtest.xplanes(self.logdir) for x in tbtest.load(f).host.events("aten::relu")]
+        self.assertEqual([x.stats["torch_op_id"] for x in relu], [500])
+
     def test_needs_the_hook(self):
         self.need_cli()
         s = self.script("train.py", WORK + textwrap.dedent(TORCH_OPS_LOOP))

@@ -111,7 +111,9 @@ def step(num=None):
     lib = _load()
     if lib is None:
         return -1
-    return lib.tbprof_step() if num is None else lib.tbprof_step_num(int(num))
+    n = lib.tbprof_step() if num is None else lib.tbprof_step_num(int(num))
+    _ops_follow(lib)
+    return n
 
 
 def step_num(num):
@@ -121,7 +123,11 @@ def step_num(num):
 def start(duration_ms=0):
     """Capture now for duration_ms (0: until stop()). 0, or a negative errno."""
     lib = _load()
-    return -38 if lib is None else lib.tbprof_start(int(duration_ms))
+    if lib is None:
+        return -38
+    rc = lib.tbprof_start(int(duration_ms))
+    _ops_follow(lib)
+    return rc
 
 
 def capture_steps(first, last):
@@ -139,7 +145,11 @@ def capture_steps(first, last):
 
 def stop():
     lib = _load()
-    return -38 if lib is None else lib.tbprof_stop()
+    if lib is None:
+        return -38
+    rc = lib.tbprof_stop()
+    _ops_follow(lib)
+    return rc
 
 
 def capturing():
@@ -213,9 +223,10 @@ def _guard_torch_profilers(mod):
 def _torch_ops(lib):
     """TBPROF_TORCH_OPS: torch's NVTX op ranges on while a capture is (so
     tbprof records each op as a range, and names the CUDA calls and GPU
-    work inside it by the op), off otherwise. Called at each optimizer step,
-    on the training thread: torch keeps that state per thread, and the
-    autograd engine carries it to backward's threads."""
+    work inside it by the op), off otherwise. Called at each optimizer step
+    and the script's step(), start() and stop() (_ops_follow), on the
+    training thread: torch keeps that state per thread, and the autograd
+    engine carries it to backward's threads."""
     global _ops_ctx, _ops_entering
     if _ops_done:
         return
@@ -245,12 +256,20 @@ def _torch_ops(lib):
                           "these steps?" % ("on" if want else "off", type(e).__name__, e))
 
 
+def _ops_follow(lib):
+    """torch's op ranges on or off as the capture is, where they were asked
+    for (install_torch_hook): at each optimizer step, and at the script's
+    own step(), start() and stop(), on its thread (loops without an
+    optimizer: inference)."""
+    if _torch_ops_on:
+        _torch_ops(lib)
+
+
 def _on_optimizer_step(optimizer, args, kwargs):
     lib = _load()
     if lib is not None:
         lib.tbprof_step_from(b"pytorch")
-        if _torch_ops_on:
-            _torch_ops(lib)
+        _ops_follow(lib)
 
 
 def install_torch_hook(torch_ops=None):
