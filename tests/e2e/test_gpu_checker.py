@@ -151,6 +151,37 @@ class GpuChecker(tbtest.TestCase):
         ops[0][0].stats.remove(ops[0][1])
         self.assertIn("tf_op None, expected 'forward'", self.check_altered(xs))
 
+    def fake_xprof(self, outputs):
+        """A stand-in xprof package whose converter answers each tool with
+        outputs[tool] (raises for a tool not in it). The PYTHONPATH for it."""
+        root = os.path.join(self.tmp, "fake_xprof")
+        conv = os.path.join(root, "xprof", "convert")
+        os.makedirs(conv, exist_ok=True)
+        for d in (os.path.join(root, "xprof"), conv):
+            open(os.path.join(d, "__init__.py"), "w").close()
+        with open(os.path.join(conv, "raw_to_tool_data.py"), "w") as f:
+            f.write("OUT = %r\n\n\ndef xspace_to_tool_data(paths, tool, params):\n"
+                    "    if tool not in OUT:\n        raise ValueError('no tool ' + tool)\n"
+                    "    return OUT[tool].encode(), 'application/json'\n" % (outputs,))
+        return root
+
+    def test_xprof_ops_reads_the_op_pages(self):
+        ks = '{"rows":[{"c":[{"v":"sgemm"},{"v":"aten::mm"}]},{"c":[{"v":"sgemm"},{"v":"MmBackward0"}]}]}'
+        ok = {"kernel_stats": ks, "framework_op_stats": '[{"v":"aten::mm"}]', "trace_viewer@": "TensorFlow Ops"}
+        p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(ok))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("RESULT xprof_torch_ops PASS kernel_stats op names 2 (MmBackward0, aten::mm); framework op "
+                      "stats list aten:: ops; trace viewer op line yes", p.stdout)
+        # an older plugin: the page is tensorflow_stats
+        old = dict(ok, tensorflow_stats=ok["framework_op_stats"])
+        del old["framework_op_stats"]
+        p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(old))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        # no op names: fails, saying where
+        p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(dict(ok, kernel_stats="{}")))
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("kernel_stats names no torch op (2 bytes)", p.stdout)
+
     def test_xprof_ops_skips_without_xprof(self):
         # xprof is on the GPU machine, not here: the row says so, and passes on
         if importlib.util.find_spec("xprof") or importlib.util.find_spec("tensorboard_plugin_profile"):

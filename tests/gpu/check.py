@@ -805,15 +805,18 @@ def xprof_ops(xplane):
     their torch op (our tf_op), framework op stats list GPU time by op, and
     the trace viewer has the derived op line."""
     out, errs = xprof_convert("xprof_torch_ops", xplane, ("kernel_stats", "framework_op_stats", "trace_viewer@"))
-    if "framework_op_stats" not in out:  # older plugins name it tensorflow_stats
+    if not out.get("framework_op_stats"):  # older plugins name it tensorflow_stats
         more, e2 = xprof_convert("xprof_torch_ops", xplane, ("tensorflow_stats",))
-        out.update(more)
-        errs += e2
+        if more.get("tensorflow_stats"):
+            out.update(more)
+            errs = [e for e in errs if not e.startswith("framework_op_stats")]
+        else:
+            errs += e2
     ks = out.get("kernel_stats", "")
     ops = sorted(set(re.findall(r'"(aten::[a-z_0-9]+|[A-Za-z]+Backward[0-9]*)"', ks)))
     if not ops:
         errs.append("kernel_stats names no torch op (%d bytes)" % len(ks))
-    fs = out.get("framework_op_stats", out.get("tensorflow_stats", ""))
+    fs = out.get("framework_op_stats") or out.get("tensorflow_stats", "")
     if "aten::" not in fs:
         errs.append("framework op stats list no aten:: op (%d bytes)" % len(fs))
     tv = out.get("trace_viewer@", "")
