@@ -60,7 +60,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
     "torch/autograd/__init__.py": "from . import profiler\n",
     "torch/cuda.py": "started = False\n\n\ndef is_initialized():\n    return started\n",
     "torch/autograd/profiler.py": textwrap.dedent("""\
-        import ctypes, os
+        import ctypes, os, threading
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
         _on = False    # NVTX op ranges
         _shapes = False  # ... with input shapes
@@ -91,10 +91,13 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 print("emit_nvtx on" + (" with shapes" if self.record_shapes else ""), flush=True)
                 _enable_profiler("nvtx")
                 _on, _shapes = True, self.record_shapes
+                self.thread = threading.get_ident()
                 return self
 
             def __exit__(self, *exc):
                 global _on
+                if threading.get_ident() != self.thread:  # torch's state is the thread's
+                    raise RuntimeError("the profiler is not enabled on this thread")
                 _on = False
                 _disable_profiler()
                 print("emit_nvtx off", flush=True)
@@ -724,12 +727,17 @@ class TorchOps(PyBase):
         # follows (a capture from tbprof.start())
         self.need_cli()
         body = textwrap.dedent("""\
-            import os, sys, torch, tbprof
+            import os, sys, threading, torch, tbprof
             assert tbprof.install_torch_hook(torch_ops=True)
             torch.cuda.started = True
             for i in range(10):
                 print("iter", i, flush=True)
-                tbprof.step()
+                if i == 7 and sys.argv[1:] == ["thread"]:  # step 7 begins on another thread
+                    t = threading.Thread(target=tbprof.step)
+                    t.start()
+                    t.join()
+                else:
+                    tbprof.step()
                 torch.op("aten::mm", -1, 100 + i)
             if sys.argv[1:] == ["start"]:
                 assert tbprof.start() == 0
@@ -763,6 +771,16 @@ class TorchOps(PyBase):
         self.assertEqual(tail, ["emit_nvtx on", "emit_nvtx off", "stopped"], p.stdout)
         relu = [x for f in tbtest.xplanes(self.logdir) for x in tbtest.load(f).host.events("aten::relu")]
         self.assertEqual([x.stats["torch_op_id"] for x in relu], [500])
+        # the step that ends the capture is marked on another thread: that
+        # thread leaves the ranges alone (torch keeps them per thread); the
+        # main thread turns them off at its next step
+        p = tbtest.run([tbtest.PYTHON, s, "thread"], env=e)
+        self.assertExitedOk(p)
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(4, "emit_nvtx on")
+        want.insert(10, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
 
     def test_needs_the_hook(self):
         self.need_cli()

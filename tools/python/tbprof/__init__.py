@@ -27,6 +27,7 @@ sitecustomize.py).
 import ctypes
 import os
 import sys
+import threading
 
 __all__ = ["step", "step_num", "start", "capture_steps", "stop", "capturing", "last_profile",
            "install_torch_hook", "install_jax_hook", "install_tf_hook", "available"]
@@ -169,6 +170,7 @@ _hook_handle = None
 _ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS)
 _ops_done = False    # turned off for good: torch refused, or the script's own profiler needed the slot
 _ops_entering = False
+_ops_thread = None   # the thread that turned them on: only it can turn them off
 _torch_ops_on = 0  # install_torch_hook(torch_ops=...) / TBPROF_TORCH_OPS: 0 off, 1 on, 2 with shapes
 
 
@@ -226,9 +228,11 @@ def _torch_ops(lib):
     work inside it by the op), off otherwise. Called at each optimizer step
     and the script's step(), start() and stop() (_ops_follow), on the
     training thread: torch keeps that state per thread, and the autograd
-    engine carries it to backward's threads."""
-    global _ops_ctx, _ops_entering
-    if _ops_done:
+    engine carries it to backward's threads. So only the thread that
+    turned them on turns them off (a step() from another thread leaves
+    them to it)."""
+    global _ops_ctx, _ops_entering, _ops_thread
+    if _ops_done or (_ops_ctx is not None and threading.get_ident() != _ops_thread):
         return
     want = bool(lib.tbprof_capturing())
     if want == (_ops_ctx is not None):
@@ -247,7 +251,7 @@ def _torch_ops(lib):
                 ctx.__enter__()
             finally:
                 _ops_entering = False
-            _ops_ctx = ctx
+            _ops_ctx, _ops_thread = ctx, threading.get_ident()
         else:
             ctx, _ops_ctx = _ops_ctx, None
             ctx.__exit__(None, None, None)
