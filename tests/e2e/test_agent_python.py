@@ -782,6 +782,34 @@ class TorchOps(PyBase):
         self.assertEqual(self.lines(p), want, p.stderr)
         self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
 
+    def test_training_thread_keeps_them(self):
+        # a helper thread starts a capture mid-run: the ranges go on at the
+        # training thread's next optimizer step, not on the helper (torch
+        # keeps them per thread: the helper would have held them, and the
+        # training thread's stop() could not have turned them off)
+        self.need_cli()
+        p, prof = self.run_hooked("""\
+            import threading, torch, tbprof
+            opt = torch.optim.SGD()
+            torch.cuda.started = True
+            for i in range(10):
+                print("iter", i, flush=True)
+                if i == 2:
+                    t = threading.Thread(target=tbprof.start)
+                    t.start()
+                    t.join()
+                if i == 6:
+                    tbprof.stop()
+                torch.op("aten::mm", 2 * i, 100 + i)
+                opt.step()
+            print("trained")
+            """, "50,60", FAKE_TORCH_OPS, ("--torch-ops",), TBTEST_NVTX_OPS=NVTX_OPS)
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(3, "emit_nvtx on")
+        want.insert(8, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        self.assertEqual(sorted(e.stats["torch_op_id"] for e in prof.host.events("aten::mm")), [103, 104, 105])
+
     def test_needs_the_hook(self):
         self.need_cli()
         s = self.script("train.py", WORK + textwrap.dedent(TORCH_OPS_LOOP))

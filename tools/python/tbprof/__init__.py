@@ -171,6 +171,7 @@ _ops_ctx = None      # torch's emit_nvtx while a capture is on (TBPROF_TORCH_OPS
 _ops_done = False    # turned off for good: torch refused, or the script's own profiler needed the slot
 _ops_entering = False
 _ops_thread = None   # the thread that turned them on: only it can turn them off
+_opt_thread = None   # the thread of the last optimizer step (the training thread)
 _torch_ops_on = 0  # install_torch_hook(torch_ops=...) / TBPROF_TORCH_OPS: 0 off, 1 on, 2 with shapes
 
 
@@ -260,20 +261,23 @@ def _torch_ops(lib):
                           "these steps?" % ("on" if want else "off", type(e).__name__, e))
 
 
-def _ops_follow(lib):
+def _ops_follow(lib, script=True):
     """torch's op ranges on or off as the capture is, where they were asked
     for (install_torch_hook): at each optimizer step, and at the script's
     own step(), start() and stop(), on its thread (loops without an
-    optimizer: inference)."""
-    if _torch_ops_on:
+    optimizer: inference). Once optimizer steps are seen, on their thread
+    only: a start() from a helper thread must not take the ranges there."""
+    if _torch_ops_on and not (script and _opt_thread not in (None, threading.get_ident())):
         _torch_ops(lib)
 
 
 def _on_optimizer_step(optimizer, args, kwargs):
+    global _opt_thread
     lib = _load()
     if lib is not None:
         lib.tbprof_step_from(b"pytorch")
-        _ops_follow(lib)
+        _opt_thread = threading.get_ident()
+        _ops_follow(lib, script=False)
 
 
 def install_torch_hook(torch_ops=None):
