@@ -302,10 +302,11 @@ class NvtxRanges(NvtxBase):
                 _, info = parse(out)
                 self.assertEqual(info.get("tsl_domain"), str(want), out)
                 evs = self.check_step_contents(self.one_profile(logdir), pid, range(2, 4), 4)
-                hlo = [e for e in evs if e.name == "hlo fusion.1"]
+                hlo = [e for e in evs if e.name == "fusion.1"]  # the HLO op, from XLA's encoding
                 self.assertEqual(len(hlo), 2 * want, [e.name for e in evs])
                 for e in hlo:
                     self.assertEqual(e.stats.get("tbprof_nvtx_domain"), "TSL", e)
+                    self.assertEqual(e.stats.get("xla_annotation"), "hlo_op=fusion.1,unique_hlo_op_id=7", e)
                 self.assertEqual(tbtest.tbprof_warnings(err), [])
 
     def test_utf8_names(self):

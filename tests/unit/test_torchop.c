@@ -19,8 +19,8 @@ static void op_name(const char *s, const char *name, long long seq, long long op
     CHECKF(ok, "\"%s\" not taken as an op", s);
     if (!ok)
         return;
-    CHECKF(op.name_len == strlen(name) && !memcmp(s, name, op.name_len), "\"%s\": name of %zu bytes, expected \"%s\"",
-           s, op.name_len, name);
+    CHECKF(op.name == s && op.name_len == strlen(name) && !memcmp(s, name, op.name_len),
+           "\"%s\": name of %zu bytes, expected \"%s\"", s, op.name_len, name);
     CHECK_EQ_I(op.seq, seq);
     CHECK_EQ_I(op.op_id, op_id);
     if (!args) {
@@ -30,6 +30,28 @@ static void op_name(const char *s, const char *name, long long seq, long long op
                "\"%s\": args \"%.*s\", expected \"%s\"", s, op.args ? (int)op.args_len : 0, op.args ? op.args : "",
                args);
     }
+}
+
+/* XLA's ranges: the event's name, and the key-value list (the stat) */
+static void xla_name(const char *s, const char *name, const char *kv)
+{
+    tb_torch_op op;
+    memset(&op, 0x5a, sizeof(op));
+    int ok = tb_tsl_annotation_parse(s, strlen(s), &op);
+    CHECKF(ok, "\"%s\" not taken as TSL's encoding", s);
+    if (!ok)
+        return;
+    CHECKF(op.name_len == strlen(name) && !memcmp(op.name, name, op.name_len), "\"%s\": name \"%.*s\", expected \"%s\"",
+           s, (int)op.name_len, op.name, name);
+    CHECKF(op.kv && op.kv_len == strlen(kv) && !memcmp(op.kv, kv, op.kv_len), "\"%s\": kv \"%.*s\"", s,
+           op.kv ? (int)op.kv_len : 0, op.kv ? op.kv : "");
+    CHECK(op.seq == -1 && op.op_id == -1 && op.args == NULL);
+}
+
+static void not_tsl(const char *s)
+{
+    tb_torch_op op;
+    CHECKF(!tb_tsl_annotation_parse(s, strlen(s), &op), "\"%s\" taken as TSL's encoding", s);
 }
 
 static void not_op(const char *s)
@@ -64,6 +86,28 @@ int main(void)
     not_op("aten::mm, seq = 123456789012345678901"); /* too long to be one */
     not_op("aten::mm,seq = 12");
 
+    /* XLA's annotations (xla/backends/gpu/runtime/annotation.cc writes them) */
+    xla_name("Thunk:#name=dot_general,hlo_op=fusion.3,unique_hlo_op_id=12#", "fusion.3",
+             "name=dot_general,hlo_op=fusion.3,unique_hlo_op_id=12");
+    xla_name("Thunk:#hlo_op=copy.1,unique_hlo_op_id=5#", "copy.1", "hlo_op=copy.1,unique_hlo_op_id=5");
+    xla_name("Thunk:#name=transpose[permutation=(1, 0)],hlo_op=transpose.2,unique_hlo_op_id=7#", "transpose.2",
+             "name=transpose[permutation=(1, 0)],hlo_op=transpose.2,unique_hlo_op_id=7");
+    xla_name("XlaModule:#hlo_module=jit_train_step,program_id=3#", "jit_train_step",
+             "hlo_module=jit_train_step,program_id=3");
+    xla_name("XlaModule:#prefix=jit(step),hlo_module=jit_step,program_id=4#", "jit_step",
+             "prefix=jit(step),hlo_module=jit_step,program_id=4");
+    xla_name("Other:#k=v#", "Other", "k=v"); /* no op, no module: the title */
+    xla_name("step#num=3#", "step", "num=3");
+    not_tsl("#k=v#");          /* no title */
+    not_tsl("Thunk:#k=v");     /* not closed */
+    not_tsl("Thunk:##");       /* nothing inside */
+    not_tsl("loss#3#");        /* no key */
+    not_tsl("a#b#c=d#");       /* a '#' inside */
+    not_tsl("Thunk:#=v#");     /* an empty key */
+    not_tsl("train_step");
+    not_tsl("");
+    not_tsl("#");
+
     /* a length, not a NUL, ends the name (ranges are stored unterminated) */
     {
         const char *s = "aten::mm, seq = 12garbage";
@@ -79,7 +123,7 @@ int main(void)
         const char *s = "aten::mm, seq = 3, op_id = 4, sizes = [[2, 3], [3, 4]]";
         tb_torch_op op;
         CHECK(parse(s, &op));
-        CHECK(tb_line_add(l, tb_plane_event_meta_n(hp, s, op.name_len), 100, 50) == 0);
+        CHECK(tb_line_add(l, tb_plane_event_meta_n(hp, op.name, op.name_len), 100, 50) == 0);
         tb_torch_op_stats(hp, l, &op);
         CHECK_EQ_I(l->events[0].nstats, 3);
         uint32_t seq = tb_plane_find_stat_meta(hp, TB_ST_TORCH_SEQ), id = tb_plane_find_stat_meta(hp, TB_ST_TORCH_OP_ID),
@@ -107,6 +151,15 @@ int main(void)
         CHECK(tb_line_add(l, m2, 200, 10) == 1);
         tb_torch_op_stats(hp, l, &o2);
         CHECK_EQ_I(l->events[1].nstats, 0);
+        /* XLA's: the HLO op's name, the list as xla_annotation */
+        const char *x = "Thunk:#hlo_op=fusion.3,unique_hlo_op_id=12#";
+        int64_t m3 = tb_nvtx_range_meta(hp, x, strlen(x), &o2);
+        CHECK(m3 > 0 && !strcmp(tb_plane_event_name(hp, m3), "fusion.3"));
+        CHECK(tb_line_add(l, m3, 300, 10) == 2);
+        tb_torch_op_stats(hp, l, &o2);
+        CHECK_EQ_I(l->events[2].nstats, 1);
+        const tb_stat *xa = tb_event_find_stat(hp, l, &l->events[2], TB_ST_XLA_ANNOTATION);
+        CHECK(xa && !strcmp(tb_plane_stat_name(hp, xa->v.ref), "hlo_op=fusion.3,unique_hlo_op_id=12"));
         tb_space_free(sp);
     }
     return tap_done();

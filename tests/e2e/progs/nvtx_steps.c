@@ -20,7 +20,8 @@
  *   -x   as XLA does (JAX, TensorFlow): nvtxDomainCreateA("TSL") first,
  *        printing "tsl_domain=1" when a handle came back (XLA then annotates
  *        with NVTX instead of its own profiler's stack), and with one each
- *        step opens "hlo fusion.1" in it around the "fwd" work
+ *        step opens "Thunk:#hlo_op=fusion.1,unique_hlo_op_id=7#" in it
+ *        (XLA's annotation encoding) around the "fwd" work
  *   -d   each step also opens "dom a" in domain "tbtest.a", then "dom b" in
  *        "tbtest.b" (~ms/4 apart), and pops tbtest.a before tbtest.b: per
  *        domain stacks end "dom a" first (prints "same_domain=1" when a
@@ -210,7 +211,7 @@ int main(int argc, char **argv)
             }
         }
         if (tsl) {
-            nvtxEventAttributes_t ht = attr_ascii("hlo fusion.1");
+            nvtxEventAttributes_t ht = attr_ascii("Thunk:#hlo_op=fusion.1,unique_hlo_op_id=7#"); /* as XLA names it */
             nvtxDomainRangePushEx(tsl, &ht);
         }
         work(ms / 2);
