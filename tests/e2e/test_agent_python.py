@@ -64,7 +64,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
         _on = False    # NVTX op ranges
         _shapes = False  # ... with input shapes
-        _held = None   # the thread's one profiler
+        _held = {}     # each thread's one profiler
 
         def _work():
             s = 0
@@ -73,14 +73,13 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
             return s
 
         def _enable_profiler(who):
-            global _held
-            if _held is not None:
+            if threading.get_ident() in _held:
                 raise RuntimeError("Profiler is already enabled on this thread")
-            _held = who
+            _held[threading.get_ident()] = who
 
         def _disable_profiler():
-            global _held
-            _held = None
+            if _held.pop(threading.get_ident(), None) is None:
+                raise RuntimeError("Can't disable the profiler when it's not running")
 
         class emit_nvtx:
             def __init__(self, enabled=True, record_shapes=False):
@@ -103,7 +102,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 print("emit_nvtx off", flush=True)
                 return False
 
-        class profile:  # what torch.profiler.profile starts
+        class profile:  # what torch.profiler.profile starts (on the thread it is entered on)
             def __enter__(self):
                 _enable_profiler("kineto")
                 print("profile on", flush=True)
@@ -673,6 +672,28 @@ class TorchOps(PyBase):
                          ["emit_nvtx on", "iter 5", "emit_nvtx off", "profile on", "profile off"], p.stdout)
         self.assertIn("the script started a torch profiler", self.one_line(p.stderr, "TBPROF_TORCH_OPS"))
         self.assertEqual(sorted(e.stats["torch_seq"] for e in prof.host.events("aten::mm")), [8])
+
+    def test_script_profiler_on_another_thread_leaves_ours(self):
+        # one profiler per thread: the script's torch.profiler on a helper
+        # thread, mid-capture, does not contend with our ranges on the
+        # training thread; both run, ours go off at the capture's end
+        self.need_cli()
+        body = TORCH_OPS_LOOP.replace(
+            "        if i == prof_on:\n            prof = torch.autograd.profiler.profile()\n"
+            "            prof.__enter__()\n",
+            "        if i == prof_on:\n            import threading\n"
+            "            prof = torch.autograd.profiler.profile()\n"
+            "            t = threading.Thread(target=prof.__enter__)\n            t.start()\n            t.join()\n")
+        body = body.replace("            prof.__exit__(None, None, None)\n",
+                            "            t = threading.Thread(target=prof.__exit__, args=(None, None, None))\n"
+                            "            t.start()\n            t.join()\n")
+        self.assertNotEqual(body, TORCH_OPS_LOOP)
+        p, prof = self.run_hooked(body, "3,6", FAKE_TORCH_OPS, ("--torch-ops",), TBTEST_NVTX_OPS=NVTX_OPS,
+                                  TBTEST_PROF="5,6")
+        self.assertEqual([l for l in p.stdout.splitlines() if l.startswith(("emit", "profile"))],
+                         ["emit_nvtx on", "profile on", "profile off", "emit_nvtx off"], p.stdout)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
+        self.assertEqual(len(prof.host.events("aten::mm")), 4)
 
     def test_not_before_cuda_starts(self):
         # emit_nvtx synchronizes the GPU: never called before the job

@@ -200,17 +200,18 @@ def _ops_off_for_good(why):
 
 def _guard_torch_profilers(mod):
     """torch runs one profiler per thread: torch.profiler (or the autograd
-    profiler, or emit_nvtx) that the script starts while our op ranges are
-    on would raise in the script. So every start through mod's
-    _enable_profiler goes through this guard, which turns ours off for good
-    first: the script's profiler wins."""
+    profiler, or emit_nvtx) that the script starts on the thread where our
+    op ranges are on would raise in the script. So every start through
+    mod's _enable_profiler goes through this guard, which turns ours off for
+    good first: the script's profiler wins. One started on another thread
+    does not contend with ours (which only our thread can turn off)."""
     orig = getattr(mod, "_enable_profiler", None)
     if orig is None or getattr(orig, "_tbprof_guard", False):
         return
 
     def _enable_profiler(*args, **kwargs):
         global _ops_ctx
-        if _ops_ctx is not None and not _ops_entering:
+        if _ops_ctx is not None and not _ops_entering and threading.get_ident() == _ops_thread:
             ctx, _ops_ctx = _ops_ctx, None
             try:
                 ctx.__exit__(None, None, None)
