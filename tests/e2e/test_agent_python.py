@@ -205,6 +205,25 @@ class PyBase(tbtest.TestCase):
 
 
 class Python(PyBase):
+    def test_torch_ops_without_torch_one_line(self):
+        # no torch in this Python: install_torch_hook says so once; the
+        # script's steps and the capture go on, with no op-range lines
+        s = self.script("train.py", WORK + textwrap.dedent("""\
+            import tbprof
+            assert not tbprof.install_torch_hook(torch_ops=True)
+            for i in range(10):
+                tbprof.step()
+                work()
+            print("ok")
+            """))
+        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv(steps="3,5"))
+        self.assertExitedOk(p)
+        self.assertIn("ok", p.stdout)
+        lines = [l for l in p.stderr.splitlines() if l.startswith("tbprof: ")]
+        self.assertEqual(len(lines), 1, p.stderr)
+        self.assertIn("no torch optimizer step hook", lines[0])
+        self.assertEqual(len(tbtest.xplanes(self.logdir)), 1, p.stderr)
+
     def test_helper_steps_under_preload(self):
         s = self.script("train.py", WORK + textwrap.dedent("""\
             import tbprof

@@ -300,6 +300,7 @@ def install_torch_hook(torch_ops=None):
         from torch.optim.optimizer import register_optimizer_step_post_hook
     except Exception as e:  # old torch, or no torch
         sys.stderr.write("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
+        _torch_ops_on = 0  # and no op ranges: said once here, not again at each step()
         return False
     _hook_handle = register_optimizer_step_post_hook(_on_optimizer_step)
     return True
