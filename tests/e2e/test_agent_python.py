@@ -829,7 +829,7 @@ class TorchOps(PyBase):
         # training thread's stop() could not have turned them off)
         self.need_cli()
         p, prof = self.run_hooked("""\
-            import threading, torch, tbprof
+            import threading, time, torch, tbprof
             opt = torch.optim.SGD()
             torch.cuda.started = True
             for i in range(10):
@@ -838,6 +838,10 @@ class TorchOps(PyBase):
                     t = threading.Thread(target=tbprof.start)
                     t.start()
                     t.join()
+                    for _ in range(5000):  # on by now, but a loaded machine may take longer
+                        if tbprof.capturing():
+                            break
+                        time.sleep(0.001)
                 if i == 6:
                     tbprof.stop()
                 torch.op("aten::mm", 2 * i, 100 + i)
