@@ -697,15 +697,19 @@ class TorchOps(PyBase):
         # thread, mid-capture, does not contend with our ranges on the
         # training thread; both run, ours go off at the capture's end
         self.need_cli()
-        body = TORCH_OPS_LOOP.replace(
+        # the helper thread enters the profiler, waits, and exits it (the
+        # same thread: torch's slot is per thread)
+        body = TORCH_OPS_LOOP.replace("        if i == prof_off:\n            prof.__exit__(None, None, None)\n",
+                                      "        if i == prof_off:\n            done.set()\n            t.join()\n")
+        body = body.replace(
             "        if i == prof_on:\n            prof = torch.autograd.profiler.profile()\n"
             "            prof.__enter__()\n",
             "        if i == prof_on:\n            import threading\n"
-            "            prof = torch.autograd.profiler.profile()\n"
-            "            t = threading.Thread(target=prof.__enter__)\n            t.start()\n            t.join()\n")
-        body = body.replace("            prof.__exit__(None, None, None)\n",
-                            "            t = threading.Thread(target=prof.__exit__, args=(None, None, None))\n"
-                            "            t.start()\n            t.join()\n")
+            "            prof, entered, done = torch.autograd.profiler.profile(), threading.Event(), "
+            "threading.Event()\n"
+            "            def helper():\n                prof.__enter__()\n                entered.set()\n"
+            "                done.wait()\n                prof.__exit__(None, None, None)\n"
+            "            t = threading.Thread(target=helper)\n            t.start()\n            entered.wait()\n")
         self.assertNotEqual(body, TORCH_OPS_LOOP)
         p, prof = self.run_hooked(body, "3,6", FAKE_TORCH_OPS, ("--torch-ops",), TBTEST_NVTX_OPS=NVTX_OPS,
                                   TBTEST_PROF="5,6")
