@@ -441,6 +441,17 @@ static void set_last_profile(const char *path)
     atomic_store(&last_idx, i);
 }
 
+/* A pass over the built profile that failed (rc < 0): say what is missing. */
+static void link_warn(tb_space *sp, int64_t rc, const char *what)
+{
+    if (rc >= 0)
+        return;
+    char w[200];
+    snprintf(w, sizeof(w), "%s: %s", what, rc == -ENOSPC ? "the profile reached TBPROF_MAX_MB" : strerror((int)-rc));
+    tb_space_add_warning(sp, w);
+    tb_warn("%s", w);
+}
+
 /* Agent thread, lock NOT held, sources stopped: collect everything into a
  * new space (NULL when nothing is to be written). Uses recs[0..nrec). */
 static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_dropped, int64_t overhead_ns,
@@ -474,14 +485,8 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
     }
     add_steps(sp, c, c->begin, c->end, nrec);
     trim(sp, begin, end);
-    int64_t linked = tb_space_link_ranges(sp); /* nvtx_range on GPU work */
-    if (linked < 0) {
-        char w[160];
-        snprintf(w, sizeof(w), "GPU work not (all) named by its NVTX ranges: %s",
-                 linked == -ENOSPC ? "the profile reached TBPROF_MAX_MB" : strerror((int)-linked));
-        tb_space_add_warning(sp, w);
-        tb_warn("%s", w);
-    }
+    link_warn(sp, tb_space_link_ranges(sp), "GPU work not (all) named by its NVTX ranges");
+    link_warn(sp, tb_space_link_steps(sp), "CUDA calls on other threads not (all) put in their steps");
     uint64_t ignored = atomic_load_explicit(&steps_ignored, memory_order_relaxed);
     if (hp) {
         tb_plane_stat_i64(hp, TB_ST_PID, (int64_t)getpid());

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "folded.h"
 #include "stats.h"
@@ -244,4 +245,133 @@ int64_t tb_space_link_ranges(tb_space *s)
     free(a.slot);
     free(a.v);
     return named;
+}
+
+/* ---- step contexts across threads ------------------------------------------------ */
+
+typedef struct step_span {
+    int64_t start, end;
+    uint32_t ev;   /* the root's index on the step line */
+    uint32_t used; /* a call on another line is in it */
+} step_span;
+
+/* The step whose span holds t (spans sorted, not overlapping); -1: none. */
+static ssize_t step_at(const step_span *v, size_t n, int64_t t)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) { /* the first span starting after t */
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid].start <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && t < v[lo - 1].end ? (ssize_t)lo - 1 : -1;
+}
+
+static void i64_stat(tb_stat *st, int64_t meta, int64_t v)
+{
+    *st = (tb_stat){.meta = (uint32_t)meta, .type = TB_STAT_INT64, .v.i = v};
+}
+
+/* Link one host plane's calls to its steps. */
+static int64_t link_steps_plane(tb_plane *p)
+{
+    uint32_t rid = tb_plane_find_stat_meta(p, TB_ST_IS_ROOT), cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+    if (!rid || !cid || p->nlines < 2)
+        return 0;
+    tb_line *sl = NULL; /* the step line: the most roots */
+    size_t most = 0;
+    for (size_t j = 0; j < p->nlines; j++) {
+        size_t n = 0;
+        for (size_t k = 0; k < p->lines[j]->nevents; k++)
+            n += tb_event_stat(p->lines[j], &p->lines[j]->events[k], rid) != NULL;
+        if (n > most)
+            most = n, sl = p->lines[j];
+    }
+    if (!sl)
+        return 0;
+    step_span *v = calloc(most, sizeof(*v));
+    uint32_t *ev = NULL;
+    tb_stat *add = NULL;
+    if (!v)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t k = 0; k < sl->nevents; k++) {
+        const tb_event *e = &sl->events[k];
+        if (!tb_event_stat(sl, e, rid))
+            continue;
+        if (n && e->start_ns < v[n - 1].end) /* overlapping roots (two sources): the earlier one */
+            continue;
+        v[n++] = (step_span){e->start_ns, e->start_ns + e->dur_ns, (uint32_t)k, 0};
+    }
+    int64_t ct = 0, ci = 0, linked = 0; /* the consumer stats' ids, interned at the first consumer */
+    size_t cap_ev = 0, cap_add = 0;
+    for (size_t j = 0; j < p->nlines && linked >= 0; j++) {
+        tb_line *l = p->lines[j];
+        if (l == sl)
+            continue;
+        size_t m = 0;
+        for (size_t k = 0; k < l->nevents; k++) {
+            const tb_event *e = &l->events[k];
+            ssize_t at = tb_event_stat(l, e, cid) ? step_at(v, n, e->start_ns) : -1;
+            if (at < 0)
+                continue;
+            if (!ct && ((ct = tb_plane_stat_meta(p, TB_ST_CONSUMER_TYPE)) < 0 ||
+                        (ci = tb_plane_stat_meta(p, TB_ST_CONSUMER_ID)) < 0)) {
+                linked = -ENOMEM;
+                break;
+            }
+            if (TB_GROW(ev, cap_ev, m + 2) < 0 || TB_GROW(add, cap_add, m + 2) < 0) {
+                linked = -ENOMEM;
+                break;
+            }
+            v[at].used = 1;
+            ev[m] = ev[m + 1] = (uint32_t)k;
+            i64_stat(&add[m++], ct, TB_CONTEXT_GENERIC);
+            i64_stat(&add[m++], ci, at + 1);
+        }
+        int rc = linked < 0 ? 0 : tb_line_add_stats(l, ev, add, m);
+        if (rc < 0)
+            linked = rc;
+        else if (linked >= 0)
+            linked += (int64_t)m / 2;
+    }
+    if (linked > 0) { /* the producers: the steps someone called in */
+        int64_t pt = tb_plane_stat_meta(p, TB_ST_PRODUCER_TYPE), pi = tb_plane_stat_meta(p, TB_ST_PRODUCER_ID);
+        size_t m = 0;
+        if (pt < 0 || pi < 0 || TB_GROW(ev, cap_ev, 2 * n) < 0 || TB_GROW(add, cap_add, 2 * n) < 0) {
+            linked = -ENOMEM;
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                if (!v[i].used)
+                    continue;
+                ev[m] = ev[m + 1] = v[i].ev;
+                i64_stat(&add[m++], pt, TB_CONTEXT_GENERIC);
+                i64_stat(&add[m++], pi, (int64_t)i + 1);
+            }
+            int rc = tb_line_add_stats(sl, ev, add, m);
+            if (rc < 0)
+                linked = rc;
+        }
+    }
+    free(v);
+    free(ev);
+    free(add);
+    return linked;
+}
+
+int64_t tb_space_link_steps(tb_space *s)
+{
+    tb_space_sort(s);
+    int64_t total = 0;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        if (strncmp(s->planes[i]->name, "/host:", 6) != 0)
+            continue;
+        int64_t n = link_steps_plane(s->planes[i]);
+        if (n < 0)
+            return n;
+        total += n;
+    }
+    return total;
 }

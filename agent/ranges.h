@@ -51,4 +51,18 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
  * theirs). */
 int64_t tb_space_link_ranges(tb_space *s);
 
+/* Steps across threads. xprof puts an event in a step when it nests in
+ * the step's root event (_r) on the root's own line, or is linked to it;
+ * GPU work joins through its launch's correlation id. CUDA calls made on
+ * other threads (PyTorch's autograd threads run the backward pass; JAX and
+ * TensorFlow launch from their runtime's threads) would be in no step, and
+ * xprof's step analyses would miss their GPU work (all of it, for JAX).
+ * So each step root on the line with the most of them becomes a producer
+ * (_pt = TB_CONTEXT_GENERIC, _p = its index + 1) and each CUDA call on
+ * another /host:* line that starts inside that step a consumer of it (_ct,
+ * _c), as TraceMe's producer/consumer pairs do. Steps nobody else calls in
+ * are left as they are. Sorts the space. Returns the calls linked, or
+ * -ENOMEM / -ENOSPC (nothing added then to the line that failed). */
+int64_t tb_space_link_steps(tb_space *s);
+
 #endif

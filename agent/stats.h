@@ -16,6 +16,14 @@
 #define TB_ST_STEP_NUM "step_num"
 #define TB_ST_ITER_NUM "iter_num"
 #define TB_ST_GROUP_ID "group_id"
+/* xprof's context links (TraceMe producer/consumer): an event with _ct/_c
+ * becomes a child of the event with the same _pt/_p, so a step root that
+ * produces a context takes calls on other threads into its step */
+#define TB_ST_PRODUCER_TYPE "_pt"
+#define TB_ST_PRODUCER_ID "_p"
+#define TB_ST_CONSUMER_TYPE "_ct"
+#define TB_ST_CONSUMER_ID "_c"
+#define TB_CONTEXT_GENERIC 0 /* xprof's ContextType::kGeneric */
 
 /* GPU activity (event stats) */
 #define TB_ST_CORRELATION_ID "correlation_id"

@@ -678,6 +678,33 @@ class GpuFake(tbtest.TestCase):
                                   "free_bytes": 5 * mib, "peak_bytes": 4 * mib, "end_bytes": 2 * mib})
         self.assertEqual(mem[1]["allocator"], "GPU_0_pinned")
 
+    def test_calls_on_other_threads_join_their_step(self):
+        # xprof puts a call in a step when it nests in the step's root on
+        # its thread, or is linked to it: a launch from another thread
+        # (autograd's backward, XLA's runtime) is linked as a consumer
+        # (_ct/_c) of its step's root (_pt/_p), so its kernel is in the step
+        with open(self.script, "w") as f:
+            f.write(DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=601 start=1000 end=1004
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=601 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=4242 corr=602 start=1100 end=1104
+kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block=256,1,1 regs=128
+""")
+        self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1)
+        host = tbtest.load(xs[0]).host
+        roots = {e.stats["step_num"]: e for e in host.line(self.pid).events if e.stats.get("_r") == 1}
+        self.assertEqual(sorted(roots), [2, 3, 4, 5, 6])
+        other = [e for e in host.line(4242).events if e.name == "cudaLaunchKernel"]
+        self.assertEqual(len(other), 1)
+        self.assertEqual(other[0].stats.get("_ct"), 0)
+        self.assertEqual(other[0].stats.get("_c"), roots[2].stats.get("_p"))  # step 2's root produces it
+        self.assertEqual(roots[2].stats.get("_pt"), 0)
+        self.assertEqual([n for n, e in roots.items() if "_p" in e.stats], [2])  # steps nobody called in: as before
+        mine = [e for e in host.line(self.pid).events if e.name == "cudaLaunchKernel"]
+        self.assertEqual([e.stats.get("_c") for e in mine], [None])  # nested in its root already
+
     def test_gpu_work_named_by_its_nvtx_range(self):
         # each GPU event carries the innermost NVTX range open on the thread
         # that launched it (nvtx_range, as the reference tracer writes it),

@@ -368,8 +368,76 @@ static void gpu_time_by_launching_stack(void)
     tb_space_free(s);
 }
 
+/* The int stat `name` of line l's event k; -1: none. */
+static int64_t int_stat(const tb_plane *p, const tb_line *l, size_t k, const char *name)
+{
+    const tb_stat *st = tb_event_find_stat(p, l, &l->events[k], name);
+    return st ? st->v.i : -1;
+}
+
+static void root(tb_line *l, int64_t num, int64_t start, int64_t dur)
+{
+    ev(l, "train", start, dur, TB_CAT_STEP);
+    tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, TB_ST_IS_ROOT), 1);
+    tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, TB_ST_STEP_NUM), num);
+}
+
+/* Calls on other threads into the step running on the step thread: each
+ * a consumer (_ct, _c) of that step's root, the root a producer (_pt, _p). */
+static void calls_on_other_threads_join_their_step(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *m = tb_plane_line(h, 1, "main"), *bw = tb_plane_line(h, 2, "autograd"), *io = tb_plane_line(h, 3, "io");
+    root(m, 7, 1000, 1000); /* steps 7 [1000, 2000), 8 [2000, 3000), 9 [3000, 4000) */
+    root(m, 8, 2000, 1000);
+    root(m, 9, 3000, 1000);
+    call(m, 1, 1100);  /* on the step line: nested already */
+    call(bw, 2, 500);  /* before the first step */
+    call(bw, 3, 1500); /* step 7 */
+    call(bw, 4, 2000); /* step 8's first ns */
+    call(bw, 5, 4000); /* the last step's end: after it */
+    ev(bw, "MmBackward0", 2400, 100, TB_CAT_USER); /* not a call */
+    call(io, 6, 1999); /* step 7's last ns, another thread */
+    tb_line *idle = tb_plane_line(h, 4, "idle");
+    ev(idle, "wait", 0, 5000, TB_CAT_USER);
+    CHECK_EQ_I(tb_space_link_steps(s), 3);
+    const char *c = TB_ST_CONSUMER_ID;
+    CHECK_EQ_I(int_stat(h, bw, 0, c), -1);
+    CHECK_EQ_I(int_stat(h, bw, 1, c), 1);
+    CHECK_EQ_I(int_stat(h, bw, 1, TB_ST_CONSUMER_TYPE), TB_CONTEXT_GENERIC);
+    CHECK_EQ_I(int_stat(h, bw, 2, c), 2);
+    CHECK_EQ_I(int_stat(h, bw, 3, c), -1);
+    CHECK_EQ_I(int_stat(h, bw, 4, c), -1); /* MmBackward0, sorted after the call at 2000 */
+    CHECK_EQ_I(int_stat(h, io, 0, c), 1);
+    CHECK_EQ_I(int_stat(h, m, 1, c), -1); /* main's call (after step 7's root, sorted) */
+    /* producers: steps 7 and 8 (9 had no other thread's call: as before) */
+    CHECK_EQ_I(int_stat(h, m, 0, TB_ST_PRODUCER_ID), 1);
+    CHECK_EQ_I(int_stat(h, m, 0, TB_ST_PRODUCER_TYPE), TB_CONTEXT_GENERIC);
+    CHECK_EQ_I(int_stat(h, m, 2, TB_ST_PRODUCER_ID), 2);
+    CHECK_EQ_I(int_stat(h, m, 3, TB_ST_PRODUCER_ID), -1);
+    CHECK_EQ_I(int_stat(h, m, 3, TB_ST_STEP_NUM), 9);
+    CHECK_EQ_I(idle->events[0].nstats, 0);
+    tb_space_free(s);
+
+    /* one thread only, or no steps: nothing to link, nothing added */
+    s = tb_space_new();
+    h = tb_space_plane(s, "/host:CPU");
+    m = tb_plane_line(h, 1, "main");
+    root(m, 1, 0, 100);
+    call(m, 1, 10);
+    CHECK_EQ_I(tb_space_link_steps(s), 0);
+    CHECK_EQ_I(tb_plane_find_stat_meta(h, TB_ST_PRODUCER_ID), 0);
+    call(tb_plane_line(h, 2, "other"), 2, 5000); /* after the step */
+    CHECK_EQ_I(tb_space_link_steps(s), 0);
+    CHECK_EQ_I(tb_plane_find_stat_meta(h, TB_ST_PRODUCER_ID), 0);
+    CHECK_EQ_I(tb_plane_find_stat_meta(h, TB_ST_CONSUMER_ID), 0); /* not even its name */
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    calls_on_other_threads_join_their_step();
     innermost_range_on_gpu_work();
     gpu_time_per_range();
     gpu_time_by_launching_stack();
