@@ -236,8 +236,10 @@ class NvtxRanges(NvtxBase):
         self.assertNoPartialFiles(self.logdir)
 
     def test_recorded_without_a_step_pattern(self):
-        # steps from the API are not there: a time window instead
-        pid, out, err = self.run_prog(["-n", "40", "-m", "4", "-g", "1"], delay="0.05", duration="0.1")
+        # steps from the API are not there: a time window instead, well
+        # inside the program's ~0.5 s of steps (a loaded machine, or a
+        # sanitizer build, can take 0.1 s and more to reach the first)
+        pid, out, err = self.run_prog(["-n", "100", "-m", "4", "-g", "1"], delay="0.2", duration="0.1")
         _, info = parse(out)
         self.assertTrue(info["nvtx_path"].endswith("libtbprof.so"), info)
         prof = self.one_profile()
