@@ -167,14 +167,16 @@ class GpuChecker(tbtest.TestCase):
 
     def test_xprof_ops_reads_the_op_pages(self):
         ks = '{"rows":[{"c":[{"v":"sgemm"},{"v":"aten::mm"}]},{"c":[{"v":"sgemm"},{"v":"MmBackward0"}]}]}'
-        ok = {"kernel_stats": ks, "framework_op_stats": '[{"v":"aten::mm"}]', "trace_viewer@": "TensorFlow Ops"}
+        ok = {"kernel_stats": ks, "framework_op_stats": '[{"v":"aten::mm"}]', "trace_viewer@": "TensorFlow Ops",
+              "overview_page": '{"p": {"steptime_ms_average": "9.3", "compute_ms_average": "4.4"}}'}
         p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(ok))
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertIn("RESULT xprof_torch_ops PASS kernel_stats op names 2 (MmBackward0, aten::mm); framework op "
-                      "stats list aten:: ops; trace viewer op line yes", p.stdout)
-        # an older plugin: the page is tensorflow_stats
+                      "stats list aten:: ops; trace viewer op line yes; overview: steptime_ms_average 9.3 ms, "
+                      "compute_ms_average 4.4 ms", p.stdout)
+        # an older plugin: the page is tensorflow_stats; no overview: reported only
         old = dict(ok, tensorflow_stats=ok["framework_op_stats"])
-        del old["framework_op_stats"]
+        del old["framework_op_stats"], old["overview_page"]
         p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(old))
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         # no op names: fails, saying where

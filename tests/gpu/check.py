@@ -804,7 +804,8 @@ def xprof_ops(xplane):
     """xprof's op pages on a --torch-ops profile: kernel stats give kernels
     their torch op (our tf_op), framework op stats list GPU time by op, and
     the trace viewer has the derived op line."""
-    out, errs = xprof_convert("xprof_torch_ops", xplane, ("kernel_stats", "framework_op_stats", "trace_viewer@"))
+    out, errs = xprof_convert("xprof_torch_ops", xplane, ("kernel_stats", "framework_op_stats", "trace_viewer@",
+                                                          "overview_page"))
     if not out.get("framework_op_stats"):  # older plugins name it tensorflow_stats
         more, e2 = xprof_convert("xprof_torch_ops", xplane, ("tensorflow_stats",))
         if more.get("tensorflow_stats"):
@@ -821,8 +822,16 @@ def xprof_ops(xplane):
         errs.append("framework op stats list no aten:: op (%d bytes)" % len(fs))
     tv = out.get("trace_viewer@", "")
     line = "TensorFlow Ops" in tv
+    # reported: the Overview's step time and device compute per step (the
+    # backward pass's kernels count only when its launches, on autograd's
+    # threads, are linked to their step)
+    ov = out.get("overview_page", "")
+    per_step = ", ".join("%s %s ms" % (k, m.group(1)) for k in ("steptime_ms_average", "compute_ms_average")
+                         for m in [re.search(r'"%s"\s*:\s*"?([0-9.]+)' % k, ov)] if m) or "no step figures"
+    errs = [e for e in errs if not e.startswith("overview_page")]  # reported, not required
     result("xprof_torch_ops", not errs, "; ".join(errs) or "kernel_stats op names %d (%s); framework op stats "
-           "list aten:: ops; trace viewer op line %s" % (len(ops), ", ".join(ops[:5]), "yes" if line else "no"))
+           "list aten:: ops; trace viewer op line %s; overview: %s" % (
+               len(ops), ", ".join(ops[:5]), "yes" if line else "no", per_step))
 
 
 def gpu_flame(folded, source):
