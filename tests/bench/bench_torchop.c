@@ -11,6 +11,10 @@
  * them (tb_space_link_ranges) with nvtx_range and tf_op, against the same
  * ranges marked as step ranges (nvtx_range only, the baseline; best of 3
  * in turns), and the bytes each adds to xplane.pb per kernel.
+ *
+ * Last, the steps across threads (tb_space_link_steps): N CUDA calls on
+ * another thread than the 100 steps', each linked to its step, against the
+ * same calls on the step thread (only looked at: the baseline).
  * usage: bench_torchop [N] (default 1000000) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +123,44 @@ static double link_run(size_t n, int steps, size_t *added)
     return t;
 }
 
+/* n calls during 100 steps, on the steps' own thread or another; returns
+ * tb_space_link_steps' seconds. */
+static double steps_run(size_t n, int other)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *hp = tb_space_plane(s, "/host:CPU");
+    tb_line *m = tb_plane_line(hp, 1, "python"), *bw = tb_plane_line(hp, 2, "autograd");
+    int64_t root = tb_plane_event_meta_cat(hp, "train", TB_CAT_STEP), call = tb_plane_event_meta_cat(hp,
+                                                                                                   "cudaLaunchKernel",
+                                                                                                   TB_CAT_CUDA_RUNTIME);
+    int64_t r = tb_plane_stat_meta(hp, TB_ST_IS_ROOT), num = tb_plane_stat_meta(hp, TB_ST_STEP_NUM),
+            corr = tb_plane_stat_meta(hp, TB_ST_CORRELATION_ID);
+    int64_t t0 = 1700000000000000000LL, per = (int64_t)n * 1000 / 100;
+    for (int k = 0; k < 100; k++) {
+        tb_line_add(m, root, t0 + k * per, per);
+        tb_line_stat_i64(m, r, 1);
+        tb_line_stat_i64(m, num, k);
+    }
+    tb_line *l = other ? bw : m;
+    for (size_t i = 0; i < n; i++) {
+        tb_line_add(l, call, t0 + (int64_t)i * 1000 + 10, 50);
+        tb_line_stat_u64(l, corr, i + 1);
+    }
+    if (!other)
+        tb_line_add(bw, call, t0 - 1000, 50); /* a second line, before the steps */
+    tb_space_sort(s);
+    double t = now();
+    int64_t linked = tb_space_link_steps(s);
+    t = now() - t;
+    if (linked != (other ? (int64_t)n : 0)) {
+        fprintf(stderr, "bench_torchop: %lld calls linked to their step, expected %zu\n", (long long)linked,
+                other ? n : 0);
+        exit(1);
+    }
+    tb_space_free(s);
+    return t;
+}
+
 int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 1000000;
@@ -149,6 +191,15 @@ int main(int argc, char **argv)
     printf("bench_torchop: %zu kernels named by their range: nvtx_range only %.1f ns/kernel, + tf_op %.1f "
            "ns/kernel (ratio %.2f); xplane.pb +%.1f vs +%.1f bytes/kernel\n",
            k, ls / k * 1e9, lo / k * 1e9, lo / ls, (double)b_step / k, (double)b_op / k);
+    double same = 1e30, other = 1e30;
+    for (int r = 0; r < 3; r++) {
+        double a = steps_run(n, 0), b = steps_run(n, 1);
+        same = a < same ? a : same;
+        other = b < other ? b : other;
+    }
+    printf("bench_torchop: %zu calls in 100 steps: on the step thread (looked at) %.1f ns/call, on another "
+           "thread (linked to their step) %.1f ns/call (ratio %.2f)\n",
+           n, same / n * 1e9, other / n * 1e9, other / same);
     free(plain);
     free(torch);
     free(off_plain);
