@@ -783,6 +783,10 @@ static int chrome_emit(tb_space *s, jw *w)
         uint32_t cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
         uint32_t am = gpu ? 0 : tb_plane_find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
                  bm = am ? tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED) : 0;
+        /* xprof's step links across threads (ranges.h): nothing for Perfetto */
+        uint32_t links[4] = {
+            tb_plane_find_stat_meta(p, TB_ST_PRODUCER_TYPE), tb_plane_find_stat_meta(p, TB_ST_PRODUCER_ID),
+            tb_plane_find_stat_meta(p, TB_ST_CONSUMER_TYPE), tb_plane_find_stat_meta(p, TB_ST_CONSUMER_ID)};
         /* pid as text once per plane */
         for (size_t j = 0; j < p->nlines && !w->err; j++) {
             const tb_line *l = p->lines[j];
@@ -835,6 +839,9 @@ static int chrome_emit(tb_space *s, jw *w)
                             if (m == ka.tf_op)
                                 continue;
                         }
+                        if (st[k].meta && (st[k].meta == links[0] || st[k].meta == links[1] ||
+                                           st[k].meta == links[2] || st[k].meta == links[3]))
+                            continue;
                         if (am && st[k].meta == am && st[k].type == TB_STAT_REF)
                             alloc = &st[k];
                         if (bm && st[k].meta == bm)

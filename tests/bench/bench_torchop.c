@@ -130,9 +130,8 @@ static double steps_run(size_t n, int other)
     tb_space *s = tb_space_new();
     tb_plane *hp = tb_space_plane(s, "/host:CPU");
     tb_line *m = tb_plane_line(hp, 1, "python"), *bw = tb_plane_line(hp, 2, "autograd");
-    int64_t root = tb_plane_event_meta_cat(hp, "train", TB_CAT_STEP), call = tb_plane_event_meta_cat(hp,
-                                                                                                   "cudaLaunchKernel",
-                                                                                                   TB_CAT_CUDA_RUNTIME);
+    int64_t root = tb_plane_event_meta_cat(hp, "train", TB_CAT_STEP);
+    int64_t call = tb_plane_event_meta_cat(hp, "cudaLaunchKernel", TB_CAT_CUDA_RUNTIME);
     int64_t r = tb_plane_stat_meta(hp, TB_ST_IS_ROOT), num = tb_plane_stat_meta(hp, TB_ST_STEP_NUM),
             corr = tb_plane_stat_meta(hp, TB_ST_CORRELATION_ID);
     int64_t t0 = 1700000000000000000LL, per = (int64_t)n * 1000 / 100;

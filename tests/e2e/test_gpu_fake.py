@@ -704,6 +704,12 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertEqual([n for n, e in roots.items() if "_p" in e.stats], [2])  # steps nobody called in: as before
         mine = [e for e in host.line(self.pid).events if e.name == "cudaLaunchKernel"]
         self.assertEqual([e.stats.get("_c") for e in mine], [None])  # nested in its root already
+        # xprof's links only: not in trace.json
+        js = [f for f in os.listdir(os.path.dirname(xs[0])) if f.endswith(".trace.json.gz")]
+        with gzip.open(os.path.join(os.path.dirname(xs[0]), js[0]), "rt") as f:
+            evs = json.load(f)["traceEvents"]
+        self.assertTrue([e for e in evs if e.get("name") == "cudaLaunchKernel" and e.get("tid") == 4242])
+        self.assertFalse([e for e in evs if set(e.get("args", {})) & {"_pt", "_p", "_ct", "_c"}])
 
     def test_gpu_work_named_by_its_nvtx_range(self):
         # each GPU event carries the innermost NVTX range open on the thread
