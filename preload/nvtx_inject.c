@@ -384,7 +384,8 @@ static int push(nest *st, tb_nvtx_name n)
         st->step_at = st->depth;
     }
     if (level < STACK_MAX)
-        st->tok[level] = rec_begin(n, m ? TB_NVTX_REC_STEP : 0); /* after begin(): a step's own range is in its capture */
+        /* after begin(): a step's own range is in its capture */
+        st->tok[level] = rec_begin(n, m ? TB_NVTX_REC_STEP : 0);
     return level;
 }
 
