@@ -184,6 +184,29 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("kernel_stats names no torch op (2 bytes)", p.stdout)
 
+    def test_xprof_steps(self):
+        # 2g/3h: xprof's Overview per-step table (a stand-in's canned page)
+        # against the kernel time per step in our profile
+        def page(*ms):
+            return json.dumps([{"cols": [{"id": "stepnum", "type": "string"},
+                                         {"id": "deviceComputeTimeMs", "type": "number"}],
+                                "rows": [{"c": [{"v": str(i)}, {"v": v}]} for i, v in enumerate(ms)]}])
+        p = run_check("xprof_steps", "xprof_steps_torch", self.xplane,
+                      PYTHONPATH=self.fake_xprof({"overview_page": page(5.0, 5.0, 5.0)}))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"RESULT xprof_steps_torch PASS 3 steps in xprof's overview, device compute "
+                                   r"5\.000 ms per step; ours: 3 steps, [0-9.]+ ms of kernels per step")
+        # its steps without the GPU work of other threads: far below ours
+        p = run_check("xprof_steps", "xprof_steps_jax", self.xplane,
+                      PYTHONPATH=self.fake_xprof({"overview_page": page(0.00001, 0.00001)}))
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("GPU work from other threads not in its steps?", p.stdout)
+        # no steps at all
+        p = run_check("xprof_steps", "xprof_steps_jax", self.xplane,
+                      PYTHONPATH=self.fake_xprof({"overview_page": "[]"}))
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("xprof's overview has no step with device compute (0 tables with stepnum)", p.stdout)
+
     def test_xprof_ops_skips_without_xprof(self):
         # xprof is on the GPU machine, not here: the row says so, and passes on
         if importlib.util.find_spec("xprof") or importlib.util.find_spec("tensorboard_plugin_profile"):

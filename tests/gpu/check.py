@@ -9,6 +9,8 @@
       every GPU event named by one
   check.py xprof XPLANE                     xprof converts it (trace viewer, kernel stats, overview,
                                             memory profile)
+  check.py xprof_steps NAME XPLANE          xprof's Overview finds its steps, with device compute at
+                                            least 70% of our kernel time per step
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
   check.py jax XPLANE                       jax.profiler.ProfileData loads it
   check.py jax_capture XPLANE               a JAX job captured by tbprof trigger: kernels, each
@@ -834,6 +836,51 @@ def xprof_ops(xplane):
                len(ops), ", ".join(ops[:5]), "yes" if line else "no", per_step))
 
 
+def _step_tables(node):
+    """The gviz tables in xprof's JSON whose columns include stepnum."""
+    if isinstance(node, list):
+        return [t for x in node for t in _step_tables(x)]
+    if isinstance(node, dict):
+        ids = [c.get("id") for c in node.get("cols", []) if isinstance(c, dict)]
+        return [node] if "stepnum" in ids else [t for v in node.values() for t in _step_tables(v)]
+    return []
+
+
+def xprof_steps(name, xplane):
+    """xprof's Overview on our profile: its per-step table must hold steps
+    with device compute, at least 70% of the kernel time our profile has per
+    step. GPU work launched from other threads than the steps' (PyTorch's
+    backward pass, all of JAX's) counts only through the producer/consumer
+    links tbprof writes."""
+    out, errs = xprof_convert(name, xplane, ("overview_page",))
+    xs = load(xplane)
+    nsteps = len([e for e in events(xs, "/host:") if e[2].get("_r")])
+    kernel_ns = sum(e[1] for e in device_events(xs) if "kernel_details" in e[2])
+    try:
+        tables = _step_tables(json.loads(out.get("overview_page", "") or "null"))
+    except ValueError as e:
+        tables = []
+        errs.append("overview_page is not JSON (%s)" % e)
+    rows = []
+    for t in tables:
+        ids = [c.get("id") for c in t["cols"]]
+        dc = next((i for i, c in enumerate(ids) if c and c.lower().startswith("device") and "ComputeTimeMs" in c),
+                  None)
+        for r in t.get("rows", []):
+            cells = [c.get("v") if isinstance(c, dict) else None for c in r.get("c", [])]
+            if dc is not None and dc < len(cells) and isinstance(cells[dc], (int, float)):
+                rows.append((cells[0], float(cells[dc])))
+    ours = kernel_ns / 1e6 / nsteps if nsteps else 0.0
+    mean = sum(v for _, v in rows) / len(rows) if rows else 0.0
+    if not rows:
+        errs.append("xprof's overview has no step with device compute (%d tables with stepnum)" % len(tables))
+    elif ours and mean < 0.7 * ours:
+        errs.append("xprof's device compute %.3f ms per step, %.0f%% of our %.3f ms of kernels per step "
+                    "(GPU work from other threads not in its steps?)" % (mean, 100 * mean / ours, ours))
+    result(name, not errs, "; ".join(errs) or "%d steps in xprof's overview, device compute %.3f ms per step; ours: "
+           "%d steps, %.3f ms of kernels per step" % (len(rows), mean, nsteps, ours))
+
+
 def gpu_flame(folded, source):
     """GPU time (ns) by launching stack: the share under a frame of `source`
     (the torch loop's own Python code, py::<function>:<file> frames)."""
@@ -871,6 +918,8 @@ if __name__ == "__main__":
         xprof_ops(sys.argv[2])
     elif cmd == "torch_shapes":
         torch_shapes(sys.argv[2])
+    elif cmd == "xprof_steps":
+        xprof_steps(sys.argv[2], sys.argv[3])
     elif cmd == "torch_nvtx":
         torch_nvtx(sys.argv[2])
     elif cmd == "torch_ops":
@@ -898,4 +947,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|xprof_ops|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")

@@ -40,6 +40,8 @@
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
 #      2f. --torch-shapes: the ops keep their names, shapes as torch_args;
+#      2g/3h. xprof's Overview on the torch and JAX profiles: its steps
+#          hold the GPU work launched from other threads;
 #      5e. torch.profiler started inside such a capture still works;
 #      3f. XLA's NVTX domain declined by default, and what it gives when on;
 #      3g. jax.profiler's own trace in the same job keeps its op annotations
@@ -328,6 +330,11 @@ if in_budget torch_ops; then
   #     torch op (tf_op), framework op stats list GPU time by op
   if [ -n "$xo" ] && in_budget xprof_torch_ops; then check xprof_torch_ops $py "$here/check.py" xprof_ops "$xo"; fi
 fi
+# 2g/3h. xprof's Overview on the torch profile (2) and the JAX one (3d): its
+#     steps hold the GPU work launched from other threads (autograd's,
+#     XLA's) through the producer/consumer links
+if [ -n "$x2" ] && in_budget xprof_steps_torch; then check xprof_steps_torch $py "$here/check.py" xprof_steps xprof_steps_torch "$x2"; fi
+if [ -n "${x3d:-}" ] && in_budget xprof_steps_jax; then check xprof_steps_jax $py "$here/check.py" xprof_steps xprof_steps_jax "$x3d"; fi
 # 2f. --torch-shapes: torch's record_shapes names parse (op names kept, the
 #     shapes as torch_args)
 if in_budget torch_shapes; then
