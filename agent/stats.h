@@ -42,9 +42,6 @@
 /* the innermost NVTX range open on the launching thread when the CUDA call
  * behind this GPU event was made (ranges.h); the reference's kNVTXRange */
 #define TB_ST_NVTX_RANGE "nvtx_range"
-/* tf_op on kernels, copies and memsets: the innermost NVTX range around the
- * launch that is not a step range (below), so xprof's kernel stats, framework
- * op stats and its trace viewer's op line name the op (ranges.h) */
 
 /* GPU memory timeline (host events xprof's memory profile reads: an event
  * named MemoryAllocation / MemoryDeallocation, one allocator per
@@ -57,7 +54,11 @@
 #define TB_ST_REQUESTED_BYTES "requested_bytes"
 #define TB_ST_ALLOCATION_BYTES "allocation_bytes"
 #define TB_ST_ADDR "addr"
-#define TB_ST_TF_OP "tf_op" /* the memory profile's "op name": the CUDA call */
+/* tf_op: on memory events, the memory profile's "op name" (the CUDA call);
+ * on kernels, copies and memsets, the innermost NVTX range around the
+ * launch that is not a step range (below), so xprof's kernel stats,
+ * framework op stats and its trace viewer's op line name the op (ranges.h) */
+#define TB_ST_TF_OP "tf_op"
 /* an NVTX range's or mark's domain, when not the default one (host events) */
 #define TB_ST_NVTX_DOMAIN "tbprof_nvtx_domain"
 /* 1 on an NVTX range that began a step (TBPROF_NVTX_STEP): a step, not an op */
