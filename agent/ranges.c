@@ -167,6 +167,7 @@ static int64_t ref_of(tb_plane *p, ref_cache *c, const char *name)
     return c->ref;
 }
 
+/* The stats to add to one line (tb_line_add_stats' arrays), reused line by line. */
 typedef struct link_buf {
     uint32_t *ev;
     tb_stat *add;
@@ -292,8 +293,7 @@ static int64_t link_steps_plane(tb_plane *p)
     if (!sl)
         return 0;
     step_span *v = calloc(most, sizeof(*v));
-    uint32_t *ev = NULL;
-    tb_stat *add = NULL;
+    link_buf b = {0};
     if (!v)
         return -ENOMEM;
     size_t n = 0;
@@ -306,7 +306,6 @@ static int64_t link_steps_plane(tb_plane *p)
         v[n++] = (step_span){e->start_ns, e->start_ns + e->dur_ns, (uint32_t)k, 0};
     }
     int64_t ct = 0, ci = 0, linked = 0; /* the consumer stats' ids, interned at the first consumer */
-    size_t cap_ev = 0, cap_add = 0;
     for (size_t j = 0; j < p->nlines && linked >= 0; j++) {
         tb_line *l = p->lines[j];
         if (l == sl)
@@ -322,16 +321,16 @@ static int64_t link_steps_plane(tb_plane *p)
                 linked = -ENOMEM;
                 break;
             }
-            if (TB_GROW(ev, cap_ev, m + 2) < 0 || TB_GROW(add, cap_add, m + 2) < 0) {
+            if (TB_GROW(b.ev, b.cap_ev, m + 2) < 0 || TB_GROW(b.add, b.cap_add, m + 2) < 0) {
                 linked = -ENOMEM;
                 break;
             }
             v[at].used = 1;
-            ev[m] = ev[m + 1] = (uint32_t)k;
-            i64_stat(&add[m++], ct, TB_CONTEXT_GENERIC);
-            i64_stat(&add[m++], ci, at + 1);
+            b.ev[m] = b.ev[m + 1] = (uint32_t)k;
+            i64_stat(&b.add[m++], ct, TB_CONTEXT_GENERIC);
+            i64_stat(&b.add[m++], ci, at + 1);
         }
-        int rc = linked < 0 ? 0 : tb_line_add_stats(l, ev, add, m);
+        int rc = linked < 0 ? 0 : tb_line_add_stats(l, b.ev, b.add, m);
         if (rc < 0)
             linked = rc;
         else if (linked >= 0)
@@ -340,24 +339,24 @@ static int64_t link_steps_plane(tb_plane *p)
     if (linked > 0) { /* the producers: the steps someone called in */
         int64_t pt = tb_plane_stat_meta(p, TB_ST_PRODUCER_TYPE), pi = tb_plane_stat_meta(p, TB_ST_PRODUCER_ID);
         size_t m = 0;
-        if (pt < 0 || pi < 0 || TB_GROW(ev, cap_ev, 2 * n) < 0 || TB_GROW(add, cap_add, 2 * n) < 0) {
+        if (pt < 0 || pi < 0 || TB_GROW(b.ev, b.cap_ev, 2 * n) < 0 || TB_GROW(b.add, b.cap_add, 2 * n) < 0) {
             linked = -ENOMEM;
         } else {
             for (size_t i = 0; i < n; i++) {
                 if (!v[i].used)
                     continue;
-                ev[m] = ev[m + 1] = v[i].ev;
-                i64_stat(&add[m++], pt, TB_CONTEXT_GENERIC);
-                i64_stat(&add[m++], pi, (int64_t)i + 1);
+                b.ev[m] = b.ev[m + 1] = v[i].ev;
+                i64_stat(&b.add[m++], pt, TB_CONTEXT_GENERIC);
+                i64_stat(&b.add[m++], pi, (int64_t)i + 1);
             }
-            int rc = tb_line_add_stats(sl, ev, add, m);
+            int rc = tb_line_add_stats(sl, b.ev, b.add, m);
             if (rc < 0)
                 linked = rc;
         }
     }
     free(v);
-    free(ev);
-    free(add);
+    free(b.ev);
+    free(b.add);
     return linked;
 }
 
