@@ -94,6 +94,7 @@ static struct {
     struct cap cur;
     int stop_req, sources_started, sources_starting;
     int win_idx;          /* next env window */
+    int64_t win_rep;      /* of a repeating one (A-B/P): the next repeat, from 0 */
     struct cap pend;      /* a CAP_AT_STEPS window waiting for its steps (kind 0: none) */
     int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
     int thread_running;
@@ -590,13 +591,19 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
         .host = host,
         .trace_json = g.cfg.trace_json,
         .max_bytes = (size_t)g.cfg.max_mb << 20,
+        .min_free = (uint64_t)g.cfg.min_free_mb << 20,
         .tick = serve_while_writing,
         .tick_ctx = &w,
     };
     int rc = tb_profile_write(sp, &o, path, sizeof(path));
     tb_stall_leave(w);
     if (rc < 0) {
-        tb_warn("profile not written under %s: %s", g.cfg.logdir, strerror(-rc));
+        if (rc == -TB_ELOWSPACE)
+            tb_warn("profile not written under %s: it would leave less than %lld MiB free there "
+                    "(TBPROF_MIN_FREE_MB; 0 turns this floor off)",
+                    g.cfg.logdir, (long long)g.cfg.min_free_mb);
+        else
+            tb_warn("profile not written under %s: %s", g.cfg.logdir, strerror(-rc));
     } else {
         tb_info("profile written: %s (%zu events, trigger: %s)", path, tb_space_event_count(sp), trigger);
         pthread_mutex_lock(&g.lock);
@@ -609,15 +616,44 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
 
 /* ---- requests (lock held) ---------------------------------------------------------- */
 
+/* The next env window (a repeating one's next repeat), in *w: 1, or 0 when
+ * none is left. Lock held. */
+static int env_window_next(tb_window *w)
+{
+    while (g.win_idx < g.cfg.nwindows) {
+        if (tb_window_nth(&g.cfg.windows[g.win_idx], g.win_rep, w) == 0)
+            return 1;
+        g.win_idx++;
+        g.win_rep = 0;
+    }
+    return 0;
+}
+
+/* The repeat of the env window in use that steps past n have not yet
+ * passed: repeats whose last step is n or before are skipped in one go (a
+ * job resumed at step 250000 with "100-104/1000" starts at 250100). Lock
+ * held. */
+static void env_window_skip(int64_t n)
+{
+    const tb_window *w = &g.cfg.windows[g.win_idx];
+    if (w->period && n > w->last) {
+        int64_t k = (n - w->last + w->period - 1) / w->period; /* w->last + k*period >= n */
+        g.win_rep = k > g.win_rep ? k : g.win_rep + 1;
+    } else {
+        g.win_rep++;
+    }
+}
+
 static void update_slow_from(void)
 {
     int64_t v = INT64_MAX;
+    tb_window w;
     if (g.disabled)
         v = INT64_MAX;
     else if (g.state != TB_STATE_IDLE)
         v = 0;
-    else if (g.win_idx < g.cfg.nwindows)
-        v = g.cfg.windows[g.win_idx].first > 0 ? g.cfg.windows[g.win_idx].first - 1 : 0;
+    else if (env_window_next(&w))
+        v = w.first > 0 ? w.first - 1 : 0;
     if (!g.disabled && g.state == TB_STATE_IDLE && g.pend.kind) {
         int64_t p = g.pend.first > 0 ? g.pend.first - 1 : 0;
         v = p < v ? p : v;
@@ -669,20 +705,21 @@ static int window_due(struct cap *c, int64_t n, int64_t t, int at_boundary)
  * began). Lock held, state idle. Returns 1 when armed. */
 static int env_window_check(int64_t n, int64_t t, int at_boundary)
 {
-    while (g.win_idx < g.cfg.nwindows) {
-        const tb_window *w = &g.cfg.windows[g.win_idx];
-        struct cap c = {.kind = CAP_ENV_STEPS, .first = w->first, .last = w->last, .win = g.win_idx};
+    tb_window w;
+    while (env_window_next(&w)) {
+        struct cap c = {.kind = CAP_ENV_STEPS, .first = w.first, .last = w.last, .win = g.win_idx};
         int due = window_due(&c, n, t, at_boundary);
         if (due == 0)
             return 0;
-        g.win_idx++;
         if (due > 0) {
+            g.win_rep++;
             snprintf(g.cur.trigger, sizeof(g.cur.trigger), "TBPROF_STEPS %lld-%lld", (long long)g.cur.first,
                      (long long)g.cur.last);
             return 1;
         }
-        tb_info("step window %lld-%lld missed (step %lld already running)", (long long)w->first,
-                (long long)w->last, (long long)n);
+        tb_info("step window %lld-%lld missed (step %lld already running)", (long long)w.first, (long long)w.last,
+                (long long)n);
+        env_window_skip(at_boundary ? n : n + 1);
     }
     return 0;
 }

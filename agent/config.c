@@ -47,8 +47,9 @@ static const var vars[] = {
     {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
      "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir)",
      "writing off", "", F(logdir), 0, 0},
-    {"TBPROF_STEPS", T_STEPS, "", "A,B | A-B | N | several as A-B;C-D",
-     "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run",
+    {"TBPROF_STEPS", T_STEPS, "", "A,B | A-B | N | several as A-B;C-D | the last one repeating as A-B/P or A-B/PxK",
+     "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run; A-B/P: "
+     "again every P steps (A+P..B+P, ...), PxK: K windows in all",
      "step capture off", "", F(windows), 0, 0},
     {"TBPROF_DURATION", T_SEC, "", "seconds > 0 (e.g. 10, 2.5, 500ms)",
      "time-window capture for programs without steps: capture this long (after TBPROF_DELAY)",
@@ -75,6 +76,10 @@ static const var vars[] = {
     {"TBPROF_MAX_MB", T_UINT, "512", "integer 0..65536 (0 = no cap)",
      "cap on one profile's in-memory events and on its xplane.pb size", "using 512", "512",
      F(max_mb), 0, 65536},
+    {"TBPROF_MIN_FREE_MB", T_UINT, "512", "integer 0..16777216 (0 = no floor)",
+     "a profile is not written where its files would leave the logdir's file system with less free "
+     "space than this (room for the job's own checkpoints and logs)",
+     "using 512", "512", F(min_free_mb), 0, 16777216},
     {"TBPROF_LOG", T_LOG, "warn", "off | error | warn | info | debug", "what tbprof prints on stderr",
      "using warn", "warn", F(log_level), 0, 0},
     {"TBPROF_RUN", T_STR, "", "a name without '/'",
@@ -203,6 +208,20 @@ static int parse_i64(const char **p, int64_t *out)
     return 0;
 }
 
+/* "/P" or "/PxK" after a window: P > the window's length (so the repeats
+ * neither overlap nor touch), K >= 1. */
+static int parse_period(const char **p, tb_window *w)
+{
+    if (parse_i64(p, &w->period) || w->period <= w->last - w->first + 1 || w->period > TB_MAX_PERIOD)
+        return -EINVAL;
+    if (**p == 'x' || **p == 'X') {
+        (*p)++;
+        if (parse_i64(p, &w->count) || w->count < 1)
+            return -EINVAL;
+    }
+    return 0;
+}
+
 int tb_parse_steps(const char *s, tb_window *w, int max, int *n)
 {
     int k = 0;
@@ -210,7 +229,7 @@ int tb_parse_steps(const char *s, tb_window *w, int max, int *n)
     if (!*p)
         return -EINVAL;
     for (;;) {
-        tb_window win;
+        tb_window win = {0};
         if (parse_i64(&p, &win.first))
             return -EINVAL;
         if (*p == ',' || *p == '-') {
@@ -222,8 +241,16 @@ int tb_parse_steps(const char *s, tb_window *w, int max, int *n)
         }
         if (win.last < win.first)
             return -EINVAL;
+        if (*p == '/') {
+            p++;
+            if (parse_period(&p, &win))
+                return -EINVAL;
+            p = skip_ws(p);
+        }
         if (k && win.first <= w[k - 1].last)
             return -EINVAL; /* windows must ascend without overlap */
+        if (k && w[k - 1].period)
+            return -EINVAL; /* a repeating window is the last one */
         if (k == max)
             return -EINVAL;
         w[k++] = win;
@@ -236,6 +263,19 @@ int tb_parse_steps(const char *s, tb_window *w, int max, int *n)
             break; /* trailing ';' */
     }
     *n = k;
+    return 0;
+}
+
+int tb_window_nth(const tb_window *w, int64_t k, tb_window *out)
+{
+    if (k < 0 || (k > 0 && !w->period) || (w->count && k >= w->count))
+        return -1;
+    /* period <= TB_MAX_PERIOD: k * period overflows only past INT64_MAX / period */
+    if (k && (k > (INT64_MAX - w->last) / w->period))
+        return -1;
+    *out = *w;
+    out->first = w->first + k * w->period;
+    out->last = w->last + k * w->period;
     return 0;
 }
 

@@ -20,6 +20,7 @@
 #endif
 
 #define TB_MAX_WINDOWS 16
+#define TB_MAX_PERIOD 1000000000000LL /* steps between repeats of a window, at most */
 #define TB_CONFIG_STR 512
 
 /* TBPROF_CUDA_STEPS: whether cudaProfilerStart/Stop count steps. */
@@ -45,7 +46,13 @@ typedef enum tb_socket_mode {
 
 typedef struct tb_window {
     int64_t first, last; /* steps first..last inclusive */
+    int64_t period;      /* "A-B/P": again every P steps (A+P..B+P, ...); 0: once */
+    int64_t count;       /* "A-B/PxK": K windows in all; 0: no end */
 } tb_window;
+
+/* The k-th window (k from 0) of the repeating window w, in *out: 0, or
+ * -1 when w has no k-th (it ran out, or the numbers would overflow). */
+int tb_window_nth(const tb_window *w, int64_t k, tb_window *out);
 
 typedef struct tb_config {
     char logdir[TB_CONFIG_STR];   /* TBPROF_LOGDIR; "" = writing off */
@@ -58,6 +65,7 @@ typedef struct tb_config {
     unsigned cpu_hz;   /* TBPROF_CPU_HZ */
     int cpu_mode;      /* TBPROF_CPU_MODE: tb_cpu_mode (sampler.h) */
     int64_t buffer_mb; /* TBPROF_BUFFER_MB */
+    int64_t min_free_mb; /* TBPROF_MIN_FREE_MB */
     int64_t max_mb;    /* TBPROF_MAX_MB; 0 = no cap */
     int log_level;     /* TBPROF_LOG: tb_log_level */
     char run[TB_CONFIG_STR];  /* TBPROF_RUN; "" = derived */

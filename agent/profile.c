@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -195,7 +196,26 @@ typedef struct atomic_file {
     int anon;               /* O_TMPFILE: linked in through proc[] */
     char proc[40];          /* "/proc/self/fd/N" */
     char tmp[NAME_MAX + 1]; /* the temporary name when !anon */
+    uint64_t min_free;      /* bytes the file system must keep free (0: no floor) */
 } atomic_file;
+
+/* 0 when writing `more` bytes into fd's file system leaves at least
+ * min_free free for unprivileged users (or fstatvfs cannot tell), else
+ * -TB_ELOWSPACE. */
+static int keeps_free(int fd, uint64_t more, uint64_t min_free)
+{
+    struct statvfs v;
+    if (!min_free || fstatvfs(fd, &v) < 0 || !v.f_frsize)
+        return 0;
+    uint64_t avail = (uint64_t)v.f_bavail * v.f_frsize;
+    return avail >= more && avail - more >= min_free ? 0 : -TB_ELOWSPACE;
+}
+
+const char *tb_profile_strerror(int err)
+{
+    return err == TB_ELOWSPACE ? "the file system would be left with less free space than TBPROF_MIN_FREE_MB"
+                               : strerror(err);
+}
 
 static void af_abort(atomic_file *af)
 {
@@ -210,6 +230,7 @@ static void af_abort(atomic_file *af)
 }
 
 /* Create the temporary file for `len` bytes. */
+/* af->min_free set by the caller (0: none). */
 static int af_open(atomic_file *af, const char *dir, size_t len)
 {
     af->dfd = af->fd = -1;
@@ -221,6 +242,12 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     af->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (af->dfd < 0)
         return -errno;
+    int r = keeps_free(af->dfd, len, af->min_free);
+    if (r < 0) {
+        close(af->dfd);
+        af->dfd = -1;
+        return r;
+    }
     af->anon = 0;
 #ifdef O_TMPFILE
     /* 0666: open() applies the process umask. Linking it in later goes
@@ -317,7 +344,7 @@ int tb_atomic_write(const char *dir, const char *name, const void *data, size_t 
 {
     if (!dir || !component_ok(name))
         return -EINVAL;
-    atomic_file af;
+    atomic_file af = {.dfd = -1, .fd = -1}; /* no free-space floor: small files */
     int r = af_open(&af, dir, len);
     if (r < 0)
         return r;
@@ -415,10 +442,12 @@ static int xsink_begin(void *ctx, size_t total)
 }
 
 /* trace.json.gz: its size is known only at the end, so the caps
- * (max_bytes, RLIMIT_FSIZE: no SIGXFSZ) are checked before each piece. */
+ * (max_bytes, RLIMIT_FSIZE: no SIGXFSZ) are checked before each piece, the
+ * free space at the start and every GZ_FREE_CHECK bytes. */
+#define GZ_FREE_CHECK (4u << 20)
 struct gzsink {
     atomic_file af;
-    size_t max_bytes, written;
+    size_t max_bytes, written, checked; /* checked: written when the free space was last looked at */
     struct rlimit rl;
     const tb_profile_opts *o;
 };
@@ -429,6 +458,12 @@ static int gzsink_write(void *ctx, const void *data, size_t len)
     if ((g->max_bytes && g->written + len > g->max_bytes) ||
         (g->rl.rlim_cur != RLIM_INFINITY && g->written + len > g->rl.rlim_cur))
         return -EFBIG;
+    if (!g->written || g->written + len - g->checked >= GZ_FREE_CHECK) { /* its size is unknown until the end */
+        int r = keeps_free(g->af.fd, len, g->af.min_free);
+        if (r < 0)
+            return r;
+        g->checked = g->written + len;
+    }
     g->written += len;
     tick(g->o);
     return write_all(g->af.fd, data, len);
@@ -465,7 +500,8 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         return r;
     /* Streamed straight into the temporary file: no buffer of the whole
      * profile in the job's memory. The size is known before any byte. */
-    struct xsink ctx = {.af = {.dfd = -1, .fd = -1}, .dir = dir, .max_bytes = o->max_bytes, .o = o};
+    struct xsink ctx = {
+        .af = {.dfd = -1, .fd = -1, .min_free = o->min_free}, .dir = dir, .max_bytes = o->max_bytes, .o = o};
     tb_xspace_sink sink = {.begin = xsink_begin, .write = xsink_write, .ctx = &ctx};
     r = tb_xspace_encode_stream(s, &sink);
     if (r == 0)
@@ -488,7 +524,7 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         /* Optional extra, streamed into its temp file: a failure is one
          * warning, the profile stays. */
         char tname[NAME_MAX + 1];
-        struct gzsink g = {.af = {.dfd = -1, .fd = -1}, .max_bytes = o->max_bytes, .o = o};
+        struct gzsink g = {.af = {.dfd = -1, .fd = -1, .min_free = o->min_free}, .max_bytes = o->max_bytes, .o = o};
         /* the same stem as the xplane.pb it goes with ("h.1" when "h" was taken) */
         const char *xbase = strrchr(xpath, '/') ? strrchr(xpath, '/') + 1 : xpath;
         size_t stem = strlen(xbase) > strlen(".xplane.pb") ? strlen(xbase) - strlen(".xplane.pb") : 0;
@@ -511,7 +547,7 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
                 af_abort(&g.af);
         }
         if (tr < 0)
-            tb_warn("trace.json.gz not written in %s: %s", dir, strerror(-tr));
+            tb_warn("trace.json.gz not written in %s: %s", dir, tb_profile_strerror(-tr));
     }
     if (path_out && n) {
         int w = snprintf(path_out, n, "%s", xpath);

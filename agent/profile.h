@@ -17,6 +17,7 @@
 #define TBPROF_AGENT_PROFILE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "trace.h"
@@ -27,11 +28,19 @@ typedef struct tb_profile_opts {
     const char *host;   /* file stem; NULL: gethostname() */
     int trace_json;     /* also write <host>.trace.json.gz */
     size_t max_bytes;   /* 0: no cap; a larger xplane.pb is not written (-EFBIG) */
+    uint64_t min_free;  /* 0: no floor; else the files are not written where they would leave the
+                           file system less free than this (-TB_ELOWSPACE) */
     /* called before each piece written to the files (256 KiB or less), on
      * the writing thread: the agent answers its control socket there */
     void (*tick)(void *ctx);
     void *tick_ctx;
 } tb_profile_opts;
+
+/* tb_profile_write's error (negated) when the files would leave the file
+ * system less free than min_free: not an errno value. */
+#define TB_ELOWSPACE 10000
+/* strerror(), and words for TB_ELOWSPACE. err > 0. */
+const char *tb_profile_strerror(int err);
 
 /* YYYY_MM_DD_HH_MM_SS in local time. */
 int tb_run_name_from_time(time_t t, char *out, size_t n);

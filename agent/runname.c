@@ -75,7 +75,7 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
         snprintf(win, sizeof(win), "steps_%lld-%lld", (long long)r->first, (long long)r->last);
     if (cfg->run[0]) {
         /* ranks agree: the same TBPROF_RUN and the same window */
-        if (r->env_window && cfg->nwindows > 1)
+        if (r->env_window && (cfg->nwindows > 1 || cfg->windows[0].period))
             snprintf(out, len, "%s_%s", cfg->run, win);
         else if (r->env_window || ncaptures == 0)
             snprintf(out, len, "%s", cfg->run);

@@ -19,7 +19,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: tbprof run [options] [--] command [args...]\n"
-            "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D)\n"
+            "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D, A-B/P: every P steps)\n"
             "  --duration S       capture S seconds (TBPROF_DURATION), after --delay S (TBPROF_DELAY)\n"
             "  --delay S\n"
             "  --logdir D         where profiles go (TBPROF_LOGDIR, default logs)\n"
@@ -142,7 +142,7 @@ int cmd_run(int argc, char **argv)
             tb_window w[TB_MAX_WINDOWS];
             int n;
             if (tb_parse_steps(v, w, TB_MAX_WINDOWS, &n) < 0) {
-                fprintf(stderr, "tbprof run: --steps '%s': expected A,B | A-B | N | A-B;C-D\n", v);
+                fprintf(stderr, "tbprof run: --steps '%s': expected A,B | A-B | N | A-B;C-D | A-B/P[xK]\n", v);
                 return 2;
             }
         }

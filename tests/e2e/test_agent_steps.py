@@ -128,6 +128,60 @@ class StepWindows(tbtest.TestCase):
             a, b = run.split("_steps_")[1].split("-")
             self.check_window(tbtest.load(f), int(a), int(b), starts, p.pid, 3)
 
+    def runs_and_windows(self, files):
+        """{run folder: (first, last)} read from "<run>_steps_A-B" names."""
+        out = {}
+        for f in files:
+            run = os.path.basename(os.path.dirname(f))
+            a, b = run.split("_steps_")[1].split("-")
+            out[run] = (int(a), int(b))
+        return out
+
+    def test_repeating_window_every_p_steps(self):
+        # "/P": the window again every P steps, to the end of the job
+        p = tbtest.spawn([STEPS, "-s", "-n", "58", "-m", "3"],
+                         env=tbtest.env(self.logdir, steps="2-3;8-9/20", run="cont"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+        starts, _ = printed_steps(out)
+        files = tbtest.xplanes(self.logdir)
+        wins = self.runs_and_windows(files)
+        self.assertEqual(sorted(wins.values()), [(2, 3), (8, 9), (28, 29), (48, 49)], sorted(wins))
+        for f in files:
+            first, last = wins[os.path.basename(os.path.dirname(f))]
+            prof = tbtest.load(f)
+            self.check_window(prof, first, last, starts, p.pid, 3)
+            self.assertIn("%d-%d" % (first, last), prof.host.stats.get("tbprof_trigger", ""))
+        self.assertNoPartialFiles(self.logdir)
+
+    def test_repeating_window_count_and_resumed_job(self):
+        # "/PxK": K windows in all. A job resumed from a checkpoint numbers
+        # its steps from 5002 (tbprof_step_num): the repeats already behind
+        # it are skipped in one go, the next due one is captured.
+        p = tbtest.spawn([STEPS, "-s", "-N", "-o", "5002", "-n", "55", "-m", "2"],
+                         env=tbtest.env(self.logdir, steps="5-6/15x340", run="r", log="info"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        starts, _ = printed_steps(out)
+        wins = self.runs_and_windows(tbtest.xplanes(self.logdir))
+        # 5 + 15k: 5000-5001 (k = 333) ended before step 5002, so 5015,
+        # 5030, 5045 (k = 334..336); x340 ends them at k = 339 (5090), past
+        # this job's last step (5056)
+        self.assertEqual(sorted(wins.values()), [(5015, 5016), (5030, 5031), (5045, 5046)], sorted(wins))
+        for f in tbtest.xplanes(self.logdir):
+            first, last = wins[os.path.basename(os.path.dirname(f))]
+            self.check_window(tbtest.load(f), first, last, starts, p.pid, 2)
+        # one line for the skip, not one per missed repeat
+        missed = [l for l in err.splitlines() if "missed" in l]
+        self.assertEqual(len(missed), 1, missed)
+        p = tbtest.spawn([STEPS, "-N", "-n", "40", "-m", "1"],
+                         env=tbtest.env(os.path.join(self.tmp, "k2"), steps="3-4/10x2", run="r"))
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        wins = self.runs_and_windows(tbtest.xplanes(os.path.join(self.tmp, "k2")))
+        self.assertEqual(sorted(wins.values()), [(3, 4), (13, 14)], "x2: two windows, then none")
+
     def test_window_past_the_end_writes_nothing(self):
         p = self.run_steps(["-n", "5", "-m", "1"], steps="10,20")
         self.assertEqual(tbtest.xplanes(self.logdir), [])

@@ -263,7 +263,8 @@ class Faults(tbtest.TestCase):
                "kept, 1 warning (Permission denied), 0 files")
 
     def full_fs(self, logdir, preexec=None, label=""):
-        e = relutil.env(logdir, steps="2,4", run="r", host="h")
+        # no free-space floor: the file system's own ENOSPC is what is tested
+        e = relutil.env(logdir, steps="2,4", run="r", host="h", min_free_mb="0")
         p = subprocess.run([RELJOB, "-n", "8", "-m", "1", "-x", "4"], env=e, capture_output=True, text=True,
                            timeout=T, preexec_fn=preexec)
         self.assertEqual(p.returncode, 4, "%s: %s" % (label, p.stderr))
@@ -272,6 +273,37 @@ class Faults(tbtest.TestCase):
         self.assertEqual(len(w), 1, "%s: one warning: %s" % (label, p.stderr))
         self.assertNoPartialFiles(logdir)
         return w[0], self.check_complete(logdir)
+
+    def test_free_space_floor(self):
+        # TBPROF_MIN_FREE_MB: a profile that would leave the file system
+        # less free than that is not written; one warning names the floor
+        v = os.statvfs(self.tmp)
+        avail_mb = v.f_bavail * v.f_frsize >> 20
+        floor = avail_mb + 1024
+        if floor > 16777216:
+            self.skipTest("%d MiB free: more than the floor can be set to" % avail_mb)
+        logdir = os.path.join(self.tmp, "floor")
+        e = relutil.env(logdir, steps="2,4", run="r", host="h", min_free_mb=str(floor))
+        p = subprocess.run([RELJOB, "-n", "8", "-m", "1", "-x", "4"], env=e, capture_output=True, text=True,
+                           timeout=T)
+        self.assertEqual(p.returncode, 4, p.stderr)
+        self.assertIn("done 8", p.stdout)
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("profile not written", w[0])
+        self.assertIn("less than %d MiB free" % floor, w[0])
+        self.assertIn("TBPROF_MIN_FREE_MB", w[0])
+        self.assertEqual(tbtest.xplanes(logdir), [])
+        self.assertNoPartialFiles(logdir)
+        # the same job under the default floor (512 MiB) writes its profile
+        # where more than that is free
+        if avail_mb > 1024:
+            e = relutil.env(logdir, steps="2,4", run="r2", host="h")
+            p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
+            self.assertExitedOk(p)
+            self.assertEqual(nums(self.check_complete(logdir)[0]), [2, 3, 4])
+        figure("free-space-floor", "%d MiB free, TBPROF_MIN_FREE_MB=%d: exit 4 kept, 1 warning, 0 files" %
+               (avail_mb, floor))
 
     def test_full_filesystem(self):
         results = []

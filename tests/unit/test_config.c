@@ -19,6 +19,26 @@ static const char *lookup(const char *name, void *ud)
     return NULL;
 }
 
+/* The repeats of a repeating window, and where they end. */
+static void window_repeats(void)
+{
+    tb_window w = {.first = 100, .last = 104, .period = 1000}, r;
+    CHECK(tb_window_nth(&w, 0, &r) == 0 && r.first == 100 && r.last == 104);
+    CHECK(tb_window_nth(&w, 3, &r) == 0 && r.first == 3100 && r.last == 3104);
+    CHECK(tb_window_nth(&w, -1, &r) < 0);
+    w.count = 3; /* PxK: K windows in all */
+    CHECK(tb_window_nth(&w, 2, &r) == 0 && r.first == 2100);
+    CHECK(tb_window_nth(&w, 3, &r) < 0);
+    tb_window once = {.first = 5, .last = 6};
+    CHECK(tb_window_nth(&once, 0, &r) == 0 && r.first == 5 && r.last == 6);
+    CHECK(tb_window_nth(&once, 1, &r) < 0);
+    /* the numbers never overflow: the repeat past INT64_MAX is none */
+    tb_window big = {.first = 0, .last = 1, .period = TB_MAX_PERIOD};
+    int64_t kmax = (INT64_MAX - 1) / TB_MAX_PERIOD;
+    CHECK(tb_window_nth(&big, kmax, &r) == 0 && r.last == 1 + kmax * TB_MAX_PERIOD);
+    CHECK(tb_window_nth(&big, kmax + 1, &r) < 0);
+}
+
 static void steps_forms(void)
 {
     tb_window w[TB_MAX_WINDOWS];
@@ -31,8 +51,17 @@ static void steps_forms(void)
     CHECK_EQ_I(w[1].last, 7);
     CHECK_EQ_I(w[2].first, 9);
     CHECK(tb_parse_steps("0,0", w, TB_MAX_WINDOWS, &n) == 0 && w[0].first == 0);
+    /* the last window repeating: "/P", "/PxK" */
+    CHECK(tb_parse_steps("100-104/1000", w, TB_MAX_WINDOWS, &n) == 0 && n == 1);
+    CHECK(w[0].first == 100 && w[0].last == 104 && w[0].period == 1000 && w[0].count == 0);
+    CHECK(tb_parse_steps("3-5; 10,12/10x4 ", w, TB_MAX_WINDOWS, &n) == 0 && n == 2);
+    CHECK(w[0].period == 0 && w[1].first == 10 && w[1].last == 12 && w[1].period == 10 && w[1].count == 4);
+    CHECK(tb_parse_steps("7/2", w, TB_MAX_WINDOWS, &n) == 0 && w[0].period == 2);
     const char *bad[] = {"", "abc", "20,10", "-1", "1-", "1,2,3", "5-8;7-9", "5-8;1-2", "1;;2", "1.5",
-                         "99999999999999999999"};
+                         "99999999999999999999",
+                         /* a repeat no longer than the window, none, x0, not last, junk after */
+                         "10-14/5", "10-14/4", "7/1", "10-14/", "10-14/0", "10-14/100x0", "10-14/100x",
+                         "1-2/10;50-60", "1-2/10x3x4", "1-2/10 3", "1-2/1000000000001"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECKF(tb_parse_steps(bad[i], w, TB_MAX_WINDOWS, &n) < 0, "'%s' accepted", bad[i]);
     /* more windows than fit */
@@ -185,6 +214,7 @@ static void auto_modes(void)
 int main(void)
 {
     steps_forms();
+    window_repeats();
     other_forms();
     defaults();
     good_values();

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -220,6 +221,23 @@ static void test_failures_leave_nothing(void)
     CHECK_EQ_I(tb_profile_write(s, &o, f, sizeof(f)), -EFBIG);
     CHECK(count_entries(rundir, NULL) <= 0);
     CHECK_EQ_I(count_entries(logdir, "tfevents"), 0);
+
+    /* min_free over what the file system has: -TB_ELOWSPACE, nothing written */
+    o.max_bytes = 0;
+    struct statvfs v;
+    CHECK(statvfs(dir, &v) == 0);
+    o.min_free = (uint64_t)v.f_bavail * v.f_frsize + (1ull << 30);
+    o.trace_json = 1;
+    CHECK_EQ_I(tb_profile_write(s, &o, f, sizeof(f)), -TB_ELOWSPACE);
+    CHECK(count_entries(rundir, NULL) <= 0);
+    CHECK_EQ_I(count_entries(logdir, "tfevents"), 0);
+    CHECK(strstr(tb_profile_strerror(TB_ELOWSPACE), "TBPROF_MIN_FREE_MB") != NULL);
+    CHECK_STR(tb_profile_strerror(ENOSPC), strerror(ENOSPC));
+    o.min_free = 1; /* a byte: written, trace.json.gz too */
+    CHECK_EQ_I(tb_profile_write(s, &o, f, sizeof(f)), 0);
+    CHECK_EQ_I(count_entries(rundir, NULL), 1);
+    snprintf(rundir, sizeof(rundir), "%s/plugins/profile/r", logdir);
+    CHECK_EQ_I(count_entries(rundir, "trace.json.gz"), 1);
     tb_space_free(s);
 }
 

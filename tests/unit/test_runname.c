@@ -86,6 +86,10 @@ int main(void)
     CHECK_STR(run(&n, &cfg, &steps, 3), "exp1");
     cfg.nwindows = 2;
     CHECK_STR(run(&n, &cfg, &steps, 3), "exp1_steps_10-12");
+    cfg.nwindows = 1; /* one window repeating ("10-12/100"): each repeat its own folder */
+    cfg.windows[0].period = 100;
+    CHECK_STR(run(&n, &cfg, &steps, 3), "exp1_steps_10-12");
+    cfg.windows[0].period = 0;
     tb_run_req trig = {.begin_epoch_ns = T0};
     CHECK_STR(run(&n, &cfg, &trig, 0), "exp1");
     CHECK_STR(run(&n, &cfg, &trig, 2), "exp1_3");

@@ -1,10 +1,12 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
- *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-a A,B] [-s]
+ *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
  *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
+ *   -o   with -N, number step i as OFF+i (a job resumed from a checkpoint
+ *        at global step OFF); -s prints that number
  *   -m   milliseconds of work per step (compute + malloc), default 5
  *   -t   extra worker threads doing malloc/compute while the loop runs
  *   -a   API capture: tbprof_start(0) just before step A's boundary,
@@ -171,15 +173,16 @@ int main(int argc, char **argv)
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
     int gpu = 0, launched = 0, api_calls = 0;
     double ms = 5;
-    long api_a = -1, api_b = -1, exit_at = -1;
+    long api_a = -1, api_b = -1, exit_at = -1, off = 0;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:Na:sfeX:x:rTCGA")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:No:a:sfeX:x:rTCGA")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
         case 't': nthreads = atoi(optarg); break;
         case 'N': use_num = 1; break;
+        case 'o': off = atol(optarg); break;
         case 'a': sscanf(optarg, "%ld,%ld", &api_a, &api_b); break;
         case 's': print_steps = 1; break;
         case 'f': do_fork = 1; break;
@@ -222,13 +225,13 @@ int main(int argc, char **argv)
             wait_until(tb_capturing, "tbprof_capturing()");
         int64_t t0 = now_ns(CLOCK_REALTIME);
         if (use_num) {
-            tb_step_num(i);
-            tb_step_num(i); /* duplicate: merged */
+            tb_step_num(off + i);
+            tb_step_num(off + i); /* duplicate: merged */
         } else {
             tb_step();
         }
         if (print_steps)
-            printf("step %d %lld %lld\n", i, (long long)t0, (long long)now_ns(CLOCK_REALTIME));
+            printf("step %ld %lld %lld\n", (use_num ? off : 0) + i, (long long)t0, (long long)now_ns(CLOCK_REALTIME));
         if (gpu && tb_capturing()) {
             if (!launched)
                 wait_until(fake_launch, "GPU tracing (tbfake_cupti_launch)");
