@@ -63,6 +63,7 @@ struct cap {
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
     char run[TB_CTL_RUN_MAX + 1]; /* run folder asked for over the socket ("": derived) */
+    double time_from_s;  /* the env time window: seconds after start-up it began at */
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -97,6 +98,8 @@ static struct {
     int64_t win_rep;      /* of a repeating one (A-B/P): the next repeat, from 0 */
     struct cap pend;      /* a CAP_AT_STEPS window waiting for its steps (kind 0: none) */
     int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
+    int64_t timewin_base; /* mono ns: the first one's start (TBPROF_EVERY counts from it) */
+    int64_t timewin_k;    /* which one starts at timewin_at, from 0 */
     int thread_running;
     pid_t agent_tid;
     int wake_fd[2], listen_fd; /* wake_fd: wake-ups and signal bytes, one pipe */
@@ -367,6 +370,7 @@ static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out
                     .fixed_window = fixed_window(c),
                     .env_window = c->kind == CAP_ENV_STEPS,
                     .env_time = c->kind == CAP_TIME && c->win == -2,
+                    .time_from_s = c->time_from_s,
                     .begin_epoch_ns = begin_epoch_ns};
     tb_names_run(&g.names, &g.cfg, &r, g.ncaptures, out, n);
 }
@@ -982,19 +986,43 @@ static void log_step_conflict(void)
             tb_step_source_name(atomic_load(&step_owner)), tb_step_source_name(other));
 }
 
+/* The env time window is due (TBPROF_DURATION after TBPROF_DELAY): arm it,
+ * and with TBPROF_EVERY set the next one (the one due after `now`: none
+ * is made up for). Lock held. */
+static void time_window_due(int64_t now)
+{
+    double from = g.cfg.delay_s + (double)g.timewin_k * g.cfg.every_s;
+    char trig[96];
+    if (g.cfg.every_s > 0)
+        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs at %gs (TBPROF_EVERY %gs)", g.cfg.duration_s, from,
+                 g.cfg.every_s);
+    else
+        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.cfg.duration_s, from);
+    if (request_time((int64_t)(g.cfg.duration_s * 1e9), trig, -2) == 0)
+        g.cur.time_from_s = from;
+    else
+        tb_warn("time window (%s) skipped: a capture is already on", trig);
+    g.timewin_at = 0;
+    if (g.cfg.every_s <= 0)
+        return;
+    int64_t every = (int64_t)(g.cfg.every_s * 1e9);
+    int64_t k = (now - g.timewin_base) / every + 1; /* > timewin_k: every > 0, now >= this one's start */
+    if (k <= g.timewin_k)
+        k = g.timewin_k + 1;
+    if (g.cfg.every_count && k >= g.cfg.every_count)
+        return;
+    g.timewin_k = k;
+    g.timewin_at = g.timewin_base + k * every;
+}
+
 /* One turn of the state machine on the agent thread. */
 static void machine(void)
 {
     log_step_conflict();
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
-    if (g.timewin_at && now >= g.timewin_at) {
-        g.timewin_at = 0;
-        char trig[96];
-        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.cfg.duration_s, g.cfg.delay_s);
-        if (request_time((int64_t)(g.cfg.duration_s * 1e9), trig, -2) < 0)
-            tb_warn("time window (TBPROF_DELAY/DURATION) skipped: a capture is already on");
-    }
+    if (g.timewin_at && now >= g.timewin_at)
+        time_window_due(now);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.sources_started && !g.stop_req) {
         g.cur.cpu0 = thread_cpu_ns();
         g.sources_starting = 1;
@@ -1296,8 +1324,10 @@ int tb_agent_init(const tb_config *c, int disable)
         return 0;
     }
     tb_names_read_env(&g.names, env_get);
-    if (c->duration_s > 0)
-        g.timewin_at = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
+    if (c->duration_s > 0) {
+        g.timewin_at = g.timewin_base = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
+        g.timewin_k = 0;
+    }
     if (c->socket) {
         int fd = tb_ctl_listen(getpid());
         if (fd < 0)

@@ -24,6 +24,7 @@ typedef enum {
     T_CUDASTEPS,
     T_AUTO,  /* auto | on | off: tb_auto_mode */
     T_OPS,   /* on | off | shapes: 1, 0, 2 */
+    T_EVERY, /* seconds, or seconds x count */
 } var_type;
 
 typedef struct var {
@@ -57,6 +58,11 @@ static const var vars[] = {
     {"TBPROF_DELAY", T_SEC, "", "seconds >= 0 (e.g. 30, 500ms)",
      "start the time-window capture this long after start-up (default duration 10 s)",
      "time-window capture off", "", F(delay_s), 0, 0},
+    {"TBPROF_EVERY", T_EVERY, "", "seconds > TBPROF_DURATION, or SxK (e.g. 10m, 600x6)",
+     "repeat the time-window capture every S seconds, for long jobs and servers without steps: the "
+     "first at TBPROF_DELAY (default: S) after start-up, each next S after the one before; xK: K "
+     "captures in all",
+     "no repeat", "", F(every_s), 0, 0},
     {"TBPROF_SIGNAL", T_SIG, "off", "off | USR1 | USR2 | RTMIN+N",
      "opt-in: this signal starts a capture (like `tbprof trigger PID`)", "signal trigger off",
      "off", F(signal), 0, 0},
@@ -302,6 +308,34 @@ int tb_parse_seconds(const char *s, double *out)
     return 0;
 }
 
+int tb_parse_every(const char *s, double *sec, int64_t *count)
+{
+    char buf[64];
+    size_t len = strlen(s);
+    const char *x = strrchr(s, 'x');
+    if (!x)
+        x = strrchr(s, 'X');
+    int64_t k = 0;
+    if (x) {
+        const char *p = x + 1;
+        if (parse_i64(&p, &k) || *p || k < 1)
+            return -EINVAL;
+        len = (size_t)(x - s);
+    }
+    if (len >= sizeof(buf))
+        return -EINVAL;
+    while (len && isspace((unsigned char)s[len - 1]))
+        len--;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    double v;
+    if (tb_parse_seconds(buf, &v) || v <= 0)
+        return -EINVAL;
+    *sec = v;
+    *count = k;
+    return 0;
+}
+
 int tb_parse_signal(const char *s, int *out)
 {
     if (!strcasecmp(s, "off") || !strcmp(s, "0") || !strcasecmp(s, "no")) {
@@ -412,6 +446,8 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         c->nwindows = n;
         return 0;
     }
+    case T_EVERY:
+        return tb_parse_every(val, &c->every_s, &c->every_count);
     case T_SIG:
         return tb_parse_signal(val, (int *)field);
     case T_LOG:
@@ -493,11 +529,22 @@ int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud)
         else
             parse_var(v, v->bad_value, c);
     }
+    const char *delay_given = get("TBPROF_DELAY", ud);
     if (c->duration_s < 0) {
         c->duration_s = 0;
         c->delay_s = 0;
-    } else if (c->delay_s > 0 && c->duration_s == 0) {
+        c->every_s = 0;
+    } else if ((c->delay_s > 0 || c->every_s > 0) && c->duration_s == 0) {
         c->duration_s = 10;
+    }
+    if (c->every_s > 0 && c->every_s <= c->duration_s) {
+        c->warnings++;
+        tb_warn("TBPROF_EVERY=%gs is not longer than the capture (TBPROF_DURATION %gs); no repeat", c->every_s,
+                c->duration_s);
+        c->every_s = 0;
+        c->every_count = 0;
+    } else if (c->every_s > 0 && !delay_given) {
+        c->delay_s = c->every_s; /* "every 10 min": the first one 10 min in */
     }
     tb_log_set_level((tb_log_level)c->log_level);
     return c->warnings;

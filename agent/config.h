@@ -60,6 +60,8 @@ typedef struct tb_config {
     int nwindows;
     double duration_s; /* TBPROF_DURATION; 0 = unset */
     double delay_s;    /* TBPROF_DELAY; 0 = unset */
+    double every_s;    /* TBPROF_EVERY: the time window again every this long; 0 = once */
+    int64_t every_count; /* TBPROF_EVERY's xK: K time windows in all; 0 = no end */
     int signal;        /* TBPROF_SIGNAL; 0 = off */
     int gpu, cpu;      /* TBPROF_GPU, TBPROF_CPU */
     unsigned cpu_hz;   /* TBPROF_CPU_HZ */
@@ -104,6 +106,8 @@ void tb_config_set_global(const tb_config *c);
 
 /* Parsers, exposed for tests and the CLI. 0 or -EINVAL. */
 int tb_parse_steps(const char *s, tb_window *w, int max, int *n);
+/* "S" or "SxK" (TBPROF_EVERY): seconds as tb_parse_seconds, K >= 1 (0: none given). */
+int tb_parse_every(const char *s, double *sec, int64_t *count);
 int tb_parse_seconds(const char *s, double *out);
 int tb_parse_bool(const char *s, int *out);
 int tb_parse_signal(const char *s, int *out);

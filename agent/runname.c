@@ -77,6 +77,8 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
         /* ranks agree: the same TBPROF_RUN and the same window */
         if (r->env_window && (cfg->nwindows > 1 || cfg->windows[0].period))
             snprintf(out, len, "%s_%s", cfg->run, win);
+        else if (r->env_time && cfg->every_s > 0)
+            snprintf(out, len, "%s_time_%g-%gs", cfg->run, r->time_from_s, r->time_from_s + cfg->duration_s);
         else if (r->env_window || ncaptures == 0)
             snprintf(out, len, "%s", cfg->run);
         else
@@ -88,7 +90,7 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
     if (n->job_id[0] && r->fixed_window)
         snprintf(out, len, "%s_%s", n->job_id, win);
     else if (n->job_id[0] && r->env_time)
-        snprintf(out, len, "%s_time_%g-%gs", n->job_id, cfg->delay_s, cfg->delay_s + cfg->duration_s);
+        snprintf(out, len, "%s_time_%g-%gs", n->job_id, r->time_from_s, r->time_from_s + cfg->duration_s);
     else if (n->job_id[0])
         snprintf(out, len, "%s_%s", n->job_id, t);
     else

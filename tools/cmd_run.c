@@ -22,6 +22,7 @@ static void usage(FILE *f)
             "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D, A-B/P: every P steps)\n"
             "  --duration S       capture S seconds (TBPROF_DURATION), after --delay S (TBPROF_DELAY)\n"
             "  --delay S\n"
+            "  --every S[xK]      repeat the --duration capture every S seconds, K times (TBPROF_EVERY)\n"
             "  --logdir D         where profiles go (TBPROF_LOGDIR, default logs)\n"
             "  --run NAME         run folder name (TBPROF_RUN)\n"
             "  --gpu | --no-gpu   GPU tracing (TBPROF_GPU)\n"
@@ -83,7 +84,8 @@ int cmd_run(int argc, char **argv)
         const char *opt, *var, *value; /* value NULL: takes an argument */
     } opts[] = {
         {"--steps", "TBPROF_STEPS", NULL},     {"--duration", "TBPROF_DURATION", NULL},
-        {"--delay", "TBPROF_DELAY", NULL},     {"--logdir", "TBPROF_LOGDIR", NULL},
+        {"--delay", "TBPROF_DELAY", NULL},     {"--every", "TBPROF_EVERY", NULL},
+        {"--logdir", "TBPROF_LOGDIR", NULL},
         {"--run", "TBPROF_RUN", NULL},         {"--gpu", "TBPROF_GPU", "on"},
         {"--no-gpu", "TBPROF_GPU", "off"},     {"--cpu", "TBPROF_CPU", "on"},
         {"--no-cpu", "TBPROF_CPU", "off"},     {"--cpu-hz", "TBPROF_CPU_HZ", NULL},
@@ -145,6 +147,12 @@ int cmd_run(int argc, char **argv)
                 fprintf(stderr, "tbprof run: --steps '%s': expected A,B | A-B | N | A-B;C-D | A-B/P[xK]\n", v);
                 return 2;
             }
+        }
+        double sec;
+        int64_t count;
+        if (!strcmp(opts[k].var, "TBPROF_EVERY") && tb_parse_every(v, &sec, &count) < 0) {
+            fprintf(stderr, "tbprof run: --every '%s': expected seconds, or SxK (e.g. 10m, 600x6)\n", v);
+            return 2;
         }
         setenv(opts[k].var, v, 1);
     }

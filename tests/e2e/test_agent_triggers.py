@@ -206,6 +206,39 @@ class Triggers(tbtest.TestCase):
         p.kill()
         p.wait()
 
+    def test_time_window_repeats_every(self):
+        # TBPROF_EVERY: a process without steps (a server) captured every
+        # 0.7 s from TBPROF_DELAY, three times in all (x3), each its own run
+        env = tbtest.env(self.logdir, delay="0.3", duration="0.2", every="0.7x3", run="tw")
+        t0 = time.time_ns()
+        p = subprocess.run(["sleep", "3.2"], env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+        files = tbtest.xplanes(self.logdir)
+        runs = sorted(os.path.basename(os.path.dirname(f)) for f in files)
+        self.assertEqual(runs, ["tw_time_0.3-0.5s", "tw_time_1-1.2s", "tw_time_1.7-1.9s"],
+                         "x3: a fourth (2.4 s in, within the job) is not captured")
+        for f in files:
+            run = os.path.basename(os.path.dirname(f))
+            start = float(run.split("_time_")[1].split("-")[0])
+            h = tbtest.load(f).host.stats
+            self.assertGreaterEqual(h["tbprof_capture_begin_ns"] - t0, start * 1e9, run)
+            self.assertLess(h["tbprof_capture_begin_ns"] - t0, (start + 1.0) * 1e9, run)
+            span = (h["tbprof_capture_end_ns"] - h["tbprof_capture_begin_ns"]) / 1e9
+            self.assertGreater(span, 0.18, run)
+            self.assertLess(span, 1.5, run)
+            self.assertIn("TBPROF_EVERY 0.7s", h["tbprof_trigger"])
+        # the same from `tbprof run --every`; a bad value stops it before the job
+        logdir = os.path.join(self.tmp, "cli")
+        p = tbtest.run([tbtest.CLI, "run", "--every", "0.5x1", "--duration", "0.1", "--run", "cli", "--logdir",
+                        logdir, "--", "sleep", "1.2"], timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        runs = [os.path.basename(os.path.dirname(f)) for f in tbtest.xplanes(logdir)]
+        self.assertEqual(runs, ["cli_time_0.5-0.6s"])
+        p = tbtest.run([tbtest.CLI, "run", "--every", "10q", "true"], timeout=30)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--every '10q'", p.stderr)
+
     def test_socket_refuses_another_user(self):
         if os.getuid() != 0:
             self.skipTest("needs root to connect as another uid")

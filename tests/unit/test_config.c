@@ -39,6 +39,39 @@ static void window_repeats(void)
     CHECK(tb_window_nth(&big, kmax + 1, &r) < 0);
 }
 
+/* TBPROF_EVERY: "S" or "SxK"; with TBPROF_DURATION and TBPROF_DELAY. */
+static void every_forms(void)
+{
+    double sec = 0;
+    int64_t k = -1;
+    CHECK(tb_parse_every("600", &sec, &k) == 0 && sec == 600 && k == 0);
+    CHECK(tb_parse_every("10m", &sec, &k) == 0 && sec == 600 && k == 0);
+    CHECK(tb_parse_every("2.5x4", &sec, &k) == 0 && sec == 2.5 && k == 4);
+    CHECK(tb_parse_every("500ms X 3", &sec, &k) == 0 && sec == 0.5 && k == 3);
+    const char *bad[] = {"", "0", "x3", "10x0", "10x", "10x-1", "10xx3", "abc", "10 s 3", "-5"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECKF(tb_parse_every(bad[i], &sec, &k) < 0, "'%s' accepted", bad[i]);
+
+    tb_log_set_level(TB_LOG_OFF);
+    tb_config c;
+    /* the first one S in unless TBPROF_DELAY says; duration 10 s by default */
+    const char *e1[] = {"TBPROF_EVERY", "60x5", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, e1), 0);
+    CHECK(c.every_s == 60 && c.every_count == 5 && c.delay_s == 60 && c.duration_s == 10);
+    const char *e2[] = {"TBPROF_EVERY", "60", "TBPROF_DELAY", "0", "TBPROF_DURATION", "3", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, e2), 0);
+    CHECK(c.every_s == 60 && c.every_count == 0 && c.delay_s == 0 && c.duration_s == 3);
+    /* not longer than the capture: one warning, no repeat (the window stays) */
+    const char *e3[] = {"TBPROF_EVERY", "5", "TBPROF_DURATION", "5", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, e3), 1);
+    CHECK(c.every_s == 0 && c.duration_s == 5);
+    /* a bad TBPROF_DURATION: no time window, so nothing to repeat */
+    const char *e4[] = {"TBPROF_EVERY", "60", "TBPROF_DURATION", "soon", NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, e4), 1);
+    CHECK(c.every_s == 0 && c.duration_s == 0);
+    tb_log_set_level(TB_LOG_WARN);
+}
+
 static void steps_forms(void)
 {
     tb_window w[TB_MAX_WINDOWS];
@@ -215,6 +248,7 @@ int main(void)
 {
     steps_forms();
     window_repeats();
+    every_forms();
     other_forms();
     defaults();
     good_values();

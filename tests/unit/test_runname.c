@@ -100,8 +100,16 @@ int main(void)
     CHECK_STR(run(&n, &cfg, &steps, 0), "12_34_x_steps_10-12");
     cfg.delay_s = 30;
     cfg.duration_s = 5;
-    tb_run_req timewin = {.env_time = 1, .begin_epoch_ns = T0};
+    tb_run_req timewin = {.env_time = 1, .time_from_s = 30, .begin_epoch_ns = T0};
     CHECK_STR(run(&n, &cfg, &timewin, 0), "12_34_x_time_30-35s");
+    /* TBPROF_EVERY=600: the third one began 1230 s in */
+    cfg.every_s = 600;
+    timewin.time_from_s = 1230;
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "12_34_x_time_1230-1235s");
+    snprintf(cfg.run, sizeof(cfg.run), "exp1"); /* with TBPROF_RUN too: each its own folder */
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "exp1_time_1230-1235s");
+    cfg.run[0] = '\0';
+    cfg.every_s = 0;
     char want[300];
     snprintf(want, sizeof(want), "12_34_x_%s", t0);
     CHECK_STR(run(&n, &cfg, &trig, 0), want);
