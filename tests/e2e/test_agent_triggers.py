@@ -231,11 +231,11 @@ class Triggers(tbtest.TestCase):
         # the same from `tbprof run --every`; a bad value stops it before the job
         logdir = os.path.join(self.tmp, "cli")
         p = tbtest.run([tbtest.CLI, "run", "--every", "0.5x1", "--duration", "0.1", "--run", "cli", "--logdir",
-                        logdir, "--", "sleep", "1.2"], timeout=60)
+                        logdir, "--", "sleep", "1.2"], env=tbtest.env(), timeout=60)
         self.assertEqual(p.returncode, 0, p.stderr)
         runs = [os.path.basename(os.path.dirname(f)) for f in tbtest.xplanes(logdir)]
         self.assertEqual(runs, ["cli_time_0.5-0.6s"])
-        p = tbtest.run([tbtest.CLI, "run", "--every", "10q", "true"], timeout=30)
+        p = tbtest.run([tbtest.CLI, "run", "--every", "10q", "true"], env=tbtest.env(), timeout=30)
         self.assertEqual(p.returncode, 2)
         self.assertIn("--every '10q'", p.stderr)
 
