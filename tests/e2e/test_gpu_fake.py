@@ -409,6 +409,37 @@ class GpuFake(tbtest.TestCase):
             self.check_profile(tbtest.load(x))
         self.assertReleased(self.fake_log(), 2, thread="other")
 
+    def test_many_captures_hold_nothing(self):
+        # A repeating window (TBPROF_STEPS=A-B/P) makes a long job capture
+        # again and again: between captures the job must hold what it held
+        # before (no file descriptor, no memory kept per capture), and each
+        # capture must be whole. The program prints its open fds and RSS
+        # (steps -R 20) after each profile is written, at the step before
+        # the next window arms.
+        ms = 3 * relutil.sanitizer_slowdown()
+        n = 30
+        p = self.run_steps(["-n", str(20 * n + 2), "-m", str(ms), "-r", "-R", "20"], steps="2-3/20", cpu="on",
+                           shim=FAKE_LIBCUDA)
+        xs = tbtest.xplanes(self.logdir)
+        # a window whose steps all pass while the one before is still being
+        # written or CUPTI detached (a loaded or sanitized run) is missed
+        self.assertGreaterEqual(len(xs), n // 2, p.stderr)
+        for x in xs:
+            self.check_profile(tbtest.load(x))
+        mem = [tuple(int(v) for v in l.split()[1:]) for l in p.stdout.splitlines() if l.startswith("mem ")]
+        self.assertGreaterEqual(len(mem), n // 3, p.stdout)
+        # one fd more at times: the agent thread may still be finishing up
+        # (a loaded or sanitized run); one kept per capture would climb by 40
+        fds = [m[2] for m in mem]
+        self.assertLessEqual(max(fds[1:]) - min(fds[1:]), 1, "open fds after each profile: %s" % fds)
+        rss = [m[1] for m in mem]
+        if not tbtest.SANITIZE:  # ASan's quarantine and TSan's shadow hold freed memory
+            grow = max(rss[5:]) - rss[5]
+            self.assertLess(grow, 2048, "RSS (kB) after each profile: %s" % rss)
+        relutil.figure("many-captures", "%d captures (fake CUPTI, CPU sampling %s): open fds %d after each; RSS "
+                       "%d kB after the 5th, %d kB most after it" % (
+                           len(xs), "on", fds[-1], rss[5], max(rss[5:])))
+
     def test_graph_work_unlinked_after_reattaching_cupti_13_0(self):
         # CUPTI 13.0 .. 13.1 GA numbers graph launches wrongly in sessions
         # after the first: the capture after tbprof's cuptiFinalize writes

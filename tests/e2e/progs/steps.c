@@ -1,12 +1,17 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
  *   -o   with -N, number step i as OFF+i (a job resumed from a checkpoint
  *        at global step OFF); -s prints that number
+ *   -R   at each step divisible by P where a new profile has been written
+ *        since the last print (tbprof_last_profile() changed) and no capture
+ *        is on, print "mem <profiles> <VmRSS kB> <open fds>": what the job
+ *        holds between captures, for tests of many captures in one process
+ *        (with windows "A-B/P", 1 < A: steps before the next window arms)
  *   -m   milliseconds of work per step (compute + malloc), default 5
  *   -t   extra worker threads doing malloc/compute while the loop runs
  *   -a   API capture: tbprof_start(0) just before step A's boundary,
@@ -36,6 +41,7 @@
  *        (no longer subscribed; bounded, 30 s), as a longer job would
  * At the end it prints "done <steps> last=<tbprof_last_profile()>".
  */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
@@ -160,6 +166,26 @@ static void stop_printed(int print)
         printf("stop %lld %lld\n", (long long)t0, (long long)now_ns(CLOCK_REALTIME));
 }
 
+/* VmRSS in kB, and the number of open file descriptors */
+static void print_mem(int profiles)
+{
+    long rss = -1;
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmRSS:", 6))
+            rss = atol(line + 6);
+    if (f)
+        fclose(f);
+    int fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d));)
+        fds += e->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    printf("mem %d %ld %d\n", profiles, rss, fds - 1); /* less the one opendir holds */
+}
+
 static void *worker(void *arg)
 {
     (void)arg;
@@ -171,12 +197,13 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
-    int gpu = 0, launched = 0, api_calls = 0;
+    int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0;
+    char last[4096] = "";
     double ms = 5;
     long api_a = -1, api_b = -1, exit_at = -1, off = 0;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:No:a:sfeX:x:rTCGA")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:t:No:a:sfeX:x:rTCGAR:")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -193,6 +220,7 @@ int main(int argc, char **argv)
         case 'T': signal(SIGTERM, on_term); break;
         case 'G': gpu = 1; break;
         case 'A': api_calls = 1; break;
+        case 'R': mem = atoi(optarg); break;
         case 'C': atexit(cuda_teardown); break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
@@ -241,6 +269,10 @@ int main(int argc, char **argv)
         }
         if (api_calls)
             cuda_call();
+        if (mem > 0 && i % mem == 0 && strcmp(tb_last(), last) && !tb_capturing()) {
+            snprintf(last, sizeof(last), "%s", tb_last());
+            print_mem(++profiles);
+        }
         if (i == 1 && do_fork) {
             child = fork();
             if (child == 0) {
