@@ -41,6 +41,38 @@ class RealProfiles(tbtest.TestCase):
         self.assertIn("Steps: %d captured" % len(steps), r.stdout)
         self.assertIn("trigger: ", r.stdout)
 
+    def test_trend_of_a_job_that_slows_down(self):
+        # a job whose steps grow from 2 to 12 ms, captured 3 steps every 25
+        # (TBPROF_STEPS=5-7/25): `tbprof trend` lists the captures oldest
+        # first with the step time the program printed for those steps
+        p = tbtest.run([tbtest.prog("steps"), "-s", "-n", "101", "-m", "2", "-M", "12"],
+                       env=tbtest.env(self.logdir, steps="5-7/25", run="slow"), timeout=120)
+        self.assertExitedOk(p)
+        starts = {}
+        for line in p.stdout.splitlines():
+            f = line.split()
+            if f[0] == "step":
+                starts[int(f[1])] = (int(f[2]), int(f[3]))  # before and after its tbprof_step()
+        r = cli("trend", "--json", self.logdir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = json.loads(r.stdout)["runs"]
+        firsts = [5, 30, 55, 80]
+        self.assertEqual([x["run"] for x in rows], ["slow_steps_%d-%d" % (a, a + 2) for a in firsts])
+        for x, a in zip(rows, firsts):
+            self.assertEqual((x["hosts"], x["steps"]), (1, 3), x)
+            # steps a..a+2 span from step a's tbprof_step() call to step a+3's
+            lo = (starts[a + 3][0] - starts[a][1]) / 3
+            hi = (starts[a + 3][1] - starts[a][0]) / 3
+            self.assertGreaterEqual(x["step_mean_ns"], lo - 1, x["run"])
+            self.assertLessEqual(x["step_mean_ns"], hi + 1, x["run"])
+        self.assertEqual(sorted(x["step_mean_ns"] for x in rows), [x["step_mean_ns"] for x in rows],
+                         "each capture slower than the one before")
+        self.assertGreater(rows[-1]["vs_first"], 3.0)  # about 10 ms against 2.5
+        r = cli("trend", self.logdir)
+        self.assertIn("Mean step time: first ", r.stdout)
+        self.assertRegex(r.stdout, r"last [\d.]+ ms \([\d.]+x\)\n")
+        self.assertRegex(r.stdout, r"\nslow_steps_80-82 .*x\s+-\s+-\n", "no GPU traced: no busy share, no kernel")
+
     def test_cpu_split(self):
         why = cpusamples.perf_refused_reason()
         if why:

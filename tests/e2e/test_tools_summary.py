@@ -353,6 +353,88 @@ class SummaryFigures(Base):
         self.assertEqual(err, "")
 
 
+class Trend(Base):
+    """`tbprof trend`: one line per run, oldest first, every host of a run
+    together, against the first run with steps."""
+
+    def runs(self, *specs):
+        """Runs named by spec[0] holding spec[1:] ({label: data}), written
+        one second apart in that order (the listing goes by time)."""
+        prof = os.path.join(self.logdir, "plugins", "profile")
+        for i, (name, files) in enumerate(specs):
+            for label, data in files.items():
+                f = write(os.path.join(prof, name, label + ".xplane.pb"), data)
+                os.utime(f, (T0 // 10**9 + i, T0 // 10**9 + i))
+
+    def test_figures_across_runs(self):
+        self.runs(("job_a", {"node1": example_space()}),
+                  ("job_b", {"node1": example_space(), "node2": second_host()}),
+                  ("other", {"node2": second_host()}),
+                  ("job_c", {"node2": second_host()}))
+        p = run("trend", "--json", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        rows = json.loads(p.stdout)["runs"]
+        self.assertEqual([r["run"] for r in rows], ["job_a", "job_b", "other", "job_c"])
+        a, b, _, c = rows
+        # example_space: steps of 10, 21 and 6 us; second_host: two of 1 ms
+        self.assertEqual((a["hosts"], a["steps"], a["step_mean_ns"], a["step_min_ns"], a["step_max_ns"]),
+                         (1, 3, 37000 // 3, 6000, 21000))
+        self.assertEqual((a["window_ns"], a["gpu_busy_ns"]), (37000, 11500))
+        self.assertEqual((a["top_kernel"], a["top_kernel_ns"], a["kernel_total_ns"]), ("gemm", 7000, 9000))
+        self.assertEqual(a["vs_first"], 1.0)
+        self.assertEqual((b["hosts"], b["steps"], b["step_mean_ns"], b["step_min_ns"], b["step_max_ns"]),
+                         (2, 5, 2037000 // 5, 6000, 1000000))
+        self.assertEqual(b["slowest_host_mean_ns"], 1000000)
+        self.assertEqual((b["window_ns"], b["gpu_busy_ns"]), (2037000, 511500))
+        self.assertEqual((b["top_kernel"], b["top_kernel_ns"], b["kernel_total_ns"]), ("conv", 500000, 509000))
+        self.assertAlmostEqual(b["vs_first"], (2037000 // 5) / (37000 // 3), places=3)
+        self.assertEqual((c["steps"], c["step_mean_ns"]), (2, 1000000))
+        self.assertAlmostEqual(c["vs_first"], 1000000 / (37000 // 3), places=3)
+        # --prefix: one job's runs among others
+        p = run("trend", "--json", "--prefix", "job_", self.logdir)
+        self.assertEqual([r["run"] for r in json.loads(p.stdout)["runs"]], ["job_a", "job_b", "job_c"])
+        p = run("trend", "--prefix", "job_", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("Step time across 3 runs of %s" % self.logdir, p.stdout)
+        self.assertRegex(p.stdout, r"\njob_b\s+\S+ \S+\s+2\s+5\s+407\.400 us\s+6\.000 us\s+1\.000 ms\s+33\.03x"
+                                   r"\s+25\.1%\s+conv \(98%\)\n")
+        self.assertIn("Mean step time: first 12.333 us, last 1.000 ms (81.08x)\n", p.stdout)
+
+    def test_slowest_run_named_and_runs_without_steps(self):
+        sp = xplane_pb2.XSpace()  # a time-window capture: no steps, 40% GPU busy
+        g = Plane(sp, "/device:GPU:0")
+        g.event(g.line(1, "Stream #1"), "gemm", 0, 4000, kernel_details=kd())
+        h = Plane(sp, "/host:CPU")
+        h.event(h.line(1, "main"), "work", 0, 10000)
+        self.runs(("r1", {"n": example_space()}), ("r2", {"n": second_host()}), ("r3", {"n": example_space()}),
+                  ("r4", {"n": sp.SerializeToString()}))
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\nr4\s+\S+ \S+\s+1\s+0\s+-\s+-\s+-\s+-\s+40\.0%\s+gemm \(100%\)\n")
+        self.assertIn("Mean step time: first 12.333 us, last 12.333 us (1.00x); slowest 1.000 ms in r2 (81.08x)",
+                      p.stdout)
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
+        self.assertNotIn("step_mean_ns", js[3])
+        self.assertEqual(js[3]["steps"], 0)
+
+    def test_unreadable_run_and_errors(self):
+        self.runs(("r1", {"n": example_space()}), ("r2", {"n": b"\xff" * 64}), ("r3", {"n": second_host()}))
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("r2", p.stderr)
+        self.assertIn("Step time across 2 runs", p.stdout)
+        self.assertIn("unreadable runs named on stderr", p.stdout)
+        p = run("trend", "--prefix", "zz", self.logdir)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no run whose name begins with 'zz'", p.stderr)
+        p = run("trend", os.path.join(self.tmp, "nothing"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("No such file or directory", p.stderr)
+        p = run("trend")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("usage: tbprof trend", p.stderr)
+
+
 class SummaryErrors(Base):
     def test_no_profile(self):
         os.makedirs(self.logdir)

@@ -1,6 +1,6 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
- *   steps [-n steps] [-m ms_per_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
+ *   steps [-n steps] [-m ms_per_step] [-M ms_last_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
  *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
@@ -13,6 +13,7 @@
  *        holds between captures, for tests of many captures in one process
  *        (with windows "A-B/P", 1 < A: steps before the next window arms)
  *   -m   milliseconds of work per step (compute + malloc), default 5
+ *   -M   a job that slows down: step i works -m + (M - m) * i / (n - 1) ms
  *   -t   extra worker threads doing malloc/compute while the loop runs
  *   -a   API capture: tbprof_start(0) just before step A's boundary,
  *        tbprof_stop() just before step B+1's
@@ -199,14 +200,15 @@ int main(int argc, char **argv)
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
     int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0;
     char last[4096] = "";
-    double ms = 5;
+    double ms = 5, ms_last = -1;
     long api_a = -1, api_b = -1, exit_at = -1, off = 0;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:t:No:a:sfeX:x:rTCGAR:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
+        case 'M': ms_last = atof(optarg); break;
         case 't': nthreads = atoi(optarg); break;
         case 'N': use_num = 1; break;
         case 'o': off = atol(optarg); break;
@@ -287,7 +289,7 @@ int main(int argc, char **argv)
                 _exit(127);
             }
         }
-        work(ms);
+        work(ms_last >= 0 && nsteps > 1 ? ms + (ms_last - ms) * i / (nsteps - 1) : ms);
     }
     if (api_a >= 0 && api_b + 1 >= nsteps)
         stop_printed(print_steps);

@@ -1,0 +1,312 @@
+/* cmd_trend.c - `tbprof trend LOGDIR [--prefix P] [--json]`: one line per run,
+ * oldest first: its steps' time (mean, min, max over every host of the run),
+ * GPU busy share and top kernel, and the mean step time against the first
+ * run with steps. For a job captured again and again (TBPROF_STEPS=A-B/P,
+ * TBPROF_EVERY): did it slow down, and from which capture on?
+ *
+ * One run is loaded at a time (its profiles summarized, then freed), so a
+ * logdir of many large runs needs the memory of its largest run only. A run
+ * that cannot be read is one line on stderr and the listing goes on (exit 1).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cmd.h"
+#include "read_runs.h"
+#include "readprof.h"
+#include "strmap.h"
+#include "summary.h"
+
+#define USAGE "usage: tbprof trend LOGDIR [--prefix P] [--json]\n"
+
+/* One run's figures, every host of it together. */
+typedef struct trend_row {
+    const tb_run *run;
+    int ok;                /* read and summarized */
+    size_t hosts, gpus;
+    size_t nsteps;         /* all hosts' steps */
+    int64_t step_sum_ns, step_min_ns, step_max_ns;
+    int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
+    int64_t window_ns, gpu_busy_ns; /* over steps, or the capture without steps */
+    char *top_kernel;      /* by total time over the hosts; NULL: no kernels */
+    int64_t top_kernel_ns, kernel_total_ns;
+} trend_row;
+
+static int64_t row_mean(const trend_row *r) { return r->nsteps ? r->step_sum_ns / (int64_t)r->nsteps : 0; }
+
+/* The kernel with the most time over all hosts' summaries. 0 or -ENOMEM. */
+static int top_kernel(const tb_summary *ms, size_t n, trend_row *row)
+{
+    tb_strmap idx = {0};
+    int64_t *tot = NULL;
+    size_t nk = 0, cap = 0;
+    int rc = 0;
+    for (size_t h = 0; h < n && !rc; h++) {
+        row->kernel_total_ns += ms[h].kernel_total_ns;
+        for (size_t k = 0; k < ms[h].nkernels; k++) {
+            const char *name = ms[h].kernels[k].name;
+            int64_t at = tb_strmap_get(&idx, name);
+            if (at < 0) {
+                if (nk == cap) {
+                    size_t nc = cap ? cap * 2 : 64;
+                    int64_t *nt = realloc(tot, nc * sizeof(*nt));
+                    if (!nt) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    tot = nt;
+                    cap = nc;
+                }
+                if (tb_strmap_put(&idx, name, (uint32_t)nk) < 0) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                at = (int64_t)nk;
+                tot[nk++] = 0;
+            }
+            tot[at] += ms[h].kernels[k].total_ns;
+            if (tot[at] > row->top_kernel_ns) {
+                row->top_kernel_ns = tot[at];
+                free(row->top_kernel);
+                row->top_kernel = strdup(name); /* the map's keys die with the spaces */
+                if (!row->top_kernel)
+                    rc = -ENOMEM;
+            }
+        }
+    }
+    tb_strmap_free(&idx);
+    free(tot);
+    return rc;
+}
+
+/* Load run r's profiles, summarize each, fold them into row. 0, or -1
+ * after saying why on stderr. */
+static int read_row(const tb_run *r, trend_row *row)
+{
+    memset(row, 0, sizeof(*row));
+    row->run = r;
+    tb_profset ps;
+    if (tb_profset_load("trend", r->path, NULL, 0, &ps)) {
+        tb_profset_free(&ps);
+        return -1;
+    }
+    tb_summary *ms = calloc(ps.n, sizeof(*ms));
+    int rc = ms ? 0 : -ENOMEM;
+    size_t done = 0;
+    for (; !rc && done < ps.n; done++) /* a failed one is left zeroed: freeing it is a no-op */
+        rc = tb_summarize(ps.profs[done].space, &ms[done]);
+    if (rc == 0) {
+        row->hosts = ps.n;
+        for (size_t h = 0; h < ps.n; h++) {
+            const tb_summary *s = &ms[h];
+            row->gpus += s->ngpus;
+            row->window_ns += s->window_ns;
+            row->gpu_busy_ns += s->gpu_busy_ns;
+            if (!s->nsteps)
+                continue;
+            if (!row->nsteps || s->step_min_ns < row->step_min_ns)
+                row->step_min_ns = s->step_min_ns;
+            if (s->step_max_ns > row->step_max_ns)
+                row->step_max_ns = s->step_max_ns;
+            for (size_t k = 0; k < s->nsteps; k++)
+                row->step_sum_ns += s->steps[k].dur_ns;
+            row->nsteps += s->nsteps;
+            if (s->step_mean_ns > row->slowest_host_mean_ns)
+                row->slowest_host_mean_ns = s->step_mean_ns;
+        }
+        rc = top_kernel(ms, ps.n, row);
+    }
+    for (size_t h = 0; ms && h < done; h++)
+        tb_summary_free(&ms[h]);
+    free(ms);
+    tb_profset_free(&ps);
+    if (rc < 0) {
+        fprintf(stderr, "tbprof trend: %s: out of memory\n", r->path);
+        return -1;
+    }
+    row->ok = 1;
+    return 0;
+}
+
+static void when(const tb_run *r, char *buf, size_t n)
+{
+    struct tm tm;
+    buf[0] = '\0';
+    if (localtime_r(&r->mtime, &tm))
+        strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static double pct(int64_t part, int64_t whole) { return whole > 0 ? 100.0 * (double)part / (double)whole : 0; }
+
+static void print_json(const char *in, const trend_row *rows, size_t n, int64_t base)
+{
+    fputs("{\"logdir\":", stdout);
+    rr_json_str(stdout, in);
+    fputs(",\"runs\":[", stdout);
+    int first = 1;
+    for (size_t i = 0; i < n; i++) {
+        const trend_row *r = &rows[i];
+        if (!r->ok)
+            continue;
+        fputs(first ? "{\"run\":" : ",{\"run\":", stdout);
+        first = 0;
+        rr_json_str(stdout, r->run->name);
+        printf(",\"mtime\":%lld,\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu", (long long)r->run->mtime, r->hosts,
+               r->gpus, r->nsteps);
+        if (r->nsteps)
+            printf(",\"step_mean_ns\":%lld,\"step_min_ns\":%lld,\"step_max_ns\":%lld,"
+                   "\"slowest_host_mean_ns\":%lld",
+                   (long long)row_mean(r), (long long)r->step_min_ns, (long long)r->step_max_ns,
+                   (long long)r->slowest_host_mean_ns);
+        if (r->nsteps && base > 0)
+            printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
+        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld", (long long)r->window_ns, (long long)r->gpu_busy_ns);
+        if (r->top_kernel) {
+            fputs(",\"top_kernel\":", stdout);
+            rr_json_str(stdout, r->top_kernel);
+            printf(",\"top_kernel_ns\":%lld,\"kernel_total_ns\":%lld", (long long)r->top_kernel_ns,
+                   (long long)r->kernel_total_ns);
+        }
+        fputs("}", stdout);
+    }
+    fputs("]}\n", stdout);
+}
+
+static void print_text(const char *in, const trend_row *rows, size_t n, int64_t base, size_t unread)
+{
+    size_t shown = 0, w = 3;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].ok) {
+            shown++;
+            size_t l = strlen(rows[i].run->name);
+            w = l > w ? l : w;
+        }
+    printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
+           shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
+    printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  %8s  %s\n", (int)w, "run", "written", "hosts", "steps",
+           "step mean", "min", "max", "vs 1st", "GPU busy", "top kernel (share of kernel time)");
+    const trend_row *slow = NULL;
+    const trend_row *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const trend_row *r = &rows[i];
+        if (!r->ok)
+            continue;
+        char t[32], a[32], b[32], c[32], vs[16] = "-";
+        when(r->run, t, sizeof(t));
+        if (r->nsteps) {
+            rr_fmt_dur(row_mean(r), a, sizeof(a));
+            rr_fmt_dur(r->step_min_ns, b, sizeof(b));
+            rr_fmt_dur(r->step_max_ns, c, sizeof(c));
+            if (base > 0)
+                snprintf(vs, sizeof(vs), "%.2fx", (double)row_mean(r) / (double)base);
+            if (!slow || row_mean(r) > row_mean(slow))
+                slow = r;
+            last = r;
+        } else {
+            snprintf(a, sizeof(a), "-");
+            snprintf(b, sizeof(b), "-");
+            snprintf(c, sizeof(c), "-");
+        }
+        char busy[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
+        if (r->gpus)
+            snprintf(busy, sizeof(busy), "%.1f%%", pct(r->gpu_busy_ns, r->window_ns));
+        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  %8s  ", (int)w, r->run->name, t, r->hosts, r->nsteps,
+               a, b, c, vs, busy);
+        if (r->top_kernel)
+            printf("%s (%.0f%%)\n", r->top_kernel, pct(r->top_kernel_ns, r->kernel_total_ns));
+        else
+            printf("-\n");
+    }
+    if (!last) {
+        printf("\nNo run holds steps: only GPU busy is compared.\n");
+        return;
+    }
+    char a[32], b[32];
+    printf("\nMean step time: first %s, last %s (%.2fx)", rr_fmt_dur(base, a, sizeof(a)),
+           rr_fmt_dur(row_mean(last), b, sizeof(b)), (double)row_mean(last) / (double)base);
+    if (slow != last)
+        printf("; slowest %s in %s (%.2fx)", rr_fmt_dur(row_mean(slow), a, sizeof(a)), slow->run->name,
+               (double)row_mean(slow) / (double)base);
+    printf("\n");
+}
+
+int cmd_trend(int argc, char **argv)
+{
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                         {"prefix", required_argument, 0, 'p'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int json = 0, c;
+    const char *prefix = NULL;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "jp:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'j': json = 1; break;
+        case 'p': prefix = optarg; break;
+        case 'h':
+            fputs(USAGE "  one line per run, oldest first: steps, step time (mean, min, max) over every host,\n"
+                  "  against the first run with steps, GPU busy and the top kernel\n"
+                  "  --prefix P   only the runs whose name begins with P (one job's, e.g. its TBPROF_RUN)\n"
+                  "  --json       the same as JSON\n",
+                  stdout);
+            return 0;
+        default: fputs(USAGE, stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    const char *in = argv[optind];
+    tb_runlist rl;
+    if (tb_runs_scan_or_say(in, &rl) < 0)
+        return 2;
+    trend_row *rows = calloc(rl.n ? rl.n : 1, sizeof(*rows));
+    if (!rows) {
+        fprintf(stderr, "tbprof trend: out of memory\n");
+        tb_runs_free(&rl);
+        return 2;
+    }
+    long long bytes = 0;
+    for (size_t i = 0; i < rl.n; i++)
+        for (size_t k = 0; k < rl.runs[i].nfiles; k++)
+            bytes += rl.runs[i].files[k].bytes;
+    int progress = tb_progress_wanted(bytes);
+    size_t n = 0, unread = 0;
+    int64_t base = 0;
+    for (size_t i = 0; i < rl.n; i++) {
+        const tb_run *r = &rl.runs[i];
+        if (prefix && strncmp(r->name, prefix, strlen(prefix)))
+            continue;
+        if (progress)
+            fprintf(stderr, "tbprof trend: run %zu of %zu: %s\n", i + 1, rl.n, r->name);
+        if (read_row(r, &rows[n]) < 0)
+            unread++;
+        else if (!base && rows[n].nsteps)
+            base = row_mean(&rows[n]);
+        n++;
+    }
+    if (!n) {
+        fprintf(stderr, "tbprof trend: %s: no run whose name begins with '%s'\n", in, prefix ? prefix : "");
+        free(rows);
+        tb_runs_free(&rl);
+        return 2;
+    }
+    if (json)
+        print_json(in, rows, n, base);
+    else
+        print_text(in, rows, n, base, unread);
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].top_kernel);
+    free(rows);
+    tb_runs_free(&rl);
+    if (fflush(stdout) != 0) {
+        fprintf(stderr, "tbprof trend: writing output: %s\n", strerror(errno));
+        return 2;
+    }
+    return unread ? 1 : 0;
+}
