@@ -46,7 +46,9 @@ done
 # has none), libunwind (DWARF unwinding) next to libtbprof.so, where the
 # agent looks first
 for so in libz.so.1 liblzma.so.5 libunwind-x86_64.so.8 libunwind.so.8; do
-  p=$(/sbin/ldconfig -p 2>/dev/null | awk -v n="$so" '$1 == n && /x86-64/ {print $NF; exit}')
+  # awk reads to the end: an early exit would SIGPIPE ldconfig, and with
+  # pipefail that stopped this script now and then (exit 141)
+  p=$(/sbin/ldconfig -p 2>/dev/null | awk -v n="$so" '$1 == n && /x86-64/ && !f {print $NF; f = 1}')
   [ -n "$p" ] || continue
   case $so in libunwind*) cp -Lf "$p" "$out/lib/" ;; *) cp -Lf "$p" "$out/deps/dl/" ;; esac
 done
