@@ -651,6 +651,54 @@ def jax_steps(xplane, window):
         first, last, st.get("tbprof_step_source"), sorted(set(per.values()))))
 
 
+def repeat(spec, logdir, trend_json, t_rep, t_none):
+    """4d: a PyTorch loop captured again and again (TBPROF_STEPS=spec,
+    "A-B/PxK" or "A/PxK"): K profiles, each exactly its steps with kernels
+    in every one (CUPTI detached after each and attached again by the
+    next); `tbprof trend` lists the K with their step time; the steps after
+    the last capture against the same steps without tbprof (reported)."""
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?/(\d+)x(\d+)", spec)
+    a, b, period, count = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3)), int(m.group(4))
+    want = [(a + i * period, b + i * period) for i in range(count)]
+    errs, got = [], []
+    for run in sorted(os.listdir(os.path.join(logdir, "plugins", "profile"))):
+        d = os.path.join(logdir, "plugins", "profile", run)
+        for f in sorted(os.listdir(d)):
+            if not f.endswith(".xplane.pb"):
+                continue
+            xs = load(os.path.join(d, f))
+            st = plane_stats(xs, "/host:CPU")
+            per = kernels_per_step(xs)
+            got.append((min(per) if per else -1, max(per) if per else -1))
+            if [n for n, k in per.items() if not k]:
+                errs.append("%s: steps without kernels %s" % (run, per))
+            for k in ("tbprof_gpu_off_reason", "tbprof_cupti_dropped", "tbprof_buffer_pool_exhausted"):
+                if st.get(k):
+                    errs.append("%s: %s %s" % (run, k, st[k]))
+            if not str(st.get("tbprof_cupti_teardown", "")).startswith("on:"):
+                errs.append("%s: teardown %r" % (run, st.get("tbprof_cupti_teardown")))
+    if sorted(got) != want:
+        errs.append("windows %s, expected %s" % (sorted(got), want))
+    try:
+        with open(trend_json) as f:
+            rows = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        rows = []
+        errs.append("tbprof trend --json: %s" % e)
+    if rows and ([r["steps"] for r in rows] != [b - a + 1] * count or not all(r.get("top_kernel") for r in rows)):
+        errs.append("tbprof trend: %s" % [(r["run"], r["steps"], r.get("top_kernel")) for r in rows])
+    try:
+        with open(t_rep) as f:
+            after = statistics.median([float(l) for l in f][32:40]) * 1e3
+        with open(t_none) as f:
+            none = statistics.median([float(l) for l in f][32:40]) * 1e3
+        after_s = "steps 32..39 after the last capture %.3f ms vs none %.3f ms" % (after, none)
+    except (OSError, ValueError) as e:
+        after_s = "no step times (%s)" % e
+    result("torch_repeating", not errs, "; ".join(errs) or "%d captures %s, kernels in every step; trend means %s; %s"
+           % (count, sorted(got), ["%.2f ms" % (r["step_mean_ns"] / 1e6) for r in rows], after_s))
+
+
 def xla_ranges(x_on, x_off):
     """XLA's NVTX domain "TSL": declined by default (3d's profile: no range
     in it, so XLA kept its own annotation stack); with TBPROF_XLA_RANGES=on
@@ -934,6 +982,8 @@ if __name__ == "__main__":
         ranks(*sys.argv[2:])
     elif cmd == "jax_steps":
         jax_steps(sys.argv[2], sys.argv[3])
+    elif cmd == "repeat":
+        repeat(*sys.argv[2:7])
     elif cmd == "xla_ranges":
         xla_ranges(sys.argv[2], sys.argv[3])
     elif cmd == "coexist_jax":
@@ -947,4 +997,4 @@ if __name__ == "__main__":
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
-        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
