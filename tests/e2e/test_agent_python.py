@@ -259,6 +259,44 @@ class Python(PyBase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [105, 106, 107, 108, 109])
 
+    def test_helper_capture_block(self):
+        # with tbprof.capture(): the block's steps; wait=True gives the path
+        # of the profile written; a second one inside is busy and leaves the
+        # first alone; without the agent the block runs all the same
+        s = self.script("block.py", WORK + textwrap.dedent("""\
+            import tbprof
+            for i in range(20):
+                tbprof.step(i)
+                if i == 4:
+                    with tbprof.capture(wait=True) as c:
+                        for j in range(5, 9):
+                            tbprof.step(j)
+                            work()
+                            if j == 6:
+                                with tbprof.capture() as inner:
+                                    work()
+                                assert inner.rc == -16 and inner.profile == "", inner.rc
+                                assert tbprof.capturing(), "the inner block left the capture on"
+                    assert c.rc == 0 and not tbprof.capturing()
+                    print("profile", c.profile)
+                work()
+            print("ok")
+            """))
+        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv())
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertIn("profile %s\n" % files[0], p.stdout)
+        # the steps that began inside the block (it began inside step 4)
+        self.assertEqual(nums(files[0]), [5, 6, 7, 8])
+        s = self.script("noagent.py", "import tbprof\nwith tbprof.capture(wait=True) as c:\n    x = 1\n"
+                                      "print(c.rc, repr(c.profile), x)\n")
+        e = self.pyenv(preload=False)
+        e["TBPROF_LIB"] = "/nonexistent/libtbprof.so"
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertIn("-38 '' 1", p.stdout)
+
     def test_helper_capture_steps_by_number(self):
         # capture_steps(first, last): armed at first-1, exactly those steps;
         # a range begun or reversed is refused, a second one is busy, and

@@ -26,6 +26,7 @@ sitecustomize.py).
 
 import ctypes
 import os
+import time
 import sys
 import threading
 
@@ -151,6 +152,44 @@ def stop():
     rc = lib.tbprof_stop()
     _ops_follow(lib)
     return rc
+
+
+class capture:
+    """Capture a block: start() on entry, stop() on exit.
+
+        with tbprof.capture() as c:
+            train_some_steps()
+        print(c.rc, c.profile)   # 0 and the xplane.pb's path (wait=True)
+
+    rc is start()'s return: 0, or a negative errno (-16 EBUSY: another
+    capture is on, which this one leaves alone; -38: no agent loaded); the
+    block runs either way. The profile is written by tbprof's own thread
+    after the block: with wait=True the exit waits for it (at most timeout
+    seconds) and c.profile is its path, else c.profile is "" and
+    last_profile() says it once written. Not re-entrant."""
+
+    def __init__(self, duration_ms=0, wait=False, timeout=60.0):
+        self.duration_ms, self.wait, self.timeout = duration_ms, wait, timeout
+        self.rc, self.profile, self._before = None, "", ""
+
+    def __enter__(self):
+        self._before = last_profile()
+        self.rc = start(self.duration_ms)
+        return self
+
+    def __exit__(self, *exc):
+        if self.rc != 0:
+            return False
+        stop()
+        if self.wait:
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                p = last_profile()
+                if p and p != self._before:
+                    self.profile = p
+                    break
+                time.sleep(0.01)
+        return False
 
 
 def capturing():
