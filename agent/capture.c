@@ -998,10 +998,14 @@ static void time_window_due(int64_t now)
                  g.cfg.every_s);
     else
         snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.cfg.duration_s, from);
+    static int skipped; /* repeats (TBPROF_EVERY) warn the first time only */
     if (request_time((int64_t)(g.cfg.duration_s * 1e9), trig, -2) == 0)
         g.cur.time_from_s = from;
+    else if (!skipped++)
+        tb_warn("time window (%s) skipped: a capture is already on%s", trig,
+                g.cfg.every_s > 0 ? " (later ones skipped so are logged at info level)" : "");
     else
-        tb_warn("time window (%s) skipped: a capture is already on", trig);
+        tb_info("time window (%s) skipped: a capture is already on", trig);
     g.timewin_at = 0;
     if (g.cfg.every_s <= 0)
         return;

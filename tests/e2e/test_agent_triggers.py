@@ -239,6 +239,19 @@ class Triggers(tbtest.TestCase):
         self.assertEqual(p.returncode, 2)
         self.assertIn("--every '10q'", p.stderr)
 
+    def test_time_window_repeats_skipped_warn_once(self):
+        # repeats that fall inside another capture (a step window here) are
+        # skipped: one warning for the first, the rest at info level
+        p = tbtest.run([STEPS, "-n", "60", "-m", "20"], timeout=120,
+                       env=tbtest.env(self.logdir, steps="1-55", duration="0.1", every="0.3x3"))
+        self.assertExitedOk(p)
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("skipped: a capture is already on (later ones skipped so are logged at info level)", w[0])
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, files)
+        self.assertEqual(step_nums(tbtest.load(files[0]))[:2], [1, 2])
+
     def test_socket_refuses_another_user(self):
         if os.getuid() != 0:
             self.skipTest("needs root to connect as another uid")

@@ -45,6 +45,7 @@ class RealProfiles(tbtest.TestCase):
         # a job whose steps grow from 2 to 12 ms, captured 3 steps every 25
         # (TBPROF_STEPS=5-7/25): `tbprof trend` lists the captures oldest
         # first with the step time the program printed for those steps
+        # (about 2.5, 5, 7.5 and 10 ms on an idle machine)
         p = tbtest.run([tbtest.prog("steps"), "-s", "-n", "101", "-m", "2", "-M", "12"],
                        env=tbtest.env(self.logdir, steps="5-7/25", run="slow"), timeout=120)
         self.assertExitedOk(p)
@@ -65,9 +66,10 @@ class RealProfiles(tbtest.TestCase):
             hi = (starts[a + 3][1] - starts[a][0]) / 3
             self.assertGreaterEqual(x["step_mean_ns"], lo - 1, x["run"])
             self.assertLessEqual(x["step_mean_ns"], hi + 1, x["run"])
-        self.assertEqual(sorted(x["step_mean_ns"] for x in rows), [x["step_mean_ns"] for x in rows],
-                         "each capture slower than the one before")
-        self.assertGreater(rows[-1]["vs_first"], 3.0)  # about 10 ms against 2.5
+        # (not asserted: that each is slower than the one before, which a
+        # loaded machine can upset; the means above are what happened)
+        for x in rows:
+            self.assertAlmostEqual(x["vs_first"], x["step_mean_ns"] / rows[0]["step_mean_ns"], places=3)
         r = cli("trend", self.logdir)
         self.assertIn("Mean step time: first ", r.stdout)
         self.assertRegex(r.stdout, r"last [\d.]+ ms \([\d.]+x\)\n")
