@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
@@ -139,7 +140,8 @@ class StepWindows(tbtest.TestCase):
 
     def test_repeating_window_every_p_steps(self):
         # "/P": the window again every P steps, to the end of the job
-        p = tbtest.spawn([STEPS, "-s", "-n", "58", "-m", "3"],
+        ms = 3 * relutil.sanitizer_slowdown()
+        p = tbtest.spawn([STEPS, "-s", "-n", "58", "-m", str(ms)],
                          env=tbtest.env(self.logdir, steps="2-3;8-9/20", run="cont"))
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, err)
@@ -151,7 +153,7 @@ class StepWindows(tbtest.TestCase):
         for f in files:
             first, last = wins[os.path.basename(os.path.dirname(f))]
             prof = tbtest.load(f)
-            self.check_window(prof, first, last, starts, p.pid, 3)
+            self.check_window(prof, first, last, starts, p.pid, ms)
             self.assertIn("%d-%d" % (first, last), prof.host.stats.get("tbprof_trigger", ""))
         self.assertNoPartialFiles(self.logdir)
 
@@ -159,7 +161,8 @@ class StepWindows(tbtest.TestCase):
         # "/PxK": K windows in all. A job resumed from a checkpoint numbers
         # its steps from 5002 (tbprof_step_num): the repeats already behind
         # it are skipped in one go, the next due one is captured.
-        p = tbtest.spawn([STEPS, "-s", "-N", "-o", "5002", "-n", "55", "-m", "2"],
+        ms = 2 * relutil.sanitizer_slowdown()
+        p = tbtest.spawn([STEPS, "-s", "-N", "-o", "5002", "-n", "55", "-m", str(ms)],
                          env=tbtest.env(self.logdir, steps="5-6/15x340", run="r", log="info"))
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, err)
@@ -171,16 +174,18 @@ class StepWindows(tbtest.TestCase):
         self.assertEqual(sorted(wins.values()), [(5015, 5016), (5030, 5031), (5045, 5046)], sorted(wins))
         for f in tbtest.xplanes(self.logdir):
             first, last = wins[os.path.basename(os.path.dirname(f))]
-            self.check_window(tbtest.load(f), first, last, starts, p.pid, 2)
+            self.check_window(tbtest.load(f), first, last, starts, p.pid, ms)
         # one line for the skip, not one per missed repeat
         missed = [l for l in err.splitlines() if "missed" in l]
         self.assertEqual(len(missed), 1, missed)
-        p = tbtest.spawn([STEPS, "-N", "-n", "40", "-m", "1"],
-                         env=tbtest.env(os.path.join(self.tmp, "k2"), steps="3-4/10x2", run="r"))
+        # (steps long enough that each profile is written before the next
+        # window: else it begins at the first step after, as documented)
+        p = tbtest.spawn([STEPS, "-N", "-n", "60", "-m", str(2 * relutil.sanitizer_slowdown())],
+                         env=tbtest.env(os.path.join(self.tmp, "k2"), steps="3-4/20x2", run="r"))
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, err)
         wins = self.runs_and_windows(tbtest.xplanes(os.path.join(self.tmp, "k2")))
-        self.assertEqual(sorted(wins.values()), [(3, 4), (13, 14)], "x2: two windows, then none")
+        self.assertEqual(sorted(wins.values()), [(3, 4), (23, 24)], "x2: two windows, then none")
 
     def test_window_past_the_end_writes_nothing(self):
         p = self.run_steps(["-n", "5", "-m", "1"], steps="10,20")

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import time
 
 import relutil
@@ -428,17 +429,20 @@ class GpuFake(tbtest.TestCase):
             self.check_profile(tbtest.load(x))
         mem = [tuple(int(v) for v in l.split()[1:]) for l in p.stdout.splitlines() if l.startswith("mem ")]
         self.assertGreaterEqual(len(mem), n // 3, p.stdout)
-        # one fd more at times: the agent thread may still be finishing up
-        # (a loaded or sanitized run); one kept per capture would climb by 40
-        fds = [m[2] for m in mem]
-        self.assertLessEqual(max(fds[1:]) - min(fds[1:]), 1, "open fds after each profile: %s" % fds)
+        # an fd or two more at times: the agent thread may still be finishing
+        # up (a loaded or sanitized run); one kept per capture would climb
+        # by 30: the later half's median above the earlier half's
+        fds = [m[2] for m in mem][1:]
+        half = len(fds) // 2
+        self.assertEqual(statistics.median(fds[half:]), statistics.median(fds[:half]),
+                         "open fds after each profile: %s" % fds)
         rss = [m[1] for m in mem]
         if not tbtest.SANITIZE:  # ASan's quarantine and TSan's shadow hold freed memory
             grow = max(rss[5:]) - rss[5]
             self.assertLess(grow, 2048, "RSS (kB) after each profile: %s" % rss)
-        relutil.figure("many-captures", "%d captures (fake CUPTI, CPU sampling %s): open fds %d after each; RSS "
+        relutil.figure("many-captures", "%d captures (fake CUPTI, CPU sampling %s): open fds %g after each (median); RSS "
                        "%d kB after the 5th, %d kB most after it" % (
-                           len(xs), "on", fds[-1], rss[5], max(rss[5:])))
+                           len(xs), "on", statistics.median(fds), rss[5], max(rss[5:])))
 
     def test_graph_work_unlinked_after_reattaching_cupti_13_0(self):
         # CUPTI 13.0 .. 13.1 GA numbers graph launches wrongly in sessions
