@@ -442,14 +442,17 @@ class GpuChecker(tbtest.TestCase):
         trend = os.path.join(self.tmp, "trend.json")
         with open(trend, "w") as f:
             f.write(tbtest.run([tbtest.CLI, "trend", "--json", logdir]).stdout)
-        times = os.path.join(self.tmp, "times")
+        times, rep = os.path.join(self.tmp, "times"), os.path.join(self.tmp, "rep_times")
         with open(times, "w") as f:
             f.write("0.010\n" * 40)
-        c = run_check("repeat", "5/8x4", logdir, trend, times, times)
+        with open(rep, "w") as f:  # the second window's start took 50 ms (CUPTI attached there)
+            f.write("0.010\n" * 12 + "0.050\n" + "0.010\n" * 27)
+        c = run_check("repeat", "5/8x4", logdir, trend, rep, times)
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertIn("RESULT torch_repeating PASS 4 captures [(5, 5), (13, 13), (21, 21), (29, 29)], kernels in "
                       "every step; trend means [", c.stdout)
-        self.assertIn("steps 32..39 after the last capture 10.000 ms vs none 10.000 ms", c.stdout)
+        self.assertIn("steps 32..39 after the last capture 10.000 ms; the steps at each window's start 10.0, 50.0, "
+                      "10.0, 10.0 ms; none 10.000 ms", c.stdout)
         c = run_check("repeat", "5/8x5", logdir, trend, times, times)
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("windows [(5, 5), (13, 13), (21, 21), (29, 29)], expected [(5, 5), (13, 13), (21, 21), (29, 29), "

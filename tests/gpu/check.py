@@ -689,10 +689,15 @@ def repeat(spec, logdir, trend_json, t_rep, t_none):
         errs.append("tbprof trend: %s" % [(r["run"], r["steps"], r.get("top_kernel")) for r in rows])
     try:
         with open(t_rep) as f:
-            after = statistics.median([float(l) for l in f][32:40]) * 1e3
+            rep = [float(l) * 1e3 for l in f]
+        after = statistics.median(rep[32:40])
+        # what each repeat costs the job: the CUPTI attach at the window's
+        # first boundary (in the optimizer step that ends loop step a-1)
+        starts = ["%.1f" % max(rep[w[0] - 1:w[0] + 1]) for w in want if w[0] + 1 <= len(rep)]
+        after_s = "steps 32..39 after the last capture %.3f ms; the steps at each window's start %s ms" % (
+            after, ", ".join(starts))
         with open(t_none) as f:
-            none = statistics.median([float(l) for l in f][32:40]) * 1e3
-        after_s = "steps 32..39 after the last capture %.3f ms vs none %.3f ms" % (after, none)
+            after_s += "; none %.3f ms" % (statistics.median([float(l) for l in f][32:40]) * 1e3)
     except (OSError, ValueError) as e:
         after_s = "no step times (%s)" % e
     result("torch_repeating", not errs, "; ".join(errs) or "%d captures %s, kernels in every step; trend means %s; %s"
