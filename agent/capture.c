@@ -51,7 +51,7 @@ enum cap_kind { CAP_ENV_STEPS = 1, CAP_STEPS, CAP_TIME, CAP_AT_STEPS };
 
 struct cap {
     int kind;
-    char trigger[96];
+    char trigger[160];
     int64_t first, last; /* step window; first = -1: from the next boundary */
     int64_t nsteps;      /* CAP_STEPS: how many */
     int64_t dur_ns;      /* CAP_TIME: length (0: until stopped) */
@@ -64,6 +64,8 @@ struct cap {
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
     char run[TB_CTL_RUN_MAX + 1]; /* run folder asked for over the socket ("": derived) */
     double time_from_s;  /* the env time window: seconds after start-up it began at */
+    int64_t period;      /* a window by number asked to repeat (`start steps=... every=P`): 0 = once */
+    int64_t reps;        /* ... windows still to come, this one included (0: no end) */
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -369,6 +371,7 @@ static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out
                     .last = c->last,
                     .fixed_window = fixed_window(c),
                     .env_window = c->kind == CAP_ENV_STEPS,
+                    .repeating = c->period != 0,
                     .env_time = c->kind == CAP_TIME && c->win == -2,
                     .time_from_s = c->time_from_s,
                     .begin_epoch_ns = begin_epoch_ns};
@@ -728,28 +731,52 @@ static int env_window_check(int64_t n, int64_t t, int at_boundary)
     return 0;
 }
 
+/* g.pend's next repeat after `skip` more periods: 1, or 0 (and g.pend
+ * dropped) when it was the last or the numbers would overflow. Lock held. */
+static int pend_repeat(int64_t skip)
+{
+    tb_window w = {.first = g.pend.first, .last = g.pend.last, .period = g.pend.period, .count = g.pend.reps}, nx;
+    if (!g.pend.period || tb_window_nth(&w, skip, &nx) < 0) {
+        g.pend.kind = 0;
+        return 0;
+    }
+    g.pend.first = nx.first;
+    g.pend.last = nx.last;
+    if (g.pend.reps)
+        g.pend.reps -= skip;
+    return 1;
+}
+
 /* The window by number waiting for its steps (g.pend), checked as an env
- * window is. Lock held, state idle. Returns 1 when armed. */
+ * window is. A repeating one (every=P) stays in g.pend as its next repeat
+ * while this one is captured, and skips the repeats already behind the
+ * process in one go. Lock held, state idle. Returns 1 when armed. */
 static int pend_check(int64_t n, int64_t t, int at_boundary)
 {
-    if (!g.pend.kind)
-        return 0;
-    struct cap c = g.pend;
-    int due = window_due(&c, n, t, at_boundary);
-    if (due == 0)
-        return 0;
-    g.pend.kind = 0;
-    if (due < 0) {
-        tb_info("step window %lld-%lld (%s) missed (step %lld already running)", (long long)g.pend.first,
-                (long long)g.pend.last, g.pend.trigger, (long long)n);
-        return 0;
+    while (g.pend.kind) {
+        struct cap c = g.pend;
+        int due = window_due(&c, n, t, at_boundary);
+        if (due == 0)
+            return 0;
+        if (due < 0) {
+            tb_info("step window %lld-%lld (%s) missed (step %lld already running)", (long long)g.pend.first,
+                    (long long)g.pend.last, g.pend.trigger, (long long)n);
+            int64_t m = at_boundary ? n : n + 1; /* to the first repeat whose last step is m or later */
+            if (g.pend.period)
+                pend_repeat((m - g.pend.last + g.pend.period - 1) / g.pend.period);
+            else
+                g.pend.kind = 0;
+            continue;
+        }
+        if (g.cur.first != g.pend.first) {
+            size_t l = strlen(g.cur.trigger);
+            snprintf(g.cur.trigger + l, sizeof(g.cur.trigger) - l, " (from step %lld)", (long long)g.cur.first);
+        }
+        g.cur.deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
+        pend_repeat(1); /* the next repeat waits in g.pend, or none does */
+        return 1;
     }
-    if (g.cur.first != g.pend.first) {
-        size_t l = strlen(g.cur.trigger);
-        snprintf(g.cur.trigger + l, sizeof(g.cur.trigger) - l, " (from step %lld)", (long long)g.cur.first);
-    }
-    g.cur.deadline = tb_mono_ns() + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
-    return 1;
+    return 0;
 }
 
 static int request_time(int64_t dur_ns, const char *trigger, int win)
@@ -767,7 +794,8 @@ static int request_time(int64_t dur_ns, const char *trigger, int win)
 /* Steps first..last by number (CAP_AT_STEPS), waiting in g.pend until step
  * first-1 (armed now when that step is under way). Lock held. 0, -EINVAL
  * (a bad range, or step `first` has begun), -EPERM, -EBUSY. */
-static int request_window(int64_t first, int64_t last, const char *trigger, const char *run)
+static int request_window(int64_t first, int64_t last, const char *trigger, const char *run, int64_t period,
+                          int64_t reps)
 {
     int64_t cur = atomic_load(&next_step) - 1; /* the step running now (-1: none marked) */
     if (first < 0 || last < first || last - first >= 1000000 || first <= cur)
@@ -776,7 +804,7 @@ static int request_window(int64_t first, int64_t last, const char *trigger, cons
         return -EPERM;
     if (g.state != TB_STATE_IDLE || g.pend.kind)
         return -EBUSY;
-    struct cap c = {.kind = CAP_AT_STEPS, .first = first, .last = last, .win = -1};
+    struct cap c = {.kind = CAP_AT_STEPS, .first = first, .last = last, .win = -1, .period = period, .reps = reps};
     snprintf(c.trigger, sizeof(c.trigger), "%s", trigger);
     snprintf(c.run, sizeof(c.run), "%s", run ? run : "");
     g.pend = c;
@@ -802,7 +830,7 @@ static int request_steps(int64_t nsteps, const char *trigger, const char *run, i
         snprintf(trig, sizeof(trig), "%s (steps %lld-%lld: TBPROF_STEP_ROUNDUP=%lld)", trigger, (long long)a,
                  (long long)(a + nsteps - 1), (long long)r);
         *first = a;
-        int rc = request_window(a, a + nsteps - 1, trig, run);
+        int rc = request_window(a, a + nsteps - 1, trig, run, 0, 0);
         return rc < 0 ? rc : 1;
     }
     struct cap c = {.kind = CAP_STEPS, .first = -1, .last = -1, .nsteps = nsteps, .win = -1,
@@ -1422,7 +1450,7 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger)
     if (!g.inited)
         return -EPERM;
     pthread_mutex_lock(&g.lock);
-    int rc = request_window(first, last, trigger, NULL);
+    int rc = request_window(first, last, trigger, NULL, 0, 0);
     int armed = rc == 0 && g.state != TB_STATE_IDLE; /* step first-1 is under way */
     int need_thread = armed && !g.thread_running;
     pthread_mutex_unlock(&g.lock);
@@ -1434,9 +1462,14 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger)
 }
 
 /* A window waiting for its steps (none begun yet): drop it. Lock held.
- * 1 when there was one. */
+ * 1 when there was one. The repeats of a capture under way are dropped
+ * too, and 0 returned: the caller stops that capture. */
 static int cancel_waiting(void)
 {
+    if (g.pend.kind && g.pend.period && g.state != TB_STATE_IDLE) {
+        g.pend.kind = 0; /* the repeats of the capture under way (stopped by the caller) */
+        return 0;
+    }
     if (!g.pend.kind || g.state != TB_STATE_IDLE)
         return 0;
     g.pend.kind = 0;
@@ -1470,16 +1503,65 @@ const char *tb_agent_last_profile(void)
     return i < 0 ? "" : g.last_profile[i];
 }
 
-#define CTL_USAGE "try: start steps=N | start steps=A-B | start duration=S, each with an optional run=NAME; stop; status"
+#define CTL_USAGE                                                                                                \
+    "try: start steps=N | start steps=A-B (either with every=P [count=K]) | start duration=S, each with an "        \
+    "optional run=NAME; stop; status"
+
+/* `every=P [count=K]` of `start steps=...`: the window again every P steps
+ * (P longer than the window), K windows in all (0: until `stop`). 0, or
+ * -EINVAL with out holding the error line. */
+static int parse_repeat(const char *steps, const char *every, const char *count, int64_t *period, int64_t *reps,
+                        char *out, size_t n)
+{
+    char *end;
+    long long a = steps ? strtoll(steps, &end, 10) : 0, b = a;
+    if (steps && *end == '-')
+        b = strtoll(end + 1, NULL, 10);
+    long long len = steps && !strchr(steps, '-') ? a : b - a + 1; /* steps=N, or steps=A-B */
+    errno = 0;
+    long long p = every ? strtoll(every, &end, 10) : 0;
+    if (!steps || !every || errno || end == every || *end || p <= len || p > TB_MAX_PERIOD) {
+        snprintf(out, n, "error: every=P repeats a steps= window every P steps: P longer than the window, at most "
+                         "%lld; count=K with it",
+                 (long long)TB_MAX_PERIOD);
+        return -EINVAL;
+    }
+    long long k = 0;
+    if (count) {
+        k = strtoll(count, &end, 10);
+        if (errno || end == count || *end || k < 1) {
+            snprintf(out, n, "error: count=K needs K >= 1 windows");
+            return -EINVAL;
+        }
+    }
+    *period = p;
+    *reps = k;
+    return 0;
+}
+
+/* ", again every P steps (K in all)" for a request's answer and trigger. */
+static void repeat_words(int64_t period, int64_t reps, char *buf, size_t n)
+{
+    if (!period)
+        buf[0] = '\0';
+    else if (reps)
+        snprintf(buf, n, ", again every %lld steps (%lld in all)", (long long)period, (long long)reps);
+    else
+        snprintf(buf, n, ", again every %lld steps until stop", (long long)period);
+}
 
 /* `start ...` from the control socket. Lock held. Returns 0, -EBUSY, or
  * -EINVAL with out holding the error line. */
 static int control_start(char *args, char *out, size_t n)
 {
-    char *steps = NULL, *dur = NULL, *run = NULL, *save = NULL;
+    char *steps = NULL, *dur = NULL, *run = NULL, *every = NULL, *count = NULL, *save = NULL;
     for (char *tok = strtok_r(args, " \t\r", &save); tok; tok = strtok_r(NULL, " \t\r", &save)) {
-        char **slot = !strncmp(tok, "steps=", 6) ? &steps : !strncmp(tok, "duration=", 9) ? &dur
-                    : !strncmp(tok, "run=", 4)   ? &run : NULL;
+        char **slot = !strncmp(tok, "steps=", 6)   ? &steps
+                    : !strncmp(tok, "duration=", 9) ? &dur
+                    : !strncmp(tok, "run=", 4)      ? &run
+                    : !strncmp(tok, "every=", 6)    ? &every
+                    : !strncmp(tok, "count=", 6)    ? &count
+                                                    : NULL;
         if (!slot || *slot) {
             snprintf(out, n, "error: start takes one of steps=N, steps=A-B or duration=S, and run=NAME (%s)",
                      CTL_USAGE);
@@ -1491,6 +1573,9 @@ static int control_start(char *args, char *out, size_t n)
         snprintf(out, n, "error: start takes steps= or duration=, not both");
         return -EINVAL;
     }
+    int64_t period = 0, reps = 0;
+    if ((every || count) && parse_repeat(steps, every, count, &period, &reps, out, n) < 0)
+        return -EINVAL;
     if (run && !tb_ctl_run_name_ok(run)) {
         snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", TB_CTL_RUN_MAX);
         return -EINVAL;
@@ -1515,11 +1600,12 @@ static int control_start(char *args, char *out, size_t n)
             snprintf(out, n, "error: step %lld has begun: this process is at step %lld", a, (long long)cur);
             return -EINVAL;
         }
-        char trig[64];
-        snprintf(trig, sizeof(trig), "socket steps=%lld-%lld", a, b);
-        rc = request_window(a, b, trig, run);
+        char trig[sizeof(g.cur.trigger)], rep[80];
+        repeat_words(period, reps, rep, sizeof(rep));
+        snprintf(trig, sizeof(trig), "socket steps=%lld-%lld%s", a, b, rep);
+        rc = request_window(a, b, trig, run, period, reps);
         if (rc == 0)
-            snprintf(out, n, "capture waiting: steps %lld-%lld (this process is at step %lld)", a, b,
+            snprintf(out, n, "capture waiting: steps %lld-%lld%s (this process is at step %lld)", a, b, rep,
                      (long long)cur);
         return rc;
     } else if (steps) {
@@ -1533,6 +1619,18 @@ static int control_start(char *args, char *out, size_t n)
         if (cur < 0 && g.state == TB_STATE_IDLE) {
             snprintf(out, n, "error: this process has not marked any step (use duration=S)");
             return -EINVAL;
+        }
+        if (period) { /* by number from the next step (or TBPROF_STEP_ROUNDUP's), so repeats are a+P.. */
+            int64_t r = g.cfg.step_roundup, a = r > 0 ? (cur / r + 1) * r : cur + 1;
+            char trig[sizeof(g.cur.trigger)], rep[80];
+            repeat_words(period, reps, rep, sizeof(rep));
+            snprintf(trig, sizeof(trig), "socket steps=%lld%s", k, rep);
+            rc = request_window(a, a + k - 1, trig, run, period, reps);
+            if (rc == 0)
+                snprintf(out, n, "capture %s: steps %lld-%lld%s (this process is at step %lld)",
+                         g.state == TB_STATE_IDLE ? "waiting" : "started", (long long)a, (long long)(a + k - 1), rep,
+                         (long long)cur);
+            return rc;
         }
         char trig[64];
         snprintf(trig, sizeof(trig), "socket steps=%lld", k);
@@ -1579,10 +1677,10 @@ void tb_agent_control(const char *line, char *out, size_t n)
     if (!strcmp(cmd, "status")) {
         pthread_mutex_lock(&g.lock);
         const char *last = tb_agent_last_profile();
-        char waiting[64] = "";
+        char waiting[96] = "";
         if (g.pend.kind)
-            snprintf(waiting, sizeof(waiting), " waiting=steps_%lld-%lld", (long long)g.pend.first,
-                     (long long)g.pend.last);
+            snprintf(waiting, sizeof(waiting), " waiting=steps_%lld-%lld%s", (long long)g.pend.first,
+                     (long long)g.pend.last, g.pend.period ? "_repeating" : "");
         snprintf(out, n, "state=%s step=%lld captures=%u last=%s%s%s%s",
                  g.writing && g.state == TB_STATE_IDLE ? "writing" : tb_state_name(g.state),
                  (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
@@ -1592,13 +1690,15 @@ void tb_agent_control(const char *line, char *out, size_t n)
     }
     if (!strcmp(cmd, "stop")) {
         pthread_mutex_lock(&g.lock);
+        int repeats = g.pend.kind && g.pend.period;
         int waited = cancel_waiting();
         if (waited)
-            snprintf(out, n, "capture cancelled: it was waiting for steps %lld-%lld", (long long)g.pend.first,
-                     (long long)g.pend.last);
+            snprintf(out, n, "capture cancelled: it was waiting for steps %lld-%lld%s", (long long)g.pend.first,
+                     (long long)g.pend.last, repeats ? " and its repeats" : "");
         pthread_mutex_unlock(&g.lock);
         if (!waited)
-            snprintf(out, n, tb_agent_stop() == 0 ? "capture stopping" : "error: not capturing");
+            snprintf(out, n, tb_agent_stop() == 0 ? "capture stopping%s" : "error: not capturing",
+                     repeats ? "; its repeats cancelled" : "");
         return;
     }
     if (strcmp(cmd, "start")) {

@@ -64,15 +64,18 @@ const char *tb_names_hostname(tb_names *n)
 void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsigned ncaptures, char *out,
                   size_t len)
 {
-    if (r->asked && r->asked[0]) {
-        /* the requester named it (`tbprof trigger` gives every process of
-         * a job the same name) */
-        snprintf(out, len, "%s", r->asked);
-        return;
-    }
     char win[64] = "";
     if (r->fixed_window)
         snprintf(win, sizeof(win), "steps_%lld-%lld", (long long)r->first, (long long)r->last);
+    if (r->asked && r->asked[0]) {
+        /* the requester named it (`tbprof trigger` gives every process of
+         * a job the same name); each repeat of a repeating one apart */
+        if (r->repeating && win[0])
+            snprintf(out, len, "%s_%s", r->asked, win);
+        else
+            snprintf(out, len, "%s", r->asked);
+        return;
+    }
     if (cfg->run[0]) {
         /* ranks agree: the same TBPROF_RUN and the same window */
         if (r->env_window && (cfg->nwindows > 1 || cfg->windows[0].period))

@@ -40,6 +40,8 @@ static void usage(FILE *f)
             "  --all          every process of this user on this host that runs the agent (on each node\n"
             "                 of a multi-node job, with the same --at-step and --run everywhere)\n"
             "  --steps N      capture N steps (the processes mark steps)\n"
+            "  --every P      with --steps N: again every P steps (each its own run folder), until --stop\n"
+            "  --count K      ... K captures in all\n"
             "  --at-step A    the first of them: step A (default: the next step; with several processes,\n"
             "                 a step all of them reach about a second from now)\n"
             "  --duration S   capture S seconds (default: 5 s when no option is given)\n"
@@ -330,7 +332,9 @@ static int wait_all(struct target *t, int n, double timeout_s)
             field(ans, "state", state, sizeof(state));
             field(ans, "last", last, sizeof(last));
             field(ans, "waiting", waiting, sizeof(waiting));
-            if (strcmp(last, t[i].before) && strcmp(last, "-") && !strcmp(state, "idle")) {
+            /* a new last profile is written whole (the agent names it after
+             * the write), even where a repeat is already capturing again */
+            if (strcmp(last, t[i].before) && strcmp(last, "-")) {
                 printf("%s\n", last);
                 fflush(stdout);
                 t[i].done = 1, left--;
@@ -372,7 +376,7 @@ static int wait_all(struct target *t, int n, double timeout_s)
 struct opts {
     pid_t pids[MAX_TARGETS]; /* named, then the targets */
     int npids, tree, all, wait, status_only, stop;
-    long nsteps, at_step;
+    long nsteps, at_step, every, count; /* every/count: the window again every N steps, K in all */
     double duration, timeout_s;
     const char *run;
 };
@@ -401,6 +405,13 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 fprintf(stderr, "tbprof trigger: --at-step needs a step number >= 0\n");
                 return 2;
             }
+        } else if ((!strcmp(a, "--every") || !strcmp(a, "--count")) && i + 1 < argc) {
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1) {
+                fprintf(stderr, "tbprof trigger: %s needs a positive integer\n", a);
+                return 2;
+            }
+            *(a[2] == 'e' ? &o->every : &o->count) = v;
         } else if (!strcmp(a, "--duration") && i + 1 < argc) {
             o->duration = strtod(argv[++i], &end);
             if (*end || !(o->duration > 0)) {
@@ -440,6 +451,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
     }
     if ((o->nsteps > 0) + (o->duration > 0) + o->stop + o->status_only > 1 || (o->at_step >= 0 && !o->nsteps)) {
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
+        return 2;
+    }
+    if ((o->every || o->count) && (!o->nsteps || !o->every || o->every <= o->nsteps)) {
+        fprintf(stderr, "tbprof trigger: --every P [--count K] repeats a --steps N capture every P steps (P > N)\n");
         return 2;
     }
     if (o->run && !tb_ctl_run_name_ok(o->run)) {
@@ -548,10 +563,13 @@ static int make_request(const struct opts *o, int several, const char *run, stru
     } else {
         snprintf(req, n, "start duration=%g", o->duration > 0 ? o->duration : 5.0);
     }
-    if (run) {
-        size_t l = strlen(req);
+    size_t l = strlen(req);
+    if (o->every)
+        l += (size_t)snprintf(req + l, n - l, " every=%ld", o->every);
+    if (o->count && l < n)
+        l += (size_t)snprintf(req + l, n - l, " count=%ld", o->count);
+    if (run && l < n)
         snprintf(req + l, n - l, " run=%s", run);
-    }
     return 0;
 }
 
@@ -621,5 +639,13 @@ int cmd_trigger(int argc, char **argv)
     if (several)
         fprintf(stderr, "tbprof trigger: %d process%s capturing into run folder %s\n", agreed,
                 agreed == 1 ? "" : "es", run);
-    return wait_all(t, nt, o.timeout_s) | failed;
+    rc = wait_all(t, nt, o.timeout_s) | failed;
+    if (o.every) { /* the first one is written; the rest come on their own */
+        char k[48] = " until stopped";
+        if (o.count)
+            snprintf(k, sizeof(k), ", %ld in all", o.count);
+        fprintf(stderr, "tbprof trigger: captures again every %ld steps%s, each in its own run folder; "
+                        "tbprof trigger with the same processes and --stop ends them\n", o.every, k);
+    }
+    return rc;
 }

@@ -127,6 +127,53 @@ class Triggers(tbtest.TestCase):
         p.kill()
         p.communicate()
 
+    def test_socket_repeating_window(self):
+        # `start steps=A-B every=P count=K`: a running job captured again and
+        # again, each repeat in its own run folder, exactly its steps
+        p = self.start_job(["-n", "2000", "-m", "5", "-t", "1"])
+        now = int(self.wait_status(p.pid, "step=2").split("step=")[1].split()[0])
+        for line in ["start steps=2 every=2", "start steps=5-7 every=3", "start duration=1 every=50",
+                     "start steps=2 count=3", "start steps=2 every=20 count=0", "start steps=2 every=x"]:
+            ans = ctl(p.pid, line)
+            self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
+        now = int(ctl(p.pid, "status").split("step=")[1].split()[0])
+        a = now + 20
+        ans = ctl(p.pid, "start steps=%d-%d every=25 count=3 run=rep" % (a, a + 1))
+        self.assertTrue(ans.startswith("capture waiting: steps %d-%d, again every 25 steps (3 in all)" % (a, a + 1)),
+                        ans)
+        self.assertIn("waiting=steps_%d-%d_repeating" % (a, a + 1), ctl(p.pid, "status"))
+        files = tbtest.wait_for_xplanes(self.logdir, 3, timeout=60)
+        runs = sorted(os.path.basename(os.path.dirname(f)) for f in files)
+        self.assertEqual(runs, sorted("rep_steps_%d-%d" % (a + k, a + k + 1) for k in (0, 25, 50)))
+        for f in files:
+            first = int(os.path.basename(os.path.dirname(f)).split("_")[-1].split("-")[0])
+            prof = tbtest.load(f)
+            self.assertEqual(step_nums(prof), [first, first + 1])
+            self.assertIn("every 25 steps (3 in all)", prof.host.stats["tbprof_trigger"])
+        st = self.wait_status(p.pid, "captures=3")
+        self.assertNotIn("waiting=", st, "count=3: no fourth")
+        # steps=N every=P until stop: the first from the next step; stop
+        # cancels the repeats (and the capture, if one is under way)
+        ans = ctl(p.pid, "start steps=2 every=30 run=rep2")
+        self.assertTrue(ans.startswith("capture "), ans)
+        self.assertIn("again every 30 steps until stop", ans)
+        tbtest.wait_for_xplanes(os.path.join(self.logdir), 4, timeout=60)
+        ans = ctl(p.pid, "stop")
+        self.assertTrue(ans in ("capture stopping; its repeats cancelled",) or
+                        (ans.startswith("capture cancelled: it was waiting for steps") and
+                         ans.endswith("and its repeats")), ans)
+        had = 4 + (ans.startswith("capture stopping"))
+        step = lambda: int(ctl(p.pid, "status").split("step=")[1].split()[0])  # noqa: E731
+        until = step() + 70  # two periods and more
+        deadline = time.time() + 60
+        while step() < until and time.time() < deadline:
+            time.sleep(0.05)
+        st = ctl(p.pid, "status")
+        self.assertNotIn("waiting=", st)
+        self.assertEqual(len(tbtest.xplanes(self.logdir)), had, "nothing after stop")
+        p.kill()
+        p.communicate()
+
     def test_socket_step_window_from_the_next_step(self):
         # A = the step after the running one: the window arms at once (its
         # step A-1 is under way), and holds exactly A..B
@@ -412,6 +459,31 @@ class Triggers(tbtest.TestCase):
         self.assertIn("no tbprof agent", r.stderr)
         r = tbtest.run([tbtest.CLI, "trigger", "notapid"])
         self.assertEqual(r.returncode, 2)
+
+    def test_tbprof_trigger_every(self):
+        # tbprof trigger --steps N --every P --count K: the first profile's
+        # path printed as usual, a note on the repeats; then K in all
+        self.need_cli()
+        p = self.start_job(["-n", "3000", "-m", "5"])
+        for bad in (["--every", "2", "--steps", "2"], ["--every", "5"], ["--count", "3", "--steps", "2"],
+                    ["--steps", "2", "--every", "x"]):
+            r = tbtest.run([tbtest.CLI, "trigger", str(p.pid)] + bad)
+            self.assertEqual(r.returncode, 2, bad)
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2", "--every", "60", "--count", "3", "--run",
+                        "cli"], timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("again every 60 steps (3 in all)", r.stdout.splitlines()[0])
+        self.assertIn("captures again every 60 steps, 3 in all, each in its own run folder", r.stderr)
+        a = int(re.search(r"steps (\d+)-", r.stdout).group(1))
+        files = tbtest.wait_for_xplanes(self.logdir, 3, timeout=60)
+        self.assertEqual(sorted(os.path.basename(os.path.dirname(f)) for f in files),
+                         sorted("cli_steps_%d-%d" % (a + k, a + k + 1) for k in (0, 60, 120)))
+        # the first one, once written (the CLI asks every 100 ms; the next
+        # is written 300 ms later; the agent need not be idle then)
+        self.assertEqual(r.stdout.splitlines()[-1], [f for f in files if "_steps_%d-" % a in f][0])
+        self.assertNotIn("waiting=", self.wait_status(p.pid, "captures=3"))
+        p.kill()
+        p.communicate()
 
     def test_tbprof_trigger_several_processes_same_steps_one_folder(self):
         self.need_cli()

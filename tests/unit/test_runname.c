@@ -78,6 +78,9 @@ int main(void)
     tb_run_req asked = steps;
     asked.asked = "job42";
     CHECK_STR(run(&n, &cfg, &asked, 0), "job42");
+    asked.repeating = 1; /* `start steps=10-12 every=P run=job42`: each repeat its own folder */
+    CHECK_STR(run(&n, &cfg, &asked, 0), "job42_steps_10-12");
+    asked.repeating = 0;
 
     /* 2. TBPROF_RUN: as is for one window or the first capture; the window
      * when there are several; _N for this process's later captures */
