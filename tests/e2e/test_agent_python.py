@@ -181,6 +181,15 @@ class PyBase(tbtest.TestCase):
         e["PYTHONPATH"] = tbtest.PYHELPER
         return e
 
+    def run_one(self, script, **tb):
+        """The script under the preload (TBPROF_* from tb): the process and
+        the path of the one profile it must have written."""
+        p = tbtest.run([tbtest.PYTHON, script], env=self.pyenv(**tb))
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        return p, files[0]
+
     def fake_packages(self, files=FAKE_TORCH):
         fake = os.path.join(self.tmp, "fake")
         for rel, text in files.items():
@@ -233,11 +242,8 @@ class Python(PyBase):
                 work()
             print("ok")
             """))
-        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv(steps="5,9"))
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        self.assertEqual(nums(files[0]), [5, 6, 7, 8, 9])
+        p, f = self.run_one(s, steps="5,9")
+        self.assertEqual(nums(f), [5, 6, 7, 8, 9])
 
     def test_helper_start_stop_and_explicit_numbers(self):
         s = self.script("api.py", WORK + textwrap.dedent("""\
@@ -253,11 +259,8 @@ class Python(PyBase):
                 work()
             print("ok")
             """))
-        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv())
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        self.assertEqual(nums(files[0]), [105, 106, 107, 108, 109])
+        p, f = self.run_one(s)
+        self.assertEqual(nums(f), [105, 106, 107, 108, 109])
 
     def test_helper_capture_block(self):
         # with tbprof.capture(): the block's steps; wait=True gives the path
@@ -282,13 +285,10 @@ class Python(PyBase):
                 work()
             print("ok")
             """))
-        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv())
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        self.assertIn("profile %s\n" % files[0], p.stdout)
+        p, f = self.run_one(s)
+        self.assertIn("profile %s\n" % f, p.stdout)
         # the steps that began inside the block (it began inside step 4)
-        self.assertEqual(nums(files[0]), [5, 6, 7, 8])
+        self.assertEqual(nums(f), [5, 6, 7, 8])
         s = self.script("noagent.py", "import tbprof\nwith tbprof.capture(wait=True) as c:\n    x = 1\n"
                                       "print(c.rc, repr(c.profile), x)\n")
         e = self.pyenv(preload=False)
@@ -315,12 +315,9 @@ class Python(PyBase):
                 work()
             print("ok")
             """))
-        p = tbtest.run([tbtest.PYTHON, s], env=self.pyenv(run="win"))
-        self.assertExitedOk(p)
-        files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        self.assertEqual(nums(files[0]), [10, 11, 12])
-        self.assertIn("api tbprof_capture_steps", tbtest.load(files[0]).host.stats["tbprof_trigger"])
+        p, f = self.run_one(s, run="win")
+        self.assertEqual(nums(f), [10, 11, 12])
+        self.assertIn("api tbprof_capture_steps", tbtest.load(f).host.stats["tbprof_trigger"])
 
     def test_helper_loads_the_library_itself(self):
         if tbtest.SANITIZE:
