@@ -2,7 +2,8 @@
  * oldest first: its steps' time (mean, min, max over every host of the run),
  * GPU busy share and top kernel, and the mean step time against the first
  * run with steps. For a job captured again and again (TBPROF_STEPS=A-B/P,
- * TBPROF_EVERY): did it slow down, and from which capture on?
+ * TBPROF_EVERY): did it slow down, and from which capture on? With several
+ * hosts (ranks) in a run, the slowest host's mean step time is shown too.
  *
  * One run is loaded at a time (its profiles summarized, then freed), so a
  * logdir of many large runs needs the memory of its largest run only. A run
@@ -179,16 +180,21 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
 static void print_text(const char *in, const trend_row *rows, size_t n, int64_t base, size_t unread)
 {
     size_t shown = 0, w = 3;
+    int multi = 0; /* some run has several hosts: their slowest host's mean too (a straggler rank) */
     for (size_t i = 0; i < n; i++)
         if (rows[i].ok) {
             shown++;
             size_t l = strlen(rows[i].run->name);
             w = l > w ? l : w;
+            multi |= rows[i].hosts > 1;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
            shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
-    printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  %8s  %s\n", (int)w, "run", "written", "hosts", "steps",
-           "step mean", "min", "max", "vs 1st", "GPU busy", "top kernel (share of kernel time)");
+    printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  ", (int)w, "run", "written", "hosts", "steps", "step mean",
+           "min", "max", "vs 1st");
+    if (multi)
+        printf("%12s  ", "slowest host");
+    printf("%8s  %s\n", "GPU busy", "top kernel (share of kernel time)");
     const trend_row *slow = NULL;
     const trend_row *last = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -214,8 +220,15 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         char busy[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
         if (r->gpus)
             snprintf(busy, sizeof(busy), "%.1f%%", pct(r->gpu_busy_ns, r->window_ns));
-        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  %8s  ", (int)w, r->run->name, t, r->hosts, r->nsteps,
-               a, b, c, vs, busy);
+        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->hosts, r->nsteps, a, b,
+               c, vs);
+        if (multi) {
+            char sl[32] = "-";
+            if (r->nsteps)
+                rr_fmt_dur(r->slowest_host_mean_ns, sl, sizeof(sl));
+            printf("%12s  ", sl);
+        }
+        printf("%8s  ", busy);
         if (r->top_kernel)
             printf("%s (%.0f%%)\n", r->top_kernel, pct(r->top_kernel_ns, r->kernel_total_ns));
         else

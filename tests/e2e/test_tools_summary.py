@@ -396,8 +396,10 @@ class Trend(Base):
         p = run("trend", "--prefix", "job_", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("Step time across 3 runs of %s" % self.logdir, p.stdout)
+        # job_b has two hosts: the slowest host's mean (second_host's 1 ms) is a column
         self.assertRegex(p.stdout, r"\njob_b\s+\S+ \S+\s+2\s+5\s+407\.400 us\s+6\.000 us\s+1\.000 ms\s+33\.03x"
-                                   r"\s+25\.1%\s+conv \(98%\)\n")
+                                   r"\s+1\.000 ms\s+25\.1%\s+conv \(98%\)\n")
+        self.assertRegex(p.stdout, r"vs 1st\s+slowest host\s+GPU busy")
         self.assertIn("Mean step time: first 12.333 us, last 1.000 ms (81.08x)\n", p.stdout)
 
     def test_slowest_run_named_and_runs_without_steps(self):
