@@ -58,7 +58,7 @@ struct cap {
     int64_t begin;       /* mono ns: capturing began (trim start) */
     int64_t end;         /* mono ns: stop requested (trim end) */
     int64_t deadline;    /* mono ns: stop then (0: none) */
-    int win;             /* env window index, or -1 */
+    int win;             /* env window index, or -1; -2: the env time window; -3: a socket's time repeat */
     int64_t cpu0;        /* agent thread CPU time at arm */
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
@@ -66,6 +66,7 @@ struct cap {
     double time_from_s;  /* the env time window: seconds after start-up it began at */
     int64_t period;      /* a window by number asked to repeat (`start steps=... every=P`): 0 = once */
     int64_t reps;        /* ... windows still to come, this one included (0: no end) */
+    int64_t nth;         /* a socket's time repeat (win -3): which one, from 1 */
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -99,9 +100,15 @@ static struct {
     int win_idx;          /* next env window */
     int64_t win_rep;      /* of a repeating one (A-B/P): the next repeat, from 0 */
     struct cap pend;      /* a CAP_AT_STEPS window waiting for its steps (kind 0: none) */
-    int64_t timewin_at;   /* mono ns: env time window starts (0: none) */
-    int64_t timewin_base; /* mono ns: the first one's start (TBPROF_EVERY counts from it) */
-    int64_t timewin_k;    /* which one starts at timewin_at, from 0 */
+    struct {              /* the time window (TBPROF_DURATION/DELAY/EVERY, or `start duration=S every=T`) */
+        int64_t at;       /* mono ns: the next one starts (0: none) */
+        int64_t base;     /* mono ns: the first one's start (every counts from it) */
+        int64_t k;        /* which one starts at `at`, from 0 */
+        double dur_s, every_s, from_s; /* from_s: the first's start, seconds after start-up (env) */
+        int64_t count;    /* windows in all; 0: no end */
+        int socket;       /* asked over the socket (stop ends it), not the environment */
+        char run[TB_CTL_RUN_MAX + 1]; /* socket: the run name asked for ("": derived) */
+    } tw;
     int thread_running;
     pid_t agent_tid;
     int wake_fd[2], listen_fd; /* wake_fd: wake-ups and signal bytes, one pipe */
@@ -371,7 +378,8 @@ static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out
                     .last = c->last,
                     .fixed_window = fixed_window(c),
                     .env_window = c->kind == CAP_ENV_STEPS,
-                    .repeating = c->period != 0,
+                    .repeating = c->period != 0 || c->win == -3, /* a socket's every=: by steps, by time */
+                    .nth = c->nth,
                     .env_time = c->kind == CAP_TIME && c->win == -2,
                     .time_from_s = c->time_from_s,
                     .begin_epoch_ns = begin_epoch_ns};
@@ -988,8 +996,8 @@ int64_t tb_agent_step(int src, int has_num, int64_t num)
 static int compute_timeout(int64_t now)
 {
     int64_t until = INT64_MAX;
-    if (g.timewin_at)
-        until = g.timewin_at;
+    if (g.tw.at)
+        until = g.tw.at;
     if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) {
         if (g.stop_req || !g.sources_started)
             return 0;
@@ -1014,37 +1022,68 @@ static void log_step_conflict(void)
             tb_step_source_name(atomic_load(&step_owner)), tb_step_source_name(other));
 }
 
-/* The env time window is due (TBPROF_DURATION after TBPROF_DELAY): arm it,
- * and with TBPROF_EVERY set the next one (the one due after `now`: none
- * is made up for). Lock held. */
+/* The time window is due (TBPROF_DURATION after TBPROF_DELAY, or a
+ * socket's `start duration=S every=T`): arm it, and where it repeats
+ * schedule the next one (the one due after `now`: none is made up for).
+ * Lock held. */
 static void time_window_due(int64_t now)
 {
-    double from = g.cfg.delay_s + (double)g.timewin_k * g.cfg.every_s;
-    char trig[96];
-    if (g.cfg.every_s > 0)
-        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs at %gs (TBPROF_EVERY %gs)", g.cfg.duration_s, from,
-                 g.cfg.every_s);
+    double from = g.tw.from_s + (double)g.tw.k * g.tw.every_s;
+    char trig[128], k[40] = "";
+    if (g.tw.count)
+        snprintf(k, sizeof(k), ", %lld of %lld", (long long)g.tw.k + 1, (long long)g.tw.count);
+    if (g.tw.socket)
+        snprintf(trig, sizeof(trig), "socket duration=%gs every=%gs%s", g.tw.dur_s, g.tw.every_s, k);
+    else if (g.tw.every_s > 0)
+        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs at %gs (TBPROF_EVERY %gs%s)", g.tw.dur_s, from,
+                 g.tw.every_s, k);
     else
-        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.cfg.duration_s, from);
-    static int skipped; /* repeats (TBPROF_EVERY) warn the first time only */
-    if (request_time((int64_t)(g.cfg.duration_s * 1e9), trig, -2) == 0)
+        snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.tw.dur_s, from);
+    static int skipped; /* repeats warn the first time only */
+    if (request_time((int64_t)(g.tw.dur_s * 1e9), trig, g.tw.socket ? -3 : -2) == 0) {
         g.cur.time_from_s = from;
-    else if (!skipped++)
+        if (g.tw.socket) {
+            snprintf(g.cur.run, sizeof(g.cur.run), "%s", g.tw.run);
+            g.cur.nth = g.tw.k + 1;
+        }
+    } else if (!skipped++) {
         tb_warn("time window (%s) skipped: a capture is already on%s", trig,
-                g.cfg.every_s > 0 ? " (later ones skipped so are logged at info level)" : "");
-    else
+                g.tw.every_s > 0 ? " (later ones skipped so are logged at info level)" : "");
+    } else {
         tb_info("time window (%s) skipped: a capture is already on", trig);
-    g.timewin_at = 0;
-    if (g.cfg.every_s <= 0)
+    }
+    g.tw.at = 0;
+    if (g.tw.every_s <= 0)
         return;
-    int64_t every = (int64_t)(g.cfg.every_s * 1e9);
-    int64_t k = (now - g.timewin_base) / every + 1; /* > timewin_k: every > 0, now >= this one's start */
-    if (k <= g.timewin_k)
-        k = g.timewin_k + 1;
-    if (g.cfg.every_count && k >= g.cfg.every_count)
+    int64_t every = (int64_t)(g.tw.every_s * 1e9);
+    int64_t n = (now - g.tw.base) / every + 1; /* > k: every > 0, now >= this one's start */
+    if (n <= g.tw.k)
+        n = g.tw.k + 1;
+    if (g.tw.count && n >= g.tw.count)
         return;
-    g.timewin_k = k;
-    g.timewin_at = g.timewin_base + k * every;
+    g.tw.k = n;
+    g.tw.at = g.tw.base + n * every;
+}
+
+/* `start duration=S every=T [count=K]`: S seconds now and every T seconds.
+ * Lock held. 0, -EBUSY (a capture or another repeat is on), -EPERM. */
+static int request_time_repeat(double dur_s, double every_s, int64_t count, const char *run)
+{
+    if (g.disabled)
+        return -EPERM;
+    if (g.state != TB_STATE_IDLE || g.pend.kind || g.tw.at)
+        return -EBUSY;
+    int64_t now = tb_mono_ns();
+    g.tw.base = g.tw.at = now;
+    g.tw.k = 0;
+    g.tw.dur_s = dur_s;
+    g.tw.every_s = every_s;
+    g.tw.from_s = 0;
+    g.tw.count = count;
+    g.tw.socket = 1;
+    snprintf(g.tw.run, sizeof(g.tw.run), "%s", run ? run : "");
+    time_window_due(now);
+    return 0;
 }
 
 /* One turn of the state machine on the agent thread. */
@@ -1053,7 +1092,7 @@ static void machine(void)
     log_step_conflict();
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
-    if (g.timewin_at && now >= g.timewin_at)
+    if (g.tw.at && now >= g.tw.at)
         time_window_due(now);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.sources_started && !g.stop_req) {
         g.cur.cpu0 = thread_cpu_ns();
@@ -1357,8 +1396,12 @@ int tb_agent_init(const tb_config *c, int disable)
     }
     tb_names_read_env(&g.names, env_get);
     if (c->duration_s > 0) {
-        g.timewin_at = g.timewin_base = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
-        g.timewin_k = 0;
+        g.tw.at = g.tw.base = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
+        g.tw.k = 0;
+        g.tw.dur_s = c->duration_s;
+        g.tw.every_s = c->every_s;
+        g.tw.from_s = c->delay_s;
+        g.tw.count = c->every_count;
     }
     if (c->socket) {
         int fd = tb_ctl_listen(getpid());
@@ -1371,7 +1414,7 @@ int tb_agent_init(const tb_config *c, int disable)
      * (glibc drops its single-thread fast paths once there are two, and the
      * thread itself costs; see bench_idle.sh) until it starts one itself */
     int serve = g.listen_fd >= 0 && (c->socket == TB_SOCKET_ON || process_threaded());
-    int need = serve || c->signal || g.timewin_at;
+    int need = serve || c->signal || g.tw.at;
     pthread_mutex_unlock(&g.lock);
     if (need && ensure_thread() < 0)
         return -EAGAIN;
@@ -1504,8 +1547,8 @@ const char *tb_agent_last_profile(void)
 }
 
 #define CTL_USAGE                                                                                                \
-    "try: start steps=N | start steps=A-B (either with every=P [count=K]) | start duration=S, each with an "        \
-    "optional run=NAME; stop; status"
+    "try: start steps=N | start steps=A-B (either with every=P [count=K]) | start duration=S [every=T [count=K]], " \
+    "each with an optional run=NAME; stop; status"
 
 /* `every=P [count=K]` of `start steps=...`: the window again every P steps
  * (P longer than the window), K windows in all (0: until `stop`). 0, or
@@ -1574,8 +1617,13 @@ static int control_start(char *args, char *out, size_t n)
         return -EINVAL;
     }
     int64_t period = 0, reps = 0;
-    if ((every || count) && parse_repeat(steps, every, count, &period, &reps, out, n) < 0)
+    if ((every || count) && !dur && parse_repeat(steps, every, count, &period, &reps, out, n) < 0)
         return -EINVAL;
+    if (period && g.tw.at) { /* one repeat at a time: they would take each other's turns */
+        snprintf(out, n, "already capturing: a time window repeats already (%s)",
+                 g.tw.socket ? "stop ends it" : "TBPROF_EVERY");
+        return -EBUSY;
+    }
     if (run && !tb_ctl_run_name_ok(run)) {
         snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", TB_CTL_RUN_MAX);
         return -EINVAL;
@@ -1649,6 +1697,28 @@ static int control_start(char *args, char *out, size_t n)
             snprintf(out, n, "error: duration=S needs S in (0, 3600] seconds");
             return -EINVAL;
         }
+        if (every || count) { /* again every T seconds, K in all */
+            double t = 0;
+            char *end;
+            long long k = count ? strtoll(count, &end, 10) : 0;
+            if (!every || tb_parse_seconds(every, &t) < 0 || t <= s || t > 86400.0 * 365 || (count && (*end || k < 1))) {
+                snprintf(out, n, "error: duration=S every=T [count=K] needs T seconds longer than S, K >= 1");
+                return -EINVAL;
+            }
+            if (g.tw.at) {
+                snprintf(out, n, "already capturing: a time window repeats already (%s)",
+                         g.tw.socket ? "stop ends it" : "TBPROF_EVERY");
+                return -EBUSY;
+            }
+            rc = request_time_repeat(s, t, k, run);
+            if (rc == 0) {
+                char all[40] = "until stop";
+                if (k)
+                    snprintf(all, sizeof(all), "%lld in all", k);
+                snprintf(out, n, "capture started: duration %g s, again every %g s (%s)", s, t, all);
+            }
+            return rc;
+        }
         char trig[64];
         snprintf(trig, sizeof(trig), "socket duration=%gs", s);
         rc = request_time((int64_t)(s * 1e9), trig, -1);
@@ -1681,6 +1751,8 @@ void tb_agent_control(const char *line, char *out, size_t n)
         if (g.pend.kind)
             snprintf(waiting, sizeof(waiting), " waiting=steps_%lld-%lld%s", (long long)g.pend.first,
                      (long long)g.pend.last, g.pend.period ? "_repeating" : "");
+        else if (g.tw.at && g.tw.socket)
+            snprintf(waiting, sizeof(waiting), " waiting=time_every_%gs", g.tw.every_s);
         snprintf(out, n, "state=%s step=%lld captures=%u last=%s%s%s%s",
                  g.writing && g.state == TB_STATE_IDLE ? "writing" : tb_state_name(g.state),
                  (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
@@ -1690,15 +1762,23 @@ void tb_agent_control(const char *line, char *out, size_t n)
     }
     if (!strcmp(cmd, "stop")) {
         pthread_mutex_lock(&g.lock);
-        int repeats = g.pend.kind && g.pend.period;
+        int timerep = g.tw.at && g.tw.socket; /* a socket's time repeat ends here (TBPROF_EVERY's does not) */
+        if (timerep)
+            g.tw.at = 0;
+        int repeats = timerep || (g.pend.kind && g.pend.period);
         int waited = cancel_waiting();
         if (waited)
             snprintf(out, n, "capture cancelled: it was waiting for steps %lld-%lld%s", (long long)g.pend.first,
                      (long long)g.pend.last, repeats ? " and its repeats" : "");
         pthread_mutex_unlock(&g.lock);
-        if (!waited)
-            snprintf(out, n, tb_agent_stop() == 0 ? "capture stopping%s" : "error: not capturing",
-                     repeats ? "; its repeats cancelled" : "");
+        if (waited)
+            return;
+        if (tb_agent_stop() == 0)
+            snprintf(out, n, "capture stopping%s", repeats ? "; its repeats cancelled" : "");
+        else if (timerep)
+            snprintf(out, n, "capture cancelled: the time window's repeats");
+        else
+            snprintf(out, n, "error: not capturing");
         return;
     }
     if (strcmp(cmd, "start")) {
@@ -1782,7 +1862,7 @@ void tb_agent_fork_child(void)
     g.sources_started = 0;
     g.sources_starting = 0;
     g.nrec = 0;
-    g.timewin_at = 0;
+    g.tw.at = 0;
     g.pend.kind = 0;
     g.term_pending = 0;
     g.ncaptures = 0;

@@ -69,13 +69,18 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
         snprintf(win, sizeof(win), "steps_%lld-%lld", (long long)r->first, (long long)r->last);
     if (r->asked && r->asked[0]) {
         /* the requester named it (`tbprof trigger` gives every process of
-         * a job the same name); each repeat of a repeating one apart */
+         * a job the same name); each repeat of a repeating one apart, by
+         * its steps or by its number */
         if (r->repeating && win[0])
             snprintf(out, len, "%s_%s", r->asked, win);
+        else if (r->repeating)
+            snprintf(out, len, "%s_%lld", r->asked, (long long)r->nth);
         else
             snprintf(out, len, "%s", r->asked);
         return;
     }
+    char t[64];
+    tb_run_name_from_time((time_t)(r->begin_epoch_ns / 1000000000), t, sizeof(t));
     if (cfg->run[0]) {
         /* ranks agree: the same TBPROF_RUN and the same window */
         if (r->env_window && (cfg->nwindows > 1 || cfg->windows[0].period))
@@ -88,8 +93,6 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
             snprintf(out, len, "%s_%u", cfg->run, ncaptures + 1);
         return;
     }
-    char t[64];
-    tb_run_name_from_time((time_t)(r->begin_epoch_ns / 1000000000), t, sizeof(t));
     if (n->job_id[0] && r->fixed_window)
         snprintf(out, len, "%s_%s", n->job_id, win);
     else if (n->job_id[0] && r->env_time)

@@ -32,6 +32,7 @@ typedef struct tb_run_req {
     int fixed_window;       /* steps by number (TBPROF_STEPS, `start steps=A-B`, tbprof_capture_steps) */
     int env_window;         /* one of TBPROF_STEPS' windows */
     int repeating;          /* a requested window that repeats (`start ... every=P`): one folder each */
+    int64_t nth;            /* ... by time: which repeat, from 1 (ranks asked together agree on it) */
     int env_time;           /* the TBPROF_DELAY/TBPROF_DURATION window */
     double time_from_s;     /* with env_time: seconds after start-up it began at (TBPROF_EVERY's repeats) */
     int64_t begin_epoch_ns; /* when capturing began */

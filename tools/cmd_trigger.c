@@ -16,6 +16,7 @@
 
 #include "clock.h"
 #include "cmd.h"
+#include "config.h"
 #include "ctl.h"
 #include "profile.h"
 
@@ -40,7 +41,8 @@ static void usage(FILE *f)
             "  --all          every process of this user on this host that runs the agent (on each node\n"
             "                 of a multi-node job, with the same --at-step and --run everywhere)\n"
             "  --steps N      capture N steps (the processes mark steps)\n"
-            "  --every P      with --steps N: again every P steps (each its own run folder), until --stop\n"
+            "  --every P      with --steps N: again every P steps; with --duration S: every P seconds (each its\n"
+            "                 own run folder), until --stop\n"
             "  --count K      ... K captures in all\n"
             "  --at-step A    the first of them: step A (default: the next step; with several processes,\n"
             "                 a step all of them reach about a second from now)\n"
@@ -376,7 +378,8 @@ static int wait_all(struct target *t, int n, double timeout_s)
 struct opts {
     pid_t pids[MAX_TARGETS]; /* named, then the targets */
     int npids, tree, all, wait, status_only, stop;
-    long nsteps, at_step, every, count; /* every/count: the window again every N steps, K in all */
+    long nsteps, at_step, count;
+    const char *every; /* --every: steps (with --steps) or seconds (with --duration); --count K in all */
     double duration, timeout_s;
     const char *run;
 };
@@ -405,13 +408,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 fprintf(stderr, "tbprof trigger: --at-step needs a step number >= 0\n");
                 return 2;
             }
-        } else if ((!strcmp(a, "--every") || !strcmp(a, "--count")) && i + 1 < argc) {
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1) {
-                fprintf(stderr, "tbprof trigger: %s needs a positive integer\n", a);
+        } else if (!strcmp(a, "--every") && i + 1 < argc) {
+            o->every = argv[++i];
+        } else if (!strcmp(a, "--count") && i + 1 < argc) {
+            o->count = strtol(argv[++i], &end, 10);
+            if (*end || o->count < 1) {
+                fprintf(stderr, "tbprof trigger: --count needs a positive integer\n");
                 return 2;
             }
-            *(a[2] == 'e' ? &o->every : &o->count) = v;
         } else if (!strcmp(a, "--duration") && i + 1 < argc) {
             o->duration = strtod(argv[++i], &end);
             if (*end || !(o->duration > 0)) {
@@ -453,9 +457,17 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
         return 2;
     }
-    if ((o->every || o->count) && (!o->nsteps || !o->every || o->every <= o->nsteps)) {
-        fprintf(stderr, "tbprof trigger: --every P [--count K] repeats a --steps N capture every P steps (P > N)\n");
-        return 2;
+    if (o->every || o->count) {
+        char *end = NULL;
+        long p = o->every ? strtol(o->every, &end, 10) : 0;
+        double t = 0;
+        int ok = o->every && (o->nsteps ? *end == '\0' && p > o->nsteps
+                                        : o->duration > 0 && tb_parse_seconds(o->every, &t) == 0 && t > o->duration);
+        if (!ok) {
+            fprintf(stderr, "tbprof trigger: --every repeats a capture: --steps N --every P (steps, P > N) or "
+                            "--duration S --every T (seconds, T > S); --count K with it\n");
+            return 2;
+        }
     }
     if (o->run && !tb_ctl_run_name_ok(o->run)) {
         fprintf(stderr, "tbprof trigger: --run needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'\n",
@@ -565,7 +577,7 @@ static int make_request(const struct opts *o, int several, const char *run, stru
     }
     size_t l = strlen(req);
     if (o->every)
-        l += (size_t)snprintf(req + l, n - l, " every=%ld", o->every);
+        l += (size_t)snprintf(req + l, n - l, " every=%s", o->every);
     if (o->count && l < n)
         l += (size_t)snprintf(req + l, n - l, " count=%ld", o->count);
     if (run && l < n)
@@ -644,8 +656,9 @@ int cmd_trigger(int argc, char **argv)
         char k[48] = " until stopped";
         if (o.count)
             snprintf(k, sizeof(k), ", %ld in all", o.count);
-        fprintf(stderr, "tbprof trigger: captures again every %ld steps%s, each in its own run folder; "
-                        "tbprof trigger with the same processes and --stop ends them\n", o.every, k);
+        fprintf(stderr, "tbprof trigger: captures again every %s %s%s, each in its own run folder; "
+                        "tbprof trigger with the same processes and --stop ends them\n", o.every,
+                o.nsteps ? "steps" : "s", k);
     }
     return rc;
 }

@@ -132,7 +132,7 @@ class Triggers(tbtest.TestCase):
         # again, each repeat in its own run folder, exactly its steps
         p = self.start_job(["-n", "2000", "-m", "5", "-t", "1"])
         now = int(self.wait_status(p.pid, "step=2").split("step=")[1].split()[0])
-        for line in ["start steps=2 every=2", "start steps=5-7 every=3", "start duration=1 every=50",
+        for line in ["start steps=2 every=2", "start steps=5-7 every=3", "start duration=1 every=0.5",
                      "start steps=2 count=3", "start steps=2 every=20 count=0", "start steps=2 every=x"]:
             ans = ctl(p.pid, line)
             self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
@@ -298,6 +298,64 @@ class Triggers(tbtest.TestCase):
         files = tbtest.xplanes(self.logdir)
         self.assertEqual(len(files), 1, files)
         self.assertEqual(step_nums(tbtest.load(files[0]))[:2], [1, 2])
+
+    def test_socket_time_repeats(self):
+        # `start duration=S every=T count=K` on a process without steps (a
+        # server): S seconds now and every T seconds, each its own run
+        # folder (NAME_1, NAME_2, ...: ranks asked together agree); stop
+        # ends the repeats
+        env = tbtest.env(self.logdir)
+        p = subprocess.Popen(["sleep", "30"], env=env, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        deadline = time.time() + 5
+        while True:  # the socket appears once the constructor ran
+            try:
+                ctl(p.pid, "status")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.02)
+        for line in ["start duration=0.5 every=0.5", "start duration=0.2 every=x", "start duration=0.2 count=2",
+                     "start duration=0.2 every=1 count=0"]:
+            ans = ctl(p.pid, line)
+            self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
+        t0 = time.time_ns()
+        ans = ctl(p.pid, "start duration=0.2 every=0.7 count=3 run=tr")
+        self.assertEqual(ans, "capture started: duration 0.2 s, again every 0.7 s (3 in all)")
+        self.assertTrue(ctl(p.pid, "start steps=2-3 every=10").startswith("already capturing"))
+        files = tbtest.wait_for_xplanes(self.logdir, 3, timeout=60)
+        self.assertEqual(sorted(os.path.basename(os.path.dirname(f)) for f in files), ["tr_1", "tr_2", "tr_3"])
+        for f in files:
+            k = int(os.path.basename(os.path.dirname(f)).split("_")[1]) - 1
+            h = tbtest.load(f).host.stats
+            self.assertGreaterEqual(h["tbprof_capture_begin_ns"] - t0, k * 0.7e9 - 0.05e9, f)
+            self.assertIn("socket duration=0.2s every=0.7s, %d of 3" % (k + 1), h["tbprof_trigger"])
+        st = self.wait_status(p.pid, "captures=3")
+        self.assertNotIn("waiting=", st, "count=3: no fourth")
+        # until stop: stop between two ends them
+        ans = ctl(p.pid, "start duration=0.1 every=0.6")
+        self.assertIn("until stop", ans)
+        tbtest.wait_for_xplanes(self.logdir, 4, timeout=60)
+        self.assertIn("waiting=time_every_0.6s", self.wait_status(p.pid, "state=idle"))
+        ans = ctl(p.pid, "stop")
+        self.assertIn(ans, ("capture cancelled: the time window's repeats", "capture stopping; its repeats cancelled"))
+        had = 4 + ans.startswith("capture stopping")
+        time.sleep(1.5)
+        self.assertEqual(len(tbtest.xplanes(self.logdir)), had, "nothing after stop")
+        self.assertNotIn("waiting=", ctl(p.pid, "status"))
+        # from the CLI
+        if os.path.exists(tbtest.CLI):
+            r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--duration", "0.1", "--every", "0.5", "--count", "2",
+                            "--run", "cli"], timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("captures again every 0.5 s, 2 in all", r.stderr)
+            self.assertTrue(r.stdout.splitlines()[-1].endswith(".xplane.pb"), r.stdout)
+            files = tbtest.wait_for_xplanes(self.logdir, had + 2, timeout=60)
+            self.assertEqual(sorted(os.path.basename(os.path.dirname(f)) for f in files if "/cli_" in f),
+                             ["cli_1", "cli_2"])
+        p.kill()
+        p.wait()
 
     def test_socket_refuses_another_user(self):
         if os.getuid() != 0:
