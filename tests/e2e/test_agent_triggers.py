@@ -226,19 +226,22 @@ class Triggers(tbtest.TestCase):
         self.finish(p)
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
-    def test_socket_duration_on_a_process_without_steps(self):
-        env = tbtest.env(self.logdir)
-        p = subprocess.Popen(["sleep", "5"], env=env, stderr=subprocess.DEVNULL)
+    def start_sleep(self, seconds):
+        """`sleep` under the agent (a process without steps), once its socket
+        answers (it appears once the constructor ran); (process, status)."""
+        p = subprocess.Popen(["sleep", str(seconds)], env=tbtest.env(self.logdir), stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: p.poll() is None and p.kill())
         deadline = time.time() + 5
-        while True:  # the socket appears once the constructor ran
+        while True:
             try:
-                st = ctl(p.pid, "status")
-                break
+                return p, ctl(p.pid, "status")
             except OSError:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.02)
+
+    def test_socket_duration_on_a_process_without_steps(self):
+        p, st = self.start_sleep(5)
         self.assertIn("state=idle", st)
         self.assertTrue(ctl(p.pid, "start steps=3").startswith("error"), "no steps seen")
         self.assertTrue(ctl(p.pid, "start duration=0.3").startswith("capture started"))
@@ -304,18 +307,7 @@ class Triggers(tbtest.TestCase):
         # server): S seconds now and every T seconds, each its own run
         # folder (NAME_1, NAME_2, ...: ranks asked together agree); stop
         # ends the repeats
-        env = tbtest.env(self.logdir)
-        p = subprocess.Popen(["sleep", "30"], env=env, stderr=subprocess.DEVNULL)
-        self.addCleanup(lambda: p.poll() is None and p.kill())
-        deadline = time.time() + 5
-        while True:  # the socket appears once the constructor ran
-            try:
-                ctl(p.pid, "status")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.02)
+        p, _ = self.start_sleep(30)
         for line in ["start duration=0.5 every=0.5", "start duration=0.2 every=x", "start duration=0.2 count=2",
                      "start duration=0.2 every=1 count=0"]:
             ans = ctl(p.pid, line)

@@ -428,36 +428,37 @@ class GpuChecker(tbtest.TestCase):
         self.assertIn("attached (TBPROF_CUPTI_TEARDOWN=off): ?; teardown off (TBPROF_CUPTI_TEARDOWN=off)", c.stdout)
 
     def test_repeat(self):
-        # 4d: a job captured four times (TBPROF_STEPS=5/8x4 here: the fake's
-        # work is launched in each capture's first step): each profile its
-        # step with kernels, tbprof trend lists them; a fifth window
-        # expected, or trend missing, fails and says so
+        # 4d: a job captured four times (TBPROF_STEPS=5/20x4 here: the fake's
+        # work is launched in each capture's first step; 19 steps between
+        # windows for each write and CUPTI detach, under a sanitizer too):
+        # each profile its step with kernels, tbprof trend lists them; a
+        # fifth window expected, or trend missing, fails and says so
         logdir = os.path.join(self.tmp, "rep")
         script = os.path.join(self.prof_tmp, "script.txt")
-        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, steps="5/8x4")
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, steps="5/20x4")
         e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
         e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], FAKE_LIBCUDA)  # CUPTI detached after each
-        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "40", "-m", str(5 * relutil.sanitizer_slowdown())], env=e)
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "80", "-m", str(5 * relutil.sanitizer_slowdown())], env=e)
         self.assertExitedOk(p)
         trend = os.path.join(self.tmp, "trend.json")
         with open(trend, "w") as f:
             f.write(tbtest.run([tbtest.CLI, "trend", "--json", logdir]).stdout)
         times, rep = os.path.join(self.tmp, "times"), os.path.join(self.tmp, "rep_times")
         with open(times, "w") as f:
-            f.write("0.010\n" * 40)
+            f.write("0.010\n" * 80)
         with open(rep, "w") as f:  # the second window's start took 50 ms (CUPTI attached there)
-            f.write("0.010\n" * 12 + "0.050\n" + "0.010\n" * 27)
-        c = run_check("repeat", "5/8x4", logdir, trend, rep, times)
+            f.write("0.010\n" * 24 + "0.050\n" + "0.010\n" * 55)
+        c = run_check("repeat", "5/20x4", logdir, trend, rep, times)
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
-        self.assertIn("RESULT torch_repeating PASS 4 captures [(5, 5), (13, 13), (21, 21), (29, 29)], kernels in "
+        self.assertIn("RESULT torch_repeating PASS 4 captures [(5, 5), (25, 25), (45, 45), (65, 65)], kernels in "
                       "every step; trend means [", c.stdout)
-        self.assertIn("steps 32..39 after the last capture 10.000 ms; the steps at each window's start 10.0, 50.0, "
+        self.assertIn("steps 67..79 after the last capture 10.000 ms; the steps at each window's start 10.0, 50.0, "
                       "10.0, 10.0 ms; none 10.000 ms", c.stdout)
-        c = run_check("repeat", "5/8x5", logdir, trend, times, times)
+        c = run_check("repeat", "5/20x5", logdir, trend, times, times)
         self.assertEqual(c.returncode, 1, c.stdout)
-        self.assertIn("windows [(5, 5), (13, 13), (21, 21), (29, 29)], expected [(5, 5), (13, 13), (21, 21), (29, 29), "
-                      "(37, 37)]", c.stdout)
-        c = run_check("repeat", "5/8x4", logdir, os.path.join(self.tmp, "none.json"), times, times)
+        self.assertIn("windows [(5, 5), (25, 25), (45, 45), (65, 65)], expected [(5, 5), (25, 25), (45, 45), (65, 65), "
+                      "(85, 85)]", c.stdout)
+        c = run_check("repeat", "5/20x4", logdir, os.path.join(self.tmp, "none.json"), times, times)
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("tbprof trend --json: ", c.stdout)
 

@@ -690,14 +690,15 @@ def repeat(spec, logdir, trend_json, t_rep, t_none):
     try:
         with open(t_rep) as f:
             rep = [float(l) * 1e3 for l in f]
-        after = statistics.median(rep[32:40])
+        lo = want[-1][1] + 2  # the steps after the last capture (its write done)
+        after = statistics.median(rep[lo:])
         # what each repeat costs the job: the CUPTI attach at the window's
         # first boundary (in the optimizer step that ends loop step a-1)
         starts = ["%.1f" % max(rep[w[0] - 1:w[0] + 1]) for w in want if w[0] + 1 <= len(rep)]
-        after_s = "steps 32..39 after the last capture %.3f ms; the steps at each window's start %s ms" % (
-            after, ", ".join(starts))
-        with open(t_none) as f:
-            after_s += "; none %.3f ms" % (statistics.median([float(l) for l in f][32:40]) * 1e3)
+        after_s = "steps %d..%d after the last capture %.3f ms; the steps at each window's start %s ms" % (
+            lo, len(rep) - 1, after, ", ".join(starts))
+        with open(t_none) as f:  # its steady steps (row 4's run has 40)
+            after_s += "; none %.3f ms" % (statistics.median([float(l) for l in f][10:]) * 1e3)
     except (OSError, ValueError) as e:
         after_s = "no step times (%s)" % e
     result("torch_repeating", not errs, "; ".join(errs) or "%d captures %s, kernels in every step; trend means %s; %s"

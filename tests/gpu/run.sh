@@ -40,7 +40,7 @@
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
 #      2f. --torch-shapes: the ops keep their names, shapes as torch_args;
-#      4d. the loop captured four times (TBPROF_STEPS=5-6/8x4): each
+#      4d. the loop captured four times (TBPROF_STEPS=5-6/20x4): each
 #          profile whole, tbprof trend lists them;
 #      2g/3h. xprof's Overview on the torch and JAX profiles: its steps
 #          hold the GPU work launched from other threads;
@@ -348,17 +348,18 @@ if in_budget torch_shapes; then
   elif [ -n "$xs" ]; then check torch_shapes $py "$here/check.py" torch_shapes "$xs"
   else row torch_shapes FAIL "no xplane.pb: $(tail -2 "$work/shapes.err" | tr '\n' ' ')"; fi
 fi
-# 4d. a PyTorch loop captured again and again (TBPROF_STEPS=5-6/8x4):
+# 4d. a PyTorch loop captured again and again (TBPROF_STEPS=5-6/20x4):
 #     four profiles, each whole (CUPTI detached and attached again each
 #     time); tbprof trend lists them; step time after the last (reported)
 if in_budget torch_repeating; then
-  job "$tbprof" run --steps 5-6/8x4 --logdir "$work/rep" -- env TBPROF_CPU=off $py "$here/torch_loop.py" \
-    --steps 40 --times "$work/t_rep" >"$work/rep.out" 2>"$work/rep.err"; rc=$?
+  # 18 steps between windows: each profile written and CUPTI detached before the next
+  job "$tbprof" run --steps 5-6/20x4 --logdir "$work/rep" -- env TBPROF_CPU=off $py "$here/torch_loop.py" \
+    --steps 80 --times "$work/t_rep" >"$work/rep.out" 2>"$work/rep.err"; rc=$?
   job "$tbprof" trend --json "$work/rep" >"$work/rep_trend.json" 2>>"$work/rep.err"
   if ((rc)) || ! grep -q '^done ' "$work/rep.out"; then
     row torch_repeating FAIL "the job exited $rc before its end: $(tail -2 "$work/rep.err" | tr '\n' ' ')"
   elif [ -d "$work/rep/plugins/profile" ]; then
-    check torch_repeating $py "$here/check.py" repeat 5-6/8x4 "$work/rep" "$work/rep_trend.json" "$work/t_rep" \
+    check torch_repeating $py "$here/check.py" repeat 5-6/20x4 "$work/rep" "$work/rep_trend.json" "$work/t_rep" \
       "$work/t_none"
   else row torch_repeating FAIL "no profile: $(tail -2 "$work/rep.err" | tr '\n' ' ')"; fi
 fi
