@@ -380,6 +380,7 @@ struct opts {
     int npids, tree, all, wait, status_only, stop;
     long nsteps, at_step, count;
     const char *every; /* --every: steps (with --steps) or seconds (with --duration); --count K in all */
+    char every_req[32]; /* ... as the request says it: steps, or seconds as a plain number */
     double duration, timeout_s;
     const char *run;
 };
@@ -468,6 +469,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
                             "--duration S --every T (seconds, T > S); --count K with it\n");
             return 2;
         }
+        if (o->nsteps)
+            snprintf(o->every_req, sizeof(o->every_req), "%ld", p);
+        else
+            snprintf(o->every_req, sizeof(o->every_req), "%.9g", t);
     }
     if (o->run && !tb_ctl_run_name_ok(o->run)) {
         fprintf(stderr, "tbprof trigger: --run needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'\n",
@@ -577,7 +582,7 @@ static int make_request(const struct opts *o, int several, const char *run, stru
     }
     size_t l = strlen(req);
     if (o->every)
-        l += (size_t)snprintf(req + l, n - l, " every=%s", o->every);
+        l += (size_t)snprintf(req + l, n - l, " every=%s", o->every_req);
     if (o->count && l < n)
         l += (size_t)snprintf(req + l, n - l, " count=%ld", o->count);
     if (run && l < n)

@@ -138,18 +138,19 @@ class Triggers(tbtest.TestCase):
             self.assertTrue(ans.startswith("error"), "%r -> %r" % (line, ans))
         now = int(ctl(p.pid, "status").split("step=")[1].split()[0])
         a = now + 20
-        ans = ctl(p.pid, "start steps=%d-%d every=25 count=3 run=rep" % (a, a + 1))
-        self.assertTrue(ans.startswith("capture waiting: steps %d-%d, again every 25 steps (3 in all)" % (a, a + 1)),
+        # 48 steps (240 ms) between windows: each written before the next, under a sanitizer too
+        ans = ctl(p.pid, "start steps=%d-%d every=50 count=3 run=rep" % (a, a + 1))
+        self.assertTrue(ans.startswith("capture waiting: steps %d-%d, again every 50 steps (3 in all)" % (a, a + 1)),
                         ans)
         self.assertIn("waiting=steps_%d-%d_repeating" % (a, a + 1), ctl(p.pid, "status"))
         files = tbtest.wait_for_xplanes(self.logdir, 3, timeout=60)
         runs = sorted(os.path.basename(os.path.dirname(f)) for f in files)
-        self.assertEqual(runs, sorted("rep_steps_%d-%d" % (a + k, a + k + 1) for k in (0, 25, 50)))
+        self.assertEqual(runs, sorted("rep_steps_%d-%d" % (a + k, a + k + 1) for k in (0, 50, 100)))
         for f in files:
             first = int(os.path.basename(os.path.dirname(f)).split("_")[-1].split("-")[0])
             prof = tbtest.load(f)
             self.assertEqual(step_nums(prof), [first, first + 1])
-            self.assertIn("every 25 steps (3 in all)", prof.host.stats["tbprof_trigger"])
+            self.assertIn("every 50 steps (3 in all)", prof.host.stats["tbprof_trigger"])
         st = self.wait_status(p.pid, "captures=3")
         self.assertNotIn("waiting=", st, "count=3: no fourth")
         # steps=N every=P until stop: the first from the next step; stop
