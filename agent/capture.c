@@ -58,7 +58,7 @@ struct cap {
     int64_t begin;       /* mono ns: capturing began (trim start) */
     int64_t end;         /* mono ns: stop requested (trim end) */
     int64_t deadline;    /* mono ns: stop then (0: none) */
-    int win;             /* env window index, or -1; -2: the env time window; -3: a socket's time repeat */
+    int win;             /* env window index, or -1; -2: the env time window */
     int64_t cpu0;        /* agent thread CPU time at arm */
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
@@ -66,7 +66,7 @@ struct cap {
     double time_from_s;  /* the env time window: seconds after start-up it began at */
     int64_t period;      /* a window by number asked to repeat (`start steps=... every=P`): 0 = once */
     int64_t reps;        /* ... windows still to come, this one included (0: no end) */
-    int64_t nth;         /* a socket's time repeat (win -3): which one, from 1 */
+    int64_t nth;         /* a socket's time repeat: which one, from 1 (0: not one) */
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -378,7 +378,7 @@ static void make_run_name(const struct cap *c, int64_t begin_epoch_ns, char *out
                     .last = c->last,
                     .fixed_window = fixed_window(c),
                     .env_window = c->kind == CAP_ENV_STEPS,
-                    .repeating = c->period != 0 || c->win == -3, /* a socket's every=: by steps, by time */
+                    .repeating = c->period != 0 || c->nth != 0, /* a socket's every=: by steps, by time */
                     .nth = c->nth,
                     .env_time = c->kind == CAP_TIME && c->win == -2,
                     .time_from_s = c->time_from_s,
@@ -650,13 +650,8 @@ static int env_window_next(tb_window *w)
  * held. */
 static void env_window_skip(int64_t n)
 {
-    const tb_window *w = &g.cfg.windows[g.win_idx];
-    if (w->period && n > w->last) {
-        int64_t k = (n - w->last + w->period - 1) / w->period; /* w->last + k*period >= n */
-        g.win_rep = k > g.win_rep ? k : g.win_rep + 1;
-    } else {
-        g.win_rep++;
-    }
+    int64_t k = tb_window_index_from(&g.cfg.windows[g.win_idx], n);
+    g.win_rep = k > g.win_rep ? k : g.win_rep + 1;
 }
 
 static void update_slow_from(void)
@@ -741,9 +736,14 @@ static int env_window_check(int64_t n, int64_t t, int at_boundary)
 
 /* g.pend's next repeat after `skip` more periods: 1, or 0 (and g.pend
  * dropped) when it was the last or the numbers would overflow. Lock held. */
+static tb_window pend_window(void)
+{
+    return (tb_window){.first = g.pend.first, .last = g.pend.last, .period = g.pend.period, .count = g.pend.reps};
+}
+
 static int pend_repeat(int64_t skip)
 {
-    tb_window w = {.first = g.pend.first, .last = g.pend.last, .period = g.pend.period, .count = g.pend.reps}, nx;
+    tb_window w = pend_window(), nx;
     if (!g.pend.period || tb_window_nth(&w, skip, &nx) < 0) {
         g.pend.kind = 0;
         return 0;
@@ -769,11 +769,12 @@ static int pend_check(int64_t n, int64_t t, int at_boundary)
         if (due < 0) {
             tb_info("step window %lld-%lld (%s) missed (step %lld already running)", (long long)g.pend.first,
                     (long long)g.pend.last, g.pend.trigger, (long long)n);
-            int64_t m = at_boundary ? n : n + 1; /* to the first repeat whose last step is m or later */
-            if (g.pend.period)
-                pend_repeat((m - g.pend.last + g.pend.period - 1) / g.pend.period);
-            else
+            if (g.pend.period) { /* to the first repeat the process has not passed */
+                tb_window w = pend_window();
+                pend_repeat(tb_window_index_from(&w, at_boundary ? n : n + 1));
+            } else {
                 g.pend.kind = 0;
+            }
             continue;
         }
         if (g.cur.first != g.pend.first) {
@@ -1040,7 +1041,7 @@ static void time_window_due(int64_t now)
     else
         snprintf(trig, sizeof(trig), "TBPROF_DURATION %gs after TBPROF_DELAY %gs", g.tw.dur_s, from);
     static int skipped; /* repeats warn the first time only */
-    if (request_time((int64_t)(g.tw.dur_s * 1e9), trig, g.tw.socket ? -3 : -2) == 0) {
+    if (request_time((int64_t)(g.tw.dur_s * 1e9), trig, g.tw.socket ? -1 : -2) == 0) {
         g.cur.time_from_s = from;
         if (g.tw.socket) {
             snprintf(g.cur.run, sizeof(g.cur.run), "%s", g.tw.run);
@@ -1550,6 +1551,26 @@ const char *tb_agent_last_profile(void)
     "try: start steps=N | start steps=A-B (either with every=P [count=K]) | start duration=S [every=T [count=K]], " \
     "each with an optional run=NAME; stop; status"
 
+/* count=K of an every= request: K >= 1 windows. 0 or -EINVAL. */
+static int parse_count(const char *count, int64_t *k)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(count, &end, 10);
+    if (errno || end == count || *end || v < 1)
+        return -EINVAL;
+    *k = v;
+    return 0;
+}
+
+/* A repeat asked for while a time window repeats: -EBUSY, out saying so. */
+static int repeat_busy(char *out, size_t n)
+{
+    snprintf(out, n, "already capturing: a time window repeats already (%s)",
+             g.tw.socket ? "stop ends it" : "TBPROF_EVERY");
+    return -EBUSY;
+}
+
 /* `every=P [count=K]` of `start steps=...`: the window again every P steps
  * (P longer than the window), K windows in all (0: until `stop`). 0, or
  * -EINVAL with out holding the error line. */
@@ -1569,13 +1590,10 @@ static int parse_repeat(const char *steps, const char *every, const char *count,
                  (long long)TB_MAX_PERIOD);
         return -EINVAL;
     }
-    long long k = 0;
-    if (count) {
-        k = strtoll(count, &end, 10);
-        if (errno || end == count || *end || k < 1) {
-            snprintf(out, n, "error: count=K needs K >= 1 windows");
-            return -EINVAL;
-        }
+    int64_t k = 0;
+    if (count && parse_count(count, &k) < 0) {
+        snprintf(out, n, "error: count=K needs K >= 1 windows");
+        return -EINVAL;
     }
     *period = p;
     *reps = k;
@@ -1619,11 +1637,8 @@ static int control_start(char *args, char *out, size_t n)
     int64_t period = 0, reps = 0;
     if ((every || count) && !dur && parse_repeat(steps, every, count, &period, &reps, out, n) < 0)
         return -EINVAL;
-    if (period && g.tw.at) { /* one repeat at a time: they would take each other's turns */
-        snprintf(out, n, "already capturing: a time window repeats already (%s)",
-                 g.tw.socket ? "stop ends it" : "TBPROF_EVERY");
-        return -EBUSY;
-    }
+    if (period && g.tw.at) /* one repeat at a time: they would take each other's turns */
+        return repeat_busy(out, n);
     if (run && !tb_ctl_run_name_ok(run)) {
         snprintf(out, n, "error: run=NAME needs 1..%d of A-Z a-z 0-9 . _ -, not starting with '.'", TB_CTL_RUN_MAX);
         return -EINVAL;
@@ -1699,22 +1714,19 @@ static int control_start(char *args, char *out, size_t n)
         }
         if (every || count) { /* again every T seconds, K in all */
             double t = 0;
-            char *end;
-            long long k = count ? strtoll(count, &end, 10) : 0;
-            if (!every || tb_parse_seconds(every, &t) < 0 || t <= s || t > 86400.0 * 365 || (count && (*end || k < 1))) {
+            int64_t k = 0;
+            if (!every || tb_parse_seconds(every, &t) < 0 || t <= s || t > 86400.0 * 365 ||
+                (count && parse_count(count, &k) < 0)) {
                 snprintf(out, n, "error: duration=S every=T [count=K] needs T seconds longer than S, K >= 1");
                 return -EINVAL;
             }
-            if (g.tw.at) {
-                snprintf(out, n, "already capturing: a time window repeats already (%s)",
-                         g.tw.socket ? "stop ends it" : "TBPROF_EVERY");
-                return -EBUSY;
-            }
+            if (g.tw.at)
+                return repeat_busy(out, n);
             rc = request_time_repeat(s, t, k, run);
             if (rc == 0) {
                 char all[40] = "until stop";
                 if (k)
-                    snprintf(all, sizeof(all), "%lld in all", k);
+                    snprintf(all, sizeof(all), "%lld in all", (long long)k);
                 snprintf(out, n, "capture started: duration %g s, again every %g s (%s)", s, t, all);
             }
             return rc;

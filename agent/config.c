@@ -285,6 +285,11 @@ int tb_window_nth(const tb_window *w, int64_t k, tb_window *out)
     return 0;
 }
 
+int64_t tb_window_index_from(const tb_window *w, int64_t m)
+{
+    return w->period && m > w->last ? (m - w->last + w->period - 1) / w->period : 0;
+}
+
 int tb_parse_seconds(const char *s, double *out)
 {
     s = skip_ws(s);

@@ -53,6 +53,8 @@ typedef struct tb_window {
 /* The k-th window (k from 0) of the repeating window w, in *out: 0, or
  * -1 when w has no k-th (it ran out, or the numbers would overflow). */
 int tb_window_nth(const tb_window *w, int64_t k, tb_window *out);
+/* k of w's first repeat whose last step is m or later (0: w's own is). */
+int64_t tb_window_index_from(const tb_window *w, int64_t m);
 
 typedef struct tb_config {
     char logdir[TB_CONFIG_STR];   /* TBPROF_LOGDIR; "" = writing off */

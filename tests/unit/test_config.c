@@ -29,7 +29,13 @@ static void window_repeats(void)
     w.count = 3; /* PxK: K windows in all */
     CHECK(tb_window_nth(&w, 2, &r) == 0 && r.first == 2100);
     CHECK(tb_window_nth(&w, 3, &r) < 0);
+    /* the first repeat not yet passed at step m: 1100-1104 from 1100 to 1104, 2100 from 1105 */
+    w.count = 0;
+    CHECK(tb_window_index_from(&w, 104) == 0 && tb_window_index_from(&w, 1) == 0);
+    CHECK(tb_window_index_from(&w, 105) == 1 && tb_window_index_from(&w, 1104) == 1);
+    CHECK(tb_window_index_from(&w, 1105) == 2);
     tb_window once = {.first = 5, .last = 6};
+    CHECK(tb_window_index_from(&once, 50) == 0);
     CHECK(tb_window_nth(&once, 0, &r) == 0 && r.first == 5 && r.last == 6);
     CHECK(tb_window_nth(&once, 1, &r) < 0);
     /* the numbers never overflow: the repeat past INT64_MAX is none */
