@@ -21,6 +21,7 @@
 #include "readprof.h"
 #include "strmap.h"
 #include "summary.h"
+#include "util.h"
 
 #define USAGE "usage: tbprof trend LOGDIR [--prefix P] [--json]\n"
 
@@ -39,12 +40,14 @@ typedef struct trend_row {
 
 static int64_t row_mean(const trend_row *r) { return r->nsteps ? r->step_sum_ns / (int64_t)r->nsteps : 0; }
 
-/* The kernel with the most time over all hosts' summaries. 0 or -ENOMEM. */
+/* The kernel with the most time over all hosts' summaries (its name copied:
+ * the summaries' names die with their spaces). 0 or -ENOMEM. */
 static int top_kernel(const tb_summary *ms, size_t n, trend_row *row)
 {
     tb_strmap idx = {0};
     int64_t *tot = NULL;
     size_t nk = 0, cap = 0;
+    const char *best = NULL;
     int rc = 0;
     for (size_t h = 0; h < n && !rc; h++) {
         row->kernel_total_ns += ms[h].kernel_total_ns;
@@ -52,17 +55,7 @@ static int top_kernel(const tb_summary *ms, size_t n, trend_row *row)
             const char *name = ms[h].kernels[k].name;
             int64_t at = tb_strmap_get(&idx, name);
             if (at < 0) {
-                if (nk == cap) {
-                    size_t nc = cap ? cap * 2 : 64;
-                    int64_t *nt = realloc(tot, nc * sizeof(*nt));
-                    if (!nt) {
-                        rc = -ENOMEM;
-                        break;
-                    }
-                    tot = nt;
-                    cap = nc;
-                }
-                if (tb_strmap_put(&idx, name, (uint32_t)nk) < 0) {
+                if (TB_GROW(tot, cap, nk + 1) < 0 || tb_strmap_put(&idx, name, (uint32_t)nk) < 0) {
                     rc = -ENOMEM;
                     break;
                 }
@@ -72,13 +65,12 @@ static int top_kernel(const tb_summary *ms, size_t n, trend_row *row)
             tot[at] += ms[h].kernels[k].total_ns;
             if (tot[at] > row->top_kernel_ns) {
                 row->top_kernel_ns = tot[at];
-                free(row->top_kernel);
-                row->top_kernel = strdup(name); /* the map's keys die with the spaces */
-                if (!row->top_kernel)
-                    rc = -ENOMEM;
+                best = name;
             }
         }
     }
+    if (!rc && best && !(row->top_kernel = strdup(best)))
+        rc = -ENOMEM;
     tb_strmap_free(&idx);
     free(tot);
     return rc;
