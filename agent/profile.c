@@ -229,8 +229,8 @@ static void af_abort(atomic_file *af)
     af->fd = af->dfd = -1;
 }
 
-/* Create the temporary file for `len` bytes. */
-/* af->min_free set by the caller (0: none). */
+/* Create the temporary file for `len` bytes (refused where the file system
+ * would keep less than af->min_free, set by the caller; 0: no floor). */
 static int af_open(atomic_file *af, const char *dir, size_t len)
 {
     af->dfd = af->fd = -1;
