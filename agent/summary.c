@@ -46,11 +46,9 @@ size_t tb_intervals_merge(tb_interval *iv, size_t n)
     return k + 1;
 }
 
-int64_t tb_intervals_overlap(const tb_interval *m, size_t n, int64_t lo, int64_t hi)
+/* The first merged interval that ends after lo (n: none). */
+static size_t first_after(const tb_interval *m, size_t n, int64_t lo)
 {
-    if (hi <= lo || n == 0)
-        return 0;
-    /* first merged interval that ends after lo */
     size_t a = 0, b = n;
     while (a < b) {
         size_t mid = a + (b - a) / 2;
@@ -59,14 +57,57 @@ int64_t tb_intervals_overlap(const tb_interval *m, size_t n, int64_t lo, int64_t
         else
             b = mid;
     }
+    return a;
+}
+
+int64_t tb_intervals_overlap(const tb_interval *m, size_t n, int64_t lo, int64_t hi)
+{
+    if (hi <= lo)
+        return 0;
     int64_t sum = 0;
-    for (size_t i = a; i < n && m[i].start < hi; i++) {
+    for (size_t i = first_after(m, n, lo); i < n && m[i].start < hi; i++) {
         int64_t s = m[i].start > lo ? m[i].start : lo;
         int64_t e = m[i].end < hi ? m[i].end : hi;
         if (e > s)
             sum += e - s;
     }
     return sum;
+}
+
+int64_t tb_intervals_both(const tb_interval *a, size_t na, const tb_interval *b, size_t nb, int64_t lo,
+                          int64_t hi)
+{
+    if (hi <= lo)
+        return 0;
+    int64_t sum = 0;
+    size_t i = first_after(a, na, lo), j = first_after(b, nb, lo);
+    while (i < na && j < nb && a[i].start < hi && b[j].start < hi) {
+        int64_t s = a[i].start > b[j].start ? a[i].start : b[j].start;
+        int64_t e = a[i].end < b[j].end ? a[i].end : b[j].end;
+        if (s < lo)
+            s = lo;
+        if (e > hi)
+            e = hi;
+        if (e > s)
+            sum += e - s;
+        if (a[i].end < b[j].end) /* the one that ends first can meet nothing more */
+            i++;
+        else
+            j++;
+    }
+    return sum;
+}
+
+int tb_kernel_is_comm(const char *name)
+{
+    static const char *const words[] = {"nccl",          "allreduce",      "all_reduce", "allgather",
+                                        "all_gather",    "reducescatter",  "reduce_scatter",
+                                        "alltoall",      "all_to_all"};
+    for (const char *p = name; *p; p++)
+        for (size_t k = 0; k < sizeof(words) / sizeof(words[0]); k++)
+            if (!strncasecmp(p, words[k], strlen(words[k])))
+                return 1;
+    return 0;
 }
 
 typedef struct iv_vec {
@@ -172,6 +213,7 @@ static int stat_i64(const tb_stat *st, int64_t *v)
 typedef struct plane_ids {
     uint32_t kd, md, msd; /* kernel/memcpy/memset details stat ids (0: none) */
     uint32_t *kidx;       /* event meta id -> kernel index + 1 (0: not yet) */
+    int8_t *comm;         /* event meta id -> 1 communication kernel, -1 not, 0 not yet known */
     double *occ;          /* details ref id -> occ_pct; NAN: not parsed, -1: none */
 } plane_ids;
 
@@ -334,6 +376,7 @@ typedef struct corr_work {
 
 typedef struct gpu_acc {
     iv_vec all, h2d, d2h;
+    iv_vec comm, compute; /* communication kernels, the other kernels */
     named_acc kernels;
     named_acc by_range; /* GPU activity by its nvtx_range */
     corr_work *work; /* by correlation id once scan_gpu is done */
@@ -383,7 +426,14 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
         kr->occ_count++;
     }
     sum->kernel_total_ns += e->dur_ns;
-    return 0;
+    uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
+    if (!ids->comm[meta])
+        ids->comm[meta] = tb_kernel_is_comm(kr->name) ? 1 : -1;
+    if (ids->comm[meta] > 0) {
+        sum->comm_kernels++;
+        sum->comm_kernel_ns += e->dur_ns;
+    }
+    return iv_push(ids->comm[meta] > 0 ? &g->comm : &g->compute, e->start_ns, e->dur_ns);
 }
 
 /* GPU activity e (line l) to the range its stat `nr` names (rcache: ref
@@ -425,10 +475,12 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
         if (!nr)
             nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
         ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
+        ids.comm = calloc(p->nevent_meta + 1, sizeof(*ids.comm));
         ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
         uint32_t *rcache = calloc(p->nstat_meta + 1, sizeof(*rcache));
-        if (!ids.kidx || !ids.occ || !rcache) {
+        if (!ids.kidx || !ids.comm || !ids.occ || !rcache) {
             free(ids.kidx);
+            free(ids.comm);
             free(ids.occ);
             free(rcache);
             return -ENOMEM;
@@ -478,6 +530,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
             }
         }
         free(ids.kidx);
+        free(ids.comm);
         free(ids.occ);
         free(rcache);
         if (rc)
@@ -493,7 +546,21 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
     g->all.n = tb_intervals_merge(g->all.v, g->all.n);
     g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
     g->d2h.n = tb_intervals_merge(g->d2h.v, g->d2h.n);
+    g->comm.n = tb_intervals_merge(g->comm.v, g->comm.n);
+    g->compute.n = tb_intervals_merge(g->compute.v, g->compute.n);
     return 0;
+}
+
+/* The GPU figures of the window [lo, hi) into st (dur_ns and the rest). */
+static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step *st)
+{
+    st->gpu_busy_ns = tb_intervals_overlap(g->all.v, g->all.n, lo, hi);
+    st->h2d_ns = tb_intervals_overlap(g->h2d.v, g->h2d.n, lo, hi);
+    st->d2h_ns = tb_intervals_overlap(g->d2h.v, g->d2h.n, lo, hi);
+    st->gpu_idle_ns = (hi - lo) - st->gpu_busy_ns;
+    st->comm_ns = tb_intervals_overlap(g->comm.v, g->comm.n, lo, hi);
+    st->comm_exposed_ns =
+        st->comm_ns - tb_intervals_both(g->comm.v, g->comm.n, g->compute.v, g->compute.n, lo, hi);
 }
 
 /* ---- NVTX ranges ------------------------------------------------------------------ */
@@ -917,11 +984,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
             sum->step_min_ns = INT64_MAX;
             for (size_t i = 0; i < sum->nsteps; i++) {
                 tb_sum_step *st = &sum->steps[i];
-                int64_t lo = st->start_ns, hi = st->start_ns + st->dur_ns;
-                st->gpu_busy_ns = tb_intervals_overlap(g.all.v, g.all.n, lo, hi);
-                st->h2d_ns = tb_intervals_overlap(g.h2d.v, g.h2d.n, lo, hi);
-                st->d2h_ns = tb_intervals_overlap(g.d2h.v, g.d2h.n, lo, hi);
-                st->gpu_idle_ns = st->dur_ns - st->gpu_busy_ns;
+                window_figures(&g, st->start_ns, st->start_ns + st->dur_ns, st);
                 tot += st->dur_ns;
                 if (st->dur_ns < sum->step_min_ns)
                     sum->step_min_ns = st->dur_ns;
@@ -932,15 +995,20 @@ int tb_summarize(tb_space *s, tb_summary *sum)
                 sum->h2d_ns += st->h2d_ns;
                 sum->d2h_ns += st->d2h_ns;
                 sum->gpu_idle_ns += st->gpu_idle_ns;
+                sum->comm_ns += st->comm_ns;
+                sum->comm_exposed_ns += st->comm_exposed_ns;
             }
             sum->step_mean_ns = tot / (int64_t)sum->nsteps;
         } else {
-            int64_t lo = sum->begin_ns, hi = sum->end_ns;
-            sum->window_ns = hi - lo;
-            sum->gpu_busy_ns = tb_intervals_overlap(g.all.v, g.all.n, lo, hi);
-            sum->h2d_ns = tb_intervals_overlap(g.h2d.v, g.h2d.n, lo, hi);
-            sum->d2h_ns = tb_intervals_overlap(g.d2h.v, g.d2h.n, lo, hi);
-            sum->gpu_idle_ns = sum->window_ns - sum->gpu_busy_ns;
+            tb_sum_step all = {0};
+            window_figures(&g, sum->begin_ns, sum->end_ns, &all);
+            sum->window_ns = sum->end_ns - sum->begin_ns;
+            sum->gpu_busy_ns = all.gpu_busy_ns;
+            sum->h2d_ns = all.h2d_ns;
+            sum->d2h_ns = all.d2h_ns;
+            sum->gpu_idle_ns = all.gpu_idle_ns;
+            sum->comm_ns = all.comm_ns;
+            sum->comm_exposed_ns = all.comm_exposed_ns;
         }
         rc = tb_folded_add_space(&f, s);
     }
@@ -955,6 +1023,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.all.v);
     free(g.h2d.v);
     free(g.d2h.v);
+    free(g.comm.v);
+    free(g.compute.v);
     free(g.work);
     tb_strmap_free(&g.kernels.map);
     tb_strmap_free(&g.by_range.map);

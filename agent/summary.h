@@ -28,6 +28,13 @@
  * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
  *   and MemoryDeallocation events on /host:* lines, the largest
  *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
+ * - Communication: kernels of collective libraries, by name
+ *   (tb_kernel_is_comm: NCCL's, and all_reduce / all_gather /
+ *   reduce_scatter / all_to_all kernels of others). In a window: comm =
+ *   the union of their intervals; overlapped = the part of it during which
+ *   some other kernel (compute) ran on a GPU of the host; exposed = comm -
+ *   overlapped, the time the step waited on communication alone. Copies
+ *   and memsets are not compute.
  * - Copy direction: from the event name (MemcpyH2D, ...HtoD, ...) or from
  *   memcpy_details' kind_src/kind_dst (pageable/pinned = host,
  *   device/array/managed = device).
@@ -60,6 +67,7 @@ typedef struct tb_sum_step {
     int64_t gpu_busy_ns; /* union of GPU activity inside the step */
     int64_t h2d_ns, d2h_ns;
     int64_t gpu_idle_ns; /* dur - busy */
+    int64_t comm_ns, comm_exposed_ns; /* communication, and the part without compute */
 } tb_sum_step;
 
 /* Events of one name: a kernel, or an NVTX range. */
@@ -112,6 +120,11 @@ typedef struct tb_summary {
     int64_t step_mean_ns, step_min_ns, step_max_ns; /* 0 without steps */
     /* sums over steps (or over the whole capture when there are no steps) */
     int64_t window_ns, gpu_busy_ns, h2d_ns, d2h_ns, gpu_idle_ns;
+    int64_t comm_ns, comm_exposed_ns;
+
+    /* communication kernels (see above): launches and summed durations */
+    uint64_t comm_kernels;
+    int64_t comm_kernel_ns;
 
     tb_sum_named *kernels; /* by total time, descending */
     size_t nkernels;
@@ -174,6 +187,15 @@ typedef struct tb_interval {
  * count. O(n log n). */
 size_t tb_intervals_merge(tb_interval *iv, size_t n);
 int64_t tb_intervals_overlap(const tb_interval *merged, size_t n, int64_t lo, int64_t hi);
+/* Length of the time inside [lo, hi) covered by both merged lists. */
+int64_t tb_intervals_both(const tb_interval *a, size_t na, const tb_interval *b, size_t nb, int64_t lo,
+                          int64_t hi);
+
+/* 1 when a kernel of this name is a collective communication kernel:
+ * "nccl" anywhere in it (any case), or one of allreduce, all_reduce,
+ * allgather, all_gather, reducescatter, reduce_scatter, alltoall,
+ * all_to_all (any case). */
+int tb_kernel_is_comm(const char *name);
 
 /* Parse "key:value" out of a details string ("regs:32 ... occ_pct:50.5"):
  * 1 and *v set when present. */

@@ -1,8 +1,9 @@
 /* cmd_summary.c - `tbprof summary LOGDIR|RUNDIR|FILE [--json] [--top N]
  * [--run NAME]`: an overview of a profile in the terminal, in the spirit of
  * xprof's overview page and GPU kernel stats: steps and their GPU busy /
- * copy / idle split, top kernels, copies by direction, NVTX ranges, top CPU
- * functions, drops, the agent's overhead and the warnings recorded in the profile.
+ * copy / idle split, communication overlap, top kernels, copies by
+ * direction, NVTX ranges, top CPU functions, drops, the agent's overhead
+ * and the warnings recorded in the profile.
  * Several hosts/ranks of one run are shown side by side first. */
 #include <errno.h>
 #include <getopt.h>
@@ -117,6 +118,12 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     ROW("H2D copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->h2d_ns, m->window_ns)), b) : "-");
     ROW("D2H copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->d2h_ns, m->window_ns)), b) : "-");
     ROW("GPU idle", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_idle_ns, m->window_ns)), b) : "-");
+    int comm = 0;
+    for (size_t i = 0; i < ps->n; i++)
+        comm |= ms[i].comm_kernels != 0;
+    if (comm) /* the rank that waits least on collectives is the one the others wait for */
+        ROW("comm exposed", "%s",
+            m->comm_kernels ? (snprintf(b, sizeof b, "%.1f%%", pct(m->comm_exposed_ns, m->window_ns)), b) : "-");
     ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
     ROW("top NVTX range", "%s", m->nranges ? m->ranges[0].name : "-");
     ROW("CPU samples", "%" PRIu64, m->cpu_samples);
@@ -164,24 +171,34 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                dur(b1, sizeof b1, m->step_mean_ns), dur(b2, sizeof b2, m->step_min_ns),
                dur(b3, sizeof b3, m->step_max_ns));
         if (m->ngpus) {
-            printf("  %8s %11s %18s %11s %11s %18s\n", "step", "time", "GPU busy", "H2D", "D2H",
-                   "GPU idle");
+            int comm = m->comm_kernels != 0;
+            printf("  %8s %11s %18s %11s %11s %18s", "step", "time", "GPU busy", "H2D", "D2H", "GPU idle");
+            if (comm)
+                printf(" %11s %18s", "comm", "exposed");
+            printf("\n");
             size_t shown = m->nsteps < (size_t)max_steps ? m->nsteps : (size_t)max_steps;
-            for (size_t i = 0; i < shown; i++) {
-                const tb_sum_step *s = &m->steps[i];
-                printf("  %8" PRId64 " %11s %11s %5.1f%% %11s %11s %11s %5.1f%%\n", s->num,
-                       dur(b1, sizeof b1, s->dur_ns), dur(b2, sizeof b2, s->gpu_busy_ns),
-                       pct(s->gpu_busy_ns, s->dur_ns), dur(b3, sizeof b3, s->h2d_ns),
-                       dur(b4, sizeof b4, s->d2h_ns), dur(b5, sizeof b5, s->gpu_idle_ns),
-                       pct(s->gpu_idle_ns, s->dur_ns));
+            const tb_sum_step all = {.dur_ns = m->window_ns, .gpu_busy_ns = m->gpu_busy_ns, .h2d_ns = m->h2d_ns,
+                                     .d2h_ns = m->d2h_ns, .gpu_idle_ns = m->gpu_idle_ns, .comm_ns = m->comm_ns,
+                                     .comm_exposed_ns = m->comm_exposed_ns};
+            for (size_t i = 0; i <= shown; i++) { /* the steps shown, then the sums over all steps */
+                const tb_sum_step *s = i < shown ? &m->steps[i] : &all;
+                char num[24];
+                if (i < shown) {
+                    snprintf(num, sizeof num, "%" PRId64, s->num);
+                } else {
+                    if (shown < m->nsteps)
+                        printf("  ... %zu more (--steps N, or --json)\n", m->nsteps - shown);
+                    snprintf(num, sizeof num, "all");
+                }
+                printf("  %8s %11s %11s %5.1f%% %11s %11s %11s %5.1f%%", num, dur(b1, sizeof b1, s->dur_ns),
+                       dur(b2, sizeof b2, s->gpu_busy_ns), pct(s->gpu_busy_ns, s->dur_ns),
+                       dur(b3, sizeof b3, s->h2d_ns), dur(b4, sizeof b4, s->d2h_ns),
+                       dur(b5, sizeof b5, s->gpu_idle_ns), pct(s->gpu_idle_ns, s->dur_ns));
+                if (comm)
+                    printf(" %11s %11s %5.1f%%", dur(b1, sizeof b1, s->comm_ns),
+                           dur(b2, sizeof b2, s->comm_exposed_ns), pct(s->comm_exposed_ns, s->dur_ns));
+                printf("\n");
             }
-            if (shown < m->nsteps)
-                printf("  ... %zu more (--steps N, or --json)\n", m->nsteps - shown);
-            printf("  %8s %11s %11s %5.1f%% %11s %11s %11s %5.1f%%\n", "all",
-                   dur(b1, sizeof b1, m->window_ns), dur(b2, sizeof b2, m->gpu_busy_ns),
-                   pct(m->gpu_busy_ns, m->window_ns), dur(b3, sizeof b3, m->h2d_ns),
-                   dur(b4, sizeof b4, m->d2h_ns), dur(b5, sizeof b5, m->gpu_idle_ns),
-                   pct(m->gpu_idle_ns, m->window_ns));
         }
     } else {
         printf("\nSteps: none found (no host event with _r=1, e.g. from TBPROF_STEPS or "
@@ -233,6 +250,18 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         if (m->memsets)
             printf("  %-6s %8" PRIu64 " %11s %11s\n", "memset", m->memsets, "",
                    dur(b1, sizeof b1, m->memset_ns));
+    }
+
+    /* communication */
+    if (m->comm_kernels) {
+        int64_t over = m->comm_ns - m->comm_exposed_ns;
+        printf("\nCommunication (collective kernels: NCCL's, all_reduce, all_gather, ...): %" PRIu64
+               " launch%s, %s in them\n",
+               m->comm_kernels, m->comm_kernels == 1 ? "" : "es", dur(b1, sizeof b1, m->comm_kernel_ns));
+        printf("  %s: %s on the GPU, %s of it (%.1f%%) beside compute kernels, %s exposed (%.1f%% of the %s)\n",
+               m->nsteps ? "in the steps" : "over the capture", dur(b1, sizeof b1, m->comm_ns),
+               dur(b2, sizeof b2, over), pct(over, m->comm_ns), dur(b3, sizeof b3, m->comm_exposed_ns),
+               pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
     }
 
     /* GPU memory */
@@ -436,6 +465,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         jkv_i("h2d_ns", s->h2d_ns, 1);
         jkv_i("d2h_ns", s->d2h_ns, 1);
         jkv_i("gpu_idle_ns", s->gpu_idle_ns, 1);
+        jkv_i("comm_ns", s->comm_ns, 1);
+        jkv_i("comm_exposed_ns", s->comm_exposed_ns, 1);
         printf("}");
     }
     printf("]}");
@@ -448,6 +479,17 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("idle_ns", m->gpu_idle_ns, 1);
     printf(",\"busy_pct\":");
     jnum(pct(m->gpu_busy_ns, m->window_ns));
+    printf("}");
+
+    /* communication kernels; ns / exposed_ns: in the steps (the capture without steps) */
+    printf(",\"communication\":{");
+    jkv_i("kernels", (int64_t)m->comm_kernels, 0);
+    jkv_i("kernel_ns", m->comm_kernel_ns, 1);
+    jkv_i("ns", m->comm_ns, 1);
+    jkv_i("overlapped_ns", m->comm_ns - m->comm_exposed_ns, 1);
+    jkv_i("exposed_ns", m->comm_exposed_ns, 1);
+    printf(",\"exposed_pct\":");
+    jnum(pct(m->comm_exposed_ns, m->window_ns));
     printf("}");
 
     printf(",\"kernels\":{");

@@ -1,7 +1,7 @@
 /* cmd_trend.c - `tbprof trend LOGDIR [--prefix P] [--json]`: one line per run,
  * oldest first: its steps' time (mean, min, max over every host of the run),
- * GPU busy share and top kernel, and the mean step time against the first
- * run with steps. For a job captured again and again (TBPROF_STEPS=A-B/P,
+ * GPU busy share, exposed communication share and top kernel, and the mean
+ * step time against the first run with steps. For a job captured again and again (TBPROF_STEPS=A-B/P,
  * TBPROF_EVERY): did it slow down, and from which capture on? With several
  * hosts (ranks) in a run, the slowest host's mean step time is shown too.
  *
@@ -34,6 +34,8 @@ typedef struct trend_row {
     int64_t step_sum_ns, step_min_ns, step_max_ns;
     int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
     int64_t window_ns, gpu_busy_ns; /* over steps, or the capture without steps */
+    int64_t comm_exposed_ns;        /* the same: communication with no compute beside it */
+    uint64_t comm_kernels;
     char *top_kernel;      /* by total time over the hosts; NULL: no kernels */
     int64_t top_kernel_ns, kernel_total_ns;
 } trend_row;
@@ -99,6 +101,8 @@ static int read_row(const tb_run *r, trend_row *row)
             row->gpus += s->ngpus;
             row->window_ns += s->window_ns;
             row->gpu_busy_ns += s->gpu_busy_ns;
+            row->comm_exposed_ns += s->comm_exposed_ns;
+            row->comm_kernels += s->comm_kernels;
             if (!s->nsteps)
                 continue;
             if (!row->nsteps || s->step_min_ns < row->step_min_ns)
@@ -157,7 +161,9 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
                    (long long)r->slowest_host_mean_ns);
         if (r->nsteps && base > 0)
             printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
-        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld", (long long)r->window_ns, (long long)r->gpu_busy_ns);
+        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld",
+               (long long)r->window_ns, (long long)r->gpu_busy_ns, (unsigned long long)r->comm_kernels,
+               (long long)r->comm_exposed_ns);
         if (r->top_kernel) {
             fputs(",\"top_kernel\":", stdout);
             rr_json_str(stdout, r->top_kernel);
@@ -173,12 +179,14 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
 {
     size_t shown = 0, w = 3;
     int multi = 0; /* some run has several hosts: their slowest host's mean too (a straggler rank) */
+    int comm = 0;  /* some run has communication kernels: its exposed share too */
     for (size_t i = 0; i < n; i++)
         if (rows[i].ok) {
             shown++;
             size_t l = strlen(rows[i].run->name);
             w = l > w ? l : w;
             multi |= rows[i].hosts > 1;
+            comm |= rows[i].comm_kernels != 0;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
            shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
@@ -186,7 +194,10 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
            "min", "max", "vs 1st");
     if (multi)
         printf("%12s  ", "slowest host");
-    printf("%8s  %s\n", "GPU busy", "top kernel (share of kernel time)");
+    printf("%8s  ", "GPU busy");
+    if (comm)
+        printf("%12s  ", "comm exposed");
+    printf("%s\n", "top kernel (share of kernel time)");
     const trend_row *slow = NULL;
     const trend_row *last = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -221,6 +232,12 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             printf("%12s  ", sl);
         }
         printf("%8s  ", busy);
+        if (comm) {
+            char ex[16] = "-";
+            if (r->comm_kernels)
+                snprintf(ex, sizeof(ex), "%.1f%%", pct(r->comm_exposed_ns, r->window_ns));
+            printf("%12s  ", ex);
+        }
         if (r->top_kernel)
             printf("%s (%.0f%%)\n", r->top_kernel, pct(r->top_kernel_ns, r->kernel_total_ns));
         else

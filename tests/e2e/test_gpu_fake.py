@@ -102,6 +102,20 @@ runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=313 start=1022 end=10
 kernel name=sgemm_128x64 start=1173 end=1273 stream=7 corr=313 grid=16,8,1 block=256,1,1 regs=128
 """.replace("\\\n", "")
 
+# Data parallel: an all-reduce on its own stream [1100,1400) beside a gemm
+# [1010,1210) and a relu [1300,1350): 160 us of it overlapped by compute,
+# 140 us exposed; the copy [1360,1390) under it is not compute
+COMM_SCRIPT = DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=701 start=1000 end=1004
+kernel name=sgemm_128x64 start=1010 end=1210 stream=7 corr=701 grid=16,8,1 block=256,1,1 regs=128
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=702 start=1005 end=1008
+kernel name=ncclDevKernel_AllReduce_Sum_f32_RING_LL start=1100 end=1400 stream=13 corr=702 grid=2,1,1 block=512,1,1 regs=64
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=703 start=1009 end=1012
+kernel name=relu_kernel start=1300 end=1350 stream=7 corr=703 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=704 start=1013 end=1016
+memcpy kind=dtoh src=device dst=pinned bytes=4096 async=1 start=1360 end=1390 stream=9 corr=704
+"""
+
 # GPU work still running when the window ends (TBFAKE_CUPTI_INFLIGHT): a
 # long kernel launched in the window's first step, done 400 ms later
 INFLIGHT_SCRIPT = DEVICE + """\
@@ -784,6 +798,35 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
                          [("attention", 2, 198000), ("forward", 1, 20000), ("loader", 1, 20000)])
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
+
+    def test_communication_overlap(self):
+        # tbprof summary: the collective's time on the GPU, the part of it
+        # a compute kernel ran beside, and the rest (exposed), per step
+        with open(self.script, "w") as f:
+            f.write(COMM_SCRIPT)
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"])
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        dev = tbtest.load(xs[0]).plane("/device:GPU:0")
+        self.assertEqual(sorted(e.name for e in dev.events() if "kernel_details" in e.stats),
+                         ["ncclDevKernel_AllReduce_Sum_f32_RING_LL", "relu_kernel", "sgemm_128x64"])
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        h = json.loads(p.stdout)["hosts"][0]
+        self.assertEqual(h["communication"], {"kernels": 1, "kernel_ns": 300000, "ns": 300000,
+                                              "overlapped_ns": 160000, "exposed_ns": 140000,
+                                              "exposed_pct": h["communication"]["exposed_pct"]})
+        steps = h["steps"]["list"]
+        self.assertEqual((sum(s["comm_ns"] for s in steps), sum(s["comm_exposed_ns"] for s in steps)),
+                         (300000, 140000))
+        self.assertAlmostEqual(h["communication"]["exposed_pct"], 100.0 * 140000 / h["gpu"]["window_ns"], 3)
+        p = tbtest.run([tbtest.CLI, "summary", self.logdir])
+        self.assertIn("\nCommunication (collective kernels: NCCL's, all_reduce, all_gather, ...): 1 launch, "
+                      "300.0 us in them\n  in the steps: 300.0 us on the GPU, 160.0 us of it (53.3%) beside "
+                      "compute kernels, 140.0 us exposed (", p.stdout)
+        self.assertRegex(p.stdout, r"\n +step +time +GPU busy +H2D +D2H +GPU idle +comm +exposed\n")
+        self.assertRegex(p.stdout, r"\n +all( +\S+ \w+){2} +[\d.]+%( +\S+ \w+){3} +[\d.]+% +300.0 us +140.0 us +"
+                                   r"[\d.]+%\n")
 
     def test_torch_op_ranges_name_their_gpu_work(self):
         # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events

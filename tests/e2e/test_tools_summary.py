@@ -172,6 +172,21 @@ def second_host():
     return sp.SerializeToString()
 
 
+def dp_rank(host, compute_us):
+    """A data-parallel rank: one step of 1 ms, a gemm from 0 for compute_us,
+    and an all-reduce from 100 us to 900 us (it ends when the slowest rank,
+    800 us of compute, has joined)."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(host)
+    h = Plane(sp, "/host:CPU")
+    h.event(h.line(7, "python"), "train", 0, 1000000, _r=1, step_num=1)
+    g = Plane(sp, "/device:GPU:0")
+    g.event(g.line(7, "Stream #7"), "gemm", 0, compute_us * 1000, kernel_details=kd())
+    g.event(g.line(13, "Stream #13"), "ncclDevKernel_AllReduce_Sum_bf16_RING_LL", 100000, 800000,
+            kernel_details=kd())
+    return sp.SerializeToString()
+
+
 def write(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -289,6 +304,29 @@ class SummaryFigures(Base):
         self.assertRegex(p.stdout, r"\ntop kernel\s+gemm\s+conv\s*\n")
         self.assertRegex(p.stdout, r"\ntop NVTX range\s+-\s+forward\s*\n")
         self.assertIn("  - CPU sampling off: perf_event_open: Permission denied", p.stdout)
+
+    def test_comm_exposed_side_by_side(self):
+        # the rank that computes longest waits least in the all-reduce: the
+        # straggler is the one with the least exposed communication
+        write(os.path.join(self.rundir, "node1.rank0.xplane.pb"), dp_rank("node1", 800))
+        write(os.path.join(self.rundir, "node1.rank1.xplane.pb"), dp_rank("node1", 300))
+        write(os.path.join(self.rundir, "node2.rank2.xplane.pb"), example_space("node2"))
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual([(h["communication"]["ns"], h["communication"]["exposed_ns"], h["communication"]["kernels"])
+                          for h in js["hosts"]], [(800000, 100000, 1), (800000, 600000, 1), (0, 0, 0)])
+        self.assertEqual([s["comm_exposed_ns"] for s in js["hosts"][1]["steps"]["list"]], [600000])
+        p = run("summary", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\ncomm exposed\s+10\.0%\s+60\.0%\s+-\s*\n")
+        self.assertIn("in the steps: 800.0 us on the GPU, 200.0 us of it (25.0%) beside compute kernels, "
+                      "600.0 us exposed (60.0% of the step time)", p.stdout)
+        # without communication anywhere, no row
+        os.unlink(os.path.join(self.rundir, "node1.rank0.xplane.pb"))
+        os.unlink(os.path.join(self.rundir, "node1.rank1.xplane.pb"))
+        write(os.path.join(self.rundir, "node3.xplane.pb"), second_host())
+        p = run("summary", self.logdir)
+        self.assertNotIn("comm exposed", p.stdout)
+        self.assertNotIn("Communication", p.stdout)
 
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")
@@ -418,6 +456,24 @@ class Trend(Base):
         js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
         self.assertNotIn("step_mean_ns", js[3])
         self.assertEqual(js[3]["steps"], 0)
+
+    def test_exposed_communication_across_runs(self):
+        # a column where some run has collectives: exposed communication
+        # over every host's steps; '-' for a run without any
+        self.runs(("r1", {"rank0": dp_rank("n1", 700), "rank1": dp_rank("n1", 700)}),
+                  ("r2", {"rank0": dp_rank("n1", 800), "rank1": dp_rank("n1", 300)}),
+                  ("r3", {"n": second_host()}))
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
+        self.assertEqual([(r["comm_kernels"], r["comm_exposed_ns"], r["window_ns"]) for r in js],
+                         [(2, 400000, 2000000), (2, 700000, 2000000), (0, 0, 2000000)])
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"GPU busy\s+comm exposed\s+top kernel")
+        self.assertRegex(p.stdout, r"\nr1\s.*\s90\.0%\s+20\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(53%\)\n")
+        self.assertRegex(p.stdout, r"\nr2\s.*\s90\.0%\s+35\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(59%\)\n")
+        self.assertRegex(p.stdout, r"\nr3\s.*\s25\.0%\s+-\s+conv \(100%\)\n")
+        # no collectives anywhere: no column
+        self.assertNotIn("comm exposed", run("trend", "--prefix", "r3", self.logdir).stdout)
 
     def test_unreadable_run_and_errors(self):
         self.runs(("r1", {"n": example_space()}), ("r2", {"n": b"\xff" * 64}), ("r3", {"n": second_host()}))

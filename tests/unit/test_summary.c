@@ -1,6 +1,7 @@
 /* test_summary.c - `tbprof summary`'s figures on spaces with known content:
  * steps, GPU busy/copy/idle split, kernels, copies, CPU functions, drops,
- * warnings; interval unions against a brute-force count. */
+ * warnings, communication overlap; interval unions against a brute-force
+ * count. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -352,6 +353,28 @@ static void interval_unions(void)
                    (long long)got, (long long)want);
             return;
         }
+        /* a second list: the time both cover */
+        size_t n2 = (size_t)(rand() % 40);
+        tb_interval iv2[40];
+        want = 0;
+        static unsigned char both[SPAN];
+        memset(both, 0, sizeof both);
+        for (size_t i = 0; i < n2; i++) {
+            int64_t a = rand() % SPAN, d = rand() % 200;
+            if (a + d > SPAN)
+                d = SPAN - a;
+            iv2[i] = (tb_interval){a, a + d};
+            for (int64_t x = a; x < a + d; x++)
+                both[x] = covered[x];
+        }
+        for (int64_t x = lo; x < hi; x++)
+            want += both[x];
+        size_t m2 = tb_intervals_merge(iv2, n2);
+        got = tb_intervals_both(iv, m, iv2, m2, lo, hi);
+        if (got != want || tb_intervals_both(iv2, m2, iv, m, lo, hi) != want) {
+            CHECKF(0, "round %d: both %lld, expected %lld", round, (long long)got, (long long)want);
+            return;
+        }
     }
     CHECK(1);
     /* many intervals: O(n log n), well inside the test's time */
@@ -366,6 +389,74 @@ static void interval_unions(void)
     CHECK_EQ_I(tb_intervals_overlap(big, m, 0, (int64_t)n * 10), (int64_t)n * 5);
     CHECK_EQ_I(tb_intervals_overlap(big, m, 3, 13), 2 + 3);
     free(big);
+}
+
+/* Communication: collective kernels by name; per step the union of their
+ * intervals and the part no compute kernel (on any GPU of the host)
+ * overlapped. Copies are not compute. */
+static void communication(void)
+{
+    CHECK(tb_kernel_is_comm("ncclDevKernel_AllReduce_Sum_f32_RING_LL"));
+    CHECK(tb_kernel_is_comm("ncclKernel_AllGather_RING_LL_Sum_int8_t"));
+    CHECK(tb_kernel_is_comm("void c10d::symmetric_memory::one_shot_all_reduce_kernel<float>"));
+    CHECK(tb_kernel_is_comm("NCCL"));
+    CHECK(tb_kernel_is_comm("deep_ep::AllToAll"));
+    CHECK(tb_kernel_is_comm("reduce_scatter_tensor"));
+    CHECK(!tb_kernel_is_comm("sm90_xmma_gemm_f16f16_f32"));
+    CHECK(!tb_kernel_is_comm("reduce_kernel<512, 1>"));
+    CHECK(!tb_kernel_is_comm("allocate_and_gather"));
+    CHECK(!tb_kernel_is_comm(""));
+
+    tb_space *s = tb_space_new();
+    tb_line *h = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "python");
+    step(h, 1, 0, 10000);
+    step(h, 2, 10000, 10000);
+    tb_plane *g0 = tb_space_plane(s, "/device:GPU:0");
+    tb_line *comp = tb_plane_line(g0, 1, "Stream #1"), *comm = tb_plane_line(g0, 2, "Stream #2");
+    tb_line *copy = tb_plane_line(g0, 3, "Stream #3");
+    /* step 1: all-reduce [3000,8000) beside a gemm [1000,5000): 2000
+     * overlapped, 3000 exposed; the copy under it is not compute */
+    kernel(comp, "gemm", 1000, 4000, NULL);
+    kernel(comm, "ncclDevKernel_AllReduce_Sum_f32_RING_LL", 3000, 5000, NULL);
+    ev(copy, "MemcpyH2D", 6000, 1000, TB_CAT_NONE);
+    st_s(copy, TB_ST_MEMCPY_DETAILS, "kind_src:pinned kind_dst:device size:4096 dest:0 async:1");
+    /* step 2: two collectives [11000,14000) and [13500,15000) (union 4000);
+     * compute [12000,13000) on GPU 0 and [14000,14500) on GPU 1 */
+    kernel(comm, "one_shot_all_reduce_kernel", 11000, 3000, NULL);
+    kernel(copy, "ncclKernel_AllGather_RING_LL", 13500, 1500, NULL);
+    kernel(comp, "gemm", 12000, 1000, NULL);
+    kernel(tb_plane_line(tb_space_plane(s, "/device:GPU:1"), 1, "Stream #1"), "relu", 14000, 500, NULL);
+    /* after the steps: in the kernel counts, not in the step figures */
+    kernel(comm, "ncclDevKernel_AllReduce_Sum_f32_RING_LL", 30000, 100, NULL);
+
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.comm_kernels, 4);
+    CHECK_EQ_I(m.comm_kernel_ns, 5000 + 3000 + 1500 + 100);
+    CHECK_EQ_I(m.nsteps, 2);
+    if (m.nsteps == 2) {
+        CHECK_EQ_I(m.steps[0].comm_ns, 5000);
+        CHECK_EQ_I(m.steps[0].comm_exposed_ns, 3000);
+        CHECK_EQ_I(m.steps[1].comm_ns, 4000);
+        CHECK_EQ_I(m.steps[1].comm_exposed_ns, 4000 - 1000 - 500);
+    }
+    CHECK_EQ_I(m.comm_ns, 9000);
+    CHECK_EQ_I(m.comm_exposed_ns, 5500);
+    tb_summary_free(&m);
+    tb_space_free(s);
+
+    /* no steps: the same figures over the whole capture */
+    s = tb_space_new();
+    g0 = tb_space_plane(s, "/device:GPU:0");
+    comp = tb_plane_line(g0, 1, "Stream #1"), comm = tb_plane_line(g0, 2, "Stream #2");
+    kernel(comm, "ncclDevKernel_SendRecv", 0, 1000, NULL);
+    kernel(comp, "gemm", 800, 1000, NULL);
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 0);
+    CHECK_EQ_I(m.comm_ns, 1000);
+    CHECK_EQ_I(m.comm_exposed_ns, 800);
+    tb_summary_free(&m);
+    tb_space_free(s);
 }
 
 static void details_parsing(void)
@@ -445,6 +536,7 @@ int main(void)
     warnings_and_no_steps();
     unnumbered_steps_and_display_names();
     interval_unions();
+    communication();
     details_parsing();
     through_a_file();
     return tap_done();
