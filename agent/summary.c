@@ -374,9 +374,18 @@ typedef struct corr_work {
     int64_t ns;
 } corr_work;
 
+/* One piece of GPU activity and the CUDA call that launched it. */
+typedef struct act {
+    int64_t start, end;
+    uint64_t corr; /* 0: none */
+} act;
+
 typedef struct gpu_acc {
     iv_vec all, h2d, d2h;
     iv_vec comm, compute; /* communication kernels, the other kernels */
+    iv_vec idle_cpu, idle_queued; /* GPU idle time by cause (scan_idle) */
+    act *acts;
+    size_t nacts, cap_acts;
     named_acc kernels;
     named_acc by_range; /* GPU activity by its nvtx_range */
     corr_work *work; /* by correlation id once scan_gpu is done */
@@ -506,6 +515,11 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     }
                     g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
                 }
+                if (TB_GROW(g->acts, g->cap_acts, g->nacts + 1) < 0) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                g->acts[g->nacts++] = (act){e->start_ns, e->start_ns + e->dur_ns, corr > 0 ? (uint64_t)corr : 0};
                 if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0 || add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
                     rc = -ENOMEM;
                 } else if (c == TB_CAT_KERNEL) {
@@ -561,6 +575,111 @@ static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step
     st->comm_ns = tb_intervals_overlap(g->comm.v, g->comm.n, lo, hi);
     st->comm_exposed_ns =
         st->comm_ns - tb_intervals_both(g->comm.v, g->comm.n, g->compute.v, g->compute.n, lo, hi);
+    st->idle_cpu_ns = tb_intervals_overlap(g->idle_cpu.v, g->idle_cpu.n, lo, hi);
+    st->idle_queued_ns = tb_intervals_overlap(g->idle_queued.v, g->idle_queued.n, lo, hi);
+}
+
+/* ---- GPU idle time by cause ------------------------------------------------------- */
+
+/* A CUDA call's end, by correlation id */
+typedef struct call_end {
+    uint64_t corr;
+    int64_t end;
+} call_end;
+
+static int call_end_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const call_end *)a)->corr, y = ((const call_end *)b)->corr;
+    return (x > y) - (x < y);
+}
+
+static int act_cmp(const void *a, const void *b)
+{
+    const act *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    return (x->end > y->end) - (x->end < y->end);
+}
+
+/* The calls on /host:* lines with a correlation id, sorted by it, one per
+ * id (its latest end). */
+static int collect_calls(tb_space *s, call_end **out, size_t *n)
+{
+    call_end *v = NULL;
+    size_t nv = 0, cap = 0;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t cid = starts_with(p->name, "/host:") ? tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID) : 0;
+        if (!cid)
+            continue;
+        for (size_t j = 0; j < p->nlines; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents; k++) {
+                const tb_event *e = &l->events[k];
+                const tb_stat *cs = e->nstats ? tb_event_stat(l, e, cid) : NULL;
+                int64_t corr = 0;
+                if (!cs || !stat_i64(cs, &corr) || corr <= 0)
+                    continue;
+                if (TB_GROW(v, cap, nv + 1) < 0) {
+                    free(v);
+                    return -ENOMEM;
+                }
+                v[nv++] = (call_end){(uint64_t)corr, e->start_ns + e->dur_ns};
+            }
+        }
+    }
+    if (nv) {
+        qsort(v, nv, sizeof(*v), call_end_cmp);
+        size_t k = 0;
+        for (size_t i = 1; i < nv; i++) {
+            if (v[i].corr == v[k].corr) {
+                if (v[i].end > v[k].end)
+                    v[k].end = v[i].end;
+            } else {
+                v[++k] = v[i];
+            }
+        }
+        nv = k + 1;
+    }
+    *out = v;
+    *n = nv;
+    return 0;
+}
+
+/* Split the GPU's idle gaps (between the capture's first event and its last
+ * GPU activity, all GPUs of the host together) by what the work that ended
+ * each gap was doing: not yet launched (the GPU waited for the CPU: from
+ * the gap's start to the end of that work's launching call), or launched
+ * and not yet running (the rest: launch latency, waits on events and other
+ * streams). A gap whose next work has no call in the profile is neither. */
+static int scan_idle(const tb_summary *sum, tb_space *s, gpu_acc *g)
+{
+    if (!g->nacts)
+        return 0;
+    call_end *calls;
+    size_t ncalls;
+    if (collect_calls(s, &calls, &ncalls) < 0)
+        return -ENOMEM;
+    qsort(g->acts, g->nacts, sizeof(*g->acts), act_cmp);
+    int64_t busy_end = sum->begin_ns;
+    int rc = 0;
+    for (size_t i = 0; i < g->nacts && !rc; i++) {
+        const act *a = &g->acts[i];
+        if (a->start > busy_end) {
+            call_end key = {.corr = a->corr};
+            const call_end *c = a->corr ? bsearch(&key, calls, ncalls, sizeof(*calls), call_end_cmp) : NULL;
+            if (c) {
+                int64_t launched = c->end < busy_end ? busy_end : c->end > a->start ? a->start : c->end;
+                if ((launched > busy_end && iv_push(&g->idle_cpu, busy_end, launched - busy_end) < 0) ||
+                    (a->start > launched && iv_push(&g->idle_queued, launched, a->start - launched) < 0))
+                    rc = -ENOMEM;
+            }
+        }
+        if (a->end > busy_end)
+            busy_end = a->end;
+    }
+    free(calls);
+    return rc;
 }
 
 /* ---- NVTX ranges ------------------------------------------------------------------ */
@@ -975,6 +1094,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     if (!rc)
         rc = scan_ranges(sum, s, &g);
     if (!rc)
+        rc = scan_idle(sum, s, &g);
+    if (!rc)
         rc = scan_memory(sum, s);
     if (!rc)
         rc = scan_steps(sum, s);
@@ -997,6 +1118,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
                 sum->gpu_idle_ns += st->gpu_idle_ns;
                 sum->comm_ns += st->comm_ns;
                 sum->comm_exposed_ns += st->comm_exposed_ns;
+                sum->idle_cpu_ns += st->idle_cpu_ns;
+                sum->idle_queued_ns += st->idle_queued_ns;
             }
             sum->step_mean_ns = tot / (int64_t)sum->nsteps;
         } else {
@@ -1009,6 +1132,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
             sum->gpu_idle_ns = all.gpu_idle_ns;
             sum->comm_ns = all.comm_ns;
             sum->comm_exposed_ns = all.comm_exposed_ns;
+            sum->idle_cpu_ns = all.idle_cpu_ns;
+            sum->idle_queued_ns = all.idle_queued_ns;
         }
         rc = tb_folded_add_space(&f, s);
     }
@@ -1025,6 +1150,9 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.d2h.v);
     free(g.comm.v);
     free(g.compute.v);
+    free(g.idle_cpu.v);
+    free(g.idle_queued.v);
+    free(g.acts);
     free(g.work);
     tb_strmap_free(&g.kernels.map);
     tb_strmap_free(&g.by_range.map);

@@ -28,6 +28,15 @@
  * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
  *   and MemoryDeallocation events on /host:* lines, the largest
  *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
+ * - GPU idle by cause: each gap between GPU activity (all GPUs of the host
+ *   together; the first from the capture's first event) is split by the
+ *   activity that ends it and the end of the CUDA call that launched it
+ *   (joined by correlation id): until that call's end the GPU waited for
+ *   the CPU to launch work (idle_cpu: a host-bound step); from it to the
+ *   activity's start the work was queued and not running (idle_queued:
+ *   launch latency, waits on events or other streams). A gap whose next
+ *   activity has no call in the profile, and the time after the last
+ *   activity, are in neither.
  * - Communication: kernels of collective libraries, by name
  *   (tb_kernel_is_comm: NCCL's, and all_reduce / all_gather /
  *   reduce_scatter / all_to_all kernels of others). In a window: comm =
@@ -68,6 +77,7 @@ typedef struct tb_sum_step {
     int64_t h2d_ns, d2h_ns;
     int64_t gpu_idle_ns; /* dur - busy */
     int64_t comm_ns, comm_exposed_ns; /* communication, and the part without compute */
+    int64_t idle_cpu_ns, idle_queued_ns; /* GPU idle: waiting for a launch; launched work not running */
 } tb_sum_step;
 
 /* Events of one name: a kernel, or an NVTX range. */
@@ -121,6 +131,7 @@ typedef struct tb_summary {
     /* sums over steps (or over the whole capture when there are no steps) */
     int64_t window_ns, gpu_busy_ns, h2d_ns, d2h_ns, gpu_idle_ns;
     int64_t comm_ns, comm_exposed_ns;
+    int64_t idle_cpu_ns, idle_queued_ns;
 
     /* communication kernels (see above): launches and summed durations */
     uint64_t comm_kernels;

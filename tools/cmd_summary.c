@@ -118,6 +118,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     ROW("H2D copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->h2d_ns, m->window_ns)), b) : "-");
     ROW("D2H copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->d2h_ns, m->window_ns)), b) : "-");
     ROW("GPU idle", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_idle_ns, m->window_ns)), b) : "-");
+    ROW("GPU waits on CPU", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->idle_cpu_ns, m->window_ns)), b) : "-");
     int comm = 0;
     for (size_t i = 0; i < ps->n; i++)
         comm |= ms[i].comm_kernels != 0;
@@ -139,6 +140,28 @@ static void launcher_row(const char *name, int64_t ns, int64_t all)
 {
     char b[64];
     printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), pct(ns, all), name);
+}
+
+/* GPU idle by cause under the step table (or the capture's line), and a
+ * hint where the GPU waited for the CPU for a good part of the time. */
+#define HOST_BOUND_PCT 20.0
+
+static void idle_text(const tb_summary *m)
+{
+    if (!m->gpu_events || m->gpu_idle_ns <= 0)
+        return;
+    char b1[64], b2[64], b3[64], b4[64];
+    int64_t other = m->gpu_idle_ns - m->idle_cpu_ns - m->idle_queued_ns;
+    const char *of = m->nsteps ? "step time" : "capture";
+    printf("  GPU idle %s: waiting for the CPU to launch work %s (%.1f%% of the %s), launched work not yet\n"
+           "    running %s, other %s (no GPU work after it, or its launch not in the capture)\n",
+           dur(b1, sizeof b1, m->gpu_idle_ns), dur(b2, sizeof b2, m->idle_cpu_ns), pct(m->idle_cpu_ns, m->window_ns),
+           of, dur(b3, sizeof b3, m->idle_queued_ns), dur(b4, sizeof b4, other));
+    if (pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
+        printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
+               "  sets the pace (Python, data loading, syncs such as .item()); see the CPU functions below. Fewer,\n"
+               "  larger launches (CUDA graphs, torch.compile, a bigger batch) or DataLoader workers help.\n",
+               pct(m->idle_cpu_ns, m->window_ns), of);
 }
 
 static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
@@ -199,6 +222,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                            dur(b2, sizeof b2, s->comm_exposed_ns), pct(s->comm_exposed_ns, s->dur_ns));
                 printf("\n");
             }
+            idle_text(m);
         }
     } else {
         printf("\nSteps: none found (no host event with _r=1, e.g. from TBPROF_STEPS or "
@@ -208,6 +232,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                    dur(b1, sizeof b1, m->gpu_busy_ns), pct(m->gpu_busy_ns, m->window_ns),
                    dur(b2, sizeof b2, m->h2d_ns), dur(b3, sizeof b3, m->d2h_ns),
                    dur(b4, sizeof b4, m->gpu_idle_ns), pct(m->gpu_idle_ns, m->window_ns));
+        idle_text(m);
     }
 
     /* kernels */
@@ -467,6 +492,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         jkv_i("gpu_idle_ns", s->gpu_idle_ns, 1);
         jkv_i("comm_ns", s->comm_ns, 1);
         jkv_i("comm_exposed_ns", s->comm_exposed_ns, 1);
+        jkv_i("idle_cpu_ns", s->idle_cpu_ns, 1);
+        jkv_i("idle_queued_ns", s->idle_queued_ns, 1);
         printf("}");
     }
     printf("]}");
@@ -477,6 +504,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("h2d_ns", m->h2d_ns, 1);
     jkv_i("d2h_ns", m->d2h_ns, 1);
     jkv_i("idle_ns", m->gpu_idle_ns, 1);
+    jkv_i("idle_cpu_ns", m->idle_cpu_ns, 1);       /* waiting for the CPU to launch work */
+    jkv_i("idle_queued_ns", m->idle_queued_ns, 1); /* launched work not yet running */
     printf(",\"busy_pct\":");
     jnum(pct(m->gpu_busy_ns, m->window_ns));
     printf("}");

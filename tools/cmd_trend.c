@@ -35,6 +35,7 @@ typedef struct trend_row {
     int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
     int64_t window_ns, gpu_busy_ns; /* over steps, or the capture without steps */
     int64_t comm_exposed_ns;        /* the same: communication with no compute beside it */
+    int64_t idle_cpu_ns;            /* the same: the GPU waiting for the CPU to launch work */
     uint64_t comm_kernels;
     char *top_kernel;      /* by total time over the hosts; NULL: no kernels */
     int64_t top_kernel_ns, kernel_total_ns;
@@ -102,6 +103,7 @@ static int read_row(const tb_run *r, trend_row *row)
             row->window_ns += s->window_ns;
             row->gpu_busy_ns += s->gpu_busy_ns;
             row->comm_exposed_ns += s->comm_exposed_ns;
+            row->idle_cpu_ns += s->idle_cpu_ns;
             row->comm_kernels += s->comm_kernels;
             if (!s->nsteps)
                 continue;
@@ -161,9 +163,10 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
                    (long long)r->slowest_host_mean_ns);
         if (r->nsteps && base > 0)
             printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
-        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld",
-               (long long)r->window_ns, (long long)r->gpu_busy_ns, (unsigned long long)r->comm_kernels,
-               (long long)r->comm_exposed_ns);
+        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"comm_kernels\":%llu,"
+               "\"comm_exposed_ns\":%lld",
+               (long long)r->window_ns, (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns,
+               (unsigned long long)r->comm_kernels, (long long)r->comm_exposed_ns);
         if (r->top_kernel) {
             fputs(",\"top_kernel\":", stdout);
             rr_json_str(stdout, r->top_kernel);

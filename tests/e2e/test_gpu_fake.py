@@ -116,6 +116,21 @@ runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=704 start=1013 end=1016
 memcpy kind=dtoh src=device dst=pinned bytes=4096 async=1 start=1360 end=1390 stream=9 corr=704
 """
 
+# A host-bound stretch: each kernel launched after the last one ended. Gaps:
+# [1020,1115) is 90 us waiting for the CPU (call 802 ends at 1110), 5 us
+# queued; [1125,1212) 85 + 2; [1222,1300) all queued (copy 804 launched at
+# 1013); before the first kernel: waiting until call 801 ends, then 2 queued
+HOSTBOUND_SCRIPT = DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=801 start=1000 end=1010
+kernel name=relu_kernel start=1012 end=1020 stream=7 corr=801 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=804 start=1011 end=1013
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=802 start=1100 end=1110
+kernel name=relu_kernel start=1115 end=1125 stream=7 corr=802 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=803 start=1200 end=1210
+kernel name=relu_kernel start=1212 end=1222 stream=7 corr=803 grid=80,1,1 block=512,1,1 regs=16
+memcpy kind=dtoh src=device dst=pinned bytes=4096 async=1 start=1300 end=1310 stream=9 corr=804
+"""
+
 # GPU work still running when the window ends (TBFAKE_CUPTI_INFLIGHT): a
 # long kernel launched in the window's first step, done 400 ms later
 INFLIGHT_SCRIPT = DEVICE + """\
@@ -827,6 +842,33 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertRegex(p.stdout, r"\n +step +time +GPU busy +H2D +D2H +GPU idle +comm +exposed\n")
         self.assertRegex(p.stdout, r"\n +all( +\S+ \w+){2} +[\d.]+%( +\S+ \w+){3} +[\d.]+% +300.0 us +140.0 us +"
                                    r"[\d.]+%\n")
+
+    def test_gpu_idle_by_cause(self):
+        # tbprof summary splits each GPU idle gap at the end of the call
+        # that launched the work ending it: waiting for the CPU before it,
+        # launched work queued after it
+        with open(self.script, "w") as f:
+            f.write(HOSTBOUND_SCRIPT)
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"])
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        calls = {e.stats["correlation_id"]: e for e in prof.plane("/host:CPU").events()
+                 if "correlation_id" in e.stats}
+        first_launch_end = calls[801].start_ns + calls[801].dur_ns
+        p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        h = json.loads(p.stdout)["hosts"][0]
+        step = [s for s in h["steps"]["list"] if s["start_ns"] <= first_launch_end < s["start_ns"] + s["dur_ns"]]
+        self.assertEqual(len(step), 1, h["steps"]["list"])
+        s = step[0]
+        self.assertEqual((s["idle_cpu_ns"], s["idle_queued_ns"]),
+                         (first_launch_end - s["start_ns"] + 175000, 87000))
+        self.assertEqual(h["gpu"]["idle_cpu_ns"], sum(x["idle_cpu_ns"] for x in h["steps"]["list"]))
+        self.assertEqual(h["gpu"]["idle_queued_ns"], 87000)
+        p = tbtest.run([tbtest.CLI, "summary", self.logdir])
+        self.assertRegex(p.stdout, r"\n  GPU idle [\d.]+ ms: waiting for the CPU to launch work [\d.]+ \w+ \([\d.]+% of "
+                                   r"the step time\), launched work not yet\n    running 87\.0 us, other ")
 
     def test_torch_op_ranges_name_their_gpu_work(self):
         # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events

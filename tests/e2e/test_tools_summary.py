@@ -187,6 +187,25 @@ def dp_rank(host, compute_us):
     return sp.SerializeToString()
 
 
+def host_bound(host, wait_us):
+    """One step of 1 ms: a call [0,10) us launching a kernel [20,100), then
+    after wait_us more of CPU work a second call ending at 100 + wait_us
+    whose kernel runs from 5 us later for 100 us. The GPU waits for the CPU
+    10 + wait_us, with launched work queued 10 + 5 us."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(host)
+    h = Plane(sp, "/host:CPU")
+    t = h.line(7, "python")
+    h.event(t, "train", 0, 1000000, _r=1, step_num=1)
+    h.event(t, "cudaLaunchKernel", 0, 10000, correlation_id=1)
+    h.event(t, "cudaLaunchKernel", (90 + wait_us) * 1000, 10000, correlation_id=2)
+    g = Plane(sp, "/device:GPU:0")
+    s = g.line(7, "Stream #7")
+    g.event(s, "gemm", 20000, 80000, kernel_details=kd(), correlation_id=1)
+    g.event(s, "gemm", (105 + wait_us) * 1000, 100000, kernel_details=kd(), correlation_id=2)
+    return sp.SerializeToString()
+
+
 def write(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -328,6 +347,25 @@ class SummaryFigures(Base):
         self.assertNotIn("comm exposed", p.stdout)
         self.assertNotIn("Communication", p.stdout)
 
+    def test_gpu_waiting_for_the_cpu(self):
+        # GPU idle split by cause; a hint where the GPU waited for the CPU
+        # a fifth of the step time or more
+        write(os.path.join(self.rundir, "a.xplane.pb"), host_bound("a", 600))
+        write(os.path.join(self.rundir, "b.xplane.pb"), host_bound("b", 100))
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual([(h["gpu"]["idle_cpu_ns"], h["gpu"]["idle_queued_ns"], h["gpu"]["idle_ns"])
+                          for h in js["hosts"]], [(610000, 15000, 820000), (110000, 15000, 820000)])
+        self.assertEqual([h["steps"]["list"][0]["idle_cpu_ns"] for h in js["hosts"]], [610000, 110000])
+        p = run("summary", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\nGPU waits on CPU\s+61\.0%\s+11\.0%\s*\n")
+        a, b = p.stdout.split("\n== ")[1:]
+        self.assertIn("  GPU idle 820.0 us: waiting for the CPU to launch work 610.0 us (61.0% of the step time), "
+                      "launched work not yet\n    running 15.0 us, other 195.0 us", a)
+        self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time.", a)
+        self.assertIn("waiting for the CPU to launch work 110.0 us (11.0% of the step time)", b)
+        self.assertNotIn("hint: host-bound", b)
+
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")
         write(os.path.join(old, "old.xplane.pb"), second_host())
@@ -466,6 +504,9 @@ class Trend(Base):
         js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
         self.assertEqual([(r["comm_kernels"], r["comm_exposed_ns"], r["window_ns"]) for r in js],
                          [(2, 400000, 2000000), (2, 700000, 2000000), (0, 0, 2000000)])
+        # second_host's kernels: launched 60 us into each step, 40 us before they run; the
+        # second step's wait starts when the first kernel ends (350 us)
+        self.assertEqual(js[2]["gpu_idle_cpu_ns"], 65000 + (1065000 - 350000))
         p = run("trend", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout, r"GPU busy\s+comm exposed\s+top kernel")

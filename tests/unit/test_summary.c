@@ -459,6 +459,57 @@ static void communication(void)
     tb_space_free(s);
 }
 
+static void kernel_corr(tb_line *l, int64_t start, int64_t dur, int64_t corr)
+{
+    ev(l, "k", start, dur, TB_CAT_NONE);
+    st_s(l, TB_ST_KERNEL_DETAILS, "regs:32 grid:8,1,1 block:256,1,1");
+    st_i(l, TB_ST_CORRELATION_ID, corr);
+}
+
+static void call(tb_line *l, int64_t start, int64_t dur, int64_t corr)
+{
+    ev(l, "cudaLaunchKernel", start, dur, TB_CAT_CUDA_RUNTIME);
+    st_i(l, TB_ST_CORRELATION_ID, corr);
+}
+
+/* GPU idle by cause: each gap split at the end of the call that launched
+ * the work ending it. */
+static void idle_by_cause(void)
+{
+    tb_space *s = tb_space_new();
+    tb_line *h = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "python");
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *s7 = tb_plane_line(g, 7, "Stream #7"), *s9 = tb_plane_line(g, 9, "Stream #9");
+    step(h, 1, 0, 10000);
+    /* [0,300): launched at 200: 200 waiting for the CPU, 100 queued */
+    call(h, 100, 100, 1);
+    kernel_corr(s7, 300, 700, 1);
+    /* queued behind it: no gap */
+    call(h, 400, 100, 2);
+    kernel_corr(s7, 1000, 1000, 2);
+    /* [2000,5050): starts before its call returns: all waiting for the CPU */
+    call(h, 5000, 100, 3);
+    kernel_corr(s7, 5050, 950, 3);
+    /* [6000,7000): no call in the profile: neither */
+    kernel_corr(s7, 7000, 500, 99);
+    /* [7500,8000): launched long before (at 150): queued */
+    call(h, 100, 50, 4);
+    kernel_corr(s9, 8000, 200, 4);
+    /* [8200,10000): no GPU work after: neither */
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 1);
+    if (m.nsteps == 1) {
+        CHECK_EQ_I(m.steps[0].gpu_idle_ns, 10000 - 3350);
+        CHECK_EQ_I(m.steps[0].idle_cpu_ns, 200 + 3050);
+        CHECK_EQ_I(m.steps[0].idle_queued_ns, 100 + 500);
+    }
+    CHECK_EQ_I(m.idle_cpu_ns, 3250);
+    CHECK_EQ_I(m.idle_queued_ns, 600);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 static void details_parsing(void)
 {
     double v = 0;
@@ -537,6 +588,7 @@ int main(void)
     unnumbered_steps_and_display_names();
     interval_unions();
     communication();
+    idle_by_cause();
     details_parsing();
     through_a_file();
     return tap_done();
