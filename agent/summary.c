@@ -374,10 +374,13 @@ typedef struct corr_work {
     int64_t ns;
 } corr_work;
 
-/* One piece of GPU activity and the CUDA call that launched it. */
+/* One piece of GPU activity: its interval, the correlation id of the CUDA
+ * call that launched it, and which unions it belongs to besides busy time. */
+enum { ACT_COMM = 1, ACT_COMPUTE = 2, ACT_H2D = 4, ACT_D2H = 8 };
 typedef struct act {
     int64_t start, end;
-    uint64_t corr; /* 0: none */
+    uint32_t corr; /* 0: none (or not below 2^32: not joined to its call) */
+    uint32_t kind; /* ACT_* */
 } act;
 
 typedef struct gpu_acc {
@@ -416,6 +419,7 @@ static void work_merge(gpu_acc *g)
     g->nwork = k + 1;
 }
 
+/* Count kernel e; ACT_COMM or ACT_COMPUTE (which union it joins), or -ENOMEM. */
 static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids *ids,
                       const tb_event *e, const tb_stat *details)
 {
@@ -438,11 +442,11 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
     uint32_t meta = e->meta < p->nevent_meta ? e->meta : 0;
     if (!ids->comm[meta])
         ids->comm[meta] = tb_kernel_is_comm(kr->name) ? 1 : -1;
-    if (ids->comm[meta] > 0) {
-        sum->comm_kernels++;
-        sum->comm_kernel_ns += e->dur_ns;
-    }
-    return iv_push(ids->comm[meta] > 0 ? &g->comm : &g->compute, e->start_ns, e->dur_ns);
+    if (ids->comm[meta] < 0)
+        return ACT_COMPUTE;
+    sum->comm_kernels++;
+    sum->comm_kernel_ns += e->dur_ns;
+    return ACT_COMM;
 }
 
 /* GPU activity e (line l) to the range its stat `nr` names (rcache: ref
@@ -467,8 +471,49 @@ static int add_by_range(tb_summary *sum, gpu_acc *g, const tb_plane *p, const tb
     return 0;
 }
 
+static int act_cmp(const void *a, const void *b)
+{
+    const act *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    return (x->end > y->end) - (x->end < y->end);
+}
+
+/* Add [start, end) to a union built from intervals sorted by start. */
+static int union_add(iv_vec *v, int64_t start, int64_t end)
+{
+    if (v->n && start <= v->v[v->n - 1].end) {
+        if (end > v->v[v->n - 1].end)
+            v->v[v->n - 1].end = end;
+        return 0;
+    }
+    return iv_push(v, start, end - start);
+}
+
+/* Sort the activity once; build every union from it. */
+static int build_unions(gpu_acc *g)
+{
+    qsort(g->acts, g->nacts, sizeof(*g->acts), act_cmp);
+    for (size_t i = 0; i < g->nacts; i++) {
+        const act *a = &g->acts[i];
+        if (union_add(&g->all, a->start, a->end) < 0 ||
+            ((a->kind & ACT_COMM) && union_add(&g->comm, a->start, a->end) < 0) ||
+            ((a->kind & ACT_COMPUTE) && union_add(&g->compute, a->start, a->end) < 0) ||
+            ((a->kind & ACT_H2D) && union_add(&g->h2d, a->start, a->end) < 0) ||
+            ((a->kind & ACT_D2H) && union_add(&g->d2h, a->start, a->end) < 0))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
 {
+    size_t events = 0; /* an upper bound of the activity: one allocation */
+    for (size_t i = 0; i < s->nplanes; i++)
+        for (size_t j = 0; starts_with(s->planes[i]->name, "/device:GPU:") && j < s->planes[i]->nlines; j++)
+            events += s->planes[i]->lines[j]->nevents;
+    if (events && TB_GROW(g->acts, g->cap_acts, events) < 0)
+        return -ENOMEM;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
         if (!starts_with(p->name, "/device:GPU:"))
@@ -515,15 +560,15 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     }
                     g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
                 }
-                if (TB_GROW(g->acts, g->cap_acts, g->nacts + 1) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                g->acts[g->nacts++] = (act){e->start_ns, e->start_ns + e->dur_ns, corr > 0 ? (uint64_t)corr : 0};
-                if (iv_push(&g->all, e->start_ns, e->dur_ns) < 0 || add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
+                act *a = &g->acts[g->nacts++]; /* room for every event of the planes */
+                *a = (act){e->start_ns, e->start_ns + e->dur_ns, corr > 0 && corr <= UINT32_MAX ? (uint32_t)corr : 0,
+                           0};
+                if (add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
                     rc = -ENOMEM;
                 } else if (c == TB_CAT_KERNEL) {
                     rc = add_kernel(sum, g, p, &ids, e, dst);
+                    a->kind = rc > 0 ? (uint32_t)rc : 0;
+                    rc = rc < 0 ? rc : 0;
                 } else if (c == TB_CAT_MEMSET) {
                     sum->memsets++;
                     sum->memset_ns += e->dur_ns;
@@ -537,9 +582,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     cp->count++;
                     cp->bytes += bytes > 0 ? (uint64_t)bytes : 0;
                     cp->total_ns += e->dur_ns;
-                    if ((d == TB_COPY_H2D && iv_push(&g->h2d, e->start_ns, e->dur_ns) < 0) ||
-                        (d == TB_COPY_D2H && iv_push(&g->d2h, e->start_ns, e->dur_ns) < 0))
-                        rc = -ENOMEM;
+                    a->kind = d == TB_COPY_H2D ? ACT_H2D : d == TB_COPY_D2H ? ACT_D2H : 0;
                 }
             }
         }
@@ -557,12 +600,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
     named_sort(&g->kernels);
     named_sort(&g->by_range);
     work_merge(g);
-    g->all.n = tb_intervals_merge(g->all.v, g->all.n);
-    g->h2d.n = tb_intervals_merge(g->h2d.v, g->h2d.n);
-    g->d2h.n = tb_intervals_merge(g->d2h.v, g->d2h.n);
-    g->comm.n = tb_intervals_merge(g->comm.v, g->comm.n);
-    g->compute.n = tb_intervals_merge(g->compute.v, g->compute.n);
-    return 0;
+    return build_unions(g);
 }
 
 /* The GPU figures of the window [lo, hi) into st (dur_ns and the rest). */
@@ -593,13 +631,6 @@ static int call_end_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int act_cmp(const void *a, const void *b)
-{
-    const act *x = a, *y = b;
-    if (x->start != y->start)
-        return x->start < y->start ? -1 : 1;
-    return (x->end > y->end) - (x->end < y->end);
-}
 
 /* The calls on /host:* lines with a correlation id, sorted by it, one per
  * id (its latest end). */
@@ -660,8 +691,7 @@ static int scan_idle(const tb_summary *sum, tb_space *s, gpu_acc *g)
     size_t ncalls;
     if (collect_calls(s, &calls, &ncalls) < 0)
         return -ENOMEM;
-    qsort(g->acts, g->nacts, sizeof(*g->acts), act_cmp);
-    int64_t busy_end = sum->begin_ns;
+    int64_t busy_end = sum->begin_ns; /* acts: sorted by build_unions */
     int rc = 0;
     for (size_t i = 0; i < g->nacts && !rc; i++) {
         const act *a = &g->acts[i];
