@@ -493,7 +493,8 @@ static int union_add(iv_vec *v, int64_t start, int64_t end)
 /* Sort the activity once; build every union from it. */
 static int build_unions(gpu_acc *g)
 {
-    qsort(g->acts, g->nacts, sizeof(*g->acts), act_cmp);
+    if (g->nacts)
+        qsort(g->acts, g->nacts, sizeof(*g->acts), act_cmp);
     for (size_t i = 0; i < g->nacts; i++) {
         const act *a = &g->acts[i];
         if (union_add(&g->all, a->start, a->end) < 0 ||
@@ -697,7 +698,8 @@ static int scan_idle(const tb_summary *sum, tb_space *s, gpu_acc *g)
         const act *a = &g->acts[i];
         if (a->start > busy_end) {
             call_end key = {.corr = a->corr};
-            const call_end *c = a->corr ? bsearch(&key, calls, ncalls, sizeof(*calls), call_end_cmp) : NULL;
+            const call_end *c =
+                a->corr && ncalls ? bsearch(&key, calls, ncalls, sizeof(*calls), call_end_cmp) : NULL;
             if (c) {
                 int64_t launched = c->end < busy_end ? busy_end : c->end > a->start ? a->start : c->end;
                 if ((launched > busy_end && iv_push(&g->idle_cpu, busy_end, launched - busy_end) < 0) ||

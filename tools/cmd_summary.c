@@ -91,6 +91,15 @@ static int shown_counter(const char *n)
     return !strcmp(n, "tbprof_cpu_samples") || !strcmp(n, "tbprof_cpu_threads");
 }
 
+/* part's share of the host's steps (or capture) as "12.3%"; "-" without a GPU plane */
+static const char *gpu_share(char *b, size_t n, const tb_summary *m, int64_t part)
+{
+    if (!m->ngpus)
+        return "-";
+    snprintf(b, n, "%.1f%%", pct(part, m->window_ns));
+    return b;
+}
+
 static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 {
     char b[64];
@@ -114,17 +123,16 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     ROW("step time mean", "%s", m->nsteps ? dur(b, sizeof b, m->step_mean_ns) : "-");
     ROW("step time min", "%s", m->nsteps ? dur(b, sizeof b, m->step_min_ns) : "-");
     ROW("step time max", "%s", m->nsteps ? dur(b, sizeof b, m->step_max_ns) : "-");
-    ROW("GPU busy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_busy_ns, m->window_ns)), b) : "-");
-    ROW("H2D copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->h2d_ns, m->window_ns)), b) : "-");
-    ROW("D2H copy", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->d2h_ns, m->window_ns)), b) : "-");
-    ROW("GPU idle", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->gpu_idle_ns, m->window_ns)), b) : "-");
-    ROW("GPU waits on CPU", "%s", m->ngpus ? (snprintf(b, sizeof b, "%.1f%%", pct(m->idle_cpu_ns, m->window_ns)), b) : "-");
+    ROW("GPU busy", "%s", gpu_share(b, sizeof b, m, m->gpu_busy_ns));
+    ROW("H2D copy", "%s", gpu_share(b, sizeof b, m, m->h2d_ns));
+    ROW("D2H copy", "%s", gpu_share(b, sizeof b, m, m->d2h_ns));
+    ROW("GPU idle", "%s", gpu_share(b, sizeof b, m, m->gpu_idle_ns));
+    ROW("GPU waits on CPU", "%s", gpu_share(b, sizeof b, m, m->idle_cpu_ns));
     int comm = 0;
     for (size_t i = 0; i < ps->n; i++)
         comm |= ms[i].comm_kernels != 0;
     if (comm) /* the rank that waits least on collectives is the one the others wait for */
-        ROW("comm exposed", "%s",
-            m->comm_kernels ? (snprintf(b, sizeof b, "%.1f%%", pct(m->comm_exposed_ns, m->window_ns)), b) : "-");
+        ROW("comm exposed", "%s", m->comm_kernels ? gpu_share(b, sizeof b, m, m->comm_exposed_ns) : "-");
     ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
     ROW("top NVTX range", "%s", m->nranges ? m->ranges[0].name : "-");
     ROW("CPU samples", "%" PRIu64, m->cpu_samples);
