@@ -405,6 +405,33 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("RESULT cupti_capture FAIL GPU capture off: libcupti not found", c.stdout)
 
+    def test_summary_facts(self):
+        # 2h: tbprof summary --json on the profile adds up against the
+        # profile itself; a summary whose figures do not fails and says so
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        nsteps = len([e for e in tbtest.load(self.xplane).plane("/host:CPU").events() if e.stats.get("_r")])
+        self.assertGreater(nsteps, 0)
+        sj = os.path.join(self.tmp, "summary.json")
+        p = tbtest.run([tbtest.CLI, "summary", "--json", "--top", "100000", self.xplane])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(sj, "w") as f:
+            f.write(p.stdout)
+        c = run_check("summary", sj, self.xplane, nsteps)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT summary_torch PASS 4 kernels; GPU busy [\d.]+%; idle: waiting for the CPU "
+                                   r"[\d.]+%, launched and queued [\d.]+%, other [\d.]+% of step time; "
+                                   r"communication kernels 0 \(exposed 0\.0%\)\n")
+        js = json.loads(p.stdout)
+        js["hosts"][0]["kernels"]["top"][0]["count"] += 1
+        g = js["hosts"][0]["gpu"]
+        g["idle_cpu_ns"] = g["idle_queued_ns"] = 0
+        with open(sj, "w") as f:
+            json.dump(js, f)
+        c = run_check("summary", sj, self.xplane, nsteps + 1)
+        self.assertEqual(c.returncode, 1, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT summary_torch FAIL kernels 5, \d+ ns; the profile holds 4, \d+ ns; "
+                                   r"\d+ steps, expected \d+; GPU idle \d+ ns, none of it joined to a launching call")
+
     def test_after_capture(self):
         # 4a: step times after a capture within 2% of no tbprof, from a
         # capture that detached CUPTI; slower, or teardown off, fails

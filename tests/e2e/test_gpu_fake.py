@@ -342,6 +342,16 @@ class GpuFake(tbtest.TestCase):
             self.pid = int(ready.group(1))
         return p
 
+    def capture_of(self, script, *extra):
+        """Replay `script` in one API capture (steps 2..6 of 10, 10 ms
+        each): the program's output, and the one xplane.pb written (a list)."""
+        with open(self.script, "w") as f:
+            f.write(script)
+        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"] + list(extra))
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        return p, xs
+
     def test_trace_and_release(self):
         # -A: a CUDA call every step, at whose exit CUPTI is detached
         p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r", "-A"], RANK="3", WORLD_SIZE="8")
@@ -689,12 +699,7 @@ class GpuFake(tbtest.TestCase):
         # two allocations (the second from a worker thread), and a release
         # that no API record in the window explains (a cudaFreeAsync's block
         # handed back at a later sync); plus pinned host memory
-        with open(self.script, "w") as f:
-            f.write(MEMORY_SCRIPT)
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
-        self.pid = int(re.search(r"ready (\d+)", p.stdout).group(1))
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
+        p, xs = self.capture_of(MEMORY_SCRIPT, "-r")
         prof = memory_profile(xs[0])
         # what xprof's memory profile shows: per allocator, the total after
         # each event; the block released first was at least 4 MiB allocated
@@ -780,11 +785,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         # that launched it (nvtx_range, as the reference tracer writes it),
         # and as tf_op, the op xprof's kernel stats and op pages show for it;
         # the summary adds up the GPU work launched inside each range
-        with open(self.script, "w") as f:
-            f.write(NVTX_SCRIPT)
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
+        p, xs = self.capture_of(NVTX_SCRIPT, "-r")
         dev = tbtest.load(xs[0]).plane("/device:GPU:0")
         got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"), e.stats.get("tf_op"))
                      for e in dev.events() if "correlation_id" in e.stats)
@@ -817,11 +818,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
     def test_communication_overlap(self):
         # tbprof summary: the collective's time on the GPU, the part of it
         # a compute kernel ran beside, and the rest (exposed), per step
-        with open(self.script, "w") as f:
-            f.write(COMM_SCRIPT)
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"])
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
+        p, xs = self.capture_of(COMM_SCRIPT)
         dev = tbtest.load(xs[0]).plane("/device:GPU:0")
         self.assertEqual(sorted(e.name for e in dev.events() if "kernel_details" in e.stats),
                          ["ncclDevKernel_AllReduce_Sum_f32_RING_LL", "relu_kernel", "sgemm_128x64"])
@@ -847,11 +844,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         # tbprof summary splits each GPU idle gap at the end of the call
         # that launched the work ending it: waiting for the CPU before it,
         # launched work queued after it
-        with open(self.script, "w") as f:
-            f.write(HOSTBOUND_SCRIPT)
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6"])
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
+        p, xs = self.capture_of(HOSTBOUND_SCRIPT)
         prof = tbtest.load(xs[0])
         calls = {e.stats["correlation_id"]: e for e in prof.plane("/host:CPU").events()
                  if "correlation_id" in e.stats}
@@ -874,11 +867,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events
         # named by the op, the rest stats; the GPU work carries the op, and
         # the summary adds GPU time up per op, not per op instance
-        with open(self.script, "w") as f:
-            f.write(TORCH_OPS_SCRIPT)
-        p = self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"])
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
+        p, xs = self.capture_of(TORCH_OPS_SCRIPT, "-r")
         prof = tbtest.load(xs[0])
         got = sorted((e.stats["correlation_id"], e.name, e.stats.get("nvtx_range"))
                      for e in prof.plane("/device:GPU:0").events() if "correlation_id" in e.stats)

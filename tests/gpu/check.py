@@ -935,6 +935,38 @@ def xprof_steps(name, xplane):
            "%d steps, %.3f ms of kernels per step" % (len(rows), mean, nsteps, ours))
 
 
+def summary_facts(sjson, xplane, nsteps):
+    """tbprof summary --json (--top large) on a real profile: its kernel
+    figures equal the profile's kernels, every step's GPU time adds up, and
+    the GPU-idle split joined the work to its launching calls (real CUPTI's
+    correlation ids). The split and the communication found are reported."""
+    with open(sjson) as f:
+        h = json.load(f)["hosts"][0]
+    kern = [d for _, d, st, *_ in device_events(load(xplane)) if "kernel_details" in st]
+    errs = []
+    k = h["kernels"]
+    got = (sum(t["count"] for t in k["top"]), k["total_ns"])
+    if got != (len(kern), sum(kern)):
+        errs.append("kernels %d, %d ns; the profile holds %d, %d ns" % (got + (len(kern), sum(kern))))
+    steps = h["steps"]["list"]
+    if len(steps) != int(nsteps):
+        errs.append("%d steps, expected %s" % (len(steps), nsteps))
+    for s in steps:
+        if s["gpu_busy_ns"] + s["gpu_idle_ns"] != s["dur_ns"] or s["idle_cpu_ns"] < 0 or s["idle_queued_ns"] < 0 \
+                or s["idle_cpu_ns"] + s["idle_queued_ns"] > s["gpu_idle_ns"]:
+            errs.append("step %d does not add up: %s" % (s["num"], s))
+            break
+    g, c = h["gpu"], h["communication"]
+    if g["idle_ns"] > 0 and g["idle_cpu_ns"] + g["idle_queued_ns"] == 0:
+        errs.append("GPU idle %d ns, none of it joined to a launching call" % g["idle_ns"])
+    w = g["window_ns"] or 1
+    result("summary_torch", not errs, "; ".join(errs[:4]) or
+           "%d kernels; GPU busy %.1f%%; idle: waiting for the CPU %.1f%%, launched and queued %.1f%%, "
+           "other %.1f%% of step time; communication kernels %d (exposed %.1f%%)" % (
+               len(kern), 100.0 * g["busy_ns"] / w, 100.0 * g["idle_cpu_ns"] / w, 100.0 * g["idle_queued_ns"] / w,
+               100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, c["kernels"], c["exposed_pct"]))
+
+
 def gpu_flame(folded, source):
     """GPU time (ns) by launching stack: the share under a frame of `source`
     (the torch loop's own Python code, py::<function>:<file> frames)."""
@@ -1002,5 +1034,8 @@ if __name__ == "__main__":
         gpu_flame(sys.argv[2], sys.argv[3])
     elif cmd == "after_capture":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif cmd == "summary":
+        summary_facts(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
-        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|"
+                 "jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|summary ...")

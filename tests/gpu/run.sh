@@ -17,6 +17,8 @@
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
+#  2h. tbprof summary on the PyTorch profile adds up (kernels, each step's
+#      busy + idle, the idle split joined to launching calls): reported
 #  1c. cuda_steps captured twice (CUPTI detached and attached again, with a
 #      CUDA graph in the process): both profiles hold what 1 checks
 #  3c. a JAX training loop captured mid-run with `tbprof trigger PID`:
@@ -170,6 +172,13 @@ fi
 
 # 3b. xprof's own converters (the TensorBoard plugin's code) on the CUDA profile
 if [ -n "$x1" ] && in_budget xprof_tools; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
+
+# 2h. tbprof summary on the PyTorch profile: its figures add up on real
+#     CUPTI data; the GPU-idle split and communication are reported
+if [ -n "$x2" ] && in_budget summary_torch; then
+  job "$tbprof" summary --json --top 100000 "$x2" >"$work/summary_torch.json" 2>"$work/summary_torch.err"
+  check summary_torch $py "$here/check.py" summary "$work/summary_torch.json" "$x2" 10
+fi
 
 # 1c. the CUDA program captured twice (steps 2..3, 7..8): the second capture
 #     attaches CUPTI again after the first one's cuptiFinalize, with a CUDA

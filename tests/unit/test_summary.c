@@ -321,24 +321,33 @@ static void unnumbered_steps_and_display_names(void)
     tb_space_free(s);
 }
 
+/* Up to max random intervals inside [0, span), each cell they cover set in
+ * mark (to 1, or to its value in `with`: marks what both cover). */
+static size_t random_intervals(tb_interval *iv, size_t max, int64_t span, unsigned char *mark,
+                               const unsigned char *with)
+{
+    size_t n = (size_t)rand() % max;
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = rand() % span, d = rand() % 200;
+        if (a + d > span)
+            d = span - a;
+        iv[i] = (tb_interval){a, a + d};
+        for (int64_t x = a; x < a + d; x++)
+            mark[x] = with ? with[x] : 1;
+    }
+    return n;
+}
+
 /* Unions: merge + overlap against a brute-force count over a bitmap. */
 static void interval_unions(void)
 {
     srand(7);
     for (int round = 0; round < 200; round++) {
         enum { SPAN = 2000 };
-        static unsigned char covered[SPAN];
+        static unsigned char covered[SPAN], both[SPAN];
         memset(covered, 0, sizeof covered);
-        size_t n = (size_t)(rand() % 40);
         tb_interval iv[40];
-        for (size_t i = 0; i < n; i++) {
-            int64_t a = rand() % SPAN, d = rand() % 200;
-            if (a + d > SPAN)
-                d = SPAN - a;
-            iv[i] = (tb_interval){a, a + d};
-            for (int64_t x = a; x < a + d; x++)
-                covered[x] = 1;
-        }
+        size_t n = random_intervals(iv, 40, SPAN, covered, NULL);
         size_t m = tb_intervals_merge(iv, n);
         int ok = 1;
         for (size_t i = 1; i < m; i++)
@@ -354,19 +363,10 @@ static void interval_unions(void)
             return;
         }
         /* a second list: the time both cover */
-        size_t n2 = (size_t)(rand() % 40);
         tb_interval iv2[40];
         want = 0;
-        static unsigned char both[SPAN];
         memset(both, 0, sizeof both);
-        for (size_t i = 0; i < n2; i++) {
-            int64_t a = rand() % SPAN, d = rand() % 200;
-            if (a + d > SPAN)
-                d = SPAN - a;
-            iv2[i] = (tb_interval){a, a + d};
-            for (int64_t x = a; x < a + d; x++)
-                both[x] = covered[x];
-        }
+        size_t n2 = random_intervals(iv2, 40, SPAN, both, covered);
         for (int64_t x = lo; x < hi; x++)
             want += both[x];
         size_t m2 = tb_intervals_merge(iv2, n2);
