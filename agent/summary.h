@@ -34,9 +34,12 @@
  *   (joined by correlation id): until that call's end the GPU waited for
  *   the CPU to launch work (idle_cpu: a host-bound step); from it to the
  *   activity's start the work was queued and not running (idle_queued:
- *   launch latency, waits on events or other streams). A gap whose next
- *   activity has no call in the profile, and the time after the last
- *   activity, are in neither.
+ *   launch latency, waits on events or other streams). Work that starts
+ *   before its call returns (a synchronous copy, a kernel picked up while
+ *   cudaLaunchKernel is still returning) counts its whole gap as waiting
+ *   for the CPU: the call's end is the one launch time CUPTI gives for
+ *   every kind of call. A gap whose next activity has no call in the
+ *   profile, and the time after the last activity, are in neither.
  * - Communication: kernels of collective libraries, by name
  *   (tb_kernel_is_comm: NCCL's, and all_reduce / all_gather /
  *   reduce_scatter / all_to_all kernels of others). In a window: comm =
