@@ -19,68 +19,21 @@
 #include "cmd.h"
 #include "read_runs.h"
 #include "readprof.h"
-#include "strmap.h"
-#include "summary.h"
-#include "util.h"
+#include "runsum.h"
 
 #define USAGE "usage: tbprof trend LOGDIR [--prefix P] [--json]\n"
 
 /* One run's figures, every host of it together. */
 typedef struct trend_row {
     const tb_run *run;
-    int ok;                /* read and summarized */
-    size_t hosts, gpus;
-    size_t nsteps;         /* all hosts' steps */
-    int64_t step_sum_ns, step_min_ns, step_max_ns;
-    int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
-    int64_t window_ns, gpu_busy_ns; /* over steps, or the capture without steps */
-    int64_t comm_exposed_ns;        /* the same: communication with no compute beside it */
-    int64_t idle_cpu_ns;            /* the same: the GPU waiting for the CPU to launch work */
-    uint64_t comm_kernels;
-    char *top_kernel;      /* by total time over the hosts; NULL: no kernels */
-    int64_t top_kernel_ns, kernel_total_ns;
+    int ok; /* read and summarized */
+    tb_runsum s; /* its top kernel only */
 } trend_row;
 
-static int64_t row_mean(const trend_row *r) { return r->nsteps ? r->step_sum_ns / (int64_t)r->nsteps : 0; }
+static int64_t row_mean(const trend_row *r) { return tb_runsum_mean(&r->s); }
 
-/* The kernel with the most time over all hosts' summaries (its name copied:
- * the summaries' names die with their spaces). 0 or -ENOMEM. */
-static int top_kernel(const tb_summary *ms, size_t n, trend_row *row)
-{
-    tb_strmap idx = {0};
-    int64_t *tot = NULL;
-    size_t nk = 0, cap = 0;
-    const char *best = NULL;
-    int rc = 0;
-    for (size_t h = 0; h < n && !rc; h++) {
-        row->kernel_total_ns += ms[h].kernel_total_ns;
-        for (size_t k = 0; k < ms[h].nkernels; k++) {
-            const char *name = ms[h].kernels[k].name;
-            int64_t at = tb_strmap_get(&idx, name);
-            if (at < 0) {
-                if (TB_GROW(tot, cap, nk + 1) < 0 || tb_strmap_put(&idx, name, (uint32_t)nk) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                at = (int64_t)nk;
-                tot[nk++] = 0;
-            }
-            tot[at] += ms[h].kernels[k].total_ns;
-            if (tot[at] > row->top_kernel_ns) {
-                row->top_kernel_ns = tot[at];
-                best = name;
-            }
-        }
-    }
-    if (!rc && best && !(row->top_kernel = strdup(best)))
-        rc = -ENOMEM;
-    tb_strmap_free(&idx);
-    free(tot);
-    return rc;
-}
-
-/* Load run r's profiles, summarize each, fold them into row. 0, or -1
- * after saying why on stderr. */
+/* Load run r's profiles and fold them into row. 0, or -1 after saying why
+ * on stderr. */
 static int read_row(const tb_run *r, trend_row *row)
 {
     memset(row, 0, sizeof(*row));
@@ -90,43 +43,13 @@ static int read_row(const tb_run *r, trend_row *row)
         tb_profset_free(&ps);
         return -1;
     }
-    tb_summary *ms = calloc(ps.n, sizeof(*ms));
-    int rc = ms ? 0 : -ENOMEM;
-    size_t done = 0;
-    for (; !rc && done < ps.n; done++) /* a failed one is left zeroed: freeing it is a no-op */
-        rc = tb_summarize(ps.profs[done].space, &ms[done]);
-    if (rc == 0) {
-        row->hosts = ps.n;
-        for (size_t h = 0; h < ps.n; h++) {
-            const tb_summary *s = &ms[h];
-            row->gpus += s->ngpus;
-            row->window_ns += s->window_ns;
-            row->gpu_busy_ns += s->gpu_busy_ns;
-            row->comm_exposed_ns += s->comm_exposed_ns;
-            row->idle_cpu_ns += s->idle_cpu_ns;
-            row->comm_kernels += s->comm_kernels;
-            if (!s->nsteps)
-                continue;
-            if (!row->nsteps || s->step_min_ns < row->step_min_ns)
-                row->step_min_ns = s->step_min_ns;
-            if (s->step_max_ns > row->step_max_ns)
-                row->step_max_ns = s->step_max_ns;
-            for (size_t k = 0; k < s->nsteps; k++)
-                row->step_sum_ns += s->steps[k].dur_ns;
-            row->nsteps += s->nsteps;
-            if (s->step_mean_ns > row->slowest_host_mean_ns)
-                row->slowest_host_mean_ns = s->step_mean_ns;
-        }
-        rc = top_kernel(ms, ps.n, row);
-    }
-    for (size_t h = 0; ms && h < done; h++)
-        tb_summary_free(&ms[h]);
-    free(ms);
+    int rc = tb_runsum_of(&ps, &row->s);
     tb_profset_free(&ps);
     if (rc < 0) {
         fprintf(stderr, "tbprof trend: %s: out of memory\n", r->path);
         return -1;
     }
+    tb_runsum_keep(&row->s, 1);
     row->ok = 1;
     return 0;
 }
@@ -154,24 +77,24 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
         fputs(first ? "{\"run\":" : ",{\"run\":", stdout);
         first = 0;
         rr_json_str(stdout, r->run->name);
-        printf(",\"mtime\":%lld,\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu", (long long)r->run->mtime, r->hosts,
-               r->gpus, r->nsteps);
-        if (r->nsteps)
+        printf(",\"mtime\":%lld,\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu", (long long)r->run->mtime, r->s.hosts,
+               r->s.gpus, r->s.nsteps);
+        if (r->s.nsteps)
             printf(",\"step_mean_ns\":%lld,\"step_min_ns\":%lld,\"step_max_ns\":%lld,"
                    "\"slowest_host_mean_ns\":%lld",
-                   (long long)row_mean(r), (long long)r->step_min_ns, (long long)r->step_max_ns,
-                   (long long)r->slowest_host_mean_ns);
-        if (r->nsteps && base > 0)
+                   (long long)row_mean(r), (long long)r->s.step_min_ns, (long long)r->s.step_max_ns,
+                   (long long)r->s.slowest_host_mean_ns);
+        if (r->s.nsteps && base > 0)
             printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
         printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"comm_kernels\":%llu,"
                "\"comm_exposed_ns\":%lld",
-               (long long)r->window_ns, (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns,
-               (unsigned long long)r->comm_kernels, (long long)r->comm_exposed_ns);
-        if (r->top_kernel) {
+               (long long)r->s.window_ns, (long long)r->s.gpu_busy_ns, (long long)r->s.idle_cpu_ns,
+               (unsigned long long)r->s.comm_kernels, (long long)r->s.comm_exposed_ns);
+        if (r->s.nkernels) {
             fputs(",\"top_kernel\":", stdout);
-            rr_json_str(stdout, r->top_kernel);
-            printf(",\"top_kernel_ns\":%lld,\"kernel_total_ns\":%lld", (long long)r->top_kernel_ns,
-                   (long long)r->kernel_total_ns);
+            rr_json_str(stdout, r->s.kernels[0].name);
+            printf(",\"top_kernel_ns\":%lld,\"kernel_total_ns\":%lld", (long long)r->s.kernels[0].ns,
+                   (long long)r->s.kernel_total_ns);
         }
         fputs("}", stdout);
     }
@@ -188,8 +111,8 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             shown++;
             size_t l = strlen(rows[i].run->name);
             w = l > w ? l : w;
-            multi |= rows[i].hosts > 1;
-            comm |= rows[i].comm_kernels != 0;
+            multi |= rows[i].s.hosts > 1;
+            comm |= rows[i].s.comm_kernels != 0;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
            shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
@@ -209,10 +132,10 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             continue;
         char t[32], a[32], b[32], c[32], vs[16] = "-";
         when(r->run, t, sizeof(t));
-        if (r->nsteps) {
+        if (r->s.nsteps) {
             rr_fmt_dur(row_mean(r), a, sizeof(a));
-            rr_fmt_dur(r->step_min_ns, b, sizeof(b));
-            rr_fmt_dur(r->step_max_ns, c, sizeof(c));
+            rr_fmt_dur(r->s.step_min_ns, b, sizeof(b));
+            rr_fmt_dur(r->s.step_max_ns, c, sizeof(c));
             if (base > 0)
                 snprintf(vs, sizeof(vs), "%.2fx", (double)row_mean(r) / (double)base);
             if (!slow || row_mean(r) > row_mean(slow))
@@ -224,25 +147,25 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             snprintf(c, sizeof(c), "-");
         }
         char busy[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
-        if (r->gpus)
-            snprintf(busy, sizeof(busy), "%.1f%%", pct(r->gpu_busy_ns, r->window_ns));
-        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->hosts, r->nsteps, a, b,
+        if (r->s.gpus)
+            snprintf(busy, sizeof(busy), "%.1f%%", pct(r->s.gpu_busy_ns, r->s.window_ns));
+        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps, a, b,
                c, vs);
         if (multi) {
             char sl[32] = "-";
-            if (r->nsteps)
-                rr_fmt_dur(r->slowest_host_mean_ns, sl, sizeof(sl));
+            if (r->s.nsteps)
+                rr_fmt_dur(r->s.slowest_host_mean_ns, sl, sizeof(sl));
             printf("%12s  ", sl);
         }
         printf("%8s  ", busy);
         if (comm) {
             char ex[16] = "-";
-            if (r->comm_kernels)
-                snprintf(ex, sizeof(ex), "%.1f%%", pct(r->comm_exposed_ns, r->window_ns));
+            if (r->s.comm_kernels)
+                snprintf(ex, sizeof(ex), "%.1f%%", pct(r->s.comm_exposed_ns, r->s.window_ns));
             printf("%12s  ", ex);
         }
-        if (r->top_kernel)
-            printf("%s (%.0f%%)\n", r->top_kernel, pct(r->top_kernel_ns, r->kernel_total_ns));
+        if (r->s.nkernels)
+            printf("%s (%.0f%%)\n", r->s.kernels[0].name, pct(r->s.kernels[0].ns, r->s.kernel_total_ns));
         else
             printf("-\n");
     }
@@ -311,7 +234,7 @@ int cmd_trend(int argc, char **argv)
             fprintf(stderr, "tbprof trend: run %zu of %zu: %s\n", i + 1, rl.n, r->name);
         if (read_row(r, &rows[n]) < 0)
             unread++;
-        else if (!base && rows[n].nsteps)
+        else if (!base && rows[n].s.nsteps)
             base = row_mean(&rows[n]);
         n++;
     }
@@ -326,7 +249,7 @@ int cmd_trend(int argc, char **argv)
     else
         print_text(in, rows, n, base, unread);
     for (size_t i = 0; i < n; i++)
-        free(rows[i].top_kernel);
+        tb_runsum_free(&rows[i].s);
     free(rows);
     tb_runs_free(&rl);
     if (fflush(stdout) != 0) {

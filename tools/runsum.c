@@ -1,0 +1,108 @@
+/* runsum.c - one run's figures over its hosts (see runsum.h). */
+#include "runsum.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strmap.h"
+#include "summary.h"
+#include "util.h"
+
+int64_t tb_runsum_mean(const tb_runsum *r) { return r->nsteps ? r->step_sum_ns / (int64_t)r->nsteps : 0; }
+
+static int kernel_cmp(const void *a, const void *b)
+{
+    const tb_runsum_kernel *x = a, *y = b;
+    if (x->ns != y->ns)
+        return x->ns < y->ns ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+/* Add host summary s's kernels to r's table (idx: name -> index). */
+static int add_kernels(tb_runsum *r, size_t *cap, tb_strmap *idx, const tb_summary *s)
+{
+    for (size_t k = 0; k < s->nkernels; k++) {
+        const tb_sum_named *kn = &s->kernels[k];
+        int64_t at = tb_strmap_get(idx, kn->name);
+        if (at < 0) {
+            char *name = strdup(kn->name);
+            if (!name || TB_GROW(r->kernels, *cap, r->nkernels + 1) < 0 ||
+                tb_strmap_put(idx, name, (uint32_t)r->nkernels) < 0) {
+                free(name);
+                return -ENOMEM;
+            }
+            at = (int64_t)r->nkernels++;
+            r->kernels[at] = (tb_runsum_kernel){.name = name};
+        }
+        r->kernels[at].count += kn->count;
+        r->kernels[at].ns += kn->total_ns;
+        r->launches += kn->count;
+    }
+    return 0;
+}
+
+/* Fold host summary s into r. */
+static void add_host(tb_runsum *r, const tb_summary *s)
+{
+    r->gpus += s->ngpus;
+    r->window_ns += s->window_ns;
+    r->gpu_busy_ns += s->gpu_busy_ns;
+    r->idle_cpu_ns += s->idle_cpu_ns;
+    r->comm_exposed_ns += s->comm_exposed_ns;
+    r->comm_kernels += s->comm_kernels;
+    r->kernel_total_ns += s->kernel_total_ns;
+    r->cpu_samples += s->cpu_samples;
+    if (!s->nsteps)
+        return;
+    if (!r->nsteps || s->step_min_ns < r->step_min_ns)
+        r->step_min_ns = s->step_min_ns;
+    if (s->step_max_ns > r->step_max_ns)
+        r->step_max_ns = s->step_max_ns;
+    for (size_t k = 0; k < s->nsteps; k++)
+        r->step_sum_ns += s->steps[k].dur_ns;
+    r->nsteps += s->nsteps;
+    if (s->step_mean_ns > r->slowest_host_mean_ns)
+        r->slowest_host_mean_ns = s->step_mean_ns;
+}
+
+int tb_runsum_of(const tb_profset *ps, tb_runsum *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->hosts = ps->n;
+    tb_strmap idx = {0}; /* keys are the names the table owns */
+    size_t cap = 0;
+    int rc = 0;
+    for (size_t h = 0; h < ps->n && !rc; h++) {
+        tb_summary s; /* one host at a time: its strings die with its space's use */
+        rc = tb_summarize(ps->profs[h].space, &s);
+        if (rc)
+            break;
+        add_host(out, &s);
+        rc = add_kernels(out, &cap, &idx, &s);
+        tb_summary_free(&s);
+    }
+    tb_strmap_free(&idx);
+    if (rc) {
+        tb_runsum_free(out);
+        return -ENOMEM;
+    }
+    if (out->nkernels > 1)
+        qsort(out->kernels, out->nkernels, sizeof(*out->kernels), kernel_cmp);
+    return 0;
+}
+
+void tb_runsum_keep(tb_runsum *r, size_t n)
+{
+    for (size_t i = n; i < r->nkernels; i++)
+        free(r->kernels[i].name);
+    if (n < r->nkernels)
+        r->nkernels = n;
+}
+
+void tb_runsum_free(tb_runsum *r)
+{
+    tb_runsum_keep(r, 0);
+    free(r->kernels);
+    memset(r, 0, sizeof(*r));
+}
