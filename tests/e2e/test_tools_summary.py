@@ -534,6 +534,83 @@ class Trend(Base):
         self.assertIn("usage: tbprof trend", p.stderr)
 
 
+def stepped(host, steps):
+    """A host whose steps are (start_us, dur_us, [(kernel, start_us, dur_us), ...])."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(host)
+    h = Plane(sp, "/host:CPU")
+    t = h.line(7, "python")
+    g = Plane(sp, "/device:GPU:0")
+    s = g.line(7, "Stream #7")
+    for num, (start, dur, kernels) in enumerate(steps):
+        h.event(t, "train", start * 1000, dur * 1000, _r=1, step_num=num)
+        for name, ks, kd_us in kernels:
+            g.event(s, name, ks * 1000, kd_us * 1000, kernel_details=kd())
+    return sp.SerializeToString()
+
+
+class Diff(Base):
+    """`tbprof diff A B`: two runs side by side, kernels by change per step."""
+
+    def make(self):
+        # A: two hosts, one 1 ms step each: gemm 300 us, relu 100, old 50
+        # B: one host, two 800 us steps: gemm 200 us, relu 100, new 80
+        a_step = [(0, 1000, [("gemm", 0, 300), ("relu", 300, 100), ("old_kernel", 400, 50)])]
+        b_steps = [(i * 800, 800, [("gemm", i * 800, 200), ("relu", i * 800 + 200, 100),
+                                   ("new_kernel", i * 800 + 300, 80)]) for i in range(2)]
+        prof = os.path.join(self.logdir, "plugins", "profile")
+        write(os.path.join(prof, "before", "r0.xplane.pb"), stepped("n0", a_step))
+        write(os.path.join(prof, "before", "r1.xplane.pb"), stepped("n1", a_step))
+        write(os.path.join(prof, "after", "r0.xplane.pb"), stepped("n0", b_steps))
+        return os.path.join(prof, "before"), os.path.join(prof, "after")
+
+    def test_kernels_by_change_per_step(self):
+        a, b = self.make()
+        p = run("diff", "--json", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        js = json.loads(p.stdout)
+        self.assertEqual((js["a"]["hosts"], js["a"]["steps"], js["a"]["step_mean_ns"], js["b"]["hosts"],
+                          js["b"]["steps"], js["b"]["step_mean_ns"], js["per"]), (2, 2, 1000000, 1, 2, 800000, "step"))
+        self.assertEqual([(k["name"], k["a_count"], k["b_count"], k["a_per_ns"], k["b_per_ns"], k["delta_per_ns"])
+                          for k in js["kernels"]],
+                         [("gemm", 2, 2, 300000, 200000, -100000), ("new_kernel", 0, 2, 0, 80000, 80000),
+                          ("old_kernel", 2, 0, 50000, 0, -50000), ("relu", 2, 2, 100000, 100000, 0)])
+        p = run("diff", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\n  step time mean +1\.000 ms +800\.000 us +-20\.0% \(0\.80x\)\n")
+        self.assertRegex(p.stdout, r"\n  GPU busy +45\.0% +47\.5% +\+2\.5 points\n")
+        self.assertRegex(p.stdout, r"\n  kernel time per step +450\.000 us +380\.000 us +-15\.6%\n")
+        self.assertIn("(2 in both, 1 only in A, 1 only in B)", p.stdout)
+        self.assertRegex(p.stdout, r"\n +300\.000 us +200\.000 us +-100\.000 us +1\.0 -> 1\.0  gemm\n"
+                                   r" +- +80\.000 us +\+80\.000 us +new 1\.0  new_kernel\n"
+                                   r" +50\.000 us +- +-50\.000 us +1\.0 gone  old_kernel\n")
+        self.assertIn("the kernels above account for -70.000 us of the -70.000 us change", p.stdout)
+        p = run("diff", "--top", "1", a, b)
+        self.assertIn("... 3 more (--top N, or --json)", p.stdout)
+
+    def test_per_second_without_steps_and_errors(self):
+        a, _ = self.make()
+        sp = xplane_pb2.XSpace()  # a time window: 2 ms, gemm 500 us twice
+        g = Plane(sp, "/device:GPU:0")
+        for i in range(2):
+            g.event(g.line(1, "Stream #1"), "gemm", i * 1500000, 500000, kernel_details=kd())
+        f = write(os.path.join(self.tmp, "t.xplane.pb"), sp.SerializeToString())
+        js = json.loads(run("diff", "--json", a, f).stdout)
+        self.assertEqual(js["per"], "second")
+        # A: 2 x 300 us of gemm over 2 ms of steps; B: 1 ms over 2 ms of capture
+        self.assertEqual([(k["name"], round(k["a_per_ns"]), round(k["b_per_ns"])) for k in js["kernels"]][0],
+                         ("gemm", 300000000, 500000000))
+        p = run("diff", a, os.path.join(self.tmp, "nothing"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("nothing", p.stderr)
+        p = run("diff", a)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("usage: tbprof diff A B", p.stderr)
+        p = run("diff", "--top", "0", a, a)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--top wants a positive number", p.stderr)
+
+
 class SummaryErrors(Base):
     def test_no_profile(self):
         os.makedirs(self.logdir)
