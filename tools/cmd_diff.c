@@ -21,7 +21,8 @@
 #include "strmap.h"
 #include "util.h"
 
-#define USAGE "usage: tbprof diff A B [--top N] [--json]   (A, B: LOGDIR, RUN_DIR or FILE.xplane.pb)\n"
+#define USAGE                                                                                                   \
+    "usage: tbprof diff A B [--top N] [--json] [--max-slowdown PCT]   (A, B: LOGDIR, RUN_DIR or FILE.xplane.pb)\n"
 
 /* One side: what was read and its figures. */
 typedef struct side {
@@ -252,17 +253,52 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
            fdur(ka, x, sizeof x), fdur(kb, y, sizeof y), sdur(shown, c, sizeof c), sdur(kb - ka, t, sizeof t));
 }
 
+/* --max-slowdown: 0 when B's mean step is within pct% of A's, else 1 (2
+ * when a side has no steps to compare), with one line on stderr. */
+static int gate(const side *a, const side *b, double pct_allowed)
+{
+    if (!a->s.nsteps || !b->s.nsteps) {
+        fprintf(stderr, "tbprof diff: --max-slowdown: %s has no steps to compare\n", a->s.nsteps ? b->in : a->in);
+        return 2;
+    }
+    int64_t ma = tb_runsum_mean(&a->s), mb = tb_runsum_mean(&b->s);
+    double slow = 100.0 * (double)(mb - ma) / (double)ma;
+    char x[32], y[32];
+    if (slow > pct_allowed) {
+        fprintf(stderr, "tbprof diff: slower: mean step %s -> %s (%+.1f%%), over the %g%% allowed\n",
+                fdur((double)ma, x, sizeof x), fdur((double)mb, y, sizeof y), slow, pct_allowed);
+        return 1;
+    }
+    fprintf(stderr, "tbprof diff: mean step %s -> %s (%+.1f%%), within the %g%% allowed\n",
+            fdur((double)ma, x, sizeof x), fdur((double)mb, y, sizeof y), slow, pct_allowed);
+    return 0;
+}
+
 int cmd_diff(int argc, char **argv)
 {
     static const struct option opts[] = {{"json", no_argument, 0, 'j'},
                                          {"top", required_argument, 0, 't'},
+                                         {"max-slowdown", required_argument, 0, 'm'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int json = 0, top = 15, c;
+    double max_slow = -1; /* --max-slowdown: the step time growth allowed, in percent */
     optind = 1;
-    while ((c = getopt_long(argc, argv, "jt:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "jt:m:h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': json = 1; break;
+        case 'm': {
+            char *end;
+            max_slow = strtod(optarg, &end);
+            if (end != optarg && *end == '%')
+                end++;
+            if (end == optarg || *end || !(max_slow >= 0 && max_slow <= 1e6)) {
+                fprintf(stderr, "tbprof diff: --max-slowdown wants a percentage such as 5 or 5%%, not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
         case 't': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -278,7 +314,9 @@ int cmd_diff(int argc, char **argv)
                   "  the GPU waiting for the CPU, exposed communication, kernel time, and the kernels\n"
                   "  whose time per step changed most (per second of capture where a side has no steps)\n"
                   "  --top N   kernels listed (default 15; --json lists all)\n"
-                  "  --json    the same as JSON\n",
+                  "  --json    the same as JSON\n"
+                  "  --max-slowdown PCT   exit 1 when B's mean step time is more than PCT%% over A's\n"
+                  "                       (a performance gate for CI; both need steps)\n",
                   stdout);
             return 0;
         default: fputs(USAGE, stderr); return 2;
@@ -310,6 +348,8 @@ int cmd_diff(int argc, char **argv)
                 print_text(&a, &b, unit, k, n, top);
             rc = fflush(stdout) ? 2 : 0;
             free(k);
+            if (!rc && max_slow >= 0)
+                rc = gate(&a, &b, max_slow);
         }
     }
     free(a.dir);

@@ -588,6 +588,21 @@ class Diff(Base):
         p = run("diff", "--top", "1", a, b)
         self.assertIn("... 3 more (--top N, or --json)", p.stdout)
 
+    def test_max_slowdown_gate(self):
+        # a performance gate for CI: exit 1 when B's mean step grew more
+        # than allowed (A -> B here is 0.8 ms -> 1 ms: +25%)
+        a, b = self.make()
+        for allowed, rc, word in (("30", 0, "within the 30% allowed"), ("25", 0, "within"),
+                                  ("10%", 1, "slower: mean step 800.000 us -> 1.000 ms (+25.0%), over the 10% allowed")):
+            p = run("diff", "--max-slowdown", allowed, b, a)
+            self.assertEqual(p.returncode, rc, p.stderr)
+            self.assertIn(word, p.stderr)
+            self.assertIn("Kernels by change", p.stdout)  # the report is printed either way
+        self.assertEqual(run("diff", "--max-slowdown", "0", a, b).returncode, 0)  # faster passes any gate
+        p = run("diff", "--max-slowdown", "-3", a, b)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--max-slowdown wants a percentage", p.stderr)
+
     def test_per_second_without_steps_and_errors(self):
         a, _ = self.make()
         sp = xplane_pb2.XSpace()  # a time window: 2 ms, gemm 500 us twice
@@ -597,6 +612,9 @@ class Diff(Base):
         f = write(os.path.join(self.tmp, "t.xplane.pb"), sp.SerializeToString())
         js = json.loads(run("diff", "--json", a, f).stdout)
         self.assertEqual(js["per"], "second")
+        p = run("diff", "--max-slowdown", "5", a, f)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("has no steps to compare", p.stderr)
         # A: 2 x 300 us of gemm over 2 ms of steps; B: 1 ms over 2 ms of capture
         self.assertEqual([(k["name"], round(k["a_per_ns"]), round(k["b_per_ns"])) for k in js["kernels"]][0],
                          ("gemm", 300000000, 500000000))
