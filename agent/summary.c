@@ -509,10 +509,13 @@ static int build_unions(gpu_acc *g)
 
 static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
 {
-    size_t events = 0; /* an upper bound of the activity: one allocation */
-    for (size_t i = 0; i < s->nplanes; i++)
-        for (size_t j = 0; starts_with(s->planes[i]->name, "/device:GPU:") && j < s->planes[i]->nlines; j++)
-            events += s->planes[i]->lines[j]->nevents;
+    size_t events = 0; /* every event of the GPU planes: room for all activity, one allocation */
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (starts_with(p->name, "/device:GPU:"))
+            for (size_t j = 0; j < p->nlines; j++)
+                events += p->lines[j]->nevents;
+    }
     if (events && TB_GROW(g->acts, g->cap_acts, events) < 0)
         return -ENOMEM;
     for (size_t i = 0; i < s->nplanes; i++) {
@@ -631,7 +634,6 @@ static int call_end_cmp(const void *a, const void *b)
     uint64_t x = ((const call_end *)a)->corr, y = ((const call_end *)b)->corr;
     return (x > y) - (x < y);
 }
-
 
 /* The calls on /host:* lines with a correlation id, sorted by it, one per
  * id (its latest end). */

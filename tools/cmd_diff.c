@@ -29,7 +29,7 @@ typedef struct side {
     const char *in;
     char *dir; /* the run folder read */
     tb_runsum s;
-    double per; /* the divisor: steps, or seconds of capture */
+    double per; /* the divisor of its figures: steps, or seconds of capture (JSON "divisor") */
 } side;
 
 /* One kernel name over both sides; a = -1 / b = -1: absent there. */
@@ -144,7 +144,7 @@ static void side_json(const char *key, const side *sd)
     rr_json_str(stdout, sd->dir);
     printf(",\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,"
            "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
-           "\"kernel_total_ns\":%lld,\"launches\":%llu,\"per\":%.6g}",
+           "\"kernel_total_ns\":%lld,\"launches\":%llu,\"divisor\":%.6g}",
            r->hosts, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
            (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (unsigned long long)r->comm_kernels,
            (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches, sd->per);
@@ -211,9 +211,10 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
     double ka = (double)ra->kernel_total_ns / a->per, kb = (double)rb->kernel_total_ns / b->per;
     char t[48];
     snprintf(t, sizeof t, "kernel time per %s", unit);
-    snprintf(c, sizeof c, "%s", ka > 0 ? "" : "-");
     if (ka > 0)
         snprintf(c, sizeof c, "%+.1f%%", 100.0 * (kb - ka) / ka);
+    else
+        snprintf(c, sizeof c, "-");
     fig_row(t, fdur(ka, x, sizeof x), fdur(kb, y, sizeof y), c);
     snprintf(t, sizeof t, "launches per %s", unit);
     double la = (double)ra->launches / a->per, lb = (double)rb->launches / b->per;

@@ -432,6 +432,31 @@ class GpuChecker(tbtest.TestCase):
         self.assertRegex(c.stdout, r"RESULT summary_torch FAIL kernels 5, \d+ ns; the profile holds 4, \d+ ns; "
                                    r"\d+ steps, expected \d+; GPU idle \d+ ns, none of it joined to a launching call")
 
+    def test_diff_facts(self):
+        # 4e: tbprof diff --json of two captures of one loop (here the same
+        # profile twice, one given as its run folder with a trailing slash):
+        # the same kernels as often per step passes; a kernel launched more
+        # often in one, or found in one only, fails and says which
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        dj = os.path.join(self.tmp, "diff.json")
+        p = tbtest.run([tbtest.CLI, "diff", "--json", self.xplane, os.path.dirname(self.xplane) + "/"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(dj, "w") as f:
+            f.write(p.stdout)
+        c = run_check("diff", dj)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT diff_torch PASS 3 kernel names, each launched as often per step; step "
+                                   r"[\d.]+ -> [\d.]+ ms \(\+0\.0%\); kernel time per step \+0\.0%; most moved: ")
+        js = json.loads(p.stdout)
+        js["kernels"][0]["b_count"] += 1
+        js["kernels"][1]["a_count"] = 0
+        with open(dj, "w") as f:
+            json.dump(js, f)
+        c = run_check("diff", dj)
+        self.assertEqual(c.returncode, 1, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT diff_torch FAIL 1 kernels in one capture only: \['[^']+'\]; "
+                                   r"launches per step differ: \['[^']+ [\d.]+ -> [\d.]+'\]\n")
+
     def test_after_capture(self):
         # 4a: step times after a capture within 2% of no tbprof, from a
         # capture that detached CUPTI; slower, or teardown off, fails

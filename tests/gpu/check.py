@@ -967,6 +967,35 @@ def summary_facts(sjson, xplane, nsteps):
                100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, c["kernels"], c["exposed_pct"]))
 
 
+def diff_facts(djson):
+    """4e: tbprof diff --json of the first and last repeat of one loop: per
+    step, the same kernels each launched as often; the step time change and
+    the kernel that moved most are reported."""
+    with open(djson) as f:
+        js = json.load(f)
+    errs, ks = [], js["kernels"]
+    if js["per"] != "step":
+        errs.append("compared per %s, not per step" % js["per"])
+    if not ks:
+        errs.append("no kernels")
+    only = [k["name"][:50] for k in ks if not k["a_count"] or not k["b_count"]]
+    if only:
+        errs.append("%d kernels in one capture only: %s" % (len(only), only[:3]))
+    da, db = js["a"]["divisor"], js["b"]["divisor"]
+    moved = ["%s %g -> %g" % (k["name"][:50], k["a_count"] / da, k["b_count"] / db) for k in ks
+             if k["a_count"] and k["b_count"] and abs(k["a_count"] / da - k["b_count"] / db) > 1e-9]
+    if moved:
+        errs.append("launches per step differ: %s" % moved[:3])
+    a, b = js["a"], js["b"]
+    ka, kb = a["kernel_total_ns"] / da, b["kernel_total_ns"] / db
+    result("diff_torch", not errs, "; ".join(errs) or
+           "%d kernel names, each launched as often per step; step %.3f -> %.3f ms (%+.1f%%); kernel time per step "
+           "%+.1f%%; most moved: %s %+.1f us" % (
+               len(ks), a["step_mean_ns"] / 1e6, b["step_mean_ns"] / 1e6,
+               100.0 * (b["step_mean_ns"] - a["step_mean_ns"]) / (a["step_mean_ns"] or 1),
+               100.0 * (kb - ka) / (ka or 1), ks[0]["name"][:50], ks[0]["delta_per_ns"] / 1e3))
+
+
 def gpu_flame(folded, source):
     """GPU time (ns) by launching stack: the share under a frame of `source`
     (the torch loop's own Python code, py::<function>:<file> frames)."""
@@ -1036,6 +1065,8 @@ if __name__ == "__main__":
         after_capture(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     elif cmd == "summary":
         summary_facts(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "diff":
+        diff_facts(sys.argv[2])
     else:
         sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|"
-                 "jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|summary ...")
+                 "jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|summary|diff ...")

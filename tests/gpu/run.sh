@@ -43,7 +43,8 @@
 #      2e. xprof's kernel stats and framework op stats show those ops;
 #      2f. --torch-shapes: the ops keep their names, shapes as torch_args;
 #      4d. the loop captured four times (TBPROF_STEPS=5-6/20x4): each
-#          profile whole, tbprof trend lists them;
+#          profile whole, tbprof trend lists them; 4e. tbprof diff of the
+#          first and last: the same kernels as often per step;
 #      2g/3h. xprof's Overview on the torch and JAX profiles: its steps
 #          hold the GPU work launched from other threads;
 #      5e. torch.profiler started inside such a capture still works;
@@ -371,6 +372,13 @@ if in_budget torch_repeating; then
     check torch_repeating $py "$here/check.py" repeat 5-6/20x4 "$work/rep" "$work/rep_trend.json" "$work/t_rep" \
       "$work/t_none"
   else row torch_repeating FAIL "no profile: $(tail -2 "$work/rep.err" | tr '\n' ' ')"; fi
+fi
+# 4e. tbprof diff of the first and last of those captures: the same
+#     kernels, each launched as often per step; the change reported
+if [ -d "$work/rep/plugins/profile" ] && in_budget diff_torch; then
+  runs=$(ls -1dtr "$work"/rep/plugins/profile/*/)
+  job "$tbprof" diff --json "$(head -1 <<<"$runs")" "$(tail -1 <<<"$runs")" >"$work/rep_diff.json" 2>>"$work/rep.err"
+  check diff_torch $py "$here/check.py" diff "$work/rep_diff.json"
 fi
 # 3f. XLA's NVTX domain "TSL": none of its ranges in 3d's profile (declined
 #     by default, so jax.profiler keeps its op names); with
