@@ -297,6 +297,36 @@ class Python(PyBase):
         self.assertExitedOk(p)
         self.assertIn("-38 '' 1", p.stdout)
 
+    def test_helper_summary_and_diff(self):
+        # a notebook's flow: capture a block, then read it back from Python
+        # (tbprof summary / diff run by the helper, without the agent in them)
+        s = self.script("read.py", WORK + textwrap.dedent("""\
+            import tbprof
+            for i in range(3):
+                tbprof.step()
+                work()
+            with tbprof.capture(wait=True) as c:
+                for i in range(3, 7):
+                    tbprof.step()
+                    work()
+            s = tbprof.summary()  # the last profile written
+            h = s["hosts"][0]
+            print("summary", h["file"] == c.profile, h["steps"]["count"], [x["num"] for x in h["steps"]["list"]])
+            d = tbprof.diff(c.profile, c.profile)
+            print("diff", d["a"]["steps"], d["b"]["steps"], d["per"], d["a"]["step_mean_ns"] == d["b"]["step_mean_ns"])
+            try:
+                tbprof.summary("/nonexistent/logs")
+            except RuntimeError as e:
+                print("error", e)
+            print("ok")
+            """))
+        p, f = self.run_one(s)
+        self.assertIn("summary True 4 [3, 4, 5, 6]\n", p.stdout)
+        self.assertIn("diff 4 4 step True\n", p.stdout)
+        self.assertRegex(p.stdout, r"\nerror tbprof summary: .*/nonexistent/logs.*\n")
+        # one profile: the CLI run by the helper did not capture anything itself
+        self.assertEqual(tbtest.xplanes(self.logdir), [f])
+
     def test_helper_capture_steps_by_number(self):
         # capture_steps(first, last): armed at first-1, exactly those steps;
         # a range begun or reversed is refused, a second one is busy, and

@@ -19,19 +19,27 @@ warns once and its functions do nothing.
     tbprof.install_jax_hook()    # count jax.profiler.StepTraceAnnotation steps
     tbprof.install_tf_hook()     # count tf.profiler.experimental.Trace steps (Keras fit)
 
+    with tbprof.capture(wait=True) as c:         # a notebook cell: capture, then read it
+        train_some_steps()
+    s = tbprof.summary(c.profile)                # `tbprof summary --json` as a dict
+    d = tbprof.diff(before, c.profile)           # `tbprof diff --json`: two runs side by side
+
 `tbprof run` (or TBPROF_PYTORCH_HOOK=1 / TBPROF_JAX_HOOK=1 / TBPROF_TF_HOOK=1
 with tools/python on PYTHONPATH) installs the hooks with no code change (see
 sitecustomize.py).
 """
 
 import ctypes
+import json
 import os
+import shutil
+import subprocess
 import time
 import sys
 import threading
 
-__all__ = ["step", "step_num", "start", "capture_steps", "stop", "capturing", "last_profile",
-           "install_torch_hook", "install_jax_hook", "install_tf_hook", "available"]
+__all__ = ["step", "step_num", "start", "capture_steps", "stop", "capture", "capturing", "last_profile",
+           "summary", "diff", "install_torch_hook", "install_jax_hook", "install_tf_hook", "available"]
 
 _lib = None
 _tried = False
@@ -203,6 +211,72 @@ def last_profile():
     if lib is None:
         return ""
     return (lib.tbprof_last_profile() or b"").decode("utf-8", "replace")
+
+
+def _mapped_lib():
+    """The path of the libtbprof.so mapped into this process, or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rstrip("\n").split(None, 5)[-1]
+                if path.startswith("/") and os.path.basename(path).startswith("libtbprof"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _cli():
+    """The tbprof command: $TBPROF_CLI, else <prefix>/bin/tbprof beside the
+    library in use (or the one this package would load), else on PATH."""
+    env = os.environ.get("TBPROF_CLI")
+    if env:
+        return env
+    for lib in [_mapped_lib()] + list(_candidates()):
+        if lib and os.path.isabs(lib):
+            cand = os.path.normpath(os.path.join(os.path.dirname(lib), "..", "bin", "tbprof"))
+            if os.access(cand, os.X_OK):
+                return cand
+    return shutil.which("tbprof")
+
+
+def _cli_json(args):
+    """Run `tbprof ARGS` (which must print JSON) and return what it printed,
+    parsed. The agent is not preloaded into it, and no TBPROF_* setting
+    reaches it. Raises RuntimeError with the command's message on failure."""
+    cli = _cli()
+    if not cli:
+        raise RuntimeError("tbprof: the tbprof command was not found (set TBPROF_CLI to its path)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TBPROF_")}
+    pre = [x for x in env.get("LD_PRELOAD", "").replace(":", " ").split() if "libtbprof" not in os.path.basename(x)]
+    if pre:
+        env["LD_PRELOAD"] = " ".join(pre)
+    else:
+        env.pop("LD_PRELOAD", None)
+    p = subprocess.run([cli] + args, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError("tbprof %s: %s" % (args[0], p.stderr.strip() or "exit status %d" % p.returncode))
+    return json.loads(p.stdout)
+
+
+def summary(path=None, top=10):
+    """`tbprof summary --json` of path (a logdir, a run folder or one
+    .xplane.pb; default: the last profile this process wrote) as a dict:
+    per host ("hosts"), steps with their GPU busy / idle split, kernels,
+    communication, copies, CPU functions, drops. It runs the tbprof command
+    (seconds for a large profile). Raises RuntimeError when it fails."""
+    if path is None:
+        path = last_profile()
+        if not path:
+            raise RuntimeError("tbprof summary: no profile written by this process yet")
+    return _cli_json(["summary", "--json", "--top", str(int(top)), os.fspath(path)])
+
+
+def diff(a, b):
+    """`tbprof diff --json A B` as a dict: two profiles side by side ("a",
+    "b"), and every kernel's time per step in each ("kernels", by change).
+    Raises RuntimeError when it fails."""
+    return _cli_json(["diff", "--json", os.fspath(a), os.fspath(b)])
 
 
 _hook_handle = None
