@@ -1,6 +1,7 @@
 /* cmd_trend.c - `tbprof trend LOGDIR [--prefix P] [--json]`: one line per run,
  * oldest first: its steps' time (mean, min, max over every host of the run),
- * GPU busy share, exposed communication share and top kernel, and the mean
+ * GPU busy share, the share the GPU waited for the CPU, exposed
+ * communication share and top kernel, and the mean
  * step time against the first run with steps. For a job captured again and again (TBPROF_STEPS=A-B/P,
  * TBPROF_EVERY): did it slow down, and from which capture on? With several
  * hosts (ranks) in a run, the slowest host's mean step time is shown too.
@@ -120,7 +121,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
            "min", "max", "vs 1st");
     if (multi)
         printf("%12s  ", "slowest host");
-    printf("%8s  ", "GPU busy");
+    printf("%8s  %12s  ", "GPU busy", "waits on CPU");
     if (comm)
         printf("%12s  ", "comm exposed");
     printf("%s\n", "top kernel (share of kernel time)");
@@ -146,9 +147,11 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             snprintf(b, sizeof(b), "-");
             snprintf(c, sizeof(c), "-");
         }
-        char busy[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
-        if (r->s.gpus)
+        char busy[16] = "-", waits[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
+        if (r->s.gpus) {
             snprintf(busy, sizeof(busy), "%.1f%%", pct(r->s.gpu_busy_ns, r->s.window_ns));
+            snprintf(waits, sizeof(waits), "%.1f%%", pct(r->s.idle_cpu_ns, r->s.window_ns));
+        }
         printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps, a, b,
                c, vs);
         if (multi) {
@@ -157,7 +160,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
                 rr_fmt_dur(r->s.slowest_host_mean_ns, sl, sizeof(sl));
             printf("%12s  ", sl);
         }
-        printf("%8s  ", busy);
+        printf("%8s  %12s  ", busy, waits);
         if (comm) {
             char ex[16] = "-";
             if (r->s.comm_kernels)
@@ -197,7 +200,8 @@ int cmd_trend(int argc, char **argv)
         case 'p': prefix = optarg; break;
         case 'h':
             fputs(USAGE "  one line per run, oldest first: steps, step time (mean, min, max) over every host,\n"
-                  "  against the first run with steps, GPU busy and the top kernel\n"
+                  "  against the first run with steps, GPU busy, the GPU waiting for the CPU, exposed\n"
+                  "  communication (where there is some) and the top kernel\n"
                   "  --prefix P   only the runs whose name begins with P (one job's, e.g. its TBPROF_RUN)\n"
                   "  --json       the same as JSON\n",
                   stdout);

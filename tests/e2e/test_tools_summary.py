@@ -474,8 +474,8 @@ class Trend(Base):
         self.assertIn("Step time across 3 runs of %s" % self.logdir, p.stdout)
         # job_b has two hosts: the slowest host's mean (second_host's 1 ms) is a column
         self.assertRegex(p.stdout, r"\njob_b\s+\S+ \S+\s+2\s+5\s+407\.400 us\s+6\.000 us\s+1\.000 ms\s+33\.03x"
-                                   r"\s+1\.000 ms\s+25\.1%\s+conv \(98%\)\n")
-        self.assertRegex(p.stdout, r"vs 1st\s+slowest host\s+GPU busy")
+                                   r"\s+1\.000 ms\s+25\.1%\s+38\.3%\s+conv \(98%\)\n")
+        self.assertRegex(p.stdout, r"vs 1st\s+slowest host\s+GPU busy\s+waits on CPU")
         self.assertIn("Mean step time: first 12.333 us, last 1.000 ms (81.08x)\n", p.stdout)
 
     def test_slowest_run_named_and_runs_without_steps(self):
@@ -488,7 +488,7 @@ class Trend(Base):
                   ("r4", {"n": sp.SerializeToString()}))
         p = run("trend", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertRegex(p.stdout, r"\nr4\s+\S+ \S+\s+1\s+0\s+-\s+-\s+-\s+-\s+40\.0%\s+gemm \(100%\)\n")
+        self.assertRegex(p.stdout, r"\nr4\s+\S+ \S+\s+1\s+0\s+-\s+-\s+-\s+-\s+40\.0%\s+0\.0%\s+gemm \(100%\)\n")
         self.assertIn("Mean step time: first 12.333 us, last 12.333 us (1.00x); slowest 1.000 ms in r2 (81.08x)",
                       p.stdout)
         js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
@@ -509,10 +509,10 @@ class Trend(Base):
         self.assertEqual(js[2]["gpu_idle_cpu_ns"], 65000 + (1065000 - 350000))
         p = run("trend", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertRegex(p.stdout, r"GPU busy\s+comm exposed\s+top kernel")
-        self.assertRegex(p.stdout, r"\nr1\s.*\s90\.0%\s+20\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(53%\)\n")
-        self.assertRegex(p.stdout, r"\nr2\s.*\s90\.0%\s+35\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(59%\)\n")
-        self.assertRegex(p.stdout, r"\nr3\s.*\s25\.0%\s+-\s+conv \(100%\)\n")
+        self.assertRegex(p.stdout, r"GPU busy\s+waits on CPU\s+comm exposed\s+top kernel")
+        self.assertRegex(p.stdout, r"\nr1\s.*\s90\.0%\s+0\.0%\s+20\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(53%\)\n")
+        self.assertRegex(p.stdout, r"\nr2\s.*\s90\.0%\s+0\.0%\s+35\.0%\s+ncclDevKernel_AllReduce_Sum_bf16_RING_LL \(59%\)\n")
+        self.assertRegex(p.stdout, r"\nr3\s.*\s25\.0%\s+39\.0%\s+-\s+conv \(100%\)\n")
         # no collectives anywhere: no column
         self.assertNotIn("comm exposed", run("trend", "--prefix", "r3", self.logdir).stdout)
 
