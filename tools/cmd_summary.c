@@ -153,6 +153,7 @@ static void launcher_row(const char *name, int64_t ns, int64_t all)
 /* GPU idle by cause under the step table (or the capture's line), and a
  * hint where the GPU waited for the CPU for a good part of the time. */
 #define HOST_BOUND_PCT 20.0
+#define EXPOSED_COMM_PCT 10.0 /* exposed communication worth a hint, % of the step time */
 
 static void idle_text(const tb_summary *m)
 {
@@ -295,6 +296,11 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                m->nsteps ? "in the steps" : "over the capture", dur(b1, sizeof b1, m->comm_ns),
                dur(b2, sizeof b2, over), pct(over, m->comm_ns), dur(b3, sizeof b3, m->comm_exposed_ns),
                pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
+        if (pct(m->comm_exposed_ns, m->window_ns) >= EXPOSED_COMM_PCT)
+            printf("  hint: exposed communication is %.0f%% of the %s. Overlap it with compute (DDP's gradient\n"
+                   "  buckets, FSDP's prefetch), and compare the ranks: the one that waits least in its\n"
+                   "  collectives is the one the others wait for.\n",
+                   pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
     }
 
     /* GPU memory */

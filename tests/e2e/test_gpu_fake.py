@@ -836,6 +836,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertIn("\nCommunication (collective kernels: NCCL's, all_reduce, all_gather, ...): 1 launch, "
                       "300.0 us in them\n  in the steps: 300.0 us on the GPU, 160.0 us of it (53.3%) beside "
                       "compute kernels, 140.0 us exposed (", p.stdout)
+        self.assertNotIn("hint: exposed communication", p.stdout)  # 0.3% of the step time
         self.assertRegex(p.stdout, r"\n +step +time +GPU busy +H2D +D2H +GPU idle +comm +exposed\n")
         self.assertRegex(p.stdout, r"\n +all( +\S+ \w+){2} +[\d.]+%( +\S+ \w+){3} +[\d.]+% +300.0 us +140.0 us +"
                                    r"[\d.]+%\n")

@@ -73,7 +73,8 @@ class RealProfiles(tbtest.TestCase):
         r = cli("trend", self.logdir)
         self.assertIn("Mean step time: first ", r.stdout)
         self.assertRegex(r.stdout, r"last [\d.]+ ms \([\d.]+x\)\n")
-        self.assertRegex(r.stdout, r"\nslow_steps_80-82 .*x\s+-\s+-\n", "no GPU traced: no busy share, no kernel")
+        self.assertRegex(r.stdout, r"\nslow_steps_80-82 .*x\s+-\s+-\s+-\n",
+                         "no GPU traced: no busy or waiting share, no kernel")
 
     def test_cpu_split(self):
         why = cpusamples.perf_refused_reason()

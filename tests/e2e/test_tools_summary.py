@@ -338,7 +338,10 @@ class SummaryFigures(Base):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout, r"\ncomm exposed\s+10\.0%\s+60\.0%\s+-\s*\n")
         self.assertIn("in the steps: 800.0 us on the GPU, 200.0 us of it (25.0%) beside compute kernels, "
-                      "600.0 us exposed (60.0% of the step time)", p.stdout)
+                      "600.0 us exposed (60.0% of the step time)\n  hint: exposed communication is 60% of the "
+                      "step time.", p.stdout)
+        # rank 0 (exposed 10.0%) gets the hint too; the threshold is 10%
+        self.assertEqual(p.stdout.count("hint: exposed communication"), 2)
         # without communication anywhere, no row
         os.unlink(os.path.join(self.rundir, "node1.rank0.xplane.pb"))
         os.unlink(os.path.join(self.rundir, "node1.rank1.xplane.pb"))
