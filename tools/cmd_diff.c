@@ -5,6 +5,8 @@
  * busy, the GPU waiting for the CPU, exposed communication and kernel time
  * for each, then the kernels whose time changed most.
  *
+ * With one LOGDIR, its two newest runs are compared (the older as A).
+ *
  * Runs of different lengths compare per step: each kernel's time and
  * launches are divided by the run's steps (all hosts'). Where either run
  * has no steps, they compare per second of capture instead.
@@ -22,7 +24,8 @@
 #include "util.h"
 
 #define USAGE                                                                                                   \
-    "usage: tbprof diff A B [--top N] [--json] [--max-slowdown PCT]   (A, B: LOGDIR, RUN_DIR or FILE.xplane.pb)\n"
+    "usage: tbprof diff A B [--top N] [--json] [--max-slowdown PCT]   (A, B: LOGDIR, RUN_DIR or FILE.xplane.pb)\n" \
+    "       tbprof diff LOGDIR ...                                     (its two newest runs)\n"
 
 /* One side: what was read and its figures. */
 typedef struct side {
@@ -323,11 +326,26 @@ int cmd_diff(int argc, char **argv)
         default: fputs(USAGE, stderr); return 2;
         }
     }
-    if (optind != argc - 2) {
+    if (optind != argc - 2 && optind != argc - 1) {
         fputs(USAGE, stderr);
         return 2;
     }
     side a = {.in = argv[optind]}, b = {.in = argv[optind + 1]};
+    tb_runlist rl = {0};
+    if (optind == argc - 1) { /* one logdir: its two newest runs, the older as A */
+        if (tb_runs_scan_or_say(argv[optind], &rl) < 0)
+            return 2;
+        if (rl.n < 2) {
+            fprintf(stderr, "tbprof diff: %s holds one run (%s): name two runs, or two profiles, to compare\n",
+                    argv[optind], rl.runs[0].name);
+            tb_runs_free(&rl);
+            return 2;
+        }
+        a.in = rl.runs[rl.n - 2].path;
+        b.in = rl.runs[rl.n - 1].path;
+        fprintf(stderr, "tbprof diff: the two newest runs of %s: A %s, B %s\n", argv[optind], rl.runs[rl.n - 2].name,
+                rl.runs[rl.n - 1].name);
+    }
     int rc = 2;
     if (load_side(&a) == 0 && load_side(&b) == 0) {
         int steps = a.s.nsteps && b.s.nsteps;
@@ -355,6 +373,7 @@ int cmd_diff(int argc, char **argv)
     }
     free(a.dir);
     free(b.dir);
+    tb_runs_free(&rl);
     tb_runsum_free(&a.s);
     tb_runsum_free(&b.s);
     return rc;

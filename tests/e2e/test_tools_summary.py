@@ -591,6 +591,22 @@ class Diff(Base):
         p = run("diff", "--top", "1", a, b)
         self.assertIn("... 3 more (--top N, or --json)", p.stdout)
 
+    def test_two_newest_runs_of_a_logdir(self):
+        # one logdir: its two newest runs (by their profiles' times), the older as A
+        a, b = self.make()
+        for i, d in enumerate((a, b)):
+            for f in os.listdir(d):
+                os.utime(os.path.join(d, f), (T0 // 10**9 + i, T0 // 10**9 + i))
+        js = json.loads(run("diff", "--json", self.logdir).stdout)
+        self.assertEqual((js["a"]["run_dir"], js["b"]["run_dir"]), (a, b))
+        p = run("diff", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("the two newest runs of %s: A before, B after" % self.logdir, p.stderr)
+        shutil.rmtree(a)
+        p = run("diff", self.logdir)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("holds one run (after): name two runs, or two profiles, to compare", p.stderr)
+
     def test_max_slowdown_gate(self):
         # a performance gate for CI: exit 1 when B's mean step grew more
         # than allowed (A -> B here is 0.8 ms -> 1 ms: +25%)
@@ -624,7 +640,10 @@ class Diff(Base):
         p = run("diff", a, os.path.join(self.tmp, "nothing"))
         self.assertEqual(p.returncode, 2)
         self.assertIn("nothing", p.stderr)
-        p = run("diff", a)
+        p = run("diff", a)  # one run folder: nothing to compare it with
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("holds one run (before)", p.stderr)
+        p = run("diff", a, a, a)
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: tbprof diff A B", p.stderr)
         p = run("diff", "--top", "0", a, a)
