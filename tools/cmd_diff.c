@@ -1,4 +1,4 @@
-/* cmd_diff.c - `tbprof diff A B [--top N] [--json]`: two profiles side by
+/* cmd_diff.c - `tbprof diff A B [--top N] [--json] [--max-slowdown PCT]`: two profiles side by
  * side, for "did my change help, and where?". A and B are what `summary`
  * takes (a logdir's newest run, a run folder, one .xplane.pb); every host
  * of a run is folded together (tools/runsum.h). It shows step time, GPU

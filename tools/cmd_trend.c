@@ -152,8 +152,8 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             snprintf(busy, sizeof(busy), "%.1f%%", pct(r->s.gpu_busy_ns, r->s.window_ns));
             snprintf(waits, sizeof(waits), "%.1f%%", pct(r->s.idle_cpu_ns, r->s.window_ns));
         }
-        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps, a, b,
-               c, vs);
+        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps,
+               a, b, c, vs);
         if (multi) {
             char sl[32] = "-";
             if (r->s.nsteps)

@@ -861,8 +861,8 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertEqual(h["gpu"]["idle_cpu_ns"], sum(x["idle_cpu_ns"] for x in h["steps"]["list"]))
         self.assertEqual(h["gpu"]["idle_queued_ns"], 87000)
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
-        self.assertRegex(p.stdout, r"\n  GPU idle [\d.]+ ms: waiting for the CPU to launch work [\d.]+ \w+ \([\d.]+% of "
-                                   r"the step time\), launched work not yet\n    running 87\.0 us, other ")
+        self.assertRegex(p.stdout, r"\n  GPU idle [\d.]+ ms: waiting for the CPU to launch work [\d.]+ \w+ "
+                                   r"\([\d.]+% of the step time\), launched work not yet\n    running 87\.0 us, other ")
 
     def test_torch_op_ranges_name_their_gpu_work(self):
         # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events

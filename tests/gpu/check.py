@@ -1068,5 +1068,6 @@ if __name__ == "__main__":
     elif cmd == "diff":
         diff_facts(sys.argv[2])
     else:
-        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|jax_capture|"
-                 "jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|summary|diff ...")
+        sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|"
+                 "jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|"
+                 "summary|diff ...")
