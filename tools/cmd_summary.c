@@ -150,11 +150,11 @@ static void launcher_row(const char *name, int64_t ns, int64_t all)
     printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), pct(ns, all), name);
 }
 
-/* GPU idle by cause under the step table (or the capture's line), and a
- * hint where the GPU waited for the CPU for a good part of the time. */
-#define HOST_BOUND_PCT 20.0
+#define HOST_BOUND_PCT 20.0   /* the GPU waiting for the CPU worth a hint, % of the step time */
 #define EXPOSED_COMM_PCT 10.0 /* exposed communication worth a hint, % of the step time */
 
+/* GPU idle by cause under the step table (or the capture's line), and a
+ * hint where the GPU waited for the CPU for a good part of the time. */
 static void idle_text(const tb_summary *m)
 {
     if (!m->gpu_events || m->gpu_idle_ns <= 0)
@@ -168,7 +168,7 @@ static void idle_text(const tb_summary *m)
            of, dur(b3, sizeof b3, m->idle_queued_ns), dur(b4, sizeof b4, other));
     if (pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
-               "  sets the pace (Python, data loading, syncs such as .item()); see the CPU functions below. Fewer,\n"
+               "  sets the pace (Python, data loading, syncs such as .item()): the top CPU functions say which. Fewer,\n"
                "  larger launches (CUDA graphs, torch.compile, a bigger batch) or DataLoader workers help.\n",
                pct(m->idle_cpu_ns, m->window_ns), of);
 }
