@@ -623,10 +623,10 @@ static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step
 
 /* ---- GPU idle time by cause ------------------------------------------------------- */
 
-/* A CUDA call's end, by correlation id */
+/* A CUDA call's span, by correlation id */
 typedef struct call_end {
     uint64_t corr;
-    int64_t end;
+    int64_t start, end;
 } call_end;
 
 static int call_end_cmp(const void *a, const void *b)
@@ -636,7 +636,7 @@ static int call_end_cmp(const void *a, const void *b)
 }
 
 /* The calls on /host:* lines with a correlation id, sorted by it, one per
- * id (its latest end). */
+ * id (its earliest start, its latest end). */
 static int collect_calls(tb_space *s, call_end **out, size_t *n)
 {
     call_end *v = NULL;
@@ -658,7 +658,7 @@ static int collect_calls(tb_space *s, call_end **out, size_t *n)
                     free(v);
                     return -ENOMEM;
                 }
-                v[nv++] = (call_end){(uint64_t)corr, e->start_ns + e->dur_ns};
+                v[nv++] = (call_end){(uint64_t)corr, e->start_ns, e->start_ns + e->dur_ns};
             }
         }
     }
@@ -667,6 +667,8 @@ static int collect_calls(tb_space *s, call_end **out, size_t *n)
         size_t k = 0;
         for (size_t i = 1; i < nv; i++) {
             if (v[i].corr == v[k].corr) {
+                if (v[i].start < v[k].start)
+                    v[k].start = v[i].start;
                 if (v[i].end > v[k].end)
                     v[k].end = v[i].end;
             } else {
@@ -685,8 +687,9 @@ static int collect_calls(tb_space *s, call_end **out, size_t *n)
  * each gap was doing: not yet launched (the GPU waited for the CPU: from
  * the gap's start to the end of that work's launching call), or launched
  * and not yet running (the rest: launch latency, waits on events and other
- * streams). A gap whose next work has no call in the profile is neither. */
-static int scan_idle(const tb_summary *sum, tb_space *s, gpu_acc *g)
+ * streams). A gap whose next work has no call in the profile is neither.
+ * Also counts the calls that launched GPU work, and their time. */
+static int scan_idle(tb_summary *sum, tb_space *s, gpu_acc *g)
 {
     if (!g->nacts)
         return 0;
@@ -711,6 +714,18 @@ static int scan_idle(const tb_summary *sum, tb_space *s, gpu_acc *g)
         }
         if (a->end > busy_end)
             busy_end = a->end;
+    }
+    /* the calls that launched GPU work (both lists sorted by correlation id) */
+    for (size_t i = 0, j = 0; i < ncalls && j < g->nwork;) {
+        if (calls[i].corr < g->work[j].corr) {
+            i++;
+        } else if (calls[i].corr > g->work[j].corr) {
+            j++;
+        } else {
+            sum->launch_calls++;
+            sum->launch_call_ns += calls[i].end - calls[i].start;
+            i++, j++;
+        }
     }
     free(calls);
     return rc;

@@ -135,6 +135,10 @@ typedef struct tb_summary {
     int64_t window_ns, gpu_busy_ns, h2d_ns, d2h_ns, gpu_idle_ns;
     int64_t comm_ns, comm_exposed_ns;
     int64_t idle_cpu_ns, idle_queued_ns;
+    /* CUDA calls in the profile that launched GPU work (by correlation id),
+     * and the sum of their durations: the host's cost of launching */
+    uint64_t launch_calls;
+    int64_t launch_call_ns;
 
     /* communication kernels (see above): launches and summed durations */
     uint64_t comm_kernels;

@@ -166,6 +166,10 @@ static void idle_text(const tb_summary *m)
            "    running %s, other %s (no GPU work after it, or its launch not in the capture)\n",
            dur(b1, sizeof b1, m->gpu_idle_ns), dur(b2, sizeof b2, m->idle_cpu_ns), pct(m->idle_cpu_ns, m->window_ns),
            of, dur(b3, sizeof b3, m->idle_queued_ns), dur(b4, sizeof b4, other));
+    if (m->launch_calls)
+        printf("  launches: %" PRIu64 " CUDA calls in the capture launched GPU work, %s each on average (%s in all)\n",
+               m->launch_calls, dur(b1, sizeof b1, m->launch_call_ns / (int64_t)m->launch_calls),
+               dur(b2, sizeof b2, m->launch_call_ns));
     if (pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
                "  sets the pace (Python, data loading, syncs such as .item()): the top CPU functions say which. Fewer,\n"
@@ -520,6 +524,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("idle_ns", m->gpu_idle_ns, 1);
     jkv_i("idle_cpu_ns", m->idle_cpu_ns, 1);       /* waiting for the CPU to launch work */
     jkv_i("idle_queued_ns", m->idle_queued_ns, 1); /* launched work not yet running */
+    jkv_i("launch_calls", (int64_t)m->launch_calls, 1); /* CUDA calls that launched GPU work */
+    jkv_i("launch_call_ns", m->launch_call_ns, 1);
     printf(",\"busy_pct\":");
     jnum(pct(m->gpu_busy_ns, m->window_ns));
     printf("}");

@@ -860,9 +860,13 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
                          (first_launch_end - s["start_ns"] + 175000, 87000))
         self.assertEqual(h["gpu"]["idle_cpu_ns"], sum(x["idle_cpu_ns"] for x in h["steps"]["list"]))
         self.assertEqual(h["gpu"]["idle_queued_ns"], 87000)
+        # the four calls that launched work: 10 + 10 + 10 + 2 us
+        self.assertEqual((h["gpu"]["launch_calls"], h["gpu"]["launch_call_ns"]), (4, 32000))
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n  GPU idle [\d.]+ ms: waiting for the CPU to launch work [\d.]+ \w+ "
                                    r"\([\d.]+% of the step time\), launched work not yet\n    running 87\.0 us, other ")
+        self.assertIn("\n  launches: 4 CUDA calls in the capture launched GPU work, 8.0 us each on average "
+                      "(32.0 us in all)\n", p.stdout)
 
     def test_torch_op_ranges_name_their_gpu_work(self):
         # torch's op ranges ("aten::mm, seq = 5, op_id = 17") become events

@@ -359,6 +359,8 @@ class SummaryFigures(Base):
         self.assertEqual([(h["gpu"]["idle_cpu_ns"], h["gpu"]["idle_queued_ns"], h["gpu"]["idle_ns"])
                           for h in js["hosts"]], [(610000, 15000, 820000), (110000, 15000, 820000)])
         self.assertEqual([h["steps"]["list"][0]["idle_cpu_ns"] for h in js["hosts"]], [610000, 110000])
+        self.assertEqual([(h["gpu"]["launch_calls"], h["gpu"]["launch_call_ns"]) for h in js["hosts"]],
+                         [(2, 20000), (2, 20000)])
         p = run("summary", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout, r"\nGPU waits on CPU\s+61\.0%\s+11\.0%\s*\n")

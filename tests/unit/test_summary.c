@@ -506,6 +506,9 @@ static void idle_by_cause(void)
     }
     CHECK_EQ_I(m.idle_cpu_ns, 3250);
     CHECK_EQ_I(m.idle_queued_ns, 600);
+    /* the calls that launched work: 1-4 (99 has none), 100 + 100 + 100 + 50 */
+    CHECK_EQ_I(m.launch_calls, 4);
+    CHECK_EQ_I(m.launch_call_ns, 350);
     tb_summary_free(&m);
     tb_space_free(s);
 }
