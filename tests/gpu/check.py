@@ -962,9 +962,10 @@ def summary_facts(sjson, xplane, nsteps):
     w = g["window_ns"] or 1
     result("summary_torch", not errs, "; ".join(errs[:4]) or
            "%d kernels; GPU busy %.1f%%; idle: waiting for the CPU %.1f%%, launched and queued %.1f%%, "
-           "other %.1f%% of step time; communication kernels %d (exposed %.1f%%)" % (
+           "other %.1f%% of step time; launch calls %d, %.1f us each; communication kernels %d (exposed %.1f%%)" % (
                len(kern), 100.0 * g["busy_ns"] / w, 100.0 * g["idle_cpu_ns"] / w, 100.0 * g["idle_queued_ns"] / w,
-               100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, c["kernels"], c["exposed_pct"]))
+               100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, g["launch_calls"],
+               g["launch_call_ns"] / 1e3 / (g["launch_calls"] or 1), c["kernels"], c["exposed_pct"]))
 
 
 def diff_facts(djson):
