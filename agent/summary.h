@@ -37,9 +37,10 @@
  *   launch latency, waits on events or other streams). Work that starts
  *   before its call returns (a synchronous copy, a kernel picked up while
  *   cudaLaunchKernel is still returning) counts its whole gap as waiting
- *   for the CPU: the call's end is the one launch time CUPTI gives for
- *   every kind of call. A gap whose next activity has no call in the
- *   profile, and the time after the last activity, are in neither.
+ *   for the CPU: CUPTI records when a call began and ended, not when its
+ *   work was enqueued, and the end is the latest that can have been. A
+ *   gap whose next activity has no call in the profile, and the time
+ *   after the last activity, are in neither.
  * - Communication: kernels of collective libraries, by name
  *   (tb_kernel_is_comm: NCCL's, and all_reduce / all_gather /
  *   reduce_scatter / all_to_all kernels of others). In a window: comm =
