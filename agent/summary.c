@@ -29,20 +29,27 @@ static int iv_cmp(const void *a, const void *b)
     return (x->end > y->end) - (x->end < y->end);
 }
 
+/* The one merge rule, for intervals taken in order of start: 1 when
+ * [start, end) overlaps or touches *last and was folded into it, 0 when it
+ * begins a new interval. */
+static int extends(tb_interval *last, int64_t start, int64_t end)
+{
+    if (start > last->end)
+        return 0;
+    if (end > last->end)
+        last->end = end;
+    return 1;
+}
+
 size_t tb_intervals_merge(tb_interval *iv, size_t n)
 {
     if (n == 0)
         return 0;
     qsort(iv, n, sizeof(*iv), iv_cmp);
     size_t k = 0;
-    for (size_t i = 1; i < n; i++) {
-        if (iv[i].start <= iv[k].end) {
-            if (iv[i].end > iv[k].end)
-                iv[k].end = iv[i].end;
-        } else {
+    for (size_t i = 1; i < n; i++)
+        if (!extends(&iv[k], iv[i].start, iv[i].end))
             iv[++k] = iv[i];
-        }
-    }
     return k + 1;
 }
 
@@ -482,11 +489,8 @@ static int act_cmp(const void *a, const void *b)
 /* Add [start, end) to a union built from intervals sorted by start. */
 static int union_add(iv_vec *v, int64_t start, int64_t end)
 {
-    if (v->n && start <= v->v[v->n - 1].end) {
-        if (end > v->v[v->n - 1].end)
-            v->v[v->n - 1].end = end;
+    if (v->n && extends(&v->v[v->n - 1], start, end))
         return 0;
-    }
     return iv_push(v, start, end - start);
 }
 
@@ -607,7 +611,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
     return build_unions(g);
 }
 
-/* The GPU figures of the window [lo, hi) into st (dur_ns and the rest). */
+/* The GPU figures of the window [lo, hi) into st (all but its dur_ns). */
 static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step *st)
 {
     st->gpu_busy_ns = tb_intervals_overlap(g->all.v, g->all.n, lo, hi);
@@ -619,6 +623,20 @@ static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step
         st->comm_ns - tb_intervals_both(g->comm.v, g->comm.n, g->compute.v, g->compute.n, lo, hi);
     st->idle_cpu_ns = tb_intervals_overlap(g->idle_cpu.v, g->idle_cpu.n, lo, hi);
     st->idle_queued_ns = tb_intervals_overlap(g->idle_queued.v, g->idle_queued.n, lo, hi);
+}
+
+/* Add a window's figures (a step's, or the whole capture's) to the sums. */
+static void add_window(tb_summary *sum, const tb_sum_step *st)
+{
+    sum->window_ns += st->dur_ns;
+    sum->gpu_busy_ns += st->gpu_busy_ns;
+    sum->h2d_ns += st->h2d_ns;
+    sum->d2h_ns += st->d2h_ns;
+    sum->gpu_idle_ns += st->gpu_idle_ns;
+    sum->comm_ns += st->comm_ns;
+    sum->comm_exposed_ns += st->comm_exposed_ns;
+    sum->idle_cpu_ns += st->idle_cpu_ns;
+    sum->idle_queued_ns += st->idle_queued_ns;
 }
 
 /* ---- GPU idle time by cause ------------------------------------------------------- */
@@ -1150,39 +1168,21 @@ int tb_summarize(tb_space *s, tb_summary *sum)
         rc = scan_steps(sum, s);
     if (!rc) {
         if (sum->nsteps) {
-            int64_t tot = 0;
             sum->step_min_ns = INT64_MAX;
             for (size_t i = 0; i < sum->nsteps; i++) {
                 tb_sum_step *st = &sum->steps[i];
                 window_figures(&g, st->start_ns, st->start_ns + st->dur_ns, st);
-                tot += st->dur_ns;
                 if (st->dur_ns < sum->step_min_ns)
                     sum->step_min_ns = st->dur_ns;
                 if (st->dur_ns > sum->step_max_ns)
                     sum->step_max_ns = st->dur_ns;
-                sum->window_ns += st->dur_ns;
-                sum->gpu_busy_ns += st->gpu_busy_ns;
-                sum->h2d_ns += st->h2d_ns;
-                sum->d2h_ns += st->d2h_ns;
-                sum->gpu_idle_ns += st->gpu_idle_ns;
-                sum->comm_ns += st->comm_ns;
-                sum->comm_exposed_ns += st->comm_exposed_ns;
-                sum->idle_cpu_ns += st->idle_cpu_ns;
-                sum->idle_queued_ns += st->idle_queued_ns;
+                add_window(sum, st);
             }
-            sum->step_mean_ns = tot / (int64_t)sum->nsteps;
+            sum->step_mean_ns = sum->window_ns / (int64_t)sum->nsteps;
         } else {
-            tb_sum_step all = {0};
+            tb_sum_step all = {.dur_ns = sum->end_ns - sum->begin_ns};
             window_figures(&g, sum->begin_ns, sum->end_ns, &all);
-            sum->window_ns = sum->end_ns - sum->begin_ns;
-            sum->gpu_busy_ns = all.gpu_busy_ns;
-            sum->h2d_ns = all.h2d_ns;
-            sum->d2h_ns = all.d2h_ns;
-            sum->gpu_idle_ns = all.gpu_idle_ns;
-            sum->comm_ns = all.comm_ns;
-            sum->comm_exposed_ns = all.comm_exposed_ns;
-            sum->idle_cpu_ns = all.idle_cpu_ns;
-            sum->idle_queued_ns = all.idle_queued_ns;
+            add_window(sum, &all);
         }
         rc = tb_folded_add_space(&f, s);
     }
