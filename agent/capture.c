@@ -734,13 +734,14 @@ static int env_window_check(int64_t n, int64_t t, int at_boundary)
     return 0;
 }
 
-/* g.pend's next repeat after `skip` more periods: 1, or 0 (and g.pend
- * dropped) when it was the last or the numbers would overflow. Lock held. */
+/* g.pend as a window (config.h), for tb_window_nth / _index_from. Lock held. */
 static tb_window pend_window(void)
 {
     return (tb_window){.first = g.pend.first, .last = g.pend.last, .period = g.pend.period, .count = g.pend.reps};
 }
 
+/* g.pend's next repeat after `skip` more periods: 1, or 0 (and g.pend
+ * dropped) when it was the last or the numbers would overflow. Lock held. */
 static int pend_repeat(int64_t skip)
 {
     tb_window w = pend_window(), nx;
@@ -1066,6 +1067,19 @@ static void time_window_due(int64_t now)
     g.tw.at = g.tw.base + n * every;
 }
 
+/* Schedule the time window: the first at mono ns `at` (from_s seconds
+ * after start-up, for its run name), dur_s long, again every every_s
+ * seconds (0: once), count in all (0: no end). Lock held. */
+static void time_window_schedule(int64_t at, double from_s, double dur_s, double every_s, int64_t count)
+{
+    g.tw.at = g.tw.base = at;
+    g.tw.k = 0;
+    g.tw.dur_s = dur_s;
+    g.tw.every_s = every_s;
+    g.tw.from_s = from_s;
+    g.tw.count = count;
+}
+
 /* `start duration=S every=T [count=K]`: S seconds now and every T seconds.
  * Lock held. 0, -EBUSY (a capture or another repeat is on), -EPERM. */
 static int request_time_repeat(double dur_s, double every_s, int64_t count, const char *run)
@@ -1075,12 +1089,7 @@ static int request_time_repeat(double dur_s, double every_s, int64_t count, cons
     if (g.state != TB_STATE_IDLE || g.pend.kind || g.tw.at)
         return -EBUSY;
     int64_t now = tb_mono_ns();
-    g.tw.base = g.tw.at = now;
-    g.tw.k = 0;
-    g.tw.dur_s = dur_s;
-    g.tw.every_s = every_s;
-    g.tw.from_s = 0;
-    g.tw.count = count;
+    time_window_schedule(now, 0, dur_s, every_s, count);
     g.tw.socket = 1;
     snprintf(g.tw.run, sizeof(g.tw.run), "%s", run ? run : "");
     time_window_due(now);
@@ -1396,14 +1405,9 @@ int tb_agent_init(const tb_config *c, int disable)
         return 0;
     }
     tb_names_read_env(&g.names, env_get);
-    if (c->duration_s > 0) {
-        g.tw.at = g.tw.base = tb_mono_ns() + (int64_t)(c->delay_s * 1e9);
-        g.tw.k = 0;
-        g.tw.dur_s = c->duration_s;
-        g.tw.every_s = c->every_s;
-        g.tw.from_s = c->delay_s;
-        g.tw.count = c->every_count;
-    }
+    if (c->duration_s > 0)
+        time_window_schedule(tb_mono_ns() + (int64_t)(c->delay_s * 1e9), c->delay_s, c->duration_s, c->every_s,
+                             c->every_count);
     if (c->socket) {
         int fd = tb_ctl_listen(getpid());
         if (fd < 0)
