@@ -21,7 +21,6 @@
 #include "readprof.h"
 #include "runsum.h"
 #include "strmap.h"
-#include "util.h"
 
 #define USAGE                                                                                                   \
     "usage: tbprof diff A B [--top N] [--json] [--max-slowdown PCT]   (A, B: LOGDIR, RUN_DIR or FILE.xplane.pb)\n" \
@@ -113,8 +112,6 @@ static krow *join_kernels(const side *a, const side *b, size_t *n)
     return k;
 }
 
-static double pct(int64_t part, int64_t whole) { return whole > 0 ? 100.0 * (double)part / (double)whole : 0; }
-
 /* "1.234 ms" for a duration in ns that may be fractional or negative */
 static const char *fdur(double ns, char *buf, size_t n)
 {
@@ -184,7 +181,7 @@ static void share_row(const char *title, const side *a, const side *b, int64_t p
                       int show_b)
 {
     char x[32] = "-", y[32] = "-", c[48] = "";
-    double sa = pct(pa, a->s.window_ns), sb = pct(pb, b->s.window_ns);
+    double sa = rr_pct(pa, a->s.window_ns), sb = rr_pct(pb, b->s.window_ns);
     if (show_a)
         snprintf(x, sizeof x, "%.1f%%", sa);
     if (show_b)

@@ -14,6 +14,7 @@
 
 #include "cmd.h"
 #include "folded.h"
+#include "read_runs.h"
 #include "readprof.h"
 #include "summary.h"
 
@@ -58,11 +59,6 @@ static const char *bytes_str(char *b, size_t n, uint64_t x)
     return b;
 }
 
-static double pct(int64_t part, int64_t whole)
-{
-    return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
-}
-
 static double gbps(uint64_t bytes, int64_t ns)
 {
     return ns > 0 ? (double)bytes / (double)ns : 0.0; /* bytes/ns == GB/s */
@@ -96,7 +92,7 @@ static const char *gpu_share(char *b, size_t n, const tb_summary *m, int64_t par
 {
     if (!m->ngpus)
         return "-";
-    snprintf(b, n, "%.1f%%", pct(part, m->window_ns));
+    snprintf(b, n, "%.1f%%", rr_pct(part, m->window_ns));
     return b;
 }
 
@@ -147,7 +143,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 static void launcher_row(const char *name, int64_t ns, int64_t all)
 {
     char b[64];
-    printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), pct(ns, all), name);
+    printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), rr_pct(ns, all), name);
 }
 
 #define HOST_BOUND_PCT 20.0   /* the GPU waiting for the CPU worth a hint, % of the step time */
@@ -164,17 +160,17 @@ static void idle_text(const tb_summary *m)
     const char *of = m->nsteps ? "step time" : "capture";
     printf("  GPU idle %s: waiting for the CPU to launch work %s (%.1f%% of the %s), launched work not yet\n"
            "    running %s, other %s (no GPU work after it, or its launch not in the capture)\n",
-           dur(b1, sizeof b1, m->gpu_idle_ns), dur(b2, sizeof b2, m->idle_cpu_ns), pct(m->idle_cpu_ns, m->window_ns),
+           dur(b1, sizeof b1, m->gpu_idle_ns), dur(b2, sizeof b2, m->idle_cpu_ns), rr_pct(m->idle_cpu_ns, m->window_ns),
            of, dur(b3, sizeof b3, m->idle_queued_ns), dur(b4, sizeof b4, other));
     if (m->launch_calls)
         printf("  launches: %" PRIu64 " CUDA calls in the capture launched GPU work, %s each on average (%s in all)\n",
                m->launch_calls, dur(b1, sizeof b1, m->launch_call_ns / (int64_t)m->launch_calls),
                dur(b2, sizeof b2, m->launch_call_ns));
-    if (pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
+    if (rr_pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
                "  sets the pace (Python, data loading, syncs such as .item()): the top CPU functions say which. Fewer,\n"
                "  larger launches (CUDA graphs, torch.compile, a bigger batch) or DataLoader workers help.\n",
-               pct(m->idle_cpu_ns, m->window_ns), of);
+               rr_pct(m->idle_cpu_ns, m->window_ns), of);
 }
 
 static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
@@ -227,12 +223,12 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                     snprintf(num, sizeof num, "all");
                 }
                 printf("  %8s %11s %11s %5.1f%% %11s %11s %11s %5.1f%%", num, dur(b1, sizeof b1, s->dur_ns),
-                       dur(b2, sizeof b2, s->gpu_busy_ns), pct(s->gpu_busy_ns, s->dur_ns),
+                       dur(b2, sizeof b2, s->gpu_busy_ns), rr_pct(s->gpu_busy_ns, s->dur_ns),
                        dur(b3, sizeof b3, s->h2d_ns), dur(b4, sizeof b4, s->d2h_ns),
-                       dur(b5, sizeof b5, s->gpu_idle_ns), pct(s->gpu_idle_ns, s->dur_ns));
+                       dur(b5, sizeof b5, s->gpu_idle_ns), rr_pct(s->gpu_idle_ns, s->dur_ns));
                 if (comm)
                     printf(" %11s %11s %5.1f%%", dur(b1, sizeof b1, s->comm_ns),
-                           dur(b2, sizeof b2, s->comm_exposed_ns), pct(s->comm_exposed_ns, s->dur_ns));
+                           dur(b2, sizeof b2, s->comm_exposed_ns), rr_pct(s->comm_exposed_ns, s->dur_ns));
                 printf("\n");
             }
             idle_text(m);
@@ -242,9 +238,9 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                "tbprof_step())\n");
         if (m->ngpus)
             printf("  over the capture: GPU busy %s (%.1f%%), H2D %s, D2H %s, idle %s (%.1f%%)\n",
-                   dur(b1, sizeof b1, m->gpu_busy_ns), pct(m->gpu_busy_ns, m->window_ns),
+                   dur(b1, sizeof b1, m->gpu_busy_ns), rr_pct(m->gpu_busy_ns, m->window_ns),
                    dur(b2, sizeof b2, m->h2d_ns), dur(b3, sizeof b3, m->d2h_ns),
-                   dur(b4, sizeof b4, m->gpu_idle_ns), pct(m->gpu_idle_ns, m->window_ns));
+                   dur(b4, sizeof b4, m->gpu_idle_ns), rr_pct(m->gpu_idle_ns, m->window_ns));
         idle_text(m);
     }
 
@@ -262,7 +258,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
             else
                 snprintf(occ, sizeof occ, "-");
             printf("  %11s %5.1f%% %8" PRIu64 " %11s %11s %11s %6s  %s\n",
-                   dur(b1, sizeof b1, k->total_ns), pct(k->total_ns, m->kernel_total_ns), k->count,
+                   dur(b1, sizeof b1, k->total_ns), rr_pct(k->total_ns, m->kernel_total_ns), k->count,
                    dur(b2, sizeof b2, k->total_ns / (int64_t)k->count),
                    dur(b3, sizeof b3, k->min_ns), dur(b4, sizeof b4, k->max_ns), occ, k->name);
         }
@@ -298,13 +294,13 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                m->comm_kernels, m->comm_kernels == 1 ? "" : "es", dur(b1, sizeof b1, m->comm_kernel_ns));
         printf("  %s: %s on the GPU, %s of it (%.1f%%) beside compute kernels, %s exposed (%.1f%% of the %s)\n",
                m->nsteps ? "in the steps" : "over the capture", dur(b1, sizeof b1, m->comm_ns),
-               dur(b2, sizeof b2, over), pct(over, m->comm_ns), dur(b3, sizeof b3, m->comm_exposed_ns),
-               pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
-        if (pct(m->comm_exposed_ns, m->window_ns) >= EXPOSED_COMM_PCT)
+               dur(b2, sizeof b2, over), rr_pct(over, m->comm_ns), dur(b3, sizeof b3, m->comm_exposed_ns),
+               rr_pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
+        if (rr_pct(m->comm_exposed_ns, m->window_ns) >= EXPOSED_COMM_PCT)
             printf("  hint: exposed communication is %.0f%% of the %s. Overlap it with compute (DDP's gradient\n"
                    "  buckets, FSDP's prefetch), and compare the ranks: the one that waits least in its\n"
                    "  collectives is the one the others wait for.\n",
-                   pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
+                   rr_pct(m->comm_exposed_ns, m->window_ns), m->nsteps ? "step time" : "capture");
     }
 
     /* GPU memory */
@@ -353,12 +349,12 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         printf("  %11s %6s %8s %11s  %s\n", "GPU", "%", "count", "mean", "range");
         for (size_t i = 0; i < m->ngpu_ranges && i < (size_t)top; i++) {
             const tb_sum_named *r = &m->gpu_ranges[i];
-            printf("  %11s %5.1f%% %8" PRIu64 " %11s  %s\n", dur(b1, sizeof b1, r->total_ns), pct(r->total_ns, all),
+            printf("  %11s %5.1f%% %8" PRIu64 " %11s  %s\n", dur(b1, sizeof b1, r->total_ns), rr_pct(r->total_ns, all),
                    r->count, dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), r->name);
         }
         if (m->gpu_outside_ns)
             printf("  %11s %5.1f%% %8s %11s  (outside every range)\n", dur(b1, sizeof b1, m->gpu_outside_ns),
-                   pct(m->gpu_outside_ns, all), "", "");
+                   rr_pct(m->gpu_outside_ns, all), "", "");
     }
 
     /* CPU */
@@ -368,8 +364,8 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         for (size_t i = 0; i < m->nfuncs && i < (size_t)top; i++) {
             const tb_func_stat *f = &m->funcs[i];
             printf("  %8" PRIu64 " %5.1f%% %8" PRIu64 " %5.1f%%  %s\n", f->self,
-                   pct((int64_t)f->self, (int64_t)m->cpu_samples), f->total,
-                   pct((int64_t)f->total, (int64_t)m->cpu_samples), f->name);
+                   rr_pct((int64_t)f->self, (int64_t)m->cpu_samples), f->total,
+                   rr_pct((int64_t)f->total, (int64_t)m->cpu_samples), f->name);
         }
     }
 
@@ -403,7 +399,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
          * the job's unless the job needs every core */
         printf("  %-34s %12s  (the agent thread's CPU time from the capture's start to its profile built: "
                "%.2f%% of the capture's length)\n", "agent overhead",
-               dur(b1, sizeof b1, m->overhead_ns), pct(m->overhead_ns, m->end_ns - m->begin_ns));
+               dur(b1, sizeof b1, m->overhead_ns), rr_pct(m->overhead_ns, m->end_ns - m->begin_ns));
         any = 1;
     }
     if (!any)
@@ -527,7 +523,7 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("launch_calls", (int64_t)m->launch_calls, 1); /* CUDA calls that launched GPU work */
     jkv_i("launch_call_ns", m->launch_call_ns, 1);
     printf(",\"busy_pct\":");
-    jnum(pct(m->gpu_busy_ns, m->window_ns));
+    jnum(rr_pct(m->gpu_busy_ns, m->window_ns));
     printf("}");
 
     /* communication kernels; ns / exposed_ns: in the steps (the capture without steps) */
@@ -538,7 +534,7 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("overlapped_ns", m->comm_ns - m->comm_exposed_ns, 1);
     jkv_i("exposed_ns", m->comm_exposed_ns, 1);
     printf(",\"exposed_pct\":");
-    jnum(pct(m->comm_exposed_ns, m->window_ns));
+    jnum(rr_pct(m->comm_exposed_ns, m->window_ns));
     printf("}");
 
     printf(",\"kernels\":{");
@@ -602,9 +598,9 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         jkv_i("self", (int64_t)f->self, 1);
         jkv_i("total", (int64_t)f->total, 1);
         printf(",\"self_pct\":");
-        jnum(pct((int64_t)f->self, (int64_t)m->cpu_samples));
+        jnum(rr_pct((int64_t)f->self, (int64_t)m->cpu_samples));
         printf(",\"total_pct\":");
-        jnum(pct((int64_t)f->total, (int64_t)m->cpu_samples));
+        jnum(rr_pct((int64_t)f->total, (int64_t)m->cpu_samples));
         printf("}");
     }
     printf("]}");

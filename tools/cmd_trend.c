@@ -63,8 +63,6 @@ static void when(const tb_run *r, char *buf, size_t n)
         strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
-static double pct(int64_t part, int64_t whole) { return whole > 0 ? 100.0 * (double)part / (double)whole : 0; }
-
 static void print_json(const char *in, const trend_row *rows, size_t n, int64_t base)
 {
     fputs("{\"logdir\":", stdout);
@@ -149,8 +147,8 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         }
         char busy[16] = "-", waits[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
         if (r->s.gpus) {
-            snprintf(busy, sizeof(busy), "%.1f%%", pct(r->s.gpu_busy_ns, r->s.window_ns));
-            snprintf(waits, sizeof(waits), "%.1f%%", pct(r->s.idle_cpu_ns, r->s.window_ns));
+            snprintf(busy, sizeof(busy), "%.1f%%", rr_pct(r->s.gpu_busy_ns, r->s.window_ns));
+            snprintf(waits, sizeof(waits), "%.1f%%", rr_pct(r->s.idle_cpu_ns, r->s.window_ns));
         }
         printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps,
                a, b, c, vs);
@@ -164,11 +162,11 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         if (comm) {
             char ex[16] = "-";
             if (r->s.comm_kernels)
-                snprintf(ex, sizeof(ex), "%.1f%%", pct(r->s.comm_exposed_ns, r->s.window_ns));
+                snprintf(ex, sizeof(ex), "%.1f%%", rr_pct(r->s.comm_exposed_ns, r->s.window_ns));
             printf("%12s  ", ex);
         }
         if (r->s.nkernels)
-            printf("%s (%.0f%%)\n", r->s.kernels[0].name, pct(r->s.kernels[0].ns, r->s.kernel_total_ns));
+            printf("%s (%.0f%%)\n", r->s.kernels[0].name, rr_pct(r->s.kernels[0].ns, r->s.kernel_total_ns));
         else
             printf("-\n");
     }

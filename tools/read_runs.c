@@ -275,6 +275,11 @@ void rr_json_str(FILE *f, const char *str)
     fputc('"', f);
 }
 
+double rr_pct(long long part, long long whole)
+{
+    return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
 const char *rr_fmt_dur(long long ns, char *buf, size_t n)
 {
     double v = (double)ns;

@@ -55,5 +55,7 @@ char *tb_path_join(const char *a, const char *b);
 void rr_json_str(FILE *f, const char *s);
 /* "1.234 ms"-style duration. */
 const char *rr_fmt_dur(long long ns, char *buf, size_t n);
+/* part as a percentage of whole; 0 when whole is not positive. */
+double rr_pct(long long part, long long whole);
 
 #endif
