@@ -3,7 +3,9 @@
 #define TBPROF_TEST_PROGUTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 static inline int64_t now_ns(int clk)
 {
@@ -23,6 +25,19 @@ static inline void spin_ms(double ms)
         for (int i = 1; i < 2000; i++)
             acc += 1.0 / i;
     progutil_sink = acc;
+}
+
+/* Poll cond() every ms until it holds; after 30 s say so on stderr and go on. */
+static inline void wait_until(int (*cond)(void), const char *what)
+{
+    int64_t end = now_ns(CLOCK_MONOTONIC) + 30 * (int64_t)1000000000;
+    while (!cond()) {
+        if (now_ns(CLOCK_MONOTONIC) > end) {
+            fprintf(stderr, "gave up waiting for %s\n", what);
+            return;
+        }
+        usleep(1000);
+    }
 }
 
 #endif

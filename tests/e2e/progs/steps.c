@@ -86,24 +86,6 @@ static void work(double ms)
     sink = acc;
 }
 
-static int (*capturing_fn)(void);
-
-static int tb_capturing(void) { return capturing_fn ? capturing_fn() : 0; }
-
-/* The fake libcupti's launch hook: 1 stamped now, 2 already, 0 tracing not
- * on yet (or the fake is not loaded). The agent dlopens it RTLD_LOCAL, so
- * look it up by soname without loading it, and let go of it at once. */
-static int fake_launch(void)
-{
-    void *h = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
-    if (!h)
-        return 0;
-    int (*f)(void) = (int (*)(void))dlsym(h, "tbfake_cupti_launch");
-    int r = f ? f() : 0;
-    dlclose(h);
-    return r;
-}
-
 /* -A: one CUDA runtime call returning (cudaLaunchKernel's callback id) */
 static void cuda_call(void)
 {
@@ -144,18 +126,6 @@ static void cuda_teardown(void)
     if (f)
         f();
     dlclose(h);
-}
-
-static void wait_until(int (*cond)(void), const char *what)
-{
-    int64_t end = now_ns(CLOCK_MONOTONIC) + 30 * (int64_t)1000000000;
-    while (!cond()) {
-        if (now_ns(CLOCK_MONOTONIC) > end) {
-            fprintf(stderr, "steps: gave up waiting for %s\n", what);
-            return;
-        }
-        usleep(1000);
-    }
 }
 
 /* tbprof_stop(), with -s the times just before and after it */
@@ -228,7 +198,6 @@ int main(int argc, char **argv)
         }
     }
     tbapi_init();
-    *(void **)&capturing_fn = dlsym(RTLD_DEFAULT, "tbprof_capturing");
     pthread_t th[64];
     if (nthreads > 64)
         nthreads = 64;
