@@ -222,6 +222,99 @@ int tb_folded_add_space(tb_folded *f, tb_space *s)
     return 0;
 }
 
+/* ---- on-CPU time by function -------------------------------------------- */
+
+static int seg_push(tb_cpu_segs *o, size_t *cap, int64_t a, int64_t b, const char *who)
+{
+    if (b <= a)
+        return 0;
+    if (o->n && o->v[o->n - 1].end == a && o->v[o->n - 1].who == who) {
+        o->v[o->n - 1].end = b;
+        return 0;
+    }
+    if (TB_GROW(o->v, *cap, o->n + 1) < 0)
+        return -ENOMEM;
+    o->v[o->n++] = (tb_cpu_seg){a, b, who};
+    return 0;
+}
+
+typedef struct seg_open {
+    int64_t end;
+    const char *py;  /* deepest py:: frame open here, or NULL */
+    const char *who; /* what this span's own time goes to */
+} seg_open;
+
+int tb_cpu_segments(const tb_plane *p, const tb_line *l, tb_cpu_segs *out)
+{
+    memset(out, 0, sizeof(*out));
+    seg_open *stk = NULL;
+    size_t depth = 0, cap = 0, cap_v = 0;
+    int64_t t = INT64_MIN; /* time up to which segments are out */
+    int rc = 0;
+    span_ids ids = plane_span_ids(p);
+    for (size_t i = 0; i <= l->nevents && !rc; i++) {
+        const tb_event *e = i < l->nevents ? &l->events[i] : NULL;
+        uint64_t self;
+        if (e && !span_count2(p, &ids, l, e, &self))
+            continue;
+        int64_t at = e ? e->start_ns : INT64_MAX;
+        /* close the spans that ended by `at`, each with its time since t */
+        while (depth && at >= stk[depth - 1].end && !rc) {
+            seg_open *o = &stk[--depth];
+            if (o->end > t) {
+                rc = seg_push(out, &cap_v, t, o->end, o->who);
+                t = o->end;
+            }
+        }
+        if (!e || rc)
+            break;
+        if (depth && at > t)
+            rc = seg_push(out, &cap_v, t, at, stk[depth - 1].who);
+        if (at > t)
+            t = at;
+        int64_t end = e->start_ns + e->dur_ns;
+        if (rc || (depth && end > stk[depth - 1].end))
+            continue; /* overlaps its would-be parent: not a nesting (see add_line) */
+        if (TB_GROW(stk, cap, depth + 1) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        const char *name = event_name(p, e);
+        const char *py = strncmp(name, "py::", 4) == 0 ? name : depth ? stk[depth - 1].py : NULL;
+        stk[depth++] = (seg_open){end, py, py ? py : name};
+    }
+    free(stk);
+    if (rc) {
+        free(out->v);
+        memset(out, 0, sizeof(*out));
+    }
+    return rc;
+}
+
+int64_t tb_cpu_segments_in(const tb_cpu_segs *s, int64_t lo, int64_t hi,
+                           int (*each)(void *ctx, const char *who, int64_t ns), void *ctx)
+{
+    /* the first segment ending after lo */
+    size_t a = 0, b = s->n;
+    while (a < b) {
+        size_t m = a + (b - a) / 2;
+        if (s->v[m].end <= lo)
+            a = m + 1;
+        else
+            b = m;
+    }
+    int64_t on = 0;
+    for (size_t i = a; i < s->n && s->v[i].start < hi; i++) {
+        int64_t x = s->v[i].start > lo ? s->v[i].start : lo, y = s->v[i].end < hi ? s->v[i].end : hi;
+        if (y <= x)
+            continue;
+        on += y - x;
+        if (each && each(ctx, s->v[i].who, y - x) < 0)
+            return -ENOMEM;
+    }
+    return on;
+}
+
 /* ---- GPU work by launching stack ------------------------------------------ */
 
 typedef struct gpu_work {
@@ -260,8 +353,7 @@ static int emit_names(tb_folded *f, const char *const *fr, size_t n, uint32_t th
     return 0;
 }
 
-/* Sampling period of a host plane's CPU samples (tbprof_cpu_hz); 0 if none. */
-static int64_t plane_period(const tb_plane *p)
+int64_t tb_cpu_period_ns(const tb_plane *p)
 {
     const tb_stat *st = tb_plane_find_stat(p, TB_ST_CPU_HZ);
     uint64_t hz = st ? stat_u(st) : 0;
@@ -274,7 +366,7 @@ static int fold_call(void *ctx, const tb_plane *host, const tb_line *line, const
     gpu_fold *g = ctx;
     if (host != g->host) {
         g->host = host;
-        g->period = plane_period(host);
+        g->period = tb_cpu_period_ns(host);
     }
     gpu_work key = {.corr = corr};
     gpu_work *w = bsearch(&key, g->w, g->n, sizeof(*g->w), work_cmp);

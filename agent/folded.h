@@ -72,6 +72,31 @@ void tb_folded_free(tb_folded *f);
  * sampler encodes counts); 0 when `e` is not a CPU sample span. */
 uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event *e);
 
+/* ns between the CPU samples of a host plane (from tbprof_cpu_hz); 0 when
+ * it has none (sampling off, or a profile from elsewhere). */
+int64_t tb_cpu_period_ns(const tb_plane *p);
+
+/* A thread's on-CPU time as its CPU sample spans on line `l` cover it:
+ * disjoint [start, end) pieces in time order, each credited to one frame:
+ * the deepest Python frame (py::...) of the stack there, else its leaf.
+ * A sample covers the sampling period up to it (sampler.h), so the pieces
+ * add up to about samples x period; time between them the thread was off
+ * CPU, in the kernel, or not sampled. Names are borrowed from the plane.
+ * 0 or -ENOMEM (out zeroed). */
+typedef struct tb_cpu_seg {
+    int64_t start, end;
+    const char *who;
+} tb_cpu_seg;
+typedef struct tb_cpu_segs {
+    tb_cpu_seg *v;
+    size_t n;
+} tb_cpu_segs;
+int tb_cpu_segments(const tb_plane *p, const tb_line *l, tb_cpu_segs *out);
+/* The on-CPU time of `s` inside [lo, hi), calling each(ctx, who, ns) for
+ * each piece (NULL: none); -ENOMEM when `each` fails. O(log n + pieces). */
+int64_t tb_cpu_segments_in(const tb_cpu_segs *s, int64_t lo, int64_t hi,
+                           int (*each)(void *ctx, const char *who, int64_t ns), void *ctx);
+
 /* Per-function figures: self = samples with the function as leaf; total =
  * samples with the function anywhere on the stack (once per sample, even
  * when recursive). Sorted by self, then total, descending, then name. */

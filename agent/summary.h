@@ -41,6 +41,9 @@
  *   work was enqueued, and the end is the latest that can have been. A
  *   gap whose next activity has no call in the profile, and the time
  *   after the last activity, are in neither.
+ *   While the GPU waited for the CPU, the thread of that call was on CPU
+ *   where its CPU sample spans cover the wait (tb_cpu_segments), else off
+ *   CPU; on a host plane without CPU samples, unknown.
  * - Communication: kernels of collective libraries, by name
  *   (tb_kernel_is_comm: NCCL's, and all_reduce / all_gather /
  *   reduce_scatter / all_to_all kernels of others). In a window: comm =
@@ -117,6 +120,12 @@ typedef struct tb_sum_launcher {
     int64_t gpu_ns;
 } tb_sum_launcher;
 
+/* Time credited to one CPU frame (see wait_frames) */
+typedef struct tb_sum_frame {
+    const char *name;
+    int64_t ns;
+} tb_sum_frame;
+
 typedef struct tb_sum_counter {
     const char *plane; /* plane name */
     const char *name;  /* stat name (tbprof_*) */
@@ -140,6 +149,14 @@ typedef struct tb_summary {
      * and the sum of their durations: the host's cost of launching */
     uint64_t launch_calls;
     int64_t launch_call_ns;
+    /* While the GPU waited for the CPU (idle_cpu_ns, see above): the thread
+     * of the call that ended each wait, by its CPU samples (tb_cpu_segments):
+     * on CPU, credited by frame (its deepest Python frame, else its leaf);
+     * off CPU (no sample: blocked, sleeping, in the kernel); or on a host
+     * without CPU samples. The three add up to idle_cpu_ns. */
+    int64_t wait_on_cpu_ns, wait_off_cpu_ns, wait_unsampled_ns;
+    tb_sum_frame *wait_frames; /* the on-CPU part by frame, by ns descending */
+    size_t nwait_frames;
 
     /* communication kernels (see above): launches and summed durations */
     uint64_t comm_kernels;

@@ -149,9 +149,34 @@ static void launcher_row(const char *name, int64_t ns, int64_t all)
 #define HOST_BOUND_PCT 20.0   /* the GPU waiting for the CPU worth a hint, % of the step time */
 #define EXPOSED_COMM_PCT 10.0 /* exposed communication worth a hint, % of the step time */
 
+#define WAIT_FRAMES 5 /* frames listed for the CPU's work while the GPU waited */
+
+/* What the launching threads did while the GPU waited for them: on CPU (in
+ * which frames) or off CPU, as shares of the wait. Nothing without CPU
+ * samples. */
+static void wait_text(const tb_summary *m, int top)
+{
+    int64_t sampled = m->wait_on_cpu_ns + m->wait_off_cpu_ns;
+    if (sampled <= 0)
+        return;
+    printf("  while the GPU waited for the CPU, the launching thread was on CPU %.1f%% of that time, off CPU %.1f%%\n"
+           "    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel)",
+           rr_pct(m->wait_on_cpu_ns, m->idle_cpu_ns), rr_pct(m->wait_off_cpu_ns, m->idle_cpu_ns));
+    if (m->wait_unsampled_ns)
+        printf(", on a thread without CPU samples %.1f%%", rr_pct(m->wait_unsampled_ns, m->idle_cpu_ns));
+    if (!m->nwait_frames) {
+        printf("\n");
+        return;
+    }
+    printf("; on CPU in\n    its deepest Python frame, else its deepest frame:\n");
+    size_t n = top < WAIT_FRAMES ? (size_t)(top > 0 ? top : 1) : WAIT_FRAMES;
+    for (size_t i = 0; i < m->nwait_frames && i < n; i++)
+        launcher_row(m->wait_frames[i].name, m->wait_frames[i].ns, m->idle_cpu_ns);
+}
+
 /* GPU idle by cause under the step table (or the capture's line), and a
  * hint where the GPU waited for the CPU for a good part of the time. */
-static void idle_text(const tb_summary *m)
+static void idle_text(const tb_summary *m, int top)
 {
     if (!m->gpu_events || m->gpu_idle_ns <= 0)
         return;
@@ -162,15 +187,29 @@ static void idle_text(const tb_summary *m)
            "    running %s, other %s (no GPU work after it, or its launch not in the capture)\n",
            dur(b1, sizeof b1, m->gpu_idle_ns), dur(b2, sizeof b2, m->idle_cpu_ns), rr_pct(m->idle_cpu_ns, m->window_ns),
            of, dur(b3, sizeof b3, m->idle_queued_ns), dur(b4, sizeof b4, other));
+    wait_text(m, top);
     if (m->launch_calls)
         printf("  launches: %" PRIu64 " CUDA calls in the capture launched GPU work, %s each on average (%s in all)\n",
                m->launch_calls, dur(b1, sizeof b1, m->launch_call_ns / (int64_t)m->launch_calls),
                dur(b2, sizeof b2, m->launch_call_ns));
-    if (rr_pct(m->idle_cpu_ns, m->window_ns) >= HOST_BOUND_PCT)
+    double pct = rr_pct(m->idle_cpu_ns, m->window_ns);
+    if (pct < HOST_BOUND_PCT)
+        return;
+    if (m->wait_off_cpu_ns > m->wait_on_cpu_ns)
+        printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s, and the launching thread was mostly\n"
+               "  off CPU meanwhile: waiting on data loading, I/O or a lock, not computing. More DataLoader workers\n"
+               "  (num_workers), pin_memory and prefetching, or fewer threads contending for the GIL, help.\n",
+               pct, of);
+    else if (m->nwait_frames)
+        printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s while the launching thread ran code,\n"
+               "  most in %s. Fewer, larger launches (CUDA graphs, torch.compile, a bigger batch), or that work\n"
+               "  moved off the training thread, help.\n",
+               pct, of, m->wait_frames[0].name);
+    else
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
                "  sets the pace (Python, data loading, syncs such as .item()): the top CPU functions say which. Fewer,\n"
                "  larger launches (CUDA graphs, torch.compile, a bigger batch) or DataLoader workers help.\n",
-               rr_pct(m->idle_cpu_ns, m->window_ns), of);
+               pct, of);
 }
 
 static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
@@ -231,7 +270,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                            dur(b2, sizeof b2, s->comm_exposed_ns), rr_pct(s->comm_exposed_ns, s->dur_ns));
                 printf("\n");
             }
-            idle_text(m);
+            idle_text(m, top);
         }
     } else {
         printf("\nSteps: none found (no host event with _r=1, e.g. from TBPROF_STEPS or "
@@ -241,7 +280,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                    dur(b1, sizeof b1, m->gpu_busy_ns), rr_pct(m->gpu_busy_ns, m->window_ns),
                    dur(b2, sizeof b2, m->h2d_ns), dur(b3, sizeof b3, m->d2h_ns),
                    dur(b4, sizeof b4, m->gpu_idle_ns), rr_pct(m->gpu_idle_ns, m->window_ns));
-        idle_text(m);
+        idle_text(m, top);
     }
 
     /* kernels */
@@ -524,7 +563,19 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("launch_call_ns", m->launch_call_ns, 1);
     printf(",\"busy_pct\":");
     jnum(rr_pct(m->gpu_busy_ns, m->window_ns));
-    printf("}");
+    /* the launching threads while the GPU waited (idle_cpu_ns = the three) */
+    printf(",\"while_waiting\":{");
+    jkv_i("on_cpu_ns", m->wait_on_cpu_ns, 0);
+    jkv_i("off_cpu_ns", m->wait_off_cpu_ns, 1);
+    jkv_i("unsampled_ns", m->wait_unsampled_ns, 1);
+    printf(",\"top\":[");
+    for (size_t i = 0; i < m->nwait_frames && i < (size_t)top; i++) {
+        printf(i ? ",{\"function\":" : "{\"function\":");
+        tb_json_str(stdout, m->wait_frames[i].name);
+        jkv_i("ns", m->wait_frames[i].ns, 1);
+        printf("}");
+    }
+    printf("]}}");
 
     /* communication kernels; ns / exposed_ns: in the steps (the capture without steps) */
     printf(",\"communication\":{");

@@ -6,7 +6,8 @@
  * Then the same N with each kernel's launch on the host (correlation ids)
  * and NVTX ranges ("forward" per step, 10 "layer"s in it): the GPU time
  * per range adds the join of ranges, launches and GPU work, reported as
- * the ratio of the two runs' summarize times.
+ * the ratio of the two runs' summarize times; it includes crediting each
+ * of the GPU's waits for the CPU to the CPU spans of the launching thread.
  * usage: bench_summary [N] (default 1000000) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@ static tb_space *build(size_t n, int launches)
     tb_line *ht = tb_plane_line(h, 1, "python");
     int64_t r = tb_plane_stat_meta(h, TB_ST_IS_ROOT), sn = tb_plane_stat_meta(h, TB_ST_STEP_NUM);
     int64_t smp = tb_plane_stat_meta(h, "samples");
+    tb_plane_stat_u64(h, "tbprof_cpu_hz", 1000); /* sampled: what the GPU waited on is looked up */
     for (size_t i = 0; i < steps; i++) {
         tb_line_add(ht, tb_plane_event_meta(h, "train"), t0 + (int64_t)i * step_ns, step_ns);
         tb_line_stat_i64(ht, r, 1);

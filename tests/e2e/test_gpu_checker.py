@@ -419,7 +419,7 @@ class GpuChecker(tbtest.TestCase):
         c = run_check("summary", sj, self.xplane, nsteps)
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertRegex(c.stdout, r"RESULT summary_torch PASS 4 kernels; GPU busy [\d.]+%; idle: waiting for the CPU "
-                                   r"[\d.]+%, launched and queued [\d.]+%, other [\d.]+% of step time; "
+                                   r"[\d.]+% \(its thread on CPU \d+%, top \S.*; off CPU \d+%\), launched and queued [\d.]+%, other [\d.]+% of step time; "
                                    r"launch calls [1-9]\d*, [\d.]+ us each; communication kernels 0 \(exposed 0\.0%\)\n")
         js = json.loads(p.stdout)
         js["hosts"][0]["kernels"]["top"][0]["count"] += 1

@@ -187,16 +187,22 @@ def dp_rank(host, compute_us):
     return sp.SerializeToString()
 
 
-def host_bound(host, wait_us):
+def host_bound(host, wait_us, spans=()):
     """One step of 1 ms: a call [0,10) us launching a kernel [20,100), then
     after wait_us more of CPU work a second call ending at 100 + wait_us
     whose kernel runs from 5 us later for 100 us. The GPU waits for the CPU
-    10 + wait_us, with launched work queued 10 + 5 us."""
+    10 + wait_us, with launched work queued 10 + 5 us. spans: CPU sample
+    spans (name, start_us, dur_us, samples) on the launching thread, with
+    sampling on (1 kHz)."""
     sp = xplane_pb2.XSpace()
     sp.hostnames.append(host)
     h = Plane(sp, "/host:CPU")
     t = h.line(7, "python")
     h.event(t, "train", 0, 1000000, _r=1, step_num=1)
+    for name, start, dur, n in spans:
+        h.event(t, name, start * 1000, dur * 1000, samples=n)
+    if spans:
+        h.plane_stat("tbprof_cpu_hz", 1000)
     h.event(t, "cudaLaunchKernel", 0, 10000, correlation_id=1)
     h.event(t, "cudaLaunchKernel", (90 + wait_us) * 1000, 10000, correlation_id=2)
     g = Plane(sp, "/device:GPU:0")
@@ -370,6 +376,41 @@ class SummaryFigures(Base):
         self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time.", a)
         self.assertIn("waiting for the CPU to launch work 110.0 us (11.0% of the step time)", b)
         self.assertNotIn("hint: host-bound", b)
+
+    def test_cpu_while_the_gpu_waited(self):
+        # the launching thread's CPU samples during the GPU's waits: on CPU
+        # (by frame) or off CPU; the hint says which
+        write(os.path.join(self.rundir, "a.xplane.pb"), host_bound("a", 600, [
+            ("py::forward (model.py:9)", 400, 250, 2), ("sgemm_cpu", 450, 100, 1)]))
+        write(os.path.join(self.rundir, "b.xplane.pb"), host_bound("b", 600))
+        write(os.path.join(self.rundir, "c.xplane.pb"), host_bound("c", 300, [
+            ("py::step_python (train.py:50)", 100, 280, 3), ("PyObject_Call", 150, 50, 1)]))
+        js, _ = self.summary_json(self.logdir)
+        got = [h["gpu"]["while_waiting"] for h in js["hosts"]]
+        self.assertEqual(got, [
+            {"on_cpu_ns": 250000, "off_cpu_ns": 360000, "unsampled_ns": 0,
+             "top": [{"function": "py::forward (model.py:9)", "ns": 250000}]},
+            {"on_cpu_ns": 0, "off_cpu_ns": 0, "unsampled_ns": 610000, "top": []},
+            {"on_cpu_ns": 280000, "off_cpu_ns": 30000, "unsampled_ns": 0,
+             "top": [{"function": "py::step_python (train.py:50)", "ns": 280000}]}])
+        for h, w in zip(js["hosts"], got):
+            self.assertEqual(sum(w[k] for k in ("on_cpu_ns", "off_cpu_ns", "unsampled_ns")), h["gpu"]["idle_cpu_ns"])
+        p = run("summary", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        a, b, c = p.stdout.split("\n== ")[1:]
+        self.assertIn("(no GPU work after it, or its launch not in the capture)\n"
+                      "  while the GPU waited for the CPU, the launching thread was on CPU 41.0% of that time, off CPU "
+                      "59.0%\n    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel); "
+                      "on CPU in\n    its deepest Python frame, else its deepest frame:\n"
+                      "     250.0 us  41.0%  py::forward (model.py:9)\n  launches: 2 CUDA calls", a)
+        self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time, and the launching thread "
+                      "was mostly\n  off CPU meanwhile: waiting on data loading, I/O or a lock", a)
+        # no CPU samples: no such line, the general hint
+        self.assertNotIn("launching thread was", b)
+        self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time. The CPU's work", b)
+        self.assertIn("on CPU 90.3% of that time, off CPU 9.7%\n", c)
+        self.assertIn("hint: host-bound: the GPU waited for the CPU 31% of the step time while the launching "
+                      "thread ran code,\n  most in py::step_python (train.py:50). Fewer", c)
 
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")

@@ -959,11 +959,19 @@ def summary_facts(sjson, xplane, nsteps):
     g, c = h["gpu"], h["communication"]
     if g["idle_ns"] > 0 and g["idle_cpu_ns"] + g["idle_queued_ns"] == 0:
         errs.append("GPU idle %d ns, none of it joined to a launching call" % g["idle_ns"])
+    ww = g["while_waiting"]
+    if ww["on_cpu_ns"] + ww["off_cpu_ns"] + ww["unsampled_ns"] != g["idle_cpu_ns"]:
+        errs.append("while the GPU waited: on %d + off %d + unsampled %d ns != %d" % (
+            ww["on_cpu_ns"], ww["off_cpu_ns"], ww["unsampled_ns"], g["idle_cpu_ns"]))
     w = g["window_ns"] or 1
+    iw = g["idle_cpu_ns"] or 1
     result("summary_torch", not errs, "; ".join(errs[:4]) or
-           "%d kernels; GPU busy %.1f%%; idle: waiting for the CPU %.1f%%, launched and queued %.1f%%, "
-           "other %.1f%% of step time; launch calls %d, %.1f us each; communication kernels %d (exposed %.1f%%)" % (
-               len(kern), 100.0 * g["busy_ns"] / w, 100.0 * g["idle_cpu_ns"] / w, 100.0 * g["idle_queued_ns"] / w,
+           "%d kernels; GPU busy %.1f%%; idle: waiting for the CPU %.1f%% (its thread on CPU %.0f%%, top %s; off "
+           "CPU %.0f%%), launched and queued %.1f%%, other %.1f%% of step time; launch calls %d, %.1f us each; "
+           "communication kernels %d (exposed %.1f%%)" % (
+               len(kern), 100.0 * g["busy_ns"] / w, 100.0 * g["idle_cpu_ns"] / w, 100.0 * ww["on_cpu_ns"] / iw,
+               ww["top"][0]["function"] if ww["top"] else "-", 100.0 * ww["off_cpu_ns"] / iw,
+               100.0 * g["idle_queued_ns"] / w,
                100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, g["launch_calls"],
                g["launch_call_ns"] / 1e3 / (g["launch_calls"] or 1), c["kernels"], c["exposed_pct"]))
 

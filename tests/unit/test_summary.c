@@ -513,6 +513,60 @@ static void idle_by_cause(void)
     tb_space_free(s);
 }
 
+/* While the GPU waited for the CPU: the launching thread's CPU samples say
+ * whether it was on CPU (in which frame) or off CPU; clipped to the steps. */
+static void cpu_while_waiting(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *hp = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_u64(hp, "tbprof_cpu_hz", 1000);
+    tb_line *py = tb_plane_line(hp, 1, "python");
+    tb_line *other = tb_plane_line(tb_space_plane(s, "/host:unsampled"), 2, "other");
+    tb_line *s7 = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    step(py, 1, 0, 10000);
+    step(py, 2, 10000, 2000);
+    /* waits (GPU idle until the launching call's end): [0,100) and
+     * [1000,4900) on python, [6000,6500) on the unsampled host plane,
+     * [7500,10600) on python across the step boundary */
+    call(py, 0, 100, 1);
+    kernel_corr(s7, 100, 900, 1);
+    call(py, 4800, 100, 2);
+    kernel_corr(s7, 5000, 1000, 2);
+    call(other, 6000, 500, 3);
+    kernel_corr(s7, 7000, 500, 3);
+    call(py, 10500, 100, 4);
+    kernel_corr(s7, 11000, 500, 4);
+    /* python's samples: train > load_batch > read (native: credited to
+     * load_batch); off CPU [3500,4000) and [4500,4900); forward; a native
+     * root with no Python frame above it, credited to itself */
+    span(py, "py::train", 0, 3500, 3);
+    span(py, "py::load_batch", 1000, 2000, 2);
+    span(py, "read", 1500, 1000, 1);
+    span(py, "py::forward", 4000, 500, 1);
+    span(py, "native_only", 9000, 1200, 1);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 2);
+    CHECK_EQ_I(m.idle_cpu_ns, 100 + 3900 + 500 + 3100);
+    /* on: train 100 + 500, load_batch 2000, forward 500, native_only 1000 + 200 */
+    CHECK_EQ_I(m.wait_on_cpu_ns, 4300);
+    /* off: [3500,4000) [4500,4900) [7500,9000) [10200,10600) */
+    CHECK_EQ_I(m.wait_off_cpu_ns, 500 + 400 + 1500 + 400);
+    CHECK_EQ_I(m.wait_unsampled_ns, 500);
+    CHECK_EQ_I(m.wait_on_cpu_ns + m.wait_off_cpu_ns + m.wait_unsampled_ns, m.idle_cpu_ns);
+    static const struct {
+        const char *name;
+        int64_t ns;
+    } want[] = {{"py::load_batch", 2000}, {"native_only", 1200}, {"py::train", 600}, {"py::forward", 500}};
+    CHECK_EQ_I(m.nwait_frames, 4);
+    for (size_t i = 0; i < m.nwait_frames && i < 4; i++) {
+        CHECK_STR(m.wait_frames[i].name, want[i].name);
+        CHECK_EQ_I(m.wait_frames[i].ns, want[i].ns);
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 static void details_parsing(void)
 {
     double v = 0;
@@ -592,6 +646,7 @@ int main(void)
     interval_unions();
     communication();
     idle_by_cause();
+    cpu_while_waiting();
     details_parsing();
     through_a_file();
     return tap_done();
