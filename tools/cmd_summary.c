@@ -171,7 +171,8 @@ static void wait_text(const tb_summary *m, int top)
     printf("; on CPU in\n    its deepest Python frame, else its deepest frame:\n");
     size_t n = top < WAIT_FRAMES ? (size_t)(top > 0 ? top : 1) : WAIT_FRAMES;
     for (size_t i = 0; i < m->nwait_frames && i < n; i++)
-        launcher_row(m->wait_frames[i].name, m->wait_frames[i].ns, m->idle_cpu_ns);
+        if (!i || rr_pct(m->wait_frames[i].ns, m->idle_cpu_ns) >= 0.05) /* not the 0.0% ones */
+            launcher_row(m->wait_frames[i].name, m->wait_frames[i].ns, m->idle_cpu_ns);
 }
 
 /* GPU idle by cause under the step table (or the capture's line), and a
@@ -202,8 +203,9 @@ static void idle_text(const tb_summary *m, int top)
                pct, of);
     else if (m->nwait_frames)
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s while the launching thread ran code,\n"
-               "  most in %s. Fewer, larger launches (CUDA graphs, torch.compile, a bigger batch), or that work\n"
-               "  moved off the training thread, help.\n",
+               "  most in %s.\n"
+               "  Fewer, larger launches (CUDA graphs, torch.compile, a bigger batch), or that work moved off the\n"
+               "  training thread, help.\n",
                pct, of, m->wait_frames[0].name);
     else
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"

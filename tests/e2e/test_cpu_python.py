@@ -105,6 +105,19 @@ class CpuPython(tbtest.TestCase):
         self.assertGreater(under, a * 0.9, "py::burn_a under py::main/py::work in %d of %d samples" % (under, a))
         self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
 
+    def test_python_frames_while_the_gpu_waited(self):
+        # hostwait_py.py: the summary names the Python function the
+        # launching thread ran while the GPU waited for it
+        import test_tools_real as real
+        real.skip_without_fake_gpu_or_perf(self)
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "hostwait_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "wait-" + version)
+                p, files = real.run_hostwait(self, [python, prog, "10"], python=True, cpu_mode="dwarf",
+                                             PYTHONPERFSUPPORT="1")
+                self.maps += ["/tmp/perf-%s.map" % l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")]
+                real.check_while_waiting(self, files[0], "py::prep_batch:" + prog)
 
 if __name__ == "__main__":
     tbtest.main()

@@ -167,61 +167,84 @@ class RealProfiles(tbtest.TestCase):
         self.assertLessEqual(sum(s["gpu_busy_ns"] for s in h["steps"]["list"]), h["gpu"]["busy_ns"])
 
     def test_cpu_while_the_gpu_waited(self):
-        """hostwait.c: in each 40 ms step the GPU waits for the CPU 38 ms
-        (the fake libcupti's launch call ends 38 ms into the step, its
-        kernel runs to the step's end; the script repeats every 40 ms):
-        the program works in prep_batch() for the step's first 20 ms and
-        sleeps the rest. The summary's account of the launching thread
-        meanwhile, from its real CPU samples: about half on CPU, nearly all
-        of it in prep_batch, the rest off CPU."""
-        import test_gpu_fake as gf
-        if not tbtest.WITH_CUPTI or not os.path.exists(gf.FAKE):
-            print("skip: GPU tracing not built (no fake libcupti)")
-            self.skipTest("GPU tracing not built")
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
-        script = os.path.join(self.tmp, "script")
-        with open(script, "w") as f:
-            f.write(gf.DEVICE + "runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=901 start=37990 end=38010\n"
-                    "kernel name=relu_kernel start=38020 end=39999 stream=7 corr=901 grid=80,1,1 block=512,1,1 "
-                    "regs=16\n")
+        """hostwait.c (see HOSTWAIT_SCRIPT): the program works in
+        prep_batch() for each 40 ms step's first 20 ms and sleeps the rest,
+        while the GPU waits for it 38 ms. The summary's account of the
+        launching thread meanwhile, from its real CPU samples."""
+        skip_without_fake_gpu_or_perf(self)
         src = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "hostwait.c")
         exe = cpusamples.build(src, os.path.join(self.tmp, "hostwait"), ["-fno-omit-frame-pointer"])
-        e = tbtest.env(self.logdir, gpu="on", cupti_path=gf.FAKE, cpu="on", cpu_hz=1000, cpu_mode="fp")
-        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "10"})
-        p = tbtest.run([exe, "10"], env=e, timeout=120)
-        self.assertExitedOk(p)
-        files = tbtest.wait_for_xplanes(self.logdir, 1)
-        r = cli("summary", "--json", files[0])
-        self.assertEqual(r.returncode, 0, r.stderr)
-        h = json.loads(r.stdout)["hosts"][0]
-        self.assertEqual(h["steps"]["count"], 10)
-        self.assertEqual(h["gpu_events"], 10)
-        g = h["gpu"]
-        w = g["while_waiting"]
-        print("waits %.1f ms: on CPU %.1f ms (%s), off CPU %.1f ms" % (
-            g["idle_cpu_ns"] / 1e6, w["on_cpu_ns"] / 1e6,
-            ", ".join("%s %.1f" % (x["function"], x["ns"] / 1e6) for x in w["top"][:3]), w["off_cpu_ns"] / 1e6))
-        self.assertEqual(w["on_cpu_ns"] + w["off_cpu_ns"] + w["unsampled_ns"], g["idle_cpu_ns"])
-        self.assertEqual(w["unsampled_ns"], 0)
-        # the GPU waited for the CPU 38 of each 40 ms
-        self.assertGreater(g["idle_cpu_ns"], 0.9 * g["window_ns"])
-        # on CPU about 20 of the 38 ms (195 ms of 380 on an idle machine;
-        # less where other work preempts the thread, which is then off CPU:
-        # 100 ms beside two busy loops on 2 cores), nearly all in
-        # prep_batch; asleep in wait_batch the rest
-        self.assertEqual(w["top"][0]["function"], "prep_batch")
-        self.assertGreater(w["top"][0]["ns"], 0.9 * w["on_cpu_ns"])
-        self.assertGreater(w["on_cpu_ns"], 0.1 * g["idle_cpu_ns"])
-        self.assertLess(w["on_cpu_ns"], 0.65 * g["idle_cpu_ns"])
-        self.assertGreater(w["off_cpu_ns"], 0.4 * g["idle_cpu_ns"])
-        r = cli("summary", files[0])
-        self.assertRegex(r.stdout, r"\n  while the GPU waited for the CPU, the launching thread was on CPU [\d.]+% of that "
-                                   r"time, off CPU [\d.]+%\n")
-        self.assertRegex(r.stdout, r"\n +[\d.]+ ms +[\d.]+%  prep_batch\n")
+        _, files = run_hostwait(self, [exe, "10"], cpu_mode="fp")
+        check_while_waiting(self, files[0], "prep_batch")
 
+
+def skip_without_fake_gpu_or_perf(tc):
+    import test_gpu_fake as gf
+    if not tbtest.WITH_CUPTI or not os.path.exists(gf.FAKE):
+        print("skip: GPU tracing not built (no fake libcupti)")
+        tc.skipTest("GPU tracing not built")
+    why = cpusamples.perf_refused_reason()
+    if why:
+        print("skip: " + why)
+        tc.skipTest(why)
+
+
+# hostwait.c's and hostwait_py.py's GPU work, 10 rounds of 40 ms: the launch
+# call ends 38 ms into the round and its kernel runs to the round's end
+# (the fake repeats a script 1 us after its last record ends)
+HOSTWAIT_SCRIPT = ("runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=901 start=37990 end=38010\n"
+                   "kernel name=relu_kernel start=38020 end=39999 stream=7 corr=901 grid=80,1,1 block=512,1,1 "
+                   "regs=16\n")
+
+
+def run_hostwait(tc, argv, python=False, cpu_mode="fp", **env):
+    """Run a hostwait program (10 rounds) under the agent with the fake
+    libcupti replaying HOSTWAIT_SCRIPT and CPU sampling at 1 kHz (env: more
+    variables); the finished process and the xplane.pb files written."""
+    import test_gpu_fake as gf
+    script = os.path.join(tc.tmp, "script")
+    with open(script, "w") as f:
+        f.write(gf.DEVICE + HOSTWAIT_SCRIPT)
+    e = tbtest.env(tc.logdir, python=python, gpu="on", cupti_path=gf.FAKE, cpu="on", cpu_hz=1000, cpu_mode=cpu_mode)
+    e.update(env)
+    e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "10"})
+    p = tbtest.run(argv, env=e, timeout=120)
+    tc.assertExitedOk(p)
+    return p, tbtest.wait_for_xplanes(tc.logdir, 1)
+
+
+def check_while_waiting(tc, xplane, prep):
+    """In each of 10 steps of 40 ms the GPU waited for the CPU 38 ms, 20 of
+    them with the thread in `prep` (the name of its frame in the summary),
+    the rest asleep: the summary's on-CPU time, nearly all in `prep`, and
+    off-CPU time."""
+    r = cli("summary", "--json", xplane)
+    tc.assertEqual(r.returncode, 0, r.stderr)
+    h = json.loads(r.stdout)["hosts"][0]
+    tc.assertEqual(h["steps"]["count"], 10)
+    tc.assertEqual(h["gpu_events"], 10)
+    g = h["gpu"]
+    w = g["while_waiting"]
+    print("waits %.1f ms: on CPU %.1f ms (%s), off CPU %.1f ms" % (
+        g["idle_cpu_ns"] / 1e6, w["on_cpu_ns"] / 1e6,
+        ", ".join("%s %.1f" % (x["function"], x["ns"] / 1e6) for x in w["top"][:3]), w["off_cpu_ns"] / 1e6))
+    tc.assertEqual(w["on_cpu_ns"] + w["off_cpu_ns"] + w["unsampled_ns"], g["idle_cpu_ns"])
+    tc.assertEqual(w["unsampled_ns"], 0)
+    # the GPU waited for the CPU 38 of each 40 ms
+    tc.assertGreater(g["idle_cpu_ns"], 0.9 * g["window_ns"])
+    # on CPU about 20 of the 38 ms (hostwait.c: 195 ms of 380 on an idle
+    # machine; less where other work preempts the thread, which is then
+    # off CPU: 100 ms beside two busy loops on 2 cores), nearly all in
+    # prep; asleep in wait_batch the rest
+    tc.assertEqual(w["top"][0]["function"], prep)
+    tc.assertGreater(w["top"][0]["ns"], 0.9 * w["on_cpu_ns"])
+    tc.assertGreater(w["on_cpu_ns"], 0.1 * g["idle_cpu_ns"])
+    tc.assertLess(w["on_cpu_ns"], 0.65 * g["idle_cpu_ns"])
+    tc.assertGreater(w["off_cpu_ns"], 0.4 * g["idle_cpu_ns"])
+    r = cli("summary", xplane)
+    tc.assertRegex(r.stdout, r"\n  while the GPU waited for the CPU, the launching thread was on CPU [\d.]+% of that "
+                             r"time, off CPU [\d.]+%\n")
+    tc.assertIn("%  " + prep + "\n", r.stdout)
 
 if __name__ == "__main__":
     tbtest.main()

@@ -410,7 +410,7 @@ class SummaryFigures(Base):
         self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time. The CPU's work", b)
         self.assertIn("on CPU 90.3% of that time, off CPU 9.7%\n", c)
         self.assertIn("hint: host-bound: the GPU waited for the CPU 31% of the step time while the launching "
-                      "thread ran code,\n  most in py::step_python (train.py:50). Fewer", c)
+                      "thread ran code,\n  most in py::step_python (train.py:50).\n  Fewer", c)
 
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")
