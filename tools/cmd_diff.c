@@ -143,10 +143,12 @@ static void side_json(const char *key, const side *sd)
     printf(",\"run_dir\":");
     rr_json_str(stdout, sd->dir);
     printf(",\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,"
-           "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
+           "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
+           "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
            "\"kernel_total_ns\":%lld,\"launches\":%llu,\"divisor\":%.6g}",
            r->hosts, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
-           (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (unsigned long long)r->comm_kernels,
+           (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (long long)r->wait_sampled_ns,
+           (long long)r->wait_off_cpu_ns, (unsigned long long)r->comm_kernels,
            (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches, sd->per);
 }
 
@@ -205,6 +207,9 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
     }
     share_row("GPU busy", a, b, ra->gpu_busy_ns, rb->gpu_busy_ns, ra->gpus > 0, rb->gpus > 0);
     share_row("GPU waits on CPU", a, b, ra->idle_cpu_ns, rb->idle_cpu_ns, ra->gpus > 0, rb->gpus > 0);
+    if (ra->wait_sampled_ns || rb->wait_sampled_ns) /* the launching thread blocked meanwhile */
+        share_row("  of it, thread off CPU", a, b, ra->wait_off_cpu_ns, rb->wait_off_cpu_ns, ra->wait_sampled_ns > 0,
+                  rb->wait_sampled_ns > 0);
     if (ra->comm_kernels || rb->comm_kernels)
         share_row("comm exposed", a, b, ra->comm_exposed_ns, rb->comm_exposed_ns, ra->comm_kernels > 0,
                   rb->comm_kernels > 0);

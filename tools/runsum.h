@@ -26,6 +26,9 @@ typedef struct tb_runsum {
     int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
     /* over the steps (the capture, for a host without steps), summed over hosts */
     int64_t window_ns, gpu_busy_ns, idle_cpu_ns, comm_exposed_ns;
+    /* of idle_cpu_ns: where the launching thread had CPU samples, and of
+     * that, where it was off CPU (tb_summary's wait_*) */
+    int64_t wait_sampled_ns, wait_off_cpu_ns;
     uint64_t comm_kernels;
     uint64_t launches; /* kernel launches */
     int64_t kernel_total_ns;

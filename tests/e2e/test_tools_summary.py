@@ -635,6 +635,27 @@ class Diff(Base):
         p = run("diff", "--top", "1", a, b)
         self.assertIn("... 3 more (--top N, or --json)", p.stdout)
 
+    def test_waits_off_cpu(self):
+        # the same CPU work between launches, then a longer sleep in B (a
+        # slower data loader): the GPU waits longer, all of it off CPU
+        prof = os.path.join(self.logdir, "plugins", "profile")
+        spans = [("py::step (train.py:3)", 100, 280, 3)]
+        a = write(os.path.join(prof, "a", "r.xplane.pb"), host_bound("n0", 300, spans))
+        b = write(os.path.join(prof, "b", "r.xplane.pb"), host_bound("n0", 600, spans))
+        p = run("diff", "--json", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        js = json.loads(p.stdout)
+        self.assertEqual([(js[k]["gpu_idle_cpu_ns"], js[k]["gpu_wait_sampled_ns"], js[k]["gpu_wait_off_cpu_ns"])
+                          for k in "ab"], [(310000, 310000, 30000), (610000, 610000, 330000)])
+        p = run("diff", a, b)
+        self.assertRegex(p.stdout, r"\n  GPU waits on CPU +31\.0% +61\.0% +\+30\.0 points\n"
+                                   r"    of it, thread off CPU +3\.0% +33\.0% +\+30\.0 points\n")
+        # without CPU samples on either side, no such row
+        c = write(os.path.join(prof, "c", "r.xplane.pb"), host_bound("n0", 600))
+        p = run("diff", c, c)
+        self.assertIn("GPU waits on CPU", p.stdout)
+        self.assertNotIn("off CPU", p.stdout)
+
     def test_two_newest_runs_of_a_logdir(self):
         # one logdir: its two newest runs (by their profiles' times), the older as A
         a, b = self.make()
