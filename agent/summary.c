@@ -781,28 +781,52 @@ typedef struct wait_thread {
     int sampled; /* its plane has CPU samples (tbprof_cpu_hz) */
 } wait_thread;
 
+/* Time by frame name into a tb_sum_frame array (*v, *n) */
+typedef struct frame_acc {
+    tb_sum_frame **v;
+    size_t *n, cap;
+    tb_strmap map; /* name -> index */
+} frame_acc;
+
+static int frame_add(frame_acc *a, const char *name, int64_t ns)
+{
+    int64_t k = tb_strmap_get(&a->map, name);
+    if (k < 0) {
+        if (TB_GROW(*a->v, a->cap, *a->n + 1) < 0 || tb_strmap_put(&a->map, name, (uint32_t)*a->n) < 0)
+            return -ENOMEM;
+        k = (int64_t)(*a->n)++;
+        (*a->v)[k] = (tb_sum_frame){.name = name};
+    }
+    (*a->v)[k].ns += ns;
+    return 0;
+}
+
+static int frame_cmp(const void *a, const void *b)
+{
+    const tb_sum_frame *x = a, *y = b;
+    if (x->ns != y->ns)
+        return x->ns < y->ns ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+/* Sort by time, descending; the map freed. */
+static void frame_done(frame_acc *a)
+{
+    if (*a->n > 1)
+        qsort(*a->v, *a->n, sizeof(**a->v), frame_cmp);
+    tb_strmap_free(&a->map);
+}
+
 typedef struct wait_acc {
     tb_summary *sum;
     wait_thread *th;
     size_t nth, cap_th;
-    tb_strmap names; /* frame -> index in sum->wait_frames */
-    size_t cap_frames;
+    frame_acc frames; /* sum->wait_frames */
 } wait_acc;
 
 static int wait_credit(void *ctx, const char *who, int64_t ns)
 {
-    wait_acc *w = ctx;
-    tb_summary *sum = w->sum;
-    int64_t k = tb_strmap_get(&w->names, who);
-    if (k < 0) {
-        if (TB_GROW(sum->wait_frames, w->cap_frames, sum->nwait_frames + 1) < 0 ||
-            tb_strmap_put(&w->names, who, (uint32_t)sum->nwait_frames) < 0)
-            return -ENOMEM;
-        k = (int64_t)sum->nwait_frames++;
-        sum->wait_frames[k] = (tb_sum_frame){.name = who};
-    }
-    sum->wait_frames[k].ns += ns;
-    return 0;
+    return frame_add(&((wait_acc *)ctx)->frames, who, ns);
 }
 
 static wait_thread *wait_thread_of(wait_acc *w, const tb_plane *p, const tb_line *l)
@@ -846,33 +870,23 @@ static int wait_window(wait_acc *w, const gpu_acc *g, int64_t lo, int64_t hi)
     return 0;
 }
 
-static int frame_cmp(const void *a, const void *b)
-{
-    const tb_sum_frame *x = a, *y = b;
-    if (x->ns != y->ns)
-        return x->ns < y->ns ? 1 : -1;
-    return strcmp(x->name, y->name);
-}
-
 /* Over the steps (or the whole capture): the on-CPU, off-CPU and unsampled
  * parts of the GPU's waits for the CPU, and the on-CPU part by frame. */
 static int scan_waits(tb_summary *sum, const gpu_acc *g)
 {
     if (!g->idle_cpu.n)
         return 0;
-    wait_acc w = {.sum = sum};
+    wait_acc w = {.sum = sum, .frames = {.v = &sum->wait_frames, .n = &sum->nwait_frames}};
     int rc = 0;
     if (sum->nsteps)
         for (size_t i = 0; i < sum->nsteps && !rc; i++)
             rc = wait_window(&w, g, sum->steps[i].start_ns, sum->steps[i].start_ns + sum->steps[i].dur_ns);
     else
         rc = wait_window(&w, g, sum->begin_ns, sum->end_ns);
-    if (!rc && sum->nwait_frames > 1)
-        qsort(sum->wait_frames, sum->nwait_frames, sizeof(*sum->wait_frames), frame_cmp);
+    frame_done(&w.frames);
     for (size_t i = 0; i < w.nth; i++)
         free(w.th[i].segs.v);
     free(w.th);
-    tb_strmap_free(&w.names);
     return rc;
 }
 
@@ -1216,21 +1230,12 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
 
 /* ---- GPU work by launching function ------------------------------------------------ */
 
-static int launcher_cmp(const void *a, const void *b)
-{
-    const tb_sum_launcher *x = a, *y = b;
-    if (x->gpu_ns != y->gpu_ns)
-        return x->gpu_ns < y->gpu_ns ? 1 : -1;
-    return strcmp(x->name, y->name);
-}
-
 /* Each GPU stack (frames root first, the GPU work's name last) credits its
  * deepest Python frame, else its deepest frame. */
 static int scan_launchers(tb_summary *sum, tb_space *s)
 {
     tb_folded g = {0};
-    tb_strmap map = {0};
-    size_t cap = 0;
+    frame_acc fa = {.v = &sum->launchers, .n = &sum->nlaunchers};
     int rc = tb_folded_add_gpu(&g, s);
     for (size_t i = 0; i < g.nstacks && !rc; i++) {
         const tb_folded_stack *st = &g.stacks[i];
@@ -1251,21 +1256,9 @@ static int scan_launchers(tb_summary *sum, tb_space *s)
                 who = fr[d];
                 break;
             }
-        int64_t k = tb_strmap_get(&map, who);
-        if (k < 0) {
-            if (TB_GROW(sum->launchers, cap, sum->nlaunchers + 1) < 0 ||
-                tb_strmap_put(&map, who, (uint32_t)sum->nlaunchers) < 0) {
-                rc = -ENOMEM;
-                break;
-            }
-            k = (int64_t)sum->nlaunchers++;
-            sum->launchers[k] = (tb_sum_launcher){.name = who};
-        }
-        sum->launchers[k].gpu_ns += ns;
+        rc = frame_add(&fa, who, ns);
     }
-    if (sum->nlaunchers > 1)
-        qsort(sum->launchers, sum->nlaunchers, sizeof(*sum->launchers), launcher_cmp);
-    tb_strmap_free(&map);
+    frame_done(&fa);
     tb_folded_free(&g);
     return rc;
 }

@@ -114,13 +114,8 @@ typedef struct tb_sum_memory {
     int64_t last_ns;    /* when that event was */
 } tb_sum_memory;
 
-/* GPU time launched from one function (see above) */
-typedef struct tb_sum_launcher {
-    const char *name;
-    int64_t gpu_ns;
-} tb_sum_launcher;
-
-/* Time credited to one CPU frame (see wait_frames) */
+/* Time credited to one CPU frame: GPU time it launched (launchers), or the
+ * GPU's wait for the CPU while it ran (wait_frames) */
 typedef struct tb_sum_frame {
     const char *name;
     int64_t ns;
@@ -190,7 +185,7 @@ typedef struct tb_summary {
     size_t nfuncs;
     uint64_t cpu_samples; /* total samples in the CPU sample spans */
 
-    tb_sum_launcher *launchers; /* GPU work by launching function, by gpu_ns descending */
+    tb_sum_frame *launchers; /* GPU work by launching function, by ns descending */
     size_t nlaunchers;
     int64_t launched_ns;  /* all GPU time in the launcher figures */
     int64_t unsampled_ns; /* of it: calls without a sampled frame around them */

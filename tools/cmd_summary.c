@@ -418,7 +418,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                dur(b1, sizeof b1, m->launched_ns));
         printf("  %11s %6s  %s\n", "GPU", "%", "function");
         for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++)
-            launcher_row(m->launchers[i].name, m->launchers[i].gpu_ns, m->launched_ns);
+            launcher_row(m->launchers[i].name, m->launchers[i].ns, m->launched_ns);
         if (m->unsampled_ns)
             launcher_row(TB_FOLDED_UNSAMPLED, m->unsampled_ns, m->launched_ns);
         if (m->no_call_ns)
@@ -458,6 +458,19 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
 static void jkv_i(const char *k, int64_t v, int comma)
 {
     printf("%s\"%s\":%" PRId64, comma ? "," : "", k, v);
+}
+
+/* ,"top":[{"function":name,"<ns_key>":ns}, ...] (the first `top` of f) */
+static void jframes(const tb_sum_frame *f, size_t n, int top, const char *ns_key)
+{
+    printf(",\"top\":[");
+    for (size_t i = 0; i < n && i < (size_t)top; i++) {
+        printf(i ? ",{\"function\":" : "{\"function\":");
+        tb_json_str(stdout, f[i].name);
+        jkv_i(ns_key, f[i].ns, 1);
+        printf("}");
+    }
+    printf("]");
 }
 
 /* ,"k":v, or ,"k":null when v < 0 (the profile does not say) */
@@ -570,14 +583,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("on_cpu_ns", m->wait_on_cpu_ns, 0);
     jkv_i("off_cpu_ns", m->wait_off_cpu_ns, 1);
     jkv_i("unsampled_ns", m->wait_unsampled_ns, 1);
-    printf(",\"top\":[");
-    for (size_t i = 0; i < m->nwait_frames && i < (size_t)top; i++) {
-        printf(i ? ",{\"function\":" : "{\"function\":");
-        tb_json_str(stdout, m->wait_frames[i].name);
-        jkv_i("ns", m->wait_frames[i].ns, 1);
-        printf("}");
-    }
-    printf("]}}");
+    jframes(m->wait_frames, m->nwait_frames, top, "ns");
+    printf("}}");
 
     /* communication kernels; ns / exposed_ns: in the steps (the capture without steps) */
     printf(",\"communication\":{");
@@ -662,14 +669,8 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("total_ns", m->launched_ns, 0);
     jkv_i("unsampled_ns", m->unsampled_ns, 1);
     jkv_i("no_call_ns", m->no_call_ns, 1);
-    printf(",\"top\":[");
-    for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++) {
-        printf(i ? ",{\"function\":" : "{\"function\":");
-        tb_json_str(stdout, m->launchers[i].name);
-        jkv_i("gpu_ns", m->launchers[i].gpu_ns, 1);
-        printf("}");
-    }
-    printf("]}");
+    jframes(m->launchers, m->nlaunchers, top, "gpu_ns");
+    printf("}");
 
     printf(",\"counters\":[");
     for (size_t i = 0; i < m->ncounters; i++) {

@@ -350,9 +350,9 @@ static void gpu_time_by_launching_stack(void)
     CHECK_EQ_I(m.nlaunchers, 2);
     if (m.nlaunchers == 2) {
         CHECK_STR(m.launchers[0].name, "forward");
-        CHECK_EQ_I(m.launchers[0].gpu_ns, 350);
+        CHECK_EQ_I(m.launchers[0].ns, 350);
         CHECK_STR(m.launchers[1].name, "train");
-        CHECK_EQ_I(m.launchers[1].gpu_ns, 300);
+        CHECK_EQ_I(m.launchers[1].ns, 300);
     }
     tb_summary_free(&m);
     tb_space_free(s);
