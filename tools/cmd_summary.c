@@ -124,9 +124,14 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     ROW("D2H copy", "%s", gpu_share(b, sizeof b, m, m->d2h_ns));
     ROW("GPU idle", "%s", gpu_share(b, sizeof b, m, m->gpu_idle_ns));
     ROW("GPU waits on CPU", "%s", gpu_share(b, sizeof b, m, m->idle_cpu_ns));
-    int comm = 0;
-    for (size_t i = 0; i < ps->n; i++)
+    int comm = 0, sampled = 0;
+    for (size_t i = 0; i < ps->n; i++) {
         comm |= ms[i].comm_kernels != 0;
+        sampled |= ms[i].wait_on_cpu_ns + ms[i].wait_off_cpu_ns > 0;
+    }
+    if (sampled) /* a rank whose launching thread is blocked (its data loader, say) */
+        ROW("  of it, off CPU", "%s",
+            m->wait_on_cpu_ns + m->wait_off_cpu_ns > 0 ? gpu_share(b, sizeof b, m, m->wait_off_cpu_ns) : "-");
     if (comm) /* the rank that waits least on collectives is the one the others wait for */
         ROW("comm exposed", "%s", m->comm_kernels ? gpu_share(b, sizeof b, m, m->comm_exposed_ns) : "-");
     ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");

@@ -397,6 +397,8 @@ class SummaryFigures(Base):
             self.assertEqual(sum(w[k] for k in ("on_cpu_ns", "off_cpu_ns", "unsampled_ns")), h["gpu"]["idle_cpu_ns"])
         p = run("summary", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\nGPU waits on CPU +61\.0% +61\.0% +31\.0% *\n"
+                                   r"  of it, off CPU +36\.0% +- +3\.0% *\n")
         a, b, c = p.stdout.split("\n== ")[1:]
         self.assertIn("(no GPU work after it, or its launch not in the capture)\n"
                       "  while the GPU waited for the CPU, the launching thread was on CPU 41.0% of that time, off CPU "
