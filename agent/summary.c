@@ -778,7 +778,7 @@ static int scan_idle(tb_summary *sum, tb_space *s, gpu_acc *g)
 typedef struct wait_thread {
     const tb_line *line;
     tb_cpu_segs segs;
-    int sampled; /* its plane has CPU samples (tbprof_cpu_hz) */
+    int sampled; /* its plane has CPU samples (tbprof_cpu_hz), and it some */
 } wait_thread;
 
 /* Time by frame name into a tb_sum_frame array (*v, *n) */
@@ -840,6 +840,10 @@ static wait_thread *wait_thread_of(wait_acc *w, const tb_plane *p, const tb_line
     *t = (wait_thread){.line = l, .sampled = tb_cpu_period_ns(p) > 0};
     if (t->sampled && tb_cpu_segments(p, l, &t->segs) < 0)
         return NULL;
+    /* a thread that made CUDA calls ran; without a single sample in the
+     * capture it was most likely not sampled (tbprof_cpu_threads_unsampled),
+     * not off CPU throughout */
+    t->sampled = t->segs.n > 0;
     w->nth++;
     return t;
 }

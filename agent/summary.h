@@ -147,8 +147,9 @@ typedef struct tb_summary {
     /* While the GPU waited for the CPU (idle_cpu_ns, see above): the thread
      * of the call that ended each wait, by its CPU samples (tb_cpu_segments):
      * on CPU, credited by frame (its deepest Python frame, else its leaf);
-     * off CPU (no sample: blocked, sleeping, in the kernel); or on a host
-     * without CPU samples. The three add up to idle_cpu_ns. */
+     * off CPU (no sample: blocked, sleeping, in the kernel); or unsampled
+     * (a host without CPU samples, or a thread without one in the
+     * capture). The three add up to idle_cpu_ns. */
     int64_t wait_on_cpu_ns, wait_off_cpu_ns, wait_unsampled_ns;
     tb_sum_frame *wait_frames; /* the on-CPU part by frame, by ns descending */
     size_t nwait_frames;

@@ -85,9 +85,10 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
                    (long long)r->s.slowest_host_mean_ns);
         if (r->s.nsteps && base > 0)
             printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
-        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"comm_kernels\":%llu,"
-               "\"comm_exposed_ns\":%lld",
+        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
+               "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld",
                (long long)r->s.window_ns, (long long)r->s.gpu_busy_ns, (long long)r->s.idle_cpu_ns,
+               (long long)r->s.wait_sampled_ns, (long long)r->s.wait_off_cpu_ns,
                (unsigned long long)r->s.comm_kernels, (long long)r->s.comm_exposed_ns);
         if (r->s.nkernels) {
             fputs(",\"top_kernel\":", stdout);

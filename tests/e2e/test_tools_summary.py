@@ -397,6 +397,9 @@ class SummaryFigures(Base):
             self.assertEqual(sum(w[k] for k in ("on_cpu_ns", "off_cpu_ns", "unsampled_ns")), h["gpu"]["idle_cpu_ns"])
         p = run("summary", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
+        self.assertEqual((js[0]["gpu_idle_cpu_ns"], js[0]["gpu_wait_sampled_ns"], js[0]["gpu_wait_off_cpu_ns"]),
+                         (610000 + 610000 + 310000, 610000 + 310000, 360000 + 30000))
         self.assertRegex(p.stdout, r"\nGPU waits on CPU +61\.0% +61\.0% +31\.0% *\n"
                                    r"  of it, off CPU +36\.0% +- +3\.0% *\n")
         a, b, c = p.stdout.split("\n== ")[1:]
@@ -555,6 +558,7 @@ class Trend(Base):
         # second_host's kernels: launched 60 us into each step, 40 us before they run; the
         # second step's wait starts when the first kernel ends (350 us)
         self.assertEqual(js[2]["gpu_idle_cpu_ns"], 65000 + (1065000 - 350000))
+        self.assertEqual([(r["gpu_wait_sampled_ns"], r["gpu_wait_off_cpu_ns"]) for r in js], [(0, 0)] * 3)
         p = run("trend", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertRegex(p.stdout, r"GPU busy\s+waits on CPU\s+comm exposed\s+top kernel")

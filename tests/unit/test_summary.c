@@ -522,6 +522,7 @@ static void cpu_while_waiting(void)
     tb_plane_stat_u64(hp, "tbprof_cpu_hz", 1000);
     tb_line *py = tb_plane_line(hp, 1, "python");
     tb_line *other = tb_plane_line(tb_space_plane(s, "/host:unsampled"), 2, "other");
+    tb_line *quiet = tb_plane_line(hp, 3, "no samples"); /* on the sampled plane */
     tb_line *s7 = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
     step(py, 1, 0, 10000);
     step(py, 2, 10000, 2000);
@@ -536,6 +537,9 @@ static void cpu_while_waiting(void)
     kernel_corr(s7, 7000, 500, 3);
     call(py, 10500, 100, 4);
     kernel_corr(s7, 11000, 500, 4);
+    /* [11500,11800) launched by a thread without a sample: unsampled */
+    call(quiet, 11700, 100, 5);
+    kernel_corr(s7, 11800, 100, 5);
     /* python's samples: train > load_batch > read (native: credited to
      * load_batch); off CPU [3500,4000) and [4500,4900); forward; a native
      * root with no Python frame above it, credited to itself */
@@ -547,12 +551,12 @@ static void cpu_while_waiting(void)
     tb_summary m;
     CHECK(tb_summarize(s, &m) == 0);
     CHECK_EQ_I(m.nsteps, 2);
-    CHECK_EQ_I(m.idle_cpu_ns, 100 + 3900 + 500 + 3100);
+    CHECK_EQ_I(m.idle_cpu_ns, 100 + 3900 + 500 + 3100 + 300);
     /* on: train 100 + 500, load_batch 2000, forward 500, native_only 1000 + 200 */
     CHECK_EQ_I(m.wait_on_cpu_ns, 4300);
     /* off: [3500,4000) [4500,4900) [7500,9000) [10200,10600) */
     CHECK_EQ_I(m.wait_off_cpu_ns, 500 + 400 + 1500 + 400);
-    CHECK_EQ_I(m.wait_unsampled_ns, 500);
+    CHECK_EQ_I(m.wait_unsampled_ns, 500 + 300);
     CHECK_EQ_I(m.wait_on_cpu_ns + m.wait_off_cpu_ns + m.wait_unsampled_ns, m.idle_cpu_ns);
     static const struct {
         const char *name;
