@@ -415,7 +415,18 @@ static const char *range_frame(tb_plane *p, const tb_line *l, const tb_event *e,
     return id > 0 ? tb_plane_stat_name(p, id) : NULL;
 }
 
-int tb_folded_add_gpu(tb_folded *f, tb_space *s)
+/* The device line events tb_folded_add_gpu and _add_syncs fold: GPU work on
+ * "Stream #" lines, or the host's waits on the "CUDA sync" line (a stream
+ * waiting for an event does not block the host). */
+static int folds(const tb_plane *p, const tb_line *l, const tb_event *e, int syncs)
+{
+    const char *ln = l->name ? l->name : "";
+    if (!syncs)
+        return strncmp(ln, "Stream #", 8) == 0;
+    return strcmp(ln, TB_FOLDED_SYNC_LINE) == 0 && strcmp(event_name(p, e), "Stream Wait Event") != 0;
+}
+
+static int add_device(tb_folded *f, tb_space *s, int syncs)
 {
     tb_space_sort(s);
     f->ns = 1;
@@ -434,10 +445,10 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];
-            if (strncmp(l->name ? l->name : "", "Stream #", 8) != 0)
-                continue;
             for (size_t k = 0; k < l->nevents; k++) {
                 const tb_event *e = &l->events[k];
+                if (!folds(p, l, e, syncs))
+                    continue;
                 const tb_stat *st = tb_event_stat(l, e, cid);
                 uint64_t corr = st ? stat_u(st) : 0;
                 if (!corr)
@@ -470,6 +481,16 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s)
     free(g.w);
     free(g.fr);
     return rc;
+}
+
+int tb_folded_add_gpu(tb_folded *f, tb_space *s)
+{
+    return add_device(f, s, 0);
+}
+
+int tb_folded_add_syncs(tb_folded *f, tb_space *s)
+{
+    return add_device(f, s, 1);
 }
 
 void tb_folded_free(tb_folded *f)

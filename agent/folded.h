@@ -63,6 +63,12 @@ int tb_folded_add_space(tb_folded *f, tb_space *s);
  * the stack and the event, so the graph shows op time even without CPU
  * samples. Sorts the space. 0 or -ENOMEM. */
 int tb_folded_add_gpu(tb_folded *f, tb_space *s);
+/* The same for the host's waits for the GPU: the sync records (Stream Sync,
+ * Event Sync, Context Sync) on the /device:GPU:* "CUDA sync" lines, each
+ * weighted by how long it waited, under the stack of the call that
+ * waited (cudaStreamSynchronize, a synchronous cudaMemcpy, ...). */
+int tb_folded_add_syncs(tb_folded *f, tb_space *s);
+#define TB_FOLDED_SYNC_LINE "CUDA sync"
 #define TB_FOLDED_RANGE_PREFIX "nvtx::"
 #define TB_FOLDED_UNSAMPLED "[no CPU sample around the call]"
 #define TB_FOLDED_NO_CALL "[CUDA call not in the capture]"

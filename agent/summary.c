@@ -1234,24 +1234,29 @@ static int scan_plane_stats(tb_summary *sum, tb_space *s)
 
 /* ---- GPU work by launching function ------------------------------------------------ */
 
-/* Each GPU stack (frames root first, the GPU work's name last) credits its
- * deepest Python frame, else its deepest frame. */
-static int scan_launchers(tb_summary *sum, tb_space *s)
+/* Time by calling frame, out of stacks from tb_folded_add_gpu/_syncs */
+typedef struct by_caller {
+    frame_acc frames;
+    int64_t *all_ns, *unsampled_ns, *no_call_ns;
+} by_caller;
+
+/* Each stack (frames root first, the GPU event's name last) credits its
+ * deepest Python frame, else its deepest frame; calls without a sampled
+ * frame and events without their call are totalled apart. */
+static int credit_callers(const tb_folded *g, by_caller *c)
 {
-    tb_folded g = {0};
-    frame_acc fa = {.v = &sum->launchers, .n = &sum->nlaunchers};
-    int rc = tb_folded_add_gpu(&g, s);
-    for (size_t i = 0; i < g.nstacks && !rc; i++) {
-        const tb_folded_stack *st = &g.stacks[i];
-        const char *const *fr = g.frames + st->at;
+    int rc = 0;
+    for (size_t i = 0; i < g->nstacks && !rc; i++) {
+        const tb_folded_stack *st = &g->stacks[i];
+        const char *const *fr = g->frames + st->at;
         int64_t ns = (int64_t)st->count;
-        sum->launched_ns += ns;
+        *c->all_ns += ns;
         if (st->depth < 2) {
-            sum->no_call_ns += ns;
+            *c->no_call_ns += ns;
             continue;
         }
         if (strcmp(fr[0], TB_FOLDED_UNSAMPLED) == 0) {
-            sum->unsampled_ns += ns;
+            *c->unsampled_ns += ns;
             continue;
         }
         const char *who = fr[st->depth - 2];
@@ -1260,9 +1265,34 @@ static int scan_launchers(tb_summary *sum, tb_space *s)
                 who = fr[d];
                 break;
             }
-        rc = frame_add(&fa, who, ns);
+        rc = frame_add(&c->frames, who, ns);
     }
-    frame_done(&fa);
+    frame_done(&c->frames);
+    return rc;
+}
+
+static int scan_launchers(tb_summary *sum, tb_space *s)
+{
+    tb_folded g = {0};
+    by_caller c = {{.v = &sum->launchers, .n = &sum->nlaunchers}, &sum->launched_ns, &sum->unsampled_ns,
+                   &sum->no_call_ns};
+    int rc = tb_folded_add_gpu(&g, s);
+    if (!rc)
+        rc = credit_callers(&g, &c);
+    tb_folded_free(&g);
+    return rc;
+}
+
+/* The host's waits for the GPU (sync records) by the frame that waited. */
+static int scan_syncs(tb_summary *sum, tb_space *s)
+{
+    tb_folded g = {0};
+    by_caller c = {{.v = &sum->sync_frames, .n = &sum->nsync_frames}, &sum->sync_ns, &sum->sync_unsampled_ns,
+                   &sum->sync_no_call_ns};
+    int rc = tb_folded_add_syncs(&g, s);
+    sum->syncs = g.nstacks; /* one per sync that waited */
+    if (!rc)
+        rc = credit_callers(&g, &c);
     tb_folded_free(&g);
     return rc;
 }
@@ -1319,6 +1349,8 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     }
     if (!rc && sum->cpu_samples && sum->gpu_events)
         rc = scan_launchers(sum, s);
+    if (!rc && sum->ngpus)
+        rc = scan_syncs(sum, s);
     if (!rc)
         rc = scan_plane_stats(sum, s);
     free(g.all.v);
@@ -1352,6 +1384,7 @@ void tb_summary_free(tb_summary *sum)
     free(sum->funcs);
     free(sum->launchers);
     free(sum->wait_frames);
+    free(sum->sync_frames);
     free(sum->counters);
     free(sum->infos);
     free(sum->info_values);

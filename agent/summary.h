@@ -25,6 +25,10 @@
  *   (tb_folded_add_gpu) credited to one frame per stack: its deepest Python
  *   frame (py::...), else its deepest frame; calls without sampled frames
  *   and GPU work without its call are totalled apart. Only with CPU samples.
+ * - Syncs: the host's waits for the GPU, from the sync records on the
+ *   /device:GPU:* "CUDA sync" lines (not Stream Wait Event: the host does
+ *   not wait), each credited like GPU work by launching function to the
+ *   frame of the call that waited.
  * - GPU memory: per allocator_name, the count and bytes of MemoryAllocation
  *   and MemoryDeallocation events on /host:* lines, the largest
  *   peak_bytes_in_use / bytes_allocated, and the total after the last one.
@@ -191,6 +195,15 @@ typedef struct tb_summary {
     int64_t launched_ns;  /* all GPU time in the launcher figures */
     int64_t unsampled_ns; /* of it: calls without a sampled frame around them */
     int64_t no_call_ns;   /* of it: GPU work whose call is not in the profile */
+
+    /* The host's waits for the GPU: sync records (Stream/Event/Context Sync
+     * on the "CUDA sync" lines, tb_folded_add_syncs) that waited, their
+     * summed time, and that time by the frame of the call that waited,
+     * credited as launchers are */
+    uint64_t syncs;
+    int64_t sync_ns, sync_unsampled_ns, sync_no_call_ns;
+    tb_sum_frame *sync_frames; /* by ns descending */
+    size_t nsync_frames;
 
     tb_sum_counter *counters; /* numeric tbprof_* plane stats (drops, samples) */
     size_t ncounters;

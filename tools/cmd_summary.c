@@ -430,6 +430,22 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
             launcher_row(TB_FOLDED_NO_CALL, m->no_call_ns, m->launched_ns);
     }
 
+    /* the host's waits for the GPU */
+    if (m->syncs) {
+        int64_t span = m->end_ns - m->begin_ns;
+        printf("\nSyncs: the CPU waited for the GPU in %" PRIu64 " sync%s, %s in all (%.1f%% of the capture):\n"
+               "  cudaStreamSynchronize and the like (.item(), .cpu(), torch.cuda.synchronize()), by the\n"
+               "  calling thread's deepest Python frame, else its deepest frame:\n",
+               m->syncs, m->syncs == 1 ? "" : "s", dur(b1, sizeof b1, m->sync_ns), rr_pct(m->sync_ns, span));
+        printf("  %11s %6s  %s\n", "waited", "%", "function");
+        for (size_t i = 0; i < m->nsync_frames && i < (size_t)top; i++)
+            launcher_row(m->sync_frames[i].name, m->sync_frames[i].ns, m->sync_ns);
+        if (m->sync_unsampled_ns)
+            launcher_row(TB_FOLDED_UNSAMPLED, m->sync_unsampled_ns, m->sync_ns);
+        if (m->sync_no_call_ns)
+            launcher_row(TB_FOLDED_NO_CALL, m->sync_no_call_ns, m->sync_ns);
+    }
+
     /* drops, overhead */
     printf("\nCounters, drops and overhead:\n");
     int any = 0;
@@ -675,6 +691,15 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
     jkv_i("unsampled_ns", m->unsampled_ns, 1);
     jkv_i("no_call_ns", m->no_call_ns, 1);
     jframes(m->launchers, m->nlaunchers, top, "gpu_ns");
+    printf("}");
+
+    /* the host's waits for the GPU (sync records), by calling frame */
+    printf(",\"syncs\":{");
+    jkv_i("count", (int64_t)m->syncs, 0);
+    jkv_i("ns", m->sync_ns, 1);
+    jkv_i("unsampled_ns", m->sync_unsampled_ns, 1);
+    jkv_i("no_call_ns", m->sync_no_call_ns, 1);
+    jframes(m->sync_frames, m->nsync_frames, top, "ns");
     printf("}");
 
     printf(",\"counters\":[");

@@ -420,7 +420,8 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertRegex(c.stdout, r"RESULT summary_torch PASS 4 kernels; GPU busy [\d.]+%; idle: waiting for the CPU "
                                    r"[\d.]+% \(its thread on CPU \d+%, top \S.*; off CPU \d+%\), launched and queued [\d.]+%, other [\d.]+% of step time; "
-                                   r"launch calls [1-9]\d*, [\d.]+ us each; communication kernels 0 \(exposed 0\.0%\)\n")
+                                   r"launch calls [1-9]\d*, [\d.]+ us each; communication kernels 0 \(exposed 0\.0%\); "
+                                   r"syncs \d+, [\d.]+ ms, most in \S+\n")
         js = json.loads(p.stdout)
         js["hosts"][0]["kernels"]["top"][0]["count"] += 1
         g = js["hosts"][0]["gpu"]

@@ -429,6 +429,9 @@ class GpuFake(tbtest.TestCase):
         self.assertTrue(left[0].endswith(" ... (--json: all of it)") and len(left[0]) < 180, left[0])
         p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
         self.assertIn("cuFuncGetAttribute", p.stdout)
+        # the script's stream sync (5 us), its call not in the script
+        self.assertEqual(json.loads(p.stdout)["hosts"][0]["syncs"],
+                         {"count": 1, "ns": 5000, "unsampled_ns": 0, "no_call_ns": 5000, "top": []})
 
     def test_repeated_captures(self):
         # step windows arm one step early; the records are stamped when the

@@ -417,6 +417,38 @@ class SummaryFigures(Base):
         self.assertIn("hint: host-bound: the GPU waited for the CPU 31% of the step time while the launching "
                       "thread ran code,\n  most in py::step_python (train.py:50).\n  Fewer", c)
 
+    def test_syncs_by_calling_frame(self):
+        # the host's waits for the GPU, by the Python frame of the call that
+        # waited; a stream waiting for an event is not one
+        sp = xplane_pb2.XSpace()
+        sp.hostnames.append("n")
+        h = Plane(sp, "/host:CPU")
+        t = h.line(7, "python")
+        h.plane_stat("tbprof_cpu_hz", 1000)
+        h.event(t, "train", 0, 10000000, _r=1, step_num=1)
+        h.event(t, "py::step (train.py:10)", 0, 10000000, samples=10)
+        h.event(t, "py::loss.item (train.py:31)", 2000000, 4000000, samples=4)
+        g = Plane(sp, "/device:GPU:0")
+        s = g.line(0x7fffffff, "CUDA sync")
+        for corr, call, start, sync, wait in ((11, "cudaStreamSynchronize", 4000000, "Stream Sync", 400000),
+                                              (12, "cudaDeviceSynchronize", 8000000, "Context Sync", 200000),
+                                              (13, "cudaStreamWaitEvent", 9000000, "Stream Wait Event", 100000)):
+            h.event(t, call, start, wait + 1000, correlation_id=corr)
+            g.event(s, sync, start, wait, correlation_id=corr)
+        write(os.path.join(self.rundir, "n.xplane.pb"), sp.SerializeToString())
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual(js["hosts"][0]["syncs"], {
+            "count": 2, "ns": 600000, "unsampled_ns": 0, "no_call_ns": 0,
+            "top": [{"function": "py::loss.item (train.py:31)", "ns": 400000},
+                    {"function": "py::step (train.py:10)", "ns": 200000}]})
+        p = run("summary", self.logdir)
+        self.assertIn("\nSyncs: the CPU waited for the GPU in 2 syncs, 600.0 us in all (6.0% of the capture):\n", p.stdout)
+        self.assertIn("\n     400.0 us  66.7%  py::loss.item (train.py:31)\n     200.0 us  33.3%  py::step (train.py:10)\n",
+                      p.stdout)
+        # no sync records: no section
+        write(os.path.join(self.rundir, "n.xplane.pb"), host_bound("n", 100))
+        self.assertNotIn("Syncs:", run("summary", self.logdir).stdout)
+
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")
         write(os.path.join(old, "old.xplane.pb"), second_host())

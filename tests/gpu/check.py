@@ -968,12 +968,13 @@ def summary_facts(sjson, xplane, nsteps):
     result("summary_torch", not errs, "; ".join(errs[:4]) or
            "%d kernels; GPU busy %.1f%%; idle: waiting for the CPU %.1f%% (its thread on CPU %.0f%%, top %s; off "
            "CPU %.0f%%), launched and queued %.1f%%, other %.1f%% of step time; launch calls %d, %.1f us each; "
-           "communication kernels %d (exposed %.1f%%)" % (
+           "communication kernels %d (exposed %.1f%%); syncs %d, %.2f ms, most in %s" % (
                len(kern), 100.0 * g["busy_ns"] / w, 100.0 * g["idle_cpu_ns"] / w, 100.0 * ww["on_cpu_ns"] / iw,
                ww["top"][0]["function"] if ww["top"] else "-", 100.0 * ww["off_cpu_ns"] / iw,
                100.0 * g["idle_queued_ns"] / w,
                100.0 * (g["idle_ns"] - g["idle_cpu_ns"] - g["idle_queued_ns"]) / w, g["launch_calls"],
-               g["launch_call_ns"] / 1e3 / (g["launch_calls"] or 1), c["kernels"], c["exposed_pct"]))
+               g["launch_call_ns"] / 1e3 / (g["launch_calls"] or 1), c["kernels"], c["exposed_pct"],
+               h["syncs"]["count"], h["syncs"]["ns"] / 1e6, h["syncs"]["top"][0]["function"] if h["syncs"]["top"] else "-"))
 
 
 def diff_facts(djson):

@@ -571,6 +571,50 @@ static void cpu_while_waiting(void)
     tb_space_free(s);
 }
 
+/* Syncs: the host's waits for the GPU by the frame of the call that waited */
+static void syncs_by_caller(void)
+{
+    const int64_t ms = 1000000;
+    tb_space *s = tb_space_new();
+    tb_plane *hp = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_u64(hp, "tbprof_cpu_hz", 1000); /* a sample every ms */
+    tb_line *py = tb_plane_line(hp, 1, "python");
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *sl = tb_plane_line(g, 0x7fffffff, "CUDA sync");
+    span(py, "py::train", 0, 10 * ms, 10);
+    span(py, "py::loss_item", 2 * ms, 4 * ms, 4);
+    span(py, "native_wait", 3 * ms, 2 * ms, 2); /* began within a period of the call: not known around it */
+    ev(py, "cudaStreamSynchronize", 4 * ms, ms / 2, TB_CAT_CUDA_RUNTIME);
+    st_i(py, TB_ST_CORRELATION_ID, 11);
+    ev(py, "cudaDeviceSynchronize", 8 * ms, ms / 5, TB_CAT_CUDA_RUNTIME);
+    st_i(py, TB_ST_CORRELATION_ID, 12);
+    ev(py, "cudaStreamWaitEvent", 5 * ms, ms / 10, TB_CAT_CUDA_RUNTIME);
+    st_i(py, TB_ST_CORRELATION_ID, 13);
+    ev(sl, "Stream Sync", 4 * ms, 400000, TB_CAT_CUDA_SYNC);
+    st_i(sl, TB_ST_CORRELATION_ID, 11);
+    ev(sl, "Context Sync", 8 * ms, 200000, TB_CAT_CUDA_SYNC);
+    st_i(sl, TB_ST_CORRELATION_ID, 12);
+    ev(sl, "Stream Wait Event", 5 * ms, 100000, TB_CAT_CUDA_SYNC); /* the host does not wait */
+    st_i(sl, TB_ST_CORRELATION_ID, 13);
+    ev(sl, "Event Sync", 9 * ms, 50000, TB_CAT_CUDA_SYNC); /* its call not in the capture */
+    st_i(sl, TB_ST_CORRELATION_ID, 99);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.syncs, 3);
+    CHECK_EQ_I(m.sync_ns, 650000);
+    CHECK_EQ_I(m.sync_no_call_ns, 50000);
+    CHECK_EQ_I(m.sync_unsampled_ns, 0);
+    CHECK_EQ_I(m.nsync_frames, 2);
+    if (m.nsync_frames == 2) {
+        CHECK_STR(m.sync_frames[0].name, "py::loss_item");
+        CHECK_EQ_I(m.sync_frames[0].ns, 400000);
+        CHECK_STR(m.sync_frames[1].name, "py::train");
+        CHECK_EQ_I(m.sync_frames[1].ns, 200000);
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 static void details_parsing(void)
 {
     double v = 0;
@@ -651,6 +695,7 @@ int main(void)
     communication();
     idle_by_cause();
     cpu_while_waiting();
+    syncs_by_caller();
     details_parsing();
     through_a_file();
     return tap_done();
