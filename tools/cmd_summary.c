@@ -151,6 +151,19 @@ static void launcher_row(const char *name, int64_t ns, int64_t all)
     printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), rr_pct(ns, all), name);
 }
 
+/* The rows of time by calling frame (launchers, syncs): the first `top`
+ * frames, then the time of calls without a sampled frame and of events
+ * without their call, each as a share of `all`. */
+static void caller_rows(const tb_sum_frame *f, size_t n, int top, int64_t unsampled, int64_t no_call, int64_t all)
+{
+    for (size_t i = 0; i < n && i < (size_t)top; i++)
+        launcher_row(f[i].name, f[i].ns, all);
+    if (unsampled)
+        launcher_row(TB_FOLDED_UNSAMPLED, unsampled, all);
+    if (no_call)
+        launcher_row(TB_FOLDED_NO_CALL, no_call, all);
+}
+
 #define HOST_BOUND_PCT 20.0   /* the GPU waiting for the CPU worth a hint, % of the step time */
 #define EXPOSED_COMM_PCT 10.0 /* exposed communication worth a hint, % of the step time */
 
@@ -422,12 +435,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                "  the whole stacks: tbprof flame --gpu\n",
                dur(b1, sizeof b1, m->launched_ns));
         printf("  %11s %6s  %s\n", "GPU", "%", "function");
-        for (size_t i = 0; i < m->nlaunchers && i < (size_t)top; i++)
-            launcher_row(m->launchers[i].name, m->launchers[i].ns, m->launched_ns);
-        if (m->unsampled_ns)
-            launcher_row(TB_FOLDED_UNSAMPLED, m->unsampled_ns, m->launched_ns);
-        if (m->no_call_ns)
-            launcher_row(TB_FOLDED_NO_CALL, m->no_call_ns, m->launched_ns);
+        caller_rows(m->launchers, m->nlaunchers, top, m->unsampled_ns, m->no_call_ns, m->launched_ns);
     }
 
     /* the host's waits for the GPU */
@@ -438,12 +446,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                "  calling thread's deepest Python frame, else its deepest frame:\n",
                m->syncs, m->syncs == 1 ? "" : "s", dur(b1, sizeof b1, m->sync_ns), rr_pct(m->sync_ns, span));
         printf("  %11s %6s  %s\n", "waited", "%", "function");
-        for (size_t i = 0; i < m->nsync_frames && i < (size_t)top; i++)
-            launcher_row(m->sync_frames[i].name, m->sync_frames[i].ns, m->sync_ns);
-        if (m->sync_unsampled_ns)
-            launcher_row(TB_FOLDED_UNSAMPLED, m->sync_unsampled_ns, m->sync_ns);
-        if (m->sync_no_call_ns)
-            launcher_row(TB_FOLDED_NO_CALL, m->sync_no_call_ns, m->sync_ns);
+        caller_rows(m->sync_frames, m->nsync_frames, top, m->sync_unsampled_ns, m->sync_no_call_ns, m->sync_ns);
     }
 
     /* drops, overhead */
