@@ -65,10 +65,12 @@ class CpuPython(tbtest.TestCase):
         env["PYTHONPERFSUPPORT"] = "1"
         p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
         self.assertExitedOk(p)
-        pid = int([l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")][0])
+        out = {l.split()[0]: l.split()[1:] for l in p.stdout.splitlines() if l.strip()}
+        pid = int(out["pid"][0])
         self.maps.append("/tmp/perf-%d.map" % pid)
+        spent_a, spent_b = (int(x) for x in out["spent"])
         files = tbtest.wait_for_xplanes(self.logdir, 1)
-        return tbtest.load(files[0]), pid
+        return tbtest.load(files[0]), pid, spent_a / (spent_a + spent_b)
 
     def test_python_split_dwarf(self):
         for version, python in self.pythons:
@@ -76,7 +78,7 @@ class CpuPython(tbtest.TestCase):
                 self.check_split(version, python)
 
     def check_split(self, version, python):
-        prof, pid = self.run_split(python, "dwarf")
+        prof, pid, truth = self.run_split(python, "dwarf")
         st = prof.host.stats
         n = st.get("tbprof_cpu_samples", 0)
         self.assertGreater(n, 300, st)
@@ -92,9 +94,12 @@ class CpuPython(tbtest.TestCase):
         a, b = by_func.get("burn_a", 0), by_func.get("burn_b", 0)
         self.assertGreater(a + b, n * 0.5, by_func)
         share = a / (a + b)
-        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth 60%%)"
-              % (version, n, a, b, share * 100))
-        self.assertAlmostEqual(share, 0.60, delta=0.05)
+        # truth: the CPU time the program measured around its calls (60% of
+        # the work; a machine busy with other work can make it less)
+        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth %.1f%%)"
+              % (version, n, a, b, share * 100, truth * 100))
+        self.assertAlmostEqual(truth, 0.60, delta=0.10)
+        self.assertAlmostEqual(share, truth, delta=0.05)
         # the walk goes through the trampolines: burn_a under work under main
         under = 0
         for e, anc in cpusamples.walk(main):

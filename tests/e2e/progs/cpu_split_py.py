@@ -3,9 +3,12 @@ two Python functions, for the CPU sampler's accuracy test (CPython 3.12+ with
 its perf trampoline on: PYTHONPERFSUPPORT=1, or activated here).
 
 burn_a and burn_b run the same loop body; the main loop calls burn_a for 6
-units and burn_b for 4, so 60% of the time is in burn_a. The capture runs
+units and burn_b for 4, so about 60% of the time is in burn_a. What it was
+is measured too: the thread's CPU time around each call (a machine busy
+with other work can slow one more than the other). The capture runs
 through the tbprof C API (ctypes; no-op without the preload).
-Prints "capture BEGIN_NS END_NS" and "pid PID"."""
+Prints "capture BEGIN_NS END_NS", "rounds N", "spent NS_A NS_B" (CPU time
+in burn_a and burn_b while capturing) and "pid PID"."""
 
 import ctypes
 import sys
@@ -28,12 +31,21 @@ def burn_b(n):
     return x
 
 
-def work(seconds):
+def work(seconds, spent=None):
+    """Rounds of burn_a then burn_b for `seconds`; spent: [ns in burn_a, ns
+    in burn_b] of this thread's CPU time, added to."""
     end = time.monotonic() + seconds
     rounds = 0
+    cpu = time.thread_time_ns
     while time.monotonic() < end:
+        t0 = cpu()
         burn_a(6 * UNIT)
+        t1 = cpu()
         burn_b(4 * UNIT)
+        t2 = cpu()
+        if spent is not None:
+            spent[0] += t1 - t0
+            spent[1] += t2 - t1
         rounds += 1
     return rounds
 
@@ -51,12 +63,14 @@ def main():
     begin = time.time_ns()
     if start:
         start(0)
-    rounds = work(seconds)
+    spent = [0, 0]
+    rounds = work(seconds, spent)
     end = time.time_ns()
     if stop:
         stop()
     print("capture %d %d" % (begin, end))
     print("rounds %d" % rounds)
+    print("spent %d %d" % tuple(spent))
     print("pid %d" % __import__("os").getpid())
     sys.stdout.flush()
 
