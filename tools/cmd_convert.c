@@ -32,7 +32,7 @@ static const struct {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: tbprof convert IN --to OUT [--format F] [--run NAME] [--no-threads] [--gpu]\n"
+            "usage: tbprof convert IN --to OUT [--format F] [--run NAME] [--no-threads] [--gpu | --syncs]\n"
             "  IN                  FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
             "  --to OUT.json.gz    Chrome trace JSON, gzip (Perfetto, chrome://tracing)\n"
             "  --to OUT.json       Chrome trace JSON\n"
@@ -41,7 +41,9 @@ static void usage(FILE *f)
             "  --to -              stdout; needs --format trace.json|trace.json.gz|folded|speedscope\n"
             "  --no-threads        folded: leave out the thread name as the root frame\n"
             "  --gpu               folded, speedscope: GPU time (ns) by the sampled CPU stack that\n"
-            "                      launched it, instead of CPU samples (see tbprof flame --gpu)\n");
+            "                      launched it, instead of CPU samples (see tbprof flame --gpu)\n"
+            "  --syncs             folded, speedscope: the host's waits for the GPU (ns) by the\n"
+            "                      sampled CPU stack that waited (see tbprof flame --syncs)\n");
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -90,14 +92,17 @@ int cmd_convert(int argc, char **argv)
                                          {"run", required_argument, 0, 'r'},
                                          {"no-threads", no_argument, 0, 'T'},
                                          {"gpu", no_argument, 0, 'g'},
+                                         {"syncs", no_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *run = NULL, *fmt_name = NULL;
-    int with_threads = 1, gpu = 0, c;
+    int with_threads = 1, c;
+    tb_fold_what what = TB_FOLD_CPU;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:f:r:Tgh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:f:r:Tgsh", opts, NULL)) != -1) {
         switch (c) {
-        case 'g': gpu = 1; break;
+        case 'g': what = TB_FOLD_GPU; break;
+        case 's': what = TB_FOLD_SYNCS; break;
         case 'o': out = optarg; break;
         case 'f': fmt_name = optarg; break;
         case 'r': run = optarg; break;
@@ -125,9 +130,10 @@ int cmd_convert(int argc, char **argv)
                     out);
         return 2;
     }
-    if (gpu && (fmt == F_TRACE || fmt == F_TRACE_GZ)) {
-        fprintf(stderr, "tbprof convert: --gpu makes folded stacks or speedscope (.folded, .txt, "
-                        ".speedscope.json); a trace has the GPU work already\n");
+    if (what != TB_FOLD_CPU && (fmt == F_TRACE || fmt == F_TRACE_GZ)) {
+        fprintf(stderr, "tbprof convert: --%s makes folded stacks or speedscope (.folded, .txt, "
+                        ".speedscope.json); a trace has the GPU work already\n",
+                what == TB_FOLD_GPU ? "gpu" : "syncs");
         return 2;
     }
     const char *in = argv[optind];
@@ -165,7 +171,7 @@ int cmd_convert(int argc, char **argv)
         }
         j.buf = &buf;
         rc = tb_write_output("convert", out, put_buf, &j);
-    } else if ((rc = tb_profset_fold_some("convert", &ps, gpu, &pf)) == 0) {
+    } else if ((rc = tb_profset_fold_some("convert", &ps, what, &pf)) == 0) {
         j.pf = &pf;
         rc = tb_write_output("convert", out, fmt == F_FOLDED ? put_folded : put_speedscope, &j);
     }

@@ -1,6 +1,7 @@
 /* cmd_flame.c - `tbprof flame IN -o out.svg`: an SVG flame graph of the CPU
  * samples of a profile (or of every host of a run), for a browser; with
- * --gpu, of the GPU time by the CPU stack that launched it. */
+ * --gpu, of the GPU time by the CPU stack that launched it; with --syncs, of
+ * the host's waits for the GPU by the stack that waited. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,11 +13,14 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: tbprof flame IN -o OUT.svg [--gpu] [--title T] [--width PX] [--no-threads] [--run NAME]\n"
+    fprintf(f, "usage: tbprof flame IN -o OUT.svg [--gpu | --syncs] [--title T] [--width PX] [--no-threads]\n"
+               "                   [--run NAME]\n"
                "  IN              FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
                "  -o OUT.svg      the flame graph (open it in a browser; hover for counts); - for stdout\n"
                "  --gpu           GPU time (kernels, copies, memsets) by the sampled CPU stack that\n"
                "                  launched it, the GPU work's name on top (default: CPU samples)\n"
+               "  --syncs         the host's waits for the GPU (stream, event and context syncs: .item(),\n"
+               "                  torch.cuda.synchronize()) by the sampled CPU stack that waited\n"
                "  --no-threads    merge threads (default: one tower per thread)\n");
 }
 
@@ -39,15 +43,18 @@ int cmd_flame(int argc, char **argv)
                                          {"run", required_argument, 0, 'r'},
                                          {"no-threads", no_argument, 0, 'T'},
                                          {"gpu", no_argument, 0, 'g'},
+                                         {"syncs", no_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *out = NULL, *run = NULL, *title = NULL;
-    int with_threads = 1, width = 1200, gpu = 0, c;
+    int with_threads = 1, width = 1200, c;
+    tb_fold_what what = TB_FOLD_CPU;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "o:t:w:r:Tgh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:t:w:r:Tgsh", opts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
-        case 'g': gpu = 1; break;
+        case 'g': what = TB_FOLD_GPU; break;
+        case 's': what = TB_FOLD_SYNCS; break;
         case 't': title = optarg; break;
         case 'w': {
             char *end;
@@ -80,16 +87,18 @@ int cmd_flame(int argc, char **argv)
     }
     tb_profset_folded pf;
     tb_flame_node *root = NULL;
-    if ((rc = tb_profset_fold_some("flame", &ps, gpu, &pf)) != 0) {
+    if ((rc = tb_profset_fold_some("flame", &ps, what, &pf)) != 0) {
         /* said why */
     } else if (!(root = tb_flame_tree(&pf.f, with_threads))) {
         fprintf(stderr, "tbprof flame: out of memory\n");
         rc = 2;
     } else {
         char deftitle[512];
-        snprintf(deftitle, sizeof deftitle, "%s: %s", gpu ? "GPU time by launching stack" : "CPU flame graph",
-                 ps.n == 1 ? ps.profs[0].label : ps.dir);
-        job j = {.root = root, .o = {.title = title ? title : deftitle, .width_px = width, .ns = gpu}};
+        static const char *const what_title[] = {"CPU flame graph", "GPU time by launching stack",
+                                                 "Waits for the GPU (syncs) by calling stack"};
+        snprintf(deftitle, sizeof deftitle, "%s: %s", what_title[what], ps.n == 1 ? ps.profs[0].label : ps.dir);
+        job j = {.root = root,
+                 .o = {.title = title ? title : deftitle, .width_px = width, .ns = what != TB_FOLD_CPU}};
         rc = tb_write_output("flame", out, put_svg, &j);
     }
     tb_flame_free(root);

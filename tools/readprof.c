@@ -181,14 +181,17 @@ void tb_profset_free(tb_profset *ps)
 
 /* ---- shared by convert and flame ------------------------------------------- */
 
-int tb_profset_fold(tb_profset *ps, int gpu, tb_profset_folded *out)
+int tb_profset_fold(tb_profset *ps, tb_fold_what what, tb_profset_folded *out)
 {
     memset(out, 0, sizeof(*out));
-    out->f.gpu_ranges = gpu; /* each GPU event under its NVTX range (torch op) */
+    out->f.gpu_ranges = what != TB_FOLD_CPU; /* each GPU event under its NVTX range (torch op) */
     for (size_t i = 0; i < ps->n; i++) {
         size_t t0 = out->f.nthreads;
         tb_space *s = ps->profs[i].space;
-        if ((gpu ? tb_folded_add_gpu(&out->f, s) : tb_folded_add_space(&out->f, s)) < 0)
+        int r = what == TB_FOLD_GPU     ? tb_folded_add_gpu(&out->f, s)
+                : what == TB_FOLD_SYNCS ? tb_folded_add_syncs(&out->f, s)
+                                        : tb_folded_add_space(&out->f, s);
+        if (r < 0)
             return -ENOMEM;
         if (ps->n < 2)
             continue;
@@ -243,16 +246,21 @@ static void why_no_samples(const tb_profset *ps, FILE *f)
                    "the first sample?)\n");
 }
 
-int tb_profset_fold_some(const char *cmd, tb_profset *ps, int gpu, tb_profset_folded *pf)
+int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_profset_folded *pf)
 {
     const char *where = ps->n == 1 ? ps->profs[0].path : ps->dir;
-    if (tb_profset_fold(ps, gpu, pf) < 0) {
+    if (tb_profset_fold(ps, what, pf) < 0) {
         fprintf(stderr, "tbprof %s: out of memory\n", cmd);
         return 2;
     }
     if (pf->f.total)
         return 0;
-    if (gpu) {
+    if (what == TB_FOLD_SYNCS) {
+        fprintf(stderr, "tbprof %s: no sync that waited in %s (no stream, event or context sync in the "
+                        "capture, or GPU tracing off)\n", cmd, where);
+        return 2;
+    }
+    if (what == TB_FOLD_GPU) {
         fprintf(stderr, "tbprof %s: no GPU work with its correlation id in %s (was GPU tracing on?)\n", cmd, where);
         return 2;
     }

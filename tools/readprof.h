@@ -42,8 +42,12 @@ long long tb_input_bytes(const char *in);
 
 #include <stdio.h>
 
-/* CPU sample stacks of every loaded profile (gpu: GPU time by launching
- * stack instead, tb_folded_add_gpu); with several profiles each thread is
+/* What tb_profset_fold folds: CPU sample stacks, GPU time by launching
+ * stack (tb_folded_add_gpu), or the host's waits for the GPU by the stack
+ * that waited (tb_folded_add_syncs). */
+typedef enum tb_fold_what { TB_FOLD_CPU, TB_FOLD_GPU, TB_FOLD_SYNCS } tb_fold_what;
+
+/* The stacks of every loaded profile; with several profiles each thread is
  * named "<label>: <thread>". 0 or -ENOMEM; free with
  * tb_profset_folded_free. */
 #include "folded.h"
@@ -52,7 +56,7 @@ typedef struct tb_profset_folded {
     char **names; /* allocated thread names */
     size_t nnames;
 } tb_profset_folded;
-int tb_profset_fold(tb_profset *ps, int gpu, tb_profset_folded *out);
+int tb_profset_fold(tb_profset *ps, tb_fold_what what, tb_profset_folded *out);
 void tb_profset_folded_free(tb_profset_folded *pf);
 
 /* Write OUT atomically (OUT.tmp.<pid>, then rename; nothing is left on
@@ -61,9 +65,9 @@ void tb_profset_folded_free(tb_profset_folded *pf);
 int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg);
 /* tb_profset_fold, for a command that shows what it folded: 0 when there
  * is something to show; 2 after saying on stderr why not ("tbprof CMD:
- * out of memory", no GPU work with correlation ids, or no CPU samples and
- * what the profiles say of it). Free pf with tb_profset_folded_free
- * either way. */
-int tb_profset_fold_some(const char *cmd, tb_profset *ps, int gpu, tb_profset_folded *pf);
+ * out of memory", no GPU work or syncs with correlation ids, or no CPU
+ * samples and what the profiles say of it). Free pf with
+ * tb_profset_folded_free either way. */
+int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_profset_folded *pf);
 
 #endif

@@ -445,9 +445,21 @@ class SummaryFigures(Base):
         self.assertIn("\nSyncs: the CPU waited for the GPU in 2 syncs, 600.0 us in all (6.0% of the capture):\n", p.stdout)
         self.assertIn("\n     400.0 us  66.7%  py::loss.item (train.py:31)\n     200.0 us  33.3%  py::step (train.py:10)\n",
                       p.stdout)
-        # no sync records: no section
+        # the same as folded stacks and a flame graph, each sync under the stack that waited
+        p = run("convert", self.logdir, "--syncs", "--to", "-", "--format", "folded")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(sorted(p.stdout.splitlines()), [
+            "python;py::step (train.py:10);Context Sync 200000",
+            "python;py::step (train.py:10);py::loss.item (train.py:31);Stream Sync 400000"])
+        p = run("flame", self.logdir, "--syncs", "-o", "-")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("Waits for the GPU (syncs) by calling stack: n", p.stdout)
+        # no sync records: no section, and the stacks say why there are none
         write(os.path.join(self.rundir, "n.xplane.pb"), host_bound("n", 100))
         self.assertNotIn("Syncs:", run("summary", self.logdir).stdout)
+        p = run("flame", self.logdir, "--syncs", "-o", "-")
+        self.assertEqual((p.returncode, p.stdout), (2, ""))
+        self.assertIn("tbprof flame: no sync that waited in ", p.stderr)
 
     def test_newest_run_and_run_option(self):
         old = os.path.join(self.logdir, "plugins", "profile", "2023_12_31_00_00_00")
