@@ -426,12 +426,14 @@ class GpuChecker(tbtest.TestCase):
         js["hosts"][0]["kernels"]["top"][0]["count"] += 1
         g = js["hosts"][0]["gpu"]
         g["idle_cpu_ns"] = g["idle_queued_ns"] = 0
+        js["hosts"][0]["syncs"]["count"] += 1
         with open(sj, "w") as f:
             json.dump(js, f)
         c = run_check("summary", sj, self.xplane, nsteps + 1)
         self.assertEqual(c.returncode, 1, c.stdout + c.stderr)
         self.assertRegex(c.stdout, r"RESULT summary_torch FAIL kernels 5, \d+ ns; the profile holds 4, \d+ ns; "
-                                   r"\d+ steps, expected \d+; GPU idle \d+ ns, none of it joined to a launching call")
+                                   r"\d+ steps, expected \d+; GPU idle \d+ ns, none of it joined to a launching call; "
+                                   r"syncs (\d+), (\d+) ns; the profile holds (?!\1,)\d+, \2 ns\n")
 
     def test_diff_facts(self):
         # 4e: tbprof diff --json of two captures of one loop (here the same

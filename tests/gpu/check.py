@@ -942,7 +942,11 @@ def summary_facts(sjson, xplane, nsteps):
     correlation ids). The split and the communication found are reported."""
     with open(sjson) as f:
         h = json.load(f)["hosts"][0]
-    kern = [d for _, d, st, *_ in device_events(load(xplane)) if "kernel_details" in st]
+    xs = load(xplane)
+    kern = [d for _, d, st, *_ in device_events(xs) if "kernel_details" in st]
+    # the host's waits: sync records that waited (a stream waiting for an event is not one)
+    waits = [d for n, d, st, *_ in events(xs, "/device:GPU:", lambda n: n == "CUDA sync")
+             if n != "Stream Wait Event" and d > 0 and st.get("correlation_id")]
     errs = []
     k = h["kernels"]
     got = (sum(t["count"] for t in k["top"]), k["total_ns"])
@@ -959,6 +963,9 @@ def summary_facts(sjson, xplane, nsteps):
     g, c = h["gpu"], h["communication"]
     if g["idle_ns"] > 0 and g["idle_cpu_ns"] + g["idle_queued_ns"] == 0:
         errs.append("GPU idle %d ns, none of it joined to a launching call" % g["idle_ns"])
+    sy = h["syncs"]
+    if (sy["count"], sy["ns"]) != (len(waits), sum(waits)):
+        errs.append("syncs %d, %d ns; the profile holds %d, %d ns" % (sy["count"], sy["ns"], len(waits), sum(waits)))
     ww = g["while_waiting"]
     if ww["on_cpu_ns"] + ww["off_cpu_ns"] + ww["unsampled_ns"] != g["idle_cpu_ns"]:
         errs.append("while the GPU waited: on %d + off %d + unsampled %d ns != %d" % (
