@@ -188,8 +188,58 @@ static void escaping(void)
     free(buf);
 }
 
+static int sum_who(void *ctx, const char *who, int64_t ns)
+{
+    (void)who;
+    *(int64_t *)ctx += ns;
+    return 0;
+}
+
+/* On-CPU pieces of a line's spans: a parent's own time between its
+ * children, credit to the deepest Python frame, adjacent pieces of one
+ * frame merged, a span overlapping its would-be parent skipped, other
+ * events ignored; and the time inside a window. */
+static void cpu_segments(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *p = tb_space_plane(s, "/host:CPU");
+    tb_line *l = tb_plane_line(p, 1, "python");
+    span(l, "py::main", 0, 1000, 10);
+    span(l, "libc_read", 100, 200, 2);  /* native under main: main's */
+    span(l, "py::step", 400, 300, 3);
+    span(l, "gemm", 500, 100, 1);        /* native under step: step's */
+    span(l, "bad", 650, 400, 1);         /* ends after step and main: skipped */
+    tb_line_add(l, tb_plane_event_meta(p, "cudaLaunchKernel"), 1000000 + 420, 10); /* not a span */
+    span(l, "native_root", 2000, 500, 5); /* no Python frame: itself */
+    tb_space_sort(s);
+    tb_cpu_segs g;
+    CHECK(tb_cpu_segments(p, l, &g) == 0);
+    static const struct {
+        int64_t a, b;
+        const char *who;
+    } want[] = {{0, 400, "py::main"}, {400, 700, "py::step"}, {700, 1000, "py::main"}, {2000, 2500, "native_root"}};
+    CHECK_EQ_I(g.n, 4);
+    for (size_t i = 0; i < g.n && i < 4; i++) {
+        CHECK_EQ_I(g.v[i].start - 1000000, want[i].a);
+        CHECK_EQ_I(g.v[i].end - 1000000, want[i].b);
+        CHECK_STR(g.v[i].who, want[i].who);
+    }
+    int64_t seen = 0;
+    /* [650, 2100): main 300 + native_root 100 + step 50 */
+    CHECK_EQ_I(tb_cpu_segments_in(&g, 1000000 + 650, 1000000 + 2100, sum_who, &seen), 450);
+    CHECK_EQ_I(seen, 450);
+    CHECK_EQ_I(tb_cpu_segments_in(&g, 1000000 + 1000, 1000000 + 2000, NULL, NULL), 0);
+    free(g.v);
+    /* a line without spans: none */
+    CHECK(tb_cpu_segments(p, tb_plane_line(p, 2, "idle"), &g) == 0);
+    CHECK_EQ_I(g.n, 0);
+    free(g.v);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    cpu_segments();
     stacks_and_functions();
     flame_svg();
     escaping();
