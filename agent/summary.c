@@ -677,6 +677,7 @@ static int collect_calls(tb_space *s, gpu_acc *g, call_end **out, size_t *n)
             continue;
         for (size_t j = 0; j < p->nlines; j++) {
             const tb_line *l = p->lines[j];
+            uint32_t thread = UINT32_MAX; /* in g->threads once the line has a call */
             for (size_t k = 0; k < l->nevents; k++) {
                 const tb_event *e = &l->events[k];
                 const tb_stat *cs = e->nstats ? tb_event_stat(l, e, cid) : NULL;
@@ -684,15 +685,15 @@ static int collect_calls(tb_space *s, gpu_acc *g, call_end **out, size_t *n)
                 if (!cs || !stat_i64(cs, &corr) || corr <= 0 || corr > UINT32_MAX)
                     continue;
                 if (TB_GROW(v, cap, nv + 1) < 0 ||
-                    ((!g->nthreads || g->threads[g->nthreads - 1].line != l) &&
-                     TB_GROW(g->threads, g->cap_threads, g->nthreads + 1) < 0)) {
+                    (thread == UINT32_MAX && TB_GROW(g->threads, g->cap_threads, g->nthreads + 1) < 0)) {
                     free(v);
                     return -ENOMEM;
                 }
-                if (!g->nthreads || g->threads[g->nthreads - 1].line != l)
+                if (thread == UINT32_MAX) {
+                    thread = (uint32_t)g->nthreads;
                     g->threads[g->nthreads++] = (wait_of){p, l};
-                v[nv++] = (call_end){(uint32_t)corr, (uint32_t)(g->nthreads - 1), e->start_ns,
-                                     e->start_ns + e->dur_ns};
+                }
+                v[nv++] = (call_end){(uint32_t)corr, thread, e->start_ns, e->start_ns + e->dur_ns};
             }
         }
     }
@@ -774,11 +775,11 @@ static int scan_idle(tb_summary *sum, tb_space *s, gpu_acc *g)
 
 /* ---- what the CPU did while the GPU waited for it --------------------------------- */
 
-/* The CPU sample pieces of one thread (line), built when first needed */
+/* The CPU sample pieces of one thread (line), built when first needed;
+ * none where its plane has no CPU samples (tbprof_cpu_hz) */
 typedef struct wait_thread {
     const tb_line *line;
     tb_cpu_segs segs;
-    int sampled; /* its plane has CPU samples (tbprof_cpu_hz), and it some */
 } wait_thread;
 
 /* Time by frame name into a tb_sum_frame array (*v, *n) */
@@ -837,13 +838,9 @@ static wait_thread *wait_thread_of(wait_acc *w, const tb_plane *p, const tb_line
     if (TB_GROW(w->th, w->cap_th, w->nth + 1) < 0)
         return NULL;
     wait_thread *t = &w->th[w->nth];
-    *t = (wait_thread){.line = l, .sampled = tb_cpu_period_ns(p) > 0};
-    if (t->sampled && tb_cpu_segments(p, l, &t->segs) < 0)
+    *t = (wait_thread){.line = l};
+    if (tb_cpu_period_ns(p) > 0 && tb_cpu_segments(p, l, &t->segs) < 0)
         return NULL;
-    /* a thread that made CUDA calls ran; without a single sample in the
-     * capture it was most likely not sampled (tbprof_cpu_threads_unsampled),
-     * not off CPU throughout */
-    t->sampled = t->segs.n > 0;
     w->nth++;
     return t;
 }
@@ -861,7 +858,10 @@ static int wait_window(wait_acc *w, const gpu_acc *g, int64_t lo, int64_t hi)
         wait_thread *t = wait_thread_of(w, who->plane, who->line);
         if (!t)
             return -ENOMEM;
-        if (!t->sampled) {
+        /* a thread that made CUDA calls ran; without a single sample in the
+         * capture it was most likely not sampled (tbprof_cpu_threads_unsampled),
+         * not off CPU throughout */
+        if (!t->segs.n) {
             w->sum->wait_unsampled_ns += b - a;
             continue;
         }
@@ -1271,30 +1271,34 @@ static int credit_callers(const tb_folded *g, by_caller *c)
     return rc;
 }
 
-static int scan_launchers(tb_summary *sum, tb_space *s)
+/* Fold `s` with `add` (tb_folded_add_gpu or _syncs) and credit its stacks
+ * into c; *nstacks (when given): how many stacks, one per event with a
+ * duration. */
+static int scan_callers(tb_space *s, int (*add)(tb_folded *, tb_space *), by_caller *c, uint64_t *nstacks)
 {
     tb_folded g = {0};
-    by_caller c = {{.v = &sum->launchers, .n = &sum->nlaunchers}, &sum->launched_ns, &sum->unsampled_ns,
-                   &sum->no_call_ns};
-    int rc = tb_folded_add_gpu(&g, s);
+    int rc = add(&g, s);
+    if (nstacks)
+        *nstacks = g.nstacks;
     if (!rc)
-        rc = credit_callers(&g, &c);
+        rc = credit_callers(&g, c);
     tb_folded_free(&g);
     return rc;
+}
+
+static int scan_launchers(tb_summary *sum, tb_space *s)
+{
+    by_caller c = {{.v = &sum->launchers, .n = &sum->nlaunchers}, &sum->launched_ns, &sum->unsampled_ns,
+                   &sum->no_call_ns};
+    return scan_callers(s, tb_folded_add_gpu, &c, NULL);
 }
 
 /* The host's waits for the GPU (sync records) by the frame that waited. */
 static int scan_syncs(tb_summary *sum, tb_space *s)
 {
-    tb_folded g = {0};
     by_caller c = {{.v = &sum->sync_frames, .n = &sum->nsync_frames}, &sum->sync_ns, &sum->sync_unsampled_ns,
                    &sum->sync_no_call_ns};
-    int rc = tb_folded_add_syncs(&g, s);
-    sum->syncs = g.nstacks; /* one per sync that waited */
-    if (!rc)
-        rc = credit_callers(&g, &c);
-    tb_folded_free(&g);
-    return rc;
+    return scan_callers(s, tb_folded_add_syncs, &c, &sum->syncs);
 }
 
 /* ---- the whole ------------------------------------------------------------------- */
