@@ -66,7 +66,9 @@ int tb_folded_add_gpu(tb_folded *f, tb_space *s);
 /* The same for the host's waits for the GPU: the sync records (Stream Sync,
  * Event Sync, Context Sync) on the /device:GPU:* "CUDA sync" lines, each
  * weighted by how long it waited, under the stack of the call that
- * waited (cudaStreamSynchronize, a synchronous cudaMemcpy, ...). */
+ * waited (cudaStreamSynchronize, cudaEventSynchronize,
+ * cudaDeviceSynchronize: CUPTI records the synchronization APIs; a
+ * synchronous cudaMemcpy is not one). */
 int tb_folded_add_syncs(tb_folded *f, tb_space *s);
 #define TB_FOLDED_SYNC_LINE "CUDA sync"
 #define TB_FOLDED_RANGE_PREFIX "nvtx::"
