@@ -75,8 +75,17 @@ def perf_refused_reason():
     return None
 
 
+def skip_if_perf_refused(tc):
+    """Skip test case tc (saying why) where perf_event_open is refused."""
+    why = perf_refused_reason()
+    if why:
+        print("skip: " + why)
+        tc.skipTest(why)
+
+
 def sampled_lines(prof):
     return [l for l in prof.host.lines if any("samples" in e.stats for e in l.events)]
 
 
-__all__ = ["walk", "counts", "nesting_errors", "build", "perf_refused_reason", "sampled_lines", "tbtest"]
+__all__ = ["walk", "counts", "nesting_errors", "build", "perf_refused_reason", "skip_if_perf_refused",
+           "sampled_lines", "tbtest"]

@@ -41,10 +41,7 @@ class CpuPython(tbtest.TestCase):
     def setUp(self):
         super().setUp()
         tbtest.skip_if_python_unsupported(self)
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
+        cpusamples.skip_if_perf_refused(self)
         self.pythons = find_pythons()
         if not self.pythons:
             print("skip: no CPython >= 3.12 found (pyenv versions 3.12+)")

@@ -40,10 +40,7 @@ def parse(stdout):
 class CpuSplit(tbtest.TestCase):
     def setUp(self):
         super().setUp()
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
+        cpusamples.skip_if_perf_refused(self)
 
     def capture(self, cflags, mode):
         exe = cpusamples.build(SRC, os.path.join(self.tmp, "cpu_split"), cflags)

@@ -12,10 +12,7 @@ import tbtest  # noqa: E402
 
 class CpuWindow(tbtest.TestCase):
     def test_samples_inside_step_window(self):
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
+        cpusamples.skip_if_perf_refused(self)
         # 10 ms steps: the early-armed step 2 is long enough to be sampled
         p = tbtest.run([tbtest.prog("steps"), "-n", "8", "-m", "10", "-t", "2"],
                        env=tbtest.env(self.logdir, steps="3,5", cpu="on", cpu_hz=997, cpu_mode="fp"))
@@ -53,10 +50,7 @@ if __name__ == "__main__":
         # 1 kHz. The agent sees each pthread_create and opens its sampler at
         # once; waiting for the 10 ms rescan instead caught 4-8 of the 20
         # (checked before the hook). Counted: threads with at least 1 sample.
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
+        cpusamples.skip_if_perf_refused(self)
         p = tbtest.run([tbtest.prog("short_threads"), "-n", "20", "-m", "4"],
                        env=tbtest.env(self.logdir, cpu="on", cpu_hz=1000))
         self.assertExitedOk(p)

@@ -79,10 +79,7 @@ class RealProfiles(tbtest.TestCase):
                          "no GPU traced: no busy or waiting share, no kernel")
 
     def test_cpu_split(self):
-        why = cpusamples.perf_refused_reason()
-        if why:
-            print("skip: " + why)
-            self.skipTest(why)
+        cpusamples.skip_if_perf_refused(self)
         src = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split.c")
         exe = cpusamples.build(src, os.path.join(self.tmp, "cpu_split"), ["-fno-omit-frame-pointer"])
         p = tbtest.run([exe, "-t", "2", "-m", "1200"],
@@ -136,9 +133,7 @@ class RealProfiles(tbtest.TestCase):
         """Kernels, copies and busy time from the scripted fake libcupti
         (CUPTI builds only): the figures are the script's."""
         import test_gpu_fake as gf
-        if not tbtest.WITH_CUPTI or not os.path.exists(gf.FAKE):
-            print("skip: GPU tracing not built (no fake libcupti)")
-            self.skipTest("GPU tracing not built")
+        skip_without_fake_gpu(self)
         script = os.path.join(self.tmp, "script")
         with open(script, "w") as f:
             f.write(gf.SCRIPT)
@@ -180,15 +175,16 @@ class RealProfiles(tbtest.TestCase):
         check_while_waiting(self, files[0], "prep_batch")
 
 
-def skip_without_fake_gpu_or_perf(tc):
+def skip_without_fake_gpu(tc):
     import test_gpu_fake as gf
     if not tbtest.WITH_CUPTI or not os.path.exists(gf.FAKE):
         print("skip: GPU tracing not built (no fake libcupti)")
         tc.skipTest("GPU tracing not built")
-    why = cpusamples.perf_refused_reason()
-    if why:
-        print("skip: " + why)
-        tc.skipTest(why)
+
+
+def skip_without_fake_gpu_or_perf(tc):
+    skip_without_fake_gpu(tc)
+    cpusamples.skip_if_perf_refused(tc)
 
 
 # hostwait.c's and hostwait_py.py's GPU work, 10 rounds of 40 ms: the launch
