@@ -92,11 +92,73 @@ uint64_t tb_cpu_span_samples(const tb_plane *p, const tb_line *l, const tb_event
     return c == COUNT_UNKNOWN ? 1 : c;
 }
 
+/* ---- one nesting walk over a line's sample spans --------------------------- */
+
+/* A walk's user: `open` when a span opens at `depth` (its parent, if any,
+ * is the one open at depth - 1), `close` when the span open at `depth`
+ * closes (innermost first), with its end. Each keeps its own stack by
+ * depth. */
+typedef struct span_walk {
+    int (*open)(void *ctx, size_t depth, const tb_event *e, uint64_t count, uint64_t self);
+    int (*close)(void *ctx, size_t depth, int64_t end);
+    void *ctx;
+    uint64_t overlaps; /* spans skipped: they outlast their would-be parent */
+} span_walk;
+
+/* Walk l's sample spans (the line sorted by start) as the sampler nests
+ * them: a span starting before the innermost open one ends is its child; a
+ * span ending after that parent is not a nesting and is skipped (counted in
+ * w->overlaps). Other events (span_count2 0) are passed over. */
+static int walk_spans(const tb_plane *p, const tb_line *l, span_walk *w)
+{
+    int64_t *ends = NULL;
+    size_t depth = 0, cap = 0;
+    int rc = 0;
+    span_ids ids = plane_span_ids(p);
+    for (size_t i = 0; i < l->nevents && !rc; i++) {
+        const tb_event *e = &l->events[i];
+        uint64_t self, c = span_count2(p, &ids, l, e, &self);
+        if (!c)
+            continue;
+        for (; depth && e->start_ns >= ends[depth - 1] && !rc; depth--)
+            rc = w->close(w->ctx, depth - 1, ends[depth - 1]);
+        int64_t end = e->start_ns + e->dur_ns;
+        if (rc)
+            break;
+        if (depth && end > ends[depth - 1]) {
+            w->overlaps++;
+            continue;
+        }
+        if (TB_GROW(ends, cap, depth + 1) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = w->open(w->ctx, depth, e, c, self);
+        ends[depth++] = end;
+    }
+    for (; depth && !rc; depth--)
+        rc = w->close(w->ctx, depth - 1, ends[depth - 1]);
+    free(ends);
+    return rc;
+}
+
+static const char *event_name(const tb_plane *p, const tb_event *e)
+{
+    const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
+    return m->display_name && *m->display_name ? m->display_name : m->name ? m->name : "";
+}
+
+static const char *line_name(const tb_line *l)
+{
+    if (l->display_name && *l->display_name)
+        return l->display_name;
+    return l->name;
+}
+
 /* ---- spans -> stacks ------------------------------------------------------ */
 
 typedef struct open_span {
     const char *name;
-    int64_t end;
     uint64_t total; /* COUNT_UNKNOWN or the span's own count */
     uint64_t self;  /* COUNT_UNKNOWN (derive: total - kids) or explicit */
     uint64_t kids;  /* sum of children's totals */
@@ -126,83 +188,57 @@ static const char **add_stack(tb_folded *f, size_t n, uint32_t thread, uint64_t 
     return fr;
 }
 
-static int emit(tb_folded *f, const open_span *stk, size_t depth, uint32_t thread, uint64_t count)
+typedef struct stack_walk {
+    tb_folded *f;
+    const tb_plane *p;
+    const tb_line *l;
+    uint32_t thread; /* added with the line's first span */
+    open_span *stk;
+    size_t cap;
+} stack_walk;
+
+static int stack_open(void *ctx, size_t depth, const tb_event *e, uint64_t count, uint64_t self)
 {
-    const char **fr = add_stack(f, depth, thread, count);
-    if (!fr)
+    stack_walk *w = ctx;
+    if (w->thread == UINT32_MAX && add_thread(w->f, line_name(w->l), &w->thread) < 0)
         return -ENOMEM;
-    for (size_t i = 0; i < depth; i++)
-        fr[i] = stk[i].name;
+    if (TB_GROW(w->stk, w->cap, depth + 1) < 0)
+        return -ENOMEM;
+    w->stk[depth] = (open_span){.name = event_name(w->p, e), .total = count, .self = self};
     return 0;
 }
 
-/* Close the innermost open span: emit its self samples, give its total to
- * its parent. */
-static int pop(tb_folded *f, open_span *stk, size_t *depth, uint32_t thread)
+/* A span closes: emit its self samples, give its total to its parent. */
+static int stack_close(void *ctx, size_t depth, int64_t end)
 {
-    open_span *o = &stk[*depth - 1];
+    (void)end;
+    stack_walk *w = ctx;
+    open_span *o = &w->stk[depth];
     uint64_t total;
     if (o->total == COUNT_UNKNOWN)
         total = o->kids ? o->kids : 1;
     else
         total = o->total > o->kids ? o->total : o->kids;
     uint64_t self = o->self != COUNT_UNKNOWN ? o->self : total - o->kids;
-    if (self && emit(f, stk, *depth, thread, self) < 0)
-        return -ENOMEM;
-    (*depth)--;
-    if (*depth)
-        stk[*depth - 1].kids += total;
+    if (self) {
+        const char **fr = add_stack(w->f, depth + 1, w->thread, self);
+        if (!fr)
+            return -ENOMEM;
+        for (size_t i = 0; i <= depth; i++)
+            fr[i] = w->stk[i].name;
+    }
+    if (depth)
+        w->stk[depth - 1].kids += total;
     return 0;
-}
-
-static const char *event_name(const tb_plane *p, const tb_event *e)
-{
-    const tb_meta *m = &p->event_meta[e->meta < p->nevent_meta ? e->meta : 0];
-    return m->display_name && *m->display_name ? m->display_name : m->name ? m->name : "";
-}
-
-static const char *line_name(const tb_line *l)
-{
-    if (l->display_name && *l->display_name)
-        return l->display_name;
-    return l->name;
 }
 
 static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
 {
-    open_span *stk = NULL;
-    size_t depth = 0, cap = 0;
-    uint32_t thread = UINT32_MAX; /* added with the line's first span */
-    int rc = 0;
-    span_ids ids = plane_span_ids(p);
-    for (size_t i = 0; i < l->nevents && rc == 0; i++) {
-        const tb_event *e = &l->events[i];
-        uint64_t self;
-        uint64_t c = span_count2(p, &ids, l, e, &self);
-        if (!c)
-            continue;
-        if (thread == UINT32_MAX && add_thread(f, line_name(l), &thread) < 0) {
-            rc = -ENOMEM;
-            break;
-        }
-        while (depth && e->start_ns >= stk[depth - 1].end && rc == 0)
-            rc = pop(f, stk, &depth, thread);
-        if (rc)
-            break;
-        int64_t end = e->start_ns + e->dur_ns;
-        if (depth && end > stk[depth - 1].end) {
-            f->bad_spans++; /* overlaps its would-be parent: not a nesting */
-            continue;
-        }
-        if (TB_GROW(stk, cap, depth + 1) < 0) {
-            rc = -ENOMEM;
-            break;
-        }
-        stk[depth++] = (open_span){.name = event_name(p, e), .end = end, .total = c, .self = self};
-    }
-    while (depth && rc == 0)
-        rc = pop(f, stk, &depth, thread);
-    free(stk);
+    stack_walk sw = {.f = f, .p = p, .l = l, .thread = UINT32_MAX};
+    span_walk w = {stack_open, stack_close, &sw, 0};
+    int rc = walk_spans(p, l, &w);
+    f->bad_spans += w.overlaps;
+    free(sw.stk);
     return rc;
 }
 
@@ -239,51 +275,55 @@ static int seg_push(tb_cpu_segs *o, size_t *cap, int64_t a, int64_t b, const cha
 }
 
 typedef struct seg_open {
-    int64_t end;
     const char *py;  /* deepest py:: frame open here, or NULL */
     const char *who; /* what this span's own time goes to */
 } seg_open;
 
+typedef struct seg_walk {
+    const tb_plane *p;
+    tb_cpu_segs *out;
+    size_t cap_v;
+    int64_t t; /* time up to which pieces are out */
+    seg_open *stk;
+    size_t cap;
+} seg_walk;
+
+/* A span opens: the time since t was its parent's own. */
+static int seg_open_span(void *ctx, size_t depth, const tb_event *e, uint64_t count, uint64_t self)
+{
+    (void)count, (void)self;
+    seg_walk *w = ctx;
+    int64_t at = e->start_ns;
+    if (depth && at > w->t && seg_push(w->out, &w->cap_v, w->t, at, w->stk[depth - 1].who) < 0)
+        return -ENOMEM;
+    if (at > w->t)
+        w->t = at;
+    if (TB_GROW(w->stk, w->cap, depth + 1) < 0)
+        return -ENOMEM;
+    const char *name = event_name(w->p, e);
+    const char *py = strncmp(name, "py::", 4) == 0 ? name : depth ? w->stk[depth - 1].py : NULL;
+    w->stk[depth] = (seg_open){py, py ? py : name};
+    return 0;
+}
+
+/* A span closes: the time since t was its own. */
+static int seg_close_span(void *ctx, size_t depth, int64_t end)
+{
+    seg_walk *w = ctx;
+    if (end <= w->t)
+        return 0;
+    int rc = seg_push(w->out, &w->cap_v, w->t, end, w->stk[depth].who);
+    w->t = end;
+    return rc;
+}
+
 int tb_cpu_segments(const tb_plane *p, const tb_line *l, tb_cpu_segs *out)
 {
     memset(out, 0, sizeof(*out));
-    seg_open *stk = NULL;
-    size_t depth = 0, cap = 0, cap_v = 0;
-    int64_t t = INT64_MIN; /* time up to which segments are out */
-    int rc = 0;
-    span_ids ids = plane_span_ids(p);
-    for (size_t i = 0; i <= l->nevents && !rc; i++) {
-        const tb_event *e = i < l->nevents ? &l->events[i] : NULL;
-        uint64_t self;
-        if (e && !span_count2(p, &ids, l, e, &self))
-            continue;
-        int64_t at = e ? e->start_ns : INT64_MAX;
-        /* close the spans that ended by `at`, each with its time since t */
-        while (depth && at >= stk[depth - 1].end && !rc) {
-            seg_open *o = &stk[--depth];
-            if (o->end > t) {
-                rc = seg_push(out, &cap_v, t, o->end, o->who);
-                t = o->end;
-            }
-        }
-        if (!e || rc)
-            break;
-        if (depth && at > t)
-            rc = seg_push(out, &cap_v, t, at, stk[depth - 1].who);
-        if (at > t)
-            t = at;
-        int64_t end = e->start_ns + e->dur_ns;
-        if (rc || (depth && end > stk[depth - 1].end))
-            continue; /* overlaps its would-be parent: not a nesting (see add_line) */
-        if (TB_GROW(stk, cap, depth + 1) < 0) {
-            rc = -ENOMEM;
-            break;
-        }
-        const char *name = event_name(p, e);
-        const char *py = strncmp(name, "py::", 4) == 0 ? name : depth ? stk[depth - 1].py : NULL;
-        stk[depth++] = (seg_open){end, py, py ? py : name};
-    }
-    free(stk);
+    seg_walk sw = {.p = p, .out = out, .t = INT64_MIN};
+    span_walk w = {seg_open_span, seg_close_span, &sw, 0};
+    int rc = walk_spans(p, l, &w);
+    free(sw.stk);
     if (rc) {
         free(out->v);
         memset(out, 0, sizeof(*out));
