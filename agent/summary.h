@@ -218,6 +218,13 @@ typedef struct tb_summary {
     size_t nwarnings;
 } tb_summary;
 
+/* The part of the GPU's waits for the CPU that CPU samples explain (on or
+ * off CPU); 0 when the launching threads were not sampled. */
+static inline int64_t tb_sum_wait_sampled_ns(const tb_summary *m)
+{
+    return m->wait_on_cpu_ns + m->wait_off_cpu_ns;
+}
+
 /* Analyse `s` (sorted in place first). 0 or -ENOMEM; on error *out is
  * zeroed and nothing leaks. */
 int tb_summarize(tb_space *s, tb_summary *out);

@@ -127,11 +127,11 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     int comm = 0, sampled = 0;
     for (size_t i = 0; i < ps->n; i++) {
         comm |= ms[i].comm_kernels != 0;
-        sampled |= ms[i].wait_on_cpu_ns + ms[i].wait_off_cpu_ns > 0;
+        sampled |= tb_sum_wait_sampled_ns(&ms[i]) > 0;
     }
     if (sampled) /* a rank whose launching thread is blocked (its data loader, say) */
         ROW("  of it, off CPU", "%s",
-            m->wait_on_cpu_ns + m->wait_off_cpu_ns > 0 ? gpu_share(b, sizeof b, m, m->wait_off_cpu_ns) : "-");
+            tb_sum_wait_sampled_ns(m) > 0 ? gpu_share(b, sizeof b, m, m->wait_off_cpu_ns) : "-");
     if (comm) /* the rank that waits least on collectives is the one the others wait for */
         ROW("comm exposed", "%s", m->comm_kernels ? gpu_share(b, sizeof b, m, m->comm_exposed_ns) : "-");
     ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
@@ -174,8 +174,7 @@ static void caller_rows(const tb_sum_frame *f, size_t n, int top, int64_t unsamp
  * samples. */
 static void wait_text(const tb_summary *m, int top)
 {
-    int64_t sampled = m->wait_on_cpu_ns + m->wait_off_cpu_ns;
-    if (sampled <= 0)
+    if (tb_sum_wait_sampled_ns(m) <= 0)
         return;
     printf("  while the GPU waited for the CPU, the launching thread was on CPU %.1f%% of that time, off CPU %.1f%%\n"
            "    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel)",

@@ -49,7 +49,7 @@ static void add_host(tb_runsum *r, const tb_summary *s)
     r->window_ns += s->window_ns;
     r->gpu_busy_ns += s->gpu_busy_ns;
     r->idle_cpu_ns += s->idle_cpu_ns;
-    r->wait_sampled_ns += s->wait_on_cpu_ns + s->wait_off_cpu_ns;
+    r->wait_sampled_ns += tb_sum_wait_sampled_ns(s);
     r->wait_off_cpu_ns += s->wait_off_cpu_ns;
     r->comm_exposed_ns += s->comm_exposed_ns;
     r->comm_kernels += s->comm_kernels;
