@@ -2,8 +2,9 @@
 
 tests/e2e/progs/cpu_split.c runs 3 workers (and a 4th created and ended
 during the capture) that spend 60% of their CPU time in burn_a and 40% in
-burn_b. The profile's sample spans must give that split back within 5
-points, on every worker's own line, nested properly, inside the capture
+burn_b (the program measures its workers' CPU time in each, which load on
+the machine can move). The profile's sample spans must give the measured
+split back within 5 points, on every worker's own line, nested properly, inside the capture
 window, in both stack modes:
   - fp: frame-pointer callchains, program built -fno-omit-frame-pointer;
   - dwarf: stack copies unwound with libunwind, program built WITHOUT frame
@@ -34,6 +35,9 @@ def parse(stdout):
             out["capture"] = (int(f[1]), int(f[2]))
         elif f[0] == "pid":
             out["pid"] = int(f[1])
+        elif f[0] == "spent":
+            a, b = int(f[1]), int(f[2])
+            out["truth"] = a / (a + b)
     return out
 
 
@@ -84,8 +88,11 @@ class CpuSplit(tbtest.TestCase):
         c = cpusamples.counts([host.line(t) for t in tids])
         a, b = c["burn_a"][1], c["burn_b"][1]
         share = a / (a + b)
-        print("%s: %d samples, burn_a %d, burn_b %d: %.1f%% in burn_a (truth 60%%)" % (mode, n, a, b, share * 100))
-        self.assertAlmostEqual(share, 0.60, delta=0.05)
+        truth = info["truth"]
+        print("%s: %d samples, burn_a %d, burn_b %d: %.1f%% in burn_a (truth %.1f%%, 60%% of the work)"
+              % (mode, n, a, b, share * 100, truth * 100))
+        self.assertAlmostEqual(truth, 0.60, delta=0.10)
+        self.assertAlmostEqual(share, truth, delta=0.05)
         # burn_a is the leaf but for its one short call to store_result()
         self.assertLessEqual(c["burn_a"][0], a)
         self.assertGreaterEqual(c["burn_a"][0], a * 0.98)

@@ -7,9 +7,12 @@
  * the same loop body, so 60% of the workers' CPU time is in burn_a and 40% in
  * burn_b. One more worker ("late") is created LATE_FROM_MS into the capture
  * and ends at LATE_TO_MS; it names itself only after 60 ms of work, as
- * threads that set their name once set up do. The capture runs through the tbprof C API (no-op
- * without the preload). Prints "worker TID", "late TID", "capture BEGIN_NS
- * END_NS" (epoch ns) and "profile PATH". -n: no capture (for benchmarks,
+ * threads that set their name once set up do. The capture runs through the
+ * tbprof C API (no-op without the preload). Prints "worker TID", "late TID",
+ * "capture BEGIN_NS END_NS" (epoch ns), "pid PID", "burns N" and "spent
+ * NS_A NS_B": the workers' CPU time measured in burn_a and burn_b, the split
+ * the samples should give back (load on the machine can move it off 60/40,
+ * as it can the samples). -n: no capture (for benchmarks,
  * then -m is the run time). -w: fixed work instead of fixed time (each
  * worker does ROUNDS rounds, the capture spans them; for benchmarks).
  */
@@ -27,6 +30,7 @@ static atomic_int stop_all;
 static __thread volatile double sink; /* per thread: no data race between workers */
 static __thread volatile long burns;
 static atomic_long total_burns;
+static atomic_llong spent_a, spent_b; /* ns of thread CPU time, all workers */
 
 __attribute__((noinline, noipa)) void store_result(double x) { sink = x; }
 
@@ -61,6 +65,7 @@ __attribute__((noinline, noipa)) void *worker(void *arg)
     wargs *w = arg;
     int64_t named_at = now_ns(CLOCK_MONOTONIC) + (int64_t)w->name_after_ms * 1000000;
     int named = 0;
+    int64_t in_a = 0, in_b = 0;
     atomic_store(&w->tid, (int)syscall(SYS_gettid));
     for (long r = 0; !atomic_load(&stop_all) && !atomic_load(&w->stop); r++) {
         if (!named && now_ns(CLOCK_MONOTONIC) >= named_at) {
@@ -69,10 +74,17 @@ __attribute__((noinline, noipa)) void *worker(void *arg)
         }
         if (fixed_rounds && r >= fixed_rounds)
             break;
+        int64_t t0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
         burn_a(6 * UNIT);
+        int64_t t1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
         burn_b(4 * UNIT);
+        int64_t t2 = now_ns(CLOCK_THREAD_CPUTIME_ID);
+        in_a += t1 - t0;
+        in_b += t2 - t1;
     }
     atomic_fetch_add(&total_burns, burns);
+    atomic_fetch_add(&spent_a, in_a);
+    atomic_fetch_add(&spent_b, in_b);
     return NULL;
 }
 
@@ -163,6 +175,7 @@ int main(int argc, char **argv)
     printf("capture %lld %lld\n", (long long)begin, (long long)end);
     printf("pid %d\n", (int)getpid());
     printf("burns %ld\n", atomic_load(&total_burns));
+    printf("spent %lld %lld\n", (long long)atomic_load(&spent_a), (long long)atomic_load(&spent_b));
     fflush(stdout);
     return 0;
 }
