@@ -1,6 +1,7 @@
 /* perfmap.c - see perfmap.h. */
 #include "perfmap.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,36 +59,32 @@ static int add_entry(tb_perfmap *m, uint64_t start, uint64_t size, const char *n
     return 0;
 }
 
-/* Parse one complete line (no newline); malformed lines are skipped. */
+/* The hex number in the space-separated word at s[*i] (spaces before it
+ * skipped; *i left after it): 1, or 0 where there is none. */
+static int hex_word(const char *s, size_t len, size_t *i, uint64_t *v)
+{
+    char buf[40], *end;
+    while (*i < len && s[*i] == ' ')
+        (*i)++;
+    size_t a = *i;
+    while (*i < len && s[*i] != ' ')
+        (*i)++;
+    size_t n = *i - a;
+    if (n == 0 || n >= sizeof(buf) || !isxdigit((unsigned char)s[a]))
+        return 0;
+    memcpy(buf, s + a, n);
+    buf[n] = '\0';
+    *v = strtoull(buf, &end, 16);
+    return *end == '\0';
+}
+
+/* Parse one complete line (no newline): "START SIZE name", hex numbers;
+ * malformed lines are skipped. */
 static int parse_line(tb_perfmap *m, const char *s, size_t len)
 {
-    char *end;
-    char buf[40];
     size_t i = 0;
-    /* start */
-    while (i < len && s[i] == ' ')
-        i++;
-    size_t a = i;
-    while (i < len && s[i] != ' ')
-        i++;
-    if (i - a == 0 || i - a >= sizeof(buf))
-        return 0;
-    memcpy(buf, s + a, i - a);
-    buf[i - a] = '\0';
-    uint64_t start = strtoull(buf, &end, 16);
-    if (*end)
-        return 0;
-    while (i < len && s[i] == ' ')
-        i++;
-    a = i;
-    while (i < len && s[i] != ' ')
-        i++;
-    if (i - a == 0 || i - a >= sizeof(buf))
-        return 0;
-    memcpy(buf, s + a, i - a);
-    buf[i - a] = '\0';
-    uint64_t size = strtoull(buf, &end, 16);
-    if (*end || size == 0)
+    uint64_t start, size;
+    if (!hex_word(s, len, &i, &start) || !hex_word(s, len, &i, &size) || size == 0)
         return 0;
     if (i < len && s[i] == ' ')
         i++;

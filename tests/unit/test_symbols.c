@@ -106,6 +106,16 @@ static void test_perfmap(void)
     n = tb_perfmap_lookup(&m, 0x7f0000001010);
     CHECKF(n && strcmp(n, "py::again:/app/a.py") == 0, "got %s", n ? n : "(null)");
     CHECK_EQ_I(tb_perfmap_update(&m), 0);
+    /* malformed lines skipped: a sign, a zero size, no number, no name, a
+     * too long number; leading and doubled spaces are fine */
+    append(path, "-7f0000006000 10 py::neg\n7f0000006000 0 py::zero\n7f0000006000 zz py::nonum\n"
+                 "7f0000006000 10\n7f0000006000 10 \n"
+                 "00000000000000000000000000000000000000007f0000006000 10 py::long\n"
+                 "  7f0000007000  10 py::spaced\n");
+    CHECK_EQ_I(tb_perfmap_update(&m), 1);
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000006004) == NULL);
+    n = tb_perfmap_lookup(&m, 0x7f0000007004);
+    CHECKF(n && strcmp(n, "py::spaced") == 0, "got %s", n ? n : "(null)");
     tb_perfmap_free(&m);
 
     /* through the symbol table: addresses in no object go to the map */
