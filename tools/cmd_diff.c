@@ -142,11 +142,11 @@ static void side_json(const char *key, const side *sd)
     rr_json_str(stdout, sd->in);
     printf(",\"run_dir\":");
     rr_json_str(stdout, sd->dir);
-    printf(",\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,"
+    printf(",\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,"
            "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
            "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
            "\"kernel_total_ns\":%lld,\"launches\":%llu,\"divisor\":%.6g}",
-           r->hosts, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
+           r->hosts, r->hosts_without_steps, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
            (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (long long)r->wait_sampled_ns,
            (long long)r->wait_off_cpu_ns, (unsigned long long)r->comm_kernels,
            (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches, sd->per);
@@ -193,12 +193,23 @@ static void share_row(const char *title, const side *a, const side *b, int64_t p
     fig_row(title, x, y, c);
 }
 
+/* "A: DIR  (N hosts, M steps)", and the hosts left out (runsum.h) */
+static void side_line(const char *key, const side *sd)
+{
+    const tb_runsum *r = &sd->s;
+    printf("%s: %s  (%zu host%s, %zu steps", key, sd->dir, r->hosts, r->hosts == 1 ? "" : "s", r->nsteps);
+    if (r->hosts_without_steps)
+        printf("; %zu host%s without steps left out", r->hosts_without_steps, r->hosts_without_steps == 1 ? "" : "s");
+    printf(")\n");
+}
+
 static void print_text(const side *a, const side *b, const char *unit, const krow *k, size_t n, int top)
 {
     const tb_runsum *ra = &a->s, *rb = &b->s;
     char x[32], y[32], c[64];
-    printf("A: %s  (%zu host%s, %zu steps)\nB: %s  (%zu host%s, %zu steps)\n\n", a->dir, ra->hosts,
-           ra->hosts == 1 ? "" : "s", ra->nsteps, b->dir, rb->hosts, rb->hosts == 1 ? "" : "s", rb->nsteps);
+    side_line("A", a);
+    side_line("B", b);
+    printf("\n");
     printf("  %-24s %14s %14s  %s\n", "", "A", "B", "change");
     if (ra->nsteps && rb->nsteps) {
         int64_t ma = tb_runsum_mean(ra), mb = tb_runsum_mean(rb);

@@ -76,8 +76,8 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
         fputs(first ? "{\"run\":" : ",{\"run\":", stdout);
         first = 0;
         rr_json_str(stdout, r->run->name);
-        printf(",\"mtime\":%lld,\"hosts\":%zu,\"gpus\":%zu,\"steps\":%zu", (long long)r->run->mtime, r->s.hosts,
-               r->s.gpus, r->s.nsteps);
+        printf(",\"mtime\":%lld,\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu",
+               (long long)r->run->mtime, r->s.hosts, r->s.hosts_without_steps, r->s.gpus, r->s.nsteps);
         if (r->s.nsteps)
             printf(",\"step_mean_ns\":%lld,\"step_min_ns\":%lld,\"step_max_ns\":%lld,"
                    "\"slowest_host_mean_ns\":%lld",
@@ -171,6 +171,13 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         else
             printf("-\n");
     }
+    int left = 0; /* hosts without steps beside hosts with: not in their run's figures (runsum.h) */
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].ok && rows[i].s.hosts_without_steps)
+            printf("%s %s: %zu host%s without steps left out", left++ ? "," : "\nNot counted:", rows[i].run->name,
+                   rows[i].s.hosts_without_steps, rows[i].s.hosts_without_steps == 1 ? "" : "s");
+    if (left)
+        printf(" (their whole captures are not steps)\n");
     if (!last) {
         printf("\nNo run holds steps: only GPU busy is compared.\n");
         return;

@@ -45,6 +45,7 @@ static int add_kernels(tb_runsum *r, size_t *cap, tb_strmap *idx, const tb_summa
 /* Fold host summary s into r. */
 static void add_host(tb_runsum *r, const tb_summary *s)
 {
+    r->hosts++;
     r->gpus += s->ngpus;
     r->window_ns += s->window_ns;
     r->gpu_busy_ns += s->gpu_busy_ns;
@@ -70,21 +71,29 @@ static void add_host(tb_runsum *r, const tb_summary *s)
 
 int tb_runsum_of(const tb_profset *ps, tb_runsum *out)
 {
-    memset(out, 0, sizeof(*out));
-    out->hosts = ps->n;
-    tb_strmap idx = {0}; /* keys are the names the table owns */
-    size_t cap = 0;
+    /* the hosts without steps [0] and with [1] apart: the run's figures are
+     * the second's where it has any */
+    tb_runsum acc[2] = {0};
+    tb_strmap idx[2] = {0}; /* keys are the names the tables own */
+    size_t cap[2] = {0};
     int rc = 0;
     for (size_t h = 0; h < ps->n && !rc; h++) {
         tb_summary s; /* one host at a time: its strings die with its space's use */
         rc = tb_summarize(ps->profs[h].space, &s);
         if (rc)
             break;
-        add_host(out, &s);
-        rc = add_kernels(out, &cap, &idx, &s);
+        int k = s.nsteps > 0;
+        add_host(&acc[k], &s);
+        rc = add_kernels(&acc[k], &cap[k], &idx[k], &s);
         tb_summary_free(&s);
     }
-    tb_strmap_free(&idx);
+    tb_strmap_free(&idx[0]);
+    tb_strmap_free(&idx[1]);
+    int k = acc[1].hosts > 0;
+    *out = acc[k];
+    if (k)
+        out->hosts_without_steps = acc[0].hosts;
+    tb_runsum_free(&acc[!k]);
     if (rc) {
         tb_runsum_free(out);
         return -ENOMEM;

@@ -3,6 +3,12 @@
  * `tbprof diff` (two runs, kernel by kernel). Built from the per-host
  * summaries (agent/summary.h); everything here is copied, so a tb_runsum
  * outlives the profiles it came from.
+ *
+ * A host's figures cover its steps, or its whole capture where it has none.
+ * Where some hosts of a run have steps and others none (a launcher or
+ * data-loading process preloaded beside the ranks), the figures are those
+ * of the hosts with steps: the others' whole captures would count as part
+ * of the steps. They are counted in hosts_without_steps.
  */
 #ifndef TBPROF_TOOLS_RUNSUM_H
 #define TBPROF_TOOLS_RUNSUM_H
@@ -20,8 +26,9 @@ typedef struct tb_runsum_kernel {
 } tb_runsum_kernel;
 
 typedef struct tb_runsum {
-    size_t hosts, gpus;
-    size_t nsteps; /* all hosts' steps */
+    size_t hosts, gpus;                /* of the hosts the figures cover */
+    size_t hosts_without_steps;        /* left out: other hosts had steps */
+    size_t nsteps;                     /* all hosts' steps */
     int64_t step_sum_ns, step_min_ns, step_max_ns;
     int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
     /* over the steps (the capture, for a host without steps), summed over hosts */

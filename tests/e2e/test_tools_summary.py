@@ -737,6 +737,46 @@ class Diff(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("--max-slowdown wants a percentage", p.stderr)
 
+    def test_hosts_without_steps_left_out(self):
+        # a process without steps beside the ranks (a launcher, a loader
+        # preloaded too): its whole capture is not steps, so the run's
+        # per-step figures are the ranks' alone
+        a, b = self.make()
+        sp = xplane_pb2.XSpace()  # 5 ms of capture, a 4 ms kernel, no steps
+        sp.hostnames.append("launcher")
+        g = Plane(sp, "/device:GPU:0")
+        g.event(g.line(1, "Stream #1"), "loader_kernel", 0, 4000000, kernel_details=kd())
+        Plane(sp, "/host:CPU").event(Plane(sp, "/host:CPU").line(1, "main"), "work", 0, 5000000)
+        write(os.path.join(a, "launcher.xplane.pb"), sp.SerializeToString())
+        js = json.loads(run("diff", "--json", a, b).stdout)
+        self.assertEqual((js["a"]["hosts"], js["a"]["hosts_without_steps"], js["a"]["steps"], js["a"]["gpus"],
+                          js["a"]["window_ns"], js["b"]["hosts_without_steps"], js["per"]), (2, 1, 2, 2, 2000000, 0, "step"))
+        self.assertEqual([(k["name"], k["a_per_ns"]) for k in js["kernels"]],
+                         [("gemm", 300000), ("new_kernel", 0), ("old_kernel", 50000), ("relu", 100000)])
+        p = run("diff", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("A: %s  (2 hosts, 2 steps; 1 host without steps left out)\n" % a, p.stdout)
+        self.assertRegex(p.stdout, r"\n  GPU busy +45\.0% +47\.5% +\+2\.5 points\n")
+        self.assertNotIn("loader_kernel", p.stdout)
+        # trend: the same, and the run named under the table
+        os.utime(b, (T0 // 10**9 + 5, T0 // 10**9 + 5))
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("\nNot counted: before: 1 host without steps left out (their whole captures are not steps)\n",
+                      p.stdout)
+        self.assertRegex(p.stdout, r"\nbefore +\S+ \S+ +2 +2 +1\.000 ms ")
+        js = {r["run"]: r for r in json.loads(run("trend", "--json", self.logdir).stdout)["runs"]}
+        self.assertEqual((js["before"]["hosts"], js["before"]["hosts_without_steps"], js["before"]["gpu_busy_ns"],
+                          js["before"]["top_kernel"]), (2, 1, 900000, "gemm"))
+        self.assertEqual(js["after"]["hosts_without_steps"], 0)
+        # a run of hosts without steps only keeps them all
+        shutil.rmtree(b)
+        for f in os.listdir(a):
+            if f != "launcher.xplane.pb":
+                os.unlink(os.path.join(a, f))
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"][0]
+        self.assertEqual((js["hosts"], js["hosts_without_steps"], js["top_kernel"]), (1, 0, "loader_kernel"))
+
     def test_per_second_without_steps_and_errors(self):
         a, _ = self.make()
         sp = xplane_pb2.XSpace()  # a time window: 2 ms, gemm 500 us twice
