@@ -106,6 +106,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
     size_t shown = 0, w = 3;
     int multi = 0; /* some run has several hosts: their slowest host's mean too (a straggler rank) */
     int comm = 0;  /* some run has communication kernels: its exposed share too */
+    int off = 0;   /* some run's launching threads were sampled while the GPU waited: off-CPU share */
     for (size_t i = 0; i < n; i++)
         if (rows[i].ok) {
             shown++;
@@ -113,6 +114,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             w = l > w ? l : w;
             multi |= rows[i].s.hosts > 1;
             comm |= rows[i].s.comm_kernels != 0;
+            off |= rows[i].s.wait_sampled_ns > 0;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
            shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
@@ -121,6 +123,8 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
     if (multi)
         printf("%12s  ", "slowest host");
     printf("%8s  %12s  ", "GPU busy", "waits on CPU");
+    if (off)
+        printf("%13s  ", "of it off CPU");
     if (comm)
         printf("%12s  ", "comm exposed");
     printf("%s\n", "top kernel (share of kernel time)");
@@ -138,7 +142,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             rr_fmt_dur(r->s.step_max_ns, c, sizeof(c));
             if (base > 0)
                 snprintf(vs, sizeof(vs), "%.2fx", (double)row_mean(r) / (double)base);
-            if (!slow || row_mean(r) > row_mean(slow))
+            if (!slow || row_mean(r) >= row_mean(slow)) /* a tie: the later run, so the last when it is as slow */
                 slow = r;
             last = r;
         } else {
@@ -160,6 +164,12 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             printf("%12s  ", sl);
         }
         printf("%8s  %12s  ", busy, waits);
+        if (off) {
+            char o[16] = "-";
+            if (r->s.wait_sampled_ns > 0)
+                snprintf(o, sizeof(o), "%.1f%%", rr_pct(r->s.wait_off_cpu_ns, r->s.window_ns));
+            printf("%13s  ", o);
+        }
         if (comm) {
             char ex[16] = "-";
             if (r->s.comm_kernels)

@@ -402,6 +402,19 @@ class SummaryFigures(Base):
                          (610000 + 610000 + 310000, 610000 + 310000, 360000 + 30000))
         self.assertRegex(p.stdout, r"\nGPU waits on CPU +61\.0% +61\.0% +31\.0% *\n"
                                    r"  of it, off CPU +36\.0% +- +3\.0% *\n")
+        # trend: the off-CPU share of the steps in a column, "-" for a run
+        # without CPU samples (written after this one)
+        nos = os.path.join(self.logdir, "plugins", "profile", "unsampled")
+        os.utime(write(os.path.join(nos, "b.xplane.pb"), host_bound("b", 600)), (T0 // 10**9 + 9,) * 2)
+        for f in os.listdir(self.rundir):
+            os.utime(os.path.join(self.rundir, f), (T0 // 10**9,) * 2)
+        t = run("trend", self.logdir).stdout
+        self.assertRegex(t, r"\n\S+ +\S+ \S+ +3 +3 .* +51\.0% +13\.0%  [^\n]*\nunsampled +\S+ \S+ +1 +1 "
+                            r".* +61\.0% +-  [^\n]*\n")
+        self.assertIn("waits on CPU  of it off CPU  top kernel", t)
+        # steps as long in both: no "slowest" run named beside the last
+        self.assertIn("\nMean step time: first 1.000 ms, last 1.000 ms (1.00x)\n", t)
+        shutil.rmtree(nos)
         a, b, c = p.stdout.split("\n== ")[1:]
         self.assertIn("(no GPU work after it, or its launch not in the capture)\n"
                       "  while the GPU waited for the CPU, the launching thread was on CPU 41.0% of that time, off CPU "
