@@ -595,7 +595,8 @@ int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t
     size_t k = 0, j = 0;
     for (size_t i = 0; i < l->nevents; i++) {
         tb_event *e = &l->events[i];
-        memcpy(pool + k, l->stats + e->stats_at, e->nstats * sizeof(*pool));
+        if (e->nstats) /* l->stats is NULL on a line without stats yet */
+            memcpy(pool + k, l->stats + e->stats_at, e->nstats * sizeof(*pool));
         e->stats_at = k;
         k += e->nstats;
         for (; j < n && ev[j] == i; j++) {

@@ -199,9 +199,11 @@ int tb_line_stat_str(tb_line *l, int64_t stat_meta, const char *v);
  * nothing added. */
 int tb_line_add_stats(tb_line *l, const uint32_t *ev, const tb_stat *add, size_t n);
 
+/* An event's e->nstats stats; NULL on a line without any (NULL + 0 is
+ * undefined in C). */
 static inline const tb_stat *tb_event_stats(const tb_line *l, const tb_event *e)
 {
-    return l->stats + e->stats_at;
+    return l->stats ? l->stats + e->stats_at : NULL;
 }
 /* Name of event/stat metadata, "" for an unknown id. */
 const char *tb_plane_event_name(const tb_plane *p, int64_t meta);

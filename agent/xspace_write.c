@@ -68,7 +68,7 @@ static inline size_t event_size(const tb_line *l, const tb_event *e, int64_t lin
     n += f_varint((uint64_t)e->start_ns * 1000u - (uint64_t)line_ts * 1000u); /* offset_ps: oneof, always */
     if (e->dur_ns)
         n += f_varint(ps_of(e->dur_ns));
-    const tb_stat *st = l->stats + e->stats_at;
+    const tb_stat *st = tb_event_stats(l, e);
     for (uint32_t i = 0; i < e->nstats; i++)
         n += f_len(stat_size(&st[i]));
     return n;
@@ -249,7 +249,7 @@ static uint8_t *put_line(wr *w, uint8_t *p, const tb_line *l, int64_t span)
     const uint64_t ts_ps = (uint64_t)ts * 1000u;
     for (size_t i = 0; i < l->nevents; i++) {
         const tb_event *e = &l->events[i];
-        const tb_stat *st = l->stats + e->stats_at;
+        const tb_stat *st = tb_event_stats(l, e);
         size_t sz = event_size(l, e, ts);
         p = need(w, p, sz + 11);
         p = put_lenhdr(p, 4, sz);

@@ -3,7 +3,9 @@
 #   1. the default build (GPU tracing built when cupti.h is found), all tests;
 #   2. ASan+UBSan build: unit tests, CPU end-to-end tests and the fake-CUPTI
 #      GPU tests (the agent's CUPTI path under the sanitizer);
-#   3. TSan build: the same.
+#   3. TSan build: the same;
+#   4. libFuzzer build (clang, ASan+UBSan): a fixed-seed pass of each
+#      coverage-guided target over its seeds (tests/fuzz/lf_*.c).
 # TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,8 +32,13 @@ SUITE_CMAKE=(); run_suite default "$root/build"
 if [ "${TBPROF_QUICK:-0}" != 1 ]; then
   SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu|gpu'
   SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu|gpu'
+  if bash "$root/tools/setup.sh" fuzz; then
+    SUITE_CMAKE=(-DCMAKE_C_COMPILER=clang -DTBPROF_SANITIZE=fuzzer); run_suite libfuzzer "$root/build-fuzz" -L libfuzzer
+  else
+    echo "=== libfuzzer: SETUP FAILED"; fail=$((fail+1)); failed+=("libfuzzer:setup")
+  fi
 fi
-want=3; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
+want=4; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
 if ((suites != want)); then echo "ran $suites of $want suites"; fail=$((fail+1)); failed+=("suites"); fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"

@@ -32,6 +32,7 @@
 #include "summary.h"
 #define FUZZ_NAME "fuzz_summary"
 #include "mutate.h"
+#include "seeds.h"
 #include "xspace.h"
 
 static int cs;
@@ -57,31 +58,6 @@ static void seed_every_stat(tb_buf *b)
     }
     tb_xspace_encode(s, b);
     tb_space_free(s);
-}
-
-/* NVTX ranges and CPU sample spans around the synthetic capture's launches,
- * so mutations reach the joins of ranges, samples and GPU work (the
- * summary's GPU per range and launchers). */
-static void add_ranges_and_samples(tb_space *s, int64_t tid)
-{
-    tb_plane *h = tb_space_find_plane(s, "/host:CPU");
-    tb_line *l = h ? tb_plane_find_line(h, tid) : NULL;
-    int64_t b, e;
-    tb_space_span(s, &b, &e);
-    if (!l || e <= b)
-        return;
-    tb_plane_stat_u64(h, "tbprof_cpu_hz", 100000); /* 10 us periods */
-    int64_t fwd = tb_plane_event_meta_cat(h, "forward", TB_CAT_USER);
-    int64_t outer = tb_plane_event_meta_cat(h, "main", TB_CAT_CPU_SAMPLE);
-    int64_t inner = tb_plane_event_meta_cat(h, "py::step:/x/loop.py", TB_CAT_CPU_SAMPLE);
-    int64_t smp = tb_plane_stat_meta(h, "samples");
-    tb_line_add(l, outer, b, e - b);
-    tb_line_stat_u64(l, smp, (uint64_t)((e - b) / 10000));
-    for (int64_t t = b; t + 40000 < e; t += 100000) {
-        tb_line_add(l, fwd, t + 1000, 60000);
-        tb_line_add(l, inner, t, 50000);
-        tb_line_stat_u64(l, smp, 5);
-    }
 }
 
 static int spawned, tool_ok;
@@ -174,6 +150,7 @@ int main(int argc, char **argv)
     tb_space *s = tb_space_new();
     synth_opts o = {.kernels = 200, .gpus = 2, .streams = 2, .host = 1, .steps = 4, .pid = 77};
     synth_space(s, &o);
+    add_syncs(s, 77);
     add_ranges_and_samples(s, 77);
     tb_xspace_encode(s, &seeds[nseeds++]);
     is_gz[nseeds] = 1;
