@@ -3,14 +3,18 @@
  * Built only with -DTBPROF_SANITIZE=fuzzer (see lf_space.c). The input,
  * split at '\n', gives the TBPROF_* variables their values in the order
  * tb_config_load asks for them (bad values must warn and fall back, never
- * crash or overrun), and each piece is also an NVTX range name for torch's
- * and XLA's op formats and a step-window spec. */
+ * crash or overrun), then the job id and rank variables the run and file
+ * names are made of (each must come out one path component); each piece is
+ * also an NVTX range name for torch's and XLA's op formats and a
+ * step-window spec. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "ctl.h"
 #include "log.h"
+#include "runname.h"
 #include "torchop.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -35,6 +39,38 @@ static const char *get(const char *name, void *ud)
         return NULL;
     const char *s = p->v[p->next++];
     return *s ? s : NULL;
+}
+
+static pieces *cur; /* for tb_names_read_env's getter */
+
+static const char *get_name(const char *name)
+{
+    return get(name, cur);
+}
+
+/* A file or folder name we make: one path component, never . or .. */
+static void check_component(const char *s)
+{
+    if (!*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, ".."))
+        abort();
+}
+
+static void check_names(const tb_config *c, pieces *p)
+{
+    tb_names n;
+    memset(&n, 0, sizeof(n));
+    cur = p;
+    tb_names_read_env(&n, get_name);
+    strcpy(n.hostname, "h"); /* not the machine's: the same name each run */
+    const char *asked = p->n ? p->v[0] : "";
+    tb_run_req r = {.asked = tb_ctl_run_name_ok(asked) ? asked : NULL, .first = 3, .last = 5,
+                    .fixed_window = p->n & 1, .env_time = !(p->n & 1), .time_from_s = 1.5,
+                    .begin_epoch_ns = 1700000000000000000LL};
+    char out[256];
+    tb_names_run(&n, c, &r, (unsigned)p->n, out, sizeof(out));
+    check_component(out);
+    tb_names_host(&n, c, 1234, out, sizeof(out));
+    check_component(out);
 }
 
 static void check_op(const char *s, size_t len)
@@ -77,6 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     }
     tb_config c;
     tb_config_load(&c, get, &p);
+    check_names(&c, &p);
     free(buf);
     return 0;
 }

@@ -34,5 +34,5 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 # libFuzzer's exit status: 0 when nothing was found
 "$target" "${opts[@]}" -max_len=$max_len -rss_limit_mb=4096 -print_final_stats=1 \
   -artifact_prefix="$(dirname "$target")/lf-crash-$name-" "$corpus" 2>&1 |
-  grep -vE '^#[0-9]+\s+(NEW|REDUCE|pulse)|^\s*$'
+  grep -avE '^#[0-9]+\s+(NEW|REDUCE|pulse)|^\s*$'
 exit "${PIPESTATUS[0]}"
