@@ -374,7 +374,7 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
         }
         out.end = out.base + chunk;
     } else {
-        if (b->cap - b->len < total) {
+        if (!b->data || b->cap - b->len < total) { /* an empty space into an empty buffer: base not NULL */
             size_t ncap = b->len + total;
             uint8_t *d = realloc(b->data, ncap ? ncap : 1);
             if (!d) {

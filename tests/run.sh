@@ -4,7 +4,8 @@
 #   2. ASan+UBSan build: unit tests, CPU end-to-end tests and the fake-CUPTI
 #      GPU tests (the agent's CUPTI path under the sanitizer);
 #   3. TSan build: the same;
-#   4. libFuzzer build (clang, ASan+UBSan): a fixed-seed pass of each
+#   4. clang build with ASan+UBSan (which checks more than gcc's) and
+#      libFuzzer: the unit tests, and a fixed-seed pass of each
 #      coverage-guided target over its seeds (tests/fuzz/lf_*.c).
 # TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
 set -uo pipefail
@@ -33,9 +34,9 @@ if [ "${TBPROF_QUICK:-0}" != 1 ]; then
   SUITE_CMAKE=(-DTBPROF_SANITIZE=address); run_suite asan "$root/build-asan" -L 'unit|cpu|gpu'
   SUITE_CMAKE=(-DTBPROF_SANITIZE=thread);  run_suite tsan "$root/build-tsan" -L 'unit|cpu|gpu'
   if bash "$root/tools/setup.sh" fuzz; then
-    SUITE_CMAKE=(-DCMAKE_C_COMPILER=clang -DTBPROF_SANITIZE=fuzzer); run_suite libfuzzer "$root/build-fuzz" -L libfuzzer
+    SUITE_CMAKE=(-DCMAKE_C_COMPILER=clang -DTBPROF_SANITIZE=fuzzer); run_suite clang-fuzz "$root/build-fuzz" -L 'unit|libfuzzer'
   else
-    echo "=== libfuzzer: SETUP FAILED"; fail=$((fail+1)); failed+=("libfuzzer:setup")
+    echo "=== clang-fuzz: SETUP FAILED"; fail=$((fail+1)); failed+=("clang-fuzz:setup")
   fi
 fi
 want=4; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
