@@ -1,11 +1,12 @@
 /* lf_space.c - libFuzzer target: an .xplane.pb as the tools read it.
  *
  * Built only with -DTBPROF_SANITIZE=fuzzer (clang; see README "Tests and
- * benchmarks"). Bytes that decode go through what `tbprof summary`,
- * `flame` and `convert` do with a profile (summary, CPU/GPU/sync folds,
- * the call tree and its SVG, folded and speedscope output, on-CPU pieces of
- * every host line), then re-encode and decode again with the same event
- * count, and write Chrome JSON. ASan/UBSan catch the rest. The bounded
+ * benchmarks"). Bytes that decode get the links the agent adds at collect
+ * (NVTX ranges onto GPU work, steps across threads), then go through what
+ * `tbprof summary`, `flame` and `convert` do with a profile (summary,
+ * CPU/GPU/sync folds, the call tree and its SVG, folded and speedscope
+ * output, on-CPU pieces of every host line), then re-encode and decode
+ * again with the same event count, and write Chrome JSON. ASan/UBSan catch the rest. The bounded
  * mutation fuzzers (fuzz_dump, fuzz_summary) run in ctest; this one
  * explores by coverage, for as long as it is given. */
 #include <stdint.h>
@@ -16,6 +17,7 @@
 #include "../../tools/synth_space.h"
 #include "folded.h"
 #include "log.h"
+#include "ranges.h"
 #include "seeds.h"
 #include "summary.h"
 #include "xspace.h"
@@ -37,6 +39,7 @@ static int write_seeds(const char *dir)
         if (i == 0) {
             add_syncs(s, 77);
             add_ranges_and_samples(s, 77);
+            add_calls_elsewhere(s, 77, 78);
         }
         tb_buf b = {0};
         char path[4096];
@@ -126,6 +129,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     char err[256];
     if (tb_xspace_decode(data, len, &sp, err, sizeof(err)) != 0)
         return 0;
+    /* what the agent adds at collect: NVTX ranges onto GPU work, steps
+     * across threads (the bytes decide which path: they may hold both) */
+    if (len & 1)
+        tb_space_link_ranges(sp);
+    if (len & 2)
+        tb_space_link_steps(sp);
     tb_summary sum;
     if (tb_summarize(sp, &sum) == 0)
         tb_summary_free(&sum);

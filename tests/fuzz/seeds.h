@@ -2,7 +2,8 @@
  * (tools/synth_space.h), so mutations reach the summary's joins: NVTX
  * ranges and CPU sample spans around the launches (GPU per range,
  * launchers, the CPU while the GPU waited) and sync records with their
- * calls (syncs by calling frame). Used by fuzz_summary and lf_space. */
+ * calls (syncs by calling frame), CUDA calls on another thread inside the
+ * steps (steps across threads). Used by fuzz_summary and lf_space. */
 #ifndef TBPROF_FUZZ_SEEDS_H
 #define TBPROF_FUZZ_SEEDS_H
 
@@ -61,6 +62,23 @@ static inline void add_syncs(tb_space *s, int64_t tid)
     }
     tb_line_add(sl, rec, l->events[0].start_ns, 1000);
     tb_line_stat_i64(sl, gc, (1 << 30) - 1);
+}
+
+/* Thread `other` makes a CUDA call in the middle of each step of thread
+ * tid (an autograd or runtime thread): tb_space_link_steps' consumers. */
+static inline void add_calls_elsewhere(tb_space *s, int64_t tid, int64_t other)
+{
+    tb_plane *h = tb_space_find_plane(s, "/host:CPU");
+    tb_line *l = h ? tb_plane_find_line(h, tid) : NULL;
+    if (!l)
+        return;
+    int64_t root = tb_plane_find_stat_meta(h, "_r");
+    tb_line *o = tb_plane_line(h, other, "autograd");
+    int64_t call = tb_plane_event_meta_cat(h, "cudaLaunchKernel", TB_CAT_CUDA_RUNTIME);
+    size_t n = l->nevents;
+    for (size_t i = 0; i < n && root; i++)
+        if (tb_event_stat(l, &l->events[i], (uint32_t)root))
+            tb_line_add(o, call, l->events[i].start_ns + l->events[i].dur_ns / 2, 3000);
 }
 
 #endif
