@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing tbprof needs (Debian/Ubuntu packages).
 # `setup.sh fuzz` also installs clang with its libFuzzer runtime (the
-# libfuzzer suite of tests/run.sh). Idempotent: does nothing when everything
+# clang-fuzz suite of tests/run.sh). Idempotent: does nothing when everything
 # is present. Needs root or sudo.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config zlib1g-dev protobuf-c-compiler libprotobuf-c-dev
