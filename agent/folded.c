@@ -455,15 +455,13 @@ static const char *range_frame(tb_plane *p, const tb_line *l, const tb_event *e,
     return id > 0 ? tb_plane_stat_name(p, id) : NULL;
 }
 
-/* The device line events tb_folded_add_gpu and _add_syncs fold: GPU work on
- * "Stream #" lines, or the host's waits on the "CUDA sync" line (a stream
- * waiting for an event does not block the host). */
-static int folds(const tb_plane *p, const tb_line *l, const tb_event *e, int syncs)
+/* The device lines tb_folded_add_gpu and _add_syncs fold: GPU work on
+ * "Stream #" lines, or the host's waits on the "CUDA sync" line (where a
+ * stream waiting for an event is left out: it does not block the host). */
+static int folds_line(const tb_line *l, int syncs)
 {
     const char *ln = l->name ? l->name : "";
-    if (!syncs)
-        return strncmp(ln, "Stream #", 8) == 0;
-    return strcmp(ln, TB_FOLDED_SYNC_LINE) == 0 && strcmp(event_name(p, e), "Stream Wait Event") != 0;
+    return syncs ? strcmp(ln, TB_FOLDED_SYNC_LINE) == 0 : strncmp(ln, "Stream #", 8) == 0;
 }
 
 static int add_device(tb_folded *f, tb_space *s, int syncs)
@@ -485,9 +483,11 @@ static int add_device(tb_folded *f, tb_space *s, int syncs)
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];
+            if (!folds_line(l, syncs))
+                continue;
             for (size_t k = 0; k < l->nevents; k++) {
                 const tb_event *e = &l->events[k];
-                if (!folds(p, l, e, syncs))
+                if (syncs && strcmp(event_name(p, e), "Stream Wait Event") == 0)
                     continue;
                 const tb_stat *st = tb_event_stat(l, e, cid);
                 uint64_t corr = st ? stat_u(st) : 0;
