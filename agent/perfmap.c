@@ -3,9 +3,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void tb_perfmap_init(tb_perfmap *m, const char *path)
 {
@@ -97,9 +100,23 @@ int tb_perfmap_update(tb_perfmap *m)
 {
     if (!m->path)
         return -EINVAL;
-    FILE *f = fopen(m->path, "re");
-    if (!f)
+    /* not blocking on a FIFO planted at the path, and only a regular file
+     * of this user (or root), as perf reads these maps: /tmp is shared, and
+     * a map someone else made would name our frames */
+    int fd = open(m->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0)) {
+        close(fd);
+        return -EPERM;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
     if (fseek(f, m->offset, SEEK_SET) != 0) {
         int e = errno;
         fclose(f);

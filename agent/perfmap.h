@@ -32,7 +32,9 @@ typedef struct tb_perfmap {
 void tb_perfmap_init(tb_perfmap *m, const char *path);
 void tb_perfmap_free(tb_perfmap *m);
 /* Read what was appended since last time. Returns entries added, or -errno
- * (-ENOENT when the file does not exist: no JIT wrote one). */
+ * (-ENOENT when the file does not exist: no JIT wrote one; -EPERM when it
+ * is no regular file, or belongs to another user than this process's
+ * effective one and root: not read). */
 int tb_perfmap_update(tb_perfmap *m);
 /* Name of the entry covering addr, or NULL. */
 const char *tb_perfmap_lookup(tb_perfmap *m, uint64_t addr);

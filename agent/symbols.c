@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "perfmap.h"
 
 typedef struct tb_sym {
@@ -24,12 +25,12 @@ typedef struct tb_sym {
     int rank; /* lower is better among aliases */
 } tb_sym;
 
-typedef struct tb_elfsyms {
+struct tb_elfsyms {
     void *map; /* mmapped file, or NULL for an in-memory image */
     size_t map_len;
     tb_sym *s;
     size_t n;
-} tb_elfsyms;
+};
 
 typedef struct demangle_slot {
     const char *key;
@@ -44,6 +45,7 @@ struct tb_symtab {
     tb_perfmap pm;
     char *pm_path; /* NULL: default */
     int pm_pid;
+    int pm_refused; /* warned that the map is not ours */
     demangle_slot *dm;
     size_t ndm, capdm;
     /* demangled names when the table is full: owned, freed at the end */
@@ -194,6 +196,8 @@ static void free_syms(tb_elfsyms *es)
     free(es);
 }
 
+#define FIND_BACK 8
+
 static const tb_sym *find_sym(const tb_elfsyms *es, uint64_t a)
 {
     size_t lo = 0, hi = es->n;
@@ -204,10 +208,40 @@ static const tb_sym *find_sym(const tb_elfsyms *es, uint64_t a)
         else
             hi = mid;
     }
-    if (lo == 0)
+    /* the nearest start at or below a; when that function ends before a,
+     * a few earlier ones that may span it (a function with a smaller one
+     * typed inside it: an extra entry point, a local label) */
+    for (size_t k = lo, steps = 0; k > 0 && steps < FIND_BACK; k--, steps++) {
+        const tb_sym *s = &es->s[k - 1];
+        if (a - s->addr < s->size)
+            return s;
+    }
+    return NULL;
+}
+
+tb_elfsyms *tb_elfsyms_parse(const void *img, size_t len) { return parse_elf(img, len); }
+void tb_elfsyms_free(tb_elfsyms *es) { free_syms(es); }
+size_t tb_elfsyms_count(const tb_elfsyms *es) { return es ? es->n : 0; }
+
+static const char *sym_out(const tb_sym *s, uint64_t *start, uint64_t *size)
+{
+    if (!s)
         return NULL;
-    const tb_sym *s = &es->s[lo - 1];
-    return a - s->addr < s->size ? s : NULL;
+    if (start)
+        *start = s->addr;
+    if (size)
+        *size = s->size;
+    return s->name;
+}
+
+const char *tb_elfsyms_at(const tb_elfsyms *es, size_t i, uint64_t *start, uint64_t *size)
+{
+    return sym_out(es && i < es->n ? &es->s[i] : NULL, start, size);
+}
+
+const char *tb_elfsyms_find(const tb_elfsyms *es, uint64_t a, uint64_t *start, uint64_t *size)
+{
+    return sym_out(es ? find_sym(es, a) : NULL, start, size);
 }
 
 /* ---- module list ---------------------------------------------------------------- */
@@ -384,8 +418,13 @@ static void refresh_perfmap(tb_symtab *st)
             tb_perfmap_init(&st->pm, path);
         }
         st->pm_pid = pid;
+        st->pm_refused = 0;
     }
-    tb_perfmap_update(&st->pm);
+    if (tb_perfmap_update(&st->pm) == -EPERM && !st->pm_refused) {
+        st->pm_refused = 1;
+        tb_warn("JIT map %s not read: not a regular file of this user (or root); Python frames in it stay "
+                "unnamed", st->pm.path);
+    }
 }
 
 int tb_symtab_refresh(tb_symtab *st)

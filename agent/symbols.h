@@ -70,6 +70,23 @@ const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module);
  * libstdc++ on the machine). Thread-safe. */
 char *tb_demangle(const char *name);
 
+/* The function symbols of one ELF image in memory, as tb_symtab reads each
+ * object's file: bounds-checked for any bytes. Exposed for tests and
+ * fuzzing. NULL when the bytes are no 64-bit ELF (or out of memory); names
+ * point into img, which must outlive the table. */
+typedef struct tb_elfsyms tb_elfsyms;
+tb_elfsyms *tb_elfsyms_parse(const void *img, size_t len);
+void tb_elfsyms_free(tb_elfsyms *es);
+size_t tb_elfsyms_count(const tb_elfsyms *es);
+/* The i-th function in address order (one per address: the best-named of
+ * aliases), with its file vaddr and size (> 0; a sizeless symbol extends
+ * to the next one, at most 64 KiB). */
+const char *tb_elfsyms_at(const tb_elfsyms *es, size_t i, uint64_t *start, uint64_t *size);
+/* The function covering file vaddr a, as a lookup finds it: the nearest
+ * start at or below a that spans it, looking back over up to 7 functions
+ * that start inside another one; NULL if none. */
+const char *tb_elfsyms_find(const tb_elfsyms *es, uint64_t a, uint64_t *start, uint64_t *size);
+
 /* Override the perf map path (tests); NULL restores /tmp/perf-<pid>.map. */
 void tb_symtab_set_perfmap_path(tb_symtab *st, const char *path);
 

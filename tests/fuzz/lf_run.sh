@@ -24,6 +24,16 @@ case $name in
       >"$corpus/ops"
     printf '/step_([0-9]+)/\n5s\n1.5\nSIGUSR2\n0\n' >"$corpus/misc"
     max_len=4096 ;;
+  lf_files)
+    # the vDSO and a JIT map (written by the target), a small shared object
+    # with .symtab and .dynsym built here, and a small system one
+    LF_WRITE_SEEDS=$corpus "$target" || { echo "lf_run: $name could not write its seeds" >&2; exit 1; }
+    printf 'int f(void){return 1;}\nstatic int g(int x){return x+2;}\nint h(int x){return g(x)*3;}\n' |
+      ${CC:-cc} -shared -fPIC -O1 -x c -o "$corpus/small.so" - 2>/dev/null || true
+    for so in /lib/x86_64-linux-gnu/libdl.so.2 /usr/lib/x86_64-linux-gnu/libdl.so.2; do
+      [ -f "$so" ] && { cp "$so" "$corpus/libdl.so"; break; }
+    done
+    max_len=40000 ;;
   *) echo "lf_run: no seeds known for $name" >&2; exit 2 ;;
 esac
 case $limit in

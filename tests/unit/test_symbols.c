@@ -1,11 +1,15 @@
 /* test_symbols.c - address -> name: functions of this executable (.symtab),
  * of libc (.dynsym), C++ demangling when libstdc++ is present, the JIT map
- * read incrementally as it grows, and addresses nothing covers. */
+ * read incrementally as it grows (and refused when it is not the user's
+ * file), and addresses nothing covers. */
 #include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "perfmap.h"
@@ -135,11 +139,135 @@ static void test_perfmap(void)
     unlink(path);
 }
 
+/* A 64-bit ELF image holding one .symtab (and its .strtab) of these
+ * symbols; returns its size. */
+typedef struct fake_sym {
+    const char *name;
+    uint64_t addr, size;
+    int bind, type;
+} fake_sym;
+
+static size_t build_elf(unsigned char *img, size_t cap, const fake_sym *fs, int n)
+{
+    memset(img, 0, cap);
+    size_t off = sizeof(Elf64_Ehdr);
+    Elf64_Sym *syms = (Elf64_Sym *)(img + off);
+    size_t symoff = off;
+    off += (size_t)(n + 1) * sizeof(Elf64_Sym);
+    size_t stroff = off, k = 1; /* strtab starts with "" */
+    img[off] = '\0';
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(fs[i].name) + 1;
+        memcpy(img + stroff + k, fs[i].name, l);
+        syms[i + 1] = (Elf64_Sym){.st_name = (uint32_t)k, .st_info = ELF64_ST_INFO(fs[i].bind, fs[i].type),
+                                  .st_shndx = 1, .st_value = fs[i].addr, .st_size = fs[i].size};
+        k += l;
+    }
+    off = (stroff + k + 7) & ~(size_t)7;
+    Elf64_Shdr *sh = (Elf64_Shdr *)(img + off);
+    sh[1] = (Elf64_Shdr){.sh_type = SHT_SYMTAB, .sh_offset = symoff, .sh_link = 2,
+                         .sh_size = (uint64_t)(n + 1) * sizeof(Elf64_Sym), .sh_entsize = sizeof(Elf64_Sym)};
+    sh[2] = (Elf64_Shdr){.sh_type = SHT_STRTAB, .sh_offset = stroff, .sh_size = k};
+    Elf64_Ehdr *eh = (Elf64_Ehdr *)img;
+    memcpy(eh->e_ident, ELFMAG, SELFMAG);
+    eh->e_ident[EI_CLASS] = ELFCLASS64;
+    eh->e_shoff = off;
+    eh->e_shnum = 3;
+    eh->e_shentsize = sizeof(Elf64_Shdr);
+    return off + 3 * sizeof(Elf64_Shdr);
+}
+
+static const char *find_name(const tb_elfsyms *es, uint64_t a)
+{
+    const char *n = tb_elfsyms_find(es, a, NULL, NULL);
+    return n ? n : "(none)";
+}
+
+/* What a symbol table gives: one name per address (a global before a weak
+ * or local alias, fewer leading underscores first), sizeless functions up
+ * to the next, a function found past a smaller one starting inside it, data
+ * symbols ignored; damaged tables give no names rather than bad ones. */
+static void test_elf_table(void)
+{
+    static unsigned char img[4096];
+    const fake_sym fs[] = {
+        {"__outer_alias", 0x1000, 0x100, STB_GLOBAL, STT_FUNC},
+        {"outer", 0x1000, 0x100, STB_GLOBAL, STT_FUNC},
+        {"outer_local", 0x1000, 0x100, STB_LOCAL, STT_FUNC},
+        {"inner_entry", 0x1080, 0x10, STB_LOCAL, STT_FUNC},
+        {"sizeless", 0x2000, 0, STB_GLOBAL, STT_FUNC},
+        {"after", 0x2040, 0x20, STB_WEAK, STT_FUNC},
+        {"a_variable", 0x3000, 0x100, STB_GLOBAL, STT_OBJECT},
+    };
+    size_t len = build_elf(img, sizeof(img), fs, 7);
+    tb_elfsyms *es = tb_elfsyms_parse(img, len);
+    CHECK_EQ_I((int)tb_elfsyms_count(es), 4);
+    CHECK_STR(find_name(es, 0x1000), "outer");
+    CHECK_STR(find_name(es, 0x1085), "inner_entry");
+    CHECK_STR(find_name(es, 0x10f0), "outer"); /* past the inner one's end */
+    CHECK_STR(find_name(es, 0x1100), "(none)");
+    uint64_t start = 0, size = 0;
+    CHECK_STR(tb_elfsyms_find(es, 0x203f, &start, &size), "sizeless");
+    CHECK(start == 0x2000 && size == 0x40);
+    CHECK_STR(find_name(es, 0x2050), "after");
+    CHECK_STR(find_name(es, 0x3010), "(none)");
+    tb_elfsyms_free(es);
+    /* a string table without its final NUL, then one section header cut off */
+    Elf64_Shdr *sh = (Elf64_Shdr *)(img + ((Elf64_Ehdr *)img)->e_shoff);
+    sh[2].sh_size -= 1;
+    es = tb_elfsyms_parse(img, len);
+    CHECK_EQ_I((int)tb_elfsyms_count(es), 0);
+    tb_elfsyms_free(es);
+    sh[2].sh_size += 1;
+    CHECK(tb_elfsyms_parse(img, len - 1) == NULL);
+    CHECK(tb_elfsyms_parse("\177ELF", 4) == NULL);
+}
+
+/* A map at the path that is no regular file of ours is not read: a FIFO
+ * (opening it must not wait for a writer) or, when the test runs as root
+ * and can give the file away, one of another user. */
+static void test_perfmap_refused(void)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/tbprof-test-perfmap-%d.fifo", (int)getpid());
+    unlink(path);
+    tb_perfmap m;
+    if (mkfifo(path, 0600) == 0) {
+        tb_perfmap_init(&m, path);
+        CHECK_EQ_I(tb_perfmap_update(&m), -EPERM);
+        tb_perfmap_free(&m);
+        unlink(path);
+    } else {
+        printf("# skip fifo: %s\n", strerror(errno));
+    }
+    append(path, "7f0000001000 100 py::planted:/x.py\n");
+    tb_perfmap_init(&m, path);
+    CHECK_EQ_I(tb_perfmap_update(&m), 1); /* ours */
+    tb_perfmap_free(&m);
+    if (geteuid() == 0 && chown(path, 65534, 65534) == 0) {
+        tb_perfmap_init(&m, path);
+        CHECK_EQ_I(tb_perfmap_update(&m), -EPERM);
+        CHECK(tb_perfmap_lookup(&m, 0x7f0000001004) == NULL);
+        tb_perfmap_free(&m);
+        /* through the symbol table: warned about, the address unnamed */
+        tb_symtab *st = tb_symtab_new();
+        tb_symtab_set_perfmap_path(st, path);
+        tb_symtab_refresh(st);
+        CHECK(tb_symtab_lookup(st, 0x7f0000001004, NULL) == NULL);
+        tb_symtab_free(st);
+    } else {
+        printf("# skip another user's map: not root\n");
+    }
+    unlink(path);
+}
+
 int main(void)
 {
     CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
     test_own_and_libc();
+    test_elf_table();
     test_perfmap();
+    test_perfmap_refused();
     test_demangle();
     return tap_done();
 }
