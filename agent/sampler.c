@@ -31,6 +31,9 @@
 #define MIN_PAGES_STACK 8 /* one 16 KiB stack sample must fit */
 #define MIN_PAGES_FP 2
 #define POLL_WORK_NS (20 * 1000 * 1000) /* most time one poll() spends draining */
+/* the leaf frame of a sample taken in kernel mode: no user address (those
+ * end below 2^47) and no callchain context marker (PERF_CONTEXT_*) */
+#define KERNEL_IP 0xffffffff80000000ULL
 
 typedef struct cpu_thread {
     int tid;
@@ -90,6 +93,10 @@ typedef struct cpu_ctx {
 
     uint64_t lost_kernel, lost_full, unwind_failed, unsampled, threads_sampled;
     int warned_mmap;
+    /* kernel-mode time is sampled too unless perf_event_paranoid (>= 2
+     * without CAP_PERFMON) refuses it: then user space only */
+    int user_only;
+    int paranoid; /* as read when kernel time was refused */
 
     tb_symtab *sym;
     tb_unwinder *unw;
@@ -201,6 +208,8 @@ static void add_sample(cpu_ctx *c, int tid, uint64_t t, const uint64_t *ips, int
 
 /* ---- perf_event per thread ------------------------------------------------------ */
 
+static int read_paranoid(void);
+
 static long perf_open(struct perf_event_attr *a, int tid)
 {
     return syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
@@ -214,7 +223,7 @@ static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_l
     a->config = PERF_COUNT_SW_CPU_CLOCK;
     a->sample_period = c->period_ns;
     a->sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME;
-    a->exclude_kernel = 1;
+    a->exclude_kernel = c->user_only != 0;
     a->exclude_hv = 1;
     a->use_clockid = 1;
     a->clockid = CLOCK_MONOTONIC;
@@ -271,13 +280,22 @@ static int open_thread(cpu_ctx *c, int tid)
         return 0;
     }
     struct perf_event_attr a;
-    fill_attr(c, &a, pages * c->page);
-    int fd = (int)perf_open(&a, tid);
-    if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
-        /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
-         * system's default depth */
-        a.sample_max_stack = 0;
+    int fd;
+    for (;;) {
+        fill_attr(c, &a, pages * c->page);
         fd = (int)perf_open(&a, tid);
+        if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
+            /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
+             * system's default depth */
+            a.sample_max_stack = 0;
+            fd = (int)perf_open(&a, tid);
+        }
+        if (fd >= 0 || (errno != EACCES && errno != EPERM) || c->user_only)
+            break;
+        /* time in the kernel is not ours to sample here: user space only,
+         * for this thread and the rest of the capture */
+        c->user_only = 1;
+        c->paranoid = read_paranoid();
     }
     if (fd < 0)
         return -errno;
@@ -336,7 +354,9 @@ static void copy_ring(const unsigned char *data, size_t mask, uint64_t pos, void
 
 static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
 {
-    const unsigned char *p = r + sizeof(struct perf_event_header), *end = r + len;
+    struct perf_event_header h;
+    memcpy(&h, r, sizeof(h));
+    const unsigned char *p = r + sizeof(h), *end = r + len;
     uint32_t pidtid[2];
     uint64_t t;
     uint64_t ips[TB_CPU_MAX_FRAMES];
@@ -370,7 +390,7 @@ static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
         memcpy(&abi, p, 8);
         p += 8;
         if (abi == PERF_SAMPLE_REGS_ABI_NONE)
-            return; /* no user context (should not happen with exclude_kernel) */
+            return; /* no user context (a kernel thread: not ours) */
         if ((size_t)(end - p) < sizeof(regs))
             return;
         memcpy(regs, p, sizeof(regs));
@@ -391,6 +411,15 @@ static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
         n = tb_unwind(c->unw, regs, stack, (size_t)dyn, ips, TB_CPU_MAX_FRAMES, &failed);
         if (failed)
             c->unwind_failed++;
+    }
+    if (n > 0 && (h.misc & PERF_RECORD_MISC_CPUMODE_MASK) == PERF_RECORD_MISC_KERNEL) {
+        /* in a system call or fault on behalf of the user stack below:
+         * "[kernel]" is its leaf (the deepest caller goes when full) */
+        if (n == TB_CPU_MAX_FRAMES)
+            n--;
+        memmove(ips + 1, ips, (size_t)n * sizeof(ips[0]));
+        ips[0] = KERNEL_IP;
+        n++;
     }
     add_sample(c, (int)pidtid[1], t, ips, n);
 }
@@ -687,7 +716,7 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
         h = (h + 1) & (cap - 1);
     }
     const char *module = NULL;
-    const char *name = tb_symtab_lookup(c->sym, addr, &module);
+    const char *name = addr == KERNEL_IP ? TB_CPU_KERNEL_FRAME : tb_symtab_lookup(c->sym, addr, &module);
     char buf[300];
     if (!name) {
         if (module)
@@ -874,6 +903,11 @@ static int cpu_collect(void *ctx, tb_space *space)
         tb_plane_stat_u64(p, TB_ST_UNWIND_FAILED, c->unwind_failed);
     tb_plane_stat_u64(p, TB_ST_CPU_HZ, c->hz);
     tb_plane_stat_str(p, TB_ST_CPU_MODE, c->mode == TB_CPU_FP ? "fp" : "stackcopy");
+    char kwhy[120];
+    if (c->user_only)
+        snprintf(kwhy, sizeof(kwhy), "user space only (kernel.perf_event_paranoid=%d refuses kernel time)",
+                 c->paranoid);
+    tb_plane_stat_str(p, TB_ST_CPU_TIME, c->user_only ? kwhy : "user and kernel");
     tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);
     if (c->unsampled)
         tb_plane_stat_u64(p, TB_ST_CPU_THREADS_UNSAMPLED, c->unsampled);

@@ -1,8 +1,10 @@
 /* sampler.h - the CPU sampling source (perf_event + unwinding).
  *
  * While a capture runs, every thread of the process has a perf_event
- * (PERF_COUNT_SW_CPU_CLOCK, user space only, period 1e9/cpu_hz ns of the
- * thread's CPU time, timestamps on CLOCK_MONOTONIC). Threads alive at
+ * (PERF_COUNT_SW_CPU_CLOCK, period 1e9/cpu_hz ns of the thread's CPU time,
+ * timestamps on CLOCK_MONOTONIC), user and kernel mode; where
+ * kernel.perf_event_paranoid refuses kernel mode (>= 2 without CAP_PERFMON)
+ * the first refusal switches the capture to user space only. Threads alive at
  * start() get one at once; threads created later are found by poll(), which
  * rescans /proc/self/task (see README "CPU sampling" for why not inherit).
  * poll() drains the per-thread ring buffers on the agent thread and, in
@@ -17,7 +19,9 @@
  * as long as consecutive samples share the same frames from the root down to
  * it. Span names are function names ("burn_a", "std::vector<int>::push_back",
  * "py::work:/path/app.py" for Python, "[libfoo.so]" / "[unknown]" when no
- * symbol covers the address). Metadata category TB_CAT_CPU_SAMPLE. A span
+ * symbol covers the address). A sample taken in kernel mode (a system call,
+ * a page fault) has the user stack it was taken on behalf of with
+ * TB_CPU_KERNEL_FRAME as its leaf. Metadata category TB_CAT_CPU_SAMPLE. A span
  * covers [first sample time - period, last sample time] (each sample stands
  * for one period of CPU time ending at its timestamp); a gap of more than
  * TB_CPU_GAP_PERIODS periods (the thread was off CPU) closes every span.
@@ -68,6 +72,10 @@ typedef enum tb_cpu_mode {
 #define TB_ST_CPU_SPAN_SELF "self_samples"
 #define TB_ST_CPU_HZ "tbprof_cpu_hz"
 #define TB_ST_CPU_MODE "tbprof_cpu_mode" /* "stackcopy" or "fp" */
+/* "user and kernel", or "user space only (...why...)" */
+#define TB_ST_CPU_TIME "tbprof_cpu_time"
+/* the leaf frame of samples taken in kernel mode */
+#define TB_CPU_KERNEL_FRAME "[kernel]"
 #define TB_ST_CPU_THREADS "tbprof_cpu_threads"                   /* threads sampled */
 #define TB_ST_CPU_THREADS_UNSAMPLED "tbprof_cpu_threads_unsampled" /* fd/memlock limits */
 

@@ -175,8 +175,11 @@ static int report(const tb_space *s)
     why = NULL;
     if (!host_stat(h, TB_ST_CPU_OFF_REASON, &why, NULL) && host_stat(h, TB_ST_SAMPLES, NULL, &samples) &&
         samples > 0) {
+        const char *time = NULL;
         host_stat(h, "tbprof_cpu_mode", &mode, NULL);
-        printf("  CPU sampling   ready: %lld samples in 0.3 s (%s stacks)\n", samples, mode ? mode : "?");
+        host_stat(h, "tbprof_cpu_time", &time, NULL);
+        printf("  CPU sampling   ready: %lld samples in 0.3 s (%s stacks; %s)\n", samples, mode ? mode : "?",
+               time ? time : "user space only");
     } else {
         printf("  CPU sampling   off: %s\n", why ? why : "no samples taken");
         bad = 1;
