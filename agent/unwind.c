@@ -8,7 +8,10 @@
 #ifdef TBPROF_HAVE_UNWIND
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <libunwind.h>
+#include <link.h>
+#include <signal.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -57,6 +60,113 @@ static void *open_libunwind(void)
     return h;
 }
 
+/* libunwind takes its cache lock with every signal blocked: two
+ * sigprocmask() system calls around each frame it unwinds, so that a signal
+ * handler unwinding on the same thread cannot deadlock on the lock. The
+ * agent thread unwinds with every signal already blocked (capture.c), and
+ * those calls were most of its CPU time (49 of 77 samples of its own thread
+ * in a 3 s capture of two busy threads at 1 kHz). So libunwind's GOT slot
+ * for sigprocmask is pointed at skip_or_forward(), which does nothing for a
+ * thread inside tb_unwind() and forwards every other call (should the job
+ * use this libunwind too) to what the slot held. Only where the slot is
+ * writable without mprotect (not under RELRO: Debian's libunwind binds
+ * lazily); elsewhere the calls stay. */
+typedef int (*sigprocmask_fn)(int, const sigset_t *, sigset_t *);
+static sigprocmask_fn next_sigprocmask;
+static int sigmask_state; /* tb_unwind_sigmask_state() */
+static __thread int in_unwind;
+
+static int skip_or_forward(int how, const sigset_t *set, sigset_t *old)
+{
+    if (in_unwind) {
+        if (old)
+            sigemptyset(old); /* handed back to us by the matching call */
+        return 0;
+    }
+    return next_sigprocmask(how, set, old);
+}
+
+/* A pointer the dynamic section holds: glibc has relocated it in place
+ * (most), others leave it an offset from the load bias. */
+static uintptr_t dyn_ptr(uintptr_t v, uintptr_t bias) { return v < bias ? v + bias : v; }
+
+typedef struct slot_find {
+    uintptr_t bias, slot;
+    int writable;
+} slot_find;
+
+/* Is the slot in a writable PT_LOAD of the object at this bias, and outside
+ * its RELRO part (read-only once relocated)? */
+static int slot_phdr_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    slot_find *f = arg;
+    if (info->dlpi_addr != f->bias)
+        return 0;
+    int in_rw = 0, in_relro = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t a = f->bias + ph->p_vaddr;
+        int inside = f->slot >= a && f->slot + sizeof(void *) <= a + ph->p_memsz;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && inside)
+            in_rw = 1;
+        if (ph->p_type == PT_GNU_RELRO && inside)
+            in_relro = 1;
+    }
+    f->writable = in_rw && !in_relro;
+    return 1;
+}
+
+static void skip_libunwind_sigprocmask(void *h)
+{
+    struct link_map *lm = NULL;
+    sigmask_state = -1;
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) != 0 || !lm || !lm->l_ld)
+        return;
+    uintptr_t bias = lm->l_addr, jmprel = 0, symtab = 0, strtab = 0;
+    size_t pltrelsz = 0, strsz = 0;
+    int rela = 0;
+    for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_JMPREL: jmprel = dyn_ptr(d->d_un.d_ptr, bias); break;
+        case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
+        case DT_PLTREL: rela = d->d_un.d_val == DT_RELA; break;
+        case DT_SYMTAB: symtab = dyn_ptr(d->d_un.d_ptr, bias); break;
+        case DT_STRTAB: strtab = dyn_ptr(d->d_un.d_ptr, bias); break;
+        case DT_STRSZ: strsz = d->d_un.d_val; break;
+        }
+    }
+    if (!jmprel || !symtab || !strtab || !rela)
+        return;
+    const ElfW(Rela) *r = (const ElfW(Rela) *)jmprel;
+    const ElfW(Sym) *syms = (const ElfW(Sym) *)symtab;
+    for (size_t i = 0; i < pltrelsz / sizeof(*r); i++) {
+        if (ELF64_R_TYPE(r[i].r_info) != R_X86_64_JUMP_SLOT)
+            continue;
+        uint32_t name = syms[ELF64_R_SYM(r[i].r_info)].st_name;
+        if (name >= strsz || strcmp((const char *)strtab + name, "sigprocmask") != 0)
+            continue;
+        slot_find f = {bias, bias + r[i].r_offset, 0};
+        dl_iterate_phdr(slot_phdr_cb, &f);
+        if (!f.writable) {
+            sigmask_state = -2;
+            return;
+        }
+        void **slot = (void **)f.slot;
+        void *was = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+        if (was == (void *)skip_or_forward) { /* loaded again after a dlclose: done already */
+            sigmask_state = 1;
+            return;
+        }
+        *(void **)&next_sigprocmask = was;
+        __atomic_store_n(slot, (void *)skip_or_forward, __ATOMIC_RELEASE);
+        sigmask_state = 1;
+        return;
+    }
+}
+
+int tb_unwind_sigmask_state(void) { return sigmask_state; }
+
 static int load_libunwind(void)
 {
     if (lu.tried)
@@ -84,6 +194,7 @@ static int load_libunwind(void)
     LU_SYM(get_reg, "_Ux86_64_get_reg");
     LU_SYM(search_table, "_Ux86_64_dwarf_search_unwind_table");
 #undef LU_SYM
+    skip_libunwind_sigprocmask(h);
     lu.ok = 1;
     return 1;
 }
@@ -323,8 +434,10 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
     if (!u)
         return n;
     unw_cursor_t cur;
+    in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
         *failed = 1;
+        in_unwind = 0;
         return n;
     }
     while (n < max) {
@@ -372,6 +485,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
             }
         }
     }
+    in_unwind = 0;
     return n;
 }
 
@@ -384,6 +498,7 @@ tb_unwinder *tb_unwinder_new(tb_symtab *st)
 }
 void tb_unwinder_free(tb_unwinder *u) { (void)u; }
 void tb_unwinder_flush(tb_unwinder *u) { (void)u; }
+int tb_unwind_sigmask_state(void) { return 0; }
 int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len, uint64_t *ips, int max,
               int *failed)
 {

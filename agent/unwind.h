@@ -41,6 +41,11 @@ void tb_unwinder_free(tb_unwinder *u);
 /* Call after tb_symtab_refresh() reported a change of mapped objects. */
 void tb_unwinder_flush(tb_unwinder *u);
 
+/* Whether libunwind's sigprocmask calls are skipped while tb_unwind runs
+ * (see unwind.c): 1 yes, 0 libunwind not loaded (yet), -1 its PLT slot for
+ * sigprocmask not found, -2 the slot is read-only (RELRO). */
+int tb_unwind_sigmask_state(void);
+
 /* Unwind one sample. regs[TB_UREG_COUNT] as perf_event wrote them; `stack`
  * holds `stack_len` bytes copied from address regs[TB_UREG_SP] upward.
  * Writes up to `max` instruction pointers to ips, leaf first (ips[0] is the

@@ -17,6 +17,8 @@
 # as a ratio to base; the figure of merit is tbprof's ratio against perf's
 # (target: <= perf's). Wall time is noisy on a shared machine; CPU time is
 # the steadier measure of the cost.
+#   BASE_LIB=path/libtbprof.so: also runs that build (dwarf 16K, 1 kHz), to
+#   compare two agent builds in the same run.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 B=${1:-$root/build}
@@ -44,6 +46,10 @@ for ((i = 0; i < N; i++)); do
                    TBPROF_CPU_MODE=dwarf work "$prog" "${args[@]}" 2>/dev/null) "
   t[tbprof_def]+="$(LD_PRELOAD=$lib TBPROF_LOGDIR=$tmp/l TBPROF_GPU=off TBPROF_CPU=on TBPROF_CPU_MODE=dwarf \
                    work "$prog" "${args[@]}" 2>/dev/null) "
+  if [ -n "${BASE_LIB:-}" ]; then
+    t[baselib_1k]+="$(LD_PRELOAD=$BASE_LIB TBPROF_LOGDIR=$tmp/l TBPROF_GPU=off TBPROF_CPU=on TBPROF_CPU_HZ=1000 \
+                     TBPROF_CPU_MODE=dwarf work "$prog" "${args[@]}" 2>/dev/null) "
+  fi
   t[tbprof_fp]+="$(LD_PRELOAD=$lib TBPROF_LOGDIR=$tmp/l TBPROF_GPU=off TBPROF_CPU=on TBPROF_CPU_HZ=1000 \
                    TBPROF_CPU_MODE=fp work "$prog" "${args[@]}" 2>/dev/null) "
   if ((have_perf)); then
@@ -58,7 +64,7 @@ median() { # $1: field (1 wall, 2 cpu)
 base=$(echo "${t[base]}" | median 1)
 cbase=$(echo "${t[base]}" | median 2)
 printf '%-34s %10s %7s %10s %7s\n' "($N repeats, medians)" "wall ms" "ratio" "cpu ms" "ratio"
-for k in base tbprof_def tbprof_1k perf_1k tbprof_fp perf_fp; do
+for k in base tbprof_def tbprof_1k baselib_1k perf_1k tbprof_fp perf_fp; do
   [ -n "${t[$k]:-}" ] || continue
   m=$(echo "${t[$k]}" | median 1)
   c=$(echo "${t[$k]}" | median 2)
@@ -67,6 +73,7 @@ for k in base tbprof_def tbprof_1k perf_1k tbprof_fp perf_fp; do
     base) label="no profiler";;
     tbprof_def) label="tbprof dwarf, default rate";;
     tbprof_1k) label="tbprof dwarf 16K, 1 kHz";;
+    baselib_1k) label="BASE_LIB dwarf 16K, 1 kHz";;
     perf_1k) label="perf record dwarf,16384, 1 kHz";;
     tbprof_fp) label="tbprof fp, 1 kHz";;
     perf_fp) label="perf record -g (fp), 1 kHz";;
@@ -74,6 +81,11 @@ for k in base tbprof_def tbprof_1k perf_1k tbprof_fp perf_fp; do
   awk -v l="$label" -v m="$m" -v b="$base" -v c="$c" -v cb="$cbase" \
     'BEGIN{printf "%-34s %10.1f %7.3f %10.1f %7.3f\n", l, m/1e6, (b>0? m/b : 0), c/1e6, (cb>0? c/cb : 0)}'
 done
+if [ -n "${t[baselib_1k]:-}" ]; then
+  awk -v a="$(echo "${t[tbprof_1k]}" | median 2)" -v o="$(echo "${t[baselib_1k]}" | median 2)" \
+      -v b="$(echo "${t[base]}" | median 2)" \
+    'BEGIN{printf "tbprof/BASE_LIB cpu ratio of ratios (1 kHz, dwarf 16K): %.3f\n", (a/b)/(o/b)}'
+fi
 if [ -n "${t[perf_1k]:-}" ]; then
   for f in 1 2; do
     awk -v a="$(echo "${t[tbprof_1k]}" | median $f)" -v p="$(echo "${t[perf_1k]}" | median $f)" \

@@ -3,12 +3,20 @@
  * (one function built without a frame pointer, so only DWARF CFI can step
  * over it), unwind the copy, symbolize, and expect the chain back. A short
  * copy must stop early and say so; garbage must not crash. */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include "symbols.h"
 #include "tap.h"
@@ -86,6 +94,41 @@ __attribute__((noinline)) static void level1(void)
     depth_sink++;
 }
 
+/* Unwinding makes no sigprocmask system call (unwind.c skips libunwind's
+ * two per frame): a child that the kernel kills at its first
+ * rt_sigprocmask (seccomp) unwinds the sample in full and lives. Returns
+ * the child's frame count, -1 where seccomp is unavailable. */
+static int unwind_without_sigprocmask(tb_unwinder *u, int want)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_rt_sigprocmask, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+            _exit(255);
+        uint64_t ips[64];
+        int failed = 0, n = 0;
+        for (int i = 0; i < 100; i++)
+            n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+        _exit(n == want && !failed ? 0 : 1);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return -1;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 255)
+        return -1;
+    if (WIFSIGNALED(status)) {
+        printf("# child killed by signal %d (a sigprocmask call while unwinding)\n", WTERMSIG(status));
+        return 0;
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? want : 0;
+}
+
 int main(void)
 {
     tb_symtab *st = tb_symtab_new();
@@ -117,6 +160,19 @@ int main(void)
         CHECK_STR(names[4], "main");
     }
     CHECK_EQ_I(failed, 0); /* reached the outermost frame (_start) */
+
+    /* libunwind's signal blocking is skipped where its GOT slot is writable
+     * (Debian's: lazily bound); no system call in the walk */
+    int state = tb_unwind_sigmask_state();
+    printf("# libunwind sigprocmask: %d\n", state);
+    CHECKF(state == 1 || state == -2, "state %d: slot not found", state);
+    if (state == 1) {
+        int got = unwind_without_sigprocmask(u, n);
+        if (got < 0)
+            printf("# skip: seccomp unavailable\n");
+        else
+            CHECK_EQ_I(got, n);
+    }
 
     /* a copy too short for the chain: fewer frames, flagged as failed */
     int n_short = tb_unwind(u, regs, stack_copy, 64, ips, 64, &failed);
