@@ -1,20 +1,22 @@
 """Kernel time in the CPU samples, on a real C program under LD_PRELOAD.
 
 tests/e2e/progs/kernel_split.c splits one thread's CPU time between
-user_work (arithmetic) and read_zero (read() of /dev/zero: the kernel clears
-the buffer, so that time is kernel time), and prints what it measured: the
-thread CPU time in each function and getrusage's user/system time.
+user_work (arithmetic) and read_zero (read system calls on /dev/zero: the
+kernel clears the buffer, so that time is kernel time), and prints what it
+measured: the thread CPU time in each function and getrusage's user/system
+time.
 
 Where kernel mode may be sampled (root or CAP_PERFMON, or
 kernel.perf_event_paranoid <= 1), the samples must give both back: the
-share of samples with the "[kernel]" leaf within 10 points of the system
-time's share, read_zero's share within 7 points of its measured share, and
-the kernel samples under read(). Where it is refused (a shim makes
+share of samples with the "[kernel]" leaf within 12 points of the system
+time's share (itself tick-sampled), read_zero's share within 7 points of
+its measured share and mostly "[kernel]", and the kernel samples under
+read_zero. Where it is refused (a shim makes
 perf_event_open refuse kernel-mode events with EACCES, as paranoid=2 does
 for a user; and, when the test runs as root, really so for the program run
 as nobody), the capture goes on with user space only, silently, and says
 so in tbprof_cpu_time: no "[kernel]" frames, and read_zero then shows only
-its small user-space part."""
+its user-space part, at least 15 points under its measured share."""
 
 import os
 import subprocess
@@ -81,10 +83,15 @@ class CpuKernel(tbtest.TestCase):
               "(measured %.1f%%)" % (kernel, n, 100 * kernel / n, 100 * sys_truth, 100 * read / n,
                                      100 * read_truth))
         self.assertGreater(sys_truth, 0.25, "the program spent too little time in the kernel to test")
-        self.assertAlmostEqual(kernel / n, sys_truth, delta=0.10)
+        # getrusage's split of user and system time is itself sampled at
+        # the scheduler tick on most kernels (a few points of noise); the
+        # thread CPU clock around read_zero is exact, and its time is
+        # nearly all kernel
+        self.assertAlmostEqual(kernel / n, sys_truth, delta=0.12)
         self.assertAlmostEqual(read / n, read_truth, delta=0.07)
-        # "[kernel]" is a leaf on the user stack it ran for: under read()
-        # called from read_zero
+        self.assertGreater(kernel, read * 0.8)
+        # "[kernel]" is a leaf on the user stack it ran for: under the
+        # system call made by read_zero
         under = sum(e.stats.get("self_samples", 0) for e, anc in cpusamples.walk(line)
                     if e.name == "[kernel]" and any(a.name == "read_zero" for a in anc))
         self.assertGreaterEqual(under, kernel * 0.9, "[kernel] under read_zero in %d of %d" % (under, kernel))
@@ -116,8 +123,8 @@ class CpuKernel(tbtest.TestCase):
               % (100 * read / n, n, 100 * read_truth))
         # the kernel's part of read_zero is not seen: its share falls well
         # below what the program measured
-        self.assertLess(read / n, read_truth / 2)
-        self.assertGreater(c.get("user_work", [0, 0])[1], n * 0.8)
+        self.assertLess(read / n, read_truth - 0.15)
+        self.assertGreater(c.get("user_work", [0, 0])[1] + read, n * 0.9, c)
         return how
 
 

@@ -28,9 +28,14 @@ __attribute__((visibility("default"))) long syscall(long n, ...)
             return -1;
         }
     }
-    static syscall_fn next;
-    if (!next)
+    /* looked up at the first call, from any thread (the agent's first) */
+    static void *next_p;
+    syscall_fn next;
+    *(void **)&next = __atomic_load_n(&next_p, __ATOMIC_ACQUIRE);
+    if (!next) {
         *(void **)&next = dlsym(RTLD_NEXT, "syscall");
+        __atomic_store_n(&next_p, *(void **)&next, __ATOMIC_RELEASE);
+    }
     if (!next) {
         errno = ENOSYS;
         return -1;
