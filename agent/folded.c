@@ -302,7 +302,9 @@ static int seg_open_span(void *ctx, size_t depth, const tb_event *e, uint64_t co
         return -ENOMEM;
     const char *name = event_name(w->p, e);
     const char *py = strncmp(name, "py::", 4) == 0 ? name : depth ? w->stk[depth - 1].py : NULL;
-    w->stk[depth] = (seg_open){py, py ? py : name};
+    /* time in the kernel goes to the function that entered it */
+    const char *who = py ? py : depth && !strcmp(name, TB_CPU_KERNEL_FRAME) ? w->stk[depth - 1].who : name;
+    w->stk[depth] = (seg_open){py, who};
     return 0;
 }
 

@@ -86,10 +86,11 @@ int64_t tb_cpu_period_ns(const tb_plane *p);
 
 /* A thread's on-CPU time as its CPU sample spans on line `l` cover it:
  * disjoint [start, end) pieces in time order, each credited to one frame:
- * the deepest Python frame (py::...) of the stack there, else its leaf.
+ * the deepest Python frame (py::...) of the stack there, else its leaf
+ * (for a "[kernel]" leaf, the function that entered the kernel).
  * A sample covers the sampling period up to it (sampler.h), so the pieces
  * add up to about samples x period; time between them the thread was off
- * CPU, in the kernel, or not sampled. Names are borrowed from the plane.
+ * CPU, not sampled, or (where only user space is sampled) in the kernel. Names are borrowed from the plane.
  * 0 or -ENOMEM (out zeroed). */
 typedef struct tb_cpu_seg {
     int64_t start, end;

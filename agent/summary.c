@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "ranges.h"
+#include "sampler.h"
 #include "stats.h"
 #include "strmap.h"
 #include "util.h"
@@ -1241,7 +1242,7 @@ typedef struct by_caller {
 } by_caller;
 
 /* Each stack (frames root first, the GPU event's name last) credits its
- * deepest Python frame, else its deepest frame; calls without a sampled
+ * deepest Python frame, else its deepest frame (above "[kernel]"); calls without a sampled
  * frame and events without their call are totalled apart. */
 static int credit_callers(const tb_folded *g, by_caller *c)
 {
@@ -1259,7 +1260,10 @@ static int credit_callers(const tb_folded *g, by_caller *c)
             *c->unsampled_ns += ns;
             continue;
         }
+        /* the deepest frame, not the kernel (the function that entered it) */
         const char *who = fr[st->depth - 2];
+        if (st->depth >= 3 && !strcmp(who, TB_CPU_KERNEL_FRAME))
+            who = fr[st->depth - 3];
         for (uint32_t d = st->depth - 1; d-- > 0;)
             if (starts_with(fr[d], "py::")) {
                 who = fr[d];

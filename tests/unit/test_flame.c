@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "folded.h"
+#include "sampler.h"
 #include "stats.h"
 #include "tap.h"
 
@@ -197,8 +198,9 @@ static int sum_who(void *ctx, const char *who, int64_t ns)
 
 /* On-CPU pieces of a line's spans: a parent's own time between its
  * children, credit to the deepest Python frame, adjacent pieces of one
- * frame merged, a span overlapping its would-be parent skipped, other
- * events ignored; and the time inside a window. */
+ * frame merged, kernel time to the function that entered the kernel, a
+ * span overlapping its would-be parent skipped, other events ignored; and
+ * the time inside a window. */
 static void cpu_segments(void)
 {
     tb_space *s = tb_space_new();
@@ -211,15 +213,18 @@ static void cpu_segments(void)
     span(l, "bad", 650, 400, 1);         /* ends after step and main: skipped */
     tb_line_add(l, tb_plane_event_meta(p, "cudaLaunchKernel"), 1000000 + 420, 10); /* not a span */
     span(l, "native_root", 2000, 500, 5); /* no Python frame: itself */
+    span(l, "read", 2100, 200, 2);
+    span(l, TB_CPU_KERNEL_FRAME, 2150, 150, 1); /* kernel time: the caller's */
     tb_space_sort(s);
     tb_cpu_segs g;
     CHECK(tb_cpu_segments(p, l, &g) == 0);
     static const struct {
         int64_t a, b;
         const char *who;
-    } want[] = {{0, 400, "py::main"}, {400, 700, "py::step"}, {700, 1000, "py::main"}, {2000, 2500, "native_root"}};
-    CHECK_EQ_I(g.n, 4);
-    for (size_t i = 0; i < g.n && i < 4; i++) {
+    } want[] = {{0, 400, "py::main"},        {400, 700, "py::step"}, {700, 1000, "py::main"},
+                {2000, 2100, "native_root"}, {2100, 2300, "read"},   {2300, 2500, "native_root"}};
+    CHECK_EQ_I(g.n, 6);
+    for (size_t i = 0; i < g.n && i < 6; i++) {
         CHECK_EQ_I(g.v[i].start - 1000000, want[i].a);
         CHECK_EQ_I(g.v[i].end - 1000000, want[i].b);
         CHECK_STR(g.v[i].who, want[i].who);

@@ -8,6 +8,7 @@
 
 #include "profile.h"
 #include "stats.h"
+#include "sampler.h"
 #include "summary.h"
 #include "tap.h"
 #include "xspace.h"
@@ -598,18 +599,30 @@ static void syncs_by_caller(void)
     st_i(sl, TB_ST_CORRELATION_ID, 13);
     ev(sl, "Event Sync", 9 * ms, 50000, TB_CAT_CUDA_SYNC); /* its call not in the capture */
     st_i(sl, TB_ST_CORRELATION_ID, 99);
+    /* a native thread in a system call in the samples around its call: the
+     * function that entered the kernel, not "[kernel]" */
+    tb_line *w = tb_plane_line(hp, 2, "worker");
+    span(w, "native_loop", 0, 10 * ms, 10);
+    span(w, TB_CPU_KERNEL_FRAME, 0, 10 * ms, 10);
+    ev(w, "cudaEventSynchronize", 6 * ms, ms / 5, TB_CAT_CUDA_RUNTIME);
+    st_i(w, TB_ST_CORRELATION_ID, 14);
+    ev(sl, "Event Sync", 6 * ms, 100000, TB_CAT_CUDA_SYNC);
+    st_i(sl, TB_ST_CORRELATION_ID, 14);
+    tb_space_sort(s);
     tb_summary m;
     CHECK(tb_summarize(s, &m) == 0);
-    CHECK_EQ_I(m.syncs, 3);
-    CHECK_EQ_I(m.sync_ns, 650000);
+    CHECK_EQ_I(m.syncs, 4);
+    CHECK_EQ_I(m.sync_ns, 750000);
     CHECK_EQ_I(m.sync_no_call_ns, 50000);
     CHECK_EQ_I(m.sync_unsampled_ns, 0);
-    CHECK_EQ_I(m.nsync_frames, 2);
-    if (m.nsync_frames == 2) {
+    CHECK_EQ_I(m.nsync_frames, 3);
+    if (m.nsync_frames == 3) {
         CHECK_STR(m.sync_frames[0].name, "py::loss_item");
         CHECK_EQ_I(m.sync_frames[0].ns, 400000);
         CHECK_STR(m.sync_frames[1].name, "py::train");
         CHECK_EQ_I(m.sync_frames[1].ns, 200000);
+        CHECK_STR(m.sync_frames[2].name, "native_loop");
+        CHECK_EQ_I(m.sync_frames[2].ns, 100000);
     }
     tb_summary_free(&m);
     tb_space_free(s);
