@@ -199,9 +199,22 @@ static int load_libunwind(void)
     return 1;
 }
 
+/* Return addresses in JIT memory already checked for a Python perf
+ * trampoline (in_py_trampoline): CPython never frees a trampoline while
+ * the process runs, and each check costs two system calls. Emptied when
+ * half full and when the mapped objects change. */
+#define TRAMP_CACHE 4096
+typedef struct tramp_slot {
+    uint64_t ip; /* 0: empty */
+    int yes;
+} tramp_slot;
+
 struct tb_unwinder {
     unw_addr_space_t as;
     tb_symtab *st;
+    pid_t pid; /* this process: for process_vm_readv */
+    tramp_slot *tramp;
+    size_t ntramp;
 };
 
 /* What one tb_unwind() call walks over; passed to the accessors as `arg`. */
@@ -376,8 +389,13 @@ tb_unwinder *tb_unwinder_new(tb_symtab *st)
     if (!u)
         return NULL;
     u->st = st;
+    u->pid = getpid();
+    u->tramp = calloc(TRAMP_CACHE, sizeof(*u->tramp));
     u->as = lu.create_addr_space(&accessors, 0);
-    if (!u->as) {
+    if (!u->as || !u->tramp) {
+        if (u->as)
+            lu.destroy_addr_space(u->as);
+        free(u->tramp);
         free(u);
         return NULL;
     }
@@ -390,13 +408,17 @@ void tb_unwinder_free(tb_unwinder *u)
     if (!u)
         return;
     lu.destroy_addr_space(u->as);
+    free(u->tramp);
     free(u);
 }
 
 void tb_unwinder_flush(tb_unwinder *u)
 {
-    if (u)
-        lu.flush_cache(u->as, 0, 0);
+    if (!u)
+        return;
+    lu.flush_cache(u->as, 0, 0);
+    memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
+    u->ntramp = 0;
 }
 
 /* CPython 3.12+'s perf trampoline (a copy of _Py_trampoline_func_start per
@@ -413,11 +435,24 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
 {
     if (ip < 6 || tb_symtab_module(u->st, ip))
         return 0;
+    size_t h = (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1);
+    while (u->tramp[h].ip) {
+        if (u->tramp[h].ip == ip)
+            return u->tramp[h].yes;
+        h = (h + 1) & (TRAMP_CACHE - 1);
+    }
     unsigned char buf[sizeof(py_trampoline)];
     struct iovec local = {buf, sizeof(buf)}, remote = {(void *)(uintptr_t)(ip - 6), sizeof(buf)};
-    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof(buf))
-        return 0;
-    return memcmp(buf, py_trampoline, sizeof(buf)) == 0;
+    int yes = process_vm_readv(u->pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(buf) &&
+              memcmp(buf, py_trampoline, sizeof(buf)) == 0;
+    if (u->ntramp * 2 >= TRAMP_CACHE) {
+        memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
+        u->ntramp = 0;
+        h = (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1);
+    }
+    u->tramp[h] = (tramp_slot){ip, yes};
+    u->ntramp++;
+    return yes;
 }
 
 int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t stack_len, uint64_t *ips,
