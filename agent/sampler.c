@@ -79,6 +79,7 @@ typedef struct cpu_ctx {
     cpu_thread *threads;
     size_t nthreads, cap_threads;
     int64_t last_scan;
+    int64_t last_objects; /* when the list of loaded objects was last checked */
     int64_t begin_mono; /* capture start: no span starts before it */
     atomic_int rescan_hint;
 
@@ -648,6 +649,14 @@ static void cpu_poll(void *ctx)
     int64_t now = tb_mono_ns();
     if (atomic_exchange(&c->rescan_hint, 0) || now - c->last_scan >= TB_CPU_POLL_MS * 1000000LL)
         rescan(c, NULL);
+    /* a library loaded during the capture (cuBLAS at its first use, an
+     * extension module at an import): known before the samples taken in
+     * it are unwound, or their stacks would end at its first frame */
+    if (c->unw && now - c->last_objects >= TB_CPU_POLL_MS * 1000000LL) {
+        c->last_objects = now;
+        if (tb_symtab_stale(c->sym) && tb_symtab_refresh(c->sym))
+            tb_unwinder_flush(c->unw);
+    }
     int64_t deadline = now + POLL_WORK_NS;
     for (size_t i = 0; i < c->nthreads; i++)
         if (drain(c, &c->threads[i], deadline))

@@ -427,6 +427,23 @@ static void refresh_perfmap(tb_symtab *st)
     }
 }
 
+static int first_counts_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    unsigned long long *v = arg;
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+        v[0] = info->dlpi_adds;
+        v[1] = info->dlpi_subs;
+    }
+    return 1; /* the first object carries the counts: stop */
+}
+
+int tb_symtab_stale(tb_symtab *st)
+{
+    unsigned long long v[2] = {0, 0};
+    dl_iterate_phdr(first_counts_cb, v);
+    return !st->have_list || v[0] != st->adds || v[1] != st->subs || (!v[0] && !v[1]);
+}
+
 int tb_symtab_refresh(tb_symtab *st)
 {
     int changed = refresh_modules(st);

@@ -51,6 +51,11 @@ void tb_symtab_free(tb_symtab *st);
  * list changed (unwind caches must be flushed), else 0. */
 int tb_symtab_refresh(tb_symtab *st);
 
+/* Whether objects were loaded or unloaded since the list was last read
+ * (dl_iterate_phdr's counters; one call that stops at the first object):
+ * cheap enough for every poll. Always 1 where the C library keeps no
+ * counters. */
+int tb_symtab_stale(tb_symtab *st);
 /* The object holding runtime address `addr` (inside one of its PT_LOAD
  * segments), or NULL. */
 const tb_module *tb_symtab_module(tb_symtab *st, uint64_t addr);

@@ -12,6 +12,7 @@ window, in both stack modes:
 Skipped (with the reason) where perf_event_open is refused."""
 
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +124,47 @@ class CpuSplit(tbtest.TestCase):
         self.check(prof, info, "dwarf")
         self.assertLess(prof.host.stats.get("tbprof_unwind_failures", 0),
                         prof.host.stats["tbprof_cpu_samples"] * 0.05)
+
+
+class CpuLibraryLoadedMidCapture(tbtest.TestCase):
+    """A library dlopen()ed after the capture started, built without frame
+    pointers: the stacks of samples taken in it must reach the program's
+    frames (the unwinder learns of the new object before it unwinds them),
+    not stop at the library's first frame."""
+
+    def setUp(self):
+        super().setUp()
+        cpusamples.skip_if_perf_refused(self)
+
+    def test_stacks_through_a_library_loaded_during_the_capture(self):
+        src = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "dlburn", "dlburn.c")
+        lib = os.path.join(self.tmp, "libdlburn.so")
+        cc = os.environ.get("CC", "gcc")
+        r = subprocess.run([cc, "-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC", src, "-o", lib],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        p = tbtest.run([tbtest.prog("dlopen_burn"), lib, "1000"],
+                       env=tbtest.env(self.logdir, cpu="on", cpu_hz=1000, cpu_mode="dwarf"), timeout=120)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        inner = full = 0
+        for line in cpusamples.sampled_lines(prof):
+            for e, anc in cpusamples.walk(line):
+                if e.name != "lib_inner":
+                    continue
+                n = e.stats.get("self_samples", 0) + sum(
+                    k.stats.get("self_samples", 0) for k, a in cpusamples.walk(line)
+                    if k.name == "[kernel]" and a and a[-1] is e)
+                inner += n
+                names = [a.name for a in anc]
+                if names[-3:] == ["main", "caller_in_main", "lib_burn"]:
+                    full += n
+        print("library loaded mid-capture: %d of %d samples in lib_inner reach main" % (full, inner))
+        self.assertGreater(inner, 300)
+        self.assertGreaterEqual(full, inner * 0.95)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+/* dlopen_burn.c - loads a library after its capture started and burns CPU
+ * in it, for the CPU sampler's test of objects loaded mid-capture (a
+ * PyTorch job loads cuBLAS at its first matmul, Python extension modules
+ * at their import).
+ *
+ *   dlopen_burn LIBRARY [MS]
+ *
+ * Starts a capture through the tbprof C API (no-op without the preload),
+ * waits 100 ms, dlopen()s LIBRARY (tests/e2e/progs/dlburn/dlburn.c) and
+ * calls its lib_burn() from caller_in_main() for MS ms (default 1000),
+ * then stops the capture.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "tbapi.h"
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+__attribute__((noinline, noipa)) void caller_in_main(void (*burn)(long), int ms)
+{
+    int64_t until = now_ns() + (int64_t)ms * 1000000;
+    while (now_ns() < until)
+        burn(2000000);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: dlopen_burn LIBRARY [MS]\n");
+        return 2;
+    }
+    int ms = argc > 2 ? atoi(argv[2]) : 1000;
+    tbapi_init();
+    if (tb_start(0) < 0)
+        fprintf(stderr, "dlopen_burn: tbprof_start failed (no preload?)\n");
+    struct timespec ts = {0, 100000000};
+    nanosleep(&ts, NULL);
+    void *h = dlopen(argv[1], RTLD_NOW);
+    void (*burn)(long) = NULL;
+    if (h)
+        *(void **)&burn = dlsym(h, "lib_burn");
+    if (!burn) {
+        fprintf(stderr, "dlopen_burn: %s\n", dlerror());
+        return 1;
+    }
+    caller_in_main(burn, ms);
+    tb_stop();
+    printf("loaded %s\n", argv[1]);
+    return 0;
+}
