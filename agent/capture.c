@@ -138,6 +138,7 @@ static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is cu
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
 static atomic_int app_threaded;                /* the job started a thread of its own (pthread_create hook) */
+static atomic_int threads_hooked;              /* tb_agent_set_threads_hooked */
 static __thread int creating_own;              /* this thread is in pthread_create for the agent */
 static __thread int is_agent_thread;           /* this thread runs agent_main */
 static atomic_int step_owner;                  /* TB_STEP_*: the source that counts steps (0: none yet) */
@@ -241,6 +242,7 @@ static void start_sources(void)
             .cpu_hz = g.cfg.cpu_hz,
             .cpu_mode = g.cfg.cpu_mode,
             .nvtx_expected = nvtx_expected,
+            .threads_hooked = atomic_load(&threads_hooked),
         };
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;
@@ -1361,6 +1363,8 @@ static int process_threaded(void)
 #endif
     return atomic_load(&app_threaded);
 }
+
+void tb_agent_set_threads_hooked(int yes) { atomic_store(&threads_hooked, yes != 0); }
 
 void tb_agent_thread_created(void)
 {

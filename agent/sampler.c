@@ -31,6 +31,7 @@
 #define MIN_PAGES_STACK 8 /* one 16 KiB stack sample must fit */
 #define MIN_PAGES_FP 2
 #define POLL_WORK_NS (20 * 1000 * 1000) /* most time one poll() spends draining */
+#define RESCAN_HOOKED_MS 100 /* rescan period when new threads are announced */
 /* the leaf frame of a sample taken in kernel mode: no user address (those
  * end below 2^47) and no callchain context marker (PERF_CONTEXT_*) */
 #define KERNEL_IP 0xffffffff80000000ULL
@@ -79,6 +80,11 @@ typedef struct cpu_ctx {
     cpu_thread *threads;
     size_t nthreads, cap_threads;
     int64_t last_scan;
+    /* time between rescans of /proc/self/task (each costs the agent more
+     * than draining and unwinding a poll's samples): every poll, or, where
+     * the pthread_create hook announces new threads at once, only for
+     * threads made otherwise (clone), ended ones and late names */
+    int64_t rescan_ns;
     int64_t last_objects; /* when the list of loaded objects was last checked */
     int64_t begin_mono; /* capture start: no span starts before it */
     atomic_int rescan_hint;
@@ -590,6 +596,7 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (c->hz > 100000)
         c->hz = 100000;
     c->period_ns = 1000000000ull / c->hz;
+    c->rescan_ns = (info->threads_hooked ? RESCAN_HOOKED_MS : TB_CPU_POLL_MS) * 1000000LL;
     c->budget = info->buffer_bytes ? info->buffer_bytes : DEFAULT_BUDGET;
     c->page = (size_t)sysconf(_SC_PAGESIZE);
     c->ring_budget = c->budget / 2;
@@ -647,7 +654,7 @@ static void cpu_poll(void *ctx)
     if (!c->active)
         return;
     int64_t now = tb_mono_ns();
-    if (atomic_exchange(&c->rescan_hint, 0) || now - c->last_scan >= TB_CPU_POLL_MS * 1000000LL)
+    if (atomic_exchange(&c->rescan_hint, 0) || now - c->last_scan >= c->rescan_ns)
         rescan(c, NULL);
     /* a library loaded during the capture (cuBLAS at its first use, an
      * extension module at an import): known before the samples taken in

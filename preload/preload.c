@@ -40,7 +40,9 @@ static void init(void)
         return;
     }
     tb_config_load(&c, NULL, NULL);
-    if (c.socket == TB_SOCKET_AUTO && !tb_thread_hook_active()) {
+    int hooked = tb_thread_hook_active();
+    tb_agent_set_threads_hooked(hooked);
+    if (c.socket == TB_SOCKET_AUTO && !hooked) {
         /* nobody will tell the agent about the job's threads (the library
          * was dlopen()ed after libc): serve from now */
         tb_debug("TBPROF_SOCKET=auto: pthread_create not interposed; serving the socket from start-up");
