@@ -104,6 +104,7 @@ typedef struct cpu_ctx {
      * without CAP_PERFMON) refuses it: then user space only */
     int user_only;
     int paranoid; /* as read when kernel time was refused */
+    int kernel_err; /* the errno that refused it */
 
     tb_symtab *sym;
     tb_unwinder *unw;
@@ -303,6 +304,7 @@ static int open_thread(cpu_ctx *c, int tid)
          * for this thread and the rest of the capture */
         c->user_only = 1;
         c->paranoid = read_paranoid();
+        c->kernel_err = errno;
     }
     if (fd < 0)
         return -errno;
@@ -920,9 +922,12 @@ static int cpu_collect(void *ctx, tb_space *space)
     tb_plane_stat_u64(p, TB_ST_CPU_HZ, c->hz);
     tb_plane_stat_str(p, TB_ST_CPU_MODE, c->mode == TB_CPU_FP ? "fp" : "stackcopy");
     char kwhy[120];
-    if (c->user_only)
+    if (c->user_only && c->paranoid >= 2)
         snprintf(kwhy, sizeof(kwhy), "user space only (kernel.perf_event_paranoid=%d refuses kernel time)",
                  c->paranoid);
+    else if (c->user_only) /* a seccomp or container policy, not the sysctl */
+        snprintf(kwhy, sizeof(kwhy), "user space only (kernel time refused: %s)",
+                 strerrorname_np(c->kernel_err) ? strerrorname_np(c->kernel_err) : "error");
     tb_plane_stat_str(p, TB_ST_CPU_TIME, c->user_only ? kwhy : "user and kernel");
     tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);
     if (c->unsampled)
