@@ -16,6 +16,7 @@
 #include "folded.h"
 #include "read_runs.h"
 #include "readprof.h"
+#include "sampler.h"
 #include "summary.h"
 
 static void usage(FILE *f)
@@ -176,9 +177,16 @@ static void wait_text(const tb_summary *m, int top)
 {
     if (tb_sum_wait_sampled_ns(m) <= 0)
         return;
+    /* time in the kernel is on CPU where it was sampled (tbprof_cpu_time);
+     * older profiles and user-space-only ones count it off CPU */
+    int kernel_sampled = 0;
+    for (size_t i = 0; i < m->ninfos; i++)
+        if (!strcmp(m->infos[i].name, TB_ST_CPU_TIME) && !strcmp(m->info_values[i], "user and kernel"))
+            kernel_sampled = 1;
     printf("  while the GPU waited for the CPU, the launching thread was on CPU %.1f%% of that time, off CPU %.1f%%\n"
-           "    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel)",
-           rr_pct(m->wait_on_cpu_ns, m->idle_cpu_ns), rr_pct(m->wait_off_cpu_ns, m->idle_cpu_ns));
+           "    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL%s)",
+           rr_pct(m->wait_on_cpu_ns, m->idle_cpu_ns), rr_pct(m->wait_off_cpu_ns, m->idle_cpu_ns),
+           kernel_sampled ? "" : "; or in the kernel, which was not sampled");
     if (m->wait_unsampled_ns)
         printf(", on a thread without CPU samples %.1f%%", rr_pct(m->wait_unsampled_ns, m->idle_cpu_ns));
     if (!m->nwait_frames) {

@@ -187,13 +187,13 @@ def dp_rank(host, compute_us):
     return sp.SerializeToString()
 
 
-def host_bound(host, wait_us, spans=()):
+def host_bound(host, wait_us, spans=(), cpu_time=None):
     """One step of 1 ms: a call [0,10) us launching a kernel [20,100), then
     after wait_us more of CPU work a second call ending at 100 + wait_us
     whose kernel runs from 5 us later for 100 us. The GPU waits for the CPU
     10 + wait_us, with launched work queued 10 + 5 us. spans: CPU sample
     spans (name, start_us, dur_us, samples) on the launching thread, with
-    sampling on (1 kHz)."""
+    sampling on (1 kHz); cpu_time: the tbprof_cpu_time stat, if any."""
     sp = xplane_pb2.XSpace()
     sp.hostnames.append(host)
     h = Plane(sp, "/host:CPU")
@@ -203,6 +203,8 @@ def host_bound(host, wait_us, spans=()):
         h.event(t, name, start * 1000, dur * 1000, samples=n)
     if spans:
         h.plane_stat("tbprof_cpu_hz", 1000)
+    if cpu_time:
+        h.plane_stat("tbprof_cpu_time", cpu_time)
     h.event(t, "cudaLaunchKernel", 0, 10000, correlation_id=1)
     h.event(t, "cudaLaunchKernel", (90 + wait_us) * 1000, 10000, correlation_id=2)
     g = Plane(sp, "/device:GPU:0")
@@ -384,7 +386,8 @@ class SummaryFigures(Base):
             ("py::forward (model.py:9)", 400, 250, 2), ("sgemm_cpu", 450, 100, 1)]))
         write(os.path.join(self.rundir, "b.xplane.pb"), host_bound("b", 600))
         write(os.path.join(self.rundir, "c.xplane.pb"), host_bound("c", 300, [
-            ("py::step_python (train.py:50)", 100, 280, 3), ("PyObject_Call", 150, 50, 1)]))
+            ("py::step_python (train.py:50)", 100, 280, 3), ("PyObject_Call", 150, 50, 1)],
+            cpu_time="user and kernel"))
         js, _ = self.summary_json(self.logdir)
         got = [h["gpu"]["while_waiting"] for h in js["hosts"]]
         self.assertEqual(got, [
@@ -418,7 +421,8 @@ class SummaryFigures(Base):
         a, b, c = p.stdout.split("\n== ")[1:]
         self.assertIn("(no GPU work after it, or its launch not in the capture)\n"
                       "  while the GPU waited for the CPU, the launching thread was on CPU 41.0% of that time, off CPU "
-                      "59.0%\n    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel); "
+                      "59.0%\n    (blocked or sleeping: a DataLoader queue, I/O, a lock, the GIL; or in the kernel, "
+                      "which was not sampled); "
                       "on CPU in\n    its deepest Python frame, else its deepest frame:\n"
                       "     250.0 us  41.0%  py::forward (model.py:9)\n  launches: 2 CUDA calls", a)
         self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time, and the launching thread "
@@ -426,7 +430,9 @@ class SummaryFigures(Base):
         # no CPU samples: no such line, the general hint
         self.assertNotIn("launching thread was", b)
         self.assertIn("hint: host-bound: the GPU waited for the CPU 61% of the step time. The CPU's work", b)
-        self.assertIn("on CPU 90.3% of that time, off CPU 9.7%\n", c)
+        # kernel time sampled (tbprof_cpu_time): it is on CPU, not a cause of off CPU
+        self.assertIn("on CPU 90.3% of that time, off CPU 9.7%\n    (blocked or sleeping: a DataLoader queue, I/O, "
+                      "a lock, the GIL); on CPU in\n", c)
         self.assertIn("hint: host-bound: the GPU waited for the CPU 31% of the step time while the launching "
                       "thread ran code,\n  most in py::step_python (train.py:50).\n  Fewer", c)
 
