@@ -90,8 +90,8 @@ int64_t tb_cpu_period_ns(const tb_plane *p);
  * (for a "[kernel]" leaf, the function that entered the kernel).
  * A sample covers the sampling period up to it (sampler.h), so the pieces
  * add up to about samples x period; time between them the thread was off
- * CPU, not sampled, or (where only user space is sampled) in the kernel. Names are borrowed from the plane.
- * 0 or -ENOMEM (out zeroed). */
+ * CPU, not sampled, or (where only user space is sampled) in the kernel.
+ * Names are borrowed from the plane. 0 or -ENOMEM (out zeroed). */
 typedef struct tb_cpu_seg {
     int64_t start, end;
     const char *who;
