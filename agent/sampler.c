@@ -303,8 +303,8 @@ static int open_thread(cpu_ctx *c, int tid)
         /* time in the kernel is not ours to sample here: user space only,
          * for this thread and the rest of the capture */
         c->user_only = 1;
+        c->kernel_err = errno; /* before read_paranoid's stdio can change it */
         c->paranoid = read_paranoid();
-        c->kernel_err = errno;
     }
     if (fd < 0)
         return -errno;
