@@ -255,10 +255,24 @@ static void free_module(tb_module *m)
     free(m);
 }
 
+/* dl_iterate_phdr's counters of objects loaded and unloaded, which every
+ * entry carries (left 0, 0 where the C library keeps none). */
+typedef struct dl_counts {
+    unsigned long long adds, subs;
+} dl_counts;
+
+static void read_counts(const struct dl_phdr_info *info, size_t size, dl_counts *v)
+{
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+        v->adds = info->dlpi_adds;
+        v->subs = info->dlpi_subs;
+    }
+}
+
 typedef struct collect_ctx {
     tb_module **mods;
     size_t n, cap;
-    unsigned long long adds, subs;
+    dl_counts counts;
     int first;
 } collect_ctx;
 
@@ -267,10 +281,7 @@ static int phdr_cb(struct dl_phdr_info *info, size_t size, void *arg)
     collect_ctx *c = arg;
     if (c->first) {
         c->first = 0;
-        if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
-            c->adds = info->dlpi_adds;
-            c->subs = info->dlpi_subs;
-        }
+        read_counts(info, size, &c->counts);
     }
     tb_module *m = calloc(1, sizeof(*m));
     if (!m)
@@ -337,9 +348,12 @@ static int mod_cmp(const void *a, const void *b)
 
 static int refresh_modules(tb_symtab *st)
 {
+    if (!tb_symtab_stale(st)) /* without building the list to compare */
+        return 0;
     collect_ctx c = {.first = 1};
     dl_iterate_phdr(phdr_cb, &c);
-    if (st->have_list && c.adds == st->adds && c.subs == st->subs && c.n == st->nmods) {
+    /* (the counters equal here only where the C library keeps none) */
+    if (st->have_list && c.counts.adds == st->adds && c.counts.subs == st->subs && c.n == st->nmods) {
         for (size_t i = 0; i < c.n; i++)
             free_module(c.mods[i]);
         free(c.mods);
@@ -363,8 +377,8 @@ static int refresh_modules(tb_symtab *st)
     free(st->mods);
     st->mods = c.mods;
     st->nmods = c.n;
-    st->adds = c.adds;
-    st->subs = c.subs;
+    st->adds = c.counts.adds;
+    st->subs = c.counts.subs;
     st->have_list = 1;
     return 1;
 }
@@ -429,19 +443,15 @@ static void refresh_perfmap(tb_symtab *st)
 
 static int first_counts_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
-    unsigned long long *v = arg;
-    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
-        v[0] = info->dlpi_adds;
-        v[1] = info->dlpi_subs;
-    }
+    read_counts(info, size, arg);
     return 1; /* the first object carries the counts: stop */
 }
 
 int tb_symtab_stale(tb_symtab *st)
 {
-    unsigned long long v[2] = {0, 0};
-    dl_iterate_phdr(first_counts_cb, v);
-    return !st->have_list || v[0] != st->adds || v[1] != st->subs || (!v[0] && !v[1]);
+    dl_counts v = {0, 0};
+    dl_iterate_phdr(first_counts_cb, &v);
+    return !st->have_list || v.adds != st->adds || v.subs != st->subs || (!v.adds && !v.subs);
 }
 
 int tb_symtab_refresh(tb_symtab *st)
