@@ -412,13 +412,18 @@ void tb_unwinder_free(tb_unwinder *u)
     free(u);
 }
 
+static void tramp_clear(tb_unwinder *u)
+{
+    memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
+    u->ntramp = 0;
+}
+
 void tb_unwinder_flush(tb_unwinder *u)
 {
     if (!u)
         return;
     lu.flush_cache(u->as, 0, 0);
-    memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
-    u->ntramp = 0;
+    tramp_clear(u);
 }
 
 /* CPython 3.12+'s perf trampoline (a copy of _Py_trampoline_func_start per
@@ -431,11 +436,13 @@ static const unsigned char py_trampoline[11] = {0x48, 0x83, 0xec, 0x08, 0xff, 0x
 /* Is ip a return address inside a Python perf trampoline? JIT memory is in
  * no loaded object, so it is read with process_vm_readv (fails cleanly on an
  * unmapped address instead of faulting). */
+static size_t tramp_slot_of(uint64_t ip) { return (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1); }
+
 static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
 {
     if (ip < 6 || tb_symtab_module(u->st, ip))
         return 0;
-    size_t h = (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1);
+    size_t h = tramp_slot_of(ip);
     while (u->tramp[h].ip) {
         if (u->tramp[h].ip == ip)
             return u->tramp[h].yes;
@@ -446,9 +453,8 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
     int yes = process_vm_readv(u->pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(buf) &&
               memcmp(buf, py_trampoline, sizeof(buf)) == 0;
     if (u->ntramp * 2 >= TRAMP_CACHE) {
-        memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
-        u->ntramp = 0;
-        h = (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1);
+        tramp_clear(u);
+        h = tramp_slot_of(ip);
     }
     u->tramp[h] = (tramp_slot){ip, yes};
     u->ntramp++;
