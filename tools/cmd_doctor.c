@@ -27,6 +27,7 @@
 #include "cmd.h"
 #include "host.h"
 #include "readprof.h"
+#include "sampler.h"
 #include "stats.h"
 #include "trace.h"
 
@@ -176,8 +177,8 @@ static int report(const tb_space *s)
     if (!host_stat(h, TB_ST_CPU_OFF_REASON, &why, NULL) && host_stat(h, TB_ST_SAMPLES, NULL, &samples) &&
         samples > 0) {
         const char *time = NULL;
-        host_stat(h, "tbprof_cpu_mode", &mode, NULL);
-        host_stat(h, "tbprof_cpu_time", &time, NULL);
+        host_stat(h, TB_ST_CPU_MODE, &mode, NULL);
+        host_stat(h, TB_ST_CPU_TIME, &time, NULL);
         printf("  CPU sampling   ready: %lld samples in 0.3 s (%s stacks; %s)\n", samples, mode ? mode : "?",
                time ? time : "user space only");
     } else {
