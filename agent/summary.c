@@ -1242,8 +1242,9 @@ typedef struct by_caller {
 } by_caller;
 
 /* Each stack (frames root first, the GPU event's name last) credits its
- * deepest Python frame, else its deepest frame (above "[kernel]"); calls without a sampled
- * frame and events without their call are totalled apart. */
+ * deepest Python frame, else its deepest frame (above "[kernel]"); calls
+ * without a sampled frame and events without their call are totalled
+ * apart. */
 static int credit_callers(const tb_folded *g, by_caller *c)
 {
     int rc = 0;

@@ -6,9 +6,10 @@
  * `tbprof summary`, `flame` and `convert` do with a profile (summary,
  * CPU/GPU/sync folds, the call tree and its SVG, folded and speedscope
  * output, on-CPU pieces of every host line), then re-encode and decode
- * again with the same event count, and write Chrome JSON. ASan/UBSan catch the rest. The bounded
- * mutation fuzzers (fuzz_dump, fuzz_summary) run in ctest; this one
- * explores by coverage, for as long as it is given. */
+ * again with the same event count, and write Chrome JSON. ASan/UBSan
+ * catch the rest. The bounded mutation fuzzers (fuzz_dump, fuzz_summary)
+ * run in ctest; this one explores by coverage, for as long as it is
+ * given. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
