@@ -243,6 +243,7 @@ static void start_sources(void)
             .cpu_mode = g.cfg.cpu_mode,
             .nvtx_expected = nvtx_expected,
             .threads_hooked = atomic_load(&threads_hooked),
+            .py_trampoline = g.cfg.py_trampoline,
         };
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;

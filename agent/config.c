@@ -76,6 +76,10 @@ static const var vars[] = {
     {"TBPROF_CPU_MODE", T_CPUMODE, "dwarf", "dwarf | fp",
      "CPU stacks: copy user stacks and unwind with DWARF (dwarf) or frame pointers only (fp)",
      "using dwarf", "dwarf", F(cpu_mode), 0, 0},
+    {"TBPROF_PY_TRAMPOLINE", T_BOOL, "on", "on | off",
+     "CPython >= 3.12, dwarf stacks: turn its perf trampoline on for each capture (Python frames in "
+     "the samples) and off after it, as it costs every Python call while on",
+     "trampoline left alone", "off", F(py_trampoline), 0, 0},
     {"TBPROF_BUFFER_MB", T_UINT, "64", "integer 1..65536",
      "capture memory (GPU activity buffers and sample rings); full = counted drops",
      "using 64", "64", F(buffer_mb), 1, 65536},

@@ -20,6 +20,7 @@
 #include "clock.h"
 #include "host.h"
 #include "log.h"
+#include "pytramp.h"
 #include "stats.h"
 #include "symbols.h"
 #include "unwind.h"
@@ -110,6 +111,10 @@ typedef struct cpu_ctx {
     tb_unwinder *unw;
     unsigned char *scratch; /* one record that wraps around the ring */
     char why[160];
+    /* CPython's perf trampoline asked for at start (pytramp.h), and what
+     * became of it, for the profile ("" when the process has no Python) */
+    int py_tramp;
+    char py_desc[200];
 } cpu_ctx;
 
 static cpu_ctx cpu_state;
@@ -647,6 +652,12 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
         return -err;
     }
     c->active = 1;
+    /* Python frames: only stack copies walk through the trampolines (they
+     * keep no frame pointer) */
+    if (c->mode == TB_CPU_STACKCOPY && info->py_trampoline) {
+        c->py_tramp = 1;
+        tb_pytramp_request(1);
+    }
     return 0;
 }
 
@@ -686,6 +697,12 @@ static void cpu_stop(void *ctx)
     }
     c->nthreads = 0;
     c->active = 0;
+    if (c->py_tramp) {
+        if (!tb_pytramp_describe(c->py_desc, sizeof(c->py_desc)))
+            c->py_desc[0] = '\0';
+        tb_pytramp_request(0);
+        c->py_tramp = 0;
+    }
 }
 
 static void cpu_thread_created(void *ctx, int tid)
@@ -700,6 +717,7 @@ static void cpu_atfork_child(void *ctx)
     cpu_ctx *c = ctx;
     /* the parent's events and rings: drop our copies, sample nothing */
     free_capture(c);
+    tb_pytramp_atfork_child();
 }
 
 /* ---- collect: symbolize, merge into spans -------------------------------------------- */
@@ -929,6 +947,8 @@ static int cpu_collect(void *ctx, tb_space *space)
         snprintf(kwhy, sizeof(kwhy), "user space only (kernel time refused: %s)",
                  strerrorname_np(c->kernel_err) ? strerrorname_np(c->kernel_err) : "error");
     tb_plane_stat_str(p, TB_ST_CPU_TIME, c->user_only ? kwhy : "user and kernel");
+    if (c->py_desc[0])
+        tb_plane_stat_str(p, TB_ST_PY_TRAMPOLINE, c->py_desc);
     tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);
     if (c->unsampled)
         tb_plane_stat_u64(p, TB_ST_CPU_THREADS_UNSAMPLED, c->unsampled);

@@ -29,6 +29,7 @@ typedef struct tb_capture_info {
     int cpu_mode;          /* tb_cpu_mode (sampler.h) */
     int nvtx_expected;     /* NVTX calls will come even if none came yet (TBPROF_TORCH_OPS, tbprof_expect_nvtx) */
     int threads_hooked;    /* thread_created() hears of the job's new threads (pthread_create) */
+    int py_trampoline;     /* CPython's perf trampoline on for the capture (TBPROF_PY_TRAMPOLINE) */
 } tb_capture_info;
 
 typedef struct tb_source {

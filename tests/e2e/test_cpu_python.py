@@ -3,8 +3,10 @@ pyenv, perf trampoline on): tests/e2e/progs/cpu_split_py.py spends 60% of its
 time in the Python function burn_a and 40% in burn_b. Samples must carry
 Python frames (`py::burn_a:<file>` from /tmp/perf-<pid>.map), with the
 callers found through the trampolines (py::work and py::main above them),
-and give the split back within 5 points. Skipped (with the reason) without a
-CPython >= 3.12, under TSan, or where perf_event_open is refused."""
+and give the split back within 5 points. CpuPythonTrampoline: without
+PYTHONPERFSUPPORT, tbprof turns the trampoline on for a capture only.
+Skipped (with the reason) without a CPython >= 3.12, under TSan, or where
+perf_event_open is refused."""
 
 import glob
 import os
@@ -37,7 +39,9 @@ def find_pythons():
     return sorted(found.items())
 
 
-class CpuPython(tbtest.TestCase):
+class PythonsCase(tbtest.TestCase):
+    """Runs each test under every CPython >= 3.12 found; removes the perf maps."""
+
     def setUp(self):
         super().setUp()
         tbtest.skip_if_python_unsupported(self)
@@ -56,6 +60,8 @@ class CpuPython(tbtest.TestCase):
                 pass
         super().tearDown()
 
+
+class CpuPython(PythonsCase):
     def run_split(self, python, mode):
         self.logdir = os.path.join(self.tmp, "logs-" + os.path.basename(os.path.dirname(os.path.dirname(python))))
         env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
@@ -120,6 +126,79 @@ class CpuPython(tbtest.TestCase):
                                              PYTHONPERFSUPPORT="1")
                 self.maps += ["/tmp/perf-%s.map" % l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")]
                 real.check_while_waiting(self, files[0], "py::prep_batch:" + prog)
+
+class CpuPythonTrampoline(PythonsCase):
+    """tbprof turns CPython's perf trampoline on for a capture only (it costs
+    every Python call while on): progs/tramp_py.py, run with no
+    PYTHONPERFSUPPORT and a 1 s time window, records per iteration whether a
+    capture is on and whether the trampoline is, and forks a child during
+    the capture."""
+
+    PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_py.py")
+
+    def run_tramp(self, python, name, **kw):
+        self.logdir = os.path.join(self.tmp, name)
+        env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration="1")
+        env.pop("PYTHONPERFSUPPORT", None)
+        env.update(kw)
+        p = tbtest.run([python, self.PROG, "2.2"], env=env, timeout=120)
+        self.assertExitedOk(p)
+        pid = int(p.stdout.split()[1])
+        self.maps.append("/tmp/perf-%d.map" % pid)
+        iters = [tuple(int(x) for x in l.split()[1:]) for l in p.stdout.splitlines() if l.startswith("iter ")]
+        child = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("child ")]
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        return tbtest.load(files[0]), pid, iters, child
+
+    def py_share(self, prof, pid):
+        """Share of the main thread's samples under py::burn (a frame entered
+        after the trampoline went on)."""
+        main = prof.host.line(pid)
+        c = cpusamples.counts([main])
+        n = sum(s for s, _ in c.values())
+        burn = sum(t for name, (_, t) in c.items() if name.startswith("py::burn:"))
+        return burn / max(n, 1), n
+
+    def test_on_for_the_capture_only(self):
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, child = self.run_tramp(python, "tramp-" + version)
+                on = [i for i, (cap, _) in enumerate(iters) if cap]
+                # (an iteration is 5 ms of CPU; on a loaded machine far longer)
+                self.assertGreaterEqual(len(on), 3, "iterations while capturing: %d" % len(on))
+                before, during, after = iters[:on[0]], iters[on[0] + 1:on[-1] + 1], iters[on[-1] + 2:]
+                self.assertTrue(before and after, "no idle iterations around the capture")
+                # idle: never on (it would cost every Python call)
+                self.assertEqual([a for _, a in before + after if a], [], "trampoline on while idle")
+                # capturing: on from the main thread's next bytecode
+                self.assertEqual([a for _, a in during if not a], [], "trampoline off during the capture")
+                self.assertEqual(child, ["0"], "a child forked during the capture keeps the trampoline")
+                st = prof.host.stats
+                self.assertTrue(st.get("tbprof_python_trampoline", "").startswith("on during the capture"), st)
+                share, n = self.py_share(prof, pid)
+                print("python %s: trampoline on for %d of %d iterations (the capture's), py::burn in %.0f%% of %d "
+                      "main-thread samples" % (version, len(on), len(iters), share * 100, n))
+                self.assertGreater(share, 0.6)
+                # the map CPython wrote for our trampolines goes with the process
+                self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
+
+    def test_left_alone_when_the_job_has_it_on(self):
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, _ = self.run_tramp(python, "keep-" + version, PYTHONPERFSUPPORT="1")
+                self.assertTrue(all(a for _, a in iters), "PYTHONPERFSUPPORT's trampoline turned off")
+                self.assertEqual(prof.host.stats.get("tbprof_python_trampoline"),
+                                 "on for the whole run (PYTHONPERFSUPPORT=1 or the program)")
+                self.assertTrue(os.path.exists("/tmp/perf-%d.map" % pid), "the job's own perf map removed")
+
+    def test_off_switch(self):
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, _ = self.run_tramp(python, "off-" + version, TBPROF_PY_TRAMPOLINE="off")
+                self.assertFalse(any(a for _, a in iters))
+                self.assertNotIn("tbprof_python_trampoline", prof.host.stats)
+                self.assertLess(self.py_share(prof, pid)[0], 0.01)
+
 
 if __name__ == "__main__":
     tbtest.main()

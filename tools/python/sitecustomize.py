@@ -10,8 +10,8 @@
    step). With TBPROF_TORCH_OPS=1/on as well, the PyTorch hook turns torch's
    NVTX op ranges on for the steps being captured (=shapes: with each op's
    input shapes).
-3. With CPU sampling on and Python >= 3.12: turns on the perf trampoline so
-   Python frames show up in native stacks (/tmp/perf-<pid>.map).
+(Python frames in the CPU samples need no help from here: the agent turns
+CPython's perf trampoline on for each capture and off after it.)
 Never raises: a problem here prints one line and the program runs on.
 """
 
@@ -99,12 +99,6 @@ def _setup():
         _hook("jax.profiler", "install_jax_hook")
     if _on("TBPROF_TF_HOOK") and _agent_loaded():
         _hook("tensorflow.python.profiler.trace", "install_tf_hook")
-    if (_agent_loaded() and _on("TBPROF_CPU", "on") and sys.version_info >= (3, 12)
-            and hasattr(sys, "activate_stack_trampoline")):
-        try:
-            sys.activate_stack_trampoline("perf")
-        except Exception as e:
-            sys.stderr.write("tbprof: perf trampoline off: %r\n" % (e,))
 
 
 _chain()

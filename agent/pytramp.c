@@ -1,0 +1,359 @@
+/* pytramp.c - CPython's perf trampoline on for captures only (pytramp.h).
+ *
+ * Nothing here includes Python.h: the few functions used are looked up with
+ * dlsym at the first request and called through pointers, with PyObject
+ * opaque. The work that needs the interpreter runs in sync_cb(), queued by
+ * Py_AddPendingCall and run by the main thread with the GIL; it makes the
+ * trampoline match `want`, so requests that cross (a capture's stop before
+ * its start was run) end right.
+ *
+ * Threads: tb_pytramp_request() on the agent thread, under `lk`; sync_cb()
+ * and the two hooks on a Python thread holding the GIL. `lk` also orders
+ * "the interpreter is gone" (Python's atexit hook) against the agent's next
+ * Py_AddPendingCall: after Py_FinalizeEx has begun, that call would reach a
+ * freed interpreter.
+ */
+#include "pytramp.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "log.h"
+
+typedef struct pyobj pyobj; /* PyObject */
+
+typedef struct py_method_def { /* PyMethodDef (stable ABI layout) */
+    const char *name;
+    pyobj *(*meth)(pyobj *self, pyobj *unused);
+    int flags;
+    const char *doc;
+} py_method_def;
+#define PY_METH_NOARGS 0x0004
+
+static struct {
+    int (*is_initialized)(void);
+    int (*add_pending_call)(int (*fn)(void *), void *arg);
+    const char *(*version)(void);
+    pyobj *(*import_module)(const char *name);
+    pyobj *(*call_method)(pyobj *o, const char *name, const char *fmt, ...);
+    pyobj *(*get_attr)(pyobj *o, const char *name);
+    pyobj *(*call)(pyobj *f, pyobj *args, pyobj *kwargs);
+    pyobj *(*tuple_new)(ssize_t n);
+    pyobj *(*dict_new)(void);
+    int (*dict_set)(pyobj *d, const char *key, pyobj *v);
+    pyobj *(*cfunction_new)(py_method_def *def, pyobj *self, pyobj *module);
+    int (*is_true)(pyobj *o);
+    void (*incref)(pyobj *o);
+    void (*decref)(pyobj *o);
+    void (*err_fetch)(pyobj **type, pyobj **value, pyobj **tb);
+    void (*err_clear)(void);
+    pyobj *(*str)(pyobj *o);
+    const char *(*utf8)(pyobj *s);
+    pyobj *none;
+} py;
+
+static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+static void *(*lookup)(const char *) = default_lookup;
+
+/* what sync_cb found when asked to turn it on (the capture's outcome) */
+enum { OUT_NONE, OUT_PENDING, OUT_OURS, OUT_THEIRS, OUT_FAILED, OUT_GONE };
+
+static pthread_mutex_t lk = PTHREAD_MUTEX_INITIALIZER;
+static int resolved;          /* 0: not tried, 1: CPython >= 3.12, -1: not (under lk) */
+static atomic_int want;       /* the agent's request: 1 on, 0 off */
+static atomic_int queued;     /* a sync_cb is queued and has not started */
+static atomic_int gone;       /* Python's atexit has run: no more requests */
+static atomic_int outcome;    /* OUT_* of the latest "on" request */
+static int ours;              /* we turned it on, and it still is (GIL) */
+static int ever_ours;         /* we turned it on at least once (GIL) */
+static int map_was_there;     /* the perf map existed before we first did (GIL) */
+static int hooks_done;        /* atexit / at-fork hooks registered (GIL) */
+static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
+
+#define LOOK(field, name)                                                                            \
+    do {                                                                                             \
+        *(void **)&py.field = lookup(name);                                                          \
+        if (!py.field)                                                                               \
+            return 0;                                                                                \
+    } while (0)
+
+/* 1 when the process has a CPython >= 3.12 with everything we call. */
+static int resolve(void)
+{
+    LOOK(version, "Py_GetVersion");
+    int major = 0, minor = 0;
+    if (sscanf(py.version(), "%d.%d", &major, &minor) != 2 || major != 3 || minor < 12)
+        return 0;
+    LOOK(is_initialized, "Py_IsInitialized");
+    LOOK(add_pending_call, "Py_AddPendingCall");
+    LOOK(import_module, "PyImport_ImportModule");
+    LOOK(call_method, "PyObject_CallMethod");
+    LOOK(get_attr, "PyObject_GetAttrString");
+    LOOK(call, "PyObject_Call");
+    LOOK(tuple_new, "PyTuple_New");
+    LOOK(dict_new, "PyDict_New");
+    LOOK(dict_set, "PyDict_SetItemString");
+    LOOK(cfunction_new, "PyCFunction_NewEx");
+    LOOK(is_true, "PyObject_IsTrue");
+    LOOK(incref, "Py_IncRef");
+    LOOK(decref, "Py_DecRef");
+    LOOK(err_fetch, "PyErr_Fetch");
+    LOOK(err_clear, "PyErr_Clear");
+    LOOK(str, "PyObject_Str");
+    LOOK(utf8, "PyUnicode_AsUTF8");
+    LOOK(none, "_Py_NoneStruct");
+    return 1;
+}
+
+static void xdecref(pyobj *o)
+{
+    if (o)
+        py.decref(o);
+}
+
+static void map_path(char *out, size_t n) { snprintf(out, n, "/tmp/perf-%d.map", (int)getpid()); }
+
+/* The pending exception as text in fail_why (then cleared). */
+static void take_error(const char *what)
+{
+    pyobj *t = NULL, *v = NULL, *tb = NULL;
+    py.err_fetch(&t, &v, &tb);
+    pyobj *s = v ? py.str(v) : NULL;
+    const char *msg = s ? py.utf8(s) : NULL;
+    snprintf(fail_why, sizeof(fail_why), "%s: %s", what, msg && *msg ? msg : "an exception");
+    py.err_clear();
+    xdecref(s);
+    xdecref(t);
+    xdecref(v);
+    xdecref(tb);
+}
+
+/* 1 on, 0 off, -1 unknown (error cleared) */
+static int is_active(pyobj *sys)
+{
+    pyobj *r = py.call_method(sys, "is_stack_trampoline_active", NULL);
+    int on = r ? py.is_true(r) : -1;
+    xdecref(r);
+    if (on < 0)
+        py.err_clear();
+    return on;
+}
+
+static int switch_off(void)
+{
+    pyobj *sys = py.import_module("sys");
+    pyobj *r = sys ? py.call_method(sys, "deactivate_stack_trampoline", NULL) : NULL;
+    if (!r)
+        py.err_clear();
+    xdecref(r);
+    xdecref(sys);
+    return r ? 0 : -1;
+}
+
+static void unlink_our_map(void)
+{
+    char path[64];
+    map_path(path, sizeof(path));
+    if (ever_ours && !map_was_there)
+        unlink(path);
+}
+
+/* Python's atexit: the interpreter is about to finalize. */
+static pyobj *on_python_exit(pyobj *self, pyobj *unused)
+{
+    (void)self, (void)unused;
+    pthread_mutex_lock(&lk);
+    atomic_store(&gone, 1);
+    pthread_mutex_unlock(&lk);
+    /* the map names our trampolines for the agent; a capture still running
+     * is collected after this (at exit) and needs it */
+    if (!atomic_load(&want))
+        unlink_our_map();
+    py.incref(py.none);
+    return py.none;
+}
+
+/* os.register_at_fork(after_in_child=...): a child does not inherit the
+ * parent's capture, so it does not keep the trampoline that capture had on
+ * (CPython re-creates it in a child with its own map). */
+static pyobj *on_fork_child(pyobj *self, pyobj *unused)
+{
+    (void)self, (void)unused;
+    atomic_store(&want, 0);
+    if (ours) {
+        switch_off();
+        ours = 0;
+        unlink_our_map(); /* this pid's: made by CPython since the fork */
+    }
+    ever_ours = 0;
+    map_was_there = 0;
+    py.incref(py.none);
+    return py.none;
+}
+
+static py_method_def exit_def = {"_tbprof_python_exit", on_python_exit, PY_METH_NOARGS, NULL};
+static py_method_def child_def = {"_tbprof_after_fork_child", on_fork_child, PY_METH_NOARGS, NULL};
+
+static void register_hooks(void)
+{
+    if (hooks_done)
+        return;
+    hooks_done = 1;
+    pyobj *f = py.cfunction_new(&exit_def, NULL, NULL);
+    pyobj *m = f ? py.import_module("atexit") : NULL;
+    pyobj *r = m ? py.call_method(m, "register", "O", f) : NULL;
+    if (!r) {
+        py.err_clear();
+        tb_debug("python: atexit.register failed");
+    }
+    xdecref(r);
+    xdecref(m);
+    xdecref(f);
+
+    f = py.cfunction_new(&child_def, NULL, NULL);
+    m = f ? py.import_module("os") : NULL;
+    pyobj *reg = m ? py.get_attr(m, "register_at_fork") : NULL;
+    pyobj *args = reg ? py.tuple_new(0) : NULL;
+    pyobj *kw = args ? py.dict_new() : NULL;
+    r = kw && py.dict_set(kw, "after_in_child", f) == 0 ? py.call(reg, args, kw) : NULL;
+    if (!r) {
+        py.err_clear();
+        tb_debug("python: os.register_at_fork failed");
+    }
+    xdecref(r);
+    xdecref(kw);
+    xdecref(args);
+    xdecref(reg);
+    xdecref(m);
+    xdecref(f);
+}
+
+static void turn_on(pyobj *sys)
+{
+    char path[64];
+    map_path(path, sizeof(path));
+    int had_map = access(path, F_OK) == 0;
+    pyobj *r = py.call_method(sys, "activate_stack_trampoline", "s", "perf");
+    if (!r) {
+        take_error("sys.activate_stack_trampoline(\"perf\")");
+        atomic_store(&outcome, OUT_FAILED);
+        return;
+    }
+    xdecref(r);
+    if (!ever_ours)
+        map_was_there = had_map;
+    ours = ever_ours = 1;
+    atomic_store(&outcome, OUT_OURS);
+}
+
+/* Main thread, GIL held: make the trampoline match `want`. Never raises
+ * (returning -1 would raise in the job's code). */
+static int sync_cb(void *arg)
+{
+    (void)arg;
+    atomic_store(&queued, 0); /* before reading want: a later request queues again */
+    if (atomic_load(&gone))
+        return 0;
+    register_hooks();
+    int on = atomic_load(&want);
+    pyobj *sys = py.import_module("sys");
+    if (!sys) {
+        take_error("import sys");
+        if (on)
+            atomic_store(&outcome, OUT_FAILED);
+        return 0;
+    }
+    int active = is_active(sys);
+    if (on && active == 0)
+        turn_on(sys);
+    else if (on && active == 1)
+        atomic_store(&outcome, ours ? OUT_OURS : OUT_THEIRS);
+    else if (on) {
+        snprintf(fail_why, sizeof(fail_why), "sys.is_stack_trampoline_active() failed");
+        atomic_store(&outcome, OUT_FAILED);
+    } else if (ours) {
+        if (active == 1)
+            switch_off();
+        ours = 0;
+    }
+    xdecref(sys);
+    return 0;
+}
+
+void tb_pytramp_request(int on)
+{
+    pthread_mutex_lock(&lk);
+    if (!resolved)
+        resolved = resolve() ? 1 : -1;
+    if (resolved < 0) {
+        pthread_mutex_unlock(&lk);
+        return;
+    }
+    atomic_store(&want, on != 0);
+    if (atomic_load(&gone) || !py.is_initialized()) {
+        if (on)
+            atomic_store(&outcome, OUT_GONE);
+    } else {
+        if (on)
+            atomic_store(&outcome, OUT_PENDING);
+        if (!atomic_exchange(&queued, 1) && py.add_pending_call(sync_cb, NULL) != 0) {
+            atomic_store(&queued, 0);
+            tb_debug("python: Py_AddPendingCall refused (its queue is full)");
+        }
+    }
+    pthread_mutex_unlock(&lk);
+}
+
+int tb_pytramp_describe(char *out, size_t n)
+{
+    pthread_mutex_lock(&lk);
+    int have = resolved > 0;
+    pthread_mutex_unlock(&lk);
+    if (!have)
+        return 0;
+    switch (atomic_load(&outcome)) {
+    case OUT_OURS:
+        snprintf(out, n, "on during the capture (turned on at its start: Python frames entered before "
+                         "then show as the interpreter)");
+        break;
+    case OUT_THEIRS:
+        snprintf(out, n, "on for the whole run (PYTHONPERFSUPPORT=1 or the program)");
+        break;
+    case OUT_FAILED:
+        snprintf(out, n, "off: %s", fail_why);
+        break;
+    case OUT_GONE:
+        snprintf(out, n, "off (the interpreter was not running)");
+        break;
+    case OUT_PENDING:
+        snprintf(out, n, "off (asked for; the main thread ran no Python code during the capture)");
+        break;
+    default:
+        return 0;
+    }
+    return 1;
+}
+
+void tb_pytramp_atfork_child(void)
+{
+    pthread_mutex_init(&lk, NULL);
+    atomic_store(&queued, 0);
+}
+
+void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
+{
+    lookup = fn ? fn : default_lookup;
+    memset(&py, 0, sizeof(py));
+    resolved = 0;
+    atomic_store(&want, 0);
+    atomic_store(&queued, 0);
+    atomic_store(&gone, 0);
+    atomic_store(&outcome, OUT_NONE);
+    ours = ever_ours = map_was_there = hooks_done = 0;
+    fail_why[0] = '\0';
+}

@@ -1,0 +1,50 @@
+/* pytramp.h - CPython's perf trampoline, on for the length of a capture.
+ *
+ * CPython >= 3.12 can run each Python call through a small generated
+ * function (its "perf trampoline", named in /tmp/perf-<pid>.map), which
+ * makes Python frames visible in native stacks: the sampler's unwinder
+ * steps over them and names them `py::<function>:<file>`. It costs every
+ * Python call of the job while it is on (measured here: 40-50% on a
+ * call-bound loop), so tbprof does not keep it on while idle: the CPU source
+ * asks for it at a capture's start and gives it back at its stop.
+ *
+ * Only the interpreter may switch it (sys.activate_stack_trampoline, with the
+ * GIL), so a request from the agent thread is queued with Py_AddPendingCall
+ * and run by the job's main thread between two bytecodes, typically within
+ * microseconds; the agent never takes the GIL or waits for it. Frames
+ * already running when it turns on (the main loop, `<module>`) keep no
+ * trampoline and show as the interpreter's own function; calls made after
+ * it (each step's forward, backward, data loading) are named.
+ *
+ * A trampoline that was on before the capture (PYTHONPERFSUPPORT=1, or the
+ * program's own sys.activate_stack_trampoline) is left alone and stays on.
+ * Python's own atexit run marks the interpreter gone (no request after it);
+ * a fork()ed child turns off a trampoline the parent's capture had on
+ * (os.register_at_fork). Every Python function is looked up with dlsym at
+ * the first request; a process without CPython >= 3.12 gets nothing.
+ */
+#ifndef TBPROF_AGENT_PYTRAMP_H
+#define TBPROF_AGENT_PYTRAMP_H
+
+#include <stddef.h>
+
+/* Ask for the trampoline on (a capture starts) or off (it stopped). Agent
+ * thread; never blocks on the interpreter. No-op outside CPython >= 3.12. */
+void tb_pytramp_request(int on);
+
+/* What the trampoline did for the capture now running or just stopped, for
+ * the profile (stat TB_ST_PY_TRAMPOLINE); 0 where the process has no
+ * CPython >= 3.12 (nothing to say), else 1 with `out` filled. */
+int tb_pytramp_describe(char *out, size_t n);
+
+/* In a fork()ed child, from the sampler's atfork handler: forget queued
+ * requests (the child's Python turns a parent's trampoline off itself). */
+void tb_pytramp_atfork_child(void);
+
+/* Tests: look Python's functions up with `fn` instead of dlsym, and forget
+ * everything (state, symbols). */
+void tb_pytramp_reset_for_test(void *(*fn)(const char *name));
+
+#define TB_ST_PY_TRAMPOLINE "tbprof_python_trampoline"
+
+#endif

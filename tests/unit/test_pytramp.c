@@ -1,0 +1,384 @@
+/* test_pytramp.c - CPython's perf trampoline on for captures only
+ * (agent/pytramp.h), against a fake interpreter: the Python functions
+ * pytramp.c looks up are answered from a table here, pending calls wait in a
+ * queue until the test runs them as the main thread would, and the fake
+ * sys/atexit/os modules record what was asked of them.
+ *
+ * Checked: nothing happens outside CPython >= 3.12 or before it is
+ * initialized; a capture's start turns the trampoline on (through a pending
+ * call, never directly) and its stop off; one that was on already is left on;
+ * requests that cross before the main thread runs them leave it as the last
+ * one asked; a refusal is reported with Python's message and its exception
+ * cleared; after Python's atexit hook no pending call is queued; a fork
+ * child's hook turns ours off; a full pending queue does not wedge later
+ * requests; the perf map we caused is removed at exit, one that was there is
+ * kept. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pytramp.h"
+#include "tap.h"
+
+/* ---- the fake interpreter ------------------------------------------------------ */
+
+typedef struct fobj {
+    const char *kind; /* "module", "bool", "func", "cfunc", "tuple", "dict", "str", "exc", "none" */
+    const char *name;
+    int val;
+    const void *def; /* cfunc: its PyMethodDef */
+    struct fobj *item; /* dict: the one value set */
+} fobj;
+
+typedef struct fdef { /* PyMethodDef */
+    const char *name;
+    fobj *(*meth)(fobj *, fobj *);
+    int flags;
+    const char *doc;
+} fdef;
+
+static const char *version = "3.12.1 (main, fake)";
+static int initialized = 1, active, refuse, queue_full;
+static int (*pending[32])(void *);
+static int npending, nadded;
+static fobj mod_sys = {"module", "sys", 0, 0, 0}, mod_atexit = {"module", "atexit", 0, 0, 0},
+            mod_os = {"module", "os", 0, 0, 0}, none = {"none", "None", 0, 0, 0},
+            reg_at_fork = {"func", "register_at_fork", 0, 0, 0}, exc = {"exc", "ValueError", 0, 0, 0},
+            exc_str = {"str", "perf trampoline not available", 0, 0, 0};
+static int err_set, activations, deactivations;
+static const fdef *exit_hook, *child_hook;
+static fobj *made[64];
+static int nmade, live;
+
+static fobj *new_obj(const char *kind, const char *name)
+{
+    fobj *o = calloc(1, sizeof(*o));
+    o->kind = kind;
+    o->name = name;
+    if (nmade < 64)
+        made[nmade++] = o;
+    live++;
+    return o;
+}
+
+static int f_is_initialized(void) { return initialized; }
+static const char *f_version(void) { return version; }
+static int f_add_pending_call(int (*fn)(void *), void *arg)
+{
+    (void)arg;
+    if (queue_full || npending == 32)
+        return -1;
+    pending[npending++] = fn;
+    nadded++;
+    return 0;
+}
+static fobj *f_import(const char *name)
+{
+    if (!strcmp(name, "sys"))
+        return live++, &mod_sys;
+    if (!strcmp(name, "atexit"))
+        return live++, &mod_atexit;
+    if (!strcmp(name, "os"))
+        return live++, &mod_os;
+    err_set = 1;
+    return NULL;
+}
+static char map_file[64];
+static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
+{
+    if (o == &mod_sys && !strcmp(name, "is_stack_trampoline_active")) {
+        fobj *b = new_obj("bool", "bool");
+        b->val = active;
+        return b;
+    }
+    if (o == &mod_sys && !strcmp(name, "activate_stack_trampoline")) {
+        va_list ap;
+        va_start(ap, fmt);
+        const char *how = va_arg(ap, const char *);
+        va_end(ap);
+        if (refuse || strcmp(fmt, "s") || strcmp(how, "perf")) {
+            err_set = 1;
+            return NULL;
+        }
+        active = 1;
+        activations++;
+        FILE *f = fopen(map_file, "a"); /* CPython writes its map */
+        if (f)
+            fclose(f);
+        return live++, &none;
+    }
+    if (o == &mod_sys && !strcmp(name, "deactivate_stack_trampoline")) {
+        active = 0;
+        deactivations++;
+        return live++, &none;
+    }
+    if (o == &mod_atexit && !strcmp(name, "register")) {
+        va_list ap;
+        va_start(ap, fmt);
+        fobj *f = va_arg(ap, fobj *);
+        va_end(ap);
+        exit_hook = f->def;
+        return live++, &none;
+    }
+    err_set = 1;
+    return NULL;
+}
+static fobj *f_get_attr(fobj *o, const char *name)
+{
+    if (o == &mod_os && !strcmp(name, "register_at_fork"))
+        return live++, &reg_at_fork;
+    err_set = 1;
+    return NULL;
+}
+static fobj *f_call(fobj *f, fobj *args, fobj *kw)
+{
+    if (f == &reg_at_fork && args && kw && kw->item && !strcmp(kw->name, "after_in_child")) {
+        child_hook = kw->item->def;
+        return live++, &none;
+    }
+    err_set = 1;
+    return NULL;
+}
+static fobj *f_tuple_new(ssize_t n) { return n == 0 ? new_obj("tuple", "()") : NULL; }
+static fobj *f_dict_new(void) { return new_obj("dict", ""); }
+static int f_dict_set(fobj *d, const char *key, fobj *v)
+{
+    d->name = key;
+    d->item = v;
+    return 0;
+}
+static fobj *f_cfunction_new(const fdef *def, fobj *self, fobj *module)
+{
+    (void)self, (void)module;
+    fobj *o = new_obj("cfunc", def->name);
+    o->def = def;
+    return o;
+}
+static int f_is_true(fobj *o) { return o->val != 0; }
+static void f_incref(fobj *o) { (void)o, live++; }
+static void f_decref(fobj *o) { (void)o, live--; }
+static void f_err_fetch(fobj **t, fobj **v, fobj **tb)
+{
+    *t = *v = *tb = NULL;
+    if (err_set) {
+        *v = &exc;
+        live++;
+    }
+    err_set = 0;
+}
+static void f_err_clear(void) { err_set = 0; }
+static fobj *f_str(fobj *o) { return o == &exc ? (live++, &exc_str) : NULL; }
+static const char *f_utf8(fobj *s) { return s->name; }
+
+static int no_python;
+
+static void *fake_lookup(const char *name)
+{
+    static const struct {
+        const char *name;
+        void *fn;
+    } t[] = {
+        {"Py_GetVersion", (void *)f_version},          {"Py_IsInitialized", (void *)f_is_initialized},
+        {"Py_AddPendingCall", (void *)f_add_pending_call}, {"PyImport_ImportModule", (void *)f_import},
+        {"PyObject_CallMethod", (void *)f_call_method}, {"PyObject_GetAttrString", (void *)f_get_attr},
+        {"PyObject_Call", (void *)f_call},              {"PyTuple_New", (void *)f_tuple_new},
+        {"PyDict_New", (void *)f_dict_new},             {"PyDict_SetItemString", (void *)f_dict_set},
+        {"PyCFunction_NewEx", (void *)f_cfunction_new}, {"PyObject_IsTrue", (void *)f_is_true},
+        {"Py_IncRef", (void *)f_incref},                {"Py_DecRef", (void *)f_decref},
+        {"PyErr_Fetch", (void *)f_err_fetch},           {"PyErr_Clear", (void *)f_err_clear},
+        {"PyObject_Str", (void *)f_str},                {"PyUnicode_AsUTF8", (void *)f_utf8},
+        {"_Py_NoneStruct", (void *)&none},
+    };
+    if (no_python)
+        return NULL;
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (!strcmp(t[i].name, name))
+            return t[i].fn;
+    return NULL;
+}
+
+/* The main thread reaching its next bytecode: run what is queued. */
+static void run_pending(void)
+{
+    while (npending) {
+        int (*fn)(void *) = pending[0];
+        memmove(pending, pending + 1, sizeof(pending[0]) * (size_t)--npending);
+        CHECK_EQ_I(fn(NULL), 0);
+        CHECK_EQ_I(err_set, 0); /* never leaves an exception for the job's code */
+    }
+}
+
+static void call_hook(const fdef *d)
+{
+    CHECK(d != NULL);
+    if (d) {
+        fobj *r = d->meth(NULL, NULL);
+        CHECK(r == &none); /* a new reference to None: returns normally */
+        live--;
+    }
+}
+
+static void reset(void)
+{
+    tb_pytramp_reset_for_test(fake_lookup);
+    version = "3.12.1 (main, fake)";
+    initialized = 1;
+    active = refuse = queue_full = npending = nadded = err_set = activations = deactivations = 0;
+    exit_hook = child_hook = NULL;
+    no_python = 0;
+    unlink(map_file);
+}
+
+static const char *describe(void)
+{
+    static char buf[256];
+    if (!tb_pytramp_describe(buf, sizeof(buf)))
+        snprintf(buf, sizeof(buf), "(nothing)");
+    return buf;
+}
+
+int main(void)
+{
+    snprintf(map_file, sizeof(map_file), "/tmp/perf-%d.map", (int)getpid());
+
+    /* no Python in the process; a CPython without trampolines */
+    reset();
+    no_python = 1;
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 0);
+    CHECK_STR(describe(), "(nothing)");
+    reset();
+    version = "3.11.4 (main, fake)";
+    tb_pytramp_request(1);
+    tb_pytramp_request(0);
+    CHECK_EQ_I(nadded, 0);
+    CHECK_STR(describe(), "(nothing)");
+
+    /* a capture: on at its start through a pending call, off after it */
+    reset();
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 1);
+    CHECK_EQ_I(active, 0); /* nothing until the main thread runs it */
+    CHECK(strstr(describe(), "off (asked for") != NULL);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    CHECK(strstr(describe(), "on during the capture") != NULL);
+    CHECK(exit_hook != NULL && child_hook != NULL);
+    CHECK_EQ_I(access(map_file, F_OK), 0);
+    tb_pytramp_request(0);
+    CHECK_EQ_I(nadded, 2);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+    CHECK_EQ_I(deactivations, 1);
+    CHECK(strstr(describe(), "on during the capture") != NULL); /* what the capture had */
+    /* the next capture: on again; the hooks are not registered twice */
+    const fdef *first_exit = exit_hook;
+    exit_hook = NULL;
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    CHECK_EQ_I(activations, 2);
+    CHECK(exit_hook == NULL && first_exit != NULL);
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+    /* Python exits: the map our trampolines made goes; nothing is queued after */
+    call_hook(first_exit);
+    CHECKF(access(map_file, F_OK) != 0, "%s left behind", map_file);
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 4);
+    CHECK_STR(describe(), "off (the interpreter was not running)");
+
+    /* requests that cross before the main thread gets to them: one pending
+     * call, and the last request wins */
+    reset();
+    tb_pytramp_request(1);
+    tb_pytramp_request(0);
+    CHECK_EQ_I(nadded, 1);
+    run_pending();
+    CHECK_EQ_I(activations, 0);
+    CHECK_EQ_I(active, 0);
+    tb_pytramp_request(0);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+
+    /* on before the capture (PYTHONPERFSUPPORT=1): left on, and its map kept */
+    reset();
+    active = 1;
+    FILE *f = fopen(map_file, "w");
+    if (f)
+        fclose(f);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_STR(describe(), "on for the whole run (PYTHONPERFSUPPORT=1 or the program)");
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    CHECK_EQ_I(deactivations, 0);
+    call_hook(exit_hook);
+    CHECK_EQ_I(access(map_file, F_OK), 0);
+
+    /* a map that was there before we turned it on is kept at exit */
+    reset();
+    f = fopen(map_file, "w");
+    if (f)
+        fclose(f);
+    tb_pytramp_request(1);
+    run_pending();
+    tb_pytramp_request(0);
+    run_pending();
+    call_hook(exit_hook);
+    CHECK_EQ_I(access(map_file, F_OK), 0);
+
+    /* refused (a build without trampolines): Python's message, no exception left */
+    reset();
+    refuse = 1;
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_STR(describe(), "off: sys.activate_stack_trampoline(\"perf\"): perf trampoline not available");
+    CHECK_EQ_I(active, 0);
+
+    /* before Py_Initialize / after finalizing: no pending call */
+    reset();
+    initialized = 0;
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 0);
+    CHECK_STR(describe(), "off (the interpreter was not running)");
+
+    /* a fork()ed child turns the parent's capture's trampoline off */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    tb_pytramp_atfork_child(); /* fork(): the C side first */
+    call_hook(child_hook);     /* then Python's after_in_child */
+    CHECK_EQ_I(active, 0);
+    CHECK_EQ_I(deactivations, 1);
+    /* the child's own capture later still works */
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+
+    /* a full pending queue: that request is lost, the next one is queued */
+    reset();
+    queue_full = 1;
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 0);
+    queue_full = 0;
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    tb_pytramp_request(0);
+    run_pending();
+
+    /* every reference taken was given back */
+    CHECKF(live == 0, "%d references not released", live);
+    for (int i = 0; i < nmade; i++)
+        free(made[i]);
+    unlink(map_file);
+    return tap_done();
+}
