@@ -1001,7 +1001,8 @@ static int gpu_collect(void *ctx, tb_space *space)
                           .api_name = api_name,
                           .demangle = 1,
                           .graph_corr_unreliable = graph_corr_unreliable(g.last.cupti_api_version),
-                          .api_all = tb_config_get()->cuda_api_all};
+                          .api_all = tb_config_get()->cuda_api_all,
+                          .cupti_api = g.last.cupti_api_version};
     tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
     int rc = 0;
     if (!t) {

@@ -1018,8 +1018,10 @@ void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
     case CUPTI_ACTIVITY_KIND_OVERHEAD: {
         CUpti_ActivityOverhead3 *o = (CUpti_ActivityOverhead3 *)r;
         do_overhead(t, o);
-        free(o->overheadData); /* CUPTI: the client frees it */
-        o->overheadData = NULL;
+        if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3) { /* else not this record's field */
+            free(o->overheadData); /* CUPTI: the client frees it */
+            o->overheadData = NULL;
+        }
         break;
     }
     case CUPTI_ACTIVITY_KIND_MEMORY2:
@@ -1043,8 +1045,10 @@ void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
     case CUPTI_ACTIVITY_KIND_DEVICE: {
         CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
         do_device(t, v);
-        free((void *)v->name); /* CUPTI: the client frees it */
-        v->name = NULL;
+        if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED) { /* else CUPTI's own string */
+            free((void *)v->name); /* CUPTI: the client frees it */
+            v->name = NULL;
+        }
         break;
     }
     case CUPTI_ACTIVITY_KIND_CONTEXT: {

@@ -61,7 +61,22 @@ typedef struct tb_cupti_tr_opts {
      * correlation_id, so no flow or NVTX range is drawn from a wrong id */
     int graph_corr_unreliable;
     int api_all; /* record every API call; else tb_cupti_api_is_quiet ones are left out */
+    /* cuptiGetVersion() of the libcupti that wrote the records (0: unknown):
+     * which versions of them carry memory the client frees (below) */
+    uint32_t cupti_api;
 } tb_cupti_tr_opts;
+
+/* From this CUPTI API version (CUDA 12.4) overhead records are Overhead3,
+ * whose overheadData the client frees; older ones end before that field
+ * (Overhead2: 48 bytes, Overhead: 40), so the bytes there are the next
+ * record's. */
+#define TB_CUPTI_API_OVERHEAD3 22u
+/* From this version (CUDA 13.0) a device record's name is the client's to
+ * free; older Device4 records share CUPTI's own string ("should not be
+ * modified"). Device5 came in a late 12.x, whose names are then left
+ * unfreed: a few bytes per device and capture, against freeing a string
+ * CUPTI still uses. */
+#define TB_CUPTI_API_DEVICE_NAME_OWNED 130000u
 
 typedef struct tb_cupti_tr tb_cupti_tr;
 

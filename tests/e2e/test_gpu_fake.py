@@ -51,6 +51,20 @@ sync type=stream stream=9 corr=107 start=1410 end=1415
 
 KERNELS = {"relu_kernel": 2, "sgemm_128x64": 1}
 
+# overhead records between the kernels: each older record is shorter, so the
+# next record starts where Overhead3's overheadData would be
+OVERHEAD_SCRIPT = DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=101 start=1000 end=1004
+overhead ovkind=flush obj=device start=1001 end=1002
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=101 grid=80,1,1 block=512,1,1 regs=16
+overhead ovkind=compiler obj=thread tid=main start=1003 end=1004
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=102 start=1005 end=1008
+kernel name=relu_kernel start=1031 end=1050 stream=7 corr=102 grid=80,1,1 block=512,1,1 regs=16
+overhead ovkind=flush obj=device start=1040 end=1041
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=103 start=1009 end=1012
+kernel name=sgemm_128x64 start=1051 end=1151 stream=7 corr=103 grid=16,8,1 block=256,1,1 regs=128
+"""
+
 MEMORY_SCRIPT = """\
 context ctx=1 dev=0
 runtime name=cudaFree_v3020 cbid=22 tid=main corr=201 start=1000 end=1010
@@ -527,6 +541,29 @@ class GpuFake(tbtest.TestCase):
                                      prof.host.stats.get("tbprof_cupti_teardown"), version == "130001")
                 warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "CUDA-graph events" in l]
                 self.assertEqual(len(warn), 1 if version == "130001" else 0, p.stderr)
+
+    def test_records_of_older_cuptis(self):
+        # What a CUPTI writes depends on its version: before CUDA 12.4 an
+        # overhead record ends before Overhead3's overheadData (the bytes
+        # there are the next record's: freeing them crashed the job), and
+        # before CUDA 13.0 the device record's name is CUPTI's own string
+        # (not to be freed). Each version's records give the same profile,
+        # and the job exits normally (under ASan: no bad free, no leak).
+        with open(self.script, "w") as f:
+            f.write(OVERHEAD_SCRIPT)
+        for version in ("19", "21", "22", "130001"):
+            with self.subTest(version=version):
+                self.logdir = os.path.join(self.tmp, "logs" + version)
+                self.report = os.path.join(self.tmp, "fake%s.log" % version)
+                self.run_steps(["-n", "10", "-m", "10", "-a", "2,6", "-r"], TBFAKE_CUPTI_VERSION=version)
+                prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+                dev = prof.plane("/device:GPU:0")
+                kernels = sorted(e.name for e in dev.events() if "kernel_details" in e.stats)
+                self.assertEqual(kernels, ["relu_kernel", "relu_kernel", "sgemm_128x64"])
+                over = sorted(e.name for e in dev.events() + prof.host.line(self.pid).events
+                              if e.name in ("BUFFER_FLUSH", "COMPILER"))
+                self.assertEqual(over, ["BUFFER_FLUSH", "BUFFER_FLUSH", "COMPILER"])
+                self.assertEqual(dev.stats.get("core_count"), 108)
 
     def test_quiet_cuda_calls_left_out(self):
         # the constant queries are not recorded by CUPTI (asked per call,

@@ -160,6 +160,11 @@ static long envl(const char *n, long def)
     return v && *v ? strtol(v, NULL, 0) : def;
 }
 
+/* cuptiGetVersion()'s answer (TBFAKE_CUPTI_VERSION, default the header's) */
+static long api_version(void) { return envl("TBFAKE_CUPTI_VERSION", CUPTI_API_VERSION); }
+#define FAKE_API_OVERHEAD3 22          /* CUDA 12.4 */
+#define FAKE_API_DEVICE_NAME_OWNED 130000 /* CUDA 13.0 */
+
 static uint64_t fake_clock(void)
 {
 #ifndef FAKE_OLD
@@ -376,7 +381,13 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
             x->domain = e || !dom ? NULL : keep(dom);
         }
     } else if (!strcmp(k, "overhead")) {
-        if (!(r = push(CUPTI_ACTIVITY_KIND_OVERHEAD, sizeof(CUpti_ActivityOverhead3))))
+        /* the record the reported version writes: Overhead3 (with
+         * overheadData) from CUDA 12.4, Overhead2 in 12.2-12.3, Overhead before */
+        long v = api_version();
+        size_t sz = v >= FAKE_API_OVERHEAD3 ? sizeof(CUpti_ActivityOverhead3)
+                    : v >= 20               ? sizeof(CUpti_ActivityOverhead2)
+                                            : sizeof(CUpti_ActivityOverhead);
+        if (!(r = push(CUPTI_ACTIVITY_KIND_OVERHEAD, sz)))
             return;
         CUpti_ActivityOverhead3 *x = &r->u.ov;
         const char *ok = kv(tok, ntok, "ovkind");
@@ -764,13 +775,17 @@ static int running(const rec *r, uint64_t now)
 
 /* What CUPTI allocates for the client to free() (the header says so): a
  * device record's name, an overhead record's data (the fake gives every
- * overhead record some). A client that does not free them leaks under LSan. */
+ * overhead record some). A client that does not free them leaks under LSan.
+ * Older CUPTIs (by TBFAKE_CUPTI_VERSION) own the device name ("shared across
+ * all activity records": freeing it breaks CUPTI) and write overhead records
+ * without the data field (freeing what sits there crashes). */
 static void give_to_client(uint32_t kind, uint8_t *rec)
 {
-    if (kind == CUPTI_ACTIVITY_KIND_DEVICE) {
-        CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)rec;
-        v->name = v->name ? strdup(v->name) : NULL;
-    } else if (kind == CUPTI_ACTIVITY_KIND_OVERHEAD) {
+    long v = api_version();
+    if (kind == CUPTI_ACTIVITY_KIND_DEVICE && v >= FAKE_API_DEVICE_NAME_OWNED) {
+        CUpti_ActivityDevice5 *d = (CUpti_ActivityDevice5 *)rec;
+        d->name = d->name ? strdup(d->name) : NULL;
+    } else if (kind == CUPTI_ACTIVITY_KIND_OVERHEAD && v >= FAKE_API_OVERHEAD3) {
         ((CUpti_ActivityOverhead3 *)rec)->overheadData = calloc(1, 16);
     }
 }
@@ -955,7 +970,7 @@ API CUptiResult cuptiGetResultString(CUptiResult r, const char **s)
 
 API CUptiResult cuptiGetVersion(uint32_t *v)
 {
-    *v = (uint32_t)envl("TBFAKE_CUPTI_VERSION", CUPTI_API_VERSION);
+    *v = (uint32_t)api_version();
     return CUPTI_SUCCESS;
 }
 
