@@ -220,6 +220,8 @@ static int src_start(void *ctx, const tb_capture_info *info, const char **why)
     size_t budget = info->buffer_bytes < MIN_BUDGET ? MIN_BUDGET : info->buffer_bytes;
     R.cap = budget / 2 / sizeof(rec);
     R.name_cap = budget / 2;
+    if (R.name_cap > UINT32_MAX) /* rec.name_off is 32 bits (TBPROF_BUFFER_MB near its maximum) */
+        R.name_cap = UINT32_MAX;
     R.recs = calloc(R.cap, sizeof(rec)); /* ready = 0 */
     R.names = malloc(R.name_cap);
     if (!R.recs || !R.names) {
