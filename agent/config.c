@@ -106,8 +106,14 @@ static const var vars[] = {
      "once the process has a second thread (no thread of ours in single-threaded programs), on: "
      "served from start-up",
      "control socket off", "off", F(socket), 0, 0},
+    {"TBPROF_PYTHON_HELPER", T_BOOL, "on", "on | off",
+     "a Python started with libtbprof.so in LD_PRELOAD gets tbprof's Python helper as under `tbprof "
+     "run`: share/tbprof/python (beside the library) first on PYTHONPATH, and the PyTorch, JAX and "
+     "TensorFlow step hooks on where their variables are unset",
+     "helper left out", "off", F(python_helper), 0, 0},
     {"TBPROF_PYTORCH_HOOK", T_BOOL, "off", "on | off",
-     "Python: count optimizer steps as tbprof steps (set by `tbprof run`)", "hook off", "off",
+     "Python: count optimizer steps as tbprof steps (set by `tbprof run`, and in a preloaded Python by "
+     "TBPROF_PYTHON_HELPER)", "hook off", "off",
      F(pytorch_hook), 0, 0},
     {"TBPROF_TORCH_OPS", T_OPS, "off", "on | off | shapes",
      "Python, with the PyTorch hook: torch's NVTX op ranges (emit_nvtx) on from the first optimizer "

@@ -77,6 +77,7 @@ typedef struct tb_config {
     char host[TB_CONFIG_STR]; /* TBPROF_HOST; "" = derived */
     int trace_json;    /* TBPROF_TRACE_JSON */
     int socket;        /* TBPROF_SOCKET: tb_socket_mode */
+    int python_helper; /* TBPROF_PYTHON_HELPER: the helper on PYTHONPATH of a preloaded Python */
     int pytorch_hook;  /* TBPROF_PYTORCH_HOOK (read by the Python helper) */
     int torch_ops;     /* TBPROF_TORCH_OPS (likewise): 0 off, 1 on, 2 with input shapes */
     int xla_ranges;    /* TBPROF_XLA_RANGES: accept XLA's NVTX domain "TSL" */

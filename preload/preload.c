@@ -18,6 +18,7 @@
 #include "cudasteps.h"
 #include "log.h"
 #include "nvtx_record.h"
+#include "python_env.h"
 #include "sampler.h"
 #include "tbprof/tbprof.h"
 #include "thread_hook.h"
@@ -42,6 +43,8 @@ static void init(void)
     tb_config_load(&c, NULL, NULL);
     int hooked = tb_thread_hook_active();
     tb_agent_set_threads_hooked(hooked);
+    if (hooked && c.python_helper) /* preloaded: still before main() */
+        tb_python_env_setup();
     if (c.socket == TB_SOCKET_AUTO && !hooked) {
         /* nobody will tell the agent about the job's threads (the library
          * was dlopen()ed after libc): serve from now */

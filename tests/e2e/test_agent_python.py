@@ -428,6 +428,37 @@ class Python(PyBase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [3, 4, 5, 6])
 
+    def test_optimizer_hook_no_code_change_via_ld_preload(self):
+        # the README's first line, LD_PRELOAD alone: the agent puts the
+        # helper on PYTHONPATH itself, so the optimizer's steps are steps;
+        # TBPROF_PYTHON_HELPER=off leaves the job's environment alone
+        fake = self.fake_packages()
+        s = self.script("train.py", WORK + textwrap.dedent("""\
+            import os, torch
+            opt = torch.optim.SGD()
+            for i in range(15):
+                work()
+                opt.step()
+            print("path", os.environ.get("PYTHONPATH"))
+            """))
+        for helper in ("on", "off"):
+            with self.subTest(helper=helper):
+                logdir = os.path.join(self.tmp, "preload-" + helper)
+                e = tbtest.env(logdir, python=True, steps="3,6", python_helper=helper)
+                e["PYTHONPATH"] = fake
+                p = tbtest.run([tbtest.PYTHON, s], env=e)
+                self.assertExitedOk(p)
+                path = [l.split(" ", 1)[1] for l in p.stdout.splitlines() if l.startswith("path ")][0]
+                if helper == "off":
+                    self.assertEqual(path, fake)
+                    self.assertEqual(tbtest.xplanes(logdir), [])
+                    continue
+                helper_dir = os.path.realpath(os.path.join(tbtest.BUILD, "share", "tbprof", "python"))
+                self.assertEqual(path, helper_dir + ":" + fake)
+                files = tbtest.xplanes(logdir)
+                self.assertEqual(len(files), 1, p.stderr)
+                self.assertEqual(nums(files[0]), [3, 4, 5, 6])
+
     def test_script_steps_and_hook_count_each_step_once(self):
         # The script marks its own steps and `tbprof run` installs the
         # optimizer hook as well: two boundaries per iteration. The first

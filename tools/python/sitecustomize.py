@@ -19,12 +19,20 @@ import os
 import sys
 
 
+def _helper_copy(folder):
+    folder = folder or "."
+    return (os.path.isfile(os.path.join(folder, "sitecustomize.py"))
+            and os.path.isfile(os.path.join(folder, "tbprof", "__init__.py")))
+
+
 def _chain():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         import importlib.machinery
         import importlib.util
-        path = [p for p in sys.path if os.path.abspath(p or ".") != here]
+        # not this folder, nor another copy of this helper (the build's and
+        # the source's, or two installs: each would chain to the other)
+        path = [p for p in sys.path if os.path.abspath(p or ".") != here and not _helper_copy(p)]
         spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
         if spec is None or spec.loader is None:
             return

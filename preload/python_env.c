@@ -1,0 +1,96 @@
+/* python_env.c - tbprof's Python helper for a Python started with the agent
+ * preloaded (TBPROF_PYTHON_HELPER=on, the default), as `tbprof run` gives it.
+ *
+ * `LD_PRELOAD=libtbprof.so TBPROF_STEPS=10,20 python train.py` is the
+ * product's first line, and a PyTorch/JAX/Keras script marks no steps of its
+ * own: the step hooks live in tools/python's sitecustomize.py, which Python
+ * runs only from its path. So the constructor, still before the
+ * interpreter's start-up reads its environment, puts the helper's folder
+ * (installed beside the library: <lib>/../share/tbprof/python) first on
+ * PYTHONPATH and turns the three hooks on where their variables are unset.
+ * Children inherit both, as they inherit LD_PRELOAD. Nothing happens in a
+ * process whose interpreter is running already (the agent dlopen()ed from
+ * Python), one without CPython, or when the helper is not installed there.
+ */
+#include "python_env.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* 1 when `dir` is one of the ':'-separated entries of `path` */
+static int on_path(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    for (const char *p = path; p && *p;) {
+        size_t l = strcspn(p, ":");
+        if (l == n && !strncmp(p, dir, n))
+            return 1;
+        p += l;
+        if (*p == ':')
+            p++;
+    }
+    return 0;
+}
+
+/* The helper's folder beside this library, or -1. */
+static int helper_dir(char *out, size_t n)
+{
+    Dl_info di;
+    if (!dladdr((void *)tb_python_env_setup, &di) || !di.dli_fname)
+        return -1;
+    char lib[PATH_MAX], want[PATH_MAX + 32];
+    if (!realpath(di.dli_fname, lib))
+        return -1;
+    char *slash = strrchr(lib, '/');
+    if (!slash)
+        return -1;
+    *slash = '\0';
+    snprintf(want, sizeof(want), "%s/../share/tbprof/python", lib);
+    char dir[PATH_MAX], site[PATH_MAX + 32];
+    if (!realpath(want, dir))
+        return -1;
+    snprintf(site, sizeof(site), "%s/sitecustomize.py", dir);
+    if (access(site, R_OK) != 0 || strlen(dir) >= n)
+        return -1;
+    snprintf(out, n, "%s", dir);
+    return 0;
+}
+
+int tb_python_env_setup(void)
+{
+    int (*initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+    const char *(*version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+    if (!initialized || !version || initialized() || version()[0] != '3')
+        return 0; /* not a CPython 3 about to start */
+    char dir[PATH_MAX];
+    if (helper_dir(dir, sizeof(dir)) < 0) {
+        tb_debug("python: no helper beside libtbprof.so (share/tbprof/python): no step hooks");
+        return 0;
+    }
+    const char *old = getenv("PYTHONPATH");
+    if (!on_path(old, dir)) {
+        size_t n = strlen(dir) + (old ? strlen(old) : 0) + 2;
+        char *v = malloc(n);
+        if (!v)
+            return 0;
+        if (old && *old)
+            snprintf(v, n, "%s:%s", dir, old);
+        else
+            snprintf(v, n, "%s", dir);
+        int rc = setenv("PYTHONPATH", v, 1);
+        free(v);
+        if (rc)
+            return 0;
+    }
+    static const char *const hooks[] = {"TBPROF_PYTORCH_HOOK", "TBPROF_JAX_HOOK", "TBPROF_TF_HOOK"};
+    for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
+        setenv(hooks[i], "on", 0);
+    tb_debug("python: %s first on PYTHONPATH, step hooks on (TBPROF_PYTHON_HELPER=off: neither)", dir);
+    return 1;
+}

@@ -1,0 +1,10 @@
+/* python_env.h - tbprof's Python helper (step hooks) for a Python started
+ * with the agent preloaded; see python_env.c. */
+#ifndef TBPROF_PRELOAD_PYTHON_ENV_H
+#define TBPROF_PRELOAD_PYTHON_ENV_H
+
+/* From the constructor, before main(): in a CPython 3 that has not started,
+ * put the helper on PYTHONPATH and the step hooks on. 1 when done. */
+int tb_python_env_setup(void);
+
+#endif
