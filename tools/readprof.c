@@ -2,6 +2,7 @@
 #include "readprof.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,6 +270,89 @@ int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_
     return 2;
 }
 
+/* Where a write to `out` really goes when `out` is a symlink: the final
+ * target, which may not exist yet (a dangling link). Returns a malloc'ed
+ * path, or NULL with errno set. */
+static char *link_target(const char *out)
+{
+    char *cur = strdup(out);
+    for (int hop = 0; cur && hop < 40; hop++) {
+        struct stat st;
+        if (lstat(cur, &st) < 0 || !S_ISLNK(st.st_mode))
+            return cur; /* missing: the file to create; else what to replace */
+        char *full = realpath(cur, NULL);
+        if (full) {
+            free(cur);
+            return full;
+        }
+        char to[PATH_MAX];
+        ssize_t n = readlink(cur, to, sizeof(to) - 1);
+        if (n < 0) {
+            free(cur);
+            return NULL;
+        }
+        to[n] = '\0';
+        char *next;
+        const char *slash = strrchr(cur, '/');
+        if (to[0] == '/' || !slash) {
+            next = strdup(to);
+        } else {
+            size_t dl = (size_t)(slash - cur) + 1;
+            next = malloc(dl + (size_t)n + 1);
+            if (next) {
+                memcpy(next, cur, dl);
+                memcpy(next + dl, to, (size_t)n + 1);
+            }
+        }
+        free(cur);
+        cur = next;
+    }
+    if (cur) {
+        free(cur);
+        errno = ELOOP;
+    }
+    return NULL;
+}
+
+/* Write straight into `out` (a device, FIFO or socket: no temporary, no
+ * rename, which would put a regular file in its place). */
+static int write_direct(const char *out, int (*fn)(FILE *, void *), void *arg)
+{
+    FILE *f = fopen(out, "w");
+    if (!f)
+        return -errno;
+    int r = fn(f, arg);
+    if (r == 0 && fflush(f) != 0)
+        r = -errno;
+    if (fclose(f) != 0 && r == 0)
+        r = -errno;
+    return r;
+}
+
+/* Write `path` through `path`.tmp.<pid> and rename: readers never see a
+ * half-written file, and nothing is left on failure. */
+static int write_replace(const char *path, int (*fn)(FILE *, void *), void *arg)
+{
+    char *tmp = malloc(strlen(path) + 32);
+    if (!tmp)
+        return -ENOMEM;
+    sprintf(tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wx");
+    int r = f ? fn(f, arg) : -errno;
+    if (f) {
+        if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+            r = -errno;
+        if (fclose(f) != 0 && r == 0)
+            r = -errno;
+    }
+    if (r == 0 && rename(tmp, path) != 0)
+        r = -errno;
+    if (r < 0 && f)
+        unlink(tmp);
+    free(tmp);
+    return r;
+}
+
 int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg)
 {
     if (!strcmp(out, "-")) {
@@ -280,27 +364,20 @@ int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *),
         }
         return 0;
     }
-    char *tmp = malloc(strlen(out) + 32);
-    if (!tmp) {
-        fprintf(stderr, "tbprof %s: out of memory\n", cmd);
+    int r;
+    struct stat st, lst;
+    if (stat(out, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        r = write_direct(out, fn, arg); /* /dev/null, /dev/stdout, a FIFO... */
+    } else if (lstat(out, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+        char *target = link_target(out); /* replace the target; the link stays */
+        r = target ? write_replace(target, fn, arg) : -errno;
+        free(target);
+    } else {
+        r = write_replace(out, fn, arg);
+    }
+    if (r < 0) {
+        fprintf(stderr, "tbprof %s: cannot write %s: %s\n", cmd, out, strerror(-r));
         return 2;
     }
-    sprintf(tmp, "%s.tmp.%d", out, (int)getpid());
-    FILE *f = fopen(tmp, "wx");
-    int r = f ? fn(f, arg) : -errno;
-    if (f) {
-        if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-            r = -errno;
-        if (fclose(f) != 0 && r == 0)
-            r = -errno;
-    }
-    if (r == 0 && rename(tmp, out) != 0)
-        r = -errno;
-    if (r < 0) {
-        if (f)
-            unlink(tmp);
-        fprintf(stderr, "tbprof %s: cannot write %s: %s\n", cmd, out, strerror(-r));
-    }
-    free(tmp);
-    return r < 0 ? 2 : 0;
+    return 0;
 }

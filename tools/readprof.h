@@ -60,8 +60,11 @@ int tb_profset_fold(tb_profset *ps, tb_fold_what what, tb_profset_folded *out);
 void tb_profset_folded_free(tb_profset_folded *pf);
 
 /* Write OUT atomically (OUT.tmp.<pid>, then rename; nothing is left on
- * failure), or to stdout when out is "-". fn writes the content. Returns 0,
- * or 2 after printing "tbprof CMD: cannot write OUT: why". */
+ * failure), or to stdout when out is "-". When OUT is a symlink, its target
+ * is replaced that way (the link stays); when OUT is (or links to) a device,
+ * FIFO or socket, it is opened and written directly, never replaced. fn
+ * writes the content. Returns 0, or 2 after printing "tbprof CMD: cannot
+ * write OUT: why". */
 int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *), void *arg);
 /* tb_profset_fold, for a command that shows what it folded: 0 when there
  * is something to show; 2 after saying on stderr why not ("tbprof CMD:

@@ -205,6 +205,66 @@ class Convert(ts.Base):
                                    r"py::step:/x/loop.py\n\s+100.0 us\s+22.2%\s+main\n\s+50.0 us\s+11.1%\s+"
                                    r"\[CUDA call not in the capture\]\n")
 
+    def test_fifo_symlink_and_device_outputs_are_not_replaced(self):
+        """--to a named pipe, a symlink or a device writes into it; it never
+        puts a regular file in its place (as root, --to /dev/null must not
+        replace the system's /dev/null)."""
+        import stat
+        # a FIFO with a reader: the content goes down the pipe, the FIFO stays
+        fifo = self.out("pipe.folded")
+        os.mkfifo(fifo)
+        rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so the writer's open returns
+        try:
+            p = run("convert", self.file, "--to", fifo)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            data = b""
+            while True:
+                chunk = os.read(rfd, 65536)  # b"" at EOF (writer gone, or never came)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(rfd)
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced")
+        self.assertEqual(parse_folded(data.decode()), WANT)
+        # a symlink to a file: the target gets the content, the link stays a link
+        os.mkdir(self.out("real"))
+        target = os.path.join(self.out("real"), "cpu.folded")
+        write(target, b"old\n")
+        link = self.out("link.folded")
+        os.symlink(target, link)
+        p = run("convert", self.file, "--to", link)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(os.path.islink(link))
+        self.assertEqual(os.readlink(link), target)
+        with open(target, encoding="utf-8") as f:
+            self.assertEqual(parse_folded(f.read()), WANT)
+        # a dangling relative symlink: the file is made where it points
+        dangling = self.out("dangling.svg")
+        os.symlink("real/new.svg", dangling)
+        p = run("flame", self.file, "-o", dangling)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(os.path.islink(dangling))
+        ET.parse(os.path.join(self.out("real"), "new.svg"))
+        for d in (self.tmp, self.out("real")):
+            self.assertEqual([f for f in os.listdir(d) if ".tmp." in f], [])
+        # a link to this process's stdout (what /dev/stdout is): into the pipe
+        out = self.out("stdout.folded")
+        os.symlink("/proc/self/fd/1", out)
+        p = run("convert", self.file, "--to", out)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(parse_folded(p.stdout), WANT)
+        self.assertTrue(os.path.islink(out))
+        # a character device of our own (a null device; making one needs root)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            null = self.out("null")
+            os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            for args in (("convert", self.file, "--to", null, "--format", "folded"),
+                         ("flame", self.file, "-o", null)):
+                p = run(*args)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertTrue(stat.S_ISCHR(os.lstat(null).st_mode), "%s replaced the device" % args[0])
+
     def test_progress_only_for_terminals_or_large_inputs(self):
         p = run("convert", self.file, "--to", self.out("q.folded"))
         self.assertEqual(p.stderr, "")  # small input, stderr a pipe: quiet
