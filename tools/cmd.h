@@ -9,4 +9,11 @@
 #include "commands.def"
 #undef TB_CMD
 
+/* The agent library `tbprof run` preloads (libtbprof.so in ../lib next to
+ * this binary, resolved) into lib (PATH_MAX bytes or more): 0, or -1 after
+ * saying on stderr why it cannot be preloaded ("tbprof CMD: ..."), e.g. a
+ * path with a space or colon, where ld.so splits LD_PRELOAD. */
+#include <stddef.h>
+int tb_agent_lib(const char *cmd, char *lib, size_t n);
+
 #endif

@@ -214,6 +214,9 @@ int cmd_doctor(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    char lib[PATH_MAX];
+    if (tb_agent_lib("doctor", lib, sizeof(lib)) < 0)
+        return 2; /* the test capture could not load the agent either */
     const char *tmp = getenv("TMPDIR");
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s/tbprof-doctor.XXXXXX", tmp && *tmp ? tmp : "/tmp");

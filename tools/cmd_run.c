@@ -53,6 +53,32 @@ static int dir_of_exe(char *out, size_t n)
     return 0;
 }
 
+int tb_agent_lib(const char *cmd, char *lib, size_t n)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    if (n < PATH_MAX || dir_of_exe(dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "tbprof %s: cannot find my own path\n", cmd);
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/../lib/libtbprof.so", dir);
+    if (!realpath(path, lib)) {
+        fprintf(stderr, "tbprof %s: %s: %s\n", cmd, path, strerror(errno));
+        return -1;
+    }
+    /* ld.so splits LD_PRELOAD at spaces and colons (and tabs): such a path
+     * would be preloaded as pieces that do not exist, and nothing profiled */
+    const char *bad = strpbrk(lib, " :\t");
+    if (bad) {
+        fprintf(stderr,
+                "tbprof %s: cannot preload %s: its path has a %s, and ld.so splits LD_PRELOAD at "
+                "spaces, tabs and colons, so the agent would not load; install tbprof under a path "
+                "without them\n",
+                cmd, lib, *bad == ' ' ? "space" : *bad == ':' ? "colon" : "tab");
+        return -1;
+    }
+    return 0;
+}
+
 /* Append `add` to a colon-separated list variable unless already there. */
 static int add_path(const char *var, const char *add, int front)
 {
@@ -162,16 +188,9 @@ int cmd_run(int argc, char **argv)
         return 2;
     }
     char dir[PATH_MAX], path[PATH_MAX + 64];
-    if (dir_of_exe(dir, sizeof(dir)) < 0) {
-        fprintf(stderr, "tbprof run: cannot find my own path\n");
-        return 2;
-    }
-    snprintf(path, sizeof(path), "%s/../lib/libtbprof.so", dir);
     char lib[PATH_MAX];
-    if (!realpath(path, lib)) {
-        fprintf(stderr, "tbprof run: %s: %s\n", path, strerror(errno));
+    if (tb_agent_lib("run", lib, sizeof(lib)) < 0 || dir_of_exe(dir, sizeof(dir)) < 0)
         return 2;
-    }
     add_path("LD_PRELOAD", lib, 0); /* after a sanitizer runtime, if any */
     snprintf(path, sizeof(path), "%s/../share/tbprof/python", dir);
     char py[PATH_MAX];

@@ -89,6 +89,30 @@ class Doctor(tbtest.TestCase):
         self.assertEqual(p.returncode, 2)
         self.assertIn("unknown option '--frobnicate'", p.stderr)
 
+    def test_install_path_with_a_space(self):
+        """ld.so splits LD_PRELOAD at spaces and colons: `tbprof run` and
+        `doctor` from such an install say so (exit 2) instead of running the
+        job with nothing preloaded."""
+        import shutil
+        root = os.path.join(self.tmp, "with space")
+        os.makedirs(os.path.join(root, "bin"))
+        os.makedirs(os.path.join(root, "lib"))
+        cli = shutil.copy2(tbtest.CLI, os.path.join(root, "bin", "tbprof"))
+        lib = shutil.copy2(tbtest.LIB, os.path.join(root, "lib", "libtbprof.so"))
+        env = tbtest.env(preload=False)
+        env["TMPDIR"] = self.tmp
+        marker = os.path.join(self.tmp, "ran")
+        p = tbtest.run([cli, "run", "--logdir", self.logdir, "--", "touch", marker], env=env)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("tbprof run: cannot preload %s: its path has a space, and ld.so splits LD_PRELOAD" % lib,
+                      p.stderr)
+        self.assertFalse(os.path.exists(marker), "the job ran without the agent")
+        p = tbtest.run([cli, "doctor"], env=env)
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("tbprof doctor: cannot preload %s: its path has a space, and ld.so splits LD_PRELOAD" % lib,
+                      p.stderr)
+        self.assertEqual([f for f in os.listdir(self.tmp) if f.startswith("tbprof-doctor")], [])
+
 
 if __name__ == "__main__":
     tbtest.main()
