@@ -69,7 +69,9 @@ typedef struct job {
 static int put_buf(FILE *f, void *arg)
 {
     const tb_buf *b = ((job *)arg)->buf;
-    return fwrite(b->data, 1, b->len, f) == b->len ? 0 : -EIO;
+    if (fwrite(b->data, 1, b->len, f) == b->len)
+        return 0;
+    return errno ? -errno : -EIO;
 }
 
 static int put_folded(FILE *f, void *arg)

@@ -1,4 +1,5 @@
 /* main.c - `tbprof <command> [args]`: dispatch to tools/cmd_*.c. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -32,17 +33,30 @@ int cmd_version(int argc, char **argv)
     return 0;
 }
 
+/* Every command's last word: what it printed must have reached stdout (a
+ * full disk, a closed pipe, /dev/full). rc, or 2 after saying why. */
+static int output_written(const char *cmd, int rc)
+{
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        int e = errno ? errno : EIO; /* a failed earlier flush left no errno here */
+        fprintf(stderr, "tbprof %s: writing output: %s\n", cmd, strerror(e));
+        return 2;
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+        return output_written("--help", argc < 2 ? 2 : 0);
     }
     if (!strcmp(argv[1], "--version"))
-        return cmd_version(0, NULL);
+        return output_written("--version", cmd_version(0, NULL));
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (!strcmp(argv[1], commands[i].name))
-            return commands[i].fn(argc - 1, argv + 1);
+            return output_written(commands[i].name, commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "tbprof: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -360,6 +360,7 @@ int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *),
         if (r < 0 || fflush(stdout) != 0) {
             fprintf(stderr, "tbprof %s: cannot write to stdout: %s\n", cmd,
                     strerror(r < 0 ? -r : errno));
+            clearerr(stdout); /* said: main.c's check of stdout need not say it again */
             return 2;
         }
         return 0;

@@ -871,6 +871,26 @@ class SummaryErrors(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("x.xplane.pb", p.stderr)
 
+    def test_output_that_cannot_be_written(self):
+        """stdout on a full disk (/dev/full): every command says so once and
+        exits 2, instead of exiting 0 (dump, ls) or 2 without a word (diff)."""
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), example_space())
+        for args in (("ls", self.logdir), ("ls", "--json", self.logdir), ("dump", f),
+                     ("dump", "--json", "--top", "100000", self.logdir), ("summary", self.logdir),
+                     ("summary", "--json", f), ("trend", self.logdir), ("trend", "--json", self.logdir),
+                     ("diff", f, f), ("diff", "--json", f, f), ("help", "env"), ("version",)):
+            with open("/dev/full", "w") as full:
+                p = subprocess.run([CLI] + list(args), stdout=full, stderr=subprocess.PIPE, text=True,
+                                   timeout=60)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertEqual(p.stderr.count("writing output"), 1, (args, p.stderr))
+            self.assertIn("tbprof %s: writing output: No space left on device\n" % args[0], p.stderr)
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([CLI, "convert", f, "--to", "-", "--format", "trace.json"], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertEqual(p.stderr, "tbprof convert: cannot write to stdout: No space left on device\n")
+
     def test_usage(self):
         p = run("summary")
         self.assertEqual(p.returncode, 2)
