@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,7 +306,7 @@ static int wait_all(struct target *t, int n, double timeout_s)
     int left = 0, failed = 0;
     for (int i = 0; i < n; i++)
         left += t[i].on;
-    int64_t start = tb_mono_ns(), deadline = start + (int64_t)(timeout_s * 1e9), next_note = start + 10000000000LL;
+    int64_t start = tb_mono_ns(), deadline = start + (int64_t)((timeout_s < 1e9 ? timeout_s : 1e9) * 1e9), next_note = start + 10000000000LL;
     while (left > 0 && tb_mono_ns() < deadline) {
         struct timespec ts = {0, 100000000};
         nanosleep(&ts, NULL);
@@ -385,6 +386,40 @@ struct opts {
     const char *run;
 };
 
+/* An integer option's value, lo or more, into *out: 0, or -1 after naming
+ * the option and the value (not a number, trailing junk, out of range). */
+static int int_arg(const char *opt, const char *v, long lo, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo) {
+        if (errno == ERANGE && x > 0)
+            fprintf(stderr, "tbprof trigger: %s '%s' is too large (at most %ld)\n", opt, v, LONG_MAX);
+        else
+            fprintf(stderr, "tbprof trigger: %s needs %s, not '%s'\n", opt,
+                    lo > 0 ? "a positive integer" : "a step number >= 0", v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* A seconds option's value (finite, > 0) into *out: 0, or -1 after naming
+ * the option and the value. */
+static int seconds_arg(const char *opt, const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(x) || !(x > 0)) {
+        fprintf(stderr, "tbprof trigger: %s needs seconds > 0, not '%s'\n", opt, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 /* The command line into o. Returns -1 to go on, else the exit status. */
 static int parse_args(int argc, char **argv, struct opts *o)
 {
@@ -398,31 +433,19 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (!strcmp(a, "--list")) {
             return list_agents();
         } else if (!strcmp(a, "--steps") && i + 1 < argc) {
-            o->nsteps = strtol(argv[++i], &end, 10);
-            if (*end || o->nsteps < 1) {
-                fprintf(stderr, "tbprof trigger: --steps needs a positive integer\n");
+            if (int_arg(a, argv[++i], 1, &o->nsteps) < 0)
                 return 2;
-            }
         } else if (!strcmp(a, "--at-step") && i + 1 < argc) {
-            o->at_step = strtol(argv[++i], &end, 10);
-            if (*end || o->at_step < 0) {
-                fprintf(stderr, "tbprof trigger: --at-step needs a step number >= 0\n");
+            if (int_arg(a, argv[++i], 0, &o->at_step) < 0)
                 return 2;
-            }
         } else if (!strcmp(a, "--every") && i + 1 < argc) {
             o->every = argv[++i];
         } else if (!strcmp(a, "--count") && i + 1 < argc) {
-            o->count = strtol(argv[++i], &end, 10);
-            if (*end || o->count < 1) {
-                fprintf(stderr, "tbprof trigger: --count needs a positive integer\n");
+            if (int_arg(a, argv[++i], 1, &o->count) < 0)
                 return 2;
-            }
         } else if (!strcmp(a, "--duration") && i + 1 < argc) {
-            o->duration = strtod(argv[++i], &end);
-            if (*end || !(o->duration > 0)) {
-                fprintf(stderr, "tbprof trigger: --duration needs seconds > 0\n");
+            if (seconds_arg(a, argv[++i], &o->duration) < 0)
                 return 2;
-            }
         } else if (!strcmp(a, "--run") && i + 1 < argc) {
             o->run = argv[++i];
         } else if (!strcmp(a, "--tree")) {
@@ -436,7 +459,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else if (!strcmp(a, "--no-wait")) {
             o->wait = 0;
         } else if (!strcmp(a, "--timeout") && i + 1 < argc) {
-            o->timeout_s = atof(argv[++i]);
+            if (seconds_arg(a, argv[++i], &o->timeout_s) < 0)
+                return 2;
         } else if (a[0] != '-') {
             long p = strtol(a, &end, 10);
             if (*end || p <= 0 || p > INT_MAX) {
@@ -456,6 +480,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
     }
     if ((o->nsteps > 0) + (o->duration > 0) + o->stop + o->status_only > 1 || (o->at_step >= 0 && !o->nsteps)) {
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
+        return 2;
+    }
+    if (o->at_step > LONG_MAX - o->nsteps + 1) {
+        fprintf(stderr, "tbprof trigger: --at-step %ld with --steps %ld goes past the last step number\n",
+                o->at_step, o->nsteps);
         return 2;
     }
     if (o->every || o->count) {
@@ -574,6 +603,11 @@ static int make_request(const struct opts *o, int several, const char *run, stru
             return 1;
         }
         long long a = o->at_step >= 0 ? o->at_step : aligned_start(t, nt);
+        if (a > LLONG_MAX - o->nsteps + 1) {
+            fprintf(stderr, "tbprof trigger: %ld steps from step %lld go past the last step number\n",
+                    o->nsteps, a);
+            return 1;
+        }
         snprintf(req, n, "start steps=%lld-%lld", a, a + o->nsteps - 1);
     } else if (o->nsteps) {
         snprintf(req, n, "start steps=%ld", o->nsteps);

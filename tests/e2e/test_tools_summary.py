@@ -900,5 +900,32 @@ class SummaryErrors(Base):
         self.assertIn("--top wants a positive number", p.stderr)
 
 
+class TriggerOptions(Base):
+    def test_bad_numbers_are_named(self):
+        """`tbprof trigger` numbers: a value that is not one, or out of range,
+        is named with its option (exit 2) before any process is asked;
+        --timeout abc used to be 0 s, giving up on the capture at once."""
+        for opt, val, msg in (("--timeout", "abc", "--timeout needs seconds > 0, not 'abc'"),
+                              ("--timeout", "10s", "--timeout needs seconds > 0, not '10s'"),
+                              ("--timeout", "inf", "--timeout needs seconds > 0, not 'inf'"),
+                              ("--timeout", "nan", "--timeout needs seconds > 0, not 'nan'"),
+                              ("--timeout", "1e999", "--timeout needs seconds > 0, not '1e999'"),
+                              ("--timeout", "0", "--timeout needs seconds > 0, not '0'"),
+                              ("--duration", "inf", "--duration needs seconds > 0, not 'inf'"),
+                              ("--steps", "99999999999999999999", "--steps '99999999999999999999' is too large"),
+                              ("--steps", "", "--steps needs a positive integer, not ''"),
+                              ("--count", "99999999999999999999", "--count '99999999999999999999' is too large"),
+                              ("--at-step", "99999999999999999999",
+                               "--at-step '99999999999999999999' is too large")):
+            extra = ["--steps", "2"] if opt == "--at-step" else []
+            p = run("trigger", "1", opt, val, *extra)
+            self.assertEqual(p.returncode, 2, (opt, val, p.stderr))
+            self.assertEqual(len(p.stderr.splitlines()), 1, p.stderr)  # that, and nothing asked of pid 1
+            self.assertTrue(p.stderr.startswith("tbprof trigger: " + msg), (opt, val, p.stderr))
+        p = run("trigger", "1", "--steps", "2", "--at-step", "9223372036854775807")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--at-step 9223372036854775807 with --steps 2 goes past the last step number", p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2 if "-v" in sys.argv else 1, argv=[sys.argv[0]])
