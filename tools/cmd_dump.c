@@ -4,6 +4,7 @@
  * (or run folder), every .xplane.pb of the newest run, naming the run. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,8 +43,8 @@ static void print_stat_value(FILE *f, const tb_plane *p, const tb_stat *st, int 
     case TB_STAT_INT64: fprintf(f, "%" PRId64, st->v.i); break;
     case TB_STAT_UINT64: fprintf(f, "%" PRIu64, st->v.u); break;
     case TB_STAT_DOUBLE:
-        if (json && st->v.d != st->v.d)
-            fputs("null", f);
+        if (json && !isfinite(st->v.d)) /* JSON has none: strings, as `convert` writes them */
+            fputs(isnan(st->v.d) ? "\"nan\"" : st->v.d > 0 ? "\"inf\"" : "\"-inf\"", f);
         else
             fprintf(f, "%.17g", st->v.d);
         break;

@@ -871,6 +871,28 @@ class SummaryErrors(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("x.xplane.pb", p.stderr)
 
+    def test_dump_json_non_finite_stats(self):
+        """JSON has no inf or nan: `dump --json` writes such a stat as the
+        string "inf", "-inf" or "nan", as `convert` does in a trace, and the
+        output parses with a strict JSON parser."""
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        h.plane_stat("up", float("inf"))
+        h.plane_stat("down", float("-inf"))
+        h.plane_stat("odd", float("nan"))
+        h.plane_stat("fine", 0.5)
+        h.event(h.line(1, "main"), "work", 0, 1000)
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), sp.SerializeToString())
+        p = run("dump", "--json", f)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+        def strict(c):
+            raise ValueError("not JSON: " + c)
+        js = json.loads(p.stdout, parse_constant=strict)
+        self.assertEqual(js["planes"][0]["stats"], {"up": "inf", "down": "-inf", "odd": "nan", "fine": 0.5})
+        p = run("dump", f)
+        self.assertIn("plane stats: up=inf down=-inf odd=nan fine=0.5", p.stdout)
+
     def test_output_that_cannot_be_written(self):
         """stdout on a full disk (/dev/full): every command says so once and
         exits 2, instead of exiting 0 (dump, ls) or 2 without a word (diff)."""
