@@ -27,6 +27,13 @@ static int num_arg(const char *opt, const char *v, long long lo, long long hi, l
     return 0;
 }
 
+static int usage(FILE *f)
+{
+    fprintf(f, "usage: tbprof synth LOGDIR [--kernels N] [--gpus G] [--steps S] [--run NAME] "
+               "[--host H] [--no-json]\n");
+    return f == stdout ? 0 : 2;
+}
+
 int cmd_synth(int argc, char **argv)
 {
     const char *logdir = NULL, *run = NULL, *host = NULL;
@@ -50,19 +57,16 @@ int cmd_synth(int argc, char **argv)
             host = argv[++i];
         } else if (!strcmp(a, "--no-json")) {
             json = 0;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            return usage(stdout);
         } else if (a[0] != '-' && !logdir) {
             logdir = a;
         } else {
-            fprintf(stderr, "usage: tbprof synth LOGDIR [--kernels N] [--gpus G] [--steps S] [--run NAME] "
-                            "[--host H] [--no-json]\n");
-            return 2;
+            return usage(stderr);
         }
     }
-    if (!logdir) {
-        fprintf(stderr, "usage: tbprof synth LOGDIR [--kernels N] [--gpus G] [--steps S] [--run NAME] "
-                        "[--host H] [--no-json]\n");
-        return 2;
-    }
+    if (!logdir)
+        return usage(stderr);
     tb_space *s = tb_space_new();
     if (!s)
         return 2;

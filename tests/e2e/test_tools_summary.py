@@ -893,6 +893,20 @@ class SummaryErrors(Base):
         p = run("dump", f)
         self.assertIn("plane stats: up=inf down=-inf odd=nan fine=0.5", p.stdout)
 
+    def test_every_command_help_on_stdout(self):
+        """`tbprof CMD --help` is asked for: usage on stdout, exit 0, for every
+        command `tbprof --help` lists (synth printed it to stderr, exit 2)."""
+        p = run("--help")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        cmds = [l.split()[0] for l in p.stdout.split("commands:\n", 1)[1].split("\n\n")[0].splitlines()]
+        self.assertIn("synth", cmds)
+        for c in cmds:
+            if c == "version":
+                continue
+            p = run(c, "--help")
+            self.assertEqual((p.returncode, p.stderr), (0, ""), c)
+            self.assertTrue(p.stdout.startswith("usage: tbprof " + c), (c, p.stdout))
+
     def test_output_that_cannot_be_written(self):
         """stdout on a full disk (/dev/full): every command says so once and
         exits 2, instead of exiting 0 (dump, ls) or 2 without a word (diff)."""
