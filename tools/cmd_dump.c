@@ -344,6 +344,7 @@ int cmd_dump(int argc, char **argv)
     }
     if (json)
         fputs("]}\n", stdout);
+    bad += rl.skipped;
     tb_runs_free(&rl);
     return ok ? (bad ? 1 : 0) : 2;
 }

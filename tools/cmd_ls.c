@@ -92,6 +92,7 @@ int cmd_ls(int argc, char **argv)
     }
     if (json)
         fputs("]}\n", stdout);
+    int rc = bad || rl.skipped ? 1 : 0;
     tb_runs_free(&rl);
-    return bad ? 1 : 0;
+    return rc;
 }

@@ -244,7 +244,7 @@ int cmd_trend(int argc, char **argv)
         for (size_t k = 0; k < rl.runs[i].nfiles; k++)
             bytes += rl.runs[i].files[k].bytes;
     int progress = tb_progress_wanted(bytes);
-    size_t n = 0, unread = 0;
+    size_t n = 0, unread = rl.skipped;
     int64_t base = 0;
     for (size_t i = 0; i < rl.n; i++) {
         const tb_run *r = &rl.runs[i];

@@ -182,8 +182,17 @@ static int scan_profile_dir(const char *pdir, tb_runlist *out)
             continue;
         char *p = tb_path_join(pdir, e->d_name);
         struct stat st;
-        if (p && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+        if (!p)
+            rc = -ENOMEM;
+        else if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
             rc = add_run(out, p, e->d_name);
+        if (rc < 0 && rc != -ENOMEM) {
+            /* one unreadable run (another user's in a shared logdir) must
+             * not make the others unreadable */
+            fprintf(stderr, "tbprof: skipping run %s: %s\n", p, strerror(-rc));
+            out->skipped++;
+            rc = 0;
+        }
         free(p);
     }
     closedir(d);

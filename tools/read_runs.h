@@ -27,13 +27,18 @@ typedef struct tb_runlist {
     size_t n;
     char *profdir; /* folder the runs were listed from (plugins/profile);
                       NULL when the input is itself a run folder */
+    size_t skipped; /* run folders that could not be read (each named on
+                       stderr: "tbprof: skipping run DIR: why") */
 } tb_runlist;
 
 /* The one place that finds runs, for ls, dump, summary, convert and flame:
  * runs under <logdir>/plugins/profile, or `logdir` itself when it is a run
  * folder (holds *.xplane.pb) or plugins/profile. A run is a subfolder with
  * at least one *.xplane.pb; hidden entries are skipped. 0, or -errno /
- * -ENOENT when there is no run; *what gets a message for the user. `out` is
+ * -ENOENT when there is no run; *what gets a message for the user. A run
+ * folder of plugins/profile that cannot be read (another user's, EACCES)
+ * is named on stderr, counted in out->skipped and left out; only running
+ * out of memory fails the scan. `out` is
  * always initialised: call tb_runs_free whatever this returns (on -ENOENT
  * out->profdir may still name where runs were looked for). */
 int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what);

@@ -649,6 +649,47 @@ class Trend(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: tbprof trend", p.stderr)
 
+    def test_another_users_run_folder_is_skipped(self):
+        """A shared logdir where one run folder is another user's (EACCES):
+        that run is named once on stderr and left out, the others are read
+        (ls, dump, trend: exit 1; summary reads the newest readable run);
+        it used to make the whole logdir unreadable."""
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import relutil
+        import tbtest
+        if not relutil.can_be_nobody() or tbtest.SANITIZE:
+            self.skipTest("needs root (to run the CLI as nobody), and no sanitizer (set-uid)")
+        self.runs(("job_a", {"node1": example_space()}), ("job_b", {"node1": example_space()}),
+                  ("job_c", {"node1": example_space()}))
+        cli = relutil.shared_copy(self.tmp, [CLI])[0]
+        for root, dirs, files in os.walk(self.logdir):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        private = os.path.join(self.logdir, "plugins", "profile", "job_b")
+        os.chmod(private, 0o700)  # root's: nobody cannot list it
+
+        def as_nobody(*args):
+            return subprocess.run([cli] + list(args), capture_output=True, text=True, timeout=60,
+                                  preexec_fn=relutil.as_nobody)
+        said = "tbprof: skipping run %s: Permission denied\n" % private
+        p = as_nobody("ls", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, said)
+        self.assertEqual([l.split()[0] for l in p.stdout.splitlines() if not l.startswith(" ")], ["job_a", "job_c"])
+        p = as_nobody("dump", "--json", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, said)
+        self.assertEqual(json.loads(p.stdout)["run"], "job_c")
+        p = as_nobody("trend", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stderr, said)
+        self.assertIn("Step time across 2 runs", p.stdout)
+        p = as_nobody("summary", "--json", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stderr, said)
+        self.assertTrue(json.loads(p.stdout)["run_dir"].endswith("job_c"), p.stdout)
+
 
 def stepped(host, steps):
     """A host whose steps are (start_us, dur_us, [(kernel, start_us, dur_us), ...])."""
