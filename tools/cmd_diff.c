@@ -197,7 +197,7 @@ static void share_row(const char *title, const side *a, const side *b, int64_t p
 static void side_line(const char *key, const side *sd)
 {
     const tb_runsum *r = &sd->s;
-    printf("%s: %s  (%zu host%s, %zu steps", key, sd->dir, r->hosts, r->hosts == 1 ? "" : "s", r->nsteps);
+    printf("%s: %s  (%zu host%s, %zu steps", key, rr_text(sd->dir), r->hosts, r->hosts == 1 ? "" : "s", r->nsteps);
     if (r->hosts_without_steps)
         printf("; %zu host%s without steps left out", r->hosts_without_steps, r->hosts_without_steps == 1 ? "" : "s");
     printf(")\n");
@@ -261,7 +261,7 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
         else
             snprintf(l, sizeof l, "%.1f -> %.1f", k[i].a_n, k[i].b_n);
         printf("  %11s %11s %12s %17s  %s\n", k[i].a < 0 ? "-" : fdur(k[i].a_ns, x, sizeof x),
-               k[i].b < 0 ? "-" : fdur(k[i].b_ns, y, sizeof y), sdur(k[i].delta, d, sizeof d), l, k[i].name);
+               k[i].b < 0 ? "-" : fdur(k[i].b_ns, y, sizeof y), sdur(k[i].delta, d, sizeof d), l, rr_text(k[i].name));
         shown += k[i].delta;
     }
     if (n > (size_t)top)

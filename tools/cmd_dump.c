@@ -52,7 +52,7 @@ static void print_stat_value(FILE *f, const tb_plane *p, const tb_stat *st, int 
         if (json)
             rr_json_str(f, tb_plane_stat_name(p, st->v.ref));
         else
-            fprintf(f, "\"%s\"", tb_plane_stat_name(p, st->v.ref));
+            fprintf(f, "\"%s\"", rr_text(tb_plane_stat_name(p, st->v.ref)));
         break;
     default: fputs(json ? "null" : "?", f);
     }
@@ -138,12 +138,12 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
         }
         fputs("]", f);
     } else {
-        fprintf(f, "  plane %" PRId64 " %s: %zu lines, %zu events, %zu event names\n", p->id, p->name,
+        fprintf(f, "  plane %" PRId64 " %s: %zu lines, %zu events, %zu event names\n", p->id, rr_text(p->name),
                 p->nlines, nev, names);
         if (p->nstats) {
             fputs("    plane stats:", f);
             for (size_t k = 0; k < p->nstats; k++) {
-                fprintf(f, " %s=", tb_plane_stat_name(p, p->stats[k].meta));
+                fprintf(f, " %s=", rr_text(tb_plane_stat_name(p, p->stats[k].meta)));
                 print_stat_value(f, p, &p->stats[k], 0);
             }
             fputc('\n', f);
@@ -152,8 +152,8 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
             const tb_line *l = p->lines[j];
             int64_t b, e;
             line_span(l, &b, &e);
-            fprintf(f, "    line %" PRId64 " %s%s%s%s: %zu events, %s\n", l->id, l->name,
-                    l->display_name ? " (" : "", l->display_name ? l->display_name : "",
+            fprintf(f, "    line %" PRId64 " %s%s%s%s: %zu events, %s\n", l->id, rr_text(l->name),
+                    l->display_name ? " (" : "", l->display_name ? rr_text(l->display_name) : "",
                     l->display_name ? ")" : "", l->nevents, rr_fmt_dur(span_of(b, e), d1, sizeof(d1)));
         }
     }
@@ -176,7 +176,7 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
                 fprintf(f, ",\"count\":%" PRIu64 ",\"total_ns\":%" PRId64 "}", a[m].count, a[m].total_ns);
             } else {
                 fprintf(f, "      %10" PRIu64 "  %12s  %s\n", a[m].count, rr_fmt_dur(a[m].total_ns, d2, sizeof(d2)),
-                        n);
+                        rr_text(n));
             }
             shown++;
         }
@@ -195,7 +195,7 @@ static int dump_plane(FILE *f, const tb_plane *p, int json, size_t top)
             fputs(any ? "," : "", f);
             rr_json_str(f, p->stat_meta[m]);
         } else {
-            fprintf(f, "%s%s", any ? ", " : " ", p->stat_meta[m]);
+            fprintf(f, "%s%s", any ? ", " : " ", rr_text(p->stat_meta[m]));
         }
         any = 1;
     }
@@ -240,17 +240,17 @@ static int dump_space(FILE *f, const char *path, long long bytes, tb_space *s, i
         fputs("]}", f);
         return 0;
     }
-    fprintf(f, "%s (%lld bytes)\n", path, bytes);
+    fprintf(f, "%s (%lld bytes)\n", rr_text(path), bytes);
     for (size_t i = 0; i < s->nhostnames; i++)
-        fprintf(f, "  hostname: %s\n", s->hostnames[i]);
+        fprintf(f, "  hostname: %s\n", rr_text(s->hostnames[i]));
     fprintf(f, "  %zu planes, %zu events, span %s", s->nplanes, n, rr_fmt_dur(span_of(b, e), d, sizeof(d)));
     if (n)
         fprintf(f, " (from %" PRId64 " to %" PRId64 " ns since the epoch)", b, e);
     fputc('\n', f);
     for (size_t i = 0; i < s->nwarnings; i++)
-        fprintf(f, "  warning: %s\n", s->warnings[i]);
+        fprintf(f, "  warning: %s\n", rr_text(s->warnings[i]));
     for (size_t i = 0; i < s->nerrors; i++)
-        fprintf(f, "  error: %s\n", s->errors[i]);
+        fprintf(f, "  error: %s\n", rr_text(s->errors[i]));
     for (size_t i = 0; i < s->nplanes; i++)
         if (dump_plane(f, s->planes[i], 0, top) < 0)
             return -ENOMEM;
@@ -323,7 +323,7 @@ int cmd_dump(int argc, char **argv)
         rr_json_str(stdout, run->path);
         fprintf(stdout, ",\"runs\":%zu,\"profiles\":[", rl.n);
     } else {
-        printf("run %s (newest of %zu in %s): %s\n", run->name, rl.n, in, run->path);
+        printf("run %s (newest of %zu in %s): %s\n", rr_text(run->name), rl.n, rr_text(in), rr_text(run->path));
     }
     size_t ok = 0, bad = 0;
     for (size_t i = 0; i < run->nfiles; i++) {

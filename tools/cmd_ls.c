@@ -54,7 +54,7 @@ int cmd_ls(int argc, char **argv)
             rr_json_str(stdout, r->path);
             printf(",\"mtime\":%lld,\"files\":[", (long long)r->mtime);
         } else {
-            printf("%s  (%s%s)\n", r->name, when, i + 1 == rl.n ? ", newest" : "");
+            printf("%s  (%s%s)\n", rr_text(r->name), when, i + 1 == rl.n ? ", newest" : "");
         }
         for (size_t k = 0; k < r->nfiles; k++) {
             const tb_runfile *f = &r->files[k];
@@ -82,9 +82,10 @@ int cmd_ls(int argc, char **argv)
                 }
                 fputc('}', stdout);
             } else if (events >= 0) {
-                printf("  %-40s %12lld bytes  %10lld events\n", f->name, f->bytes, events);
+                printf("  %-40s %12lld bytes  %10lld events\n", rr_text(f->name), f->bytes, events);
             } else {
-                printf("  %-40s %12lld bytes%s%s\n", f->name, f->bytes, err[0] ? "  unreadable: " : "", err);
+                printf("  %-40s %12lld bytes%s%s\n", rr_text(f->name), f->bytes, err[0] ? "  unreadable: " : "",
+                       rr_text(err));
             }
         }
         if (json)

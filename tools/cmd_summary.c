@@ -102,7 +102,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     char b[64];
     printf("%-18s", "");
     for (size_t i = 0; i < ps->n; i++)
-        printf(" %-20.20s", ps->profs[i].label);
+        printf(" %-20.20s", rr_text(ps->profs[i].label));
     printf("\n");
 #define ROW(title, ...)                                                                      \
     do {                                                                                     \
@@ -135,10 +135,10 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
             tb_sum_wait_sampled_ns(m) > 0 ? gpu_share(b, sizeof b, m, m->wait_off_cpu_ns) : "-");
     if (comm) /* the rank that waits least on collectives is the one the others wait for */
         ROW("comm exposed", "%s", m->comm_kernels ? gpu_share(b, sizeof b, m, m->comm_exposed_ns) : "-");
-    ROW("top kernel", "%s", m->nkernels ? m->kernels[0].name : "-");
-    ROW("top NVTX range", "%s", m->nranges ? m->ranges[0].name : "-");
+    ROW("top kernel", "%s", m->nkernels ? rr_text(m->kernels[0].name) : "-");
+    ROW("top NVTX range", "%s", m->nranges ? rr_text(m->ranges[0].name) : "-");
     ROW("CPU samples", "%" PRIu64, m->cpu_samples);
-    ROW("top CPU function", "%s", m->nfuncs ? m->funcs[0].name : "-");
+    ROW("top CPU function", "%s", m->nfuncs ? rr_text(m->funcs[0].name) : "-");
     ROW("drops", "%" PRIu64, drops_total(m));
     ROW("warnings", "%zu", m->nwarnings);
 #undef ROW
@@ -149,7 +149,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 static void launcher_row(const char *name, int64_t ns, int64_t all)
 {
     char b[64];
-    printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), rr_pct(ns, all), name);
+    printf("  %11s %5.1f%%  %s\n", dur(b, sizeof b, ns), rr_pct(ns, all), rr_text(name));
 }
 
 /* The rows of time by calling frame (launchers, syncs): the first `top`
@@ -231,7 +231,7 @@ static void idle_text(const tb_summary *m, int top)
                "  most in %s.\n"
                "  Fewer, larger launches (CUDA graphs, torch.compile, a bigger batch), or that work moved off the\n"
                "  training thread, help.\n",
-               pct, of, m->wait_frames[0].name);
+               pct, of, rr_text(m->wait_frames[0].name));
     else
         printf("  hint: host-bound: the GPU waited for the CPU %.0f%% of the %s. The CPU's work between launches\n"
                "  sets the pace (Python, data loading, syncs such as .item()): the top CPU functions say which. Fewer,\n"
@@ -242,24 +242,24 @@ static void idle_text(const tb_summary *m, int top)
 static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_steps)
 {
     char b1[64], b2[64], b3[64], b4[64], b5[64];
-    printf("== %s  (%s)\n", p->label, p->path);
+    printf("== %s  (%s)\n", rr_text(p->label), rr_text(p->path));
     if (m->host && strcmp(m->host, p->label))
-        printf("host %s; ", m->host);
+        printf("host %s; ", rr_text(m->host));
     if (m->rank >= 0 && m->world_size >= 0)
         printf("rank %" PRId64 " of %" PRId64 "; ", m->rank, m->world_size);
     else if (m->rank >= 0)
         printf("rank %" PRId64 "; ", m->rank);
     printf("capture %s", dur(b1, sizeof b1, m->end_ns - m->begin_ns));
     if (m->trigger)
-        printf(", trigger: %s", m->trigger);
+        printf(", trigger: %s", rr_text(m->trigger));
     printf("; %zu GPU%s, %" PRIu64 " GPU events, %" PRIu64 " CPU samples\n", m->ngpus,
            m->ngpus == 1 ? "" : "s", m->gpu_events, m->cpu_samples);
     /* the capture's settings and facts, one per line; a long value (the
      * list of CUDA calls left out) is cut, --json has it whole */
     for (size_t i = 0; i < m->ninfos; i++) {
-        const char *v = m->info_values[i];
+        const char *v = rr_text(m->info_values[i]);
         int n = (int)strlen(v);
-        printf("  %-18s %.*s%s\n", m->infos[i].name + 7, n > INFO_MAX ? INFO_MAX : n, v,
+        printf("  %-18s %.*s%s\n", rr_text(m->infos[i].name + 7), n > INFO_MAX ? INFO_MAX : n, v,
                n > INFO_MAX ? " ... (--json: all of it)" : "");
     }
 
@@ -326,7 +326,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
             printf("  %11s %5.1f%% %8" PRIu64 " %11s %11s %11s %6s  %s\n",
                    dur(b1, sizeof b1, k->total_ns), rr_pct(k->total_ns, m->kernel_total_ns), k->count,
                    dur(b2, sizeof b2, k->total_ns / (int64_t)k->count),
-                   dur(b3, sizeof b3, k->min_ns), dur(b4, sizeof b4, k->max_ns), occ, k->name);
+                   dur(b3, sizeof b3, k->min_ns), dur(b4, sizeof b4, k->max_ns), occ, rr_text(k->name));
         }
     } else if (m->ngpus) {
         printf("\nTop kernels: none recorded\n");
@@ -378,7 +378,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         for (size_t i = 0; i < m->nmemory; i++) {
             const tb_sum_memory *x = &m->memory[i];
             char b5[32], b6[32];
-            printf("  %-22s %8" PRIu64 " %11s %8" PRIu64 " %11s %11s %11s\n", x->allocator, x->allocs,
+            printf("  %-22s %8" PRIu64 " %11s %8" PRIu64 " %11s %11s %11s\n", rr_text(x->allocator), x->allocs,
                    bytes_str(b1, sizeof b1, x->alloc_bytes), x->frees, bytes_str(b2, sizeof b2, x->free_bytes),
                    bytes_str(b5, sizeof b5, (uint64_t)x->peak_bytes),
                    x->last_bytes < 0 ? "-" : bytes_str(b6, sizeof b6, (uint64_t)x->last_bytes));
@@ -403,7 +403,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
                    dur(b4, sizeof b4, r->max_ns));
             if (gpu)
                 printf(" %11s %8" PRIu64, r->gpu_count ? dur(b1, sizeof b1, r->gpu_ns) : "-", r->gpu_count);
-            printf("  %s\n", r->name);
+            printf("  %s\n", rr_text(r->name));
         }
     }
 
@@ -416,7 +416,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         for (size_t i = 0; i < m->ngpu_ranges && i < (size_t)top; i++) {
             const tb_sum_named *r = &m->gpu_ranges[i];
             printf("  %11s %5.1f%% %8" PRIu64 " %11s  %s\n", dur(b1, sizeof b1, r->total_ns), rr_pct(r->total_ns, all),
-                   r->count, dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), r->name);
+                   r->count, dur(b2, sizeof b2, r->total_ns / (int64_t)r->count), rr_text(r->name));
         }
         if (m->gpu_outside_ns)
             printf("  %11s %5.1f%% %8s %11s  (outside every range)\n", dur(b1, sizeof b1, m->gpu_outside_ns),
@@ -431,7 +431,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
             const tb_func_stat *f = &m->funcs[i];
             printf("  %8" PRIu64 " %5.1f%% %8" PRIu64 " %5.1f%%  %s\n", f->self,
                    rr_pct((int64_t)f->self, (int64_t)m->cpu_samples), f->total,
-                   rr_pct((int64_t)f->total, (int64_t)m->cpu_samples), f->name);
+                   rr_pct((int64_t)f->total, (int64_t)m->cpu_samples), rr_text(f->name));
         }
     }
 
@@ -462,8 +462,8 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     for (size_t i = 0; i < m->ncounters; i++) {
         if (!shown_counter(m->counters[i].name))
             continue; /* settings and timestamps: in --json */
-        printf("  %-34s %12" PRId64 "  (%s)\n", m->counters[i].name, m->counters[i].value,
-               m->counters[i].plane);
+        printf("  %-34s %12" PRId64 "  (%s)\n", rr_text(m->counters[i].name), m->counters[i].value,
+               rr_text(m->counters[i].plane));
         any = 1;
     }
     if (m->overhead_ns >= 0) {
@@ -479,7 +479,7 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     if (m->nwarnings) {
         printf("\nWarnings recorded in the profile:\n");
         for (size_t i = 0; i < m->nwarnings; i++)
-            printf("  - %s\n", m->warnings[i]);
+            printf("  - %s\n", rr_text(m->warnings[i]));
     }
     printf("\n");
 }
@@ -818,7 +818,7 @@ int cmd_summary(int argc, char **argv)
         }
         printf("]}\n");
     } else {
-        printf("Profile %s: %zu host%s", ps.dir, ps.n, ps.n == 1 ? "" : "s");
+        printf("Profile %s: %zu host%s", rr_text(ps.dir), ps.n, ps.n == 1 ? "" : "s");
         if (ps.skipped)
             printf(" (%zu file%s skipped: named on stderr)", ps.skipped, ps.skipped == 1 ? "" : "s");
         printf("\n\n");

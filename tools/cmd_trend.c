@@ -117,7 +117,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             off |= rows[i].s.wait_sampled_ns > 0;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
-           shown == 1 ? "" : "s", in, unread ? "; unreadable runs named on stderr" : "");
+           shown == 1 ? "" : "s", rr_text(in), unread ? "; unreadable runs named on stderr" : "");
     printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  ", (int)w, "run", "written", "hosts", "steps", "step mean",
            "min", "max", "vs 1st");
     if (multi)
@@ -155,7 +155,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             snprintf(busy, sizeof(busy), "%.1f%%", rr_pct(r->s.gpu_busy_ns, r->s.window_ns));
             snprintf(waits, sizeof(waits), "%.1f%%", rr_pct(r->s.idle_cpu_ns, r->s.window_ns));
         }
-        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, r->run->name, t, r->s.hosts, r->s.nsteps,
+        printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, rr_text(r->run->name), t, r->s.hosts, r->s.nsteps,
                a, b, c, vs);
         if (multi) {
             char sl[32] = "-";
@@ -177,14 +177,14 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             printf("%12s  ", ex);
         }
         if (r->s.nkernels)
-            printf("%s (%.0f%%)\n", r->s.kernels[0].name, rr_pct(r->s.kernels[0].ns, r->s.kernel_total_ns));
+            printf("%s (%.0f%%)\n", rr_text(r->s.kernels[0].name), rr_pct(r->s.kernels[0].ns, r->s.kernel_total_ns));
         else
             printf("-\n");
     }
     int left = 0; /* hosts without steps beside hosts with: not in their run's figures (runsum.h) */
     for (size_t i = 0; i < n; i++)
         if (rows[i].ok && rows[i].s.hosts_without_steps)
-            printf("%s %s: %zu host%s without steps left out", left++ ? "," : "\nNot counted:", rows[i].run->name,
+            printf("%s %s: %zu host%s without steps left out", left++ ? "," : "\nNot counted:", rr_text(rows[i].run->name),
                    rows[i].s.hosts_without_steps, rows[i].s.hosts_without_steps == 1 ? "" : "s");
     if (left)
         printf(" (their whole captures are not steps)\n");
@@ -196,7 +196,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
     printf("\nMean step time: first %s, last %s (%.2fx)", rr_fmt_dur(base, a, sizeof(a)),
            rr_fmt_dur(row_mean(last), b, sizeof(b)), (double)row_mean(last) / (double)base);
     if (slow != last)
-        printf("; slowest %s in %s (%.2fx)", rr_fmt_dur(row_mean(slow), a, sizeof(a)), slow->run->name,
+        printf("; slowest %s in %s (%.2fx)", rr_fmt_dur(row_mean(slow), a, sizeof(a)), rr_text(slow->run->name),
                (double)row_mean(slow) / (double)base);
     printf("\n");
 }

@@ -248,6 +248,34 @@ int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
     return 0;
 }
 
+const char *rr_text(const char *s)
+{
+    static char *slot[RR_TEXT_SLOTS];
+    static size_t cap[RR_TEXT_SLOTS];
+    static unsigned next;
+    if (!s)
+        return NULL;
+    const unsigned char *c = (const unsigned char *)s;
+    while (*c && *c >= 0x20 && *c != 0x7f)
+        c++;
+    if (!*c)
+        return s;
+    size_t n = strlen(s) + 1;
+    unsigned i = next++ % RR_TEXT_SLOTS;
+    if (cap[i] < n) {
+        char *p = realloc(slot[i], n);
+        if (!p)
+            return "?"; /* out of memory: never the raw bytes */
+        slot[i] = p;
+        cap[i] = n;
+    }
+    for (size_t k = 0; k < n; k++) {
+        unsigned char b = (unsigned char)s[k];
+        slot[i][k] = (b && (b < 0x20 || b == 0x7f)) ? '?' : (char)b;
+    }
+    return slot[i];
+}
+
 void rr_json_str(FILE *f, const char *str)
 {
     const unsigned char *s = (const unsigned char *)str;

@@ -56,6 +56,14 @@ int tb_str_ends(const char *s, const char *suffix);
 char *tb_path_join(const char *a, const char *b);
 
 #include <stdio.h>
+/* s for text output (tables, lines on a terminal): s itself when it has
+ * no control byte, else a copy with each byte below 0x20 and 0x7f (a
+ * newline, ESC of a terminal escape) as '?'. A name read from a profile or
+ * a folder goes through it before it is printed as text (JSON escapes them:
+ * rr_json_str). The copy lives until RR_TEXT_SLOTS more calls; NULL stays
+ * NULL. */
+#define RR_TEXT_SLOTS 16
+const char *rr_text(const char *s);
 /* A JSON string literal (escapes, invalid UTF-8 as U+FFFD) to f. */
 void rr_json_str(FILE *f, const char *s);
 /* "1.234 ms"-style duration. */

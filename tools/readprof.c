@@ -232,13 +232,14 @@ static void why_no_samples(const tb_profset *ps, FILE *f)
         const tb_space *s = ps->profs[i].space;
         for (size_t w = 0; w < s->nwarnings; w++)
             if (strstr(s->warnings[w], "CPU") || strstr(s->warnings[w], "perf_event")) {
-                fprintf(f, "  %s: %s\n", ps->profs[i].label, s->warnings[w]);
+                fprintf(f, "  %s: %s\n", rr_text(ps->profs[i].label), rr_text(s->warnings[w]));
                 said = 1;
             }
         const tb_plane *h = tb_space_find_plane(s, "/host:CPU");
         const tb_stat *why = h ? tb_plane_find_stat(h, "tbprof_cpu_off_reason") : NULL;
         if (why && why->type == TB_STAT_REF) {
-            fprintf(f, "  %s: CPU sampling off: %s\n", ps->profs[i].label, tb_plane_stat_name(h, why->v.ref));
+            fprintf(f, "  %s: CPU sampling off: %s\n", rr_text(ps->profs[i].label),
+                    rr_text(tb_plane_stat_name(h, why->v.ref)));
             said = 1;
         }
     }

@@ -948,6 +948,46 @@ class SummaryErrors(Base):
             self.assertEqual((p.returncode, p.stderr), (0, ""), c)
             self.assertTrue(p.stdout.startswith("usage: tbprof " + c), (c, p.stdout))
 
+    def test_control_bytes_in_names_are_not_sent_to_the_terminal(self):
+        """A name or warning in a profile with control bytes (a terminal
+        escape, a newline, DEL) is printed with each such byte as '?' in the
+        text output of dump, summary, trend and diff: it cannot break their
+        tables or drive the terminal. JSON keeps the name (escaped)."""
+        kernel, rng, func = "gemm\x1b]0;pwned\x07", "fwd\x1b[2J\nrange", "loss\x7f\x08fn"
+        warning, host = "disk full\x1b[31m", "node\r1"
+        sp = xplane_pb2.XSpace()
+        sp.hostnames.append(host)
+        sp.warnings.append(warning)
+        h = Plane(sp, "/host:CPU")
+        t = h.line(7, "py\x1bthon")
+        g = Plane(sp, "/device:GPU:0")
+        st = g.line(1, "Stream #1")
+        for i in range(2):
+            h.event(t, "train", i * 1000000, 1000000, _r=1, step_num=5 + i)
+            g.event(st, kernel, i * 1000000 + 100000, 250000, kernel_details=kd(60), correlation_id=10 + i)
+            h.event(t, rng, i * 1000000 + 50000, 400000)
+            h.event(t, func, i * 1000000 + 50000, 400000, samples=3, self_samples=3)
+            h.event(t, "cudaLaunchKernel", i * 1000000 + 60000, 5000, correlation_id=10 + i)
+        h.category(rng, "user_annotation")
+        h.plane_stat("tbprof_cpu_samples", 6)
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), sp.SerializeToString())
+        shown = {kernel: "gemm?]0;pwned?", rng: "fwd?[2J?range", func: "loss??fn", warning: "disk full?[31m",
+                 host: "node?1"}
+
+        def check(p, *want):
+            self.assertEqual(p.returncode, 0, p.stderr)
+            bad = sorted({c for c in p.stdout if (ord(c) < 0x20 and c != "\n") or c == "\x7f"})
+            self.assertEqual(bad, [], p.stdout)
+            for w in want:
+                self.assertIn(shown.get(w, w), p.stdout)
+        check(run("dump", f), kernel, rng, func, warning, host, "py?thon")
+        check(run("summary", f), kernel, rng, func, warning, host)
+        check(run("trend", self.logdir), kernel)
+        check(run("diff", f, f), kernel)
+        js = json.loads(run("dump", "--json", f).stdout)
+        self.assertEqual(js["warnings"], [warning])
+        self.assertIn(kernel, [e["name"] for p in js["planes"] for e in p["top_by_count"]])
+
     def test_output_that_cannot_be_written(self):
         """stdout on a full disk (/dev/full): every command says so once and
         exits 2, instead of exiting 0 (dump, ls) or 2 without a word (diff)."""
