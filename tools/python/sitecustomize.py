@@ -28,15 +28,18 @@ def _helper_copy(folder):
 def _chain():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        import importlib.machinery
-        import importlib.util
+        import importlib.machinery  # cheap; importlib.util costs ~4 ms (contextlib...) at every start
         # not this folder, nor another copy of this helper (the build's and
         # the source's, or two installs: each would chain to the other)
         path = [p for p in sys.path if os.path.abspath(p or ".") != here and not _helper_copy(p)]
         spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
         if spec is None or spec.loader is None:
             return
-        mod = importlib.util.module_from_spec(spec)
+        make = getattr(importlib._bootstrap, "module_from_spec", None)
+        if make is None:
+            import importlib.util
+            make = importlib.util.module_from_spec
+        mod = make(spec)
         spec.loader.exec_module(mod)
     except Exception as e:
         sys.stderr.write("tbprof: the shadowed sitecustomize failed: %r\n" % (e,))
