@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -309,21 +310,82 @@ static void poll_sources(void)
 /* ---- SIGTERM while capturing ------------------------------------------------------
  * We never replace a handler the job installed: only when SIGTERM's disposition
  * is the default do we install ours, for the length of a capture. Ours writes
- * one byte; the agent thread flushes (bounded by TERM_FLUSH_MS), restores the
- * default and re-sends SIGTERM, so the job still dies of SIGTERM. */
+ * one byte to a pipe of its own, read by a small watchdog thread (started with
+ * the handler, blocked in read() the rest of the time): it hands the byte on
+ * to the agent thread, which flushes, restores the default and re-sends
+ * SIGTERM, and it does that itself TERM_FLUSH_MS later whatever the agent
+ * thread is doing (starting the sources, collecting, writing: it reads its
+ * pipe only between those), so the job still dies of SIGTERM, and soon. */
+
+static volatile sig_atomic_t term_fd_w = -1; /* the watchdog's pipe, for on_term */
+static int term_fd_r = -1;
 
 static void on_term(int sig)
 {
     (void)sig;
     int e = errno;
-    if (sig_fd_w >= 0) {
-        tb_agent_signal_byte('T');
+    int fd = term_fd_w;
+    if (fd >= 0) {
+        ssize_t w = write(fd, "T", 1);
+        (void)w;
     } else {
         /* no agent here (forked child): behave as the default would */
         signal(SIGTERM, SIG_DFL);
         raise(SIGTERM);
     }
     errno = e;
+}
+
+static void die_of_sigterm(void)
+{
+    signal(SIGTERM, SIG_DFL);
+    kill(getpid(), SIGTERM); /* process-directed: a job thread takes it */
+    for (;;)
+        pause();
+}
+
+static void *term_watchdog(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char b;
+    for (;;) {
+        ssize_t k = read(fd, &b, 1);
+        if (k == 1)
+            break;
+        if (k < 0 && errno == EINTR)
+            continue;
+        return NULL; /* cannot happen: the write end stays open */
+    }
+    /* the agent thread writes what it can (on_signal_byte) when it next
+     * reads its pipe; the bound starts now */
+    tb_agent_signal_byte('T');
+    struct timespec ts = {TERM_FLUSH_MS / 1000, (TERM_FLUSH_MS % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    die_of_sigterm();
+    return NULL;
+}
+
+/* The watchdog and its pipe, once per process (again in a forked child).
+ * 0 or -errno: without them no handler goes in. */
+static int term_watchdog_start(void)
+{
+    if (term_fd_w >= 0)
+        return 0;
+    int fd[2];
+    if (pipe2(fd, O_CLOEXEC) < 0)
+        return -errno;
+    /* the handler's end never blocks; the watchdog's does */
+    fcntl(fd[1], F_SETFL, fcntl(fd[1], F_GETFL) | O_NONBLOCK);
+    int rc = tb_agent_spawn(term_watchdog, (void *)(intptr_t)fd[0]);
+    if (rc < 0) {
+        close(fd[0]);
+        close(fd[1]);
+        return rc;
+    }
+    term_fd_r = fd[0];
+    term_fd_w = fd[1];
+    return 0;
 }
 
 static void term_install(void)
@@ -333,6 +395,13 @@ static void term_install(void)
         return;
     if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
         return;
+    int rc = term_watchdog_start();
+    if (rc < 0) {
+        tb_debug("SIGTERM watchdog not started (%s): SIGTERM during a capture kills the job as it would "
+                 "without tbprof",
+                 strerror(-rc));
+        return;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_term;
@@ -350,24 +419,6 @@ static void term_uninstall(void)
     g.term_installed = 0;
     if (sigaction(SIGTERM, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_term)
         signal(SIGTERM, SIG_DFL);
-}
-
-static void die_of_sigterm(void)
-{
-    signal(SIGTERM, SIG_DFL);
-    kill(getpid(), SIGTERM); /* process-directed: a job thread takes it */
-    for (;;)
-        pause();
-}
-
-static void *term_watchdog(void *arg)
-{
-    (void)arg;
-    struct timespec ts = {TERM_FLUSH_MS / 1000, (TERM_FLUSH_MS % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-    die_of_sigterm();
-    return NULL;
 }
 
 /* ---- run and host names (runname.h) --------------------------------------------- */
@@ -1209,11 +1260,7 @@ static void on_signal_byte(char b)
         if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING || g.state == TB_STATE_WRITING) {
             if (!g.term_pending) {
                 g.term_pending = 1;
-                request_stop(tb_mono_ns());
-                if (tb_agent_spawn(term_watchdog, NULL) < 0) {
-                    pthread_mutex_unlock(&g.lock);
-                    die_of_sigterm();
-                }
+                request_stop(tb_mono_ns()); /* the watchdog (term_watchdog) bounds what follows */
                 tb_info("SIGTERM during a capture: writing it (at most %d ms)", TERM_FLUSH_MS);
             }
         } else {
@@ -1862,6 +1909,13 @@ void tb_agent_fork_child(void)
     tb_stall_fork_child();
     pthread_cond_init(&g.cond, NULL);
     sig_fd_w = -1;
+    if (term_fd_w >= 0) { /* the watchdog thread was the parent's */
+        int w = term_fd_w;
+        term_fd_w = -1;
+        close(w);
+        close(term_fd_r);
+        term_fd_r = -1;
+    }
     int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.listen_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0) {

@@ -102,6 +102,39 @@ class Faults(tbtest.TestCase):
         figure("exit", "exit(9) from a 2nd thread mid-capture: status 9, %d complete file(s); _exit(11): status 11, "
                "0 files, 0 temporaries" % len(files))
 
+    def test_sigterm_while_writing_is_bounded(self):
+        # SIGTERM while the agent thread writes the profile of a window that
+        # has ended (each write() under the run folder takes 15 s, through a
+        # shim): the agent thread is busy in the write, not reading its pipe,
+        # yet the job dies of SIGTERM within the 2 s bound (the README), not
+        # when the write is done, and leaves nothing partial
+        shim = tbtest.prog("libslow_profile_write.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        e = relutil.env(self.logdir, steps="2,4", run="r", host="h", trace_json="off")
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
+        e["TBTEST_SLOW_WRITE_MS"] = "15000"
+        p = tbtest.spawn([RELJOB, "-r", "-n", "100000", "-m", "5"], env=e)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        tbtest.read_until(p, "ready")
+        run = os.path.join(self.logdir, "plugins", "profile", "r")
+        deadline = time.time() + 30
+        while not os.path.isdir(run) and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(os.path.isdir(run), "the write began")
+        time.sleep(0.3)  # inside the first (15 s) write()
+        t0 = time.time()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=T)
+        took = time.time() - t0
+        self.assertEqual(p.returncode, -signal.SIGTERM, err)
+        self.assertNotIn("done", out)
+        self.assertLess(took, 2.0 + relutil.sanitizer_slowdown(), "bounded at 2 s\n" + err)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        self.assertNoPartialFiles(self.logdir)
+        figure("sigterm_writing", "SIGTERM during a 15 s profile write: died of SIGTERM %.1f s later, "
+               "nothing partial" % took)
+
     # ---- SIGKILL while writing --------------------------------------------------
 
     def kill_at(self, nth, logdir, named=False):
