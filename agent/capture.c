@@ -165,6 +165,11 @@ static void set_state(int s)
     pthread_cond_broadcast(&g.cond);
 }
 
+/* The process is leaving (exit() began, or SIGTERM came during a capture):
+ * no capture starts any more, from any trigger; CUDA may be tearing down.
+ * Lock held. */
+static int leaving_locked(void) { return g.exiting || g.term_pending; }
+
 /* The CLOCK_REALTIME time `ns` from now (<= 0: now), for pthread_cond_timedwait. */
 static struct timespec realtime_in(int64_t ns)
 {
@@ -847,6 +852,8 @@ static int request_time(int64_t dur_ns, const char *trigger, int win)
 {
     if (g.disabled)
         return -EPERM;
+    if (leaving_locked())
+        return -ESHUTDOWN;
     if (g.state != TB_STATE_IDLE)
         return -EBUSY;
     struct cap c = {.kind = CAP_TIME, .first = -1, .last = -1, .dur_ns = dur_ns, .win = win};
@@ -866,6 +873,8 @@ static int request_window(int64_t first, int64_t last, const char *trigger, cons
         return -EINVAL;
     if (g.disabled)
         return -EPERM;
+    if (leaving_locked())
+        return -ESHUTDOWN;
     if (g.state != TB_STATE_IDLE || g.pend.kind)
         return -EBUSY;
     struct cap c = {.kind = CAP_AT_STEPS, .first = first, .last = last, .win = -1, .period = period, .reps = reps};
@@ -885,6 +894,8 @@ static int request_steps(int64_t nsteps, const char *trigger, const char *run, i
 {
     if (g.disabled)
         return -EPERM;
+    if (leaving_locked())
+        return -ESHUTDOWN;
     if (g.state != TB_STATE_IDLE || g.pend.kind)
         return -EBUSY;
     if (g.cfg.step_roundup > 0) {
@@ -953,7 +964,7 @@ static void step_slow(int64_t n)
         pthread_mutex_unlock(&g.lock);
         return;
     }
-    if (g.state == TB_STATE_IDLE && !g.exiting) {
+    if (g.state == TB_STATE_IDLE && !leaving_locked()) {
         if (pend_check(n, t, 1) || env_window_check(n, t, 1))
             poke = 1;
     }
@@ -1084,6 +1095,11 @@ static void log_step_conflict(void)
  * Lock held. */
 static void time_window_due(int64_t now)
 {
+    if (leaving_locked()) { /* and none after it */
+        tb_debug("time window due while the process exits: not started");
+        g.tw.at = 0;
+        return;
+    }
     double from = g.tw.from_s + (double)g.tw.k * g.tw.every_s;
     char trig[128], k[40] = "";
     if (g.tw.count)
@@ -1140,6 +1156,8 @@ static int request_time_repeat(double dur_s, double every_s, int64_t count, cons
 {
     if (g.disabled)
         return -EPERM;
+    if (leaving_locked())
+        return -ESHUTDOWN;
     if (g.state != TB_STATE_IDLE || g.pend.kind || g.tw.at)
         return -EBUSY;
     int64_t now = tb_mono_ns();
@@ -1279,6 +1297,8 @@ static void on_signal_byte(char b)
             rc = request_time((int64_t)((g.cfg.duration_s > 0 ? g.cfg.duration_s : 5.0) * 1e9), trig, -1);
         if (rc == -EBUSY)
             tb_info("signal: already capturing");
+        else if (rc == -ESHUTDOWN)
+            tb_debug("signal: the process is exiting: no new capture");
     }
     pthread_mutex_unlock(&g.lock);
 }
@@ -1854,9 +1874,11 @@ void tb_agent_control(const char *line, char *out, size_t n)
         return;
     }
     pthread_mutex_lock(&g.lock);
-    int rc = control_start(args, out, n);
+    int rc = leaving_locked() ? -ESHUTDOWN : control_start(args, out, n);
     pthread_mutex_unlock(&g.lock);
-    if (rc == -EBUSY) {
+    if (rc == -ESHUTDOWN) {
+        snprintf(out, n, "error: the process is exiting: no new capture");
+    } else if (rc == -EBUSY) {
         if (!out[0])
             snprintf(out, n, "already capturing");
     } else if (rc < 0 && rc != -EINVAL)

@@ -8,9 +8,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
+SLOW_FINI = tbtest.prog("libslow_fini.so")
 
 
 def nums(path):
@@ -98,6 +100,37 @@ class Lifecycle(tbtest.TestCase):
         self.assertEqual(len(files), 1)
         self.assertEqual(nums(files[0]), [5, 6, 7, 8, 9])
         self.assertNoPartialFiles(self.logdir)
+
+    def slow_exit_env(self, **tbprof):
+        """The job's exit goes on 1.5 s after tbprof's destructor ran (a
+        shim's destructor, run after ours: listed after libtbprof.so)."""
+        if not os.path.exists(SLOW_FINI):
+            self.skipTest("shim not built")
+        e = relutil.env(self.logdir, **tbprof)
+        e["LD_PRELOAD"] = e["LD_PRELOAD"] + ":" + SLOW_FINI
+        e["TBTEST_FINI_MS"] = "1500"
+        return e
+
+    def test_no_capture_starts_once_exit_began(self):
+        # a time window due after exit() began (TBPROF_DELAY=0.3 s, the job
+        # is done in ~20 ms, its exit takes 1.5 s more): not started, nothing
+        # written, nothing said (it would overlap CUDA's teardown)
+        p = tbtest.run([STEPS, "-n", "10", "-m", "1"], env=self.slow_exit_env(delay="0.3", duration="0.3"))
+        self.assertExitedOk(p)
+        self.assertIn("fini done", p.stdout)
+        self.assertEqual(tbtest.xplanes(self.logdir), [], p.stderr)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+        # a socket start then is refused, saying why; status still answers
+        p = tbtest.spawn([STEPS, "-n", "10", "-m", "1"], env=self.slow_exit_env())
+        pid = int(tbtest.read_until(p, "fini ").split()[1])
+        answers = [relutil.ctl(pid, req) for req in ("start duration=0.2", "start duration=0.2 every=0.5",
+                                                      "start steps=2", "start steps=20-21", "status")]
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+        for a in answers[:4]:
+            self.assertEqual(a, "error: the process is exiting: no new capture", answers)
+        self.assertTrue(answers[4].startswith("state=idle"), answers)
+        self.assertEqual(tbtest.xplanes(self.logdir), [], err)
 
     def test_unwritable_logdir(self):
         blocker = os.path.join(self.tmp, "file")
