@@ -120,6 +120,7 @@ static struct {
     unsigned ncaptures;   /* profiles written */
     char last_profile[2][PATH_MAX];
     int term_installed, term_pending, exiting, writing;
+    int exit_gave_up; /* tb_agent_exit waited its TERM_FLUSH_MS in vain: not again */
     tb_names names; /* job id, rank, host name: read once at init */
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -1900,7 +1901,9 @@ void tb_agent_exit(void)
         return;
     pthread_mutex_lock(&g.lock);
     g.exiting = 1;
-    if (!g.thread_running || is_agent_thread) {
+    /* the atexit hook and the destructor both come here: one bounded wait
+     * (and one warning) in all */
+    if (!g.thread_running || is_agent_thread || g.exit_gave_up) {
         pthread_mutex_unlock(&g.lock);
         return;
     }
@@ -1915,6 +1918,7 @@ void tb_agent_exit(void)
     pthread_mutex_lock(&g.lock);
     while (g.state != TB_STATE_IDLE || g.writing)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT) {
+            g.exit_gave_up = 1;
             tb_warn("exit: the profile was not finished within %d ms; not written", TERM_FLUSH_MS);
             break;
         }

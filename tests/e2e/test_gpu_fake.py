@@ -631,6 +631,26 @@ class GpuFake(tbtest.TestCase):
         self.assertNotIn("domain", log)
         self.assertNotIn("finalize", log)
 
+    def test_exit_waits_once_for_a_slow_write(self):
+        # as above, but the profile cannot be written within the 2 s bound
+        # (each write() under the run folder takes 3 s, through a shim):
+        # the atexit handler waits 2 s and says so; the destructor, which
+        # comes after it, neither waits nor warns again
+        shim = tbtest.prog("libslow_profile_write.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        t0 = time.time()
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", "10", "-C", "-X", "4"],
+                       env=dict(self.env(shim=shim, steps="2,100"), TBTEST_SLOW_WRITE_MS="3000"))
+        took = time.time() - t0
+        self.assertExitedOk(p)
+        w = [l for l in tbtest.tbprof_warnings(p.stderr) if "exit:" in l]
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("the profile was not finished within 2000 ms; not written", w[0])
+        self.assertLess(took, 3.5 * relutil.sanitizer_slowdown(), p.stderr)
+        self.assertIn("teardown", [l[0] for l in self.fake_log()])
+        self.assertNoPartialFiles(self.logdir)
+
     def test_detach_on_the_agent_thread(self):
         # where libcuda is loaded, the agent makes a CUDA call itself
         # (cuDriverGetVersion), so CUPTI detaches at once, on its thread,
