@@ -1785,8 +1785,9 @@ static int control_start(char *args, char *out, size_t n)
         }
     } else {
         double s = 5.0;
-        if (dur && (tb_parse_seconds(dur, &s) < 0 || s <= 0 || s > 3600)) {
-            snprintf(out, n, "error: duration=S needs S in (0, 3600] seconds");
+        /* under 1 ms would be 0 ns: "until stopped" */
+        if (dur && (tb_parse_seconds(dur, &s) < 0 || s < 0.001 || s > 3600)) {
+            snprintf(out, n, "error: duration=S needs S in [0.001, 3600] seconds (at least 1 ms)");
             return -EINVAL;
         }
         if (every || count) { /* again every T seconds, K in all */

@@ -12,6 +12,8 @@
 #include "log.h"
 #include "sampler.h"
 
+#define TB_MIN_DURATION_S 0.001 /* a capture's shortest duration: 1 ms (capture.c's socket too) */
+
 typedef enum {
     T_STR,   /* any string (bounded) */
     T_BOOL,  /* on/off */
@@ -52,7 +54,7 @@ static const var vars[] = {
      "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run; A-B/P: "
      "again every P steps (A+P..B+P, ...), PxK: K windows in all",
      "step capture off", "", F(windows), 0, 0},
-    {"TBPROF_DURATION", T_SEC, "", "seconds > 0 (e.g. 10, 2.5, 500ms)",
+    {"TBPROF_DURATION", T_SEC, "", "seconds, at least 1 ms (e.g. 10, 2.5, 500ms)",
      "time-window capture for programs without steps: capture this long (after TBPROF_DELAY)",
      "time-window capture off", "", F(duration_s), 0, 0},
     {"TBPROF_DELAY", T_SEC, "", "seconds >= 0 (e.g. 30, 500ms)",
@@ -447,8 +449,8 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         double d;
         if (tb_parse_seconds(val, &d))
             return -EINVAL;
-        if (v->off == F(duration_s) && d <= 0)
-            return -EINVAL;
+        if (v->off == F(duration_s) && d < TB_MIN_DURATION_S)
+            return -EINVAL; /* shorter would be 0 ns, which means "until stopped" */
         *(double *)field = d;
         return 0;
     }

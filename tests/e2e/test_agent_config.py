@@ -8,6 +8,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
@@ -61,6 +62,25 @@ class Config(tbtest.TestCase):
         self.assertExitedOk(p)
         self.assertOneWarning(p.stderr, "TBPROF_STEPS")
         self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_duration_under_1ms_is_refused(self):
+        # 1e-10 s would become 0 ns, which means "until stopped": a capture
+        # of the whole job. Refused: the config's one warning naming the
+        # variable and no capture; over the socket, an error answer
+        p = tbtest.run([STEPS, "-n", "20", "-m", "5"], env=tbtest.env(self.logdir, duration="1e-10"))
+        self.assertExitedOk(p)
+        self.assertIn("at least 1 ms", self.assertOneWarning(p.stderr, "TBPROF_DURATION"))
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        p = tbtest.spawn([STEPS, "-r", "-n", "100000", "-m", "2"], env=tbtest.env(self.logdir))
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        tbtest.read_until(p, "ready")
+        relutil.wait_socket(p.pid)
+        answers = [relutil.ctl(p.pid, "start duration=%s" % d) for d in ("1e-10", "0.0009", "0.001")]
+        p.kill()
+        p.communicate(timeout=30)
+        for a in answers[:2]:
+            self.assertEqual(a, "error: duration=S needs S in [0.001, 3600] seconds (at least 1 ms)", answers)
+        self.assertEqual(answers[2], "capture started: duration 0.001 s", answers)
 
     def test_bad_gpu_value_turns_gpu_off_and_says_so(self):
         e = tbtest.env(self.logdir, steps="1,2", gpu="maybe")
