@@ -48,7 +48,8 @@ typedef struct var {
 /* The one table: parser, defaults, warnings and `tbprof help env` all read it. */
 static const var vars[] = {
     {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
-     "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir)",
+     "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir); a relative "
+     "path is taken against the working directory at start-up, once (a later chdir() does not move it)",
      "writing off", "", F(logdir), 0, 0},
     {"TBPROF_STEPS", T_STEPS, "", "A,B | A-B | N | several as A-B;C-D | the last one repeating as A-B/P or A-B/PxK",
      "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run; A-B/P: "

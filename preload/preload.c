@@ -6,12 +6,14 @@
  * (AT_SECURE) the agent does nothing at all.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <unistd.h>
 
 #include "capture.h"
 #include "config.h"
@@ -30,6 +32,32 @@
  * futex wake system call, paid by every process at start-up. */
 static atomic_int once;
 
+/* A relative TBPROF_LOGDIR (the default `logs` is one) is taken against the
+ * working directory now, at start-up, once: a job that chdir()s later still
+ * writes where it was started. Where the directory cannot be read or the
+ * path would not fit, it stays relative (as before: resolved at each write). */
+static void logdir_absolute(tb_config *c)
+{
+    const char *rel = c->logdir;
+    if (!rel[0] || rel[0] == '/')
+        return;
+    while (rel[0] == '.' && rel[1] == '/')
+        rel += 2;
+    char cwd[PATH_MAX], abs[sizeof(c->logdir)];
+    if (!getcwd(cwd, sizeof(cwd))) {
+        tb_debug("TBPROF_LOGDIR=%s: working directory not readable (%s): resolved at each write", c->logdir,
+                 strerror(errno));
+        return;
+    }
+    int w = !rel[0] || !strcmp(rel, ".") ? snprintf(abs, sizeof(abs), "%s", cwd)
+                                         : snprintf(abs, sizeof(abs), "%s/%s", strcmp(cwd, "/") ? cwd : "", rel);
+    if (w < 0 || (size_t)w >= sizeof(abs)) {
+        tb_debug("TBPROF_LOGDIR=%s: too long under %s: resolved at each write", c->logdir, cwd);
+        return;
+    }
+    memcpy(c->logdir, abs, (size_t)w + 1);
+}
+
 static void init(void)
 {
     int secure = getauxval(AT_SECURE) != 0;
@@ -41,6 +69,7 @@ static void init(void)
         return;
     }
     tb_config_load(&c, NULL, NULL);
+    logdir_absolute(&c);
     int hooked = tb_thread_hook_active();
     tb_agent_set_threads_hooked(hooked);
     if (hooked && c.python_helper) /* preloaded: still before main() */

@@ -5,6 +5,7 @@ the job runs to its normal exit status. Also `tbprof help env`."""
 import gzip
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -12,6 +13,10 @@ import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
+
+
+def nums(path):
+    return [n for n, _, _ in tbtest.load(path).steps()]
 
 BAD = {
     "TBPROF_LOGDIR": "",
@@ -81,6 +86,22 @@ class Config(tbtest.TestCase):
         for a in answers[:2]:
             self.assertEqual(a, "error: duration=S needs S in [0.001, 3600] seconds (at least 1 ms)", answers)
         self.assertEqual(answers[2], "capture started: duration 0.001 s", answers)
+
+    def test_relative_logdir_is_where_the_job_started(self):
+        # TBPROF_LOGDIR=logs (the default is relative too) is taken against
+        # the working directory at start-up: a job that chdir()s afterwards
+        # still writes there, not under its new directory
+        start, elsewhere = os.path.join(self.tmp, "start"), os.path.join(self.tmp, "elsewhere")
+        os.makedirs(start)
+        os.makedirs(elsewhere)
+        e = tbtest.env("logs", steps="2,4")
+        p = subprocess.run([STEPS, "-D", elsewhere, "-n", "10", "-m", "1"], env=e, cwd=start, capture_output=True,
+                           text=True, timeout=60)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.xplanes(os.path.join(elsewhere, "logs")), [])
+        files = tbtest.xplanes(os.path.join(start, "logs"))
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(nums(files[0]), [2, 3, 4])
 
     def test_bad_gpu_value_turns_gpu_off_and_says_so(self):
         e = tbtest.env(self.logdir, steps="1,2", gpu="maybe")

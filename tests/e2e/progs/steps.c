@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-M ms_last_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P] [-D dir]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -25,6 +25,8 @@
  *   -X   exit() with the -x code at the start of step X (mid-capture)
  *   -x   exit status (default 0)
  *   -r   print "ready <pid>" once the loop starts
+ *   -D   chdir(dir) before the loop (a job that changes its working
+ *        directory after start-up)
  *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
  *   -C   like a CUDA runtime initialised at start: register an atexit
  *        handler that tears the (fake) GPU contexts down
@@ -174,7 +176,7 @@ int main(int argc, char **argv)
     long api_a = -1, api_b = -1, exit_at = -1, off = 0;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:D:")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -194,6 +196,12 @@ int main(int argc, char **argv)
         case 'A': api_calls = 1; break;
         case 'R': mem = atoi(optarg); break;
         case 'C': atexit(cuda_teardown); break;
+        case 'D':
+            if (chdir(optarg) < 0) {
+                perror("chdir");
+                return 2;
+            }
+            break;
         default: fprintf(stderr, "usage: see steps.c\n"); return 2;
         }
     }
