@@ -12,6 +12,11 @@
 #include "log.h"
 #include "sampler.h"
 
+/* TBPROF_RUN and TBPROF_HOST are file name components (NAME_MAX 255), to
+ * which suffixes are added: up to ~46 bytes ("_steps_A-B") to a run, and to
+ * a host ".N.trace.json.gz", or 45 bytes around it in
+ * "events.out.tfevents.<time>.<host>.profile-empty" */
+#define TB_NAME_MAX 200
 #define TB_MIN_DURATION_S 0.001 /* a capture's shortest duration: 1 ms (capture.c's socket too) */
 
 typedef enum {
@@ -95,11 +100,11 @@ static const var vars[] = {
      "using 512", "512", F(min_free_mb), 0, 16777216},
     {"TBPROF_LOG", T_LOG, "warn", "off | error | warn | info | debug", "what tbprof prints on stderr",
      "using warn", "warn", F(log_level), 0, 0},
-    {"TBPROF_RUN", T_STR, "", "a name without '/'",
+    {"TBPROF_RUN", T_STR, "", "a name without '/', at most " XSTR(TB_NAME_MAX) " bytes",
      "run folder name; default: job id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID, ...) + step window, "
      "else local time",
      "using the derived name", "", F(run), 0, 0},
-    {"TBPROF_HOST", T_STR, "", "a name without '/'",
+    {"TBPROF_HOST", T_STR, "", "a name without '/', at most " XSTR(TB_NAME_MAX) " bytes",
      "file stem; default: hostname + .rank<RANK> (or LOCAL_RANK), else .pid<pid>",
      "using the derived name", "", F(host), 0, 0},
     {"TBPROF_TRACE_JSON", T_BOOL, "on", "on | off", "also write <host>.trace.json.gz (Perfetto)",
@@ -415,7 +420,7 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         if (len >= TB_CONFIG_STR)
             return -EINVAL;
         if ((v->off == F(run) || v->off == F(host)) &&
-            (strchr(val, '/') || !strcmp(val, ".") || !strcmp(val, "..")))
+            (strchr(val, '/') || !strcmp(val, ".") || !strcmp(val, "..") || len > TB_NAME_MAX))
             return -EINVAL;
         if (v->off == F(logdir) && !len)
             return -EINVAL;

@@ -103,6 +103,31 @@ class Config(tbtest.TestCase):
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(nums(files[0]), [2, 3, 4])
 
+    def test_run_and_host_names_too_long_for_a_file_name(self):
+        # TBPROF_RUN / TBPROF_HOST become a folder and a file name (with
+        # suffixes), so at most 200 bytes: a longer one is refused when the
+        # config is read, with its one warning, and the derived name is used
+        # (before, every profile write failed with a bare "Invalid argument")
+        for var in ("TBPROF_RUN", "TBPROF_HOST"):
+            with self.subTest(var=var):
+                logdir = os.path.join(self.tmp, var)
+                e = tbtest.env(logdir, steps="2,4")
+                e[var] = "n" * 201
+                p = tbtest.run([STEPS, "-n", "8", "-m", "1"], env=e)
+                self.assertExitedOk(p)
+                self.assertIn("at most 200 bytes", self.assertOneWarning(p.stderr, var))
+                self.assertEqual(len(tbtest.tbprof_warnings(p.stderr)), 1, p.stderr)
+                files = tbtest.xplanes(logdir)
+                self.assertEqual(len(files), 1, p.stderr)
+                self.assertNotIn("n" * 201, files[0])
+                self.assertEqual(nums(files[0]), [2, 3, 4])
+        e = tbtest.env(self.logdir, steps="2,4", run="r" * 200, host="h" * 200)
+        p = tbtest.run([STEPS, "-n", "8", "-m", "1"], env=e)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+        self.assertEqual([os.path.relpath(f, self.logdir) for f in tbtest.xplanes(self.logdir)],
+                         [os.path.join("plugins", "profile", "r" * 200, "h" * 200 + ".xplane.pb")])
+
     def test_bad_gpu_value_turns_gpu_off_and_says_so(self):
         e = tbtest.env(self.logdir, steps="1,2", gpu="maybe")
         p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
