@@ -557,8 +557,8 @@ int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud)
         c->duration_s = 0;
         c->delay_s = 0;
         c->every_s = 0;
-    } else if ((c->delay_s > 0 || c->every_s > 0) && c->duration_s == 0) {
-        c->duration_s = 10;
+    } else if ((delay_given || c->every_s > 0) && c->duration_s == 0) {
+        c->duration_s = 10; /* TBPROF_DELAY=0 too: a 10 s window from start-up */
     }
     if (c->every_s > 0 && c->every_s <= c->duration_s) {
         c->warnings++;

@@ -128,6 +128,18 @@ class Config(tbtest.TestCase):
         self.assertEqual([os.path.relpath(f, self.logdir) for f in tbtest.xplanes(self.logdir)],
                          [os.path.join("plugins", "profile", "r" * 200, "h" * 200 + ".xplane.pb")])
 
+    def test_delay_0_alone_captures_from_start_up(self):
+        # TBPROF_DELAY=0 (seconds >= 0, default duration 10 s) alone: a
+        # time window from start-up, cut short by the job's exit (0.3 s);
+        # it used to do nothing at all, silently
+        p = tbtest.run([STEPS, "-n", "30", "-m", "10"], env=tbtest.env(self.logdir, delay="0"))
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(tbtest.load(files[0]).host.stats.get("tbprof_trigger"),
+                         "TBPROF_DURATION 10s after TBPROF_DELAY 0s")
+
     def test_bad_gpu_value_turns_gpu_off_and_says_so(self):
         e = tbtest.env(self.logdir, steps="1,2", gpu="maybe")
         p = tbtest.run([STEPS, "-n", "5", "-m", "1"], env=e)
