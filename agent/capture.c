@@ -92,7 +92,7 @@ struct src {
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t cond; /* state changes */
+    pthread_cond_t cond; /* state changes; on CLOCK_MONOTONIC from tb_agent_init (cond_init) */
     int inited, disabled, is_child;
     tb_config cfg;
     int state;
@@ -171,11 +171,24 @@ static void set_state(int s)
  * Lock held. */
 static int leaving_locked(void) { return g.exiting || g.term_pending; }
 
-/* The CLOCK_REALTIME time `ns` from now (<= 0: now), for pthread_cond_timedwait. */
-static struct timespec realtime_in(int64_t ns)
+/* g.cond on CLOCK_MONOTONIC: a wall-clock step (NTP, an admin's date)
+ * neither stretches nor cuts its timed waits, one of which holds a training
+ * thread (wait_for_sources). Before any wait: tb_agent_init, fork child. */
+static void cond_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&g.cond, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/* The CLOCK_MONOTONIC time `ns` from now (<= 0: now), for
+ * pthread_cond_timedwait on g.cond. */
+static struct timespec mono_in(int64_t ns)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t t = (int64_t)ts.tv_nsec + (ns > 0 ? ns : 0);
     ts.tv_sec += t / 1000000000;
     ts.tv_nsec = t % 1000000000;
@@ -937,7 +950,7 @@ static int ensure_thread(void);
  * from t, then move the window's begin and that boundary to now. No I/O. */
 static void wait_for_sources(int64_t n, int64_t t, size_t rec)
 {
-    struct timespec until = realtime_in(g.cfg.start_wait_ms * 1000000 - (tb_mono_ns() - t));
+    struct timespec until = mono_in(g.cfg.start_wait_ms * 1000000 - (tb_mono_ns() - t));
     pthread_mutex_lock(&g.lock);
     while (!g.sources_started && g.state == TB_STATE_CAPTURING && !g.stop_req && g.cur.first == n)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &until) == ETIMEDOUT)
@@ -1469,6 +1482,7 @@ int tb_agent_init(const tb_config *c, int disable)
         pthread_mutex_unlock(&g.lock);
         return 0;
     }
+    cond_init(); /* nothing waits on it before init */
     g.inited = 1;
     g.cfg = *c;
     g.disabled = disable;
@@ -1523,7 +1537,7 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     if (ensure_thread() < 0)
         return -EAGAIN;
     /* deadline for both waits below: the caller is blocked at most ~1 s */
-    struct timespec ts = realtime_in(1000000000);
+    struct timespec ts = mono_in(1000000000);
     pthread_mutex_lock(&g.lock);
     /* tbprof_stop(); tbprof_start(): the previous capture may still be
      * stopping or collecting (no file I/O happens in these states). Let it
@@ -1915,7 +1929,7 @@ void tb_agent_exit(void)
     if (!busy)
         return;
     wake();
-    struct timespec ts = realtime_in((int64_t)TERM_FLUSH_MS * 1000000);
+    struct timespec ts = mono_in((int64_t)TERM_FLUSH_MS * 1000000);
     pthread_mutex_lock(&g.lock);
     while (g.state != TB_STATE_IDLE || g.writing)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT) {
@@ -1934,7 +1948,7 @@ void tb_agent_fork_child(void)
     /* one thread here, and it held g.lock across fork(): start over */
     pthread_mutex_init(&g.lock, NULL);
     tb_stall_fork_child();
-    pthread_cond_init(&g.cond, NULL);
+    cond_init();
     sig_fd_w = -1;
     if (term_fd_w >= 0) { /* the watchdog thread was the parent's */
         int w = term_fd_w;
