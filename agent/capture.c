@@ -1059,7 +1059,7 @@ int64_t tb_agent_step(int src, int has_num, int64_t num)
     if (!has_num) {
         n = atomic_fetch_add_explicit(&next_step, 1, memory_order_relaxed);
     } else {
-        if (num < 0)
+        if (num < 0 || num == INT64_MAX) /* INT64_MAX: no next step number */
             return -EINVAL;
         int64_t old = atomic_exchange_explicit(&next_step, num + 1, memory_order_relaxed);
         if (old == num + 1)
@@ -1530,7 +1530,7 @@ int tb_agent_init(const tb_config *c, int disable)
 
 int tb_agent_start(int64_t duration_ms, const char *trigger)
 {
-    if (duration_ms < 0)
+    if (duration_ms < 0 || duration_ms > INT64_MAX / 1000000) /* in ns it must fit */
         return -EINVAL;
     if (!g.inited)
         return -EAGAIN;
@@ -1672,7 +1672,11 @@ static int parse_repeat(const char *steps, const char *every, const char *count,
     long long a = steps ? strtoll(steps, &end, 10) : 0, b = a;
     if (steps && *end == '-')
         b = strtoll(end + 1, NULL, 10);
-    long long len = steps && !strchr(steps, '-') ? a : b - a + 1; /* steps=N, or steps=A-B */
+    /* steps=N, or steps=A-B; a range out of bounds (its length could
+     * overflow) is left to control_start's check, which says what is wrong */
+    long long len = steps && !strchr(steps, '-')                ? a
+                    : a >= 0 && b >= a && b - a < 1000000 ? b - a + 1
+                                                                : 0;
     errno = 0;
     long long p = every ? strtoll(every, &end, 10) : 0;
     if (!steps || !every || errno || end == every || *end || p <= len || p > TB_MAX_PERIOD) {

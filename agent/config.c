@@ -236,7 +236,9 @@ static int parse_i64(const char **p, int64_t *out)
  * neither overlap nor touch), K >= 1. */
 static int parse_period(const char **p, tb_window *w)
 {
-    if (parse_i64(p, &w->period) || w->period <= w->last - w->first + 1 || w->period > TB_MAX_PERIOD)
+    /* period - 1 <= last - first: P <= the window's length, which itself
+     * (last - first + 1) overflows for 0-INT64_MAX */
+    if (parse_i64(p, &w->period) || w->period - 1 <= w->last - w->first || w->period > TB_MAX_PERIOD)
         return -EINVAL;
     if (**p == 'x' || **p == 'X') {
         (*p)++;

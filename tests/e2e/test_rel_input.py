@@ -97,6 +97,22 @@ class Input(tbtest.TestCase):
         figure("env-extreme", "%d extreme-but-valid settings (64 GB buffer, 10 kHz, INT64_MAX steps, 16 windows, "
                "1 ms window, 200-char names): exit status kept, every file decodes" % len(cases))
 
+    def test_numbers_at_the_edge_of_int64(self):
+        # tbprof_step_num(INT64_MAX) (the next would be INT64_MAX + 1) and
+        # tbprof_start(INT64_MAX / 1000) ms (more than INT64_MAX ns) are
+        # refused, not wrapped (signed overflow: undefined, caught by the
+        # ASan+UBSan build); step numbering goes on from 0
+        p = tbtest.run([tbtest.prog("steps"), "-O", "-n", "5", "-m", "1"], env=relutil.env(self.logdir))
+        self.assertExitedOk(p)
+        self.assertIn("edge step_num(INT64_MAX)=-22 next=0 start(INT64_MAX/1000)=-22", p.stdout, p.stderr)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        # a socket steps=A-B every=P whose A-B length overflows: a plain error
+        p = self.start_job()
+        for req in ("start steps=-9223372036854775808-5 every=9", "start steps=0-9223372036854775807 every=9"):
+            self.assertEqual(relutil.ctl(p.pid, req), "error: steps=A-B needs 0 <= A <= B, at most 1000000 steps",
+                             req)
+        self.assertTrue(relutil.ctl(p.pid, "status").startswith("state=idle"))
+
     # ---- the control socket -------------------------------------------------------
 
     def start_job(self):

@@ -100,7 +100,9 @@ static void steps_forms(void)
                          "99999999999999999999",
                          /* a repeat no longer than the window, none, x0, not last, junk after */
                          "10-14/5", "10-14/4", "7/1", "10-14/", "10-14/0", "10-14/100x0", "10-14/100x",
-                         "1-2/10;50-60", "1-2/10x3x4", "1-2/10 3", "1-2/1000000000001"};
+                         "1-2/10;50-60", "1-2/10x3x4", "1-2/10 3", "1-2/1000000000001",
+                         /* the window's length would overflow int64 (UB before the check) */
+                         "0-9223372036854775807/5", "0-9223372036854775807/1000000000000"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECKF(tb_parse_steps(bad[i], w, TB_MAX_WINDOWS, &n) < 0, "'%s' accepted", bad[i]);
     /* more windows than fit */

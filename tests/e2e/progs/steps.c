@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-M ms_last_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P] [-D dir]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P] [-D dir] [-O]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -25,6 +25,9 @@
  *   -X   exit() with the -x code at the start of step X (mid-capture)
  *   -x   exit status (default 0)
  *   -r   print "ready <pid>" once the loop starts
+ *   -O   before the loop, hand the API numbers at the edge of int64 and
+ *        print what came back: "edge step_num(INT64_MAX)=R next=S
+ *        start(INT64_MAX/1000)=T" (then tbprof_stop())
  *   -D   chdir(dir) before the loop (a job that changes its working
  *        directory after start-up)
  *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
@@ -170,13 +173,13 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
-    int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0;
+    int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0, edge = 0;
     char last[4096] = "";
     double ms = 5, ms_last = -1;
     long api_a = -1, api_b = -1, exit_at = -1, off = 0;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:D:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:D:O")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -196,6 +199,7 @@ int main(int argc, char **argv)
         case 'A': api_calls = 1; break;
         case 'R': mem = atoi(optarg); break;
         case 'C': atexit(cuda_teardown); break;
+        case 'O': edge = 1; break;
         case 'D':
             if (chdir(optarg) < 0) {
                 perror("chdir");
@@ -206,6 +210,13 @@ int main(int argc, char **argv)
         }
     }
     tbapi_init();
+    if (edge) {
+        int64_t r = tb_step_num(INT64_MAX), s = tb_step();
+        int t = tb_start(INT64_MAX / 1000);
+        printf("edge step_num(INT64_MAX)=%lld next=%lld start(INT64_MAX/1000)=%d\n", (long long)r, (long long)s, t);
+        fflush(stdout);
+        tb_stop();
+    }
     pthread_t th[64];
     if (nthreads > 64)
         nthreads = 64;
