@@ -1,6 +1,7 @@
 /* capture.c - the agent thread and the capture state machine (capture.h). */
 #include "capture.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1914,10 +1915,46 @@ int tb_agent_leaving(void)
     return v;
 }
 
+/* TBPROF_STEPS was set and the process ends without having captured: say
+ * why once, instead of leaving an empty logdir and no word. Only where it
+ * is news: a process that marked steps (it stopped short of the window), or
+ * one that used CUDA and marked none (a training process whose steps no
+ * source counted); launchers, tools and compile workers of the same job
+ * inherit TBPROF_STEPS, mark nothing and use no GPU, and stay quiet, as do
+ * fork()ed children (data-loader workers). */
+static void steps_never_reached(void)
+{
+    static atomic_int said;
+    pthread_mutex_lock(&g.lock);
+    int quiet = !g.cfg.nwindows || g.ncaptures || g.is_child || g.state != TB_STATE_IDLE;
+    pthread_mutex_unlock(&g.lock);
+    if (quiet || atomic_exchange(&said, 1))
+        return;
+    int64_t cur = atomic_load(&next_step) - 1;
+    const tb_window *w = &g.cfg.windows[0];
+    if (cur >= w->first)
+        return;
+    if (cur >= 0) {
+        tb_warn("TBPROF_STEPS %lld-%lld: the process ended at step %lld, before the window; nothing captured",
+                (long long)w->first, (long long)w->last, (long long)cur);
+        return;
+    }
+    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (!cuda)
+        return;
+    dlclose(cuda);
+    tb_warn("TBPROF_STEPS %lld-%lld: no step was marked in this process, so nothing was captured. Steps come "
+            "from tbprof.step()/tbprof_step(), the PyTorch, JAX and TensorFlow hooks (Python with "
+            "libtbprof.so preloaded, or tbprof run), cudaProfilerStart/Stop, or NVTX ranges named by "
+            "TBPROF_NVTX_STEP; or capture by time (TBPROF_DURATION) or from outside (tbprof trigger PID)",
+            (long long)w->first, (long long)w->last);
+}
+
 void tb_agent_exit(void)
 {
     if (!g.inited || g.disabled)
         return;
+    steps_never_reached();
     pthread_mutex_lock(&g.lock);
     g.exiting = 1;
     /* the atexit hook and the destructor both come here: one bounded wait
