@@ -125,6 +125,11 @@ struct tb_cupti_tr {
     /* pairing / deferred */
     marker *mk;
     size_t nmk, capmk;
+    /* range ends whose start was not seen yet: with per-thread buffers a
+     * range started on one thread and ended on another has its two records
+     * in two buffers, completed in either order */
+    marker *me;
+    size_t nme, capme;
     syncrec *sy;
     size_t nsy, capsy;
     memrec *mr;
@@ -850,6 +855,15 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
         tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }
 
+/* A range from its start record and its end's timestamp. */
+static void marker_span(tb_cupti_tr *t, const marker *st, uint64_t end)
+{
+    if (end >= st->ts && st->ts)
+        nvtx_span(t, st->tid, st->name, st->domain, st->ts, end);
+    else
+        t->c.bad_time++;
+}
+
 static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
 {
     t->c.markers++;
@@ -857,22 +871,31 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
         return; /* process-wide and domain markers: not drawn */
     uint32_t tid = m->objectId.pt.threadId;
     if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
+        marker st = {.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain};
+        for (size_t i = t->nme; i-- > 0;) /* its end came first */
+            if (t->me[i].id == m->id) {
+                uint64_t end = t->me[i].ts;
+                t->me[i] = t->me[--t->nme];
+                marker_span(t, &st, end);
+                return;
+            }
         if (TB_GROW(t->mk, t->capmk, t->nmk + 1) < 0)
             return;
-        t->mk[t->nmk++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain};
+        t->mk[t->nmk++] = st;
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
         for (size_t i = t->nmk; i-- > 0;) {
             if (t->mk[i].id != m->id)
                 continue;
-            marker s = t->mk[i];
+            marker st = t->mk[i];
             t->mk[i] = t->mk[--t->nmk];
-            if (m->timestamp >= s.ts && s.ts)
-                nvtx_span(t, s.tid, s.name, s.domain, s.ts, m->timestamp);
-            else
-                t->c.bad_time++;
+            marker_span(t, &st, m->timestamp);
             return;
         }
-        t->c.unmatched_markers++;
+        if (TB_GROW(t->me, t->capme, t->nme + 1) < 0) {
+            t->c.unmatched_markers++;
+            return;
+        }
+        t->me[t->nme++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp};
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) {
         if (m->timestamp)
             nvtx_span(t, tid, m->name, m->domain, m->timestamp, m->timestamp);
@@ -1211,8 +1234,8 @@ int tb_cupti_tr_finish(tb_cupti_tr *t)
 {
     emit_syncs(t);
     emit_memory(t);
-    t->c.unmatched_markers += t->nmk;
-    t->nmk = 0;
+    t->c.unmatched_markers += t->nmk + t->nme;
+    t->nmk = t->nme = 0;
     for (uint32_t i = 0; i < TB_CUPTI_MAX_DEVICES; i++) {
         devstate *d = t->dev[i];
         if (!d)
@@ -1272,6 +1295,7 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
     free(t->ma);
     free(t->kn);
     free(t->mk);
+    free(t->me);
     free(t->sy);
     free(t);
 }

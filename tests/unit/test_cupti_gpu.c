@@ -19,6 +19,7 @@
 #include "stats.h"
 #include "tap.h"
 #include "trace.h"
+#include "translate.h"
 
 #define CUPTI_FIXED_GRAPH_CORR "130101" /* cuptiGetVersion of CUDA 13.1 with CUPTI update 1 */
 
@@ -444,8 +445,55 @@ static void capture_full(tb_source *src)
     }
 }
 
+/* NVTX ranges from CUPTI's marker records: a range started on one thread
+ * and ended on another has its start and end in two per-thread buffers,
+ * completed in either order; both orders give the range. */
+static void markers_in_either_order(void)
+{
+    tb_space *s = tb_space_new();
+    tb_cupti_tr_opts o = {.ts_to_epoch_ns = 0};
+    tb_cupti_tr *t = s ? tb_cupti_tr_new(s, &o) : NULL;
+    CHECK(t != NULL);
+    if (!t) {
+        tb_space_free(s);
+        return;
+    }
+    CUpti_ActivityMarker2 m[6];
+    memset(m, 0, sizeof(m));
+    const char *names[] = {"end_first", "end_first", "start_first", "start_first", "no_end", "no_start"};
+    uint32_t ids[] = {1, 1, 2, 2, 3, 4};
+    uint32_t flags[] = {CUPTI_ACTIVITY_FLAG_MARKER_END, CUPTI_ACTIVITY_FLAG_MARKER_START,
+                        CUPTI_ACTIVITY_FLAG_MARKER_START, CUPTI_ACTIVITY_FLAG_MARKER_END,
+                        CUPTI_ACTIVITY_FLAG_MARKER_START, CUPTI_ACTIVITY_FLAG_MARKER_END};
+    uint64_t ts[] = {5000, 1000, 2000, 3000, 4000, 6000};
+    for (int i = 0; i < 6; i++) {
+        m[i].kind = CUPTI_ACTIVITY_KIND_MARKER;
+        m[i].flags = (CUpti_ActivityFlag)flags[i];
+        m[i].id = ids[i];
+        m[i].timestamp = ts[i];
+        m[i].objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
+        m[i].objectId.pt.threadId = 4242;
+        m[i].name = flags[i] == CUPTI_ACTIVITY_FLAG_MARKER_START ? names[i] : NULL;
+        tb_cupti_tr_record(t, (CUpti_Activity *)&m[i]);
+    }
+    CHECK_EQ_I(tb_cupti_tr_finish(t), 0);
+    CHECK_EQ_I(tb_cupti_tr_get_counts(t).unmatched_markers, 2); /* no_end, no_start */
+    tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+    tb_line *l = h ? tb_host_line(s, 4242) : NULL;
+    const tb_event *a = event_named(h, l, "end_first", 0), *b = event_named(h, l, "start_first", 0);
+    CHECK(a != NULL && b != NULL);
+    if (a)
+        CHECK_EQ_I(a->dur_ns, 4000);
+    if (b)
+        CHECK_EQ_I(b->dur_ns, 1000);
+    CHECK(event_named(h, l, "no_end", 0) == NULL);
+    tb_cupti_tr_free(t);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    markers_in_either_order();
     mallopt(M_MMAP_THRESHOLD, 64 << 10); /* fixed: freed buffers are unmapped, never recycled */
     const char *b = getenv("TBPROF_BUILD");
     if (!b) {
