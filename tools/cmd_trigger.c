@@ -482,7 +482,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         fprintf(stderr, "tbprof trigger: give one of --steps N [--at-step A], --duration S, --stop, --status\n");
         return 2;
     }
-    if (o->at_step > LONG_MAX - o->nsteps + 1) {
+    if (o->nsteps > 0 && o->at_step > LONG_MAX - (o->nsteps - 1)) {
         fprintf(stderr, "tbprof trigger: --at-step %ld with --steps %ld goes past the last step number\n",
                 o->at_step, o->nsteps);
         return 2;
