@@ -105,6 +105,10 @@ static struct {
     size_t size;
 } orphans[ORPHANS_MAX];
 static size_t norphans;
+/* Bytes of them (past the table too): once they reach a capture's budget no
+ * GPU capture starts (gpu_start) until CUPTI gives them back, so captures
+ * after another client took the buffer callbacks cannot pile up memory. */
+static size_t orphan_bytes;
 
 /* Buffers are anonymous mappings: zero-filled by the kernel, so CUPTI need
  * not clear each one on the CUDA thread that asks for it
@@ -168,6 +172,7 @@ static void CUPTIAPI buf_completed(CUcontext ctx, uint32_t stream, uint8_t *buff
         for (size_t i = 0; i < norphans; i++)
             if (orphans[i].buf == buffer) { /* a past capture's, back at last: its records are too late */
                 buf_unmap(buffer, orphans[i].size);
+                orphan_bytes -= orphans[i].size;
                 orphans[i] = orphans[--norphans];
                 break;
             }
@@ -494,7 +499,10 @@ static void pool_free(void)
             free_it = g.done[j].buf == b;
         if (free_it) {
             buf_unmap(b, g.buf_size);
-        } else if (norphans < ORPHANS_MAX) {
+            continue;
+        }
+        orphan_bytes += g.buf_size;
+        if (norphans < ORPHANS_MAX) {
             orphans[norphans].buf = b;
             orphans[norphans++].size = g.buf_size;
         }
@@ -739,6 +747,19 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     atomic_store(&g.exhausted, 0);
     g.cupti_dropped = 0;
 
+    size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
+    pthread_mutex_lock(&g.mu);
+    size_t kept = orphan_bytes;
+    pthread_mutex_unlock(&g.mu);
+    if (kept >= budget) {
+        snprintf(whybuf, sizeof(whybuf),
+                 "CUPTI still holds %zu MiB of buffers from past captures (another CUPTI client took the buffer "
+                 "callbacks?): GPU capture off until it gives them back, so tbprof's memory stays bounded",
+                 kept >> 20);
+        *why = whybuf;
+        return -EBUSY;
+    }
+
     char holder[128];
     const char *how = "cuptiSubscribe";
     int held = detach_cancel();
@@ -782,7 +803,6 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         tb_warn_once("GPU tracing: %s: %s; if a capture's end hangs the job, that is why", g.lib->path,
                      CUPTI_DISABLE_DEADLOCK_ADVICE);
 
-    size_t budget = info && info->buffer_bytes ? info->buffer_bytes : (size_t)32 << 20;
     if (pool_alloc(budget) < 0) {
         release(0);
         *why = "out of memory for the CUPTI buffer pool";

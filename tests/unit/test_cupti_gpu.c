@@ -854,6 +854,26 @@ int main(void)
         tb_space_free(s);
     }
     unsetenv("TBFAKE_CUPTI_SKEW_NS");
+
+    /* 11. (last: it leaves buffers with CUPTI for good) another client takes
+     * the buffer callbacks: every capture's buffers stay with CUPTI; once
+     * they add up to a capture's budget no GPU capture starts, so repeated
+     * captures do not pile up memory */
+    tb_cupti_lib_reset_for_tests();
+    setenv("TBPROF_CUPTI_PATH", fake_full, 1);
+    setenv("TBFAKE_CUPTI_LOSE_BUFFERS", "1", 1);
+    setenv("TBFAKE_CUPTI_REPEAT", "200", 1); /* a few buffers' worth each time */
+    int refused_at = 0;
+    for (int i = 1; i <= 40 && !refused_at; i++) {
+        s = capture(src, 4 * 65536, &rc, &why, &t0);
+        if (rc < 0)
+            refused_at = i;
+        tb_space_free(s);
+    }
+    CHECKF(refused_at > 1, "refused at capture %d", refused_at);
+    CHECKF(rc < 0 && why && strstr(why, "CUPTI still holds"), "why: %s", rc < 0 && why ? why : "(none)");
+    unsetenv("TBFAKE_CUPTI_LOSE_BUFFERS");
+    unsetenv("TBFAKE_CUPTI_REPEAT");
     unlink(script);
     return tap_done();
 }
