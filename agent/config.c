@@ -31,6 +31,7 @@ typedef enum {
     T_CUDASTEPS,
     T_AUTO,  /* auto | on | off: tb_auto_mode */
     T_OPS,   /* on | off | shapes: 1, 0, 2 */
+    T_TRAMP, /* capture (or on) | always | off: 1, 2, 0 */
     T_EVERY, /* seconds, or seconds x count */
 } var_type;
 
@@ -84,9 +85,10 @@ static const var vars[] = {
     {"TBPROF_CPU_MODE", T_CPUMODE, "dwarf", "dwarf | fp",
      "CPU stacks: copy user stacks and unwind with DWARF (dwarf) or frame pointers only (fp)",
      "using dwarf", "dwarf", F(cpu_mode), 0, 0},
-    {"TBPROF_PY_TRAMPOLINE", T_BOOL, "on", "on | off",
-     "CPython >= 3.12, dwarf stacks: turn its perf trampoline on for each capture (Python frames in "
-     "the samples) and off after it, as it costs every Python call while on",
+    {"TBPROF_PY_TRAMPOLINE", T_TRAMP, "capture", "capture | always | off",
+     "CPython >= 3.12, dwarf stacks: its perf trampoline (Python frames in the samples) on for each "
+     "capture and off after it, as it costs every Python call while on; always: on from start-up "
+     "(PYTHONPERFSUPPORT=1 in a preloaded Python), so frames entered before a capture are named too",
      "trampoline left alone", "off", F(py_trampoline), 0, 0},
     {"TBPROF_BUFFER_MB", T_UINT, "64", "integer 1..65536",
      "capture memory (GPU activity buffers and sample rings); full = counted drops",
@@ -485,6 +487,16 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         else
             return -EINVAL;
         return 0;
+    case T_TRAMP:
+        if (!strcasecmp(val, "capture")) {
+            *(int *)field = 1;
+            return 0;
+        }
+        if (!strcasecmp(val, "always")) {
+            *(int *)field = 2;
+            return 0;
+        }
+        return tb_parse_bool(val, (int *)field);
     case T_OPS:
         if (!strcasecmp(val, "shapes")) {
             *(int *)field = 2;

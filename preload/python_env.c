@@ -62,12 +62,31 @@ static int helper_dir(char *out, size_t n)
     return 0;
 }
 
-int tb_python_env_setup(void)
+/* The minor version of a CPython 3 that has not started yet, else -1. */
+static int python_about_to_start(void)
 {
     int (*initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     const char *(*version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
-    if (!initialized || !version || initialized() || version()[0] != '3')
-        return 0; /* not a CPython 3 about to start */
+    int major = 0, minor = 0;
+    if (!initialized || !version || initialized() || sscanf(version(), "%d.%d", &major, &minor) != 2 ||
+        major != 3)
+        return -1;
+    return minor;
+}
+
+int tb_python_perf_always(void)
+{
+    if (python_about_to_start() < 12)
+        return 0;
+    setenv("PYTHONPERFSUPPORT", "1", 0); /* the job's own setting wins */
+    tb_debug("python: TBPROF_PY_TRAMPOLINE=always: PYTHONPERFSUPPORT=%s", getenv("PYTHONPERFSUPPORT"));
+    return 1;
+}
+
+int tb_python_env_setup(void)
+{
+    if (python_about_to_start() < 0)
+        return 0;
     char dir[PATH_MAX];
     if (helper_dir(dir, sizeof(dir)) < 0) {
         tb_debug("python: no helper beside libtbprof.so (share/tbprof/python): no step hooks");

@@ -7,4 +7,8 @@
  * put the helper on PYTHONPATH and the step hooks on. 1 when done. */
 int tb_python_env_setup(void);
 
+/* TBPROF_PY_TRAMPOLINE=always, from the constructor: PYTHONPERFSUPPORT=1
+ * (unless set) in a CPython >= 3.12 that has not started. 1 when done. */
+int tb_python_perf_always(void);
+
 #endif

@@ -191,6 +191,23 @@ class CpuPythonTrampoline(PythonsCase):
                                  "on for the whole run (PYTHONPERFSUPPORT=1 or the program)")
                 self.assertTrue(os.path.exists("/tmp/perf-%d.map" % pid), "the job's own perf map removed")
 
+    def test_always_names_the_frames_entered_before(self):
+        # TBPROF_PY_TRAMPOLINE=always: on from start-up (PYTHONPERFSUPPORT=1
+        # set by the agent), so the loop's own frame (main, entered before
+        # the capture) is named too, at the trampoline's cost while idle
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, _ = self.run_tramp(python, "always-" + version, TBPROF_PY_TRAMPOLINE="always")
+                self.assertTrue(all(a for _, a in iters), "off in some iteration")
+                self.assertEqual(prof.host.stats.get("tbprof_python_trampoline"),
+                                 "on for the whole run (PYTHONPERFSUPPORT=1 or the program)")
+                main = prof.host.line(pid)
+                under_main = sum(e.stats["samples"] for e, anc in cpusamples.walk(main)
+                                 if e.name.startswith("py::burn:") and
+                                 any(a.name.startswith("py::main:") for a in anc))
+                share, n = self.py_share(prof, pid)
+                self.assertGreater(under_main, share * n * 0.9, "py::burn under py::main")
+
     def test_off_switch(self):
         for version, python in self.pythons:
             with self.subTest(python=version):
