@@ -1916,12 +1916,11 @@ int tb_agent_leaving(void)
 }
 
 /* TBPROF_STEPS was set and the process ends without having captured: say
- * why once, instead of leaving an empty logdir and no word. Only where it
- * is news: a process that marked steps (it stopped short of the window), or
- * one that used CUDA and marked none (a training process whose steps no
- * source counted); launchers, tools and compile workers of the same job
- * inherit TBPROF_STEPS, mark nothing and use no GPU, and stay quiet, as do
- * fork()ed children (data-loader workers). */
+ * why once, instead of leaving an empty logdir and no word (it stopped short
+ * of the window, or marked no step at all). Only in a process that used
+ * CUDA, the training process: launchers, tools, compile workers and helper
+ * programs of the same job inherit TBPROF_STEPS, use no GPU, and stay
+ * quiet, as do fork()ed children (data-loader workers). */
 static void steps_never_reached(void)
 {
     static atomic_int said;
@@ -1934,15 +1933,15 @@ static void steps_never_reached(void)
     const tb_window *w = &g.cfg.windows[0];
     if (cur >= w->first)
         return;
+    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (!cuda)
+        return;
+    dlclose(cuda);
     if (cur >= 0) {
         tb_warn("TBPROF_STEPS %lld-%lld: the process ended at step %lld, before the window; nothing captured",
                 (long long)w->first, (long long)w->last, (long long)cur);
         return;
     }
-    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
-    if (!cuda)
-        return;
-    dlclose(cuda);
     tb_warn("TBPROF_STEPS %lld-%lld: no step was marked in this process, so nothing was captured. Steps come "
             "from tbprof.step()/tbprof_step(), the PyTorch, JAX and TensorFlow hooks (Python with "
             "libtbprof.so preloaded, or tbprof run), cudaProfilerStart/Stop, or NVTX ranges named by "
