@@ -40,6 +40,8 @@ static struct {
     int (*add_pending_call)(int (*fn)(void *), void *arg);
     const char *(*version)(void);
     pyobj *(*import_module)(const char *name);
+    pyobj *(*sys_get)(const char *name);
+    pyobj *(*dict_get)(pyobj *d, const char *key);
     pyobj *(*call_method)(pyobj *o, const char *name, const char *fmt, ...);
     pyobj *(*get_attr)(pyobj *o, const char *name);
     pyobj *(*call)(pyobj *f, pyobj *args, pyobj *kwargs);
@@ -92,6 +94,8 @@ static int resolve(void)
     LOOK(is_initialized, "Py_IsInitialized");
     LOOK(add_pending_call, "Py_AddPendingCall");
     LOOK(import_module, "PyImport_ImportModule");
+    LOOK(sys_get, "PySys_GetObject");
+    LOOK(dict_get, "PyDict_GetItemString");
     LOOK(call_method, "PyObject_CallMethod");
     LOOK(get_attr, "PyObject_GetAttrString");
     LOOK(call, "PyObject_Call");
@@ -114,6 +118,23 @@ static void xdecref(pyobj *o)
 {
     if (o)
         py.decref(o);
+}
+
+/* Module `name` (a new reference): from sys.modules when it is there (no
+ * Python code runs: this is on the job's main thread, inside a capture),
+ * else imported. NULL with the error cleared. */
+static pyobj *module(const char *name)
+{
+    pyobj *mods = py.sys_get("modules"); /* borrowed */
+    pyobj *m = mods ? py.dict_get(mods, name) : NULL;
+    if (m) {
+        py.incref(m);
+        return m;
+    }
+    m = py.import_module(name);
+    if (!m)
+        py.err_clear();
+    return m;
 }
 
 static void map_path(char *out, size_t n) { snprintf(out, n, "/tmp/perf-%d.map", (int)getpid()); }
@@ -146,7 +167,7 @@ static int is_active(pyobj *sys)
 
 static int switch_off(void)
 {
-    pyobj *sys = py.import_module("sys");
+    pyobj *sys = module("sys");
     pyobj *r = sys ? py.call_method(sys, "deactivate_stack_trampoline", NULL) : NULL;
     if (!r)
         py.err_clear();
@@ -205,7 +226,7 @@ static void register_hooks(void)
         return;
     hooks_done = 1;
     pyobj *f = py.cfunction_new(&exit_def, NULL, NULL);
-    pyobj *m = f ? py.import_module("atexit") : NULL;
+    pyobj *m = f ? module("atexit") : NULL;
     pyobj *r = m ? py.call_method(m, "register", "O", f) : NULL;
     if (!r) {
         py.err_clear();
@@ -216,7 +237,7 @@ static void register_hooks(void)
     xdecref(f);
 
     f = py.cfunction_new(&child_def, NULL, NULL);
-    m = f ? py.import_module("os") : NULL;
+    m = f ? module("os") : NULL;
     pyobj *reg = m ? py.get_attr(m, "register_at_fork") : NULL;
     pyobj *args = reg ? py.tuple_new(0) : NULL;
     pyobj *kw = args ? py.dict_new() : NULL;
@@ -261,9 +282,9 @@ static int sync_cb(void *arg)
         return 0;
     register_hooks();
     int on = atomic_load(&want);
-    pyobj *sys = py.import_module("sys");
+    pyobj *sys = module("sys");
     if (!sys) {
-        take_error("import sys");
+        snprintf(fail_why, sizeof(fail_why), "no sys module");
         if (on)
             atomic_store(&outcome, OUT_FAILED);
         return 0;

@@ -90,7 +90,9 @@ class CpuPython(PythonsCase):
         c = cpusamples.counts([main])
         by_func = {}
         for name, (s, t) in c.items():
-            if name.startswith("py::"):
+            # (the agent's first request imports atexit on the main thread,
+            # through importlib's frozen bootstrap: a sample may land there)
+            if name.startswith("py::") and "<frozen importlib" not in name:
                 func = name[4:].split(":", 1)[0]
                 self.assertTrue(name.endswith(":" + PROG), name)
                 by_func[func] = by_func.get(func, 0) + t

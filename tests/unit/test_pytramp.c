@@ -48,6 +48,7 @@ static fobj mod_sys = {"module", "sys", 0, 0, 0}, mod_atexit = {"module", "atexi
             reg_at_fork = {"func", "register_at_fork", 0, 0, 0}, exc = {"exc", "ValueError", 0, 0, 0},
             exc_str = {"str", "perf trampoline not available", 0, 0, 0};
 static int err_set, activations, deactivations;
+static int imports; /* PyImport_ImportModule calls: only atexit's */
 static const fdef *exit_hook, *child_hook;
 static fobj *made[64];
 static int nmade, live;
@@ -76,6 +77,7 @@ static int f_add_pending_call(int (*fn)(void *), void *arg)
 }
 static fobj *f_import(const char *name)
 {
+    imports++;
     if (!strcmp(name, "sys"))
         return live++, &mod_sys;
     if (!strcmp(name, "atexit"))
@@ -84,6 +86,16 @@ static fobj *f_import(const char *name)
         return live++, &mod_os;
     err_set = 1;
     return NULL;
+}
+/* sys.modules: sys and os are there (borrowed references), atexit is not
+ * (imported, as in a program that has not used it) */
+static fobj sys_modules = {"dict", "modules", 0, 0, 0};
+static fobj *f_sys_get(const char *name) { return strcmp(name, "modules") ? NULL : &sys_modules; }
+static fobj *f_dict_get(fobj *d, const char *key)
+{
+    if (d != &sys_modules)
+        return NULL;
+    return !strcmp(key, "sys") ? &mod_sys : !strcmp(key, "os") ? &mod_os : NULL;
 }
 static char map_file[64];
 static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
@@ -189,6 +201,7 @@ static void *fake_lookup(const char *name)
         {"Py_IncRef", (void *)f_incref},                {"Py_DecRef", (void *)f_decref},
         {"PyErr_Fetch", (void *)f_err_fetch},           {"PyErr_Clear", (void *)f_err_clear},
         {"PyObject_Str", (void *)f_str},                {"PyUnicode_AsUTF8", (void *)f_utf8},
+        {"PySys_GetObject", (void *)f_sys_get},         {"PyDict_GetItemString", (void *)f_dict_get},
         {"_Py_NoneStruct", (void *)&none},
     };
     if (no_python)
@@ -225,7 +238,7 @@ static void reset(void)
     tb_pytramp_reset_for_test(fake_lookup);
     version = "3.12.1 (main, fake)";
     initialized = 1;
-    active = refuse = queue_full = npending = nadded = err_set = activations = deactivations = 0;
+    active = refuse = queue_full = npending = nadded = err_set = activations = deactivations = imports = 0;
     exit_hook = child_hook = NULL;
     no_python = 0;
     unlink(map_file);
@@ -266,6 +279,7 @@ int main(void)
     CHECK_EQ_I(active, 1);
     CHECK(strstr(describe(), "on during the capture") != NULL);
     CHECK(exit_hook != NULL && child_hook != NULL);
+    CHECK_EQ_I(imports, 1); /* atexit; sys and os come from sys.modules */
     CHECK_EQ_I(access(map_file, F_OK), 0);
     tb_pytramp_request(0);
     CHECK_EQ_I(nadded, 2);
