@@ -97,12 +97,52 @@ static const char *gpu_share(char *b, size_t n, const tb_summary *m, int64_t par
     return b;
 }
 
+/* How many leading bytes every host's label shares, cut back to just after
+ * a '.', '-', '_' or '/' so that what is left is whole words: hosts of one
+ * job (node-0001.cluster.local.rank0, ...rank1) differ at the end, and a
+ * 20-character column showed only the part they share. */
+static size_t shared_prefix(const tb_profset *ps)
+{
+    if (ps->n < 2)
+        return 0;
+    const char *a = ps->profs[0].label;
+    size_t n = strlen(a);
+    for (size_t i = 1; i < ps->n; i++) {
+        const char *b = ps->profs[i].label;
+        size_t k = 0;
+        while (k < n && a[k] && a[k] == b[k])
+            k++;
+        n = k;
+    }
+    while (n && !strchr(".-_/", a[n - 1]))
+        n--;
+    for (size_t i = 0; i < ps->n; i++)
+        if (!ps->profs[i].label[n]) /* one label is the prefix itself: keep it whole */
+            return 0;
+    return n;
+}
+
+/* A column's label: past the shared prefix, and the tail of what is still
+ * longer than the column (the rank number, not the node name). */
+static const char *column_label(const char *label, size_t skip, char *out, size_t n)
+{
+    const char *l = rr_text(label + skip);
+    size_t len = strlen(l);
+    if (len <= 20)
+        return l;
+    snprintf(out, n, "..%s", l + len - 18);
+    return out;
+}
+
 static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 {
     char b[64];
+    size_t skip = shared_prefix(ps);
+    if (skip)
+        printf("hosts: %.*s...\n", (int)skip, rr_text(ps->profs[0].label));
     printf("%-18s", "");
     for (size_t i = 0; i < ps->n; i++)
-        printf(" %-20.20s", rr_text(ps->profs[i].label));
+        printf(" %-20.20s", column_label(ps->profs[i].label, skip, b, sizeof b));
     printf("\n");
 #define ROW(title, ...)                                                                      \
     do {                                                                                     \

@@ -224,28 +224,29 @@ void tb_profset_folded_free(tb_profset_folded *pf)
     memset(pf, 0, sizeof(*pf));
 }
 
-/* Why a profile set has no CPU samples (the warnings that say so). */
-static void why_no_samples(const tb_profset *ps, FILE *f)
+/* Why a profile set has no CPU samples (the warnings that say so), one
+ * line each on f (NULL: only count them). Returns how many. */
+static int why_no_samples(const tb_profset *ps, FILE *f)
 {
     int said = 0;
     for (size_t i = 0; i < ps->n; i++) {
         const tb_space *s = ps->profs[i].space;
         for (size_t w = 0; w < s->nwarnings; w++)
             if (strstr(s->warnings[w], "CPU") || strstr(s->warnings[w], "perf_event")) {
-                fprintf(f, "  %s: %s\n", rr_text(ps->profs[i].label), rr_text(s->warnings[w]));
-                said = 1;
+                if (f)
+                    fprintf(f, "  %s: %s\n", rr_text(ps->profs[i].label), rr_text(s->warnings[w]));
+                said++;
             }
         const tb_plane *h = tb_space_find_plane(s, "/host:CPU");
         const tb_stat *why = h ? tb_plane_find_stat(h, "tbprof_cpu_off_reason") : NULL;
         if (why && why->type == TB_STAT_REF) {
-            fprintf(f, "  %s: CPU sampling off: %s\n", rr_text(ps->profs[i].label),
-                    rr_text(tb_plane_stat_name(h, why->v.ref)));
-            said = 1;
+            if (f)
+                fprintf(f, "  %s: CPU sampling off: %s\n", rr_text(ps->profs[i].label),
+                        rr_text(tb_plane_stat_name(h, why->v.ref)));
+            said++;
         }
     }
-    if (!said)
-        fprintf(f, "  (was it captured with TBPROF_CPU=off, or did the capture end before "
-                   "the first sample?)\n");
+    return said;
 }
 
 int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_profset_folded *pf)
@@ -266,8 +267,13 @@ int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_
         fprintf(stderr, "tbprof %s: no GPU work with its correlation id in %s (was GPU tracing on?)\n", cmd, where);
         return 2;
     }
-    fprintf(stderr, "tbprof %s: no CPU samples in %s; the profile says:\n", cmd, where);
-    why_no_samples(ps, stderr);
+    if (why_no_samples(ps, NULL)) {
+        fprintf(stderr, "tbprof %s: no CPU samples in %s; the profile says:\n", cmd, where);
+        why_no_samples(ps, stderr);
+    } else {
+        fprintf(stderr, "tbprof %s: no CPU samples in %s, and the profile records no reason (was it captured "
+                        "with TBPROF_CPU=off, or did the capture end before the first sample?)\n", cmd, where);
+    }
     return 2;
 }
 

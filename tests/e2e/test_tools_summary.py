@@ -332,6 +332,34 @@ class SummaryFigures(Base):
         self.assertRegex(p.stdout, r"\ntop NVTX range\s+-\s+forward\s*\n")
         self.assertIn("  - CPU sampling off: perf_event_open: Permission denied", p.stdout)
 
+    def test_flame_without_samples_says_why_or_that_nothing_says(self):
+        a = os.path.join(self.rundir, "a.xplane.pb")
+        sp = xplane_pb2.XSpace()
+        sp.hostnames.append("a")
+        h = Plane(sp, "/host:CPU")
+        h.event(h.line(7, "python"), "train", 0, 1000000, _r=1, step_num=1)
+        write(a, sp.SerializeToString())
+        p = run("flame", a, "-o", os.path.join(self.tmp, "a.svg"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no CPU samples in %s, and the profile records no reason" % a, p.stderr)
+        b = os.path.join(self.rundir, "b.xplane.pb")
+        write(b, second_host())
+        p = run("flame", b, "-o", os.path.join(self.tmp, "b.svg"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("the profile says:\n  b: CPU sampling off: perf_event_open: Permission denied", p.stderr)
+
+    def test_side_by_side_columns_tell_hosts_apart(self):
+        # hosts of one job share a long name and differ at its end: the
+        # columns show what differs (the shared part once, above), and the
+        # tail of a name still longer than a column
+        base = "gpu-worker-node-0001.cluster.local."
+        for tail in ("rank0", "rank1", "rank2-with-a-very-long-suffix"):
+            write(os.path.join(self.rundir, base + tail + ".xplane.pb"), second_host())
+        p = run("summary", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("\nhosts: " + base + "...\n", p.stdout)
+        self.assertRegex(p.stdout, r"\n\s+rank0\s+rank1\s+\.\.a-very-long-suffix\s*\n")
+
     def test_comm_exposed_side_by_side(self):
         # the rank that computes longest waits least in the all-reduce: the
         # straggler is the one with the least exposed communication
