@@ -64,3 +64,26 @@ for root_, _, fs in os.walk(logdir):
     if fs:
         sys.exit("bench_python_idle: an idle agent wrote files: %s" % fs)
 PY
+
+# Instructions (callgrind, all threads): steady where CPU time swings with
+# other tenants of the machine.
+if command -v valgrind >/dev/null; then
+  count() { # VAR=value... argv...: callgrind's total instructions
+    local out pid
+    env -u PYTHONPERFSUPPORT -u PYTHONPATH -u LD_PRELOAD TBPROF_LOGDIR="$logdir" "$@" >/dev/null 2>"$logdir/vg" &
+    pid=$!
+    wait $pid || true
+    rm -f "/tmp/perf-$pid.map" # PYTHONPERFSUPPORT's (env execs: the same pid)
+    out=$(grep -Eo 'Collected : [0-9]+' "$logdir/vg" | grep -Eo '[0-9]+$') || true
+    rm -f "$logdir/vg"
+    echo "${out:-0}"
+  }
+  vg=(valgrind --tool=callgrind --callgrind-out-file=/dev/null)
+  prog=$root/tests/bench/python_calls.py
+  a=$(count "${vg[@]}" "$py" "$prog")
+  b=$(count LD_PRELOAD="$lib" "${vg[@]}" "$py" "$prog")
+  c=$(count LD_PRELOAD="$lib" PYTHONPERFSUPPORT=1 "${vg[@]}" "$py" "$prog")
+  awk -v a="$a" -v b="$b" -v c="$c" 'BEGIN { if (a > 0) printf "  instructions: plain %.0f, preloaded idle %.0f (ratio %.4f), trampoline all run %.0f (ratio %.4f)\n", a, b, b / a, c, c / a }'
+else
+  echo "  (valgrind not installed: no instruction counts)"
+fi
