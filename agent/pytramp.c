@@ -57,6 +57,11 @@ static struct {
     pyobj *(*str)(pyobj *o);
     const char *(*utf8)(pyobj *s);
     pyobj *none;
+    /* PEP 523's frame-evaluator switch (optional): see turn_on */
+    void *(*interp_get)(void);
+    void *(*eval_get)(void *interp);
+    void (*eval_set)(void *interp, void *fn);
+    void *eval_default;
 } py;
 
 static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name); }
@@ -75,6 +80,15 @@ static int ours;              /* we turned it on, and it still is (GIL) */
 static int ever_ours;         /* we turned it on at least once (GIL) */
 static int map_was_there;     /* the perf map existed before we first did (GIL) */
 static int hooks_done;        /* atexit / at-fork hooks registered (GIL) */
+/* CPython's trampoline evaluator, once sys.activate_stack_trampoline made it
+ * (GIL): later captures switch the interpreter's frame evaluator to it and
+ * back (PEP 523), as each activate/deactivate pair would take CPython one
+ * more code-extra slot (255 in all), a new code arena and a new trampoline
+ * and map line for every function. Without that switch, activations are
+ * counted and stop at ACTIVATIONS_MAX. */
+static void *evaluator;
+static int activations;
+#define ACTIVATIONS_MAX 16
 static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
 
 #define LOOK(field, name)                                                                            \
@@ -90,6 +104,11 @@ static int resolve(void)
     LOOK(version, "Py_GetVersion");
     int major = 0, minor = 0;
     if (sscanf(py.version(), "%d.%d", &major, &minor) != 2 || major != 3 || minor < 12)
+        return 0;
+    /* a free-threaded build compiles trampolines into shared arenas from
+     * every thread at once, unlocked in its perf_trampoline.c: not switched
+     * on under a running job's threads */
+    if (strstr(py.version(), "free-threading"))
         return 0;
     LOOK(is_initialized, "Py_IsInitialized");
     LOOK(add_pending_call, "Py_AddPendingCall");
@@ -111,6 +130,12 @@ static int resolve(void)
     LOOK(str, "PyObject_Str");
     LOOK(utf8, "PyUnicode_AsUTF8");
     LOOK(none, "_Py_NoneStruct");
+    *(void **)&py.interp_get = lookup("PyInterpreterState_Get");
+    *(void **)&py.eval_get = lookup("_PyInterpreterState_GetEvalFrameFunc");
+    *(void **)&py.eval_set = lookup("_PyInterpreterState_SetEvalFrameFunc");
+    py.eval_default = lookup("_PyEval_EvalFrameDefault");
+    if (!py.interp_get || !py.eval_get || !py.eval_set || !py.eval_default)
+        py.eval_set = NULL; /* all or nothing */
     return 1;
 }
 
@@ -167,6 +192,12 @@ static int is_active(pyobj *sys)
 
 static int switch_off(void)
 {
+    if (evaluator && py.eval_set) {
+        void *interp = py.interp_get();
+        if (py.eval_get(interp) == evaluator)
+            py.eval_set(interp, NULL); /* the default evaluator; CPython's trampoline state stays */
+        return 0;
+    }
     pyobj *sys = module("sys");
     pyobj *r = sys ? py.call_method(sys, "deactivate_stack_trampoline", NULL) : NULL;
     if (!r)
@@ -213,6 +244,10 @@ static pyobj *on_fork_child(pyobj *self, pyobj *unused)
     }
     ever_ours = 0;
     map_was_there = 0;
+    /* CPython re-made (or dropped) its trampoline state in the child: the
+     * next capture activates it afresh */
+    evaluator = NULL;
+    activations = 0;
     py.incref(py.none);
     return py.none;
 }
@@ -256,6 +291,25 @@ static void register_hooks(void)
 
 static void turn_on(pyobj *sys)
 {
+    if (evaluator && py.eval_set) { /* made before: switch back to it */
+        void *interp = py.interp_get();
+        if (py.eval_get(interp) != py.eval_default) { /* not ours to replace */
+            snprintf(fail_why, sizeof(fail_why), "another frame evaluator is installed (PEP 523: "
+                                                 "torch.compile's, a debugger's)");
+            atomic_store(&outcome, OUT_FAILED);
+            return;
+        }
+        py.eval_set(interp, evaluator);
+        ours = 1;
+        atomic_store(&outcome, OUT_OURS);
+        return;
+    }
+    if (activations >= ACTIVATIONS_MAX) {
+        snprintf(fail_why, sizeof(fail_why), "turned on %d times in this process already (each costs "
+                 "CPython a code-extra slot and a trampoline per function)", activations);
+        atomic_store(&outcome, OUT_FAILED);
+        return;
+    }
     char path[64];
     map_path(path, sizeof(path));
     int had_map = access(path, F_OK) == 0;
@@ -266,6 +320,9 @@ static void turn_on(pyobj *sys)
         return;
     }
     xdecref(r);
+    activations++;
+    if (py.eval_set)
+        evaluator = py.eval_get(py.interp_get());
     if (!ever_ours)
         map_was_there = had_map;
     ours = ever_ours = 1;
@@ -308,6 +365,7 @@ static int sync_cb(void *arg)
 
 void tb_pytramp_request(int on)
 {
+    int refused = 0;
     pthread_mutex_lock(&lk);
     if (!resolved)
         resolved = resolve() ? 1 : -1;
@@ -324,10 +382,14 @@ void tb_pytramp_request(int on)
             atomic_store(&outcome, OUT_PENDING);
         if (!atomic_exchange(&queued, 1) && py.add_pending_call(sync_cb, NULL) != 0) {
             atomic_store(&queued, 0);
-            tb_debug("python: Py_AddPendingCall refused (its queue is full)");
+            refused = 1;
         }
     }
     pthread_mutex_unlock(&lk);
+    if (refused)
+        tb_warn_once("python: the interpreter's pending-call queue is full; the perf trampoline %s until "
+                     "the next capture's request gets through",
+                     on ? "stays off for this capture" : "stays on");
 }
 
 int tb_pytramp_describe(char *out, size_t n)
@@ -363,7 +425,13 @@ int tb_pytramp_describe(char *out, size_t n)
 void tb_pytramp_atfork_child(void)
 {
     pthread_mutex_init(&lk, NULL);
+    /* a request queued in the parent may still run in the child (CPython
+     * keeps its pending calls across fork): it must find nothing wanted */
+    atomic_store(&want, 0);
     atomic_store(&queued, 0);
+    atomic_store(&outcome, OUT_NONE);
+    evaluator = NULL;
+    activations = 0;
 }
 
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
@@ -375,6 +443,7 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     atomic_store(&queued, 0);
     atomic_store(&gone, 0);
     atomic_store(&outcome, OUT_NONE);
-    ours = ever_ours = map_was_there = hooks_done = 0;
+    ours = ever_ours = map_was_there = hooks_done = activations = 0;
+    evaluator = NULL;
     fail_why[0] = '\0';
 }

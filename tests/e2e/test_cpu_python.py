@@ -210,6 +210,49 @@ class CpuPythonTrampoline(PythonsCase):
                 share, n = self.py_share(prof, pid)
                 self.assertGreater(under_main, share * n * 0.9, "py::burn under py::main")
 
+    def test_many_captures_switch_one_trampoline(self):
+        # 30 API captures in one process: on in each, off after each, and
+        # CPython's trampoline made once (activating it every time would take
+        # a code-extra slot and write every function's map line again each
+        # time: after 255 the interpreter refuses, with it left on)
+        prog = os.path.join(self.tmp, "many.py")
+        with open(prog, "w") as f:
+            f.write(
+                "import ctypes, os, sys, time\n"
+                "lib = ctypes.CDLL(None)\n"
+                "def f(x):\n    return x + 1\n"
+                "def work(t):\n"
+                "    end = time.monotonic() + t\n"
+                "    while time.monotonic() < end:\n        f(1)\n"
+                "m = '/tmp/perf-%d.map' % os.getpid()\n"
+                "print('pid', os.getpid(), flush=True)\n"
+                "for i in range(30):\n"
+                "    lib.tbprof_start(0)\n"
+                "    work(0.02)\n"
+                "    on = sys.is_stack_trampoline_active()\n"
+                "    lib.tbprof_stop()\n"
+                "    while lib.tbprof_capturing():\n        time.sleep(0.001)\n"
+                # 3.12 runs a pending call from another thread once the main
+                # thread has let go of the GIL (3.13: at its next bytecode)
+                "    time.sleep(0.005)\n"
+                "    work(0.01)\n"
+                "    print('cap', i, int(on), int(sys.is_stack_trampoline_active()),\n"
+                "          os.path.getsize(m) if os.path.exists(m) else 0, flush=True)\n")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "many-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", trace_json="off")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, prog], env=env, timeout=300)
+                self.assertExitedOk(p)
+                self.maps.append("/tmp/perf-%s.map" % p.stdout.split()[1])
+                caps = [tuple(int(x) for x in l.split()[1:]) for l in p.stdout.splitlines() if l.startswith("cap ")]
+                self.assertEqual(len(caps), 30, p.stderr)
+                self.assertEqual([i for i, on, _, _ in caps if not on], [], "off during a capture")
+                self.assertEqual([i for i, _, after, _ in caps if after], [], "on after a capture")
+                sizes = {size for _, _, _, size in caps}
+                self.assertEqual(len(sizes), 1, "the perf map grew after the first capture: %s" % sorted(sizes))
+
     def test_off_switch(self):
         for version, python in self.pythons:
             with self.subTest(python=version):

@@ -40,7 +40,14 @@ typedef struct fdef { /* PyMethodDef */
 } fdef;
 
 static const char *version = "3.12.1 (main, fake)";
-static int initialized = 1, active, refuse, queue_full;
+static int initialized = 1, refuse, queue_full;
+/* the interpreter's frame evaluator (PEP 523): the default, CPython's
+ * trampoline evaluator, or another tool's; no_eval_switch hides the switch
+ * (the fallback: activate/deactivate, counted) */
+static char fake_interp, fake_default, fake_eval, other_eval;
+static void *cur_eval = &fake_default;
+static int no_eval_switch, eval_sets;
+#define active (cur_eval == (void *)&fake_eval)
 static int (*pending[32])(void *);
 static int npending, nadded;
 static fobj mod_sys = {"module", "sys", 0, 0, 0}, mod_atexit = {"module", "atexit", 0, 0, 0},
@@ -110,11 +117,11 @@ static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
         va_start(ap, fmt);
         const char *how = va_arg(ap, const char *);
         va_end(ap);
-        if (refuse || strcmp(fmt, "s") || strcmp(how, "perf")) {
+        if (refuse || strcmp(fmt, "s") || strcmp(how, "perf") || cur_eval == &other_eval) {
             err_set = 1;
             return NULL;
         }
-        active = 1;
+        cur_eval = &fake_eval;
         activations++;
         FILE *f = fopen(map_file, "a"); /* CPython writes its map */
         if (f)
@@ -122,7 +129,7 @@ static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
         return live++, &none;
     }
     if (o == &mod_sys && !strcmp(name, "deactivate_stack_trampoline")) {
-        active = 0;
+        cur_eval = &fake_default;
         deactivations++;
         return live++, &none;
     }
@@ -184,6 +191,16 @@ static void f_err_clear(void) { err_set = 0; }
 static fobj *f_str(fobj *o) { return o == &exc ? (live++, &exc_str) : NULL; }
 static const char *f_utf8(fobj *s) { return s->name; }
 
+static void *f_interp_get(void) { return &fake_interp; }
+static void *f_eval_get(void *interp) { return interp == &fake_interp ? cur_eval : NULL; }
+static void f_eval_set(void *interp, void *fn)
+{
+    if (interp == &fake_interp) {
+        cur_eval = fn ? fn : &fake_default;
+        eval_sets++;
+    }
+}
+
 static int no_python;
 
 static void *fake_lookup(const char *name)
@@ -202,9 +219,14 @@ static void *fake_lookup(const char *name)
         {"PyErr_Fetch", (void *)f_err_fetch},           {"PyErr_Clear", (void *)f_err_clear},
         {"PyObject_Str", (void *)f_str},                {"PyUnicode_AsUTF8", (void *)f_utf8},
         {"PySys_GetObject", (void *)f_sys_get},         {"PyDict_GetItemString", (void *)f_dict_get},
-        {"_Py_NoneStruct", (void *)&none},
+        {"_Py_NoneStruct", (void *)&none},              {"PyInterpreterState_Get", (void *)f_interp_get},
+        {"_PyInterpreterState_GetEvalFrameFunc", (void *)f_eval_get},
+        {"_PyInterpreterState_SetEvalFrameFunc", (void *)f_eval_set},
+        {"_PyEval_EvalFrameDefault", (void *)&fake_default},
     };
     if (no_python)
+        return NULL;
+    if (no_eval_switch && (strstr(name, "EvalFrame") || !strcmp(name, "PyInterpreterState_Get")))
         return NULL;
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
         if (!strcmp(t[i].name, name))
@@ -238,7 +260,9 @@ static void reset(void)
     tb_pytramp_reset_for_test(fake_lookup);
     version = "3.12.1 (main, fake)";
     initialized = 1;
-    active = refuse = queue_full = npending = nadded = err_set = activations = deactivations = imports = 0;
+    refuse = queue_full = npending = nadded = err_set = activations = deactivations = imports = 0;
+    no_eval_switch = eval_sets = 0;
+    cur_eval = &fake_default;
     exit_hook = child_hook = NULL;
     no_python = 0;
     unlink(map_file);
@@ -285,7 +309,8 @@ int main(void)
     CHECK_EQ_I(nadded, 2);
     run_pending();
     CHECK_EQ_I(active, 0);
-    CHECK_EQ_I(deactivations, 1);
+    CHECK_EQ_I(deactivations, 0); /* the evaluator switched back, CPython's state kept */
+    CHECK_EQ_I(eval_sets, 1);
     CHECK(strstr(describe(), "on during the capture") != NULL); /* what the capture had */
     /* the next capture: on again; the hooks are not registered twice */
     const fdef *first_exit = exit_hook;
@@ -293,7 +318,7 @@ int main(void)
     tb_pytramp_request(1);
     run_pending();
     CHECK_EQ_I(active, 1);
-    CHECK_EQ_I(activations, 2);
+    CHECK_EQ_I(activations, 1); /* not activated again: no new code-extra slot */
     CHECK(exit_hook == NULL && first_exit != NULL);
     tb_pytramp_request(0);
     run_pending();
@@ -321,7 +346,7 @@ int main(void)
 
     /* on before the capture (PYTHONPERFSUPPORT=1): left on, and its map kept */
     reset();
-    active = 1;
+    cur_eval = &fake_eval;
     FILE *f = fopen(map_file, "w");
     if (f)
         fclose(f);
@@ -370,11 +395,55 @@ int main(void)
     tb_pytramp_atfork_child(); /* fork(): the C side first */
     call_hook(child_hook);     /* then Python's after_in_child */
     CHECK_EQ_I(active, 0);
-    CHECK_EQ_I(deactivations, 1);
-    /* the child's own capture later still works */
+    /* the child's own capture later activates afresh (CPython re-made its state) */
     tb_pytramp_request(1);
     run_pending();
     CHECK_EQ_I(active, 1);
+    CHECK_EQ_I(activations, 2);
+
+    /* a request still queued at fork() runs in the child (CPython keeps
+     * pending calls): it finds nothing wanted there */
+    reset();
+    tb_pytramp_request(1);
+    tb_pytramp_atfork_child();
+    run_pending();
+    CHECK_EQ_I(active, 0);
+    CHECK_EQ_I(activations, 0);
+
+    /* later captures switch the evaluator, never activating again: 300
+     * captures, one activation (each would take one of CPython's 255
+     * code-extra slots) */
+    reset();
+    for (int i = 0; i < 300; i++) {
+        tb_pytramp_request(1);
+        run_pending();
+        tb_pytramp_request(0);
+        run_pending();
+    }
+    CHECK_EQ_I(activations, 1);
+    CHECK_EQ_I(active, 0);
+    /* another tool's evaluator (torch.compile's) is never replaced */
+    cur_eval = &other_eval;
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval == (void *)&other_eval);
+    CHECK_STR(describe(), "off: another frame evaluator is installed (PEP 523: torch.compile's, a debugger's)");
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK(cur_eval == (void *)&other_eval);
+
+    /* without the evaluator switch: activate/deactivate, at most 16 times */
+    reset();
+    no_eval_switch = 1;
+    for (int i = 0; i < 20; i++) {
+        tb_pytramp_request(1);
+        run_pending();
+        tb_pytramp_request(0);
+        run_pending();
+    }
+    CHECK_EQ_I(activations, 16);
+    CHECK_EQ_I(deactivations, 16);
+    CHECK(strstr(describe(), "off: turned on 16 times in this process already") != NULL);
 
     /* a full pending queue: that request is lost, the next one is queued */
     reset();
