@@ -1925,7 +1925,7 @@ static void steps_never_reached(void)
 {
     static atomic_int said;
     pthread_mutex_lock(&g.lock);
-    int quiet = !g.cfg.nwindows || g.ncaptures || g.is_child || g.state != TB_STATE_IDLE;
+    int quiet = !g.cfg.nwindows || g.ncaptures || g.is_child || g.state != TB_STATE_IDLE || g.writing;
     pthread_mutex_unlock(&g.lock);
     if (quiet || atomic_exchange(&said, 1))
         return;

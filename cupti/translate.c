@@ -855,6 +855,8 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
         tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }
 
+#define MARKER_ENDS_MAX 256 /* ends kept waiting for their start */
+
 /* A range from its start record and its end's timestamp. */
 static void marker_span(tb_cupti_tr *t, const marker *st, uint64_t end)
 {
@@ -891,7 +893,9 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
             marker_span(t, &st, m->timestamp);
             return;
         }
-        if (TB_GROW(t->me, t->capme, t->nme + 1) < 0) {
+        /* bounded: each start looks through them (CUPTI dropping starts must
+         * not make collect quadratic); ends past it are counted unmatched */
+        if (t->nme >= MARKER_ENDS_MAX || TB_GROW(t->me, t->capme, t->nme + 1) < 0) {
             t->c.unmatched_markers++;
             return;
         }

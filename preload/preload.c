@@ -74,7 +74,7 @@ static void init(void)
     tb_agent_set_threads_hooked(hooked);
     if (hooked && c.python_helper) /* preloaded: still before main() */
         tb_python_env_setup();
-    if (hooked && c.cpu && c.py_trampoline == 2)
+    if (hooked && c.cpu && c.cpu_mode == TB_CPU_STACKCOPY && c.py_trampoline == 2) /* fp: no use */
         tb_python_perf_always();
     if (c.socket == TB_SOCKET_AUTO && !hooked) {
         /* nobody will tell the agent about the job's threads (the library

@@ -62,9 +62,25 @@ static int helper_dir(char *out, size_t n)
     return 0;
 }
 
+/* 1 when this process's program is a Python interpreter (python,
+ * python3.12, ...): not gdb or another program that links libpython, whose
+ * children would inherit the helper and hooks for nothing. */
+static int exe_is_python(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = '\0';
+    const char *base = strrchr(exe, '/');
+    return !strncmp(base ? base + 1 : exe, "python", 6);
+}
+
 /* The minor version of a CPython 3 that has not started yet, else -1. */
 static int python_about_to_start(void)
 {
+    if (!exe_is_python())
+        return -1;
     int (*initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     const char *(*version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
     int major = 0, minor = 0;

@@ -189,7 +189,7 @@ static int scan_profile_dir(const char *pdir, tb_runlist *out)
         if (rc < 0 && rc != -ENOMEM) {
             /* one unreadable run (another user's in a shared logdir) must
              * not make the others unreadable */
-            fprintf(stderr, "tbprof: skipping run %s: %s\n", p, strerror(-rc));
+            fprintf(stderr, "tbprof: skipping run %s: %s\n", rr_text(p), strerror(-rc));
             out->skipped++;
             rc = 0;
         }
