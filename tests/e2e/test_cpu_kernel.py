@@ -42,7 +42,7 @@ class CpuKernel(tbtest.TestCase):
         super().setUp()
         cpusamples.skip_if_perf_refused(self)
 
-    def capture(self, shim=None, nobody=False):
+    def capture(self, shim=None, nobody=False, min_samples=300):
         e = tbtest.env(self.logdir, cpu="on", cpu_hz=1000)
         prog = tbtest.prog("kernel_split")
         if shim:
@@ -67,7 +67,7 @@ class CpuKernel(tbtest.TestCase):
         self.assertEqual(cpusamples.nesting_errors(line), [])
         c = cpusamples.counts([line])
         n = sum(v[0] for v in c.values())  # self counts: every sample once
-        self.assertGreater(n, 300, c)
+        self.assertGreater(n, min_samples, c)
         user, read = info["spent"]
         utime, stime = info["rusage"]
         return prof, line, c, n, read / (user + read), stime / (utime + stime)
@@ -99,7 +99,9 @@ class CpuKernel(tbtest.TestCase):
                             for e, anc in cpusamples.walk(line)), "[kernel] must be a leaf")
 
     def test_kernel_time_refused_user_space_only(self):
-        self.check_user_only(self.capture(tbtest.prog("libno_kernel_perf.so")))
+        # user space only: about half the CPU time is sampled, and the run is
+        # 1.5 s of wall time: on a busy machine (ctest -j3) 292 samples came
+        self.check_user_only(self.capture(tbtest.prog("libno_kernel_perf.so"), min_samples=150))
 
     def test_kernel_time_refused_for_a_user_by_paranoid(self):
         # the real refusal: a user without CAP_PERFMON where
@@ -110,7 +112,7 @@ class CpuKernel(tbtest.TestCase):
             paranoid = int(f.read())
         if paranoid < 2:
             self.skipTest("kernel.perf_event_paranoid=%d lets every user sample kernel time" % paranoid)
-        got = self.check_user_only(self.capture(nobody=True))
+        got = self.check_user_only(self.capture(nobody=True, min_samples=150))
         self.assertIn("perf_event_paranoid=%d" % paranoid, got)
 
     def check_user_only(self, captured):
