@@ -108,9 +108,9 @@ static char map_file[64];
 static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
 {
     if (o == &mod_sys && !strcmp(name, "is_stack_trampoline_active")) {
-        fobj *b = new_obj("bool", "bool");
-        b->val = active;
-        return b;
+        static fobj yes = {"bool", "True", 1, 0, 0}, no = {"bool", "False", 0, 0, 0};
+        live++; /* a new reference to True or False */
+        return active ? &yes : &no;
     }
     if (o == &mod_sys && !strcmp(name, "activate_stack_trampoline")) {
         va_list ap;
