@@ -493,7 +493,9 @@ class GpuChecker(tbtest.TestCase):
         e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, steps="5/20x4")
         e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
         e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], FAKE_LIBCUDA)  # CUPTI detached after each
-        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "80", "-m", str(5 * relutil.sanitizer_slowdown())], env=e)
+        # (10 ms steps: the 19 between windows must outlast a write and a
+        # CUPTI detach; at 5 ms under TSan on a busy CI VM one did not)
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "80", "-m", str(10 * relutil.sanitizer_slowdown())], env=e)
         self.assertExitedOk(p)
         trend = os.path.join(self.tmp, "trend.json")
         with open(trend, "w") as f:
