@@ -34,6 +34,7 @@
 #include "stall.h"
 #include "stats.h"
 #include "trace.h"
+#include "util.h"
 
 #define MAX_SOURCES 4
 #define MAX_STEP_RECS 65536     /* in .bss: untouched (no memory) until used */
@@ -93,7 +94,11 @@ struct src {
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t cond; /* state changes; on CLOCK_MONOTONIC from tb_agent_init (cond_init) */
+    /* state changes; on CLOCK_MONOTONIC from tb_agent_init (and in a fork
+     * child): a wall-clock step (NTP, an admin's date) neither stretches nor
+     * cuts its timed waits, one of which holds a training thread
+     * (wait_for_sources) */
+    pthread_cond_t cond;
     int inited, disabled, is_child;
     tb_config cfg;
     int state;
@@ -172,17 +177,6 @@ static void set_state(int s)
  * Lock held. */
 static int leaving_locked(void) { return g.exiting || g.term_pending; }
 
-/* g.cond on CLOCK_MONOTONIC: a wall-clock step (NTP, an admin's date)
- * neither stretches nor cuts its timed waits, one of which holds a training
- * thread (wait_for_sources). Before any wait: tb_agent_init, fork child. */
-static void cond_init(void)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&g.cond, &a);
-    pthread_condattr_destroy(&a);
-}
 
 /* The CLOCK_MONOTONIC time `ns` from now (<= 0: now), for
  * pthread_cond_timedwait on g.cond. */
@@ -1483,7 +1477,7 @@ int tb_agent_init(const tb_config *c, int disable)
         pthread_mutex_unlock(&g.lock);
         return 0;
     }
-    cond_init(); /* nothing waits on it before init */
+    tb_cond_init_monotonic(&g.cond); /* nothing waits on it before init */
     g.inited = 1;
     g.cfg = *c;
     g.disabled = disable;
@@ -1988,7 +1982,7 @@ void tb_agent_fork_child(void)
     /* one thread here, and it held g.lock across fork(): start over */
     pthread_mutex_init(&g.lock, NULL);
     tb_stall_fork_child();
-    cond_init();
+    tb_cond_init_monotonic(&g.cond);
     sig_fd_w = -1;
     if (term_fd_w >= 0) { /* the watchdog thread was the parent's */
         int w = term_fd_w;

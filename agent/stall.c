@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "util.h"
 
 #define SLOTS 4 /* watched at once: the agent thread's call or write, a job thread's detach */
 
@@ -77,11 +78,7 @@ static void *watch(void *arg)
 static int watcher_up(void)
 {
     if (!W.cv_ready) {
-        pthread_condattr_t a;
-        pthread_condattr_init(&a);
-        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-        pthread_cond_init(&W.cv, &a);
-        pthread_condattr_destroy(&a);
+        tb_cond_init_monotonic(&W.cv);
         W.cv_ready = 1;
     }
     if (!W.watcher) {

@@ -16,4 +16,10 @@ int tb_grow(void **arr, size_t *cap, size_t need, size_t elem);
  * size_t capacity lvalue `cap`. */
 #define TB_GROW(arr, cap, need) tb_grow((void **)&(arr), &(cap), (need), sizeof(*(arr)))
 
+/* Initialise *cv for timed waits on CLOCK_MONOTONIC (deadlines from
+ * clock_gettime(CLOCK_MONOTONIC)): a wall-clock step neither stretches nor
+ * cuts them. */
+#include <pthread.h>
+void tb_cond_init_monotonic(pthread_cond_t *cv);
+
 #endif
