@@ -1798,8 +1798,7 @@ static int control_start(char *args, char *out, size_t n)
         }
     } else {
         double s = 5.0;
-        /* under 1 ms would be 0 ns: "until stopped" */
-        if (dur && (tb_parse_seconds(dur, &s) < 0 || s < 0.001 || s > 3600)) {
+        if (dur && (tb_parse_seconds(dur, &s) < 0 || s < TB_MIN_DURATION_S || s > 3600)) {
             snprintf(out, n, "error: duration=S needs S in [0.001, 3600] seconds (at least 1 ms)");
             return -EINVAL;
         }

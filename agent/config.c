@@ -17,7 +17,6 @@
  * a host ".N.trace.json.gz", or 45 bytes around it in
  * "events.out.tfevents.<time>.<host>.profile-empty" */
 #define TB_NAME_MAX 200
-#define TB_MIN_DURATION_S 0.001 /* a capture's shortest duration: 1 ms (capture.c's socket too) */
 
 typedef enum {
     T_STR,   /* any string (bounded) */

@@ -56,6 +56,10 @@ int tb_window_nth(const tb_window *w, int64_t k, tb_window *out);
 /* k of w's first repeat whose last step is m or later (0: w's own is). */
 int64_t tb_window_index_from(const tb_window *w, int64_t m);
 
+/* A capture's shortest duration (TBPROF_DURATION, the socket's duration=):
+ * shorter would be 0 ns, which means "until stopped". */
+#define TB_MIN_DURATION_S 0.001
+
 typedef struct tb_config {
     char logdir[TB_CONFIG_STR];   /* TBPROF_LOGDIR; "" = writing off */
     tb_window windows[TB_MAX_WINDOWS]; /* TBPROF_STEPS, ascending, disjoint */
