@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 int tb_grow(void **arr, size_t *cap, size_t need, size_t elem)
@@ -35,4 +37,27 @@ void tb_cond_init_monotonic(pthread_cond_t *cv)
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(cv, &a);
     pthread_condattr_destroy(&a);
+}
+
+int tb_env_path_add(const char *var, const char *add, int front, const char *seps)
+{
+    const char *old = getenv(var);
+    size_t al = strlen(add);
+    for (const char *p = old ? old + strspn(old, seps) : NULL; p && *p; p += strspn(p, seps)) {
+        size_t l = strcspn(p, seps);
+        if (l == al && !strncmp(p, add, l))
+            return 0;
+        p += l;
+    }
+    size_t n = al + (old ? strlen(old) : 0) + 2;
+    char *v = malloc(n);
+    if (!v)
+        return -ENOMEM;
+    if (!old || !*old)
+        snprintf(v, n, "%s", add);
+    else
+        snprintf(v, n, "%s:%s", front ? add : old, front ? old : add);
+    int rc = setenv(var, v, 1) < 0 ? -errno : 0;
+    free(v);
+    return rc;
 }

@@ -16,6 +16,11 @@ int tb_grow(void **arr, size_t *cap, size_t need, size_t elem);
  * size_t capacity lvalue `cap`. */
 #define TB_GROW(arr, cap, need) tb_grow((void **)&(arr), &(cap), (need), sizeof(*(arr)))
 
+/* Put `add` in the list variable `var` (PATH-like: entries split at any
+ * byte of `seps`, joined with ':'), first or last, unless it is one of its
+ * entries already. 0, or -errno. */
+int tb_env_path_add(const char *var, const char *add, int front, const char *seps);
+
 /* Initialise *cv for timed waits on CLOCK_MONOTONIC (deadlines from
  * clock_gettime(CLOCK_MONOTONIC)): a wall-clock step neither stretches nor
  * cuts them. */

@@ -22,44 +22,16 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pyhelper.h"
+#include "util.h"
 
-/* 1 when `dir` is one of the ':'-separated entries of `path` */
-static int on_path(const char *path, const char *dir)
-{
-    size_t n = strlen(dir);
-    for (const char *p = path; p && *p;) {
-        size_t l = strcspn(p, ":");
-        if (l == n && !strncmp(p, dir, n))
-            return 1;
-        p += l;
-        if (*p == ':')
-            p++;
-    }
-    return 0;
-}
-
-/* The helper's folder beside this library, or -1. */
+/* The helper beside this library (pyhelper.h), or -1. */
 static int helper_dir(char *out, size_t n)
 {
     Dl_info di;
     if (!dladdr((void *)tb_python_env_setup, &di) || !di.dli_fname)
         return -1;
-    char lib[PATH_MAX], want[PATH_MAX + 32];
-    if (!realpath(di.dli_fname, lib))
-        return -1;
-    char *slash = strrchr(lib, '/');
-    if (!slash)
-        return -1;
-    *slash = '\0';
-    snprintf(want, sizeof(want), "%s/../share/tbprof/python", lib);
-    char dir[PATH_MAX], site[PATH_MAX + 32];
-    if (!realpath(want, dir))
-        return -1;
-    snprintf(site, sizeof(site), "%s/sitecustomize.py", dir);
-    if (access(site, R_OK) != 0 || strlen(dir) >= n)
-        return -1;
-    snprintf(out, n, "%s", dir);
-    return 0;
+    return tb_python_helper_dir(di.dli_fname, out, n);
 }
 
 /* 1 when this process's program is a Python interpreter (python,
@@ -108,24 +80,9 @@ int tb_python_env_setup(void)
         tb_debug("python: no helper beside libtbprof.so (share/tbprof/python): no step hooks");
         return 0;
     }
-    const char *old = getenv("PYTHONPATH");
-    if (!on_path(old, dir)) {
-        size_t n = strlen(dir) + (old ? strlen(old) : 0) + 2;
-        char *v = malloc(n);
-        if (!v)
-            return 0;
-        if (old && *old)
-            snprintf(v, n, "%s:%s", dir, old);
-        else
-            snprintf(v, n, "%s", dir);
-        int rc = setenv("PYTHONPATH", v, 1);
-        free(v);
-        if (rc)
-            return 0;
-    }
-    static const char *const hooks[] = {"TBPROF_PYTORCH_HOOK", "TBPROF_JAX_HOOK", "TBPROF_TF_HOOK"};
-    for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++)
-        setenv(hooks[i], "on", 0);
+    if (tb_env_path_add("PYTHONPATH", dir, 1, ":") < 0)
+        return 0;
+    tb_python_hooks_set("on", 0);
     tb_debug("python: %s first on PYTHONPATH, step hooks on (TBPROF_PYTHON_HELPER=off: neither)", dir);
     return 1;
 }

@@ -14,6 +14,8 @@
 
 #include "cmd.h"
 #include "config.h"
+#include "pyhelper.h"
+#include "util.h"
 
 static void usage(FILE *f)
 {
@@ -79,31 +81,6 @@ int tb_agent_lib(const char *cmd, char *lib, size_t n)
     return 0;
 }
 
-/* Append `add` to a colon-separated list variable unless already there. */
-static int add_path(const char *var, const char *add, int front)
-{
-    const char *old = getenv(var);
-    if (old && *old) {
-        size_t al = strlen(add);
-        for (const char *p = old; *p;) {
-            size_t l = strcspn(p, ": ");
-            if (l == al && !strncmp(p, add, l))
-                return 0;
-            p += l;
-            while (*p == ':' || *p == ' ')
-                p++;
-        }
-    }
-    char buf[8192];
-    if (!old || !*old)
-        snprintf(buf, sizeof(buf), "%s", add);
-    else if (front)
-        snprintf(buf, sizeof(buf), "%s:%s", add, old);
-    else
-        snprintf(buf, sizeof(buf), "%s:%s", old, add);
-    return setenv(var, buf, 1);
-}
-
 int cmd_run(int argc, char **argv)
 {
     static const struct {
@@ -119,8 +96,6 @@ int cmd_run(int argc, char **argv)
         {"--no-hook", NULL, NULL},             {"--log", "TBPROF_LOG", NULL},
         {"--torch-ops", "TBPROF_TORCH_OPS", "on"}, {"--torch-shapes", "TBPROF_TORCH_OPS", "shapes"},
     };
-    /* the Python helper's step hooks (tools/python/sitecustomize.py) */
-    static const char *const hooks[] = {"TBPROF_PYTORCH_HOOK", "TBPROF_JAX_HOOK", "TBPROF_TF_HOOK"};
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -154,8 +129,7 @@ int cmd_run(int argc, char **argv)
             return 2;
         }
         if (!opts[k].var) { /* --no-hook: no framework hook */
-            for (size_t h = 0; h < sizeof(hooks) / sizeof(hooks[0]); h++)
-                setenv(hooks[h], "off", 1);
+            tb_python_hooks_set("off", 1);
             continue;
         }
         const char *v = opts[k].value;
@@ -187,17 +161,13 @@ int cmd_run(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    char dir[PATH_MAX], path[PATH_MAX + 64];
-    char lib[PATH_MAX];
-    if (tb_agent_lib("run", lib, sizeof(lib)) < 0 || dir_of_exe(dir, sizeof(dir)) < 0)
+    char lib[PATH_MAX], py[PATH_MAX];
+    if (tb_agent_lib("run", lib, sizeof(lib)) < 0)
         return 2;
-    add_path("LD_PRELOAD", lib, 0); /* after a sanitizer runtime, if any */
-    snprintf(path, sizeof(path), "%s/../share/tbprof/python", dir);
-    char py[PATH_MAX];
-    if (realpath(path, py))
-        add_path("PYTHONPATH", py, 1);
-    for (size_t h = 0; h < sizeof(hooks) / sizeof(hooks[0]); h++)
-        setenv(hooks[h], "on", 0); /* unless set (--no-hook, or the caller's) */
+    tb_env_path_add("LD_PRELOAD", lib, 0, ": "); /* after a sanitizer runtime, if any */
+    if (tb_python_helper_dir(lib, py, sizeof(py)) == 0) /* as the preloaded agent finds it */
+        tb_env_path_add("PYTHONPATH", py, 1, ": ");
+    tb_python_hooks_set("on", 0); /* unless set (--no-hook, or the caller's) */
     execvp(argv[i], argv + i);
     fprintf(stderr, "tbprof run: %s: %s\n", argv[i], strerror(errno));
     return errno == ENOENT ? 127 : 126;
