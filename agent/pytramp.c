@@ -190,13 +190,13 @@ static int is_active(pyobj *sys)
     return on;
 }
 
-static int switch_off(void)
+static void switch_off(void)
 {
     if (evaluator && py.eval_set) {
         void *interp = py.interp_get();
         if (py.eval_get(interp) == evaluator)
             py.eval_set(interp, NULL); /* the default evaluator; CPython's trampoline state stays */
-        return 0;
+        return;
     }
     pyobj *sys = module("sys");
     pyobj *r = sys ? py.call_method(sys, "deactivate_stack_trampoline", NULL) : NULL;
@@ -204,7 +204,6 @@ static int switch_off(void)
         py.err_clear();
     xdecref(r);
     xdecref(sys);
-    return r ? 0 : -1;
 }
 
 static void unlink_our_map(void)
@@ -232,11 +231,13 @@ static pyobj *on_python_exit(pyobj *self, pyobj *unused)
 
 /* os.register_at_fork(after_in_child=...): a child does not inherit the
  * parent's capture, so it does not keep the trampoline that capture had on
- * (CPython re-creates it in a child with its own map). */
+ * (CPython re-creates it in a child with its own map). The fork itself ran
+ * tb_pytramp_atfork_child first: nothing is wanted, and the evaluator is
+ * forgotten, so this switches off through CPython and the child's next
+ * capture activates afresh. */
 static pyobj *on_fork_child(pyobj *self, pyobj *unused)
 {
     (void)self, (void)unused;
-    atomic_store(&want, 0);
     if (ours) {
         switch_off();
         ours = 0;
@@ -244,10 +245,6 @@ static pyobj *on_fork_child(pyobj *self, pyobj *unused)
     }
     ever_ours = 0;
     map_was_there = 0;
-    /* CPython re-made (or dropped) its trampoline state in the child: the
-     * next capture activates it afresh */
-    evaluator = NULL;
-    activations = 0;
     py.incref(py.none);
     return py.none;
 }
@@ -426,7 +423,9 @@ void tb_pytramp_atfork_child(void)
 {
     pthread_mutex_init(&lk, NULL);
     /* a request queued in the parent may still run in the child (CPython
-     * keeps its pending calls across fork): it must find nothing wanted */
+     * keeps its pending calls across fork): it must find nothing wanted.
+     * CPython re-made (or dropped) its trampoline state in the child: the
+     * evaluator is forgotten (on_fork_child relies on both) */
     atomic_store(&want, 0);
     atomic_store(&queued, 0);
     atomic_store(&outcome, OUT_NONE);

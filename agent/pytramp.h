@@ -37,8 +37,9 @@ void tb_pytramp_request(int on);
  * CPython >= 3.12 (nothing to say), else 1 with `out` filled. */
 int tb_pytramp_describe(char *out, size_t n);
 
-/* In a fork()ed child, from the sampler's atfork handler: forget queued
- * requests (the child's Python turns a parent's trampoline off itself). */
+/* In a fork()ed child, from the sampler's atfork handler (before any
+ * Python code runs there): forget the parent's requests and CPython's
+ * evaluator (the child's Python then turns a parent's trampoline off). */
 void tb_pytramp_atfork_child(void);
 
 /* Tests: look Python's functions up with `fn` instead of dlsym, and forget
