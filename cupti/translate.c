@@ -857,6 +857,19 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
 
 #define MARKER_ENDS_MAX 256 /* ends kept waiting for their start */
 
+/* Take the marker with `id` out of v[*n] (the newest first) into *out: 1,
+ * or 0 when none has it. */
+static int take_marker(marker *v, size_t *n, uint32_t id, marker *out)
+{
+    for (size_t i = *n; i-- > 0;)
+        if (v[i].id == id) {
+            *out = v[i];
+            v[i] = v[--*n];
+            return 1;
+        }
+    return 0;
+}
+
 /* A range from its start record and its end's timestamp. */
 static void marker_span(tb_cupti_tr *t, const marker *st, uint64_t end)
 {
@@ -873,23 +886,17 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
         return; /* process-wide and domain markers: not drawn */
     uint32_t tid = m->objectId.pt.threadId;
     if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
-        marker st = {.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain};
-        for (size_t i = t->nme; i-- > 0;) /* its end came first */
-            if (t->me[i].id == m->id) {
-                uint64_t end = t->me[i].ts;
-                t->me[i] = t->me[--t->nme];
-                marker_span(t, &st, end);
-                return;
-            }
+        marker st = {.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain}, end;
+        if (take_marker(t->me, &t->nme, m->id, &end)) { /* its end came first */
+            marker_span(t, &st, end.ts);
+            return;
+        }
         if (TB_GROW(t->mk, t->capmk, t->nmk + 1) < 0)
             return;
         t->mk[t->nmk++] = st;
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
-        for (size_t i = t->nmk; i-- > 0;) {
-            if (t->mk[i].id != m->id)
-                continue;
-            marker st = t->mk[i];
-            t->mk[i] = t->mk[--t->nmk];
+        marker st;
+        if (take_marker(t->mk, &t->nmk, m->id, &st)) {
             marker_span(t, &st, m->timestamp);
             return;
         }
