@@ -25,9 +25,42 @@ char *tb_path_join(const char *a, const char *b)
     return r;
 }
 
+/* Names in natural order: a run of digits compares as a number, so the
+ * files of rank2 come before those of rank10. */
+int tb_name_cmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (*a >= '0' && *a <= '9' && *b >= '0' && *b <= '9') {
+            const char *ea = a, *eb = b;
+            while (*a == '0' && a[1] >= '0' && a[1] <= '9')
+                a++;
+            while (*b == '0' && b[1] >= '0' && b[1] <= '9')
+                b++;
+            const char *da = a, *db = b;
+            while (*a >= '0' && *a <= '9')
+                a++;
+            while (*b >= '0' && *b <= '9')
+                b++;
+            if (a - da != b - db)
+                return a - da < b - db ? -1 : 1;
+            int c = strncmp(da, db, (size_t)(a - da));
+            if (c)
+                return c;
+            if (a - ea != b - eb) /* "007" after "7" */
+                return a - ea < b - eb ? -1 : 1;
+            continue;
+        }
+        if (*a != *b)
+            return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+        a++;
+        b++;
+    }
+    return (unsigned char)*a - (unsigned char)*b;
+}
+
 static int file_cmp(const void *x, const void *y)
 {
-    return strcmp(((const tb_runfile *)x)->name, ((const tb_runfile *)y)->name);
+    return tb_name_cmp(((const tb_runfile *)x)->name, ((const tb_runfile *)y)->name);
 }
 
 static int run_cmp(const void *x, const void *y)
@@ -37,7 +70,7 @@ static int run_cmp(const void *x, const void *y)
         return a->mtime < b->mtime ? -1 : 1;
     if (a->mtime_nsec != b->mtime_nsec)
         return a->mtime_nsec < b->mtime_nsec ? -1 : 1;
-    return strcmp(a->name, b->name);
+    return tb_name_cmp(a->name, b->name);
 }
 
 /* Fill r with the regular files of r->path (hidden temporaries skipped);

@@ -52,6 +52,8 @@ const tb_run *tb_runs_newest(const tb_runlist *l);
 /* The run named `name`, or NULL. */
 const tb_run *tb_runs_find(const tb_runlist *l, const char *name);
 int tb_str_ends(const char *s, const char *suffix);
+/* strcmp, except that runs of digits compare as numbers (rank2 < rank10). */
+int tb_name_cmp(const char *a, const char *b);
 /* "a/b" (trailing slashes of a dropped), malloc'd; NULL when out of memory. */
 char *tb_path_join(const char *a, const char *b);
 

@@ -360,6 +360,22 @@ class SummaryFigures(Base):
         self.assertIn("\nhosts: " + base + "...\n", p.stdout)
         self.assertRegex(p.stdout, r"\n\s+rank0\s+rank1\s+\.\.a-very-long-suffix\s*\n")
 
+    def test_ranks_in_number_order(self):
+        # rank2 before rank10, as a user counts them, in the JSON, the
+        # columns and `ls`
+        for r in (10, 2, 0, 1):
+            write(os.path.join(self.rundir, "node.rank%d.xplane.pb" % r), second_host())
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual([h["label"] for h in js["hosts"]],
+                         ["node.rank0", "node.rank1", "node.rank2", "node.rank10"])
+        p = run("summary", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\n\s+rank0\s+rank1\s+rank2\s+rank10\s*\n")
+        p = run("ls", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        at = [p.stdout.index("node.rank%d." % r) for r in (0, 1, 2, 10)]
+        self.assertEqual(at, sorted(at), p.stdout)
+
     def test_comm_exposed_side_by_side(self):
         # the rank that computes longest waits least in the all-reduce: the
         # straggler is the one with the least exposed communication
