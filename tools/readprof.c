@@ -77,12 +77,32 @@ static int add_file(tb_profset *ps, const char *cmd, const char *path, int progr
     return 0;
 }
 
+/* Whether the folder `in` (".", "run/", a link) is named `name`. */
+static int names_folder(const char *in, const char *name)
+{
+    char *real = realpath(in, NULL);
+    const char *path = real ? real : in;
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    int same = n - b == strlen(name) && !strncmp(path + b, name, n - b);
+    free(real);
+    return same;
+}
+
 /* The run of `rl` to read: `run` by name (when the input was a logdir or
  * its plugins/profile, not a run folder), else the newest. NULL after
  * printing why. */
 static const tb_run *pick_run(const char *cmd, const char *in, const char *run,
                               const tb_runlist *rl, int scan_rc, const char *what)
 {
+    if (run && !rl->profdir && rl->n == 1 && !names_folder(in, run)) {
+        fprintf(stderr, "tbprof %s: --run %s, but %s is another run's folder\n", cmd, run, in);
+        return NULL;
+    }
     if (run && rl->profdir) {
         const tb_run *r = tb_runs_find(rl, run);
         if (r)
@@ -118,6 +138,10 @@ int tb_profset_load(const char *cmd, const char *in, const char *run, int progre
     struct stat st;
     if (stat(in, &st) < 0) {
         fprintf(stderr, "tbprof %s: %s: %s\n", cmd, in, strerror(errno));
+        return 2;
+    }
+    if (run && !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "tbprof %s: --run %s picks a run under a logdir; %s is a file\n", cmd, run, in);
         return 2;
     }
     if (!S_ISDIR(st.st_mode)) {

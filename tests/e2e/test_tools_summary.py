@@ -919,6 +919,24 @@ class SummaryErrors(Base):
                       % (self.logdir, self.logdir), p.stderr)
         self.assertEqual(p.stdout, "")
 
+    def test_run_name_with_a_run_folder_or_file(self):
+        # --run picks a run under a logdir; given a run folder or a file it
+        # was ignored, and another run's numbers were shown under its name
+        f = write(os.path.join(self.rundir, "a.xplane.pb"), example_space())
+        for cmd in (["summary"], ["convert", "--to", os.path.join(self.tmp, "t.json")]):
+            p = run(cmd[0], f, "--run", "other", *cmd[1:])
+            self.assertEqual(p.returncode, 2, p.stdout)
+            self.assertIn("--run other picks a run under a logdir; %s is a file" % f, p.stderr)
+            p = run(cmd[0], self.rundir + "/", "--run", "other", *cmd[1:])
+            self.assertEqual(p.returncode, 2, p.stdout)
+            self.assertIn("--run other, but %s/ is another run's folder" % self.rundir, p.stderr)
+            # the run folder's own name is fine, however it is spelled
+            p = run(cmd[0], self.rundir + "/", "--run", os.path.basename(self.rundir), *cmd[1:])
+            self.assertEqual(p.returncode, 0, p.stderr)
+        p = subprocess.run([CLI, "summary", ".", "--run", os.path.basename(self.rundir)],
+                           capture_output=True, text=True, timeout=60, cwd=self.rundir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
     def test_missing_path(self):
         p = run("summary", os.path.join(self.tmp, "nothing"))
         self.assertEqual(p.returncode, 2)
