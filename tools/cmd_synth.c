@@ -75,10 +75,6 @@ int cmd_synth(int argc, char **argv)
     tb_space_add_hostname(s, hn);
     synth_opts o = {.kernels = (size_t)kernels, .gpus = (int)gpus, .streams = 2, .host = 1,
                     .steps = (size_t)steps, .pid = getpid()};
-    if (gpus == 0) {
-        o.gpus = 1;
-        o.kernels = 0;
-    }
     int r = synth_space(s, &o);
     if (r < 0) {
         fprintf(stderr, "tbprof: synth: building the capture failed: %s\n", strerror(-r));

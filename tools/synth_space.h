@@ -23,7 +23,7 @@
 
 typedef struct synth_opts {
     size_t kernels;  /* GPU kernel events in all */
-    int gpus;        /* >= 1 */
+    int gpus;        /* 0: host steps only, a CPU-only capture */
     int streams;     /* per GPU, >= 1 */
     int host;        /* also the host plane with launches and steps */
     size_t steps;    /* steps the kernels are spread over (host only) */
@@ -34,7 +34,7 @@ typedef struct synth_opts {
 static inline int synth_space(tb_space *s, const synth_opts *o)
 {
     char name[128];
-    int gpus = o->gpus > 0 ? o->gpus : 1, streams = o->streams > 0 ? o->streams : 1;
+    int gpus = o->gpus > 0 ? o->gpus : 0, streams = o->streams > 0 ? o->streams : 1;
     size_t steps = o->steps ? o->steps : 1;
     tb_plane *h = NULL;
     tb_line *hl = NULL;
@@ -84,16 +84,26 @@ static inline int synth_space(tb_space *s, const synth_opts *o)
         gs_stream[g] = tb_plane_stat_meta(gp[g], TB_ST_STREAM_ID);
         gs_kd[g] = tb_plane_stat_meta(gp[g], TB_ST_KERNEL_DETAILS);
     }
-    size_t per_step = (o->kernels + steps - 1) / steps;
+    size_t kernels = gpus ? o->kernels : 0;
+    int64_t t = SYNTH_T0;
+    for (size_t i = 0; hl && !kernels && i < steps; i++) {
+        /* no launches: steps of 1 ms, 0.5 ms apart */
+        if (tb_line_add(hl, m_step, t, 1000000) < 0)
+            return -28;
+        tb_line_stat_i64(hl, hs_r, 1);
+        tb_line_stat_i64(hl, hs_step, (int64_t)i);
+        t += 1500000;
+    }
+    size_t per_step = (kernels + steps - 1) / steps;
     if (!per_step)
         per_step = 1;
-    int64_t t = SYNTH_T0;
     uint32_t rng = 12345;
-    for (size_t i = 0; i < o->kernels; i++) {
+    for (size_t i = 0; i < kernels; i++) {
         if (hl && i % per_step == 0) {
-            /* the step root spans its launches: 3 us per launch + slack */
-            size_t left = o->kernels - i < per_step ? o->kernels - i : per_step;
-            if (tb_line_add(hl, m_step, t, (int64_t)left * 3000 + 1000) < 0)
+            /* the step root spans its launches (0.5 us, then 3 us per
+             * launch) and ends where the next one starts */
+            size_t left = kernels - i < per_step ? kernels - i : per_step;
+            if (tb_line_add(hl, m_step, t, (int64_t)left * 3000 + 500) < 0)
                 return -28;
             tb_line_stat_i64(hl, hs_r, 1);
             tb_line_stat_i64(hl, hs_step, (int64_t)(i / per_step));

@@ -92,6 +92,18 @@ class Formats(unittest.TestCase):
         self.assertEqual(files["h.xplane.pb"]["events"], 10 * 2 + 10)
         self.assertEqual(files["h.1.xplane.pb"]["events"], 20 * 2 + 10)
 
+    def test_synth_without_gpus(self):
+        # --gpus 0: a CPU-only capture, its steps and no GPU plane (it wrote
+        # an empty GPU plane and no steps)
+        logdir = os.path.join(self.tmp, "cpuonly")
+        pb = run("synth", logdir, "--gpus", "0", "--steps", "4", "--run", "r", "--host", "h").stdout.strip()
+        with open(pb, "rb") as f:
+            sp = xplane_pb2.XSpace.FromString(f.read())
+        self.assertEqual([p.name for p in sp.planes], ["/host:CPU"])
+        host = sp.planes[0]
+        names = [(host.event_metadata[e.metadata_id].name, e.duration_ps) for l in host.lines for e in l.events]
+        self.assertEqual(names, [("train", 10**9)] * 4)
+
     # ---- independent decoders ------------------------------------------------
     def test_protoc_decodes(self):
         if not shutil.which("protoc"):
@@ -140,6 +152,11 @@ class Formats(unittest.TestCase):
                     self.assertEqual(st["_r"], 1)
                     steps.append(st["step_num"])
         self.assertEqual(sorted(steps), list(range(STEPS)))
+        # one step ends where (or before) the next begins
+        spans = sorted((e.offset_ps, e.offset_ps + e.duration_ps) for l in host.lines for e in l.events
+                       if host.event_metadata[e.metadata_id].name == "train")
+        for a, b in zip(spans, spans[1:]):
+            self.assertLessEqual(a[1], b[0])
         # kernel_details is a ref to an interned string
         g = sp.planes[1]
         gmeta = {k: m.name for k, m in g.stat_metadata.items()}
