@@ -6,19 +6,59 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
 #include "log.h"
 
-socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a)
+unsigned long long tb_ctl_pidns(pid_t pid)
+{
+    char path[64];
+    if (pid > 0)
+        snprintf(path, sizeof(path), "/proc/%d/ns/pid", (int)pid);
+    else
+        snprintf(path, sizeof(path), "/proc/self/ns/pid");
+    struct stat st;
+    return stat(path, &st) == 0 ? (unsigned long long)st.st_ino : 0;
+}
+
+socklen_t tb_ctl_addr(unsigned long long ns, pid_t pid, uid_t uid, struct sockaddr_un *a)
 {
     memset(a, 0, sizeof(*a));
     a->sun_family = AF_UNIX;
     /* abstract: sun_path[0] = '\0', the name follows (not NUL-terminated) */
-    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "tbprof.%u.%d", (unsigned)uid, (int)pid);
+    int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "tbprof.%u.%llu.%d", (unsigned)uid, ns,
+                     (int)pid);
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+/* Where process `pid` (as this process sees it) binds its socket: its pid
+ * namespace, and its pid in that namespace (the last NSpid of its status;
+ * the same as pid unless it runs in a namespace below ours). Where /proc
+ * does not say, our namespace and pid itself. */
+static void target_ns(pid_t pid, unsigned long long *ns, pid_t *inner)
+{
+    if (!(*ns = tb_ctl_pidns(pid)))
+        *ns = tb_ctl_pidns(0);
+    *inner = pid;
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    while (f && fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "NSpid:", 6))
+            continue;
+        char *last = NULL, *save = NULL;
+        for (char *t = strtok_r(line + 6, " \t\n", &save); t; t = strtok_r(NULL, " \t\n", &save))
+            last = t;
+        long v = last ? strtol(last, NULL, 10) : 0;
+        if (v > 0)
+            *inner = (pid_t)v;
+        break;
+    }
+    if (f)
+        fclose(f);
 }
 
 int tb_ctl_listen(pid_t pid)
@@ -27,7 +67,7 @@ int tb_ctl_listen(pid_t pid)
     if (fd < 0)
         return -errno;
     struct sockaddr_un a;
-    socklen_t len = tb_ctl_addr(pid, getuid(), &a);
+    socklen_t len = tb_ctl_addr(tb_ctl_pidns(0), pid, getuid(), &a);
     if (bind(fd, (struct sockaddr *)&a, len) < 0 || listen(fd, 8) < 0) {
         int e = errno;
         close(fd);
@@ -141,7 +181,10 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     if (fd < 0)
         return -errno;
     struct sockaddr_un a;
-    socklen_t len = tb_ctl_addr(pid, getuid(), &a);
+    unsigned long long ns;
+    pid_t inner;
+    target_ns(pid, &ns, &inner);
+    socklen_t len = tb_ctl_addr(ns, inner, getuid(), &a);
     /* non-blocking: a blocking connect() waits without limit while the
      * server's backlog is full (a stopped or hung process) */
     while (connect(fd, (struct sockaddr *)&a, len) < 0) {
@@ -168,14 +211,15 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     return 0;
 }
 
-/* The pids whose socket (this uid's) is bound, from /proc/net/unix: all
- * of them into out (up to max), or only `want` (want > 0). Returns how
- * many were found (all, even past max), -1 when it cannot tell. */
-static int scan_sockets(pid_t want, pid_t *out, int max)
+/* The pids whose socket (this uid's, in pid namespace `ns`) is bound,
+ * from /proc/net/unix: all of them into out (up to max), or only `want`
+ * (want > 0). Returns how many were found (all, even past max), -1 when
+ * it cannot tell. */
+static int scan_sockets(unsigned long long ns, pid_t want, pid_t *out, int max)
 {
     char prefix[64];
-    int pl = snprintf(prefix, sizeof(prefix), "@tbprof.%u.", (unsigned)getuid());
-    FILE *f = fopen("/proc/net/unix", "r");
+    int pl = snprintf(prefix, sizeof(prefix), "@tbprof.%u.%llu.", (unsigned)getuid(), ns);
+    FILE *f = fopen("/proc/net/unix", "re");
     if (!f)
         return -1;
     char line[512];
@@ -205,11 +249,14 @@ static int scan_sockets(pid_t want, pid_t *out, int max)
 
 int tb_ctl_exists(pid_t pid)
 {
-    int n = scan_sockets(pid, NULL, 0);
+    unsigned long long ns;
+    pid_t inner;
+    target_ns(pid, &ns, &inner);
+    int n = scan_sockets(ns, inner, NULL, 0);
     return n < 0 ? -1 : n > 0;
 }
 
-int tb_ctl_list(pid_t *out, int max) { return scan_sockets(0, out, max); }
+int tb_ctl_list(pid_t *out, int max) { return scan_sockets(tb_ctl_pidns(0), 0, out, max); }
 
 int tb_ctl_run_name_ok(const char *s)
 {

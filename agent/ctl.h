@@ -1,7 +1,12 @@
 /* ctl.h - the per-process control socket (`tbprof trigger PID`).
  *
- * An abstract Unix stream socket named "tbprof.<uid>.<pid>" (no file to
- * create or clean up; gone when the process exits). The agent thread serves
+ * An abstract Unix stream socket named "tbprof.<uid>.<pidns>.<pid>" (no
+ * file to create or clean up; gone when the process exits). <pidns> is the
+ * inode of the process' pid namespace (/proc/self/ns/pid), so that
+ * containers that share a network namespace but not a pid namespace
+ * (hostNetwork pods, each job pid 1 or 7) do not take each other's name;
+ * a client given a pid of its own view finds the name through
+ * /proc/<pid>/ns/pid and the last NSpid of /proc/<pid>/status. The agent thread serves
  * it; a peer whose SO_PEERCRED uid differs from ours is refused, and the
  * client checks the server's uid and pid the same way. Protocol: one
  * request line, one answer line, then the server closes:
@@ -32,8 +37,13 @@
  * [A-Za-z0-9._-], not starting with '.' (one folder name, never a path). */
 int tb_ctl_run_name_ok(const char *s);
 
-/* Address of process `pid`'s socket; returns the address length. */
-socklen_t tb_ctl_addr(pid_t pid, uid_t uid, struct sockaddr_un *a);
+/* The inode of pid's pid namespace (pid 0: ours), 0 when /proc does not
+ * say. */
+unsigned long long tb_ctl_pidns(pid_t pid);
+
+/* Address of the socket of the process numbered `pid` in pid namespace
+ * `ns`; returns the address length. */
+socklen_t tb_ctl_addr(unsigned long long ns, pid_t pid, uid_t uid, struct sockaddr_un *a);
 
 /* Bind + listen (non-blocking, close-on-exec). fd or -errno. */
 int tb_ctl_listen(pid_t pid);
@@ -56,7 +66,8 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
  * /proc/net/unix: 1 yes, 0 no, -1 cannot tell. */
 int tb_ctl_exists(pid_t pid);
 
-/* Client: the pids of this uid whose socket is bound (up to max into out).
+/* Client: the pids of this uid whose socket is bound in our pid namespace
+ * (up to max into out).
  * Returns how many there are, -1 when /proc/net/unix cannot be read. */
 int tb_ctl_list(pid_t *out, int max);
 

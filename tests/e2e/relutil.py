@@ -31,7 +31,12 @@ def figure(name, text):
 
 
 def addr(pid, uid=None):
-    return "\0tbprof.%d.%d" % (os.getuid() if uid is None else uid, pid)
+    """pid's control socket: @tbprof.<uid>.<pid namespace inode>.<pid>."""
+    return "\0tbprof.%d.%d.%d" % (os.getuid() if uid is None else uid, pidns(pid), pid)
+
+
+def pidns(pid="self"):
+    return os.stat("/proc/%s/ns/pid" % pid).st_ino
 
 
 def ctl_raw(pid, data, timeout=5, shut=False, uid=None):

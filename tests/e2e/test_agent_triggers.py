@@ -3,6 +3,7 @@
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
@@ -19,7 +21,7 @@ def ctl(pid, line, raw=None, timeout=5):
     """Send one request to pid's control socket, return the answer line."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # closed on a timeout too
         s.settimeout(timeout)
-        s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
+        s.connect(relutil.addr(pid))
         s.sendall(raw if raw is not None else (line + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):
@@ -220,7 +222,7 @@ class Triggers(tbtest.TestCase):
         self.assertTrue(ctl(p.pid, None, raw=bytes(range(256)) + b"\n").startswith("error"))
         # a client that connects and says nothing is dropped, the job runs on
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect("\0tbprof.%d.%d" % (os.getuid(), p.pid))
+        s.connect(relutil.addr(p.pid))
         time.sleep(0.5)
         s.close()
         self.assertTrue(ctl(p.pid, "status").startswith("state=idle"))
@@ -359,7 +361,7 @@ class Triggers(tbtest.TestCase):
                 "s.connect('\\0'+sys.argv[1])\n"
                 "try:\n    s.sendall(b'start steps=2\\n')\nexcept OSError:\n    pass\n"
                 "print(s.recv(200).decode().strip())\n")
-        r = subprocess.run([sys.executable, "-c", code, "tbprof.0.%d" % p.pid], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", code, relutil.addr(p.pid)[1:]], capture_output=True, text=True,
                            preexec_fn=lambda: os.setuid(65534), timeout=30)
         self.assertIn("permission denied", r.stdout, r.stderr)
         self.assertTrue(ctl(p.pid, "status").startswith("state=idle"), "nothing started")
@@ -580,6 +582,44 @@ class Triggers(tbtest.TestCase):
             x.kill()
             x.communicate()
 
+    def test_jobs_in_pid_namespaces_that_share_the_network(self):
+        # two containers on the host's network (hostNetwork pods) with a job
+        # each at pid 1 of its own pid namespace: both get their socket (the
+        # second was refused, "Address already in use": both wanted
+        # @tbprof.<uid>.1), and `tbprof trigger` given the host's pids
+        # reaches each
+        self.need_cli()
+        wrap = ["unshare", "--pid", "--fork", "--mount-proc"]
+        if not shutil.which("unshare") or tbtest.run(wrap + ["true"]).returncode != 0:
+            self.skipTest("unshare --pid needs root (CAP_SYS_ADMIN)")
+        jobs = []
+        for _ in range(2):
+            e = tbtest.env(self.logdir, preload=False)
+            p = tbtest.spawn(wrap + ["env", "LD_PRELOAD=" + tbtest.preload_value(), STEPS, "-r", "-n", "3000",
+                                     "-m", "10"], env=e)
+            self.addCleanup(reap, p)
+            tbtest.read_until(p, "ready")
+            with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                inner = int(f.read().split()[0])  # the job: pid 1 in its namespace
+            with open("/proc/%d/status" % inner) as f:
+                self.assertRegex(f.read(), r"NSpid:\s+%d\s+1\n" % inner)
+            jobs.append((p, inner))
+        lst = tbtest.run([tbtest.CLI, "trigger", "--list"])
+        for _, inner in jobs:
+            self.assertNotRegex(lst.stdout, r"(?m)^1 ", "pid 1 of another namespace is not ours to list")
+            r = tbtest.run([tbtest.CLI, "trigger", str(inner), "--duration", "0.3", "--run", "ns%d" % inner],
+                           timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("capture started: duration 0.3 s", r.stdout)
+            paths = [x for x in r.stdout.splitlines() if x.endswith(".xplane.pb")]
+            self.assertEqual(len(paths), 1, r.stdout)
+            self.assertIn("/ns%d/" % inner, paths[0])
+            self.assertEqual(tbtest.load(paths[0]).host.stats["tbprof_trigger"], "socket duration=0.3s")
+        for p, inner in jobs:
+            os.kill(inner, signal.SIGKILL)  # killing unshare alone leaves it running
+            _, err = p.communicate(timeout=60)
+            self.assertNotIn("control socket off", err)
+
     def test_tbprof_trigger_gives_up_on_a_stopped_process(self):
         self.need_cli()
         p = self.start_job(["-n", "3000", "-m", "5"])
@@ -592,7 +632,7 @@ class Triggers(tbtest.TestCase):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
             try:
-                s.connect("\0tbprof.%d.%d" % (os.getuid(), p.pid))
+                s.connect(relutil.addr(p.pid))
             except BlockingIOError:
                 s.close()
                 break

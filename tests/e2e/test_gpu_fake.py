@@ -1016,7 +1016,7 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
             t0 = time.monotonic()
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(60)
-                s.connect("\0tbprof.%d.%d" % (os.getuid(), pid))
+                s.connect(relutil.addr(pid))
                 s.sendall(b"status\n")
                 st = s.makefile().readline()
             if "state=writing" in st:

@@ -43,6 +43,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -231,7 +232,11 @@ static int agent_thread_seen(void)
 static int socket_seen(void)
 {
     char want[64], line[512];
-    snprintf(want, sizeof(want), "@tbprof.%u.%d", (unsigned)getuid(), (int)getpid());
+    struct stat ns;
+    if (stat("/proc/self/ns/pid", &ns) < 0)
+        ns.st_ino = 0;
+    snprintf(want, sizeof(want), "@tbprof.%u.%llu.%d", (unsigned)getuid(), (unsigned long long)ns.st_ino,
+             (int)getpid());
     size_t wl = strlen(want);
     FILE *f = fopen("/proc/net/unix", "r");
     int found = 0;
