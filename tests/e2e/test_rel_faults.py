@@ -102,6 +102,22 @@ class Faults(tbtest.TestCase):
         figure("exit", "exit(9) from a 2nd thread mid-capture: status 9, %d complete file(s); _exit(11): status 11, "
                "0 files, 0 temporaries" % len(files))
 
+    def test_dlclose_during_a_capture(self):
+        # a job that dlopen()s the agent (ctypes, a plugin loader) and lets go
+        # of it mid-capture: the library stays (-z nodelete), the capture
+        # ends and is written, the job runs on (it died of SIGSEGV when the
+        # agent thread's code was unmapped, after a 2 s wait in the destructor)
+        e = relutil.env(self.logdir)
+        e.pop("LD_PRELOAD")
+        p = tbtest.run([RELJOB, "-L", tbtest.LIB, "-D", "-n", "300", "-m", "2", "-A", "5"], env=e, timeout=T)
+        self.assertExitedOk(p, 0)
+        self.assertIn("start 0 dlclose 0\n", p.stdout)
+        self.assertIn("done 300 status 0", p.stdout)
+        files = self.check_complete(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(tbtest.load(files[0]).host.stats["tbprof_trigger"], "api tbprof_start(duration)")
+        self.assertNotIn("not finished", p.stderr)
+
     def test_sigterm_while_writing_is_bounded(self):
         # SIGTERM while the agent thread writes the profile of a window that
         # has ended (each write() under the run folder takes 15 s, through a

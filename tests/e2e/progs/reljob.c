@@ -27,7 +27,9 @@
  *   -r   print "ready <pid>" before the loop; -g: then wait for a line on stdin
  *   -x   exit status (default 0)
  *   -L   dlopen(lib) first (a set-uid copy: ld.so ignores LD_PRELOAD there),
- *        then report "secure S agent_thread T socket K start R" at the end
+ *        then report "secure S agent_thread T socket K start R" at the end;
+ *        -D: instead, at step A tbprof_start(300 ms) and dlclose(lib), and
+ *        the loop goes on without the API ("dlclose R")
  * Ends with "done <steps> status <code>".
  */
 #include <dirent.h>
@@ -293,12 +295,12 @@ static int watcher(const char *dir, pid_t pid, int nth)
 int main(int argc, char **argv)
 {
     int nsteps = 20, at = 5, nthreads = 0, nforks = 0, do_exec = 0, pk = 0, ps = 0, api = 0;
-    int do_exit = 0, hard = 0, from_thread = 0, ready = 0, gate = 0, nth = 1;
+    int do_exit = 0, do_close = 0, hard = 0, from_thread = 0, ready = 0, gate = 0, nth = 1;
     double ms = 2;
     const char *lib = NULL, *wdir = NULL;
     pid_t wpid = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:A:T:F:EP:S:aXKYIrgx:L:W:k:c:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:A:T:F:EP:S:aXKYIrgx:L:DW:k:c:")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -317,6 +319,7 @@ int main(int argc, char **argv)
         case 'g': gate = 1; break;
         case 'x': code = atoi(optarg); break;
         case 'L': lib = optarg; break;
+        case 'D': do_close = 1; break;
         case 'W': wdir = optarg; break;
         case 'k': wpid = (pid_t)atoi(optarg); break;
         case 'c': nth = atoi(optarg); break;
@@ -330,7 +333,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "reljob: dlopen: %s\n", dlerror());
         return 3;
     }
-    tbapi_init();
+    if (do_close && h) /* by the handle: a dlsym(RTLD_DEFAULT) hit would pin the library */
+        *(void **)&tbapi_start_ = dlsym(h, "tbprof_start");
+    else
+        tbapi_init();
     if (ready) {
         printf("ready %d\n", (int)getpid());
         fflush(stdout);
@@ -352,6 +358,14 @@ int main(int argc, char **argv)
             pthread_create(&t, NULL, exiter, NULL);
         }
         tb_step();
+        if (i == at && do_close && h) {
+            int st = tb_start(300);
+            tbapi_start_ = NULL;
+            printf("start %d dlclose %d\n", st, dlclose(h));
+            fflush(stdout);
+            h = NULL;
+            lib = NULL;
+        }
         if (i == at) {
             if (nthreads)
                 churn_threads(nthreads);
