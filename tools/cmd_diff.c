@@ -142,11 +142,12 @@ static void side_json(const char *key, const side *sd)
     rr_json_str(stdout, sd->in);
     printf(",\"run_dir\":");
     rr_json_str(stdout, sd->dir);
-    printf(",\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,"
+    printf(",\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,\"gpu_window_ns\":%lld,"
            "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
            "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
            "\"kernel_total_ns\":%lld,\"launches\":%llu,\"divisor\":%.6g}",
            r->hosts, r->hosts_without_steps, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
+           (long long)r->gpu_window_ns,
            (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (long long)r->wait_sampled_ns,
            (long long)r->wait_off_cpu_ns, (unsigned long long)r->comm_kernels,
            (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches, sd->per);
@@ -183,7 +184,7 @@ static void share_row(const char *title, const side *a, const side *b, int64_t p
                       int show_b)
 {
     char x[32] = "-", y[32] = "-", c[48] = "";
-    double sa = rr_pct(pa, a->s.window_ns), sb = rr_pct(pb, b->s.window_ns);
+    double sa = rr_pct(pa, a->s.gpu_window_ns), sb = rr_pct(pb, b->s.gpu_window_ns);
     if (show_a)
         snprintf(x, sizeof x, "%.1f%%", sa);
     if (show_b)

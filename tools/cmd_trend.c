@@ -85,9 +85,9 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
                    (long long)r->s.slowest_host_mean_ns);
         if (r->s.nsteps && base > 0)
             printf(",\"vs_first\":%.4f", (double)row_mean(r) / (double)base);
-        printf(",\"window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
+        printf(",\"window_ns\":%lld,\"gpu_window_ns\":%lld,\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
                "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld",
-               (long long)r->s.window_ns, (long long)r->s.gpu_busy_ns, (long long)r->s.idle_cpu_ns,
+               (long long)r->s.window_ns, (long long)r->s.gpu_window_ns, (long long)r->s.gpu_busy_ns, (long long)r->s.idle_cpu_ns,
                (long long)r->s.wait_sampled_ns, (long long)r->s.wait_off_cpu_ns,
                (unsigned long long)r->s.comm_kernels, (long long)r->s.comm_exposed_ns);
         if (r->s.nkernels) {
@@ -152,8 +152,8 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         }
         char busy[16] = "-", waits[16] = "-"; /* no GPU plane: not 0% busy, but not traced */
         if (r->s.gpus) {
-            snprintf(busy, sizeof(busy), "%.1f%%", rr_pct(r->s.gpu_busy_ns, r->s.window_ns));
-            snprintf(waits, sizeof(waits), "%.1f%%", rr_pct(r->s.idle_cpu_ns, r->s.window_ns));
+            snprintf(busy, sizeof(busy), "%.1f%%", rr_pct(r->s.gpu_busy_ns, r->s.gpu_window_ns));
+            snprintf(waits, sizeof(waits), "%.1f%%", rr_pct(r->s.idle_cpu_ns, r->s.gpu_window_ns));
         }
         printf("%-*s  %-19s  %5zu  %6zu  %11s  %11s  %11s  %6s  ", (int)w, rr_text(r->run->name), t, r->s.hosts, r->s.nsteps,
                a, b, c, vs);
@@ -167,13 +167,13 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         if (off) {
             char o[16] = "-";
             if (r->s.wait_sampled_ns > 0)
-                snprintf(o, sizeof(o), "%.1f%%", rr_pct(r->s.wait_off_cpu_ns, r->s.window_ns));
+                snprintf(o, sizeof(o), "%.1f%%", rr_pct(r->s.wait_off_cpu_ns, r->s.gpu_window_ns));
             printf("%13s  ", o);
         }
         if (comm) {
             char ex[16] = "-";
             if (r->s.comm_kernels)
-                snprintf(ex, sizeof(ex), "%.1f%%", rr_pct(r->s.comm_exposed_ns, r->s.window_ns));
+                snprintf(ex, sizeof(ex), "%.1f%%", rr_pct(r->s.comm_exposed_ns, r->s.gpu_window_ns));
             printf("%12s  ", ex);
         }
         if (r->s.nkernels)

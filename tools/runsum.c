@@ -48,6 +48,8 @@ static void add_host(tb_runsum *r, const tb_summary *s)
     r->hosts++;
     r->gpus += s->ngpus;
     r->window_ns += s->window_ns;
+    if (s->ngpus)
+        r->gpu_window_ns += s->window_ns;
     r->gpu_busy_ns += s->gpu_busy_ns;
     r->idle_cpu_ns += s->idle_cpu_ns;
     r->wait_sampled_ns += tb_sum_wait_sampled_ns(s);

@@ -33,6 +33,9 @@ typedef struct tb_runsum {
     int64_t slowest_host_mean_ns; /* the largest per-host mean (a straggler rank) */
     /* over the steps (the capture, for a host without steps), summed over hosts */
     int64_t window_ns, gpu_busy_ns, idle_cpu_ns, comm_exposed_ns;
+    /* of window_ns: the hosts with a GPU plane, what the GPU figures are
+     * shares of (a host without GPU tracing has no idle GPU time) */
+    int64_t gpu_window_ns;
     /* of idle_cpu_ns: where the launching thread had CPU samples, and of
      * that, where it was off CPU (tb_summary's wait_*) */
     int64_t wait_sampled_ns, wait_off_cpu_ns;

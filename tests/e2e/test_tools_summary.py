@@ -214,6 +214,29 @@ def host_bound(host, wait_us, spans=(), cpu_time=None):
     return sp.SerializeToString()
 
 
+def gpu_half_busy(host):
+    """One step of 1 ms; a call [0,100) us launches a gemm that runs [100,600) us."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(host)
+    h = Plane(sp, "/host:CPU")
+    t = h.line(7, "python")
+    h.event(t, "train", 0, 1000000, _r=1, step_num=1)
+    h.event(t, "cudaLaunchKernel", 0, 100000, correlation_id=1)
+    g = Plane(sp, "/device:GPU:0")
+    g.event(g.line(7, "Stream #7"), "gemm", 100000, 500000, kernel_details=kd(), correlation_id=1)
+    return sp.SerializeToString()
+
+
+def no_gpu(host):
+    """One step of 1 ms and no GPU plane (GPU tracing off on this host)."""
+    sp = xplane_pb2.XSpace()
+    sp.hostnames.append(host)
+    sp.warnings.append("GPU tracing off: CUPTI: not available")
+    h = Plane(sp, "/host:CPU")
+    h.event(h.line(7, "python"), "train", 0, 1000000, _r=1, step_num=1)
+    return sp.SerializeToString()
+
+
 def write(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -675,6 +698,24 @@ class Trend(Base):
         self.assertRegex(p.stdout, r"\nr3\s.*\s25\.0%\s+39\.0%\s+-\s+conv \(100%\)\n")
         # no collectives anywhere: no column
         self.assertNotIn("comm exposed", run("trend", "--prefix", "r3", self.logdir).stdout)
+
+    def test_gpu_shares_over_hosts_with_a_gpu(self):
+        # rank0's GPU was busy half its step; rank1 has no GPU plane (GPU
+        # tracing off there): its step is no idle GPU time, as summary's
+        # "-" for it says. The run's GPU figures are rank0's alone.
+        self.runs(("r1", {"rank0": gpu_half_busy("n0"), "rank1": no_gpu("n1")}))
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\nr1\s.*\s50\.0%\s+10\.0%\s+gemm \(100%\)\n")
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"][0]
+        self.assertEqual((js["window_ns"], js["gpu_window_ns"], js["gpu_busy_ns"]), (2000000, 1000000, 500000))
+        a = os.path.join(self.logdir, "plugins", "profile", "r1")
+        b = write(os.path.join(self.tmp, "b", "rank0.xplane.pb"), gpu_half_busy("n0"))
+        p = run("diff", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\n  GPU busy +50\.0% +50\.0% +\+0\.0 points\n")
+        self.assertRegex(p.stdout, r"\n  GPU waits on CPU +10\.0% +10\.0% +\+0\.0 points\n")
+        self.assertEqual(json.loads(run("diff", "--json", a, b).stdout)["a"]["gpu_window_ns"], 1000000)
 
     def test_unreadable_run_and_errors(self):
         self.runs(("r1", {"n": example_space()}), ("r2", {"n": b"\xff" * 64}), ("r3", {"n": second_host()}))
