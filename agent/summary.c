@@ -451,7 +451,7 @@ static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids 
             *c = -1;
         occ = *c;
     }
-    if (occ >= 0) {
+    if (occ >= 0 && isfinite(occ)) { /* "inf" from another writer: none (JSON has no inf) */
         kr->occ_pct += occ; /* a sum until the end */
         kr->occ_count++;
     }

@@ -609,6 +609,29 @@ class SummaryFigures(Base):
         self.check_example(js["hosts"][0])
         self.assertEqual(err, "")
 
+    def test_json_without_non_finite_occupancy(self):
+        """An occ_pct another writer wrote as inf (or too large for a double)
+        is no occupancy: the JSON parses with a strict parser, the kernel's
+        mean is of its finite values."""
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        h.event(h.line(1, "main"), "train", 0, 10000, _r=1, step_num=1)
+        g = Plane(sp, "/device:GPU:0")
+        s = g.line(1, "Stream #1")
+        g.event(s, "gemm", 0, 1000, kernel_details=kd("inf"))
+        g.event(s, "gemm", 1000, 1000, kernel_details=kd("40"))
+        g.event(s, "relu", 2000, 500, kernel_details=kd("1e999"))
+        f = write(os.path.join(self.rundir, "node1.xplane.pb"), sp.SerializeToString())
+        p = run("summary", "--json", f)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+        def strict(c):
+            raise ValueError("not JSON: " + c)
+        js = json.loads(p.stdout, parse_constant=strict)
+        self.assertEqual([(k["name"], k["occ_pct"]) for k in js["hosts"][0]["kernels"]["top"]],
+                         [("gemm", 40), ("relu", None)])
+        self.assertNotIn("inf", run("summary", f).stdout)
+
 
 class Trend(Base):
     """`tbprof trend`: one line per run, oldest first, every host of a run
