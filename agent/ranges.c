@@ -45,21 +45,29 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
             size_t depth = 0;
             for (size_t k = 0; k < l->nevents && !rc; k++) {
                 const tb_event *e = &l->events[k];
-                size_t keep = 0; /* the ranges still open at e's start */
-                for (size_t x = 0; x < depth; x++)
-                    if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
-                        stack[keep++] = stack[x];
-                depth = keep;
-                if (is_kind(p, l, e, cat)) {
-                    if (e->dur_ns <= 0)
-                        continue;
-                    if (TB_GROW(stack, cap, depth + 1) < 0) {
-                        rc = -ENOMEM;
-                        break;
+                if (!k || e->start_ns != l->events[k - 1].start_ns) {
+                    size_t keep = 0; /* the ranges still open at e's start */
+                    for (size_t x = 0; x < depth; x++)
+                        if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
+                            stack[keep++] = stack[x];
+                    depth = keep;
+                    /* then every range starting then: one shorter than a call
+                     * of the same start is sorted after it, and encloses it */
+                    for (size_t q = k; q < l->nevents && l->events[q].start_ns == e->start_ns; q++) {
+                        const tb_event *r = &l->events[q];
+                        if (r->dur_ns <= 0 || !is_kind(p, l, r, cat))
+                            continue;
+                        if (TB_GROW(stack, cap, depth + 1) < 0) {
+                            rc = -ENOMEM;
+                            break;
+                        }
+                        stack[depth++] = r;
                     }
-                    stack[depth++] = e;
-                    continue;
+                    if (rc)
+                        break;
                 }
+                if (is_kind(p, l, e, cat))
+                    continue;
                 uint64_t corr = depth || all ? corr_of(l, e, cid) : 0;
                 if (corr)
                     rc = fn(ctx, p, l, e, corr, stack, depth);

@@ -435,8 +435,38 @@ static void calls_on_other_threads_join_their_step(void)
     tb_space_free(s);
 }
 
+/* A range that starts at the call's start encloses it (ranges.h), also when
+ * it is the shorter of the two (sorted after the call): nvtxRangePush and
+ * the launch on one clock tick, or clocks of coarse resolution. */
+static void range_starting_with_the_call(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *m = tb_plane_line(h, 1, "main");
+    ev(m, "outer", 100, 900, TB_CAT_USER);
+    ev(m, "fwd", 400, 3, TB_CAT_USER); /* shorter than the 5 ns call at 400 */
+    call(m, 1, 400);
+    ev(m, "tick", 500, 0, TB_CAT_USER); /* a mark at a call's start: still nothing */
+    call(m, 2, 500);
+    tb_line *st = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    work(st, 1);
+    work(st, 2);
+    CHECK_EQ_I(tb_space_link_ranges(s), 2);
+    CHECK_STR(range_of(s, 1), "fwd");
+    CHECK_STR(range_of(s, 2), "outer");
+    tb_summary m2;
+    CHECK_EQ_I(tb_summarize(s, &m2), 0);
+    for (size_t i = 0; i < m2.nranges; i++)
+        if (!strcmp(m2.ranges[i].name, "fwd"))
+            CHECKF(m2.ranges[i].gpu_count == 1 && m2.ranges[i].gpu_ns == 10, "fwd: %llu pieces, %lld ns",
+                   (unsigned long long)m2.ranges[i].gpu_count, (long long)m2.ranges[i].gpu_ns);
+    tb_summary_free(&m2);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    range_starting_with_the_call();
     calls_on_other_threads_join_their_step();
     innermost_range_on_gpu_work();
     gpu_time_per_range();
