@@ -364,8 +364,9 @@ int cmd_diff(int argc, char **argv)
     if (load_side(&a) == 0 && load_side(&b) == 0) {
         int steps = a.s.nsteps && b.s.nsteps;
         const char *unit = steps ? "step" : "second";
-        a.per = steps ? (double)a.s.nsteps : (double)a.s.window_ns / 1e9;
-        b.per = steps ? (double)b.s.nsteps : (double)b.s.window_ns / 1e9;
+        /* per second of capture: a side with steps has kernels outside them too */
+        a.per = steps ? (double)a.s.nsteps : (double)a.s.capture_ns / 1e9;
+        b.per = steps ? (double)b.s.nsteps : (double)b.s.capture_ns / 1e9;
         if (a.per <= 0)
             a.per = 1;
         if (b.per <= 0)

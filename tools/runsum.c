@@ -50,6 +50,7 @@ static void add_host(tb_runsum *r, const tb_summary *s)
     r->window_ns += s->window_ns;
     if (s->ngpus)
         r->gpu_window_ns += s->window_ns;
+    r->capture_ns += s->end_ns - s->begin_ns;
     r->gpu_busy_ns += s->gpu_busy_ns;
     r->idle_cpu_ns += s->idle_cpu_ns;
     r->wait_sampled_ns += tb_sum_wait_sampled_ns(s);

@@ -36,6 +36,7 @@ typedef struct tb_runsum {
     /* of window_ns: the hosts with a GPU plane, what the GPU figures are
      * shares of (a host without GPU tracing has no idle GPU time) */
     int64_t gpu_window_ns;
+    int64_t capture_ns; /* the hosts' captures (first to last event), summed */
     /* of idle_cpu_ns: where the launching thread had CPU samples, and of
      * that, where it was off CPU (tb_summary's wait_*) */
     int64_t wait_sampled_ns, wait_off_cpu_ns;

@@ -945,6 +945,36 @@ class Diff(Base):
         js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"][0]
         self.assertEqual((js["hosts"], js["hosts_without_steps"], js["top_kernel"]), (1, 0, "loader_kernel"))
 
+    def test_per_second_of_capture_on_the_side_with_steps(self):
+        # A: a 10 ms capture with one 2 ms step in it, gemm 1 ms inside the
+        # step and 1 ms after it; B: a 10 ms time window, gemm 2 ms. Per
+        # second of capture both ran 200 ms of gemm: A's 2 ms of kernels
+        # are not all in its 2 ms of steps
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        t = h.line(1, "main")
+        h.event(t, "train", 0, 2000000, _r=1, step_num=1)
+        h.event(t, "work", 0, 10000000)
+        g = Plane(sp, "/device:GPU:0")
+        for start in (0, 5000000):
+            g.event(g.line(1, "Stream #1"), "gemm", start, 1000000, kernel_details=kd())
+        a = write(os.path.join(self.tmp, "a", "n.xplane.pb"), sp.SerializeToString())
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        h.event(h.line(1, "main"), "work", 0, 10000000)
+        g = Plane(sp, "/device:GPU:0")
+        g.event(g.line(1, "Stream #1"), "gemm", 0, 2000000, kernel_details=kd())
+        b = write(os.path.join(self.tmp, "b", "n.xplane.pb"), sp.SerializeToString())
+        p = run("diff", "--json", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        js = json.loads(p.stdout)
+        self.assertEqual(js["per"], "second")
+        self.assertEqual([(k["name"], round(k["a_per_ns"]), round(k["b_per_ns"])) for k in js["kernels"]],
+                         [("gemm", 200000000, 200000000)])
+        self.assertEqual((js["a"]["divisor"], js["b"]["divisor"]), (0.01, 0.01))
+        p = run("diff", a, b)
+        self.assertRegex(p.stdout, r"\n  kernel time per second +200\.000 ms +200\.000 ms +\+0\.0%\n")
+
     def test_per_second_without_steps_and_errors(self):
         a, _ = self.make()
         sp = xplane_pb2.XSpace()  # a time window: 2 ms, gemm 500 us twice
