@@ -214,7 +214,10 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
     printf("  %-24s %14s %14s  %s\n", "", "A", "B", "change");
     if (ra->nsteps && rb->nsteps) {
         int64_t ma = tb_runsum_mean(ra), mb = tb_runsum_mean(rb);
-        snprintf(c, sizeof c, "%+.1f%% (%.2fx)", 100.0 * (double)(mb - ma) / (double)ma, (double)mb / (double)ma);
+        if (ma > 0)
+            snprintf(c, sizeof c, "%+.1f%% (%.2fx)", 100.0 * (double)(mb - ma) / (double)ma, (double)mb / (double)ma);
+        else /* steps of no length: no ratio */
+            snprintf(c, sizeof c, "-");
         fig_row("step time mean", fdur((double)ma, x, sizeof x), fdur((double)mb, y, sizeof y), c);
     }
     share_row("GPU busy", a, b, ra->gpu_busy_ns, rb->gpu_busy_ns, ra->gpus > 0, rb->gpus > 0);

@@ -193,11 +193,14 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
         return;
     }
     char a[32], b[32];
-    printf("\nMean step time: first %s, last %s (%.2fx)", rr_fmt_dur(base, a, sizeof(a)),
-           rr_fmt_dur(row_mean(last), b, sizeof(b)), (double)row_mean(last) / (double)base);
-    if (slow != last)
-        printf("; slowest %s in %s (%.2fx)", rr_fmt_dur(row_mean(slow), a, sizeof(a)), rr_text(slow->run->name),
-               (double)row_mean(slow) / (double)base);
+    printf("\nMean step time: first %s, last %s", rr_fmt_dur(base, a, sizeof(a)), rr_fmt_dur(row_mean(last), b, sizeof(b)));
+    if (base > 0) /* steps of no length: no ratio */
+        printf(" (%.2fx)", (double)row_mean(last) / (double)base);
+    if (slow != last) {
+        printf("; slowest %s in %s", rr_fmt_dur(row_mean(slow), a, sizeof(a)), rr_text(slow->run->name));
+        if (base > 0)
+            printf(" (%.2fx)", (double)row_mean(slow) / (double)base);
+    }
     printf("\n");
 }
 

@@ -890,6 +890,21 @@ class Diff(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("holds one run (after): name two runs, or two profiles, to compare", p.stderr)
 
+    def test_step_mean_of_zero(self):
+        # steps of no length (markers another writer made instants): no
+        # ratio to print, not "+inf% (infx)"
+        a = write(os.path.join(self.tmp, "a", "n.xplane.pb"), stepped("n0", [(0, 0, [("gemm", 0, 300)])]))
+        b = write(os.path.join(self.tmp, "b", "n.xplane.pb"), stepped("n0", [(0, 1000, [("gemm", 0, 300)])]))
+        p = run("diff", a, b)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"\n  step time mean +0 ns +1\.000 ms  -\n")
+        self.assertNotIn("inf", p.stdout)
+        self.assertNotIn("nan", run("diff", a, a).stdout)
+        write(os.path.join(self.logdir, "plugins", "profile", "r1", "n.xplane.pb"), open(a, "rb").read())
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("\nMean step time: first 0 ns, last 0 ns\n", p.stdout)
+
     def test_max_slowdown_gate(self):
         # a performance gate for CI: exit 1 when B's mean step grew more
         # than allowed (A -> B here is 0.8 ms -> 1 ms: +25%)
