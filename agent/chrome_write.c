@@ -189,37 +189,6 @@ static void put_double(jw *w, double d)
 
 /* ---- JSON strings: escapes, invalid UTF-8 -> U+FFFD --------------------------------- */
 
-/* Length of a valid UTF-8 sequence at s (n bytes left), 0 when invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-#define CONT(i) (n > (i) && (s[i] & 0xC0) == 0x80)
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        return CONT(1) ? 2 : 0;
-    if (c >= 0xE0 && c <= 0xEF) {
-        if (!CONT(1) || !CONT(2))
-            return 0;
-        if (c == 0xE0 && s[1] < 0xA0)
-            return 0; /* overlong */
-        if (c == 0xED && s[1] > 0x9F)
-            return 0; /* surrogates */
-        return 3;
-    }
-    if (c >= 0xF0 && c <= 0xF4) {
-        if (!CONT(1) || !CONT(2) || !CONT(3))
-            return 0;
-        if (c == 0xF0 && s[1] < 0x90)
-            return 0;
-        if (c == 0xF4 && s[1] > 0x8F)
-            return 0; /* > U+10FFFF */
-        return 4;
-    }
-    return 0;
-#undef CONT
-}
-
 /* Append the quoted, escaped form of s[0..n) to b. */
 static int escape_into(tb_buf *b, const char *str, size_t n)
 {
@@ -256,7 +225,7 @@ static int escape_into(tb_buf *b, const char *str, size_t n)
             i++;
             continue;
         }
-        size_t k = utf8_len(s + i, n - i);
+        size_t k = tb_utf8_seq_len(s + i, n - i);
         if (k) {
             memcpy(o, s + i, k);
             o += k;

@@ -21,6 +21,10 @@ typedef struct tb_buf {
 
 void tb_buf_free(tb_buf *b);
 
+/* Length of the valid UTF-8 sequence at s (n >= 1 bytes left), 0 when
+ * none starts there (overlong forms, surrogates, > U+10FFFF, cut short). */
+size_t tb_utf8_seq_len(const unsigned char *s, size_t n);
+
 /* Serialize `s` (sorted first) to b; returns 0 or -ENOMEM. */
 int tb_xspace_encode(tb_space *s, tb_buf *b);
 

@@ -10,6 +10,12 @@
  * stat values), which are always written so a reader sees which is set.
  * Event metadata with a tb_category carries one stat "tbprof_category"
  * (str_value) so readers (tbprof convert) keep Kineto's categories.
+ *
+ * Every string is a proto3 `string`, which C++ protobuf (xprof, TensorBoard,
+ * jax) refuses to parse unless it is valid UTF-8 - one bad name and the
+ * whole file is unreadable. So each byte that starts no valid sequence (a
+ * thread name the kernel cut at 15 bytes mid-character, raw NVTX bytes) is
+ * written as U+FFFD.
  */
 #include "xspace.h"
 
@@ -50,6 +56,80 @@ static inline size_t f_len(size_t len) { return 1 + vsize(len) + len; }
 
 static inline uint64_t ps_of(int64_t ns) { return (uint64_t)ns * 1000u; }
 
+/* ---- UTF-8 -------------------------------------------------------------------- */
+
+size_t tb_utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+#define CONT(i) (n > (i) && (s[i] & 0xC0) == 0x80)
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return CONT(1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (!CONT(1) || !CONT(2))
+            return 0;
+        if (c == 0xE0 && s[1] < 0xA0)
+            return 0; /* overlong */
+        if (c == 0xED && s[1] > 0x9F)
+            return 0; /* surrogates */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (!CONT(1) || !CONT(2) || !CONT(3))
+            return 0;
+        if (c == 0xF0 && s[1] < 0x90)
+            return 0;
+        if (c == 0xF4 && s[1] > 0x8F)
+            return 0; /* > U+10FFFF */
+        return 4;
+    }
+    return 0;
+#undef CONT
+}
+
+/* Bytes s takes once written: each byte that starts no valid UTF-8
+ * sequence becomes U+FFFD (3 bytes). */
+static size_t u8len(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s), out = n;
+    for (size_t i = 0; i < n;) {
+        size_t k = u[i] < 0x80 ? 1 : tb_utf8_seq_len(u + i, n - i);
+        if (!k) {
+            out += 2;
+            k = 1;
+        }
+        i += k;
+    }
+    return out;
+}
+
+/* s as written (out = u8len(s) bytes) */
+static uint8_t *put_u8(uint8_t *p, const char *s, size_t out)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s);
+    if (out == n) {
+        memcpy(p, s, n);
+        return p + n;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t k = u[i] < 0x80 ? 1 : tb_utf8_seq_len(u + i, n - i);
+        if (!k) {
+            *p++ = 0xEF;
+            *p++ = 0xBF;
+            *p++ = 0xBD;
+            i++;
+            continue;
+        }
+        memcpy(p, u + i, k);
+        p += k;
+        i += k;
+    }
+    return p;
+}
+
 static size_t stat_size(const tb_stat *st)
 {
     size_t n = f_varint(st->meta);
@@ -76,7 +156,7 @@ static inline size_t event_size(const tb_line *l, const tb_event *e, int64_t lin
 
 static size_t str_field(const char *s)
 {
-    return (s && *s) ? f_len(strlen(s)) : 0;
+    return (s && *s) ? f_len(u8len(s)) : 0;
 }
 
 static int64_t line_ts(const tb_line *l)
@@ -112,8 +192,7 @@ static size_t line_size(const tb_line *l, size_t events_bytes, int64_t span)
     n += events_bytes;
     if (span)
         n += 1 + vsize(ps_of(span)); /* field 9 */
-    if (l->display_name && *l->display_name)
-        n += f_len(strlen(l->display_name));
+    n += str_field(l->display_name);
     return n;
 }
 
@@ -167,19 +246,17 @@ static uint8_t *put_str(uint8_t *p, uint32_t field, const char *s)
 {
     if (!s || !*s)
         return p;
-    size_t n = strlen(s);
+    size_t n = u8len(s);
     p = put_lenhdr(p, field, n);
-    memcpy(p, s, n);
-    return p + n;
+    return put_u8(p, s, n);
 }
 
 /* repeated string: written even when empty */
 static uint8_t *put_rstr(uint8_t *p, uint32_t field, const char *s)
 {
-    size_t n = strlen(s);
+    size_t n = u8len(s);
     p = put_lenhdr(p, field, n);
-    memcpy(p, s, n);
-    return p + n;
+    return put_u8(p, s, n);
 }
 
 static uint8_t *put_stat(uint8_t *p, const tb_stat *st)
@@ -259,7 +336,7 @@ static uint8_t *put_line(wr *w, uint8_t *p, const tb_line *l, int64_t span)
             p = put_fvarint(p, 3, ps_of(e->dur_ns));
         p = put_stats(p, 4, st, e->nstats);
     }
-    p = need(w, p, 24 + (l->display_name ? strlen(l->display_name) : 0));
+    p = need(w, p, 24 + (l->display_name ? u8len(l->display_name) : 0));
     if (span)
         p = put_fvarint(p, 9, ps_of(span));
     p = put_str(p, 11, l->display_name);
@@ -313,7 +390,7 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
         if (p->id)
             n += f_varint((uint64_t)p->id);
         n += str_field(p->name);
-        MAXP(40 + strlen(p->name));
+        MAXP(40 + u8len(p->name));
         for (size_t j = 0; j < p->nlines; j++, k++) {
             const tb_line *l = p->lines[j];
             int64_t ts = line_ts(l);
@@ -325,8 +402,8 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
                 eb += f_len(es);
             }
             MAXP(maxev + 11);
-            MAXP(48 + strlen(l->name));
-            MAXP(24 + (l->display_name ? strlen(l->display_name) : 0));
+            MAXP(48 + u8len(l->name));
+            MAXP(24 + (l->display_name ? u8len(l->display_name) : 0));
             li[k].events_bytes = eb;
             li[k].span = line_span_ns(l);
             li[k].size = line_size(l, eb, li[k].span);
@@ -348,16 +425,16 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
         total += f_len(n);
     }
     for (size_t i = 0; i < s->nerrors; i++) {
-        total += f_len(strlen(s->errors[i]));
-        MAXP(11 + strlen(s->errors[i]));
+        total += f_len(u8len(s->errors[i]));
+        MAXP(11 + u8len(s->errors[i]));
     }
     for (size_t i = 0; i < s->nwarnings; i++) {
-        total += f_len(strlen(s->warnings[i]));
-        MAXP(11 + strlen(s->warnings[i]));
+        total += f_len(u8len(s->warnings[i]));
+        MAXP(11 + u8len(s->warnings[i]));
     }
     for (size_t i = 0; i < s->nhostnames; i++) {
-        total += f_len(strlen(s->hostnames[i]));
-        MAXP(11 + strlen(s->hostnames[i]));
+        total += f_len(u8len(s->hostnames[i]));
+        MAXP(11 + u8len(s->hostnames[i]));
     }
 #undef MAXP
 
@@ -393,13 +470,13 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
     k = 0;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
-        w = need(&out, w, 40 + strlen(p->name));
+        w = need(&out, w, 40 + u8len(p->name));
         w = put_lenhdr(w, 1, plane_size[i]);
         if (p->id)
             w = put_fvarint(w, 1, (uint64_t)p->id);
         w = put_str(w, 2, p->name);
         for (size_t j = 0; j < p->nlines; j++, k++) {
-            w = need(&out, w, 48 + strlen(p->lines[j]->name));
+            w = need(&out, w, 48 + u8len(p->lines[j]->name));
             w = put_lenhdr(w, 3, li[k].size);
             w = put_line(&out, w, p->lines[j], li[k].span);
         }
@@ -442,7 +519,7 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
                           : i < s->nerrors + s->nwarnings ? s->warnings[i - s->nerrors]
                                                           : s->hostnames[i - s->nerrors - s->nwarnings];
         uint32_t field = i < s->nerrors ? 2 : i < s->nerrors + s->nwarnings ? 3 : 4;
-        w = need(&out, w, 11 + strlen(str));
+        w = need(&out, w, 11 + u8len(str));
         w = put_rstr(w, field, str);
     }
     size_t written = out.flushed + (size_t)(w - out.base);

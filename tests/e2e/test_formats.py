@@ -299,5 +299,31 @@ class Formats(unittest.TestCase):
         self.assertIn("good.xplane.pb", r.stdout)
 
 
+class OddNames(unittest.TestCase):
+    """A thread name the kernel cut mid-character (comm is 15 bytes) is not
+    UTF-8; C++ protobuf (xprof, TensorBoard; python's cpp protobuf here)
+    refuses a whole XSpace with one such proto3 string in it."""
+
+    def test_cut_multibyte_thread_name_keeps_the_file_readable(self):
+        if xplane_pb2 is None:
+            self.skipTest("python protobuf bindings not built: " + IMPORT_ERROR)
+        import tbtest
+        tmp = tempfile.mkdtemp(prefix="tbprof_oddnames_")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        # "a" and 7 three-byte characters: comm keeps 15 bytes, the 5th character cut
+        exe = os.path.join(tmp, "a\u30c7\u30fc\u30bf\u30ed\u30fc\u30c0\u30fc")
+        shutil.copy(tbtest.prog("steps"), exe)
+        logdir = os.path.join(tmp, "logs")
+        p = subprocess.run([exe, "-n", "6", "-m", "1"], env=tbtest.env(logdir, steps="2,3"),
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        files = glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb"))
+        self.assertEqual(len(files), 1, files)
+        with open(files[0], "rb") as f:
+            xs = xplane_pb2.XSpace.FromString(f.read())  # DecodeError on invalid UTF-8
+        names = [l.name for pl in xs.planes for l in pl.lines]
+        self.assertIn("a\u30c7\u30fc\u30bf\u30ed\ufffd\ufffd", names)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -542,8 +542,88 @@ static void test_absurd_times(void)
     tb_space_free(s);
 }
 
+/* Strings in an XSpace are proto3 `string` fields: C++ protobuf (xprof,
+ * TensorBoard, jax's ProfileData) refuses the WHOLE file when one of them
+ * is not valid UTF-8. A thread name the kernel cut at 15 bytes in the
+ * middle of a character, or an NVTX name of raw bytes, must not do that:
+ * each byte that starts no valid sequence is written as U+FFFD. */
+static int valid_utf8(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    while (*u) {
+        size_t n = *u < 0x80 ? 1 : (*u & 0xE0) == 0xC0 ? 2 : (*u & 0xF0) == 0xE0 ? 3 : (*u & 0xF8) == 0xF0 ? 4 : 0;
+        if (!n || (n == 2 && *u < 0xC2) || (n == 4 && *u > 0xF4))
+            return 0;
+        for (size_t i = 1; i < n; i++)
+            if ((u[i] & 0xC0) != 0x80)
+                return 0;
+        if ((n == 3 && *u == 0xE0 && u[1] < 0xA0) || (n == 3 && *u == 0xED && u[1] > 0x9F) ||
+            (n == 4 && *u == 0xF0 && u[1] < 0x90) || (n == 4 && *u == 0xF4 && u[1] > 0x8F))
+            return 0;
+        u += n;
+    }
+    return 1;
+}
+
+static void test_invalid_utf8(void)
+{
+    tb_space *s = tb_space_new();
+    tb_space_add_hostname(s, "node\x80");
+    tb_space_add_warning(s, "warn \xff");
+    tb_space_add_error(s, "ok é");
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_str(h, "tbprof_trigger", "cut \xe3\x83");
+    /* "データ" cut by the kernel's 15-byte comm limit: 5 whole characters and a lead byte... */
+    tb_line *l = tb_plane_line(h, 42, "\xe3\x83\x87\xe3\x83\xbc\xe3\x82\xbf\xe3\x83\xad\xe3\x83\xbc\xe3\x83");
+    tb_line_set_display_name(l, "thr \xc0\xaf (42)");
+    int64_t m = tb_plane_event_meta(h, "nvtx \xed\xa0\x80 range \xf5");
+    tb_plane_set_event_display_name(h, m, "disp \xfe");
+    tb_plane_set_event_category(h, m, TB_CAT_USER);
+    tb_line_add(l, m, T0, 1000);
+    tb_line_stat_str(l, tb_plane_stat_meta(h, "name \x81"), "value \xc3");
+    tb_buf b = {0};
+    CHECK_EQ_I(tb_xspace_encode(s, &b), 0);
+    /* the streaming form sizes the replaced strings alike */
+    struct collect c = {0};
+    tb_xspace_sink sink = {col_begin, col_write, &c};
+    CHECK_EQ_I(tb_xspace_encode_stream(s, &sink), 0);
+    CHECK(c.b.len == b.len && memcmp(c.b.data, b.data, b.len) == 0);
+    tb_buf_free(&c.b);
+    XSpace *x = tensorflow__profiler__xspace__unpack(NULL, b.len, b.data);
+    CHECK(x != NULL);
+    if (x) {
+        int bad = 0;
+        for (size_t i = 0; i < x->n_hostnames; i++)
+            bad += !valid_utf8(x->hostnames[i]);
+        for (size_t i = 0; i < x->n_warnings; i++)
+            bad += !valid_utf8(x->warnings[i]);
+        for (size_t i = 0; i < x->n_errors; i++)
+            bad += !valid_utf8(x->errors[i]);
+        for (size_t i = 0; i < x->n_planes; i++) {
+            XPlane *p = x->planes[i];
+            bad += !valid_utf8(p->name);
+            for (size_t j = 0; j < p->n_lines; j++)
+                bad += !valid_utf8(p->lines[j]->name) + !valid_utf8(p->lines[j]->display_name);
+            for (size_t j = 0; j < p->n_event_metadata; j++)
+                bad += !valid_utf8(p->event_metadata[j]->value->name) +
+                       !valid_utf8(p->event_metadata[j]->value->display_name);
+            for (size_t j = 0; j < p->n_stat_metadata; j++)
+                bad += !valid_utf8(p->stat_metadata[j]->value->name);
+        }
+        CHECK_EQ_I(bad, 0);
+        CHECK_STR(x->hostnames[0], "node\xef\xbf\xbd");
+        CHECK_STR(x->errors[0], "ok é");
+        CHECK_STR(x->planes[0]->lines[0]->name,
+                  "\xe3\x83\x87\xe3\x83\xbc\xe3\x82\xbf\xe3\x83\xad\xe3\x83\xbc\xef\xbf\xbd\xef\xbf\xbd");
+        tensorflow__profiler__xspace__free_unpacked(x, NULL);
+    }
+    tb_buf_free(&b);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_invalid_utf8();
     test_absurd_times();
     test_stream();
     test_round_trip();
