@@ -25,13 +25,15 @@ void tb_buf_free(tb_buf *b);
  * none starts there (overlong forms, surrogates, > U+10FFFF, cut short). */
 size_t tb_utf8_seq_len(const unsigned char *s, size_t n);
 
-/* Serialize `s` (sorted first) to b; returns 0 or -ENOMEM. */
+/* Serialize `s` (sorted first) to b; returns 0 or -ENOMEM, or -EFBIG when
+ * the XSpace would be 2 GiB or more (no protobuf reader parses that). */
 int tb_xspace_encode(tb_space *s, tb_buf *b);
 
 /* Streaming form (no buffer of the whole file): begin(ctx, total) is called
  * once with the exact size before any byte (return < 0 to stop, e.g. over a
  * cap); then write(ctx, data, len) with consecutive pieces (a reused 256 KiB
- * chunk). Returns 0 or the first negative value begin/write returned. */
+ * chunk). Returns 0 or the first negative value begin/write returned;
+ * -EFBIG without calling begin at 2 GiB or more. */
 typedef struct tb_xspace_sink {
     int (*begin)(void *ctx, size_t total);
     int (*write)(void *ctx, const void *data, size_t len);

@@ -20,6 +20,7 @@
 #include "xspace.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -440,6 +441,12 @@ static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
 
     wr out = {0};
     int r = 0;
+    /* protobuf parsers (C++'s int sizes, python's) refuse a message of 2 GiB
+     * or more: such a file is disk spent on a profile no reader opens */
+    if (total > (size_t)INT32_MAX) {
+        r = -EFBIG;
+        goto done;
+    }
     if (sink) {
         out.sink = sink;
         if (sink->begin && (r = sink->begin(sink->ctx, total)) < 0)

@@ -621,8 +621,60 @@ static void test_invalid_utf8(void)
     tb_space_free(s);
 }
 
+/* C++ protobuf (xprof, TensorBoard) and python's parse no message of 2 GiB
+ * or more: such an XSpace is refused before a byte is written (the agent
+ * allows TBPROF_MAX_MB up to 64 GiB, and 0 for no cap). Eight hostnames
+ * that are one 256 MiB string make 2 GiB + 40 bytes. */
+static int big_begin(void *ctx, size_t total)
+{
+    struct collect *c = ctx;
+    c->begins++;
+    c->total = total;
+    return -ECANCELED; /* never write 2 GiB here */
+}
+
+static void test_over_2gib_refused(void)
+{
+    size_t n = 256u << 20;
+    char *str = malloc(n + 1);
+    CHECK(str != NULL);
+    if (!str)
+        return;
+    memset(str, 'h', n);
+    str[n] = '\0';
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line_add(tb_plane_line(h, 1, "main"), tb_plane_event_meta(h, "e"), T0, 10);
+    char *v[8];
+    for (int i = 0; i < 8; i++)
+        v[i] = str;
+    s->hostnames = v;
+    s->nhostnames = 8;
+    struct collect c = {0};
+    tb_xspace_sink sink = {big_begin, col_write, &c};
+    int r = tb_xspace_encode_stream(s, &sink);
+    CHECK_EQ_I(r, -EFBIG);
+    CHECK_EQ_I(c.begins, 0);
+    CHECK_EQ_I(c.writes, 0);
+    if (r == -EFBIG) { /* (else the buffered form would allocate 2 GiB) */
+        tb_buf b = {0};
+        CHECK_EQ_I(tb_xspace_encode(s, &b), -EFBIG);
+        CHECK_EQ_I(b.len, 0);
+        tb_buf_free(&b);
+    }
+    /* just under: 7 of them go to begin() */
+    s->nhostnames = 7;
+    CHECK_EQ_I(tb_xspace_encode_stream(s, &sink), -ECANCELED);
+    CHECK(c.total > (size_t)7 * n && c.total < (size_t)INT32_MAX);
+    s->hostnames = NULL;
+    s->nhostnames = 0;
+    tb_space_free(s);
+    free(str);
+}
+
 int main(void)
 {
+    test_over_2gib_refused();
     test_invalid_utf8();
     test_absurd_times();
     test_stream();
