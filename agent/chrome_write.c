@@ -554,7 +554,7 @@ typedef struct kineto {
     uint32_t kd, md, msd, stream;   /* stat ids (0: absent) */
     uint32_t tf_op;                 /* on GPU work it repeats nvtx_range, for xprof: not written */
     char **frag;                    /* details ref id -> fragment; NULL: not made yet */
-    uint64_t *bytes;                /* copy/memset details ref id -> bytes + 1 (0: not yet) */
+    uint64_t *bytes;                /* copy/memset details ref id -> bytes + 2 (1: none, 0: not yet) */
     size_t n;
 } kineto;
 
@@ -592,6 +592,13 @@ static void dims(const char *details, const char *key, char *out, size_t n)
         snprintf(out, n, "[%s]", v);
 }
 
+/* A details number as a JSON integer: -1 (unknown) for nan, inf or
+ * anything too large to print whole in the fragment (a foreign file's). */
+static double whole_or_unknown(double v)
+{
+    return isfinite(v) && fabs(v) < 1e15 ? v : -1;
+}
+
 static const char *kernel_frag(kineto *k, const tb_plane *p, uint32_t ref)
 {
     if (ref >= k->n)
@@ -609,7 +616,7 @@ static const char *kernel_frag(kineto *k, const tb_plane *p, uint32_t ref)
         snprintf(f, sizeof f,
                  ",\"grid\":%s,\"block\":%s,\"registers per thread\":%.0f,\"shared memory\":%.0f,"
                  "\"est. achieved occupancy %%\":%.0f",
-                 grid, block, regs, ss + ds, occ);
+                 grid, block, whole_or_unknown(regs), whole_or_unknown(ss + ds), whole_or_unknown(occ));
         k->frag[ref] = strdup(f);
         if (!k->frag[ref])
             return "";
@@ -625,9 +632,9 @@ static int64_t details_bytes(kineto *k, const tb_plane *p, uint32_t ref, const c
     if (!k->bytes[ref]) {
         double v = -1;
         tb_details_num(tb_plane_stat_name(p, ref), key, &v);
-        k->bytes[ref] = v >= 0 ? (uint64_t)v + 1 : 1;
+        k->bytes[ref] = v >= 0 && v < 1e18 ? (uint64_t)v + 2 : 1; /* (a double past uint64 is undefined) */
     }
-    return (int64_t)k->bytes[ref] - 1;
+    return (int64_t)k->bytes[ref] - 2;
 }
 
 /* Kineto's args of a GPU event, from the stats the caller picked out while

@@ -202,8 +202,35 @@ static void test_stream(void)
     tb_space_free(s);
 }
 
+/* Kineto's kernel fields are numbers from the kernel_details string; a
+ * foreign file's (tbprof convert) may say nan, inf or 1e300 there, and
+ * JSON has no nan/inf (Perfetto and json.loads refuse the whole trace). */
+static void test_odd_kernel_details(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *l = tb_plane_line(g, 7, "Stream #7");
+    int64_t kd = tb_plane_stat_meta(g, "kernel_details");
+    tb_line_add(l, tb_plane_event_meta(g, "k1"), 1000, 10);
+    tb_line_stat_str(l, kd, "regs:nan static_shared:inf dynamic_shared:-inf grid:1,1,1 block:32,1,1 occ_pct:1e300");
+    tb_line_add(l, tb_plane_event_meta(g, "k2"), 2000, 10);
+    tb_line_stat_str(l, kd, "regs:32 static_shared:0 dynamic_shared:1024 grid:2,1,1 block:64,1,1 occ_pct:50");
+    tb_line_add(l, tb_plane_event_meta(g, "Memcpy HtoD"), 3000, 10);
+    tb_line_stat_str(l, tb_plane_stat_meta(g, "memcpy_details"), "kind_src:pinned size:1e30");
+    char *j = json_of(s);
+    CHECKF(strstr(j, "\"bytes\"") == NULL, "%.60s", strstr(j, "\"bytes\"")); /* no count of bytes to tell */
+    CHECK(strstr(j, "nan") == NULL);
+    CHECK(strstr(j, "inf") == NULL);
+    CHECK(strstr(j, "\"registers per thread\":-1,\"shared memory\":-1,\"est. achieved occupancy %\":-1}") != NULL);
+    CHECK(strstr(j, "\"registers per thread\":32,\"shared memory\":1024,\"est. achieved occupancy %\":50}") != NULL);
+    CHECK_EQ_I(count(j, "{"), count(j, "}"));
+    free(j);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_odd_kernel_details();
     test_stream();
     test_escaping_and_units();
     test_flows_and_pids();
