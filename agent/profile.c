@@ -197,6 +197,7 @@ typedef struct atomic_file {
     char proc[40];          /* "/proc/self/fd/N" */
     char tmp[NAME_MAX + 1]; /* the temporary name when !anon */
     uint64_t min_free;      /* bytes the file system must keep free (0: no floor) */
+    int remake;             /* dir is a run folder: made again if found removed (see remake_dir) */
 } atomic_file;
 
 /* 0 when writing `more` bytes into fd's file system leaves at least
@@ -229,6 +230,24 @@ static void af_abort(atomic_file *af)
     af->fd = af->dfd = -1;
 }
 
+/* A run folder is shared by the ranks of a job, and a rank whose write
+ * failed removes it when it looks empty (tb_profile_write) - which it does
+ * before another rank opened its file there, or while that file is still
+ * an unnamed O_TMPFILE inode. That rank makes the folder again (its parents
+ * are never removed) and goes on. */
+static int remake_dir(atomic_file *af, const char *dir)
+{
+    if (mkdir(dir, 0777) < 0 && errno != EEXIST)
+        return -errno;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (af->dfd >= 0)
+        close(af->dfd);
+    af->dfd = fd;
+    return 0;
+}
+
 /* Create the temporary file for `len` bytes (refused where the file system
  * would keep less than af->min_free, set by the caller; 0: no floor). */
 static int af_open(atomic_file *af, const char *dir, size_t len)
@@ -240,7 +259,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && len > rl.rlim_cur)
         return -EFBIG;
     af->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (af->dfd < 0)
+    if (af->dfd < 0 && !(errno == ENOENT && af->remake && remake_dir(af, dir) == 0))
         return -errno;
     int r = keeps_free(af->dfd, len, af->min_free);
     if (r < 0) {
@@ -316,6 +335,11 @@ static int af_commit(atomic_file *af, const char *dir, const char *name, char *f
             r = linkat(AT_FDCWD, af->proc, af->dfd, cand, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
         else
             r = link_noreplace(af->dfd, af->tmp, cand, &renamed);
+        if (r == -ENOENT && af->anon && af->remake && remake_dir(af, dir) == 0) {
+            af->remake = 0; /* once */
+            r = -EEXIST;
+            k--; /* the same name, in the folder made again */
+        }
     }
     if (af->anon) {
         if (close(af->fd) < 0 && r == 0) {
@@ -500,8 +524,10 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         return r;
     /* Streamed straight into the temporary file: no buffer of the whole
      * profile in the job's memory. The size is known before any byte. */
-    struct xsink ctx = {
-        .af = {.dfd = -1, .fd = -1, .min_free = o->min_free}, .dir = dir, .max_bytes = o->max_bytes, .o = o};
+    struct xsink ctx = {.af = {.dfd = -1, .fd = -1, .min_free = o->min_free, .remake = 1},
+                        .dir = dir,
+                        .max_bytes = o->max_bytes,
+                        .o = o};
     tb_xspace_sink sink = {.begin = xsink_begin, .write = xsink_write, .ctx = &ctx};
     r = tb_xspace_encode_stream(s, &sink);
     if (r == 0)
@@ -524,7 +550,8 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
         /* Optional extra, streamed into its temp file: a failure is one
          * warning, the profile stays. */
         char tname[NAME_MAX + 1];
-        struct gzsink g = {.af = {.dfd = -1, .fd = -1, .min_free = o->min_free}, .max_bytes = o->max_bytes, .o = o};
+        struct gzsink g = {
+            .af = {.dfd = -1, .fd = -1, .min_free = o->min_free, .remake = 1}, .max_bytes = o->max_bytes, .o = o};
         /* the same stem as the xplane.pb it goes with ("h.1" when "h" was taken) */
         const char *xbase = strrchr(xpath, '/') ? strrchr(xpath, '/') + 1 : xpath;
         size_t stem = strlen(xbase) > strlen(".xplane.pb") ? strlen(xbase) - strlen(".xplane.pb") : 0;

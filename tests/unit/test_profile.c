@@ -334,6 +334,53 @@ static void test_profile_write(void)
     tb_space_free(s);
 }
 
+/* Two ranks, one run folder: rank 1's write fails (here: over max_bytes)
+ * and removes the folder when it looks empty - which it does while rank
+ * 0's file is still an unnamed O_TMPFILE inode being written. Rank 0's
+ * profile must still appear. (The tick runs after rank 0 opened its file.) */
+struct other_rank {
+    const char *logdir;
+    tb_space *s;
+    int calls, r;
+};
+
+static void other_rank_fails(void *ctx)
+{
+    struct other_rank *o = ctx;
+    if (o->calls++)
+        return;
+    tb_profile_opts f = {.logdir = o->logdir, .run = "shared", .host = "rank1", .max_bytes = 1};
+    o->r = tb_profile_write(o->s, &f, NULL, 0);
+}
+
+static void test_other_rank_failing(void)
+{
+    char logdir[300], out[700], want[700];
+    snprintf(logdir, sizeof(logdir), "%s/ranks", root);
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main");
+    int64_t m = tb_plane_event_meta(l->plane, "e");
+    for (int i = 0; i < 100; i++)
+        tb_line_add(l, m, 1700000000000000000LL + i * 1000, 900);
+    struct other_rank o = {.logdir = logdir, .s = s};
+    tb_profile_opts r0 = {.logdir = logdir, .run = "shared", .host = "rank0", .trace_json = 1,
+                          .tick = other_rank_fails, .tick_ctx = &o};
+    int r = tb_profile_write(s, &r0, out, sizeof(out));
+    CHECK_EQ_I(r, 0); /* before: -ENOENT, linking into the removed folder */
+    CHECK(o.calls > 0);
+    CHECK_EQ_I(o.r, -EFBIG);
+    snprintf(want, sizeof(want), "%s/plugins/profile/shared/rank0.xplane.pb", logdir);
+    CHECK_STR(out, want);
+    tb_space *back = NULL;
+    char err[200];
+    CHECK_EQ_I(tb_xspace_read_file(want, &back, err, sizeof(err)), 0);
+    CHECK_EQ_I(back ? tb_space_event_count(back) : 0, 100);
+    tb_space_free(back);
+    snprintf(want, sizeof(want), "%s/plugins/profile/shared", logdir);
+    CHECK_EQ_I(count_entries(want, "rank0.trace.json.gz"), 1);
+    tb_space_free(s);
+}
+
 int main(void)
 {
     signal(SIGXFSZ, SIG_DFL); /* a write past RLIMIT_FSIZE would kill us: the test is that none happens */
@@ -346,6 +393,7 @@ int main(void)
     test_failures_leave_nothing();
     test_tfevents();
     test_profile_write();
+    test_other_rank_failing();
     if (!tap_fail)
         rm_rf(root);
     return tap_done();
