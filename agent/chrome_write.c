@@ -182,9 +182,20 @@ static void put_double(jw *w, double d)
             PUTS(w, "\"-inf\"");
         return;
     }
-    char tmp[40];
+    char tmp[40], out[40];
     int n = snprintf(tmp, sizeof(tmp), "%.17g", d);
-    put(w, tmp, (size_t)n);
+    /* %g writes the locale's decimal point, and the job's setlocale() is
+     * ours too ("12,5" in de_DE: not JSON): any byte that is not a digit,
+     * sign or exponent is that point, written as '.' */
+    size_t k = 0;
+    for (int i = 0; i < n && i < (int)sizeof(tmp) - 1; i++) {
+        char c = tmp[i];
+        if ((c >= '0' && c <= '9') || c == '-' || c == '+' || c == 'e')
+            out[k++] = c;
+        else if (!k || out[k - 1] != '.')
+            out[k++] = '.';
+    }
+    put(w, out, k);
 }
 
 /* ---- JSON strings: escapes, invalid UTF-8 -> U+FFFD --------------------------------- */

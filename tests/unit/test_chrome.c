@@ -1,5 +1,6 @@
 /* test_chrome.c - Chrome trace JSON: escaping, units, pids/tids, flows, gzip. */
 #include <errno.h>
+#include <locale.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,8 +229,42 @@ static void test_odd_kernel_details(void)
     tb_space_free(s);
 }
 
+/* A job that called setlocale(LC_ALL, "") in a decimal-comma locale (the
+ * locale is the whole process's, the agent thread's too): printf's %g
+ * writes "12,5", and {"x":12,5} is not JSON. Skipped where no such locale
+ * is installed (LOCPATH can point at one made by localedef). */
+static void test_decimal_comma_locale(void)
+{
+    static const char *const locs[] = {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8",
+                                       "fr_FR.utf8",  "de_DE",      "ru_RU.UTF-8"};
+    char *old = strdup(setlocale(LC_NUMERIC, NULL));
+    const char *got = NULL;
+    for (size_t i = 0; !got && i < sizeof(locs) / sizeof(locs[0]); i++)
+        if (setlocale(LC_NUMERIC, locs[i]) && localeconv()->decimal_point[0] != '.')
+            got = locs[i];
+    if (!got) {
+        printf("# skip decimal comma: no such locale installed\n");
+        setlocale(LC_NUMERIC, old);
+        free(old);
+        return;
+    }
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *l = tb_plane_line(h, 1, "main");
+    tb_line_add(l, tb_plane_event_meta(h, "e"), 1000, 10);
+    tb_line_stat_f64(l, tb_plane_stat_meta(h, "ratio"), 12.5);
+    tb_line_stat_f64(l, tb_plane_stat_meta(h, "tiny"), -2.5e-300);
+    char *j = json_of(s);
+    CHECKF(strstr(j, "\"ratio\":12.5,\"tiny\":-2.5e-300}") != NULL, "in %s: %s", got, j);
+    free(j);
+    tb_space_free(s);
+    setlocale(LC_NUMERIC, old);
+    free(old);
+}
+
 int main(void)
 {
+    test_decimal_comma_locale();
     test_odd_kernel_details();
     test_stream();
     test_escaping_and_units();
