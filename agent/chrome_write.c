@@ -700,6 +700,32 @@ static void put_counter(jw *w, const names *nm, const tb_plane *p, const tb_stat
     PUTS(w, "}}");
 }
 
+/* The tid of line j: its id. Perfetto reads a tid past uint32 as none and
+ * puts the events on the process's main thread (tid = pid): the host line
+ * of GPU memory events without a traced call (id 2^32 + 1) took over the
+ * main thread's track and its name. Such lines get the highest tids that no
+ * line of the plane has, in line order. */
+static int64_t line_tid(const tb_plane *p, size_t j)
+{
+#define IN_RANGE(id) ((id) >= 0 && (id) <= (int64_t)UINT32_MAX)
+    if (IN_RANGE(p->lines[j]->id))
+        return p->lines[j]->id;
+    int64_t t = UINT32_MAX;
+    for (size_t i = 0;; i++) {
+        if (i != j && IN_RANGE(p->lines[i]->id))
+            continue;
+        for (size_t k = 0; k < p->nlines; k++)
+            if (p->lines[k]->id == t) {
+                t--;
+                k = (size_t)-1; /* again, from the first line */
+            }
+        if (i == j)
+            return t;
+        t--; /* line i's */
+    }
+#undef IN_RANGE
+}
+
 static int chrome_emit(tb_space *s, jw *w)
 {
     tb_space_sort(s);
@@ -744,9 +770,9 @@ static int chrome_emit(tb_space *s, jw *w)
         put_meta_event(w, &first, "process_sort_index", pids[i], 0, 0, "sort_index", NULL, (int64_t)i);
         for (size_t j = 0; j < p->nlines; j++) {
             const tb_line *l = p->lines[j];
-            put_meta_event(w, &first, "thread_name", pids[i], l->id, 1, "name",
+            put_meta_event(w, &first, "thread_name", pids[i], line_tid(p, j), 1, "name",
                            l->display_name && *l->display_name ? l->display_name : l->name, 0);
-            put_meta_event(w, &first, "thread_sort_index", pids[i], l->id, 1, "sort_index", NULL,
+            put_meta_event(w, &first, "thread_sort_index", pids[i], line_tid(p, j), 1, "sort_index", NULL,
                            (int64_t)j);
         }
     }
@@ -777,6 +803,7 @@ static int chrome_emit(tb_space *s, jw *w)
         /* pid as text once per plane */
         for (size_t j = 0; j < p->nlines && !w->err; j++) {
             const tb_line *l = p->lines[j];
+            const int64_t tid = line_tid(p, j);
             for (size_t e = 0; e < l->nevents; e++) {
                 const tb_event *ev = &l->events[e];
                 const tb_stat *st = tb_event_stats(l, ev);
@@ -793,7 +820,7 @@ static int chrome_emit(tb_space *s, jw *w)
                 PUTS(w, ",\"pid\":");
                 put_i64(w, pids[i]);
                 PUTS(w, ",\"tid\":");
-                put_i64(w, l->id);
+                put_i64(w, tid);
                 PUTS(w, ",\"ts\":");
                 put_us(w, ev->start_ns);
                 PUTS(w, ",\"dur\":");
@@ -854,7 +881,7 @@ static int chrome_emit(tb_space *s, jw *w)
                 }
                 PUTS(w, "}");
                 if (has_corr && set_has(other, corr))
-                    put_flow(w, !gpu, corr, pids[i], l->id, ev->start_ns);
+                    put_flow(w, !gpu, corr, pids[i], tid, ev->start_ns);
                 if (alloc && total)
                     put_counter(w, &nm, p, alloc, total, pids[i], ev->start_ns);
             }

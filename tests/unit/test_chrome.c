@@ -262,8 +262,38 @@ static void test_decimal_comma_locale(void)
     free(old);
 }
 
+/* Perfetto takes a tid past uint32 for none, and the events and the
+ * thread's name onto the main thread (tid = pid). The host line of GPU
+ * memory events without a traced call has id 2^32 + 1. */
+static void test_tid_past_uint32(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_i64(h, "pid", 100);
+    tb_line *main_l = tb_plane_line(h, 100, "main");
+    tb_line *mem = tb_plane_line(h, ((int64_t)1 << 32) + 1, "GPU memory");
+    tb_line *neg = tb_plane_line(h, -5, "odd");
+    tb_line *top = tb_plane_line(h, 4294967295LL, "taken"); /* a real id at the top */
+    int64_t m = tb_plane_event_meta(h, "e");
+    tb_line_add(main_l, m, 1000, 10);
+    tb_line_add(mem, m, 2000, 10);
+    tb_line_add(neg, m, 3000, 10);
+    tb_line_add(top, m, 4000, 10);
+    char *j = json_of(s);
+    CHECK(strstr(j, "4294967297") == NULL);
+    CHECK(strstr(j, "\"tid\":-5") == NULL);
+    CHECK(strstr(j, "\"pid\":100,\"tid\":100,\"args\":{\"name\":\"main\"}") != NULL);
+    CHECK(strstr(j, "\"pid\":100,\"tid\":4294967295,\"args\":{\"name\":\"taken\"}") != NULL);
+    CHECK(strstr(j, "\"pid\":100,\"tid\":4294967294,\"args\":{\"name\":\"GPU memory\"}") != NULL);
+    CHECK(strstr(j, "\"pid\":100,\"tid\":4294967293,\"args\":{\"name\":\"odd\"}") != NULL);
+    CHECK(strstr(j, "\"pid\":100,\"tid\":4294967294,\"ts\":2.000") != NULL); /* its event too */
+    free(j);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_tid_past_uint32();
     test_decimal_comma_locale();
     test_odd_kernel_details();
     test_stream();
