@@ -465,29 +465,33 @@ static void put_kineto_meta(jw *w, const tb_space *s)
         PUTS(w, "],\n");
 }
 
-/* Collect correlation ids of (gpu ? GPU : non-GPU) planes. */
+/* Collect correlation ids of (gpu ? GPU : non-GPU) planes: a count of the
+ * stats first, so the table is sized by the ids (launches), not by all the
+ * events (a CPU-heavy host plane's millions of samples). */
 static int collect_corr(const tb_space *s, int gpu, u64set *set)
 {
     size_t n = 0;
-    for (size_t i = 0; i < s->nplanes; i++)
-        if (is_gpu_plane(s->planes[i]) == gpu)
-            for (size_t j = 0; j < s->planes[i]->nlines; j++)
-                n += s->planes[i]->lines[j]->nevents;
-    if (set_init(set, n) < 0)
-        return -ENOMEM;
-    for (size_t i = 0; i < s->nplanes; i++) {
-        const tb_plane *p = s->planes[i];
-        uint32_t cm;
-        if (is_gpu_plane(p) != gpu || !(cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID)))
-            continue;
-        for (size_t j = 0; j < p->nlines; j++) {
-            const tb_line *l = p->lines[j];
-            for (size_t e = 0; e < l->nevents; e++) {
-                const tb_stat *st = tb_event_stats(l, &l->events[e]);
-                for (uint32_t k = 0; k < l->events[e].nstats; k++) {
-                    uint64_t v;
-                    if (st[k].meta == cm && stat_as_u64(&st[k], &v))
-                        set_add(set, v);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && set_init(set, n) < 0)
+            return -ENOMEM;
+        for (size_t i = 0; i < s->nplanes; i++) {
+            const tb_plane *p = s->planes[i];
+            uint32_t cm;
+            if (is_gpu_plane(p) != gpu || !(cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID)))
+                continue;
+            for (size_t j = 0; j < p->nlines; j++) {
+                const tb_line *l = p->lines[j];
+                for (size_t e = 0; e < l->nevents; e++) {
+                    const tb_stat *st = tb_event_stats(l, &l->events[e]);
+                    for (uint32_t k = 0; k < l->events[e].nstats; k++) {
+                        uint64_t v;
+                        if (st[k].meta == cm && stat_as_u64(&st[k], &v)) {
+                            if (pass == 0)
+                                n++;
+                            else
+                                set_add(set, v);
+                        }
+                    }
                 }
             }
         }

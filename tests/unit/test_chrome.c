@@ -291,8 +291,69 @@ static void test_tid_past_uint32(void)
     tb_space_free(s);
 }
 
+/* kB of a /proc/self/status field ("VmHWM", "VmRSS"); -1 when unknown */
+static long status_kb(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, field, n) && line[n] == ':')
+            v = atol(line + n + 1);
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static int fail_at_once(void *ctx, const void *d, size_t n)
+{
+    (void)ctx, (void)d, (void)n;
+    return -ENOSPC;
+}
+
+/* The flow pairing's id sets are for the events that carry a correlation
+ * id, not for every event of the planes: a CPU-heavy profile (2M sampled
+ * spans, 100k launches) wrote its trace.json.gz with a 2^23-slot table,
+ * ~75 MB touched in the job's memory, where 100k ids need ~2 MB. */
+static void test_corr_sets_sized_by_ids(void)
+{
+    FILE *cr = fopen("/proc/self/clear_refs", "w");
+    if (!cr || status_kb("VmHWM") < 0) {
+        printf("# skip corr set size: no /proc/self/clear_refs\n");
+        if (cr)
+            fclose(cr);
+        return;
+    }
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    tb_line *samples = tb_plane_line(h, 1, "main"), *api = tb_plane_line(h, 2, "launcher");
+    tb_line *stream = tb_plane_line(g, 7, "Stream #7");
+    int64_t fn = tb_plane_event_meta(h, "f"), launch = tb_plane_event_meta(h, "cudaLaunchKernel");
+    int64_t k = tb_plane_event_meta(g, "k");
+    int64_t hc = tb_plane_stat_meta(h, "correlation_id"), gc = tb_plane_stat_meta(g, "correlation_id");
+    for (int64_t i = 0; i < 2000000; i++)
+        tb_line_add(samples, fn, 1000000 + i * 10, 5);
+    for (int64_t i = 0; i < 100000; i++) {
+        tb_line_add(api, launch, 1000000 + i * 200, 5);
+        tb_line_stat_u64(api, hc, (uint64_t)(i + 1) * 7919u);
+        tb_line_add(stream, k, 1000100 + i * 200, 5);
+        tb_line_stat_u64(stream, gc, (uint64_t)(i + 1) * 7919u);
+    }
+    fputs("5", cr); /* VmHWM := VmRSS */
+    fclose(cr);
+    long before = status_kb("VmRSS");
+    /* the sink refuses at once: no compression, the sets are built all the same */
+    CHECK_EQ_I(tb_chrome_encode_gz_stream(s, fail_at_once, NULL), -ENOSPC);
+    long grew = status_kb("VmHWM") - before;
+    CHECKF(grew < 24 * 1024, "peak grew by %ld kB while writing", grew);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    test_corr_sets_sized_by_ids();
     test_tid_past_uint32();
     test_decimal_comma_locale();
     test_odd_kernel_details();
