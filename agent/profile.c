@@ -167,7 +167,11 @@ static int write_all(int fd, const void *data, size_t len)
 }
 
 /* Link tmp to final without replacing anything: link(), or where the file
- * system has no hard links, renameat2(RENAME_NOREPLACE). */
+ * system has no hard links, renameat2(RENAME_NOREPLACE), or where it has
+ * neither (FUSE mounts of object stores - gcsfuse, blobfuse -, vfat: EINVAL
+ * for the flag) a rename to a name found free. That last is a look then a
+ * rename: a writer racing for the very same name could be replaced, which
+ * ranks (names of their own) do not do. */
 static int link_noreplace(int dfd, const char *tmp, const char *final, int *renamed)
 {
     *renamed = 0;
@@ -181,10 +185,19 @@ static int link_noreplace(int dfd, const char *tmp, const char *final, int *rena
         *renamed = 1;
         return 0;
     }
-    return -errno;
-#else
-    return -e;
+    e = errno;
+    if (e != EINVAL && e != ENOSYS && e != EOPNOTSUPP)
+        return -e;
 #endif
+    struct stat st;
+    if (fstatat(dfd, final, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return -EEXIST;
+    if (errno != ENOENT)
+        return -errno;
+    if (renameat(dfd, tmp, dfd, final) < 0)
+        return -errno;
+    *renamed = 1;
+    return 0;
 }
 
 /* A file being written in `dir`: an unnamed O_TMPFILE inode where the file

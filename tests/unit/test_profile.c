@@ -1,8 +1,10 @@
 /* test_profile.c - layout, atomic writes, TFRecord framing, CRC32C. */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -381,6 +384,83 @@ static void test_other_rank_failing(void)
     tb_space_free(s);
 }
 
+/* A file system with neither hard links nor RENAME_NOREPLACE (FUSE mounts
+ * of object stores - gcsfuse, blobfuse - where logdirs often live; vfat):
+ * link says ENOSYS or EPERM, renameat2 with a flag EINVAL, and O_TMPFILE
+ * is not there. Played here by this program's own linkat, syscall and
+ * access, which the agent's calls resolve to. */
+static int no_links;
+
+int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+    if (no_links) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return (int)syscall(SYS_linkat, olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+long syscall(long n, ...)
+{
+    static long (*real)(long, ...);
+    va_list ap;
+    va_start(ap, n);
+    long a[6];
+    for (int i = 0; i < 6; i++)
+        a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (no_links && n == SYS_renameat2 && a[4]) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!real)
+        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+int access(const char *path, int mode)
+{
+    if (no_links && !strncmp(path, "/proc/self/fd/", 14)) {
+        errno = ENOENT;
+        return -1;
+    }
+    return faccessat(AT_FDCWD, path, mode, 0);
+}
+
+static void test_no_links_no_noreplace(void)
+{
+    char dir[300], f1[512], f2[512], want[600];
+    snprintf(dir, sizeof(dir), "%s/nolinks", root);
+    mkdir(dir, 0777);
+    no_links = 1;
+    int r1 = tb_atomic_write(dir, "n.xplane.pb", "first", 5, f1, sizeof(f1));
+    int r2 = tb_atomic_write(dir, "n.xplane.pb", "second", 6, f2, sizeof(f2));
+    char logdir[400], out[700];
+    snprintf(logdir, sizeof(logdir), "%s/logs", dir);
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "t");
+    tb_line_add(l, tb_plane_event_meta(l->plane, "e"), 1000, 5);
+    tb_profile_opts o = {.logdir = logdir, .run = "r", .host = "h", .trace_json = 1};
+    int r3 = tb_profile_write(s, &o, out, sizeof(out));
+    no_links = 0;
+    CHECK_EQ_I(r1, 0); /* before: -EINVAL, no profile on such a mount */
+    CHECK_EQ_I(r2, 0);
+    CHECK_EQ_I(r3, 0);
+    snprintf(want, sizeof(want), "%s/n.xplane.pb", dir);
+    CHECK_STR(f1, want);
+    snprintf(want, sizeof(want), "%s/n.1.xplane.pb", dir);
+    CHECK_STR(f2, want);
+    uint8_t buf[64];
+    snprintf(want, sizeof(want), "%s/n.xplane.pb", dir);
+    CHECK_EQ_I(slurp(want, buf, sizeof(buf)), 5);
+    CHECK(memcmp(buf, "first", 5) == 0); /* not replaced */
+    CHECK_EQ_I(count_entries(dir, "tmp"), 0);
+    snprintf(want, sizeof(want), "%s/plugins/profile/r", logdir);
+    CHECK_EQ_I(count_entries(want, NULL), 2); /* h.xplane.pb, h.trace.json.gz */
+    CHECK_EQ_I(count_entries(logdir, "profile-empty"), 1);
+    tb_space_free(s);
+}
+
 int main(void)
 {
     signal(SIGXFSZ, SIG_DFL); /* a write past RLIMIT_FSIZE would kill us: the test is that none happens */
@@ -394,6 +474,7 @@ int main(void)
     test_tfevents();
     test_profile_write();
     test_other_rank_failing();
+    test_no_links_no_noreplace();
     if (!tap_fail)
         rm_rf(root);
     return tap_done();
