@@ -209,7 +209,11 @@ static int stat_i64(const tb_stat *st, int64_t *v)
     switch (st->type) {
     case TB_STAT_INT64: *v = st->v.i; return 1;
     case TB_STAT_UINT64: *v = (int64_t)st->v.u; return 1;
-    case TB_STAT_DOUBLE: *v = (int64_t)st->v.d; return 1;
+    case TB_STAT_DOUBLE: /* NaN, inf or out of range: no number (the cast is UB) */
+        if (!(st->v.d > -9.2e18 && st->v.d < 9.2e18))
+            return 0;
+        *v = (int64_t)st->v.d;
+        return 1;
     default: return 0;
     }
 }
@@ -598,7 +602,7 @@ static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
                     if (!tb_details_num(details, "size", &bytes))
                         stat_num(p, tb_event_find_stat(p, l, e, "bytes"), &bytes);
                     cp->count++;
-                    cp->bytes += bytes > 0 ? (uint64_t)bytes : 0;
+                    cp->bytes += bytes > 0 && bytes < 1.8e19 ? (uint64_t)bytes : 0;
                     cp->total_ns += e->dur_ns;
                     a->kind = d == TB_COPY_H2D ? ACT_H2D : d == TB_COPY_D2H ? ACT_D2H : 0;
                 }

@@ -628,6 +628,28 @@ static void syncs_by_caller(void)
     tb_space_free(s);
 }
 
+/* step_num written as a double by another writer: a number where it is
+ * one; NaN or out of int64's range is no number (the cast was undefined
+ * and gave step INT64_MIN) */
+static void step_num_doubles(void)
+{
+    tb_space *s = tb_space_new();
+    tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "t");
+    double nums[] = {0.0 / 0.0, 7.0, 1e30};
+    for (int i = 0; i < 3; i++) {
+        ev(l, "train", 1000 * i, 1000, TB_CAT_NONE);
+        st_i(l, TB_ST_IS_ROOT, 1);
+        tb_line_stat_f64(l, tb_plane_stat_meta(l->plane, TB_ST_STEP_NUM), nums[i]);
+    }
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 3);
+    for (size_t i = 0; i < m.nsteps; i++)
+        CHECKF(m.steps[i].num >= 0 && m.steps[i].num < 10, "step %zu numbered %lld", i, (long long)m.steps[i].num);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 static void details_parsing(void)
 {
     double v = 0;
@@ -710,6 +732,7 @@ int main(void)
     cpu_while_waiting();
     syncs_by_caller();
     details_parsing();
+    step_num_doubles();
     through_a_file();
     return tap_done();
 }
