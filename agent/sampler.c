@@ -39,7 +39,7 @@
 
 typedef struct cpu_thread {
     int tid;
-    int fd;
+    int fd;           /* -1: not sampled (limits), counted once, not tried again */
     void *base;       /* mmap: one metadata page + data */
     size_t mmap_len;  /* bytes mapped */
     size_t data_len;  /* data area, a power of two */
@@ -80,6 +80,7 @@ typedef struct cpu_ctx {
 
     cpu_thread *threads;
     size_t nthreads, cap_threads;
+    size_t nopen; /* threads with an event (the others are not sampled) */
     int64_t last_scan;
     /* time between rescans of /proc/self/task (each costs the agent more
      * than draining and unwinding a poll's samples): every poll, or, where
@@ -280,16 +281,40 @@ static void remember_comm(int tid)
     tb_host_remember_name(tid, name);
 }
 
+/* A slot at the end of the thread list; NULL when out of memory. */
+static cpu_thread *new_entry(cpu_ctx *c)
+{
+    if (c->nthreads == c->cap_threads) {
+        size_t nc = c->cap_threads ? c->cap_threads * 2 : 64;
+        cpu_thread *nt = realloc(c->threads, nc * sizeof(*nt));
+        if (!nt)
+            return NULL;
+        c->threads = nt;
+        c->cap_threads = nc;
+    }
+    return &c->threads[c->nthreads++];
+}
+
+/* A thread over the limits: counted once, and listed without an event so
+ * that rescans do not try it again (nor count it again) while it lives. */
+static void skip_thread(cpu_ctx *c, int tid)
+{
+    c->unsampled++;
+    cpu_thread *th = new_entry(c);
+    if (th)
+        *th = (cpu_thread){tid, -1, NULL, 0, 0, 1, NAME_READS, 0};
+}
+
 /* Open and map the event of one thread. 0, or -errno (the open's errno). */
 static int open_thread(cpu_ctx *c, int tid)
 {
-    if ((int)c->nthreads >= c->max_threads) {
-        c->unsampled++;
+    if ((int)c->nopen >= c->max_threads) {
+        skip_thread(c, tid);
         return 0;
     }
     size_t pages = pages_for_new_thread(c);
     if (!pages) {
-        c->unsampled++;
+        skip_thread(c, tid);
         return 0;
     }
     struct perf_event_attr a;
@@ -330,23 +355,19 @@ static int open_thread(cpu_ctx *c, int tid)
                     tid, strerror(merr));
         }
         close(fd);
+        skip_thread(c, tid);
+        return 0;
+    }
+    cpu_thread *th = new_entry(c);
+    if (!th) {
+        munmap(base, (pages + 1) * c->page);
+        close(fd);
         c->unsampled++;
         return 0;
     }
-    if (c->nthreads == c->cap_threads) {
-        size_t nc = c->cap_threads ? c->cap_threads * 2 : 64;
-        cpu_thread *nt = realloc(c->threads, nc * sizeof(*nt));
-        if (!nt) {
-            munmap(base, (pages + 1) * c->page);
-            close(fd);
-            c->unsampled++;
-            return 0;
-        }
-        c->threads = nt;
-        c->cap_threads = nc;
-    }
-    c->threads[c->nthreads++] = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 0, tb_mono_ns()};
+    *th = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 0, tb_mono_ns()};
     c->ring_used += (pages + 1) * c->page;
+    c->nopen++;
     c->threads_sampled++;
     remember_comm(tid);
     return 0;
@@ -488,6 +509,7 @@ static void close_thread(cpu_ctx *c, cpu_thread *th)
         munmap(th->base, th->mmap_len);
         close(th->fd);
         c->ring_used -= th->mmap_len;
+        c->nopen--;
         th->fd = -1;
     }
 }
@@ -527,11 +549,11 @@ static int rescan(cpu_ctx *c, int *opened)
             }
             continue;
         }
-        size_t before = c->nthreads;
+        size_t before = c->nopen;
         int r = open_thread(c, tid);
         if (r < 0 && r != -ESRCH && !first_err)
             first_err = -r;
-        if (c->nthreads > before && opened)
+        if (c->nopen > before && opened)
             (*opened)++;
     }
     closedir(d);
@@ -679,7 +701,7 @@ static void cpu_poll(void *ctx)
     }
     int64_t deadline = now + POLL_WORK_NS;
     for (size_t i = 0; i < c->nthreads; i++)
-        if (drain(c, &c->threads[i], deadline))
+        if (c->threads[i].fd >= 0 && drain(c, &c->threads[i], deadline))
             break;
 }
 
@@ -692,7 +714,8 @@ static void cpu_stop(void *ctx)
         if (c->threads[i].fd >= 0)
             ioctl(c->threads[i].fd, PERF_EVENT_IOC_DISABLE, 0);
     for (size_t i = 0; i < c->nthreads; i++) {
-        remember_comm(c->threads[i].tid); /* the name it ends the capture with */
+        if (c->threads[i].fd >= 0)
+            remember_comm(c->threads[i].tid); /* the name it ends the capture with */
         close_thread(c, &c->threads[i]);
     }
     c->nthreads = 0;

@@ -77,7 +77,7 @@ typedef enum tb_cpu_mode {
 /* the leaf frame of samples taken in kernel mode */
 #define TB_CPU_KERNEL_FRAME "[kernel]"
 #define TB_ST_CPU_THREADS "tbprof_cpu_threads"                   /* threads sampled */
-#define TB_ST_CPU_THREADS_UNSAMPLED "tbprof_cpu_threads_unsampled" /* fd/memlock limits */
+#define TB_ST_CPU_THREADS_UNSAMPLED "tbprof_cpu_threads_unsampled" /* fd/memlock limits; each thread once */
 
 tb_source *tb_cpu_source(void);
 

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -253,6 +254,58 @@ static void test_refuses_second_start(void)
     tb_space_free(space);
 }
 
+static void *idle_thread(void *arg)
+{
+    atomic_int *stop = arg;
+    while (!atomic_load(stop))
+        sleep_ms(2);
+    return NULL;
+}
+
+/* More threads than the descriptor limit lets us sample (RLIMIT_NOFILE/4):
+ * the rest are counted once each, however many rescans see them (every
+ * poll here: no pthread_create hook), and not tried again at each one. */
+static void test_unsampled_counted_once(void)
+{
+    struct rlimit was;
+    if (getrlimit(RLIMIT_NOFILE, &was) != 0)
+        return;
+    enum { NTH = 12 };
+    atomic_int stop = 0;
+    pthread_t th[NTH];
+    for (int i = 0; i < NTH; i++)
+        pthread_create(&th[i], NULL, idle_thread, &stop);
+    struct rlimit low = {16, was.rlim_max}; /* 4 threads sampled */
+    setrlimit(RLIMIT_NOFILE, &low);
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    int rc = src->start(src->ctx, &info, &why);
+    setrlimit(RLIMIT_NOFILE, &was);
+    if (rc == 0) {
+        for (int i = 0; i < 30; i++) {
+            sleep_ms(12); /* past the 10 ms rescan period */
+            src->poll(src->ctx);
+        }
+        src->stop(src->ctx);
+        tb_space *space = tb_space_new();
+        CHECK_EQ_I(src->collect(src->ctx, space), 0);
+        tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+        int found = 0, found2 = 0;
+        int64_t sampled = p ? plane_stat(p, TB_ST_CPU_THREADS, &found) : 0;
+        int64_t unsampled = p ? plane_stat(p, TB_ST_CPU_THREADS_UNSAMPLED, &found2) : 0;
+        CHECKF(found && sampled == 4, "%lld threads sampled, expected 4", (long long)sampled);
+        CHECKF(found2 && unsampled >= NTH + 1 - 4 && unsampled <= NTH + 1 - 4 + 2,
+               "%lld threads unsampled, expected %d (of %d threads)", (long long)unsampled, NTH + 1 - 4, NTH + 1);
+        tb_space_free(space);
+    } else {
+        printf("# skip unsampled: %s\n", why ? why : "?");
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < NTH; i++)
+        pthread_join(th[i], NULL);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -261,5 +314,6 @@ int main(void)
     run_mode(TB_CPU_STACKCOPY);
     run_mode(TB_CPU_FP);
     test_refuses_second_start();
+    test_unsampled_counted_once();
     return tap_done();
 }
