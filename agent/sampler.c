@@ -738,7 +738,16 @@ static void cpu_thread_created(void *ctx, int tid)
 static void cpu_atfork_child(void *ctx)
 {
     cpu_ctx *c = ctx;
-    /* the parent's events and rings: drop our copies, sample nothing */
+    /* the parent's events and rings: close our copies of the events, sample
+     * nothing. The rings are not mapped here (the kernel copies no
+     * perf_event mapping into a child), and their addresses may hold the
+     * child's own memory by now (a fork handler that ran before ours):
+     * never unmap them. */
+    for (size_t i = 0; i < c->nthreads; i++)
+        if (c->threads[i].fd >= 0) {
+            close(c->threads[i].fd);
+            c->threads[i].fd = -1;
+        }
     free_capture(c);
     tb_pytramp_atfork_child();
 }

@@ -8,7 +8,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -306,6 +308,82 @@ static void test_unsampled_counted_once(void)
         pthread_join(th[i], NULL);
 }
 
+/* The first ring buffer mapped in this process (/proc/self/maps names
+ * perf_event mappings): 0 when none. */
+static uintptr_t perf_ring(size_t *len)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    char line[512];
+    uintptr_t a = 0, b = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "perf_event") && sscanf(line, "%lx-%lx", &a, &b) == 2)
+            break;
+        else
+            a = b = 0;
+    if (f)
+        fclose(f);
+    *len = b - a;
+    return a;
+}
+
+static int perf_fds(void)
+{
+    int n = 0;
+    char path[64], target[128];
+    for (int fd = 0; fd < 1024; fd++) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t k = readlink(path, target, sizeof(target) - 1);
+        if (k > 0) {
+            target[k] = '\0';
+            n += strstr(target, "perf_event") != NULL;
+        }
+    }
+    return n;
+}
+
+/* A child forked during a capture: its copy of the source lets go of the
+ * parent's events (no fd inherited) and never unmaps the addresses of the
+ * parent's rings, which the kernel does not copy into a child: by the time
+ * the fork handler runs, something else of the child's may be mapped there. */
+static void test_fork_child(void)
+{
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) < 0) {
+        printf("# skip fork: %s\n", why ? why : "?");
+        return;
+    }
+    size_t len = 0;
+    uintptr_t ring = perf_ring(&len);
+    CHECKF(ring != 0 && perf_fds() > 0, "no ring buffer or event found in the parent");
+    pid_t pid = ring ? fork() : -1;
+    if (pid == 0) {
+        /* memory of the child's own where the parent's ring is */
+        void *m = mmap((void *)ring, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                       -1, 0);
+        if (m != (void *)ring)
+            _exit(3);
+        memset(m, 0x5a, len);
+        src->atfork_child(src->ctx);
+        int fds = perf_fds();
+        volatile unsigned char *v = m;
+        _exit(v[0] == 0x5a && v[len - 1] == 0x5a ? (fds ? 2 : 0) : 1); /* faults if unmapped */
+    }
+    if (pid > 0) {
+        int st = 0;
+        waitpid(pid, &st, 0);
+        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+               "fork child: %s %d (1: its memory changed, 2: an event fd left open, 3: the ring's address "
+               "was mapped in the child)",
+               WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    }
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_space_free(space);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -315,5 +393,6 @@ int main(void)
     run_mode(TB_CPU_FP);
     test_refuses_second_start();
     test_unsampled_counted_once();
+    test_fork_child();
     return tap_done();
 }
