@@ -599,6 +599,20 @@ static int refused(int err)
            err == ENODEV;
 }
 
+/* Descriptors open in this process (0 when /proc cannot say). */
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    int n = -1; /* the directory's own */
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n > 0 ? n : 0;
+}
+
 static int read_paranoid(void)
 {
     FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
@@ -632,8 +646,14 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     c->budget -= c->ring_budget;
     struct rlimit rl;
     c->max_threads = MAX_THREADS;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < MAX_THREADS)
-        c->max_threads = (int)(rl.rlim_cur / 4); /* leave the job most of its descriptors */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        /* leave the job most of the descriptors it has left (a job near its
+         * limit would otherwise get EMFILE from its own open()s) */
+        rlim_t used = (rlim_t)open_fds();
+        rlim_t left = rl.rlim_cur > used ? rl.rlim_cur - used : 0;
+        if (left / 4 < MAX_THREADS)
+            c->max_threads = (int)(left / 4);
+    }
     c->sym = tb_symtab_new();
     c->scratch = malloc(65536);
     if (!c->sym || !c->scratch) {

@@ -256,6 +256,18 @@ static void test_refuses_second_start(void)
     tb_space_free(space);
 }
 
+/* Descriptors open in this process. */
+static int count_fds(void)
+{
+    int n = 0;
+    char path[64];
+    for (int fd = 0; fd < 4096; fd++) {
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        n += access(path, F_OK) == 0;
+    }
+    return n;
+}
+
 static void *idle_thread(void *arg)
 {
     atomic_int *stop = arg;
@@ -277,7 +289,7 @@ static void test_unsampled_counted_once(void)
     pthread_t th[NTH];
     for (int i = 0; i < NTH; i++)
         pthread_create(&th[i], NULL, idle_thread, &stop);
-    struct rlimit low = {16, was.rlim_max}; /* 4 threads sampled */
+    struct rlimit low = {(rlim_t)count_fds() + 16, was.rlim_max}; /* 4 threads sampled */
     setrlimit(RLIMIT_NOFILE, &low);
     tb_source *src = tb_cpu_source();
     tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
@@ -384,6 +396,48 @@ static void test_fork_child(void)
     tb_space_free(space);
 }
 
+/* A job that already uses most of its descriptors keeps most of the ones
+ * it has left while a capture runs: events are opened for at most a
+ * quarter of the free descriptors, not of the limit. */
+static void test_leaves_free_fds(void)
+{
+    struct rlimit was;
+    if (getrlimit(RLIMIT_NOFILE, &was) != 0)
+        return;
+    enum { NTH = 12 };
+    atomic_int stop = 0;
+    pthread_t th[NTH];
+    for (int i = 0; i < NTH; i++)
+        pthread_create(&th[i], NULL, idle_thread, &stop);
+    /* the job's descriptors: 44 of 64 in use, 20 free */
+    int held[64], nheld = 0;
+    struct rlimit low = {64, was.rlim_max};
+    setrlimit(RLIMIT_NOFILE, &low);
+    while (count_fds() < 44 && nheld < 64)
+        held[nheld++] = dup(0);
+    int free_before = 64 - count_fds();
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) == 0) {
+        int free_during = 64 - count_fds();
+        CHECKF(free_during * 4 >= free_before * 3, "the job has %d descriptors free during the capture, %d before",
+               free_during, free_before);
+        src->stop(src->ctx);
+        tb_space *space = tb_space_new();
+        CHECK_EQ_I(src->collect(src->ctx, space), 0);
+        tb_space_free(space);
+    } else {
+        printf("# skip free fds: %s\n", why ? why : "?");
+    }
+    for (int i = 0; i < nheld; i++)
+        close(held[i]);
+    setrlimit(RLIMIT_NOFILE, &was);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < NTH; i++)
+        pthread_join(th[i], NULL);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -394,5 +448,6 @@ int main(void)
     test_refuses_second_start();
     test_unsampled_counted_once();
     test_fork_child();
+    test_leaves_free_fds();
     return tap_done();
 }
