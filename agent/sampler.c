@@ -336,8 +336,12 @@ static int open_thread(cpu_ctx *c, int tid)
         c->kernel_err = errno; /* before read_paranoid's stdio can change it */
         c->paranoid = read_paranoid();
     }
-    if (fd < 0)
-        return -errno;
+    if (fd < 0) {
+        int err = errno;
+        if (err == EMFILE || err == ENFILE) /* out of descriptors: a limit like the others */
+            skip_thread(c, tid);
+        return -err;
+    }
     size_t minp = c->mode == TB_CPU_FP ? MIN_PAGES_FP : MIN_PAGES_STACK;
     void *base = MAP_FAILED;
     int merr = 0;

@@ -438,6 +438,52 @@ static void test_leaves_free_fds(void)
         pthread_join(th[i], NULL);
 }
 
+/* Threads created once the job has run out of descriptors (EMFILE at
+ * perf_event_open, mid-capture): counted as unsampled, each once. */
+static void test_emfile_midway(void)
+{
+    struct rlimit was;
+    if (getrlimit(RLIMIT_NOFILE, &was) != 0)
+        return;
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) < 0) {
+        printf("# skip emfile: %s\n", why ? why : "?");
+        return;
+    }
+    src->poll(src->ctx);
+    enum { NTH = 3 };
+    atomic_int stop = 0;
+    pthread_t th[NTH];
+    /* no descriptor free from here on but the lowest (the rescan's own
+     * opendir takes it) */
+    int lowest = dup(0);
+    close(lowest);
+    struct rlimit low = {(rlim_t)lowest + 1, was.rlim_max};
+    setrlimit(RLIMIT_NOFILE, &low);
+    for (int i = 0; i < NTH; i++)
+        pthread_create(&th[i], NULL, idle_thread, &stop);
+    for (int i = 0; i < 20; i++) {
+        sleep_ms(12);
+        src->poll(src->ctx);
+    }
+    setrlimit(RLIMIT_NOFILE, &was);
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+    int found = 0;
+    int64_t unsampled = p ? plane_stat(p, TB_ST_CPU_THREADS_UNSAMPLED, &found) : 0;
+    int found3 = 0;
+    int64_t sampled = p ? plane_stat(p, TB_ST_CPU_THREADS, &found3) : 0;
+    CHECKF(found && unsampled == NTH, "%lld threads unsampled, expected %d (%lld sampled)", (long long)unsampled, NTH, (long long)sampled);
+    tb_space_free(space);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < NTH; i++)
+        pthread_join(th[i], NULL);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -449,5 +495,6 @@ int main(void)
     test_unsampled_counted_once();
     test_fork_child();
     test_leaves_free_fds();
+    test_emfile_midway();
     return tap_done();
 }
