@@ -346,6 +346,40 @@ static int mod_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
+/* The file mapped at a module's first segment, from /proc/self/maps, for a
+ * module the loader knows by a relative name (dlopen("./libx.so") keeps
+ * it): the name means another file, or none, once the job has chdir()ed. */
+static void absolute_path(tb_module *m)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return;
+    char line[4096 + 128];
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long a, b;
+        int at = 0;
+        if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &a, &b, &at) != 2 || !at)
+            continue;
+        if (m->seg[0].start < a || m->seg[0].start >= b)
+            continue;
+        char *path = line + at;
+        path[strcspn(path, "\n")] = '\0';
+        size_t len = strlen(path);
+        /* a file since deleted has no symbols to read either way */
+        if (path[0] == '/' && !(len > 10 && strcmp(path + len - 10, " (deleted)") == 0)) {
+            char *p = strdup(path);
+            if (p) {
+                free(m->path);
+                m->path = p;
+                const char *slash = strrchr(p, '/');
+                m->base_name = slash + 1;
+            }
+        }
+        break;
+    }
+    fclose(f);
+}
+
 static int refresh_modules(tb_symtab *st)
 {
     if (!tb_symtab_stale(st)) /* without building the list to compare */
@@ -359,6 +393,9 @@ static int refresh_modules(tb_symtab *st)
         free(c.mods);
         return 0;
     }
+    for (size_t i = 0; i < c.n; i++)
+        if (c.mods[i]->path[0] != '/' && !c.mods[i]->is_vdso)
+            absolute_path(c.mods[i]);
     qsort(c.mods, c.n, sizeof(*c.mods), mod_cmp);
     /* keep already-loaded symbols of objects still mapped at the same place */
     for (size_t i = 0; i < c.n; i++)

@@ -261,6 +261,55 @@ static void test_perfmap_refused(void)
     unlink(path);
 }
 
+/* A library the job dlopen()ed by a relative path ("./libx.so": the
+ * loader keeps that name) and a chdir() later: its symbols are still read
+ * from the file that is mapped, not from whatever the name means now. */
+static void test_relative_path(void)
+{
+    void *orig = dlopen("liblzma.so.5", RTLD_NOW);
+    Dl_info di;
+    if (!orig || !dladdr(dlsym(orig, "lzma_version_number"), &di) || !di.dli_fname) {
+        printf("# skip relative path: no liblzma\n");
+        return;
+    }
+    char dir[64], cwd[4096];
+    snprintf(dir, sizeof(dir), "/tmp/tbprof-test-rel-%d", (int)getpid());
+    mkdir(dir, 0700);
+    if (!getcwd(cwd, sizeof(cwd)) || chdir(dir) != 0) {
+        CHECKF(0, "chdir %s", dir);
+        return;
+    }
+    /* a copy of its own (the loader would hand back the loaded one) */
+    FILE *in = fopen(di.dli_fname, "rb"), *out = fopen("liblzma-rel.so", "wb");
+    char buf[65536];
+    size_t k;
+    while (in && out && (k = fread(buf, 1, sizeof(buf), in)) > 0)
+        fwrite(buf, 1, k, out);
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+    void *h = dlopen("./liblzma-rel.so", RTLD_NOW | RTLD_LOCAL);
+    CHECKF(h != NULL, "dlopen ./liblzma-rel.so: %s", dlerror());
+    CHECK(chdir("/") == 0); /* the job moves on */
+    if (h) {
+        tb_symtab *st = tb_symtab_new();
+        tb_symtab_refresh(st);
+        const char *mn = NULL;
+        void *fn = dlsym(h, "lzma_version_number");
+        const char *n = tb_symtab_lookup(st, (uintptr_t)fn, &mn);
+        CHECKF(fn != dlsym(orig, "lzma_version_number"), "the copy was not loaded apart");
+        CHECKF(n && strcmp(n, "lzma_version_number") == 0, "got %s", n ? n : "(null)");
+        CHECKF(mn && strcmp(mn, "liblzma-rel.so") == 0, "module %s", mn ? mn : "(null)");
+        tb_symtab_free(st);
+    }
+    char path[128];
+    snprintf(path, sizeof(path), "%s/liblzma-rel.so", dir);
+    unlink(path);
+    rmdir(dir);
+    CHECK(chdir(cwd) == 0);
+}
+
 int main(void)
 {
     CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
@@ -269,5 +318,6 @@ int main(void)
     test_perfmap();
     test_perfmap_refused();
     test_demangle();
+    test_relative_path();
     return tap_done();
 }
