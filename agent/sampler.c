@@ -684,6 +684,16 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
         err = rescan(c, &opened);
     }
     if (!opened) {
+        if (!err && c->unsampled) {
+            /* nothing refused: every thread was over our own limits */
+            snprintf(c->why, sizeof(c->why),
+                     "no thread sampled: %llu over the limits (descriptors free, ring share of "
+                     "TBPROF_BUFFER_MB, locked memory)",
+                     (unsigned long long)c->unsampled);
+            free_capture(c);
+            *why = c->why;
+            return -EAGAIN;
+        }
         if (!err)
             err = EAGAIN;
         if (refused(err))

@@ -484,6 +484,31 @@ static void test_emfile_midway(void)
         pthread_join(th[i], NULL);
 }
 
+/* A job with (almost) no descriptor free: no event at all, and the reason
+ * says so rather than an errno nothing returned. */
+static void test_no_fds_free(void)
+{
+    struct rlimit was;
+    if (getrlimit(RLIMIT_NOFILE, &was) != 0)
+        return;
+    struct rlimit low = {(rlim_t)count_fds() + 2, was.rlim_max};
+    setrlimit(RLIMIT_NOFILE, &low);
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    int rc = src->start(src->ctx, &info, &why);
+    setrlimit(RLIMIT_NOFILE, &was);
+    if (rc == 0) {
+        CHECKF(0, "started with no descriptor to spare");
+        src->stop(src->ctx);
+        tb_space *space = tb_space_new();
+        src->collect(src->ctx, space);
+        tb_space_free(space);
+        return;
+    }
+    CHECKF(why && strstr(why, "no thread sampled") && strstr(why, "descriptors free"), "why: %s", why ? why : "(null)");
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -496,5 +521,6 @@ int main(void)
     test_fork_child();
     test_leaves_free_fds();
     test_emfile_midway();
+    test_no_fds_free();
     return tap_done();
 }
