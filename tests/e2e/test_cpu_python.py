@@ -226,12 +226,21 @@ class CpuPythonTrampoline(PythonsCase):
                 "    while time.monotonic() < end:\n        f(1)\n"
                 "m = '/tmp/perf-%d.map' % os.getpid()\n"
                 "print('pid', os.getpid(), flush=True)\n"
+                "lib.tbprof_last_profile.restype = ctypes.c_char_p\n"
                 "for i in range(30):\n"
                 "    lib.tbprof_start(0)\n"
                 "    work(0.02)\n"
                 "    on = sys.is_stack_trampoline_active()\n"
+                "    last = lib.tbprof_last_profile()\n"
                 "    lib.tbprof_stop()\n"
-                "    while lib.tbprof_capturing():\n        time.sleep(0.001)\n"
+                # until this capture's profile is written: the CPU source
+                # stopped (and asked for the trampoline off) before that;
+                # tbprof_capturing() is 0 as soon as the stop is asked for,
+                # which on a loaded machine was before the agent thread got
+                # to it
+                "    end = time.monotonic() + 60\n"
+                "    while lib.tbprof_last_profile() == last and time.monotonic() < end:\n"
+                "        time.sleep(0.001)\n"
                 # 3.12 runs a pending call from another thread once the main
                 # thread has let go of the GIL (3.13: at its next bytecode)
                 "    time.sleep(0.005)\n"
