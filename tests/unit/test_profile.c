@@ -403,10 +403,13 @@ int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath,
 long syscall(long n, ...)
 {
     static long (*real)(long, ...);
+    /* as many arguments as the calls made here pass (reading more is
+     * undefined, and ASan under clang says so) */
+    int nargs = n == SYS_gettid ? 0 : n == SYS_renameat2 ? 5 : 6;
     va_list ap;
     va_start(ap, n);
-    long a[6];
-    for (int i = 0; i < 6; i++)
+    long a[6] = {0};
+    for (int i = 0; i < nargs; i++)
         a[i] = va_arg(ap, long);
     va_end(ap);
     if (no_links && n == SYS_renameat2 && a[4]) {
