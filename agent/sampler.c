@@ -46,7 +46,34 @@ typedef struct cpu_thread {
     int seen;
     int name_reads;  /* comm re-read this many times since found (NAME_READS_NS) */
     int64_t found_ns; /* when a rescan found it (CLOCK_MONOTONIC) */
+    int slot;         /* its fd's place in event_fds, -1: none */
 } cpu_thread;
+
+/* The capture's perf_event fds (fd + 1; 0: free slot), apart from the
+ * thread list: a fork child must close its copies (they would keep the
+ * parent's threads sampled for as long as it lives), and the list may be
+ * in the middle of a change by the agent thread (a realloc, a free) when
+ * another thread forks. */
+static atomic_int event_fds[MAX_THREADS];
+
+static int fd_slot_take(int fd)
+{
+    for (int i = 0; i < MAX_THREADS; i++) {
+        int free_ = 0;
+        if (atomic_load_explicit(&event_fds[i], memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong(&event_fds[i], &free_, fd + 1))
+            return i;
+    }
+    return -1;
+}
+
+/* Before the fd is closed. */
+static void fd_slot_drop(cpu_thread *th)
+{
+    if (th->slot >= 0)
+        atomic_store(&event_fds[th->slot], 0);
+    th->slot = -1;
+}
 
 /* When a thread's comm is read again after it was found: names are set just
  * after the thread starts (pthread_setname_np), which on a loaded machine
@@ -302,7 +329,7 @@ static void skip_thread(cpu_ctx *c, int tid)
     c->unsampled++;
     cpu_thread *th = new_entry(c);
     if (th)
-        *th = (cpu_thread){tid, -1, NULL, 0, 0, 1, NAME_READS, 0};
+        *th = (cpu_thread){.tid = tid, .fd = -1, .seen = 1, .name_reads = NAME_READS, .slot = -1};
 }
 
 /* Open and map the event of one thread. 0, or -errno (the open's errno). */
@@ -369,7 +396,14 @@ static int open_thread(cpu_ctx *c, int tid)
         c->unsampled++;
         return 0;
     }
-    *th = (cpu_thread){tid, fd, base, (pages + 1) * c->page, pages * c->page, 1, 0, tb_mono_ns()};
+    *th = (cpu_thread){.tid = tid,
+                       .fd = fd,
+                       .base = base,
+                       .mmap_len = (pages + 1) * c->page,
+                       .data_len = pages * c->page,
+                       .seen = 1,
+                       .found_ns = tb_mono_ns(),
+                       .slot = fd_slot_take(fd)};
     c->ring_used += (pages + 1) * c->page;
     c->nopen++;
     c->threads_sampled++;
@@ -511,6 +545,7 @@ static void close_thread(cpu_ctx *c, cpu_thread *th)
         ioctl(th->fd, PERF_EVENT_IOC_DISABLE, 0);
         drain(c, th, 0);
         munmap(th->base, th->mmap_len);
+        fd_slot_drop(th);
         close(th->fd);
         c->ring_used -= th->mmap_len;
         c->nopen--;
@@ -581,6 +616,7 @@ static void free_capture(cpu_ctx *c)
     for (size_t i = 0; i < c->nthreads; i++)
         if (c->threads[i].fd >= 0) {
             munmap(c->threads[i].base, c->threads[i].mmap_len);
+            fd_slot_drop(&c->threads[i]);
             close(c->threads[i].fd);
         }
     free(c->threads);
@@ -772,17 +808,22 @@ static void cpu_thread_created(void *ctx, int tid)
 static void cpu_atfork_child(void *ctx)
 {
     cpu_ctx *c = ctx;
-    /* the parent's events and rings: close our copies of the events, sample
-     * nothing. The rings are not mapped here (the kernel copies no
-     * perf_event mapping into a child), and their addresses may hold the
-     * child's own memory by now (a fork handler that ran before ours):
-     * never unmap them. */
-    for (size_t i = 0; i < c->nthreads; i++)
-        if (c->threads[i].fd >= 0) {
-            close(c->threads[i].fd);
-            c->threads[i].fd = -1;
-        }
-    free_capture(c);
+    /* The parent's events: close our copies, sample nothing. Nothing else
+     * of the parent's capture is touched: the agent thread may have been
+     * in the middle of changing it (the list realloc'd, a free) when
+     * another thread forked, and freeing it here could free twice. It is
+     * left to the child unused (copy-on-write pages nobody writes). The
+     * rings are not mapped here at all (the kernel copies no perf_event
+     * mapping into a child). */
+    for (int i = 0; i < MAX_THREADS; i++) {
+        int v = atomic_exchange(&event_fds[i], 0);
+        if (v > 0)
+            close(v - 1);
+    }
+    static cpu_ctx left; /* still reachable: no leak report in a child that exits */
+    left = *c;
+    memset(c, 0, sizeof(*c));
+    memcpy(c->why, left.why, sizeof(c->why));
     tb_pytramp_atfork_child();
 }
 

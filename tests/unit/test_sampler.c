@@ -396,6 +396,70 @@ static void test_fork_child(void)
     tb_space_free(space);
 }
 
+/* A fork while the agent thread changes the capture (opens events, polls,
+ * collects, frees it): the child closes its copies of the events and frees
+ * nothing of the parent's capture, which may be half-changed (freeing it
+ * freed blocks twice: the child died of SIGABRT). */
+static atomic_int cycling;
+
+static void *capture_cycles(void *arg)
+{
+    tb_source *src = arg;
+    while (atomic_load(&cycling)) {
+        tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+        const char *why = NULL;
+        if (src->start(src->ctx, &info, &why) < 0)
+            break;
+        src->poll(src->ctx);
+        src->stop(src->ctx);
+        tb_space *space = tb_space_new();
+        src->collect(src->ctx, space);
+        tb_space_free(space);
+    }
+    return NULL;
+}
+
+static void test_fork_while_the_agent_works(void)
+{
+    tb_source *src = tb_cpu_source();
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) < 0) {
+        printf("# skip fork while working: %s\n", why ? why : "?");
+        return;
+    }
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    src->collect(src->ctx, space);
+    tb_space_free(space);
+    enum { NTH = 8, FORKS = 300 };
+    atomic_int stop = 0;
+    pthread_t th[NTH], agent;
+    for (int i = 0; i < NTH; i++)
+        pthread_create(&th[i], NULL, idle_thread, &stop);
+    atomic_store(&cycling, 1);
+    pthread_create(&agent, NULL, capture_cycles, src);
+    int died = 0, sig = 0;
+    for (int i = 0; i < FORKS; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            src->atfork_child(src->ctx);
+            _exit(0);
+        }
+        int st = 0;
+        if (pid > 0 && waitpid(pid, &st, 0) == pid && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+            died++;
+            sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+        }
+    }
+    atomic_store(&cycling, 0);
+    pthread_join(agent, NULL);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < NTH; i++)
+        pthread_join(th[i], NULL);
+    CHECKF(died == 0, "%d of %d fork children died (last by signal %d)", died, FORKS, sig);
+}
+
 /* A job that already uses most of its descriptors keeps most of the ones
  * it has left while a capture runs: events are opened for at most a
  * quarter of the free descriptors, not of the limit. */
@@ -519,6 +583,7 @@ int main(void)
     test_refuses_second_start();
     test_unsampled_counted_once();
     test_fork_child();
+    test_fork_while_the_agent_works();
     test_leaves_free_fds();
     test_emfile_midway();
     test_no_fds_free();
