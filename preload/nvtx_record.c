@@ -310,6 +310,8 @@ static int src_collect(void *ctx, tb_space *s)
     return rc;
 }
 
+static void *child_left[2]; /* a fork child's copies of the parent's buffers */
+
 static void src_atfork_child(void *ctx)
 {
     (void)ctx;
@@ -317,7 +319,14 @@ static void src_atfork_child(void *ctx)
     atomic_store(&tb_nvtx_recording, 0);
     atomic_store(&R.inflight, 0);
     atomic_fetch_add(&R.gen, 1);
-    release();
+    /* forgotten, not freed: the agent thread may have been freeing or
+     * replacing them when another thread forked (kept reachable for LSan) */
+    child_left[0] = R.recs;
+    child_left[1] = R.names;
+    R.recs = NULL;
+    R.names = NULL;
+    R.cap = R.name_cap = 0;
+    R.started = 0;
 }
 
 static tb_source src = {
