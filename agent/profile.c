@@ -285,7 +285,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     /* 0666: open() applies the process umask. Linking it in later goes
      * through /proc/self/fd (linkat AT_EMPTY_PATH needs a capability), so
      * only when that path works. */
-    af->fd = openat(af->dfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, 0666);
+    af->fd = openat(af->dfd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0666); /* read back by to_named */
     if (af->fd >= 0) {
         snprintf(af->proc, sizeof(af->proc), "/proc/self/fd/%d", af->fd);
         if (access(af->proc, F_OK) == 0) {
@@ -310,6 +310,52 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
         af_abort(af);
         return -e;
     }
+    return 0;
+}
+
+/* Where the unnamed file cannot be linked in after all (a sandbox's /proc
+ * - gVisor - or a file system that refuses the link from /proc/self/fd):
+ * its bytes into a named temporary of the same folder, which is linked
+ * the named way. 0 or -errno (af left as it was on failure). */
+static int to_named(atomic_file *af)
+{
+    static _Atomic unsigned counter;
+    int fd = -1;
+    for (int tries = 0; tries < 100 && fd < 0; tries++) {
+        snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-c%u.tmp", (int)getpid(), counter++);
+        fd = openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0)
+        return -errno;
+    char buf[65536];
+    off_t at = 0;
+    int r = 0;
+    for (;;) {
+        ssize_t k = pread(af->fd, buf, sizeof(buf), at);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            r = k < 0 ? -errno : 0;
+            break;
+        }
+        if ((r = write_all(fd, buf, (size_t)k)) < 0)
+            break;
+        at += k;
+    }
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r < 0) {
+        unlinkat(af->dfd, af->tmp, 0);
+        af->tmp[0] = '\0';
+        return r;
+    }
+    close(af->fd);
+    af->fd = -1;
+    af->anon = 0;
     return 0;
 }
 
@@ -344,9 +390,21 @@ static int af_commit(atomic_file *af, const char *dir, const char *name, char *f
             r = -ENAMETOOLONG;
             break;
         }
-        if (af->anon)
+        if (af->anon) {
             r = linkat(AT_FDCWD, af->proc, af->dfd, cand, AT_SYMLINK_FOLLOW) == 0 ? 0 : -errno;
-        else
+            if (r == -EPERM || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOSYS || r == -EXDEV ||
+                (r == -ENOENT && !af->remake)) {
+                /* the link from /proc refused: once through a named copy */
+                int c = to_named(af);
+                if (c < 0) {
+                    r = c;
+                    break;
+                }
+                r = -EEXIST;
+                k--; /* the same name, the named way */
+                continue;
+            }
+        } else
             r = link_noreplace(af->dfd, af->tmp, cand, &renamed);
         if (r == -ENOENT && af->anon && af->remake && remake_dir(af, dir) == 0) {
             af->remake = 0; /* once */
