@@ -760,8 +760,8 @@ static int chrome_emit(tb_space *s, jw *w)
             pids[i] = gpu_index(p) + (collide ? 1000000 : 0);
         else if (is_host_plane(p) && host_pid >= 0)
             pids[i] = host_pid;
-        else
-            pids[i] = 2000000 + p->id;
+        else /* past any pid Linux gives (PID_MAX_LIMIT, 2^22): never the job's */
+            pids[i] = 4194304 + p->id;
     }
 
     PUTS(w, "{\"displayTimeUnit\":\"ns\",\n");

@@ -291,6 +291,30 @@ static void test_tid_past_uint32(void)
     tb_space_free(s);
 }
 
+/* A plane neither host nor GPU gets a pid no process has: with pid_max at
+ * 2^22 (large servers) the job's own pid can be 2,000,000 + a plane id,
+ * which merged the two planes' tracks */
+static void test_other_plane_pid(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane *o = tb_space_plane(s, "/host:metadata");
+    tb_plane_stat_i64(h, "pid", 2000000 + o->id);
+    int64_t m = tb_plane_event_meta(h, "e"), mo = tb_plane_event_meta(o, "x");
+    tb_line_add(tb_plane_line(h, 7, "main"), m, 1000, 10);
+    tb_line_add(tb_plane_line(o, 1, "meta"), mo, 1000, 10);
+    char *j = json_of(s);
+    char want[128];
+    snprintf(want, sizeof(want), "\"pid\":%lld,\"args\":{\"name\":\"/host:metadata\"}",
+             4194304LL + (long long)o->id);
+    CHECKF(strstr(j, want) != NULL, "no %s", want);
+    snprintf(want, sizeof(want), "\"pid\":%lld,\"args\":{\"name\":\"/host:CPU\"}",
+             2000000LL + (long long)o->id);
+    CHECKF(strstr(j, want) != NULL, "no %s", want);
+    free(j);
+    tb_space_free(s);
+}
+
 /* kB of a /proc/self/status field ("VmHWM", "VmRSS"); -1 when unknown */
 static long status_kb(const char *field)
 {
@@ -359,6 +383,7 @@ int main(void)
 {
     test_corr_sets_sized_by_ids();
     test_tid_past_uint32();
+    test_other_plane_pid();
     test_decimal_comma_locale();
     test_odd_kernel_details();
     test_stream();
