@@ -7,7 +7,7 @@
  *   when the profile has a rank (tbprof_rank) / GPU planes.
  * - Process per plane: the host plane's pid is its "pid" stat (the profiled
  *   process) when present; /device:GPU:<n> gets pid n (as Kineto does) unless
- *   that collides with the host pid, then 1000000+n; other planes 2000000+id.
+ *   that collides with the host pid, then 1000000+n; other planes 4194304+id (past PID_MAX_LIMIT).
  *   Thread per line: tid = line id (thread id, stream id).
  * - "X" events: cat from the event's tb_category, ts/dur in microseconds
  *   printed from integer ns ("123.456"), args = the event's stats.
