@@ -1487,6 +1487,7 @@ int tb_agent_init(const tb_config *c, int disable)
         return 0;
     }
     tb_names_read_env(&g.names, env_get);
+    tb_names_from_launcher(&g.names, (int)getppid(), env_get);
     if (c->duration_s > 0)
         time_window_schedule(tb_mono_ns() + (int64_t)(c->delay_s * 1e9), c->delay_s, c->duration_s, c->every_s,
                              c->every_count);

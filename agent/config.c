@@ -102,8 +102,8 @@ static const var vars[] = {
     {"TBPROF_LOG", T_LOG, "warn", "off | error | warn | info | debug", "what tbprof prints on stderr",
      "using warn", "warn", F(log_level), 0, 0},
     {"TBPROF_RUN", T_STR, "", "a name without '/', at most " XSTR(TB_NAME_MAX) " bytes",
-     "run folder name; default: job id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID, ...) + step window, "
-     "else local time",
+     "run folder name; default: job id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID, ..., else a rank's "
+     "launcher) + step window, else local time",
      "using the derived name", "", F(run), 0, 0},
     {"TBPROF_HOST", T_STR, "", "a name without '/', at most " XSTR(TB_NAME_MAX) " bytes",
      "file stem; default: hostname + .rank<RANK> (or LOCAL_RANK), else .pid<pid>",

@@ -42,6 +42,15 @@ typedef struct tb_run_req {
  * made safe for a path: anything outside [A-Za-z0-9._-] becomes '_'. */
 void tb_names_read_env(tb_names *n, const char *(*get)(const char *));
 
+/* Where no job id was found but the process is a rank (RANK or
+ * LOCAL_RANK set): the job id of its launcher, the parent ppid (torchrun's
+ * agent, mpirun's daemon, deepspeed's launch.py), from its start time and
+ * pid ("2026_12_06_05_48_47_pid1234", "_restart<N>" after a torchrun
+ * restart), which every local rank reads alike, so that ranks reaching a
+ * window in different seconds still share its run folder. Not when the
+ * parent is pid 1 or a shell (which runs unrelated commands in turn). */
+void tb_names_from_launcher(tb_names *n, int ppid, const char *(*get)(const char *));
+
 /* The run folder of a capture: the name asked for; else TBPROF_RUN (with
  * the window when TBPROF_STEPS has several, with _<N> for this process's
  * N-th capture when it is not a TBPROF_STEPS one); else the job id with the

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import relutil  # noqa: E402
@@ -177,6 +178,36 @@ class Config(tbtest.TestCase):
         p = tbtest.run([tbtest.CLI, "summary", "--json", self.logdir])
         self.assertEqual((json.loads(p.stdout)["hosts"][0]["rank"], json.loads(p.stdout)["hosts"][0]["world_size"]),
                          (3, None))
+
+    def test_ranks_of_one_launcher_share_a_run_folder(self):
+        # no job id (torchrun's default "none"): ranks started by one launcher
+        # (here this test) reach the window 1.2 s apart, in different
+        # seconds, and still write into one folder named by the launcher
+        # (before: one folder per second); ranks started from a shell are
+        # named by the time as before
+        procs = []
+        for rank in (0, 1):
+            e = tbtest.env(self.logdir, steps="1,2")
+            e.update(RANK=str(rank), WORLD_SIZE="2", TORCHELASTIC_RUN_ID="none")
+            procs.append(subprocess.Popen([STEPS, "-n", "5", "-m", "1"], env=e, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+            time.sleep(1.2)
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 2, files)
+        folders = {os.path.basename(os.path.dirname(f)) for f in files}
+        self.assertEqual(len(folders), 1, folders)
+        self.assertRegex(folders.pop(), r"^\d{4}(_\d\d){5}_pid%d_steps_1-2$" % os.getpid())
+        shell = os.path.join(self.tmp, "shell")
+        e = tbtest.env(shell, steps="1,2")
+        e["RANK"] = "0"
+        p = tbtest.run(["sh", "-c", '"$0" -n 5 -m 1; true', STEPS], env=e)
+        self.assertExitedOk(p)
+        files = tbtest.xplanes(shell)
+        self.assertEqual(len(files), 1)
+        self.assertRegex(os.path.basename(os.path.dirname(files[0])), r"^\d{4}(_\d\d){5}$")
 
     def test_rank_that_is_not_a_number_names_the_file_only(self):
         e = tbtest.env(self.logdir, steps="1,2")
