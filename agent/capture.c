@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <locale.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -1330,6 +1331,12 @@ static void *agent_main(void *arg)
     (void)arg;
     is_agent_thread = 1;
     g.agent_tid = tb_gettid();
+    /* numbers this thread writes as text (kernel_details' occ_pct, the
+     * trace JSON, run names, the trigger) keep a '.' whatever setlocale()
+     * the job calls: a locale of this thread's own */
+    locale_t c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+    if (c_locale)
+        uselocale(c_locale);
     prctl(PR_SET_NAME, "tbprof-agent"); /* no /proc write: cheaper at start-up */
     for (;;) {
         pthread_mutex_lock(&g.lock);

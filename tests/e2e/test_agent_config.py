@@ -5,6 +5,7 @@ the job runs to its normal exit status. Also `tbprof help env`."""
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -148,6 +149,34 @@ class Config(tbtest.TestCase):
         files = tbtest.xplanes(self.logdir)
         self.assertEqual(len(files), 1)
         self.assertIn("TBPROF_GPU=off", tbtest.load(files[0]).host.stats["tbprof_gpu_off_reason"])
+
+    def test_job_with_a_decimal_comma_locale(self):
+        # a job that calls setlocale(LC_ALL, "de_DE.UTF-8"): what the agent
+        # writes as text keeps its '.' (it wrote "0,3s" in the trigger, and
+        # would in kernel_details' occ_pct, which xprof reads as a number)
+        loc = os.path.join(self.tmp, "locales")
+        os.makedirs(loc)
+        mk = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", os.path.join(loc, "de_DE.UTF-8")],
+                            capture_output=True, text=True) if shutil.which("localedef") else None
+        if not mk or not os.path.isdir(os.path.join(loc, "de_DE.UTF-8")):
+            self.skipTest("cannot build a de_DE locale here (localedef, /usr/share/i18n)")
+        e = tbtest.env(self.logdir, python=True, delay="0.2", duration="0.3")
+        e["LOCPATH"] = loc
+        code = ("import ctypes, time\n"
+                "libc = ctypes.CDLL(None)\n"
+                "libc.setlocale.restype = ctypes.c_char_p\n"
+                "print(libc.setlocale(6, b'de_DE.UTF-8'), flush=True)\n"  # LC_ALL
+                "buf = ctypes.create_string_buffer(32)\n"
+                "libc.snprintf(buf, 32, b'%g', ctypes.c_double(0.5))\n"
+                "print(buf.value.decode(), flush=True)\n"
+                "time.sleep(1.2)\n")
+        p = tbtest.run([tbtest.PYTHON, "-c", code], env=e)
+        self.assertExitedOk(p)
+        self.assertEqual(p.stdout.split(), ["b'de_DE.UTF-8'", "0,5"], "the job's own numbers have a comma")
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        self.assertEqual(tbtest.load(files[0]).host.stats["tbprof_trigger"],
+                         "TBPROF_DURATION 0.3s after TBPROF_DELAY 0.2s")
 
     def test_trace_json_off_and_host_run_names(self):
         e = tbtest.env(self.logdir, steps="1,2", trace_json="off", host="myhost", run="myrun")
