@@ -353,6 +353,29 @@ static int perf_fds(void)
     return n;
 }
 
+/* A 100 Hz frame-pointer capture of the CPU source; 0, or -1 after
+ * printing why it is skipped (what: the test's name) */
+static int start_fp(tb_source *src, const char *what)
+{
+    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    if (src->start(src->ctx, &info, &why) == 0)
+        return 0;
+    if (what)
+        printf("# skip %s: %s\n", what, why ? why : "?");
+    return -1;
+}
+
+/* stop, collect into a space thrown away; collect's result */
+static int stop_and_collect(tb_source *src)
+{
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    int r = src->collect(src->ctx, space);
+    tb_space_free(space);
+    return r;
+}
+
 /* A child forked during a capture: its copy of the source lets go of the
  * parent's events (no fd inherited) and never unmaps the addresses of the
  * parent's rings, which the kernel does not copy into a child: by the time
@@ -360,12 +383,8 @@ static int perf_fds(void)
 static void test_fork_child(void)
 {
     tb_source *src = tb_cpu_source();
-    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
-    const char *why = NULL;
-    if (src->start(src->ctx, &info, &why) < 0) {
-        printf("# skip fork: %s\n", why ? why : "?");
+    if (start_fp(src, "fork") < 0)
         return;
-    }
     size_t len = 0;
     uintptr_t ring = perf_ring(&len);
     CHECKF(ring != 0 && perf_fds() > 0, "no ring buffer or event found in the parent");
@@ -390,10 +409,7 @@ static void test_fork_child(void)
                "was mapped in the child)",
                WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
     }
-    src->stop(src->ctx);
-    tb_space *space = tb_space_new();
-    CHECK_EQ_I(src->collect(src->ctx, space), 0);
-    tb_space_free(space);
+    CHECK_EQ_I(stop_and_collect(src), 0);
 }
 
 /* A fork while the agent thread changes the capture (opens events, polls,
@@ -405,16 +421,9 @@ static atomic_int cycling;
 static void *capture_cycles(void *arg)
 {
     tb_source *src = arg;
-    while (atomic_load(&cycling)) {
-        tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
-        const char *why = NULL;
-        if (src->start(src->ctx, &info, &why) < 0)
-            break;
+    while (atomic_load(&cycling) && start_fp(src, NULL) == 0) {
         src->poll(src->ctx);
-        src->stop(src->ctx);
-        tb_space *space = tb_space_new();
-        src->collect(src->ctx, space);
-        tb_space_free(space);
+        stop_and_collect(src);
     }
     return NULL;
 }
@@ -422,16 +431,9 @@ static void *capture_cycles(void *arg)
 static void test_fork_while_the_agent_works(void)
 {
     tb_source *src = tb_cpu_source();
-    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
-    const char *why = NULL;
-    if (src->start(src->ctx, &info, &why) < 0) {
-        printf("# skip fork while working: %s\n", why ? why : "?");
+    if (start_fp(src, "fork while working") < 0)
         return;
-    }
-    src->stop(src->ctx);
-    tb_space *space = tb_space_new();
-    src->collect(src->ctx, space);
-    tb_space_free(space);
+    stop_and_collect(src);
     enum { NTH = 8, FORKS = 300 };
     atomic_int stop = 0;
     pthread_t th[NTH], agent;
