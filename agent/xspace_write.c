@@ -96,6 +96,11 @@ static size_t u8len(const char *s)
     const unsigned char *u = (const unsigned char *)s;
     size_t n = strlen(s), out = n;
     for (size_t i = 0; i < n;) {
+        uint64_t w;
+        if (i + 8 <= n && (memcpy(&w, u + i, 8), !(w & 0x8080808080808080ull))) {
+            i += 8; /* eight ASCII bytes */
+            continue;
+        }
         size_t k = u[i] < 0x80 ? 1 : tb_utf8_seq_len(u + i, n - i);
         if (!k) {
             out += 2;
