@@ -488,10 +488,16 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
     /* the host's waits for the GPU */
     if (m->syncs) {
         int64_t span = m->end_ns - m->begin_ns;
-        printf("\nSyncs: the CPU waited for the GPU in %" PRIu64 " sync%s, %s in all (%.1f%% of the capture):\n"
+        char share[96];
+        if (m->sync_ns <= span) /* waits of several threads at once add up past the capture's length */
+            snprintf(share, sizeof share, "%.1f%% of the capture", rr_pct(m->sync_ns, span));
+        else
+            snprintf(share, sizeof share, "%.1fx the capture's length: threads waiting at once",
+                     span > 0 ? (double)m->sync_ns / (double)span : 0.0);
+        printf("\nSyncs: the CPU waited for the GPU in %" PRIu64 " sync%s, %s in all (%s):\n"
                "  cudaStreamSynchronize and the like (.item(), .cpu(), torch.cuda.synchronize()), by the\n"
                "  calling thread's deepest Python frame, else its deepest frame:\n",
-               m->syncs, m->syncs == 1 ? "" : "s", dur(b1, sizeof b1, m->sync_ns), rr_pct(m->sync_ns, span));
+               m->syncs, m->syncs == 1 ? "" : "s", dur(b1, sizeof b1, m->sync_ns), share);
         printf("  %11s %6s  %s\n", "waited", "%", "function");
         caller_rows(m->sync_frames, m->nsync_frames, top, m->sync_unsampled_ns, m->sync_no_call_ns, m->sync_ns);
     }

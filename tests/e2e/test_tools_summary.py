@@ -540,6 +540,16 @@ class SummaryFigures(Base):
         p = run("flame", self.logdir, "--syncs", "-o", "-")
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("Waits for the GPU (syncs) by calling stack: n", p.stdout)
+        # three threads waiting at once for most of the capture: the sum is
+        # more than the capture (it said "240.0% of the capture")
+        for tid, corr in ((8, 21), (9, 22), (10, 23)):
+            t2 = h.line(tid, "worker%d" % tid)
+            h.event(t2, "cudaStreamSynchronize", 1000000, 8001000, correlation_id=corr)
+            g.event(s, "Stream Sync", 1000000, 8000000, correlation_id=corr)
+        write(os.path.join(self.rundir, "n.xplane.pb"), sp.SerializeToString())
+        p = run("summary", self.logdir)
+        self.assertIn("\nSyncs: the CPU waited for the GPU in 5 syncs, 24.60 ms in all (2.5x the capture's length: "
+                      "threads waiting at once):\n", p.stdout)
         # no sync records: no section, and the stacks say why there are none
         write(os.path.join(self.rundir, "n.xplane.pb"), host_bound("n", 100))
         self.assertNotIn("Syncs:", run("summary", self.logdir).stdout)
