@@ -732,9 +732,10 @@ static int64_t line_tid(const tb_plane *p, size_t j)
 
 static int chrome_emit(tb_space *s, jw *w)
 {
-    tb_space_sort(s);
     u64set host_corr = {0}, gpu_corr = {0};
-    int r = collect_corr(s, 1, &gpu_corr);
+    int r = tb_space_sort(s);
+    if (r == 0)
+        r = collect_corr(s, 1, &gpu_corr);
     if (r == 0)
         r = collect_corr(s, 0, &host_corr);
     int64_t *pids = calloc(s->nplanes + 1, sizeof(int64_t));

@@ -1317,14 +1317,14 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     memset(sum, 0, sizeof(*sum));
     sum->overhead_ns = -1;
     sum->rank = sum->world_size = -1;
-    tb_space_sort(s);
+    int sorted = tb_space_sort(s);
     sum->host = s->nhostnames ? s->hostnames[0] : NULL;
     tb_space_span(s, &sum->begin_ns, &sum->end_ns);
 
     gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels},
                  .by_range = {.v = &sum->gpu_ranges, .n = &sum->ngpu_ranges}};
     tb_folded f = {0};
-    int rc = scan_gpu(sum, s, &g);
+    int rc = sorted < 0 ? sorted : scan_gpu(sum, s, &g);
     if (!rc)
         rc = scan_ranges(sum, s, &g);
     if (!rc)

@@ -677,13 +677,16 @@ static int sort_events(tb_event *ev, size_t n)
     return 0;
 }
 
-void tb_space_sort(tb_space *s)
+int tb_space_sort(tb_space *s)
 {
+    int r = 0;
     for (size_t i = 0; i < s->nplanes; i++)
         for (size_t j = 0; j < s->planes[i]->nlines; j++) {
             tb_line *l = s->planes[i]->lines[j];
-            sort_events(l->events, l->nevents);
+            if (sort_events(l->events, l->nevents) < 0)
+                r = -ENOMEM;
         }
+    return r;
 }
 
 void tb_space_span(const tb_space *s, int64_t *begin_ns, int64_t *end_ns)

@@ -226,8 +226,10 @@ const tb_stat *tb_plane_find_stat(const tb_plane *p, const char *name);
 int tb_plane_has_category(const tb_plane *p, tb_category cat);
 
 /* Sort each line's events by start time (ties: longer first, so parents
- * precede children). Stable; O(n log n). Writers call it. */
-void tb_space_sort(tb_space *s);
+ * precede children). Stable; O(n log n). Writers call it. 0, or -ENOMEM
+ * when a line could not be sorted (it is left as it was: writers must not
+ * write it, offsets from its first event would be negative). */
+int tb_space_sort(tb_space *s);
 
 /* Earliest start and latest end over all events; 0/0 when empty. */
 void tb_space_span(const tb_space *s, int64_t *begin_ns, int64_t *end_ns);

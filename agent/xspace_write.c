@@ -358,7 +358,8 @@ typedef struct line_info {
 /* Both entry points: size everything, let begin() see the total, write. */
 static int encode(tb_space *s, tb_buf *b, const tb_xspace_sink *sink)
 {
-    tb_space_sort(s);
+    if (tb_space_sort(s) < 0)
+        return -ENOMEM;
 
     /* category stat name, interned in each plane that needs it */
     size_t nl = 0;

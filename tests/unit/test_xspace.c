@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "tap.h"
@@ -633,6 +634,64 @@ static int big_begin(void *ctx, size_t total)
     return -ECANCELED; /* never write 2 GiB here */
 }
 
+static int count_write(void *ctx, const void *data, size_t len)
+{
+    (void)data;
+    *(size_t *)ctx += len;
+    return 0;
+}
+
+/* A line that cannot be sorted (no memory for the merge) is not written:
+ * its offsets from an unsorted first event would be negative, which the
+ * file holds as huge unsigned picoseconds (it was written all the same). */
+static void test_unsortable_not_written(void)
+{
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TB_TEST_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(TB_TEST_SANITIZED)
+    printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
+    return;
+#endif
+    struct rlimit was;
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long vm_kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmSize:", 7))
+            vm_kb = atol(line + 7);
+    if (f)
+        fclose(f);
+    if (vm_kb < 0 || getrlimit(RLIMIT_AS, &was) != 0) {
+        printf("# skip unsortable: no VmSize or RLIMIT_AS\n");
+        return;
+    }
+    enum { N = 1000000 };
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *l = tb_plane_line(h, 1, "main");
+    int64_t m = tb_plane_event_meta(h, "e");
+    for (int64_t i = 0; i < N; i++)
+        tb_line_add(l, m, T0 + (N - i) * 100, 10); /* newest first */
+    /* the events are there; their sort's buffer (N events) is not to be had */
+    f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmSize:", 7))
+            vm_kb = atol(line + 7);
+    if (f)
+        fclose(f);
+    struct rlimit low = {(rlim_t)(vm_kb + 4096) * 1024, was.rlim_max};
+    size_t bytes = 0;
+    tb_xspace_sink sink = {NULL, count_write, &bytes};
+    int r = setrlimit(RLIMIT_AS, &low) == 0 ? tb_xspace_encode_stream(s, &sink) : 1;
+    setrlimit(RLIMIT_AS, &was);
+    CHECK_EQ_I(r, -ENOMEM);
+    CHECK_EQ_I(bytes, 0);
+    tb_space_free(s);
+}
+
 static void test_over_2gib_refused(void)
 {
     size_t n = 256u << 20;
@@ -675,6 +734,7 @@ static void test_over_2gib_refused(void)
 int main(void)
 {
     test_over_2gib_refused();
+    test_unsortable_not_written();
     test_invalid_utf8();
     test_absurd_times();
     test_stream();
