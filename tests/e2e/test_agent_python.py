@@ -459,6 +459,26 @@ class Python(PyBase):
                 self.assertEqual(len(files), 1, p.stderr)
                 self.assertEqual(nums(files[0]), [3, 4, 5, 6])
 
+    def test_optimizer_hook_after_find_spec_probe(self):
+        # libraries probe for torch before importing it (transformers,
+        # accelerate: importlib.util.find_spec("torch") is not None); the
+        # probe imports nothing, and the import after it must still get
+        # the hook
+        self.need_cli()
+        p, prof = self.run_hooked("""\
+            import importlib.util
+            assert importlib.util.find_spec("torch") is not None
+            assert importlib.util.find_spec("torch") is not None
+            import torch
+            opt = torch.optim.SGD()
+            for i in range(15):
+                work()
+                opt.step()
+            print("trained")
+            """, "3,6")
+        self.assertIn("trained", p.stdout)
+        self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
+
     def test_script_steps_and_hook_count_each_step_once(self):
         # The script marks its own steps and `tbprof run` installs the
         # optimizer hook as well: two boundaries per iteration. The first

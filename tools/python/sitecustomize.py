@@ -55,28 +55,40 @@ def _agent_loaded():
 
 class _HookFinder:
     """Calls tbprof.<install>() right after module `name` is first
-    imported (then leaves sys.meta_path)."""
+    imported (then leaves sys.meta_path). A probe that only finds it
+    (importlib.util.find_spec(name), as libraries check whether a framework
+    is installed) imports nothing: the finder stays for the import."""
 
     def __init__(self, name, install):
         self.name, self.install = name, install
+        self.busy = set()  # threads in our own look-up below
 
     def find_spec(self, name, path=None, target=None):
         if name != self.name:
             return None
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
+        import _thread
+        me = _thread.get_ident()
+        if me in self.busy:
             return None
         import importlib.util
-        spec = importlib.util.find_spec(self.name)
+        self.busy.add(me)
+        try:
+            spec = importlib.util.find_spec(self.name)
+        finally:
+            self.busy.discard(me)
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
         install = self.install
+        finder = self
 
         def exec_and_hook(module):
             exec_module(module)
+            try:
+                sys.meta_path.remove(finder)
+            except ValueError:
+                pass
             try:
                 import tbprof
                 getattr(tbprof, install)()
