@@ -479,6 +479,62 @@ class Python(PyBase):
         self.assertIn("trained", p.stdout)
         self.assertEqual([n for n, _, _ in prof.steps()], [3, 4, 5, 6])
 
+    def test_optimizer_hook_one_step_per_iteration_with_several_optimizers(self):
+        # a GAN steps two optimizers per iteration, and an optimizer that
+        # wraps another (ZeroRedundancyOptimizer) steps both: each
+        # iteration is one step, beginning at its first optimizer step
+        # (0.2 ms for the profile's clock against time.time_ns())
+        self.need_cli()
+        p, prof = self.run_hooked("""\
+            import time, torch
+
+            class Wrapper(torch.optim.Optimizer):
+                def __init__(self, inner):
+                    self.inner = inner
+
+                def _step(self):
+                    self.inner.step()
+
+            gen, disc = torch.optim.SGD(), Wrapper(torch.optim.SGD())
+            began = []
+            for i in range(10):
+                work()
+                began.append(time.time_ns())
+                gen.step()
+                work()
+                disc.step()
+                work()
+            print("began", began)
+            """, "3,6")
+        began = eval(p.stdout.split("began ", 1)[1].splitlines()[0])
+        steps = prof.steps()
+        self.assertEqual([n for n, _, _ in steps], [3, 4, 5, 6])
+        for n, ev, _ in steps:
+            self.assertGreater(ev.start_ns, began[n] - 200000, (n, ev.start_ns - began[n]))
+            self.assertLess(ev.start_ns, began[n + 1], (n, ev.start_ns - began[n]))
+
+    def test_optimizer_hook_one_step_per_iteration_with_a_new_optimizer_each(self):
+        # an optimizer made anew for each iteration (the last one is gone):
+        # still one step per iteration
+        self.need_cli()
+        p, prof = self.run_hooked("""\
+            import time, torch
+            began = []
+            for i in range(10):
+                work()
+                opt = torch.optim.SGD()
+                began.append(time.time_ns())
+                opt.step()
+                work()
+            print("began", began)
+            """, "3,6")
+        began = eval(p.stdout.split("began ", 1)[1].splitlines()[0])
+        steps = prof.steps()
+        self.assertEqual([n for n, _, _ in steps], [3, 4, 5, 6])
+        for n, ev, _ in steps:
+            self.assertGreater(ev.start_ns, began[n] - 200000, (n, ev.start_ns - began[n]))
+            self.assertLess(ev.start_ns, began[n + 1], (n, ev.start_ns - began[n]))
+
     def test_script_steps_and_hook_count_each_step_once(self):
         # The script marks its own steps and `tbprof run` installs the
         # optimizer hook as well: two boundaries per iteration. The first

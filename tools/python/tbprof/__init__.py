@@ -37,6 +37,7 @@ import subprocess
 import time
 import sys
 import threading
+import weakref
 
 __all__ = ["step", "step_num", "start", "capture_steps", "stop", "capture", "capturing", "last_profile",
            "summary", "diff", "install_torch_hook", "install_jax_hook", "install_tf_hook", "available"]
@@ -385,11 +386,44 @@ def _ops_follow(lib, script=True):
         _torch_ops(lib)
 
 
+_opt_round = {}  # id -> weakref of each optimizer stepped since the last boundary (left out once gone)
+
+
+def _round_ref(optimizer, key):
+    def gone(ref):
+        try:
+            if _opt_round.get(key) is ref:
+                _opt_round.pop(key, None)
+        except Exception:  # at exit, with this module's globals cleared
+            pass
+    return weakref.ref(optimizer, gone)
+
+
+def _new_round(optimizer):
+    """True where an optimizer step begins a step: the first of each round.
+    A job that steps several optimizers per iteration (a GAN's two, one per
+    parameter group, or ZeroRedundancyOptimizer's and the one it wraps)
+    marks one step per iteration, where an optimizer already stepped steps
+    again; an optimizer made anew each iteration begins one (the last is
+    gone)."""
+    global _opt_round
+    key = id(optimizer)
+    try:
+        if _opt_round and key not in _opt_round:
+            _opt_round[key] = _round_ref(optimizer, key)
+            return False
+        _opt_round = {key: _round_ref(optimizer, key)}
+    except TypeError:  # no weak reference to it: each of its steps begins one
+        pass
+    return True
+
+
 def _on_optimizer_step(optimizer, args, kwargs):
     global _opt_thread
     lib = _load()
     if lib is not None:
-        lib.tbprof_step_from(b"pytorch")
+        if _new_round(optimizer):
+            lib.tbprof_step_from(b"pytorch")
         _opt_thread = threading.get_ident()
         _ops_follow(lib, script=False)
 
