@@ -636,6 +636,42 @@ class Python(PyBase):
         for n, ev, _ in prof.steps():
             self.assertGreater(ev.start_ns, began[n] - 200000, (n, ev.start_ns - began[n]))
 
+    def test_jax_step_num_device_array_is_not_waited_for(self):
+        # step_num=state.step: a jax.Array the device has not computed yet
+        # (dispatch runs ahead). JAX's annotation does not read it unless
+        # its own profiler runs; reading it here (int()) would wait for the
+        # device at every step. Counted on from the last number instead;
+        # one whose computation failed raises on reading: not into the loop
+        self.need_cli()
+        p, prof = self.run_hooked("""\
+            import jax
+
+            class Pending:  # a jax.Array not computed yet
+                def __init__(self, n, ready=False, fails=False):
+                    self.n, self.ready, self.fails = n, ready, fails
+
+                def is_ready(self):
+                    return self.ready
+
+                def __int__(self):
+                    if self.fails:
+                        raise RuntimeError("INTERNAL: the computation failed")
+                    if not self.ready:
+                        print("waited for the device", flush=True)
+                    return self.n
+
+                __index__ = __int__
+
+            for i in range(12):
+                num = 100 if i == 0 else Pending(100 + i, ready=i in (7, 9), fails=i == 9)
+                with jax.profiler.StepTraceAnnotation("train", step_num=num):
+                    work()
+            print("trained")
+            """, "103,105", FAKE_JAX)
+        self.assertIn("trained", p.stdout)
+        self.assertNotIn("waited for the device", p.stdout)
+        self.assertEqual([n for n, _, _ in prof.steps()], [103, 104, 105])
+
     def test_annotation_exit_ends_the_windows_last_step(self):
         # work outside the annotation (eval, logging) is not a step's: the
         # window's last step ends, and the capture with it, where its

@@ -462,8 +462,13 @@ def _annotation_step(source, kwargs):
         return -1
     num = kwargs.get("step_num")
     try:
+        # a device array not computed yet (jax's state.step: dispatch runs
+        # ahead) is not read: int() would wait for the device at each step.
+        # Unnumbered, the step follows the last one's number.
+        if num is not None and not isinstance(num, int) and not getattr(num, "is_ready", lambda: True)():
+            num = None
         num = int(num) if num is not None else None
-    except (TypeError, ValueError):
+    except Exception:  # not a number, or one whose computation failed: not into the loop
         num = None
     if num is None or not hasattr(lib, "tbprof_step_num_from"):
         return lib.tbprof_step_from(source)
