@@ -400,6 +400,23 @@ class Python(PyBase):
         self.assertExitedOk(p)
         self.assertIn("-1 -38 False", p.stdout)
 
+    def test_helper_with_a_library_that_is_not_tbprof_is_a_noop(self):
+        # TBPROF_LIB names a library without tbprof's functions (a typo, or
+        # an old libtbprof.so): one line, and the calls (and the optimizer
+        # hook, which calls the same) do nothing rather than raise
+        s = self.script("wrong.py", textwrap.dedent("""\
+            import os, _ctypes
+            os.environ["TBPROF_LIB"] = _ctypes.__file__  # loads, but is not tbprof
+            import tbprof
+            print(tbprof.step(), tbprof.start(), tbprof.available())
+            """))
+        e = self.pyenv(preload=False)
+        e["LD_LIBRARY_PATH"] = ""
+        p = tbtest.run([tbtest.PYTHON, s], env=e)
+        self.assertExitedOk(p)
+        self.assertIn("-1 -38 False", p.stdout)
+        self.assertEqual(len([l for l in p.stderr.splitlines() if l.startswith("tbprof: ")]), 1, p.stderr)
+
     def test_optimizer_hook_no_code_change_via_tbprof_run(self):
         self.need_cli()
         fake = self.fake_packages()

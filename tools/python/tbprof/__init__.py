@@ -74,12 +74,25 @@ def _load():
                 continue
             try:
                 lib = ctypes.CDLL(path)
-                break
             except OSError:
                 continue
+            if hasattr(lib, "tbprof_step"):
+                break
+            lib = None  # a library, but not tbprof's
     if lib is None:
         sys.stderr.write("tbprof: libtbprof.so not found (set TBPROF_LIB); tbprof calls do nothing\n")
         return None
+    try:
+        _declare(lib)
+    except AttributeError as e:  # a libtbprof.so too old for this helper
+        sys.stderr.write("tbprof: %s; tbprof calls do nothing\n" % e)
+        return None
+    _lib = lib
+    return lib
+
+
+def _declare(lib):
+    """ctypes prototypes of the functions used (AttributeError: one is missing)."""
     lib.tbprof_step.restype = ctypes.c_int64
     lib.tbprof_step.argtypes = []
     lib.tbprof_step_num.restype = ctypes.c_int64
@@ -105,8 +118,6 @@ def _load():
         lib.tbprof_expect_nvtx.argtypes = [ctypes.c_int]
     lib.tbprof_last_profile.restype = ctypes.c_char_p
     lib.tbprof_last_profile.argtypes = []
-    _lib = lib
-    return lib
 
 
 def available():
