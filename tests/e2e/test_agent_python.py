@@ -417,6 +417,41 @@ class Python(PyBase):
         self.assertIn("-1 -38 False", p.stdout)
         self.assertEqual(len([l for l in p.stderr.splitlines() if l.startswith("tbprof: ")]), 1, p.stderr)
 
+    def test_no_stderr_no_exception(self):
+        # a job started with its stderr closed (sys.stderr is None): the
+        # helper's one-line notes must not turn into exceptions -- here
+        # tbprof.step() without the library, and `import torch` of a torch
+        # without the optimizer hook (torch < 2.0) under the preload
+        old_torch = dict(FAKE_TORCH, **{"torch/optim/optimizer.py": textwrap.dedent("""\
+            class Optimizer:
+                def step(self):
+                    pass
+
+            class SGD(Optimizer):
+                pass
+            """)})
+        s = self.script("nostderr.py", textwrap.dedent("""\
+            import sys
+            assert sys.stderr is None
+            if sys.argv[1] == "torch":
+                import torch
+                torch.optim.SGD().step()
+            import tbprof
+            print("ok", tbprof.step(), tbprof.available())
+            """))
+        for what in ("api", "torch"):
+            with self.subTest(what=what):
+                # no socket: the agent's would take the free fd 2 (then stderr)
+                e = self.pyenv(preload=what == "torch", socket="off")
+                if what == "api":
+                    e["TBPROF_LIB"] = "/nonexistent/libtbprof.so"
+                    e["LD_LIBRARY_PATH"] = ""
+                else:
+                    e["PYTHONPATH"] = self.fake_packages(old_torch)  # the agent puts the helper before it
+                p = tbtest.run(["/bin/sh", "-c", 'exec "$@" 2>&-', "sh", tbtest.PYTHON, s, what], env=e)
+                self.assertEqual(p.returncode, 0, p.stdout)
+                self.assertIn("ok -1 False" if what == "api" else "ok 0 True", p.stdout)
+
     def test_optimizer_hook_no_code_change_via_tbprof_run(self):
         self.need_cli()
         fake = self.fake_packages()

@@ -19,6 +19,14 @@ import os
 import sys
 
 
+def _say(line):
+    """A line on stderr; never raises (a job may run with stderr closed: None)."""
+    try:
+        sys.stderr.write(line)
+    except Exception:
+        pass
+
+
 def _helper_copy(folder):
     folder = folder or "."
     return (os.path.isfile(os.path.join(folder, "sitecustomize.py"))
@@ -42,7 +50,7 @@ def _chain():
         mod = make(spec)
         spec.loader.exec_module(mod)
     except Exception as e:
-        sys.stderr.write("tbprof: the shadowed sitecustomize failed: %r\n" % (e,))
+        _say("tbprof: the shadowed sitecustomize failed: %r\n" % (e,))
 
 
 def _on(name, default="off"):
@@ -93,7 +101,7 @@ class _HookFinder:
                 import tbprof
                 getattr(tbprof, install)()
             except Exception as e:
-                sys.stderr.write("tbprof: %s not run: %r\n" % (install, e))
+                _say("tbprof: %s not run: %r\n" % (install, e))
 
         try:
             loader.exec_module = exec_and_hook
@@ -116,7 +124,7 @@ def _setup():
         _hook("torch", "install_torch_hook")
     elif (_on("TBPROF_TORCH_OPS") or os.environ.get("TBPROF_TORCH_OPS", "").strip().lower() == "shapes") \
             and _agent_loaded():
-        sys.stderr.write("tbprof: TBPROF_TORCH_OPS is on but the PyTorch hook is off "
+        _say("tbprof: TBPROF_TORCH_OPS is on but the PyTorch hook is off "
                          "(TBPROF_PYTORCH_HOOK=on, or `tbprof run`): no torch op ranges\n")
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():
         _hook("jax.profiler", "install_jax_hook")
@@ -128,4 +136,4 @@ _chain()
 try:
     _setup()
 except Exception as e:  # never break the program
-    sys.stderr.write("tbprof: sitecustomize: %r\n" % (e,))
+    _say("tbprof: sitecustomize: %r\n" % (e,))

@@ -46,6 +46,14 @@ _lib = None
 _tried = False
 
 
+def _say(line):
+    """A line on stderr; never raises (a job may run with stderr closed: None)."""
+    try:
+        sys.stderr.write(line)
+    except Exception:
+        pass
+
+
 def _candidates():
     env = os.environ.get("TBPROF_LIB")
     if env:
@@ -80,12 +88,12 @@ def _load():
                 break
             lib = None  # a library, but not tbprof's
     if lib is None:
-        sys.stderr.write("tbprof: libtbprof.so not found (set TBPROF_LIB); tbprof calls do nothing\n")
+        _say("tbprof: libtbprof.so not found (set TBPROF_LIB); tbprof calls do nothing\n")
         return None
     try:
         _declare(lib)
     except AttributeError as e:  # a libtbprof.so too old for this helper
-        sys.stderr.write("tbprof: %s; tbprof calls do nothing\n" % e)
+        _say("tbprof: %s; tbprof calls do nothing\n" % e)
         return None
     _lib = lib
     return lib
@@ -320,7 +328,7 @@ def _ops_mode(torch_ops):
 def _ops_off_for_good(why):
     global _ops_done
     _ops_done = True
-    sys.stderr.write("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: %s\n" % why)
+    _say("tbprof: TBPROF_TORCH_OPS: torch op ranges off for this process: %s\n" % why)
 
 
 def _guard_torch_profilers(mod):
@@ -457,7 +465,7 @@ def install_torch_hook(torch_ops=None):
     try:
         from torch.optim.optimizer import register_optimizer_step_post_hook
     except Exception as e:  # old torch, or no torch
-        sys.stderr.write("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
+        _say("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
         _torch_ops_on = 0  # and no op ranges: said once here, not again at each step()
         return False
     _hook_handle = register_optimizer_step_post_hook(_on_optimizer_step)
@@ -500,7 +508,7 @@ def _hook_annotation(module, name, source, is_step):
         mod = sys.modules.get(module) or importlib.import_module(module)
         cls = getattr(mod, name)
     except Exception as e:  # no such framework, or one without the annotation
-        sys.stderr.write("tbprof: no %s (%s); its steps are not counted\n" % (what, e))
+        _say("tbprof: no %s (%s); its steps are not counted\n" % (what, e))
         return False
     if getattr(cls, "_tbprof_hooked", False):
         return True
@@ -527,7 +535,7 @@ def _hook_annotation(module, name, source, is_step):
         cls.__exit__ = __exit__
         cls._tbprof_hooked = True
     except Exception as e:  # a class that cannot be patched
-        sys.stderr.write("tbprof: %s not hooked (%r); its steps are not counted\n" % (what, e))
+        _say("tbprof: %s not hooked (%r); its steps are not counted\n" % (what, e))
         return False
     return True
 
