@@ -58,7 +58,9 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 prof._nvtx.tbtest_nvtx_pop()
         """),
     "torch/autograd/__init__.py": "from . import profiler\n",
-    "torch/cuda.py": "started = False\n\n\ndef is_initialized():\n    return started\n",
+    "torch/cuda.py": "started = False\ncapturing = False  # a CUDA graph capture on this stream\n\n\n"
+                     "def is_initialized():\n    return started\n\n\n"
+                     "def is_current_stream_capturing():\n    return capturing\n",
     "torch/autograd/profiler.py": textwrap.dedent("""\
         import ctypes, os, threading
         _nvtx = ctypes.CDLL(os.environ["TBTEST_NVTX_OPS"])
@@ -71,6 +73,12 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
             for i in range(3000):
                 s += i
             return s
+
+        def _sync():  # torch.cuda.synchronize(): in a graph capture, it breaks the capture
+            import torch
+            if torch.cuda.capturing:
+                print("synchronized in a graph capture", flush=True)
+                raise RuntimeError("operation not permitted when stream is capturing")
 
         def _enable_profiler(who):
             if threading.get_ident() in _held:
@@ -87,6 +95,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
 
             def __enter__(self):
                 global _on, _shapes
+                _sync()
                 print("emit_nvtx on" + (" with shapes" if self.record_shapes else ""), flush=True)
                 _enable_profiler("nvtx")
                 _on, _shapes = True, self.record_shapes
@@ -97,6 +106,7 @@ FAKE_TORCH_OPS = dict(FAKE_TORCH, **{
                 global _on
                 if threading.get_ident() != self.thread:  # torch's state is the thread's
                     raise RuntimeError("the profiler is not enabled on this thread")
+                _sync()
                 _on = False
                 _disable_profiler()
                 print("emit_nvtx off", flush=True)
@@ -826,15 +836,18 @@ def have_nvtx_ops():
 
 
 # TBTEST_CUDA_FROM=N: CUDA starts at iteration N (the job's first GPU
-# work); TBTEST_PROF=A,B: the script's own profiler on from iteration A to B
+# work); TBTEST_PROF=A,B: the script's own profiler on from iteration A to B;
+# TBTEST_GRAPHS=A,B: iterations A and B captured into a CUDA graph
 TORCH_OPS_LOOP = """\
     import os, torch
     opt = torch.optim.SGD()
     cuda_from = int(os.environ.get("TBTEST_CUDA_FROM", "0"))
     prof_on, prof_off = map(int, os.environ.get("TBTEST_PROF", "-1,-1").split(","))
+    graphs = [int(x) for x in os.environ.get("TBTEST_GRAPHS", "").split(",") if x]
     for i in range(10):
         print("iter", i, flush=True)
         torch.cuda.started = i >= cuda_from
+        torch.cuda.capturing = i in graphs
         if i == prof_on:
             prof = torch.autograd.profiler.profile()
             prof.__enter__()
@@ -989,6 +1002,20 @@ class TorchOps(PyBase):
         want.insert(9, "emit_nvtx off")
         self.assertEqual(self.lines(p), want, p.stderr)
         self.assertEqual(sorted(e.stats["torch_seq"] for e in prof.host.events("aten::mm")), [14])
+
+    def test_not_during_a_cuda_graph_capture(self):
+        # an iteration captured whole into a CUDA graph (torch.cuda.graph:
+        # forward, backward, optimizer.step()) runs the hook while the
+        # stream captures: emit_nvtx's synchronize there would break the
+        # job's capture. On (and off) at the first step after one instead
+        self.need_cli()
+        p, prof = self.run_ops(TBTEST_GRAPHS="3,7")
+        self.assertNotIn("synchronized in a graph capture", p.stdout)
+        want = ["iter %d" % i for i in range(10)]
+        want.insert(5, "emit_nvtx on")
+        want.insert(10, "emit_nvtx off")
+        self.assertEqual(self.lines(p), want, p.stderr)
+        self.assertNotIn("TBPROF_TORCH_OPS", p.stderr)
 
     def test_never_in_a_job_without_cuda(self):
         self.need_cli()

@@ -357,6 +357,14 @@ def _guard_torch_profilers(mod):
     mod._enable_profiler = _enable_profiler
 
 
+def _graph_capturing(torch):
+    """The stream is capturing a CUDA graph (a whole step in torch.cuda.graph):
+    emit_nvtx's synchronize, on or off, would break the job's capture (next
+    step then). CUDA must be started: the check would start it."""
+    f = getattr(torch.cuda, "is_current_stream_capturing", None)
+    return bool(f and f())
+
+
 def _torch_ops(lib):
     """TBPROF_TORCH_OPS: torch's NVTX op ranges on while a capture is (so
     tbprof records each op as a range, and names the CUDA calls and GPU
@@ -377,6 +385,8 @@ def _torch_ops(lib):
             import torch
             if not torch.cuda.is_initialized():
                 return  # no CUDA yet: emit_nvtx's sync would start it in a job that never asked (next step)
+            if _graph_capturing(torch):
+                return
             import torch.autograd.profiler as ap
             _guard_torch_profilers(ap)             # torch.profiler, emit_nvtx: torch >= 1.13
             _guard_torch_profilers(torch.autograd)  # older ones call it there
@@ -388,6 +398,9 @@ def _torch_ops(lib):
                 _ops_entering = False
             _ops_ctx, _ops_thread = ctx, threading.get_ident()
         else:
+            import torch
+            if _graph_capturing(torch):
+                return
             ctx, _ops_ctx = _ops_ctx, None
             ctx.__exit__(None, None, None)
     except Exception as e:  # another profiler on this thread, a torch without CUDA, ...
