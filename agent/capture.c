@@ -247,6 +247,7 @@ static void start_sources(void)
             n_on++;
     }
     tb_clock_calibrate();
+    unsigned held = tb_stdio_hold(); /* a job started with stderr closed keeps fd 2 free */
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
         x->started = 0;
@@ -279,6 +280,7 @@ static void start_sources(void)
         }
         x->started = 1;
     }
+    tb_stdio_release(held);
 }
 
 /* exit() during a capture: a CUDA runtime tears its contexts down from an
@@ -390,6 +392,12 @@ static int term_watchdog_start(void)
     int fd[2];
     if (pipe2(fd, O_CLOEXEC) < 0)
         return -errno;
+    if ((fd[0] = tb_fd_above_stdio(fd[0])) < 0 || (fd[1] = tb_fd_above_stdio(fd[1])) < 0) {
+        int e = errno;
+        if (fd[0] >= 0)
+            close(fd[0]);
+        return -e;
+    }
     /* the handler's end never blocks; the watchdog's does */
     fcntl(fd[1], F_SETFL, fcntl(fd[1], F_GETFL) | O_NONBLOCK);
     int rc = tb_agent_spawn(term_watchdog, (void *)(intptr_t)fd[0]);
@@ -1364,6 +1372,13 @@ static int make_pipe(int fd[2])
     if (pipe2(fd, O_CLOEXEC | O_NONBLOCK) < 0) {
         fd[0] = fd[1] = -1;
         return -errno;
+    }
+    if ((fd[0] = tb_fd_above_stdio(fd[0])) < 0 || (fd[1] = tb_fd_above_stdio(fd[1])) < 0) {
+        int e = errno;
+        if (fd[0] >= 0)
+            close(fd[0]);
+        fd[0] = fd[1] = -1;
+        return -e;
     }
     return 0;
 }

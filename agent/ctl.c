@@ -12,6 +12,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "util.h"
 
 unsigned long long tb_ctl_pidns(pid_t pid)
 {
@@ -63,7 +64,7 @@ static void target_ns(pid_t pid, unsigned long long *ns, pid_t *inner)
 
 int tb_ctl_listen(pid_t pid)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = tb_fd_above_stdio(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (fd < 0)
         return -errno;
     struct sockaddr_un a;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 #include "xspace.h"
 
 /* ---- CRC32C (Castagnoli, reflected polynomial 0x82F63B78) ------------------------ */
@@ -252,7 +253,7 @@ static int remake_dir(atomic_file *af, const char *dir)
 {
     if (mkdir(dir, 0777) < 0 && errno != EEXIST)
         return -errno;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int fd = tb_fd_above_stdio(open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (fd < 0)
         return -errno;
     if (af->dfd >= 0)
@@ -271,7 +272,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     struct rlimit rl;
     if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && len > rl.rlim_cur)
         return -EFBIG;
-    af->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    af->dfd = tb_fd_above_stdio(open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (af->dfd < 0 && !(errno == ENOENT && af->remake && remake_dir(af, dir) == 0))
         return -errno;
     int r = keeps_free(af->dfd, len, af->min_free);
@@ -285,7 +286,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     /* 0666: open() applies the process umask. Linking it in later goes
      * through /proc/self/fd (linkat AT_EMPTY_PATH needs a capability), so
      * only when that path works. */
-    af->fd = openat(af->dfd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0666); /* read back by to_named */
+    af->fd = tb_fd_above_stdio(openat(af->dfd, ".", O_RDWR | O_TMPFILE | O_CLOEXEC, 0666)); /* read back by to_named */
     if (af->fd >= 0) {
         snprintf(af->proc, sizeof(af->proc), "/proc/self/fd/%d", af->fd);
         if (access(af->proc, F_OK) == 0) {
@@ -301,7 +302,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
     for (int tries = 0; tries < 100; tries++) {
         snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
         /* 0666: open() applies the process umask */
-        af->fd = openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        af->fd = tb_fd_above_stdio(openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
         if (af->fd >= 0 || errno != EEXIST)
             break;
     }
@@ -323,7 +324,7 @@ static int to_named(atomic_file *af)
     int fd = -1;
     for (int tries = 0; tries < 100 && fd < 0; tries++) {
         snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-c%u.tmp", (int)getpid(), counter++);
-        fd = openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        fd = tb_fd_above_stdio(openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
         if (fd < 0 && errno != EEXIST)
             break;
     }

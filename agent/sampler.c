@@ -24,6 +24,7 @@
 #include "stats.h"
 #include "symbols.h"
 #include "unwind.h"
+#include "util.h"
 
 #define DEFAULT_BUDGET (64u << 20)
 #define MAX_THREADS 4096
@@ -253,7 +254,7 @@ static int read_paranoid(void);
 
 static long perf_open(struct perf_event_attr *a, int tid)
 {
-    return syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+    return tb_fd_above_stdio((int)syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
 }
 
 static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_len)

@@ -2,11 +2,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int tb_grow(void **arr, size_t *cap, size_t need, size_t elem)
 {
@@ -28,6 +30,40 @@ int tb_grow(void **arr, size_t *cap, size_t need, size_t elem)
     *arr = p;
     *cap = ncap;
     return 0;
+}
+
+int tb_fd_above_stdio(int fd)
+{
+    if (fd < 0 || fd > 2)
+        return fd;
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return high;
+}
+
+unsigned tb_stdio_hold(void)
+{
+    unsigned held = 0;
+    for (int k = 0; k < 3; k++) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* the lowest free fd */
+        if (fd < 0)
+            break;
+        if (fd > 2) { /* 0, 1 and 2 all taken (the usual case) */
+            close(fd);
+            break;
+        }
+        held |= 1u << fd;
+    }
+    return held;
+}
+
+void tb_stdio_release(unsigned held)
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (held & (1u << fd))
+            close(fd);
 }
 
 void tb_cond_init_monotonic(pthread_cond_t *cv)

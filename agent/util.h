@@ -27,4 +27,17 @@ int tb_env_path_add(const char *var, const char *add, int front, const char *sep
 #include <pthread.h>
 void tb_cond_init_monotonic(pthread_cond_t *cv);
 
+/* fd itself, or where it is 0, 1 or 2 (a job started with stdin, stdout or
+ * stderr closed) a close-on-exec copy at 3 or above, the original closed:
+ * the job's own writes to "stderr" must not land in our socket, pipe or
+ * profile. -1 (errno set, fd closed) when no copy can be made; fd < 0 is
+ * returned as it is. */
+int tb_fd_above_stdio(int fd);
+
+/* For the libraries we start that open fds they keep (libunwind's pipe,
+ * CUPTI's): the free ones of fds 0, 1, 2 taken by /dev/null meanwhile, so
+ * that theirs land above; a mask of those held, for tb_stdio_release. */
+unsigned tb_stdio_hold(void);
+void tb_stdio_release(unsigned held);
+
 #endif

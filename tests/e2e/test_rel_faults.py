@@ -118,6 +118,31 @@ class Faults(tbtest.TestCase):
         self.assertEqual(tbtest.load(files[0]).host.stats["tbprof_trigger"], "api tbprof_start(duration)")
         self.assertNotIn("not finished", p.stderr)
 
+    def test_job_started_with_stderr_closed(self):
+        # a job started with fd 2 closed (a daemon, `2>&-`): the agent's
+        # socket, pipes, perf events and profile files never take fd 2, or
+        # the job's own writes to stderr would go into them (the control
+        # socket did: the first fd free at start-up; libunwind's pipe, made
+        # at the first capture, did too)
+        e = relutil.env(self.logdir, socket="on", cpu="on", delay="0.2", duration="0.4")
+        p = subprocess.Popen([RELJOB, "-r", "-n", "100", "-m", "10"], env=e, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(2))
+        seen = set()
+        tbtest.read_until(p, "ready")
+        while p.poll() is None:
+            try:
+                seen.add(os.readlink("/proc/%d/fd/2" % p.pid))
+            except OSError:
+                pass
+            time.sleep(0.005)
+        p.communicate(timeout=T)
+        self.assertEqual(p.returncode, 0)
+        # /dev/null: held while a capture's sources start, so that what they
+        # open and keep (libunwind's pipe, CUPTI's) lands above 2; a write
+        # to stderr then is as lost as with fd 2 closed
+        self.assertEqual(seen - {"/dev/null"}, set(), "fd 2 of the job was ours: %s" % sorted(seen))
+        self.assertEqual(len(self.check_complete(self.logdir)), 1)
+
     def test_sigterm_while_writing_is_bounded(self):
         # SIGTERM while the agent thread writes the profile of a window that
         # has ended (each write() under the run folder takes 15 s, through a
