@@ -806,6 +806,11 @@ static void cpu_thread_created(void *ctx, int tid)
     atomic_store(&c->rescan_hint, 1);
 }
 
+/* A fork child's copies of the parent's capture buffers, still reachable
+ * (volatile: stores the compiler keeps) so that LSan reports no leak in a
+ * child that exits. */
+static void *volatile child_left[8];
+
 static void cpu_atfork_child(void *ctx)
 {
     cpu_ctx *c = ctx;
@@ -821,10 +826,13 @@ static void cpu_atfork_child(void *ctx)
         if (v > 0)
             close(v - 1);
     }
-    static cpu_ctx left; /* still reachable: no leak report in a child that exits */
-    left = *c;
+    void *p[8] = {c->threads, c->samples, c->frames, c->stacks, c->ht, c->scratch, c->unw, c->sym};
+    for (int i = 0; i < 8; i++)
+        child_left[i] = p[i];
+    char why[sizeof(c->why)];
+    memcpy(why, c->why, sizeof(why));
     memset(c, 0, sizeof(*c));
-    memcpy(c->why, left.why, sizeof(c->why));
+    memcpy(c->why, why, sizeof(why));
     tb_pytramp_atfork_child();
 }
 

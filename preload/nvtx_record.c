@@ -310,7 +310,9 @@ static int src_collect(void *ctx, tb_space *s)
     return rc;
 }
 
-static void *child_left[2]; /* a fork child's copies of the parent's buffers */
+/* a fork child's copies of the parent's buffers, still reachable for LSan
+ * (volatile: stores the compiler keeps) */
+static void *volatile child_left[2];
 
 static void src_atfork_child(void *ctx)
 {
