@@ -65,10 +65,19 @@ def _candidates():
 
 
 def _load():
+    """The agent library, looked for once. _tried is set only once _lib is
+    (two threads' first calls may both look; the same library either way):
+    set first, a second thread's first call found _lib still None and its
+    step went uncounted."""
     global _lib, _tried
     if _tried:
         return _lib
+    _lib = _find()
     _tried = True
+    return _lib
+
+
+def _find():
     lib = None
     try:
         me = ctypes.CDLL(None)  # the process: finds the preloaded agent
@@ -95,7 +104,6 @@ def _load():
     except AttributeError as e:  # a libtbprof.so too old for this helper
         _say("tbprof: %s; tbprof calls do nothing\n" % e)
         return None
-    _lib = lib
     return lib
 
 
