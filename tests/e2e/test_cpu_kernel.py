@@ -84,10 +84,11 @@ class CpuKernel(tbtest.TestCase):
                                      100 * read_truth))
         self.assertGreater(sys_truth, 0.25, "the program spent too little time in the kernel to test")
         # getrusage's split of user and system time is itself sampled at
-        # the scheduler tick on most kernels (a few points of noise); the
+        # the scheduler tick on most kernels (on a loaded VM it said 38%
+        # system where read_zero alone took 52% of the thread's CPU); the
         # thread CPU clock around read_zero is exact, and its time is
-        # nearly all kernel
-        self.assertAlmostEqual(kernel / n, sys_truth, delta=0.12)
+        # nearly all kernel: the kernel samples are measured against that
+        self.assertAlmostEqual(kernel / n, read_truth, delta=0.12)
         self.assertAlmostEqual(read / n, read_truth, delta=0.07)
         self.assertGreater(kernel, read * 0.8)
         # "[kernel]" is a leaf on the user stack it ran for: under the
