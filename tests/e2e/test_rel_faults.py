@@ -139,8 +139,11 @@ class Faults(tbtest.TestCase):
         self.assertEqual(p.returncode, 0)
         # /dev/null: held while a capture's sources start, so that what they
         # open and keep (libunwind's pipe, CUPTI's) lands above 2; a write
-        # to stderr then is as lost as with fd 2 closed
-        self.assertEqual(seen - {"/dev/null"}, set(), "fd 2 of the job was ours: %s" % sorted(seen))
+        # to stderr then is as lost as with fd 2 closed. A /proc file or
+        # folder read at once (the sampler's thread scan) may pass through
+        # fd 2 for microseconds: not kept, and no write lands in it
+        kept = {x for x in seen if x != "/dev/null" and not x.startswith("/proc/")}
+        self.assertEqual(kept, set(), "fd 2 of the job was ours: %s" % sorted(seen))
         self.assertEqual(len(self.check_complete(self.logdir)), 1)
 
     def test_sigterm_while_writing_is_bounded(self):
