@@ -153,7 +153,7 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
      * ones cannot hold the agent thread 200 ms each */
     int64_t deadline = tb_mono_ns() + 200000000;
     for (int i = 0; i < 16; i++) {
-        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        int c = tb_fd_above_stdio(accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (c < 0)
             return; /* EAGAIN: nothing more pending */
         char line[TB_CTL_LINE], out[TB_CTL_LINE + 4096];
