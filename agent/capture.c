@@ -3,9 +3,9 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <locale.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <locale.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -383,24 +383,40 @@ static void *term_watchdog(void *arg)
     return NULL;
 }
 
+/* pipe2(fd, flags), both ends above fd 2. 0 or -errno (fd[] -1). */
+static int make_pipe(int fd[2], int flags)
+{
+    if (pipe2(fd, flags) < 0) {
+        fd[0] = fd[1] = -1;
+        return -errno;
+    }
+    fd[0] = tb_fd_above_stdio(fd[0]);
+    int e = errno;
+    fd[1] = tb_fd_above_stdio(fd[1]);
+    if (fd[0] < 0 || fd[1] < 0) {
+        if (fd[1] < 0)
+            e = errno;
+        for (int i = 0; i < 2; i++)
+            if (fd[i] >= 0)
+                close(fd[i]);
+        fd[0] = fd[1] = -1;
+        return -e;
+    }
+    return 0;
+}
+
 /* The watchdog and its pipe, once per process (again in a forked child).
  * 0 or -errno: without them no handler goes in. */
 static int term_watchdog_start(void)
 {
     if (term_fd_w >= 0)
         return 0;
-    int fd[2];
-    if (pipe2(fd, O_CLOEXEC) < 0)
-        return -errno;
-    if ((fd[0] = tb_fd_above_stdio(fd[0])) < 0 || (fd[1] = tb_fd_above_stdio(fd[1])) < 0) {
-        int e = errno;
-        if (fd[0] >= 0)
-            close(fd[0]);
-        return -e;
-    }
+    int fd[2], rc = make_pipe(fd, O_CLOEXEC);
+    if (rc < 0)
+        return rc;
     /* the handler's end never blocks; the watchdog's does */
     fcntl(fd[1], F_SETFL, fcntl(fd[1], F_GETFL) | O_NONBLOCK);
-    int rc = tb_agent_spawn(term_watchdog, (void *)(intptr_t)fd[0]);
+    rc = tb_agent_spawn(term_watchdog, (void *)(intptr_t)fd[0]);
     if (rc < 0) {
         close(fd[0]);
         close(fd[1]);
@@ -1367,22 +1383,6 @@ static void *agent_main(void *arg)
     return NULL;
 }
 
-static int make_pipe(int fd[2])
-{
-    if (pipe2(fd, O_CLOEXEC | O_NONBLOCK) < 0) {
-        fd[0] = fd[1] = -1;
-        return -errno;
-    }
-    if ((fd[0] = tb_fd_above_stdio(fd[0])) < 0 || (fd[1] = tb_fd_above_stdio(fd[1])) < 0) {
-        int e = errno;
-        if (fd[0] >= 0)
-            close(fd[0]);
-        fd[0] = fd[1] = -1;
-        return -e;
-    }
-    return 0;
-}
-
 /* A thread of the agent's own: detached, `stack` bytes of stack, every
  * signal blocked (they stay the job's), not counted as the job's by the
  * pthread_create hook (creating_own). 0 or -errno. */
@@ -1425,7 +1425,7 @@ static int ensure_thread(void)
         return 0;
     }
     int rc = 0;
-    if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd)) < 0)
+    if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd, O_CLOEXEC | O_NONBLOCK)) < 0)
         goto fail;
     sig_fd_w = g.wake_fd[1];
     /* unwinding and writing need some stack, not 8 MB */

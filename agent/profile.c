@@ -262,6 +262,22 @@ static int remake_dir(atomic_file *af, const char *dir)
     return 0;
 }
 
+/* A hidden temporary ".tbprof-<pid>-<n>.tmp" made in dfd (its name into
+ * tmp), never following or replacing anything: the fd, or -1 (errno). */
+static int open_named_tmp(int dfd, char tmp[NAME_MAX + 1])
+{
+    static _Atomic unsigned counter;
+    int fd = -1;
+    for (int tries = 0; tries < 100; tries++) {
+        snprintf(tmp, NAME_MAX + 1, ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
+        /* 0666: open() applies the process umask */
+        fd = tb_fd_above_stdio(openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+        if (fd >= 0 || errno != EEXIST)
+            break;
+    }
+    return fd;
+}
+
 /* Create the temporary file for `len` bytes (refused where the file system
  * would keep less than af->min_free, set by the caller; 0: no floor). */
 static int af_open(atomic_file *af, const char *dir, size_t len)
@@ -298,14 +314,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
         af->fd = -1;
     }
 #endif
-    static _Atomic unsigned counter;
-    for (int tries = 0; tries < 100; tries++) {
-        snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-%u.tmp", (int)getpid(), counter++);
-        /* 0666: open() applies the process umask */
-        af->fd = tb_fd_above_stdio(openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
-        if (af->fd >= 0 || errno != EEXIST)
-            break;
-    }
+    af->fd = open_named_tmp(af->dfd, af->tmp);
     if (af->fd < 0) {
         int e = errno;
         af_abort(af);
@@ -320,14 +329,7 @@ static int af_open(atomic_file *af, const char *dir, size_t len)
  * the named way. 0 or -errno (af left as it was on failure). */
 static int to_named(atomic_file *af)
 {
-    static _Atomic unsigned counter;
-    int fd = -1;
-    for (int tries = 0; tries < 100 && fd < 0; tries++) {
-        snprintf(af->tmp, sizeof(af->tmp), ".tbprof-%d-c%u.tmp", (int)getpid(), counter++);
-        fd = tb_fd_above_stdio(openat(af->dfd, af->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
-        if (fd < 0 && errno != EEXIST)
-            break;
-    }
+    int fd = open_named_tmp(af->dfd, af->tmp);
     if (fd < 0)
         return -errno;
     char buf[65536];

@@ -612,6 +612,15 @@ static int rescan(cpu_ctx *c, int *opened)
 
 /* ---- lifecycle ----------------------------------------------------------------------- */
 
+/* Everything of the capture zeroed but its last reason (c->why). */
+static void forget_capture(cpu_ctx *c)
+{
+    char why[sizeof(c->why)];
+    memcpy(why, c->why, sizeof(why));
+    memset(c, 0, sizeof(*c));
+    memcpy(c->why, why, sizeof(why));
+}
+
 static void free_capture(cpu_ctx *c)
 {
     for (size_t i = 0; i < c->nthreads; i++)
@@ -628,10 +637,7 @@ static void free_capture(cpu_ctx *c)
     free(c->scratch);
     tb_unwinder_free(c->unw);
     tb_symtab_free(c->sym);
-    char why[sizeof(c->why)];
-    memcpy(why, c->why, sizeof(why));
-    memset(c, 0, sizeof(*c));
-    memcpy(c->why, why, sizeof(why));
+    forget_capture(c);
 }
 
 static int refused(int err)
@@ -829,10 +835,7 @@ static void cpu_atfork_child(void *ctx)
     void *p[8] = {c->threads, c->samples, c->frames, c->stacks, c->ht, c->scratch, c->unw, c->sym};
     for (int i = 0; i < 8; i++)
         child_left[i] = p[i];
-    char why[sizeof(c->why)];
-    memcpy(why, c->why, sizeof(why));
-    memset(c, 0, sizeof(*c));
-    memcpy(c->why, why, sizeof(why));
+    forget_capture(c);
     tb_pytramp_atfork_child();
 }
 

@@ -183,14 +183,20 @@ static void quiesce(void)
         sched_yield();
 }
 
-static void release(void)
+/* The buffers dropped from R (not freed: release, or a fork child). */
+static void forget_buffers(void)
 {
-    free(R.recs);
-    free(R.names);
     R.recs = NULL;
     R.names = NULL;
     R.cap = R.name_cap = 0;
     R.started = 0;
+}
+
+static void release(void)
+{
+    free(R.recs);
+    free(R.names);
+    forget_buffers();
 }
 
 static void touch_pages(void *p, size_t n)
@@ -325,10 +331,7 @@ static void src_atfork_child(void *ctx)
      * replacing them when another thread forked (kept reachable for LSan) */
     child_left[0] = R.recs;
     child_left[1] = R.names;
-    R.recs = NULL;
-    R.names = NULL;
-    R.cap = R.name_cap = 0;
-    R.started = 0;
+    forget_buffers();
 }
 
 static tb_source src = {
