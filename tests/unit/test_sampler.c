@@ -483,18 +483,11 @@ static void test_leaves_free_fds(void)
         held[nheld++] = dup(0);
     int free_before = 64 - count_fds();
     tb_source *src = tb_cpu_source();
-    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
-    const char *why = NULL;
-    if (src->start(src->ctx, &info, &why) == 0) {
+    if (start_fp(src, "free fds") == 0) {
         int free_during = 64 - count_fds();
         CHECKF(free_during * 4 >= free_before * 3, "the job has %d descriptors free during the capture, %d before",
                free_during, free_before);
-        src->stop(src->ctx);
-        tb_space *space = tb_space_new();
-        CHECK_EQ_I(src->collect(src->ctx, space), 0);
-        tb_space_free(space);
-    } else {
-        printf("# skip free fds: %s\n", why ? why : "?");
+        CHECK_EQ_I(stop_and_collect(src), 0);
     }
     for (int i = 0; i < nheld; i++)
         close(held[i]);
@@ -512,12 +505,8 @@ static void test_emfile_midway(void)
     if (getrlimit(RLIMIT_NOFILE, &was) != 0)
         return;
     tb_source *src = tb_cpu_source();
-    tb_capture_info info = {.buffer_bytes = 8u << 20, .cpu_hz = 100, .cpu_mode = TB_CPU_FP};
-    const char *why = NULL;
-    if (src->start(src->ctx, &info, &why) < 0) {
-        printf("# skip emfile: %s\n", why ? why : "?");
+    if (start_fp(src, "emfile") < 0)
         return;
-    }
     src->poll(src->ctx);
     enum { NTH = 3 };
     atomic_int stop = 0;
@@ -566,10 +555,7 @@ static void test_no_fds_free(void)
     setrlimit(RLIMIT_NOFILE, &was);
     if (rc == 0) {
         CHECKF(0, "started with no descriptor to spare");
-        src->stop(src->ctx);
-        tb_space *space = tb_space_new();
-        src->collect(src->ctx, space);
-        tb_space_free(space);
+        stop_and_collect(src);
         return;
     }
     CHECKF(why && strstr(why, "no thread sampled") && strstr(why, "descriptors free"), "why: %s", why ? why : "(null)");
