@@ -1242,6 +1242,10 @@ static void machine(void)
         set_state(TB_STATE_WRITING);
         update_slow_from();
         pthread_mutex_unlock(&g.lock);
+        /* a job started with stderr closed: what the stop, the collect
+         * (ELF files, /proc) and the write open stays off fds 0-2 from the
+         * open on, not only once moved (the job's writes to 2 land nowhere) */
+        unsigned held = tb_stdio_hold();
         if (started)
             stop_sources();
         tb_space *sp = NULL;
@@ -1283,6 +1287,7 @@ static void machine(void)
         pthread_mutex_unlock(&g.lock);
         if (sp)
             write_space(sp, run, c.trigger);
+        tb_stdio_release(held);
         pthread_mutex_lock(&g.lock);
         g.writing = 0;
         pthread_cond_broadcast(&g.cond);
