@@ -13,7 +13,10 @@
  *   printed from integer ns ("123.456"), args = the event's stats.
  * - Flows "ac2g": "s" on a host event and "f" ("bp":"e") on the GPU event
  *   carrying the same correlation_id; only ids present on both sides, so
- *   every flow pairs up.
+ *   every flow pairs up. A flow ends at one event, so where several GPU
+ *   events share a launch's id (the kernels of a CUDA graph launch) the
+ *   k-th (k >= 1) gets id + k * 2^32 (CUPTI's ids are 32-bit; below 2^53,
+ *   which JavaScript viewers read exactly) and the launch one "s" for each.
  *
  * Names are escaped once per metadata entry (not per event); output goes
  * through a 64 KiB chunk buffer into a growing tb_buf, deflated on the way
@@ -321,6 +324,8 @@ static inline void put_st_name(jw *w, const names *nm, const tb_plane *p, uint32
 typedef struct u64set {
     uint64_t *keys;
     uint8_t *used;
+    uint32_t *count; /* events carrying the key (collect_corr) */
+    uint32_t *taken; /* of those, written so far (chrome_emit) */
     size_t mask, n;
 } u64set;
 
@@ -339,9 +344,11 @@ static int set_init(u64set *s, size_t n)
         cap *= 2;
     s->keys = calloc(cap, sizeof(uint64_t));
     s->used = calloc(cap, 1);
+    s->count = calloc(cap, sizeof(uint32_t));
+    s->taken = calloc(cap, sizeof(uint32_t));
     s->mask = cap - 1;
     s->n = 0;
-    return (s->keys && s->used) ? 0 : -ENOMEM;
+    return (s->keys && s->used && s->count && s->taken) ? 0 : -ENOMEM;
 }
 
 static void set_add(u64set *s, uint64_t k)
@@ -352,17 +359,43 @@ static void set_add(u64set *s, uint64_t k)
         s->keys[j] = k;
         s->n++;
     }
+    if (s->count[j] < UINT32_MAX)
+        s->count[j]++;
 }
 
-static int set_has(const u64set *s, uint64_t k)
+/* Events carrying k (0: none). */
+static uint32_t set_count(const u64set *s, uint64_t k)
 {
-    return s->used[set_slot(s, k)];
+    size_t j = set_slot(s, k);
+    return s->used[j] ? s->count[j] : 0;
+}
+
+/* The next of k's events to be written: 0 for the first. */
+static uint32_t set_take(u64set *s, uint64_t k)
+{
+    size_t j = set_slot(s, k);
+    return s->used[j] ? s->taken[j]++ : 0;
 }
 
 static void set_free(u64set *s)
 {
     free(s->keys);
     free(s->used);
+    free(s->count);
+    free(s->taken);
+}
+
+/* The flow id of the k-th GPU event carrying correlation id corr, or
+ * UINT64_MAX where it has none of its own (past 32-bit ids or 2^21 events:
+ * those share the launch's flow, which ends at the first). */
+#define FLOW_EXTRA_MAX (1u << 21)
+static uint64_t flow_id(uint64_t corr, uint32_t k)
+{
+    if (k == 0)
+        return corr;
+    if (corr >> 32 || k >= FLOW_EXTRA_MAX)
+        return UINT64_MAX;
+    return corr + ((uint64_t)k << 32);
 }
 
 #define GPU_PLANE_PREFIX "/device:GPU:"
@@ -797,7 +830,6 @@ static int chrome_emit(tb_space *s, jw *w)
             w->err = -ENOMEM;
             break;
         }
-        const u64set *other = gpu ? &host_corr : &gpu_corr;
         uint32_t cm = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
         uint32_t am = gpu ? 0 : tb_plane_find_stat_meta(p, TB_ST_ALLOCATOR_NAME),
                  bm = am ? tb_plane_find_stat_meta(p, TB_ST_BYTES_ALLOCATED) : 0;
@@ -885,8 +917,15 @@ static int chrome_emit(tb_space *s, jw *w)
                     PUTS(w, "}");
                 }
                 PUTS(w, "}");
-                if (has_corr && set_has(other, corr))
-                    put_flow(w, !gpu, corr, pids[i], tid, ev->start_ns);
+                if (has_corr && gpu) {
+                    uint64_t id = flow_id(corr, set_take(&gpu_corr, corr));
+                    if (set_count(&host_corr, corr) && id != UINT64_MAX)
+                        put_flow(w, 0, id, pids[i], tid, ev->start_ns);
+                } else if (has_corr && set_count(&host_corr, corr)) {
+                    uint32_t n = set_count(&gpu_corr, corr); /* one flow to each */
+                    for (uint32_t k = 0; k < n && flow_id(corr, k) != UINT64_MAX; k++)
+                        put_flow(w, 1, flow_id(corr, k), pids[i], tid, ev->start_ns);
+                }
                 if (alloc && total)
                     put_counter(w, &nm, p, alloc, total, pids[i], ev->start_ns);
             }

@@ -336,6 +336,47 @@ static int fail_at_once(void *ctx, const void *d, size_t n)
     return -ENOSPC;
 }
 
+/* A CUDA graph launch: one host call, its kernels on the GPU all carrying the
+ * call's correlation id. A flow ends at one event, so each kernel needs a
+ * flow of its own for a viewer to draw an arrow to every kernel, not only to
+ * the first. */
+static void test_graph_launch_flows(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_plane_stat_i64(h, "pid", 77);
+    tb_line *hl = tb_plane_line(h, 1, "main");
+    int64_t launch = tb_plane_event_meta(h, "cudaGraphLaunch");
+    int64_t hc = tb_plane_stat_meta(h, "correlation_id");
+    tb_line_add(hl, launch, 1000, 100);
+    tb_line_stat_u64(hl, hc, 50);
+    tb_line_add(hl, tb_plane_event_meta(h, "cudaLaunchKernel"), 2000, 100);
+    tb_line_stat_u64(hl, hc, 51);
+    tb_plane *g = tb_space_plane(s, "/device:GPU:0");
+    int64_t k = tb_plane_event_meta(g, "k"), gc = tb_plane_stat_meta(g, "correlation_id");
+    tb_line *st[2] = {tb_plane_line(g, 7, "Stream #7"), tb_plane_line(g, 8, "Stream #8")};
+    for (int i = 0; i < 4; i++) { /* the graph's 4 kernels, on two streams */
+        tb_line_add(st[i % 2], k, 1500 + 100 * i, 50);
+        tb_line_stat_u64(st[i % 2], gc, 50);
+    }
+    tb_line_add(st[0], k, 2500, 50); /* an ordinary launch */
+    tb_line_stat_u64(st[0], gc, 51);
+    char *j = json_of(s);
+    CHECK_EQ_I(count(j, "\"ph\":\"s\""), 5);
+    CHECK_EQ_I(count(j, "\"ph\":\"f\",\"bp\":\"e\""), 5);
+    /* every id once as a start on the launch and once as an end */
+    const uint64_t ids[] = {50, 50 + (1ull << 32), 50 + (2ull << 32), 50 + (3ull << 32), 51};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        char needle[64];
+        snprintf(needle, sizeof(needle), "\"id\":%llu,\"pid\":77,\"tid\":1,", (unsigned long long)ids[i]);
+        CHECK_EQ_I(count(j, needle), 1);
+        snprintf(needle, sizeof(needle), "\"id\":%llu,\"pid\":0,", (unsigned long long)ids[i]);
+        CHECK_EQ_I(count(j, needle), 1);
+    }
+    free(j);
+    tb_space_free(s);
+}
+
 /* The flow pairing's id sets are for the events that carry a correlation
  * id, not for every event of the planes: a CPU-heavy profile (2M sampled
  * spans, 100k launches) wrote its trace.json.gz with a 2^23-slot table,
@@ -389,6 +430,7 @@ int main(void)
     test_stream();
     test_escaping_and_units();
     test_flows_and_pids();
+    test_graph_launch_flows();
     test_large();
     return tap_done();
 }
