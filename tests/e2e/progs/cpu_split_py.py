@@ -32,12 +32,15 @@ def burn_b(n):
 
 
 def work(seconds, spent=None):
-    """Rounds of burn_a then burn_b for `seconds`; spent: [ns in burn_a, ns
-    in burn_b] of this thread's CPU time, added to."""
-    end = time.monotonic() + seconds
+    """Rounds of burn_a then burn_b for `seconds` of this thread's CPU time
+    (as many samples on a loaded machine as on an idle one; at most 20x that
+    of wall time); spent: [ns in burn_a, ns in burn_b] of this thread's CPU
+    time, added to."""
+    end = time.monotonic() + 20 * seconds
     rounds = 0
     cpu = time.thread_time_ns
-    while time.monotonic() < end:
+    cpu_end = cpu() + int(seconds * 1e9)
+    while cpu() < cpu_end and time.monotonic() < end:
         t0 = cpu()
         burn_a(6 * UNIT)
         t1 = cpu()

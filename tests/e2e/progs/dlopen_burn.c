@@ -7,8 +7,8 @@
  *
  * Starts a capture through the tbprof C API (no-op without the preload),
  * waits 100 ms, dlopen()s LIBRARY (tests/e2e/progs/dlburn/dlburn.c) and
- * calls its lib_burn() from caller_in_main() for MS ms (default 1000),
- * then stops the capture.
+ * calls its lib_burn() from caller_in_main() for MS ms of CPU time
+ * (default 1000), then stops the capture.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -18,17 +18,20 @@
 
 #include "tbapi.h"
 
-static int64_t now_ns(void)
+static int64_t now_ns(clockid_t c)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(c, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* ms of this thread's CPU time (as many samples on a loaded machine as on
+ * an idle one), at most 20x that of wall time */
 __attribute__((noinline, noipa)) void caller_in_main(void (*burn)(long), int ms)
 {
-    int64_t until = now_ns() + (int64_t)ms * 1000000;
-    while (now_ns() < until)
+    int64_t cpu_until = now_ns(CLOCK_THREAD_CPUTIME_ID) + (int64_t)ms * 1000000;
+    int64_t until = now_ns(CLOCK_MONOTONIC) + (int64_t)ms * 20000000;
+    while (now_ns(CLOCK_THREAD_CPUTIME_ID) < cpu_until && now_ns(CLOCK_MONOTONIC) < until)
         burn(2000000);
 }
 
