@@ -117,6 +117,8 @@ typedef struct cpu_ctx {
     int64_t rescan_ns;
     int64_t last_objects; /* when the list of loaded objects was last checked */
     int64_t begin_mono; /* capture start: no span starts before it */
+    int64_t poll_work_ns; /* most time one poll spends draining */
+    size_t drain_from;    /* the thread a poll drains first: after the one the last poll cut short */
     atomic_int rescan_hint;
 
     cpu_sample *samples;
@@ -686,6 +688,8 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (c->hz > 100000)
         c->hz = 100000;
     c->period_ns = 1000000000ull / c->hz;
+    c->poll_work_ns = info->poll_work_ns > 0 ? info->poll_work_ns : POLL_WORK_NS;
+    c->drain_from = 0;
     c->rescan_ns = (info->threads_hooked ? RESCAN_HOOKED_MS : TB_CPU_POLL_MS) * 1000000LL;
     c->budget = info->buffer_bytes ? info->buffer_bytes : DEFAULT_BUDGET;
     c->page = (size_t)sysconf(_SC_PAGESIZE);
@@ -776,10 +780,19 @@ static void cpu_poll(void *ctx)
         if (tb_symtab_stale(c->sym) && tb_symtab_refresh(c->sym))
             tb_unwinder_flush(c->unw);
     }
-    int64_t deadline = now + POLL_WORK_NS;
-    for (size_t i = 0; i < c->nthreads; i++)
-        if (c->threads[i].fd >= 0 && drain(c, &c->threads[i], deadline))
+    /* more samples than a poll's time drains (many busy threads, a high
+     * rate): the next poll starts after the thread this one stopped in, so
+     * every thread's ring is drained in turn and the samples lost to full
+     * rings are spread evenly, not all taken from the threads last in line */
+    int64_t deadline = now + c->poll_work_ns;
+    size_t n = c->nthreads, from = n ? c->drain_from % n : 0;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = (from + k) % n;
+        if (c->threads[i].fd >= 0 && drain(c, &c->threads[i], deadline)) {
+            c->drain_from = i + 1;
             break;
+        }
+    }
 }
 
 static void cpu_stop(void *ctx)

@@ -30,6 +30,7 @@ typedef struct tb_capture_info {
     int nvtx_expected;     /* NVTX calls will come even if none came yet (TBPROF_TORCH_OPS, tbprof_expect_nvtx) */
     int threads_hooked;    /* thread_created() hears of the job's new threads (pthread_create) */
     int py_trampoline;     /* CPython's perf trampoline on for the capture (TBPROF_PY_TRAMPOLINE) */
+    int64_t poll_work_ns;  /* most time one CPU poll spends draining; 0: the default (tests set it) */
 } tb_capture_info;
 
 typedef struct tb_source {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -561,6 +562,74 @@ static void test_no_fds_free(void)
     CHECKF(why && strstr(why, "no thread sampled") && strstr(why, "descriptors free"), "why: %s", why ? why : "(null)");
 }
 
+/* More samples than a poll drains (a short poll budget standing in for many
+ * busy threads at a high rate): each poll drains in turn from the thread
+ * after the one the last poll stopped in, so the samples lost to full rings
+ * are spread over the threads. Always from the first thread, the last in
+ * line were drained only at stop and kept only what their rings held. */
+static void *tid_worker(void *arg)
+{
+    *(volatile pid_t *)arg = (pid_t)syscall(SYS_gettid);
+    return worker(NULL);
+}
+
+static void test_drain_takes_turns(void)
+{
+    enum { NW = 4 };
+    atomic_store(&stop_flag, 0);
+    pthread_t th[NW];
+    volatile pid_t tids[NW] = {0};
+    for (int i = 0; i < NW; i++)
+        pthread_create(&th[i], NULL, tid_worker, (void *)&tids[i]);
+    sleep_ms(50);
+    tb_source *src = tb_cpu_source();
+    tb_clock_calibrate();
+    /* 1 MiB: 64 KiB rings (several hundred samples each); poll_work_ns 1:
+     * a poll stops after its first 32 records once one ring has that many */
+    tb_capture_info info = {.begin_ns = tb_real_ns(), .buffer_bytes = 1u << 20, .cpu_hz = 4000,
+                            .cpu_mode = TB_CPU_FP, .poll_work_ns = 1};
+    const char *why = NULL;
+    int rc = src->start(src->ctx, &info, &why);
+    if (rc == 0) {
+        /* 4 kHz, 100 ms between polls: far more than 32 samples of a busy
+         * worker per poll, and more than a ring holds in the 2 s, even where
+         * 4 workers share 2 busy cores */
+        for (int ms = 0; ms < 2000; ms += 100) {
+            sleep_ms(100);
+            src->poll(src->ctx);
+        }
+        src->stop(src->ctx);
+    }
+    atomic_store(&stop_flag, 1);
+    for (int i = 0; i < NW; i++)
+        pthread_join(th[i], NULL);
+    if (rc < 0) {
+        printf("# skip drain turns: %s\n", why ? why : "?");
+        return;
+    }
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_space_sort(space);
+    tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+    uint64_t got[NW] = {0}, lo = UINT64_MAX, hi = 0;
+    for (size_t i = 0; p && i < p->nlines; i++) {
+        tally t = {0};
+        walk_line(p, p->lines[i], INT64_MIN, INT64_MAX, &t);
+        for (int w = 0; w < NW; w++)
+            if (p->lines[i]->id == (int64_t)tids[w])
+                got[w] = t.self_total;
+    }
+    for (int w = 0; w < NW; w++) {
+        lo = got[w] < lo ? got[w] : lo;
+        hi = got[w] > hi ? got[w] : hi;
+    }
+    printf("# drain turns: worker samples %llu %llu %llu %llu\n", (unsigned long long)got[0],
+           (unsigned long long)got[1], (unsigned long long)got[2], (unsigned long long)got[3]);
+    CHECKF(hi > 0 && lo * 10 >= hi * 7, "workers' samples %llu..%llu: not drained in turn", (unsigned long long)lo,
+           (unsigned long long)hi);
+    tb_space_free(space);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -575,5 +644,6 @@ int main(void)
     test_leaves_free_fds();
     test_emfile_midway();
     test_no_fds_free();
+    test_drain_takes_turns();
     return tap_done();
 }
