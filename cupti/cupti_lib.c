@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <link.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -161,7 +163,23 @@ static void *search(char *path, size_t path_n)
     for (size_t i = 0; i < sizeof(sonames) / sizeof(sonames[0]); i++) {
         h = dlopen(sonames[i], RTLD_NOW | RTLD_NOLOAD);
         if (h) {
-            snprintf(path, path_n, "already loaded: %s", sonames[i]);
+            /* the file itself, so the profile and the log say which */
+            struct link_map *lm = NULL;
+            const char *file = dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name && lm->l_name[0]
+                                   ? lm->l_name
+                                   : sonames[i];
+            snprintf(path, path_n, "already loaded: %s", file);
+            /* a TBPROF_CUPTI_PATH set (say, to a fixed CUPTI the advice
+             * names) cannot take effect: said, not silently dropped */
+            const char *cfg = tb_cupti_config_path();
+            char rc[PATH_MAX], rf[PATH_MAX];
+            int same = cfg && realpath(cfg, rc) && realpath(file, rf) && strncmp(rf, rc, strlen(rc)) == 0 &&
+                       (rf[strlen(rc)] == '\0' || rf[strlen(rc)] == '/'); /* that file, or in that folder */
+            if (cfg && !same)
+                tb_warn("GPU tracing: TBPROF_CUPTI_PATH=%s not used: the job already loaded libcupti (%s), and "
+                        "a second copy in one process is unsafe; to change CUPTI, change the job's own "
+                        "(its CUDA's nvidia-cuda-cupti package, or its LD_LIBRARY_PATH)",
+                        cfg, file);
             return h;
         }
     }

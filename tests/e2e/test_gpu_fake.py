@@ -1144,6 +1144,31 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
             os.path.join(lib, "libcupti.so.13") + " "), prof.host.stats)
         self.check_profile(prof)
 
+    def test_cupti_path_when_the_job_loaded_its_own(self):
+        # the job has a libcupti of its own loaded (PyTorch preloads its
+        # wheel's): that copy is used, never a second one; a TBPROF_CUPTI_PATH
+        # set too (as the advice for a broken CUPTI says) cannot take effect,
+        # and one warning says so, naming both files; the profile names the
+        # file used, not just its soname
+        lib = os.path.join(self.tmp, "site-packages", "nvidia", "cu13", "lib")
+        os.makedirs(lib)
+        own = os.path.join(lib, "libcupti.so.13")
+        shutil.copy(FAKE, own)
+        p = self.run_steps(["-n", "8", "-m", "5", "-r"], steps="2,4", shim=own)
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.assertTrue(prof.host.stats.get("tbprof_cupti_library", "").startswith("already loaded: " + own + " "),
+                        prof.host.stats.get("tbprof_cupti_library"))
+        said = [l for l in tbtest.tbprof_warnings(p.stderr) if "TBPROF_CUPTI_PATH" in l]
+        self.assertEqual(len(said), 1, p.stderr)
+        self.assertIn("TBPROF_CUPTI_PATH=%s not used" % FAKE, said[0])
+        self.assertIn(own, said[0])
+        self.check_profile(prof)
+        # TBPROF_CUPTI_PATH naming that very copy (or its folder): nothing to say
+        for path in (own, lib):
+            shutil.rmtree(self.logdir, ignore_errors=True)
+            p = self.run_steps(["-n", "8", "-m", "5", "-r"], steps="2,4", shim=own, cupti_path=path)
+            self.assertEqual([l for l in tbtest.tbprof_warnings(p.stderr) if "TBPROF_CUPTI_PATH" in l], [], p.stderr)
+
     def test_buffers_taken_by_another_client(self):
         # another CUPTI client registered its buffer callbacks during the
         # capture (Kineto does, even without a subscription): our buffers
