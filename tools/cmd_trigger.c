@@ -70,6 +70,26 @@ static void field(const char *line, const char *key, char *out, size_t n)
         }
 }
 
+/* The status line's last= (the last profile's path) into out: the rest of
+ * the line up to the fields that may follow it (" trigger=", " waiting="),
+ * as a path may hold spaces ("My Drive/logs"). */
+static void last_of(const char *line, char *out, size_t n)
+{
+    out[0] = '\0';
+    const char *p = strstr(line, " last=");
+    if (!p)
+        return;
+    p += 6;
+    size_t l = strlen(p);
+    static const char *const after[] = {" trigger=", " waiting="};
+    for (size_t i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
+        const char *q = strstr(p, after[i]);
+        if (q && (size_t)(q - p) < l)
+            l = (size_t)(q - p);
+    }
+    snprintf(out, n, "%.*s", (int)(l < n ? l : n - 1), p);
+}
+
 static long long field_ll(const char *line, const char *key, long long dflt)
 {
     char v[32];
@@ -333,7 +353,7 @@ static int wait_all(struct target *t, int n, double timeout_s)
             }
             char state[32], last[PATH_MAX], waiting[64];
             field(ans, "state", state, sizeof(state));
-            field(ans, "last", last, sizeof(last));
+            last_of(ans, last, sizeof(last));
             field(ans, "waiting", waiting, sizeof(waiting));
             /* a new last profile is written whole (the agent names it after
              * the write), even where a repeat is already capturing again */
@@ -564,7 +584,7 @@ static int gather(const struct opts *o, pid_t root, int n, int several, struct t
         memset(x, 0, sizeof(*x));
         x->pid = pid;
         x->on = 1;
-        field(ans, "last", x->before, sizeof(x->before));
+        last_of(ans, x->before, sizeof(x->before));
         x->step = field_ll(ans, "step", -1);
     }
     if (skipped) {

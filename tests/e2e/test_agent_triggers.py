@@ -513,6 +513,27 @@ class Triggers(tbtest.TestCase):
         r = tbtest.run([tbtest.CLI, "trigger", "notapid"])
         self.assertEqual(r.returncode, 2)
 
+    def test_tbprof_trigger_cli_logdir_with_spaces(self):
+        # a logdir with a space in its path ("My Drive", "run 3"): the CLI
+        # prints each profile's whole path, the second time too (before: it
+        # cut the status line's last= at the space, printed "/tmp/.../my"
+        # and then, that cut path unchanged, said the next capture "ended
+        # without a profile")
+        self.need_cli()
+        self.logdir = os.path.join(self.tmp, "my logs", "run 3")
+        p = self.start_job(["-n", "400", "-m", "10", "-t", "1"])
+        printed = []
+        for _ in range(2):
+            r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2"], timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            path = r.stdout.splitlines()[-1]
+            self.assertTrue(path.endswith(".xplane.pb") and os.path.exists(path), r.stdout)
+            self.assertEqual(len(step_nums(tbtest.load(path))), 2)
+            printed.append(path)
+        self.assertEqual(printed, tbtest.xplanes(self.logdir))
+        p.kill()
+        p.communicate()
+
     def test_tbprof_trigger_every(self):
         # tbprof trigger --steps N --every P --count K: the first profile's
         # path printed as usual, a note on the repeats; then K in all
