@@ -140,11 +140,13 @@ static void send_all(int fd, const char *s)
 
 static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* The client closed its end (after its request line, which was read). */
+/* The client closed its socket (after its request line, which was read).
+ * Only a full close: one that shut its write side only (shutdown(SHUT_WR)
+ * after the request, as `socat` and `nc -N` do) still reads the answer. */
 static int client_gone(int c)
 {
-    struct pollfd p = {.fd = c, .events = POLLRDHUP};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+    struct pollfd p = {.fd = c, .events = 0};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR));
 }
 
 void tb_ctl_serve(int listen_fd, tb_ctl_handler h)

@@ -229,6 +229,21 @@ class Triggers(tbtest.TestCase):
         self.finish(p)
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
+    def test_socket_answers_a_client_that_shuts_its_write_side(self):
+        # `printf 'status\n' | socat - ABSTRACT-CONNECT:...`, `nc -N`, or a
+        # script that shutdown(SHUT_WR)s after its request: the request is
+        # whole (its newline came), so it is answered and acted on (before:
+        # taken for a client that left, dropped without a word)
+        p = self.start_job(["-n", "300", "-m", "10"], socket="on")
+        st = relutil.ctl_raw(p.pid, b"status\n", shut=True)
+        self.assertTrue(st.startswith("state=idle"), repr(st))
+        ans = relutil.ctl_raw(p.pid, b"start steps=2\n", shut=True)
+        self.assertTrue(ans.startswith("capture started"), repr(ans))
+        files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)
+        self.assertEqual(len(step_nums(tbtest.load(files[0]))), 2)
+        p.kill()
+        p.communicate()
+
     def start_sleep(self, seconds):
         """`sleep` under the agent (a process without steps), once its socket
         answers (it appears once the constructor ran); (process, status)."""
