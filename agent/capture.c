@@ -1257,7 +1257,16 @@ static void machine(void)
         } else if (captured) {
             sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
         } else {
-            tb_info("capture '%s' ended before it began: nothing written", c.trigger);
+            if (c.kind == CAP_TIME) /* tbprof_start, duration=S: the caller's region went uncovered
+                                       (CUPTI's first load can take seconds; tbprof_start waits 1 s) */
+                tb_warn("capture '%s' ended before it began: it was stopped before its sources were on "
+                        "(starting them took longer than it ran); nothing written",
+                        c.trigger);
+            else if (c.deadline && c.end == c.deadline)
+                tb_warn("capture '%s' ended before it began: no step began within %d s; nothing written",
+                        c.trigger, TRIGGER_STEPS_CAP_S);
+            else
+                tb_info("capture '%s' ended before it began: nothing written", c.trigger);
             /* let sources free what they hold */
             tb_space *tmp = tb_space_new();
             for (int i = 0; tmp && i < g.nsrc; i++)

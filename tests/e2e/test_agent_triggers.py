@@ -15,6 +15,7 @@ import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
+FAKE_CUPTI = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 
 
 def ctl(pid, line, raw=None, timeout=5):
@@ -492,6 +493,28 @@ class Triggers(tbtest.TestCase):
         self.assertEqual(step_nums(tbtest.load(got[0])), [a, a + 1])
         p.kill()
         p.communicate()
+
+    def test_api_capture_stopped_before_its_sources_were_on_says_so(self):
+        # tbprof_start() waits 1 s for the sources; GPU tracing taking longer
+        # to come up (CUPTI's first load: a fake whose subscribe takes 2.5 s)
+        # leaves the region before tbprof_stop() uncovered: nothing can be
+        # written, and one warning says so (before: an info line only, so by
+        # default no file and no word)
+        if not os.path.exists(FAKE_CUPTI):
+            self.skipTest("fake libcupti not built")
+        script = os.path.join(self.tmp, "script")
+        with open(script, "w") as f:
+            f.write("")
+        e = tbtest.env(self.logdir, gpu="on", cupti_path=FAKE_CUPTI, cpu="off")
+        e["TBFAKE_CUPTI_SCRIPT"] = script
+        e["TBFAKE_CUPTI_SUBSCRIBE_MS"] = "2500"
+        p = tbtest.run([STEPS, "-n", "10", "-m", "10", "-a", "2,4"], env=e, timeout=60)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        w = [l for l in tbtest.tbprof_warnings(p.stderr) if "nothing written" in l]
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("'api tbprof_start' ended before it began", w[0])
+        self.assertIn("before its sources were on", w[0])
 
     def test_signal_is_off_by_default(self):
         # no TBPROF_SIGNAL: SIGUSR2 keeps its default action (terminate)
