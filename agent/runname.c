@@ -128,6 +128,9 @@ const char *tb_names_hostname(tb_names *n)
     return n->hostname;
 }
 
+/* (time windows' seconds are printed with %.15g: whole, as %g's six
+ * digits would give "1.00002e+06" from 11.6 days in, and one name to
+ * windows 20 s apart from 116 days) */
 void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsigned ncaptures, char *out,
                   size_t len)
 {
@@ -153,7 +156,7 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
         if (r->env_window && (cfg->nwindows > 1 || cfg->windows[0].period))
             snprintf(out, len, "%s_%s", cfg->run, win);
         else if (r->env_time && cfg->every_s > 0)
-            snprintf(out, len, "%s_time_%g-%gs", cfg->run, r->time_from_s, r->time_from_s + cfg->duration_s);
+            snprintf(out, len, "%s_time_%.15g-%.15gs", cfg->run, r->time_from_s, r->time_from_s + cfg->duration_s);
         else if (r->env_window || ncaptures == 0)
             snprintf(out, len, "%s", cfg->run);
         else
@@ -163,7 +166,7 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
     if (n->job_id[0] && r->fixed_window)
         snprintf(out, len, "%s_%s", n->job_id, win);
     else if (n->job_id[0] && r->env_time)
-        snprintf(out, len, "%s_time_%g-%gs", n->job_id, r->time_from_s, r->time_from_s + cfg->duration_s);
+        snprintf(out, len, "%s_time_%.15g-%.15gs", n->job_id, r->time_from_s, r->time_from_s + cfg->duration_s);
     else if (n->job_id[0])
         snprintf(out, len, "%s_%s", n->job_id, t);
     else

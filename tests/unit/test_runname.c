@@ -112,6 +112,19 @@ int main(void)
     snprintf(cfg.run, sizeof(cfg.run), "exp1"); /* with TBPROF_RUN too: each its own folder */
     CHECK_STR(run(&n, &cfg, &timewin, 2), "exp1_time_1230-1235s");
     cfg.run[0] = '\0';
+    /* a server watched for weeks: the seconds in full, never "1.00002e+06"
+     * (which also made windows 20 s apart 116 days in share one name) */
+    timewin.time_from_s = 1000020;
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "12_34_x_time_1000020-1000025s");
+    cfg.every_s = 20;
+    timewin.time_from_s = 10000020;
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "12_34_x_time_10000020-10000025s");
+    timewin.time_from_s = 10000040;
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "12_34_x_time_10000040-10000045s");
+    timewin.time_from_s = 2.5; /* fractions as given */
+    cfg.duration_s = 0.25;
+    CHECK_STR(run(&n, &cfg, &timewin, 2), "12_34_x_time_2.5-2.75s");
+    cfg.duration_s = 5;
     cfg.every_s = 0;
     char want[300];
     snprintf(want, sizeof(want), "12_34_x_%s", t0);
