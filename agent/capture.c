@@ -45,7 +45,7 @@
 #define POLL_MS 20
 #endif
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
-#define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping */
+#define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping: no boundary for this long */
 
 /* CAP_AT_STEPS: a step window by number asked for at run time (the socket's
  * `start steps=A-B`, tbprof_capture_steps(), a trigger under
@@ -615,6 +615,13 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         if (c->start_wait > 0)
             tb_plane_stat_i64(hp, TB_ST_START_WAIT_NS, c->start_wait);
     }
+    if (c->kind != CAP_TIME && c->deadline && c->end == c->deadline) {
+        char w[200];
+        snprintf(w, sizeof(w), "no step began for %d s: the capture stopped there, before the end of step %lld",
+                 TRIGGER_STEPS_CAP_S, (long long)c->last);
+        tb_space_add_warning(sp, w);
+        tb_warn("%s", w);
+    }
     if (c->late_ns > 0) {
         char w[240];
         snprintf(w, sizeof(w),
@@ -1008,6 +1015,10 @@ static void step_slow(int64_t n)
         else
             g.rec_dropped++;
         struct cap *c = &g.cur;
+        /* a triggered steps capture's bound is on a job that stopped
+         * stepping, not on slow steps: it counts from the last boundary */
+        if (c->deadline && c->kind != CAP_TIME)
+            c->deadline = t + (int64_t)TRIGGER_STEPS_CAP_S * 1000000000;
         if (c->kind == CAP_STEPS && g.state == TB_STATE_ARMED && g.sources_started) {
             c->first = n;
             c->last = n + c->nsteps - 1;

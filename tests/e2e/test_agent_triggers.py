@@ -16,6 +16,7 @@ import tbtest  # noqa: E402
 
 STEPS = tbtest.prog("steps")
 FAKE_CUPTI = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+FAST_CLOCK = tbtest.prog("libfast_clock.so")
 
 
 def ctl(pid, line, raw=None, timeout=5):
@@ -515,6 +516,33 @@ class Triggers(tbtest.TestCase):
         self.assertEqual(len(w), 1, p.stderr)
         self.assertIn("'api tbprof_start' ended before it began", w[0])
         self.assertIn("before its sources were on", w[0])
+
+    def test_socket_steps_longer_than_five_minutes_in_all(self):
+        # `tbprof trigger PID --steps 5` on a job whose steps take 100 s
+        # (a large model): all 5 are captured; the 300 s bound is on a job
+        # that stops stepping, counted from its last step (before: from the
+        # request, so the capture was cut after 3 steps, without a word).
+        # The job's clock runs 100x (a shim): 100 s steps take 1 s here.
+        if not os.path.exists(FAST_CLOCK):
+            self.skipTest("shim not built")
+        e = tbtest.env(self.logdir, socket="on", cpu="off", gpu="off", nvtx="off", start_wait_ms="0")
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], FAST_CLOCK)
+        p = tbtest.spawn([STEPS, "-r", "-n", "12", "-m", "100000"], env=e)
+        self.addCleanup(reap, p)
+        tbtest.read_until(p, "ready")
+        self.wait_status(p.pid, "step=0")
+        ans = ctl(p.pid, "start steps=5")
+        self.assertTrue(ans.startswith("capture started"), ans)
+        # asked as `tbprof trigger` does, every 100 ms (the agent's timeouts
+        # are on the real clock: each answer has it look at the fast one)
+        self.wait_status(p.pid, "captures=1", timeout=60)
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        nums = step_nums(prof)
+        self.assertEqual(nums, list(range(nums[0], nums[0] + 5)), prof.host.stats["tbprof_trigger"])
+        p.kill()
+        p.communicate()
 
     def test_signal_is_off_by_default(self):
         # no TBPROF_SIGNAL: SIGUSR2 keeps its default action (terminate)
