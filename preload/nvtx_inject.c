@@ -309,9 +309,14 @@ static _Atomic int64_t step_range_num = -1;
  * for the default domain (the core API, and a NULL domain handle) and one
  * each for the first NEST_SLOTS - 1 other domains it uses; more domains on
  * one thread share the last stack, where a pop may end another domain's
- * range. Each level remembers its recorded range (token) up to STACK_MAX
- * deep. */
-#define STACK_MAX 64
+ * range. Each level remembers its recorded range (token) in STACK_MAX
+ * slots: the outermost STACK_FIXED levels (a step, an epoch) one slot each,
+ * the levels below them in a ring of the rest, so the innermost ones always
+ * have theirs: a thread that pushes without popping (a missing pop per
+ * iteration) goes on recording, and a range whose slot a deeper one takes
+ * is forgotten (counted as dropped), not left without its end. */
+#define STACK_MAX TB_NVTX_STACK_DEPTH
+#define STACK_FIXED 16
 #define NEST_SLOTS 4
 typedef struct nest {
     int depth, step_at;
@@ -374,6 +379,12 @@ static void range_end(uint64_t id)
     }
 }
 
+/* The token slot of a push/pop level (see STACK_FIXED). */
+static inline int tok_slot(int level)
+{
+    return level < STACK_FIXED ? level : STACK_FIXED + (level - STACK_FIXED) % (STACK_MAX - STACK_FIXED);
+}
+
 static int push(nest *st, tb_nvtx_name n)
 {
     int64_t num = 0;
@@ -383,9 +394,11 @@ static int push(nest *st, tb_nvtx_name n)
         st->step_num = begin(m, num);
         st->step_at = st->depth;
     }
-    if (level < STACK_MAX)
-        /* after begin(): a step's own range is in its capture */
-        st->tok[level] = rec_begin(n, m ? TB_NVTX_REC_STEP : 0);
+    uint64_t *t = &st->tok[tok_slot(level)];
+    if (*t) /* a range STACK_MAX - STACK_FIXED levels up, still open: its end is lost */
+        tb_nvtx_rec_forget(*t);
+    /* after begin(): a step's own range is in its capture */
+    *t = rec_begin(n, m ? TB_NVTX_REC_STEP : 0);
     return level;
 }
 
@@ -394,9 +407,10 @@ static int pop(nest *st)
     if (st->depth <= 0)
         return -1; /* NVTX: pop without push */
     int level = st->depth - 1;
-    if (level < STACK_MAX && st->tok[level]) {
-        tb_nvtx_rec_end(st->tok[level]);
-        st->tok[level] = 0;
+    uint64_t *t = &st->tok[tok_slot(level)];
+    if (*t) { /* this level's own: deeper ones that took the slot were popped first */
+        tb_nvtx_rec_end(*t);
+        *t = 0;
     }
     if (st->depth == st->step_at) {
         st->step_at = 0;

@@ -161,7 +161,10 @@ out:
     return tok;
 }
 
-void tb_nvtx_rec_end(uint64_t token)
+/* rec.end of a range dropped by tb_nvtx_rec_forget */
+#define END_FORGOTTEN ((int64_t)-1)
+
+static void set_end(uint64_t token, int forget)
 {
     if (!(token & TB_NVTX_TOKEN_BIT))
         return;
@@ -169,10 +172,14 @@ void tb_nvtx_rec_end(uint64_t token)
     if (atomic_load(&tb_nvtx_recording) && ((token >> 32) & 0x7fffffffu) == gen_bits()) {
         size_t i = (size_t)(token & 0xffffffffu) - 1;
         if (i < R.cap)
-            atomic_store_explicit(&R.recs[i].end, tb_mono_ns(), memory_order_release);
+            atomic_store_explicit(&R.recs[i].end, forget ? END_FORGOTTEN : tb_mono_ns(), memory_order_release);
     }
     atomic_fetch_sub(&R.inflight, 1);
 }
+
+void tb_nvtx_rec_end(uint64_t token) { set_end(token, 0); }
+
+void tb_nvtx_rec_forget(uint64_t token) { set_end(token, 1); }
 
 /* ---- the source ------------------------------------------------------------------ */
 
@@ -269,11 +276,16 @@ static int src_collect(void *ctx, tb_space *s)
         win_end = INT64_MAX;
     int rc = 0;
     int64_t dom_stat = 0, step_stat = 0;
+    uint64_t too_deep = 0;
     for (size_t i = 0; hp && i < n; i++) {
         rec *r = &R.recs[i];
         if (!atomic_load_explicit(&r->ready, memory_order_acquire))
             continue; /* claimed, never written (the writer's process forked away) */
         int64_t end = atomic_load_explicit(&r->end, memory_order_acquire);
+        if (end == END_FORGOTTEN) {
+            too_deep++;
+            continue;
+        }
         if (!end || end < r->start)
             end = R.stop_mono > r->start ? R.stop_mono : r->start; /* still open at the stop */
         tb_line *l = tb_host_line(s, r->tid);
@@ -304,8 +316,14 @@ static int src_collect(void *ctx, tb_space *s)
         if (dn && dom_stat > 0)
             tb_line_stat_str(l, dom_stat, dn);
     }
-    if (hp && (dropped || atomic_load(&R.nrec) > 0))
-        tb_plane_stat_u64(hp, TB_ST_NVTX_DROPPED, dropped);
+    if (hp && (dropped || too_deep || atomic_load(&R.nrec) > 0))
+        tb_plane_stat_u64(hp, TB_ST_NVTX_DROPPED, dropped + too_deep);
+    if (too_deep) {
+        tb_space_warn(s,
+                      "NVTX: %llu ranges dropped: nested more than %d deep on one thread, whose innermost ranges "
+                      "are kept (a push without its pop, repeated?)",
+                      (unsigned long long)too_deep, TB_NVTX_STACK_DEPTH);
+    }
     if (dropped) {
         tb_space_warn(s,
                       "NVTX: %llu ranges or names dropped: the capture's share of TBPROF_BUFFER_MB for NVTX "

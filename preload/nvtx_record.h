@@ -42,6 +42,12 @@ uint64_t tb_nvtx_rec_begin(tb_nvtx_name n, int flags);
 /* Close the range `token` (0 and tokens of an earlier capture are ignored). */
 void tb_nvtx_rec_end(uint64_t token);
 
+/* Drop the open range `token` from the profile (its end will not be known:
+ * push/pop nesting deeper than the per-thread stack); counted as dropped. */
+void tb_nvtx_rec_forget(uint64_t token);
+/* The push/pop levels per thread and domain that nvtx_inject.c keeps. */
+#define TB_NVTX_STACK_DEPTH 64
+
 #define TB_NVTX_TOKEN_BIT ((uint64_t)1 << 63)
 
 /* 1 once an NVTX instance in the process attached to our injection

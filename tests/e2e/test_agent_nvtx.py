@@ -334,6 +334,32 @@ class NvtxRanges(NvtxBase):
         self.assertIn(other, prof.host.stats.get("tbprof_nvtx_off_reason", ""))
         self.assertTrue(any("nvtx ranges off" in w and other in w for w in prof.warnings), prof.warnings)
 
+    def test_pushes_without_pops_keep_recording(self):
+        # each step pushes "leak" and never pops it: by step 70 the thread is
+        # 70 levels deep, and its ranges there are recorded as at level 0
+        pid, out, err = self.run_prog(["-n", "80", "-m", "2", "-g", "0", "-l"], steps="70,72", nvtx_step="step")
+        prof = self.one_profile()
+        self.check_step_contents(prof, pid, range(70, 73), 2)
+        self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
+    def test_deep_nesting_keeps_the_outer_and_inner_levels(self):
+        # 100 nested "deep" ranges in each step, under its step range: the
+        # step range and "fwd"/"bwd" are there, and every "deep" range either
+        # is, inside its step, or is counted as dropped, with one warning
+        n, deep = 6, 100
+        pid, out, err = self.run_prog(["-n", str(n), "-m", "4", "-D", str(deep)], steps="2,4", nvtx_step="step")
+        prof = self.one_profile()
+        evs = self.check_step_contents(prof, pid, range(2, 5), 4)
+        tops = [e for e in evs if e.name.startswith("step ")]
+        got = [e for e in evs if e.name == "deep"]
+        for e in got:
+            self.assertTrue(any(t.start_ns <= e.start_ns and e.end_ns <= t.end_ns for t in tops), e)
+        dropped = prof.host.stats.get("tbprof_nvtx_dropped", 0)
+        self.assertGreater(len(got), 3 * 60)
+        self.assertEqual(len(got) + dropped, 3 * deep, (len(got), dropped))
+        self.assertTrue(any("NVTX" in w and "deep" in w for w in prof.warnings), prof.warnings)
+
     def test_full_buffer_drops_and_says_so(self):
         # TBPROF_BUFFER_MB=1: 64 KiB for NVTX, 1024 range records
         pid, out, err = self.run_prog(["-n", "6", "-m", "1", "-r", "3000"], steps="2,3", nvtx_step="step",

@@ -26,6 +26,10 @@
  *        "tbtest.b" (~ms/4 apart), and pops tbtest.a before tbtest.b: per
  *        domain stacks end "dom a" first (prints "same_domain=1" when a
  *        second nvtxDomainCreateA("tbtest.a") gave the same handle)
+ *   -l   each step, before its step range, pushes "leak" and never pops it
+ *        (a missing pop): the thread's nesting grows by one per step
+ *   -D N each step, after "bwd", pushes N nested ranges "deep" (then ~ms/4
+ *        of work) and pops them all
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one, and N reads of CLOCK_MONOTONIC (the machine's
  *        yardstick); prints "bench miss_ns=X match_ns=Y clock_ns=Z"
@@ -81,13 +85,13 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
-    int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0;
+    int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0, leak = 0, deep = 0;
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dx")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dxlD:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -102,6 +106,8 @@ int main(int argc, char **argv)
         case 'f': fork_at = atoi(optarg); break;
         case 'd': two_domains = 1; break;
         case 'x': xla = 1; break;
+        case 'l': leak = 1; break;
+        case 'D': deep = atoi(optarg); break;
         case 'i':
             if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
                 fprintf(stderr, "nvtx_steps: -i wants A,B\n");
@@ -167,6 +173,8 @@ int main(int argc, char **argv)
             snprintf(name, sizeof(name), "%s", prefix);
         else
             snprintf(name, sizeof(name), "%s %d", prefix, i + offset);
+        if (leak)
+            nvtxRangePushA("leak");
         int64_t a = now_ns(CLOCK_REALTIME);
         nvtxRangeId_t id = 0;
         int lvl = 0;
@@ -226,6 +234,12 @@ int main(int argc, char **argv)
         nvtxMarkA("loss");
         work(ms / 2);
         nvtxRangePop();
+        for (int d = 0; d < deep; d++)
+            nvtxRangePushA("deep");
+        if (deep)
+            work(ms / 4);
+        for (int d = 0; d < deep; d++)
+            nvtxRangePop();
         if (two_domains) {
             nvtxEventAttributes_t at = attr_ascii("dom a"), bt = attr_ascii("dom b");
             nvtxDomainRangePushEx(da, &at);
