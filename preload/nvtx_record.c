@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture.h"
 #include "clock.h"
 #include "host.h"
 #include "log.h"
@@ -120,7 +121,11 @@ uint64_t tb_nvtx_rec_begin(tb_nvtx_name nm, int flags)
 {
     uint64_t tok = 0;
     atomic_fetch_add(&R.inflight, 1);
-    if (!atomic_load(&tb_nvtx_recording))
+    /* the sources run from step first-1 of a step window (or from a
+     * trigger to the next step) on, but the profile holds only what begins
+     * in the window (capture.c trims the rest): a range before it would
+     * take a record the window's ranges need */
+    if (!atomic_load(&tb_nvtx_recording) || !tb_agent_capturing())
         goto out;
     int64_t now = tb_mono_ns();
     size_t i = atomic_fetch_add_explicit(&R.nrec, 1, memory_order_relaxed);

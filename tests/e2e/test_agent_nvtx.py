@@ -360,6 +360,18 @@ class NvtxRanges(NvtxBase):
         self.assertEqual(len(got) + dropped, 3 * deep, (len(got), dropped))
         self.assertTrue(any("NVTX" in w and "deep" in w for w in prof.warnings), prof.warnings)
 
+    def test_ranges_before_the_window_take_no_records(self):
+        # TBPROF_BUFFER_MB=1: 1024 range records; each step makes ~605. The
+        # sources start at step 2, the window is step 3 alone: its ranges
+        # fit, and step 2's (not in the profile) must not take their place
+        pid, out, err = self.run_prog(["-n", "5", "-m", "1", "-r", "600"], steps="3,3", nvtx_step="step",
+                                      buffer_mb="1")
+        prof = self.one_profile()
+        self.check_step_contents(prof, pid, [3], 1)
+        self.assertEqual(len([e for e in self.nvtx_events(prof, pid) if e.name == "tiny"]), 600)
+        self.assertEqual(prof.host.stats.get("tbprof_nvtx_dropped"), 0)
+        self.assertEqual(tbtest.tbprof_warnings(err), [])
+
     def test_full_buffer_drops_and_says_so(self):
         # TBPROF_BUFFER_MB=1: 64 KiB for NVTX, 1024 range records
         pid, out, err = self.run_prog(["-n", "6", "-m", "1", "-r", "3000"], steps="2,3", nvtx_step="step",
