@@ -561,6 +561,18 @@ static void link_warn(tb_space *sp, int64_t rc, const char *what)
     tb_warn("%s", w);
 }
 
+/* Agent thread, lock NOT held, sources stopped, nothing to be written: the
+ * started sources collect into a space thrown away, which frees what their
+ * capture holds (the GPU source's buffer pool, the samples) until the next. */
+static void discard_sources(void)
+{
+    tb_space *tmp = tb_space_new();
+    for (int i = 0; tmp && i < g.nsrc; i++)
+        if (g.src[i].started && g.src[i].s->collect)
+            g.src[i].s->collect(g.src[i].s->ctx, tmp);
+    tb_space_free(tmp);
+}
+
 /* Agent thread, lock NOT held, sources stopped: collect everything into a
  * new space (NULL when nothing is to be written). Uses recs[0..nrec). */
 static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_dropped, int64_t overhead_ns,
@@ -1265,6 +1277,7 @@ static void machine(void)
             /* only a bad TBPROF_LOGDIR empties it, and the config already
              * warned about that once: one warning per variable */
             tb_info("capture '%s' not written: TBPROF_LOGDIR is not usable", c.trigger);
+            discard_sources();
         } else if (captured) {
             sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
         } else {
@@ -1278,12 +1291,7 @@ static void machine(void)
                         c.trigger, TRIGGER_STEPS_CAP_S);
             else
                 tb_info("capture '%s' ended before it began: nothing written", c.trigger);
-            /* let sources free what they hold */
-            tb_space *tmp = tb_space_new();
-            for (int i = 0; tmp && i < g.nsrc; i++)
-                if (g.src[i].started && g.src[i].s->collect)
-                    g.src[i].s->collect(g.src[i].s->ctx, tmp);
-            tb_space_free(tmp);
+            discard_sources();
         }
         /* idle until the next capture: sources let go (not while the
          * process is leaving: CUDA may be tearing down) */

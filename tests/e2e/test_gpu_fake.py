@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import statistics
+import subprocess
 import time
 
 import relutil
@@ -365,6 +366,31 @@ class GpuFake(tbtest.TestCase):
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         return p, xs
+
+    def test_pool_let_go_when_nothing_is_written(self):
+        # TBPROF_LOGDIR unusable (warned once at start-up): a capture still
+        # runs, but what it held (the GPU source's buffer pool, 3/4 of
+        # TBPROF_BUFFER_MB, mapped at the start) stays mapped only until the
+        # capture ends, not until the next one
+        e = self.env(steps="2,4", buffer_mb="512")
+        e["TBPROF_LOGDIR"] = ""
+        p = subprocess.Popen([tbtest.prog("steps"), "-n", "60", "-m", "20", "-r"], env=e, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        tbtest.read_until(p, "ready")
+        peak = last = 0
+        while p.poll() is None:
+            try:
+                with open("/proc/%d/status" % p.pid) as f:
+                    v = int(re.search(r"VmSize:\s+(\d+)", f.read()).group(1)) >> 10
+                peak, last = max(peak, v), v
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.02)
+        p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0)
+        print("VmSize: %d MB while capturing, %d MB near the end" % (peak, last))
+        self.assertGreater(peak - last, 300, "the 384 MB pool still mapped after the capture")
 
     def test_trace_and_release(self):
         # -A: a CUDA call every step, at whose exit CUPTI is detached
