@@ -239,6 +239,10 @@ class Triggers(tbtest.TestCase):
         p = self.start_job(["-n", "300", "-m", "10"], socket="on")
         st = relutil.ctl_raw(p.pid, b"status\n", shut=True)
         self.assertTrue(st.startswith("state=idle"), repr(st))
+        deadline = time.time() + 30  # a steps request needs a step marked (slow under the sanitizers)
+        while re.search(r" step=-1 ", st) and time.time() < deadline:
+            time.sleep(0.05)
+            st = relutil.ctl_raw(p.pid, b"status\n", shut=True)
         ans = relutil.ctl_raw(p.pid, b"start steps=2\n", shut=True)
         self.assertTrue(ans.startswith("capture started"), repr(ans))
         files = tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)
