@@ -42,9 +42,6 @@ class CpuWindow(tbtest.TestCase):
               % ((end - begin) / 1e6, selfs, h.get("tbprof_cpu_samples_outside_window", 0)))
 
 
-if __name__ == "__main__":
-    tbtest.main()
-
     def test_short_threads_started_mid_capture_are_sampled(self):
         # 20 threads of 4 ms CPU each, one after another, during a capture at
         # 1 kHz. The agent sees each pthread_create and opens its sampler at
@@ -62,3 +59,26 @@ if __name__ == "__main__":
         self.assertTrue(all(n.startswith("short") for n in names), names)
         print("short threads sampled: %d of 20" % len(seen))
         self.assertGreaterEqual(len(seen), 13, "threads started mid-capture found late or not at all")
+
+    def test_stack_copy_window_keeps_its_samples(self):
+        # the sources start at step first-1; the agent thread slept until
+        # the stop, as nothing woke it when the window began, so no ring was
+        # drained in the window: a stack-copy ring (about 32 samples) was
+        # full before the window began and the window got none (0 of ~1000
+        # at 1 kHz in 1 s of steps; frame-pointer rings hide it longer)
+        cpusamples.skip_if_perf_refused(self)
+        p = tbtest.run([tbtest.prog("steps"), "-n", "14", "-m", "100"],
+                       env=tbtest.env(self.logdir, steps="3,12", cpu="on", cpu_hz=1000, cpu_mode="dwarf"))
+        self.assertExitedOk(p)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        h = prof.host.stats
+        n = h.get("tbprof_cpu_samples", 0)
+        print("1 s step window, stack copies at 1 kHz: %d samples in it, %d outside"
+              % (n, h.get("tbprof_cpu_samples_outside_window", 0)))
+        # (1 s of one busy thread: 1000 on an idle machine; 230 were seen at
+        # a load of 4 on 2 cores)
+        self.assertGreater(n, 100, h)
+
+
+if __name__ == "__main__":
+    tbtest.main()
