@@ -521,26 +521,82 @@ static void add_steps(tb_space *sp, const struct cap *c, int64_t begin, int64_t 
     }
 }
 
+/* The correlation ids of the host plane's calls (CUDA API calls), those
+ * starting in [begin, end) into *in, the others into *out, each sorted.
+ * 0, or -ENOMEM (then neither is used). */
+typedef struct corr_ids {
+    uint64_t *v;
+    size_t n, cap;
+} corr_ids;
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int corr_has(const corr_ids *c, uint64_t id)
+{
+    return c->n && bsearch(&id, c->v, c->n, sizeof(uint64_t), u64_cmp) != NULL;
+}
+
+static int host_calls(const tb_space *sp, int64_t begin, int64_t end, corr_ids *in, corr_ids *out)
+{
+    for (size_t pi = 0; pi < sp->nplanes; pi++) {
+        const tb_plane *p = sp->planes[pi];
+        uint32_t cm = strcmp(p->name, TB_HOST_PLANE) ? 0 : tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        for (size_t li = 0; cm && li < p->nlines; li++) {
+            const tb_line *l = p->lines[li];
+            for (size_t e = 0; e < l->nevents; e++) {
+                const tb_stat *st = tb_event_stat(l, &l->events[e], cm);
+                if (!st)
+                    continue;
+                int64_t t = l->events[e].start_ns;
+                corr_ids *c = t >= begin && t < end ? in : out;
+                if (TB_GROW(c->v, c->cap, c->n + 1) < 0)
+                    return -ENOMEM;
+                c->v[c->n++] = st->v.u;
+            }
+        }
+    }
+    qsort(in->v, in->n, sizeof(uint64_t), u64_cmp);
+    qsort(out->v, out->n, sizeof(uint64_t), u64_cmp);
+    return 0;
+}
+
 /* Keep only what happened inside the window: host events starting in
- * [begin, end); other planes' events starting at or after begin (work a step
- * launched may run on the device after the step ended). */
+ * [begin, end); on other planes, the work of the calls kept (by
+ * correlation id: a kernel launched in the window may run after it, and
+ * CUPTI records until the agent thread turns it off, so the next step's
+ * first launches, after the window's end, come too), and work without a
+ * call in the profile when it starts at or after begin. */
 static void trim(tb_space *sp, int64_t begin_ep, int64_t end_ep)
 {
+    corr_ids in = {0}, out = {0};
+    int by_call = host_calls(sp, begin_ep, end_ep, &in, &out) == 0;
     for (size_t pi = 0; pi < sp->nplanes; pi++) {
         tb_plane *p = sp->planes[pi];
         int host = !strcmp(p->name, TB_HOST_PLANE);
+        uint32_t cm = !host && by_call ? tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID) : 0;
         for (size_t li = 0; li < p->nlines; li++) {
             tb_line *l = p->lines[li];
             size_t k = 0;
             for (size_t e = 0; e < l->nevents; e++) {
                 const tb_event *x = &l->events[e];
-                if (x->start_ns < begin_ep || (host && x->start_ns >= end_ep))
-                    continue;
-                l->events[k++] = *x;
+                int keep = x->start_ns >= begin_ep && (!host || x->start_ns < end_ep);
+                const tb_stat *st = cm ? tb_event_stat(l, x, cm) : NULL;
+                if (st && corr_has(&in, st->v.u))
+                    keep = 1;
+                else if (st && corr_has(&out, st->v.u))
+                    keep = 0;
+                if (keep)
+                    l->events[k++] = *x;
             }
             l->nevents = k;
         }
     }
+    free(in.v);
+    free(out.v);
 }
 
 static void set_last_profile(const char *path)

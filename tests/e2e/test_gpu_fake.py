@@ -367,6 +367,29 @@ class GpuFake(tbtest.TestCase):
         self.assertEqual(len(xs), 1, p.stderr)
         return p, xs
 
+    def test_work_belongs_to_the_window_of_its_call(self):
+        # CUPTI records until the agent thread turns it off, some time after
+        # the window's end: the next step's first launch and its kernel come
+        # too. The call is trimmed (after the end), so its kernel goes as
+        # well; a kernel launched in the window that runs after its end stays
+        late = DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=101 start=1000 end=1004
+kernel name=relu_kernel start=1010 end=1030 stream=7 corr=101 grid=80,1,1 block=512,1,1 regs=16
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=102 start=1005 end=1008
+kernel name=sgemm_128x64 start=400000 end=400100 stream=7 corr=102 grid=16,8,1 block=256,1,1 regs=128
+runtime name=cudaMemcpyAsync_v3020 cbid=41 tid=main corr=103 start=400000 end=400004
+memcpy kind=htod src=pinned dst=device bytes=1048576 async=1 start=400010 end=400050 stream=7 corr=103
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=104 start=400005 end=400008
+kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,1 block=32,1,1 regs=8
+"""
+        p, xs = self.capture_of(late, "-r")
+        prof = tbtest.load(xs[0])
+        dev = prof.plane("/device:GPU:0")
+        got = sorted((e.stats.get("correlation_id"), e.name) for e in dev.events() if "correlation_id" in e.stats)
+        self.assertEqual(got, [(101, "relu_kernel"), (102, "sgemm_128x64")])
+        calls = sorted(e.stats["correlation_id"] for e in prof.host.events() if "correlation_id" in e.stats)
+        self.assertEqual(calls, [101, 102])
+
     def test_pool_let_go_when_nothing_is_written(self):
         # TBPROF_LOGDIR unusable (warned once at start-up): a capture still
         # runs, but what it held (the GPU source's buffer pool, 3/4 of
@@ -1033,7 +1056,8 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
                              "memcpy kind=htod src=pinned dst=device bytes=64 async=1 start=3 end=4 stream=7 corr=1\n")
         env = self.env(shim=tbtest.prog("libslow_profile_write.so"), trace_json="off",
                        TBFAKE_CUPTI_REPEAT="30000")
-        p = tbtest.spawn([tbtest.prog("steps"), "-G", "-r", "-n", "100000", "-m", "10", "-a", "2,4"], env=env)
+        # (100 ms steps: the 30,000 launches, 4 us apart, lie within the window)
+        p = tbtest.spawn([tbtest.prog("steps"), "-G", "-r", "-n", "100000", "-m", "100", "-a", "2,4"], env=env)
         self.addCleanup(lambda: p.poll() is None and p.kill())
         pid = int(tbtest.read_until(p, "ready").split()[1])
         writing, st = [], ""
