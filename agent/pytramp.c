@@ -76,6 +76,10 @@ static atomic_int want;       /* the agent's request: 1 on, 0 off */
 static atomic_int queued;     /* a sync_cb is queued and has not started */
 static atomic_int gone;       /* Python's atexit has run: no more requests */
 static atomic_int outcome;    /* OUT_* of the latest "on" request */
+/* a capture asked for the trampoline and has not read the perf map yet
+ * (tb_pytramp_map_done): the map stays at Python's exit until it has
+ * (under lk) */
+static int map_unread;
 static int ours;              /* we turned it on, and it still is (GIL) */
 static int ever_ours;         /* we turned it on at least once (GIL) */
 static int map_was_there;     /* the perf map existed before we first did (GIL) */
@@ -220,10 +224,12 @@ static pyobj *on_python_exit(pyobj *self, pyobj *unused)
     (void)self, (void)unused;
     pthread_mutex_lock(&lk);
     atomic_store(&gone, 1);
+    int unread = map_unread;
     pthread_mutex_unlock(&lk);
-    /* the map names our trampolines for the agent; a capture still running
-     * is collected after this (at exit) and needs it */
-    if (!atomic_load(&want))
+    /* the map names our trampolines for the agent; a capture still running,
+     * or stopped and not collected yet, reads it after this (at exit, or
+     * on the agent thread now): tb_pytramp_map_done removes it then */
+    if (!unread)
         unlink_our_map();
     py.incref(py.none);
     return py.none;
@@ -371,6 +377,8 @@ void tb_pytramp_request(int on)
         return;
     }
     atomic_store(&want, on != 0);
+    if (on)
+        map_unread = 1;
     if (atomic_load(&gone) || !py.is_initialized()) {
         if (on)
             atomic_store(&outcome, OUT_GONE);
@@ -387,6 +395,18 @@ void tb_pytramp_request(int on)
         tb_warn_once("python: the interpreter's pending-call queue is full; the perf trampoline %s until "
                      "the next capture's request gets through",
                      on ? "stays off for this capture" : "stays on");
+}
+
+void tb_pytramp_map_done(void)
+{
+    pthread_mutex_lock(&lk);
+    int drop = map_unread && atomic_load(&gone);
+    map_unread = 0;
+    pthread_mutex_unlock(&lk);
+    /* (ever_ours, map_was_there: last written with the GIL before Python's
+     * exit hook set `gone` under lk) */
+    if (drop)
+        unlink_our_map();
 }
 
 int tb_pytramp_describe(char *out, size_t n)
@@ -429,6 +449,7 @@ void tb_pytramp_atfork_child(void)
     atomic_store(&want, 0);
     atomic_store(&queued, 0);
     atomic_store(&outcome, OUT_NONE);
+    map_unread = 0;
     evaluator = NULL;
     activations = 0;
 }
@@ -442,7 +463,7 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     atomic_store(&queued, 0);
     atomic_store(&gone, 0);
     atomic_store(&outcome, OUT_NONE);
-    ours = ever_ours = map_was_there = hooks_done = activations = 0;
+    ours = ever_ours = map_was_there = hooks_done = activations = map_unread = 0;
     evaluator = NULL;
     fail_why[0] = '\0';
 }

@@ -18,7 +18,8 @@
  *
  * A trampoline that was on before the capture (PYTHONPERFSUPPORT=1, or the
  * program's own sys.activate_stack_trampoline) is left alone and stays on.
- * Python's own atexit run marks the interpreter gone (no request after it);
+ * Python's own atexit run marks the interpreter gone (no request after it)
+ * and removes the perf map we caused, once the capture has read it;
  * a fork()ed child turns off a trampoline the parent's capture had on
  * (os.register_at_fork). Every Python function is looked up with dlsym at
  * the first request; a process without CPython >= 3.12 gets nothing.
@@ -31,6 +32,13 @@
 /* Ask for the trampoline on (a capture starts) or off (it stopped). Agent
  * thread; never blocks on the interpreter. No-op outside CPython >= 3.12. */
 void tb_pytramp_request(int on);
+
+/* The capture that asked for the trampoline has read the perf map (its
+ * collect), or never will. The map CPython wrote for our trampolines is
+ * removed at Python's exit, but not before this: a capture running at exit,
+ * or stopped just before it and not collected yet, still needs the names.
+ * Agent thread. */
+void tb_pytramp_map_done(void);
 
 /* What the trampoline did for the capture now running or just stopped, for
  * the profile (stat TB_ST_PY_TRAMPOLINE); 0 where the process has no

@@ -145,6 +145,7 @@ typedef struct cpu_ctx {
     /* CPython's perf trampoline asked for at start (pytramp.h), and what
      * became of it, for the profile ("" when the process has no Python) */
     int py_tramp;
+    int py_map; /* asked for the trampoline: tb_pytramp_map_done() when freed */
     char py_desc[200];
 } cpu_ctx;
 
@@ -631,6 +632,8 @@ static void free_capture(cpu_ctx *c)
             fd_slot_drop(&c->threads[i]);
             close(c->threads[i].fd);
         }
+    if (c->py_map) /* (after cpu_collect's last read of the perf map) */
+        tb_pytramp_map_done();
     free(c->threads);
     free(c->samples);
     free(c->frames);
@@ -758,7 +761,7 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     /* Python frames: only stack copies walk through the trampolines (they
      * keep no frame pointer) */
     if (c->mode == TB_CPU_STACKCOPY && info->py_trampoline) {
-        c->py_tramp = 1;
+        c->py_tramp = c->py_map = 1;
         tb_pytramp_request(1);
     }
     return 0;

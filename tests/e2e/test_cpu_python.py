@@ -138,12 +138,12 @@ class CpuPythonTrampoline(PythonsCase):
 
     PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_py.py")
 
-    def run_tramp(self, python, name, **kw):
+    def run_tramp(self, python, name, duration="1", args=("2.2",), **kw):
         self.logdir = os.path.join(self.tmp, name)
-        env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration="1")
+        env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration=duration)
         env.pop("PYTHONPERFSUPPORT", None)
         env.update(kw)
-        p = tbtest.run([python, self.PROG, "2.2"], env=env, timeout=120)
+        p = tbtest.run([python, self.PROG] + list(args), env=env, timeout=120)
         self.assertExitedOk(p)
         pid = int(p.stdout.split()[1])
         self.maps.append("/tmp/perf-%d.map" % pid)
@@ -182,6 +182,20 @@ class CpuPythonTrampoline(PythonsCase):
                       "main-thread samples" % (version, len(on), len(iters), share * 100, n))
                 self.assertGreater(share, 0.6)
                 # the map CPython wrote for our trampolines goes with the process
+                self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
+
+    def test_capture_cut_by_the_exit(self):
+        # the window (10 s) outlasts the job (1.5 s): the capture is written
+        # at exit with the Python names from the map, and the map CPython
+        # wrote for our trampolines goes with the process all the same
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, _ = self.run_tramp(python, "cut-" + version, duration="10", args=["1.5"])
+                self.assertTrue(iters and iters[-1][0], "the capture was not on at the end")
+                share, n = self.py_share(prof, pid)
+                print("python %s: capture cut by the exit: py::burn in %.0f%% of %d main-thread samples"
+                      % (version, share * 100, n))
+                self.assertGreater(share, 0.6)
                 self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
 
     def test_left_alone_when_the_job_has_it_on(self):

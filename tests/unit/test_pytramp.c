@@ -8,7 +8,8 @@
  * initialized; a capture's start turns the trampoline on (through a pending
  * call, never directly) and its stop off; one that was on already is left on;
  * requests that cross before the main thread runs them leave it as the last
- * one asked; a refusal is reported with Python's message and its exception
+ * one asked; the perf map we caused goes at exit, but only once the
+ * capture has read it (one stopped just before the exit, or cut by it); a refusal is reported with Python's message and its exception
  * cleared; after Python's atexit hook no pending call is queued; a fork
  * child's hook turns ours off; a full pending queue does not wedge later
  * requests; the perf map we caused is removed at exit, one that was there is
@@ -323,12 +324,36 @@ int main(void)
     tb_pytramp_request(0);
     run_pending();
     CHECK_EQ_I(active, 0);
+    tb_pytramp_map_done(); /* the capture's collect read the map */
     /* Python exits: the map our trampolines made goes; nothing is queued after */
     call_hook(first_exit);
     CHECKF(access(map_file, F_OK) != 0, "%s left behind", map_file);
     tb_pytramp_request(1);
     CHECK_EQ_I(nadded, 4);
     CHECK_STR(describe(), "off (the interpreter was not running)");
+
+    /* a capture stopped just before Python exits, its collect still to
+     * come (the agent collects the GPU source first): the exit keeps the
+     * map the collect reads Python's names from; the collect removes it */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    tb_pytramp_request(0);
+    run_pending();
+    call_hook(exit_hook);
+    CHECKF(access(map_file, F_OK) == 0, "%s removed before the capture read it", map_file);
+    tb_pytramp_map_done();
+    CHECKF(access(map_file, F_OK) != 0, "%s left behind", map_file);
+    /* a capture running at exit (collected from the destructor): the same */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    call_hook(exit_hook);
+    CHECK_EQ_I(access(map_file, F_OK), 0);
+    tb_pytramp_request(0); /* (the interpreter is gone: nothing queued) */
+    CHECK_EQ_I(npending, 0);
+    tb_pytramp_map_done();
+    CHECKF(access(map_file, F_OK) != 0, "%s left behind after a capture cut by the exit", map_file);
 
     /* requests that cross before the main thread gets to them: one pending
      * call, and the last request wins */
