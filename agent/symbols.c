@@ -28,6 +28,7 @@ typedef struct tb_sym {
 struct tb_elfsyms {
     void *map; /* mmapped file, or NULL for an in-memory image */
     size_t map_len;
+    char *strs; /* names copied from a loaded image (owned), or NULL */
     tb_sym *s;
     size_t n;
 };
@@ -69,6 +70,9 @@ static int leading_underscores(const char *s)
     return n;
 }
 
+static void add_symbol_array(const unsigned char *symbytes, size_t count, const char *strtab, size_t strsz,
+                             tb_sym **out, size_t *n, size_t *cap);
+
 static void add_symbols(const unsigned char *img, size_t len, const Elf64_Shdr *sh, unsigned shnum,
                         unsigned idx, tb_sym **out, size_t *n, size_t *cap)
 {
@@ -84,8 +88,15 @@ static void add_symbols(const unsigned char *img, size_t len, const Elf64_Shdr *
     size_t strsz = str->sh_size;
     if (strtab[strsz - 1] != '\0')
         return;
-    size_t count = s->sh_size / sizeof(Elf64_Sym);
-    const Elf64_Sym *syms = (const Elf64_Sym *)(img + s->sh_offset);
+    add_symbol_array(img + s->sh_offset, s->sh_size / sizeof(Elf64_Sym), strtab, strsz, out, n, cap);
+}
+
+/* The function symbols of `count` Elf64_Syms at `symbytes`, named in
+ * strtab[0, strsz) (which ends in a NUL). */
+static void add_symbol_array(const unsigned char *symbytes, size_t count, const char *strtab, size_t strsz,
+                             tb_sym **out, size_t *n, size_t *cap)
+{
+    const Elf64_Sym *syms = (const Elf64_Sym *)symbytes;
     for (size_t i = 0; i < count; i++) {
         Elf64_Sym sym;
         memcpy(&sym, &syms[i], sizeof(sym));
@@ -111,6 +122,8 @@ static void add_symbols(const unsigned char *img, size_t len, const Elf64_Shdr *
     }
 }
 
+static tb_elfsyms *finish_syms(tb_sym *s, size_t n);
+
 /* Parse the symbol tables of an ELF image in memory. */
 static tb_elfsyms *parse_elf(const unsigned char *img, size_t len)
 {
@@ -131,6 +144,13 @@ static tb_elfsyms *parse_elf(const unsigned char *img, size_t len)
         if (sh[i].sh_type == SHT_SYMTAB || sh[i].sh_type == SHT_DYNSYM)
             add_symbols(img, len, sh, eh.e_shnum, i, &s, &n, &cap);
     free(sh);
+    return finish_syms(s, n);
+}
+
+/* The table of the n symbols collected in s (taken over): sorted, one per
+ * address, sizeless ones extended. */
+static tb_elfsyms *finish_syms(tb_sym *s, size_t n)
+{
     tb_elfsyms *es = calloc(1, sizeof(*es));
     if (!es) {
         free(s);
@@ -192,6 +212,7 @@ static void free_syms(tb_elfsyms *es)
         return;
     if (es->map)
         munmap(es->map, es->map_len);
+    free(es->strs);
     free(es->s);
     free(es);
 }
@@ -305,6 +326,12 @@ static int phdr_cb(struct dl_phdr_info *info, size_t size, void *arg)
         } else if (ph->p_type == PT_GNU_EH_FRAME) {
             m->eh_frame_hdr = info->dlpi_addr + ph->p_vaddr;
             m->eh_frame_hdr_len = ph->p_memsz;
+        } else if (ph->p_type == PT_DYNAMIC) {
+            m->dynamic = info->dlpi_addr + ph->p_vaddr;
+        } else if (ph->p_type == PT_NOTE && m->nnote < 2) {
+            m->note[m->nnote].start = info->dlpi_addr + ph->p_vaddr;
+            m->note[m->nnote].len = ph->p_memsz;
+            m->nnote++;
         }
     }
     if (!m->nseg) {
@@ -533,6 +560,154 @@ int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len)
     return 0;
 }
 
+/* ---- the file at a module's path: still the one mapped? ------------------------- */
+
+/* The GNU build ID in notes[0, len): its length (*id set), or 0. */
+static size_t note_build_id(const unsigned char *notes, size_t len, const unsigned char **id)
+{
+    size_t off = 0;
+    while (len - off >= 12) {
+        uint32_t hdr[3]; /* namesz, descsz, type */
+        memcpy(hdr, notes + off, sizeof(hdr));
+        size_t name = off + 12, desc = name + (((size_t)hdr[0] + 3) & ~(size_t)3);
+        if (hdr[0] > len || hdr[1] > len || desc > len || len - desc < hdr[1])
+            return 0;
+        if (hdr[2] == NT_GNU_BUILD_ID && hdr[0] == 4 && memcmp(notes + name, "GNU", 4) == 0 && hdr[1]) {
+            *id = notes + desc;
+            return hdr[1];
+        }
+        off = desc + (((size_t)hdr[1] + 3) & ~(size_t)3);
+    }
+    return 0;
+}
+
+/* The build ID of the ELF file image img[0, len) (its PT_NOTE segments). */
+static size_t file_build_id(const unsigned char *img, size_t len, const unsigned char **id)
+{
+    Elf64_Ehdr eh;
+    if (!img || len < sizeof(eh))
+        return 0;
+    memcpy(&eh, img, sizeof(eh));
+    if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phoff > len ||
+        (size_t)eh.e_phnum * sizeof(Elf64_Phdr) > len - eh.e_phoff)
+        return 0;
+    for (unsigned i = 0; i < eh.e_phnum; i++) {
+        Elf64_Phdr ph;
+        memcpy(&ph, img + eh.e_phoff + (size_t)i * sizeof(ph), sizeof(ph));
+        if (ph.p_type != PT_NOTE || ph.p_offset > len || ph.p_filesz > len - ph.p_offset)
+            continue;
+        size_t n = note_build_id(img + ph.p_offset, (size_t)ph.p_filesz, id);
+        if (n)
+            return n;
+    }
+    return 0;
+}
+
+/* 0 when the module's mapped image and the file read for it carry
+ * different build IDs (the file was replaced since it was loaded); 1 when
+ * they match or either has none. */
+static int same_build(tb_symtab *st, const tb_module *m, const tb_elfsyms *es)
+{
+    const unsigned char *fid = NULL;
+    size_t fn = file_build_id(es->map, es->map_len, &fid);
+    if (!fn)
+        return 1;
+    for (int i = 0; i < m->nnote; i++) {
+        if (!m->note[i].len || !tb_symtab_readable(st, m->note[i].start, (size_t)m->note[i].len))
+            continue;
+        const unsigned char *mid = NULL;
+        size_t mn = note_build_id((const unsigned char *)(uintptr_t)m->note[i].start, (size_t)m->note[i].len,
+                                  &mid);
+        if (mn)
+            return mn == fn && memcmp(mid, fid, fn) == 0;
+    }
+    return 1;
+}
+
+/* A pointer the dynamic section holds: glibc has relocated it in place
+ * (most), others leave it an offset from the load bias. */
+static uint64_t dyn_ptr(uint64_t v, uint64_t bias) { return v < bias ? v + bias : v; }
+
+/* The function symbols of the module's mapped image, from its dynamic
+ * section (DT_SYMTAB, DT_STRTAB, the symbol count from DT_HASH or
+ * DT_GNU_HASH): the exported functions, for an object whose file is gone
+ * or replaced. Names are copied (the job may unload the object). */
+static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
+{
+    if (!m->dynamic)
+        return NULL;
+    uint64_t symtab = 0, strtab = 0, strsz = 0, hash = 0, gnu_hash = 0, syment = sizeof(Elf64_Sym);
+    for (uint64_t a = m->dynamic;; a += sizeof(Elf64_Dyn)) {
+        if (!tb_symtab_readable(st, a, sizeof(Elf64_Dyn)))
+            return NULL;
+        Elf64_Dyn d;
+        memcpy(&d, (const void *)(uintptr_t)a, sizeof(d));
+        if (d.d_tag == DT_NULL)
+            break;
+        switch (d.d_tag) {
+        case DT_SYMTAB: symtab = dyn_ptr(d.d_un.d_ptr, m->bias); break;
+        case DT_STRTAB: strtab = dyn_ptr(d.d_un.d_ptr, m->bias); break;
+        case DT_STRSZ: strsz = d.d_un.d_val; break;
+        case DT_SYMENT: syment = d.d_un.d_val; break;
+        case DT_HASH: hash = dyn_ptr(d.d_un.d_ptr, m->bias); break;
+        case DT_GNU_HASH: gnu_hash = dyn_ptr(d.d_un.d_ptr, m->bias); break;
+        }
+    }
+    if (!symtab || !strtab || !strsz || strsz > (256u << 20) || syment != sizeof(Elf64_Sym) ||
+        !tb_symtab_readable(st, strtab, (size_t)strsz))
+        return NULL;
+    uint64_t count = 0;
+    uint32_t w[4];
+    if (hash && tb_symtab_readable(st, hash, 8)) {
+        memcpy(w, (const void *)(uintptr_t)hash, 8);
+        count = w[1]; /* nchain */
+    } else if (gnu_hash && tb_symtab_readable(st, gnu_hash, 16)) {
+        memcpy(w, (const void *)(uintptr_t)gnu_hash, 16); /* nbuckets, symoffset, bloom size, shift */
+        uint64_t buckets = gnu_hash + 16 + (uint64_t)w[2] * 8, chains = buckets + (uint64_t)w[0] * 4;
+        if (!tb_symtab_readable(st, buckets, (size_t)w[0] * 4))
+            return NULL;
+        uint32_t last = 0, b;
+        for (uint32_t i = 0; i < w[0]; i++) {
+            memcpy(&b, (const void *)(uintptr_t)(buckets + (uint64_t)i * 4), 4);
+            if (b > last)
+                last = b;
+        }
+        count = w[1];
+        if (last >= w[1]) { /* the highest chain runs to the last symbol */
+            for (;;) {
+                uint64_t a = chains + (uint64_t)(last - w[1]) * 4;
+                if (!tb_symtab_readable(st, a, 4))
+                    return NULL;
+                memcpy(&b, (const void *)(uintptr_t)a, 4);
+                if (b & 1)
+                    break;
+                last++;
+            }
+            count = (uint64_t)last + 1;
+        }
+    }
+    if (!count || count > (16u << 20) || !tb_symtab_readable(st, symtab, (size_t)count * sizeof(Elf64_Sym)))
+        return NULL;
+    char *strs = malloc((size_t)strsz + 1);
+    if (!strs)
+        return NULL;
+    memcpy(strs, (const void *)(uintptr_t)strtab, (size_t)strsz);
+    strs[strsz] = '\0';
+    tb_sym *v = NULL;
+    size_t n = 0, cap = 0;
+    add_symbol_array((const unsigned char *)(uintptr_t)symtab, (size_t)count, strs, (size_t)strsz + 1, &v, &n,
+                     &cap);
+    tb_elfsyms *es = n ? finish_syms(v, n) : NULL;
+    if (!es) {
+        if (!n)
+            free(v);
+        free(strs);
+        return NULL;
+    }
+    es->strs = strs;
+    return es;
+}
+
 /* __cxa_demangle, looked up once: from the global scope, else from a
  * libstdc++ loaded only locally (Python loads C++ extensions such as
  * torch's RTLD_LOCAL, so theirs is not in the global scope), else loaded
@@ -635,6 +810,13 @@ const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module)
             }
         } else {
             m->syms = load_file_syms(m->path);
+            if (m->syms && !same_build(st, m, m->syms)) {
+                tb_debug("symbols: %s was replaced since it was loaded: names from its mapped image", m->path);
+                free_syms(m->syms);
+                m->syms = NULL;
+            }
+            if (!m->syms)
+                m->syms = image_syms(st, m);
         }
     }
     if (!m->syms)

@@ -4,7 +4,10 @@
  * the executable, shared libraries, the vDSO) and, lazily, the ELF symbol
  * tables (.symtab and .dynsym) of each object the first time an address in
  * it is looked up; each table is read once and cached until the object goes
- * away. Addresses outside every object are looked up in the JIT map
+ * away. When the file at the object's path is no longer the one mapped (a
+ * library deleted or replaced since it was loaded: its GNU build IDs
+ * differ, or it is gone; one loaded from a memfd), the names come from the
+ * mapped image's own dynamic symbol table instead: the exported functions. Addresses outside every object are looked up in the JIT map
  * /tmp/perf-<pid>.map (perfmap.h), which CPython 3.12+ writes while its perf
  * trampoline is on (`py::<function>:<file>` entries).
  *
@@ -35,6 +38,11 @@ typedef struct tb_module {
     int nseg;
     uint64_t eh_frame_hdr;     /* runtime address of PT_GNU_EH_FRAME, 0 if none */
     uint64_t eh_frame_hdr_len;
+    uint64_t dynamic;          /* runtime address of PT_DYNAMIC, 0 if none */
+    struct {
+        uint64_t start, len;   /* runtime address of a PT_NOTE */
+    } note[2];
+    int nnote;
     int is_vdso;
     /* symbols, loaded on first lookup (private) */
     int syms_loaded;

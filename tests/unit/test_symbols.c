@@ -1,7 +1,8 @@
 /* test_symbols.c - address -> name: functions of this executable (.symtab),
  * of libc (.dynsym), C++ demangling when libstdc++ is present, the JIT map
  * read incrementally as it grows (and refused when it is not the user's
- * file), and addresses nothing covers. */
+ * file), addresses nothing covers, and libraries whose file was replaced
+ * or deleted after they were loaded. */
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -310,6 +311,60 @@ static void test_relative_path(void)
     CHECK(chdir(cwd) == 0);
 }
 
+static int copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[65536];
+    size_t k;
+    int ok = in && out;
+    while (ok && (k = fread(buf, 1, sizeof(buf), in)) > 0)
+        ok = fwrite(buf, 1, k, out) == k;
+    if (in)
+        fclose(in);
+    if (out && fclose(out) != 0)
+        ok = 0;
+    return ok ? 0 : -1;
+}
+
+/* A library replaced on disk after the job loaded it (a package upgraded
+ * or an extension rebuilt under a running job), and one deleted: the names
+ * are the mapped library's, never those of whatever file has the path now. */
+static void test_replaced_file(void)
+{
+    void *lz = dlopen("liblzma.so.5", RTLD_NOW), *z = dlopen("libz.so.1", RTLD_NOW);
+    Dl_info dl, dz;
+    if (!lz || !z || !dladdr(dlsym(lz, "lzma_version_number"), &dl) || !dladdr(dlsym(z, "inflate"), &dz)) {
+        printf("# skip replaced file: no liblzma or libz\n");
+        return;
+    }
+    char a[96], b[96], tmp[112];
+    snprintf(a, sizeof(a), "/tmp/tbprof-test-repl-%d-a.so", (int)getpid());
+    snprintf(b, sizeof(b), "/tmp/tbprof-test-repl-%d-b.so", (int)getpid());
+    snprintf(tmp, sizeof(tmp), "%s.new", a);
+    CHECK(copy_file(dl.dli_fname, a) == 0 && copy_file(dl.dli_fname, b) == 0);
+    void *ha = dlopen(a, RTLD_NOW | RTLD_LOCAL), *hb = dlopen(b, RTLD_NOW | RTLD_LOCAL);
+    CHECKF(ha && hb, "dlopen copies: %s", dlerror());
+    if (ha && hb) {
+        /* a: replaced the way installers do (a new file renamed over it),
+         * by another library; b: deleted */
+        CHECK(copy_file(dz.dli_fname, tmp) == 0 && rename(tmp, a) == 0);
+        CHECK(unlink(b) == 0);
+        tb_symtab *st = tb_symtab_new();
+        tb_symtab_refresh(st);
+        const char *mn = NULL;
+        void *fa = dlsym(ha, "lzma_version_number"), *fb = dlsym(hb, "lzma_code");
+        const char *n = tb_symtab_lookup(st, (uintptr_t)fa, &mn);
+        CHECKF(n && strcmp(n, "lzma_version_number") == 0, "replaced: got %s", n ? n : "(null)");
+        CHECKF(mn && strstr(a, mn), "module %s", mn ? mn : "(null)");
+        n = tb_symtab_lookup(st, (uintptr_t)fb + 1, NULL);
+        CHECKF(n && strcmp(n, "lzma_code") == 0, "deleted: got %s", n ? n : "(null)");
+        tb_symtab_free(st);
+    }
+    unlink(a);
+    unlink(b);
+    unlink(tmp);
+}
+
 int main(void)
 {
     CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
@@ -319,5 +374,6 @@ int main(void)
     test_perfmap_refused();
     test_demangle();
     test_relative_path();
+    test_replaced_file();
     return tap_done();
 }
