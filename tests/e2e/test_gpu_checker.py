@@ -11,8 +11,12 @@ cuda_steps prints.
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import unittest
 
 import relutil
 import tbtest
@@ -20,6 +24,8 @@ import tbtest
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 CHECK = os.path.join(tbtest.SRC, "tests", "gpu", "check.py")
 FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+PACK = os.path.join(tbtest.SRC, "tests", "gpu", "pack.sh")
+NVCC = os.environ.get("NVCC", "/usr/local/cuda/bin/nvcc")
 
 SCRIPT = """\
 device id=0 name=FakeGPU sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=85899345920 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=233472
@@ -704,6 +710,73 @@ class GpuChecker(tbtest.TestCase):
         rc, line = self.check("1", "3,6")
         self.assertEqual(rc, 1, line)
         self.assertIn("NVTX ranges on the host", line)
+
+
+class GpuScript(tbtest.TestCase):
+    """tests/gpu/pack.sh and the run.sh it packs, dry-run here: no GPU, so
+    every row fails or SKIPs; what is checked is what the script does
+    around the rows (the libraries it sets up, its time bounds, its order)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if tbtest.SANITIZE:
+            raise unittest.SkipTest("the GPU machine runs the plain build")
+        if not os.access(NVCC, os.X_OK):
+            raise unittest.SkipTest("no nvcc (%s): pack.sh builds the CUDA test program" % NVCC)
+        if not os.path.exists(os.path.join(tbtest.BUILD, "python", "xplane_pb2.py")):
+            raise unittest.SkipTest("no xplane_pb2.py in the build (protoc)")
+        cls.pack_tmp = tempfile.mkdtemp(prefix="tbprof_gpupack_")
+        cls.gpu = os.path.join(cls.pack_tmp, ".gpu")
+        cls.packed = subprocess.run(["bash", PACK, tbtest.BUILD], env=dict(os.environ, TBGPU_PACK_OUT=cls.gpu),
+                                    capture_output=True, text=True, timeout=600)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(getattr(cls, "pack_tmp", ""), ignore_errors=True)
+        super().tearDownClass()
+
+    def run_script(self, hide=(), timeout=120, **env):
+        """bash .gpu/run.sh (TBGPU_* from env), where hide: system libraries
+        made unloadable (/dev/null bound over them in a mount namespace of
+        its own), as on a machine without them. (stdout, seconds taken)."""
+        self.assertEqual(self.packed.returncode, 0, self.packed.stdout + self.packed.stderr)
+        e = tbtest.env(preload=False, gpu=None, cpu=None, socket=None)
+        e.update(PYTHON=sys.executable, **{k: str(v) for k, v in env.items()})
+        cmd = ["bash", os.path.join(self.gpu, "run.sh")]
+        if hide:
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   "for f in %s; do mount --bind /dev/null \"$f\" || exit 99; done; exec \"$@\"" % " ".join(hide),
+                   "sh"] + cmd
+        t0 = time.monotonic()
+        p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
+        if p.returncode == 99 or "unshare failed" in p.stderr:
+            self.skipTest("cannot hide libraries here (unshare -m, mount --bind): %s" % p.stderr[-200:])
+        return p.stdout, time.monotonic() - t0
+
+    def table(self, out):
+        """{row name: (result, detail)} from the table run.sh prints last."""
+        rows = {}
+        for line in out.split("\nCHECK ", 1)[-1].splitlines()[1:]:
+            w = line.split(None, 1)
+            if len(w) == 2 and "  " in line:
+                name = line[:30].rstrip()
+                res, _, detail = line[31:].partition(" ")
+                rows[name] = (res, detail.strip())
+        return rows
+
+    def test_packed_libunwind_used_where_the_machine_has_none(self):
+        # the GPU machine has no libunwind: the copy pack.sh puts beside
+        # libtbprof.so needs its libunwind.so.8, which the loader must find
+        # there too, or CPU stacks fall back to frame pointers (Python's
+        # frames and row 4c lost)
+        libs = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+        hide = sorted({l.rsplit(" => ", 1)[1].strip() for l in libs.splitlines()
+                       if " => " in l and l.split()[0] in ("libunwind.so.8", "libunwind-x86_64.so.8")})
+        out, _ = self.run_script(hide=hide, TBGPU_BUDGET_S=0)
+        doctor = self.table(out).get("doctor")
+        self.assertIsNotNone(doctor, out)
+        self.assertIn("stackcopy stacks", doctor[1])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
-out=$root/.gpu
+out=${TBGPU_PACK_OUT:-$root/.gpu}  # elsewhere for the dry-run tests (tests/e2e/test_gpu_checker.py)
 nvcc=${NVCC:-/usr/local/cuda/bin/nvcc}
 for f in "$build/lib/libtbprof.so" "$build/bin/tbprof" "$build/python/xplane_pb2.py"; do
   [ -e "$f" ] || { echo "pack.sh: $f missing: build first (tools/build.sh $build)" >&2; exit 1; }
@@ -44,7 +44,8 @@ done
 # dlopen()ed, so ldd does not list them: libz (trace.json.gz) and liblzma
 # (libunwind needs it) in deps/dl/ (run.sh uses them only where the machine
 # has none), libunwind (DWARF unwinding) next to libtbprof.so, where the
-# agent looks first
+# agent looks after the machine's own (run.sh puts lib/ on the loader's
+# path where there is none: the copy needs libunwind.so.8 beside it)
 for so in libz.so.1 liblzma.so.5 libunwind-x86_64.so.8 libunwind.so.8; do
   # awk reads to the end: an early exit would SIGPIPE ldconfig, and with
   # pipefail that stopped this script now and then (exit 141)

@@ -88,6 +88,12 @@ fi
 if ! job $py -c "import ctypes; ctypes.CDLL('libz.so.1'); ctypes.CDLL('liblzma.so.5')" 2>/dev/null; then
   export LD_LIBRARY_PATH="$here/deps/dl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# libunwind: the agent finds the copy beside libtbprof.so, but the loader
+# looks for what that copy needs (libunwind.so.8) only on its search path:
+# lib/ goes on it where the machine has no libunwind of its own
+if ! job $py -c "import ctypes; ctypes.CDLL('libunwind-x86_64.so.8')" 2>/dev/null; then
+  export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 # libcupti: the one torch ships (pip nvidia-cuda-cupti: nvidia/cu13/lib for
 # CUDA 13, nvidia/cuda_cupti/lib for 12), the newest major first, else the
 # toolkit's
