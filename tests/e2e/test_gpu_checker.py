@@ -742,7 +742,7 @@ class GpuScript(tbtest.TestCase):
         its own), as on a machine without them. (stdout, seconds taken)."""
         self.assertEqual(self.packed.returncode, 0, self.packed.stdout + self.packed.stderr)
         e = tbtest.env(preload=False, gpu=None, cpu=None, socket=None)
-        e.update(PYTHON=sys.executable, **{k: str(v) for k, v in env.items()})
+        e.update(PYTHON=sys.executable, TMPDIR=self.tmp, **{k: str(v) for k, v in env.items()})
         cmd = ["bash", os.path.join(self.gpu, "run.sh")]
         if hide:
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -777,6 +777,19 @@ class GpuScript(tbtest.TestCase):
         doctor = self.table(out).get("doctor")
         self.assertIsNotNone(doctor, out)
         self.assertIn("stackcopy stacks", doctor[1])
+
+
+    def test_the_issues_rows_first(self):
+        # the rows that decide the GPU issue, (1) the CUDA program, (2)
+        # torch.profiler's comparison, (3) JAX's reader and (4) the step
+        # times, before every other row: a run short of time SKIPs the others
+        out, _ = self.run_script(TBGPU_BUDGET_S=0)
+        rows = list(self.table(out))
+        issue = ["doctor", "cuda_program (profiler)", "cuda_program (nvtx)", "torch_vs_torch_profiler",
+                 "torch_nvtx_ranges", "cupti_in_torch_job", "jax_profiledata", "idle_overhead"]
+        self.assertEqual(rows[:len(issue)], issue, out)
+        self.assertIn("jax_capture", rows)
+        self.assertEqual(self.table(out)["idle_overhead"][0], "SKIP")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
 #   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
+#   4. step time: no agent / agent idle / capturing / torch.profiler;
+#      4a. idle again after a capture: within 2% of no agent, the capture
+#          having detached CUPTI (cuptiFinalize); the same with
+#          TBPROF_CUPTI_TEARDOWN=off (CUPTI left attached) is reported
+#   4b. minor page faults of the job's threads per step, capturing vs idle
+#      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
+#   4c. tbprof convert --gpu of the capturing run: most GPU time under the
+#      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #  2h. tbprof summary on the PyTorch profile adds up (kernels, each step's
 #      busy + idle, the idle split joined to launching calls): reported
 #  1c. cuda_steps captured twice (CUPTI detached and attached again, with a
@@ -30,14 +38,6 @@
 #  3e. two PyTorch ranks sharing the GPU under one launcher, captured by
 #      `tbprof trigger LAUNCHER --tree --steps 5`: one run folder, the same
 #      five step numbers in both, kernels in every step
-#   4. step time: no agent / agent idle / capturing / torch.profiler;
-#      4a. idle again after a capture: within 2% of no agent, the capture
-#          having detached CUPTI (cuptiFinalize); the same with
-#          TBPROF_CUPTI_TEARDOWN=off (CUPTI left attached) is reported
-#   4b. minor page faults of the job's threads per step, capturing vs idle
-#      (CUPTI buffers come faulted in by the agent thread): reported (INFO)
-#   4c. tbprof convert --gpu of the capturing run: most GPU time under the
-#      loop's own Python frames (SKIP without CPU samples, as under gVisor)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
@@ -59,7 +59,7 @@
 # Device time is scarce, so the run is bounded: each job gets TBGPU_JOB_S
 # seconds (default 120; a hung job is killed, and its row says so), and rows
 # not started within TBGPU_BUDGET_S seconds (default 420) are SKIPped, rows
-# (1)-(3) first. Where $OUT is set (the device tool), table.txt and
+# (1)-(4), the issue's, first. Where $OUT is set (the device tool), table.txt and
 # outputs.tar.gz (profiles, logs, step times) are written there.
 set -uo pipefail
 t_start=$SECONDS
@@ -76,7 +76,7 @@ in_budget() {
 here=$(cd "$(dirname "$0")" && pwd)
 export TBGPU=$here
 py=${PYTHON:-python3}
-work=$(mktemp -d /tmp/tbgpu.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/tbgpu.XXXXXX")
 tbprof="$here/bin/tbprof"
 # the CLI needs protobuf-c (deps/, where the machine lacks it); the agent
 # dlopen()s libz and (for libunwind) liblzma: the packed copies in deps/dl/
@@ -177,6 +177,49 @@ if in_budget jax_profiledata; then
   else row jax_profiledata FAIL "no xplane.pb to load"; fi
 fi
 
+# 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
+#    page faults per step from the same runs (read between steps, untimed)
+med() { job $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
+fps() { job $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
+if in_budget idle_overhead gpu_flame idle_after_capture job_thread_page_faults; then
+  job $py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>"$work/t_none.err"
+  job env TBPROF_LOGDIR="$work/idle" LD_PRELOAD="$here/lib/libtbprof.so" $py "$here/torch_loop.py" --steps 40 \
+    --times "$work/t_idle" --faults "$work/f_idle" >/dev/null 2>"$work/t_idle.err"
+  job "$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" \
+    --faults "$work/f_cap" >/dev/null 2>"$work/t_cap.err"
+  mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
+  job $py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>"$work/t_tp.err"
+  # idle again after a capture (steps 3..7): CUPTI detached; and left attached
+  job "$tbprof" run --steps 3,7 --logdir "$work/after" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_after" \
+    >/dev/null 2>"$work/t_after.err"
+  job "$tbprof" run --steps 3,7 --logdir "$work/after_off" -- env TBPROF_CUPTI_TEARDOWN=off $py "$here/torch_loop.py" \
+    --steps 40 --times "$work/t_after_off" >/dev/null 2>"$work/t_after_off.err"
+  tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
+  tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null); ta=$(med "$work/t_after" 2>/dev/null)
+  tao=$(med "$work/t_after_off" 2>/dev/null)
+  echo
+  echo "step time (median ms, steps 10..29):"
+  printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
+    "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}" \
+    "tbprof idle after a capture" "${ta:-?}" "... CUPTI left attached" "${tao:-?}"
+  if [ -n "$tn" ] && [ -n "$ti" ]; then
+    ok=$(job $py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
+    row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%); capturing ${tc:-?}, torch.profiler ${tt:-?}"
+  else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
+  fi
+  # 4c. GPU time by launching stack of the capturing run: under torch_loop.py's frames
+  if job "$tbprof" convert "$work/cap" --gpu --to "$work/gpu.folded" 2>"$work/gpu_flame.err"; then
+    check gpu_flame $py "$here/check.py" gpu_flame "$work/gpu.folded" torch_loop.py
+  else row gpu_flame FAIL "$(tail -2 "$work/gpu_flame.err" | tr '\n' ' ')"; fi
+  # 4a. idle again after a capture: as fast as without tbprof (CUPTI detached)
+  xa=$(find "$work/after" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if [ -n "$xa" ]; then check idle_after_capture $py "$here/check.py" after_capture "$xa" "$work/t_after" "$work/t_none" "$work/t_after_off"
+  else row idle_after_capture FAIL "no xplane.pb from the capture of steps 3..7: $(tail -2 "$work/t_after.err" | tr '\n' ' ')"; fi
+  # 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
+  fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
+  row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
+fi
+
 # 3b. xprof's own converters (the TensorBoard plugin's code) on the CUDA profile
 if [ -n "$x1" ] && in_budget xprof_tools; then check xprof_tools $py "$here/check.py" xprof "$x1"; fi
 
@@ -246,49 +289,6 @@ if in_budget jax_steps; then
     row jax_steps FAIL "the JAX job exited $rc before its end: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"
   elif [ -n "$x3d" ]; then check jax_steps $py "$here/check.py" jax_steps "$x3d" 20,29
   else row jax_steps FAIL "no xplane.pb: $(tail -2 "$work/jax_steps.err" | tr '\n' ' ')"; fi
-fi
-
-# 4. step time (median of steps 10..29 of 40); 4b. the job threads' minor
-#    page faults per step from the same runs (read between steps, untimed)
-med() { job $py -c "import sys,statistics; v=[float(l) for l in open(sys.argv[1])][10:30]; print('%.3f' % (statistics.median(v)*1e3))" "$1"; }
-fps() { job $py -c "import sys; v=[int(l) for l in open(sys.argv[1])]; print('%.1f' % ((v[29]-v[9])/20))" "$1"; }
-if in_budget idle_overhead gpu_flame idle_after_capture job_thread_page_faults; then
-  job $py "$here/torch_loop.py" --steps 40 --times "$work/t_none" >/dev/null 2>"$work/t_none.err"
-  job env TBPROF_LOGDIR="$work/idle" LD_PRELOAD="$here/lib/libtbprof.so" $py "$here/torch_loop.py" --steps 40 \
-    --times "$work/t_idle" --faults "$work/f_idle" >/dev/null 2>"$work/t_idle.err"
-  job "$tbprof" run --steps 10,29 --logdir "$work/cap" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_cap" \
-    --faults "$work/f_cap" >/dev/null 2>"$work/t_cap.err"
-  mkdir -p "$work/tp"  # torch.profiler exports its trace there at step 29
-  job $py "$here/torch_loop.py" --steps 40 --torch-profile 10,29 --out "$work/tp" --times "$work/t_tp" >/dev/null 2>"$work/t_tp.err"
-  # idle again after a capture (steps 3..7): CUPTI detached; and left attached
-  job "$tbprof" run --steps 3,7 --logdir "$work/after" -- $py "$here/torch_loop.py" --steps 40 --times "$work/t_after" \
-    >/dev/null 2>"$work/t_after.err"
-  job "$tbprof" run --steps 3,7 --logdir "$work/after_off" -- env TBPROF_CUPTI_TEARDOWN=off $py "$here/torch_loop.py" \
-    --steps 40 --times "$work/t_after_off" >/dev/null 2>"$work/t_after_off.err"
-  tn=$(med "$work/t_none" 2>/dev/null); ti=$(med "$work/t_idle" 2>/dev/null)
-  tc=$(med "$work/t_cap" 2>/dev/null); tt=$(med "$work/t_tp" 2>/dev/null); ta=$(med "$work/t_after" 2>/dev/null)
-  tao=$(med "$work/t_after_off" 2>/dev/null)
-  echo
-  echo "step time (median ms, steps 10..29):"
-  printf '  %-28s %s\n' "no profiler" "${tn:-?}" "tbprof preloaded, idle" "${ti:-?}" \
-    "tbprof capturing (GPU+CPU)" "${tc:-?}" "torch.profiler (CPU+CUDA)" "${tt:-?}" \
-    "tbprof idle after a capture" "${ta:-?}" "... CUPTI left attached" "${tao:-?}"
-  if [ -n "$tn" ] && [ -n "$ti" ]; then
-    ok=$(job $py -c "print('PASS' if $ti <= $tn * 1.02 + 0.05 else 'FAIL')")
-    row idle_overhead "$ok" "idle ${ti} ms vs none ${tn} ms (limit +2%); capturing ${tc:-?}, torch.profiler ${tt:-?}"
-  else row idle_overhead FAIL "no step times: $(tail -n 2 "$work/t_none.err" "$work/t_idle.err" 2>/dev/null | tr '\n' ' ')"
-  fi
-  # 4c. GPU time by launching stack of the capturing run: under torch_loop.py's frames
-  if job "$tbprof" convert "$work/cap" --gpu --to "$work/gpu.folded" 2>"$work/gpu_flame.err"; then
-    check gpu_flame $py "$here/check.py" gpu_flame "$work/gpu.folded" torch_loop.py
-  else row gpu_flame FAIL "$(tail -2 "$work/gpu_flame.err" | tr '\n' ' ')"; fi
-  # 4a. idle again after a capture: as fast as without tbprof (CUPTI detached)
-  xa=$(find "$work/after" -name '*.xplane.pb' 2>/dev/null | head -1)
-  if [ -n "$xa" ]; then check idle_after_capture $py "$here/check.py" after_capture "$xa" "$work/t_after" "$work/t_none" "$work/t_after_off"
-  else row idle_after_capture FAIL "no xplane.pb from the capture of steps 3..7: $(tail -2 "$work/t_after.err" | tr '\n' ' ')"; fi
-  # 4b. page faults on the job's threads per step (steps 10..29), capturing vs idle
-  fi_=$(fps "$work/f_idle" 2>/dev/null); fc=$(fps "$work/f_cap" 2>/dev/null)
-  row job_thread_page_faults INFO "minor faults per step: capturing ${fc:-?}, idle ${fi_:-?}"
 fi
 
 # 5. tbprof and torch.profiler in one job (CUPTI takes one subscriber):
