@@ -742,7 +742,8 @@ class GpuScript(tbtest.TestCase):
         its own), as on a machine without them. (stdout, seconds taken)."""
         self.assertEqual(self.packed.returncode, 0, self.packed.stdout + self.packed.stderr)
         e = tbtest.env(preload=False, gpu=None, cpu=None, socket=None)
-        e.update(PYTHON=sys.executable, TMPDIR=self.tmp, **{k: str(v) for k, v in env.items()})
+        e.update(PYTHON=sys.executable, TMPDIR=self.tmp)
+        e.update({k: str(v) for k, v in env.items()})
         cmd = ["bash", os.path.join(self.gpu, "run.sh")]
         if hide:
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
@@ -790,6 +791,28 @@ class GpuScript(tbtest.TestCase):
         self.assertEqual(rows[:len(issue)], issue, out)
         self.assertIn("jax_capture", rows)
         self.assertEqual(self.table(out)["idle_overhead"][0], "SKIP")
+
+
+    def test_the_run_ends_in_time_whatever_its_jobs_do(self):
+        # every PyTorch and JAX job hangs (a stand-in python that sleeps on
+        # them): rows started before the budget ran out must not take the
+        # run past TBGPU_END_S (the device's limit kills the run, and
+        # table.txt and the outputs with it); rows after it SKIP, saying so
+        fake = os.path.join(self.tmp, "python")
+        with open(fake, "w") as f:
+            f.write('#!/bin/sh\ncase "$1" in *torch_loop.py|*jax_loop.py) exec sleep 300;; esac\n'
+                    'exec "%s" "$@"\n' % sys.executable)
+        os.chmod(fake, 0o755)
+        out_dir = os.path.join(self.tmp, "out")
+        os.makedirs(out_dir)
+        out, took = self.run_script(timeout=150, PYTHON=fake, OUT=out_dir, TBGPU_BUDGET_S=1000, TBGPU_JOB_S=40,
+                                    TBGPU_END_S=12)
+        self.assertLess(took, 45, out)
+        rows = self.table(out)
+        self.assertEqual(rows["torch_vs_torch_profiler"][0], "FAIL", out)
+        self.assertEqual(rows["jax_capture"], ("SKIP", "the run's end reached (TBGPU_END_S=12)"), out)
+        with open(os.path.join(out_dir, "table.txt")) as f:
+            self.assertIn("jax_capture", f.read())
 
 
 if __name__ == "__main__":

@@ -57,20 +57,33 @@
 # Prints each row as it is decided and the whole table at the end; exit status
 # = number of failed checks (SKIP, INFO are not).
 # Device time is scarce, so the run is bounded: each job gets TBGPU_JOB_S
-# seconds (default 120; a hung job is killed, and its row says so), and rows
+# seconds (default 120; a hung job is killed, and its row says so), rows
 # not started within TBGPU_BUDGET_S seconds (default 420) are SKIPped, rows
-# (1)-(4), the issue's, first. Where $OUT is set (the device tool), table.txt and
-# outputs.tar.gz (profiles, logs, step times) are written there.
+# (1)-(4), the issue's, first, and no job runs past TBGPU_END_S seconds
+# (default 510: keep it under the device call's limit, so the run itself
+# ends, writes its table and packs its outputs). Where $OUT is set (the
+# device tool), table.txt (each row as decided) and outputs.tar.gz
+# (profiles, logs, step times) are written there.
 set -uo pipefail
 t_start=$SECONDS
 budget=${TBGPU_BUDGET_S:-420}
 job_s=${TBGPU_JOB_S:-120}
-# job CMD...: run one job, killed (with its children) after job_s seconds
-job() { timeout -k 5 "$job_s" "$@"; local rc=$?; ((rc == 124 || rc == 137)) && echo "tbgpu: killed after ${job_s} s: $*" >&2; return $rc; }
+end_s=${TBGPU_END_S:-510}
+# left: the seconds a job started now may run: job_s, or what is left before
+# end_s (2 at least: timeout 0 would mean no limit)
+left() { local l=$((end_s - (SECONDS - t_start))); ((l > job_s)) && l=$job_s; ((l < 2)) && l=2; echo "$l"; }
+# job CMD...: run one job, killed (with its children) after left() seconds
+job() {
+  local s; s=$(left); timeout -k 5 "$s" "$@"; local rc=$?
+  ((rc == 124 || rc == 137)) && echo "tbgpu: killed after ${s} s: $*" >&2; return $rc
+}
 # in_budget NAME...: false (and the rows SKIPped) once the time budget is spent
 in_budget() {
-  ((SECONDS - t_start < budget)) && return 0
-  local n; for n in "$@"; do row "$n" SKIP "time budget spent (TBGPU_BUDGET_S=$budget)"; done
+  local now=$((SECONDS - t_start)) why= n
+  ((now >= budget)) && why="time budget spent (TBGPU_BUDGET_S=$budget)"
+  ((now >= end_s)) && why="the run's end reached (TBGPU_END_S=$end_s)"
+  [ -z "$why" ] && return 0
+  for n in "$@"; do row "$n" SKIP "$why"; done
   return 1
 }
 here=$(cd "$(dirname "$0")" && pwd)
@@ -115,10 +128,17 @@ echo "work dir $work; libcupti: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
 job $py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
 declare -a rows; fails=0
+table() {
+  printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
+  printf '%s\n' "${rows[@]}"
+  echo "$fails failed in $((SECONDS - t_start)) s; outputs in $work"
+}
 row() {
   local r; r=$(printf '%-30s %-5s %s' "$1" "$2" "$3"); rows+=("$r")
   printf '[%4ds] %s\n' $((SECONDS - t_start)) "$r"
   case $2 in PASS|SKIP|INFO) ;; *) fails=$((fails+1)) ;; esac
+  # the table so far, should the device's limit stop the run before its end
+  if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then table >"$OUT/table.txt"; fi
 }
 check() { # name, command...: records the RESULT line
   local name=$1; shift
@@ -253,7 +273,7 @@ fi
 # 3c. a JAX job captured mid-run by `tbprof trigger` (no steps, no code change)
 if in_budget jax_capture; then
   logs3=$work/jax; stop=$work/jax.stop; jpid=; jback=
-  timeout -k 5 "$job_s" env TBPROF_LOGDIR="$logs3" TBPROF_CPU=off LD_PRELOAD="$here/lib/libtbprof.so" \
+  timeout -k 5 "$(left)" env TBPROF_LOGDIR="$logs3" TBPROF_CPU=off LD_PRELOAD="$here/lib/libtbprof.so" \
     $py "$here/jax_loop.py" --stop-file "$stop" --seconds 90 >"$work/jax.out" 2>"$work/jax.err" &
   jbg=$!
   for _ in $(seq 180); do
@@ -316,7 +336,7 @@ coexist torch_before_teardown ours 10,14 2,6 TEARDOWN_CUPTI=1  # 5d. ... unless 
 if in_budget ranks_trigger; then
   rstop=$work/ranks.stop
   rank_cmd="TBPROF_CPU=off $py '$here/torch_loop.py' --steps 20000 --ready --stop-file '$rstop'"
-  timeout -k 5 "$job_s" "$tbprof" run --logdir "$work/ranks" -- sh -c \
+  timeout -k 5 "$(left)" "$tbprof" run --logdir "$work/ranks" -- sh -c \
     "$rank_cmd >'$work/rank0.out' 2>'$work/rank0.err' & $rank_cmd >'$work/rank1.out' 2>'$work/rank1.err' & wait" &
   rbg=$!
   for _ in $(seq 180); do
@@ -413,11 +433,6 @@ fi
 #     tbprof lets go of torch's one profiler slot, the job runs on
 coexist tbprof_first_ops ours 3,14 8,12 TBPROF_TORCH_OPS=on
 
-table() {
-  printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
-  printf '%s\n' "${rows[@]}"
-  echo "$fails failed in $((SECONDS - t_start)) s; outputs in $work"
-}
 echo
 table
 # the device tool brings back what is under $OUT: the table, and the
