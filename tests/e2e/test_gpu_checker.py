@@ -213,6 +213,56 @@ class GpuChecker(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("xprof's overview has no step with device compute (0 tables with stepnum)", p.stdout)
 
+    def fake_jax(self, mangle=""):
+        """A stand-in jax package whose profiler.ProfileData reads the XSpace
+        with this build's decoder, as JAX's reader would, then, by mangle:
+        "durations": every event 0 ns long; "events": one GPU event less.
+        The PYTHONPATH for it."""
+        root = os.path.join(self.tmp, "fake_jax")
+        pkg = os.path.join(root, "jax")
+        os.makedirs(pkg, exist_ok=True)
+        open(os.path.join(pkg, "__init__.py"), "w").close()
+        with open(os.path.join(pkg, "profiler.py"), "w") as f:
+            f.write('''import types
+import xplane_pb2
+MANGLE = %r
+
+
+class ProfileData:
+    @classmethod
+    def from_serialized_xspace(cls, data):
+        xs = xplane_pb2.XSpace()
+        xs.ParseFromString(data)
+        pd = cls()
+        pd.planes = []
+        for p in xs.planes:
+            lines = []
+            for l in p.lines:
+                evs = [types.SimpleNamespace(name=p.event_metadata[e.metadata_id].name,
+                                             duration_ns=0 if MANGLE == "durations" else e.duration_ps / 1e3)
+                       for e in l.events]
+                if MANGLE == "events" and p.name.startswith("/device:GPU:") and evs:
+                    evs.pop()
+                lines.append(types.SimpleNamespace(name=l.name, events=evs))
+            pd.planes.append(types.SimpleNamespace(name=p.name, lines=lines))
+        return pd
+''' % mangle)
+        return root
+
+    def test_jax_profiledata_reads_what_we_wrote(self):
+        # 3: JAX's reader must find the same events, names and durations
+        # in our XSpace as our own decoder, not merely load it
+        p = run_check("jax", self.xplane, PYTHONPATH=self.fake_jax())
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"RESULT jax_profiledata PASS planes \[.*'/device:GPU:0'.*\], \d+ events, "
+                                   r"\d+ on the GPU \(4 kernels\) with the same names and [\d.]+ us in all")
+        p = run_check("jax", self.xplane, PYTHONPATH=self.fake_jax("durations"))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("/device:GPU:0: durations add up to 0 ns, ours ", p.stdout)
+        p = run_check("jax", self.xplane, PYTHONPATH=self.fake_jax("events"))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"/device:GPU:0: (\d+) events, ours (?!\1)\d+")
+
     def test_xprof_ops_skips_without_xprof(self):
         # xprof is on the GPU machine, not here: the row says so, and passes on
         if importlib.util.find_spec("xprof") or importlib.util.find_spec("tensorboard_plugin_profile"):

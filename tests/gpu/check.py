@@ -12,7 +12,8 @@
   check.py xprof_steps NAME XPLANE          xprof's Overview finds its steps, with device compute at
                                             least 70% of our kernel time per step
   check.py torch XPLANE TORCH_TRACE         kernel names, counts, GPU time vs torch.profiler (5%)
-  check.py jax XPLANE                       jax.profiler.ProfileData loads it
+  check.py jax XPLANE                       jax.profiler.ProfileData reads it as we do: events per
+                                            plane, GPU names, durations
   check.py jax_capture XPLANE               a JAX job captured by tbprof trigger: kernels, each
                                             with its host call, nothing lost; threads with CUDA calls
   check.py jax_steps XPLANE A,B             a JAX loop of StepTraceAnnotations under tbprof run
@@ -576,19 +577,49 @@ def torch_ops(xplane, t_ops=None, t_cap=None):
 
 
 def jax_load(xplane):
+    """JAX's own reader (jax.profiler.ProfileData) finds in our XSpace what
+    our decoder does: each plane with as many events, the GPU's with the
+    same names, their durations adding up the same (a field JAX reads at
+    another number, or not at all, shows here, not only a parse error)."""
     try:
         from jax.profiler import ProfileData
     except Exception as e:  # noqa: BLE001
         result("jax_profiledata", False, "cannot import jax.profiler.ProfileData: %s" % e)
     with open(xplane, "rb") as f:
         pd = ProfileData.from_serialized_xspace(f.read())
-    names = [p.name for p in pd.planes]
-    n = 0
+    theirs = {}
     for p in pd.planes:
+        names, ns = collections.Counter(), 0.0
         for l in p.lines:
-            n += sum(1 for _ in l.events)
-    ok = "/host:CPU" in names and any(x.startswith("/device:GPU:") for x in names) and n > 0
-    result("jax_profiledata", ok, "planes %s, %d events" % (names, n))
+            for e in l.events:
+                names[e.name] += 1
+                ns += e.duration_ns
+        theirs[p.name] = (names, ns)
+    errs, n, ours = [], 0, {}
+    for p in load(xplane).planes:
+        names = collections.Counter(p.event_metadata[e.metadata_id].name for l in p.lines for e in l.events)
+        ours[p.name] = (names, sum(e.duration_ps for l in p.lines for e in l.events) / 1e3)
+    for name, (names, ns) in ours.items():
+        if name not in theirs:
+            errs.append("no plane %s" % name)
+            continue
+        t_names, t_ns = theirs[name]
+        n += sum(t_names.values())
+        if sum(t_names.values()) != sum(names.values()):
+            errs.append("%s: %d events, ours %d" % (name, sum(t_names.values()), sum(names.values())))
+        elif name.startswith("/device:GPU:") and t_names != names:
+            errs.append("%s: names differ, e.g. %s" % (name, sorted((t_names - names) + (names - t_names))[:2]))
+        if abs(t_ns - ns) > 1 + sum(names.values()):  # JAX's duration_ns: duration_ps // 1000
+            errs.append("%s: durations add up to %.0f ns, ours %.0f ns" % (name, t_ns, ns))
+    gpu = [k for k in ours if k.startswith("/device:GPU:")]
+    if "/host:CPU" not in ours or not gpu:
+        errs.append("planes %s: no /host:CPU or no GPU plane" % sorted(ours))
+    kern = sum(1 for p in load(xplane).planes if p.name in gpu for l in p.lines if l.name.startswith("Stream #")
+               for e in l.events if any(p.stat_metadata[s.metadata_id].name == "kernel_details" for s in e.stats))
+    result("jax_profiledata", not errs, "; ".join(errs[:4]) or
+           "planes %s, %d events, %d on the GPU (%d kernels) with the same names and %.1f us in all" % (
+               list(theirs), n, sum(sum(ours[k][0].values()) for k in gpu), kern,
+               sum(theirs[k][1] for k in gpu) / 1e3))
 
 
 def jax_capture(xplane):

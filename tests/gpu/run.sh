@@ -15,7 +15,8 @@
 #      2b. its torch.cuda.nvtx ranges are in our profile, one per step, and
 #          the forward pass's kernels carry nvtx_range "forward"
 #      2c. which libcupti traced it, the pool, buffers filled, drops (INFO)
-#   3. jax.profiler.ProfileData loads our .xplane.pb; xprof (when installed)
+#   3. jax.profiler.ProfileData reads our .xplane.pb as we do (events per
+#      plane, the GPU's names, durations); xprof (when installed)
 #      converts it into its tools (the memory profile shows the cudaMalloc timeline)
 #   4. step time: no agent / agent idle / capturing / torch.profiler;
 #      4a. idle again after a capture: within 2% of no agent, the capture
