@@ -608,18 +608,67 @@ static tb_flame_node *node_new(const char *name)
     return n;
 }
 
-/* Child named `name`: a linear search from the newest child (call trees
- * have small fan-out, and consecutive stacks tend to share a prefix). */
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Index n's kids by name (open addressing, slots hold kid index + 1) in a
+ * table of `cap` slots (a power of two). 0 or -ENOMEM. */
+static int index_kids(tb_flame_node *n, size_t cap)
+{
+    uint32_t *ix = calloc(cap, sizeof(*ix));
+    if (!ix)
+        return -ENOMEM;
+    for (size_t i = 0; i < n->nkids; i++) {
+        size_t j = (size_t)name_hash(n->kids[i]->name) & (cap - 1);
+        while (ix[j])
+            j = (j + 1) & (cap - 1);
+        ix[j] = (uint32_t)i + 1;
+    }
+    free(n->index);
+    n->index = ix;
+    n->index_cap = cap;
+    return 0;
+}
+
+#define INDEX_FROM 8 /* kids searched linearly below this */
+
+/* Child named `name`. Few kids: a linear search from the newest
+ * (consecutive stacks tend to share a prefix); more (GPU work by launching
+ * stack: thousands of kernel names under one frame): a hash of the kids,
+ * so building the tree stays linear in the stacks. */
 static tb_flame_node *child(tb_flame_node *n, const char *name)
 {
-    for (size_t i = n->nkids; i-- > 0;)
-        if (strcmp(n->kids[i]->name, name) == 0)
-            return n->kids[i];
-    if (TB_GROW(n->kids, n->cap_kids, n->nkids + 1) < 0)
+    size_t slot = 0;
+    if (n->index) {
+        slot = (size_t)name_hash(name) & (n->index_cap - 1);
+        for (; n->index[slot]; slot = (slot + 1) & (n->index_cap - 1))
+            if (strcmp(n->kids[n->index[slot] - 1]->name, name) == 0)
+                return n->kids[n->index[slot] - 1];
+    } else {
+        for (size_t i = n->nkids; i-- > 0;)
+            if (strcmp(n->kids[i]->name, name) == 0)
+                return n->kids[i];
+    }
+    if (n->nkids >= UINT32_MAX - 1 || TB_GROW(n->kids, n->cap_kids, n->nkids + 1) < 0)
         return NULL;
     tb_flame_node *c = node_new(name);
-    if (c)
-        n->kids[n->nkids++] = c;
+    if (!c)
+        return NULL;
+    n->kids[n->nkids++] = c;
+    if (n->index && n->nkids * 2 <= n->index_cap) {
+        n->index[slot] = (uint32_t)n->nkids; /* the free slot the search ended on */
+    } else if (n->nkids >= INDEX_FROM) {
+        size_t cap = n->index_cap ? n->index_cap : 16;
+        while (cap < n->nkids * 4)
+            cap *= 2;
+        if (index_kids(n, cap) < 0)
+            return NULL; /* c is n's: freed with the tree */
+    }
     return c;
 }
 
@@ -628,8 +677,12 @@ static int kid_cmp(const void *a, const void *b)
     return strcmp((*(tb_flame_node *const *)a)->name, (*(tb_flame_node *const *)b)->name);
 }
 
+/* Sorted kids, and the index (built for the lookups) let go. */
 static void sort_tree(tb_flame_node *n)
 {
+    free(n->index);
+    n->index = NULL;
+    n->index_cap = 0;
     if (n->nkids > 1)
         qsort(n->kids, n->nkids, sizeof(n->kids[0]), kid_cmp);
     for (size_t i = 0; i < n->nkids; i++)
@@ -671,6 +724,7 @@ void tb_flame_free(tb_flame_node *n)
     for (size_t i = 0; i < n->nkids; i++)
         tb_flame_free(n->kids[i]);
     free(n->kids);
+    free(n->index);
     free(n);
 }
 

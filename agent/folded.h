@@ -130,6 +130,8 @@ typedef struct tb_flame_node {
     uint64_t total, self;
     struct tb_flame_node **kids;
     size_t nkids, cap_kids;
+    uint32_t *index; /* while the tree is built: kids by name hash (wide nodes) */
+    size_t index_cap;
 } tb_flame_node;
 /* Root is "all"; with_threads puts a level of thread names under it.
  * Children sorted by name (flame graph convention). NULL on ENOMEM. */

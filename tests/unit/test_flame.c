@@ -2,6 +2,7 @@
  * tree, per-function totals and the SVG flame graph. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "folded.h"
 #include "sampler.h"
@@ -242,8 +243,63 @@ static void cpu_segments(void)
     tb_space_free(s);
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* GPU time by launching stack of an XLA program without CPU samples:
+ * every kernel under one frame, thousands of distinct kernel names, each
+ * launched again every step. The call tree (flame --gpu, convert --gpu)
+ * finds a node's child by name; a linear search over 20000 siblings per
+ * stack took 10 s for 300k kernels (minutes for a real capture). */
+static void wide_tree(void)
+{
+    enum { NAMES = 30000, STACKS = 300000 };
+    char (*names)[16] = malloc(NAMES * sizeof(*names));
+    tb_folded f = {0};
+    f.ns = 1;
+    f.threads = malloc(sizeof(*f.threads));
+    f.threads[0] = "[CUDA call not in the capture]";
+    f.nthreads = f.cap_threads = 1;
+    f.stacks = malloc(STACKS * sizeof(*f.stacks));
+    f.frames = malloc(STACKS * sizeof(*f.frames));
+    CHECK(names && f.stacks && f.frames);
+    if (!names || !f.stacks || !f.frames)
+        return;
+    for (int i = 0; i < NAMES; i++)
+        snprintf(names[i], sizeof(names[i]), "fusion_%d", i);
+    for (int i = 0; i < STACKS; i++) {
+        f.frames[i] = names[i % NAMES];
+        f.stacks[i] = (tb_folded_stack){(uint32_t)i, 1, 0, 1000};
+    }
+    f.nstacks = f.cap_stacks = f.nframes = f.cap_frames = STACKS;
+    f.total = (uint64_t)STACKS * 1000;
+    double t0 = now_s();
+    tb_flame_node *root = tb_flame_tree(&f, 1);
+    double took = now_s() - t0;
+    CHECKF(took < 2.0, "call tree of %d stacks over %d names took %.1f s", STACKS, NAMES, took);
+    CHECK(root && root->nkids == 1 && root->kids[0]->nkids == NAMES);
+    if (root && root->nkids == 1 && root->kids[0]->nkids == NAMES) {
+        const tb_flame_node *t = root->kids[0];
+        int sorted = 1;
+        for (size_t i = 1; i < t->nkids; i++)
+            sorted &= strcmp(t->kids[i - 1]->name, t->kids[i]->name) < 0;
+        CHECK(sorted);
+        CHECK_EQ_I(t->kids[0]->total, (STACKS / NAMES) * 1000); /* "fusion_0" */
+        CHECK_STR(t->kids[0]->name, "fusion_0");
+        CHECK_EQ_I(t->total, f.total);
+    }
+    tb_flame_free(root);
+    free(names);
+    tb_folded_free(&f);
+}
+
 int main(void)
 {
+    wide_tree();
     cpu_segments();
     stacks_and_functions();
     flame_svg();
