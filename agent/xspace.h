@@ -46,6 +46,13 @@ int tb_xspace_encode_stream(tb_space *s, const tb_xspace_sink *sink);
  * byte 1234", "not an XSpace: ...", "empty file"). */
 int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errlen);
 int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err, size_t errlen);
+/* How many events the xplane.pb at path holds, without building the
+ * profile (`tbprof ls`): a walk over the wire format that needs the
+ * file's size in memory, not the decoded profile's (about 12 times that).
+ * A file it cannot vouch for is decoded, so it fails exactly where
+ * tb_xspace_read_file does, with the same message. 0 or -errno. */
+int tb_xspace_count_events(const char *path, uint64_t *events, char *err, size_t errlen);
+int tb_xspace_count(const uint8_t *data, size_t len, uint64_t *events, char *err, size_t errlen);
 
 /* Chrome trace JSON (Kineto conventions), gzip-compressed with zlib. */
 int tb_chrome_write_gz(tb_space *s, const char *path);

@@ -517,9 +517,11 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
     return 0;
 }
 
-int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errlen)
+/* The whole file at path into a malloc'd buffer; 0, or -errno with err set. */
+static int read_all(const char *path, uint8_t **data, size_t *size, char *err, size_t errlen)
 {
-    *out = NULL;
+    *data = NULL;
+    *size = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -572,7 +574,169 @@ int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errl
         len += (size_t)n;
     }
     close(fd);
-    int r = tb_xspace_decode(buf, len, out, err, errlen);
+    *data = buf;
+    *size = len;
+    return 0;
+}
+
+int tb_xspace_read_file(const char *path, tb_space **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    uint8_t *buf;
+    size_t len;
+    int r = read_all(path, &buf, &len, err, errlen);
+    if (r < 0)
+        return r;
+    r = tb_xspace_decode(buf, len, out, err, errlen);
+    free(buf);
+    return r;
+}
+
+/* ---- counting events without decoding (tbprof ls) ------------------------------ */
+
+/* The messages of xplane.proto and what each known field holds; a known
+ * field with another wire type, or anything else protobuf-c might refuse,
+ * makes the walk unsure and the caller decodes for real. */
+enum { W_SPACE, W_PLANE, W_LINE, W_EVENT, W_STAT, W_EVMETA_ENTRY, W_STMETA_ENTRY, W_EVMETA, W_STMETA, W_NONE };
+enum { K_UNKNOWN, K_VARINT, K_FIXED64, K_BYTES, K_MSG, K_VARINT_OR_PACKED };
+
+typedef struct wire_field {
+    unsigned char kind, msg;
+} wire_field;
+
+/* known[type][field] for fields 1..11 */
+static const wire_field known[W_NONE][12] = {
+    [W_SPACE] = {[1] = {K_MSG, W_PLANE}, [2] = {K_BYTES, 0}, [3] = {K_BYTES, 0}, [4] = {K_BYTES, 0}},
+    [W_PLANE] = {[1] = {K_VARINT, 0},
+                 [2] = {K_BYTES, 0},
+                 [3] = {K_MSG, W_LINE},
+                 [4] = {K_MSG, W_EVMETA_ENTRY},
+                 [5] = {K_MSG, W_STMETA_ENTRY},
+                 [6] = {K_MSG, W_STAT}},
+    [W_LINE] = {[1] = {K_VARINT, 0},
+                [2] = {K_BYTES, 0},
+                [3] = {K_VARINT, 0},
+                [4] = {K_MSG, W_EVENT},
+                [9] = {K_VARINT, 0},
+                [10] = {K_VARINT, 0},
+                [11] = {K_BYTES, 0}},
+    [W_EVENT] = {[1] = {K_VARINT, 0}, [2] = {K_VARINT, 0}, [3] = {K_VARINT, 0}, [4] = {K_MSG, W_STAT},
+                 [5] = {K_VARINT, 0}},
+    [W_STAT] = {[1] = {K_VARINT, 0},
+                [2] = {K_FIXED64, 0},
+                [3] = {K_VARINT, 0},
+                [4] = {K_VARINT, 0},
+                [5] = {K_BYTES, 0},
+                [6] = {K_BYTES, 0},
+                [7] = {K_VARINT, 0}},
+    [W_EVMETA_ENTRY] = {[1] = {K_VARINT, 0}, [2] = {K_MSG, W_EVMETA}},
+    [W_STMETA_ENTRY] = {[1] = {K_VARINT, 0}, [2] = {K_MSG, W_STMETA}},
+    [W_EVMETA] = {[1] = {K_VARINT, 0},
+                  [2] = {K_BYTES, 0},
+                  [3] = {K_BYTES, 0},
+                  [4] = {K_BYTES, 0},
+                  [5] = {K_MSG, W_STAT},
+                  [6] = {K_VARINT_OR_PACKED, 0}},
+    [W_STMETA] = {[1] = {K_VARINT, 0}, [2] = {K_BYTES, 0}, [3] = {K_BYTES, 0}},
+};
+
+typedef struct wire_count {
+    uint64_t events;
+    size_t planes, unnamed_planes;
+} wire_count;
+
+/* Walk message `type` in d[0..len): 0 when every field is well formed,
+ * -1 when unsure. Counts events (XLine field 4) and planes without a name. */
+static int wire_walk(const uint8_t *d, size_t len, int type, wire_count *c)
+{
+    size_t pos = 0;
+    int named = 0;
+    while (pos < len) {
+        uint64_t key, v;
+        if (read_varint(d, len, &pos, &key) < 0)
+            return -1;
+        uint64_t field = key >> 3;
+        unsigned wt = key & 7;
+        if (field == 0 || field > 536870911)
+            return -1;
+        wire_field k = field < 12 ? known[type][field] : (wire_field){K_UNKNOWN, 0};
+        switch (wt) {
+        case 0:
+            if (k.kind != K_UNKNOWN && k.kind != K_VARINT && k.kind != K_VARINT_OR_PACKED)
+                return -1;
+            if (read_varint(d, len, &pos, &v) < 0)
+                return -1;
+            break;
+        case 1:
+        case 5: {
+            size_t need = wt == 1 ? 8 : 4;
+            if (k.kind != K_UNKNOWN && !(k.kind == K_FIXED64 && wt == 1))
+                return -1;
+            if (len - pos < need)
+                return -1;
+            pos += need;
+            break;
+        }
+        case 2:
+            if (k.kind != K_UNKNOWN && k.kind != K_BYTES && k.kind != K_MSG && k.kind != K_VARINT_OR_PACKED)
+                return -1;
+            if (read_varint(d, len, &pos, &v) < 0 || v > len - pos)
+                return -1;
+            if (k.kind == K_MSG) {
+                if (type == W_LINE && field == 4)
+                    c->events++;
+                if (wire_walk(d + pos, (size_t)v, k.msg, c) < 0)
+                    return -1;
+            } else if (k.kind == K_VARINT_OR_PACKED) {
+                size_t p = 0;
+                while (p < (size_t)v)
+                    if (read_varint(d + pos, (size_t)v, &p, &key) < 0)
+                        return -1;
+            } else if (type == W_PLANE && field == 2 && v > 0) {
+                named = 1;
+            }
+            pos += (size_t)v;
+            break;
+        default:
+            return -1;
+        }
+    }
+    if (type == W_PLANE) {
+        c->planes++;
+        c->unnamed_planes += !named;
+    }
+    return 0;
+}
+
+int tb_xspace_count(const uint8_t *data, size_t len, uint64_t *events, char *err, size_t errlen)
+{
+    *events = 0;
+    wire_count c = {0};
+    /* the decoder's own rules for what is an XSpace (no planes, a plane
+     * without a name, bad framing) and its messages: decode when unsure */
+    if (len && !(len >= 2 && data[0] == 0x1f && data[1] == 0x8b) && wire_walk(data, len, W_SPACE, &c) == 0 &&
+        c.planes && !c.unnamed_planes) {
+        *events = c.events;
+        return 0;
+    }
+    tb_space *s = NULL;
+    int r = tb_xspace_decode(data, len, &s, err, errlen);
+    if (r < 0)
+        return r;
+    *events = tb_space_event_count(s);
+    tb_space_free(s);
+    return 0;
+}
+
+int tb_xspace_count_events(const char *path, uint64_t *events, char *err, size_t errlen)
+{
+    *events = 0;
+    uint8_t *buf;
+    size_t len;
+    int r = read_all(path, &buf, &len, err, errlen);
+    if (r < 0)
+        return r;
+    r = tb_xspace_count(buf, len, events, err, errlen);
     free(buf);
     return r;
 }

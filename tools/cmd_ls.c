@@ -2,6 +2,7 @@
  * its files with sizes and, for each .xplane.pb, its event count. A file
  * that cannot be read is one line on stderr and the listing goes on (exit 1). */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -61,14 +62,13 @@ int cmd_ls(int argc, char **argv)
             long long events = -1;
             char err[256] = "";
             if (tb_str_ends(f->name, ".xplane.pb")) {
-                tb_space *s = NULL;
-                if (tb_xspace_read_file(f->path, &s, err, sizeof(err)) < 0) {
+                uint64_t n;
+                if (tb_xspace_count_events(f->path, &n, err, sizeof(err)) < 0) {
                     fprintf(stderr, "tbprof: %s: %s\n", f->path, err);
                     bad++;
                 } else {
-                    events = (long long)tb_space_event_count(s);
+                    events = (long long)n;
                 }
-                tb_space_free(s);
             }
             if (json) {
                 fputs(k ? ",{\"name\":" : "{\"name\":", stdout);

@@ -7,6 +7,7 @@ one frame per call-tree node, names escaped; errors are actionable."""
 import gzip
 import json
 import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
@@ -268,6 +269,36 @@ class Convert(ts.Base):
     def test_progress_only_for_terminals_or_large_inputs(self):
         p = run("convert", self.file, "--to", self.out("q.folded"))
         self.assertEqual(p.stderr, "")  # small input, stderr a pipe: quiet
+
+
+class LargeInputs(ts.Base):
+    def synth(self, kernels):
+        p = run("synth", self.logdir, "--kernels", str(kernels), "--gpus", "2", "--steps", "20", "--run", "big",
+                "--host", "node1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout.strip()
+
+    def test_ls_counts_events_without_loading_the_profile(self):
+        """`tbprof ls` lists every file of every run with its event count: it
+        must not need the memory (and time) of decoding each whole profile,
+        about 12 times its size, for a number."""
+        import resource  # noqa: F401  (os.wait4's rusage)
+        pb = self.synth(400000)
+        size = os.path.getsize(pb)
+        p = run("dump", "--json", pb)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        events = json.loads(p.stdout)["events"]
+        out = os.path.join(self.tmp, "ls.json")
+        with open(out, "w") as f:
+            proc = subprocess.Popen([ts.CLI, "ls", "--json", self.logdir], stdout=f, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, proc.stderr.read())
+        with open(out, encoding="utf-8") as f:
+            files = {x["name"]: x for x in json.load(f)["runs"][0]["files"]}
+        self.assertEqual(files["node1.xplane.pb"]["events"], events)
+        self.assertEqual(files["node1.xplane.pb"]["bytes"], size)
+        peak = usage.ru_maxrss * 1024
+        self.assertLess(peak, 2 * size + (96 << 20), "ls of a %d MB profile peaked at %d MB" % (size >> 20, peak >> 20))
 
 
 class Flame(ts.Base):

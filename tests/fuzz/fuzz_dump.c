@@ -5,7 +5,8 @@
  * with every stat type). Each case applies a few mutations (bit flips, byte
  * sets, varint-sized garbage, inserts, deletes, truncation, chunk copies)
  * and decodes. Anything decoded must sort, re-encode, decode again with the
- * same event count, and produce Chrome JSON. Every 50th case also runs
+ * same event count, and produce Chrome JSON; tb_xspace_count (`tbprof ls`)
+ * must agree with the decoder on every case. Every 50th case also runs
  * `tbprof dump` on the bytes (when TBPROF_BUILD names a build): it must exit
  * 0 or 2, never die of a signal. Deterministic for a seed. */
 #include <errno.h>
@@ -83,6 +84,14 @@ int main(int argc, char **argv)
         tb_space *sp = NULL;
         err[0] = '\0';
         int r = tb_xspace_decode(d, len, &sp, err, sizeof(err));
+        /* `tbprof ls`'s count without decoding: the decoder's verdict, its
+         * message and its event count */
+        uint64_t counted = 0;
+        char cerr[256] = "";
+        int cr = tb_xspace_count(d, len, &counted, cerr, sizeof(cerr));
+        EXPECT(cr == r && (r < 0 ? strcmp(cerr, err) == 0 : counted == tb_space_event_count(sp)),
+               "count: %d '%s' %llu, decode: %d '%s' %zu", cr, cerr, (unsigned long long)counted, r, err,
+               sp ? tb_space_event_count(sp) : 0);
         if (r < 0) {
             EXPECT(sp == NULL, "space returned on error %d", r);
             EXPECT(err[0] != '\0' && !strchr(err, '\n'), "error message '%s'", err);
