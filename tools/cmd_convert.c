@@ -139,7 +139,7 @@ int cmd_convert(int argc, char **argv)
         return 2;
     }
     const char *in = argv[optind];
-    long long bytes = tb_input_bytes(in);
+    long long bytes = tb_input_bytes_of(in, run);
     int progress = tb_progress_wanted(bytes) && strcmp(out, "-") != 0;
     double t0 = now_s();
     tb_profset ps;

@@ -80,7 +80,7 @@ int cmd_flame(int argc, char **argv)
     const char *in = argv[optind];
     tb_profset ps;
     int rc = tb_profset_load("flame", in, run,
-                             tb_progress_wanted(tb_input_bytes(in)) && strcmp(out, "-") != 0, &ps);
+                             tb_progress_wanted(tb_input_bytes_of(in, run)) && strcmp(out, "-") != 0, &ps);
     if (rc) {
         tb_profset_free(&ps);
         return rc;

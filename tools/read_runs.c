@@ -203,7 +203,7 @@ static int add_run(tb_runlist *l, const char *path, const char *name)
     return 0;
 }
 
-static int scan_profile_dir(const char *pdir, tb_runlist *out)
+static int scan_profile_dir(const char *pdir, tb_runlist *out, int quiet)
 {
     DIR *d = opendir(pdir);
     if (!d)
@@ -222,7 +222,8 @@ static int scan_profile_dir(const char *pdir, tb_runlist *out)
         if (rc < 0 && rc != -ENOMEM) {
             /* one unreadable run (another user's in a shared logdir) must
              * not make the others unreadable */
-            fprintf(stderr, "tbprof: skipping run %s: %s\n", rr_text(p), strerror(-rc));
+            if (!quiet)
+                fprintf(stderr, "tbprof: skipping run %s: %s\n", rr_text(p), strerror(-rc));
             out->skipped++;
             rc = 0;
         }
@@ -232,7 +233,7 @@ static int scan_profile_dir(const char *pdir, tb_runlist *out)
     return rc;
 }
 
-int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
+static int runs_scan(const char *logdir, tb_runlist *out, const char **what, int quiet)
 {
     memset(out, 0, sizeof(*out));
     *what = NULL;
@@ -255,14 +256,14 @@ int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
     if (stat(pdir, &st) == 0 && S_ISDIR(st.st_mode)) {
         out->profdir = pdir;
         pdir = NULL;
-        rc = scan_profile_dir(out->profdir, out);
+        rc = scan_profile_dir(out->profdir, out, quiet);
     } else {
         /* a run folder itself, or plugins/profile given directly */
         const char *base = strrchr(logdir, '/');
         base = base && base[1] ? base + 1 : logdir;
         rc = add_run(out, logdir, base);
         if (rc == 0 && out->n == 0) {
-            rc = scan_profile_dir(logdir, out);
+            rc = scan_profile_dir(logdir, out, quiet);
             if (rc == 0 && out->n && !(out->profdir = strdup(logdir)))
                 rc = -ENOMEM;
         }
@@ -279,6 +280,16 @@ int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
     }
     qsort(out->runs, out->n, sizeof(*out->runs), run_cmp);
     return 0;
+}
+
+int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what)
+{
+    return runs_scan(logdir, out, what, 0);
+}
+
+int tb_runs_scan_quiet(const char *logdir, tb_runlist *out, const char **what)
+{
+    return runs_scan(logdir, out, what, 1);
 }
 
 const char *rr_text(const char *s)

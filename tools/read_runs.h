@@ -42,6 +42,8 @@ typedef struct tb_runlist {
  * always initialised: call tb_runs_free whatever this returns (on -ENOENT
  * out->profdir may still name where runs were looked for). */
 int tb_runs_scan(const char *logdir, tb_runlist *out, const char **what);
+/* The same without a word on stderr (a look before the real scan). */
+int tb_runs_scan_quiet(const char *logdir, tb_runlist *out, const char **what);
 void tb_runs_free(tb_runlist *l);
 /* tb_runs_scan for ls and dump: on failure says "tbprof: LOGDIR: what" on
  * stderr, frees out and returns <0. */

@@ -21,12 +21,32 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-long long tb_input_bytes(const char *in)
+long long tb_input_bytes_of(const char *in, const char *run)
 {
     struct stat st;
     if (stat(in, &st) < 0)
         return 0;
-    return S_ISREG(st.st_mode) ? (long long)st.st_size : 0;
+    if (!S_ISDIR(st.st_mode))
+        return S_ISREG(st.st_mode) ? (long long)st.st_size : 0;
+    /* a logdir or run folder: the profiles of the run tb_profset_load reads */
+    tb_runlist rl;
+    const char *what;
+    long long bytes = 0;
+    if (tb_runs_scan_quiet(in, &rl, &what) == 0) {
+        const tb_run *r = run ? tb_runs_find(&rl, run) : NULL;
+        if (!r)
+            r = tb_runs_newest(&rl);
+        for (size_t i = 0; r && i < r->nfiles; i++)
+            if (tb_str_ends(r->files[i].name, SUFFIX))
+                bytes += r->files[i].bytes;
+    }
+    tb_runs_free(&rl);
+    return bytes;
+}
+
+long long tb_input_bytes(const char *in)
+{
+    return tb_input_bytes_of(in, NULL);
 }
 
 int tb_progress_wanted(long long bytes)

@@ -37,6 +37,10 @@ void tb_profset_free(tb_profset *ps);
 
 /* Progress on stderr only when it is a terminal or the input is large. */
 int tb_progress_wanted(long long bytes);
+/* The bytes of the profiles `in` stands for: a file's size, or for a
+ * logdir or run folder the .xplane.pb files of its run `run` (NULL: the
+ * newest) that tb_profset_load reads. tb_input_bytes: the newest run. */
+long long tb_input_bytes_of(const char *in, const char *run);
 long long tb_input_bytes(const char *in);
 
 

@@ -300,6 +300,23 @@ class LargeInputs(ts.Base):
         peak = usage.ru_maxrss * 1024
         self.assertLess(peak, 2 * size + (96 << 20), "ls of a %d MB profile peaked at %d MB" % (size >> 20, peak >> 20))
 
+    def test_progress_for_a_large_run_folder_or_logdir(self):
+        """Progress goes to stderr when the input is 64 MB or larger: the
+        profiles a logdir or run folder stands for, not only a file named
+        on the command line."""
+        write(os.path.join(self.rundir, "node1.xplane.pb"), sampled_space())
+        big = os.path.join(self.rundir, "node0.xplane.pb")  # 64 MB, not a profile (sparse: no disk)
+        with open(big, "wb") as f:
+            f.truncate(64 << 20)
+        for args in (("convert", self.logdir, "--to", os.path.join(self.tmp, "a.folded")),
+                     ("flame", self.rundir, "-o", os.path.join(self.tmp, "a.svg"))):
+            with self.subTest(args[0]):
+                p = run(*args)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertIn("tbprof %s: reading %s (67.1 MB)..." % (args[0], big), p.stderr)
+                self.assertIn("skipping %s: not an XSpace" % big, p.stderr)
+                self.assertIn("reading %s (0.0 MB)" % os.path.join(self.rundir, "node1.xplane.pb"), p.stderr)
+
 
 class Flame(ts.Base):
     def test_svg(self):
