@@ -896,8 +896,27 @@ int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
         }
         fidx[i] = (uint32_t)k;
     }
+    /* each thread's stacks, in order: by[first[t] .. first[t + 1]) (a
+     * counting sort, so a run of thousands of threads is one pass) */
+    size_t *first = rc ? NULL : calloc(f->nthreads + 1, sizeof(*first));
+    size_t *by = rc ? NULL : malloc((f->nstacks ? f->nstacks : 1) * sizeof(*by));
+    if (!rc && (!first || !by))
+        rc = -ENOMEM;
     if (rc)
         goto out;
+    for (size_t i = 0; i < f->nstacks; i++)
+        if (f->stacks[i].thread < f->nthreads)
+            first[f->stacks[i].thread + 1]++;
+    for (size_t t = 0; t < f->nthreads; t++)
+        first[t + 1] += first[t];
+    for (size_t i = 0; i < f->nstacks; i++) {
+        uint32_t t = f->stacks[i].thread;
+        if (t < f->nthreads)
+            by[first[t]++] = i;
+    }
+    for (size_t t = f->nthreads; t > 0; t--) /* back to where each thread begins */
+        first[t] = first[t - 1];
+    first[0] = 0;
     fputs("{\"$schema\":\"https://www.speedscope.app/file-format-schema.json\",", out);
     fputs("\"exporter\":\"tbprof\",\"name\":", out);
     tb_json_str(out, name ? name : "tbprof CPU samples");
@@ -911,12 +930,9 @@ int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
     size_t nprof = 0;
     for (size_t t = 0; t < f->nthreads; t++) {
         uint64_t total = 0;
-        size_t nst = 0;
-        for (size_t i = 0; i < f->nstacks; i++)
-            if (f->stacks[i].thread == t) {
-                total += f->stacks[i].count;
-                nst++;
-            }
+        size_t nst = first[t + 1] - first[t];
+        for (size_t x = first[t]; x < first[t + 1]; x++)
+            total += f->stacks[by[x]].count;
         if (!nst)
             continue;
         fputs(nprof++ ? ",{" : "{", out);
@@ -924,21 +940,16 @@ int tb_speedscope_write(const tb_folded *f, FILE *out, const char *name)
         tb_json_str(out, f->threads[t]);
         fprintf(out, ",\"unit\":\"%s\",\"startValue\":0,\"endValue\":%llu,\"samples\":[",
                 f->ns ? "nanoseconds" : "none", (unsigned long long)total);
-        size_t k = 0;
-        for (size_t i = 0; i < f->nstacks; i++) {
-            const tb_folded_stack *s = &f->stacks[i];
-            if (s->thread != t)
-                continue;
-            fputs(k++ ? ",[" : "[", out);
+        for (size_t x = first[t]; x < first[t + 1]; x++) {
+            const tb_folded_stack *s = &f->stacks[by[x]];
+            fputs(x > first[t] ? ",[" : "[", out);
             for (uint32_t d = 0; d < s->depth; d++)
                 fprintf(out, d ? ",%u" : "%u", fidx[s->at + d]);
             fputc(']', out);
         }
         fputs("],\"weights\":[", out);
-        k = 0;
-        for (size_t i = 0; i < f->nstacks; i++)
-            if (f->stacks[i].thread == t)
-                fprintf(out, k++ ? ",%llu" : "%llu", (unsigned long long)f->stacks[i].count);
+        for (size_t x = first[t]; x < first[t + 1]; x++)
+            fprintf(out, x > first[t] ? ",%llu" : "%llu", (unsigned long long)f->stacks[by[x]].count);
         fputs("]}", out);
     }
     fputs("]}\n", out);
@@ -948,5 +959,7 @@ out:
     tb_strmap_free(&map);
     free(fidx);
     free(uniq);
+    free(first);
+    free(by);
     return rc;
 }

@@ -297,8 +297,54 @@ static void wide_tree(void)
     tb_folded_free(&f);
 }
 
+/* speedscope of a run of many ranks: one profile per thread, each
+ * thread's stacks found in one pass (a pass over every stack per thread
+ * took 10 s for 8000 threads, minutes for a real multi-rank run). */
+static void speedscope_many_threads(void)
+{
+    enum { THREADS = 8000, PER = 100, STACKS = THREADS * PER };
+    tb_folded f = {0};
+    char (*tnames)[16] = malloc(THREADS * sizeof(*tnames));
+    f.threads = malloc(THREADS * sizeof(*f.threads));
+    f.stacks = malloc(STACKS * sizeof(*f.stacks));
+    f.frames = malloc(STACKS * sizeof(*f.frames));
+    CHECK(tnames && f.threads && f.stacks && f.frames);
+    if (!tnames || !f.threads || !f.stacks || !f.frames)
+        return;
+    for (int t = 0; t < THREADS; t++) {
+        snprintf(tnames[t], sizeof(tnames[t]), "rank%d: t", t);
+        f.threads[t] = tnames[t];
+    }
+    f.nthreads = f.cap_threads = THREADS;
+    for (int i = 0; i < STACKS; i++) {
+        f.frames[i] = i % 2 ? "fwd" : "bwd";
+        /* interleaved, as threads of several profiles come */
+        f.stacks[i] = (tb_folded_stack){(uint32_t)i, 1, (uint32_t)(i % THREADS), (uint64_t)(i / THREADS) + 1};
+        f.total += f.stacks[i].count;
+    }
+    f.nstacks = f.cap_stacks = f.nframes = f.cap_frames = STACKS;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    double t0 = now_s();
+    CHECK(tb_speedscope_write(&f, m, "run") == 0);
+    double took = now_s() - t0;
+    fclose(m);
+    CHECKF(took < 2.0, "speedscope of %d threads, %d stacks took %.1f s", THREADS, STACKS, took);
+    /* each thread: weights 1..PER in order, endValue their sum */
+    CHECK_EQ_I(count(buf, "\"type\":\"sampled\""), THREADS);
+    CHECK(strstr(buf, "\"name\":\"rank7999: t\",\"unit\":\"none\",\"startValue\":0,\"endValue\":5050,") != NULL);
+    char want[64];
+    snprintf(want, sizeof want, "\"weights\":[1,2,3,4,5,6,7,8,9,10,11,");
+    CHECK_EQ_I(count(buf, want), THREADS);
+    free(buf);
+    free(tnames);
+    tb_folded_free(&f);
+}
+
 int main(void)
 {
+    speedscope_many_threads();
     wide_tree();
     cpu_segments();
     stacks_and_functions();
