@@ -473,45 +473,75 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
     int r = check_framing(data, len, err, errlen);
     if (r < 0)
         return r;
-    arena ar = {0};
-    ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free_one, .allocator_data = &ar};
-    XSpace *x = tensorflow__profiler__xspace__unpack(&alloc, len, data);
-    if (!x) {
-        arena_release(&ar);
-        seterr(err, errlen, "not an XSpace: protobuf decoding failed");
-        return -EBADMSG;
-    }
-    if (!x->n_planes && !x->n_warnings && !x->n_errors) {
-        seterr(err, errlen, "not an XSpace: no planes");
-        arena_release(&ar);
-        return -EBADMSG;
-    }
-    for (size_t i = 0; i < x->n_planes; i++)
-        if (!x->planes[i]->name || !*x->planes[i]->name) {
-            seterr(err, errlen, "not an XSpace: plane %zu has no name", i);
-            arena_release(&ar);
-            return -EBADMSG;
-        }
+    /* One plane at a time (the top level's framing is whole): protobuf-c's
+     * unpacked form of a plane is several times its size, so unpacking the
+     * whole XSpace at once needed that for every plane together. Then
+     * hostnames, warnings and errors, in the order unpacking added them. */
     tb_space *s = tb_space_new();
     if (!s) {
-        arena_release(&ar);
         seterr(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    r = 0;
-    for (size_t i = 0; i < x->n_planes && r == 0; i++)
-        r = add_plane(s, x->planes[i]);
-    for (size_t i = 0; i < x->n_hostnames && r == 0; i++)
-        r = tb_space_add_hostname(s, x->hostnames[i] ? x->hostnames[i] : "");
-    for (size_t i = 0; i < x->n_warnings && r == 0; i++)
-        r = tb_space_add_warning(s, x->warnings[i] ? x->warnings[i] : "");
-    for (size_t i = 0; i < x->n_errors && r == 0; i++)
-        r = tb_space_add_error(s, x->errors[i] ? x->errors[i] : "");
-    arena_release(&ar);
-    if (r < 0) {
+    static const unsigned order[] = {1, 4, 3, 2};
+    size_t nplanes = 0, nnotes = 0;
+    const char *bad = NULL;
+    for (size_t o = 0; o < sizeof(order) / sizeof(order[0]) && !bad; o++) {
+        size_t pos = 0;
+        while (pos < len && !bad) {
+            uint64_t key = 0, v = 0;
+            read_varint(data, len, &pos, &key); /* cannot fail: check_framing */
+            unsigned field = (unsigned)(key >> 3), wt = key & 7;
+            if (wt == 0) {
+                read_varint(data, len, &pos, &v);
+            } else if (wt == 1 || wt == 5) {
+                pos += wt == 1 ? 8 : 4;
+            } else {
+                read_varint(data, len, &pos, &v);
+                pos += (size_t)v;
+            }
+            if (field < 1 || field > 4)
+                continue; /* a newer schema's field */
+            if (wt != 2) {
+                bad = "not an XSpace: protobuf decoding failed";
+                break;
+            }
+            if (field != order[o])
+                continue;
+            const uint8_t *at = data + pos - v;
+            if (field == 1) {
+                arena ar = {0};
+                ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free_one, .allocator_data = &ar};
+                XPlane *xp = tensorflow__profiler__xplane__unpack(&alloc, (size_t)v, at);
+                if (!xp) {
+                    bad = "not an XSpace: protobuf decoding failed";
+                } else if (!xp->name || !*xp->name) {
+                    seterr(err, errlen, "not an XSpace: plane %zu has no name", nplanes);
+                    bad = "";
+                } else if (add_plane(s, xp) < 0) {
+                    bad = "out of memory";
+                }
+                arena_release(&ar);
+                nplanes++;
+                continue;
+            }
+            char *str = strndup((const char *)at, (size_t)v); /* up to a NUL, as protobuf-c's */
+            int rr = !str ? -ENOMEM
+                     : field == 4 ? tb_space_add_hostname(s, str)
+                     : field == 3 ? tb_space_add_warning(s, str)
+                                  : tb_space_add_error(s, str);
+            free(str);
+            if (rr < 0)
+                bad = "out of memory";
+            nnotes += field != 4;
+        }
+    }
+    if (!bad && !nplanes && !nnotes)
+        bad = "not an XSpace: no planes";
+    if (bad) {
         tb_space_free(s);
-        seterr(err, errlen, "out of memory");
-        return r;
+        if (*bad)
+            seterr(err, errlen, "%s", bad);
+        return !strcmp(bad, "out of memory") ? -ENOMEM : -EBADMSG;
     }
     *out = s;
     return 0;

@@ -300,6 +300,26 @@ class LargeInputs(ts.Base):
         peak = usage.ru_maxrss * 1024
         self.assertLess(peak, 2 * size + (96 << 20), "ls of a %d MB profile peaked at %d MB" % (size >> 20, peak >> 20))
 
+    def test_reading_a_profile_needs_a_few_times_its_size(self):
+        """Every tool decodes the whole profile: protobuf-c's unpacked form
+        is several times the file's size, and unpacking every plane at once
+        (then building the profile beside it) took 12 times the file's size
+        (a 1 GB capture: 12 GB). One plane at a time: about 5 times."""
+        if os.environ.get("TBPROF_SANITIZE"):
+            self.skipTest("a sanitizer's own memory is most of the peak")
+        p = run("synth", self.logdir, "--kernels", "400000", "--gpus", "8", "--steps", "20", "--run", "big8",
+                "--host", "node1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        pb = p.stdout.strip()
+        size = os.path.getsize(pb)
+        with open(os.devnull, "w") as devnull:
+            proc = subprocess.Popen([ts.CLI, "dump", "--json", pb], stdout=devnull, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, proc.stderr.read())
+        peak = usage.ru_maxrss * 1024
+        self.assertLess(peak, 8 * size + (64 << 20),
+                        "dump of a %d MB profile peaked at %d MB" % (size >> 20, peak >> 20))
+
     def test_progress_for_a_large_run_folder_or_logdir(self):
         """Progress goes to stderr when the input is 64 MB or larger: the
         profiles a logdir or run folder stands for, not only a file named
