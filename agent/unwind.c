@@ -51,9 +51,16 @@ static void *open_libunwind(void)
             char path[4096];
             const char *slash = strrchr(di.dli_fname, '/');
             if (slash && (size_t)(slash - di.dli_fname) < sizeof(path) - 32) {
-                snprintf(path, sizeof(path), "%.*s/libunwind-x86_64.so.8", (int)(slash - di.dli_fname),
-                         di.dli_fname);
+                /* its libunwind.so.8 first, from there too: the loader
+                 * looks for a dependency by soname among the objects
+                 * loaded, never beside the one that needs it */
+                int dir = (int)(slash - di.dli_fname);
+                snprintf(path, sizeof(path), "%.*s/libunwind.so.8", dir, di.dli_fname);
+                void *base = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+                snprintf(path, sizeof(path), "%.*s/libunwind-x86_64.so.8", dir, di.dli_fname);
                 h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+                if (base) /* h holds it where it needed it */
+                    dlclose(base);
             }
         }
     }

@@ -12,12 +12,14 @@ window, in both stack modes:
 Skipped (with the reason) where perf_event_open is refused."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbtest  # noqa: E402
 import cpusamples  # noqa: E402
+import relutil  # noqa: E402
 
 SRC = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split.c")
 
@@ -165,6 +167,40 @@ class CpuLibraryLoadedMidCapture(tbtest.TestCase):
         print("library loaded mid-capture: %d of %d samples in lib_inner reach main" % (full, inner))
         self.assertGreater(inner, 300)
         self.assertGreaterEqual(full, inner * 0.95)
+
+
+class CpuLibunwindBeside(tbtest.TestCase):
+    def test_libunwind_beside_the_agent(self):
+        # a machine without libunwind: the README's answer is a copy beside
+        # libtbprof.so. libunwind-x86_64.so.8 needs libunwind.so.8, which the
+        # loader looks for among the objects loaded and in its path, never
+        # beside the library that needs it: without the agent loading it
+        # from there first, the copy failed to load and stacks fell back to
+        # frame pointers (Python's frames lost)
+        cpusamples.skip_if_perf_refused(self)
+        libs = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+        sys_libs = {l.split()[0]: os.path.realpath(l.rsplit(" => ", 1)[1].strip()) for l in libs.splitlines()
+                    if " => " in l and l.split()[0] in ("libunwind.so.8", "libunwind-x86_64.so.8")}
+        if len(sys_libs) != 2:
+            self.skipTest("no system libunwind to copy: %s" % sys_libs)
+        d = os.path.join(self.tmp, "lib")
+        os.makedirs(d)
+        shutil.copy2(tbtest.LIB, d)
+        for name, path in sys_libs.items():
+            shutil.copy2(path, os.path.join(d, name))
+        e = tbtest.env(self.logdir, cpu="on", cpu_hz=1000, cpu_mode="dwarf")
+        e["LD_PRELOAD"] = relutil.preload_with(os.path.join(d, os.path.basename(tbtest.LIB)))
+        hide = " ".join(sorted(set(sys_libs.values())))
+        p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            'for f in %s; do mount --bind /dev/null "$f" || exit 99; done; exec "$@"' % hide, "sh",
+                            tbtest.prog("kernel_split"), "-m", "300"], env=e, capture_output=True, text=True,
+                           timeout=120)
+        if p.returncode == 99 or "unshare failed" in p.stderr:
+            self.skipTest("cannot hide libraries here (unshare -m, mount --bind): %s" % p.stderr[-200:])
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        self.assertEqual(prof.host.stats.get("tbprof_cpu_mode"), "stackcopy", prof.host.stats)
 
 
 if __name__ == "__main__":
