@@ -254,7 +254,7 @@ int cmd_trend(int argc, char **argv)
         if (prefix && strncmp(r->name, prefix, strlen(prefix)))
             continue;
         if (progress)
-            fprintf(stderr, "tbprof trend: run %zu of %zu: %s\n", i + 1, rl.n, r->name);
+            fprintf(stderr, "tbprof trend: run %zu of %zu: %s\n", i + 1, rl.n, rr_text(r->name));
         if (read_row(r, &rows[n]) < 0)
             unread++;
         else if (!base && rows[n].s.nsteps)

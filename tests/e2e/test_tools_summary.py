@@ -767,6 +767,35 @@ class Trend(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: tbprof trend", p.stderr)
 
+    def test_progress_line_names_the_run_without_control_bytes(self):
+        """On a terminal trend says which run it reads; a run folder's name
+        with a terminal escape in it is printed with '?' for the control
+        bytes, as the table prints it, not sent raw to the terminal."""
+        import pty
+        name = "job\x1b]0;owned\x07\x1b[2J"
+        self.runs((name, {"n": example_space()}))
+        master, slave = pty.openpty()
+        try:
+            p = subprocess.run([CLI, "trend", self.logdir], stdout=subprocess.PIPE, stderr=slave, timeout=60)
+            os.close(slave)
+            slave = -1
+            err = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                err += chunk
+        finally:
+            if slave >= 0:
+                os.close(slave)
+            os.close(master)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn(b"tbprof trend: run 1 of 1: job?]0;owned??[2J", err)
+        self.assertNotIn(b"\x1b", err)
+
     def test_another_users_run_folder_is_skipped(self):
         """A shared logdir where one run folder is another user's (EACCES):
         that run is named once on stderr and left out, the others are read
