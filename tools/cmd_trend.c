@@ -8,7 +8,9 @@
  *
  * One run is loaded at a time (its profiles summarized, then freed), so a
  * logdir of many large runs needs the memory of its largest run only. A run
- * that cannot be read is one line on stderr and the listing goes on (exit 1).
+ * that cannot be read is one line on stderr and the listing goes on (exit 1);
+ * so is each unreadable file of a run whose other files are read: the run's
+ * row is of the files read, said under the table (exit 1).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -28,6 +30,7 @@
 typedef struct trend_row {
     const tb_run *run;
     int ok; /* read and summarized */
+    size_t skipped; /* of its files, those that could not be read (named on stderr) */
     tb_runsum s; /* its top kernel only */
 } trend_row;
 
@@ -45,6 +48,7 @@ static int read_row(const tb_run *r, trend_row *row)
         return -1;
     }
     int rc = tb_runsum_of(&ps, &row->s);
+    row->skipped = ps.skipped;
     tb_profset_free(&ps);
     if (rc < 0) {
         fprintf(stderr, "tbprof trend: %s: out of memory\n", r->path);
@@ -78,6 +82,8 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
         rr_json_str(stdout, r->run->name);
         printf(",\"mtime\":%lld,\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu",
                (long long)r->run->mtime, r->s.hosts, r->s.hosts_without_steps, r->s.gpus, r->s.nsteps);
+        if (r->skipped)
+            printf(",\"files_unreadable\":%zu", r->skipped);
         if (r->s.nsteps)
             printf(",\"step_mean_ns\":%lld,\"step_min_ns\":%lld,\"step_max_ns\":%lld,"
                    "\"slowest_host_mean_ns\":%lld",
@@ -101,7 +107,7 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
     fputs("]}\n", stdout);
 }
 
-static void print_text(const char *in, const trend_row *rows, size_t n, int64_t base, size_t unread)
+static void print_text(const char *in, const trend_row *rows, size_t n, int64_t base, size_t unread, size_t partial)
 {
     size_t shown = 0, w = 3;
     int multi = 0; /* some run has several hosts: their slowest host's mean too (a straggler rank) */
@@ -117,7 +123,11 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
             off |= rows[i].s.wait_sampled_ns > 0;
         }
     printf("Step time across %zu run%s of %s, oldest first (every host of a run together)%s\n", shown,
-           shown == 1 ? "" : "s", rr_text(in), unread ? "; unreadable runs named on stderr" : "");
+           shown == 1 ? "" : "s", rr_text(in),
+           unread && partial ? "; unreadable runs and files named on stderr"
+           : unread          ? "; unreadable runs named on stderr"
+           : partial         ? "; unreadable files named on stderr"
+                             : "");
     printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  ", (int)w, "run", "written", "hosts", "steps", "step mean",
            "min", "max", "vs 1st");
     if (multi)
@@ -188,6 +198,13 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
                    rows[i].s.hosts_without_steps, rows[i].s.hosts_without_steps == 1 ? "" : "s");
     if (left)
         printf(" (their whole captures are not steps)\n");
+    left = 0; /* runs read in part: their figures are of the files read */
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].ok && rows[i].skipped)
+            printf("%s %s: %zu file%s unreadable", left++ ? "," : "\nRead in part:", rr_text(rows[i].run->name),
+                   rows[i].skipped, rows[i].skipped == 1 ? "" : "s");
+    if (left)
+        printf(" (their runs' figures are of the other files)\n");
     if (!last) {
         printf("\nNo run holds steps: only GPU busy is compared.\n");
         return;
@@ -247,7 +264,7 @@ int cmd_trend(int argc, char **argv)
         for (size_t k = 0; k < rl.runs[i].nfiles; k++)
             bytes += rl.runs[i].files[k].bytes;
     int progress = tb_progress_wanted(bytes);
-    size_t n = 0, unread = rl.skipped;
+    size_t n = 0, unread = rl.skipped, partial = 0;
     int64_t base = 0;
     for (size_t i = 0; i < rl.n; i++) {
         const tb_run *r = &rl.runs[i];
@@ -257,6 +274,8 @@ int cmd_trend(int argc, char **argv)
             fprintf(stderr, "tbprof trend: run %zu of %zu: %s\n", i + 1, rl.n, rr_text(r->name));
         if (read_row(r, &rows[n]) < 0)
             unread++;
+        else if (rows[n].skipped)
+            partial++;
         else if (!base && rows[n].s.nsteps)
             base = row_mean(&rows[n]);
         n++;
@@ -270,10 +289,10 @@ int cmd_trend(int argc, char **argv)
     if (json)
         print_json(in, rows, n, base);
     else
-        print_text(in, rows, n, base, unread);
+        print_text(in, rows, n, base, unread, partial);
     for (size_t i = 0; i < n; i++)
         tb_runsum_free(&rows[i].s);
     free(rows);
     tb_runs_free(&rl);
-    return unread ? 1 : 0; /* main.c checks that stdout was written */
+    return unread || partial ? 1 : 0; /* main.c checks that stdout was written */
 }

@@ -767,6 +767,29 @@ class Trend(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: tbprof trend", p.stderr)
 
+    def test_run_with_an_unreadable_rank_file(self):
+        """A run one of whose files cannot be read (a rank's half-written
+        profile) is listed with the files read, the file is named on stderr,
+        a line under the table says the run was read in part, and the exit
+        status is 1, as for an unreadable run: a script must not take the
+        run's figures for every rank's."""
+        self.runs(("r1", {"n": example_space()}),
+                  ("r2", {"node1": example_space(), "node2": b"\xff" * 64}))
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("node2.xplane.pb", p.stderr)
+        self.assertIn("Step time across 2 runs of %s, oldest first (every host of a run together); "
+                      "unreadable files named on stderr\n" % self.logdir, p.stdout)
+        self.assertRegex(p.stdout, r"\nr2 +\S+ \S+ +1 +3 ")
+        self.assertIn("\nRead in part: r2: 1 file unreadable (their runs' figures are of the other files)\n", p.stdout)
+        p = run("trend", "--json", self.logdir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        rows = json.loads(p.stdout)["runs"]
+        self.assertEqual([(r["run"], r["hosts"], r.get("files_unreadable")) for r in rows],
+                         [("r1", 1, None), ("r2", 1, 1)])
+        # the other runs' exit status is untouched
+        self.assertEqual(run("trend", "--prefix", "r1", self.logdir).returncode, 0)
+
     def test_progress_line_names_the_run_without_control_bytes(self):
         """On a terminal trend says which run it reads; a run folder's name
         with a terminal escape in it is printed with '?' for the control
