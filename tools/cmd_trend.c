@@ -265,7 +265,8 @@ int cmd_trend(int argc, char **argv)
             bytes += rl.runs[i].files[k].bytes;
     int progress = tb_progress_wanted(bytes);
     size_t n = 0, unread = rl.skipped, partial = 0;
-    int64_t base = 0;
+    int64_t base = 0; /* the first run with steps' mean; 0 (steps of no length): no ratios */
+    int have_base = 0;
     for (size_t i = 0; i < rl.n; i++) {
         const tb_run *r = &rl.runs[i];
         if (prefix && strncmp(r->name, prefix, strlen(prefix)))
@@ -276,8 +277,10 @@ int cmd_trend(int argc, char **argv)
             unread++;
         else if (rows[n].skipped)
             partial++;
-        else if (!base && rows[n].s.nsteps)
+        else if (!have_base && rows[n].s.nsteps) {
             base = row_mean(&rows[n]);
+            have_base = 1;
+        }
         n++;
     }
     if (!n) {

@@ -767,6 +767,25 @@ class Trend(Base):
         self.assertEqual(p.returncode, 2)
         self.assertIn("usage: tbprof trend", p.stderr)
 
+    def test_first_run_with_steps_of_no_length(self):
+        """The first run with steps is the base even where its mean is 0
+        (steps of no length): no ratio is shown, rather than ratios against
+        the second run under the first run's name."""
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        t = h.line(1, "main")
+        for n in range(3):
+            h.event(t, "train", 1000 * n, 0, _r=1, step_num=n)
+        self.runs(("r1", {"n": sp.SerializeToString()}), ("r2", {"n": example_space()}),
+                  ("r3", {"n": second_host()}))
+        js = json.loads(run("trend", "--json", self.logdir).stdout)["runs"]
+        self.assertEqual([(r["run"], r["step_mean_ns"], r.get("vs_first")) for r in js],
+                         [("r1", 0, None), ("r2", 37000 // 3, None), ("r3", 1000000, None)])
+        p = run("trend", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("\n\nMean step time: first 0 ns, last 1.000 ms\n", p.stdout)
+        self.assertRegex(p.stdout, r"\nr2 +\S+ \S+ +1 +3 +12\.333 us +6\.000 us +21\.000 us +- ")
+
     def test_run_with_an_unreadable_rank_file(self):
         """A run one of whose files cannot be read (a rank's half-written
         profile) is listed with the files read, the file is named on stderr,
