@@ -1159,10 +1159,12 @@ static int scan_steps(tb_summary *sum, tb_space *s)
 
 /* ---- plane stats: counters, overhead, warnings --------------------------------- */
 
+/* Add w unless the very same text was said: one contained in an earlier
+ * warning is another warning ("1 records ..." in "11 records ..."). */
 static int add_warning(tb_summary *sum, size_t *cap, const char *w)
 {
     for (size_t i = 0; i < sum->nwarnings; i++)
-        if (strstr(sum->warnings[i], w))
+        if (!strcmp(sum->warnings[i], w))
             return 0; /* already said */
     char *d = strdup(w);
     if (!d || TB_GROW(sum->warnings, *cap, sum->nwarnings + 1) < 0) {

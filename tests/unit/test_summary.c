@@ -282,6 +282,28 @@ static void warnings_and_no_steps(void)
     tb_space_free(s);
 }
 
+/* A warning whose text is part of an earlier one's is a warning of its
+ * own; only the very same text twice is said once. */
+static void warning_inside_another(void)
+{
+    tb_space *s = tb_space_new();
+    tb_space_add_warning(s, "11 GPU activity records left out: their work was still running");
+    tb_space_add_warning(s, "1 GPU activity records left out: their work was still running");
+    tb_space_add_warning(s, "11 GPU activity records left out: their work was still running");
+    tb_space_add_error(s, "GPU activity records left out");
+    ev(tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main"), "work", 0, 10, TB_CAT_USER);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nwarnings, 3);
+    if (m.nwarnings == 3) {
+        CHECK_STR(m.warnings[0], "11 GPU activity records left out: their work was still running");
+        CHECK_STR(m.warnings[1], "1 GPU activity records left out: their work was still running");
+        CHECK_STR(m.warnings[2], "GPU activity records left out");
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 /* Steps without step_num are numbered by start; kernels' occupancy comes
  * from kernel_details also when given a category and a display name. */
 static void unnumbered_steps_and_display_names(void)
@@ -725,6 +747,7 @@ int main(void)
     steps_and_gpu();
     nvtx_ranges();
     warnings_and_no_steps();
+    warning_inside_another();
     unnumbered_steps_and_display_names();
     interval_unions();
     communication();
