@@ -5,6 +5,7 @@
 #define TBPROF_TOOLS_READ_RUNS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 typedef struct tb_runfile {
@@ -18,12 +19,13 @@ typedef struct tb_run {
     char *path;
     time_t mtime; /* newest .xplane.pb in it (modification time) */
     long mtime_nsec; /* ... and its nanoseconds, for ordering */
+    int64_t captured_ns; /* when its capture ran, as its profile says (ns since the epoch); 0: unknown */
     tb_runfile *files; /* every regular file, by name */
     size_t nfiles;
 } tb_run;
 
 typedef struct tb_runlist {
-    tb_run *runs; /* sorted by (mtime, name): the last is the newest */
+    tb_run *runs; /* oldest first (read_runs.c run_cmp): the last is the newest */
     size_t n;
     char *profdir; /* folder the runs were listed from (plugins/profile);
                       NULL when the input is itself a run folder */
@@ -48,8 +50,12 @@ void tb_runs_free(tb_runlist *l);
 /* tb_runs_scan for ls and dump: on failure says "tbprof: LOGDIR: what" on
  * stderr, frees out and returns <0. */
 int tb_runs_scan_or_say(const char *logdir, tb_runlist *out);
-/* The newest run (latest profile modification time, ties: greatest name),
- * or NULL when there is none. */
+/* The newest run, or NULL when there is none. Runs are ordered by when
+ * their capture ran as their profiles say (the least line timestamp in the
+ * first bytes of a run's first profile: tbprof's and TensorFlow's writers
+ * put it there), which a copy (cp -r, gsutil) keeps; where a run's
+ * profiles do not say, by their latest modification time; ties: the
+ * latest modification time, then the greatest name. */
 const tb_run *tb_runs_newest(const tb_runlist *l);
 /* The run named `name`, or NULL. */
 const tb_run *tb_runs_find(const tb_runlist *l, const char *name);

@@ -613,6 +613,37 @@ class SummaryFigures(Base):
         self.assertEqual(json.loads(run("dump", self.logdir, "--json").stdout)["run"],
                          "2030_01_01_00_00_00")
 
+    def test_copied_logdir_keeps_its_run_order(self):
+        """A logdir copied without its files' times (cp -r, gsutil cp) has
+        modification times of the copy, in no useful order: runs are ordered
+        by when their capture ran, as their profiles say, so the newest run
+        and trend's order stay those of the captures."""
+        def at(host, shift_s):
+            sp = xplane_pb2.XSpace()
+            sp.ParseFromString(example_space(host))
+            for pl in sp.planes:
+                for ln in pl.lines:
+                    ln.timestamp_ns += shift_s * 10**9
+            return sp.SerializeToString()
+        prof = os.path.join(self.logdir, "plugins", "profile")
+        # captured in the order first, second, third; names sort otherwise;
+        # the copy wrote them newest first
+        for i, (name, shift) in enumerate((("zz_third", 7200), ("aa_second", 3600), ("mm_first", 0))):
+            f = write(os.path.join(prof, name, "node1.xplane.pb"), at("h_" + name, shift))
+            os.utime(f, (T0 // 10**9 + 86400 + i, T0 // 10**9 + 86400 + i))
+        ls = run("ls", "--json", self.logdir)
+        self.assertEqual(ls.returncode, 0, ls.stderr)
+        self.assertEqual([r["run"] for r in json.loads(ls.stdout)["runs"]], ["mm_first", "aa_second", "zz_third"])
+        js, _ = self.summary_json(self.logdir)
+        self.assertEqual(js["hosts"][0]["hostname"], "h_zz_third")
+        self.assertEqual(json.loads(run("dump", "--json", self.logdir).stdout)["run"], "zz_third")
+        p = run("trend", "--json", self.logdir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual([r["run"] for r in json.loads(p.stdout)["runs"]], ["mm_first", "aa_second", "zz_third"])
+        d = json.loads(run("diff", "--json", self.logdir).stdout)
+        self.assertEqual((os.path.basename(d["a"]["run_dir"]), os.path.basename(d["b"]["run_dir"])),
+                         ("aa_second", "zz_third"))
+
     def test_newer_schema_fields_are_skipped(self):
         write(os.path.join(self.rundir, "node1.rank0.xplane.pb"), example_space(newer_schema=True))
         js, err = self.summary_json(self.rundir)
