@@ -1091,6 +1091,25 @@ static int step_start_cmp(const void *a, const void *b)
     return (x->num > y->num) - (x->num < y->num);
 }
 
+/* Step b's span into a's (two roots of one step). */
+static void merge_step(tb_sum_step *a, const tb_sum_step *b)
+{
+    int64_t end = a->start_ns + a->dur_ns, bend = b->start_ns + b->dur_ns;
+    if (b->start_ns < a->start_ns)
+        a->start_ns = b->start_ns;
+    a->dur_ns = (bend > end ? bend : end) - a->start_ns;
+}
+
+/* Whether roots a and b are one step: each overlaps the other over more
+ * than half its length (a root around many steps is not one of them). */
+static int same_step(const tb_sum_step *a, const tb_sum_step *b)
+{
+    int64_t lo = a->start_ns > b->start_ns ? a->start_ns : b->start_ns;
+    int64_t ae = a->start_ns + a->dur_ns, be = b->start_ns + b->dur_ns;
+    int64_t ov = (ae < be ? ae : be) - lo;
+    return ov > 0 && 2 * ov > a->dur_ns && 2 * ov > b->dur_ns;
+}
+
 static int scan_steps(tb_summary *sum, tb_space *s)
 {
     size_t cap = 0;
@@ -1132,28 +1151,49 @@ static int scan_steps(tb_summary *sum, tb_space *s)
     }
     if (!sum->nsteps)
         return 0;
-    if (!any_unnumbered) {
-        /* one step per number: two roots of one step (two sources) merge */
-        qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_num_cmp);
-        size_t k = 0;
-        for (size_t i = 1; i < sum->nsteps; i++) {
-            tb_sum_step *a = &sum->steps[k], *b = &sum->steps[i];
-            if (b->num == a->num) {
-                int64_t end = a->start_ns + a->dur_ns, bend = b->start_ns + b->dur_ns;
-                if (b->start_ns < a->start_ns)
-                    a->start_ns = b->start_ns;
-                a->dur_ns = (bend > end ? bend : end) - a->start_ns;
-            } else {
-                sum->steps[++k] = *b;
+    /* one step per number: two roots of one step (two sources) merge;
+     * unnumbered roots (num -1) sort first and are left alone here */
+    qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_num_cmp);
+    size_t k = 0;
+    for (size_t i = 1; i < sum->nsteps; i++) {
+        tb_sum_step *a = &sum->steps[k], *b = &sum->steps[i];
+        if (b->num >= 0 && b->num == a->num)
+            merge_step(a, b);
+        else
+            sum->steps[++k] = *b;
+    }
+    sum->nsteps = k + 1;
+    qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_start_cmp);
+    if (!any_unnumbered)
+        return 0;
+    /* Partly numbered: an unnumbered root that covers most of a numbered
+     * step and is mostly that step is the same step from another source,
+     * merged into it; the others are numbered after the step before them
+     * (from 0 where none is), not by position among numbered steps (an
+     * unnumbered root after step 100 was "3"). */
+    k = 0;
+    for (size_t i = 0; i < sum->nsteps; i++) {
+        tb_sum_step *b = &sum->steps[i];
+        if (b->num < 0) {
+            tb_sum_step *same = NULL;
+            for (size_t j = k; j-- > 0 && !same && sum->steps[j].start_ns + sum->steps[j].dur_ns > b->start_ns;)
+                if (sum->steps[j].num >= 0 && same_step(&sum->steps[j], b))
+                    same = &sum->steps[j];
+            for (size_t j = i + 1; j < sum->nsteps && !same && sum->steps[j].start_ns < b->start_ns + b->dur_ns; j++)
+                if (sum->steps[j].num >= 0 && same_step(&sum->steps[j], b))
+                    same = &sum->steps[j];
+            if (same) {
+                merge_step(same, b);
+                continue;
             }
         }
-        sum->nsteps = k + 1;
+        sum->steps[k++] = *b;
     }
+    sum->nsteps = k;
     qsort(sum->steps, sum->nsteps, sizeof(*sum->steps), step_start_cmp);
-    if (any_unnumbered)
-        for (size_t i = 0; i < sum->nsteps; i++)
-            if (sum->steps[i].num < 0)
-                sum->steps[i].num = (int64_t)i;
+    for (size_t i = 0; i < sum->nsteps; i++)
+        if (sum->steps[i].num < 0)
+            sum->steps[i].num = i ? sum->steps[i - 1].num + 1 : 0;
     return 0;
 }
 

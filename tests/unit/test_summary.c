@@ -304,6 +304,41 @@ static void warning_inside_another(void)
     tb_space_free(s);
 }
 
+/* Steps partly numbered: two sources' roots of one numbered step merge
+ * (also where some roots have no number), an unnumbered root that is a
+ * numbered step is that step, and an unnumbered one of its own follows
+ * the step before it. */
+static void partly_numbered_steps(void)
+{
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *l = tb_plane_line(h, 1, "t"), *o = tb_plane_line(h, 2, "other");
+    step(l, 100, 0, 1000);
+    step(l, 101, 1000, 1000);
+    step(o, 101, 1010, 990); /* the same step, from a second source */
+    ev(o, "train", 1005, 990, TB_CAT_NONE); /* and from one without numbers */
+    st_i(o, TB_ST_IS_ROOT, 1);
+    ev(l, "train", 2000, 1000, TB_CAT_NONE); /* a step of its own */
+    st_i(l, TB_ST_IS_ROOT, 1);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 3);
+    if (m.nsteps == 3) {
+        CHECK_EQ_I(m.steps[0].num, 100);
+        CHECK_EQ_I(m.steps[0].start_ns - T0, 0);
+        CHECK_EQ_I(m.steps[0].dur_ns, 1000);
+        CHECK_EQ_I(m.steps[1].num, 101);
+        CHECK_EQ_I(m.steps[1].start_ns - T0, 1000);
+        CHECK_EQ_I(m.steps[1].dur_ns, 1000);
+        CHECK_EQ_I(m.steps[2].num, 102);
+        CHECK_EQ_I(m.steps[2].start_ns - T0, 2000);
+        CHECK_EQ_I(m.steps[2].dur_ns, 1000);
+    }
+    CHECK_EQ_I(m.step_mean_ns, 1000);
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 /* Steps without step_num are numbered by start; kernels' occupancy comes
  * from kernel_details also when given a category and a display name. */
 static void unnumbered_steps_and_display_names(void)
@@ -749,6 +784,7 @@ int main(void)
     warnings_and_no_steps();
     warning_inside_another();
     unnumbered_steps_and_display_names();
+    partly_numbered_steps();
     interval_unions();
     communication();
     idle_by_cause();
