@@ -559,8 +559,10 @@ static int host_calls(const tb_space *sp, int64_t begin, int64_t end, corr_ids *
             }
         }
     }
-    qsort(in->v, in->n, sizeof(uint64_t), u64_cmp);
-    qsort(out->v, out->n, sizeof(uint64_t), u64_cmp);
+    if (in->n > 1)
+        qsort(in->v, in->n, sizeof(uint64_t), u64_cmp);
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof(uint64_t), u64_cmp);
     return 0;
 }
 
