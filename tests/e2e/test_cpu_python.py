@@ -169,7 +169,9 @@ class CpuPythonTrampoline(PythonsCase):
                 # (an iteration is 5 ms of CPU; on a loaded machine far longer)
                 self.assertGreaterEqual(len(on), 3, "iterations while capturing: %d" % len(on))
                 before, during, after = iters[:on[0]], iters[on[0] + 1:on[-1] + 1], iters[on[-1] + 2:]
-                self.assertTrue(before and after, "no idle iterations around the capture")
+                # (under a sanitizer on a loaded machine Python's start-up
+                # can outlast the 0.5 s delay: no iteration before it then)
+                self.assertTrue(after, "no idle iterations after the capture")
                 # idle: never on (it would cost every Python call)
                 self.assertEqual([a for _, a in before + after if a], [], "trampoline on while idle")
                 # capturing: on from the main thread's next bytecode
