@@ -24,6 +24,10 @@ enum { T_COMPUTE, T_H2D, T_D2H, T_D2D, T_P2P, T_MOTHER, T_MEMSET, T_NTYPES };
 static const char *const type_names[T_NTYPES] = {"Compute",   "MemcpyH2D",   "MemcpyD2H", "MemcpyD2D",
                                                  "MemcpyP2P", "MemcpyOther", "Memset"};
 
+/* CUpti_ActivitySynchronizationType's, by value */
+static const char *const sync_names[5] = {"Sync", "Event Sync", "Stream Wait Event", "Stream Sync",
+                                          "Context Sync"};
+
 typedef struct lineslot {
     int64_t id;
     tb_line *l;
@@ -219,8 +223,6 @@ static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
         d->ev_type[i] = tb_plane_event_meta_cat(p, type_names[i], i == T_MEMSET ? TB_CAT_MEMSET : TB_CAT_MEMCPY);
     d->ev_alloc = tb_plane_event_meta_cat(p, "MemoryAlloc", TB_CAT_GPU_MEMORY);
     d->ev_free = tb_plane_event_meta_cat(p, "MemoryFree", TB_CAT_GPU_MEMORY);
-    static const char *const sync_names[5] = {"Sync", "Event Sync", "Stream Wait Event", "Stream Sync",
-                                              "Context Sync"};
     for (int i = 0; i < 5; i++)
         d->ev_sync[i] = tb_plane_event_meta_cat(p, sync_names[i], TB_CAT_CUDA_SYNC);
     if (d->st_corr < 0 || d->st_ctx < 0 || d->st_kd < 0 || d->st_md < 0 || d->ev_type[0] < 0 ||
@@ -616,9 +618,8 @@ static int copy_type(int kind)
     }
 }
 
-/* A memcpy (MEMCPY) or peer copy (MEMCPY2) record: r on the issuing
- * (source) device, `dest` the destination device. A peer copy's context is
- * not noted: it may belong to either device. */
+/* A memcpy (MEMCPY) or peer copy (MEMCPY2) record: r on the device the
+ * copy runs on, `dest` the destination device. */
 static inline void copy_event(tb_cupti_tr *t, const devrec *r, int note, int type, uint32_t dest,
                        uint32_t src_kind, uint32_t dst_kind, uint32_t flags, uint64_t bytes)
 {
@@ -645,9 +646,15 @@ static void do_memcpy(tb_cupti_tr *t, const CUpti_ActivityMemcpy6 *m)
 static void do_p2p(tb_cupti_tr *t, const CUpti_ActivityMemcpyPtoP4 *m)
 {
     /* on the device the copy runs on (deviceId: its stream and context
-     * are that device's), not always the one copied from */
+     * are that device's), not always the one copied from; the contexts
+     * owning the source and destination memory are on those devices
+     * (a context no other record names, whose syncs go by them) */
     devrec r = DEVREC(m, m->deviceId);
-    copy_event(t, &r, 0, T_P2P, m->dstDeviceId, m->srcKind, m->dstKind, m->flags, m->bytes);
+    copy_event(t, &r, 1, T_P2P, m->dstDeviceId, m->srcKind, m->dstKind, m->flags, m->bytes);
+    if (m->srcContextId && m->srcContextId != CUPTI_INVALID_CONTEXT_ID)
+        note_ctx(t, m->srcContextId, m->srcDeviceId);
+    if (m->dstContextId && m->dstContextId != CUPTI_INVALID_CONTEXT_ID)
+        note_ctx(t, m->dstContextId, m->dstDeviceId);
 }
 
 static void do_memset(tb_cupti_tr *t, const CUpti_ActivityMemset4 *m)
@@ -685,6 +692,14 @@ static tb_line *host_line(tb_cupti_tr *t, uint32_t tid)
     }
     host_plane(t);
     return l;
+}
+
+/* A host-plane line past every thread id (TB_CUPTI_HOST_LINE_*), made on
+ * first use (for the few records that go there: a lookup each). */
+static tb_line *host_special_line(tb_cupti_tr *t, int64_t id, const char *name)
+{
+    tb_plane *hp = host_plane(t);
+    return hp ? tb_plane_line(hp, id, name) : NULL;
 }
 
 /* Whether an API call of this name allocates or frees memory (cudaMalloc*,
@@ -945,17 +960,20 @@ static void do_overhead(tb_cupti_tr *t, const CUpti_ActivityOverhead3 *o)
     if (bad_time(t, o->start, o->end))
         return;
     const char *name = overhead_name(o->overheadKind);
-    if (o->objectKind == CUPTI_ACTIVITY_OBJECT_THREAD || o->objectKind == CUPTI_ACTIVITY_OBJECT_PROCESS) {
+    if (o->objectKind != CUPTI_ACTIVITY_OBJECT_DEVICE && o->objectKind != CUPTI_ACTIVITY_OBJECT_CONTEXT &&
+        o->objectKind != CUPTI_ACTIVITY_OBJECT_STREAM) {
+        /* a thread's, or the process's (no GPU: not drawn on one) */
         if (o->objectKind == CUPTI_ACTIVITY_OBJECT_THREAD && o->objectId.pt.threadId) {
             host_span(t, o->objectId.pt.threadId, name, TB_CAT_OVERHEAD, o->start, o->end);
             return;
         }
+        tb_line *l = host_special_line(t, TB_CUPTI_HOST_LINE_OVERHEAD, "CUPTI overhead");
+        int64_t meta = l ? tb_plane_event_meta_cat(t->hp, name, TB_CAT_OVERHEAD) : 0;
+        if (meta > 0)
+            add_span(t, l, meta, o->start, o->end);
+        return;
     }
-    uint32_t dev = 0;
-    if (o->objectKind == CUPTI_ACTIVITY_OBJECT_DEVICE || o->objectKind == CUPTI_ACTIVITY_OBJECT_CONTEXT ||
-        o->objectKind == CUPTI_ACTIVITY_OBJECT_STREAM)
-        dev = o->objectId.dcs.deviceId;
-    devstate *d = get_dev(t, dev);
+    devstate *d = get_dev(t, o->objectId.dcs.deviceId);
     if (!d)
         return;
     int64_t meta = tb_plane_event_meta_cat(d->p, name, TB_CAT_OVERHEAD);
@@ -1114,6 +1132,39 @@ int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_
     return n;
 }
 
+/* 1 and *dev when the process has one GPU as far as the records and the
+ * driver tell (a device plane or device facts); 0 when several, or none. */
+static int only_device(tb_cupti_tr *t, uint32_t *dev)
+{
+    int n = 0;
+    for (uint32_t j = 0; j < TB_CUPTI_MAX_DEVICES; j++)
+        if (t->dev[j] || t->pending_props[j].valid) {
+            *dev = j;
+            n++;
+        }
+    return n == 1;
+}
+
+/* A sync whose GPU is not known (its context in no record, several GPUs):
+ * not drawn on a GPU it may not be on, but on the host plane's "CUDA sync"
+ * line, with its context and stream; no correlation_id, which would make
+ * it a second host event of its call's id (xprof takes those for
+ * launches). */
+static void host_sync(tb_cupti_tr *t, const syncrec *s, uint32_t ty)
+{
+    tb_line *l = host_special_line(t, TB_CUPTI_HOST_LINE_SYNC, "CUDA sync (GPU unknown)");
+    int64_t meta = l ? tb_plane_event_meta_cat(t->hp, sync_names[ty], TB_CAT_CUDA_SYNC) : 0;
+    if (meta <= 0 || add_span(t, l, meta, s->start, s->end) < 0)
+        return;
+    if (s->ctx != CUPTI_INVALID_CONTEXT_ID) {
+        char buf[24];
+        snprintf(buf, sizeof(buf), "$$%u", s->ctx);
+        tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_CONTEXT_ID), buf);
+    }
+    if (s->stream != CUPTI_INVALID_STREAM_ID)
+        tb_line_stat_u64(l, tb_plane_stat_meta(t->hp, TB_ST_STREAM_ID), s->stream);
+}
+
 static void emit_syncs(tb_cupti_tr *t)
 {
     for (size_t i = 0; i < t->nsy; i++) {
@@ -1125,16 +1176,16 @@ static void emit_syncs(tb_cupti_tr *t)
                 dev = t->ctxmap_dev[j];
                 found = 1;
             }
-        if (!found) /* context never seen: the only device plane, else 0 */
-            for (uint32_t j = 0; j < TB_CUPTI_MAX_DEVICES; j++)
-                if (t->dev[j]) {
-                    dev = j;
-                    break;
-                }
+        if (!found) /* context never seen: the process's one GPU, if it has one */
+            found = only_device(t, &dev);
+        uint32_t ty = s->type <= 4 ? s->type : 0;
+        if (!found) {
+            host_sync(t, s, ty);
+            continue;
+        }
         devstate *d = get_dev(t, dev);
         if (!d)
             continue;
-        uint32_t ty = s->type <= 4 ? s->type : 0;
         devrec r = {.start = s->start, .end = s->end, .dev = dev, .corr = s->corr, .ctx = s->ctx,
                     .stream = s->stream};
         device_event(t, d, TB_CUPTI_LINE_SYNC, -1, d->ev_sync[ty], &r);

@@ -5,8 +5,10 @@
  * MemcpyH2D)"); CUDA runtime/driver API calls, NVTX ranges and thread
  * overheads go on the calling thread's /host:CPU line with correlation_id,
  * so writers link each launch to its GPU work; synchronization waits go on a
- * "CUDA sync" line of the device plane; GPU memory alloc/free on a "Memory"
- * line; CUPTI's device-level overheads on "CUPTI overhead".
+ * "CUDA sync" line of their context's device plane (on the host plane when
+ * no record tells the device); GPU memory alloc/free on a "Memory"
+ * line; CUPTI's device-level overheads on "CUPTI overhead" (the process's
+ * on the host plane).
  *
  * Timestamps: every CUPTI time t becomes t + ts_to_epoch_ns (see gpu.c).
  * Single-threaded; the agent thread runs it at collect().
@@ -34,6 +36,11 @@
 /* the host plane's line of GPU memory events whose call was not traced:
  * past any thread id */
 #define TB_CUPTI_HOST_LINE_MEMORY (((int64_t)1 << 32) + 1)
+/* the host plane's lines of synchronizations whose GPU is not known (a
+ * context no record placed, in a process that sees several GPUs) and of
+ * CUPTI overhead of the whole process (no GPU, no thread) */
+#define TB_CUPTI_HOST_LINE_SYNC (((int64_t)1 << 32) + 2)
+#define TB_CUPTI_HOST_LINE_OVERHEAD (((int64_t)1 << 32) + 3)
 
 typedef struct tb_cupti_devprops {
     int valid;

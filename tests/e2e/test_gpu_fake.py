@@ -155,6 +155,34 @@ runtime name=__cudaLaunchKernel_v13000 cbid=505 tid=main corr=402 start=1005 end
 kernel name=nccl_allreduce start=1040 end=400000 stream=9 corr=402 grid=1,1,1 block=512,1,1 regs=64
 """
 
+# Two GPUs in one process: an A100 (GPU 0, context 1) and an H100 (GPU 1,
+# context 2), a kernel needing 100000 bytes of shared memory a block on each
+# (1 block an SM on the A100: 12.5%; 2 on the H100: 25%), a peer copy pushed
+# by GPU 0 into memory of context 4 (a second context on GPU 1, seen only as
+# the copy's destination) and one pulled by GPU 1; syncs on GPU 1's
+# contexts, one on a context seen in no record (which GPU: unknown), CUPTI
+# overhead of the process (no GPU) and of GPU 1
+TWO_GPU_SCRIPT = DEVICE.splitlines()[0] + """
+device id=1 name=FakeGPU-H100 sms=132 cc=9.0 clock=1980000 membw=3352000000 memsize=85899345920 warp=32 maxwarps=64 maxblocks=32 regs=65536 smem=233472
+context ctx=1 dev=0
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=901 start=1000 end=1004
+kernel name=smem_kernel dev=0 ctx=1 stream=7 corr=901 start=1010 end=1030 grid=108,1,1 block=256,1,1 regs=32 dsmem=100000
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=902 start=1005 end=1008
+kernel name=smem_kernel dev=1 ctx=2 stream=13 corr=902 start=1010 end=1040 grid=132,1,1 block=256,1,1 regs=32 dsmem=100000
+runtime name=cudaMemcpyPeerAsync_v4000 cbid=61 tid=main corr=903 start=1009 end=1012
+p2p srcdev=0 dstdev=1 dev=0 ctx=1 srcctx=1 dstctx=4 stream=7 corr=903 bytes=8388608 src=device dst=device async=1 start=1031 end=1100
+runtime name=cudaMemcpyPeerAsync_v4000 cbid=61 tid=main corr=904 start=1013 end=1016
+p2p srcdev=0 dstdev=1 dev=1 ctx=2 srcctx=1 dstctx=2 stream=13 corr=904 bytes=4194304 src=device dst=device async=1 start=1041 end=1080
+runtime name=cudaStreamSynchronize_v3020 cbid=131 tid=main corr=905 start=1017 end=1081
+sync type=stream ctx=2 stream=13 corr=905 start=1050 end=1081
+runtime name=cuCtxSynchronize cbid=17 tid=main corr=906 start=1100 end=1102
+sync type=context ctx=4 stream=4294967295 corr=906 start=1101 end=1102
+runtime name=cudaDeviceSynchronize_v3020 cbid=165 tid=main corr=907 start=1103 end=1105
+sync type=context ctx=3 stream=4294967295 corr=907 start=1103 end=1104
+overhead ovkind=compiler obj=process start=1000 end=1006
+overhead ovkind=flush obj=device dev=1 start=1105 end=1106
+"""
+
 # A CUDA graph of two kernels (graph 5) launched by cudaGraphLaunch, beside
 # an ordinary launch
 GRAPH_SCRIPT = DEVICE + """\
@@ -923,6 +951,56 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
                          [("attention", 2, 198000), ("forward", 1, 20000), ("loader", 1, 20000)])
         p = tbtest.run([tbtest.CLI, "summary", self.logdir])
         self.assertRegex(p.stdout, r"\n\s+[\d.]+ \w+\s+1\s.*\s218(\.0)? us\s+3\s+forward\n")
+
+    def test_two_gpus(self):
+        # each GPU's work, syncs and overhead on its own plane, with its own
+        # facts; what belongs to no GPU (or to one nothing names) on none
+        p, xs = self.capture_of(TWO_GPU_SCRIPT)
+        prof = tbtest.load(xs[0])
+        g0, g1 = prof.plane("/device:GPU:0"), prof.plane("/device:GPU:1")
+        self.assertIsNotNone(g0, [p.name for p in prof.planes])
+        self.assertIsNotNone(g1, [p.name for p in prof.planes])
+        self.assertEqual((g0.stats.get("core_count"), g0.stats.get("compute_cap_major")), (108, 8))
+        self.assertEqual((g1.stats.get("core_count"), g1.stats.get("compute_cap_major")), (132, 9))
+        self.assertEqual(sorted(l.name for l in g0.lines), ["Stream #7(Compute,MemcpyP2P)"])
+        self.assertEqual(sorted(l.name for l in g1.lines),
+                         ["CUDA sync", "CUPTI overhead", "Stream #13(Compute,MemcpyP2P)"])
+        for plane, occ, ctx in ((g0, "12.5", "$$1"), (g1, "25", "$$2")):
+            k = plane.events("smem_kernel")
+            self.assertEqual(len(k), 1, plane.name)
+            self.assertEqual(k[0].stats["kernel_details"],
+                             "regs:32 static_shared:0 dynamic_shared:100000 grid:%d,1,1 block:256,1,1 occ_pct:%s"
+                             % (108 if plane is g0 else 132, occ))
+            self.assertEqual(k[0].stats["context_id"], ctx)
+        push, pull = g0.events("MemcpyP2P"), g1.events("MemcpyP2P")
+        self.assertEqual([(e.stats["correlation_id"], e.stats["memcpy_details"], e.stats["context_id"]) for e in push],
+                         [(903, "kind_src:device kind_dst:device size:8388608 dest:1 async:1", "$$1")])
+        self.assertEqual([(e.stats["correlation_id"], e.stats["memcpy_details"], e.stats["context_id"]) for e in pull],
+                         [(904, "kind_src:device kind_dst:device size:4194304 dest:1 async:1", "$$2")])
+        # syncs on GPU 1's contexts (context 4: the peer copy's destination)
+        sync = g1.line("CUDA sync").events
+        self.assertEqual(sorted((e.name, e.stats["correlation_id"]) for e in sync),
+                         [("Context Sync", 906), ("Stream Sync", 905)])
+        self.assertEqual([e.name for e in g1.line("CUPTI overhead").events], ["BUFFER_FLUSH"])
+        # the sync on a context no record placed: not drawn on a GPU it may
+        # not be on, but on the host plane, the device unknown; the
+        # process's overhead too
+        host = prof.host
+        unknown = [e for e in host.events("Context Sync")]
+        self.assertEqual([(e.stats.get("context_id"), e.dur_ns) for e in unknown], [("$$3", 1000)])
+        self.assertNotIn("correlation_id", unknown[0].stats)  # its call has it: one launch, one GPU op
+        self.assertEqual([e.dur_ns for e in host.events("COMPILER")], [6000])
+        self.assertEqual(sum(1 for p in prof.planes if p.name.startswith("/device:")), 2)
+        # a rank that uses only GPU 1 of the two it sees: no GPU 0 plane made
+        # up for the process's overhead or the syncs of contexts no record
+        # placed (context 4 no longer named by a copy)
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        rank = [l for l in TWO_GPU_SCRIPT.splitlines() if "dev=0" not in l and "ctx=1 " not in l]
+        p, xs = self.capture_of("\n".join(rank) + "\n")
+        prof = tbtest.load(xs[0])
+        self.assertEqual([p.name for p in prof.planes if p.name.startswith("/device:")], ["/device:GPU:1"])
+        self.assertEqual(len(prof.host.events("COMPILER")), 1)
+        self.assertEqual(sorted(e.stats["context_id"] for e in prof.host.events("Context Sync")), ["$$3", "$$4"])
 
     def test_communication_overlap(self):
         # tbprof summary: the collective's time on the GPU, the part of it

@@ -15,13 +15,14 @@
  *   context  ctx= dev=
  *   kernel   name= start= end= dev= ctx= stream= corr= grid=x,y,z block=x,y,z regs= ssmem= dsmem= graph=
  *   memcpy   kind=htod|dtoh|dtod|htoh|ptop src=pageable|pinned|device dst=... bytes= async=0|1 (+ times/ids)
- *   p2p      srcdev= dstdev= dev= (where it runs; default srcdev) bytes= src= dst= async= (+ times/ids)
+ *   p2p      srcdev= dstdev= dev= (where it runs; default srcdev) srcctx= dstctx= (the contexts
+ *            owning the memory; default 0) bytes= src= dst= async= (+ times/ids)
  *   memset   bytes= value= mem=device async= (+ times/ids)
  *   runtime|driver name=cudaLaunchKernel_v7000 cbid= tid=N|main corr= start= end=
  *   sync     type=event|wait|stream|context ctx= stream= corr= start= end=
  *   marker   id= name= domain= tid= start= end=    (a start and an end record; %XX
  *            in the name is decoded: %20 a space, %2C a comma)
- *   overhead ovkind=compiler|flush|instr|lazy|resource obj=thread|device tid= dev= start= end=
+ *   overhead ovkind=compiler|flush|instr|lazy|resource obj=thread|process|device tid= dev= start= end=
  *   malloc|free addr= bytes= mem=device dev= ctx= stream= corr= start=
  * Knobs (environment):
  *   TBFAKE_CUPTI_SUBSCRIBER=1     cuptiSubscribe: another subscriber holds CUPTI
@@ -330,6 +331,8 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
         x->srcDeviceId = (uint32_t)kvl(tok, ntok, "srcdev", 0);
         x->dstDeviceId = (uint32_t)kvl(tok, ntok, "dstdev", 1);
         x->deviceId = (uint32_t)kvl(tok, ntok, "dev", x->srcDeviceId); /* where it runs */
+        x->srcContextId = (uint32_t)kvl(tok, ntok, "srcctx", 0);
+        x->dstContextId = (uint32_t)kvl(tok, ntok, "dstctx", 0);
     } else if (!strcmp(k, "memset")) {
         if (!(r = push(CUPTI_ACTIVITY_KIND_MEMSET, sizeof(CUpti_ActivityMemset4))))
             return;
@@ -400,6 +403,9 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
         if (ob && !strcmp(ob, "device")) {
             x->objectKind = CUPTI_ACTIVITY_OBJECT_DEVICE;
             x->objectId.dcs.deviceId = dev;
+        } else if (ob && !strcmp(ob, "process")) {
+            x->objectKind = CUPTI_ACTIVITY_OBJECT_PROCESS;
+            x->objectId.pt.processId = (uint32_t)getpid();
         } else {
             x->objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
             x->objectId.pt.threadId = (uint32_t)kvl(tok, ntok, "tid", getpid());
