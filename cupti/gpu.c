@@ -1029,11 +1029,20 @@ static int gpu_collect(void *ctx, tb_space *space)
         rc = -ENOMEM;
     } else {
         device_facts(t);
-        pthread_mutex_lock(&g.mu);
-        size_t nd = g.ndone;
-        pthread_mutex_unlock(&g.mu);
-        for (size_t i = 0; i < nd; i++)
-            tb_cupti_tr_buffer(t, g.done[i].buf, g.done[i].valid, g.lib->ActivityGetNextRecord);
+        /* every buffer back, also one CUPTI hands back while the others are
+         * read (its own thread may complete one after the forced flush
+         * returned): read until no more came. done[] never moves, and its
+         * entries below ndone are written before ndone grows (under mu) */
+        size_t nd = 0;
+        for (;;) {
+            pthread_mutex_lock(&g.mu);
+            size_t n = g.ndone;
+            pthread_mutex_unlock(&g.mu);
+            if (n == nd)
+                break;
+            for (; nd < n; nd++)
+                tb_cupti_tr_buffer(t, g.done[nd].buf, g.done[nd].valid, g.lib->ActivityGetNextRecord);
+        }
         rc = tb_cupti_tr_finish(t);
         tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
         g.last.records = c.records;

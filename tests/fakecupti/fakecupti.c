@@ -56,6 +56,12 @@
  *   TBFAKE_CUPTI_LOSE_BUFFERS=1   filled buffers never come back (another
  *                                 CUPTI client registered its own buffer
  *                                 callbacks over the subscriber's)
+ *   TBFAKE_CUPTI_LATE=dropped|read  a forced flush returns with the last
+ *                                 buffer it filled still held (its thread
+ *                                 still handing it over), which comes back
+ *                                 at the next cuptiActivityGetNumDroppedRecords
+ *                                 (dropped) or cuptiActivityGetNextRecord
+ *                                 (read: while the client reads the others)
  *   TBFAKE_CUPTI_INFLIGHT=1       GPU work (kernel, memcpy, memset records)
  *                                 whose end is still ahead of the clock is
  *                                 running: a default flush keeps a buffer
@@ -764,6 +770,26 @@ typedef struct fbuf {
 static uint8_t *held_buf;
 static size_t held_size;
 
+/* TBFAKE_CUPTI_LATE: the filled buffer a forced flush did not hand back yet. */
+static fbuf late_buf;
+
+/* Hand back the late buffer, if any, when TBFAKE_CUPTI_LATE is `when`. */
+static void late_return(const char *when)
+{
+    const char *v = getenv("TBFAKE_CUPTI_LATE");
+    if (!v || strcmp(v, when))
+        return;
+    pthread_mutex_lock(&mu);
+    fbuf b = late_buf;
+    late_buf = (fbuf){0};
+    CUpti_BuffersCallbackCompleteFunc cb = done_cb;
+    pthread_mutex_unlock(&mu);
+    if (b.buf && cb) {
+        report("late %s %zu", when, b.n);
+        cb(NULL, 0, b.buf, b.size, b.used);
+    }
+}
+
 /* GPU work whose end the clock has not reached yet (TBFAKE_CUPTI_INFLIGHT). */
 static int running(const rec *r, uint64_t now)
 {
@@ -890,8 +916,14 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
         b->n++;
         delivered++;
     }
-    for (long t = 0; t < nthr; t++)
+    const char *late = getenv("TBFAKE_CUPTI_LATE");
+    for (long t = nthr; t-- > 0;) {
+        if (late && *late && (flag & CUPTI_ACTIVITY_FLAG_FLUSH_FORCED) && cur[t].buf && !late_buf.buf) {
+            late_buf = cur[t]; /* the last one filled: comes back later (late_return) */
+            continue;
+        }
         complete(&cur[t], slow, lose);
+    }
     if (stamped)
         nrecs = 0;
     dropped_pending += dropped;
@@ -906,10 +938,13 @@ API CUptiResult cuptiActivityFlushAll(uint32_t flag)
                nonzero ? " nonzero_buffer_promised_zeroed" : "");
     return CUPTI_SUCCESS;
 }
+#else
+static void late_return(const char *when) { (void)when; }
 #endif
 
 API CUptiResult cuptiActivityGetNextRecord(uint8_t *buffer, size_t valid, CUpti_Activity **record)
 {
+    late_return("read");
     uint8_t *pos;
     if (!*record) {
         pos = buffer;
@@ -936,6 +971,7 @@ API CUptiResult cuptiActivityGetNumDroppedRecords(CUcontext ctx, uint32_t stream
     (void)stream;
     if (!dropped)
         return CUPTI_ERROR_INVALID_PARAMETER;
+    late_return("dropped");
     pthread_mutex_lock(&mu);
     *dropped = dropped_pending + (size_t)envl("TBFAKE_CUPTI_DROPPED", 0);
     dropped_pending = 0;

@@ -717,6 +717,36 @@ int main(void)
     unsetenv("TBFAKE_CUPTI_SLOW_MS");
     unsetenv("TBFAKE_CUPTI_PER_BUFFER");
 
+    /* 7b. a buffer CUPTI hands back after the forced flush returned (the
+     * thread that filled it still handing it over): while the others are
+     * read, or before the capture is collected. Its records are in the
+     * profile, counted. (No drain: the forced flush is the only one.) */
+    {
+        tb_config c = *tb_config_get(), c0 = c;
+        c.gpu_drain_ms = 0;
+        tb_config_set_global(&c);
+        setenv("TBFAKE_CUPTI_PER_BUFFER", "3", 1);
+        static const char *const when[] = {"read", "dropped"};
+        for (size_t i = 0; i < 2; i++) {
+            setenv("TBFAKE_CUPTI_LATE", when[i], 1);
+            fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+            unsigned long long del0 = dl;
+            s = capture(src, 4 << 20, &rc, &why, &t0);
+            fake_state(fake_full, &sub, &nen, &fl, &dl, &drp);
+            CHECKF(rc == 0, "late %s: %d", when[i], rc);
+            if (s) {
+                check_full_translation(s, t0);
+                CHECKF(tb_gpu_last_stats().records == dl - del0, "late %s: %llu of %llu records translated",
+                       when[i], (unsigned long long)tb_gpu_last_stats().records, dl - del0);
+                CHECK(tb_gpu_last_stats().buffers_completed >= 6);
+                tb_space_free(s);
+            }
+        }
+        unsetenv("TBFAKE_CUPTI_LATE");
+        unsetenv("TBFAKE_CUPTI_PER_BUFFER");
+        tb_config_set_global(&c0);
+    }
+
     /* 8. poll() faults in the buffers CUPTI gets next (the fake checks with
      * mincore when it takes one); without a poll they come untouched.
      * 2 MB buffers: fresh mmaps, never resident from an earlier capture
