@@ -485,9 +485,14 @@ static int pytorch_loaded(void)
 
 /* ---- pool ---------------------------------------------------------------- */
 
-static void pool_free(void)
+/* Frees the pool; returns the buffers not translated: those CUPTI still
+ * holds, and those it handed back after the first `translated` of done[]
+ * (SIZE_MAX: none counted). Under the one lock, so a buffer coming back
+ * meanwhile is either counted here or was read. */
+static size_t pool_free(size_t translated)
 {
     pthread_mutex_lock(&g.mu);
+    size_t missed = g.nall - g.nfree - g.ndone + (g.ndone > translated ? g.ndone - translated : 0);
     /* only buffers back in our hands are freed; one CUPTI still holds (it
      * may still write into it: buffers_kept) becomes an orphan */
     for (size_t i = 0; i < g.nall; i++) {
@@ -516,6 +521,7 @@ static void pool_free(void)
     g.faulted = NULL;
     g.nall = g.nfree = g.ndone = 0;
     pthread_mutex_unlock(&g.mu);
+    return missed;
 }
 
 /* Threads in this process now ("Threads:" of /proc/self/status), 0 when
@@ -736,7 +742,7 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
         return -EBUSY;
     }
     if (g.nall) /* a capture stopped but never collected */
-        pool_free();
+        pool_free(SIZE_MAX);
     const tb_cupti_lib *lib = tb_cupti_lib_load(why);
     if (!lib)
         return -ENOENT;
@@ -880,7 +886,7 @@ fail:
     tb_stall_leave(w);
     atomic_store(&g.active, 0);
     release(0);
-    pool_free();
+    pool_free(SIZE_MAX);
     *why = whybuf;
     return -ENODEV;
 }
@@ -945,7 +951,6 @@ static void gpu_stop(void *ctx)
     w = watch_in("cuptiActivityFlushAll", "ending a capture");
     g.lib->ActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
     tb_stall_leave(w);
-    g.last.buffers_kept = held_by_cupti(); /* a forced flush returns every buffer: normally 0 */
     size_t dropped = 0;
     if (g.lib->ActivityGetNumDroppedRecords(NULL, 0, &dropped) == CUPTI_SUCCESS)
         g.cupti_dropped = dropped;
@@ -1025,6 +1030,7 @@ static int gpu_collect(void *ctx, tb_space *space)
                           .cupti_api = g.last.cupti_api_version};
     tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
     int rc = 0;
+    size_t nd = SIZE_MAX; /* buffers translated */
     if (!t) {
         rc = -ENOMEM;
     } else {
@@ -1033,7 +1039,7 @@ static int gpu_collect(void *ctx, tb_space *space)
          * read (its own thread may complete one after the forced flush
          * returned): read until no more came. done[] never moves, and its
          * entries below ndone are written before ndone grows (under mu) */
-        size_t nd = 0;
+        nd = 0;
         for (;;) {
             pthread_mutex_lock(&g.mu);
             size_t n = g.ndone;
@@ -1056,6 +1062,9 @@ static int gpu_collect(void *ctx, tb_space *space)
                      (unsigned long long)c.api_quiet);
         tb_cupti_tr_free(t);
     }
+    /* what CUPTI has not handed back even now (a forced flush returns every
+     * buffer: normally 0; one back between the stop and now was read) */
+    g.last.buffers_kept = pool_free(nd);
     g.last.pool_exhausted = atomic_load(&g.exhausted);
     g.last.cupti_dropped = g.cupti_dropped;
     tb_plane *hp = tb_host_plane(space);
@@ -1099,7 +1108,8 @@ static int gpu_collect(void *ctx, tb_space *space)
     }
     if (g.last.buffers_kept) {
         tb_space_warn(space,
-                      "CUPTI kept %llu of tbprof's %zu activity buffers after the final flush: another CUPTI "
+                      "CUPTI kept %llu of tbprof's %zu activity buffers after the final flush, until the capture "
+                      "was translated: another CUPTI "
                       "client (torch.profiler started during the capture, say) may have taken over activity "
                       "recording; GPU records of this capture may be missing",
                       (unsigned long long)g.last.buffers_kept, g.last.pool_buffers);
@@ -1120,7 +1130,6 @@ static int gpu_collect(void *ctx, tb_space *space)
                       (unsigned long long)g.last.cupti_dropped, g.last.pool_buffers, g.last.buffer_size,
                       (unsigned long long)g.last.pool_exhausted);
     }
-    pool_free();
     return rc;
 }
 

@@ -720,7 +720,8 @@ int main(void)
     /* 7b. a buffer CUPTI hands back after the forced flush returned (the
      * thread that filled it still handing it over): while the others are
      * read, or before the capture is collected. Its records are in the
-     * profile, counted. (No drain: the forced flush is the only one.) */
+     * profile, counted, and no buffer is said to be kept. (No drain: the
+     * forced flush is the only one.) */
     {
         tb_config c = *tb_config_get(), c0 = c;
         c.gpu_drain_ms = 0;
@@ -739,6 +740,11 @@ int main(void)
                 CHECKF(tb_gpu_last_stats().records == dl - del0, "late %s: %llu of %llu records translated",
                        when[i], (unsigned long long)tb_gpu_last_stats().records, dl - del0);
                 CHECK(tb_gpu_last_stats().buffers_completed >= 6);
+                /* back before the profile was written: nothing to warn of */
+                CHECKF(plane_int(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_BUFFERS_KEPT) == 0,
+                       "late %s: %lld buffers kept", when[i],
+                       plane_int(tb_space_find_plane(s, TB_HOST_PLANE), TB_ST_CUPTI_BUFFERS_KEPT));
+                CHECKF(!has_warning(s, "CUPTI kept"), "late %s: warned of buffers kept", when[i]);
                 tb_space_free(s);
             }
         }
