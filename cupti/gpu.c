@@ -1039,6 +1039,11 @@ static int gpu_collect(void *ctx, tb_space *space)
          * read (its own thread may complete one after the forced flush
          * returned): read until no more came. done[] never moves, and its
          * entries below ndone are written before ndone grows (under mu) */
+        pthread_mutex_lock(&g.mu);
+        size_t n0 = g.ndone;
+        pthread_mutex_unlock(&g.mu);
+        for (size_t i = 0; i < n0; i++)
+            tb_cupti_tr_prescan(t, g.done[i].buf, g.done[i].valid, g.lib->ActivityGetNextRecord);
         nd = 0;
         for (;;) {
             pthread_mutex_lock(&g.mu);

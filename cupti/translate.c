@@ -189,8 +189,10 @@ void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprop
     if (dev >= TB_CUPTI_MAX_DEVICES || !p || !p->valid)
         return;
     t->pending_props[dev] = *p;
-    if (t->dev[dev])
+    if (t->dev[dev]) {
         t->dev[dev]->props = *p;
+        memset(t->kd, 0, sizeof(t->kd)); /* kernel_details: their occupancy changes */
+    }
 }
 
 static devstate *get_dev(tb_cupti_tr *t, uint32_t dev)
@@ -1041,6 +1043,33 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
     tb_cupti_tr_set_device(t, v->id, &p);
 }
 
+/* A device or context record: the device's facts, the context's device.
+ * Read twice when prescanned: the second time finds both known. */
+static void about_devices(tb_cupti_tr *t, CUpti_Activity *r)
+{
+    if (r->kind == CUPTI_ACTIVITY_KIND_DEVICE) {
+        CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
+        do_device(t, v);
+        if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED) { /* else CUPTI's own string */
+            free((void *)v->name); /* CUPTI: the client frees it */
+            v->name = NULL;
+        }
+    } else if (r->kind == CUPTI_ACTIVITY_KIND_CONTEXT) {
+        const CUpti_ActivityContext3 *c = (const CUpti_ActivityContext3 *)r;
+        note_ctx(t, c->contextId, c->deviceId);
+    }
+}
+
+void tb_cupti_tr_prescan(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next)
+{
+    CUpti_Activity *r = NULL;
+    if (!buf || !valid)
+        return;
+    while (next(buf, valid, &r) == CUPTI_SUCCESS && r)
+        if (r->kind == CUPTI_ACTIVITY_KIND_DEVICE || r->kind == CUPTI_ACTIVITY_KIND_CONTEXT)
+            about_devices(t, r);
+}
+
 void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
 {
     t->c.records++;
@@ -1094,20 +1123,10 @@ void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
                                     .end = s->end};
         break;
     }
-    case CUPTI_ACTIVITY_KIND_DEVICE: {
-        CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
-        do_device(t, v);
-        if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED) { /* else CUPTI's own string */
-            free((void *)v->name); /* CUPTI: the client frees it */
-            v->name = NULL;
-        }
+    case CUPTI_ACTIVITY_KIND_DEVICE:
+    case CUPTI_ACTIVITY_KIND_CONTEXT:
+        about_devices(t, r);
         break;
-    }
-    case CUPTI_ACTIVITY_KIND_CONTEXT: {
-        const CUpti_ActivityContext3 *c = (const CUpti_ActivityContext3 *)r;
-        note_ctx(t, c->contextId, c->deviceId);
-        break;
-    }
     default:
         t->c.unknown++;
         break;

@@ -95,6 +95,12 @@ void tb_cupti_tr_set_device(tb_cupti_tr *t, uint32_t dev, const tb_cupti_devprop
  * Frees what CUPTI leaves the client to free (a device record's name, an
  * overhead record's data) and clears those fields: translate a buffer once. */
 int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next);
+/* Read only what a buffer says of devices and contexts (device and context
+ * records), before any buffer is translated: CUPTI hands buffers back in
+ * any order, and a kernel read before its device's record would get no
+ * occupancy. Frees as tb_cupti_tr_buffer does (translating the buffer
+ * afterwards is right). */
+void tb_cupti_tr_prescan(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next);
 /* Translate one record (the bench and tests drive it directly); frees as
  * tb_cupti_tr_buffer does. */
 void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *rec);

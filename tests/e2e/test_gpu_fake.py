@@ -1002,6 +1002,20 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertEqual(len(prof.host.events("COMPILER")), 1)
         self.assertEqual(sorted(e.stats["context_id"] for e in prof.host.events("Context Sync")), ["$$3", "$$4"])
 
+    def test_occupancy_when_the_device_record_comes_after_the_kernels(self):
+        # CUPTI hands its per-thread buffers back in any order: the device
+        # record (where the driver's facts are not at hand) may be read
+        # after kernels of that device; theirs is still the device's
+        # occupancy (relu: 512 threads x 16 regs, 4 blocks an SM: 100%)
+        lines = SCRIPT.splitlines()
+        dev = [l for l in lines if l.startswith(("device", "context"))]
+        work = [l for l in lines if "corr=101 " in l or "corr=102 " in l]
+        p, xs = self.capture_of("\n".join(work + dev) + "\n")
+        g0 = tbtest.load(xs[0]).plane("/device:GPU:0")
+        self.assertEqual([e.stats["kernel_details"].rsplit(" ", 1)[1] for e in g0.events("relu_kernel")],
+                         ["occ_pct:100", "occ_pct:100"])
+        self.assertEqual(g0.stats.get("core_count"), 108)
+
     def test_communication_overlap(self):
         # tbprof summary: the collective's time on the GPU, the part of it
         # a compute kernel ran beside, and the rest (exposed), per step
