@@ -1058,6 +1058,8 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
         g.last.records = c.records;
         g.last.incomplete = c.bad_time;
+        g.last.cut_buffers = c.cut_buffers;
+        g.last.cut_bytes = c.cut_bytes;
         g.last.buffers_completed = nd;
         g.last.graph_uncorrelated = c.graph_uncorrelated;
         g.last.kernels = c.kernels;
@@ -1120,10 +1122,25 @@ static int gpu_collect(void *ctx, tb_space *space)
                       (unsigned long long)g.last.buffers_kept, g.last.pool_buffers);
     }
     if (g.last.incomplete) {
+        /* CUPTI reads no further in a buffer than its first incomplete
+         * record: what followed it there (API calls, markers...) is gone */
+        char cut[200] = "";
+        if (g.last.cut_buffers && g.last.cut_bytes)
+            snprintf(cut, sizeof(cut),
+                     "; %llu activity buffer%s could not be read past %s first such record: the %llu bytes from "
+                     "there on (that record and any after it) are lost",
+                     (unsigned long long)g.last.cut_buffers, g.last.cut_buffers == 1 ? "" : "s",
+                     g.last.cut_buffers == 1 ? "its" : "their", (unsigned long long)g.last.cut_bytes);
+        else if (g.last.cut_buffers)
+            snprintf(cut, sizeof(cut),
+                     "; %llu activity buffer%s could not be read past %s first such record: any records after "
+                     "it are lost",
+                     (unsigned long long)g.last.cut_buffers, g.last.cut_buffers == 1 ? "" : "s",
+                     g.last.cut_buffers == 1 ? "its" : "their");
         tb_space_warn(space,
                       "%llu GPU activity records left out: their work was still running when the capture "
-                      "ended (waited %s); raise TBPROF_GPU_DRAIN_MS",
-                      (unsigned long long)g.last.incomplete, g.drain);
+                      "ended (waited %s)%s; raise TBPROF_GPU_DRAIN_MS",
+                      (unsigned long long)g.last.incomplete, g.drain, cut);
     }
     /* into the profile only: warned about at the first capture */
     if (g.last.cupti_api_version == CUPTI_API_13_0)

@@ -1140,14 +1140,22 @@ int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_
     if (!buf || !valid)
         return 0;
     CUptiResult rc;
+    CUpti_Activity *prev = NULL;
     while ((rc = next(buf, valid, &r)) == CUPTI_SUCCESS && r) {
         tb_cupti_tr_record(t, r);
+        prev = r;
         n++;
     }
     /* CUPTI_ERROR_INVALID_KIND: an incomplete record (work still running at
-     * a forced flush); the buffer cannot be read past it */
-    if (rc != CUPTI_SUCCESS && rc != CUPTI_ERROR_MAX_LIMIT_REACHED)
+     * a forced flush); the buffer cannot be read past it, so whatever came
+     * after it in this buffer is lost too: how many records is not known,
+     * how many bytes is where CUPTI points at the record */
+    if (rc != CUPTI_SUCCESS && rc != CUPTI_ERROR_MAX_LIMIT_REACHED) {
         t->c.bad_time++;
+        t->c.cut_buffers++;
+        if (r && r != prev && (uint8_t *)r > buf && (uint8_t *)r < buf + valid)
+            t->c.cut_bytes += valid - (size_t)((uint8_t *)r - buf);
+    }
     return n;
 }
 

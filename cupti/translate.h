@@ -115,6 +115,8 @@ typedef struct tb_cupti_tr_counts {
     uint64_t graph_uncorrelated; /* events left without correlation_id (graph_corr_unreliable) */
     uint64_t api_quiet;          /* API records left out (tb_cupti_api_is_quiet) */
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
+    uint64_t cut_buffers;        /* buffers not read to their end (an incomplete record) */
+    uint64_t cut_bytes;          /* their bytes from the incomplete record on (where known) */
 } tb_cupti_tr_counts;
 tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t);
 

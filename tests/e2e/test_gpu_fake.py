@@ -1368,6 +1368,24 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
                 self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "still running" in l]), 1,
                                  p.stderr)
 
+    def test_running_work_cuts_its_buffer_short_and_says_so(self):
+        # CUPTI cannot read a buffer past an incomplete record: the call
+        # recorded after the running kernel is lost with it, and the
+        # warning does not say only that one record was left out
+        with open(self.script, "w") as f:
+            f.write(INFLIGHT_SCRIPT + "runtime name=cudaStreamSynchronize_v3020 cbid=131 tid=main corr=403 "
+                                      "start=1009 end=1012\n")
+        p = self.run_steps(["-n", "80", "-m", "10", "-a", "2,4"], TBFAKE_CUPTI_INFLIGHT="1", gpu_drain_ms="0")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.assertEqual(prof.host.events("cudaStreamSynchronize"), [])  # lost with the kernel
+        self.assertEqual(len(prof.host.events("cudaLaunchKernel")), 2)    # read before it
+        warn = [w for w in prof.warnings if "still running when the capture ended" in w]
+        self.assertEqual(len(warn), 1, prof.warnings)
+        self.assertRegex(warn[0], r"1 activity buffers? could not be read past (its|their) first such record: "
+                                  r"the \d+ bytes from there on \(that record and any after it\) are lost")
+
     def slow_start(self, **kw):
         # CUPTI's first start takes 300 ms; steps are 5 ms: the sources are
         # still starting when step 3 (the window's first) begins
