@@ -231,8 +231,10 @@ static void test_odd_kernel_details(void)
 
 /* A job that called setlocale(LC_ALL, "") in a decimal-comma locale (the
  * locale is the whole process's, the agent thread's too): printf's %g
- * writes "12,5", and {"x":12,5} is not JSON. Skipped where no such locale
- * is installed (LOCPATH can point at one made by localedef). */
+ * writes "12,5", and {"x":12,5} is not JSON. Where no such locale is
+ * installed (a fresh Debian container has only C and C.utf8: CI), one is
+ * made by localedef into a temporary LOCPATH; skipped only where that
+ * cannot be done. */
 static void test_decimal_comma_locale(void)
 {
     static const char *const locs[] = {"de_DE.UTF-8", "de_DE.utf8", "fr_FR.UTF-8",
@@ -242,11 +244,23 @@ static void test_decimal_comma_locale(void)
     for (size_t i = 0; !got && i < sizeof(locs) / sizeof(locs[0]); i++)
         if (setlocale(LC_NUMERIC, locs[i]) && localeconv()->decimal_point[0] != '.')
             got = locs[i];
+    char locdir[] = "/tmp/tbprof-test-locale.XXXXXX";
+    int made = 0;
+    if (!got && mkdtemp(locdir)) {
+        made = 1;
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "localedef -i de_DE -f UTF-8 %s/de_DE.UTF-8 >/dev/null 2>&1", locdir);
+        if (system(cmd) != -1) { /* (exit 1 for warnings, the locale made all the same) */
+            setenv("LOCPATH", locdir, 1);
+            if (setlocale(LC_NUMERIC, "de_DE.UTF-8") && localeconv()->decimal_point[0] != '.')
+                got = "de_DE.UTF-8 (made by localedef)";
+        }
+    }
     if (!got) {
-        printf("# skip decimal comma: no such locale installed\n");
+        printf("# skip decimal comma: no such locale installed, and localedef could not make one\n");
         setlocale(LC_NUMERIC, old);
         free(old);
-        return;
+        goto out;
     }
     tb_space *s = tb_space_new();
     tb_plane *h = tb_space_plane(s, "/host:CPU");
@@ -260,6 +274,14 @@ static void test_decimal_comma_locale(void)
     tb_space_free(s);
     setlocale(LC_NUMERIC, old);
     free(old);
+out:
+    if (made) {
+        unsetenv("LOCPATH");
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", locdir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot remove %s\n", locdir);
+    }
 }
 
 /* Perfetto takes a tid past uint32 for none, and the events and the
