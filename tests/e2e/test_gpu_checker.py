@@ -574,6 +574,14 @@ class ProfileData:
         c = run_check("repeat", "5/20x4", logdir, os.path.join(self.tmp, "none.json"), times, times)
         self.assertEqual(c.returncode, 1, c.stdout)
         self.assertIn("tbprof trend --json: ", c.stdout)
+        # trend finding no run at all (it read another logdir, or none of
+        # the profiles) fails as well
+        empty = os.path.join(self.tmp, "empty.json")
+        with open(empty, "w") as f:
+            f.write('{"runs": []}\n')
+        c = run_check("repeat", "5/20x4", logdir, empty, times, times)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("RESULT torch_repeating FAIL tbprof trend: []", c.stdout)
 
     def torch_cmp(self, events, calls=()):
         trace = os.path.join(self.tmp, "torch_trace.json")

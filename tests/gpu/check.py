@@ -710,13 +710,15 @@ def repeat(spec, logdir, trend_json, t_rep, t_none):
                 errs.append("%s: teardown %r" % (run, st.get("tbprof_cupti_teardown")))
     if sorted(got) != want:
         errs.append("windows %s, expected %s" % (sorted(got), want))
+    rows = None
     try:
         with open(trend_json) as f:
             rows = json.load(f)["runs"]
     except (OSError, ValueError, KeyError) as e:
-        rows = []
         errs.append("tbprof trend --json: %s" % e)
-    if rows and ([r["steps"] for r in rows] != [b - a + 1] * count or not all(r.get("top_kernel") for r in rows)):
+    # (a trend that lists no run, or fewer than the captures, fails too)
+    if rows is not None and ([r["steps"] for r in rows] != [b - a + 1] * count or
+                             not all(r.get("top_kernel") for r in rows)):
         errs.append("tbprof trend: %s" % [(r["run"], r["steps"], r.get("top_kernel")) for r in rows])
     try:
         with open(t_rep) as f:
