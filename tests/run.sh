@@ -27,6 +27,11 @@ run_suite() { # name build-dir ctest-args...
   local p f
   p=$(grep -cE 'Test +#.* Passed' "$log"); f=$(grep -cE 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log")
   pass=$((pass+p)); fail=$((fail+f))
+  # a suite that ran no test (a label filter matching nothing, a CMake
+  # change that registered none) must not read as a clean one
+  if ((p + f == 0)); then
+    echo "=== $name: ran no test"; fail=$((fail+1)); failed+=("$name:no tests")
+  fi
   while read -r t; do failed+=("$name:$t"); done < <(grep -E 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log" | awk '{print $4}')
 }
 SUITE_CMAKE=(); run_suite default "$root/build"
