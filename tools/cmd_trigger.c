@@ -554,6 +554,32 @@ static int find_targets(struct opts *o)
     return n;
 }
 
+/* A process writing a profile (an env window's, a repeat's) names it in
+ * last= only once it is written: the path that came next would be taken
+ * for the one this trigger asked for. Wait for that write to end (bounded;
+ * a progress line after a few seconds), with `ans` the status after it. */
+#define WRITING_WAIT_S 120
+static void wait_while_writing(pid_t pid, char *ans, size_t n)
+{
+    char state[32];
+    field(ans, "state", state, sizeof(state));
+    int64_t start = tb_mono_ns(), next_note = start + 3000000000LL;
+    while (!strcmp(state, "writing") && tb_mono_ns() - start < WRITING_WAIT_S * 1000000000LL) {
+        if (tb_mono_ns() >= next_note) {
+            fprintf(stderr, "tbprof trigger: process %d is writing its last profile; waiting for that first\n",
+                    (int)pid);
+            next_note += 10000000000LL;
+        }
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+        char again[TB_CTL_LINE + PATH_MAX + 64];
+        if (tb_ctl_request(pid, "status", again, sizeof(again), REQ_MS) < 0)
+            return; /* (not answering while it writes: the wait goes on as before) */
+        snprintf(ans, n, "%s", again);
+        field(ans, "state", state, sizeof(state));
+    }
+}
+
 /* Each of pids[0..n)'s status: is an agent there, its step and last profile,
  * into t[] (or printed, --status). Processes found (not named) that are
  * single-threaded are left out. Returns how many answered; *failed set
@@ -580,6 +606,8 @@ static int gather(const struct opts *o, pid_t root, int n, int several, struct t
                 printf("%s\n", ans);
             continue;
         }
+        if (o->wait && !o->stop)
+            wait_while_writing(pid, ans, sizeof(ans));
         struct target *x = &t[(*nt)++];
         memset(x, 0, sizeof(*x));
         x->pid = pid;

@@ -604,6 +604,39 @@ class Triggers(tbtest.TestCase):
         p.kill()
         p.communicate()
 
+    def test_tbprof_trigger_while_a_profile_is_written(self):
+        # a trigger while the job writes another profile (its TBPROF_STEPS
+        # window's): the path that comes next in status is that one's, not
+        # the trigger's. The CLI waits for the write first, then prints the
+        # profile of the capture it asked for (before: the window's)
+        self.need_cli()
+        shim = tbtest.prog("libslow_profile_write.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        # (the agent answers between the pieces of a write: a window with
+        # CPU samples has several, each made 300 ms slower)
+        e = tbtest.env(self.logdir, steps="3,200", trace_json="on", cpu="on", cpu_hz=1000)
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
+        e["TBTEST_SLOW_WRITE_MS"] = "300"
+        p = tbtest.spawn([STEPS, "-r", "-n", "3000", "-m", "5", "-t", "1"], env=e)
+        self.addCleanup(reap, p)
+        tbtest.read_until(p, "ready")
+        deadline = time.time() + 30
+        st = ""
+        while "state=writing" not in st and time.time() < deadline:
+            st = ctl(p.pid, "status")
+            time.sleep(0.01)
+        self.assertIn("state=writing", st)
+        r = tbtest.run([tbtest.CLI, "trigger", str(p.pid), "--steps", "2"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        path = r.stdout.splitlines()[-1]
+        self.assertTrue(path.endswith(".xplane.pb") and os.path.exists(path), r.stdout)
+        trig = tbtest.load(path).host.stats.get("tbprof_trigger", "")
+        self.assertFalse(trig.startswith("TBPROF_STEPS"), "printed the window's profile: %s (%s)" % (path, trig))
+        self.assertEqual(len(tbtest.xplanes(self.logdir)), 2)
+        p.kill()
+        p.communicate()
+
     def test_tbprof_trigger_every(self):
         # tbprof trigger --steps N --every P --count K: the first profile's
         # path printed as usual, a note on the repeats; then K in all
