@@ -60,7 +60,7 @@ static int add_file(tb_profset *ps, const char *cmd, const char *path, int progr
     tb_space *s = NULL;
     long long bytes = tb_input_bytes(path);
     if (progress)
-        fprintf(stderr, "tbprof %s: reading %s (%.1f MB)...\n", cmd, path, (double)bytes / 1e6);
+        fprintf(stderr, "tbprof %s: reading %s (%.1f MB)...\n", cmd, rr_text(path), (double)bytes / 1e6);
     int r = tb_xspace_read_file(path, &s, err, sizeof err);
     if (r < 0) {
         char *why = malloc(strlen(path) + strlen(err) + 4);
@@ -75,7 +75,7 @@ static int add_file(tb_profset *ps, const char *cmd, const char *path, int progr
             }
         }
         ps->skipped++;
-        fprintf(stderr, "tbprof %s: skipping %s: %s\n", cmd, path, err[0] ? err : strerror(-r));
+        fprintf(stderr, "tbprof %s: skipping %s: %s\n", cmd, rr_text(path), err[0] ? err : strerror(-r));
         return 0;
     }
     tb_prof *np = realloc(ps->profs, (ps->n + 1) * sizeof(*np));
@@ -135,7 +135,7 @@ static const tb_run *pick_run(const char *cmd, const char *in, const char *run,
             if (rl->n) {
                 fprintf(stderr, "  runs there:");
                 for (size_t i = 0; i < rl->n; i++)
-                    fprintf(stderr, " %s", rl->runs[i].name);
+                    fprintf(stderr, " %s", rr_text(rl->runs[i].name));
                 fputc('\n', stderr);
             }
         }
@@ -295,7 +295,7 @@ static int why_no_samples(const tb_profset *ps, FILE *f)
 
 int tb_profset_fold_some(const char *cmd, tb_profset *ps, tb_fold_what what, tb_profset_folded *pf)
 {
-    const char *where = ps->n == 1 ? ps->profs[0].path : ps->dir;
+    const char *where = rr_text(ps->n == 1 ? ps->profs[0].path : ps->dir); /* (a run folder's name) */
     if (tb_profset_fold(ps, what, pf) < 0) {
         fprintf(stderr, "tbprof %s: out of memory\n", cmd);
         return 2;

@@ -869,6 +869,18 @@ class Trend(Base):
         self.assertIn(b"tbprof trend: run 1 of 1: job?]0;owned??[2J", err)
         self.assertNotIn(b"\x1b", err)
 
+    def test_skipping_line_names_the_file_without_control_bytes(self):
+        """A rank file that cannot be read is named on stderr ("skipping"),
+        its path through the run folder's name: control bytes as '?', as
+        everywhere else, not a terminal escape sent raw."""
+        name = "job\x1b]0;owned\x07\x1b[2J"
+        self.runs((name, {"n": example_space()}))
+        write(os.path.join(self.logdir, "plugins", "profile", name, "m.xplane.pb"), b"\x0a\xff\xff\xff")
+        for cmd in ("trend", "summary"):
+            p = subprocess.run([CLI, cmd, self.logdir], capture_output=True, timeout=60)
+            self.assertIn(b"skipping", p.stderr, (cmd, p.stderr))
+            self.assertNotIn(b"\x1b", p.stderr, cmd)
+
     def test_another_users_run_folder_is_skipped(self):
         """A shared logdir where one run folder is another user's (EACCES):
         that run is named once on stderr and left out, the others are read
