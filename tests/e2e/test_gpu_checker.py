@@ -442,6 +442,24 @@ class ProfileData:
         self.assertEqual(rc, 1, line)
         self.assertIn("0 forward ranges for 4 steps", line)
 
+    def test_torch_nvtx_ranges_with_gpu_tracing_and_no_kernel(self):
+        # GPU tracing on (a GPU plane, a copy on it) and not one kernel: the
+        # claim that kernels carry their range cannot pass by having none
+        self.torch_nvtx("forward,backward")
+        path = tbtest.xplanes(os.path.join(self.tmp, "forward,backward"))[0]
+        xs = tbtest.xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            xs.ParseFromString(f.read())
+        gpu = xs.planes.add(id=99, name="/device:GPU:0")
+        gpu.event_metadata[1].id, gpu.event_metadata[1].name = 1, "MemcpyH2D"
+        line = gpu.lines.add(id=7, name="Stream #7(MemcpyH2D)", timestamp_ns=xs.planes[0].lines[0].timestamp_ns)
+        line.events.add(metadata_id=1, offset_ps=1000, duration_ps=5000)
+        with open(path, "wb") as f:
+            f.write(xs.SerializeToString())
+        c = run_check("torch_nvtx", path)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("no kernel in the profile, though GPU tracing was on", c.stdout)
+
     def test_capture_facts(self):
         # the facts the note needs from a real job: which libcupti, the pool,
         # buffers filled, drops; a host-only profile fails and says why

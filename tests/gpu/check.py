@@ -526,7 +526,9 @@ def torch_nvtx(xplane):
     # pass's from autograd's own thread, outside "backward": reported only)
     kernels = [e for e in device_events(xs) if "kernel_details" in e[2]]
     by_range = collections.Counter(e[2].get("nvtx_range") for e in kernels)
-    if kernels and not by_range.get("forward"):
+    if not kernels and any(p.name.startswith("/device:GPU:") for p in xs.planes):
+        errs.append("no kernel in the profile, though GPU tracing was on")
+    elif kernels and not by_range.get("forward"):
         errs.append("no kernel has nvtx_range 'forward' (%s)" % dict(by_range))
     result("torch_nvtx_ranges", not errs, "; ".join(errs) or "%d steps; ranges %s; kernels by nvtx_range %s" % (
         len(steps), counts, dict(by_range)))
