@@ -274,10 +274,14 @@ int cmd_dump(int argc, char **argv)
             json = 1;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
             return usage(stdout);
-        else if (!strcmp(argv[i], "--top") && i + 1 < argc) {
+        else if (!strcmp(argv[i], "--top")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "tbprof: dump: --top wants a count\n");
+                return 2;
+            }
             char *end;
             long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 0) {
+            if (end == argv[i] || *end || v < 0) {
                 fprintf(stderr, "tbprof: dump: --top wants a count, not '%s'\n", argv[i]);
                 return 2;
             }

@@ -228,6 +228,14 @@ class Formats(unittest.TestCase):
             self.assertEqual(procs[e["pid"]], "/host:CPU")
 
     # ---- tbprof dump / ls ------------------------------------------------------------
+    def test_dump_top_needs_a_count(self):
+        # `--top` last, or empty: said as such (was "unknown option '--top'",
+        # or a silent --top 0)
+        for args in (["--top"], ["--top", ""]):
+            p = run("dump", self.pb, *args, check=False)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertIn("--top wants a count", p.stderr, args)
+
     def test_dump_agrees(self):
         d = json.loads(run("dump", self.pb, "--json", "--top", "100").stdout)
         self.assertEqual(d["events"], KERNELS * 2 + STEPS)
