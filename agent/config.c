@@ -565,6 +565,13 @@ int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud)
         else
             parse_var(v, v->bad_value, c);
     }
+    /* steps from NVTX ranges asked for by name: cudaProfilerStart/Stop,
+     * counted by default, do not take step counting from them (a program
+     * written for nsys calls cudaProfilerStart once before its loop, and
+     * the first source to mark a step owns the count); both only when
+     * TBPROF_CUDA_STEPS is set too */
+    if (c->nvtx_step[0] && !get("TBPROF_CUDA_STEPS", ud))
+        c->cuda_steps = TB_CUDA_STEPS_OFF;
     const char *delay_given = get("TBPROF_DELAY", ud);
     if (c->duration_s < 0) {
         c->duration_s = 0;

@@ -106,6 +106,24 @@ class NvtxSteps(NvtxBase):
                 self.assertEqual(marked, [] if kind == "mark" else ["step 2", "step 3", "step 4"])
                 self.assertTrue([e for e in evs if e.name == "fwd"])
 
+    def test_named_nvtx_steps_win_over_a_default_source(self):
+        # TBPROF_NVTX_STEP set by the user, and a program that calls
+        # cudaProfilerStart() once before its loop (nsys' capture-range
+        # habit): the NVTX ranges count the steps. Before, the default
+        # TBPROF_CUDA_STEPS=on claimed counting at that call and the named
+        # ranges were ignored: the window 2-4 was never reached. Asked for
+        # both (TBPROF_CUDA_STEPS=on), the first source still wins.
+        pid, out, err = self.run_prog(["-n", "8", "-m", "3", "-g", "3", "-P"], steps="2,4", nvtx_step="step")
+        ranges, info = parse(out)
+        self.assertEqual(info.get("profiler_start"), "0", out)
+        self.check_steps(self.one_profile(), 2, 4, ranges, pid, 3)
+        # (no CUDA runtime in this test program: the call is not forwarded)
+        self.assertEqual([w for w in tbtest.tbprof_warnings(err) if "no CUDA library defines it" not in w], [])
+        logdir = os.path.join(self.tmp, "both")
+        _, _, err = self.run_prog(["-n", "8", "-m", "3", "-g", "3", "-P"], logdir=logdir, steps="2,4",
+                                  nvtx_step="step", cuda_steps="on")
+        self.assertIn("steps are counted from cudaProfilerStart/Stop", err)
+
     def test_number_in_name_is_the_step(self):
         # ranges "step 10".."step 17": TBPROF_STEPS=12,14 means those names,
         # not the 12th..14th range (there are only 8)

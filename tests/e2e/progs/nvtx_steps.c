@@ -30,6 +30,9 @@
  *        (a missing pop): the thread's nesting grows by one per step
  *   -D N each step, after "bwd", pushes N nested ranges "deep" (then ~ms/4
  *        of work) and pops them all
+ *   -P   cudaProfilerStart() once before the loop (nsys' capture-range
+ *        habit; the preload's export, when there is one), prints
+ *        "profiler_start=RC"
  *   -b   benchmark: N push/pop pairs of a non-matching name ("fwd") and N of
  *        a matching one, and N reads of CLOCK_MONOTONIC (the machine's
  *        yardstick); prints "bench miss_ns=X match_ns=Y clock_ns=Z"
@@ -85,13 +88,13 @@ int main(int argc, char **argv)
 {
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
-    int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0, leak = 0, deep = 0;
+    int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0, leak = 0, deep = 0, profiler_start = 0;
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dxlD:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dxlD:P")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -108,6 +111,7 @@ int main(int argc, char **argv)
         case 'x': xla = 1; break;
         case 'l': leak = 1; break;
         case 'D': deep = atoi(optarg); break;
+        case 'P': profiler_start = 1; break;
         case 'i':
             if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
                 fprintf(stderr, "nvtx_steps: -i wants A,B\n");
@@ -165,6 +169,10 @@ int main(int argc, char **argv)
         da = nvtxDomainCreateA("tbtest.a");
         db = nvtxDomainCreateA("tbtest.b");
         printf("same_domain=%d\n", da && da == nvtxDomainCreateA("tbtest.a"));
+    }
+    if (profiler_start) {
+        int (*ps)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "cudaProfilerStart");
+        printf("profiler_start=%d\n", ps ? ps() : -1);
     }
     int first_level = -100;
     for (int i = 0; i < n; i++) {
