@@ -148,7 +148,8 @@ static const var vars[] = {
      "searching", "", F(cupti_path), 0, 0},
     {"TBPROF_CUDA_STEPS", T_CUDASTEPS, "on", "on | off",
      "each cudaProfilerStart() (or cuProfilerStart) begins a step, cudaProfilerStop ends it "
-     "(calls through the dynamic linker: a shared libcudart, not nvcc's static one)",
+     "(calls through the dynamic linker: a shared libcudart, not nvcc's static one); unset, off where "
+     "TBPROF_NVTX_STEP is set",
      "using on", "on", F(cuda_steps), 0, 0},
     {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended)",
      "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
