@@ -383,6 +383,8 @@ int tb_parse_signal(const char *s, int *out)
         int k = 0;
         const char *p = s + 5;
         if (*p == '+') {
+            if (!isdigit((unsigned char)p[1])) /* strtol takes "+ 3" and "+-0" */
+                return -EINVAL;
             char *end;
             long v = strtol(p + 1, &end, 10);
             if (end == p + 1 || *end || v < 0 || v > 15)
@@ -418,6 +420,20 @@ static int parse_log(const char *s, int *out)
 static int parse_var(const var *v, const char *val, tb_config *c)
 {
     char *field = (char *)c + v->off;
+    /* a word or number as YAML, a .env file or a shell line may give it:
+     * with spaces or a newline around it (not a path or a name: T_STR) */
+    char word[TB_CONFIG_STR];
+    if (v->type != T_STR) {
+        val = skip_ws(val);
+        size_t n = strlen(val);
+        while (n && isspace((unsigned char)val[n - 1]))
+            n--;
+        if (n >= sizeof(word))
+            return -EINVAL;
+        memcpy(word, val, n);
+        word[n] = '\0';
+        val = word;
+    }
     switch (v->type) {
     case T_STR: {
         size_t len = strlen(val);

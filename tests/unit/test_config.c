@@ -252,6 +252,32 @@ static void auto_modes(void)
     }
 }
 
+/* Values as they come from YAML, a .env file or a shell line: surrounding
+ * spaces and a trailing newline are no part of the word (numbers took them
+ * already; "on " was a bad value: that feature off, with a warning). A
+ * space inside a word is still one. */
+static void words_with_spaces(void)
+{
+    const char *env[] = {"TBPROF_TRACE_JSON", "off \n", "TBPROF_GPU", " off", "TBPROF_SIGNAL", "USR2 ",
+                         "TBPROF_LOG", "debug\n", "TBPROF_SOCKET", " on ", NULL};
+    tb_config c;
+    tb_log_set_level(TB_LOG_OFF);
+    CHECK_EQ_I(tb_config_load(&c, lookup, env), 0);
+    tb_log_set_level(TB_LOG_WARN);
+    CHECK_EQ_I(c.trace_json, 0);
+    CHECK_EQ_I(c.gpu, 0);
+    CHECK_EQ_I(c.signal, SIGUSR2);
+    CHECK_EQ_I(c.socket, TB_SOCKET_ON);
+    int sig = -1;
+    CHECK(tb_parse_signal("RTMIN+ 3", &sig) < 0);
+    CHECK(tb_parse_signal("RTMIN+-0", &sig) < 0);
+    CHECK(tb_parse_signal("RTMIN+3", &sig) == 0 && sig == SIGRTMIN + 3);
+    const char *bad[] = {"TBPROF_TRACE_JSON", "o n", NULL};
+    tb_log_set_level(TB_LOG_OFF);
+    CHECK_EQ_I(tb_config_load(&c, lookup, bad), 1);
+    tb_log_set_level(TB_LOG_WARN);
+}
+
 int main(void)
 {
     steps_forms();
@@ -261,6 +287,7 @@ int main(void)
     defaults();
     good_values();
     auto_modes();
+    words_with_spaces();
     bad_values();
     help_lists_every_variable();
     return tap_done();
