@@ -315,7 +315,9 @@ int64_t tb_window_index_from(const tb_window *w, int64_t m)
 int tb_parse_seconds(const char *s, double *out)
 {
     s = skip_ws(s);
-    if (!*s || *s == '-' || *s == '+')
+    /* a decimal number (strtod also reads hex, "0x10" = 16 s, and inf) */
+    if (!(isdigit((unsigned char)*s) || (*s == '.' && isdigit((unsigned char)s[1]))) ||
+        (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')))
         return -EINVAL;
     errno = 0;
     char *end;

@@ -272,6 +272,11 @@ static void words_with_spaces(void)
     CHECK(tb_parse_signal("RTMIN+ 3", &sig) < 0);
     CHECK(tb_parse_signal("RTMIN+-0", &sig) < 0);
     CHECK(tb_parse_signal("RTMIN+3", &sig) == 0 && sig == SIGRTMIN + 3);
+    double sec = -1;
+    CHECK(tb_parse_seconds("0x10", &sec) < 0); /* strtod's hex: 16 s */
+    CHECK(tb_parse_seconds("infinity", &sec) < 0);
+    CHECK(tb_parse_seconds(".5", &sec) == 0 && sec == 0.5);
+    CHECK(tb_parse_seconds("2.5s", &sec) == 0 && sec == 2.5);
     const char *bad[] = {"TBPROF_TRACE_JSON", "o n", NULL};
     tb_log_set_level(TB_LOG_OFF);
     CHECK_EQ_I(tb_config_load(&c, lookup, bad), 1);
