@@ -131,6 +131,12 @@ const char *tb_names_hostname(tb_names *n)
 /* (time windows' seconds are printed with %.15g: whole, as %g's six
  * digits would give "1.00002e+06" from 11.6 days in, and one name to
  * windows 20 s apart from 116 days) */
+/* A TBPROF_STEPS window, or a TBPROF_DELAY/DURATION one, is configured. */
+static int env_window_set(const tb_config *cfg)
+{
+    return cfg->nwindows > 0 || cfg->duration_s > 0;
+}
+
 void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsigned ncaptures, char *out,
                   size_t len)
 {
@@ -157,7 +163,9 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
             snprintf(out, len, "%s_%s", cfg->run, win);
         else if (r->env_time && cfg->every_s > 0)
             snprintf(out, len, "%s_time_%.15g-%.15gs", cfg->run, r->time_from_s, r->time_from_s + cfg->duration_s);
-        else if (r->env_window || ncaptures == 0)
+        else if (r->env_window || r->env_time || (ncaptures == 0 && !env_window_set(cfg)))
+            /* as is: the env window's (the one capture TBPROF_RUN is set
+             * for), or, without one, the first capture's */
             snprintf(out, len, "%s", cfg->run);
         else
             snprintf(out, len, "%s_%u", cfg->run, ncaptures + 1);

@@ -94,8 +94,15 @@ int main(void)
     CHECK_STR(run(&n, &cfg, &steps, 3), "exp1_steps_10-12");
     cfg.windows[0].period = 0;
     tb_run_req trig = {.begin_epoch_ns = T0};
+    /* the plain name is the env window's: a signal or trigger capture
+     * before it gets its own (before: both "exp1", one run folder with the
+     * two profiles as h and h.1) */
+    CHECK_STR(run(&n, &cfg, &trig, 0), "exp1_1");
+    CHECK_STR(run(&n, &cfg, &steps, 1), "exp1");
+    cfg.nwindows = 0; /* no env window: the first capture has it */
     CHECK_STR(run(&n, &cfg, &trig, 0), "exp1");
     CHECK_STR(run(&n, &cfg, &trig, 2), "exp1_3");
+    cfg.nwindows = 1;
     cfg.run[0] = '\0';
 
     /* 3. the job id: with the window (steps or TBPROF_DELAY/DURATION), else
