@@ -53,6 +53,11 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
  * tb_xspace_read_file does, with the same message. 0 or -errno. */
 int tb_xspace_count_events(const char *path, uint64_t *events, char *err, size_t errlen);
 int tb_xspace_count(const uint8_t *data, size_t len, uint64_t *events, char *err, size_t errlen);
+/* When a profile was captured (ns since the epoch), from its first bytes
+ * alone (a few KiB): the least line timestamp among the lines they begin
+ * (tbprof's writer and protobuf's field order put a line's timestamp before
+ * its events); 0 when they name none (another writer's layout, gzip). */
+int64_t tb_xspace_head_time(const uint8_t *head, size_t len);
 
 /* Chrome trace JSON (Kineto conventions), gzip-compressed with zlib. */
 int tb_chrome_write_gz(tb_space *s, const char *path);

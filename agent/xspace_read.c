@@ -126,6 +126,31 @@ static int read_varint(const uint8_t *d, size_t len, size_t *pos, uint64_t *out)
     return -2;
 }
 
+/* Past the value of a field of wire type wt at *pos: a varint's value, or
+ * a length-delimited field's length, in *v. 0, or -1 when it does not fit
+ * in d[0..len) (or wt is a group's). */
+static int skip_value(const uint8_t *d, size_t len, size_t *pos, unsigned wt, uint64_t *v)
+{
+    *v = 0;
+    switch (wt) {
+    case 0: return read_varint(d, len, pos, v) < 0 ? -1 : 0;
+    case 1:
+    case 5: {
+        size_t need = wt == 1 ? 8 : 4;
+        if (len - *pos < need)
+            return -1;
+        *pos += need;
+        return 0;
+    }
+    case 2:
+        if (read_varint(d, len, pos, v) < 0 || *v > len - *pos)
+            return -1;
+        *pos += (size_t)*v;
+        return 0;
+    default: return -1;
+    }
+}
+
 /* Walks XSpace's top-level fields; a message naming the first problem, or
  * NULL when the framing is whole. */
 static int check_framing(const uint8_t *d, size_t len, char *err, size_t errlen)
@@ -491,14 +516,7 @@ int tb_xspace_decode(const uint8_t *data, size_t len, tb_space **out, char *err,
             uint64_t key = 0, v = 0;
             read_varint(data, len, &pos, &key); /* cannot fail: check_framing */
             unsigned field = (unsigned)(key >> 3), wt = key & 7;
-            if (wt == 0) {
-                read_varint(data, len, &pos, &v);
-            } else if (wt == 1 || wt == 5) {
-                pos += wt == 1 ? 8 : 4;
-            } else {
-                read_varint(data, len, &pos, &v);
-                pos += (size_t)v;
-            }
+            skip_value(data, len, &pos, wt, &v);
             if (field < 1 || field > 4)
                 continue; /* a newer schema's field */
             if (wt != 2) {
@@ -769,4 +787,47 @@ int tb_xspace_count_events(const char *path, uint64_t *events, char *err, size_t
     r = tb_xspace_count(buf, len, events, err, errlen);
     free(buf);
     return r;
+}
+
+/* ---- when a profile was captured, from its first bytes (run order) ----------- */
+
+/* The least XLine timestamp_ns (field 3) among the lines whose headers lie
+ * in d[0..len), the leading bytes of an XSpace (its planes: field 1; a
+ * plane's lines: field 3); 0 when none. A message cut off by the end is
+ * read as far as it goes. */
+static int64_t head_line_time(const uint8_t *d, size_t len, int depth)
+{
+    int64_t best = 0;
+    size_t pos = 0;
+    while (pos < len) {
+        uint64_t key, v;
+        if (read_varint(d, len, &pos, &key) < 0)
+            break;
+        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
+        if (depth == 2 && field == 3 && wt == 0) { /* XLine.timestamp_ns */
+            if (read_varint(d, len, &pos, &v) < 0)
+                break;
+            if (v && v < (uint64_t)INT64_MAX && (!best || (int64_t)v < best))
+                best = (int64_t)v;
+            continue;
+        }
+        if (depth < 2 && field == (depth == 0 ? 1u : 3u) && wt == 2) {
+            if (read_varint(d, len, &pos, &v) < 0)
+                break;
+            size_t n = v < (uint64_t)(len - pos) ? (size_t)v : len - pos;
+            int64_t t = head_line_time(d + pos, n, depth + 1);
+            if (t && (!best || t < best))
+                best = t;
+            pos += n;
+            continue;
+        }
+        if (skip_value(d, len, &pos, wt, &v) < 0)
+            break;
+    }
+    return best;
+}
+
+int64_t tb_xspace_head_time(const uint8_t *head, size_t len)
+{
+    return head_line_time(head, len, 0);
 }

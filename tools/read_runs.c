@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "xspace.h"
+
 int tb_str_ends(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
@@ -69,74 +71,6 @@ static int file_cmp(const void *x, const void *y)
 #define HEAD_BYTES 4096 /* a line's timestamp comes before its events: in the first bytes */
 #define HEAD_FILES 4    /* profiles of a run tried for one */
 
-/* A varint at *p (below end); 0 when there is none whole. */
-static int head_varint(const unsigned char **p, const unsigned char *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    for (int sh = 0; sh < 64 && *p < end; sh += 7) {
-        unsigned char b = *(*p)++;
-        x |= (uint64_t)(b & 0x7f) << sh;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Skip a field of wire type wt at *p; 0 when it does not fit (or a group). */
-static int head_skip(const unsigned char **p, const unsigned char *end, unsigned wt)
-{
-    uint64_t v;
-    switch (wt) {
-    case 0: return head_varint(p, end, &v);
-    case 1: if (end - *p < 8) return 0; *p += 8; return 1;
-    case 5: if (end - *p < 4) return 0; *p += 4; return 1;
-    case 2:
-        if (!head_varint(p, end, &v) || v > (uint64_t)(end - *p))
-            return 0;
-        *p += v;
-        return 1;
-    default: return 0;
-    }
-}
-
-/* The least XLine timestamp_ns (field 3) of the lines whose headers lie in
- * [p, end), the leading bytes of an XSpace (planes: field 1; an XPlane's
- * lines: field 3); 0 when none. A message cut off by `end` is read as far
- * as it goes. */
-static int64_t head_line_time(const unsigned char *p, const unsigned char *end, int depth)
-{
-    int64_t best = 0;
-    while (p < end) {
-        uint64_t key, len;
-        if (!head_varint(&p, end, &key))
-            break;
-        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-        if (depth == 2 && field == 3 && wt == 0) { /* XLine.timestamp_ns */
-            uint64_t ts;
-            if (!head_varint(&p, end, &ts))
-                break;
-            if (ts && ts < (uint64_t)INT64_MAX && (!best || (int64_t)ts < best))
-                best = (int64_t)ts;
-            continue;
-        }
-        if (depth < 2 && ((depth == 0 && field == 1) || (depth == 1 && field == 3)) && wt == 2) {
-            if (!head_varint(&p, end, &len))
-                break;
-            const unsigned char *in_end = len < (uint64_t)(end - p) ? p + len : end;
-            int64_t t = head_line_time(p, in_end, depth + 1);
-            if (t && (!best || t < best))
-                best = t;
-            p = in_end;
-            continue;
-        }
-        if (!head_skip(&p, end, wt))
-            break;
-    }
-    return best;
-}
-
 /* When r was captured (ns since the epoch), as its profiles say: the least
  * line timestamp in the first bytes of its first profile that has one;
  * 0 when none says (another writer's layout, gzip, unreadable). */
@@ -153,7 +87,7 @@ static int64_t capture_time(const tb_run *r)
             continue;
         size_t n = fread(buf, 1, sizeof buf, f);
         fclose(f);
-        int64_t t = head_line_time(buf, buf + n, 0);
+        int64_t t = tb_xspace_head_time(buf, n);
         if (t)
             return t;
     }
