@@ -1095,10 +1095,8 @@ static void step_slow(int64_t n)
             snprintf(c->trigger + strlen(c->trigger), sizeof(c->trigger) - strlen(c->trigger), " (steps %lld-%lld)",
                      (long long)c->first, (long long)c->last);
             begin_capturing(t);
-            poke = 1; /* the agent thread polls the sources from now on (compute_timeout) */
         } else if (fixed_window(c) && g.state == TB_STATE_ARMED && n >= c->first && n <= c->last) {
             begin_capturing(t);
-            poke = 1;
         } else if (c->kind != CAP_TIME && c->first >= 0 && n > c->last) {
             request_stop(t);
             poke = 1;
@@ -1188,7 +1186,8 @@ static int compute_timeout(int64_t now)
         if (g.cur.deadline && g.cur.deadline < until)
             until = g.cur.deadline;
         /* armed too: the sources run from step first-1 on, and a CPU ring
-         * not drained then is full when the window begins */
+         * not drained then is full when the window begins (which the job's
+         * thread marks without waking this one: the next poll finds it) */
         if (any_poll() && now + POLL_MS * 1000000LL < until)
             until = now + POLL_MS * 1000000LL;
     }
