@@ -96,6 +96,20 @@ static int parse_line(tb_perfmap *m, const char *s, size_t len)
     return add_entry(m, start, size, s + i, len - i) == 0;
 }
 
+/* The file read before, grown (not replaced: inode numbers are reused as
+ * soon as freed, so its first bytes are compared too); its inode noted. */
+static int same_file(tb_perfmap *m, int fd, const struct stat *st)
+{
+    int same = (unsigned long long)st->st_dev == m->dev && (unsigned long long)st->st_ino == m->ino &&
+               st->st_size >= m->offset;
+    char now[sizeof(m->head)];
+    if (same && m->head_len)
+        same = pread(fd, now, m->head_len, 0) == (ssize_t)m->head_len && !memcmp(now, m->head, m->head_len);
+    if (!same)
+        m->head_len = 0;
+    return same;
+}
+
 int tb_perfmap_update(tb_perfmap *m)
 {
     if (!m->path)
@@ -111,6 +125,14 @@ int tb_perfmap_update(tb_perfmap *m)
         close(fd);
         return -EPERM;
     }
+    if (m->offset && !same_file(m, fd, &st)) {
+        m->offset = 0;
+        m->n = 0;
+        m->names_len = 0;
+        m->sorted = 1;
+    }
+    m->dev = (unsigned long long)st.st_dev;
+    m->ino = (unsigned long long)st.st_ino;
     FILE *f = fdopen(fd, "r");
     if (!f) {
         int e = errno;
@@ -160,6 +182,10 @@ int tb_perfmap_update(tb_perfmap *m)
         }
         memmove(buf, buf + pos, have - pos);
         have -= pos;
+    }
+    if (m->head_len < sizeof(m->head) && m->offset > (long)m->head_len) {
+        ssize_t k = pread(fileno(f), m->head, sizeof(m->head), 0);
+        m->head_len = k > 0 ? (size_t)(k < m->offset ? k : m->offset) : 0;
     }
     fclose(f);
     return added;

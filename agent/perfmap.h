@@ -4,7 +4,11 @@
  * trampoline, V8, ...) append to the file while the process runs, so the
  * reader remembers how far it got and reads only what was appended; a
  * trailing line without its newline is left for the next read. Later
- * entries for the same start address win (code memory may be reused).
+ * entries for the same start address win (code memory may be reused). A
+ * file replaced at the path (another inode, other first bytes, or shorter
+ * than what was read) is read from its start, and what the old one said
+ * forgotten: it was an earlier process's with the same pid, removed by the
+ * agent.
  */
 #ifndef TBPROF_AGENT_PERFMAP_H
 #define TBPROF_AGENT_PERFMAP_H
@@ -21,6 +25,9 @@ typedef struct tb_perfmap_entry {
 typedef struct tb_perfmap {
     char *path;
     long offset;     /* bytes consumed so far */
+    unsigned long long dev, ino; /* the file they came from, */
+    char head[64];               /* and its first bytes (head_len of them) */
+    size_t head_len;
     tb_perfmap_entry *e;
     size_t n, cap;
     char *names;

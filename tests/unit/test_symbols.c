@@ -121,7 +121,36 @@ static void test_perfmap(void)
     CHECK(tb_perfmap_lookup(&m, 0x7f0000006004) == NULL);
     n = tb_perfmap_lookup(&m, 0x7f0000007004);
     CHECKF(n && strcmp(n, "py::spaced") == 0, "got %s", n ? n : "(null)");
+    /* the file replaced (an earlier process's map removed, this one's made
+     * afresh): read from its start, the old names forgotten. Before, the
+     * new file was read from the old one's length on: its first lines
+     * (here all of them) were lost */
+    unlink(path);
+    append(path, "7f0000008000 10 py::fresh:/app/e.py\n");
+    CHECK_EQ_I(tb_perfmap_update(&m), 1);
+    n = tb_perfmap_lookup(&m, 0x7f0000008004);
+    CHECKF(n && strcmp(n, "py::fresh:/app/e.py") == 0, "got %s", n ? n : "(null)");
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000007004) == NULL);
+    /* cut shorter in place: read again from the start as well */
+    FILE *tf = fopen(path, "w");
+    fputs("7f0000009000 10 py::cut\n", tf);
+    fclose(tf);
+    CHECK_EQ_I(tb_perfmap_update(&m), 1);
+    n = tb_perfmap_lookup(&m, 0x7f0000009004);
+    CHECKF(n && strcmp(n, "py::cut") == 0, "got %s", n ? n : "(null)");
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000008004) == NULL);
+    /* rewritten in place, longer (as a new file on a freed inode number):
+     * its first bytes tell */
+    tf = fopen(path, "w");
+    fputs("7f000000a000 10 py::rewritten\n7f000000b000 10 py::rewritten_too:/a/much/longer/path.py\n", tf);
+    fclose(tf);
+    CHECK_EQ_I(tb_perfmap_update(&m), 2);
+    n = tb_perfmap_lookup(&m, 0x7f000000a004);
+    CHECKF(n && strcmp(n, "py::rewritten") == 0, "got %s", n ? n : "(null)");
+    CHECK(tb_perfmap_lookup(&m, 0x7f0000009004) == NULL);
     tb_perfmap_free(&m);
+    unlink(path);
+    append(path, "7f0000001000 100 py::first:/app/a.py\n7f0000002000 80 py::second:/app/b.py\n");
 
     /* through the symbol table: addresses in no object go to the map */
     tb_symtab *st = tb_symtab_new();
