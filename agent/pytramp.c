@@ -20,10 +20,13 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 typedef struct pyobj pyobj; /* PyObject */
 
@@ -210,6 +213,24 @@ static void switch_off(void)
     xdecref(sys);
 }
 
+/* A perf map for this pid older than this process: an earlier process's
+ * with the same pid (CPython never removes its maps, and pids wrap at
+ * pid_max, 32768 on many machines). CPython would append to it, its lines
+ * would name addresses of ours, and it would stay as not ours. Removed here
+ * (2 s of slack: /proc gives the start to the second); 1 when it was. */
+static int drop_stale_map(const char *path)
+{
+    struct stat st;
+    time_t start;
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        tb_proc_start((int)getpid(), NULL, 0, &start) < 0 || st.st_mtime + 2 >= start)
+        return 0;
+    if (unlink(path) < 0)
+        return 0;
+    tb_debug("python: removed %s, left by an earlier process with this pid", path);
+    return 1;
+}
+
 static void unlink_our_map(void)
 {
     char path[64];
@@ -315,7 +336,7 @@ static void turn_on(pyobj *sys)
     }
     char path[64];
     map_path(path, sizeof(path));
-    int had_map = access(path, F_OK) == 0;
+    int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
     pyobj *r = py.call_method(sys, "activate_stack_trampoline", "s", "perf");
     if (!r) {
         take_error("sys.activate_stack_trampoline(\"perf\")");

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "profile.h"
+#include "util.h"
 
 static void sanitize(char *s)
 {
@@ -50,57 +51,13 @@ void tb_names_read_env(tb_names *n, const char *(*get)(const char *))
     n->world_size = n->rank_num >= 0 ? env_count(get, "WORLD_SIZE") : -1;
 }
 
-/* What /proc says of process pid: its command name and start (seconds
- * since the epoch); 0, or -1 when it cannot tell. */
-static int proc_start(int pid, char *comm, size_t ncomm, time_t *start)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "re");
-    size_t k = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[k] = '\0';
-    char *open = strchr(buf, '('), *close = strrchr(buf, ')');
-    if (!open || !close || close < open)
-        return -1;
-    snprintf(comm, ncomm, "%.*s", (int)(close - open - 1), open + 1);
-    /* after "pid (comm) ": state is field 3, starttime field 22 */
-    char *p = close + 1, *end;
-    unsigned long long ticks = 0;
-    for (int field = 3; field <= 22; field++) {
-        while (*p == ' ')
-            p++;
-        if (field == 22) {
-            ticks = strtoull(p, &end, 10);
-            if (end == p)
-                return -1;
-        }
-        while (*p && *p != ' ')
-            p++;
-    }
-    long hz = sysconf(_SC_CLK_TCK);
-    unsigned long long btime = 0;
-    char line[256];
-    if ((f = fopen("/proc/stat", "re"))) {
-        while (fgets(line, sizeof(line), f))
-            if (!strncmp(line, "btime ", 6))
-                btime = strtoull(line + 6, NULL, 10);
-        fclose(f);
-    }
-    if (hz <= 0 || !btime)
-        return -1;
-    *start = (time_t)(btime + ticks / (unsigned long long)hz);
-    return 0;
-}
-
 void tb_names_from_launcher(tb_names *n, int ppid, const char *(*get)(const char *))
 {
     if (n->job_id[0] || !n->rank[0] || ppid <= 1)
         return;
     char comm[64];
     time_t start;
-    if (proc_start(ppid, comm, sizeof(comm), &start) < 0)
+    if (tb_proc_start(ppid, comm, sizeof(comm), &start) < 0)
         return;
     /* a shell runs one command after another: its ranks are not one job */
     static const char *const shells[] = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox"};

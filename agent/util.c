@@ -97,3 +97,46 @@ int tb_env_path_add(const char *var, const char *add, int front, const char *sep
     free(v);
     return rc;
 }
+
+int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "re");
+    size_t k = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[k] = '\0';
+    char *open = strchr(buf, '('), *close = strrchr(buf, ')');
+    if (!open || !close || close < open)
+        return -1;
+    if (comm)
+        snprintf(comm, ncomm, "%.*s", (int)(close - open - 1), open + 1);
+    /* after "pid (comm) ": state is field 3, starttime field 22 */
+    char *p = close + 1, *end;
+    unsigned long long ticks = 0;
+    for (int field = 3; field <= 22; field++) {
+        while (*p == ' ')
+            p++;
+        if (field == 22) {
+            ticks = strtoull(p, &end, 10);
+            if (end == p)
+                return -1;
+        }
+        while (*p && *p != ' ')
+            p++;
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    unsigned long long btime = 0;
+    char line[256];
+    if ((f = fopen("/proc/stat", "re"))) {
+        while (fgets(line, sizeof(line), f))
+            if (!strncmp(line, "btime ", 6))
+                btime = strtoull(line + 6, NULL, 10);
+        fclose(f);
+    }
+    if (hz <= 0 || !btime)
+        return -1;
+    *start = (time_t)(btime + ticks / (unsigned long long)hz);
+    return 0;
+}

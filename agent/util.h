@@ -40,4 +40,10 @@ int tb_fd_above_stdio(int fd);
 unsigned tb_stdio_hold(void);
 void tb_stdio_release(unsigned held);
 
+/* What /proc says of process pid: its command name (comm may be NULL) and
+ * its start, in seconds since the epoch (to the second: the boot time /proc
+ * gives is whole seconds). 0, or -1 when it cannot tell. */
+#include <time.h>
+int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start);
+
 #endif

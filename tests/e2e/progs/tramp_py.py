@@ -3,8 +3,12 @@ for a capture only (run with libtbprof.so preloaded, a time window set, and
 no PYTHONPERFSUPPORT). Each iteration calls step() -> burn() for ~5 ms of
 CPU and records whether a capture is on (tbprof_capturing()) and whether
 the trampoline is (sys.is_stack_trampoline_active()). Halfway into the
-capture it forks a child that reports its own trampoline state.
-Prints: "pid P", "iter CAPTURING ACTIVE" per iteration, "child ACTIVE"."""
+capture it forks a child that reports its own trampoline state. With
+TRAMP_STALE_MAP set, it first leaves /tmp/perf-<pid>.map as an earlier
+process with its pid would have (one line naming py::stale_leftover, an
+hour old).
+Prints: "pid P", "iter CAPTURING ACTIVE" per iteration, "child ACTIVE PID".
+"""
 
 import ctypes
 import os
@@ -29,6 +33,12 @@ def main():
     seconds = float(sys.argv[1])
     capturing = ctypes.CDLL(None).tbprof_capturing
     print("pid %d" % os.getpid(), flush=True)
+    if os.environ.get("TRAMP_STALE_MAP"):
+        m = "/tmp/perf-%d.map" % os.getpid()
+        with open(m, "w") as f:
+            f.write("7f0000001000 100000 py::stale_leftover:/old/job.py\n")
+        old = time.time() - 3600
+        os.utime(m, (old, old))
     end = time.time() + seconds
     forked = False
     first_on = None
@@ -50,7 +60,7 @@ def main():
             state = os.read(r, 8).decode()
             os.close(r)
             os.waitpid(pid, 0)
-            out.append("child %s" % state)
+            out.append("child %s %d" % (state, pid))
     print("\n".join(out), flush=True)
 
 
