@@ -2025,28 +2025,38 @@ int tb_agent_leaving(void)
     return v;
 }
 
-/* TBPROF_STEPS was set and the process ends without having captured: say
- * why once, instead of leaving an empty logdir and no word (it stopped short
- * of the window, or marked no step at all). Only in a process that used
- * CUDA, the training process: launchers, tools, compile workers and helper
- * programs of the same job inherit TBPROF_STEPS, use no GPU, and stay
- * quiet, as do fork()ed children (data-loader workers). */
-static void steps_never_reached(void)
+/* TBPROF_STEPS or TBPROF_DELAY was set and the process ends without having
+ * captured: say why once, instead of leaving an empty logdir and no word (it
+ * stopped short of the window, or marked no step at all). Only in a process
+ * that used CUDA, the training process: launchers, tools, compile workers
+ * and helper programs of the same job inherit the variables, use no GPU,
+ * and stay quiet, as do fork()ed children (data-loader workers). */
+static void windows_never_reached(void)
 {
     static atomic_int said;
     pthread_mutex_lock(&g.lock);
-    int quiet = !g.cfg.nwindows || g.ncaptures || g.is_child || g.state != TB_STATE_IDLE || g.writing;
+    /* (ARMED: a step window waits for its first step, after its lead-in) */
+    int quiet = g.ncaptures || g.is_child || (g.state != TB_STATE_IDLE && g.state != TB_STATE_ARMED) || g.writing;
+    int nwin = g.cfg.nwindows;
+    int64_t tw_at = !g.tw.socket && !g.tw.k ? g.tw.at : 0; /* the env time window's first, not begun */
+    double from_s = g.tw.from_s, dur_s = g.tw.dur_s;
     pthread_mutex_unlock(&g.lock);
-    if (quiet || atomic_exchange(&said, 1))
+    if (quiet || (!nwin && !tw_at) || atomic_exchange(&said, 1))
         return;
     int64_t cur = atomic_load(&next_step) - 1;
     const tb_window *w = &g.cfg.windows[0];
-    if (cur >= w->first)
+    if (!tw_at && cur >= w->first)
         return;
     void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
     if (!cuda)
         return;
     dlclose(cuda);
+    if (tw_at) {
+        tb_warn("%s %gs: the process ended %.1f s after start-up, before the window began; nothing captured",
+                from_s > 0 ? "TBPROF_DELAY" : "TBPROF_DURATION", from_s > 0 ? from_s : dur_s,
+                from_s - (double)(tw_at - tb_mono_ns()) / 1e9);
+        return;
+    }
     if (cur >= 0) {
         tb_warn("TBPROF_STEPS %lld-%lld: the process ended at step %lld, before the window; nothing captured",
                 (long long)w->first, (long long)w->last, (long long)cur);
@@ -2063,7 +2073,7 @@ void tb_agent_exit(void)
 {
     if (!g.inited || g.disabled)
         return;
-    steps_never_reached();
+    windows_never_reached();
     pthread_mutex_lock(&g.lock);
     g.exiting = 1;
     /* the atexit hook and the destructor both come here: one bounded wait

@@ -225,6 +225,34 @@ class StepWindows(tbtest.TestCase):
                 self.assertIn("tbprof.step()", w[0])
                 self.assertIn("TBPROF_NVTX_STEP", w[0])
 
+    def test_window_not_begun_at_exit_is_said_where_cuda_ran(self):
+        # the same for a process that ends in a step window's lead-in step
+        # (the window armed: said nothing before), and for one that ends
+        # before TBPROF_DELAY's window begins (said nothing before)
+        cuda = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+        load = "import ctypes; ctypes.CDLL(%r)" % cuda
+        armed = "; import tbprof; [tbprof.step() for _ in range(10)]"
+        cases = (("armed", load + armed, dict(steps="10,20"),
+                  "TBPROF_STEPS 10-20: the process ended at step 9, before the window; nothing captured"),
+                 ("delay", load, dict(delay="30", duration="1"), "TBPROF_DELAY 30s: the process ended "),
+                 ("delay, no cuda", "pass", dict(delay="30", duration="1"), None))
+        for name, code, kw, said in cases:
+            with self.subTest(name):
+                e = tbtest.env(self.logdir, python=True, python_helper="off", **kw)
+                e["PYTHONPATH"] = tbtest.PYHELPER
+                p = tbtest.run([tbtest.PYTHON, "-c", code], env=e)
+                self.assertExitedOk(p)
+                w = tbtest.tbprof_warnings(p.stderr)
+                if said is None:
+                    self.assertEqual(w, [])
+                    continue
+                self.assertEqual(len(w), 1, p.stderr)
+                self.assertTrue(w[0].split(": ", 1)[1].startswith(said), w[0])
+                if name == "delay":
+                    self.assertTrue(w[0].endswith("s after start-up, before the window began; nothing captured"),
+                                    w[0])
+                self.assertEqual(tbtest.xplanes(self.logdir), [])
+
     def test_window_cut_by_exit_keeps_what_ran(self):
         # the program ends at step 8, inside 5..20: steps 5..7 were complete
         p = tbtest.spawn([STEPS, "-s", "-n", "30", "-m", "3", "-X", "8", "-x", "3"],
