@@ -414,6 +414,8 @@ typedef struct gpu_acc {
     named_acc by_range; /* GPU activity by its nvtx_range */
     corr_work *work; /* by correlation id once scan_gpu is done */
     size_t nwork, cap_work;
+    struct call_end *calls; /* the CUDA calls, by correlation id (collect_calls) */
+    size_t ncalls;
 } gpu_acc;
 
 static int work_cmp(const void *x, const void *y)
@@ -442,12 +444,16 @@ static void work_merge(gpu_acc *g)
 
 /* Count kernel e; ACT_COMM or ACT_COMPUTE (which union it joins), or -ENOMEM. */
 static int add_kernel(tb_summary *sum, gpu_acc *g, const tb_plane *p, plane_ids *ids,
-                      const tb_event *e, const tb_stat *details)
+                      const tb_event *e, const tb_stat *details, int in_step)
 {
     tb_sum_named *kr = named_of(&g->kernels, ids->kidx, p, e);
     if (!kr)
         return -ENOMEM;
     named_add(kr, e->dur_ns);
+    if (in_step) {
+        kr->step_count++;
+        kr->step_ns += e->dur_ns;
+    }
     double occ = -1;
     if (details && details->type == TB_STAT_REF && details->v.ref < p->nstat_meta) {
         double *c = &ids->occ[details->v.ref];
@@ -525,136 +531,6 @@ static int build_unions(gpu_acc *g)
     return 0;
 }
 
-static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
-{
-    size_t events = 0; /* every event of the GPU planes: room for all activity, one allocation */
-    for (size_t i = 0; i < s->nplanes; i++) {
-        const tb_plane *p = s->planes[i];
-        if (starts_with(p->name, "/device:GPU:"))
-            for (size_t j = 0; j < p->nlines; j++)
-                events += p->lines[j]->nevents;
-    }
-    if (events && TB_GROW(g->acts, g->cap_acts, events) < 0)
-        return -ENOMEM;
-    for (size_t i = 0; i < s->nplanes; i++) {
-        const tb_plane *p = s->planes[i];
-        if (!starts_with(p->name, "/device:GPU:"))
-            continue;
-        sum->ngpus++;
-        plane_ids ids = {.kd = tb_plane_find_stat_meta(p, TB_ST_KERNEL_DETAILS),
-                         .md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS),
-                         .msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS)};
-        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
-        /* by tf_op: the innermost range, step ranges aside (ranges.h); in
-         * profiles written before tbprof wrote tf_op, by nvtx_range */
-        uint32_t nr = tb_plane_find_stat_meta(p, TB_ST_TF_OP);
-        if (!nr)
-            nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
-        ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
-        ids.comm = calloc(p->nevent_meta + 1, sizeof(*ids.comm));
-        ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
-        uint32_t *rcache = calloc(p->nstat_meta + 1, sizeof(*rcache));
-        if (!ids.kidx || !ids.comm || !ids.occ || !rcache) {
-            free(ids.kidx);
-            free(ids.comm);
-            free(ids.occ);
-            free(rcache);
-            return -ENOMEM;
-        }
-        for (size_t q = 0; q <= p->nstat_meta; q++)
-            ids.occ[q] = NAN;
-        int rc = 0;
-        for (size_t j = 0; j < p->nlines && !rc; j++) {
-            const tb_line *l = p->lines[j];
-            for (size_t k = 0; k < l->nevents && !rc; k++) {
-                const tb_event *e = &l->events[k];
-                const tb_stat *dst;
-                tb_category c = classify(p, &ids, l, e, &dst);
-                if (c == TB_CAT_NONE)
-                    continue;
-                sum->gpu_events++;
-                const tb_stat *cs = tb_event_stat(l, e, cid);
-                int64_t corr = 0;
-                if (cs && stat_i64(cs, &corr) && corr) {
-                    if (TB_GROW(g->work, g->cap_work, g->nwork + 1) < 0) {
-                        rc = -ENOMEM;
-                        break;
-                    }
-                    g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
-                }
-                act *a = &g->acts[g->nacts++]; /* room for every event of the planes */
-                *a = (act){e->start_ns, e->start_ns + e->dur_ns, corr > 0 && corr <= UINT32_MAX ? (uint32_t)corr : 0,
-                           0};
-                if (add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
-                    rc = -ENOMEM;
-                } else if (c == TB_CAT_KERNEL) {
-                    rc = add_kernel(sum, g, p, &ids, e, dst);
-                    a->kind = rc > 0 ? (uint32_t)rc : 0;
-                    rc = rc < 0 ? rc : 0;
-                } else if (c == TB_CAT_MEMSET) {
-                    sum->memsets++;
-                    sum->memset_ns += e->dur_ns;
-                } else {
-                    const char *details = stat_str(p, dst);
-                    tb_copy_dir d = copy_dir(tb_plane_event_name(p, e->meta), details);
-                    tb_sum_copy *cp = &sum->copies[d];
-                    double bytes = 0;
-                    if (!tb_details_num(details, "size", &bytes))
-                        stat_num(p, tb_event_find_stat(p, l, e, "bytes"), &bytes);
-                    cp->count++;
-                    cp->bytes += bytes > 0 && bytes < 1.8e19 ? (uint64_t)bytes : 0;
-                    cp->total_ns += e->dur_ns;
-                    a->kind = d == TB_COPY_H2D ? ACT_H2D : d == TB_COPY_D2H ? ACT_D2H : 0;
-                }
-            }
-        }
-        free(ids.kidx);
-        free(ids.comm);
-        free(ids.occ);
-        free(rcache);
-        if (rc)
-            return rc;
-    }
-    for (size_t k = 0; k < sum->nkernels; k++) {
-        tb_sum_named *kr = &sum->kernels[k];
-        kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
-    }
-    named_sort(&g->kernels);
-    named_sort(&g->by_range);
-    work_merge(g);
-    return build_unions(g);
-}
-
-/* The GPU figures of the window [lo, hi) into st (all but its dur_ns). */
-static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step *st)
-{
-    st->gpu_busy_ns = tb_intervals_overlap(g->all.v, g->all.n, lo, hi);
-    st->h2d_ns = tb_intervals_overlap(g->h2d.v, g->h2d.n, lo, hi);
-    st->d2h_ns = tb_intervals_overlap(g->d2h.v, g->d2h.n, lo, hi);
-    st->gpu_idle_ns = (hi - lo) - st->gpu_busy_ns;
-    st->comm_ns = tb_intervals_overlap(g->comm.v, g->comm.n, lo, hi);
-    st->comm_exposed_ns =
-        st->comm_ns - tb_intervals_both(g->comm.v, g->comm.n, g->compute.v, g->compute.n, lo, hi);
-    st->idle_cpu_ns = tb_intervals_overlap(g->idle_cpu.v, g->idle_cpu.n, lo, hi);
-    st->idle_queued_ns = tb_intervals_overlap(g->idle_queued.v, g->idle_queued.n, lo, hi);
-}
-
-/* Add a window's figures (a step's, or the whole capture's) to the sums. */
-static void add_window(tb_summary *sum, const tb_sum_step *st)
-{
-    sum->window_ns += st->dur_ns;
-    sum->gpu_busy_ns += st->gpu_busy_ns;
-    sum->h2d_ns += st->h2d_ns;
-    sum->d2h_ns += st->d2h_ns;
-    sum->gpu_idle_ns += st->gpu_idle_ns;
-    sum->comm_ns += st->comm_ns;
-    sum->comm_exposed_ns += st->comm_exposed_ns;
-    sum->idle_cpu_ns += st->idle_cpu_ns;
-    sum->idle_queued_ns += st->idle_queued_ns;
-}
-
-/* ---- GPU idle time by cause ------------------------------------------------------- */
-
 /* A CUDA call's span and thread (index in gpu_acc.threads), by correlation
  * id (CUPTI's are 32-bit; GPU work is joined by those only, see act). 24
  * bytes: a million of them sort twice as fast as at 32. */
@@ -722,6 +598,159 @@ static int collect_calls(tb_space *s, gpu_acc *g, call_end **out, size_t *n)
     return 0;
 }
 
+/* Whether kernel e (correlation id corr) was launched inside a step: its
+ * call's start in one of sum->steps (sorted by start, not nested), or its
+ * own start where the profile has no such call. */
+static int in_a_step(const tb_summary *sum, const gpu_acc *g, uint64_t corr, const tb_event *e)
+{
+    int64_t t = e->start_ns;
+    if (corr && corr <= UINT32_MAX && g->ncalls) {
+        call_end key = {.corr = (uint32_t)corr};
+        const call_end *c = bsearch(&key, g->calls, g->ncalls, sizeof(*g->calls), call_end_cmp);
+        if (c)
+            t = c->start;
+    }
+    size_t lo = 0, hi = sum->nsteps; /* -> the first step starting after t */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sum->steps[mid].start_ns <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo && t < sum->steps[lo - 1].start_ns + sum->steps[lo - 1].dur_ns;
+}
+
+static int scan_gpu(tb_summary *sum, tb_space *s, gpu_acc *g)
+{
+    size_t events = 0; /* every event of the GPU planes: room for all activity, one allocation */
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (starts_with(p->name, "/device:GPU:"))
+            for (size_t j = 0; j < p->nlines; j++)
+                events += p->lines[j]->nevents;
+    }
+    if (events && TB_GROW(g->acts, g->cap_acts, events) < 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->nplanes; i++) {
+        const tb_plane *p = s->planes[i];
+        if (!starts_with(p->name, "/device:GPU:"))
+            continue;
+        sum->ngpus++;
+        plane_ids ids = {.kd = tb_plane_find_stat_meta(p, TB_ST_KERNEL_DETAILS),
+                         .md = tb_plane_find_stat_meta(p, TB_ST_MEMCPY_DETAILS),
+                         .msd = tb_plane_find_stat_meta(p, TB_ST_MEMSET_DETAILS)};
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        /* by tf_op: the innermost range, step ranges aside (ranges.h); in
+         * profiles written before tbprof wrote tf_op, by nvtx_range */
+        uint32_t nr = tb_plane_find_stat_meta(p, TB_ST_TF_OP);
+        if (!nr)
+            nr = tb_plane_find_stat_meta(p, TB_ST_NVTX_RANGE);
+        ids.kidx = calloc(p->nevent_meta + 1, sizeof(*ids.kidx));
+        ids.comm = calloc(p->nevent_meta + 1, sizeof(*ids.comm));
+        ids.occ = malloc((p->nstat_meta + 1) * sizeof(*ids.occ));
+        uint32_t *rcache = calloc(p->nstat_meta + 1, sizeof(*rcache));
+        if (!ids.kidx || !ids.comm || !ids.occ || !rcache) {
+            free(ids.kidx);
+            free(ids.comm);
+            free(ids.occ);
+            free(rcache);
+            return -ENOMEM;
+        }
+        for (size_t q = 0; q <= p->nstat_meta; q++)
+            ids.occ[q] = NAN;
+        int rc = 0;
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
+            const tb_line *l = p->lines[j];
+            for (size_t k = 0; k < l->nevents && !rc; k++) {
+                const tb_event *e = &l->events[k];
+                const tb_stat *dst;
+                tb_category c = classify(p, &ids, l, e, &dst);
+                if (c == TB_CAT_NONE)
+                    continue;
+                sum->gpu_events++;
+                const tb_stat *cs = tb_event_stat(l, e, cid);
+                int64_t corr = 0;
+                if (cs && stat_i64(cs, &corr) && corr) {
+                    if (TB_GROW(g->work, g->cap_work, g->nwork + 1) < 0) {
+                        rc = -ENOMEM;
+                        break;
+                    }
+                    g->work[g->nwork++] = (corr_work){(uint64_t)corr, 1, e->dur_ns};
+                }
+                act *a = &g->acts[g->nacts++]; /* room for every event of the planes */
+                *a = (act){e->start_ns, e->start_ns + e->dur_ns, corr > 0 && corr <= UINT32_MAX ? (uint32_t)corr : 0,
+                           0};
+                if (add_by_range(sum, g, p, l, e, nr, rcache) < 0) {
+                    rc = -ENOMEM;
+                } else if (c == TB_CAT_KERNEL) {
+                    rc = add_kernel(sum, g, p, &ids, e, dst, sum->nsteps && in_a_step(sum, g, (uint64_t)corr, e));
+                    a->kind = rc > 0 ? (uint32_t)rc : 0;
+                    rc = rc < 0 ? rc : 0;
+                } else if (c == TB_CAT_MEMSET) {
+                    sum->memsets++;
+                    sum->memset_ns += e->dur_ns;
+                } else {
+                    const char *details = stat_str(p, dst);
+                    tb_copy_dir d = copy_dir(tb_plane_event_name(p, e->meta), details);
+                    tb_sum_copy *cp = &sum->copies[d];
+                    double bytes = 0;
+                    if (!tb_details_num(details, "size", &bytes))
+                        stat_num(p, tb_event_find_stat(p, l, e, "bytes"), &bytes);
+                    cp->count++;
+                    cp->bytes += bytes > 0 && bytes < 1.8e19 ? (uint64_t)bytes : 0;
+                    cp->total_ns += e->dur_ns;
+                    a->kind = d == TB_COPY_H2D ? ACT_H2D : d == TB_COPY_D2H ? ACT_D2H : 0;
+                }
+            }
+        }
+        free(ids.kidx);
+        free(ids.comm);
+        free(ids.occ);
+        free(rcache);
+        if (rc)
+            return rc;
+    }
+    for (size_t k = 0; k < sum->nkernels; k++) {
+        tb_sum_named *kr = &sum->kernels[k];
+        kr->occ_pct = kr->occ_count ? kr->occ_pct / (double)kr->occ_count : -1;
+    }
+    named_sort(&g->kernels);
+    named_sort(&g->by_range);
+    work_merge(g);
+    return build_unions(g);
+}
+
+/* The GPU figures of the window [lo, hi) into st (all but its dur_ns). */
+static void window_figures(const gpu_acc *g, int64_t lo, int64_t hi, tb_sum_step *st)
+{
+    st->gpu_busy_ns = tb_intervals_overlap(g->all.v, g->all.n, lo, hi);
+    st->h2d_ns = tb_intervals_overlap(g->h2d.v, g->h2d.n, lo, hi);
+    st->d2h_ns = tb_intervals_overlap(g->d2h.v, g->d2h.n, lo, hi);
+    st->gpu_idle_ns = (hi - lo) - st->gpu_busy_ns;
+    st->comm_ns = tb_intervals_overlap(g->comm.v, g->comm.n, lo, hi);
+    st->comm_exposed_ns =
+        st->comm_ns - tb_intervals_both(g->comm.v, g->comm.n, g->compute.v, g->compute.n, lo, hi);
+    st->idle_cpu_ns = tb_intervals_overlap(g->idle_cpu.v, g->idle_cpu.n, lo, hi);
+    st->idle_queued_ns = tb_intervals_overlap(g->idle_queued.v, g->idle_queued.n, lo, hi);
+}
+
+/* Add a window's figures (a step's, or the whole capture's) to the sums. */
+static void add_window(tb_summary *sum, const tb_sum_step *st)
+{
+    sum->window_ns += st->dur_ns;
+    sum->gpu_busy_ns += st->gpu_busy_ns;
+    sum->h2d_ns += st->h2d_ns;
+    sum->d2h_ns += st->d2h_ns;
+    sum->gpu_idle_ns += st->gpu_idle_ns;
+    sum->comm_ns += st->comm_ns;
+    sum->comm_exposed_ns += st->comm_exposed_ns;
+    sum->idle_cpu_ns += st->idle_cpu_ns;
+    sum->idle_queued_ns += st->idle_queued_ns;
+}
+
+/* ---- GPU idle time by cause ------------------------------------------------------- */
+
 /* Split the GPU's idle gaps (between the capture's first event and its last
  * GPU activity, all GPUs of the host together) by what the work that ended
  * each gap was doing: not yet launched (the GPU waited for the CPU: from
@@ -729,14 +758,12 @@ static int collect_calls(tb_space *s, gpu_acc *g, call_end **out, size_t *n)
  * and not yet running (the rest: launch latency, waits on events and other
  * streams). A gap whose next work has no call in the profile is neither.
  * Also counts the calls that launched GPU work, and their time. */
-static int scan_idle(tb_summary *sum, tb_space *s, gpu_acc *g)
+static int scan_idle(tb_summary *sum, gpu_acc *g)
 {
     if (!g->nacts)
         return 0;
-    call_end *calls;
-    size_t ncalls;
-    if (collect_calls(s, g, &calls, &ncalls) < 0)
-        return -ENOMEM;
+    const call_end *calls = g->calls;
+    size_t ncalls = g->ncalls;
     int64_t busy_end = sum->begin_ns; /* acts: sorted by build_unions */
     int rc = 0;
     for (size_t i = 0; i < g->nacts && !rc; i++) {
@@ -774,7 +801,6 @@ static int scan_idle(tb_summary *sum, tb_space *s, gpu_acc *g)
             i++, j++;
         }
     }
-    free(calls);
     return rc;
 }
 
@@ -1366,15 +1392,18 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels},
                  .by_range = {.v = &sum->gpu_ranges, .n = &sum->ngpu_ranges}};
     tb_folded f = {0};
-    int rc = sorted < 0 ? sorted : scan_gpu(sum, s, &g);
+    /* steps and calls first: kernels are counted in the steps by their call */
+    int rc = sorted < 0 ? sorted : scan_steps(sum, s);
+    if (!rc)
+        rc = collect_calls(s, &g, &g.calls, &g.ncalls);
+    if (!rc)
+        rc = scan_gpu(sum, s, &g);
     if (!rc)
         rc = scan_ranges(sum, s, &g);
     if (!rc)
-        rc = scan_idle(sum, s, &g);
+        rc = scan_idle(sum, &g);
     if (!rc)
         rc = scan_memory(sum, s);
-    if (!rc)
-        rc = scan_steps(sum, s);
     if (!rc) {
         if (sum->nsteps) {
             sum->step_min_ns = INT64_MAX;
@@ -1419,6 +1448,7 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     free(g.wait_thread);
     free(g.acts);
     free(g.work);
+    free(g.calls);
     tb_strmap_free(&g.kernels.map);
     tb_strmap_free(&g.by_range.map);
     tb_folded_free(&f);

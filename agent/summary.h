@@ -98,6 +98,13 @@ typedef struct tb_sum_named {
     int64_t total_ns, min_ns, max_ns;
     double occ_pct;     /* kernels: mean occ_pct over launches that report it; -1: none do */
     uint64_t occ_count; /* kernels: launches that report it */
+    /* kernels, with steps: the launches made inside a step (the launching
+     * call's start in it; the kernel's own start without a call in the
+     * profile) and their durations summed. A capture by time or trigger
+     * also holds kernels before its first step and after its last: per-step
+     * figures divide these, not count and total_ns. */
+    uint64_t step_count;
+    int64_t step_ns;
     uint64_t gpu_count; /* ranges: GPU activity launched inside (see above) */
     int64_t gpu_ns;     /* ranges: the sum of its durations */
 } tb_sum_named;

@@ -8,8 +8,8 @@
  * With one LOGDIR, its two newest runs are compared (the older as A).
  *
  * Runs of different lengths compare per step: each kernel's time and
- * launches are divided by the run's steps (all hosts'). Where either run
- * has no steps, they compare per second of capture instead.
+ * launches inside steps are divided by the run's steps (all hosts'). Where
+ * either run has no steps, they compare per second of capture instead.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -32,6 +32,7 @@ typedef struct side {
     char *dir; /* the run folder read */
     tb_runsum s;
     double per; /* the divisor of its figures: steps, or seconds of capture (JSON "divisor") */
+    int by_step; /* per step: kernels count where launched inside steps */
 } side;
 
 /* One kernel name over both sides; a = -1 / b = -1: absent there. */
@@ -92,7 +93,10 @@ static krow *join_kernels(const side *a, const side *b, size_t *n)
                 at = (int64_t)(*n)++;
                 k[at] = (krow){.name = x->name, .a = -1, .b = -1};
             }
-            double ns = (double)x->ns / sd->per, cnt = (double)x->count / sd->per;
+            /* per step: the launches inside steps (a capture by time also
+             * holds some before the first and after the last) */
+            double ns = (double)(sd->by_step ? x->step_ns : x->ns) / sd->per,
+                   cnt = (double)(sd->by_step ? x->step_count : x->count) / sd->per;
             if (w) {
                 k[at].b = (int64_t)i;
                 k[at].b_ns = ns;
@@ -145,12 +149,14 @@ static void side_json(const char *key, const side *sd)
     printf(",\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu,\"step_mean_ns\":%lld,\"window_ns\":%lld,\"gpu_window_ns\":%lld,"
            "\"gpu_busy_ns\":%lld,\"gpu_idle_cpu_ns\":%lld,\"gpu_wait_sampled_ns\":%lld,"
            "\"gpu_wait_off_cpu_ns\":%lld,\"comm_kernels\":%llu,\"comm_exposed_ns\":%lld,"
-           "\"kernel_total_ns\":%lld,\"launches\":%llu,\"divisor\":%.6g}",
+           "\"kernel_total_ns\":%lld,\"launches\":%llu,\"step_kernel_ns\":%lld,\"step_launches\":%llu,"
+           "\"divisor\":%.6g}",
            r->hosts, r->hosts_without_steps, r->gpus, r->nsteps, (long long)tb_runsum_mean(r), (long long)r->window_ns,
            (long long)r->gpu_window_ns,
            (long long)r->gpu_busy_ns, (long long)r->idle_cpu_ns, (long long)r->wait_sampled_ns,
            (long long)r->wait_off_cpu_ns, (unsigned long long)r->comm_kernels,
-           (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches, sd->per);
+           (long long)r->comm_exposed_ns, (long long)r->kernel_total_ns, (unsigned long long)r->launches,
+           (long long)r->step_kernel_ns, (unsigned long long)r->step_launches, sd->per);
 }
 
 static void print_json(const side *a, const side *b, const char *unit, const krow *k, size_t n)
@@ -228,7 +234,8 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
     if (ra->comm_kernels || rb->comm_kernels)
         share_row("comm exposed", a, b, ra->comm_exposed_ns, rb->comm_exposed_ns, ra->comm_kernels > 0,
                   rb->comm_kernels > 0);
-    double ka = (double)ra->kernel_total_ns / a->per, kb = (double)rb->kernel_total_ns / b->per;
+    double ka = (double)(a->by_step ? ra->step_kernel_ns : ra->kernel_total_ns) / a->per,
+           kb = (double)(b->by_step ? rb->step_kernel_ns : rb->kernel_total_ns) / b->per;
     char t[48];
     snprintf(t, sizeof t, "kernel time per %s", unit);
     if (ka > 0)
@@ -237,7 +244,8 @@ static void print_text(const side *a, const side *b, const char *unit, const kro
         snprintf(c, sizeof c, "-");
     fig_row(t, fdur(ka, x, sizeof x), fdur(kb, y, sizeof y), c);
     snprintf(t, sizeof t, "launches per %s", unit);
-    double la = (double)ra->launches / a->per, lb = (double)rb->launches / b->per;
+    double la = (double)(a->by_step ? ra->step_launches : ra->launches) / a->per,
+           lb = (double)(b->by_step ? rb->step_launches : rb->launches) / b->per;
     snprintf(x, sizeof x, "%.1f", la);
     snprintf(y, sizeof y, "%.1f", lb);
     snprintf(c, sizeof c, "%+.1f", lb - la);
@@ -367,6 +375,7 @@ int cmd_diff(int argc, char **argv)
     if (load_side(&a) == 0 && load_side(&b) == 0) {
         int steps = a.s.nsteps && b.s.nsteps;
         const char *unit = steps ? "step" : "second";
+        a.by_step = b.by_step = steps;
         /* per second of capture: a side with steps has kernels outside them too */
         a.per = steps ? (double)a.s.nsteps : (double)a.s.capture_ns / 1e9;
         b.per = steps ? (double)b.s.nsteps : (double)b.s.capture_ns / 1e9;

@@ -37,6 +37,12 @@ static int add_kernels(tb_runsum *r, size_t *cap, tb_strmap *idx, const tb_summa
         }
         r->kernels[at].count += kn->count;
         r->kernels[at].ns += kn->total_ns;
+        uint64_t step_count = s->nsteps ? kn->step_count : kn->count;
+        int64_t step_ns = s->nsteps ? kn->step_ns : kn->total_ns;
+        r->kernels[at].step_count += step_count;
+        r->kernels[at].step_ns += step_ns;
+        r->step_launches += step_count;
+        r->step_kernel_ns += step_ns;
         r->launches += kn->count;
     }
     return 0;

@@ -23,6 +23,10 @@ typedef struct tb_runsum_kernel {
     char *name;
     uint64_t count;
     int64_t ns;
+    /* per-step figures' share: on hosts with steps, the launches inside
+     * them (tb_sum_named's step_*); else count and ns */
+    uint64_t step_count;
+    int64_t step_ns;
 } tb_runsum_kernel;
 
 typedef struct tb_runsum {
@@ -43,6 +47,10 @@ typedef struct tb_runsum {
     uint64_t comm_kernels;
     uint64_t launches; /* kernel launches */
     int64_t kernel_total_ns;
+    /* the same inside steps (totals on hosts without steps): what per-step
+     * figures divide */
+    uint64_t step_launches;
+    int64_t step_kernel_ns;
     uint64_t cpu_samples;
     tb_runsum_kernel *kernels; /* by ns descending, then name */
     size_t nkernels;

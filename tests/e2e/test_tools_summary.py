@@ -924,7 +924,8 @@ class Trend(Base):
 
 
 def stepped(host, steps):
-    """A host whose steps are (start_us, dur_us, [(kernel, start_us, dur_us), ...])."""
+    """A host whose steps are (start_us, dur_us, [(kernel, start_us, dur_us), ...]); dur_us None: the
+    kernels only, outside the steps."""
     sp = xplane_pb2.XSpace()
     sp.hostnames.append(host)
     h = Plane(sp, "/host:CPU")
@@ -932,7 +933,8 @@ def stepped(host, steps):
     g = Plane(sp, "/device:GPU:0")
     s = g.line(7, "Stream #7")
     for num, (start, dur, kernels) in enumerate(steps):
-        h.event(t, "train", start * 1000, dur * 1000, _r=1, step_num=num)
+        if dur is not None:
+            h.event(t, "train", start * 1000, dur * 1000, _r=1, step_num=num)
         for name, ks, kd_us in kernels:
             g.event(s, name, ks * 1000, kd_us * 1000, kernel_details=kd())
     return sp.SerializeToString()
@@ -976,6 +978,26 @@ class Diff(Base):
         self.assertIn("the kernels above account for -70.000 us of the -70.000 us change", p.stdout)
         p = run("diff", "--top", "1", a, b)
         self.assertIn("... 3 more (--top N, or --json)", p.stdout)
+
+    def test_kernels_outside_the_steps_not_per_step(self):
+        # a capture by time holds the end of the step before its first and
+        # the start of the one after its last: those kernels are in the
+        # totals, not in the figures per step. B is A with them: per step,
+        # nothing changed (before: gemm +150 us per step, kernel time +75%)
+        steps = [(1000 + i * 1000, 1000, [("gemm", 1000 + i * 1000, 200)]) for i in range(2)]
+        prof = os.path.join(self.logdir, "plugins", "profile")
+        a = write(os.path.join(prof, "a", "r.xplane.pb"), stepped("n0", steps))
+        cut = [(0, None, [("gemm", 500, 100)])] + steps + [(0, None, [("gemm", 3200, 200)])]
+        b = write(os.path.join(prof, "b", "r.xplane.pb"), stepped("n0", cut))
+        js = json.loads(run("diff", "--json", a, b).stdout)
+        self.assertEqual([(js[k]["steps"], js[k]["kernel_total_ns"], js[k]["step_kernel_ns"], js[k]["launches"],
+                           js[k]["step_launches"]) for k in "ab"],
+                         [(2, 400000, 400000, 2, 2), (2, 700000, 400000, 4, 2)])
+        self.assertEqual([(k["name"], k["a_count"], k["b_count"], k["a_per_ns"], k["b_per_ns"]) for k in js["kernels"]],
+                         [("gemm", 2, 4, 200000, 200000)])
+        p = run("diff", a, b)
+        self.assertRegex(p.stdout, r"\n  kernel time per step +200\.000 us +200\.000 us +\+0\.0%\n")
+        self.assertRegex(p.stdout, r"\n  launches per step +1\.0 +1\.0")
 
     def test_waits_off_cpu(self):
         # the same CPU work between launches, then a longer sleep in B (a

@@ -571,6 +571,49 @@ static void idle_by_cause(void)
     tb_space_free(s);
 }
 
+/* A capture by time: kernels before the first step and after the last are
+ * counted in the totals, and not in the step figures. A kernel is in a step
+ * when its call started in one (the kernel may run after the step ends),
+ * or, without a call, when it started in one. */
+static void kernels_in_steps(void)
+{
+    tb_space *s = tb_space_new();
+    tb_line *h = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "python");
+    tb_line *w = tb_plane_line(tb_space_plane(s, "/host:CPU"), 2, "autograd");
+    tb_line *k = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    /* the end of the step before the capture: launched and ran outside */
+    call(h, 0, 100, 1);
+    kernel_corr(k, 150, 400, 1);
+    step(h, 5, 1000, 1000);
+    step(h, 6, 2000, 1000);
+    /* in step 5, on the main thread and on another thread */
+    call(h, 1100, 100, 2);
+    kernel_corr(k, 1300, 300, 2);
+    call(w, 1500, 100, 3);
+    kernel_corr(k, 1700, 200, 3);
+    /* launched in step 6, ran after it ended */
+    call(h, 2900, 50, 4);
+    kernel_corr(k, 3000, 700, 4);
+    /* no call in the profile: by its own start (in step 6, then after) */
+    kernel_corr(k, 2500, 100, 98);
+    kernel_corr(k, 3800, 100, 99);
+    /* the next step's beginning, cut by the capture's end: outside */
+    call(h, 3100, 50, 5);
+    kernel_corr(k, 3900, 500, 5);
+    tb_summary m;
+    CHECK(tb_summarize(s, &m) == 0);
+    CHECK_EQ_I(m.nsteps, 2);
+    CHECK_EQ_I(m.nkernels, 1);
+    if (m.nkernels == 1) {
+        CHECK_EQ_I(m.kernels[0].count, 7);
+        CHECK_EQ_I(m.kernels[0].total_ns, 400 + 300 + 200 + 700 + 100 + 100 + 500);
+        CHECK_EQ_I(m.kernels[0].step_count, 4);
+        CHECK_EQ_I(m.kernels[0].step_ns, 300 + 200 + 700 + 100);
+    }
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 /* While the GPU waited for the CPU: the launching thread's CPU samples say
  * whether it was on CPU (in which frame) or off CPU; clipped to the steps. */
 static void cpu_while_waiting(void)
@@ -788,6 +831,7 @@ int main(void)
     interval_unions();
     communication();
     idle_by_cause();
+    kernels_in_steps();
     cpu_while_waiting();
     syncs_by_caller();
     details_parsing();
