@@ -59,11 +59,14 @@ static int read_row(const tb_run *r, trend_row *row)
     return 0;
 }
 
+/* When the run's capture ran (as its profile says; a copied logdir's file
+ * times are the copy's), else when its newest profile was written. */
 static void when(const tb_run *r, char *buf, size_t n)
 {
     struct tm tm;
+    time_t t = r->captured_ns > 0 ? (time_t)(r->captured_ns / 1000000000) : r->mtime;
     buf[0] = '\0';
-    if (localtime_r(&r->mtime, &tm))
+    if (localtime_r(&t, &tm))
         strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
@@ -80,8 +83,8 @@ static void print_json(const char *in, const trend_row *rows, size_t n, int64_t 
         fputs(first ? "{\"run\":" : ",{\"run\":", stdout);
         first = 0;
         rr_json_str(stdout, r->run->name);
-        printf(",\"mtime\":%lld,\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu",
-               (long long)r->run->mtime, r->s.hosts, r->s.hosts_without_steps, r->s.gpus, r->s.nsteps);
+        printf(",\"mtime\":%lld,\"captured_ns\":%lld,\"hosts\":%zu,\"hosts_without_steps\":%zu,\"gpus\":%zu,\"steps\":%zu",
+               (long long)r->run->mtime, (long long)r->run->captured_ns, r->s.hosts, r->s.hosts_without_steps, r->s.gpus, r->s.nsteps);
         if (r->skipped)
             printf(",\"files_unreadable\":%zu", r->skipped);
         if (r->s.nsteps)
@@ -128,7 +131,7 @@ static void print_text(const char *in, const trend_row *rows, size_t n, int64_t 
            : unread          ? "; unreadable runs named on stderr"
            : partial         ? "; unreadable files named on stderr"
                              : "");
-    printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  ", (int)w, "run", "written", "hosts", "steps", "step mean",
+    printf("%-*s  %-19s  %5s  %6s  %11s  %11s  %11s  %6s  ", (int)w, "run", "captured", "hosts", "steps", "step mean",
            "min", "max", "vs 1st");
     if (multi)
         printf("%12s  ", "slowest host");

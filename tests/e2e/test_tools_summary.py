@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 BUILD = os.environ.get("TBPROF_BUILD") or os.path.join(os.path.dirname(__file__), "../../build")
@@ -640,6 +641,15 @@ class SummaryFigures(Base):
         p = run("trend", "--json", self.logdir)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual([r["run"] for r in json.loads(p.stdout)["runs"]], ["mm_first", "aa_second", "zz_third"])
+        # trend's time column: the captures', an hour apart (before: the
+        # copy's file times, a second apart, in the other order)
+        caps = [r["captured_ns"] for r in json.loads(p.stdout)["runs"]]
+        self.assertEqual([round((c - caps[0]) / 1e9) for c in caps], [0, 3600, 7200])
+        p = run("trend", self.logdir)
+        rows = [l.split() for l in p.stdout.splitlines() if l.split()[:1] in (["mm_first"], ["aa_second"], ["zz_third"])]
+        self.assertEqual(len(rows), 3, p.stdout)
+        self.assertEqual(["%s %s" % (r[1], r[2]) for r in rows],
+                         [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c // 10**9)) for c in caps])
         d = json.loads(run("diff", "--json", self.logdir).stdout)
         self.assertEqual((os.path.basename(d["a"]["run_dir"]), os.path.basename(d["b"]["run_dir"])),
                          ("aa_second", "zz_third"))
