@@ -255,6 +255,18 @@ TB_NO_ASAN static unw_word_t read_own_word(uint64_t addr)
     return v;
 }
 
+/* The first len (< 8) bytes of the word at addr, the rest zero. */
+TB_NO_ASAN static unw_word_t read_own_bytes(uint64_t addr, size_t len)
+{
+    unw_word_t v = 0;
+    const volatile unsigned char *src = (const volatile unsigned char *)(uintptr_t)addr;
+    unsigned char b[sizeof(v)] = {0};
+    for (size_t i = 0; i < len; i++)
+        b[i] = src[i];
+    memcpy(&v, b, sizeof(v));
+    return v;
+}
+
 static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
                              void *arg)
 {
@@ -269,8 +281,10 @@ static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t
     /* version 1; eh_frame_ptr pcrel|sdata4; fde_count udata4; table datarel|sdata4 */
     if (hdr[0] != 1 || hdr[2] != 0x03 || hdr[3] != 0x3b)
         return -UNW_ENOINFO;
-    uint32_t fde_count = (uint32_t)(read_own_word(m->eh_frame_hdr + 8) & 0xffffffffu);
-    if (fde_count == 0 || !tb_symtab_readable(c->u->st, m->eh_frame_hdr + 12, (size_t)fde_count * 8))
+    uint32_t fde_count = (uint32_t)read_own_bytes(m->eh_frame_hdr + 8, 4);
+    /* a table longer than the segment that holds it is not read past its end */
+    if (fde_count == 0 || fde_count > (m->eh_frame_hdr_len - 12) / 8 ||
+        !tb_symtab_readable(c->u->st, m->eh_frame_hdr + 12, (size_t)fde_count * 8))
         return -UNW_ENOINFO;
     unw_dyn_info_t di;
     memset(&di, 0, sizeof(di));
@@ -313,6 +327,17 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, in
         *valp = read_own_word(addr);
         return 0;
     }
+    /* libunwind reads tables a byte at a time out of aligned words: the
+     * last entry of an .eh_frame_hdr table that ends its segment 4 bytes
+     * past a word boundary is read with the word that holds it, 4 bytes of
+     * it past the segment. Those bytes are never used: the part inside the
+     * segment is read, the rest is zero (else the lookup failed, and every
+     * stack through that function ended there). */
+    for (size_t k = sizeof(unw_word_t) - 1; k > 0; k--)
+        if (tb_symtab_readable(c->u->st, addr, k)) {
+            *valp = read_own_bytes(addr, k);
+            return 0;
+        }
     return -UNW_EINVAL;
 }
 

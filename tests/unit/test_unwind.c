@@ -3,6 +3,7 @@
  * (one function built without a frame pointer, so only DWARF CFI can step
  * over it), unwind the copy, symbolize, and expect the chain back. A short
  * copy must stop early and say so; garbage must not crash. */
+#include <dlfcn.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
@@ -94,6 +95,55 @@ __attribute__((noinline)) static void level1(void)
     depth_sink++;
 }
 
+#ifdef EHTAIL_LIB
+/* A function in a library whose .eh_frame_hdr table ends its segment (see
+ * tests/unit/lib/ehtail.c): its callers are found all the same. */
+static void (*ehtail_call)(void (*)(void));
+__attribute__((noinline)) static void tail_cb(void)
+{
+    capture();
+    depth_sink += 2;
+}
+__attribute__((noinline)) static void tail_outer(void)
+{
+    ehtail_call(tail_cb);
+    depth_sink += 3;
+}
+
+static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
+{
+    void *h = dlopen(EHTAIL_LIB, RTLD_NOW | RTLD_LOCAL);
+    *(void **)&ehtail_call = h ? dlsym(h, "ehtail_call") : NULL;
+    CHECKF(ehtail_call != NULL, "%s: %s", EHTAIL_LIB, dlerror());
+    if (!ehtail_call)
+        return;
+    if (tb_symtab_stale(st) && tb_symtab_refresh(st))
+        tb_unwinder_flush(u);
+    /* the layout the test is about: the table's last entry ends the segment */
+    const tb_module *m = tb_symtab_module(st, (uint64_t)(uintptr_t)ehtail_call);
+    CHECK(m != NULL && m->eh_frame_hdr != 0 && m->eh_frame_hdr % 8 == 0 &&
+          !tb_symtab_readable(st, m->eh_frame_hdr + m->eh_frame_hdr_len, 1));
+    tail_outer();
+    uint64_t ips[64];
+    int failed = -1;
+    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+    const char *names[64];
+    for (int i = 0; i < n; i++) {
+        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
+        names[i] = nm ? nm : "?";
+        printf("# ehtail frame %d: %s\n", i, names[i]);
+    }
+    CHECKF(n >= 5, "only %d frames", n);
+    if (n >= 5) {
+        CHECK_STR(names[1], "tail_cb");
+        CHECK_STR(names[2], "ehtail_call");
+        CHECK_STR(names[3], "tail_outer");
+        CHECK_STR(names[4], "main");
+    }
+    CHECK_EQ_I(failed, 0);
+}
+#endif
+
 /* Unwinding makes no sigprocmask system call (unwind.c skips libunwind's
  * two per frame): a child that the kernel kills at its first
  * rt_sigprocmask (seccomp) unwinds the sample in full and lives. Returns
@@ -173,6 +223,10 @@ int main(void)
         else
             CHECK_EQ_I(got, n);
     }
+
+#ifdef EHTAIL_LIB
+    check_table_at_segment_end(u, st);
+#endif
 
     /* a copy too short for the chain: fewer frames, flagged as failed */
     int n_short = tb_unwind(u, regs, stack_copy, 64, ips, 64, &failed);

@@ -1,0 +1,12 @@
+# tests/unit: helper libraries the unit tests dlopen().
+#   build/tests/libehtail.so: its .eh_frame_hdr table ends its segment (test_unwind)
+add_library(ehtail SHARED ${CMAKE_SOURCE_DIR}/tests/unit/lib/ehtail.c)
+# no sanitizer or start files: the function must be the table's only entry
+target_compile_options(ehtail PRIVATE -O1 -fno-sanitize=all -fasynchronous-unwind-tables)
+target_link_options(ehtail PRIVATE -nostartfiles -Wl,-T,${CMAKE_SOURCE_DIR}/tests/unit/lib/ehtail.ld)
+set_target_properties(ehtail PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests
+  LINK_DEPENDS ${CMAKE_SOURCE_DIR}/tests/unit/lib/ehtail.ld)
+if(TARGET test_unwind)
+  add_dependencies(test_unwind ehtail)
+  target_compile_definitions(test_unwind PRIVATE EHTAIL_LIB="${CMAKE_BINARY_DIR}/tests/libehtail.so")
+endif()
