@@ -493,6 +493,18 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
     return yes;
 }
 
+/* Is ip the signal trampoline a handler returns to (glibc's and musl's
+ * __restore_rt: mov $15,%rax; syscall)? Checked here rather than with
+ * libunwind's unw_is_signal_frame, which tells the trampoline frame in
+ * some versions and the frame after it in others. */
+static int is_sigreturn(sample_ctx *c, uint64_t ip)
+{
+    unw_word_t w0 = 0, w1 = 0;
+    if (access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0)
+        return 0;
+    return w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05;
+}
+
 int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t stack_len, uint64_t *ips,
               int max, int *failed)
 {
@@ -507,6 +519,8 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
     if (!u)
         return n;
     unw_cursor_t cur;
+    /* the frame last recorded is the signal trampoline a handler returns to */
+    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP]);
     in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
         *failed = 1;
@@ -528,8 +542,13 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         }
         if (ip == 0)
             break;
-        ips[n++] = ip;
-        if (n < max && in_py_trampoline(u, ip)) {
+        /* the frame a signal interrupted holds the interrupted pc, not a
+         * return address: stored + 1, so that the ip - 1 every caller
+         * looks up is the pc itself (at a function's first instruction,
+         * pc - 1 is the function before it) */
+        ips[n++] = after_signal ? ip + 1 : ip;
+        after_signal = is_sigreturn(&c, ip);
+        if (n < max && !after_signal && in_py_trampoline(u, ip)) {
             /* step over the trampoline by hand: its caller's return
              * address is at sp+8 and the caller's sp is sp+16; callee-saved
              * registers are as the frames below left them. Restart the

@@ -49,7 +49,10 @@ int tb_unwind_sigmask_state(void);
 /* Unwind one sample. regs[TB_UREG_COUNT] as perf_event wrote them; `stack`
  * holds `stack_len` bytes copied from address regs[TB_UREG_SP] upward.
  * Writes up to `max` instruction pointers to ips, leaf first (ips[0] is the
- * sampled IP; the others are return addresses). Returns the number written;
+ * sampled IP; the others are return addresses, whose call is at ips[i] - 1;
+ * a frame interrupted by a signal, above the signal trampoline, gets its
+ * interrupted pc + 1, so ips[i] - 1 is the address to look up for every
+ * i > 0). Returns the number written;
  * *failed is set when the walk stopped on an error (stack copy too short,
  * no unwind info and no usable frame pointer) rather than at the outermost
  * frame or at `max`. */

@@ -144,6 +144,75 @@ static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
 }
 #endif
 
+/* A signal that interrupts a function at its first instruction: the frame
+ * above the signal trampoline holds the interrupted pc, not a return
+ * address, so its name is that of the pc itself; pc - 1 (what a return
+ * address is looked up with) is the end of the function before it.
+ * sig_first_insn() starts with ud2 (SIGILL; the handler samples, then
+ * steps over it); sig_before() lies just before it. */
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".type sig_before,@function\n"
+        "sig_before:\n"
+        ".cfi_startproc\n"
+        "    nop\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size sig_before, .-sig_before\n"
+        ".type sig_first_insn,@function\n"
+        "sig_first_insn:\n"
+        ".cfi_startproc\n"
+        "    ud2\n"
+        "    ret\n"
+        ".cfi_endproc\n"
+        ".size sig_first_insn, .-sig_first_insn\n");
+void sig_first_insn(void);
+void sig_before(void);
+
+static void on_sigill(int sig, siginfo_t *si, void *ucv)
+{
+    (void)sig;
+    (void)si;
+    ucontext_t *uc = ucv;
+    capture();
+    uc->uc_mcontext.gregs[REG_RIP] += 2; /* past the ud2 */
+}
+__attribute__((noinline)) static void sig_caller(void)
+{
+    sig_first_insn();
+    depth_sink += 4;
+}
+
+static void check_interrupted_first_insn(tb_unwinder *u, tb_symtab *st)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigill;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGILL, &sa, &old);
+    sig_caller();
+    sigaction(SIGILL, &old, NULL);
+    uint64_t ips[64];
+    int failed = -1;
+    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+    int at = -1;
+    for (int i = 0; i < n; i++) {
+        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
+        printf("# signal frame %d: %s\n", i, nm ? nm : "?");
+        if (nm && (strcmp(nm, "sig_first_insn") == 0 || strcmp(nm, "sig_before") == 0) && at < 0)
+            at = i;
+    }
+    CHECKF(at > 0, "no frame in sig_first_insn");
+    if (at > 0) {
+        const char *nm = tb_symtab_lookup(st, ips[at] - 1, NULL);
+        CHECK_STR(nm ? nm : "?", "sig_first_insn");
+        nm = at + 1 < n ? tb_symtab_lookup(st, ips[at + 1] - 1, NULL) : NULL;
+        CHECK_STR(nm ? nm : "?", "sig_caller");
+    }
+    CHECK_EQ_I(failed, 0);
+}
+
 /* Unwinding makes no sigprocmask system call (unwind.c skips libunwind's
  * two per frame): a child that the kernel kills at its first
  * rt_sigprocmask (seccomp) unwinds the sample in full and lives. Returns
@@ -227,6 +296,8 @@ int main(void)
 #ifdef EHTAIL_LIB
     check_table_at_segment_end(u, st);
 #endif
+
+    check_interrupted_first_insn(u, st);
 
     /* a copy too short for the chain: fewer frames, flagged as failed */
     int n_short = tb_unwind(u, regs, stack_copy, 64, ips, 64, &failed);
