@@ -94,6 +94,7 @@ typedef struct cpu_stack {
     uint64_t off; /* into frames[] */
     uint32_t n;
     uint32_t hash;
+    uint32_t gen; /* the module list's generation when unwound (tb_symtab_lookup_gen) */
 } cpu_stack;
 
 typedef struct cpu_ctx {
@@ -208,11 +209,16 @@ static int rehash(cpu_ctx *c, size_t ncap)
 static int64_t intern_stack(cpu_ctx *c, const uint64_t *ips, int n)
 {
     uint32_t h = hash_frames(ips, n);
+    /* the module list the frames were taken against: collect names them
+     * after the objects mapped then, also a library unloaded since (or
+     * another one now mapped at its place) */
+    uint32_t gen = tb_symtab_generation(c->sym);
     if (c->cap_ht && c->cap_ht > 0) {
         size_t i = h & (c->cap_ht - 1);
         while (c->ht[i]) {
             cpu_stack *s = &c->stacks[c->ht[i] - 1];
-            if (s->hash == h && s->n == (uint32_t)n && memcmp(c->frames + s->off, ips, (size_t)n * 8) == 0)
+            if (s->hash == h && s->n == (uint32_t)n && s->gen == gen &&
+                memcmp(c->frames + s->off, ips, (size_t)n * 8) == 0)
                 return c->ht[i] - 1;
             i = (i + 1) & (c->cap_ht - 1);
         }
@@ -226,6 +232,7 @@ static int64_t intern_stack(cpu_ctx *c, const uint64_t *ips, int n)
     s->off = c->nframes;
     s->n = (uint32_t)n;
     s->hash = h;
+    s->gen = gen;
     memcpy(c->frames + c->nframes, ips, (size_t)n * 8);
     c->nframes += (size_t)n;
     size_t i = h & (c->cap_ht - 1);
@@ -777,8 +784,10 @@ static void cpu_poll(void *ctx)
         rescan(c, NULL);
     /* a library loaded during the capture (cuBLAS at its first use, an
      * extension module at an import): known before the samples taken in
-     * it are unwound, or their stacks would end at its first frame */
-    if (c->unw && now - c->last_objects >= TB_CPU_POLL_MS * 1000000LL) {
+     * it are unwound, or their stacks would end at its first frame; one
+     * unloaded (dlclose) is remembered, so that the samples taken in it
+     * before are named after it at collect (both stack modes) */
+    if (now - c->last_objects >= TB_CPU_POLL_MS * 1000000LL) {
         c->last_objects = now;
         if (tb_symtab_stale(c->sym) && tb_symtab_refresh(c->sym))
             tb_unwinder_flush(c->unw);
@@ -860,6 +869,7 @@ static void cpu_atfork_child(void *ctx)
 typedef struct ipmeta {
     uint64_t key; /* lookup address | 1<<63 marks used */
     uint32_t meta;
+    uint32_t gen; /* of the module list it was looked up in */
 } ipmeta;
 
 typedef struct span {
@@ -877,17 +887,18 @@ typedef struct collect_state {
     size_t npend, cap_pend;
 } collect_state;
 
-static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr)
+static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr, uint32_t gen)
 {
     uint64_t key = addr | (1ULL << 63);
-    size_t h = (size_t)((addr * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
+    size_t h = (size_t)(((addr ^ gen) * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
     while (cache[h].key) {
-        if (cache[h].key == key)
+        if (cache[h].key == key && cache[h].gen == gen)
             return cache[h].meta;
         h = (h + 1) & (cap - 1);
     }
     const char *module = NULL;
-    const char *name = addr == KERNEL_IP ? TB_CPU_KERNEL_FRAME : tb_symtab_lookup(c->sym, addr, &module);
+    const char *name =
+        addr == KERNEL_IP ? TB_CPU_KERNEL_FRAME : tb_symtab_lookup_gen(c->sym, addr, gen, &module);
     char buf[300];
     if (!name) {
         if (module)
@@ -900,6 +911,7 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
     uint32_t meta = m > 0 ? (uint32_t)m : 0;
     cache[h].key = key;
     cache[h].meta = meta;
+    cache[h].gen = gen;
     return meta;
 }
 
@@ -995,7 +1007,7 @@ static int cpu_collect(void *ctx, tb_space *space)
         for (uint32_t i = 0; i < st->n; i++) {
             uint64_t ip = c->frames[st->off + i];
             /* return addresses point after the call: look up the call itself */
-            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1);
+            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1, st->gen);
         }
     }
 

@@ -41,6 +41,9 @@ typedef struct demangle_slot {
 struct tb_symtab {
     tb_module **mods; /* sorted by start */
     size_t nmods;
+    uint32_t gen;
+    tb_module **retired; /* unloaded objects, oldest first */
+    size_t nretired;
     unsigned long long adds, subs;
     int have_list;
     tb_perfmap pm;
@@ -407,6 +410,28 @@ static void absolute_path(tb_module *m)
     fclose(f);
 }
 
+static void dm_clear(tb_symtab *st);
+
+/* Keep an unloaded object (its symbols, loaded or to load from its file)
+ * for the samples taken in it; the oldest goes when too many are kept. */
+static void retire(tb_symtab *st, tb_module *m)
+{
+    if (!st->retired) {
+        st->retired = calloc(TB_SYMTAB_RETIRED, sizeof(*st->retired));
+        if (!st->retired) {
+            free_module(m);
+            return;
+        }
+    }
+    if (st->nretired == TB_SYMTAB_RETIRED) {
+        free_module(st->retired[0]);
+        memmove(st->retired, st->retired + 1, (TB_SYMTAB_RETIRED - 1) * sizeof(*st->retired));
+        st->nretired--;
+        dm_clear(st); /* keyed by name pointers, some of them just freed */
+    }
+    st->retired[st->nretired++] = m;
+}
+
 static int refresh_modules(tb_symtab *st)
 {
     if (!tb_symtab_stale(st)) /* without building the list to compare */
@@ -424,23 +449,35 @@ static int refresh_modules(tb_symtab *st)
         if (c.mods[i]->path[0] != '/' && !c.mods[i]->is_vdso)
             absolute_path(c.mods[i]);
     qsort(c.mods, c.n, sizeof(*c.mods), mod_cmp);
+    uint32_t gen = st->gen + 1;
     /* keep already-loaded symbols of objects still mapped at the same place */
-    for (size_t i = 0; i < c.n; i++)
+    for (size_t i = 0; i < c.n; i++) {
+        c.mods[i]->gen_from = gen;
         for (size_t j = 0; j < st->nmods; j++) {
             tb_module *o = st->mods[j];
             if (o && o->bias == c.mods[i]->bias && o->start == c.mods[i]->start &&
                 strcmp(o->path, c.mods[i]->path) == 0) {
                 c.mods[i]->syms = o->syms;
                 c.mods[i]->syms_loaded = o->syms_loaded;
+                c.mods[i]->gen_from = o->gen_from;
                 o->syms = NULL;
+                free_module(o);
+                st->mods[j] = NULL;
                 break;
             }
         }
+    }
+    /* the others were unloaded: samples taken in them before are named
+     * after them still (tb_symtab_lookup_gen) */
     for (size_t j = 0; j < st->nmods; j++)
-        free_module(st->mods[j]);
+        if (st->mods[j]) {
+            st->mods[j]->gen_to = gen;
+            retire(st, st->mods[j]);
+        }
     free(st->mods);
     st->mods = c.mods;
     st->nmods = c.n;
+    st->gen = gen;
     st->adds = c.counts.adds;
     st->subs = c.counts.subs;
     st->have_list = 1;
@@ -465,6 +502,9 @@ void tb_symtab_free(tb_symtab *st)
     for (size_t i = 0; i < st->nmods; i++)
         free_module(st->mods[i]);
     free(st->mods);
+    for (size_t i = 0; i < st->nretired; i++)
+        free_module(st->retired[i]);
+    free(st->retired);
     tb_perfmap_free(&st->pm);
     free(st->pm_path);
     for (size_t i = 0; i < st->capdm; i++)
@@ -754,6 +794,15 @@ static size_t ptr_hash(const void *p)
     return (size_t)x;
 }
 
+static void dm_clear(tb_symtab *st)
+{
+    for (size_t i = 0; i < st->capdm; i++)
+        free(st->dm[i].val);
+    free(st->dm);
+    st->dm = NULL;
+    st->ndm = st->capdm = 0;
+}
+
 static const char *demangled(tb_symtab *st, const char *name)
 {
     if (name[0] != '_' || name[1] != 'Z')
@@ -786,9 +835,39 @@ static const char *demangled(tb_symtab *st, const char *name)
     return st->dm[h].val ? st->dm[h].val : name;
 }
 
+uint32_t tb_symtab_generation(tb_symtab *st)
+{
+    if (!st->have_list)
+        refresh_modules(st);
+    return st->gen;
+}
+
 const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module)
 {
+    return tb_symtab_lookup_gen(st, addr, tb_symtab_generation(st), module);
+}
+
+static int module_holds(const tb_module *m, uint64_t addr)
+{
+    for (int i = 0; i < m->nseg; i++)
+        if (addr >= m->seg[i].start && addr < m->seg[i].end)
+            return 1;
+    return 0;
+}
+
+const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, const char **module)
+{
     const tb_module *cm = tb_symtab_module(st, addr);
+    if (!cm || cm->gen_from > gen) {
+        /* mapped here since: the object that was here at gen, if one was */
+        for (size_t i = st->nretired; i > 0; i--) {
+            const tb_module *r = st->retired[i - 1];
+            if (r->gen_from <= gen && gen < r->gen_to && module_holds(r, addr)) {
+                cm = r;
+                break;
+            }
+        }
+    }
     if (module)
         *module = cm ? cm->base_name : NULL;
     if (!cm) {
@@ -808,6 +887,10 @@ const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module)
                     m->syms = NULL;
                 }
             }
+        } else if (m->gen_to) {
+            /* unloaded: its image is gone (or another one's is there),
+             * only its file is left to read */
+            m->syms = load_file_syms(m->path);
         } else {
             m->syms = load_file_syms(m->path);
             if (m->syms && !same_build(st, m, m->syms)) {

@@ -44,6 +44,9 @@ typedef struct tb_module {
     } note[2];
     int nnote;
     int is_vdso;
+    /* the module list's generations it was in: [gen_from, gen_to); gen_to
+     * 0 while it is still mapped */
+    uint32_t gen_from, gen_to;
     /* symbols, loaded on first lookup (private) */
     int syms_loaded;
     struct tb_elfsyms *syms;
@@ -76,6 +79,17 @@ int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len);
  * non-NULL) receives the object's base name, or NULL for an address in no
  * object (JIT code without a perf map entry). */
 const char *tb_symtab_lookup(tb_symtab *st, uint64_t addr, const char **module);
+
+/* The module list's generation: 1 once read, + 1 at each refresh that
+ * found objects loaded or unloaded. */
+uint32_t tb_symtab_generation(tb_symtab *st);
+/* tb_symtab_lookup() of an address recorded at generation `gen` (a stack
+ * unwound then): named after the object mapped there at that time, also
+ * when it has been unloaded since (dlclose) or another one mapped at the
+ * same place. Objects unloaded are remembered (up to TB_SYMTAB_RETIRED of
+ * them, the oldest forgotten first) for as long as `st` lives. */
+const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, const char **module);
+#define TB_SYMTAB_RETIRED 256
 
 /* Demangle a C++ name with libstdc++'s __cxa_demangle: the process's (also
  * one loaded RTLD_LOCAL, as Python loads C++ extensions), else loaded on

@@ -169,6 +169,55 @@ class CpuLibraryLoadedMidCapture(tbtest.TestCase):
         self.assertGreaterEqual(full, inner * 0.95)
 
 
+class CpuLibraryUnloadedMidCapture(tbtest.TestCase):
+    """A library dlclose()d during the capture: the samples taken in it
+    before are named after it, though the agent names frames when the
+    capture is collected, when it is gone, and another library may have
+    been mapped at its place (the loader reuses the address range)."""
+
+    def setUp(self):
+        super().setUp()
+        cpusamples.skip_if_perf_refused(self)
+
+    def build(self, name, inner):
+        src = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "dlburn", "dlburn.c")
+        lib = os.path.join(self.tmp, name)
+        cc = os.environ.get("CC", "gcc")
+        r = subprocess.run([cc, "-O2", "-g", "-shared", "-fPIC", "-Dlib_inner=" + inner, src, "-o", lib],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return lib
+
+    def check(self, mode):
+        first = self.build("libfirst.so", "first_inner")
+        second = self.build("libsecond.so", "second_inner")
+        p = tbtest.run([tbtest.prog("dlopen_burn"), first, "700", second],
+                       env=tbtest.env(self.logdir, cpu="on", cpu_hz=1000, cpu_mode=mode), timeout=120)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+        self.assertIn("unloaded 1", p.stdout)
+        files = tbtest.wait_for_xplanes(self.logdir, 1)
+        self.assertEqual(len(files), 1)
+        prof = tbtest.load(files[0])
+        count = {}
+        for line in cpusamples.sampled_lines(prof):
+            for e, anc in cpusamples.walk(line):
+                count[e.name] = count.get(e.name, 0) + e.stats.get("self_samples", 0)
+        same = [l for l in p.stdout.splitlines() if l.startswith("same_address")]
+        print("%s, %s: first_inner %d, second_inner %d, [unknown] %d, [libfirst.so] %d" % (
+            mode, same, count.get("first_inner", 0), count.get("second_inner", 0),
+            count.get("[unknown]", 0), count.get("[libfirst.so]", 0)))
+        # 700 ms of CPU in each at 1 kHz
+        self.assertGreater(count.get("first_inner", 0), 200, count)
+        self.assertGreater(count.get("second_inner", 0), 200, count)
+
+    def test_names_of_an_unloaded_library_dwarf(self):
+        self.check("dwarf")
+
+    def test_names_of_an_unloaded_library_fp(self):
+        self.check("fp")
+
+
 class CpuLibunwindBeside(tbtest.TestCase):
     def test_libunwind_beside_the_agent(self):
         # a machine without libunwind: the README's answer is a copy beside

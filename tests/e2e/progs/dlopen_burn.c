@@ -3,12 +3,15 @@
  * PyTorch job loads cuBLAS at its first matmul, Python extension modules
  * at their import).
  *
- *   dlopen_burn LIBRARY [MS]
+ *   dlopen_burn LIBRARY [MS [LIBRARY2]]
  *
  * Starts a capture through the tbprof C API (no-op without the preload),
  * waits 100 ms, dlopen()s LIBRARY (tests/e2e/progs/dlburn/dlburn.c) and
  * calls its lib_burn() from caller_in_main() for MS ms of CPU time
- * (default 1000), then stops the capture.
+ * (default 1000), then stops the capture. With LIBRARY2: after LIBRARY's
+ * turn it is dlclose()d (prints "unloaded" when it went away), 100 ms
+ * later LIBRARY2 is loaded and its lib_burn() called for MS ms more
+ * (prints "same_address 1" when it was mapped where LIBRARY was).
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -56,6 +59,22 @@ int main(int argc, char **argv)
         return 1;
     }
     caller_in_main(burn, ms);
+    if (argc > 3) {
+        Dl_info di;
+        void *base = dladdr((void *)burn, &di) ? di.dli_fbase : NULL;
+        dlclose(h);
+        void *still = dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD);
+        printf("unloaded %d\n", still == NULL);
+        nanosleep(&ts, NULL);
+        h = dlopen(argv[3], RTLD_NOW);
+        *(void **)&burn = h ? dlsym(h, "lib_burn") : NULL;
+        if (!burn) {
+            fprintf(stderr, "dlopen_burn: %s\n", dlerror());
+            return 1;
+        }
+        printf("same_address %d\n", dladdr((void *)burn, &di) && di.dli_fbase == base);
+        caller_in_main(burn, ms);
+    }
     tb_stop();
     printf("loaded %s\n", argv[1]);
     return 0;
