@@ -26,11 +26,145 @@ static uint64_t corr_of(const tb_line *l, const tb_event *e, uint32_t id)
     return st && (st->type == TB_STAT_UINT64 || st->type == TB_STAT_INT64) ? st->v.u : 0;
 }
 
-int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
+/* The ranges open on one line as the walk goes: v[base, top), in line
+ * order (outermost first). A range leaves when the walk reaches its end;
+ * a min-heap by end finds those, so entering and leaving cost O(log n)
+ * each instead of a scan of every open range at every new start (many
+ * async ranges open at once made that quadratic). Ended ranges stay in v
+ * (at most `ndead`, all within v[lo, hi]) until a call needs the stack:
+ * then those at either end are dropped in O(1) each and the rest by
+ * moving the shorter side past them. */
+typedef struct open_ent {
+    int64_t end;
+    const tb_event *r;
+} open_ent;
+
+typedef struct open_set {
+    const tb_event **v;
+    size_t cap, base, top;
+    open_ent *h; /* the ranges in v not yet found ended, a min-heap by end */
+    size_t hn, hcap;
+    size_t ndead, lo, hi;
+} open_set;
+
+/* A range's end; one past the int64 range counts as never ending. */
+static int64_t end_of(const tb_event *r)
+{
+    int64_t e;
+    return __builtin_add_overflow(r->start_ns, r->dur_ns, &e) ? INT64_MAX : e;
+}
+
+/* The ranges ended by t: found in the heap, counted, left in v for now. */
+static void open_expire(open_set *o, int64_t t)
+{
+    while (o->hn && o->h[0].end <= t) {
+        const tb_event *r = o->h[0].r;
+        open_ent last = o->h[--o->hn];
+        size_t i = 0; /* sift the last entry down from the root */
+        for (;;) {
+            size_t c = 2 * i + 1;
+            if (c >= o->hn)
+                break;
+            if (c + 1 < o->hn && o->h[c + 1].end < o->h[c].end)
+                c++;
+            if (o->h[c].end >= last.end)
+                break;
+            o->h[i] = o->h[c];
+            i = c;
+        }
+        if (o->hn)
+            o->h[i] = last;
+        /* its place: v holds the line's events in their order, so by address */
+        size_t a = o->base, b = o->top;
+        while (a < b) {
+            size_t m = a + (b - a) / 2;
+            if (o->v[m] < r)
+                a = m + 1;
+            else
+                b = m;
+        }
+        if (!o->ndead || a < o->lo)
+            o->lo = a;
+        if (!o->ndead || a > o->hi)
+            o->hi = a;
+        o->ndead++;
+    }
+}
+
+/* Drop the ended ranges at either end of v (O(1) each). */
+static void open_trim(open_set *o, int64_t t)
+{
+    while (o->ndead && o->top > o->base && end_of(o->v[o->top - 1]) <= t)
+        o->top--, o->ndead--;
+    while (o->ndead && o->top > o->base && end_of(o->v[o->base]) <= t)
+        o->base++, o->ndead--;
+    if (o->ndead) {
+        if (o->lo < o->base)
+            o->lo = o->base;
+        if (o->hi >= o->top)
+            o->hi = o->top - 1;
+    }
+}
+
+/* Drop every ended range, keeping the order. */
+static void open_compact(open_set *o, int64_t t)
+{
+    open_trim(o, t);
+    if (!o->ndead)
+        return;
+    if (o->hi + 1 - o->base < o->top - o->lo) { /* move the outer side up */
+        size_t w = o->hi + 1;
+        for (size_t x = o->hi + 1; x-- > o->base;)
+            if (end_of(o->v[x]) > t)
+                o->v[--w] = o->v[x];
+        o->base = w;
+    } else { /* the inner side down */
+        size_t w = o->lo;
+        for (size_t x = o->lo; x < o->top; x++)
+            if (end_of(o->v[x]) > t)
+                o->v[w++] = o->v[x];
+        o->top = w;
+    }
+    o->ndead = 0;
+}
+
+/* Add range r (starting at the walk's time, after every range in v). */
+static int open_push(open_set *o, const tb_event *r)
+{
+    if (o->top == o->cap) { /* room: drop the ended, move to the front, else grow */
+        open_compact(o, r->start_ns);
+        if (o->base) {
+            memmove(o->v, o->v + o->base, (o->top - o->base) * sizeof(*o->v));
+            o->top -= o->base;
+            o->base = 0;
+        }
+        if (o->top * 2 > o->cap || o->top == o->cap)
+            if (TB_GROW(o->v, o->cap, o->cap + 1) < 0)
+                return -ENOMEM;
+    }
+    if (TB_GROW(o->h, o->hcap, o->hn + 1) < 0)
+        return -ENOMEM;
+    o->v[o->top++] = r;
+    open_ent add = {end_of(r), r};
+    size_t i = o->hn++;
+    while (i && o->h[(i - 1) / 2].end > add.end) {
+        o->h[i] = o->h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    o->h[i] = add;
+    return 0;
+}
+
+/* tb_ranges_walk; with RANGES_WITH_ENDED, fn's stack may also hold ranges
+ * that ended by the call's start (never the innermost or the outermost):
+ * for callers that look at the innermost few, which skip those, so that
+ * a call costs no pass over a deep stack. */
+#define RANGES_WITH_ENDED 0x100
+
+static int walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
 {
     int all = flags & TB_RANGES_ALL_CALLS;
-    const tb_event **stack = NULL;
-    size_t cap = 0;
+    open_set o = {0};
     int rc = 0;
     for (size_t i = 0; i < s->nplanes && !rc; i++) {
         const tb_plane *p = s->planes[i];
@@ -42,40 +176,42 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
             continue;
         for (size_t j = 0; j < p->nlines && !rc; j++) {
             const tb_line *l = p->lines[j];
-            size_t depth = 0;
+            o.base = o.top = o.hn = o.ndead = 0;
             for (size_t k = 0; k < l->nevents && !rc; k++) {
                 const tb_event *e = &l->events[k];
                 if (!k || e->start_ns != l->events[k - 1].start_ns) {
-                    size_t keep = 0; /* the ranges still open at e's start */
-                    for (size_t x = 0; x < depth; x++)
-                        if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
-                            stack[keep++] = stack[x];
-                    depth = keep;
+                    open_expire(&o, e->start_ns); /* the ranges still open at e's start */
                     /* then every range starting then: one shorter than a call
                      * of the same start is sorted after it, and encloses it */
-                    for (size_t q = k; q < l->nevents && l->events[q].start_ns == e->start_ns; q++) {
+                    for (size_t q = k; q < l->nevents && l->events[q].start_ns == e->start_ns && !rc; q++) {
                         const tb_event *r = &l->events[q];
-                        if (r->dur_ns <= 0 || !is_kind(p, l, r, cat))
-                            continue;
-                        if (TB_GROW(stack, cap, depth + 1) < 0) {
-                            rc = -ENOMEM;
-                            break;
-                        }
-                        stack[depth++] = r;
+                        if (r->dur_ns > 0 && is_kind(p, l, r, cat))
+                            rc = open_push(&o, r);
                     }
                     if (rc)
                         break;
                 }
                 if (is_kind(p, l, e, cat))
                     continue;
-                uint64_t corr = depth || all ? corr_of(l, e, cid) : 0;
-                if (corr)
-                    rc = fn(ctx, p, l, e, corr, stack, depth);
+                uint64_t corr = o.top - o.base > o.ndead || all ? corr_of(l, e, cid) : 0;
+                if (!corr)
+                    continue;
+                if (!(flags & RANGES_WITH_ENDED) || o.ndead * 2 > o.top - o.base)
+                    open_compact(&o, e->start_ns);
+                else
+                    open_trim(&o, e->start_ns);
+                rc = fn(ctx, p, l, e, corr, o.v + o.base, o.top - o.base);
             }
         }
     }
-    free(stack);
+    free(o.v);
+    free(o.h);
     return rc;
+}
+
+int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
+{
+    return walk(s, cat, flags & TB_RANGES_ALL_CALLS, fn, ctx);
 }
 
 /* ---- nvtx_range on GPU events --------------------------------------------------- */
@@ -98,7 +234,6 @@ typedef struct link_acc {
 static int collect_innermost(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
                              uint64_t corr, const tb_event *const *stack, size_t depth)
 {
-    (void)call;
     link_acc *a = ctx;
     if (TB_GROW(a->v, a->cap, a->n + 1) < 0)
         return -ENOMEM;
@@ -106,8 +241,11 @@ static int collect_innermost(void *ctx, const tb_plane *host, const tb_line *lin
         a->host = host;
         a->step_id = tb_plane_find_stat_meta(host, TB_ST_STEP_RANGE);
     }
-    size_t op = depth; /* ranges are few deep: look past the step ranges from the inside */
-    while (op > 0 && a->step_id && tb_event_stat(line, stack[op - 1], a->step_id))
+    /* stack[depth - 1] is open (RANGES_WITH_ENDED); look past the step
+     * ranges, and the ended ranges among them, from the inside */
+    size_t op = depth;
+    while (op > 0 && a->step_id &&
+           (tb_event_stat(line, stack[op - 1], a->step_id) || end_of(stack[op - 1]) <= call->start_ns))
         op--;
     a->v[a->n++] = (corr_name){corr, tb_plane_event_name(host, stack[depth - 1]->meta),
                                op ? tb_plane_event_name(host, stack[op - 1]->meta) : NULL};
@@ -220,7 +358,7 @@ int64_t tb_space_link_ranges(tb_space *s)
 {
     tb_space_sort(s);
     link_acc a = {0};
-    int rc = tb_ranges_walk(s, TB_CAT_USER, 0, collect_innermost, &a);
+    int rc = walk(s, TB_CAT_USER, RANGES_WITH_ENDED, collect_innermost, &a);
     if (rc || !a.n) {
         free(a.v);
         return rc;

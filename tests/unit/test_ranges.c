@@ -13,8 +13,10 @@
  * plus work 9 whose call is not in the capture.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "folded.h"
 #include "ranges.h"
@@ -464,8 +466,252 @@ static void range_starting_with_the_call(void)
     tb_space_free(s);
 }
 
+/* ---- the walk against a plain reference -------------------------------------- */
+
+/* The walk as first written: at each new start, drop the ranges that ended
+ * by scanning the whole stack, then push the ranges starting then. Plain,
+ * and quadratic in the ranges open at once; the walk must give the same
+ * calls with the same stacks. */
+static int ref_kind(const tb_plane *p, const tb_line *l, const tb_event *e, tb_category cat)
+{
+    if (cat == TB_CAT_CPU_SAMPLE)
+        return tb_cpu_span_samples(p, l, e) > 0;
+    return e->meta < p->nevent_meta && p->event_meta[e->meta].category == (uint32_t)cat;
+}
+
+static int ref_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, void *ctx)
+{
+    int all = flags & TB_RANGES_ALL_CALLS;
+    const tb_event **stack = NULL;
+    int rc = 0;
+    for (size_t i = 0; i < s->nplanes && !rc; i++) {
+        const tb_plane *p = s->planes[i];
+        uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
+        if (strncmp(p->name, "/host:", 6) != 0 || !cid ||
+            (!all && cat != TB_CAT_CPU_SAMPLE && !tb_plane_has_category(p, cat)))
+            continue;
+        for (size_t j = 0; j < p->nlines && !rc; j++) {
+            const tb_line *l = p->lines[j];
+            size_t depth = 0;
+            free(stack);
+            stack = malloc((l->nevents + 1) * sizeof(*stack));
+            for (size_t k = 0; k < l->nevents && !rc; k++) {
+                const tb_event *e = &l->events[k];
+                if (!k || e->start_ns != l->events[k - 1].start_ns) {
+                    size_t keep = 0;
+                    for (size_t x = 0; x < depth; x++)
+                        if (stack[x]->start_ns + stack[x]->dur_ns > e->start_ns)
+                            stack[keep++] = stack[x];
+                    depth = keep;
+                    for (size_t q = k; q < l->nevents && l->events[q].start_ns == e->start_ns; q++) {
+                        const tb_event *r = &l->events[q];
+                        if (r->dur_ns > 0 && ref_kind(p, l, r, cat))
+                            stack[depth++] = r;
+                    }
+                }
+                if (ref_kind(p, l, e, cat))
+                    continue;
+                const tb_stat *st = depth || all ? tb_event_stat(l, e, cid) : NULL;
+                uint64_t corr = st && (st->type == TB_STAT_UINT64 || st->type == TB_STAT_INT64) ? st->v.u : 0;
+                if (corr)
+                    rc = fn(ctx, p, l, e, corr, stack, depth);
+            }
+        }
+    }
+    free(stack);
+    return rc;
+}
+
+/* What a walk reported: per call its line, call, id and stack, flattened. */
+typedef struct walk_log {
+    uintptr_t *v;
+    size_t n, cap;
+    size_t calls, stop_at; /* stop_at: return 7 at that call (1-based); 0: never */
+} walk_log;
+
+static void log_put(walk_log *w, uintptr_t x)
+{
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 1024;
+        w->v = realloc(w->v, w->cap * sizeof(*w->v));
+    }
+    w->v[w->n++] = x;
+}
+
+static int log_call(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call, uint64_t corr,
+                    const tb_event *const *stack, size_t depth)
+{
+    walk_log *w = ctx;
+    log_put(w, (uintptr_t)host);
+    log_put(w, (uintptr_t)line);
+    log_put(w, (uintptr_t)call);
+    log_put(w, (uintptr_t)corr);
+    log_put(w, depth);
+    for (size_t x = 0; x < depth; x++)
+        log_put(w, (uintptr_t)stack[x]);
+    return ++w->calls == w->stop_at ? 7 : 0;
+}
+
+static int count_call(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call, uint64_t corr,
+                      const tb_event *const *stack, size_t depth)
+{
+    (void)host, (void)line, (void)call, (void)corr;
+    size_t *n = ctx;
+    *n += depth ? (size_t)(uintptr_t)stack[depth - 1] % 2 + 1 : 1; /* read the innermost, as link_ranges does */
+    return 0;
+}
+
+static uint64_t rnd_state = 88172645463325252ull;
+static uint64_t rnd(uint64_t n)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state % n;
+}
+
+/* A random space: nested, overlapping and never-ending ranges, marks,
+ * calls (some at a range's start, some shorter than it), other events. */
+static tb_space *random_space(size_t nev, int64_t span)
+{
+    tb_space *s = tb_space_new();
+    size_t nlines = 1 + rnd(3);
+    uint64_t corr = 1;
+    for (size_t j = 0; j < nlines; j++) {
+        tb_plane *h = tb_space_plane(s, j == 2 ? "/host:other" : "/host:CPU");
+        tb_line *l = tb_plane_line(h, j, "t");
+        for (size_t k = 0; k < nev; k++) {
+            int64_t start = (int64_t)rnd((uint64_t)span);
+            switch (rnd(8)) {
+            case 0: case 1: case 2: { /* a range: short, long, or open to the end; some step ranges */
+                static const char *names[] = {"r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"};
+                ev(l, names[rnd(8)], start, rnd(4) ? (int64_t)rnd(rnd(2) ? 8 : (uint64_t)span) : span,
+                   TB_CAT_USER);
+                if (!rnd(4))
+                    tb_line_stat_i64(l, tb_plane_stat_meta(l->plane, TB_ST_STEP_RANGE), 1);
+                break;
+            }
+            case 3: /* a mark */
+                ev(l, "tick", start, 0, TB_CAT_USER);
+                break;
+            case 4: /* another kind of event, no id */
+                ev(l, "compute", start, (int64_t)rnd(20), TB_CAT_NONE);
+                break;
+            default: /* a call, of 0 to 9 ns */
+                ev(l, "cudaLaunchKernel", start, (int64_t)rnd(10), TB_CAT_CUDA_RUNTIME);
+                tb_line_stat_u64(l, tb_plane_stat_meta(l->plane, TB_ST_CORRELATION_ID), corr++);
+            }
+        }
+    }
+    tb_line *st = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    for (uint64_t c = 1; c < corr; c++)
+        work(st, c);
+    tb_space_sort(s);
+    return s;
+}
+
+/* The nvtx_range and tf_op link_ranges should give each call's work. */
+typedef struct want_names {
+    const char **range, **op; /* by correlation id */
+} want_names;
+
+static int want_innermost(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call, uint64_t corr,
+                          const tb_event *const *stack, size_t depth)
+{
+    (void)call;
+    want_names *w = ctx;
+    uint32_t step = tb_plane_find_stat_meta(host, TB_ST_STEP_RANGE);
+    size_t op = depth;
+    while (op > 0 && step && tb_event_stat(line, stack[op - 1], step))
+        op--;
+    w->range[corr] = tb_plane_event_name(host, stack[depth - 1]->meta);
+    w->op[corr] = op ? tb_plane_event_name(host, stack[op - 1]->meta) : "-";
+    return 0;
+}
+
+static double secs_of(tb_ranges_fn fn, int (*walk)(const tb_space *, tb_category, int, tb_ranges_fn, void *),
+                      const tb_space *s, size_t *n)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    walk(s, TB_CAT_USER, 0, fn, n);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+}
+
+static void walk_matches_reference(void)
+{
+    for (int round = 0; round < 400; round++) {
+        size_t nev = 1 + rnd(round < 300 ? 40 : 600);
+        tb_space *s = random_space(nev, 1 + (int64_t)rnd(round % 2 ? 50 : 5000));
+        for (int flags = 0; flags <= TB_RANGES_ALL_CALLS; flags++) {
+            walk_log got = {0}, want = {0};
+            got.stop_at = want.stop_at = round % 5 == 4 ? 1 + rnd(nev) : 0;
+            int rg = tb_ranges_walk(s, TB_CAT_USER, flags, log_call, &got);
+            int rw = ref_walk(s, TB_CAT_USER, flags, log_call, &want);
+            CHECKF(rg == rw && got.n == want.n && (!got.n || !memcmp(got.v, want.v, got.n * sizeof(*got.v))),
+                   "round %d flags %d: walk %d (%zu calls, %zu words), reference %d (%zu calls, %zu words)", round,
+                   flags, rg, got.calls, got.n, rw, want.calls, want.n);
+            free(got.v);
+            free(want.v);
+        }
+        /* and what link_ranges writes: the innermost range, the innermost not a step */
+        want_names w = {calloc(nev * 3 + 1, sizeof(char *)), calloc(nev * 3 + 1, sizeof(char *))};
+        ref_walk(s, TB_CAT_USER, 0, want_innermost, &w);
+        size_t named = 0, bad = 0;
+        for (uint64_t c = 1; c <= nev * 3; c++) {
+            named += w.range[c] != NULL;
+            if (!w.range[c])
+                w.range[c] = w.op[c] = "-";
+        }
+        CHECK_EQ_I(tb_space_link_ranges(s), named);
+        const tb_line *st = tb_space_find_plane(s, "/device:GPU:0")->lines[0];
+        for (size_t k = 0; k < st->nevents; k++) {
+            uint64_t c = tb_event_find_stat(st->plane, st, &st->events[k], TB_ST_CORRELATION_ID)->v.u;
+            const char *r = range_of(s, c), *op = op_of(s, c);
+            if (strcmp(r, w.range[c]) || strcmp(op, w.op[c] ? w.op[c] : "-")) {
+                if (!bad++)
+                    CHECKF(0, "round %d call %llu: nvtx_range %s tf_op %s, expected %s and %s", round,
+                           (unsigned long long)c, r, op, w.range[c], w.op[c]);
+            }
+        }
+        CHECK_EQ_I(bad, 0);
+        free(w.range);
+        free(w.op);
+        tb_space_free(s);
+    }
+
+    /* many async ranges open at once (one per request of a server, each
+     * open long, ending in any order), a call after each start: timings */
+    for (size_t n = 20000; n <= 80000; n *= 2) {
+        tb_space *s = tb_space_new();
+        tb_line *l = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "main");
+        for (size_t i = 0; i < n; i++) {
+            ev(l, "request", 10 * (int64_t)i, 10 * (int64_t)(n / 4 + rnd(n)), TB_CAT_USER);
+            call(l, i + 1, 10 * (int64_t)i + 1);
+        }
+        tb_line *st = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+        for (size_t i = 0; i < n; i++)
+            work(st, i + 1);
+        tb_space_sort(s);
+        size_t a = 0, b = 0;
+        /* the reference, quadratic, only at the smaller sizes (sanitizer runs) */
+        double t = secs_of(count_call, tb_ranges_walk, s, &a), tr = n <= 40000 ? secs_of(count_call, ref_walk, s, &b) : 0;
+        CHECK(a == b || n > 40000);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        CHECK_EQ_I(tb_space_link_ranges(s), n);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        printf("# %zu ranges open long, a call after each: walk %.3f s (reference %.3f s), "
+               "link_ranges %.3f s\n",
+               n, t, tr, (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        tb_space_free(s);
+    }
+}
+
 int main(void)
 {
+    walk_matches_reference();
     range_starting_with_the_call();
     calls_on_other_threads_join_their_step();
     innermost_range_on_gpu_work();
