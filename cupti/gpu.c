@@ -1031,6 +1031,7 @@ static int gpu_collect(void *ctx, tb_space *space)
     tb_cupti_tr *t = tb_cupti_tr_new(space, &o);
     int rc = 0;
     size_t nd = SIZE_MAX; /* buffers translated */
+    uint64_t ctx_unplaced = 0, syncs_unknown = 0;
     if (!t) {
         rc = -ENOMEM;
     } else {
@@ -1064,6 +1065,8 @@ static int gpu_collect(void *ctx, tb_space *space)
         g.last.graph_uncorrelated = c.graph_uncorrelated;
         g.last.kernels = c.kernels;
         g.last.odd_kernels = c.odd_kernels;
+        ctx_unplaced = c.contexts_unplaced;
+        syncs_unknown = c.syncs_gpu_unknown;
         if (c.api_quiet)
             tb_debug("GPU: %llu records of calls CUPTI was asked not to record left out",
                      (unsigned long long)c.api_quiet);
@@ -1112,6 +1115,13 @@ static int gpu_collect(void *ctx, tb_space *space)
                       "and attached again (fixed in CUDA 13.1 Update 1); use a newer libcupti "
                       "(TBPROF_CUPTI_PATH) or keep CUPTI attached (TBPROF_CUPTI_TEARDOWN=off)",
                       (unsigned long long)g.last.graph_uncorrelated, g.last.cupti_api_version);
+    }
+    if (ctx_unplaced) {
+        tb_space_warn(space,
+                      "more than %u CUDA contexts: the GPU of the later ones is not kept (%llu records named "
+                      "them); %llu synchronizations whose GPU is not known are on the host plane's "
+                      "\"CUDA sync (GPU unknown)\" line",
+                      TB_CUPTI_MAX_CONTEXTS, (unsigned long long)ctx_unplaced, (unsigned long long)syncs_unknown);
     }
     if (g.last.buffers_kept) {
         tb_space_warn(space,

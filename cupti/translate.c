@@ -140,8 +140,14 @@ struct tb_cupti_tr {
     size_t nmr, capmr;
     memapi *ma;
     size_t nma, capma;
-    uint32_t ctxmap_ctx[64], ctxmap_dev[64];
-    int nctxmap;
+    /* each context's device (for placing syncs, whose records name only
+     * the context): a hash table, grown to at most TB_CUPTI_MAX_CONTEXTS contexts */
+    struct ctxmap_slot {
+        uint32_t ctx, dev;
+        int used;
+    } *cm;
+    size_t cm_mask, cm_used;
+    uint32_t cm_last; /* the context noted last (+1; 0: none): the common case, no lookup */
     tb_cupti_tr_counts c;
 };
 
@@ -264,15 +270,62 @@ static lineslot *get_line(devstate *d, int64_t id)
     return &d->lines[d->nlines++];
 }
 
+
+static size_t ctx_hash(uint32_t ctx, size_t mask) { return (size_t)((ctx * 0x9e3779b97f4a7c15ull) >> 40) & mask; }
+
+/* The slot of ctx in the table, or the empty one where it would go. */
+static struct ctxmap_slot *ctx_slot(const tb_cupti_tr *t, uint32_t ctx)
+{
+    size_t i = ctx_hash(ctx, t->cm_mask);
+    while (t->cm[i].used && t->cm[i].ctx != ctx)
+        i = (i + 1) & t->cm_mask;
+    return &t->cm[i];
+}
+
+static int ctx_dev(const tb_cupti_tr *t, uint32_t ctx, uint32_t *dev)
+{
+    if (!t->cm)
+        return 0;
+    const struct ctxmap_slot *c = ctx_slot(t, ctx);
+    if (c->used)
+        *dev = c->dev;
+    return c->used;
+}
+
+/* Remember ctx's device (the first one a record tells). */
 static void note_ctx(tb_cupti_tr *t, uint32_t ctx, uint32_t dev)
 {
-    for (int i = 0; i < t->nctxmap; i++)
-        if (t->ctxmap_ctx[i] == ctx)
+    if (t->cm_last == ctx + 1u && ctx != UINT32_MAX)
+        return;
+    if (t->cm) {
+        struct ctxmap_slot *c = ctx_slot(t, ctx);
+        if (c->used) {
+            t->cm_last = ctx + 1u;
             return;
-    if (t->nctxmap < 64) {
-        t->ctxmap_ctx[t->nctxmap] = ctx;
-        t->ctxmap_dev[t->nctxmap++] = dev;
+        }
     }
+    if (t->cm_used >= TB_CUPTI_MAX_CONTEXTS) {
+        t->c.contexts_unplaced++;
+        return;
+    }
+    if (!t->cm || (t->cm_used + 1) * 2 > t->cm_mask + 1) { /* at most half full */
+        size_t n = t->cm ? 2 * (t->cm_mask + 1) : 64;
+        struct ctxmap_slot *old = t->cm, *nv = calloc(n, sizeof(*nv));
+        if (!nv) {
+            t->c.contexts_unplaced++;
+            return;
+        }
+        size_t omask = t->cm_mask;
+        t->cm = nv;
+        t->cm_mask = n - 1;
+        for (size_t i = 0; old && i <= omask; i++)
+            if (old[i].used)
+                *ctx_slot(t, old[i].ctx) = old[i];
+        free(old);
+    }
+    *ctx_slot(t, ctx) = (struct ctxmap_slot){ctx, dev, 1};
+    t->cm_used++;
+    t->cm_last = ctx + 1u;
 }
 
 /* "$$<id>" as the reference tracer writes context_id, interned once. */
@@ -1197,16 +1250,12 @@ static void emit_syncs(tb_cupti_tr *t)
     for (size_t i = 0; i < t->nsy; i++) {
         syncrec *s = &t->sy[i];
         uint32_t dev = 0;
-        int found = 0;
-        for (int j = 0; j < t->nctxmap; j++)
-            if (t->ctxmap_ctx[j] == s->ctx) {
-                dev = t->ctxmap_dev[j];
-                found = 1;
-            }
+        int found = ctx_dev(t, s->ctx, &dev);
         if (!found) /* context never seen: the process's one GPU, if it has one */
             found = only_device(t, &dev);
         uint32_t ty = s->type <= 4 ? s->type : 0;
         if (!found) {
+            t->c.syncs_gpu_unknown++;
             host_sync(t, s, ty);
             continue;
         }
@@ -1386,5 +1435,6 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
     free(t->mk);
     free(t->me);
     free(t->sy);
+    free(t->cm);
     free(t);
 }

@@ -22,6 +22,11 @@
 #include "trace.h"
 
 #define TB_CUPTI_MAX_DEVICES 64
+/* Contexts whose device is remembered, for placing their syncs (whose
+ * records name only the context): green contexts (CUDA 12.4+) can be many.
+ * Past this many the later ones' syncs go where those of a context no
+ * record names go (counted: contexts_unplaced). */
+#define TB_CUPTI_MAX_CONTEXTS (1u << 16)
 /* Device-plane lines of what is not GPU execution: CUPTI's overhead, memory
  * allocations and frees (host-side times), synchronizations (the host's
  * wait). Their ids are in xprof's derived-line range (0xdeadbeef ..
@@ -117,6 +122,8 @@ typedef struct tb_cupti_tr_counts {
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
     uint64_t cut_buffers;        /* buffers not read to their end (an incomplete record) */
     uint64_t cut_bytes;          /* their bytes from the incomplete record on (where known) */
+    uint64_t contexts_unplaced;  /* records naming a context past the ones whose device is kept */
+    uint64_t syncs_gpu_unknown;  /* syncs put on the host's "GPU unknown" line */
 } tb_cupti_tr_counts;
 tb_cupti_tr_counts tb_cupti_tr_get_counts(const tb_cupti_tr *t);
 

@@ -1002,6 +1002,49 @@ kernel name=sgemm_128x64 start=1110 end=1210 stream=7 corr=602 grid=16,8,1 block
         self.assertEqual(len(prof.host.events("COMPILER")), 1)
         self.assertEqual(sorted(e.stats["context_id"] for e in prof.host.events("Context Sync")), ["$$3", "$$4"])
 
+    def test_syncs_of_many_contexts_on_their_gpus(self):
+        # green contexts (CUDA 12.4+) or many per-GPU contexts: 200 contexts
+        # over two GPUs, each known by its context record only, a stream
+        # sync on each; every sync on its own GPU's "CUDA sync" line (none
+        # on the host's "GPU unknown" line), and nothing to warn about
+        lines = TWO_GPU_SCRIPT.splitlines()[:3]
+        for i in range(200):
+            ctx, dev = 10 + i, i % 2
+            lines.append("context ctx=%d dev=%d" % (ctx, dev))
+            lines.append("runtime name=cudaStreamSynchronize_v3020 cbid=131 tid=main corr=%d start=%d end=%d"
+                         % (2000 + i, 1000 + 10 * i, 1008 + 10 * i))
+            lines.append("sync type=stream ctx=%d stream=7 corr=%d start=%d end=%d"
+                         % (ctx, 2000 + i, 1002 + 10 * i, 1008 + 10 * i))
+        p, xs = self.capture_of("\n".join(lines) + "\n")
+        prof = tbtest.load(xs[0])
+        for dev in (0, 1):
+            sync = prof.plane("/device:GPU:%d" % dev).line("CUDA sync")
+            self.assertIsNotNone(sync, dev)
+            self.assertEqual(sorted((e.stats["correlation_id"], e.stats["context_id"]) for e in sync.events),
+                             [(2000 + i, "$$%d" % (10 + i)) for i in range(dev, 200, 2)])
+        self.assertEqual(prof.host.events("Stream Sync"), [])
+        self.assertEqual([w for w in prof.warnings if "context" in w], [])
+        # past the 65536 contexts whose GPU is kept (bounded): the later
+        # ones' syncs where an unknown context's go, and one warning
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        lines = TWO_GPU_SCRIPT.splitlines()[:3]
+        lines += ["context ctx=%d dev=%d" % (10 + i, i % 2) for i in range(65536 + 2)]
+        for n, i in enumerate((0, 1, 65536, 65537)):
+            lines.append("sync type=stream ctx=%d stream=7 corr=%d start=%d end=%d"
+                         % (10 + i, 3000 + n, 1000 + 10 * n, 1005 + 10 * n))
+        p, xs = self.capture_of("\n".join(lines) + "\n")
+        prof = tbtest.load(xs[0])
+        self.assertEqual([(dev, e.stats["context_id"]) for dev in (0, 1)
+                          for e in prof.plane("/device:GPU:%d" % dev).line("CUDA sync").events],
+                         [(0, "$$10"), (1, "$$11")])
+        self.assertEqual(sorted(e.stats["context_id"] for e in prof.host.events("Stream Sync")),
+                         ["$$65546", "$$65547"])
+        warned = [w for w in prof.warnings if "CUDA contexts" in w]
+        self.assertEqual(len(warned), 1, prof.warnings)
+        self.assertIn("more than 65536 CUDA contexts", warned[0])
+        self.assertIn("2 synchronizations whose GPU is not known", warned[0])
+        self.assertIn("more than 65536 CUDA contexts", p.stderr)
+
     def test_occupancy_when_the_device_record_comes_after_the_kernels(self):
         # CUPTI hands its per-thread buffers back in any order: the device
         # record (where the driver's facts are not at hand) may be read
