@@ -935,6 +935,8 @@ typedef struct range_gpu {
     const gpu_acc *g;
     const tb_plane *p; /* the plane `cache` belongs to */
     uint32_t *cache;
+    uint64_t *seen, ncalls; /* by name index: the last call credited to it (a count, from 1) */
+    size_t cap_seen;
 } range_gpu;
 
 static int credit_ranges(void *ctx, const tb_plane *host, const tb_line *line, const tb_event *call,
@@ -953,14 +955,22 @@ static int credit_ranges(void *ctx, const tb_plane *host, const tb_line *line, c
             return -ENOMEM;
     }
     r->sum->range_gpu_events += w->count;
+    r->ncalls++;
     for (size_t x = 0; x < depth; x++) {
         tb_sum_named *n = named_of(r->a, r->cache, host, stack[x]);
         if (!n)
             return -ENOMEM;
-        int seen = 0; /* a name nested in itself counts once */
-        for (size_t y = 0; y < x && !seen; y++)
-            seen = named_of(r->a, r->cache, host, stack[y]) == n;
-        if (!seen) {
+        /* a name nested in itself counts once (a stamp per name: a scan of
+         * the entries below cost depth^2 with thousands of async ranges) */
+        size_t k = (size_t)(n - *r->a->v);
+        if (k >= r->cap_seen) {
+            size_t old_cap = r->cap_seen;
+            if (TB_GROW(r->seen, r->cap_seen, *r->a->n) < 0)
+                return -ENOMEM;
+            memset(r->seen + old_cap, 0, (r->cap_seen - old_cap) * sizeof(*r->seen));
+        }
+        if (r->seen[k] != r->ncalls) {
+            r->seen[k] = r->ncalls;
             n->gpu_count += w->count;
             n->gpu_ns += w->ns;
         }
@@ -1004,6 +1014,7 @@ static int scan_ranges(tb_summary *sum, tb_space *s, const gpu_acc *g)
         range_gpu r = {.sum = sum, .a = &a, .g = g};
         rc = tb_ranges_walk(s, TB_CAT_USER, 0, credit_ranges, &r);
         free(r.cache);
+        free(r.seen);
     }
     named_sort(&a);
     tb_strmap_free(&a.map);

@@ -4,6 +4,7 @@
  * count. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "profile.h"
@@ -571,6 +572,69 @@ static void idle_by_cause(void)
     tb_space_free(s);
 }
 
+/* GPU time by NVTX range: a call's work counts once for each name open
+ * around it, once also where a name is nested in itself; many async ranges
+ * open at once (a server's requests) are summed in time linear in them. */
+static void range_gpu_time(void)
+{
+    tb_space *s = tb_space_new();
+    tb_line *h = tb_plane_line(tb_space_plane(s, "/host:CPU"), 1, "python");
+    tb_line *k = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    ev(h, "layer", 0, 1000, TB_CAT_USER);
+    ev(h, "layer", 100, 500, TB_CAT_USER);
+    ev(h, "attn", 200, 100, TB_CAT_USER);
+    call(h, 250, 10, 1); /* layer > layer > attn */
+    kernel_corr(k, 300, 40, 1);
+    call(h, 700, 10, 2); /* layer */
+    kernel_corr(k, 800, 60, 2);
+    /* 5000 requests, each named by its id and open till the end: a call
+     * after each start, inside it and every request begun before */
+    const int64_t n = 5000, t0 = 10000;
+    for (int64_t i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "request %lld", (long long)i);
+        ev(h, name, t0 + 10 * i, 10 * n, TB_CAT_USER);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        call(h, t0 + 10 * i + 1, 1, 100 + i);
+        kernel_corr(k, t0 + 10 * i + 5, 2, 100 + i);
+    }
+    tb_summary m;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    CHECK(tb_summarize(s, &m) == 0);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("# %lld async ranges open at once: summarized in %.3f s\n", (long long)n,
+           (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    int found = 0;
+    int64_t req_count = 0, req_gpu_count = 0, req_gpu_ns = 0, req_first = -1;
+    for (size_t i = 0; i < m.nranges; i++) {
+        const tb_sum_named *r = &m.ranges[i];
+        if (!strcmp(r->name, "layer")) {
+            found++;
+            CHECK_EQ_I(r->gpu_count, 2);
+            CHECK_EQ_I(r->gpu_ns, 100);
+        } else if (!strcmp(r->name, "attn")) {
+            found++;
+            CHECK_EQ_I(r->gpu_count, 1);
+            CHECK_EQ_I(r->gpu_ns, 40);
+        } else if (!strncmp(r->name, "request ", 8)) {
+            req_count += (int64_t)r->count;
+            req_gpu_count += (int64_t)r->gpu_count;
+            req_gpu_ns += r->gpu_ns;
+            if (!strcmp(r->name, "request 0"))
+                req_first = (int64_t)r->gpu_count;
+        }
+    }
+    CHECK_EQ_I(found, 2);
+    CHECK_EQ_I(req_count, n);
+    CHECK_EQ_I(req_first, n); /* open around every call */
+    CHECK_EQ_I(req_gpu_count, n * (n + 1) / 2);
+    CHECK_EQ_I(req_gpu_ns, n * (n + 1));
+    tb_summary_free(&m);
+    tb_space_free(s);
+}
+
 /* A capture by time: kernels before the first step and after the last are
  * counted in the totals, and not in the step figures. A kernel is in a step
  * when its call started in one (the kernel may run after the step ends),
@@ -832,6 +896,7 @@ int main(void)
     communication();
     idle_by_cause();
     kernels_in_steps();
+    range_gpu_time();
     cpu_while_waiting();
     syncs_by_caller();
     details_parsing();
