@@ -190,15 +190,28 @@ static int match_w(const wchar_t *w, int64_t *num)
  * register its step name every step, or create its domain in each call);
  * all stay reachable from the table for the process lifetime, as handles
  * do (nvtxDomainDestroy is a no-op). A domain's id (1.., 0 is NVTX's
- * default domain) picks its push/pop stack and tags its recorded ranges. */
+ * default domain) picks its push/pop stack and tags its recorded ranges.
+ * A string's id is its match with the step pattern (match()), num its step
+ * number, decided once at registration: its ranges need no match.
+ *
+ * Past REG_MAX_BYTES a string is not kept, but a step name still gets a
+ * handle that carries its match in itself (REG_TAG: bit 0 set, which no
+ * record's address has; bit 1: numbered; bits 2..: the number): the Python
+ * nvtx package registers each distinct message, and a job naming each step
+ * ("step 41234") passes the cap after ~30,000 steps, whose steps must go on
+ * counting (a TBPROF_STEPS window late in the job). Their ranges are
+ * recorded unnamed. */
 #define REG_MAGIC 0x74627278u /* "tbrx" */
 #define DOM_MAGIC 0x74626478u /* "tbdx" */
 #define REG_MAX_BYTES (1u << 20)
+#define REG_TAG ((uintptr_t)1)
+#define REG_TAG_NUMBERED ((uintptr_t)2)
 #define REG_BUCKETS 1024
 #define DOM_MAX 255
 _Static_assert(DOM_MAX <= UINT8_MAX, "nvtx_record.c keeps a range's domain in 8 bits");
 typedef struct reg_str {
     uint32_t magic, id;
+    int64_t num;
     struct reg_str *next;
     char s[];
 } reg_str;
@@ -208,7 +221,23 @@ static size_t reg_bytes;
 static const reg_str *domains[DOM_MAX + 1]; /* by id */
 static uint32_t ndomains;
 
-static const reg_str *intern(const char *s, size_t len, uint32_t magic)
+/* The handle of a registered string past the cap: a step name's REG_TAG
+ * handle, else NULL (an unnamed range). */
+static const void *unkept_string(const char *s, size_t len)
+{
+    char buf[4097];
+    int64_t num = 0;
+    if (!pat.on || len >= sizeof(buf))
+        return NULL;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    int m = match(buf, &num);
+    if (!m || num < 0 || (uint64_t)num > (UINTPTR_MAX >> 2))
+        return NULL;
+    return (const void *)(REG_TAG | (m == 2 ? REG_TAG_NUMBERED | (uintptr_t)num << 2 : 0));
+}
+
+static const void *intern(const char *s, size_t len, uint32_t magic)
 {
     uint32_t h = 2166136261u ^ magic; /* FNV-1a */
     for (size_t i = 0; i < len; i++)
@@ -220,26 +249,32 @@ static const reg_str *intern(const char *s, size_t len, uint32_t magic)
         r = r->next;
     if (!r) {
         size_t need = sizeof(reg_str) + len + 1;
-        const char *full = reg_bytes + need > REG_MAX_BYTES ? "more than 1 MiB of registered strings"
-                           : magic == DOM_MAGIC && ndomains >= DOM_MAX ? "more than 255 domains"
-                                                                         : NULL;
-        if (full) {
+        if (magic == DOM_MAGIC && ndomains >= DOM_MAX) {
             pthread_mutex_unlock(&reg_mu);
-            tb_warn_once("NVTX: %s; later ones are not kept (their ranges are unnamed or in the "
-                         "default domain, and cannot be steps)",
-                         full);
+            tb_warn_once("NVTX: more than 255 domains; later ones are not kept (their ranges are in the "
+                         "default domain)");
             return NULL;
+        }
+        if (reg_bytes + need > REG_MAX_BYTES) {
+            pthread_mutex_unlock(&reg_mu);
+            tb_warn_once("NVTX: more than 1 MiB of registered strings and domain names; later ones are not "
+                         "kept: ranges named by them are unnamed (those matching TBPROF_NVTX_STEP still count "
+                         "steps), domains are the default domain");
+            return magic == REG_MAGIC ? unkept_string(s, len) : NULL;
         }
         r = malloc(need);
         if (r) {
             r->magic = magic;
             r->id = 0;
+            r->num = 0;
             if (magic == DOM_MAGIC) {
                 r->id = ++ndomains;
                 domains[r->id] = r;
             }
             memcpy(r->s, s, len);
             r->s[len] = '\0';
+            if (magic == REG_MAGIC && pat.on)
+                r->id = (uint32_t)match(r->s, &r->num);
             r->next = *b;
             *b = r;
             reg_bytes += need;
@@ -254,7 +289,7 @@ static const reg_str *intern(const char *s, size_t len, uint32_t magic)
 static uint16_t domain_id(const void *dom)
 {
     const reg_str *r = dom;
-    return r && r->magic == DOM_MAGIC ? (uint16_t)r->id : 0;
+    return r && !((uintptr_t)r & REG_TAG) && r->magic == DOM_MAGIC ? (uint16_t)r->id : 0;
 }
 
 const char *tb_nvtx_domain_name(unsigned id)
@@ -268,7 +303,7 @@ const char *tb_nvtx_domain_name(unsigned id)
 /* The name an attribute block carries (NULLs when it has none we read). */
 static tb_nvtx_name attr_name(const nvtx_attr *a)
 {
-    tb_nvtx_name n = {NULL, NULL, 0};
+    tb_nvtx_name n = {0};
     if (!a || a->size < offsetof(nvtx_attr, message) + sizeof(a->message))
         return n;
     if (a->message_type == MSG_ASCII)
@@ -277,8 +312,15 @@ static tb_nvtx_name attr_name(const nvtx_attr *a)
         n.w = a->message.unicode;
     else if (a->message_type == MSG_REGISTERED) {
         const reg_str *r = a->message.registered;
-        if (r && r->magic == REG_MAGIC)
+        uintptr_t h = (uintptr_t)r;
+        if (h & REG_TAG) { /* a step name past the cap */
+            n.step = 1 + (h & REG_TAG_NUMBERED ? 2 : 1);
+            n.step_num = (int64_t)(h >> 2);
+        } else if (r && r->magic == REG_MAGIC) {
             n.a = r->s;
+            n.step = (uint8_t)(1 + r->id);
+            n.step_num = r->num;
+        }
     }
     return n;
 }
@@ -290,6 +332,10 @@ static int match_name(tb_nvtx_name n, int64_t *num)
 {
     if (!pat.on)
         return 0;
+    if (n.step) { /* a registered string's */
+        *num = n.step_num;
+        return n.step - 1;
+    }
     return n.a ? match(n.a, num) : match_w(n.w, num);
 }
 
@@ -421,8 +467,8 @@ static int pop(nest *st)
 
 /* ---- handlers ---------------------------------------------------------------------- */
 
-static tb_nvtx_name A(const char *s) { return (tb_nvtx_name){s, NULL, 0}; }
-static tb_nvtx_name W(const wchar_t *w) { return (tb_nvtx_name){NULL, w, 0}; }
+static tb_nvtx_name A(const char *s) { return (tb_nvtx_name){.a = s}; }
+static tb_nvtx_name W(const wchar_t *w) { return (tb_nvtx_name){.w = w}; }
 /* The name of an attribute block in domain dom. */
 static tb_nvtx_name in_dom(const void *dom, const nvtx_attr *a)
 {

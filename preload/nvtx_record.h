@@ -22,11 +22,16 @@
 #include "source.h"
 
 /* A range's name as NVTX passed it: ascii (or UTF-8) or wide; and its
- * domain (0: NVTX's default domain, else a tb_nvtx_domain_name id). */
+ * domain (0: NVTX's default domain, else a tb_nvtx_domain_name id). step:
+ * for nvtx_inject.c, 0 when the name is to be matched with the step
+ * pattern, else 1 + that match (decided when the string was registered),
+ * step_num its step number. */
 typedef struct tb_nvtx_name {
     const char *a;
     const wchar_t *w;
     uint16_t dom;
+    uint8_t step;
+    int64_t step_num;
 } tb_nvtx_name;
 
 /* Nonzero while a capture records NVTX (one relaxed load on the idle path). */

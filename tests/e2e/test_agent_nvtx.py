@@ -131,6 +131,26 @@ class NvtxSteps(NvtxBase):
         ranges, _ = parse(out, offset=10)
         self.check_steps(self.one_profile(), 12, 14, ranges, pid, 2)
 
+    def test_registered_step_names_past_the_string_cap(self):
+        # as the Python nvtx package does: each step's name ("step 1000000",
+        # "step 1000001", ...) registered (nvtxDomainRegisterStringA) and
+        # pushed by handle. 45,000 unique names are more than tbprof keeps
+        # (1 MiB of strings, ~30,000 of these): the steps past that still
+        # count, so a window late in the job is captured, their ranges
+        # recorded unnamed. Before, ranges named by strings past the cap
+        # were no steps: no profile at all
+        n, off = 45000, 1000000
+        first, last = off + n - 5, off + n - 3
+        pid, out, err = self.run_prog(["-k", "domain", "-n", str(n), "-o", str(off), "-m", "0", "-g", "0"],
+                                      steps="%d,%d" % (first, last), nvtx_step="step")
+        ranges, _ = parse(out, offset=off)
+        self.assertEqual(len(ranges), n)
+        prof = self.one_profile()
+        self.check_steps(prof, first, last, ranges, pid, 0)
+        marked = [e.name for e in prof.host.line(pid).events if e.stats.get("tbprof_step_range") == 1]
+        self.assertEqual(marked, ["(unnamed)"] * 3)
+        self.assertOneWarning(err, "registered strings")
+
     def test_unnumbered_names_count(self):
         pid, out, _ = self.run_prog(["-n", "8", "-u", "-p", "train_step", "-m", "2"], steps="3,5",
                                     nvtx_step="train")
