@@ -202,6 +202,8 @@ static int match_w(const wchar_t *w, int64_t *num)
  * A string's id is its match with the step pattern (match()), num its step
  * number, decided once at registration: its ranges need no match.
  *
+ * Domains (at most DOM_MAX, of at most 4 KiB each) are not counted in
+ * REG_MAX_BYTES: a job whose strings filled it may still create a domain.
  * Past REG_MAX_BYTES a string is not kept, but a step name still gets a
  * handle that carries its match in itself (REG_TAG: bit 0 set, which no
  * record's address has; bit 1: numbered; bits 2..: the number): the Python
@@ -263,12 +265,11 @@ static const void *intern(const char *s, size_t len, uint32_t magic)
                          "default domain)");
             return NULL;
         }
-        if (reg_bytes + need > REG_MAX_BYTES) {
+        if (magic == REG_MAGIC && reg_bytes + need > REG_MAX_BYTES) {
             pthread_mutex_unlock(&reg_mu);
-            tb_warn_once("NVTX: more than 1 MiB of registered strings and domain names; later ones are not "
-                         "kept: ranges named by them are unnamed (those matching TBPROF_NVTX_STEP still count "
-                         "steps), domains are the default domain");
-            return magic == REG_MAGIC ? unkept_string(s, len) : NULL;
+            tb_warn_once("NVTX: more than 1 MiB of registered strings; later ones are not kept: ranges named "
+                         "by them are unnamed (those matching TBPROF_NVTX_STEP still count steps)");
+            return unkept_string(s, len);
         }
         r = malloc(need);
         if (r) {
@@ -285,7 +286,8 @@ static const void *intern(const char *s, size_t len, uint32_t magic)
                 r->id = (uint32_t)match(r->s, &r->num);
             r->next = *b;
             *b = r;
-            reg_bytes += need;
+            if (magic == REG_MAGIC)
+                reg_bytes += need;
         }
     }
     pthread_mutex_unlock(&reg_mu);

@@ -362,6 +362,24 @@ class NvtxRanges(NvtxBase):
                 self.assertNotIn("tbprof_nvtx_domain", e.stats, "the default domain has no name")
         self.assertEqual(tbtest.tbprof_warnings(err), [])
 
+    def test_domain_created_after_many_registered_strings(self):
+        # 40,000 uniquely named registered step names fill tbprof's 1 MiB of
+        # registered strings; then the program creates two domains (a
+        # library's first use late in a job) and nests ranges in them: they
+        # are still domains of their own, named. Before, a domain past the
+        # strings' cap was refused: its ranges were in the default domain,
+        # unnamed, sharing its push/pop stack
+        n, off = 40000, 1000000
+        first, last = off + n - 5, off + n - 3
+        pid, out, err = self.run_prog(["-k", "domain", "-n", str(n), "-o", str(off), "-m", "0", "-g", "0", "-d",
+                                       "-a", str(n - 10)], steps="%d,%d" % (first, last), nvtx_step="step")
+        prof = self.one_profile()
+        evs = self.nvtx_events(prof, pid)
+        for name, dom in (("dom a", "tbtest.a"), ("dom b", "tbtest.b")):
+            got = [e.stats.get("tbprof_nvtx_domain") for e in evs if e.name == name]
+            self.assertEqual(got, [dom] * 3, name)
+        self.assertOneWarning(err, "registered strings")
+
     def test_xla_domain_declined_unless_asked(self):
         # XLA asks for the domain "TSL" once; given a handle it annotates
         # with NVTX instead of its own profiler's stack. By default tbprof

@@ -26,6 +26,7 @@
  *        "tbtest.b" (~ms/4 apart), and pops tbtest.a before tbtest.b: per
  *        domain stacks end "dom a" first (prints "same_domain=1" when a
  *        second nvtxDomainCreateA("tbtest.a") gave the same handle)
+ *   -a N with -d: create those two domains at step N, not before the loop
  *   -l   each step, before its step range, pushes "leak" and never pops it
  *        (a missing pop): the thread's nesting grows by one per step
  *   -D N each step, after "bwd", pushes N nested ranges "deep" (then ~ms/4
@@ -89,12 +90,13 @@ int main(int argc, char **argv)
     int n = 10, unnumbered = 0, offset = 0;
     long bench = 0, tiny = 0;
     int in_capture = 0, fork_at = -1, two_domains = 0, xla = 0, leak = 0, deep = 0, profiler_start = 0;
+    int domains_at = 0;
     pid_t child = 0;
     double ms = 3, gap = 2;
     const char *kind = "push", *prefix = "step";
     char inner_a[64] = "fwd", inner_b[64] = "bwd";
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dxlD:P")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:k:p:uo:b:r:cf:i:dxlD:Pa:")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -112,6 +114,7 @@ int main(int argc, char **argv)
         case 'l': leak = 1; break;
         case 'D': deep = atoi(optarg); break;
         case 'P': profiler_start = 1; break;
+        case 'a': domains_at = atoi(optarg); break;
         case 'i':
             if (sscanf(optarg, "%63[^,],%63s", inner_a, inner_b) != 2) {
                 fprintf(stderr, "nvtx_steps: -i wants A,B\n");
@@ -165,7 +168,7 @@ int main(int argc, char **argv)
     if (!strcmp(kind, "domain"))
         dom = nvtxDomainCreateA("tbtest");
     nvtxDomainHandle_t da = NULL, db = NULL;
-    if (two_domains) {
+    if (two_domains && !domains_at) {
         da = nvtxDomainCreateA("tbtest.a");
         db = nvtxDomainCreateA("tbtest.b");
         printf("same_domain=%d\n", da && da == nvtxDomainCreateA("tbtest.a"));
@@ -181,6 +184,10 @@ int main(int argc, char **argv)
             snprintf(name, sizeof(name), "%s", prefix);
         else
             snprintf(name, sizeof(name), "%s %d", prefix, i + offset);
+        if (two_domains && domains_at && i == domains_at) {
+            da = nvtxDomainCreateA("tbtest.a");
+            db = nvtxDomainCreateA("tbtest.b");
+        }
         if (leak)
             nvtxRangePushA("leak");
         int64_t a = now_ns(CLOCK_REALTIME);
@@ -248,7 +255,7 @@ int main(int argc, char **argv)
             work(ms / 4);
         for (int d = 0; d < deep; d++)
             nvtxRangePop();
-        if (two_domains) {
+        if (two_domains && (!domains_at || i >= domains_at)) {
             nvtxEventAttributes_t at = attr_ascii("dom a"), bt = attr_ascii("dom b");
             nvtxDomainRangePushEx(da, &at);
             work(ms / 4);
