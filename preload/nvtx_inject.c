@@ -443,6 +443,11 @@ static inline int tok_slot(int level)
 
 static int push(nest *st, tb_nvtx_name n)
 {
+    /* 2^31 pushes never popped (one missed pop per iteration, for weeks):
+     * refused as NVTX errors are, not a counter overflowed into a negative
+     * slot index */
+    if (st->depth == INT_MAX)
+        return -1;
     int64_t num = 0;
     int m = match_name(n, &num);
     int level = st->depth++;
