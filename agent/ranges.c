@@ -356,9 +356,13 @@ static int64_t link_line(tb_line *l, uint32_t cid, uint32_t rid, uint32_t oid, i
 
 int64_t tb_space_link_ranges(tb_space *s)
 {
-    tb_space_sort(s);
+    /* the walk needs every line in time order: on an unsorted one it
+     * would name work by whatever range it had open */
+    int rc = tb_space_sort(s);
+    if (rc < 0)
+        return rc;
     link_acc a = {0};
-    int rc = walk(s, TB_CAT_USER, RANGES_WITH_ENDED, collect_innermost, &a);
+    rc = walk(s, TB_CAT_USER, RANGES_WITH_ENDED, collect_innermost, &a);
     if (rc || !a.n) {
         free(a.v);
         return rc;
@@ -508,7 +512,9 @@ static int64_t link_steps_plane(tb_plane *p)
 
 int64_t tb_space_link_steps(tb_space *s)
 {
-    tb_space_sort(s);
+    int rc = tb_space_sort(s); /* steps are found by time: unsorted, the wrong ones */
+    if (rc < 0)
+        return rc;
     int64_t total = 0;
     for (size_t i = 0; i < s->nplanes; i++) {
         if (strncmp(s->planes[i]->name, "/host:", 6) != 0)

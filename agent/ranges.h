@@ -48,7 +48,7 @@ int tb_ranges_walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn f
  * kernels would be another op. Events that already have nvtx_range are
  * left alone. Sorts the space. Returns the events given nvtx_range, or
  * -ENOMEM / -ENOSPC (the space's byte limit: the lines done so far keep
- * theirs). */
+ * theirs; a line that cannot be sorted: nothing added). */
 int64_t tb_space_link_ranges(tb_space *s);
 
 /* Steps across threads. xprof puts an event in a step when it nests in
@@ -62,7 +62,8 @@ int64_t tb_space_link_ranges(tb_space *s);
  * another /host:* line that starts inside that step a consumer of it (_ct,
  * _c), as TraceMe's producer/consumer pairs do. Steps nobody else calls in
  * are left as they are. Sorts the space. Returns the calls linked, or
- * -ENOMEM / -ENOSPC (nothing added then to the line that failed). */
+ * -ENOMEM / -ENOSPC (nothing added then to the line that failed; a line
+ * that cannot be sorted: nothing added at all). */
 int64_t tb_space_link_steps(tb_space *s);
 
 #endif

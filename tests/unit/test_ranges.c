@@ -15,7 +15,9 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "folded.h"
@@ -714,8 +716,85 @@ static void walk_matches_reference(void)
     }
 }
 
+/* No memory to sort a line: link_ranges and link_steps fail (-ENOMEM) and
+ * add nothing, rather than walk the unsorted line and attribute calls to
+ * whatever range or step the walk happened to have open. */
+static void unsortable_line_links_nothing(void)
+{
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TB_TEST_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(TB_TEST_SANITIZED)
+    printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
+    return;
+#endif
+    tb_space *s = tb_space_new();
+    tb_plane *h = tb_space_plane(s, "/host:CPU");
+    tb_line *m = tb_plane_line(h, 1, "main"), *w = tb_plane_line(h, 2, "worker");
+    /* main, newest first: a million other events after the steps, then
+     * steps 1 [1000, 2000) and 2 [2000, 3000) with a range and a call in each */
+    enum { N = 1000000 };
+    int64_t other = tb_plane_event_meta_cat(h, "compute", TB_CAT_NONE);
+    for (int64_t i = 0; i < N; i++)
+        tb_line_add(m, other, 100000 + (N - i) * 10, 5);
+    call(m, 2, 2150);
+    ev(m, "bwd", 2100, 100, TB_CAT_USER);
+    root(m, 2, 2000, 1000);
+    call(m, 1, 1150);
+    ev(m, "fwd", 1100, 100, TB_CAT_USER);
+    root(m, 1, 1000, 1000);
+    call(w, 3, 1500); /* in step 1, on another thread */
+    call(w, 4, 2500); /* in step 2 */
+    tb_line *st = tb_plane_line(tb_space_plane(s, "/device:GPU:0"), 7, "Stream #7");
+    for (uint64_t c = 1; c <= 4; c++)
+        work(st, c);
+
+    struct rlimit was;
+    long vm_kb = -1;
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmSize:", 7))
+            vm_kb = atol(line + 7);
+    if (f)
+        fclose(f);
+    if (vm_kb < 0 || getrlimit(RLIMIT_AS, &was) != 0) {
+        printf("# skip unsortable: no VmSize or RLIMIT_AS\n");
+        tb_space_free(s);
+        return;
+    }
+    /* main's sort needs 32 MB more; the rest fits */
+    struct rlimit low = {(rlim_t)(vm_kb + 4096) * 1024, was.rlim_max};
+    int64_t nr = 1, ns = 1;
+    if (setrlimit(RLIMIT_AS, &low) == 0) {
+        nr = tb_space_link_ranges(s);
+        ns = tb_space_link_steps(s);
+        setrlimit(RLIMIT_AS, &was);
+    }
+    CHECK_EQ_I(nr, -ENOMEM);
+    CHECK_EQ_I(ns, -ENOMEM);
+    for (uint64_t c = 1; c <= 4; c++)
+        CHECK_STR(range_of(s, c), "-");
+    for (size_t k = 0; k < w->nevents; k++)
+        CHECK_EQ_I(int_stat(h, w, k, TB_ST_CONSUMER_ID), -1);
+    CHECK_EQ_I(tb_plane_find_stat_meta(h, TB_ST_PRODUCER_ID), 0);
+
+    /* with the memory: each call in its range and step */
+    CHECK_EQ_I(tb_space_link_ranges(s), 2);
+    CHECK_STR(range_of(s, 1), "fwd");
+    CHECK_STR(range_of(s, 2), "bwd");
+    CHECK_STR(range_of(s, 3), "-");
+    CHECK_EQ_I(tb_space_link_steps(s), 2);
+    CHECK_EQ_I(int_stat(h, w, 0, TB_ST_CONSUMER_ID), 1);
+    CHECK_EQ_I(int_stat(h, w, 1, TB_ST_CONSUMER_ID), 2);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    unsortable_line_links_nothing();
     walk_matches_reference();
     range_starting_with_the_call();
     calls_on_other_threads_join_their_step();
