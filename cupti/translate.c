@@ -75,7 +75,21 @@ typedef struct marker {
     uint32_t id, tid;
     uint64_t ts;
     const char *name, *domain;
+    uint32_t next; /* the next in its bucket (or free) chain: index + 1; 0: none */
 } marker;
+
+/* Marker records waiting for their other half, by id: a chained hash
+ * table whose chains hold a bucket's markers newest first (so the newest
+ * of an id is found first), the nodes in one array reused through a free
+ * list: O(1) a record, memory the most waiting at once. */
+typedef struct marker_set {
+    marker *v;
+    size_t nv, capv; /* nodes made */
+    size_t n;        /* markers in the set */
+    uint32_t free;   /* free nodes: index + 1; 0: none */
+    uint32_t *b;     /* bucket heads: index + 1; 0: empty */
+    size_t bmask;    /* buckets - 1 (b NULL: none) */
+} marker_set;
 
 typedef struct syncrec {
     uint32_t type, corr, ctx, stream;
@@ -127,13 +141,11 @@ struct tb_cupti_tr {
     kd_slot kd[KD_SLOTS];
     md_slot md[MD_SLOTS];
     /* pairing / deferred */
-    marker *mk;
-    size_t nmk, capmk;
+    marker_set mk;
     /* range ends whose start was not seen yet: with per-thread buffers a
      * range started on one thread and ended on another has its two records
      * in two buffers, completed in either order */
-    marker *me;
-    size_t nme, capme;
+    marker_set me;
     syncrec *sy;
     size_t nsy, capsy;
     memrec *mr;
@@ -927,17 +939,92 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
 
 #define MARKER_ENDS_MAX 256 /* ends kept waiting for their start */
 
-/* Take the marker with `id` out of v[*n] (the newest first) into *out: 1,
- * or 0 when none has it. */
-static int take_marker(marker *v, size_t *n, uint32_t id, marker *out)
+static size_t marker_bucket(uint32_t id, size_t mask)
 {
-    for (size_t i = *n; i-- > 0;)
-        if (v[i].id == id) {
-            *out = v[i];
-            v[i] = v[--*n];
-            return 1;
+    return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & mask;
+}
+
+/* Put m in the set: 0, or -ENOMEM (the set as it was). */
+static int marker_put(marker_set *ms, const marker *m)
+{
+    if (ms->n + 1 > (ms->b ? ms->bmask + 1 : 0)) { /* at most one a bucket */
+        size_t nb = ms->b ? 2 * (ms->bmask + 1) : 64;
+        uint32_t *b = nb < UINT32_MAX ? calloc(nb, sizeof(*b)) : NULL;
+        if (!b)
+            return -ENOMEM;
+        /* each chain turned around, then pushed node by node onto its new
+         * bucket: the markers of one id (one old chain) keep their order */
+        for (size_t i = 0; ms->b && i <= ms->bmask; i++) {
+            uint32_t rev = 0;
+            for (uint32_t at = ms->b[i]; at;) {
+                uint32_t nx = ms->v[at - 1].next;
+                ms->v[at - 1].next = rev;
+                rev = at;
+                at = nx;
+            }
+            while (rev) {
+                marker *x = &ms->v[rev - 1];
+                uint32_t nx = x->next;
+                size_t j = marker_bucket(x->id, nb - 1);
+                x->next = b[j];
+                b[j] = rev;
+                rev = nx;
+            }
         }
+        free(ms->b);
+        ms->b = b;
+        ms->bmask = nb - 1;
+    }
+    uint32_t at = ms->free;
+    if (at) {
+        ms->free = ms->v[at - 1].next;
+    } else {
+        if (ms->nv >= UINT32_MAX - 1 || TB_GROW(ms->v, ms->capv, ms->nv + 1) < 0)
+            return -ENOMEM;
+        at = (uint32_t)++ms->nv;
+    }
+    size_t j = marker_bucket(m->id, ms->bmask);
+    ms->v[at - 1] = *m;
+    ms->v[at - 1].next = ms->b[j];
+    ms->b[j] = at;
+    ms->n++;
     return 0;
+}
+
+/* Take the newest marker with `id` out of the set into *out: 1, or 0 when
+ * none has it. */
+static int take_marker(marker_set *ms, uint32_t id, marker *out)
+{
+    if (!ms->n)
+        return 0;
+    for (uint32_t *link = &ms->b[marker_bucket(id, ms->bmask)]; *link; link = &ms->v[*link - 1].next) {
+        uint32_t at = *link;
+        marker *x = &ms->v[at - 1];
+        if (x->id != id)
+            continue;
+        *out = *x;
+        *link = x->next;
+        x->next = ms->free;
+        ms->free = at;
+        ms->n--;
+        return 1;
+    }
+    return 0;
+}
+
+/* Empty the set (its memory kept for the next capture's markers). */
+static void marker_clear(marker_set *ms)
+{
+    if (ms->b)
+        memset(ms->b, 0, (ms->bmask + 1) * sizeof(*ms->b));
+    ms->nv = ms->n = 0;
+    ms->free = 0;
+}
+
+static void marker_set_free(marker_set *ms)
+{
+    free(ms->v);
+    free(ms->b);
 }
 
 /* A range from its start record and its end's timestamp. */
@@ -957,26 +1044,24 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
     uint32_t tid = m->objectId.pt.threadId;
     if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
         marker st = {.id = m->id, .tid = tid, .ts = m->timestamp, .name = m->name, .domain = m->domain}, end;
-        if (take_marker(t->me, &t->nme, m->id, &end)) { /* its end came first */
+        if (take_marker(&t->me, m->id, &end)) { /* its end came first */
             marker_span(t, &st, end.ts);
             return;
         }
-        if (TB_GROW(t->mk, t->capmk, t->nmk + 1) < 0)
-            return;
-        t->mk[t->nmk++] = st;
+        marker_put(&t->mk, &st); /* no memory: its end is counted unmatched */
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
         marker st;
-        if (take_marker(t->mk, &t->nmk, m->id, &st)) {
+        if (take_marker(&t->mk, m->id, &st)) {
             marker_span(t, &st, m->timestamp);
             return;
         }
-        /* bounded: each start looks through them (CUPTI dropping starts must
-         * not make collect quadratic); ends past it are counted unmatched */
-        if (t->nme >= MARKER_ENDS_MAX || TB_GROW(t->me, t->capme, t->nme + 1) < 0) {
+        /* bounded (ends whose start CUPTI dropped wait to the end); ends
+         * past it are counted unmatched */
+        marker end = {.id = m->id, .tid = tid, .ts = m->timestamp};
+        if (t->me.n >= MARKER_ENDS_MAX || marker_put(&t->me, &end) < 0) {
             t->c.unmatched_markers++;
             return;
         }
-        t->me[t->nme++] = (marker){.id = m->id, .tid = tid, .ts = m->timestamp};
     } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) {
         if (m->timestamp)
             nvtx_span(t, tid, m->name, m->domain, m->timestamp, m->timestamp);
@@ -1372,8 +1457,9 @@ int tb_cupti_tr_finish(tb_cupti_tr *t)
 {
     emit_syncs(t);
     emit_memory(t);
-    t->c.unmatched_markers += t->nmk + t->nme;
-    t->nmk = t->nme = 0;
+    t->c.unmatched_markers += t->mk.n + t->me.n;
+    marker_clear(&t->mk);
+    marker_clear(&t->me);
     for (uint32_t i = 0; i < TB_CUPTI_MAX_DEVICES; i++) {
         devstate *d = t->dev[i];
         if (!d)
@@ -1432,8 +1518,8 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
     free(t->mr);
     free(t->ma);
     free(t->kn);
-    free(t->mk);
-    free(t->me);
+    marker_set_free(&t->mk);
+    marker_set_free(&t->me);
     free(t->sy);
     free(t->cm);
     free(t);

@@ -491,9 +491,307 @@ static void markers_in_either_order(void)
     tb_space_free(s);
 }
 
+/* ---- NVTX marker pairing against a reference ---- */
+
+/* The pairing of marker records as it was first written (a scan of the
+ * waiting records, newest first), kept here as the reference for the
+ * hashed one: what each record gives, in the order it gives it. */
+typedef struct ref_mk {
+    uint32_t id, tid;
+    uint64_t ts;
+    const char *name, *domain;
+} ref_mk;
+typedef struct ref_span {
+    uint32_t tid;
+    const char *name, *domain;
+    uint64_t start, end;
+} ref_span;
+typedef struct ref_pairing {
+    ref_mk *mk, *me;
+    size_t nmk, nme;
+    ref_span *sp;
+    size_t nsp;
+    long long unmatched, bad_time;
+} ref_pairing;
+
+static int ref_take(ref_mk *v, size_t *n, uint32_t id, ref_mk *out)
+{
+    for (size_t i = *n; i-- > 0;)
+        if (v[i].id == id) {
+            *out = v[i];
+            memmove(&v[i], &v[i + 1], (*n - i - 1) * sizeof(*v));
+            --*n;
+            return 1;
+        }
+    return 0;
+}
+
+static void ref_span_add(ref_pairing *r, uint32_t tid, const char *name, const char *domain, uint64_t s, uint64_t e)
+{
+    r->sp[r->nsp++] = (ref_span){tid, name && *name ? name : "(unnamed)", domain, s, e};
+}
+
+static void ref_record(ref_pairing *r, const CUpti_ActivityMarker2 *m)
+{
+    if (m->objectKind != CUPTI_ACTIVITY_OBJECT_THREAD)
+        return;
+    uint32_t tid = m->objectId.pt.threadId;
+    ref_mk st, end;
+    if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
+        st = (ref_mk){m->id, tid, m->timestamp, m->name, m->domain};
+        if (ref_take(r->me, &r->nme, m->id, &end)) {
+            if (end.ts >= st.ts && st.ts)
+                ref_span_add(r, st.tid, st.name, st.domain, st.ts, end.ts);
+            else
+                r->bad_time++;
+            return;
+        }
+        r->mk[r->nmk++] = st;
+    } else if (m->flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
+        if (ref_take(r->mk, &r->nmk, m->id, &st)) {
+            if (m->timestamp >= st.ts && st.ts)
+                ref_span_add(r, st.tid, st.name, st.domain, st.ts, m->timestamp);
+            else
+                r->bad_time++;
+            return;
+        }
+        if (r->nme >= 256) { /* MARKER_ENDS_MAX */
+            r->unmatched++;
+            return;
+        }
+        r->me[r->nme++] = (ref_mk){m->id, tid, m->timestamp, NULL, NULL};
+    } else if ((m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) && m->timestamp) {
+        ref_span_add(r, tid, m->name, m->domain, m->timestamp, m->timestamp);
+    }
+}
+
+enum { MK_THREADS = 4 };
+
+typedef struct mk_stream {
+    CUpti_ActivityMarker2 *v;
+    size_t n, cap, at;
+} mk_stream;
+
+static void mk_put(mk_stream *s, uint32_t flags, uint32_t id, uint32_t tid, uint64_t ts, const char *name,
+                   const char *domain, int kind)
+{
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 256;
+        s->v = realloc(s->v, s->cap * sizeof(*s->v));
+    }
+    CUpti_ActivityMarker2 *m = &s->v[s->n++];
+    memset(m, 0, sizeof(*m));
+    m->kind = CUPTI_ACTIVITY_KIND_MARKER;
+    m->flags = (CUpti_ActivityFlag)flags;
+    m->id = id;
+    m->timestamp = ts;
+    m->objectKind = (CUpti_ActivityObjectKind)kind;
+    m->objectId.pt.threadId = tid;
+    m->name = name;
+    m->domain = domain;
+}
+
+/* Random NVTX ranges on MK_THREADS threads, as CUPTI would hand their
+ * records over: each thread's records in time order in its own buffers,
+ * the buffers completed in any order. Some ranges end on another thread;
+ * a thread reuses the ids of its ranges that ended; some records are
+ * dropped (ends with no start, starts with no end), some ranges never
+ * end, some starts have no timestamp; marks and process-wide markers in
+ * between. Returns the records in delivery order (*n). */
+static CUpti_ActivityMarker2 *mk_scenario(unsigned seed, int nranges, char (*names)[16], size_t *n)
+{
+    srand(seed);
+    mk_stream st[MK_THREADS] = {{0}};
+    struct open_r {
+        uint32_t id;
+        int end_th, cross;
+    } *open[MK_THREADS];
+    size_t nopen[MK_THREADS] = {0};
+    uint32_t *pool[MK_THREADS];
+    size_t npool[MK_THREADS] = {0};
+    for (int i = 0; i < MK_THREADS; i++) {
+        open[i] = malloc((size_t)nranges * sizeof(**open));
+        pool[i] = malloc((size_t)nranges * sizeof(**pool));
+    }
+    uint32_t next_id = 1;
+    uint64_t t = 1000;
+    int started = 0;
+    for (;;) {
+        size_t total_open = 0;
+        for (int i = 0; i < MK_THREADS; i++)
+            total_open += nopen[i];
+        if (started == nranges && !total_open)
+            break;
+        t += 1 + (uint64_t)(rand() % 3);
+        int th = rand() % MK_THREADS;
+        uint32_t tid = 100 + (uint32_t)th;
+        if (rand() % 16 == 0) {
+            mk_put(&st[th], CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS, next_id++, tid, t, "mark", NULL,
+                   rand() % 4 ? CUPTI_ACTIVITY_OBJECT_THREAD : CUPTI_ACTIVITY_OBJECT_PROCESS);
+            continue;
+        }
+        if (started < nranges && (!nopen[th] || rand() % 2)) {
+            int cross = rand() % 8 == 0;
+            int end_th = cross ? (th + 1 + rand() % (MK_THREADS - 1)) % MK_THREADS : th;
+            uint32_t id = !cross && npool[th] && rand() % 2 ? pool[th][--npool[th]] : next_id++;
+            snprintf(names[started], 16, "r%d", started);
+            if (rand() % 25) /* else dropped */
+                mk_put(&st[th], CUPTI_ACTIVITY_FLAG_MARKER_START, id, tid, rand() % 200 ? t : 0, names[started],
+                       started % 5 == 0 ? "dom" : NULL, CUPTI_ACTIVITY_OBJECT_THREAD);
+            open[th][nopen[th]++] = (struct open_r){id, end_th, cross};
+            started++;
+        } else if (nopen[th]) {
+            /* the oldest, the newest or any one ends */
+            int how = rand() % 3;
+            size_t k = how == 0 ? 0 : how == 1 ? nopen[th] - 1 : (size_t)rand() % nopen[th];
+            struct open_r o = open[th][k];
+            memmove(&open[th][k], &open[th][k + 1], (nopen[th] - k - 1) * sizeof(o));
+            nopen[th]--;
+            if (started == nranges && rand() % 50 == 0)
+                continue; /* never ends */
+            if (rand() % 25) /* else dropped */
+                mk_put(&st[o.end_th], CUPTI_ACTIVITY_FLAG_MARKER_END, o.id, 100 + (uint32_t)o.end_th, t, NULL, NULL,
+                       CUPTI_ACTIVITY_OBJECT_THREAD);
+            if (!o.cross)
+                pool[th][npool[th]++] = o.id;
+        }
+    }
+    size_t all = 0;
+    for (int i = 0; i < MK_THREADS; i++)
+        all += st[i].n;
+    CUpti_ActivityMarker2 *out = malloc((all + 1) * sizeof(*out));
+    *n = 0;
+    for (;;) { /* a buffer of 1..64 records of a thread with records left */
+        int left[MK_THREADS], nl = 0;
+        for (int i = 0; i < MK_THREADS; i++)
+            if (st[i].at < st[i].n)
+                left[nl++] = i;
+        if (!nl)
+            break;
+        mk_stream *s = &st[left[rand() % nl]];
+        size_t take = 1 + (size_t)(rand() % 64);
+        while (take-- && s->at < s->n)
+            out[(*n)++] = s->v[s->at++];
+    }
+    for (int i = 0; i < MK_THREADS; i++) {
+        free(st[i].v);
+        free(open[i]);
+        free(pool[i]);
+    }
+    return out;
+}
+
+/* The translator's ranges are the reference's: the same pairs (name,
+ * domain, times) on the same threads in the same order, and the same
+ * unmatched and bad-time counts. */
+static void markers_match_reference(void)
+{
+    int small = getenv("TBPROF_SANITIZE") && *getenv("TBPROF_SANITIZE");
+    int nranges = small ? 800 : 4000, seeds = small ? 6 : 24;
+    char(*names)[16] = malloc((size_t)nranges * sizeof(*names));
+    int bad = 0;
+    for (int seed = 1; seed <= seeds && !bad; seed++) {
+        size_t n = 0;
+        CUpti_ActivityMarker2 *recs = mk_scenario((unsigned)seed, nranges, names, &n);
+        ref_pairing r = {0};
+        r.mk = malloc((n + 1) * sizeof(*r.mk));
+        r.me = malloc((n + 1) * sizeof(*r.me));
+        r.sp = malloc((n + 1) * sizeof(*r.sp));
+        tb_space *s = tb_space_new();
+        tb_cupti_tr_opts o = {.ts_to_epoch_ns = 0};
+        tb_cupti_tr *t = tb_cupti_tr_new(s, &o);
+        for (size_t i = 0; i < n; i++) {
+            ref_record(&r, &recs[i]);
+            tb_cupti_tr_record(t, (CUpti_Activity *)&recs[i]);
+        }
+        r.unmatched += (long long)(r.nmk + r.nme);
+        tb_cupti_tr_finish(t);
+        tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
+        CHECKF(c.unmatched_markers == (uint64_t)r.unmatched, "seed %d: unmatched %llu, reference %lld", seed,
+               (unsigned long long)c.unmatched_markers, r.unmatched);
+        CHECKF(c.bad_time == (uint64_t)r.bad_time, "seed %d: bad_time %llu, reference %lld", seed,
+               (unsigned long long)c.bad_time, r.bad_time);
+        bad |= c.unmatched_markers != (uint64_t)r.unmatched || c.bad_time != (uint64_t)r.bad_time;
+        tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+        size_t matched = 0;
+        for (uint32_t tid = 100; tid < 100 + MK_THREADS && !bad; tid++) {
+            tb_line *l = h ? tb_plane_find_line(h, tid) : NULL;
+            size_t k = 0;
+            for (size_t i = 0; i < r.nsp && !bad; i++) {
+                const ref_span *sp = &r.sp[i];
+                if (sp->tid != tid)
+                    continue;
+                const tb_event *e = l && k < l->nevents ? &l->events[k] : NULL;
+                k++;
+                const char *dom = e ? str_stat(h, l, e, TB_ST_NVTX_DOMAIN) : "";
+                int same = e && strcmp(tb_plane_event_name(h, e->meta), sp->name) == 0 &&
+                           e->start_ns == (int64_t)sp->start && e->dur_ns == (int64_t)(sp->end - sp->start) &&
+                           strcmp(dom, sp->domain ? sp->domain : "(none)") == 0;
+                CHECKF(same, "seed %d tid %u range %zu: %s at %lld+%lld, reference %s at %llu+%llu", seed, tid,
+                       k - 1, e ? tb_plane_event_name(h, e->meta) : "(none)", e ? (long long)e->start_ns : -1LL,
+                       e ? (long long)e->dur_ns : -1LL, sp->name, (unsigned long long)sp->start,
+                       (unsigned long long)(sp->end - sp->start));
+                bad |= !same;
+                matched += same;
+            }
+            CHECKF(bad || (l ? l->nevents : 0) == k, "seed %d tid %u: %zu ranges, reference %zu", seed, tid,
+                   l ? l->nevents : 0, k);
+            bad |= (l ? l->nevents : 0) != k;
+        }
+        if (seed == 1)
+            printf("# markers vs reference: %zu records, %zu ranges, %lld unmatched, %lld bad time\n", n, matched,
+                   r.unmatched, r.bad_time);
+        tb_cupti_tr_free(t);
+        tb_space_free(s);
+        free(r.mk);
+        free(r.me);
+        free(r.sp);
+        free(recs);
+    }
+    free(names);
+}
+
+/* Collect time of N ranges on one thread ended oldest first (all
+ * started, then all ended): printed, not asserted. */
+static void markers_oldest_first_timing(void)
+{
+    int small = getenv("TBPROF_SANITIZE") && *getenv("TBPROF_SANITIZE");
+    static const int sizes[] = {20000, 80000, 320000};
+    for (int si = 0; si < (small ? 1 : 3); si++) {
+        int n = sizes[si];
+        CUpti_ActivityMarker2 *m = calloc(2 * (size_t)n, sizeof(*m));
+        for (int i = 0; i < 2 * n; i++) {
+            m[i].kind = CUPTI_ACTIVITY_KIND_MARKER;
+            m[i].flags = i < n ? CUPTI_ACTIVITY_FLAG_MARKER_START : CUPTI_ACTIVITY_FLAG_MARKER_END;
+            m[i].id = (uint32_t)(i % n) + 1;
+            m[i].timestamp = 1000 + (uint64_t)i;
+            m[i].objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
+            m[i].objectId.pt.threadId = 4243;
+            m[i].name = i < n ? "async_range" : NULL;
+        }
+        tb_space *s = tb_space_new();
+        tb_cupti_tr_opts o = {.ts_to_epoch_ns = 0};
+        tb_cupti_tr *t = tb_cupti_tr_new(s, &o);
+        int64_t t0 = tb_mono_ns();
+        for (int i = 0; i < 2 * n; i++)
+            tb_cupti_tr_record(t, (CUpti_Activity *)&m[i]);
+        tb_cupti_tr_finish(t);
+        int64_t t1 = tb_mono_ns();
+        tb_line *l = tb_plane_find_line(tb_space_find_plane(s, TB_HOST_PLANE), 4243);
+        CHECK_EQ_I(l ? (long long)l->nevents : 0, n);
+        CHECK_EQ_I(tb_cupti_tr_get_counts(t).unmatched_markers, 0);
+        printf("# markers ended oldest first: %d ranges paired in %.3f s\n", n, (t1 - t0) / 1e9);
+        tb_cupti_tr_free(t);
+        tb_space_free(s);
+        free(m);
+    }
+}
+
 int main(void)
 {
     markers_in_either_order();
+    markers_match_reference();
+    markers_oldest_first_timing();
     mallopt(M_MMAP_THRESHOLD, 64 << 10); /* fixed: freed buffers are unmapped, never recycled */
     const char *b = getenv("TBPROF_BUILD");
     if (!b) {
