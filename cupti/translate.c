@@ -937,8 +937,6 @@ static void nvtx_span(tb_cupti_tr *t, uint32_t tid, const char *name, const char
         tb_line_stat_str(l, tb_plane_stat_meta(t->hp, TB_ST_NVTX_DOMAIN), domain);
 }
 
-#define MARKER_ENDS_MAX 256 /* ends kept waiting for their start */
-
 static size_t marker_bucket(uint32_t id, size_t mask)
 {
     return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & mask;
@@ -1055,10 +1053,11 @@ static void do_marker(tb_cupti_tr *t, const CUpti_ActivityMarker2 *m)
             marker_span(t, &st, m->timestamp);
             return;
         }
-        /* bounded (ends whose start CUPTI dropped wait to the end); ends
-         * past it are counted unmatched */
+        /* it waits for its start, in a buffer read later (ends whose start
+         * CUPTI dropped wait to the end): no more than the marker records
+         * read, which the buffer pool bounds */
         marker end = {.id = m->id, .tid = tid, .ts = m->timestamp};
-        if (t->me.n >= MARKER_ENDS_MAX || marker_put(&t->me, &end) < 0) {
+        if (marker_put(&t->me, &end) < 0) {
             t->c.unmatched_markers++;
             return;
         }

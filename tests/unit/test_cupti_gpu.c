@@ -555,10 +555,6 @@ static void ref_record(ref_pairing *r, const CUpti_ActivityMarker2 *m)
                 r->bad_time++;
             return;
         }
-        if (r->nme >= 256) { /* MARKER_ENDS_MAX */
-            r->unmatched++;
-            return;
-        }
         r->me[r->nme++] = (ref_mk){m->id, tid, m->timestamp, NULL, NULL};
     } else if ((m->flags & CUPTI_ACTIVITY_FLAG_MARKER_INSTANTANEOUS) && m->timestamp) {
         ref_span_add(r, tid, m->name, m->domain, m->timestamp, m->timestamp);
@@ -787,8 +783,47 @@ static void markers_oldest_first_timing(void)
     }
 }
 
+/* Ranges started on one thread and ended on another (a request started by
+ * the thread that receives it, ended by the worker that serves it): with
+ * per-thread buffers the worker's buffer, all ends, may come first. Every
+ * range is drawn, however many ends wait for their start. */
+static void many_ends_before_their_starts(void)
+{
+    enum { N = 1000 };
+    tb_space *s = tb_space_new();
+    tb_cupti_tr_opts o = {.ts_to_epoch_ns = 0};
+    tb_cupti_tr *t = tb_cupti_tr_new(s, &o);
+    CUpti_ActivityMarker2 m;
+    for (int pass = 0; pass < 2; pass++) /* the worker's buffer (ends), then the receiver's (starts) */
+        for (int i = 0; i < N; i++) {
+            memset(&m, 0, sizeof(m));
+            m.kind = CUPTI_ACTIVITY_KIND_MARKER;
+            m.flags = pass ? CUPTI_ACTIVITY_FLAG_MARKER_START : CUPTI_ACTIVITY_FLAG_MARKER_END;
+            m.id = 500 + (uint32_t)i;
+            m.timestamp = pass ? 1000 + 10 * (uint64_t)i : 1005 + 10 * (uint64_t)i + 2000;
+            m.objectKind = CUPTI_ACTIVITY_OBJECT_THREAD;
+            m.objectId.pt.threadId = pass ? 4244 : 4245;
+            m.name = pass ? "request" : NULL;
+            tb_cupti_tr_record(t, (CUpti_Activity *)&m);
+        }
+    CHECK_EQ_I(tb_cupti_tr_finish(t), 0);
+    CHECK_EQ_I(tb_cupti_tr_get_counts(t).unmatched_markers, 0);
+    tb_plane *h = tb_space_find_plane(s, TB_HOST_PLANE);
+    tb_line *l = h ? tb_plane_find_line(h, 4244) : NULL;
+    CHECK_EQ_I(count_named(h, l, "request"), N);
+    const tb_event *last = event_named(h, l, "request", N - 1);
+    CHECK(last != NULL);
+    if (last) {
+        CHECK_EQ_I(last->start_ns, 1000 + 10 * (N - 1));
+        CHECK_EQ_I(last->dur_ns, 2005);
+    }
+    tb_cupti_tr_free(t);
+    tb_space_free(s);
+}
+
 int main(void)
 {
+    many_ends_before_their_starts();
     markers_in_either_order();
     markers_match_reference();
     markers_oldest_first_timing();
