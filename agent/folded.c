@@ -244,13 +244,15 @@ static int add_line(tb_folded *f, const tb_plane *p, const tb_line *l)
 
 int tb_folded_add_space(tb_folded *f, tb_space *s)
 {
-    tb_space_sort(s);
+    int rc = tb_space_sort(s); /* nesting is read from the order: unsorted, the wrong stacks */
+    if (rc < 0)
+        return rc;
     for (size_t i = 0; i < s->nplanes; i++) {
         const tb_plane *p = s->planes[i];
         if (strncmp(p->name, "/host:", 6) != 0)
             continue;
         for (size_t j = 0; j < p->nlines; j++) {
-            int rc = add_line(f, p, p->lines[j]);
+            rc = add_line(f, p, p->lines[j]);
             if (rc < 0)
                 return rc;
         }
@@ -468,11 +470,12 @@ static int folds_line(const tb_line *l, int syncs)
 
 static int add_device(tb_folded *f, tb_space *s, int syncs)
 {
-    tb_space_sort(s);
+    int rc = tb_space_sort(s); /* calls' stacks are found by time */
+    if (rc < 0)
+        return rc;
     f->ns = 1;
     gpu_fold g = {.f = f};
     size_t cap = 0;
-    int rc = 0;
     for (size_t i = 0; i < s->nplanes && !rc; i++) {
         tb_plane *p = s->planes[i];
         uint32_t cid = tb_plane_find_stat_meta(p, TB_ST_CORRELATION_ID);
