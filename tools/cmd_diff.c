@@ -344,7 +344,7 @@ int cmd_diff(int argc, char **argv)
                   "  whose time per step changed most (per second of capture where a side has no steps)\n"
                   "  --top N   kernels listed (default 15; --json lists all)\n"
                   "  --json    the same as JSON\n"
-                  "  --max-slowdown PCT   exit 1 when B's mean step time is more than PCT%% over A's\n"
+                  "  --max-slowdown PCT   exit 1 when B's mean step time is more than PCT% over A's\n"
                   "                       (a performance gate for CI; both need steps)\n",
                   stdout);
             return 0;

@@ -1263,7 +1263,8 @@ class SummaryErrors(Base):
 
     def test_every_command_help_on_stdout(self):
         """`tbprof CMD --help` is asked for: usage on stdout, exit 0, for every
-        command `tbprof --help` lists (synth printed it to stderr, exit 2)."""
+        command `tbprof --help` lists (synth printed it to stderr, exit 2),
+        with no printf escape left in it."""
         p = run("--help")
         self.assertEqual(p.returncode, 0, p.stderr)
         cmds = [l.split()[0] for l in p.stdout.split("commands:\n", 1)[1].split("\n\n")[0].splitlines()]
@@ -1274,6 +1275,9 @@ class SummaryErrors(Base):
             p = run(c, "--help")
             self.assertEqual((p.returncode, p.stderr), (0, ""), c)
             self.assertTrue(p.stdout.startswith("usage: tbprof " + c), (c, p.stdout))
+            # printed as is, not through printf: a "%%" meant as "%" shows doubled
+            # (diff's --max-slowdown read "PCT%% over A's")
+            self.assertNotIn("%%", p.stdout, c)
 
     def test_control_bytes_in_names_are_not_sent_to_the_terminal(self):
         """A name or warning in a profile with control bytes (a terminal
