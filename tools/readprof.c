@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdio_ext.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -408,10 +409,16 @@ int tb_write_output(const char *cmd, const char *out, int (*fn)(FILE *, void *),
 {
     if (!strcmp(out, "-")) {
         int r = fn(stdout, arg);
-        if (r < 0 || fflush(stdout) != 0) {
-            fprintf(stderr, "tbprof %s: cannot write to stdout: %s\n", cmd,
-                    strerror(r < 0 ? -r : errno));
-            clearerr(stdout); /* said: main.c's check of stdout need not say it again */
+        /* the flush's errno names the cause (ENOSPC, EPIPE); a writer that
+         * saw ferror() mid-way can only say -EIO */
+        errno = 0;
+        int e = fflush(stdout) != 0 ? errno : 0;
+        if (r < 0 || e) {
+            fprintf(stderr, "tbprof %s: cannot write to stdout: %s\n", cmd, strerror(e ? e : -r));
+            /* said: drop what is still buffered, or main.c's check of stdout
+             * would flush it, fail again and say it again */
+            __fpurge(stdout);
+            clearerr(stdout);
             return 2;
         }
         return 0;

@@ -1333,11 +1333,24 @@ class SummaryErrors(Base):
             self.assertEqual(p.returncode, 2, (args, p.stderr))
             self.assertEqual(p.stderr.count("writing output"), 1, (args, p.stderr))
             self.assertIn("tbprof %s: writing output: No space left on device\n" % args[0], p.stderr)
-        with open("/dev/full", "w") as full:
-            p = subprocess.run([CLI, "convert", f, "--to", "-", "--format", "trace.json"], stdout=full,
-                               stderr=subprocess.PIPE, text=True, timeout=60)
-        self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertEqual(p.stderr, "tbprof convert: cannot write to stdout: No space left on device\n")
+        # the writers to "-": one line with the reason (flame said "Input/output
+        # error", then main's check said it again with the real one), also for
+        # an output larger than stdout's buffer, which fails while being written
+        sp = xplane_pb2.XSpace()
+        h = Plane(sp, "/host:CPU")
+        ln = h.line(100, "python")
+        for i in range(400):
+            h.event(ln, "function_number_%d" % i, i * 1000, 1000, samples=1, self_samples=1)
+        h.plane_stat("tbprof_cpu_samples", 400)
+        big = write(os.path.join(self.tmp, "big", "plugins", "profile", "r", "h.xplane.pb"), sp.SerializeToString())
+        for args in [(c, x, "--to", "-", "--format", fmt) for x in (f, big)
+                     for c, fmt in (("convert", "trace.json"), ("convert", "folded"), ("convert", "speedscope"))] + \
+                    [("flame", x, "-o", "-") for x in (f, big)]:
+            with open("/dev/full", "w") as full:
+                p = subprocess.run([CLI] + list(args), stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+            self.assertEqual(p.returncode, 2, (args, p.stderr))
+            self.assertEqual(p.stderr, "tbprof %s: cannot write to stdout: No space left on device\n" % args[0],
+                             args)
 
     def test_usage(self):
         p = run("summary")
