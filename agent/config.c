@@ -672,11 +672,12 @@ void tb_config_help(FILE *f, int markdown)
         return;
     }
     fputs("tbprof reads these environment variables once, at start-up.\n"
-          "A bad value prints one warning naming the variable; that feature is off, the job runs on.\n\n",
+          "A bad value prints one warning naming the variable and the accepted form; the job runs on,\n"
+          "and the variable's `bad value:` line says what tbprof does instead.\n\n",
           f);
     for (size_t i = 0; i < NVARS; i++) {
         const var *v = &vars[i];
-        fprintf(f, "%-20s default: %s\n%-20s accepted: %s\n%-20s %s\n\n", v->name,
-                v->def[0] ? v->def : "(unset)", "", v->form, "", v->help);
+        fprintf(f, "%-20s default: %s\n%-20s accepted: %s\n%-20s %s\n%-20s bad value: %s\n\n", v->name,
+                v->def[0] ? v->def : "(unset)", "", v->form, "", v->help, "", v->bad);
     }
 }

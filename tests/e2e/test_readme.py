@@ -32,6 +32,25 @@ class Readme(tbtest.TestCase):
         self.assertEqual(doc, code, "README's env table differs from `tbprof help env --markdown`: "
                          "paste the command's output into the Configuration section")
 
+    def test_env_help_says_what_a_bad_value_does(self):
+        """`tbprof help env` (the terminal's form of the table) says, for each
+        variable, what a bad value does, as the README's last column does: it
+        said "that feature is off" of all of them, where most fall back to
+        their default (TBPROF_BUFFER_MB=abc: "using 64")."""
+        self.need_cli()
+        md = tbtest.run([tbtest.CLI, "help", "env", "--markdown"])
+        plain = tbtest.run([tbtest.CLI, "help", "env"])
+        self.assertEqual((md.returncode, plain.returncode), (0, 0), md.stderr + plain.stderr)
+        rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", l)[1:-1]]
+                for l in md.stdout.splitlines()[2:] if l.startswith("| `")]
+        self.assertGreater(len(rows), 10)
+        blocks = {b.split()[0]: b for b in plain.stdout.split("\n\n")[1:] if b.strip()}
+        for name, _default, _form, _meaning, bad in rows:
+            name = name.strip("`")
+            self.assertIn(name, blocks)
+            self.assertIn("bad value: " + bad + "\n", blocks[name] + "\n", name)
+        self.assertNotIn("that feature is off, the job runs on", plain.stdout)
+
     def test_quick_start_commands_exist(self):
         qs = section(self.text, "Quick start")
         cmds = re.findall(r"^    (\S+\.sh)\b", qs, re.M)
