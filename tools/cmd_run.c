@@ -21,7 +21,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: tbprof run [options] [--] command [args...]\n"
-            "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D, A-B/P: every P steps)\n"
+            "  --steps A,B        capture steps A..B (TBPROF_STEPS; also A-B, N, A-B;C-D, A-B/P: every P steps,\n"
+            "                     A-B/PxK: K times)\n"
             "  --duration S       capture S seconds (TBPROF_DURATION), after --delay S (TBPROF_DELAY)\n"
             "  --delay S\n"
             "  --every S[xK]      repeat the --duration capture every S seconds, K times (TBPROF_EVERY)\n"
@@ -38,7 +39,7 @@ static void usage(FILE *f)
             "                     op ranges on during captures (TBPROF_TORCH_OPS=on; needs the PyTorch hook)\n"
             "  --torch-shapes     --torch-ops, each op with its input shapes (TBPROF_TORCH_OPS=shapes; costs\n"
             "                     torch more per op)\n"
-            "  --log LEVEL        error | warn | info | debug (TBPROF_LOG)\n"
+            "  --log LEVEL        off | error | warn | info | debug (TBPROF_LOG)\n"
             "  --env NAME=VALUE   any other TBPROF_* variable (see `tbprof help env`)\n");
 }
 

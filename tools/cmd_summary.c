@@ -21,7 +21,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: tbprof summary LOGDIR|RUN_DIR|FILE.xplane.pb [--json] [--top N] [--run NAME]\n"
+    fprintf(f, "usage: tbprof summary LOGDIR|RUN_DIR|FILE.xplane.pb [--json] [--top N] [--steps N] [--run NAME]\n"
                "  LOGDIR       the newest run under LOGDIR/plugins/profile/ (or --run NAME)\n"
                "  --json       the same figures as JSON on stdout\n"
                "  --top N      kernels, NVTX ranges and CPU functions listed (default 10)\n"

@@ -30,7 +30,14 @@ static int num_arg(const char *opt, const char *v, long long lo, long long hi, l
 static int usage(FILE *f)
 {
     fprintf(f, "usage: tbprof synth LOGDIR [--kernels N] [--gpus G] [--steps S] [--run NAME] "
-               "[--host H] [--no-json]\n");
+               "[--host H] [--no-json]\n"
+               "  writes a synthetic capture into LOGDIR/plugins/profile/<run>/ (demos, tests; no GPU)\n"
+               "  --kernels N   GPU kernels in all, spread over the steps (default 1000)\n"
+               "  --gpus G      GPUs, 0..16 (default 1; 0: a CPU-only capture, steps of 1 ms)\n"
+               "  --steps S     host steps (default 10)\n"
+               "  --run NAME    the run folder (default: the local time)\n"
+               "  --host H      the file stem (default: the host name)\n"
+               "  --no-json     no <host>.trace.json.gz beside the xplane.pb\n");
     return f == stdout ? 0 : 2;
 }
 

@@ -32,7 +32,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: tbprof trigger PID... [--tree] [--steps N [--at-step A] | --duration S | --stop | --status]\n"
-            "                      [--run NAME] [--no-wait] [--timeout S]\n"
+            "                      [--every P [--count K]] [--run NAME] [--no-wait] [--timeout S]\n"
             "       tbprof trigger --all [the same options]\n"
             "       tbprof trigger --list\n"
             "  PID...         the process to capture, or several (the ranks of one job): their profiles go\n"

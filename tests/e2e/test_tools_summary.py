@@ -10,6 +10,7 @@ messages for paths without a profile.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -1278,6 +1279,30 @@ class SummaryErrors(Base):
             # printed as is, not through printf: a "%%" meant as "%" shows doubled
             # (diff's --max-slowdown read "PCT%% over A's")
             self.assertNotIn("%%", p.stdout, c)
+
+    def test_help_agrees_with_itself_and_the_env_table(self):
+        """A command's --help names in its usage lines every option it
+        describes below them (summary's usage left out --steps), and `run
+        --help` offers what the agent accepts: --log's levels are
+        TBPROF_LOG's (it left out off), --steps' forms TBPROF_STEPS'
+        (it left out the count of a repeat, xK)."""
+        for c in ("trigger", "dump", "ls", "summary", "trend", "diff", "convert", "flame", "doctor", "synth"):
+            text = run(c, "--help").stdout
+            usage = "\n".join(l for l in text.splitlines() if l.lstrip().startswith(("usage:", "tbprof ", "[")))
+            for opt in re.findall(r"^\s+(--[a-z-]+|-o)\b", text, re.M):
+                self.assertIn(opt, usage, "%s --help describes %s but its usage line does not name it" % (c, opt))
+        text = run("run", "--help").stdout
+        md = run("help", "env", "--markdown").stdout
+        levels = re.search(r"^\| `TBPROF_LOG` \| `\w+` \| ([^|]+(?:\\\|[^|]+)*) \|", md, re.M).group(1)
+        levels = [x.strip() for x in levels.split("\\|")]
+        self.assertIn("off", levels)
+        def option(name):  # its description, continuation lines included
+            return re.search(r"^  %s +(.*(?:\n {5,}.*)*)" % re.escape(name), text, re.M).group(1)
+        log = option("--log LEVEL")
+        for lv in levels:
+            self.assertRegex(log, r"\b%s\b" % lv, "run --help --log: %s" % log)
+        steps = option("--steps A,B")
+        self.assertIn("xK", steps)
 
     def test_control_bytes_in_names_are_not_sent_to_the_terminal(self):
         """A name or warning in a profile with control bytes (a terminal
