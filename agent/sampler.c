@@ -726,7 +726,7 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (c->mode == TB_CPU_STACKCOPY) {
         c->unw = tb_unwinder_new(c->sym);
         if (!c->unw) {
-            tb_warn_once("cpu sampling: built without libunwind; using frame-pointer stacks");
+            tb_warn_once("cpu sampling: %s; using frame-pointer stacks", tb_unwinder_why());
             c->mode = TB_CPU_FP;
         }
     }

@@ -25,6 +25,7 @@
  * process's global scope (C++ exceptions keep using libgcc_s). */
 static struct {
     int tried, ok;
+    char why[400]; /* when !ok: why libunwind cannot be used */
     unw_addr_space_t (*create_addr_space)(unw_accessors_t *, int);
     void (*destroy_addr_space)(unw_addr_space_t);
     int (*set_caching_policy)(unw_addr_space_t, unw_caching_policy_t);
@@ -181,14 +182,19 @@ static int load_libunwind(void)
     lu.tried = 1;
     void *h = open_libunwind();
     if (!h) {
-        tb_warn("cpu sampling: libunwind-x86_64.so.8 not found (%s); using frame-pointer stacks", dlerror());
+        /* said once, by the sampler that falls back (tb_unwinder_why) */
+        const char *env = getenv("TBPROF_LIBUNWIND"), *e = dlerror();
+        if (env && *env)
+            snprintf(lu.why, sizeof(lu.why), "libunwind not loadable (TBPROF_LIBUNWIND: %s)", e ? e : env);
+        else
+            snprintf(lu.why, sizeof(lu.why), "libunwind-x86_64.so.8 not found (%s)", e ? e : "dlopen failed");
         return 0;
     }
 #define LU_SYM(field, name)                                    \
     do {                                                       \
         *(void **)&lu.field = dlsym(h, name);                  \
         if (!lu.field) {                                       \
-            tb_warn("cpu sampling: libunwind lacks %s; using frame-pointer stacks", name); \
+            snprintf(lu.why, sizeof(lu.why), "libunwind lacks %s", name); \
             return 0;                                          \
         }                                                      \
     } while (0)
@@ -413,6 +419,11 @@ static unw_accessors_t accessors = {
     .get_proc_name = no_proc_name,
 };
 
+const char *tb_unwinder_why(void)
+{
+    return lu.tried && !lu.ok ? lu.why : "out of memory for the unwinder";
+}
+
 tb_unwinder *tb_unwinder_new(tb_symtab *st)
 {
     if (!st || !load_libunwind())
@@ -583,6 +594,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
 
 #else /* !TBPROF_HAVE_UNWIND */
 
+const char *tb_unwinder_why(void) { return "built without libunwind"; }
 tb_unwinder *tb_unwinder_new(tb_symtab *st)
 {
     (void)st;

@@ -35,8 +35,10 @@ enum tb_ureg {
 
 typedef struct tb_unwinder tb_unwinder;
 
-/* NULL when built without libunwind or out of memory. */
+/* NULL when built without libunwind, libunwind cannot be loaded, or out of
+ * memory: tb_unwinder_why() then says which, for the one warning. */
 tb_unwinder *tb_unwinder_new(tb_symtab *st);
+const char *tb_unwinder_why(void);
 void tb_unwinder_free(tb_unwinder *u);
 /* Call after tb_symtab_refresh() reported a change of mapped objects. */
 void tb_unwinder_flush(tb_unwinder *u);

@@ -251,6 +251,25 @@ class CpuLibunwindBeside(tbtest.TestCase):
         prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
         self.assertEqual(prof.host.stats.get("tbprof_cpu_mode"), "stackcopy", prof.host.stats)
 
+    def test_libunwind_missing_one_warning(self):
+        # no libunwind to load (here: TBPROF_LIBUNWIND naming no file): dwarf
+        # stacks fall back to frame pointers with one warning that says why
+        # (the README's promise). There were two, the second one wrong:
+        # "libunwind-x86_64.so.8 not found (...)" and then "built without
+        # libunwind", of a build that has it
+        cpusamples.skip_if_perf_refused(self)
+        missing = os.path.join(self.tmp, "nowhere", "libunwind-x86_64.so.8")
+        e = tbtest.env(self.logdir, cpu="on", cpu_hz=1000, cpu_mode="dwarf", libunwind=missing)
+        p = tbtest.run([tbtest.prog("kernel_split"), "-m", "100"], env=e)
+        self.assertExitedOk(p)
+        warns = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(warns), 1, p.stderr)
+        self.assertIn(missing, warns[0])
+        self.assertIn("frame-pointer stacks", warns[0])
+        self.assertNotIn("built without", p.stderr)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        self.assertEqual(prof.host.stats.get("tbprof_cpu_mode"), "fp", prof.host.stats)
+
 
 if __name__ == "__main__":
     tbtest.main()
