@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "host.h"
 #include "ranges.h"
 #include "sampler.h"
 #include "stats.h"
@@ -1399,6 +1400,16 @@ int tb_summarize(tb_space *s, tb_summary *sum)
     int sorted = tb_space_sort(s);
     sum->host = s->nhostnames ? s->hostnames[0] : NULL;
     tb_space_span(s, &sum->begin_ns, &sum->end_ns);
+    /* the capture's window as the agent wrote it: a capture is as long as it
+     * ran, not as its events (none: an idle process; or GPU work that ended
+     * early), and the figures without steps cover all of it */
+    int64_t wb, we;
+    if (tb_capture_window(s, &wb, &we) == 0 && wb > 0 && we > wb) {
+        if (sum->begin_ns == sum->end_ns || wb < sum->begin_ns)
+            sum->begin_ns = wb;
+        if (we > sum->end_ns)
+            sum->end_ns = we;
+    }
 
     gpu_acc g = {.kernels = {.v = &sum->kernels, .n = &sum->nkernels},
                  .by_range = {.v = &sum->gpu_ranges, .n = &sum->ngpu_ranges}};

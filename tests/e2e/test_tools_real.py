@@ -41,6 +41,25 @@ class RealProfiles(tbtest.TestCase):
         self.assertIn("Steps: %d captured" % len(steps), r.stdout)
         self.assertIn("trigger: ", r.stdout)
 
+    def test_capture_length_of_an_idle_process(self):
+        # a 0.5 s time window over a process that sleeps through it (an idle
+        # server): nothing to record, but the capture lasted 0.5 s, as the
+        # profile's tbprof_capture_begin_ns/_end_ns say, and the summary's
+        # figures "cover the whole capture" (README). It said "capture 0 ns":
+        # the span of the events, of which there were none
+        p = tbtest.run(["sleep", "1.5"], env=tbtest.env(self.logdir, cpu="on", duration="0.5", delay="0.2"),
+                       timeout=120)
+        self.assertExitedOk(p)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        b, e = prof.host.stats["tbprof_capture_begin_ns"], prof.host.stats["tbprof_capture_end_ns"]
+        self.assertAlmostEqual(e - b, 500000000, delta=50000000)
+        r = cli("summary", "--json", self.logdir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h = json.loads(r.stdout)["hosts"][0]
+        self.assertEqual((h["begin_ns"], h["end_ns"], h["capture_ns"]), (b, e, e - b))
+        r = cli("summary", self.logdir)
+        self.assertRegex(r.stdout, r"capture (4\d\d\.\d\d ms|5\d\d\.\d\d ms)")
+
     def test_trend_of_a_job_that_slows_down(self):
         # a job whose steps grow from 2 to 12 ms, captured 3 steps every 25
         # (TBPROF_STEPS=5-7/25): `tbprof trend` lists the captures oldest
