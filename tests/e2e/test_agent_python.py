@@ -334,6 +334,7 @@ class Python(PyBase):
         self.assertIn("summary True 4 [3, 4, 5, 6]\n", p.stdout)
         self.assertIn("diff 4 4 step True\n", p.stdout)
         self.assertRegex(p.stdout, r"\nerror tbprof summary: .*/nonexistent/logs.*\n")
+        self.assertNotIn("tbprof summary: tbprof summary:", p.stdout)
         # one profile: the CLI run by the helper did not capture anything itself
         self.assertEqual(tbtest.xplanes(self.logdir), [f])
 

@@ -283,7 +283,10 @@ def _cli_json(args):
         env.pop("LD_PRELOAD", None)
     p = subprocess.run([cli] + args, capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        raise RuntimeError("tbprof %s: %s" % (args[0], p.stderr.strip() or "exit status %d" % p.returncode))
+        # (the command's own lines begin "tbprof CMD: " already)
+        msg = p.stderr.strip() or "exit status %d" % p.returncode
+        prefix = "tbprof %s: " % args[0]
+        raise RuntimeError(msg if msg.startswith(prefix) else prefix + msg)
     return json.loads(p.stdout)
 
 
