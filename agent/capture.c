@@ -1286,6 +1286,17 @@ static int request_time_repeat(double dur_s, double every_s, int64_t count, cons
     return 0;
 }
 
+/* The process loaded the CUDA driver: the training process, not a
+ * launcher, tool or helper program of the job (they inherit TBPROF_* too,
+ * and their windows' ends are not worth a warning). */
+static int used_cuda(void)
+{
+    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (cuda)
+        dlclose(cuda);
+    return cuda != NULL;
+}
+
 /* One turn of the state machine on the agent thread. */
 static void machine(void)
 {
@@ -1342,7 +1353,13 @@ static void machine(void)
         } else if (captured) {
             sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
         } else {
-            if (c.kind == CAP_TIME) /* tbprof_start, duration=S: the caller's region went uncovered
+            if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (a
+                                                  helper program of the job, without CUDA: quietly) */
+                tb_log(used_cuda() ? TB_LOG_WARN : TB_LOG_INFO,
+                       "capture '%s' ended before it began: the process %s before its sources were on; "
+                       "nothing written",
+                       c.trigger, g.term_pending ? "was terminated" : "exited");
+            else if (c.kind == CAP_TIME) /* tbprof_start, duration=S: the caller's region went uncovered
                                        (CUPTI's first load can take seconds; tbprof_start waits 1 s) */
                 tb_warn("capture '%s' ended before it began: it was stopped before its sources were on "
                         "(starting them took longer than it ran); nothing written",
@@ -2047,10 +2064,8 @@ static void windows_never_reached(void)
     const tb_window *w = &g.cfg.windows[0];
     if (!tw_at && cur >= w->first)
         return;
-    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
-    if (!cuda)
+    if (!used_cuda())
         return;
-    dlclose(cuda);
     if (tw_at) {
         tb_warn("%s %gs: the process ended %.1f s after start-up, before the window began; nothing captured",
                 from_s > 0 ? "TBPROF_DELAY" : "TBPROF_DURATION", from_s > 0 ? from_s : dur_s,

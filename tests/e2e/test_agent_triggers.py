@@ -521,6 +521,35 @@ class Triggers(tbtest.TestCase):
         self.assertIn("'api tbprof_start' ended before it began", w[0])
         self.assertIn("before its sources were on", w[0])
 
+    def test_time_window_cut_by_exit_before_its_sources_were_on(self):
+        # TBPROF_DURATION in a process that ends while GPU tracing is still
+        # coming up (a subscribe of 1 s): the warning names the exit, not
+        # slow start-up (before: "starting them took longer than it ran");
+        # a process without CUDA (a helper program of the job) says it at
+        # info level only
+        if not os.path.exists(FAKE_CUPTI):
+            self.skipTest("fake libcupti not built")
+        script = os.path.join(self.tmp, "script")
+        with open(script, "w") as f:
+            f.write("")
+        cuda = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+        for name, code, said in (("cuda", "import ctypes, time; ctypes.CDLL(%r); time.sleep(0.3)" % cuda, True),
+                                 ("no cuda", "import time; time.sleep(0.3)", False)):
+            with self.subTest(name):
+                e = tbtest.env(self.logdir, gpu="on", cupti_path=FAKE_CUPTI, cpu="off", duration="3",
+                               python_helper="off")
+                e["TBFAKE_CUPTI_SCRIPT"] = script
+                e["TBFAKE_CUPTI_SUBSCRIBE_MS"] = "1000"  # (the exit waits 2 s for it)
+                p = tbtest.run([tbtest.PYTHON, "-c", code], env=e, timeout=60)
+                self.assertExitedOk(p)
+                self.assertEqual(tbtest.xplanes(self.logdir), [])
+                w = [l for l in tbtest.tbprof_warnings(p.stderr) if "ended before it began" in l]
+                if not said:
+                    self.assertEqual(w, [], p.stderr)
+                    continue
+                self.assertEqual(len(w), 1, p.stderr)
+                self.assertIn("the process exited before its sources were on; nothing written", w[0])
+
     def test_socket_steps_longer_than_five_minutes_in_all(self):
         # `tbprof trigger PID --steps 5` on a job whose steps take 100 s
         # (a large model): all 5 are captured; the 300 s bound is on a job
