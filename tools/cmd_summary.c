@@ -475,8 +475,9 @@ static void host_text(const tb_prof *p, const tb_summary *m, int top, int max_st
         }
     }
 
-    /* GPU work by launching function */
-    if (m->launched_ns > 0 && m->launched_ns > m->unsampled_ns + m->no_call_ns) {
+    /* GPU work by launching function (also where none of it had a sampled
+     * frame around its call: the rows of their own say so) */
+    if (m->launched_ns > 0) {
         printf("\nGPU work by launching function (%s of GPU work):\n"
                "  each CUDA call's deepest Python frame, else its deepest frame, in the CPU samples around it;\n"
                "  the whole stacks: tbprof flame --gpu\n",

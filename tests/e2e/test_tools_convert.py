@@ -205,6 +205,17 @@ class Convert(ts.Base):
                                    r"\s+300.0 us\s+66.7%\s+"
                                    r"py::step:/x/loop.py\n\s+100.0 us\s+22.2%\s+main\n\s+50.0 us\s+11.1%\s+"
                                    r"\[CUDA call not in the capture\]\n")
+        # none of it with a call in the capture: the section says so, on
+        # its rows of their own (before: left out of the text, in --json only)
+        sp = xplane_pb2.XSpace()
+        sp.ParseFromString(launched_space())
+        host = [pl for pl in sp.planes if pl.name == "/host:CPU"][0]
+        for ln in host.lines:
+            del ln.events[3:]  # the two cudaLaunchKernel calls
+        f2 = write(os.path.join(self.tmp, "gpu2", "node1.xplane.pb"), sp.SerializeToString())
+        p = run("summary", f2)
+        self.assertRegex(p.stdout, r"GPU work by launching function \(450.0 us of GPU work\):\n.*\n.*\n.*\n"
+                                   r"\s+450.0 us\s+100.0%\s+\[CUDA call not in the capture\]\n")
 
     def test_fifo_symlink_and_device_outputs_are_not_replaced(self):
         """--to a named pipe, a symlink or a device writes into it; it never
