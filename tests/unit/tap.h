@@ -29,6 +29,20 @@ int tap_done(void);
 #define CHECK_EQ_I(a, b)                                                   \
     CHECKF((long long)(a) == (long long)(b), "%s = %lld, expected %lld", #a, \
            (long long)(a), (long long)(b))
+/* TAP_SANITIZED: 1 in an ASan or TSan build (gcc says so by
+ * __SANITIZE_*__, clang by __has_feature), where a test that bounds the
+ * address space with RLIMIT_AS cannot work. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TAP_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TAP_SANITIZED 1
+#endif
+#endif
+#ifndef TAP_SANITIZED
+#define TAP_SANITIZED 0
+#endif
+
 #define CHECK_STR(a, b)                                                    \
     CHECKF(strcmp((a), (b)) == 0, "%s = \"%s\", expected \"%s\"", #a, (a), (b))
 

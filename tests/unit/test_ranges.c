@@ -721,15 +721,10 @@ static void walk_matches_reference(void)
  * whatever range or step the walk happened to have open. */
 static void unsortable_line_links_nothing(void)
 {
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define TB_TEST_SANITIZED 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(TB_TEST_SANITIZED)
-    printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
-    return;
-#endif
+    if (TAP_SANITIZED) {
+        printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
+        return;
+    }
     tb_space *s = tb_space_new();
     tb_plane *h = tb_space_plane(s, "/host:CPU");
     tb_line *m = tb_plane_line(h, 1, "main"), *w = tb_plane_line(h, 2, "worker");

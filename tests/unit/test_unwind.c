@@ -98,6 +98,21 @@ __attribute__((noinline)) static void level1(void)
 #ifdef EHTAIL_LIB
 /* A function in a library whose .eh_frame_hdr table ends its segment (see
  * tests/unit/lib/ehtail.c): its callers are found all the same. */
+/* Unwind the captured regs/stack into ips and name each frame (the leaf by
+ * its pc, the others by their return address - 1), printed as "# TAG
+ * frame N: name"; the frame count. */
+static int unwind_named(tb_unwinder *u, tb_symtab *st, const char *tag, uint64_t *ips, const char **names,
+                        int *failed)
+{
+    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, failed);
+    for (int i = 0; i < n; i++) {
+        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
+        names[i] = nm ? nm : "?";
+        printf("# %sframe %d: %s\n", tag, i, names[i]);
+    }
+    return n;
+}
+
 static void (*ehtail_call)(void (*)(void));
 __attribute__((noinline)) static void tail_cb(void)
 {
@@ -125,14 +140,9 @@ static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
           !tb_symtab_readable(st, m->eh_frame_hdr + m->eh_frame_hdr_len, 1));
     tail_outer();
     uint64_t ips[64];
-    int failed = -1;
-    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
     const char *names[64];
-    for (int i = 0; i < n; i++) {
-        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
-        names[i] = nm ? nm : "?";
-        printf("# ehtail frame %d: %s\n", i, names[i]);
-    }
+    int failed = -1;
+    int n = unwind_named(u, st, "ehtail ", ips, names, &failed);
     CHECKF(n >= 5, "only %d frames", n);
     if (n >= 5) {
         CHECK_STR(names[1], "tail_cb");
@@ -194,15 +204,13 @@ static void check_interrupted_first_insn(tb_unwinder *u, tb_symtab *st)
     sig_caller();
     sigaction(SIGILL, &old, NULL);
     uint64_t ips[64];
+    const char *names[64];
     int failed = -1;
-    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+    int n = unwind_named(u, st, "signal ", ips, names, &failed);
     int at = -1;
-    for (int i = 0; i < n; i++) {
-        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
-        printf("# signal frame %d: %s\n", i, nm ? nm : "?");
-        if (nm && (strcmp(nm, "sig_first_insn") == 0 || strcmp(nm, "sig_before") == 0) && at < 0)
+    for (int i = 0; i < n && at < 0; i++)
+        if (strcmp(names[i], "sig_first_insn") == 0 || strcmp(names[i], "sig_before") == 0)
             at = i;
-    }
     CHECKF(at > 0, "no frame in sig_first_insn");
     if (at > 0) {
         const char *nm = tb_symtab_lookup(st, ips[at] - 1, NULL);
@@ -261,14 +269,9 @@ int main(void)
     }
     level1();
     uint64_t ips[64];
-    int failed = -1;
-    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
     const char *names[64];
-    for (int i = 0; i < n; i++) {
-        const char *nm = tb_symtab_lookup(st, i ? ips[i] - 1 : ips[i], NULL);
-        names[i] = nm ? nm : "?";
-        printf("# frame %d: %s\n", i, names[i]);
-    }
+    int failed = -1;
+    int n = unwind_named(u, st, "", ips, names, &failed);
     /* frame 0 is capture() right after getcontext returned */
     CHECKF(n >= 5, "only %d frames", n);
     if (n >= 5) {

@@ -646,15 +646,10 @@ static int count_write(void *ctx, const void *data, size_t len)
  * file holds as huge unsigned picoseconds (it was written all the same). */
 static void test_unsortable_not_written(void)
 {
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define TB_TEST_SANITIZED 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(TB_TEST_SANITIZED)
-    printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
-    return;
-#endif
+    if (TAP_SANITIZED) {
+        printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
+        return;
+    }
     struct rlimit was;
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
