@@ -200,7 +200,7 @@ static int walk(const tb_space *s, tb_category cat, int flags, tb_ranges_fn fn, 
                     open_compact(&o, e->start_ns);
                 else
                     open_trim(&o, e->start_ns);
-                rc = fn(ctx, p, l, e, corr, o.v + o.base, o.top - o.base);
+                rc = fn(ctx, p, l, e, corr, o.v ? o.v + o.base : NULL, o.top - o.base); /* (NULL + 0: UB) */
             }
         }
     }
