@@ -10,6 +10,13 @@ void tap_failed(const char *file, int line, const char *expr, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 int tap_done(void);
 
+/* Bound the address space to what is mapped now plus extra_kb (RLIMIT_AS),
+ * the old limit into *was (put it back with setrlimit(RLIMIT_AS, was)):
+ * 0; -1 where /proc or getrlimit cannot say (a test skips), -2 where
+ * setrlimit refused. */
+#include <sys/resource.h>
+int tap_limit_memory(long extra_kb, struct rlimit *was);
+
 #define CHECK(cond)                                                        \
     do {                                                                   \
         if (cond)                                                          \

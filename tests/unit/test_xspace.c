@@ -650,19 +650,6 @@ static void test_unsortable_not_written(void)
         printf("# skip unsortable: a sanitizer's address space is not what RLIMIT_AS can bound\n");
         return;
     }
-    struct rlimit was;
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    long vm_kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, "VmSize:", 7))
-            vm_kb = atol(line + 7);
-    if (f)
-        fclose(f);
-    if (vm_kb < 0 || getrlimit(RLIMIT_AS, &was) != 0) {
-        printf("# skip unsortable: no VmSize or RLIMIT_AS\n");
-        return;
-    }
     enum { N = 1000000 };
     tb_space *s = tb_space_new();
     tb_plane *h = tb_space_plane(s, "/host:CPU");
@@ -671,16 +658,16 @@ static void test_unsortable_not_written(void)
     for (int64_t i = 0; i < N; i++)
         tb_line_add(l, m, T0 + (N - i) * 100, 10); /* newest first */
     /* the events are there; their sort's buffer (N events) is not to be had */
-    f = fopen("/proc/self/status", "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (!strncmp(line, "VmSize:", 7))
-            vm_kb = atol(line + 7);
-    if (f)
-        fclose(f);
-    struct rlimit low = {(rlim_t)(vm_kb + 4096) * 1024, was.rlim_max};
+    struct rlimit was;
+    int lim = tap_limit_memory(4096, &was);
+    if (lim == -1) {
+        printf("# skip unsortable: no VmSize or RLIMIT_AS\n");
+        tb_space_free(s);
+        return;
+    }
     size_t bytes = 0;
     tb_xspace_sink sink = {NULL, count_write, &bytes};
-    int r = setrlimit(RLIMIT_AS, &low) == 0 ? tb_xspace_encode_stream(s, &sink) : 1;
+    int r = lim == 0 ? tb_xspace_encode_stream(s, &sink) : 1;
     setrlimit(RLIMIT_AS, &was);
     CHECK_EQ_I(r, -ENOMEM);
     CHECK_EQ_I(bytes, 0);
