@@ -1353,9 +1353,10 @@ static void machine(void)
         } else if (captured) {
             sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
         } else {
-            if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (a
-                                                  helper program of the job, without CUDA: quietly) */
-                tb_log(used_cuda() ? TB_LOG_WARN : TB_LOG_INFO,
+            if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (the env
+                                                  window in a helper program of the job, without CUDA:
+                                                  quietly; a window the program or a user asked for: aloud) */
+                tb_log(c.win != -2 || used_cuda() ? TB_LOG_WARN : TB_LOG_INFO,
                        "capture '%s' ended before it began: the process %s before its sources were on; "
                        "nothing written",
                        c.trigger, g.term_pending ? "was terminated" : "exited");
