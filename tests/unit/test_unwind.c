@@ -33,18 +33,28 @@ static volatile int depth_sink;
 /* (both compilers take it without ASan too; clang 14 has no __SANITIZE_ADDRESS__) */
 #define NO_ASAN __attribute__((no_sanitize_address))
 
-/* Copy the live stack byte by byte (memcpy would trip ASan's stack redzones). */
-NO_ASAN __attribute__((noinline)) static void copy_stack(uint64_t sp)
+/* The main thread's stack end, looked up in main(): capture() also runs in
+ * a signal handler, where pthread_getattr_np (fopen, malloc) must not. */
+static uint64_t stack_end;
+
+static void find_stack_end(void)
 {
     pthread_attr_t a;
     void *lo;
     size_t sz;
-    uint64_t top = sp + COPY;
     if (pthread_getattr_np(pthread_self(), &a) == 0) {
-        if (pthread_attr_getstack(&a, &lo, &sz) == 0 && (uint64_t)(uintptr_t)lo + sz < top)
-            top = (uint64_t)(uintptr_t)lo + sz;
+        if (pthread_attr_getstack(&a, &lo, &sz) == 0)
+            stack_end = (uint64_t)(uintptr_t)lo + sz;
         pthread_attr_destroy(&a);
     }
+}
+
+/* Copy the live stack byte by byte (memcpy would trip ASan's stack redzones). */
+NO_ASAN __attribute__((noinline)) static void copy_stack(uint64_t sp)
+{
+    uint64_t top = sp + COPY;
+    if (stack_end && stack_end < top)
+        top = stack_end;
     stack_len = (size_t)(top - sp);
     const volatile unsigned char *src = (const unsigned char *)(uintptr_t)sp;
     for (size_t i = 0; i < stack_len; i++)
@@ -258,6 +268,7 @@ static int unwind_without_sigprocmask(tb_unwinder *u, int want)
 
 int main(void)
 {
+    find_stack_end();
     tb_symtab *st = tb_symtab_new();
     tb_symtab_refresh(st);
     tb_unwinder *u = tb_unwinder_new(st);
