@@ -124,7 +124,8 @@ def env(logdir=None, preload=True, python=False, **tbprof):
         e["ASAN_OPTIONS"] = "detect_leaks=%d:verify_asan_link_order=0:abort_on_error=0" % (0 if python else 1)
         e["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     elif SANITIZE == "thread":
-        e["TSAN_OPTIONS"] = "halt_on_error=0:exitcode=66:report_signal_unsafe=0:atexit_sleep_ms=0"
+        e["TSAN_OPTIONS"] = ("halt_on_error=0:exitcode=66:report_signal_unsafe=0:atexit_sleep_ms=0:suppressions="
+                             + os.path.join(os.path.dirname(os.path.abspath(__file__)), "tsan.supp"))
     return e
 
 
