@@ -536,7 +536,7 @@ class Triggers(tbtest.TestCase):
         for name, code, said in (("cuda", "import ctypes, time; ctypes.CDLL(%r); time.sleep(0.3)" % cuda, True),
                                  ("no cuda", "import time; time.sleep(0.3)", False)):
             with self.subTest(name):
-                e = tbtest.env(self.logdir, gpu="on", cupti_path=FAKE_CUPTI, cpu="off", duration="3",
+                e = tbtest.env(self.logdir, python=True, gpu="on", cupti_path=FAKE_CUPTI, cpu="off", duration="3",
                                python_helper="off")
                 e["TBFAKE_CUPTI_SCRIPT"] = script
                 e["TBFAKE_CUPTI_SUBSCRIBE_MS"] = "1000"  # (the exit waits 2 s for it)
