@@ -66,13 +66,16 @@ static _Atomic int64_t cur_step = -1; /* the step the last start began; -1: none
 static __thread int in_runtime_call;  /* a cudart wrapper is forwarding: a nested driver call is not a new step */
 
 struct find_ctx {
-    const char *sym;
-    void *self;
-    void *found;
+    int skip;            /* candidates seen before: passed over */
+    char path[PATH_MAX]; /* the next one's path ("": none left) */
 };
 
-/* dl_iterate_phdr: the symbol in a loaded libcudart* / libcuda* object. */
-static int find_in_cuda_libs(struct dl_phdr_info *info, size_t size, void *arg)
+/* dl_iterate_phdr: the path of the next loaded libcudart* / libcuda*
+ * object. Only copied here: dlopen() takes the loader's lock, which a
+ * thread in dlopen() holds while it waits for the one dl_iterate_phdr holds
+ * around this callback (a job loading a library on another thread would
+ * deadlock with us). */
+static int find_cuda_lib(struct dl_phdr_info *info, size_t size, void *arg)
 {
     (void)size;
     struct find_ctx *f = arg;
@@ -83,16 +86,30 @@ static int find_in_cuda_libs(struct dl_phdr_info *info, size_t size, void *arg)
     base = base ? base + 1 : path;
     if (strncmp(base, "libcudart", 9) && strncmp(base, "libcuda.", 8))
         return 0;
-    void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
-    if (!h)
+    if (f->skip-- > 0 || strlen(path) >= sizeof(f->path))
         return 0;
-    void *p = dlsym(h, f->sym); /* searches that object and its dependencies only */
-    dlclose(h);
-    if (p && p != f->self) {
-        f->found = p;
-        return 1;
+    memcpy(f->path, path, strlen(path) + 1);
+    return 1;
+}
+
+/* The symbol in a loaded libcudart* / libcuda* object, not `self`. */
+static void *find_in_cuda_libs(const char *sym, void *self)
+{
+    struct find_ctx f;
+    for (int k = 0; k < 64; k++) {
+        f.skip = k;
+        f.path[0] = '\0';
+        if (!dl_iterate_phdr(find_cuda_lib, &f) || !f.path[0])
+            return NULL;
+        void *h = dlopen(f.path, RTLD_LAZY | RTLD_NOLOAD); /* unloaded meanwhile: NULL */
+        if (!h)
+            continue;
+        void *p = dlsym(h, sym); /* searches that object and its dependencies only */
+        dlclose(h);
+        if (p && p != self)
+            return p;
     }
-    return 0;
+    return NULL;
 }
 
 static prof_fn resolve(int i, void *self)
@@ -103,11 +120,8 @@ static prof_fn resolve(int i, void *self)
     void *p = dlsym(RTLD_NEXT, fname[i]);
     if (p == self)
         p = NULL;
-    if (!p) {
-        struct find_ctx c = {.sym = fname[i], .self = self};
-        dl_iterate_phdr(find_in_cuda_libs, &c);
-        p = c.found;
-    }
+    if (!p)
+        p = find_in_cuda_libs(fname[i], self);
     if (!p) {
         /* not cached: a CUDA library loaded later is found then */
         tb_warn_once("%s called but no CUDA library defines it: returning success without forwarding",

@@ -10,6 +10,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import relutil  # noqa: E402
 import tbtest  # noqa: E402
 
 PROG = tbtest.prog("cudasteps")
@@ -113,6 +114,29 @@ class CudaProfilerSteps(tbtest.TestCase):
         self.assertEqual(fwd, (6, 6))
         self.assertEqual(rc, (7, 7))
         self.check_steps(self.one_profile(), 1, 3, ranges, p.pid, 3)
+
+    def test_runtime_loaded_locally_while_another_thread_loads_a_library(self):
+        # the look-up among the loaded objects meets another thread's
+        # dlopen() (a shim makes them meet): both return, the call is
+        # forwarded and counted, the job ends
+        shim = tbtest.prog("libdlopen_race.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        e = tbtest.env(self.logdir, steps="1,2")
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
+        e["TBTEST_DLOPEN_OTHER"] = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+        p = tbtest.spawn([PROG, "-n", "4", "-m", "2", "-l", FAKE], env=e)
+        try:
+            out, err = p.communicate(timeout=30 * relutil.sanitizer_slowdown())
+        except Exception:
+            p.kill()
+            out, err = p.communicate()
+            self.fail("the job hung in its first cudaProfilerStart (loader deadlock): " + err)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn("other loaded: yes", err)
+        ranges, rc, fwd = parse(out)
+        self.assertEqual(fwd, (4, 4))
+        self.check_steps(self.one_profile(), 1, 2, ranges, p.pid, 2)
 
     def test_driver_api(self):
         pid, out, _ = self.run_prog(["-D", "-n", "6", "-m", "3", "-L", FAKE], steps="3")
