@@ -112,6 +112,18 @@ static void *find_in_cuda_libs(const char *sym, void *self)
     return NULL;
 }
 
+/* Keeps the object that defines p loaded, for the pointer resolve()
+ * caches: a job that dlclose()s its CUDA runtime (a plugin let go) would
+ * otherwise leave it pointing into unmapped code, and its next
+ * cudaProfilerStart would crash. A dlopen(RTLD_NOLOAD) counts as a
+ * reference; this one is never given back. */
+static void pin(void *p)
+{
+    Dl_info di;
+    if (dladdr(p, &di) && di.dli_fname && di.dli_fname[0])
+        (void)dlopen(di.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+}
+
 static prof_fn resolve(int i, void *self)
 {
     prof_fn f = atomic_load_explicit(&real_fn[i], memory_order_acquire);
@@ -128,6 +140,7 @@ static prof_fn resolve(int i, void *self)
                      fname[i]);
         return NULL;
     }
+    pin(p);
     *(void **)&f = p;
     atomic_store_explicit(&real_fn[i], f, memory_order_release);
     tb_debug("%s forwards to %p", fname[i], p);

@@ -138,6 +138,17 @@ class CudaProfilerSteps(tbtest.TestCase):
         self.assertEqual(fwd, (4, 4))
         self.check_steps(self.one_profile(), 1, 2, ranges, p.pid, 2)
 
+    def test_runtime_unloaded_by_the_job(self):
+        # a job that dlclose()s its CUDA runtime (a plugin unloaded) and
+        # calls cudaProfilerStart again: the wrapper does not jump into
+        # unmapped code; the runtime it forwards to stays loaded
+        for flag in ("-l", "-L"):
+            with self.subTest(flag=flag):
+                p = tbtest.run([PROG, "-n", "3", "-m", "1", flag, FAKE, "-c"], env=tbtest.env(self.logdir))
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertIn("after dlclose start=0 stop=0", p.stdout)
+                self.assertEqual(parse(p.stdout)[2], (3, 3))
+
     def test_driver_api(self):
         pid, out, _ = self.run_prog(["-D", "-n", "6", "-m", "3", "-L", FAKE], steps="3")
         ranges, rc, fwd = parse(out)

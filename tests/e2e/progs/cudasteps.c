@@ -1,7 +1,7 @@
 /* cudasteps.c - a CUDA-style loop that marks its steps with
  * cudaProfilerStart/Stop, for tests/e2e/test_agent_cudasteps.py.
  *
- *   cudasteps [-n steps] [-m ms] [-g gap_ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N]
+ *   cudasteps [-n steps] [-m ms] [-g gap_ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N] [-c]
  *
  *   -n   steps (default 10): each is cudaProfilerStart(); ~ms of host work;
  *        cudaProfilerStop(); ~gap_ms of host work outside any range
@@ -14,6 +14,9 @@
  *   -a   also call tbprof_step() just before each cudaProfilerStart (two
  *        step sources marking the same steps); prints "api i RET" per call
  *   -b   benchmark: N start/stop pairs, print "bench ns_per_pair=X"
+ *   -c   at the end dlclose() the library (a plugin unloaded), then call
+ *        start and stop once more; prints "after dlclose start=A stop=B"
+ *        (with the preload only: without it they would call unmapped code)
  * Prints "range i START_NS STOP_NS" (epoch ns, just before the start call and
  * just after the stop call) per range, then "rc start=A stop=B" (what the
  * calls returned) and "forwarded start=X stop=Y" (calls that reached the
@@ -44,13 +47,13 @@ static void work(double ms) { spin_ms(ms); }
 
 int main(int argc, char **argv)
 {
-    int n = 10, driver = 0, one = 0, api = 0;
+    int n = 10, driver = 0, one = 0, api = 0, close_lib = 0;
     long bench = 0;
     double ms = 3, gap = 2;
     const char *lib = NULL;
     int lib_global = 0;
     int c;
-    while ((c = getopt(argc, argv, "n:m:g:L:l:D1ab:")) != -1) {
+    while ((c = getopt(argc, argv, "n:m:g:L:l:D1ab:c")) != -1) {
         switch (c) {
         case 'n': n = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -61,8 +64,9 @@ int main(int argc, char **argv)
         case '1': one = 1; break;
         case 'a': api = 1; break;
         case 'b': bench = atol(optarg); break;
+        case 'c': close_lib = 1; break;
         default:
-            fprintf(stderr, "usage: cudasteps [-n N] [-m ms] [-g ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N]\n");
+            fprintf(stderr, "usage: cudasteps [-n N] [-m ms] [-g ms] [-L lib | -l lib] [-D] [-1] [-a] [-b N] [-c]\n");
             return 2;
         }
     }
@@ -130,5 +134,12 @@ int main(int argc, char **argv)
         *(void **)&calls = dlsym(h, "fakecuda_calls");
     printf("forwarded start=%d stop=%d\n", calls ? calls(driver ? 2 : 0) : -1, calls ? calls(driver ? 3 : 1) : -1);
     fflush(stdout);
+    if (close_lib && h) {
+        dlclose(h);
+        int a = start();
+        int b = stop();
+        printf("after dlclose start=%d stop=%d\n", a, b);
+        fflush(stdout);
+    }
     return 0;
 }
