@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #if defined(__has_include)
 #if __has_include(<sys/single_threaded.h>)
 #include <sys/single_threaded.h>
@@ -193,7 +194,7 @@ static struct timespec mono_in(int64_t ns)
 
 static void wake(void)
 {
-    int fd = g.wake_fd[1];
+    int fd = __atomic_load_n(&g.wake_fd[1], __ATOMIC_RELAXED); /* fds_check may replace it */
     if (fd >= 0) {
         ssize_t w = write(fd, "w", 1); /* non-blocking: a full pipe is awake enough */
         (void)w;
@@ -403,6 +404,73 @@ static int make_pipe(int fd[2], int flags)
         return -e;
     }
     return 0;
+}
+
+/* What the agent's own fds are (device and inode), to tell them from the
+ * job's: a job may close every fd it did not open (a daemon's closefrom(3)
+ * at start-up) and get the numbers back for its own files and sockets,
+ * which the agent must then neither read nor accept on. Under g.lock. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+} fd_id;
+static fd_id wake_id[2], listen_id;
+
+static void fd_id_take(int fd, fd_id *id)
+{
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0)
+        *id = (fd_id){st.st_dev, st.st_ino};
+    else
+        *id = (fd_id){0, 0};
+}
+
+static int fd_id_is(int fd, const fd_id *id)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
+}
+
+/* Agent thread, before it polls or serves: the fds that are ours no more
+ * are let go (not closed: the numbers are the job's now); a wake-up pipe
+ * the job took is made anew. */
+static void fds_check(void)
+{
+    int lost_listen = -1, lost_wake = 0, renewed = 0;
+    pthread_mutex_lock(&g.lock);
+    if (g.listen_fd >= 0 && !fd_id_is(g.listen_fd, &listen_id)) {
+        lost_listen = g.listen_fd;
+        g.listen_fd = -1;
+    }
+    if (g.wake_fd[0] >= 0) {
+        int ours[2] = {fd_id_is(g.wake_fd[0], &wake_id[0]), fd_id_is(g.wake_fd[1], &wake_id[1])};
+        if (!ours[0] || !ours[1]) {
+            lost_wake = 1;
+            sig_fd_w = -1;
+            int old[2] = {g.wake_fd[0], g.wake_fd[1]};
+            __atomic_store_n(&g.wake_fd[1], -1, __ATOMIC_RELAXED);
+            g.wake_fd[0] = -1;
+            for (int i = 0; i < 2; i++)
+                if (ours[i])
+                    close(old[i]);
+            int fd[2];
+            if (make_pipe(fd, O_CLOEXEC | O_NONBLOCK) == 0) {
+                fd_id_take(fd[0], &wake_id[0]);
+                fd_id_take(fd[1], &wake_id[1]);
+                g.wake_fd[0] = fd[0];
+                __atomic_store_n(&g.wake_fd[1], fd[1], __ATOMIC_RELAXED);
+                sig_fd_w = fd[1];
+                renewed = 1;
+            }
+        }
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (lost_listen >= 0)
+        tb_warn("the job closed tbprof's control socket (fd %d): `tbprof trigger` and the socket's commands are "
+                "off in this process",
+                lost_listen);
+    if (lost_wake)
+        tb_debug("the job closed tbprof's wake-up pipe: %s", renewed ? "made a new one" : "polling instead");
 }
 
 /* The watchdog and its pipe, once per process (again in a forked child).
@@ -750,6 +818,7 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
 static void serve_while_writing(void *ctx)
 {
     tb_stall_touch(*(int *)ctx); /* a piece went out: the write is moving */
+    fds_check();
     pthread_mutex_lock(&g.lock);
     int serve = !g.exiting && !g.term_pending && g.listen_fd >= 0;
     pthread_mutex_unlock(&g.lock);
@@ -1475,8 +1544,11 @@ static void *agent_main(void *arg)
         uselocale(c_locale);
     prctl(PR_SET_NAME, "tbprof-agent"); /* no /proc write: cheaper at start-up */
     for (;;) {
+        fds_check();
         pthread_mutex_lock(&g.lock);
         int timeout = compute_timeout(tb_mono_ns());
+        if (g.wake_fd[0] < 0 && (timeout < 0 || timeout > 100)) /* no pipe: nobody can wake us */
+            timeout = 100;
         pthread_mutex_unlock(&g.lock);
         struct pollfd fds[2];
         int n = 0;
@@ -1537,8 +1609,12 @@ static int ensure_thread(void)
         return 0;
     }
     int rc = 0;
-    if (g.wake_fd[0] < 0 && (rc = make_pipe(g.wake_fd, O_CLOEXEC | O_NONBLOCK)) < 0)
-        goto fail;
+    if (g.wake_fd[0] < 0) {
+        if ((rc = make_pipe(g.wake_fd, O_CLOEXEC | O_NONBLOCK)) < 0)
+            goto fail;
+        fd_id_take(g.wake_fd[0], &wake_id[0]);
+        fd_id_take(g.wake_fd[1], &wake_id[1]);
+    }
     sig_fd_w = g.wake_fd[1];
     /* unwinding and writing need some stack, not 8 MB */
     if ((rc = spawn(agent_main, NULL, 2 << 20)) < 0)
@@ -1631,6 +1707,7 @@ int tb_agent_init(const tb_config *c, int disable)
             tb_warn("control socket off: %s", strerror(-fd));
         else
             g.listen_fd = fd;
+        fd_id_take(g.listen_fd, &listen_id);
     }
     /* TBPROF_SOCKET=auto: a single-threaded process gets no thread of ours
      * (glibc drops its single-thread fast paths once there are two, and the

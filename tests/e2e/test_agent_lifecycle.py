@@ -50,6 +50,38 @@ class Lifecycle(tbtest.TestCase):
         # file stems differ by pid, so the two never collide
         self.assertEqual(len(set(os.path.basename(f) for f in files)), 2)
 
+    def test_job_closes_every_fd_and_reuses_the_numbers(self):
+        # a daemon-style job closes every fd it did not open (tbprof's
+        # control socket and wake-up pipe among them) and opens files of its
+        # own, which get those numbers: tbprof reads none of the job's data,
+        # does not spin on fds that are gone, says once that the socket
+        # trigger is off, and an API capture afterwards still works
+        files = []
+        for i in range(3):
+            f = os.path.join(self.tmp, "data%d" % i)
+            with open(f, "w") as fh:
+                fh.write("content-%d-" % i + "x" * 100)
+            files.append(f)
+        e = tbtest.env(self.logdir, socket="on")
+        if tbtest.SANITIZE == "thread":
+            # the job closing fds the agent thread uses is the case itself
+            sup = os.path.join(self.tmp, "tsan.supp")
+            with open(sup, "w") as fh:
+                fh.write("race:closefds.c\n")
+            e["TSAN_OPTIONS"] += ":suppressions=" + sup
+        p = tbtest.run([tbtest.prog("closefds")] + files, env=e)
+        self.assertExitedOk(p)
+        lines = dict(l.split(" ", 1) for l in p.stdout.splitlines() if " " in l and not l.startswith("file"))
+        got = [l.split(" ", 2)[2] for l in p.stdout.splitlines() if l.startswith("file ")]
+        self.assertEqual(got, ["content-%d-" % i + "x" * 100 for i in range(3)], "the job's files read whole")
+        self.assertLess(float(lines["cpu_ms"]), 300 * relutil.sanitizer_slowdown(), "CPU time of an idle second")
+        self.assertEqual(lines["start"], "0")
+        self.assertTrue(lines["last"].endswith(".xplane.pb") and os.path.exists(lines["last"]), p.stdout)
+        self.assertIn("tbprof_start", tbtest.load(lines["last"]).host.stats["tbprof_trigger"])
+        warns = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(warns), 1, p.stderr)
+        self.assertIn("control socket", warns[0])
+
     def test_sigterm_mid_capture(self):
         p = tbtest.spawn([STEPS, "-r", "-n", "2000", "-m", "5"], env=tbtest.env(self.logdir, steps="3,1500"))
         tbtest.read_until(p, "ready")
