@@ -54,7 +54,8 @@ typedef struct var {
 static const var vars[] = {
     {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
      "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir); a relative "
-     "path is taken against the working directory at start-up, once (a later chdir() does not move it)",
+     "path is taken against the working directory at start-up, once (a later chdir() does not move it, "
+     "and processes the job starts inherit it as that absolute path)",
      "writing off", "", F(logdir), 0, 0},
     {"TBPROF_STEPS", T_STEPS, "", "A,B | A-B | N | several as A-B;C-D | the last one repeating as A-B/P or A-B/PxK",
      "capture steps A..B inclusive (Keras-compatible \"10,20\"); each window is its own run; A-B/P: "

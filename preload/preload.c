@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <unistd.h>
@@ -34,8 +35,11 @@ static atomic_int once;
 
 /* A relative TBPROF_LOGDIR (the default `logs` is one) is taken against the
  * working directory now, at start-up, once: a job that chdir()s later still
- * writes where it was started. Where the directory cannot be read or the
- * path would not fit, it stays relative (as before: resolved at each write). */
+ * writes where it was started, and so do the processes it starts after
+ * that (ranks spawned from a run folder Hydra chdir()ed into): they inherit
+ * TBPROF_LOGDIR as the absolute path. Where the directory cannot be read or
+ * the path would not fit, it stays relative (as before: resolved at each
+ * write). */
 static void logdir_absolute(tb_config *c)
 {
     const char *rel = c->logdir;
@@ -56,6 +60,8 @@ static void logdir_absolute(tb_config *c)
         return;
     }
     memcpy(c->logdir, abs, (size_t)w + 1);
+    if (setenv("TBPROF_LOGDIR", c->logdir, 1) < 0)
+        tb_debug("TBPROF_LOGDIR=%s: not set for child processes (%s)", c->logdir, strerror(errno));
 }
 
 static void init(void)

@@ -4,6 +4,7 @@ not change; files are complete or absent, never partial."""
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -81,6 +82,23 @@ class Lifecycle(tbtest.TestCase):
         warns = tbtest.tbprof_warnings(p.stderr)
         self.assertEqual(len(warns), 1, p.stderr)
         self.assertIn("control socket", warns[0])
+
+    def test_relative_logdir_of_exec_children_after_a_chdir(self):
+        # TBPROF_LOGDIR=logs is taken against the directory the job started
+        # in; a child the job starts after it chdir()ed (mp.spawn ranks
+        # under Hydra's output folder) writes there too, not under the
+        # child's own working directory
+        start, elsewhere = os.path.join(self.tmp, "start"), os.path.join(self.tmp, "elsewhere")
+        os.makedirs(start)
+        os.makedirs(elsewhere)
+        p = subprocess.Popen([STEPS, "-D", elsewhere, "-e", "-n", "12", "-m", "5"], env=tbtest.env("logs", steps="2,4"),
+                             cwd=start, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        child = int(out.split("child ")[1].split()[0])
+        self.assertEqual(tbtest.xplanes(os.path.join(elsewhere, "logs")), [])
+        files = tbtest.xplanes(os.path.join(start, "logs"))
+        self.assertEqual(sorted(tbtest.load(f).host.stats["pid"] for f in files), sorted([p.pid, child]))
 
     def test_sigterm_mid_capture(self):
         p = tbtest.spawn([STEPS, "-r", "-n", "2000", "-m", "5"], env=tbtest.env(self.logdir, steps="3,1500"))
