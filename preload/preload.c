@@ -60,7 +60,14 @@ static void logdir_absolute(tb_config *c)
         return;
     }
     memcpy(c->logdir, abs, (size_t)w + 1);
-    if (setenv("TBPROF_LOGDIR", c->logdir, 1) < 0)
+}
+
+/* Children inherit the absolute logdir. Only before main() (preloaded): a
+ * library dlopen()ed into a running job must not setenv() while its threads
+ * may be reading the environment. */
+static void logdir_export(const tb_config *c)
+{
+    if (c->logdir[0] == '/' && setenv("TBPROF_LOGDIR", c->logdir, 1) < 0)
         tb_debug("TBPROF_LOGDIR=%s: not set for child processes (%s)", c->logdir, strerror(errno));
 }
 
@@ -78,6 +85,8 @@ static void init(void)
     logdir_absolute(&c);
     int hooked = tb_thread_hook_active();
     tb_agent_set_threads_hooked(hooked);
+    if (hooked) /* preloaded: still before main() */
+        logdir_export(&c);
     if (hooked && c.python_helper) /* preloaded: still before main() */
         tb_python_env_setup();
     if (hooked && c.cpu && c.cpu_mode == TB_CPU_STACKCOPY && c.py_trampoline == 2) /* fp: no use */
