@@ -1557,9 +1557,13 @@ static void *agent_main(void *arg)
             fds[n++] = (struct pollfd){.fd = g.listen_fd, .events = POLLIN};
         int r = poll(fds, (nfds_t)n, timeout);
         if (r > 0) {
-            if (fds[0].revents)
+            /* the job may have closed and reopened the numbers between the
+             * check above and the poll: looked at again before a read or an
+             * accept, which would take the job's data or connection */
+            fds_check();
+            if (fds[0].revents && fds[0].fd == g.wake_fd[0])
                 drain(g.wake_fd[0], on_signal_byte);
-            if (n > 1 && fds[1].revents)
+            if (n > 1 && fds[1].revents && fds[1].fd == g.listen_fd)
                 tb_ctl_serve(g.listen_fd, tb_agent_control);
         }
         machine();
