@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "perfmap.h"
+#include "util.h"
 
 typedef struct tb_sym {
     uint64_t addr; /* file vaddr */
@@ -655,9 +656,12 @@ static int same_build(tb_symtab *st, const tb_module *m, const tb_elfsyms *es)
     for (int i = 0; i < m->nnote; i++) {
         if (!m->note[i].len || !tb_symtab_readable(st, m->note[i].start, (size_t)m->note[i].len))
             continue;
+        unsigned char notes[4096]; /* (a build ID note is 36 bytes; the notes before it few) */
+        size_t len = m->note[i].len < sizeof(notes) ? (size_t)m->note[i].len : sizeof(notes);
+        if (tb_self_read(getpid(), notes, m->note[i].start, len, 1) < 0)
+            continue; /* unloaded meanwhile */
         const unsigned char *mid = NULL;
-        size_t mn = note_build_id((const unsigned char *)(uintptr_t)m->note[i].start, (size_t)m->note[i].len,
-                                  &mid);
+        size_t mn = note_build_id(notes, len, &mid);
         if (mn)
             return mn == fn && memcmp(mid, fid, fn) == 0;
     }
@@ -676,12 +680,16 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
 {
     if (!m->dynamic)
         return NULL;
+    /* read with tb_self_read, not through pointers: the job may dlclose
+     * the object while this runs on the agent thread */
+    pid_t pid = getpid();
     uint64_t symtab = 0, strtab = 0, strsz = 0, hash = 0, gnu_hash = 0, syment = sizeof(Elf64_Sym);
     for (uint64_t a = m->dynamic;; a += sizeof(Elf64_Dyn)) {
         if (!tb_symtab_readable(st, a, sizeof(Elf64_Dyn)))
             return NULL;
         Elf64_Dyn d;
-        memcpy(&d, (const void *)(uintptr_t)a, sizeof(d));
+        if (tb_self_read(pid, &d, a, sizeof(d), 1) < 0)
+            return NULL;
         if (d.d_tag == DT_NULL)
             break;
         switch (d.d_tag) {
@@ -698,17 +706,17 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
         return NULL;
     uint64_t count = 0;
     uint32_t w[4];
-    if (hash && tb_symtab_readable(st, hash, 8)) {
-        memcpy(w, (const void *)(uintptr_t)hash, 8);
+    if (hash && tb_symtab_readable(st, hash, 8) && tb_self_read(pid, w, hash, 8, 1) == 0) {
         count = w[1]; /* nchain */
-    } else if (gnu_hash && tb_symtab_readable(st, gnu_hash, 16)) {
-        memcpy(w, (const void *)(uintptr_t)gnu_hash, 16); /* nbuckets, symoffset, bloom size, shift */
+    } else if (gnu_hash && tb_symtab_readable(st, gnu_hash, 16) && tb_self_read(pid, w, gnu_hash, 16, 1) == 0) {
+        /* nbuckets, symoffset, bloom size, shift */
         uint64_t buckets = gnu_hash + 16 + (uint64_t)w[2] * 8, chains = buckets + (uint64_t)w[0] * 4;
         if (!tb_symtab_readable(st, buckets, (size_t)w[0] * 4))
             return NULL;
         uint32_t last = 0, b;
         for (uint32_t i = 0; i < w[0]; i++) {
-            memcpy(&b, (const void *)(uintptr_t)(buckets + (uint64_t)i * 4), 4);
+            if (tb_self_read(pid, &b, buckets + (uint64_t)i * 4, 4, 1) < 0)
+                return NULL;
             if (b > last)
                 last = b;
         }
@@ -716,9 +724,8 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
         if (last >= w[1]) { /* the highest chain runs to the last symbol */
             for (;;) {
                 uint64_t a = chains + (uint64_t)(last - w[1]) * 4;
-                if (!tb_symtab_readable(st, a, 4))
+                if (!tb_symtab_readable(st, a, 4) || tb_self_read(pid, &b, a, 4, 1) < 0)
                     return NULL;
-                memcpy(&b, (const void *)(uintptr_t)a, 4);
                 if (b & 1)
                     break;
                 last++;
@@ -729,14 +736,18 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
     if (!count || count > (16u << 20) || !tb_symtab_readable(st, symtab, (size_t)count * sizeof(Elf64_Sym)))
         return NULL;
     char *strs = malloc((size_t)strsz + 1);
-    if (!strs)
+    unsigned char *syms = malloc((size_t)count * sizeof(Elf64_Sym));
+    if (!strs || !syms || tb_self_read(pid, strs, strtab, (size_t)strsz, 1) < 0 ||
+        tb_self_read(pid, syms, symtab, (size_t)count * sizeof(Elf64_Sym), 1) < 0) {
+        free(strs);
+        free(syms);
         return NULL;
-    memcpy(strs, (const void *)(uintptr_t)strtab, (size_t)strsz);
+    }
     strs[strsz] = '\0';
     tb_sym *v = NULL;
     size_t n = 0, cap = 0;
-    add_symbol_array((const unsigned char *)(uintptr_t)symtab, (size_t)count, strs, (size_t)strsz + 1, &v, &n,
-                     &cap);
+    add_symbol_array(syms, (size_t)count, strs, (size_t)strsz + 1, &v, &n, &cap);
+    free(syms);
     tb_elfsyms *es = n ? finish_syms(v, n) : NULL;
     if (!es) {
         if (!n)

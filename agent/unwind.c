@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 /* libunwind is loaded at the first capture that needs it (dlopen), not
  * linked: Debian's static libunwind is not position-independent, so it
@@ -222,12 +223,25 @@ typedef struct tramp_slot {
     int yes;
 } tramp_slot;
 
+/* Loaded objects' images (.eh_frame_hdr, .eh_frame, code) are read through
+ * a cache of aligned chunks filled with tb_self_read: a library the job
+ * dlclose()s while we unwind through it fails a read instead of faulting
+ * the job, and the hot tables cost one system call per chunk, not per word.
+ * Emptied when the module list changes (tb_unwinder_flush). */
+#define IMG_CHUNK 512  /* within one page: mapped whole or not at all */
+#define IMG_SLOTS 256  /* 128 KiB */
+typedef struct img_chunk {
+    uint64_t at; /* the chunk's address + 1; 0: empty */
+    unsigned char b[IMG_CHUNK];
+} img_chunk;
+
 struct tb_unwinder {
     unw_addr_space_t as;
     tb_symtab *st;
     pid_t pid; /* this process: for process_vm_readv */
     tramp_slot *tramp;
     size_t ntramp;
+    img_chunk *img;
 };
 
 /* What one tb_unwind() call walks over; passed to the accessors as `arg`. */
@@ -239,38 +253,33 @@ typedef struct sample_ctx {
     size_t len;
 } sample_ctx;
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TB_NO_ASAN __attribute__((no_sanitize_address))
-#endif
-#endif
-#if !defined(TB_NO_ASAN) && defined(__SANITIZE_ADDRESS__)
-#define TB_NO_ASAN __attribute__((no_sanitize_address))
-#endif
-#ifndef TB_NO_ASAN
-#define TB_NO_ASAN
-#endif
-
-/* A word of a loaded object's image (code, .eh_frame, ...): read directly;
- * the caller has checked that it lies in a mapped segment. Not through memcpy
- * so ASan's redzones around globals do not trip on it. */
-TB_NO_ASAN static unw_word_t read_own_word(uint64_t addr)
+/* len bytes of a loaded object's image at addr, which the caller has found
+ * in a readable segment: 0, or -1 when it is unmapped now. */
+static int read_image(tb_unwinder *u, uint64_t addr, void *dst, size_t len)
 {
-    unw_word_t v;
-    __builtin_memcpy(&v, (const void *)(uintptr_t)addr, sizeof(v));
-    return v;
+    unsigned char *out = dst;
+    while (len) {
+        uint64_t base = addr & ~(uint64_t)(IMG_CHUNK - 1);
+        size_t off = (size_t)(addr - base), take = IMG_CHUNK - off < len ? IMG_CHUNK - off : len;
+        img_chunk *ch = &u->img[((base / IMG_CHUNK) * 0x9e3779b97f4a7c15ULL >> 40) & (IMG_SLOTS - 1)];
+        if (ch->at != base + 1) {
+            ch->at = 0;
+            if (tb_self_read(u->pid, ch->b, base, IMG_CHUNK, 1) < 0)
+                return -1;
+            ch->at = base + 1;
+        }
+        memcpy(out, ch->b + off, take);
+        out += take;
+        addr += take;
+        len -= take;
+    }
+    return 0;
 }
 
-/* The first len (< 8) bytes of the word at addr, the rest zero. */
-TB_NO_ASAN static unw_word_t read_own_bytes(uint64_t addr, size_t len)
+static void img_clear(tb_unwinder *u)
 {
-    unw_word_t v = 0;
-    const volatile unsigned char *src = (const volatile unsigned char *)(uintptr_t)addr;
-    unsigned char b[sizeof(v)] = {0};
-    for (size_t i = 0; i < len; i++)
-        b[i] = src[i];
-    memcpy(&v, b, sizeof(v));
-    return v;
+    for (size_t i = 0; i < IMG_SLOTS; i++)
+        u->img[i].at = 0;
 }
 
 static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
@@ -281,13 +290,14 @@ static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t
     if (!m || !m->eh_frame_hdr || m->eh_frame_hdr_len < 12 ||
         !tb_symtab_readable(c->u->st, m->eh_frame_hdr, 12))
         return -UNW_ENOINFO;
-    unsigned char hdr[4];
-    unw_word_t w = read_own_word(m->eh_frame_hdr);
-    memcpy(hdr, &w, 4);
+    unsigned char hdr[12];
+    if (read_image(c->u, m->eh_frame_hdr, hdr, sizeof(hdr)) < 0)
+        return -UNW_ENOINFO;
     /* version 1; eh_frame_ptr pcrel|sdata4; fde_count udata4; table datarel|sdata4 */
     if (hdr[0] != 1 || hdr[2] != 0x03 || hdr[3] != 0x3b)
         return -UNW_ENOINFO;
-    uint32_t fde_count = (uint32_t)read_own_bytes(m->eh_frame_hdr + 8, 4);
+    uint32_t fde_count;
+    memcpy(&fde_count, hdr + 8, 4);
     /* a table longer than the segment that holds it is not read past its end */
     if (fde_count == 0 || fde_count > (m->eh_frame_hdr_len - 12) / 8 ||
         !tb_symtab_readable(c->u->st, m->eh_frame_hdr + 12, (size_t)fde_count * 8))
@@ -329,10 +339,8 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, in
         memcpy(valp, c->stack + (addr - c->sp), sizeof(*valp));
         return 0;
     }
-    if (tb_symtab_readable(c->u->st, addr, sizeof(unw_word_t))) {
-        *valp = read_own_word(addr);
-        return 0;
-    }
+    if (tb_symtab_readable(c->u->st, addr, sizeof(unw_word_t)))
+        return read_image(c->u, addr, valp, sizeof(*valp)) < 0 ? -UNW_EINVAL : 0;
     /* libunwind reads tables a byte at a time out of aligned words: the
      * last entry of an .eh_frame_hdr table that ends its segment 4 bytes
      * past a word boundary is read with the word that holds it, 4 bytes of
@@ -341,7 +349,10 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, in
      * stack through that function ended there). */
     for (size_t k = sizeof(unw_word_t) - 1; k > 0; k--)
         if (tb_symtab_readable(c->u->st, addr, k)) {
-            *valp = read_own_bytes(addr, k);
+            unsigned char b[sizeof(unw_word_t)] = {0};
+            if (read_image(c->u, addr, b, k) < 0)
+                return -UNW_EINVAL;
+            memcpy(valp, b, sizeof(*valp));
             return 0;
         }
     return -UNW_EINVAL;
@@ -434,11 +445,13 @@ tb_unwinder *tb_unwinder_new(tb_symtab *st)
     u->st = st;
     u->pid = getpid();
     u->tramp = calloc(TRAMP_CACHE, sizeof(*u->tramp));
+    u->img = calloc(IMG_SLOTS, sizeof(*u->img));
     u->as = lu.create_addr_space(&accessors, 0);
-    if (!u->as || !u->tramp) {
+    if (!u->as || !u->tramp || !u->img) {
         if (u->as)
             lu.destroy_addr_space(u->as);
         free(u->tramp);
+        free(u->img);
         free(u);
         return NULL;
     }
@@ -452,6 +465,7 @@ void tb_unwinder_free(tb_unwinder *u)
         return;
     lu.destroy_addr_space(u->as);
     free(u->tramp);
+    free(u->img);
     free(u);
 }
 
@@ -467,6 +481,7 @@ void tb_unwinder_flush(tb_unwinder *u)
         return;
     lu.flush_cache(u->as, 0, 0);
     tramp_clear(u);
+    img_clear(u);
 }
 
 /* CPython 3.12+'s perf trampoline (a copy of _Py_trampoline_func_start per
@@ -492,9 +507,7 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
         h = (h + 1) & (TRAMP_CACHE - 1);
     }
     unsigned char buf[sizeof(py_trampoline)];
-    struct iovec local = {buf, sizeof(buf)}, remote = {(void *)(uintptr_t)(ip - 6), sizeof(buf)};
-    int yes = process_vm_readv(u->pid, &local, 1, &remote, 1, 0) == (ssize_t)sizeof(buf) &&
-              memcmp(buf, py_trampoline, sizeof(buf)) == 0;
+    int yes = tb_self_read(u->pid, buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0;
     if (u->ntramp * 2 >= TRAMP_CACHE) {
         tramp_clear(u);
         h = tramp_slot_of(ip);

@@ -161,6 +161,40 @@ static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
         CHECK_STR(names[4], "main");
     }
     CHECK_EQ_I(failed, 0);
+    dlclose(h);
+}
+
+/* The job dlclose()s a library after the module list was read and before
+ * a stack through it is unwound (the agent thread drains while a job
+ * thread unloads): its unwind tables are gone. The walk ends there, the
+ * frames below it kept; before, reading the tables faulted the job. */
+static void check_unloaded_mid_unwind(tb_unwinder *u, tb_symtab *st)
+{
+    void *h = dlopen(EHTAIL_LIB, RTLD_NOW | RTLD_LOCAL);
+    *(void **)&ehtail_call = h ? dlsym(h, "ehtail_call") : NULL;
+    CHECKF(ehtail_call != NULL, "%s: %s", EHTAIL_LIB, dlerror());
+    if (!ehtail_call)
+        return;
+    if (tb_symtab_stale(st) && tb_symtab_refresh(st))
+        tb_unwinder_flush(u);
+    tail_outer();
+    tb_unwinder_flush(u); /* nothing of the library cached: its tables are read after the unload */
+    dlclose(h);           /* the refcount was 1 (check_table_at_segment_end closed its own) */
+    void *still = dlopen(EHTAIL_LIB, RTLD_NOW | RTLD_NOLOAD);
+    CHECKF(still == NULL, "the library is still loaded: the test does not unload it");
+    if (still) {
+        dlclose(still);
+        return;
+    }
+    uint64_t ips[64];
+    int failed = -1;
+    int n = tb_unwind(u, regs, stack_copy, stack_len, ips, 64, &failed);
+    CHECKF(n >= 3, "only %d frames", n);
+    if (n >= 2) {
+        const char *nm = tb_symtab_lookup(st, ips[1] - 1, NULL);
+        CHECK_STR(nm ? nm : "?", "tail_cb");
+    }
+    printf("# unloaded mid-unwind: %d frames, failed=%d\n", n, failed);
 }
 #endif
 
@@ -309,6 +343,7 @@ int main(void)
 
 #ifdef EHTAIL_LIB
     check_table_at_segment_end(u, st);
+    check_unloaded_mid_unwind(u, st);
 #endif
 
     check_interrupted_first_insn(u, st);
