@@ -372,7 +372,13 @@ static void *term_watchdog(void *arg)
             break;
         if (k < 0 && errno == EINTR)
             continue;
-        return NULL; /* cannot happen: the write end stays open */
+        /* the job closed the pipe (every fd it did not open, mid-run):
+         * SIGTERM takes its default action again (on_term with no pipe),
+         * rather than a byte written to whatever file got the number; the
+         * next capture makes a new pipe. The numbers are the job's now:
+         * not closed here. */
+        __atomic_store_n(&term_fd_w, -1, __ATOMIC_RELAXED);
+        return NULL;
     }
     /* the agent thread writes what it can (on_signal_byte) when it next
      * reads its pipe; the bound starts now */
@@ -477,7 +483,7 @@ static void fds_check(void)
  * 0 or -errno: without them no handler goes in. */
 static int term_watchdog_start(void)
 {
-    if (term_fd_w >= 0)
+    if (__atomic_load_n(&term_fd_w, __ATOMIC_RELAXED) >= 0)
         return 0;
     int fd[2], rc = make_pipe(fd, O_CLOEXEC);
     if (rc < 0)
@@ -491,7 +497,7 @@ static int term_watchdog_start(void)
         return rc;
     }
     term_fd_r = fd[0];
-    term_fd_w = fd[1];
+    __atomic_store_n(&term_fd_w, fd[1], __ATOMIC_RELAXED);
     return 0;
 }
 

@@ -77,6 +77,16 @@ class Lifecycle(tbtest.TestCase):
         self.assertEqual(len(warns), 1, p.stderr)
         self.assertIn("control socket", warns[0])
 
+    def test_job_closes_every_fd_mid_capture_then_gets_sigterm(self):
+        # the job closes tbprof's SIGTERM pipe with the rest of its fds
+        # during a capture, then is sent SIGTERM: it dies of it, as it
+        # would without tbprof (before: the handler wrote its byte to the
+        # closed number and the job ran on)
+        p = tbtest.run([tbtest.prog("closefds"), "-t"], env=tbtest.env(self.logdir, socket="off"), timeout=60)
+        self.assertIn("capturing 1", p.stdout, p.stderr)
+        self.assertNotIn("survived", p.stdout, p.stderr)
+        self.assertEqual(p.returncode, -signal.SIGTERM, p.stderr)
+
     def test_relative_logdir_of_exec_children_after_a_chdir(self):
         # TBPROF_LOGDIR=logs is taken against the directory the job started
         # in; a child the job starts after it chdir()ed (mp.spawn ranks

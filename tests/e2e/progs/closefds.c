@@ -3,6 +3,11 @@
  * numbers back, for tests/e2e/test_agent_lifecycle.py.
  *
  *   closefds FILE...
+ *   closefds -t
+ *
+ * -t: starts a capture (tbprof_start), and while it runs closes every fd
+ * it did not open (tbprof's SIGTERM pipe among them), then sends itself
+ * SIGTERM: it should die of it; prints "survived" and exits 0 when not.
  *
  * Closes fds 3..1023, opens each FILE read-only, idles 1 s and prints
  * "cpu_ms N" (the process's CPU time over that second), then reads each
@@ -10,6 +15,7 @@
  * bytes), then asks for a 300 ms capture (tbprof_start) while it works and
  * prints "start RC" and "last PATH" (tbprof_last_profile after it). */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -27,9 +33,28 @@ static double cpu_ms(void)
            (double)(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e3;
 }
 
+static int close_then_term(void)
+{
+    if (tb_start(0) < 0)
+        fprintf(stderr, "closefds: tbprof_start failed (no preload?)\n");
+    for (int i = 0; i < 500 && !tb_capturing(); i++)
+        usleep(10000);
+    printf("capturing %d\n", tb_capturing());
+    fflush(stdout);
+    for (int fd = 3; fd < 1024; fd++)
+        close(fd);
+    usleep(200000);
+    kill(getpid(), SIGTERM);
+    spin_ms(3000);
+    printf("survived\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     tbapi_init();
+    if (argc > 1 && strcmp(argv[1], "-t") == 0)
+        return close_then_term();
     for (int fd = 3; fd < 1024; fd++)
         close(fd);
     int fds[16], n = 0;
