@@ -135,15 +135,25 @@ __attribute__((noinline)) static void tail_outer(void)
     depth_sink += 3;
 }
 
-static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
+/* dlopen() the library, ehtail_call set, the module list read again; its
+ * handle, or NULL (a failed check). */
+static void *open_ehtail(tb_unwinder *u, tb_symtab *st)
 {
     void *h = dlopen(EHTAIL_LIB, RTLD_NOW | RTLD_LOCAL);
     *(void **)&ehtail_call = h ? dlsym(h, "ehtail_call") : NULL;
     CHECKF(ehtail_call != NULL, "%s: %s", EHTAIL_LIB, dlerror());
     if (!ehtail_call)
-        return;
+        return NULL;
     if (tb_symtab_stale(st) && tb_symtab_refresh(st))
         tb_unwinder_flush(u);
+    return h;
+}
+
+static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
+{
+    void *h = open_ehtail(u, st);
+    if (!h)
+        return;
     /* the layout the test is about: the table's last entry ends the segment */
     const tb_module *m = tb_symtab_module(st, (uint64_t)(uintptr_t)ehtail_call);
     CHECK(m != NULL && m->eh_frame_hdr != 0 && m->eh_frame_hdr % 8 == 0 &&
@@ -170,13 +180,9 @@ static void check_table_at_segment_end(tb_unwinder *u, tb_symtab *st)
  * frames below it kept; before, reading the tables faulted the job. */
 static void check_unloaded_mid_unwind(tb_unwinder *u, tb_symtab *st)
 {
-    void *h = dlopen(EHTAIL_LIB, RTLD_NOW | RTLD_LOCAL);
-    *(void **)&ehtail_call = h ? dlsym(h, "ehtail_call") : NULL;
-    CHECKF(ehtail_call != NULL, "%s: %s", EHTAIL_LIB, dlerror());
-    if (!ehtail_call)
+    void *h = open_ehtail(u, st);
+    if (!h)
         return;
-    if (tb_symtab_stale(st) && tb_symtab_refresh(st))
-        tb_unwinder_flush(u);
     tail_outer();
     tb_unwinder_flush(u); /* nothing of the library cached: its tables are read after the unload */
     dlclose(h);           /* the refcount was 1 (check_table_at_segment_end closed its own) */
