@@ -229,7 +229,7 @@ typedef struct tramp_slot {
  * the job, and the hot tables cost one system call per chunk, not per word.
  * Emptied when the module list changes (tb_unwinder_flush). */
 #define IMG_CHUNK 512  /* within one page: mapped whole or not at all */
-#define IMG_SLOTS 256  /* 128 KiB */
+#define IMG_SLOTS 1024 /* 512 KiB, during a capture: a Python job misses 260 times in 1500 samples (1870 with 256) */
 typedef struct img_chunk {
     uint64_t at; /* the chunk's address + 1; 0: empty */
     unsigned char b[IMG_CHUNK];
