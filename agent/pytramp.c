@@ -337,7 +337,13 @@ static void turn_on(pyobj *sys)
     char path[64];
     map_path(path, sizeof(path));
     int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
+    /* CPython opens its perf map here and writes to it for as long as the
+     * process lives: a job that has closed its stdin, stdout or stderr at
+     * this moment (redirecting them) must not see the map take the number,
+     * or the dup2() that puts its stdout back would send map lines there */
+    unsigned held = tb_stdio_hold();
     pyobj *r = py.call_method(sys, "activate_stack_trampoline", "s", "perf");
+    tb_stdio_release(held);
     if (!r) {
         take_error("sys.activate_stack_trampoline(\"perf\")");
         atomic_store(&outcome, OUT_FAILED);

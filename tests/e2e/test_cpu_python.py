@@ -163,6 +163,23 @@ class CpuPythonTrampoline(PythonsCase):
         burn = sum(t for name, (_, t) in c.items() if name.startswith("py::burn:"))
         return burn / max(n, 1), n
 
+    def test_turned_on_while_the_job_has_stdout_closed(self):
+        # the trampoline comes on (and CPython opens its perf map) while the
+        # job has fd 1 closed; the job then puts its stdout back with dup2:
+        # its output holds what it printed, no map lines (before: CPython's
+        # map had taken fd 1, and its lines went to the job's stdout)
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_stdio_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "stdio-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.3", duration="1")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, prog], env=env, timeout=120)
+                self.assertExitedOk(p)
+                lines = p.stdout.splitlines()
+                self.maps.append("/tmp/perf-%s.map" % lines[0].split()[1])
+                self.assertEqual(lines[1:], ["active 1", "done"], p.stdout[:2000])
+
     def test_on_for_the_capture_only(self):
         for version, python in self.pythons:
             with self.subTest(python=version):
