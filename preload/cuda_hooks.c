@@ -92,7 +92,10 @@ static int find_cuda_lib(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
-/* The symbol in a loaded libcudart* / libcuda* object, not `self`. */
+/* The symbol in a loaded libcudart* / libcuda* object, not `self`. The
+ * object's handle is kept open when it defines it: that reference keeps it
+ * (and the dependencies dlsym searched) loaded for the pointer resolve()
+ * caches, from before the pointer is taken. */
 static void *find_in_cuda_libs(const char *sym, void *self)
 {
     struct find_ctx f;
@@ -105,9 +108,9 @@ static void *find_in_cuda_libs(const char *sym, void *self)
         if (!h)
             continue;
         void *p = dlsym(h, sym); /* searches that object and its dependencies only */
-        dlclose(h);
         if (p && p != self)
-            return p;
+            return p; /* h not closed: never given back */
+        dlclose(h);
     }
     return NULL;
 }
@@ -132,15 +135,16 @@ static prof_fn resolve(int i, void *self)
     void *p = dlsym(RTLD_NEXT, fname[i]);
     if (p == self)
         p = NULL;
-    if (!p)
-        p = find_in_cuda_libs(fname[i], self);
+    if (p)
+        pin(p);
+    else
+        p = find_in_cuda_libs(fname[i], self); /* pinned by the handle it keeps */
     if (!p) {
         /* not cached: a CUDA library loaded later is found then */
         tb_warn_once("%s called but no CUDA library defines it: returning success without forwarding",
                      fname[i]);
         return NULL;
     }
-    pin(p);
     *(void **)&f = p;
     atomic_store_explicit(&real_fn[i], f, memory_order_release);
     tb_debug("%s forwards to %p", fname[i], p);
