@@ -420,7 +420,7 @@ typedef struct {
     dev_t dev;
     ino_t ino;
 } fd_id;
-static fd_id wake_id[2], listen_id;
+static fd_id wake_id[2], listen_id, term_id[2];
 
 static void fd_id_take(int fd, fd_id *id)
 {
@@ -439,44 +439,51 @@ static int fd_id_is(int fd, const fd_id *id)
 
 /* Agent thread, before it polls or serves: the fds that are ours no more
  * are let go (not closed: the numbers are the job's now); a wake-up pipe
- * the job took is made anew. */
+ * the job took, or one that could not be made again, is made (anew).
+ * Once the thread runs only it changes these numbers, so they are read
+ * without g.lock and looked at outside it: a number the job reused may be
+ * a file on NFS or FUSE, slow to fstat, and job threads take g.lock. */
 static void fds_check(void)
 {
-    int lost_listen = -1, lost_wake = 0, renewed = 0;
-    pthread_mutex_lock(&g.lock);
-    if (g.listen_fd >= 0 && !fd_id_is(g.listen_fd, &listen_id)) {
-        lost_listen = g.listen_fd;
-        g.listen_fd = -1;
-    }
-    if (g.wake_fd[0] >= 0) {
-        int ours[2] = {fd_id_is(g.wake_fd[0], &wake_id[0]), fd_id_is(g.wake_fd[1], &wake_id[1])};
-        if (!ours[0] || !ours[1]) {
-            lost_wake = 1;
-            sig_fd_w = -1;
-            int old[2] = {g.wake_fd[0], g.wake_fd[1]};
-            __atomic_store_n(&g.wake_fd[1], -1, __ATOMIC_RELAXED);
-            g.wake_fd[0] = -1;
-            for (int i = 0; i < 2; i++)
-                if (ours[i])
-                    close(old[i]);
-            int fd[2];
-            if (make_pipe(fd, O_CLOEXEC | O_NONBLOCK) == 0) {
-                fd_id_take(fd[0], &wake_id[0]);
-                fd_id_take(fd[1], &wake_id[1]);
-                g.wake_fd[0] = fd[0];
-                __atomic_store_n(&g.wake_fd[1], fd[1], __ATOMIC_RELAXED);
-                sig_fd_w = fd[1];
-                renewed = 1;
-            }
+    static int renew_failed;
+    int listen = g.listen_fd, w[2] = {g.wake_fd[0], g.wake_fd[1]};
+    int listen_lost = listen >= 0 && !fd_id_is(listen, &listen_id);
+    int ours[2] = {w[0] >= 0 && fd_id_is(w[0], &wake_id[0]), w[1] >= 0 && fd_id_is(w[1], &wake_id[1])};
+    int wake_lost = w[0] >= 0 && (!ours[0] || !ours[1]);
+    if (!listen_lost && !wake_lost && w[0] >= 0)
+        return;
+    int fd[2] = {-1, -1}, e = 0;
+    if (wake_lost || w[0] < 0) {
+        e = make_pipe(fd, O_CLOEXEC | O_NONBLOCK);
+        if (e == 0) {
+            fd_id_take(fd[0], &wake_id[0]);
+            fd_id_take(fd[1], &wake_id[1]);
         }
     }
+    pthread_mutex_lock(&g.lock);
+    if (listen_lost)
+        g.listen_fd = -1;
+    if (wake_lost || w[0] < 0) {
+        g.wake_fd[0] = fd[0];
+        __atomic_store_n(&g.wake_fd[1], fd[1], __ATOMIC_RELAXED);
+        sig_fd_w = fd[1];
+    }
     pthread_mutex_unlock(&g.lock);
-    if (lost_listen >= 0)
+    for (int i = 0; i < 2 && wake_lost; i++) /* the end still ours, once no one is handed it */
+        if (ours[i])
+            close(w[i]);
+    if (listen_lost)
         tb_warn("the job closed tbprof's control socket (fd %d): `tbprof trigger` and the socket's commands are "
                 "off in this process",
-                lost_listen);
-    if (lost_wake)
-        tb_debug("the job closed tbprof's wake-up pipe: %s", renewed ? "made a new one" : "polling instead");
+                listen);
+    if (wake_lost)
+        tb_debug("the job closed tbprof's wake-up pipe: %s", e == 0 ? "made a new one" : "polling instead");
+    if (e < 0 && !renew_failed) {
+        renew_failed = 1;
+        tb_warn("tbprof's wake-up pipe, closed by the job, cannot be made again (%s): the agent polls 10 times a "
+                "second and TBPROF_SIGNAL triggers are lost until it can",
+                strerror(-e));
+    }
 }
 
 /* The watchdog and its pipe, once per process (again in a forked child).
@@ -496,6 +503,8 @@ static int term_watchdog_start(void)
         close(fd[1]);
         return rc;
     }
+    fd_id_take(fd[0], &term_id[0]);
+    fd_id_take(fd[1], &term_id[1]);
     term_fd_r = fd[0];
     __atomic_store_n(&term_fd_w, fd[1], __ATOMIC_RELAXED);
     return 0;
@@ -2213,17 +2222,24 @@ void tb_agent_fork_child(void)
     tb_stall_fork_child();
     tb_cond_init_monotonic(&g.cond);
     sig_fd_w = -1;
+    /* the parent's pipes and socket, closed where the numbers are still
+     * ours: a job that closed every fd it did not open may have its own
+     * files there now (a launcher that then forks its workers) */
     if (term_fd_w >= 0) { /* the watchdog thread was the parent's */
         int w = term_fd_w;
         term_fd_w = -1;
-        close(w);
-        close(term_fd_r);
+        if (fd_id_is(w, &term_id[1]))
+            close(w);
+        if (fd_id_is(term_fd_r, &term_id[0]))
+            close(term_fd_r);
         term_fd_r = -1;
     }
     int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.listen_fd};
+    const fd_id *ids[] = {&wake_id[0], &wake_id[1], &listen_id};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0) {
-            close(*fds[i]);
+            if (fd_id_is(*fds[i], ids[i]))
+                close(*fds[i]);
             *fds[i] = -1;
         }
     g.thread_running = 0;

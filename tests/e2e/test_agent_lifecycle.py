@@ -77,6 +77,19 @@ class Lifecycle(tbtest.TestCase):
         self.assertEqual(len(warns), 1, p.stderr)
         self.assertIn("control socket", warns[0])
 
+    def test_launcher_closes_every_fd_then_forks(self):
+        # a single-threaded launcher (no agent thread: TBPROF_SOCKET=auto)
+        # closes every fd it did not open, opens a file that gets the
+        # control socket's number, and forks a worker: the worker keeps
+        # the file (before: the fork handler closed the number in the child)
+        f = os.path.join(self.tmp, "data")
+        with open(f, "w") as fh:
+            fh.write("the launcher's file")
+        p = tbtest.run([tbtest.prog("closefds"), "-f", f], env=tbtest.env(self.logdir, socket="auto"))
+        self.assertExitedOk(p)
+        self.assertIn("fd 3", p.stdout)  # (the socket's number: the first fd tbprof opens)
+        self.assertIn("child the launcher's file", p.stdout, p.stderr)
+
     def test_job_closes_every_fd_mid_capture_then_gets_sigterm(self):
         # the job closes tbprof's SIGTERM pipe with the rest of its fds
         # during a capture, then is sent SIGTERM: it dies of it, as it

@@ -5,6 +5,13 @@
  *   closefds FILE...
  *   closefds -t
  *
+ *   closefds -f FILE
+ *
+ * -f: single-threaded, closes every fd it did not open, opens FILE (it
+ * gets the number of tbprof's control socket), then forks: the child reads
+ * the file and prints "child CONTENT" (up to 200 bytes), as a launcher's
+ * worker uses a file its parent opened.
+ *
  * -t: starts a capture (tbprof_start), and while it runs closes every fd
  * it did not open (tbprof's SIGTERM pipe among them), then sends itself
  * SIGTERM: it should die of it; prints "survived" and exits 0 when not.
@@ -19,6 +26,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,11 +58,34 @@ static int close_then_term(void)
     return 0;
 }
 
+static int close_open_fork(const char *file)
+{
+    for (int fd = 3; fd < 1024; fd++)
+        close(fd);
+    int fd = open(file, O_RDONLY);
+    printf("fd %d\n", fd);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char buf[201] = "";
+        ssize_t k = read(fd, buf, 200);
+        buf[k > 0 ? k : 0] = '\0';
+        printf("child %s\n", buf);
+        fflush(stdout);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 int main(int argc, char **argv)
 {
     tbapi_init();
     if (argc > 1 && strcmp(argv[1], "-t") == 0)
         return close_then_term();
+    if (argc > 2 && strcmp(argv[1], "-f") == 0)
+        return close_open_fork(argv[2]);
     for (int fd = 3; fd < 1024; fd++)
         close(fd);
     int fds[16], n = 0;
