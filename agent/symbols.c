@@ -607,7 +607,7 @@ int tb_symtab_readable(tb_symtab *st, uint64_t addr, size_t len)
 static size_t note_build_id(const unsigned char *notes, size_t len, const unsigned char **id)
 {
     size_t off = 0;
-    while (len - off >= 12) {
+    while (off <= len && len - off >= 12) { /* (a last note's padding may end past len) */
         uint32_t hdr[3]; /* namesz, descsz, type */
         memcpy(hdr, notes + off, sizeof(hdr));
         size_t name = off + 12, desc = name + (((size_t)hdr[0] + 3) & ~(size_t)3);
@@ -658,7 +658,7 @@ static int same_build(tb_symtab *st, const tb_module *m, const tb_elfsyms *es)
             continue;
         unsigned char notes[4096]; /* (a build ID note is 36 bytes; the notes before it few) */
         size_t len = m->note[i].len < sizeof(notes) ? (size_t)m->note[i].len : sizeof(notes);
-        if (tb_self_read(getpid(), notes, m->note[i].start, len, 1) < 0)
+        if (tb_self_read(notes, m->note[i].start, len, 1) < 0)
             continue; /* unloaded meanwhile */
         const unsigned char *mid = NULL;
         size_t mn = note_build_id(notes, len, &mid);
@@ -682,13 +682,12 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
         return NULL;
     /* read with tb_self_read, not through pointers: the job may dlclose
      * the object while this runs on the agent thread */
-    pid_t pid = getpid();
     uint64_t symtab = 0, strtab = 0, strsz = 0, hash = 0, gnu_hash = 0, syment = sizeof(Elf64_Sym);
     for (uint64_t a = m->dynamic;; a += sizeof(Elf64_Dyn)) {
         if (!tb_symtab_readable(st, a, sizeof(Elf64_Dyn)))
             return NULL;
         Elf64_Dyn d;
-        if (tb_self_read(pid, &d, a, sizeof(d), 1) < 0)
+        if (tb_self_read(&d, a, sizeof(d), 1) < 0)
             return NULL;
         if (d.d_tag == DT_NULL)
             break;
@@ -706,25 +705,27 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
         return NULL;
     uint64_t count = 0;
     uint32_t w[4];
-    if (hash && tb_symtab_readable(st, hash, 8) && tb_self_read(pid, w, hash, 8, 1) == 0) {
+    if (hash && tb_symtab_readable(st, hash, 8) && tb_self_read(w, hash, 8, 1) == 0) {
         count = w[1]; /* nchain */
-    } else if (gnu_hash && tb_symtab_readable(st, gnu_hash, 16) && tb_self_read(pid, w, gnu_hash, 16, 1) == 0) {
+    } else if (gnu_hash && tb_symtab_readable(st, gnu_hash, 16) && tb_self_read(w, gnu_hash, 16, 1) == 0) {
         /* nbuckets, symoffset, bloom size, shift */
         uint64_t buckets = gnu_hash + 16 + (uint64_t)w[2] * 8, chains = buckets + (uint64_t)w[0] * 4;
         if (!tb_symtab_readable(st, buckets, (size_t)w[0] * 4))
             return NULL;
-        uint32_t last = 0, b;
-        for (uint32_t i = 0; i < w[0]; i++) {
-            if (tb_self_read(pid, &b, buckets + (uint64_t)i * 4, 4, 1) < 0)
-                return NULL;
-            if (b > last)
-                last = b;
+        uint32_t *bv = malloc(w[0] ? (size_t)w[0] * 4 : 4), last = 0, b;
+        if (!bv || tb_self_read(bv, buckets, (size_t)w[0] * 4, 1) < 0) {
+            free(bv);
+            return NULL;
         }
+        for (uint32_t i = 0; i < w[0]; i++)
+            if (bv[i] > last)
+                last = bv[i];
+        free(bv);
         count = w[1];
         if (last >= w[1]) { /* the highest chain runs to the last symbol */
             for (;;) {
                 uint64_t a = chains + (uint64_t)(last - w[1]) * 4;
-                if (!tb_symtab_readable(st, a, 4) || tb_self_read(pid, &b, a, 4, 1) < 0)
+                if (!tb_symtab_readable(st, a, 4) || tb_self_read(&b, a, 4, 1) < 0)
                     return NULL;
                 if (b & 1)
                     break;
@@ -737,8 +738,8 @@ static tb_elfsyms *image_syms(tb_symtab *st, const tb_module *m)
         return NULL;
     char *strs = malloc((size_t)strsz + 1);
     unsigned char *syms = malloc((size_t)count * sizeof(Elf64_Sym));
-    if (!strs || !syms || tb_self_read(pid, strs, strtab, (size_t)strsz, 1) < 0 ||
-        tb_self_read(pid, syms, symtab, (size_t)count * sizeof(Elf64_Sym), 1) < 0) {
+    if (!strs || !syms || tb_self_read(strs, strtab, (size_t)strsz, 1) < 0 ||
+        tb_self_read(syms, symtab, (size_t)count * sizeof(Elf64_Sym), 1) < 0) {
         free(strs);
         free(syms);
         return NULL;

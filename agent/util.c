@@ -165,7 +165,7 @@ TB_NO_ASAN_UTIL static void copy_plain(unsigned char *dst, uint64_t addr, size_t
 
 static int self_read_refused; /* process_vm_readv said ENOSYS/EPERM once: plain copies from then on */
 
-int tb_self_read(pid_t pid, void *dst, uint64_t addr, size_t len, int in_object)
+int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object)
 {
     if (!len)
         return 0;
@@ -173,7 +173,7 @@ int tb_self_read(pid_t pid, void *dst, uint64_t addr, size_t len, int in_object)
         return -1;
     if (!__atomic_load_n(&self_read_refused, __ATOMIC_RELAXED)) {
         struct iovec local = {dst, len}, remote = {(void *)(uintptr_t)addr, len};
-        ssize_t k = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        ssize_t k = process_vm_readv(getpid(), &local, 1, &remote, 1, 0); /* (not cached: a fork child is another pid) */
         if (k == (ssize_t)len)
             return 0;
         if (k >= 0 || (errno != ENOSYS && errno != EPERM))

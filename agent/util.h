@@ -51,10 +51,9 @@ int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start);
  * object the job unloaded after we looked (dlclose on another thread)
  * fails here instead of faulting the job. Where that call is refused
  * (seccomp, a sandbox without it): with `in_object` (the caller found the
- * range in a loaded object's readable segment) a plain copy, else -1.
- * `pid` is getpid(), passed by callers that keep it. */
+ * range in a loaded object's readable segment) a plain copy, else -1. */
 #include <stdint.h>
 #include <sys/types.h>
-int tb_self_read(pid_t pid, void *dst, uint64_t addr, size_t len, int in_object);
+int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object);
 
 #endif

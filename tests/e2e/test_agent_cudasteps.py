@@ -120,11 +120,12 @@ class CudaProfilerSteps(tbtest.TestCase):
         # dlopen() (a shim makes them meet): both return, the call is
         # forwarded and counted, the job ends
         shim = tbtest.prog("libdlopen_race.so")
-        if not os.path.exists(shim):
-            self.skipTest("shim not built")
+        other = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+        if not os.path.exists(shim) or not os.path.exists(other):
+            self.skipTest("shim or fake libcuda (built with CUPTI only) not built")
         e = tbtest.env(self.logdir, steps="1,2")
         e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
-        e["TBTEST_DLOPEN_OTHER"] = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+        e["TBTEST_DLOPEN_OTHER"] = other
         p = tbtest.spawn([PROG, "-n", "4", "-m", "2", "-l", FAKE], env=e)
         try:
             out, err = p.communicate(timeout=30 * relutil.sanitizer_slowdown())
