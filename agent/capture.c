@@ -147,6 +147,11 @@ static atomic_int expect_nvtx;                 /* tbprof_expect_nvtx() */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
+/* Between our fork prepare and our child handler g.lock is held (copied
+ * held into the child): a fork handler that runs before ours in the child
+ * (registered earlier: a sanitizer's runtime, a library preloaded before
+ * us) and starts a thread must not wait for it in the pthread_create hook. */
+static atomic_int in_fork;
 static atomic_int app_threaded;                /* the job started a thread of its own (pthread_create hook) */
 static atomic_int threads_hooked;              /* tb_agent_set_threads_hooked */
 static __thread int creating_own;              /* this thread is in pthread_create for the agent */
@@ -1687,6 +1692,8 @@ void tb_agent_thread_created(void)
                 g.src[i].s->thread_created(g.src[i].s->ctx, 0);
         wake();
     }
+    if (atomic_load(&in_fork)) /* (g.lock is held across the fork: see tb_agent_fork_prepare) */
+        return;
     if (atomic_load_explicit(&thread_up, memory_order_relaxed) ||
         atomic_load_explicit(&app_threaded, memory_order_relaxed) || atomic_exchange(&app_threaded, 1))
         return;
@@ -2212,13 +2219,22 @@ void tb_agent_exit(void)
     pthread_mutex_unlock(&g.lock);
 }
 
-void tb_agent_fork_prepare(void) { pthread_mutex_lock(&g.lock); }
-void tb_agent_fork_parent(void) { pthread_mutex_unlock(&g.lock); }
+void tb_agent_fork_prepare(void)
+{
+    pthread_mutex_lock(&g.lock);
+    atomic_store(&in_fork, 1);
+}
+void tb_agent_fork_parent(void)
+{
+    atomic_store(&in_fork, 0);
+    pthread_mutex_unlock(&g.lock);
+}
 
 void tb_agent_fork_child(void)
 {
     /* one thread here, and it held g.lock across fork(): start over */
     pthread_mutex_init(&g.lock, NULL);
+    atomic_store(&in_fork, 0);
     tb_stall_fork_child();
     tb_cond_init_monotonic(&g.cond);
     sig_fd_w = -1;

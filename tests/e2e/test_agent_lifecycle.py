@@ -90,6 +90,26 @@ class Lifecycle(tbtest.TestCase):
         self.assertIn("fd 3", p.stdout)  # (the socket's number: the first fd tbprof opens)
         self.assertIn("child the launcher's file", p.stdout, p.stderr)
 
+    def test_fork_handler_before_ours_starts_a_thread(self):
+        # a library whose fork child handler starts a thread, registered
+        # before tbprof's (listed after libtbprof.so in LD_PRELOAD, it is
+        # initialized first), so it runs first in the child: in a single-threaded
+        # job (the thread is the child's first) the child carries on
+        # (before: the pthread_create hook waited for the lock tbprof holds
+        # across fork(), and the child hung for ever)
+        shim = tbtest.prog("libatfork_thread.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        f = os.path.join(self.tmp, "data")
+        with open(f, "w") as fh:
+            fh.write("x")
+        e = tbtest.env(self.logdir, socket="auto")
+        e["LD_PRELOAD"] += ":" + shim
+        p = tbtest.run([tbtest.prog("closefds"), "-f", f], env=e, timeout=30 * relutil.sanitizer_slowdown())
+        self.assertExitedOk(p)
+        self.assertIn("child x", p.stdout, p.stderr)
+        self.assertIn("atfork thread ran", p.stderr)
+
     def test_job_closes_every_fd_mid_capture_then_gets_sigterm(self):
         # the job closes tbprof's SIGTERM pipe with the rest of its fds
         # during a capture, then is sent SIGTERM: it dies of it, as it
