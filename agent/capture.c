@@ -420,7 +420,9 @@ static int make_pipe(int fd[2], int flags)
 /* What the agent's own fds are (device and inode), to tell them from the
  * job's: a job may close every fd it did not open (a daemon's closefrom(3)
  * at start-up) and get the numbers back for its own files and sockets,
- * which the agent must then neither read nor accept on. Under g.lock. */
+ * which the agent must then neither read nor accept on. Taken when a
+ * number is made; compared by the agent thread (fds_check) and in a fork
+ * child. */
 typedef struct {
     dev_t dev;
     ino_t ino;

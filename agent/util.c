@@ -173,7 +173,8 @@ int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object)
         return -1;
     if (!__atomic_load_n(&self_read_refused, __ATOMIC_RELAXED)) {
         struct iovec local = {dst, len}, remote = {(void *)(uintptr_t)addr, len};
-        ssize_t k = process_vm_readv(getpid(), &local, 1, &remote, 1, 0); /* (not cached: a fork child is another pid) */
+        /* getpid() each time, not kept: a fork child is another pid */
+        ssize_t k = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
         if (k == (ssize_t)len)
             return 0;
         if (k >= 0 || (errno != ENOSYS && errno != EPERM))

@@ -53,7 +53,6 @@ int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start);
  * (seccomp, a sandbox without it): with `in_object` (the caller found the
  * range in a loaded object's readable segment) a plain copy, else -1. */
 #include <stdint.h>
-#include <sys/types.h>
 int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object);
 
 #endif

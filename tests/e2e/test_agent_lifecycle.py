@@ -77,15 +77,20 @@ class Lifecycle(tbtest.TestCase):
         self.assertEqual(len(warns), 1, p.stderr)
         self.assertIn("control socket", warns[0])
 
+    def run_launcher(self, text, env):
+        """progs/closefds -f: a file holding `text`, opened after every other
+        fd was closed, read by a forked child."""
+        f = os.path.join(self.tmp, "data")
+        with open(f, "w") as fh:
+            fh.write(text)
+        return tbtest.run([tbtest.prog("closefds"), "-f", f], env=env, timeout=30 * relutil.sanitizer_slowdown())
+
     def test_launcher_closes_every_fd_then_forks(self):
         # a single-threaded launcher (no agent thread: TBPROF_SOCKET=auto)
         # closes every fd it did not open, opens a file that gets the
         # control socket's number, and forks a worker: the worker keeps
         # the file (before: the fork handler closed the number in the child)
-        f = os.path.join(self.tmp, "data")
-        with open(f, "w") as fh:
-            fh.write("the launcher's file")
-        p = tbtest.run([tbtest.prog("closefds"), "-f", f], env=tbtest.env(self.logdir, socket="auto"))
+        p = self.run_launcher("the launcher's file", tbtest.env(self.logdir, socket="auto"))
         self.assertExitedOk(p)
         self.assertIn("fd 3", p.stdout)  # (the socket's number: the first fd tbprof opens)
         self.assertIn("child the launcher's file", p.stdout, p.stderr)
@@ -100,12 +105,9 @@ class Lifecycle(tbtest.TestCase):
         shim = tbtest.prog("libatfork_thread.so")
         if not os.path.exists(shim):
             self.skipTest("shim not built")
-        f = os.path.join(self.tmp, "data")
-        with open(f, "w") as fh:
-            fh.write("x")
         e = tbtest.env(self.logdir, socket="auto")
         e["LD_PRELOAD"] += ":" + shim
-        p = tbtest.run([tbtest.prog("closefds"), "-f", f], env=e, timeout=30 * relutil.sanitizer_slowdown())
+        p = self.run_launcher("x", e)
         self.assertExitedOk(p)
         self.assertIn("child x", p.stdout, p.stderr)
         self.assertIn("atfork thread ran", p.stderr)
