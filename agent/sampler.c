@@ -31,7 +31,14 @@
 #define RING_PAGES_STACK 128 /* 512 KiB: ~30 ms of one busy thread at 1 kHz */
 #define RING_PAGES_FP 16
 #define MIN_PAGES_STACK 8 /* one 16 KiB stack sample must fit */
+/* A thread whose stack goes on past the 16 KiB copy (Python under the perf
+ * trampoline: ~25 frames fill it) is given the kernel's largest copy once
+ * DEEP_AFTER_CUTS of its walks ran out of stack; its ring grows with it. */
+#define DEEP_STACK_BYTES 65528 /* sample_stack_user must be < 64 KiB, 8-aligned */
+#define DEEP_RING_SCALE 4
+#define DEEP_AFTER_CUTS 2
 #define MIN_PAGES_FP 2
+#define FP_MAX_STACK 127 /* callchain depth asked for: the usual kernel.perf_event_max_stack */
 #define POLL_WORK_NS (20 * 1000 * 1000) /* most time one poll() spends draining */
 #define RESCAN_HOOKED_MS 100 /* rescan period when new threads are announced */
 /* the leaf frame of a sample taken in kernel mode: no user address (those
@@ -48,6 +55,9 @@ typedef struct cpu_thread {
     int name_reads;  /* comm re-read this many times since found (NAME_READS_NS) */
     int64_t found_ns; /* when a rescan found it (CLOCK_MONOTONIC) */
     int slot;         /* its fd's place in event_fds, -1: none */
+    uint32_t stack_bytes; /* user stack copied per sample (stack mode) */
+    int cuts;             /* walks that ran past a full copy */
+    int deep_tried;       /* a bigger copy was tried (one try) */
 } cpu_thread;
 
 /* The capture's perf_event fds (fd + 1; 0: free slot), apart from the
@@ -131,7 +141,7 @@ typedef struct cpu_ctx {
     uint32_t *ht; /* stack index + 1; 0 = empty */
     size_t cap_ht;
 
-    uint64_t lost_kernel, lost_full, unwind_failed, unsampled, threads_sampled;
+    uint64_t lost_kernel, lost_full, unwind_failed, unsampled, threads_sampled, deep_threads;
     int warned_mmap;
     /* kernel-mode time is sampled too unless perf_event_paranoid (>= 2
      * without CAP_PERFMON) refuses it: then user space only */
@@ -267,7 +277,7 @@ static long perf_open(struct perf_event_attr *a, int tid)
     return tb_fd_above_stdio((int)syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
 }
 
-static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_len)
+static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_len, uint32_t stack_bytes)
 {
     memset(a, 0, sizeof(*a));
     a->size = sizeof(*a);
@@ -284,18 +294,28 @@ static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_l
     if (c->mode == TB_CPU_FP) {
         a->sample_type |= PERF_SAMPLE_CALLCHAIN;
         a->exclude_callchain_kernel = 1;
-        a->sample_max_stack = TB_CPU_MAX_FRAMES - 1; /* 127: the usual sysctl limit */
+        a->sample_max_stack = FP_MAX_STACK;
     } else {
         a->sample_type |= PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
         a->sample_regs_user = TB_UREG_MASK;
-        a->sample_stack_user = TB_CPU_STACK_BYTES;
+        a->sample_stack_user = stack_bytes;
     }
 }
 
-static size_t pages_for_new_thread(const cpu_ctx *c)
+/* The fewest data pages a ring holding one sample needs. */
+static size_t min_pages(const cpu_ctx *c, uint32_t stack_bytes)
+{
+    if (c->mode == TB_CPU_FP)
+        return MIN_PAGES_FP;
+    return stack_bytes > TB_CPU_STACK_BYTES ? MIN_PAGES_STACK * DEEP_RING_SCALE : MIN_PAGES_STACK;
+}
+
+static size_t pages_for_new_thread(const cpu_ctx *c, uint32_t stack_bytes)
 {
     size_t want = c->mode == TB_CPU_FP ? RING_PAGES_FP : RING_PAGES_STACK;
-    size_t minp = c->mode == TB_CPU_FP ? MIN_PAGES_FP : MIN_PAGES_STACK;
+    size_t minp = min_pages(c, stack_bytes);
+    if (stack_bytes > TB_CPU_STACK_BYTES)
+        want *= DEEP_RING_SCALE;
     while (want > minp && (want + 1) * c->page > c->ring_budget - c->ring_used)
         want /= 2;
     if ((want + 1) * c->page > c->ring_budget - c->ring_used)
@@ -343,22 +363,19 @@ static void skip_thread(cpu_ctx *c, int tid)
         *th = (cpu_thread){.tid = tid, .fd = -1, .seen = 1, .name_reads = NAME_READS, .slot = -1};
 }
 
-/* Open and map the event of one thread. 0, or -errno (the open's errno). */
-static int open_thread(cpu_ctx *c, int tid)
+/* Open and map an event for thread tid copying stack_bytes of its stack
+ * per sample, into *th (fd, ring, slot, stack_bytes; the rest untouched).
+ * 0; -errno, the open's errno; or 1: no ring could be mapped (locked-memory
+ * limits: perf_event_mlock_kb, RLIMIT_MEMLOCK), warned about once. */
+static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, cpu_thread *th)
 {
-    if ((int)c->nopen >= c->max_threads) {
-        skip_thread(c, tid);
-        return 0;
-    }
-    size_t pages = pages_for_new_thread(c);
-    if (!pages) {
-        skip_thread(c, tid);
-        return 0;
-    }
+    size_t pages = pages_for_new_thread(c, stack_bytes);
+    if (!pages)
+        return 1;
     struct perf_event_attr a;
     int fd;
     for (;;) {
-        fill_attr(c, &a, pages * c->page);
+        fill_attr(c, &a, pages * c->page, stack_bytes);
         fd = (int)perf_open(&a, tid);
         if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
             /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
@@ -374,49 +391,63 @@ static int open_thread(cpu_ctx *c, int tid)
         c->kernel_err = errno; /* before read_paranoid's stdio can change it */
         c->paranoid = read_paranoid();
     }
-    if (fd < 0) {
-        int err = errno;
-        if (err == EMFILE || err == ENFILE) /* out of descriptors: a limit like the others */
-            skip_thread(c, tid);
-        return -err;
-    }
-    size_t minp = c->mode == TB_CPU_FP ? MIN_PAGES_FP : MIN_PAGES_STACK;
+    if (fd < 0)
+        return -errno;
     void *base = MAP_FAILED;
     int merr = 0;
-    for (; pages >= minp; pages /= 2) {
+    for (; pages >= min_pages(c, stack_bytes); pages /= 2) {
         base = mmap(NULL, (pages + 1) * c->page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base != MAP_FAILED)
             break;
         merr = errno;
     }
     if (base == MAP_FAILED) {
-        /* locked-memory limit (perf_event_mlock_kb, RLIMIT_MEMLOCK) */
         if (!c->warned_mmap) {
             c->warned_mmap = 1;
             tb_warn("cpu sampling: cannot map a ring buffer for thread %d (%s); such threads are not sampled",
                     tid, strerror(merr));
         }
         close(fd);
+        return 1;
+    }
+    th->fd = fd;
+    th->base = base;
+    th->mmap_len = (pages + 1) * c->page;
+    th->data_len = pages * c->page;
+    th->slot = fd_slot_take(fd);
+    th->stack_bytes = stack_bytes;
+    c->ring_used += th->mmap_len;
+    c->nopen++;
+    return 0;
+}
+
+/* Open and map the event of one thread. 0, or -errno (the open's errno). */
+static int open_thread(cpu_ctx *c, int tid)
+{
+    if ((int)c->nopen >= c->max_threads) {
         skip_thread(c, tid);
         return 0;
     }
+    cpu_thread t = {.tid = tid, .fd = -1, .seen = 1, .slot = -1};
+    int r = open_event(c, tid, TB_CPU_STACK_BYTES, &t);
+    if (r == 1 || r == -EMFILE || r == -ENFILE) { /* out of ring memory or descriptors: a limit */
+        skip_thread(c, tid);
+        return 0;
+    }
+    if (r < 0)
+        return r;
     cpu_thread *th = new_entry(c);
     if (!th) {
-        munmap(base, (pages + 1) * c->page);
-        close(fd);
+        munmap(t.base, t.mmap_len);
+        fd_slot_drop(&t);
+        close(t.fd);
+        c->ring_used -= t.mmap_len;
+        c->nopen--;
         c->unsampled++;
         return 0;
     }
-    *th = (cpu_thread){.tid = tid,
-                       .fd = fd,
-                       .base = base,
-                       .mmap_len = (pages + 1) * c->page,
-                       .data_len = pages * c->page,
-                       .seen = 1,
-                       .found_ns = tb_mono_ns(),
-                       .slot = fd_slot_take(fd)};
-    c->ring_used += (pages + 1) * c->page;
-    c->nopen++;
+    t.found_ns = tb_mono_ns();
+    *th = t;
     c->threads_sampled++;
     remember_comm(tid);
     return 0;
@@ -436,7 +467,7 @@ static void copy_ring(const unsigned char *data, size_t mask, uint64_t pos, void
     }
 }
 
-static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
+static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, size_t len)
 {
     struct perf_event_header h;
     memcpy(&h, r, sizeof(h));
@@ -495,6 +526,8 @@ static void handle_sample(cpu_ctx *c, const unsigned char *r, size_t len)
         n = tb_unwind(c->unw, regs, stack, (size_t)dyn, ips, TB_CPU_MAX_FRAMES, &failed);
         if (failed)
             c->unwind_failed++;
+        if (failed == TB_UNWIND_CUT && size && dyn == size) /* the stack goes on: a bigger copy */
+            th->cuts++;
     }
     if (n > 0 && (h.misc & PERF_RECORD_MISC_CPUMODE_MASK) == PERF_RECORD_MISC_KERNEL) {
         /* in a system call or fault on behalf of the user stack below:
@@ -535,7 +568,7 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
             rec = c->scratch;
         }
         if (h.type == PERF_RECORD_SAMPLE) {
-            handle_sample(c, rec, h.size);
+            handle_sample(c, th, rec, h.size);
         } else if (h.type == PERF_RECORD_LOST && h.size >= sizeof(h) + 16) {
             uint64_t lost;
             memcpy(&lost, rec + sizeof(h) + 8, 8);
@@ -562,6 +595,25 @@ static void close_thread(cpu_ctx *c, cpu_thread *th)
         c->nopen--;
         th->fd = -1;
     }
+}
+
+/* A thread whose walks keep running past its copy: the same event with the
+ * largest copy (DEEP_STACK_BYTES), its ring as much bigger, opened before
+ * the old one is drained and closed so that no sample is missed. Where
+ * the ring budget or the locked-memory limit cannot take it, the thread
+ * keeps the copy it has. Tried once per thread and capture. */
+static void deepen(cpu_ctx *c, cpu_thread *th)
+{
+    th->deep_tried = 1;
+    cpu_thread t = *th;
+    if (open_event(c, th->tid, DEEP_STACK_BYTES, &t) != 0)
+        return;
+    close_thread(c, th);
+    t.cuts = 0;
+    *th = t;
+    c->deep_threads++;
+    tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying %d KiB of it", th->tid,
+             TB_CPU_STACK_BYTES >> 10, DEEP_STACK_BYTES >> 10);
 }
 
 static int tid_cmp(const void *a, const void *b)
@@ -805,6 +857,9 @@ static void cpu_poll(void *ctx)
             break;
         }
     }
+    for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < n; i++)
+        if (c->threads[i].fd >= 0 && c->threads[i].cuts >= DEEP_AFTER_CUTS && !c->threads[i].deep_tried)
+            deepen(c, &c->threads[i]);
 }
 
 static void cpu_stop(void *ctx)
@@ -1084,6 +1139,8 @@ static int cpu_collect(void *ctx, tb_space *space)
     tb_plane_stat_u64(p, TB_ST_SAMPLES_LOST, c->lost_kernel + c->lost_full);
     if (c->mode == TB_CPU_STACKCOPY)
         tb_plane_stat_u64(p, TB_ST_UNWIND_FAILED, c->unwind_failed);
+    if (c->mode == TB_CPU_STACKCOPY)
+        tb_plane_stat_u64(p, TB_ST_DEEP_THREADS, c->deep_threads);
     tb_plane_stat_u64(p, TB_ST_CPU_HZ, c->hz);
     tb_plane_stat_str(p, TB_ST_CPU_MODE, c->mode == TB_CPU_FP ? "fp" : "stackcopy");
     char kwhy[120];

@@ -64,8 +64,9 @@ typedef enum tb_cpu_mode {
 #define TB_CPU_POLL_MS 10
 /* Spans close when a thread's next sample is this many periods later. */
 #define TB_CPU_GAP_PERIODS 3
-/* Most frames kept per sample. */
-#define TB_CPU_MAX_FRAMES 128
+/* Most frames kept per sample (CPython under its perf trampoline spends
+ * ~4 native frames per Python call: ~120 Python frames). */
+#define TB_CPU_MAX_FRAMES 512
 
 /* Span stats (see above) and extra plane stats. */
 #define TB_ST_CPU_SPAN_SAMPLES "samples"

@@ -105,6 +105,8 @@
 #define TB_ST_SAMPLES_LOST "tbprof_cpu_samples_lost"
 #define TB_ST_SAMPLES_OUTSIDE "tbprof_cpu_samples_outside_window" /* taken while armed early / stopping */
 #define TB_ST_UNWIND_FAILED "tbprof_unwind_failures"
+/* threads whose stacks outgrew the 16 KiB copy and got a 64 KiB one (dwarf) */
+#define TB_ST_DEEP_THREADS "tbprof_cpu_deep_stack_threads"
 #define TB_ST_GPU_OFF_REASON "tbprof_gpu_off_reason"
 #define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"
 /* ns the window's first step boundary waited for the sources (TBPROF_START_WAIT_MS) */

@@ -244,6 +244,10 @@ struct tb_unwinder {
     img_chunk *img;
 };
 
+/* How far above the sampled sp a read that missed the copy counts as one
+ * into the rest of the thread's stack (a deeper stack than copied) */
+#define STACK_REACH ((uint64_t)64 << 20)
+
 /* What one tb_unwind() call walks over; passed to the accessors as `arg`. */
 typedef struct sample_ctx {
     tb_unwinder *u;
@@ -251,6 +255,7 @@ typedef struct sample_ctx {
     const unsigned char *stack;
     uint64_t sp;
     size_t len;
+    int past_copy; /* a read above the copy, in what may be the rest of the stack */
 } sample_ctx;
 
 /* len bytes of a loaded object's image at addr, which the caller has found
@@ -355,6 +360,8 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, in
             memcpy(valp, b, sizeof(*valp));
             return 0;
         }
+    if (addr >= c->sp && addr - c->sp < STACK_REACH)
+        c->past_copy = 1;
     return -UNW_EINVAL;
 }
 
@@ -536,7 +543,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         return 0;
     uint64_t regs[TB_UREG_COUNT];
     memcpy(regs, regs_in, sizeof(regs));
-    sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len};
+    sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len, 0};
     int n = 0;
     ips[n++] = regs[TB_UREG_IP];
     if (!u)
@@ -546,7 +553,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
     int after_signal = is_sigreturn(&c, regs[TB_UREG_IP]);
     in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
-        *failed = 1;
+        *failed = TB_UNWIND_FAILED;
         in_unwind = 0;
         return n;
     }
@@ -555,12 +562,12 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         if (r == 0)
             break;
         if (r < 0) {
-            *failed = 1;
+            *failed = TB_UNWIND_FAILED;
             break;
         }
         unw_word_t ip = 0;
         if (lu.get_reg(&cur, UNW_REG_IP, &ip) < 0) {
-            *failed = 1;
+            *failed = TB_UNWIND_FAILED;
             break;
         }
         if (ip == 0)
@@ -583,7 +590,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
                         {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
             unw_word_t sp = 0, v = 0, ret = 0;
             if (lu.get_reg(&cur, UNW_REG_SP, &sp) < 0 || access_mem(u->as, sp + 8, &ret, 0, &c) < 0) {
-                *failed = 1;
+                *failed = TB_UNWIND_FAILED;
                 break;
             }
             for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
@@ -595,12 +602,14 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
                 break;
             ips[n++] = ret;
             if (lu.init_remote(&cur, u->as, &c) < 0) {
-                *failed = 1;
+                *failed = TB_UNWIND_FAILED;
                 break;
             }
         }
     }
     in_unwind = 0;
+    if (*failed && c.past_copy)
+        *failed = TB_UNWIND_CUT;
     return n;
 }
 
@@ -621,7 +630,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t st
     (void)u;
     (void)stack;
     (void)stack_len;
-    *failed = 1;
+    *failed = TB_UNWIND_FAILED;
     if (max <= 0)
         return 0;
     ips[0] = regs[TB_UREG_IP];

@@ -55,9 +55,13 @@ int tb_unwind_sigmask_state(void);
  * a frame interrupted by a signal, above the signal trampoline, gets its
  * interrupted pc + 1, so ips[i] - 1 is the address to look up for every
  * i > 0). Returns the number written;
- * *failed is set when the walk stopped on an error (stack copy too short,
- * no unwind info and no usable frame pointer) rather than at the outermost
- * frame or at `max`. */
+ * *failed is set when the walk stopped on an error rather than at the
+ * outermost frame or at `max`: TB_UNWIND_CUT when it needed stack above
+ * the copy (where the copy is as long as was asked for, the stack is
+ * deeper than copied; where shorter, it ended), TB_UNWIND_FAILED otherwise
+ * (no unwind info and no usable frame pointer). */
+#define TB_UNWIND_FAILED 1
+#define TB_UNWIND_CUT 2
 int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len,
               uint64_t *ips, int max, int *failed);
 

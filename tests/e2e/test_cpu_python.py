@@ -101,8 +101,8 @@ class CpuPython(PythonsCase):
         share = a / (a + b)
         # truth: the CPU time the program measured around its calls (60% of
         # the work; a machine busy with other work can make it less)
-        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth %.1f%%)"
-              % (version, n, a, b, share * 100, truth * 100))
+        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth %.1f%%), %d unwinds failed"
+              % (version, n, a, b, share * 100, truth * 100, st.get("tbprof_unwind_failures", 0)))
         self.assertAlmostEqual(truth, 0.60, delta=0.10)
         self.assertAlmostEqual(share, truth, delta=0.05)
         # the walk goes through the trampolines: burn_a under work under main
@@ -114,6 +114,40 @@ class CpuPython(PythonsCase):
                     under += e.stats["samples"]
         self.assertGreater(under, a * 0.9, "py::burn_a under py::main/py::work in %d of %d samples" % (under, a))
         self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
+
+    def test_deep_python_stack_whole(self):
+        # 60 Python calls deep: more stack than the first 16 KiB copy and
+        # more frames than 128 hold. The thread's copy grows once its walks
+        # run past it; from then its samples reach <module> with every call.
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "deep_py.py")
+        depth = 60
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "deep-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode="dwarf", delay=0,
+                                 duration=1.5)
+                env["PYTHONPERFSUPPORT"] = "1"
+                p = tbtest.run([python, prog, str(depth), "2.0"], env=env, timeout=120)
+                self.assertExitedOk(p)
+                pid = int(p.stdout.split()[1])
+                self.maps.append("/tmp/perf-%d.map" % pid)
+                prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+                st = prof.host.stats
+                main = prof.host.line(pid)
+                self.assertIsNotNone(main, "no line for the main thread")
+                whole, leaf = 0, 0
+                want = ["<module>", "main"] + ["rec"] * (depth + 1)
+                for e, anc in cpusamples.walk(main):
+                    if e.name.startswith("py::leaf:"):
+                        pys = [x.name[4:].split(":", 1)[0] for x in anc if x.name.startswith("py::")]
+                        leaf += e.stats["samples"]
+                        whole += e.stats["samples"] if pys == want else 0
+                print("python %s: %d of %d samples in leaf() under all %d calls; %d unwinds failed, %d deep threads"
+                      % (version, whole, leaf, len(want), st.get("tbprof_unwind_failures", 0),
+                         st.get("tbprof_cpu_deep_stack_threads", 0)))
+                self.assertGreater(leaf, 150, st)  # ~1,500 on an idle machine
+                self.assertGreater(whole, leaf * 0.9, st)
+                self.assertGreaterEqual(st.get("tbprof_cpu_deep_stack_threads", 0), 1, st)
 
     def test_python_frames_while_the_gpu_waited(self):
         # hostwait_py.py: the summary names the Python function the
