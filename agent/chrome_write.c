@@ -967,9 +967,10 @@ int tb_chrome_encode(tb_space *s, tb_buf *b)
 
 static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, size_t), void *ctx)
 {
-    const tb_zlib *zl = tb_zlib_get();
-    if (!zl)
-        return -ELIBACC; /* "Can not access a needed shared library" */
+    const char *why = NULL;
+    const tb_zlib *zl = tb_zlib_get(&why);
+    if (why)
+        tb_warn_once("gzip files are written without compression in this process: %s", why);
     jw *w = calloc(1, sizeof(*w));
     z_stream *z = calloc(1, sizeof(*z));
     if (!w || !z) {
@@ -978,11 +979,11 @@ static int encode_gz(tb_space *s, tb_buf *b, int (*sink)(void *, const void *, s
         return -ENOMEM;
     }
     /* level 1: the agent writes this on the job's machine; speed over ratio */
-    if (zl->deflateInit2_(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, (int)sizeof(z_stream)) !=
-        Z_OK) {
+    int zr = zl->deflateInit2_(z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, (int)sizeof(z_stream));
+    if (zr != Z_OK) {
         free(w);
         free(z);
-        return -ENOMEM;
+        return zr == Z_MEM_ERROR ? -ENOMEM : -EIO;
     }
     w->out = b;
     w->z = z;

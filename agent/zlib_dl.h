@@ -16,8 +16,16 @@ typedef struct tb_zlib {
     int (*deflateEnd)(z_streamp);
 } tb_zlib;
 
-/* The loaded functions, or NULL when libz.so.1 cannot be loaded (the reason
- * is logged once at debug level). Thread-safe; loads at most once. */
-const tb_zlib *tb_zlib_get(void);
+/* libz.so.1's functions; where it cannot be loaded or cannot be used
+ * safely (the process defines zlib functions of its own, which libz's
+ * internal calls would bind to), functions of ours with the same contract
+ * that write a valid gzip stream of stored (uncompressed) blocks, and *why
+ * (when why is not NULL) says why; NULL when libz is used. Thread-safe;
+ * loads at most once. Only deflateInit2_ with gzip framing (windowBits
+ * 15 + 16), deflate with Z_NO_FLUSH / Z_FINISH and deflateEnd are used. */
+const tb_zlib *tb_zlib_get(const char **why);
+
+/* The stored-gzip functions themselves (tests). */
+const tb_zlib *tb_zlib_stored(void);
 
 #endif

@@ -262,9 +262,22 @@ class Faults(tbtest.TestCase):
 
     # ---- the logdir -------------------------------------------------------------
 
+    def gz_steps(self, xplane):
+        """The step numbers trace.json.gz beside the xplane holds, and whether
+        its gzip stream is stored (uncompressed) blocks only."""
+        gz = xplane.replace(".xplane.pb", ".trace.json.gz")
+        with open(gz, "rb") as f:
+            raw = f.read()
+        self.assertEqual(raw[:3], b"\x1f\x8b\x08", gz)
+        doc = json.loads(gzip.decompress(raw))
+        steps = sorted({e["args"]["step_num"] for e in doc["traceEvents"]
+                        if isinstance(e.get("args"), dict) and "step_num" in e["args"]})
+        return steps, (raw[10] & 6) == 0  # the first block's BTYPE: 00 = stored
+
     def test_no_libz_keeps_the_profile(self):
         # libz is dlopen()ed when trace.json.gz is written; a machine without
-        # it (the shim refuses the dlopen) still gets the xplane.pb
+        # it (the shim refuses the dlopen) gets the xplane.pb and a
+        # trace.json.gz of stored (uncompressed) blocks, with one warning
         shim = tbtest.prog("libno_libz.so")
         if not os.path.exists(shim):
             self.skipTest("shim not built")
@@ -276,12 +289,39 @@ class Faults(tbtest.TestCase):
         self.assertEqual([os.path.basename(f) for f in files], ["h.xplane.pb"])
         self.assertEqual(nums(files[0]), [2, 3, 4])
         run = os.path.dirname(files[0])
-        self.assertEqual(sorted(os.listdir(run)), ["h.xplane.pb"], "no trace.json.gz, no temporary")
+        self.assertEqual(sorted(os.listdir(run)), ["h.trace.json.gz", "h.xplane.pb"], "no temporary")
+        self.assertEqual(self.gz_steps(files[0]), ([2, 3, 4], True))
         w = tbtest.tbprof_warnings(p.stderr)
         self.assertEqual(len(w), 1, p.stderr)
-        self.assertIn("trace.json.gz not written", w[0])
-        self.assertIn("shared library", w[0])
-        figure("no_libz", "libz not loadable: xplane.pb written (steps 2-4), no trace.json.gz, 1 warning")
+        self.assertIn("without compression", w[0])
+        self.assertIn("libz.so.1 not loadable", w[0])
+        figure("no_libz", "libz not loadable: xplane.pb and a stored trace.json.gz written (steps 2-4), 1 warning")
+
+    def test_a_program_with_its_own_zlib(self):
+        # the job exports deflateReset (node bundles and exports its zlib):
+        # libz.so.1's deflateInit2_ would call it with our stream (node died
+        # of SIGSEGV at every capture's write); the agent writes stored gzip
+        shim = tbtest.prog("libown_zlib.so")
+        if not os.path.exists(shim):
+            self.skipTest("shim not built")
+        e = relutil.env(self.logdir, steps="2,4", run="r", host="h")
+        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
+        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
+        self.assertExitedOk(p)
+        self.assertNotIn("own_zlib:", p.stderr)
+        files = self.check_complete(self.logdir)
+        self.assertEqual(len(files), 1, p.stderr)
+        self.assertEqual(self.gz_steps(files[0]), ([2, 3, 4], True))
+        w = tbtest.tbprof_warnings(p.stderr)
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("libown_zlib.so defines zlib's deflateReset", w[0])
+        # without the shim the same job's file is compressed
+        e["LD_PRELOAD"] = tbtest.preload_value()
+        e["TBPROF_LOGDIR"] = self.logdir + "-plain"
+        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
+        self.assertExitedOk(p)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [])
+        self.assertEqual(self.gz_steps(self.check_complete(self.logdir + "-plain")[0]), ([2, 3, 4], False))
 
     def test_a_write_that_stops_moving_is_named(self):
         # every write() under plugins/profile takes 300 ms (a slow file
