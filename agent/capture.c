@@ -254,8 +254,14 @@ static void start_sources(void)
     }
     tb_clock_calibrate();
     unsigned held = tb_stdio_hold(); /* a job started with stderr closed keeps fd 2 free */
+    /* where the GPU source (added before the CPU's) did not start (no CUDA,
+     * another subscriber), its share goes to the CPU sampler's rings (a
+     * JVM's or a PyTorch job's hundred threads) */
+    int gpu = -1;
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
+        if (!strcmp(x->name, "gpu"))
+            gpu = i;
         x->started = 0;
         x->why = NULL;
         if (!x->enabled)
@@ -274,6 +280,9 @@ static void start_sources(void)
             info.buffer_bytes = !strcmp(x->name, "gpu") ? rest / 4 * 3 : rest / 4;
         else
             info.buffer_bytes = rest;
+        if (gpu >= 0 && gpu < i && g.src[gpu].enabled && !g.src[gpu].started && strcmp(x->name, "nvtx") &&
+            n_on > 1)
+            info.buffer_bytes = rest / (size_t)(n_on - 1); /* the GPU's share handed on */
         const char *why = NULL;
         int rc = x->s->start(x->s->ctx, &info, &why);
         if (rc < 0) {

@@ -28,7 +28,11 @@
 
 #define DEFAULT_BUDGET (64u << 20)
 #define MAX_THREADS 4096
-#define RING_PAGES_STACK 128 /* 512 KiB: ~30 ms of one busy thread at 1 kHz */
+/* A thread's ring starts small (most threads of a runtime wait: the JVM's,
+ * a PyTorch job's pools) and grows once a drain finds it over half full or
+ * lost records, so the budget covers several times more threads. */
+#define RING_PAGES_STACK_FIRST 32 /* 128 KiB: 7 samples, ~14 ms of a busy thread at 499 Hz */
+#define RING_PAGES_STACK 128      /* 512 KiB: ~30 ms of one busy thread at 1 kHz */
 #define RING_PAGES_FP 16
 #define MIN_PAGES_STACK 8 /* one 16 KiB stack sample must fit */
 /* A thread whose stack goes on past the 16 KiB copy (Python under the perf
@@ -58,6 +62,8 @@ typedef struct cpu_thread {
     uint32_t stack_bytes; /* user stack copied per sample (stack mode) */
     int cuts;             /* walks that ran past a full copy */
     int deep_tried;       /* a bigger copy was tried (one try) */
+    int filled;           /* a drain found the ring over half full, or lost records */
+    int grown;            /* its ring was given (or tried at) the full size */
 } cpu_thread;
 
 /* The capture's perf_event fds (fd + 1; 0: free slot), apart from the
@@ -161,6 +167,7 @@ typedef struct cpu_ctx {
 } cpu_ctx;
 
 static cpu_ctx cpu_state;
+static atomic_int warned_budget; /* once per process: the job's thread count rarely changes */
 
 /* ---- bounded storage ---------------------------------------------------------- */
 
@@ -310,12 +317,21 @@ static size_t min_pages(const cpu_ctx *c, uint32_t stack_bytes)
     return stack_bytes > TB_CPU_STACK_BYTES ? MIN_PAGES_STACK * DEEP_RING_SCALE : MIN_PAGES_STACK;
 }
 
-static size_t pages_for_new_thread(const cpu_ctx *c, uint32_t stack_bytes)
+/* The data pages a thread's ring is opened with: the first size, or once
+ * grown the full one; scaled for the deep copy. */
+static size_t ring_pages(const cpu_ctx *c, uint32_t stack_bytes, int grown)
 {
-    size_t want = c->mode == TB_CPU_FP ? RING_PAGES_FP : RING_PAGES_STACK;
+    if (c->mode == TB_CPU_FP)
+        return RING_PAGES_FP;
+    size_t p = grown ? RING_PAGES_STACK : RING_PAGES_STACK_FIRST;
+    return stack_bytes > TB_CPU_STACK_BYTES ? p * DEEP_RING_SCALE : p;
+}
+
+/* want pages, halved while over the ring budget; 0 when not even the
+ * smallest ring fits. */
+static size_t pages_within_budget(const cpu_ctx *c, uint32_t stack_bytes, size_t want)
+{
     size_t minp = min_pages(c, stack_bytes);
-    if (stack_bytes > TB_CPU_STACK_BYTES)
-        want *= DEEP_RING_SCALE;
     while (want > minp && (want + 1) * c->page > c->ring_budget - c->ring_used)
         want /= 2;
     if ((want + 1) * c->page > c->ring_budget - c->ring_used)
@@ -364,18 +380,21 @@ static void skip_thread(cpu_ctx *c, int tid)
 }
 
 /* Open and map an event for thread tid copying stack_bytes of its stack
- * per sample, into *th (fd, ring, slot, stack_bytes; the rest untouched).
- * 0; -errno, the open's errno; or 1: no ring could be mapped (locked-memory
- * limits: perf_event_mlock_kb, RLIMIT_MEMLOCK), warned about once. */
-static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, cpu_thread *th)
+ * per sample, with a ring of up to `want` data pages, into *th (fd, ring,
+ * slot, stack_bytes; the rest untouched). 0; -errno, the open's errno;
+ * 1: no ring could be mapped (locked-memory limits: perf_event_mlock_kb,
+ * RLIMIT_MEMLOCK), warned about once; 2: the ring budget is used up.
+ * disabled: the event starts disabled (PERF_EVENT_IOC_ENABLE starts it). */
+static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, int disabled, cpu_thread *th)
 {
-    size_t pages = pages_for_new_thread(c, stack_bytes);
+    size_t pages = pages_within_budget(c, stack_bytes, want);
     if (!pages)
-        return 1;
+        return 2;
     struct perf_event_attr a;
     int fd;
     for (;;) {
         fill_attr(c, &a, pages * c->page, stack_bytes);
+        a.disabled = disabled != 0;
         fd = (int)perf_open(&a, tid);
         if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
             /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
@@ -429,8 +448,12 @@ static int open_thread(cpu_ctx *c, int tid)
         return 0;
     }
     cpu_thread t = {.tid = tid, .fd = -1, .seen = 1, .slot = -1};
-    int r = open_event(c, tid, TB_CPU_STACK_BYTES, &t);
-    if (r == 1 || r == -EMFILE || r == -ENFILE) { /* out of ring memory or descriptors: a limit */
+    int r = open_event(c, tid, TB_CPU_STACK_BYTES, ring_pages(c, TB_CPU_STACK_BYTES, 0), 0, &t);
+    if (r == 2 && !atomic_exchange(&warned_budget, 1))
+        tb_warn("cpu sampling: the sample rings' share of TBPROF_BUFFER_MB (%zu KiB) is used up at %zu threads; "
+                "thread %d and later ones are not sampled (raise TBPROF_BUFFER_MB, or TBPROF_CPU_MODE=fp)",
+                c->ring_budget >> 10, c->nopen, tid);
+    if (r == 1 || r == 2 || r == -EMFILE || r == -ENFILE) { /* out of ring memory or descriptors: a limit */
         skip_thread(c, tid);
         return 0;
     }
@@ -550,6 +573,8 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
     uint64_t head = __atomic_load_n(&mp->data_head, __ATOMIC_ACQUIRE);
     uint64_t tail = mp->data_tail;
     unsigned k = 0;
+    if ((head - tail) * 2 > th->data_len)
+        th->filled = 1;
     while (tail < head) {
         struct perf_event_header h;
         if (head - tail < sizeof(h))
@@ -573,6 +598,7 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
             uint64_t lost;
             memcpy(&lost, rec + sizeof(h) + 8, 8);
             c->lost_kernel += lost;
+            th->filled = 1;
         }
         tail += h.size;
         __atomic_store_n(&mp->data_tail, tail, __ATOMIC_RELEASE);
@@ -597,23 +623,46 @@ static void close_thread(cpu_ctx *c, cpu_thread *th)
     }
 }
 
-/* A thread whose walks keep running past its copy: the same event with the
- * largest copy (DEEP_STACK_BYTES), its ring as much bigger, opened before
- * the old one is drained and closed so that no sample is missed. Where
- * the ring budget or the locked-memory limit cannot take it, the thread
- * keeps the copy it has. Tried once per thread and capture. */
-static void deepen(cpu_ctx *c, cpu_thread *th)
+/* The thread's event opened again with another copy size or ring: the new
+ * one is opened (disabled) before the old is disabled, then enabled at
+ * once, and the old drained and closed after, so that no sample is missed
+ * and none taken twice. Where the ring budget or the locked-memory limit
+ * cannot take it, the thread keeps the event it has (0 returned). */
+static int reopen(cpu_ctx *c, cpu_thread *th, uint32_t stack_bytes, size_t want)
 {
-    th->deep_tried = 1;
     cpu_thread t = *th;
-    if (open_event(c, th->tid, DEEP_STACK_BYTES, &t) != 0)
-        return;
+    if (open_event(c, th->tid, stack_bytes, want, 1, &t) != 0)
+        return 0;
+    ioctl(th->fd, PERF_EVENT_IOC_DISABLE, 0);
+    ioctl(t.fd, PERF_EVENT_IOC_ENABLE, 0);
     close_thread(c, th);
     t.cuts = 0;
+    t.filled = 0;
     *th = t;
-    c->deep_threads++;
-    tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying %d KiB of it", th->tid,
-             TB_CPU_STACK_BYTES >> 10, DEEP_STACK_BYTES >> 10);
+    return 1;
+}
+
+/* After a poll's drains: a thread whose walks keep running past its copy
+ * gets the largest copy (DEEP_STACK_BYTES) and a ring as much bigger; one
+ * whose ring filled, the full ring. Each tried once per thread and capture. */
+static void resize_rings(cpu_ctx *c)
+{
+    for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < c->nthreads; i++) {
+        cpu_thread *th = &c->threads[i];
+        if (th->fd < 0)
+            continue;
+        if (th->cuts >= DEEP_AFTER_CUTS && !th->deep_tried) {
+            th->deep_tried = 1;
+            if (reopen(c, th, DEEP_STACK_BYTES, ring_pages(c, DEEP_STACK_BYTES, th->grown))) {
+                c->deep_threads++;
+                tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying %d KiB of it", th->tid,
+                         TB_CPU_STACK_BYTES >> 10, DEEP_STACK_BYTES >> 10);
+            }
+        } else if (th->filled && !th->grown) {
+            th->grown = 1;
+            reopen(c, th, th->stack_bytes, ring_pages(c, th->stack_bytes, 1));
+        }
+    }
 }
 
 static int tid_cmp(const void *a, const void *b)
@@ -857,9 +906,7 @@ static void cpu_poll(void *ctx)
             break;
         }
     }
-    for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < n; i++)
-        if (c->threads[i].fd >= 0 && c->threads[i].cuts >= DEEP_AFTER_CUTS && !c->threads[i].deep_tried)
-            deepen(c, &c->threads[i]);
+    resize_rings(c);
 }
 
 static void cpu_stop(void *ctx)

@@ -128,6 +128,48 @@ class CpuSplit(tbtest.TestCase):
                         prof.host.stats["tbprof_cpu_samples"] * 0.05)
 
 
+class CpuManyThreads(tbtest.TestCase):
+    """tests/e2e/progs/idle_busy.c: many waiting threads made first, then 4
+    busy ones (a JVM, a PyTorch job). Rings start small and grow where they
+    fill, and the GPU source's share of TBPROF_BUFFER_MB goes to them where
+    it does not start: every thread is sampled (before: the first 17 here
+    took the rings, and none of the busy ones had a sample)."""
+
+    def setUp(self):
+        super().setUp()
+        cpusamples.skip_if_perf_refused(self)
+
+    def run_mix(self, nidle, **kw):
+        env = tbtest.env(self.logdir, cpu="on", delay=0.5, duration=1.0, **kw)
+        p = tbtest.run([tbtest.prog("idle_busy"), str(nidle), "4", "2.0"], env=env, timeout=120)
+        self.assertExitedOk(p)
+        busy = [int(l.split()[1]) for l in p.stdout.splitlines() if l.startswith("busy ")]
+        self.assertEqual(len(busy), 4, p.stdout)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        per = {tid: sum(e.stats.get("self_samples", 0) for e in prof.host.line(tid).events)
+               if prof.host.line(tid) else 0 for tid in busy}
+        return p, prof.host.stats, per
+
+    def test_busy_threads_after_many_idle_ones(self):
+        # TBPROF_GPU=on: here CUPTI does not start (no GPU), so its share goes on
+        p, st, per = self.run_mix(120, gpu="on")
+        print("120 idle + 4 busy: %d threads sampled, %d not; busy threads' samples %s"
+              % (st.get("tbprof_cpu_threads", 0), st.get("tbprof_cpu_threads_unsampled", 0), sorted(per.values())))
+        self.assertGreaterEqual(st.get("tbprof_cpu_threads", 0), 125, st)
+        self.assertEqual(st.get("tbprof_cpu_threads_unsampled", 0), 0, st)
+        for tid, n in per.items():
+            self.assertGreater(n, 20, "busy thread %d: %s" % (tid, per))
+        self.assertFalse([w for w in tbtest.tbprof_warnings(p.stderr) if "cpu sampling" in w], p.stderr)
+
+    def test_rings_used_up_one_warning(self):
+        # more threads than the rings' share holds (1 MiB of buffers in all)
+        p, st, per = self.run_mix(40, buffer_mb=1)
+        self.assertGreater(st.get("tbprof_cpu_threads_unsampled", 0), 0, st)
+        w = [w for w in tbtest.tbprof_warnings(p.stderr) if "cpu sampling" in w]
+        self.assertEqual(len(w), 1, p.stderr)
+        self.assertIn("TBPROF_BUFFER_MB", w[0])
+
+
 class CpuLibraryLoadedMidCapture(tbtest.TestCase):
     """A library dlopen()ed after the capture started, built without frame
     pointers: the stacks of samples taken in it must reach the program's
