@@ -130,6 +130,10 @@ static struct {
     int term_installed, term_pending, exiting, writing;
     int exit_gave_up; /* tb_agent_exit waited its TERM_FLUSH_MS in vain: not again */
     tb_names names; /* job id, rank, host name: read once at init */
+    /* TBPROF_SIGNAL's handler is looked at again (sig_check) at these
+     * times: a runtime that sets its own after our constructor (the JVM's
+     * SIGUSR2, node's SIGUSR1, PostgreSQL's) turns the trigger off */
+    int64_t sig_check_at, sig_check_every; /* mono ns; 0: not installed, or taken */
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER,
@@ -1280,6 +1284,8 @@ static int compute_timeout(int64_t now)
     int64_t until = INT64_MAX;
     if (g.tw.at)
         until = g.tw.at;
+    if (g.sig_check_at && g.sig_check_at < until)
+        until = g.sig_check_at;
     if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) {
         if (g.stop_req || !g.sources_started)
             return 0;
@@ -1562,6 +1568,8 @@ static void drain(int fd, void (*each)(char))
     }
 }
 
+static void sig_check(int64_t now);
+
 static void *agent_main(void *arg)
 {
     (void)arg;
@@ -1597,6 +1605,7 @@ static void *agent_main(void *arg)
             if (n > 1 && fds[1].revents && fds[1].fd == g.listen_fd)
                 tb_ctl_serve(g.listen_fd, tb_agent_control);
         }
+        sig_check(tb_mono_ns());
         machine();
     }
     return NULL;
@@ -1674,6 +1683,33 @@ static void on_trigger_signal(int sig)
     int e = errno;
     tb_agent_signal_byte('S');
     errno = e;
+}
+
+/* Agent thread: is TBPROF_SIGNAL's handler still ours? Looked at 1 s after
+ * start-up, then 4, 16 and 64 s later, then every 64 s (one sigaction call
+ * each). Once the job's own has replaced it: one warning, no more checks. */
+static void sig_check(int64_t now)
+{
+    pthread_mutex_lock(&g.lock);
+    int due = g.sig_check_at && now >= g.sig_check_at;
+    if (due) {
+        if (g.sig_check_every < 64 * 1000000000LL)
+            g.sig_check_every *= 4;
+        g.sig_check_at = now + g.sig_check_every;
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (!due)
+        return;
+    struct sigaction cur;
+    if (sigaction(g.cfg.signal, NULL, &cur) != 0 ||
+        (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_trigger_signal))
+        return;
+    pthread_mutex_lock(&g.lock);
+    g.sig_check_at = 0;
+    pthread_mutex_unlock(&g.lock);
+    tb_warn("TBPROF_SIGNAL=%s: the job has since installed its own handler for this signal; signal trigger off "
+            "(an RTMIN+N signal, or `tbprof trigger PID`, still works)",
+            strsignal(g.cfg.signal));
 }
 
 /* Has the process (ever) had a second thread? */
@@ -1766,7 +1802,13 @@ int tb_agent_init(const tb_config *c, int disable)
             sa.sa_handler = on_trigger_signal;
             sa.sa_flags = SA_RESTART;
             sigemptyset(&sa.sa_mask);
-            sigaction(c->signal, &sa, NULL);
+            if (sigaction(c->signal, &sa, NULL) == 0) {
+                pthread_mutex_lock(&g.lock);
+                g.sig_check_every = 1000000000LL;
+                g.sig_check_at = tb_mono_ns() + g.sig_check_every;
+                pthread_mutex_unlock(&g.lock);
+                wake();
+            }
         }
     }
     return 0;
@@ -2285,6 +2327,7 @@ void tb_agent_fork_child(void)
     g.sources_starting = 0;
     g.nrec = 0;
     g.tw.at = 0;
+    g.sig_check_at = 0; /* no agent thread here */
     g.pend.kind = 0;
     g.term_pending = 0;
     g.ncaptures = 0;

@@ -473,6 +473,27 @@ class Triggers(tbtest.TestCase):
         self.assertIn("signal", prof.host.stats["tbprof_trigger"])
         self.finish(p)
 
+    def test_signal_taken_over_by_the_job_is_named(self):
+        # a runtime that installs its handler after our constructor (the
+        # JVM's SIGUSR2, node's SIGUSR1, PostgreSQL's): the trigger cannot
+        # work; one warning within ~1 s says so, and the job's handler runs
+        prog = ("import signal, sys, time\n"
+                "signal.signal(signal.SIGUSR2, lambda s, f: print('own handler', flush=True))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(3)\n")
+        p = tbtest.spawn([sys.executable, "-c", prog], env=tbtest.env(self.logdir, python=True, signal="USR2"))
+        self.addCleanup(reap, p)
+        tbtest.read_until(p, "ready")
+        time.sleep(1.5)
+        os.kill(p.pid, signal.SIGUSR2)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn("own handler", out)
+        w = tbtest.tbprof_warnings(err)
+        self.assertEqual(len(w), 1, err)
+        self.assertIn("TBPROF_SIGNAL=User defined signal 2: the job has since installed its own handler", w[0])
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
     def test_step_roundup_aligns_triggered_steps(self):
         # TBPROF_STEP_ROUNDUP=25: the signal's five steps, and a socket
         # steps=N request, begin at the next step number divisible by 25
