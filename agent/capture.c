@@ -240,6 +240,8 @@ static int64_t thread_cpu_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int used_cuda(void);
+
 static void start_sources(void)
 {
     /* NVTX ranges take a fixed 1/16 (1/4 with torch's op ranges: about one
@@ -287,13 +289,18 @@ static void start_sources(void)
         if (gpu >= 0 && gpu < i && g.src[gpu].enabled && !g.src[gpu].started && strcmp(x->name, "nvtx") &&
             n_on > 1)
             info.buffer_bytes = rest / (size_t)(n_on - 1); /* the GPU's share handed on */
+        /* before CUPTI, which may load the driver itself */
+        int no_cuda = !strcmp(x->name, "gpu") && !used_cuda();
         const char *why = NULL;
         int rc = x->s->start(x->s->ctx, &info, &why);
         if (rc < 0) {
             x->why = why ? why : strerror(-rc);
             if (!x->warned) {
                 x->warned = 1;
-                tb_warn("%s source off: %s (capturing without it)", x->name, x->why);
+                /* a launcher, tool or helper of the job, or a program that
+                 * does not use the GPU at all (it inherited TBPROF_*) */
+                tb_log(no_cuda ? TB_LOG_INFO : TB_LOG_WARN, "%s source off%s: %s (capturing without it)", x->name,
+                       no_cuda ? " in this process, which has not loaded CUDA" : "", x->why);
             }
             continue;
         }

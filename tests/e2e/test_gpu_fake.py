@@ -779,7 +779,13 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
                 self.assertTrue(prof.host.stats.get("tbprof_cupti_teardown", "").startswith(says),
                                 prof.host.stats.get("tbprof_cupti_teardown"))
 
-    def host_only(self, reason_re, **kw):
+    def host_only(self, reason_re, cuda=True, **kw):
+        """GPU tracing fails for reason_re: the host plane only, the reason in
+        its stats, and one warning in a process that loaded CUDA (cuda: the
+        fake libcuda preloaded); in one that did not (a launcher, a tool of
+        the job), an info line only."""
+        if cuda:
+            kw.setdefault("shim", FAKE_LIBCUDA)
         p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, **kw)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
@@ -789,8 +795,19 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         why = prof.host.stats.get("tbprof_gpu_off_reason", "")
         self.assertRegex(why, reason_re)
         warn = [l for l in tbtest.tbprof_warnings(p.stderr) if re.search(reason_re, l)]
-        self.assertEqual(len(warn), 1, p.stderr)
+        self.assertEqual(len(warn), 1 if cuda else 0, p.stderr)
         return prof
+
+    def test_no_warning_where_cuda_was_never_loaded(self):
+        # the job's launcher or a CPU-only program that inherited TBPROF_*
+        # (PostgreSQL, node and the JVM in the soaks): the reason is in the
+        # profile, and said at TBPROF_LOG=info, not warned about
+        self.host_only(r"libcupti not found", cuda=False, cupti_path=os.path.join(self.tmp, "nope", "libcupti.so"))
+        self.logdir = os.path.join(self.tmp, "info")
+        p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, log="info",
+                           cupti_path=os.path.join(self.tmp, "nope", "libcupti.so"))
+        said = [l for l in p.stderr.splitlines() if "gpu source off in this process, which has not loaded CUDA" in l]
+        self.assertEqual(len(said), 1, p.stderr)
 
     def test_other_subscriber(self):
         # a CUPTI 13 names the subscriber already there; so does the reason
@@ -803,7 +820,7 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         # in a PyTorch process the usual holder is torch.profiler, which keeps
         # CUPTI from its first use unless TEARDOWN_CUPTI=1: the reason says so
         p = self.run_steps(["-n", "10", "-m", "3"], launch=False, steps="2,5", TBFAKE_CUPTI_SUBSCRIBER="1",
-                           shim=tbtest.prog("libtorch_cuda.so"))
+                           shim=tbtest.prog("libtorch_cuda.so") + ":" + FAKE_LIBCUDA)
         why = tbtest.load(tbtest.xplanes(self.logdir)[0]).host.stats.get("tbprof_gpu_off_reason", "")
         self.assertRegex(why, r"another CUPTI client .* torch.profiler keeps CUPTI .* TEARDOWN_CUPTI=1")
         warn = [l for l in tbtest.tbprof_warnings(p.stderr) if "TEARDOWN_CUPTI=1" in l]
