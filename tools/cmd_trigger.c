@@ -99,6 +99,22 @@ static long long field_ll(const char *line, const char *key, long long dflt)
     return v[0] && !*end ? x : dflt;
 }
 
+/* Whether libtbprof.so is mapped in process pid (1), not (0), or /proc
+ * does not say (-1: another user's, or gone). */
+static int maps_tbprof(pid_t pid)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, "/libtbprof") != NULL;
+    fclose(f);
+    return found;
+}
+
 static void no_agent(pid_t pid, int rc)
 {
     if (rc == -EPERM)
@@ -116,6 +132,13 @@ static void no_agent(pid_t pid, int rc)
                 "TBPROF_SOCKET=auto (the default) a process serves it once it has a second thread, so a "
                 "single-threaded program needs TBPROF_SOCKET=on (or TBPROF_SIGNAL)\n",
                 (int)pid);
+    else if (maps_tbprof(pid) == 1)
+        fprintf(stderr,
+                "tbprof trigger: process %d has libtbprof.so loaded but no control socket of its own (%s): a "
+                "child fork()ed without exec (only the process started with the preload and exec'd ones "
+                "serve one: trigger the process it was forked from, or its own TBPROF_STEPS/TBPROF_DURATION "
+                "windows and tbprof_start() still work), or TBPROF_SOCKET=off\n",
+                (int)pid, strerror(-rc));
     else
         fprintf(stderr,
                 "tbprof trigger: no tbprof agent answers in process %d (%s): not started under "
@@ -192,8 +215,23 @@ static pid_t parent_of(pid_t pid)
 }
 
 /* A socket can outlive its process in /proc/net/unix: a forked child
- * that has not closed its copy yet holds the parent's name. */
-static int alive(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
+ * that has not closed its copy yet holds the parent's name. A zombie (ended,
+ * not yet reaped by its parent) is not alive. */
+static int alive(pid_t pid)
+{
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 1; /* hidden /proc: kill() said it exists */
+    size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[k] = '\0';
+    const char *p = strrchr(buf, ')');
+    return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
 
 static int has_pid(const pid_t *v, int n, pid_t p)
 {
@@ -346,7 +384,10 @@ static int wait_all(struct target *t, int n, double timeout_s)
                     fprintf(stderr, "tbprof trigger: process %d no longer answers (%s)\n", (int)t[i].pid,
                             strerror(-rc));
                 else
-                    fprintf(stderr, "tbprof trigger: process %d ended before its profile was written\n",
+                    fprintf(stderr,
+                            "tbprof trigger: process %d ended during the capture; its agent writes what it "
+                            "captured when the process exits (unless killed): see `tbprof ls` on its "
+                            "TBPROF_LOGDIR\n",
                             (int)t[i].pid);
                 t[i].done = 1, left--, failed = 1;
                 continue;

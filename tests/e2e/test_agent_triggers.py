@@ -630,6 +630,18 @@ class Triggers(tbtest.TestCase):
         q.wait()
         self.assertEqual(r.returncode, 1)
         self.assertIn("no tbprof agent", r.stderr)
+        # a child fork()ed without exec (a PostgreSQL backend, a data-loader
+        # worker): the agent is there, its socket is the parent's
+        prog = "import os, time\npid = os.fork()\nif pid: print(pid, flush=True); os.waitpid(pid, 0)\nelse: time.sleep(3)\n"
+        q = tbtest.spawn([sys.executable, "-c", prog], env=tbtest.env(self.logdir, python=True))
+        child = int(q.stdout.readline())
+        r = tbtest.run([tbtest.CLI, "trigger", str(child)])
+        q.kill()
+        os.kill(child, signal.SIGKILL)
+        q.communicate()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("has libtbprof.so loaded but no control socket of its own", r.stderr)
+        self.assertIn("fork()ed without exec", r.stderr)
         r = tbtest.run([tbtest.CLI, "trigger", "notapid"])
         self.assertEqual(r.returncode, 2)
 
