@@ -71,7 +71,7 @@ static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name)
 static void *(*lookup)(const char *) = default_lookup;
 
 /* what sync_cb found when asked to turn it on (the capture's outcome) */
-enum { OUT_NONE, OUT_PENDING, OUT_OURS, OUT_THEIRS, OUT_FAILED, OUT_GONE };
+enum { OUT_NONE, OUT_PENDING, OUT_OURS, OUT_THEIRS, OUT_FAILED, OUT_GONE, OUT_EARLY };
 
 static pthread_mutex_t lk = PTHREAD_MUTEX_INITIALIZER;
 static int resolved;          /* 0: not tried, 1: CPython >= 3.12, -1: not (under lk) */
@@ -407,8 +407,8 @@ void tb_pytramp_request(int on)
     if (on)
         map_unread = 1;
     if (atomic_load(&gone) || !py.is_initialized()) {
-        if (on)
-            atomic_store(&outcome, OUT_GONE);
+        if (on) /* (TBPROF_DELAY=0: the capture begins before the interpreter) */
+            atomic_store(&outcome, atomic_load(&gone) ? OUT_GONE : OUT_EARLY);
     } else {
         if (on)
             atomic_store(&outcome, OUT_PENDING);
@@ -457,6 +457,16 @@ int tb_pytramp_describe(char *out, size_t n)
     case OUT_GONE:
         snprintf(out, n, "off (the interpreter was not running)");
         break;
+    case OUT_EARLY: {
+        /* not ours to turn on; PYTHONPERFSUPPORT=1 or -X perf may have, at
+         * the interpreter's start: then CPython writes its map */
+        char map[64];
+        snprintf(map, sizeof(map), "/tmp/perf-%d.map", (int)getpid());
+        snprintf(out, n, access(map, F_OK) == 0
+                             ? "on (PYTHONPERFSUPPORT=1 or -X perf: the capture began before the interpreter ran)"
+                             : "off (the capture began before the interpreter ran)");
+        break;
+    }
     case OUT_PENDING:
         snprintf(out, n, "off (asked for; the main thread ran no Python code during the capture)");
         break;

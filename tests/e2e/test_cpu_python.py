@@ -148,6 +148,8 @@ class CpuPython(PythonsCase):
                 self.assertGreater(leaf, 150, st)  # ~1,500 on an idle machine
                 self.assertGreater(whole, leaf * 0.9, st)
                 self.assertGreaterEqual(st.get("tbprof_cpu_deep_stack_threads", 0), 1, st)
+                # the capture began before the interpreter: on by PYTHONPERFSUPPORT, and said so
+                self.assertTrue(st.get("tbprof_python_trampoline", "").startswith("on (PYTHONPERFSUPPORT=1"), st)
 
     def test_python_frames_while_the_gpu_waited(self):
         # hostwait_py.py: the summary names the Python function the

@@ -405,12 +405,21 @@ int main(void)
     CHECK_STR(describe(), "off: sys.activate_stack_trampoline(\"perf\"): perf trampoline not available");
     CHECK_EQ_I(active, 0);
 
-    /* before Py_Initialize / after finalizing: no pending call */
+    /* before Py_Initialize (TBPROF_DELAY=0): no pending call; on only where
+     * PYTHONPERFSUPPORT=1 / -X perf turned it on at the start, which the
+     * map CPython writes tells */
     reset();
     initialized = 0;
     tb_pytramp_request(1);
     CHECK_EQ_I(nadded, 0);
-    CHECK_STR(describe(), "off (the interpreter was not running)");
+    unlink(map_file);
+    CHECK_STR(describe(), "off (the capture began before the interpreter ran)");
+    FILE *mf = fopen(map_file, "w");
+    CHECK(mf != NULL);
+    if (mf)
+        fclose(mf);
+    CHECK_STR(describe(), "on (PYTHONPERFSUPPORT=1 or -X perf: the capture began before the interpreter ran)");
+    unlink(map_file);
 
     /* a fork()ed child turns the parent's capture's trampoline off */
     reset();
