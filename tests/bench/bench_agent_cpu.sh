@@ -10,6 +10,9 @@
 #   c       build/progs/cpu_split -t 2 -m 2000: two busy C threads, 2 s
 #   python  tests/e2e/progs/cpu_split_py.py under the first CPython 3.12+
 #           pyenv has (perf trampolines on), when there is one
+#   deep    tests/e2e/progs/deep_py.py 60: the same Python, 60 calls deep
+#           (a 64 KiB copy and ~260 frames per sample once the thread's
+#           copy has grown; an older build cuts them at 16 KiB / 128)
 # in stack-copy mode (dwarf) and, as the baseline of the same run, in fp
 # mode (the kernel walks the frame pointers: no unwinding on our side), and
 # prints the median us per sample of each and dwarf/fp.
@@ -38,6 +41,8 @@ one() { # LIB MODE WORKLOAD
   case $3 in
     c) env "${env[@]}" "$prog" -t 2 -m 2000 -l -1,-1 >/dev/null 2>&1 ;;
     python) env "${env[@]}" PYTHONPERFSUPPORT=1 "$py" "$root/tests/e2e/progs/cpu_split_py.py" >/dev/null 2>&1 ;;
+    deep) env "${env[@]}" PYTHONPERFSUPPORT=1 TBPROF_DELAY=0.3 TBPROF_DURATION=1.5 \
+          "$py" "$root/tests/e2e/progs/deep_py.py" 60 2.0 >/dev/null 2>&1 ;;
   esac
   local f
   f=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)
@@ -49,7 +54,7 @@ one() { # LIB MODE WORKLOAD
 }
 median() { sort -n | awk '{a[NR]=$1} END{if(NR==0){print 0}else{print a[int((NR+1)/2)]}}'; }
 declare -A t
-loads=(c); [ -n "$py" ] && loads+=(python)
+loads=(c); [ -n "$py" ] && loads+=(python deep)
 for ((i = 0; i < N; i++)); do
   for w in "${loads[@]}"; do
     t[$w.dwarf]+="$(one "$lib" dwarf $w) "
