@@ -25,24 +25,12 @@
 static uint32_t crc_table[256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc_table[i] = c;
-    }
-}
+static void crc_init(void) { tb_crc_table(crc_table, 0x82F63B78u); }
 
 unsigned tb_crc32c(const void *data, size_t len)
 {
     pthread_once(&crc_once, crc_init);
-    const uint8_t *p = data;
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < len; i++)
-        c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+    return tb_crc_update(crc_table, 0, data, len);
 }
 
 /* ---- names and folders ------------------------------------------------------------ */

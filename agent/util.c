@@ -186,3 +186,22 @@ int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object)
     copy_plain(dst, addr, len);
     return 0;
 }
+
+void tb_crc_table(uint32_t table[256], uint32_t poly)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ poly : c >> 1;
+        table[i] = c;
+    }
+}
+
+uint32_t tb_crc_update(const uint32_t table[256], uint32_t crc, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    crc = ~crc;
+    while (n--)
+        crc = table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}

@@ -55,4 +55,10 @@ int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start);
 #include <stdint.h>
 int tb_self_read(void *dst, uint64_t addr, size_t len, int in_object);
 
+/* Reflected CRC-32 for any polynomial (0xEDB88320: gzip's; 0x82F63B78:
+ * CRC-32C, TFRecord's): tb_crc_table fills table once, tb_crc_update
+ * continues crc (0 to start) over p[0, n). */
+void tb_crc_table(uint32_t table[256], uint32_t poly);
+uint32_t tb_crc_update(const uint32_t table[256], uint32_t crc, const void *p, size_t n);
+
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "util.h"
 
 static tb_zlib fns;
 static const tb_zlib *loaded;
@@ -25,23 +26,7 @@ typedef struct stored {
 static uint32_t crc_table[256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
-static void crc_init(void)
-{
-    for (uint32_t n = 0; n < 256; n++) {
-        uint32_t c = n;
-        for (int k = 0; k < 8; k++)
-            c = (c & 1) ? (0xedb88320u ^ (c >> 1)) : (c >> 1);
-        crc_table[n] = c;
-    }
-}
-
-static uint32_t crc_update(uint32_t crc, const unsigned char *p, size_t n)
-{
-    crc = ~crc;
-    while (n--)
-        crc = crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
-}
+static void crc_init(void) { tb_crc_table(crc_table, 0xedb88320u); }
 
 static void put(z_streamp z, const void *p, size_t n)
 {
@@ -90,7 +75,7 @@ static int stored_deflate(z_streamp z, int flush)
         unsigned char bh[5] = {0, (unsigned char)n, (unsigned char)(n >> 8), (unsigned char)~n,
                                (unsigned char)(~n >> 8)};
         put(z, bh, sizeof(bh));
-        s->crc = crc_update(s->crc, z->next_in, n);
+        s->crc = tb_crc_update(crc_table, s->crc, z->next_in, n);
         s->isize += (uint32_t)n;
         put(z, z->next_in, n);
         z->next_in += n;

@@ -274,18 +274,23 @@ class Faults(tbtest.TestCase):
                         if isinstance(e.get("args"), dict) and "step_num" in e["args"]})
         return steps, (raw[10] & 6) == 0  # the first block's BTYPE: 00 = stored
 
-    def test_no_libz_keeps_the_profile(self):
-        # libz is dlopen()ed when trace.json.gz is written; a machine without
-        # it (the shim refuses the dlopen) gets the xplane.pb and a
-        # trace.json.gz of stored (uncompressed) blocks, with one warning
-        shim = tbtest.prog("libno_libz.so")
+    def steps_2_4_with_shim(self, name):
+        """reljob's steps 2-4 captured with shim `name` preloaded before the
+        agent: the finished run, its environment, the files it wrote."""
+        shim = tbtest.prog(name)
         if not os.path.exists(shim):
             self.skipTest("shim not built")
         e = relutil.env(self.logdir, steps="2,4", run="r", host="h")
         e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
         self.assertExitedOk(p)
-        files = self.check_complete(self.logdir)
+        return p, e, self.check_complete(self.logdir)
+
+    def test_no_libz_keeps_the_profile(self):
+        # libz is dlopen()ed when trace.json.gz is written; a machine without
+        # it (the shim refuses the dlopen) gets the xplane.pb and a
+        # trace.json.gz of stored (uncompressed) blocks, with one warning
+        p, e, files = self.steps_2_4_with_shim("libno_libz.so")
         self.assertEqual([os.path.basename(f) for f in files], ["h.xplane.pb"])
         self.assertEqual(nums(files[0]), [2, 3, 4])
         run = os.path.dirname(files[0])
@@ -301,15 +306,8 @@ class Faults(tbtest.TestCase):
         # the job exports deflateReset (node bundles and exports its zlib):
         # libz.so.1's deflateInit2_ would call it with our stream (node died
         # of SIGSEGV at every capture's write); the agent writes stored gzip
-        shim = tbtest.prog("libown_zlib.so")
-        if not os.path.exists(shim):
-            self.skipTest("shim not built")
-        e = relutil.env(self.logdir, steps="2,4", run="r", host="h")
-        e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
-        p = tbtest.run([RELJOB, "-n", "8", "-m", "1"], env=e, timeout=T)
-        self.assertExitedOk(p)
+        p, e, files = self.steps_2_4_with_shim("libown_zlib.so")
         self.assertNotIn("own_zlib:", p.stderr)
-        files = self.check_complete(self.logdir)
         self.assertEqual(len(files), 1, p.stderr)
         self.assertEqual(self.gz_steps(files[0]), ([2, 3, 4], True))
         w = tbtest.tbprof_warnings(p.stderr)
