@@ -91,7 +91,8 @@ struct src {
     const char *off_reason; /* static */
     int started;            /* this capture */
     const char *why;        /* this capture's failure reason */
-    int warned;
+    int warned;             /* a failure to start warned about (once) */
+    int said;               /* ... or said at info level (no CUDA then) */
 };
 
 static struct {
@@ -295,10 +296,12 @@ static void start_sources(void)
         int rc = x->s->start(x->s->ctx, &info, &why);
         if (rc < 0) {
             x->why = why ? why : strerror(-rc);
-            if (!x->warned) {
-                x->warned = 1;
-                /* a launcher, tool or helper of the job, or a program that
-                 * does not use the GPU at all (it inherited TBPROF_*) */
+            /* no CUDA: a launcher, tool or helper of the job, or a program
+             * that does not use the GPU at all (it inherited TBPROF_*); a
+             * later capture after it loaded CUDA still warns */
+            int *once = no_cuda ? &x->said : &x->warned;
+            if (!*once) {
+                *once = 1;
                 tb_log(no_cuda ? TB_LOG_INFO : TB_LOG_WARN, "%s source off%s: %s (capturing without it)", x->name,
                        no_cuda ? " in this process, which has not loaded CUDA" : "", x->why);
             }

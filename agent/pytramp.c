@@ -218,14 +218,24 @@ static void switch_off(void)
  * pid_max, 32768 on many machines). CPython would append to it, its lines
  * would name addresses of ours, and it would stay as not ours. Removed here
  * (2 s of slack: /proc gives the start to the second); 1 when it was. */
-static int drop_stale_map(const char *path)
+/* 1: path is a regular file of ours last written before this process
+ * started (an earlier process's with this pid: CPython never removes its
+ * maps); 0: one written since (or when this process started cannot be
+ * read); 2: not a regular file of ours; -1: no such file. */
+static int map_stale(const char *path)
 {
     struct stat st;
     time_t start;
-    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-        tb_proc_start((int)getpid(), NULL, 0, &start) < 0 || st.st_mtime + 2 >= start)
-        return 0;
-    if (unlink(path) < 0)
+    if (lstat(path, &st) < 0)
+        return -1;
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid())
+        return 2;
+    return tb_proc_start((int)getpid(), NULL, 0, &start) == 0 && st.st_mtime + 2 < start;
+}
+
+static int drop_stale_map(const char *path)
+{
+    if (map_stale(path) != 1 || unlink(path) < 0)
         return 0;
     tb_debug("python: removed %s, left by an earlier process with this pid", path);
     return 1;
@@ -461,8 +471,8 @@ int tb_pytramp_describe(char *out, size_t n)
         /* not ours to turn on; PYTHONPERFSUPPORT=1 or -X perf may have, at
          * the interpreter's start: then CPython writes its map */
         char map[64];
-        snprintf(map, sizeof(map), "/tmp/perf-%d.map", (int)getpid());
-        snprintf(out, n, access(map, F_OK) == 0
+        map_path(map, sizeof(map));
+        snprintf(out, n, map_stale(map) == 0
                              ? "on (PYTHONPERFSUPPORT=1 or -X perf: the capture began before the interpreter ran)"
                              : "off (the capture began before the interpreter ran)");
         break;

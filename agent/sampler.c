@@ -41,6 +41,7 @@
 #define DEEP_STACK_BYTES 65528 /* sample_stack_user must be < 64 KiB, 8-aligned */
 #define DEEP_RING_SCALE 4
 #define DEEP_AFTER_CUTS 2
+#define RESIZE_PER_POLL 8
 #define MIN_PAGES_FP 2
 #define FP_MAX_STACK 127 /* callchain depth asked for: the usual kernel.perf_event_max_stack */
 #define POLL_WORK_NS (20 * 1000 * 1000) /* most time one poll() spends draining */
@@ -327,16 +328,17 @@ static size_t ring_pages(const cpu_ctx *c, uint32_t stack_bytes, int grown)
     return stack_bytes > TB_CPU_STACK_BYTES ? p * DEEP_RING_SCALE : p;
 }
 
-/* want pages, halved while over the ring budget; 0 when not even the
- * smallest ring fits. */
-static size_t pages_within_budget(const cpu_ctx *c, uint32_t stack_bytes, size_t want)
+/* want pages, halved while over the ring budget, down to floor (the
+ * smallest ring for stack_bytes where floor is lower); 0 when floor does
+ * not fit. */
+static size_t pages_within_budget(const cpu_ctx *c, uint32_t stack_bytes, size_t want, size_t floor)
 {
     size_t minp = min_pages(c, stack_bytes);
-    while (want > minp && (want + 1) * c->page > c->ring_budget - c->ring_used)
+    if (floor > minp)
+        minp = floor;
+    while (want >= minp && (want + 1) * c->page > c->ring_budget - c->ring_used)
         want /= 2;
-    if ((want + 1) * c->page > c->ring_budget - c->ring_used)
-        return 0;
-    return want;
+    return want >= minp ? want : 0;
 }
 
 static void remember_comm(int tid)
@@ -384,17 +386,20 @@ static void skip_thread(cpu_ctx *c, int tid)
  * slot, stack_bytes; the rest untouched). 0; -errno, the open's errno;
  * 1: no ring could be mapped (locked-memory limits: perf_event_mlock_kb,
  * RLIMIT_MEMLOCK), warned about once; 2: the ring budget is used up.
- * disabled: the event starts disabled (PERF_EVENT_IOC_ENABLE starts it). */
-static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, int disabled, cpu_thread *th)
+ * floor > 0: a thread's event opened again (reopen): the new ring has at
+ * least floor pages or none is made, the event starts disabled
+ * (PERF_EVENT_IOC_ENABLE starts it), and a ring not mapped is not warned
+ * about (the thread keeps its old one). */
+static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, size_t floor, cpu_thread *th)
 {
-    size_t pages = pages_within_budget(c, stack_bytes, want);
+    size_t pages = pages_within_budget(c, stack_bytes, want, floor);
     if (!pages)
         return 2;
     struct perf_event_attr a;
     int fd;
     for (;;) {
         fill_attr(c, &a, pages * c->page, stack_bytes);
-        a.disabled = disabled != 0;
+        a.disabled = floor > 0;
         fd = (int)perf_open(&a, tid);
         if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
             /* above kernel.perf_event_max_stack, or a kernel before 4.8: the
@@ -414,16 +419,18 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, in
         return -errno;
     void *base = MAP_FAILED;
     int merr = 0;
-    for (; pages >= min_pages(c, stack_bytes); pages /= 2) {
+    for (; pages >= min_pages(c, stack_bytes) && pages >= floor; pages /= 2) {
         base = mmap(NULL, (pages + 1) * c->page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (base != MAP_FAILED)
             break;
         merr = errno;
     }
     if (base == MAP_FAILED) {
-        if (!c->warned_mmap) {
+        if (!c->warned_mmap && !floor) {
             c->warned_mmap = 1;
-            tb_warn("cpu sampling: cannot map a ring buffer for thread %d (%s); such threads are not sampled",
+            tb_warn("cpu sampling: cannot map a ring buffer for thread %d (%s: the locked-memory limit, "
+                    "kernel.perf_event_mlock_kb then RLIMIT_MEMLOCK, without CAP_IPC_LOCK); such threads are "
+                    "not sampled",
                     tid, strerror(merr));
         }
         close(fd);
@@ -451,7 +458,8 @@ static int open_thread(cpu_ctx *c, int tid)
     int r = open_event(c, tid, TB_CPU_STACK_BYTES, ring_pages(c, TB_CPU_STACK_BYTES, 0), 0, &t);
     if (r == 2 && !atomic_exchange(&warned_budget, 1))
         tb_warn("cpu sampling: the sample rings' share of TBPROF_BUFFER_MB (%zu KiB) is used up at %zu threads; "
-                "thread %d and later ones are not sampled (raise TBPROF_BUFFER_MB, or TBPROF_CPU_MODE=fp)",
+                "thread %d is not sampled, nor others while it stays so (raise TBPROF_BUFFER_MB, or "
+                "TBPROF_CPU_MODE=fp)",
                 c->ring_budget >> 10, c->nopen, tid);
     if (r == 1 || r == 2 || r == -EMFILE || r == -ENFILE) { /* out of ring memory or descriptors: a limit */
         skip_thread(c, tid);
@@ -623,18 +631,23 @@ static void close_thread(cpu_ctx *c, cpu_thread *th)
     }
 }
 
-/* The thread's event opened again with another copy size or ring: the new
- * one is opened (disabled) before the old is disabled, then enabled at
- * once, and the old drained and closed after, so that no sample is missed
- * and none taken twice. Where the ring budget or the locked-memory limit
- * cannot take it, the thread keeps the event it has (0 returned). */
-static int reopen(cpu_ctx *c, cpu_thread *th, uint32_t stack_bytes, size_t want)
+/* The thread's event opened again with another copy size or ring, holding
+ * at least floor pages: the new one is opened (disabled) before the old is
+ * disabled, then enabled at once, and the old drained and closed after
+ * (at most the sample period under way is lost, none taken twice). Where
+ * the ring budget or the locked-memory limit cannot give floor pages, the
+ * thread keeps the event it has (0 returned). */
+static int reopen(cpu_ctx *c, cpu_thread *th, uint32_t stack_bytes, size_t want, size_t floor)
 {
     cpu_thread t = *th;
-    if (open_event(c, th->tid, stack_bytes, want, 1, &t) != 0)
+    if (open_event(c, th->tid, stack_bytes, want, floor, &t) != 0)
         return 0;
     ioctl(th->fd, PERF_EVENT_IOC_DISABLE, 0);
-    ioctl(t.fd, PERF_EVENT_IOC_ENABLE, 0);
+    if (ioctl(t.fd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
+        ioctl(th->fd, PERF_EVENT_IOC_ENABLE, 0);
+        close_thread(c, &t);
+        return 0;
+    }
     close_thread(c, th);
     t.cuts = 0;
     t.filled = 0;
@@ -643,24 +656,33 @@ static int reopen(cpu_ctx *c, cpu_thread *th, uint32_t stack_bytes, size_t want)
 }
 
 /* After a poll's drains: a thread whose walks keep running past its copy
- * gets the largest copy (DEEP_STACK_BYTES) and a ring as much bigger; one
- * whose ring filled, the full ring. Each tried once per thread and capture. */
+ * gets the largest copy (DEEP_STACK_BYTES) and a ring as much bigger (as
+ * many samples as it holds now, or as it would hold grown); one whose ring
+ * filled, the full ring. Each tried once per thread and capture, at most
+ * RESIZE_PER_POLL per poll (each drains a ring and maps another). */
 static void resize_rings(cpu_ctx *c)
 {
-    for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < c->nthreads; i++) {
+    int left = RESIZE_PER_POLL;
+    for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < c->nthreads && left > 0; i++) {
         cpu_thread *th = &c->threads[i];
         if (th->fd < 0)
             continue;
+        size_t now = th->data_len / c->page;
         if (th->cuts >= DEEP_AFTER_CUTS && !th->deep_tried) {
             th->deep_tried = 1;
-            if (reopen(c, th, DEEP_STACK_BYTES, ring_pages(c, DEEP_STACK_BYTES, th->grown))) {
+            left--;
+            int grow = th->grown || th->filled;
+            size_t want = ring_pages(c, DEEP_STACK_BYTES, grow), floor = now * DEEP_RING_SCALE;
+            if (reopen(c, th, DEEP_STACK_BYTES, want, floor < want ? floor : want)) {
+                th->grown = grow;
                 c->deep_threads++;
-                tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying %d KiB of it", th->tid,
-                         TB_CPU_STACK_BYTES >> 10, DEEP_STACK_BYTES >> 10);
+                tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying 64 KiB of it", th->tid,
+                         TB_CPU_STACK_BYTES >> 10);
             }
         } else if (th->filled && !th->grown) {
             th->grown = 1;
-            reopen(c, th, th->stack_bytes, ring_pages(c, th->stack_bytes, 1));
+            left--;
+            reopen(c, th, th->stack_bytes, ring_pages(c, th->stack_bytes, 1), now + 1);
         }
     }
 }

@@ -245,8 +245,10 @@ struct tb_unwinder {
 };
 
 /* How far above the sampled sp a read that missed the copy counts as one
- * into the rest of the thread's stack (a deeper stack than copied) */
-#define STACK_REACH ((uint64_t)64 << 20)
+ * into the rest of the thread's stack: within the largest copy the kernel
+ * makes (64 KiB), which is all a bigger copy could give; a wild read
+ * further up (a garbage frame pointer) is a failure like any other */
+#define STACK_REACH ((uint64_t)68 << 10)
 
 /* What one tb_unwind() call walks over; passed to the accessors as `arg`. */
 typedef struct sample_ctx {
@@ -530,7 +532,10 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
 static int is_sigreturn(sample_ctx *c, uint64_t ip)
 {
     unw_word_t w0 = 0, w1 = 0;
-    if (access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0)
+    int past = c->past_copy; /* code, not stack: a miss here says nothing of the stack's depth */
+    int r = access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0;
+    c->past_copy = past;
+    if (r)
         return 0;
     return w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05;
 }

@@ -3,6 +3,7 @@
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -476,17 +477,31 @@ class Triggers(tbtest.TestCase):
     def test_signal_taken_over_by_the_job_is_named(self):
         # a runtime that installs its handler after our constructor (the
         # JVM's SIGUSR2, node's SIGUSR1, PostgreSQL's): the trigger cannot
-        # work; one warning within ~1 s says so, and the job's handler runs
-        prog = ("import signal, sys, time\n"
-                "signal.signal(signal.SIGUSR2, lambda s, f: print('own handler', flush=True))\n"
+        # work; one warning (the agent looks 1 and 5 s after start-up) says
+        # so, and the job's handler runs
+        prog = ("import signal, time\n"
+                "got = []\n"
+                "signal.signal(signal.SIGUSR2, lambda s, f: got.append(s))\n"
                 "print('ready', flush=True)\n"
-                "time.sleep(3)\n")
+                "end = time.time() + 30\n"
+                "while not got and time.time() < end:\n"
+                "    time.sleep(0.05)\n"
+                "print('own handler' if got else 'no signal', flush=True)\n")
         p = tbtest.spawn([sys.executable, "-c", prog], env=tbtest.env(self.logdir, python=True, signal="USR2"))
         self.addCleanup(reap, p)
         tbtest.read_until(p, "ready")
-        time.sleep(1.5)
+        err, deadline = "", time.time() + 20
+        while "has since installed its own handler" not in err and time.time() < deadline:
+            r, _, _ = select.select([p.stderr], [], [], max(0.0, deadline - time.time()))
+            if not r:
+                break
+            line = p.stderr.readline()
+            if not line:
+                break
+            err += line
         os.kill(p.pid, signal.SIGUSR2)
-        out, err = p.communicate(timeout=60)
+        out, rest = p.communicate(timeout=60)
+        err += rest
         self.assertEqual(p.returncode, 0, err)
         self.assertIn("own handler", out)
         w = tbtest.tbprof_warnings(err)

@@ -143,6 +143,8 @@ class CpuManyThreads(tbtest.TestCase):
         env = tbtest.env(self.logdir, cpu="on", delay=0.5, duration=1.0, **kw)
         p = tbtest.run([tbtest.prog("idle_busy"), str(nidle), "4", "2.0"], env=env, timeout=120)
         self.assertExitedOk(p)
+        if "cannot map a ring buffer" in p.stderr:  # not root: perf_event_mlock_kb, RLIMIT_MEMLOCK
+            self.skipTest("the locked-memory limit caps the rings here")
         busy = [int(l.split()[1]) for l in p.stdout.splitlines() if l.startswith("busy ")]
         self.assertEqual(len(busy), 4, p.stdout)
         prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
@@ -153,6 +155,8 @@ class CpuManyThreads(tbtest.TestCase):
     def test_busy_threads_after_many_idle_ones(self):
         # TBPROF_GPU=on: here CUPTI does not start (no GPU), so its share goes on
         p, st, per = self.run_mix(120, gpu="on")
+        if "tbprof_gpu_off_reason" not in st:
+            self.skipTest("GPU tracing started here: its share stays its own")
         print("120 idle + 4 busy: %d threads sampled, %d not; busy threads' samples %s"
               % (st.get("tbprof_cpu_threads", 0), st.get("tbprof_cpu_threads_unsampled", 0), sorted(per.values())))
         self.assertGreaterEqual(st.get("tbprof_cpu_threads", 0), 125, st)

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pytramp.h"
@@ -419,6 +421,10 @@ int main(void)
     if (mf)
         fclose(mf);
     CHECK_STR(describe(), "on (PYTHONPERFSUPPORT=1 or -X perf: the capture began before the interpreter ran)");
+    /* an earlier process's map with this pid (written before we started) */
+    struct timeval old_t[2] = {{time(NULL) - 3600, 0}, {time(NULL) - 3600, 0}};
+    CHECK(utimes(map_file, old_t) == 0);
+    CHECK_STR(describe(), "off (the capture began before the interpreter ran)");
     unlink(map_file);
 
     /* a fork()ed child turns the parent's capture's trampoline off */
