@@ -663,16 +663,20 @@ static int reopen(cpu_ctx *c, cpu_thread *th, uint32_t stack_bytes, size_t want,
 static void resize_rings(cpu_ctx *c)
 {
     int left = RESIZE_PER_POLL;
+    int self = tb_gettid(); /* this (the agent's) thread: busy unwinding while the job is, it would
+                               take the ring memory first (a locked-memory limit is a zero-sum) */
     for (size_t i = 0; c->mode == TB_CPU_STACKCOPY && i < c->nthreads && left > 0; i++) {
         cpu_thread *th = &c->threads[i];
-        if (th->fd < 0)
+        if (th->fd < 0 || th->tid == self)
             continue;
         size_t now = th->data_len / c->page;
         if (th->cuts >= DEEP_AFTER_CUTS && !th->deep_tried) {
             th->deep_tried = 1;
             left--;
+            /* a busy thread (its ring filled) needs the grown ring's room:
+             * whole stacks are not worth losing samples to a full ring */
             int grow = th->grown || th->filled;
-            size_t want = ring_pages(c, DEEP_STACK_BYTES, grow), floor = now * DEEP_RING_SCALE;
+            size_t want = ring_pages(c, DEEP_STACK_BYTES, grow), floor = grow ? want : now * DEEP_RING_SCALE;
             if (reopen(c, th, DEEP_STACK_BYTES, want, floor < want ? floor : want)) {
                 th->grown = grow;
                 c->deep_threads++;
