@@ -29,6 +29,7 @@
 #include "ctl.h"
 #include "host.h"
 #include "log.h"
+#include "pytramp.h"
 #include "profile.h"
 #include "ranges.h"
 #include "runname.h"
@@ -384,6 +385,7 @@ static void on_term(int sig)
 
 static void die_of_sigterm(void)
 {
+    tb_pytramp_dying(); /* CPython's atexit, which removes the map of ours, will not run */
     signal(SIGTERM, SIG_DFL);
     kill(getpid(), SIGTERM); /* process-directed: a job thread takes it */
     for (;;)

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "log.h"
 #include "util.h"
 
@@ -65,6 +66,11 @@ static struct {
     void *(*eval_get)(void *interp);
     void (*eval_set)(void *interp, void *fn);
     void *eval_default;
+    /* 3.12's pending calls from other threads (see poke_main) */
+    int minor;
+    int (*gil_ensure)(void);
+    void (*gil_release)(int state);
+    int (*is_finalizing)(void);
 } py;
 
 static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name); }
@@ -112,6 +118,7 @@ static int resolve(void)
     int major = 0, minor = 0;
     if (sscanf(py.version(), "%d.%d", &major, &minor) != 2 || major != 3 || minor < 12)
         return 0;
+    py.minor = minor;
     /* a free-threaded build compiles trampolines into shared arenas from
      * every thread at once, unlocked in its perf_trampoline.c: not switched
      * on under a running job's threads */
@@ -143,6 +150,11 @@ static int resolve(void)
     py.eval_default = lookup("_PyEval_EvalFrameDefault");
     if (!py.interp_get || !py.eval_get || !py.eval_set || !py.eval_default)
         py.eval_set = NULL; /* all or nothing */
+    *(void **)&py.gil_ensure = lookup("PyGILState_Ensure");
+    *(void **)&py.gil_release = lookup("PyGILState_Release");
+    *(void **)&py.is_finalizing = lookup(minor >= 13 ? "Py_IsFinalizing" : "_Py_IsFinalizing");
+    if (!py.gil_ensure || !py.gil_release || !py.is_finalizing)
+        py.gil_ensure = NULL; /* no poke */
     return 1;
 }
 
@@ -403,6 +415,34 @@ static int sync_cb(void *arg)
     return 0;
 }
 
+/* CPython 3.12 flags a pending call to the main thread only when it is
+ * added from the main thread itself (3.13 flags it from any): a main thread
+ * that runs Python without ever giving up the GIL (a pure-Python loop) does
+ * not run ours until something makes it switch. A thread of ours that asks
+ * for the GIL does: the main thread hands it over, and on taking it back
+ * sees the call. Detached, one at a time, never the agent thread: CPython
+ * ends a thread that asks for the GIL once finalizing has begun
+ * (pthread_exit), which the checks below only make unlikely. No Python
+ * code runs in it. */
+static atomic_int poking;
+
+static void *poke_main(void *arg)
+{
+    (void)arg;
+    if (!atomic_load(&gone) && py.is_initialized() && !py.is_finalizing())
+        py.gil_release(py.gil_ensure());
+    atomic_store(&poking, 0);
+    return NULL;
+}
+
+static void poke(void)
+{
+    if (py.minor != 12 || !py.gil_ensure || atomic_exchange(&poking, 1))
+        return;
+    if (tb_agent_spawn(poke_main, NULL) != 0)
+        atomic_store(&poking, 0);
+}
+
 void tb_pytramp_request(int on)
 {
     int refused = 0;
@@ -427,11 +467,19 @@ void tb_pytramp_request(int on)
             refused = 1;
         }
     }
+    int pending = atomic_load(&queued);
     pthread_mutex_unlock(&lk);
+    if (pending)
+        poke();
     if (refused)
         tb_warn_once("python: the interpreter's pending-call queue is full; the perf trampoline %s until "
                      "the next capture's request gets through",
                      on ? "stays off for this capture" : "stays on");
+}
+
+void tb_pytramp_dying(void)
+{
+    unlink_our_map(); /* whoever would still read it ends with the process */
 }
 
 void tb_pytramp_map_done(void)
@@ -478,7 +526,8 @@ int tb_pytramp_describe(char *out, size_t n)
         break;
     }
     case OUT_PENDING:
-        snprintf(out, n, "off (asked for; the main thread ran no Python code during the capture)");
+        snprintf(out, n, "off (asked for; the main thread ran no Python code during the capture, or held the "
+                         "interpreter's lock in C code all along)");
         break;
     default:
         return 0;

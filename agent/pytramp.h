@@ -40,6 +40,10 @@ void tb_pytramp_request(int on);
  * Agent thread. */
 void tb_pytramp_map_done(void);
 
+/* The process is about to die of SIGTERM (no atexit runs): the map CPython
+ * wrote for our trampolines goes now. Any thread; never blocks. */
+void tb_pytramp_dying(void);
+
 /* What the trampoline did for the capture now running or just stopped, for
  * the profile (stat TB_ST_PY_TRAMPOLINE); 0 where the process has no
  * CPython >= 3.12 (nothing to say), else 1 with `out` filled. */

@@ -10,8 +10,10 @@ perf_event_open is refused."""
 
 import glob
 import os
+import signal
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbtest  # noqa: E402
@@ -200,6 +202,60 @@ class CpuPythonTrampoline(PythonsCase):
         n = sum(s for s, _ in c.values())
         burn = sum(t for name, (_, t) in c.items() if name.startswith("py::burn:"))
         return burn / max(n, 1), n
+
+    def test_a_loop_that_never_gives_up_the_gil(self):
+        # a pure-Python loop on the only thread: CPython 3.12 runs the
+        # agent's pending call only when its main thread switches the GIL
+        # (a thread of ours asks for it); on for the capture (0.5-1.5 s),
+        # off again after it, Python frames in the profile (before, on
+        # 3.12: never on during the capture; the off request of a capture
+        # that began with two threads could leave it on)
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_spin_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "spin-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration="1")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, prog, "3.0"], env=env, timeout=120)
+                self.assertExitedOk(p)
+                pid = int(p.stdout.split()[1])
+                self.maps.append("/tmp/perf-%d.map" % pid)
+                rec = [(float(a), int(b)) for a, b in (l.split() for l in p.stdout.splitlines()[1:])]
+                during = [a for t, a in rec if 0.9 <= t <= 1.3]
+                after = [a for t, a in rec if t >= 2.5]
+                print("python %s: on in %d of %d records during the capture, %d of %d after it"
+                      % (version, sum(during), len(during), sum(after), len(after)))
+                self.assertTrue(during and all(during), rec)
+                self.assertTrue(after and not any(after), rec)
+                prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+                share, n = self.py_share(prof, pid)
+                self.assertGreater(n, 100, prof.host.stats)
+                self.assertGreater(share, 0.5, prof.host.stats)  # py::burn, entered after it came on
+
+    def test_sigterm_during_the_capture_leaves_no_map(self):
+        # the trampoline tbprof turned on writes /tmp/perf-<pid>.map, which
+        # its Python atexit hook removes; SIGTERM during the capture ends the
+        # job without atexit: the agent removes it as the job dies
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_spin_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "term-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", delay="0.3", duration="20")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.spawn([python, prog, "30"], env=env)
+                pid = int(tbtest.read_until(p, "pid").split()[1])
+                m = "/tmp/perf-%d.map" % pid
+                self.maps.append(m)
+                deadline = time.time() + 20
+                while not os.path.exists(m) and time.time() < deadline:
+                    time.sleep(0.05)
+                self.assertTrue(os.path.exists(m), "the trampoline never came on")
+                time.sleep(0.3)
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=60)
+                self.assertEqual(p.returncode, -signal.SIGTERM)
+                self.assertEqual(len(tbtest.xplanes(self.logdir)), 1)
+                self.assertFalse(os.path.exists(m), m)
 
     def test_turned_on_while_the_job_has_stdout_closed(self):
         # the trampoline comes on (and CPython opens its perf map) while the
