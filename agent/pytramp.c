@@ -225,11 +225,6 @@ static void switch_off(void)
     xdecref(sys);
 }
 
-/* A perf map for this pid older than this process: an earlier process's
- * with the same pid (CPython never removes its maps, and pids wrap at
- * pid_max, 32768 on many machines). CPython would append to it, its lines
- * would name addresses of ours, and it would stay as not ours. Removed here
- * (2 s of slack: /proc gives the start to the second); 1 when it was. */
 /* 1: path is a regular file of ours last written before this process
  * started (an earlier process's with this pid: CPython never removes its
  * maps); 0: one written since (or when this process started cannot be
@@ -245,6 +240,11 @@ static int map_stale(const char *path)
     return tb_proc_start((int)getpid(), NULL, 0, &start) == 0 && st.st_mtime + 2 < start;
 }
 
+/* A perf map for this pid older than this process: an earlier process's
+ * with the same pid (CPython never removes its maps, and pids wrap at
+ * pid_max, 32768 on many machines). CPython would append to it, its lines
+ * would name addresses of ours, and it would stay as not ours. Removed here
+ * (2 s of slack: /proc gives the start to the second); 1 when it was. */
 static int drop_stale_map(const char *path)
 {
     if (map_stale(path) != 1 || unlink(path) < 0)
