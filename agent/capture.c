@@ -282,15 +282,13 @@ static void start_sources(void)
             .threads_hooked = atomic_load(&threads_hooked),
             .py_trampoline = g.cfg.py_trampoline,
         };
+        int gpu_off = gpu >= 0 && gpu < i && g.src[gpu].enabled && !g.src[gpu].started; /* its share handed on */
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;
-        else if (n_on > 1)
+        else if (n_on - gpu_off > 1)
             info.buffer_bytes = !strcmp(x->name, "gpu") ? rest / 4 * 3 : rest / 4;
         else
             info.buffer_bytes = rest;
-        if (gpu >= 0 && gpu < i && g.src[gpu].enabled && !g.src[gpu].started && strcmp(x->name, "nvtx") &&
-            n_on > 1)
-            info.buffer_bytes = rest / (size_t)(n_on - 1); /* the GPU's share handed on */
         /* before CUPTI, which may load the driver itself */
         int no_cuda = !strcmp(x->name, "gpu") && !used_cuda();
         const char *why = NULL;

@@ -447,6 +447,8 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
     return 0;
 }
 
+static void close_thread(cpu_ctx *c, cpu_thread *th);
+
 /* Open and map the event of one thread. 0, or -errno (the open's errno). */
 static int open_thread(cpu_ctx *c, int tid)
 {
@@ -469,11 +471,7 @@ static int open_thread(cpu_ctx *c, int tid)
         return r;
     cpu_thread *th = new_entry(c);
     if (!th) {
-        munmap(t.base, t.mmap_len);
-        fd_slot_drop(&t);
-        close(t.fd);
-        c->ring_used -= t.mmap_len;
-        c->nopen--;
+        close_thread(c, &t);
         c->unsampled++;
         return 0;
     }
@@ -676,8 +674,9 @@ static void resize_rings(cpu_ctx *c)
             /* a busy thread (its ring filled) needs the grown ring's room:
              * whole stacks are not worth losing samples to a full ring */
             int grow = th->grown || th->filled;
+            /* (not grown: now <= RING_PAGES_STACK_FIRST, so floor <= want) */
             size_t want = ring_pages(c, DEEP_STACK_BYTES, grow), floor = grow ? want : now * DEEP_RING_SCALE;
-            if (reopen(c, th, DEEP_STACK_BYTES, want, floor < want ? floor : want)) {
+            if (reopen(c, th, DEEP_STACK_BYTES, want, floor)) {
                 th->grown = grow;
                 c->deep_threads++;
                 tb_debug("cpu sampling: thread %d's stack is deeper than %d KiB: copying 64 KiB of it", th->tid,

@@ -121,12 +121,13 @@ static const char *const self_calls[] = {
     "adler32", "adler32_z", "zlibVersion", "zError",
 };
 
-static const char *interposed(void *h)
+/* The first of them defined elsewhere (*first: that definition), or NULL. */
+static const char *interposed(void *h, void **first)
 {
     for (size_t i = 0; i < sizeof(self_calls) / sizeof(self_calls[0]); i++) {
         void *ours = dlsym(h, self_calls[i]);
-        void *first = dlsym(RTLD_DEFAULT, self_calls[i]);
-        if (ours && first && first != ours)
+        *first = dlsym(RTLD_DEFAULT, self_calls[i]);
+        if (ours && *first && *first != ours)
             return self_calls[i];
     }
     return NULL;
@@ -140,10 +141,10 @@ static void load(void)
         snprintf(why_stored, sizeof(why_stored), "libz.so.1 not loadable (%s)", e ? e : "dlopen failed");
         return;
     }
-    const char *other = interposed(h);
+    void *first;
+    const char *other = interposed(h, &first);
     if (other) {
         Dl_info di;
-        void *first = dlsym(RTLD_DEFAULT, other);
         snprintf(why_stored, sizeof(why_stored), "%s defines zlib's %s, which libz.so.1 would call",
                  dladdr(first, &di) && di.dli_fname && di.dli_fname[0] ? di.dli_fname : "the program", other);
         return; /* h stays open: it was loaded before the check, and is harmless unused */

@@ -178,10 +178,17 @@ class CpuPythonTrampoline(PythonsCase):
 
     PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_py.py")
 
-    def run_tramp(self, python, name, duration="1", args=("2.2",), **kw):
+    def tramp_env(self, name, **tb):
+        """A fresh logdir `name`, and the environment of a job whose
+        trampoline only tbprof turns on (no PYTHONPERFSUPPORT), CPU sampling
+        on, TBPROF_* from tb."""
         self.logdir = os.path.join(self.tmp, name)
-        env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration=duration)
+        env = tbtest.env(self.logdir, python=True, cpu="on", **tb)
         env.pop("PYTHONPERFSUPPORT", None)
+        return env
+
+    def run_tramp(self, python, name, duration="1", args=("2.2",), **kw):
+        env = self.tramp_env(name, cpu_hz=499, delay="0.5", duration=duration)
         env.update(kw)
         p = tbtest.run([python, self.PROG] + list(args), env=env, timeout=120)
         self.assertExitedOk(p)
@@ -213,9 +220,7 @@ class CpuPythonTrampoline(PythonsCase):
         prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_spin_py.py")
         for version, python in self.pythons:
             with self.subTest(python=version):
-                self.logdir = os.path.join(self.tmp, "spin-" + version)
-                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration="1")
-                env.pop("PYTHONPERFSUPPORT", None)
+                env = self.tramp_env("spin-" + version, cpu_hz=499, delay="0.5", duration="1")
                 p = tbtest.run([python, prog, "3.0"], env=env, timeout=120)
                 self.assertExitedOk(p)
                 pid = int(p.stdout.split()[1])
@@ -239,9 +244,7 @@ class CpuPythonTrampoline(PythonsCase):
         prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_spin_py.py")
         for version, python in self.pythons:
             with self.subTest(python=version):
-                self.logdir = os.path.join(self.tmp, "term-" + version)
-                env = tbtest.env(self.logdir, python=True, cpu="on", delay="0.3", duration="20")
-                env.pop("PYTHONPERFSUPPORT", None)
+                env = self.tramp_env("term-" + version, delay="0.3", duration="20")
                 p = tbtest.spawn([python, prog, "30"], env=env)
                 pid = int(tbtest.read_until(p, "pid").split()[1])
                 m = "/tmp/perf-%d.map" % pid
@@ -265,9 +268,7 @@ class CpuPythonTrampoline(PythonsCase):
         prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_stdio_py.py")
         for version, python in self.pythons:
             with self.subTest(python=version):
-                self.logdir = os.path.join(self.tmp, "stdio-" + version)
-                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.3", duration="1")
-                env.pop("PYTHONPERFSUPPORT", None)
+                env = self.tramp_env("stdio-" + version, cpu_hz=499, delay="0.3", duration="1")
                 p = tbtest.run([python, prog], env=env, timeout=120)
                 self.assertExitedOk(p)
                 lines = p.stdout.splitlines()
@@ -391,9 +392,7 @@ class CpuPythonTrampoline(PythonsCase):
                 "          os.path.getsize(m) if os.path.exists(m) else 0, flush=True)\n")
         for version, python in self.pythons:
             with self.subTest(python=version):
-                self.logdir = os.path.join(self.tmp, "many-" + version)
-                env = tbtest.env(self.logdir, python=True, cpu="on", trace_json="off")
-                env.pop("PYTHONPERFSUPPORT", None)
+                env = self.tramp_env("many-" + version, trace_json="off")
                 p = tbtest.run([python, prog], env=env, timeout=300)
                 self.assertExitedOk(p)
                 self.maps.append("/tmp/perf-%s.map" % p.stdout.split()[1])
