@@ -68,6 +68,7 @@ struct cap {
     int64_t cpu0;        /* agent thread CPU time at arm */
     int64_t start_wait;  /* ns the window's first boundary waited for the sources */
     int64_t late_ns;     /* > 0: the sources were still starting this long into the window */
+    int64_t gpu_late_ns; /* > 0: GPU tracing began this long into the window, once CUDA loaded */
     char run[TB_CTL_RUN_MAX + 1]; /* run folder asked for over the socket ("": derived) */
     double time_from_s;  /* the env time window: seconds after start-up it began at */
     int64_t period;      /* a window by number asked to repeat (`start steps=... every=P`): 0 = once */
@@ -94,6 +95,7 @@ struct src {
     const char *why;        /* this capture's failure reason */
     int warned;             /* a failure to start warned about (once) */
     int said;               /* ... or said at info level (no CUDA then) */
+    int waiting;            /* the GPU's: started once the process loads CUDA (start_late) */
 };
 
 static struct {
@@ -125,6 +127,10 @@ static struct {
     int wake_fd[2], listen_fd; /* wake_fd: wake-ups and signal bytes, one pipe */
     struct src src[MAX_SOURCES];
     int nsrc;
+    /* this capture's start-up (start_sources), for a source started late:
+     * what it was told, and the buffer bytes shared out (NVTX's aside) */
+    tb_capture_info start_info;
+    size_t share_rest;
     size_t nrec;
     uint64_t rec_dropped;
     unsigned ncaptures;   /* profiles written */
@@ -244,6 +250,28 @@ static int64_t thread_cpu_ns(void)
 
 static int used_cuda(void);
 
+/* The GPU source's share of the buffer bytes left once NVTX's share is set
+ * aside, where the CPU sampler runs too. */
+static size_t gpu_share(size_t rest) { return rest / 4 * 3; }
+
+/* Start source x; a failure is kept in x->why and warned about once (the
+ * GPU source starts only in a process that has loaded CUDA: start_sources,
+ * start_late). */
+static void start_one(struct src *x, const tb_capture_info *info)
+{
+    const char *why = NULL;
+    int rc = x->s->start(x->s->ctx, info, &why);
+    if (rc < 0) {
+        x->why = why ? why : strerror(-rc);
+        if (!x->warned) {
+            x->warned = 1;
+            tb_warn("%s source off: %s (capturing without it)", x->name, x->why);
+        }
+        return;
+    }
+    x->started = 1;
+}
+
 static void start_sources(void)
 {
     /* NVTX ranges take a fixed 1/16 (1/4 with torch's op ranges: about one
@@ -261,54 +289,109 @@ static void start_sources(void)
             n_on++;
     }
     tb_clock_calibrate();
+    g.start_info = (tb_capture_info){
+        .begin_ns = tb_real_ns(),
+        .cpu_hz = g.cfg.cpu_hz,
+        .cpu_mode = g.cfg.cpu_mode,
+        .nvtx_expected = nvtx_expected,
+        .threads_hooked = atomic_load(&threads_hooked),
+        .py_trampoline = g.cfg.py_trampoline,
+    };
+    g.share_rest = rest;
     unsigned held = tb_stdio_hold(); /* a job started with stderr closed keeps fd 2 free */
-    /* where the GPU source (added before the CPU's) did not start (no CUDA,
-     * another subscriber), its share goes to the CPU sampler's rings (a
-     * JVM's or a PyTorch job's hundred threads) */
+    /* where the GPU source (added before the CPU's) did not start (no CUDA
+     * yet, another subscriber), its share goes to the CPU sampler's rings (a
+     * JVM's or a PyTorch job's hundred threads); a late GPU start takes it
+     * back (start_late) */
     int gpu = -1;
     for (int i = 0; i < g.nsrc; i++) {
         struct src *x = &g.src[i];
         if (!strcmp(x->name, "gpu"))
             gpu = i;
         x->started = 0;
+        x->waiting = 0;
         x->why = NULL;
         if (!x->enabled)
             continue;
-        tb_capture_info info = {
-            .begin_ns = tb_real_ns(),
-            .cpu_hz = g.cfg.cpu_hz,
-            .cpu_mode = g.cfg.cpu_mode,
-            .nvtx_expected = nvtx_expected,
-            .threads_hooked = atomic_load(&threads_hooked),
-            .py_trampoline = g.cfg.py_trampoline,
-        };
+        tb_capture_info info = g.start_info;
         int gpu_off = gpu >= 0 && gpu < i && g.src[gpu].enabled && !g.src[gpu].started; /* its share handed on */
         if (!strcmp(x->name, "nvtx"))
             info.buffer_bytes = nvtx_share;
         else if (n_on - gpu_off > 1)
-            info.buffer_bytes = !strcmp(x->name, "gpu") ? rest / 4 * 3 : rest / 4;
+            info.buffer_bytes = !strcmp(x->name, "gpu") ? gpu_share(rest) : rest - gpu_share(rest);
         else
             info.buffer_bytes = rest;
-        /* before CUPTI, which may load the driver itself */
-        int no_cuda = !strcmp(x->name, "gpu") && !used_cuda();
-        const char *why = NULL;
-        int rc = x->s->start(x->s->ctx, &info, &why);
-        if (rc < 0) {
-            x->why = why ? why : strerror(-rc);
-            /* no CUDA: a launcher, tool or helper of the job, or a program
-             * that does not use the GPU at all (it inherited TBPROF_*); a
-             * later capture after it loaded CUDA still warns */
-            int *once = no_cuda ? &x->said : &x->warned;
-            if (!*once) {
-                *once = 1;
-                tb_log(no_cuda ? TB_LOG_INFO : TB_LOG_WARN, "%s source off%s: %s (capturing without it)", x->name,
-                       no_cuda ? " in this process, which has not loaded CUDA" : "", x->why);
-            }
+        if (i == gpu && !used_cuda()) {
+            /* a launcher, a tool or a CPU-only program of the job (they
+             * inherit TBPROF_*), or a job that has not come to CUDA yet (a
+             * capture from start-up, a signal during data loading): no
+             * CUPTI, which would look for a libcupti beside a CUDA not
+             * loaded yet, or bring the driver up itself. The agent thread
+             * starts it when libcuda appears (start_late). */
+            x->waiting = 1;
             continue;
         }
-        x->started = 1;
+        start_one(x, &info);
     }
     tb_stdio_release(held);
+}
+
+/* The GPU source waits for CUDA (start_sources) and the process has now
+ * loaded it: start it, with its share of the buffer taken back from the
+ * sources that got it meanwhile (what they hold already stays theirs).
+ * Agent thread, lock NOT held; the capture is on. */
+static void start_late(struct src *x)
+{
+    x->waiting = 0;
+    size_t want = gpu_share(g.share_rest), others = g.share_rest - want;
+    for (int i = 0; i < g.nsrc; i++) {
+        struct src *y = &g.src[i];
+        if (y != x && y->started && y->s->rebudget && strcmp(y->name, "nvtx")) {
+            size_t kept = y->s->rebudget(y->s->ctx, others);
+            if (kept > others) /* rings and samples it already holds */
+                want = kept < g.share_rest ? g.share_rest - kept : 0;
+        }
+    }
+    tb_capture_info info = g.start_info;
+    info.begin_ns = tb_real_ns();
+    info.buffer_bytes = want > ((size_t)1 << 20) ? want : (size_t)1 << 20;
+    unsigned held = tb_stdio_hold();
+    int64_t t0 = tb_mono_ns();
+    start_one(x, &info);
+    tb_stdio_release(held);
+    if (!x->started)
+        return;
+    /* how far into the window (one still armed has lost nothing) */
+    pthread_mutex_lock(&g.lock);
+    int64_t late = g.state == TB_STATE_CAPTURING && t0 > g.cur.begin ? t0 - g.cur.begin : 0;
+    g.cur.gpu_late_ns = late;
+    pthread_mutex_unlock(&g.lock);
+    tb_info("gpu source on %.2f s into the capture, once the process loaded CUDA", late / 1e9);
+}
+
+/* The GPU source still waiting for CUDA (start_sources), or NULL. Agent
+ * thread. */
+static struct src *gpu_waiting(void)
+{
+    for (int i = 0; i < g.nsrc; i++)
+        if (g.src[i].waiting)
+            return &g.src[i];
+    return NULL;
+}
+
+/* The capture ends with the GPU source still waiting: no CUDA in this
+ * process (a launcher, a CPU-only tool), said at info level, once. */
+static void end_waiting(void)
+{
+    struct src *x = gpu_waiting();
+    if (!x)
+        return;
+    x->waiting = 0;
+    x->why = "this process did not load CUDA (libcuda.so.1) during the capture";
+    if (!x->said) {
+        x->said = 1;
+        tb_info("%s source off: %s (capturing without it)", x->name, x->why);
+    }
 }
 
 /* exit() during a capture: a CUDA runtime tears its contexts down from an
@@ -328,6 +411,27 @@ static void exit_hook_install(void)
             if (atexit(exit_hook))
                 tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
         }
+}
+
+/* A GPU source started late (start_late) came up within 20 ms of libcuda
+ * loading, while the runtime may still be initialising and not have
+ * registered its teardown yet: the hook goes in once more a second later,
+ * after it (atexit handlers run last in, first out; tb_agent_exit twice
+ * waits once). Once per process. Agent thread. */
+#define EXIT_HOOK_AGAIN_NS 1000000000LL
+static int64_t exit_hook_again_at; /* mono ns; 0: none due */
+
+static void exit_hook_again(int64_t now, int late_start)
+{
+    static int done;
+    if (late_start && !done) {
+        done = 1;
+        exit_hook_again_at = now + EXIT_HOOK_AGAIN_NS;
+    } else if (exit_hook_again_at && now >= exit_hook_again_at) {
+        exit_hook_again_at = 0;
+        if (atexit(exit_hook))
+            tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
+    }
 }
 
 static void stop_sources(void)
@@ -797,6 +901,8 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         tb_plane_stat_i64(hp, TB_ST_OVERHEAD_NS, overhead_ns);
         if (c->start_wait > 0)
             tb_plane_stat_i64(hp, TB_ST_START_WAIT_NS, c->start_wait);
+        if (c->gpu_late_ns > 0)
+            tb_plane_stat_i64(hp, TB_ST_GPU_LATE_NS, c->gpu_late_ns);
     }
     if (c->kind != CAP_TIME && c->deadline && c->end == c->deadline) {
         char w[200];
@@ -1304,7 +1410,7 @@ static int compute_timeout(int64_t now)
         /* armed too: the sources run from step first-1 on, and a CPU ring
          * not drained then is full when the window begins (which the job's
          * thread marks without waking this one: the next poll finds it) */
-        if (any_poll() && now + POLL_MS * 1000000LL < until)
+        if ((any_poll() || gpu_waiting()) && now + POLL_MS * 1000000LL < until)
             until = now + POLL_MS * 1000000LL;
     }
     if (until == INT64_MAX)
@@ -1417,6 +1523,10 @@ static int used_cuda(void)
 static void machine(void)
 {
     log_step_conflict();
+    /* looked for before the lock: dlopen() takes the loader's, which a job
+     * thread loading a library may hold while it waits for ours */
+    struct src *wait = gpu_waiting();
+    int cuda_now = wait && used_cuda();
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.tw.at && now >= g.tw.at)
@@ -1441,6 +1551,17 @@ static void machine(void)
         }
         pthread_cond_broadcast(&g.cond);
     }
+    if (cuda_now && g.sources_started && !g.stop_req &&
+        (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
+        pthread_mutex_unlock(&g.lock);
+        start_late(wait);
+        exit_hook_install();
+        exit_hook_again(tb_mono_ns(), wait->started);
+        pthread_mutex_lock(&g.lock);
+        now = tb_mono_ns();
+    }
+    if (g.state == TB_STATE_CAPTURING)
+        exit_hook_again(now, 0);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
         request_stop(g.cur.deadline);
     if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
@@ -1457,6 +1578,7 @@ static void machine(void)
          * (ELF files, /proc) and the write open stays off fds 0-2 from the
          * open on, not only once moved (the job's writes to 2 land nowhere) */
         unsigned held = tb_stdio_hold();
+        end_waiting();
         if (started)
             stop_sources();
         tb_space *sp = NULL;
@@ -2329,6 +2451,7 @@ void tb_agent_fork_child(void)
         if (g.src[i].s && g.src[i].s->atfork_child)
             g.src[i].s->atfork_child(g.src[i].s->ctx);
         g.src[i].started = 0;
+        g.src[i].waiting = 0;
     }
     if (g.term_installed)
         term_uninstall();

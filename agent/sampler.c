@@ -1243,6 +1243,18 @@ out:
     return rc;
 }
 
+/* tb_source.rebudget: the rings and the samples each keep half of
+ * `bytes`, as at start, or what they hold where that is more (nothing is
+ * freed: a lower limit only stops growth). */
+static size_t cpu_rebudget(void *ctx, size_t bytes)
+{
+    cpu_ctx *c = ctx;
+    size_t ring = bytes / 2, rest = bytes - ring;
+    c->ring_budget = ring > c->ring_used ? ring : c->ring_used;
+    c->budget = rest > c->used ? rest : c->used;
+    return c->ring_budget + c->budget;
+}
+
 static tb_source cpu = {
     .name = "cpu",
     .ctx = &cpu_state,
@@ -1252,6 +1264,7 @@ static tb_source cpu = {
     .collect = cpu_collect,
     .atfork_child = cpu_atfork_child,
     .thread_created = cpu_thread_created,
+    .rebudget = cpu_rebudget,
 };
 
 tb_source *tb_cpu_source(void) { return &cpu; }

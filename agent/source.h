@@ -44,6 +44,12 @@ typedef struct tb_source {
      * source keeps between captures (CUPTI: detach). May be NULL. */
     void (*release)(void *ctx);
     void (*atfork_child)(void *ctx);           /* forget everything; may be NULL */
+    /* mid-capture, agent thread: the GPU source started late (the process
+     * loaded CUDA during the capture) and takes its share of
+     * TBPROF_BUFFER_MB back from a source that was handed it. From now on
+     * grow within `bytes`, or within what is held already where that is
+     * more; returns the budget kept. May be NULL (keeps all it had). */
+    size_t (*rebudget)(void *ctx, size_t bytes);
     void (*thread_created)(void *ctx, int tid); /* may be NULL */
 } tb_source;
 

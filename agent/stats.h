@@ -109,6 +109,8 @@
 #define TB_ST_DEEP_THREADS "tbprof_cpu_deep_stack_threads"
 #define TB_ST_GPU_OFF_REASON "tbprof_gpu_off_reason"
 #define TB_ST_CPU_OFF_REASON "tbprof_cpu_off_reason"
+/* ns into the window GPU tracing began: the process loaded CUDA then */
+#define TB_ST_GPU_LATE_NS "tbprof_gpu_start_delay_ns"
 /* ns the window's first step boundary waited for the sources (TBPROF_START_WAIT_MS) */
 #define TB_ST_START_WAIT_NS "tbprof_start_wait_ns"
 #define TB_ST_NVTX_OFF_REASON "tbprof_nvtx_off_reason"

@@ -7,11 +7,13 @@
  * reports per source what the agent recorded: which libcupti traced, or
  * the reason GPU tracing was off; how many CPU samples, or why sampling
  * was off; and whether the logdir (TBPROF_LOGDIR) can be written. The
- * child makes no CUDA calls, so "ready" means libcupti loaded
- * and CUPTI let tbprof subscribe and enable activity (a driver is there);
+ * child loads the CUDA driver (GPU tracing waits for that) but makes no
+ * CUDA calls, so "ready" means libcuda.so.1 and libcupti loaded and CUPTI
+ * let tbprof subscribe and enable activity;
  * a job's own conflicts (torch.profiler holding CUPTI) show in its
  * profile, not here.
  * Exit status: 0 all ready, 1 one of them off, 2 no profile came back. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
@@ -41,9 +43,12 @@ static void usage(FILE *f)
                "  --cupti PATH   the libcupti to try (TBPROF_CUPTI_PATH: a file or folder)\n");
 }
 
-/* The child's work: a second of CPU, something to sample. */
+/* The child's work: the CUDA driver loaded, where there is one (GPU
+ * tracing starts once a process has; no CUDA call is made), then a second
+ * of CPU, something to sample. */
 static int work(void)
 {
+    (void)dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL); /* kept loaded */
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     volatile double acc = 0;
@@ -170,6 +175,18 @@ static int report(const tb_space *s)
             if (strstr(s->warnings[i], "CUPTI") || strstr(s->warnings[i], "libcupti"))
                 printf("  CUPTI warning  %s\n", s->warnings[i]);
     } else {
+        char nodrv[400];
+        if (why && strstr(why, "did not load CUDA")) { /* work() found no driver to load: say why */
+            dlerror();
+            void *h = dlopen("libcuda.so.1", RTLD_LAZY);
+            if (h) {
+                dlclose(h);
+            } else {
+                const char *e = dlerror();
+                snprintf(nodrv, sizeof(nodrv), "no CUDA driver here (%s)", e ? e : "libcuda.so.1 not found");
+                why = nodrv;
+            }
+        }
         printf("  GPU tracing    off: %s\n", why ? why : "no reason recorded (an agent built without CUPTI?)");
         bad = 1;
     }

@@ -28,8 +28,9 @@ base = {k: v for k, v in os.environ.items() if not k.startswith(("TBPROF_", "TBF
 base.update(LD_PRELOAD=lib, TBPROF_LOGDIR=logdir, TBPROF_SOCKET="off", TBPROF_LOG="error")
 gpu = os.path.exists(fake)
 rep = dict(base, TBPROF_STEPS="5-6/20", TBPROF_CPU="on", TBPROF_GPU="on" if gpu else "off")
-if gpu:
+if gpu:  # (a libcuda with no functions: GPU tracing starts in a process that has loaded one)
     rep["TBPROF_CUPTI_PATH"] = fake
+    rep["LD_PRELOAD"] = os.path.join(os.path.dirname(os.path.dirname(fake)), "fakecudabare", "libcuda.so.1") + ":" + lib
 N, P = 400, 20
 
 

@@ -126,12 +126,7 @@ def preload_with(lib):
     return (rt + ":" + lib) if rt else lib
 
 
-def with_shim(preload, shim):
-    """An LD_PRELOAD value with a test shim just before libtbprof.so (the
-    last entry), after a sanitizer runtime, which must stay first."""
-    parts = preload.split(":")
-    parts.insert(len(parts) - 1, shim)
-    return ":".join(parts)
+with_shim = tbtest.with_shim
 
 
 def sanitizer_slowdown():

@@ -99,6 +99,27 @@ def preload_value():
     return (rt + ":" + LIB) if rt else LIB
 
 
+# a libcuda.so.1 with no functions (tests/fakecuda/fakecudabare.c): GPU
+# tracing starts only in a process that has loaded the CUDA driver, so the
+# fake-CUPTI tests' programs, which make no real CUDA calls, preload it
+BARE_LIBCUDA = os.path.join(BUILD, "fakecudabare", "libcuda.so.1")
+
+
+def with_shim(preload, shim):
+    """An LD_PRELOAD value with a test shim just before libtbprof.so (the
+    last entry), after a sanitizer runtime, which must stay first."""
+    parts = preload.split(":")
+    parts.insert(len(parts) - 1, shim)
+    return ":".join(parts)
+
+
+def with_cuda(e):
+    """Environment e (from env()) with BARE_LIBCUDA preloaded: the program
+    counts as a CUDA process."""
+    e["LD_PRELOAD"] = with_shim(e["LD_PRELOAD"], BARE_LIBCUDA)
+    return e
+
+
 def env(logdir=None, preload=True, python=False, **tbprof):
     e = dict(os.environ)
     for k in list(e):

@@ -546,7 +546,7 @@ class Triggers(tbtest.TestCase):
         script = os.path.join(self.tmp, "script")
         with open(script, "w") as f:
             f.write("")
-        e = tbtest.env(self.logdir, gpu="on", cupti_path=FAKE_CUPTI, cpu="off")
+        e = tbtest.with_cuda(tbtest.env(self.logdir, gpu="on", cupti_path=FAKE_CUPTI, cpu="off"))
         e["TBFAKE_CUPTI_SCRIPT"] = script
         e["TBFAKE_CUPTI_SUBSCRIBE_MS"] = "2500"
         p = tbtest.run([STEPS, "-n", "10", "-m", "10", "-a", "2,4"], env=e, timeout=60)
@@ -558,31 +558,37 @@ class Triggers(tbtest.TestCase):
         self.assertIn("before its sources were on", w[0])
 
     def test_time_window_cut_by_exit_before_its_sources_were_on(self):
-        # TBPROF_DURATION in a process that ends while GPU tracing is still
-        # coming up (a subscribe of 1 s): the warning names the exit, not
-        # slow start-up (before: "starting them took longer than it ran");
-        # a process without CUDA (a helper program of the job) says it at
-        # info level only
+        # TBPROF_DURATION in a CUDA process (libcuda loaded) that ends while
+        # GPU tracing is still coming up (a subscribe of 1 s): the warning
+        # names the exit, not slow start-up (before: "starting them took
+        # longer than it ran"). A process without CUDA (a helper program of
+        # the job) never loads CUPTI: its window begins at once and its
+        # host-only profile is written, without a warning
         if not os.path.exists(FAKE_CUPTI):
             self.skipTest("fake libcupti not built")
         script = os.path.join(self.tmp, "script")
         with open(script, "w") as f:
             f.write("")
-        cuda = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
-        for name, code, said in (("cuda", "import ctypes, time; ctypes.CDLL(%r); time.sleep(0.3)" % cuda, True),
-                                 ("no cuda", "import time; time.sleep(0.3)", False)):
+        for name, cuda in (("cuda", True), ("no cuda", False)):
             with self.subTest(name):
+                self.logdir = os.path.join(self.tmp, name.replace(" ", "_"))
                 e = tbtest.env(self.logdir, python=True, gpu="on", cupti_path=FAKE_CUPTI, cpu="off", duration="3",
                                python_helper="off")
+                if cuda:
+                    tbtest.with_cuda(e)
                 e["TBFAKE_CUPTI_SCRIPT"] = script
                 e["TBFAKE_CUPTI_SUBSCRIBE_MS"] = "1000"  # (the exit waits 2 s for it)
-                p = tbtest.run([tbtest.PYTHON, "-c", code], env=e, timeout=60)
+                p = tbtest.run([tbtest.PYTHON, "-c", "import time; time.sleep(0.3)"], env=e, timeout=60)
                 self.assertExitedOk(p)
+                if not cuda:
+                    self.assertEqual([l for l in tbtest.tbprof_warnings(p.stderr) if "profile written" not in l], [],
+                                     p.stderr)
+                    xs = tbtest.xplanes(self.logdir)
+                    self.assertEqual(len(xs), 1, p.stderr)
+                    self.assertIn("did not load CUDA", tbtest.load(xs[0]).host.stats["tbprof_gpu_off_reason"])
+                    continue
                 self.assertEqual(tbtest.xplanes(self.logdir), [])
                 w = [l for l in tbtest.tbprof_warnings(p.stderr) if "ended before it began" in l]
-                if not said:
-                    self.assertEqual(w, [], p.stderr)
-                    continue
                 self.assertEqual(len(w), 1, p.stderr)
                 self.assertIn("the process exited before its sources were on; nothing written", w[0])
 

@@ -85,7 +85,7 @@ class GpuChecker(tbtest.TestCase):
         with open(script, "w") as f:
             f.write(SCRIPT)
         logdir = os.path.join(cls.prof_tmp, "logs")
-        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on")
+        e = tbtest.with_cuda(tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on"))
         e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
         # -G: the scripted work is launched in the first captured step
         cls.run_out = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-a", "2,4"], env=e)
@@ -289,7 +289,7 @@ class ProfileData:
         with open(script, "w") as f:
             f.write(SCRIPT.replace("corr=207 start=1028", "corr=299 start=1028"))
         logdir = os.path.join(self.tmp, "logs")
-        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on")
+        e = tbtest.with_cuda(tbtest.env(logdir, gpu="on", cupti_path=FAKE, trace_json="on"))
         e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
         self.assertEqual(tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "5", "-a", "2,4"], env=e).returncode, 0)
         ex = os.path.join(self.tmp, "expect.txt")
@@ -684,7 +684,7 @@ class ProfileData:
         with open(path, "w") as f:
             f.write(script)
         logdir = os.path.join(self.tmp, name)
-        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE)
+        e = tbtest.with_cuda(tbtest.env(logdir, gpu="on", cupti_path=FAKE))
         e.update({"TBFAKE_CUPTI_SCRIPT": path, "TBFAKE_CUPTI_AT_LAUNCH": "1"})
         p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "8", "-m", "2", "-a", "2,4"], env=e)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -750,7 +750,7 @@ class ProfileData:
     def host_only_profile(self, name, **kw):
         # steps 2..3 of a job whose GPU capture is refused (kw: its cause)
         logdir = os.path.join(self.tmp, name)
-        e = tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=kw.pop("cupti_path", FAKE))
+        e = tbtest.with_cuda(tbtest.env(logdir, steps="2,3", gpu="on", cupti_path=kw.pop("cupti_path", FAKE)))
         e.update(kw)
         p = tbtest.run([tbtest.prog("steps"), "-n", "6", "-m", "1"], env=e)
         self.assertEqual(p.returncode, 0, p.stderr)

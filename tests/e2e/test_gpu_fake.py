@@ -21,6 +21,9 @@ import tbtest
 
 FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
+# a libcuda.so.1 with no functions: the program has loaded CUDA, which GPU
+# tracing waits for (a launcher or CPU-only tool never loads CUPTI)
+BARE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudabare", "libcuda.so.1")
 
 # Times are microseconds after the program launches its GPU work: the tests
 # run the fake with TBFAKE_CUPTI_AT_LAUNCH=1 and steps -G, which calls the
@@ -264,11 +267,13 @@ class GpuFake(tbtest.TestCase):
             f.write(SCRIPT)
         self.report = os.path.join(self.tmp, "fake.log")
 
-    def env(self, shim=None, **kw):
+    def env(self, shim=None, cuda="preload", **kw):
         """The job's environment: the fake libcupti replaying self.script,
         TBPROF_* from kw (cupti_path=None: tbprof searches), TBFAKE_*/RANK/
         WORLD_SIZE as they are; shim: a library preloaded beside tbprof (the
-        fake libcuda, a libcudart...)."""
+        fake libcuda, a libcudart...). cuda: "preload" a libcuda (the bare
+        one unless shim names FAKE_LIBCUDA), "path" only where the program
+        can dlopen() it (steps -L), None not at all."""
         raw = ("TBFAKE_", "RANK", "WORLD_SIZE")  # set as they are, not as TBPROF_*
         extra = {k: v for k, v in kw.items() if k.startswith(raw)}
         tb = {k: v for k, v in kw.items() if not k.startswith(raw)}
@@ -280,6 +285,11 @@ class GpuFake(tbtest.TestCase):
         e["TBFAKE_CUPTI_REPORT"] = self.report
         e["TBFAKE_CUPTI_AT_LAUNCH"] = "1"
         e.update(extra)
+        if cuda == "preload" and "libcuda.so" not in (shim or ""):
+            shim = BARE_LIBCUDA + (":" + shim if shim else "")
+        elif cuda == "path":
+            e["LD_LIBRARY_PATH"] = os.path.dirname(BARE_LIBCUDA) + (":" + e["LD_LIBRARY_PATH"]
+                                                                   if e.get("LD_LIBRARY_PATH") else "")
         if shim:
             e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         return e
@@ -710,6 +720,24 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertNotIn("domain", log)
         self.assertNotIn("finalize", log)
 
+    def test_exit_mid_capture_after_a_late_gpu_start(self):
+        # as above, in a job that loaded CUDA (step 3) after the capture
+        # began (step 2) and whose runtime registered its teardown after GPU
+        # tracing came up (step 4): tbprof's exit hook goes in again a
+        # second after the late start, so at the exit (step 40) its flush
+        # still comes before the teardown
+        ms = 50
+        p = self.run_steps(["-n", "60", "-m", str(ms), "-L", "3", "-C", "-X", "40", "-r"], steps="2,100",
+                           cuda="path")
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        prof = tbtest.load(xs[0])
+        self.check_profile(prof)
+        self.assertGreater(prof.host.stats.get("tbprof_gpu_start_delay_ns", 0), 0)
+        log = [l[0] for l in self.fake_log()]
+        self.assertIn("teardown", log)
+        self.assertLess(log.index("flush"), log.index("teardown"), log)
+
     def test_exit_waits_once_for_a_slow_write(self):
         # as above, but the profile cannot be written within the 2 s bound
         # (each write() under the run folder takes 3 s, through a shim):
@@ -786,6 +814,8 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         the job), an info line only."""
         if cuda:
             kw.setdefault("shim", FAKE_LIBCUDA)
+        else:
+            kw["cuda"] = None
         p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, **kw)
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
@@ -798,16 +828,43 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertEqual(len(warn), 1 if cuda else 0, p.stderr)
         return prof
 
-    def test_no_warning_where_cuda_was_never_loaded(self):
+    def test_no_cupti_where_cuda_was_never_loaded(self):
         # the job's launcher or a CPU-only program that inherited TBPROF_*
-        # (PostgreSQL, node and the JVM in the soaks): the reason is in the
-        # profile, and said at TBPROF_LOG=info, not warned about
-        self.host_only(r"libcupti not found", cuda=False, cupti_path=os.path.join(self.tmp, "nope", "libcupti.so"))
+        # (PostgreSQL, node and the JVM in the soaks): GPU tracing waits for
+        # CUDA all capture long and never loads libcupti (the fake one would
+        # log its first call); the reason is in the profile, and said at
+        # TBPROF_LOG=info, once for the two captures, not warned about
+        reason = r"^this process did not load CUDA \(libcuda.so.1\) during the capture$"
+        self.host_only(reason, cuda=False)
+        self.assertFalse(os.path.exists(self.report) and self.fake_log(), "libcupti was loaded")
         self.logdir = os.path.join(self.tmp, "info")
-        p = self.run_steps(["-n", "10", "-m", "3", "-a", "2,5"], launch=False, log="info",
-                           cupti_path=os.path.join(self.tmp, "nope", "libcupti.so"))
-        said = [l for l in p.stderr.splitlines() if "gpu source off in this process, which has not loaded CUDA" in l]
+        p = self.run_steps(["-n", "14", "-m", "3"], launch=False, log="info", cuda=None, steps="2,4;8,10")
+        self.assertEqual(len(tbtest.xplanes(self.logdir)), 2, p.stderr)
+        said = [l for l in p.stderr.splitlines() if "gpu source off: this process did not load CUDA" in l]
         self.assertEqual(len(said), 1, p.stderr)
+        self.assertFalse(os.path.exists(self.report) and self.fake_log(), "libcupti was loaded")
+
+    def test_gpu_starts_when_cuda_loads_mid_capture(self):
+        # a capture that began before the job came to CUDA (from start-up,
+        # a signal during data loading): GPU tracing starts once libcuda is
+        # loaded (at step 4 of the window 2..6, 20 ms a step), with the
+        # usual 3/4 of the buffer (the CPU sampler had it meanwhile), and
+        # records what the job launched from then on; the profile says how
+        # far into the capture it began, and nothing is warned about
+        p = self.run_steps(["-n", "9", "-m", "20", "-a", "2,6", "-L", "4", "-r"], cuda="path", cpu="on",
+                           buffer_mb="64")
+        self.assertEqual([l for l in tbtest.tbprof_warnings(p.stderr) if "profile written" not in l], [], p.stderr)
+        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+        self.check_profile(prof)
+        late = prof.host.stats.get("tbprof_gpu_start_delay_ns", 0)
+        self.assertTrue(30e6 < late < 1e9, late)  # two 20 ms steps, then one poll (20 ms)
+        self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats)
+        n, size = (int(v) for v in prof.host.stats["tbprof_cupti_pool"].split(" x "))
+        rest = 64 * 15 / 16 * 2**20
+        self.assertTrue(0.7 * rest <= n * size <= 0.76 * rest, prof.host.stats["tbprof_cupti_pool"])
+        self.assertGreater(prof.host.stats.get("tbprof_cpu_samples", 0), 0)
+        subs = [l for l in self.fake_log() if l[0] == "subscribe"]
+        self.assertEqual(len(subs), 1, self.fake_log())
 
     def test_other_subscriber(self):
         # a CUPTI 13 names the subscriber already there; so does the reason

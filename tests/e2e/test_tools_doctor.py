@@ -14,8 +14,13 @@ FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 
 
 class Doctor(tbtest.TestCase):
-    def doctor(self, *args, wrap=(), logdir=None, **extra):
+    def doctor(self, *args, wrap=(), logdir=None, cuda=True, **extra):
+        """`tbprof doctor args`; cuda: a (bare, fake) libcuda.so.1 for its
+        test capture to load, as on a machine with a driver."""
         env = tbtest.env()
+        if cuda:
+            env["LD_LIBRARY_PATH"] = ":".join([os.path.dirname(tbtest.BARE_LIBCUDA)] +
+                                              ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
         env.update(extra)
         env["TMPDIR"] = self.tmp
         env["TBPROF_LOGDIR"] = logdir or os.path.join(self.tmp, "logs")
@@ -66,6 +71,20 @@ class Doctor(tbtest.TestCase):
             self.assertEqual(gpu, "off: libcupti not found at TBPROF_CUPTI_PATH=%s" % missing)
         else:
             self.assertTrue(gpu.startswith("off: "), gpu)
+
+    def test_no_driver(self):
+        # a machine without a CUDA driver: the child cannot load libcuda, so
+        # GPU tracing never starts, and the line says so (not "libcupti
+        # not found" or a CUPTI error)
+        try:
+            import ctypes
+            ctypes.CDLL("libcuda.so.1")
+            self.skipTest("a CUDA driver is installed here")
+        except OSError:
+            pass
+        p = self.doctor("--cupti", FAKE, cuda=False)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertRegex(self.line(p, "GPU tracing"), r"^off: no CUDA driver here \(libcuda.so.1: cannot open ")
 
     def test_cpu_refused_names_the_cause(self):
         p = self.doctor("--cupti", FAKE, wrap=[tbtest.prog("cpu_noperf")])

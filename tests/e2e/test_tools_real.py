@@ -160,7 +160,7 @@ class RealProfiles(tbtest.TestCase):
         script = os.path.join(self.tmp, "script")
         with open(script, "w") as f:
             f.write(gf.SCRIPT)
-        e = tbtest.env(self.logdir, gpu="on", cupti_path=gf.FAKE)
+        e = tbtest.with_cuda(tbtest.env(self.logdir, gpu="on", cupti_path=gf.FAKE))
         e["TBFAKE_CUPTI_SCRIPT"] = script
         e["TBFAKE_CUPTI_REPORT"] = os.path.join(self.tmp, "report")
         # records stamped when the program launches its work in the first
@@ -226,7 +226,8 @@ def run_hostwait(tc, argv, python=False, cpu_mode="fp", **env):
     script = os.path.join(tc.tmp, "script")
     with open(script, "w") as f:
         f.write(gf.DEVICE + HOSTWAIT_SCRIPT)
-    e = tbtest.env(tc.logdir, python=python, gpu="on", cupti_path=gf.FAKE, cpu="on", cpu_hz=1000, cpu_mode=cpu_mode)
+    e = tbtest.with_cuda(tbtest.env(tc.logdir, python=python, gpu="on", cupti_path=gf.FAKE, cpu="on", cpu_hz=1000,
+                                    cpu_mode=cpu_mode))
     e.update(env)
     e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "10"})
     p = tbtest.run(argv, env=e, timeout=120)

@@ -33,3 +33,14 @@ if(TBPROF_WITH_CUPTI)
     add_dependencies(prog_steps fakecudadrv)
   endif()
 endif()
+# A libcuda.so.1 with no driver functions (fakecudabare.c): loaded, it makes
+# a process "a CUDA process", which GPU tracing waits for.
+#   build/fakecudabare/libcuda.so.1
+if(TBPROF_WITH_CUPTI)
+  add_library(fakecudabare SHARED ${CMAKE_SOURCE_DIR}/tests/fakecuda/fakecudabare.c)
+  set_target_properties(fakecudabare PROPERTIES OUTPUT_NAME cuda SOVERSION 1
+    LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fakecudabare)
+  if(TARGET prog_steps)
+    add_dependencies(prog_steps fakecudabare)
+  endif()
+endif()

@@ -1,7 +1,7 @@
 /* steps.c - a training-loop stand-in for the agent's e2e tests and the demo.
  *
  *   steps [-n steps] [-m ms_per_step] [-M ms_last_step] [-t threads] [-N] [-o OFF] [-a A,B] [-s]
- *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P] [-D dir] [-O]
+ *         [-f] [-e] [-X step] [-x code] [-r] [-C] [-G] [-A] [-R P] [-D dir] [-O] [-L step]
  *
  *   -n   number of steps (default 30); step i calls tbprof_step() (or with
  *        -N tbprof_step_num(i), twice: the duplicate must merge)
@@ -33,13 +33,16 @@
  *   -T   install the job's own SIGTERM handler: it ends the loop, exit 7
  *   -C   like a CUDA runtime initialised at start: register an atexit
  *        handler that tears the (fake) GPU contexts down
- *        (tbfake_cuda_teardown), as libcudart does
+ *        (tbfake_cuda_teardown), as libcudart does; with -L, at step L+1
+ *        (a runtime that registers it once GPU tracing came up)
  *   -G   "launch GPU work" in the first step of each capture (for the fake
  *        libcupti's TBFAKE_CUPTI_AT_LAUNCH mode, which stamps its scripted
  *        records at that call, as real CUPTI stamps work inside the step that
  *        launched it): with -a, wait until tbprof_capturing() after
  *        tbprof_start(); in a step where tbprof_capturing() is true, call the
  *        fake's tbfake_cupti_launch() until GPU tracing is on (bounded, 30 s)
+ *   -L   at the start of step L, dlopen("libcuda.so.1"): a job that comes
+ *        to CUDA during a capture (-G launches from then on)
  *   -A   make one CUDA runtime call per step (the fake libcupti's
  *        tbfake_cuda_api, once the agent has loaded it), as a CUDA job
  *        does: CUPTI calls its subscriber back at its exit when asked to;
@@ -173,13 +176,13 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int nsteps = 30, nthreads = 0, use_num = 0, print_steps = 0, do_fork = 0, do_exec = 0, ready = 0;
-    int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0, edge = 0;
+    int gpu = 0, launched = 0, api_calls = 0, mem = 0, profiles = 0, edge = 0, teardown = 0;
     char last[4096] = "";
     double ms = 5, ms_last = -1;
-    long api_a = -1, api_b = -1, exit_at = -1, off = 0;
+    long api_a = -1, api_b = -1, exit_at = -1, off = 0, cuda_at = -1;
     int code = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:D:O")) != -1) {
+    while ((opt = getopt(argc, argv, "n:m:M:t:No:a:sfeX:x:rTCGAR:D:OL:")) != -1) {
         switch (opt) {
         case 'n': nsteps = atoi(optarg); break;
         case 'm': ms = atof(optarg); break;
@@ -198,8 +201,9 @@ int main(int argc, char **argv)
         case 'G': gpu = 1; break;
         case 'A': api_calls = 1; break;
         case 'R': mem = atoi(optarg); break;
-        case 'C': atexit(cuda_teardown); break;
+        case 'C': teardown = 1; break;
         case 'O': edge = 1; break;
+        case 'L': cuda_at = atol(optarg); break;
         case 'D':
             if (chdir(optarg) < 0) {
                 perror("chdir");
@@ -210,6 +214,8 @@ int main(int argc, char **argv)
         }
     }
     tbapi_init();
+    if (teardown && cuda_at < 0)
+        atexit(cuda_teardown);
     if (edge) {
         int64_t r = tb_step_num(INT64_MAX), s = tb_step();
         int t = tb_start(INT64_MAX / 1000);
@@ -241,6 +247,10 @@ int main(int argc, char **argv)
         }
         if (api_a >= 0 && i == api_a && tb_start(0) == 0 && gpu)
             wait_until(tb_capturing, "tbprof_capturing()");
+        if (i == cuda_at && !dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL))
+            fprintf(stderr, "-L: %s\n", dlerror());
+        if (teardown && cuda_at >= 0 && i == cuda_at + 1)
+            atexit(cuda_teardown);
         int64_t t0 = now_ns(CLOCK_REALTIME);
         if (use_num) {
             tb_step_num(off + i);
@@ -250,7 +260,7 @@ int main(int argc, char **argv)
         }
         if (print_steps)
             printf("step %ld %lld %lld\n", (use_num ? off : 0) + i, (long long)t0, (long long)now_ns(CLOCK_REALTIME));
-        if (gpu && tb_capturing()) {
+        if (gpu && tb_capturing() && i >= cuda_at) {
             if (!launched)
                 wait_until(fake_launch, "GPU tracing (tbfake_cupti_launch)");
             launched = 1;
