@@ -23,6 +23,9 @@
       either: torch.profiler got CUPTI first; its trace has kernels, and we
       traced too or are host-only with a reason naming another CUPTI client;
       ours: we have kernels in every captured step (torch's count reported)
+  check.py from_start XPLANE NSTEPS         a PyTorch loop of NSTEPS captured from start-up (before
+                                            it loaded CUDA) until its exit: GPU tracing began once
+                                            CUDA loaded, and every step has kernels
   check.py capture XPLANE                   facts of the capture (INFO): which libcupti,
                                             pool, buffers CUPTI filled, drops, start wait,
                                             what became of CUPTI after it
@@ -237,6 +240,28 @@ def kernels_per_step(xs):
     steps = [e for e in events(xs, "/host:CPU") if "step_num" in e[2]]
     kern = [e[4] for e in device_events(xs) if "kernel_details" in e[2]]
     return {e[2]["step_num"]: sum(1 for k in kern if e[4] <= k < e[4] + e[1] * 1000) for e in steps}
+
+
+def from_start(xplane, nsteps):
+    """1d: a capture that began before the job loaded CUDA (a time window
+    from start-up) and ended with its exit: GPU tracing started when libcuda
+    loaded, so every step the loop marked has its kernels."""
+    xs = load(xplane)
+    st = plane_stats(xs, "/host:CPU")
+    if "tbprof_gpu_off_reason" in st:
+        result("gpu_from_start", False, "GPU capture off: %s" % st["tbprof_gpu_off_reason"])
+    delay = st.get("tbprof_gpu_start_delay_ns", 0)
+    per = kernels_per_step(xs)
+    empty = sorted(n for n, k in per.items() if not k)
+    errs = []
+    if delay <= 0:
+        errs.append("no tbprof_gpu_start_delay_ns: GPU tracing was not started late")
+    if len(per) < nsteps:
+        errs.append("%d of %d steps marked" % (len(per), nsteps))
+    if empty:
+        errs.append("steps without kernels: %s" % empty[:10])
+    result("gpu_from_start", not errs, "; ".join(errs) or "GPU tracing on %.2f s into the capture, once CUDA "
+           "loaded; %d steps, %d kernels, every step with its kernels" % (delay / 1e9, len(per), sum(per.values())))
 
 
 def coexist(name, want, xplane, trace, rc):
@@ -1109,6 +1134,8 @@ if __name__ == "__main__":
         coexist_jax(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "capture":
         capture_facts(sys.argv[2])
+    elif cmd == "from_start":
+        from_start(sys.argv[2], int(sys.argv[3]))
     elif cmd == "coexist":
         coexist(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
     elif cmd == "gpu_flame":
@@ -1121,5 +1148,5 @@ if __name__ == "__main__":
         diff_facts(sys.argv[2])
     else:
         sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|"
-                 "jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|coexist|gpu_flame|after_capture|"
+                 "jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|from_start|coexist|gpu_flame|after_capture|"
                  "summary|diff ...")

@@ -30,6 +30,9 @@
 #      busy + idle, the idle split joined to launching calls): reported
 #  1c. cuda_steps captured twice (CUPTI detached and attached again, with a
 #      CUDA graph in the process): both profiles hold what 1 checks
+#  1d. a PyTorch loop captured from start-up (before it loads CUDA) until
+#      it exits: GPU tracing starts once libcuda loads, every step has its
+#      kernels, and the capture is written at the exit
 #  3c. a JAX training loop captured mid-run with `tbprof trigger PID`:
 #      kernels, each with its launching call, nothing lost; how many
 #      threads made CUDA calls (INFO in the detail)
@@ -329,6 +332,18 @@ coexist torch_first either 10,14 5,19   # 5a. torch.profiler holds CUPTI when ou
 coexist tbprof_first ours 3,14 8,12     # 5b. torch.profiler starts inside our window
 coexist torch_before either 10,14 2,6   # 5c. torch.profiler traced earlier (Kineto keeps CUPTI)
 coexist torch_before_teardown ours 10,14 2,6 TEARDOWN_CUPTI=1  # 5d. ... unless told to let go
+
+# 1d. a capture from start-up, before the job loads CUDA, that the job's
+#     exit ends: GPU tracing starts when libcuda loads (tbprof_gpu_start_delay_ns)
+if in_budget gpu_from_start; then
+  job "$tbprof" run --delay 0 --duration 300 --logdir "$work/from_start" -- env TBPROF_CPU=off \
+    $py "$here/torch_loop.py" --steps 15 >"$work/from_start.out" 2>"$work/from_start.err"; rc=$?
+  x=$(find "$work/from_start" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || ! grep -q '^done ' "$work/from_start.out"; then
+    row gpu_from_start FAIL "the job exited $rc before its end: $(tail -2 "$work/from_start.err" | tr '\n' ' ')"
+  elif [ -n "$x" ]; then check gpu_from_start $py "$here/check.py" from_start "$x" 15
+  else row gpu_from_start FAIL "no xplane.pb: $(tail -2 "$work/from_start.err" | tr '\n' ' ')"; fi
+fi
 
 # 3e. (run last: rows 1-5 are the issue's own) two ranks of one job: two
 #     PyTorch processes sharing the GPU under a shell started by `tbprof
