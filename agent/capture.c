@@ -1671,8 +1671,8 @@ static void on_signal_byte(char b)
             die_of_sigterm();
         }
     } else if (b == 'S') {
-        char trig[64];
-        snprintf(trig, sizeof(trig), "signal %s", strsignal(g.cfg.signal));
+        char trig[64], nb[24];
+        snprintf(trig, sizeof(trig), "signal SIG%s", tb_signal_name(g.cfg.signal, nb, sizeof(nb)));
         int rc;
         int64_t first;
         if (atomic_load(&next_step) > 0)
@@ -1839,9 +1839,10 @@ static void sig_check(int64_t now)
     pthread_mutex_lock(&g.lock);
     g.sig_check_at = 0;
     pthread_mutex_unlock(&g.lock);
+    char nb[24];
     tb_warn("TBPROF_SIGNAL=%s: the job has since installed its own handler for this signal; signal trigger off "
             "(an RTMIN+N signal, or `tbprof trigger PID`, still works)",
-            strsignal(g.cfg.signal));
+            tb_signal_name(g.cfg.signal, nb, sizeof(nb)));
 }
 
 /* Has the process (ever) had a second thread? */
@@ -1926,8 +1927,9 @@ int tb_agent_init(const tb_config *c, int disable)
         struct sigaction old;
         sigaction(c->signal, NULL, &old);
         if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) {
+            char nb[24];
             tb_warn("TBPROF_SIGNAL=%s: the job already handles this signal; signal trigger off",
-                    strsignal(c->signal));
+                    tb_signal_name(c->signal, nb, sizeof(nb)));
         } else {
             struct sigaction sa;
             memset(&sa, 0, sizeof(sa));

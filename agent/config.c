@@ -404,6 +404,21 @@ int tb_parse_signal(const char *s, int *out)
     return -EINVAL;
 }
 
+const char *tb_signal_name(int sig, char *buf, size_t n)
+{
+    if (sig == SIGUSR1)
+        return "USR1";
+    if (sig == SIGUSR2)
+        return "USR2";
+    if (sig == SIGRTMIN)
+        return "RTMIN";
+    if (sig > SIGRTMIN && sig <= SIGRTMAX)
+        snprintf(buf, n, "RTMIN+%d", sig - SIGRTMIN);
+    else
+        snprintf(buf, n, "%d", sig);
+    return buf;
+}
+
 static int parse_log(const char *s, int *out)
 {
     static const char *const names[] = {"off", "error", "warn", "info", "debug"};

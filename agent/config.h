@@ -119,6 +119,9 @@ int tb_parse_every(const char *s, double *sec, int64_t *count);
 int tb_parse_seconds(const char *s, double *out);
 int tb_parse_bool(const char *s, int *out);
 int tb_parse_signal(const char *s, int *out);
+/* A signal as TBPROF_SIGNAL names it: "USR2", "RTMIN+3" (written into
+ * buf where it is not a constant). */
+const char *tb_signal_name(int sig, char *buf, size_t n);
 
 /* `tbprof help env`: the table as text, or as a Markdown table. */
 void tb_config_help(FILE *f, int markdown);

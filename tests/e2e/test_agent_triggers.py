@@ -471,7 +471,7 @@ class Triggers(tbtest.TestCase):
         prof = tbtest.load(files[0])
         nums = step_nums(prof)
         self.assertEqual(nums, list(range(nums[0], nums[0] + 5)))
-        self.assertIn("signal", prof.host.stats["tbprof_trigger"])
+        self.assertIn("signal SIGUSR2", prof.host.stats["tbprof_trigger"])
         self.finish(p)
 
     def test_signal_taken_over_by_the_job_is_named(self):
@@ -506,7 +506,7 @@ class Triggers(tbtest.TestCase):
         self.assertIn("own handler", out)
         w = tbtest.tbprof_warnings(err)
         self.assertEqual(len(w), 1, err)
-        self.assertIn("TBPROF_SIGNAL=User defined signal 2: the job has since installed its own handler", w[0])
+        self.assertIn("TBPROF_SIGNAL=USR2: the job has since installed its own handler", w[0])
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
     def test_step_roundup_aligns_triggered_steps(self):

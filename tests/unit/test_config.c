@@ -135,6 +135,13 @@ static void other_forms(void)
     CHECK(tb_parse_signal("KILL", &sig) < 0);
     CHECK(tb_parse_signal("SEGV", &sig) < 0);
     CHECK(tb_parse_signal("RTMIN+99", &sig) < 0);
+    /* named back as TBPROF_SIGNAL takes them (messages, tbprof_trigger) */
+    char nb[24];
+    const char *names[] = {"USR1", "USR2", "RTMIN", "RTMIN+3", "RTMIN+15"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        CHECK(tb_parse_signal(names[i], &sig) == 0);
+        CHECK_STR(tb_signal_name(sig, nb, sizeof(nb)), names[i]);
+    }
 }
 
 static void defaults(void)
