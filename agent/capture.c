@@ -5,11 +5,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <locale.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1508,15 +1510,51 @@ static int request_time_repeat(double dur_s, double every_s, int64_t count, cons
     return 0;
 }
 
-/* The process loaded the CUDA driver: the training process, not a
+/* dl_iterate_phdr: stop at once where nothing was loaded since the last
+ * look (dlpi_adds, the first object's), else at a libcuda.so* object. */
+struct cuda_look {
+    unsigned long long adds; /* in: the count last looked at; out: now */
+    int first, found;
+};
+
+static int cuda_look_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct cuda_look *l = arg;
+    if (l->first) {
+        l->first = 0;
+        if (size < offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs))
+            l->adds = 0; /* (a loader without the counts: look every time) */
+        else if (info->dlpi_adds == l->adds)
+            return 1;
+        else
+            l->adds = info->dlpi_adds;
+    }
+    const char *path = info->dlpi_name ? info->dlpi_name : "", *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    l->found = !strncmp(base, "libcuda.so", 10);
+    return l->found;
+}
+
+/* The process loaded the CUDA driver (a libcuda.so* object, the soname
+ * libcuda.so.1's file or the versioned one): the training process, not a
  * launcher, tool or helper program of the job (they inherit TBPROF_* too,
- * and their windows' ends are not worth a warning). */
+ * and their windows' ends are not worth a warning). The loaded objects
+ * are looked through only when one was added since the last look, with
+ * no file-system search (a dlopen(RTLD_NOLOAD) of a library not loaded
+ * tries a dozen paths: every 20 ms while a GPU source waits). Once seen,
+ * always (the driver is not unloaded). */
 static int used_cuda(void)
 {
-    void *cuda = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
-    if (cuda)
-        dlclose(cuda);
-    return cuda != NULL;
+    static atomic_int seen;
+    static _Atomic unsigned long long last_adds = ~0ULL;
+    if (atomic_load_explicit(&seen, memory_order_relaxed))
+        return 1;
+    struct cuda_look l = {.adds = atomic_load(&last_adds), .first = 1};
+    dl_iterate_phdr(cuda_look_cb, &l);
+    atomic_store(&last_adds, l.adds);
+    if (l.found)
+        atomic_store(&seen, 1);
+    return l.found;
 }
 
 /* One turn of the state machine on the agent thread. */
