@@ -373,6 +373,35 @@ class ProfileData:
         p = run_check("jax_steps", self.xplane, "2,5")
         self.assertIn("steps [2, 3, 4], expected 2..5", p.stdout)
 
+    def test_from_start(self):
+        # 1d: a capture from start-up (TBPROF_DURATION) of a job that loads
+        # CUDA at its first step and launches work all along (one kernel a
+        # millisecond, 20 ms steps), until its exit: PASS. The fixture (GPU
+        # tracing on from the window's start, kernels in its first step
+        # only): FAIL, naming both
+        script = os.path.join(self.tmp, "script.txt")
+        with open(script, "w") as f:
+            f.write(SCRIPT.splitlines()[0] + "\n" + "\n".join(
+                l for l in SCRIPT.splitlines() if "corr=202" in l) + "\n")
+        logdir = os.path.join(self.tmp, "logs")
+        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, duration="60")
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "400",
+                  "LD_LIBRARY_PATH": os.path.dirname(tbtest.BARE_LIBCUDA)})
+        p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", str(20 * relutil.sanitizer_slowdown()),
+                        "-L", "0"], env=e)
+        self.assertExitedOk(p)
+        xs = tbtest.xplanes(logdir)
+        self.assertEqual(len(xs), 1, p.stderr)
+        c = run_check("from_start", xs[0], 10)
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
+        self.assertRegex(c.stdout, r"RESULT gpu_from_start PASS GPU tracing on 0\.\d\d s into the capture, once "
+                                   r"CUDA loaded; 10 steps, \d+ kernels, every step with its kernels")
+        self.assertIsNotNone(self.xplane, self.run_out.stderr)
+        c = run_check("from_start", self.xplane, 3)
+        self.assertEqual(c.returncode, 1, c.stdout)
+        self.assertIn("no tbprof_gpu_start_delay_ns: GPU tracing was not started late; steps without kernels: [3, 4]",
+                      c.stdout)
+
     def test_ranks_names_what_differs(self):
         # two ranks' profiles: the fixture's (steps 2..4 from the API, GPU
         # work in step 2 only) twice, in one folder, then in two
