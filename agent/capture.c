@@ -138,6 +138,9 @@ static struct {
     unsigned ncaptures;   /* profiles written */
     char last_profile[2][PATH_MAX];
     int term_installed, term_pending, exiting, writing;
+    /* TBPROF_RANKS leaves this process out: the environment's windows are
+     * dropped, its signal ignored (said once) */
+    int rank_out, rank_out_said;
     int exit_gave_up; /* tb_agent_exit waited its TERM_FLUSH_MS in vain: not again */
     tb_names names; /* job id, rank, host name: read once at init */
     /* TBPROF_SIGNAL's handler is looked at again (sig_check) at these
@@ -1708,6 +1711,11 @@ static void on_signal_byte(char b)
             term_uninstall();
             die_of_sigterm();
         }
+    } else if (b == 'S' && g.rank_out) {
+        if (!g.rank_out_said) {
+            g.rank_out_said = 1;
+            tb_info("signal ignored: this process is not one of TBPROF_RANKS (`tbprof trigger PID` still works)");
+        }
     } else if (b == 'S') {
         char trig[64], nb[24];
         snprintf(trig, sizeof(trig), "signal SIG%s", tb_signal_name(g.cfg.signal, nb, sizeof(nb)));
@@ -1942,9 +1950,22 @@ int tb_agent_init(const tb_config *c, int disable)
     }
     tb_names_read_env(&g.names, env_get);
     tb_names_from_launcher(&g.names, (int)getppid(), env_get);
-    if (c->duration_s > 0)
-        time_window_schedule(tb_mono_ns() + (int64_t)(c->delay_s * 1e9), c->delay_s, c->duration_s, c->every_s,
-                             c->every_count);
+    /* TBPROF_RANKS: a rank left out (or a process with no rank, a
+     * launcher) takes none of the environment's windows; the signal stays
+     * caught (a pkill reaches every rank, and its default action would end
+     * the process) but is ignored */
+    int out = !tb_ranks_take(c, g.names.global_rank);
+    int had_windows = c->nwindows || c->duration_s > 0;
+    if (out) {
+        g.rank_out = 1;
+        g.cfg.nwindows = 0;
+        g.cfg.duration_s = 0;
+        g.cfg.every_s = 0;
+        g.cfg.every_count = 0;
+    }
+    if (g.cfg.duration_s > 0)
+        time_window_schedule(tb_mono_ns() + (int64_t)(g.cfg.delay_s * 1e9), g.cfg.delay_s, g.cfg.duration_s,
+                             g.cfg.every_s, g.cfg.every_count);
     if (c->socket) {
         int fd = tb_ctl_listen(getpid());
         if (fd < 0)
@@ -1959,6 +1980,13 @@ int tb_agent_init(const tb_config *c, int disable)
     int serve = g.listen_fd >= 0 && (c->socket == TB_SOCKET_ON || process_threaded());
     int need = serve || c->signal || g.tw.at;
     pthread_mutex_unlock(&g.lock);
+    if (out && (had_windows || c->signal)) {
+        char r[32] = "no rank variable";
+        if (g.names.global_rank >= 0)
+            snprintf(r, sizeof(r), "rank %lld", (long long)g.names.global_rank);
+        tb_info("%s, not one of TBPROF_RANKS: this process takes none of the environment's capture "
+                "windows%s", r, c->signal ? " and ignores the signal" : "");
+    }
     if (need && ensure_thread() < 0)
         return -EAGAIN;
     if (c->signal) {

@@ -32,6 +32,7 @@ typedef enum {
     T_OPS,   /* on | off | shapes: 1, 0, 2 */
     T_TRAMP, /* capture (or on) | always | off: 1, 2, 0 */
     T_EVERY, /* seconds, or seconds x count */
+    T_RANKS, /* all, or ranks and ranges */
 } var_type;
 
 typedef struct var {
@@ -75,6 +76,12 @@ static const var vars[] = {
     {"TBPROF_SIGNAL", T_SIG, "off", "off | USR1 | USR2 | RTMIN+N",
      "opt-in: this signal starts a capture (like `tbprof trigger PID`)", "signal trigger off",
      "off", F(signal), 0, 0},
+    {"TBPROF_RANKS", T_RANKS, "all", "all | R,A-B,... (e.g. 0,8-15)",
+     "a job of many ranks: only these ranks take the environment's windows (TBPROF_STEPS, "
+     "TBPROF_DURATION) and the signal (TBPROF_SIGNAL, then ignored elsewhere); the global rank is "
+     "RANK, else OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK or SLURM_PROCID, and a process with none (a "
+     "launcher) is left out. Not filtered: `tbprof trigger PID` (it names its processes) and the API",
+     "all ranks", "all", F(ranks), 0, 0},
     {"TBPROF_GPU", T_BOOL, "on", "on | off", "GPU tracing (CUPTI) during captures",
      "GPU tracing off", "off", F(gpu), 0, 0},
     {"TBPROF_CPU", T_BOOL, "on", "on | off", "CPU stack sampling (perf_event) during captures",
@@ -419,6 +426,43 @@ const char *tb_signal_name(int sig, char *buf, size_t n)
     return buf;
 }
 
+int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n)
+{
+    *n = 0;
+    if (!strcasecmp(s, "all"))
+        return 0;
+    const char *p = s;
+    do {
+        if (*n == max || !isdigit((unsigned char)*p))
+            return -EINVAL;
+        char *end;
+        errno = 0;
+        long long lo = strtoll(p, &end, 10), hi = lo;
+        if (*end == '-') {
+            if (!isdigit((unsigned char)end[1]))
+                return -EINVAL;
+            hi = strtoll(end + 1, &end, 10);
+        }
+        if (errno || hi < lo || (*end && *end != ','))
+            return -EINVAL;
+        r[*n].lo = lo;
+        r[*n].hi = hi;
+        ++*n;
+        p = *end ? end + 1 : end;
+    } while (*p);
+    return p[-1] == ',' ? -EINVAL : 0;
+}
+
+int tb_ranks_take(const tb_config *c, int64_t rank)
+{
+    if (!c->nranks)
+        return 1;
+    for (int i = 0; i < c->nranks && rank >= 0; i++)
+        if (rank >= c->ranks[i].lo && rank <= c->ranks[i].hi)
+            return 1;
+    return 0;
+}
+
 static int parse_log(const char *s, int *out)
 {
     static const char *const names[] = {"off", "error", "warn", "info", "debug"};
@@ -509,6 +553,15 @@ static int parse_var(const var *v, const char *val, tb_config *c)
     }
     case T_EVERY:
         return tb_parse_every(val, &c->every_s, &c->every_count);
+    case T_RANKS: {
+        tb_rank_range r[TB_MAX_RANK_RANGES];
+        int n = 0;
+        if (tb_parse_ranks(val, r, TB_MAX_RANK_RANGES, &n))
+            return -EINVAL;
+        memcpy(c->ranks, r, sizeof(r));
+        c->nranks = n;
+        return 0;
+    }
     case T_SIG:
         return tb_parse_signal(val, (int *)field);
     case T_LOG:

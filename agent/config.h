@@ -20,6 +20,7 @@
 #endif
 
 #define TB_MAX_WINDOWS 16
+#define TB_MAX_RANK_RANGES 16
 #define TB_MAX_PERIOD 1000000000000LL /* steps between repeats of a window, at most */
 #define TB_CONFIG_STR 512
 
@@ -56,6 +57,11 @@ int tb_window_nth(const tb_window *w, int64_t k, tb_window *out);
 /* k of w's first repeat whose last step is m or later (0: w's own is). */
 int64_t tb_window_index_from(const tb_window *w, int64_t m);
 
+/* TBPROF_RANKS: global ranks lo..hi inclusive. */
+typedef struct tb_rank_range {
+    int64_t lo, hi;
+} tb_rank_range;
+
 /* A capture's shortest duration (TBPROF_DURATION, the socket's duration=):
  * shorter would be 0 ns, which means "until stopped". */
 #define TB_MIN_DURATION_S 0.001
@@ -69,6 +75,8 @@ typedef struct tb_config {
     double every_s;    /* TBPROF_EVERY: the time window again every this long; 0 = once */
     int64_t every_count; /* TBPROF_EVERY's xK: K time windows in all; 0 = no end */
     int signal;        /* TBPROF_SIGNAL; 0 = off */
+    tb_rank_range ranks[TB_MAX_RANK_RANGES]; /* TBPROF_RANKS */
+    int nranks;        /* 0 = all */
     int gpu, cpu;      /* TBPROF_GPU, TBPROF_CPU */
     unsigned cpu_hz;   /* TBPROF_CPU_HZ */
     int cpu_mode;      /* TBPROF_CPU_MODE: tb_cpu_mode (sampler.h) */
@@ -119,6 +127,11 @@ int tb_parse_every(const char *s, double *sec, int64_t *count);
 int tb_parse_seconds(const char *s, double *out);
 int tb_parse_bool(const char *s, int *out);
 int tb_parse_signal(const char *s, int *out);
+/* "all", or ranks and ranges "0,8-15" (at most max of them). */
+int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n);
+/* Whether TBPROF_RANKS takes global rank `rank` (-1: the process has none,
+ * taken only when all ranks are). */
+int tb_ranks_take(const tb_config *c, int64_t rank);
 /* A signal as TBPROF_SIGNAL names it: "USR2", "RTMIN+3" (written into
  * buf where it is not a constant). */
 const char *tb_signal_name(int sig, char *buf, size_t n);

@@ -49,6 +49,12 @@ void tb_names_read_env(tb_names *n, const char *(*get)(const char *))
     sanitize(n->rank);
     n->rank_num = env_count(get, "RANK"); /* the global rank only: for Kineto's distributedInfo */
     n->world_size = n->rank_num >= 0 ? env_count(get, "WORLD_SIZE") : -1;
+    /* TBPROF_RANKS: torchrun's, then Open MPI's, MPICH's, PMIx's, srun's */
+    static const char *const rank_vars[] = {"RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",
+                                             "SLURM_PROCID"};
+    n->global_rank = -1;
+    for (size_t i = 0; i < sizeof(rank_vars) / sizeof(rank_vars[0]) && n->global_rank < 0; i++)
+        n->global_rank = env_count(get, rank_vars[i]);
 }
 
 void tb_names_from_launcher(tb_names *n, int ppid, const char *(*get)(const char *))

@@ -20,6 +20,7 @@ typedef struct tb_names {
     char rank[32];       /* RANK, else LOCAL_RANK ("": none) */
     int64_t rank_num;    /* RANK as a number; -1: unset or not one */
     int64_t world_size;  /* WORLD_SIZE, with RANK only; -1 likewise */
+    int64_t global_rank; /* RANK, else an MPI or Slurm rank variable; -1: none */
     char hostname[256];  /* asked for at the first use (tb_names_hostname) */
     char last_base[256]; /* the last run name made from the clock ... */
     unsigned same_base;  /* ... and how many more had it */

@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "  --cpu | --no-cpu   CPU sampling (TBPROF_CPU)\n"
             "  --cpu-hz N         CPU sampling rate (TBPROF_CPU_HZ)\n"
             "  --signal SIG       opt-in signal trigger, e.g. USR2 (TBPROF_SIGNAL)\n"
+            "  --ranks R          only these global ranks take the windows and the signal, e.g. 0,8-15\n"
+            "                     (TBPROF_RANKS)\n"
             "  --no-trace-json    no Chrome trace JSON (TBPROF_TRACE_JSON=off)\n"
             "  --no-hook          no step hooks: PyTorch optimizer steps, jax.profiler.StepTraceAnnotation,\n"
             "                     tf.profiler.experimental.Trace (TBPROF_PYTORCH_HOOK, _JAX_HOOK, _TF_HOOK=off)\n"
@@ -94,6 +96,7 @@ int cmd_run(int argc, char **argv)
         {"--no-gpu", "TBPROF_GPU", "off"},     {"--cpu", "TBPROF_CPU", "on"},
         {"--no-cpu", "TBPROF_CPU", "off"},     {"--cpu-hz", "TBPROF_CPU_HZ", NULL},
         {"--signal", "TBPROF_SIGNAL", NULL},   {"--no-trace-json", "TBPROF_TRACE_JSON", "off"},
+        {"--ranks", "TBPROF_RANKS", NULL},
         {"--no-hook", NULL, NULL},             {"--log", "TBPROF_LOG", NULL},
         {"--torch-ops", "TBPROF_TORCH_OPS", "on"}, {"--torch-shapes", "TBPROF_TORCH_OPS", "shapes"},
     };

@@ -474,6 +474,58 @@ class Triggers(tbtest.TestCase):
         self.assertIn("signal SIGUSR2", prof.host.stats["tbprof_trigger"])
         self.finish(p)
 
+    def test_ranks_left_out(self):
+        # TBPROF_RANKS=0,2-4 in a job's processes: rank 3 (RANK) and rank 2
+        # (srun's SLURM_PROCID alone) capture TBPROF_STEPS' window; rank 5
+        # and a process with no rank (a launcher) do not, and say so once
+        # at info level
+        cases = [("rank3", {"RANK": "3"}, 1), ("srun2", {"SLURM_PROCID": "2"}, 1),
+                 ("rank5", {"RANK": "5", "SLURM_PROCID": "3"}, 0), ("none", {"LOCAL_RANK": "0"}, 0)]
+        for name, extra, n in cases:
+            with self.subTest(name):
+                logdir = os.path.join(self.tmp, name)
+                e = tbtest.env(logdir, steps="2,3", ranks="0,2-4", log="info")
+                for k in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "LOCAL_RANK"):
+                    e.pop(k, None)
+                e.update(extra)
+                p = tbtest.run([STEPS, "-n", "6", "-m", "2"], env=e)
+                self.assertExitedOk(p)
+                self.assertEqual(len(tbtest.xplanes(logdir)), n, p.stderr)
+                said = [l for l in p.stderr.splitlines() if "not one of TBPROF_RANKS" in l]
+                self.assertEqual(len(said), 1 - n, p.stderr)
+        # the same through `tbprof run --ranks`
+        self.need_cli()
+        for ranks, n in (("0", 1), ("1-7", 0)):
+            logdir = os.path.join(self.tmp, "cli" + ranks)
+            e = tbtest.env(preload=False)
+            e["RANK"] = "0"
+            p = tbtest.run([tbtest.CLI, "run", "--ranks", ranks, "--steps", "2,3", "--logdir", logdir, "--no-gpu",
+                            "--no-cpu", "--", STEPS, "-n", "6", "-m", "2"], env=e)
+            self.assertExitedOk(p)
+            self.assertEqual(len(tbtest.xplanes(logdir)), n, p.stderr)
+
+    def test_ranks_left_out_ignore_the_signal(self):
+        # `pkill -USR2 -f train.py` reaches every rank: one that TBPROF_RANKS
+        # leaves out lives on (the signal caught, ignored, said once) and
+        # writes nothing; `tbprof trigger PID` still captures it
+        e = tbtest.env(self.logdir, signal="USR2", ranks="0", log="info")
+        e["RANK"] = "1"
+        p = tbtest.spawn([STEPS, "-r", "-n", "300", "-m", "10"], env=e)
+        self.addCleanup(reap, p)
+        tbtest.read_until(p, "ready")
+        time.sleep(0.3)
+        for _ in range(2):
+            os.kill(p.pid, signal.SIGUSR2)
+            time.sleep(0.3)
+        self.assertIsNone(p.poll())
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+        ans = ctl(p.pid, "start steps=3")
+        self.assertTrue(ans.startswith("capture started"), ans)
+        self.assertEqual(len(tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)), 1)
+        out, err = self.finish(p)
+        self.assertEqual(len([l for l in err.splitlines() if "signal ignored" in l]), 1, err)
+        self.assertEqual(len([l for l in err.splitlines() if "rank 1, not one of TBPROF_RANKS" in l]), 1, err)
+
     def test_signal_taken_over_by_the_job_is_named(self):
         # a runtime that installs its handler after our constructor (the
         # JVM's SIGUSR2, node's SIGUSR1, PostgreSQL's): the trigger cannot

@@ -290,9 +290,36 @@ static void words_with_spaces(void)
     tb_log_set_level(TB_LOG_WARN);
 }
 
+static void rank_forms(void)
+{
+    tb_rank_range r[TB_MAX_RANK_RANGES];
+    int n = -1;
+    CHECK(tb_parse_ranks("all", r, TB_MAX_RANK_RANGES, &n) == 0 && n == 0);
+    CHECK(tb_parse_ranks("0,8-15,1023", r, TB_MAX_RANK_RANGES, &n) == 0);
+    CHECK_EQ_I(n, 3);
+    CHECK(r[1].lo == 8 && r[1].hi == 15 && r[2].lo == 1023 && r[2].hi == 1023);
+    const char *bad[] = {"", ",", "0,", ",0", "1-", "-1", "3-2", "a", "0;1", "0 ,1", "1-2-3",
+                         "99999999999999999999", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(tb_parse_ranks(bad[i], r, TB_MAX_RANK_RANGES, &n) < 0);
+    /* which processes take the environment's windows */
+    const char *env[] = {"TBPROF_RANKS", "0,8-15", NULL};
+    tb_config c;
+    CHECK_EQ_I(tb_config_load(&c, lookup, env), 0);
+    CHECK(tb_ranks_take(&c, 0) && tb_ranks_take(&c, 8) && tb_ranks_take(&c, 15));
+    CHECK(!tb_ranks_take(&c, 1) && !tb_ranks_take(&c, 16) && !tb_ranks_take(&c, -1));
+    const char *all[] = {NULL};
+    CHECK_EQ_I(tb_config_load(&c, lookup, all), 0);
+    CHECK(tb_ranks_take(&c, 5) && tb_ranks_take(&c, -1));
+    const char *typo[] = {"TBPROF_RANKS", "0-", NULL}; /* warned; all ranks */
+    CHECK_EQ_I(tb_config_load(&c, lookup, typo), 1);
+    CHECK(c.nranks == 0 && tb_ranks_take(&c, 7));
+}
+
 int main(void)
 {
     steps_forms();
+    rank_forms();
     window_repeats();
     every_forms();
     other_forms();

@@ -71,6 +71,14 @@ int main(void)
     tb_names o = names_of(odd);
     CHECK_STR(o.rank, "a_b");
     CHECK_EQ_I(o.rank_num, -1);
+    /* the global rank TBPROF_RANKS goes by: RANK first, then MPI's, srun's;
+     * LOCAL_RANK is not one */
+    CHECK_EQ_I(n.global_rank, 3);
+    CHECK_EQ_I(l.global_rank, -1);
+    static const char *const mpi[] = {"SLURM_PROCID", "9", "OMPI_COMM_WORLD_RANK", "5", NULL};
+    CHECK_EQ_I(names_of(mpi).global_rank, 5);
+    static const char *const srun[] = {"SLURM_PROCID", "9", "LOCAL_RANK", "0", NULL};
+    CHECK_EQ_I(names_of(srun).global_rank, 9);
 
     /* 1. asked for: wins over everything */
     tb_run_req steps = {.asked = "", .first = 10, .last = 12, .fixed_window = 1, .env_window = 1,
