@@ -115,7 +115,11 @@ class CpuPython(PythonsCase):
                 if pys[-2:] == ["main", "work"]:
                     under += e.stats["samples"]
         self.assertGreater(under, a * 0.9, "py::burn_a under py::main/py::work in %d of %d samples" % (under, a))
-        self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
+        # (the count is the process's: under ASan most failures are the
+        # agent's own thread, whose instrumented frames outrun its stack
+        # copy now and then, ~2.5% of the samples and at times past 5%)
+        bar = 0.08 if tbtest.SANITIZE == "address" else 0.05
+        self.assertLess(st.get("tbprof_unwind_failures", 0), n * bar, st)
 
     def test_deep_python_stack_whole(self):
         # 60 Python calls deep: more stack than the first 16 KiB copy and
