@@ -253,7 +253,8 @@ static int64_t thread_cpu_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static int used_cuda(void);
+enum { CUDA_DRIVER = 1, CUDA_RUNTIME = 2, CUDA_ANY = 3 };
+static int cuda_loaded(int mask);
 
 /* The GPU source's share of the buffer bytes left once NVTX's share is set
  * aside, where the CPU sampler runs too. */
@@ -326,13 +327,14 @@ static void start_sources(void)
             info.buffer_bytes = !strcmp(x->name, "gpu") ? gpu_share(rest) : rest - gpu_share(rest);
         else
             info.buffer_bytes = rest;
-        if (i == gpu && !used_cuda()) {
+        if (i == gpu && !cuda_loaded(CUDA_ANY)) {
             /* a launcher, a tool or a CPU-only program of the job (they
              * inherit TBPROF_*), or a job that has not come to CUDA yet (a
-             * capture from start-up, a signal during data loading): no
-             * CUPTI, which would look for a libcupti beside a CUDA not
-             * loaded yet, or bring the driver up itself. The agent thread
-             * starts it when libcuda appears (start_late). */
+             * capture from start-up): no CUPTI, which would look for a
+             * libcupti beside a CUDA not loaded yet, or bring the driver up
+             * itself. The agent thread starts it when a CUDA runtime or
+             * the driver appears (start_late): PyTorch loads its runtime at
+             * `import torch`, long before its first kernel. */
             x->waiting = 1;
             continue;
         }
@@ -348,7 +350,12 @@ static void start_sources(void)
 static void start_late(struct src *x)
 {
     x->waiting = 0;
-    size_t want = gpu_share(g.share_rest), others = g.share_rest - want;
+    /* its share as start_sources gives it (all where no other source but
+     * NVTX is on, else 3/4), less what the others hold already */
+    int others_on = 0;
+    for (int i = 0; i < g.nsrc; i++)
+        others_on |= &g.src[i] != x && g.src[i].enabled && strcmp(g.src[i].name, "nvtx");
+    size_t want = others_on ? gpu_share(g.share_rest) : g.share_rest, others = g.share_rest - want;
     for (int i = 0; i < g.nsrc; i++) {
         struct src *y = &g.src[i];
         if (y != x && y->started && y->s->rebudget && strcmp(y->name, "nvtx")) {
@@ -361,14 +368,19 @@ static void start_late(struct src *x)
     info.begin_ns = tb_real_ns();
     info.buffer_bytes = want > ((size_t)1 << 20) ? want : (size_t)1 << 20;
     unsigned held = tb_stdio_hold();
-    int64_t t0 = tb_mono_ns();
     start_one(x, &info);
     tb_stdio_release(held);
-    if (!x->started)
+    if (!x->started) { /* the others keep all of it, as where the GPU did not start at once */
+        for (int i = 0; i < g.nsrc; i++)
+            if (&g.src[i] != x && g.src[i].started && g.src[i].s->rebudget && strcmp(g.src[i].name, "nvtx"))
+                g.src[i].s->rebudget(g.src[i].s->ctx, g.share_rest);
         return;
-    /* how far into the window (one still armed has lost nothing) */
+    }
+    /* how far into the window tracing was on (CUPTI's first load can take
+     * seconds; a window still armed then has lost nothing) */
+    int64_t t1 = tb_mono_ns();
     pthread_mutex_lock(&g.lock);
-    int64_t late = g.state == TB_STATE_CAPTURING && t0 > g.cur.begin ? t0 - g.cur.begin : 0;
+    int64_t late = g.state == TB_STATE_CAPTURING && t1 > g.cur.begin ? t1 - g.cur.begin : 0;
     g.cur.gpu_late_ns = late;
     pthread_mutex_unlock(&g.lock);
     tb_info("gpu source on %.2f s into the capture, once the process loaded CUDA", late / 1e9);
@@ -385,14 +397,16 @@ static struct src *gpu_waiting(void)
 }
 
 /* The capture ends with the GPU source still waiting: no CUDA in this
- * process (a launcher, a CPU-only tool), said at info level, once. */
+ * process (a launcher, a CPU-only tool), said at info level, once. Agent
+ * thread, lock not held. */
 static void end_waiting(void)
 {
     struct src *x = gpu_waiting();
     if (!x)
         return;
     x->waiting = 0;
-    x->why = "this process did not load CUDA (libcuda.so.1) during the capture";
+    x->why = cuda_loaded(CUDA_ANY) ? "this process loaded CUDA only as the capture ended"
+                                   : "this process did not load CUDA (libcudart or libcuda) during the capture";
     if (!x->said) {
         x->said = 1;
         tb_info("%s source off: %s (capturing without it)", x->name, x->why);
@@ -1030,7 +1044,7 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
  * none is left. Lock held. */
 static int env_window_next(tb_window *w)
 {
-    while (g.win_idx < g.cfg.nwindows) {
+    while (g.win_idx < g.cfg.nwindows && !g.rank_out) {
         if (tb_window_nth(&g.cfg.windows[g.win_idx], g.win_rep, w) == 0)
             return 1;
         g.win_idx++;
@@ -1514,10 +1528,10 @@ static int request_time_repeat(double dur_s, double every_s, int64_t count, cons
 }
 
 /* dl_iterate_phdr: stop at once where nothing was loaded since the last
- * look (dlpi_adds, the first object's), else at a libcuda.so* object. */
+ * look (dlpi_adds, the first object's), else note each CUDA library. */
 struct cuda_look {
     unsigned long long adds; /* in: the count last looked at; out: now */
-    int first, found;
+    int first, found;        /* found: CUDA_* bits */
 };
 
 static int cuda_look_cb(struct dl_phdr_info *info, size_t size, void *arg)
@@ -1534,40 +1548,45 @@ static int cuda_look_cb(struct dl_phdr_info *info, size_t size, void *arg)
     }
     const char *path = info->dlpi_name ? info->dlpi_name : "", *base = strrchr(path, '/');
     base = base ? base + 1 : path;
-    l->found = !strncmp(base, "libcuda.so", 10);
-    return l->found;
+    if (!strncmp(base, "libcuda.so", 10))
+        l->found |= CUDA_DRIVER;
+    else if (!strncmp(base, "libcudart.so", 12) || !strncmp(base, "libcupti.so", 11))
+        l->found |= CUDA_RUNTIME;
+    return 0;
 }
 
-/* The process loaded the CUDA driver (a libcuda.so* object, the soname
- * libcuda.so.1's file or the versioned one): the training process, not a
- * launcher, tool or helper program of the job (they inherit TBPROF_* too,
- * and their windows' ends are not worth a warning). The loaded objects
- * are looked through only when one was added since the last look, with
- * no file-system search (a dlopen(RTLD_NOLOAD) of a library not loaded
- * tries a dozen paths: every 20 ms while a GPU source waits). Once seen,
- * always (the driver is not unloaded). */
-static int used_cuda(void)
+/* Whether the process has loaded one of the CUDA libraries in mask
+ * (CUDA_* bits): the driver (a libcuda.so* object: the training process,
+ * not a launcher, tool or helper program of the job, which inherit
+ * TBPROF_* too, and whose windows' ends are not worth a warning), or a
+ * runtime or CUPTI (PyTorch has one from `import torch` on, before it
+ * brings the driver up). The loaded objects are looked through only when
+ * one was added since the last look, with no file-system search (a
+ * dlopen(RTLD_NOLOAD) of a library not loaded tries a dozen paths: every
+ * poll while a GPU source waits). Once seen, always (CUDA is not
+ * unloaded). */
+static int cuda_loaded(int mask)
 {
     static atomic_int seen;
     static _Atomic unsigned long long last_adds = ~0ULL;
-    if (atomic_load_explicit(&seen, memory_order_relaxed))
+    int have = atomic_load_explicit(&seen, memory_order_relaxed);
+    if (have & mask)
         return 1;
     struct cuda_look l = {.adds = atomic_load(&last_adds), .first = 1};
     dl_iterate_phdr(cuda_look_cb, &l);
     atomic_store(&last_adds, l.adds);
-    if (l.found)
-        atomic_store(&seen, 1);
-    return l.found;
+    have = atomic_fetch_or(&seen, l.found) | l.found;
+    return (have & mask) != 0;
 }
 
 /* One turn of the state machine on the agent thread. */
 static void machine(void)
 {
     log_step_conflict();
-    /* looked for before the lock: dlopen() takes the loader's, which a job
-     * thread loading a library may hold while it waits for ours */
+    /* looked for before the lock: dl_iterate_phdr takes one of the
+     * loader's, and a job thread loading a library may be in our code */
     struct src *wait = gpu_waiting();
-    int cuda_now = wait && used_cuda();
+    int cuda_now = wait && cuda_loaded(CUDA_ANY);
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.tw.at && now >= g.tw.at)
@@ -1592,7 +1611,7 @@ static void machine(void)
         }
         pthread_cond_broadcast(&g.cond);
     }
-    if (cuda_now && g.sources_started && !g.stop_req &&
+    if (cuda_now && g.sources_started && !g.stop_req && !leaving_locked() &&
         (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
         pthread_mutex_unlock(&g.lock);
         start_late(wait);
@@ -1635,7 +1654,7 @@ static void machine(void)
             if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (the env
                                                   window in a helper program of the job, without CUDA:
                                                   quietly; a window the program or a user asked for: aloud) */
-                tb_log(c.win != -2 || used_cuda() ? TB_LOG_WARN : TB_LOG_INFO,
+                tb_log(c.win != -2 || cuda_loaded(CUDA_DRIVER) ? TB_LOG_WARN : TB_LOG_INFO,
                        "capture '%s' ended before it began: the process %s before its sources were on; "
                        "nothing written",
                        c.trigger, g.term_pending ? "was terminated" : "exited");
@@ -1956,16 +1975,10 @@ int tb_agent_init(const tb_config *c, int disable)
      * the process) but is ignored */
     int out = !tb_ranks_take(c, g.names.global_rank);
     int had_windows = c->nwindows || c->duration_s > 0;
-    if (out) {
-        g.rank_out = 1;
-        g.cfg.nwindows = 0;
-        g.cfg.duration_s = 0;
-        g.cfg.every_s = 0;
-        g.cfg.every_count = 0;
-    }
-    if (g.cfg.duration_s > 0)
-        time_window_schedule(tb_mono_ns() + (int64_t)(g.cfg.delay_s * 1e9), g.cfg.delay_s, g.cfg.duration_s,
-                             g.cfg.every_s, g.cfg.every_count);
+    g.rank_out = out; /* (g.cfg kept whole: run names agree with the ranks that capture) */
+    if (c->duration_s > 0 && !out)
+        time_window_schedule(tb_mono_ns() + (int64_t)(c->delay_s * 1e9), c->delay_s, c->duration_s, c->every_s,
+                             c->every_count);
     if (c->socket) {
         int fd = tb_ctl_listen(getpid());
         if (fd < 0)
@@ -2410,7 +2423,8 @@ static void windows_never_reached(void)
     static atomic_int said;
     pthread_mutex_lock(&g.lock);
     /* (ARMED: a step window waits for its first step, after its lead-in) */
-    int quiet = g.ncaptures || g.is_child || (g.state != TB_STATE_IDLE && g.state != TB_STATE_ARMED) || g.writing;
+    int quiet = g.ncaptures || g.is_child || (g.state != TB_STATE_IDLE && g.state != TB_STATE_ARMED) || g.writing ||
+                g.rank_out;
     int nwin = g.cfg.nwindows;
     int64_t tw_at = !g.tw.socket && !g.tw.k ? g.tw.at : 0; /* the env time window's first, not begun */
     double from_s = g.tw.from_s, dur_s = g.tw.dur_s;
@@ -2421,7 +2435,7 @@ static void windows_never_reached(void)
     const tb_window *w = &g.cfg.windows[0];
     if (!tw_at && cur >= w->first)
         return;
-    if (!used_cuda())
+    if (!cuda_loaded(CUDA_DRIVER))
         return;
     if (tw_at) {
         tb_warn("%s %gs: the process ended %.1f s after start-up, before the window began; nothing captured",

@@ -81,7 +81,7 @@ static const var vars[] = {
      "TBPROF_DURATION) and the signal (TBPROF_SIGNAL, then ignored elsewhere); the global rank is "
      "RANK, else OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK or SLURM_PROCID, and a process with none (a "
      "launcher) is left out. Not filtered: `tbprof trigger PID` (it names its processes) and the API",
-     "all ranks", "all", F(ranks), 0, 0},
+     "no rank takes the environment's windows", "", F(ranks), 0, 0},
     {"TBPROF_GPU", T_BOOL, "on", "on | off", "GPU tracing (CUPTI) during captures",
      "GPU tracing off", "off", F(gpu), 0, 0},
     {"TBPROF_CPU", T_BOOL, "on", "on | off", "CPU stack sampling (perf_event) during captures",
@@ -429,34 +429,42 @@ const char *tb_signal_name(int sig, char *buf, size_t n)
 int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n)
 {
     *n = 0;
-    if (!strcasecmp(s, "all"))
+    while (*s == ' ')
+        s++;
+    if (!strncasecmp(s, "all", 3) && !s[3 + strspn(s + 3, " ")])
         return 0;
     const char *p = s;
-    do {
+    for (;;) { /* R or A-B, then ',' or the end; spaces around each */
         if (*n == max || !isdigit((unsigned char)*p))
             return -EINVAL;
         char *end;
         errno = 0;
         long long lo = strtoll(p, &end, 10), hi = lo;
+        end += strspn(end, " ");
         if (*end == '-') {
-            if (!isdigit((unsigned char)end[1]))
+            end += 1 + strspn(end + 1, " ");
+            if (!isdigit((unsigned char)*end))
                 return -EINVAL;
-            hi = strtoll(end + 1, &end, 10);
+            hi = strtoll(end, &end, 10);
+            end += strspn(end, " ");
         }
         if (errno || hi < lo || (*end && *end != ','))
             return -EINVAL;
         r[*n].lo = lo;
         r[*n].hi = hi;
         ++*n;
-        p = *end ? end + 1 : end;
-    } while (*p);
-    return p[-1] == ',' ? -EINVAL : 0;
+        if (!*end)
+            return 0;
+        p = end + 1 + strspn(end + 1, " ");
+    }
 }
 
 int tb_ranks_take(const tb_config *c, int64_t rank)
 {
     if (!c->nranks)
         return 1;
+    if (c->nranks < 0) /* a bad TBPROF_RANKS: none (warned) */
+        return 0;
     for (int i = 0; i < c->nranks && rank >= 0; i++)
         if (rank >= c->ranks[i].lo && rank <= c->ranks[i].hi)
             return 1;
@@ -648,6 +656,8 @@ int tb_config_load(tb_config *c, tb_getenv_fn get, void *ud)
             c->logdir[0] = '\0';
         else if (v->type == T_STEPS)
             c->nwindows = 0;
+        else if (v->type == T_RANKS) /* a job asked for a few ranks: not every rank for a typo */
+            c->nranks = -1;
         else if (v->type == T_STR)
             ((char *)c + v->off)[0] = '\0';
         else

@@ -20,7 +20,7 @@
 #endif
 
 #define TB_MAX_WINDOWS 16
-#define TB_MAX_RANK_RANGES 16
+#define TB_MAX_RANK_RANGES 64
 #define TB_MAX_PERIOD 1000000000000LL /* steps between repeats of a window, at most */
 #define TB_CONFIG_STR 512
 
@@ -76,7 +76,7 @@ typedef struct tb_config {
     int64_t every_count; /* TBPROF_EVERY's xK: K time windows in all; 0 = no end */
     int signal;        /* TBPROF_SIGNAL; 0 = off */
     tb_rank_range ranks[TB_MAX_RANK_RANGES]; /* TBPROF_RANKS */
-    int nranks;        /* 0 = all */
+    int nranks;        /* 0 = all; -1: none (a bad value) */
     int gpu, cpu;      /* TBPROF_GPU, TBPROF_CPU */
     unsigned cpu_hz;   /* TBPROF_CPU_HZ */
     int cpu_mode;      /* TBPROF_CPU_MODE: tb_cpu_mode (sampler.h) */

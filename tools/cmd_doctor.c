@@ -86,7 +86,8 @@ static int run_child(const char *dir)
         return -1;
     }
     if (pid == 0) {
-        char *args[] = {"run",   "--duration", "0.3",      "--delay", "0",  "--logdir", (char *)dir,
+        /* (the window from 0.1 s: work() has loaded the driver by then) */
+        char *args[] = {"run",   "--duration", "0.3",      "--delay", "0.1", "--logdir", (char *)dir,
                         "--gpu", "--cpu",      "--no-trace-json",     "--no-hook", "--log", "error",
                         "--",    exe,          "doctor",   "--work",  NULL};
         _exit(cmd_run((int)(sizeof(args) / sizeof(args[0])) - 1, args));

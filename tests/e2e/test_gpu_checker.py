@@ -375,8 +375,8 @@ class ProfileData:
 
     def test_from_start(self):
         # 1d: a capture from start-up (TBPROF_DURATION) of a job that loads
-        # CUDA at its first step and launches work all along (one kernel a
-        # millisecond, 20 ms steps), until its exit: PASS. The fixture (GPU
+        # CUDA at its first step and launches work all along (a kernel every
+        # 2 ms for 6 s, 20 ms steps), until its exit: PASS. The fixture (GPU
         # tracing on from the window's start, kernels in its first step
         # only): FAIL, naming both
         script = os.path.join(self.tmp, "script.txt")
@@ -385,7 +385,7 @@ class ProfileData:
                 l for l in SCRIPT.splitlines() if "corr=202" in l) + "\n")
         logdir = os.path.join(self.tmp, "logs")
         e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, duration="60")
-        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "400",
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "3000",
                   "LD_LIBRARY_PATH": os.path.dirname(tbtest.BARE_LIBCUDA)})
         p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", str(20 * relutil.sanitizer_slowdown()),
                         "-L", "0"], env=e)

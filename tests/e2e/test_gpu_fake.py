@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import time
 
+import cpusamples
 import relutil
 import tbtest
 
@@ -269,12 +270,12 @@ class GpuFake(tbtest.TestCase):
 
     def env(self, shim=None, cuda="preload", **kw):
         """The job's environment: the fake libcupti replaying self.script,
-        TBPROF_* from kw (cupti_path=None: tbprof searches), TBFAKE_*/RANK/
-        WORLD_SIZE as they are; shim: a library preloaded beside tbprof (the
+        TBPROF_* from kw (cupti_path=None: tbprof searches), TBFAKE_*/TBTEST_*/
+        RANK/WORLD_SIZE as they are; shim: a library preloaded beside tbprof (the
         fake libcuda, a libcudart...). cuda: "preload" a libcuda (the bare
         one unless shim names FAKE_LIBCUDA), "path" only where the program
         can dlopen() it (steps -L), None not at all."""
-        raw = ("TBFAKE_", "RANK", "WORLD_SIZE")  # set as they are, not as TBPROF_*
+        raw = ("TBFAKE_", "TBTEST_", "RANK", "WORLD_SIZE")  # set as they are, not as TBPROF_*
         extra = {k: v for k, v in kw.items() if k.startswith(raw)}
         tb = {k: v for k, v in kw.items() if not k.startswith(raw)}
         tb.setdefault("gpu", "on")
@@ -834,7 +835,7 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         # CUDA all capture long and never loads libcupti (the fake one would
         # log its first call); the reason is in the profile, and said at
         # TBPROF_LOG=info, once for the two captures, not warned about
-        reason = r"^this process did not load CUDA \(libcuda.so.1\) during the capture$"
+        reason = r"^this process did not load CUDA \(libcudart or libcuda\) during the capture$"
         self.host_only(reason, cuda=False)
         self.assertFalse(os.path.exists(self.report) and self.fake_log(), "libcupti was loaded")
         self.logdir = os.path.join(self.tmp, "info")
@@ -845,26 +846,38 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertFalse(os.path.exists(self.report) and self.fake_log(), "libcupti was loaded")
 
     def test_gpu_starts_when_cuda_loads_mid_capture(self):
-        # a capture that began before the job came to CUDA (from start-up,
-        # a signal during data loading): GPU tracing starts once libcuda is
-        # loaded (at step 4 of the window 2..6, 20 ms a step), with the
-        # usual 3/4 of the buffer (the CPU sampler had it meanwhile), and
-        # records what the job launched from then on; the profile says how
-        # far into the capture it began, and nothing is warned about
-        p = self.run_steps(["-n", "9", "-m", "20", "-a", "2,6", "-L", "4", "-r"], cuda="path", cpu="on",
-                           buffer_mb="64")
-        self.assertEqual([l for l in tbtest.tbprof_warnings(p.stderr) if "profile written" not in l], [], p.stderr)
-        prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
-        self.check_profile(prof)
-        late = prof.host.stats.get("tbprof_gpu_start_delay_ns", 0)
-        self.assertTrue(30e6 < late < 1e9, late)  # two 20 ms steps, then one poll (20 ms)
-        self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats)
-        n, size = (int(v) for v in prof.host.stats["tbprof_cupti_pool"].split(" x "))
+        # a capture that began before the job came to CUDA (from start-up):
+        # GPU tracing starts once the driver (libcuda) or a runtime
+        # (libcudart: PyTorch's, at `import torch`) is loaded, at step 4 of
+        # the window 2..6 (20 ms a step); with the CPU sampler on, with the
+        # usual 3/4 of the buffer (the sampler had it meanwhile), alone with
+        # all of it; it records what the job launched from then on, the
+        # profile says how far into the capture tracing was on (a CUPTI
+        # whose subscribe takes 200 ms: after it), and nothing is warned
         rest = 64 * 15 / 16 * 2**20
-        self.assertTrue(0.7 * rest <= n * size <= 0.76 * rest, prof.host.stats["tbprof_cupti_pool"])
-        self.assertGreater(prof.host.stats.get("tbprof_cpu_samples", 0), 0)
-        subs = [l for l in self.fake_log() if l[0] == "subscribe"]
-        self.assertEqual(len(subs), 1, self.fake_log())
+        cases = [("driver", "libcuda.so.1", "on", (0.7, 0.76)),
+                 ("runtime", os.path.join(tbtest.BUILD, "fakecuda", "libcudart.so"), "off", (0.95, 1.0))]
+        for name, lib, cpu, share in cases:
+            with self.subTest(name):
+                if cpu == "on":
+                    cpusamples.skip_if_perf_refused(self)
+                self.logdir = os.path.join(self.tmp, name)
+                self.report = os.path.join(self.tmp, name + ".log")
+                p = self.run_steps(["-n", "9", "-m", "20", "-a", "2,6", "-L", "4", "-r"], cuda="path", cpu=cpu,
+                                   buffer_mb="64", TBFAKE_CUPTI_SUBSCRIBE_MS="200", TBTEST_CUDA_LIB=lib)
+                self.assertEqual([l for l in tbtest.tbprof_warnings(p.stderr) if "profile written" not in l], [],
+                                 p.stderr)
+                prof = tbtest.load(tbtest.xplanes(self.logdir)[0])
+                self.check_profile(prof)
+                late = prof.host.stats.get("tbprof_gpu_start_delay_ns", 0)
+                self.assertTrue(240e6 < late < 2e9, late)  # two 20 ms steps, a poll, the 200 ms subscribe
+                self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats)
+                n, size = (int(v) for v in prof.host.stats["tbprof_cupti_pool"].split(" x "))
+                self.assertTrue(share[0] * rest <= n * size <= share[1] * rest, prof.host.stats["tbprof_cupti_pool"])
+                if cpu == "on":
+                    self.assertGreater(prof.host.stats.get("tbprof_cpu_samples", 0), 0)
+                subs = [l for l in self.fake_log() if l[0] == "subscribe"]
+                self.assertEqual(len(subs), 1, self.fake_log())
 
     def test_other_subscriber(self):
         # a CUPTI 13 names the subscriber already there; so does the reason

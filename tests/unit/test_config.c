@@ -295,11 +295,18 @@ static void rank_forms(void)
     tb_rank_range r[TB_MAX_RANK_RANGES];
     int n = -1;
     CHECK(tb_parse_ranks("all", r, TB_MAX_RANK_RANGES, &n) == 0 && n == 0);
+    CHECK(tb_parse_ranks(" ALL ", r, TB_MAX_RANK_RANGES, &n) == 0 && n == 0);
     CHECK(tb_parse_ranks("0,8-15,1023", r, TB_MAX_RANK_RANGES, &n) == 0);
     CHECK_EQ_I(n, 3);
     CHECK(r[1].lo == 8 && r[1].hi == 15 && r[2].lo == 1023 && r[2].hi == 1023);
-    const char *bad[] = {"", ",", "0,", ",0", "1-", "-1", "3-2", "a", "0;1", "0 ,1", "1-2-3",
-                         "99999999999999999999", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"};
+    CHECK(tb_parse_ranks(" 0, 8 - 15 ,1023 ", r, TB_MAX_RANK_RANGES, &n) == 0 && n == 3 && r[1].hi == 15);
+    char many[512] = "0";
+    for (int i = 1; i < TB_MAX_RANK_RANGES; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), ",%d", i * 8);
+    CHECK(tb_parse_ranks(many, r, TB_MAX_RANK_RANGES, &n) == 0 && n == TB_MAX_RANK_RANGES);
+    strcat(many, ",9999");
+    const char *bad[] = {"", " ", ",", "0,", ",0", "1-", "-1", "3-2", "a", "0;1", "1-2-3", "0 1", "all,3",
+                         "99999999999999999999", many};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK(tb_parse_ranks(bad[i], r, TB_MAX_RANK_RANGES, &n) < 0);
     /* which processes take the environment's windows */
@@ -311,9 +318,9 @@ static void rank_forms(void)
     const char *all[] = {NULL};
     CHECK_EQ_I(tb_config_load(&c, lookup, all), 0);
     CHECK(tb_ranks_take(&c, 5) && tb_ranks_take(&c, -1));
-    const char *typo[] = {"TBPROF_RANKS", "0-", NULL}; /* warned; all ranks */
+    const char *typo[] = {"TBPROF_RANKS", "0-", NULL}; /* warned; no rank (not all, for a typo) */
     CHECK_EQ_I(tb_config_load(&c, lookup, typo), 1);
-    CHECK(c.nranks == 0 && tb_ranks_take(&c, 7));
+    CHECK(!tb_ranks_take(&c, 0) && !tb_ranks_take(&c, 7) && !tb_ranks_take(&c, -1));
 }
 
 int main(void)

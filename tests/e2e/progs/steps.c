@@ -42,8 +42,8 @@
  *        tbprof_start(); in a step where tbprof_capturing() is true, call the
  *        fake's tbfake_cupti_launch() until GPU tracing is on (bounded, 30 s)
  *   -L   at the start of step L, once tbprof_capturing(), dlopen
- *        ("libcuda.so.1"): a job that comes to CUDA during a capture (-G
- *        launches from then on)
+ *        ("libcuda.so.1", or the library $TBTEST_CUDA_LIB names): a job
+ *        that comes to CUDA during a capture (-G launches from then on)
  *   -A   make one CUDA runtime call per step (the fake libcupti's
  *        tbfake_cuda_api, once the agent has loaded it), as a CUDA job
  *        does: CUPTI calls its subscriber back at its exit when asked to;
@@ -250,7 +250,8 @@ int main(int argc, char **argv)
             wait_until(tb_capturing, "tbprof_capturing()");
         if (i == cuda_at) {
             wait_until(tb_capturing, "tbprof_capturing() (-L)");
-            if (!dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL))
+            const char *lib = getenv("TBTEST_CUDA_LIB");
+            if (!dlopen(lib && *lib ? lib : "libcuda.so.1", RTLD_NOW | RTLD_GLOBAL))
                 fprintf(stderr, "-L: %s\n", dlerror());
         }
         if (teardown && cuda_at >= 0 && i == cuda_at + 1)
