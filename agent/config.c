@@ -426,16 +426,21 @@ const char *tb_signal_name(int sig, char *buf, size_t n)
     return buf;
 }
 
-int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n)
+int tb_parse_ranks(const char *s, tb_rank_range *out, int max, int *nout)
 {
-    *n = 0;
+    tb_rank_range r[TB_MAX_RANK_RANGES];
+    int n = 0;
+    if (max > TB_MAX_RANK_RANGES)
+        max = TB_MAX_RANK_RANGES;
     while (*s == ' ')
         s++;
-    if (!strncasecmp(s, "all", 3) && !s[3 + strspn(s + 3, " ")])
+    if (!strncasecmp(s, "all", 3) && !s[3 + strspn(s + 3, " ")]) {
+        *nout = 0;
         return 0;
+    }
     const char *p = s;
     for (;;) { /* R or A-B, then ',' or the end; spaces around each */
-        if (*n == max || !isdigit((unsigned char)*p))
+        if (n == max || !isdigit((unsigned char)*p))
             return -EINVAL;
         char *end;
         errno = 0;
@@ -450,13 +455,15 @@ int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n)
         }
         if (errno || hi < lo || (*end && *end != ','))
             return -EINVAL;
-        r[*n].lo = lo;
-        r[*n].hi = hi;
-        ++*n;
+        r[n].lo = lo;
+        r[n++].hi = hi;
         if (!*end)
-            return 0;
+            break;
         p = end + 1 + strspn(end + 1, " ");
     }
+    memcpy(out, r, (size_t)n * sizeof(r[0]));
+    *nout = n;
+    return 0;
 }
 
 int tb_ranks_take(const tb_config *c, int64_t rank)
@@ -561,15 +568,8 @@ static int parse_var(const var *v, const char *val, tb_config *c)
     }
     case T_EVERY:
         return tb_parse_every(val, &c->every_s, &c->every_count);
-    case T_RANKS: {
-        tb_rank_range r[TB_MAX_RANK_RANGES];
-        int n = 0;
-        if (tb_parse_ranks(val, r, TB_MAX_RANK_RANGES, &n))
-            return -EINVAL;
-        memcpy(c->ranks, r, sizeof(r));
-        c->nranks = n;
-        return 0;
-    }
+    case T_RANKS:
+        return tb_parse_ranks(val, c->ranks, TB_MAX_RANK_RANGES, &c->nranks);
     case T_SIG:
         return tb_parse_signal(val, (int *)field);
     case T_LOG:

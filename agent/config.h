@@ -127,7 +127,8 @@ int tb_parse_every(const char *s, double *sec, int64_t *count);
 int tb_parse_seconds(const char *s, double *out);
 int tb_parse_bool(const char *s, int *out);
 int tb_parse_signal(const char *s, int *out);
-/* "all", or ranks and ranges "0,8-15" (at most max of them). */
+/* "all", or ranks and ranges "0,8-15" (at most max of them); r and n are
+ * left as they were on a bad value. */
 int tb_parse_ranks(const char *s, tb_rank_range *r, int max, int *n);
 /* Whether TBPROF_RANKS takes global rank `rank` (-1: the process has none,
  * taken only when all ranks are). */

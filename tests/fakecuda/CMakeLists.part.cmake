@@ -20,27 +20,21 @@ foreach(t prog_nvtx_steps shim_nvtx_ops)
     target_link_libraries(${t} PRIVATE ${CMAKE_DL_LIBS})
   endif()
 endforeach()
-# A fake libcuda.so.1 (cuDriverGetVersion only) that reports its call to the
-# fake libcupti as a returning driver API call: tests/e2e/test_gpu_fake.py
-# preloads it to check that tbprof detaches CUPTI on its own thread.
-#   build/fakecudadrv/libcuda.so.1
+# Two fake libcuda.so.1, one folder each:
+#   build/fakecudadrv/libcuda.so.1 (fakecudadrv.c): cuDriverGetVersion and
+#     cuThreadExchangeStreamCaptureMode, the first reported to the fake
+#     libcupti as a returning driver API call: tests/e2e/test_gpu_fake.py
+#     preloads it to check that tbprof detaches CUPTI on its own thread
+#   build/fakecudabare/libcuda.so.1 (fakecudabare.c): no driver functions;
+#     loaded, it makes a process "a CUDA process", which GPU tracing waits for
 if(TBPROF_WITH_CUPTI)
-  add_library(fakecudadrv SHARED ${CMAKE_SOURCE_DIR}/tests/fakecuda/fakecudadrv.c)
-  target_link_libraries(fakecudadrv PRIVATE ${CMAKE_DL_LIBS})
-  set_target_properties(fakecudadrv PROPERTIES OUTPUT_NAME cuda SOVERSION 1
-    LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fakecudadrv)
-  if(TARGET prog_steps)
-    add_dependencies(prog_steps fakecudadrv)
-  endif()
-endif()
-# A libcuda.so.1 with no driver functions (fakecudabare.c): loaded, it makes
-# a process "a CUDA process", which GPU tracing waits for.
-#   build/fakecudabare/libcuda.so.1
-if(TBPROF_WITH_CUPTI)
-  add_library(fakecudabare SHARED ${CMAKE_SOURCE_DIR}/tests/fakecuda/fakecudabare.c)
-  set_target_properties(fakecudabare PROPERTIES OUTPUT_NAME cuda SOVERSION 1
-    LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fakecudabare)
-  if(TARGET prog_steps)
-    add_dependencies(prog_steps fakecudabare)
-  endif()
+  foreach(lib fakecudadrv fakecudabare)
+    add_library(${lib} SHARED ${CMAKE_SOURCE_DIR}/tests/fakecuda/${lib}.c)
+    target_link_libraries(${lib} PRIVATE ${CMAKE_DL_LIBS})
+    set_target_properties(${lib} PROPERTIES OUTPUT_NAME cuda SOVERSION 1
+      LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/${lib})
+    if(TARGET prog_steps)
+      add_dependencies(prog_steps ${lib})
+    endif()
+  endforeach()
 endif()
