@@ -453,11 +453,16 @@ static void exit_hook_again(int64_t now, int late_start)
     }
 }
 
+/* The GPU source last: its stop waits for GPU work still running (up to
+ * TBPROF_GPU_DRAIN_MS), and the CPU sampler, which would sample the job
+ * all that time past the window's end (and keep CPython's trampoline on,
+ * which costs every Python call), stops at once. */
 static void stop_sources(void)
 {
-    for (int i = 0; i < g.nsrc; i++)
-        if (g.src[i].started && g.src[i].s->stop)
-            g.src[i].s->stop(g.src[i].s->ctx);
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < g.nsrc; i++)
+            if (g.src[i].started && g.src[i].s->stop && (strcmp(g.src[i].name, "gpu") == 0) == pass)
+                g.src[i].s->stop(g.src[i].s->ctx);
 }
 
 static int any_poll(void)

@@ -939,6 +939,14 @@ static void cpu_stop(void *ctx)
     cpu_ctx *c = ctx;
     if (!c->active)
         return;
+    /* the trampoline off first: each Python call pays for it until the
+     * main thread runs the request (frames entered with it stay named) */
+    if (c->py_tramp) {
+        if (!tb_pytramp_describe(c->py_desc, sizeof(c->py_desc)))
+            c->py_desc[0] = '\0';
+        tb_pytramp_request(0);
+        c->py_tramp = 0;
+    }
     for (size_t i = 0; i < c->nthreads; i++)
         if (c->threads[i].fd >= 0)
             ioctl(c->threads[i].fd, PERF_EVENT_IOC_DISABLE, 0);
@@ -949,12 +957,6 @@ static void cpu_stop(void *ctx)
     }
     c->nthreads = 0;
     c->active = 0;
-    if (c->py_tramp) {
-        if (!tb_pytramp_describe(c->py_desc, sizeof(c->py_desc)))
-            c->py_desc[0] = '\0';
-        tb_pytramp_request(0);
-        c->py_tramp = 0;
-    }
 }
 
 static void cpu_thread_created(void *ctx, int tid)

@@ -304,6 +304,30 @@ class CpuPythonTrampoline(PythonsCase):
                 # the map CPython wrote for our trampolines goes with the process
                 self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
 
+    def test_off_at_the_window_end_while_the_gpu_drains(self):
+        # the GPU source's stop can take seconds (CUPTI waits for GPU work
+        # still running; here a fake CUPTI whose cuptiActivityDisable takes
+        # 700 ms): the CPU sampler stops first, so the trampoline goes off
+        # at the window's end, not after the GPU's stop (before: the 140
+        # iterations of those 700 ms with it on, at its cost per call)
+        fake = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
+        if not os.path.exists(fake):
+            self.skipTest("built without CUPTI")
+        script = os.path.join(self.tmp, "empty_script")
+        open(script, "w").close()
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                prof, pid, iters, _ = self.run_tramp(
+                    python, "drain-" + version, args=("3",),
+                    LD_PRELOAD=tbtest.with_shim(tbtest.preload_value(), tbtest.BARE_LIBCUDA),
+                    TBPROF_GPU="on", TBPROF_CUPTI_PATH=fake, TBFAKE_CUPTI_SCRIPT=script, TBFAKE_CUPTI_DISABLE_MS="700")
+                self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats)
+                on = [i for i, (cap, _) in enumerate(iters) if cap]
+                self.assertTrue(on, "no iteration while capturing")
+                after = iters[on[-1] + 2:]
+                self.assertGreater(len(after), 100, "the job ended too soon after the window")  # (1.5 s)
+                self.assertEqual([a for _, a in after if a], [], "trampoline on after the window")
+
     def test_capture_cut_by_the_exit(self):
         # the window (10 s) outlasts the job (1.5 s): the capture is written
         # at exit with the Python names from the map, and the map CPython
