@@ -48,6 +48,9 @@
 #else
 #define POLL_MS 20
 #endif
+/* a GPU source waiting for CUDA looks this often where no source polls
+ * (each wake-up costs ~50 us of the agent's CPU on a VM) */
+#define CUDA_WAIT_POLL_MS 50
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
 #define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping: no boundary for this long */
 
@@ -1434,8 +1437,9 @@ static int compute_timeout(int64_t now)
         /* armed too: the sources run from step first-1 on, and a CPU ring
          * not drained then is full when the window begins (which the job's
          * thread marks without waking this one: the next poll finds it) */
-        if ((any_poll() || gpu_waiting()) && now + POLL_MS * 1000000LL < until)
-            until = now + POLL_MS * 1000000LL;
+        int64_t every = any_poll() ? POLL_MS : gpu_waiting() ? CUDA_WAIT_POLL_MS : 0;
+        if (every && now + every * 1000000LL < until)
+            until = now + every * 1000000LL;
     }
     if (until == INT64_MAX)
         return -1;
