@@ -421,39 +421,36 @@ static void end_waiting(void)
  * calls tb_agent_exit) run only after every atexit handler. So once the GPU
  * source has started, which in nearly every job is after CUDA came up, an
  * atexit handler of ours goes in too: it runs before the runtime's and
- * flushes CUPTI while the contexts still exist. Agent thread only. */
+ * flushes CUPTI while the contexts still exist. A source that started
+ * before the runtime initialised (at PyTorch's import, when its runtime
+ * library loaded, or just as the driver loaded) registered before it: the
+ * hook goes in once more a second after the driver (libcuda) is first seen
+ * with the source on, after the runtime's (handlers run last in, first
+ * out; tb_agent_exit twice waits once). At most twice per process. Agent
+ * thread only; `driver`: cuda_loaded(CUDA_DRIVER), looked at without
+ * g.lock. */
 static void exit_hook(void) { tb_agent_exit(); }
 
-static void exit_hook_install(void)
-{
-    static int installed;
-    for (int i = 0; i < g.nsrc && !installed; i++)
-        if (g.src[i].started && !strcmp(g.src[i].name, "gpu")) {
-            installed = 1;
-            if (atexit(exit_hook))
-                tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
-        }
-}
-
-/* A GPU source started late (start_late) came up within 20 ms of libcuda
- * loading, while the runtime may still be initialising and not have
- * registered its teardown yet: the hook goes in once more a second later,
- * after it (atexit handlers run last in, first out; tb_agent_exit twice
- * waits once). Once per process. Agent thread. */
 #define EXIT_HOOK_AGAIN_NS 1000000000LL
-static int64_t exit_hook_again_at; /* mono ns; 0: none due */
+static int exit_hook_done; /* both in */
 
-static void exit_hook_again(int64_t now, int late_start)
+static void exit_hook_install(int64_t now, int driver)
 {
-    static int done;
-    if (late_start && !done) {
-        done = 1;
-        exit_hook_again_at = now + EXIT_HOOK_AGAIN_NS;
-    } else if (exit_hook_again_at && now >= exit_hook_again_at) {
-        exit_hook_again_at = 0;
-        if (atexit(exit_hook))
-            tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
-    }
+    static int first;
+    static int64_t driver_at;
+    int gpu = 0;
+    for (int i = 0; i < g.nsrc; i++)
+        gpu |= g.src[i].started && !strcmp(g.src[i].name, "gpu");
+    if (exit_hook_done || !gpu)
+        return;
+    int add = !first;
+    first = 1;
+    if (driver && !driver_at)
+        driver_at = now;
+    if (driver_at && now - driver_at >= EXIT_HOOK_AGAIN_NS)
+        add = exit_hook_done = 1;
+    if (add && atexit(exit_hook))
+        tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
 }
 
 /* The GPU source last: its stop waits for GPU work still running (up to
@@ -1596,6 +1593,8 @@ static void machine(void)
      * loader's, and a job thread loading a library may be in our code */
     struct src *wait = gpu_waiting();
     int cuda_now = wait && cuda_loaded(CUDA_ANY);
+    int st = atomic_load_explicit(&a_state, memory_order_acquire);
+    int driver = !exit_hook_done && (st == TB_STATE_ARMED || st == TB_STATE_CAPTURING) && cuda_loaded(CUDA_DRIVER);
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.tw.at && now >= g.tw.at)
@@ -1606,7 +1605,7 @@ static void machine(void)
         pthread_mutex_unlock(&g.lock);
         term_install();
         start_sources();
-        exit_hook_install();
+        exit_hook_install(tb_mono_ns(), cuda_loaded(CUDA_DRIVER));
         pthread_mutex_lock(&g.lock);
         g.sources_starting = 0;
         g.sources_started = 1;
@@ -1624,13 +1623,12 @@ static void machine(void)
         (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
         pthread_mutex_unlock(&g.lock);
         start_late(wait);
-        exit_hook_install();
-        exit_hook_again(tb_mono_ns(), wait->started);
+        exit_hook_install(tb_mono_ns(), cuda_loaded(CUDA_DRIVER));
         pthread_mutex_lock(&g.lock);
         now = tb_mono_ns();
     }
-    if (g.state == TB_STATE_CAPTURING)
-        exit_hook_again(now, 0);
+    if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.sources_started)
+        exit_hook_install(now, driver);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
         request_stop(g.cur.deadline);
     if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {

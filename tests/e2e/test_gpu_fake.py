@@ -725,7 +725,7 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         # as above, in a job that loaded CUDA (step 3) after the capture
         # began (step 2) and whose runtime registered its teardown after GPU
         # tracing came up (step 4): tbprof's exit hook goes in again a
-        # second after the late start, so at the exit (step 40) its flush
+        # second after it saw the driver, so at the exit (step 40) its flush
         # still comes before the teardown
         ms = 50
         p = self.run_steps(["-n", "60", "-m", str(ms), "-L", "3", "-C", "-X", "40", "-r"], steps="2,100",
