@@ -418,38 +418,44 @@ static void end_waiting(void)
 
 /* exit() during a capture: a CUDA runtime tears its contexts down from an
  * atexit handler registered when it initialised, and ELF destructors (ours
- * calls tb_agent_exit) run only after every atexit handler. So once the GPU
- * source has started, which in nearly every job is after CUDA came up, an
+ * calls tb_agent_exit) run only after every atexit handler. So when the
+ * GPU source starts, which in nearly every job is after CUDA came up, an
  * atexit handler of ours goes in too: it runs before the runtime's and
  * flushes CUPTI while the contexts still exist. A source that started
  * before the runtime initialised (at PyTorch's import, when its runtime
- * library loaded, or just as the driver loaded) registered before it: the
- * hook goes in once more a second after the driver (libcuda) is first seen
- * with the source on, after the runtime's (handlers run last in, first
- * out; tb_agent_exit twice waits once). At most twice per process. Agent
- * thread only; `driver`: cuda_loaded(CUDA_DRIVER), looked at without
- * g.lock. */
+ * library loaded; when the driver loaded) registered before it, and when
+ * the runtime gets there is not known (the first .cuda() may be much
+ * later; cuInit takes seconds on some machines): the hook goes in again
+ * each second of the capture's first EXIT_HOOK_SPAN_S with the source on
+ * (handlers run last in, first out; tb_agent_exit twice waits once). At
+ * most EXIT_HOOKS_MAX per process, a few bytes each. Agent thread only. */
 static void exit_hook(void) { tb_agent_exit(); }
 
-#define EXIT_HOOK_AGAIN_NS 1000000000LL
-static int exit_hook_done; /* both in */
+#define EXIT_HOOK_SPAN_S 10
+#define EXIT_HOOKS_MAX 256
+static struct {
+    int n;          /* registered in this process */
+    int64_t gpu_at; /* mono ns the GPU source started, this capture (0: not on) */
+    int64_t last;   /* the last registration, mono ns */
+} hooks;
 
-static void exit_hook_install(int64_t now, int driver)
+/* now: mono ns; started: the GPU source has just started (0: a turn of
+ * the capture). */
+static void exit_hook_install(int64_t now, int started)
 {
-    static int first;
-    static int64_t driver_at;
     int gpu = 0;
     for (int i = 0; i < g.nsrc; i++)
         gpu |= g.src[i].started && !strcmp(g.src[i].name, "gpu");
-    if (exit_hook_done || !gpu)
+    if (!gpu || hooks.n >= EXIT_HOOKS_MAX)
         return;
-    int add = !first;
-    first = 1;
-    if (driver && !driver_at)
-        driver_at = now;
-    if (driver_at && now - driver_at >= EXIT_HOOK_AGAIN_NS)
-        add = exit_hook_done = 1;
-    if (add && atexit(exit_hook))
+    if (started)
+        hooks.gpu_at = now;
+    else if (!hooks.gpu_at || now - hooks.gpu_at > EXIT_HOOK_SPAN_S * 1000000000LL ||
+             now - hooks.last < 1000000000LL)
+        return;
+    hooks.n++;
+    hooks.last = now;
+    if (atexit(exit_hook))
         tb_debug("atexit refused: a capture at exit is flushed from the destructor only");
 }
 
@@ -1593,8 +1599,6 @@ static void machine(void)
      * loader's, and a job thread loading a library may be in our code */
     struct src *wait = gpu_waiting();
     int cuda_now = wait && cuda_loaded(CUDA_ANY);
-    int st = atomic_load_explicit(&a_state, memory_order_acquire);
-    int driver = !exit_hook_done && (st == TB_STATE_ARMED || st == TB_STATE_CAPTURING) && cuda_loaded(CUDA_DRIVER);
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.tw.at && now >= g.tw.at)
@@ -1605,7 +1609,7 @@ static void machine(void)
         pthread_mutex_unlock(&g.lock);
         term_install();
         start_sources();
-        exit_hook_install(tb_mono_ns(), cuda_loaded(CUDA_DRIVER));
+        exit_hook_install(tb_mono_ns(), 1);
         pthread_mutex_lock(&g.lock);
         g.sources_starting = 0;
         g.sources_started = 1;
@@ -1623,12 +1627,12 @@ static void machine(void)
         (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
         pthread_mutex_unlock(&g.lock);
         start_late(wait);
-        exit_hook_install(tb_mono_ns(), cuda_loaded(CUDA_DRIVER));
+        exit_hook_install(tb_mono_ns(), 1);
         pthread_mutex_lock(&g.lock);
         now = tb_mono_ns();
     }
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.sources_started)
-        exit_hook_install(now, driver);
+        exit_hook_install(now, 0);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
         request_stop(g.cur.deadline);
     if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
@@ -2542,6 +2546,7 @@ void tb_agent_fork_child(void)
         g.src[i].started = 0;
         g.src[i].waiting = 0;
     }
+    memset(&hooks, 0, sizeof(hooks)); /* (the parent's stay registered: they return at once here) */
     if (g.term_installed)
         term_uninstall();
     set_stop_req(0);

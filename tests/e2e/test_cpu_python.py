@@ -321,14 +321,17 @@ class CpuPythonTrampoline(PythonsCase):
         for version, python in self.pythons:
             with self.subTest(python=version):
                 prof, pid, iters, _ = self.run_tramp(
-                    python, "drain-" + version, args=("3",),
+                    python, "drain-" + version, args=("4",),
                     LD_PRELOAD=tbtest.with_shim(tbtest.preload_value(), tbtest.BARE_LIBCUDA),
                     TBPROF_GPU="on", TBPROF_CUPTI_PATH=fake, TBFAKE_CUPTI_SCRIPT=script, TBFAKE_CUPTI_DISABLE_MS="700")
                 self.assertNotIn("tbprof_gpu_off_reason", prof.host.stats)
+                self.assertTrue(prof.host.stats.get("tbprof_python_trampoline", "").startswith("on during the capture"),
+                                prof.host.stats)
                 on = [i for i, (cap, _) in enumerate(iters) if cap]
                 self.assertTrue(on, "no iteration while capturing")
+                self.assertTrue(any(a for _, a in iters[on[0] + 1:on[-1] + 1]), "trampoline never on")
                 after = iters[on[-1] + 2:]
-                self.assertGreater(len(after), 100, "the job ended too soon after the window")  # (1.5 s)
+                self.assertGreater(len(after), 100, "the job ended too soon after the window")  # (2.5 s)
                 self.assertEqual([a for _, a in after if a], [], "trampoline on after the window")
 
     def test_capture_cut_by_the_exit(self):

@@ -722,22 +722,27 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertNotIn("finalize", log)
 
     def test_exit_mid_capture_after_a_late_gpu_start(self):
-        # as above, in a job that loaded CUDA (step 3) after the capture
-        # began (step 2) and whose runtime registered its teardown after GPU
-        # tracing came up (step 4): tbprof's exit hook goes in again a
-        # second after it saw the driver, so at the exit (step 40) its flush
-        # still comes before the teardown
-        ms = 50
-        p = self.run_steps(["-n", "60", "-m", str(ms), "-L", "3", "-C", "-X", "40", "-r"], steps="2,100",
-                           cuda="path")
-        xs = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(xs), 1, p.stderr)
-        prof = tbtest.load(xs[0])
-        self.check_profile(prof)
-        self.assertGreater(prof.host.stats.get("tbprof_gpu_start_delay_ns", 0), 0)
-        log = [l[0] for l in self.fake_log()]
-        self.assertIn("teardown", log)
-        self.assertLess(log.index("flush"), log.index("teardown"), log)
+        # as above, in a job that loaded CUDA (step 3: the driver, or only a
+        # runtime, as PyTorch's import does) after the capture began (step
+        # 2) and whose runtime registered its teardown after GPU tracing
+        # came up (step 4): tbprof's exit hook goes in again each second of
+        # the capture's first 10 s with the GPU on, so at the exit (step 40)
+        # its flush still comes before the teardown
+        for name, lib in (("driver", "libcuda.so.1"),
+                          ("runtime", os.path.join(tbtest.BUILD, "fakecuda", "libcudart.so"))):
+            with self.subTest(name):
+                self.logdir = os.path.join(self.tmp, name)
+                self.report = os.path.join(self.tmp, name + ".log")
+                p = self.run_steps(["-n", "60", "-m", "50", "-L", "3", "-C", "-X", "40", "-r"], steps="2,100",
+                                   cuda="path", TBTEST_CUDA_LIB=lib)
+                xs = tbtest.xplanes(self.logdir)
+                self.assertEqual(len(xs), 1, p.stderr)
+                prof = tbtest.load(xs[0])
+                self.check_profile(prof)
+                self.assertGreater(prof.host.stats.get("tbprof_gpu_start_delay_ns", 0), 0)
+                log = [l[0] for l in self.fake_log()]
+                self.assertIn("teardown", log)
+                self.assertLess(log.index("flush"), log.index("teardown"), log)
 
     def test_exit_waits_once_for_a_slow_write(self):
         # as above, but the profile cannot be written within the 2 s bound
