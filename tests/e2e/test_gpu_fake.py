@@ -844,7 +844,8 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.host_only(reason, cuda=False)
         self.assertFalse(os.path.exists(self.report) and self.fake_log(), "libcupti was loaded")
         self.logdir = os.path.join(self.tmp, "info")
-        p = self.run_steps(["-n", "14", "-m", "3"], launch=False, log="info", cuda=None, steps="2,4;8,10")
+        ms = 5 * relutil.sanitizer_slowdown()  # (the first write must end before step 12 under TSan)
+        p = self.run_steps(["-n", "20", "-m", str(ms)], launch=False, log="info", cuda=None, steps="2,3;12,13")
         self.assertEqual(len(tbtest.xplanes(self.logdir)), 2, p.stderr)
         said = [l for l in p.stderr.splitlines() if "gpu source off: this process did not load CUDA" in l]
         self.assertEqual(len(said), 1, p.stderr)
