@@ -263,6 +263,16 @@ static int cuda_loaded(int mask);
  * aside, where the CPU sampler runs too. */
 static size_t gpu_share(size_t rest) { return rest / 4 * 3; }
 
+/* Source x is off for this capture (x->why): said once per process at
+ * `level`, *once the flag of that level. */
+static void say_off(struct src *x, int *once, tb_log_level level)
+{
+    if (*once)
+        return;
+    *once = 1;
+    tb_log(level, "%s source off: %s (capturing without it)", x->name, x->why);
+}
+
 /* Start source x; a failure is kept in x->why and warned about once (the
  * GPU source starts only in a process that has loaded CUDA: start_sources,
  * start_late). */
@@ -272,10 +282,7 @@ static void start_one(struct src *x, const tb_capture_info *info)
     int rc = x->s->start(x->s->ctx, info, &why);
     if (rc < 0) {
         x->why = why ? why : strerror(-rc);
-        if (!x->warned) {
-            x->warned = 1;
-            tb_warn("%s source off: %s (capturing without it)", x->name, x->why);
-        }
+        say_off(x, &x->warned, TB_LOG_WARN);
         return;
     }
     x->started = 1;
@@ -346,6 +353,22 @@ static void start_sources(void)
     tb_stdio_release(held);
 }
 
+/* The started sources but x and NVTX (whose share is fixed) told to grow
+ * within `bytes` from now on (tb_source.rebudget); the most one of them
+ * kept (what it holds already, where that is more), 0 for none. */
+static size_t rebudget_others(const struct src *x, size_t bytes)
+{
+    size_t most = 0;
+    for (int i = 0; i < g.nsrc; i++) {
+        struct src *y = &g.src[i];
+        if (y != x && y->started && y->s->rebudget && strcmp(y->name, "nvtx")) {
+            size_t kept = y->s->rebudget(y->s->ctx, bytes);
+            most = kept > most ? kept : most;
+        }
+    }
+    return most;
+}
+
 /* The GPU source waits for CUDA (start_sources) and the process has now
  * loaded it: start it, with its share of the buffer taken back from the
  * sources that got it meanwhile (what they hold already stays theirs).
@@ -359,14 +382,9 @@ static void start_late(struct src *x)
     for (int i = 0; i < g.nsrc; i++)
         others_on |= &g.src[i] != x && g.src[i].enabled && strcmp(g.src[i].name, "nvtx");
     size_t want = others_on ? gpu_share(g.share_rest) : g.share_rest, others = g.share_rest - want;
-    for (int i = 0; i < g.nsrc; i++) {
-        struct src *y = &g.src[i];
-        if (y != x && y->started && y->s->rebudget && strcmp(y->name, "nvtx")) {
-            size_t kept = y->s->rebudget(y->s->ctx, others);
-            if (kept > others) /* rings and samples it already holds */
-                want = kept < g.share_rest ? g.share_rest - kept : 0;
-        }
-    }
+    size_t kept = rebudget_others(x, others);
+    if (kept > others) /* rings and samples they already hold */
+        want = kept < g.share_rest ? g.share_rest - kept : 0;
     tb_capture_info info = g.start_info;
     info.begin_ns = tb_real_ns();
     info.buffer_bytes = want > ((size_t)1 << 20) ? want : (size_t)1 << 20;
@@ -374,9 +392,7 @@ static void start_late(struct src *x)
     start_one(x, &info);
     tb_stdio_release(held);
     if (!x->started) { /* the others keep all of it, as where the GPU did not start at once */
-        for (int i = 0; i < g.nsrc; i++)
-            if (&g.src[i] != x && g.src[i].started && g.src[i].s->rebudget && strcmp(g.src[i].name, "nvtx"))
-                g.src[i].s->rebudget(g.src[i].s->ctx, g.share_rest);
+        rebudget_others(x, g.share_rest);
         return;
     }
     /* how far into the window tracing was on (CUPTI's first load can take
@@ -410,10 +426,7 @@ static void end_waiting(void)
     x->waiting = 0;
     x->why = cuda_loaded(CUDA_ANY) ? "this process loaded CUDA only as the capture ended"
                                    : "this process did not load CUDA (libcudart or libcuda) during the capture";
-    if (!x->said) {
-        x->said = 1;
-        tb_info("%s source off: %s (capturing without it)", x->name, x->why);
-    }
+    say_off(x, &x->said, TB_LOG_INFO);
 }
 
 /* exit() during a capture: a CUDA runtime tears its contexts down from an
