@@ -120,6 +120,14 @@ def with_cuda(e):
     return e
 
 
+def with_cuda_path(e):
+    """Environment e with BARE_LIBCUDA's folder first on LD_LIBRARY_PATH:
+    the program can dlopen("libcuda.so.1") (steps -L, doctor's child)."""
+    old = e.get("LD_LIBRARY_PATH")
+    e["LD_LIBRARY_PATH"] = os.path.dirname(BARE_LIBCUDA) + (":" + old if old else "")
+    return e
+
+
 def env(logdir=None, preload=True, python=False, **tbprof):
     e = dict(os.environ)
     for k in list(e):

@@ -384,9 +384,8 @@ class ProfileData:
             f.write(SCRIPT.splitlines()[0] + "\n" + "\n".join(
                 l for l in SCRIPT.splitlines() if "corr=202" in l) + "\n")
         logdir = os.path.join(self.tmp, "logs")
-        e = tbtest.env(logdir, gpu="on", cupti_path=FAKE, duration="60")
-        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "3000",
-                  "LD_LIBRARY_PATH": os.path.dirname(tbtest.BARE_LIBCUDA)})
+        e = tbtest.with_cuda_path(tbtest.env(logdir, gpu="on", cupti_path=FAKE, duration="60"))
+        e.update({"TBFAKE_CUPTI_SCRIPT": script, "TBFAKE_CUPTI_AT_LAUNCH": "1", "TBFAKE_CUPTI_REPEAT": "3000"})
         p = tbtest.run([tbtest.prog("steps"), "-G", "-n", "10", "-m", str(20 * relutil.sanitizer_slowdown()),
                         "-L", "0"], env=e)
         self.assertExitedOk(p)

@@ -24,7 +24,7 @@ FAKE = os.path.join(tbtest.BUILD, "fakecupti", "libcupti.so")
 FAKE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudadrv", "libcuda.so.1")
 # a libcuda.so.1 with no functions: the program has loaded CUDA, which GPU
 # tracing waits for (a launcher or CPU-only tool never loads CUPTI)
-BARE_LIBCUDA = os.path.join(tbtest.BUILD, "fakecudabare", "libcuda.so.1")
+BARE_LIBCUDA = tbtest.BARE_LIBCUDA
 
 # Times are microseconds after the program launches its GPU work: the tests
 # run the fake with TBFAKE_CUPTI_AT_LAUNCH=1 and steps -G, which calls the
@@ -289,8 +289,7 @@ class GpuFake(tbtest.TestCase):
         if cuda == "preload" and "libcuda.so" not in (shim or ""):
             shim = BARE_LIBCUDA + (":" + shim if shim else "")
         elif cuda == "path":
-            e["LD_LIBRARY_PATH"] = os.path.dirname(BARE_LIBCUDA) + (":" + e["LD_LIBRARY_PATH"]
-                                                                   if e.get("LD_LIBRARY_PATH") else "")
+            tbtest.with_cuda_path(e)
         if shim:
             e["LD_PRELOAD"] = relutil.with_shim(e["LD_PRELOAD"], shim)
         return e

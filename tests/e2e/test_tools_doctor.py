@@ -19,8 +19,7 @@ class Doctor(tbtest.TestCase):
         test capture to load, as on a machine with a driver."""
         env = tbtest.env()
         if cuda:
-            env["LD_LIBRARY_PATH"] = ":".join([os.path.dirname(tbtest.BARE_LIBCUDA)] +
-                                              ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+            tbtest.with_cuda_path(env)
         env.update(extra)
         env["TMPDIR"] = self.tmp
         env["TBPROF_LOGDIR"] = logdir or os.path.join(self.tmp, "logs")
