@@ -99,22 +99,41 @@ int tb_env_path_add(const char *var, const char *add, int front, const char *sep
     return rc;
 }
 
-int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start)
+/* /proc/PID/stat read into buf: the text after the command name (field 3,
+ * the state, on), the name itself in comm (may be NULL); NULL where /proc
+ * does not say (gone, hidden). The name may hold spaces and parentheses:
+ * it ends at the last ')'. */
+static char *proc_stat_read(int pid, char *buf, size_t n, char *comm, size_t ncomm)
 {
-    char path[64], buf[1024];
+    char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", pid);
     FILE *f = fopen(path, "re");
-    size_t k = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    size_t k = f ? fread(buf, 1, n - 1, f) : 0;
     if (f)
         fclose(f);
     buf[k] = '\0';
     char *open = strchr(buf, '('), *close = strrchr(buf, ')');
     if (!open || !close || close < open)
-        return -1;
+        return NULL;
     if (comm)
         snprintf(comm, ncomm, "%.*s", (int)(close - open - 1), open + 1);
+    return close + 1;
+}
+
+int tb_proc_stat(int pid, char *state, int *ppid)
+{
+    char buf[1024];
+    const char *p = proc_stat_read(pid, buf, sizeof(buf), NULL, 0);
+    return p && sscanf(p, " %c %d", state, ppid) == 2 ? 0 : -1;
+}
+
+int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start)
+{
+    char buf[1024];
+    char *p = proc_stat_read(pid, buf, sizeof(buf), comm, ncomm), *end;
+    if (!p)
+        return -1;
     /* after "pid (comm) ": state is field 3, starttime field 22 */
-    char *p = close + 1, *end;
     unsigned long long ticks = 0;
     for (int field = 3; field <= 22; field++) {
         while (*p == ' ')
@@ -130,6 +149,7 @@ int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start)
     long hz = sysconf(_SC_CLK_TCK);
     unsigned long long btime = 0;
     char line[256];
+    FILE *f;
     if ((f = fopen("/proc/stat", "re"))) {
         while (fgets(line, sizeof(line), f))
             if (!strncmp(line, "btime ", 6))

@@ -45,6 +45,9 @@ void tb_stdio_release(unsigned held);
  * gives is whole seconds). 0, or -1 when it cannot tell. */
 #include <time.h>
 int tb_proc_start(int pid, char *comm, size_t ncomm, time_t *start);
+/* Process pid's state letter ('R', 'S', 'Z', ...) and parent, from the
+ * same file: 0, or -1 where /proc does not say (gone, hidden). */
+int tb_proc_stat(int pid, char *state, int *ppid);
 
 /* Copy len bytes of this process's memory at addr into dst: 0, or -1 when
  * they are not all mapped now. Read with process_vm_readv, so that an

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "ctl.h"
 #include "profile.h"
+#include "util.h"
 
 #define MAX_TARGETS 1024
 #define ALIGN_LEAD_S 1.0 /* several processes: the window starts about this far ahead */
@@ -199,31 +200,11 @@ static int status_of(pid_t pid, char *ans, size_t n)
     return 0;
 }
 
-/* Process pid's state letter and parent from /proc/PID/stat: 0, or -1
- * where /proc does not say (gone, hidden). */
-static int proc_stat(pid_t pid, char *state, pid_t *ppid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -1;
-    size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[k] = '\0';
-    const char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-    int pp = 0;
-    if (!p || sscanf(p + 1, " %c %d", state, &pp) != 2)
-        return -1;
-    *ppid = (pid_t)pp;
-    return 0;
-}
-
 static pid_t parent_of(pid_t pid)
 {
     char state;
-    pid_t ppid;
-    return proc_stat(pid, &state, &ppid) == 0 ? ppid : 0;
+    int ppid;
+    return tb_proc_stat((int)pid, &state, &ppid) == 0 ? (pid_t)ppid : 0;
 }
 
 /* A socket can outlive its process in /proc/net/unix: a forked child
@@ -234,8 +215,8 @@ static int alive(pid_t pid)
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return 0;
     char state;
-    pid_t ppid;
-    if (proc_stat(pid, &state, &ppid) < 0)
+    int ppid;
+    if (tb_proc_stat((int)pid, &state, &ppid) < 0)
         return 1; /* hidden /proc: kill() said it exists */
     return state != 'Z' && state != 'X';
 }
