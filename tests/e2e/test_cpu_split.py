@@ -140,8 +140,11 @@ class CpuManyThreads(tbtest.TestCase):
         cpusamples.skip_if_perf_refused(self)
 
     def run_mix(self, nidle, **kw):
-        env = tbtest.env(self.logdir, cpu="on", delay=0.5, duration=1.0, **kw)
-        p = tbtest.run([tbtest.prog("idle_busy"), str(nidle), "4", "2.0"], env=env, timeout=120)
+        # (times scaled under a sanitizer: under TSan the 124 threads came up
+        # late in the window, and the busy ones had 9-20 samples)
+        k = relutil.sanitizer_slowdown()
+        env = tbtest.env(self.logdir, cpu="on", delay=0.5 * k, duration=1.0 * k, **kw)
+        p = tbtest.run([tbtest.prog("idle_busy"), str(nidle), "4", str(2.0 * k)], env=env, timeout=120)
         self.assertExitedOk(p)
         if "cannot map a ring buffer" in p.stderr:  # not root: perf_event_mlock_kb, RLIMIT_MEMLOCK
             self.skipTest("the locked-memory limit caps the rings here")
