@@ -445,7 +445,7 @@ static void poke(void)
 
 void tb_pytramp_request(int on)
 {
-    int refused = 0;
+    int refused = 0, finalizing = 0;
     pthread_mutex_lock(&lk);
     if (!resolved)
         resolved = resolve() ? 1 : -1;
@@ -465,15 +465,19 @@ void tb_pytramp_request(int on)
         if (!atomic_exchange(&queued, 1) && py.add_pending_call(sync_cb, NULL) != 0) {
             atomic_store(&queued, 0);
             refused = 1;
+            finalizing = py.is_finalizing && py.is_finalizing();
         }
     }
     int pending = atomic_load(&queued);
     pthread_mutex_unlock(&lk);
     if (pending)
         poke();
+    /* (a queue of 32, ours one at most: full of other code's calls the
+     * main thread has not run, or shutting down) */
     if (refused)
-        tb_warn_once("python: the interpreter's pending-call queue is full; the perf trampoline %s until "
+        tb_warn_once("python: the interpreter refused our pending call (%s); the perf trampoline %s until "
                      "the next capture's request gets through",
+                     finalizing ? "it is shutting down" : "its pending-call queue is full",
                      on ? "stays off for this capture" : "stays on");
 }
 

@@ -105,11 +105,11 @@ static void init(void)
     else if (nvtx_why)
         tb_agent_add_source("nvtx", tb_nvtx_source(), 0, nvtx_why);
 #ifdef TBPROF_WITH_CUPTI
-    tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "off (TBPROF_GPU=off)");
+    tb_agent_add_source("gpu", tb_gpu_source(), c.gpu, c.gpu ? NULL : "TBPROF_GPU=off");
 #else
-    tb_agent_add_source("gpu", NULL, 0, c.gpu ? "tbprof built without CUPTI" : "off (TBPROF_GPU=off)");
+    tb_agent_add_source("gpu", NULL, 0, c.gpu ? "tbprof built without CUPTI" : "TBPROF_GPU=off");
 #endif
-    tb_agent_add_source("cpu", tb_cpu_source(), c.cpu, c.cpu ? NULL : "off (TBPROF_CPU=off)");
+    tb_agent_add_source("cpu", tb_cpu_source(), c.cpu, c.cpu ? NULL : "TBPROF_CPU=off");
     pthread_atfork(tb_agent_fork_prepare, tb_agent_fork_parent, tb_agent_fork_child);
     tb_agent_init(&c, 0);
 }
