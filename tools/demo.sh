@@ -8,10 +8,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${TBPROF_DEMO_BUILD:-$root/build}
 logdir=${1:-logs}
-echo "== setup (apt packages, if missing)"
-bash "$root/tools/setup.sh"
-echo "== build ($build)"
-bash "$root/tools/build.sh" "$build"
+if [ -z "${TBPROF_DEMO_BUILT:-}" ]; then  # (set: $build is built already; tests/e2e/test_readme.py)
+  echo "== setup (apt packages, if missing)"
+  bash "$root/tools/setup.sh"
+  echo "== build ($build)"
+  bash "$root/tools/build.sh" "$build"
+fi
 tbprof=$build/bin/tbprof
 gpu=--no-gpu
 [ -e /dev/nvidiactl ] && gpu=--gpu

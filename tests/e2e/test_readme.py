@@ -1,8 +1,11 @@
 """test_readme.py - the README says what the code does: its env table is the
 one `tbprof help env --markdown` generates from the config table, and the
-quick-start commands it names exist and are executable."""
+quick-start commands it names exist and are executable, and the first of them
+(tools/demo.sh) does what the README says it does."""
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +61,32 @@ class Readme(tbtest.TestCase):
         for c in cmds:
             path = os.path.join(tbtest.SRC, c)
             self.assertTrue(os.access(path, os.X_OK), "%s is not executable" % c)
+
+    def test_demo_shows_what_the_readme_says(self):
+        """tools/demo.sh, past its setup and build (this build, already
+        made): two runs under the logdir, the C run's steps 3, 4 and 5 on a
+        thread line, and `tbprof ls`, `dump` and `summary` printed on it."""
+        self.need_cli()
+        if tbtest.SANITIZE:
+            self.skipTest("the demo runs the default build (its programs under a sanitizer: other suites)")
+        env = dict(os.environ, TBPROF_DEMO_BUILD=tbtest.BUILD, TBPROF_DEMO_BUILT="1")
+        for k in [k for k in env if k.startswith("TBPROF_") and not k.startswith("TBPROF_DEMO_")]:
+            del env[k]  # (a test runner's TBPROF_* would change the demo's captures)
+        r = subprocess.run(["bash", os.path.join(tbtest.SRC, "tools", "demo.sh"), self.logdir], cwd=self.tmp,
+                           env=env, capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+        for part in ("== tbprof ls", "== tbprof dump", "== tbprof summary", "Steps: 3 captured",
+                     "tensorboard --logdir " + self.logdir):
+            self.assertIn(part, r.stdout)
+        runs = sorted(os.listdir(os.path.join(self.logdir, "plugins", "profile")))
+        self.assertEqual(runs, ["demo_c", "demo_python"] if shutil.which("python3") else ["demo_c"])
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual([os.path.basename(os.path.dirname(f)) for f in files], runs)
+        for f in files:
+            p = tbtest.load(f)
+            self.assertEqual([n for n, _e, _l in p.steps()], [3, 4, 5], f)
+            self.assertIsNotNone(p.host, f)
+        self.assertEqual(tbtest.leftovers(self.logdir), [])
 
 
 if __name__ == "__main__":
