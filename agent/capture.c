@@ -264,13 +264,13 @@ static int cuda_loaded(int mask);
 static size_t gpu_share(size_t rest) { return rest / 4 * 3; }
 
 /* Source x is off for this capture (x->why): said once per process at
- * `level`, *once the flag of that level. */
-static void say_off(struct src *x, int *once, tb_log_level level)
+ * `level`, *once the flag of that level; ended: said as the capture ends. */
+static void say_off(struct src *x, int *once, tb_log_level level, int ended)
 {
     if (*once)
         return;
     *once = 1;
-    tb_log(level, "%s source off: %s (capturing without it)", x->name, x->why);
+    tb_log(level, "%s source off: %s (%s without it)", x->name, x->why, ended ? "the capture went" : "capturing");
 }
 
 /* Start source x; a failure is kept in x->why and warned about once (the
@@ -282,7 +282,7 @@ static void start_one(struct src *x, const tb_capture_info *info)
     int rc = x->s->start(x->s->ctx, info, &why);
     if (rc < 0) {
         x->why = why ? why : strerror(-rc);
-        say_off(x, &x->warned, TB_LOG_WARN);
+        say_off(x, &x->warned, TB_LOG_WARN, 0);
         return;
     }
     x->started = 1;
@@ -337,14 +337,17 @@ static void start_sources(void)
             info.buffer_bytes = !strcmp(x->name, "gpu") ? gpu_share(rest) : rest - gpu_share(rest);
         else
             info.buffer_bytes = rest;
-        if (i == gpu && !cuda_loaded(CUDA_ANY)) {
+        if (i == gpu && !cuda_loaded(CUDA_DRIVER)) {
             /* a launcher, a tool or a CPU-only program of the job (they
              * inherit TBPROF_*), or a job that has not come to CUDA yet (a
              * capture from start-up): no CUPTI, which would look for a
-             * libcupti beside a CUDA not loaded yet, or bring the driver up
-             * itself. The agent thread starts it when a CUDA runtime or
-             * the driver appears (start_late): PyTorch loads its runtime at
-             * `import torch`, long before its first kernel. */
+             * libcupti beside a CUDA not loaded yet, and may bring the
+             * driver up itself. The agent thread starts it once the driver
+             * is loaded (start_late), not at a runtime alone: PyTorch loads
+             * its runtime at `import torch`, and a process that imports
+             * torch without using the GPU (a launcher, a compile worker, a
+             * parent that forks the GPU's users: CUDA does not survive a
+             * fork) must not have the driver initialised under it. */
             x->waiting = 1;
             continue;
         }
@@ -399,10 +402,14 @@ static void start_late(struct src *x)
      * seconds; a window still armed then has lost nothing) */
     int64_t t1 = tb_mono_ns();
     pthread_mutex_lock(&g.lock);
-    int64_t late = g.state == TB_STATE_CAPTURING && t1 > g.cur.begin ? t1 - g.cur.begin : 0;
+    int capturing = g.state == TB_STATE_CAPTURING;
+    int64_t late = capturing && t1 > g.cur.begin ? t1 - g.cur.begin : 0;
     g.cur.gpu_late_ns = late;
     pthread_mutex_unlock(&g.lock);
-    tb_info("gpu source on %.2f s into the capture, once the process loaded CUDA", late / 1e9);
+    if (capturing)
+        tb_info("gpu source on %.2f s into the capture, once the process loaded CUDA", late / 1e9);
+    else
+        tb_info("gpu source on before the window began, once the process loaded CUDA");
 }
 
 /* The GPU source still waiting for CUDA (start_sources), or NULL. Agent
@@ -424,9 +431,11 @@ static void end_waiting(void)
     if (!x)
         return;
     x->waiting = 0;
-    x->why = cuda_loaded(CUDA_ANY) ? "this process loaded CUDA only as the capture ended"
-                                   : "this process did not load CUDA (libcudart or libcuda) during the capture";
-    say_off(x, &x->said, TB_LOG_INFO);
+    x->why = cuda_loaded(CUDA_DRIVER)    ? "this process loaded CUDA only as the capture ended"
+             : cuda_loaded(CUDA_RUNTIME) ? "this process loaded a CUDA runtime but did not start the driver "
+                                           "(libcuda) during the capture: it had not used the GPU yet"
+                                         : "this process did not load CUDA (libcudart or libcuda) during the capture";
+    say_off(x, &x->said, TB_LOG_INFO, 1);
 }
 
 /* exit() during a capture: a CUDA runtime tears its contexts down from an
@@ -435,10 +444,9 @@ static void end_waiting(void)
  * GPU source starts, which in nearly every job is after CUDA came up, an
  * atexit handler of ours goes in too: it runs before the runtime's and
  * flushes CUPTI while the contexts still exist. A source that started
- * before the runtime initialised (at PyTorch's import, when its runtime
- * library loaded; when the driver loaded) registered before it, and when
- * the runtime gets there is not known (the first .cuda() may be much
- * later; cuInit takes seconds on some machines): the hook goes in again
+ * as the driver loaded (a capture from start-up) registered before the
+ * runtime's own, and when the runtime gets there is not known (it loads
+ * the driver first; cuInit takes seconds on some machines): the hook goes in again
  * each second of the capture's first EXIT_HOOK_SPAN_S with the source on
  * (handlers run last in, first out; tb_agent_exit twice waits once). At
  * most EXIT_HOOKS_MAX per process, a few bytes each. Agent thread only. */
@@ -459,7 +467,7 @@ static void exit_hook_install(int64_t now, int started)
     int gpu = 0;
     for (int i = 0; i < g.nsrc; i++)
         gpu |= g.src[i].started && !strcmp(g.src[i].name, "gpu");
-    if (!gpu || hooks.n >= EXIT_HOOKS_MAX)
+    if (!gpu || hooks.n >= EXIT_HOOKS_MAX || atomic_load(&a_stop_req)) /* (not while exit() runs) */
         return;
     if (started)
         hooks.gpu_at = now;
@@ -1599,8 +1607,8 @@ static int cuda_loaded(int mask)
         return 1;
     struct cuda_look l = {.adds = atomic_load(&last_adds), .first = 1};
     dl_iterate_phdr(cuda_look_cb, &l);
+    have = atomic_fetch_or(&seen, l.found) | l.found; /* before the count: a look that stops at it sees these */
     atomic_store(&last_adds, l.adds);
-    have = atomic_fetch_or(&seen, l.found) | l.found;
     return (have & mask) != 0;
 }
 
@@ -1611,7 +1619,7 @@ static void machine(void)
     /* looked for before the lock: dl_iterate_phdr takes one of the
      * loader's, and a job thread loading a library may be in our code */
     struct src *wait = gpu_waiting();
-    int cuda_now = wait && cuda_loaded(CUDA_ANY);
+    int cuda_now = wait && cuda_loaded(CUDA_DRIVER);
     pthread_mutex_lock(&g.lock);
     int64_t now = tb_mono_ns();
     if (g.tw.at && now >= g.tw.at)
@@ -1637,7 +1645,7 @@ static void machine(void)
         pthread_cond_broadcast(&g.cond);
     }
     if (cuda_now && g.sources_started && !g.stop_req && !leaving_locked() &&
-        (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
+        (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !(g.cur.deadline && now >= g.cur.deadline)) {
         pthread_mutex_unlock(&g.lock);
         start_late(wait);
         exit_hook_install(tb_mono_ns(), 1);
@@ -2018,8 +2026,10 @@ int tb_agent_init(const tb_config *c, int disable)
     int need = serve || c->signal || g.tw.at;
     pthread_mutex_unlock(&g.lock);
     if (out && (had_windows || c->signal)) {
-        char r[32] = "no rank variable";
-        if (g.names.global_rank >= 0)
+        char r[64] = "no rank variable";
+        if (c->nranks < 0) /* (the config warned about the value) */
+            snprintf(r, sizeof(r), "TBPROF_RANKS not usable, so no rank is");
+        else if (g.names.global_rank >= 0)
             snprintf(r, sizeof(r), "rank %lld", (long long)g.names.global_rank);
         tb_info("%s, not one of TBPROF_RANKS: this process takes none of the environment's capture "
                 "windows%s", r, c->signal ? " and ignores the signal" : "");
@@ -2447,14 +2457,26 @@ static void windows_never_reached(void)
     static atomic_int said;
     pthread_mutex_lock(&g.lock);
     /* (ARMED: a step window waits for its first step, after its lead-in) */
-    int quiet = g.ncaptures || g.is_child || (g.state != TB_STATE_IDLE && g.state != TB_STATE_ARMED) || g.writing ||
-                g.rank_out;
+    int quiet = g.ncaptures || g.is_child || (g.state != TB_STATE_IDLE && g.state != TB_STATE_ARMED) || g.writing;
+    /* left out by TBPROF_RANKS: said at start-up (info); aloud only for a
+     * process that used the GPU with no rank variable at all (a job run
+     * without a launcher, whose TBPROF_RANKS=0 meant it) */
+    int unranked = g.rank_out && g.names.global_rank < 0 && g.cfg.nranks >= 0 &&
+                   (g.cfg.nwindows || g.cfg.duration_s > 0);
+    quiet |= g.rank_out && !unranked;
     int nwin = g.cfg.nwindows;
     int64_t tw_at = !g.tw.socket && !g.tw.k ? g.tw.at : 0; /* the env time window's first, not begun */
     double from_s = g.tw.from_s, dur_s = g.tw.dur_s;
     pthread_mutex_unlock(&g.lock);
-    if (quiet || (!nwin && !tw_at) || atomic_exchange(&said, 1))
+    if (quiet || (!nwin && !tw_at && !unranked) || atomic_exchange(&said, 1))
         return;
+    if (unranked) {
+        if (cuda_loaded(CUDA_DRIVER))
+            tb_warn("TBPROF_RANKS: this process used the GPU but has no rank variable (RANK, "
+                    "OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK, SLURM_PROCID), so it took none of the "
+                    "environment's capture windows; set RANK, or unset TBPROF_RANKS");
+        return;
+    }
     int64_t cur = atomic_load(&next_step) - 1;
     const tb_window *w = &g.cfg.windows[0];
     if (!tw_at && cur >= w->first)

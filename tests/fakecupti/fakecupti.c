@@ -161,6 +161,16 @@ static void report(const char *fmt, ...)
     fclose(f);
 }
 
+/* TBFAKE_CUPTI_LOADED=PATH: that file is created when this library is
+ * loaded (a test that no libcupti is loaded at all, before any call) */
+__attribute__((constructor)) static void mark_loaded(void)
+{
+    const char *p = getenv("TBFAKE_CUPTI_LOADED");
+    FILE *f = p && *p ? fopen(p, "a") : NULL;
+    if (f)
+        fclose(f);
+}
+
 static long envl(const char *n, long def)
 {
     const char *v = getenv(n);

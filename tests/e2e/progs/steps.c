@@ -42,8 +42,9 @@
  *        tbprof_start(); in a step where tbprof_capturing() is true, call the
  *        fake's tbfake_cupti_launch() until GPU tracing is on (bounded, 30 s)
  *   -L   at the start of step L, once tbprof_capturing(), dlopen
- *        ("libcuda.so.1", or the library $TBTEST_CUDA_LIB names): a job
- *        that comes to CUDA during a capture (-G launches from then on)
+ *        ("libcuda.so.1", or the library $TBTEST_CUDA_LIB names; A:B:...
+ *        one at each step from L on): a job that comes to CUDA during a
+ *        capture (-G launches from then on)
  *   -A   make one CUDA runtime call per step (the fake libcupti's
  *        tbfake_cuda_api, once the agent has loaded it), as a CUDA job
  *        does: CUPTI calls its subscriber back at its exit when asked to;
@@ -215,6 +216,9 @@ int main(int argc, char **argv)
         }
     }
     tbapi_init();
+    long cuda_last = cuda_at; /* -L: the step that loads the last of A:B:... (the driver) */
+    for (const char *l = getenv("TBTEST_CUDA_LIB"); cuda_at >= 0 && l && (l = strchr(l, ':')); l++)
+        cuda_last++;
     if (teardown && cuda_at < 0)
         atexit(cuda_teardown);
     if (edge) {
@@ -248,11 +252,21 @@ int main(int argc, char **argv)
         }
         if (api_a >= 0 && i == api_a && tb_start(0) == 0 && gpu)
             wait_until(tb_capturing, "tbprof_capturing()");
-        if (i == cuda_at) {
+        if (i == cuda_at)
             wait_until(tb_capturing, "tbprof_capturing() (-L)");
-            const char *lib = getenv("TBTEST_CUDA_LIB");
-            if (!dlopen(lib && *lib ? lib : "libcuda.so.1", RTLD_NOW | RTLD_GLOBAL))
-                fprintf(stderr, "-L: %s\n", dlerror());
+        if (cuda_at >= 0 && i >= cuda_at) {
+            const char *libs = getenv("TBTEST_CUDA_LIB");
+            char lib[512];
+            libs = libs && *libs ? libs : "libcuda.so.1";
+            for (long k = cuda_at; k < i && libs; k++) { /* the (i - L)th of A:B:... */
+                const char *colon = strchr(libs, ':');
+                libs = colon ? colon + 1 : NULL;
+            }
+            if (libs) {
+                snprintf(lib, sizeof(lib), "%.*s", (int)strcspn(libs, ":"), libs);
+                if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL))
+                    fprintf(stderr, "-L: %s\n", dlerror());
+            }
         }
         if (teardown && cuda_at >= 0 && i == cuda_at + 1)
             atexit(cuda_teardown);
@@ -265,7 +279,7 @@ int main(int argc, char **argv)
         }
         if (print_steps)
             printf("step %ld %lld %lld\n", (use_num ? off : 0) + i, (long long)t0, (long long)now_ns(CLOCK_REALTIME));
-        if (gpu && tb_capturing() && i >= cuda_at) {
+        if (gpu && tb_capturing() && i >= cuda_last) {
             if (!launched)
                 wait_until(fake_launch, "GPU tracing (tbfake_cupti_launch)");
             launched = 1;
