@@ -490,9 +490,32 @@ class Triggers(tbtest.TestCase):
                 e.update(extra)
                 p = tbtest.run([STEPS, "-n", "6", "-m", "2"], env=e)
                 self.assertExitedOk(p)
-                self.assertEqual(len(tbtest.xplanes(logdir)), n, p.stderr)
+                xs = tbtest.xplanes(logdir)
+                self.assertEqual([step_nums(tbtest.load(x)) for x in xs], [[2, 3]] * n, p.stderr)
                 said = [l for l in p.stderr.splitlines() if "not one of TBPROF_RANKS" in l]
                 self.assertEqual(len(said), 1 - n, p.stderr)
+        # at the default level a rank left out says nothing, nor does a
+        # process with no rank that did not use the GPU (a launcher); one
+        # that did (a job run without a launcher: TBPROF_RANKS=0 meant it)
+        # is warned about once, at its exit
+        for name, rank, cuda, warned in (("rank5", "5", True, 0), ("launcher", None, False, 0),
+                                         ("unranked", None, True, 1)):
+            with self.subTest(name):
+                logdir = os.path.join(self.tmp, "quiet-" + name)
+                e = tbtest.env(logdir, steps="2,3", ranks="0,2-4")
+                for k in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+                    e.pop(k, None)
+                if rank:
+                    e["RANK"] = rank
+                if cuda:
+                    tbtest.with_cuda(e)
+                p = tbtest.run([STEPS, "-n", "6", "-m", "2"], env=e)
+                self.assertExitedOk(p)
+                self.assertEqual(tbtest.xplanes(logdir), [])
+                w = tbtest.tbprof_warnings(p.stderr)
+                self.assertEqual(len(w), warned, p.stderr)
+                if warned:
+                    self.assertIn("TBPROF_RANKS: this process used the GPU but has no rank variable", w[0])
         # the same through `tbprof run --ranks`
         self.need_cli()
         for ranks, n in (("0", 1), ("1-7", 0)):
@@ -523,6 +546,13 @@ class Triggers(tbtest.TestCase):
         self.assertTrue(ans.startswith("capture started"), ans)
         self.assertEqual(len(tbtest.wait_for_xplanes(self.logdir, 1, timeout=30)), 1)
         out, err = self.finish(p)
+        # (a capture the signals had started would be a second profile, or
+        # would have made the socket's request busy)
+        xs = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(xs), 1, err)
+        prof = tbtest.load(xs[0])
+        self.assertEqual(len(step_nums(prof)), 3)
+        self.assertIn("socket steps=3", prof.host.stats["tbprof_trigger"])
         self.assertEqual(len([l for l in err.splitlines() if "signal ignored" in l]), 1, err)
         self.assertEqual(len([l for l in err.splitlines() if "rank 1, not one of TBPROF_RANKS" in l]), 1, err)
 

@@ -5,6 +5,7 @@ quick-start commands it names exist and are executable, and the first of them
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -64,30 +65,48 @@ class Readme(tbtest.TestCase):
 
     def test_demo_shows_what_the_readme_says(self):
         """tools/demo.sh, past its setup and build (this build, already
-        made): two runs under the logdir, the C run's steps 3, 4 and 5 on a
-        thread line, and `tbprof ls`, `dump` and `summary` printed on it."""
+        made): two runs under the logdir, each with steps 3, 4 and 5, and
+        what `tbprof ls`, `dump` and `summary` print of them."""
         self.need_cli()
         if tbtest.SANITIZE:
             self.skipTest("the demo runs the default build (its programs under a sanitizer: other suites)")
         env = dict(os.environ, TBPROF_DEMO_BUILD=tbtest.BUILD, TBPROF_DEMO_BUILT="1")
         for k in [k for k in env if k.startswith("TBPROF_") and not k.startswith("TBPROF_DEMO_")]:
             del env[k]  # (a test runner's TBPROF_* would change the demo's captures)
-        r = subprocess.run(["bash", os.path.join(tbtest.SRC, "tools", "demo.sh"), self.logdir], cwd=self.tmp,
-                           env=env, capture_output=True, text=True, timeout=240)
-        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
-        for part in ("== tbprof ls", "== tbprof dump", "== tbprof summary", "Steps: 3 captured",
-                     "tensorboard --logdir " + self.logdir):
-            self.assertIn(part, r.stdout)
+        p = subprocess.Popen(["bash", os.path.join(tbtest.SRC, "tools", "demo.sh"), self.logdir], cwd=self.tmp,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # (the script's children too)
+            out, err = p.communicate()
+            self.fail("tools/demo.sh still running after 240 s:\n" + out[-3000:] + err[-3000:])
+        self.assertEqual(p.returncode, 0, out[-3000:] + err[-3000:])
         runs = sorted(os.listdir(os.path.join(self.logdir, "plugins", "profile")))
         self.assertEqual(runs, ["demo_c", "demo_python"] if shutil.which("python3") else ["demo_c"])
         files = tbtest.xplanes(self.logdir)
         self.assertEqual([os.path.basename(os.path.dirname(f)) for f in files], runs)
         for f in files:
-            p = tbtest.load(f)
-            self.assertEqual([n for n, _e, _l in p.steps()], [3, 4, 5], f)
-            self.assertIsNotNone(p.host, f)
+            prof = tbtest.load(f)
+            self.assertEqual([n for n, _e, _l in prof.steps()], [3, 4, 5], f)
+            # (CPython's perf map of the Python run goes with its process)
+            pid = re.search(r"\.pid(\d+)\.xplane\.pb$", f)
+            if pid:
+                self.assertFalse(os.path.exists("/tmp/perf-%s.map" % pid.group(1)))
         self.assertEqual(tbtest.leftovers(self.logdir), [])
-
+        # what the tools printed: the sections the script heads
+        heads = r"^== (?:tbprof \w+|C workload|Python workload)"  # (summary prints its own "== host" lines)
+        parts = dict(re.findall(r"^== (\w+ \w+)[^\n]*\n(.*?)(?=%s|\Z)" % heads, out, re.S | re.M))
+        for run in runs:
+            self.assertRegex(parts.get("tbprof ls", ""), r"(?m)^%s\b" % run)
+        self.assertEqual(len(re.findall(r"\.xplane\.pb +\d+ bytes +\d+ events", parts.get("tbprof ls", ""))),
+                         len(runs))
+        dump = parts.get("tbprof dump", "")
+        self.assertRegex(dump, r"plane \d+ /host:CPU: \d+ lines")
+        self.assertRegex(dump, r"(?m)^ +3 +[\d.]+ ms +train$")
+        self.assertIn("Steps: 3 captured", parts.get("tbprof summary", ""))
+        self.assertIn("tensorboard --logdir " + self.logdir, out)
 
 if __name__ == "__main__":
     tbtest.main()

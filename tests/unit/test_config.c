@@ -307,8 +307,12 @@ static void rank_forms(void)
     strcat(many, ",9999");
     const char *bad[] = {"", " ", ",", "0,", ",0", "1-", "-1", "3-2", "a", "0;1", "1-2-3", "0 1", "all,3",
                          "99999999999999999999", many};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) { /* refused, the outputs as they were */
+        n = 42;
+        r[0].lo = r[0].hi = 77;
         CHECK(tb_parse_ranks(bad[i], r, TB_MAX_RANK_RANGES, &n) < 0);
+        CHECK(n == 42 && r[0].lo == 77 && r[0].hi == 77);
+    }
     /* which processes take the environment's windows */
     const char *env[] = {"TBPROF_RANKS", "0,8-15", NULL};
     tb_config c;
