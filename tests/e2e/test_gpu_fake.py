@@ -714,11 +714,16 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         xs = tbtest.xplanes(self.logdir)
         self.assertEqual(len(xs), 1, p.stderr)
         self.check_profile(tbtest.load(xs[0]))
+        self.assert_flushed_before_teardown()
+
+    def assert_flushed_before_teardown(self):
+        """The fake CUPTI's log: tbprof's flush before the runtime's
+        teardown, nothing pending then, and no detach while the process
+        exits (CUDA is tearing down)."""
         log = [l[0] for l in self.fake_log()]
         self.assertIn("teardown", log)
         self.assertLess(log.index("flush"), log.index("teardown"), log)
         self.assertEqual(self.fake_log()[log.index("teardown")], ["teardown", "pending=0"])
-        # no detach while the process exits (CUDA is tearing down)
         self.assertNotIn("domain", log)
         self.assertNotIn("finalize", log)
 
@@ -742,12 +747,7 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
                 prof = tbtest.load(xs[0])
                 self.check_profile(prof)
                 self.assertGreater(prof.host.stats.get("tbprof_gpu_start_delay_ns", 0), 0)
-                log = [l[0] for l in self.fake_log()]
-                self.assertIn("teardown", log)
-                self.assertLess(log.index("flush"), log.index("teardown"), log)
-                self.assertEqual(self.fake_log()[log.index("teardown")], ["teardown", "pending=0"])
-                self.assertNotIn("domain", log)
-                self.assertNotIn("finalize", log)
+                self.assert_flushed_before_teardown()
 
     def test_exit_waits_once_for_a_slow_write(self):
         # as above, but the profile cannot be written within the 2 s bound
