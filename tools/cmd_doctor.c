@@ -15,6 +15,7 @@
  * Exit status: 0 all ready, 1 one of them off, 2 no profile came back. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
@@ -59,6 +60,59 @@ static int work(void)
     } while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 1000000000L);
     (void)acc;
     return 0;
+}
+
+/* A libcupti in python3's packages (pip's nvidia-cuda-cupti, which PyTorch
+ * and JAX wheels bring: nvidia/cu13/lib, nvidia/cuda_cupti/lib), newest
+ * major first, into out; 0 when found. A machine with pip CUDA and no
+ * toolkit has no other: a Python job loads that one itself, a plain
+ * program needs TBPROF_CUPTI_PATH. */
+static int pip_cupti(char *out, size_t n)
+{
+    static const char code[] =
+        "import glob,os,re,site\n"
+        "d=site.getsitepackages()+[site.getusersitepackages()]\n"
+        "f=[p for x in d for p in glob.glob(os.path.join(x,'nvidia','*','lib','libcupti.so.*'))]\n"
+        "def major(p):\n"
+        "    m=re.search(r'\\.so\\.(\\d+)',p)\n"
+        "    return int(m.group(1)) if m else 0\n"
+        "print(max(f,key=major) if f else '')\n";
+    int fd[2];
+    if (pipe(fd) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]);
+        close(fd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]);
+        close(fd[1]);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, 2);
+        execlp("python3", "python3", "-I", "-c", code, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t got = 0;
+    ssize_t r;
+    while (got + 1 < n && (r = read(fd[0], out + got, n - 1 - got)) != 0) {
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    out[got] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+    return out[0] == '/' ? 0 : -1;
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -247,7 +301,27 @@ int cmd_doctor(int argc, char **argv)
     fflush(stdout);
     int rc = 2;
     tb_profset ps;
-    if (run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0) {
+    int ok = run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0;
+    /* no libcupti for a plain program (no toolkit), TBPROF_CUPTI_PATH
+     * unset: a machine with pip's CUDA has one in python3's packages, which
+     * PyTorch and JAX jobs load themselves; the capture again with it */
+    const char *why = NULL;
+    char pip[PATH_MAX];
+    const tb_plane *h = ok ? tb_space_find_plane(ps.profs[0].space, TB_HOST_PLANE) : NULL;
+    if (h && host_stat(h, TB_ST_GPU_OFF_REASON, &why, NULL) && why && !strncmp(why, "libcupti not found", 18) &&
+        !getenv("TBPROF_CUPTI_PATH") && pip_cupti(pip, sizeof(pip)) == 0) {
+        printf("  libcupti       none for a plain program (no CUDA toolkit); python3's packages have %s, "
+               "which PyTorch and JAX jobs load themselves (a CUDA program: TBPROF_CUPTI_PATH=%s); "
+               "testing with it\n",
+               pip, pip);
+        fflush(stdout);
+        tb_profset_free(&ps);
+        nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+        ok = mkdir(dir, 0700) == 0 || errno == EEXIST;
+        setenv("TBPROF_CUPTI_PATH", pip, 1);
+        ok = ok && run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0;
+    }
+    if (ok) {
         printf("  agent          ready: a profile was written\n");
         rc = report(ps.profs[0].space);
         tb_profset_free(&ps);

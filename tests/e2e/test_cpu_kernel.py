@@ -89,8 +89,9 @@ class CpuKernel(tbtest.TestCase):
         # thread CPU clock around read_zero is exact, and its time is
         # nearly all kernel: the kernel samples are measured against that
         self.assertAlmostEqual(kernel / n, read_truth, delta=0.12)
-        # (a sanitizer's run on a loaded machine drifted 13 points here)
-        self.assertAlmostEqual(read / n, read_truth, delta=0.15 if tbtest.SANITIZE else 0.07)
+        # (a sanitizer's run on a loaded machine drifted 13 points here, the
+        # default build's 10 with other tests running beside it)
+        self.assertAlmostEqual(read / n, read_truth, delta=0.15 if tbtest.SANITIZE else 0.12)
         self.assertGreater(kernel, read * 0.8)
         # "[kernel]" is a leaf on the user stack it ran for: under the
         # system call made by read_zero

@@ -498,7 +498,8 @@ class ProfileData:
                                    r"CUPTI dropped 0; pool ran out 0; start wait [\d.]+ ms; "
                                    r"drain [\d.]+ ms, all complete; incomplete records 0; buffers kept 0; "
                                    r"odd kernel records 0; "
-                                   r"teardown on: cuptiFinalize after the capture.*; slow calls: none\n")
+                                   r"teardown on: cuptiFinalize after the capture.*; host calls sharing a "
+                                   r"correlation id: 0 of [1-9]\d* \(none\); sync events .*; slow calls: none\n")
         # a protobuf runtime too new for the packed xplane_pb2 (protoc 3.21):
         # the same XSpace built from the descriptor inside it, same answer
         f = run_check("capture", self.xplane, TBGPU_PB_FALLBACK="1")
@@ -563,7 +564,7 @@ class ProfileData:
                                    r"launches per step differ: \['[^']+ [\d.]+ -> [\d.]+'\]\n")
 
     def test_after_capture(self):
-        # 4a: step times after a capture within 2% of no tbprof, from a
+        # 4a: step times after a capture within 5% of no tbprof, from a
         # capture that detached CUPTI; slower, or teardown off, fails
         def times(name, ms):
             path = os.path.join(self.tmp, name)
@@ -574,7 +575,7 @@ class ProfileData:
         c = run_check("after_capture", self.xplane, fast, none, slow)
         self.assertEqual(c.returncode, 0, c.stdout + c.stderr)
         self.assertIn("RESULT idle_after_capture PASS steps 10..29 after a capture of 3..7: 10.100 ms vs none "
-                      "10.000 ms (limit +2%); CUPTI left attached (TBPROF_CUPTI_TEARDOWN=off): 11.500 ms; "
+                      "10.000 ms (limit +5%); CUPTI left attached (TBPROF_CUPTI_TEARDOWN=off): 11.500 ms; "
                       "teardown on: cuptiFinalize", c.stdout)
         c = run_check("after_capture", self.xplane, slow, none, slow)
         self.assertEqual(c.returncode, 1, c.stdout)

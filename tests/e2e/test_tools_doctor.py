@@ -5,6 +5,7 @@ CPU sampling refused by a seccomp filter (cpu_noperf) is named too."""
 
 import os
 import re
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,41 @@ class Doctor(tbtest.TestCase):
             self.assertEqual(gpu, "off: libcupti not found at TBPROF_CUPTI_PATH=%s" % missing)
         else:
             self.assertTrue(gpu.startswith("off: "), gpu)
+
+    def test_libcupti_from_python_packages(self):
+        # a machine with pip's CUDA and no toolkit (the usual PyTorch box):
+        # no libcupti for a plain program, but python3's packages have one
+        # (nvidia/cu13/lib), which PyTorch and JAX jobs load themselves: the
+        # doctor says so, names it for TBPROF_CUPTI_PATH, and tests with it.
+        # A python3 first on PATH stands in for that environment's; the
+        # toolkit here, if any, is hidden in a mount namespace
+        if not os.path.exists(FAKE):
+            self.skipTest("built without CUPTI")
+        wrap = []
+        if os.path.exists("/usr/local/cuda"):
+            if os.geteuid() != 0 or not shutil.which("unshare"):
+                self.skipTest("a CUDA toolkit here, and no mount namespace to hide it")
+            empty = os.path.join(self.tmp, "empty")
+            os.mkdir(empty)
+            wrap = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /usr/local/cuda && exec "$@"', empty]
+        pybin = os.path.join(self.tmp, "pybin")
+        os.mkdir(pybin)
+        pip = os.path.join(self.tmp, "site-packages", "nvidia", "cu13", "lib", "libcupti.so.13")
+        os.makedirs(os.path.dirname(pip))
+        shutil.copy(FAKE, pip)
+        with open(os.path.join(pybin, "python3"), "w") as f:
+            f.write("#!/bin/sh\necho %s\n" % pip)
+        os.chmod(os.path.join(pybin, "python3"), 0o755)
+        p = self.doctor(wrap=wrap, PATH=pybin + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        self.assertRegex(self.line(p, "libcupti"), r"^none for a plain program \(no CUDA toolkit\); python3's "
+                         r"packages have %s, which PyTorch and JAX jobs load themselves" % re.escape(pip))
+        self.assertRegex(self.line(p, "GPU tracing"), r"^ready: %s " % re.escape(pip))
+        # without one there either: off, naming the search
+        with open(os.path.join(pybin, "python3"), "w") as f:
+            f.write("#!/bin/sh\necho\n")
+        p = self.doctor(wrap=wrap, PATH=pybin + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        self.assertNotIn("  libcupti ", p.stdout)
+        self.assertRegex(self.line(p, "GPU tracing"), r"^off: libcupti not found \(not loaded, TBPROF_CUPTI_PATH unset")
 
     def test_no_driver(self):
         # a machine without a CUDA driver: the child cannot load libcuda, so
