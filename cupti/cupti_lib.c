@@ -138,6 +138,7 @@ static int resolve(tb_cupti_lib *l)
     REQ(ActivityGetNumDroppedRecords, "cuptiActivityGetNumDroppedRecords");
     REQ(GetTimestamp, "cuptiGetTimestamp");
     OPT(ActivityRegisterTimestampCallback, "cuptiActivityRegisterTimestampCallback");
+    OPT(ActivityEnableAndDump, "cuptiActivityEnableAndDump");
     OPT(SetThreadIdType, "cuptiSetThreadIdType");
     OPT(GetThreadIdType, "cuptiGetThreadIdType");
     OPT(GetResultString, "cuptiGetResultString");

@@ -24,6 +24,7 @@ typedef struct tb_cupti_lib {
     CUptiResult (*GetTimestamp)(uint64_t *);
     /* optional (NULL when this libcupti lacks them) */
     CUptiResult (*ActivityRegisterTimestampCallback)(CUpti_TimestampCallbackFunc);
+    CUptiResult (*ActivityEnableAndDump)(CUpti_ActivityKind);
     CUptiResult (*SetThreadIdType)(CUpti_ActivityThreadIdType);
     CUptiResult (*GetThreadIdType)(CUpti_ActivityThreadIdType *);
     CUptiResult (*GetResultString)(CUptiResult, const char **);

@@ -854,6 +854,10 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
                  tb_cupti_result_str(g.lib, r));
         goto fail;
     }
+    /* the count is since its last read, which may have been another
+     * client's session: read now, so the capture's is its own */
+    size_t stale = 0;
+    (void)g.lib->ActivityGetNumDroppedRecords(NULL, 0, &stale);
     g.nenabled = 0;
     r = g.lib->ActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
     if (r != CUPTI_SUCCESS) {
@@ -871,7 +875,17 @@ static int gpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (g.lib->ActivityEnableAllSyncRecords)
         g.lib->ActivityEnableAllSyncRecords(0);
     for (size_t i = 0; i < sizeof(optional_kinds) / sizeof(optional_kinds[0]); i++) {
-        r = g.lib->ActivityEnable(optional_kinds[i]);
+        /* devices and contexts: CUPTI emits their records as the driver
+         * starts and as a context is made, long before a capture mid-run;
+         * "and dump" hands over those that exist now (which GPU each
+         * context is: syncs and copies of contexts the window's kernels do
+         * not name are placed on their device) */
+        CUpti_ActivityKind k = optional_kinds[i];
+        int dump = g.lib->ActivityEnableAndDump &&
+                   (k == CUPTI_ACTIVITY_KIND_DEVICE || k == CUPTI_ACTIVITY_KIND_CONTEXT);
+        r = dump ? g.lib->ActivityEnableAndDump(k) : CUPTI_ERROR_NOT_SUPPORTED;
+        if (r != CUPTI_SUCCESS)
+            r = g.lib->ActivityEnable(k);
         if (r == CUPTI_SUCCESS)
             g.enabled[g.nenabled++] = optional_kinds[i];
         else
@@ -1065,6 +1079,7 @@ static int gpu_collect(void *ctx, tb_space *space)
         g.last.graph_uncorrelated = c.graph_uncorrelated;
         g.last.kernels = c.kernels;
         g.last.odd_kernels = c.odd_kernels;
+        g.last.launches = c.launches;
         ctx_unplaced = c.contexts_unplaced;
         syncs_unknown = c.syncs_gpu_unknown;
         if (c.api_quiet)
@@ -1108,6 +1123,16 @@ static int gpu_collect(void *ctx, tb_space *space)
                       (unsigned long long)g.last.odd_kernels, (unsigned long long)g.last.kernels,
                       g.last.cupti_api_version, (unsigned)CUPTI_API_VERSION);
     }
+    /* launches in the window and not one kernel, none dropped: a CUPTI
+     * that records API calls but no GPU work (reported of a CUDA 13.0
+     * CUPTI once detached and attached again, as tbprof does between
+     * captures) */
+    if (g.last.launches >= 8 && !g.last.kernels && !g.last.cupti_dropped && !g.last.pool_exhausted)
+        tb_space_warn(space,
+                      "%llu kernel launches recorded but no kernel: this libcupti (CUPTI API %u) traced no GPU "
+                      "work in this capture%s; TBPROF_CUPTI_TEARDOWN=off keeps CUPTI attached between captures",
+                      (unsigned long long)g.last.launches, g.last.cupti_api_version,
+                      atomic_load(&finalized) > 0 ? " (it had been detached and attached again)" : "");
     if (g.last.graph_uncorrelated) {
         tb_space_warn(space,
                       "%llu CUDA-graph events written without correlation ids (no flows, no NVTX ranges): "

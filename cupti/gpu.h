@@ -27,6 +27,7 @@ typedef struct tb_gpu_stats {
     uint64_t buffers_prefaulted; /* buffers poll() faulted in before CUPTI got them */
     uint64_t graph_uncorrelated; /* CUDA-graph events written without correlation_id (gpu.c) */
     uint64_t kernels, odd_kernels; /* kernel records, and those that did not read as kernels */
+    uint64_t launches;             /* kernel and graph launch calls recorded */
     int used_timestamp_callback; /* 1: CUPTI timestamps were CLOCK_MONOTONIC-based */
     uint32_t cupti_api_version;  /* cuptiGetVersion(), 0 when unknown */
     const char *subscribed_with; /* the call that subscribed ("cuptiSubscribe", ...) */

@@ -134,6 +134,7 @@ struct tb_cupti_tr {
         int64_t meta;   /* the call's event metadata */
         int memory;     /* api_is_memory(its name) */
         int graph;      /* a graph launch: cudaGraphLaunch*, cuGraphLaunch* */
+        int launch;     /* a kernel or graph launch */
     } *api[2];          /* [runtime/driver][cbid] */
     /* caches */
     kname_slot *kn;
@@ -886,6 +887,7 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
                 return;
             slot.memory = api_is_memory(buf);
             slot.graph = strncmp(buf, "cudaGraphLaunch", 15) == 0 || strncmp(buf, "cuGraphLaunch", 13) == 0;
+            slot.launch = slot.graph || strncmp(buf, "cudaLaunch", 10) == 0 || strncmp(buf, "cuLaunch", 8) == 0;
         }
         slot.looked = 1;
         if (cache)
@@ -900,6 +902,7 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         return;
     if (add_span(t, l, slot.meta, a->start, a->end) < 0)
         return;
+    t->c.launches += slot.launch != 0;
     if (slot.graph && t->o.graph_corr_unreliable) {
         t->c.graph_uncorrelated++;
         return;

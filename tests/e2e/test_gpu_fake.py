@@ -314,6 +314,9 @@ class GpuFake(tbtest.TestCase):
             elif l[0] == "disable":
                 on.discard(l[1])
         self.assertEqual(on, set(), "activity kinds left enabled after the capture: %s" % on)
+        # devices and contexts made before the capture: enabled "and dumped"
+        # (CUPTI hands over their records now, not only as they are made)
+        self.assertEqual(sorted(l[1] for l in log if l[0] == "enable_dump"), sorted(["8", "9"] * captures), log)
         ends = {"finalize": [l for l in log if l[0] == "finalize"],
                 "unsubscribe": [l for l in log if l[0] == "unsubscribe" and l[1] == "1"]}
         self.assertEqual(len(ends[how]), captures, log)
@@ -429,6 +432,35 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertEqual(got, [(101, "relu_kernel"), (102, "sgemm_128x64")])
         calls = sorted(e.stats["correlation_id"] for e in prof.host.events() if "correlation_id" in e.stats)
         self.assertEqual(calls, [101, 102])
+
+    def test_enable_and_dump_refused(self):
+        # a CUPTI that refuses cuptiActivityEnableAndDump: devices and
+        # contexts enabled plainly, the capture whole
+        self.run_steps(["-n", "8", "-m", "10", "-r"], steps="2,4", TBFAKE_CUPTI_FAIL_DUMP="1")
+        log = self.fake_log()
+        self.assertEqual(sorted(l[1] for l in log if l[0] == "enable_dump"), ["8", "9"], log)
+        self.assertTrue({"8", "9"} <= {l[1] for l in log if l[0] == "enable" and l[2] == "0"}, log)
+        self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
+
+    def test_launches_without_kernels_are_named(self):
+        # a CUPTI that records the launch calls but no GPU work (reported
+        # of CUDA 13.0's once detached and attached again): the capture
+        # says so, with the setting that keeps CUPTI attached; with kernels,
+        # or with only a few launches, nothing is said
+        launches = "".join("runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=%d start=%d end=%d\n"
+                           % (300 + i, 1000 + 10 * i, 1004 + 10 * i) for i in range(10))
+        p, xs = self.capture_of(DEVICE + launches)
+        prof = tbtest.load(xs[0])
+        self.assertEqual(len([e for e in prof.host.events() if e.name == "cudaLaunchKernel"]), 10)
+        says = [w for w in prof.warnings if "kernel launches recorded but no kernel" in w]
+        self.assertEqual(len(says), 1, prof.warnings)
+        self.assertRegex(says[0], r"^10 kernel launches recorded but no kernel: this libcupti \(CUPTI API \d+\) "
+                                  r"traced no GPU work in this capture; TBPROF_CUPTI_TEARDOWN=off keeps")
+        self.assertEqual(len([l for l in tbtest.tbprof_warnings(p.stderr) if "no kernel:" in l]), 1, p.stderr)
+        for name, script in (("kernels", SCRIPT), ("few", DEVICE + "".join(launches.splitlines(True)[:7]))):
+            self.logdir = os.path.join(self.tmp, name)
+            _p, xs = self.capture_of(script)
+            self.assertEqual([w for w in tbtest.load(xs[0]).warnings if "no kernel" in w], [], name)
 
     def test_pool_let_go_when_nothing_is_written(self):
         # TBPROF_LOGDIR unusable (warned once at start-up): a capture still

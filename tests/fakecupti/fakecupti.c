@@ -34,6 +34,7 @@
  *   TBFAKE_CUPTI_FAIL_SUBSCRIBE=N cuptiSubscribe returns CUptiResult N
  *   TBFAKE_CUPTI_SUBSCRIBE_MS=N   cuptiSubscribe takes N ms (a slow first CUPTI start)
  *   TBFAKE_CUPTI_FAIL_ENABLE=N    cuptiActivityEnable(CONCURRENT_KERNEL) returns N
+ *   TBFAKE_CUPTI_FAIL_DUMP=1      cuptiActivityEnableAndDump refuses every kind
  *   TBFAKE_CUPTI_DISABLE_MS=N     cuptiActivityDisable(CONCURRENT_KERNEL) takes N ms
  *                                 (CUPTI 13.0 GA's deadlock, ended)
  *   TBFAKE_CUPTI_DROPPED=N        CUPTI reports N extra dropped records
@@ -677,6 +678,21 @@ API CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle s)
     report("unsubscribe %d", was);
     return was ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
 }
+
+API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k);
+
+#ifndef FAKE_OLD
+/* (an older CUPTI, FAKE_OLD, lacks it: tbprof falls back to the plain enable) */
+API CUptiResult cuptiActivityEnableAndDump(CUpti_ActivityKind k)
+{
+    if (envl("TBFAKE_CUPTI_FAIL_DUMP", 0)) { /* (a CUPTI that refuses it: tbprof enables plainly) */
+        report("enable_dump %d refused", (int)k);
+        return CUPTI_ERROR_NOT_COMPATIBLE;
+    }
+    report("enable_dump %d", (int)k);
+    return cuptiActivityEnable(k);
+}
+#endif
 
 API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k)
 {
