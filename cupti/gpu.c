@@ -1072,7 +1072,8 @@ static int gpu_collect(void *ctx, tb_space *space)
         rc = tb_cupti_tr_finish(t);
         tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
         g.last.records = c.records;
-        g.last.incomplete = c.bad_time;
+        g.last.incomplete = c.incomplete;
+        g.last.untimed = c.bad_time;
         g.last.cut_buffers = c.cut_buffers;
         g.last.cut_bytes = c.cut_bytes;
         g.last.buffers_completed = nd;
@@ -1177,6 +1178,14 @@ static int gpu_collect(void *ctx, tb_space *space)
                       "ended (waited %s)%s; raise TBPROF_GPU_DRAIN_MS",
                       (unsigned long long)g.last.incomplete, g.drain, cut);
     }
+    /* complete records without times: CUPTI's own note on kernel records
+     * says it had no device memory to time them (seen after millions of
+     * graph kernels), not work still running */
+    if (g.last.untimed)
+        tb_space_warn(space,
+                      "%llu GPU activity records left out: CUPTI gave them no timestamps (it records so when it "
+                      "lacks device memory to time them: many concurrent kernels or graph launches)",
+                      (unsigned long long)g.last.untimed);
     /* into the profile only: warned about at the first capture */
     if (g.last.cupti_api_version == CUPTI_API_13_0)
         tb_space_add_warning(space, CUPTI_DISABLE_DEADLOCK_ADVICE);

@@ -1291,7 +1291,7 @@ int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_
      * after it in this buffer is lost too: how many records is not known,
      * how many bytes is where CUPTI points at the record */
     if (rc != CUPTI_SUCCESS && rc != CUPTI_ERROR_MAX_LIMIT_REACHED) {
-        t->c.bad_time++;
+        t->c.incomplete++;
         t->c.cut_buffers++;
         if (r && r != prev && (uint8_t *)r > buf && (uint8_t *)r < buf + valid)
             t->c.cut_bytes += valid - (size_t)((uint8_t *)r - buf);

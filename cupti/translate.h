@@ -121,6 +121,7 @@ typedef struct tb_cupti_tr_counts {
     uint64_t api_quiet;          /* API records left out (tb_cupti_api_is_quiet) */
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
     uint64_t launches;           /* kernel and graph launch calls (cudaLaunch*, cuLaunch*, *GraphLaunch*) */
+    uint64_t incomplete;         /* incomplete records (work still running at a forced flush) */
     uint64_t cut_buffers;        /* buffers not read to their end (an incomplete record) */
     uint64_t cut_bytes;          /* their bytes from the incomplete record on (where known) */
     uint64_t contexts_unplaced;  /* records naming a context past the ones whose device is kept */

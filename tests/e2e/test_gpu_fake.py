@@ -442,6 +442,20 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertTrue({"8", "9"} <= {l[1] for l in log if l[0] == "enable" and l[2] == "0"}, log)
         self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
 
+    def test_untimed_records_are_not_called_running(self):
+        # a complete kernel record with no timestamps (CUPTI could not time
+        # it: no device memory) is left out and said to be that, not "still
+        # running, raise TBPROF_GPU_DRAIN_MS"
+        p, xs = self.capture_of(SCRIPT + "kernel name=untimed_kernel stream=7 corr=109 grid=1,1,1 block=32,1,1 "
+                                         "regs=8 untimed=1\n")
+        prof = tbtest.load(xs[0])
+        names = sorted(e.name for e in prof.plane("/device:GPU:0").events() if "kernel_details" in e.stats)
+        self.assertNotIn("untimed_kernel", names)
+        self.assertEqual(prof.host.stats.get("tbprof_gpu_incomplete_records"), 0)
+        self.assertEqual([w for w in prof.warnings if "GPU activity records left out" in w],
+                         ["1 GPU activity records left out: CUPTI gave them no timestamps (it records so when it "
+                          "lacks device memory to time them: many concurrent kernels or graph launches)"])
+
     def test_launches_without_kernels_are_named(self):
         # a CUPTI that records the launch calls but no GPU work (reported
         # of CUDA 13.0's once detached and attached again): the capture

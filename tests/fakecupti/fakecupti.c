@@ -14,6 +14,7 @@
  *   device   id= name= sms= cc=MAJ.MIN clock=kHz membw=KB/s memsize=bytes warp= maxwarps= maxblocks= regs= smem=
  *   context  ctx= dev=
  *   kernel   name= start= end= dev= ctx= stream= corr= grid=x,y,z block=x,y,z regs= ssmem= dsmem= graph=
+ *            untimed=1 (start and end 0: CUPTI could not time it)
  *   memcpy   kind=htod|dtoh|dtod|htoh|ptop src=pageable|pinned|device dst=... bytes= async=0|1 (+ times/ids)
  *   p2p      srcdev= dstdev= dev= (where it runs; default srcdev) srcctx= dstctx= (the contexts
  *            owning the memory; default 0) bytes= src= dst= async= (+ times/ids)
@@ -310,6 +311,8 @@ static void parse_line(char *line, uint64_t base, uint32_t corr_off)
             return;
         CUpti_ActivityKernel10 *x = &r->u.k;
         x->start = st, x->end = en, x->deviceId = dev, x->contextId = ctx, x->streamId = stream;
+        if (kvl(tok, ntok, "untimed", 0)) /* CUPTI had no device memory to time it: both 0 */
+            x->start = x->end = 0;
         x->correlationId = corr;
         kv3(tok, ntok, "grid", &x->gridX, &x->gridY, &x->gridZ);
         kv3(tok, ntok, "block", &x->blockX, &x->blockY, &x->blockZ);
@@ -474,7 +477,9 @@ static void shift_rec(rec *r, uint64_t dt, uint32_t dcorr)
 {
     switch (r->kind) {
     case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
-        r->u.k.start += dt, r->u.k.end += dt, r->u.k.correlationId += dcorr;
+        if (r->u.k.start) /* (0: untimed=1, as CUPTI writes it) */
+            r->u.k.start += dt, r->u.k.end += dt;
+        r->u.k.correlationId += dcorr;
         break;
     case CUPTI_ACTIVITY_KIND_MEMCPY:
         r->u.m.start += dt, r->u.m.end += dt, r->u.m.correlationId += dcorr;
