@@ -161,8 +161,58 @@ struct tb_cupti_tr {
     } *cm;
     size_t cm_mask, cm_used;
     uint32_t cm_last; /* the context noted last (+1; 0: none): the common case, no lookup */
+    /* correlation ids of runtime calls (prescan): a driver call made inside
+     * one has the same id, and only the runtime call, the one the job
+     * made, carries it (one flow to the GPU work, as Kineto draws it) */
+    uint32_t *rc;
+    size_t rc_mask, rc_used;
     tb_cupti_tr_counts c;
 };
+
+static size_t rc_slot(uint32_t id, size_t mask)
+{
+    return (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & mask;
+}
+
+/* Note runtime correlation id (non-zero); a failed growth keeps what is there. */
+static void rc_add(tb_cupti_tr *t, uint32_t id)
+{
+    if (!id)
+        return;
+    if (2 * (t->rc_used + 1) > (t->rc ? t->rc_mask + 1 : 0)) {
+        size_t n = t->rc ? 2 * (t->rc_mask + 1) : 1024;
+        uint32_t *b = calloc(n, sizeof(*b));
+        if (!b)
+            return;
+        for (size_t i = 0; t->rc && i <= t->rc_mask; i++)
+            if (t->rc[i]) {
+                size_t j = rc_slot(t->rc[i], n - 1);
+                while (b[j])
+                    j = (j + 1) & (n - 1);
+                b[j] = t->rc[i];
+            }
+        free(t->rc);
+        t->rc = b;
+        t->rc_mask = n - 1;
+    }
+    size_t j = rc_slot(id, t->rc_mask);
+    while (t->rc[j] && t->rc[j] != id)
+        j = (j + 1) & t->rc_mask;
+    if (!t->rc[j]) {
+        t->rc[j] = id;
+        t->rc_used++;
+    }
+}
+
+static int rc_has(const tb_cupti_tr *t, uint32_t id)
+{
+    if (!t->rc || !id)
+        return 0;
+    for (size_t j = rc_slot(id, t->rc_mask); t->rc[j]; j = (j + 1) & t->rc_mask)
+        if (t->rc[j] == id)
+            return 1;
+    return 0;
+}
 
 const char *tb_cupti_memory_kind_name(int kind)
 {
@@ -907,6 +957,10 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         t->c.graph_uncorrelated++;
         return;
     }
+    if (driver && rc_has(t, a->correlationId)) { /* inside a runtime call: that one carries the id */
+        t->c.api_nested++;
+        return;
+    }
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
     if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
         t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
@@ -1208,6 +1262,8 @@ void tb_cupti_tr_prescan(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_ne
     while (next(buf, valid, &r) == CUPTI_SUCCESS && r)
         if (r->kind == CUPTI_ACTIVITY_KIND_DEVICE || r->kind == CUPTI_ACTIVITY_KIND_CONTEXT)
             about_devices(t, r);
+        else if (r->kind == CUPTI_ACTIVITY_KIND_RUNTIME)
+            rc_add(t, ((const CUpti_ActivityAPI *)r)->correlationId);
 }
 
 void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
@@ -1524,5 +1580,6 @@ void tb_cupti_tr_free(tb_cupti_tr *t)
     marker_set_free(&t->me);
     free(t->sy);
     free(t->cm);
+    free(t->rc);
     free(t);
 }

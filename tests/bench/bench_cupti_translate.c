@@ -132,6 +132,13 @@ int main(int argc, char **argv)
         double t0 = now();
         int64_t got = 0;
         size_t off = 0;
+        /* as collect does: every buffer prescanned (devices, contexts, the
+         * runtime calls' correlation ids), then translated */
+        for (size_t c = 0; c < ncuts; c++) {
+            tb_cupti_tr_prescan(tr, buf + off, cuts[c] - off, next);
+            off = cuts[c];
+        }
+        off = 0;
         for (size_t c = 0; c < ncuts; c++) {
             got += tb_cupti_tr_buffer(tr, buf + off, cuts[c] - off, next);
             off = cuts[c];

@@ -442,6 +442,28 @@ kernel name=next_step_kernel start=400060 end=400080 stream=7 corr=104 grid=1,1,
         self.assertTrue({"8", "9"} <= {l[1] for l in log if l[0] == "enable" and l[2] == "0"}, log)
         self.check_profile(tbtest.load(tbtest.xplanes(self.logdir)[0]))
 
+    def test_driver_call_inside_a_runtime_call(self):
+        # CUPTI gives the driver call a runtime call makes the runtime
+        # call's correlation id: both are drawn, the id (and so the flow to
+        # the kernel) only on the runtime call; a driver call of the job's
+        # own (Triton's cuLaunchKernel) keeps its id
+        script = DEVICE + """\
+runtime name=cudaLaunchKernel_v7000 cbid=211 tid=main corr=101 start=1000 end=1010
+driver name=cuLaunchKernel cbid=307 tid=main corr=101 start=1002 end=1008
+kernel name=relu_kernel start=1020 end=1040 stream=7 corr=101 grid=80,1,1 block=512,1,1 regs=16
+driver name=cuLaunchKernel cbid=307 tid=main corr=102 start=1050 end=1056
+kernel name=triton_kernel start=1060 end=1080 stream=7 corr=102 grid=8,1,1 block=128,1,1 regs=32
+"""
+        _p, xs = self.capture_of(script, "-r")
+        prof = tbtest.load(xs[0])
+        calls = sorted((e.name, e.stats.get("correlation_id", 0)) for e in prof.host.line(self.pid).events
+                       if e.name in ("cudaLaunchKernel", "cuLaunchKernel"))
+        self.assertEqual(calls, [("cuLaunchKernel", 0), ("cuLaunchKernel", 102), ("cudaLaunchKernel", 101)])
+        with gzip.open(xs[0].replace(".xplane.pb", ".trace.json.gz"), "rt") as f:
+            trace = json.load(f)["traceEvents"]
+        starts = sorted(e["id"] for e in trace if e.get("ph") == "s" and e.get("cat") == "ac2g")
+        self.assertEqual(starts, [101, 102])
+
     def test_untimed_records_are_not_called_running(self):
         # a complete kernel record with no timestamps (CUPTI could not time
         # it: no device memory) is left out and said to be that, not "still
