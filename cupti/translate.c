@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1237,12 +1238,40 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
     tb_cupti_tr_set_device(t, v->id, &p);
 }
 
+/* A libcupti newer than the cupti.h tbprof was built with may lay out a
+ * record otherwise (CUDA 13.2 has Device6 for Device5): a pointer field read
+ * at the old place could be anything, and free() or a read of it would end
+ * the job. So such a CUPTI's device records are not read (the driver gives
+ * the same facts) and the memory it leaves the client to free is kept,
+ * not freed: a few bytes a device, an overhead record and a capture, held
+ * here (reachable: leak checkers stay quiet) up to KEPT_MAX, then let go
+ * of unfreed. */
+#define KEPT_MAX 4096
+static void *kept[KEPT_MAX];
+static atomic_size_t nkept;
+
+static int layout_known(const tb_cupti_tr *t) { return t->o.cupti_api <= CUPTI_API_VERSION; }
+
+static void keep_unfreed(void *p)
+{
+    size_t i = atomic_fetch_add(&nkept, 1);
+    if (i < KEPT_MAX)
+        kept[i] = p;
+}
+
 /* A device or context record: the device's facts, the context's device.
  * Read twice when prescanned: the second time finds both known. */
 static void about_devices(tb_cupti_tr *t, CUpti_Activity *r)
 {
     if (r->kind == CUPTI_ACTIVITY_KIND_DEVICE) {
         CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
+        if (!layout_known(t)) {
+            if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED && v->name)
+                keep_unfreed((void *)v->name);
+            v->name = NULL;
+            t->c.layout_unknown++;
+            return;
+        }
         do_device(t, v);
         if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED) { /* else CUPTI's own string */
             free((void *)v->name); /* CUPTI: the client frees it */
@@ -1295,7 +1324,11 @@ void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
     case CUPTI_ACTIVITY_KIND_OVERHEAD: {
         CUpti_ActivityOverhead3 *o = (CUpti_ActivityOverhead3 *)r;
         do_overhead(t, o);
-        if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3) { /* else not this record's field */
+        if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3 && !layout_known(t)) { /* see keep_unfreed */
+            if (o->overheadData)
+                keep_unfreed(o->overheadData);
+            o->overheadData = NULL;
+        } else if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3) { /* else not this record's field */
             free(o->overheadData); /* CUPTI: the client frees it */
             o->overheadData = NULL;
         }

@@ -120,6 +120,7 @@ typedef struct tb_cupti_tr_counts {
         unknown, bad_time, unmatched_markers;
     uint64_t graph_uncorrelated; /* events left without correlation_id (graph_corr_unreliable) */
     uint64_t api_quiet;          /* API records left out (tb_cupti_api_is_quiet) */
+    uint64_t layout_unknown;     /* device records of a newer CUPTI, not read (layout_known) */
     uint64_t api_nested;         /* driver calls inside a runtime call: drawn, the id left to the runtime's */
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
     uint64_t launches;           /* kernel and graph launch calls (cudaLaunch*, cuLaunch*, *GraphLaunch*) */
