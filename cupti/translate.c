@@ -1250,7 +1250,10 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
 static void *kept[KEPT_MAX];
 static atomic_size_t nkept;
 
-static int layout_known(const tb_cupti_tr *t) { return t->o.cupti_api <= CUPTI_API_VERSION; }
+static int layout_known(const tb_cupti_tr *t)
+{
+    return t->o.cupti_api <= CUPTI_API_VERSION || t->o.cupti_api < TB_CUPTI_API_DEVICE6;
+}
 
 static void keep_unfreed(void *p)
 {

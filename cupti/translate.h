@@ -90,6 +90,12 @@ typedef struct tb_cupti_tr_opts {
  * CUPTI still uses. */
 #define TB_CUPTI_API_DEVICE_NAME_OWNED 130000u
 
+/* From this version (CUDA 13.2) device records are Device6: where a build
+ * with older headers finds them laid out as it knows is not certain, so
+ * those of a newer CUPTI than the build's are not read (translate.c,
+ * layout_known); 13.1's are still Device5. */
+#define TB_CUPTI_API_DEVICE6 130200u
+
 typedef struct tb_cupti_tr tb_cupti_tr;
 
 tb_cupti_tr *tb_cupti_tr_new(tb_space *s, const tb_cupti_tr_opts *o);
