@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include "trace.h"
 
 #define CHILD_TIMEOUT_S 30 /* a CUPTI start that hangs must not hang us */
+#define PIP_LOOK_S 10     /* python3 asked where pip put libcupti */
 
 static void usage(FILE *f)
 {
@@ -97,12 +99,27 @@ static int pip_cupti(char *out, size_t n)
         _exit(127);
     }
     close(fd[1]);
+    /* at most PIP_LOOK_S: a python3 that hangs (a site hook on a dead
+     * network mount) must not hang the doctor */
     size_t got = 0;
-    ssize_t r;
-    while (got + 1 < n && (r = read(fd[0], out + got, n - 1 - got)) != 0) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long left_ms = PIP_LOOK_S * 1000L - ((t.tv_sec - t0.tv_sec) * 1000L + (t.tv_nsec - t0.tv_nsec) / 1000000L);
+        struct pollfd pfd = {.fd = fd[0], .events = POLLIN};
+        int pr = left_ms > 0 ? poll(&pfd, 1, (int)left_ms) : 0;
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) { /* timed out (or poll failed): nothing found */
+            kill(pid, SIGKILL);
+            got = 0;
+            break;
+        }
+        ssize_t r = got + 1 < n ? read(fd[0], out + got, n - 1 - got) : 0;
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0)
+        if (r <= 0)
             break;
         got += (size_t)r;
     }

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tbtest  # noqa: E402
@@ -106,6 +107,14 @@ class Doctor(tbtest.TestCase):
         p = self.doctor(wrap=wrap, PATH=pybin + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
         self.assertNotIn("  libcupti ", p.stdout)
         self.assertRegex(self.line(p, "GPU tracing"), r"^off: libcupti not found \(not loaded, TBPROF_CUPTI_PATH unset")
+        # a python3 that never answers is given 10 s, then left
+        with open(os.path.join(pybin, "python3"), "w") as f:
+            f.write("#!/bin/sh\nexec sleep 60\n")
+        t0 = time.time()
+        p = self.doctor(wrap=wrap, PATH=pybin + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        self.assertLess(time.time() - t0, 45)
+        self.assertNotIn("  libcupti ", p.stdout)
+        self.assertRegex(self.line(p, "GPU tracing"), r"^off: libcupti not found")
 
     def test_no_driver(self):
         # a machine without a CUDA driver: the child cannot load libcuda, so
