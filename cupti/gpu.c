@@ -1054,11 +1054,6 @@ static int gpu_collect(void *ctx, tb_space *space)
          * read (its own thread may complete one after the forced flush
          * returned): read until no more came. done[] never moves, and its
          * entries below ndone are written before ndone grows (under mu) */
-        pthread_mutex_lock(&g.mu);
-        size_t n0 = g.ndone;
-        pthread_mutex_unlock(&g.mu);
-        for (size_t i = 0; i < n0; i++)
-            tb_cupti_tr_prescan(t, g.done[i].buf, g.done[i].valid, g.lib->ActivityGetNextRecord);
         nd = 0;
         for (;;) {
             pthread_mutex_lock(&g.mu);
@@ -1066,6 +1061,9 @@ static int gpu_collect(void *ctx, tb_space *space)
             pthread_mutex_unlock(&g.mu);
             if (n == nd)
                 break;
+            /* each batch prescanned before any of it is translated */
+            for (size_t i = nd; i < n; i++)
+                tb_cupti_tr_prescan(t, g.done[i].buf, g.done[i].valid, g.lib->ActivityGetNextRecord);
             for (; nd < n; nd++)
                 tb_cupti_tr_buffer(t, g.done[nd].buf, g.done[nd].valid, g.lib->ActivityGetNextRecord);
         }
@@ -1073,7 +1071,10 @@ static int gpu_collect(void *ctx, tb_space *space)
         tb_cupti_tr_counts c = tb_cupti_tr_get_counts(t);
         g.last.records = c.records;
         g.last.incomplete = c.incomplete;
-        g.last.untimed = c.bad_time;
+        g.last.untimed = c.untimed;
+        if (c.bad_time > c.untimed)
+            tb_debug("GPU: %llu records with backward or missing times left out",
+                     (unsigned long long)(c.bad_time - c.untimed));
         g.last.cut_buffers = c.cut_buffers;
         g.last.cut_bytes = c.cut_bytes;
         g.last.buffers_completed = nd;
@@ -1128,7 +1129,8 @@ static int gpu_collect(void *ctx, tb_space *space)
      * that records API calls but no GPU work (reported of a CUDA 13.0
      * CUPTI once detached and attached again, as tbprof does between
      * captures) */
-    if (g.last.launches >= 8 && !g.last.kernels && !g.last.cupti_dropped && !g.last.pool_exhausted)
+    if (g.last.launches >= 8 && !g.last.kernels && !g.last.cupti_dropped && !g.last.pool_exhausted &&
+        !g.last.incomplete && !g.last.cut_buffers && !g.last.buffers_kept && !g.last.untimed)
         tb_space_warn(space,
                       "%llu kernel launches recorded but no kernel: this libcupti (CUPTI API %u) traced no GPU "
                       "work in this capture%s; TBPROF_CUPTI_TEARDOWN=off keeps CUPTI attached between captures",

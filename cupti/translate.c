@@ -637,6 +637,8 @@ typedef struct devrec {
  * device record, the known device is an array lookup. */
 static inline devstate *rec_dev(tb_cupti_tr *t, const devrec *r, int note)
 {
+    if (!r->start && !r->end) /* CUPTI could not time it (no device memory) */
+        t->c.untimed++;
     if (bad_time(t, r->start, r->end))
         return NULL;
     devstate *d = r->dev < TB_CUPTI_MAX_DEVICES ? t->dev[r->dev] : NULL;
@@ -938,7 +940,8 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
                 return;
             slot.memory = api_is_memory(buf);
             slot.graph = strncmp(buf, "cudaGraphLaunch", 15) == 0 || strncmp(buf, "cuGraphLaunch", 13) == 0;
-            slot.launch = slot.graph || strncmp(buf, "cudaLaunch", 10) == 0 || strncmp(buf, "cuLaunch", 8) == 0;
+            slot.launch = slot.graph || ((strncmp(buf, "cudaLaunch", 10) == 0 || strncmp(buf, "cuLaunch", 8) == 0) &&
+                                         !strstr(buf, "HostFunc")); /* (a host function: no kernel) */
         }
         slot.looked = 1;
         if (cache)
@@ -953,18 +956,20 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
         return;
     if (add_span(t, l, slot.meta, a->start, a->end) < 0)
         return;
-    t->c.launches += slot.launch != 0;
     if (slot.graph && t->o.graph_corr_unreliable) {
+        t->c.launches++;
         t->c.graph_uncorrelated++;
         return;
     }
+    /* (memapi_order prefers the runtime call of a pair) */
+    if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
+        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
     if (driver && rc_has(t, a->correlationId)) { /* inside a runtime call: that one carries the id */
         t->c.api_nested++;
         return;
     }
+    t->c.launches += slot.launch != 0;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
-    if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
-        t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
 }
 
 /* A span on thread tid's host line. */
@@ -1252,7 +1257,7 @@ static atomic_size_t nkept;
 
 static int layout_known(const tb_cupti_tr *t)
 {
-    return t->o.cupti_api <= CUPTI_API_VERSION || t->o.cupti_api < TB_CUPTI_API_DEVICE6;
+    return t->o.cupti_api < TB_CUPTI_API_DEVICE6; /* (read as Device5 whatever the headers) */
 }
 
 static void keep_unfreed(void *p)

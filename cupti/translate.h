@@ -90,10 +90,11 @@ typedef struct tb_cupti_tr_opts {
  * CUPTI still uses. */
 #define TB_CUPTI_API_DEVICE_NAME_OWNED 130000u
 
-/* From this version (CUDA 13.2) device records are Device6: where a build
- * with older headers finds them laid out as it knows is not certain, so
- * those of a newer CUPTI than the build's are not read (translate.c,
- * layout_known); 13.1's are still Device5. */
+/* From this version (CUDA 13.2) device records are Device6, which tbprof
+ * does not read (it reads Device5, 13.0's and 13.1's): whether its fields
+ * sit where Device5's do is not known, so such a CUPTI's device records are
+ * skipped and what it leaves the client to free is kept (translate.c,
+ * layout_known). */
 #define TB_CUPTI_API_DEVICE6 130200u
 
 typedef struct tb_cupti_tr tb_cupti_tr;
@@ -131,6 +132,7 @@ typedef struct tb_cupti_tr_counts {
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
     uint64_t launches;           /* kernel and graph launch calls (cudaLaunch*, cuLaunch*, *GraphLaunch*) */
     uint64_t incomplete;         /* incomplete records (work still running at a forced flush) */
+    uint64_t untimed;            /* GPU work records with both timestamps 0 (CUPTI could not time them) */
     uint64_t cut_buffers;        /* buffers not read to their end (an incomplete record) */
     uint64_t cut_bytes;          /* their bytes from the incomplete record on (where known) */
     uint64_t contexts_unplaced;  /* records naming a context past the ones whose device is kept */

@@ -124,11 +124,16 @@ static int pip_cupti(char *out, size_t n)
         got += (size_t)r;
     }
     close(fd[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-    }
+    kill(pid, SIGKILL); /* (done or given up on: it has nothing more to say) */
+    for (int i = 0; i < 100 && waitpid(pid, NULL, WNOHANG) == 0; i++)
+        usleep(20000); /* (one stuck in the kernel is left, not waited for) */
     out[got] = '\0';
-    out[strcspn(out, "\n")] = '\0';
+    /* the last line: a site hook may have printed before it */
+    while (got && out[got - 1] == '\n')
+        out[--got] = '\0';
+    char *last = strrchr(out, '\n');
+    if (last)
+        memmove(out, last + 1, strlen(last + 1) + 1);
     return out[0] == '/' ? 0 : -1;
 }
 
@@ -332,11 +337,20 @@ int cmd_doctor(int argc, char **argv)
                "testing with it\n",
                pip, pip);
         fflush(stdout);
-        tb_profset_free(&ps);
-        nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-        ok = mkdir(dir, 0700) == 0 || errno == EEXIST;
+        /* a fresh folder of our own for the second capture (not the first's
+         * name made again: someone else could have made it meanwhile) */
+        char dir2[PATH_MAX];
+        snprintf(dir2, sizeof(dir2), "%s/tbprof-doctor.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        tb_profset ps2;
         setenv("TBPROF_CUPTI_PATH", pip, 1);
-        ok = ok && run_child(dir) == 0 && tb_profset_load("doctor", dir, NULL, 0, &ps) == 0;
+        if (mkdtemp(dir2) && run_child(dir2) == 0 && tb_profset_load("doctor", dir2, NULL, 0, &ps2) == 0) {
+            tb_profset_free(&ps);
+            ps = ps2;
+        } else { /* the first capture's answer stands */
+            printf("  libcupti       the test capture with %s did not finish (see the messages above)\n", pip);
+        }
+        if (dir2[0] && !strstr(dir2, "XXXXXX"))
+            nftw(dir2, rm_one, 8, FTW_DEPTH | FTW_PHYS);
     }
     if (ok) {
         printf("  agent          ready: a profile was written\n");
