@@ -166,9 +166,14 @@ class GpuChecker(tbtest.TestCase):
         for d in (os.path.join(root, "xprof"), conv):
             open(os.path.join(d, "__init__.py"), "w").close()
         with open(os.path.join(conv, "raw_to_tool_data.py"), "w") as f:
+            # (as xprof: a failed conversion returns None; the checker must
+            # not let it write cached results beside the profile)
             f.write("OUT = %r\n\n\ndef xspace_to_tool_data(paths, tool, params):\n"
+                    "    if params.get('use_saved_result') is not False:\n"
+                    "        raise ValueError('asked to cache results beside the profile')\n"
                     "    if tool not in OUT:\n        raise ValueError('no tool ' + tool)\n"
-                    "    return OUT[tool].encode(), 'application/json'\n" % (outputs,))
+                    "    v = OUT[tool]\n"
+                    "    return (None if v is None else v.encode()), 'application/json'\n" % (outputs,))
         return root
 
     def test_xprof_ops_reads_the_op_pages(self):
@@ -189,6 +194,10 @@ class GpuChecker(tbtest.TestCase):
         p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(dict(ok, kernel_stats="{}")))
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("kernel_stats names no torch op (2 bytes)", p.stdout)
+        # a conversion that failed (xprof returns no data): named as such
+        p = run_check("xprof_ops", self.xplane, PYTHONPATH=self.fake_xprof(dict(ok, kernel_stats=None)))
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("kernel_stats: the tool returned no data", p.stdout)
 
     def test_xprof_steps(self):
         # 2g/3h: xprof's Overview per-step table (a stand-in's canned page)

@@ -907,9 +907,13 @@ def xprof_convert(name, xplane, tools):
     out, errs = {}, []
     for tool in tools:
         try:
-            r = conv.xspace_to_tool_data([xplane], tool, {})
+            # (no cached results written beside the profiles)
+            r = conv.xspace_to_tool_data([xplane], tool, {"use_saved_result": False})
             data = r[0] if isinstance(r, tuple) else r
-            out[tool] = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data or "")
+            if data is None:  # a failed conversion returns no data rather than raising
+                errs.append("%s: the tool returned no data" % tool)
+                continue
+            out[tool] = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
         except Exception as e:  # noqa: BLE001
             errs.append("%s: %s" % (tool, str(e)[:120]))
     return out, errs
@@ -965,12 +969,13 @@ def xprof_ops(xplane):
 
 
 def _step_tables(node):
-    """The gviz tables in xprof's JSON whose columns include stepnum."""
+    """The gviz tables in xprof's JSON whose columns include stepnum (or
+    stepname, in one version's generic step breakdown)."""
     if isinstance(node, list):
         return [t for x in node for t in _step_tables(x)]
     if isinstance(node, dict):
         ids = [c.get("id") for c in node.get("cols", []) if isinstance(c, dict)]
-        return [node] if "stepnum" in ids else [t for v in node.values() for t in _step_tables(v)]
+        return [node] if "stepnum" in ids or "stepname" in ids else [t for v in node.values() for t in _step_tables(v)]
     return []
 
 

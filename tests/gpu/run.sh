@@ -133,7 +133,22 @@ PY
 cuenv=(); [ -n "$cupti" ] && cuenv=(TBPROF_CUPTI_PATH="$cupti")
 echo "work dir $work; libcupti for the CUDA program: ${cupti:-search}"
 nvidia-smi -L 2>/dev/null || true
-job $py -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || true
+# what the jobs will find (a python3 without torch or jax, or no GPU for it,
+# fails their rows: said here once, plainly)
+job $py - <<'PY' 2>&1 || true
+import sys
+print("python", sys.version.split()[0], sys.executable)
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.version.cuda, "GPU available:", torch.cuda.is_available())
+except Exception as e:
+    print("torch: not usable (%s)" % e)
+try:
+    import jax
+    print("jax", jax.__version__, "backend", jax.default_backend())
+except Exception as e:
+    print("jax: not usable (%s)" % e)
+PY
 declare -a rows; fails=0
 table() {
   printf '%-30s %-5s %s\n' CHECK RESULT DETAIL
