@@ -22,7 +22,7 @@ typedef struct tb_gpu_stats {
     uint64_t cupti_dropped;      /* records CUPTI dropped (its own count) */
     uint64_t records;            /* records translated */
     uint64_t incomplete;         /* incomplete records (work still running at the forced flush) */
-    uint64_t untimed;            /* records with no or backward timestamps (CUPTI could not time them) */
+    uint64_t untimed;            /* GPU work records with both timestamps 0 (CUPTI could not time them) */
     uint64_t cut_buffers, cut_bytes; /* buffers read only up to such a record; their bytes from it on */
     uint64_t buffers_kept;       /* buffers CUPTI still held after the forced flush */
     uint64_t buffers_prefaulted; /* buffers poll() faulted in before CUPTI got them */

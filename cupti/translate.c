@@ -964,10 +964,8 @@ static void do_api(tb_cupti_tr *t, const CUpti_ActivityAPI *a, int driver)
     /* (memapi_order prefers the runtime call of a pair) */
     if (slot.memory && TB_GROW(t->ma, t->capma, t->nma + 1) == 0)
         t->ma[t->nma++] = (memapi){.corr = a->correlationId, .tid = a->threadId, .meta = slot.meta, .driver = driver};
-    if (driver && rc_has(t, a->correlationId)) { /* inside a runtime call: that one carries the id */
-        t->c.api_nested++;
+    if (driver && rc_has(t, a->correlationId)) /* inside a runtime call: that one carries the id */
         return;
-    }
     t->c.launches += slot.launch != 0;
     tb_line_stat_u64(l, t->hp_corr, a->correlationId);
 }
@@ -1243,14 +1241,14 @@ static void do_device(tb_cupti_tr *t, const CUpti_ActivityDevice5 *v)
     tb_cupti_tr_set_device(t, v->id, &p);
 }
 
-/* A libcupti newer than the cupti.h tbprof was built with may lay out a
- * record otherwise (CUDA 13.2 has Device6 for Device5): a pointer field read
- * at the old place could be anything, and free() or a read of it would end
- * the job. So such a CUPTI's device records are not read (the driver gives
- * the same facts) and the memory it leaves the client to free is kept,
- * not freed: a few bytes a device, an overhead record and a capture, held
- * here (reachable: leak checkers stay quiet) up to KEPT_MAX, then let go
- * of unfreed. */
+/* A libcupti from CUDA 13.2 on writes Device6 where tbprof reads Device5
+ * (TB_CUPTI_API_DEVICE6), and may lay out other records otherwise: a
+ * pointer field read at the old place could be anything, and free() or a
+ * read of it would end the job. So such a CUPTI's device records are not
+ * read (the driver gives the same facts) and the memory it leaves the
+ * client to free is kept, not freed: a few bytes a device, an overhead
+ * record and a capture, held here (reachable: leak checkers stay quiet) up
+ * to KEPT_MAX, then let go of unfreed. */
 #define KEPT_MAX 4096
 static void *kept[KEPT_MAX];
 static atomic_size_t nkept;
@@ -1260,11 +1258,17 @@ static int layout_known(const tb_cupti_tr *t)
     return t->o.cupti_api < TB_CUPTI_API_DEVICE6; /* (read as Device5 whatever the headers) */
 }
 
-static void keep_unfreed(void *p)
+/* Memory CUPTI left the client to free: freed, or kept where its record's
+ * layout is not known. */
+static void client_free(const tb_cupti_tr *t, void *p)
 {
-    size_t i = atomic_fetch_add(&nkept, 1);
-    if (i < KEPT_MAX)
-        kept[i] = p;
+    if (layout_known(t)) {
+        free(p);
+    } else if (p) {
+        size_t i = atomic_fetch_add(&nkept, 1);
+        if (i < KEPT_MAX)
+            kept[i] = p;
+    }
 }
 
 /* A device or context record: the device's facts, the context's device.
@@ -1273,16 +1277,10 @@ static void about_devices(tb_cupti_tr *t, CUpti_Activity *r)
 {
     if (r->kind == CUPTI_ACTIVITY_KIND_DEVICE) {
         CUpti_ActivityDevice5 *v = (CUpti_ActivityDevice5 *)r;
-        if (!layout_known(t)) {
-            if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED && v->name)
-                keep_unfreed((void *)v->name);
-            v->name = NULL;
-            t->c.layout_unknown++;
-            return;
-        }
-        do_device(t, v);
+        if (layout_known(t))
+            do_device(t, v);
         if (t->o.cupti_api >= TB_CUPTI_API_DEVICE_NAME_OWNED) { /* else CUPTI's own string */
-            free((void *)v->name); /* CUPTI: the client frees it */
+            client_free(t, (void *)v->name); /* CUPTI: the client frees it */
             v->name = NULL;
         }
     } else if (r->kind == CUPTI_ACTIVITY_KIND_CONTEXT) {
@@ -1332,12 +1330,8 @@ void tb_cupti_tr_record(tb_cupti_tr *t, CUpti_Activity *r)
     case CUPTI_ACTIVITY_KIND_OVERHEAD: {
         CUpti_ActivityOverhead3 *o = (CUpti_ActivityOverhead3 *)r;
         do_overhead(t, o);
-        if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3 && !layout_known(t)) { /* see keep_unfreed */
-            if (o->overheadData)
-                keep_unfreed(o->overheadData);
-            o->overheadData = NULL;
-        } else if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3) { /* else not this record's field */
-            free(o->overheadData); /* CUPTI: the client frees it */
+        if (t->o.cupti_api >= TB_CUPTI_API_OVERHEAD3) { /* else not this record's field */
+            client_free(t, o->overheadData); /* CUPTI: the client frees it */
             o->overheadData = NULL;
         }
         break;

@@ -111,8 +111,9 @@ int64_t tb_cupti_tr_buffer(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_
  * records), and the runtime calls' correlation ids, before any buffer is
  * translated: CUPTI hands buffers back in any order, and a kernel read
  * before its device's record would get no occupancy, a driver call inside
- * a runtime call read first would carry the runtime's correlation id. Frees as tb_cupti_tr_buffer does (translating the buffer
- * afterwards is right). */
+ * a runtime call read first would carry the runtime's correlation id.
+ * Frees as tb_cupti_tr_buffer does (translating the buffer afterwards is
+ * right). */
 void tb_cupti_tr_prescan(tb_cupti_tr *t, uint8_t *buf, size_t valid, tb_cupti_next_fn next);
 /* Translate one record (the bench and tests drive it directly); frees as
  * tb_cupti_tr_buffer does. */
@@ -127,8 +128,6 @@ typedef struct tb_cupti_tr_counts {
         unknown, bad_time, unmatched_markers;
     uint64_t graph_uncorrelated; /* events left without correlation_id (graph_corr_unreliable) */
     uint64_t api_quiet;          /* API records left out (tb_cupti_api_is_quiet) */
-    uint64_t layout_unknown;     /* device records of a newer CUPTI, not read (layout_known) */
-    uint64_t api_nested;         /* driver calls inside a runtime call: drawn, the id left to the runtime's */
     uint64_t odd_kernels;        /* kernel records that do not read as kernels (kernel_odd) */
     uint64_t launches;           /* kernel and graph launch calls (cudaLaunch*, cuLaunch*, *GraphLaunch*) */
     uint64_t incomplete;         /* incomplete records (work still running at a forced flush) */

@@ -343,13 +343,14 @@ int cmd_doctor(int argc, char **argv)
         snprintf(dir2, sizeof(dir2), "%s/tbprof-doctor.XXXXXX", tmp && *tmp ? tmp : "/tmp");
         tb_profset ps2;
         setenv("TBPROF_CUPTI_PATH", pip, 1);
-        if (mkdtemp(dir2) && run_child(dir2) == 0 && tb_profset_load("doctor", dir2, NULL, 0, &ps2) == 0) {
+        int made = mkdtemp(dir2) != NULL;
+        if (made && run_child(dir2) == 0 && tb_profset_load("doctor", dir2, NULL, 0, &ps2) == 0) {
             tb_profset_free(&ps);
             ps = ps2;
         } else { /* the first capture's answer stands */
             printf("  libcupti       the test capture with %s did not finish (see the messages above)\n", pip);
         }
-        if (dir2[0] && !strstr(dir2, "XXXXXX"))
+        if (made)
             nftw(dir2, rm_one, 8, FTW_DEPTH | FTW_PHYS);
     }
     if (ok) {
