@@ -684,21 +684,6 @@ API CUptiResult cuptiUnsubscribe(CUpti_SubscriberHandle s)
     return was ? CUPTI_SUCCESS : CUPTI_ERROR_INVALID_PARAMETER;
 }
 
-API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k);
-
-#ifndef FAKE_OLD
-/* (an older CUPTI, FAKE_OLD, lacks it: tbprof falls back to the plain enable) */
-API CUptiResult cuptiActivityEnableAndDump(CUpti_ActivityKind k)
-{
-    if (envl("TBFAKE_CUPTI_FAIL_DUMP", 0)) { /* (a CUPTI that refuses it: tbprof enables plainly) */
-        report("enable_dump %d refused", (int)k);
-        return CUPTI_ERROR_NOT_COMPATIBLE;
-    }
-    report("enable_dump %d", (int)k);
-    return cuptiActivityEnable(k);
-}
-#endif
-
 API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k)
 {
     if ((unsigned)k >= MAXKINDS)
@@ -719,6 +704,19 @@ API CUptiResult cuptiActivityEnable(CUpti_ActivityKind k)
     report("enable %d 0", (int)k);
     return CUPTI_SUCCESS;
 }
+
+#ifndef FAKE_OLD
+/* (an older CUPTI, FAKE_OLD, lacks it: tbprof falls back to the plain enable) */
+API CUptiResult cuptiActivityEnableAndDump(CUpti_ActivityKind k)
+{
+    if (envl("TBFAKE_CUPTI_FAIL_DUMP", 0)) { /* (a CUPTI that refuses it: tbprof enables plainly) */
+        report("enable_dump %d refused", (int)k);
+        return CUPTI_ERROR_NOT_COMPATIBLE;
+    }
+    report("enable_dump %d", (int)k);
+    return cuptiActivityEnable(k);
+}
+#endif
 
 API CUptiResult cuptiActivityDisable(CUpti_ActivityKind k)
 {

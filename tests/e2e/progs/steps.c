@@ -216,9 +216,17 @@ int main(int argc, char **argv)
         }
     }
     tbapi_init();
-    long cuda_last = cuda_at; /* -L: the step that loads the last of A:B:... (the driver) */
-    for (const char *l = getenv("TBTEST_CUDA_LIB"); cuda_at >= 0 && l && (l = strchr(l, ':')); l++)
-        cuda_last++;
+    /* -L: the libraries of $TBTEST_CUDA_LIB (A:B:...), one a step from L on;
+     * cuda_last: the step that loads the last of them (the driver) */
+    char cuda_libs[8][256];
+    int ncuda_libs = 0;
+    const char *ls = getenv("TBTEST_CUDA_LIB");
+    for (ls = ls && *ls ? ls : "libcuda.so.1"; *ls && ncuda_libs < 8; ncuda_libs++) {
+        size_t len = strcspn(ls, ":");
+        snprintf(cuda_libs[ncuda_libs], sizeof(cuda_libs[0]), "%.*s", (int)len, ls);
+        ls += len + (ls[len] == ':');
+    }
+    long cuda_last = cuda_at + ncuda_libs - 1;
     if (teardown && cuda_at < 0)
         atexit(cuda_teardown);
     if (edge) {
@@ -254,20 +262,8 @@ int main(int argc, char **argv)
             wait_until(tb_capturing, "tbprof_capturing()");
         if (i == cuda_at)
             wait_until(tb_capturing, "tbprof_capturing() (-L)");
-        if (cuda_at >= 0 && i >= cuda_at) {
-            const char *libs = getenv("TBTEST_CUDA_LIB");
-            char lib[512];
-            libs = libs && *libs ? libs : "libcuda.so.1";
-            for (long k = cuda_at; k < i && libs; k++) { /* the (i - L)th of A:B:... */
-                const char *colon = strchr(libs, ':');
-                libs = colon ? colon + 1 : NULL;
-            }
-            if (libs) {
-                snprintf(lib, sizeof(lib), "%.*s", (int)strcspn(libs, ":"), libs);
-                if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL))
-                    fprintf(stderr, "-L: %s\n", dlerror());
-            }
-        }
+        if (cuda_at >= 0 && i >= cuda_at && i <= cuda_last && !dlopen(cuda_libs[i - cuda_at], RTLD_NOW | RTLD_GLOBAL))
+            fprintf(stderr, "-L: %s\n", dlerror());
         if (teardown && cuda_at >= 0 && i == cuda_at + 1)
             atexit(cuda_teardown);
         int64_t t0 = now_ns(CLOCK_REALTIME);
