@@ -213,15 +213,21 @@ static int load_libunwind(void)
     return 1;
 }
 
-/* Return addresses in JIT memory already checked for a Python perf
- * trampoline (in_py_trampoline): CPython never frees a trampoline while
- * the process runs, and each check costs two system calls. Emptied when
- * half full and when the mapped objects change. */
-#define TRAMP_CACHE 4096
-typedef struct tramp_slot {
+/* What a frame's ip was found to be, kept per ip: the signal trampoline a
+ * handler returns to (is_sigreturn, asked of every frame), a return address
+ * inside a Python perf trampoline (in_py_trampoline, asked of JIT memory).
+ * Each answer costs a read of the code there, a system call where the
+ * chunk is not cached, and a job as big as PyTorch spreads its frames over
+ * more code than the image cache holds. Code in a loaded object does not
+ * change while the module list stays the same, and CPython never frees a
+ * trampoline while the process runs. Emptied when half full and when the
+ * mapped objects change. */
+#define IP_CACHE 8192 /* 128 KiB, during a capture */
+enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8 };
+typedef struct ip_slot {
     uint64_t ip; /* 0: empty */
-    int yes;
-} tramp_slot;
+    int flags;   /* IP_* */
+} ip_slot;
 
 /* Loaded objects' images (.eh_frame_hdr, .eh_frame, code) are read through
  * a cache of aligned chunks filled with tb_self_read: a library the job
@@ -239,8 +245,8 @@ typedef struct img_chunk {
 struct tb_unwinder {
     unw_addr_space_t as;
     tb_symtab *st;
-    tramp_slot *tramp;
-    size_t ntramp;
+    ip_slot *ips;
+    size_t nips;
     img_chunk *img;
 };
 
@@ -452,13 +458,13 @@ tb_unwinder *tb_unwinder_new(tb_symtab *st)
     if (!u)
         return NULL;
     u->st = st;
-    u->tramp = calloc(TRAMP_CACHE, sizeof(*u->tramp));
+    u->ips = calloc(IP_CACHE, sizeof(*u->ips));
     u->img = calloc(IMG_SLOTS, sizeof(*u->img));
     u->as = lu.create_addr_space(&accessors, 0);
-    if (!u->as || !u->tramp || !u->img) {
+    if (!u->as || !u->ips || !u->img) {
         if (u->as)
             lu.destroy_addr_space(u->as);
-        free(u->tramp);
+        free(u->ips);
         free(u->img);
         free(u);
         return NULL;
@@ -472,15 +478,15 @@ void tb_unwinder_free(tb_unwinder *u)
     if (!u)
         return;
     lu.destroy_addr_space(u->as);
-    free(u->tramp);
+    free(u->ips);
     free(u->img);
     free(u);
 }
 
-static void tramp_clear(tb_unwinder *u)
+static void ips_clear(tb_unwinder *u)
 {
-    memset(u->tramp, 0, TRAMP_CACHE * sizeof(*u->tramp));
-    u->ntramp = 0;
+    memset(u->ips, 0, IP_CACHE * sizeof(*u->ips));
+    u->nips = 0;
 }
 
 void tb_unwinder_flush(tb_unwinder *u)
@@ -488,7 +494,7 @@ void tb_unwinder_flush(tb_unwinder *u)
     if (!u)
         return;
     lu.flush_cache(u->as, 0, 0);
-    tramp_clear(u);
+    ips_clear(u);
     img_clear(u);
 }
 
@@ -499,30 +505,38 @@ void tb_unwinder_flush(tb_unwinder *u)
 static const unsigned char py_trampoline[11] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1,
                                                 0x48, 0x83, 0xc4, 0x08, 0xc3};
 
+/* ip's slot in the answer cache, made (with no answer yet) where it has none */
+static ip_slot *ip_slot_of(tb_unwinder *u, uint64_t ip)
+{
+    size_t h = (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (IP_CACHE - 1);
+    while (u->ips[h].ip) {
+        if (u->ips[h].ip == ip)
+            return &u->ips[h];
+        h = (h + 1) & (IP_CACHE - 1);
+    }
+    if (u->nips * 2 >= IP_CACHE) {
+        ips_clear(u);
+        return ip_slot_of(u, ip);
+    }
+    u->nips++;
+    u->ips[h] = (ip_slot){ip, 0};
+    return &u->ips[h];
+}
+
 /* Is ip a return address inside a Python perf trampoline? JIT memory is in
  * no loaded object, so it is read with process_vm_readv (fails cleanly on an
  * unmapped address instead of faulting). */
-static size_t tramp_slot_of(uint64_t ip) { return (size_t)((ip * 0x9e3779b97f4a7c15ULL) >> 40) & (TRAMP_CACHE - 1); }
-
 static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
 {
     if (ip < 6 || tb_symtab_module(u->st, ip))
         return 0;
-    size_t h = tramp_slot_of(ip);
-    while (u->tramp[h].ip) {
-        if (u->tramp[h].ip == ip)
-            return u->tramp[h].yes;
-        h = (h + 1) & (TRAMP_CACHE - 1);
+    ip_slot *sl = ip_slot_of(u, ip);
+    if (!(sl->flags & IP_TRAMP_KNOWN)) {
+        unsigned char buf[sizeof(py_trampoline)];
+        int yes = tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0;
+        sl->flags |= IP_TRAMP_KNOWN | (yes ? IP_TRAMP : 0);
     }
-    unsigned char buf[sizeof(py_trampoline)];
-    int yes = tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0;
-    if (u->ntramp * 2 >= TRAMP_CACHE) {
-        tramp_clear(u);
-        h = tramp_slot_of(ip);
-    }
-    u->tramp[h] = (tramp_slot){ip, yes};
-    u->ntramp++;
-    return yes;
+    return !!(sl->flags & IP_TRAMP);
 }
 
 /* Is ip the signal trampoline a handler returns to (glibc's and musl's
@@ -531,13 +545,17 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
  * some versions and the frame after it in others. */
 static int is_sigreturn(sample_ctx *c, uint64_t ip)
 {
-    unw_word_t w0 = 0, w1 = 0;
-    int past = c->past_copy; /* code, not stack: a miss here says nothing of the stack's depth */
-    int r = access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0;
-    c->past_copy = past;
-    if (r)
-        return 0;
-    return w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05;
+    ip_slot *sl = ip_slot_of(c->u, ip);
+    if (!(sl->flags & IP_SIG_KNOWN)) {
+        unw_word_t w0 = 0, w1 = 0;
+        int past = c->past_copy; /* code, not stack: a miss here says nothing of the stack's depth */
+        int unread = access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0;
+        c->past_copy = past;
+        if (unread)
+            return 0; /* (not kept: it may be readable at the next sample) */
+        sl->flags |= IP_SIG_KNOWN | (w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05 ? IP_SIG : 0);
+    }
+    return !!(sl->flags & IP_SIG);
 }
 
 int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t stack_len, uint64_t *ips,

@@ -13,6 +13,10 @@
 #   deep    tests/e2e/progs/deep_py.py 60: the same Python, 60 calls deep
 #           (a 64 KiB copy and ~260 frames per sample once the thread's
 #           copy has grown; an older build cuts them at 16 KiB / 128)
+#   torch   tests/bench/torch_cpu.py: a PyTorch training loop on the CPU
+#           (/usr/bin/python3 with torch, e.g. Debian's python3-torch, when
+#           it imports): a real job's 40-60 frames through 120 MB of
+#           libtorch_cpu, oneDNN's JIT code and autograd's threads
 # in stack-copy mode (dwarf) and, as the baseline of the same run, in fp
 # mode (the kernel walks the frame pointers: no unwinding on our side), and
 # prints the median us per sample of each and dwarf/fp.
@@ -32,18 +36,27 @@ if command -v pyenv >/dev/null 2>&1; then
     py=$(pyenv root)/versions/$v/bin/python3; break
   done
 fi
+torchpy=
+/usr/bin/python3 -c 'import torch' >/dev/null 2>&1 && torchpy=/usr/bin/python3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # one capture; prints "NS_PER_SAMPLE" (agent ns / samples), or nothing
 one() { # LIB MODE WORKLOAD
   local d=$tmp/l$RANDOM
   local env=(LD_PRELOAD=$1 TBPROF_LOGDIR=$d TBPROF_GPU=off TBPROF_CPU=on TBPROF_CPU_HZ=1000 TBPROF_CPU_MODE=$2)
+  # (exec in the background, for the pid: a CPython with PYTHONPERFSUPPORT=1
+  # writes /tmp/perf-<pid>.map and leaves it behind)
   case $3 in
-    c) env "${env[@]}" "$prog" -t 2 -m 2000 -l -1,-1 >/dev/null 2>&1 ;;
-    python) env "${env[@]}" PYTHONPERFSUPPORT=1 "$py" "$root/tests/e2e/progs/cpu_split_py.py" >/dev/null 2>&1 ;;
-    deep) env "${env[@]}" PYTHONPERFSUPPORT=1 TBPROF_DELAY=0.3 TBPROF_DURATION=1.5 \
+    c) exec env "${env[@]}" "$prog" -t 2 -m 2000 -l -1,-1 >/dev/null 2>&1 ;;
+    python) exec env "${env[@]}" PYTHONPERFSUPPORT=1 "$py" "$root/tests/e2e/progs/cpu_split_py.py" >/dev/null 2>&1 ;;
+    deep) exec env "${env[@]}" PYTHONPERFSUPPORT=1 TBPROF_DELAY=0.3 TBPROF_DURATION=1.5 \
           "$py" "$root/tests/e2e/progs/deep_py.py" 60 2.0 >/dev/null 2>&1 ;;
-  esac
+    torch) exec env "${env[@]}" TBPROF_DELAY=2 TBPROF_DURATION=1.5 \
+          "$torchpy" "$root/tests/bench/torch_cpu.py" 2.5 >/dev/null 2>&1 ;;
+  esac &
+  local pid=$!
+  wait "$pid"
+  rm -f "/tmp/perf-$pid.map"
   local f
   f=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)
   [ -n "$f" ] && "$cli" dump "$f" 2>/dev/null |
@@ -55,6 +68,7 @@ one() { # LIB MODE WORKLOAD
 median() { sort -n | awk '{a[NR]=$1} END{if(NR==0){print 0}else{print a[int((NR+1)/2)]}}'; }
 declare -A t
 loads=(c); [ -n "$py" ] && loads+=(python deep)
+[ -n "$torchpy" ] && loads+=(torch)
 for ((i = 0; i < N; i++)); do
   for w in "${loads[@]}"; do
     t[$w.dwarf]+="$(one "$lib" dwarf $w) "
@@ -75,4 +89,5 @@ for w in "${loads[@]}"; do
   fi
   echo
 done
-[ -n "$py" ] || echo "(no CPython 3.12+ under pyenv: the python row is left out)"
+[ -n "$py" ] || echo "(no CPython 3.12+ under pyenv: the python rows are left out)"
+[ -n "$torchpy" ] || echo "(/usr/bin/python3 has no torch: the torch row is left out)"
