@@ -37,6 +37,40 @@ FAKE_TORCH = {
 }
 
 
+# torch 1.8-1.13: no global hook; each optimizer made wraps its class's
+# step for torch's profiler once (_hook_for_profile, marked `hooked`; again
+# from zero_grad where it was not done). Steps print, so that a test can
+# count the calls.
+FAKE_TORCH_1 = dict(FAKE_TORCH, **{"torch/optim/optimizer.py": textwrap.dedent("""\
+    import functools
+
+    class Optimizer:
+        def __init__(self):
+            self._hook_for_profile()
+
+        def _hook_for_profile(self):
+            self._zero_grad_profile_name = "zero_grad"
+            def profile_hook_step(func):
+                @functools.wraps(func)
+                def wrapper(*args, **kwargs):
+                    return func(*args, **kwargs)
+                return wrapper
+            if not getattr(self.__class__.step, "hooked", None):
+                self.__class__.step = profile_hook_step(self.__class__.step)
+                self.__class__.step.hooked = True
+
+        def step(self, closure=None):
+            print("stepped", type(self).__name__, flush=True)
+
+        def zero_grad(self):
+            if not hasattr(self, "_zero_grad_profile_name"):
+                self._hook_for_profile()
+
+    class SGD(Optimizer):
+        pass
+    """)})
+
+
 # torch's profilers as they behave: one per thread (_enable_profiler
 # refuses a second), emit_nvtx one of them; while it is on, every op pushes
 # an NVTX range named as torch's getNvtxStr names it (here through
@@ -208,15 +242,16 @@ class PyBase(tbtest.TestCase):
                 f.write(text)
         return fake
 
-    def run_hooked(self, body, steps, files=FAKE_TORCH, args=(), **env):
-        """`tbprof run --steps` (and args) of a script, with stand-ins for
-        the frameworks in `files`; the process and the one profile."""
+    def run_hooked(self, body, steps, files=FAKE_TORCH, args=(), argv=(), **env):
+        """`tbprof run --steps` (and args) of a script (and its argv), with
+        stand-ins for the frameworks in `files`; the process and the one
+        profile."""
         s = self.script("train.py", WORK + textwrap.dedent(body))
         e = tbtest.env(python=True)
         e["PYTHONPATH"] = self.fake_packages(files)
         e.update(env)
         p = tbtest.run([tbtest.CLI, "run", "--steps", steps, "--logdir", self.logdir, "--no-gpu", "--no-cpu"] +
-                       list(args) + ["--", tbtest.PYTHON, s], env=e)
+                       list(args) + ["--", tbtest.PYTHON, s] + list(argv), env=e)
         self.assertExitedOk(p)
         files = tbtest.xplanes(self.logdir)
         self.assertEqual(len(files), 1, p.stderr)
@@ -225,10 +260,12 @@ class PyBase(tbtest.TestCase):
 
 class Python(PyBase):
     def test_torch_ops_without_torch_one_line(self):
-        # no torch in this Python: install_torch_hook says so once; the
-        # script's steps and the capture go on, with no op-range lines
+        # no torch in this Python (one that has a torch is kept from it):
+        # install_torch_hook says so once; the script's steps and the
+        # capture go on, with no op-range lines
         s = self.script("train.py", WORK + textwrap.dedent("""\
-            import tbprof
+            import sys, tbprof
+            sys.modules["torch"] = None  # import torch: ModuleNotFoundError
             assert not tbprof.install_torch_hook(torch_ops=True)
             for i in range(10):
                 tbprof.step()
@@ -570,6 +607,48 @@ class Python(PyBase):
             print("began", began)
             """, "3,6")
         self.check_steps_began(p, prof)
+
+    def test_optimizer_hook_on_torch_1(self):
+        # torch < 2.0 has no global optimizer-step hook: each class's step
+        # is wrapped where torch wraps it for its profiler, also for
+        # optimizers made before the hook (tbprof.install_torch_hook()
+        # called by the script), and a subclass's step that calls its
+        # base's counts once (as under torch 2's hook: where the base class
+        # has optimizers of its own too, its step is wrapped too, and
+        # torch 2 calls the hooks twice)
+        self.need_cli()
+        for when in ("import", "late"):
+            with self.subTest(when=when):
+                self.logdir = os.path.join(self.tmp, "logs-" + when)
+                p, prof = self.run_hooked("""\
+                    import sys, time, torch
+
+                    class Base(torch.optim.Optimizer):
+                        def step(self, closure=None):
+                            return super().step(closure)
+
+                    class Mine(Base):
+                        def step(self, closure=None):
+                            return super().step(closure)
+
+                    opts = [torch.optim.SGD(), Mine()]
+                    if sys.argv[1] == "late":
+                        import tbprof
+                        assert tbprof.install_torch_hook()
+                    began = []
+                    for i in range(10):
+                        work()
+                        began.append(time.time_ns())
+                        for o in opts:
+                            o.zero_grad()
+                            o.step()
+                        work()
+                    print("began", began)
+                    """, "3,6", files=FAKE_TORCH_1, argv=[when],
+                    **({"TBPROF_PYTORCH_HOOK": "off"} if when == "late" else {}))
+                self.assertEqual(p.stdout.count("stepped"), 20, p.stdout)
+                self.assertNotIn("no torch optimizer step hook", p.stderr)
+                self.check_steps_began(p, prof)
 
     def check_steps_began(self, p, prof):
         """Steps 3..6 each begin at the iteration the script printed as begun."""

@@ -30,6 +30,7 @@ sitecustomize.py).
 """
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -489,11 +490,71 @@ def install_torch_hook(torch_ops=None):
     try:
         from torch.optim.optimizer import register_optimizer_step_post_hook
     except Exception as e:  # old torch, or no torch
-        _say("tbprof: no torch optimizer step hook (%s); steps are not counted\n" % e)
+        if _old_torch_hook():
+            _hook_handle = True
+            return True
+        _say("tbprof: no torch optimizer step hook (%s); optimizer steps are not counted as steps "
+             "(torch >= 1.8 has one): call tbprof.step() once per step\n" % e)
         _torch_ops_on = 0  # and no op ranges: said once here, not again at each step()
         return False
     _hook_handle = register_optimizer_step_post_hook(_on_optimizer_step)
     return True
+
+
+def _old_torch_hook():
+    """torch 1.8-1.13 has no global optimizer-step hook, but each optimizer
+    made wraps its class's step for torch's profiler (_hook_for_profile).
+    Ours goes around that wrapper at the same moment, so a class's step
+    counts once per call, as under torch 2's global hook (an optimizer whose
+    step calls its base class's counts as torch 2 counts it). True when
+    installed."""
+    try:
+        from torch.optim.optimizer import Optimizer
+        made = Optimizer._hook_for_profile
+    except Exception:
+        return False
+    if getattr(made, "_tbprof", False):
+        return True
+
+    def _hook_for_profile(self, *args, **kwargs):
+        r = made(self, *args, **kwargs)
+        _wrap_step(type(self))
+        return r
+
+    _hook_for_profile._tbprof = True
+    Optimizer._hook_for_profile = _hook_for_profile
+    # classes whose optimizers were made before now (torch marked their step)
+    todo = Optimizer.__subclasses__()
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if getattr(getattr(cls, "step", None), "hooked", False):
+            _wrap_step(cls)
+    return True
+
+
+def _wrap_step(cls):
+    """cls.step, counted as a tbprof step after each call (torch < 2)."""
+    try:
+        inner = cls.step
+        if getattr(inner, "_tbprof_step", False):
+            return
+
+        @functools.wraps(inner)
+        def step(*args, **kwargs):
+            out = inner(*args, **kwargs)
+            try:
+                if args:
+                    _on_optimizer_step(args[0], args[1:], kwargs)
+            except Exception:
+                pass
+            return out
+
+        step._tbprof_step = True
+        step.hooked = True  # torch's mark: not wrapped again for its profiler
+        cls.step = step
+    except Exception:
+        pass
 
 
 def _annotation_step(source, kwargs):
