@@ -568,9 +568,22 @@ static int find_targets(struct opts *o)
     int n = 0;
     if (o->tree) {
         n = add_tree(o->pids, o->npids, found, 0);
-        if (!n)
-            fprintf(stderr, "tbprof trigger: no process under %d%s runs the tbprof agent\n", (int)o->pids[0],
+        if (!n) {
+            /* the job's own pid given with --tree (its data-loader workers,
+             * fork children, have no socket): say what to do instead */
+            static pid_t agents[MAX_TARGETS];
+            int na = tb_ctl_list(agents, MAX_TARGETS);
+            pid_t self = 0;
+            for (int i = 0; i < o->npids && !self; i++)
+                if (has_pid(agents, na < MAX_TARGETS ? na : MAX_TARGETS, o->pids[i]))
+                    self = o->pids[i];
+            fprintf(stderr, "tbprof trigger: no process under %d%s runs the tbprof agent", (int)o->pids[0],
                     o->npids > 1 ? " (or the others given)" : "");
+            if (self)
+                fprintf(stderr, "; %d itself does (--tree leaves out the PIDs given, the launchers): "
+                                "`tbprof trigger %d` without --tree captures it", (int)self, (int)self);
+            fputc('\n', stderr);
+        }
     } else {
         int na = tb_ctl_list(found, MAX_TARGETS);
         for (int i = 0; i < na && i < MAX_TARGETS; i++)

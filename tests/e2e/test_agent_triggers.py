@@ -999,6 +999,26 @@ class Triggers(tbtest.TestCase):
         r = tbtest.run([tbtest.CLI, "trigger", str(os.getpid()), "--tree", "--status"])
         self.assertEqual(r.returncode, 1)
 
+    def test_tbprof_trigger_tree_given_the_job_itself_says_so(self):
+        # --tree with the training process's own pid (its data-loader
+        # workers run no agent of their own): the job itself is named, with
+        # the command that captures it
+        self.need_cli()
+        job = tbtest.spawn([STEPS, "-n", "3000", "-m", "5", "-t", "1"], env=tbtest.env(self.logdir, socket=None))
+        self.addCleanup(lambda: job.poll() is None and (job.kill(), job.communicate()))
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if "step=" in ctl(job.pid, "status", timeout=0.5):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        r = tbtest.run([tbtest.CLI, "trigger", str(job.pid), "--tree", "--status"])
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("no process under %d runs the tbprof agent; %d itself does" % (job.pid, job.pid), r.stderr)
+        self.assertIn("`tbprof trigger %d` without --tree" % job.pid, r.stderr)
+
 
 if __name__ == "__main__":
     tbtest.main()
