@@ -139,7 +139,7 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
     char b[64];
     size_t skip = shared_prefix(ps);
     if (skip)
-        printf("hosts: %.*s...\n", (int)skip, rr_text(ps->profs[0].label));
+        printf("hosts: %.*s<column>\n", (int)skip, rr_text(ps->profs[0].label));
     printf("%-18s", "");
     for (size_t i = 0; i < ps->n; i++)
         printf(" %-20.20s", column_label(ps->profs[i].label, skip, b, sizeof b));
