@@ -543,17 +543,28 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
  * __restore_rt: mov $15,%rax; syscall)? Checked here rather than with
  * libunwind's unw_is_signal_frame, which tells the trampoline frame in
  * some versions and the frame after it in others. */
+static int sigreturn_code(sample_ctx *c, uint64_t ip, int *yes)
+{
+    unw_word_t w0 = 0, w1 = 0;
+    int past = c->past_copy; /* code, not stack: a miss here says nothing of the stack's depth */
+    int unread = access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0;
+    c->past_copy = past;
+    *yes = !unread && w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05;
+    return unread ? -1 : 0;
+}
+
 static int is_sigreturn(sample_ctx *c, uint64_t ip)
 {
+    int yes = 0;
+    if (!ip || (ip >= c->sp && ip - c->sp < c->len)) { /* (code on the stack: this sample's copy) */
+        sigreturn_code(c, ip, &yes);
+        return yes;
+    }
     ip_slot *sl = ip_slot_of(c->u, ip);
     if (!(sl->flags & IP_SIG_KNOWN)) {
-        unw_word_t w0 = 0, w1 = 0;
-        int past = c->past_copy; /* code, not stack: a miss here says nothing of the stack's depth */
-        int unread = access_mem(NULL, ip, &w0, 0, c) < 0 || access_mem(NULL, ip + 8, &w1, 0, c) < 0;
-        c->past_copy = past;
-        if (unread)
+        if (sigreturn_code(c, ip, &yes) < 0)
             return 0; /* (not kept: it may be readable at the next sample) */
-        sl->flags |= IP_SIG_KNOWN | (w0 == 0x0f0000000fc0c748ULL && (w1 & 0xff) == 0x05 ? IP_SIG : 0);
+        sl->flags |= IP_SIG_KNOWN | (yes ? IP_SIG : 0);
     }
     return !!(sl->flags & IP_SIG);
 }

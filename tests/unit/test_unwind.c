@@ -254,22 +254,25 @@ static void check_interrupted_first_insn(tb_unwinder *u, tb_symtab *st)
     sigaction(SIGILL, &sa, &old);
     sig_caller();
     sigaction(SIGILL, &old, NULL);
-    uint64_t ips[64];
-    const char *names[64];
-    int failed = -1;
-    int n = unwind_named(u, st, "signal ", ips, names, &failed);
-    int at = -1;
-    for (int i = 0; i < n && at < 0; i++)
-        if (strcmp(names[i], "sig_first_insn") == 0 || strcmp(names[i], "sig_before") == 0)
-            at = i;
-    CHECKF(at > 0, "no frame in sig_first_insn");
-    if (at > 0) {
-        const char *nm = tb_symtab_lookup(st, ips[at] - 1, NULL);
-        CHECK_STR(nm ? nm : "?", "sig_first_insn");
-        nm = at + 1 < n ? tb_symtab_lookup(st, ips[at + 1] - 1, NULL) : NULL;
-        CHECK_STR(nm ? nm : "?", "sig_caller");
+    /* twice: the second walk has each frame's sigreturn answer kept */
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t ips[64];
+        const char *names[64];
+        int failed = -1;
+        int n = unwind_named(u, st, pass ? "signal (again) " : "signal ", ips, names, &failed);
+        int at = -1;
+        for (int i = 0; i < n && at < 0; i++)
+            if (strcmp(names[i], "sig_first_insn") == 0 || strcmp(names[i], "sig_before") == 0)
+                at = i;
+        CHECKF(at > 0, "no frame in sig_first_insn");
+        if (at > 0) {
+            const char *nm = tb_symtab_lookup(st, ips[at] - 1, NULL);
+            CHECK_STR(nm ? nm : "?", "sig_first_insn");
+            nm = at + 1 < n ? tb_symtab_lookup(st, ips[at + 1] - 1, NULL) : NULL;
+            CHECK_STR(nm ? nm : "?", "sig_caller");
+        }
+        CHECK_EQ_I(failed, 0);
     }
-    CHECK_EQ_I(failed, 0);
 }
 
 /* Unwind the captured sample 100 times in a child where seccomp answers
