@@ -248,6 +248,7 @@ struct tb_unwinder {
     ip_slot *ips;
     size_t nips;
     img_chunk *img;
+    size_t nimg; /* chunks filled since the last clear */
 };
 
 /* How far above the sampled sp a read that missed the copy counts as one
@@ -280,6 +281,7 @@ static int read_image(tb_unwinder *u, uint64_t addr, void *dst, size_t len)
             if (tb_self_read(ch->b, base, IMG_CHUNK, 1) < 0)
                 return -1;
             ch->at = base + 1;
+            u->nimg++;
         }
         memcpy(out, ch->b + off, take);
         out += take;
@@ -291,8 +293,11 @@ static int read_image(tb_unwinder *u, uint64_t addr, void *dst, size_t len)
 
 static void img_clear(tb_unwinder *u)
 {
+    if (!u->nimg)
+        return; /* (never filled: its pages not touched either) */
     for (size_t i = 0; i < IMG_SLOTS; i++)
         u->img[i].at = 0;
+    u->nimg = 0;
 }
 
 static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
@@ -485,6 +490,8 @@ void tb_unwinder_free(tb_unwinder *u)
 
 static void ips_clear(tb_unwinder *u)
 {
+    if (!u->nips)
+        return;
     memset(u->ips, 0, IP_CACHE * sizeof(*u->ips));
     u->nips = 0;
 }
