@@ -17,6 +17,7 @@ static void usage(FILE *f)
                "                   [--run NAME]\n"
                "  IN              FILE.xplane.pb, a run folder, or a LOGDIR (its newest run)\n"
                "  -o OUT.svg      the flame graph (open it in a browser; hover for counts); - for stdout\n"
+               "                  (also --to, as in tbprof convert)\n"
                "  --gpu           GPU time (kernels, copies, memsets) by the sampled CPU stack that\n"
                "                  launched it, the GPU work's name on top (default: CPU samples)\n"
                "  --syncs         the host's waits for the GPU (stream, event and context syncs: .item(),\n"
@@ -38,6 +39,7 @@ static int put_svg(FILE *f, void *arg)
 int cmd_flame(int argc, char **argv)
 {
     static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"to", required_argument, 0, 'o'}, /* as convert takes it */
                                          {"title", required_argument, 0, 't'},
                                          {"width", required_argument, 0, 'w'},
                                          {"run", required_argument, 0, 'r'},

@@ -373,6 +373,12 @@ class Flame(ts.Base):
             for n, w in v:
                 self.assertAlmostEqual(w, 980.0 * n / 29, delta=0.01, msg=name)
         self.assertIn("CPU flame graph: node1", ET.tostring(root, encoding="unicode"))
+        # --to, as convert takes it: the same file
+        again = os.path.join(self.tmp, "again.svg")
+        p = run("flame", f, "--to", again, "--width", "1000")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(out, "rb") as a, open(again, "rb") as b:
+            self.assertEqual(a.read(), b.read())
 
     def test_gpu_svg(self):
         f = write(os.path.join(self.rundir, "node1.xplane.pb"), launched_space())
