@@ -1,6 +1,6 @@
 """A small PyTorch training loop on the CPU for SECONDS (default 2.5): a
 real job's stacks (libtorch_cpu's 120 MB of code, oneDNN's JIT kernels,
-autograd's threads) for bench_agent_cpu.sh. Needs torch (Debian:
+autograd's threads) for bench_agent_cpu.sh; prints its steps/s. Needs torch (Debian:
 python3-torch)."""
 import sys
 import time
@@ -16,7 +16,10 @@ model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
 end = time.monotonic() + seconds
+n = 0
 while time.monotonic() < end:
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
+    n += 1
+print("steps/s %.2f" % (n / seconds))
