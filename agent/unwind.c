@@ -567,6 +567,8 @@ static int is_sigreturn(sample_ctx *c, uint64_t ip)
         sigreturn_code(c, ip, &yes);
         return yes;
     }
+    if (!tb_symtab_module(c->u->st, ip))
+        return 0; /* JIT memory: the C library's trampoline is in a loaded object, a static binary's in it */
     ip_slot *sl = ip_slot_of(c->u, ip);
     if (!(sl->flags & IP_SIG_KNOWN)) {
         if (sigreturn_code(c, ip, &yes) < 0)

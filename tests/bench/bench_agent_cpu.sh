@@ -55,7 +55,10 @@ one() { # LIB MODE WORKLOAD
           "$torchpy" "$root/tests/bench/torch_cpu.py" 2.5 >/dev/null 2>&1 ;;
   esac &
   local pid=$!
+  # (a background job starts with SIGINT ignored: Ctrl-C here stops it too)
+  trap 'kill "$pid" 2>/dev/null; rm -f "/tmp/perf-$pid.map"; exit 130' INT TERM
   wait "$pid"
+  trap - INT TERM
   rm -f "/tmp/perf-$pid.map"
   local f
   f=$(find "$d" -name '*.xplane.pb' 2>/dev/null | head -1)

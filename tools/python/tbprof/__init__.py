@@ -523,13 +523,19 @@ def _old_torch_hook():
 
     _hook_for_profile._tbprof = True
     Optimizer._hook_for_profile = _hook_for_profile
-    # classes whose optimizers were made before now (torch marked their step)
-    todo = Optimizer.__subclasses__()
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if getattr(getattr(cls, "step", None), "hooked", False):
-            _wrap_step(cls)
+    # classes whose optimizers were made before now (torch marked their
+    # step); an LR scheduler made before now kept the step it found in its
+    # optimizer, and those steps stay uncounted (`tbprof run` and the
+    # preload install this before the script makes either)
+    try:
+        todo = Optimizer.__subclasses__()
+        while todo:
+            cls = todo.pop()
+            todo.extend(cls.__subclasses__())
+            if getattr(getattr(cls, "step", None), "hooked", False):
+                _wrap_step(cls)
+    except Exception:
+        pass
     return True
 
 
@@ -550,8 +556,7 @@ def _wrap_step(cls):
                 pass
             return out
 
-        step._tbprof_step = True
-        step.hooked = True  # torch's mark: not wrapped again for its profiler
+        step._tbprof_step = True  # (and torch's `hooked`, copied by wraps: not wrapped again)
         cls.step = step
     except Exception:
         pass
