@@ -5,6 +5,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@ struct tb_elfsyms {
     char *strs; /* names copied from a loaded image (owned), or NULL */
     tb_sym *s;
     size_t n;
+    int symtab; /* a file's own .symtab was read (not only .dynsym: not stripped) */
 };
 
 typedef struct demangle_slot {
@@ -144,11 +146,18 @@ static tb_elfsyms *parse_elf(const unsigned char *img, size_t len)
     memcpy(sh, img + eh.e_shoff, (size_t)eh.e_shnum * sizeof(*sh));
     tb_sym *s = NULL;
     size_t n = 0, cap = 0;
+    int symtab = 0;
     for (unsigned i = 0; i < eh.e_shnum; i++)
-        if (sh[i].sh_type == SHT_SYMTAB || sh[i].sh_type == SHT_DYNSYM)
+        if (sh[i].sh_type == SHT_SYMTAB || sh[i].sh_type == SHT_DYNSYM) {
+            size_t before = n;
             add_symbols(img, len, sh, eh.e_shnum, i, &s, &n, &cap);
+            symtab |= sh[i].sh_type == SHT_SYMTAB && n > before;
+        }
     free(sh);
-    return finish_syms(s, n);
+    tb_elfsyms *es = finish_syms(s, n);
+    if (es)
+        es->symtab = symtab;
+    return es;
 }
 
 /* The table of the n symbols collected in s (taken over): sorted, one per
@@ -668,6 +677,109 @@ static int same_build(tb_symtab *st, const tb_module *m, const tb_elfsyms *es)
     return 1;
 }
 
+/* ---- a stripped object's symbols from its separate debug file ------------------- */
+
+/* The .gnu_debuglink of the ELF file image img[0, len): the debug file's
+ * name (NUL-terminated inside the image) and its CRC-32, or NULL. */
+static const char *debuglink(const unsigned char *img, size_t len, uint32_t *crc)
+{
+    Elf64_Ehdr eh;
+    if (!img || len < sizeof(eh))
+        return NULL;
+    memcpy(&eh, img, sizeof(eh));
+    if (eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_shoff > len || eh.e_shstrndx >= eh.e_shnum ||
+        (size_t)eh.e_shnum * sizeof(Elf64_Shdr) > len - eh.e_shoff)
+        return NULL;
+    Elf64_Shdr names;
+    memcpy(&names, img + eh.e_shoff + (size_t)eh.e_shstrndx * sizeof(names), sizeof(names));
+    static const char want[] = ".gnu_debuglink";
+    if (names.sh_offset > len || names.sh_size > len - names.sh_offset || names.sh_size < sizeof(want))
+        return NULL;
+    for (unsigned i = 0; i < eh.e_shnum; i++) {
+        Elf64_Shdr sh;
+        memcpy(&sh, img + eh.e_shoff + (size_t)i * sizeof(sh), sizeof(sh));
+        if (sh.sh_type != SHT_PROGBITS || sh.sh_name > names.sh_size - sizeof(want) ||
+            memcmp(img + names.sh_offset + sh.sh_name, want, sizeof(want)) != 0)
+            continue;
+        if (sh.sh_offset > len || sh.sh_size > len - sh.sh_offset || sh.sh_size < 8)
+            return NULL;
+        const char *name = (const char *)img + sh.sh_offset;
+        size_t nlen = strnlen(name, (size_t)sh.sh_size);
+        size_t at = (nlen + 4) & ~(size_t)3; /* the CRC: after the NUL, 4-aligned */
+        if (!nlen || nlen >= 256 || at + 4 > sh.sh_size || strchr(name, '/')) /* (NUL-ended before strchr) */
+            return NULL;
+        memcpy(crc, name + at, 4);
+        return name;
+    }
+    return NULL;
+}
+
+#define DEBUG_ROOT "/usr/lib/debug"
+#define DEBUG_CRC_MAX (64u << 20) /* a CRC of gigabytes of DWARF is not read at collect */
+
+/* the CRC-32 of .gnu_debuglink (zlib's) */
+static uint32_t crc32_table[256];
+static pthread_once_t crc32_once = PTHREAD_ONCE_INIT;
+static void crc32_init(void) { tb_crc_table(crc32_table, 0xEDB88320u); }
+
+/* Is the debug file es (mapped) the one for the object whose image is
+ * obj: the same build ID, or where the object has none, the CRC-32 its
+ * .gnu_debuglink names (crc_want; no link: not matched)? */
+static int debug_matches(const tb_elfsyms *obj, const tb_elfsyms *es, const char *link, uint32_t crc_want)
+{
+    const unsigned char *oid = NULL, *did = NULL;
+    size_t on = file_build_id(obj->map, obj->map_len, &oid);
+    if (on) {
+        size_t dn = file_build_id(es->map, es->map_len, &did);
+        return dn == on && memcmp(oid, did, on) == 0;
+    }
+    if (!link || es->map_len > DEBUG_CRC_MAX)
+        return 0;
+    pthread_once(&crc32_once, crc32_init);
+    return tb_crc_update(crc32_table, 0, es->map, es->map_len) == crc_want;
+}
+
+/* The symbols of obj's separate debug file (path: the object's file), as
+ * gdb and perf find it: by build ID under DEBUG_ROOT/.build-id/, then by
+ * its .gnu_debuglink name beside the object, in .debug/ there, and under
+ * DEBUG_ROOT/<the object's directory>/. NULL where there is none. */
+static tb_elfsyms *debug_file_syms(const char *path, const tb_elfsyms *obj)
+{
+    char cand[4][PATH_MAX];
+    int nc = 0;
+    const unsigned char *id = NULL;
+    size_t idn = file_build_id(obj->map, obj->map_len, &id);
+    if (idn >= 2 && idn <= 64) {
+        int k = snprintf(cand[nc], sizeof(cand[nc]), DEBUG_ROOT "/.build-id/%02x/", id[0]);
+        for (size_t i = 1; i < idn; i++)
+            k += snprintf(cand[nc] + k, sizeof(cand[nc]) - (size_t)k, "%02x", id[i]);
+        snprintf(cand[nc] + k, sizeof(cand[nc]) - (size_t)k, ".debug");
+        nc++;
+    }
+    uint32_t crc = 0;
+    const char *link = debuglink(obj->map, obj->map_len, &crc);
+    const char *slash = strrchr(path, '/');
+    if (link && slash) {
+        int dir = (int)(slash - path);
+        snprintf(cand[nc++], sizeof(cand[0]), "%.*s/%s", dir, path, link);
+        snprintf(cand[nc++], sizeof(cand[0]), "%.*s/.debug/%s", dir, path, link);
+        snprintf(cand[nc++], sizeof(cand[0]), DEBUG_ROOT "%.*s/%s", dir, path, link);
+    }
+    for (int i = 0; i < nc; i++) {
+        if (!strcmp(cand[i], path))
+            continue; /* (a link naming the object itself) */
+        tb_elfsyms *es = load_file_syms(cand[i]);
+        if (!es)
+            continue;
+        if (es->symtab && debug_matches(obj, es, link, crc)) {
+            tb_debug("symbols: %s from %s", path, cand[i]);
+            return es;
+        }
+        free_syms(es);
+    }
+    return NULL;
+}
+
 /* A pointer the dynamic section holds: glibc has relocated it in place
  * (most), others leave it an offset from the load bias. */
 static uint64_t dyn_ptr(uint64_t v, uint64_t bias) { return v < bias ? v + bias : v; }
@@ -899,18 +1011,23 @@ const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, con
                     m->syms = NULL;
                 }
             }
-        } else if (m->gen_to) {
-            /* unloaded: its image is gone (or another one's is there),
-             * only its file is left to read */
-            m->syms = load_file_syms(m->path);
         } else {
+            /* unloaded (gen_to): its image is gone (or another one's is
+             * there), only its file is left to read */
             m->syms = load_file_syms(m->path);
-            if (m->syms && !same_build(st, m, m->syms)) {
+            if (!m->gen_to && m->syms && !same_build(st, m, m->syms)) {
                 tb_debug("symbols: %s was replaced since it was loaded: names from its mapped image", m->path);
                 free_syms(m->syms);
                 m->syms = NULL;
             }
-            if (!m->syms)
+            if (m->syms && !m->syms->symtab) { /* stripped: its debug file's symbols, where there is one */
+                tb_elfsyms *d = debug_file_syms(m->path, m->syms);
+                if (d) {
+                    free_syms(m->syms);
+                    m->syms = d;
+                }
+            }
+            if (!m->syms && !m->gen_to)
                 m->syms = image_syms(st, m);
         }
     }

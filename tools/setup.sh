@@ -4,8 +4,10 @@
 # clang-fuzz suite of tests/run.sh). Idempotent: does nothing when everything
 # is present. Needs root or sudo.
 set -euo pipefail
+# (libc6-dbg: libc's detached symbols, found by build ID: its internal
+# functions get names in CPU samples, and test_symbols checks that they do)
 pkgs=(build-essential cmake pkg-config zlib1g-dev protobuf-c-compiler libprotobuf-c-dev
-      libunwind-dev liblzma-dev protobuf-compiler python3 python3-protobuf)
+      libunwind-dev liblzma-dev protobuf-compiler python3 python3-protobuf libc6-dbg)
 fuzz=0; [ "${1:-}" = fuzz ] && { fuzz=1; pkgs+=(clang); }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 updated=0

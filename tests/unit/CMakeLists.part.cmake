@@ -10,3 +10,13 @@ if(TARGET test_unwind)
   add_dependencies(test_unwind ehtail)
   target_compile_definitions(test_unwind PRIVATE EHTAIL_LIB="${CMAKE_BINARY_DIR}/tests/libehtail.so")
 endif()
+#   build/tests/libdbgsplit.so: a function named only in its .symtab; test_symbols
+#   strips a copy into a separate debug file (objcopy, strip) and reads it back
+add_library(dbgsplit SHARED ${CMAKE_SOURCE_DIR}/tests/unit/lib/dbgsplit.c)
+target_compile_options(dbgsplit PRIVATE -O1 -g -fno-sanitize=all)
+target_link_options(dbgsplit PRIVATE -Wl,--build-id)
+set_target_properties(dbgsplit PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+if(TARGET test_symbols)
+  add_dependencies(test_symbols dbgsplit)
+  target_compile_definitions(test_symbols PRIVATE DBGSPLIT_LIB="${CMAKE_BINARY_DIR}/tests/libdbgsplit.so")
+endif()

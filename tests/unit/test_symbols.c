@@ -2,7 +2,10 @@
  * of libc (.dynsym), C++ demangling when libstdc++ is present, the JIT map
  * read incrementally as it grows (and refused when it is not the user's
  * file), addresses nothing covers, and libraries whose file was replaced
- * or deleted after they were loaded. */
+ * or deleted after they were loaded, and stripped libraries named from their
+ * separate debug files (.gnu_debuglink beside them or in .debug/, by CRC
+ * where they have no build ID; libc's by build ID under /usr/lib/debug
+ * where libc6-dbg is installed). */
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -394,6 +397,89 @@ static void test_replaced_file(void)
     unlink(tmp);
 }
 
+/* A stripped copy of libdbgsplit.so at dir/sub/name whose debug file
+ * (split off with objcopy, as distributions do; from `debug_of`'s image
+ * where that is given, a debug file of another build) lies at
+ * dir/sub/where/<link name>; strip_extra: more for strip, then `post` run
+ * in dir/sub; the name its hidden function gets, or NULL. */
+static const char *split_and_look(const char *dir, const char *sub, const char *where, const char *debug_of,
+                                  const char *strip_extra, const char *post, char *out, size_t outlen)
+{
+    char lib[512], cmd[4096];
+    snprintf(lib, sizeof(lib), "%s/%s/libdbgsplit.so", dir, sub);
+    snprintf(cmd, sizeof(cmd),
+             "set -e; mkdir -p '%s/%s/%s'; cp '%s' '%s'; cd '%s/%s';"
+             " objcopy --only-keep-debug '%s' dbgsplit.debug;"
+             " strip --strip-unneeded %s libdbgsplit.so; objcopy --add-gnu-debuglink=dbgsplit.debug libdbgsplit.so;"
+             " [ '%s' = . ] || mv dbgsplit.debug '%s/dbgsplit.debug'; %s",
+             dir, sub, where, DBGSPLIT_LIB, lib, dir, sub, debug_of ? debug_of : "libdbgsplit.so", strip_extra, where,
+             where, post);
+    if (system(cmd) != 0)
+        return NULL;
+    void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        CHECKF(0, "dlopen %s: %s", lib, dlerror());
+        return NULL;
+    }
+    int (*(*get)(void))(int) = (int (*(*)(void))(int))dlsym(h, "dbgsplit_hidden");
+    if (!get)
+        return NULL;
+    tb_symtab *st = tb_symtab_new();
+    tb_symtab_refresh(st);
+    const char *n = tb_symtab_lookup(st, (uintptr_t)get() + 1, NULL);
+    snprintf(out, outlen, "%s", n ? n : "(null)");
+    tb_symtab_free(st);
+    return out;
+}
+
+static void test_debug_files(void)
+{
+    if (system("command -v objcopy >/dev/null && command -v strip >/dev/null") != 0) {
+        printf("# skip debug files: no objcopy or strip (binutils)\n");
+        return;
+    }
+    char dir[64], name[256], other[4200];
+    snprintf(dir, sizeof(dir), "/tmp/tbprof-test-dbg-%d", (int)getpid());
+    /* the same object unstripped has the name in its own .symtab; stripped,
+     * only the debug file beside it or in .debug/ can give it */
+    const char *n = split_and_look(dir, "beside", ".", NULL, "", "", name, sizeof(name));
+    CHECKF(n && strcmp(n, "hidden_work_for_debugfile") == 0, "beside: got %s", n ? n : "(no copy)");
+    n = split_and_look(dir, "dotdebug", ".debug", NULL, "", "", name, sizeof(name));
+    CHECKF(n && strcmp(n, "hidden_work_for_debugfile") == 0, ".debug/: got %s", n ? n : "(no copy)");
+    /* a debug file of another build at the link's name: not taken */
+    ssize_t k = readlink("/proc/self/exe", other, sizeof(other) - 1);
+    other[k > 0 ? k : 0] = '\0';
+    n = split_and_look(dir, "other", ".", other, "", "", name, sizeof(name));
+    CHECKF(n && strcmp(n, "hidden_work_for_debugfile") != 0, "another build's debug file: got %s",
+           n ? n : "(no copy)");
+    /* an object with no build ID: matched by the link's CRC-32, and a
+     * debug file changed since the link was made is not taken */
+    const char *noid = "--remove-section=.note.gnu.build-id";
+    n = split_and_look(dir, "crc", ".", NULL, noid, "", name, sizeof(name));
+    CHECKF(n && strcmp(n, "hidden_work_for_debugfile") == 0, "by CRC: got %s", n ? n : "(no copy)");
+    n = split_and_look(dir, "crcbad", ".", NULL, noid, "printf x >> dbgsplit.debug", name, sizeof(name));
+    CHECKF(n && strcmp(n, "hidden_work_for_debugfile") != 0, "CRC changed: got %s", n ? n : "(no copy)");
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+
+    /* libc (stripped in Debian) by its build ID, where libc6-dbg is
+     * installed: memcpy's implementation, chosen at load (IFUNC), is a
+     * local function named only in the debug file */
+    tb_symtab *st = tb_symtab_new();
+    tb_symtab_refresh(st);
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD); /* (not a sanitizer's interceptor) */
+    void *cp = libc ? dlsym(libc, "memcpy") : NULL;
+    const char *mod = NULL;
+    n = cp ? tb_symtab_lookup(st, (uintptr_t)cp + 1, &mod) : NULL;
+    if (access("/usr/lib/debug/.build-id", F_OK) != 0)
+        printf("# skip libc by build ID: no /usr/lib/debug/.build-id (libc6-dbg)\n");
+    else
+        CHECKF(n && strncmp(n, "__mem", 5) == 0, "memcpy's implementation in %s: got %s", mod ? mod : "?",
+               n ? n : "(null)");
+    tb_symtab_free(st);
+}
+
 int main(void)
 {
     CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
@@ -404,5 +490,6 @@ int main(void)
     test_demangle();
     test_relative_path();
     test_replaced_file();
+    test_debug_files();
     return tap_done();
 }
