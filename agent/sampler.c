@@ -1016,7 +1016,10 @@ typedef struct collect_state {
     size_t npend, cap_pend;
 } collect_state;
 
-static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr, uint32_t gen)
+/* unknown: set to the metadata id of "[unknown]" (a frame in no loaded
+ * object and no JIT map) once one is named so */
+static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, uint64_t addr, uint32_t gen,
+                           int64_t *unknown)
 {
     uint64_t key = addr | (1ULL << 63);
     size_t h = (size_t)(((addr ^ gen) * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
@@ -1038,6 +1041,8 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
     }
     int64_t m = tb_plane_event_meta_cat(p, name, TB_CAT_CPU_SAMPLE);
     uint32_t meta = m > 0 ? (uint32_t)m : 0;
+    if (name == buf && !module && m > 0)
+        *unknown = m;
     cache[h].key = key;
     cache[h].meta = meta;
     cache[h].gen = gen;
@@ -1131,12 +1136,13 @@ static int cpu_collect(void *ctx, tb_space *space)
         rc = -ENOMEM;
         goto out;
     }
+    int64_t unknown = -1;
     for (size_t s = 0; s < c->nstacks; s++) {
         const cpu_stack *st = &c->stacks[s];
         for (uint32_t i = 0; i < st->n; i++) {
             uint64_t ip = c->frames[st->off + i];
             /* return addresses point after the call: look up the call itself */
-            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1, st->gen);
+            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1, st->gen, &unknown);
         }
     }
 
@@ -1156,6 +1162,11 @@ static int cpu_collect(void *ctx, tb_space *space)
             c->samples[kept++] = c->samples[j];
     uint64_t outside = c->nsamples - kept;
     c->nsamples = kept;
+    uint64_t in_jit = 0; /* samples whose leaf is "[unknown]" */
+    for (size_t j = 0; j < kept && unknown > 0; j++) {
+        const cpu_stack *st = &c->stacks[c->samples[j].stack];
+        in_jit += st->n && metas[st->off] == (uint32_t)unknown;
+    }
     int64_t lo = c->begin_mono > win_b ? c->begin_mono : win_b;
     int64_t period = (int64_t)c->period_ns, gap = period * TB_CPU_GAP_PERIODS;
     span open[TB_CPU_MAX_FRAMES];
@@ -1230,6 +1241,16 @@ static int cpu_collect(void *ctx, tb_space *space)
     tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);
     if (c->unsampled)
         tb_plane_stat_u64(p, TB_ST_CPU_THREADS_UNSAMPLED, c->unsampled);
+    if (in_jit >= 10 && in_jit * 10 >= kept) {
+        /* their stacks end there too: no unwind tables in JIT code */
+        char w[400];
+        snprintf(w, sizeof(w),
+                 "cpu sampling: %llu of %llu samples (%.0f%%) ran in code outside any loaded object, "
+                 "named [unknown] with no callers: JIT-compiled code; a JIT writing /tmp/perf-<pid>.map names it "
+                 "(oneDNN, PyTorch's CPU convolutions and matmuls: ONEDNN_JIT_PROFILE=2)",
+                 (unsigned long long)in_jit, (unsigned long long)kept, 100.0 * (double)in_jit / (double)kept);
+        tb_space_add_warning(space, w);
+    }
     if (c->lost_kernel + c->lost_full) {
         char w[160];
         snprintf(w, sizeof(w), "cpu sampling: %llu samples lost (%llu by the kernel: poll too slow; %llu over the buffer cap)",

@@ -177,6 +177,48 @@ class CpuManyThreads(tbtest.TestCase):
         self.assertIn("TBPROF_BUFFER_MB", w[0])
 
 
+class CpuJitCode(tbtest.TestCase):
+    """tests/e2e/progs/jitspin.c: a program spinning in code it generated
+    (oneDNN's kernels in a CPU PyTorch job, 19% of its samples): the profile
+    says what its [unknown] samples are and how to name them; named through
+    the JIT's perf map, they are not warned about."""
+
+    def setUp(self):
+        super().setUp()
+        cpusamples.skip_if_perf_refused(self)
+
+    def spin(self, *args):
+        k = relutil.sanitizer_slowdown()
+        logdir = os.path.join(self.tmp, "logs-" + "-".join(args or ("plain",)))
+        env = tbtest.env(logdir, cpu="on", delay=0.3 * k, duration=0.8 * k)
+        p = tbtest.run([tbtest.prog("jitspin"), str(1.5 * k)] + list(args), env=env, timeout=120)
+        self.assertExitedOk(p)
+        prof = tbtest.load(tbtest.wait_for_xplanes(logdir, 1)[0])
+        pid = int(p.stdout.split()[1])
+        line = prof.host.line(pid)
+        self.assertIsNotNone(line, p.stderr)
+        selfs = {}
+        for e in line.events:
+            selfs[e.name] = selfs.get(e.name, 0) + e.stats.get("self_samples", 0)
+        jit = [w for w in prof.warnings if "outside any loaded object" in w]
+        return prof, selfs, jit
+
+    def test_jit_samples_are_explained(self):
+        prof, selfs, jit = self.spin()
+        total = sum(selfs.values())
+        self.assertGreater(selfs.get("[unknown]", 0), total * 0.5, selfs)
+        self.assertEqual(len(jit), 1, prof.warnings)
+        self.assertIn("ONEDNN_JIT_PROFILE=2", jit[0])
+        self.assertRegex(jit[0], r"^cpu sampling: \d+ of \d+ samples \(\d+%\)")
+
+    def test_named_by_the_perf_map_not_warned(self):
+        prof, selfs, jit = self.spin("map")
+        total = sum(selfs.values())
+        self.assertGreater(selfs.get("jit_spin_kernel", 0), total * 0.5, selfs)
+        self.assertEqual(selfs.get("[unknown]", 0), 0, selfs)
+        self.assertEqual(jit, [], prof.warnings)
+
+
 class CpuLibraryLoadedMidCapture(tbtest.TestCase):
     """A library dlopen()ed after the capture started, built without frame
     pointers: the stacks of samples taken in it must reach the program's
