@@ -114,11 +114,15 @@ static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
 /* 1 when the process has a CPython >= 3.12 with everything we call. */
 static int resolve(void)
 {
-    LOOK(version, "Py_GetVersion");
-    int major = 0, minor = 0;
-    if (sscanf(py.version(), "%d.%d", &major, &minor) != 2 || major != 3 || minor < 12)
+    /* the version from Py_Version (3.11+: PY_VERSION_HEX, read-only data),
+     * not Py_GetVersion: 3.11's formats its static buffer at each call, a
+     * race with the job's own calls from this thread */
+    const unsigned long *hex = lookup("Py_Version");
+    if (!hex || (*hex >> 24) != 3 || ((*hex >> 16) & 0xff) < 12)
         return 0;
+    int minor = (int)((*hex >> 16) & 0xff);
     py.minor = minor;
+    LOOK(version, "Py_GetVersion"); /* (3.12+: formatted once, at start-up) */
     /* a free-threaded build compiles trampolines into shared arenas from
      * every thread at once, unlocked in its perf_trampoline.c: not switched
      * on under a running job's threads */
