@@ -31,6 +31,7 @@ struct tb_elfsyms {
     void *map; /* mmapped file, or NULL for an in-memory image */
     size_t map_len;
     char *strs; /* names copied from a loaded image (owned), or NULL */
+    char *unversioned; /* "name" of the "name@VERSION" symbols (owned), or NULL */
     tb_sym *s;
     size_t n;
     int symtab; /* a file's own .symtab was read (not only .dynsym: not stripped) */
@@ -124,6 +125,11 @@ static void add_symbol_array(const unsigned char *symbytes, size_t count, const 
         }
         int bind = ELF64_ST_BIND(sym.st_info);
         int rank = (bind == STB_GLOBAL ? 0 : bind == STB_WEAK ? 100 : 200) + leading_underscores(name) * 10;
+        /* a .symtab's versioned aliases (libc's debug file): the plain name
+         * first, then the default version (@@), then an old one (@) */
+        const char *at = strchr(name, '@');
+        if (at)
+            rank += at[1] == '@' ? 1 : 2;
         (*out)[(*n)++] = (tb_sym){sym.st_value, sym.st_size, name, rank};
     }
 }
@@ -160,8 +166,33 @@ static tb_elfsyms *parse_elf(const unsigned char *img, size_t len)
     return es;
 }
 
+/* The names kept as "name@VERSION" ("pthread_cond_wait@@GLIBC_2.3.2"),
+ * named "name" from a copy es owns (left as they are without memory). */
+static void unversion(tb_elfsyms *es, tb_sym *s, size_t n)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *at = strchr(s[i].name, '@');
+        if (at && at > s[i].name)
+            need += (size_t)(at - s[i].name) + 1;
+    }
+    if (!need || !(es->unversioned = malloc(need)))
+        return;
+    char *w = es->unversioned;
+    for (size_t i = 0; i < n; i++) {
+        const char *at = strchr(s[i].name, '@');
+        if (!at || at == s[i].name)
+            continue;
+        size_t len = (size_t)(at - s[i].name);
+        memcpy(w, s[i].name, len);
+        w[len] = '\0';
+        s[i].name = w;
+        w += len + 1;
+    }
+}
+
 /* The table of the n symbols collected in s (taken over): sorted, one per
- * address, sizeless ones extended. */
+ * address (the best-ranked name), sizeless ones extended. */
 static tb_elfsyms *finish_syms(tb_sym *s, size_t n)
 {
     tb_elfsyms *es = calloc(1, sizeof(*es));
@@ -179,6 +210,7 @@ static tb_elfsyms *finish_syms(tb_sym *s, size_t n)
             else if (s[i].size > s[w - 1].size && s[w - 1].size == 0)
                 s[w - 1].size = s[i].size;
         n = w;
+        unversion(es, s, n);
         /* sizeless symbols extend to the next one (capped) */
         for (size_t i = 0; i < n; i++)
             if (s[i].size == 0) {
@@ -191,13 +223,25 @@ static tb_elfsyms *finish_syms(tb_sym *s, size_t n)
     return es;
 }
 
-static tb_elfsyms *load_file_syms(const char *path)
+static void free_syms(tb_elfsyms *es);
+
+enum {
+    FILE_KEEP_EMPTY = 1, /* an ELF file with no function symbol (a stripped executable) is kept, mapped */
+    FILE_OWNED = 2,      /* only a file of this user or root (a debug file found by name) */
+};
+
+/* The function symbols of the ELF file at path, its image mapped (names
+ * point into it); NULL where it is not one (or has none, without
+ * FILE_KEEP_EMPTY). */
+static tb_elfsyms *load_file_syms(const char *path, int flags)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* (O_NONBLOCK: a FIFO planted at the path is not waited on) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return NULL;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(Elf64_Ehdr)) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)sizeof(Elf64_Ehdr) ||
+        ((flags & FILE_OWNED) && st.st_uid != geteuid() && st.st_uid != 0)) {
         close(fd);
         return NULL;
     }
@@ -206,11 +250,10 @@ static tb_elfsyms *load_file_syms(const char *path)
     if (map == MAP_FAILED)
         return NULL;
     tb_elfsyms *es = parse_elf(map, (size_t)st.st_size);
-    if (!es || es->n == 0) {
-        if (es) {
-            free(es->s);
-            free(es);
-        }
+    if (!es && (flags & FILE_KEEP_EMPTY) && memcmp(map, ELFMAG, SELFMAG) == 0)
+        es = calloc(1, sizeof(*es)); /* (no section headers: its build ID may still name a debug file) */
+    if (!es || (es->n == 0 && !(flags & FILE_KEEP_EMPTY))) {
+        free_syms(es);
         munmap(map, (size_t)st.st_size);
         return NULL;
     }
@@ -226,6 +269,7 @@ static void free_syms(tb_elfsyms *es)
     if (es->map)
         munmap(es->map, es->map_len);
     free(es->strs);
+    free(es->unversioned);
     free(es->s);
     free(es);
 }
@@ -650,6 +694,19 @@ static size_t file_build_id(const unsigned char *img, size_t len, const unsigned
         if (n)
             return n;
     }
+    /* no PT_NOTE with it (a debug file some tool wrote): its note sections */
+    if (eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_shoff > len ||
+        (size_t)eh.e_shnum * sizeof(Elf64_Shdr) > len - eh.e_shoff)
+        return 0;
+    for (unsigned i = 0; i < eh.e_shnum; i++) {
+        Elf64_Shdr sh;
+        memcpy(&sh, img + eh.e_shoff + (size_t)i * sizeof(sh), sizeof(sh));
+        if (sh.sh_type != SHT_NOTE || sh.sh_offset > len || sh.sh_size > len - sh.sh_offset)
+            continue;
+        size_t n = note_build_id(img + sh.sh_offset, (size_t)sh.sh_size, id);
+        if (n)
+            return n;
+    }
     return 0;
 }
 
@@ -768,7 +825,7 @@ static tb_elfsyms *debug_file_syms(const char *path, const tb_elfsyms *obj)
     for (int i = 0; i < nc; i++) {
         if (!strcmp(cand[i], path))
             continue; /* (a link naming the object itself) */
-        tb_elfsyms *es = load_file_syms(cand[i]);
+        tb_elfsyms *es = load_file_syms(cand[i], FILE_OWNED); /* (another user's would name our frames) */
         if (!es)
             continue;
         if (es->symtab && debug_matches(obj, es, link, crc)) {
@@ -1014,7 +1071,7 @@ const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, con
         } else {
             /* unloaded (gen_to): its image is gone (or another one's is
              * there), only its file is left to read */
-            m->syms = load_file_syms(m->path);
+            m->syms = load_file_syms(m->path, FILE_KEEP_EMPTY);
             if (!m->gen_to && m->syms && !same_build(st, m, m->syms)) {
                 tb_debug("symbols: %s was replaced since it was loaded: names from its mapped image", m->path);
                 free_syms(m->syms);
@@ -1022,7 +1079,7 @@ const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, con
             }
             if (m->syms && !m->syms->symtab) { /* stripped: its debug file's symbols, where there is one */
                 tb_elfsyms *d = debug_file_syms(m->path, m->syms);
-                if (d) {
+                if (d || !m->syms->n) {
                     free_syms(m->syms);
                     m->syms = d;
                 }

@@ -192,6 +192,8 @@ class CpuJitCode(tbtest.TestCase):
         logdir = os.path.join(self.tmp, "logs-" + "-".join(args or ("plain",)))
         env = tbtest.env(logdir, cpu="on", delay=0.3 * k, duration=0.8 * k)
         p = tbtest.run([tbtest.prog("jitspin"), str(1.5 * k)] + list(args), env=env, timeout=120)
+        if p.returncode == 77:
+            self.skipTest("executable memory refused here: " + p.stderr.strip())
         self.assertExitedOk(p)
         prof = tbtest.load(tbtest.wait_for_xplanes(logdir, 1)[0])
         pid = int(p.stdout.split()[1])
@@ -217,6 +219,37 @@ class CpuJitCode(tbtest.TestCase):
         self.assertGreater(selfs.get("jit_spin_kernel", 0), total * 0.5, selfs)
         self.assertEqual(selfs.get("[unknown]", 0), 0, selfs)
         self.assertEqual(jit, [], prof.warnings)
+
+
+class CpuStrippedProgram(tbtest.TestCase):
+    """A stripped program (its .dynsym has none of its own functions) with
+    its debug file beside it, as a distribution's -dbgsym package puts it
+    under /usr/lib/debug: its functions are named from the debug file."""
+
+    def setUp(self):
+        super().setUp()
+        cpusamples.skip_if_perf_refused(self)
+        if not (shutil.which("objcopy") and shutil.which("strip")):
+            self.skipTest("no objcopy or strip (binutils)")
+
+    def test_named_from_the_debug_file(self):
+        prog = os.path.join(self.tmp, "idle_busy")
+        shutil.copy(tbtest.prog("idle_busy"), prog)
+        for cmd in (["objcopy", "--only-keep-debug", prog, prog + ".debug"], ["strip", "--strip-all", prog],
+                    ["objcopy", "--add-gnu-debuglink=" + prog + ".debug", prog]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        k = relutil.sanitizer_slowdown()
+        env = tbtest.env(self.logdir, cpu="on", delay=0.3 * k, duration=0.8 * k)
+        p = tbtest.run([prog, "2", "2", str(1.5 * k)], env=env, timeout=120)
+        self.assertExitedOk(p)
+        prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+        busy = [int(l.split()[1]) for l in p.stdout.splitlines() if l.startswith("busy ")]
+        self.assertEqual(len(busy), 2, p.stdout)
+        for tid in busy:
+            names = {e.name for e in prof.host.line(tid).events} if prof.host.line(tid) else set()
+            self.assertIn("busy", names, (tid, sorted(names)))
+            self.assertNotIn("[idle_busy]", names, (tid, sorted(names)))
 
 
 class CpuLibraryLoadedMidCapture(tbtest.TestCase):
