@@ -675,37 +675,40 @@ static size_t note_build_id(const unsigned char *notes, size_t len, const unsign
     return 0;
 }
 
-/* The build ID of the ELF file image img[0, len) (its PT_NOTE segments). */
+/* The build ID of the ELF file image img[0, len): from its PT_NOTE
+ * segments, else its note sections (a debug file written without the
+ * segment). */
 static size_t file_build_id(const unsigned char *img, size_t len, const unsigned char **id)
 {
     Elf64_Ehdr eh;
     if (!img || len < sizeof(eh))
         return 0;
     memcpy(&eh, img, sizeof(eh));
-    if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phoff > len ||
-        (size_t)eh.e_phnum * sizeof(Elf64_Phdr) > len - eh.e_phoff)
-        return 0;
-    for (unsigned i = 0; i < eh.e_phnum; i++) {
-        Elf64_Phdr ph;
-        memcpy(&ph, img + eh.e_phoff + (size_t)i * sizeof(ph), sizeof(ph));
-        if (ph.p_type != PT_NOTE || ph.p_offset > len || ph.p_filesz > len - ph.p_offset)
+    for (int sections = 0; sections < 2; sections++) {
+        size_t ent = sections ? sizeof(Elf64_Shdr) : sizeof(Elf64_Phdr);
+        uint64_t table = sections ? eh.e_shoff : eh.e_phoff;
+        unsigned num = sections ? eh.e_shnum : eh.e_phnum;
+        if (!num || (sections ? eh.e_shentsize : eh.e_phentsize) != ent || table > len ||
+            (size_t)num * ent > len - table)
             continue;
-        size_t n = note_build_id(img + ph.p_offset, (size_t)ph.p_filesz, id);
-        if (n)
-            return n;
-    }
-    /* no PT_NOTE with it (a debug file some tool wrote): its note sections */
-    if (eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_shoff > len ||
-        (size_t)eh.e_shnum * sizeof(Elf64_Shdr) > len - eh.e_shoff)
-        return 0;
-    for (unsigned i = 0; i < eh.e_shnum; i++) {
-        Elf64_Shdr sh;
-        memcpy(&sh, img + eh.e_shoff + (size_t)i * sizeof(sh), sizeof(sh));
-        if (sh.sh_type != SHT_NOTE || sh.sh_offset > len || sh.sh_size > len - sh.sh_offset)
-            continue;
-        size_t n = note_build_id(img + sh.sh_offset, (size_t)sh.sh_size, id);
-        if (n)
-            return n;
+        for (unsigned i = 0; i < num; i++) {
+            uint64_t at, size;
+            int note;
+            if (sections) {
+                Elf64_Shdr sh;
+                memcpy(&sh, img + table + (size_t)i * ent, sizeof(sh));
+                note = sh.sh_type == SHT_NOTE, at = sh.sh_offset, size = sh.sh_size;
+            } else {
+                Elf64_Phdr ph;
+                memcpy(&ph, img + table + (size_t)i * ent, sizeof(ph));
+                note = ph.p_type == PT_NOTE, at = ph.p_offset, size = ph.p_filesz;
+            }
+            if (!note || at > len || size > len - at)
+                continue;
+            size_t n = note_build_id(img + at, (size_t)size, id);
+            if (n)
+                return n;
+        }
     }
     return 0;
 }
