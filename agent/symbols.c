@@ -774,6 +774,12 @@ static const char *debuglink(const unsigned char *img, size_t len, uint32_t *crc
     return NULL;
 }
 
+size_t tb_elf_ids(const void *img, size_t len, const unsigned char **id, const char **link, uint32_t *crc)
+{
+    *link = debuglink(img, len, crc);
+    return file_build_id(img, len, id);
+}
+
 #define DEBUG_ROOT "/usr/lib/debug"
 #define DEBUG_CRC_MAX (64u << 20) /* a CRC of gigabytes of DWARF is not read at collect */
 

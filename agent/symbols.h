@@ -114,6 +114,12 @@ const char *tb_elfsyms_at(const tb_elfsyms *es, size_t i, uint64_t *start, uint6
  * that start inside another one; NULL if none. */
 const char *tb_elfsyms_find(const tb_elfsyms *es, uint64_t a, uint64_t *start, uint64_t *size);
 
+/* What the debug-file lookup reads from an object's image (tests,
+ * fuzzing): its build ID (*id, the length returned; 0: none) and its
+ * .gnu_debuglink name (*link, NUL-terminated inside img; NULL: none) with
+ * the CRC-32 that link records. */
+size_t tb_elf_ids(const void *img, size_t len, const unsigned char **id, const char **link, uint32_t *crc);
+
 /* Override the perf map path (tests); NULL restores /tmp/perf-<pid>.map. */
 void tb_symtab_set_perfmap_path(tb_symtab *st, const char *path);
 

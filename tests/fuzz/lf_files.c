@@ -6,7 +6,8 @@
  * input is a JIT map (/tmp/perf-<pid>.map), written to a memory file in
  * pieces, as a JIT appends to it, and read after each piece.
  *
- * Checked beyond the sanitizers: functions come out in strictly rising
+ * Checked beyond the sanitizers: the build ID and .gnu_debuglink name the
+ * debug-file lookup reads lie inside the image; functions come out in strictly rising
  * address order, each with a size, and a lookup of each one's start (and
  * last byte, where fewer than 8 functions start inside it) finds a
  * function covering it; reading the map in pieces gives
@@ -57,6 +58,44 @@ static void write_vdso(const char *dir)
         write_file(dir, "vdso.so", img, len);
 }
 
+/* A small ELF object with no symbols: a .gnu_debuglink section (a name,
+ * padding, a CRC) and a build-ID note, what the debug-file lookup reads. */
+static void write_debuglink(const char *dir)
+{
+    static const char names[] = "\0.shstrtab\0.gnu_debuglink\0.note.gnu.build-id";
+    static const unsigned char link[] = "libx.debug\0\0\x12\x34\x56\x78";
+    static const unsigned char note[] = {4, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0, 'G', 'N', 'U', 0,
+                                         1, 2, 3, 4, 5, 6, 7, 8};
+    unsigned char img[512] = {0};
+    Elf64_Ehdr eh = {0};
+    memcpy(eh.e_ident, ELFMAG, SELFMAG);
+    eh.e_ident[EI_CLASS] = ELFCLASS64;
+    eh.e_ident[EI_DATA] = ELFDATA2LSB;
+    eh.e_ident[EI_VERSION] = EV_CURRENT;
+    eh.e_type = ET_DYN;
+    eh.e_machine = EM_X86_64;
+    eh.e_version = EV_CURRENT;
+    eh.e_ehsize = sizeof(eh);
+    eh.e_shentsize = sizeof(Elf64_Shdr);
+    eh.e_shnum = 4;
+    eh.e_shstrndx = 1;
+    size_t at = sizeof(eh);
+    Elf64_Shdr sh[4] = {{0}};
+    sh[1] = (Elf64_Shdr){.sh_name = 1, .sh_type = SHT_STRTAB, .sh_offset = at, .sh_size = sizeof(names)};
+    memcpy(img + at, names, sizeof(names));
+    at += (sizeof(names) + 7) & ~(size_t)7;
+    sh[2] = (Elf64_Shdr){.sh_name = 11, .sh_type = SHT_PROGBITS, .sh_offset = at, .sh_size = sizeof(link) - 1};
+    memcpy(img + at, link, sizeof(link) - 1);
+    at += (sizeof(link) + 7) & ~(size_t)7;
+    sh[3] = (Elf64_Shdr){.sh_name = 26, .sh_type = SHT_NOTE, .sh_offset = at, .sh_size = sizeof(note)};
+    memcpy(img + at, note, sizeof(note));
+    at += (sizeof(note) + 7) & ~(size_t)7;
+    eh.e_shoff = at;
+    memcpy(img, &eh, sizeof(eh));
+    memcpy(img + at, sh, sizeof(sh));
+    write_file(dir, "debuglink.so", img, at + sizeof(sh));
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
@@ -64,6 +103,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *seeds = getenv("LF_WRITE_SEEDS");
     if (seeds) {
         write_vdso(seeds);
+        write_debuglink(seeds);
         static const char map[] = "7f0000001000 100 py::first:/app/a.py\n7f0000002000 80 py::second:/app/b.py\n"
                                   "7f0000001000 100 py::again:/app/a.py\n  7f0000003000  40 py::spaced\n"
                                   "7f0000004000 0 zero\n7f00000050";
@@ -89,8 +129,10 @@ static void check_elf(const uint8_t *data, size_t size)
         const char *name = tb_elfsyms_at(es, i, &start, &len);
         if (!name || !*name || len == 0 || (i && start <= prev))
             abort();
-        /* the name lies in the image, NUL included */
-        if ((const uint8_t *)name < data || (const uint8_t *)name + strlen(name) >= data + size)
+        /* the name lies in the image, NUL included; or it is the copy
+         * of a versioned one cut at its '@' ("name@@VER" -> "name") */
+        int in_image = (const uint8_t *)name >= data && (const uint8_t *)name + strlen(name) < data + size;
+        if (!in_image && strchr(name, '@'))
             abort();
         prev = start;
         if (tb_elfsyms_find(es, start, &fs, &fl) != name || fs != start)
@@ -108,6 +150,16 @@ static void check_elf(const uint8_t *data, size_t size)
             abort();
     }
     tb_elfsyms_free(es);
+    /* what the debug-file lookup reads: inside the image */
+    const unsigned char *id = NULL;
+    const char *link = NULL;
+    uint32_t crc = 0;
+    size_t idn = tb_elf_ids(data, size, &id, &link, &crc);
+    if (idn && (id < data || idn > size || id > data + size - idn))
+        abort();
+    if (link && ((const uint8_t *)link < data || (const uint8_t *)link + strlen(link) >= data + size ||
+                 !*link || strchr(link, '/')))
+        abort();
 }
 
 /* The memory file holds data[0..upto) */

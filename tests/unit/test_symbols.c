@@ -444,6 +444,19 @@ static void test_debug_files(void)
      * only the debug file beside it or in .debug/ can give it */
     const char *n = split_and_look(dir, "beside", ".", NULL, "", "", name, sizeof(name));
     CHECKF(n && strcmp(n, "hidden_work_for_debugfile") == 0, "beside: got %s", n ? n : "(no copy)");
+    /* what the lookup reads from that stripped copy: objcopy's link and the build ID */
+    snprintf(other, sizeof(other), "%s/beside/libdbgsplit.so", dir);
+    FILE *f = fopen(other, "rb");
+    static unsigned char img[1 << 20];
+    size_t len = f ? fread(img, 1, sizeof(img), f) : 0;
+    if (f)
+        fclose(f);
+    const unsigned char *bid = NULL;
+    const char *link = NULL;
+    uint32_t crc = 0;
+    size_t idn = tb_elf_ids(img, len, &bid, &link, &crc);
+    CHECKF(idn == 20, "build ID of %zu bytes", idn);
+    CHECKF(link && strcmp(link, "dbgsplit.debug") == 0, "link %s", link ? link : "(none)");
     n = split_and_look(dir, "dotdebug", ".debug", NULL, "", "", name, sizeof(name));
     CHECKF(n && strcmp(n, "hidden_work_for_debugfile") == 0, ".debug/: got %s", n ? n : "(no copy)");
     /* a debug file of another build at the link's name: not taken */
