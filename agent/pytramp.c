@@ -118,9 +118,9 @@ static int resolve(void)
      * not Py_GetVersion: 3.11's formats its static buffer at each call, a
      * race with the job's own calls from this thread */
     const unsigned long *hex = lookup("Py_Version");
-    if (!hex || (*hex >> 24) != 3 || ((*hex >> 16) & 0xff) < 12)
+    int major = hex ? (int)(*hex >> 24) : 0, minor = hex ? (int)((*hex >> 16) & 0xff) : 0;
+    if (major != 3 || minor < 12)
         return 0;
-    int minor = (int)((*hex >> 16) & 0xff);
     py.minor = minor;
     LOOK(version, "Py_GetVersion"); /* (3.12+: formatted once, at start-up) */
     /* a free-threaded build compiles trampolines into shared arenas from

@@ -788,13 +788,13 @@ static uint32_t crc32_table[256];
 static pthread_once_t crc32_once = PTHREAD_ONCE_INIT;
 static void crc32_init(void) { tb_crc_table(crc32_table, 0xEDB88320u); }
 
-/* Is the debug file es (mapped) the one for the object whose image is
- * obj: the same build ID, or where the object has none, the CRC-32 its
- * .gnu_debuglink names (crc_want; no link: not matched)? */
-static int debug_matches(const tb_elfsyms *obj, const tb_elfsyms *es, const char *link, uint32_t crc_want)
+/* Is the debug file es (mapped) the one for the object whose build ID is
+ * oid[0, on): the same build ID, or where the object has none (on 0), the
+ * CRC-32 its .gnu_debuglink names (crc_want; no link: not matched)? */
+static int debug_matches(const unsigned char *oid, size_t on, const tb_elfsyms *es, const char *link,
+                         uint32_t crc_want)
 {
-    const unsigned char *oid = NULL, *did = NULL;
-    size_t on = file_build_id(obj->map, obj->map_len, &oid);
+    const unsigned char *did = NULL;
     if (on) {
         size_t dn = file_build_id(es->map, es->map_len, &did);
         return dn == on && memcmp(oid, did, on) == 0;
@@ -837,7 +837,7 @@ static tb_elfsyms *debug_file_syms(const char *path, const tb_elfsyms *obj)
         tb_elfsyms *es = load_file_syms(cand[i], FILE_OWNED); /* (another user's would name our frames) */
         if (!es)
             continue;
-        if (es->symtab && debug_matches(obj, es, link, crc)) {
+        if (es->symtab && debug_matches(id, idn, es, link, crc)) {
             tb_debug("symbols: %s from %s", path, cand[i]);
             return es;
         }

@@ -531,11 +531,12 @@ static ip_slot *ip_slot_of(tb_unwinder *u, uint64_t ip)
 }
 
 /* Is ip a return address inside a Python perf trampoline? JIT memory is in
- * no loaded object, so it is read with process_vm_readv (fails cleanly on an
- * unmapped address instead of faulting). */
-static int in_py_trampoline(tb_unwinder *u, uint64_t ip)
+ * no loaded object (in_object: ip is in one), so it is read with
+ * process_vm_readv (fails cleanly on an unmapped address instead of
+ * faulting). */
+static int in_py_trampoline(tb_unwinder *u, uint64_t ip, int in_object)
 {
-    if (ip < 6 || tb_symtab_module(u->st, ip))
+    if (ip < 6 || in_object)
         return 0;
     ip_slot *sl = ip_slot_of(u, ip);
     if (!(sl->flags & IP_TRAMP_KNOWN)) {
@@ -560,14 +561,14 @@ static int sigreturn_code(sample_ctx *c, uint64_t ip, int *yes)
     return unread ? -1 : 0;
 }
 
-static int is_sigreturn(sample_ctx *c, uint64_t ip)
+static int is_sigreturn(sample_ctx *c, uint64_t ip, int in_object)
 {
     int yes = 0;
     if (!ip || (ip >= c->sp && ip - c->sp < c->len)) { /* (code on the stack: this sample's copy) */
         sigreturn_code(c, ip, &yes);
         return yes;
     }
-    if (!tb_symtab_module(c->u->st, ip))
+    if (!in_object)
         return 0; /* JIT memory: the C library's trampoline is in a loaded object, a static binary's in it */
     ip_slot *sl = ip_slot_of(c->u, ip);
     if (!(sl->flags & IP_SIG_KNOWN)) {
@@ -593,7 +594,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         return n;
     unw_cursor_t cur;
     /* the frame last recorded is the signal trampoline a handler returns to */
-    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP]);
+    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP], tb_symtab_module(u->st, regs[TB_UREG_IP]) != NULL);
     in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
         *failed = TB_UNWIND_FAILED;
@@ -620,8 +621,10 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
          * looks up is the pc itself (at a function's first instruction,
          * pc - 1 is the function before it) */
         ips[n++] = after_signal ? ip + 1 : ip;
-        after_signal = is_sigreturn(&c, ip);
-        if (n < max && !after_signal && in_py_trampoline(u, ip)) {
+        /* (one module lookup for both questions) */
+        int in_object = tb_symtab_module(u->st, ip) != NULL;
+        after_signal = is_sigreturn(&c, ip, in_object);
+        if (n < max && !after_signal && in_py_trampoline(u, ip, in_object)) {
             /* step over the trampoline by hand: its caller's return
              * address is at sp+8 and the caller's sp is sp+16; callee-saved
              * registers are as the frames below left them. Restart the
