@@ -71,6 +71,9 @@ static struct {
     int (*gil_ensure)(void);
     void (*gil_release)(int state);
     int (*is_finalizing)(void);
+    /* CPython's perf map file, closed and opened again (see map_off_stdio) */
+    int (*map_init)(void);
+    void (*map_fini)(void);
 } py;
 
 static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name); }
@@ -159,6 +162,8 @@ static int resolve(void)
     *(void **)&py.is_finalizing = lookup(minor >= 13 ? "Py_IsFinalizing" : "_Py_IsFinalizing");
     if (!py.gil_ensure || !py.gil_release || !py.is_finalizing)
         py.gil_ensure = NULL; /* no poke */
+    *(void **)&py.map_init = lookup("PyUnstable_PerfMapState_Init");
+    *(void **)&py.map_fini = lookup("PyUnstable_PerfMapState_Fini");
     return 1;
 }
 
@@ -305,6 +310,54 @@ static pyobj *on_fork_child(pyobj *self, pyobj *unused)
 static py_method_def exit_def = {"_tbprof_python_exit", on_python_exit, PY_METH_NOARGS, NULL};
 static py_method_def child_def = {"_tbprof_after_fork_child", on_fork_child, PY_METH_NOARGS, NULL};
 
+/* The fd 0-2 that the file at path is open on, or -1. */
+static int stdio_fd_of(const char *path)
+{
+    struct stat m, s;
+    if (stat(path, &m) < 0)
+        return -1;
+    for (int fd = 0; fd < 3; fd++)
+        if (fstat(fd, &s) == 0 && s.st_dev == m.st_dev && s.st_ino == m.st_ino)
+            return fd;
+    return -1;
+}
+
+/* After CPython opened its perf map under turn_on's hold: the hold cannot
+ * take a number another thread holds for a moment (the agent's own hold
+ * while it starts the sources, a file it opens and closes), and when that
+ * thread lets go before CPython's open, the map gets the job's closed
+ * stdout all the same. It is closed and opened again under a new hold:
+ * CPython opens it O_APPEND, so what it wrote stays, and its trampolines
+ * write to it under the GIL, which the caller holds. 1 when the map is off
+ * fds 0-2; 0, with fail_why, when it could not be moved (it is closed
+ * then: nothing more reaches that fd). */
+static int map_off_stdio(const char *path)
+{
+    for (int tries = 0;; tries++) {
+        int fd = stdio_fd_of(path);
+        if (fd < 0)
+            return 1;
+        if (tries == 4 || !py.map_init || !py.map_fini) {
+            if (py.map_fini)
+                py.map_fini();
+            snprintf(fail_why, sizeof(fail_why), "CPython's perf map took fd %d, which the job had closed, "
+                     "and could not be moved off it", fd);
+            return 0;
+        }
+        py.map_fini();
+        if (tries) /* the other thread's moment is not over: give it one */
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        unsigned held = tb_stdio_hold();
+        int rc = py.map_init();
+        tb_stdio_release(held);
+        if (rc != 0) {
+            snprintf(fail_why, sizeof(fail_why), "CPython's perf map %s could not be opened again", path);
+            return 0;
+        }
+        tb_debug("python: moved CPython's perf map off fd %d", fd);
+    }
+}
+
 static void register_hooks(void)
 {
     if (hooks_done)
@@ -377,11 +430,21 @@ static void turn_on(pyobj *sys)
     }
     xdecref(r);
     activations++;
-    if (py.eval_set)
-        evaluator = py.eval_get(py.interp_get());
     if (!ever_ours)
         map_was_there = had_map;
-    ours = ever_ours = 1;
+    ever_ours = 1; /* the map is CPython's now, ours to remove */
+    if (!map_off_stdio(path)) {
+        /* off again: a later activation has CPython open the map afresh */
+        r = py.call_method(sys, "deactivate_stack_trampoline", NULL);
+        if (!r)
+            py.err_clear();
+        xdecref(r);
+        atomic_store(&outcome, OUT_FAILED);
+        return;
+    }
+    if (py.eval_set)
+        evaluator = py.eval_get(py.interp_get());
+    ours = 1;
     atomic_store(&outcome, OUT_OURS);
 }
 

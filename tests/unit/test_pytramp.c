@@ -13,7 +13,8 @@
  * cleared; after Python's atexit hook no pending call is queued; a fork
  * child's hook turns ours off; a full pending queue does not wedge later
  * requests; the perf map we caused is removed at exit, one that was there is
- * kept. */
+ * kept; a map that got the job's closed stdout is moved off it. */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +111,25 @@ static fobj *f_dict_get(fobj *d, const char *key)
     return !strcmp(key, "sys") ? &mod_sys : !strcmp(key, "os") ? &mod_os : NULL;
 }
 static char map_file[64];
+/* CPython keeps its map open from the first activation on (map_fd); with
+ * steal_fd1, the thread that held fd 1 while our hold ran lets go of it
+ * just before CPython opens the map */
+static int map_fd = -1, steal_fd1, init_fails, finis;
+static int f_map_init(void)
+{
+    if (init_fails)
+        return -1;
+    if (map_fd < 0)
+        map_fd = open(map_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    return map_fd < 0 ? -1 : 0;
+}
+static void f_map_fini(void)
+{
+    finis++;
+    if (map_fd >= 0)
+        close(map_fd);
+    map_fd = -1;
+}
 static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
 {
     if (o == &mod_sys && !strcmp(name, "is_stack_trampoline_active")) {
@@ -128,9 +148,10 @@ static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
         }
         cur_eval = &fake_eval;
         activations++;
-        FILE *f = fopen(map_file, "a"); /* CPython writes its map */
-        if (f)
-            fclose(f);
+        if (steal_fd1)
+            close(1);
+        if (map_fd < 0) /* CPython opens its map */
+            map_fd = open(map_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         return live++, &none;
     }
     if (o == &mod_sys && !strcmp(name, "deactivate_stack_trampoline")) {
@@ -229,6 +250,8 @@ static void *fake_lookup(const char *name)
         {"_PyInterpreterState_SetEvalFrameFunc", (void *)f_eval_set},
         {"_PyEval_EvalFrameDefault", (void *)&fake_default},
         {"Py_Version", (void *)&version_hex},
+        {"PyUnstable_PerfMapState_Init", (void *)f_map_init},
+        {"PyUnstable_PerfMapState_Fini", (void *)f_map_fini},
     };
     if (no_python || (!version_hex && !strcmp(name, "Py_Version")))
         return NULL;
@@ -273,6 +296,10 @@ static void reset(void)
     cur_eval = &fake_default;
     exit_hook = child_hook = NULL;
     no_python = 0;
+    if (map_fd >= 0)
+        close(map_fd);
+    map_fd = -1;
+    steal_fd1 = init_fails = finis = 0;
     unlink(map_file);
 }
 
@@ -496,6 +523,50 @@ int main(void)
     CHECK_EQ_I(deactivations, 16);
     CHECK(strstr(describe(), "off: turned on 16 times in this process already") != NULL);
 
+    /* the job has closed its stdout as a capture starts, and another thread
+     * (the agent's own hold while it starts the sources) holds fd 1 while
+     * the trampoline comes on, so our hold cannot take it; that thread lets
+     * go just before CPython opens its map, which gets fd 1. The map is
+     * moved off it, and fd 1 is free again for the job's dup2 (before: the
+     * job's stdout got CPython's map lines) */
+    int saved = dup(1);
+    for (int fails = 0; fails < 2; fails++) {
+        reset();
+        init_fails = fails;
+        close(1);
+        int other = open("/dev/null", O_RDONLY); /* the other thread's */
+        steal_fd1 = 1;
+        tb_pytramp_request(1);
+        run_pending();
+        int fd1_free = fcntl(1, F_GETFD) < 0;
+        dup2(saved, 1);
+        CHECK_EQ_I(other, 1);
+        CHECK(fd1_free);
+        CHECK_EQ_I(finis, 1);
+        if (!fails) {
+            CHECKF(map_fd > 2, "the map is on fd %d", map_fd);
+            CHECK_EQ_I(active, 1);
+            CHECK(strstr(describe(), "on during the capture") != NULL);
+        } else { /* it cannot be opened again: off, with the reason */
+            CHECK_EQ_I(map_fd, -1);
+            CHECK_EQ_I(active, 0);
+            CHECK(strstr(describe(), "off: CPython's perf map /tmp/perf-") != NULL);
+            CHECK(strstr(describe(), "could not be opened again") != NULL);
+        }
+        tb_pytramp_request(0);
+        run_pending();
+        CHECK_EQ_I(active, 0);
+    }
+    close(saved);
+    /* the usual case (fd 1 the job's): the map is left where CPython put it */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(map_fd > 2);
+    CHECK_EQ_I(finis, 0);
+    tb_pytramp_request(0);
+    run_pending();
+
     /* a full pending queue: that request is lost, the next one is queued */
     reset();
     queue_full = 1;
@@ -513,6 +584,6 @@ int main(void)
     CHECKF(live == 0, "%d references not released", live);
     for (int i = 0; i < nmade; i++)
         free(made[i]);
-    unlink(map_file);
+    reset();
     return tap_done();
 }
