@@ -20,6 +20,10 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -30,6 +34,14 @@
 #include "util.h"
 
 typedef struct pyobj pyobj; /* PyObject */
+
+/* CPython 3.10 and 3.11 have no perf trampoline: tbprof brings its own
+ * (own_eval), x86-64 only, as the unwinder's step over it is */
+#if defined(__x86_64__)
+#define OWN_TRAMPOLINE 1
+#else
+#define OWN_TRAMPOLINE 0
+#endif
 
 typedef struct py_method_def { /* PyMethodDef (stable ABI layout) */
     const char *name;
@@ -74,6 +86,12 @@ static struct {
     /* CPython's perf map file, closed and opened again (see map_off_stdio) */
     int (*map_init)(void);
     void (*map_fini)(void);
+    /* 3.10 and 3.11: our own trampoline (see own_eval) */
+    ssize_t (*extra_index)(void (*free_fn)(void *));
+    int (*get_extra)(pyobj *code, ssize_t index, void **extra);
+    int (*set_extra)(pyobj *code, ssize_t index, void *extra);
+    void *code_type;
+    void (*err_restore)(pyobj *type, pyobj *value, pyobj *tb);
 } py;
 
 static void *default_lookup(const char *name) { return dlsym(RTLD_DEFAULT, name); }
@@ -118,19 +136,23 @@ static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
 static int resolve(void)
 {
     /* the version from Py_Version (3.11+: PY_VERSION_HEX, read-only data),
-     * not Py_GetVersion: 3.11's formats its static buffer at each call, a
-     * race with the job's own calls from this thread */
+     * not Py_GetVersion: 3.10's and 3.11's format their static buffer at
+     * each call, a race with the job's own calls from this thread */
     const unsigned long *hex = lookup("Py_Version");
     int major = hex ? (int)(*hex >> 24) : 0, minor = hex ? (int)((*hex >> 16) & 0xff) : 0;
-    if (major != 3 || minor < 12)
+    if (!hex && lookup("Py_IsNone")) /* new in 3.10, and Py_Version in 3.11 */
+        major = 3, minor = 10;
+    if (major != 3 || minor < (OWN_TRAMPOLINE ? 10 : 12))
         return 0;
     py.minor = minor;
-    LOOK(version, "Py_GetVersion"); /* (3.12+: formatted once, at start-up) */
-    /* a free-threaded build compiles trampolines into shared arenas from
-     * every thread at once, unlocked in its perf_trampoline.c: not switched
-     * on under a running job's threads */
-    if (strstr(py.version(), "free-threading"))
-        return 0;
+    if (minor >= 12) {
+        LOOK(version, "Py_GetVersion"); /* (3.12+: formatted once, at start-up) */
+        /* a free-threaded build compiles trampolines into shared arenas
+         * from every thread at once, unlocked in its perf_trampoline.c:
+         * not switched on under a running job's threads */
+        if (strstr(py.version(), "free-threading"))
+            return 0;
+    }
     LOOK(is_initialized, "Py_IsInitialized");
     LOOK(add_pending_call, "Py_AddPendingCall");
     LOOK(import_module, "PyImport_ImportModule");
@@ -164,6 +186,17 @@ static int resolve(void)
         py.gil_ensure = NULL; /* no poke */
     *(void **)&py.map_init = lookup("PyUnstable_PerfMapState_Init");
     *(void **)&py.map_fini = lookup("PyUnstable_PerfMapState_Fini");
+    if (minor >= 12)
+        return 1;
+    /* ours reads the code object at FRAME_CODE and its type at 8: not so
+     * in a Py_TRACE_REFS build (two more pointers in every object) */
+    if (!py.eval_set || lookup("_Py_ForgetReference"))
+        return 0;
+    LOOK(extra_index, "_PyEval_RequestCodeExtraIndex");
+    LOOK(get_extra, "_PyCode_GetExtra");
+    LOOK(set_extra, "_PyCode_SetExtra");
+    LOOK(code_type, "PyCode_Type");
+    LOOK(err_restore, "PyErr_Restore");
     return 1;
 }
 
@@ -218,8 +251,14 @@ static int is_active(pyobj *sys)
     return on;
 }
 
+static void own_off(void);
+
 static void switch_off(void)
 {
+    if (py.minor < 12) {
+        own_off();
+        return;
+    }
     if (evaluator && py.eval_set) {
         void *interp = py.interp_get();
         if (py.eval_get(interp) == evaluator)
@@ -358,6 +397,231 @@ static int map_off_stdio(const char *path)
     }
 }
 
+/* ---- CPython 3.10 and 3.11: a perf trampoline of our own ----------------
+ *
+ * What 3.12's does, through PEP 523's frame-evaluator switch: while a
+ * capture is on, the interpreter runs each Python call through own_eval,
+ * which calls CPython's own evaluator from a small stub of machine code,
+ * one per code object (kept in the code object's co_extra slot of ours),
+ * and names the stub in /tmp/perf-<pid>.map as `py::<qualname>:<file>` the
+ * first time. The stub's bytes are 3.12's trampoline's, so the unwinder
+ * steps over ours as over CPython's, and the collect names them from the
+ * same map. With an evaluator set, CPython makes every Python-to-Python
+ * call through it (3.11 runs them inline otherwise): that is the cost while
+ * capturing, as with 3.12's. Off again, the default evaluator is back and
+ * nothing of ours runs; the stubs stay mapped (a frame may still be in one)
+ * and are used again by the next capture. Everything here runs on a Python
+ * thread holding the GIL. */
+#if OWN_TRAMPOLINE
+/* the code object in the frame the evaluator is given: PyFrameObject's
+ * f_code in 3.10, _PyInterpreterFrame's in 3.11 (both at 32, from their
+ * headers; Py_TRACE_REFS builds, where it is not, are refused in resolve) */
+#define FRAME_CODE 32
+/* sub $8,%rsp ; call *%rcx ; add $8,%rsp ; ret (then int3 padding): the
+ * 4th argument is the evaluator to call */
+static const unsigned char stub_code[16] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83,
+                                            0xc4, 0x08, 0xc3, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc};
+#define STUB_SIZE sizeof(stub_code)
+#define ARENA_SIZE ((size_t)1 << 20) /* 65,536 stubs */
+#define ARENAS_MAX 8                 /* then functions new to the job run unnamed */
+typedef pyobj *(*eval_fn)(void *tstate, void *frame, int throwflag);
+typedef pyobj *(*stub_fn)(void *tstate, void *frame, int throwflag, eval_fn eval);
+static unsigned char *arena;
+static size_t arena_used;
+static int narenas;
+static ssize_t extra = -1; /* our co_extra index, or -1 */
+static int own_map = -1;   /* /tmp/perf-<pid>.map, opened by us, or -1 */
+/* the lowest address a thread's C stack may use before own_eval gives the
+ * interpreter back its default evaluator (0: not known yet; 1: none) */
+static __thread uintptr_t stack_floor;
+
+/* With an evaluator set, every Python call nests in C (3.11 runs Python
+ * calls inline otherwise; 3.10 nests two C frames less per call): a
+ * recursion the job runs fine (sys.setrecursionlimit(100000)) would
+ * overflow the C stack and crash it. Once a thread has used a sixteenth
+ * of its stack (some hundreds of calls), ours goes off for the rest of the
+ * capture, and the calls from there on run as without tbprof: what ours
+ * added stays within a small part of that sixteenth. 1 when this call is
+ * that deep. */
+static __attribute__((noinline)) void find_stack_floor(uintptr_t here)
+{
+    pthread_attr_t a;
+    void *lo = NULL;
+    size_t size = 0;
+    stack_floor = 1;
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        if (pthread_attr_getstack(&a, &lo, &size) == 0 && size && here > (uintptr_t)lo)
+            stack_floor = (uintptr_t)lo + size - size / 16; /* (the thread's top is lo + size) */
+        pthread_attr_destroy(&a);
+    }
+}
+
+static inline int stack_deep(void)
+{
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    if (!stack_floor)
+        find_stack_floor(here);
+    return here < stack_floor;
+}
+
+/* A new arena of stubs (written, then made executable), or 0 where the
+ * system refuses executable memory (SELinux's execmem, a hardened
+ * kernel) or the cap is reached. */
+static int new_arena(void)
+{
+    if (narenas >= ARENAS_MAX)
+        return 0;
+    unsigned char *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return 0;
+    for (size_t o = 0; o < ARENA_SIZE; o += STUB_SIZE)
+        memcpy(m + o, stub_code, STUB_SIZE);
+    if (mprotect(m, ARENA_SIZE, PROT_READ | PROT_EXEC) < 0) {
+        munmap(m, ARENA_SIZE);
+        return 0;
+    }
+    arena = m;
+    arena_used = 0;
+    narenas++;
+    return 1;
+}
+
+/* code's name line in our map: `<stub> <size> py::<qualname>:<file>` */
+static void name_stub(const void *stub, pyobj *code)
+{
+    pyobj *q = py.get_attr(code, py.minor >= 11 ? "co_qualname" : "co_name");
+    pyobj *f = py.get_attr(code, "co_filename");
+    const char *qs = q ? py.utf8(q) : NULL, *fs = f ? py.utf8(f) : NULL;
+    char line[640];
+    int k = snprintf(line, sizeof(line), "%lx %zx py::%s:%s\n", (unsigned long)(uintptr_t)stub, STUB_SIZE,
+                     qs ? qs : "?", fs ? fs : "?");
+    if (k >= (int)sizeof(line)) { /* a very long name: cut */
+        k = (int)sizeof(line) - 1;
+        line[k - 1] = '\n';
+    }
+    if (k > 0 && write(own_map, line, (size_t)k) < 0) {
+        /* (a full /tmp: that function shows unnamed) */
+    }
+    xdecref(q);
+    xdecref(f);
+}
+
+static pyobj *own_eval(void *tstate, void *frame, int throwflag);
+
+/* A stub for code, named in our map; NULL where none can be had. (Kept
+ * out of own_eval, as the other slow paths are: what they put on the
+ * stack would be on it at every call.) */
+static __attribute__((noinline)) void *make_stub(pyobj *code)
+{
+    if (arena_used == ARENA_SIZE)
+        new_arena();
+    if (!arena || arena_used == ARENA_SIZE)
+        return NULL;
+    void *stub = NULL;
+    /* (the job's exception, with throwflag, stays as it was: what runs
+     * here may set and clear one) */
+    pyobj *t = NULL, *v = NULL, *tb = NULL;
+    py.err_fetch(&t, &v, &tb);
+    if (py.set_extra(code, extra, arena + arena_used) == 0) {
+        stub = arena + arena_used;
+        arena_used += STUB_SIZE;
+        name_stub(stub, code);
+    }
+    py.err_clear();
+    py.err_restore(t, v, tb);
+    return stub;
+}
+
+static __attribute__((noinline)) void stack_cut(void)
+{
+    if (py.eval_get(py.interp_get()) != (void *)own_eval)
+        return;
+    py.eval_set(py.interp_get(), py.eval_default);
+    snprintf(fail_why, sizeof(fail_why), "turned off during the capture: a deep Python recursion had used "
+             "a sixteenth of its thread's C stack (each call nests in C while it is on)");
+    atomic_store(&outcome, OUT_FAILED);
+}
+
+static pyobj *own_eval(void *tstate, void *frame, int throwflag)
+{
+    eval_fn eval = (eval_fn)py.eval_default;
+    if (stack_deep()) {
+        stack_cut();
+        return eval(tstate, frame, throwflag);
+    }
+    pyobj *code = *(pyobj **)((char *)frame + FRAME_CODE);
+    void *stub = NULL;
+    if (code && *(void **)((char *)code + 8) == py.code_type && extra >= 0 &&
+        py.get_extra(code, extra, &stub) == 0 && !stub && own_map >= 0)
+        stub = make_stub(code);
+    return stub ? ((stub_fn)stub)(tstate, frame, throwflag, eval) : eval(tstate, frame, throwflag);
+}
+
+/* Turns ours on (the default evaluator in place); fail_why where it
+ * cannot. 1 when on. */
+static int own_on(void)
+{
+    void *interp = py.interp_get();
+    void *cur = py.eval_get(interp);
+    if (cur == (void *)own_eval)
+        return 1;
+    if (cur != py.eval_default) {
+        snprintf(fail_why, sizeof(fail_why), "another frame evaluator is installed (PEP 523: a debugger's, "
+                                             "torch.compile's)");
+        return 0;
+    }
+    if (extra < 0 && (extra = py.extra_index(NULL)) < 0) {
+        snprintf(fail_why, sizeof(fail_why), "CPython has no code-extra slot left for us");
+        return 0;
+    }
+    if (!arena && !new_arena()) {
+        snprintf(fail_why, sizeof(fail_why), "executable memory for the trampolines was refused (%s)",
+                 strerror(errno));
+        return 0;
+    }
+    if (own_map < 0) {
+        char path[64];
+        map_path(path, sizeof(path));
+        int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
+        /* (off fds 0-2: a job with its stdout closed now gets it back) */
+        own_map = tb_fd_above_stdio(open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600));
+        if (own_map < 0) {
+            snprintf(fail_why, sizeof(fail_why), "cannot write %s: %s", path, strerror(errno));
+            return 0;
+        }
+        if (!ever_ours)
+            map_was_there = had_map;
+        ever_ours = 1;
+    }
+    py.eval_set(interp, (void *)own_eval);
+    return 1;
+}
+
+static int own_active(void) { return py.eval_get(py.interp_get()) == (void *)own_eval; }
+
+static void own_off(void)
+{
+    if (own_active())
+        py.eval_set(py.interp_get(), py.eval_default);
+}
+
+/* A fork child: the map open is the parent's (its pid's name), and the
+ * parent named our stubs there. The child's next capture opens its own and
+ * takes a new co_extra index, so its functions get stubs named there. */
+static void own_forget_parent(void)
+{
+    if (own_map >= 0)
+        close(own_map);
+    own_map = -1;
+    extra = -1;
+}
+#else
+static int own_on(void) { return 0; }
+static int own_active(void) { return 0; }
+static void own_off(void) {}
+static void own_forget_parent(void) {}
+#endif
+
 static void register_hooks(void)
 {
     if (hooks_done)
@@ -465,8 +729,10 @@ static int sync_cb(void *arg)
             atomic_store(&outcome, OUT_FAILED);
         return 0;
     }
-    int active = is_active(sys);
-    if (on && active == 0)
+    int active = py.minor >= 12 ? is_active(sys) : own_active();
+    if (on && active == 0 && py.minor < 12)
+        atomic_store(&outcome, own_on() ? (ours = 1, OUT_OURS) : OUT_FAILED);
+    else if (on && active == 0)
         turn_on(sys);
     else if (on && active == 1)
         atomic_store(&outcome, ours ? OUT_OURS : OUT_THEIRS);
@@ -482,8 +748,8 @@ static int sync_cb(void *arg)
     return 0;
 }
 
-/* CPython 3.12 flags a pending call to the main thread only when it is
- * added from the main thread itself (3.13 flags it from any): a main thread
+/* CPython 3.10 to 3.12 flag a pending call to the main thread only when it
+ * is added from the main thread itself (3.13 flags it from any): a main thread
  * that runs Python without ever giving up the GIL (a pure-Python loop) does
  * not run ours until something makes it switch. A thread of ours that asks
  * for the GIL does: the main thread hands it over, and on taking it back
@@ -504,7 +770,7 @@ static void *poke_main(void *arg)
 
 static void poke(void)
 {
-    if (py.minor != 12 || !py.gil_ensure || atomic_exchange(&poking, 1))
+    if (py.minor > 12 || !py.gil_ensure || atomic_exchange(&poking, 1))
         return;
     if (tb_agent_spawn(poke_main, NULL) != 0)
         atomic_store(&poking, 0);
@@ -619,6 +885,7 @@ void tb_pytramp_atfork_child(void)
     map_unread = 0;
     evaluator = NULL;
     activations = 0;
+    own_forget_parent();
 }
 
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
@@ -633,4 +900,5 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     ours = ever_ours = map_was_there = hooks_done = activations = map_unread = 0;
     evaluator = NULL;
     fail_why[0] = '\0';
+    own_forget_parent();
 }

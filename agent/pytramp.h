@@ -22,7 +22,13 @@
  * and removes the perf map we caused, once the capture has read it;
  * a fork()ed child turns off a trampoline the parent's capture had on
  * (os.register_at_fork). Every Python function is looked up with dlsym at
- * the first request; a process without CPython >= 3.12 gets nothing.
+ * the first request.
+ *
+ * CPython 3.10 and 3.11 have no perf trampoline: on x86-64 tbprof brings
+ * its own (pytramp.c's own_eval), a PEP 523 frame evaluator that calls
+ * CPython's through a stub per code object with the bytes of 3.12's
+ * trampoline, named in the same map; switched on and off per capture the
+ * same way. A process without CPython >= 3.10 gets nothing.
  */
 #ifndef TBPROF_AGENT_PYTRAMP_H
 #define TBPROF_AGENT_PYTRAMP_H
@@ -30,7 +36,7 @@
 #include <stddef.h>
 
 /* Ask for the trampoline on (a capture starts) or off (it stopped). Agent
- * thread; never blocks on the interpreter. No-op outside CPython >= 3.12. */
+ * thread; never blocks on the interpreter. No-op outside CPython >= 3.10. */
 void tb_pytramp_request(int on);
 
 /* The capture that asked for the trampoline has read the perf map (its
@@ -46,7 +52,7 @@ void tb_pytramp_dying(void);
 
 /* What the trampoline did for the capture now running or just stopped, for
  * the profile (stat TB_ST_PY_TRAMPOLINE); 0 where the process has no
- * CPython >= 3.12 (nothing to say), else 1 with `out` filled. */
+ * CPython >= 3.10 (nothing to say), else 1 with `out` filled. */
 int tb_pytramp_describe(char *out, size_t n);
 
 /* In a fork()ed child, from the sampler's atfork handler (before any

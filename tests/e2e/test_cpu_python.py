@@ -23,13 +23,15 @@ import relutil  # noqa: E402
 PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "cpu_split_py.py")
 
 
-def find_pythons():
-    """CPython >= 3.12 (its perf trampoline writes /tmp/perf-<pid>.map): the
-    first found of each minor version, TBPROF_TEST_PY312 first."""
-    cands = [os.environ.get("TBPROF_TEST_PY312", "")]
+def find_pythons(old=False):
+    """CPython >= 3.12 (its perf trampoline writes /tmp/perf-<pid>.map), or
+    with old, 3.10 and 3.11 (tbprof's own trampoline): the first found of
+    each minor version, TBPROF_TEST_PY312 first."""
+    cands = [os.environ.get("TBPROF_TEST_PY312", "")] if not old else []
     root = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
-    cands += sorted(glob.glob(os.path.join(root, "versions", "3.1[2-9]*", "bin", "python3")))
-    cands += ["/usr/bin/python3.12", "/usr/bin/python3.13"]
+    pat = "3.1[01].*" if old else "3.1[2-9]*"
+    cands += sorted(glob.glob(os.path.join(root, "versions", pat, "bin", "python3")))
+    cands += ["/usr/bin/python3.10", "/usr/bin/python3.11"] if old else ["/usr/bin/python3.12", "/usr/bin/python3.13"]
     found = {}
     for c in cands:
         if not c or not os.path.exists(c):
@@ -37,22 +39,26 @@ def find_pythons():
         r = subprocess.run([c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                            capture_output=True, text=True)
         v = r.stdout.strip()
-        if r.returncode == 0 and v >= "3.12" and v not in found:
+        if r.returncode == 0 and (v in ("3.10", "3.11") if old else v >= "3.12") and v not in found:
             found[v] = c
     return sorted(found.items())
 
 
 class PythonsCase(tbtest.TestCase):
-    """Runs each test under every CPython >= 3.12 found; removes the perf maps."""
+    """Runs each test under every CPython >= 3.12 found (OLD: 3.10 and 3.11);
+    removes the perf maps."""
+
+    OLD = False
 
     def setUp(self):
         super().setUp()
         tbtest.skip_if_python_unsupported(self)
         cpusamples.skip_if_perf_refused(self)
-        self.pythons = find_pythons()
+        self.pythons = find_pythons(self.OLD)
+        want = "CPython 3.10 or 3.11" if self.OLD else "CPython >= 3.12"
         if not self.pythons:
-            print("skip: no CPython >= 3.12 found (pyenv versions 3.12+)")
-            self.skipTest("no CPython >= 3.12")
+            print("skip: no %s found" % want)
+            self.skipTest("no " + want)
         self.maps = []
 
     def tearDown(self):
@@ -459,3 +465,71 @@ class CpuPythonTrampoline(PythonsCase):
 
 if __name__ == "__main__":
     tbtest.main()
+
+
+class CpuPythonOwnTrampoline(PythonsCase):
+    """CPython 3.10 and 3.11 have no perf trampoline: tbprof sets its own
+    frame evaluator for a capture, which runs each Python call through a
+    stub of its own, named in /tmp/perf-<pid>.map. /usr/bin/python3 is 3.11
+    on Debian 12, so this runs in CI."""
+
+    OLD = True
+
+    def test_python_split_through_our_trampoline(self):
+        # cpu_split_py.py starts the capture with tbprof_start() (its main()
+        # is running by then: shown as the interpreter, not by name)
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "own-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode="dwarf")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
+                self.assertExitedOk(p)
+                out = {l.split()[0]: l.split()[1:] for l in p.stdout.splitlines() if l.strip()}
+                pid = int(out["pid"][0])
+                self.maps.append("/tmp/perf-%d.map" % pid)
+                spent_a, spent_b = (int(x) for x in out["spent"])
+                truth = spent_a / (spent_a + spent_b)
+                prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+                st = prof.host.stats
+                self.assertTrue(st.get("tbprof_python_trampoline", "").startswith("on during the capture"), st)
+                main = prof.host.line(pid)
+                self.assertIsNotNone(main, "no line for the main thread")
+                n = st.get("tbprof_cpu_samples", 0)
+                c = cpusamples.counts([main])
+                a, b = c.get("py::burn_a:" + PROG, (0, 0))[1], c.get("py::burn_b:" + PROG, (0, 0))[1]
+                under = sum(e.stats["samples"] for e, anc in cpusamples.walk(main)
+                            if e.name.startswith(("py::burn_a:", "py::burn_b:"))
+                            and [x.name for x in anc if x.name.startswith("py::")] == ["py::work:" + PROG])
+                share = a / max(a + b, 1)
+                print("python %s (tbprof's trampoline): %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a "
+                      "(truth %.1f%%), %d unwinds failed" % (version, n, a, b, share * 100, truth * 100,
+                                                             st.get("tbprof_unwind_failures", 0)))
+                self.assertGreater(a + b, n * 0.5, "burn_a/burn_b in %d of %d samples" % (a + b, n))
+                self.assertAlmostEqual(share, truth, delta=0.05)
+                # the unwinder steps over our stubs as over CPython's: each
+                # burn_* sits under py::work, the caller named
+                self.assertGreater(under, (a + b) * 0.9, "under py::work in %d of %d" % (under, a + b))
+                self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
+                # the map we wrote goes with the process
+                self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
+
+    def test_deep_recursion_runs_as_without_tbprof(self):
+        # a recursion the job runs fine by itself (3.11 makes Python calls
+        # without the C stack) would overflow the C stack with every call
+        # nesting through the evaluator: it goes off partway, and says so
+        # (before: SIGSEGV at 20,000 calls on 3.11)
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "deep_rec_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                depth = 60000 if version == "3.11" else 12000  # (3.10 nests in C by itself: ~20,000 fit 8 MiB)
+                self.logdir = os.path.join(self.tmp, "deep-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, prog, str(depth)], env=env, timeout=120)
+                self.assertExitedOk(p)
+                self.assertIn("depth %d" % depth, p.stdout)
+                self.maps.append("/tmp/perf-%s.map" % p.stdout.split()[1])
+                st = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0]).host.stats
+                self.assertIn("turned off during the capture: a deep Python recursion",
+                              st.get("tbprof_python_trampoline", ""), st)

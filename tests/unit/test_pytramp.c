@@ -15,6 +15,8 @@
  * requests; the perf map we caused is removed at exit, one that was there is
  * kept; a map that got the job's closed stdout is moved off it. */
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +63,7 @@ static fobj mod_sys = {"module", "sys", 0, 0, 0}, mod_atexit = {"module", "atexi
 static int err_set, activations, deactivations;
 static int imports; /* PyImport_ImportModule calls: only atexit's */
 static const fdef *exit_hook, *child_hook;
-static fobj *made[64];
+static fobj *made[256];
 static int nmade, live;
 
 static fobj *new_obj(const char *kind, const char *name)
@@ -69,7 +71,7 @@ static fobj *new_obj(const char *kind, const char *name)
     fobj *o = calloc(1, sizeof(*o));
     o->kind = kind;
     o->name = name;
-    if (nmade < 64)
+    if (nmade < 256)
         made[nmade++] = o;
     live++;
     return o;
@@ -170,10 +172,74 @@ static fobj *f_call_method(fobj *o, const char *name, const char *fmt, ...)
     err_set = 1;
     return NULL;
 }
+/* ---- 3.10 and 3.11: a code object (ob_type at 8, as CPython's), frames
+ * holding one at 32, and CPython's evaluator, which records how it was
+ * called (the return address: inside tbprof's stub, or not) */
+typedef struct fcode {
+    long refcnt;
+    void *type;
+    fobj qualname, name, file;
+    void *extra;
+} fcode;
+static char fake_code_type, not_code_type;
+static fcode code_fwd = {1, &fake_code_type, {"str", "Model.forward", 0, 0, 0}, {"str", "forward", 0, 0, 0},
+                         {"str", "/m.py", 0, 0, 0}, NULL},
+             code_gen = {1, &fake_code_type, {"str", "gen", 0, 0, 0}, {"str", "gen", 0, 0, 0},
+                         {"str", "/g.py", 0, 0, 0}, NULL},
+             code_rec = {1, &fake_code_type, {"str", "rec", 0, 0, 0}, {"str", "rec", 0, 0, 0},
+                         {"str", "/r.py", 0, 0, 0}, NULL},
+             not_code = {1, &not_code_type, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, NULL};
+typedef struct fframe {
+    char head[32];
+    fcode *code;
+    int depth; /* (code_rec: calls to make below it) */
+} fframe;
+static int own_symbols, extra_calls, trace_refs;
+static void *eval_ret;    /* the return address CPython's evaluator saw */
+static fframe *eval_frame;
+static int eval_throw;
+static fobj eval_result = {"str", "result", 0, 0, 0};
+typedef fobj *(*evalfn)(void *ts, void *frame, int throwflag);
+static fobj *f_eval_default(void *ts, void *frame, int throwflag)
+{
+    fframe *f = frame;
+    eval_ret = __builtin_return_address(0);
+    eval_frame = f;
+    eval_throw = throwflag;
+    if (f->depth > 0) { /* a Python call inside: through the evaluator set now */
+        fframe inner = *f;
+        inner.depth--;
+        fobj *r = ((evalfn)cur_eval)(ts, &inner, 0);
+        eval_ret = __builtin_return_address(0);
+        return r;
+    }
+    return &eval_result;
+}
+static ssize_t f_extra_index(void (*free_fn)(void *)) { return (void)free_fn, ++extra_calls, 3; }
+static int f_get_extra(fobj *code, ssize_t i, void **out)
+{
+    *out = i == 3 ? ((fcode *)code)->extra : NULL;
+    return i == 3 ? 0 : -1;
+}
+static int f_set_extra(fobj *code, ssize_t i, void *v) { return i == 3 ? (((fcode *)code)->extra = v, 0) : -1; }
+static void f_err_restore(fobj *t, fobj *v, fobj *tb)
+{
+    live -= !!t + !!v + !!tb;
+    err_set = v != NULL;
+}
 static fobj *f_get_attr(fobj *o, const char *name)
 {
     if (o == &mod_os && !strcmp(name, "register_at_fork"))
         return live++, &reg_at_fork;
+    fcode *c = (fcode *)o;
+    if (c == &code_fwd || c == &code_gen || c == &code_rec) {
+        if (!strcmp(name, "co_qualname"))
+            return live++, &c->qualname;
+        if (!strcmp(name, "co_name"))
+            return live++, &c->name;
+        if (!strcmp(name, "co_filename"))
+            return live++, &c->file;
+    }
     err_set = 1;
     return NULL;
 }
@@ -253,8 +319,23 @@ static void *fake_lookup(const char *name)
         {"PyUnstable_PerfMapState_Init", (void *)f_map_init},
         {"PyUnstable_PerfMapState_Fini", (void *)f_map_fini},
     };
+    static const struct {
+        const char *name;
+        void *fn;
+    } own[] = {
+        {"_PyEval_RequestCodeExtraIndex", (void *)f_extra_index}, {"_PyCode_GetExtra", (void *)f_get_extra},
+        {"_PyCode_SetExtra", (void *)f_set_extra},                {"PyCode_Type", (void *)&fake_code_type},
+        {"PyErr_Restore", (void *)f_err_restore},                 {"Py_IsNone", (void *)f_is_true},
+        {"_Py_ForgetReference", (void *)f_is_true}, /* (trace_refs only) */
+        {"_PyEval_EvalFrameDefault", (void *)f_eval_default},
+    };
     if (no_python || (!version_hex && !strcmp(name, "Py_Version")))
         return NULL;
+    if (!trace_refs && !strcmp(name, "_Py_ForgetReference"))
+        return NULL;
+    for (size_t i = 0; own_symbols && i < sizeof(own) / sizeof(own[0]); i++)
+        if (!strcmp(own[i].name, name))
+            return own[i].fn;
     if (no_eval_switch && (strstr(name, "EvalFrame") || !strcmp(name, "PyInterpreterState_Get")))
         return NULL;
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
@@ -300,7 +381,51 @@ static void reset(void)
         close(map_fd);
     map_fd = -1;
     steal_fd1 = init_fails = finis = 0;
+    own_symbols = extra_calls = trace_refs = 0;
+    code_fwd.extra = code_gen.extra = code_rec.extra = not_code.extra = NULL;
     unlink(map_file);
+}
+
+/* CPython 3.<minor> (10 or 11), with what tbprof's own trampoline needs */
+static void reset_old(int minor)
+{
+    reset();
+    own_symbols = 1;
+    version_hex = minor >= 11 ? 0x030b07f0 : 0;
+    cur_eval = (void *)f_eval_default;
+}
+
+static int map_lines(void)
+{
+    char buf[4096];
+    FILE *f = fopen(map_file, "r");
+    int n = 0;
+    while (f && fgets(buf, sizeof(buf), f))
+        n++;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static int map_has(const void *stub, const char *name)
+{
+    char want[256], buf[4096];
+    snprintf(want, sizeof(want), "%lx 10 %s\n", (unsigned long)(uintptr_t)stub, name);
+    FILE *f = fopen(map_file, "r");
+    int yes = 0;
+    while (f && fgets(buf, sizeof(buf), f))
+        yes |= !strcmp(buf, want);
+    if (f)
+        fclose(f);
+    return yes;
+}
+
+static const unsigned char stub_bytes[11] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3};
+
+static void *deep_calls(void *arg)
+{
+    fframe *f = arg;
+    return ((evalfn)cur_eval)(NULL, f, 0);
 }
 
 static const char *describe(void)
@@ -566,6 +691,103 @@ int main(void)
     CHECK_EQ_I(finis, 0);
     tb_pytramp_request(0);
     run_pending();
+
+#if defined(__x86_64__)
+    /* CPython 3.11: tbprof's own trampoline. A capture sets its evaluator;
+     * each code object gets a stub (3.12's trampoline's bytes) the first
+     * time it runs, named in the map; CPython's evaluator is called from
+     * the stub, with the frame and flag it was given */
+    reset_old(11);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval != (void *)f_eval_default);
+    CHECK(strstr(describe(), "on during the capture") != NULL);
+    CHECK_EQ_I(extra_calls, 1);
+    evalfn own = (evalfn)cur_eval;
+    fframe fr = {{0}, &code_fwd, 0};
+    CHECK(own(NULL, &fr, 0) == &eval_result);
+    CHECK(eval_frame == &fr && eval_throw == 0);
+    const unsigned char *stub = (const unsigned char *)eval_ret - 6;
+    CHECK(code_fwd.extra == stub);
+    CHECK_EQ_I(memcmp(stub, stub_bytes, sizeof(stub_bytes)), 0);
+    CHECKF(map_has(stub, "py::Model.forward:/m.py"), "no map line for %p", (void *)stub);
+    CHECK(own(NULL, &fr, 0) == &eval_result); /* again: the same stub, no new line */
+    CHECK(eval_ret == stub + 6);
+    CHECK_EQ_I(map_lines(), 1);
+    /* a generator resumed with an exception to throw (throwflag, the
+     * exception pending): both reach CPython's evaluator as they were */
+    fframe fg = {{0}, &code_gen, 0};
+    err_set = 1;
+    own(NULL, &fg, 1);
+    CHECK_EQ_I(err_set, 1);
+    CHECK(eval_throw == 1 && code_gen.extra != NULL && code_gen.extra != code_fwd.extra);
+    err_set = 0;
+    /* not a code object where one should be: no stub, called directly */
+    fframe fx = {{0}, &not_code, 0};
+    own(NULL, &fx, 0);
+    CHECK(not_code.extra == NULL && eval_ret != (char *)code_fwd.extra + 6);
+    CHECK_EQ_I(map_lines(), 2);
+    /* off at the stop; on again at the next capture, the stubs kept */
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK(cur_eval == (void *)f_eval_default);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval == (void *)own);
+    own(NULL, &fr, 0);
+    CHECK(eval_ret == stub + 6);
+    CHECK_EQ_I(extra_calls, 1);
+    /* a recursion deeper than a sixteenth of its thread's stack (256 KiB
+     * here): the evaluator goes off partway, and the calls finish */
+    pthread_attr_t pa;
+    pthread_attr_init(&pa);
+    pthread_attr_setstacksize(&pa, 256 << 10);
+    pthread_t th;
+    fframe fd = {{0}, &code_rec, 400};
+    void *res = NULL;
+    CHECK_EQ_I(pthread_create(&th, &pa, deep_calls, &fd), 0);
+    pthread_join(th, &res);
+    pthread_attr_destroy(&pa);
+    CHECK(res == &eval_result);
+    CHECK(cur_eval == (void *)f_eval_default);
+    CHECK(strstr(describe(), "off: turned off during the capture: a deep Python recursion") != NULL);
+    tb_pytramp_request(0);
+    run_pending();
+    /* a fork child: its next capture writes its own map and takes a new
+     * code-extra index (the parent's stubs are named in the parent's) */
+    tb_pytramp_atfork_child();
+    unlink(map_file);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(extra_calls, 2);
+    CHECK_EQ_I(access(map_file, F_OK), 0);
+    tb_pytramp_request(0);
+    run_pending();
+    /* another frame evaluator in place (a debugger's): left alone */
+    reset_old(11);
+    cur_eval = &other_eval;
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval == (void *)&other_eval);
+    CHECK(strstr(describe(), "off: another frame evaluator is installed") != NULL);
+    /* CPython 3.10 (no Py_Version; Py_IsNone): names from co_name */
+    reset_old(10);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval != (void *)f_eval_default);
+    ((evalfn)cur_eval)(NULL, &fr, 0);
+    CHECK(map_has((char *)eval_ret - 6, "py::forward:/m.py"));
+    CHECK_EQ_I(version_calls, 0);
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK(cur_eval == (void *)f_eval_default);
+    /* a Py_TRACE_REFS build (objects two pointers longer): nothing */
+    reset_old(11);
+    trace_refs = 1;
+    tb_pytramp_request(1);
+    CHECK_EQ_I(nadded, 0);
+    CHECK_STR(describe(), "(nothing)");
+#endif
 
     /* a full pending queue: that request is lost, the next one is queued */
     reset();
