@@ -7,8 +7,9 @@
  * trampoline match `want`, so requests that cross (a capture's stop before
  * its start was run) end right.
  *
- * Threads: tb_pytramp_request() on the agent thread, under `lk`; sync_cb()
- * and the two hooks on a Python thread holding the GIL. `lk` also orders
+ * Threads: tb_pytramp_request() on the agent thread, under `lk`; sync_cb(),
+ * the two hooks and own_eval (3.10, 3.11) on a Python thread holding the
+ * GIL. `lk` also orders
  * "the interpreter is gone" (Python's atexit hook) against the agent's next
  * Py_AddPendingCall: after Py_FinalizeEx has begun, that call would reach a
  * freed interpreter.
@@ -431,6 +432,13 @@ static size_t arena_used;
 static int narenas;
 static ssize_t extra = -1; /* our co_extra index, or -1 */
 static int own_map = -1;   /* /tmp/perf-<pid>.map, opened by us, or -1 */
+static dev_t map_dev;      /* ...and the file it is */
+static ino_t map_ino;
+/* a capture wants ours on (from its start's sync_cb to its stop's): where
+ * own_eval runs without it (put back by a wrapper that saved it, as
+ * torch.compile's does, or inherited by a child forked in C), it gives the
+ * interpreter back the default evaluator */
+static int own_live;
 /* the lowest address a thread's C stack may use before own_eval gives the
  * interpreter back its default evaluator (0: not known yet; 1: none) */
 static __thread uintptr_t stack_floor;
@@ -440,18 +448,22 @@ static __thread uintptr_t stack_floor;
  * recursion the job runs fine (sys.setrecursionlimit(100000)) would
  * overflow the C stack and crash it. Once a thread has used a sixteenth
  * of its stack (some hundreds of calls), ours goes off for the rest of the
- * capture, and the calls from there on run as without tbprof: what ours
- * added stays within a small part of that sixteenth. 1 when this call is
- * that deep. */
+ * capture, for every thread (the evaluator is the interpreter's), and the
+ * calls from there on run as without tbprof: what ours added stays within
+ * a small part of that sixteenth. 1 when this call is that deep. */
 static __attribute__((noinline)) void find_stack_floor(uintptr_t here)
 {
     pthread_attr_t a;
     void *lo = NULL;
     size_t size = 0;
-    stack_floor = 1;
+    /* (unknown bounds: 256 KiB below the first call seen) */
+    stack_floor = here > ((uintptr_t)1 << 18) ? here - ((uintptr_t)1 << 18) : 1;
     if (pthread_getattr_np(pthread_self(), &a) == 0) {
-        if (pthread_attr_getstack(&a, &lo, &size) == 0 && size && here > (uintptr_t)lo)
-            stack_floor = (uintptr_t)lo + size - size / 16; /* (the thread's top is lo + size) */
+        if (pthread_attr_getstack(&a, &lo, &size) == 0 && size && here > (uintptr_t)lo) {
+            /* a sixteenth; on a small stack (musl's 128 KiB) a quarter, up to 64 KiB */
+            size_t budget = size / 16, small = size / 4 < ((size_t)64 << 10) ? size / 4 : (size_t)64 << 10;
+            stack_floor = (uintptr_t)lo + size - (budget > small ? budget : small); /* (the top: lo + size) */
+        }
         pthread_attr_destroy(&a);
     }
 }
@@ -499,7 +511,11 @@ static void name_stub(const void *stub, pyobj *code)
         k = (int)sizeof(line) - 1;
         line[k - 1] = '\n';
     }
-    if (k > 0 && write(own_map, line, (size_t)k) < 0) {
+    /* (the job may have closed our fd and opened a file of its own on the
+     * number: a daemon's closerange) */
+    struct stat st;
+    if (k > 0 && fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino &&
+        write(own_map, line, (size_t)k) < 0) {
         /* (a full /tmp: that function shows unnamed) */
     }
     xdecref(q);
@@ -534,9 +550,11 @@ static __attribute__((noinline)) void *make_stub(pyobj *code)
 
 static __attribute__((noinline)) void stack_cut(void)
 {
-    if (py.eval_get(py.interp_get()) != (void *)own_eval)
+    if (py.eval_get(py.interp_get()) == (void *)own_eval)
+        py.eval_set(py.interp_get(), py.eval_default);
+    if (!own_live) /* (said once; after the capture's stop, not at all) */
         return;
-    py.eval_set(py.interp_get(), py.eval_default);
+    own_live = 0;
     snprintf(fail_why, sizeof(fail_why), "turned off during the capture: a deep Python recursion had used "
              "a sixteenth of its thread's C stack (each call nests in C while it is on)");
     atomic_store(&outcome, OUT_FAILED);
@@ -545,7 +563,7 @@ static __attribute__((noinline)) void stack_cut(void)
 static pyobj *own_eval(void *tstate, void *frame, int throwflag)
 {
     eval_fn eval = (eval_fn)py.eval_default;
-    if (stack_deep()) {
+    if (!own_live || stack_deep()) {
         stack_cut();
         return eval(tstate, frame, throwflag);
     }
@@ -557,18 +575,41 @@ static pyobj *own_eval(void *tstate, void *frame, int throwflag)
     return stub ? ((stub_fn)stub)(tstate, frame, throwflag, eval) : eval(tstate, frame, throwflag);
 }
 
+/* Our map and stubs forgotten: in a fork child, the map open is the
+ * parent's (its pid's name), and the parent named our stubs there; a map
+ * removed since it was opened names nothing either. The next capture opens
+ * a map and takes a new co_extra index, so functions get stubs named
+ * there. */
+static void own_map_forget(void)
+{
+    if (own_map >= 0)
+        close(own_map);
+    own_map = -1;
+    extra = -1;
+    own_live = 0;
+}
+
 /* Turns ours on (the default evaluator in place); fail_why where it
  * cannot. 1 when on. */
 static int own_on(void)
 {
     void *interp = py.interp_get();
     void *cur = py.eval_get(interp);
-    if (cur == (void *)own_eval)
-        return 1;
-    if (cur != py.eval_default) {
+    if (cur != py.eval_default && cur != (void *)own_eval) {
         snprintf(fail_why, sizeof(fail_why), "another frame evaluator is installed (PEP 523: a debugger's, "
                                              "torch.compile's)");
         return 0;
+    }
+    struct stat st;
+    if (own_map >= 0) {
+        /* the fd is not our map any more (the job closed it, and the number
+         * may be a file of its own now: not closed here), or the map was
+         * removed (a /tmp cleaner): a new map, and new stubs named there */
+        int ours_still = fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino;
+        if (!ours_still)
+            own_map = -1;
+        if (!ours_still || st.st_nlink == 0)
+            own_map_forget();
     }
     if (extra < 0 && (extra = py.extra_index(NULL)) < 0) {
         snprintf(fail_why, sizeof(fail_why), "CPython has no code-extra slot left for us");
@@ -585,15 +626,22 @@ static int own_on(void)
         int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
         /* (off fds 0-2: a job with its stdout closed now gets it back) */
         own_map = tb_fd_above_stdio(open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600));
-        if (own_map < 0) {
+        if (own_map < 0 || fstat(own_map, &st) < 0) {
             snprintf(fail_why, sizeof(fail_why), "cannot write %s: %s", path, strerror(errno));
+            if (own_map >= 0)
+                close(own_map);
+            own_map = -1;
             return 0;
         }
+        map_dev = st.st_dev;
+        map_ino = st.st_ino;
         if (!ever_ours)
             map_was_there = had_map;
         ever_ours = 1;
     }
-    py.eval_set(interp, (void *)own_eval);
+    own_live = 1;
+    if (cur != (void *)own_eval)
+        py.eval_set(interp, (void *)own_eval);
     return 1;
 }
 
@@ -601,25 +649,15 @@ static int own_active(void) { return py.eval_get(py.interp_get()) == (void *)own
 
 static void own_off(void)
 {
+    own_live = 0;
     if (own_active())
         py.eval_set(py.interp_get(), py.eval_default);
 }
 
-/* A fork child: the map open is the parent's (its pid's name), and the
- * parent named our stubs there. The child's next capture opens its own and
- * takes a new co_extra index, so its functions get stubs named there. */
-static void own_forget_parent(void)
-{
-    if (own_map >= 0)
-        close(own_map);
-    own_map = -1;
-    extra = -1;
-}
 #else
 static int own_on(void) { return 0; }
-static int own_active(void) { return 0; }
 static void own_off(void) {}
-static void own_forget_parent(void) {}
+static void own_map_forget(void) {}
 #endif
 
 static void register_hooks(void)
@@ -729,10 +767,18 @@ static int sync_cb(void *arg)
             atomic_store(&outcome, OUT_FAILED);
         return 0;
     }
-    int active = py.minor >= 12 ? is_active(sys) : own_active();
-    if (on && active == 0 && py.minor < 12)
-        atomic_store(&outcome, own_on() ? (ours = 1, OUT_OURS) : OUT_FAILED);
-    else if (on && active == 0)
+    if (py.minor < 12) { /* ours: nobody else's to find on */
+        if (on)
+            atomic_store(&outcome, own_on() ? (ours = 1, OUT_OURS) : OUT_FAILED);
+        else {
+            own_off();
+            ours = 0;
+        }
+        xdecref(sys);
+        return 0;
+    }
+    int active = is_active(sys);
+    if (on && active == 0)
         turn_on(sys);
     else if (on && active == 1)
         atomic_store(&outcome, ours ? OUT_OURS : OUT_THEIRS);
@@ -885,7 +931,7 @@ void tb_pytramp_atfork_child(void)
     map_unread = 0;
     evaluator = NULL;
     activations = 0;
-    own_forget_parent();
+    own_map_forget();
 }
 
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
@@ -900,5 +946,5 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     ours = ever_ours = map_was_there = hooks_done = activations = map_unread = 0;
     evaluator = NULL;
     fail_why[0] = '\0';
-    own_forget_parent();
+    own_map_forget();
 }

@@ -463,10 +463,6 @@ class CpuPythonTrampoline(PythonsCase):
                 self.assertLess(self.py_share(prof, pid)[0], 0.01)
 
 
-if __name__ == "__main__":
-    tbtest.main()
-
-
 class CpuPythonOwnTrampoline(PythonsCase):
     """CPython 3.10 and 3.11 have no perf trampoline: tbprof sets its own
     frame evaluator for a capture, which runs each Python call through a
@@ -533,3 +529,7 @@ class CpuPythonOwnTrampoline(PythonsCase):
                 st = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0]).host.stats
                 self.assertIn("turned off during the capture: a deep Python recursion",
                               st.get("tbprof_python_trampoline", ""), st)
+
+
+if __name__ == "__main__":
+    tbtest.main()

@@ -13,7 +13,11 @@
  * cleared; after Python's atexit hook no pending call is queued; a fork
  * child's hook turns ours off; a full pending queue does not wedge later
  * requests; the perf map we caused is removed at exit, one that was there is
- * kept; a map that got the job's closed stdout is moved off it. */
+ * kept; a map that got the job's closed stdout is moved off it. On 3.10 and
+ * 3.11 (x86-64), tbprof's own evaluator runs CPython's through real stubs:
+ * their bytes, their map lines, exceptions and throwflag kept, the cut on a
+ * deep recursion, fork children, a wrapper that put ours back, a removed
+ * map and a reused fd. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -21,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -179,16 +184,17 @@ typedef struct fcode {
     long refcnt;
     void *type;
     fobj qualname, name, file;
-    void *extra;
+    void *extra; /* at index extra_idx */
+    ssize_t extra_idx;
 } fcode;
 static char fake_code_type, not_code_type;
 static fcode code_fwd = {1, &fake_code_type, {"str", "Model.forward", 0, 0, 0}, {"str", "forward", 0, 0, 0},
-                         {"str", "/m.py", 0, 0, 0}, NULL},
+                         {"str", "/m.py", 0, 0, 0}, NULL, 0},
              code_gen = {1, &fake_code_type, {"str", "gen", 0, 0, 0}, {"str", "gen", 0, 0, 0},
-                         {"str", "/g.py", 0, 0, 0}, NULL},
+                         {"str", "/g.py", 0, 0, 0}, NULL, 0},
              code_rec = {1, &fake_code_type, {"str", "rec", 0, 0, 0}, {"str", "rec", 0, 0, 0},
-                         {"str", "/r.py", 0, 0, 0}, NULL},
-             not_code = {1, &not_code_type, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, NULL};
+                         {"str", "/r.py", 0, 0, 0}, NULL, 0},
+             not_code = {1, &not_code_type, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, {"str", "x", 0, 0, 0}, NULL, 0};
 typedef struct fframe {
     char head[32];
     fcode *code;
@@ -215,13 +221,23 @@ static fobj *f_eval_default(void *ts, void *frame, int throwflag)
     }
     return &eval_result;
 }
-static ssize_t f_extra_index(void (*free_fn)(void *)) { return (void)free_fn, ++extra_calls, 3; }
+/* indexes 3, 4, ... as CPython hands them out */
+static ssize_t f_extra_index(void (*free_fn)(void *)) { return (void)free_fn, 2 + ++extra_calls; }
 static int f_get_extra(fobj *code, ssize_t i, void **out)
 {
-    *out = i == 3 ? ((fcode *)code)->extra : NULL;
-    return i == 3 ? 0 : -1;
+    fcode *c = (fcode *)code;
+    *out = i == c->extra_idx ? c->extra : NULL;
+    return i >= 3 && i <= 2 + extra_calls ? 0 : -1;
 }
-static int f_set_extra(fobj *code, ssize_t i, void *v) { return i == 3 ? (((fcode *)code)->extra = v, 0) : -1; }
+static int f_set_extra(fobj *code, ssize_t i, void *v)
+{
+    if (i < 3 || i > 2 + extra_calls)
+        return -1;
+    fcode *c = (fcode *)code;
+    c->extra_idx = i;
+    c->extra = v;
+    return 0;
+}
 static void f_err_restore(fobj *t, fobj *v, fobj *tb)
 {
     live -= !!t + !!v + !!tb;
@@ -383,6 +399,7 @@ static void reset(void)
     steal_fd1 = init_fails = finis = 0;
     own_symbols = extra_calls = trace_refs = 0;
     code_fwd.extra = code_gen.extra = code_rec.extra = not_code.extra = NULL;
+    code_fwd.extra_idx = code_gen.extra_idx = code_rec.extra_idx = not_code.extra_idx = 0;
     unlink(map_file);
 }
 
@@ -698,8 +715,14 @@ int main(void)
      * time it runs, named in the map; CPython's evaluator is called from
      * the stub, with the frame and flag it was given */
     reset_old(11);
+    int out = dup(1);
+    close(1); /* (the job's stdout closed as the capture starts: our map stays off it) */
     tb_pytramp_request(1);
     run_pending();
+    int fd1_free = fcntl(1, F_GETFD) < 0;
+    dup2(out, 1);
+    close(out);
+    CHECK(fd1_free);
     CHECK(cur_eval != (void *)f_eval_default);
     CHECK(strstr(describe(), "on during the capture") != NULL);
     CHECK_EQ_I(extra_calls, 1);
@@ -725,7 +748,7 @@ int main(void)
     /* not a code object where one should be: no stub, called directly */
     fframe fx = {{0}, &not_code, 0};
     own(NULL, &fx, 0);
-    CHECK(not_code.extra == NULL && eval_ret != (char *)code_fwd.extra + 6);
+    CHECK(not_code.extra == NULL && memcmp((char *)eval_ret - 6, stub_bytes, sizeof(stub_bytes)) != 0);
     CHECK_EQ_I(map_lines(), 2);
     /* off at the stop; on again at the next capture, the stubs kept */
     tb_pytramp_request(0);
@@ -753,16 +776,99 @@ int main(void)
     CHECK(strstr(describe(), "off: turned off during the capture: a deep Python recursion") != NULL);
     tb_pytramp_request(0);
     run_pending();
-    /* a fork child: its next capture writes its own map and takes a new
-     * code-extra index (the parent's stubs are named in the parent's) */
-    tb_pytramp_atfork_child();
+    /* the map removed between captures (a /tmp cleaner): the next capture
+     * writes a new one, and new stubs named there */
     unlink(map_file);
     tb_pytramp_request(1);
     run_pending();
     CHECK_EQ_I(extra_calls, 2);
+    own(NULL, &fr, 0);
+    CHECK(eval_ret != stub + 6);
+    CHECK(map_has((char *)eval_ret - 6, "py::Model.forward:/m.py"));
+    tb_pytramp_request(0);
+    run_pending();
+    /* a fork child (os.fork: the at-fork hooks too): its next capture
+     * writes its own map and takes a new code-extra index (the parent's
+     * stubs are named in the parent's) */
+    tb_pytramp_atfork_child();
+    call_hook(child_hook);
+    unlink(map_file);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(extra_calls, 3);
     CHECK_EQ_I(access(map_file, F_OK), 0);
     tb_pytramp_request(0);
     run_pending();
+    /* a child forked in C during a capture (no Python hooks): it inherits
+     * the evaluator; the first call there gives the default back, and the
+     * child's own capture sets it up afresh */
+    tb_pytramp_request(1);
+    run_pending();
+    tb_pytramp_atfork_child();
+    own(NULL, &fr, 0);
+    CHECK(cur_eval == (void *)f_eval_default);
+    CHECK(memcmp((char *)eval_ret - 6, stub_bytes, sizeof(stub_bytes)) != 0);
+    unlink(map_file);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(extra_calls, 4);
+    CHECK(cur_eval == (void *)own);
+    own(NULL, &fr, 0);
+    CHECK(map_has((char *)eval_ret - 6, "py::Model.forward:/m.py"));
+    /* a wrapper that saved ours while the stop ran (torch.compile's, as
+     * it switches evaluators around compiled code) and puts it back
+     * after: ours gives the default back at its next call, and the next
+     * capture is ours again (before: on for good, said to be the program's) */
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    cur_eval = (void *)own;
+    CHECK(own(NULL, &fr, 0) == &eval_result);
+    CHECK(cur_eval == (void *)f_eval_default);
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval == (void *)own);
+    CHECK(strstr(describe(), "on during the capture") != NULL);
+    tb_pytramp_request(0);
+    run_pending();
+    /* the job closed our map's fd and opened a file of its own on the
+     * number: no line of ours goes there, and the next capture opens a map
+     * afresh (the job's file left open) */
+    char other_file[64];
+    snprintf(other_file, sizeof(other_file), "/tmp/tbprof-test-other-%d", (int)getpid());
+    tb_pytramp_request(1);
+    run_pending();
+    int mapfd = -1;
+    for (int fd = 3; fd < 1024 && mapfd < 0; fd++) {
+        char lnk[64], target[128];
+        snprintf(lnk, sizeof(lnk), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(lnk, target, sizeof(target) - 1);
+        if (n > 0 && (target[n] = '\0', !strcmp(target, map_file)))
+            mapfd = fd;
+    }
+    CHECK(mapfd > 2);
+    close(mapfd);
+    int jobfd = open(other_file, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    CHECK_EQ_I(jobfd, mapfd);
+    fframe fn = {{0}, &code_gen, 0};
+    code_gen.extra = NULL;
+    own(NULL, &fn, 0); /* a new function: its line is not written to the job's file */
+    struct stat jst;
+    CHECK(fstat(jobfd, &jst) == 0 && jst.st_size == 0);
+    tb_pytramp_request(0);
+    run_pending();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK(cur_eval == (void *)own);
+    CHECK(fcntl(jobfd, F_GETFD) >= 0); /* the job's, still open */
+    close(jobfd);
+    unlink(other_file);
+    tb_pytramp_request(0);
+    run_pending();
+    /* Python's exit: the map of ours goes */
+    tb_pytramp_map_done();
+    call_hook(exit_hook);
+    CHECKF(access(map_file, F_OK) != 0, "%s left behind", map_file);
     /* another frame evaluator in place (a debugger's): left alone */
     reset_old(11);
     cur_eval = &other_eval;
