@@ -548,7 +548,11 @@ static __attribute__((noinline)) void *make_stub(pyobj *code)
     return stub;
 }
 
-static __attribute__((noinline)) void stack_cut(void)
+/* own_eval should not run: no capture wants it (a wrapper put it back
+ * after the stop, a C fork's child inherited it), or this call is too deep
+ * (stack_deep). The interpreter gets its default evaluator back where ours
+ * is in place; a capture's cut is said once, in its profile. */
+static __attribute__((noinline)) void give_back(void)
 {
     if (py.eval_get(py.interp_get()) == (void *)own_eval)
         py.eval_set(py.interp_get(), py.eval_default);
@@ -564,7 +568,7 @@ static pyobj *own_eval(void *tstate, void *frame, int throwflag)
 {
     eval_fn eval = (eval_fn)py.eval_default;
     if (!own_live || stack_deep()) {
-        stack_cut();
+        give_back();
         return eval(tstate, frame, throwflag);
     }
     pyobj *code = *(pyobj **)((char *)frame + FRAME_CODE);
