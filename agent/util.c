@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,10 +62,23 @@ unsigned tb_stdio_hold(void)
     return held;
 }
 
+/* Is fd still the /dev/null tb_stdio_hold put there? A job thread may have
+ * dup2()ed its own file onto the number meanwhile (putting its stdout
+ * back): that one is not ours to close. Ours is /dev/null read-only and
+ * close-on-exec; dup2 clears close-on-exec, and a stdout is opened for
+ * writing. */
+static int still_held(int fd)
+{
+    struct stat st;
+    int fdfl = fcntl(fd, F_GETFD), fl = fcntl(fd, F_GETFL);
+    return fdfl >= 0 && (fdfl & FD_CLOEXEC) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && fstat(fd, &st) == 0 &&
+           S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+}
+
 void tb_stdio_release(unsigned held)
 {
     for (int fd = 0; fd < 3; fd++)
-        if (held & (1u << fd))
+        if ((held & (1u << fd)) && still_held(fd))
             close(fd);
 }
 

@@ -36,7 +36,9 @@ int tb_fd_above_stdio(int fd);
 
 /* For the libraries we start that open fds they keep (libunwind's pipe,
  * CUPTI's): the free ones of fds 0, 1, 2 taken by /dev/null meanwhile, so
- * that theirs land above; a mask of those held, for tb_stdio_release. */
+ * that theirs land above; a mask of those held, for tb_stdio_release, which
+ * closes only those still ours (not a file the job dup2()ed onto one
+ * meanwhile). */
 unsigned tb_stdio_hold(void);
 void tb_stdio_release(unsigned held);
 
