@@ -69,12 +69,16 @@ class PythonsCase(tbtest.TestCase):
                 pass
         super().tearDown()
 
-
-class CpuPython(PythonsCase):
-    def run_split(self, python, mode):
-        self.logdir = os.path.join(self.tmp, "logs-" + os.path.basename(os.path.dirname(os.path.dirname(python))))
+    def run_split(self, python, mode, name=None, perf_support=True):
+        """cpu_split_py.py under python: (profile, pid, the share of burn_a
+        in the CPU time it measured). perf_support: PYTHONPERFSUPPORT=1 (the
+        trampoline on from the start), else none (tbprof's per capture)."""
+        name = name or "logs-" + os.path.basename(os.path.dirname(os.path.dirname(python)))
+        self.logdir = os.path.join(self.tmp, name)
         env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
-        env["PYTHONPERFSUPPORT"] = "1"
+        env.pop("PYTHONPERFSUPPORT", None)
+        if perf_support:
+            env["PYTHONPERFSUPPORT"] = "1"
         p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
         self.assertExitedOk(p)
         out = {l.split()[0]: l.split()[1:] for l in p.stdout.splitlines() if l.strip()}
@@ -84,6 +88,8 @@ class CpuPython(PythonsCase):
         files = tbtest.wait_for_xplanes(self.logdir, 1)
         return tbtest.load(files[0]), pid, spent_a / (spent_a + spent_b)
 
+
+class CpuPython(PythonsCase):
     def test_python_split_dwarf(self):
         for version, python in self.pythons:
             with self.subTest(python=version):
@@ -476,17 +482,7 @@ class CpuPythonOwnTrampoline(PythonsCase):
         # is running by then: shown as the interpreter, not by name)
         for version, python in self.pythons:
             with self.subTest(python=version):
-                self.logdir = os.path.join(self.tmp, "own-" + version)
-                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode="dwarf")
-                env.pop("PYTHONPERFSUPPORT", None)
-                p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
-                self.assertExitedOk(p)
-                out = {l.split()[0]: l.split()[1:] for l in p.stdout.splitlines() if l.strip()}
-                pid = int(out["pid"][0])
-                self.maps.append("/tmp/perf-%d.map" % pid)
-                spent_a, spent_b = (int(x) for x in out["spent"])
-                truth = spent_a / (spent_a + spent_b)
-                prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+                prof, pid, truth = self.run_split(python, "dwarf", "own-" + version, perf_support=False)
                 st = prof.host.stats
                 self.assertTrue(st.get("tbprof_python_trampoline", "").startswith("on during the capture"), st)
                 main = prof.host.line(pid)
