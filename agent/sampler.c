@@ -702,7 +702,7 @@ static int rescan(cpu_ctx *c, int *opened)
 {
     int first_err = 0;
     int64_t now = tb_mono_ns();
-    DIR *d = opendir("/proc/self/task");
+    DIR *d = tb_opendir_above_stdio("/proc/self/task");
     if (!d)
         return 0;
     if (c->nthreads > 1)
@@ -787,7 +787,7 @@ static int refused(int err)
 /* Descriptors open in this process (0 when /proc cannot say). */
 static int open_fds(void)
 {
-    DIR *d = opendir("/proc/self/fd");
+    DIR *d = tb_opendir_above_stdio("/proc/self/fd");
     if (!d)
         return 0;
     int n = -1; /* the directory's own */

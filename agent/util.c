@@ -46,6 +46,18 @@ int tb_fd_above_stdio(int fd)
     return high;
 }
 
+DIR *tb_opendir_above_stdio(const char *path)
+{
+    int fd = tb_fd_above_stdio(open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d && fd >= 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return d;
+}
+
 unsigned tb_stdio_hold(void)
 {
     unsigned held = 0;

@@ -34,6 +34,14 @@ void tb_cond_init_monotonic(pthread_cond_t *cv);
  * returned as it is. */
 int tb_fd_above_stdio(int fd);
 
+/* opendir(path) with its fd at 3 or above (tb_fd_above_stdio): a
+ * directory the agent reads during a capture (/proc/self/task) must not sit
+ * on a stdio number the job has closed, where the job's dup2() onto it
+ * would swap it for the job's file and our closedir() would close that.
+ * NULL with errno set. */
+#include <dirent.h>
+DIR *tb_opendir_above_stdio(const char *path);
+
 /* For the libraries we start that open fds they keep (libunwind's pipe,
  * CUPTI's): the free ones of fds 0, 1, 2 taken by /dev/null meanwhile, so
  * that theirs land above; a mask of those held, for tb_stdio_release, which

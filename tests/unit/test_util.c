@@ -7,7 +7,8 @@
  * number keeps it (before: the release closed the job's stdout, and its
  * next print failed with EBADF, as CI's test_cpu_python once did); the
  * same for a /dev/null of the job's; an fd moved above 2 is a copy, the
- * original closed. */
+ * original closed; a directory the agent reads keeps off a closed fd 1. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -62,6 +63,17 @@ int main(void)
     int low_free = fcntl(1, F_GETFD) < 0, high_cloexec = high > 2 && (fcntl(high, F_GETFD) & FD_CLOEXEC);
     close(high);
 
+    /* a directory read with fd 1 closed: its fd is above 2, fd 1 stays free */
+    DIR *d = tb_opendir_above_stdio("/proc/self/task");
+    int dir_fd = d ? dirfd(d) : -1, dir_free1 = fcntl(1, F_GETFD) < 0, entries = 0;
+    while (d && readdir(d))
+        entries++;
+    if (d)
+        closedir(d);
+    errno = 0;
+    DIR *none = tb_opendir_above_stdio("/nonexistent-tbprof");
+    int none_errno = errno, none_free1 = fcntl(1, F_GETFD) < 0;
+
     dup2(saved, 1); /* the test's own stdout back, for the results */
     close(saved);
     CHECK(took1);
@@ -74,6 +86,10 @@ int main(void)
     CHECK_EQ_I(low, 1);
     CHECK(low_free);
     CHECK(high_cloexec);
+    CHECKF(dir_fd > 2, "the directory's fd is %d", dir_fd);
+    CHECK(dir_free1);
+    CHECK(entries >= 3); /* ".", "..", this thread */
+    CHECK(none == NULL && none_errno == ENOENT && none_free1);
     struct stat st;
     CHECK(stat(path, &st) == 0 && st.st_size == 1);
     close(job_out);
