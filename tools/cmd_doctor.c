@@ -64,29 +64,20 @@ static int work(void)
     return 0;
 }
 
-/* A libcupti in python3's packages (pip's nvidia-cuda-cupti, which PyTorch
- * and JAX wheels bring: nvidia/cu13/lib, nvidia/cuda_cupti/lib), newest
- * major first, into out; 0 when found. A machine with pip CUDA and no
- * toolkit has no other: a Python job loads that one itself, a plain
- * program needs TBPROF_CUPTI_PATH. */
-static int pip_cupti(char *out, size_t n)
+/* The last line python3 on PATH (a Python job's usual interpreter) prints
+ * running code (-I), into out; "" when it cannot be run or says nothing in
+ * PIP_LOOK_S. */
+static void python3_says(const char *code, char *out, size_t n)
 {
-    static const char code[] =
-        "import glob,os,re,site\n"
-        "d=site.getsitepackages()+[site.getusersitepackages()]\n"
-        "f=[p for x in d for p in glob.glob(os.path.join(x,'nvidia','*','lib','libcupti.so.*'))]\n"
-        "def major(p):\n"
-        "    m=re.search(r'\\.so\\.(\\d+)',p)\n"
-        "    return int(m.group(1)) if m else 0\n"
-        "print(max(f,key=major) if f else '')\n";
+    out[0] = '\0';
     int fd[2];
     if (pipe(fd) < 0)
-        return -1;
+        return;
     pid_t pid = fork();
     if (pid < 0) {
         close(fd[0]);
         close(fd[1]);
-        return -1;
+        return;
     }
     if (pid == 0) {
         dup2(fd[1], 1);
@@ -134,7 +125,58 @@ static int pip_cupti(char *out, size_t n)
     char *last = strrchr(out, '\n');
     if (last)
         memmove(out, last + 1, strlen(last + 1) + 1);
+}
+
+/* A libcupti in python3's packages (pip's nvidia-cuda-cupti, which PyTorch
+ * and JAX wheels bring: nvidia/cu13/lib, nvidia/cuda_cupti/lib), newest
+ * major first, into out; 0 when found. A machine with pip CUDA and no
+ * toolkit has no other: a Python job loads that one itself, a plain
+ * program needs TBPROF_CUPTI_PATH. */
+static int pip_cupti(char *out, size_t n)
+{
+    static const char code[] =
+        "import glob,os,re,site\n"
+        "d=site.getsitepackages()+[site.getusersitepackages()]\n"
+        "f=[p for x in d for p in glob.glob(os.path.join(x,'nvidia','*','lib','libcupti.so.*'))]\n"
+        "def major(p):\n"
+        "    m=re.search(r'\\.so\\.(\\d+)',p)\n"
+        "    return int(m.group(1)) if m else 0\n"
+        "print(max(f,key=major) if f else '')\n";
+    python3_says(code, out, n);
     return out[0] == '/' ? 0 : -1;
+}
+
+/* Whether a job of python3 on PATH gets its Python functions named in the
+ * CPU samples (CPU sampling ready, stacks `mode`): one line, none without
+ * a python3. */
+static void python_frames_report(const char *mode)
+{
+    static const char code[] = "import platform,sys,sysconfig\n"
+                               "print('%d %d %s %d' % (sys.version_info[0], sys.version_info[1], platform.machine(),"
+                               " bool(sysconfig.get_config_var('Py_GIL_DISABLED'))))\n";
+    char says[256], arch[64] = "";
+    int major = 0, minor = 0, ft = 0;
+    python3_says(code, says, sizeof(says));
+    if (sscanf(says, "%d %d %63s %d", &major, &minor, arch, &ft) != 4 || major != 3)
+        return;
+    const char *env = getenv("TBPROF_PY_TRAMPOLINE");
+    int x86 = !strcmp(arch, "x86_64");
+    printf("  Python frames  python3 %d.%d: ", major, minor);
+    if (env && !strcmp(env, "off"))
+        printf("not named (TBPROF_PY_TRAMPOLINE=off)\n");
+    else if (mode && !strcmp(mode, "fp"))
+        printf("not named in fp stacks (TBPROF_CPU_MODE=dwarf, the default, walks through the trampolines)\n");
+    else if (minor >= 12 && !ft)
+        printf("named in CPU samples during captures (CPython's perf trampoline)\n");
+    else if (minor >= 12)
+        printf("not named: a free-threaded build (tbprof leaves its trampoline off)\n");
+    else if (minor >= 10 && x86)
+        printf("named in CPU samples during captures (tbprof's own trampoline)\n");
+    else if (minor >= 10)
+        printf("not named: tbprof's trampoline for CPython 3.10 and 3.11 is x86-64 only (py-spy names them)\n");
+    else
+        printf("not named: CPython %d.%d has no perf trampoline, and tbprof's own needs 3.10 or later "
+               "(py-spy names them)\n", major, minor);
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -275,6 +317,7 @@ static int report(const tb_space *s)
         host_stat(h, TB_ST_CPU_TIME, &time, NULL);
         printf("  CPU sampling   ready: %lld samples in 0.3 s (%s stacks; %s)\n", samples, mode ? mode : "?",
                time ? time : "user space only");
+        python_frames_report(mode);
     } else {
         printf("  CPU sampling   off: %s\n", why ? why : "no samples taken");
         bad = 1;
