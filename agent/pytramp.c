@@ -124,6 +124,7 @@ static int hooks_done;        /* atexit / at-fork hooks registered (GIL) */
 static void *evaluator;
 static int activations;
 #define ACTIVATIONS_MAX 16
+static int extras_taken;      /* 3.10, 3.11: code-extra indexes we took (GIL) */
 static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
 
 #define LOOK(field, name)                                                                            \
@@ -439,6 +440,7 @@ static ino_t map_ino;
  * torch.compile's does, or inherited by a child forked in C), it gives the
  * interpreter back the default evaluator */
 static int own_live;
+#define EXTRAS_MAX 16
 /* the lowest address a thread's C stack may use before own_eval gives the
  * interpreter back its default evaluator (0: not known yet; 1: none) */
 static __thread uintptr_t stack_floor;
@@ -446,8 +448,10 @@ static __thread uintptr_t stack_floor;
 /* With an evaluator set, every Python call nests in C (3.11 runs Python
  * calls inline otherwise; 3.10 nests two C frames less per call): a
  * recursion the job runs fine (sys.setrecursionlimit(100000)) would
- * overflow the C stack and crash it. Once a thread has used a sixteenth
- * of its stack (some hundreds of calls), ours goes off for the rest of the
+ * overflow the C stack and crash it. Once a thread has used a sixteenth of
+ * its stack (some hundreds of calls; of a small stack a quarter, up to 64
+ * KiB; where its bounds cannot be read, 256 KiB past its first call seen
+ * here), ours goes off for the rest of the
  * capture, for every thread (the evaluator is the interpreter's), and the
  * calls from there on run as without tbprof: what ours added stays within
  * a small part of that sixteenth. 1 when this call is that deep. */
@@ -559,8 +563,8 @@ static __attribute__((noinline)) void give_back(void)
     if (!own_live) /* (said once; after the capture's stop, not at all) */
         return;
     own_live = 0;
-    snprintf(fail_why, sizeof(fail_why), "turned off during the capture: a deep Python recursion had used "
-             "a sixteenth of its thread's C stack (each call nests in C while it is on)");
+    snprintf(fail_why, sizeof(fail_why), "turned off during the capture: a deep Python recursion used its "
+             "share of the C stack (each call nests in C while it is on)");
     atomic_store(&outcome, OUT_FAILED);
 }
 
@@ -586,7 +590,10 @@ static pyobj *own_eval(void *tstate, void *frame, int throwflag)
  * there. */
 static void own_map_forget(void)
 {
-    if (own_map >= 0)
+    struct stat st;
+    /* (closed only while it is our map: the job may have closed our fd and
+     * opened a file of its own on the number) */
+    if (own_map >= 0 && fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino)
         close(own_map);
     own_map = -1;
     extra = -1;
@@ -605,17 +612,28 @@ static int own_on(void)
         return 0;
     }
     struct stat st;
-    if (own_map >= 0) {
+    char path[64];
+    map_path(path, sizeof(path));
+    if (own_map >= 0 && (fstat(own_map, &st) != 0 || st.st_dev != map_dev || st.st_ino != map_ino)) {
         /* the fd is not our map any more (the job closed it, and the number
-         * may be a file of its own now: not closed here), or the map was
-         * removed (a /tmp cleaner): a new map, and new stubs named there */
-        int ours_still = fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino;
-        if (!ours_still)
-            own_map = -1;
-        if (!ours_still || st.st_nlink == 0)
-            own_map_forget();
+         * may be a file of its own now: left alone); the map itself, still
+         * at its path, is opened again below, its stubs named there */
+        own_map = -1;
     }
-    if (extra < 0 && (extra = py.extra_index(NULL)) < 0) {
+    if (own_map >= 0 ? st.st_nlink == 0
+                     : extra >= 0 && (stat(path, &st) != 0 || st.st_dev != map_dev || st.st_ino != map_ino)) {
+        /* the map was removed (a /tmp cleaner): a new one, and new stubs
+         * named there (each a new code-extra index of CPython's 255) */
+        own_map_forget();
+    }
+    if (extra < 0 && extras_taken >= EXTRAS_MAX) {
+        snprintf(fail_why, sizeof(fail_why), "its perf map was removed %d times in this process (each new one "
+                 "costs CPython a code-extra slot)", extras_taken - 1);
+        return 0;
+    }
+    if (extra < 0 && (extra = py.extra_index(NULL)) >= 0)
+        extras_taken++;
+    if (extra < 0) {
         snprintf(fail_why, sizeof(fail_why), "CPython has no code-extra slot left for us");
         return 0;
     }
@@ -625,8 +643,6 @@ static int own_on(void)
         return 0;
     }
     if (own_map < 0) {
-        char path[64];
-        map_path(path, sizeof(path));
         int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
         /* (off fds 0-2: a job with its stdout closed now gets it back) */
         own_map = tb_fd_above_stdio(open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600));
@@ -764,13 +780,6 @@ static int sync_cb(void *arg)
         return 0;
     register_hooks();
     int on = atomic_load(&want);
-    pyobj *sys = module("sys");
-    if (!sys) {
-        snprintf(fail_why, sizeof(fail_why), "no sys module");
-        if (on)
-            atomic_store(&outcome, OUT_FAILED);
-        return 0;
-    }
     if (py.minor < 12) { /* ours: nobody else's to find on */
         if (on)
             atomic_store(&outcome, own_on() ? (ours = 1, OUT_OURS) : OUT_FAILED);
@@ -778,7 +787,13 @@ static int sync_cb(void *arg)
             own_off();
             ours = 0;
         }
-        xdecref(sys);
+        return 0;
+    }
+    pyobj *sys = module("sys");
+    if (!sys) {
+        snprintf(fail_why, sizeof(fail_why), "no sys module");
+        if (on)
+            atomic_store(&outcome, OUT_FAILED);
         return 0;
     }
     int active = is_active(sys);
@@ -936,6 +951,7 @@ void tb_pytramp_atfork_child(void)
     evaluator = NULL;
     activations = 0;
     own_map_forget();
+    extras_taken = 0; /* (a child's own count: a new index for each of its maps) */
 }
 
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
@@ -951,4 +967,5 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     evaluator = NULL;
     fail_why[0] = '\0';
     own_map_forget();
+    extras_taken = 0;
 }

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,7 +61,8 @@ unsigned tb_stdio_hold(void)
 {
     unsigned held = 0;
     for (int k = 0; k < 3; k++) {
-        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* the lowest free fd */
+        /* the lowest free fd; O_NONBLOCK marks it ours (still_held) */
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0)
             break;
         if (fd > 2) { /* 0, 1 and 2 all taken (the usual case) */
@@ -76,15 +76,16 @@ unsigned tb_stdio_hold(void)
 
 /* Is fd still the /dev/null tb_stdio_hold put there? A job thread may have
  * dup2()ed its own file onto the number meanwhile (putting its stdout
- * back): that one is not ours to close. Ours is /dev/null read-only and
- * close-on-exec; dup2 clears close-on-exec, and a stdout is opened for
- * writing. */
+ * back): that one is not ours to close. Ours is a character device opened
+ * read-only, non-blocking and close-on-exec; dup2 clears close-on-exec, a
+ * stdout is opened for writing, and nobody opens a /dev/null of theirs
+ * non-blocking. */
 static int still_held(int fd)
 {
     struct stat st;
     int fdfl = fcntl(fd, F_GETFD), fl = fcntl(fd, F_GETFL);
-    return fdfl >= 0 && (fdfl & FD_CLOEXEC) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && fstat(fd, &st) == 0 &&
-           S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+    return fdfl >= 0 && (fdfl & FD_CLOEXEC) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_NONBLOCK) &&
+           fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
 }
 
 void tb_stdio_release(unsigned held)

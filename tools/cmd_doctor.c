@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "config.h"
 #include "host.h"
 #include "readprof.h"
 #include "sampler.h"
@@ -102,12 +103,17 @@ static void python3_says(const char *code, char *out, size_t n)
         int pr = left_ms > 0 ? poll(&pfd, 1, (int)left_ms) : 0;
         if (pr < 0 && errno == EINTR)
             continue;
-        if (pr <= 0) { /* timed out (or poll failed): nothing found */
+        if (pr <= 0) { /* timed out (or poll failed): what it said so far */
             kill(pid, SIGKILL);
-            got = 0;
             break;
         }
-        ssize_t r = got + 1 < n ? read(fd[0], out + got, n - 1 - got) : 0;
+        if (got + 1 >= n) { /* full (a site hook's chatter): keep the line being read */
+            char *nl = memrchr(out, '\n', got);
+            size_t keep = nl ? got - (size_t)(nl + 1 - out) : 0;
+            memmove(out, out + got - keep, keep);
+            got = keep + 1 < n ? keep : 0;
+        }
+        ssize_t r = read(fd[0], out + got, n - 1 - got);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -146,34 +152,41 @@ static int pip_cupti(char *out, size_t n)
     return out[0] == '/' ? 0 : -1;
 }
 
+static const char *py_trampoline_only(const char *name, void *ud)
+{
+    (void)ud;
+    return strcmp(name, "TBPROF_PY_TRAMPOLINE") ? NULL : getenv(name);
+}
+
 /* Whether a job of python3 on PATH gets its Python functions named in the
  * CPU samples (CPU sampling ready, stacks `mode`): one line, none without
  * a python3. */
 static void python_frames_report(const char *mode)
 {
     static const char code[] = "import platform,sys,sysconfig\n"
-                               "print('%d %d %s %d' % (sys.version_info[0], sys.version_info[1], platform.machine(),"
-                               " bool(sysconfig.get_config_var('Py_GIL_DISABLED'))))\n";
+                               "print('%d %d %d %s' % (sys.version_info[0], sys.version_info[1],"
+                               " bool(sysconfig.get_config_var('Py_GIL_DISABLED')), platform.machine() or '?'))\n";
     char says[256], arch[64] = "";
     int major = 0, minor = 0, ft = 0;
     python3_says(code, says, sizeof(says));
-    if (sscanf(says, "%d %d %63s %d", &major, &minor, arch, &ft) != 4 || major != 3)
+    if (sscanf(says, "%d %d %d %63s", &major, &minor, &ft, arch) != 4 || major != 3)
         return;
-    const char *env = getenv("TBPROF_PY_TRAMPOLINE");
-    int x86 = !strcmp(arch, "x86_64");
+    /* TBPROF_PY_TRAMPOLINE as the agent reads it (OFF, 0, no; a bad value is off) */
+    tb_config c;
+    tb_config_load(&c, py_trampoline_only, NULL);
     printf("  Python frames  python3 %d.%d: ", major, minor);
-    if (env && !strcmp(env, "off"))
+    if (!c.py_trampoline)
         printf("not named (TBPROF_PY_TRAMPOLINE=off)\n");
+    else if (strcmp(arch, "x86_64"))
+        printf("not named: tbprof steps over Python's trampolines on x86-64 only (this is %s)\n", arch);
     else if (mode && !strcmp(mode, "fp"))
         printf("not named in fp stacks (TBPROF_CPU_MODE=dwarf, the default, walks through the trampolines)\n");
     else if (minor >= 12 && !ft)
         printf("named in CPU samples during captures (CPython's perf trampoline)\n");
     else if (minor >= 12)
         printf("not named: a free-threaded build (tbprof leaves its trampoline off)\n");
-    else if (minor >= 10 && x86)
-        printf("named in CPU samples during captures (tbprof's own trampoline)\n");
     else if (minor >= 10)
-        printf("not named: tbprof's trampoline for CPython 3.10 and 3.11 is x86-64 only (py-spy names them)\n");
+        printf("named in CPU samples during captures (tbprof's own trampoline)\n");
     else
         printf("not named: CPython %d.%d has no perf trampoline, and tbprof's own needs 3.10 or later "
                "(py-spy names them)\n", major, minor);

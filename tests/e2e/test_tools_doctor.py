@@ -147,43 +147,54 @@ class Doctor(tbtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertEqual(self.line(p, "logdir"), "off: %s/logs: %s: not a folder" % (blocker, blocker))
 
-    def fake_python3(self, says):
+    def fake_python3(self, says, chatter=0):
         """A folder whose python3 prints `says` whatever it is asked (the
-        doctor's questions: its version, pip's libcupti)."""
-        d = os.path.join(self.tmp, "bin-" + says.replace(" ", "_"))
+        doctor's questions: its version, pip's libcupti), after `chatter`
+        lines of a site hook's output."""
+        d = os.path.join(self.tmp, "bin-%d-%s" % (chatter, says.replace(" ", "_")))
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "python3"), "w") as f:
-            f.write("#!/bin/sh\necho '%s'\n" % says)
+            f.write("#!/bin/sh\n")
+            for i in range(chatter):
+                f.write("echo 'a site hook says hello, line %d, and then some more words'\n" % i)
+            f.write("echo '%s'\n" % says)
         os.chmod(os.path.join(d, "python3"), 0o755)
         return d + ":" + os.environ.get("PATH", "/usr/bin:/bin")
 
     def test_python_frames(self):
         # whether python3's jobs get their functions named in the CPU
         # samples, by version (tbprof's own trampoline on 3.10 and 3.11)
-        cases = [("3 12 x86_64 0", "python3 3.12: named in CPU samples during captures (CPython's perf trampoline)"),
-                 ("3 13 x86_64 1", "python3 3.13: not named: a free-threaded build (tbprof leaves its trampoline off)"),
-                 ("3 11 x86_64 0", "python3 3.11: named in CPU samples during captures (tbprof's own trampoline)"),
-                 ("3 10 aarch64 0", "python3 3.10: not named: tbprof's trampoline for CPython 3.10 and 3.11 is "
-                                    "x86-64 only (py-spy names them)"),
-                 ("3 9 x86_64 0", "python3 3.9: not named: CPython 3.9 has no perf trampoline, and tbprof's own "
+        if not self.line(self.doctor("--cupti", FAKE), "CPU sampling").startswith("ready:"):
+            self.skipTest("CPU sampling off here: no Python frames line")
+        cases = [("3 12 0 x86_64", "python3 3.12: named in CPU samples during captures (CPython's perf trampoline)"),
+                 ("3 13 1 x86_64", "python3 3.13: not named: a free-threaded build (tbprof leaves its trampoline off)"),
+                 ("3 11 0 x86_64", "python3 3.11: named in CPU samples during captures (tbprof's own trampoline)"),
+                 ("3 10 0 aarch64", "python3 3.10: not named: tbprof steps over Python's trampolines on x86-64 only "
+                                    "(this is aarch64)"),
+                 ("3 9 0 x86_64", "python3 3.9: not named: CPython 3.9 has no perf trampoline, and tbprof's own "
                                   "needs 3.10 or later (py-spy names them)")]
         for says, want in cases:
             with self.subTest(says=says):
                 p = self.doctor("--cupti", FAKE, PATH=self.fake_python3(says))
-                if not self.line(p, "CPU sampling").startswith("ready:"):
-                    self.skipTest("CPU sampling off here")
                 self.assertEqual(self.line(p, "Python frames"), want)
-        p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 x86_64 0"), TBPROF_CPU_MODE="fp")
+        # the answer after 8 KB of a site hook's output (more than the doctor's buffer)
+        p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64", chatter=150))
+        self.assertIn("python3 3.11: named", self.line(p, "Python frames"))
+        p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64"), TBPROF_CPU_MODE="fp")
         self.assertIn("3.11: not named in fp stacks", self.line(p, "Python frames"))
-        p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 x86_64 0"), TBPROF_PY_TRAMPOLINE="off")
-        self.assertEqual(self.line(p, "Python frames"), "python3 3.11: not named (TBPROF_PY_TRAMPOLINE=off)")
+        # off as the agent reads it: any case, 0/no, or a bad value
+        for off in ("off", "OFF", "0", "no", "bogus"):
+            p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64"), TBPROF_PY_TRAMPOLINE=off)
+            self.assertEqual(self.line(p, "Python frames"), "python3 3.11: not named (TBPROF_PY_TRAMPOLINE=off)",
+                             off)
         # the real python3 here, as it is
         p = self.doctor("--cupti", FAKE)
         self.assertRegex(self.line(p, "Python frames"), r"^python3 3\.\d+: ")
-        # no python3 at all: no line
+        # no python3 at all: no line (CPU sampling ready all the same)
         empty = os.path.join(self.tmp, "empty-bin")
         os.makedirs(empty, exist_ok=True)
         p = self.doctor("--cupti", FAKE, PATH=empty)
+        self.assertTrue(self.line(p, "CPU sampling").startswith("ready:"), p.stdout)
         self.assertNotIn("Python frames", p.stdout)
 
     def test_bad_option(self):

@@ -760,13 +760,15 @@ int main(void)
     own(NULL, &fr, 0);
     CHECK(eval_ret == stub + 6);
     CHECK_EQ_I(extra_calls, 1);
-    /* a recursion deeper than a sixteenth of its thread's stack (256 KiB
-     * here): the evaluator goes off partway, and the calls finish */
+    /* a recursion deeper than a sixteenth of its thread's stack (64 KiB of
+     * 1 MiB here: each call is some 100-200 bytes of C stack, so 1,500
+     * calls go past it and stay far within the whole): the evaluator goes
+     * off partway, and the calls finish */
     pthread_attr_t pa;
     pthread_attr_init(&pa);
-    pthread_attr_setstacksize(&pa, 256 << 10);
+    pthread_attr_setstacksize(&pa, 1 << 20);
     pthread_t th;
-    fframe fd = {{0}, &code_rec, 400};
+    fframe fd = {{0}, &code_rec, 1500};
     void *res = NULL;
     CHECK_EQ_I(pthread_create(&th, &pa, deep_calls, &fd), 0);
     pthread_join(th, &res);
@@ -857,10 +859,42 @@ int main(void)
     CHECK(fstat(jobfd, &jst) == 0 && jst.st_size == 0);
     tb_pytramp_request(0);
     run_pending();
+    int calls_before = extra_calls;
     tb_pytramp_request(1);
     run_pending();
     CHECK(cur_eval == (void *)own);
     CHECK(fcntl(jobfd, F_GETFD) >= 0); /* the job's, still open */
+    /* (the map itself is still there: opened again, the stubs kept) */
+    CHECK_EQ_I(extra_calls, calls_before);
+    own(NULL, &fr, 0);
+    CHECK(code_fwd.extra != NULL && eval_ret == (char *)code_fwd.extra + 6);
+    tb_pytramp_request(0);
+    run_pending();
+    /* the same fd reused, then a fork: the child does not close the job's file */
+    for (int fd = 3; fd < 1024; fd++) {
+        char lnk[64], target[128];
+        snprintf(lnk, sizeof(lnk), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(lnk, target, sizeof(target) - 1);
+        if (n > 0 && (target[n] = '\0', !strcmp(target, map_file))) {
+            close(fd);
+            int again = open(other_file, O_RDONLY);
+            CHECK_EQ_I(again, fd);
+            tb_pytramp_atfork_child();
+            CHECKF(fcntl(again, F_GETFD) >= 0, "the fork child closed the job's fd %d", again);
+            close(again);
+            break;
+        }
+    }
+    call_hook(child_hook);
+    /* a map removed at every capture: new indexes, up to 16, then off with the reason */
+    for (int i = 0; i < 20; i++) {
+        unlink(map_file);
+        tb_pytramp_request(1);
+        run_pending();
+        tb_pytramp_request(0);
+        run_pending();
+    }
+    CHECK(strstr(describe(), "off: its perf map was removed 15 times in this process") != NULL);
     close(jobfd);
     unlink(other_file);
     tb_pytramp_request(0);

@@ -56,6 +56,15 @@ int main(void)
     tb_stdio_release(held);
     int null_kept = fcntl(1, F_GETFD) >= 0;
 
+    /* and one read-only, close-on-exec (Python's os.dup2(fd, 1, inheritable=False)) */
+    close(1);
+    held = tb_stdio_hold();
+    jn = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    dup3(jn, 1, O_CLOEXEC);
+    close(jn);
+    tb_stdio_release(held);
+    int ro_null_kept = fcntl(1, F_GETFD) >= 0;
+
     /* an fd at 0-2 moved above them: a close-on-exec copy, the original closed */
     close(1);
     int low = open(path, O_RDONLY); /* takes 1 */
@@ -83,6 +92,7 @@ int main(void)
     CHECKF(kept, "the job's stdout was closed by the release");
     CHECK(written);
     CHECK(null_kept);
+    CHECK(ro_null_kept);
     CHECK_EQ_I(low, 1);
     CHECK(low_free);
     CHECK(high_cloexec);
