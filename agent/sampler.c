@@ -345,7 +345,8 @@ static void remember_comm(int tid)
 {
     char path[64], name[32];
     snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* (above fd 2 for the read: see tb_opendir_above_stdio) */
+    int fd = tb_fd_above_stdio(open(path, O_RDONLY | O_CLOEXEC));
     if (fd < 0)
         return;
     ssize_t k = read(fd, name, sizeof(name) - 1);
