@@ -303,6 +303,23 @@ static int drop_stale_map(const char *path)
     return 1;
 }
 
+/* Before a perf map is made for our trampolines (CPython's or ours): 1
+ * when one was there already (an earlier one of ours, or the job's own, to
+ * be kept at exit); a stale one of an earlier process is removed first. */
+static int map_there_before(const char *path)
+{
+    return access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
+}
+
+/* The map is made: ours to remove at exit, unless it was there before we
+ * first made it (had_map: map_there_before's answer). */
+static void map_made(int had_map)
+{
+    if (!ever_ours)
+        map_was_there = had_map;
+    ever_ours = 1;
+}
+
 static void unlink_our_map(void)
 {
     char path[64];
@@ -502,6 +519,14 @@ static int new_arena(void)
     return 1;
 }
 
+/* own_map is still the map we opened (st: its fstat): the job may have
+ * closed our fd and opened a file of its own on the number (a daemon's
+ * closerange) */
+static int own_map_is_ours(struct stat *st)
+{
+    return own_map >= 0 && fstat(own_map, st) == 0 && st->st_dev == map_dev && st->st_ino == map_ino;
+}
+
 /* code's name line in our map: `<stub> <size> py::<qualname>:<file>` */
 static void name_stub(const void *stub, pyobj *code)
 {
@@ -515,11 +540,8 @@ static void name_stub(const void *stub, pyobj *code)
         k = (int)sizeof(line) - 1;
         line[k - 1] = '\n';
     }
-    /* (the job may have closed our fd and opened a file of its own on the
-     * number: a daemon's closerange) */
     struct stat st;
-    if (k > 0 && fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino &&
-        write(own_map, line, (size_t)k) < 0) {
+    if (k > 0 && own_map_is_ours(&st) && write(own_map, line, (size_t)k) < 0) {
         /* (a full /tmp: that function shows unnamed) */
     }
     xdecref(q);
@@ -552,17 +574,25 @@ static __attribute__((noinline)) void *make_stub(pyobj *code)
     return stub;
 }
 
+/* Ours off: the interpreter's default evaluator back where ours is in
+ * place, and own_eval passing calls straight through. */
+static void own_off(void)
+{
+    own_live = 0;
+    if (py.eval_get(py.interp_get()) == (void *)own_eval)
+        py.eval_set(py.interp_get(), py.eval_default);
+}
+
 /* own_eval should not run: no capture wants it (a wrapper put it back
  * after the stop, a C fork's child inherited it), or this call is too deep
  * (stack_deep). The interpreter gets its default evaluator back where ours
  * is in place; a capture's cut is said once, in its profile. */
 static __attribute__((noinline)) void give_back(void)
 {
-    if (py.eval_get(py.interp_get()) == (void *)own_eval)
-        py.eval_set(py.interp_get(), py.eval_default);
-    if (!own_live) /* (said once; after the capture's stop, not at all) */
+    int live = own_live;
+    own_off();
+    if (!live) /* (said once; after the capture's stop, not at all) */
         return;
-    own_live = 0;
     snprintf(fail_why, sizeof(fail_why), "turned off during the capture: a deep Python recursion used its "
              "share of the C stack (each call nests in C while it is on)");
     atomic_store(&outcome, OUT_FAILED);
@@ -591,9 +621,7 @@ static pyobj *own_eval(void *tstate, void *frame, int throwflag)
 static void own_map_forget(void)
 {
     struct stat st;
-    /* (closed only while it is our map: the job may have closed our fd and
-     * opened a file of its own on the number) */
-    if (own_map >= 0 && fstat(own_map, &st) == 0 && st.st_dev == map_dev && st.st_ino == map_ino)
+    if (own_map_is_ours(&st)) /* (not a file of the job's on the number) */
         close(own_map);
     own_map = -1;
     extra = -1;
@@ -614,7 +642,7 @@ static int own_on(void)
     struct stat st;
     char path[64];
     map_path(path, sizeof(path));
-    if (own_map >= 0 && (fstat(own_map, &st) != 0 || st.st_dev != map_dev || st.st_ino != map_ino)) {
+    if (own_map >= 0 && !own_map_is_ours(&st)) {
         /* the fd is not our map any more (the job closed it, and the number
          * may be a file of its own now: left alone); the map itself, still
          * at its path, is opened again below, its stubs named there */
@@ -643,7 +671,7 @@ static int own_on(void)
         return 0;
     }
     if (own_map < 0) {
-        int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
+        int had_map = map_there_before(path);
         /* (off fds 0-2: a job with its stdout closed now gets it back) */
         own_map = tb_fd_above_stdio(open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600));
         if (own_map < 0 || fstat(own_map, &st) < 0) {
@@ -655,23 +683,12 @@ static int own_on(void)
         }
         map_dev = st.st_dev;
         map_ino = st.st_ino;
-        if (!ever_ours)
-            map_was_there = had_map;
-        ever_ours = 1;
+        map_made(had_map);
     }
     own_live = 1;
     if (cur != (void *)own_eval)
         py.eval_set(interp, (void *)own_eval);
     return 1;
-}
-
-static int own_active(void) { return py.eval_get(py.interp_get()) == (void *)own_eval; }
-
-static void own_off(void)
-{
-    own_live = 0;
-    if (own_active())
-        py.eval_set(py.interp_get(), py.eval_default);
 }
 
 #else
@@ -737,7 +754,7 @@ static void turn_on(pyobj *sys)
     }
     char path[64];
     map_path(path, sizeof(path));
-    int had_map = access(path, F_OK) == 0 && (ever_ours || !drop_stale_map(path));
+    int had_map = map_there_before(path);
     /* CPython opens its perf map here and writes to it for as long as the
      * process lives: a job that has closed its stdin, stdout or stderr at
      * this moment (redirecting them) must not see the map take the number,
@@ -752,9 +769,7 @@ static void turn_on(pyobj *sys)
     }
     xdecref(r);
     activations++;
-    if (!ever_ours)
-        map_was_there = had_map;
-    ever_ours = 1; /* the map is CPython's now, ours to remove */
+    map_made(had_map); /* (CPython's, ours to remove) */
     if (!map_off_stdio(path)) {
         /* off again: a later activation has CPython open the map afresh */
         r = py.call_method(sys, "deactivate_stack_trampoline", NULL);
@@ -781,11 +796,14 @@ static int sync_cb(void *arg)
     register_hooks();
     int on = atomic_load(&want);
     if (py.minor < 12) { /* ours: nobody else's to find on */
-        if (on)
-            atomic_store(&outcome, own_on() ? (ours = 1, OUT_OURS) : OUT_FAILED);
-        else {
+        if (!on) {
             own_off();
             ours = 0;
+        } else if (own_on()) {
+            ours = 1;
+            atomic_store(&outcome, OUT_OURS);
+        } else {
+            atomic_store(&outcome, OUT_FAILED);
         }
         return 0;
     }

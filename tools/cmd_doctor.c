@@ -110,8 +110,8 @@ static void python3_says(const char *code, char *out, size_t n)
         if (got + 1 >= n) { /* full (a site hook's chatter): keep the line being read */
             char *nl = memrchr(out, '\n', got);
             size_t keep = nl ? got - (size_t)(nl + 1 - out) : 0;
-            memmove(out, out + got - keep, keep);
-            got = keep + 1 < n ? keep : 0;
+            memmove(out, out + got - keep, keep); /* (keep < got: room to read) */
+            got = keep;
         }
         ssize_t r = read(fd[0], out + got, n - 1 - got);
         if (r < 0 && errno == EINTR)
