@@ -29,6 +29,7 @@
 
 #include "clock.h"
 #include "ctl.h"
+#include "follow.h"
 #include "host.h"
 #include "log.h"
 #include "profile.h"
@@ -79,6 +80,13 @@ struct cap {
     int64_t period;      /* a window by number asked to repeat (`start steps=... every=P`): 0 = once */
     int64_t reps;        /* ... windows still to come, this one included (0: no end) */
     int64_t nth;         /* a socket's time repeat: which one, from 1 (0: not one) */
+    int follow;          /* a fork child's capture with its parent's (follow.h) */
+    int follow_drop;     /* ... whose own never began: nothing to write */
+    int64_t follow_begin; /* ... whose own began here (mono ns): the trim start */
+    int named;           /* name[] holds its run folder (decided once it began) */
+    int armed_pub;       /* this process's children were told of it (tb_follow_arm) */
+    int begun_pub;       /* ... and of its window (tb_follow_begin) */
+    char name[TB_FOLLOW_RUN_MAX + 1];
 };
 
 /* A window with fixed step numbers: it arms at the step before its first,
@@ -337,6 +345,11 @@ static void start_sources(void)
             info.buffer_bytes = !strcmp(x->name, "gpu") ? gpu_share(rest) : rest - gpu_share(rest);
         else
             info.buffer_bytes = rest;
+        if (i == gpu && g.cur.follow) {
+            x->why = "a fork()ed child capturing with its parent: CUDA does not survive fork(), so its GPU "
+                     "work, if any, is the parent's";
+            continue;
+        }
         if (i == gpu && !cuda_loaded(CUDA_DRIVER)) {
             /* a launcher, a tool or a CPU-only program of the job (they
              * inherit TBPROF_*), or a job that has not come to CUDA yet (a
@@ -901,8 +914,7 @@ static void discard_sources(void)
 
 /* Agent thread, lock NOT held, sources stopped: collect everything into a
  * new space (NULL when nothing is to be written). Uses recs[0..nrec). */
-static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_dropped, int64_t overhead_ns,
-                             char *run, size_t runn)
+static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_dropped, int64_t overhead_ns)
 {
     tb_space *sp = tb_space_new();
     if (!sp) {
@@ -1007,7 +1019,6 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
                  (unsigned long long)rec_dropped, MAX_STEP_RECS);
         tb_space_add_warning(sp, w);
     }
-    make_run_name(c, begin, run, runn);
     return sp;
 }
 
@@ -1029,10 +1040,12 @@ static void serve_while_writing(void *ctx)
 }
 
 /* Agent thread, lock NOT held: the file I/O. Frees sp. */
-static void write_space(tb_space *sp, const char *run, const char *trigger)
+static void write_space(tb_space *sp, const char *run, const char *trigger, int follow)
 {
     char host[TB_CONFIG_STR + 300], path[PATH_MAX], what[TB_CONFIG_STR + 64];
     tb_names_host(&g.names, &g.cfg, (int)getpid(), host, sizeof(host));
+    if (follow) /* beside its parent's file: a name of its own (a rank's workers share its RANK) */
+        tb_names_child_host(host, sizeof(host), (int)getpid());
     /* a write that stops moving (a hung NFS mount, a full quota server) is
      * named: each piece written counts as progress (serve_while_writing).
      * Not at exit, where the wait for the write is bounded and said anyway
@@ -1046,6 +1059,7 @@ static void write_space(tb_space *sp, const char *run, const char *trigger)
         .run = run,
         .host = host,
         .trace_json = g.cfg.trace_json,
+        .no_marker = follow, /* the parent's marks the logdir (TensorBoard needs one) */
         .max_bytes = (size_t)g.cfg.max_mb << 20,
         .min_free = (uint64_t)g.cfg.min_free_mb << 20,
         .tick = serve_while_writing,
@@ -1117,6 +1131,7 @@ static void arm(const struct cap *c)
 {
     g.cur = *c;
     g.cur.end = 0;
+    g.cur.named = g.cur.armed_pub = g.cur.begun_pub = 0;
     set_stop_req(0);
     g.sources_started = 0;
     g.nrec = 0;
@@ -1129,6 +1144,8 @@ static void begin_capturing(int64_t t)
 {
     g.cur.begin = t;
     set_state(TB_STATE_CAPTURING);
+    if (g.cur.armed_pub) /* the agent thread tells the children (machine), now */
+        wake();
 }
 
 /* Step window c (steps c->first..c->last by number) at the boundary of
@@ -1612,6 +1629,25 @@ static int cuda_loaded(int mask)
     return (have & mask) != 0;
 }
 
+/* A fork child's capture with its parent's, being stopped (lock held): the
+ * parent's run folder and the window it shares with the parent's, from
+ * tb_agent_follow_stop or, where the child stops first (its exit), from
+ * the parent's page. 0 where there is nothing to write. */
+static int follow_window(struct cap *c)
+{
+    tb_follow_window w;
+    if (!c->named && !c->follow_drop && tb_follow_peek(&w)) {
+        snprintf(c->name, sizeof(c->name), "%s", w.run);
+        c->named = 1;
+        c->follow_begin = w.begin_ns;
+    }
+    if (c->follow_drop || !c->named)
+        return 0;
+    if (c->follow_begin > c->begin)
+        c->begin = c->follow_begin;
+    return c->end > c->begin;
+}
+
 /* One turn of the state machine on the agent thread. */
 static void machine(void)
 {
@@ -1627,6 +1663,8 @@ static void machine(void)
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.sources_started && !g.stop_req) {
         g.cur.cpu0 = thread_cpu_ns();
         g.sources_starting = 1;
+        if (!g.cur.follow) /* fork()ed children start theirs (follow.h; not a child's children) */
+            g.cur.armed_pub = tb_follow_arm();
         pthread_mutex_unlock(&g.lock);
         term_install();
         start_sources();
@@ -1656,8 +1694,21 @@ static void machine(void)
         exit_hook_install(now, 0);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
         request_stop(g.cur.deadline);
+    if (g.state == TB_STATE_CAPTURING && !g.cur.named && !g.cur.follow) {
+        /* its run folder, decided once it began (its inputs are fixed
+         * then), so that fork()ed children capturing with it write there */
+        make_run_name(&g.cur, tb_mono_to_epoch(g.cur.begin), g.cur.name, sizeof(g.cur.name));
+        g.cur.named = 1;
+    }
+    if (g.state == TB_STATE_CAPTURING && g.cur.armed_pub && !g.cur.begun_pub) {
+        g.cur.begun_pub = 1;
+        tb_follow_begin(g.cur.name, g.cur.begin);
+    }
     if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
         int captured = g.state == TB_STATE_CAPTURING;
+        int quiet = 0; /* a fork child's capture outside its parent's window */
+        if (captured && g.cur.follow && !follow_window(&g.cur))
+            captured = 0, quiet = 1;
         struct cap c = g.cur;
         size_t nrec = g.nrec;
         uint64_t dropped = g.rec_dropped;
@@ -1665,6 +1716,8 @@ static void machine(void)
         int leaving = g.exiting || g.term_pending;
         set_state(TB_STATE_WRITING);
         update_slow_from();
+        if (c.armed_pub)
+            tb_follow_end(c.begun_pub ? c.end : 0);
         pthread_mutex_unlock(&g.lock);
         /* a job started with stderr closed: what the stop, the collect
          * (ELF files, /proc) and the write open stays off fds 0-2 from the
@@ -1681,9 +1734,17 @@ static void machine(void)
             tb_info("capture '%s' not written: TBPROF_LOGDIR is not usable", c.trigger);
             discard_sources();
         } else if (captured) {
-            sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0, run, sizeof(run));
+            if (c.named)
+                snprintf(run, sizeof(run), "%s", c.name);
+            else
+                make_run_name(&c, tb_mono_to_epoch(c.begin), run, sizeof(run));
+            sp = build_space(&c, nrec, dropped, thread_cpu_ns() - c.cpu0);
         } else {
-            if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (the env
+            if (quiet || (c.follow && !captured))
+                tb_info("capture '%s': %s; nothing written", c.trigger,
+                        quiet ? "outside the parent's window (it never began, or ended before this one began)"
+                              : "it ended before the sources here were on");
+            else if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (the env
                                                   window in a helper program of the job, without CUDA:
                                                   quietly; a window the program or a user asked for: aloud) */
                 tb_log(c.win != -2 || cuda_loaded(CUDA_DRIVER) ? TB_LOG_WARN : TB_LOG_INFO,
@@ -1723,7 +1784,7 @@ static void machine(void)
         update_slow_from();
         pthread_mutex_unlock(&g.lock);
         if (sp)
-            write_space(sp, run, c.trigger);
+            write_space(sp, run, c.trigger, c.follow);
         tb_stdio_release(held);
         pthread_mutex_lock(&g.lock);
         g.writing = 0;
@@ -2156,6 +2217,51 @@ int tb_agent_stop(void)
     return rc;
 }
 
+int tb_agent_follow_start(int ppid)
+{
+    if (!g.inited)
+        return -EAGAIN;
+    if (ensure_thread() < 0)
+        return -EAGAIN;
+    char trigger[96];
+    snprintf(trigger, sizeof(trigger), "the parent process' capture (pid %d)", ppid);
+    struct timespec ts = mono_in(1000000000);
+    pthread_mutex_lock(&g.lock);
+    /* the child's previous one (the parent's last capture) may still be
+     * being written: let it finish, bounded */
+    while (g.state == TB_STATE_WRITING ||
+           (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
+        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
+            break;
+    int rc = request_time(0, trigger, -1);
+    if (rc == 0)
+        g.cur.follow = 1;
+    pthread_mutex_unlock(&g.lock);
+    if (rc == 0)
+        wake();
+    return rc;
+}
+
+void tb_agent_follow_stop(const tb_follow_window *w)
+{
+    pthread_mutex_lock(&g.lock);
+    int stop = g.cur.follow && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req;
+    if (stop) {
+        if (w->begin_ns && w->end_ns) {
+            snprintf(g.cur.name, sizeof(g.cur.name), "%s", w->run);
+            g.cur.named = 1;
+            g.cur.follow_begin = w->begin_ns;
+        } else {
+            g.cur.follow_drop = 1; /* the parent's never began */
+        }
+        int64_t now = tb_mono_ns();
+        request_stop(w->end_ns && w->end_ns < now ? w->end_ns : now);
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (stop)
+        wake();
+}
+
 int tb_agent_on_own_thread(void) { return is_agent_thread; }
 
 void tb_agent_expect_nvtx(int on) { atomic_store(&expect_nvtx, on != 0); }
@@ -2532,9 +2638,38 @@ void tb_agent_exit(void)
     pthread_mutex_unlock(&g.lock);
 }
 
+void tb_agent_follow_exit(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* (pthread_mutex_timedlock's clock) */
+    ts.tv_sec += 1;
+    if (pthread_mutex_timedlock(&g.lock, &ts) != 0)
+        return;
+    pthread_mutex_unlock(&g.lock);
+    tb_agent_exit();
+}
+
+/* This process's page for its children was made just now, at its first
+ * fork(), with a capture under way (tbprof_start, then a pool of workers):
+ * the capture goes on it as the agent thread would have put it (machine),
+ * so the children forked now join it. Lock held. */
+static void follow_late_page(void)
+{
+    int on = (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) &&
+             (g.sources_starting || g.sources_started) && !g.stop_req;
+    if (!on || g.cur.follow || g.cur.armed_pub || !(g.cur.armed_pub = tb_follow_arm()))
+        return;
+    if (g.state == TB_STATE_CAPTURING && g.cur.named) { /* (else at the agent thread's next turn) */
+        g.cur.begun_pub = 1;
+        tb_follow_begin(g.cur.name, g.cur.begin);
+    }
+}
+
 void tb_agent_fork_prepare(void)
 {
     pthread_mutex_lock(&g.lock);
+    if (g.inited && !g.disabled && tb_follow_prepare_fork(g.cfg.children))
+        follow_late_page();
     atomic_store(&in_fork, 1);
 }
 void tb_agent_fork_parent(void)
@@ -2575,6 +2710,7 @@ void tb_agent_fork_child(void)
     atomic_store(&thread_up, 0);
     atomic_store(&app_threaded, 0);
     g.is_child = 1;
+    tb_follow_fork_child();
     for (int i = 0; i < g.nsrc; i++) {
         if (g.src[i].s && g.src[i].s->atfork_child)
             g.src[i].s->atfork_child(g.src[i].s->ctx);

@@ -94,6 +94,15 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
  * Idle: one atomic load. */
 void tb_agent_step_end(int64_t step);
 int tb_agent_stop(void);
+/* follow.c, in a fork()ed child: the parent (pid ppid) armed a capture:
+ * capture until tb_agent_follow_stop(), CPU only (CUDA does not survive a
+ * fork), into the parent's run folder as <host>.pid<pid>. 0, -EBUSY (a
+ * capture of the child's own is on), -EPERM, -EAGAIN. */
+int tb_agent_follow_start(int ppid);
+/* The parent's capture ended: stop the one tb_agent_follow_start began,
+ * trimmed to the parent's window w (none begun: nothing written). */
+struct tb_follow_window;
+void tb_agent_follow_stop(const struct tb_follow_window *w);
 int tb_agent_capturing(void);
 /* NVTX ranges will come in later captures (tbprof_expect_nvtx). */
 void tb_agent_expect_nvtx(int on);
@@ -104,6 +113,10 @@ void tb_agent_control(const char *line, char *out, size_t n);
 
 /* Process exit (library destructor): flush a capture in progress, bounded. */
 void tb_agent_exit(void);
+/* _exit() in a child following its parent: tb_agent_exit, unless the lock
+ * stays taken for a second (a signal handler's _exit on a thread holding
+ * it): then nothing. */
+void tb_agent_follow_exit(void);
 
 /* 1 while the process is leaving (exit, or a SIGTERM being handled):
  * sources then take no time of their own at stop. */

@@ -81,6 +81,7 @@ typedef struct tb_config {
     unsigned cpu_hz;   /* TBPROF_CPU_HZ */
     int cpu_mode;      /* TBPROF_CPU_MODE: tb_cpu_mode (sampler.h) */
     int py_trampoline; /* TBPROF_PY_TRAMPOLINE: 0 off, 1 on for captures, 2 on from start-up */
+    int children;      /* TBPROF_CHILDREN: fork()ed children capture with the process (follow.h) */
     int64_t buffer_mb; /* TBPROF_BUFFER_MB */
     int64_t min_free_mb; /* TBPROF_MIN_FREE_MB */
     int64_t max_mb;    /* TBPROF_MAX_MB; 0 = no cap */

@@ -603,7 +603,7 @@ int tb_profile_write(tb_space *s, const tb_profile_opts *o, char *path_out, size
     /* The event file is what makes TensorBoard list the Profile plugin: part
      * of the contract, so a failure here takes the xplane.pb back out. */
     double wall = (double)tv.tv_sec + tv.tv_usec / 1e6;
-    if ((r = tb_write_tfevents(o->logdir, host, wall)) < 0) {
+    if (!o->no_marker && (r = tb_write_tfevents(o->logdir, host, wall)) < 0) {
         unlink(xpath);
         rmdir(dir);
         return r;

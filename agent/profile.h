@@ -27,6 +27,7 @@ typedef struct tb_profile_opts {
     const char *run;    /* NULL: tb_run_name_from_time(now) */
     const char *host;   /* file stem; NULL: gethostname() */
     int trace_json;     /* also write <host>.trace.json.gz */
+    int no_marker;      /* no events.out.tfevents...profile-empty (a fork child's: its parent's does) */
     size_t max_bytes;   /* 0: no cap; a larger xplane.pb is not written (-EFBIG) */
     uint64_t min_free;  /* 0: no floor; else the files are not written where they would leave the
                            file system less free than this (-TB_ELOWSPACE) */

@@ -161,3 +161,13 @@ void tb_names_host(tb_names *n, const tb_config *cfg, int pid, char *out, size_t
     else
         snprintf(out, len, "%s.pid%d", tb_names_hostname(n), pid);
 }
+
+void tb_names_child_host(char *host, size_t len, int pid)
+{
+    char own[32];
+    int n = snprintf(own, sizeof(own), ".pid%d", pid);
+    size_t l = strlen(host);
+    if (l >= (size_t)n && !strcmp(host + l - n, own))
+        return; /* <hostname>.pid<pid> already */
+    snprintf(host + l, len > l ? len - l : 0, "%s", own);
+}

@@ -64,6 +64,11 @@ void tb_names_run(tb_names *n, const tb_config *cfg, const tb_run_req *r, unsign
 /* The file stem: TBPROF_HOST; else <hostname>.rank<RANK>; else
  * <hostname>.pid<pid>. */
 void tb_names_host(tb_names *n, const tb_config *cfg, int pid, char *out, size_t len);
+/* A fork()ed child capturing with its parent (follow.h) writes beside the
+ * parent's file: its host name gets ".pid<pid>" unless it ends with it
+ * already (a child of a rank has the rank's RANK, and TBPROF_HOST is
+ * inherited). */
+void tb_names_child_host(char *host, size_t len, int pid);
 
 /* gethostname (made safe; "localhost" if none), asked for once. */
 const char *tb_names_hostname(tb_names *n);

@@ -5,6 +5,7 @@
  * and starts the agent (capture.c). In set-uid/set-gid processes
  * (AT_SECURE) the agent does nothing at all.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -14,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "capture.h"
+#include "follow.h"
 #include "config.h"
 #include "cudasteps.h"
 #include "log.h"
@@ -129,9 +132,36 @@ static void ensure(void)
         sched_yield();
 }
 
-__attribute__((constructor)) static void tbprof_preload_init(void) { ensure(); }
+/* The next _exit (libc's, or a sanitizer's ahead of ours), found before any
+ * vfork() child could call ours: dlsym is not for that context. */
+static void (*next_exit)(int);
+
+__attribute__((constructor)) static void tbprof_preload_init(void)
+{
+    *(void **)&next_exit = dlsym(RTLD_NEXT, "_exit");
+    ensure();
+}
 
 __attribute__((destructor)) static void tbprof_preload_fini(void) { tb_agent_exit(); }
+
+/* _exit and _Exit: a fork()ed child capturing with its parent (follow.h)
+ * ends this way (multiprocessing's workers, a data loader's, end with
+ * os._exit; C programs' children with _exit), which runs no destructor:
+ * its capture is written first, bounded as at exit. Anywhere else (a vfork()
+ * child, a process not following its parent) one atomic load, then the
+ * real one. */
+static _Noreturn void exit_now(int status)
+{
+    if (tb_follow_following())
+        tb_agent_follow_exit();
+    if (next_exit)
+        next_exit(status);
+    for (;;)
+        syscall(SYS_exit_group, status);
+}
+
+TBPROF_API _Noreturn void _exit(int status) { exit_now(status); }
+TBPROF_API _Noreturn void _Exit(int status) { exit_now(status); }
 
 TBPROF_API int64_t tbprof_step(void)
 {
@@ -193,3 +223,5 @@ TBPROF_API int tbprof_capturing(void) { return tb_agent_capturing(); }
 TBPROF_API void tbprof_expect_nvtx(int on) { tb_agent_expect_nvtx(on); }
 
 TBPROF_API const char *tbprof_last_profile(void) { return tb_agent_last_profile(); }
+
+TBPROF_API int tbprof_follow_parent(void) { return tb_follow_parent(); }

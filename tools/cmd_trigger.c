@@ -137,8 +137,9 @@ static void no_agent(pid_t pid, int rc)
         fprintf(stderr,
                 "tbprof trigger: process %d has libtbprof.so loaded but no control socket of its own (%s): a "
                 "child fork()ed without exec (only the process started with the preload and exec'd ones "
-                "serve one: trigger the process it was forked from, or its own TBPROF_STEPS/TBPROF_DURATION "
-                "windows and tbprof_start() still work), or TBPROF_SOCKET=off\n",
+                "serve one: trigger the process it was forked from, which a Python child or one that called "
+                "tbprof_follow_parent() captures with; its own TBPROF_STEPS/TBPROF_DURATION windows and "
+                "tbprof_start() still work), or TBPROF_SOCKET=off\n",
                 (int)pid, strerror(-rc));
     else
         fprintf(stderr,

@@ -80,17 +80,35 @@ class RealTorch(tbtest.TestCase):
     def test_optimizer_steps_with_a_scheduler_and_forked_workers(self):
         cpu = cpusamples.perf_refused_reason() is None
         s = self.script("train.py", TRAIN)
-        p = tbtest.run([tbtest.CLI, "run", "--steps", "5,7", "--logdir", self.logdir, "--no-gpu"] +
+        p = tbtest.run([tbtest.CLI, "run", "--steps", "3,10", "--logdir", self.logdir, "--no-gpu"] +
                        ([] if cpu else ["--no-cpu"]) + ["--", tbtest.PYTHON, s, "2"],
-                       env=tbtest.env(python=True), timeout=300)
+                       env=tbtest.env(python=True, cpu=None, gpu=None), timeout=300)
         self.assertExitedOk(p)
         self.assertIn("trained 12", p.stdout)
         self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
         files = tbtest.xplanes(self.logdir)
-        self.assertEqual(len(files), 1, p.stderr)
-        prof = tbtest.load(files[0])
-        self.assertEqual([n for n, _, _ in prof.steps()], [5, 6, 7])
+        profs = {os.path.basename(f): tbtest.load(f) for f in files}
+        mains = [n for n, prof in profs.items() if prof.steps()]
+        self.assertEqual(len(mains), 1, p.stderr)
+        prof = profs[mains[0]]
+        self.assertEqual([n for n, _, _ in prof.steps()], list(range(3, 11)))
         self.assertEqual(prof.host.stats["tbprof_step_source"], "the PyTorch optimizer hook")
+        # its two DataLoader workers (forked at the epoch's start, before
+        # the window) captured with it, each into a file of its own beside
+        # it, with the worker's Python frames (the batch's collate)
+        ppid = prof.host.stats["pid"]
+        host = mains[0].split(".pid")[0]
+        workers = {n: w for n, w in profs.items() if n != mains[0]}
+        self.assertEqual(len(workers), 2, sorted(profs))
+        for n, w in workers.items():
+            self.assertEqual(n, "%s.pid%d.xplane.pb" % (host, w.host.stats["pid"]))
+            self.assertEqual(w.host.stats["tbprof_trigger"], "the parent process' capture (pid %d)" % ppid)
+        if cpu:
+            c = cpusamples.counts([l for w in workers.values() for l in cpusamples.sampled_lines(w)])
+            data = sorted(f[4:].split(":")[0] for f in c if f.startswith("py::") and "/torch/utils/data/" in f)
+            self.assertTrue(data, sorted(c))
+            print("workers: %d samples; torch.utils.data functions: %s" %
+                  (sum(w.host.stats["tbprof_cpu_samples"] for w in workers.values()), ", ".join(data)))
 
     def test_two_ranks_of_a_gloo_job(self):
         # torchrun's environment, set by hand (Debian's torch 1.13 torchrun

@@ -170,5 +170,25 @@ int main(void)
     snprintf(cfg.host, sizeof(cfg.host), "trainer-a");
     tb_names_host(&n, &cfg, 77, host, sizeof(host));
     CHECK_STR(host, "trainer-a");
+
+    /* a fork child capturing with its parent: .pid<pid> after the stem it
+     * inherited, once (host.pid<pid> is its own already) */
+    tb_names_child_host(host, sizeof(host), 78);
+    CHECK_STR(host, "trainer-a.pid78");
+    tb_names_host(&n, &(tb_config){0}, 78, host, sizeof(host));
+    tb_names_child_host(host, sizeof(host), 78);
+    snprintf(want_host, sizeof(want_host), "%s.rank3.pid78", hn);
+    CHECK_STR(host, want_host);
+    tb_names_host(&none, &(tb_config){0}, 78, host, sizeof(host));
+    tb_names_child_host(host, sizeof(host), 78);
+    snprintf(want_host, sizeof(want_host), "%s.pid78", tb_names_hostname(&none));
+    CHECK_STR(host, want_host);
+    tb_names_host(&none, &(tb_config){0}, 788, host, sizeof(host)); /* (ends in "pid88"? no: ".pid788") */
+    tb_names_child_host(host, sizeof(host), 88);
+    snprintf(want_host, sizeof(want_host), "%s.pid788.pid88", tb_names_hostname(&none));
+    CHECK_STR(host, want_host);
+    char tiny[8] = "abcdef";
+    tb_names_child_host(tiny, sizeof(tiny), 123456); /* cut, terminated */
+    CHECK_STR(tiny, "abcdef.");
     return tap_done();
 }

@@ -10,6 +10,9 @@
    step). With TBPROF_TORCH_OPS=1/on as well, the PyTorch hook turns torch's
    NVTX op ranges on for the steps being captured (=shapes: with each op's
    input shapes).
+3. With TBPROF_CHILDREN on (the default): a child this Python fork()s (a
+   data-loader worker) captures whenever this process does
+   (tbprof_follow_parent(), from os.register_at_fork).
 (Python frames in the CPU samples need no help from here: the agent turns
 CPython's perf trampoline on for each capture and off after it.)
 Never raises: a problem here prints one line and the program runs on.
@@ -126,6 +129,33 @@ def _hook(module, install):
         sys.meta_path.insert(0, _HookFinder(module, install))
 
 
+_follow = None  # tbprof_follow_parent through ctypes, looked up at the first fork
+
+
+def _follow_before_fork():
+    """os.register_at_fork's before (in the parent): look the function up
+    once (ctypes.CDLL costs about a millisecond), so that each child only
+    calls it. Never raises."""
+    global _follow
+    if _follow is None:
+        try:
+            import ctypes
+            _follow = ctypes.CDLL(None).tbprof_follow_parent
+        except Exception:
+            _follow = False
+
+
+def _follow_parent():
+    """os.register_at_fork's after_in_child: this child (a data-loader
+    worker) captures whenever its parent does (TBPROF_CHILDREN). Never
+    raises."""
+    if _follow:
+        try:
+            _follow()
+        except Exception:
+            pass
+
+
 def _setup():
     if _on("TBPROF_PYTORCH_HOOK") and _agent_loaded():
         _hook("torch", "install_torch_hook")
@@ -133,6 +163,8 @@ def _setup():
             and _agent_loaded():
         _say("tbprof: TBPROF_TORCH_OPS is on but the PyTorch hook is off "
                          "(TBPROF_PYTORCH_HOOK=on, or `tbprof run`): no torch op ranges\n")
+    if _on("TBPROF_CHILDREN", "on") and _agent_loaded() and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_follow_before_fork, after_in_child=_follow_parent)
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():
         _hook("jax.profiler", "install_jax_hook")
     if _on("TBPROF_TF_HOOK") and _agent_loaded():
