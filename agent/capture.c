@@ -53,6 +53,8 @@
  * (each wake-up costs ~50 us of the agent's CPU on a VM) */
 #define CUDA_WAIT_POLL_MS 50
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
+#define FOLLOW_EXIT_MS 500      /* a following child's _exit: bound on its write (a trainer joins it) */
+#define FOLLOW_MIN_BUFFER ((size_t)4 << 20)
 #define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping: no boundary for this long */
 
 /* CAP_AT_STEPS: a step window by number asked for at run time (the socket's
@@ -83,6 +85,7 @@ struct cap {
     int follow;          /* a fork child's capture with its parent's (follow.h) */
     int follow_drop;     /* ... whose own never began: nothing to write */
     int64_t follow_begin; /* ... whose own began here (mono ns): the trim start */
+    uint32_t follow_seq; /* ... the parent's capture it joined (follow.c's seq) */
     int named;           /* name[] holds its run folder (decided once it began) */
     int armed_pub;       /* this process's children were told of it (tb_follow_arm) */
     int begun_pub;       /* ... and of its window (tb_follow_begin) */
@@ -119,6 +122,7 @@ static struct {
      * (wait_for_sources) */
     pthread_cond_t cond;
     int inited, disabled, is_child;
+    int begin_settling; /* a step window's first boundary waits for the sources (wait_for_sources) */
     tb_config cfg;
     int state;
     struct cap cur;
@@ -175,6 +179,9 @@ static atomic_int expect_nvtx;                 /* tbprof_expect_nvtx() */
 static atomic_int last_idx = -1;               /* g.last_profile[last_idx] is current */
 static volatile sig_atomic_t sig_fd_w = -1;    /* for signal handlers */
 static atomic_int thread_up;                   /* the agent thread was started (g.thread_running, lock-free) */
+static atomic_int a_writing;                   /* g.writing, for lock-free readers */
+static atomic_int follow_leaving;              /* a following child's _exit: no capture more */
+static int64_t steps_at_fork;                  /* next_step when this fork child began (it counts none: equal) */
 /* Between our fork prepare and our child handler g.lock is held (copied
  * held into the child): a fork handler that runs before ours in the child
  * (registered earlier: a sanitizer's runtime, a library preloaded before
@@ -302,7 +309,10 @@ static void start_sources(void)
      * per kernel, ~70 bytes against ~200 for a kernel record); GPU activity
      * needs most of the rest, the sample rings less */
     int nvtx_expected = g.cfg.torch_ops || atomic_load(&expect_nvtx);
-    size_t total = (size_t)g.cfg.buffer_mb << 20, nvtx_share = total / (nvtx_expected ? 4 : 16), rest = total;
+    size_t total = (size_t)g.cfg.buffer_mb << 20;
+    if (g.cur.follow) /* a data loader's workers, each with a few threads: an eighth, 4 MiB at least */
+        total = total / 8 > FOLLOW_MIN_BUFFER ? total / 8 : total < FOLLOW_MIN_BUFFER ? total : FOLLOW_MIN_BUFFER;
+    size_t nvtx_share = total / (nvtx_expected ? 4 : 16), rest = total;
     int n_on = 0;
     for (int i = 0; i < g.nsrc; i++) {
         if (!g.src[i].enabled)
@@ -1350,7 +1360,9 @@ static void wait_for_sources(int64_t n, int64_t t, size_t rec)
         g.cur.late_ns = 0;
         recs[rec].t = t2;
     } /* else the agent measured how late the sources were when they came up */
+    g.begin_settling = 0;
     pthread_mutex_unlock(&g.lock);
+    wake(); /* (the run folder is decided now) */
 }
 
 static void step_slow(int64_t n)
@@ -1366,6 +1378,13 @@ static void step_slow(int64_t n)
     if (g.state == TB_STATE_IDLE && !leaving_locked()) {
         if (pend_check(n, t, 1) || env_window_check(n, t, 1))
             poke = 1;
+    }
+    if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req && g.cur.follow) {
+        /* a following child that counts steps (a rank a launcher forked):
+         * its own windows are what capture it, not its parent's */
+        g.cur.follow_drop = 1;
+        request_stop(t);
+        poke = 1;
     }
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req) {
         if (g.nrec < MAX_STEP_RECS)
@@ -1397,8 +1416,10 @@ static void step_slow(int64_t n)
      * at its warm-up step) */
     size_t wait_rec = SIZE_MAX;
     if (g.state == TB_STATE_CAPTURING && fixed_window(&g.cur) && n == g.cur.first && !g.sources_started &&
-        !g.stop_req && g.nrec > 0 && recs[g.nrec - 1].step == n)
+        !g.stop_req && g.nrec > 0 && recs[g.nrec - 1].step == n) {
         wait_rec = g.nrec - 1;
+        g.begin_settling = 1; /* the run folder waits for the begin (machine) */
+    }
     update_slow_from();
     int need_thread = (poke || wait_rec != SIZE_MAX) && !g.thread_running;
     pthread_mutex_unlock(&g.lock);
@@ -1479,6 +1500,8 @@ static int compute_timeout(int64_t now)
          * not drained then is full when the window begins (which the job's
          * thread marks without waking this one: the next poll finds it) */
         int64_t every = any_poll() ? POLL_MS : gpu_waiting() ? CUDA_WAIT_POLL_MS : 0;
+        if (!every && g.cur.armed_pub) /* children take a parent that stops beating as gone (follow.h) */
+            every = 1000;
         if (every && now + every * 1000000LL < until)
             until = now + every * 1000000LL;
     }
@@ -1636,10 +1659,12 @@ static int cuda_loaded(int mask)
 static int follow_window(struct cap *c)
 {
     tb_follow_window w;
-    if (!c->named && !c->follow_drop && tb_follow_peek(&w)) {
+    if (!c->named && !c->follow_drop && tb_follow_peek(c->follow_seq, &w)) {
         snprintf(c->name, sizeof(c->name), "%s", w.run);
         c->named = 1;
         c->follow_begin = w.begin_ns;
+        if (w.end_ns && w.end_ns < c->end) /* it ended before this one heard of it */
+            c->end = w.end_ns;
     }
     if (c->follow_drop || !c->named)
         return 0;
@@ -1663,8 +1688,6 @@ static void machine(void)
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.sources_started && !g.stop_req) {
         g.cur.cpu0 = thread_cpu_ns();
         g.sources_starting = 1;
-        if (!g.cur.follow) /* fork()ed children start theirs (follow.h; not a child's children) */
-            g.cur.armed_pub = tb_follow_arm();
         pthread_mutex_unlock(&g.lock);
         term_install();
         start_sources();
@@ -1672,6 +1695,10 @@ static void machine(void)
         pthread_mutex_lock(&g.lock);
         g.sources_starting = 0;
         g.sources_started = 1;
+        /* fork()ed children start theirs (follow.h; not a child's own
+         * children), after this process's: its rings are mapped first */
+        if (!g.cur.follow && !g.stop_req)
+            g.cur.armed_pub = tb_follow_arm();
         now = tb_mono_ns();
         if (g.state == TB_STATE_CAPTURING && g.cur.kind != CAP_TIME && now > g.cur.begin)
             g.cur.late_ns = now - g.cur.begin; /* the window began before the sources were on */
@@ -1694,13 +1721,16 @@ static void machine(void)
         exit_hook_install(now, 0);
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.deadline && now >= g.cur.deadline)
         request_stop(g.cur.deadline);
-    if (g.state == TB_STATE_CAPTURING && !g.cur.named && !g.cur.follow) {
-        /* its run folder, decided once it began (its inputs are fixed
-         * then), so that fork()ed children capturing with it write there */
+    if (g.cur.armed_pub && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING))
+        tb_follow_beat(now);
+    if (g.state == TB_STATE_CAPTURING && !g.cur.named && !g.cur.follow && !g.begin_settling) {
+        /* its run folder, decided once it began (its inputs are fixed then;
+         * a step window's begin, once its first boundary stopped waiting
+         * for the sources), so that fork()ed children write there too */
         make_run_name(&g.cur, tb_mono_to_epoch(g.cur.begin), g.cur.name, sizeof(g.cur.name));
         g.cur.named = 1;
     }
-    if (g.state == TB_STATE_CAPTURING && g.cur.armed_pub && !g.cur.begun_pub) {
+    if (g.state == TB_STATE_CAPTURING && g.cur.armed_pub && !g.cur.begun_pub && g.cur.named) {
         g.cur.begun_pub = 1;
         tb_follow_begin(g.cur.name, g.cur.begin);
     }
@@ -1776,6 +1806,7 @@ static void machine(void)
         set_stop_req(0);
         g.sources_started = 0;
         g.writing = sp != NULL;
+        atomic_store(&a_writing, g.writing);
         /* idle again before the file I/O: a window that begins while we write
          * arms (its steps are recorded; sources start right after the write) */
         set_state(TB_STATE_IDLE);
@@ -1788,6 +1819,7 @@ static void machine(void)
         tb_stdio_release(held);
         pthread_mutex_lock(&g.lock);
         g.writing = 0;
+        atomic_store(&a_writing, 0);
         pthread_cond_broadcast(&g.cond);
         int term = g.term_pending;
         int idle = g.state == TB_STATE_IDLE;
@@ -1808,10 +1840,13 @@ static void machine(void)
 
 static void on_signal_byte(char b)
 {
-    if (b != 'T' && b != 'S')
+    if (b != 'T' && b != 'S' && b != 'F')
         return; /* 'w': a plain wake-up */
     pthread_mutex_lock(&g.lock);
-    if (b == 'T') {
+    if (b == 'F') { /* a following child's _exit (tb_agent_follow_exit) */
+        if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.follow && !g.stop_req)
+            request_stop(tb_mono_ns());
+    } else if (b == 'T') {
         if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING || g.state == TB_STATE_WRITING) {
             if (!g.term_pending) {
                 g.term_pending = 1;
@@ -2217,10 +2252,14 @@ int tb_agent_stop(void)
     return rc;
 }
 
-int tb_agent_follow_start(int ppid)
+int tb_agent_follow_start(int ppid, uint32_t seq)
 {
     if (!g.inited)
         return -EAGAIN;
+    /* a child that counts steps of its own (a rank a launcher forked) has
+     * its own windows; the ones ending with _exit capture nothing more */
+    if (atomic_load(&next_step) != steps_at_fork || atomic_load(&follow_leaving))
+        return -EBUSY;
     if (ensure_thread() < 0)
         return -EAGAIN;
     char trigger[96];
@@ -2234,8 +2273,10 @@ int tb_agent_follow_start(int ppid)
         if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
             break;
     int rc = request_time(0, trigger, -1);
-    if (rc == 0)
+    if (rc == 0) {
         g.cur.follow = 1;
+        g.cur.follow_seq = seq;
+    }
     pthread_mutex_unlock(&g.lock);
     if (rc == 0)
         wake();
@@ -2640,13 +2681,21 @@ void tb_agent_exit(void)
 
 void tb_agent_follow_exit(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts); /* (pthread_mutex_timedlock's clock) */
-    ts.tv_sec += 1;
-    if (pthread_mutex_timedlock(&g.lock, &ts) != 0)
-        return;
-    pthread_mutex_unlock(&g.lock);
-    tb_agent_exit();
+    /* maybe in a signal handler (a PyTorch worker's SIGTERM handler calls
+     * _exit) on a thread that holds g.lock: atomics, a byte down the pipe
+     * and sleeps only */
+    atomic_store(&follow_leaving, 1);
+    if (atomic_load(&thread_up) &&
+        (atomic_load(&a_state) != TB_STATE_IDLE || atomic_load(&a_writing))) {
+        tb_agent_signal_byte('F'); /* the agent thread stops the capture (on_signal_byte) */
+        struct timespec ms = {0, 1000000};
+        for (int i = 0; i < FOLLOW_EXIT_MS; i++) {
+            nanosleep(&ms, NULL);
+            if (atomic_load(&a_state) == TB_STATE_IDLE && !atomic_load(&a_writing))
+                break;
+        }
+    }
+    tb_pytramp_dying(); /* no atexit runs: our perf map goes now */
 }
 
 /* This process's page for its children was made just now, at its first
@@ -2710,6 +2759,7 @@ void tb_agent_fork_child(void)
     atomic_store(&thread_up, 0);
     atomic_store(&app_threaded, 0);
     g.is_child = 1;
+    steps_at_fork = atomic_load(&next_step);
     tb_follow_fork_child();
     for (int i = 0; i < g.nsrc; i++) {
         if (g.src[i].s && g.src[i].s->atfork_child)
@@ -2731,6 +2781,8 @@ void tb_agent_fork_child(void)
     g.ncaptures = 0;
     g.names.last_base[0] = '\0';
     g.writing = 0;
+    atomic_store(&a_writing, 0);
+    g.begin_settling = 0;
     atomic_store(&last_idx, -1);
     set_state(TB_STATE_IDLE);
     update_slow_from();

@@ -94,11 +94,12 @@ int tb_agent_capture_steps(int64_t first, int64_t last, const char *trigger);
  * Idle: one atomic load. */
 void tb_agent_step_end(int64_t step);
 int tb_agent_stop(void);
-/* follow.c, in a fork()ed child: the parent (pid ppid) armed a capture:
+/* follow.c, in a fork()ed child: the parent (pid ppid) armed a capture
+ * (follow.c's seq):
  * capture until tb_agent_follow_stop(), CPU only (CUDA does not survive a
  * fork), into the parent's run folder as <host>.pid<pid>. 0, -EBUSY (a
  * capture of the child's own is on), -EPERM, -EAGAIN. */
-int tb_agent_follow_start(int ppid);
+int tb_agent_follow_start(int ppid, uint32_t seq);
 /* The parent's capture ended: stop the one tb_agent_follow_start began,
  * trimmed to the parent's window w (none begun: nothing written). */
 struct tb_follow_window;
@@ -113,9 +114,9 @@ void tb_agent_control(const char *line, char *out, size_t n);
 
 /* Process exit (library destructor): flush a capture in progress, bounded. */
 void tb_agent_exit(void);
-/* _exit() in a child following its parent: tb_agent_exit, unless the lock
- * stays taken for a second (a signal handler's _exit on a thread holding
- * it): then nothing. */
+/* _exit() in a child following its parent: its capture is stopped and
+ * written, waited for up to 500 ms; then its perf map goes. Atomics, a
+ * pipe write and sleeps only (a signal handler may call _exit). */
 void tb_agent_follow_exit(void);
 
 /* 1 while the process is leaving (exit, or a SIGTERM being handled):

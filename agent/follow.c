@@ -3,6 +3,7 @@
 #include "follow.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -18,20 +19,35 @@
 #include "log.h"
 
 typedef struct follow_page {
-    _Atomic uint32_t seq; /* odd from the arm of the process's capture to its end */
+    _Atomic uint32_t seq; /* the futex word: odd from the arm of a capture to its end */
     int32_t pid;          /* the process that made the page */
-    /* the capture under way, or the last one: written before seq turns even
-     * again, and left alone until the next arm */
+    /* What the children read of the capture, written by the parent under
+     * a seqlock (gen odd while it writes; its writes are serialised by the
+     * agent's lock): a reader copies them and keeps the copy only where gen
+     * was even and unchanged around it. */
+    _Atomic uint32_t gen;
+    _Atomic uint32_t cap_seq; /* the (odd) seq these are of */
     _Atomic int64_t begin_ns; /* CLOCK_MONOTONIC; 0: not begun (yet) */
-    _Atomic int64_t end_ns;   /* 0: ended before it began (nothing written) */
-    atomic_int joined;        /* children that took part in it (at most TB_FOLLOW_MAX) */
+    _Atomic int64_t end_ns;   /* 0: not ended, or ended before it began (nothing written) */
     char run[TB_FOLLOW_RUN_MAX + 1]; /* its run folder, from begin_ns on */
+    /* apart from the seqlock: */
+    _Atomic int64_t beat_ns; /* the parent's agent was there (CLOCK_MONOTONIC) */
+    atomic_int joined;       /* children that took part in the capture (at most TB_FOLLOW_MAX) */
 } follow_page;
+
+/* A child's copy of the parent's capture. */
+typedef struct follow_snap {
+    uint32_t cap_seq;
+    tb_follow_window w;
+} follow_snap;
 
 static follow_page *own;    /* this process's (its children's to follow) */
 static follow_page *parent; /* the parent's, in a fork child (NULL: none) */
 static atomic_int watching; /* a thread of ours follows the parent */
 static atomic_int follower; /* the pid that started it (a fork of this child is not following) */
+
+#define STALE_NS (10 * 1000000000LL) /* no beat for this long: the parent's capture is taken as over */
+#define JOIN_GRACE_NS (50 * 1000000) /* a child forked during a capture waits this long (an exec ends it) */
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
 {
@@ -63,9 +79,18 @@ void tb_follow_fork_child(void)
 /* The page this process publishes on, or NULL. */
 static follow_page *publishing(void) { return own && own->pid == (int32_t)getpid() ? own : NULL; }
 
-static void bump(follow_page *p, uint32_t s)
+/* (read-modify-writes for the seqlock's ordering, no fences: acquire keeps
+ * the writes after it after it, release the reads before it before it) */
+static uint32_t write_open(follow_page *p)
 {
-    atomic_store_explicit(&p->seq, s + 1, memory_order_release);
+    return atomic_fetch_add_explicit(&p->gen, 1, memory_order_acq_rel) + 2;
+}
+
+static void write_close(follow_page *p, uint32_t g) { atomic_store_explicit(&p->gen, g, memory_order_release); }
+
+static void set_seq(follow_page *p, uint32_t s)
+{
+    atomic_store_explicit(&p->seq, s, memory_order_release);
     futex(&p->seq, FUTEX_WAKE, INT32_MAX, NULL);
 }
 
@@ -75,11 +100,15 @@ int tb_follow_arm(void)
     uint32_t s = p ? atomic_load(&p->seq) : 1;
     if (s & 1)
         return 0;
-    atomic_store(&p->begin_ns, 0);
-    atomic_store(&p->end_ns, 0);
-    atomic_store(&p->joined, 0);
+    uint32_t g = write_open(p);
+    atomic_store_explicit(&p->cap_seq, s + 1, memory_order_relaxed);
+    atomic_store_explicit(&p->begin_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->end_ns, 0, memory_order_relaxed);
     p->run[0] = '\0';
-    bump(p, s);
+    write_close(p, g);
+    atomic_store(&p->joined, 0);
+    atomic_store(&p->beat_ns, tb_mono_ns());
+    set_seq(p, s + 1);
     return 1;
 }
 
@@ -88,8 +117,17 @@ void tb_follow_begin(const char *run, int64_t begin_ns)
     follow_page *p = publishing();
     if (!p || !(atomic_load(&p->seq) & 1))
         return;
+    uint32_t g = write_open(p);
     snprintf(p->run, sizeof(p->run), "%s", run);
-    atomic_store_explicit(&p->begin_ns, begin_ns > 0 ? begin_ns : 1, memory_order_release);
+    atomic_store_explicit(&p->begin_ns, begin_ns > 0 ? begin_ns : 1, memory_order_relaxed);
+    write_close(p, g);
+}
+
+void tb_follow_beat(int64_t now)
+{
+    follow_page *p = publishing();
+    if (p)
+        atomic_store_explicit(&p->beat_ns, now, memory_order_relaxed);
 }
 
 void tb_follow_end(int64_t end_ns)
@@ -98,67 +136,94 @@ void tb_follow_end(int64_t end_ns)
     uint32_t s = p ? atomic_load(&p->seq) : 0;
     if (!(s & 1))
         return;
-    atomic_store(&p->end_ns, atomic_load(&p->begin_ns) ? (end_ns > 0 ? end_ns : 1) : 0);
-    bump(p, s);
+    uint32_t g = write_open(p);
+    int begun = atomic_load_explicit(&p->begin_ns, memory_order_relaxed) != 0;
+    atomic_store_explicit(&p->end_ns, begun ? (end_ns > 0 ? end_ns : 1) : 0, memory_order_relaxed);
+    write_close(p, g);
+    set_seq(p, s + 1);
 }
 
-/* The parent's capture, as far as it has come: its run folder (once it
- * began), begin and end (0: not yet, or never). 0 where the parent armed
- * another capture meanwhile (what was read is not to be trusted). */
-static int read_page(const follow_page *p, uint32_t s, tb_follow_window *w)
+/* A consistent copy of the parent's capture, or 0 where the parent kept
+ * writing it (it stopped mid-write: preempted for long, or dead). */
+static int snapshot(const follow_page *p, follow_snap *o)
 {
-    w->begin_ns = atomic_load_explicit((_Atomic int64_t *)&p->begin_ns, memory_order_acquire);
-    w->end_ns = atomic_load_explicit((_Atomic int64_t *)&p->end_ns, memory_order_acquire);
-    snprintf(w->run, sizeof(w->run), "%.*s", (int)sizeof(w->run) - 1, w->begin_ns ? p->run : "");
-    atomic_thread_fence(memory_order_acquire);
-    uint32_t now = atomic_load((_Atomic uint32_t *)&p->seq);
-    return now == s || now == s + 1; /* the same arm (its end may have come) */
+    follow_page *q = (follow_page *)p;
+    for (int i = 0; i < 1000; i++) {
+        uint32_t g1 = atomic_load_explicit(&q->gen, memory_order_acquire);
+        if (!(g1 & 1)) {
+            o->cap_seq = atomic_load_explicit(&q->cap_seq, memory_order_relaxed);
+            o->w.begin_ns = atomic_load_explicit(&q->begin_ns, memory_order_relaxed);
+            o->w.end_ns = atomic_load_explicit(&q->end_ns, memory_order_relaxed);
+            memcpy(o->w.run, q->run, sizeof(o->w.run));
+            if (atomic_fetch_add_explicit(&q->gen, 0, memory_order_acq_rel) == g1) {
+                o->w.run[sizeof(o->w.run) - 1] = '\0';
+                if (!o->w.begin_ns)
+                    o->w.run[0] = '\0';
+                return 1;
+            }
+        }
+        sched_yield();
+    }
+    return 0;
 }
 
-int tb_follow_peek(tb_follow_window *w)
+int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w)
 {
-    follow_page *p = parent;
-    if (!p)
+    follow_snap sn;
+    if (!parent || !snapshot(parent, &sn) || sn.cap_seq != cap_seq || !sn.w.begin_ns)
         return 0;
-    uint32_t s = atomic_load_explicit(&p->seq, memory_order_acquire);
-    return read_page(p, s, w) && w->begin_ns != 0;
+    *w = sn.w;
+    return 1;
 }
 
 static void *watch(void *arg)
 {
     follow_page *p = arg;
     int ppid = p->pid;
-    uint32_t seen = 0, armed = 0; /* armed: the odd seq followed (0: none) */
+    uint32_t seen = 0, armed = 0; /* armed: the (odd) seq of the capture followed; 0: none */
     int first = 1;
     for (;;) {
         uint32_t s = atomic_load_explicit(&p->seq, memory_order_acquire);
         int gone = getppid() != ppid;
-        if (armed && (s != armed || gone)) {
-            /* the parent's capture ended (or the parent did, mid-capture:
-             * what the page says of it so far) */
-            tb_follow_window w;
-            if (!read_page(p, armed, &w))
-                w = (tb_follow_window){.begin_ns = 0};
-            if (gone && !w.end_ns && w.begin_ns)
-                w.end_ns = tb_mono_ns();
+        int64_t now = tb_mono_ns();
+        /* a parent that exec()ed or hangs mid-capture never ends it on the page */
+        int stale = armed && s == armed && now - atomic_load(&p->beat_ns) > STALE_NS;
+        if (armed && (s != armed || gone || stale)) {
+            /* the parent's capture ended, or the parent did mid-capture:
+             * what the page says of it so far */
+            follow_snap sn;
+            tb_follow_window w = {0};
+            if (snapshot(p, &sn) && sn.cap_seq == armed) {
+                w = sn.w;
+                if (w.begin_ns && !w.end_ns)
+                    w.end_ns = now;
+            }
             tb_agent_follow_stop(&w);
             armed = 0;
         }
         if (gone)
             return NULL; /* nothing more will come from it */
-        if ((s & 1) && (s != seen || first)) { /* the parent armed a capture */
+        if (first && (s & 1)) {
+            /* forked during a capture: a child about to exec (subprocess's
+             * preexec_fn, pty.fork) is gone before it joins */
+            first = 0;
+            struct timespec grace = {0, JOIN_GRACE_NS};
+            nanosleep(&grace, NULL);
+            continue;
+        }
+        first = 0;
+        if ((s & 1) && s != seen && !stale) { /* the parent armed a capture */
             if (atomic_fetch_add(&p->joined, 1) >= TB_FOLLOW_MAX) {
                 tb_info("not capturing with the parent (pid %d): %d of its children do already", ppid,
                         TB_FOLLOW_MAX);
             } else {
-                int rc = tb_agent_follow_start(ppid);
+                int rc = tb_agent_follow_start(ppid, s);
                 armed = rc == 0 ? s : 0;
                 tb_debug("the parent (pid %d) armed a capture: %s", ppid,
                          rc < 0 ? strerror(-rc) : "capturing with it");
             }
         }
         seen = s;
-        first = 0;
         /* while following, look at the parent once a second: one that
          * ends mid-capture never ends it on the page */
         struct timespec sec = {1, 0};

@@ -62,9 +62,15 @@ int tb_follow_arm(void); /* 1: published (0: no page yet, made at the first fork
 void tb_follow_begin(const char *run, int64_t begin_ns);
 void tb_follow_end(int64_t end_ns);
 
-/* In a fork child: the parent's capture under way, once it began (1), for a
- * child that ends before its parent's capture does. */
-int tb_follow_peek(tb_follow_window *w);
+/* The parent's agent is there, capturing (agent thread, each turn): a
+ * child takes a capture whose parent stopped beating for 10 s as over (a
+ * parent that exec()ed, or hangs, mid-capture). */
+void tb_follow_beat(int64_t now);
+
+/* In a fork child: the parent's capture cap_seq (the one the child joined),
+ * once it began (1), for a child that ends before its parent's capture
+ * does; end_ns 0 while it is on. */
+int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w);
 
 /* In a fork child: start following the parent. 0, -ENOENT (not a child of
  * a process with a page: forked before its agent was on, or TBPROF_CHILDREN

@@ -49,8 +49,9 @@ static void say(const char *fmt, ...)
         _exit(9);
 }
 
-int tb_agent_follow_start(int ppid)
+int tb_agent_follow_start(int ppid, uint32_t seq)
 {
+    (void)seq;
     say("start %d", ppid);
     return 0;
 }

@@ -6,12 +6,14 @@
  * spins in child_spin() until the parent writes a byte to its pipe, then
  * _exit(3)s at once. The parent starts a capture (tbprof_start), spins
  * 400 ms of CPU in parent_spin(), stops it (tbprof_stop) and tells the
- * child to end. Prints "child PID follow RC" and "status S" (the child's
+ * child to end (argv[1] ms later: a sanitizer build's write outlasts the
+ * 500 ms that _exit waits). Prints "child PID follow RC" and "status S" (the child's
  * exit status) and "pid PID" (the parent).
  */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,8 +48,10 @@ __attribute__((noinline)) static void child_spin(int fd)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* argv[1]: ms between the stop and the child's end (default 0: at once) */
+    int end_after_ms = argc > 1 ? atoi(argv[1]) : 0;
     tbapi_init();
     int (*follow)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "tbprof_follow_parent");
     int p[2], ready[2];
@@ -77,6 +81,8 @@ int main(void)
     tb_start(0);
     parent_spin(400 * 1000000LL);
     tb_stop();
+    if (end_after_ms > 0)
+        usleep((useconds_t)end_after_ms * 1000);
     if (write(p[1], "e", 1) != 1)
         return 1;
     int st = 0;
