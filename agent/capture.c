@@ -55,6 +55,7 @@
 #define TERM_FLUSH_MS 2000      /* SIGTERM / exit: bound on the final write */
 #define FOLLOW_EXIT_MS 500      /* a following child's _exit: bound on its write (a trainer joins it) */
 #define FOLLOW_MIN_BUFFER ((size_t)4 << 20)
+enum { FOLLOW_DROP_NOT_BEGUN = 1, FOLLOW_DROP_STEPS }; /* why a follow capture is not written */
 #define TRIGGER_STEPS_CAP_S 300 /* a steps trigger on a job that stops stepping: no boundary for this long */
 
 /* CAP_AT_STEPS: a step window by number asked for at run time (the socket's
@@ -83,7 +84,7 @@ struct cap {
     int64_t reps;        /* ... windows still to come, this one included (0: no end) */
     int64_t nth;         /* a socket's time repeat: which one, from 1 (0: not one) */
     int follow;          /* a fork child's capture with its parent's (follow.h) */
-    int follow_drop;     /* ... whose own never began: nothing to write */
+    int follow_drop;     /* ... not to be written: FOLLOW_DROP_* */
     int64_t follow_begin; /* ... whose own began here (mono ns): the trim start */
     uint32_t follow_seq; /* ... the parent's capture it joined (follow.c's seq) */
     int named;           /* name[] holds its run folder (decided once it began) */
@@ -1382,7 +1383,7 @@ static void step_slow(int64_t n)
     if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req && g.cur.follow) {
         /* a following child that counts steps (a rank a launcher forked):
          * its own windows are what capture it, not its parent's */
-        g.cur.follow_drop = 1;
+        g.cur.follow_drop = FOLLOW_DROP_STEPS;
         request_stop(t);
         poke = 1;
     }
@@ -1697,7 +1698,7 @@ static void machine(void)
         g.sources_started = 1;
         /* fork()ed children start theirs (follow.h; not a child's own
          * children), after this process's: its rings are mapped first */
-        if (!g.cur.follow && !g.stop_req)
+        if (!g.cur.follow && !g.stop_req && !g.cur.armed_pub) /* (a fork meanwhile may have: follow_late_page) */
             g.cur.armed_pub = tb_follow_arm();
         now = tb_mono_ns();
         if (g.state == TB_STATE_CAPTURING && g.cur.kind != CAP_TIME && now > g.cur.begin)
@@ -1712,7 +1713,9 @@ static void machine(void)
     if (cuda_now && g.sources_started && !g.stop_req && !leaving_locked() &&
         (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !(g.cur.deadline && now >= g.cur.deadline)) {
         pthread_mutex_unlock(&g.lock);
-        start_late(wait);
+        start_late(wait); /* (CUPTI's first load: seconds) */
+        if (g.cur.armed_pub)
+            tb_follow_beat(tb_mono_ns());
         exit_hook_install(tb_mono_ns(), 1);
         pthread_mutex_lock(&g.lock);
         now = tb_mono_ns();
@@ -1723,10 +1726,13 @@ static void machine(void)
         request_stop(g.cur.deadline);
     if (g.cur.armed_pub && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING))
         tb_follow_beat(now);
-    if (g.state == TB_STATE_CAPTURING && !g.cur.named && !g.cur.follow && !g.begin_settling) {
+    if (g.state == TB_STATE_CAPTURING && g.cur.armed_pub && !g.cur.named && !g.begin_settling) {
         /* its run folder, decided once it began (its inputs are fixed then;
          * a step window's begin, once its first boundary stopped waiting
-         * for the sources), so that fork()ed children write there too */
+         * for the sources), so that fork()ed children write there too.
+         * Without children, at the write as before: the name's localtime_r
+         * writes glibc's tzname, which the job may be reading (Python's
+         * time module at import), and a capture may begin at start-up */
         make_run_name(&g.cur, tb_mono_to_epoch(g.cur.begin), g.cur.name, sizeof(g.cur.name));
         g.cur.named = 1;
     }
@@ -1772,8 +1778,10 @@ static void machine(void)
         } else {
             if (quiet || (c.follow && !captured))
                 tb_info("capture '%s': %s; nothing written", c.trigger,
-                        quiet ? "outside the parent's window (it never began, or ended before this one began)"
-                              : "it ended before the sources here were on");
+                        c.follow_drop == FOLLOW_DROP_STEPS
+                            ? "this process counts steps of its own (its own windows capture it)"
+                        : quiet ? "outside the parent's window (it never began, or ended before this one began)"
+                                : "it ended before the sources here were on");
             else if (leaving && c.kind == CAP_TIME) /* not slow sources: the process ended first (the env
                                                   window in a helper program of the job, without CUDA:
                                                   quietly; a window the program or a user asked for: aloud) */
@@ -1810,7 +1818,10 @@ static void machine(void)
         /* idle again before the file I/O: a window that begins while we write
          * arms (its steps are recorded; sources start right after the write) */
         set_state(TB_STATE_IDLE);
-        if (!g.exiting && !g.term_pending && !pend_check(atomic_load(&next_step) - 1, 0, 0))
+        /* (not in a fork child that marked no step of its own: the
+         * parent's step count it inherited is not its own) */
+        if (!g.exiting && !g.term_pending && !(g.is_child && atomic_load(&next_step) == steps_at_fork) &&
+            !pend_check(atomic_load(&next_step) - 1, 0, 0))
             env_window_check(atomic_load(&next_step) - 1, 0, 0);
         update_slow_from();
         pthread_mutex_unlock(&g.lock);
@@ -1843,8 +1854,9 @@ static void on_signal_byte(char b)
     if (b != 'T' && b != 'S' && b != 'F')
         return; /* 'w': a plain wake-up */
     pthread_mutex_lock(&g.lock);
-    if (b == 'F') { /* a following child's _exit (tb_agent_follow_exit) */
-        if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && g.cur.follow && !g.stop_req)
+    if (b == 'F') { /* a following child's _exit (tb_agent_follow_exit): write what is on, arm nothing */
+        g.exiting = 1;
+        if ((g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) && !g.stop_req)
             request_stop(tb_mono_ns());
     } else if (b == 'T') {
         if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING || g.state == TB_STATE_WRITING) {
@@ -2293,7 +2305,7 @@ void tb_agent_follow_stop(const tb_follow_window *w)
             g.cur.named = 1;
             g.cur.follow_begin = w->begin_ns;
         } else {
-            g.cur.follow_drop = 1; /* the parent's never began */
+            g.cur.follow_drop = FOLLOW_DROP_NOT_BEGUN;
         }
         int64_t now = tb_mono_ns();
         request_stop(w->end_ns && w->end_ns < now ? w->end_ns : now);
@@ -2685,9 +2697,10 @@ void tb_agent_follow_exit(void)
      * _exit) on a thread that holds g.lock: atomics, a byte down the pipe
      * and sleeps only */
     atomic_store(&follow_leaving, 1);
+    int fd = sig_fd_w;
     if (atomic_load(&thread_up) &&
-        (atomic_load(&a_state) != TB_STATE_IDLE || atomic_load(&a_writing))) {
-        tb_agent_signal_byte('F'); /* the agent thread stops the capture (on_signal_byte) */
+        (atomic_load(&a_state) != TB_STATE_IDLE || atomic_load(&a_writing)) && fd >= 0 &&
+        write(fd, "F", 1) == 1) { /* the agent thread stops the capture (on_signal_byte) */
         struct timespec ms = {0, 1000000};
         for (int i = 0; i < FOLLOW_EXIT_MS; i++) {
             nanosleep(&ms, NULL);
@@ -2708,9 +2721,11 @@ static void follow_late_page(void)
              (g.sources_starting || g.sources_started) && !g.stop_req;
     if (!on || g.cur.follow || g.cur.armed_pub || !(g.cur.armed_pub = tb_follow_arm()))
         return;
-    if (g.state == TB_STATE_CAPTURING && g.cur.named) { /* (else at the agent thread's next turn) */
+    if (g.state == TB_STATE_CAPTURING && g.cur.named) {
         g.cur.begun_pub = 1;
         tb_follow_begin(g.cur.name, g.cur.begin);
+    } else {
+        wake(); /* the agent thread names it and tells them (machine) */
     }
 }
 

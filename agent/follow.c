@@ -3,6 +3,7 @@
 #include "follow.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -45,8 +46,13 @@ static follow_page *own;    /* this process's (its children's to follow) */
 static follow_page *parent; /* the parent's, in a fork child (NULL: none) */
 static atomic_int watching; /* a thread of ours follows the parent */
 static atomic_int follower; /* the pid that started it (a fork of this child is not following) */
+/* The window of the capture the child follows, kept by its watcher once
+ * it began: the child still knows it when the parent re-arms before the
+ * child reads the page again. */
+static pthread_mutex_t kept_lk = PTHREAD_MUTEX_INITIALIZER;
+static follow_snap kept;
 
-#define STALE_NS (10 * 1000000000LL) /* no beat for this long: the parent's capture is taken as over */
+#define STALE_NS (30 * 1000000000LL) /* no beat for this long: the parent's capture is taken as over */
 #define JOIN_GRACE_NS (50 * 1000000) /* a child forked during a capture waits this long (an exec ends it) */
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
@@ -74,6 +80,8 @@ void tb_follow_fork_child(void)
     parent = own && own->pid == (int32_t)getppid() ? own : NULL;
     own = NULL;
     atomic_store(&watching, 0); /* the parent's thread is not here */
+    pthread_mutex_init(&kept_lk, NULL); /* (it may have held it across the fork) */
+    memset(&kept, 0, sizeof(kept));
 }
 
 /* The page this process publishes on, or NULL. */
@@ -121,6 +129,7 @@ void tb_follow_begin(const char *run, int64_t begin_ns)
     snprintf(p->run, sizeof(p->run), "%s", run);
     atomic_store_explicit(&p->begin_ns, begin_ns > 0 ? begin_ns : 1, memory_order_relaxed);
     write_close(p, g);
+    futex(&p->seq, FUTEX_WAKE, INT32_MAX, NULL); /* (seq as it was: the watchers read the begin) */
 }
 
 void tb_follow_beat(int64_t now)
@@ -167,13 +176,28 @@ static int snapshot(const follow_page *p, follow_snap *o)
     return 0;
 }
 
-int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w)
+/* The page's account of capture cap_seq, else what the watcher kept of it
+ * (0: nothing known: it never began, or the child never saw it begin). */
+static int window_of(const follow_page *p, uint32_t cap_seq, tb_follow_window *w)
 {
     follow_snap sn;
-    if (!parent || !snapshot(parent, &sn) || sn.cap_seq != cap_seq || !sn.w.begin_ns)
-        return 0;
-    *w = sn.w;
-    return 1;
+    if (snapshot(p, &sn) && sn.cap_seq == cap_seq) {
+        *w = sn.w;
+        return 1;
+    }
+    pthread_mutex_lock(&kept_lk);
+    int have = kept.cap_seq == cap_seq && kept.w.begin_ns;
+    if (have)
+        *w = kept.w;
+    pthread_mutex_unlock(&kept_lk);
+    if (have)
+        w->end_ns = 0; /* (not known: the caller's now) */
+    return have;
+}
+
+int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w)
+{
+    return parent && window_of(parent, cap_seq, w) && w->begin_ns;
 }
 
 static void *watch(void *arg)
@@ -187,17 +211,19 @@ static void *watch(void *arg)
         int gone = getppid() != ppid;
         int64_t now = tb_mono_ns();
         /* a parent that exec()ed or hangs mid-capture never ends it on the page */
-        int stale = armed && s == armed && now - atomic_load(&p->beat_ns) > STALE_NS;
+        int stale = (s & 1) && now - atomic_load(&p->beat_ns) > STALE_NS;
+        follow_snap sn;
+        if (armed && s == armed && snapshot(p, &sn) && sn.cap_seq == armed && sn.w.begin_ns) {
+            pthread_mutex_lock(&kept_lk); /* (the begin: futex woken, or the once-a-second look) */
+            kept = sn;
+            pthread_mutex_unlock(&kept_lk);
+        }
         if (armed && (s != armed || gone || stale)) {
             /* the parent's capture ended, or the parent did mid-capture:
              * what the page says of it so far */
-            follow_snap sn;
             tb_follow_window w = {0};
-            if (snapshot(p, &sn) && sn.cap_seq == armed) {
-                w = sn.w;
-                if (w.begin_ns && !w.end_ns)
-                    w.end_ns = now;
-            }
+            if (window_of(p, armed, &w) && w.begin_ns && !w.end_ns)
+                w.end_ns = now;
             tb_agent_follow_stop(&w);
             armed = 0;
         }

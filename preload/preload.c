@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "capture.h"
@@ -86,11 +85,6 @@ static void init(void)
         return;
     }
     tb_config_load(&c, NULL, NULL);
-    /* the time zone, read now, on the job's main thread before main(): the
-     * agent thread names run folders with localtime_r (once a capture
-     * begins), which would otherwise load it there, writing tzname while
-     * the job reads it (Python's time module does at import) */
-    tzset();
     logdir_absolute(&c);
     int hooked = tb_thread_hook_active();
     tb_agent_set_threads_hooked(hooked);

@@ -145,6 +145,11 @@ def env(logdir=None, preload=True, python=False, **tbprof):
     # the test programs are single-threaded: the default (auto) would serve
     # the socket only once they start a thread; test_agent_triggers covers auto
     tbprof.setdefault("socket", "on")
+    # TSan's runtime kills a child that starts a thread after a fork of a
+    # threaded parent (die_after_fork): a follower's is one (test_children
+    # is skipped there)
+    if SANITIZE == "thread":
+        tbprof.setdefault("children", "off")
     for k, v in tbprof.items():
         if v is None:  # the agent's default
             continue

@@ -183,6 +183,35 @@ int main(void)
     expect("stop 5000 6000 run2");
     expect("stop 5000 6000 run2");
 
+    /* the parent ends and arms again before the child reads the page: the
+     * child still knows the window it saw begin (it keeps it), not "never
+     * began"; then the new capture's start */
+    CHECK_EQ_I(tb_follow_arm(), 1);
+    expect(want);
+    expect(want);
+    tb_follow_begin("kept", 7000);
+    usleep(100000); /* (the children read the begin: it wakes them) */
+    tb_follow_end(8000);
+    CHECK_EQ_I(tb_follow_arm(), 1);
+    int stops = 0, starts = 0; /* (two children: their lines interleave) */
+    for (int i = 0; i < 4; i++) {
+        const char *got = next_line();
+        long long b0 = -1, e0 = -1;
+        char r0[64] = "";
+        if (!strcmp(got, want))
+            starts++;
+        else if (sscanf(got, "stop %lld %lld %63s", &b0, &e0, r0) == 3 && b0 == 7000 && e0 >= 8000 &&
+                 !strcmp(r0, "kept"))
+            stops++;
+        else
+            CHECKF(0, "got '%s'", got);
+    }
+    CHECK_EQ_I(stops, 2);
+    CHECK_EQ_I(starts, 2);
+    tb_follow_end(9000);
+    expect("stop 0 0 -");
+    expect("stop 0 0 -");
+
     /* a child's own fork: its page is its own (it publishes there), and
      * a child that does not call tbprof_follow_parent() reports nothing */
     pid_t c3 = child(0, 1);
