@@ -57,6 +57,10 @@ int main(int argc, char **argv)
     int p[2], ready[2];
     if (pipe(p) < 0 || pipe(ready) < 0)
         return 1;
+    /* the agent's thread, started at start-up (TBPROF_SOCKET=on), idle
+     * first: gcc's libasan leaves its allocator locked in a child forked
+     * while another thread allocates, and the child's threads hang there */
+    usleep(200000);
     pid_t pid = fork();
     if (pid < 0)
         return 1;
