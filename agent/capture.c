@@ -1653,6 +1653,19 @@ static int cuda_loaded(int mask)
     return (have & mask) != 0;
 }
 
+/* The capture the children were told of began and has its run folder:
+ * tell them that too, once (lock held). 1 when they know it now. */
+static int follow_begun(void)
+{
+    if (g.state != TB_STATE_CAPTURING || !g.cur.armed_pub || !g.cur.named)
+        return 0;
+    if (!g.cur.begun_pub) {
+        g.cur.begun_pub = 1;
+        tb_follow_begin(g.cur.name, g.cur.begin);
+    }
+    return 1;
+}
+
 /* A fork child's capture with its parent's, being stopped (lock held): the
  * parent's run folder and the window it shares with the parent's, from
  * tb_agent_follow_stop or, where the child stops first (its exit), from
@@ -1736,10 +1749,7 @@ static void machine(void)
         make_run_name(&g.cur, tb_mono_to_epoch(g.cur.begin), g.cur.name, sizeof(g.cur.name));
         g.cur.named = 1;
     }
-    if (g.state == TB_STATE_CAPTURING && g.cur.armed_pub && !g.cur.begun_pub && g.cur.named) {
-        g.cur.begun_pub = 1;
-        tb_follow_begin(g.cur.name, g.cur.begin);
-    }
+    follow_begun();
     if (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)) {
         int captured = g.state == TB_STATE_CAPTURING;
         int quiet = 0; /* a fork child's capture outside its parent's window */
@@ -2169,6 +2179,19 @@ int tb_agent_init(const tb_config *c, int disable)
     return 0;
 }
 
+/* tbprof_stop(); tbprof_start(): the previous capture may still be
+ * stopping or collecting (no file I/O happens in these states). Let it
+ * finish, until `until`, rather than refuse the next one. A capture that is
+ * armed or running with no stop requested stays (-EBUSY). Lock held; not
+ * on the agent thread. */
+static void wait_previous(const struct timespec *until)
+{
+    while (g.state == TB_STATE_WRITING ||
+           (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
+        if (pthread_cond_timedwait(&g.cond, &g.lock, until) == ETIMEDOUT)
+            break;
+}
+
 int tb_agent_start(int64_t duration_ms, const char *trigger)
 {
     if (duration_ms < 0 || duration_ms > INT64_MAX / 1000000) /* in ns it must fit */
@@ -2180,15 +2203,8 @@ int tb_agent_start(int64_t duration_ms, const char *trigger)
     /* deadline for both waits below: the caller is blocked at most ~1 s */
     struct timespec ts = mono_in(1000000000);
     pthread_mutex_lock(&g.lock);
-    /* tbprof_stop(); tbprof_start(): the previous capture may still be
-     * stopping or collecting (no file I/O happens in these states). Let it
-     * finish rather than refuse the next region. A capture that is armed or
-     * running with no stop requested stays -EBUSY. */
     if (!is_agent_thread)
-        while (g.state == TB_STATE_WRITING ||
-               (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
-            if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
-                break;
+        wait_previous(&ts);
     int rc = request_time(duration_ms * 1000000, trigger ? trigger : "api", -1);
     pthread_mutex_unlock(&g.lock);
     if (rc < 0)
@@ -2278,12 +2294,7 @@ int tb_agent_follow_start(int ppid, uint32_t seq)
     snprintf(trigger, sizeof(trigger), "the parent process' capture (pid %d)", ppid);
     struct timespec ts = mono_in(1000000000);
     pthread_mutex_lock(&g.lock);
-    /* the child's previous one (the parent's last capture) may still be
-     * being written: let it finish, bounded */
-    while (g.state == TB_STATE_WRITING ||
-           (g.stop_req && (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING)))
-        if (pthread_cond_timedwait(&g.cond, &g.lock, &ts) == ETIMEDOUT)
-            break;
+    wait_previous(&ts); /* (the child's capture of the parent's last one) */
     int rc = request_time(0, trigger, -1);
     if (rc == 0) {
         g.cur.follow = 1;
@@ -2721,12 +2732,8 @@ static void follow_late_page(void)
              (g.sources_starting || g.sources_started) && !g.stop_req;
     if (!on || g.cur.follow || g.cur.armed_pub || !(g.cur.armed_pub = tb_follow_arm()))
         return;
-    if (g.state == TB_STATE_CAPTURING && g.cur.named) {
-        g.cur.begun_pub = 1;
-        tb_follow_begin(g.cur.name, g.cur.begin);
-    } else {
+    if (!follow_begun())
         wake(); /* the agent thread names it and tells them (machine) */
-    }
 }
 
 void tb_agent_fork_prepare(void)
