@@ -357,8 +357,9 @@ static void start_sources(void)
         else
             info.buffer_bytes = rest;
         if (i == gpu && g.cur.follow) {
-            x->why = "a fork()ed child capturing with its parent: CUDA does not survive fork(), so its GPU "
-                     "work, if any, is the parent's";
+            x->why = g.is_child ? "a fork()ed child capturing with its parent: CUDA does not survive fork(), so "
+                                  "its GPU work, if any, is the parent's"
+                                : "a spawned worker capturing with its parent: GPU tracing stays with the parent";
             continue;
         }
         if (i == gpu && !cuda_loaded(CUDA_DRIVER)) {
@@ -2541,7 +2542,9 @@ static int control_start(char *args, char *out, size_t n)
 }
 
 /* Control socket requests (agent thread). */
-void tb_agent_control(const char *line, char *out, size_t n)
+static void follow_late_page(void);
+
+void tb_agent_control(const char *line, char *out, size_t n, int *pass_fd)
 {
     char cmd[32] = "", args[TB_CTL_LINE];
     out[0] = '\0';
@@ -2568,6 +2571,22 @@ void tb_agent_control(const char *line, char *out, size_t n)
                  (long long)atomic_load(&next_step) - 1, g.ncaptures, last[0] ? last : "-",
                  g.state != TB_STATE_IDLE ? " trigger=" : "", g.state != TB_STATE_IDLE ? g.cur.trigger : "", waiting);
         pthread_mutex_unlock(&g.lock);
+        return;
+    }
+    if (!strcmp(cmd, "follow")) {
+        /* an exec()ed child (a multiprocessing spawn or forkserver worker)
+         * follows this process's captures: the page's fd (follow.h) */
+        pthread_mutex_lock(&g.lock);
+        int made = 0, fd = g.disabled ? -EPERM : tb_follow_share(g.cfg.children, &made);
+        if (made)
+            follow_late_page(); /* (a capture under way: they join it) */
+        pthread_mutex_unlock(&g.lock);
+        if (fd >= 0) {
+            *pass_fd = fd;
+            snprintf(out, n, "follow page=%d", (int)getpid());
+        } else {
+            snprintf(out, n, "error: %s", fd == -EPERM ? "TBPROF_CHILDREN is off here" : strerror(-fd));
+        }
         return;
     }
     if (!strcmp(cmd, "stop")) {

@@ -109,8 +109,9 @@ int tb_agent_capturing(void);
 void tb_agent_expect_nvtx(int on);
 const char *tb_agent_last_profile(void);
 
-/* Answer one control-socket request (see ctl.h for the protocol). */
-void tb_agent_control(const char *line, char *out, size_t n);
+/* Answer one control-socket request (see ctl.h for the protocol); *pass_fd:
+ * an fd to send with the answer ("follow"). */
+void tb_agent_control(const char *line, char *out, size_t n, int *pass_fd);
 
 /* Process exit (library destructor): flush a capture in progress, bounded. */
 void tb_agent_exit(void);

@@ -100,8 +100,9 @@ static const var vars[] = {
      "trampoline left alone", "off", F(py_trampoline), 0, 0},
     {"TBPROF_CHILDREN", T_BOOL, "on", "on | off",
      "a child fork()ed from the process (a data-loader worker) captures while the process captures, "
-     "into the same run folder as <host>.pid<pid> (Python children through the Python helper; C "
-     "programs call tbprof_follow_parent() in theirs)",
+     "into the same run folder as <host>.pid<pid> (Python children through the Python helper, "
+     "multiprocessing's spawn and forkserver workers included; C programs call tbprof_follow_parent() "
+     "in theirs)",
      "children not followed", "off", F(children), 0, 0},
     {"TBPROF_BUFFER_MB", T_UINT, "64", "integer 1..65536",
      "capture memory (GPU activity buffers and sample rings); full = counted drops",

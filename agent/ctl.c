@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,6 +140,30 @@ static void send_all(int fd, const char *s)
     }
 }
 
+/* The answer with fd attached to its first byte (SCM_RIGHTS), the rest as
+ * send_all sends it. */
+static void send_with_fd(int c, const char *s, int fd)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    struct iovec iov = {.iov_base = (void *)s, .iov_len = 1};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    ssize_t k;
+    do
+        k = sendmsg(c, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (k < 0 && errno == EINTR);
+    if (k == 1)
+        send_all(c, s + 1);
+}
+
 static int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* The client closed its socket (after its request line, which was read).
@@ -169,16 +195,48 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
              * given up on since: a capture nobody waits for is not started */
             tb_debug("control socket: dropped '%s' from a client that left", line);
         } else {
-            h(line, out, sizeof(out) - 1);
+            int pass = -1;
+            h(line, out, sizeof(out) - 1, &pass);
             strcat(out, "\n");
-            send_all(c, out);
+            if (pass >= 0)
+                send_with_fd(c, out, pass);
+            else
+                send_all(c, out);
+            if (pass >= 0)
+                close(pass);
         }
         close(c);
     }
 }
 
-int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms)
+/* The first bytes of an answer, taking the fd that came with them (closed
+ * where the caller wants none). 0 or -1 as recv. */
+static ssize_t recv_fd(int fd, char *buf, size_t n, int *got)
 {
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct iovec iov = {.iov_base = buf, .iov_len = n};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+    ssize_t k = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    for (struct cmsghdr *cm = k > 0 ? CMSG_FIRSTHDR(&m) : NULL; cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int)))
+            continue;
+        int f;
+        memcpy(&f, CMSG_DATA(cm), sizeof(int));
+        if (got && *got < 0)
+            *got = f;
+        else
+            close(f);
+    }
+    return k;
+}
+
+int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms, int *fd_out)
+{
+    if (fd_out)
+        *fd_out = -1;
     int64_t deadline = tb_mono_ns() + (int64_t)timeout_ms * 1000000;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
@@ -207,11 +265,44 @@ int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int time
     char req[TB_CTL_LINE + 2];
     snprintf(req, sizeof(req), "%s\n", line);
     send_all(fd, req);
-    ssize_t k = read_line(fd, answer, n, deadline);
+    ssize_t k, have = 0;
+    if (fd_out) {
+        /* the fd comes with the answer's first byte: those bytes by recvmsg */
+        for (;;) {
+            have = recv_fd(fd, answer, n - 1, fd_out);
+            if (have >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+                break;
+            int64_t left = (deadline - tb_mono_ns()) / 1000000;
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (left <= 0 || (poll(&p, 1, (int)left) < 0 && errno != EINTR))
+                break;
+        }
+        have = have > 0 ? have : 0;
+    }
+    char *nl = have ? memchr(answer, '\n', (size_t)have) : NULL;
+    if (nl) {
+        *nl = '\0';
+        k = (ssize_t)strlen(answer);
+    } else if (fd_out && !have) {
+        k = -2; /* closed, or nothing by the deadline */
+    } else {
+        k = read_line(fd, answer + have, n - (size_t)have, deadline); /* (the rest) */
+        k = k >= 0 ? k + have : k;
+    }
     close(fd);
-    if (k <= 0) /* no answer by the deadline (busy, stopped), or cut short */
+    if (k <= 0) { /* no answer by the deadline (busy, stopped), or cut short */
+        if (fd_out && *fd_out >= 0) {
+            close(*fd_out);
+            *fd_out = -1;
+        }
         return k == -2 && tb_mono_ns() >= deadline ? -ETIMEDOUT : -EPROTO;
+    }
     return 0;
+}
+
+int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms)
+{
+    return tb_ctl_request_fd(pid, line, answer, n, timeout_ms, NULL);
 }
 
 /* The pids whose socket (this uid's, in pid namespace `ns`) is bound,

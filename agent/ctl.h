@@ -19,6 +19,8 @@
  *   start ... run=NAME  -> the same, the profile going into run folder NAME
  *   stop                -> "capture stopping" | "capture cancelled: ..." (a
  *                          window still waiting) | "error: not capturing"
+ *   follow              -> "follow page=<pid>" with the fd of this process's
+ *                          page for its children (follow.h) | "error: ..."
  *   status              -> "state=idle step=N captures=K last=<path or ->"
  *                          [" trigger=..."] [" waiting=steps_A-B"]
  */
@@ -48,8 +50,9 @@ socklen_t tb_ctl_addr(unsigned long long ns, pid_t pid, uid_t uid, struct sockad
 /* Bind + listen (non-blocking, close-on-exec). fd or -errno. */
 int tb_ctl_listen(pid_t pid);
 
-/* Answer one request line into out (no newline). */
-typedef void (*tb_ctl_handler)(const char *line, char *out, size_t n);
+/* Answer one request line into out (no newline); *pass_fd (-1 on entry):
+ * an fd to send the client with the answer (SCM_RIGHTS), closed after. */
+typedef void (*tb_ctl_handler)(const char *line, char *out, size_t n, int *pass_fd);
 
 /* Accept every pending connection on listen_fd and answer each (bounded:
  * a client gets 200 ms to send its line). Never blocks longer. */
@@ -61,6 +64,10 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h);
  * the agent thread answers between its other work, not while it writes a
  * profile). */
 int tb_ctl_request(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms);
+
+/* Client: the same, for a request whose answer brings an fd: *fd_out
+ * (close-on-exec) or -1 where none came. */
+int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms, int *fd_out);
 
 /* Client: whether pid's socket (ours: this uid) is bound, from
  * /proc/net/unix: 1 yes, 0 no, -1 cannot tell. */

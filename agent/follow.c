@@ -10,14 +10,19 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "capture.h"
 #include "clock.h"
+#include "ctl.h"
 #include "log.h"
+#include "util.h"
 
 typedef struct follow_page {
     _Atomic uint32_t seq; /* the futex word: odd from the arm of a capture to its end */
@@ -42,8 +47,19 @@ typedef struct follow_snap {
     tb_follow_window w;
 } follow_snap;
 
-static follow_page *own;    /* this process's (its children's to follow) */
-static follow_page *parent; /* the parent's, in a fork child (NULL: none) */
+static follow_page *own; /* this process's (its children's to follow) */
+static int own_fd = -1;  /* its memfd, for an exec()ed child that asks (tb_follow_share); -1: none */
+static ino_t own_ino; /* (and device: the fd is still the page's) */
+static dev_t own_dev;
+/* The page followed: the parent's, in a fork child; one asked for over the
+ * leader's socket (a spawned or forkserver child), once it came. */
+static _Atomic(follow_page *) parent;
+static int leader;  /* whose captures this process follows (its page's maker); 0: nobody's */
+static int forker;  /* ... and its parent (the leader, or a forkserver between them) */
+static int forked;  /* a fork child of a process with the agent */
+/* In a multiprocessing forkserver: its parent, whose captures the workers
+ * it forks follow (0: not looked at yet; -1: not a forkserver). */
+static int relay_for;
 static atomic_int watching; /* a thread of ours follows the parent */
 static atomic_int follower; /* the pid that started it (a fork of this child is not following) */
 /* The window of the capture the child follows, kept by its watcher once
@@ -61,23 +77,101 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct tim
     return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
 }
 
-int tb_follow_prepare_fork(int on)
+/* Make this process's page, where it has none (1: made now). A memfd's, so
+ * that an exec()ed child can map it too (tb_follow_share); anonymous where
+ * the kernel has no memfd. */
+static int ensure_own(void)
 {
-    if (!on || own)
+    if (own)
         return 0;
-    void *p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void *p = MAP_FAILED;
+    int fd = tb_fd_above_stdio(memfd_create("tbprof-follow", MFD_CLOEXEC));
+    struct stat st;
+    if (fd >= 0 && (ftruncate(fd, sizeof(follow_page)) < 0 || fstat(fd, &st) < 0 ||
+                    (p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)) {
+        close(fd);
+        fd = -1;
+    }
+    if (p == MAP_FAILED)
+        p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return 0; /* children of this process do not follow it; nothing else changes */
     own = p;
     own->pid = (int32_t)getpid();
+    own_fd = fd;
+    own_ino = fd >= 0 ? st.st_ino : 0;
+    own_dev = fd >= 0 ? st.st_dev : 0;
     return 1;
+}
+
+/* Whether this process is a multiprocessing forkserver: the python -c
+ * "from multiprocessing.forkserver import main; main(...)" its parent
+ * started (the default start method on Linux from Python 3.14). */
+static int is_forkserver(void)
+{
+    static const char want[] = "from multiprocessing.forkserver import main";
+    char buf[4096];
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    for (ssize_t i = 0; i < n; i += (ssize_t)strnlen(buf + i, (size_t)(n - i)) + 1)
+        if (!strncmp(buf + i, want, sizeof(want) - 1))
+            return 1;
+    return 0;
+}
+
+int tb_follow_prepare_fork(int on)
+{
+    if (!on || own)
+        return 0;
+    if (!relay_for)
+        relay_for = !forked && is_forkserver() && getppid() > 1 ? (int)getppid() : -1;
+    if (relay_for > 0)
+        return 0; /* its workers follow its parent, not it: no page of its own */
+    return ensure_own();
+}
+
+int tb_follow_share(int on, int *made)
+{
+    *made = 0;
+    if (!on)
+        return -EPERM;
+    *made = ensure_own();
+    if (!own)
+        return -ENOMEM;
+    if (own_fd < 0)
+        return -ENOSYS;
+    /* still the page's: a job that closed every fd it did not open may
+     * have a file of its own under that number now, never to be sent */
+    struct stat st;
+    if (fstat(own_fd, &st) < 0 || st.st_ino != own_ino || st.st_dev != own_dev || !S_ISREG(st.st_mode)) {
+        own_fd = -1;
+        return -EBADF;
+    }
+    int fd = fcntl(own_fd, F_DUPFD_CLOEXEC, 3);
+    return fd >= 0 ? fd : -errno;
 }
 
 void tb_follow_fork_child(void)
 {
-    /* the page the parent made for its children (none: keep none; the
-     * child's own children get a page of its own) */
-    parent = own && own->pid == (int32_t)getppid() ? own : NULL;
+    int pp = (int)getppid();
+    follow_page *p = NULL;
+    forked = 1;
+    if (relay_for > 0) { /* a forkserver's worker: its parent's parent's page, asked for */
+        leader = relay_for;
+        forker = pp;
+    } else { /* the page the parent made for its children (none: keep none) */
+        p = own && own->pid == pp ? own : NULL;
+        leader = forker = p ? pp : 0;
+    }
+    atomic_store(&parent, p);
+    relay_for = -1; /* (the forkserver's cmdline, but a worker) */
+    /* the child's own children get a page of its own */
+    struct stat st;
+    if (own_fd >= 0 && fstat(own_fd, &st) == 0 && st.st_ino == own_ino && st.st_dev == own_dev)
+        close(own_fd);
+    own_fd = -1;
     own = NULL;
     atomic_store(&watching, 0); /* the parent's thread is not here */
     pthread_mutex_init(&kept_lk, NULL); /* (it may have held it across the fork) */
@@ -197,18 +291,61 @@ static int window_of(const follow_page *p, uint32_t cap_seq, tb_follow_window *w
 
 int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w)
 {
-    return parent && window_of(parent, cap_seq, w) && w->begin_ns;
+    follow_page *p = atomic_load(&parent);
+    return p && window_of(p, cap_seq, w) && w->begin_ns;
+}
+
+/* The leader gone: this process's parent is no longer the one it had (it
+ * ended: we were reparented), or a leader past a forkserver ended. */
+static int leader_gone(void)
+{
+    if ((int)getppid() != forker)
+        return 1;
+    return leader != forker && kill(leader, 0) < 0 && errno == ESRCH;
+}
+
+/* An exec()ed child (a multiprocessing spawn or forkserver worker): the
+ * leader's page, asked for over its control socket. The request waits in
+ * the socket's queue while the leader cannot answer (writing a profile; a
+ * single-threaded process, whose agent thread starts with its first thread
+ * or capture), and is made again for as long as the leader lives. */
+static follow_page *ask_for_page(void)
+{
+    for (;;) {
+        char ans[TB_CTL_LINE];
+        int fd = -1;
+        int rc = tb_ctl_request_fd(leader, "follow", ans, sizeof(ans), 30000, &fd);
+        if (rc == 0 && fd >= 0) {
+            follow_page *p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+            if (p != MAP_FAILED && p->pid == leader)
+                return p;
+            if (p != MAP_FAILED)
+                munmap(p, sizeof(follow_page));
+            rc = -EPROTO;
+        }
+        if (rc == 0 || rc != -ETIMEDOUT || leader_gone()) {
+            tb_debug("not capturing with pid %d: %s", leader, rc == 0 ? ans : strerror(-rc));
+            return NULL; /* no agent there, TBPROF_CHILDREN=off there, or it ended */
+        }
+    }
 }
 
 static void *watch(void *arg)
 {
-    follow_page *p = arg;
-    int ppid = p->pid;
+    (void)arg;
+    follow_page *p = atomic_load(&parent);
+    if (!p && !(p = ask_for_page())) {
+        atomic_store(&follower, 0);
+        return NULL;
+    }
+    atomic_store(&parent, p);
+    int ppid = leader;
     uint32_t seen = 0, armed = 0; /* armed: the (odd) seq of the capture followed; 0: none */
     int first = 1;
     for (;;) {
         uint32_t s = atomic_load_explicit(&p->seq, memory_order_acquire);
-        int gone = getppid() != ppid;
+        int gone = leader_gone();
         int64_t now = tb_mono_ns();
         /* a parent that exec()ed or hangs mid-capture never ends it on the page */
         int stale = (s & 1) && now - atomic_load(&p->beat_ns) > STALE_NS;
@@ -260,15 +397,20 @@ static void *watch(void *arg)
 
 int tb_follow_parent(void)
 {
-    follow_page *p = parent;
-    if (!p)
-        return -ENOENT;
+    if (!atomic_load(&parent) && !leader) {
+        /* a fork child of a process without a page (forked before its agent
+         * was on, or TBPROF_CHILDREN off there); else an exec()ed child:
+         * its parent's agent is asked for the page */
+        if (forked || getppid() <= 1)
+            return -ENOENT;
+        leader = forker = (int)getppid();
+    }
     int no = 0;
     if (!atomic_compare_exchange_strong(&watching, &no, 1))
         return -EALREADY;
     atomic_store(&follower, (int)getpid()); /* (before the thread: an _exit may come at once) */
-    int rc = tb_agent_spawn(watch, p);
-    tb_debug("following the parent (pid %d): %s", p->pid, rc < 0 ? strerror(-rc) : "a thread waits for its captures");
+    int rc = tb_agent_spawn(watch, NULL);
+    tb_debug("following pid %d: %s", leader, rc < 0 ? strerror(-rc) : "a thread waits for its captures");
     if (rc < 0) {
         atomic_store(&follower, 0);
         atomic_store(&watching, 0);
@@ -286,7 +428,9 @@ int tb_follow_following(void)
 
 void tb_follow_reset_for_test(void)
 {
-    own = parent = NULL;
+    own = NULL;
+    atomic_store(&parent, NULL);
+    leader = forker = forked = relay_for = 0;
     atomic_store(&watching, 0);
     atomic_store(&follower, 0);
 }

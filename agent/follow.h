@@ -10,8 +10,7 @@
  * the parent as another host.
  *
  * How: each process that forks (with the agent on) has a page of its own,
- * shared with its children (MAP_SHARED|MAP_ANONYMOUS, made at the first
- * fork). Its `seq` is odd from a capture's arm (its sources start: a step
+ * shared with its children (a memfd's, MAP_SHARED, made at the first fork). Its `seq` is odd from a capture's arm (its sources start: a step
  * window's one step early) to its end: each adds one and wakes the page's
  * futex, so children start their sources with the parent's. When the window
  * begins the parent writes its run folder and begin time into the page; at
@@ -25,7 +24,16 @@
  * (tb_agent_follow_start/stop). A child forked during a capture joins it.
  * A parent that ends mid-capture (its pid is no longer the child's parent,
  * checked each second while following) ends the child's capture, written
- * under the child's own name. The page costs the parent one atomic add and
+ * under the child's own name.
+ *
+ * Workers that are not fork()ed from their parent: multiprocessing's
+ * "spawn" workers are exec()ed children (the Python helper calls
+ * tb_follow_parent at their start), and "forkserver" workers (the default
+ * start method on Linux from Python 3.14) are forked by a forkserver the
+ * parent exec()ed. Neither inherits the page: the follower's thread asks
+ * the parent's agent for it over the control socket (an fd passed with
+ * SCM_RIGHTS: the page is a memfd's), then follows as a fork child does.
+ * A forkserver makes no page of its own: its workers ask its parent. The page costs the parent one atomic add and
  * one futex wake per capture begin and end; an idle child's thread sleeps.
  */
 #ifndef TBPROF_AGENT_FOLLOW_H
@@ -47,6 +55,13 @@ int tb_follow_prepare_fork(int on);
 /* The fork child (our child handler): the parent's page is the one to
  * follow; this process makes its own at its first fork. */
 void tb_follow_fork_child(void);
+
+/* The agent thread, for an exec()ed child that asks over the control
+ * socket (ctl.h's "follow"): an fd of this process's page (made now where
+ * it had none: *made 1, a capture under way is to be published on it),
+ * for the caller to send and close; -EPERM (TBPROF_CHILDREN off), -ENOSYS
+ * (no memfd here), -ENOMEM. */
+int tb_follow_share(int on, int *made);
 
 /* The parent's capture as a child sees it. */
 typedef struct tb_follow_window {
@@ -72,9 +87,14 @@ void tb_follow_beat(int64_t now);
  * does; end_ns 0 while it is on. */
 int tb_follow_peek(uint32_t cap_seq, tb_follow_window *w);
 
-/* In a fork child: start following the parent. 0, -ENOENT (not a child of
- * a process with a page: forked before its agent was on, or TBPROF_CHILDREN
- * off there), -EALREADY, or a negative errno from the thread's start. */
+/* Start following the parent. In a fork child, its page; in a worker a
+ * multiprocessing forkserver forked, the page of the forkserver's parent;
+ * in an exec()ed child, its parent's: both asked for over that process's
+ * control socket by the thread, which ends quietly where no agent answers
+ * or TBPROF_CHILDREN is off there. 0, -ENOENT (a fork child of a process
+ * without a page: forked before its agent was on, or TBPROF_CHILDREN off
+ * there; or an orphan), -EALREADY, or a negative errno from the thread's
+ * start. */
 int tb_follow_parent(void);
 
 /* 1 in a child that follows its parent (one atomic load elsewhere). */

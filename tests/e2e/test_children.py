@@ -39,10 +39,11 @@ class Children(tbtest.TestCase):
             self.skipTest("a fork() under ThreadSanitizer's runtime hangs the child")
         self.cpu = cpusamples.perf_refused_reason() is None
 
-    def run_prog(self, steps="5,12", unit=UNIT, **tb):
+    def run_prog(self, steps="5,12", unit=UNIT, method="fork", **tb):
         tb.setdefault("cpu", "on" if self.cpu else "off")
         e = tbtest.env(self.logdir, python=True, steps=steps, **tb)
-        p = tbtest.run([tbtest.PYTHON, PROG, str(STEPS), str(EARLY), str(LATE_AT), str(unit)], env=e, timeout=300)
+        p = tbtest.run([tbtest.PYTHON, PROG, str(STEPS), str(EARLY), str(LATE_AT), str(unit), method], env=e,
+                       timeout=300)
         self.assertExitedOk(p)
         workers = [int(l.split()[2]) for l in p.stdout.splitlines() if l.startswith("worker ")]
         jobs = {int(l.split()[1]): int(l.split()[2]) for l in p.stdout.splitlines() if l.startswith("jobs ")}
@@ -57,6 +58,28 @@ class Children(tbtest.TestCase):
 
     def test_workers_write_beside_their_parent(self):
         p, workers = self.run_prog(gpu=None)  # (the default: on)
+        self.check_beside_parent(p, workers, "fork()ed child")
+
+    def test_spawn_workers(self):
+        # multiprocessing's "spawn" workers are exec()ed: no page inherited;
+        # each asks the parent's agent for it over its socket
+        p, workers = self.run_prog(gpu=None, method="spawn")
+        self.check_beside_parent(p, workers, "spawned worker")
+
+    def test_forkserver_workers(self):
+        # Python 3.14's default start method on Linux: the workers are
+        # forked by a forkserver the parent exec()ed; they ask the parent
+        p, workers = self.run_prog(gpu=None, method="forkserver")
+        self.check_beside_parent(p, workers, "fork()ed child")
+
+    def test_forkserver_workers_of_a_single_threaded_parent(self):
+        # TBPROF_SOCKET=auto (the default): a parent with no thread of its
+        # own has no agent thread to answer until its window arms; the
+        # workers' requests wait for it, and they capture from its begin
+        p, workers = self.run_prog(gpu=None, method="forkserver", socket="auto")
+        self.check_beside_parent(p, workers, "fork()ed child")
+
+    def check_beside_parent(self, p, workers, kind):
         files = tbtest.xplanes(self.logdir)
         runs = {os.path.dirname(f) for f in files}
         self.assertEqual(len(runs), 1, files)  # one run folder: the parent's
@@ -75,7 +98,7 @@ class Children(tbtest.TestCase):
             self.assertEqual(st["tbprof_trigger"], "the parent process' capture (pid %d)" % parent_pid)
             self.assertEqual(prof.steps(), [])
             self.assertIsNone(prof.plane("/device:GPU:0"))
-            self.assertIn("fork()ed child capturing with its parent", st.get("tbprof_gpu_off_reason", ""))
+            self.assertIn(kind + " capturing with its parent", st.get("tbprof_gpu_off_reason", ""))
             # within the parent's window: from its begin (the late worker:
             # from its fork, at step 8) to its end, give or take the poll
             # that tells the worker (at most 100 ms after the parent)

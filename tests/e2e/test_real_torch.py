@@ -2,8 +2,8 @@
 python3-torch: torch 1.13 on Python 3.11); skipped elsewhere, CI included
 (that package brings some 240 others). What a user of a CPU training job
 checks: the optimizer's steps captured with no code change (torch 1.x has no
-global optimizer hook), with an LR scheduler and DataLoader workers forked
-in the window; and two ranks of a gloo DDP job, each with its steps, in one
+global optimizer hook), with an LR scheduler and DataLoader workers started
+in the window (forked, and from a forkserver); and two ranks of a gloo DDP job, each with its steps, in one
 run folder named after the job."""
 
 import os
@@ -18,25 +18,28 @@ import cpusamples  # noqa: E402
 TRAIN = textwrap.dedent("""\
     import sys, torch, torch.nn as nn
     from torch.utils.data import DataLoader, TensorDataset
-    torch.manual_seed(0)
-    workers = int(sys.argv[1])
-    ds = TensorDataset(torch.randn(512, 3, 16, 16), torch.randint(0, 10, (512,)))
-    dl = DataLoader(ds, batch_size=32, num_workers=workers)  # new workers each epoch: forked in the window
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.StepLR(opt, 4)
-    steps = 0
-    while steps < 12:
-        for x, y in dl:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            sched.step()
-            steps += 1
-            if steps == 12:
-                break
-    print("trained", steps)
+    if __name__ == "__main__":  # (a forkserver imports the main module)
+        torch.manual_seed(0)
+        workers = int(sys.argv[1])
+        ctx = sys.argv[2] if len(sys.argv) > 2 else None  # multiprocessing's start method
+        ds = TensorDataset(torch.randn(512, 3, 16, 16), torch.randint(0, 10, (512,)))
+        # new workers each epoch: started in the window
+        dl = DataLoader(ds, batch_size=32, num_workers=workers, multiprocessing_context=ctx)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(8, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 4)
+        steps = 0
+        while steps < 12:
+            for x, y in dl:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                sched.step()
+                steps += 1
+                if steps == 12:
+                    break
+        print("trained", steps)
     """)
 
 DDP = textwrap.dedent("""\
@@ -78,10 +81,18 @@ class RealTorch(tbtest.TestCase):
         return path
 
     def test_optimizer_steps_with_a_scheduler_and_forked_workers(self):
+        self.check_workers("fork")
+
+    def test_forkserver_workers(self):
+        # multiprocessing's default start method on Linux from Python 3.14:
+        # the workers are forked by a forkserver, not by the trainer
+        self.check_workers("forkserver")
+
+    def check_workers(self, ctx):
         cpu = cpusamples.perf_refused_reason() is None
         s = self.script("train.py", TRAIN)
         p = tbtest.run([tbtest.CLI, "run", "--steps", "3,10", "--logdir", self.logdir, "--no-gpu"] +
-                       ([] if cpu else ["--no-cpu"]) + ["--", tbtest.PYTHON, s, "2"],
+                       ([] if cpu else ["--no-cpu"]) + ["--", tbtest.PYTHON, s, "2", ctx],
                        env=tbtest.env(python=True, cpu=None, gpu=None), timeout=300)
         self.assertExitedOk(p)
         self.assertIn("trained 12", p.stdout)
@@ -107,8 +118,8 @@ class RealTorch(tbtest.TestCase):
             c = cpusamples.counts([l for w in workers.values() for l in cpusamples.sampled_lines(w)])
             data = sorted(f[4:].split(":")[0] for f in c if f.startswith("py::") and "/torch/utils/data/" in f)
             self.assertTrue(data, sorted(c))
-            print("workers: %d samples; torch.utils.data functions: %s" %
-                  (sum(w.host.stats["tbprof_cpu_samples"] for w in workers.values()), ", ".join(data)))
+            print("%s workers: %d samples; torch.utils.data functions: %s" %
+                  (ctx, sum(w.host.stats["tbprof_cpu_samples"] for w in workers.values()), ", ".join(data)))
 
     def test_two_ranks_of_a_gloo_job(self):
         # torchrun's environment, set by hand (Debian's torch 1.13 torchrun

@@ -11,7 +11,9 @@
  * child of a process with TBPROF_CHILDREN=off has nothing to follow; a
  * follower whose parent dies mid-capture stops with what the page said,
  * the end taken as it noticed; a child makes its own page at its first
- * fork, and publishes there, not on its parent's. */
+ * fork, and publishes there, not on its parent's; the page's fd for an
+ * exec()ed child is the same page, and never a file of the job's that
+ * took its number. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -217,6 +220,48 @@ int main(void)
     pid_t c3 = child(0, 1);
     expect("ready -1 0 -114");
     expect("own 1 1");
+
+    /* an exec()ed child's way in (tb_follow_share, over the control
+     * socket): an fd of the same page, refused with TBPROF_CHILDREN off */
+    int made = -1;
+    CHECK_EQ_I(tb_follow_share(0, &made), -EPERM);
+    int pfd = tb_follow_share(1, &made);
+    CHECK(pfd >= 0);
+    CHECK_EQ_I(made, 0); /* (made at the first fork) */
+    volatile uint32_t *seen = pfd >= 0 ? mmap(NULL, 4096, PROT_READ, MAP_SHARED, pfd, 0) : MAP_FAILED;
+    CHECK(seen != MAP_FAILED);
+    if (seen != MAP_FAILED) {
+        CHECK_EQ_I((int)seen[1], (int)getpid()); /* (the page's maker, after its seq) */
+        CHECK_EQ_I(seen[0] & 1, 0);
+        CHECK_EQ_I(tb_follow_arm(), 1);
+        CHECK_EQ_I(seen[0] & 1, 1); /* the arm, seen through the fd */
+        snprintf(want, sizeof(want), "start %s", me);
+        expect(want);
+        expect(want);
+        tb_follow_end(0);
+        CHECK_EQ_I(seen[0] & 1, 0);
+        expect("stop 0 0 -");
+        expect("stop 0 0 -");
+        munmap((void *)seen, 4096);
+    }
+    if (pfd >= 0)
+        close(pfd);
+    /* a job that closed our fd and opened a file of its own under that
+     * number: the file is never sent */
+    int ours = -1;
+    for (int fd = 3; fd < 1024 && ours < 0; fd++) {
+        char path[64], link[128];
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n > 0 && (link[n] = '\0', strstr(link, "memfd:tbprof-follow")))
+            ours = fd;
+    }
+    CHECK(ours >= 0);
+    int other = open("/dev/null", O_RDONLY);
+    if (ours >= 0 && other >= 0 && dup2(other, ours) == ours)
+        CHECK_EQ_I(tb_follow_share(1, &made), -EBADF);
+    if (other >= 0)
+        close(other);
 
     /* the parent dies mid-capture (a parent of its own, killed): the
      * follower stops with the page's begin and an end of its own */

@@ -165,6 +165,11 @@ def _setup():
                          "(TBPROF_PYTORCH_HOOK=on, or `tbprof run`): no torch op ranges\n")
     if _on("TBPROF_CHILDREN", "on") and _agent_loaded() and hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_follow_before_fork, after_in_child=_follow_parent)
+        if sys.argv[1:2] == ["--multiprocessing-fork"]:
+            # a multiprocessing "spawn" worker: exec()ed, not forked, so
+            # nothing above runs in it; it asks its parent's agent instead
+            _follow_before_fork()
+            _follow_parent()
     if _on("TBPROF_JAX_HOOK") and _agent_loaded():
         _hook("jax.profiler", "install_jax_hook")
     if _on("TBPROF_TF_HOOK") and _agent_loaded():

@@ -9,9 +9,14 @@ parent_burn(). At step `late_at` it forks one more worker (joining a
 capture under way when the window holds that step). After `steps` steps
 the workers are told to end and are waited for.
 
-Prints "worker N PID" per worker (in fork order), "jobs PID COUNT" as each
+With a multiprocessing start method ("spawn", "forkserver") the workers
+are that method's Processes, each with a Pipe, instead of os.fork()s: the
+workers a DataLoader starts under Python 3.14's default (forkserver), or
+with multiprocessing_context="spawn".
+
+Prints "worker N PID" per worker (in start order), "jobs PID COUNT" as each
 worker ends, and "pid PID" for the parent.
-argv: steps early late_at [unit]"""
+argv: steps early late_at [unit [method]]"""
 
 import ctypes
 import os
@@ -56,47 +61,108 @@ def worker(rfd, wfd):
     os._exit(0)
 
 
-def fork_worker(workers):
-    to_r, to_w = os.pipe()
-    back_r, back_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(to_w)
-        os.close(back_r)
-        for _pid, a, b in workers:  # the other workers' ends
-            os.close(a)
-            os.close(b)
-        worker(to_r, back_w)
-    os.close(to_r)
-    os.close(back_w)
-    workers.append((pid, to_w, back_r))
-    say("worker %d %d" % (len(workers), pid))
+def mp_worker(conn):
+    """A multiprocessing Process's body: the jobs down its Pipe."""
+    jobs = 0
+    while True:
+        try:
+            n = int.from_bytes(conn.recv_bytes(), "little")
+        except EOFError:
+            break
+        if n == 0:
+            break
+        worker_burn(n)
+        jobs += 1
+        conn.send_bytes(b"k")
+    say("jobs %d %d" % (os.getpid(), jobs))
+
+
+class MpWorker:
+    def __init__(self, ctx):
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=mp_worker, args=(theirs,))
+        self.proc.start()
+        theirs.close()
+        self.pid = self.proc.pid
+
+    def send(self, n):
+        self.conn.send_bytes(n.to_bytes(8, "little"))
+
+    def wait(self):
+        self.conn.recv_bytes()
+
+    def end(self):
+        self.send(0)
+
+    def join(self):
+        self.proc.join()
+        self.conn.close()
+
+
+class ForkWorker:
+    def __init__(self, workers):
+        to_r, to_w = os.pipe()
+        back_r, back_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(to_w)
+            os.close(back_r)
+            for o in workers:  # the other workers' ends
+                os.close(o.w)
+                os.close(o.r)
+            worker(to_r, back_w)
+        os.close(to_r)
+        os.close(back_w)
+        self.pid, self.w, self.r = pid, to_w, back_r
+
+    def send(self, n):
+        os.write(self.w, n.to_bytes(8, "little"))
+
+    def wait(self):
+        os.read(self.r, 1)
+
+    def end(self):
+        self.send(0)
+        os.close(self.w)
+
+    def join(self):
+        os.waitpid(self.pid, 0)
+        os.close(self.r)
+
+
+def start_worker(workers, ctx):
+    w = MpWorker(ctx) if ctx else ForkWorker(workers)
+    workers.append(w)
+    say("worker %d %d" % (len(workers), w.pid))
 
 
 def main():
     steps, early, late_at = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     unit = int(sys.argv[4]) if len(sys.argv) > 4 else 200000
+    method = sys.argv[5] if len(sys.argv) > 5 else "fork"
+    ctx = None
+    if method != "fork":
+        import multiprocessing
+        ctx = multiprocessing.get_context(method)
     lib = ctypes.CDLL(None)
     step = getattr(lib, "tbprof_step", None)
     workers = []
     for _ in range(early):
-        fork_worker(workers)
+        start_worker(workers, ctx)
     for s in range(steps):
         if step:
             step()
         if s == late_at:
-            fork_worker(workers)
-        for _pid, w, _r in workers:
-            os.write(w, unit.to_bytes(8, "little"))
+            start_worker(workers, ctx)
+        for w in workers:
+            w.send(unit)
         parent_burn(unit // 2)
-        for _pid, _w, r in workers:
-            os.read(r, 1)
-    for pid, w, r in workers:
-        os.write(w, (0).to_bytes(8, "little"))
-        os.close(w)
-    for pid, w, r in workers:
-        os.waitpid(pid, 0)
-        os.close(r)
+        for w in workers:
+            w.wait()
+    for w in workers:
+        w.end()
+    for w in workers:
+        w.join()
     say("pid %d" % os.getpid())
     time.sleep(0.05)
 
