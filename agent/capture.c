@@ -2585,7 +2585,10 @@ void tb_agent_control(const char *line, char *out, size_t n, int *pass_fd)
             *pass_fd = fd;
             snprintf(out, n, "follow page=%d", (int)getpid());
         } else {
-            snprintf(out, n, "error: %s", fd == -EPERM ? "TBPROF_CHILDREN is off here" : strerror(-fd));
+            snprintf(out, n, "error: %s",
+                     fd == -EPERM   ? "TBPROF_CHILDREN is off here"
+                     : fd == -EBADF ? "the job closed the page's fd (it closes fds it did not open)"
+                                    : strerror(-fd));
         }
         return;
     }

@@ -215,20 +215,25 @@ static ssize_t recv_fd(int fd, char *buf, size_t n, int *got)
 {
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(4 * sizeof(int))];
     } ctl;
     struct iovec iov = {.iov_base = buf, .iov_len = n};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
     ssize_t k = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    for (struct cmsghdr *cm = k > 0 ? CMSG_FIRSTHDR(&m) : NULL; cm; cm = CMSG_NXTHDR(&m, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN(sizeof(int)))
+    /* every fd that came is ours to close but the first one wanted (the
+     * kernel closes the ones that did not fit: MSG_CTRUNC) */
+    for (struct cmsghdr *cm = k >= 0 ? CMSG_FIRSTHDR(&m) : NULL; cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len < CMSG_LEN(0))
             continue;
-        int f;
-        memcpy(&f, CMSG_DATA(cm), sizeof(int));
-        if (got && *got < 0)
-            *got = f;
-        else
-            close(f);
+        size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfd; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+            if (got && *got < 0 && nfd == 1)
+                *got = tb_fd_above_stdio(f);
+            else
+                close(f);
+        }
     }
     return k;
 }
@@ -238,7 +243,8 @@ int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int t
     if (fd_out)
         *fd_out = -1;
     int64_t deadline = tb_mono_ns() + (int64_t)timeout_ms * 1000000;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    /* (above stdio: in a worker this runs beside the job's own I/O) */
+    int fd = tb_fd_above_stdio(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (fd < 0)
         return -errno;
     struct sockaddr_un a;
@@ -247,12 +253,15 @@ int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int t
     target_ns(pid, &ns, &inner);
     socklen_t len = tb_ctl_addr(ns, inner, getuid(), &a);
     /* non-blocking: a blocking connect() waits without limit while the
-     * server's backlog is full (a stopped or hung process) */
+     * server's backlog is full (a stopped or hung process); tried again
+     * after 10 ms, then less often (200 ms at most) */
+    int64_t again_ns = 10000000;
     while (connect(fd, (struct sockaddr *)&a, len) < 0) {
         int e = errno;
         if ((e == EAGAIN || e == EINTR) && tb_mono_ns() < deadline) {
-            struct timespec ts = {0, 10000000};
+            struct timespec ts = {0, again_ns};
             nanosleep(&ts, NULL);
+            again_ns = again_ns < 100000000 ? again_ns * 2 : 200000000;
             continue;
         }
         close(fd);
@@ -295,7 +304,8 @@ int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int t
             close(*fd_out);
             *fd_out = -1;
         }
-        return k == -2 && tb_mono_ns() >= deadline ? -ETIMEDOUT : -EPROTO;
+        /* (the waits end within a millisecond of the deadline) */
+        return k == -2 && tb_mono_ns() + 1000000 >= deadline ? -ETIMEDOUT : -EPROTO;
     }
     return 0;
 }

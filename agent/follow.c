@@ -106,15 +106,19 @@ static int ensure_own(void)
 
 /* Whether this process is a multiprocessing forkserver: the python -c
  * "from multiprocessing.forkserver import main; main(...)" its parent
- * started (the default start method on Linux from Python 3.14). */
+ * started (the default start method on Linux from Python 3.14). 1, 0, or
+ * -1 where /proc does not say (asked again at the next fork). */
 static int is_forkserver(void)
 {
     static const char want[] = "from multiprocessing.forkserver import main";
     char buf[4096];
-    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    int fd = tb_fd_above_stdio(open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC));
     ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
     if (fd >= 0)
         close(fd);
+    if (n < 0)
+        return -1;
+    buf[n] = '\0';
     for (ssize_t i = 0; i < n; i += (ssize_t)strnlen(buf + i, (size_t)(n - i)) + 1)
         if (!strncmp(buf + i, want, sizeof(want) - 1))
             return 1;
@@ -125,8 +129,11 @@ int tb_follow_prepare_fork(int on)
 {
     if (!on || own)
         return 0;
-    if (!relay_for)
-        relay_for = !forked && is_forkserver() && getppid() > 1 ? (int)getppid() : -1;
+    if (!relay_for) {
+        int fs = forked ? 0 : is_forkserver();
+        if (fs >= 0) /* (its parent: pid 1 too, a container's trainer) */
+            relay_for = fs && getppid() > 0 ? (int)getppid() : -1;
+    }
     if (relay_for > 0)
         return 0; /* its workers follow its parent, not it: no page of its own */
     return ensure_own();
@@ -142,15 +149,20 @@ int tb_follow_share(int on, int *made)
         return -ENOMEM;
     if (own_fd < 0)
         return -ENOSYS;
-    /* still the page's: a job that closed every fd it did not open may
-     * have a file of its own under that number now, never to be sent */
+    /* still the page's (checked on the copy, which no job thread can
+     * close and reopen meanwhile): a job that closed every fd it did not
+     * open may have a file of its own under that number now, never to be
+     * sent */
+    int fd = fcntl(own_fd, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0)
+        return errno == EBADF ? (own_fd = -1, -EBADF) : -errno;
     struct stat st;
-    if (fstat(own_fd, &st) < 0 || st.st_ino != own_ino || st.st_dev != own_dev || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0 || st.st_ino != own_ino || st.st_dev != own_dev || !S_ISREG(st.st_mode)) {
+        close(fd);
         own_fd = -1;
         return -EBADF;
     }
-    int fd = fcntl(own_fd, F_DUPFD_CLOEXEC, 3);
-    return fd >= 0 ? fd : -errno;
+    return fd;
 }
 
 void tb_follow_fork_child(void)
@@ -312,22 +324,29 @@ static int leader_gone(void)
 static follow_page *ask_for_page(void)
 {
     for (;;) {
-        char ans[TB_CTL_LINE];
+        char ans[TB_CTL_LINE] = "";
         int fd = -1;
         int rc = tb_ctl_request_fd(leader, "follow", ans, sizeof(ans), 30000, &fd);
         if (rc == 0 && fd >= 0) {
-            follow_page *p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            struct stat st;
+            follow_page *p = fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(follow_page)
+                                 ? mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                                 : MAP_FAILED;
             close(fd);
             if (p != MAP_FAILED && p->pid == leader)
                 return p;
             if (p != MAP_FAILED)
                 munmap(p, sizeof(follow_page));
-            rc = -EPROTO;
+            snprintf(ans, sizeof(ans), "not its page");
+        } else if (rc == -ETIMEDOUT && !leader_gone()) {
+            continue; /* (it still lives: asked again) */
         }
-        if (rc == 0 || rc != -ETIMEDOUT || leader_gone()) {
-            tb_debug("not capturing with pid %d: %s", leader, rc == 0 ? ans : strerror(-rc));
-            return NULL; /* no agent there, TBPROF_CHILDREN=off there, or it ended */
-        }
+        if (rc == -ECONNREFUSED || rc == -ENOENT || strstr(ans, "TBPROF_CHILDREN is off") || leader_gone())
+            tb_debug("not capturing with pid %d: %s", leader, rc < 0 ? strerror(-rc) : ans);
+        else /* an agent is there, and its page did not come */
+            tb_warn("this worker will not capture with its parent (pid %d): %s", leader,
+                    rc < 0 ? strerror(-rc) : ans);
+        return NULL;
     }
 }
 
@@ -401,7 +420,7 @@ int tb_follow_parent(void)
         /* a fork child of a process without a page (forked before its agent
          * was on, or TBPROF_CHILDREN off there); else an exec()ed child:
          * its parent's agent is asked for the page */
-        if (forked || getppid() <= 1)
+        if (forked || getppid() <= 0)
             return -ENOENT;
         leader = forker = (int)getppid();
     }
@@ -414,8 +433,7 @@ int tb_follow_parent(void)
     if (rc < 0) {
         atomic_store(&follower, 0);
         atomic_store(&watching, 0);
-        tb_warn("this fork()ed child will not capture with its parent: its thread did not start (%s)",
-                strerror(-rc));
+        tb_warn("this child will not capture with its parent: its thread did not start (%s)", strerror(-rc));
     }
     return rc;
 }

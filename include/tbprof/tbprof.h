@@ -72,14 +72,20 @@ TBPROF_API int tbprof_capturing(void);
 TBPROF_API void tbprof_expect_nvtx(int on);
 /* Path of the last profile written, or "" (the string is the agent's). */
 TBPROF_API const char *tbprof_last_profile(void);
-/* In a child fork()ed (without exec) from a process running the agent: from
- * now on, capture whenever the parent captures, into the parent's run
- * folder as <host>.pid<pid> (CPU sampling; TBPROF_CHILDREN=on, the
- * default). Starts one small thread of the agent's in the child. The Python
- * helper calls it in every Python child forked from a preloaded Python
- * (os.register_at_fork), so data-loader workers need nothing; a C program
- * calls it in its children. 0; -ENOENT where there is no parent to follow
- * (not a fork child, or the parent has TBPROF_CHILDREN=off); -EALREADY. */
+/* In a child of a process running the agent: from now on, capture
+ * whenever the parent captures, into the parent's run folder as
+ * <host>.pid<pid> (CPU sampling; TBPROF_CHILDREN=on, the default). Starts
+ * one small thread of the agent's in the child. In a fork()ed child it
+ * reads the page the parent shares with its children; in an exec()ed one
+ * (and in a worker of a Python multiprocessing forkserver, which follows
+ * the forkserver's parent) that thread first asks the parent's agent for
+ * the page over its control socket, and ends quietly where no agent
+ * answers or TBPROF_CHILDREN is off there. The Python helper calls it in
+ * every Python child forked from a preloaded Python (os.register_at_fork)
+ * and in multiprocessing "spawn" workers, so data-loader workers need
+ * nothing; a C program calls it in its children. 0; -ENOENT where there is
+ * no parent to follow (a fork child of a parent with TBPROF_CHILDREN=off,
+ * or an orphan); -EALREADY. */
 TBPROF_API int tbprof_follow_parent(void);
 
 #ifdef __cplusplus
