@@ -51,6 +51,7 @@ static follow_page *own; /* this process's (its children's to follow) */
 static int own_fd = -1;  /* its memfd, for an exec()ed child that asks (tb_follow_share); -1: none */
 static ino_t own_ino; /* (and device: the fd is still the page's) */
 static dev_t own_dev;
+static atomic_int shared_fd = -1; /* the last dup tb_follow_share made (its caller closes it) */
 /* The page followed: the parent's, in a fork child; one asked for over the
  * leader's socket (a spawned or forkserver child), once it came. */
 static _Atomic(follow_page *) parent;
@@ -162,6 +163,7 @@ int tb_follow_share(int on, int *made)
         own_fd = -1;
         return -EBADF;
     }
+    atomic_store(&shared_fd, fd);
     return fd;
 }
 
@@ -180,9 +182,15 @@ void tb_follow_fork_child(void)
     atomic_store(&parent, p);
     relay_for = -1; /* (the forkserver's cmdline, but a worker) */
     /* the child's own children get a page of its own */
-    struct stat st;
-    if (own_fd >= 0 && fstat(own_fd, &st) == 0 && st.st_ino == own_ino && st.st_dev == own_dev)
-        close(own_fd);
+    /* ... and the parent's fd, with the copy it was sending a worker, if a
+     * fork came before the send closed it: where the numbers are still
+     * the page's */
+    int fds[] = {own_fd, atomic_exchange(&shared_fd, -1)};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+        struct stat st;
+        if (fds[i] >= 0 && fstat(fds[i], &st) == 0 && st.st_ino == own_ino && st.st_dev == own_dev)
+            close(fds[i]);
+    }
     own_fd = -1;
     own = NULL;
     atomic_store(&watching, 0); /* the parent's thread is not here */

@@ -244,8 +244,18 @@ int main(void)
         expect("stop 0 0 -");
         munmap((void *)seen, 4096);
     }
-    if (pfd >= 0)
+    /* a fork between the dup and its send's close: the child has no copy */
+    if (pfd >= 0) {
+        pid_t k = fork();
+        if (k == 0) {
+            tb_follow_fork_child();
+            _exit(fcntl(pfd, F_GETFD) < 0 ? 0 : 3);
+        }
+        int st = -1;
+        CHECK(waitpid(k, &st, 0) == k && WIFEXITED(st));
+        CHECKF(WEXITSTATUS(st) == 0, "the child kept the page's fd being sent (%d)", WEXITSTATUS(st));
         close(pfd);
+    }
     /* a job that closed our fd and opened a file of its own under that
      * number: the file is never sent */
     int ours = -1;
