@@ -44,37 +44,38 @@ def say(line):
     os.write(1, (line + "\n").encode())
 
 
-def worker(rfd, wfd):
+def serve(next_job, done):
+    """A worker's loop: each job (a size; 0 or None: the end) burnt, then
+    answered."""
     jobs = 0
-    with os.fdopen(rfd, "rb", buffering=0) as r, os.fdopen(wfd, "wb", buffering=0) as w:
-        while True:
-            b = r.read(8)
-            if len(b) < 8:
-                break
-            n = int.from_bytes(b, "little")
-            if n == 0:
-                break
-            worker_burn(n)
-            jobs += 1
-            w.write(b"k")
+    while True:
+        n = next_job()
+        if not n:
+            break
+        worker_burn(n)
+        jobs += 1
+        done()
     say("jobs %d %d" % (os.getpid(), jobs))
+
+
+def worker(rfd, wfd):
+    """A fork()ed worker's body: the jobs down a pipe, then os._exit."""
+    with os.fdopen(rfd, "rb", buffering=0) as r, os.fdopen(wfd, "wb", buffering=0) as w:
+        def next_job():
+            b = r.read(8)
+            return int.from_bytes(b, "little") if len(b) == 8 else None
+        serve(next_job, lambda: w.write(b"k"))
     os._exit(0)
 
 
 def mp_worker(conn):
     """A multiprocessing Process's body: the jobs down its Pipe."""
-    jobs = 0
-    while True:
+    def next_job():
         try:
-            n = int.from_bytes(conn.recv_bytes(), "little")
+            return int.from_bytes(conn.recv_bytes(), "little")
         except EOFError:
-            break
-        if n == 0:
-            break
-        worker_burn(n)
-        jobs += 1
-        conn.send_bytes(b"k")
-    say("jobs %d %d" % (os.getpid(), jobs))
+            return None
+    serve(next_job, lambda: conn.send_bytes(b"k"))
 
 
 class MpWorker:
