@@ -79,6 +79,15 @@ class Children(tbtest.TestCase):
         p, workers = self.run_prog(gpu=None, method="forkserver", socket="auto")
         self.check_beside_parent(p, workers, "fork()ed child")
 
+    def test_spawn_workers_of_a_parent_without_socket(self):
+        # TBPROF_SOCKET=off in the parent: a spawned worker has nobody to
+        # ask, and follows nothing, quietly; the parent's profile as ever
+        p, workers = self.run_prog(method="spawn", socket="off")
+        files = tbtest.xplanes(self.logdir)
+        self.assertEqual(len(files), 1, files)
+        self.assertNotIn(tbtest.load(files[0]).host.stats["pid"], workers)
+        self.assertEqual(tbtest.tbprof_warnings(p.stderr), [], p.stderr)
+
     def check_beside_parent(self, p, workers, kind):
         files = tbtest.xplanes(self.logdir)
         runs = {os.path.dirname(f) for f in files}
