@@ -134,6 +134,16 @@ static const char *column_label(const char *label, size_t skip, char *out, size_
     return out;
 }
 
+/* The pid whose capture this host's captured with (a data-loader worker's
+ * trainer: its trigger names it), else 0. */
+static int worker_of(const tb_summary *m)
+{
+    static const char follow[] = "the parent process' capture (pid ";
+    if (!m->trigger || strncmp(m->trigger, follow, sizeof(follow) - 1))
+        return 0;
+    return atoi(m->trigger + sizeof(follow) - 1);
+}
+
 static void side_by_side(const tb_profset *ps, const tb_summary *ms)
 {
     char b[64];
@@ -156,6 +166,11 @@ static void side_by_side(const tb_profset *ps, const tb_summary *ms)
         }                                                                                    \
         printf("\n");                                                                        \
     } while (0)
+    int workers = 0;
+    for (size_t i = 0; i < ps->n; i++)
+        workers |= worker_of(&ms[i]) > 0;
+    if (workers) /* data-loader workers that captured with their trainer (follow.h) */
+        ROW("worker of", worker_of(m) > 0 ? "pid%d" : "-", worker_of(m));
     ROW("steps", "%zu", m->nsteps);
     ROW("step time mean", "%s", m->nsteps ? dur(b, sizeof b, m->step_mean_ns) : "-");
     ROW("step time min", "%s", m->nsteps ? dur(b, sizeof b, m->step_min_ns) : "-");

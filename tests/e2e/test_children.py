@@ -128,6 +128,15 @@ class Children(tbtest.TestCase):
             c = cpusamples.counts(cpusamples.sampled_lines(parent))
             self.assertIn("py::parent_burn:" + PROG, c)
             self.assertNotIn("py::worker_burn:" + PROG, c)
+        # `tbprof summary RUN_DIR` says which hosts are whose workers
+        if os.path.exists(tbtest.CLI):
+            out = tbtest.run([tbtest.CLI, "summary", os.path.dirname(pids[parent_pid])], timeout=120).stdout
+            cols = out.split("<column>\n", 1)[1].splitlines()
+            head, role = cols[0].split(), [l for l in cols if l.startswith("worker of ")]
+            self.assertEqual(len(role), 1, out)
+            self.assertEqual(dict(zip(head, role[0][len("worker of "):].split())),
+                             dict([("pid%d" % parent_pid, "-")] + [("pid%d" % w, "pid%d" % parent_pid)
+                                                                   for w in workers]), out)
         # TensorBoard finds the logdir by the parent's marker; the workers add none
         marks = [f for f in os.listdir(self.logdir) if f.startswith("events.out.tfevents.")]
         self.assertEqual(len(marks), 1, marks)
