@@ -436,6 +436,30 @@ class ProfileData:
         p = run_check("ranks", 3, a)
         self.assertIn("1 profiles, expected 2", p.stdout)
 
+    def test_workers(self):
+        # a trainer and its fork()ed workers as tbprof wrote them here (the
+        # children test's program, steps 5-12, two workers, no GPU): the
+        # files found and told apart; no kernels, so with kernels wanted it
+        # fails saying so; too few workers, too
+        if tbtest.SANITIZE == "thread":
+            self.skipTest("fork()ed followers are off under ThreadSanitizer")
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "children_py.py")
+        p = tbtest.run([tbtest.PYTHON, prog, "16", "2", "16", "100000"],
+                       env=tbtest.env(self.logdir, python=True, steps="5,12", cpu="off"), timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        run = os.path.dirname(tbtest.xplanes(self.logdir)[0])
+        p = run_check("workers", "torch_workers_x", run, 8, 2, 0)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("RESULT torch_workers_x PASS trainer ", p.stdout)
+        self.assertIn(": 8 steps; 2 workers captured with it", p.stdout)
+        p = run_check("workers", "torch_workers_x", run, 8, 2, 1)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("trainer: steps without kernels: [5, 6, 7, 8, 9, 10, 11, 12]", p.stdout)
+        self.assertIn("gpu_off_reason 'TBPROF_GPU=off'", p.stdout)
+        p = run_check("workers", "torch_workers_x", run, 9, 3, 0)
+        self.assertIn("trainer: steps [5, 6, 7, 8, 9, 10, 11, 12], expected 9", p.stdout)
+        self.assertIn("2 workers' profiles, expected 3 at least", p.stdout)
+
     def gpu_flame(self, text):
         f = os.path.join(self.tmp, "gpu.folded")
         with open(f, "w") as fh:

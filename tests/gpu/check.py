@@ -871,6 +871,61 @@ def ranks(nsteps, *xplanes):
            % (got[0] if got else "?"))
 
 
+def workers(name, run_dir, nsteps, min_workers, want_kernels="1"):
+    """A PyTorch loop fed by a DataLoader's workers (torch_loop.py --workers,
+    new workers every 8 steps), captured by `tbprof run --steps`: in its
+    run folder the trainer's profile, nsteps steps each with kernels, and
+    at least min_workers workers' profiles beside it, each captured with
+    the trainer (its trigger names the trainer's pid) within the trainer's
+    window, with no GPU tracing of its own. Their CPU samples and the
+    torch.utils.data frames in them are reported."""
+    n, want_kernels = int(nsteps), want_kernels == "1"
+    errs, trainers, followers = [], [], []
+    files = sorted(f for f in os.listdir(run_dir) if f.endswith(".xplane.pb"))
+    for f in files:
+        xs = load(os.path.join(run_dir, f))
+        st = plane_stats(xs, "/host:CPU")
+        trig = str(st.get("tbprof_trigger", ""))
+        (followers if trig.startswith("the parent process' capture (pid ") else trainers).append((f, xs, st))
+    if len(trainers) != 1:
+        result(name, False, "%d profiles not captured with a parent (%s), expected the trainer's alone; %d files"
+               % (len(trainers), [t[0] for t in trainers], len(files)))
+    tf, txs, tst = trainers[0]
+    per = kernels_per_step(txs)
+    if len(per) != n:
+        errs.append("trainer: steps %s, expected %d" % (sorted(per), n))
+    empty = [k for k, v in sorted(per.items()) if not v]
+    if want_kernels and (empty or not per):
+        errs.append("trainer: steps without kernels: %s" % empty)
+    if want_kernels and tst.get("tbprof_gpu_off_reason"):
+        errs.append("trainer: GPU off: %s" % tst["tbprof_gpu_off_reason"])
+    pid, tb, te = tst.get("pid"), tst.get("tbprof_capture_begin_ns", 0), tst.get("tbprof_capture_end_ns", 0)
+    mine = "the parent process' capture (pid %s)" % pid
+    samples, data_frames = [], set()
+    for f, xs, st in followers:
+        if st.get("tbprof_trigger") != mine:
+            errs.append("%s: trigger %r, not the trainer's (%s)" % (f, st.get("tbprof_trigger"), mine))
+        if device_events(xs):
+            errs.append("%s: %d GPU events in a worker" % (f, len(device_events(xs))))
+        if want_kernels and "capturing with its parent" not in str(st.get("tbprof_gpu_off_reason", "")):
+            errs.append("%s: gpu_off_reason %r" % (f, st.get("tbprof_gpu_off_reason")))
+        wb, we = st.get("tbprof_capture_begin_ns", 0), st.get("tbprof_capture_end_ns", 0)
+        if wb < tb - 1e6 or we > te + 300e6:
+            errs.append("%s: window %.1f..%.1f ms from the trainer's begin, outside its 0..%.1f" %
+                        (f, (wb - tb) / 1e6, (we - tb) / 1e6, (te - tb) / 1e6))
+        samples.append(st.get("tbprof_cpu_samples", 0))
+        for e in events(xs, "/host:CPU"):  # (sampled frames: events with a samples stat)
+            if "samples" in e[2] and e[0].startswith("py::") and "/torch/utils/data/" in e[0]:
+                data_frames.add(e[0][4:].split(":")[0])
+    if len(followers) < int(min_workers):
+        errs.append("%d workers' profiles, expected %s at least" % (len(followers), min_workers))
+    result(name, not errs, "; ".join(errs) or
+           "trainer %s: %d steps%s; %d workers captured with it (CPU samples %s; trainer %s)%s" %
+           (tf, len(per), " with kernels" if want_kernels else "", len(followers), samples,
+            tst.get("tbprof_cpu_samples", 0),
+            "; data-loading frames: " + ", ".join(sorted(data_frames)[:4]) if data_frames else ""))
+
+
 def torch_shapes(xplane):
     """tbprof run --torch-shapes: torch's op ranges with record_shapes; the
     ops keep their names (no ", sizes = " in any), and most carry their
@@ -1143,6 +1198,8 @@ if __name__ == "__main__":
         jax_capture(sys.argv[2])
     elif cmd == "ranks":
         ranks(*sys.argv[2:])
+    elif cmd == "workers":
+        workers(*sys.argv[2:7])
     elif cmd == "jax_steps":
         jax_steps(sys.argv[2], sys.argv[3])
     elif cmd == "repeat":
@@ -1167,5 +1224,5 @@ if __name__ == "__main__":
         diff_facts(sys.argv[2])
     else:
         sys.exit("usage: check.py cuda|xprof|xprof_ops|xprof_steps|torch_shapes|torch|torch_nvtx|torch_ops|jax|"
-                 "jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|capture|from_start|coexist|gpu_flame|after_capture|"
+                 "jax_capture|jax_steps|repeat|xla_ranges|coexist_jax|ranks|workers|capture|from_start|coexist|gpu_flame|after_capture|"
                  "summary|diff ...")

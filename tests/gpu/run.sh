@@ -42,6 +42,12 @@
 #  3e. two PyTorch ranks sharing the GPU under one launcher, captured by
 #      `tbprof trigger LAUNCHER --tree --steps 5`: one run folder, the same
 #      five step numbers in both, kernels in every step
+#  2i. the PyTorch loop fed by a DataLoader's 2 workers (new ones every 8
+#      steps), fork and forkserver start methods, under tbprof run --steps
+#      10,25: the trainer's steps with kernels, and 4 workers at least
+#      captured with it into its run folder, within its window, without
+#      GPU tracing of their own (their CPU samples and data-loading frames
+#      reported)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
@@ -388,6 +394,19 @@ if in_budget ranks_trigger; then
   elif ((${#xk[@]})); then check ranks_trigger $py "$here/check.py" ranks 5 "${xk[@]}"
   else row ranks_trigger FAIL "no xplane.pb (tbprof trigger exited $trc: $(tail -3 "$work/ranks_trigger.out" | tr '\n' ' '))"; fi
 fi
+
+# 2i. (after the issue's rows) DataLoader workers capture with the trainer:
+#     forked ones, and a forkserver's (Python 3.14's default start method)
+for mp in fork forkserver; do
+  in_budget "torch_workers_$mp" || continue
+  job "$tbprof" run --steps 10,25 --logdir "$work/workers_$mp" -- \
+    $py "$here/torch_loop.py" --steps 40 --workers 2 --mp "$mp" >"$work/workers_$mp.out" 2>"$work/workers_$mp.err"; rc=$?
+  x=$(find "$work/workers_$mp" -name '*.xplane.pb' 2>/dev/null | head -1)
+  if ((rc)) || ! grep -q '^done ' "$work/workers_$mp.out"; then
+    row "torch_workers_$mp" FAIL "the job exited $rc before its end: $(tail -2 "$work/workers_$mp.err" | tr '\n' ' ')"
+  elif [ -n "$x" ]; then check "torch_workers_$mp" $py "$here/check.py" workers "torch_workers_$mp" "$(dirname "$x")" 16 4
+  else row "torch_workers_$mp" FAIL "no xplane.pb: $(tail -2 "$work/workers_$mp.err" | tr '\n' ' ')"; fi
+done
 
 # 2d. (after the issue's rows) `tbprof run --torch-ops`: torch's op ranges in
 #     the captured steps (10..29 of 40, as 4's capturing run), kernels named

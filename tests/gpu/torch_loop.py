@@ -1,7 +1,7 @@
 """torch_loop.py - a small PyTorch training loop for the GPU checks.
 
   python3 torch_loop.py --steps N [--torch-profile A,B --out DIR] [--times FILE] [--nvtx] [--faults FILE]
-                        [--ready] [--stop-file PATH]
+                        [--ready] [--stop-file PATH] [--workers N [--mp METHOD]] [--cpu]
 
 No tbprof code: under `tbprof run --steps A,B` (or LD_PRELOAD with
 TBPROF_STEPS and TBPROF_PYTORCH_HOOK=on) the optimizer step hook counts steps.
@@ -14,7 +14,12 @@ step's forward and backward in torch.cuda.nvtx ranges "forward"/"backward"
 (all but tbprof's agent thread, which faults CUPTI buffers in on purpose)
 have taken so far. --ready prints "ready <pid>" after the first step;
 --stop-file ends the loop (before --steps) once PATH exists, then prints
-"done <steps>".
+"done <steps>". --workers N feeds each step from a DataLoader with N
+worker processes (multiprocessing start method METHOD: fork, forkserver,
+spawn; pinned memory, copied to the GPU each step), over 8 batches, so new
+workers start every 8 steps, inside a capture too; prints "workers <pid>..."
+at each epoch's start. --cpu runs it all on the CPU (a dry run of the
+script where there is no GPU).
 """
 import argparse
 import os
@@ -38,6 +43,28 @@ def job_minor_faults():
     return total
 
 
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def batches(a, dev, x, y):
+    """The steps' (x, y): the same tensors each step, or a DataLoader's,
+    epoch after epoch (its workers started anew at each epoch's start)."""
+    if not a.workers:
+        while True:
+            yield x, y
+    ds = torch.utils.data.TensorDataset(torch.randn(8 * 256, 1024), torch.randint(0, 10, (8 * 256,)))
+    pin = dev.type == "cuda"
+    while True:
+        dl = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=a.workers, multiprocessing_context=a.mp,
+                                         pin_memory=pin)
+        it = iter(dl)
+        print("workers", *[w.pid for w in getattr(it, "_workers", [])], flush=True)
+        for bx, by in it:
+            yield bx.to(dev, non_blocking=pin), by.to(dev, non_blocking=pin)
+
+
 def train_step(model, opt, x, y, nvtx):
     """One step, a function of its own as in most training scripts: tbprof
     turns CPython's perf trampoline on at a capture's start, so frames
@@ -54,7 +81,7 @@ def train_step(model, opt, x, y, nvtx):
     if nvtx:
         torch.cuda.nvtx.range_pop()
     opt.step()
-    torch.cuda.synchronize()
+    sync(x.device)
 
 
 def main():
@@ -67,9 +94,12 @@ def main():
     ap.add_argument("--faults", default="")
     ap.add_argument("--ready", action="store_true")
     ap.add_argument("--stop-file", default="")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--mp", default=None)
+    ap.add_argument("--cpu", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
-    dev = torch.device("cuda")
+    dev = torch.device("cpu" if a.cpu else "cuda")
     model = torch.nn.Sequential(
         torch.nn.Linear(1024, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
         torch.nn.Linear(2048, 10)).to(dev)
@@ -85,9 +115,11 @@ def main():
             schedule=sched, on_trace_ready=lambda p: p.export_chrome_trace(a.out + "/torch_trace.json"))
         prof.start()
     times, faults = [], []
+    data = batches(a, dev, x, y)
     for i in range(a.steps):
         t0 = time.perf_counter()
-        train_step(model, opt, x, y, a.nvtx)
+        bx, by = next(data)
+        train_step(model, opt, bx, by, a.nvtx)
         times.append(time.perf_counter() - t0)
         if a.faults:
             faults.append(job_minor_faults())
