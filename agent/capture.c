@@ -2581,10 +2581,16 @@ void tb_agent_control(const char *line, char *out, size_t n, int *pass_fd)
         if (made)
             follow_late_page(); /* (a capture under way: they join it) */
         pthread_mutex_unlock(&g.lock);
+        static atomic_int warned;
         if (fd >= 0) {
             *pass_fd = fd;
             snprintf(out, n, "follow page=%d", (int)getpid());
         } else {
+            if (fd != -EPERM && !atomic_exchange(&warned, 1)) /* (once: a worker asks each epoch) */
+                tb_warn("workers started from now on with multiprocessing's spawn or forkserver method will "
+                        "not capture with this process: %s",
+                        fd == -EBADF ? "the job closed tbprof's page fd (it closes fds it did not open)"
+                                     : strerror(-fd));
             snprintf(out, n, "error: %s",
                      fd == -EPERM   ? "TBPROF_CHILDREN is off here"
                      : fd == -EBADF ? "the job closed the page's fd (it closes fds it did not open)"

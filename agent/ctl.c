@@ -258,8 +258,9 @@ int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int t
     int64_t again_ns = 10000000;
     while (connect(fd, (struct sockaddr *)&a, len) < 0) {
         int e = errno;
-        if ((e == EAGAIN || e == EINTR) && tb_mono_ns() < deadline) {
-            struct timespec ts = {0, again_ns};
+        int64_t left = deadline - tb_mono_ns();
+        if ((e == EAGAIN || e == EINTR) && left > 0) {
+            struct timespec ts = {0, again_ns < left ? again_ns : left};
             nanosleep(&ts, NULL);
             again_ns = again_ns < 100000000 ? again_ns * 2 : 200000000;
             continue;

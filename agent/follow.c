@@ -52,6 +52,7 @@ static int own_fd = -1;  /* its memfd, for an exec()ed child that asks (tb_follo
 static ino_t own_ino; /* (and device: the fd is still the page's) */
 static dev_t own_dev;
 static atomic_int shared_fd = -1; /* the last dup tb_follow_share made (its caller closes it) */
+static int own_fd_lost; /* the job closed own_fd: exec()ed children get no page from now on */
 /* The page followed: the parent's, in a fork child; one asked for over the
  * leader's socket (a spawned or forkserver child), once it came. */
 static _Atomic(follow_page *) parent;
@@ -148,6 +149,8 @@ int tb_follow_share(int on, int *made)
     *made = ensure_own();
     if (!own)
         return -ENOMEM;
+    if (own_fd_lost)
+        return -EBADF;
     if (own_fd < 0)
         return -ENOSYS;
     /* still the page's (checked on the copy, which no job thread can
@@ -156,11 +159,12 @@ int tb_follow_share(int on, int *made)
      * sent */
     int fd = fcntl(own_fd, F_DUPFD_CLOEXEC, 3);
     if (fd < 0)
-        return errno == EBADF ? (own_fd = -1, -EBADF) : -errno;
+        return errno == EBADF ? (own_fd = -1, own_fd_lost = 1, -EBADF) : -errno;
     struct stat st;
     if (fstat(fd, &st) < 0 || st.st_ino != own_ino || st.st_dev != own_dev || !S_ISREG(st.st_mode)) {
         close(fd);
         own_fd = -1;
+        own_fd_lost = 1;
         return -EBADF;
     }
     atomic_store(&shared_fd, fd);
@@ -349,9 +353,11 @@ static follow_page *ask_for_page(void)
         } else if (rc == -ETIMEDOUT && !leader_gone()) {
             continue; /* (it still lives: asked again) */
         }
-        if (rc == -ECONNREFUSED || rc == -ENOENT || strstr(ans, "TBPROF_CHILDREN is off") || leader_gone())
+        /* no agent there, TBPROF_CHILDREN=off there, or it ended; or its
+         * agent refused (it says why itself, once: not once a worker) */
+        if (rc == -ECONNREFUSED || rc == -ENOENT || (rc == 0 && !strncmp(ans, "error: ", 7)) || leader_gone())
             tb_debug("not capturing with pid %d: %s", leader, rc < 0 ? strerror(-rc) : ans);
-        else /* an agent is there, and its page did not come */
+        else /* an agent is there, and what came was not its page */
             tb_warn("this worker will not capture with its parent (pid %d): %s", leader,
                     rc < 0 ? strerror(-rc) : ans);
         return NULL;

@@ -632,6 +632,7 @@ static void host_json(const tb_prof *p, const tb_summary *m, int top)
         tb_json_str(stdout, m->trigger);
     else
         printf("null");
+    jkv_opt("worker_of", worker_of(m) > 0 ? worker_of(m) : -1); /* (a data-loader worker's trainer) */
     jkv_i("gpus", (int64_t)m->ngpus, 1);
     jkv_i("gpu_events", (int64_t)m->gpu_events, 1);
 

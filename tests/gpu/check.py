@@ -871,14 +871,15 @@ def ranks(nsteps, *xplanes):
            % (got[0] if got else "?"))
 
 
-def workers(name, run_dir, nsteps, min_workers, want_kernels="1"):
+def workers(name, run_dir, nsteps, min_workers, want_kernels="1", frame=""):
     """A PyTorch loop fed by a DataLoader's workers (torch_loop.py --workers,
     new workers every 8 steps), captured by `tbprof run --steps`: in its
     run folder the trainer's profile, nsteps steps each with kernels, and
     at least min_workers workers' profiles beside it, each captured with
     the trainer (its trigger names the trainer's pid) within the trainer's
-    window, with no GPU tracing of its own. Their CPU samples and the
-    torch.utils.data frames in them are reported."""
+    window, with no GPU tracing of its own; where the workers have CPU
+    samples, `frame` (a Python function of theirs) among them. Their
+    samples and the torch.utils.data frames in them are reported."""
     n, want_kernels = int(nsteps), want_kernels == "1"
     errs, trainers, followers = [], [], []
     files = sorted(f for f in os.listdir(run_dir) if f.endswith(".xplane.pb"))
@@ -901,7 +902,7 @@ def workers(name, run_dir, nsteps, min_workers, want_kernels="1"):
         errs.append("trainer: GPU off: %s" % tst["tbprof_gpu_off_reason"])
     pid, tb, te = tst.get("pid"), tst.get("tbprof_capture_begin_ns", 0), tst.get("tbprof_capture_end_ns", 0)
     mine = "the parent process' capture (pid %s)" % pid
-    samples, data_frames = [], set()
+    samples, data_frames, py_frames = [], set(), set()
     for f, xs, st in followers:
         if st.get("tbprof_trigger") != mine:
             errs.append("%s: trigger %r, not the trainer's (%s)" % (f, st.get("tbprof_trigger"), mine))
@@ -915,8 +916,13 @@ def workers(name, run_dir, nsteps, min_workers, want_kernels="1"):
                         (f, (wb - tb) / 1e6, (we - tb) / 1e6, (te - tb) / 1e6))
         samples.append(st.get("tbprof_cpu_samples", 0))
         for e in events(xs, "/host:CPU"):  # (sampled frames: events with a samples stat)
-            if "samples" in e[2] and e[0].startswith("py::") and "/torch/utils/data/" in e[0]:
-                data_frames.add(e[0][4:].split(":")[0])
+            if "samples" in e[2] and e[0].startswith("py::"):
+                py_frames.add(e[0][4:].split(":")[0])
+                if "/torch/utils/data/" in e[0]:
+                    data_frames.add(e[0][4:].split(":")[0])
+    if frame and sum(samples) and frame not in py_frames:
+        errs.append("no %s in the workers' %d samples (their Python frames: %s)" %
+                    (frame, sum(samples), sorted(py_frames)[:6]))
     if len(followers) < int(min_workers):
         errs.append("%d workers' profiles, expected %s at least" % (len(followers), min_workers))
     result(name, not errs, "; ".join(errs) or
@@ -1199,7 +1205,7 @@ if __name__ == "__main__":
     elif cmd == "ranks":
         ranks(*sys.argv[2:])
     elif cmd == "workers":
-        workers(*sys.argv[2:7])
+        workers(*sys.argv[2:8])
     elif cmd == "jax_steps":
         jax_steps(sys.argv[2], sys.argv[3])
     elif cmd == "repeat":

@@ -46,8 +46,8 @@
 #      steps), fork and forkserver start methods, under tbprof run --steps
 #      10,25: the trainer's steps with kernels, and 4 workers at least
 #      captured with it into its run folder, within its window, without
-#      GPU tracing of their own (their CPU samples and data-loading frames
-#      reported)
+#      GPU tracing of their own, their samples in SlowData.__getitem__
+#      (where CPU sampling is on; data-loading frames reported)
 #  2d. (run after the rest) tbprof run --torch-ops: torch's op ranges in the
 #      captured steps, kernels named by their op; step time with them;
 #      2e. xprof's kernel stats and framework op stats show those ops;
@@ -404,7 +404,8 @@ for mp in fork forkserver; do
   x=$(find "$work/workers_$mp" -name '*.xplane.pb' 2>/dev/null | head -1)
   if ((rc)) || ! grep -q '^done ' "$work/workers_$mp.out"; then
     row "torch_workers_$mp" FAIL "the job exited $rc before its end: $(tail -2 "$work/workers_$mp.err" | tr '\n' ' ')"
-  elif [ -n "$x" ]; then check "torch_workers_$mp" $py "$here/check.py" workers "torch_workers_$mp" "$(dirname "$x")" 16 4
+  elif [ -n "$x" ]; then check "torch_workers_$mp" $py "$here/check.py" workers "torch_workers_$mp" "$(dirname "$x")" 16 4 1 \
+    SlowData.__getitem__
   else row "torch_workers_$mp" FAIL "no xplane.pb: $(tail -2 "$work/workers_$mp.err" | tr '\n' ' ')"; fi
 done
 

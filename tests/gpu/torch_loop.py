@@ -15,7 +15,7 @@ step's forward and backward in torch.cuda.nvtx ranges "forward"/"backward"
 have taken so far. --ready prints "ready <pid>" after the first step;
 --stop-file ends the loop (before --steps) once PATH exists, then prints
 "done <steps>". --workers N feeds each step from a DataLoader with N
-worker processes (multiprocessing start method METHOD: fork, forkserver,
+worker processes (SlowData: 0.2 ms of a worker's CPU per sample) (multiprocessing start method METHOD: fork, forkserver,
 spawn; pinned memory, copied to the GPU each step), over 8 batches, so new
 workers start every 8 steps, inside a capture too; prints "workers <pid>..."
 at each epoch's start. --cpu runs it all on the CPU (a dry run of the
@@ -48,13 +48,32 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
+class SlowData(torch.utils.data.Dataset):
+    """Samples that cost a worker 0.2 ms of CPU each (a decode, say), so a
+    batch takes a worker 50 ms and an epoch outlasts the 50 ms a worker
+    started inside a capture waits before it joins. The time in
+    SlowData.__getitem__ is what the workers' profiles should show."""
+
+    def __init__(self, n):
+        self.x, self.y = torch.randn(n, 1024), torch.randint(0, 10, (n,))
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        until = time.perf_counter() + 0.0002
+        while time.perf_counter() < until:
+            pass
+        return self.x[i], self.y[i]
+
+
 def batches(a, dev, x, y):
     """The steps' (x, y): the same tensors each step, or a DataLoader's,
     epoch after epoch (its workers started anew at each epoch's start)."""
     if not a.workers:
         while True:
             yield x, y
-    ds = torch.utils.data.TensorDataset(torch.randn(8 * 256, 1024), torch.randint(0, 10, (8 * 256,)))
+    ds = SlowData(8 * 256)
     pin = dev.type == "cuda"
     while True:
         dl = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=a.workers, multiprocessing_context=a.mp,

@@ -27,7 +27,7 @@ static atomic_int stop;
 static void handler(const char *line, char *out, size_t n, int *pass_fd)
 {
     if (!strcmp(line, "fd")) {
-        *pass_fd = dup(pipe_fds[1]);
+        *pass_fd = fcntl(pipe_fds[1], F_DUPFD, 3);
         snprintf(out, n, "here");
     } else {
         snprintf(out, n, "hello %s", line);
@@ -88,6 +88,19 @@ int main(void)
         char b = 0;
         CHECK(read(pipe_fds[0], &b, 1) == 1 && b == 'x');
         close(fd);
+    }
+    /* received with fd 0 closed (a job that closed its stdin): not there */
+    int saved = fcntl(0, F_DUPFD, 3);
+    close(0);
+    fd = -1;
+    CHECK_EQ_I(tb_ctl_request_fd(getpid(), "fd", ans, sizeof(ans), 5000, &fd), 0);
+    CHECKF(fd >= 3, "fd %d with fd 0 closed", fd);
+    CHECK(fcntl(0, F_GETFD) < 0);
+    if (fd >= 0)
+        close(fd);
+    if (saved >= 0) {
+        dup2(saved, 0);
+        close(saved);
     }
     /* the server closes its copy once sent: with ours closed, the pipe's
      * write end is pipe_fds[1] alone again (waited for: the server

@@ -268,8 +268,10 @@ int main(void)
     }
     CHECK(ours >= 0);
     int other = open("/dev/null", O_RDONLY);
-    if (ours >= 0 && other >= 0 && dup2(other, ours) == ours)
+    if (ours >= 0 && other >= 0 && dup2(other, ours) == ours) {
         CHECK_EQ_I(tb_follow_share(1, &made), -EBADF);
+        CHECK_EQ_I(tb_follow_share(1, &made), -EBADF); /* (and after: the same answer, not another) */
+    }
     if (other >= 0)
         close(other);
 
