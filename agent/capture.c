@@ -969,7 +969,7 @@ static tb_space *build_space(const struct cap *c, size_t nrec, uint64_t rec_drop
         tb_plane_stat_u64(hp, TB_ST_DROPPED, tb_space_dropped(sp));
         tb_plane_stat_u64(hp, TB_ST_STEPS_DROPPED, rec_dropped);
         int owner = atomic_load(&step_owner);
-        if (owner)
+        if (owner && !c->follow) /* (a worker's is the source its trainer chose before the fork) */
             tb_plane_stat_str(hp, TB_ST_STEP_SOURCE, tb_step_source_name(owner));
         if (ignored)
             tb_plane_stat_u64(hp, TB_ST_STEPS_IGNORED, ignored);

@@ -106,6 +106,7 @@ class Children(tbtest.TestCase):
             st = prof.host.stats
             self.assertEqual(st["tbprof_trigger"], "the parent process' capture (pid %d)" % parent_pid)
             self.assertEqual(prof.steps(), [])
+            self.assertNotIn("tbprof_step_source", st)  # (its parent's, copied by the fork: not a worker's)
             self.assertIsNone(prof.plane("/device:GPU:0"))
             self.assertIn(kind + " capturing with its parent", st.get("tbprof_gpu_off_reason", ""))
             # within the parent's window: from its begin (the late worker:
