@@ -1071,7 +1071,11 @@ const char *tb_symtab_lookup_gen(tb_symtab *st, uint64_t addr, uint32_t gen, con
         if (m->is_vdso) {
             unsigned long eh = getauxval(AT_SYSINFO_EHDR);
             if (eh && eh >= m->start && eh < m->end) {
-                m->syms = parse_elf((const unsigned char *)eh, (size_t)(m->end - eh));
+                /* its section headers lie past its one PT_LOAD's end, in
+                 * the same page: the kernel maps the image's whole pages */
+                uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+                uint64_t end = pg ? (m->end + pg - 1) / pg * pg : m->end;
+                m->syms = parse_elf((const unsigned char *)eh, (size_t)(end - eh));
                 if (m->syms && m->syms->n == 0) {
                     free_syms(m->syms);
                     m->syms = NULL;

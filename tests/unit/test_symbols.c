@@ -524,6 +524,25 @@ static void test_debug_files(void)
     tb_symtab_free(st);
 }
 
+/* The vDSO, which has no file: its exported functions named from its
+ * image in memory, whose section headers lie past its PT_LOAD's end */
+static void test_vdso(void)
+{
+    void *h = dlopen("linux-vdso.so.1", RTLD_NOW | RTLD_NOLOAD);
+    void *f = h ? dlsym(h, "__vdso_clock_gettime") : NULL;
+    if (!f) {
+        printf("ok # SKIP no vDSO with __vdso_clock_gettime here\n");
+        return;
+    }
+    tb_symtab *st = tb_symtab_new();
+    CHECK(tb_symtab_refresh(st) >= 0);
+    const char *mod = NULL;
+    const char *n = tb_symtab_lookup(st, (uintptr_t)f + 1, &mod);
+    CHECKF(n && !strcmp(n, "__vdso_clock_gettime"), "the vDSO's clock_gettime: got %s in %s", n ? n : "(null)",
+           mod ? mod : "(null)");
+    tb_symtab_free(st);
+}
+
 int main(void)
 {
     CHECK(local_function_for_lookup(1) == 4 && global_function_for_lookup(1) == 7);
@@ -535,5 +554,6 @@ int main(void)
     test_relative_path();
     test_replaced_file();
     test_debug_files();
+    test_vdso();
     return tap_done();
 }
