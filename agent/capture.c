@@ -620,32 +620,9 @@ static int make_pipe(int fd[2], int flags)
     return 0;
 }
 
-/* What the agent's own fds are (device and inode), to tell them from the
- * job's: a job may close every fd it did not open (a daemon's closefrom(3)
- * at start-up) and get the numbers back for its own files and sockets,
- * which the agent must then neither read nor accept on. Taken when a
- * number is made; compared by the agent thread (fds_check) and in a fork
- * child. */
-typedef struct {
-    dev_t dev;
-    ino_t ino;
-} fd_id;
-static fd_id wake_id[2], listen_id, term_id[2];
-
-static void fd_id_take(int fd, fd_id *id)
-{
-    struct stat st;
-    if (fd >= 0 && fstat(fd, &st) == 0)
-        *id = (fd_id){st.st_dev, st.st_ino};
-    else
-        *id = (fd_id){0, 0};
-}
-
-static int fd_id_is(int fd, const fd_id *id)
-{
-    struct stat st;
-    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
-}
+/* The agent's own fds' identities (util.h's tb_fd_id): compared by the
+ * agent thread (fds_check) and in a fork child. */
+static tb_fd_id wake_id[2], listen_id, term_id[2];
 
 /* Agent thread, before it polls or serves: the fds that are ours no more
  * are let go (not closed: the numbers are the job's now); a wake-up pipe
@@ -657,8 +634,8 @@ static void fds_check(void)
 {
     static int renew_failed;
     int listen = g.listen_fd, w[2] = {g.wake_fd[0], g.wake_fd[1]};
-    int listen_lost = listen >= 0 && !fd_id_is(listen, &listen_id);
-    int ours[2] = {w[0] >= 0 && fd_id_is(w[0], &wake_id[0]), w[1] >= 0 && fd_id_is(w[1], &wake_id[1])};
+    int listen_lost = listen >= 0 && !tb_fd_id_is(listen, &listen_id);
+    int ours[2] = {w[0] >= 0 && tb_fd_id_is(w[0], &wake_id[0]), w[1] >= 0 && tb_fd_id_is(w[1], &wake_id[1])};
     int wake_lost = w[0] >= 0 && (!ours[0] || !ours[1]);
     if (!listen_lost && !wake_lost && w[0] >= 0)
         return;
@@ -666,8 +643,8 @@ static void fds_check(void)
     if (wake_lost || w[0] < 0) {
         e = make_pipe(fd, O_CLOEXEC | O_NONBLOCK);
         if (e == 0) {
-            fd_id_take(fd[0], &wake_id[0]);
-            fd_id_take(fd[1], &wake_id[1]);
+            tb_fd_id_take(fd[0], &wake_id[0]);
+            tb_fd_id_take(fd[1], &wake_id[1]);
         }
     }
     pthread_mutex_lock(&g.lock);
@@ -713,8 +690,8 @@ static int term_watchdog_start(void)
         close(fd[1]);
         return rc;
     }
-    fd_id_take(fd[0], &term_id[0]);
-    fd_id_take(fd[1], &term_id[1]);
+    tb_fd_id_take(fd[0], &term_id[0]);
+    tb_fd_id_take(fd[1], &term_id[1]);
     term_fd_r = fd[0];
     __atomic_store_n(&term_fd_w, fd[1], __ATOMIC_RELAXED);
     return 0;
@@ -2004,8 +1981,8 @@ static int ensure_thread(void)
     if (g.wake_fd[0] < 0) {
         if ((rc = make_pipe(g.wake_fd, O_CLOEXEC | O_NONBLOCK)) < 0)
             goto fail;
-        fd_id_take(g.wake_fd[0], &wake_id[0]);
-        fd_id_take(g.wake_fd[1], &wake_id[1]);
+        tb_fd_id_take(g.wake_fd[0], &wake_id[0]);
+        tb_fd_id_take(g.wake_fd[1], &wake_id[1]);
     }
     sig_fd_w = g.wake_fd[1];
     /* unwinding and writing need some stack, not 8 MB */
@@ -2136,7 +2113,7 @@ int tb_agent_init(const tb_config *c, int disable)
             tb_warn("control socket off: %s", strerror(-fd));
         else
             g.listen_fd = fd;
-        fd_id_take(g.listen_fd, &listen_id);
+        tb_fd_id_take(g.listen_fd, &listen_id);
     }
     /* TBPROF_SOCKET=auto: a single-threaded process gets no thread of ours
      * (glibc drops its single-thread fast paths once there are two, and the
@@ -2585,17 +2562,15 @@ void tb_agent_control(const char *line, char *out, size_t n, int *pass_fd)
         if (fd >= 0) {
             *pass_fd = fd;
             snprintf(out, n, "follow page=%d", (int)getpid());
-        } else {
-            if (fd != -EPERM && !atomic_exchange(&warned, 1)) /* (once: a worker asks each epoch) */
-                tb_warn("workers started from now on with multiprocessing's spawn or forkserver method will "
-                        "not capture with this process: %s",
-                        fd == -EBADF ? "the job closed tbprof's page fd (it closes fds it did not open)"
-                                     : strerror(-fd));
-            snprintf(out, n, "error: %s",
-                     fd == -EPERM   ? "TBPROF_CHILDREN is off here"
-                     : fd == -EBADF ? "the job closed the page's fd (it closes fds it did not open)"
-                                    : strerror(-fd));
+            return;
         }
+        const char *why = fd == -EPERM   ? "TBPROF_CHILDREN is off here"
+                          : fd == -EBADF ? "the job closed tbprof's page fd (it closes fds it did not open)"
+                                         : strerror(-fd);
+        if (fd != -EPERM && !atomic_exchange(&warned, 1)) /* (once: a worker asks each epoch) */
+            tb_warn("workers started from now on with multiprocessing's spawn or forkserver method will not "
+                    "capture with this process: %s", why);
+        snprintf(out, n, "error: %s", why);
         return;
     }
     if (!strcmp(cmd, "stop")) {
@@ -2791,17 +2766,17 @@ void tb_agent_fork_child(void)
     if (term_fd_w >= 0) { /* the watchdog thread was the parent's */
         int w = term_fd_w;
         term_fd_w = -1;
-        if (fd_id_is(w, &term_id[1]))
+        if (tb_fd_id_is(w, &term_id[1]))
             close(w);
-        if (fd_id_is(term_fd_r, &term_id[0]))
+        if (tb_fd_id_is(term_fd_r, &term_id[0]))
             close(term_fd_r);
         term_fd_r = -1;
     }
     int *fds[] = {&g.wake_fd[0], &g.wake_fd[1], &g.listen_fd};
-    const fd_id *ids[] = {&wake_id[0], &wake_id[1], &listen_id};
+    const tb_fd_id *ids[] = {&wake_id[0], &wake_id[1], &listen_id};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0) {
-            if (fd_id_is(*fds[i], ids[i]))
+            if (tb_fd_id_is(*fds[i], ids[i]))
                 close(*fds[i]);
             *fds[i] = -1;
         }

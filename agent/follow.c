@@ -49,8 +49,7 @@ typedef struct follow_snap {
 
 static follow_page *own; /* this process's (its children's to follow) */
 static int own_fd = -1;  /* its memfd, for an exec()ed child that asks (tb_follow_share); -1: none */
-static ino_t own_ino; /* (and device: the fd is still the page's) */
-static dev_t own_dev;
+static tb_fd_id own_id;  /* (the fd is still the page's) */
 static atomic_int shared_fd = -1; /* the last dup tb_follow_share made (its caller closes it) */
 static int own_fd_lost; /* the job closed own_fd: exec()ed children get no page from now on */
 /* The page followed: the parent's, in a fork child; one asked for over the
@@ -88,8 +87,7 @@ static int ensure_own(void)
         return 0;
     void *p = MAP_FAILED;
     int fd = tb_fd_above_stdio(memfd_create("tbprof-follow", MFD_CLOEXEC));
-    struct stat st;
-    if (fd >= 0 && (ftruncate(fd, sizeof(follow_page)) < 0 || fstat(fd, &st) < 0 ||
+    if (fd >= 0 && (ftruncate(fd, sizeof(follow_page)) < 0 ||
                     (p = mmap(NULL, sizeof(follow_page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)) {
         close(fd);
         fd = -1;
@@ -101,8 +99,7 @@ static int ensure_own(void)
     own = p;
     own->pid = (int32_t)getpid();
     own_fd = fd;
-    own_ino = fd >= 0 ? st.st_ino : 0;
-    own_dev = fd >= 0 ? st.st_dev : 0;
+    tb_fd_id_take(fd, &own_id);
     return 1;
 }
 
@@ -158,11 +155,11 @@ int tb_follow_share(int on, int *made)
      * open may have a file of its own under that number now, never to be
      * sent */
     int fd = fcntl(own_fd, F_DUPFD_CLOEXEC, 3);
-    if (fd < 0)
-        return errno == EBADF ? (own_fd = -1, own_fd_lost = 1, -EBADF) : -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || st.st_ino != own_ino || st.st_dev != own_dev || !S_ISREG(st.st_mode)) {
-        close(fd);
+    if (fd < 0 && errno != EBADF)
+        return -errno;
+    if (!tb_fd_id_is(fd, &own_id)) {
+        if (fd >= 0)
+            close(fd);
         own_fd = -1;
         own_fd_lost = 1;
         return -EBADF;
@@ -190,11 +187,9 @@ void tb_follow_fork_child(void)
      * fork came before the send closed it: where the numbers are still
      * the page's */
     int fds[] = {own_fd, atomic_exchange(&shared_fd, -1)};
-    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
-        struct stat st;
-        if (fds[i] >= 0 && fstat(fds[i], &st) == 0 && st.st_ino == own_ino && st.st_dev == own_dev)
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (tb_fd_id_is(fds[i], &own_id))
             close(fds[i]);
-    }
     own_fd = -1;
     own = NULL;
     atomic_store(&watching, 0); /* the parent's thread is not here */

@@ -34,6 +34,21 @@ int tb_grow(void **arr, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+void tb_fd_id_take(int fd, tb_fd_id *id)
+{
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0)
+        *id = (tb_fd_id){st.st_dev, st.st_ino};
+    else
+        *id = (tb_fd_id){0, 0};
+}
+
+int tb_fd_id_is(int fd, const tb_fd_id *id)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
+}
+
 int tb_fd_above_stdio(int fd)
 {
     if (fd < 0 || fd > 2)

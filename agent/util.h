@@ -34,6 +34,20 @@ void tb_cond_init_monotonic(pthread_cond_t *cv);
  * returned as it is. */
 int tb_fd_above_stdio(int fd);
 
+/* What one of the agent's own fds is (device and inode), to tell it from
+ * the job's: a job may close every fd it did not open (a daemon's
+ * closefrom(3) at start-up) and get the numbers back for its own files and
+ * sockets, which the agent must then neither read, send nor close. Taken
+ * when the fd is made ({0, 0} for none); compared before each use. */
+#include <sys/types.h>
+typedef struct tb_fd_id {
+    dev_t dev;
+    ino_t ino;
+} tb_fd_id;
+void tb_fd_id_take(int fd, tb_fd_id *id);
+/* 1 when fd is still the file id was taken of. */
+int tb_fd_id_is(int fd, const tb_fd_id *id);
+
 /* opendir(path) with its fd at 3 or above (tb_fd_above_stdio): a
  * directory the agent reads during a capture (/proc/self/task) must not sit
  * on a stdio number the job has closed, where the job's dup2() onto it
