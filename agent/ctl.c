@@ -90,17 +90,48 @@ static int peer_ok(int fd, pid_t want_pid)
     return want_pid <= 0 || cr.pid == want_pid;
 }
 
+/* recv() of what is there (MSG_DONTWAIT), taking an fd that came with it
+ * into *got where got is given and still -1; any other fd is closed. 0 or
+ * -1 as recv. */
+static ssize_t recv_fd(int fd, char *buf, size_t n, int *got)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+    } ctl;
+    struct iovec iov = {.iov_base = buf, .iov_len = n};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+    ssize_t k = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    /* every fd that came is ours to close but the first one wanted (the
+     * kernel closes the ones that did not fit: MSG_CTRUNC) */
+    for (struct cmsghdr *cm = k >= 0 ? CMSG_FIRSTHDR(&m) : NULL; cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len < CMSG_LEN(0))
+            continue;
+        size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfd; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+            if (got && *got < 0 && nfd == 1)
+                *got = tb_fd_above_stdio(f);
+            else
+                close(f);
+        }
+    }
+    return k;
+}
+
 /* Read one line (up to its newline, at most n-1 bytes) by `deadline`.
  * Returns its length (newline cut off), -1 when no newline came within the
  * limit (too long), -2 when the peer closed or the deadline passed before
  * the newline (an incomplete request is never acted on). Bytes already
- * received are read even after the deadline. */
-static ssize_t read_line(int fd, char *buf, size_t n, int64_t deadline)
+ * received are read even after the deadline. An fd sent with the line goes
+ * into *got (got given; see recv_fd), else is closed. */
+static ssize_t read_line(int fd, char *buf, size_t n, int64_t deadline, int *got)
 {
     size_t len = 0;
     int nl = 0;
     while (len + 1 < n) {
-        ssize_t k = recv(fd, buf + len, n - 1 - len, MSG_DONTWAIT);
+        ssize_t k = recv_fd(fd, buf + len, n - 1 - len, got);
         if (k > 0) {
             nl = memchr(buf + len, '\n', (size_t)k) != NULL;
             len += (size_t)k;
@@ -188,7 +219,7 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
         ssize_t k;
         if (!peer_ok(c, 0)) {
             send_all(c, "error: permission denied (different user)\n");
-        } else if ((k = read_line(c, line, sizeof(line), max_i64(deadline, tb_mono_ns() + 50000000))) < 0) {
+        } else if ((k = read_line(c, line, sizeof(line), max_i64(deadline, tb_mono_ns() + 50000000), NULL)) < 0) {
             send_all(c, k == -1 ? "error: request too long\n" : "error: incomplete request (no newline)\n");
         } else if (client_gone(c)) {
             /* queued before the agent thread started (TBPROF_SOCKET=auto) and
@@ -207,35 +238,6 @@ void tb_ctl_serve(int listen_fd, tb_ctl_handler h)
         }
         close(c);
     }
-}
-
-/* The first bytes of an answer, taking the fd that came with them (closed
- * where the caller wants none). 0 or -1 as recv. */
-static ssize_t recv_fd(int fd, char *buf, size_t n, int *got)
-{
-    union {
-        struct cmsghdr h;
-        char buf[CMSG_SPACE(4 * sizeof(int))];
-    } ctl;
-    struct iovec iov = {.iov_base = buf, .iov_len = n};
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
-    ssize_t k = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    /* every fd that came is ours to close but the first one wanted (the
-     * kernel closes the ones that did not fit: MSG_CTRUNC) */
-    for (struct cmsghdr *cm = k >= 0 ? CMSG_FIRSTHDR(&m) : NULL; cm; cm = CMSG_NXTHDR(&m, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len < CMSG_LEN(0))
-            continue;
-        size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfd; i++) {
-            int f;
-            memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-            if (got && *got < 0 && nfd == 1)
-                *got = tb_fd_above_stdio(f);
-            else
-                close(f);
-        }
-    }
-    return k;
 }
 
 int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int timeout_ms, int *fd_out)
@@ -275,30 +277,7 @@ int tb_ctl_request_fd(pid_t pid, const char *line, char *answer, size_t n, int t
     char req[TB_CTL_LINE + 2];
     snprintf(req, sizeof(req), "%s\n", line);
     send_all(fd, req);
-    ssize_t k, have = 0;
-    if (fd_out) {
-        /* the fd comes with the answer's first byte: those bytes by recvmsg */
-        for (;;) {
-            have = recv_fd(fd, answer, n - 1, fd_out);
-            if (have >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
-                break;
-            int64_t left = (deadline - tb_mono_ns()) / 1000000;
-            struct pollfd p = {.fd = fd, .events = POLLIN};
-            if (left <= 0 || (poll(&p, 1, (int)left) < 0 && errno != EINTR))
-                break;
-        }
-        have = have > 0 ? have : 0;
-    }
-    char *nl = have ? memchr(answer, '\n', (size_t)have) : NULL;
-    if (nl) {
-        *nl = '\0';
-        k = (ssize_t)strlen(answer);
-    } else if (fd_out && !have) {
-        k = -2; /* closed, or nothing by the deadline */
-    } else {
-        k = read_line(fd, answer + have, n - (size_t)have, deadline); /* (the rest) */
-        k = k >= 0 ? k + have : k;
-    }
+    ssize_t k = read_line(fd, answer, n, deadline, fd_out); /* (an fd comes with its first bytes) */
     close(fd);
     if (k <= 0) { /* no answer by the deadline (busy, stopped), or cut short */
         if (fd_out && *fd_out >= 0) {
