@@ -2269,7 +2269,7 @@ int tb_agent_follow_start(int ppid, uint32_t seq)
     if (ensure_thread() < 0)
         return -EAGAIN;
     char trigger[96];
-    snprintf(trigger, sizeof(trigger), "the parent process' capture (pid %d)", ppid);
+    snprintf(trigger, sizeof(trigger), TB_FOLLOW_TRIGGER "%d)", ppid);
     struct timespec ts = mono_in(1000000000);
     pthread_mutex_lock(&g.lock);
     wait_previous(&ts); /* (the child's capture of the parent's last one) */

@@ -47,6 +47,9 @@
  * workers fit; a program that forks a child per task (a pre-fork server)
  * does not get a profile per task. */
 #define TB_FOLLOW_MAX 32
+/* A child's capture's trigger (tbprof_trigger): this, the pid it follows,
+ * ")". `tbprof summary` reads the pid back (its "worker of" row). */
+#define TB_FOLLOW_TRIGGER "the parent process' capture (pid "
 
 /* Any process, before fork() (our prepare handler, g.lock held): make this
  * process's page if it has none (on = TBPROF_CHILDREN). 1 when it was made

@@ -14,6 +14,7 @@
 
 #include "cmd.h"
 #include "folded.h"
+#include "follow.h"
 #include "read_runs.h"
 #include "readprof.h"
 #include "sampler.h"
@@ -138,10 +139,10 @@ static const char *column_label(const char *label, size_t skip, char *out, size_
  * trainer: its trigger names it), else 0. */
 static int worker_of(const tb_summary *m)
 {
-    static const char follow[] = "the parent process' capture (pid ";
-    if (!m->trigger || strncmp(m->trigger, follow, sizeof(follow) - 1))
+    size_t n = sizeof(TB_FOLLOW_TRIGGER) - 1;
+    if (!m->trigger || strncmp(m->trigger, TB_FOLLOW_TRIGGER, n))
         return 0;
-    return atoi(m->trigger + sizeof(follow) - 1);
+    return atoi(m->trigger + n);
 }
 
 static void side_by_side(const tb_profset *ps, const tb_summary *ms)
