@@ -1243,11 +1243,10 @@ static int cpu_collect(void *ctx, tb_space *space)
     if (c->unsampled)
         tb_plane_stat_u64(p, TB_ST_CPU_THREADS_UNSAMPLED, c->unsampled);
     if (in_jit >= 10 && in_jit * 10 >= kept) {
-        /* their stacks end there too: no unwind tables in JIT code */
         char w[400];
         snprintf(w, sizeof(w),
                  "cpu sampling: %llu of %llu samples (%.0f%%) ran in code outside any loaded object, "
-                 "named [unknown] with no callers: JIT-compiled code; a JIT writing /tmp/perf-<pid>.map names it "
+                 "named [unknown]: JIT-compiled code; a JIT writing /tmp/perf-<pid>.map names it "
                  "(oneDNN, PyTorch's CPU convolutions and matmuls: ONEDNN_JIT_PROFILE=2)",
                  (unsigned long long)in_jit, (unsigned long long)kept, 100.0 * (double)in_jit / (double)kept);
         tb_space_add_warning(space, w);

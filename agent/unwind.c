@@ -215,7 +215,9 @@ static int load_libunwind(void)
 
 /* What a frame's ip was found to be, kept per ip: the signal trampoline a
  * handler returns to (is_sigreturn, asked of every frame), a return address
- * inside a Python perf trampoline (in_py_trampoline, asked of JIT memory).
+ * inside a Python perf trampoline (in_py_trampoline, asked of JIT memory),
+ * a return address right after an indirect call (after_indirect_call, asked
+ * of the words above a JIT frame).
  * Each answer costs a read of the code there, a system call where the
  * chunk is not cached, and a job as big as PyTorch spreads its frames over
  * more code than the image cache holds. Code in a loaded object does not
@@ -223,7 +225,7 @@ static int load_libunwind(void)
  * trampoline while the process runs. Emptied when half full and when the
  * mapped objects change. */
 #define IP_CACHE 8192 /* 128 KiB, during a capture */
-enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8 };
+enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8, IP_ICALL_KNOWN = 16, IP_ICALL = 32 };
 typedef struct ip_slot {
     uint64_t ip; /* 0: empty */
     int flags;   /* IP_* */
@@ -579,6 +581,148 @@ static int is_sigreturn(sample_ctx *c, uint64_t ip, int in_object)
     return !!(sl->flags & IP_SIG);
 }
 
+/* Is code at [addr, addr+len) in an executable segment of a loaded object? */
+static int in_code(tb_unwinder *u, uint64_t addr, size_t len)
+{
+    const tb_module *m = tb_symtab_module(u->st, addr);
+    if (!m || addr + len < addr)
+        return 0;
+    for (int i = 0; i < m->nseg; i++)
+        if (m->seg[i].exec && addr >= m->seg[i].start && addr + len <= m->seg[i].end)
+            return 1;
+    return 0;
+}
+
+/* Do the bytes just before `ret` encode an indirect call (opcode 0xff with
+ * /2: `call *%rax`, `call *8(%rbx)`, `call *0x10(%rax,%rcx,8)`, `call
+ * *disp(%rip)`, a REX prefix before them or not) that ends at `ret`? The
+ * way compiled code calls generated code: through a pointer. */
+static int is_indirect_call_end(const unsigned char *b, size_t nb)
+{
+    for (size_t k = 2; k <= 7 && k <= nb; k++) {
+        const unsigned char *p = b + nb - k;
+        if (p[0] != 0xff || ((p[1] >> 3) & 7) != 2)
+            continue;
+        unsigned mod = p[1] >> 6, rm = p[1] & 7;
+        size_t len = 2;
+        if (mod != 3 && rm == 4) {
+            if (k < 3)
+                continue;
+            len++; /* SIB byte */
+            if (mod == 0 && (p[2] & 7) == 5)
+                len += 4; /* no base: disp32 */
+        }
+        if (mod == 0 && rm == 5)
+            len += 4; /* rip-relative disp32 */
+        else if (mod == 1)
+            len += 1;
+        else if (mod == 2)
+            len += 4;
+        if (len == k)
+            return 1;
+    }
+    return 0;
+}
+
+/* Is w a return address in a loaded object's code, right after an
+ * indirect call? Kept per address, like the other answers about code. */
+static int after_indirect_call(sample_ctx *c, uint64_t w)
+{
+    if (w < 8 || !in_code(c->u, w - 8, 8))
+        return 0;
+    ip_slot *sl = ip_slot_of(c->u, w);
+    if (!(sl->flags & IP_ICALL_KNOWN)) {
+        unsigned char b[8];
+        if (read_image(c->u, w - 8, b, sizeof(b)) < 0)
+            return 0; /* (not kept: unmapped now, perhaps not at the next sample) */
+        sl->flags |= IP_ICALL_KNOWN | (is_indirect_call_end(b, sizeof(b)) ? IP_ICALL : 0);
+    }
+    return !!(sl->flags & IP_ICALL);
+}
+
+/* How far up the stack a JIT frame's caller is looked for: past a kernel's
+ * saved registers and locals (oneDNN's keep a few hundred bytes) */
+#define JIT_SCAN_BYTES 4096
+
+/* JIT code (a frame in no loaded object: oneDNN's kernels, XLA's CPU code)
+ * has no unwind tables, and where it keeps no frame pointer libunwind's
+ * guess from %rbp is garbage: such stacks ended at the JIT frame. Its
+ * caller is found as debuggers scan a stack without unwind info: the first
+ * word from sp up that is a return address into a loaded object's code
+ * right after an indirect call (compiled code reaches generated code
+ * through a pointer). Only words inside this sample's copy are read.
+ *
+ * The caller's %rbp matters where it (or a caller of it) is built with frame
+ * pointers: its frame is found from %rbp. Generated code often uses %rbp as
+ * a plain register, having pushed the caller's first. So where %rbp is not
+ * a frame pointer of a frame above the return address, the nearest word
+ * below the return address that is one is taken for the caller's saved
+ * %rbp.
+ *
+ * 1 with the return address, the caller's sp (just above it) and %rbp. */
+static int is_frame_pointer(sample_ctx *c, uint64_t v, uint64_t ret_at)
+{
+    /* above the return address, in the copy, and the word above it (the
+     * return address of the frame it is the base of) in code */
+    uint64_t w;
+    if (v <= ret_at || (v & 7) || v - c->sp + 16 > c->len)
+        return 0;
+    memcpy(&w, c->stack + (v + 8 - c->sp), sizeof(w));
+    return w > 0 && in_code(c->u, w - 1, 1);
+}
+
+static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t *caller_sp, uint64_t *bp)
+{
+    unw_word_t sp = 0, rbp = 0;
+    if (lu.get_reg(cur, UNW_REG_SP, &sp) < 0 || lu.get_reg(cur, UNW_X86_64_RBP, &rbp) < 0)
+        return 0;
+    if (sp < c->sp || (sp & 7))
+        return 0;
+    uint64_t end = c->sp + c->len, stop = sp + JIT_SCAN_BYTES < end ? sp + JIT_SCAN_BYTES : end;
+    for (uint64_t a = sp; a + 8 <= stop; a += 8) {
+        uint64_t w;
+        memcpy(&w, c->stack + (a - c->sp), sizeof(w));
+        if (!after_indirect_call(c, w))
+            continue;
+        *ret = w;
+        *caller_sp = a + 8;
+        *bp = rbp;
+        if (is_frame_pointer(c, rbp, a))
+            return 1;
+        for (uint64_t b = a; b > sp; b -= 8) {
+            uint64_t v;
+            memcpy(&v, c->stack + (b - 8 - c->sp), sizeof(v));
+            if (is_frame_pointer(c, v, a)) {
+                *bp = v;
+                break;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Restart the DWARF walk at a caller found by hand (over a Python
+ * trampoline, over JIT code): its return address and sp; the callee-saved
+ * registers as the frames below left them, %rbp as given where bp is set. */
+static int restart_at(unw_cursor_t *cur, sample_ctx *c, uint64_t *regs, uint64_t sp, uint64_t ret,
+                      const uint64_t *bp)
+{
+    static const struct {
+        int unw, ours;
+    } keep[] = {{UNW_X86_64_RBX, TB_UREG_BX}, {UNW_X86_64_RBP, TB_UREG_BP}, {UNW_X86_64_R12, TB_UREG_R12},
+                {UNW_X86_64_R13, TB_UREG_R13}, {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
+    unw_word_t v = 0;
+    for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+        if (lu.get_reg(cur, keep[k].unw, &v) == 0)
+            regs[keep[k].ours] = v;
+    if (bp)
+        regs[TB_UREG_BP] = *bp;
+    regs[TB_UREG_SP] = sp;
+    regs[TB_UREG_IP] = ret;
+    return lu.init_remote(cur, c->u->as, c) < 0 ? -1 : 0;
+}
+
 int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t stack_len, uint64_t *ips,
               int max, int *failed)
 {
@@ -593,8 +737,10 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
     if (!u)
         return n;
     unw_cursor_t cur;
+    /* (one module lookup for both questions, for each frame) */
+    int in_object = tb_symtab_module(u->st, regs[TB_UREG_IP]) != NULL;
     /* the frame last recorded is the signal trampoline a handler returns to */
-    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP], tb_symtab_module(u->st, regs[TB_UREG_IP]) != NULL);
+    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP], in_object);
     in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
         *failed = TB_UNWIND_FAILED;
@@ -602,6 +748,18 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         return n;
     }
     while (n < max) {
+        unw_word_t ip = 0, sp = 0, ret = 0, caller_sp = 0, bp = 0;
+        if (!in_object && !after_signal && jit_caller(&c, &cur, &ret, &caller_sp, &bp)) {
+            /* a JIT frame: on from its caller, found on the stack */
+            ips[n++] = ret;
+            if (restart_at(&cur, &c, regs, caller_sp, ret, &bp) < 0) {
+                *failed = TB_UNWIND_FAILED;
+                break;
+            }
+            in_object = 1;
+            after_signal = is_sigreturn(&c, ret, 1);
+            continue;
+        }
         int r = lu.step(&cur);
         if (r == 0)
             break;
@@ -609,7 +767,6 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
             *failed = TB_UNWIND_FAILED;
             break;
         }
-        unw_word_t ip = 0;
         if (lu.get_reg(&cur, UNW_REG_IP, &ip) < 0) {
             *failed = TB_UNWIND_FAILED;
             break;
@@ -621,36 +778,25 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
          * looks up is the pc itself (at a function's first instruction,
          * pc - 1 is the function before it) */
         ips[n++] = after_signal ? ip + 1 : ip;
-        /* (one module lookup for both questions) */
-        int in_object = tb_symtab_module(u->st, ip) != NULL;
+        in_object = tb_symtab_module(u->st, ip) != NULL;
         after_signal = is_sigreturn(&c, ip, in_object);
         if (n < max && !after_signal && in_py_trampoline(u, ip, in_object)) {
             /* step over the trampoline by hand: its caller's return
              * address is at sp+8 and the caller's sp is sp+16; callee-saved
-             * registers are as the frames below left them. Restart the
-             * DWARF walk from there. */
-            static const struct {
-                int unw, ours;
-            } keep[] = {{UNW_X86_64_RBX, TB_UREG_BX}, {UNW_X86_64_RBP, TB_UREG_BP},
-                        {UNW_X86_64_R12, TB_UREG_R12}, {UNW_X86_64_R13, TB_UREG_R13},
-                        {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
-            unw_word_t sp = 0, v = 0, ret = 0;
+             * registers are as the frames below left them. */
             if (lu.get_reg(&cur, UNW_REG_SP, &sp) < 0 || access_mem(u->as, sp + 8, &ret, 0, &c) < 0) {
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
-            for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
-                if (lu.get_reg(&cur, keep[k].unw, &v) == 0)
-                    regs[keep[k].ours] = v;
-            regs[TB_UREG_SP] = sp + 16;
-            regs[TB_UREG_IP] = ret;
             if (ret == 0)
                 break;
             ips[n++] = ret;
-            if (lu.init_remote(&cur, u->as, &c) < 0) {
+            if (restart_at(&cur, &c, regs, sp + 16, ret, NULL) < 0) {
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
+            in_object = tb_symtab_module(u->st, ret) != NULL;
+            after_signal = is_sigreturn(&c, ret, in_object);
         }
     }
     in_unwind = 0;

@@ -6,8 +6,10 @@
  * an address space whose accessors read stack words from the copy and code /
  * .eh_frame_hdr / .eh_frame bytes from this process's own loaded objects
  * (never from anywhere else: an address outside the copy and outside every
- * loaded object's segments ends the walk). Code without unwind tables (JIT
- * trampolines) is stepped over by libunwind's frame-pointer fallback.
+ * loaded object's segments ends the walk). Code in no loaded object (JIT
+ * code: no unwind tables) is stepped over by scanning the copy for its
+ * caller's return address (unwind.c, jit_caller); CPython's perf
+ * trampolines by their known layout.
  *
  * Built without libunwind (TBPROF_HAVE_UNWIND unset), tb_unwinder_new()
  * returns NULL and the sampler uses frame-pointer callchains.

@@ -181,7 +181,9 @@ class CpuJitCode(tbtest.TestCase):
     """tests/e2e/progs/jitspin.c: a program spinning in code it generated
     (oneDNN's kernels in a CPU PyTorch job, 19% of its samples): the profile
     says what its [unknown] samples are and how to name them; named through
-    the JIT's perf map, they are not warned about."""
+    the JIT's perf map, they are not warned about. Either way the samples
+    keep their callers (the kernel has no unwind tables and uses %rbp as
+    data: they are found by scanning its stack)."""
 
     def setUp(self):
         super().setUp()
@@ -203,7 +205,19 @@ class CpuJitCode(tbtest.TestCase):
         for e in line.events:
             selfs[e.name] = selfs.get(e.name, 0) + e.stats.get("self_samples", 0)
         jit = [w for w in prof.warnings if "outside any loaded object" in w]
+        # the kernel's own samples, and how many of them have its callers
+        self.in_kernel = self.with_callers = 0
+        for e, anc in cpusamples.walk(line):
+            if e.name in ("[unknown]", "jit_spin_kernel") and e.stats.get("self_samples", 0):
+                self.in_kernel += e.stats["self_samples"]
+                names = [a.name for a in anc]
+                if names[-1:] and names[-1].startswith("run_kernel") and "main" in names:
+                    self.with_callers += e.stats["self_samples"]
         return prof, selfs, jit
+
+    def assert_callers_kept(self):
+        self.assertGreater(self.in_kernel, 0)
+        self.assertGreaterEqual(self.with_callers, self.in_kernel * 0.95, (self.with_callers, self.in_kernel))
 
     def test_jit_samples_are_explained(self):
         prof, selfs, jit = self.spin()
@@ -212,6 +226,7 @@ class CpuJitCode(tbtest.TestCase):
         self.assertEqual(len(jit), 1, prof.warnings)
         self.assertIn("ONEDNN_JIT_PROFILE=2", jit[0])
         self.assertRegex(jit[0], r"^cpu sampling: \d+ of \d+ samples \(\d+%\)")
+        self.assert_callers_kept()
 
     def test_named_by_the_perf_map_not_warned(self):
         prof, selfs, jit = self.spin("map")
@@ -219,6 +234,7 @@ class CpuJitCode(tbtest.TestCase):
         self.assertGreater(selfs.get("jit_spin_kernel", 0), total * 0.5, selfs)
         self.assertEqual(selfs.get("[unknown]", 0), 0, selfs)
         self.assertEqual(jit, [], prof.warnings)
+        self.assert_callers_kept()
 
 
 class CpuStrippedProgram(tbtest.TestCase):

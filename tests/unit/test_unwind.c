@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -315,6 +316,125 @@ static int unwind_with_seccomp(tb_unwinder *u, int want, int nr, unsigned ret)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? want : 0;
 }
 
+/* Code a JIT generated, as oneDNN's kernels are: in anonymous memory (no
+ * loaded object, no unwind tables), saving the callee-saved registers,
+ * keeping locals, and using %rbp as a plain register. Its locals hold two
+ * code addresses that are not return addresses of an indirect call (one
+ * after a direct call, one at a function's start), and the first word it
+ * pushes (%rsi: its caller's `local`) points up the stack without being a
+ * frame pointer. It calls back (call *%rdi) into compiled code, where the
+ * sample is taken. */
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".type jit_decoy_fn,@function\n"
+        "    .byte 0x90,0x90,0x90,0x90,0x90,0x90,0x90,0x90\n"
+        "jit_decoy_fn:\n"
+        "    call jit_decoy_fn2\n"
+        "jit_decoy_after_call:\n"
+        "    ret\n"
+        ".size jit_decoy_fn, .-jit_decoy_fn\n"
+        ".type jit_decoy_fn2,@function\n"
+        "jit_decoy_fn2:\n"
+        "    ret\n"
+        ".size jit_decoy_fn2, .-jit_decoy_fn2\n");
+void jit_decoy_fn(void);
+extern const char jit_decoy_after_call[];
+
+static void (*volatile jit_code)(void (*)(void), volatile uint64_t *); /* (volatile: the call stays indirect) */
+
+__attribute__((noinline)) static void jit_cb(void)
+{
+    capture();
+    depth_sink += 6;
+}
+__attribute__((noinline)) static void jit_outer(void)
+{
+    volatile uint64_t local[2] = {0, 0};
+    jit_code(jit_cb, local);
+    depth_sink += 7 + (int)local[1];
+}
+__attribute__((noinline, optimize("omit-frame-pointer"))) static void jit_outer_nofp(void)
+{
+    volatile uint64_t local[2] = {0, 0};
+    jit_code(jit_cb, local);
+    depth_sink += 8 + (int)local[1];
+}
+
+/* The generated function: NULL where executable memory is refused. */
+static void *make_jit_code(void)
+{
+    unsigned char code[128];
+    size_t n = 0;
+    static const unsigned char pro[] = {0x56,                                                       /* push %rsi */
+                                        0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57, /* push rbx..r15 */
+                                        0x48, 0x81, 0xec, 0x80, 0x00, 0x00, 0x00};                  /* sub $0x80,%rsp */
+    memcpy(code + n, pro, sizeof(pro));
+    n += sizeof(pro);
+    uint64_t decoys[2] = {(uint64_t)(uintptr_t)jit_decoy_after_call, (uint64_t)(uintptr_t)jit_decoy_fn};
+    for (int i = 0; i < 2; i++) {
+        code[n++] = 0x48; /* movabs $decoy,%rax */
+        code[n++] = 0xb8;
+        memcpy(code + n, &decoys[i], 8);
+        n += 8;
+        static const unsigned char store[2][5] = {{0x48, 0x89, 0x44, 0x24, 0x40},  /* mov %rax,0x40(%rsp) */
+                                                  {0x48, 0x89, 0x44, 0x24, 0x78}}; /* mov %rax,0x78(%rsp) */
+        memcpy(code + n, store[i], 5);
+        n += 5;
+    }
+    static const unsigned char body[] = {
+        0x48, 0xbd, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, /* movabs $0x5a5a...,%rbp */
+        0x48, 0x89, 0xeb,                                           /* mov %rbp,%rbx */
+        0xff, 0xd7,                                                 /* call *%rdi */
+        0x48, 0x81, 0xc4, 0x80, 0x00, 0x00, 0x00,                   /* add $0x80,%rsp */
+        0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, 0x5d, 0x5b, /* pop r15..rbx */
+        0x5e, 0xc3};                                                /* pop %rsi; ret */
+    memcpy(code + n, body, sizeof(body));
+    n += sizeof(body);
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned char *mem = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return NULL;
+    memcpy(mem, code, n);
+    if (mprotect(mem, (size_t)page, PROT_READ | PROT_EXEC) != 0) {
+        munmap(mem, (size_t)page);
+        return NULL;
+    }
+    return mem;
+}
+
+/* A sample taken in compiled code that JIT code called: the walk goes on
+ * past the JIT frame to its caller, whether that keeps a frame pointer or
+ * not; before, it ended at the JIT frame. */
+__attribute__((noinline)) static void check_jit_frame(tb_unwinder *u, tb_symtab *st)
+{
+    void *mem = make_jit_code();
+    if (!mem) {
+        printf("# skip: executable memory refused here\n");
+        return;
+    }
+    *(void **)&jit_code = mem;
+    for (int fp = 1; fp >= 0; fp--) {
+        if (fp)
+            jit_outer();
+        else
+            jit_outer_nofp();
+        uint64_t ips[64];
+        const char *names[64];
+        int failed = -1;
+        int n = unwind_named(u, st, fp ? "jit " : "jit nofp ", ips, names, &failed);
+        CHECKF(n >= 6, "only %d frames", n);
+        if (n >= 6) {
+            CHECK_STR(names[1], "jit_cb");
+            CHECK(ips[2] - 1 >= (uint64_t)(uintptr_t)mem && ips[2] - 1 < (uint64_t)(uintptr_t)mem + 4096);
+            CHECK_STR(names[3], fp ? "jit_outer" : "jit_outer_nofp");
+            CHECK_STR(names[4], "check_jit_frame");
+            CHECK_STR(names[5], "main");
+        }
+        CHECK_EQ_I(failed, 0);
+    }
+    munmap(mem, (size_t)sysconf(_SC_PAGESIZE));
+}
+
 int main(void)
 {
     find_stack_end();
@@ -367,6 +487,7 @@ int main(void)
 #endif
 
     check_interrupted_first_insn(u, st);
+    check_jit_frame(u, st);
 
     /* a copy too short for the chain: fewer frames, flagged as cut (the
      * walk read the stack above the copy: the sampler gives such a thread
