@@ -640,35 +640,47 @@ static int after_indirect_call(sample_ctx *c, uint64_t w)
     return !!(sl->flags & IP_ICALL);
 }
 
-/* How far up the stack a JIT frame's caller is looked for: past a kernel's
- * saved registers and locals (oneDNN's keep a few hundred bytes) */
-#define JIT_SCAN_BYTES 4096
+/* JIT code (a frame in no loaded object: oneDNN's kernels, XLA's CPU code,
+ * the JVM's, V8's) has no unwind tables, and where it keeps no frame
+ * pointer libunwind's guess from %rbp is garbage: such stacks ended at the
+ * JIT frame. Its caller is found in the sample's copy of the stack (only
+ * there: offsets into it, so no address can wrap or leave it):
+ *
+ * - a frame-pointer frame: where %rbp lies between sp and the first return
+ *   address into compiled code (below), is 8-aligned and holds a saved
+ *   %rbp higher up (or 0, the outermost), the word above it is the return
+ *   address: into compiled code right after an indirect call, or into more
+ *   JIT code (V8's and the JVM interpreter's frames keep the chain: each is
+ *   kept as a frame);
+ * - else, as debuggers scan a stack without unwind info: the first word
+ *   from sp up (within JIT_SCAN_BYTES) that is a return address into a
+ *   loaded object's code right after an indirect call (compiled code
+ *   reaches generated code through a pointer). The caller's %rbp matters
+ *   where it, or a caller of it, keeps frame pointers; generated code often
+ *   uses %rbp as a plain register, having pushed the caller's first. So
+ *   where %rbp is not a frame pointer above that return address, the
+ *   nearest word below it that is one is taken for the caller's saved %rbp.
+ *
+ * 1 with the caller's return address, its sp and its %rbp. */
+#define JIT_SCAN_BYTES 4096 /* past a kernel's saved registers and locals (oneDNN's: a few hundred bytes) */
 
-/* JIT code (a frame in no loaded object: oneDNN's kernels, XLA's CPU code)
- * has no unwind tables, and where it keeps no frame pointer libunwind's
- * guess from %rbp is garbage: such stacks ended at the JIT frame. Its
- * caller is found as debuggers scan a stack without unwind info: the first
- * word from sp up that is a return address into a loaded object's code
- * right after an indirect call (compiled code reaches generated code
- * through a pointer). Only words inside this sample's copy are read.
- *
- * The caller's %rbp matters where it (or a caller of it) is built with frame
- * pointers: its frame is found from %rbp. Generated code often uses %rbp as
- * a plain register, having pushed the caller's first. So where %rbp is not
- * a frame pointer of a frame above the return address, the nearest word
- * below the return address that is one is taken for the caller's saved
- * %rbp.
- *
- * 1 with the return address, the caller's sp (just above it) and %rbp. */
-static int is_frame_pointer(sample_ctx *c, uint64_t v, uint64_t ret_at)
+static uint64_t copy_word(const sample_ctx *c, size_t off)
 {
-    /* above the return address, in the copy, and the word above it (the
-     * return address of the frame it is the base of) in code */
     uint64_t w;
-    if (v <= ret_at || (v & 7) || v - c->sp + 16 > c->len)
+    memcpy(&w, c->stack + off, sizeof(w));
+    return w;
+}
+
+/* Is v the frame pointer of a frame above the return address at copy
+ * offset ret_off: in the copy, above it, its saved %rbp higher still (or
+ * 0), and the word above it a return address into code? */
+static int is_frame_pointer(sample_ctx *c, uint64_t v, size_t ret_off)
+{
+    if (v < c->sp || (v & 7) || c->len < 16 || v - c->sp > c->len - 16 || v - c->sp <= ret_off)
         return 0;
-    memcpy(&w, c->stack + (v + 8 - c->sp), sizeof(w));
-    return w > 0 && in_code(c->u, w - 1, 1);
+    size_t vo = (size_t)(v - c->sp);
+    uint64_t saved = copy_word(c, vo), w = copy_word(c, vo + 8);
+    return (saved == 0 || saved > v) && w > 0 && in_code(c->u, w - 1, 1);
 }
 
 static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t *caller_sp, uint64_t *bp)
@@ -676,30 +688,43 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
     unw_word_t sp = 0, rbp = 0;
     if (lu.get_reg(cur, UNW_REG_SP, &sp) < 0 || lu.get_reg(cur, UNW_X86_64_RBP, &rbp) < 0)
         return 0;
-    if (sp < c->sp || (sp & 7))
+    if (sp < c->sp || sp - c->sp >= c->len || (sp & 7))
         return 0;
-    uint64_t end = c->sp + c->len, stop = sp + JIT_SCAN_BYTES < end ? sp + JIT_SCAN_BYTES : end;
-    for (uint64_t a = sp; a + 8 <= stop; a += 8) {
-        uint64_t w;
-        memcpy(&w, c->stack + (a - c->sp), sizeof(w));
-        if (!after_indirect_call(c, w))
-            continue;
-        *ret = w;
-        *caller_sp = a + 8;
-        *bp = rbp;
-        if (is_frame_pointer(c, rbp, a))
-            return 1;
-        for (uint64_t b = a; b > sp; b -= 8) {
-            uint64_t v;
-            memcpy(&v, c->stack + (b - 8 - c->sp), sizeof(v));
-            if (is_frame_pointer(c, v, a)) {
-                *bp = v;
-                break;
-            }
+    size_t from = (size_t)(sp - c->sp);
+    size_t to = c->len - from > JIT_SCAN_BYTES ? from + JIT_SCAN_BYTES : c->len;
+    size_t at = to; /* the first return address into compiled code; `to`: none */
+    for (size_t o = from; o + 8 <= to; o += 8)
+        if (after_indirect_call(c, copy_word(c, o))) {
+            at = o;
+            break;
         }
-        return 1;
+    /* a frame-pointer frame of its own, below that return address */
+    if (rbp >= sp && !(rbp & 7) && rbp - c->sp < at && rbp - c->sp + 16 <= c->len) {
+        size_t ro = (size_t)(rbp - c->sp);
+        uint64_t saved = copy_word(c, ro), r2 = copy_word(c, ro + 8);
+        int jit = r2 >= 4096 && r2 < ((uint64_t)1 << 47) && !tb_symtab_module(c->u->st, r2);
+        if ((saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_indirect_call(c, r2))) {
+            *ret = r2;
+            *caller_sp = rbp + 16;
+            *bp = saved;
+            return 1;
+        }
     }
-    return 0;
+    if (at == to)
+        return 0;
+    *ret = copy_word(c, at);
+    *caller_sp = c->sp + at + 8;
+    *bp = rbp;
+    if (is_frame_pointer(c, rbp, at))
+        return 1;
+    for (size_t b = at; b > from; b -= 8) {
+        uint64_t v = copy_word(c, b - 8);
+        if (is_frame_pointer(c, v, at)) {
+            *bp = v;
+            break;
+        }
+    }
+    return 1;
 }
 
 /* Restart the DWARF walk at a caller found by hand (over a Python
@@ -756,8 +781,8 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
-            in_object = 1;
-            after_signal = is_sigreturn(&c, ret, 1);
+            in_object = tb_symtab_module(u->st, ret) != NULL;
+            after_signal = in_object && is_sigreturn(&c, ret, 1);
             continue;
         }
         int r = lu.step(&cur);

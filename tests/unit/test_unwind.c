@@ -361,13 +361,28 @@ __attribute__((noinline, optimize("omit-frame-pointer"))) static void jit_outer_
 }
 
 /* The generated function: NULL where executable memory is refused. */
-static void *make_jit_code(void)
+/* The generated code, in one page: the kernel at JIT_KERNEL; a pair of
+ * frame-pointer functions at JIT_FP_A (calls *%rsi, with %rdi passed on)
+ * and JIT_FP_B (calls *%rdi), as V8's and the JVM interpreter's frames
+ * keep the chain. NULL where executable memory is refused. */
+#define JIT_KERNEL 0
+#define JIT_FP_A 256
+#define JIT_FP_B 320
+static unsigned char *make_jit_code(void)
 {
-    unsigned char code[128];
+    unsigned char code[512] = {0};
     size_t n = 0;
-    static const unsigned char pro[] = {0x56,                                                       /* push %rsi */
-                                        0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57, /* push rbx..r15 */
-                                        0x48, 0x81, 0xec, 0x80, 0x00, 0x00, 0x00};                  /* sub $0x80,%rsp */
+    static const unsigned char pro[] = {
+        0x56,                                                       /* push %rsi */
+        0x53, 0x55, 0x41, 0x54, 0x41, 0x55, 0x41, 0x56, 0x41, 0x57, /* push rbx..r15 */
+        0x48, 0x81, 0xec, 0x80, 0x00, 0x00, 0x00,                   /* sub $0x80,%rsp */
+        0x49, 0x89, 0xe0,                                           /* mov %rsp,%r8 */
+        0x31, 0xc0,                                                 /* xor %eax,%eax */
+        0xb9, 0x10, 0x00, 0x00, 0x00,                               /* mov $16,%ecx */
+        0x49, 0x89, 0x00,                                           /* 1: mov %rax,(%r8) (no stale words) */
+        0x49, 0x83, 0xc0, 0x08,                                     /* add $8,%r8 */
+        0xff, 0xc9,                                                 /* dec %ecx */
+        0x75, 0xf5};                                                /* jnz 1b */
     memcpy(code + n, pro, sizeof(pro));
     n += sizeof(pro);
     uint64_t decoys[2] = {(uint64_t)(uintptr_t)jit_decoy_after_call, (uint64_t)(uintptr_t)jit_decoy_fn};
@@ -390,11 +405,19 @@ static void *make_jit_code(void)
         0x5e, 0xc3};                                                /* pop %rsi; ret */
     memcpy(code + n, body, sizeof(body));
     n += sizeof(body);
+    static const unsigned char fp_a[] = {0x55, 0x48, 0x89, 0xe5, /* push %rbp; mov %rsp,%rbp */
+                                         0xff, 0xd6,             /* call *%rsi */
+                                         0x5d, 0xc3};            /* pop %rbp; ret */
+    static const unsigned char fp_b[] = {0x55, 0x48, 0x89, 0xe5, 0xff, 0xd7, 0x5d, 0xc3}; /* ... call *%rdi ... */
+    if (n > JIT_FP_A)
+        return NULL;
+    memcpy(code + JIT_FP_A, fp_a, sizeof(fp_a));
+    memcpy(code + JIT_FP_B, fp_b, sizeof(fp_b));
     long page = sysconf(_SC_PAGESIZE);
     unsigned char *mem = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
         return NULL;
-    memcpy(mem, code, n);
+    memcpy(mem, code, sizeof(code));
     if (mprotect(mem, (size_t)page, PROT_READ | PROT_EXEC) != 0) {
         munmap(mem, (size_t)page);
         return NULL;
@@ -402,37 +425,95 @@ static void *make_jit_code(void)
     return mem;
 }
 
+static void (*volatile jit_fp_a)(void (*)(void), void *);
+static uint64_t ret_icall; /* a return address right after an indirect call (into jit_outer) */
+/* compiled code calling a frame-pointer JIT function that calls another */
+__attribute__((noinline)) static void jit_fp_outer(void *b)
+{
+    jit_fp_a(jit_cb, b);
+    depth_sink += 9;
+}
+
 /* A sample taken in compiled code that JIT code called: the walk goes on
  * past the JIT frame to its caller, whether that keeps a frame pointer or
  * not; before, it ended at the JIT frame. */
 __attribute__((noinline)) static void check_jit_frame(tb_unwinder *u, tb_symtab *st)
 {
-    void *mem = make_jit_code();
+    unsigned char *mem = make_jit_code();
     if (!mem) {
         printf("# skip: executable memory refused here\n");
         return;
     }
-    *(void **)&jit_code = mem;
-    for (int fp = 1; fp >= 0; fp--) {
-        if (fp)
+    *(void **)&jit_code = mem + JIT_KERNEL;
+    *(void **)&jit_fp_a = mem + JIT_FP_A;
+    uint64_t lo = (uint64_t)(uintptr_t)mem;
+    for (int pass = 0; pass < 3; pass++) {
+        static const char *const tags[] = {"jit ", "jit nofp ", "jit fp chain "};
+        if (pass == 0)
             jit_outer();
-        else
+        else if (pass == 1)
             jit_outer_nofp();
+        else
+            jit_fp_outer(mem + JIT_FP_B);
         uint64_t ips[64];
         const char *names[64];
         int failed = -1;
-        int n = unwind_named(u, st, fp ? "jit " : "jit nofp ", ips, names, &failed);
-        CHECKF(n >= 6, "only %d frames", n);
-        if (n >= 6) {
+        int n = unwind_named(u, st, tags[pass], ips, names, &failed);
+        int k = 2; /* the first frame above the JIT ones */
+        CHECK(n > 2 && ips[2] - 1 >= lo + JIT_KERNEL + (pass == 2 ? JIT_FP_B : 0) && ips[2] - 1 < lo + 4096);
+        if (pass == 2) { /* both frames of the chain: B's, then A's */
+            CHECK(n > 3 && ips[2] - 1 >= lo + JIT_FP_B && ips[2] - 1 < lo + JIT_FP_B + 8);
+            CHECK(n > 3 && ips[3] - 1 >= lo + JIT_FP_A && ips[3] - 1 < lo + JIT_FP_A + 8);
+            k = 3;
+        }
+        CHECKF(n >= k + 4, "only %d frames", n);
+        if (n >= k + 4) {
             CHECK_STR(names[1], "jit_cb");
-            CHECK(ips[2] - 1 >= (uint64_t)(uintptr_t)mem && ips[2] - 1 < (uint64_t)(uintptr_t)mem + 4096);
-            CHECK_STR(names[3], fp ? "jit_outer" : "jit_outer_nofp");
-            CHECK_STR(names[4], "check_jit_frame");
-            CHECK_STR(names[5], "main");
+            CHECK_STR(names[k + 1], pass == 0 ? "jit_outer" : pass == 1 ? "jit_outer_nofp" : "jit_fp_outer");
+            CHECK_STR(names[k + 2], "check_jit_frame");
+            CHECK_STR(names[k + 3], "main");
         }
         CHECK_EQ_I(failed, 0);
+        if (pass == 0 && n > 3)
+            ret_icall = ips[3];
     }
     munmap(mem, (size_t)sysconf(_SC_PAGESIZE));
+}
+
+/* A JIT frame's caller looked for at the edges of the copy and of the
+ * address space (a signal frame's saved sp can be anything): copies of 0
+ * to 64 bytes full of return addresses and frame-pointer-like words, sp
+ * and %rbp up to 2^64 - 8. No read outside the copy (ASan), a bounded walk. */
+static void check_jit_edges(tb_unwinder *u)
+{
+    static const uint64_t sps[] = {UINT64_MAX - 7, UINT64_MAX - 15, UINT64_MAX - 63, 4096, 0x7ff000000000ULL};
+    static const size_t lens[] = {0, 7, 8, 15, 16, 24, 63, 64};
+    static const int64_t bps[] = {0, 8, -8, 48, 56};
+    int bad = 0, walks = 0;
+    for (size_t i = 0; i < sizeof(sps) / sizeof(sps[0]); i++)
+        for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++)
+            for (int b = 0; b < 5; b++)
+                for (int rets = 0; rets < 2; rets++) {
+                    uint64_t sp = sps[i], r[TB_UREG_COUNT] = {0};
+                    unsigned char *copy = malloc(lens[j] ? lens[j] : 1); /* exactly the copy: ASan sees past it */
+                    if (!copy)
+                        continue;
+                    for (size_t o = 0; o < lens[j]; o++) {
+                        /* return addresses (or not) and frame-pointer-like words */
+                        uint64_t w = rets && (o / 8) % 2 ? ret_icall : sp + (o & ~(size_t)7) + 16;
+                        copy[o] = (unsigned char)(w >> (8 * (o % 8)));
+                    }
+                    r[TB_UREG_IP] = 0x1000; /* in no object: a JIT frame */
+                    r[TB_UREG_SP] = sp;
+                    r[TB_UREG_BP] = b == 4 ? UINT64_MAX - 7 : sp + (uint64_t)bps[b];
+                    uint64_t ips[64];
+                    int failed = 0;
+                    int n = tb_unwind(u, r, copy, lens[j], ips, 64, &failed);
+                    bad += n < 1 || n > 64;
+                    walks++;
+                    free(copy);
+                }
+    CHECKF(bad == 0, "%d of %d walks out of bounds", bad, walks);
 }
 
 int main(void)
@@ -488,6 +569,7 @@ int main(void)
 
     check_interrupted_first_insn(u, st);
     check_jit_frame(u, st);
+    check_jit_edges(u);
 
     /* a copy too short for the chain: fewer frames, flagged as cut (the
      * walk read the stack above the copy: the sampler gives such a thread
