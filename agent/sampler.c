@@ -853,7 +853,12 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     if (c->mode == TB_CPU_STACKCOPY) {
         c->unw = tb_unwinder_new(c->sym);
         if (!c->unw) {
+#if defined(__x86_64__)
             tb_warn_once("cpu sampling: %s; using frame-pointer stacks", tb_unwinder_why());
+#else
+            /* (by design here, not a failure to warn of at every capture) */
+            tb_info("cpu sampling: %s; using frame-pointer stacks", tb_unwinder_why());
+#endif
             c->mode = TB_CPU_FP;
         }
     }

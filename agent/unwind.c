@@ -832,7 +832,14 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
 
 #else /* !TBPROF_HAVE_UNWIND */
 
-const char *tb_unwinder_why(void) { return "built without libunwind"; }
+const char *tb_unwinder_why(void)
+{
+#if defined(__x86_64__)
+    return "built without libunwind";
+#else
+    return "stack copies are unwound on x86-64 only";
+#endif
+}
 tb_unwinder *tb_unwinder_new(tb_symtab *st)
 {
     (void)st;

@@ -6,7 +6,9 @@
 #   3. TSan build: the same;
 #   4. clang build with ASan+UBSan (which checks more than gcc's) and
 #      libFuzzer: the unit tests, and a fixed-seed pass of each
-#      coverage-guided target over its seeds (tests/fuzz/lf_*.c).
+#      coverage-guided target over its seeds (tests/fuzz/lf_*.c);
+#   5. aarch64 cross build (Grace Hopper hosts), warnings as errors, and its
+#      portable unit tests under qemu-user.
 # TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,8 +45,14 @@ if [ "${TBPROF_QUICK:-0}" != 1 ]; then
   else
     echo "=== clang-fuzz: SETUP FAILED"; fail=$((fail+1)); failed+=("clang-fuzz:setup")
   fi
+  if bash "$root/tools/setup.sh" cross; then
+    SUITE_CMAKE=(-DCMAKE_TOOLCHAIN_FILE="$root/tools/aarch64-linux-gnu.cmake" -DTBPROF_WERROR=ON)
+    run_suite aarch64 "$root/build-aarch64" -L portable
+  else
+    echo "=== aarch64: SETUP FAILED"; fail=$((fail+1)); failed+=("aarch64:setup")
+  fi
 fi
-want=4; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
+want=5; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
 if ((suites != want)); then echo "ran $suites of $want suites"; fail=$((fail+1)); failed+=("suites"); fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"

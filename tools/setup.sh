@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing tbprof needs (Debian/Ubuntu packages).
 # `setup.sh fuzz` also installs clang with its libFuzzer runtime (the
-# clang-fuzz suite of tests/run.sh). Idempotent: does nothing when everything
+# clang-fuzz suite of tests/run.sh); `setup.sh cross` the aarch64 cross
+# compiler and qemu-user (its aarch64 suite). Idempotent: does nothing when everything
 # is present. Needs root or sudo.
 set -euo pipefail
 # (libc6-dbg: libc's detached symbols, found by build ID: its internal
@@ -9,6 +10,13 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config zlib1g-dev protobuf-c-compiler libprotobuf-c-dev
       libunwind-dev liblzma-dev protobuf-compiler python3 python3-protobuf libc6-dbg)
 fuzz=0; [ "${1:-}" = fuzz ] && { fuzz=1; pkgs+=(clang); }
+# `setup.sh cross`: the aarch64 cross build of tests/run.sh (Debian's cross
+# compiler, the arm64 libraries it links, qemu-user to run its tests)
+cross=0
+if [ "${1:-}" = cross ]; then
+  cross=1
+  pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user libprotobuf-c-dev:arm64 zlib1g-dev:arm64)
+fi
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 updated=0
 install() {
@@ -16,6 +24,10 @@ install() {
   ((updated)) || { $SUDO apt-get update -qq; updated=1; }
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+if ((cross)) && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $SUDO dpkg --add-architecture arm64
+  updated=0 # (the arm64 package lists are fetched by the install's update)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

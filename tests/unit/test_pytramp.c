@@ -403,6 +403,7 @@ static void reset(void)
     unlink(map_file);
 }
 
+#if defined(__x86_64__) /* tbprof's own trampoline: x86-64 only */
 /* CPython 3.<minor> (10 or 11), with what tbprof's own trampoline needs */
 static void reset_old(int minor)
 {
@@ -444,6 +445,7 @@ static void *deep_calls(void *arg)
     fframe *f = arg;
     return ((evalfn)cur_eval)(NULL, f, 0);
 }
+#endif
 
 static const char *describe(void)
 {
