@@ -216,8 +216,8 @@ static int load_libunwind(void)
 /* What a frame's ip was found to be, kept per ip: the signal trampoline a
  * handler returns to (is_sigreturn, asked of every frame), a return address
  * inside a Python perf trampoline (in_py_trampoline, asked of JIT memory),
- * a return address right after an indirect call (after_indirect_call, asked
- * of the words above a JIT frame).
+ * a return address right after an indirect or a direct call (after_call,
+ * asked of the words above a JIT frame).
  * Each answer costs a read of the code there, a system call where the
  * chunk is not cached, and a job as big as PyTorch spreads its frames over
  * more code than the image cache holds. Code in a loaded object does not
@@ -225,7 +225,7 @@ static int load_libunwind(void)
  * trampoline while the process runs. Emptied when half full and when the
  * mapped objects change. */
 #define IP_CACHE 8192 /* 128 KiB, during a capture */
-enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8, IP_ICALL_KNOWN = 16, IP_ICALL = 32 };
+enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8, IP_CALL_KNOWN = 16, IP_ICALL = 32, IP_DCALL = 64 };
 typedef struct ip_slot {
     uint64_t ip; /* 0: empty */
     int flags;   /* IP_* */
@@ -624,20 +624,21 @@ static int is_indirect_call_end(const unsigned char *b, size_t nb)
     return 0;
 }
 
-/* Is w a return address in a loaded object's code, right after an
- * indirect call? Kept per address, like the other answers about code. */
-static int after_indirect_call(sample_ctx *c, uint64_t w)
+/* Is w a return address in a loaded object's code, right after a call:
+ * an indirect one (IP_ICALL), or, where direct_ok, a direct one (`call
+ * rel32`, IP_DCALL)? Kept per address, like the other answers about code. */
+static int after_call(sample_ctx *c, uint64_t w, int direct_ok)
 {
     if (w < 8 || !in_code(c->u, w - 8, 8))
         return 0;
     ip_slot *sl = ip_slot_of(c->u, w);
-    if (!(sl->flags & IP_ICALL_KNOWN)) {
+    if (!(sl->flags & IP_CALL_KNOWN)) {
         unsigned char b[8];
         if (read_image(c->u, w - 8, b, sizeof(b)) < 0)
             return 0; /* (not kept: unmapped now, perhaps not at the next sample) */
-        sl->flags |= IP_ICALL_KNOWN | (is_indirect_call_end(b, sizeof(b)) ? IP_ICALL : 0);
+        sl->flags |= IP_CALL_KNOWN | (is_indirect_call_end(b, sizeof(b)) ? IP_ICALL : 0) | (b[3] == 0xe8 ? IP_DCALL : 0);
     }
-    return !!(sl->flags & IP_ICALL);
+    return !!(sl->flags & (direct_ok ? IP_ICALL | IP_DCALL : IP_ICALL));
 }
 
 /* JIT code (a frame in no loaded object: oneDNN's kernels, XLA's CPU code,
@@ -658,11 +659,13 @@ static int after_indirect_call(sample_ctx *c, uint64_t w)
  *   reaches generated code through a pointer). The caller's %rbp matters
  *   where it, or a caller of it, keeps frame pointers; generated code often
  *   uses %rbp as a plain register, having pushed the caller's first. So
- *   where %rbp is not a frame pointer above that return address, the
- *   nearest word below it that is one is taken for the caller's saved %rbp.
+ *   %rbp and the words between sp and that return address that can be a
+ *   frame pointer above it are candidates (is_frame_pointer); where there
+ *   are several, a short trial walk from each decides.
  *
  * 1 with the caller's return address, its sp and its %rbp. */
 #define JIT_SCAN_BYTES 4096 /* past a kernel's saved registers and locals (oneDNN's: a few hundred bytes) */
+#define JIT_BP_CANDIDATES 4
 
 static uint64_t copy_word(const sample_ctx *c, size_t off)
 {
@@ -671,16 +674,60 @@ static uint64_t copy_word(const sample_ctx *c, size_t off)
     return w;
 }
 
-/* Is v the frame pointer of a frame above the return address at copy
- * offset ret_off: in the copy, above it, its saved %rbp higher still (or
- * 0), and the word above it a return address into code? */
+/* Could v be the frame pointer of a frame above the return address at copy
+ * offset ret_off: in the copy, above it, and a frame record there (a saved
+ * %rbp higher up, then a return address right after a call)? A saved %rbp
+ * of 0 (the outermost frame's) is not taken: a pointer into a frame's
+ * zeroed locals (ASan keeps one in a register) met a stale return address
+ * above it that way. */
 static int is_frame_pointer(sample_ctx *c, uint64_t v, size_t ret_off)
 {
     if (v < c->sp || (v & 7) || c->len < 16 || v - c->sp > c->len - 16 || v - c->sp <= ret_off)
         return 0;
     size_t vo = (size_t)(v - c->sp);
-    uint64_t saved = copy_word(c, vo), w = copy_word(c, vo + 8);
-    return (saved == 0 || saved > v) && w > 0 && in_code(c->u, w - 1, 1);
+    uint64_t saved = copy_word(c, vo);
+    return saved > v && !(saved & 7) && after_call(c, copy_word(c, vo + 8), 1);
+}
+
+/* The callee-saved registers as the frames the cursor stepped over left
+ * them, into regs (the others stay) */
+static void keep_callee_saved(unw_cursor_t *cur, uint64_t *regs)
+{
+    static const struct {
+        int unw, ours;
+    } keep[] = {{UNW_X86_64_RBX, TB_UREG_BX}, {UNW_X86_64_RBP, TB_UREG_BP}, {UNW_X86_64_R12, TB_UREG_R12},
+                {UNW_X86_64_R13, TB_UREG_R13}, {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
+    unw_word_t v = 0;
+    for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
+        if (lu.get_reg(cur, keep[k].unw, &v) == 0)
+            regs[keep[k].ours] = v;
+}
+
+/* How well a walk goes on from a caller at (sp, ip) with %rbp = bp, the
+ * other registers as in regs: 16 when it reaches the outermost frame within
+ * 8 steps, else the steps that gave a return address right after a call. */
+#define TRIAL_STEPS 8
+static int trial_walk(sample_ctx *c, const uint64_t *regs, uint64_t sp, uint64_t ip, uint64_t bp)
+{
+    uint64_t r[TB_UREG_COUNT];
+    memcpy(r, regs, sizeof(r));
+    r[TB_UREG_SP] = sp;
+    r[TB_UREG_IP] = ip;
+    r[TB_UREG_BP] = bp;
+    sample_ctx t = *c;
+    t.regs = r;
+    unw_cursor_t cur;
+    if (lu.init_remote(&cur, c->u->as, &t) < 0)
+        return 0;
+    for (int d = 0; d < TRIAL_STEPS; d++) {
+        unw_word_t next = 0;
+        int st = lu.step(&cur);
+        if (st == 0)
+            return 2 * TRIAL_STEPS;
+        if (st < 0 || lu.get_reg(&cur, UNW_REG_IP, &next) < 0 || !after_call(&t, next, 1))
+            return d;
+    }
+    return TRIAL_STEPS;
 }
 
 static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t *caller_sp, uint64_t *bp)
@@ -694,7 +741,7 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
     size_t to = c->len - from > JIT_SCAN_BYTES ? from + JIT_SCAN_BYTES : c->len;
     size_t at = to; /* the first return address into compiled code; `to`: none */
     for (size_t o = from; o + 8 <= to; o += 8)
-        if (after_indirect_call(c, copy_word(c, o))) {
+        if (after_call(c, copy_word(c, o), 0)) {
             at = o;
             break;
         }
@@ -703,7 +750,7 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
         size_t ro = (size_t)(rbp - c->sp);
         uint64_t saved = copy_word(c, ro), r2 = copy_word(c, ro + 8);
         int jit = r2 >= 4096 && r2 < ((uint64_t)1 << 47) && !tb_symtab_module(c->u->st, r2);
-        if ((saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_indirect_call(c, r2))) {
+        if ((saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_call(c, r2, 0))) {
             *ret = r2;
             *caller_sp = rbp + 16;
             *bp = saved;
@@ -714,14 +761,34 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
         return 0;
     *ret = copy_word(c, at);
     *caller_sp = c->sp + at + 8;
-    *bp = rbp;
+    /* %rbp, and the words that could be the frame pointer it saved: a
+     * register holding a pointer into a frame's locals can meet a stale
+     * frame record there, so where more than one could be, the one whose
+     * walk goes furthest (up to the outermost frame) is taken */
+    uint64_t cand[JIT_BP_CANDIDATES];
+    int ncand = 0;
     if (is_frame_pointer(c, rbp, at))
-        return 1;
-    for (size_t b = at; b > from; b -= 8) {
+        cand[ncand++] = rbp;
+    for (size_t b = at; b > from && ncand < JIT_BP_CANDIDATES; b -= 8) {
         uint64_t v = copy_word(c, b - 8);
-        if (is_frame_pointer(c, v, at)) {
-            *bp = v;
-            break;
+        int seen = 0;
+        for (int k = 0; k < ncand; k++)
+            seen |= cand[k] == v;
+        if (!seen && is_frame_pointer(c, v, at))
+            cand[ncand++] = v;
+    }
+    *bp = ncand ? cand[0] : rbp;
+    if (ncand > 1) {
+        uint64_t r[TB_UREG_COUNT];
+        memcpy(r, c->regs, sizeof(r));
+        keep_callee_saved(cur, r);
+        int best = -1;
+        for (int k = 0; k < ncand; k++) {
+            int d = trial_walk(c, r, *caller_sp, *ret, cand[k]);
+            if (d > best) {
+                best = d;
+                *bp = cand[k];
+            }
         }
     }
     return 1;
@@ -733,14 +800,7 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
 static int restart_at(unw_cursor_t *cur, sample_ctx *c, uint64_t *regs, uint64_t sp, uint64_t ret,
                       const uint64_t *bp)
 {
-    static const struct {
-        int unw, ours;
-    } keep[] = {{UNW_X86_64_RBX, TB_UREG_BX}, {UNW_X86_64_RBP, TB_UREG_BP}, {UNW_X86_64_R12, TB_UREG_R12},
-                {UNW_X86_64_R13, TB_UREG_R13}, {UNW_X86_64_R14, TB_UREG_R14}, {UNW_X86_64_R15, TB_UREG_R15}};
-    unw_word_t v = 0;
-    for (size_t k = 0; k < sizeof(keep) / sizeof(keep[0]); k++)
-        if (lu.get_reg(cur, keep[k].unw, &v) == 0)
-            regs[keep[k].ours] = v;
+    keep_callee_saved(cur, regs);
     if (bp)
         regs[TB_UREG_BP] = *bp;
     regs[TB_UREG_SP] = sp;
