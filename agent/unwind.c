@@ -267,6 +267,7 @@ typedef struct sample_ctx {
     uint64_t sp;
     size_t len;
     int past_copy; /* a read above the copy, in what may be the rest of the stack */
+    int noinfo;    /* a frame was looked up and had no unwind info */
 } sample_ctx;
 
 /* len bytes of a loaded object's image at addr, which the caller has found
@@ -302,8 +303,8 @@ static void img_clear(tb_unwinder *u)
     u->nimg = 0;
 }
 
-static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
-                             void *arg)
+static int find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
+                          void *arg)
 {
     sample_ctx *c = arg;
     const tb_module *m = tb_symtab_module(c->u->st, ip);
@@ -331,6 +332,15 @@ static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t
     di.u.rti.table_data = m->eh_frame_hdr + 12;
     di.u.rti.table_len = (unw_word_t)fde_count * 8 / sizeof(unw_word_t);
     return lu.search_table(as, ip, &di, pi, need_unwind_info, arg);
+}
+
+static int eh_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *pi, int need_unwind_info,
+                             void *arg)
+{
+    int r = find_proc_info(as, ip, pi, need_unwind_info, arg);
+    if (r == -UNW_ENOINFO)
+        ((sample_ctx *)arg)->noinfo = 1; /* (what a step that then ends means: trial_walk) */
+    return r;
 }
 
 /* libunwind frees the table-format unwind info it asked for itself. */
@@ -721,9 +731,10 @@ static int trial_walk(sample_ctx *c, const uint64_t *regs, uint64_t sp, uint64_t
         return 0;
     for (int d = 0; d < TRIAL_STEPS; d++) {
         unw_word_t next = 0;
+        t.noinfo = 0;
         int st = lu.step(&cur);
-        if (st == 0)
-            return 2 * TRIAL_STEPS;
+        if (st == 0) /* the outermost frame; or, where the frame had no unwind info, a guess gone wrong */
+            return t.noinfo ? d : 2 * TRIAL_STEPS;
         if (st < 0 || lu.get_reg(&cur, UNW_REG_IP, &next) < 0 || !after_call(&t, next, 1))
             return d;
     }
@@ -739,26 +750,36 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
         return 0;
     size_t from = (size_t)(sp - c->sp);
     size_t to = c->len - from > JIT_SCAN_BYTES ? from + JIT_SCAN_BYTES : c->len;
-    size_t at = to; /* the first return address into compiled code; `to`: none */
-    for (size_t o = from; o + 8 <= to; o += 8)
-        if (after_call(c, copy_word(c, o), 0)) {
-            at = o;
-            break;
-        }
-    /* a frame-pointer frame of its own, below that return address */
-    if (rbp >= sp && !(rbp & 7) && rbp - c->sp < at && rbp - c->sp + 16 <= c->len) {
+    /* a frame-pointer frame of its own, below the first return address into
+     * compiled code: only the words up to %rbp are looked at for that, so a
+     * long chain of such frames costs each of them its own size */
+    if (rbp >= sp && !(rbp & 7) && rbp - c->sp < to && rbp - c->sp + 16 <= c->len) {
         size_t ro = (size_t)(rbp - c->sp);
+        int below = 1;
+        for (size_t o = from; o <= ro && below; o += 8)
+            below = !after_call(c, copy_word(c, o), 0);
         uint64_t saved = copy_word(c, ro), r2 = copy_word(c, ro + 8);
-        int jit = r2 >= 4096 && r2 < ((uint64_t)1 << 47) && !tb_symtab_module(c->u->st, r2);
-        if ((saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_call(c, r2, 0))) {
+        /* (a JIT address: outside every object, not small, not on the stack) */
+        int jit = r2 >= 0x10000 && r2 < ((uint64_t)1 << 47) && (r2 < c->sp || r2 - c->sp >= c->len) &&
+                  !tb_symtab_module(c->u->st, r2);
+        if (below && (saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_call(c, r2, 0))) {
             *ret = r2;
             *caller_sp = rbp + 16;
             *bp = saved;
             return 1;
         }
     }
-    if (at == to)
+    size_t at = to; /* the first return address into compiled code; `to`: none */
+    for (size_t o = from; o + 8 <= to; o += 8)
+        if (after_call(c, copy_word(c, o), 0)) {
+            at = o;
+            break;
+        }
+    if (at == to) {
+        if (to == c->len && to - from < JIT_SCAN_BYTES)
+            c->past_copy = 1; /* (the copy ended first: a bigger one may hold it) */
         return 0;
+    }
     *ret = copy_word(c, at);
     *caller_sp = c->sp + at + 8;
     /* %rbp, and the words that could be the frame pointer it saved: a
@@ -816,7 +837,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
         return 0;
     uint64_t regs[TB_UREG_COUNT];
     memcpy(regs, regs_in, sizeof(regs));
-    sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len, 0};
+    sample_ctx c = {u, regs, stack, regs[TB_UREG_SP], stack_len, 0, 0};
     int n = 0;
     ips[n++] = regs[TB_UREG_IP];
     if (!u)
