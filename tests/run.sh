@@ -15,7 +15,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/tools/setup.sh" || { echo "setup failed"; exit 1; }
 jobs=$(nproc)
 pass=0; fail=0; failed=()
-suites=0
+suites=0 skipped=0
 run_suite() { # name build-dir ctest-args...
   local name=$1 dir=$2; shift 2
   suites=$((suites+1))
@@ -45,14 +45,21 @@ if [ "${TBPROF_QUICK:-0}" != 1 ]; then
   else
     echo "=== clang-fuzz: SETUP FAILED"; fail=$((fail+1)); failed+=("clang-fuzz:setup")
   fi
-  if bash "$root/tools/setup.sh" cross; then
+  bash "$root/tools/setup.sh" cross; rc=$?
+  if ((rc == 0)); then
+    # a folder configured without the toolchain keeps its compiler (CMake
+    # ignores a toolchain file given later): it would build for this machine
+    grep -q '^CMAKE_TOOLCHAIN_FILE:.*aarch64-linux-gnu.cmake' "$root/build-aarch64/CMakeCache.txt" 2>/dev/null ||
+      rm -rf "$root/build-aarch64"
     SUITE_CMAKE=(-DCMAKE_TOOLCHAIN_FILE="$root/tools/aarch64-linux-gnu.cmake" -DTBPROF_WERROR=ON)
     run_suite aarch64 "$root/build-aarch64" -L portable
+  elif ((rc == 3)); then
+    echo "=== aarch64: SKIPPED (setup.sh cross: Debian's arm64 archive only)"; skipped=$((skipped+1))
   else
     echo "=== aarch64: SETUP FAILED"; fail=$((fail+1)); failed+=("aarch64:setup")
   fi
 fi
-want=5; [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
+want=$((5 - skipped)); [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
 if ((suites != want)); then echo "ran $suites of $want suites"; fail=$((fail+1)); failed+=("suites"); fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
 echo "$pass passed, $fail failed"

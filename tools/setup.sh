@@ -15,7 +15,17 @@ fuzz=0; [ "${1:-}" = fuzz ] && { fuzz=1; pkgs+=(clang); }
 cross=0
 if [ "${1:-}" = cross ]; then
   cross=1
-  pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user libprotobuf-c-dev:arm64 zlib1g-dev:arm64)
+  # arm64 packages come from the same archive on Debian; Ubuntu serves them
+  # from ports.ubuntu.com, which needs sources of its own (exit 3: skipped)
+  os=$( . /etc/os-release 2>/dev/null && echo "${ID:-}")
+  if [ "$os" != debian ]; then
+    echo "tbprof setup: the aarch64 cross build installs Debian's arm64 packages; this is '${os:-unknown}'" >&2
+    exit 3
+  fi
+  # (libc6 and libstdc++6 of arm64: what qemu runs the tests with; the cross
+  # packages' own copies are for linking)
+  pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user libprotobuf-c-dev:arm64 zlib1g-dev:arm64
+         libc6:arm64 libstdc++6:arm64)
 fi
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 updated=0

@@ -1104,7 +1104,10 @@ int main(void)
     fake_buffers(fake_full, &h0, &r0);
     CHECK_EQ_I(rc, 0);
     CHECK(h0 > h1);
-    CHECKF(r0 - r1 == h0 - h1, "%llu of %llu buffers resident after a poll", r0 - r1, h0 - h1);
+    if (getenv("TBPROF_TEST_EMULATED")) /* qemu-user's mincore() does not see the guest's touches */
+        printf("# skip residency after a poll: emulated\n");
+    else
+        CHECKF(r0 - r1 == h0 - h1, "%llu of %llu buffers resident after a poll", r0 - r1, h0 - h1);
     CHECK_EQ_I(tb_gpu_last_stats().buffers_prefaulted, 2); /* PREFAULT_AHEAD, not the pool */
     if (s)
         check_full_translation(s, t0);
