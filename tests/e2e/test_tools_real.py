@@ -259,7 +259,13 @@ def check_while_waiting(tc, xplane, prep):
     # off CPU: 100 ms beside two busy loops on 2 cores), nearly all in
     # prep; asleep in wait_batch the rest
     tc.assertEqual(w["top"][0]["function"], prep)
-    tc.assertGreater(w["top"][0]["ns"], 0.9 * w["on_cpu_ns"])
+    # (code without frame pointers that prep calls, a sanitizer's runtime
+    # and the vDSO's clock_gettime, shows as functions of their own in fp
+    # stacks: TSan's interceptors took 12.5 of 190 ms once, leaving prep 89%)
+    runtime = sum(x["ns"] for x in w["top"] if x["function"].startswith(("__tsan", "__asan", "__ubsan",
+                                                                           "__sanitizer", "__interceptor",
+                                                                           "[linux-vdso")))
+    tc.assertGreater(w["top"][0]["ns"], 0.9 * (w["on_cpu_ns"] - runtime))
     tc.assertGreater(w["on_cpu_ns"], 0.1 * g["idle_cpu_ns"])
     tc.assertLess(w["on_cpu_ns"], 0.65 * g["idle_cpu_ns"])
     tc.assertGreater(w["off_cpu_ns"], 0.4 * g["idle_cpu_ns"])
