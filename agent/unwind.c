@@ -591,6 +591,15 @@ static int is_sigreturn(sample_ctx *c, uint64_t ip, int in_object)
     return !!(sl->flags & IP_SIG);
 }
 
+/* What tb_unwind asks of each frame's ip: whether it is in a loaded object
+ * (*in_object; one module lookup for both questions), and whether it is
+ * the signal trampoline a handler returns to (the value). */
+static int frame_facts(sample_ctx *c, uint64_t ip, int *in_object)
+{
+    *in_object = tb_symtab_module(c->u->st, ip) != NULL;
+    return is_sigreturn(c, ip, *in_object);
+}
+
 /* Is code at [addr, addr+len) in an executable segment of a loaded object? */
 static int in_code(tb_unwinder *u, uint64_t addr, size_t len)
 {
@@ -750,31 +759,31 @@ static int jit_caller(sample_ctx *c, unw_cursor_t *cur, uint64_t *ret, uint64_t 
         return 0;
     size_t from = (size_t)(sp - c->sp);
     size_t to = c->len - from > JIT_SCAN_BYTES ? from + JIT_SCAN_BYTES : c->len;
-    /* a frame-pointer frame of its own, below the first return address into
-     * compiled code: only the words up to %rbp are looked at for that, so a
-     * long chain of such frames costs each of them its own size */
-    if (rbp >= sp && !(rbp & 7) && rbp - c->sp < to && rbp - c->sp + 16 <= c->len) {
-        size_t ro = (size_t)(rbp - c->sp);
-        int below = 1;
-        for (size_t o = from; o <= ro && below; o += 8)
-            below = !after_call(c, copy_word(c, o), 0);
+    /* the first return address into compiled code (`to`: none), looked for
+     * up to %rbp first where %rbp could be a frame-pointer frame of the JIT's
+     * own below it: so a long chain of such frames costs each of them its
+     * own size, and the words looked at are not looked at again */
+    size_t at = to, o = from;
+    int fp = rbp >= sp && !(rbp & 7) && rbp - c->sp < to && rbp - c->sp + 16 <= c->len;
+    size_t ro = fp ? (size_t)(rbp - c->sp) : 0, first_stop = fp ? ro + 8 : to;
+    for (; at == to && o + 8 <= first_stop; o += 8)
+        if (after_call(c, copy_word(c, o), 0))
+            at = o;
+    if (fp && at == to) {
         uint64_t saved = copy_word(c, ro), r2 = copy_word(c, ro + 8);
         /* (a JIT address: outside every object, not small, not on the stack) */
         int jit = r2 >= 0x10000 && r2 < ((uint64_t)1 << 47) && (r2 < c->sp || r2 - c->sp >= c->len) &&
                   !tb_symtab_module(c->u->st, r2);
-        if (below && (saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_call(c, r2, 0))) {
+        if ((saved == 0 || (saved > rbp && !(saved & 7))) && (jit || after_call(c, r2, 0))) {
             *ret = r2;
             *caller_sp = rbp + 16;
             *bp = saved;
             return 1;
         }
     }
-    size_t at = to; /* the first return address into compiled code; `to`: none */
-    for (size_t o = from; o + 8 <= to; o += 8)
-        if (after_call(c, copy_word(c, o), 0)) {
+    for (; at == to && o + 8 <= to; o += 8)
+        if (after_call(c, copy_word(c, o), 0))
             at = o;
-            break;
-        }
     if (at == to) {
         if (to == c->len && to - from < JIT_SCAN_BYTES)
             c->past_copy = 1; /* (the copy ended first: a bigger one may hold it) */
@@ -843,10 +852,9 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
     if (!u)
         return n;
     unw_cursor_t cur;
-    /* (one module lookup for both questions, for each frame) */
-    int in_object = tb_symtab_module(u->st, regs[TB_UREG_IP]) != NULL;
+    int in_object;
     /* the frame last recorded is the signal trampoline a handler returns to */
-    int after_signal = is_sigreturn(&c, regs[TB_UREG_IP], in_object);
+    int after_signal = frame_facts(&c, regs[TB_UREG_IP], &in_object);
     in_unwind = 1;
     if (lu.init_remote(&cur, u->as, &c) < 0) {
         *failed = TB_UNWIND_FAILED;
@@ -862,8 +870,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
-            in_object = tb_symtab_module(u->st, ret) != NULL;
-            after_signal = in_object && is_sigreturn(&c, ret, 1);
+            after_signal = frame_facts(&c, ret, &in_object);
             continue;
         }
         int r = lu.step(&cur);
@@ -884,8 +891,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
          * looks up is the pc itself (at a function's first instruction,
          * pc - 1 is the function before it) */
         ips[n++] = after_signal ? ip + 1 : ip;
-        in_object = tb_symtab_module(u->st, ip) != NULL;
-        after_signal = is_sigreturn(&c, ip, in_object);
+        after_signal = frame_facts(&c, ip, &in_object);
         if (n < max && !after_signal && in_py_trampoline(u, ip, in_object)) {
             /* step over the trampoline by hand: its caller's return
              * address is at sp+8 and the caller's sp is sp+16; callee-saved
@@ -901,8 +907,7 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
-            in_object = tb_symtab_module(u->st, ret) != NULL;
-            after_signal = is_sigreturn(&c, ret, in_object);
+            after_signal = frame_facts(&c, ret, &in_object);
         }
     }
     in_unwind = 0;
