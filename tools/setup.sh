@@ -34,9 +34,9 @@ install() {
   ((updated)) || { $SUDO apt-get update -qq; updated=1; }
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+# (the arm64 package lists are then fetched by install's apt-get update)
 if ((cross)) && ! dpkg --print-foreign-architectures | grep -qx arm64; then
   $SUDO dpkg --add-architecture arm64
-  updated=0 # (the arm64 package lists are fetched by the install's update)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
