@@ -93,11 +93,12 @@ static void fd_slot_drop(cpu_thread *th)
     th->slot = -1;
 }
 
-/* When a thread's comm is read again after it was found: names are set just
- * after the thread starts (pthread_setname_np), which on a loaded machine
- * can be tens of ms after the rescan that found it, and a short-lived
- * thread may be gone before the capture stops (where every name is read
- * once more). Spread over a second, a handful of reads per thread. */
+/* When a thread's comm is read again after it was found. A rename made by a
+ * sampled thread (the thread itself, mostly, just after it starts) comes as
+ * a PERF_RECORD_COMM in that thread's ring; these reads catch one made by a
+ * thread not sampled (the agent's, one over the limits) before a
+ * short-lived thread is gone (every name is read once more at stop).
+ * Spread over a second, a handful of reads per thread. */
 static const int64_t NAME_READS_NS[] = {10000000, 30000000, 100000000, 300000000, 1000000000};
 #define NAME_READS ((int)(sizeof(NAME_READS_NS) / sizeof(NAME_READS_NS[0])))
 
@@ -299,6 +300,10 @@ static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_l
     a->clockid = CLOCK_MONOTONIC;
     a->watermark = 1;
     a->wakeup_watermark = (uint32_t)(data_len / 2); /* nobody waits: keep wakeups rare */
+    /* a PERF_RECORD_COMM in the ring of the thread that renames a thread
+     * (itself, mostly: pthread_setname_np just after it starts), so a
+     * thread that ends before its comm is read again keeps its last name */
+    a->comm = 1;
     if (c->mode == TB_CPU_FP) {
         a->sample_type |= PERF_SAMPLE_CALLCHAIN;
         a->exclude_callchain_kernel = 1;
@@ -457,6 +462,10 @@ static int open_thread(cpu_ctx *c, int tid)
         skip_thread(c, tid);
         return 0;
     }
+    /* its name now, and again once the event is open (renames after that
+     * come as records): a thread that ends before the second read keeps
+     * the first, not "thread <tid>" */
+    remember_comm(tid);
     cpu_thread t = {.tid = tid, .fd = -1, .seen = 1, .slot = -1};
     int r = open_event(c, tid, TB_CPU_STACK_BYTES, ring_pages(c, TB_CPU_STACK_BYTES, 0), 0, &t);
     if (r == 2 && !atomic_exchange(&warned_budget, 1))
@@ -571,6 +580,23 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
     add_sample(c, (int)pidtid[1], t, ips, n);
 }
 
+/* A thread's new name: PERF_RECORD_COMM is {header; u32 pid, tid; char
+ * comm[] NUL-padded to 8 bytes}. */
+static void handle_comm(const unsigned char *rec, size_t size)
+{
+    const size_t at = sizeof(struct perf_event_header) + 8;
+    if (size <= at)
+        return;
+    uint32_t tid;
+    memcpy(&tid, rec + sizeof(struct perf_event_header) + 4, 4);
+    char name[16];
+    size_t n = size - at < sizeof(name) - 1 ? size - at : sizeof(name) - 1;
+    memcpy(name, rec + at, n);
+    name[n] = '\0';
+    if (name[0])
+        tb_host_remember_name((pid_t)tid, name);
+}
+
 /* Drain one ring; returns 1 when it stopped because the time budget ran out. */
 static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
 {
@@ -601,6 +627,8 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
         }
         if (h.type == PERF_RECORD_SAMPLE) {
             handle_sample(c, th, rec, h.size);
+        } else if (h.type == PERF_RECORD_COMM) {
+            handle_comm(rec, h.size);
         } else if (h.type == PERF_RECORD_LOST && h.size >= sizeof(h) + 16) {
             uint64_t lost;
             memcpy(&lost, rec + sizeof(h) + 8, 8);
@@ -721,7 +749,12 @@ static int rescan(cpu_ctx *c, int *opened)
         if (th) {
             th->seen = 1;
             if (th->name_reads < NAME_READS && now - th->found_ns >= NAME_READS_NS[th->name_reads]) {
-                th->name_reads++; /* catch pthread_setname_np after the start */
+                /* a rename by a thread not sampled leaves no record; one
+                 * by this thread is drained first, or an older record
+                 * drained after this read would bring back its old name */
+                th->name_reads++;
+                if (th->fd >= 0)
+                    drain(c, th, 0);
                 remember_comm(tid);
             }
             continue;
@@ -957,9 +990,10 @@ static void cpu_stop(void *ctx)
         if (c->threads[i].fd >= 0)
             ioctl(c->threads[i].fd, PERF_EVENT_IOC_DISABLE, 0);
     for (size_t i = 0; i < c->nthreads; i++) {
-        if (c->threads[i].fd >= 0)
+        int open = c->threads[i].fd >= 0;
+        close_thread(c, &c->threads[i]); /* its last samples and renames drained */
+        if (open)
             remember_comm(c->threads[i].tid); /* the name it ends the capture with */
-        close_thread(c, &c->threads[i]);
     }
     c->nthreads = 0;
     c->active = 0;

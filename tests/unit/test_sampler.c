@@ -630,6 +630,74 @@ static void test_drain_takes_turns(void)
     tb_space_free(space);
 }
 
+/* Threads renamed after their sampler opened, which end before the
+ * capture stops and before their name is read again (10 ms after it was
+ * found; no poll here until they are gone): one renames itself, the other
+ * is renamed by the main thread. Their lines must carry the new names, not
+ * the ones read when the capture found them ("renamed_late" came out as
+ * the process's name under TSan, where threads start slowly). */
+static atomic_int rename_go;
+
+typedef struct {
+    atomic_int tid;
+    int self; /* renames itself, or is renamed by the main thread */
+} renamed;
+
+static void *renamed_thread(void *arg)
+{
+    renamed *r = arg;
+    atomic_store(&r->tid, (int)syscall(SYS_gettid));
+    while (!atomic_load(&rename_go))
+        sleep_ms(1);
+    if (r->self)
+        pthread_setname_np(pthread_self(), "self_renamed");
+    burn_a(40 * UNIT); /* sampled: a line of its own */
+    return NULL;
+}
+
+static void test_names_after_renames(void)
+{
+    pthread_t a, b;
+    renamed ra = {.self = 1}, rb = {.self = 0};
+    pthread_create(&a, NULL, renamed_thread, &ra);
+    pthread_create(&b, NULL, renamed_thread, &rb);
+    pthread_setname_np(a, "first_a");
+    pthread_setname_np(b, "first_b");
+    while (!atomic_load(&ra.tid) || !atomic_load(&rb.tid))
+        sleep_ms(1);
+    int64_t ta = atomic_load(&ra.tid), tb = atomic_load(&rb.tid);
+    tb_source *src = tb_cpu_source();
+    tb_clock_calibrate();
+    tb_capture_info info = {.begin_ns = tb_real_ns(), .buffer_bytes = 8u << 20, .cpu_hz = 1000,
+                            .cpu_mode = TB_CPU_FP};
+    const char *why = NULL;
+    int rc = src->start(src->ctx, &info, &why); /* both found, named first_* */
+    if (rc == 0)
+        pthread_setname_np(b, "main_renamed"); /* a record in the main thread's ring */
+    atomic_store(&rename_go, 1);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    if (rc < 0) {
+        printf("# skip renames: %s\n", why ? why : "?");
+        return;
+    }
+    src->poll(src->ctx); /* the rescan finds both gone */
+    src->stop(src->ctx);
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+    const char *na = NULL, *nb = NULL;
+    for (size_t i = 0; p && i < p->nlines; i++) {
+        if (p->lines[i]->id == ta)
+            na = p->lines[i]->name;
+        if (p->lines[i]->id == tb)
+            nb = p->lines[i]->name;
+    }
+    CHECKF(na && strcmp(na, "self_renamed") == 0, "thread renamed by itself: line named %s", na ? na : "(no line)");
+    CHECKF(nb && strcmp(nb, "main_renamed") == 0, "thread renamed by main: line named %s", nb ? nb : "(no line)");
+    tb_space_free(space);
+}
+
 int main(void)
 {
     tb_source *src = tb_cpu_source();
@@ -645,5 +713,6 @@ int main(void)
     test_emfile_midway();
     test_no_fds_free();
     test_drain_takes_turns();
+    test_names_after_renames();
     return tap_done();
 }
