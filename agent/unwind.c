@@ -225,7 +225,16 @@ static int load_libunwind(void)
  * trampoline while the process runs. Emptied when half full and when the
  * mapped objects change. */
 #define IP_CACHE 8192 /* 128 KiB, during a capture */
-enum { IP_SIG_KNOWN = 1, IP_SIG = 2, IP_TRAMP_KNOWN = 4, IP_TRAMP = 8, IP_CALL_KNOWN = 16, IP_ICALL = 32, IP_DCALL = 64 };
+enum {
+    IP_SIG_KNOWN = 1,
+    IP_SIG = 2,
+    IP_TRAMP_KNOWN = 4,
+    IP_TRAMP = 8,
+    IP_TRAMP_FP = 128, /* (with IP_TRAMP) the form that saves %rbp */
+    IP_CALL_KNOWN = 16,
+    IP_ICALL = 32,
+    IP_DCALL = 64
+};
 typedef struct ip_slot {
     uint64_t ip; /* 0: empty */
     int flags;   /* IP_* */
@@ -517,12 +526,20 @@ void tb_unwinder_flush(tb_unwinder *u)
     img_clear(u);
 }
 
-/* CPython 3.12+'s perf trampoline (a copy of _Py_trampoline_func_start per
- * Python function, in JIT memory with no unwind tables, no frame pointer):
+/* CPython's perf trampoline (a copy of _Py_trampoline_func_start per Python
+ * function, in JIT memory with no unwind tables), in two forms. 3.12 and
+ * 3.13 keep no frame pointer:
  *     sub $8,%rsp ; call *%rcx ; add $8,%rsp ; ret
- * A return address right after its call: bytes [ip-6, ip+5) are these. */
+ * (bytes [ip-6, ip+5) of a return address right after its call); from
+ * CPython's fix for frame-pointer unwinding (gh-136541: 3.14, and the 3.13
+ * releases after it) it keeps one:
+ *     push %rbp ; mov %rsp,%rbp ; call *%rcx ; pop %rbp ; ret
+ * (bytes [ip-6, ip+2)). Either way, after the call returns the caller's
+ * return address is at sp+8 and its sp is sp+16; the second form saved the
+ * caller's %rbp at sp. An endbr64 before either changes neither. */
 static const unsigned char py_trampoline[11] = {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1,
                                                 0x48, 0x83, 0xc4, 0x08, 0xc3};
+static const unsigned char py_trampoline_fp[8] = {0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1, 0x5d, 0xc3};
 
 /* ip's slot in the answer cache, made (with no answer yet) where it has none */
 static ip_slot *ip_slot_of(tb_unwinder *u, uint64_t ip)
@@ -542,10 +559,12 @@ static ip_slot *ip_slot_of(tb_unwinder *u, uint64_t ip)
     return &u->ips[h];
 }
 
-/* Is ip a return address inside a Python perf trampoline? JIT memory is in
- * no loaded object (in_object: ip is in one), so it is read with
+/* Is ip a return address inside a Python perf trampoline? 0: no; 1: the
+ * form without a frame pointer; 2: the one that saves %rbp. JIT memory is
+ * in no loaded object (in_object: ip is in one), so it is read with
  * process_vm_readv (fails cleanly on an unmapped address instead of
- * faulting). */
+ * faulting; the shorter form is read alone where the longer one's bytes
+ * run into an unmapped page). */
 static int in_py_trampoline(tb_unwinder *u, uint64_t ip, int in_object)
 {
     if (ip < 6 || in_object)
@@ -553,10 +572,15 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip, int in_object)
     ip_slot *sl = ip_slot_of(u, ip);
     if (!(sl->flags & IP_TRAMP_KNOWN)) {
         unsigned char buf[sizeof(py_trampoline)];
-        int yes = tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0;
-        sl->flags |= IP_TRAMP_KNOWN | (yes ? IP_TRAMP : 0);
+        int flags = 0;
+        if (tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0)
+            flags = IP_TRAMP;
+        else if (tb_self_read(buf, ip - 6, sizeof(py_trampoline_fp), 0) == 0 &&
+                 memcmp(buf, py_trampoline_fp, sizeof(py_trampoline_fp)) == 0)
+            flags = IP_TRAMP | IP_TRAMP_FP;
+        sl->flags |= IP_TRAMP_KNOWN | flags;
     }
-    return !!(sl->flags & IP_TRAMP);
+    return !(sl->flags & IP_TRAMP) ? 0 : sl->flags & IP_TRAMP_FP ? 2 : 1;
 }
 
 /* Is ip the signal trampoline a handler returns to (glibc's and musl's
@@ -892,18 +916,23 @@ int tb_unwind(tb_unwinder *u, const uint64_t *regs_in, const void *stack, size_t
          * pc - 1 is the function before it) */
         ips[n++] = after_signal ? ip + 1 : ip;
         after_signal = frame_facts(&c, ip, &in_object);
-        if (n < max && !after_signal && in_py_trampoline(u, ip, in_object)) {
+        int tramp = n < max && !after_signal ? in_py_trampoline(u, ip, in_object) : 0;
+        if (tramp) {
             /* step over the trampoline by hand: its caller's return
              * address is at sp+8 and the caller's sp is sp+16; callee-saved
-             * registers are as the frames below left them. */
-            if (lu.get_reg(&cur, UNW_REG_SP, &sp) < 0 || access_mem(u->as, sp + 8, &ret, 0, &c) < 0) {
+             * registers are as the frames below left them, but %rbp in the
+             * second form: the caller's is the one saved at sp (left at
+             * the trampoline's, the walk loses the caller's frame base or
+             * the value it keeps there, and ends a frame or two later) */
+            if (lu.get_reg(&cur, UNW_REG_SP, &sp) < 0 || access_mem(u->as, sp + 8, &ret, 0, &c) < 0 ||
+                (tramp == 2 && access_mem(u->as, sp, &bp, 0, &c) < 0)) {
                 *failed = TB_UNWIND_FAILED;
                 break;
             }
             if (ret == 0)
                 break;
             ips[n++] = ret;
-            if (restart_at(&cur, &c, regs, sp + 16, ret, NULL) < 0) {
+            if (restart_at(&cur, &c, regs, sp + 16, ret, tramp == 2 ? &bp : NULL) < 0) {
                 *failed = TB_UNWIND_FAILED;
                 break;
             }

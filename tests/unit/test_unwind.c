@@ -368,6 +368,13 @@ __attribute__((noinline, optimize("omit-frame-pointer"))) static void jit_outer_
 #define JIT_KERNEL 0
 #define JIT_FP_A 256
 #define JIT_FP_B 320
+#define JIT_TRAMP 384 /* CPython's perf trampolines: TRAMP_FORMS of them, 16 bytes apart */
+/* 3.12's; 3.14's (saves %rbp); 3.14's built with CET (endbr64 first) */
+static const unsigned char tramp_forms[][16] = {
+    {0x48, 0x83, 0xec, 0x08, 0xff, 0xd1, 0x48, 0x83, 0xc4, 0x08, 0xc3, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc},
+    {0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1, 0x5d, 0xc3, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc},
+    {0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0xff, 0xd1, 0x5d, 0xc3, 0xcc, 0xcc, 0xcc, 0xcc}};
+#define TRAMP_FORMS 3
 static unsigned char *make_jit_code(void)
 {
     unsigned char code[512] = {0};
@@ -413,6 +420,7 @@ static unsigned char *make_jit_code(void)
         return NULL;
     memcpy(code + JIT_FP_A, fp_a, sizeof(fp_a));
     memcpy(code + JIT_FP_B, fp_b, sizeof(fp_b));
+    memcpy(code + JIT_TRAMP, tramp_forms, sizeof(tramp_forms));
     long page = sysconf(_SC_PAGESIZE);
     unsigned char *mem = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
@@ -477,6 +485,63 @@ __attribute__((noinline)) static void check_jit_frame(tb_unwinder *u, tb_symtab 
         if (pass == 0 && n > 3)
             ret_icall = ips[3];
     }
+    munmap(mem, (size_t)sysconf(_SC_PAGESIZE));
+}
+
+/* CPython's perf trampoline between a Python function's caller and the
+ * evaluator: trampoline(tstate, frame, throwflag, evaluator) calls *%rcx.
+ * The walk steps over each form by hand (its return address is the
+ * Python frame's name), on to a caller with frame pointers, whose CFA is
+ * found from %rbp (the form that saves %rbp must give the caller's back),
+ * and to one without. */
+static void (*volatile tramp_code)(void *, void *, int, void (*)(void));
+__attribute__((noinline)) static void tramp_outer(void)
+{
+    tramp_code(NULL, NULL, 0, jit_cb);
+    depth_sink += 10;
+}
+__attribute__((noinline, optimize("omit-frame-pointer"))) static void tramp_outer_nofp(void)
+{
+    volatile char pad[40];
+    pad[0] = 2;
+    tramp_code(NULL, NULL, 0, jit_cb);
+    depth_sink += pad[0];
+}
+
+__attribute__((noinline)) static void check_py_trampolines(tb_unwinder *u, tb_symtab *st)
+{
+    unsigned char *mem = make_jit_code();
+    if (!mem) {
+        printf("# skip: executable memory refused here\n");
+        return;
+    }
+    for (int form = 0; form < TRAMP_FORMS; form++)
+        for (int fp = 1; fp >= 0; fp--) {
+            unsigned char *t = mem + JIT_TRAMP + 16 * form;
+            *(void **)&tramp_code = t;
+            if (fp)
+                tramp_outer();
+            else
+                tramp_outer_nofp();
+            uint64_t ips[64];
+            const char *names[64];
+            int failed = -1;
+            char tag[32];
+            snprintf(tag, sizeof(tag), "tramp %d%s ", form, fp ? "" : " nofp");
+            int n = unwind_named(u, st, tag, ips, names, &failed);
+            /* capture, jit_cb, the trampoline, its caller, check_py_trampolines, main */
+            CHECKF(n >= 6, "%sonly %d frames", tag, n);
+            if (n < 6)
+                continue;
+            uint64_t call_end = (uint64_t)(uintptr_t)t + (form == 0 ? 6 : form == 1 ? 6 : 10);
+            CHECKF(ips[2] == call_end, "%sframe 2 is %#llx, not the trampoline's return address %#llx", tag,
+                   (unsigned long long)ips[2], (unsigned long long)call_end);
+            CHECK_STR(names[1], "jit_cb");
+            CHECK_STR(names[3], fp ? "tramp_outer" : "tramp_outer_nofp");
+            CHECK_STR(names[4], "check_py_trampolines");
+            CHECK_STR(names[5], "main");
+            CHECK_EQ_I(failed, 0);
+        }
     munmap(mem, (size_t)sysconf(_SC_PAGESIZE));
 }
 
@@ -570,6 +635,7 @@ int main(void)
     check_interrupted_first_insn(u, st);
     check_jit_frame(u, st);
     check_jit_edges(u);
+    check_py_trampolines(u, st);
 
     /* a copy too short for the chain: fewer frames, flagged as cut (the
      * walk read the stack above the copy: the sampler gives such a thread
