@@ -914,6 +914,45 @@ void tb_pytramp_map_done(void)
         unlink_our_map();
 }
 
+int tb_pytramp_prologue_keeps_fp(const unsigned char *code, size_t n)
+{
+#if defined(__x86_64__)
+    static const unsigned char endbr64[4] = {0xf3, 0x0f, 0x1e, 0xfa};
+    size_t i = n >= 4 && memcmp(code, endbr64, 4) == 0 ? 4 : 0;
+    /* mov %rsp,%rbp: 48 89 e5, or 48 8b ec */
+    return n >= i + 4 && code[i] == 0x55 && code[i + 1] == 0x48 &&
+           ((code[i + 2] == 0x89 && code[i + 3] == 0xe5) || (code[i + 2] == 0x8b && code[i + 3] == 0xec));
+#elif defined(__aarch64__)
+    for (size_t i = 0; i + 4 <= n && i < 64; i += 4) {
+        uint32_t insn;
+        memcpy(&insn, code + i, 4);
+        if ((insn & 0xffc003ffu) == 0x910003fdu) /* add x29, sp, #imm12 (unshifted) */
+            return 1;
+    }
+    return 0;
+#else
+    (void)code;
+    (void)n;
+    return 0;
+#endif
+}
+
+int tb_pytramp_frame_pointers(void)
+{
+    pthread_mutex_lock(&lk);
+    if (!resolved)
+        resolved = resolve() ? 1 : -1;
+    int have = resolved > 0;
+    pthread_mutex_unlock(&lk);
+    if (!have)
+        return -1;
+    const void *efd = lookup("_PyEval_EvalFrameDefault");
+    unsigned char code[64];
+    /* (read as a copy: fails cleanly where the code is not readable) */
+    return efd && tb_self_read(code, (uint64_t)(uintptr_t)efd, sizeof(code), 1) == 0 &&
+           tb_pytramp_prologue_keeps_fp(code, sizeof(code));
+}
+
 int tb_pytramp_describe(char *out, size_t n)
 {
     pthread_mutex_lock(&lk);

@@ -55,6 +55,22 @@ void tb_pytramp_dying(void);
  * CPython >= 3.10 (nothing to say), else 1 with `out` filled. */
 int tb_pytramp_describe(char *out, size_t n);
 
+/* Whether the kernel's frame-pointer walk (TBPROF_CPU_MODE=fp) reaches the
+ * trampolines: 1 where the process has a CPython >= 3.10 whose evaluator
+ * (_PyEval_EvalFrameDefault) sets up a frame pointer, 0 where its does
+ * not, -1 where it has none. Such an
+ * interpreter was built with -fno-omit-frame-pointer (3.15's default under
+ * PEP 831; Fedora's builds) or for aarch64, where compilers keep frame
+ * records; each call through a trampoline then leaves its return address
+ * in the chain, named from the perf map like a stack copy's. Agent
+ * thread. */
+int tb_pytramp_frame_pointers(void);
+
+/* The test behind it, on a function's first n bytes: x86-64, `push %rbp;
+ * mov %rsp,%rbp` first (after an endbr64); aarch64, `add x29, sp, #imm`
+ * (`mov x29, sp`) among the first 16 instructions; 0 elsewhere. */
+int tb_pytramp_prologue_keeps_fp(const unsigned char *code, size_t n);
+
 /* In a fork()ed child, from the sampler's atfork handler (before any
  * Python code runs there): forget the parent's requests and CPython's
  * evaluator (the child's Python then turns a parent's trampoline off). */

@@ -930,11 +930,18 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
         return -err;
     }
     c->active = 1;
-    /* Python frames: only stack copies walk through the trampolines (they
-     * keep no frame pointer) */
-    if (c->mode == TB_CPU_STACKCOPY && info->py_trampoline) {
+    /* Python frames: stack copies are walked through the trampolines; the
+     * kernel's frame-pointer walk reaches them only where the interpreter
+     * keeps frame pointers (else the trampoline would cost each Python
+     * call for stacks that end in the interpreter all the same) */
+    int py_fp = info->py_trampoline && c->mode == TB_CPU_FP ? tb_pytramp_frame_pointers() : 1;
+    if (info->py_trampoline && py_fp > 0) {
         c->py_tramp = c->py_map = 1;
         tb_pytramp_request(1);
+    } else if (py_fp == 0) {
+        snprintf(c->py_desc, sizeof(c->py_desc),
+                 "off: this CPython keeps no frame pointers, so frame-pointer stacks end in its own frames "
+                 "(dwarf stacks name Python frames)");
     }
     return 0;
 }

@@ -31,6 +31,7 @@
 #include "cmd.h"
 #include "config.h"
 #include "host.h"
+#include "pytramp.h"
 #include "readprof.h"
 #include "sampler.h"
 #include "stats.h"
@@ -160,36 +161,63 @@ static const char *py_trampoline_only(const char *name, void *ud)
 
 /* Whether a job of python3 on PATH gets its Python functions named in the
  * CPU samples (CPU sampling ready, stacks `mode`): one line, none without
- * a python3. */
+ * a python3. For frame-pointer stacks, python3 sends its evaluator's first
+ * bytes (through ctypes), put to the agent's own test. */
 static void python_frames_report(const char *mode)
 {
-    static const char code[] = "import platform,sys,sysconfig\n"
-                               "print('%d %d %d %s' % (sys.version_info[0], sys.version_info[1],"
-                               " bool(sysconfig.get_config_var('Py_GIL_DISABLED')), platform.machine() or '?'))\n";
-    char says[256], arch[64] = "";
+    static const char code[] =
+        "import platform,sys,sysconfig\n"
+        "try:\n"
+        "    import ctypes\n"
+        "    a=ctypes.cast(ctypes.pythonapi._PyEval_EvalFrameDefault,ctypes.c_void_p).value\n"
+        "    h=ctypes.string_at(a,64).hex()\n"
+        "except Exception:\n"
+        "    h='-'\n"
+        "print('%d %d %d %s %s' % (sys.version_info[0], sys.version_info[1],"
+        " bool(sysconfig.get_config_var('Py_GIL_DISABLED')), platform.machine() or '?', h))\n";
+    char says[512], arch[64] = "", hex[160] = "-";
     int major = 0, minor = 0, ft = 0;
     python3_says(code, says, sizeof(says));
-    if (sscanf(says, "%d %d %d %63s", &major, &minor, &ft, arch) != 4 || major != 3)
+    if (sscanf(says, "%d %d %d %63s %159s", &major, &minor, &ft, arch, hex) < 4 || major != 3)
         return;
+    /* its evaluator keeps a frame pointer: 1, 0, or -1 not told */
+    unsigned char efd[64];
+    int fp = strlen(hex) == 2 * sizeof(efd) ? 1 : -1;
+    for (size_t i = 0; fp >= 0 && i < sizeof(efd); i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            fp = -1;
+        efd[i] = (unsigned char)v;
+    }
+    if (fp >= 0)
+        fp = tb_pytramp_prologue_keeps_fp(efd, sizeof(efd));
+    int x86 = strcmp(arch, "x86_64") == 0;
     /* TBPROF_PY_TRAMPOLINE as the agent reads it (OFF, 0, no; a bad value is off) */
     tb_config c;
     tb_config_load(&c, py_trampoline_only, NULL);
     printf("  Python frames  python3 %d.%d: ", major, minor);
     if (!c.py_trampoline)
         printf("not named (TBPROF_PY_TRAMPOLINE=off)\n");
-    else if (strcmp(arch, "x86_64"))
-        printf("not named: tbprof steps over Python's trampolines on x86-64 only (this is %s)\n", arch);
-    else if (mode && !strcmp(mode, "fp"))
-        printf("not named in fp stacks (TBPROF_CPU_MODE=dwarf, the default, walks through the trampolines)\n");
-    else if (minor >= 12 && !ft)
-        printf("named in CPU samples during captures (CPython's perf trampoline)\n");
-    else if (minor >= 12)
-        printf("not named: a free-threaded build (tbprof leaves its trampoline off)\n");
-    else if (minor >= 10)
-        printf("named in CPU samples during captures (tbprof's own trampoline)\n");
-    else
+    else if (minor < 10)
         printf("not named: CPython %d.%d has no perf trampoline, and tbprof's own needs 3.10 or later "
                "(py-spy names them)\n", major, minor);
+    else if (minor >= 12 && ft)
+        printf("not named: a free-threaded build (tbprof leaves its trampoline off)\n");
+    else if (!x86 && minor < 12)
+        printf("not named: tbprof's own trampoline for 3.10 and 3.11 is x86-64's (this is %s)\n", arch);
+    else if (x86 && !(mode && !strcmp(mode, "fp")))
+        printf("named in CPU samples during captures (%s)\n",
+               minor >= 12 ? "CPython's perf trampoline" : "tbprof's own trampoline");
+    else if (fp > 0) /* frame-pointer stacks: fp mode, or all there are on this machine */
+        printf("named in CPU samples during captures (frame-pointer stacks: this CPython keeps frame pointers)\n");
+    else if (fp == 0 && x86)
+        printf("not named in fp stacks: this CPython keeps no frame pointers (TBPROF_CPU_MODE=dwarf, the "
+               "default, walks through the trampolines)\n");
+    else if (fp == 0)
+        printf("not named: this CPython keeps no frame pointers, and stacks on %s are frame-pointer walks\n", arch);
+    else
+        printf("named in frame-pointer stacks only where this CPython keeps frame pointers (not told: no "
+               "ctypes)\n");
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)

@@ -9,7 +9,9 @@
 # Workloads, 1 kHz, each REPEATS times (default 3), interleaved:
 #   c       build/progs/cpu_split -t 2 -m 2000: two busy C threads, 2 s
 #   python  tests/e2e/progs/cpu_split_py.py under the first CPython 3.12+
-#           pyenv has (perf trampolines on), when there is one
+#           pyenv has (perf trampolines on), when there is one, or
+#           TBPROF_BENCH_PY (one built with frame pointers: Python frames
+#           in the fp rows too)
 #   deep    tests/e2e/progs/deep_py.py 60: the same Python, 60 calls deep
 #           (a 64 KiB copy and ~260 frames per sample once the thread's
 #           copy has grown; an older build cuts them at 16 KiB / 128)
@@ -30,8 +32,8 @@ lib=$B/lib/libtbprof.so
 cli=$B/bin/tbprof
 prog=$B/progs/cpu_split
 [ -x "$prog" ] && [ -f "$lib" ] && [ -x "$cli" ] || { echo "build first: $prog, $lib, $cli"; exit 1; }
-py=
-if command -v pyenv >/dev/null 2>&1; then
+py=${TBPROF_BENCH_PY:-}
+if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
   for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9])' ); do
     py=$(pyenv root)/versions/$v/bin/python3; break
   done

@@ -44,6 +44,16 @@ def find_pythons(old=False):
     return sorted(found.items())
 
 
+def keeps_frame_pointers(python):
+    """Whether python was built with -fno-omit-frame-pointer, from its
+    build configuration (not the agent's own test of its code)."""
+    r = subprocess.run([python, "-c", "import sysconfig; v = sysconfig.get_config_vars(); "
+                        "print(any('-fno-omit-frame-pointer' in str(x) for x in v.values()) and "
+                        "not any('-fomit-frame-pointer' in str(x) for x in v.values()))"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() == "True"
+
+
 class PythonsCase(tbtest.TestCase):
     """Runs each test under every CPython >= 3.12 found (OLD: 3.10 and 3.11);
     removes the perf maps."""
@@ -72,14 +82,15 @@ class PythonsCase(tbtest.TestCase):
     def run_split(self, python, mode, name=None, perf_support=True):
         """cpu_split_py.py under python: (profile, pid, the share of burn_a
         in the CPU time it measured). perf_support: PYTHONPERFSUPPORT=1 (the
-        trampoline on from the start), else none (tbprof's per capture)."""
+        trampoline on from the start), else none; None: the trampoline left
+        to the agent (the program does not turn it on)."""
         name = name or "logs-" + os.path.basename(os.path.dirname(os.path.dirname(python)))
         self.logdir = os.path.join(self.tmp, name)
         env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=1000, cpu_mode=mode)
         env.pop("PYTHONPERFSUPPORT", None)
         if perf_support:
             env["PYTHONPERFSUPPORT"] = "1"
-        p = tbtest.run([python, PROG, "2.0"], env=env, timeout=120)
+        p = tbtest.run([python, PROG, "2.0"] + (["agent"] if perf_support is None else []), env=env, timeout=120)
         self.assertExitedOk(p)
         out = {l.split()[0]: l.split()[1:] for l in p.stdout.splitlines() if l.strip()}
         pid = int(out["pid"][0])
@@ -95,8 +106,32 @@ class CpuPython(PythonsCase):
             with self.subTest(python=version):
                 self.check_split(version, python)
 
-    def check_split(self, version, python):
-        prof, pid, truth = self.run_split(python, "dwarf")
+    def test_python_split_fp(self):
+        # fp stacks (the kernel's walk): Python frames are named where the
+        # interpreter keeps frame pointers (built -fno-omit-frame-pointer:
+        # 3.15's default), the agent turning the trampoline on for the
+        # capture; elsewhere it is left off, and the profile says why
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                if keeps_frame_pointers(python):
+                    self.check_split(version, python, "fp")
+                else:
+                    self.check_fp_left_off(version, python)
+
+    def check_fp_left_off(self, version, python):
+        prof, pid, _ = self.run_split(python, "fp", perf_support=None)
+        st = prof.host.stats
+        self.assertGreater(st.get("tbprof_cpu_samples", 0), 300, st)
+        self.assertTrue(st.get("tbprof_python_trampoline", "").startswith(
+            "off: this CPython keeps no frame pointers"), st)
+        named = sum(t for name, (s, t) in cpusamples.counts(prof.host.lines).items() if name.startswith("py::"))
+        self.assertEqual(named, 0)
+        self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "a perf map of a trampoline left off")
+        print("python %s (no frame pointers), fp stacks: trampoline left off" % version)
+
+    def check_split(self, version, python, mode="dwarf"):
+        # (fp: the agent turns the trampoline on, not PYTHONPERFSUPPORT)
+        prof, pid, truth = self.run_split(python, mode, perf_support=True if mode == "dwarf" else None)
         st = prof.host.stats
         n = st.get("tbprof_cpu_samples", 0)
         self.assertGreater(n, 300, st)
@@ -116,18 +151,24 @@ class CpuPython(PythonsCase):
         share = a / (a + b)
         # truth: the CPU time the program measured around its calls (60% of
         # the work; a machine busy with other work can make it less)
-        print("python %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth %.1f%%), %d unwinds failed"
-              % (version, n, a, b, share * 100, truth * 100, st.get("tbprof_unwind_failures", 0)))
+        print("python %s, %s: %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a (truth %.1f%%), "
+              "%d unwinds failed" % (version, mode, n, a, b, share * 100, truth * 100,
+                                     st.get("tbprof_unwind_failures", 0)))
+        if mode == "fp":
+            self.assertTrue(st.get("tbprof_python_trampoline", "").startswith("on during the capture"), st)
         self.assertAlmostEqual(truth, 0.60, delta=0.10)
         self.assertAlmostEqual(share, truth, delta=0.05)
-        # the walk goes through the trampolines: burn_a under work under main
+        # the walk goes through the trampolines: burn_a under work under
+        # main (fp: the agent's trampoline came on with main() running, so
+        # main() has none: work is the first Python frame)
+        want = ["main", "work"] if mode == "dwarf" else ["work"]
         under = 0
         for e, anc in cpusamples.walk(main):
             if e.name.startswith("py::burn_a:"):
                 pys = [x.name[4:].split(":", 1)[0] for x in anc if x.name.startswith("py::")]
-                if pys[-2:] == ["main", "work"]:
+                if pys[-2:] == want if mode == "dwarf" else pys == want:
                     under += e.stats["samples"]
-        self.assertGreater(under, a * 0.9, "py::burn_a under py::main/py::work in %d of %d samples" % (under, a))
+        self.assertGreater(under, a * 0.9, "py::burn_a under py::%s in %d of %d samples" % ("/py::".join(want), under, a))
         # (the count is the process's: under ASan most failures are the
         # agent's own thread, whose instrumented frames outrun its stack
         # copy now and then, ~2.5% of the samples and at times past 5%)

@@ -169,8 +169,8 @@ class Doctor(tbtest.TestCase):
         cases = [("3 12 0 x86_64", "python3 3.12: named in CPU samples during captures (CPython's perf trampoline)"),
                  ("3 13 1 x86_64", "python3 3.13: not named: a free-threaded build (tbprof leaves its trampoline off)"),
                  ("3 11 0 x86_64", "python3 3.11: named in CPU samples during captures (tbprof's own trampoline)"),
-                 ("3 10 0 aarch64", "python3 3.10: not named: tbprof steps over Python's trampolines on x86-64 only "
-                                    "(this is aarch64)"),
+                 ("3 10 0 aarch64", "python3 3.10: not named: tbprof's own trampoline for 3.10 and 3.11 is "
+                                    "x86-64's (this is aarch64)"),
                  ("3 9 0 x86_64", "python3 3.9: not named: CPython 3.9 has no perf trampoline, and tbprof's own "
                                   "needs 3.10 or later (py-spy names them)")]
         for says, want in cases:
@@ -180,8 +180,19 @@ class Doctor(tbtest.TestCase):
         # the answer after 8 KB of a site hook's output (more than the doctor's buffer)
         p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64", chatter=150))
         self.assertIn("python3 3.11: named", self.line(p, "Python frames"))
-        p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64"), TBPROF_CPU_MODE="fp")
-        self.assertIn("3.11: not named in fp stacks", self.line(p, "Python frames"))
+        # fp stacks: named where the evaluator's first bytes (sent as hex)
+        # set up a frame pointer, as the agent tells
+        fp_code = ("554889e5" + "41574156").ljust(128, "0")  # push %rbp; mov %rsp,%rbp
+        nofp_code = "4157415641554154".ljust(128, "0")         # push %r15 ... (gcc's -O2)
+        fp_cases = [("3 11 0 x86_64 " + nofp_code, "3.11: not named in fp stacks: this CPython keeps no frame pointers"),
+                    ("3 13 0 x86_64 " + fp_code, "3.13: named in CPU samples during captures (frame-pointer stacks"),
+                    ("3 13 0 x86_64 -", "3.13: named in frame-pointer stacks only where this CPython keeps frame "
+                                        "pointers (not told: no ctypes)"),
+                    ("3 13 0 x86_64", "3.13: named in frame-pointer stacks only where")]
+        for says, want in fp_cases:
+            with self.subTest(says=says[:20]):
+                p = self.doctor("--cupti", FAKE, PATH=self.fake_python3(says), TBPROF_CPU_MODE="fp")
+                self.assertIn(want, self.line(p, "Python frames"))
         # off as the agent reads it: any case, 0/no, or a bad value
         for off in ("off", "OFF", "0", "no", "bogus"):
             p = self.doctor("--cupti", FAKE, PATH=self.fake_python3("3 11 0 x86_64"), TBPROF_PY_TRAMPOLINE=off)

@@ -310,6 +310,7 @@ static void f_eval_set(void *interp, void *fn)
 }
 
 static int no_python;
+static const unsigned char *efd_code; /* where set: _PyEval_EvalFrameDefault's first bytes */
 
 static void *fake_lookup(const char *name)
 {
@@ -347,6 +348,8 @@ static void *fake_lookup(const char *name)
     };
     if (no_python || (!version_hex && !strcmp(name, "Py_Version")))
         return NULL;
+    if (efd_code && !strcmp(name, "_PyEval_EvalFrameDefault"))
+        return (void *)efd_code;
     if (!trace_refs && !strcmp(name, "_Py_ForgetReference"))
         return NULL;
     for (size_t i = 0; own_symbols && i < sizeof(own) / sizeof(own[0]); i++)
@@ -398,6 +401,7 @@ static void reset(void)
     map_fd = -1;
     steal_fd1 = init_fails = finis = 0;
     own_symbols = extra_calls = trace_refs = 0;
+    efd_code = NULL;
     code_fwd.extra = code_gen.extra = code_rec.extra = not_code.extra = NULL;
     code_fwd.extra_idx = code_gen.extra_idx = code_rec.extra_idx = not_code.extra_idx = 0;
     unlink(map_file);
@@ -453,6 +457,62 @@ static const char *describe(void)
     if (!tb_pytramp_describe(buf, sizeof(buf)))
         snprintf(buf, sizeof(buf), "(nothing)");
     return buf;
+}
+
+/* Does the evaluator keep a frame pointer (so fp mode asks for the
+ * trampoline)? Prologues as gcc writes them with and without
+ * -fno-omit-frame-pointer, for this machine's architecture. */
+static void check_frame_pointers(void)
+{
+    static const unsigned char x86_fp[64] = {0x55, 0x48, 0x89, 0xe5, 0x41, 0x57};       /* push %rbp; mov %rsp,%rbp */
+    static const unsigned char x86_fp_cet[64] = {0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5};
+    static const unsigned char x86_fp_8b[64] = {0x55, 0x48, 0x8b, 0xec};                /* mov %rsp,%rbp, other form */
+    static const unsigned char x86_nofp[64] = {0x41, 0x57, 0x41, 0x56, 0x41, 0x55, 0x41, 0x54, 0x55, 0x53, 0x48, 0x81, 0xec};
+    static const unsigned char x86_push_only[64] = {0x55, 0x53, 0x48, 0x83, 0xec, 0x18}; /* push %rbp as a register */
+    /* aarch64, little-endian words: stp x29,x30,[sp,#-48]!; mov x29,sp /
+     * paciasp; sub sp,sp,#0x150; stp x29,x30,[sp,#0x100]; add x29,sp,#0x100 /
+     * stp x19,x20,[sp,#-32]!; sub sp,sp,#16 (a leaf, no frame record) */
+    static const uint32_t a64_fp[16] = {0xa9bd7bfd, 0x910003fd, 0xa90153f3};
+    static const uint32_t a64_fp_big[16] = {0xd503233f, 0xd10543ff, 0xa9107bfd, 0x910403fd};
+    static const uint32_t a64_nofp[16] = {0xa9be53f3, 0xd10043ff, 0xb9400000, 0xd65f03c0};
+#if defined(__x86_64__)
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_fp, 64), 1);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_fp_cet, 64), 1);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_fp_8b, 64), 1);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_nofp, 64), 0);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_push_only, 64), 0);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_fp, 3), 0);
+    for (int i = 0; i < 3; i++) /* another architecture's prologues */
+        CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)(i == 0 ? a64_fp : i == 1 ? a64_fp_big : a64_nofp), 64), 0);
+    const unsigned char *with = x86_fp, *without = x86_nofp;
+#elif defined(__aarch64__)
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)a64_fp, 64), 1);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)a64_fp_big, 64), 1);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)a64_nofp, 64), 0);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)a64_fp, 4), 0);
+    for (int i = 0; i < 4; i++) /* another architecture's prologues */
+        CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(i == 0 ? x86_fp : i == 1 ? x86_fp_cet : i == 2 ? x86_fp_8b : x86_nofp, 64), 0);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_push_only, 64), 0);
+    const unsigned char *with = (const unsigned char *)a64_fp, *without = (const unsigned char *)a64_nofp;
+#else
+    (void)x86_fp_cet, (void)x86_fp_8b, (void)x86_push_only, (void)a64_fp_big, (void)a64_nofp;
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp(x86_fp, 64), 0);
+    CHECK_EQ_I(tb_pytramp_prologue_keeps_fp((const unsigned char *)a64_fp, 64), 0);
+    const unsigned char *with = NULL, *without = x86_nofp;
+#endif
+    /* the process's CPython, found with dlsym: none; one built without; with */
+    reset();
+    no_python = 1;
+    CHECK_EQ_I(tb_pytramp_frame_pointers(), -1);
+    reset();
+    efd_code = without;
+    CHECK_EQ_I(tb_pytramp_frame_pointers(), 0);
+    if (with) {
+        reset();
+        efd_code = with;
+        CHECK_EQ_I(tb_pytramp_frame_pointers(), 1);
+    }
+    reset();
 }
 
 int main(void)
@@ -943,6 +1003,8 @@ int main(void)
     CHECK_EQ_I(active, 1);
     tb_pytramp_request(0);
     run_pending();
+
+    check_frame_pointers();
 
     /* every reference taken was given back */
     CHECKF(live == 0, "%d references not released", live);

@@ -1,6 +1,7 @@
 """cpu_split_py.py - a Python program with a known split of CPU time between
 two Python functions, for the CPU sampler's accuracy test (CPython 3.12+ with
-its perf trampoline on: PYTHONPERFSUPPORT=1, or activated here).
+its perf trampoline on: PYTHONPERFSUPPORT=1, or activated here unless the
+second argument is "agent").
 
 burn_a and burn_b run the same loop body; the main loop calls burn_a for 6
 units and burn_b for 4, so about 60% of the time is in burn_a. What it was
@@ -55,7 +56,9 @@ def work(seconds, spent=None):
 
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 1.5
-    if hasattr(sys, "activate_stack_trampoline") and not sys.is_stack_trampoline_active():
+    # "agent": the trampoline left to the agent (on for its capture, or not)
+    agent = len(sys.argv) > 2 and sys.argv[2] == "agent"
+    if not agent and hasattr(sys, "activate_stack_trampoline") and not sys.is_stack_trampoline_active():
         sys.activate_stack_trampoline("perf")
     lib = ctypes.CDLL(None)
     start = getattr(lib, "tbprof_start", None)
