@@ -154,6 +154,7 @@ typedef struct cpu_ctx {
     /* kernel-mode time is sampled too unless perf_event_paranoid (>= 2
      * without CAP_PERFMON) refuses it: then user space only */
     int user_only;
+    int no_comm; /* PERF_RECORD_COMM refused (EINVAL): names read from /proc only */
     int paranoid; /* as read when kernel time was refused */
     int kernel_err; /* the errno that refused it */
 
@@ -281,8 +282,16 @@ static void add_sample(cpu_ctx *c, int tid, uint64_t t, const uint64_t *ips, int
 
 static int read_paranoid(void);
 
+static int (*refuse_for_test)(const void *attr);
+void tb_sampler_refuse_for_test(int (*fn)(const void *attr)) { refuse_for_test = fn; }
+
 static long perf_open(struct perf_event_attr *a, int tid)
 {
+    int refused = refuse_for_test ? refuse_for_test(a) : 0;
+    if (refused) {
+        errno = refused;
+        return -1;
+    }
     return tb_fd_above_stdio((int)syscall(SYS_perf_event_open, a, tid, -1, -1, PERF_FLAG_FD_CLOEXEC));
 }
 
@@ -303,7 +312,7 @@ static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_l
     /* a PERF_RECORD_COMM in the ring of the thread that renames a thread
      * (itself, mostly: pthread_setname_np just after it starts), so a
      * thread that ends before its comm is read again keeps its last name */
-    a->comm = 1;
+    a->comm = !c->no_comm;
     if (c->mode == TB_CPU_FP) {
         a->sample_type |= PERF_SAMPLE_CALLCHAIN;
         a->exclude_callchain_kernel = 1;
@@ -412,6 +421,20 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
              * system's default depth */
             a.sample_max_stack = 0;
             fd = (int)perf_open(&a, tid);
+        }
+        if (fd < 0 && errno == EINVAL && a.comm) {
+            /* a sandbox's perf_event_open that refuses rename records:
+             * without them (and the depth asked for again: it may not have
+             * been what was refused), from now on */
+            fill_attr(c, &a, pages * c->page, stack_bytes);
+            a.disabled = floor > 0;
+            a.comm = 0;
+            fd = (int)perf_open(&a, tid);
+            if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
+                a.sample_max_stack = 0;
+                fd = (int)perf_open(&a, tid);
+            }
+            c->no_comm = fd >= 0;
         }
         if (fd >= 0 || (errno != EACCES && errno != EPERM) || c->user_only)
             break;

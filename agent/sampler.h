@@ -82,4 +82,9 @@ typedef enum tb_cpu_mode {
 
 tb_source *tb_cpu_source(void);
 
+/* Tests: each perf_event_open first asks fn(attr) (a struct
+ * perf_event_attr *), which returns 0 to let it go on or an errno to
+ * refuse it with, as a sandbox might; NULL: none. */
+void tb_sampler_refuse_for_test(int (*fn)(const void *attr));
+
 #endif
