@@ -16,21 +16,28 @@
 static struct {
     pid_t tid;
     char name[16];
+    int64_t at; /* when it had that name */
 } names[NAMES];
 static unsigned next_name;
 static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void tb_host_remember_name(pid_t tid, const char *name)
+void tb_host_remember_name(pid_t tid, const char *name, int64_t at)
 {
     pthread_mutex_lock(&names_lock);
-    unsigned slot = next_name++ % NAMES;
-    for (unsigned i = 0; i < NAMES; i++)
+    int known = 0;
+    unsigned slot = 0;
+    for (unsigned i = 0; i < NAMES && !known; i++)
         if (names[i].tid == tid) {
             slot = i;
-            break;
+            known = 1;
         }
-    names[slot].tid = tid;
-    snprintf(names[slot].name, sizeof(names[slot].name), "%s", name);
+    if (!known)
+        slot = next_name++ % NAMES;
+    if (!known || at >= names[slot].at) {
+        names[slot].tid = tid;
+        names[slot].at = at;
+        snprintf(names[slot].name, sizeof(names[slot].name), "%s", name);
+    }
     pthread_mutex_unlock(&names_lock);
 }
 

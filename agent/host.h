@@ -15,8 +15,11 @@
 tb_plane *tb_host_plane(tb_space *s);
 /* Line for thread `tid`; created on first use and named after the thread. */
 tb_line *tb_host_line(tb_space *s, pid_t tid);
-/* Remember a thread's name while it is alive (it may end before collect). */
-void tb_host_remember_name(pid_t tid, const char *name);
+/* Remember a thread's name while it is alive (it may end before collect):
+ * the name it had at `at` (CLOCK_MONOTONIC ns), kept unless a name of a
+ * later time is known (names reach us out of order: read from /proc, and
+ * in the kernel's rename records of other threads' rings). */
+void tb_host_remember_name(pid_t tid, const char *name, int64_t at);
 /* The capture window [begin, end) in epoch ns. The agent puts it on the host
  * plane (tbprof_capture_begin_ns / _end_ns) before sources collect, so a
  * source can keep only what happened inside it. 0 when it is set, else

@@ -311,8 +311,10 @@ static void fill_attr(const cpu_ctx *c, struct perf_event_attr *a, size_t data_l
     a->wakeup_watermark = (uint32_t)(data_len / 2); /* nobody waits: keep wakeups rare */
     /* a PERF_RECORD_COMM in the ring of the thread that renames a thread
      * (itself, mostly: pthread_setname_np just after it starts), so a
-     * thread that ends before its comm is read again keeps its last name */
-    a->comm = !c->no_comm;
+     * thread that ends before its comm is read again keeps its last name;
+     * timed (sample_id_all: the sample's TID and TIME after the record),
+     * since one thread's renames can lie in several rings */
+    a->comm = a->sample_id_all = !c->no_comm;
     if (c->mode == TB_CPU_FP) {
         a->sample_type |= PERF_SAMPLE_CALLCHAIN;
         a->exclude_callchain_kernel = 1;
@@ -355,9 +357,12 @@ static size_t pages_within_budget(const cpu_ctx *c, uint32_t stack_bytes, size_t
     return want >= minp ? want : 0;
 }
 
+/* The thread's name now, read from /proc (timed before the read: a
+ * rename the read misses comes as a record of a later time). */
 static void remember_comm(int tid)
 {
     char path[64], name[32];
+    int64_t at = tb_mono_ns();
     snprintf(path, sizeof(path), "/proc/self/task/%d/comm", tid);
     /* (above fd 2 for the read: see tb_opendir_above_stdio) */
     int fd = tb_fd_above_stdio(open(path, O_RDONLY | O_CLOEXEC));
@@ -369,7 +374,7 @@ static void remember_comm(int tid)
         return;
     name[k] = '\0';
     name[strcspn(name, "\n")] = '\0';
-    tb_host_remember_name(tid, name);
+    tb_host_remember_name(tid, name, at);
 }
 
 /* A slot at the end of the thread list; NULL when out of memory. */
@@ -428,7 +433,7 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
              * been what was refused), from now on */
             fill_attr(c, &a, pages * c->page, stack_bytes);
             a.disabled = floor > 0;
-            a.comm = 0;
+            a.comm = a.sample_id_all = 0;
             fd = (int)perf_open(&a, tid);
             if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
                 a.sample_max_stack = 0;
@@ -604,20 +609,22 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
 }
 
 /* A thread's new name: PERF_RECORD_COMM is {header; u32 pid, tid; char
- * comm[] NUL-padded to 8 bytes}. */
+ * comm[] NUL-padded to 8 bytes; sample_id: u32 pid, tid; u64 time}. */
 static void handle_comm(const unsigned char *rec, size_t size)
 {
-    const size_t at = sizeof(struct perf_event_header) + 8;
-    if (size <= at)
+    const size_t from = sizeof(struct perf_event_header) + 8, id = 16;
+    if (size < from + 8 + id)
         return;
     uint32_t tid;
+    int64_t at;
     memcpy(&tid, rec + sizeof(struct perf_event_header) + 4, 4);
+    memcpy(&at, rec + size - 8, 8);
     char name[16];
-    size_t n = size - at < sizeof(name) - 1 ? size - at : sizeof(name) - 1;
-    memcpy(name, rec + at, n);
+    size_t room = size - id - from, n = room < sizeof(name) - 1 ? room : sizeof(name) - 1;
+    memcpy(name, rec + from, n);
     name[n] = '\0';
     if (name[0])
-        tb_host_remember_name((pid_t)tid, name);
+        tb_host_remember_name((pid_t)tid, name, at);
 }
 
 /* Drain one ring; returns 1 when it stopped because the time budget ran out. */
@@ -772,12 +779,7 @@ static int rescan(cpu_ctx *c, int *opened)
         if (th) {
             th->seen = 1;
             if (th->name_reads < NAME_READS && now - th->found_ns >= NAME_READS_NS[th->name_reads]) {
-                /* a rename by a thread not sampled leaves no record; one
-                 * by this thread is drained first, or an older record
-                 * drained after this read would bring back its old name */
-                th->name_reads++;
-                if (th->fd >= 0)
-                    drain(c, th, 0);
+                th->name_reads++; /* (a rename by a thread not sampled leaves no record) */
                 remember_comm(tid);
             }
             continue;
@@ -963,8 +965,8 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
         tb_pytramp_request(1);
     } else if (py_fp == 0) {
         snprintf(c->py_desc, sizeof(c->py_desc),
-                 "off: this CPython keeps no frame pointers, so frame-pointer stacks end in its own frames "
-                 "(dwarf stacks name Python frames)");
+                 "not turned on: this CPython keeps no frame pointers, so frame-pointer stacks end in its own "
+                 "frames (dwarf stacks name Python frames)");
     }
     return 0;
 }

@@ -583,6 +583,8 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip, int in_object)
     return !(sl->flags & IP_TRAMP) ? 0 : sl->flags & IP_TRAMP_FP ? 2 : 1;
 }
 
+int tb_unwind_py_trampoline_form(tb_unwinder *u, uint64_t ip) { return u ? in_py_trampoline(u, ip, 0) : 0; }
+
 /* Is ip the signal trampoline a handler returns to (glibc's and musl's
  * __restore_rt: mov $15,%rax; syscall)? Checked here rather than with
  * libunwind's unw_is_signal_frame, which tells the trampoline frame in
@@ -963,6 +965,12 @@ tb_unwinder *tb_unwinder_new(tb_symtab *st)
 void tb_unwinder_free(tb_unwinder *u) { (void)u; }
 void tb_unwinder_flush(tb_unwinder *u) { (void)u; }
 int tb_unwind_sigmask_state(void) { return 0; }
+int tb_unwind_py_trampoline_form(tb_unwinder *u, uint64_t ip)
+{
+    (void)u;
+    (void)ip;
+    return 0;
+}
 int tb_unwind(tb_unwinder *u, const uint64_t *regs, const void *stack, size_t stack_len, uint64_t *ips, int max,
               int *failed)
 {

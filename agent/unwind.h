@@ -50,6 +50,12 @@ void tb_unwinder_flush(tb_unwinder *u);
  * sigprocmask not found, -2 the slot is read-only (RELRO). */
 int tb_unwind_sigmask_state(void);
 
+/* Which CPython perf trampoline ip is a return address in, as the walk
+ * tells it (tests): 0 none, 1 the form without a frame pointer (3.12,
+ * 3.13), 2 the one that saves %rbp (3.14 on). ip must be in no loaded
+ * object. */
+int tb_unwind_py_trampoline_form(tb_unwinder *u, uint64_t ip);
+
 /* Unwind one sample. regs[TB_UREG_COUNT] as perf_event wrote them; `stack`
  * holds `stack_len` bytes copied from address regs[TB_UREG_SP] upward.
  * Writes up to `max` instruction pointers to ips, leaf first (ips[0] is the

@@ -184,7 +184,7 @@ static void python_frames_report(const char *mode)
     unsigned char efd[64];
     int fp = strlen(hex) == 2 * sizeof(efd) ? 1 : -1;
     for (size_t i = 0; fp >= 0 && i < sizeof(efd); i++) {
-        unsigned v;
+        unsigned v = 0;
         if (sscanf(hex + 2 * i, "%2x", &v) != 1)
             fp = -1;
         efd[i] = (unsigned char)v;

@@ -123,7 +123,7 @@ class CpuPython(PythonsCase):
         st = prof.host.stats
         self.assertGreater(st.get("tbprof_cpu_samples", 0), 300, st)
         self.assertTrue(st.get("tbprof_python_trampoline", "").startswith(
-            "off: this CPython keeps no frame pointers"), st)
+            "not turned on: this CPython keeps no frame pointers"), st)
         named = sum(t for name, (s, t) in cpusamples.counts(prof.host.lines).items() if name.startswith("py::"))
         self.assertEqual(named, 0)
         self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "a perf map of a trampoline left off")

@@ -12,7 +12,7 @@ static void *named_thread(void *arg)
 {
     prctl(PR_SET_NAME, "worker-7");
     *(pid_t *)arg = tb_gettid();
-    tb_host_remember_name(tb_gettid(), "worker-7");
+    tb_host_remember_name(tb_gettid(), "worker-7", 1);
     return NULL;
 }
 
@@ -35,6 +35,19 @@ int main(void)
     pthread_join(t, NULL);
     tb_line *w = tb_host_line(s, tid);
     CHECK(w && strcmp(w->name, "worker-7") == 0);
+
+    /* names that arrive out of order (a rename record drained after a
+     * later read): the one of the latest time is kept */
+    const pid_t gone = 0x7ffffff0; /* no such thread: the remembered name is used */
+    tb_host_remember_name(gone, "second", 200);
+    tb_host_remember_name(gone, "first", 100);
+    tb_line *g = tb_host_line(s, gone);
+    CHECK(g && strcmp(g->name, "second") == 0);
+    tb_host_remember_name(gone, "third", 300);
+    tb_space *s2 = tb_space_new();
+    g = tb_host_line(s2, gone);
+    CHECK(g && strcmp(g->name, "third") == 0);
+    tb_space_free(s2);
 
     /* a forked child gets its own tid, not the parent's cached one */
     pid_t child = fork();

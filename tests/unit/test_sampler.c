@@ -702,6 +702,70 @@ static void test_names_after_renames(void)
     tb_space_free(space);
 }
 
+/* One thread's renames in two rings: R renames W, then W renames itself;
+ * both live on to the stop. W's line has W's own, later name, whichever
+ * ring is drained last (at stop, R's after W's: R's tid is higher), not
+ * the older one from R's ring. */
+static atomic_int cross_step;
+static atomic_int cross_tid;
+static void *cross_w(void *arg)
+{
+    (void)arg;
+    atomic_store(&cross_tid, (int)syscall(SYS_gettid));
+    while (atomic_load(&cross_step) < 2)
+        sleep_ms(1);
+    pthread_setname_np(pthread_self(), "W_self_later");
+    burn_a(200 * UNIT); /* tens of ms: sampled at 100 Hz, a line of its own */
+    atomic_store(&cross_step, 3);
+    while (atomic_load(&cross_step) < 4)
+        sleep_ms(1);
+    return NULL;
+}
+static void *cross_r(void *arg)
+{
+    pthread_t *w = arg;
+    while (atomic_load(&cross_step) < 1)
+        sleep_ms(1);
+    pthread_setname_np(*w, "by_R_earlier");
+    atomic_store(&cross_step, 2);
+    while (atomic_load(&cross_step) < 4)
+        sleep_ms(1);
+    return NULL;
+}
+
+static void test_names_across_rings(void)
+{
+    pthread_t w, r;
+    atomic_store(&cross_step, 0);
+    pthread_create(&w, NULL, cross_w, NULL);
+    while (!atomic_load(&cross_tid))
+        sleep_ms(1);
+    pthread_create(&r, NULL, cross_r, &w);
+    sleep_ms(5);
+    tb_source *src = tb_cpu_source();
+    int rc = start_fp(src, "names across rings");
+    atomic_store(&cross_step, 1);
+    while (atomic_load(&cross_step) < 3)
+        sleep_ms(1);
+    if (rc == 0)
+        src->stop(src->ctx); /* no poll before: every record is drained at stop */
+    atomic_store(&cross_step, 4);
+    pthread_join(w, NULL);
+    pthread_join(r, NULL);
+    if (rc < 0)
+        return;
+    tb_space *space = tb_space_new();
+    CHECK_EQ_I(src->collect(src->ctx, space), 0);
+    tb_plane *p = tb_space_find_plane(space, TB_HOST_PLANE);
+    const char *name = NULL;
+    for (size_t i = 0; p && i < p->nlines; i++)
+        if (p->lines[i]->id == atomic_load(&cross_tid))
+            name = p->lines[i]->name;
+    CHECKF(name && strcmp(name, "W_self_later") == 0, "W renamed by R, then by itself: line named %s",
+           name ? name : "(no line)");
+    tb_space_free(space);
+}
+
 /* perf_event_open refusing rename records (EINVAL while attr.comm is set),
  * as a sandbox's partial perf_event_open may; the depth of the events
  * opened. */
@@ -779,6 +843,7 @@ int main(void)
     test_no_fds_free();
     test_drain_takes_turns();
     test_names_after_renames();
+    test_names_across_rings();
     test_comm_refused();
     return tap_done();
 }

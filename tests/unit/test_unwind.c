@@ -536,6 +536,9 @@ __attribute__((noinline)) static void check_py_trampolines(tb_unwinder *u, tb_sy
             uint64_t call_end = (uint64_t)(uintptr_t)t + (form == 0 ? 6 : form == 1 ? 6 : 10);
             CHECKF(ips[2] == call_end, "%sframe 2 is %#llx, not the trampoline's return address %#llx", tag,
                    (unsigned long long)ips[2], (unsigned long long)call_end);
+            /* stepped over as a trampoline (the JIT frame search would
+             * walk the second form too, by another road) */
+            CHECK_EQ_I(tb_unwind_py_trampoline_form(u, call_end), form == 0 ? 1 : 2);
             CHECK_STR(names[1], "jit_cb");
             CHECK_STR(names[3], fp ? "tramp_outer" : "tramp_outer_nofp");
             CHECK_STR(names[4], "check_py_trampolines");
