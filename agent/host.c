@@ -20,9 +20,17 @@ static struct {
 } names[NAMES];
 static unsigned next_name;
 static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+/* A fork child is a copy of one thread: the agent thread may have held
+ * the lock in the parent at that moment, and nobody would release the
+ * child's copy (its first capture would wait on it for ever). */
+static void names_unlock_in_child(void) { pthread_mutex_init(&names_lock, NULL); }
+static void names_atfork(void) { pthread_atfork(NULL, NULL, names_unlock_in_child); }
 
 void tb_host_remember_name(pid_t tid, const char *name, int64_t at)
 {
+    pthread_once(&names_once, names_atfork);
     pthread_mutex_lock(&names_lock);
     int known = 0;
     unsigned slot = 0;
