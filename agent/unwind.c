@@ -572,11 +572,13 @@ static int in_py_trampoline(tb_unwinder *u, uint64_t ip, int in_object)
     ip_slot *sl = ip_slot_of(u, ip);
     if (!(sl->flags & IP_TRAMP_KNOWN)) {
         unsigned char buf[sizeof(py_trampoline)];
+        size_t got = tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0                   ? sizeof(buf)
+                     : tb_self_read(buf, ip - 6, sizeof(py_trampoline_fp), 0) == 0 ? sizeof(py_trampoline_fp)
+                                                                                     : 0;
         int flags = 0;
-        if (tb_self_read(buf, ip - 6, sizeof(buf), 0) == 0 && memcmp(buf, py_trampoline, sizeof(buf)) == 0)
+        if (got == sizeof(py_trampoline) && memcmp(buf, py_trampoline, sizeof(py_trampoline)) == 0)
             flags = IP_TRAMP;
-        else if (tb_self_read(buf, ip - 6, sizeof(py_trampoline_fp), 0) == 0 &&
-                 memcmp(buf, py_trampoline_fp, sizeof(py_trampoline_fp)) == 0)
+        else if (got >= sizeof(py_trampoline_fp) && memcmp(buf, py_trampoline_fp, sizeof(py_trampoline_fp)) == 0)
             flags = IP_TRAMP | IP_TRAMP_FP;
         sl->flags |= IP_TRAMP_KNOWN | flags;
     }
