@@ -416,7 +416,7 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
     if (!pages)
         return 2;
     struct perf_event_attr a;
-    int fd;
+    int fd, dropped_comm = 0;
     for (;;) {
         fill_attr(c, &a, pages * c->page, stack_bytes);
         a.disabled = floor > 0;
@@ -428,18 +428,11 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
             fd = (int)perf_open(&a, tid);
         }
         if (fd < 0 && errno == EINVAL && a.comm) {
-            /* a sandbox's perf_event_open that refuses rename records:
-             * without them (and the depth asked for again: it may not have
-             * been what was refused), from now on */
-            fill_attr(c, &a, pages * c->page, stack_bytes);
-            a.disabled = floor > 0;
-            a.comm = a.sample_id_all = 0;
-            fd = (int)perf_open(&a, tid);
-            if (fd < 0 && (errno == EINVAL || errno == EOVERFLOW) && a.sample_max_stack) {
-                a.sample_max_stack = 0;
-                fd = (int)perf_open(&a, tid);
-            }
-            c->no_comm = fd >= 0;
+            /* a sandbox's perf_event_open that refuses rename records: all
+             * over without them (the depth asked for again: it may not have
+             * been what was refused), and so from now on where that opens */
+            c->no_comm = dropped_comm = 1;
+            continue;
         }
         if (fd >= 0 || (errno != EACCES && errno != EPERM) || c->user_only)
             break;
@@ -449,6 +442,8 @@ static int open_event(cpu_ctx *c, int tid, uint32_t stack_bytes, size_t want, si
         c->kernel_err = errno; /* before read_paranoid's stdio can change it */
         c->paranoid = read_paranoid();
     }
+    if (fd < 0 && dropped_comm)
+        c->no_comm = 0; /* (they were not what was refused) */
     if (fd < 0)
         return -errno;
     void *base = MAP_FAILED;
