@@ -859,13 +859,20 @@ static void poke(void)
         atomic_store(&poking, 0);
 }
 
+/* Python's functions looked up at the first ask; whether they are all
+ * there (under lk) */
+static int have_python(void)
+{
+    if (!resolved)
+        resolved = resolve() ? 1 : -1;
+    return resolved > 0;
+}
+
 void tb_pytramp_request(int on)
 {
     int refused = 0, finalizing = 0;
     pthread_mutex_lock(&lk);
-    if (!resolved)
-        resolved = resolve() ? 1 : -1;
-    if (resolved < 0) {
+    if (!have_python()) {
         pthread_mutex_unlock(&lk);
         return;
     }
@@ -940,9 +947,7 @@ int tb_pytramp_prologue_keeps_fp(const unsigned char *code, size_t n)
 int tb_pytramp_frame_pointers(void)
 {
     pthread_mutex_lock(&lk);
-    if (!resolved)
-        resolved = resolve() ? 1 : -1;
-    int have = resolved > 0;
+    int have = have_python();
     pthread_mutex_unlock(&lk);
     if (!have)
         return -1;
