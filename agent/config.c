@@ -94,9 +94,10 @@ static const var vars[] = {
      "using dwarf", "dwarf", F(cpu_mode), 0, 0},
     {"TBPROF_PY_TRAMPOLINE", T_TRAMP, "capture", "capture | always | off",
      "CPython >= 3.10, dwarf stacks: the perf trampoline (Python frames in the samples; 3.10 and 3.11: "
-     "tbprof's own, x86-64) on for each capture and off after it, as it costs every Python call while on; always "
-     "(3.12+): on from start-up (PYTHONPERFSUPPORT=1 in a preloaded Python), so frames entered before a "
-     "capture are named too",
+     "tbprof's own, x86-64) on for each capture and off after it, as it costs every Python call while on (the "
+     "main thread's frames entered before the capture are named from its frame list); always (3.12+): on from "
+     "start-up (PYTHONPERFSUPPORT=1 in a preloaded Python), so every thread's frames entered before a capture are "
+     "named too",
      "trampoline left alone", "off", F(py_trampoline), 0, 0},
     {"TBPROF_CHILDREN", T_BOOL, "on", "on | off",
      "a child fork()ed from the process (a data-loader worker) captures while the process captures, "

@@ -32,6 +32,7 @@
 
 #include "capture.h"
 #include "log.h"
+#include "pyframes.h"
 #include "util.h"
 
 typedef struct pyobj pyobj; /* PyObject */
@@ -126,6 +127,7 @@ static int activations;
 #define ACTIVATIONS_MAX 16
 static int extras_taken;      /* 3.10, 3.11: code-extra indexes we took (GIL) */
 static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
+static atomic_uint_fast64_t unnamed_calls; /* tb_pytramp_unnamed_calls */
 
 #define LOOK(field, name)                                                                            \
     do {                                                                                             \
@@ -188,6 +190,7 @@ static int resolve(void)
         py.gil_ensure = NULL; /* no poke */
     *(void **)&py.map_init = lookup("PyUnstable_PerfMapState_Init");
     *(void **)&py.map_fini = lookup("PyUnstable_PerfMapState_Fini");
+    tb_pyframes_resolve(lookup, minor);
     if (minor >= 12)
         return 1;
     /* ours reads the code object at FRAME_CODE and its type at 8: not so
@@ -610,7 +613,10 @@ static pyobj *own_eval(void *tstate, void *frame, int throwflag)
     if (code && *(void **)((char *)code + 8) == py.code_type && extra >= 0 &&
         py.get_extra(code, extra, &stub) == 0 && !stub && own_map >= 0)
         stub = make_stub(code);
-    return stub ? ((stub_fn)stub)(tstate, frame, throwflag, eval) : eval(tstate, frame, throwflag);
+    if (stub)
+        return ((stub_fn)stub)(tstate, frame, throwflag, eval);
+    atomic_fetch_add_explicit(&unnamed_calls, 1, memory_order_relaxed);
+    return eval(tstate, frame, throwflag);
 }
 
 /* Our map and stubs forgotten: in a fork child, the map open is the
@@ -691,7 +697,10 @@ static int own_on(void)
     return 1;
 }
 
+static void *own_evaluator(void) { return (void *)own_eval; }
+
 #else
+static void *own_evaluator(void) { return NULL; }
 static int own_on(void) { return 0; }
 static void own_off(void) {}
 static void own_map_forget(void) {}
@@ -731,7 +740,8 @@ static void register_hooks(void)
     xdecref(f);
 }
 
-static void turn_on(pyobj *sys)
+/* 1 when it is on, by us (OUT_OURS) */
+static int turn_on(pyobj *sys)
 {
     if (evaluator && py.eval_set) { /* made before: switch back to it */
         void *interp = py.interp_get();
@@ -739,18 +749,18 @@ static void turn_on(pyobj *sys)
             snprintf(fail_why, sizeof(fail_why), "another frame evaluator is installed (PEP 523: "
                                                  "torch.compile's, a debugger's)");
             atomic_store(&outcome, OUT_FAILED);
-            return;
+            return 0;
         }
         py.eval_set(interp, evaluator);
         ours = 1;
         atomic_store(&outcome, OUT_OURS);
-        return;
+        return 1;
     }
     if (activations >= ACTIVATIONS_MAX) {
         snprintf(fail_why, sizeof(fail_why), "turned on %d times in this process already (each costs "
                  "CPython a code-extra slot and a trampoline per function)", activations);
         atomic_store(&outcome, OUT_FAILED);
-        return;
+        return 0;
     }
     char path[64];
     map_path(path, sizeof(path));
@@ -765,7 +775,7 @@ static void turn_on(pyobj *sys)
     if (!r) {
         take_error("sys.activate_stack_trampoline(\"perf\")");
         atomic_store(&outcome, OUT_FAILED);
-        return;
+        return 0;
     }
     xdecref(r);
     activations++;
@@ -777,12 +787,13 @@ static void turn_on(pyobj *sys)
             py.err_clear();
         xdecref(r);
         atomic_store(&outcome, OUT_FAILED);
-        return;
+        return 0;
     }
     if (py.eval_set)
         evaluator = py.eval_get(py.interp_get());
     ours = 1;
     atomic_store(&outcome, OUT_OURS);
+    return 1;
 }
 
 /* Main thread, GIL held: make the trampoline match `want`. Never raises
@@ -802,6 +813,7 @@ static int sync_cb(void *arg)
         } else if (own_on()) {
             ours = 1;
             atomic_store(&outcome, OUT_OURS);
+            tb_pyframes_take(own_evaluator(), atomic_load(&unnamed_calls));
         } else {
             atomic_store(&outcome, OUT_FAILED);
         }
@@ -815,10 +827,11 @@ static int sync_cb(void *arg)
         return 0;
     }
     int active = is_active(sys);
+    int took = 0; /* on by us now, since the frames that run unnamed were entered */
     if (on && active == 0)
-        turn_on(sys);
+        took = turn_on(sys);
     else if (on && active == 1)
-        atomic_store(&outcome, ours ? OUT_OURS : OUT_THEIRS);
+        atomic_store(&outcome, (took = ours) ? OUT_OURS : OUT_THEIRS);
     else if (on) {
         snprintf(fail_why, sizeof(fail_why), "sys.is_stack_trampoline_active() failed");
         atomic_store(&outcome, OUT_FAILED);
@@ -828,6 +841,8 @@ static int sync_cb(void *arg)
         ours = 0;
     }
     xdecref(sys);
+    if (took) /* those frames named from the list (pyframes.h) */
+        tb_pyframes_take(evaluator, atomic_load(&unnamed_calls));
     return 0;
 }
 
@@ -904,6 +919,8 @@ void tb_pytramp_request(int on)
                      on ? "stays off for this capture" : "stays on");
 }
 
+uint64_t tb_pytramp_unnamed_calls(void) { return atomic_load_explicit(&unnamed_calls, memory_order_relaxed); }
+
 void tb_pytramp_dying(void)
 {
     unlink_our_map(); /* whoever would still read it ends with the process */
@@ -967,8 +984,7 @@ int tb_pytramp_describe(char *out, size_t n)
         return 0;
     switch (atomic_load(&outcome)) {
     case OUT_OURS:
-        snprintf(out, n, "on during the capture (turned on at its start: Python frames entered before "
-                         "then show as the interpreter)");
+        snprintf(out, n, "%s", TB_PYTRAMP_ON_DURING);
         break;
     case OUT_THEIRS:
         snprintf(out, n, "on for the whole run (PYTHONPERFSUPPORT=1 or the program)");
@@ -1014,6 +1030,7 @@ void tb_pytramp_atfork_child(void)
     activations = 0;
     own_map_forget();
     extras_taken = 0; /* (a child's own count: a new index for each of its maps) */
+    tb_pyframes_atfork_child();
 }
 
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name))

@@ -13,8 +13,9 @@
  * and run by the job's main thread between two bytecodes, typically within
  * microseconds; the agent never takes the GIL or waits for it. Frames
  * already running when it turns on (the main loop, `<module>`) keep no
- * trampoline and show as the interpreter's own function; calls made after
- * it (each step's forward, backward, data loading) are named.
+ * trampoline; calls made after it (each step's forward, backward, data
+ * loading) are named. The main thread's frames of before are named from
+ * a snapshot of its frame list taken in the same call (pyframes.h).
  *
  * A trampoline that was on before the capture (PYTHONPERFSUPPORT=1, or the
  * program's own sys.activate_stack_trampoline) is left alone and stays on.
@@ -34,6 +35,7 @@
 #define TBPROF_AGENT_PYTRAMP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Ask for the trampoline on (a capture starts) or off (it stopped). Agent
  * thread; never blocks on the interpreter. No-op outside CPython >= 3.10. */
@@ -81,5 +83,17 @@ void tb_pytramp_atfork_child(void);
 void tb_pytramp_reset_for_test(void *(*fn)(const char *name));
 
 #define TB_ST_PY_TRAMPOLINE "tbprof_python_trampoline"
+
+/* tb_pytramp_describe's words for a trampoline a capture turned on */
+#define TB_PYTRAMP_ON_DURING                                                                         \
+    "on during the capture (turned on at its start: Python frames entered before then show as the "  \
+    "interpreter)"
+
+/* Calls the trampoline ran without one of its own (3.10, 3.11: no stub
+ * could be had; CPython 3.12's falls back the same way, unseen here):
+ * such a call's frames show as the interpreter, and while the count does
+ * not move the only unnamed activations are those of before the capture
+ * (pyframes.h). Any thread. */
+uint64_t tb_pytramp_unnamed_calls(void);
 
 #endif

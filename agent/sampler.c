@@ -20,6 +20,7 @@
 #include "clock.h"
 #include "host.h"
 #include "log.h"
+#include "pyframes.h"
 #include "pytramp.h"
 #include "stats.h"
 #include "symbols.h"
@@ -166,7 +167,15 @@ typedef struct cpu_ctx {
      * became of it, for the profile ("" when the process has no Python) */
     int py_tramp;
     int py_map; /* asked for the trampoline: tb_pytramp_map_done() when freed */
-    char py_desc[200];
+    char py_desc[256];
+    /* the main thread's frames entered before the trampoline went on
+     * (pyframes.h): a snapshot newer than py_gen, samples labelled until
+     * py_until (when the trampoline was asked off) */
+    uint32_t py_gen;
+    tb_pysnap *pysnap;
+    int64_t py_until;
+    int py_final;       /* read for the last time (at the stop) */
+    uint64_t py_labelled; /* samples labelled */
 } cpu_ctx;
 
 static cpu_ctx cpu_state;
@@ -529,6 +538,14 @@ static void copy_ring(const unsigned char *data, size_t mask, uint64_t pos, void
     }
 }
 
+/* A return address in a Python trampoline (CPython's or ours): code in no
+ * loaded object. */
+static int by_trampoline(uint64_t ip, void *arg)
+{
+    cpu_ctx *c = arg;
+    return tb_symtab_module(c->sym, ip - 1) == NULL;
+}
+
 static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, size_t len)
 {
     struct perf_event_header h;
@@ -537,7 +554,7 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
     uint32_t pidtid[2];
     uint64_t t;
     uint64_t ips[TB_CPU_MAX_FRAMES];
-    int n = 0;
+    int n = 0, whole = 0; /* whole: the walk reached the root */
     if (end - p < 16)
         return;
     memcpy(pidtid, p, 8);
@@ -560,6 +577,9 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
                 break;
             ips[n++] = ip;
         }
+        /* (whole stays 0: a frame-pointer chain can break short of the
+         * root with fewer than FP_MAX_STACK frames, and the Python labels
+         * count activations from the root) */
     } else {
         uint64_t abi, regs[TB_UREG_COUNT], size, dyn = 0;
         if (end - p < 8)
@@ -590,6 +610,12 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
             c->unwind_failed++;
         if (failed == TB_UNWIND_CUT && size && dyn == size) /* the stack goes on: a bigger copy */
             th->cuts++;
+        whole = !failed;
+    }
+    if (c->pysnap && whole && (int64_t)t < c->py_until) {
+        int m = tb_pysnap_label(c->pysnap, (int)pidtid[1], (int64_t)t, ips, n, TB_CPU_MAX_FRAMES, by_trampoline, c);
+        c->py_labelled += m > n;
+        n = m;
     }
     if (n > 0 && (h.misc & PERF_RECORD_MISC_CPUMODE_MASK) == PERF_RECORD_MISC_KERNEL) {
         /* in a system call or fault on behalf of the user stack below:
@@ -628,6 +654,10 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
     struct perf_event_mmap_page *mp = th->base;
     const unsigned char *data = (const unsigned char *)th->base + c->page;
     size_t mask = th->data_len - 1;
+    /* which of the snapshot's frames the main thread still runs, read just
+     * before its samples are (each one taken after the read is left alone) */
+    if (c->pysnap && !c->py_final && th->tid == tb_pysnap_tid(c->pysnap))
+        tb_pysnap_refresh(c->pysnap);
     uint64_t head = __atomic_load_n(&mp->data_head, __ATOMIC_ACQUIRE);
     uint64_t tail = mp->data_tail;
     unsigned k = 0;
@@ -829,6 +859,7 @@ static void free_capture(cpu_ctx *c)
     free(c->scratch);
     tb_unwinder_free(c->unw);
     tb_symtab_free(c->sym);
+    tb_pysnap_free(c->pysnap);
     forget_capture(c);
 }
 
@@ -957,6 +988,8 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     int py_fp = info->py_trampoline && c->mode == TB_CPU_FP ? tb_pytramp_frame_pointers() : 1;
     if (info->py_trampoline && py_fp > 0) {
         c->py_tramp = c->py_map = 1;
+        c->py_gen = tb_pyframes_generation();
+        c->py_until = INT64_MAX;
         tb_pytramp_request(1);
     } else if (py_fp == 0) {
         snprintf(c->py_desc, sizeof(c->py_desc),
@@ -964,6 +997,14 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
                  "frames (dwarf stacks name Python frames)");
     }
     return 0;
+}
+
+/* This capture's snapshot of the main thread's frames (pyframes.h), once
+ * the main thread has taken it. */
+static void py_snapshot(cpu_ctx *c)
+{
+    if (c->py_map && !c->pysnap)
+        c->pysnap = tb_pyframes_copy(c->py_gen);
 }
 
 static void cpu_poll(void *ctx)
@@ -988,6 +1029,7 @@ static void cpu_poll(void *ctx)
      * rate): the next poll starts after the thread this one stopped in, so
      * every thread's ring is drained in turn and the samples lost to full
      * rings are spread evenly, not all taken from the threads last in line */
+    py_snapshot(c);
     int64_t deadline = now + c->poll_work_ns;
     size_t n = c->nthreads, from = n ? c->drain_from % n : 0;
     for (size_t k = 0; k < n; k++) {
@@ -1010,6 +1052,10 @@ static void cpu_stop(void *ctx)
     if (c->py_tramp) {
         if (!tb_pytramp_describe(c->py_desc, sizeof(c->py_desc)))
             c->py_desc[0] = '\0';
+        c->py_until = tb_mono_ns(); /* samples after it may be in frames entered with it off */
+        py_snapshot(c);
+        tb_pysnap_refresh(c->pysnap); /* (the last: the main thread may turn it off before the drains) */
+        c->py_final = 1;
         tb_pytramp_request(0);
         c->py_tramp = 0;
     }
@@ -1036,7 +1082,7 @@ static void cpu_thread_created(void *ctx, int tid)
 /* A fork child's copies of the parent's capture buffers, still reachable
  * (volatile: stores the compiler keeps) so that LSan reports no leak in a
  * child that exits. */
-static void *volatile child_left[8];
+static void *volatile child_left[9];
 
 static void cpu_atfork_child(void *ctx)
 {
@@ -1053,8 +1099,8 @@ static void cpu_atfork_child(void *ctx)
         if (v > 0)
             close(v - 1);
     }
-    void *p[8] = {c->threads, c->samples, c->frames, c->stacks, c->ht, c->scratch, c->unw, c->sym};
-    for (int i = 0; i < 8; i++)
+    void *p[9] = {c->threads, c->samples, c->frames, c->stacks, c->ht, c->scratch, c->unw, c->sym, c->pysnap};
+    for (int i = 0; i < 9; i++)
         child_left[i] = p[i];
     forget_capture(c);
     tb_pytramp_atfork_child();
@@ -1096,8 +1142,9 @@ static uint32_t frame_meta(cpu_ctx *c, tb_plane *p, ipmeta *cache, size_t cap, u
         h = (h + 1) & (cap - 1);
     }
     const char *module = NULL;
-    const char *name =
-        addr == KERNEL_IP ? TB_CPU_KERNEL_FRAME : tb_symtab_lookup_gen(c->sym, addr, gen, &module);
+    const char *name = addr == KERNEL_IP       ? TB_CPU_KERNEL_FRAME
+                       : tb_pyframe_ip(addr) ? tb_pysnap_name(c->pysnap, addr)
+                                             : tb_symtab_lookup_gen(c->sym, addr, gen, &module);
     char buf[300];
     if (!name) {
         if (module)
@@ -1209,7 +1256,8 @@ static int cpu_collect(void *ctx, tb_space *space)
         for (uint32_t i = 0; i < st->n; i++) {
             uint64_t ip = c->frames[st->off + i];
             /* return addresses point after the call: look up the call itself */
-            metas[st->off + i] = frame_meta(c, p, cache, cap, i == 0 ? ip : ip - 1, st->gen, &unknown);
+            metas[st->off + i] =
+                frame_meta(c, p, cache, cap, i == 0 || tb_pyframe_ip(ip) ? ip : ip - 1, st->gen, &unknown);
         }
     }
 
@@ -1303,6 +1351,12 @@ static int cpu_collect(void *ctx, tb_space *space)
         snprintf(kwhy, sizeof(kwhy), "user space only (kernel time refused: %s)",
                  strerrorname_np(c->kernel_err) ? strerrorname_np(c->kernel_err) : "error");
     tb_plane_stat_str(p, TB_ST_CPU_TIME, c->user_only ? kwhy : "user and kernel");
+    if (c->py_labelled && !strcmp(c->py_desc, TB_PYTRAMP_ON_DURING))
+        snprintf(c->py_desc, sizeof(c->py_desc),
+                 "on during the capture (turned on at its start: the main thread's Python frames entered before "
+                 "then are named from its frame list, in %llu of its samples; other threads' show as the "
+                 "interpreter)",
+                 (unsigned long long)c->py_labelled);
     if (c->py_desc[0])
         tb_plane_stat_str(p, TB_ST_PY_TRAMPOLINE, c->py_desc);
     tb_plane_stat_u64(p, TB_ST_CPU_THREADS, c->threads_sampled);

@@ -510,6 +510,74 @@ class CpuPythonTrampoline(PythonsCase):
                 self.assertLess(self.py_share(prof, pid)[0], 0.01)
 
 
+class CpuPythonFramesBefore(PythonsCase):
+    """Frames the main thread entered before a capture turned the trampoline
+    on are named from its frame list (agent/pyframes.h): each CPython 3.10
+    to 3.13 found (3.10 and 3.11: tbprof's trampoline; 3.12, 3.13:
+    CPython's). progs/pre_frames_py.py: main() -> map() -> outer() ->
+    spin() entered before the capture; spin() returns during it, then
+    outer(), then main() calls after()."""
+
+    PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "pre_frames_py.py")
+
+    def setUp(self):
+        super().setUp()
+        # (3.14's frame layout is not read: its frames stay unnamed)
+        self.pythons = [(v, p) for v, p in find_pythons(True) + find_pythons(False)
+                        if tuple(int(x) for x in v.split(".")) <= (3, 13)]
+
+    @staticmethod
+    def py_paths(line):
+        """{(py:: names from the root, file left off): self samples}"""
+        paths = {}
+        for e, anc in cpusamples.walk(line):
+            n = e.stats.get("self_samples", 0)
+            if n:
+                path = tuple(x.name[:x.name.index(":", 4)] for x in anc + [e] if x.name.startswith("py::"))
+                paths[path] = paths.get(path, 0) + n
+        return paths
+
+    def test_frames_entered_before_the_capture(self):
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "before-" + version)
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499, delay="0.5", duration="1.5")
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, self.PROG], env=env, timeout=120)
+                self.assertExitedOk(p)
+                pid = int(p.stdout.split()[1])
+                self.maps.append("/tmp/perf-%d.map" % pid)
+                prof = tbtest.load(tbtest.wait_for_xplanes(self.logdir, 1)[0])
+                paths = self.py_paths(prof.host.line(pid))
+                total = sum(paths.values())
+                base = ("py::<module>", "py::main")
+                spin = sum(n for k, n in paths.items() if k[:4] == base + ("py::outer", "py::spin"))
+                outer_own = paths.get(base + ("py::outer",), 0)
+                after = sum(n for k, n in paths.items() if "py::after" in k)
+                after_whole = sum(n for k, n in paths.items() if k[:3] == base + ("py::after",))
+                stale = sum(n for k, n in paths.items() if "py::after" in k and ("py::outer" in k or "py::spin" in k))
+                burn = sum(n for k, n in paths.items() if k[-1:] == ("py::burn",))
+                burn_whole = sum(n for k, n in paths.items() if k in (base + ("py::outer", "py::spin", "py::burn"),
+                                                                      base + ("py::after", "py::burn")))
+                stat = prof.host.stats.get("tbprof_python_trampoline", "")
+                print("python %s: %d main-thread samples; under <module>/main/outer/spin %d, in outer itself %d, "
+                      "under after %d (%d under <module>/main/after, %d with spin or outer kept); py::burn %d (%d "
+                      "with its callers); %s" % (version, total, spin, outer_own, after, after_whole, stale, burn,
+                                                 burn_whole, stat))
+                self.assertIn("named from its frame list, in ", stat)
+                # spin() ran for 0.4 s of the 1.5 s capture, outer() by
+                # itself for 0.3 s, after() for 0.8 s
+                self.assertGreater(spin, total * 0.15, paths)
+                self.assertGreater(outer_own, total * 0.08, paths)
+                self.assertGreater(after, total * 0.25, paths)
+                # outer() and spin() had returned: after() sits under main()
+                self.assertGreater(after_whole, after * 0.9, paths)
+                self.assertEqual(stale, 0, paths)
+                # a call made during the capture (named by the trampoline)
+                # sits under the frames named from the list
+                self.assertGreater(burn_whole, burn * 0.9, paths)
+
+
 class CpuPythonOwnTrampoline(PythonsCase):
     """CPython 3.10 and 3.11 have no perf trampoline: tbprof sets its own
     frame evaluator for a capture, which runs each Python call through a
@@ -519,8 +587,8 @@ class CpuPythonOwnTrampoline(PythonsCase):
     OLD = True
 
     def test_python_split_through_our_trampoline(self):
-        # cpu_split_py.py starts the capture with tbprof_start() (its main()
-        # is running by then: shown as the interpreter, not by name)
+        # cpu_split_py.py starts the capture with tbprof_start(): its main()
+        # and <module> are running by then, named from the frame list
         for version, python in self.pythons:
             with self.subTest(python=version):
                 prof, pid, truth = self.run_split(python, "dwarf", "own-" + version, perf_support=False)
@@ -533,7 +601,8 @@ class CpuPythonOwnTrampoline(PythonsCase):
                 a, b = c.get("py::burn_a:" + PROG, (0, 0))[1], c.get("py::burn_b:" + PROG, (0, 0))[1]
                 under = sum(e.stats["samples"] for e, anc in cpusamples.walk(main)
                             if e.name.startswith(("py::burn_a:", "py::burn_b:"))
-                            and [x.name for x in anc if x.name.startswith("py::")] == ["py::work:" + PROG])
+                            and [x.name for x in anc if x.name.startswith("py::")] ==
+                            ["py::<module>:" + PROG, "py::main:" + PROG, "py::work:" + PROG])
                 share = a / max(a + b, 1)
                 print("python %s (tbprof's trampoline): %d samples, py::burn_a %d, py::burn_b %d: %.1f%% in burn_a "
                       "(truth %.1f%%), %d unwinds failed" % (version, n, a, b, share * 100, truth * 100,
@@ -541,8 +610,9 @@ class CpuPythonOwnTrampoline(PythonsCase):
                 self.assertGreater(a + b, n * 0.5, "burn_a/burn_b in %d of %d samples" % (a + b, n))
                 self.assertAlmostEqual(share, truth, delta=0.05)
                 # the unwinder steps over our stubs as over CPython's: each
-                # burn_* sits under py::work, the caller named
-                self.assertGreater(under, (a + b) * 0.9, "under py::work in %d of %d" % (under, a + b))
+                # burn_* sits under py::work, the caller named, and that under
+                # the frames entered before the capture
+                self.assertGreater(under, (a + b) * 0.9, "under <module>/main/work in %d of %d" % (under, a + b))
                 self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
                 # the map we wrote goes with the process
                 self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
