@@ -12,7 +12,6 @@
 #include "pyframes.h"
 
 #include <dlfcn.h>
-#include <execinfo.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -63,9 +62,14 @@ struct tb_pysnap {
     int dead;
     /* the refresh's answer (known), read from the list at read_at: the
      * innermost frame found live that is not the first of its activation
-     * (top), and its activation (gstar); -1: none */
+     * (top), and its activation (gstar); -1: none. prev: the answer before
+     * (at the snapshot: every frame live). A sample taken between the two
+     * whose innermost activation had lost frames between them is left
+     * alone: how many it had then is not known. */
     int known, gstar, top;
     int64_t read_at;
+    int pfull, pgstar, ptop;
+    int64_t pread_at;
     int n, ngroups;
     size_t names_len;
     int gstart[MAX_FRAMES + 1]; /* activation g: frames gstart[g] .. gstart[g+1]-1 */
@@ -143,8 +147,6 @@ void tb_pyframes_resolve(void *(*lookup)(const char *name), int minor)
         api.code_type = (uint64_t)(uintptr_t)code_type;
         api.eval_lo = (uint64_t)(uintptr_t)eval;
         api.eval_hi = api.eval_lo + sym->st_size;
-        void *warm[2];
-        backtrace(warm, 2); /* (its first call loads libgcc_s: here, not on the job's thread) */
         api.minor = minor;
     }
     pthread_mutex_unlock(&lk);
@@ -211,7 +213,7 @@ static int find_evaluator(tb_pysnap *s, void *interp, void *expected)
 
 /* The frames from cur to the root into s->f (bottom first), with their
  * activations; 0 when the list is not what the layout says. */
-static int walk_list(tb_pysnap *s, uint64_t cur)
+static int walk_list(tb_pysnap *s, uint64_t cur, uint64_t *shim)
 {
     int k = 0, steps = 0;
     uint64_t a = cur;
@@ -223,6 +225,8 @@ static int walk_list(tb_pysnap *s, uint64_t cur)
         if (s->minor >= 12 && b[70] == OWNED_BY_CSTACK) {
             if (k) /* the frame above was the first its activation ran */
                 s->f[k - 1].first = 1;
+            if (!*shim)
+                *shim = a;
             a = prev;
             continue;
         }
@@ -253,22 +257,78 @@ static int walk_list(tb_pysnap *s, uint64_t cur)
     return 1;
 }
 
-/* The thread's own C stack must hold one evaluator activation per group:
- * an activation blocked in a call from code outside [eval_lo, eval_hi)
- * (GCC's `.cold` part of the function, not in the symbol's size) would
- * not be counted in the samples, and the ones above it would take the
- * wrong frames. */
-static int activations_match(const tb_pysnap *s)
+/* The thread's own C stack must hold one evaluator activation per group,
+ * each blocked in a call from [eval_lo, eval_hi): one blocked in a call
+ * from code outside it (GCC's `.cold` part of the function, which the
+ * symbol's size leaves out: in Debian's 3.11 the pending call itself runs
+ * from there) would not be counted in the samples, and those above it
+ * would take the wrong frames. The innermost activation, the one running
+ * this pending call, is told by where it keeps a local (inner: its
+ * _PyCFrame, or its entry shim): the first frame whose CFA is above it. */
+/* (the Itanium C++ ABI's unwinder, libgcc_s: declared here, as
+ * <unwind.h> names agent/unwind.h on this target's include path) */
+struct _Unwind_Context;
+typedef int (*tb_unwind_trace_fn)(struct _Unwind_Context *ctx, void *arg);
+extern int _Unwind_Backtrace(tb_unwind_trace_fn fn, void *arg);
+extern uintptr_t _Unwind_GetIP(struct _Unwind_Context *ctx);
+extern uintptr_t _Unwind_GetCFA(struct _Unwind_Context *ctx);
+#define URC_NO_REASON 0
+#define URC_END_OF_STACK 5
+
+enum { BT_DEPTH = 2048 };
+typedef struct bt {
+    int n;
+    uint64_t ip[BT_DEPTH], cfa[BT_DEPTH];
+} bt;
+
+static int bt_frame(struct _Unwind_Context *ctx, void *arg)
 {
-    enum { DEPTH = 2048 };
-    void **ret = malloc(DEPTH * sizeof(*ret));
-    int n = ret ? backtrace(ret, DEPTH) : 0, k = 0;
-    for (int i = 1; i < n; i++) { /* (return addresses: the call is the byte before) */
-        uint64_t a = (uint64_t)(uintptr_t)ret[i] - 1;
+    bt *b = arg;
+    if (b->n == BT_DEPTH)
+        return URC_END_OF_STACK;
+    b->ip[b->n] = _Unwind_GetIP(ctx);
+    b->cfa[b->n] = _Unwind_GetCFA(ctx);
+    b->n++;
+    return URC_NO_REASON;
+}
+
+static int activations_match(const tb_pysnap *s, uint64_t inner)
+{
+    bt *b = malloc(sizeof(*b));
+    if (!b)
+        return 0;
+    b->n = 0;
+    _Unwind_Backtrace(bt_frame, b);
+    int i0 = -1, k = 0;
+    for (int i = 0; i < b->n && i0 < 0; i++)
+        if (b->cfa[i] > inner)
+            i0 = i;
+    for (int i = i0 + 1; i0 >= 0 && i < b->n; i++) { /* (return addresses: the call is the byte before) */
+        uint64_t a = b->ip[i] - 1;
         k += a >= s->eval_lo && a < s->eval_hi;
     }
-    free(ret);
-    return n > 0 && n < DEPTH && k == s->ngroups;
+    int ok = i0 >= 0 && b->n < BT_DEPTH && k == s->ngroups - 1;
+    free(b);
+    return ok;
+}
+
+/* A local of the innermost activation: 3.11's _PyCFrame (tstate->cframe),
+ * 3.12's and 3.13's entry shim (the first met walking the list), 3.10's
+ * CFrame (the first word of the thread state that points into this
+ * thread's stack above here: prev, next, interp and frame point to the
+ * heap). 0: not found. */
+static uint64_t innermost_local(const tb_pysnap *s, uint64_t shim)
+{
+    uint64_t w;
+    if (s->minor >= 12)
+        return shim;
+    if (s->minor == 11)
+        return rd64(s->tstate + s->cur_off, &w) == 0 ? w : 0;
+    uint64_t here = (uint64_t)(uintptr_t)__builtin_frame_address(0);
+    for (uint64_t off = 0; off < 256; off += 8)
+        if (rd64(s->tstate + off, &w) == 0 && w > here && w - here < ((uint64_t)8 << 20))
+            return w;
+    return 0;
 }
 
 void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
@@ -287,6 +347,7 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
     s->eval_hi = api.eval_hi;
     s->unnamed = unnamed_calls;
     s->gstar = s->top = -1;
+    s->pfull = 1;
     /* PyFrameObject (3.10), else _PyInterpreterFrame */
     s->code_off = minor == 10 ? 32 : minor == 11 ? 32 : 0;
     s->prev_off = minor == 10 ? 24 : minor == 11 ? 48 : 8;
@@ -299,8 +360,10 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
         ok = rd64(cur + 24, &cur) == 0;
     if (fo)
         api.decref(fo);
-    ok = ok && find_current(s, (uint64_t)(uintptr_t)ts, cur) && walk_list(s, cur) &&
-         find_evaluator(s, api.interp_get(), expected_evaluator) && activations_match(s);
+    uint64_t shim = 0, inner;
+    ok = ok && find_current(s, (uint64_t)(uintptr_t)ts, cur) && walk_list(s, cur, &shim) &&
+         find_evaluator(s, api.interp_get(), expected_evaluator) && (inner = innermost_local(s, shim)) != 0 &&
+         activations_match(s, inner);
     for (int i = 0; ok && i < s->n; i++) {
         void *q = api.get_attr((void *)(uintptr_t)s->f[i].code, minor >= 11 ? "co_qualname" : "co_name");
         void *file = api.get_attr((void *)(uintptr_t)s->f[i].code, "co_filename");
@@ -325,7 +388,7 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
         free(s);
         return;
     }
-    s->t = tb_mono_ns();
+    s->t = s->pread_at = tb_mono_ns();
     pthread_mutex_lock(&lk);
     free(latest);
     latest = s;
@@ -390,9 +453,10 @@ static int read_frame(window w[2], int *next, uint64_t a, unsigned char out[FRAM
 /* One walk of the live list from the current frame: 1 with the answer in
  * gstar/top, 0 when it could not be read through to a frame of the
  * snapshot (the list changes under the walk: a short call returns and its
- * shim on the C stack is overwritten), -1 when it went on past WALK_MAX
- * frames (a deep recursion: no use trying again). */
-static int walk_live(tb_pysnap *s)
+ * shim on the C stack is overwritten, and what was read there may lead
+ * anywhere, a loop included), -1 when the evaluator is no longer the
+ * trampoline's (dead). */
+static int walk_live(tb_pysnap *s, int *gstar, int *top)
 {
     uint64_t a, ev;
     if (read_current(s, &a, &ev) != 0)
@@ -402,7 +466,7 @@ static int walk_live(tb_pysnap *s)
         return -1;
     }
     if (s->minor == 10) { /* one frame to an activation: nothing to find */
-        s->gstar = s->top = -1;
+        *gstar = *top = -1;
         return 1;
     }
     window w[2];
@@ -423,13 +487,14 @@ static int walk_live(tb_pysnap *s)
             if (f->addr != a || (f->first && i) || code != f->code || prev != f->prev ||
                 (s->entry_off >= 0 && b[s->entry_off] != f->entry))
                 continue;
-            s->gstar = i ? f->group : -1;
-            s->top = i ? i : -1;
+            *gstar = i ? f->group : -1;
+            *top = i ? i : -1;
             return 1;
         }
         a = prev;
     }
-    return a ? -1 : 0;
+    return 0; /* (the end of the list, or WALK_MAX frames: a deep recursion, or a loop read from
+               * a shim overwritten under the walk) */
 }
 
 void tb_pysnap_refresh(tb_pysnap *s)
@@ -439,9 +504,17 @@ void tb_pysnap_refresh(tb_pysnap *s)
     s->known = 0;
     for (int tries = 0; tries < 3 && !s->dead; tries++) {
         int64_t now = tb_mono_ns();
-        int r = walk_live(s);
+        int gstar, top, r = walk_live(s, &gstar, &top);
         if (r > 0) {
+            if (s->read_at) { /* (the last answer, whether or not the read before this failed) */
+                s->pfull = 0;
+                s->pgstar = s->gstar;
+                s->ptop = s->top;
+                s->pread_at = s->read_at;
+            }
             s->known = 1;
+            s->gstar = gstar;
+            s->top = top;
             s->read_at = now;
         }
         if (r)
@@ -449,12 +522,24 @@ void tb_pysnap_refresh(tb_pysnap *s)
     }
 }
 
+/* Frames of activation g live by an answer (gstar, top), or -1 where the
+ * answer cannot be (the activation found innermost is later than g). */
+static int live_frames(const tb_pysnap *s, int g, int full, int gstar, int top)
+{
+    int size = s->gstart[g + 1] - s->gstart[g];
+    if (full || g < gstar)
+        return size;
+    if (gstar < 0 || g > gstar)
+        return 1;
+    return top - s->gstart[g] + 1;
+}
+
 int tb_pysnap_label(tb_pysnap *s, int tid, int64_t t, uint64_t *ips, int n, int cap, tb_pysnap_named_fn named,
                     void *arg)
 {
     /* (a sample taken after the read: the frames it found may have
      * returned before it) */
-    if (!s || !s->known || s->dead || tid != s->tid || t < s->t || t > s->read_at || n <= 0)
+    if (!s || !s->known || s->dead || tid != s->tid || t <= s->pread_at || t > s->read_at || n <= 0)
         return n;
     /* the unnamed activations, from the root: pos[g] holds activation g */
     int pos[MAX_FRAMES], k = 0;
@@ -474,15 +559,15 @@ int tb_pysnap_label(tb_pysnap *s, int tid, int64_t t, uint64_t *ips, int n, int 
      * the innermost, those the refresh found live */
     int cnt[MAX_FRAMES], add = 0;
     for (int g = 0; g < k; g++) {
-        int size = s->gstart[g + 1] - s->gstart[g];
-        if (g < k - 1)
-            cnt[g] = size;
-        else if (s->gstar < 0 || g > s->gstar)
-            cnt[g] = 1;
-        else if (g == s->gstar)
-            cnt[g] = s->top - s->gstart[g] + 1;
-        else
-            return n; /* the read found a later activation live that this sample had left */
+        if (g < k - 1) {
+            cnt[g] = s->gstart[g + 1] - s->gstart[g];
+        } else {
+            if (g < s->gstar)
+                return n; /* the read found a later activation live that this sample had left */
+            cnt[g] = live_frames(s, g, 0, s->gstar, s->top);
+            if (cnt[g] != live_frames(s, g, s->pfull, s->pgstar, s->ptop))
+                return n; /* it lost frames between the two reads */
+        }
         add += cnt[g];
     }
     if (n + add > cap)
@@ -548,8 +633,17 @@ tb_pysnap *tb_pysnap_for_test(int tid, int64_t t, uint64_t eval_lo, uint64_t eva
     return s;
 }
 
+void tb_pysnap_set_prev_for_test(tb_pysnap *s, int top, int64_t read_at)
+{
+    s->pfull = 0;
+    s->ptop = top >= 0 ? top : -1;
+    s->pgstar = top >= 0 ? s->f[top].group : -1;
+    s->pread_at = read_at;
+}
+
 void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at)
 {
+    tb_pysnap_set_prev_for_test(s, top, s->t);
     s->read_at = read_at;
     s->known = top >= -1;
     s->top = top >= 0 ? top : -1;

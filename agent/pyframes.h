@@ -97,7 +97,10 @@ void tb_pyframes_atfork_child(void);
 tb_pysnap *tb_pysnap_for_test(int tid, int64_t t, uint64_t eval_lo, uint64_t eval_hi, const char *const *names,
                               const int *group, int n);
 /* Tests: the innermost live frame is frame index `top` (-1: none found
- * but the root; -2: the walk failed), read at read_at. */
+ * but the root; -2: the walk failed), read at read_at, and the same at
+ * the read before (at the snapshot's time). */
 void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at);
+/* Tests: the read before found `top`, at read_at. */
+void tb_pysnap_set_prev_for_test(tb_pysnap *s, int top, int64_t read_at);
 
 #endif

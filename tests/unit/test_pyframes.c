@@ -86,6 +86,16 @@ int main(void)
     CHECKF(same(out, m, named_out, 9), "m %d", m);
     CHECK(calls >= 1);
 
+    /* the activation lost a frame between the read before and this one:
+     * how many it had at the sample is not known */
+    tb_pysnap_set_prev_for_test(s, 2, 150); /* outer was live then */
+    CHECK_EQ_I(label(s, TID, 200, named, 7, 64, out), 7);
+    tb_pysnap_set_prev_for_test(s, 1, 150); /* the same then */
+    m = label(s, TID, 200, named, 7, 64, out);
+    CHECKF(same(out, m, named_out, 9), "m %d", m);
+    CHECK_EQ_I(label(s, TID, 150, named, 7, 64, out), 7); /* taken before the read before */
+    tb_pysnap_set_live_for_test(s, 1, 1000);
+
     /* the leaf is in the evaluator (its own address, not a return one) */
     static const uint64_t leaf[] = {0x501, 0x1000};
     m = label(s, TID, 200, leaf, 2, 64, out);
