@@ -26,6 +26,7 @@
 #include "pytramp.h"
 #include "util.h"
 
+struct _Unwind_Context;
 #define MAX_FRAMES 256            /* a deeper list at the snapshot: none taken */
 #define NAMES_BYTES (32 << 10)    /* their names */
 #define WALK_MAX 1024             /* frames the agent's walk reads per poll at most */
@@ -90,6 +91,11 @@ static struct {
     void *(*interp_get)(void);
     void *(*eval_get)(void *);
     uint64_t code_type, eval_lo, eval_hi;
+    /* the Itanium C++ ABI's unwinder (libgcc_s, dlopen()ed: libtbprof.so
+     * needs only libc at run time) */
+    int (*backtrace)(int (*fn)(struct _Unwind_Context *, void *), void *arg);
+    uintptr_t (*get_ip)(struct _Unwind_Context *);
+    uintptr_t (*get_cfa)(struct _Unwind_Context *);
 } api;
 
 static pthread_mutex_t lk = PTHREAD_MUTEX_INITIALIZER;
@@ -139,10 +145,16 @@ void tb_pyframes_resolve(void *(*lookup)(const char *name), int minor)
     *(void **)&api.interp_get = lookup("PyInterpreterState_Get");
     *(void **)&api.eval_get = lookup("_PyInterpreterState_GetEvalFrameFunc");
     void *code_type = lookup("PyCode_Type"), *eval = lookup("_PyEval_EvalFrameDefault");
+    void *gcc = dlopen("libgcc_s.so.1", RTLD_LAZY | RTLD_LOCAL); /* (kept open) */
+    if (gcc) {
+        *(void **)&api.backtrace = dlsym(gcc, "_Unwind_Backtrace");
+        *(void **)&api.get_ip = dlsym(gcc, "_Unwind_GetIP");
+        *(void **)&api.get_cfa = dlsym(gcc, "_Unwind_GetCFA");
+    }
     Dl_info info;
     const ElfW(Sym) *sym = NULL;
     if (api.ts_get && api.get_frame && api.get_attr && api.utf8 && api.err_clear && api.decref && api.interp_get &&
-        api.eval_get && code_type && eval && dladdr1(eval, &info, (void **)&sym, RTLD_DL_SYMENT) && sym &&
+        api.eval_get && api.backtrace && api.get_ip && api.get_cfa && code_type && eval && dladdr1(eval, &info, (void **)&sym, RTLD_DL_SYMENT) && sym &&
         sym->st_size && info.dli_saddr == eval) {
         api.code_type = (uint64_t)(uintptr_t)code_type;
         api.eval_lo = (uint64_t)(uintptr_t)eval;
@@ -265,14 +277,7 @@ static int walk_list(tb_pysnap *s, uint64_t cur, uint64_t *shim)
  * would take the wrong frames. The innermost activation, the one running
  * this pending call, is told by where it keeps a local (inner: its
  * _PyCFrame, or its entry shim): the first frame whose CFA is above it. */
-/* (the Itanium C++ ABI's unwinder, libgcc_s: declared here, as
- * <unwind.h> names agent/unwind.h on this target's include path) */
-struct _Unwind_Context;
-typedef int (*tb_unwind_trace_fn)(struct _Unwind_Context *ctx, void *arg);
-extern int _Unwind_Backtrace(tb_unwind_trace_fn fn, void *arg);
-extern uintptr_t _Unwind_GetIP(struct _Unwind_Context *ctx);
-extern uintptr_t _Unwind_GetCFA(struct _Unwind_Context *ctx);
-#define URC_NO_REASON 0
+#define URC_NO_REASON 0 /* (_Unwind_Reason_Code) */
 #define URC_END_OF_STACK 5
 
 enum { BT_DEPTH = 2048 };
@@ -286,8 +291,8 @@ static int bt_frame(struct _Unwind_Context *ctx, void *arg)
     bt *b = arg;
     if (b->n == BT_DEPTH)
         return URC_END_OF_STACK;
-    b->ip[b->n] = _Unwind_GetIP(ctx);
-    b->cfa[b->n] = _Unwind_GetCFA(ctx);
+    b->ip[b->n] = api.get_ip(ctx);
+    b->cfa[b->n] = api.get_cfa(ctx);
     b->n++;
     return URC_NO_REASON;
 }
@@ -298,7 +303,7 @@ static int activations_match(const tb_pysnap *s, uint64_t inner)
     if (!b)
         return 0;
     b->n = 0;
-    _Unwind_Backtrace(bt_frame, b);
+    api.backtrace(bt_frame, b);
     int i0 = -1, k = 0;
     for (int i = 0; i < b->n && i0 < 0; i++)
         if (b->cfa[i] > inner)
