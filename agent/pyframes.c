@@ -68,12 +68,22 @@ struct tb_pysnap {
      * whose innermost activation had lost frames between them is left
      * alone: how many it had then is not known. */
     int known, gstar, top;
-    int64_t read_at;
+    int64_t read_at, read_end;
     int pfull, pgstar, ptop;
     int64_t pread_at;
+    /* where the thread's C stack stood at the snapshot, which a sample's
+     * must match: each activation's caller's return address (caller_ret),
+     * the call site an activation below the innermost is blocked at
+     * (eval_ret: fixed while it lives), and the root's (root_ret). A
+     * sample whose unwind stopped short of the root, or an activation
+     * begun unnamed under another evaluator swapped in and out between two
+     * reads (PEP 523: torch.compile's), does not match. 0: not checked. */
+    uint64_t root_ret;
+    uint64_t lo, hi; /* the snapshot frames' addresses lie in [lo, hi] */
     int n, ngroups;
     size_t names_len;
     int gstart[MAX_FRAMES + 1]; /* activation g: frames gstart[g] .. gstart[g+1]-1 */
+    uint64_t caller_ret[MAX_FRAMES], eval_ret[MAX_FRAMES];
     pyf f[MAX_FRAMES];          /* bottom (the root) first */
     char names[NAMES_BYTES];
 };
@@ -266,6 +276,11 @@ static int walk_list(tb_pysnap *s, uint64_t cur, uint64_t *shim)
     }
     s->ngroups = g + 1;
     s->gstart[s->ngroups] = k;
+    s->lo = UINT64_MAX;
+    for (int i = 0; i < k; i++) {
+        s->lo = s->f[i].addr < s->lo ? s->f[i].addr : s->lo;
+        s->hi = s->f[i].addr > s->hi ? s->f[i].addr : s->hi;
+    }
     return 1;
 }
 
@@ -297,7 +312,7 @@ static int bt_frame(struct _Unwind_Context *ctx, void *arg)
     return URC_NO_REASON;
 }
 
-static int activations_match(const tb_pysnap *s, uint64_t inner)
+static int activations_match(tb_pysnap *s, uint64_t inner)
 {
     bt *b = malloc(sizeof(*b));
     if (!b)
@@ -308,11 +323,27 @@ static int activations_match(const tb_pysnap *s, uint64_t inner)
     for (int i = 0; i < b->n && i0 < 0; i++)
         if (b->cfa[i] > inner)
             i0 = i;
-    for (int i = i0 + 1; i0 >= 0 && i < b->n; i++) { /* (return addresses: the call is the byte before) */
+    int ok = i0 >= 0 && i0 + 1 < b->n && b->n < BT_DEPTH;
+    /* from the root: activation g's frame is at[g] (the innermost's, i0) */
+    int at[MAX_FRAMES];
+    for (int i = b->n - 1; ok && i > i0; i--) { /* (return addresses: the call is the byte before) */
         uint64_t a = b->ip[i] - 1;
-        k += a >= s->eval_lo && a < s->eval_hi;
+        if (a >= s->eval_lo && a < s->eval_hi) {
+            if (k == s->ngroups - 1)
+                ok = 0;
+            else
+                at[k++] = i;
+        }
     }
-    int ok = i0 >= 0 && b->n < BT_DEPTH && k == s->ngroups - 1;
+    ok = ok && k == s->ngroups - 1;
+    if (ok) {
+        at[k] = i0;
+        for (int g = 0; g < s->ngroups; g++) {
+            s->caller_ret[g] = b->ip[at[g] + 1];
+            s->eval_ret[g] = g < s->ngroups - 1 ? b->ip[at[g]] : 0;
+        }
+        s->root_ret = b->ip[b->n - 1];
+    }
     free(b);
     return ok;
 }
@@ -361,6 +392,8 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
     void *fo = ts ? api.get_frame(ts) : NULL; /* a new reference */
     uint64_t cur = (uint64_t)(uintptr_t)fo;
     int ok = fo != NULL;
+    if (!fo) /* (3.11+ makes the frame object: a MemoryError is not the job's) */
+        api.err_clear();
     if (ok && minor >= 11) /* PyFrameObject.f_frame */
         ok = rd64(cur + 24, &cur) == 0;
     if (fo)
@@ -477,11 +510,21 @@ static int walk_live(tb_pysnap *s, int *gstar, int *top)
     window w[2];
     int next = 0;
     w[0].ok = w[1].ok = 0;
-    for (int steps = 0; a && steps < WALK_MAX; steps++) {
+    uint64_t seen[8] = {0};
+    int steps = 0;
+    for (; a && steps < WALK_MAX; steps++) {
+        for (int i = 0; i < 8; i++)
+            if (seen[i] == a)
+                return 0; /* a loop: read from a shim overwritten under the walk */
+        seen[steps & 7] = a;
         unsigned char b[FRAME_READ];
         if (read_frame(w, &next, a, b) != 0)
             return 0;
         uint64_t code = get64(b, s->code_off), prev = get64(b, s->prev_off);
+        if (a < s->lo || a > s->hi) {
+            a = prev;
+            continue;
+        }
         /* a first frame of an activation is no answer, but the root's: a
          * call made again through the trampoline from the same caller can
          * land where it was with the same code and link; a later frame of
@@ -498,8 +541,9 @@ static int walk_live(tb_pysnap *s, int *gstar, int *top)
         }
         a = prev;
     }
-    return 0; /* (the end of the list, or WALK_MAX frames: a deep recursion, or a loop read from
-               * a shim overwritten under the walk) */
+    /* the end of the list: it changed under the walk; or WALK_MAX
+     * frames: a deep recursion above the snapshot's frames, not tried again */
+    return a ? -2 : 0;
 }
 
 void tb_pysnap_refresh(tb_pysnap *s)
@@ -515,12 +559,13 @@ void tb_pysnap_refresh(tb_pysnap *s)
                 s->pfull = 0;
                 s->pgstar = s->gstar;
                 s->ptop = s->top;
-                s->pread_at = s->read_at;
+                s->pread_at = s->read_end; /* (a sample during that walk may have had more) */
             }
             s->known = 1;
             s->gstar = gstar;
             s->top = top;
             s->read_at = now;
+            s->read_end = tb_mono_ns();
         }
         if (r)
             break;
@@ -560,6 +605,11 @@ int tb_pysnap_label(tb_pysnap *s, int tid, int64_t t, uint64_t *ips, int n, int 
     }
     if (!k)
         return n;
+    if (s->root_ret && ips[n - 1] != s->root_ret)
+        return n; /* (the unwind did not reach the root, or another thread's stack) */
+    for (int g = 0; s->root_ret && g < k; g++)
+        if ((pos[g] + 1 < n && ips[pos[g] + 1] != s->caller_ret[g]) || (g < k - 1 && ips[pos[g]] != s->eval_ret[g]))
+            return n; /* not the activation the snapshot saw there */
     /* each but the innermost still runs the frames it ran at the snapshot;
      * the innermost, those the refresh found live */
     int cnt[MAX_FRAMES], add = 0;

@@ -175,7 +175,7 @@ typedef struct cpu_ctx {
     tb_pysnap *pysnap;
     int64_t py_until;
     int py_final;       /* read for the last time (at the stop) */
-    uint64_t py_labelled; /* samples labelled */
+    uint64_t py_labelled; /* samples in the window with Python frames named from the list */
 } cpu_ctx;
 
 static cpu_ctx cpu_state;
@@ -613,9 +613,7 @@ static void handle_sample(cpu_ctx *c, cpu_thread *th, const unsigned char *r, si
         whole = !failed;
     }
     if (c->pysnap && whole && (int64_t)t < c->py_until) {
-        int m = tb_pysnap_label(c->pysnap, (int)pidtid[1], (int64_t)t, ips, n, TB_CPU_MAX_FRAMES, by_trampoline, c);
-        c->py_labelled += m > n;
-        n = m;
+        n = tb_pysnap_label(c->pysnap, (int)pidtid[1], (int64_t)t, ips, n, TB_CPU_MAX_FRAMES, by_trampoline, c);
     }
     if (n > 0 && (h.misc & PERF_RECORD_MISC_CPUMODE_MASK) == PERF_RECORD_MISC_KERNEL) {
         /* in a system call or fault on behalf of the user stack below:
@@ -649,6 +647,14 @@ static void handle_comm(const unsigned char *rec, size_t size)
 }
 
 /* Drain one ring; returns 1 when it stopped because the time budget ran out. */
+/* This capture's snapshot of the main thread's frames (pyframes.h), once
+ * the main thread has taken it. */
+static void py_snapshot(cpu_ctx *c)
+{
+    if (c->py_map && !c->pysnap)
+        c->pysnap = tb_pyframes_copy(c->py_gen);
+}
+
 static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
 {
     struct perf_event_mmap_page *mp = th->base;
@@ -656,6 +662,8 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
     size_t mask = th->data_len - 1;
     /* which of the snapshot's frames the main thread still runs, read just
      * before its samples are (each one taken after the read is left alone) */
+    if (!c->py_final)
+        py_snapshot(c); /* (the main thread may have taken it since the poll began) */
     if (c->pysnap && !c->py_final && th->tid == tb_pysnap_tid(c->pysnap))
         tb_pysnap_refresh(c->pysnap);
     uint64_t head = __atomic_load_n(&mp->data_head, __ATOMIC_ACQUIRE);
@@ -999,13 +1007,6 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     return 0;
 }
 
-/* This capture's snapshot of the main thread's frames (pyframes.h), once
- * the main thread has taken it. */
-static void py_snapshot(cpu_ctx *c)
-{
-    if (c->py_map && !c->pysnap)
-        c->pysnap = tb_pyframes_copy(c->py_gen);
-}
 
 static void cpu_poll(void *ctx)
 {
@@ -1277,6 +1278,14 @@ static int cpu_collect(void *ctx, tb_space *space)
             c->samples[kept++] = c->samples[j];
     uint64_t outside = c->nsamples - kept;
     c->nsamples = kept;
+    for (size_t j = 0; j < kept && c->pysnap; j++) {
+        const cpu_stack *st = &c->stacks[c->samples[j].stack];
+        for (uint32_t i = 0; i < st->n; i++)
+            if (tb_pyframe_ip(c->frames[st->off + i])) {
+                c->py_labelled++;
+                break;
+            }
+    }
     uint64_t in_jit = 0; /* samples whose leaf is "[unknown]" */
     for (size_t j = 0; j < kept && unknown > 0; j++) {
         const cpu_stack *st = &c->stacks[c->samples[j].stack];

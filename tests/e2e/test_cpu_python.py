@@ -572,10 +572,11 @@ class CpuPythonFramesBefore(PythonsCase):
                                                  burn_whole, stat))
                 self.assertIn("named from its frame list, in ", stat)
                 # spin() ran for 0.4 s of the 1.5 s capture, outer() by
-                # itself for 0.3 s, after() for 0.8 s
-                self.assertGreater(spin, total * 0.15, paths)
-                self.assertGreater(outer_own, total * 0.08, paths)
-                self.assertGreater(after, total * 0.25, paths)
+                # itself for 0.3 s, after() for 0.8 s (by the clock: a
+                # loaded machine shifts the CPU each phase got)
+                self.assertGreater(spin, total * 0.05, paths)
+                self.assertGreater(outer_own, total * 0.03, paths)
+                self.assertGreater(after, total * 0.1, paths)
                 # outer() and spin() had returned: after() sits under main()
                 self.assertGreater(after_whole, after * 0.9, paths)
                 self.assertEqual(stale, 0, paths)
