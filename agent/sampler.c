@@ -663,7 +663,7 @@ static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
     /* which of the snapshot's frames the main thread still runs, read just
      * before its samples are (each one taken after the read is left alone) */
     if (!c->py_final)
-        py_snapshot(c); /* (the main thread may have taken it since the poll began) */
+        py_snapshot(c); /* (here, not once a poll: the main thread may take it between two drains) */
     if (c->pysnap && !c->py_final && th->tid == tb_pysnap_tid(c->pysnap))
         tb_pysnap_refresh(c->pysnap);
     uint64_t head = __atomic_load_n(&mp->data_head, __ATOMIC_ACQUIRE);
@@ -1030,7 +1030,6 @@ static void cpu_poll(void *ctx)
      * rate): the next poll starts after the thread this one stopped in, so
      * every thread's ring is drained in turn and the samples lost to full
      * rings are spread evenly, not all taken from the threads last in line */
-    py_snapshot(c);
     int64_t deadline = now + c->poll_work_ns;
     size_t n = c->nthreads, from = n ? c->drain_from % n : 0;
     for (size_t k = 0; k < n; k++) {
