@@ -9,12 +9,14 @@
 #      coverage-guided target over its seeds (tests/fuzz/lf_*.c);
 #   5. aarch64 cross build (Grace Hopper hosts), warnings as errors, and its
 #      portable unit tests under qemu-user.
-# TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed" at the end.
+# TBPROF_QUICK=1 runs only (1). Prints "N passed, N failed, N flaky" at
+# the end: a failed test is run once more, alone, and counts as flaky (not
+# failed) when it passes then; see run_suite for when it is not.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/tools/setup.sh" || { echo "setup failed"; exit 1; }
 jobs=$(nproc)
-pass=0; fail=0; failed=()
+pass=0; fail=0; failed=(); flaky=()
 suites=0 skipped=0
 run_suite() { # name build-dir ctest-args...
   local name=$1 dir=$2; shift 2
@@ -34,7 +36,28 @@ run_suite() { # name build-dir ctest-args...
   if ((p + f == 0)); then
     echo "=== $name: ran no test"; fail=$((fail+1)); failed+=("$name:no tests")
   fi
-  while read -r t; do failed+=("$name:$t"); done < <(grep -E 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log" | awk '{print $4}')
+  local bad=() t
+  while read -r t; do bad+=("$t"); done < <(grep -E 'Test +#.*(\*\*\*|Failed|Not Run|Timeout)' "$log" | awk '{print $4}')
+  # Timing tests (sample shares, windows) can miss on a loaded 2-core
+  # machine: each failed test runs once more, alone, and one that passes
+  # then is counted as flaky, printed, and not as failed. Never for more
+  # than two failures in a suite (that is breakage, not load), nor where a
+  # sanitizer reported (the log holds only failed tests' output).
+  if ((${#bad[@]} > 0 && ${#bad[@]} <= 2)) &&
+     ! grep -qE 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$log"; then
+    for t in "${bad[@]}"; do
+      echo "=== $name: $t failed; running it again alone"
+      if (cd "$dir" && ctest --output-on-failure -R "^${t//./\\.}\$") > "$dir.rerun.log" 2>&1; then
+        echo "=== $name: FLAKY: $t passed when run again (its first failure is above)"
+        fail=$((fail-1)); pass=$((pass+1)); flaky+=("$name:$t")
+      else
+        grep -E 'Test +#|FAIL|Error' "$dir.rerun.log"
+        failed+=("$name:$t")
+      fi
+    done
+  else
+    for t in "${bad[@]}"; do failed+=("$name:$t"); done
+  fi
 }
 SUITE_CMAKE=(); run_suite default "$root/build"
 if [ "${TBPROF_QUICK:-0}" != 1 ]; then
@@ -62,5 +85,6 @@ fi
 want=$((5 - skipped)); [ "${TBPROF_QUICK:-0}" = 1 ] && want=1
 if ((suites != want)); then echo "ran $suites of $want suites"; fail=$((fail+1)); failed+=("suites"); fi
 ((fail)) && printf 'failed: %s\n' "${failed[@]}"
-echo "$pass passed, $fail failed"
+((${#flaky[@]})) && printf 'flaky (failed once, then passed alone): %s\n' "${flaky[@]}"
+echo "$pass passed, $fail failed, ${#flaky[@]} flaky"
 ((fail == 0))

@@ -8,9 +8,9 @@ time.
 
 Where kernel mode may be sampled (root or CAP_PERFMON, or
 kernel.perf_event_paranoid <= 1), the samples must give both back: the
-share of samples with the "[kernel]" leaf within 12 points of the system
-time's share (itself tick-sampled), read_zero's share within 7 points of
-its measured share and mostly "[kernel]", and the kernel samples under
+share of samples with the "[kernel]" leaf and read_zero's share each within
+16 points of read_zero's measured share of the thread's CPU time (alone they
+agree within 3; a loaded machine drifts), read_zero mostly "[kernel]", and the kernel samples under
 read_zero. Where it is refused (a shim makes
 perf_event_open refuse kernel-mode events with EACCES, as paranoid=2 does
 for a user; and, when the test runs as root, really so for the program run
@@ -87,11 +87,13 @@ class CpuKernel(tbtest.TestCase):
         # the scheduler tick on most kernels (on a loaded VM it said 38%
         # system where read_zero alone took 52% of the thread's CPU); the
         # thread CPU clock around read_zero is exact, and its time is
-        # nearly all kernel: the kernel samples are measured against that
-        self.assertAlmostEqual(kernel / n, read_truth, delta=0.12)
-        # (a sanitizer's run on a loaded machine drifted 13 points here, the
-        # default build's 10 with other tests running beside it)
-        self.assertAlmostEqual(read / n, read_truth, delta=0.15 if tbtest.SANITIZE else 0.12)
+        # nearly all kernel: the kernel samples are measured against that.
+        # Alone, the two agree within 3 points (here, also beside three busy
+        # loops); beside other tests they drifted 10 points (default build),
+        # 13 (a sanitizer's) and once 14 (CI, 2026-12-07: 46% of samples
+        # where the clock said read_zero took 60%)
+        self.assertAlmostEqual(kernel / n, read_truth, delta=0.16)
+        self.assertAlmostEqual(read / n, read_truth, delta=0.16)
         self.assertGreater(kernel, read * 0.8)
         # "[kernel]" is a leaf on the user stack it ran for: under the
         # system call made by read_zero
