@@ -704,3 +704,35 @@ void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at)
     s->top = top >= 0 ? top : -1;
     s->gstar = top >= 0 ? s->f[top].group : -1;
 }
+
+void tb_pysnap_watch_for_test(tb_pysnap *s, const uint64_t *current, const uint64_t *evaluator,
+                              const void *const *frames)
+{
+    s->test = 0;
+    s->minor = 13;
+    s->code_off = 0;
+    s->prev_off = 8;
+    s->entry_off = -1;
+    s->tstate = (uint64_t)(uintptr_t)current;
+    s->cur_off = 0;
+    s->inner = -1;
+    s->ev_at = (uint64_t)(uintptr_t)evaluator;
+    s->ev = *evaluator;
+    s->unnamed = tb_pytramp_unnamed_calls();
+    s->lo = UINT64_MAX;
+    s->hi = 0;
+    for (int i = 0; i < s->n; i++) {
+        pyf *f = &s->f[i];
+        f->addr = (uint64_t)(uintptr_t)frames[i];
+        f->code = get64(frames[i], 0);
+        f->prev = get64(frames[i], 8);
+        s->lo = f->addr < s->lo ? f->addr : s->lo;
+        s->hi = f->addr > s->hi ? f->addr : s->hi;
+    }
+    /* as tb_pyframes_take leaves it: every frame live at the snapshot, no read yet */
+    s->known = s->read_at = s->read_end = 0;
+    s->pfull = 1;
+    s->gstar = s->top = -1;
+    s->pread_at = s->t;
+    s->dead = 0;
+}

@@ -102,5 +102,12 @@ tb_pysnap *tb_pysnap_for_test(int tid, int64_t t, uint64_t eval_lo, uint64_t eva
 void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at);
 /* Tests: the read before found `top`, at read_at. */
 void tb_pysnap_set_prev_for_test(tb_pysnap *s, int top, int64_t read_at);
+/* Tests: the refresh of a tb_pysnap_for_test snapshot reads a frame list
+ * in this process's memory instead, laid out as CPython 3.13's (code at
+ * 0, previous frame at 8, owner byte at 70; the thread state's word
+ * *current: the current frame): frame i of the snapshot is frames[i]
+ * (its code and link as they are now), the evaluator's word *evaluator. */
+void tb_pysnap_watch_for_test(tb_pysnap *s, const uint64_t *current, const uint64_t *evaluator,
+                              const void *const *frames);
 
 #endif

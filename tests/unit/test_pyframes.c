@@ -1,12 +1,19 @@
 /* test_pyframes.c - labels for Python frames entered before a capture
  * (agent/pyframes.h): which activation of a sample gets which frames of
- * the snapshot, against a snapshot described by hand. The snapshot taken
- * from a live CPython is tested end to end (test_cpu_python). */
+ * the snapshot, against a snapshot described by hand; and the refresh's
+ * reads of a frame list laid out by hand in this process's memory (frames
+ * returning, a failed read, a loop, a deep list, the evaluator changed).
+ * The snapshot taken from a live CPython is tested end to end
+ * (test_cpu_python). */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "pyframes.h"
 #include "tap.h"
+#include "util.h"
 
 #define P(i) (TB_PYFRAME_IP_BASE + (i))
 #define TID 7
@@ -42,6 +49,131 @@ static int label(tb_pysnap *s, int tid, int64_t t, const uint64_t *root_first, i
 static int same(const uint64_t *a, int n, const uint64_t *b, int m)
 {
     return n == m && memcmp(a, b, (size_t)n * sizeof(*a)) == 0;
+}
+
+/* A frame as the refresh reads it (3.13's layout: code, previous frame,
+ * the owner byte at 70) */
+typedef struct frame {
+    uint64_t code, prev;
+    unsigned char rest[56];
+} frame;
+
+static frame *link_to(frame *f, uint64_t code, const frame *prev)
+{
+    f->code = code;
+    f->prev = (uint64_t)(uintptr_t)prev;
+    return f;
+}
+
+/* The refresh against a frame list in memory: <module> calls main inline
+ * (activation 0), main calls through C into step, which calls loss inline
+ * (activation 1). A sample's labels say what each read found. */
+static void refresh_reads(void)
+{
+    uint64_t probe = 42, got = 0;
+    if (tb_self_read(&got, (uint64_t)(uintptr_t)&probe, 8, 0) != 0 || got != 42) {
+        printf("# refresh: process_vm_readv refused here (qemu-user?): not tested\n");
+        return;
+    }
+    static const char *const names[] = {"py::<module>:t.py", "py::main:t.py", "py::step:t.py", "py::loss:t.py"};
+    static const int group[] = {0, 0, 1, 1};
+    static frame f[6]; /* the four, a shim, and a frame that is none of them */
+    enum { MOD, MAIN, STEP, LOSS, SHIM, OTHER };
+    link_to(&f[MOD], 0xc0de0, NULL);
+    link_to(&f[MAIN], 0xc0de1, &f[MOD]);
+    link_to(&f[SHIM], 0, &f[MAIN]);
+    f[SHIM].rest[70 - 16] = 3; /* (FRAME_OWNED_BY_CSTACK) */
+    link_to(&f[STEP], 0xc0de2, &f[SHIM]);
+    link_to(&f[LOSS], 0xc0de3, &f[STEP]);
+    uint64_t current = (uint64_t)(uintptr_t)&f[LOSS], evaluator = 0xe7a1;
+    const void *const at[] = {&f[MOD], &f[MAIN], &f[STEP], &f[LOSS]};
+    tb_pysnap *s = tb_pysnap_for_test(TID, tb_mono_ns(), EVAL_LO, EVAL_HI, names, group, 4);
+    tb_pysnap_watch_for_test(s, &current, &evaluator, at);
+    static const uint64_t two[] = {0x501, 0x1101, 0x601, 0x1201, 0x700};
+    static const uint64_t all[] = {0x501, P(0), P(1), 0x1101, 0x601, P(2), P(3), 0x1201, 0x700};
+    static const uint64_t step_only[] = {0x501, P(0), P(1), 0x1101, 0x601, P(2), 0x1201, 0x700};
+    uint64_t out[64];
+
+    /* every frame live: a sample before the read gets them all, one after
+     * it nothing (its frames may have returned before it) */
+    int64_t t = tb_mono_ns();
+    CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5); /* (no read yet) */
+    tb_pysnap_refresh(s);
+    int m = label(s, TID, t, two, 5, 64, out);
+    CHECKF(same(out, m, all, 9), "m %d", m);
+    CHECK_EQ_I(label(s, TID, tb_mono_ns() + 1, two, 5, 64, out), 5);
+
+    /* loss returned: step alone live. A sample between the two reads may
+     * have had loss still: nothing; one between this read and the next
+     * that agrees: step */
+    current = (uint64_t)(uintptr_t)&f[STEP];
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5);
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    m = label(s, TID, t, two, 5, 64, out);
+    CHECKF(same(out, m, step_only, 8), "m %d", m);
+
+    /* a call into loss's old slot runs other code: not the snapshot's loss */
+    current = (uint64_t)(uintptr_t)link_to(&f[LOSS], 0xc0de9, &f[STEP]);
+    tb_pysnap_refresh(s);
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    m = label(s, TID, t, two, 5, 64, out);
+    CHECKF(same(out, m, step_only, 8), "m %d", m);
+
+    /* a read that fails: nothing that poll; the next read's answer is
+     * compared with the last one read */
+    int64_t before_fail = tb_mono_ns();
+    current = 0x10;
+    tb_pysnap_refresh(s);
+    CHECK_EQ_I(label(s, TID, before_fail, two, 5, 64, out), 5);
+    current = (uint64_t)(uintptr_t)&f[STEP];
+    tb_pysnap_refresh(s);
+    m = label(s, TID, before_fail, two, 5, 64, out);
+    CHECKF(same(out, m, step_only, 8), "m %d", m);
+
+    /* a loop (read from a shim overwritten under the walk): no answer */
+    current = (uint64_t)(uintptr_t)link_to(&f[OTHER], 0xbad, link_to(&f[SHIM], 0, &f[OTHER]));
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5);
+    link_to(&f[SHIM], 0, &f[MAIN]);
+
+    /* a recursion 2,000 deep above the snapshot's frames: not walked */
+    enum { DEEP = 2000 };
+    frame *deep = calloc(DEEP, sizeof(*deep));
+    CHECK(deep != NULL);
+    if (deep) {
+        for (int i = 0; i < DEEP; i++)
+            link_to(&deep[i], 0xd0, i ? &deep[i - 1] : &f[STEP]);
+        current = (uint64_t)(uintptr_t)&deep[DEEP - 1];
+        t = tb_mono_ns();
+        tb_pysnap_refresh(s);
+        CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5);
+        current = (uint64_t)(uintptr_t)&deep[600]; /* 601 above: walked */
+        tb_pysnap_refresh(s);
+        t = tb_mono_ns();
+        tb_pysnap_refresh(s);
+        m = label(s, TID, t, two, 5, 64, out);
+        CHECKF(same(out, m, step_only, 8), "m %d", m);
+        free(deep);
+    }
+
+    /* the evaluator replaced (another tool's, or ours cut off): no more
+     * labels, even once it is back */
+    current = (uint64_t)(uintptr_t)&f[STEP];
+    evaluator = 0xe7a2;
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5);
+    evaluator = 0xe7a1;
+    tb_pysnap_refresh(s);
+    t = tb_mono_ns();
+    tb_pysnap_refresh(s);
+    CHECK_EQ_I(label(s, TID, t, two, 5, 64, out), 5);
+    tb_pysnap_free(s);
 }
 
 int main(void)
@@ -134,6 +266,8 @@ int main(void)
     CHECK(!tb_pyframe_ip(0x00007fffffffffffULL));
     CHECK(tb_pyframe_ip(P(255)));
     tb_pysnap_free(s);
+
+    refresh_reads();
 
     /* no snapshot taken in this process */
     CHECK_EQ_I(tb_pyframes_generation(), 0);
