@@ -319,11 +319,15 @@ static int activations_match(tb_pysnap *s, uint64_t inner)
         return 0;
     b->n = 0;
     api.backtrace(bt_frame, b);
+    while (b->n && !b->ip[b->n - 1])
+        b->n--; /* (libgcc's walk ends with a frame above _start, at 0) */
+    /* (the CFA libgcc gives the callback for a frame is the one of the
+     * frame it called: where this frame's stack pointer stood at the call) */
     int i0 = -1, k = 0;
-    for (int i = 0; i < b->n && i0 < 0; i++)
+    for (int i = 1; i < b->n && i0 < 0; i++)
         if (b->cfa[i] > inner)
-            i0 = i;
-    int ok = i0 >= 0 && i0 + 1 < b->n && b->n < BT_DEPTH;
+            i0 = i - 1;
+    int ok = i0 >= 0 && b->cfa[i0] <= inner && i0 + 1 < b->n && b->n < BT_DEPTH;
     /* from the root: activation g's frame is at[g] (the innermost's, i0) */
     int at[MAX_FRAMES];
     for (int i = b->n - 1; ok && i > i0; i--) { /* (return addresses: the call is the byte before) */
