@@ -79,6 +79,7 @@ struct tb_pysnap {
      * begun unnamed under another evaluator swapped in and out between two
      * reads (PEP 523: torch.compile's), does not match. 0: not checked. */
     uint64_t root_ret;
+    int inherited; /* the anchors are the last snapshot's (inherit) */
     uint64_t lo, hi; /* the snapshot frames' addresses lie in [lo, hi] */
     int n, ngroups;
     size_t names_len;
@@ -312,8 +313,10 @@ static int bt_frame(struct _Unwind_Context *ctx, void *arg)
     return URC_NO_REASON;
 }
 
-static int activations_match(tb_pysnap *s, uint64_t inner)
+static int activations_match(tb_pysnap *s, uint64_t inner, int *seen, uint64_t *last)
 {
+    *seen = 0;
+    *last = 0;
     bt *b = malloc(sizeof(*b));
     if (!b)
         return 0;
@@ -339,6 +342,10 @@ static int activations_match(tb_pysnap *s, uint64_t inner)
                 at[k++] = i;
         }
     }
+    if (ok && k < s->ngroups - 1) { /* (the walk may have stopped short of the root: inherit) */
+        *seen = k + 1;
+        *last = b->ip[b->n - 1];
+    }
     ok = ok && k == s->ngroups - 1;
     if (ok) {
         at[k] = i0;
@@ -350,6 +357,58 @@ static int activations_match(tb_pysnap *s, uint64_t inner)
     }
     free(b);
     return ok;
+}
+
+static int same_frame(const pyf *a, const pyf *b)
+{
+    return a->addr == b->addr && a->code == b->code && a->prev == b->prev && a->entry == b->entry;
+}
+
+/* The C-stack walk stopped short of the root, having seen the `seen`
+ * innermost activations: at a trampoline (libgcc's unwinder has no
+ * tables for one) that called a function entered during an earlier
+ * capture, and still running. The activations below it began before that
+ * capture (while one is on, every new one goes through a trampoline) and
+ * run on: where the frames their list holds are the last snapshot's, that
+ * snapshot's checks of them hold, and its C-stack anchors with them. The
+ * snapshot keeps those groups only: the one above them is named by its
+ * trampoline, and a sample's labels stop there. Each group below the
+ * last kept must hold the same frames as then (it is blocked in a call);
+ * the last kept, the same first frame (its inline frames may have
+ * changed). Under lk. */
+static int inherit(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last)
+{
+    if (!old || !old->root_ret || old->tid != s->tid || old->minor != s->minor || old->eval_lo != s->eval_lo ||
+        !seen || last == old->root_ret)
+        return 0;
+    int below = s->ngroups - seen, p = 0;
+    while (p < below && p < old->ngroups && same_frame(&s->f[s->gstart[p]], &old->f[old->gstart[p]])) {
+        int a = s->gstart[p], b = old->gstart[p], size = s->gstart[p + 1] - a, i = 1;
+        p++;
+        if (size != old->gstart[p] - b)
+            break; /* (kept as the last) */
+        while (i < size && same_frame(&s->f[a + i], &old->f[b + i]))
+            i++;
+        if (i < size)
+            break;
+    }
+    if (!p)
+        return 0;
+    s->ngroups = p;
+    s->n = s->gstart[p];
+    s->root_ret = old->root_ret;
+    s->lo = UINT64_MAX;
+    s->hi = 0;
+    for (int g = 0; g < p; g++) {
+        s->caller_ret[g] = old->caller_ret[g];
+        s->eval_ret[g] = g < p - 1 ? old->eval_ret[g] : 0;
+    }
+    for (int i = 0; i < s->n; i++) {
+        s->lo = s->f[i].addr < s->lo ? s->f[i].addr : s->lo;
+        s->hi = s->f[i].addr > s->hi ? s->f[i].addr : s->hi;
+    }
+    s->inherited = 1;
+    return 1;
 }
 
 /* A local of the innermost activation: 3.11's _PyCFrame (tstate->cframe),
@@ -402,10 +461,15 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
         ok = rd64(cur + 24, &cur) == 0;
     if (fo)
         api.decref(fo);
-    uint64_t shim = 0, inner;
+    uint64_t shim = 0, inner, last;
+    int seen;
     ok = ok && find_current(s, (uint64_t)(uintptr_t)ts, cur) && walk_list(s, cur, &shim) &&
-         find_evaluator(s, api.interp_get(), expected_evaluator) && (inner = innermost_local(s, shim)) != 0 &&
-         activations_match(s, inner);
+         find_evaluator(s, api.interp_get(), expected_evaluator) && (inner = innermost_local(s, shim)) != 0;
+    if (ok && !activations_match(s, inner, &seen, &last)) {
+        pthread_mutex_lock(&lk);
+        ok = inherit(s, latest, seen, last);
+        pthread_mutex_unlock(&lk);
+    }
     for (int i = 0; ok && i < s->n; i++) {
         void *q = api.get_attr((void *)(uintptr_t)s->f[i].code, minor >= 11 ? "co_qualname" : "co_name");
         void *file = api.get_attr((void *)(uintptr_t)s->f[i].code, "co_filename");
@@ -436,7 +500,8 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
     latest = s;
     generation++;
     pthread_mutex_unlock(&lk);
-    tb_debug("python: %d frames in %d activations entered before the capture", s->n, s->ngroups);
+    tb_debug("python: %d frames in %d activations entered before the capture%s", s->n, s->ngroups,
+             s->inherited ? " (below a function an earlier capture entered: its checks kept)" : "");
 }
 
 uint32_t tb_pyframes_generation(void)

@@ -517,7 +517,8 @@ class CpuPythonFramesBefore(PythonsCase):
     to 3.13 found (3.10 and 3.11: tbprof's trampoline; 3.12, 3.13:
     CPython's). progs/pre_frames_py.py: main() -> map() -> outer() ->
     spin() entered before the capture; spin() returns during it, then
-    outer(), then main() calls after()."""
+    outer(), then main() calls after(). progs/again_frames_py.py: a second
+    capture inside a function the first one's trampoline called."""
 
     PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "pre_frames_py.py")
 
@@ -590,6 +591,46 @@ class CpuPythonFramesBefore(PythonsCase):
                 self.assertEqual(misplaced, 0, paths)
                 named = int(re.search(r"in (\d+) of its samples", stat).group(1))
                 self.assertGreater(named, total * 0.85, stat)
+
+
+    def test_frames_entered_before_an_earlier_capture(self):
+        # progs/again_frames_py.py: the second capture begins in phase(),
+        # which the first capture's trampoline called and which still
+        # runs: the C stack cannot be walked past that trampoline at the
+        # snapshot, and the frames below it (<module>, main) keep the first
+        # snapshot's checks
+        prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "again_frames_py.py")
+        for version, python in self.pythons:
+            with self.subTest(python=version):
+                self.logdir = os.path.join(self.tmp, "again-" + version.replace(" ", "_"))
+                env = tbtest.env(self.logdir, python=True, cpu="on", cpu_hz=499)
+                env.pop("PYTHONPERFSUPPORT", None)
+                p = tbtest.run([python, prog], env=env, timeout=120)
+                self.assertExitedOk(p)
+                pid = int(p.stdout.split()[1])
+                self.maps.append("/tmp/perf-%d.map" % pid)
+                first, second = re.search(r"^profiles (\S+) (\S+)$", p.stdout, re.M).groups()
+                base = ("py::<module>", "py::main", "py::phase")
+                for which, path in (("first", first), ("second", second)):
+                    prof = tbtest.load(path)
+                    paths = self.py_paths(prof.host.line(pid))
+                    total = sum(paths.values())
+                    spin = sum(n for k, n in paths.items() if "py::spin" in k)
+                    whole = sum(n for k, n in paths.items() if k[:4] == base + ("py::spin",))
+                    # (spin under another caller, or labels other than <module>/main below phase; a
+                    # sample left unlabelled shows phase/spin alone)
+                    misplaced = sum(n for k, n in paths.items() if "py::spin" in k and
+                                    k[:4] != base + ("py::spin",) and k[:2] != base[2:] + ("py::spin",))
+                    stat = prof.host.stats.get("tbprof_python_trampoline", "")
+                    named = re.search(r"in (\d+) of its samples", stat)
+                    print("python %s, %s capture: %d main-thread samples, %d in spin (%d under <module>/main/phase, "
+                          "%d misplaced); %s" % (version, which, total, spin, whole, misplaced, stat))
+                    self.assertIsNotNone(named, stat)
+                    # (the first: 0.3 s of spin, then its stop's wait)
+                    self.assertGreater(spin, total * (0.6 if which == "second" else 0.3), paths)
+                    self.assertGreater(whole, spin * 0.9, paths)
+                    self.assertEqual(misplaced, 0, paths)
+                    self.assertGreater(int(named.group(1)), whole * 0.9, stat)
 
 
 class CpuPythonOwnTrampoline(PythonsCase):
