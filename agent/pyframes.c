@@ -774,6 +774,15 @@ void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at)
     s->gstar = top >= 0 ? s->f[top].group : -1;
 }
 
+void tb_pysnap_set_anchors_for_test(tb_pysnap *s, uint64_t root, const uint64_t *caller, const uint64_t *eval)
+{
+    s->root_ret = root;
+    for (int g = 0; g < s->ngroups; g++) {
+        s->caller_ret[g] = caller[g];
+        s->eval_ret[g] = g < s->ngroups - 1 ? eval[g] : 0;
+    }
+}
+
 void tb_pysnap_watch_for_test(tb_pysnap *s, const uint64_t *current, const uint64_t *evaluator,
                               const void *const *frames)
 {

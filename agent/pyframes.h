@@ -102,6 +102,10 @@ tb_pysnap *tb_pysnap_for_test(int tid, int64_t t, uint64_t eval_lo, uint64_t eva
 void tb_pysnap_set_live_for_test(tb_pysnap *s, int top, int64_t read_at);
 /* Tests: the read before found `top`, at read_at. */
 void tb_pysnap_set_prev_for_test(tb_pysnap *s, int top, int64_t read_at);
+/* Tests: the C stack the snapshot saw, which a sample's must match: the
+ * root's return address, each activation's caller's (caller[g]) and the
+ * call site each but the innermost is blocked at (eval[g]). */
+void tb_pysnap_set_anchors_for_test(tb_pysnap *s, uint64_t root, const uint64_t *caller, const uint64_t *eval);
 /* Tests: the refresh of a tb_pysnap_for_test snapshot reads a frame list
  * in this process's memory instead, laid out as CPython 3.13's (code at
  * 0, previous frame at 8, owner byte at 70; the thread state's word

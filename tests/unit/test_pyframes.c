@@ -256,6 +256,28 @@ int main(void)
     CHECK_EQ_I(label(s, TID, 200, none, 4, 64, out), 4); /* no unnamed activation */
     CHECK_EQ_I(tb_pysnap_label(NULL, TID, 200, out, 4, 64, by_jit, NULL), 4);
 
+    /* the C stack the snapshot saw: a sample's must match it at the root,
+     * at each activation's caller and where each outer one is blocked */
+    {
+        static const uint64_t caller[] = {0x501, 0x601, 0x9001}, eval[] = {0x1101, 0x1201};
+        tb_pysnap_set_anchors_for_test(s, 0x501, caller, eval);
+        tb_pysnap_set_live_for_test(s, 4, 1000);
+        m = label(s, TID, 200, two, 5, 64, out);
+        CHECKF(same(out, m, two_all, 10), "m %d", m); /* (it matches) */
+        static const uint64_t other_root[] = {0x502, 0x1101, 0x601, 0x1201, 0x700};
+        CHECK_EQ_I(label(s, TID, 200, other_root, 5, 64, out), 5); /* an unwind that stopped short of the root */
+        static const uint64_t other_caller[] = {0x501, 0x1101, 0x602, 0x1201, 0x700};
+        CHECK_EQ_I(label(s, TID, 200, other_caller, 5, 64, out), 5); /* another caller's activation */
+        static const uint64_t other_site[] = {0x501, 0x1102, 0x601, 0x1201, 0x700};
+        CHECK_EQ_I(label(s, TID, 200, other_site, 5, 64, out), 5); /* the outer one blocked elsewhere */
+        static const uint64_t inner_site[] = {0x501, 0x1101, 0x601, 0x1299, 0x700};
+        m = label(s, TID, 200, inner_site, 5, 64, out); /* (the innermost runs on: anywhere) */
+        static const uint64_t inner_all[] = {0x501, P(0), P(1), P(2), 0x1101, 0x601, P(3), P(4), 0x1299, 0x700};
+        CHECKF(same(out, m, inner_all, 10), "m %d", m);
+        static const uint64_t zero[3] = {0}, zero_eval[2] = {0};
+        tb_pysnap_set_anchors_for_test(s, 0, zero, zero_eval);
+    }
+
     /* names at collect */
     CHECK_STR(tb_pysnap_name(s, P(1)), "py::main:t.py");
     CHECK_STR(tb_pysnap_name(s, P(5)), "py::cb:t.py");
