@@ -5,33 +5,17 @@ its Python helper on, no PYTHONPERFSUPPORT).
 main() spins 0.3 s, then starts a capture (tbprof.capture, the Python API)
 and calls phase() during it: the trampoline names phase(). phase() spins
 0.3 s, ends that capture (waiting for its profile), spins 0.2 s with no
-capture on, and then captures again, spinning 1.0 s: spin() sorts a list
-from its own frame and calls burn(). In the second capture, <module> and
+capture on, and then captures again, spinning 1.0 s (pre_frames_py.py's
+spin()). In the second capture, <module> and
 main() are frames entered before the first capture, below phase(), which
 the first capture's trampoline called and which still runs.
 Prints "pid P" and "profiles FIRST SECOND".
 """
 
 import os
-import time
 
 import tbprof
-
-DATA = list(range(20000))[::-1]
-
-
-def burn(n):
-    x = 0
-    for i in range(n):
-        x += i * i
-    return x
-
-
-def spin(seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        sorted(DATA)
-        burn(300)
+from pre_frames_py import spin  # (sorts a list from its own frame, and calls burn())
 
 
 def phase(first):
