@@ -346,7 +346,7 @@ static int activations_match(tb_pysnap *s, uint64_t inner, int *seen, uint64_t *
         *seen = k + 1;
         *last = b->ip[b->n - 1];
     }
-    ok = ok && k == s->ngroups - 1;
+    ok = ok && k == s->ngroups - 1 && (k == 0 || at[0] + 1 < b->n); /* (the root's caller: a frame seen) */
     if (ok) {
         at[k] = i0;
         for (int g = 0; g < s->ngroups; g++) {
@@ -365,17 +365,25 @@ static int same_frame(const pyf *a, const pyf *b)
 }
 
 /* The C-stack walk stopped short of the root, having seen the `seen`
- * innermost activations: at a trampoline (libgcc's unwinder has no
- * tables for one) that called a function entered during an earlier
- * capture, and still running. The activations below it began before that
- * capture (while one is on, every new one goes through a trampoline) and
- * run on: where the frames their list holds are the last snapshot's, that
- * snapshot's checks of them hold, and its C-stack anchors with them. The
- * snapshot keeps those groups only: the one above them is named by its
- * trampoline, and a sample's labels stop there. Each group below the
- * last kept must hold the same frames as then (it is blocked in a call);
- * the last kept, the same first frame (its inline frames may have
- * changed). Under lk. */
+ * innermost activations: where it stopped at a trampoline (libgcc's
+ * unwinder has no tables for one), the outermost of them is a function an
+ * earlier capture's trampoline called, and which still runs. Those below
+ * it began before that (while a capture is on, every new one goes through
+ * a trampoline), and run on. Where the frame list holds there just the
+ * groups of the last snapshot taken (`old`: each but the last the same
+ * frames, as it is blocked in a call; the last, the same first frame, its
+ * inline frames free to differ), old's C-stack checks of them stand, and
+ * its anchors go with them; the snapshot keeps those groups only (names
+ * from the list now), and a sample's labels stop at the named one above.
+ * Every group below the stop must be one of old's: an activation there
+ * that is not (begun unnamed after old was taken, while another evaluator
+ * was in, or under a snapshot that failed) would take a kept group's
+ * place in a sample whose count of activations misses one blocked in the
+ * evaluator's `.cold` part (Debian's 3.11 calls out from there), and only
+ * the caller of the last kept group is checked. Where the walk stopped
+ * elsewhere (a libffi closure, JIT code), the activation above the kept
+ * groups is unnamed, and a sample's count of them goes past the
+ * snapshot's: not labelled. Under lk. */
 static int inherit(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last)
 {
     if (!old || !old->root_ret || old->tid != s->tid || old->minor != s->minor || old->eval_lo != s->eval_lo ||
@@ -392,7 +400,7 @@ static int inherit(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last)
         if (i < size)
             break;
     }
-    if (!p)
+    if (!p || p < below)
         return 0;
     s->ngroups = p;
     s->n = s->gstart[p];
@@ -781,6 +789,11 @@ void tb_pysnap_set_anchors_for_test(tb_pysnap *s, uint64_t root, const uint64_t 
         s->caller_ret[g] = caller[g];
         s->eval_ret[g] = g < s->ngroups - 1 ? eval[g] : 0;
     }
+}
+
+int tb_pysnap_inherit_for_test(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last)
+{
+    return inherit(s, old, seen, last);
 }
 
 void tb_pysnap_watch_for_test(tb_pysnap *s, const uint64_t *current, const uint64_t *evaluator,

@@ -106,6 +106,10 @@ void tb_pysnap_set_prev_for_test(tb_pysnap *s, int top, int64_t read_at);
  * root's return address, each activation's caller's (caller[g]) and the
  * call site each but the innermost is blocked at (eval[g]). */
 void tb_pysnap_set_anchors_for_test(tb_pysnap *s, uint64_t root, const uint64_t *caller, const uint64_t *eval);
+/* Tests: a snapshot whose C-stack walk saw only its `seen` innermost
+ * activations, stopping at return address `last`, keeps the groups below
+ * that it shares with `old`, and old's anchors (1), or is refused (0). */
+int tb_pysnap_inherit_for_test(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last);
 /* Tests: the refresh of a tb_pysnap_for_test snapshot reads a frame list
  * in this process's memory instead, laid out as CPython 3.13's (code at
  * 0, previous frame at 8, owner byte at 70; the thread state's word

@@ -176,6 +176,100 @@ static void refresh_reads(void)
     tb_pysnap_free(s);
 }
 
+/* A snapshot of frames in memory (names and groups as given), for inherit */
+static tb_pysnap *snap_of(const char *const *names, const int *group, frame *const *fr, int n)
+{
+    static uint64_t current, evaluator = 0xe7a1;
+    const void *at[8];
+    for (int i = 0; i < n; i++)
+        at[i] = fr[i];
+    tb_pysnap *s = tb_pysnap_for_test(TID, 100, EVAL_LO, EVAL_HI, names, group, n);
+    if (s)
+        tb_pysnap_watch_for_test(s, &current, &evaluator, at);
+    return s;
+}
+
+/* A capture begun inside a function an earlier capture's trampoline
+ * called: the C-stack walk stops at that trampoline, and the groups below
+ * it keep the last snapshot's checks where they are its groups. */
+static void inherit_checks(void)
+{
+    static frame mod, main_, outer, phase, inner, other;
+    link_to(&mod, 0xc0de0, NULL);
+    link_to(&main_, 0xc0de1, &mod);
+    link_to(&outer, 0xc0de2, &main_);
+    link_to(&phase, 0xc0de3, &main_);
+    link_to(&inner, 0xc0de4, &phase);
+    link_to(&other, 0xc0de5, &main_);
+    /* the last snapshot: <module>, main inline; outer through C */
+    static const char *const old_names[] = {"py::<module>:t.py", "py::main:t.py", "py::outer:t.py"};
+    static const int old_group[] = {0, 0, 1};
+    frame *const old_fr[] = {&mod, &main_, &outer};
+    tb_pysnap *old = snap_of(old_names, old_group, old_fr, 3);
+    static const uint64_t caller[] = {0x501, 0x601}, eval[] = {0x1101};
+    CHECK(old != NULL);
+    if (!old)
+        return;
+    tb_pysnap_set_anchors_for_test(old, 0x501, caller, eval);
+
+    /* now: outer returned, phase (called by a trampoline) runs inner inline */
+    static const char *const names[] = {"py::<module>:t.py", "py::main:t.py", "py::phase:t.py", "py::inner:t.py"};
+    static const int group[] = {0, 0, 1, 1};
+    frame *const fr[] = {&mod, &main_, &phase, &inner};
+    tb_pysnap *s = snap_of(names, group, fr, 4);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 1, 0x9001), 1);
+    CHECK_EQ_I(tb_pysnap_frames(s), 2);
+    /* a sample: <module>/main's activation, then phase's through its
+     * trampoline; its labels: those two, checked against old's anchors */
+    uint64_t out[64];
+    static const uint64_t sample[] = {0x501, 0x1101, 0x9001, 0x1201, 0x700};
+    tb_pysnap_set_live_for_test(s, 1, 1000);
+    int m = label(s, TID, 200, sample, 5, 64, out);
+    static const uint64_t labelled[] = {0x501, P(0), P(1), 0x1101, 0x9001, 0x1201, 0x700};
+    CHECKF(same(out, m, labelled, 7), "m %d", m);
+    static const uint64_t elsewhere[] = {0x501, 0x602, 0x1101, 0x9001, 0x1201, 0x700};
+    CHECK_EQ_I(label(s, TID, 200, elsewhere, 6, 64, out), 6); /* (the root's activation, another caller) */
+    static const uint64_t other_root[] = {0x502, 0x1101, 0x9001, 0x1201, 0x700};
+    CHECK_EQ_I(label(s, TID, 200, other_root, 5, 64, out), 5);
+    tb_pysnap_free(s);
+
+    /* refused: */
+    s = snap_of(names, group, fr, 4);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 1, 0x501), 0); /* the walk reached the root */
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 0, 0x9001), 0); /* (it saw none) */
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, NULL, 1, 0x9001), 0);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 2, 0x9001), 0); /* the stop below every group */
+    tb_pysnap_free(s);
+    /* a group below the stop that is not old's: the walk stopped above an
+     * activation begun since (other, from main through C) */
+    static const char *const names3[] = {"py::<module>:t.py", "py::main:t.py", "py::other:t.py",
+                                         "py::phase:t.py"};
+    static const int group3[] = {0, 0, 1, 2};
+    frame *const fr3[] = {&mod, &main_, &other, &phase};
+    s = snap_of(names3, group3, fr3, 4);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 1, 0x9001), 0);
+    tb_pysnap_free(s);
+    /* both of old's groups below the stop: kept, outer with them */
+    static const char *const names4[] = {"py::<module>:t.py", "py::main:t.py", "py::outer:t.py",
+                                         "py::phase:t.py"};
+    frame *const fr4[] = {&mod, &main_, &outer, &phase};
+    s = snap_of(names4, group3, fr4, 4);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 1, 0x9001), 1);
+    CHECK_EQ_I(tb_pysnap_frames(s), 3);
+    tb_pysnap_free(s);
+    /* the root's activation since ran more inline (main called outer
+     * inline, which returned; now phase through C): main's group has one
+     * frame more, kept as the last */
+    static const char *const names5[] = {"py::<module>:t.py", "py::main:t.py", "py::other:t.py",
+                                         "py::phase:t.py"};
+    static const int group5[] = {0, 0, 0, 1};
+    s = snap_of(names5, group5, fr3, 4);
+    CHECK_EQ_I(tb_pysnap_inherit_for_test(s, old, 1, 0x9001), 1);
+    CHECK_EQ_I(tb_pysnap_frames(s), 3);
+    tb_pysnap_free(s);
+    tb_pysnap_free(old);
+}
+
 int main(void)
 {
     /* <module> calls main calls outer inline (one activation); outer calls
@@ -290,6 +384,7 @@ int main(void)
     tb_pysnap_free(s);
 
     refresh_reads();
+    inherit_checks();
 
     /* no snapshot taken in this process */
     CHECK_EQ_I(tb_pyframes_generation(), 0);
