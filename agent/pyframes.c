@@ -445,6 +445,7 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
     pthread_mutex_unlock(&lk);
     if (minor <= 0 || !expected_evaluator)
         return;
+    int64_t began = tb_mono_ns();
     tb_pysnap *s = calloc(1, sizeof(*s));
     if (!s)
         return;
@@ -498,7 +499,8 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
         s->names_len += (size_t)w + 1;
     }
     if (!ok) {
-        tb_debug("python: no snapshot of the frames entered before the capture");
+        tb_debug("python: no snapshot of the frames entered before the capture (%.0f us)",
+                 (double)(tb_mono_ns() - began) / 1e3);
         free(s);
         return;
     }
@@ -508,8 +510,9 @@ void tb_pyframes_take(void *expected_evaluator, uint64_t unnamed_calls)
     latest = s;
     generation++;
     pthread_mutex_unlock(&lk);
-    tb_debug("python: %d frames in %d activations entered before the capture%s", s->n, s->ngroups,
-             s->inherited ? " (below a function an earlier capture entered: its checks kept)" : "");
+    tb_debug("python: %d frames in %d activations entered before the capture%s (%.0f us on this thread)", s->n,
+             s->ngroups, s->inherited ? " (below a function an earlier capture entered: its checks kept)" : "",
+             (double)(tb_mono_ns() - began) / 1e3);
 }
 
 uint32_t tb_pyframes_generation(void)
