@@ -242,6 +242,8 @@ static void wake(void)
     }
 }
 
+void tb_agent_wake(void) { wake(); }
+
 void tb_agent_signal_byte(char c)
 {
     int fd = sig_fd_w;
@@ -1470,6 +1472,9 @@ static int compute_timeout(int64_t now)
         until = g.tw.at;
     if (g.sig_check_at && g.sig_check_at < until)
         until = g.sig_check_at;
+    int64_t py_off = tb_pytramp_retry_at(); /* (a trampoline left on by a stop: asked off again) */
+    if (py_off && py_off < until)
+        until = py_off;
     if (g.state == TB_STATE_ARMED || g.state == TB_STATE_CAPTURING) {
         if (g.stop_req || !g.sources_started)
             return 0;
@@ -1931,6 +1936,7 @@ static void *agent_main(void *arg)
                 tb_ctl_serve(g.listen_fd, tb_agent_control);
         }
         sig_check(tb_mono_ns());
+        tb_pytramp_retry(tb_mono_ns());
         machine();
     }
     return NULL;

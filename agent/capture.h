@@ -76,6 +76,10 @@ int tb_agent_on_own_thread(void);
  * called for the agent's own): the first call starts the agent thread when
  * TBPROF_SOCKET=auto left a single-threaded process without one. */
 void tb_agent_thread_created(void);
+
+/* Wake the agent thread to look at its deadlines again (any thread; one
+ * byte to its pipe, never blocks). */
+void tb_agent_wake(void);
 /* Whether that hook sees the job's pthread_create calls (the preload says
  * so at start-up): sources may then look for new threads less often. */
 void tb_agent_set_threads_hooked(int yes);

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "clock.h"
 #include "log.h"
 #include "pyframes.h"
 #include "util.h"
@@ -127,6 +128,17 @@ static int activations;
 #define ACTIVATIONS_MAX 16
 static int extras_taken;      /* 3.10, 3.11: code-extra indexes we took (GIL) */
 static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
+/* 3.12+: the stop found another frame evaluator installed over ours
+ * (torch.compile's, for the length of a compiled call), which puts ours
+ * back when it is done: the "off" is asked again at off_retry_at
+ * (CLOCK_MONOTONIC ns; 0: nothing to retry), each wait twice the last (GIL
+ * for off_wait, off_since) */
+static _Atomic int64_t off_retry_at;
+static int64_t off_wait, off_since;
+static int off_warned;
+#define OFF_WAIT_FIRST_NS 100000000LL
+#define OFF_WAIT_MAX_NS (10 * 1000000000LL)
+#define OFF_WARN_AFTER_NS (30 * 1000000000LL)
 static atomic_uint_fast64_t unnamed_calls; /* tb_pytramp_unnamed_calls */
 
 #define LOOK(field, name)                                                                            \
@@ -258,24 +270,60 @@ static int is_active(pyobj *sys)
 
 static void own_off(void);
 
-static void switch_off(void)
+/* 1: off (or never ours to turn off); 0: another frame evaluator is
+ * installed over ours and will put it back (PEP 523 chains: torch.compile's
+ * keeps the one it replaced and calls it), so it is not off yet */
+static int switch_off(void)
 {
     if (py.minor < 12) {
-        own_off();
-        return;
+        own_off(); /* (own_eval turns itself off at its next call once own_live is 0) */
+        return 1;
     }
     if (evaluator && py.eval_set) {
-        void *interp = py.interp_get();
-        if (py.eval_get(interp) == evaluator)
+        void *interp = py.interp_get(), *cur = py.eval_get(interp);
+        if (cur == evaluator)
             py.eval_set(interp, NULL); /* the default evaluator; CPython's trampoline state stays */
-        return;
+        return cur == evaluator || cur == py.eval_default;
     }
     pyobj *sys = module("sys");
     pyobj *r = sys ? py.call_method(sys, "deactivate_stack_trampoline", NULL) : NULL;
     if (!r)
-        py.err_clear();
+        py.err_clear(); /* (refused while another evaluator is installed) */
     xdecref(r);
     xdecref(sys);
+    return r != NULL;
+}
+
+/* Off, or asked again later (switch_off). GIL. */
+static void off_or_later(void)
+{
+    int64_t now = tb_mono_ns();
+    if (switch_off()) {
+        if (off_since)
+            tb_info("python: the perf trampoline is off, %.1f s after the capture's stop (the frame evaluator "
+                    "installed over it was gone)", (double)(now - off_since) / 1e9);
+        ours = 0;
+        off_wait = off_since = 0;
+        off_warned = 0;
+        atomic_store(&off_retry_at, 0);
+        return;
+    }
+    if (!off_since) {
+        off_since = now;
+        tb_info("python: the perf trampoline stays on after the capture for now: another frame evaluator "
+                "(PEP 523: torch.compile's) is installed over it; turned off once that one puts it back");
+    } else if (now - off_since >= OFF_WARN_AFTER_NS && !off_warned) {
+        off_warned = 1;
+        tb_warn("python: the perf trampoline is still on %.0f s after the capture's stop: another frame "
+                "evaluator (PEP 523) stays installed over it, and the job's Python calls pay for ours "
+                "meanwhile; tbprof keeps trying every %.0f s", (double)(now - off_since) / 1e9,
+                OFF_WAIT_MAX_NS / 1e9);
+    }
+    off_wait = off_wait ? off_wait * 2 : OFF_WAIT_FIRST_NS;
+    if (off_wait > OFF_WAIT_MAX_NS)
+        off_wait = OFF_WAIT_MAX_NS;
+    atomic_store(&off_retry_at, now + off_wait);
+    tb_agent_wake();
 }
 
 /* 1: path is a regular file of ours last written before this process
@@ -826,6 +874,8 @@ static int sync_cb(void *arg)
             atomic_store(&outcome, OUT_FAILED);
         return 0;
     }
+    if (on) /* (a stop's "off" still asked again: this capture's stop starts afresh) */
+        off_wait = off_since = off_warned = 0;
     int active = is_active(sys);
     int took = 0; /* on by us now, since the frames that run unnamed were entered */
     if (on && active == 0)
@@ -836,9 +886,7 @@ static int sync_cb(void *arg)
         snprintf(fail_why, sizeof(fail_why), "sys.is_stack_trampoline_active() failed");
         atomic_store(&outcome, OUT_FAILED);
     } else if (ours) {
-        if (active == 1)
-            switch_off();
-        ours = 0;
+        off_or_later();
     }
     xdecref(sys);
     if (took) /* those frames named from the list (pyframes.h) */
@@ -892,8 +940,10 @@ void tb_pytramp_request(int on)
         return;
     }
     atomic_store(&want, on != 0);
-    if (on)
+    if (on) {
         map_unread = 1;
+        atomic_store(&off_retry_at, 0); /* (this capture's stop asks again) */
+    }
     if (atomic_load(&gone) || !py.is_initialized()) {
         if (on) /* (TBPROF_DELAY=0: the capture begins before the interpreter) */
             atomic_store(&outcome, atomic_load(&gone) ? OUT_GONE : OUT_EARLY);
@@ -917,6 +967,19 @@ void tb_pytramp_request(int on)
                      "the next capture's request gets through",
                      finalizing ? "it is shutting down" : "its pending-call queue is full",
                      on ? "stays off for this capture" : "stays on");
+}
+
+int64_t tb_pytramp_retry_at(void)
+{
+    return atomic_load(&want) ? 0 : atomic_load(&off_retry_at);
+}
+
+void tb_pytramp_retry(int64_t now)
+{
+    int64_t at = atomic_load(&off_retry_at);
+    if (!at || now < at || atomic_load(&want) || !atomic_compare_exchange_strong(&off_retry_at, &at, 0))
+        return;
+    tb_pytramp_request(0);
 }
 
 uint64_t tb_pytramp_unnamed_calls(void) { return atomic_load_explicit(&unnamed_calls, memory_order_relaxed); }
@@ -1025,6 +1088,9 @@ void tb_pytramp_atfork_child(void)
     atomic_store(&want, 0);
     atomic_store(&queued, 0);
     atomic_store(&outcome, OUT_NONE);
+    atomic_store(&off_retry_at, 0);
+    off_wait = off_since = 0;
+    off_warned = 0;
     map_unread = 0;
     evaluator = NULL;
     activations = 0;
@@ -1043,6 +1109,9 @@ void tb_pytramp_reset_for_test(void *(*fn)(const char *name))
     atomic_store(&gone, 0);
     atomic_store(&outcome, OUT_NONE);
     ours = ever_ours = map_was_there = hooks_done = activations = map_unread = 0;
+    atomic_store(&off_retry_at, 0);
+    off_wait = off_since = 0;
+    off_warned = 0;
     evaluator = NULL;
     fail_why[0] = '\0';
     own_map_forget();

@@ -41,6 +41,15 @@
  * thread; never blocks on the interpreter. No-op outside CPython >= 3.10. */
 void tb_pytramp_request(int on);
 
+/* A stop that found another frame evaluator installed over CPython's
+ * trampoline (torch.compile's, for the length of a compiled call: it puts
+ * the one it replaced back after) left it on: the agent thread asks for
+ * "off" again at tb_pytramp_retry_at() (CLOCK_MONOTONIC ns; 0: nothing to
+ * ask) by calling tb_pytramp_retry(now), which does so when due and no
+ * capture wants it on. */
+int64_t tb_pytramp_retry_at(void);
+void tb_pytramp_retry(int64_t now);
+
 /* The capture that asked for the trampoline has read the perf map (its
  * collect), or never will. The map CPython wrote for our trampolines is
  * removed at Python's exit, but not before this: a capture running at exit,

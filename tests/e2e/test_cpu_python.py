@@ -228,6 +228,32 @@ class CpuPython(PythonsCase):
                 self.maps += ["/tmp/perf-%s.map" % l.split()[1] for l in p.stdout.splitlines() if l.startswith("pid ")]
                 real.check_while_waiting(self, files[0], "py::prep_batch:" + prog)
 
+def check_off_under_another_evaluator(case):
+    """progs/evalswap_py.py: the capture stops while another frame
+    evaluator is installed over the trampoline (as during a torch.compile'd
+    call), which puts it back after: the trampoline must not stay on (every
+    Python call would pay for it after the capture)."""
+    prog = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "evalswap_py.py")
+    lib = tbtest.prog("libevalswap.so")
+    for version, python in case.pythons:
+        with case.subTest(python=version):
+            case.logdir = os.path.join(case.tmp, "evalswap-" + version)
+            env = tbtest.env(case.logdir, python=True, cpu="on", cpu_hz=499, log="info")
+            env.pop("PYTHONPERFSUPPORT", None)
+            p = tbtest.run([python, prog, lib], env=env, timeout=120)
+            case.assertExitedOk(p)
+            case.maps.append("/tmp/perf-%s.map" % p.stdout.split()[1])
+            got = re.search(r"evaluator during (\d) under (\d) back (\d) after (\d) in ([\d.]+) s", p.stdout)
+            case.assertIsNotNone(got, p.stdout + p.stderr)
+            print("python %s: %s" % (version, got.group(0)))
+            # the trampoline on (2), the other one over it (1), the
+            # trampoline back (2), then the default evaluator (0)
+            case.assertEqual(got.groups()[:4], ("2", "1", "2", "0"), p.stderr)
+            if not case.OLD:  # (the stop did meet the other one, and asked again)
+                case.assertIn("python: the perf trampoline stays on after the capture for now", p.stderr)
+                case.assertIn("python: the perf trampoline is off, ", p.stderr)
+
+
 class CpuPythonTrampoline(PythonsCase):
     """tbprof turns CPython's perf trampoline on for a capture only (it costs
     every Python call while on): progs/tramp_py.py, run with no
@@ -236,6 +262,11 @@ class CpuPythonTrampoline(PythonsCase):
     the capture."""
 
     PROG = os.path.join(tbtest.SRC, "tests", "e2e", "progs", "tramp_py.py")
+
+    def test_off_after_a_stop_under_another_evaluator(self):
+        # 3.12+: a stop that found the other evaluator over CPython's
+        # trampoline asks again until it is back, and turns it off then
+        check_off_under_another_evaluator(self)
 
     def tramp_env(self, name, **tb):
         """A fresh logdir `name`, and the environment of a job whose
@@ -671,6 +702,10 @@ class CpuPythonOwnTrampoline(PythonsCase):
                 self.assertLess(st.get("tbprof_unwind_failures", 0), n * 0.05, st)
                 # the map we wrote goes with the process
                 self.assertFalse(os.path.exists("/tmp/perf-%d.map" % pid), "perf map left in /tmp")
+
+    def test_off_after_a_stop_under_another_evaluator(self):
+        # (tbprof's own evaluator turns itself off at its next call)
+        check_off_under_another_evaluator(self)
 
     def test_deep_recursion_runs_as_without_tbprof(self):
         # a recursion the job runs fine by itself (3.11 makes Python calls

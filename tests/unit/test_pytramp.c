@@ -576,6 +576,57 @@ int main(void)
     CHECK_EQ_I(nadded, 4);
     CHECK_STR(describe(), "off (the interpreter was not running)");
 
+    /* a capture stopped while another frame evaluator is installed over
+     * ours (a torch.compile'd call: it puts ours back after): not off then;
+     * asked again once due, at a longer wait each time, and off once ours
+     * is back */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK(cur_eval == (void *)&other_eval);
+    int64_t at = tb_pytramp_retry_at();
+    CHECK(at > 0);
+    int before = nadded;
+    tb_pytramp_retry(at - 1); /* not due */
+    CHECK_EQ_I(nadded, before);
+    tb_pytramp_retry(at);
+    CHECK_EQ_I(nadded, before + 1);
+    run_pending(); /* still under the other one */
+    CHECK(cur_eval == (void *)&other_eval);
+    int64_t at2 = tb_pytramp_retry_at();
+    CHECKF(at2 > at, "at %lld, then %lld", (long long)at, (long long)at2);
+    cur_eval = &fake_eval; /* ours put back */
+    tb_pytramp_retry(at2);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    /* the next capture starts before the retry is due: the retry waits for
+     * that capture's own stop, and never turns it off under it */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    at = tb_pytramp_retry_at();
+    CHECK(at > 0);
+    cur_eval = &fake_eval;
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    before = nadded;
+    tb_pytramp_retry(at + 1000000000LL);
+    CHECK_EQ_I(nadded, before);
+    CHECK_EQ_I(active, 1);
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+
     /* a capture stopped just before Python exits, its collect still to
      * come (the agent collects the GPU source first): the exit keeps the
      * map the collect reads Python's names from; the collect removes it */
