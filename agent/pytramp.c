@@ -131,8 +131,8 @@ static char fail_why[160];    /* OUT_FAILED's reason, written before outcome */
 /* 3.12+: the stop found another frame evaluator installed over ours
  * (torch.compile's, for the length of a compiled call), which puts ours
  * back when it is done: the "off" is asked again at off_retry_at
- * (CLOCK_MONOTONIC ns; 0: nothing to retry), each wait twice the last (GIL
- * for off_wait, off_since) */
+ * (CLOCK_MONOTONIC ns; 0: nothing to retry), every 0.1 s for 30 s, then
+ * at waits doubling up to 10 s (GIL for off_wait, off_since) */
 static _Atomic int64_t off_retry_at;
 static int64_t off_wait, off_since;
 static int off_warned;
@@ -319,9 +319,10 @@ static void off_or_later(void)
                 "meanwhile; tbprof keeps trying every %.0f s", (double)(now - off_since) / 1e9,
                 OFF_WAIT_MAX_NS / 1e9);
     }
-    off_wait = off_wait ? off_wait * 2 : OFF_WAIT_FIRST_NS;
-    if (off_wait > OFF_WAIT_MAX_NS)
-        off_wait = OFF_WAIT_MAX_NS;
+    /* torch.compile's evaluator comes back for each compiled call: a retry
+     * gets through where it lands between two (0.1 s apart for 30 s) */
+    off_wait = now - off_since < OFF_WARN_AFTER_NS ? OFF_WAIT_FIRST_NS
+               : off_wait * 2 > OFF_WAIT_MAX_NS ? OFF_WAIT_MAX_NS : off_wait * 2;
     atomic_store(&off_retry_at, now + off_wait);
     tb_agent_wake();
 }
@@ -931,13 +932,14 @@ static int have_python(void)
     return resolved > 0;
 }
 
-void tb_pytramp_request(int on)
+/* tb_pytramp_request; 1 when the interpreter refused the pending call */
+static int request(int on)
 {
     int refused = 0, finalizing = 0;
     pthread_mutex_lock(&lk);
     if (!have_python()) {
         pthread_mutex_unlock(&lk);
-        return;
+        return 0;
     }
     atomic_store(&want, on != 0);
     if (on) {
@@ -967,7 +969,10 @@ void tb_pytramp_request(int on)
                      "the next capture's request gets through",
                      finalizing ? "it is shutting down" : "its pending-call queue is full",
                      on ? "stays off for this capture" : "stays on");
+    return refused && !finalizing;
 }
+
+void tb_pytramp_request(int on) { (void)request(on); }
 
 int64_t tb_pytramp_retry_at(void)
 {
@@ -979,7 +984,8 @@ void tb_pytramp_retry(int64_t now)
     int64_t at = atomic_load(&off_retry_at);
     if (!at || now < at || atomic_load(&want) || !atomic_compare_exchange_strong(&off_retry_at, &at, 0))
         return;
-    tb_pytramp_request(0);
+    if (request(0)) /* (a full queue: later again) */
+        atomic_store(&off_retry_at, now + OFF_WAIT_MAX_NS);
 }
 
 uint64_t tb_pytramp_unnamed_calls(void) { return atomic_load_explicit(&unnamed_calls, memory_order_relaxed); }

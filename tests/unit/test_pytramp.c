@@ -28,6 +28,8 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
+
+#include "clock.h"
 #include <unistd.h>
 
 #include "pytramp.h"
@@ -589,8 +591,8 @@ int main(void)
     tb_pytramp_request(0);
     run_pending();
     CHECK(cur_eval == (void *)&other_eval);
-    int64_t at = tb_pytramp_retry_at();
-    CHECK(at > 0);
+    int64_t at = tb_pytramp_retry_at(), wait = at - tb_mono_ns();
+    CHECKF(wait > 50000000 && wait <= 100000000, "asked again in %lld ns", (long long)wait); /* 0.1 s */
     int before = nadded;
     tb_pytramp_retry(at - 1); /* not due */
     CHECK_EQ_I(nadded, before);
@@ -605,6 +607,41 @@ int main(void)
     run_pending();
     CHECK_EQ_I(active, 0);
     CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    /* the other one puts back the default evaluator instead: off */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    at = tb_pytramp_retry_at();
+    cur_eval = &fake_default;
+    int sets = eval_sets;
+    tb_pytramp_retry(at);
+    run_pending();
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    CHECK_EQ_I(eval_sets, sets); /* (nothing to switch) */
+    tb_pytramp_retry(at + 1000000000LL);
+    CHECK_EQ_I(npending, 0);
+    /* a retry the interpreter refuses (its pending-call queue full): asked
+     * again later, not given up */
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    at = tb_pytramp_retry_at();
+    queue_full = 1;
+    tb_pytramp_retry(at);
+    queue_full = 0;
+    int64_t later = tb_pytramp_retry_at();
+    CHECKF(later > at, "at %lld, then %lld", (long long)at, (long long)later);
+    cur_eval = &fake_eval;
+    tb_pytramp_retry(later);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+
     /* the next capture starts before the retry is due: the retry waits for
      * that capture's own stop, and never turns it off under it */
     reset();
