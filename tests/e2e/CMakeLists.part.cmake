@@ -21,7 +21,8 @@ if(PYTHON3)
 endif()
 
 # tests/e2e/shims/*.c: LD_PRELOAD shims the e2e tests list before
-# libtbprof.so (build/progs/lib<name>.so).
+# libtbprof.so, and libraries their Python programs load with ctypes
+# (evalswap.c) (build/progs/lib<name>.so).
 file(GLOB E2E_SHIMS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/e2e/shims/*.c)
 foreach(src ${E2E_SHIMS})
   get_filename_component(name ${src} NAME_WE)
