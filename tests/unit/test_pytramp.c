@@ -517,6 +517,24 @@ static void check_frame_pointers(void)
     reset();
 }
 
+/* A capture on and stopped while another frame evaluator is installed
+ * over ours (a torch.compile'd call): still on; when it asks again. */
+static int64_t stopped_under_another(void)
+{
+    reset();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECK_EQ_I(active, 1);
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+    cur_eval = &other_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK(cur_eval == (void *)&other_eval);
+    int64_t at = tb_pytramp_retry_at();
+    CHECK(at > 0);
+    return at;
+}
+
 int main(void)
 {
     snprintf(map_file, sizeof(map_file), "/tmp/perf-%d.map", (int)getpid());
@@ -582,16 +600,7 @@ int main(void)
      * ours (a torch.compile'd call: it puts ours back after): not off then;
      * asked again once due, at a longer wait each time, and off once ours
      * is back */
-    reset();
-    tb_pytramp_request(1);
-    run_pending();
-    CHECK_EQ_I(active, 1);
-    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
-    cur_eval = &other_eval;
-    tb_pytramp_request(0);
-    run_pending();
-    CHECK(cur_eval == (void *)&other_eval);
-    int64_t at = tb_pytramp_retry_at(), wait = at - tb_mono_ns();
+    int64_t at = stopped_under_another(), wait = at - tb_mono_ns();
     CHECKF(wait > 50000000 && wait <= 100000000, "asked again in %lld ns", (long long)wait); /* 0.1 s */
     int before = nadded;
     tb_pytramp_retry(at - 1); /* not due */
@@ -608,13 +617,7 @@ int main(void)
     CHECK_EQ_I(active, 0);
     CHECK_EQ_I(tb_pytramp_retry_at(), 0);
     /* the other one puts back the default evaluator instead: off */
-    reset();
-    tb_pytramp_request(1);
-    run_pending();
-    cur_eval = &other_eval;
-    tb_pytramp_request(0);
-    run_pending();
-    at = tb_pytramp_retry_at();
+    at = stopped_under_another();
     cur_eval = &fake_default;
     int sets = eval_sets;
     tb_pytramp_retry(at);
@@ -625,13 +628,7 @@ int main(void)
     CHECK_EQ_I(npending, 0);
     /* a retry the interpreter refuses (its pending-call queue full): asked
      * again later, not given up */
-    reset();
-    tb_pytramp_request(1);
-    run_pending();
-    cur_eval = &other_eval;
-    tb_pytramp_request(0);
-    run_pending();
-    at = tb_pytramp_retry_at();
+    at = stopped_under_another();
     queue_full = 1;
     tb_pytramp_retry(at);
     queue_full = 0;
@@ -644,14 +641,7 @@ int main(void)
 
     /* the next capture starts before the retry is due: the retry waits for
      * that capture's own stop, and never turns it off under it */
-    reset();
-    tb_pytramp_request(1);
-    run_pending();
-    cur_eval = &other_eval;
-    tb_pytramp_request(0);
-    run_pending();
-    at = tb_pytramp_retry_at();
-    CHECK(at > 0);
+    at = stopped_under_another();
     cur_eval = &fake_eval;
     tb_pytramp_request(1);
     run_pending();
