@@ -794,6 +794,12 @@ static int turn_on(pyobj *sys)
 {
     if (evaluator && py.eval_set) { /* made before: switch back to it */
         void *interp = py.interp_get();
+        if (py.eval_get(interp) != py.eval_default && ours) {
+            /* ours still, under another evaluator since the last stop
+             * (off_or_later): on, its calls chained through ours */
+            atomic_store(&outcome, OUT_OURS);
+            return 0;
+        }
         if (py.eval_get(interp) != py.eval_default) { /* not ours to replace */
             snprintf(fail_why, sizeof(fail_why), "another frame evaluator is installed (PEP 523: "
                                                  "torch.compile's, a debugger's)");

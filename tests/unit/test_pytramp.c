@@ -639,6 +639,18 @@ int main(void)
     run_pending();
     CHECK_EQ_I(active, 0);
 
+    /* the next capture starts while ours is still under the other one: on
+     * (its calls go through ours), and off after its stop once ours is back */
+    stopped_under_another();
+    tb_pytramp_request(1);
+    run_pending();
+    CHECKF(strstr(describe(), "on during the capture") != NULL, "%s", describe());
+    cur_eval = &fake_eval;
+    tb_pytramp_request(0);
+    run_pending();
+    CHECK_EQ_I(active, 0);
+    CHECK_EQ_I(tb_pytramp_retry_at(), 0);
+
     /* the next capture starts before the retry is due: the retry waits for
      * that capture's own stop, and never turns it off under it */
     at = stopped_under_another();
