@@ -69,17 +69,17 @@ static int work(void)
 /* The last line python3 on PATH (a Python job's usual interpreter) prints
  * running code (-I), into out; "" when it cannot be run or says nothing in
  * PIP_LOOK_S. */
-static void python3_says(const char *code, char *out, size_t n)
+static int python3_says(const char *code, char *out, size_t n)
 {
     out[0] = '\0';
-    int fd[2];
+    int fd[2], timed_out = 0;
     if (pipe(fd) < 0)
-        return;
+        return 0;
     pid_t pid = fork();
     if (pid < 0) {
         close(fd[0]);
         close(fd[1]);
-        return;
+        return 0;
     }
     if (pid == 0) {
         dup2(fd[1], 1);
@@ -106,6 +106,7 @@ static void python3_says(const char *code, char *out, size_t n)
             continue;
         if (pr <= 0) { /* timed out (or poll failed): what it said so far */
             kill(pid, SIGKILL);
+            timed_out = 1;
             break;
         }
         if (got + 1 >= n) { /* full (a site hook's chatter): keep the line being read */
@@ -132,6 +133,7 @@ static void python3_says(const char *code, char *out, size_t n)
     char *last = strrchr(out, '\n');
     if (last)
         memmove(out, last + 1, strlen(last + 1) + 1);
+    return timed_out;
 }
 
 /* A libcupti in python3's packages (pip's nvidia-cuda-cupti, which PyTorch
@@ -177,9 +179,12 @@ static void python_frames_report(const char *mode)
         " bool(sysconfig.get_config_var('Py_GIL_DISABLED')), platform.machine() or '?', h))\n";
     char says[512], arch[64] = "", hex[160] = "-";
     int major = 0, minor = 0, ft = 0;
-    python3_says(code, says, sizeof(says));
-    if (sscanf(says, "%d %d %d %63s %159s", &major, &minor, &ft, arch, hex) < 4 || major != 3)
+    int slow = python3_says(code, says, sizeof(says));
+    if (sscanf(says, "%d %d %d %63s %159s", &major, &minor, &ft, arch, hex) < 4 || major != 3) {
+        if (slow) /* (one that is there but did not answer is not left out silently) */
+            printf("  Python frames  not checked: python3 did not answer within %d s\n", PIP_LOOK_S);
         return;
+    }
     /* its evaluator keeps a frame pointer: 1, 0, or -1 not told */
     unsigned char efd[64];
     int fp = strlen(hex) == 2 * sizeof(efd) ? 1 : -1;

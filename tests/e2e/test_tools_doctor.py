@@ -201,6 +201,17 @@ class Doctor(tbtest.TestCase):
         # the real python3 here, as it is
         p = self.doctor("--cupti", FAKE)
         self.assertRegex(self.line(p, "Python frames"), r"^python3 3\.\d+: ")
+        # a python3 that does not answer (a site hook on a dead network
+        # mount): given up on after 10 s, and said so
+        slow = os.path.join(self.tmp, "slow-bin")
+        os.makedirs(slow, exist_ok=True)
+        with open(os.path.join(slow, "python3"), "w") as f:
+            f.write("#!/bin/sh\nexec sleep 60\n")
+        os.chmod(os.path.join(slow, "python3"), 0o755)
+        t0 = time.monotonic()
+        p = self.doctor("--cupti", FAKE, PATH=slow + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
+        self.assertEqual(self.line(p, "Python frames"), "not checked: python3 did not answer within 10 s")
+        self.assertLess(time.monotonic() - t0, 40, "the doctor waited on it")
         # no python3 at all: no line (CPU sampling ready all the same)
         empty = os.path.join(self.tmp, "empty-bin")
         os.makedirs(empty, exist_ok=True)
