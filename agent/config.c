@@ -52,6 +52,93 @@ typedef struct var {
 #define XSTR(x) STR_(x)
 
 /* The one table: parser, defaults, warnings and `tbprof help env` all read it. */
+
+/* glibc's regcomp writes a repeated part out once per repeat ({m,n}: n
+ * times, +: twice), so stacked and nested repeats multiply, and its time
+ * and memory grow faster still: s{1,4000} took 124 MB, s{1,30000} 7 GB
+ * and 16 s, "s" and twenty '+' 700 MB (found by lf_config). A pattern past
+ * this many pieces is refused before it is compiled (about 10 MB). */
+#define REGEX_PIECES_MAX 1000
+
+unsigned long tb_regex_cost(const char *p, unsigned long cap)
+{
+    enum { DEPTH = 64 };
+    unsigned long sum[DEPTH], last[DEPTH]; /* per open group: pieces before its last item, and that item's */
+    int d = 0;
+    sum[0] = last[0] = 0;
+#define SAT(x) ((x) > cap ? cap + 1 : (x))
+    while (*p) {
+        char ch = *p++;
+        unsigned long k = 0; /* a repeat's copies (0: not a repeat) */
+        if (ch == '\\' && *p) {
+            p++;
+        } else if (ch == '[') { /* a bracket expression: one piece */
+            p += *p == '^';
+            p += *p == ']';
+            while (*p && *p != ']') {
+                if (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
+                    char close = p[1];
+                    for (p += 2; *p && !(p[0] == close && p[1] == ']'); p++)
+                        ;
+                    p += *p ? 2 : 0;
+                } else {
+                    p++;
+                }
+            }
+            p += *p == ']';
+        } else if (ch == '(') {
+            if (d + 1 == DEPTH)
+                return cap + 1;
+            d++;
+            sum[d] = last[d] = 0;
+            continue;
+        } else if (ch == ')' && d > 0) {
+            unsigned long group = SAT(sum[d] + last[d] + 1);
+            d--;
+            sum[d] = SAT(sum[d] + last[d]);
+            last[d] = group;
+            continue;
+        } else if (ch == '|') {
+            sum[d] = SAT(sum[d] + last[d] + 1);
+            last[d] = 0;
+            continue;
+        } else if (ch == '*' || ch == '?') {
+            k = 1;
+        } else if (ch == '+') {
+            k = 2;
+        } else if (ch == '{' && *p >= '0' && *p <= '9') { /* {m}, {m,}, {m,n}; else a '{' */
+            const char *q = p;
+            unsigned long m = 0, n;
+            for (; *q >= '0' && *q <= '9'; q++)
+                m = SAT(m * 10 + (unsigned long)(*q - '0'));
+            n = m;
+            if (*q == ',') {
+                q++;
+                n = m + 1;
+                if (*q >= '0' && *q <= '9')
+                    for (n = 0; *q >= '0' && *q <= '9'; q++)
+                        n = SAT(n * 10 + (unsigned long)(*q - '0'));
+            }
+            if (*q == '}') {
+                p = q + 1;
+                k = n > m ? n : m;
+                k = k ? k : 1;
+            }
+        }
+        if (k) {
+            last[d] = SAT(last[d] * k + 1);
+            continue;
+        }
+        sum[d] = SAT(sum[d] + last[d]); /* an ordinary piece */
+        last[d] = 1;
+    }
+    unsigned long total = SAT(sum[d] + last[d]);
+    while (d-- > 0)
+        total = SAT(total + sum[d] + last[d]);
+    return total;
+#undef SAT
+}
+
 static const var vars[] = {
     {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
      "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir); a relative "
@@ -167,7 +254,7 @@ static const var vars[] = {
      "(calls through the dynamic linker: a shared libcudart, not nvcc's static one); unset, off where "
      "TBPROF_NVTX_STEP is set",
      "using on", "on", F(cuda_steps), 0, 0},
-    {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended)",
+    {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended, at most 1000 pieces with its repeats written out)",
      "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
      "is the step number); sets NVTX_INJECTION64_PATH when unset",
      "NVTX steps off", "", F(nvtx_step), 0, 0},
@@ -530,13 +617,13 @@ static int parse_var(const var *v, const char *val, tb_config *c)
         if (v->off == F(logdir) && !len)
             return -EINVAL;
         if (v->off == F(nvtx_step) && len && val[0] == '/') {
-            regex_t re; /* "/regex/": must compile */
+            regex_t re; /* "/regex/": must compile, cheaply */
             char pat[TB_CONFIG_STR];
             if (len < 3 || val[len - 1] != '/')
                 return -EINVAL;
             memcpy(pat, val + 1, len - 2);
             pat[len - 2] = '\0';
-            if (regcomp(&re, pat, REG_EXTENDED))
+            if (tb_regex_cost(pat, REGEX_PIECES_MAX) > REGEX_PIECES_MAX || regcomp(&re, pat, REG_EXTENDED))
                 return -EINVAL;
             regfree(&re);
         }

@@ -9,6 +9,7 @@ the profile and compares its steps with the ranges the program made."""
 
 import json
 import os
+import time
 import sys
 import unittest
 
@@ -225,6 +226,16 @@ class NvtxSteps(NvtxBase):
         self.assertOneWarning(err, "TBPROF_NVTX_STEP")
         # NVTX steps off; the injection stays for recording ranges (TBPROF_NVTX)
         self.assertTrue(parse(out)[1]["nvtx_path"].endswith("libtbprof.so"))
+        self.assertEqual(tbtest.xplanes(self.logdir), [])
+
+    def test_costly_regex_refused_before_it_is_compiled(self):
+        # glibc's regcomp wrote s{1,30000} out 30000 times: 7 GB and 16 s in
+        # the job's process at start-up. Refused now, with one warning
+        t0 = time.monotonic()
+        pid, out, err = self.run_prog(["-n", "4", "-m", "1"], steps="1,2", nvtx_step="/step_s{1,30000}/")
+        line = self.assertOneWarning(err, "TBPROF_NVTX_STEP")
+        self.assertIn("at most 1000 pieces", line)
+        self.assertLess(time.monotonic() - t0, 10)
         self.assertEqual(tbtest.xplanes(self.logdir), [])
 
     def test_non_matching_names_are_not_steps(self):

@@ -216,6 +216,35 @@ static void bad_values(void)
     tb_log_set_level(TB_LOG_OFF);
 }
 
+/* TBPROF_NVTX_STEP's /regex/: one whose repeats glibc's regcomp would
+ * write out past 1000 pieces is refused before it is compiled (s{1,30000}
+ * took regcomp 7 GB and 16 s), however it gets there */
+static void costly_regexes(void)
+{
+    tb_log_set_level(TB_LOG_OFF);
+    static const char *const ok[] = {"/^step_([0-9]+)$/", "/(train|eval)_step ([0-9]{1,6})/", "/[]a-z[:digit:]]+_([0-9]+)/",
+                                     "/s{1,400}/", "/x*y?z+\\{/", "/a{2}b{3,}c/"};
+    static const char *const costly[] = {"/s{1,30000}/", "/s{1,1001}/", "/s++++++++++++++++++++/",
+                                         "/((((((((((((((((s)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+/",
+                                         "/(a{1,100}){1,100}/", "/s{1,9}{1,9}{1,9}{1,9}/", "/[0-9]{1,99999999999999999999}/"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        const char *env[] = {"TBPROF_NVTX_STEP", ok[i], NULL};
+        tb_config c;
+        CHECKF(tb_config_load(&c, lookup, env) == 0, "%s refused", ok[i]);
+        CHECK_STR(c.nvtx_step, ok[i]);
+    }
+    for (size_t i = 0; i < sizeof(costly) / sizeof(costly[0]); i++) {
+        const char *env[] = {"TBPROF_NVTX_STEP", costly[i], NULL};
+        tb_config c;
+        CHECKF(tb_config_load(&c, lookup, env) == 1, "%s taken", costly[i]);
+        CHECK_STR(c.nvtx_step, ""); /* NVTX steps off */
+    }
+    CHECK_EQ_I(tb_regex_cost("abc", 1000), 3);
+    CHECK_EQ_I(tb_regex_cost("a{5}", 1000), 6);
+    CHECK_EQ_I(tb_regex_cost("(ab)+", 1000), 7);
+    CHECK_EQ_I(tb_regex_cost("s{1,30000}", 1000), 1001); /* (saturates) */
+}
+
 static void help_lists_every_variable(void)
 {
     char *buf = NULL;
@@ -339,6 +368,7 @@ int main(void)
     auto_modes();
     words_with_spaces();
     bad_values();
+    costly_regexes();
     help_lists_every_variable();
     return tap_done();
 }
