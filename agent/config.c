@@ -70,7 +70,9 @@ unsigned long tb_regex_cost(const char *p, unsigned long cap)
     while (*p) {
         char ch = *p++;
         unsigned long k = 0; /* a repeat's copies (0: not a repeat) */
-        if (ch == '\\' && *p) {
+        if (ch == '\\' && *p >= '1' && *p <= '9') {
+            return cap + 1; /* a back-reference: glibc's regexec backtracks (on the job's thread) */
+        } else if (ch == '\\' && *p) {
             p++;
         } else if (ch == '[') { /* a bracket expression: one piece */
             p += *p == '^';
@@ -254,7 +256,7 @@ static const var vars[] = {
      "(calls through the dynamic linker: a shared libcudart, not nvcc's static one); unset, off where "
      "TBPROF_NVTX_STEP is set",
      "using on", "on", F(cuda_steps), 0, 0},
-    {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended, at most 1000 pieces with its repeats written out)",
+    {"TBPROF_NVTX_STEP", T_STR, "", "a name prefix, or /regex/ (POSIX extended, no back-references, at most 1000 pieces with its repeats written out)",
      "NVTX ranges/marks whose name matches are steps (a number after the prefix, or regex group 1, "
      "is the step number); sets NVTX_INJECTION64_PATH when unset",
      "NVTX steps off", "", F(nvtx_step), 0, 0},

@@ -142,7 +142,8 @@ const char *tb_signal_name(int sig, char *buf, size_t n);
 void tb_config_help(FILE *f, int markdown);
 
 /* An upper bound on the pieces glibc's regcomp makes of extended regex
- * p, its repeats written out; cap + 1 once past cap. TBPROF_NVTX_STEP's
+ * p, its repeats written out; cap + 1 once past cap, and for a
+ * back-reference (glibc's regexec backtracks on those). TBPROF_NVTX_STEP's
  * /regex/ is refused past 1000 (regcomp's time and memory grow faster
  * than that: s{1,30000} took 7 GB). */
 unsigned long tb_regex_cost(const char *p, unsigned long cap);
