@@ -234,6 +234,33 @@ static int find_evaluator(tb_pysnap *s, void *interp, void *expected)
     return 0;
 }
 
+/* Activations from the frames' first marks (frame 0 starts one): group,
+ * gstart, ngroups. */
+static void set_groups(tb_pysnap *s)
+{
+    int g = -1;
+    for (int i = 0; i < s->n; i++) {
+        if (i == 0 || s->f[i].first) {
+            s->gstart[++g] = i;
+            s->f[i].first = 1;
+        }
+        s->f[i].group = g;
+    }
+    s->ngroups = g + 1;
+    s->gstart[s->ngroups] = s->n;
+}
+
+/* lo and hi: the lowest and highest frame address */
+static void set_bounds(tb_pysnap *s)
+{
+    s->lo = UINT64_MAX;
+    s->hi = 0;
+    for (int i = 0; i < s->n; i++) {
+        s->lo = s->f[i].addr < s->lo ? s->f[i].addr : s->lo;
+        s->hi = s->f[i].addr > s->hi ? s->f[i].addr : s->hi;
+    }
+}
+
 /* The frames from cur to the root into s->f (bottom first), with their
  * activations; 0 when the list is not what the layout says. */
 static int walk_list(tb_pysnap *s, uint64_t cur, uint64_t *shim)
@@ -267,21 +294,8 @@ static int walk_list(tb_pysnap *s, uint64_t cur, uint64_t *shim)
         s->f[k - 1 - i] = t;
     }
     s->n = k;
-    int g = -1;
-    for (int i = 0; i < k; i++) {
-        if (i == 0 || s->f[i].first) {
-            s->gstart[++g] = i;
-            s->f[i].first = 1;
-        }
-        s->f[i].group = g;
-    }
-    s->ngroups = g + 1;
-    s->gstart[s->ngroups] = k;
-    s->lo = UINT64_MAX;
-    for (int i = 0; i < k; i++) {
-        s->lo = s->f[i].addr < s->lo ? s->f[i].addr : s->lo;
-        s->hi = s->f[i].addr > s->hi ? s->f[i].addr : s->hi;
-    }
+    set_groups(s);
+    set_bounds(s);
     return 1;
 }
 
@@ -405,15 +419,10 @@ static int inherit(tb_pysnap *s, const tb_pysnap *old, int seen, uint64_t last)
     s->ngroups = p;
     s->n = s->gstart[p];
     s->root_ret = old->root_ret;
-    s->lo = UINT64_MAX;
-    s->hi = 0;
+    set_bounds(s);
     for (int g = 0; g < p; g++) {
         s->caller_ret[g] = old->caller_ret[g];
         s->eval_ret[g] = g < p - 1 ? old->eval_ret[g] : 0;
-    }
-    for (int i = 0; i < s->n; i++) {
-        s->lo = s->f[i].addr < s->lo ? s->f[i].addr : s->lo;
-        s->hi = s->f[i].addr > s->hi ? s->f[i].addr : s->hi;
     }
     s->inherited = 1;
     return 1;
@@ -753,17 +762,12 @@ tb_pysnap *tb_pysnap_for_test(int tid, int64_t t, uint64_t eval_lo, uint64_t eva
     s->eval_lo = eval_lo;
     s->eval_hi = eval_hi;
     s->n = n;
-    int g = -1;
     for (int i = 0; i < n; i++) {
-        if (i == 0 || group[i] != group[i - 1])
-            s->gstart[++g] = i;
-        s->f[i].group = g;
-        s->f[i].first = s->gstart[g] == i;
+        s->f[i].first = i == 0 || group[i] != group[i - 1];
         s->f[i].name = (uint32_t)s->names_len;
         s->names_len += (size_t)snprintf(s->names + s->names_len, sizeof(s->names) - s->names_len, "%s", names[i]) + 1;
     }
-    s->ngroups = g + 1;
-    s->gstart[s->ngroups] = n;
+    set_groups(s);
     tb_pysnap_set_live_for_test(s, n - 1, INT64_MAX);
     return s;
 }
@@ -813,16 +817,13 @@ void tb_pysnap_watch_for_test(tb_pysnap *s, const uint64_t *current, const uint6
     s->ev_at = (uint64_t)(uintptr_t)evaluator;
     s->ev = *evaluator;
     s->unnamed = tb_pytramp_unnamed_calls();
-    s->lo = UINT64_MAX;
-    s->hi = 0;
     for (int i = 0; i < s->n; i++) {
         pyf *f = &s->f[i];
         f->addr = (uint64_t)(uintptr_t)frames[i];
         f->code = get64(frames[i], 0);
         f->prev = get64(frames[i], 8);
-        s->lo = f->addr < s->lo ? f->addr : s->lo;
-        s->hi = f->addr > s->hi ? f->addr : s->hi;
     }
+    set_bounds(s);
     /* as tb_pyframes_take leaves it: every frame live at the snapshot, no read yet */
     s->known = s->read_at = s->read_end = 0;
     s->pfull = 1;
