@@ -51,8 +51,6 @@ typedef struct var {
 #define STR_(x) #x
 #define XSTR(x) STR_(x)
 
-/* The one table: parser, defaults, warnings and `tbprof help env` all read it. */
-
 /* glibc's regcomp writes a repeated part out once per repeat ({m,n}: n
  * times, +: twice), so stacked and nested repeats multiply, and its time
  * and memory grow faster still: s{1,4000} took 124 MB, s{1,30000} 7 GB
@@ -141,6 +139,7 @@ unsigned long tb_regex_cost(const char *p, unsigned long cap)
 #undef SAT
 }
 
+/* The one table: parser, defaults, warnings and `tbprof help env` all read it. */
 static const var vars[] = {
     {"TBPROF_LOGDIR", T_STR, "logs", "a directory path",
      "where profiles go: <dir>/plugins/profile/<run>/<host>.xplane.pb (TensorBoard --logdir); a relative "

@@ -646,7 +646,6 @@ static void handle_comm(const unsigned char *rec, size_t size)
         tb_host_remember_name((pid_t)tid, name, at);
 }
 
-/* Drain one ring; returns 1 when it stopped because the time budget ran out. */
 /* This capture's snapshot of the main thread's frames (pyframes.h), once
  * the main thread has taken it. */
 static void py_snapshot(cpu_ctx *c)
@@ -655,6 +654,7 @@ static void py_snapshot(cpu_ctx *c)
         c->pysnap = tb_pyframes_copy(c->py_gen);
 }
 
+/* Drain one ring; returns 1 when it stopped because the time budget ran out. */
 static int drain(cpu_ctx *c, cpu_thread *th, int64_t deadline)
 {
     struct perf_event_mmap_page *mp = th->base;
@@ -1006,7 +1006,6 @@ static int cpu_start(void *ctx, const tb_capture_info *info, const char **why)
     }
     return 0;
 }
-
 
 static void cpu_poll(void *ctx)
 {
